@@ -1,0 +1,92 @@
+"""``counterbox``: the agent's command line. Every command is documented in docs/commands.md."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from provisioning.identity import IdentityError, create_key, load_key, public_key_text
+from storage import DataKeyError, JournalError
+
+from . import config as config_module
+from . import daemon, logs
+from .prices import PriceListError, parse_csv
+
+DEFAULT_CONFIG = Path("/etc/counterbox/agent.toml")
+
+
+def _run(args) -> int:
+    asyncio.run(daemon.run(args.config))
+    return 0
+
+
+def _prices_load(args) -> int:
+    items = parse_csv(args.file.read_text(encoding="utf-8-sig"))
+    journal = daemon.open_journal(args.config)
+    try:
+        body = {"source": args.file.name, "currency": args.config.pricing.currency,
+                "items": [{"barcode": i.barcode, "name": i.name, "price": i.price} for i in items]}
+        seq = journal.append("price_list", body)
+    finally:
+        journal.close()
+    print(f"price list {args.file} loaded: {len(items)} items, journal seq {seq}")
+    return 0
+
+
+def _identity_create(args) -> int:
+    key = create_key(args.config.device.key_file)
+    print(json.dumps({"device": args.config.device.id, "public_key": public_key_text(key)}))
+    return 0
+
+
+def _identity_show(args) -> int:
+    key = load_key(args.config.device.key_file)
+    print(json.dumps({"device": args.config.device.id, "public_key": public_key_text(key)}))
+    return 0
+
+
+def _status(args) -> int:
+    journal = daemon.open_journal(args.config)
+    try:
+        last, acked = journal.last_seq(), journal.acked_seq()
+    finally:
+        journal.close()
+    print(json.dumps({"device": args.config.device.id, "last_seq": last, "acked_seq": acked, "unacknowledged": last - acked}))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="counterbox", description="The counterbox agent: scanner to signed batches.")
+    top.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
+    top.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="run the agent until stopped").set_defaults(func=_run)
+    prices = commands.add_parser("prices", help="price lists").add_subparsers(dest="prices_command", required=True)
+    load = prices.add_parser("load", help="load a price list CSV (barcode,name,price) into the journal")
+    load.add_argument("file", type=Path)
+    load.set_defaults(func=_prices_load)
+    identity = commands.add_parser("identity", help="the device's signing key").add_subparsers(dest="identity_command", required=True)
+    identity.add_parser("create", help="generate the device key; print the public key to register").set_defaults(func=_identity_create)
+    identity.add_parser("show", help="print the device id and public key").set_defaults(func=_identity_show)
+    commands.add_parser("status", help="print the journal's last and acknowledged sequence numbers").set_defaults(func=_status)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.setup(args.log_level)
+    try:
+        args.config = config_module.load(args.config)
+        return args.func(args)
+    except (config_module.ConfigError, DataKeyError, JournalError, IdentityError, PriceListError, OSError) as error:
+        print(f"counterbox: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

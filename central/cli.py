@@ -1,0 +1,115 @@
+"""``counterbox-central``: central's ingest and exports. Documented in docs/commands.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from joserfc.jwk import OKPKey
+
+from provisioning.identity import IdentityError, create_key, load_key, public_key_text
+
+from .ingest import Ingest
+from .store import CentralStore
+
+DEFAULT_DB = Path("/var/lib/counterbox-central/central.db")
+DEFAULT_KEY = Path("/var/lib/counterbox-central/central.key")
+
+
+def _keygen(args) -> int:
+    key = create_key(args.key)
+    print(json.dumps({"central_key": public_key_text(key)}))
+    return 0
+
+
+def _pubkey(args) -> int:
+    print(json.dumps({"central_key": public_key_text(load_key(args.key))}))
+    return 0
+
+
+def _ingest(args) -> int:
+    load_key(args.key)  # a clear error now rather than inside the consumer
+    signing_key = OKPKey.import_key(args.key.read_bytes())
+    store = CentralStore(args.db)
+    try:
+        Ingest(store, signing_key=signing_key, topic_prefix=args.topic_prefix).serve(args.host, args.port, args.client_id)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        store.close()
+    return 0
+
+
+def _export(args) -> int:
+    store = CentralStore(args.db)
+    try:
+        for event in store.events(args.kind):
+            print(json.dumps(event, ensure_ascii=False))
+    finally:
+        store.close()
+    return 0
+
+
+def _report(args) -> int:
+    store = CentralStore(args.db)
+    try:
+        devices: dict[str, dict] = defaultdict(lambda: {"sales": 0, "unknown": 0, "misreads": 0, "totals": defaultdict(int)})
+        for event in store.events():
+            report = devices[event["device"]]
+            if event["kind"] == "sale":
+                report["sales"] += 1
+                if event.get("known"):
+                    report["totals"][event["currency"]] += event["unit_price"] * event["quantity"]
+                else:
+                    report["unknown"] += 1
+            elif event["kind"] == "misread":
+                report["misreads"] += 1
+        for device_id, report in sorted(devices.items()):
+            device = store.device(device_id)
+            totals = ", ".join(f"{amount / 100:.2f} {currency}" for currency, amount in sorted(report["totals"].items()))
+            print(
+                f"{device_id}: {report['sales']} sales ({report['unknown']} unknown barcodes), "
+                f"{report['misreads']} misreads refused, total {totals or '0'}, acknowledged up to seq {device.acked_seq}"
+            )
+    finally:
+        store.close()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="counterbox-central", description="Central ingest for counterbox devices.")
+    top.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"central database (default {DEFAULT_DB})")
+    top.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"central's Ed25519 signing key (default {DEFAULT_KEY})")
+    top.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = top.add_subparsers(dest="command", required=True)
+    commands.add_parser("keygen", help="create central's signing key; print its public key").set_defaults(func=_keygen)
+    commands.add_parser("pubkey", help="print central's public key (the agents' uplink.central_key)").set_defaults(func=_pubkey)
+    ingest = commands.add_parser("ingest", help="consume, verify, store and acknowledge batches until interrupted")
+    ingest.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
+    ingest.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    ingest.add_argument("--client-id", default="counterbox-central", help="MQTT client id of the persistent session (default counterbox-central)")
+    ingest.add_argument("--topic-prefix", default="counterbox/v1", help="topic prefix (default counterbox/v1)")
+    ingest.set_defaults(func=_ingest)
+    export = commands.add_parser("export", help="print stored events as JSON lines")
+    export.add_argument("--kind", default="sale", help="event kind to export, or '' for all (default sale)")
+    export.set_defaults(func=_export)
+    commands.add_parser("report", help="sales, totals and acknowledged position per device").set_defaults(func=_report)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (IdentityError, OSError) as error:
+        print(f"counterbox-central: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Central's store: registered devices and every event they sent, each held once.
+
+Events are keyed by (device, seq), so a batch sent twice (after a reconnect,
+a restart or a lost acknowledgement) adds nothing the second time. A device's
+``acked_seq`` is the end of its contiguous run from seq 1: what central can
+promise to hold, and so what it acknowledges.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+
+class RegistryError(Exception):
+    """A device registration that conflicts with what central holds."""
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    public_key: str
+    acked_seq: int
+
+
+class CentralStore:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode = WAL")
+        self.db.execute("PRAGMA synchronous = FULL")
+        if "devices" not in self.db.table_names():
+            with self.db.conn:
+                self.db["devices"].create(
+                    {"device_id": str, "public_key": str, "shop": str, "registered_at": float, "acked_seq": int},
+                    pk="device_id", not_null={"public_key", "acked_seq"}, defaults={"acked_seq": 0},
+                )
+                self.db["events"].create(
+                    {"device_id": str, "seq": int, "kind": str, "session": int, "received_at": float, "body": str},
+                    pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")],
+                )
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def register(self, device_id: str, public_key: str, *, shop: str = "", replace: bool = False) -> None:
+        existing = self.device(device_id)
+        if existing and existing.public_key != public_key and not replace:
+            raise RegistryError(
+                f"device {device_id} is registered with another public key; pass --replace to re-key it"
+            )
+        self.db["devices"].upsert(
+            {"device_id": device_id, "public_key": public_key, "shop": shop, "registered_at": time.time()},
+            pk="device_id",
+        )
+
+    def device(self, device_id: str) -> Device | None:
+        row = self.db.execute(
+            "SELECT device_id, public_key, acked_seq FROM devices WHERE device_id = ?", [device_id]
+        ).fetchone()
+        return Device(*row) if row else None
+
+    def add_events(self, device_id: str, session: int, events: list[dict[str, Any]]) -> tuple[int, int]:
+        """Store the events not yet held; return (how many were new, the device's acked_seq)."""
+        now = time.time()
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO events (device_id, seq, kind, session, received_at, body) VALUES (?, ?, ?, ?, ?, ?)",
+                [(device_id, e["seq"], e["kind"], session, now, json.dumps(e["body"], ensure_ascii=False)) for e in events],
+            )
+            added = conn.total_changes - before
+            acked = conn.execute("SELECT acked_seq FROM devices WHERE device_id = ?", [device_id]).fetchone()[0]
+            # Advance over the contiguous run; a gap (a batch still to come) stops it.
+            for (seq,) in conn.execute(
+                "SELECT seq FROM events WHERE device_id = ? AND seq > ? ORDER BY seq", [device_id, acked]
+            ):
+                if seq != acked + 1:
+                    break
+                acked = seq
+            conn.execute("UPDATE devices SET acked_seq = ? WHERE device_id = ?", [acked, device_id])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return added, acked
+
+    def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        sql = "SELECT device_id, seq, kind, session, body FROM events"
+        params: list[Any] = []
+        if kind:
+            sql += " WHERE kind = ?"
+            params.append(kind)
+        for device_id, seq, kind_, session, body in self.db.execute(sql + " ORDER BY device_id, seq", params):
+            yield {"device": device_id, "seq": seq, "kind": kind_, "session": session, **json.loads(body)}

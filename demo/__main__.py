@@ -1,0 +1,111 @@
+"""The main job, end to end, on this machine:
+
+local broker -> central ingest -> a provisioned demo device -> the agent,
+driven by a replayed scanner session -> what central received.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from drivers.input_event import pack_all
+from drivers.recording import replay, type_text
+
+from .stack import Stack
+
+HERE = Path(__file__).resolve().parent
+
+# A morning at the counter: (what is scanned, how the scanner types it).
+SESSION = [
+    ("6901028075831", {}),                         # Hongtashan pack
+    ("6901028075831", {}),                         # another one
+    ("6902672100139", {"keypad_digits": True}),    # Yuxi carton, from a scanner sending keypad digits
+    ("6901802010010", {}),                         # water
+    ("40063812", {}),                              # lighter, EAN-8
+    ("6920883001151", {"keypad_digits": True}),    # Honghe pack
+    ("6901028075832", {}),                         # a misread: wrong check digit, refused
+    ("6935750500019", {}),                         # a product not on the price list: recorded, flagged unknown
+    ("PROMO-$5", {}),                              # a shifted-character code: kept as a raw code, unknown
+    ("6901028075848", {}),                         # Hongtashan carton
+]
+
+
+def session_bytes(start: float) -> bytes:
+    events = []
+    t = start
+    for text, how in SESSION:
+        events += type_text(text, start=t, **how)
+        t += 1.5  # the next customer
+    return pack_all(events)
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="run-demo", description=__doc__)
+    parser.add_argument("--speed", type=float, default=10.0, help="replay speed (default 10x real time)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="counterbox-demo-"))
+    try:
+        with Stack(workdir) as stack:
+            print(f"1. broker: mosquitto on 127.0.0.1:{stack.broker_port} (config: central/mosquitto.conf)")
+            stack.start_broker()
+            print("2. central: ingest started, signing key", stack.central_public_key())
+            stack.start_central()
+            fifo = workdir / "scanner.fifo"
+            os.mkfifo(fifo)
+            device = stack.provision("demo-shop-0001", scanners=[str(fifo)])
+            print(f"3. device {device.device_id}: key created, public key {device.public_key} registered with central")
+            loaded = device.command("prices", "load", str(HERE / "prices.csv"))
+            if loaded.returncode:
+                raise SystemExit(f"price list not loaded: {loaded.stderr.strip()}")
+            print("4.", loaded.stdout.strip())
+            device.start()
+            data = session_bytes(time.time())
+            print(f"5. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
+            asyncio.run(replay(data, str(fifo), speed=args.speed))
+            expected = len(SESSION) + 1  # the scans and the price list
+            wait_until(lambda: device.status()["acked_seq"] >= expected, 30, "central to acknowledge every event")
+            status = device.status()
+            print(f"6. device journal: {status['last_seq']} events, acknowledged by central up to seq {status['acked_seq']}")
+            device.stop()
+
+            print("\nWhat central received (counterbox-central export):")
+            for sale in stack.sales():
+                price = f"{sale['unit_price'] / 100:8.2f} {sale['currency']}" if sale["known"] else "  unknown"
+                print(f"  seq {sale['seq']:>3}  {sale['code']:<14} {price}  {sale['name'] or ''}")
+            print("\nReport (counterbox-central report):")
+            print("  " + stack.central_command("report").stdout.strip())
+            log = stack.central_log.read_text()
+            accepted, rejected = log.count("batch accepted"), log.count("batch rejected")
+            print(f"\nBatches: {accepted} accepted, every one verified (JWS Ed25519, joserfc); {rejected} rejected.")
+            agent_log = device.log.read_text()
+            print("\nAgent log, misreads and unknown codes:")
+            for line in agent_log.splitlines():
+                if "misread" in line or "unknown barcode" in line:
+                    print("  " + line.split(": ", 1)[-1])
+        return 0 if rejected == 0 else 1
+    finally:
+        if args.keep:
+            print(f"\nworking directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

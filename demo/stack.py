@@ -1,0 +1,246 @@
+"""A whole counterbox installation on one machine: a broker, central, and agents.
+
+The demo and the tests run the real parts through this one module:
+
+    with Stack(Path("/tmp/cb")) as stack:
+        stack.start_broker()
+        stack.start_central()
+        device = stack.provision("shop-0001", scanners=["scanner.fifo"])
+        device.start()
+        ...
+
+Every part is a real process: ``mosquitto`` with the configuration counterbox
+ships (central/mosquitto.conf) on a free port of 127.0.0.1, and the
+``counterbox`` and ``counterbox-central`` commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_BROKER_CONFIG = ROOT / "central" / "mosquitto.conf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed: run ./bootstrap")
+    return found
+
+
+def broker_config(port: int, persistence: Path) -> str:
+    """The shipped configuration with only the listener, persistence location and user changed."""
+    lines = []
+    for line in SHIPPED_BROKER_CONFIG.read_text().splitlines():
+        if line.startswith("listener "):
+            line = f"listener {port} 127.0.0.1"
+        elif line.startswith("persistence_location "):
+            line = f"persistence_location {persistence}/"
+        lines.append(line)
+    # Running as root, mosquitto would switch to the 'mosquitto' user and lose this directory.
+    lines.append(f"user {os.environ.get('USER') or 'root'}" if os.geteuid() == 0 else "")
+    return "\n".join(lines) + "\n"
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _stop(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _python_command(module: str) -> list[str]:
+    return [sys.executable, "-m", module]
+
+
+@dataclass
+class Device:
+    """A provisioned agent: its directory, configuration and process."""
+
+    stack: "Stack"
+    device_id: str
+    directory: Path
+    public_key: str
+    process: subprocess.Popen | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.directory / "agent.log"
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "agent.toml"
+
+    def command(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            _python_command("agent") + ["-c", str(self.config), *args],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                _python_command("agent") + ["-c", str(self.config), "run"], cwd=ROOT, stdout=log, stderr=log
+            )
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def kill(self) -> None:
+        """SIGKILL: the power cut, as far as a process can have one."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def status(self) -> dict:
+        result = self.command("status")
+        if result.returncode != 0:
+            raise RuntimeError(result.stderr)
+        return json.loads(result.stdout)
+
+
+@dataclass
+class Stack:
+    directory: Path
+    broker_port: int = field(default_factory=free_port)
+    broker: subprocess.Popen | None = None
+    central: subprocess.Popen | None = None
+    devices: list[Device] = field(default_factory=list)
+    # Short timings so that tests and the demo see resends in seconds, not minutes.
+    uplink: dict = field(default_factory=lambda: {"batch_max_events": 25, "batch_max_delay": 0.2, "ack_timeout": 3.0})
+
+    def __enter__(self) -> "Stack":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for device in self.devices:
+            device.stop()
+        self.stop_central()
+        self.stop_broker()
+
+    # -- broker ----------------------------------------------------------------
+
+    def start_broker(self) -> None:
+        persistence = self.directory / "broker"
+        persistence.mkdir(exist_ok=True)
+        config = self.directory / "mosquitto.conf"
+        config.write_text(broker_config(self.broker_port, persistence))
+        with (self.directory / "mosquitto.log").open("ab") as log:
+            self.broker = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=log, stderr=log)
+        wait_for_port(self.broker_port)
+
+    def stop_broker(self) -> None:
+        _stop(self.broker)
+        self.broker = None
+
+    # -- central ---------------------------------------------------------------
+
+    @property
+    def central_db(self) -> Path:
+        return self.directory / "central" / "central.db"
+
+    @property
+    def central_key(self) -> Path:
+        return self.directory / "central" / "central.key"
+
+    @property
+    def central_log(self) -> Path:
+        return self.directory / "central.log"
+
+    def central_command(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            _python_command("central") + ["--db", str(self.central_db), "--key", str(self.central_key), *args],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )
+
+    def central_public_key(self) -> str:
+        if not self.central_key.exists():
+            result = self.central_command("keygen")
+        else:
+            result = self.central_command("pubkey")
+        if result.returncode:
+            raise RuntimeError(result.stderr)
+        return json.loads(result.stdout)["central_key"]
+
+    def start_central(self) -> None:
+        self.central_public_key()
+        with self.central_log.open("ab") as log:
+            self.central = subprocess.Popen(
+                _python_command("central")
+                + ["--db", str(self.central_db), "--key", str(self.central_key), "ingest", "--port", str(self.broker_port)],
+                cwd=ROOT, stdout=log, stderr=log,
+            )
+
+    def stop_central(self) -> None:
+        _stop(self.central, signal.SIGINT)
+        self.central = None
+
+    def sales(self) -> list[dict]:
+        result = self.central_command("export", "--kind", "sale")
+        if result.returncode:
+            raise RuntimeError(result.stderr)
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    # -- devices ---------------------------------------------------------------
+
+    def provision(self, device_id: str, *, scanners: list[str], uplink: dict | None = None) -> Device:
+        """Configure a device, create its key, and register it with central through counterbox-ops."""
+        directory = self.directory / device_id
+        directory.mkdir(parents=True, exist_ok=True)
+        settings = {**self.uplink, **(uplink or {})}
+        (directory / "agent.toml").write_text(
+            f'[device]\nid = "{device_id}"\nkey_file = "device.key"\n\n'
+            f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
+            f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\n\n"
+            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\n\n'
+            f'[uplink]\ncentral_key = "{self.central_public_key()}"\n'
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+        )
+        device = Device(self, device_id, directory, public_key="")
+        created = device.command("identity", "create")
+        if created.returncode:
+            raise RuntimeError(created.stderr)
+        device.public_key = json.loads(created.stdout)["public_key"]
+        registered = subprocess.run(
+            _python_command("provisioning.cli") + ["register", "--central-db", str(self.central_db),
+                                                    "--device", device_id, "--public-key", device.public_key],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )
+        if registered.returncode:
+            raise RuntimeError(registered.stderr)
+        self.devices.append(device)
+        return device

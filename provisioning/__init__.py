@@ -1,0 +1,1 @@
+"""Identity, activation and signed documents."""

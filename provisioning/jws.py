@@ -1,0 +1,74 @@
+"""Signed documents: JWS Compact Serialization (RFC 7515) with the Ed25519 algorithm (RFC 9864).
+
+    token = sign(b'{"hello":1}', private_key, kid="shop-0001")
+    header, payload = verify(token, public_key)
+
+Every batch a device publishes, and every acknowledgement or command that comes
+back, is one of these. A consumer in any language verifies it with an
+off-the-shelf JOSE library; see docs/protocol.md. The algorithm is pinned:
+a token that names any other ``alg`` (``none`` included) is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+ALG = "Ed25519"
+
+
+class SignatureError(Exception):
+    """A token that is malformed, names another algorithm, or whose signature does not verify."""
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise SignatureError("not base64url") from None
+
+
+def sign(payload: bytes, key: Ed25519PrivateKey, *, kid: str, typ: str | None = None) -> str:
+    header = {"alg": ALG, "kid": kid}
+    if typ:
+        header["typ"] = typ
+    signing_input = f"{b64url(json.dumps(header, separators=(',', ':')).encode())}.{b64url(payload)}"
+    return f"{signing_input}.{b64url(key.sign(signing_input.encode()))}"
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    """The protected header, to pick the key (``kid``) before verifying; trust nothing in it yet."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise SignatureError(f"not a JWS compact token: {len(parts)} parts instead of 3")
+    try:
+        header = json.loads(b64url_decode(parts[0]))
+    except ValueError:
+        raise SignatureError("the protected header is not JSON") from None
+    if not isinstance(header, dict):
+        raise SignatureError("the protected header is not a JSON object")
+    return header
+
+
+def verify(token: str, key: Ed25519PublicKey) -> tuple[dict[str, Any], bytes]:
+    """Return (header, payload) if ``token`` is signed by ``key`` with Ed25519; else raise SignatureError."""
+    header = unverified_header(token)
+    if header.get("alg") != ALG:
+        raise SignatureError(f"algorithm {header.get('alg')!r} refused: only {ALG} is accepted")
+    if header.get("crit"):
+        raise SignatureError(f"unsupported critical header parameters {header['crit']!r}")
+    signing_input, _, signature = token.rpartition(".")
+    try:
+        key.verify(b64url_decode(signature), signing_input.encode())
+    except InvalidSignature:
+        raise SignatureError("the signature does not verify with the expected key") from None
+    return header, b64url_decode(signing_input.partition(".")[2])

@@ -1,0 +1,52 @@
+"""Where the journal's 256-bit data key comes from.
+
+A systemd credential wins when the service has one ($CREDENTIALS_DIRECTORY/NAME,
+set up with LoadCredentialEncrypted= so the key is sealed to the device's TPM
+or host key); otherwise a key file, created with mode 0600 the first time the
+journal itself is created, and never silently re-created later: a fresh key
+for an existing journal would only make its data unreadable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+KEY_SIZE = 32
+
+
+class DataKeyError(Exception):
+    """The data key is missing, malformed, or does not open the journal."""
+
+
+def _read(path: Path, origin: str) -> bytes:
+    try:
+        key = path.read_bytes()
+    except PermissionError:
+        raise DataKeyError(f"cannot read the data key {origin} {path}: permission denied") from None
+    if len(key) != KEY_SIZE:
+        raise DataKeyError(f"the data key {origin} {path} holds {len(key)} bytes, not {KEY_SIZE}: it is not a counterbox data key")
+    return key
+
+
+def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
+    """Return the data key; create ``key_file`` only when ``create`` (the journal does not exist yet)."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / credential).exists():
+        return _read(Path(credentials) / credential, "from systemd credential")
+    if key_file.exists():
+        return _read(key_file, "in")
+    if not create:
+        raise DataKeyError(
+            f"the data key {key_file} is missing but the journal exists: restore the key file "
+            f"(or provide the systemd credential {credential!r}); a new key could not read the journal"
+        )
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(KEY_SIZE)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key

@@ -1,0 +1,41 @@
+"""Fixtures: real parts only. A Mosquitto per test on a free port, real SQLite files, real keys."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from demo.stack import Stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    """A running broker and central ingest, stopped after the test."""
+    with Stack(tmp_path / "stack") as running:
+        running.start_broker()
+        running.start_central()
+        yield running
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "scanner.fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test():
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"threads outlived the test: {extra}")

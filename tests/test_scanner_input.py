@@ -1,0 +1,127 @@
+"""Scanner input enters as the kernel's own struct input_event bytes, through the agent's reader."""
+
+import asyncio
+import os
+import struct
+import threading
+import time
+
+import pytest
+from evdev import ecodes
+
+from drivers.decoder import Decoder
+from drivers.input_event import EVENT_SIZE, InputEvent, pack_all
+from drivers.reader import ScannerError, read_events
+from drivers.recording import press
+
+from drivers.recording import type_text
+
+from .harness import scans
+
+
+async def _decode(path, limit=None):
+    decoder = Decoder(source=str(path))
+    found = []
+    async for event in read_events(str(path)):
+        scan = decoder.feed(event)
+        if scan:
+            found.append(scan.text)
+            if limit and len(found) == limit:
+                break
+    return found
+
+
+def test_input_event_is_the_kernels_24_byte_struct():
+    assert EVENT_SIZE == 24
+    raw = struct.pack("llHHi", 1700000000, 123456, ecodes.EV_KEY, ecodes.KEY_6, 1)
+    assert pack_all([InputEvent(1700000000, 123456, ecodes.EV_KEY, ecodes.KEY_6, 1)]) == raw
+
+
+def test_a_recording_file_decodes_main_row_keypad_and_shifted_characters(tmp_path):
+    path = tmp_path / "session.events"
+    path.write_bytes(
+        scans(["6901028075831"]) + scans(["6902672100139"], keypad_digits=True) + scans(["Ab$9-x", "02422288"])
+    )
+    assert asyncio.run(_decode(path)) == ["6901028075831", "6902672100139", "Ab$9-x", "02422288"]
+
+
+def test_kp_enter_terminates_like_enter(tmp_path):
+    path = tmp_path / "s.events"
+    path.write_bytes(scans(["40063812"], terminator=ecodes.KEY_KPENTER))
+    assert asyncio.run(_decode(path)) == ["40063812"]
+
+
+def test_autorepeat_and_key_up_add_nothing(tmp_path):
+    t = time.time()
+    events = press(ecodes.KEY_4, t, down=True)
+    events.append(InputEvent(int(t), 0, ecodes.EV_KEY, ecodes.KEY_4, 2))  # autorepeat
+    events.append(InputEvent(int(t), 0, ecodes.EV_KEY, ecodes.KEY_4, 2))
+    events += press(ecodes.KEY_4, t, down=False)
+    events += press(ecodes.KEY_2, t, down=True) + press(ecodes.KEY_2, t, down=False)
+    events += press(ecodes.KEY_ENTER, t, down=True) + press(ecodes.KEY_ENTER, t, down=False)
+    path = tmp_path / "s.events"
+    path.write_bytes(pack_all(events))
+    assert asyncio.run(_decode(path)) == ["42"]
+
+
+def test_an_empty_line_yields_no_barcode(tmp_path):
+    t = time.time()
+    path = tmp_path / "s.events"
+    path.write_bytes(pack_all(press(ecodes.KEY_ENTER, t, down=True)) + scans(["96385074"]))
+    assert asyncio.run(_decode(path)) == ["96385074"]
+
+
+def test_a_fifo_delivers_records_split_across_writes(fifo):
+    data = scans(["6901028075831", "96385074"])
+
+    def writer():
+        fd = os.open(fifo, os.O_WRONLY)
+        try:
+            for i in range(0, len(data), 7):  # 7-byte pieces split every record
+                os.write(fd, data[i : i + 7])
+        finally:
+            os.close(fd)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    found = asyncio.run(asyncio.wait_for(_decode(fifo, limit=2), 10))
+    thread.join()
+    assert found == ["6901028075831", "96385074"]
+
+
+def test_a_fifo_stays_open_when_its_writer_closes(fifo):
+    """A replayed scanner that reconnects is one source, as a re-plugged device is."""
+
+    def writer():
+        for code in ("6901028075831", "96385074"):
+            fd = os.open(fifo, os.O_WRONLY)
+            os.write(fd, scans([code]))
+            os.close(fd)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    found = asyncio.run(asyncio.wait_for(_decode(fifo, limit=2), 10))
+    thread.join()
+    assert found == ["6901028075831", "96385074"]
+
+
+def test_a_missing_scanner_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ScannerError, match="does not exist"):
+        asyncio.run(_decode(tmp_path / "nope"))
+
+
+def test_a_directory_is_not_a_scanner(tmp_path):
+    with pytest.raises(ScannerError, match="neither an input device"):
+        asyncio.run(_decode(tmp_path))
+
+
+def test_two_decoders_never_mix_interleaved_events():
+    a, b = Decoder("a"), Decoder("b")
+    out = []
+    for ea, eb in zip(type_text("111", start=time.time()), type_text("222", start=time.time())):
+        for decoder, event in ((a, ea), (b, eb)):
+            scan = decoder.feed(event)
+            if scan:
+                out.append((scan.source, scan.text))
+    assert sorted(out) == [("a", "111"), ("b", "222")]
