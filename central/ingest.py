@@ -124,6 +124,10 @@ class Ingest:
         except Rejected as reason:
             logger.warning("batch rejected topic=%s bytes=%d: %s", message.topic, len(message.payload), reason)
             return
+        except Exception:
+            # Not acknowledged, so the device sends it again; the consumer itself keeps running.
+            logger.exception("batch not stored topic=%s: internal error", message.topic)
+            return
         logger.info(
             "batch accepted device=%s seq=%d..%d new=%d acked_seq=%d",
             result.device_id, result.first_seq, result.last_seq, result.added, result.acked_seq,

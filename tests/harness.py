@@ -26,3 +26,36 @@ def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def feed(fifo, data: bytes, timeout: float = 30.0) -> None:
+    """Write scanner bytes into the agent's FIFO, waiting for the agent to open it (as a plugged-in scanner)."""
+    import errno
+    import os
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as error:
+            if error.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        os.set_blocking(fd, True)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def price_list(count: int) -> tuple[str, dict[str, tuple[str, int]]]:
+    """A price list CSV of ``count`` products with valid EAN-13s, and {barcode: (name, price in fen)}."""
+    from drivers.barcode import gs1_check_digit
+
+    items = {}
+    for i in range(count):
+        body = f"69010{i:07d}"
+        items[body + str(gs1_check_digit(body))] = (f"Brand {i} (pack)", 1000 + 37 * i)
+    rows = [f"{code},{name},{price // 100}.{price % 100:02d}" for code, (name, price) in items.items()]
+    return "barcode,name,price\n" + "\n".join(rows) + "\n", items

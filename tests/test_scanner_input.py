@@ -1,6 +1,7 @@
 """Scanner input enters as the kernel's own struct input_event bytes, through the agent's reader."""
 
 import asyncio
+import contextlib
 import os
 import struct
 import threading
@@ -76,11 +77,11 @@ def test_a_fifo_delivers_records_split_across_writes(fifo):
 
     def writer():
         fd = os.open(fifo, os.O_WRONLY)
-        try:
+        # The reader stops at the second barcode; the key-up events after it may find the pipe closed.
+        with contextlib.suppress(BrokenPipeError):
             for i in range(0, len(data), 7):  # 7-byte pieces split every record
                 os.write(fd, data[i : i + 7])
-        finally:
-            os.close(fd)
+        os.close(fd)
 
     thread = threading.Thread(target=writer)
     thread.start()

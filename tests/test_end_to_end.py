@@ -1,0 +1,178 @@
+"""Scans to central with every real part: Mosquitto, the agent and central as processes, SQLite files, real keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.client import MQTTv5
+
+from agent.uplink import encode_batch
+from provisioning.identity import load_key
+from storage import Event
+
+from .harness import feed, price_list, scans, wait_until
+
+DEVICE = "shop-0001"
+
+
+def shop_session(items: dict, count: int = 200, seed: int = 7) -> list[tuple[str, dict]]:
+    """A mix of main-row EAN-13s, keypad-digit EAN-13s and shifted-character raw codes."""
+    rng = random.Random(seed)
+    codes = list(items)
+    session = []
+    for i in range(count):
+        kind = i % 10
+        if kind < 6:
+            session.append((rng.choice(codes), {}))
+        elif kind < 9:
+            session.append((rng.choice(codes), {"keypad_digits": True}))
+        else:
+            session.append((f"TB-{i}$%&", {}))
+    return session
+
+
+def session_bytes(session) -> bytes:
+    return b"".join(scans([code], **how) for code, how in session)
+
+
+@pytest.fixture
+def shop(stack, fifo, tmp_path):
+    """A provisioned device with a 50-item price list, its scanner on ``fifo``."""
+    device = stack.provision(DEVICE, scanners=[str(fifo)])
+    csv, items = price_list(50)
+    (tmp_path / "prices.csv").write_text(csv)
+    loaded = device.command("prices", "load", str(tmp_path / "prices.csv"))
+    assert loaded.returncode == 0, loaded.stderr
+    return device, items
+
+
+def sales_recorded(device) -> int:
+    return device.status()["last_seq"] - 1  # the price list is event 1
+
+
+def assert_central_holds_exactly(stack, session, items):
+    sales = wait_until(lambda: (s := stack.sales()) and len(s) >= len(session) and s, 60, "all sales at central")
+    assert len(sales) == len(session), f"{len(sales)} sales at central for {len(session)} scans"
+    assert len({(s["device"], s["seq"]) for s in sales}) == len(sales)
+    assert [s["code"] for s in sales] == [code for code, _ in session]
+    for sale in sales:
+        if sale["code"] in items:
+            name, price = items[sale["code"]]
+            assert (sale["known"], sale["unit_price"], sale["name"]) == (True, price, name)
+        else:
+            assert (sale["known"], sale["unit_price"]) == (False, None)
+        assert sale["quantity"] == 1 and sale["currency"] == "CNY"
+
+
+def test_200_scans_arrive_at_central_as_200_verified_sales(stack, shop, fifo):
+    device, items = shop
+    session = shop_session(items)
+    device.start()
+    feed(fifo, session_bytes(session))
+    assert_central_holds_exactly(stack, session, items)
+    wait_until(lambda: device.status()["acked_seq"] == len(session) + 1, 30, "the device to see every acknowledgement")
+    log = stack.central_log.read_text()
+    assert "batch rejected" not in log
+    assert log.count("batch accepted") >= len(session) // stack.uplink["batch_max_events"]
+
+    # Nothing scanned is readable in the journal or its WAL, while the agent runs.
+    raw = b"".join(p.read_bytes() for p in device.directory.glob("journal.db*"))
+    assert (device.directory / "journal.db-wal").exists()
+    for code, _ in session:
+        assert code.encode() not in raw
+    for secret in (b"unit_price", b"Brand ", b"CNY"):
+        assert secret not in raw
+
+
+def test_a_sigkill_mid_stream_loses_and_duplicates_nothing(stack, shop, fifo):
+    device, items = shop
+    session = shop_session(items, seed=11)
+    first, rest = session[:120], session[120:]
+    device.start()
+    feed(fifo, session_bytes(first))
+    wait_until(lambda: sales_recorded(device) == len(first), 30, "120 scans to be durable")
+    # Half a barcode is on its way when the power goes: it was never confirmed, so it must not appear.
+    partial = scans(["6901099999999"])[: 24 * 6 * 5]
+    feed(fifo, partial)
+    time.sleep(0.3)
+    device.kill()
+    device.start()
+    feed(fifo, session_bytes(rest))
+    assert_central_holds_exactly(stack, session, items)
+    assert "session=2" in device.log.read_text()
+
+
+def test_a_broker_that_goes_away_loses_and_duplicates_nothing(stack, shop, fifo):
+    device, items = shop
+    session = shop_session(items, seed=13)
+    device.start()
+    feed(fifo, session_bytes(session[:100]))
+    wait_until(lambda: len(stack.sales()) == 100, 30, "the first 100 sales at central")
+    stack.stop_broker()
+    feed(fifo, session_bytes(session[100:]))
+    wait_until(lambda: sales_recorded(device) == 200, 30, "200 scans durable while the broker is away")
+    assert len(stack.sales()) == 100
+    stack.start_broker()
+    assert_central_holds_exactly(stack, session, items)
+
+
+def _batch(key, seq: int, code: str) -> bytes:
+    event = Event(seq, "sale", {"code": code, "quantity": 1, "known": False, "unit_price": None, "currency": "CNY"})
+    return encode_batch([event], device_id=DEVICE, session=1, key=key)
+
+
+def _publish(stack, payload: bytes, device: str = DEVICE) -> None:
+    mqtt_publish.single(
+        f"counterbox/v1/devices/{device}/batch", payload, qos=1,
+        hostname="127.0.0.1", port=stack.broker_port, protocol=MQTTv5,
+    )
+
+
+def _tamper(token: bytes) -> bytes:
+    header, payload, signature = token.split(b".")
+    raw = bytearray(payload)
+    raw[len(raw) // 2] = ord("A") if raw[len(raw) // 2] != ord("A") else ord("B")
+    return b".".join([header, bytes(raw), signature])
+
+
+@pytest.mark.parametrize(
+    "forge,reason",
+    [
+        (lambda key: _tamper(_batch(key, 1, "FORGED-1")), "signature check failed"),
+        (lambda key: _batch(Ed25519PrivateKey.generate(), 1, "FORGED-2"), "signature check failed"),
+        (lambda key: _batch(key, 1, "FORGED-3")[:-3] + b"AAA", "signature check failed"),
+        (lambda key: b"not a token at all", "signature check failed"),
+    ],
+    ids=["one-byte-changed", "another-key", "signature-altered", "garbage"],
+)
+def test_a_forged_or_altered_batch_is_rejected_and_not_stored(stack, tmp_path, forge, reason):
+    device = stack.provision(DEVICE, scanners=[str(tmp_path / "unused")])
+    key = load_key(device.directory / "device.key")
+    _publish(stack, forge(key))
+    _publish(stack, _batch(key, 1, "GENUINE"))  # central handles messages in order: once this is in, so was the forgery
+    sales = wait_until(stack.sales, 20, "the genuine batch at central")
+    assert [s["code"] for s in sales] == ["GENUINE"]
+    wait_until(lambda: "batch rejected" in stack.central_log.read_text(), 5, "the rejection to be logged")
+    rejected = [l for l in stack.central_log.read_text().splitlines() if "batch rejected" in l]
+    assert len(rejected) == 1 and reason in rejected[0] and f"devices/{DEVICE}/batch" in rejected[0]
+
+
+def test_a_replayed_batch_is_stored_once_and_an_unknown_device_not_at_all(stack, tmp_path):
+    device = stack.provision(DEVICE, scanners=[str(tmp_path / "unused")])
+    key = load_key(device.directory / "device.key")
+    genuine = _batch(key, 1, "ONCE")
+    _publish(stack, _batch(key, 1, "ONCE"), device="shop-unknown")
+    _publish(stack, genuine)
+    _publish(stack, genuine)
+    _publish(stack, _batch(key, 2, "TWICE"))
+    sales = wait_until(lambda: len(s := stack.sales()) == 2 and s, 20, "two sales at central")
+    assert [s["code"] for s in sales] == ["ONCE", "TWICE"]
+    log = stack.central_log.read_text()
+    assert "device 'shop-unknown' is not registered" in log
+    assert "seq=1..1 new=0 acked_seq=1" in log  # the replay added nothing
