@@ -63,6 +63,12 @@ def _open(path: str) -> tuple[int, SourceInfo, object | None]:
     raise ScannerError(f"scanner path {path!r} is neither an input device, a FIFO nor a recording file")
 
 
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """Whole records, and the partial one that the next read completes."""
+    whole = len(data) - len(data) % EVENT_SIZE
+    return data[:whole], data[whole:]
+
+
 async def read_events(path: str) -> AsyncIterator[InputEvent]:
     """Yield input events from ``path`` until the source ends or the task is cancelled."""
     fd, info, device = _open(path)
@@ -71,10 +77,9 @@ async def read_events(path: str) -> AsyncIterator[InputEvent]:
     try:
         if info.kind == "file":
             while chunk := await asyncio.to_thread(os.read, fd, _READ_SIZE * 16):
-                pending += chunk
-                for event in unpack(pending):
+                records, pending = _split(pending + chunk)
+                for event in unpack(records):
                     yield event
-                pending = pending[len(pending) - len(pending) % EVENT_SIZE :]
             return
         loop = asyncio.get_running_loop()
         readable = asyncio.Event()
@@ -89,10 +94,9 @@ async def read_events(path: str) -> AsyncIterator[InputEvent]:
                     continue
                 if not chunk:
                     return
-                pending += chunk
-                for event in unpack(pending):
+                records, pending = _split(pending + chunk)
+                for event in unpack(records):
                     yield event
-                pending = pending[len(pending) - len(pending) % EVENT_SIZE :]
         finally:
             loop.remove_reader(fd)
     finally:
