@@ -75,6 +75,13 @@ class Config:
     pricing: PricingConfig = field(default_factory=PricingConfig)
 
 
+# The sections of the file, in the order docs/configuration.md lists them.
+SECTIONS: dict[str, type] = {
+    "device": DeviceConfig, "storage": StorageConfig, "scanner": ScannerConfig,
+    "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig,
+}
+
+
 def _section(cls: type, table: dict[str, Any], name: str, base: Path) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
@@ -89,7 +96,7 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path) -> Any:
         elif isinstance(default, float) and isinstance(value, int):
             value = float(value)
         if not isinstance(value, type(default)) and default is not dataclasses.MISSING:
-            raise ConfigError(f"[{name}] {key} must be a {type(default).__name__}, not {value!r}")
+            raise ConfigError(f"[{name}] {key} must be of type {type(default).__name__}, not {value!r}")
         values[key] = value
     return cls(**values)
 
@@ -101,16 +108,11 @@ def load(path: Path) -> Config:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: {error}") from None
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
     for name in data:
-        if name not in sections:
-            raise ConfigError(f"{path}: unknown section [{name}]; known sections: {', '.join(sections)}")
+        if name not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{name}]; known sections: {', '.join(SECTIONS)}")
     base = path.parent.resolve()
-    classes = {
-        "device": DeviceConfig, "storage": StorageConfig, "scanner": ScannerConfig,
-        "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig,
-    }
     try:
-        return Config(**{name: _section(cls, data.get(name, {}), name, base) for name, cls in classes.items()})
+        return Config(**{name: _section(cls, data.get(name, {}), name, base) for name, cls in SECTIONS.items()})
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
