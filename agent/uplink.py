@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 BATCH_TYPE = "counterbox-batch+jws"
 ACK_TYPE = "counterbox-ack+jws"
 
+RETRY_MIN = 0.5  # seconds before publishing again after a failure; doubles per failure
+RETRY_MAX = 30.0
+
 # Runs a blocking journal call in the journal's own thread.
 JournalCall = Callable[..., Awaitable[Any]]
 
@@ -88,6 +91,7 @@ class Uplink:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     _in_flight: list[tuple[int, float]] = field(default_factory=list)  # (last_seq, sent at)
     _acked: int = 0
+    _failures: int = 0  # publishes failed in a row
 
     async def run(self) -> None:
         self._acked = await self.call(self.journal.acked_seq)
@@ -160,8 +164,15 @@ class Uplink:
         try:
             await self.link.publish(topic, payload)
         except MqttError as error:
-            logger.warning("batch seq=%d..%d not published: %s", events[0].seq, events[-1].seq, error)
-            await asyncio.sleep(0.5)
+            # A fault that repeats (a broker ACL refusing us) is a warning once, then quiet
+            # with a growing pause, so it neither floods the log nor the broker.
+            log = logger.warning if self._failures == 0 else logger.debug
+            log("batch seq=%d..%d not published: %s", events[0].seq, events[-1].seq, error)
+            await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2**self._failures))
+            self._failures += 1
             return False
+        if self._failures:
+            logger.info("batches published again after %d failed attempts", self._failures)
+            self._failures = 0
         logger.debug("batch published seq=%d..%d bytes=%d", events[0].seq, events[-1].seq, len(payload))
         return True

@@ -154,11 +154,16 @@ class Stack:
 
     # -- broker ----------------------------------------------------------------
 
-    def start_broker(self) -> None:
+    def start_broker(self, *, acl: str | None = None) -> None:
+        """Start Mosquitto; ``acl`` is the text of an ACL file to enforce (as a production broker does)."""
         persistence = self.directory / "broker"
         persistence.mkdir(exist_ok=True)
         config = self.directory / "mosquitto.conf"
-        config.write_text(broker_config(self.broker_port, persistence))
+        text = broker_config(self.broker_port, persistence)
+        if acl is not None:
+            (self.directory / "acl").write_text(acl)
+            text += f"acl_file {self.directory / 'acl'}\n"
+        config.write_text(text)
         with (self.directory / "mosquitto.log").open("ab") as log:
             self.broker = subprocess.Popen([mosquitto_binary(), "-c", str(config)], stdout=log, stderr=log)
         wait_for_port(self.broker_port)
