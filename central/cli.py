@@ -72,12 +72,17 @@ def _report(args) -> int:
             device = store.device(device_id)
             totals = ", ".join(f"{amount / 100:.2f} {currency}" for currency, amount in sorted(report["totals"].items()))
             print(
-                f"{device_id}: {report['sales']} sales ({report['unknown']} unknown barcodes), "
-                f"{report['misreads']} misreads refused, total {totals or '0'}, acknowledged up to seq {device.acked_seq}"
+                f"{device_id}: {_count(report['sales'], 'sale')} ({report['unknown']} of unknown products), "
+                f"{_count(report['misreads'], 'misread')} refused, total {totals or '0'}, "
+                f"acknowledged up to seq {device.acked_seq}"
             )
     finally:
         store.close()
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def parser() -> argparse.ArgumentParser:

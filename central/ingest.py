@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from .store import CentralStore
+from .store import CentralStore, SeqConflict
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,10 @@ class Ingest:
             raise Rejected(f"not a batch topic: {topic}")
         device_id = parts[-2]
         batch = verify_batch(self.store, device_id, payload)
-        added, acked = self.store.add_events(device_id, batch["session"], batch["events"])
+        try:
+            added, acked = self.store.add_events(device_id, batch["session"], batch["events"])
+        except SeqConflict as conflict:
+            raise Rejected(str(conflict)) from None
         result = Accepted(device_id, batch["first_seq"], batch["last_seq"], added, acked)
         ack = json.dumps({"v": 1, "device": device_id, "ack_seq": acked}).encode()
         token = jws.serialize_compact({"alg": "Ed25519", "kid": CENTRAL_KID, "typ": ACK_TYPE}, ack, self.signing_key,

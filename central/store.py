@@ -23,6 +23,10 @@ class RegistryError(Exception):
     """A device registration that conflicts with what central holds."""
 
 
+class SeqConflict(Exception):
+    """A batch reuses sequence numbers for other events: never stored, never acknowledged."""
+
+
 @dataclass(frozen=True)
 class Device:
     device_id: str
@@ -75,6 +79,7 @@ class CentralStore:
         conn = self.db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._check_no_conflict(device_id, events)
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO events (device_id, seq, kind, session, received_at, body) VALUES (?, ?, ?, ?, ?, ?)",
@@ -95,6 +100,22 @@ class CentralStore:
             conn.execute("ROLLBACK")
             raise
         return added, acked
+
+    def _check_no_conflict(self, device_id: str, events: list[dict[str, Any]]) -> None:
+        """A seq already held must hold the same event: anything else is a device whose journal restarted."""
+        held = {
+            seq: (kind, json.loads(body))
+            for seq, kind, body in self.db.conn.execute(
+                "SELECT seq, kind, body FROM events WHERE device_id = ? AND seq BETWEEN ? AND ?",
+                [device_id, events[0]["seq"], events[-1]["seq"]],
+            )
+        }
+        for event in events:
+            if event["seq"] in held and held[event["seq"]] != (event["kind"], event["body"]):
+                raise SeqConflict(
+                    f"seq {event['seq']} differs from the event central already holds for {device_id}: "
+                    "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
+                )
 
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         sql = "SELECT device_id, seq, kind, session, body FROM events"

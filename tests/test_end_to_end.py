@@ -176,3 +176,16 @@ def test_a_replayed_batch_is_stored_once_and_an_unknown_device_not_at_all(stack,
     log = stack.central_log.read_text()
     assert "device 'shop-unknown' is not registered" in log
     assert "seq=1..1 new=0 acked_seq=1" in log  # the replay added nothing
+
+
+def test_a_reused_seq_with_other_content_is_refused_not_silently_dropped(stack, tmp_path):
+    """A device whose journal was wiped starts again at seq 1: its new sales must not vanish as 'already held'."""
+    device = stack.provision(DEVICE, scanners=[str(tmp_path / "unused")])
+    key = load_key(device.directory / "device.key")
+    _publish(stack, _batch(key, 1, "BEFORE-RESET"))
+    _publish(stack, _batch(key, 1, "AFTER-RESET"))
+    _publish(stack, _batch(key, 2, "NEXT"))
+    sales = wait_until(lambda: len(s := stack.sales()) == 2 and s, 20, "two sales at central")
+    assert [s["code"] for s in sales] == ["BEFORE-RESET", "NEXT"]
+    log = stack.central_log.read_text()
+    assert "seq 1 differs from the event central already holds for shop-0001" in log
