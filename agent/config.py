@@ -6,10 +6,13 @@ Relative paths are taken from the directory of the configuration file.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from drivers.decoder import DecoderSettings
 
 
 class ConfigError(Exception):
@@ -34,9 +37,47 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class DeviceOverride:
+    """A `[[scanner.device]]` table: decoder settings for the scanners it matches."""
+
+    match: str  # a path, a USB "vendor:product", or a glob of the evdev name
+    settings: DecoderSettings
+
+    def matches(self, path: str, usb_id: str = "", name: str = "") -> bool:
+        return self.match in (path, usb_id) or bool(name and fnmatch.fnmatch(name, self.match))
+
+
+@dataclass(frozen=True)
 class ScannerConfig:
-    paths: tuple[str, ...] = ()
-    retry_interval: float = 1.0  # seconds between attempts to reopen a scanner that went away
+    paths: tuple[str, ...] = ()  # sources always read: devices, FIFOs, recordings
+    usb_ids: tuple[str, ...] = ()  # "vendor:product" of scanners to take
+    names: tuple[str, ...] = ()  # globs of evdev names of scanners to take
+    auto: bool = True  # take USB keyboards that say they are scanners, or type like one
+    dev_input: Path = Path("/dev/input")
+    sys_class: Path = Path("/sys/class/input")
+    rescan_interval: float = 0.5  # seconds between looks for scanners plugged in
+    retry_interval: float = 1.0  # seconds between attempts to reopen a configured path that went away
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
+    devices: tuple[DeviceOverride, ...] = ()
+
+    def settings_for(self, path: str, usb_id: str = "", name: str = "") -> DecoderSettings:
+        for override in self.devices:
+            if override.matches(path, usb_id, name):
+                return override.settings
+        return self.decoder
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    output: str = "auto"  # "tone", "led", "auto" (a speaker if the box has one, else the scanner's LEDs), "none"
+    path: str = ""  # the speaker's event device; empty: the first device that can sound a tone
+    led: str = "scroll"  # the LED blinked: "num", "caps" or "scroll"
+
+    def __post_init__(self) -> None:
+        if self.output not in ("tone", "led", "auto", "none"):
+            raise ConfigError(f"[feedback] output {self.output!r} must be tone, led, auto or none")
+        if self.led not in ("num", "caps", "scroll"):
+            raise ConfigError(f"[feedback] led {self.led!r} must be num, caps or scroll")
 
 
 @dataclass(frozen=True)
@@ -73,22 +114,40 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
 
 # The sections of the file, in the order docs/configuration.md lists them.
 SECTIONS: dict[str, type] = {
     "device": DeviceConfig, "storage": StorageConfig, "scanner": ScannerConfig,
-    "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig,
+    "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig, "feedback": FeedbackConfig,
 }
 
 
-def _section(cls: type, table: dict[str, Any], name: str, base: Path) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def _scanner(table: dict[str, Any], base: Path) -> ScannerConfig:
+    table = dict(table)
+    decoder = _section(DecoderSettings, table.pop("decoder", {}), "scanner.decoder", base)
+    devices = []
+    for index, override in enumerate(table.pop("device", [])):
+        override = dict(override)
+        match = override.pop("match", None)
+        if not isinstance(match, str) or not match:
+            raise ConfigError(f"[[scanner.device]] number {index + 1} needs a match (a path, vendor:product or name glob)")
+        settings = _section(DecoderSettings, override, f"scanner.device {match!r}", base, defaults=decoder)
+        devices.append(DeviceOverride(match, settings))
+    scanner = _section(ScannerConfig, table, "scanner", base)
+    return dataclasses.replace(scanner, decoder=decoder, devices=tuple(devices))
+
+
+def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: Any = None) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("decoder", "devices")}
     values = {}
     for key, value in table.items():
         if key not in fields:
             raise ConfigError(f"unknown key [{name}] {key}; known keys: {', '.join(fields)}")
-        default = fields[key].default
+        default = getattr(defaults, key) if defaults is not None else fields[key].default
+        if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
+            default = fields[key].default_factory()
         if isinstance(default, Path):
             value = base / Path(value).expanduser()
         elif isinstance(default, tuple):
@@ -98,7 +157,10 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path) -> Any:
         if not isinstance(value, type(default)) and default is not dataclasses.MISSING:
             raise ConfigError(f"[{name}] {key} must be of type {type(default).__name__}, not {value!r}")
         values[key] = value
-    return cls(**values)
+    try:
+        return dataclasses.replace(defaults, **values) if defaults is not None else cls(**values)
+    except ValueError as error:
+        raise ConfigError(f"[{name}] {error}") from None
 
 
 def load(path: Path) -> Config:
@@ -113,6 +175,9 @@ def load(path: Path) -> Config:
             raise ConfigError(f"{path}: unknown section [{name}]; known sections: {', '.join(SECTIONS)}")
     base = path.parent.resolve()
     try:
-        return Config(**{name: _section(cls, data.get(name, {}), name, base) for name, cls in SECTIONS.items()})
+        return Config(**{
+            name: _scanner(data.get(name, {}), base) if cls is ScannerConfig else _section(cls, data.get(name, {}), name, base)
+            for name, cls in SECTIONS.items()
+        })
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None

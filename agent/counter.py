@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 from drivers.barcode import classify
 from drivers.decoder import Scan
+from drivers.feedback import Signal
 from storage import Event, Journal
 
 logger = logging.getLogger(__name__)
@@ -37,13 +38,14 @@ class Counter:
         if seq != self._prices_seq:
             event = self.journal.last("price_list")
             items = event.body["items"] if event else []
-            self._prices = {item["barcode"]: item for item in items}
+            # Keyed by GTIN-14, so a UPC-A matches its 13-digit EAN reading.
+            self._prices = {classify(item["barcode"]).key: item for item in items}
             self._prices_seq = seq
         return self._prices or {}
 
     def record(self, scan: Scan) -> Event:
         """Record ``scan`` durably; blocking (SQLite and fsync), so call it from the journal's thread."""
-        barcode = classify(scan.text)
+        barcode = classify(scan.text, scan.aim)
         common = {"code": barcode.data, "symbology": barcode.symbology.value, "scanner": scan.source,
                   "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
@@ -51,7 +53,7 @@ class Counter:
             seq = self.journal.append("misread", body)
             logger.warning("misread seq=%d code=%s scanner=%s: check digit fails, not a sale", seq, barcode.data, scan.source)
             return Event(seq, "misread", body)
-        item = self._price_book().get(barcode.data)
+        item = self._price_book().get(barcode.key)
         body = {**common, "quantity": 1, "known": item is not None, "currency": self.currency,
                 "unit_price": item["price"] if item else None, "name": item["name"] if item else None}
         seq = self.journal.append("sale", body)
@@ -60,3 +62,10 @@ class Counter:
         else:
             logger.warning("sale seq=%d code=%s scanner=%s: unknown barcode, recorded without a price", seq, barcode.data, scan.source)
         return Event(seq, "sale", body)
+
+
+def signal_for(event: Event) -> Signal:
+    """What the retailer hears: good for a priced sale, attention for an unknown product, error for a misread."""
+    if event.kind == "sale":
+        return Signal.GOOD if event.body["known"] else Signal.ATTENTION
+    return Signal.ERROR

@@ -7,22 +7,20 @@ event loop that reads the scanners never blocks on the disk.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import os
 import signal
-import stat
 from concurrent.futures import ThreadPoolExecutor
 
-from drivers.decoder import Decoder
-from drivers.reader import ScannerError, read_events
+from drivers.decoder import Scan
+from drivers.feedback import Signal
 from provisioning.identity import load_key, parse_public_key
 from storage import Journal, JournalError, load_data_key
 
 from .config import Config
-from .counter import Counter
+from .counter import Counter, signal_for
 from .mqtt import MqttLink
+from .scanners import Scanners
 from .uplink import Uplink, ack_topic
 
 logger = logging.getLogger(__name__)
@@ -59,54 +57,27 @@ async def run(config: Config) -> None:
             subscriptions=[ack_topic(config.uplink.topic_prefix, config.device.id)],
         ) as link:
             uplink = Uplink(journal, call, link, config.device.id, session, signing_key, central_key, config.uplink)
+
+            async def on_scan(scan: Scan) -> Signal:
+                try:
+                    event = await call(counter.record, scan)
+                except JournalError as error:
+                    # Not recorded: the retailer hears the error signal and scans again.
+                    logger.error("scan %r from %s NOT recorded: %s", scan.text, scan.source, error)
+                    return Signal.ERROR
+                uplink.wake.set()
+                return signal_for(event)
+
+            scanners = Scanners(config.scanner, config.feedback, on_scan)
             main = asyncio.current_task()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, main.cancel)
             try:
                 async with asyncio.TaskGroup() as group:
                     group.create_task(uplink.run())
-                    for path in config.scanner.paths:
-                        group.create_task(_scanner(path, counter, call, uplink.wake, config.scanner.retry_interval))
+                    group.create_task(scanners.run())
             except asyncio.CancelledError:
                 logger.info("agent stopping device=%s", config.device.id)
     finally:
         await call(journal.close)
         executor.shutdown()
-
-
-async def _scanner(path: str, counter: Counter, call, wake: asyncio.Event, retry_interval: float) -> None:
-    """Read one scanner for as long as the agent runs, reopening it when it goes away."""
-    decoder = Decoder(source=path)
-    warned = False
-    while True:
-        try:
-            async for event in read_events(path):
-                warned = False
-                scan = decoder.feed(event)
-                if scan is None:
-                    continue
-                try:
-                    await call(counter.record, scan)
-                except JournalError as error:
-                    # Not recorded: the retailer gets no confirmation and scans again.
-                    logger.error("scan %r from %s NOT recorded: %s", scan.text, path, error)
-                    continue
-                wake.set()
-            else:
-                if path_is_recording(path):
-                    logger.info("scanner recording %s fully read", path)
-                    return
-        except (ScannerError, OSError) as error:
-            if not warned:
-                logger.warning("scanner %s unavailable: %s; retrying every %.1fs", path, error, retry_interval)
-                warned = True
-        partial = decoder.reset()
-        if partial:
-            logger.warning("scanner %s went away mid-scan; partial barcode %r discarded", path, partial)
-        await asyncio.sleep(retry_interval)
-
-
-def path_is_recording(path: str) -> bool:
-    with contextlib.suppress(OSError):
-        return stat.S_ISREG(os.stat(path).st_mode)
-    return False

@@ -1,9 +1,24 @@
-"""Turn a scanner's key events into barcode text.
+"""Turn one scanner's key events into barcodes, and refuse what is not one.
 
-A keyboard-wedge scanner types a barcode as key presses and ends it with Enter.
-Characters are taken on key-down (value 1) only; autorepeat (value 2) and
-key-up (value 0) add nothing, so a repeated digit is two presses, never one
-held key.
+A keyboard-wedge scanner types a barcode as key presses in its layout and
+ends it with a terminator (Enter, by default). What goes wrong in the field,
+and what this decoder does about it:
+
+- characters are taken on key-down (value 1) only; autorepeat (2) and key-up
+  (0) add nothing, and a key pressed again without its key-up in between is a
+  second character, so "02422288" keeps its repeated digits;
+- a device that sends only key-downs is noticed (a key pressed again with no
+  key-up) and its modifiers then apply to one character each;
+- CR+LF, or any empty line, ends nothing: a scan is booked once;
+- the kernel's SYN_DROPPED discards the partial barcode; events up to the next
+  SYN_REPORT are ignored and the key state is taken from the device (EVIOCGKEY);
+- timing, from the kernel's own timestamps, tells a scanner's burst (a few ms
+  per key) from a person typing (tens to hundreds of ms): a slow or broken
+  burst is refused, never a barcode.
+
+    decoder = Decoder("/dev/input/event3", DecoderSettings(layout="fr"))
+    for event in events:
+        result = decoder.feed(event)   # None, a Scan, or NotABarcode with the reason
 """
 
 from __future__ import annotations
@@ -12,19 +27,53 @@ from dataclasses import dataclass, field
 
 from evdev import InputEvent, ecodes
 
-from .keymap import SHIFT_KEYS, TERMINATORS, US
+from .keymap import Keymap, load_keymap
 
-KEY_DOWN = 1
+KEY_UP, KEY_DOWN = 0, 1
+
+TERMINATOR_KEYS = {"enter": ecodes.KEY_ENTER, "kp_enter": ecodes.KEY_KPENTER, "tab": ecodes.KEY_TAB}
+# Characters that end a barcode when their terminator is configured, however typed (Ctrl+M, Ctrl+J).
+TERMINATOR_CHARS = {"enter": "\r\n", "kp_enter": "", "tab": "\t"}
+
+
+@dataclass(frozen=True)
+class DecoderSettings:
+    """How one scanner types; every field is an `[scanner]` configuration key."""
+
+    layout: str = "us"
+    variant: str = ""
+    numlock: bool = True  # keypad keys type digits: the box has no console to toggle Num Lock
+    terminators: tuple[str, ...] = ("enter", "kp_enter")  # empty: a pause of idle_timeout ends a barcode
+    idle_timeout: float = 0.1  # seconds
+    prefix: str = ""  # stripped from the start of a barcode when present
+    suffix: str = ""  # stripped from its end when present
+    max_key_interval: float = 0.05  # seconds between key presses; slower is a person typing
+
+    def __post_init__(self) -> None:
+        unknown = set(self.terminators) - set(TERMINATOR_KEYS)
+        if unknown:
+            raise ValueError(f"unknown terminators {sorted(unknown)}; known: {', '.join(TERMINATOR_KEYS)}")
 
 
 @dataclass(frozen=True)
 class Scan:
-    """What the scanner typed between two terminators, with the kernel's timestamps."""
+    """A barcode as the scanner typed it, with the kernel's timestamps."""
 
     text: str
     source: str
-    started: float  # kernel time of the first key press, seconds
-    finished: float  # kernel time of the terminator
+    started: float  # first key press, seconds (kernel time)
+    finished: float  # terminator (or last key, when ended by a pause)
+    slowest_key: float = 0.0  # longest gap between two key presses, seconds
+    aim: str = ""  # AIM symbology identifier ("]E0", "]C1", ...) when the driver knows it
+
+
+@dataclass(frozen=True)
+class NotABarcode:
+    """Key input that is not a barcode, and why; never a sale."""
+
+    text: str
+    source: str
+    reason: str
 
 
 @dataclass
@@ -32,39 +81,133 @@ class Decoder:
     """Decoder state for one scanner: never shared between devices."""
 
     source: str
-    keymap: dict[int, tuple[str, str]] = field(default_factory=lambda: US)
-    _chars: list[str] = field(default_factory=list)
-    _shift: set[int] = field(default_factory=set)
-    _started: float = 0.0
+    settings: DecoderSettings = field(default_factory=DecoderSettings)
+    keymap: Keymap | None = None
+    key_down_only: bool = False  # learned: the device sends no key-ups
+    resync_pending: bool = False  # the kernel dropped events: the key state must be read from the device
 
-    def feed(self, event: InputEvent) -> Scan | None:
-        if event.type != ecodes.EV_KEY:
+    def __post_init__(self) -> None:
+        self.keymap = self.keymap or load_keymap(self.settings.layout, self.settings.variant)
+        self._state = self.keymap.new_state(numlock=self.settings.numlock)
+        self._terminator_codes = {TERMINATOR_KEYS[name] for name in self.settings.terminators}
+        self._terminator_chars = "".join(TERMINATOR_CHARS[name] for name in self.settings.terminators)
+        self._chars: list[str] = []
+        self._times: list[float] = []
+        self._held: set[int] = set()  # non-modifier keys down
+        self._mods_since_char: set[int] = set()
+        self._mods_held: set[int] = set()
+        self._dropping = False
+
+    # -- the event stream ---------------------------------------------------------
+
+    def feed(self, event: InputEvent) -> Scan | NotABarcode | None:
+        if event.type == ecodes.EV_SYN:
+            if event.code == ecodes.SYN_DROPPED:
+                self._dropping = True
+                partial = self._take()
+                return NotABarcode(partial, self.source, "the kernel dropped events (SYN_DROPPED)") if partial else None
+            if event.code == ecodes.SYN_REPORT and self._dropping:
+                self._dropping = False
+                self.resync_pending = True  # the reader answers with resync(the device's held keys)
             return None
-        if event.code in SHIFT_KEYS:
-            if event.value == KEY_DOWN:
-                self._shift.add(event.code)
-            elif event.value == 0:
-                self._shift.discard(event.code)
+        if event.type != ecodes.EV_KEY or self._dropping or event.value not in (KEY_UP, KEY_DOWN):
             return None
-        if event.value != KEY_DOWN:
+        code, down, t = event.code, event.value == KEY_DOWN, event.timestamp()
+        if self._state.is_modifier(code):
+            self._modifier(code, down)
             return None
-        if event.code in TERMINATORS:
-            if not self._chars:
-                return None
-            scan = Scan("".join(self._chars), self.source, self._started, event.timestamp())
-            self._chars.clear()
-            return scan
-        chars = self.keymap.get(event.code)
-        if chars is None:
+        if not down:
+            self._held.discard(code)
+            self._state.update(code, down=False)
             return None
-        if not self._chars:
-            self._started = event.timestamp()
-        self._chars.append(chars[1] if self._shift else chars[0])
+        if code in self._held and not self.key_down_only:
+            self._learn_key_down_only()
+        self._held.add(code)
+        if code in self._terminator_codes:
+            return self._finish(t)
+        char = self._state.text(code)
+        self._state.update(code, down=True)
+        if self.key_down_only:
+            self._release_modifiers()
+        self._mods_since_char.clear()
+        if char and char in self._terminator_chars:
+            return self._finish(t)
+        if not char or (not char.isprintable() and char != "\x1d"):
+            return None  # a key that types nothing a barcode holds (arrows, F-keys, Escape)
+        self._chars.append(char)
+        self._times.append(t)
         return None
 
-    def reset(self) -> str:
-        """Drop a partial barcode (the scanner went away mid-scan); return what was dropped."""
-        partial = "".join(self._chars)
+    def _modifier(self, code: int, down: bool) -> None:
+        self._state.update(code, down=down)
+        if down:
+            self._mods_held.add(code)
+            self._mods_since_char.add(code)
+        else:
+            self._mods_held.discard(code)
+
+    def _learn_key_down_only(self) -> None:
+        # Modifiers pressed before the previous character were meant for it alone.
+        self.key_down_only = True
+        for code in self._mods_held - self._mods_since_char:
+            self._state.update(code, down=False)
+            self._mods_held.discard(code)
+
+    def _release_modifiers(self) -> None:
+        for code in self._mods_held:
+            self._state.update(code, down=False)
+        self._mods_held.clear()
+
+    # -- ends of a barcode --------------------------------------------------------
+
+    def idle(self) -> Scan | NotABarcode | None:
+        """Called when no event has arrived for ``idle_timeout``: with no terminator configured, that ends the barcode."""
+        if self.settings.terminators or not self._chars:
+            return None
+        return self._finish(self._times[-1])
+
+    def _finish(self, t: float) -> Scan | NotABarcode | None:
+        if not self._chars:
+            return None  # an empty line: the LF of CR+LF, or a stray Enter
+        times = self._times[:]
+        text = self._take()
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        slowest = max(gaps, default=0.0)
+        if slowest > self.settings.max_key_interval:
+            gaps.sort()
+            median = gaps[len(gaps) // 2]
+            return NotABarcode(
+                text, self.source,
+                f"typed, not scanned: {median * 1000:.0f} ms per key (median), a pause of {slowest * 1000:.0f} ms; "
+                f"a scanner types faster than {self.settings.max_key_interval * 1000:.0f} ms per key",
+            )
+        if self.settings.prefix and text.startswith(self.settings.prefix):
+            text = text[len(self.settings.prefix):]
+        if self.settings.suffix and text.endswith(self.settings.suffix):
+            text = text[: -len(self.settings.suffix)]
+        if not text:
+            return None
+        return Scan(text, self.source, times[0], t, slowest)
+
+    def _take(self) -> str:
+        text = "".join(self._chars)
         self._chars.clear()
-        self._shift.clear()
+        self._times.clear()
+        return text
+
+    # -- the device ---------------------------------------------------------------
+
+    def resync(self, held: frozenset[int]) -> None:
+        """Take the key state from the device (EVIOCGKEY) after SYN_DROPPED, rather than guess it."""
+        self.resync_pending = False
+        self._state.reset(held=held)
+        self._held = {code for code in held if not self._state.is_modifier(code)}
+        self._mods_held = {code for code in held if self._state.is_modifier(code)}
+        self._mods_since_char.clear()
+
+    def unplugged(self) -> str:
+        """The device went away: drop the partial barcode (returned, for the log) and all key state."""
+        partial = self._take()
+        self._dropping = False
+        self.resync(frozenset())
         return partial

@@ -4,15 +4,23 @@ One code path for every kind of source, so tests exercise what the device does:
 
 - a character device (/dev/input/eventN): opened with python-evdev and grabbed
   with EVIOCGRAB, so a scan never leaks keystrokes to a console or login prompt;
+  the grab is released however the reading ends;
 - a FIFO: a replayed scanner; opened read-write so that a writer closing is not
-  an end of file (the source stays open like a plugged-in scanner);
+  an end of file (the source stays open like a plugged-in scanner), and gone
+  when its path is removed, as a device is when unplugged;
 - a regular file: a recording, read once to its end.
+
+    async with open_source("/dev/input/event3") as source:
+        async for event in source.events():
+            ...
+        source.held_keys()   # EVIOCGKEY, after the kernel dropped events
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import stat
@@ -24,20 +32,104 @@ from .input_event import EVENT_SIZE, InputEvent, unpack
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = EVENT_SIZE * 64
+GONE_CHECK = 0.5  # seconds between checks that a FIFO's path still exists
 
 
 class ScannerError(Exception):
     """A scanner path that cannot be read as an input-event source."""
 
 
-@dataclass(frozen=True)
-class SourceInfo:
+class ScannerGone(ScannerError):
+    """The scanner went away while being read (unplugged)."""
+
+
+@dataclass
+class Source:
     path: str
     kind: str  # "evdev", "fifo" or "file"
+    fd: int
+    device: object | None = None  # evdev.InputDevice when kind == "evdev"
     name: str = ""
+    grabbed: bool = False
+
+    def grab(self) -> None:
+        """EVIOCGRAB: from now on this program alone receives the device's keys."""
+        if self.device is None or self.grabbed:
+            return
+        try:
+            self.device.grab()
+        except OSError as error:
+            raise ScannerError(f'cannot grab scanner "{self.path}": {error.strerror} (another program holds it)') from None
+        self.grabbed = True
+
+    def held_keys(self) -> frozenset[int] | None:
+        """The keys down now, from the device itself (EVIOCGKEY); None where the source cannot say."""
+        if self.device is None:
+            return None
+        return frozenset(self.device.active_keys())
+
+    async def events(self) -> AsyncIterator[InputEvent]:
+        """Yield events until the source ends (a recording) or goes away (ScannerGone)."""
+        pending = b""
+        try:
+            if self.kind == "file":
+                while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE * 16):
+                    records, pending = _split(pending + chunk)
+                    for event in unpack(records):
+                        yield event
+                return
+            loop = asyncio.get_running_loop()
+            readable = asyncio.Event()
+            loop.add_reader(self.fd, readable.set)
+            try:
+                while True:
+                    try:
+                        await asyncio.wait_for(readable.wait(), GONE_CHECK)
+                    except TimeoutError:
+                        self._check_present()
+                        continue
+                    readable.clear()
+                    try:
+                        chunk = os.read(self.fd, _READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    except OSError as error:
+                        if error.errno == errno.ENODEV:
+                            raise ScannerGone(f"scanner {self.path} was unplugged") from None
+                        raise
+                    if not chunk:
+                        return
+                    records, pending = _split(pending + chunk)
+                    for event in unpack(records):
+                        yield event
+            finally:
+                loop.remove_reader(self.fd)
+        finally:
+            if pending:
+                logger.warning("scanner path=%s ended inside a record: %d stray bytes dropped", self.path, len(pending))
+
+    def _check_present(self) -> None:
+        if self.kind == "fifo" and os.fstat(self.fd).st_nlink == 0:
+            raise ScannerGone(f"scanner {self.path} was removed")
+
+    def close(self) -> None:
+        if self.device is not None:
+            if self.grabbed:
+                with contextlib.suppress(OSError):
+                    self.device.ungrab()
+            with contextlib.suppress(OSError):
+                self.device.close()
+        else:
+            os.close(self.fd)
 
 
-def _open(path: str) -> tuple[int, SourceInfo, object | None]:
+def _split(data: bytes) -> tuple[bytes, bytes]:
+    """Whole records, and the partial one that the next read completes."""
+    whole = len(data) - len(data) % EVENT_SIZE
+    return data[:whole], data[whole:]
+
+
+def _open(path: str, grab: bool) -> Source:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -49,62 +141,37 @@ def _open(path: str) -> tuple[int, SourceInfo, object | None]:
             device = evdev.InputDevice(path)
         except PermissionError:
             raise ScannerError(f'no read access to scanner "{path}" (run as root or add the input group)') from None
-        try:
-            device.grab()
         except OSError as error:
-            device.close()
-            raise ScannerError(f'cannot grab scanner "{path}": {error.strerror} (another program holds it)') from None
+            raise ScannerError(f'cannot open scanner "{path}": {error.strerror}') from None
+        source = Source(path, "evdev", device.fd, device, device.name)
+        if grab:
+            try:
+                source.grab()
+            except ScannerError:
+                device.close()
+                raise
         os.set_blocking(device.fd, False)
-        return device.fd, SourceInfo(path, "evdev", device.name), device
+        return source
     if stat.S_ISFIFO(mode):
-        return os.open(path, os.O_RDWR | os.O_NONBLOCK), SourceInfo(path, "fifo"), None
+        return Source(path, "fifo", os.open(path, os.O_RDWR | os.O_NONBLOCK))
     if stat.S_ISREG(mode):
-        return os.open(path, os.O_RDONLY), SourceInfo(path, "file"), None
+        return Source(path, "file", os.open(path, os.O_RDONLY))
     raise ScannerError(f"scanner path {path!r} is neither an input device, a FIFO nor a recording file")
 
 
-def _split(data: bytes) -> tuple[bytes, bytes]:
-    """Whole records, and the partial one that the next read completes."""
-    whole = len(data) - len(data) % EVENT_SIZE
-    return data[:whole], data[whole:]
+@contextlib.asynccontextmanager
+async def open_source(path: str, *, grab: bool = True) -> AsyncIterator[Source]:
+    """Open (and grab) a scanner; released and closed however the block ends."""
+    source = _open(path, grab)
+    logger.info("scanner opened path=%s kind=%s name=%r grabbed=%s", path, source.kind, source.name, source.grabbed)
+    try:
+        yield source
+    finally:
+        source.close()
 
 
 async def read_events(path: str) -> AsyncIterator[InputEvent]:
-    """Yield input events from ``path`` until the source ends or the task is cancelled."""
-    fd, info, device = _open(path)
-    logger.info("scanner opened path=%s kind=%s name=%r grabbed=%s", path, info.kind, info.name, device is not None)
-    pending = b""
-    try:
-        if info.kind == "file":
-            while chunk := await asyncio.to_thread(os.read, fd, _READ_SIZE * 16):
-                records, pending = _split(pending + chunk)
-                for event in unpack(records):
-                    yield event
-            return
-        loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
-        loop.add_reader(fd, readable.set)
-        try:
-            while True:
-                await readable.wait()
-                readable.clear()
-                try:
-                    chunk = os.read(fd, _READ_SIZE)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    return
-                records, pending = _split(pending + chunk)
-                for event in unpack(records):
-                    yield event
-        finally:
-            loop.remove_reader(fd)
-    finally:
-        if pending:
-            logger.warning("scanner path=%s ended inside a record: %d stray bytes dropped", path, len(pending))
-        if device is not None:
-            with contextlib.suppress(OSError):
-                device.ungrab()
-            device.close()
-        else:
-            os.close(fd)
+    """Every event of the scanner at ``path``: ``open_source`` for callers that need only the events."""
+    async with open_source(path) as source:
+        async for event in source.events():
+            yield event

@@ -9,6 +9,7 @@ import pytest
 
 from agent import cli as agent_cli
 from agent.config import SECTIONS, Config
+from drivers.decoder import DecoderSettings
 from central import cli as central_cli
 from provisioning import cli as ops_cli
 
@@ -27,7 +28,9 @@ def _subcommands(parser, prefix=""):
 
 def _config_keys():
     assert set(SECTIONS) == {f.name for f in dataclasses.fields(Config)}
-    return [f"[{name}] {field.name}" for name, cls in SECTIONS.items() for field in dataclasses.fields(cls)]
+    keys = [f"[{name}] {f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if (name, f.name) not in (("scanner", "decoder"), ("scanner", "devices"))]
+    return keys + [f"[scanner.decoder] {f.name}" for f in dataclasses.fields(DecoderSettings)] + ["[[scanner.device]] match"]
 
 
 @pytest.mark.parametrize("key", _config_keys())

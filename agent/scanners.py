@@ -1,0 +1,191 @@
+"""The scanners at the counter: found, taken, decoded each on its own, plugged and unplugged at will.
+
+- Configured paths are read for as long as the agent runs, reopened when they
+  come back.
+- Discovery looks at /dev/input every ``rescan_interval`` and takes scanners
+  by USB id, by name, or by what they say of themselves; a keyboard that says
+  nothing is watched, not grabbed, and taken once it types a barcode at
+  scanner speed, so the shop's own keyboard is never taken.
+- Every scanner has its own decoder: events from two scanners never mix.
+- A scanner unplugged mid-scan loses that partial barcode, with a warning;
+  the others go on.
+
+Each result is handed to ``on_scan`` (the counter) and answered with a
+feedback signal: a tone on the box's speaker, or a blink of the scanner's LED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from evdev import ecodes
+
+from drivers.decoder import Decoder, NotABarcode, Scan
+from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices, list_devices
+from drivers.feedback import Feedback, Output, Signal
+from drivers.reader import ScannerError, ScannerGone, open_source
+
+from .config import FeedbackConfig, ScannerConfig
+
+logger = logging.getLogger(__name__)
+
+# Records a scan and says how it went; raises nothing for a scan it could not record (that is Signal.ERROR).
+OnScan = Callable[[Scan], Awaitable[Signal]]
+
+_LEDS = {"num": ecodes.LED_NUML, "caps": ecodes.LED_CAPSL, "scroll": ecodes.LED_SCROLLL}
+
+
+@dataclass
+class Scanners:
+    config: ScannerConfig
+    feedback: FeedbackConfig
+    on_scan: OnScan
+    _active: dict[str, asyncio.Task] = field(default_factory=dict)
+    _speaker: Feedback | None = None
+    _background: set[asyncio.Task] = field(default_factory=set)
+
+    async def run(self) -> None:
+        self._speaker = await asyncio.to_thread(self._find_speaker)
+        async with asyncio.TaskGroup() as group:
+            for path in self.config.paths:
+                group.create_task(self._configured(path))
+            if self.config.usb_ids or self.config.names or self.config.auto:
+                group.create_task(self._discover(group))
+
+    # -- feedback ---------------------------------------------------------------------
+
+    def _find_speaker(self) -> Feedback | None:
+        cfg = self.feedback
+        if cfg.output in ("none", "led"):
+            return None
+        if cfg.path:
+            return Feedback(cfg.path, Output.TONE)
+        speakers = feedback_devices(list_devices(self.config.dev_input, self.config.sys_class))
+        if speakers:
+            logger.info("feedback: tones on %s", speakers[0].describe())
+            return Feedback(speakers[0].node, Output.TONE)
+        logger.info("feedback: no device can sound a tone; %s", "scanner LEDs" if cfg.output == "auto" else "none")
+        return None
+
+    def _feedback_for(self, path: str, kind: str) -> Feedback | None:
+        if self._speaker is not None:
+            return self._speaker
+        if self.feedback.output in ("led", "auto") and kind == "evdev":
+            return Feedback(path, Output.LED, led=_LEDS[self.feedback.led])
+        return None
+
+    def _signal(self, output: Feedback | None, signal: Signal) -> None:
+        if output is None:
+            return
+        task = asyncio.create_task(output.play(signal))  # never holds up the next scan
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- sources ----------------------------------------------------------------------
+
+    async def _configured(self, path: str) -> None:
+        warned = False
+        while True:
+            try:
+                await self._read(path, self.config.settings_for(path))
+                warned = False
+            except ScannerError as error:
+                if not warned:
+                    logger.warning("scanner %s unavailable: %s; retrying every %.1fs", path, error, self.config.retry_interval)
+                    warned = True
+            if _is_recording(path):
+                logger.info("scanner recording %s fully read", path)
+                return
+            await asyncio.sleep(self.config.retry_interval)
+
+    async def _discover(self, group: asyncio.TaskGroup) -> None:
+        rules = Rules(self.config.usb_ids, self.config.names, self.config.auto)
+        ignored: set[str] = set()
+        while True:
+            devices = await asyncio.to_thread(list_devices, self.config.dev_input, self.config.sys_class)
+            present = {device.node for device in devices}
+            for node in [n for n, task in self._active.items() if task.done() or n not in present]:
+                self._active.pop(node)
+            ignored &= present
+            for device in devices:
+                if device.node in self._active or device.node in ignored or device.node in self.config.paths:
+                    continue
+                reason = classify(device, rules)
+                if reason is None:
+                    ignored.add(device.node)
+                    logger.debug("input device left alone: %s", device.describe())
+                    continue
+                self._active[device.node] = group.create_task(self._discovered(device, reason))
+            await asyncio.sleep(self.config.rescan_interval)
+
+    async def _discovered(self, device: InputDeviceInfo, reason: str) -> None:
+        watch = reason == "watch"
+        logger.info("%s %s: %s", "watching" if watch else "scanner taken", device.describe(),
+                    "a USB keyboard; taken if it types at scanner speed" if watch else reason)
+        settings = self.config.settings_for(device.node, device.usb_id, device.name)
+        try:
+            await self._read(device.node, settings, watch=watch)
+        except ScannerError as error:
+            logger.warning("scanner %s lost: %s", device.node, error)
+
+    async def _read(self, path: str, settings, *, watch: bool = False) -> None:
+        """Read one source until it ends; raises ScannerError when it cannot be read or goes away."""
+        decoder = Decoder(path, settings)
+        loop = asyncio.get_running_loop()
+        async with open_source(path, grab=not watch) as source:
+            output = self._feedback_for(path, source.kind)
+            idle: asyncio.TimerHandle | None = None
+
+            async def handle(result: Scan | NotABarcode | None) -> None:
+                nonlocal watch
+                if result is None:
+                    return
+                if isinstance(result, NotABarcode):
+                    if watch:
+                        return  # a person typing on the shop's keyboard: none of our business
+                    logger.warning("not a barcode from %s: %r refused: %s", path, result.text, result.reason)
+                    self._signal(output, Signal.ERROR)
+                    return
+                if watch:
+                    source.grab()
+                    watch = False
+                    logger.info("scanner taken %s: typed a barcode at %.1f ms per key", path, result.slowest_key * 1000)
+                self._signal(output, await self.on_scan(result))
+
+            try:
+                async for event in source.events():
+                    if idle is not None:
+                        idle.cancel()
+                    await handle(decoder.feed(event))
+                    if decoder.resync_pending:
+                        held = source.held_keys()
+                        decoder.resync(held if held is not None else frozenset())
+                        logger.warning("scanner %s: the kernel dropped events; key state %s", path,
+                                       "read from the device" if held is not None else "reset (the source cannot be asked)")
+                    if not settings.terminators:
+                        idle = loop.call_later(settings.idle_timeout, lambda: self._spawn(handle(decoder.idle())))
+            except ScannerGone as gone:
+                partial = decoder.unplugged()
+                if partial:
+                    logger.warning("%s mid-scan; partial barcode %r discarded", gone, partial)
+                raise
+            finally:
+                if idle is not None:
+                    idle.cancel()
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _is_recording(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
