@@ -1,0 +1,258 @@
+"""Each way scanners and decoders fail in the field, fed as the kernel's own event bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from evdev import InputEvent, ecodes as e
+
+from drivers.decoder import Decoder, DecoderSettings, NotABarcode, Scan
+from drivers.input_event import pack_all
+from drivers.keymap import UsTable
+from drivers.reader import read_events
+from drivers.recording import press, type_text
+
+T0 = 1_764_000_000.0
+
+
+class Keys:
+    """Builds a stream of key events at scanner speed (4 ms per key) unless told otherwise."""
+
+    def __init__(self, interval: float = 0.004):
+        self.t = T0
+        self.interval = interval
+        self.events: list[InputEvent] = []
+
+    def down(self, code: int) -> "Keys":
+        self.events += press(code, self.t, down=True)
+        self.t += self.interval / 2
+        return self
+
+    def up(self, code: int) -> "Keys":
+        self.events += press(code, self.t, down=False)
+        self.t += self.interval / 2
+        return self
+
+    def tap(self, *codes: int, shift: bool = False) -> "Keys":
+        for code in codes:
+            if shift:
+                self.down(e.KEY_LEFTSHIFT)
+            self.down(code).up(code)
+            if shift:
+                self.up(e.KEY_LEFTSHIFT)
+        return self
+
+    def digits(self, text: str, *, keypad: bool = False) -> "Keys":
+        return self.tap(*[getattr(e, f"KEY_{'KP' if keypad else ''}{d}") for d in text])
+
+    def enter(self) -> "Keys":
+        return self.tap(e.KEY_ENTER)
+
+    def raw(self, type_: int, code: int, value: int) -> "Keys":
+        sec = int(self.t)
+        self.events.append(InputEvent(sec, int((self.t - sec) * 1e6), type_, code, value))
+        return self
+
+    def pause(self, seconds: float) -> "Keys":
+        self.t += seconds
+        return self
+
+    def bytes(self) -> bytes:
+        return pack_all(self.events)
+
+
+def decode(data: bytes, tmp_path, settings: DecoderSettings = DecoderSettings(), **kwargs) -> list:
+    """Results of the agent's reader and decoder on ``data``, written as a recording file."""
+    path = tmp_path / "scanner.events"
+    path.write_bytes(data)
+
+    async def run():
+        decoder = Decoder(str(path), settings, **kwargs)
+        results = []
+        async for event in read_events(str(path)):
+            result = decoder.feed(event)
+            if decoder.resync_pending:
+                decoder.resync(frozenset())
+            if result is not None:
+                results.append(result)
+        return results
+
+    return asyncio.run(run())
+
+
+def texts(results) -> list[str]:
+    return [r.text for r in results if isinstance(r, Scan)]
+
+
+def test_a_repeated_digit_is_kept_when_a_key_up_is_lost(tmp_path):
+    """'02422288' read as '024228' by decoders that wait for a key-up between equal keys."""
+    keys = Keys().digits("0242")
+    keys.down(e.KEY_2).down(e.KEY_2).up(e.KEY_2)  # the key-up of the first 2 never came
+    keys.down(e.KEY_8).down(e.KEY_8).up(e.KEY_8).enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["02422288"]
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        lambda k: k.tap(e.KEY_ENTER).tap(e.KEY_ENTER),  # CR LF sent as two Enters
+        lambda k: k.tap(e.KEY_ENTER).down(e.KEY_LEFTCTRL).tap(e.KEY_J).up(e.KEY_LEFTCTRL),  # CR, then Ctrl+J (LF)
+        lambda k: k.down(e.KEY_LEFTCTRL).tap(e.KEY_M).tap(e.KEY_J).up(e.KEY_LEFTCTRL),  # Ctrl+M Ctrl+J
+    ],
+    ids=["enter-enter", "enter-ctrl-j", "ctrl-m-ctrl-j"],
+)
+def test_a_cr_lf_suffix_books_the_scan_once(tmp_path, ending):
+    keys = Keys().digits("6901028075831")
+    ending(keys)
+    keys.digits("96385074").enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["6901028075831", "96385074"]
+
+
+def test_a_scanner_that_sends_only_key_downs_still_works(tmp_path):
+    keys = Keys()
+    for code in [e.KEY_6, e.KEY_9, e.KEY_0, e.KEY_1, e.KEY_0, e.KEY_2, e.KEY_8, e.KEY_0, e.KEY_7, e.KEY_5, e.KEY_8,
+                 e.KEY_3, e.KEY_1, e.KEY_ENTER]:
+        keys.down(code)
+    # Shifted characters too: Shift is pressed (never released) before each one that needs it.
+    for code, shift in [(e.KEY_A, True), (e.KEY_B, False), (e.KEY_4, True), (e.KEY_4, False), (e.KEY_ENTER, False)]:
+        if shift:
+            keys.down(e.KEY_LEFTSHIFT)
+        keys.down(code)
+    assert texts(decode(keys.bytes(), tmp_path)) == ["6901028075831", "Ab$4"]
+
+
+def test_keypad_digits_and_shifted_symbols_are_mapped(tmp_path):
+    keys = Keys().digits("690102807583", keypad=True).tap(e.KEY_KP1).tap(e.KEY_KPENTER)
+    keys.tap(e.KEY_4, shift=True).tap(e.KEY_5).tap(e.KEY_MINUS, shift=True).tap(e.KEY_A, shift=True).enter()
+    keys.down(e.KEY_RIGHTSHIFT).tap(e.KEY_1, e.KEY_2).up(e.KEY_RIGHTSHIFT).enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["6901028075831", "$5_A", "!@"]
+
+
+def test_the_first_character_is_kept_even_when_shifted(tmp_path):
+    keys = Keys().tap(e.KEY_T, shift=True).digits("123").enter()
+    keys.tap(e.KEY_6).digits("901028075831").enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["T123", "6901028075831"]
+
+
+def test_a_french_layout_scanner_types_digits_with_shift(tmp_path):
+    """On AZERTY the digit row types '&é"...' unshifted: the US table reads '2' where the scanner meant 'é'."""
+    keys = Keys()
+    for digit in "6901028075831":
+        keys.tap(getattr(e, f"KEY_{digit}"), shift=True)
+    keys.enter()
+    keys.tap(e.KEY_2).enter()  # the same key unshifted is 'é' on AZERTY: not a digit
+    assert texts(decode(keys.bytes(), tmp_path, DecoderSettings(layout="fr"))) == ["6901028075831", "é"]
+    assert texts(decode(keys.bytes(), tmp_path, DecoderSettings(layout="us")))[0] == "^()!)@*)&%*#!"
+
+
+def test_a_german_layout_scanner_swaps_y_and_z(tmp_path):
+    keys = Keys().tap(e.KEY_Y).tap(e.KEY_Z).tap(e.KEY_MINUS).tap(e.KEY_2, shift=True).enter()
+    assert texts(decode(keys.bytes(), tmp_path, DecoderSettings(layout="de"))) == ['zyß"']
+
+
+def test_caps_lock_is_tracked_per_device(tmp_path):
+    keys = Keys().tap(e.KEY_CAPSLOCK).tap(e.KEY_A).tap(e.KEY_B, shift=True).tap(e.KEY_1).enter()
+    keys.tap(e.KEY_CAPSLOCK).tap(e.KEY_A).enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["Ab1", "a"]
+
+
+def test_keypad_without_num_lock_types_nothing(tmp_path):
+    keys = Keys().digits("123", keypad=True).enter().tap(e.KEY_NUMLOCK).digits("123", keypad=True).enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["123"]  # the first line is arrows and Home on a keypad
+
+
+def test_the_kernel_dropping_events_discards_the_partial_barcode(tmp_path):
+    keys = Keys().digits("690102")
+    keys.raw(e.EV_SYN, e.SYN_DROPPED, 0)
+    keys.raw(e.EV_KEY, e.KEY_8, 1).raw(e.EV_KEY, e.KEY_8, 0)  # stale events up to the next SYN_REPORT: ignored
+    keys.raw(e.EV_SYN, e.SYN_REPORT, 0)
+    keys.digits("96385074").enter()
+    results = decode(keys.bytes(), tmp_path)
+    assert texts(results) == ["96385074"]
+    dropped = [r for r in results if isinstance(r, NotABarcode)]
+    assert [(d.text, d.reason) for d in dropped] == [("690102", "the kernel dropped events (SYN_DROPPED)")]
+
+
+def test_after_syn_dropped_the_shift_state_comes_from_the_device():
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys().down(e.KEY_LEFTSHIFT).raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    for event in keys.events:
+        decoder.feed(event)
+    assert decoder.resync_pending
+    decoder.resync(frozenset())  # EVIOCGKEY says: nothing is held now (the Shift key-up was among the dropped)
+    results = [decoder.feed(ev) for ev in Keys().tap(e.KEY_A).enter().events]
+    assert texts([r for r in results if r]) == ["a"]
+
+    decoder.resync(frozenset({e.KEY_RIGHTSHIFT}))  # the device says Shift is down
+    results = [decoder.feed(ev) for ev in Keys().tap(e.KEY_A).enter().events]
+    assert texts([r for r in results if r]) == ["A"]
+
+
+def test_a_person_typing_is_not_a_barcode(tmp_path):
+    keys = Keys(interval=0.180).digits("6901028075831").enter()
+    results = decode(keys.bytes(), tmp_path)
+    assert texts(results) == []
+    assert len(results) == 1 and results[0].text == "6901028075831"
+    assert "typed, not scanned: 180 ms per key" in results[0].reason
+
+
+def test_a_burst_broken_by_a_long_pause_is_not_a_barcode(tmp_path):
+    keys = Keys().digits("690102").pause(0.4).digits("8075831").enter()
+    keys.digits("96385074").enter()
+    results = decode(keys.bytes(), tmp_path)
+    assert texts(results) == ["96385074"]
+    assert "a pause of 404 ms" in results[0].reason  # 400 ms plus one key interval
+
+
+def test_a_slow_bluetooth_scanner_passes_with_its_own_threshold(tmp_path):
+    keys = Keys(interval=0.030).digits("96385074").enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["96385074"]
+    slow = Keys(interval=0.070).digits("96385074").enter()
+    assert texts(decode(slow.bytes(), tmp_path)) == []
+    assert texts(decode(slow.bytes(), tmp_path, DecoderSettings(max_key_interval=0.1))) == ["96385074"]
+
+
+def test_prefix_and_suffix_are_stripped(tmp_path):
+    keys = Keys().tap(e.KEY_RIGHTBRACE).tap(e.KEY_E).digits("06901028075831").tap(e.KEY_X, shift=True).enter()
+    settings = DecoderSettings(prefix="]e0", suffix="X")
+    assert texts(decode(keys.bytes(), tmp_path, settings)) == ["6901028075831"]
+
+
+def test_gs1_element_strings_keep_the_group_separator(tmp_path):
+    keys = Keys().digits("0106901028075831").down(e.KEY_LEFTCTRL).tap(e.KEY_RIGHTBRACE).up(e.KEY_LEFTCTRL)
+    keys.digits("10").tap(e.KEY_A, shift=True).tap(e.KEY_B, shift=True).digits("12").enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["0106901028075831\x1d10AB12"]
+
+
+def test_tab_as_the_only_terminator(tmp_path):
+    keys = Keys().digits("96385074").tap(e.KEY_TAB).digits("40063812").enter().digits("1").tap(e.KEY_TAB)
+    assert texts(decode(keys.bytes(), tmp_path, DecoderSettings(terminators=("tab",)))) == ["96385074", "400638121"]
+
+
+def test_no_terminator_and_an_idle_pause():
+    decoder = Decoder("dev", DecoderSettings(terminators=()))
+    for event in Keys().digits("96385074").events:
+        assert decoder.feed(event) is None
+    scan = decoder.idle()
+    assert isinstance(scan, Scan) and scan.text == "96385074"
+    assert decoder.idle() is None
+
+
+def test_autorepeat_adds_nothing(tmp_path):
+    keys = Keys().down(e.KEY_4).raw(e.EV_KEY, e.KEY_4, 2).raw(e.EV_KEY, e.KEY_4, 2).up(e.KEY_4).digits("2").enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["42"]
+
+
+def test_the_built_in_us_table_decodes_what_xkb_decodes(tmp_path):
+    keys = Keys().digits("690102807583").tap(e.KEY_KP1).tap(e.KEY_4, shift=True).tap(e.KEY_CAPSLOCK).tap(e.KEY_Q)
+    keys.down(e.KEY_LEFTCTRL).tap(e.KEY_RIGHTBRACE).up(e.KEY_LEFTCTRL).enter()
+    data = keys.bytes()
+    assert texts(decode(data, tmp_path, keymap=UsTable())) == texts(decode(data, tmp_path)) == ["6901028075831$Q\x1d"]
+
+
+def test_a_real_session_of_type_text_round_trips(tmp_path):
+    data = pack_all(type_text("Ab$9-x", start=time.time()) + type_text("6901028075831", start=time.time() + 1,
+                                                                       keypad_digits=True))
+    assert texts(decode(data, tmp_path)) == ["Ab$9-x", "6901028075831"]

@@ -1,0 +1,253 @@
+"""Discovery, hotplug, several scanners, feedback: the agent's scanner manager with kernel-shaped devices."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import time
+
+import pytest
+from evdev import ecodes as e
+
+from agent.config import DeviceOverride, FeedbackConfig, ScannerConfig
+from drivers.decoder import DecoderSettings, Scan
+from drivers.discovery import Rules, classify, list_devices
+from drivers.feedback import PATTERNS, Output, Signal
+from drivers.input_event import unpack
+
+from .harness import scans
+from .kernel_sysfs import Machine, bitmask
+
+SCANNER = dict(name="Honeywell Imaging & Mobility 1900", manufacturer="Honeywell Imaging & Mobility",
+               usb_product="1900G Area-Imaging Scanner", serial="19283746")
+
+
+@pytest.fixture
+def machine(tmp_path):
+    return Machine(tmp_path)
+
+
+class Counter:
+    """Stands in for the agent's counter: records what it is handed and answers with a signal."""
+
+    def __init__(self):
+        self.scans: list[Scan] = []
+
+    async def __call__(self, scan: Scan) -> Signal:
+        self.scans.append(scan)
+        return Signal.GOOD if scan.text.isdigit() else Signal.ATTENTION
+
+
+@contextlib.asynccontextmanager
+async def running(machine: Machine, *, feedback=FeedbackConfig(output="none"), **scanner):
+    counter = Counter()
+    config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, **scanner)
+    from agent.scanners import Scanners
+
+    task = asyncio.create_task(Scanners(config, feedback, counter).run())
+    try:
+        yield counter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _open_writer(path, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as error:
+            if error.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+async def write(path, data: bytes, timeout: float = 5.0) -> float:
+    """Write to a device node once the agent has opened it; return how long that took."""
+    started = time.monotonic()
+    fd = await asyncio.to_thread(_open_writer, path, timeout)
+    waited = time.monotonic() - started
+    try:
+        os.set_blocking(fd, True)
+        await asyncio.to_thread(os.write, fd, data)
+    finally:
+        os.close(fd)
+    return waited
+
+
+async def until(condition, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+def test_sysfs_bitmasks_are_read_as_the_kernel_writes_them(machine):
+    machine.plug(3, "Scanner", keys={e.KEY_1, e.KEY_0, e.KEY_ENTER, e.KEY_KPENTER})
+    (device,) = list_devices(machine.dev_input, machine.sys_class)
+    assert device.is_keyboard and device.has("key", e.KEY_KPENTER) and not device.has("key", e.KEY_A)
+    assert bitmask({0, 64, 129}) == "2 1 1"
+
+
+@pytest.mark.parametrize(
+    "plugged,rules,expected",
+    [
+        (SCANNER, Rules(), "USB strings say scanner"),
+        (dict(name="USB Keyboard", usb_product="Barcode Reader"), Rules(), "USB strings say scanner"),
+        (dict(name="Dell KB216 Wired Keyboard", vendor=0x413C, product=0x2113), Rules(), "watch"),
+        (dict(name="Dell KB216 Wired Keyboard", vendor=0x413C, product=0x2113), Rules(auto=False), None),
+        (dict(name="AT Translated Set 2 keyboard", bustype=0x11), Rules(), None),
+        (dict(name="Logitech USB Optical Mouse", keys={e.BTN_LEFT, e.BTN_RIGHT}), Rules(), None),
+        (dict(name="Generic HID", vendor=0x05E0, product=0x1200), Rules(usb_ids=("05e0:1200",), auto=False),
+         "configured USB id 05e0:1200"),
+        (dict(name="Newland NLS-HR22 Barcode"), Rules(names=("Newland*",), auto=False), "name matches 'Newland*'"),
+    ],
+    ids=["honeywell", "usb-strings", "plain-keyboard", "plain-keyboard-auto-off", "ps2-keyboard", "mouse",
+         "usb-id", "name-glob"],
+)
+def test_what_makes_a_device_a_scanner(machine, plugged, rules, expected):
+    machine.plug(4, **plugged)
+    (device,) = list_devices(machine.dev_input, machine.sys_class)
+    assert classify(device, rules) == expected
+
+
+def test_a_scanner_plugged_in_is_taken_within_a_second_and_named_in_the_log(machine, caplog):
+    caplog.set_level(logging.INFO)
+
+    async def scenario():
+        async with running(machine) as counter:
+            await asyncio.sleep(0.3)
+            node = machine.plug(5, **SCANNER)
+            waited = await write(node, scans(["6901028075831"]))
+            await until(lambda: counter.scans)
+            return waited, counter.scans
+
+    waited, taken = asyncio.run(scenario())
+    assert waited < 1.0
+    assert [s.text for s in taken] == ["6901028075831"]
+    assert ("scanner taken " + str(machine.node(5)) + " 'Honeywell Imaging & Mobility 1900' 0c2e:0b61 "
+            "'Honeywell Imaging & Mobility' '1900G Area-Imaging Scanner' serial '19283746': USB strings say scanner") in caplog.text
+
+
+def test_a_scanner_unplugged_mid_scan_loses_only_that_barcode_and_resumes_when_replugged(machine, caplog):
+    caplog.set_level(logging.INFO)
+
+    async def scenario():
+        async with running(machine) as counter:
+            node = machine.plug(6, **SCANNER)
+            await write(node, scans(["96385074"]))
+            await until(lambda: len(counter.scans) == 1)
+            await write(node, scans(["6901028075831"])[: 24 * 3 * 8])  # eight key presses, then the cable is pulled
+            await asyncio.sleep(0.2)
+            machine.unplug(6)
+            await until(lambda: "partial barcode '6901' discarded" in caplog.text)
+            node = machine.plug(6, **SCANNER)
+            await write(node, scans(["40063812"]))
+            await until(lambda: len(counter.scans) == 2)
+            return counter.scans
+
+    assert [s.text for s in asyncio.run(scenario())] == ["96385074", "40063812"]
+    assert f"scanner {machine.node(6)} was removed mid-scan; partial barcode '6901' discarded" in caplog.text
+
+
+def test_two_scanners_interleaved_never_mix(machine):
+    async def scenario():
+        async with running(machine) as counter:
+            a = machine.plug(7, **SCANNER)
+            b = machine.plug(8, **{**SCANNER, "serial": "555"})
+            code_a, code_b = scans(["6901028075831"]), scans(["96385074"])
+            half_a, half_b = len(code_a) // 2 // 24 * 24, len(code_b) // 2 // 24 * 24
+            await write(a, code_a[:half_a])
+            await write(b, code_b[:half_b])
+            await asyncio.sleep(0.1)
+            await write(a, code_a[half_a:])
+            await write(b, code_b[half_b:])
+            await until(lambda: len(counter.scans) == 2)
+            return counter.scans
+
+    assert sorted((s.source, s.text) for s in asyncio.run(scenario())) == [
+        (str(machine.node(7)), "6901028075831"), (str(machine.node(8)), "96385074")]
+
+
+def test_the_shops_keyboard_is_watched_not_taken_until_it_types_like_a_scanner(machine, caplog):
+    caplog.set_level(logging.INFO)
+
+    async def scenario():
+        async with running(machine) as counter:
+            node = machine.plug(9, "Dell KB216 Wired Keyboard", vendor=0x413C, product=0x2113)
+            await write(node, scans(["6901028075831"], key_interval=0.15))  # a person typing
+            await asyncio.sleep(0.3)
+            typed = list(counter.scans)
+            await write(node, scans(["96385074"]))  # a scanner that calls itself a keyboard
+            await until(lambda: counter.scans)
+            return typed, counter.scans
+
+    typed, taken = asyncio.run(scenario())
+    assert typed == []
+    assert [s.text for s in taken] == ["96385074"]
+    assert f"watching {machine.node(9)} 'Dell KB216 Wired Keyboard'" in caplog.text
+    assert f"scanner taken {machine.node(9)}: typed a barcode at 4.0 ms per key" in caplog.text
+
+
+def test_devices_that_are_not_scanners_are_never_opened(machine):
+    async def scenario():
+        async with running(machine, auto=True):
+            node = machine.plug(10, "AT Translated Set 2 keyboard", bustype=0x11)
+            await asyncio.sleep(0.5)
+            with pytest.raises(OSError) as error:
+                os.open(node, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO: nobody reads it
+            return error.value.errno
+
+    assert asyncio.run(scenario()) == errno.ENXIO
+
+
+def test_configured_ids_take_only_their_scanner_and_its_own_layout(machine):
+    azerty = DeviceOverride("0c2e:0b61", DecoderSettings(layout="fr"))
+
+    async def scenario():
+        async with running(machine, auto=False, usb_ids=("0c2e:0b61",), devices=(azerty,)) as counter:
+            other = machine.plug(11, "Some Barcode Scanner", vendor=0x1234, product=0x5678)
+            node = machine.plug(12, **SCANNER)
+            from tests.test_decoding import Keys
+
+            keys = Keys()
+            for digit in "96385074":
+                keys.tap(getattr(e, f"KEY_{digit}"), shift=True)  # AZERTY digits are shifted
+            await write(node, keys.enter().bytes())
+            await until(lambda: counter.scans)
+            with pytest.raises(OSError):
+                os.open(other, os.O_WRONLY | os.O_NONBLOCK)
+            return counter.scans
+
+    assert [s.text for s in asyncio.run(scenario())] == ["96385074"]
+
+
+def test_good_attention_and_error_are_distinct_tones_on_the_speaker(machine):
+    speaker = machine.plug(20, "PC Speaker", bustype=0x10, keys=(), ev=(e.EV_SYN, e.EV_SND),
+                           snd=(e.SND_BELL, e.SND_TONE), node_is_file=True)
+
+    async def scenario():
+        async with running(machine, feedback=FeedbackConfig(output="auto")) as counter:
+            node = machine.plug(21, **SCANNER)
+            await write(node, scans(["96385074"]))  # good
+            await until(lambda: len(counter.scans) == 1)
+            await asyncio.sleep(0.3)
+            await write(node, scans(["PROMO-$5"]))  # attention
+            await until(lambda: len(counter.scans) == 2)
+            await asyncio.sleep(0.5)
+            await write(node, scans(["96385074"], key_interval=0.2))  # typed, not scanned: error
+            await asyncio.sleep(1.2)
+
+    asyncio.run(scenario())
+    tones = [ev.value for ev in unpack(speaker.read_bytes()) if ev.type == e.EV_SND and ev.code == e.SND_TONE]
+    expected = [value for signal in (Signal.GOOD, Signal.ATTENTION, Signal.ERROR)
+                for value, _ in PATTERNS[Output.TONE][signal]]
+    assert tones == expected
+    syns = [ev for ev in unpack(speaker.read_bytes()) if ev.type == e.EV_SYN]
+    assert len(syns) == len(tones)  # each tone change is its own report
