@@ -53,6 +53,7 @@ class ScannerConfig:
     usb_ids: tuple[str, ...] = ()  # "vendor:product" of scanners to take
     names: tuple[str, ...] = ()  # globs of evdev names of scanners to take
     auto: bool = True  # take USB keyboards that say they are scanners, or type like one
+    hid_pos: bool = True  # take USB scanners in HID POS mode (usage page 0x8C), through pyusb
     dev_input: Path = Path("/dev/input")
     sys_class: Path = Path("/sys/class/input")
     rescan_interval: float = 0.5  # seconds between looks for scanners plugged in

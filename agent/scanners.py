@@ -20,11 +20,15 @@ import asyncio
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import usb.core
 from evdev import ecodes
 
+from drivers import hidpos
 from drivers.decoder import Decoder, NotABarcode, Scan
 from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices, list_devices
 from drivers.feedback import Feedback, Output, Signal
@@ -37,6 +41,8 @@ logger = logging.getLogger(__name__)
 # Records a scan and says how it went; raises nothing for a scan it could not record (that is Signal.ERROR).
 OnScan = Callable[[Scan], Awaitable[Signal]]
 
+HID_POS_READ_TIMEOUT = 200  # ms a read waits in its thread; bounds how long stopping takes
+
 _LEDS = {"num": ecodes.LED_NUML, "caps": ecodes.LED_CAPSL, "scroll": ecodes.LED_SCROLLL}
 
 
@@ -45,6 +51,8 @@ class Scanners:
     config: ScannerConfig
     feedback: FeedbackConfig
     on_scan: OnScan
+    usb_backend: object = None  # pyusb's backend; None: libusb, as on the box
+    usb_sysfs: Path = hidpos.SYSFS_USB
     _active: dict[str, asyncio.Task] = field(default_factory=dict)
     _speaker: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
@@ -56,6 +64,8 @@ class Scanners:
                 group.create_task(self._configured(path))
             if self.config.usb_ids or self.config.names or self.config.auto:
                 group.create_task(self._discover(group))
+            if self.config.hid_pos:
+                group.create_task(self._discover_hid_pos(group))
 
     # -- feedback ---------------------------------------------------------------------
 
@@ -177,6 +187,47 @@ class Scanners:
             finally:
                 if idle is not None:
                     idle.cancel()
+
+    # -- HID POS scanners (pyusb) ----------------------------------------------------------
+
+    async def _discover_hid_pos(self, group: asyncio.TaskGroup) -> None:
+        while True:
+            try:
+                devices = await asyncio.to_thread(hidpos.find, self.usb_backend, self.usb_sysfs)
+            except usb.core.NoBackendError:
+                logger.warning("HID POS scanners are not looked for: libusb is not available (Debian: libusb-1.0-0)")
+                return
+            present = {f"usb:{d.bus}-{d.address}" for d in devices}
+            for key in [k for k, task in self._active.items() if k.startswith("usb:") and (task.done() or k not in present)]:
+                self._active.pop(key)
+            for device in devices:
+                key = f"usb:{device.bus}-{device.address}"
+                if key not in self._active:
+                    self._active[key] = group.create_task(self._hid_pos(device))
+            await asyncio.sleep(self.config.rescan_interval)
+
+    async def _hid_pos(self, device) -> None:
+        scanner = hidpos.HidPosScanner(device, self.usb_sysfs)
+        assembler = hidpos.ReportAssembler(scanner.source)
+        read: asyncio.Future | None = None
+        try:
+            with scanner:
+                logger.info("scanner taken %s: HID POS (usage page 0x8C)", scanner.name)
+                try:
+                    while True:
+                        read = asyncio.ensure_future(asyncio.to_thread(scanner.read_report, HID_POS_READ_TIMEOUT))
+                        report = await asyncio.shield(read)
+                        if report is not None and (scan := assembler.feed(report, time.time())):
+                            self._signal(self._speaker, await self.on_scan(scan))
+                finally:
+                    # Stopping: let the read in its thread end (within its timeout) before the interface is released.
+                    if read is not None and not read.done():
+                        await asyncio.wait([read])
+        except ScannerGone as gone:
+            partial = assembler.unplugged()
+            logger.warning("%s%s", gone, f" mid-scan; partial barcode {partial!r} discarded" if partial else "")
+        except ScannerError as error:
+            logger.warning("HID POS scanner lost: %s", error)
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)

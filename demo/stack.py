@@ -231,7 +231,7 @@ class Stack:
             f'[device]\nid = "{device_id}"\nkey_file = "device.key"\n\n'
             f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
             # Only the given sources: no discovery of this machine's own /dev/input.
-            f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\n\n"
+            f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\nhid_pos = false\n\n"
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\n\n'
             f'[uplink]\ncentral_key = "{self.central_public_key()}"\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())

@@ -44,6 +44,7 @@ class Counter:
 @contextlib.asynccontextmanager
 async def running(machine: Machine, *, feedback=FeedbackConfig(output="none"), **scanner):
     counter = Counter()
+    scanner.setdefault("hid_pos", False)  # never this machine's own USB devices
     config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, **scanner)
     from agent.scanners import Scanners
 
@@ -251,3 +252,46 @@ def test_good_attention_and_error_are_distinct_tones_on_the_speaker(machine):
     assert tones == expected
     syns = [ev for ev in unpack(speaker.read_bytes()) if ev.type == e.EV_SYN]
     assert len(syns) == len(tones)  # each tone change is its own report
+
+
+def test_a_hid_pos_scanner_is_taken_read_and_given_back_when_unplugged(machine, tmp_path, caplog):
+    from .usb_backend import FakeBackend, FakeUsbDevice, scanned_data_reports
+    from .test_hidpos import publish
+
+    caplog.set_level(logging.INFO)
+    sysfs = tmp_path / "usb-devices"
+    sysfs.mkdir()
+    backend = FakeBackend()
+
+    async def scenario():
+        counter = Counter()
+        config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, auto=False)
+        from agent.scanners import Scanners
+
+        task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), counter, backend, sysfs).run())
+        try:
+            device = publish(sysfs, FakeUsbDevice())
+            backend.devices.append(device)
+            device.send(*scanned_data_reports(b"6901028075831", aim=b"]E0"))
+            device.send(*scanned_data_reports(b"0106901028075831\x1d10AB12", aim=b"]C1"))
+            await until(lambda: len(counter.scans) == 2)
+            device.send(scanned_data_reports(b"Y" * 70, aim=b"]Q1")[0])  # the first half of a long code...
+            await asyncio.sleep(0.3)
+            device.present = False  # ...and the cable is pulled
+            await until(lambda: "discarded" in caplog.text)
+            replugged = publish(sysfs, FakeUsbDevice(address=9))
+            backend.devices.append(replugged)
+            replugged.send(*scanned_data_reports(b"96385074", aim=b"]E4"))
+            await until(lambda: len(counter.scans) == 3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return counter.scans, device, replugged
+
+    taken, device, replugged = asyncio.run(scenario())
+    assert [(s.text, s.aim, s.source) for s in taken] == [
+        ("6901028075831", "]E0", "usb:1-5"), ("0106901028075831\x1d10AB12", "]C1", "usb:1-5"), ("96385074", "]E4", "usb:1-9")]
+    assert "HID POS scanner usb 1-5 0c2e:0b6a" in caplog.text and f"partial barcode {'Y' * 56!r} discarded" in caplog.text
+    assert device.calls == ["detach 0", "claim 0"]  # unplugged: nothing to give back
+    assert replugged.calls == ["detach 0", "claim 0", "release 0", "attach 0"]  # the agent stopped: given back

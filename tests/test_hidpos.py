@@ -1,0 +1,142 @@
+"""The HID POS driver, through pyusb with a backend that serves a scanner's real descriptors and report bytes."""
+
+from __future__ import annotations
+
+import pytest
+
+from drivers.hidpos import HidPosScanner, ReportAssembler, find, hid_pos_interface
+from drivers.reader import ScannerGone
+
+from .usb_backend import (
+    HID_POS_REPORT_DESCRIPTOR, KEYBOARD_REPORT_DESCRIPTOR, FakeBackend, FakeUsbDevice, scanned_data_reports,
+)
+
+
+@pytest.fixture
+def sysfs(tmp_path):
+    """/sys/bus/usb/devices, where the kernel publishes the report descriptor of each interface usbhid drives."""
+    root = tmp_path / "usb-devices"
+    root.mkdir()
+    return root
+
+
+def publish(sysfs, device: FakeUsbDevice) -> FakeUsbDevice:
+    hid = sysfs / f"{device.bus}-{device.address}:1.0" / f"0003:{device.vendor:04X}:{device.product:04X}.0001"
+    hid.mkdir(parents=True)
+    (hid / "report_descriptor").write_bytes(device.report_descriptor)
+    return device
+
+
+def scanner_found(sysfs, device: FakeUsbDevice):
+    (usb_device,) = find(FakeBackend(publish(sysfs, device)), sysfs)
+    return usb_device
+
+
+def test_only_devices_with_a_bar_code_scanner_usage_page_are_found(sysfs):
+    scanner = publish(sysfs, FakeUsbDevice())
+    keyboard = publish(sysfs, FakeUsbDevice(address=6, report_descriptor=KEYBOARD_REPORT_DESCRIPTOR))
+    found = find(FakeBackend(scanner, keyboard), sysfs)
+    assert [(d.bus, d.address) for d in found] == [(1, 5)]
+    assert hid_pos_interface(found[0], sysfs) == 0
+    assert scanner.calls == keyboard.calls == []  # looked at through sysfs: nothing detached or claimed
+
+
+def test_without_a_kernel_driver_the_descriptor_is_asked_of_the_device(sysfs):
+    device = FakeUsbDevice(kernel_driver=False)
+    (found,) = find(FakeBackend(device), sysfs)
+    assert device.report_descriptor == HID_POS_REPORT_DESCRIPTOR and found.address == 5
+
+
+def test_a_device_the_kernel_drives_with_no_descriptor_in_sysfs_is_not_disturbed(sysfs):
+    device = FakeUsbDevice()
+    assert find(FakeBackend(device), sysfs) == []
+    assert device.calls == [] and device.kernel_driver
+
+
+def test_claiming_detaches_the_kernel_driver_and_closing_gives_it_back(sysfs):
+    device = FakeUsbDevice()
+    usb_device = scanner_found(sysfs, device)
+    with HidPosScanner(usb_device, sysfs) as scanner:
+        assert device.claimed and not device.kernel_driver
+        assert scanner.name == "usb 1-5 0c2e:0b6a 'Honeywell Imaging & Mobility' '1900G HID POS' serial '19283746'"
+    assert device.calls == ["detach 0", "claim 0", "release 0", "attach 0"]
+    assert device.kernel_driver and not device.claimed
+
+
+def test_an_error_inside_still_gives_the_device_back(sysfs):
+    device = FakeUsbDevice()
+    usb_device = scanner_found(sysfs, device)
+    with pytest.raises(RuntimeError):
+        with HidPosScanner(usb_device, sysfs):
+            raise RuntimeError("boom")
+    assert device.calls[-2:] == ["release 0", "attach 0"]
+
+
+def _read_all(scanner: HidPosScanner, count: int):
+    assembler = ReportAssembler(scanner.source)
+    scans = []
+    while len(scans) < count:
+        report = scanner.read_report(timeout_ms=500)
+        assert report is not None, "the scanner sent nothing"
+        if scan := assembler.feed(report, now=0.0):
+            scans.append(scan)
+    return scans
+
+
+def test_a_barcode_in_one_report_with_its_aim_identifier(sysfs):
+    device = FakeUsbDevice()
+    device.send(*scanned_data_reports(b"6901028075831", aim=b"]E0"))
+    usb_device = scanner_found(sysfs, device)
+    with HidPosScanner(usb_device, sysfs) as scanner:
+        (scan,) = _read_all(scanner, 1)
+    assert (scan.text, scan.aim, scan.source) == ("6901028075831", "]E0", "usb:1-5")
+
+
+def test_a_long_2d_code_continued_over_several_reports_is_reassembled(sysfs):
+    payload = ("https://example.invalid/cert?id=" + "9" * 120 + "&shop=蒙自").encode()
+    device = FakeUsbDevice()
+    reports = scanned_data_reports(payload, aim=b"]Q1")
+    assert len(reports) == 3 and [r[63] for r in reports] == [1, 1, 0]
+    device.send(*reports, *scanned_data_reports(b"96385074", aim=b"]E4"))
+    usb_device = scanner_found(sysfs, device)
+    with HidPosScanner(usb_device, sysfs) as scanner:
+        scans = _read_all(scanner, 2)
+    assert [(s.text, s.aim) for s in scans] == [(payload.decode(), "]Q1"), ("96385074", "]E4")]
+
+
+def test_gs1_128_keeps_its_group_separators(sysfs):
+    device = FakeUsbDevice()
+    device.send(*scanned_data_reports(b"0106901028075831\x1d10AB12", aim=b"]C1"))
+    usb_device = scanner_found(sysfs, device)
+    with HidPosScanner(usb_device, sysfs) as scanner:
+        (scan,) = _read_all(scanner, 1)
+    assert (scan.text, scan.aim) == ("0106901028075831\x1d10AB12", "]C1")
+
+
+def test_no_report_within_the_timeout_is_none(sysfs):
+    usb_device = scanner_found(sysfs, FakeUsbDevice())
+    with HidPosScanner(usb_device, sysfs) as scanner:
+        assert scanner.read_report(timeout_ms=20) is None
+
+
+def test_unplugged_mid_barcode_the_partial_is_dropped_and_release_survives(sysfs):
+    device = FakeUsbDevice()
+    first, _second = scanned_data_reports(b"X" * 80, aim=b"]C0")
+    device.send(first)
+    usb_device = scanner_found(sysfs, device)
+    with HidPosScanner(usb_device, sysfs) as scanner:
+        assembler = ReportAssembler(scanner.source)
+        assert assembler.feed(scanner.read_report(500), now=0.0) is None
+        device.present = False
+        with pytest.raises(ScannerGone, match="was unplugged"):
+            scanner.read_report(500)
+        assert assembler.unplugged() == "X" * 56
+    assert "release 0" not in device.calls  # a device that is gone has nothing to release, and no error
+
+
+def test_reports_that_carry_no_barcode_are_ignored():
+    assembler = ReportAssembler("usb:1-5")
+    assert assembler.feed(bytes([0x04]) + bytes(63), now=0.0) is None  # another report id
+    assert assembler.feed(bytes(10), now=0.0) is None  # short
+    (report,) = scanned_data_reports(b"96385074")
+    assert assembler.feed(report, now=1.0).text == "96385074"
