@@ -101,18 +101,13 @@ class Decoder:
     # -- the event stream ---------------------------------------------------------
 
     def feed(self, event: InputEvent) -> Scan | NotABarcode | None:
-        if event.type == ecodes.EV_SYN:
-            if event.code == ecodes.SYN_DROPPED:
-                self._dropping = True
-                partial = self._take()
-                return NotABarcode(partial, self.source, "the kernel dropped events (SYN_DROPPED)") if partial else None
-            if event.code == ecodes.SYN_REPORT and self._dropping:
-                self._dropping = False
-                self.resync_pending = True  # the reader answers with resync(the device's held keys)
+        if event.type != ecodes.EV_KEY:
+            if event.type == ecodes.EV_SYN:
+                return self._syn(event.code)
+            return None  # EV_MSC scan codes, LEDs, ...: the key events say it all
+        if self._dropping or event.value not in (KEY_UP, KEY_DOWN):
             return None
-        if event.type != ecodes.EV_KEY or self._dropping or event.value not in (KEY_UP, KEY_DOWN):
-            return None
-        code, down, t = event.code, event.value == KEY_DOWN, event.timestamp()
+        code, down = event.code, event.value == KEY_DOWN
         if self._state.is_modifier(code):
             self._modifier(code, down)
             return None
@@ -120,6 +115,7 @@ class Decoder:
             self._held.discard(code)
             self._state.update(code, down=False)
             return None
+        t = event.timestamp()
         if code in self._held and not self.key_down_only:
             self._learn_key_down_only()
         self._held.add(code)
@@ -138,7 +134,19 @@ class Decoder:
         self._times.append(t)
         return None
 
+    def _syn(self, code: int) -> NotABarcode | None:
+        if code == ecodes.SYN_DROPPED:
+            self._dropping = True
+            partial = self._take()
+            return NotABarcode(partial, self.source, "the kernel dropped events (SYN_DROPPED)") if partial else None
+        if code == ecodes.SYN_REPORT and self._dropping:
+            self._dropping = False
+            self.resync_pending = True  # the reader answers with resync(the device's held keys)
+        return None
+
     def _modifier(self, code: int, down: bool) -> None:
+        if down and code in self._mods_held:
+            return  # pressed again with no key-up: xkb would count it twice and hold it after one release
         self._state.update(code, down=down)
         if down:
             self._mods_held.add(code)

@@ -39,3 +39,11 @@ def no_thread_outlives_its_test():
             return
         time.sleep(0.05)
     pytest.fail(f"threads outlived the test: {extra}")
+
+
+# Property tests explore new examples on every developer run; CI runs a fixed, reproducible set.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")

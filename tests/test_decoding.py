@@ -256,3 +256,10 @@ def test_a_real_session_of_type_text_round_trips(tmp_path):
     data = pack_all(type_text("Ab$9-x", start=time.time()) + type_text("6901028075831", start=time.time() + 1,
                                                                        keypad_digits=True))
     assert texts(decode(data, tmp_path)) == ["Ab$9-x", "6901028075831"]
+
+
+def test_a_modifier_pressed_twice_is_released_by_one_key_up(tmp_path):
+    """Found by hypothesis: Ctrl down, Ctrl down, Ctrl up left Ctrl held, and '7' became a control character."""
+    keys = Keys().down(e.KEY_LEFTCTRL).down(e.KEY_LEFTCTRL).up(e.KEY_LEFTCTRL).enter()
+    keys.digits("0000000000017").enter()
+    assert texts(decode(keys.bytes(), tmp_path)) == ["0000000000017"]
