@@ -46,8 +46,8 @@ class Counter:
     def record(self, scan: Scan) -> Event:
         """Record ``scan`` durably; blocking (SQLite and fsync), so call it from the journal's thread."""
         barcode = classify(scan.text, scan.aim)
-        common = {"code": barcode.data, "symbology": barcode.symbology.value, "scanner": scan.source,
-                  "scanned_at": rfc3339(scan.finished)}
+        common = {"code": barcode.data, "symbology": barcode.symbology.value, "aim": scan.aim or None,
+                  "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
             body = {**common, "reason": "check digit"}
             seq = self.journal.append("misread", body)

@@ -38,7 +38,7 @@ def to_minor(text: str) -> int:
     except InvalidOperation:
         raise ValueError(f"price {text!r} is not a number") from None
     if amount < 0 or amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"price {text!r} must be positive with at most two decimals")
+        raise ValueError(f"price {text!r} must be zero or more, with at most two decimals")
     return int(amount * 100)
 
 
@@ -52,13 +52,13 @@ def parse_csv(text: str) -> list[Item]:
         barcode = classify(code)
         if not code or not barcode.valid:
             raise PriceListError(f"line {line}: barcode {code!r} fails its check digit")
-        if code in items:
-            raise PriceListError(f"line {line}: barcode {code} is listed twice")
+        if barcode.key in items:
+            raise PriceListError(f"line {line}: barcode {code} is listed twice (as {items[barcode.key].barcode})")
         try:
             price = to_minor(row.get("price") or "")
         except ValueError as error:
             raise PriceListError(f"line {line}: {error}") from None
-        items[code] = Item(code, (row.get("name") or "").strip(), price)
+        items[barcode.key] = Item(code, (row.get("name") or "").strip(), price)
     if not items:
         raise PriceListError("the price list has no items")
     return list(items.values())

@@ -1,0 +1,80 @@
+"""The counter: what a scan means for the shop, and what the retailer hears."""
+
+import os
+
+import pytest
+
+from agent.counter import Counter, signal_for
+from agent.prices import PriceListError, parse_csv
+from drivers.decoder import Scan
+from drivers.feedback import Signal
+from storage import Journal
+
+PRICES = "barcode,name,price\n036000291452,Imported (pack),35.50\n6901028075831,Hongtashan (pack),23.00\n"
+
+
+@pytest.fixture
+def counter(tmp_path):
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    items = parse_csv(PRICES)
+    journal.append("price_list", {"items": [{"barcode": i.barcode, "name": i.name, "price": i.price} for i in items]})
+    yield Counter(journal)
+    journal.close()
+
+
+def scan(text, aim=""):
+    return Scan(text, "/dev/input/event3", 1_764_000_000.0, 1_764_000_000.05, aim=aim)
+
+
+def test_a_priced_product_is_a_sale_at_its_price_and_sounds_good(counter):
+    event = counter.record(scan("6901028075831"))
+    assert (event.kind, event.body["unit_price"], event.body["known"], event.body["name"]) == ("sale", 2300, True, "Hongtashan (pack)")
+    assert event.body["scanned_at"] == "2025-11-24T16:00:00.050Z"
+    assert signal_for(event) is Signal.GOOD
+
+
+def test_a_upca_read_as_ean13_finds_its_price(counter):
+    event = counter.record(scan("0036000291452"))
+    assert (event.body["symbology"], event.body["unit_price"]) == ("upca", 3550)
+
+
+def test_an_unknown_product_is_recorded_flagged_and_asks_for_attention(counter):
+    event = counter.record(scan("6935750500019"))
+    assert (event.kind, event.body["known"], event.body["unit_price"]) == ("sale", False, None)
+    assert signal_for(event) is Signal.ATTENTION
+
+
+def test_a_misread_is_recorded_as_such_never_a_sale_and_sounds_an_error(counter):
+    event = counter.record(scan("6901028075832"))
+    assert (event.kind, event.body["reason"]) == ("misread", "check digit")
+    assert signal_for(event) is Signal.ERROR
+    assert [e.kind for e in counter.journal.read_after(0)] == ["price_list", "misread"]
+
+
+def test_a_code_with_its_aim_identifier_keeps_its_symbology(counter):
+    event = counter.record(scan("0106901028075831\x1d10AB12", aim="]C1"))
+    assert (event.body["symbology"], event.body["aim"], event.body["code"]) == ("gs1-128", "]C1", "0106901028075831\x1d10AB12")
+
+
+def test_a_price_list_loaded_later_prices_the_next_scan(counter):
+    assert counter.record(scan("96385074")).body["known"] is False
+    counter.journal.append("price_list", {"items": [{"barcode": "96385074", "name": "Gum", "price": 150}]})
+    assert counter.record(scan("96385074")).body["unit_price"] == 150
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("code,price\n1,2\n", "header naming at least the columns barcode and price"),
+        ("barcode,price\n6901028075832,1\n", "line 2: barcode '6901028075832' fails its check digit"),
+        ("barcode,price\n036000291452,1\n0036000291452,2\n", "line 3: barcode 0036000291452 is listed twice (as 036000291452)"),
+        ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' must be zero or more, with at most two decimals"),
+        ("barcode,price\n96385074,-1\n", "must be zero or more"),
+        ("barcode,price\n96385074,abc\n", "line 2: price 'abc' is not a number"),
+        ("barcode,price\n", "the price list has no items"),
+    ],
+)
+def test_a_bad_price_list_is_refused_with_its_line(text, message):
+    with pytest.raises(PriceListError) as error:
+        parse_csv(text)
+    assert message in str(error.value)
