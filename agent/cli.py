@@ -51,10 +51,11 @@ def _identity_show(args) -> int:
 def _status(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
-        last, acked = journal.last_seq(), journal.acked_seq()
+        last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
     finally:
         journal.close()
-    print(json.dumps({"device": args.config.device.id, "last_seq": last, "acked_seq": acked, "unacknowledged": last - acked}))
+    print(json.dumps({"device": args.config.device.id, "last_seq": last, "acked_seq": acked,
+                      "unacknowledged": last - acked, "events": counts}))
     return 0
 
 

@@ -68,7 +68,15 @@ async def run(config: Config) -> None:
                 uplink.wake.set()
                 return signal_for(event)
 
-            scanners = Scanners(config.scanner, config.feedback, on_scan)
+            async def on_device(report: dict) -> None:
+                try:
+                    await call(journal.append, "scanner", report)
+                except JournalError as error:
+                    logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
+                    return
+                uplink.wake.set()
+
+            scanners = Scanners(config.scanner, config.feedback, on_scan, on_device)
             main = asyncio.current_task()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, main.cancel)

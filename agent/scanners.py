@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 # Records a scan and says how it went; raises nothing for a scan it could not record (that is Signal.ERROR).
 OnScan = Callable[[Scan], Awaitable[Signal]]
+# Records that a scanner was taken or went away: {"state", "scanner", "driver", "name", "usb_id", ...}.
+OnDevice = Callable[[dict], Awaitable[None]]
 
 HID_POS_READ_TIMEOUT = 200  # ms a read waits in its thread; bounds how long stopping takes
 
@@ -51,6 +53,7 @@ class Scanners:
     config: ScannerConfig
     feedback: FeedbackConfig
     on_scan: OnScan
+    on_device: OnDevice | None = None
     usb_backend: object = None  # pyusb's backend; None: libusb, as on the box
     usb_sysfs: Path = hidpos.SYSFS_USB
     _active: dict[str, asyncio.Task] = field(default_factory=dict)
@@ -59,13 +62,19 @@ class Scanners:
 
     async def run(self) -> None:
         self._speaker = await asyncio.to_thread(self._find_speaker)
-        async with asyncio.TaskGroup() as group:
-            for path in self.config.paths:
-                group.create_task(self._configured(path))
-            if self.config.usb_ids or self.config.names or self.config.auto:
-                group.create_task(self._discover(group))
-            if self.config.hid_pos:
-                group.create_task(self._discover_hid_pos(group))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for path in self.config.paths:
+                    group.create_task(self._configured(path))
+                if self.config.usb_ids or self.config.names or self.config.auto:
+                    group.create_task(self._discover(group))
+                if self.config.hid_pos:
+                    group.create_task(self._discover_hid_pos(group))
+        finally:
+            # A signal cut short must not leave a tone sounding: play() silences the output as it ends.
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- feedback ---------------------------------------------------------------------
 
@@ -138,18 +147,29 @@ class Scanners:
         logger.info("%s %s: %s", "watching" if watch else "scanner taken", device.describe(),
                     "a USB keyboard; taken if it types at scanner speed" if watch else reason)
         settings = self.config.settings_for(device.node, device.usb_id, device.name)
+        identity = {"name": device.name, "usb_id": device.usb_id, "reason": reason}
+        if device.usb:
+            identity.update(manufacturer=device.usb.manufacturer, product=device.usb.product_name, serial=device.usb.serial)
         try:
-            await self._read(device.node, settings, watch=watch)
+            await self._read(device.node, settings, watch=watch, identity=identity)
         except ScannerError as error:
             logger.warning("scanner %s lost: %s", device.node, error)
 
-    async def _read(self, path: str, settings, *, watch: bool = False) -> None:
+    async def _report(self, state: str, scanner: str, driver: str, identity: dict) -> None:
+        if self.on_device is not None:
+            await self.on_device({"state": state, "scanner": scanner, "driver": driver, **identity})
+
+    async def _read(self, path: str, settings, *, watch: bool = False, identity: dict | None = None) -> None:
         """Read one source until it ends; raises ScannerError when it cannot be read or goes away."""
         decoder = Decoder(path, settings)
         loop = asyncio.get_running_loop()
+        identity = identity or {}
         async with open_source(path, grab=not watch) as source:
             output = self._feedback_for(path, source.kind)
             idle: asyncio.TimerHandle | None = None
+            taken = not watch
+            if taken:
+                await self._report("taken", path, source.kind, identity)
 
             async def handle(result: Scan | NotABarcode | None) -> None:
                 nonlocal watch
@@ -165,6 +185,9 @@ class Scanners:
                     source.grab()
                     watch = False
                     logger.info("scanner taken %s: typed a barcode at %.1f ms per key", path, result.slowest_key * 1000)
+                    nonlocal taken
+                    taken = True
+                    await self._report("taken", path, source.kind, {**identity, "reason": "typed at scanner speed"})
                 self._signal(output, await self.on_scan(result))
 
             try:
@@ -183,6 +206,8 @@ class Scanners:
                 partial = decoder.unplugged()
                 if partial:
                     logger.warning("%s mid-scan; partial barcode %r discarded", gone, partial)
+                if taken:
+                    await self._report("removed", path, source.kind, identity)
                 raise
             finally:
                 if idle is not None:
@@ -191,12 +216,19 @@ class Scanners:
     # -- HID POS scanners (pyusb) ----------------------------------------------------------
 
     async def _discover_hid_pos(self, group: asyncio.TaskGroup) -> None:
+        warned = False
         while True:
             try:
                 devices = await asyncio.to_thread(hidpos.find, self.usb_backend, self.usb_sysfs)
+                warned = False
             except usb.core.NoBackendError:
                 logger.warning("HID POS scanners are not looked for: libusb is not available (Debian: libusb-1.0-0)")
                 return
+            except usb.core.USBError as error:
+                (logger.debug if warned else logger.warning)("looking for HID POS scanners failed: %s", error)
+                warned = True
+                await asyncio.sleep(self.config.rescan_interval)
+                continue
             present = {f"usb:{d.bus}-{d.address}" for d in devices}
             for key in [k for k, task in self._active.items() if k.startswith("usb:") and (task.done() or k not in present)]:
                 self._active.pop(key)
@@ -213,6 +245,7 @@ class Scanners:
         try:
             with scanner:
                 logger.info("scanner taken %s: HID POS (usage page 0x8C)", scanner.name)
+                await self._report("taken", scanner.source, "hid-pos", scanner.identity)
                 try:
                     while True:
                         read = asyncio.ensure_future(asyncio.to_thread(scanner.read_report, HID_POS_READ_TIMEOUT))
@@ -226,6 +259,7 @@ class Scanners:
         except ScannerGone as gone:
             partial = assembler.unplugged()
             logger.warning("%s%s", gone, f" mid-scan; partial barcode {partial!r} discarded" if partial else "")
+            await self._report("removed", scanner.source, "hid-pos", scanner.identity)
         except ScannerError as error:
             logger.warning("HID POS scanner lost: %s", error)
 

@@ -79,10 +79,16 @@ def main() -> int:
             data = session_bytes(time.time())
             print(f"5. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
             asyncio.run(replay(data, str(fifo), speed=args.speed))
-            expected = len(SESSION) + 1  # the scans and the price list
-            wait_until(lambda: device.status()["acked_seq"] >= expected, 30, "central to acknowledge every event")
+            def delivered() -> bool:
+                status = device.status()
+                scanned = status["events"].get("sale", 0) + status["events"].get("misread", 0)
+                return scanned == len(SESSION) and status["acked_seq"] == status["last_seq"]
+
+            wait_until(delivered, 30, "central to acknowledge every event")
             status = device.status()
-            print(f"6. device journal: {status['last_seq']} events, acknowledged by central up to seq {status['acked_seq']}")
+            kinds = ", ".join(f"{n} {kind}" for kind, n in status["events"].items())
+            print(f"6. device journal: {status['last_seq']} events ({kinds}), "
+                  f"acknowledged by central up to seq {status['acked_seq']}")
             device.stop()
 
             print("\nWhat central received (counterbox-central export):")

@@ -126,7 +126,15 @@ def read_device(node: Path, sys_class: Path) -> InputDeviceInfo | None:
 def list_devices(dev_input: Path = Path("/dev/input"), sys_class: Path = Path("/sys/class/input")) -> list[InputDeviceInfo]:
     """Every eventN node with its sysfs description, in node order."""
     nodes = sorted(dev_input.glob("event*"), key=lambda p: int(re.sub(r"\D", "", p.name) or 0))
-    return [info for node in nodes if (info := read_device(node, sys_class)) is not None]
+    devices = []
+    for node in nodes:
+        try:
+            info = read_device(node, sys_class)
+        except (OSError, ValueError):
+            continue  # going away as we look, or a description we cannot read: not a scanner we can use
+        if info is not None:
+            devices.append(info)
+    return devices
 
 
 def classify(device: InputDeviceInfo, rules: Rules) -> str | None:

@@ -78,17 +78,20 @@ class Feedback:
             except OSError as error:
                 self._fault(error)
                 return
+            on = False
             try:
                 for value, seconds in PATTERNS[self.output][signal]:
                     os.write(fd, _event(self._type, self._code, value) + _event(ecodes.EV_SYN, ecodes.SYN_REPORT, 0))
+                    on = value != 0
                     if seconds:
                         await asyncio.sleep(seconds)
                 self._warned = False
             except OSError as error:
                 self._fault(error)
-                with contextlib.suppress(OSError):
-                    os.write(fd, _event(self._type, self._code, 0))  # never leave a tone sounding
             finally:
+                if on:  # cut short (the agent stopping, a write failing): never leave a tone sounding
+                    with contextlib.suppress(OSError):
+                        os.write(fd, _event(self._type, self._code, 0) + _event(ecodes.EV_SYN, ecodes.SYN_REPORT, 0))
                 os.close(fd)
 
     def _fault(self, error: OSError) -> None:

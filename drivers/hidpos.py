@@ -97,15 +97,21 @@ def find(backend=None, sysfs: Path = SYSFS_USB) -> list[usb.core.Device]:
                               custom_match=lambda d: hid_pos_interface(d, sysfs) is not None))
 
 
-def describe(device: usb.core.Device) -> str:
+def identity(device: usb.core.Device) -> dict[str, str]:
+    """The scanner's USB identity, as logs and telemetry name it."""
     def string(index):
         try:
             return usb.util.get_string(device, index) if index else ""
         except (usb.core.USBError, ValueError):
             return ""
 
-    return (f"usb {device.bus}-{device.address} {device.idVendor:04x}:{device.idProduct:04x} "
-            f"{string(device.iManufacturer)!r} {string(device.iProduct)!r} serial {string(device.iSerialNumber)!r}")
+    return {"usb_id": f"{device.idVendor:04x}:{device.idProduct:04x}", "manufacturer": string(device.iManufacturer),
+            "product": string(device.iProduct), "serial": string(device.iSerialNumber)}
+
+
+def describe(device: usb.core.Device, ident: dict[str, str]) -> str:
+    return (f"usb {device.bus}-{device.address} {ident['usb_id']} "
+            f"{ident['manufacturer']!r} {ident['product']!r} serial {ident['serial']!r}")
 
 
 @dataclass
@@ -145,7 +151,8 @@ class HidPosScanner:
     def __init__(self, device: usb.core.Device, sysfs: Path = SYSFS_USB):
         self.device = device
         self.sysfs = sysfs
-        self.name = describe(device)
+        self.identity = identity(device)
+        self.name = describe(device, self.identity)
         self.source = f"usb:{device.bus}-{device.address}"
         self._interface: int | None = None
         self._detached = False

@@ -174,6 +174,10 @@ class Journal:
             return self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         return self._db.execute("SELECT coalesce(max(seq), 0) FROM events WHERE kind = ?", [kind]).fetchone()[0]
 
+    def counts(self) -> dict[str, int]:
+        """How many events of each kind the journal holds (kinds are not secret; contents are)."""
+        return dict(self._db.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall())
+
     # -- uplink cursor and sessions -------------------------------------------
 
     def acked_seq(self) -> int:

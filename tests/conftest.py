@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import threading
 import time
@@ -26,6 +28,41 @@ def fifo(tmp_path: Path) -> Path:
     path = tmp_path / "scanner.fifo"
     os.mkfifo(path)
     return path
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Executing "):
+            self.seen.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_call_in_the_event_loop(monkeypatch):
+    """Every asyncio.run in a test runs in debug mode; a callback that holds the loop 100 ms fails the test.
+
+    SQLite, fsync and USB reads belong in a thread; a loop that blocks is a scanner whose keys wait.
+    """
+    real_run = asyncio.run
+    handler = _SlowCallbacks()
+    logging.getLogger("asyncio").addHandler(handler)
+
+    def run(main, *, debug=None):
+        with asyncio.Runner(debug=True) as runner:
+            runner.get_loop().slow_callback_duration = 0.1
+            return runner.run(main)
+
+    monkeypatch.setattr(asyncio, "run", run)
+    try:
+        yield
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+        monkeypatch.setattr(asyncio, "run", real_run)
+    if handler.seen:
+        pytest.fail("the event loop was blocked: " + "; ".join(handler.seen))
 
 
 @pytest.fixture(autouse=True)

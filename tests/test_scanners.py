@@ -268,7 +268,8 @@ def test_a_hid_pos_scanner_is_taken_read_and_given_back_when_unplugged(machine, 
         config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, auto=False)
         from agent.scanners import Scanners
 
-        task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), counter, backend, sysfs).run())
+        task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), counter,
+                                            usb_backend=backend, usb_sysfs=sysfs).run())
         try:
             device = publish(sysfs, FakeUsbDevice())
             backend.devices.append(device)
@@ -295,3 +296,31 @@ def test_a_hid_pos_scanner_is_taken_read_and_given_back_when_unplugged(machine, 
     assert "HID POS scanner usb 1-5 0c2e:0b6a" in caplog.text and f"partial barcode {'Y' * 56!r} discarded" in caplog.text
     assert device.calls == ["detach 0", "claim 0"]  # unplugged: nothing to give back
     assert replugged.calls == ["detach 0", "claim 0", "release 0", "attach 0"]  # the agent stopped: given back
+
+
+def test_taking_and_losing_a_scanner_is_reported_with_its_usb_identity(machine):
+    reports = []
+
+    async def on_device(report):
+        reports.append(report)
+
+    async def scenario():
+        from agent.scanners import Scanners
+
+        config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, hid_pos=False)
+        task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), Counter(), on_device).run())
+        try:
+            machine.plug(30, **SCANNER)
+            await until(lambda: len(reports) == 1)
+            machine.unplug(30)
+            await until(lambda: len(reports) == 2)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    identity = {"scanner": str(machine.node(30)), "driver": "fifo", "name": SCANNER["name"], "usb_id": "0c2e:0b61",
+                "manufacturer": "Honeywell Imaging & Mobility", "product": "1900G Area-Imaging Scanner",
+                "serial": "19283746", "reason": "USB strings say scanner"}
+    assert reports == [{"state": "taken", **identity}, {"state": "removed", **identity}]
