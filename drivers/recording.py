@@ -37,12 +37,14 @@ def press(code: int, t: float, *, down: bool) -> list[InputEvent]:
 
 
 def type_text(
-    text: str, *, start: float, key_interval: float = 0.004, keypad_digits: bool = False, terminator: int = ecodes.KEY_ENTER
+    text: str, *, start: float, key_interval: float = 0.004, keypad_digits: bool = False,
+    terminator: int | None = ecodes.KEY_ENTER,
 ) -> list[InputEvent]:
-    """The events a US-layout scanner sends for ``text`` followed by ``terminator``."""
+    """The events a US-layout scanner sends for ``text`` followed by ``terminator`` (None: no terminator)."""
     events: list[InputEvent] = []
     t = start
-    for code, shifted in keystrokes(text, keypad_digits=keypad_digits) + [(terminator, False)]:
+    ending = [(terminator, False)] if terminator is not None else []
+    for code, shifted in keystrokes(text, keypad_digits=keypad_digits) + ending:
         if shifted:
             events += press(ecodes.KEY_LEFTSHIFT, t, down=True)
         events += press(code, t, down=True)

@@ -324,3 +324,18 @@ def test_taking_and_losing_a_scanner_is_reported_with_its_usb_identity(machine):
                 "manufacturer": "Honeywell Imaging & Mobility", "product": "1900G Area-Imaging Scanner",
                 "serial": "19283746", "reason": "USB strings say scanner"}
     assert reports == [{"state": "taken", **identity}, {"state": "removed", **identity}]
+
+
+def test_a_scanner_without_terminator_ends_each_barcode_with_a_pause(machine):
+    no_enter = DeviceOverride("0c2e:0b61", DecoderSettings(terminators=(), idle_timeout=0.1))
+
+    async def scenario():
+        async with running(machine, devices=(no_enter,)) as counter:
+            node = machine.plug(31, **SCANNER)
+            await write(node, scans(["96385074"], terminator=None))  # the digits, and no Enter
+            await until(lambda: counter.scans)
+            await write(node, scans(["40063812"], terminator=None))
+            await until(lambda: len(counter.scans) == 2)
+            return counter.scans
+
+    assert [s.text for s in asyncio.run(scenario())] == ["96385074", "40063812"]
