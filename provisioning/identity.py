@@ -8,13 +8,14 @@ base64url of the raw 32 bytes, the form a JWK's ``x`` member also uses.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .jws import b64url, b64url_decode, SignatureError
+from storage.keys import write_secret
+
+from .jws import SignatureError, b64url, b64url_decode
 
 
 class IdentityError(Exception):
@@ -25,16 +26,10 @@ def create_key(path: Path) -> Ed25519PrivateKey:
     """Generate a signing key and write it to ``path`` (mode 0600); refuses to overwrite one."""
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_secret(path, pem)
     except FileExistsError:
         raise IdentityError(f"{path} already holds a key; remove it first if you really mean to replace this identity") from None
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return key
 
 

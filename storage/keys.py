@@ -41,12 +41,26 @@ def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
             f"the data key {key_file} is missing but the journal exists: restore the key file "
             f"(or provide the systemd credential {credential!r}); a new key could not read the journal"
         )
-    key_file.parent.mkdir(parents=True, exist_ok=True)
     key = os.urandom(KEY_SIZE)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    write_secret(key_file, key)
+    return key
+
+
+def write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` with mode 0600 holding ``data``, durably; FileExistsError if it exists.
+
+    The file and its directory entry are both fsynced: a key lost to a power cut
+    right after it was made would leave a journal or an identity nobody can open.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, key)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return key
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
