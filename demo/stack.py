@@ -242,9 +242,8 @@ class Stack:
             raise RuntimeError(created.stderr)
         device.public_key = json.loads(created.stdout)["public_key"]
         registered = subprocess.run(
-            _python_command("provisioning.cli") + ["register", "--central-db", str(self.central_db),
-                                                    "--device", device_id, "--public-key", device.public_key],
-            cwd=ROOT, capture_output=True, text=True, check=False,
+            _python_command("provisioning.cli") + ["register", "--central-db", str(self.central_db), "--identity", "-"],
+            input=created.stdout, cwd=ROOT, capture_output=True, text=True, check=False,
         )
         if registered.returncode:
             raise RuntimeError(registered.stderr)

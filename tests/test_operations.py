@@ -1,0 +1,69 @@
+"""Operations tooling: registering devices with central."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from central.store import CentralStore
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def _key_beginning_with_a_dash() -> str:
+    """A real Ed25519 public key whose base64url text begins with '-', as one key in 64 does."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from provisioning.identity import public_key_text
+
+    while not (text := public_key_text(Ed25519PrivateKey.generate())).startswith("-"):
+        pass
+    return text
+
+
+KEY_WITH_A_DASH = _key_beginning_with_a_dash()
+
+
+def ops(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "provisioning.cli", *args], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("how", ["identity-file", "identity-stdin", "options"])
+def test_a_key_beginning_with_a_dash_registers_every_way(tmp_path, how):
+    db = tmp_path / "central.db"
+    identity = json.dumps({"device": "shop-7", "public_key": KEY_WITH_A_DASH})
+    (tmp_path / "shop-7.json").write_text(identity)
+    args = {"identity-file": ["--identity", str(tmp_path / "shop-7.json")], "identity-stdin": ["--identity", "-"],
+            "options": ["--device", "shop-7", f"--public-key={KEY_WITH_A_DASH}"]}[how]
+    result = ops("register", "--central-db", str(db), *args, stdin=identity)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "device shop-7 registered\n"
+    store = CentralStore(db)
+    assert store.device("shop-7").public_key == KEY_WITH_A_DASH
+    store.close()
+
+
+def test_re_keying_a_registered_device_needs_replace(tmp_path):
+    db = tmp_path / "central.db"
+    first, second = _key_beginning_with_a_dash(), _key_beginning_with_a_dash()
+    assert ops("register", "--central-db", str(db), "--device", "shop-7", "--public-key=" + first).returncode == 0
+    refused = ops("register", "--central-db", str(db), "--device", "shop-7", "--public-key=" + second)
+    assert refused.returncode == 2
+    assert "device shop-7 is registered with another public key; pass --replace to re-key it" in refused.stderr
+    assert ops("register", "--central-db", str(db), "--device", "shop-7", "--public-key=" + second,
+               "--replace").returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args,stdin,message",
+    [
+        (["--identity", "-"], "not json", "is not what 'counterbox identity show' prints"),
+        (["--device", "shop-7"], None, "give --identity FILE, or both --device and --public-key"),
+        (["--device", "shop-7", "--public-key=abc"], None, "'abc' is not an Ed25519 public key"),
+    ],
+)
+def test_mistakes_are_named(tmp_path, args, stdin, message):
+    result = ops("register", "--central-db", str(tmp_path / "c.db"), *args, stdin=stdin)
+    assert result.returncode == 2 and message in result.stderr
