@@ -17,7 +17,7 @@ from drivers.feedback import Signal
 from provisioning.identity import load_key, parse_public_key
 from storage import Journal, JournalError, load_data_key
 
-from .config import Config
+from .config import Config, ConfigError
 from .counter import Counter, signal_for
 from .mqtt import MqttLink
 from .scanners import Scanners
@@ -36,6 +36,8 @@ def open_journal(config: Config) -> Journal:
 async def run(config: Config) -> None:
     """Run until SIGTERM or SIGINT (or until every scanner recording has been read and sent)."""
     signing_key = load_key(config.device.key_file)
+    if not config.uplink.central_key:
+        raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")
     central_key = parse_public_key(config.uplink.central_key)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
     loop = asyncio.get_running_loop()

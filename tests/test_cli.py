@@ -1,0 +1,94 @@
+"""The agent's command line: what an installer sees when something is wrong, word for word."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def box(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text('[device]\nid = "shop-1"\nkey_file = "device.key"\n'
+                      '[storage]\npath = "journal.db"\nkey_file = "data.key"\n[scanner]\nauto = false\nhid_pos = false\n')
+    return tmp_path, config
+
+
+def counterbox(config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    return subprocess.run([sys.executable, "-m", "agent", "-c", str(config), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_status_of_a_new_box_creates_its_journal_and_key(box):
+    directory, config = box
+    result = counterbox(config, "status")
+    assert json.loads(result.stdout) == {"device": "shop-1", "last_seq": 0, "acked_seq": 0, "unacknowledged": 0, "events": {}}
+    assert oct((directory / "data.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_wrong_data_key_is_refused_and_named(box):
+    directory, config = box
+    assert counterbox(config, "status").returncode == 0
+    (directory / "data.key").write_bytes(os.urandom(32))
+    result = counterbox(config, "status")
+    assert result.returncode == 2
+    assert result.stderr == (f"counterbox: error: the data key does not open the journal {directory / 'journal.db'}: "
+                             "it was created with another key. Nothing was changed; start with the key this journal "
+                             "was created with.\n")
+
+
+def test_a_lost_data_key_is_not_silently_replaced(box):
+    directory, config = box
+    assert counterbox(config, "status").returncode == 0
+    (directory / "data.key").unlink()
+    result = counterbox(config, "status")
+    assert result.returncode == 2 and "is missing but the journal exists: restore the key file" in result.stderr
+    assert not (directory / "data.key").exists()
+
+
+def test_run_without_central_key_says_where_to_get_it(box):
+    _, config = box
+    assert counterbox(config, "identity", "create").returncode == 0
+    result = counterbox(config, "run")
+    assert result.returncode == 2
+    assert "counterbox: error: [uplink] central_key is not set: give central's public key" in result.stderr
+
+
+def test_run_without_an_identity_says_how_to_make_one(box):
+    _, config = box
+    result = counterbox(config, "run")
+    assert result.returncode == 2
+    assert "does not exist (create it with 'identity create')" in result.stderr
+
+
+def test_identity_is_never_overwritten(box):
+    _, config = box
+    first = json.loads(counterbox(config, "identity", "create").stdout)
+    again = counterbox(config, "identity", "create")
+    assert again.returncode == 2 and "already holds a key" in again.stderr
+    assert json.loads(counterbox(config, "identity", "show").stdout) == first
+
+
+def test_a_bad_price_list_loads_nothing(box):
+    directory, config = box
+    (directory / "prices.csv").write_text("barcode,name,price\n96385074,Gum,1.50\n96385075,Bad,2\n")
+    result = counterbox(config, "prices", "load", str(directory / "prices.csv"))
+    assert result.returncode == 2
+    assert result.stderr == "counterbox: error: line 3: barcode '96385075' fails its check digit\n"
+    assert json.loads(counterbox(config, "status").stdout)["events"] == {}
+
+
+def test_a_misspelt_configuration_key_is_named(box):
+    directory, config = box
+    config.write_text(config.read_text() + "[uplink]\nack_timout = 3\n")
+    result = counterbox(config, "status")
+    assert result.returncode == 2
+    assert f"counterbox: error: {config}: unknown key [uplink] ack_timout; known keys:" in result.stderr
