@@ -28,6 +28,9 @@ from evdev import ecodes
 
 BUS_USB = 0x03
 SCANNER_WORDS = re.compile(r"scan|barcode|bar code|reader|imager|honeywell|zebra|datalogic|symbol", re.IGNORECASE)
+# Keyboard wedges that are not barcode scanners: a card swipe types at scanner speed, and its
+# data (card numbers) must never become a sale. Only a configured id or name takes these.
+NOT_SCANNER_WORDS = re.compile(r"card|magnetic|stripe|\bmsr\b|rfid|nfc|smart|yubi|fingerprint|token", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ def classify(device: InputDeviceInfo, rules: Rules) -> str | None:
     if not rules.auto or not device.is_keyboard or device.bustype != BUS_USB:
         return None
     strings = [device.name] + ([device.usb.manufacturer, device.usb.product_name] if device.usb else [])
+    if any(NOT_SCANNER_WORDS.search(s) for s in strings if s):
+        return None
     if any(SCANNER_WORDS.search(s) for s in strings if s):
         return "USB strings say scanner"
     return "watch"

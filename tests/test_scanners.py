@@ -108,9 +108,14 @@ def test_sysfs_bitmasks_are_read_as_the_kernel_writes_them(machine):
         (dict(name="Generic HID", vendor=0x05E0, product=0x1200), Rules(usb_ids=("05e0:1200",), auto=False),
          "configured USB id 05e0:1200"),
         (dict(name="Newland NLS-HR22 Barcode"), Rules(names=("Newland*",), auto=False), "name matches 'Newland*'"),
+        (dict(name="MagTek USB Swipe Reader", usb_product="Magnetic Card Reader"), Rules(), None),
+        (dict(name="ACS ACR122U PICC Interface", usb_product="RFID reader"), Rules(), None),
+        (dict(name="Yubico YubiKey OTP+FIDO+CCID"), Rules(), None),
+        (dict(name="MagTek USB Swipe Reader", vendor=0x0801, product=0x0001), Rules(usb_ids=("0801:0001",)),
+         "configured USB id 0801:0001"),
     ],
     ids=["honeywell", "usb-strings", "plain-keyboard", "plain-keyboard-auto-off", "ps2-keyboard", "mouse",
-         "usb-id", "name-glob"],
+         "usb-id", "name-glob", "card-swipe", "rfid", "yubikey", "card-swipe-configured"],
 )
 def test_what_makes_a_device_a_scanner(machine, plugged, rules, expected):
     machine.plug(4, **plugged)
