@@ -147,18 +147,22 @@ def test_a_scanner_unplugged_mid_scan_loses_only_that_barcode_and_resumes_when_r
     async def scenario():
         async with running(machine) as counter:
             node = machine.plug(6, **SCANNER)
+            other = machine.plug(16, **{**SCANNER, "serial": "other"})
             await write(node, scans(["96385074"]))
             await until(lambda: len(counter.scans) == 1)
             await write(node, scans(["6901028075831"])[: 24 * 3 * 8])  # eight key presses, then the cable is pulled
             await asyncio.sleep(0.2)
             machine.unplug(6)
             await until(lambda: "partial barcode '6901' discarded" in caplog.text)
+            await write(other, scans(["6901028075831"]))  # the other scanner at the counter goes on
+            await until(lambda: len(counter.scans) == 2)
             node = machine.plug(6, **SCANNER)
             await write(node, scans(["40063812"]))
-            await until(lambda: len(counter.scans) == 2)
+            await until(lambda: len(counter.scans) == 3)
             return counter.scans
 
-    assert [s.text for s in asyncio.run(scenario())] == ["96385074", "40063812"]
+    assert [(s.source, s.text) for s in asyncio.run(scenario())] == [
+        (str(machine.node(6)), "96385074"), (str(machine.node(16)), "6901028075831"), (str(machine.node(6)), "40063812")]
     assert f"scanner {machine.node(6)} was removed mid-scan; partial barcode '6901' discarded" in caplog.text
 
 
