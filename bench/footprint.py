@@ -1,0 +1,109 @@
+"""Memory and flash: what the agent costs a small box, as ratios against a baseline in the same run.
+
+- Journal size: bytes per sale on disk (database + WAL after a checkpoint), beside
+  the same sale bodies as plain JSON rows in an unencrypted SQLite table.
+- Agent memory: resident set (VmRSS, and the peak VmHWM) of the real ``counterbox run``
+  process, with a broker and central, after it has recorded and delivered N scans fed through
+  its scanner FIFO, beside a bare Python interpreter of the same virtualenv.
+
+    .venv/bin/python bench/footprint.py [--scans 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from demo.stack import Stack  # noqa: E402
+from drivers.barcode import gs1_check_digit  # noqa: E402
+from drivers.input_event import pack_all  # noqa: E402
+from drivers.recording import type_text  # noqa: E402
+from storage import Journal  # noqa: E402
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process, in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+def codes(n: int) -> list[str]:
+    return [(body := f"69010{i:07d}") + str(gs1_check_digit(body)) for i in range(n)]
+
+
+def journal_footprint(directory: Path, n: int) -> tuple[float, float]:
+    body = {"code": "", "symbology": "ean13", "aim": None, "scanner": "/dev/input/event3",
+            "scanned_at": "2026-11-27T10:00:00.000Z", "quantity": 1, "known": True, "currency": "CNY",
+            "unit_price": 2300, "name": "Hongtashan (pack)"}
+    journal = Journal.open(directory / "journal.db", os.urandom(32))
+    plain = sqlite3.connect(directory / "plain.db", isolation_level=None)
+    plain.execute("PRAGMA journal_mode = WAL")
+    plain.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL)")
+    for code in codes(n):
+        journal.append("sale", {**body, "code": code})
+        plain.execute("INSERT INTO events (kind, body) VALUES ('sale', ?)", [json.dumps({**body, "code": code})])
+    for conn in (journal._db.conn, plain):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    result = size(directory / "journal.db") / n, size(directory / "plain.db") / n
+    journal.close()
+    plain.close()
+    return result
+
+
+def agent_memory(directory: Path, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    time.sleep(1.0)
+    baseline = memory(bare.pid)
+    bare.kill()
+    with Stack(directory / "stack") as stack:
+        stack.start_broker()
+        stack.start_central()
+        fifo = directory / "scanner.fifo"
+        os.mkfifo(fifo)
+        device = stack.provision("bench-0001", scanners=[str(fifo)])
+        device.start()
+        t = time.time()
+        data = pack_all([ev for i, code in enumerate(codes(n)) for ev in type_text(code, start=t + i * 0.5)])
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, data)
+        os.close(fd)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = device.status()
+            if status["events"].get("sale") == n and status["acked_seq"] == status["last_seq"]:
+                break
+            time.sleep(0.5)
+        else:
+            raise TimeoutError("the agent did not record and deliver every scan")
+        agent = memory(device.process.pid)
+    return baseline, agent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scans", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
+        ours, plain = journal_footprint(Path(tmp), args.scans)
+        (bare_rss, bare_peak), (rss, peak) = agent_memory(Path(tmp), args.scans)
+    print(f"{args.scans} sales, same run")
+    print(f"journal on disk        {ours:8.0f} bytes/sale   plain JSON rows {plain:6.0f} bytes/sale   ratio {ours / plain:.2f}x")
+    print(f"agent memory (RSS)     {rss / 1024:8.1f} MiB          bare interpreter {bare_rss / 1024:5.1f} MiB   ratio {rss / bare_rss:.2f}x")
+    print(f"agent memory (peak)    {peak / 1024:8.1f} MiB          bare interpreter {bare_peak / 1024:5.1f} MiB   ratio {peak / bare_peak:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
