@@ -34,7 +34,7 @@ def open_journal(config: Config) -> Journal:
 
 
 async def run(config: Config) -> None:
-    """Run until SIGTERM or SIGINT (or until every scanner recording has been read and sent)."""
+    """Run until SIGTERM or SIGINT; a scanner recording that has been read to its end leaves the rest running."""
     signing_key = load_key(config.device.key_file)
     if not config.uplink.central_key:
         raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")

@@ -99,11 +99,8 @@ class Scanners:
         return None
 
     def _signal(self, output: Feedback | None, signal: Signal) -> None:
-        if output is None:
-            return
-        task = asyncio.create_task(output.play(signal))  # never holds up the next scan
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if output is not None:
+            self._spawn(output.play(signal))  # never holds up the next scan
 
     # -- sources ----------------------------------------------------------------------
 
@@ -167,8 +164,7 @@ class Scanners:
         async with open_source(path, grab=not watch) as source:
             output = self._feedback_for(path, source.kind)
             idle: asyncio.TimerHandle | None = None
-            taken = not watch
-            if taken:
+            if not watch:
                 await self._report("taken", path, source.kind, identity)
 
             async def handle(result: Scan | NotABarcode | None) -> None:
@@ -185,8 +181,6 @@ class Scanners:
                     source.grab()
                     watch = False
                     logger.info("scanner taken %s: typed a barcode at %.1f ms per key", path, result.slowest_key * 1000)
-                    nonlocal taken
-                    taken = True
                     await self._report("taken", path, source.kind, {**identity, "reason": "typed at scanner speed"})
                 self._signal(output, await self.on_scan(result))
 
@@ -206,7 +200,7 @@ class Scanners:
                 partial = decoder.unplugged()
                 if partial:
                     logger.warning("%s mid-scan; partial barcode %r discarded", gone, partial)
-                if taken:
+                if not watch:
                     await self._report("removed", path, source.kind, identity)
                 raise
             finally:
@@ -264,6 +258,7 @@ class Scanners:
             logger.warning("HID POS scanner lost: %s", error)
 
     def _spawn(self, coroutine) -> None:
+        """Run ``coroutine`` beside the scanners; cancelled with them when the agent stops."""
         task = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -5,7 +5,7 @@ HID keyboard does: EV_MSC/MSC_SCAN, EV_KEY down, EV_SYN; EV_MSC/MSC_SCAN,
 EV_KEY up, EV_SYN; Shift pressed around shifted characters.
 
     events = type_text("6901028075831", start=time.time())
-    Path("session.events").write_bytes(pack_all(events))
+    Path("session.events").write_bytes(input_event.pack_all(events))
     await replay(Path("session.events").read_bytes(), "/run/counterbox/scanner.fifo")
 """
 
@@ -16,7 +16,7 @@ import os
 
 from evdev import InputEvent, ecodes
 
-from .input_event import EVENT_SIZE, pack_all, unpack
+from .input_event import EVENT_SIZE, unpack
 from .keymap import keystrokes
 
 # HID usage of each key, for MSC_SCAN; only its presence matters to decoders.
@@ -77,4 +77,4 @@ async def replay(data: bytes, path: str, *, speed: float = 1.0) -> int:
     return len(events)
 
 
-__all__ = ["pack_all", "press", "replay", "type_text"]
+__all__ = ["press", "replay", "type_text"]
