@@ -8,8 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from provisioning.identity import IdentityError, create_key, load_key, public_key_text
-from storage import DataKeyError, JournalError
+from drivers.errors import DriverError
+from provisioning.errors import ProvisioningError
+from provisioning.identity import create_key, load_key, public_key_text
+from storage import JournalError, StorageError
 
 from . import config as config_module
 from . import daemon, logs
@@ -19,13 +21,16 @@ DEFAULT_CONFIG = Path("/etc/counterbox/agent.toml")
 
 
 def _run(args) -> int:
-    asyncio.run(daemon.run(args.config))
+    try:
+        asyncio.run(daemon.run(args.config))
+    except asyncio.CancelledError:
+        pass  # SIGTERM or SIGINT: the daemon cancelled itself, closed its journal and logged it
     return 0
 
 
 def _prices_load(args) -> int:
     items = parse_csv(args.file.read_text(encoding="utf-8-sig"))
-    journal = daemon.open_journal(args.config)
+    journal = daemon.open_journal(args.config, create=True)
     try:
         body = {"source": args.file.name, "currency": args.config.pricing.currency,
                 "items": [{"barcode": i.barcode, "name": i.name, "price": i.price} for i in items]}
@@ -59,6 +64,23 @@ def _status(args) -> int:
     return 0
 
 
+def _show(args) -> int:
+    journal = daemon.open_journal(args.config)
+    try:
+        if args.seq is not None:
+            event = journal.get(args.seq)
+            if event is None:
+                raise JournalError(f"there is no event {args.seq}: the journal holds 1 to {journal.last_seq()}")
+            events = [event]
+        else:
+            events = journal.read_after(max(0, journal.last_seq() - args.last), limit=args.last)
+    finally:
+        journal.close()
+    for event in events:
+        print(json.dumps({"seq": event.seq, "kind": event.kind, "body": event.body}, ensure_ascii=False))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="counterbox", description="The counterbox agent: scanner to signed batches.")
     top.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
@@ -73,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
     identity.add_parser("create", help="generate the device key; print the public key to register").set_defaults(func=_identity_create)
     identity.add_parser("show", help="print the device id and public key").set_defaults(func=_identity_show)
     commands.add_parser("status", help="print the journal's last and acknowledged sequence numbers").set_defaults(func=_status)
+    show = commands.add_parser("show", help="decrypt and print events of the journal (needs its data key)")
+    show.add_argument("seq", nargs="?", type=int, help="the event to print")
+    show.add_argument("--last", type=int, default=10, help="print the last N events (default 10)")
+    show.set_defaults(func=_show)
     return top
 
 
@@ -82,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.config = config_module.load(args.config)
         return args.func(args)
-    except (config_module.ConfigError, DataKeyError, JournalError, IdentityError, PriceListError, OSError) as error:
+    except (config_module.ConfigError, StorageError, ProvisioningError, DriverError, PriceListError, OSError) as error:
         print(f"counterbox: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

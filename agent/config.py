@@ -1,6 +1,8 @@
 """The agent's configuration: one TOML file, every key documented in docs/configuration.md.
 
-Relative paths are taken from the directory of the configuration file.
+Relative paths are taken from the directory of the configuration file: every
+key of type Path, every entry of ``[scanner] paths`` (``PATH_LISTS``), and a
+``[[scanner.device]] match`` that is a path (it holds a '/').
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.decoder import DecoderSettings
+from provisioning import protocol
 
 
 class ConfigError(Exception):
@@ -25,8 +28,9 @@ class DeviceConfig:
     key_file: Path = Path("/var/lib/counterbox/device.key")
 
     def __post_init__(self) -> None:
-        if not self.id or not all(c.isalnum() or c in "-_." for c in self.id):
-            raise ConfigError(f"[device] id {self.id!r} must be set, using letters, digits, '-', '_' or '.'")
+        if not protocol.valid_device_id(self.id):
+            raise ConfigError(f"[device] id {self.id!r} must be set: 1 to {protocol.MAX_DEVICE_ID} ASCII letters, "
+                              "digits, '-', '_' or '.'")
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,12 @@ class StorageConfig:
 class DeviceOverride:
     """A `[[scanner.device]]` table: decoder settings for the scanners it matches."""
 
-    match: str  # a path, a USB "vendor:product", or a glob of the evdev name
+    match: str  # a path (it holds a '/'), a USB "vendor:product", or a glob of the evdev name
     settings: DecoderSettings
+
+    @property
+    def is_path(self) -> bool:
+        return "/" in self.match
 
     def matches(self, path: str, usb_id: str = "", name: str = "") -> bool:
         return self.match in (path, usb_id) or bool(name and fnmatch.fnmatch(name, self.match))
@@ -93,6 +101,7 @@ class UplinkConfig:
     central_key: str = ""  # base64url Ed25519 public key that signs acknowledgements
     topic_prefix: str = "counterbox/v1"
     batch_max_events: int = 50
+    batch_max_bytes: int = 256 * 1024  # event bodies in one batch; a bigger single event goes alone
     batch_max_delay: float = 1.0  # seconds an event may wait for others to fill its batch
     ack_timeout: float = 10.0  # seconds without acknowledgement before resending from the cursor
     max_in_flight: int = 4  # batches published and not yet acknowledged
@@ -100,6 +109,9 @@ class UplinkConfig:
     def __post_init__(self) -> None:
         if self.batch_max_events < 1 or self.max_in_flight < 1:
             raise ConfigError("[uplink] batch_max_events and max_in_flight must be at least 1")
+        if not 1024 <= self.batch_max_bytes <= protocol.MAX_EVENT_BYTES:
+            raise ConfigError(f"[uplink] batch_max_bytes must be from 1024 to {protocol.MAX_EVENT_BYTES} "
+                              "(the protocol's limit for one message)")
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,9 @@ class Config:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
 
+# Keys that list paths; each entry is taken from the file's directory when relative.
+PATH_LISTS = {("scanner", "paths")}
+
 # The sections of the file, in the order docs/configuration.md lists them.
 SECTIONS: dict[str, type] = {
     "device": DeviceConfig, "storage": StorageConfig, "scanner": ScannerConfig,
@@ -135,6 +150,8 @@ def _scanner(table: dict[str, Any], base: Path) -> ScannerConfig:
         if not isinstance(match, str) or not match:
             raise ConfigError(f"[[scanner.device]] number {index + 1} needs a match (a path, vendor:product or name glob)")
         settings = _section(DecoderSettings, override, f"scanner.device {match!r}", base, defaults=decoder)
+        if "/" in match:
+            match = str(base / Path(match).expanduser())
         devices.append(DeviceOverride(match, settings))
     scanner = _section(ScannerConfig, table, "scanner", base)
     return dataclasses.replace(scanner, decoder=decoder, devices=tuple(devices))
@@ -150,9 +167,17 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
         if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
             default = fields[key].default_factory()
         if isinstance(default, Path):
+            if not isinstance(value, str):
+                raise ConfigError(f"[{name}] {key} must be a path, not {value!r}")
             value = base / Path(value).expanduser()
         elif isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise ConfigError(f"[{name}] {key} must be a list, not {value!r}")
             value = tuple(value)
+            if (name, key) in PATH_LISTS:
+                if not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"[{name}] {key} must be a list of paths, not {value!r}")
+                value = tuple(str(base / Path(v).expanduser()) for v in value)
         elif isinstance(default, float) and isinstance(value, int):
             value = float(value)
         if not isinstance(value, type(default)) and default is not dataclasses.MISSING:

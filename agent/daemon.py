@@ -1,93 +1,110 @@
 """The agent: scanners -> decoders -> counter -> journal -> uplink -> broker.
 
-All SQLite work (and so every fsync) runs in one dedicated thread, so the
-event loop that reads the scanners never blocks on the disk.
+All SQLite work (and so every fsync) runs in the store's own thread, so the
+event loop that reads the scanners never blocks on the disk; keys are read
+and the journal opened in threads too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import signal
-from concurrent.futures import ThreadPoolExecutor
 
 from drivers.decoder import Scan
 from drivers.feedback import Signal
+from provisioning import protocol
 from provisioning.identity import load_key, parse_public_key
-from storage import Journal, JournalError, load_data_key
+from storage import Journal, NoJournal, StorageError, Store, load_data_key
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, signal_for
 from .mqtt import MqttLink
-from .scanners import Scanners
-from .uplink import Uplink, ack_topic
+from .uplink import Uplink
 
 logger = logging.getLogger(__name__)
 
 
-def open_journal(config: Config) -> Journal:
-    """Open the journal with its data key; the key file is created only together with a new journal."""
-    storage = config.storage
-    key = load_data_key(key_file=storage.key_file, credential=storage.credential, create=not storage.path.exists())
-    return Journal.open(storage.path, key)
+def data_key(storage: StorageConfig, *, create: bool) -> bytes:
+    """The journal's data key; the key file is created only together with a new journal."""
+    return load_data_key(key_file=storage.key_file, credential=storage.credential,
+                         create=create and not storage.path.exists())
+
+
+def open_journal(config: Config, *, create: bool = False) -> Journal:
+    """The journal, for a command run beside the agent; NoJournal when there is none and not ``create``."""
+    if not create and not config.storage.path.exists():
+        raise NoJournal(f"there is no journal at {config.storage.path}: the agent has not run on this box yet")
+    key = data_key(config.storage, create=create)
+    return Journal.open(config.storage.path, key, create=create, max_event_bytes=protocol.MAX_EVENT_BYTES)
+
+
+async def open_store(config: Config) -> Store:
+    key = await asyncio.to_thread(data_key, config.storage, create=True)
+    return await Store.open(config.storage.path, key, max_event_bytes=protocol.MAX_EVENT_BYTES)
 
 
 async def run(config: Config) -> None:
-    """Run until SIGTERM or SIGINT; a scanner recording that has been read to its end leaves the rest running."""
-    signing_key = load_key(config.device.key_file)
+    """Run until SIGTERM or SIGINT."""
+    signing_key = await asyncio.to_thread(load_key, config.device.key_file)
     if not config.uplink.central_key:
         raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")
     central_key = parse_public_key(config.uplink.central_key)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-    loop = asyncio.get_running_loop()
-
-    async def call(fn, *args):
-        return await loop.run_in_executor(executor, functools.partial(fn, *args))
-
-    journal = await call(open_journal, config)
+    store = await open_store(config)
     try:
-        session = await call(journal.start_session)
-        counter = Counter(journal, currency=config.pricing.currency)
-        logger.info(
-            "agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
-            config.device.id, session, journal.path, await call(journal.last_seq), await call(journal.acked_seq),
-        )
-        async with MqttLink(
-            host=config.broker.host, port=config.broker.port, client_id=config.device.id,
-            keepalive=config.broker.keepalive,
-            subscriptions=[ack_topic(config.uplink.topic_prefix, config.device.id)],
-        ) as link:
-            uplink = Uplink(journal, call, link, config.device.id, session, signing_key, central_key, config.uplink)
-
-            async def on_scan(scan: Scan) -> Signal:
-                try:
-                    event = await call(counter.record, scan)
-                except JournalError as error:
-                    # Not recorded: the retailer hears the error signal and scans again.
-                    logger.error("scan %r from %s NOT recorded: %s", scan.text, scan.source, error)
-                    return Signal.ERROR
-                uplink.wake.set()
-                return signal_for(event)
-
-            async def on_device(report: dict) -> None:
-                try:
-                    await call(journal.append, "scanner", report)
-                except JournalError as error:
-                    logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
-                    return
-                uplink.wake.set()
-
-            scanners = Scanners(config.scanner, config.feedback, on_scan, on_device)
-            main = asyncio.current_task()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, main.cancel)
-            try:
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(uplink.run())
-                    group.create_task(scanners.run())
-            except asyncio.CancelledError:
-                logger.info("agent stopping device=%s", config.device.id)
+        session = await store.write(lambda journal: journal.start_session())
+        last, acked = await store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+        logger.info("agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
+                    config.device.id, session, store.path, last, acked)
+        await _serve(config, store, session, signing_key, central_key)
     finally:
-        await call(journal.close)
-        executor.shutdown()
+        await store.close()
+
+
+async def _serve(config: Config, store: Store, session: int, signing_key, central_key) -> None:
+    # Imported here: HID POS (pyusb) and keymaps load only in the process that reads scanners.
+    from .scanners import Scanners
+
+    counter = Counter(currency=config.pricing.currency)
+    async with MqttLink(
+        host=config.broker.host, port=config.broker.port, client_id=config.device.id,
+        keepalive=config.broker.keepalive,
+        subscriptions=[protocol.ack_topic(config.uplink.topic_prefix, config.device.id)],
+    ) as link:
+        uplink = Uplink(store=store, link=link, device_id=config.device.id, session=session,
+                        key=signing_key, central_key=central_key, config=config.uplink)
+
+        async def on_scan(scan: Scan) -> Signal:
+            try:
+                event = await store.write(lambda journal: counter.record(journal, scan))
+            except StorageError as error:
+                # Not recorded: the retailer hears the error signal and scans again.
+                logger.error("scan from %s NOT recorded: %s", scan.source, error)
+                return Signal.ERROR
+            uplink.wake.set()
+            return signal_for(event)
+
+        async def on_device(report: dict) -> None:
+            try:
+                seq = await store.append("scanner", report)
+            except StorageError as error:
+                logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
+                return
+            logger.info("scanner seq=%d %s %s", seq, report["state"], report["scanner"])
+            uplink.wake.set()
+
+        scanners = Scanners(config.scanner, config.feedback, on_scan, on_device)
+        main = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, main.cancel)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(uplink.run())
+                group.create_task(scanners.run())
+        except asyncio.CancelledError:
+            logger.info("agent stopping device=%s", config.device.id)
+            raise
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)

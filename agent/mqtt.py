@@ -1,28 +1,39 @@
-"""One small asyncio surface over paho-mqtt (MQTT v5), for the agent.
+"""One small asyncio surface over paho-mqtt (MQTT v5), for the agent and for central.
 
-paho runs its network loop in its own thread and reports through callbacks
-with reason codes; this module turns those into awaitables and exceptions:
+paho's client runs on the caller's event loop (its socket is watched with
+add_reader/add_writer, as paho documents for external loops), so there is no
+network thread and no select() limit; this module turns paho's callbacks and
+reason codes into awaitables, an async iterator and exceptions:
 
     async with MqttLink(host="127.0.0.1", port=1883, client_id="shop-0001",
                         subscriptions=["counterbox/v1/devices/shop-0001/ack"]) as link:
         await link.connected.wait()
         await link.publish("counterbox/v1/devices/shop-0001/batch", payload)  # raises PublishRefused
-        topic, payload = await link.messages.get()
+        async for message in link.messages():
+            ...
 
-A PUBACK is only the broker's receipt, and a refused publish (reason code 135,
-not authorized, for one) arrives as a PUBACK too: ``publish`` raises on those.
-Delivery is counted elsewhere, on central's acknowledgement.
+The link connects in the background and reconnects for as long as it is
+open, with exponential backoff and jitter (``Backoff``), so a fleet that lost
+its broker does not come back in one stampede. A PUBACK is only the broker's
+receipt, and a refused publish (reason code 135, not authorized, for one)
+arrives as a PUBACK too: ``publish`` raises on those. Delivery is counted
+elsewhere, on central's acknowledgement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-import threading
+import random
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -41,6 +52,35 @@ class PublishRefused(MqttError):
     """The broker answered the publish with a failure reason code."""
 
 
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds between connection attempts: ``first`` doubling up to ``most``, each drawn at random
+    from its upper half (jitter), so devices that lost the broker together do not return together."""
+
+    first: float = 0.1
+    most: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.most, self.first * 2 ** min(attempt, 32))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Session:
+    """MQTT v5 session settings: a clean session (the agent: its journal is its queue), or a persistent
+    one that the broker keeps ``expiry`` seconds while the client is away (central: batches wait for it)."""
+
+    persistent: bool = False
+    expiry: int = 0  # seconds
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    retained: bool = False
+
+
 @dataclass
 class MqttLink:
     host: str
@@ -48,57 +88,128 @@ class MqttLink:
     client_id: str
     subscriptions: list[str] = field(default_factory=list)
     keepalive: int = 30
+    session: Session = field(default_factory=Session)
+    backoff: Backoff = field(default_factory=Backoff)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
-    messages: asyncio.Queue = field(default_factory=asyncio.Queue)
     # Counts connections; a change tells the uplink its in-flight batches may be lost.
     generation: int = 0
 
     async def __aenter__(self) -> "MqttLink":
         self._loop = asyncio.get_running_loop()
-        self._lock = threading.Lock()
         self._waiting: dict[int, asyncio.Future] = {}
         self._early: dict[int, ReasonCode] = {}
-        self._warned = False
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client = client
-        client.connect_async(self.host, self.port, keepalive=self.keepalive, clean_start=True)
-        client.loop_start()
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._client: paho.Client | None = None
+        self._down: asyncio.Future | None = None
+        self._misc: asyncio.Task | None = None
+        self._sock: socket.socket | None = None
+        self._fd = -1  # the socket's number as watched: paho may have closed the socket itself
+        self._closed = False
+        self._runner = asyncio.create_task(self._keep_connected(), name=f"mqtt {self.client_id}")
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
 
     async def close(self) -> None:
-        """Disconnect and stop paho's thread. Idempotent."""
-        client, self._client = getattr(self, "_client", None), None
-        if client is None:
+        """Disconnect and stop reconnecting. Idempotent."""
+        if getattr(self, "_closed", True):
             return
-        client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+        self._closed = True
+        self._runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._runner
+        client, self._client = self._client, None
+        if client is not None:
+            if client.is_connected():
+                client.disconnect()
+                client.loop_write()  # a clean DISCONNECT, flushed now: the loop will not watch this socket again
+            self._drop(client)
+        self.connected.clear()
         self._fail_waiting(NotConnected("link closed"))
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> None:
+    def _new_client(self) -> paho.Client:
+        # A new client per connection: paho keeps nothing of a lost connection (no in-flight
+        # messages to send again on its own; the journal is the only queue, the uplink resends).
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5,
+                             reconnect_on_failure=False)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        return client
+
+    # -- what the rest of counterbox sees ---------------------------------------
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's PUBACK; raise NotConnected or PublishRefused."""
-        if self._client is None or not self.connected.is_set():
-            raise NotConnected(f"not connected to {self.host}:{self.port}")
+        info = self._send(topic, payload, qos, retain)
         future = self._loop.create_future()
-        info = self._client.publish(topic, payload, qos=qos)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise NotConnected(f"publish not sent: {paho.error_string(info.rc)}")
-        with self._lock:
-            early = self._early.pop(info.mid, None)
-            if early is None:
-                self._waiting[info.mid] = future
+        early = self._early.pop(info.mid, None)
         if early is not None:
             self._settle(future, early)
+        else:
+            self._waiting[info.mid] = future
         await future
 
-    # -- paho's thread ---------------------------------------------------------
+    def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
+        """Hand a message to the broker without waiting for its receipt; NotConnected when the link is down."""
+        self._send(topic, payload, qos, retain)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message on the subscribed topics, in the order they arrive, across reconnections."""
+        while True:
+            yield await self._inbox.get()
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> paho.MQTTMessageInfo:
+        if self._client is None or not self.connected.is_set():
+            raise NotConnected(f"not connected to {self.host}:{self.port}")
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"publish not sent: {paho.error_string(info.rc)}")
+        return info
+
+    # -- connecting ------------------------------------------------------------
+
+    async def _keep_connected(self) -> None:
+        attempt, warned = 0, False
+        properties = None
+        if self.session.persistent:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.session.expiry
+        while True:
+            client = self._client = self._new_client()
+            self._down = self._loop.create_future()
+            try:
+                # Name lookup and the TCP handshake block: in a thread, never on the loop.
+                await self._loop.run_in_executor(None, functools.partial(
+                    client.connect, self.host, self.port, keepalive=self.keepalive,
+                    clean_start=not self.session.persistent, properties=properties))
+                reason = await self._down
+            except (OSError, paho.WebsocketConnectionError, ValueError) as error:
+                reason = error
+            self._client = None
+            self._drop(client)
+            if self.connected.is_set():
+                self.connected.clear()
+                attempt, warned = 0, False
+            self._fail_waiting(NotConnected(f"connection lost: {reason}"))
+            # A broker that stays away is logged once, not at every attempt.
+            (logger.debug if warned else logger.warning)(
+                "broker %s:%d unavailable (%s); reconnecting with backoff", self.host, self.port, reason)
+            warned = True
+            await asyncio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    def _lost(self, client: paho.Client, reason: object) -> None:
+        if client is self._client and self._down is not None and not self._down.done():
+            self._down.set_result(reason)
+
+    # -- paho's callbacks (all on the loop, except on_socket_open and register_write during connect) ----
 
     def _on_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
         if reason_code.is_failure:
@@ -106,32 +217,73 @@ class MqttLink:
             return
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
-        self._warned = False
         logger.info("connected to broker %s:%d as %s", self.host, self.port, self.client_id)
-        self._loop.call_soon_threadsafe(self._up)
-
-    def _up(self) -> None:
         self.generation += 1
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
-        # A broker that stays away is logged once, not at every reconnect attempt.
-        if not self._warned:
-            logger.warning("disconnected from broker %s:%d: %s; retrying in the background", self.host, self.port, reason_code)
-            self._warned = True
-        self._loop.call_soon_threadsafe(self.connected.clear)
-        self._fail_waiting(NotConnected(f"connection lost: {reason_code}"))
+        self._lost(client, reason_code)
 
     def _on_publish(self, client, userdata, mid: int, reason_code: ReasonCode, properties: Properties) -> None:
-        with self._lock:
-            future = self._waiting.pop(mid, None)
-            if future is None:
-                self._early[mid] = reason_code
-                return
-        self._loop.call_soon_threadsafe(self._settle, future, reason_code)
+        future = self._waiting.pop(mid, None)
+        if future is None:
+            self._early[mid] = reason_code  # publish() has not registered it yet
+        else:
+            self._settle(future, reason_code)
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
-        self._loop.call_soon_threadsafe(self.messages.put_nowait, (message.topic, message.payload))
+        self._inbox.put_nowait(Message(message.topic, message.payload, bool(message.retain)))
+
+    def _on_socket_open(self, client, userdata, sock) -> None:
+        self._loop.call_soon_threadsafe(self._watch, client, sock)
+
+    def _watch(self, client: paho.Client, sock) -> None:
+        if client is not self._client:
+            return  # a connection already given up
+        self._sock, self._fd = sock, sock.fileno()
+        self._loop.add_reader(self._fd, self._readable, client)
+        self._misc = self._loop.create_task(self._housekeeping(client))
+
+    def _readable(self, client: paho.Client) -> None:
+        rc = client.loop_read()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost(client, paho.error_string(rc))
+
+    def _on_socket_close(self, client, userdata, sock) -> None:
+        self._loop.call_soon_threadsafe(self._lost, client, "socket closed")
+
+    def _on_socket_register_write(self, client, userdata, sock) -> None:
+        self._loop.call_soon_threadsafe(self._want_write, client, sock)
+
+    def _want_write(self, client: paho.Client, sock) -> None:
+        if client is self._client and sock is self._sock and self._fd >= 0:
+            self._loop.add_writer(self._fd, self._writable, client)
+
+    def _writable(self, client: paho.Client) -> None:
+        rc = client.loop_write()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._lost(client, paho.error_string(rc))
+
+    def _on_socket_unregister_write(self, client, userdata, sock) -> None:
+        if sock is self._sock and self._fd >= 0:
+            self._loop.remove_writer(self._fd)
+
+    async def _housekeeping(self, client: paho.Client) -> None:
+        # Keepalive pings and retries of unacknowledged packets.
+        while client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            await asyncio.sleep(1)
+        self._lost(client, "keepalive")
+
+    def _drop(self, client: paho.Client) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._sock, self._fd = None, -1
+        if self._misc is not None:
+            self._misc.cancel()
+            self._misc = None
+        with contextlib.suppress(Exception):
+            client._sock_close()  # paho keeps its socket after a failed read; drop it before reconnecting
 
     # -- helpers ---------------------------------------------------------------
 
@@ -145,8 +297,8 @@ class MqttLink:
             future.set_result(None)
 
     def _fail_waiting(self, error: MqttError) -> None:
-        with self._lock:
-            waiting, self._waiting = self._waiting, {}
-            self._early.clear()
+        waiting, self._waiting = self._waiting, {}
+        self._early.clear()
         for future in waiting.values():
-            self._loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_exception(error))
+            if not future.done():
+                future.set_exception(error)

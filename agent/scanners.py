@@ -32,7 +32,8 @@ from drivers import hidpos
 from drivers.decoder import Decoder, NotABarcode, Scan
 from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices, list_devices
 from drivers.feedback import Feedback, Output, Signal
-from drivers.reader import ScannerError, ScannerGone, open_source
+from drivers.errors import ScannerError, ScannerGone
+from drivers.reader import open_source
 
 from .config import FeedbackConfig, ScannerConfig
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import signal
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-from joserfc.jwk import OKPKey
+from provisioning.errors import ProvisioningError
+from provisioning.identity import create_key, load_key, public_key_text
 
-from provisioning.identity import IdentityError, create_key, load_key, public_key_text
-
+from .errors import CentralError
 from .ingest import Ingest
 from .store import CentralStore
 
@@ -31,14 +33,20 @@ def _pubkey(args) -> int:
     return 0
 
 
+async def _serve(ingest: Ingest, args) -> None:
+    main = asyncio.current_task()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
+    await ingest.serve(host=args.host, port=args.port, client_id=args.client_id)
+
+
 def _ingest(args) -> int:
-    load_key(args.key)  # a clear error now rather than inside the consumer
-    signing_key = OKPKey.import_key(args.key.read_bytes())
+    signing_key = load_key(args.key)
     store = CentralStore(args.db)
     try:
-        Ingest(store, signing_key=signing_key, topic_prefix=args.topic_prefix).serve(args.host, args.port, args.client_id)
-    except KeyboardInterrupt:
-        pass
+        asyncio.run(_serve(Ingest(store=store, signing_key=signing_key, topic_prefix=args.topic_prefix), args))
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("central ingest stopped")
     finally:
         store.close()
     return 0
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (IdentityError, OSError) as error:
+    except (CentralError, ProvisioningError, OSError) as error:
         print(f"counterbox-central: error: {error}", file=sys.stderr)
         return 2
 

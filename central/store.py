@@ -4,6 +4,10 @@ Events are keyed by (device, seq), so a batch sent twice (after a reconnect,
 a restart or a lost acknowledgement) adds nothing the second time. A device's
 ``acked_seq`` is the end of its contiguous run from seq 1: what central can
 promise to hold, and so what it acknowledges.
+
+    store = CentralStore(Path("central.db"))
+    store.register("shop-0001", public_key, shop="Mengzi No. 3")
+    added, acked = store.add_events("shop-0001", session=1, events=[{"seq": 1, "kind": "sale", "body": {...}}])
 """
 
 from __future__ import annotations
@@ -18,13 +22,9 @@ from typing import Any
 
 import sqlite_utils
 
+from storage import sqlite
 
-class RegistryError(Exception):
-    """A device registration that conflicts with what central holds."""
-
-
-class SeqConflict(Exception):
-    """A batch reuses sequence numbers for other events: never stored, never acknowledged."""
+from .errors import RegistryError, SeqConflict
 
 
 @dataclass(frozen=True)
@@ -36,39 +36,40 @@ class Device:
 
 class CentralStore:
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        self.db = sqlite_utils.Database(conn)
-        self.db.execute("PRAGMA journal_mode = WAL")
-        self.db.execute("PRAGMA synchronous = FULL")
-        if "devices" not in self.db.table_names():
-            with self.db.conn:
+        sqlite.create_private(path)
+        try:
+            self.conn = sqlite.connect(path)
+            sqlite.durable(self.conn)
+            self.db = sqlite_utils.Database(self.conn)
+            # EXCLUSIVE: central and a command starting at once agree on one schema.
+            with sqlite.transaction(self.conn, mode="EXCLUSIVE"):
                 self.db["devices"].create(
                     {"device_id": str, "public_key": str, "shop": str, "registered_at": float, "acked_seq": int},
-                    pk="device_id", not_null={"public_key", "acked_seq"}, defaults={"acked_seq": 0},
+                    pk="device_id", not_null={"public_key", "acked_seq"}, defaults={"acked_seq": 0}, if_not_exists=True,
                 )
                 self.db["events"].create(
                     {"device_id": str, "seq": int, "kind": str, "session": int, "received_at": float, "body": str},
-                    pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")],
+                    pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")], if_not_exists=True,
                 )
+        except sqlite3.Error as error:
+            raise RegistryError(f"central's database {path}: {error}") from error
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
     def register(self, device_id: str, public_key: str, *, shop: str = "", replace: bool = False) -> None:
-        existing = self.device(device_id)
-        if existing and existing.public_key != public_key and not replace:
-            raise RegistryError(
-                f"device {device_id} is registered with another public key; pass --replace to re-key it"
+        """Register (or with ``replace``, re-key) a device: central's own operation, behind counterbox-ops."""
+        with sqlite.transaction(self.conn):
+            existing = self.device(device_id)
+            if existing and existing.public_key != public_key and not replace:
+                raise RegistryError(f"device {device_id} is registered with another public key; pass --replace to re-key it")
+            self.db["devices"].upsert(
+                {"device_id": device_id, "public_key": public_key, "shop": shop, "registered_at": time.time()},
+                pk="device_id",
             )
-        self.db["devices"].upsert(
-            {"device_id": device_id, "public_key": public_key, "shop": shop, "registered_at": time.time()},
-            pk="device_id",
-        )
 
     def device(self, device_id: str) -> Device | None:
-        row = self.db.execute(
+        row = self.conn.execute(
             "SELECT device_id, public_key, acked_seq FROM devices WHERE device_id = ?", [device_id]
         ).fetchone()
         return Device(*row) if row else None
@@ -76,9 +77,7 @@ class CentralStore:
     def add_events(self, device_id: str, session: int, events: list[dict[str, Any]]) -> tuple[int, int]:
         """Store the events not yet held; return (how many were new, the device's acked_seq)."""
         now = time.time()
-        conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with sqlite.transaction(self.conn) as conn:
             self._check_no_conflict(device_id, events)
             before = conn.total_changes
             conn.executemany(
@@ -95,17 +94,13 @@ class CentralStore:
                     break
                 acked = seq
             conn.execute("UPDATE devices SET acked_seq = ? WHERE device_id = ?", [acked, device_id])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return added, acked
 
     def _check_no_conflict(self, device_id: str, events: list[dict[str, Any]]) -> None:
         """A seq already held must hold the same event: anything else is a device whose journal restarted."""
         held = {
             seq: (kind, json.loads(body))
-            for seq, kind, body in self.db.conn.execute(
+            for seq, kind, body in self.conn.execute(
                 "SELECT seq, kind, body FROM events WHERE device_id = ? AND seq BETWEEN ? AND ?",
                 [device_id, events[0]["seq"], events[-1]["seq"]],
             )
@@ -123,5 +118,5 @@ class CentralStore:
         if kind:
             sql += " WHERE kind = ?"
             params.append(kind)
-        for device_id, seq, kind_, session, body in self.db.execute(sql + " ORDER BY device_id, seq", params):
+        for device_id, seq, kind_, session, body in self.conn.execute(sql + " ORDER BY device_id, seq", params):
             yield {"device": device_id, "seq": seq, "kind": kind_, "session": session, **json.loads(body)}

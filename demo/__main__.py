@@ -99,7 +99,7 @@ def main() -> int:
             print("  " + stack.central_command("report").stdout.strip())
             log = stack.central_log.read_text()
             accepted, rejected = log.count("batch accepted"), log.count("batch rejected")
-            print(f"\nBatches: {accepted} accepted, every one verified (JWS Ed25519, joserfc); {rejected} rejected.")
+            print(f"\nBatches: {accepted} accepted, every one verified (JWS, Ed25519); {rejected} rejected.")
             agent_log = device.log.read_text()
             print("\nAgent log, misreads and unknown codes:")
             for line in agent_log.splitlines():

@@ -242,7 +242,7 @@ class Stack:
             raise RuntimeError(created.stderr)
         device.public_key = json.loads(created.stdout)["public_key"]
         registered = subprocess.run(
-            _python_command("provisioning.cli") + ["register", "--central-db", str(self.central_db), "--identity", "-"],
+            _python_command("central.ops") + ["register", "--central-db", str(self.central_db), "--identity", "-"],
             input=created.stdout, cwd=ROOT, capture_output=True, text=True, check=False,
         )
         if registered.returncode:

@@ -33,7 +33,7 @@ import usb.core
 import usb.util
 
 from .decoder import Scan
-from .reader import ScannerError, ScannerGone
+from .errors import ScannerError, ScannerGone
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,11 @@ from typing import Protocol
 
 from evdev import ecodes as e
 
+from .errors import KeymapError
+
 logger = logging.getLogger(__name__)
 
 _XKB_OFFSET = 8
-
-
-class KeymapError(Exception):
-    """A layout that cannot be loaded."""
 
 
 class KeyState(Protocol):

@@ -27,20 +27,13 @@ import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .errors import ScannerError, ScannerGone
 from .input_event import EVENT_SIZE, InputEvent, unpack
 
 logger = logging.getLogger(__name__)
 
 _READ_SIZE = EVENT_SIZE * 64
 GONE_CHECK = 0.5  # seconds between checks that a FIFO's path still exists
-
-
-class ScannerError(Exception):
-    """A scanner path that cannot be read as an input-event source."""
-
-
-class ScannerGone(ScannerError):
-    """The scanner went away while being read (unplugged)."""
 
 
 @dataclass

@@ -15,11 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from storage.keys import write_secret
 
-from .jws import SignatureError, b64url, b64url_decode
-
-
-class IdentityError(Exception):
-    """A key file or public key that cannot be used."""
+from .errors import IdentityError, SignatureError
+from .jws import b64url, b64url_decode
 
 
 def create_key(path: Path) -> Ed25519PrivateKey:
@@ -40,6 +37,8 @@ def load_key(path: Path) -> Ed25519PrivateKey:
         raise IdentityError(f"signing key {path} does not exist (create it with 'identity create')") from None
     except ValueError:
         raise IdentityError(f"{path} is not a PEM private key") from None
+    except OSError as error:
+        raise IdentityError(f"cannot read the signing key {path}: {error.strerror}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise IdentityError(f"{path} holds a {type(key).__name__}, not an Ed25519 key")
     return key

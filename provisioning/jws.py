@@ -19,11 +19,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .errors import SignatureError
+
 ALG = "Ed25519"
-
-
-class SignatureError(Exception):
-    """A token that is malformed, names another algorithm, or whose signature does not verify."""
 
 
 def b64url(data: bytes) -> str:

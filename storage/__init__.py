@@ -1,6 +1,9 @@
 """The encrypted local store: one append-only journal, the box's single source of truth."""
 
-from .journal import Event, Journal, JournalError, JournalFull
-from .keys import DataKeyError, load_data_key
+from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal, StorageError
+from .journal import Event, Journal
+from .keys import load_data_key
+from .store import Store
 
-__all__ = ["DataKeyError", "Event", "Journal", "JournalError", "JournalFull", "load_data_key"]
+__all__ = ["DataKeyError", "Event", "EventTooLarge", "Journal", "JournalError", "JournalFull", "NoJournal",
+           "StorageError", "Store", "load_data_key"]

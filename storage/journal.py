@@ -15,36 +15,33 @@ file; no barcode, price or amount is.
         ...
 
 SQLite runs in WAL mode with synchronous=FULL: when ``append`` returns, the
-event has been fsynced and survives a crash or a power cut.
+event has been fsynced and survives a crash or a power cut. A Journal is one
+connection for one thread; the daemon reaches it through ``storage.Store``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .keys import DataKeyError
+from . import sqlite
+from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal
 
 _NONCE = 12
 _KEY_CHECK = b"counterbox journal key check"
-SCHEMA_VERSION = 1
-
-
-class JournalError(Exception):
-    """The journal cannot be opened or written."""
-
-
-class JournalFull(JournalError):
-    """The disk is full: the event was not recorded."""
+# The largest event body (its JSON) the journal takes; the agent passes the protocol's own
+# limit, so that nothing is recorded that no batch could carry.
+DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,75 +55,92 @@ def _aad(seq: int, kind: str) -> bytes:
     return f"counterbox-event-v1\x00{seq}\x00{kind}".encode()
 
 
+# -- schema: each migration takes the schema from the version before it --------------
+
+def _v1(conn: sqlite3.Connection, seal: Callable[[int, str, bytes], bytes]) -> None:
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, sealed BLOB NOT NULL)")
+    conn.execute("CREATE INDEX idx_events_kind ON events (kind)")
+    for action in ("UPDATE", "DELETE"):
+        conn.execute(
+            f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events "
+            "BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END"
+        )
+    conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", [
+        ("key_check", seal(0, "key-check", _KEY_CHECK).hex()),
+        ("created_at", str(time.time())),
+        ("acked_seq", "0"),
+        ("session", "0"),
+    ])
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, Callable[[int, str, bytes], bytes]], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
 class Journal:
-    def __init__(self, db: sqlite_utils.Database, aead: AESGCM, path: Path):
-        self._db = db
+    def __init__(self, conn: sqlite3.Connection, aead: AESGCM, path: Path, max_event_bytes: int):
+        self._conn = conn
         self._aead = aead
         self.path = path
+        self.max_event_bytes = max_event_bytes
 
     @classmethod
-    def open(cls, path: Path, key: bytes) -> "Journal":
-        """Open (creating it if absent) the journal at ``path`` with data ``key``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        db = sqlite_utils.Database(conn)
-        journal = cls(db, AESGCM(key), path)
+    def open(cls, path: Path, key: bytes, *, create: bool = True,
+             max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> "Journal":
+        """Open the journal at ``path`` with data ``key``; create it (mode 0600) when absent and ``create``.
+
+        A journal that exists is checked against ``key`` on a read-only connection first:
+        a wrong key changes nothing on disk, not even a WAL checkpoint.
+        """
+        aead = AESGCM(key)
+        if not path.exists():
+            if not create:
+                raise NoJournal(f"there is no journal at {path}: the agent has not run on this box yet")
+            sqlite.create_private(path)
+        else:
+            _check_key(path, aead)
+        with _translated(path):
+            conn = sqlite.connect(path)
+        journal = cls(conn, aead, path, max_event_bytes)
         try:
-            journal._migrate_and_check()
+            with _translated(path):
+                if sqlite.durable(conn) != "wal":
+                    raise JournalError(f"{path}: SQLite refused WAL mode (is it on a filesystem without shared memory?)")
+            journal._migrate()
         except BaseException:
             conn.close()
             raise
         return journal
 
-    def _migrate_and_check(self) -> None:
-        db = self._db
-        if db.execute("PRAGMA journal_mode = WAL").fetchone()[0] != "wal":
-            raise JournalError(f"{self.path}: SQLite refused WAL mode (is it on a filesystem without shared memory?)")
-        db.execute("PRAGMA synchronous = FULL")
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise JournalError(f"{self.path} has schema version {version}; this counterbox knows up to {SCHEMA_VERSION}")
-        if version == 0:
-            with self._transaction():
-                db["meta"].create({"name": str, "value": str}, pk="name")
-                db["events"].create({"seq": int, "kind": str, "sealed": bytes}, pk="seq", not_null={"kind", "sealed"})
-                db["events"].create_index(["kind"])
-                for action in ("UPDATE", "DELETE"):
-                    db.execute(
-                        f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events "
-                        "BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END"
-                    )
-                check = self._seal(0, "key-check", _KEY_CHECK)
-                db["meta"].insert_all(
-                    [
-                        {"name": "key_check", "value": check.hex()},
-                        {"name": "created_at", "value": str(time.time())},
-                        {"name": "acked_seq", "value": "0"},
-                        {"name": "session", "value": "0"},
-                    ]
-                )
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            return
-        sealed = bytes.fromhex(self._meta("key_check"))
-        try:
-            self._open_sealed(0, "key-check", sealed)
-        except InvalidTag:
-            raise DataKeyError(
-                f"the data key does not open the journal {self.path}: it was created with another key. "
-                "Nothing was changed; start with the key this journal was created with."
-            ) from None
+    def _migrate(self) -> None:
+        # EXCLUSIVE: any number of processes opening a new journal at once agree on one schema.
+        with self.transaction(mode="EXCLUSIVE"):
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            _check_version(self.path, version)
+            if version:
+                self._verify_key()  # another process created it between our check and this lock
+            for migrate in MIGRATIONS[version:]:
+                migrate(self._conn, self._seal)
+            if version != SCHEMA_VERSION:
+                self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _verify_key(self) -> None:
+        _open_key_check(self.path, self._aead, self._meta("key_check"))
 
     # -- transactions --------------------------------------------------------
 
-    def _transaction(self):
-        return _Immediate(self._db.conn, self.path)
+    @contextlib.contextmanager
+    def transaction(self, *, mode: str = "IMMEDIATE") -> Iterator[None]:
+        """One transaction (a savepoint when nested); sqlite3's errors leave it as JournalError or JournalFull."""
+        with _translated(self.path), sqlite.transaction(self._conn, mode=mode):
+            yield
 
     def _meta(self, name: str) -> str:
-        return self._db.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
+        return self._conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
 
     def _set_meta(self, name: str, value: str) -> None:
-        self._db.execute("UPDATE meta SET value = ? WHERE name = ?", [value, name])
+        self._conn.execute("UPDATE meta SET value = ? WHERE name = ?", [value, name])
 
     # -- sealing -------------------------------------------------------------
 
@@ -134,98 +148,143 @@ class Journal:
         nonce = os.urandom(_NONCE)
         return nonce + self._aead.encrypt(nonce, plaintext, _aad(seq, kind))
 
-    def _open_sealed(self, seq: int, kind: str, sealed: bytes) -> bytes:
-        return self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(seq, kind))
-
     # -- the log -------------------------------------------------------------
 
     def append(self, kind: str, body: dict[str, Any]) -> int:
-        """Record an event durably and return its sequence number."""
+        """Record an event durably (or within the caller's transaction) and return its sequence number."""
         plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        with self._transaction():
+        if len(plaintext) > self.max_event_bytes:
+            raise EventTooLarge(
+                f"a {kind} event of {len(plaintext)} bytes is over the limit of {self.max_event_bytes} bytes "
+                "that one batch can carry; it was not recorded"
+            )
+        with self.transaction():
             # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this number.
-            seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
-            self._db.execute(
+            seq = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+            self._conn.execute(
                 "INSERT INTO events (seq, kind, sealed) VALUES (?, ?, ?)", [seq, kind, self._seal(seq, kind, plaintext)]
             )
         return seq
 
     def read_after(self, seq: int, limit: int = 1000) -> list[Event]:
         """Events with sequence numbers above ``seq``, in order, at most ``limit``."""
-        rows = self._db.execute(
-            "SELECT seq, kind, sealed FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [seq, limit]
-        ).fetchall()
-        return [self._event(*row) for row in rows]
+        return self.read_batch(seq, max_events=limit, max_bytes=None)
+
+    def read_batch(self, after: int, *, max_events: int, max_bytes: int | None) -> list[Event]:
+        """The events after ``after``, at most ``max_events``, and no more than ``max_bytes`` of
+        event bodies in all, except that the first event is always taken (the journal took no
+        event bigger than ``max_event_bytes``)."""
+        events: list[Event] = []
+        total = 0
+        with _translated(self.path):
+            rows = self._conn.execute(
+                "SELECT seq, kind, sealed FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [after, max_events]
+            )
+            for seq, kind, sealed in rows:
+                # The sealed size bounds the body's JSON: nonce and tag are 28 bytes.
+                total += len(sealed)
+                if events and max_bytes is not None and total > max_bytes:
+                    break
+                events.append(self._event(seq, kind, sealed))
+        return events
+
+    def get(self, seq: int) -> Event | None:
+        with _translated(self.path):
+            row = self._conn.execute("SELECT seq, kind, sealed FROM events WHERE seq = ?", [seq]).fetchone()
+        return self._event(*row) if row else None
 
     def _event(self, seq: int, kind: str, sealed: bytes) -> Event:
         try:
-            return Event(seq, kind, json.loads(self._open_sealed(seq, kind, sealed)))
+            plaintext = self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(seq, kind))
         except InvalidTag:
             raise JournalError(f"{self.path}: event {seq} ({kind}) fails authentication: the file was altered") from None
+        return Event(seq, kind, json.loads(plaintext))
 
     def last(self, kind: str) -> Event | None:
-        row = self._db.execute(
-            "SELECT seq, kind, sealed FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", [kind]
-        ).fetchone()
+        with _translated(self.path):
+            row = self._conn.execute(
+                "SELECT seq, kind, sealed FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", [kind]
+            ).fetchone()
         return self._event(*row) if row else None
 
     def last_seq(self, kind: str | None = None) -> int:
-        if kind is None:
-            return self._db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-        return self._db.execute("SELECT coalesce(max(seq), 0) FROM events WHERE kind = ?", [kind]).fetchone()[0]
+        with _translated(self.path):
+            if kind is None:
+                return self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+            return self._conn.execute("SELECT coalesce(max(seq), 0) FROM events WHERE kind = ?", [kind]).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         """How many events of each kind the journal holds (kinds are not secret; contents are)."""
-        return dict(self._db.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall())
+        with _translated(self.path):
+            return dict(self._conn.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall())
 
     # -- uplink cursor and sessions -------------------------------------------
 
     def acked_seq(self) -> int:
         """Everything up to this sequence number is held by central."""
-        return int(self._meta("acked_seq"))
+        with _translated(self.path):
+            return int(self._meta("acked_seq"))
 
     def acknowledge(self, seq: int) -> bool:
         """Move the cursor forward to ``seq``; acknowledgements are cumulative and never move it back."""
-        with self._transaction():
+        with self.transaction():
             if seq <= int(self._meta("acked_seq")):
                 return False
-            if seq > self.last_seq():
-                raise JournalError(f"acknowledgement for seq {seq} beyond the last event {self.last_seq()}")
+            last = self.last_seq()
+            if seq > last:
+                raise JournalError(f"acknowledgement for seq {seq} beyond the last event {last}")
             self._set_meta("acked_seq", str(seq))
         return True
 
     def start_session(self) -> int:
         """Count one more start of the agent; batches carry it so central can tell restarts apart."""
-        with self._transaction():
+        with self.transaction():
             session = int(self._meta("session")) + 1
             self._set_meta("session", str(session))
         return session
 
     def close(self) -> None:
-        self._db.conn.close()
+        self._conn.close()
 
 
-class _Immediate:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception; disk-full becomes JournalFull."""
+def _check_version(path: Path, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise JournalError(f"{path} has schema version {version}; this counterbox knows up to {SCHEMA_VERSION}. "
+                           "Nothing was changed; run a newer counterbox")
 
-    def __init__(self, conn: sqlite3.Connection, path: Path):
-        self._conn = conn
-        self._path = path
 
-    def __enter__(self) -> None:
-        self._conn.execute("BEGIN IMMEDIATE")
+def _open_key_check(path: Path, aead: AESGCM, sealed_hex: str) -> None:
+    sealed = bytes.fromhex(sealed_hex)
+    try:
+        aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(0, "key-check"))
+    except InvalidTag:
+        raise DataKeyError(
+            f"the data key does not open the journal {path}: it was created with another key. "
+            "Nothing was changed; start with the key this journal was created with."
+        ) from None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            try:
-                self._conn.execute("COMMIT")
-                return False
-            except sqlite3.OperationalError as error:
-                exc = error
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
-        if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
-            raise JournalFull(f"{self._path}: the disk is full; the event was not recorded") from exc
-        if exc is not None and exc_type is None:
-            raise JournalError(f"{self._path}: {exc}") from exc
-        return False
+
+def _check_key(path: Path, aead: AESGCM) -> None:
+    """Check the key and schema version of an existing journal without being able to write a byte."""
+    with _translated(path):
+        conn = sqlite.connect(path, readonly=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                return  # being created by another process right now: checked again under its lock
+            _check_version(path, version)
+            _open_key_check(path, aead, conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()[0])
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    """sqlite3's errors, wherever they arise, as the store's own: a full disk as JournalFull."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        code = getattr(error, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "full" in str(error):
+            raise JournalFull(f"{path}: the disk is full; the event was not recorded") from error
+        raise JournalError(f"{path}: {error}") from error

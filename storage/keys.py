@@ -12,11 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import DataKeyError
+
 KEY_SIZE = 32
-
-
-class DataKeyError(Exception):
-    """The data key is missing, malformed, or does not open the journal."""
 
 
 def _read(path: Path, origin: str) -> bytes:

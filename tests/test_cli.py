@@ -27,16 +27,34 @@ def counterbox(config: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def test_status_of_a_new_box_creates_its_journal_and_key(box):
+def test_status_of_a_box_with_no_journal_says_so_and_creates_nothing(box):
     directory, config = box
     result = counterbox(config, "status")
-    assert json.loads(result.stdout) == {"device": "shop-1", "last_seq": 0, "acked_seq": 0, "unacknowledged": 0, "events": {}}
-    assert oct((directory / "data.key").stat().st_mode & 0o777) == "0o600"
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"counterbox: error: there is no journal at {directory / 'journal.db'}: "
+                             "the agent has not run on this box yet\n")
+    assert not (directory / "journal.db").exists() and not (directory / "data.key").exists()
 
 
-def test_a_wrong_data_key_is_refused_and_named(box):
+def test_a_new_journal_and_its_key_are_private_to_the_service(box, tmp_path):
     directory, config = box
-    assert counterbox(config, "status").returncode == 0
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    assert counterbox(config, "prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+    result = counterbox(config, "status")
+    assert json.loads(result.stdout) == {"device": "shop-1", "last_seq": 1, "acked_seq": 0, "unacknowledged": 1,
+                                         "events": {"price_list": 1}}
+    for name in ("data.key", "journal.db"):
+        assert oct((directory / name).stat().st_mode & 0o777) == "0o600", name
+
+
+def new_journal(config, tmp_path):
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    assert counterbox(config, "prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+
+
+def test_a_wrong_data_key_is_refused_and_named(box, tmp_path):
+    directory, config = box
+    new_journal(config, tmp_path)
     (directory / "data.key").write_bytes(os.urandom(32))
     result = counterbox(config, "status")
     assert result.returncode == 2
@@ -45,9 +63,9 @@ def test_a_wrong_data_key_is_refused_and_named(box):
                              "was created with.\n")
 
 
-def test_a_lost_data_key_is_not_silently_replaced(box):
+def test_a_lost_data_key_is_not_silently_replaced(box, tmp_path):
     directory, config = box
-    assert counterbox(config, "status").returncode == 0
+    new_journal(config, tmp_path)
     (directory / "data.key").unlink()
     result = counterbox(config, "status")
     assert result.returncode == 2 and "is missing but the journal exists: restore the key file" in result.stderr
@@ -83,7 +101,7 @@ def test_a_bad_price_list_loads_nothing(box):
     result = counterbox(config, "prices", "load", str(directory / "prices.csv"))
     assert result.returncode == 2
     assert result.stderr == "counterbox: error: line 3: barcode '96385075' fails its check digit\n"
-    assert json.loads(counterbox(config, "status").stdout)["events"] == {}
+    assert not (directory / "journal.db").exists()  # nothing loaded, nothing created
 
 
 def test_a_misspelt_configuration_key_is_named(box):

@@ -13,12 +13,23 @@ from storage import Journal
 PRICES = "barcode,name,price\n036000291452,Imported (pack),35.50\n6901028075831,Hongtashan (pack),23.00\n"
 
 
+class AtTheCounter:
+    """The counter with its journal, as the store's thread runs it."""
+
+    def __init__(self, journal):
+        self.journal = journal
+        self._counter = Counter()
+
+    def record(self, scan):
+        return self._counter.record(self.journal, scan)
+
+
 @pytest.fixture
 def counter(tmp_path):
     journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
     items = parse_csv(PRICES)
     journal.append("price_list", {"items": [{"barcode": i.barcode, "name": i.name, "price": i.price} for i in items]})
-    yield Counter(journal)
+    yield AtTheCounter(journal)
     journal.close()
 
 

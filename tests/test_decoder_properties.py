@@ -60,10 +60,10 @@ def test_random_streams_never_crash_and_yield_only_clean_text(stream, layout):
 def test_no_sale_from_random_streams_fails_its_check_digit(stream):
     with tempfile.TemporaryDirectory() as tmp:
         journal = Journal.open(Path(tmp) / "j.db", os.urandom(32))
-        counter = Counter(journal)
+        counter = Counter()
         for result in _feed(Decoder("dev"), stream):
             if isinstance(result, Scan):
-                counter.record(result)
+                counter.record(journal, result)
         for recorded in journal.read_after(0, limit=10_000):
             barcode = classify(recorded.body["code"])
             if recorded.kind == "sale" and barcode.symbology is not Symbology.RAW:

@@ -11,7 +11,7 @@ from agent import cli as agent_cli
 from agent.config import SECTIONS, Config
 from drivers.decoder import DecoderSettings
 from central import cli as central_cli
-from provisioning import cli as ops_cli
+from central import ops as ops_cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

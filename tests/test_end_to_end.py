@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
-from agent.uplink import encode_batch
+from provisioning.protocol import encode_batch
 from provisioning.identity import load_key
 from storage import Event
 
@@ -128,7 +128,7 @@ def test_a_broker_that_goes_away_loses_and_duplicates_nothing(stack, shop, fifo)
 
 def _batch(key, seq: int, code: str) -> bytes:
     event = Event(seq, "sale", {"code": code, "quantity": 1, "known": False, "unit_price": None, "currency": "CNY"})
-    return encode_batch([event], device_id=DEVICE, session=1, key=key)
+    return encode_batch([event], device=DEVICE, session=1, key=key, sent_at=time.time())
 
 
 def _publish(stack, payload: bytes, device: str = DEVICE) -> None:

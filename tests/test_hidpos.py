@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from drivers.hidpos import HidPosScanner, ReportAssembler, find, hid_pos_interface
-from drivers.reader import ScannerGone
+from drivers.errors import ScannerGone
 
 from .usb_backend import (
     HID_POS_REPORT_DESCRIPTOR, KEYBOARD_REPORT_DESCRIPTOR, FakeBackend, FakeUsbDevice, scanned_data_reports,

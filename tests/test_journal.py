@@ -43,7 +43,7 @@ def test_events_survive_reopening(journal_path, key):
 
 
 def test_the_store_runs_wal_with_synchronous_full(journal):
-    conn = journal._db.conn
+    conn = journal._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
@@ -52,7 +52,7 @@ def test_the_store_runs_wal_with_synchronous_full(journal):
 def test_the_log_is_append_only(journal, statement):
     journal.append("sale", {})
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        journal._db.execute(statement)
+        journal._conn.execute(statement)
 
 
 def test_the_cursor_moves_forward_only_and_never_past_the_end(journal):

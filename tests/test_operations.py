@@ -26,7 +26,7 @@ KEY_WITH_A_DASH = _key_beginning_with_a_dash()
 
 
 def ops(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "provisioning.cli", *args], cwd=ROOT, input=stdin,
+    return subprocess.run([sys.executable, "-m", "central.ops", *args], cwd=ROOT, input=stdin,
                           capture_output=True, text=True, check=False)
 
 

@@ -12,7 +12,8 @@ from evdev import ecodes
 
 from drivers.decoder import Decoder
 from drivers.input_event import EVENT_SIZE, InputEvent, pack_all
-from drivers.reader import ScannerError, read_events
+from drivers.errors import ScannerError
+from drivers.reader import read_events
 from drivers.recording import press
 
 from drivers.recording import type_text

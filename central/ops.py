@@ -1,4 +1,4 @@
-"""``counterbox-ops``: operations tooling. Documented in docs/commands.md."""
+"""``counterbox-ops``: operations tooling, central's own operations for its staff. Documented in docs/commands.md."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from central.store import CentralStore, RegistryError
+from provisioning.errors import IdentityError, ProvisioningError
+from provisioning.identity import parse_public_key
 
-from .identity import IdentityError, parse_public_key
+from .errors import CentralError
+from .store import CentralStore
 
 
 def _register(args) -> int:
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (IdentityError, RegistryError, OSError) as error:
+    except (ProvisioningError, CentralError, OSError) as error:
         print(f"counterbox-ops: error: {error}", file=sys.stderr)
         return 2
 

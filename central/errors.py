@@ -1,0 +1,17 @@
+"""Central's errors: one root for rejections, the registry and conflicts."""
+
+
+class CentralError(Exception):
+    """Root of central's errors."""
+
+
+class Rejected(CentralError):
+    """A batch that central will not store; the message is the logged reason."""
+
+
+class SeqConflict(Rejected):
+    """A batch reuses sequence numbers for other events: never stored, never acknowledged."""
+
+
+class RegistryError(CentralError):
+    """A device registration that conflicts with what central holds, or cannot be read."""

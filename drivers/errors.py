@@ -1,0 +1,17 @@
+"""The drivers' errors: one root for scanners and keymaps."""
+
+
+class DriverError(Exception):
+    """Root of the drivers' errors."""
+
+
+class ScannerError(DriverError):
+    """A scanner path that cannot be read as an input-event source."""
+
+
+class ScannerGone(ScannerError):
+    """The scanner went away while being read (unplugged)."""
+
+
+class KeymapError(DriverError):
+    """A layout that cannot be loaded."""

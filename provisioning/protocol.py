@@ -1,0 +1,174 @@
+"""The wire contract between a device and central, written once (docs/protocol.md).
+
+Topics, the signed envelope's types, batches and acknowledgements, and the one
+size limit every part of the path checks:
+
+    token = encode_batch(events, device="shop-0001", session=3, key=device_key)
+    batch = decode_batch(token, device="shop-0001", key=registered_public_key)   # or ProtocolError
+    token = encode_ack("shop-0001", 43, key=central_key)
+    decode_ack(token, device="shop-0001", key=central_public_key)                # 43
+
+The agent and central both import this module; neither writes a topic or a
+payload by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import jws
+from .errors import ProtocolError, SignatureError
+
+VERSION = 1
+DEFAULT_PREFIX = "counterbox/v1"
+BATCH_TYPE = "counterbox-batch+jws"
+ACK_TYPE = "counterbox-ack+jws"
+CENTRAL_KID = "central"
+
+# The one size limit of the path. The broker's max_packet_size (central/mosquitto.conf) is
+# MAX_PACKET_BYTES; a signed message (batch or acknowledgement) is at most MAX_TOKEN_BYTES,
+# leaving room for the topic and properties; and the journal refuses, when it is recorded, any
+# event whose JSON exceeds MAX_EVENT_BYTES, which a batch of that event alone always fits in
+# (base64 turns 3 bytes into 4; the rest of the envelope is under 2 KiB). So no event can be
+# recorded that no batch could carry, and nothing waits behind one.
+MAX_PACKET_BYTES = 8 * 1024 * 1024
+MAX_TOKEN_BYTES = MAX_PACKET_BYTES - 64 * 1024
+_ENVELOPE = 2048
+MAX_EVENT_BYTES = (MAX_TOKEN_BYTES - _ENVELOPE) * 3 // 4 - _ENVELOPE
+MAX_DEVICE_ID = 64  # characters
+
+
+def batch_topic(prefix: str, device: str) -> str:
+    return f"{prefix}/devices/{device}/batch"
+
+
+def ack_topic(prefix: str, device: str) -> str:
+    return f"{prefix}/devices/{device}/ack"
+
+
+def batch_subscription(prefix: str) -> str:
+    """What central subscribes to: every device's batches."""
+    return f"{prefix}/devices/+/batch"
+
+
+def device_of_batch_topic(prefix: str, topic: str) -> str:
+    """The device a batch topic names; ProtocolError for any other topic."""
+    head, _, rest = topic.partition(f"{prefix}/devices/") if topic.startswith(f"{prefix}/devices/") else ("", "", "")
+    device, _, leaf = rest.partition("/")
+    if head or not device or leaf != "batch":
+        raise ProtocolError(f"not a batch topic: {topic}")
+    return device
+
+
+def valid_device_id(device: str) -> bool:
+    return 0 < len(device) <= MAX_DEVICE_ID and all(c.isascii() and (c.isalnum() or c in "-_.") for c in device)
+
+
+def rfc3339(timestamp: float) -> str:
+    """UTC with milliseconds, as every time on the wire is written: 2026-11-27T09:12:03.418Z."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class WireEvent(Protocol):
+    seq: int
+    kind: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Batch:
+    device: str
+    session: int
+    sent_at: str
+    events: list[dict[str, Any]]  # {"seq", "kind", "body"}, seqs contiguous
+
+    @property
+    def first_seq(self) -> int:
+        return self.events[0]["seq"]
+
+    @property
+    def last_seq(self) -> int:
+        return self.events[-1]["seq"]
+
+
+def encode_batch(events: Sequence[WireEvent], *, device: str, session: int, key: Ed25519PrivateKey,
+                 sent_at: float) -> bytes:
+    if not events:
+        raise ValueError("a batch holds at least one event")
+    payload = {
+        "v": VERSION,
+        "device": device,
+        "session": session,
+        "first_seq": events[0].seq,
+        "last_seq": events[-1].seq,
+        "sent_at": rfc3339(sent_at),
+        "events": [{"seq": e.seq, "kind": e.kind, "body": e.body} for e in events],
+    }
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return jws.sign(body, key, kid=device, typ=BATCH_TYPE).encode()
+
+
+def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
+    """The batch in ``token``, published on ``device``'s topic and signed by its ``key``; else ProtocolError."""
+    payload = _verified(token, key, typ=BATCH_TYPE, kid=device)
+    if payload.get("v") != VERSION or payload.get("device") != device:
+        raise ProtocolError(f"batch version {payload.get('v')!r} / device {payload.get('device')!r} "
+                            f"does not match version {VERSION} and the topic's device {device!r}")
+    events, first, last, session = (payload.get(k) for k in ("events", "first_seq", "last_seq", "session"))
+    if not isinstance(events, list) or not events or not _natural(first) or not _natural(session, 0):
+        raise ProtocolError("batch lacks events, a first_seq of 1 or more, or a session")
+    seqs = [e.get("seq") if isinstance(e, dict) else None for e in events]
+    if seqs != list(range(first, first + len(events))) or last != seqs[-1]:
+        raise ProtocolError(f"batch seq {first}..{last} does not match its {len(events)} events")
+    if not all(isinstance(e.get("kind"), str) and isinstance(e.get("body"), dict) for e in events):
+        raise ProtocolError("an event lacks its kind or body")
+    sent_at = payload.get("sent_at")
+    return Batch(device, session, sent_at if isinstance(sent_at, str) else "", events)
+
+
+def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey) -> bytes:
+    body = json.dumps({"v": VERSION, "device": device, "ack_seq": ack_seq}, separators=(",", ":")).encode()
+    return jws.sign(body, key, kid=CENTRAL_KID, typ=ACK_TYPE).encode()
+
+
+def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey) -> int:
+    """The sequence number central acknowledges for ``device``; ProtocolError for anything else."""
+    payload = _verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
+    if payload.get("device") != device:
+        raise ProtocolError(f"acknowledgement is for device {payload.get('device')!r}, not {device!r}")
+    seq = payload.get("ack_seq")
+    if not _natural(seq, 0):
+        raise ProtocolError(f"acknowledgement carries no valid ack_seq: {seq!r}")
+    return seq
+
+
+def _natural(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _verified(token: bytes, key: Ed25519PublicKey, *, typ: str, kid: str) -> dict[str, Any]:
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ProtocolError(f"message of {len(token)} bytes is over the protocol's limit of {MAX_TOKEN_BYTES}")
+    try:
+        text = token.decode("ascii")
+    except UnicodeDecodeError:
+        raise SignatureError("signature check failed: not a JWS compact token (non-ASCII bytes)") from None
+    try:
+        header, payload = jws.verify(text, key)
+    except SignatureError as error:
+        raise SignatureError(f"signature check failed: {error}") from None
+    if header.get("typ") != typ or header.get("kid") != kid:
+        raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r} from {kid!r}")
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        raise ProtocolError("payload is not JSON") from None
+    if not isinstance(decoded, dict):
+        raise ProtocolError(f"payload is a JSON {type(decoded).__name__}, not an object")
+    return decoded

@@ -1,0 +1,25 @@
+"""The store's errors: one root, so a caller catches one thing per package."""
+
+
+class StorageError(Exception):
+    """Root of the store's errors."""
+
+
+class JournalError(StorageError):
+    """The journal cannot be opened, read or written; the message says which and why."""
+
+
+class JournalFull(JournalError):
+    """The disk is full: the event was not recorded."""
+
+
+class EventTooLarge(JournalError):
+    """An event bigger than any batch can carry: refused when recorded, so it can never block the uplink."""
+
+
+class NoJournal(JournalError):
+    """There is no journal yet (the agent has not run on this box)."""
+
+
+class DataKeyError(StorageError):
+    """The data key is missing, malformed, or does not open the journal."""

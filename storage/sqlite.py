@@ -1,0 +1,81 @@
+"""The SQLite settings every counterbox database shares, and its one transaction helper.
+
+    conn = connect(Path("journal.db"))          # created 0600, WAL, synchronous=FULL
+    with transaction(conn):                     # BEGIN IMMEDIATE ... COMMIT
+        with transaction(conn):                 # nested: a savepoint
+            conn.execute(...)
+
+A transaction rolls back on any exception (BaseException: a cancelled task
+too); a nested one rolls back to its savepoint and leaves the outer one going.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000  # another process (a command beside the agent) holding the write lock
+
+_savepoints = itertools.count(1)
+
+
+def create_private(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 unless it exists; True if this call created it.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so all
+    three stay private to the service's user.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), with the busy timeout set."""
+    if readonly:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                               check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def durable(conn: sqlite3.Connection) -> str:
+    """WAL with synchronous=FULL: a commit has been fsynced when it returns. The mode SQLite took."""
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    conn.execute("PRAGMA synchronous = FULL")
+    return mode
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, *, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    if conn.in_transaction:
+        name = f"sp{next(_savepoints)}"
+        conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield conn
+        except BaseException:
+            # An error that already ended the whole transaction (a RAISE(ROLLBACK), a full disk
+            # at times) leaves no savepoint to return to: the original error is what matters.
+            if conn.in_transaction:
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            raise
+        conn.execute(f"RELEASE {name}")
+        return
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,183 @@
+"""The journal's async face for the daemon: every SQLite call, and so every fsync, in one thread of its own.
+
+    store = await Store.open(Path("journal.db"), key)
+    seq = await store.append("sale", {...})             # durable when it returns
+    event = await store.write(lambda journal: ...)      # any work that writes, in one transaction
+    events = await store.read(lambda journal: journal.read_after(0))
+    await store.close()
+
+Writes are group-committed: the thread takes every write waiting in its queue
+into one transaction and one fsync, and answers each only once that commit
+is on disk. A write that fails rolls back to its own savepoint and fails
+alone; a commit that fails fails every write in it. The event loop never
+waits on the disk: it hands work to the thread and is called back once per
+group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import JournalError
+from .journal import DEFAULT_MAX_EVENT_BYTES, Journal
+
+T = TypeVar("T")
+
+MAX_GROUP = 256  # writes in one commit at most: bounds how long the first of them waits
+
+
+@dataclass
+class _Work:
+    fn: Callable[[Journal], Any]
+    writes: bool
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+_STOP = object()
+
+
+class Store:
+    def __init__(self, journal: Journal, thread: threading.Thread, work: queue.SimpleQueue):
+        self._journal = journal
+        self._thread = thread
+        self._work = work
+        self._closed = False
+        self.path = journal.path
+
+    @classmethod
+    async def open(cls, path: Path, key: bytes, *, create: bool = True,
+                   max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> "Store":
+        """Open the journal in the store's own thread, which then serves it until ``close``."""
+        loop = asyncio.get_running_loop()
+        opened: asyncio.Future = loop.create_future()
+        work: queue.SimpleQueue = queue.SimpleQueue()
+
+        def serve() -> None:
+            try:
+                journal = Journal.open(path, key, create=create, max_event_bytes=max_event_bytes)
+            except BaseException as error:  # handed to the opener, who raises it
+                loop.call_soon_threadsafe(_settle, [(opened, None, error)])
+                return
+            loop.call_soon_threadsafe(_settle, [(opened, journal, None)])
+            _serve(journal, work)
+
+        thread = threading.Thread(target=serve, name=f"journal {path.name}", daemon=True)
+        thread.start()
+        try:
+            journal = await opened
+        except BaseException:
+            await asyncio.to_thread(thread.join)
+            raise
+        return cls(journal, thread, work)
+
+    async def write(self, fn: Callable[[Journal], T]) -> T:
+        """Run ``fn(journal)`` in a transaction; return its result once the commit is durable."""
+        return await self._submit(fn, writes=True)
+
+    async def read(self, fn: Callable[[Journal], T]) -> T:
+        """Run ``fn(journal)``, which only reads, in the store's thread."""
+        return await self._submit(fn, writes=False)
+
+    async def append(self, kind: str, body: dict[str, Any]) -> int:
+        return await self.write(lambda journal: journal.append(kind, body))
+
+    def _submit(self, fn: Callable[[Journal], T], *, writes: bool) -> asyncio.Future:
+        if self._closed:
+            raise JournalError(f"{self.path}: the store is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._work.put(_Work(fn, writes, future, loop))
+        return future
+
+    async def close(self) -> None:
+        """Finish the work handed in so far, close the journal and end the thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._work.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+
+def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    """On the loop: answer a whole group at once (one call back per commit, not one per write)."""
+    for future, result, error in results:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+
+def _serve(journal: Journal, work: queue.SimpleQueue) -> None:
+    pending: deque = deque()
+    try:
+        while True:
+            if not pending:
+                pending.append(work.get())
+            # Take whatever else is already waiting: one commit for all the writes among it.
+            while len(pending) < MAX_GROUP:
+                try:
+                    pending.append(work.get_nowait())
+                except queue.Empty:
+                    break
+            item = pending.popleft()
+            if item is _STOP:
+                _drain(journal, pending)
+                return
+            if not item.writes:
+                _answer([_run(journal, item)])
+                continue
+            group = [item]
+            while pending and pending[0] is not _STOP and pending[0].writes:
+                group.append(pending.popleft())
+            _answer(_commit(journal, group))
+    finally:
+        journal.close()
+
+
+def _drain(journal: Journal, pending: deque) -> None:
+    for item in pending:
+        if item is not _STOP:
+            _answer([_run(journal, item)] if not item.writes else _commit(journal, [item]))
+
+
+def _run(journal: Journal, item: _Work) -> tuple[_Work, Any, BaseException | None]:
+    try:
+        return item, item.fn(journal), None
+    except Exception as error:
+        return item, None, error
+
+
+def _commit(journal: Journal, group: list[_Work]) -> list[tuple[_Work, Any, BaseException | None]]:
+    results = []
+    try:
+        with journal.transaction():
+            for item in group:
+                try:
+                    with journal.transaction():  # a savepoint: one failing write leaves the others
+                        results.append((item, item.fn(journal), None))
+                except Exception as error:
+                    results.append((item, None, error))
+    except JournalError as error:  # the commit itself failed: nothing in the group is on disk
+        return [(item, None, error) for item in group]
+    return results
+
+
+def _answer(results: list[tuple[_Work, Any, BaseException | None]]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for item, result, error in results:
+        by_loop.setdefault(item.loop, []).append((item.future, result, error))
+    for loop, answers in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, answers)
+        except RuntimeError:
+            pass  # that loop has closed: nobody is waiting any more
