@@ -2,7 +2,9 @@
 
 A product barcode is a sale of one unit at the price in the latest price
 list; an unknown barcode is still a sale, flagged unknown, never dropped; a
-code that fails its check digit is a misread, recorded but never a sale.
+code that fails its check digit is a misread, recorded but never a sale; and
+a scan the decoder refused (not seen whole, typed rather than scanned) is
+recorded as refused, with the reason, never a sale.
 The counter runs in the store's thread, inside the transaction that records
 the scan, so the price it reads and the sale it writes are one durable step.
 
@@ -13,15 +15,18 @@ or amount: `counterbox show SEQ` decrypts those for whoever holds the key.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from drivers.barcode import classify
-from drivers.decoder import Scan
+from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning.protocol import rfc3339
 from storage import Event, Journal
 
 logger = logging.getLogger(__name__)
+
+REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it was, never a flood
 
 
 @dataclass
@@ -42,8 +47,14 @@ class Counter:
             self._prices_seq = seq
         return self._prices
 
-    def record(self, journal: Journal, scan: Scan) -> Event:
+    def record(self, journal: Journal, scan: Scan | NotABarcode) -> Event:
         """Record ``scan`` in ``journal``; blocking (SQLite and fsync), so it runs in the store's thread."""
+        if isinstance(scan, NotABarcode):
+            body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
+                    "refused_at": rfc3339(time.time())}
+            seq = journal.append("refused", body)
+            logger.warning("refused seq=%d scanner=%s: %s; not a sale", seq, scan.source, scan.reason)
+            return Event(seq, "refused", body)
         barcode = classify(scan.text, scan.aim)
         common = {"code": barcode.data, "symbology": barcode.symbology.value, "aim": scan.aim or None,
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
@@ -64,7 +75,8 @@ class Counter:
 
 
 def signal_for(event: Event) -> Signal:
-    """What the retailer hears: good for a priced sale, attention for an unknown product, error for a misread."""
+    """What the retailer hears: good for a priced sale, attention for an unknown product, error for a
+    misread or a refused scan."""
     if event.kind == "sale":
         return Signal.GOOD if event.body["known"] else Signal.ATTENTION
     return Signal.ERROR

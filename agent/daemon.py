@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 
-from drivers.decoder import Scan
+from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning import protocol
 from provisioning.identity import load_key, parse_public_key
@@ -74,7 +74,7 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
         uplink = Uplink(store=store, link=link, device_id=config.device.id, session=session,
                         key=signing_key, central_key=central_key, config=config.uplink)
 
-        async def on_scan(scan: Scan) -> Signal:
+        async def on_scan(scan: Scan | NotABarcode) -> Signal:
             try:
                 event = await store.write(lambda journal: counter.record(journal, scan))
             except StorageError as error:

@@ -25,13 +25,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import usb.core
 from evdev import ecodes
 
-from drivers import hidpos
-from drivers.decoder import Decoder, NotABarcode, Scan
+from drivers.decoder import Decoder, DecoderSettings, NotABarcode, Scan
 from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices, list_devices
 from drivers.feedback import Feedback, Output, Signal
+from drivers.keymap import Keymap, load_keymap
 from drivers.errors import ScannerError, ScannerGone
 from drivers.reader import open_source
 
@@ -39,12 +38,14 @@ from .config import FeedbackConfig, ScannerConfig
 
 logger = logging.getLogger(__name__)
 
-# Records a scan and says how it went; raises nothing for a scan it could not record (that is Signal.ERROR).
-OnScan = Callable[[Scan], Awaitable[Signal]]
+# Records a scan (or a refused one) and says how it went; raises nothing for a scan it could
+# not record (that is Signal.ERROR).
+OnScan = Callable[[Scan | NotABarcode], Awaitable[Signal]]
 # Records that a scanner was taken or went away: {"state", "scanner", "driver", "name", "usb_id", ...}.
 OnDevice = Callable[[dict], Awaitable[None]]
 
-HID_POS_READ_TIMEOUT = 200  # ms a read waits in its thread; bounds how long stopping takes
+HID_POS_READ_TIMEOUT = 50  # ms a read waits in its thread; bounds how long stopping and idle checks take
+UNPLUGGED = "the scanner was unplugged mid-scan"
 
 _LEDS = {"num": ecodes.LED_NUML, "caps": ecodes.LED_CAPSL, "scroll": ecodes.LED_SCROLLL}
 
@@ -56,10 +57,11 @@ class Scanners:
     on_scan: OnScan
     on_device: OnDevice | None = None
     usb_backend: object = None  # pyusb's backend; None: libusb, as on the box
-    usb_sysfs: Path = hidpos.SYSFS_USB
+    usb_sysfs: Path = Path("/sys/bus/usb/devices")
     _active: dict[str, asyncio.Task] = field(default_factory=dict)
     _speaker: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
+    _keymaps: dict[tuple[str, str], Keymap] = field(default_factory=dict)
 
     async def run(self) -> None:
         self._speaker = await asyncio.to_thread(self._find_speaker)
@@ -157,12 +159,22 @@ class Scanners:
         if self.on_device is not None:
             await self.on_device({"state": state, "scanner": scanner, "driver": driver, **identity})
 
-    async def _read(self, path: str, settings, *, watch: bool = False, identity: dict | None = None) -> None:
+    async def _keymap(self, settings: DecoderSettings) -> Keymap:
+        """The compiled layout, shared by the scanners that type in it; compiled in a thread."""
+        name = (settings.layout, settings.variant)
+        if name not in self._keymaps:
+            self._keymaps[name] = await asyncio.to_thread(load_keymap, *name)
+        return self._keymaps[name]
+
+    async def _read(self, path: str, settings: DecoderSettings, *, watch: bool = False,
+                    identity: dict | None = None) -> None:
         """Read one source until it ends; raises ScannerError when it cannot be read or goes away."""
-        decoder = Decoder(path, settings)
+        decoder = Decoder(path, settings, await self._keymap(settings))
         loop = asyncio.get_running_loop()
         identity = identity or {}
         async with open_source(path, grab=not watch) as source:
+            if source.kind != "file":  # a recording is a whole session from its start; a live source is not
+                decoder.opened(source.opened_at)
             output = self._feedback_for(path, source.kind)
             idle: asyncio.TimerHandle | None = None
             if not watch:
@@ -173,10 +185,8 @@ class Scanners:
                 if result is None:
                     return
                 if isinstance(result, NotABarcode):
-                    if watch:
-                        return  # a person typing on the shop's keyboard: none of our business
-                    logger.warning("not a barcode from %s: %r refused: %s", path, result.text, result.reason)
-                    self._signal(output, Signal.ERROR)
+                    if not watch:  # else a person typing on the shop's keyboard: none of our business
+                        self._signal(output, await self.on_scan(result))
                     return
                 if watch:
                     source.grab()
@@ -184,6 +194,16 @@ class Scanners:
                     logger.info("scanner taken %s: typed a barcode at %.1f ms per key", path, result.slowest_key * 1000)
                     await self._report("taken", path, source.kind, {**identity, "reason": "typed at scanner speed"})
                 self._signal(output, await self.on_scan(result))
+
+            def arm_idle() -> asyncio.TimerHandle | None:
+                return loop.call_later(decoder.idle_after, on_idle) if decoder.pending else None
+
+            def on_idle() -> None:
+                nonlocal idle
+                result = decoder.idle(time.time())
+                idle = arm_idle()
+                if result is not None:
+                    self._spawn(handle(result))
 
             try:
                 async for event in source.events():
@@ -195,13 +215,13 @@ class Scanners:
                         decoder.resync(held if held is not None else frozenset())
                         logger.warning("scanner %s: the kernel dropped events; key state %s", path,
                                        "read from the device" if held is not None else "reset (the source cannot be asked)")
-                    if not settings.terminators:
-                        idle = loop.call_later(settings.idle_timeout, lambda: self._spawn(handle(decoder.idle())))
+                    idle = arm_idle()
             except ScannerGone as gone:
                 partial = decoder.unplugged()
-                if partial:
-                    logger.warning("%s mid-scan; partial barcode %r discarded", gone, partial)
+                logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
                 if not watch:
+                    if partial:
+                        await handle(NotABarcode(partial, path, UNPLUGGED))
                     await self._report("removed", path, source.kind, identity)
                 raise
             finally:
@@ -211,6 +231,11 @@ class Scanners:
     # -- HID POS scanners (pyusb) ----------------------------------------------------------
 
     async def _discover_hid_pos(self, group: asyncio.TaskGroup) -> None:
+        # pyusb is imported only where HID POS scanners are looked for.
+        import usb.core
+
+        from drivers import hidpos
+
         warned = False
         while True:
             try:
@@ -234,26 +259,36 @@ class Scanners:
             await asyncio.sleep(self.config.rescan_interval)
 
     async def _hid_pos(self, device) -> None:
-        scanner = hidpos.HidPosScanner(device, self.usb_sysfs)
+        from drivers import hidpos
+
+        # Reading its strings and claiming it are USB control transfers: in threads, never on the loop.
+        scanner = await asyncio.to_thread(hidpos.HidPosScanner, device, self.usb_sysfs)
         assembler = hidpos.ReportAssembler(scanner.source)
         read: asyncio.Future | None = None
         try:
-            with scanner:
+            await asyncio.to_thread(scanner.claim)
+            try:
+                assembler.opened(time.time())
                 logger.info("scanner taken %s: HID POS (usage page 0x8C)", scanner.name)
                 await self._report("taken", scanner.source, "hid-pos", scanner.identity)
-                try:
-                    while True:
-                        read = asyncio.ensure_future(asyncio.to_thread(scanner.read_report, HID_POS_READ_TIMEOUT))
-                        report = await asyncio.shield(read)
-                        if report is not None and (scan := assembler.feed(report, time.time())):
-                            self._signal(self._speaker, await self.on_scan(scan))
-                finally:
-                    # Stopping: let the read in its thread end (within its timeout) before the interface is released.
-                    if read is not None and not read.done():
-                        await asyncio.wait([read])
+                while True:
+                    read = asyncio.ensure_future(asyncio.to_thread(scanner.read_report, HID_POS_READ_TIMEOUT))
+                    report = await asyncio.shield(read)
+                    now = time.time()
+                    # A pause first ends what the last report left open; then the new report.
+                    for result in (assembler.idle(now), assembler.feed(report, now) if report is not None else None):
+                        if result is not None:
+                            self._signal(self._speaker, await self.on_scan(result))
+            finally:
+                # Stopping: let the read in its thread end (within its timeout) before the interface is released.
+                if read is not None and not read.done():
+                    await asyncio.wait([read])
+                await asyncio.to_thread(scanner.release)
         except ScannerGone as gone:
             partial = assembler.unplugged()
-            logger.warning("%s%s", gone, f" mid-scan; partial barcode {partial!r} discarded" if partial else "")
+            logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
+            if partial:
+                self._signal(self._speaker, await self.on_scan(NotABarcode(partial, scanner.source, UNPLUGGED)))
             await self._report("removed", scanner.source, "hid-pos", scanner.identity)
         except ScannerError as error:
             logger.warning("HID POS scanner lost: %s", error)

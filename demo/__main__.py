@@ -78,7 +78,7 @@ def main() -> int:
             device.start()
             data = session_bytes(time.time())
             print(f"5. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
-            asyncio.run(replay(data, str(fifo), speed=args.speed))
+            asyncio.run(replay(data, str(fifo), speed=args.speed, lead_in=0.5))
             def delivered() -> bool:
                 status = device.status()
                 scanned = status["events"].get("sale", 0) + status["events"].get("misread", 0)
@@ -101,10 +101,15 @@ def main() -> int:
             accepted, rejected = log.count("batch accepted"), log.count("batch rejected")
             print(f"\nBatches: {accepted} accepted, every one verified (JWS, Ed25519); {rejected} rejected.")
             agent_log = device.log.read_text()
-            print("\nAgent log, misreads and unknown codes:")
-            for line in agent_log.splitlines():
-                if "misread" in line or "unknown barcode" in line:
-                    print("  " + line.split(": ", 1)[-1])
+            print("\nAgent log, what needs a look (a log line names the event, never its code or price):")
+            flagged = [line.split(": ", 1)[-1] for line in agent_log.splitlines()
+                       if any(word in line for word in ("misread seq=", "refused seq=", "not on the price list"))]
+            for line in flagged:
+                print("  " + line)
+            print("\nThe same events decrypted on the box (counterbox show SEQ, with the data key):")
+            for line in flagged:
+                seq = line.split("seq=", 1)[1].split()[0]
+                print("  " + device.command("show", seq).stdout.strip())
         return 0 if rejected == 0 else 1
     finally:
         if args.keep:

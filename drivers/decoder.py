@@ -10,15 +10,23 @@ and what this decoder does about it:
 - a device that sends only key-downs is noticed (a key pressed again with no
   key-up) and its modifiers then apply to one character each;
 - CR+LF, or any empty line, ends nothing: a scan is booked once;
-- the kernel's SYN_DROPPED discards the partial barcode; events up to the next
-  SYN_REPORT are ignored and the key state is taken from the device (EVIOCGKEY);
+- a scan the decoder did not see whole is refused, never a barcode: after the
+  kernel's SYN_DROPPED, everything up to and including the next terminator
+  (or up to a pause) belongs to the broken scan; and when a live source is
+  opened (``opened``), the burst already in progress (keys before the first
+  pause longer than ``max_key_interval``) is one whose start was not seen.
+  Events up to the SYN_REPORT after a drop are ignored and the key state is
+  taken from the device (EVIOCGKEY);
 - timing, from the kernel's own timestamps, tells a scanner's burst (a few ms
   per key) from a person typing (tens to hundreds of ms): a slow or broken
-  burst is refused, never a barcode.
+  burst is refused, never a barcode; a burst that stops without its
+  terminator is refused at ``idle``.
 
     decoder = Decoder("/dev/input/event3", DecoderSettings(layout="fr"))
+    decoder.opened(time.time())        # a live device: its first burst may have begun before
     for event in events:
         result = decoder.feed(event)   # None, a Scan, or NotABarcode with the reason
+    decoder.idle(time.time())          # when no event came for ``idle_after`` seconds
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from evdev import InputEvent, ecodes
 from .keymap import Keymap, load_keymap
 
 KEY_UP, KEY_DOWN = 0, 1
+
+DROPPED = "the kernel dropped events (SYN_DROPPED) inside this scan"
+STARTED_UNSEEN = "the scan had begun before the scanner was opened"
+CUT_OFF = "the scan stopped without its terminator"
 
 TERMINATOR_KEYS = {"enter": ecodes.KEY_ENTER, "kp_enter": ecodes.KEY_KPENTER, "tab": ecodes.KEY_TAB}
 # Characters that end a barcode when their terminator is configured, however typed (Ctrl+M, Ctrl+J).
@@ -97,48 +109,91 @@ class Decoder:
         self._mods_since_char: set[int] = set()
         self._mods_held: set[int] = set()
         self._dropping = False
+        # A scan not seen whole: why (None: none), what it typed, the last key-down in it.
+        self._broken: str | None = None
+        self._broken_text: list[str] = []
+        self._broken_keys = 0
+        self._broken_last: float | None = None  # None: the next key belongs to it, whenever it comes
+        self._broken_since = 0.0
 
     # -- the event stream ---------------------------------------------------------
+
+    @property
+    def idle_after(self) -> float:
+        """Seconds without an event after which ``idle`` should be called, while ``pending``."""
+        if self.settings.terminators:
+            return max(self.settings.idle_timeout, self.settings.max_key_interval)
+        return self.settings.idle_timeout
+
+    @property
+    def pending(self) -> bool:
+        """Part of a scan is held: ``idle`` will end it if nothing more comes."""
+        return bool(self._chars) or self._broken is not None
+
+    def opened(self, at: float) -> None:
+        """A live source was opened at ``at``: keys before the first pause belong to a scan begun earlier."""
+        self._broken_start(STARTED_UNSEEN, at, last=at)
 
     def feed(self, event: InputEvent) -> Scan | NotABarcode | None:
         if event.type != ecodes.EV_KEY:
             if event.type == ecodes.EV_SYN:
-                return self._syn(event.code)
+                return self._syn(event.code, event.timestamp())
             return None  # EV_MSC scan codes, LEDs, ...: the key events say it all
         if self._dropping or event.value not in (KEY_UP, KEY_DOWN):
             return None
         code, down = event.code, event.value == KEY_DOWN
+        t = event.timestamp()
+        # A pause ends a broken scan: what follows is a new burst, seen from its start.
+        ended = self._pause(t) if down else None
         if self._state.is_modifier(code):
             self._modifier(code, down)
-            return None
+            if down and self._broken is not None:
+                self._broken_last = t
+            return ended
         if not down:
             self._held.discard(code)
             self._state.update(code, down=False)
-            return None
-        t = event.timestamp()
+            return ended
         if code in self._held and not self.key_down_only:
             self._learn_key_down_only()
         self._held.add(code)
-        if code in self._terminator_codes:
-            return self._finish(t)
-        char = self._state.text(code)
-        self._state.update(code, down=True)
-        if self.key_down_only:
-            self._release_modifiers()
-        self._mods_since_char.clear()
-        if char and char in self._terminator_chars:
-            return self._finish(t)
-        if not char or (not char.isprintable() and char != "\x1d"):
-            return None  # a key that types nothing a barcode holds (arrows, F-keys, Escape)
-        self._chars.append(char)
-        self._times.append(t)
-        return None
+        terminator = code in self._terminator_codes
+        char = ""
+        if not terminator:
+            char = self._state.text(code)
+            self._state.update(code, down=True)
+            if self.key_down_only:
+                self._release_modifiers()
+            self._mods_since_char.clear()
+            terminator = bool(char) and char in self._terminator_chars
+        printable = bool(char) and (char.isprintable() or char == "\x1d")
+        if self._broken is not None:
+            self._broken_last = t
+            self._broken_keys += 1
+            if terminator:
+                return self._end_broken()
+            if printable:
+                self._broken_text.append(char)
+            return ended
+        if terminator:
+            return self._finish(t) or ended
+        if printable:  # else a key that types nothing a barcode holds (arrows, F-keys, Escape)
+            self._chars.append(char)
+            self._times.append(t)
+        return ended
 
-    def _syn(self, code: int) -> NotABarcode | None:
+    def _syn(self, code: int, t: float) -> NotABarcode | None:
         if code == ecodes.SYN_DROPPED:
             self._dropping = True
+            if self._broken is not None:
+                self._broken = DROPPED
+                self._broken_last = None
+                return None
             partial = self._take()
-            return NotABarcode(partial, self.source, "the kernel dropped events (SYN_DROPPED)") if partial else None
+            self._broken_start(DROPPED, t, last=None)
+            self._broken_text = list(partial)
+            self._broken_keys = len(partial)
+            return None
         if code == ecodes.SYN_REPORT and self._dropping:
             self._dropping = False
             self.resync_pending = True  # the reader answers with resync(the device's held keys)
@@ -168,11 +223,38 @@ class Decoder:
 
     # -- ends of a barcode --------------------------------------------------------
 
-    def idle(self) -> Scan | NotABarcode | None:
-        """Called when no event has arrived for ``idle_timeout``: with no terminator configured, that ends the barcode."""
-        if self.settings.terminators or not self._chars:
+    def idle(self, now: float) -> Scan | NotABarcode | None:
+        """Called when no event has arrived for ``idle_after`` seconds (``now``: the kernel's clock).
+
+        With no terminator configured, a pause ends the barcode; with one, a burst that
+        stopped without it is refused; and a pause ends a broken scan, refused.
+        """
+        if self._broken is not None:
+            last = self._broken_last if self._broken_last is not None else self._broken_since
+            if now - last > self.settings.max_key_interval:
+                return self._end_broken()
             return None
-        return self._finish(self._times[-1])
+        if not self._chars:
+            return None
+        if not self.settings.terminators:
+            return self._finish(self._times[-1])
+        if now - self._times[-1] > self.idle_after:
+            return NotABarcode(self._take(), self.source, CUT_OFF)
+        return None
+
+    def _broken_start(self, reason: str, t: float, *, last: float | None) -> None:
+        self._broken, self._broken_since, self._broken_last = reason, t, last
+        self._broken_text, self._broken_keys = [], 0
+
+    def _pause(self, t: float) -> NotABarcode | None:
+        if self._broken is not None and self._broken_last is not None and t - self._broken_last > self.settings.max_key_interval:
+            return self._end_broken()
+        return None
+
+    def _end_broken(self) -> NotABarcode | None:
+        reason, keys, text = self._broken, self._broken_keys, "".join(self._broken_text)
+        self._broken, self._broken_text, self._broken_keys, self._broken_last = None, [], 0, None
+        return NotABarcode(text, self.source, reason) if keys else None
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if not self._chars:
@@ -214,8 +296,9 @@ class Decoder:
         self._mods_since_char.clear()
 
     def unplugged(self) -> str:
-        """The device went away: drop the partial barcode (returned, for the log) and all key state."""
-        partial = self._take()
+        """The device went away: drop the partial barcode (returned) and all key state."""
+        partial = "".join(self._broken_text) + self._take()
+        self._broken, self._broken_text, self._broken_keys, self._broken_last = None, [], 0, None
         self._dropping = False
         self.resync(frozenset())
         return partial

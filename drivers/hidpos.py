@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import usb.core
 import usb.util
 
-from .decoder import Scan
+from .decoder import NotABarcode, Scan
 from .errors import ScannerError, ScannerGone
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ _DATA_START, _DATA_MAX = 5, 56
 _CONTINUED = 63
 _HID_CLASS = 0x03
 SYSFS_USB = Path("/sys/bus/usb/devices")
+# Reports of one barcode follow each other within milliseconds; a longer pause ends a sequence.
+REPORT_PAUSE = 0.05  # seconds
+BROKE_OFF = "the scanner's report sequence broke off"
+STARTED_UNSEEN = "the report sequence had begun before the scanner was claimed"
 _GET_DESCRIPTOR, _REPORT_DESCRIPTOR = 0x06, 0x22
 
 
@@ -116,33 +120,65 @@ def describe(device: usb.core.Device, ident: dict[str, str]) -> str:
 
 @dataclass
 class ReportAssembler:
-    """Joins scanned-data reports into barcodes; one per scanner."""
+    """Joins scanned-data reports into barcodes; one per scanner.
+
+    As with keyboard-wedge scanners, a barcode not seen whole is refused: a
+    sequence of continued reports that stops (``idle``), and the reports that
+    arrive right after the scanner was claimed (``opened``), before the first
+    pause, whose first report may have gone to whoever held the device before.
+    """
 
     source: str
     _data: bytearray = field(default_factory=bytearray)
     _aim: str = ""
     _started: float = 0.0
+    _last: float = 0.0
+    _broken: str | None = None
 
-    def feed(self, report: bytes, now: float) -> Scan | None:
+    def opened(self, at: float) -> None:
+        self._broken, self._last = STARTED_UNSEEN, at
+
+    def feed(self, report: bytes, now: float) -> Scan | NotABarcode | None:
         if len(report) < REPORT_SIZE or report[0] != SCANNED_DATA_REPORT:
             return None  # other reports (status, trigger) carry no barcode
+        refused = self.idle(now)  # a pause since the last report ends what it left open
+        self._last = now
         length = min(report[1], _DATA_MAX)
         if not self._data:
             self._aim = report[2:5].decode("ascii", "replace") if report[2:3] == b"]" else ""
             self._started = now
         self._data += report[_DATA_START : _DATA_START + length]
         if report[_CONTINUED] & 0x01:
-            return None
+            return refused
         data, self._data = bytes(self._data), bytearray()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             text = data.decode("latin-1")
-        return Scan(text, self.source, self._started, now, aim=self._aim) if text else None
+        if self._broken is not None:
+            reason, self._broken = self._broken, None
+            return NotABarcode(text, self.source, reason)
+        return Scan(text, self.source, self._started, now, aim=self._aim) if text else refused
 
-    def unplugged(self) -> str:
+    def idle(self, now: float) -> NotABarcode | None:
+        """Called when no report came: after a pause, a sequence left open is refused."""
+        if now - self._last <= REPORT_PAUSE:
+            return None
+        if self._broken is not None and not self._data:
+            self._broken = None  # a pause with nothing begun: the next report starts a barcode
+            return None
+        if self._data:
+            reason, self._broken = self._broken or BROKE_OFF, None
+            return NotABarcode(self._take(), self.source, reason)
+        return None
+
+    def _take(self) -> str:
         partial, self._data = bytes(self._data), bytearray()
         return partial.decode("latin-1")
+
+    def unplugged(self) -> str:
+        self._broken = None
+        return self._take()
 
 
 class HidPosScanner:
@@ -159,6 +195,11 @@ class HidPosScanner:
         self._endpoint = None
 
     def __enter__(self) -> "HidPosScanner":
+        self.claim()
+        return self
+
+    def claim(self) -> None:
+        """Detach the kernel's driver and claim the HID POS interface (USB control transfers: blocking)."""
         interface = hid_pos_interface(self.device, self.sysfs)
         if interface is None:
             raise ScannerError(f"{self.name} has no HID POS interface")
@@ -171,15 +212,19 @@ class HidPosScanner:
             self._give_back(interface)
             raise ScannerError(f"cannot claim {self.name}: {error}") from None
         self._interface = interface
-        setting = self.device.get_active_configuration()[(interface, 0)]
-        self._endpoint = usb.util.find_descriptor(
-            setting, custom_match=lambda ep: usb.util.endpoint_direction(ep.bEndpointAddress) == usb.util.ENDPOINT_IN
-            and usb.util.endpoint_type(ep.bmAttributes) == usb.util.ENDPOINT_TYPE_INTR)
-        if self._endpoint is None:
-            self.__exit__()
-            raise ScannerError(f"{self.name} has no interrupt IN endpoint")
+        try:
+            setting = self.device.get_active_configuration()[(interface, 0)]
+            self._endpoint = usb.util.find_descriptor(
+                setting, custom_match=lambda ep: usb.util.endpoint_direction(ep.bEndpointAddress) == usb.util.ENDPOINT_IN
+                and usb.util.endpoint_type(ep.bmAttributes) == usb.util.ENDPOINT_TYPE_INTR)
+            if self._endpoint is None:
+                raise ScannerError(f"{self.name} has no interrupt IN endpoint")
+        except BaseException as error:
+            self.release()  # claimed: given back however the rest fails
+            if isinstance(error, usb.core.USBError):
+                raise ScannerError(f"cannot use {self.name}: {error}") from None
+            raise
         logger.info("HID POS scanner claimed %s interface=%d", self.name, interface)
-        return self
 
     def read_report(self, timeout_ms: int = 200) -> bytes | None:
         """One input report, or None when the scanner had nothing within ``timeout_ms``."""
@@ -193,6 +238,10 @@ class HidPosScanner:
             raise ScannerError(f"HID POS scanner {self.name}: {error}") from None
 
     def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give the interface back to the kernel's driver. Idempotent."""
         if self._interface is not None:
             self._give_back(self._interface)
             self._interface = None

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -44,6 +45,7 @@ class Source:
     device: object | None = None  # evdev.InputDevice when kind == "evdev"
     name: str = ""
     grabbed: bool = False
+    opened_at: float = 0.0  # time.time() when opened: a scan already under way then was not seen whole
 
     def grab(self) -> None:
         """EVIOCGRAB: from now on this program alone receives the device's keys."""
@@ -136,7 +138,7 @@ def _open(path: str, grab: bool) -> Source:
             raise ScannerError(f'no read access to scanner "{path}" (run as root or add the input group)') from None
         except OSError as error:
             raise ScannerError(f'cannot open scanner "{path}": {error.strerror}') from None
-        source = Source(path, "evdev", device.fd, device, device.name)
+        source = Source(path, "evdev", device.fd, device, device.name, opened_at=time.time())
         if grab:
             try:
                 source.grab()
@@ -146,7 +148,7 @@ def _open(path: str, grab: bool) -> Source:
         os.set_blocking(device.fd, False)
         return source
     if stat.S_ISFIFO(mode):
-        return Source(path, "fifo", os.open(path, os.O_RDWR | os.O_NONBLOCK))
+        return Source(path, "fifo", os.open(path, os.O_RDWR | os.O_NONBLOCK), opened_at=time.time())
     if stat.S_ISREG(mode):
         return Source(path, "file", os.open(path, os.O_RDONLY))
     raise ScannerError(f"scanner path {path!r} is neither an input device, a FIFO nor a recording file")
@@ -154,8 +156,11 @@ def _open(path: str, grab: bool) -> Source:
 
 @contextlib.asynccontextmanager
 async def open_source(path: str, *, grab: bool = True) -> AsyncIterator[Source]:
-    """Open (and grab) a scanner; released and closed however the block ends."""
-    source = _open(path, grab)
+    """Open (and grab) a scanner; released and closed however the block ends.
+
+    Opening reads sysfs and issues ioctls: it runs in a thread, never on the loop.
+    """
+    source = await asyncio.to_thread(_open, path, grab)
     logger.info("scanner opened path=%s kind=%s name=%r grabbed=%s", path, source.kind, source.name, source.grabbed)
     try:
         yield source

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from evdev import InputEvent, ecodes
 
-from .input_event import EVENT_SIZE, unpack
+from .input_event import pack, unpack
 from .keymap import keystrokes
 
 # HID usage of each key, for MSC_SCAN; only its presence matters to decoders.
@@ -55,26 +56,41 @@ def type_text(
     return events
 
 
-async def replay(data: bytes, path: str, *, speed: float = 1.0) -> int:
+def restamp(events: list[InputEvent], start: float) -> list[InputEvent]:
+    """The same events moved in time so the first is at ``start``, gaps kept: as a device would stamp them now."""
+    if not events:
+        return []
+    shift = start - events[0].timestamp()
+    return [_at(e.timestamp() + shift, e.type, e.code, e.value) for e in events]
+
+
+async def replay(data: bytes, path: str, *, speed: float = 1.0, lead_in: float = 0.0) -> int:
     """Write recorded event bytes to ``path`` (a FIFO the agent reads), paced by their timestamps / ``speed``.
 
+    Each event is stamped with the time it is written, as the kernel stamps a key
+    when it happens, so a session recorded yesterday replays as a scanner typing now.
+    ``lead_in`` seconds pass between opening ``path`` and the first event, as between plugging a
+    scanner in and the first scan (a burst right at the open would be one begun before it).
     Return the number of events written. ``speed=0`` writes as fast as the reader takes them.
     """
     events = list(unpack(data))
     fd = await asyncio.to_thread(os.open, path, os.O_WRONLY)
     try:
+        await asyncio.sleep(lead_in)
         loop = asyncio.get_running_loop()
-        origin = loop.time()
+        origin, wall = loop.time(), time.time()
         first = events[0].timestamp() if events else 0.0
-        for i, event in enumerate(events):
+        for event in events:
+            offset = (event.timestamp() - first) / speed if speed else 0.0
             if speed:
-                delay = origin + (event.timestamp() - first) / speed - loop.time()
+                delay = origin + offset - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            await asyncio.to_thread(os.write, fd, data[i * EVENT_SIZE : (i + 1) * EVENT_SIZE])
+            stamped = _at(max(wall + offset, time.time()) if speed else time.time(), event.type, event.code, event.value)
+            await asyncio.to_thread(os.write, fd, pack(stamped))
     finally:
         os.close(fd)
     return len(events)
 
 
-__all__ = ["press", "replay", "type_text"]
+__all__ = ["press", "replay", "restamp", "type_text"]

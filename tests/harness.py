@@ -28,10 +28,17 @@ def wait_until(condition, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def feed(fifo, data: bytes, timeout: float = 30.0) -> None:
-    """Write scanner bytes into the agent's FIFO, waiting for the agent to open it (as a plugged-in scanner)."""
+def feed(fifo, data: bytes, timeout: float = 30.0, *, restamp: bool = True) -> None:
+    """Write scanner bytes into the agent's FIFO, waiting for the agent to open it (as a plugged-in scanner).
+
+    The events are stamped from now on (``restamp``), gaps kept, as a scanner typing now would be:
+    a live source's first burst that began before it was opened is refused, as it should be.
+    """
     import errno
     import os
+
+    from drivers.input_event import unpack
+    from drivers.recording import restamp as restamped
 
     deadline = time.monotonic() + timeout
     while True:
@@ -43,6 +50,8 @@ def feed(fifo, data: bytes, timeout: float = 30.0) -> None:
                 raise
             time.sleep(0.05)
     try:
+        if restamp:
+            data = pack_all(restamped(list(unpack(data)), time.time() + 0.1))
         os.set_blocking(fd, True)
         os.write(fd, data)
     finally:

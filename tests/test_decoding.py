@@ -8,7 +8,7 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import Decoder, DecoderSettings, NotABarcode, Scan
+from drivers.decoder import CUT_OFF, DROPPED, STARTED_UNSEEN, Decoder, DecoderSettings, NotABarcode, Scan
 from drivers.input_event import pack_all
 from drivers.keymap import UsTable
 from drivers.reader import read_events
@@ -163,16 +163,52 @@ def test_keypad_without_num_lock_types_nothing(tmp_path):
     assert texts(decode(keys.bytes(), tmp_path)) == ["123"]  # the first line is arrows and Home on a keypad
 
 
-def test_the_kernel_dropping_events_discards_the_partial_barcode(tmp_path):
+def test_the_kernel_dropping_events_refuses_the_whole_scan_up_to_its_terminator(tmp_path):
     keys = Keys().digits("690102")
     keys.raw(e.EV_SYN, e.SYN_DROPPED, 0)
     keys.raw(e.EV_KEY, e.KEY_8, 1).raw(e.EV_KEY, e.KEY_8, 0)  # stale events up to the next SYN_REPORT: ignored
     keys.raw(e.EV_SYN, e.SYN_REPORT, 0)
-    keys.digits("96385074").enter()
+    keys.digits("8075831").enter()  # the tail of the scan the drop cut: never a code of its own
+    keys.pause(0.3).digits("96385074").enter()  # the next customer's scan, seen whole
     results = decode(keys.bytes(), tmp_path)
     assert texts(results) == ["96385074"]
     dropped = [r for r in results if isinstance(r, NotABarcode)]
-    assert [(d.text, d.reason) for d in dropped] == [("690102", "the kernel dropped events (SYN_DROPPED)")]
+    assert [(d.text, d.reason) for d in dropped] == [("6901028075831", DROPPED)]
+
+
+def test_after_a_drop_a_pause_ends_the_broken_scan_even_without_its_terminator(tmp_path):
+    keys = Keys().digits("690102").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    keys.digits("80758").pause(0.3).digits("96385074").enter()
+    results = decode(keys.bytes(), tmp_path)
+    assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", "69010280758"), ("Scan", "96385074")]
+
+
+def test_a_scan_under_way_when_the_scanner_is_opened_is_refused():
+    """The agent restarted mid-scan: the tail it reads is not a code (the kill tests see this for real)."""
+    decoder = Decoder("dev", DecoderSettings())
+    decoder.opened(T0 + 0.01)  # the keys below began 10 ms before the open
+    keys = Keys().digits("141").enter().pause(0.3).digits("96385074").enter()
+    results = [r for r in map(decoder.feed, keys.events) if r is not None]
+    assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", "141"), ("Scan", "96385074")]
+    assert results[0].reason == STARTED_UNSEEN
+
+
+def test_a_scan_begun_after_a_pause_since_the_open_is_whole():
+    decoder = Decoder("dev", DecoderSettings())
+    decoder.opened(T0 - 0.2)
+    results = [r for r in map(decoder.feed, Keys().digits("96385074").enter().events) if r is not None]
+    assert texts(results) == ["96385074"]
+
+
+def test_a_burst_that_stops_without_its_terminator_is_refused_at_idle():
+    decoder = Decoder("dev", DecoderSettings())
+    for event in Keys().digits("690102807").events:
+        assert decoder.feed(event) is None
+    assert decoder.pending
+    assert decoder.idle(T0 + 0.01) is None  # still within a scanner's pace
+    refused = decoder.idle(T0 + 1.0)
+    assert (refused.text, refused.reason) == ("690102807", CUT_OFF)
+    assert not decoder.pending
 
 
 def test_after_syn_dropped_the_shift_state_comes_from_the_device():
@@ -182,11 +218,14 @@ def test_after_syn_dropped_the_shift_state_comes_from_the_device():
         decoder.feed(event)
     assert decoder.resync_pending
     decoder.resync(frozenset())  # EVIOCGKEY says: nothing is held now (the Shift key-up was among the dropped)
-    results = [decoder.feed(ev) for ev in Keys().tap(e.KEY_A).enter().events]
+    later = Keys().enter().pause(0.3)  # the end of the scan the drop broke, then a pause
+    results = [decoder.feed(ev) for ev in later.tap(e.KEY_A).enter().events]
     assert texts([r for r in results if r]) == ["a"]
 
     decoder.resync(frozenset({e.KEY_RIGHTSHIFT}))  # the device says Shift is down
-    results = [decoder.feed(ev) for ev in Keys().tap(e.KEY_A).enter().events]
+    again = Keys()
+    again.t = later.t + 0.3
+    results = [decoder.feed(ev) for ev in again.tap(e.KEY_A).enter().events]
     assert texts([r for r in results if r]) == ["A"]
 
 
@@ -235,9 +274,9 @@ def test_no_terminator_and_an_idle_pause():
     decoder = Decoder("dev", DecoderSettings(terminators=()))
     for event in Keys().digits("96385074").events:
         assert decoder.feed(event) is None
-    scan = decoder.idle()
+    scan = decoder.idle(T0 + 1.0)
     assert isinstance(scan, Scan) and scan.text == "96385074"
-    assert decoder.idle() is None
+    assert decoder.idle(T0 + 1.0) is None
 
 
 def test_autorepeat_adds_nothing(tmp_path):

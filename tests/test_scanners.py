@@ -13,10 +13,13 @@ import pytest
 from evdev import ecodes as e
 
 from agent.config import DeviceOverride, FeedbackConfig, ScannerConfig
-from drivers.decoder import DecoderSettings, Scan
+from agent.scanners import UNPLUGGED
+from drivers.hidpos import BROKE_OFF
+from drivers.decoder import CUT_OFF, DecoderSettings, NotABarcode, Scan
 from drivers.discovery import Rules, classify, list_devices
 from drivers.feedback import PATTERNS, Output, Signal
-from drivers.input_event import unpack
+from drivers.input_event import pack_all, unpack
+from drivers.recording import restamp
 
 from .harness import scans
 from .kernel_sysfs import Machine, bitmask
@@ -35,8 +38,12 @@ class Counter:
 
     def __init__(self):
         self.scans: list[Scan] = []
+        self.refused: list[NotABarcode] = []
 
-    async def __call__(self, scan: Scan) -> Signal:
+    async def __call__(self, scan: Scan | NotABarcode) -> Signal:
+        if isinstance(scan, NotABarcode):
+            self.refused.append(scan)
+            return Signal.ERROR
         self.scans.append(scan)
         return Signal.GOOD if scan.text.isdigit() else Signal.ATTENTION
 
@@ -68,11 +75,14 @@ def _open_writer(path, timeout: float) -> int:
             time.sleep(0.01)
 
 
-async def write(path, data: bytes, timeout: float = 5.0) -> float:
-    """Write to a device node once the agent has opened it; return how long that took."""
+async def write(path, data: bytes, timeout: float = 5.0, *, stamp: bool = True) -> float:
+    """Write to a device node once the agent has opened it, the events stamped from now on as a
+    device stamps its keys (``stamp``); return how long the opening took."""
     started = time.monotonic()
     fd = await asyncio.to_thread(_open_writer, path, timeout)
     waited = time.monotonic() - started
+    if stamp:
+        data = pack_all(restamp(list(unpack(data)), time.time() + 0.06))
     try:
         os.set_blocking(fd, True)
         await asyncio.to_thread(os.write, fd, data)
@@ -153,17 +163,21 @@ def test_a_scanner_unplugged_mid_scan_loses_only_that_barcode_and_resumes_when_r
             await write(node, scans(["6901028075831"])[: 24 * 3 * 8])  # eight key presses, then the cable is pulled
             await asyncio.sleep(0.2)
             machine.unplug(6)
-            await until(lambda: "partial barcode '6901' discarded" in caplog.text)
+            await until(lambda: counter.refused and "was removed" in caplog.text)
             await write(other, scans(["6901028075831"]))  # the other scanner at the counter goes on
             await until(lambda: len(counter.scans) == 2)
             node = machine.plug(6, **SCANNER)
             await write(node, scans(["40063812"]))
             await until(lambda: len(counter.scans) == 3)
-            return counter.scans
+            return counter
 
-    assert [(s.source, s.text) for s in asyncio.run(scenario())] == [
+    counter = asyncio.run(scenario())
+    assert [(s.source, s.text) for s in counter.scans] == [
         (str(machine.node(6)), "96385074"), (str(machine.node(16)), "6901028075831"), (str(machine.node(6)), "40063812")]
-    assert f"scanner {machine.node(6)} was removed mid-scan; partial barcode '6901' discarded" in caplog.text
+    # Refused whole, whichever came first: the cut-off burst's pause, or the unplug itself.
+    assert [(r.source, r.text) for r in counter.refused] == [(str(machine.node(6)), "6901")]
+    assert counter.refused[0].reason in (CUT_OFF, UNPLUGGED)
+    assert "6901" not in caplog.text  # logs name events, never what was scanned
 
 
 def test_two_scanners_interleaved_never_mix(machine):
@@ -171,13 +185,14 @@ def test_two_scanners_interleaved_never_mix(machine):
         async with running(machine) as counter:
             a = machine.plug(7, **SCANNER)
             b = machine.plug(8, **{**SCANNER, "serial": "555"})
-            code_a, code_b = scans(["6901028075831"]), scans(["96385074"])
+            await asyncio.sleep(0.3)  # both taken and open
+            # Stamped as typed, both at once: the halves reach the agent interleaved.
+            code_a, code_b = scans(["6901028075831"], start=time.time()), scans(["96385074"], start=time.time())
             half_a, half_b = len(code_a) // 2 // 24 * 24, len(code_b) // 2 // 24 * 24
-            await write(a, code_a[:half_a])
-            await write(b, code_b[:half_b])
-            await asyncio.sleep(0.1)
-            await write(a, code_a[half_a:])
-            await write(b, code_b[half_b:])
+            await write(a, code_a[:half_a], stamp=False)
+            await write(b, code_b[:half_b], stamp=False)
+            await write(a, code_a[half_a:], stamp=False)
+            await write(b, code_b[half_b:], stamp=False)
             await until(lambda: len(counter.scans) == 2)
             return counter.scans
 
@@ -282,27 +297,36 @@ def test_a_hid_pos_scanner_is_taken_read_and_given_back_when_unplugged(machine, 
         try:
             device = publish(sysfs, FakeUsbDevice())
             backend.devices.append(device)
+            await until(lambda: "scanner taken usb 1-5" in caplog.text)
+            await asyncio.sleep(0.1)  # a pause after the claim: what comes next is seen from its start
             device.send(*scanned_data_reports(b"6901028075831", aim=b"]E0"))
             device.send(*scanned_data_reports(b"0106901028075831\x1d10AB12", aim=b"]C1"))
             await until(lambda: len(counter.scans) == 2)
             device.send(scanned_data_reports(b"Y" * 70, aim=b"]Q1")[0])  # the first half of a long code...
             await asyncio.sleep(0.3)
             device.present = False  # ...and the cable is pulled
-            await until(lambda: "discarded" in caplog.text)
+            await until(lambda: "was unplugged" in caplog.text)
             replugged = publish(sysfs, FakeUsbDevice(address=9))
             backend.devices.append(replugged)
+            await until(lambda: "scanner taken usb 1-9" in caplog.text)
+            await asyncio.sleep(0.1)
             replugged.send(*scanned_data_reports(b"96385074", aim=b"]E4"))
             await until(lambda: len(counter.scans) == 3)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        return counter.scans, device, replugged
+        return counter, device, replugged
 
-    taken, device, replugged = asyncio.run(scenario())
+    counter, device, replugged = asyncio.run(scenario())
+    taken = counter.scans
     assert [(s.text, s.aim, s.source) for s in taken] == [
         ("6901028075831", "]E0", "usb:1-5"), ("0106901028075831\x1d10AB12", "]C1", "usb:1-5"), ("96385074", "]E4", "usb:1-9")]
-    assert "HID POS scanner usb 1-5 0c2e:0b6a" in caplog.text and f"partial barcode {'Y' * 56!r} discarded" in caplog.text
+    assert "HID POS scanner usb 1-5 0c2e:0b6a" in caplog.text
+    # The long code's first report alone is refused, whichever came first: the pause or the unplug.
+    assert [(r.text, r.source) for r in counter.refused] == [("Y" * 56, "usb:1-5")]
+    assert counter.refused[0].reason in (BROKE_OFF, UNPLUGGED)
+    assert "YYY" not in caplog.text
     assert device.calls == ["detach 0", "claim 0"]  # unplugged: nothing to give back
     assert replugged.calls == ["detach 0", "claim 0", "release 0", "attach 0"]  # the agent stopped: given back
 
