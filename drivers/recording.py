@@ -25,8 +25,9 @@ _HID_BASE = 0x70000
 
 
 def _at(t: float, type_: int, code: int, value: int) -> InputEvent:
-    sec = int(t)
-    return InputEvent(sec, int(round((t - sec) * 1_000_000)) % 1_000_000, type_, code, value)
+    # Rounded as a whole, so 0.9999999 s becomes the next second, not the start of this one.
+    sec, usec = divmod(int(round(t * 1_000_000)), 1_000_000)
+    return InputEvent(sec, usec, type_, code, value)
 
 
 def press(code: int, t: float, *, down: bool) -> list[InputEvent]:

@@ -55,22 +55,119 @@ def test_random_streams_never_crash_and_yield_only_clean_text(stream, layout):
             assert result.slowest_key <= 0.05
 
 
+def _ean(body: str, *, valid: bool = True) -> str:
+    check = gs1_check_digit(body)
+    return body + str(check if valid else (check + 1) % 10)
+
+
+bodies = st.text("0123456789", min_size=12, max_size=12)
+# Junk, then EAN-13s after a pause (some with a wrong check digit), then junk again.
+mixed = st.tuples(streams, st.lists(st.tuples(bodies, st.booleans()), min_size=1, max_size=4), streams)
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(streams)
-def test_no_sale_from_random_streams_fails_its_check_digit(stream):
+@given(mixed)
+def test_no_sale_from_random_streams_fails_its_check_digit(parts):
+    junk, codes, tail = parts
+    release = [((e.EV_KEY, m, 0), 0.0) for m in MODIFIERS] + [((e.EV_SYN, e.SYN_REPORT, 0), 0.0)]
+    stream = junk + release + [((e.EV_KEY, e.KEY_ENTER, 1), 0.3), ((e.EV_KEY, e.KEY_ENTER, 0), 0.0)]
     with tempfile.TemporaryDirectory() as tmp:
         journal = Journal.open(Path(tmp) / "j.db", os.urandom(32))
         counter = Counter()
-        for result in _feed(Decoder("dev"), stream):
+        decoder = Decoder("dev")
+        results = _feed(decoder, stream)
+        t = 1_800_000_000.0
+        for body, valid in codes:
+            results += [r for r in map(decoder.feed, type_text(_ean(body, valid=valid), start=t)) if r is not None]
+            t += 1.0
+        results += _feed(decoder, tail, t)
+        for result in results:
             if isinstance(result, Scan):
                 counter.record(journal, result)
-        for recorded in journal.read_after(0, limit=10_000):
-            barcode = classify(recorded.body["code"])
-            if recorded.kind == "sale" and barcode.symbology is not Symbology.RAW:
-                assert gs1_check_digit(barcode.data[:-1]) == int(barcode.data[-1])
-            if recorded.kind == "misread":
-                assert not barcode.valid
+        recorded = journal.read_after(0, limit=10_000)
         journal.close()
+    ean_length = [r for r in recorded if r.kind in ("sale", "misread") and len(r.body["code"]) == 13]
+    assert len(ean_length) >= len(codes)  # the property is exercised: every typed code was recorded
+    for event in recorded:
+        barcode = classify(event.body["code"])
+        if event.kind == "sale" and barcode.symbology is not Symbology.RAW:
+            assert gs1_check_digit(barcode.data[:-1]) == int(barcode.data[-1])
+        if event.kind == "misread":
+            assert not barcode.valid
+
+
+# -- a scan not seen whole is never a code --------------------------------------------
+
+def _session(codes: list[str], start: float) -> tuple[list, list[tuple[str, float, int, int]]]:
+    """The events of a scanner typing ``codes`` a customer apart, and for each code: its text, the time
+    of its first key, and the indices of its first event and of its terminator's key-down."""
+    events, spans, t = [], [], start
+    for code in codes:
+        typed = type_text(code, start=t)
+        downs = [i for i, ev in enumerate(typed) if ev.type == e.EV_KEY and ev.value == 1]
+        spans.append((code, typed[downs[0]].timestamp(), len(events), len(events) + downs[-1]))
+        events += typed
+        t = typed[-1].timestamp() + 0.3
+    return events, spans
+
+
+def _whole(scan: Scan, spans, delivered_from: float, lost: range = range(0)) -> bool:
+    """Was ``scan`` a code typed whole, every event of it up to its terminator delivered?"""
+    for code, first, first_index, terminator in spans:
+        if scan.text == code and abs(scan.started - first) < 1e-5:
+            cut_by_open = first < delivered_from
+            cut_by_drop = bool(lost) and lost.start <= terminator and lost.stop > first_index
+            return not cut_by_open and not cut_by_drop
+    return False
+
+
+codes_strategy = st.lists(st.one_of(bodies.map(_ean), st.text("0123456789", min_size=1, max_size=14),
+                                    st.text("ABCXYZ0123-$%", min_size=1, max_size=10)), min_size=1, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(codes_strategy, st.floats(0, 1), st.floats(0, 0.06))
+def test_a_source_opened_mid_scan_books_nothing_but_whole_scans(codes, where, lag):
+    """The agent restarted or the scanner was reopened at any moment: the tail it reads is never a code."""
+    events, spans = _session(codes, 1_800_000_000.0)
+    opened = events[0].timestamp() + where * (events[-1].timestamp() - events[0].timestamp())
+    decoder = Decoder("dev")
+    decoder.opened(opened)
+    # Events the old reader had not taken were waiting; the kernel hands them over up to ``lag`` late.
+    delivered = [ev for ev in events if ev.timestamp() >= opened - lag]
+    results = [r for r in map(decoder.feed, delivered) if r is not None]
+    final = decoder.idle(events[-1].timestamp() + 1.0)
+    for scan in [r for r in results + [final] if isinstance(r, Scan)]:
+        assert _whole(scan, spans, opened - lag), f"{scan.text!r} booked from a scan not seen whole"
+    # Every code begun after the open (and a pause) is booked.
+    after = [code for code, first, _, _ in spans if first - opened > 0.05]
+    assert [r.text for r in results if isinstance(r, Scan)][-len(after):] == after if after else True
+
+
+@settings(max_examples=300, deadline=None)
+@given(codes_strategy, st.floats(0, 1), st.integers(1, 400), st.booleans())
+def test_events_dropped_anywhere_book_nothing_but_whole_scans(codes, where, length, with_report):
+    """The kernel's buffer overflowed (SYN_DROPPED) at any point, for any number of events."""
+    events, spans = _session(codes, 1_800_000_000.0)
+    start = int(where * len(events))
+    lost = events[start:start + length]
+    if not lost:
+        return
+    marker = InputEvent(lost[0].sec, lost[0].usec, e.EV_SYN, e.SYN_DROPPED, 0)
+    after = events[start + length:]
+    if with_report and after:  # the kernel's stale events up to the next SYN_REPORT
+        after = after[:1] + after
+    decoder = Decoder("dev")
+    results = []
+    for ev in events[:start] + [marker] + after:
+        result = decoder.feed(ev)
+        if decoder.resync_pending:
+            decoder.resync(frozenset())
+        if result is not None:
+            results.append(result)
+    results.append(decoder.idle(events[-1].timestamp() + 1.0))
+    for scan in [r for r in results if isinstance(r, Scan)]:
+        assert _whole(scan, spans, 0.0, range(start, start + length)), f"{scan.text!r} booked from a scan the kernel cut"
 
 
 @settings(max_examples=200, deadline=None)
@@ -86,3 +183,12 @@ def test_a_clean_scan_after_any_junk_decodes_exactly(junk, body):
     results = [decoder.feed(ev) for ev in typed]
     scans = [r for r in results if isinstance(r, Scan)]
     assert [s.text for s in scans] == [code]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(1_700_000_000.0, 1_900_000_000.0), codes_strategy)
+def test_composed_sessions_never_go_back_in_time(start, codes):
+    """A key at x.9999999 s is stamped in the next second, never at the start of its own."""
+    events, _ = _session(codes, start)
+    stamps = [ev.timestamp() for ev in events]
+    assert stamps == sorted(stamps)
