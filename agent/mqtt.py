@@ -105,6 +105,7 @@ class MqttLink:
         self._sock: socket.socket | None = None
         self._fd = -1  # the socket's number as watched: paho may have closed the socket itself
         self._closed = False
+        self._subscribing: dict[int, str] = {}
         self._runner = asyncio.create_task(self._keep_connected(), name=f"mqtt {self.client_id}")
         return self
 
@@ -137,6 +138,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
@@ -215,11 +217,20 @@ class MqttLink:
         if reason_code.is_failure:
             logger.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
+        self._subscribing = {}
         for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+            _, mid = client.subscribe(topic, qos=1)
+            self._subscribing[mid] = topic
         logger.info("connected to broker %s:%d as %s", self.host, self.port, self.client_id)
         self.generation += 1
         self.connected.set()
+
+    def _on_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
+        topic = self._subscribing.pop(mid, "?")
+        if any(code.is_failure for code in reason_codes):
+            logger.warning("subscription to %s refused by the broker: %s", topic, ", ".join(map(str, reason_codes)))
+        else:
+            logger.info("subscribed to %s", topic)
 
     def _on_disconnect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
         self._lost(client, reason_code)

@@ -59,10 +59,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="run-demo", description=__doc__)
     parser.add_argument("--speed", type=float, default=10.0, help="replay speed (default 10x real time)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level of the agent and central (their logs are in the working directory)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="counterbox-demo-"))
     try:
-        with Stack(workdir) as stack:
+        with Stack(workdir, log_level=args.log_level) as stack:
             print(f"1. broker: mosquitto on 127.0.0.1:{stack.broker_port} (config: central/mosquitto.conf)")
             stack.start_broker()
             print("2. central: ingest started, signing key", stack.central_public_key())

@@ -110,7 +110,8 @@ class Device:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                _python_command("agent") + ["-c", str(self.config), "run"], cwd=ROOT, stdout=log, stderr=log
+                _python_command("agent") + ["-c", str(self.config), "--log-level", self.stack.log_level, "run"],
+                cwd=ROOT, stdout=log, stderr=log
             )
 
     def stop(self) -> None:
@@ -138,6 +139,7 @@ class Stack:
     devices: list[Device] = field(default_factory=list)
     # Short timings so that tests and the demo see resends in seconds, not minutes.
     uplink: dict = field(default_factory=lambda: {"batch_max_events": 25, "batch_max_delay": 0.2, "ack_timeout": 3.0})
+    log_level: str = "INFO"  # of the agents and central
 
     def __enter__(self) -> "Stack":
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -206,9 +208,18 @@ class Stack:
         with self.central_log.open("ab") as log:
             self.central = subprocess.Popen(
                 _python_command("central")
-                + ["--db", str(self.central_db), "--key", str(self.central_key), "ingest", "--port", str(self.broker_port)],
+                + ["--db", str(self.central_db), "--key", str(self.central_key), "--log-level", self.log_level,
+                   "ingest", "--port", str(self.broker_port)],
                 cwd=ROOT, stdout=log, stderr=log,
             )
+
+        # Central's subscription is in place (SUBACK) before anything is published.
+        subscribed = "subscribed to counterbox/v1/devices/+/batch"
+        deadline = time.monotonic() + 15
+        while subscribed not in self.central_log.read_text():
+            if self.central.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"central did not subscribe: {self.central_log.read_text()[-2000:]}")
+            time.sleep(0.02)
 
     def stop_central(self) -> None:
         _stop(self.central, signal.SIGINT)

@@ -20,8 +20,8 @@ KEY_SIZE = 32
 def _read(path: Path, origin: str) -> bytes:
     try:
         key = path.read_bytes()
-    except PermissionError:
-        raise DataKeyError(f"cannot read the data key {origin} {path}: permission denied") from None
+    except OSError as error:
+        raise DataKeyError(f"cannot read the data key {origin} {path}: {error.strerror}") from None
     if len(key) != KEY_SIZE:
         raise DataKeyError(f"the data key {origin} {path} holds {len(key)} bytes, not {KEY_SIZE}: it is not a counterbox data key")
     return key
@@ -40,7 +40,12 @@ def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
             f"(or provide the systemd credential {credential!r}); a new key could not read the journal"
         )
     key = os.urandom(KEY_SIZE)
-    write_secret(key_file, key)
+    try:
+        write_secret(key_file, key)
+    except FileExistsError:
+        return _read(key_file, "in")  # another process starting beside us made it first: use that one
+    except OSError as error:
+        raise DataKeyError(f"cannot create the data key {key_file}: {error.strerror}") from None
     return key
 
 
@@ -49,14 +54,21 @@ def write_secret(path: Path, data: bytes) -> None:
 
     The file and its directory entry are both fsynced: a key lost to a power cut
     right after it was made would leave a journal or an identity nobody can open.
+    The file appears whole or not at all (written aside, then linked into place),
+    so a process reading it beside us never sees it half written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(aside, path)  # atomic, and refuses (FileExistsError) to replace what is there
     finally:
-        os.close(fd)
+        os.unlink(aside)
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)

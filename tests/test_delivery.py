@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import paho.mqtt.publish as mqtt_publish
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
-from provisioning import jws
+from provisioning import jws, protocol
 
-from .harness import feed, scans, wait_until
+from .harness import feed, price_list, scans, wait_until
 
 CODES = ["6901028075831", "96385074", "036000291452"]
 
@@ -65,3 +66,34 @@ def test_batches_sent_while_central_is_away_arrive_when_it_returns(stack, fifo):
     sales = wait_until(lambda: len(s := stack.sales()) == 3 and s, 30, "all sales once central is back")
     assert [s["code"] for s in sales] == CODES
     assert len({s["seq"] for s in sales}) == 3
+
+
+def test_a_20000_item_price_list_is_delivered_and_nothing_waits_behind_it(stack, fifo, tmp_path):
+    device = stack.provision("shop-big", scanners=[str(fifo)])
+    csv_text, items = price_list(20_000)
+    (tmp_path / "prices.csv").write_text(csv_text)
+    loaded = device.command("prices", "load", str(tmp_path / "prices.csv"))
+    assert loaded.returncode == 0, loaded.stderr
+    device.start()
+    code = next(iter(items))
+    feed(fifo, scans([code]))
+    wait_until(lambda: device.status()["acked_seq"] == device.status()["last_seq"] == 3, 60, "everything acknowledged")
+    export = stack.central_command("export", "--kind", "price_list")
+    [held] = [json.loads(line) for line in export.stdout.splitlines()]
+    assert len(held["items"]) == 20_000 and held["items"][-1]["barcode"] in items
+    assert [(s["code"], s["unit_price"]) for s in stack.sales()] == [(code, items[code][1])]
+
+
+def test_an_event_no_batch_could_carry_is_refused_when_recorded_with_a_clear_error(tmp_path):
+    from demo.stack import Stack
+
+    with Stack(tmp_path / "stack") as offline:  # no broker needed: the refusal is on the box
+        device = offline.provision("shop-huge", scanners=[str(tmp_path / "unused")])
+        csv_text, _ = price_list(100_000)
+        (tmp_path / "prices.csv").write_text(csv_text)
+        result = device.command("prices", "load", str(tmp_path / "prices.csv"))
+        assert result.returncode == 2
+        assert re.fullmatch(r"counterbox: error: a price_list event of \d+ bytes is over the limit of "
+                            rf"{protocol.MAX_EVENT_BYTES} bytes that one batch can carry; it was not recorded\n",
+                            result.stderr), result.stderr
+        assert not (device.directory / "journal.db").exists() or device.status()["last_seq"] == 0

@@ -15,7 +15,8 @@ from paho.mqtt.client import MQTTv5
 
 from drivers.input_event import pack
 from drivers.recording import type_text
-from provisioning.protocol import encode_batch
+from provisioning import jws
+from provisioning.protocol import BATCH_TYPE, encode_batch
 from provisioning.identity import load_key
 from storage import Event
 
@@ -199,8 +200,10 @@ def _tamper(token: bytes) -> bytes:
         (lambda key: _batch(Ed25519PrivateKey.generate(), 1, "FORGED-2"), "signature check failed"),
         (lambda key: _batch(key, 1, "FORGED-3")[:-3] + b"AAA", "signature check failed"),
         (lambda key: b"not a token at all", "signature check failed"),
+        (lambda key: jws.sign(b"[]", key, kid=DEVICE, typ=BATCH_TYPE).encode(), "payload is a JSON list, not an object"),
+        (lambda key: jws.sign(b"null", key, kid=DEVICE, typ=BATCH_TYPE).encode(), "payload is a JSON NoneType"),
     ],
-    ids=["one-byte-changed", "another-key", "signature-altered", "garbage"],
+    ids=["one-byte-changed", "another-key", "signature-altered", "garbage", "array", "null"],
 )
 def test_a_forged_or_altered_batch_is_rejected_and_not_stored(stack, tmp_path, forge, reason):
     device = stack.provision(DEVICE, scanners=[str(tmp_path / "unused")])
@@ -210,8 +213,10 @@ def test_a_forged_or_altered_batch_is_rejected_and_not_stored(stack, tmp_path, f
     sales = wait_until(stack.sales, 20, "the genuine batch at central")
     assert [s["code"] for s in sales] == ["GENUINE"]
     wait_until(lambda: "batch rejected" in stack.central_log.read_text(), 5, "the rejection to be logged")
-    rejected = [l for l in stack.central_log.read_text().splitlines() if "batch rejected" in l]
+    log = stack.central_log.read_text()
+    rejected = [line for line in log.splitlines() if "batch rejected" in line]
     assert len(rejected) == 1 and reason in rejected[0] and f"devices/{DEVICE}/batch" in rejected[0]
+    assert "internal error" not in log and "Traceback" not in log
 
 
 def test_a_replayed_batch_is_stored_once_and_an_unknown_device_not_at_all(stack, tmp_path):

@@ -2,12 +2,18 @@
 
 import hashlib
 import os
+import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from storage import DataKeyError, Journal, JournalError, load_data_key
+from storage import DataKeyError, Journal, JournalError, NoJournal, load_data_key
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -71,10 +77,12 @@ def test_sessions_count_starts(journal):
 
 
 def test_no_content_is_readable_in_the_file_or_its_wal(journal_path, journal):
-    journal.append("sale", {"code": "6901028075831", "unit_price": 2345, "name": "Hongtashan"})
+    # Needles no plaintext metadata (a creation time, a counter) could hold by chance.
+    journal.append("sale", {"code": "6901028075831", "unit_price": 987654321, "name": "Hongtashan"})
     files = [journal_path, journal_path.with_name(journal_path.name + "-wal")]
     raw = b"".join(p.read_bytes() for p in files if p.exists())
-    for secret in (b"6901028075831", b"2345", b"Hongtashan"):
+    assert len(raw) > 4096
+    for secret in (b"6901028075831", b"987654321", b"Hongtashan", b"unit_price"):
         assert secret not in raw
 
 
@@ -132,3 +140,91 @@ def test_a_key_of_the_wrong_size_is_named_as_such(tmp_path, monkeypatch):
     (tmp_path / "data.key").write_bytes(b"short")
     with pytest.raises(DataKeyError, match="holds 5 bytes, not 32"):
         load_data_key(key_file=tmp_path / "data.key", credential="x", create=False)
+
+
+def _crash_copy(journal_path, key, directory):
+    """The journal's files as a power cut leaves them: committed events still in the WAL, -shm beside it."""
+    j = Journal.open(journal_path, key)
+    for n in range(3):
+        j.append("sale", {"code": str(n)})
+    directory.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copy(f"{journal_path}{suffix}", directory / f"journal.db{suffix}")
+    j.close()
+    return directory / "journal.db"
+
+
+def test_a_wrong_key_after_a_crash_changes_no_byte_of_the_journal_or_its_wal(journal_path, key, tmp_path):
+    crashed = _crash_copy(journal_path, key, tmp_path / "crashed")
+    files = [crashed, crashed.with_name("journal.db-wal")]
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    assert files[1].stat().st_size > 0
+    with pytest.raises(DataKeyError, match="Nothing was changed"):
+        Journal.open(crashed, os.urandom(32))
+    # No checkpoint ran, nothing was deleted: the promise holds to the byte.
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == before
+    recovered = Journal.open(crashed, key)
+    assert [e.body["code"] for e in recovered.read_after(0)] == ["0", "1", "2"]
+    recovered.close()
+
+
+def test_the_journal_its_wal_and_shm_are_private_to_the_service(journal_path, journal):
+    journal.append("sale", {"code": "1"})
+    for suffix in ("", "-wal", "-shm"):
+        path = journal_path.with_name(journal_path.name + suffix)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_journal_is_created_only_when_asked(journal_path, key):
+    with pytest.raises(NoJournal, match="there is no journal at"):
+        Journal.open(journal_path, key, create=False)
+    assert not journal_path.exists()
+
+
+_OPEN_AND_APPEND = """
+import sys
+from pathlib import Path
+from storage import Journal, load_data_key
+key = load_data_key(key_file=Path(sys.argv[2]), credential="none", create=True)
+journal = Journal.open(Path(sys.argv[1]), key)
+journal.append("sale", {"by": sys.argv[3]})
+journal.close()
+"""
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_processes_opening_a_new_journal_at_once_all_agree_on_it(tmp_path, round_, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    journal_path, key_path = tmp_path / "journal.db", tmp_path / "data.key"
+    processes = [subprocess.Popen([sys.executable, "-c", _OPEN_AND_APPEND, str(journal_path), str(key_path), str(n)],
+                                  cwd=ROOT, stderr=subprocess.PIPE, text=True) for n in range(6)]
+    errors = [p.communicate()[1] for p in processes]
+    assert [p.returncode for p in processes] == [0] * 6, errors
+    journal = Journal.open(journal_path, key_path.read_bytes())
+    assert sorted(e.body["by"] for e in journal.read_after(0)) == [str(n) for n in range(6)]
+    assert [e.seq for e in journal.read_after(0)] == [1, 2, 3, 4, 5, 6]
+    journal.close()
+
+
+def test_a_new_key_file_and_its_directory_entry_are_fsynced(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "keys" / "data.key"
+    load_data_key(key_file=path, credential="none", create=True)
+    assert str(path.parent) in synced  # the directory entry, after the link
+    assert any(name.startswith(str(path.parent / ".data.key.")) for name in synced)  # the bytes, before it
+
+
+def test_every_sqlite_error_leaves_the_store_as_a_journal_error(journal, journal_path):
+    journal._conn.execute("DROP TRIGGER events_append_only_update")
+    journal._conn.execute("CREATE TRIGGER broken BEFORE INSERT ON events BEGIN SELECT no_such_function(); END")
+    with pytest.raises(JournalError, match="no such function"):
+        journal.append("sale", {"code": "1"})
+    assert journal.last_seq() == 0  # rolled back, and the journal still answers

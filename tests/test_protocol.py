@@ -1,0 +1,153 @@
+"""The wire contract (docs/protocol.md), one promise per test: what a batch or an acknowledgement must be."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from joserfc import jws as joserfc_jws
+from joserfc.jwk import OKPKey
+
+from provisioning import jws, protocol
+from provisioning.errors import ProtocolError, SignatureError
+from provisioning.identity import public_key_text
+from storage import Event
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = "shop-0001"
+NOW = 1_764_000_000.0
+
+
+@pytest.fixture
+def key():
+    return Ed25519PrivateKey.generate()
+
+
+def events(*seqs: int) -> list[Event]:
+    return [Event(seq, "sale", {"code": f"69{seq:011d}", "unit_price": 2300}) for seq in seqs]
+
+
+def signed(payload, key, *, kid=DEVICE, typ=protocol.BATCH_TYPE) -> bytes:
+    return jws.sign(json.dumps(payload).encode(), key, kid=kid, typ=typ).encode()
+
+
+def good_payload(**change):
+    payload = {"v": 1, "device": DEVICE, "session": 1, "first_seq": 4, "last_seq": 5, "sent_at": "x",
+               "events": [{"seq": 4, "kind": "sale", "body": {}}, {"seq": 5, "kind": "sale", "body": {}}]}
+    return {**payload, **change}
+
+
+def test_a_batch_round_trips(key):
+    token = protocol.encode_batch(events(4, 5, 6), device=DEVICE, session=3, key=key, sent_at=NOW)
+    batch = protocol.decode_batch(token, device=DEVICE, key=key.public_key())
+    assert (batch.device, batch.session, batch.first_seq, batch.last_seq) == (DEVICE, 3, 4, 6)
+    assert batch.sent_at == "2025-11-24T16:00:00.000Z"
+    assert batch.events[0] == {"seq": 4, "kind": "sale", "body": {"code": "6900000000004", "unit_price": 2300}}
+
+
+def test_consumers_verify_batches_and_acknowledgements_with_an_off_the_shelf_library(key):
+    public = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": public_key_text(key)})
+    batch = protocol.encode_batch(events(1), device=DEVICE, session=1, key=key, sent_at=NOW)
+    verified = joserfc_jws.deserialize_compact(batch, public, algorithms=["Ed25519"])
+    assert verified.protected == {"alg": "Ed25519", "kid": DEVICE, "typ": "counterbox-batch+jws"}
+    assert json.loads(verified.payload)["events"][0]["seq"] == 1
+    ack = protocol.encode_ack(DEVICE, 9, key=key)
+    verified = joserfc_jws.deserialize_compact(ack, public, algorithms=["Ed25519"])
+    assert verified.protected == {"alg": "Ed25519", "kid": "central", "typ": "counterbox-ack+jws"}
+    assert json.loads(verified.payload) == {"v": 1, "device": DEVICE, "ack_seq": 9}
+
+
+@pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
+def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
+    """RFC 9864 deprecates the polymorphic EdDSA: the algorithm is pinned to Ed25519 alone."""
+    jwk = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": public_key_text(key),
+                             "d": jws.b64url(key.private_bytes_raw())})
+    token = joserfc_jws.serialize_compact({"alg": "EdDSA", "kid": DEVICE, "typ": protocol.BATCH_TYPE},
+                                          json.dumps(good_payload()).encode(), jwk, algorithms=["EdDSA"])
+    with pytest.raises(SignatureError, match="algorithm 'EdDSA' refused"):
+        protocol.decode_batch(token.encode(), device=DEVICE, key=key.public_key())
+
+
+@pytest.mark.parametrize("forge,reason", [
+    (lambda key: signed(good_payload(), key, kid="shop-0002"), "kid 'shop-0002'"),
+    (lambda key: signed(good_payload(), key, typ="counterbox-ack+jws"), "typ 'counterbox-ack+jws'"),
+    (lambda key: signed(good_payload(device="shop-0002"), key), "device 'shop-0002' does not match"),
+    (lambda key: signed(good_payload(v=2), key), "batch version 2"),
+    (lambda key: signed(good_payload(first_seq=3), key), "batch seq 3..5 does not match its 2 events"),
+    (lambda key: signed(good_payload(last_seq=6), key), "batch seq 4..6 does not match"),
+    (lambda key: signed(good_payload(events=[{"seq": 4, "kind": "sale", "body": {}},
+                                             {"seq": 6, "kind": "sale", "body": {}}], last_seq=6), key), "does not match"),
+    (lambda key: signed(good_payload(first_seq=0, events=[{"seq": 0, "kind": "sale", "body": {}}], last_seq=0), key),
+     "first_seq of 1 or more"),
+    (lambda key: signed(good_payload(session=None), key), "or a session"),
+    (lambda key: signed(good_payload(events=[]), key), "lacks events"),
+    (lambda key: signed(good_payload(events=[{"seq": 4, "kind": "sale", "body": []},
+                                             {"seq": 5, "kind": "sale", "body": {}}]), key), "lacks its kind or body"),
+    (lambda key: signed([1, 2], key), "payload is a JSON list, not an object"),
+    (lambda key: signed(None, key), "payload is a JSON NoneType, not an object"),
+    (lambda key: jws.sign(b"\xff\xfe", key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
+    (lambda key: b"\xff" + signed(good_payload(), key), "non-ASCII"),
+    (lambda key: signed(good_payload(), Ed25519PrivateKey.generate()), "signature check failed"),
+], ids=["kid", "typ", "payload-device", "version", "first-seq", "last-seq", "gap", "seq-zero", "session",
+        "no-events", "body-not-object", "array", "null", "not-json", "non-ascii", "other-key"])
+def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge, reason):
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
+
+
+def test_a_message_over_the_limit_is_refused_before_it_is_verified(key):
+    with pytest.raises(ProtocolError, match=f"over the protocol's limit of {protocol.MAX_TOKEN_BYTES}"):
+        protocol.decode_batch(b"A" * (protocol.MAX_TOKEN_BYTES + 1), device=DEVICE, key=key.public_key())
+
+
+@pytest.mark.parametrize("forge,reason", [
+    (lambda key: protocol.encode_ack("shop-0002", 5, key=key), "for device 'shop-0002', not 'shop-0001'"),
+    (lambda key: signed({"v": 1, "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=protocol.BATCH_TYPE),
+     "typ 'counterbox-batch+jws'"),
+    (lambda key: signed({"v": 1, "device": DEVICE, "ack_seq": 5}, key, kid=DEVICE, typ=protocol.ACK_TYPE),
+     "kid 'shop-0001'"),
+    (lambda key: signed({"v": 1, "device": DEVICE, "ack_seq": -1}, key, kid="central", typ=protocol.ACK_TYPE),
+     "no valid ack_seq"),
+    (lambda key: signed({"v": 1, "device": DEVICE, "ack_seq": True}, key, kid="central", typ=protocol.ACK_TYPE),
+     "no valid ack_seq"),
+    (lambda key: protocol.encode_ack(DEVICE, 5, key=Ed25519PrivateKey.generate()), "signature check failed"),
+], ids=["other-device", "typ", "kid", "negative", "bool", "other-key"])
+def test_an_acknowledgement_that_is_not_centrals_for_this_device_is_refused(key, forge, reason):
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        protocol.decode_ack(forge(key), device=DEVICE, key=key.public_key())
+
+
+def test_an_acknowledgement_round_trips(key):
+    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 43, key=key), device=DEVICE, key=key.public_key()) == 43
+
+
+def test_the_broker_and_the_protocol_share_one_size_limit():
+    conf = (ROOT / "central" / "mosquitto.conf").read_text()
+    assert re.search(r"^max_packet_size (\d+)$", conf, re.M).group(1) == str(protocol.MAX_PACKET_BYTES)
+    docs = (ROOT / "docs" / "protocol.md").read_text()
+    assert f"{protocol.MAX_EVENT_BYTES:,}" in docs and f"{protocol.MAX_PACKET_BYTES:,}" in docs
+
+
+def test_an_event_of_the_largest_recordable_size_fits_one_message(key):
+    filler = "x" * (protocol.MAX_EVENT_BYTES - len('{"items":""}'))
+    token = protocol.encode_batch([Event(1, "price_list", {"items": filler})], device="d" * protocol.MAX_DEVICE_ID,
+                                  session=2**31, key=key, sent_at=NOW)
+    assert len(token) <= protocol.MAX_TOKEN_BYTES
+
+
+@pytest.mark.parametrize("topic,device", [
+    ("counterbox/v1/devices/shop-1/batch", "shop-1"),
+    ("counterbox/v1/devices/shop-1/ack", None),
+    ("counterbox/v1/devices//batch", None),
+    ("counterbox/v1/devices/a/b/batch", None),
+    ("other/v1/devices/shop-1/batch", None),
+])
+def test_only_a_batch_topic_names_a_device(topic, device):
+    if device is None:
+        with pytest.raises(ProtocolError, match="not a batch topic"):
+            protocol.device_of_batch_topic("counterbox/v1", topic)
+    else:
+        assert protocol.device_of_batch_topic("counterbox/v1", topic) == device
