@@ -72,9 +72,11 @@ class Feedback:
         self._warned = False
 
     async def play(self, signal: Signal) -> None:
+        """Play ``signal``. Opening the device runs in a thread; the writes themselves are
+        non-blocking (O_NONBLOCK on an input device: the kernel takes an event or refuses it)."""
         async with self._lock:
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND)
+                fd = await asyncio.to_thread(os.open, self.path, os.O_WRONLY | os.O_NONBLOCK | os.O_APPEND)
             except OSError as error:
                 self._fault(error)
                 return

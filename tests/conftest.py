@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import threading
 import time
@@ -12,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from demo.stack import Stack
+
+from .guards import LoopGuard
 
 
 @pytest.fixture
@@ -30,45 +30,22 @@ def fifo(tmp_path: Path) -> Path:
     return path
 
 
-BLOCKED = 1.0  # seconds a callback may hold the event loop in a test
-
-
-class _SlowCallbacks(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.seen: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Executing "):
-            self.seen.append(record.getMessage())
-
-
 @pytest.fixture(autouse=True)
-def no_blocking_call_in_the_event_loop(monkeypatch):
-    """Every asyncio.run in a test runs in debug mode; a callback that holds the loop a second fails the test.
+def no_blocking_call_in_the_event_loop(request):
+    """A callback that holds the event loop for 100 ms of its own CPU time, or makes a blocking call
+    (sleep, fsync, opening SQLite, a name lookup) on the loop's thread, fails the test.
 
-    SQLite, fsync and USB reads belong in a thread; a loop that blocks is a scanner whose keys wait.
-    The guard is for the gross mistakes (a blocking read, a lock wait, a sleep). asyncio measures
-    wall time, which a loaded machine stretches (seen: 0.22 s with both cores busy, more while
-    gcc builds packages beside the tests), so the threshold sits well above that.
+    SQLite, fsync and USB transfers belong in a thread; a loop that blocks is a scanner whose
+    keys wait. CPU time is the loop thread's own, so a loaded machine cannot trip the guard;
+    blocking calls are caught by name, since waiting costs no CPU. See tests/guards.py.
     """
-    real_run = asyncio.run
-    handler = _SlowCallbacks()
-    logging.getLogger("asyncio").addHandler(handler)
-
-    def run(main, *, debug=None):
-        with asyncio.Runner(debug=True) as runner:
-            runner.get_loop().slow_callback_duration = BLOCKED
-            return runner.run(main)
-
-    monkeypatch.setattr(asyncio, "run", run)
-    try:
+    if request.node.get_closest_marker("blocks_the_loop_on_purpose"):
         yield
-    finally:
-        logging.getLogger("asyncio").removeHandler(handler)
-        monkeypatch.setattr(asyncio, "run", real_run)
-    if handler.seen:
-        pytest.fail("the event loop was blocked: " + "; ".join(handler.seen))
+        return
+    with LoopGuard() as guard:
+        yield
+    if guard.problems:
+        pytest.fail("the event loop was blocked: " + "; ".join(guard.problems))
 
 
 @pytest.fixture(autouse=True)

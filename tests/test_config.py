@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError, load
+import dataclasses
+
+from agent.config import PATH_LISTS, SECTIONS, ConfigError, load
 
 
 def write(tmp_path, text):
@@ -24,6 +26,40 @@ def test_only_the_device_id_is_required_and_the_rest_defaults(tmp_path):
 def test_relative_paths_are_taken_from_the_file_directory(tmp_path):
     config = load(write(tmp_path, '[device]\nid = "a"\n[storage]\npath = "data/journal.db"\n'))
     assert config.storage.path == tmp_path.resolve() / "data/journal.db"
+
+
+def _path_keys():
+    """Every key whose value is a path: by its default's type, and the keys that list paths."""
+    keys = [(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if isinstance(f.default, Path)]
+    return keys + sorted(PATH_LISTS)
+
+
+@pytest.mark.parametrize("section,key", _path_keys(), ids=lambda v: str(v))
+def test_every_path_key_is_taken_from_the_file_directory_when_relative(tmp_path, monkeypatch, section, key):
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    monkeypatch.chdir(tmp_path)  # not the working directory
+    value = '["dev/scanner.fifo"]' if (section, key) in PATH_LISTS else '"dev/scanner.fifo"'
+    extra = f"\n[{section}]\n{key} = {value}\n" if section != "device" else f'{key} = {value}\n'
+    config = load(write(directory, '[device]\nid = "a"\n' + extra))
+    got = getattr(getattr(config, section), key)
+    expected = directory.resolve() / "dev/scanner.fifo"
+    assert (tuple(map(Path, got)) if isinstance(got, tuple) else got) == ((expected,) if isinstance(got, tuple) else expected)
+
+
+def test_a_device_match_that_is_a_path_is_taken_from_the_file_directory(tmp_path):
+    config = load(write(tmp_path, '[device]\nid = "a"\n[[scanner.device]]\nmatch = "./scanner.fifo"\nlayout = "de"\n'
+                                  '[[scanner.device]]\nmatch = "Honeywell*"\nlayout = "fr"\n'))
+    fifo = str(tmp_path.resolve() / "scanner.fifo")
+    assert config.scanner.settings_for(fifo).layout == "de"
+    assert config.scanner.settings_for("/dev/input/event3", name="Honeywell 1900").layout == "fr"
+    assert [d.match for d in config.scanner.devices] == [fifo, "Honeywell*"]
+
+
+def test_path_keys_are_exactly_those_documented_as_paths():
+    assert ("storage", "path") in _path_keys() and ("scanner", "paths") in _path_keys()
+    assert ("device", "key_file") in _path_keys() and ("scanner", "dev_input") in _path_keys()
 
 
 def test_an_integer_is_accepted_where_seconds_are_expected(tmp_path):

@@ -1,0 +1,51 @@
+"""The loop guard itself: it notices what it promises to, and only that."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+from .guards import LoopGuard
+
+pytestmark = pytest.mark.blocks_the_loop_on_purpose
+
+
+def burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_callback_burning_150_ms_of_cpu_is_caught():
+    async def main():
+        burn(0.15)
+
+    with LoopGuard() as guard:
+        asyncio.run(main())
+    assert len(guard.problems) == 1 and "ms of CPU" in guard.problems[0]
+
+
+def test_a_blocking_call_on_the_loop_is_caught_however_short(tmp_path):
+    async def main():
+        time.sleep(0.001)
+        fd = os.open(tmp_path / "file", os.O_WRONLY | os.O_CREAT)
+        os.fsync(fd)
+        os.close(fd)
+
+    with LoopGuard() as guard:
+        asyncio.run(main())
+    assert guard.problems == ["time.sleep on the event loop", "os.fsync on the event loop"]
+
+
+def test_the_same_calls_in_a_thread_and_short_callbacks_are_fine():
+    async def main():
+        burn(0.02)
+        await asyncio.to_thread(time.sleep, 0.01)
+        await asyncio.sleep(0.01)
+
+    with LoopGuard() as guard:
+        asyncio.run(main())
+    assert guard.problems == []
