@@ -44,6 +44,17 @@ async def open_store(config: Config) -> Store:
     return await Store.open(config.storage.path, key, max_event_bytes=protocol.MAX_EVENT_BYTES)
 
 
+async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) -> Signal:
+    """Record a scan durably and say what the retailer hears; ERROR when it could not be recorded."""
+    try:
+        event = await store.write(lambda journal: counter.record(journal, scan))
+    except StorageError as error:
+        # Not recorded: the retailer hears the error signal and scans again.
+        logger.error("scan from %s NOT recorded: %s", scan.source, error)
+        return Signal.ERROR
+    return signal_for(event)
+
+
 async def run(config: Config) -> None:
     """Run until SIGTERM or SIGINT."""
     signing_key = await asyncio.to_thread(load_key, config.device.key_file)
@@ -75,14 +86,9 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
                         key=signing_key, central_key=central_key, config=config.uplink)
 
         async def on_scan(scan: Scan | NotABarcode) -> Signal:
-            try:
-                event = await store.write(lambda journal: counter.record(journal, scan))
-            except StorageError as error:
-                # Not recorded: the retailer hears the error signal and scans again.
-                logger.error("scan from %s NOT recorded: %s", scan.source, error)
-                return Signal.ERROR
+            signal = await record_scan(store, counter, scan)
             uplink.wake.set()
-            return signal_for(event)
+            return signal
 
         async def on_device(report: dict) -> None:
             try:

@@ -15,9 +15,9 @@ from drivers.barcode import Symbology, classify, gs1_check_digit
     ],
 )
 def test_valid_gs1_codes_pass_their_check_digit(code, symbology):
-    assert classify(code) == classify(code)  # pure
     barcode = classify(code)
-    assert (barcode.symbology, barcode.valid) == (symbology, True)
+    assert (barcode.data, barcode.symbology, barcode.valid) == (code, symbology, True)
+    assert barcode.key == code.zfill(14)  # the GTIN-14 a price list knows it by
 
 
 @pytest.mark.parametrize("code", ["6901028075832", "96385075", "036000291453", "0000000000001"])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
+import paho.mqtt.client as mqtt
 import paho.mqtt.publish as mqtt_publish
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
 from provisioning import jws, protocol
+from provisioning.identity import load_key
+from storage import Event
 
 from .harness import feed, price_list, scans, wait_until
 
@@ -55,7 +59,8 @@ def test_an_acknowledgement_not_signed_by_central_moves_nothing(stack, fifo):
 
 
 def test_batches_sent_while_central_is_away_arrive_when_it_returns(stack, fifo):
-    device = stack.provision("shop-away", scanners=[str(fifo)])
+    """The broker keeps them in central's persistent session: the device does not send them again."""
+    device = stack.provision("shop-away", scanners=[str(fifo)], uplink={"ack_timeout": 600.0})
     device.start()
     feed(fifo, scans(CODES[:1]))
     wait_until(lambda: len(stack.sales()) == 1, 20, "central running")
@@ -97,3 +102,44 @@ def test_an_event_no_batch_could_carry_is_refused_when_recorded_with_a_clear_err
                             rf"{protocol.MAX_EVENT_BYTES} bytes that one batch can carry; it was not recorded\n",
                             result.stderr), result.stderr
         assert not (device.directory / "journal.db").exists() or device.status()["last_seq"] == 0
+
+
+def test_a_retained_acknowledgement_moves_the_cursor_of_a_device_that_missed_it(stack, tmp_path):
+    """Central stored and acknowledged while the device was down; central is gone when the device returns."""
+    device = stack.provision("shop-late", scanners=[str(tmp_path / "unused")])
+    csv_text, _ = price_list(3)
+    (tmp_path / "prices.csv").write_text(csv_text)
+    assert device.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+    [shown] = [json.loads(line) for line in device.command("show", "1").stdout.splitlines()]
+    key = load_key(device.directory / "device.key")
+    batch = protocol.encode_batch([Event(1, shown["kind"], shown["body"])], device="shop-late", session=1, key=key,
+                                  sent_at=time.time())
+    mqtt_publish.single("counterbox/v1/devices/shop-late/batch", batch, qos=1, hostname="127.0.0.1",
+                        port=stack.broker_port, protocol=MQTTv5)
+    wait_until(lambda: "batch accepted device=shop-late" in stack.central_log.read_text(), 20, "central to store it")
+    stack.stop_central()
+    device.start()
+    wait_until(lambda: device.status()["acked_seq"] == 1, 20, "the retained acknowledgement")
+
+
+def test_no_more_batches_are_in_flight_than_allowed(stack, fifo):
+    seen: list[bytes] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=MQTTv5)
+    watcher.on_message = lambda client, userdata, message: seen.append(message.payload)
+    watcher.connect("127.0.0.1", stack.broker_port)
+    watcher.subscribe("counterbox/v1/devices/shop-flight/batch", qos=1)
+    watcher.loop_start()
+    try:
+        stack.stop_central()
+        device = stack.provision("shop-flight", scanners=[str(fifo)],
+                                 uplink={"max_in_flight": 2, "batch_max_events": 1, "ack_timeout": 600.0})
+        device.start()
+        feed(fifo, scans(CODES * 3))
+        wait_until(lambda: device.status()["events"].get("sale") == 9, 20, "nine durable scans")
+        time.sleep(1.0)
+        assert len(seen) == 2  # nine events waiting, no acknowledgement: two batches out, the rest held
+        stack.start_central()
+        wait_until(lambda: (s := device.status())["acked_seq"] == s["last_seq"], 30, "everything acknowledged")
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()

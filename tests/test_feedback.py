@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from pathlib import Path
 
 from evdev import ecodes as e
 
@@ -21,11 +22,31 @@ def test_each_tone_change_is_an_snd_tone_event_and_a_report(tmp_path):
                                 (e.EV_SND, e.SND_TONE, 0), (e.EV_SYN, e.SYN_REPORT, 0)]
 
 
-def test_the_three_signals_differ_on_a_speaker_and_on_an_led():
+# What docs/configuration.md promises the retailer: (how many beeps or blinks, and their pitch).
+DOCUMENTED = {
+    Output.TONE: {Signal.GOOD: (1, "high"), Signal.ATTENTION: (2, "mid"), Signal.ERROR: (3, "low")},
+    Output.LED: {Signal.GOOD: 1, Signal.ATTENTION: 2, Signal.ERROR: 5},
+}
+
+
+def test_the_signals_are_what_the_documentation_tells_the_retailer():
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    assert ("**good**, one short high beep or one blink" in docs and "**Attention**, two beeps or blinks" in docs
+            and "**Error**, three low beeps or five fast blinks" in docs)
+    pitch = {}
+    for signal, (beeps, _) in DOCUMENTED[Output.TONE].items():
+        tones = [(hz, seconds) for hz, seconds in PATTERNS[Output.TONE][signal] if hz]
+        assert len(tones) == beeps, signal
+        pitch[signal] = {hz for hz, _ in tones}
+        assert len(pitch[signal]) == 1
+    assert min(pitch[Signal.GOOD]) > min(pitch[Signal.ATTENTION]) > min(pitch[Signal.ERROR])
+    assert sum(seconds for hz, seconds in PATTERNS[Output.TONE][Signal.GOOD] if hz) <= 0.1  # short: it is every sale
+    for signal, blinks in DOCUMENTED[Output.LED].items():
+        assert len([on for on, _ in PATTERNS[Output.LED][signal] if on]) == blinks, signal
+    error_blink = max(seconds for on, seconds in PATTERNS[Output.LED][Signal.ERROR] if on)
+    assert error_blink < min(seconds for on, seconds in PATTERNS[Output.LED][Signal.GOOD] if on)  # fast
     for output in Output:
-        patterns = [tuple(PATTERNS[output][signal]) for signal in Signal]
-        assert len(set(patterns)) == 3
-        assert all(pattern[-1][0] == 0 for pattern in patterns)  # every signal ends silent, or dark
+        assert all(PATTERNS[output][signal][-1][0] == 0 for signal in Signal)  # every signal ends silent, or dark
 
 
 def test_leds_blink_on_the_scanner_itself(tmp_path):

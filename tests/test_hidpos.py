@@ -44,13 +44,16 @@ def test_only_devices_with_a_bar_code_scanner_usage_page_are_found(sysfs):
 def test_without_a_kernel_driver_the_descriptor_is_asked_of_the_device(sysfs):
     device = FakeUsbDevice(kernel_driver=False)
     (found,) = find(FakeBackend(device), sysfs)
-    assert device.report_descriptor == HID_POS_REPORT_DESCRIPTOR and found.address == 5
+    assert found.address == 5
+    assert "get_descriptor 0x22" in device.requests  # the report descriptor came from the device itself
+    other = FakeUsbDevice(kernel_driver=False, report_descriptor=bytes([0x05, 0x01, 0x09, 0x06]))  # a keyboard
+    assert find(FakeBackend(other), sysfs) == []
 
 
 def test_a_device_the_kernel_drives_with_no_descriptor_in_sysfs_is_not_disturbed(sysfs):
     device = FakeUsbDevice()
     assert find(FakeBackend(device), sysfs) == []
-    assert device.calls == [] and device.kernel_driver
+    assert device.calls == [] and device.requests == [] and device.kernel_driver
 
 
 def test_claiming_detaches_the_kernel_driver_and_closing_gives_it_back(sysfs):

@@ -86,16 +86,29 @@ def test_no_content_is_readable_in_the_file_or_its_wal(journal_path, journal):
         assert secret not in raw
 
 
+def tamper(journal_path, statement: str) -> None:
+    """Change the file behind the journal's back, as someone with the disk but not the key could."""
+    conn = sqlite3.connect(journal_path)
+    conn.execute("DROP TRIGGER events_append_only_update")
+    conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
 def test_a_sealed_body_moved_to_another_row_fails_to_open(journal_path, journal):
     journal.append("sale", {"code": "1"})
     journal.append("sale", {"code": "2"})
-    conn = sqlite3.connect(journal_path)
-    conn.execute("DROP TRIGGER events_append_only_update")
-    conn.execute("UPDATE events SET sealed = (SELECT sealed FROM events WHERE seq = 1) WHERE seq = 2")
-    conn.commit()
-    conn.close()
+    tamper(journal_path, "UPDATE events SET sealed = (SELECT sealed FROM events WHERE seq = 1) WHERE seq = 2")
     with pytest.raises(JournalError, match="event 2 .* fails authentication"):
         journal.read_after(1)
+
+
+def test_an_event_relabelled_as_another_kind_fails_to_open(journal_path, journal):
+    """The kind is authenticated with the body: a sale turned into a misread in the file is caught."""
+    journal.append("sale", {"code": "1"})
+    tamper(journal_path, "UPDATE events SET kind = 'misread' WHERE seq = 1")
+    with pytest.raises(JournalError, match=r"event 1 \(misread\) fails authentication"):
+        journal.read_after(0)
 
 
 def test_a_wrong_key_is_refused_and_touches_nothing(journal_path, key):

@@ -52,7 +52,8 @@ class Counter:
 async def running(machine: Machine, *, feedback=FeedbackConfig(output="none"), **scanner):
     counter = Counter()
     scanner.setdefault("hid_pos", False)  # never this machine's own USB devices
-    config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, **scanner)
+    scanner.setdefault("rescan_interval", 0.1)
+    config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, **scanner)
     from agent.scanners import Scanners
 
     task = asyncio.create_task(Scanners(config, feedback, counter).run())
@@ -149,6 +150,21 @@ def test_a_scanner_plugged_in_is_taken_within_a_second_and_named_in_the_log(mach
     assert [s.text for s in taken] == ["6901028075831"]
     assert ("scanner taken " + str(machine.node(5)) + " 'Honeywell Imaging & Mobility 1900' 0c2e:0b61 "
             "'Honeywell Imaging & Mobility' '1900G Area-Imaging Scanner' serial '19283746': USB strings say scanner") in caplog.text
+
+
+def test_with_the_default_configuration_a_scanner_plugged_in_is_taken_within_a_second(machine):
+    """As README.md promises; the default look for new scanners is what keeps it."""
+    default = ScannerConfig().rescan_interval
+
+    async def scenario():
+        async with running(machine, rescan_interval=default):
+            await asyncio.sleep(default * 1.5)  # plugged in between two looks, at the worst moment
+            started = time.monotonic()
+            node = machine.plug(5, **SCANNER)
+            await asyncio.to_thread(_open_writer, node, 5.0)  # the agent opened it
+            return time.monotonic() - started
+
+    assert asyncio.run(scenario()) < 1.0
 
 
 def test_a_scanner_unplugged_mid_scan_loses_only_that_barcode_and_resumes_when_replugged(machine, caplog):

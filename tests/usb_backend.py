@@ -58,6 +58,7 @@ class FakeUsbDevice:
     product_name: str = "1900G HID POS"
     serial: str = "19283746"
     report_descriptor: bytes = HID_POS_REPORT_DESCRIPTOR
+    requests: list[str] = field(default_factory=list)  # control transfers asked of the device
     kernel_driver: bool = True  # usbhid is bound until the driver detaches it
     claimed: bool = False
     present: bool = True
@@ -147,6 +148,7 @@ class FakeBackend(usb.backend.IBackend):
     def ctrl_transfer(self, dev_handle, bmRequestType, bRequest, wValue, wIndex, data, timeout):
         self._check(dev_handle)
         kind, index = wValue >> 8, wValue & 0xFF
+        dev_handle.requests.append(f"get_descriptor {kind:#04x}")
         if bRequest != 0x06:
             raise usb.core.USBError("Pipe error", errno=errno.EPIPE)
         if kind == 0x22:

@@ -1,0 +1,89 @@
+"""The store's async face: one thread, group commit, and errors that stay on the caller's side."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from agent.counter import Counter
+from agent.daemon import record_scan
+from drivers.decoder import NotABarcode, Scan
+from drivers.feedback import Signal
+from storage import EventTooLarge, JournalError, Store
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_appends_run_in_the_stores_own_thread_and_are_durable_when_answered(tmp_path):
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        threads = await asyncio.gather(*[store.write(lambda j: threading.current_thread().name) for _ in range(3)])
+        seqs = await asyncio.gather(*[store.append("sale", {"n": n}) for n in range(50)])
+        await store.close()
+        return threads, seqs
+
+    threads, seqs = run(main())
+    assert set(threads) == {"journal journal.db"} and threading.current_thread().name not in threads
+    assert seqs == list(range(1, 51))
+
+
+def test_writes_waiting_together_share_one_commit(tmp_path):
+    commits = []
+
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        await store.write(lambda j: j._conn.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.startswith("COMMIT") else None))
+        await asyncio.gather(*[store.append("sale", {"n": n}) for n in range(100)])
+        await store.close()
+
+    run(main())
+    assert 1 <= len(commits) < 20  # 100 appends, a handful of fsyncs
+
+
+def test_a_failing_write_fails_alone_and_its_neighbours_commit(tmp_path):
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32), max_event_bytes=100)
+        results = await asyncio.gather(store.append("sale", {"n": 1}), store.append("sale", {"x": "y" * 200}),
+                                       store.append("sale", {"n": 2}), return_exceptions=True)
+        events = await store.read(lambda j: j.read_after(0))
+        await store.close()
+        return results, events
+
+    results, events = run(main())
+    assert results[0] == 1 and isinstance(results[1], EventTooLarge) and results[2] == 2
+    assert [e.body for e in events] == [{"n": 1}, {"n": 2}]
+
+
+def test_a_closed_store_refuses_work_and_closing_twice_is_harmless(tmp_path):
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        await store.close()
+        await store.close()
+        with pytest.raises(JournalError, match="the store is closed"):
+            await store.append("sale", {})
+
+    run(main())
+
+
+def test_a_scan_the_journal_could_not_record_sounds_an_error_never_good(tmp_path):
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32), max_event_bytes=60)
+        counter = Counter()
+        refused = await record_scan(store, counter, Scan("6901028075831", "/dev/input/event3", 1.0, 1.0))
+        small = await Store.open(tmp_path / "other.db", os.urandom(32))
+        recorded = await record_scan(small, counter, Scan("96385074", "/dev/input/event3", 1.0, 1.0))
+        broken = await record_scan(small, counter, NotABarcode("690102", "/dev/input/event3", "cut"))
+        await store.close()
+        await small.close()
+        return refused, recorded, broken
+
+    refused, recorded, broken = run(main())
+    assert refused is Signal.ERROR
+    assert recorded is Signal.ATTENTION  # recorded, not on a price list
+    assert broken is Signal.ERROR
