@@ -105,6 +105,14 @@ class Scanners:
         if output is not None:
             self._spawn(output.play(signal))  # never holds up the next scan
 
+    def _record(self, output: Feedback | None, result: Scan | NotABarcode) -> None:
+        """Hand a scan to the counter and answer it once durable, without holding up the next one:
+        scans that arrive together are recorded together (one commit), in the order they came."""
+        async def record() -> None:
+            self._signal(output, await self.on_scan(result))
+
+        self._spawn(record())
+
     # -- sources ----------------------------------------------------------------------
 
     async def _configured(self, path: str) -> None:
@@ -186,36 +194,43 @@ class Scanners:
                     return
                 if isinstance(result, NotABarcode):
                     if not watch:  # else a person typing on the shop's keyboard: none of our business
-                        self._signal(output, await self.on_scan(result))
+                        self._record(output, result)
                     return
                 if watch:
                     source.grab()
                     watch = False
                     logger.info("scanner taken %s: typed a barcode at %.1f ms per key", path, result.slowest_key * 1000)
                     await self._report("taken", path, source.kind, {**identity, "reason": "typed at scanner speed"})
-                self._signal(output, await self.on_scan(result))
+                self._record(output, result)
 
-            def arm_idle() -> asyncio.TimerHandle | None:
-                return loop.call_later(decoder.idle_after, on_idle) if decoder.pending else None
+            # One timer per quiet spell, not one per key: it looks at when the last event came.
+            last_event = loop.time()
 
             def on_idle() -> None:
                 nonlocal idle
+                remaining = last_event + decoder.idle_after - loop.time()
+                if remaining > 0:
+                    idle = loop.call_later(remaining, on_idle)
+                    return
                 result = decoder.idle(time.time())
-                idle = arm_idle()
+                idle = loop.call_later(decoder.idle_after, on_idle) if decoder.pending else None
                 if result is not None:
                     self._spawn(handle(result))
 
             try:
-                async for event in source.events():
-                    if idle is not None:
-                        idle.cancel()
-                    await handle(decoder.feed(event))
-                    if decoder.resync_pending:
-                        held = source.held_keys()
-                        decoder.resync(held if held is not None else frozenset())
-                        logger.warning("scanner %s: the kernel dropped events; key state %s", path,
-                                       "read from the device" if held is not None else "reset (the source cannot be asked)")
-                    idle = arm_idle()
+                async for batch in source.batches():
+                    last_event = loop.time()
+                    for event in batch:
+                        result = decoder.feed(event)
+                        if result is not None:
+                            await handle(result)
+                        if decoder.resync_pending:
+                            held = source.held_keys()
+                            decoder.resync(held if held is not None else frozenset())
+                            logger.warning("scanner %s: the kernel dropped events; key state %s", path,
+                                           "read from the device" if held is not None else "reset (the source cannot be asked)")
+                    if idle is None and decoder.pending:
+                        idle = loop.call_later(decoder.idle_after, on_idle)
             except ScannerGone as gone:
                 partial = decoder.unplugged()
                 logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
@@ -278,7 +293,7 @@ class Scanners:
                     # A pause first ends what the last report left open; then the new report.
                     for result in (assembler.idle(now), assembler.feed(report, now) if report is not None else None):
                         if result is not None:
-                            self._signal(self._speaker, await self.on_scan(result))
+                            self._record(self._speaker, result)
             finally:
                 # Stopping: let the read in its thread end (within its timeout) before the interface is released.
                 if read is not None and not read.done():
@@ -288,7 +303,7 @@ class Scanners:
             partial = assembler.unplugged()
             logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
             if partial:
-                self._signal(self._speaker, await self.on_scan(NotABarcode(partial, scanner.source, UNPLUGGED)))
+                self._record(self._speaker, NotABarcode(partial, scanner.source, UNPLUGGED))
             await self._report("removed", scanner.source, "hid-pos", scanner.identity)
         except ScannerError as error:
             logger.warning("HID POS scanner lost: %s", error)

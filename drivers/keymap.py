@@ -66,13 +66,22 @@ class XkbKeymap:
 
 
 class XkbState:
+    """One device's modifier and lock state in its layout.
+
+    Only modifier and lock keys change what a key types, so only they are fed to xkb; the
+    text of each key is remembered until a modifier or lock changes (a barcode of digits
+    then costs no call into libxkbcommon per key).
+    """
+
     def __init__(self, keymap: XkbKeymap, numlock: bool):
         self._keymap = keymap
         self._numlock = numlock
+        self._texts: dict[int, str] = {}
         self.reset()
 
     def reset(self, *, held: frozenset[int] = frozenset()) -> None:
         """Start from no keys down (Num Lock as configured), then press what ``held`` says is down now."""
+        self._texts = {}
         self._state = self._keymap._keymap.state_new()
         if self._numlock:
             self._tap(e.KEY_NUMLOCK)
@@ -85,11 +94,17 @@ class XkbState:
         self.update(code, down=False)
 
     def update(self, code: int, *, down: bool) -> None:
+        if code not in _MODIFIERS:
+            return  # an ordinary key changes no modifier or lock: nothing for xkb to track
         xkb = self._keymap._xkb
         self._state.update_key(code + _XKB_OFFSET, xkb.XKB_KEY_DOWN if down else xkb.XKB_KEY_UP)
+        self._texts = {}
 
     def text(self, code: int) -> str:
-        return self._state.key_get_string(code + _XKB_OFFSET)
+        text = self._texts.get(code)
+        if text is None:
+            text = self._texts[code] = self._state.key_get_string(code + _XKB_OFFSET)
+        return text
 
     def is_modifier(self, code: int) -> bool:
         return code in _MODIFIERS

@@ -33,7 +33,7 @@ from .input_event import EVENT_SIZE, InputEvent, unpack
 
 logger = logging.getLogger(__name__)
 
-_READ_SIZE = EVENT_SIZE * 64
+_READ_SIZE = EVENT_SIZE * 1024  # whatever the kernel holds for us (a burst of scans) in one read
 GONE_CHECK = 0.5  # seconds between checks that a FIFO's path still exists
 
 
@@ -65,28 +65,33 @@ class Source:
 
     async def events(self) -> AsyncIterator[InputEvent]:
         """Yield events until the source ends (a recording) or goes away (ScannerGone)."""
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[InputEvent]]:
+        """Yield the events of each read, in order, as the kernel handed them over together."""
         pending = b""
         try:
             if self.kind == "file":
                 while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE * 16):
                     records, pending = _split(pending + chunk)
-                    for event in unpack(records):
-                        yield event
+                    yield list(unpack(records))
                 return
             loop = asyncio.get_running_loop()
             readable = asyncio.Event()
             loop.add_reader(self.fd, readable.set)
+            # A FIFO's path is checked now and then (a device says ENODEV itself); one repeating timer
+            # rather than a timeout per read, which would cost a task and a timer per key.
+            ticks = _Ticker(loop, GONE_CHECK, readable.set) if self.kind == "fifo" else None
             try:
                 while True:
-                    try:
-                        await asyncio.wait_for(readable.wait(), GONE_CHECK)
-                    except TimeoutError:
-                        self._check_present()
-                        continue
+                    await readable.wait()
                     readable.clear()
                     try:
                         chunk = os.read(self.fd, _READ_SIZE)
                     except BlockingIOError:
+                        self._check_present()
                         continue
                     except OSError as error:
                         if error.errno == errno.ENODEV:
@@ -95,10 +100,12 @@ class Source:
                     if not chunk:
                         return
                     records, pending = _split(pending + chunk)
-                    for event in unpack(records):
-                        yield event
+                    if records:
+                        yield list(unpack(records))
             finally:
                 loop.remove_reader(self.fd)
+                if ticks is not None:
+                    ticks.cancel()
         finally:
             if pending:
                 logger.warning("scanner path=%s ended inside a record: %d stray bytes dropped", self.path, len(pending))
@@ -116,6 +123,21 @@ class Source:
                 self.device.close()
         else:
             os.close(self.fd)
+
+
+class _Ticker:
+    """Calls ``callback`` every ``interval`` seconds until cancelled."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float, callback) -> None:
+        self._loop, self._interval, self._callback = loop, interval, callback
+        self._handle = loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        self._callback()
+        self._handle = self._loop.call_later(self._interval, self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:

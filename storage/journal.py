@@ -158,12 +158,16 @@ class Journal:
                 f"a {kind} event of {len(plaintext)} bytes is over the limit of {self.max_event_bytes} bytes "
                 "that one batch can carry; it was not recorded"
             )
+        if self._conn.in_transaction:  # the caller's (the store's group commit): no savepoint of its own needed
+            with _translated(self.path):
+                return self._insert(kind, plaintext)
         with self.transaction():
-            # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this number.
-            seq = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
-            self._conn.execute(
-                "INSERT INTO events (seq, kind, sealed) VALUES (?, ?, ?)", [seq, kind, self._seal(seq, kind, plaintext)]
-            )
+            return self._insert(kind, plaintext)
+
+    def _insert(self, kind: str, plaintext: bytes) -> int:
+        # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this number.
+        seq = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        self._conn.execute("INSERT INTO events (seq, kind, sealed) VALUES (?, ?, ?)", [seq, kind, self._seal(seq, kind, plaintext)])
         return seq
 
     def read_after(self, seq: int, limit: int = 1000) -> list[Event]:
