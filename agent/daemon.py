@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
@@ -55,8 +56,15 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
     return signal_for(event)
 
 
+# Threads for the short blocking calls (opening a scanner, reading a key file, a USB transfer):
+# two are plenty on a counter, and each thread costs the box memory.
+BLOCKING_THREADS = 2
+
+
 async def run(config: Config) -> None:
     """Run until SIGTERM or SIGINT."""
+    asyncio.get_running_loop().set_default_executor(
+        ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
     signing_key = await asyncio.to_thread(load_key, config.device.key_file)
     if not config.uplink.central_key:
         raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")

@@ -55,7 +55,7 @@ def journal_footprint(directory: Path, n: int) -> tuple[float, float]:
     for code in codes(n):
         journal.append("sale", {**body, "code": code})
         plain.execute("INSERT INTO events (kind, body) VALUES ('sale', ?)", [json.dumps({**body, "code": code})])
-    for conn in (journal._db.conn, plain):
+    for conn in (journal._conn, plain):
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     result = size(directory / "journal.db") / n, size(directory / "plain.db") / n
     journal.close()
@@ -75,9 +75,9 @@ def agent_memory(directory: Path, n: int) -> tuple[tuple[int, int], tuple[int, i
         os.mkfifo(fifo)
         device = stack.provision("bench-0001", scanners=[str(fifo)])
         device.start()
-        t = time.time()
+        fd = os.open(fifo, os.O_WRONLY)  # waits for the agent to open its scanner
+        t = time.time() + 0.5  # the first scan a moment after the open, as after plugging a scanner in
         data = pack_all([ev for i, code in enumerate(codes(n)) for ev in type_text(code, start=t + i * 0.5)])
-        fd = os.open(fifo, os.O_WRONLY)
         os.write(fd, data)
         os.close(fd)
         deadline = time.monotonic() + 120
@@ -92,6 +92,50 @@ def agent_memory(directory: Path, n: int) -> tuple[tuple[int, int], tuple[int, i
     return baseline, agent
 
 
+# What the agent's process imports, in the order it does; each step's resident memory is what it adds.
+IMPORTS = [
+    ("interpreter", ""),
+    ("asyncio", "import asyncio"),
+    ("paho-mqtt (with ssl)", "import paho.mqtt.client"),
+    ("cryptography (AES-GCM, Ed25519)", "from cryptography.hazmat.primitives.ciphers.aead import AESGCM; "
+                                        "from cryptography.hazmat.primitives.asymmetric import ed25519; "
+                                        "from cryptography.hazmat.primitives import serialization"),
+    ("sqlite3", "import sqlite3"),
+    ("evdev", "import evdev"),
+    ("counterbox agent (daemon, store, protocol)", "import agent.cli, agent.daemon"),
+    ("scanner manager, xkbcommon", "import agent.scanners, xkbcommon.xkb"),
+    ("pyusb (only with HID POS on)", "import usb.core, drivers.hidpos"),
+]
+_MEASURE = """
+import sys
+sys.path.insert(0, {root!r})
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+steps = {steps!r}
+before = rss()
+print("interpreter", before)
+for name, statement in steps[1:]:
+    exec(statement)
+    now = rss()
+    print(name, now - before)
+    before = now
+print("modules", " ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("sqlite_utils", "joserfc", "central", "demo"))))
+"""
+
+
+def import_breakdown() -> list[tuple[str, int]]:
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-c", _MEASURE.format(root=root, steps=IMPORTS)], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    rows = [(line.rsplit(" ", 1)[0], int(line.rsplit(" ", 1)[1])) for line in out if not line.startswith("modules")]
+    unwanted = [line for line in out if line.startswith("modules")][0].split()[1:]
+    if unwanted:
+        raise AssertionError(f"the agent's process imports what it does not run: {unwanted}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=2000)
@@ -103,6 +147,9 @@ def main() -> None:
     print(f"journal on disk        {ours:8.0f} bytes/sale   plain JSON rows {plain:6.0f} bytes/sale   ratio {ours / plain:.2f}x")
     print(f"agent memory (RSS)     {rss / 1024:8.1f} MiB          bare interpreter {bare_rss / 1024:5.1f} MiB   ratio {rss / bare_rss:.2f}x")
     print(f"agent memory (peak)    {peak / 1024:8.1f} MiB          bare interpreter {bare_peak / 1024:5.1f} MiB   ratio {peak / bare_peak:.2f}x")
+    print("\nresident memory each import adds, in the agent's order (KiB):")
+    for name, kib in import_breakdown():
+        print(f"  {name:45} {kib:7d}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ _KEY_CHECK = b"counterbox journal key check"
 # The largest event body (its JSON) the journal takes; the agent passes the protocol's own
 # limit, so that nothing is recorded that no batch could carry.
 DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
+CACHE_KIB = 512  # SQLite's page cache for the journal (its default is 2 MiB)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,8 @@ class Journal:
         journal = cls(conn, aead, path, max_event_bytes)
         try:
             with _translated(path):
+                # An append-only log reads little back: a small page cache keeps the box's memory small.
+                conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
                 if sqlite.durable(conn) != "wal":
                     raise JournalError(f"{path}: SQLite refused WAL mode (is it on a filesystem without shared memory?)")
             journal._migrate()
