@@ -8,8 +8,9 @@ recorded as refused, with the reason, never a sale.
 The counter runs in the store's thread, inside the transaction that records
 the scan, so the price it reads and the sale it writes are one durable step.
 
-Its log lines name the event (seq, kind, scanner), never the code, product
-or amount: `counterbox show SEQ` decrypts those for whoever holds the key.
+Its log lines (``log_recorded``, once the event is durable) name the event
+(seq, kind, scanner), never the code, product or amount: `counterbox show SEQ`
+decrypts those for whoever holds the key.
 """
 
 from __future__ import annotations
@@ -52,26 +53,32 @@ class Counter:
         if isinstance(scan, NotABarcode):
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
-            seq = journal.append("refused", body)
-            logger.warning("refused seq=%d scanner=%s: %s; not a sale", seq, scan.source, scan.reason)
-            return Event(seq, "refused", body)
+            return Event(journal.append("refused", body), "refused", body)
         barcode = classify(scan.text, scan.aim)
         common = {"code": barcode.data, "symbology": barcode.symbology.value, "aim": scan.aim or None,
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
             body = {**common, "reason": "check digit"}
-            seq = journal.append("misread", body)
-            logger.warning("misread seq=%d scanner=%s: the check digit fails; not a sale", seq, scan.source)
-            return Event(seq, "misread", body)
+            return Event(journal.append("misread", body), "misread", body)
         item = self._price_book(journal).get(barcode.key)
         body = {**common, "quantity": 1, "known": item is not None, "currency": self.currency,
                 "unit_price": item["price"] if item else None, "name": item["name"] if item else None}
-        seq = journal.append("sale", body)
-        if item:
-            logger.info("sale seq=%d scanner=%s", seq, scan.source)
-        else:
-            logger.warning("sale seq=%d scanner=%s: product not on the price list, recorded without a price", seq, scan.source)
-        return Event(seq, "sale", body)
+        return Event(journal.append("sale", body), "sale", body)
+
+
+def log_recorded(event: Event) -> None:
+    """One line for a scan once it is durable (never before: its seq could yet be rolled back);
+    it names the event, never its code, product or amount."""
+    scanner = event.body.get("scanner")
+    if event.kind == "refused":
+        logger.warning("refused seq=%d scanner=%s: %s; not a sale", event.seq, scanner, event.body["reason"])
+    elif event.kind == "misread":
+        logger.warning("misread seq=%d scanner=%s: the check digit fails; not a sale", event.seq, scanner)
+    elif event.body.get("known"):
+        logger.info("sale seq=%d scanner=%s", event.seq, scanner)
+    else:
+        logger.warning("sale seq=%d scanner=%s: product not on the price list, recorded without a price",
+                       event.seq, scanner)
 
 
 def signal_for(event: Event) -> Signal:

@@ -19,7 +19,7 @@ from provisioning.identity import load_key, parse_public_key
 from storage import Journal, NoJournal, StorageError, Store, load_data_key
 
 from .config import Config, ConfigError, StorageConfig
-from .counter import Counter, signal_for
+from .counter import Counter, log_recorded, signal_for
 from .mqtt import MqttLink
 from .uplink import Uplink
 
@@ -53,6 +53,7 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
         # Not recorded: the retailer hears the error signal and scans again.
         logger.error("scan from %s NOT recorded: %s", scan.source, error)
         return Signal.ERROR
+    log_recorded(event)
     return signal_for(event)
 
 

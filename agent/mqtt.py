@@ -28,6 +28,7 @@ import functools
 import logging
 import random
 import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -78,7 +79,8 @@ class Session:
 class Message:
     topic: str
     payload: bytes
-    retained: bool = False
+    mid: int = 0
+    _client: object = field(default=None, repr=False, compare=False)  # the connection it came on
 
 
 @dataclass
@@ -90,14 +92,18 @@ class MqttLink:
     keepalive: int = 30
     session: Session = field(default_factory=Session)
     backoff: Backoff = field(default_factory=Backoff)
+    # Acknowledge each message only when ``ack`` is called: the broker then holds what is not yet
+    # handled (and redelivers it after a crash), and sends no more unacknowledged messages than its
+    # max_inflight_messages, so a backlog waits at the broker, not in this process's memory.
+    manual_ack: bool = False
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     # Counts connections; a change tells the uplink its in-flight batches may be lost.
     generation: int = 0
 
     async def __aenter__(self) -> "MqttLink":
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._waiting: dict[int, asyncio.Future] = {}
-        self._early: dict[int, ReasonCode] = {}
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._client: paho.Client | None = None
         self._down: asyncio.Future | None = None
@@ -118,8 +124,7 @@ class MqttLink:
             return
         self._closed = True
         self._runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._runner
+        await asyncio.wait([self._runner])  # its end, not ours: a cancellation of the caller goes on
         client, self._client = self._client, None
         if client is not None:
             if client.is_connected():
@@ -133,7 +138,7 @@ class MqttLink:
         # A new client per connection: paho keeps nothing of a lost connection (no in-flight
         # messages to send again on its own; the journal is the only queue, the uplink resends).
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5,
-                             reconnect_on_failure=False)
+                             reconnect_on_failure=False, manual_ack=self.manual_ack)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -150,17 +155,19 @@ class MqttLink:
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's PUBACK; raise NotConnected or PublishRefused."""
         info = self._send(topic, payload, qos, retain)
-        future = self._loop.create_future()
-        early = self._early.pop(info.mid, None)
-        if early is not None:
-            self._settle(future, early)
-        else:
-            self._waiting[info.mid] = future
+        # paho runs on this loop: its PUBACK cannot be handled before the future is registered.
+        future = self._waiting[info.mid] = self._loop.create_future()
         await future
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Hand a message to the broker without waiting for its receipt; NotConnected when the link is down."""
         self._send(topic, payload, qos, retain)
+
+    def ack(self, message: Message) -> None:
+        """With ``manual_ack``: the message is handled; the broker may forget it. A message that came
+        on a connection since lost is left alone: the broker sends it again on the next one."""
+        if self.manual_ack and message._client is self._client and self._client is not None:
+            self._client.ack(message.mid, 1)
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message on the subscribed topics, in the order they arrive, across reconnections."""
@@ -215,7 +222,7 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
         if reason_code.is_failure:
-            logger.warning("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            self._lost(client, f"the broker refused the connection: {reason_code}")  # logged once, with backoff
             return
         self._subscribing = {}
         for topic in self.subscriptions:
@@ -237,20 +244,19 @@ class MqttLink:
 
     def _on_publish(self, client, userdata, mid: int, reason_code: ReasonCode, properties: Properties) -> None:
         future = self._waiting.pop(mid, None)
-        if future is None:
-            self._early[mid] = reason_code  # publish() has not registered it yet
-        else:
+        if future is not None:  # else a publish_nowait
             self._settle(future, reason_code)
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
-        self._inbox.put_nowait(Message(message.topic, message.payload, bool(message.retain)))
+        self._inbox.put_nowait(Message(message.topic, message.payload, message.mid, client))
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._loop.call_soon_threadsafe(self._watch, client, sock)
 
     def _watch(self, client: paho.Client, sock) -> None:
         if client is not self._client:
-            return  # a connection already given up
+            client._sock_close()  # a connection given up (the link closed) while it was being made
+            return
         self._sock, self._fd = sock, sock.fileno()
         self._loop.add_reader(self._fd, self._readable, client)
         self._misc = self._loop.create_task(self._housekeeping(client))
@@ -261,7 +267,19 @@ class MqttLink:
             self._lost(client, paho.error_string(rc))
 
     def _on_socket_close(self, client, userdata, sock) -> None:
+        # paho calls this just before it closes the socket: stop watching its number now, on the
+        # loop, before the number can be reused (from connect's thread, the loop does it next).
+        if threading.get_ident() == self._loop_thread:
+            self._unwatch(sock)
+        else:
+            self._loop.call_soon_threadsafe(self._unwatch, sock)
         self._loop.call_soon_threadsafe(self._lost, client, "socket closed")
+
+    def _unwatch(self, sock) -> None:
+        if sock is self._sock and self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+            self._sock, self._fd = None, -1
 
     def _on_socket_register_write(self, client, userdata, sock) -> None:
         self._loop.call_soon_threadsafe(self._want_write, client, sock)
@@ -286,15 +304,12 @@ class MqttLink:
         self._lost(client, "keepalive")
 
     def _drop(self, client: paho.Client) -> None:
-        if self._fd >= 0:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-        self._sock, self._fd = None, -1
+        with contextlib.suppress(Exception):
+            client._sock_close()  # paho keeps its socket after a failed read; closing it unwatches it
+        self._unwatch(self._sock)
         if self._misc is not None:
             self._misc.cancel()
             self._misc = None
-        with contextlib.suppress(Exception):
-            client._sock_close()  # paho keeps its socket after a failed read; drop it before reconnecting
 
     # -- helpers ---------------------------------------------------------------
 
@@ -309,7 +324,6 @@ class MqttLink:
 
     def _fail_waiting(self, error: MqttError) -> None:
         waiting, self._waiting = self._waiting, {}
-        self._early.clear()
         for future in waiting.values():
             if not future.done():
                 future.set_exception(error)

@@ -13,10 +13,7 @@ each is its own row.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 
 from drivers.barcode import classify
 
@@ -33,6 +30,8 @@ class Item:
 
 
 def to_minor(text: str) -> int:
+    from decimal import Decimal, InvalidOperation  # imported where prices are read, not in the daemon
+
     try:
         amount = Decimal(text.strip())
     except InvalidOperation:
@@ -43,6 +42,9 @@ def to_minor(text: str) -> int:
 
 
 def parse_csv(text: str) -> list[Item]:
+    import csv
+    import io
+
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or not {"barcode", "price"} <= set(reader.fieldnames):
         raise PriceListError("the first line must be a header naming at least the columns barcode and price")

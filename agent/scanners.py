@@ -22,6 +22,7 @@ import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,8 +210,8 @@ class Scanners:
             def on_idle() -> None:
                 nonlocal idle
                 remaining = last_event + decoder.idle_after - loop.time()
-                if remaining > 0:
-                    idle = loop.call_later(remaining, on_idle)
+                if remaining > 0 or source.has_input():  # keys waiting to be read are no pause
+                    idle = loop.call_later(max(remaining, 0.01), on_idle)
                     return
                 result = decoder.idle(time.time())
                 idle = loop.call_later(decoder.idle_after, on_idle) if decoder.pending else None
@@ -276,24 +277,27 @@ class Scanners:
     async def _hid_pos(self, device) -> None:
         from drivers import hidpos
 
+        loop = asyncio.get_running_loop()
         # Reading its strings and claiming it are USB control transfers: in threads, never on the loop.
         scanner = await asyncio.to_thread(hidpos.HidPosScanner, device, self.usb_sysfs)
         assembler = hidpos.ReportAssembler(scanner.source)
+        # Its reads wait in a thread of their own, so they never queue behind other blocking work
+        # and a read that times out really means the scanner sent nothing for that long.
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hid-pos {scanner.source}")
         read: asyncio.Future | None = None
         try:
             await asyncio.to_thread(scanner.claim)
             try:
-                assembler.opened(time.time())
                 logger.info("scanner taken %s: HID POS (usage page 0x8C)", scanner.name)
                 await self._report("taken", scanner.source, "hid-pos", scanner.identity)
+                assembler.opened(time.time())
                 while True:
-                    read = asyncio.ensure_future(asyncio.to_thread(scanner.read_report, HID_POS_READ_TIMEOUT))
+                    read = loop.run_in_executor(reader, scanner.read_report, HID_POS_READ_TIMEOUT)
                     report = await asyncio.shield(read)
                     now = time.time()
-                    # A pause first ends what the last report left open; then the new report.
-                    for result in (assembler.idle(now), assembler.feed(report, now) if report is not None else None):
-                        if result is not None:
-                            self._record(self._speaker, result)
+                    result = assembler.feed(report, now) if report is not None else assembler.idle(now)
+                    if result is not None:
+                        self._record(self._speaker, result)
             finally:
                 # Stopping: let the read in its thread end (within its timeout) before the interface is released.
                 if read is not None and not read.done():
@@ -307,6 +311,8 @@ class Scanners:
             await self._report("removed", scanner.source, "hid-pos", scanner.identity)
         except ScannerError as error:
             logger.warning("HID POS scanner lost: %s", error)
+        finally:
+            await asyncio.to_thread(reader.shutdown)
 
     def _spawn(self, coroutine) -> None:
         """Run ``coroutine`` beside the scanners; cancelled with them when the agent stops."""

@@ -78,30 +78,36 @@ class Ingest:
 
     async def serve(self, *, host: str, port: int, client_id: str = "counterbox-central") -> None:
         """Consume batches until cancelled; a persistent session keeps what arrives while central is away."""
-        loop = asyncio.get_running_loop()
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-store")
         try:
             async with MqttLink(host=host, port=port, client_id=client_id,
                                 subscriptions=[protocol.batch_subscription(self.prefix)],
-                                session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT) as link:
+                                session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT,
+                                manual_ack=True) as link:
                 logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
                 async for message in link.messages():
-                    try:
-                        result, (ack_topic, ack) = await loop.run_in_executor(
-                            thread, self.handle, message.topic, message.payload)
-                    except Rejected as reason:
-                        logger.warning("batch rejected topic=%s bytes=%d: %s", message.topic, len(message.payload), reason)
-                        continue
-                    except Exception:
-                        # Not acknowledged, so the device sends it again; the consumer itself keeps running.
-                        logger.exception("batch not stored topic=%s: internal error", message.topic)
-                        continue
-                    logger.info("batch accepted device=%s seq=%d..%d new=%d acked_seq=%d",
-                                result.device_id, result.first_seq, result.last_seq, result.added, result.acked_seq)
-                    try:
-                        # Retained, so a device that reconnects learns at once how far central holds its events.
-                        link.publish_nowait(ack_topic, ack, qos=1, retain=True)
-                    except MqttError as error:
-                        logger.warning("acknowledgement for %s not sent (%s); the device will send again", result.device_id, error)
+                    await self._consume(link, thread, message)
+                    # Handled (stored, rejected, or failed and left to the device to send again): the
+                    # broker may forget it. Until now it held it, and sent no more than its in-flight limit.
+                    link.ack(message)
         finally:
-            thread.shutdown(wait=True)
+            await asyncio.to_thread(thread.shutdown)
+
+    async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message) -> None:
+        try:
+            result, (ack_topic, ack) = await asyncio.get_running_loop().run_in_executor(
+                thread, self.handle, message.topic, message.payload)
+        except Rejected as reason:
+            logger.warning("batch rejected topic=%s bytes=%d: %s", message.topic, len(message.payload), reason)
+            return
+        except Exception:
+            # Not acknowledged to the device, so it sends the batch again; the consumer itself keeps running.
+            logger.exception("batch not stored topic=%s: internal error", message.topic)
+            return
+        logger.info("batch accepted device=%s seq=%d..%d new=%d acked_seq=%d",
+                    result.device_id, result.first_seq, result.last_seq, result.added, result.acked_seq)
+        try:
+            # Retained, so a device that reconnects learns at once how far central holds its events.
+            link.publish_nowait(ack_topic, ack, qos=1, retain=True)
+        except MqttError as error:
+            logger.warning("acknowledgement for %s not sent (%s); the device will send again", result.device_id, error)

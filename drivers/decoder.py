@@ -42,6 +42,10 @@ KEY_UP, KEY_DOWN = 0, 1
 DROPPED = "the kernel dropped events (SYN_DROPPED) inside this scan"
 STARTED_UNSEEN = "the scan had begun before the scanner was opened"
 CUT_OFF = "the scan stopped without its terminator"
+CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
+# After a scan stopped without its terminator, whatever follows up to the next terminator is its
+# tail, however long the scanner paused, unless nothing at all comes for this long.
+CUT_OFF_QUIET = 1.0  # seconds
 
 TERMINATOR_KEYS = {"enter": ecodes.KEY_ENTER, "kp_enter": ecodes.KEY_KPENTER, "tab": ecodes.KEY_TAB}
 # Characters that end a barcode when their terminator is configured, however typed (Ctrl+M, Ctrl+J).
@@ -115,6 +119,7 @@ class Decoder:
         self._broken_keys = 0
         self._broken_last: float | None = None  # None: the next key belongs to it, whenever it comes
         self._broken_since = 0.0
+        self._broken_quiet = 0.0  # with no key in it yet: the quiet (seconds) that ends it
 
     # -- the event stream ---------------------------------------------------------
 
@@ -230,20 +235,26 @@ class Decoder:
         stopped without it is refused; and a pause ends a broken scan, refused.
         """
         if self._broken is not None:
-            last = self._broken_last if self._broken_last is not None else self._broken_since
-            if now - last > self.settings.max_key_interval:
-                return self._end_broken()
-            return None
+            if self._broken_last is not None:
+                quiet = now - self._broken_last > self.settings.max_key_interval
+            else:
+                quiet = now - self._broken_since > self._broken_quiet
+            return self._end_broken() if quiet else None
         if not self._chars:
             return None
         if not self.settings.terminators:
             return self._finish(self._times[-1])
         if now - self._times[-1] > self.idle_after:
-            return NotABarcode(self._take(), self.source, CUT_OFF)
+            # Refused now (the retailer hears it at once); its tail, should the scanner go on,
+            # is refused too, up to the terminator: never booked as a code of its own.
+            head = NotABarcode(self._take(), self.source, CUT_OFF)
+            self._broken_start(CUT_OFF_TAIL, now, last=None, quiet=CUT_OFF_QUIET)
+            return head
         return None
 
-    def _broken_start(self, reason: str, t: float, *, last: float | None) -> None:
+    def _broken_start(self, reason: str, t: float, *, last: float | None, quiet: float | None = None) -> None:
         self._broken, self._broken_since, self._broken_last = reason, t, last
+        self._broken_quiet = self.settings.max_key_interval if quiet is None else quiet
         self._broken_text, self._broken_keys = [], 0
 
     def _pause(self, t: float) -> NotABarcode | None:

@@ -44,9 +44,9 @@ _DATA_START, _DATA_MAX = 5, 56
 _CONTINUED = 63
 _HID_CLASS = 0x03
 SYSFS_USB = Path("/sys/bus/usb/devices")
-# Reports of one barcode follow each other within milliseconds; a longer pause ends a sequence.
-REPORT_PAUSE = 0.05  # seconds
 BROKE_OFF = "the scanner's report sequence broke off"
+BROKE_OFF_TAIL = "the rest of a report sequence that had broken off"
+BROKE_OFF_QUIET = 1.0  # seconds with nothing after a break-off before a report begins a barcode again
 STARTED_UNSEEN = "the report sequence had begun before the scanner was claimed"
 _GET_DESCRIPTOR, _REPORT_DESCRIPTOR = 0x06, 0x22
 
@@ -122,63 +122,66 @@ def describe(device: usb.core.Device, ident: dict[str, str]) -> str:
 class ReportAssembler:
     """Joins scanned-data reports into barcodes; one per scanner.
 
-    As with keyboard-wedge scanners, a barcode not seen whole is refused: a
-    sequence of continued reports that stops (``idle``), and the reports that
-    arrive right after the scanner was claimed (``opened``), before the first
-    pause, whose first report may have gone to whoever held the device before.
+    As with keyboard-wedge scanners, a barcode not seen whole is refused. HID
+    reports carry no timestamps, so a pause is what the driver saw itself: a
+    read that waited its whole timeout with nothing (``idle``), never the time
+    between two reads, which the host's own delays stretch. Refused: the
+    reports that arrive after the scanner was claimed (``opened``) and before
+    the first such pause, whose first report may have gone to whoever held the
+    device before; and a sequence of continued reports that stops, together
+    with whatever follows it up to the next final report.
     """
 
     source: str
     _data: bytearray = field(default_factory=bytearray)
     _aim: str = ""
     _started: float = 0.0
-    _last: float = 0.0
     _broken: str | None = None
+    _broken_since: float = 0.0
+    _broken_quiet: float = 0.0
 
     def opened(self, at: float) -> None:
-        self._broken, self._last = STARTED_UNSEEN, at
+        """Called just before the first read of a newly claimed scanner."""
+        self._broken, self._broken_since, self._broken_quiet = STARTED_UNSEEN, at, 0.0
 
     def feed(self, report: bytes, now: float) -> Scan | NotABarcode | None:
         if len(report) < REPORT_SIZE or report[0] != SCANNED_DATA_REPORT:
             return None  # other reports (status, trigger) carry no barcode
-        refused = self.idle(now)  # a pause since the last report ends what it left open
-        self._last = now
         length = min(report[1], _DATA_MAX)
         if not self._data:
             self._aim = report[2:5].decode("ascii", "replace") if report[2:3] == b"]" else ""
             self._started = now
         self._data += report[_DATA_START : _DATA_START + length]
         if report[_CONTINUED] & 0x01:
-            return refused
-        data, self._data = bytes(self._data), bytearray()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            text = data.decode("latin-1")
+            return None
+        text = self._take_text()
         if self._broken is not None:
             reason, self._broken = self._broken, None
             return NotABarcode(text, self.source, reason)
-        return Scan(text, self.source, self._started, now, aim=self._aim) if text else refused
+        return Scan(text, self.source, self._started, now, aim=self._aim) if text else None
 
     def idle(self, now: float) -> NotABarcode | None:
-        """Called when no report came: after a pause, a sequence left open is refused."""
-        if now - self._last <= REPORT_PAUSE:
-            return None
-        if self._broken is not None and not self._data:
-            self._broken = None  # a pause with nothing begun: the next report starts a barcode
-            return None
+        """Called when a read waited its whole timeout and the scanner sent nothing: a real pause."""
         if self._data:
-            reason, self._broken = self._broken or BROKE_OFF, None
-            return NotABarcode(self._take(), self.source, reason)
+            head = NotABarcode(self._take_text(), self.source, self._broken or BROKE_OFF)
+            # Its tail, should the scanner go on, is refused up to the final report.
+            self._broken, self._broken_since, self._broken_quiet = BROKE_OFF_TAIL, now, BROKE_OFF_QUIET
+            return head
+        if self._broken is not None and now - self._broken_since >= self._broken_quiet:
+            self._broken = None  # quiet long enough: the next report begins a barcode seen whole
         return None
 
-    def _take(self) -> str:
-        partial, self._data = bytes(self._data), bytearray()
-        return partial.decode("latin-1")
+    def _take_text(self) -> str:
+        data, self._data = bytes(self._data), bytearray()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("latin-1")
 
     def unplugged(self) -> str:
         self._broken = None
-        return self._take()
+        partial, self._data = bytes(self._data), bytearray()
+        return partial.decode("latin-1")
 
 
 class HidPosScanner:

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -56,6 +57,12 @@ class Source:
         except OSError as error:
             raise ScannerError(f'cannot grab scanner "{self.path}": {error.strerror} (another program holds it)') from None
         self.grabbed = True
+
+    def has_input(self) -> bool:
+        """Whether the kernel holds events not yet read: a pause measured now would be the reader's, not the scanner's."""
+        if self.kind == "file":
+            return False
+        return bool(select.select([self.fd], [], [], 0)[0])
 
     def held_keys(self) -> frozenset[int] | None:
         """The keys down now, from the device itself (EVIOCGKEY); None where the source cannot say."""

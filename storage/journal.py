@@ -139,6 +139,10 @@ class Journal:
         with _translated(self.path), sqlite.transaction(self._conn, mode=mode):
             yield
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
     def _meta(self, name: str) -> str:
         return self._conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
 

@@ -46,7 +46,6 @@ _STOP = object()
 
 class Store:
     def __init__(self, journal: Journal, thread: threading.Thread, work: queue.SimpleQueue):
-        self._journal = journal
         self._thread = thread
         self._work = work
         self._closed = False
@@ -74,6 +73,9 @@ class Store:
         try:
             journal = await opened
         except BaseException:
+            # Failed, or the opener was cancelled while the journal opened: either way the thread
+            # must end (it serves nobody), and the journal it may have opened is closed.
+            work.put(_STOP)
             await asyncio.to_thread(thread.join)
             raise
         return cls(journal, thread, work)
@@ -157,6 +159,10 @@ def _run(journal: Journal, item: _Work) -> tuple[_Work, Any, BaseException | Non
         return item, None, error
 
 
+class _GroupLost(Exception):
+    """SQLite ended the group's whole transaction (a full disk, an I/O error): none of it stands."""
+
+
 def _commit(journal: Journal, group: list[_Work]) -> list[tuple[_Work, Any, BaseException | None]]:
     results = []
     try:
@@ -166,7 +172,14 @@ def _commit(journal: Journal, group: list[_Work]) -> list[tuple[_Work, Any, Base
                     with journal.transaction():  # a savepoint: one failing write leaves the others
                         results.append((item, item.fn(journal), None))
                 except Exception as error:
+                    if not journal.in_transaction:
+                        # Not one write's failure: the whole transaction is gone, the writes before
+                        # this one with it. Run nothing more (it would commit on its own, apart).
+                        raise _GroupLost(str(error)) from error
                     results.append((item, None, error))
+    except _GroupLost as lost:
+        error = lost.__cause__ if isinstance(lost.__cause__, JournalError) else JournalError(str(lost))
+        return [(item, None, error) for item in group]
     except JournalError as error:  # the commit itself failed: nothing in the group is on disk
         return [(item, None, error) for item in group]
     return results

@@ -192,3 +192,31 @@ def test_composed_sessions_never_go_back_in_time(start, codes):
     events, _ = _session(codes, start)
     stamps = [ev.timestamp() for ev in events]
     assert stamps == sorted(stamps)
+
+
+@settings(max_examples=300, deadline=None)
+@given(codes_strategy, st.floats(0, 1), st.floats(0.06, 0.95))
+def test_a_scan_that_stalls_mid_way_books_neither_head_nor_tail(codes, where, stall):
+    """The scanner (or the reader) stops mid-scan for up to most of a second, the idle timer firing
+    all through the pause as it does in the agent: no part of that scan is booked."""
+    events, spans = _session(codes, 1_800_000_000.0)
+    cut = max(1, int(where * len(events)))
+    before, after = events[:cut], [InputEvent(*_shifted(ev, stall)) for ev in events[cut:]]
+    decoder = Decoder("dev")
+    results = [decoder.feed(ev) for ev in before]
+    t = before[-1].timestamp()
+    resume = after[0].timestamp() if after else t + 2.0
+    while t + decoder.idle_after < resume:
+        t += decoder.idle_after
+        results.append(decoder.idle(t))
+    results += [decoder.feed(ev) for ev in after]
+    results.append(decoder.idle((after or before)[-1].timestamp() + 2.0))
+    for scan in [r for r in results if isinstance(r, Scan)]:
+        whole = [code for code, first, _, _ in spans if abs(scan.started - first) < 1e-5 or
+                 abs(scan.started - first - stall) < 1e-5]
+        assert whole == [scan.text], f"{scan.text!r} booked from a scan that stalled"
+
+
+def _shifted(event, seconds: float) -> tuple:
+    sec, usec = divmod(int(round((event.timestamp() + seconds) * 1_000_000)), 1_000_000)
+    return sec, usec, event.type, event.code, event.value

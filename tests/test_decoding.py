@@ -8,7 +8,7 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import CUT_OFF, DROPPED, STARTED_UNSEEN, Decoder, DecoderSettings, NotABarcode, Scan
+from drivers.decoder import CUT_OFF, CUT_OFF_TAIL, DROPPED, STARTED_UNSEEN, Decoder, DecoderSettings, NotABarcode, Scan
 from drivers.input_event import pack_all
 from drivers.keymap import UsTable
 from drivers.reader import read_events
@@ -208,7 +208,23 @@ def test_a_burst_that_stops_without_its_terminator_is_refused_at_idle():
     assert decoder.idle(T0 + 0.01) is None  # still within a scanner's pace
     refused = decoder.idle(T0 + 1.0)
     assert (refused.text, refused.reason) == ("690102807", CUT_OFF)
-    assert not decoder.pending
+    assert decoder.idle(T0 + 1.5) is None and decoder.pending  # its tail may yet come
+    assert decoder.idle(T0 + 2.1) is None and not decoder.pending  # a second of quiet: nothing is held
+
+
+@pytest.mark.parametrize("stall", [0.15, 0.6])
+def test_the_tail_of_a_scan_that_stalled_is_refused_never_a_code(stall):
+    """A scanner (or the reader) stalls mid-scan past the idle timeout: head and tail are both refused."""
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys().digits("6901028")
+    results = [decoder.feed(event) for event in keys.events]
+    results.append(decoder.idle(keys.t + 0.12))
+    fed = len(keys.events)
+    keys.pause(stall).digits("075831").enter().pause(0.3).digits("96385074").enter()
+    results += [decoder.feed(event) for event in keys.events[fed:]]
+    assert [(type(r).__name__, r.text, r.reason if isinstance(r, NotABarcode) else "")
+            for r in results if r is not None] == [
+        ("NotABarcode", "6901028", CUT_OFF), ("NotABarcode", "075831", CUT_OFF_TAIL), ("Scan", "96385074", "")]
 
 
 def test_after_syn_dropped_the_shift_state_comes_from_the_device():

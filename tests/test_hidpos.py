@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.hidpos import HidPosScanner, ReportAssembler, find, hid_pos_interface
+from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
+                           hid_pos_interface)
 from drivers.errors import ScannerGone
 
 from .usb_backend import (
@@ -143,3 +144,26 @@ def test_reports_that_carry_no_barcode_are_ignored():
     assert assembler.feed(bytes(10), now=0.0) is None  # short
     (report,) = scanned_data_reports(b"96385074")
     assert assembler.feed(report, now=1.0).text == "96385074"
+
+
+def test_a_report_sequence_that_breaks_off_is_refused_head_and_tail():
+    assembler = ReportAssembler("usb:1-5")
+    first, second = scanned_data_reports(b"Y" * 70, aim=b"]Q1")
+    assert assembler.feed(first, now=1.0) is None
+    head = assembler.idle(now=1.05)  # a read waited its whole timeout: the scanner stopped mid-code
+    assert (head.text, head.reason) == ("Y" * 56, BROKE_OFF)
+    tail = assembler.feed(second, now=1.3)  # it goes on after all: the rest is no code of its own
+    assert (tail.text, tail.reason) == ("Y" * 14, BROKE_OFF_TAIL)
+    [whole] = scanned_data_reports(b"96385074", aim=b"]E4")
+    assert assembler.feed(whole, now=2.0).text == "96385074"
+
+
+def test_reports_before_the_first_quiet_read_after_claiming_are_refused():
+    assembler = ReportAssembler("usb:1-5")
+    assembler.opened(10.0)
+    [waiting] = scanned_data_reports(b"0118", aim=b"]E0")  # the end of a code begun before the claim
+    refused = assembler.feed(waiting, now=10.01)
+    assert (refused.text, refused.reason) == ("0118", STARTED_UNSEEN)
+    assert assembler.idle(now=10.06) is None  # a read came back empty: the scanner is quiet
+    [code] = scanned_data_reports(b"96385074", aim=b"]E4")
+    assert assembler.feed(code, now=11.0).text == "96385074"

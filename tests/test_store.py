@@ -87,3 +87,42 @@ def test_a_scan_the_journal_could_not_record_sounds_an_error_never_good(tmp_path
     assert refused is Signal.ERROR
     assert recorded is Signal.ATTENTION  # recorded, not on a price list
     assert broken is Signal.ERROR
+
+
+def test_a_write_that_ends_the_whole_transaction_fails_its_group_and_nothing_commits_apart(tmp_path):
+    """As a full disk can: SQLite rolls back everything, so every write of the group is reported failed,
+    and none of them (not even those after it) lands on disk on its own to be booked twice later."""
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        gate = threading.Event()
+        await store.write(lambda j: None)
+        # Holds the store's thread, so that the next three wait together and form one group.
+        blocker = asyncio.ensure_future(store.read(lambda j: gate.wait(5)))
+        await asyncio.sleep(0.05)
+        writes = [store.append("sale", {"n": 1}), store.write(lambda j: j._conn.execute("ROLLBACK")),
+                  store.append("sale", {"n": 3})]
+        tasks = [asyncio.ensure_future(w) for w in writes]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        events = await store.read(lambda j: j.read_after(0))
+        await store.close()
+        return results, events
+
+    results, events = run(main())
+    assert all(isinstance(r, JournalError) for r in results), results
+    assert events == []
+
+
+def test_cancelling_the_opening_of_a_store_leaves_no_thread_behind(tmp_path):
+    async def main():
+        opening = asyncio.ensure_future(Store.open(tmp_path / "journal.db", os.urandom(32)))
+        await asyncio.sleep(0)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+
+    before = threading.active_count()
+    run(main())
+    assert threading.active_count() == before
