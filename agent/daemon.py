@@ -108,7 +108,7 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
             logger.info("scanner seq=%d %s %s", seq, report["state"], report["scanner"])
             uplink.wake.set()
 
-        scanners = Scanners(config.scanner, config.feedback, on_scan, on_device)
+        scanners = Scanners(config=config.scanner, feedback=config.feedback, on_scan=on_scan, on_device=on_device)
         main = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

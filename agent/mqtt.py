@@ -83,7 +83,7 @@ class Message:
     _client: object = field(default=None, repr=False, compare=False)  # the connection it came on
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MqttLink:
     host: str
     port: int

@@ -51,7 +51,7 @@ UNPLUGGED = "the scanner was unplugged mid-scan"
 _LEDS = {"num": ecodes.LED_NUML, "caps": ecodes.LED_CAPSL, "scroll": ecodes.LED_SCROLLL}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Scanners:
     config: ScannerConfig
     feedback: FeedbackConfig

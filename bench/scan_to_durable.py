@@ -103,7 +103,7 @@ async def agent(directory: Path, name: str):
         return signal
 
     config = ScannerConfig(paths=(str(fifo),), auto=False, hid_pos=False)
-    task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), on_scan).run())
+    task = asyncio.create_task(Scanners(config=config, feedback=FeedbackConfig(output="none"), on_scan=on_scan).run())
     try:
         yield fifo, durable, arrived
     finally:

@@ -99,8 +99,8 @@ class Decoder:
     source: str
     settings: DecoderSettings = field(default_factory=DecoderSettings)
     keymap: Keymap | None = None
-    key_down_only: bool = False  # learned: the device sends no key-ups
-    resync_pending: bool = False  # the kernel dropped events: the key state must be read from the device
+    key_down_only: bool = field(default=False, init=False)  # learned: the device sends no key-ups
+    resync_pending: bool = field(default=False, init=False)  # the kernel dropped events: read the key state
 
     def __post_init__(self) -> None:
         self.keymap = self.keymap or load_keymap(self.settings.layout, self.settings.variant)

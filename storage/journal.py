@@ -80,7 +80,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Journal:
-    def __init__(self, conn: sqlite3.Connection, aead: AESGCM, path: Path, max_event_bytes: int):
+    def __init__(self, *, conn: sqlite3.Connection, aead: AESGCM, path: Path, max_event_bytes: int):
         self._conn = conn
         self._aead = aead
         self.path = path
@@ -103,7 +103,7 @@ class Journal:
             _check_key(path, aead)
         with _translated(path):
             conn = sqlite.connect(path)
-        journal = cls(conn, aead, path, max_event_bytes)
+        journal = cls(conn=conn, aead=aead, path=path, max_event_bytes=max_event_bytes)
         try:
             with _translated(path):
                 # An append-only log reads little back: a small page cache keeps the box's memory small.

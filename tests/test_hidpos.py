@@ -6,7 +6,7 @@ import pytest
 
 from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
                            hid_pos_interface)
-from drivers.errors import ScannerGone
+from drivers.errors import ScannerError, ScannerGone
 
 from .usb_backend import (
     HID_POS_REPORT_DESCRIPTOR, KEYBOARD_REPORT_DESCRIPTOR, FakeBackend, FakeUsbDevice, scanned_data_reports,
@@ -167,3 +167,13 @@ def test_reports_before_the_first_quiet_read_after_claiming_are_refused():
     assert assembler.idle(now=10.06) is None  # a read came back empty: the scanner is quiet
     [code] = scanned_data_reports(b"96385074", aim=b"]E4")
     assert assembler.feed(code, now=11.0).text == "96385074"
+
+
+def test_a_failure_after_claiming_gives_the_interface_back(sysfs):
+    device = FakeUsbDevice(endpoint_type=0x02)  # bulk: no interrupt IN endpoint to read
+    usb_device = scanner_found(sysfs, device)
+    scanner = HidPosScanner(usb_device, sysfs)
+    with pytest.raises(ScannerError, match="has no interrupt IN endpoint"):
+        scanner.claim()
+    assert device.calls == ["detach 0", "claim 0", "release 0", "attach 0"]
+    assert device.kernel_driver and not device.claimed

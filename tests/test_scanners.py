@@ -56,7 +56,7 @@ async def running(machine: Machine, *, feedback=FeedbackConfig(output="none"), *
     config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, **scanner)
     from agent.scanners import Scanners
 
-    task = asyncio.create_task(Scanners(config, feedback, counter).run())
+    task = asyncio.create_task(Scanners(config=config, feedback=feedback, on_scan=counter).run())
     try:
         yield counter
     finally:
@@ -308,7 +308,7 @@ def test_a_hid_pos_scanner_is_taken_read_and_given_back_when_unplugged(machine, 
         config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, auto=False)
         from agent.scanners import Scanners
 
-        task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), counter,
+        task = asyncio.create_task(Scanners(config=config, feedback=FeedbackConfig(output="none"), on_scan=counter,
                                             usb_backend=backend, usb_sysfs=sysfs).run())
         try:
             device = publish(sysfs, FakeUsbDevice())
@@ -357,7 +357,8 @@ def test_taking_and_losing_a_scanner_is_reported_with_its_usb_identity(machine):
         from agent.scanners import Scanners
 
         config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, rescan_interval=0.1, hid_pos=False)
-        task = asyncio.create_task(Scanners(config, FeedbackConfig(output="none"), Counter(), on_device).run())
+        task = asyncio.create_task(Scanners(config=config, feedback=FeedbackConfig(output="none"), on_scan=Counter(),
+                                            on_device=on_device).run())
         try:
             machine.plug(30, **SCANNER)
             await until(lambda: len(reports) == 1)

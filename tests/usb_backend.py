@@ -62,6 +62,7 @@ class FakeUsbDevice:
     kernel_driver: bool = True  # usbhid is bound until the driver detaches it
     claimed: bool = False
     present: bool = True
+    endpoint_type: int = 0x03  # interrupt; anything else leaves the device with no interrupt IN endpoint
     calls: list[str] = field(default_factory=list)
     reports: "queue.Queue[bytes]" = field(default_factory=queue.Queue)
 
@@ -105,7 +106,7 @@ class FakeBackend(usb.backend.IBackend):
     def get_endpoint_descriptor(self, dev, ep, intf, alt, config):
         if (config, intf, alt, ep) != (0, 0, 0, 0):
             raise IndexError("invalid endpoint index")
-        return SimpleNamespace(bLength=7, bDescriptorType=5, bEndpointAddress=0x81, bmAttributes=0x03,
+        return SimpleNamespace(bLength=7, bDescriptorType=5, bEndpointAddress=0x81, bmAttributes=dev.endpoint_type,
                                wMaxPacketSize=64, bInterval=1, bRefresh=0, bSynchAddress=0, extra_descriptors=[])
 
     def open_device(self, dev):
