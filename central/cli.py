@@ -29,7 +29,7 @@ def _keygen(args) -> int:
 
 
 def _pubkey(args) -> int:
-    print(json.dumps({"central_key": public_key_text(load_key(args.key))}))
+    print(json.dumps({"central_key": public_key_text(load_key(args.key, made_by="counterbox-central keygen"))}))
     return 0
 
 
@@ -41,7 +41,7 @@ async def _serve(ingest: Ingest, args) -> None:
 
 
 def _ingest(args) -> int:
-    signing_key = load_key(args.key)
+    signing_key = load_key(args.key, made_by="counterbox-central keygen")
     store = CentralStore(args.db)
     try:
         asyncio.run(_serve(Ingest(store=store, signing_key=signing_key, topic_prefix=args.topic_prefix), args))
@@ -79,8 +79,9 @@ def _report(args) -> int:
         for device_id, report in sorted(devices.items()):
             device = store.device(device_id)
             totals = ", ".join(f"{amount / 100:.2f} {currency}" for currency, amount in sorted(report["totals"].items()))
+            shop = f" ({device.shop})" if device and device.shop else ""
             print(
-                f"{device_id}: {_count(report['sales'], 'sale')} ({report['unknown']} of unknown products), "
+                f"{device_id}{shop}: {_count(report['sales'], 'sale')} ({report['unknown']} of unknown products), "
                 f"{_count(report['misreads'], 'misread')} refused, total {totals or '0'}, "
                 f"acknowledged up to seq {device.acked_seq}"
             )

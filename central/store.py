@@ -32,6 +32,7 @@ class Device:
     device_id: str
     public_key: str
     acked_seq: int
+    shop: str = ""
 
 
 class CentralStore:
@@ -70,7 +71,7 @@ class CentralStore:
 
     def device(self, device_id: str) -> Device | None:
         row = self.conn.execute(
-            "SELECT device_id, public_key, acked_seq FROM devices WHERE device_id = ?", [device_id]
+            "SELECT device_id, public_key, acked_seq, coalesce(shop, '') FROM devices WHERE device_id = ?", [device_id]
         ).fetchone()
         return Device(*row) if row else None
 

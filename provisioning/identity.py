@@ -30,11 +30,11 @@ def create_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_key(path: Path) -> Ed25519PrivateKey:
+def load_key(path: Path, *, made_by: str = "counterbox identity create") -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
-        raise IdentityError(f"signing key {path} does not exist (create it with 'identity create')") from None
+        raise IdentityError(f"signing key {path} does not exist (create it with '{made_by}')") from None
     except ValueError:
         raise IdentityError(f"{path} is not a PEM private key") from None
     except OSError as error:

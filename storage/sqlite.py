@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +50,21 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def durable(conn: sqlite3.Connection) -> str:
-    """WAL with synchronous=FULL: a commit has been fsynced when it returns. The mode SQLite took."""
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    """WAL with synchronous=FULL: a commit has been fsynced when it returns. The mode SQLite took.
+
+    Switching a new database to WAL can meet SQLITE_BUSY at once, without the busy timeout
+    (SQLite refuses rather than risk a deadlock) while another process switches it too: wait
+    and ask again, as the busy timeout would.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     conn.execute("PRAGMA synchronous = FULL")
     return mode
 

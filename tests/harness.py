@@ -68,3 +68,23 @@ def price_list(count: int) -> tuple[str, dict[str, tuple[str, int]]]:
         items[body + str(gs1_check_digit(body))] = (f"Brand {i} (pack)", 1000 + 37 * i)
     rows = [f"{code},{name},{price // 100}.{price % 100:02d}" for code, (name, price) in items.items()]
     return "barcode,name,price\n" + "\n".join(rows) + "\n", items
+
+
+def run_main(main, args, stdin: str | None = None):
+    """A command line's ``main(argv)`` run in this process, with its output captured as a subprocess's would be."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    out, err = io.StringIO(), io.StringIO()
+    real_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit:  # argparse's own errors
+                code = exit.code
+    finally:
+        sys.stdin = real_stdin
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -84,7 +84,7 @@ def test_run_without_an_identity_says_how_to_make_one(box):
     _, config = box
     result = counterbox(config, "run")
     assert result.returncode == 2
-    assert "does not exist (create it with 'identity create')" in result.stderr
+    assert "does not exist (create it with 'counterbox identity create')" in result.stderr
 
 
 def test_identity_is_never_overwritten(box):

@@ -318,3 +318,26 @@ def test_a_modifier_pressed_twice_is_released_by_one_key_up(tmp_path):
     keys = Keys().down(e.KEY_LEFTCTRL).down(e.KEY_LEFTCTRL).up(e.KEY_LEFTCTRL).enter()
     keys.digits("0000000000017").enter()
     assert texts(decode(keys.bytes(), tmp_path)) == ["0000000000017"]
+
+
+def test_unplugging_mid_scan_hands_back_all_of_it_and_the_device_starts_clean():
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys().digits("6901").raw(e.EV_SYN, e.SYN_DROPPED, 0).digits("028")  # dropped, still mid-scan
+    for event in keys.events:
+        decoder.feed(event)
+    # "0" came before the kernel's next SYN_REPORT and was ignored with the drop; the rest was kept.
+    assert decoder.unplugged() == "690128"
+    assert not decoder.pending and not decoder.resync_pending
+    again = Keys()
+    again.t = keys.t + 1.0
+    results = [r for r in map(decoder.feed, again.digits("96385074").enter().events) if r is not None]
+    assert texts(results) == ["96385074"]  # plugged back in: nothing of before, and no events ignored
+
+
+def test_unplugging_inside_a_broken_scan_hands_back_what_it_typed():
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys().digits("69").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("0102")
+    for event in keys.events:
+        decoder.feed(event)
+    assert decoder.unplugged() == "690102"
+    assert not decoder.pending

@@ -241,3 +241,21 @@ def test_every_sqlite_error_leaves_the_store_as_a_journal_error(journal, journal
     with pytest.raises(JournalError, match="no such function"):
         journal.append("sale", {"code": "1"})
     assert journal.last_seq() == 0  # rolled back, and the journal still answers
+
+
+def test_one_event_is_read_by_its_seq_and_kinds_are_counted(journal):
+    for kind in ("price_list", "sale", "sale", "misread"):
+        journal.append(kind, {"kind": kind})
+    assert journal.get(3) == journal.read_after(2, limit=1)[0] and journal.get(3).body == {"kind": "sale"}
+    assert journal.get(9) is None and journal.get(0) is None
+    assert journal.counts() == {"misread": 1, "price_list": 1, "sale": 2}
+    assert journal.last("sale").seq == 3 and journal.last_seq("sale") == 3 and journal.last("refused") is None
+
+
+def test_a_key_file_is_made_in_directories_that_do_not_exist_yet_or_already_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    deep = tmp_path / "var" / "lib" / "counterbox" / "data.key"
+    assert load_data_key(key_file=deep, credential="none", create=True) == deep.read_bytes()
+    beside = deep.with_name("other.key")  # its directory exists now
+    assert len(load_data_key(key_file=beside, credential="none", create=True)) == 32
+    assert sorted(p.name for p in deep.parent.iterdir()) == ["data.key", "other.key"]  # nothing left aside

@@ -1,15 +1,13 @@
 """Operations tooling: registering devices with central."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from central.ops import main as ops_main
 from central.store import CentralStore
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
-
+from .harness import run_main
 
 def _key_beginning_with_a_dash() -> str:
     """A real Ed25519 public key whose base64url text begins with '-', as one key in 64 does."""
@@ -26,8 +24,8 @@ KEY_WITH_A_DASH = _key_beginning_with_a_dash()
 
 
 def ops(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "central.ops", *args], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, check=False)
+    """counterbox-ops, run in this process (so mutation testing sees what it does), as a command would be."""
+    return run_main(ops_main, args, stdin)
 
 
 @pytest.mark.parametrize("how", ["identity-file", "identity-stdin", "options"])
