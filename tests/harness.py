@@ -8,6 +8,15 @@ from drivers.input_event import pack_all
 from drivers.recording import type_text
 
 
+def examples(n: int) -> int:
+    """Hypothesis examples for a property: ``n``, or a tenth of it when mutation testing runs the
+    tests once per mutant (mutmut sets MUTANT_UNDER_TEST): a mutant that breaks a property
+    fails on the first examples, and the full count is what every other run checks."""
+    import os
+
+    return max(20, n // 10) if os.environ.get("MUTANT_UNDER_TEST") else n
+
+
 def scans(codes: list[str], *, start: float | None = None, key_interval: float = 0.004, **how) -> bytes:
     """The kernel's input_event bytes for a scanner typing each code and Enter."""
     t = time.time() if start is None else start

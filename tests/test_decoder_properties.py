@@ -15,6 +15,8 @@ from drivers.decoder import Decoder, DecoderSettings, NotABarcode, Scan
 from drivers.recording import type_text
 from storage import Journal
 
+from .harness import examples
+
 KEYS = [getattr(e, f"KEY_{d}") for d in "0123456789"] + [getattr(e, f"KEY_KP{d}") for d in "0123456789"] + [
     e.KEY_ENTER, e.KEY_KPENTER, e.KEY_TAB, e.KEY_LEFTSHIFT, e.KEY_RIGHTSHIFT, e.KEY_LEFTCTRL, e.KEY_RIGHTALT,
     e.KEY_CAPSLOCK, e.KEY_NUMLOCK, e.KEY_A, e.KEY_J, e.KEY_M, e.KEY_RIGHTBRACE, e.KEY_MINUS, e.KEY_ESC, e.KEY_F5,
@@ -43,7 +45,7 @@ def _feed(decoder: Decoder, stream, t: float = 1_764_000_000.0) -> list:
     return out
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(streams, layouts)
 def test_random_streams_never_crash_and_yield_only_clean_text(stream, layout):
     for result in _feed(Decoder("dev", DecoderSettings(layout=layout)), stream):
@@ -65,7 +67,7 @@ bodies = st.text("0123456789", min_size=12, max_size=12)
 mixed = st.tuples(streams, st.lists(st.tuples(bodies, st.booleans()), min_size=1, max_size=4), streams)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mixed)
 def test_no_sale_from_random_streams_fails_its_check_digit(parts):
     junk, codes, tail = parts
@@ -125,7 +127,7 @@ codes_strategy = st.lists(st.one_of(bodies.map(_ean), st.text("0123456789", min_
                                     st.text("ABCXYZ0123-$%", min_size=1, max_size=10)), min_size=1, max_size=6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(codes_strategy, st.floats(0, 1), st.floats(0, 0.06))
 def test_a_source_opened_mid_scan_books_nothing_but_whole_scans(codes, where, lag):
     """The agent restarted or the scanner was reopened at any moment: the tail it reads is never a code."""
@@ -144,7 +146,7 @@ def test_a_source_opened_mid_scan_books_nothing_but_whole_scans(codes, where, la
     assert [r.text for r in results if isinstance(r, Scan)][-len(after):] == after if after else True
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(codes_strategy, st.floats(0, 1), st.integers(1, 400), st.booleans())
 def test_events_dropped_anywhere_book_nothing_but_whole_scans(codes, where, length, with_report):
     """The kernel's buffer overflowed (SYN_DROPPED) at any point, for any number of events."""
@@ -170,7 +172,7 @@ def test_events_dropped_anywhere_book_nothing_but_whole_scans(codes, where, leng
         assert _whole(scan, spans, 0.0, range(start, start + length)), f"{scan.text!r} booked from a scan the kernel cut"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(streams, st.text("0123456789", min_size=12, max_size=12))
 def test_a_clean_scan_after_any_junk_decodes_exactly(junk, body):
     code = body + str(gs1_check_digit(body))
@@ -185,7 +187,7 @@ def test_a_clean_scan_after_any_junk_decodes_exactly(junk, body):
     assert [s.text for s in scans] == [code]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.floats(1_700_000_000.0, 1_900_000_000.0), codes_strategy)
 def test_composed_sessions_never_go_back_in_time(start, codes):
     """A key at x.9999999 s is stamped in the next second, never at the start of its own."""
@@ -194,7 +196,7 @@ def test_composed_sessions_never_go_back_in_time(start, codes):
     assert stamps == sorted(stamps)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(codes_strategy, st.floats(0, 1), st.floats(0.06, 0.95))
 def test_a_scan_that_stalls_mid_way_books_neither_head_nor_tail(codes, where, stall):
     """The scanner (or the reader) stops mid-scan for up to most of a second, the idle timer firing
