@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from central.errors import RegistryError, SeqConflict
-from central.store import CentralStore
+from central.store import CentralStore, Device
 
 
 @pytest.fixture
@@ -40,6 +40,13 @@ def test_a_reused_seq_with_other_content_is_a_conflict_and_stores_nothing(store)
     with pytest.raises(SeqConflict, match="seq 1 differs"):
         store.add_events("shop-1", 1, batch(1, 2, body={"other": True}))
     assert [e["seq"] for e in store.events()] == [1]
+
+
+def test_a_device_is_registered_with_its_key_and_shop(store):
+    store.register("shop-2", "key-2", shop="Mengzi No. 3")
+    assert store.device("shop-2") == Device("shop-2", "key-2", 0, "Mengzi No. 3")
+    assert store.device("shop-1").shop == ""  # none given
+    assert store.device("shop-3") is None
 
 
 def test_re_registering_with_another_key_needs_replace(store):

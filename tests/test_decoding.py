@@ -341,3 +341,25 @@ def test_unplugging_inside_a_broken_scan_hands_back_what_it_typed():
         decoder.feed(event)
     assert decoder.unplugged() == "690102"
     assert not decoder.pending
+
+
+def test_a_burst_under_way_at_the_open_that_just_stops_is_refused_at_idle():
+    decoder = Decoder("dev", DecoderSettings())
+    decoder.opened(T0 + 0.01)
+    for event in Keys().digits("141").events:  # the tail of a scan begun before the open, then nothing
+        assert decoder.feed(event) is None
+    assert decoder.idle(T0 + 0.03) is None  # still within a scanner's pace of its last key
+    refused = decoder.idle(T0 + 0.2)
+    assert (refused.text, refused.reason) == ("141", STARTED_UNSEEN)
+    assert not decoder.pending
+
+
+def test_a_key_down_only_scanner_s_shift_applies_to_one_character():
+    """It sends no key-ups: once that is noticed, a Shift pressed before one character is not held for the next."""
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys()
+    for code in (e.KEY_LEFTSHIFT, e.KEY_A, e.KEY_A, e.KEY_B, e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    results = [r for r in map(decoder.feed, keys.events) if r is not None]
+    assert texts(results) == ["Aab"] and decoder.key_down_only

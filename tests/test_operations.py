@@ -35,7 +35,7 @@ def test_a_key_beginning_with_a_dash_registers_every_way(tmp_path, how):
     (tmp_path / "shop-7.json").write_text(identity)
     args = {"identity-file": ["--identity", str(tmp_path / "shop-7.json")], "identity-stdin": ["--identity", "-"],
             "options": ["--device", "shop-7", f"--public-key={KEY_WITH_A_DASH}"]}[how]
-    result = ops("register", "--central-db", str(db), *args, stdin=identity)
+    result = ops("register", "--central-db", str(db), *args, stdin=identity if how == "identity-stdin" else "")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "device shop-7 registered\n"
     store = CentralStore(db)
@@ -65,3 +65,19 @@ def test_re_keying_a_registered_device_needs_replace(tmp_path):
 def test_mistakes_are_named(tmp_path, args, stdin, message):
     result = ops("register", "--central-db", str(tmp_path / "c.db"), *args, stdin=stdin)
     assert result.returncode == 2 and message in result.stderr
+
+
+def test_a_device_registered_for_a_shop_is_named_with_it(tmp_path):
+    db = tmp_path / "central.db"
+    result = ops("register", "--central-db", str(db), "--device", "shop-8", f"--public-key={KEY_WITH_A_DASH}",
+                 "--shop", "Mengzi No. 3")
+    assert (result.returncode, result.stdout) == (0, "device shop-8 registered for Mengzi No. 3\n")
+    store = CentralStore(db)
+    assert store.device("shop-8").shop == "Mengzi No. 3"
+    store.close()
+
+
+def test_registering_needs_an_identity_or_both_device_and_key(tmp_path):
+    result = ops("register", "--central-db", str(tmp_path / "central.db"), "--device", "shop-9")
+    assert result.returncode == 2
+    assert result.stderr == "counterbox-ops: error: give --identity FILE, or both --device and --public-key\n"
