@@ -9,7 +9,7 @@ from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, STARTED_UNSEEN, HidPosSca
 from drivers.errors import ScannerError, ScannerGone
 
 from .usb_backend import (
-    HID_POS_REPORT_DESCRIPTOR, KEYBOARD_REPORT_DESCRIPTOR, FakeBackend, FakeUsbDevice, scanned_data_reports,
+    KEYBOARD_REPORT_DESCRIPTOR, FakeBackend, FakeUsbDevice, scanned_data_reports,
 )
 
 
