@@ -45,6 +45,13 @@ OnScan = Callable[[Scan | NotABarcode], Awaitable[Signal]]
 # Records that a scanner was taken or went away: {"state", "scanner", "driver", "name", "usb_id", ...}.
 OnDevice = Callable[[dict], Awaitable[None]]
 
+# Scans handed to the counter and not yet answered. Past this many the agent reads no more until
+# the store catches up (a disk that stalls), so memory stays bounded whatever arrives at once;
+# keys not read wait in the kernel's buffer, and a buffer that overflows is a SYN_DROPPED,
+# which refuses the scans it cut. A person scanning never comes near it; a burst from a recording
+# or a backlog does, and one full group commit's worth (storage.store.MAX_GROUP) keeps the store
+# committing in large groups meanwhile.
+MAX_UNANSWERED = 256
 HID_POS_READ_TIMEOUT = 50  # ms a read waits in its thread; bounds how long stopping and idle checks take
 UNPLUGGED = "the scanner was unplugged mid-scan"
 
@@ -63,6 +70,8 @@ class Scanners:
     _speaker: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
     _keymaps: dict[tuple[str, str], Keymap] = field(default_factory=dict)
+    _unanswered: int = 0
+    _answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         self._speaker = await asyncio.to_thread(self._find_speaker)
@@ -110,9 +119,20 @@ class Scanners:
         """Hand a scan to the counter and answer it once durable, without holding up the next one:
         scans that arrive together are recorded together (one commit), in the order they came."""
         async def record() -> None:
-            self._signal(output, await self.on_scan(result))
+            try:
+                self._signal(output, await self.on_scan(result))
+            finally:
+                self._unanswered -= 1
+                self._answered.set()
 
+        self._unanswered += 1
         self._spawn(record())
+
+    async def _caught_up(self) -> None:
+        """Wait while MAX_UNANSWERED scans wait for the counter (see there)."""
+        while self._unanswered >= MAX_UNANSWERED:
+            self._answered.clear()
+            await self._answered.wait()
 
     # -- sources ----------------------------------------------------------------------
 
@@ -232,6 +252,9 @@ class Scanners:
                                            "read from the device" if held is not None else "reset (the source cannot be asked)")
                     if idle is None and decoder.pending:
                         idle = loop.call_later(decoder.idle_after, on_idle)
+                    # Between batches, never inside one: events taken from the kernel and not yet
+                    # decoded would look to the idle timer like a pause.
+                    await self._caught_up()
             except ScannerGone as gone:
                 partial = decoder.unplugged()
                 logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
@@ -298,6 +321,7 @@ class Scanners:
                     result = assembler.feed(report, now) if report is not None else assembler.idle(now)
                     if result is not None:
                         self._record(self._speaker, result)
+                        await self._caught_up()
             finally:
                 # Stopping: let the read in its thread end (within its timeout) before the interface is released.
                 if read is not None and not read.done():

@@ -389,3 +389,53 @@ def test_a_scanner_without_terminator_ends_each_barcode_with_a_pause(machine):
             return counter.scans
 
     assert [s.text for s in asyncio.run(scenario())] == ["96385074", "40063812"]
+
+
+def test_a_store_that_stalls_holds_reading_back_and_loses_no_scan(machine):
+    """However many scans arrive at once, at most MAX_UNANSWERED wait for the counter (the rest
+    wait, unread, in the kernel), and every one is recorded once the store catches up."""
+    from agent.scanners import MAX_UNANSWERED, Scanners
+
+    from drivers.barcode import gs1_check_digit
+
+    codes = [f"{n:07d}{gs1_check_digit(f'{n:07d}')}" for n in range(3 * MAX_UNANSWERED)]  # EAN-8s
+    recorded: list[str] = []
+    waiting = 0
+    most_waiting = 0
+    store_back = asyncio.Event()
+
+    async def stalled_counter(scan):
+        nonlocal waiting, most_waiting
+        waiting += 1
+        most_waiting = max(most_waiting, waiting)
+        await store_back.wait()
+        waiting -= 1
+        recorded.append(scan.text)
+        return Signal.GOOD
+
+    async def scenario():
+        node = machine.plug(40, **SCANNER)
+        config = ScannerConfig(paths=(str(node),), auto=False, hid_pos=False)
+        task = asyncio.create_task(Scanners(config=config, feedback=FeedbackConfig(output="none"),
+                                            on_scan=stalled_counter).run())
+        try:
+            await asyncio.sleep(0.3)  # the agent has opened its scanner
+            # Hundreds of scans' events, built and stamped from now in a thread: not the loop's work.
+            data = await asyncio.to_thread(lambda: pack_all(restamp(list(unpack(scans(codes))), time.time() + 0.06)))
+            writing = asyncio.create_task(write(node, data, stamp=False))
+            await until(lambda: waiting >= MAX_UNANSWERED)
+            await asyncio.sleep(0.3)  # the agent would take more now, if it read on
+            held_at = most_waiting
+            store_back.set()
+            await writing
+            await until(lambda: len(recorded) == len(codes))
+            return held_at
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    held_at = asyncio.run(scenario())
+    # One batch read from the kernel (1,024 events) may finish decoding past the bound.
+    assert MAX_UNANSWERED <= held_at < MAX_UNANSWERED + 1024 // 40
+    assert recorded == codes
