@@ -102,7 +102,7 @@ class UplinkConfig:
     topic_prefix: str = "counterbox/v1"
     batch_max_events: int = 50
     batch_max_bytes: int = 256 * 1024  # event bodies in one batch; a bigger single event goes alone
-    batch_max_delay: float = 1.0  # seconds an event may wait for others to fill its batch
+    batch_max_delay: float = 1.0  # seconds an event may wait for others while earlier batches are in flight
     ack_timeout: float = 10.0  # seconds without acknowledgement before resending from the cursor
     max_in_flight: int = 4  # batches published and not yet acknowledged
 

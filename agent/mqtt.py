@@ -258,6 +258,10 @@ class MqttLink:
             client._sock_close()  # a connection given up (the link closed) while it was being made
             return
         self._sock, self._fd = sock, sock.fileno()
+        # Batches, PUBACKs and acknowledgements are small packets written back to back: with
+        # Nagle's algorithm the second waits for the peer's delayed ACK of the first (40 ms).
+        with contextlib.suppress(OSError):  # not a TCP socket: nothing to tune
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._loop.add_reader(self._fd, self._readable, client)
         self._misc = self._loop.create_task(self._housekeeping(client))
 

@@ -1,8 +1,10 @@
 """Store-and-forward: the journal's unacknowledged events, as signed batches, to the broker.
 
 The outbox is not a table: it is every event after the journal's cursor
-(``acked_seq``). Batches are cut by count (``batch_max_events``), by size
-(``batch_max_bytes``) and by time (``batch_max_delay``), signed with the
+(``acked_seq``). The first event after a quiet spell goes out at once; while
+batches are in flight, new events gather until an acknowledgement arrives, a
+batch is full (``batch_max_events``, ``batch_max_bytes``) or the oldest has
+waited ``batch_max_delay``. Batches are signed with the
 device key (JWS, see docs/protocol.md) and published with QoS 1. They stay in
 the journal until central's acknowledgement ("everything up to seq N")
 arrives; after a reconnect, a restart, or ``ack_timeout`` without progress,
@@ -106,7 +108,11 @@ class Uplink:
                 events, full = await self._next_batch(next_seq - 1)
                 if events:
                     waiting_since = waiting_since or now
-                    if full or len(events) >= cfg.batch_max_events or now - waiting_since >= cfg.batch_max_delay:
+                    # A quiet link sends at once; events wait for others only while earlier
+                    # batches are in flight (their acknowledgement wakes us), so under load
+                    # they travel together, and a backlog goes out in full batches.
+                    if (not self._in_flight or full or len(events) >= cfg.batch_max_events
+                            or now - waiting_since >= cfg.batch_max_delay):
                         sent = await self._publish(topic, events)
                         if sent:
                             self._in_flight.append((sent, time.monotonic()))

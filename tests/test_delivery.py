@@ -143,3 +143,47 @@ def test_no_more_batches_are_in_flight_than_allowed(stack, fifo):
     finally:
         watcher.loop_stop()
         watcher.disconnect()
+
+
+def _watch(stack, topic: str) -> tuple[mqtt.Client, list[bytes]]:
+    seen: list[bytes] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=MQTTv5)
+    watcher.on_message = lambda client, userdata, message: seen.append(message.payload)
+    watcher.connect("127.0.0.1", stack.broker_port)
+    watcher.subscribe(topic, qos=1)
+    watcher.loop_start()
+    return watcher, seen
+
+
+def _batch_sizes(tokens: list[bytes]) -> list[int]:
+    return [len(json.loads(jws.b64url_decode(t.split(b".")[1].decode()))["events"]) for t in tokens]
+
+
+def test_a_scan_on_a_quiet_link_goes_at_once_and_scans_gather_only_behind_a_batch_in_flight(stack, fifo):
+    watcher, seen = _watch(stack, "counterbox/v1/devices/shop-quick/batch")
+    try:
+        # batch_max_delay is far longer than the test waits: nothing here may wait for it.
+        device = stack.provision("shop-quick", scanners=[str(fifo)],
+                                 uplink={"batch_max_delay": 600.0, "ack_timeout": 600.0})
+        device.start()
+        wait_until(lambda: "subscribed to" in device.log.read_text(), 20, "the device online")
+        feed(fifo, scans(CODES[:1]))
+        wait_until(lambda: device.status()["acked_seq"] == device.status()["last_seq"] > 0, 10,
+                   "the first scan acknowledged without waiting for batch_max_delay")
+
+        stack.stop_central()  # its session stays at the broker: batches wait there for it
+        before = len(seen)
+        feed(fifo, scans(CODES[1:2]))  # goes at once, and stays in flight: nobody acknowledges it
+        wait_until(lambda: len(seen) == before + 1, 10, "the second scan published at once")
+        assert _batch_sizes(seen[before:]) == [1]
+        published = len(seen)
+        feed(fifo, scans(CODES * 2))  # behind a batch in flight: these gather
+        wait_until(lambda: device.status()["events"].get("sale") == 8, 20, "eight durable scans")
+        time.sleep(0.5)
+        assert len(seen) == published
+        stack.start_central()
+        wait_until(lambda: (s := device.status())["acked_seq"] == s["last_seq"], 30, "everything acknowledged")
+        assert _batch_sizes(seen[published:]) == [6]  # the acknowledgement let them go, together
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
