@@ -21,6 +21,7 @@ from storage import Journal, NoJournal, StorageError, Store, load_data_key
 from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, log_recorded, signal_for
 from .mqtt import MqttLink
+from .telemetry import Telemetry
 from .uplink import Uplink
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,13 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
     from .scanners import Scanners
 
     counter = Counter(currency=config.pricing.currency)
+    telemetry = Telemetry(store=store, device_id=config.device.id, session=session, key=signing_key,
+                          topic_prefix=config.uplink.topic_prefix, interval=config.uplink.status_interval)
     async with MqttLink(
         host=config.broker.host, port=config.broker.port, client_id=config.device.id,
         keepalive=config.broker.keepalive,
         subscriptions=[protocol.ack_topic(config.uplink.topic_prefix, config.device.id)],
+        will=telemetry.will,
     ) as link:
         uplink = Uplink(store=store, link=link, device_id=config.device.id, session=session,
                         key=signing_key, central_key=central_key, config=config.uplink)
@@ -106,6 +110,10 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
                 logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
                 return
             logger.info("scanner seq=%d %s %s", seq, report["state"], report["scanner"])
+            if report["state"] == "taken":
+                telemetry.scanners.add(report["scanner"])
+            else:
+                telemetry.scanners.discard(report["scanner"])
             uplink.wake.set()
 
         scanners = Scanners(config=config.scanner, feedback=config.feedback, on_scan=on_scan, on_device=on_device)
@@ -116,6 +124,7 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(uplink.run())
+                group.create_task(telemetry.run(link))
                 group.create_task(scanners.run())
         except asyncio.CancelledError:
             logger.info("agent stopping device=%s", config.device.id)

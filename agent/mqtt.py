@@ -29,7 +29,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as paho
@@ -80,6 +80,7 @@ class Message:
     topic: str
     payload: bytes
     mid: int = 0
+    retain: bool = False  # a retained message the broker had kept, sent on subscribing: not live
     _client: object = field(default=None, repr=False, compare=False)  # the connection it came on
 
 
@@ -99,6 +100,9 @@ class MqttLink:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     # Counts connections; a change tells the uplink its in-flight batches may be lost.
     generation: int = 0
+    # The last will (topic, payload), made afresh for each connection (a signed message carries its
+    # time); published retained by the broker when the connection ends, and asked for at close.
+    will: Callable[[], tuple[str, bytes]] | None = None
 
     async def __aenter__(self) -> "MqttLink":
         self._loop = asyncio.get_running_loop()
@@ -128,7 +132,8 @@ class MqttLink:
         client, self._client = self._client, None
         if client is not None:
             if client.is_connected():
-                client.disconnect()
+                # With a will: "disconnect with will message" (4), so a stop is announced like a loss.
+                client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4) if self.will else None)
                 client.loop_write()  # a clean DISCONNECT, flushed now: the loop will not watch this socket again
             self._drop(client)
         self.connected.clear()
@@ -192,6 +197,9 @@ class MqttLink:
             properties.SessionExpiryInterval = self.session.expiry
         while True:
             client = self._client = self._new_client()
+            if self.will is not None:
+                will_topic, will_payload = self.will()
+                client.will_set(will_topic, will_payload, qos=1, retain=True)
             self._down = self._loop.create_future()
             try:
                 # Name lookup and the TCP handshake block: in a thread, never on the loop.
@@ -248,7 +256,7 @@ class MqttLink:
             self._settle(future, reason_code)
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
-        self._inbox.put_nowait(Message(message.topic, message.payload, message.mid, client))
+        self._inbox.put_nowait(Message(message.topic, message.payload, message.mid, retain=bool(message.retain), _client=client))
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._loop.call_soon_threadsafe(self._watch, client, sock)

@@ -8,14 +8,16 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
 from provisioning.errors import ProvisioningError
+from provisioning.protocol import rfc3339
 from provisioning.identity import create_key, load_key, public_key_text
 
 from .errors import CentralError
-from .ingest import Ingest
+from .ingest import CLOCK_TOLERANCE, Ingest
 from .store import CentralStore
 
 DEFAULT_DB = Path("/var/lib/counterbox-central/central.db")
@@ -90,6 +92,49 @@ def _report(args) -> int:
     return 0
 
 
+def _devices(args) -> int:
+    """Each registered device's presence and health, from its latest signed status."""
+    store = CentralStore(args.db)
+    now = time.time()
+    try:
+        rows = []
+        for device_id in store.device_ids():
+            device, status = store.device(device_id), store.status(device_id)
+            row = {"device": device_id, "shop": device.shop, "acked_seq": device.acked_seq, "state": "never seen",
+                   "last_seen": None, "backlog": None, "scanners": None, "agent_version": None, "free_bytes": None,
+                   "clock_offset": None, "clock_ok": None}
+            if status is not None:
+                row.update({k: status.health.get(k) for k in ("backlog", "scanners", "agent_version", "free_bytes")})
+                row.update(state=status.state, last_seen=rfc3339(status.received_at), clock_offset=status.clock_offset,
+                           clock_ok=None if status.clock_offset is None else abs(status.clock_offset) <= CLOCK_TOLERANCE)
+                row["_age"] = now - status.received_at
+            rows.append(row)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False))
+        return 0
+    print(f"{'device':24} {'shop':20} {'state':10} {'seen':>8} {'backlog':>7} {'scanners':>8} {'clock':>9}  version")
+    for row in rows:
+        seen = _age(row["_age"]) if "_age" in row else "-"
+        clock = "-" if row["clock_offset"] is None else f"{row['clock_offset']:+.0f}s" + ("" if row["clock_ok"] else " !")
+        print(f"{row['device']:24} {row['shop'][:20]:20} {row['state']:10} {seen:>8} {_or_dash(row['backlog']):>7} "
+              f"{_or_dash(row['scanners']):>8} {clock:>9}  {row['agent_version'] or '-'}")
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{max(seconds, 0):.0f}s ago"
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
@@ -112,6 +157,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--kind", default="sale", help="event kind to export, or '' for all (default sale)")
     export.set_defaults(func=_export)
     commands.add_parser("report", help="sales, totals and acknowledged position per device").set_defaults(func=_report)
+    devices = commands.add_parser("devices", help="each device's presence and health: state, last seen, backlog, "
+                                                  "scanners, clock; '!' flags a clock off by more than a minute")
+    devices.add_argument("--json", action="store_true", help="one JSON object per device, for programs")
+    devices.set_defaults(func=_devices)
     return top
 
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from agent.mqtt import Backoff, MqttError, MqttLink, Session
+from agent.mqtt import Backoff, Message, MqttError, MqttLink, Session
 from provisioning import protocol
 from provisioning.errors import ProtocolError
 from provisioning.identity import parse_public_key
@@ -31,6 +32,15 @@ logger = logging.getLogger(__name__)
 SESSION_EXPIRY = 7 * 24 * 3600  # seconds the broker keeps batches for central while it is away
 # Central comes back quickly after a broker restart: its backoff stays short.
 RECONNECT = Backoff(first=0.05, most=1.0)
+# A device whose clock differs from central's by more than this is flagged (log, report).
+CLOCK_TOLERANCE = 60.0  # seconds
+
+
+@dataclass(frozen=True)
+class StatusReceived:
+    device_id: str
+    state: str
+    clock_offset: float | None  # from a live online status only
 
 
 @dataclass(frozen=True)
@@ -50,16 +60,27 @@ class Ingest:
         self.prefix = topic_prefix
         self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
 
-    def handle(self, topic: str, payload: bytes) -> tuple[Accepted, tuple[str, bytes]]:
-        """Verify and store one batch; return the result and the acknowledgement (topic, token) to publish.
+    def handle(self, message: Message) -> tuple[Accepted | StatusReceived, tuple[str, bytes] | None]:
+        """Verify and store one batch or status; return the result and, for a batch, the
+        acknowledgement (topic, token) to publish.
 
         Blocking (SQLite): ``serve`` runs it in central's store thread.
         """
+        received_at = time.time()
         try:
-            device_id = protocol.device_of_batch_topic(self.prefix, topic)
-            batch = protocol.decode_batch(payload, device=device_id, key=self._public_key(device_id))
+            device_id, leaf = protocol.parse_device_topic(self.prefix, message.topic)
+            key = self._public_key(device_id)
+            if leaf == "status":
+                status = protocol.decode_status(message.payload, device=device_id, key=key)
+            else:
+                batch = protocol.decode_batch(message.payload, device=device_id, key=key)
         except ProtocolError as error:
             raise Rejected(str(error)) from None
+        if leaf == "status":
+            live = not message.retain
+            self.store.record_status(device_id, status, received_at=received_at, live=live)
+            offset = status["sent_at"] - received_at if live and status["state"] == "online" else None
+            return StatusReceived(device_id, status["state"], offset), None
         added, acked = self.store.add_events(device_id, batch.session, batch.events)
         result = Accepted(device_id, batch.first_seq, batch.last_seq, added, acked)
         ack = protocol.encode_ack(device_id, acked, key=self.signing_key)
@@ -81,7 +102,8 @@ class Ingest:
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-store")
         try:
             async with MqttLink(host=host, port=port, client_id=client_id,
-                                subscriptions=[protocol.batch_subscription(self.prefix)],
+                                subscriptions=[protocol.batch_subscription(self.prefix),
+                                               protocol.status_subscription(self.prefix)],
                                 session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT,
                                 manual_ack=True) as link:
                 logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
@@ -93,21 +115,28 @@ class Ingest:
         finally:
             await asyncio.to_thread(thread.shutdown)
 
-    async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message) -> None:
+    async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message: Message) -> None:
         try:
-            result, (ack_topic, ack) = await asyncio.get_running_loop().run_in_executor(
-                thread, self.handle, message.topic, message.payload)
+            result, ack = await asyncio.get_running_loop().run_in_executor(thread, self.handle, message)
         except Rejected as reason:
-            logger.warning("batch rejected topic=%s bytes=%d: %s", message.topic, len(message.payload), reason)
+            what = "status" if message.topic.endswith("/status") else "batch"
+            logger.warning("%s rejected topic=%s bytes=%d: %s", what, message.topic, len(message.payload), reason)
             return
         except Exception:
             # Not acknowledged to the device, so it sends the batch again; the consumer itself keeps running.
-            logger.exception("batch not stored topic=%s: internal error", message.topic)
+            logger.exception("message not stored topic=%s: internal error", message.topic)
+            return
+        if isinstance(result, StatusReceived):
+            logger.info("device %s %s", result.device_id, result.state)
+            if result.clock_offset is not None and abs(result.clock_offset) > CLOCK_TOLERANCE:
+                logger.warning("device %s clock is off by %+.1f s: its scans carry wrong times (no NTP?)",
+                               result.device_id, result.clock_offset)
             return
         logger.info("batch accepted device=%s seq=%d..%d new=%d acked_seq=%d",
                     result.device_id, result.first_seq, result.last_seq, result.added, result.acked_seq)
+        ack_topic, token = ack
         try:
             # Retained, so a device that reconnects learns at once how far central holds its events.
-            link.publish_nowait(ack_topic, ack, qos=1, retain=True)
+            link.publish_nowait(ack_topic, token, qos=1, retain=True)
         except MqttError as error:
             logger.warning("acknowledgement for %s not sent (%s); the device will send again", result.device_id, error)

@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlite_utils
 
+from provisioning import protocol
 from storage import sqlite
 
 from .errors import RegistryError, SeqConflict
@@ -33,6 +34,16 @@ class Device:
     public_key: str
     acked_seq: int
     shop: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    state: str  # online, offline
+    session: int
+    sent_at: float  # the device's clock
+    received_at: float  # central's clock
+    clock_offset: float | None  # seconds the device's clock is ahead of central's (behind: negative)
+    health: dict[str, Any]  # backlog, acked_seq, scanners, agent_version, free_bytes, ... (when online)
 
 
 class CentralStore:
@@ -52,6 +63,13 @@ class CentralStore:
                     {"device_id": str, "seq": int, "kind": str, "session": int, "received_at": float, "body": str},
                     pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")], if_not_exists=True,
                 )
+                # Each device's latest status (docs/protocol.md, Presence and health). clock_offset is
+                # the device's clock minus central's, from the last status that came live.
+                self.db["device_status"].create(
+                    {"device_id": str, "state": str, "session": int, "connection": int, "sent_at": float,
+                     "received_at": float, "clock_offset": float, "body": str},
+                    pk="device_id", foreign_keys=[("device_id", "devices")], if_not_exists=True,
+                )
         except sqlite3.Error as error:
             raise RegistryError(f"central's database {path}: {error}") from error
 
@@ -68,6 +86,9 @@ class CentralStore:
                 {"device_id": device_id, "public_key": public_key, "shop": shop, "registered_at": time.time()},
                 pk="device_id",
             )
+
+    def device_ids(self) -> list[str]:
+        return [row[0] for row in self.conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
 
     def device(self, device_id: str) -> Device | None:
         row = self.conn.execute(
@@ -112,6 +133,37 @@ class CentralStore:
                     f"seq {event['seq']} differs from the event central already holds for {device_id}: "
                     "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
                 )
+
+    def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool) -> None:
+        """Keep ``status`` as the device's latest, unless a later one is held (protocol.status_order;
+        a retained status sent again on subscribing may be older). Only a live status measures the
+        device's clock."""
+        with sqlite.transaction(self.conn) as conn:
+            held = conn.execute(
+                "SELECT session, connection, state, sent_at, clock_offset FROM device_status WHERE device_id = ?",
+                [device_id]).fetchone()
+            if held and protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held))) \
+                    > protocol.status_order(status):
+                return
+            offset = status["sent_at"] - received_at if live and status["state"] == "online" else (held[4] if held else None)
+            body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
+            self.db["device_status"].upsert(
+                {"device_id": device_id, "state": status["state"], "session": status["session"],
+                 "connection": status["connection"], "sent_at": status["sent_at"], "received_at": received_at,
+                 "clock_offset": offset,
+                 "body": json.dumps(body, ensure_ascii=False)},
+                pk="device_id",
+            )
+
+    def status(self, device_id: str) -> DeviceStatus | None:
+        row = self.conn.execute(
+            "SELECT state, session, sent_at, received_at, clock_offset, body FROM device_status WHERE device_id = ?",
+            [device_id],
+        ).fetchone()
+        if row is None:
+            return None
+        state, session, sent_at, received_at, offset, body = row
+        return DeviceStatus(state, session, sent_at, received_at, offset, json.loads(body))
 
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         sql = "SELECT device_id, seq, kind, session, body FROM events"

@@ -233,7 +233,8 @@ class Stack:
 
     # -- devices ---------------------------------------------------------------
 
-    def provision(self, device_id: str, *, scanners: list[str], uplink: dict | None = None) -> Device:
+    def provision(self, device_id: str, *, scanners: list[str], uplink: dict | None = None,
+                  keepalive: int = 30) -> Device:
         """Configure a device, create its key, and register it with central through counterbox-ops."""
         directory = self.directory / device_id
         directory.mkdir(parents=True, exist_ok=True)
@@ -243,7 +244,7 @@ class Stack:
             f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
             # Only the given sources: no discovery of this machine's own /dev/input.
             f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\nhid_pos = false\n\n"
-            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\n\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\nkeepalive = {keepalive}\n\n'
             f'[uplink]\ncentral_key = "{self.central_public_key()}"\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
         )

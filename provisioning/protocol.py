@@ -7,6 +7,8 @@ size limit every part of the path checks:
     batch = decode_batch(token, device="shop-0001", key=registered_public_key)   # or ProtocolError
     token = encode_ack("shop-0001", 43, key=central_key)
     decode_ack(token, device="shop-0001", key=central_public_key)                # 43
+    token = encode_status({"state": "online", "session": 3, ...}, device="shop-0001", key=device_key)
+    decode_status(token, device="shop-0001", key=registered_public_key)          # {"state": "online", ...}
 
 The agent and central both import this module; neither writes a topic or a
 payload by hand.
@@ -29,6 +31,8 @@ VERSION = 1
 DEFAULT_PREFIX = "counterbox/v1"
 BATCH_TYPE = "counterbox-batch+jws"
 ACK_TYPE = "counterbox-ack+jws"
+STATUS_TYPE = "counterbox-status+jws"
+STATES = ("online", "offline")
 CENTRAL_KID = "central"
 
 # The one size limit of the path. The broker's max_packet_size (central/mosquitto.conf) is
@@ -52,18 +56,27 @@ def ack_topic(prefix: str, device: str) -> str:
     return f"{prefix}/devices/{device}/ack"
 
 
+def status_topic(prefix: str, device: str) -> str:
+    return f"{prefix}/devices/{device}/status"
+
+
 def batch_subscription(prefix: str) -> str:
-    """What central subscribes to: every device's batches."""
+    """What central subscribes to for batches: every device's."""
     return f"{prefix}/devices/+/batch"
 
 
-def device_of_batch_topic(prefix: str, topic: str) -> str:
-    """The device a batch topic names; ProtocolError for any other topic."""
+def status_subscription(prefix: str) -> str:
+    """Every device's presence and health."""
+    return f"{prefix}/devices/+/status"
+
+
+def parse_device_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """(device, leaf) of a device's uplink topic (leaf ``batch`` or ``status``); ProtocolError for any other."""
     head, _, rest = topic.partition(f"{prefix}/devices/") if topic.startswith(f"{prefix}/devices/") else ("", "", "")
     device, _, leaf = rest.partition("/")
-    if head or not device or leaf != "batch":
-        raise ProtocolError(f"not a batch topic: {topic}")
-    return device
+    if head or not valid_device_id(device) or leaf not in ("batch", "status"):
+        raise ProtocolError(f"not a device's batch or status topic: {topic}")
+    return device, leaf
 
 
 def valid_device_id(device: str) -> bool:
@@ -146,6 +159,53 @@ def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey) -> int:
     if not _natural(seq, 0):
         raise ProtocolError(f"acknowledgement carries no valid ack_seq: {seq!r}")
     return seq
+
+
+def encode_status(status: dict[str, Any], *, device: str, key: Ed25519PrivateKey) -> bytes:
+    """A device's presence and health, signed by the device: ``status`` holds ``state``, ``session``,
+    ``connection`` and ``sent_at`` (a timestamp) and, when online, the health fields of docs/protocol.md."""
+    payload = {"v": VERSION, "device": device, **status, "sent_at": rfc3339(status["sent_at"])}
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return jws.sign(body, key, kid=device, typ=STATUS_TYPE).encode()
+
+
+def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[str, Any]:
+    """The status in ``token``, published on ``device``'s topic and signed by its ``key``; else ProtocolError."""
+    payload = _verified(token, key, typ=STATUS_TYPE, kid=device)
+    if payload.get("v") != VERSION or payload.get("device") != device:
+        raise ProtocolError(f"status version {payload.get('v')!r} / device {payload.get('device')!r} "
+                            f"does not match version {VERSION} and the topic's device {device!r}")
+    if payload.get("state") not in STATES or not _natural(payload.get("session"), 0) \
+            or not _natural(payload.get("connection")):
+        raise ProtocolError(f"status lacks a state ({' or '.join(STATES)}), a session or a connection")
+    try:
+        payload["sent_at"] = parse_rfc3339(payload.get("sent_at"))
+    except ValueError as error:
+        raise ProtocolError(f"status sent_at: {error}") from None
+    for name in HEALTH_COUNTS:
+        if name in payload and not _natural(payload[name], 0):
+            raise ProtocolError(f"status {name} is not a count: {payload[name]!r}")
+    return payload
+
+
+# The health fields of an online status that are counts (docs/protocol.md).
+HEALTH_COUNTS = ("last_seq", "acked_seq", "backlog", "scanners", "free_bytes")
+
+
+def status_order(status: dict[str, Any]) -> tuple:
+    """Statuses sort by this: by the agent's start, its connection, and the will (offline) of a
+    connection after every online status of it, which it outlives though signed before them."""
+    return status["session"], status["connection"], status["state"] == "offline", status["sent_at"]
+
+
+def parse_rfc3339(text: Any) -> float:
+    """A timestamp as the wire writes it (rfc3339), back to seconds since the epoch."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
+    try:
+        return datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
+    except ValueError:
+        raise ValueError(f"{text!r} is not an RFC 3339 UTC time") from None
 
 
 def _natural(value: Any, least: int = 1) -> bool:

@@ -60,3 +60,29 @@ def test_centrals_database_is_private(tmp_path, store):
     store.add_events("shop-1", 1, batch(1))
     for name in ("central.db", "central.db-wal"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+
+
+def status(state="online", *, session=1, connection=1, sent_at=1000.0, **health):
+    return {"v": 1, "device": "shop-1", "state": state, "session": session, "connection": connection,
+            "sent_at": sent_at, **health}
+
+
+def test_the_latest_status_stands_and_a_stale_retained_one_changes_nothing(store):
+    assert store.status("shop-1") is None
+    store.record_status("shop-1", status(sent_at=1000.0, backlog=3), received_at=1001.0, live=True)
+    store.record_status("shop-1", status("offline", sent_at=990.0), received_at=1100.0, live=True)  # the will
+    assert store.status("shop-1").state == "offline"
+    store.record_status("shop-1", status(connection=2, sent_at=1200.0, backlog=0), received_at=1200.5, live=True)
+    # The broker's retained copy of an older status, delivered again when central subscribes:
+    store.record_status("shop-1", status("offline", sent_at=990.0), received_at=1300.0, live=False)
+    held = store.status("shop-1")
+    assert (held.state, held.health, held.received_at) == ("online", {"backlog": 0}, 1200.5)
+
+
+def test_only_a_live_online_status_measures_the_clock(store):
+    store.record_status("shop-1", status(sent_at=5000.0), received_at=1000.0, live=False)  # retained: sent long ago
+    assert store.status("shop-1").clock_offset is None
+    store.record_status("shop-1", status(sent_at=8200.0), received_at=1000.0, live=True)
+    assert store.status("shop-1").clock_offset == 7200.0
+    store.record_status("shop-1", status("offline", sent_at=8100.0), received_at=1500.0, live=True)
+    assert store.status("shop-1").clock_offset == 7200.0  # a will says nothing of the clock now

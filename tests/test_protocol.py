@@ -138,16 +138,68 @@ def test_an_event_of_the_largest_recordable_size_fits_one_message(key):
     assert len(token) <= protocol.MAX_TOKEN_BYTES
 
 
-@pytest.mark.parametrize("topic,device", [
-    ("counterbox/v1/devices/shop-1/batch", "shop-1"),
+@pytest.mark.parametrize("topic,parsed", [
+    ("counterbox/v1/devices/shop-1/batch", ("shop-1", "batch")),
+    ("counterbox/v1/devices/shop-1/status", ("shop-1", "status")),
     ("counterbox/v1/devices/shop-1/ack", None),
     ("counterbox/v1/devices//batch", None),
     ("counterbox/v1/devices/a/b/batch", None),
+    ("counterbox/v1/devices/sh op/batch", None),
     ("other/v1/devices/shop-1/batch", None),
 ])
-def test_only_a_batch_topic_names_a_device(topic, device):
-    if device is None:
-        with pytest.raises(ProtocolError, match="not a batch topic"):
-            protocol.device_of_batch_topic("counterbox/v1", topic)
+def test_only_a_devices_batch_or_status_topic_names_a_device(topic, parsed):
+    if parsed is None:
+        with pytest.raises(ProtocolError, match="not a device's batch or status topic"):
+            protocol.parse_device_topic("counterbox/v1", topic)
     else:
-        assert protocol.device_of_batch_topic("counterbox/v1", topic) == device
+        assert protocol.parse_device_topic("counterbox/v1", topic) == parsed
+
+
+HEALTH = {"last_seq": 12, "acked_seq": 10, "backlog": 2, "scanners": 1, "agent_version": "0.1.0", "free_bytes": 10**9}
+
+
+def status_payload(**change):
+    return {"v": 1, "device": DEVICE, "state": "online", "session": 3, "connection": 2, "sent_at": "2025-11-24T16:00:00.000Z",
+            **HEALTH, **change}
+
+
+def test_a_status_round_trips_and_an_off_the_shelf_library_verifies_it(key):
+    token = protocol.encode_status({"state": "online", "session": 3, "connection": 2, "sent_at": NOW, **HEALTH},
+                                   device=DEVICE, key=key)
+    assert protocol.decode_status(token, device=DEVICE, key=key.public_key()) == {
+        "v": 1, "device": DEVICE, "state": "online", "session": 3, "connection": 2, "sent_at": NOW, **HEALTH}
+    public = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": public_key_text(key)})
+    verified = joserfc_jws.deserialize_compact(token, public, algorithms=["Ed25519"])
+    assert verified.protected == {"alg": "Ed25519", "kid": DEVICE, "typ": "counterbox-status+jws"}
+    assert json.loads(verified.payload)["sent_at"] == "2025-11-24T16:00:00.000Z"
+
+
+@pytest.mark.parametrize("forge,reason", [
+    (lambda key: signed(status_payload(), key, typ=protocol.BATCH_TYPE), "typ 'counterbox-batch+jws'"),
+    (lambda key: signed(status_payload(), key, kid="shop-0002", typ=protocol.STATUS_TYPE), "kid 'shop-0002'"),
+    (lambda key: signed(status_payload(device="shop-0002"), key, typ=protocol.STATUS_TYPE), "device 'shop-0002'"),
+    (lambda key: signed(status_payload(state="asleep"), key, typ=protocol.STATUS_TYPE), "lacks a state"),
+    (lambda key: signed(status_payload(session=-1), key, typ=protocol.STATUS_TYPE), "a session or a connection"),
+    (lambda key: signed(status_payload(connection=0), key, typ=protocol.STATUS_TYPE), "a session or a connection"),
+    (lambda key: signed(status_payload(sent_at="yesterday"), key, typ=protocol.STATUS_TYPE), "not an RFC 3339 UTC time"),
+    (lambda key: signed(status_payload(sent_at="2025-11-24T16:00:00+08:00"), key, typ=protocol.STATUS_TYPE),
+     "not an RFC 3339 UTC time"),
+    (lambda key: signed(status_payload(backlog=-3), key, typ=protocol.STATUS_TYPE), "backlog is not a count"),
+    (lambda key: signed(status_payload(free_bytes="lots"), key, typ=protocol.STATUS_TYPE), "free_bytes is not a count"),
+    (lambda key: protocol.encode_status({"state": "offline", "session": 1, "connection": 1, "sent_at": NOW},
+                                        device=DEVICE, key=Ed25519PrivateKey.generate()), "signature check failed"),
+], ids=["typ", "kid", "device", "state", "session", "connection", "time", "not-utc", "backlog", "free-bytes", "other-key"])
+def test_a_status_that_is_not_this_devices_own_is_refused(key, forge, reason):
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        protocol.decode_status(forge(key), device=DEVICE, key=key.public_key())
+
+
+def test_statuses_sort_by_start_then_connection_and_a_will_outlives_its_connection():
+    def status(session, connection, state, sent_at):
+        return {"session": session, "connection": connection, "state": state, "sent_at": sent_at}
+
+    in_order = [status(1, 1, "online", 100.0), status(1, 1, "online", 160.0),
+                status(1, 1, "offline", 90.0),  # the will: signed at the connection's start, published at its end
+                status(1, 2, "online", 95.0),  # a clock set back meanwhile changes nothing
+                status(2, 1, "offline", 200.0), status(2, 1, "offline", 201.0)]
+    assert sorted(reversed(in_order), key=protocol.status_order) == in_order

@@ -1,0 +1,89 @@
+"""Presence and health: a device's signed status, retained on its status topic.
+
+When the link comes up, and every ``status_interval`` seconds while it stays
+up, the agent publishes an ``online`` status with its health: how far its
+journal runs, how far central has acknowledged it, the backlog between, the
+scanners it holds, its version and the free space on the journal's disk. Its
+last will, signed when the connection is made, says ``offline``: the broker
+publishes it when the box loses power or its link, and when the agent stops.
+The status is retained, so whoever subscribes (central, an operator's tool)
+learns each box's state at once. Central compares each live status's
+``sent_at`` with its own clock and flags a box whose clock is off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from provisioning import protocol
+from storage import Store
+
+from .mqtt import MqttError, MqttLink
+
+logger = logging.getLogger(__name__)
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("counterbox")
+    except metadata.PackageNotFoundError:
+        return "unknown"  # run from a source tree that was never installed
+
+
+@dataclass(kw_only=True)
+class Telemetry:
+    store: Store
+    device_id: str
+    session: int
+    key: Ed25519PrivateKey
+    topic_prefix: str
+    interval: float  # seconds between health reports while online
+    scanners: set[str] = field(default_factory=set)  # the scanners held now; kept by the daemon
+    version: str = field(default_factory=agent_version)
+    # Counts connections (one will is made for each): central orders statuses by (session,
+    # connection), the will of a connection after every online status of that connection.
+    _connection: int = 0
+
+    @property
+    def topic(self) -> str:
+        return protocol.status_topic(self.topic_prefix, self.device_id)
+
+    def will(self) -> tuple[str, bytes]:
+        """The last will for a connection made now (MqttLink.will); its sent_at is the connection's start."""
+        self._connection += 1
+        status = {"state": "offline", "session": self.session, "connection": self._connection, "sent_at": time.time()}
+        return self.topic, protocol.encode_status(status, device=self.device_id, key=self.key)
+
+    async def run(self, link: MqttLink) -> None:
+        """Report health on each connection and every ``interval`` seconds while connected."""
+        while True:
+            await link.connected.wait()
+            generation = link.generation
+            try:
+                await link.publish(self.topic, await self._online(), retain=True)
+            except MqttError as error:
+                logger.warning("status not published: %s", error)
+            # The next report when the interval is up, or at once after a reconnection.
+            deadline = time.monotonic() + self.interval
+            while link.generation == generation and time.monotonic() < deadline:
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    async def _online(self) -> bytes:
+        last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+        disk = await asyncio.to_thread(os.statvfs, self.store.path.parent)
+        status: dict[str, Any] = {
+            "state": "online", "session": self.session, "connection": self._connection, "sent_at": time.time(),
+            "last_seq": last, "acked_seq": acked, "backlog": last - acked,
+            "scanners": len(self.scanners), "agent_version": self.version,
+            "free_bytes": disk.f_bavail * disk.f_frsize,
+        }
+        logger.debug("status online backlog=%d scanners=%d", last - acked, len(self.scanners))
+        return protocol.encode_status(status, device=self.device_id, key=self.key)

@@ -1,0 +1,75 @@
+"""Presence and health: each device's signed status, as central and its operators see it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import paho.mqtt.publish as mqtt_publish
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.client import MQTTv5
+
+from provisioning import protocol
+from provisioning.identity import load_key
+
+from .harness import feed, scans, wait_until
+
+
+def devices(stack) -> dict[str, dict]:
+    result = stack.central_command("devices", "--json")
+    assert result.returncode == 0, result.stderr
+    return {row["device"]: row for row in map(json.loads, result.stdout.splitlines())}
+
+
+def test_a_device_online_reports_its_health_and_its_stop_is_seen_at_once(stack, fifo):
+    device = stack.provision("shop-health", scanners=[str(fifo)], uplink={"status_interval": 0.5, "ack_timeout": 600.0})
+    assert devices(stack)["shop-health"]["state"] == "never seen"
+    device.start()
+    online = wait_until(lambda: (d := devices(stack)["shop-health"])["state"] == "online" and d["scanners"] == 1 and d,
+                        20, "the device online with its scanner")
+    assert online["agent_version"] and online["free_bytes"] > 0 and online["clock_ok"] is True
+    assert abs(online["clock_offset"]) < 5
+
+    # The backlog is what central has not acknowledged: with central away, the scans wait.
+    stack.stop_central()
+    feed(fifo, scans(["6901028075831", "96385074"]))
+    wait_until(lambda: device.status()["events"].get("sale") == 2, 20, "two durable scans")
+    stack.start_central()
+    wait_until(lambda: devices(stack)["shop-health"]["backlog"] == 0, 20, "the backlog delivered, and reported so")
+
+    device.stop()  # a stop is announced like a loss: the broker publishes the will
+    wait_until(lambda: devices(stack)["shop-health"]["state"] == "offline", 10, "the stop seen at central")
+
+
+def test_a_box_that_loses_power_is_offline_once_its_keepalive_runs_out(stack, fifo):
+    device = stack.provision("shop-power", scanners=[str(fifo)], keepalive=1)
+    device.start()
+    wait_until(lambda: devices(stack)["shop-power"]["state"] == "online", 20, "the device online")
+    device.kill()
+    started = time.monotonic()
+    wait_until(lambda: devices(stack)["shop-power"]["state"] == "offline", 10, "the will, published by the broker")
+    assert time.monotonic() - started < 5  # 1.5 keepalives, and the time to look
+
+
+def _publish_status(stack, device_id: str, status: dict, key) -> None:
+    token = protocol.encode_status(status, device=device_id, key=key)
+    mqtt_publish.single(protocol.status_topic("counterbox/v1", device_id), token, qos=1, hostname="127.0.0.1",
+                        port=stack.broker_port, protocol=MQTTv5)
+
+
+def test_a_box_whose_clock_is_off_is_flagged_and_a_forged_status_changes_nothing(stack, fifo):
+    device = stack.provision("shop-clock", scanners=[str(fifo)])
+    key = load_key(device.directory / "device.key")
+    two_hours_fast = {"state": "online", "session": 1, "connection": 1, "sent_at": time.time() + 7200, "backlog": 0}
+    _publish_status(stack, "shop-clock", two_hours_fast, key)
+    flagged = wait_until(lambda: (d := devices(stack)["shop-clock"])["clock_ok"] is False and d, 10, "the clock flagged")
+    assert 7190 < flagged["clock_offset"] < 7210
+    assert "shop-clock clock is off by +72" in stack.central_log.read_text()
+    table = stack.central_command("devices").stdout
+    assert "+720" in table and "s !" in table
+
+    forged = {"state": "offline", "session": 9, "connection": 1, "sent_at": time.time() + 7300}
+    _publish_status(stack, "shop-clock", forged, Ed25519PrivateKey.generate())
+    wait_until(lambda: "status rejected topic=counterbox/v1/devices/shop-clock/status" in stack.central_log.read_text(),
+               10, "the forgery rejected")
+    assert devices(stack)["shop-clock"]["state"] == "online"
