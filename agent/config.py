@@ -26,10 +26,14 @@ class ConfigError(Exception):
 class DeviceConfig:
     id: str = ""
     key_file: Path = Path("/var/lib/counterbox/device.key")
+    region: str = ""  # the sales region: the box also takes the documents operations push to it
 
     def __post_init__(self) -> None:
         if not protocol.valid_device_id(self.id):
             raise ConfigError(f"[device] id {self.id!r} must be set: 1 to {protocol.MAX_DEVICE_ID} ASCII letters, "
+                              "digits, '-', '_' or '.'")
+        if self.region and not protocol.valid_device_id(self.region):
+            raise ConfigError(f"[device] region {self.region!r} must be 1 to {protocol.MAX_DEVICE_ID} ASCII letters, "
                               "digits, '-', '_' or '.'")
 
 
@@ -118,6 +122,25 @@ class UplinkConfig:
 
 
 @dataclass(frozen=True)
+class OperationsConfig:
+    # The operations keys the box trusts for documents pushed down, by key id: {"ops-2026" = "base64url"}.
+    # Pinned at install; more than one lets operations rotate to a new key.
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from provisioning.errors import IdentityError
+        from provisioning.identity import parse_public_key
+
+        for kid, text in self.keys.items():
+            if not isinstance(text, str):
+                raise ConfigError(f"[operations] keys.{kid} must be a public key (base64url text), not {text!r}")
+            try:
+                parse_public_key(text)
+            except IdentityError as error:
+                raise ConfigError(f"[operations] keys.{kid}: {error}") from None
+
+
+@dataclass(frozen=True)
 class PricingConfig:
     currency: str = "CNY"
 
@@ -131,6 +154,7 @@ class Config:
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    operations: OperationsConfig = field(default_factory=OperationsConfig)
 
 
 # Keys that list paths; each entry is taken from the file's directory when relative.
@@ -140,6 +164,7 @@ PATH_LISTS = {("scanner", "paths")}
 SECTIONS: dict[str, type] = {
     "device": DeviceConfig, "storage": StorageConfig, "scanner": ScannerConfig,
     "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig, "feedback": FeedbackConfig,
+    "operations": OperationsConfig,
 }
 
 

@@ -35,6 +35,7 @@ class Counter:
     currency: str = "CNY"
     _prices: dict[str, dict] = field(default_factory=dict)
     _prices_seq: int = -1
+    _list_currency: str | None = None  # the currency of the price list in force, where it names one
 
     def _price_book(self, journal: Journal) -> dict[str, dict]:
         # The journal is the source of truth; a price list loaded by the command
@@ -45,6 +46,7 @@ class Counter:
             items = event.body["items"] if event else []
             # Keyed by GTIN-14, so a UPC-A matches its 13-digit EAN reading.
             self._prices = {classify(item["barcode"]).key: item for item in items}
+            self._list_currency = event.body.get("currency") if event else None
             self._prices_seq = seq
         return self._prices
 
@@ -61,7 +63,7 @@ class Counter:
             body = {**common, "reason": "check digit"}
             return Event(journal.append("misread", body), "misread", body)
         item = self._price_book(journal).get(barcode.key)
-        body = {**common, "quantity": 1, "known": item is not None, "currency": self.currency,
+        body = {**common, "quantity": 1, "known": item is not None, "currency": self._list_currency or self.currency,
                 "unit_price": item["price"] if item else None, "name": item["name"] if item else None}
         return Event(journal.append("sale", body), "sale", body)
 

@@ -20,6 +20,8 @@ from storage import Journal, NoJournal, StorageError, Store, load_data_key
 
 from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, log_recorded, signal_for
+from .downlink import Downlink
+from .downlink import subscriptions as downlink_topics
 from .mqtt import MqttLink
 from .telemetry import Telemetry
 from .uplink import Uplink
@@ -92,11 +94,14 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
     async with MqttLink(
         host=config.broker.host, port=config.broker.port, client_id=config.device.id,
         keepalive=config.broker.keepalive,
-        subscriptions=[protocol.ack_topic(config.uplink.topic_prefix, config.device.id)],
+        subscriptions=downlink_topics(config.uplink.topic_prefix, config.device.id, config.device.region),
         will=telemetry.will,
     ) as link:
         uplink = Uplink(store=store, link=link, device_id=config.device.id, session=session,
                         key=signing_key, central_key=central_key, config=config.uplink)
+        downlink = Downlink(store=store, uplink=uplink, device_id=config.device.id, region=config.device.region,
+                            trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()},
+                            topic_prefix=config.uplink.topic_prefix)
 
         async def on_scan(scan: Scan | NotABarcode) -> Signal:
             signal = await record_scan(store, counter, scan)
@@ -124,6 +129,7 @@ async def _serve(config: Config, store: Store, session: int, signing_key, centra
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(uplink.run())
+                group.create_task(downlink.run(link))
                 group.create_task(telemetry.run(link))
                 group.create_task(scanners.run())
         except asyncio.CancelledError:

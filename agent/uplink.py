@@ -51,29 +51,24 @@ class Uplink:
 
     async def run(self) -> None:
         self._acked = await self.store.read(lambda journal: journal.acked_seq())
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._receive_acks())
-            group.create_task(self._send())
+        await self._send()
 
-    async def _receive_acks(self) -> None:
-        expected = protocol.ack_topic(self.config.topic_prefix, self.device_id)
-        async for message in self.link.messages():
-            if message.topic != expected:
-                continue
-            try:
-                seq = protocol.decode_ack(message.payload, device=self.device_id, key=self.central_key)
-            except ProtocolError as error:
-                logger.warning("acknowledgement refused topic=%s: %s", message.topic, error)
-                continue
-            try:
-                if await self.store.write(lambda journal: journal.acknowledge(seq)):
-                    logger.info("acknowledged by central up to seq=%d", seq)
-            except JournalError as error:
-                logger.error("acknowledgement refused: %s", error)
-                continue
-            self._acked = max(self._acked, seq)
-            self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
-            self.wake.set()
+    async def acknowledged(self, token: bytes) -> None:
+        """Central's acknowledgement, as the downlink received it on this device's ack topic."""
+        try:
+            seq = protocol.decode_ack(token, device=self.device_id, key=self.central_key)
+        except ProtocolError as error:
+            logger.warning("acknowledgement refused: %s", error)
+            return
+        try:
+            if await self.store.write(lambda journal: journal.acknowledge(seq)):
+                logger.info("acknowledged by central up to seq=%d", seq)
+        except JournalError as error:
+            logger.error("acknowledgement refused: %s", error)
+            return
+        self._acked = max(self._acked, seq)
+        self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
+        self.wake.set()
 
     async def _next_batch(self, after: int) -> tuple[list[Event], bool]:
         """The events of the next batch, and whether more are waiting behind them (the batch is full)."""

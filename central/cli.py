@@ -100,7 +100,8 @@ def _devices(args) -> int:
         rows = []
         for device_id in store.device_ids():
             device, status = store.device(device_id), store.status(device_id)
-            row = {"device": device_id, "shop": device.shop, "acked_seq": device.acked_seq, "state": "never seen",
+            row = {"device": device_id, "shop": device.shop, "region": device.region, "acked_seq": device.acked_seq,
+                   "documents": store.documents_held(device_id), "state": "never seen",
                    "last_seen": None, "backlog": None, "scanners": None, "agent_version": None, "free_bytes": None,
                    "clock_offset": None, "clock_ok": None}
             if status is not None:
@@ -115,12 +116,14 @@ def _devices(args) -> int:
         for row in rows:
             print(json.dumps({k: v for k, v in row.items() if not k.startswith("_")}, ensure_ascii=False))
         return 0
-    print(f"{'device':24} {'shop':20} {'state':10} {'seen':>8} {'backlog':>7} {'scanners':>8} {'clock':>9}  version")
+    print(f"{'device':24} {'shop':20} {'state':10} {'seen':>8} {'backlog':>7} {'scanners':>8} {'clock':>9} "
+          f"{'prices':>6}  version")
     for row in rows:
         seen = _age(row["_age"]) if "_age" in row else "-"
         clock = "-" if row["clock_offset"] is None else f"{row['clock_offset']:+.0f}s" + ("" if row["clock_ok"] else " !")
         print(f"{row['device']:24} {row['shop'][:20]:20} {row['state']:10} {seen:>8} {_or_dash(row['backlog']):>7} "
-              f"{_or_dash(row['scanners']):>8} {clock:>9}  {row['agent_version'] or '-'}")
+              f"{_or_dash(row['scanners']):>8} {clock:>9} {_or_dash(row['documents'].get('price_list')):>6}  "
+              f"{row['agent_version'] or '-'}")
     return 0
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ class Device:
     public_key: str
     acked_seq: int
     shop: str = ""
+    region: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,15 +57,24 @@ class CentralStore:
             # EXCLUSIVE: central and a command starting at once agree on one schema.
             with sqlite.transaction(self.conn, mode="EXCLUSIVE"):
                 self.db["devices"].create(
-                    {"device_id": str, "public_key": str, "shop": str, "registered_at": float, "acked_seq": int},
+                    {"device_id": str, "public_key": str, "shop": str, "region": str, "registered_at": float,
+                     "acked_seq": int},
                     pk="device_id", not_null={"public_key", "acked_seq"}, defaults={"acked_seq": 0}, if_not_exists=True,
                 )
+                if "region" not in self.db["devices"].columns_dict:  # a database from before regions
+                    self.db["devices"].add_column("region", str)
                 self.db["events"].create(
                     {"device_id": str, "seq": int, "kind": str, "session": int, "received_at": float, "body": str},
                     pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")], if_not_exists=True,
                 )
                 # Each device's latest status (docs/protocol.md, Presence and health). clock_offset is
                 # the device's clock minus central's, from the last status that came live.
+                # Every document operations issued: the token as signed, and when it reached the broker.
+                self.db["documents"].create(
+                    {"name": str, "version": int, "kind": str, "scope": str, "kid": str, "issued_at": float,
+                     "expires_at": float, "token": bytes, "published_at": float},
+                    pk=("name", "version"), not_null={"kind", "scope", "token"}, if_not_exists=True,
+                )
                 self.db["device_status"].create(
                     {"device_id": str, "state": str, "session": int, "connection": int, "sent_at": float,
                      "received_at": float, "clock_offset": float, "body": str},
@@ -76,14 +86,16 @@ class CentralStore:
     def close(self) -> None:
         self.conn.close()
 
-    def register(self, device_id: str, public_key: str, *, shop: str = "", replace: bool = False) -> None:
+    def register(self, device_id: str, public_key: str, *, shop: str = "", region: str = "",
+                 replace: bool = False) -> None:
         """Register (or with ``replace``, re-key) a device: central's own operation, behind counterbox-ops."""
         with sqlite.transaction(self.conn):
             existing = self.device(device_id)
             if existing and existing.public_key != public_key and not replace:
                 raise RegistryError(f"device {device_id} is registered with another public key; pass --replace to re-key it")
             self.db["devices"].upsert(
-                {"device_id": device_id, "public_key": public_key, "shop": shop, "registered_at": time.time()},
+                {"device_id": device_id, "public_key": public_key, "shop": shop, "region": region,
+                 "registered_at": time.time()},
                 pk="device_id",
             )
 
@@ -92,7 +104,8 @@ class CentralStore:
 
     def device(self, device_id: str) -> Device | None:
         row = self.conn.execute(
-            "SELECT device_id, public_key, acked_seq, coalesce(shop, '') FROM devices WHERE device_id = ?", [device_id]
+            "SELECT device_id, public_key, acked_seq, coalesce(shop, ''), coalesce(region, '') FROM devices "
+            "WHERE device_id = ?", [device_id]
         ).fetchone()
         return Device(*row) if row else None
 
@@ -133,6 +146,32 @@ class CentralStore:
                     f"seq {event['seq']} differs from the event central already holds for {device_id}: "
                     "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
                 )
+
+    # -- documents ---------------------------------------------------------------
+
+    def issue_document(self, sign: Callable[[int], tuple[str, str, str, float, float, bytes]], name: str) -> tuple[int, bytes]:
+        """Give ``name``'s stream its next version, have ``sign(version)`` make the document
+        (kind, scope, kid, issued_at, expires_at, token) and keep it; return (version, token)."""
+        with sqlite.transaction(self.conn) as conn:
+            version = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM documents WHERE name = ?", [name]).fetchone()[0]
+            kind, scope, kid, issued_at, expires_at, token = sign(version)
+            conn.execute(
+                "INSERT INTO documents (name, version, kind, scope, kid, issued_at, expires_at, token) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [name, version, kind, scope, kid, issued_at, expires_at, token])
+        return version, token
+
+    def document_published(self, name: str, version: int) -> None:
+        with sqlite.transaction(self.conn) as conn:
+            conn.execute("UPDATE documents SET published_at = ? WHERE name = ? AND version = ?", [time.time(), name, version])
+
+    def documents_held(self, device_id: str) -> dict[str, int]:
+        """The version of each document stream the device says it has applied (its ``document`` events)."""
+        rows = self.conn.execute(
+            "SELECT json_extract(body, '$.name'), max(json_extract(body, '$.version')) FROM events "
+            "WHERE device_id = ? AND kind = 'document' GROUP BY 1", [device_id])
+        return dict(rows.fetchall())
+
+    # -- presence and health ---------------------------------------------------------
 
     def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool) -> None:
         """Keep ``status`` as the device's latest, unless a later one is held (protocol.status_order;

@@ -71,13 +71,15 @@ def main() -> int:
             stack.start_central()
             fifo = workdir / "scanner.fifo"
             os.mkfifo(fifo)
-            device = stack.provision("demo-shop-0001", scanners=[str(fifo)])
+            device = stack.provision("demo-shop-0001", scanners=[str(fifo)], region="honghe")
             print(f"3. device {device.device_id}: key created, public key {device.public_key} registered with central")
-            loaded = device.command("prices", "load", str(HERE / "prices.csv"))
-            if loaded.returncode:
-                raise SystemExit(f"price list not loaded: {loaded.stderr.strip()}")
-            print("4.", loaded.stdout.strip())
             device.start()
+            pushed = stack.push("prices", HERE / "prices.csv", "--region", "honghe")
+            if pushed.returncode:
+                raise SystemExit(f"price list not pushed: {pushed.stderr.strip()}")
+            wait_until(lambda: device.status()["events"].get("document"), 30, "the box to apply the price list")
+            print(f"4. operations pushed the week's price list to region honghe, signed (counterbox-ops prices push);"
+                  f" the box applied it: {pushed.stdout.strip()}")
             data = session_bytes(time.time())
             print(f"5. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
             asyncio.run(replay(data, str(fifo), speed=args.speed, lead_in=0.5))
@@ -99,6 +101,9 @@ def main() -> int:
                 print(f"  seq {sale['seq']:>3}  {sale['code']:<14} {price}  {sale['name'] or ''}")
             print("\nReport (counterbox-central report):")
             print("  " + stack.central_command("report").stdout.strip())
+            print("\nThe fleet, from each box's signed status (counterbox-central devices; the box has stopped):")
+            for line in stack.central_command("devices").stdout.splitlines():
+                print("  " + line)
             log = stack.central_log.read_text()
             accepted, rejected = log.count("batch accepted"), log.count("batch rejected")
             print(f"\nBatches: {accepted} accepted, every one verified (JWS, Ed25519); {rejected} rejected.")

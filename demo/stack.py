@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provisioning.identity import key_id, load_key, public_key_text
+
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BROKER_CONFIG = ROOT / "central" / "mosquitto.conf"
 
@@ -194,6 +196,29 @@ class Stack:
             cwd=ROOT, capture_output=True, text=True, check=False,
         )
 
+    @property
+    def ops_key(self) -> Path:
+        return self.directory / "central" / "ops.key"
+
+    def ops_command(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(_python_command("central.ops") + list(args), input=input, cwd=ROOT,
+                              capture_output=True, text=True, check=False)
+
+    def ops_public_key(self) -> dict:
+        """{"kid", "public_key"} of operations' signing key, created on first use."""
+        if not self.ops_key.exists():
+            self.ops_key.parent.mkdir(parents=True, exist_ok=True)
+            result = self.ops_command("keygen", "--ops-key", str(self.ops_key))
+            if result.returncode:
+                raise RuntimeError(result.stderr)
+        key = load_key(self.ops_key)
+        return {"kid": key_id(key), "public_key": public_key_text(key)}
+
+    def push(self, what: str, file: Path, *args: str) -> subprocess.CompletedProcess:
+        """``counterbox-ops {what} push`` (``prices`` or ``order``) to this stack's broker."""
+        return self.ops_command(what, "push", "--central-db", str(self.central_db), "--ops-key", str(self.ops_key),
+                                "--broker", f"127.0.0.1:{self.broker_port}", *args, str(file))
+
     def central_public_key(self) -> str:
         if not self.central_key.exists():
             result = self.central_command("keygen")
@@ -234,19 +259,21 @@ class Stack:
     # -- devices ---------------------------------------------------------------
 
     def provision(self, device_id: str, *, scanners: list[str], uplink: dict | None = None,
-                  keepalive: int = 30) -> Device:
+                  keepalive: int = 30, region: str = "") -> Device:
         """Configure a device, create its key, and register it with central through counterbox-ops."""
         directory = self.directory / device_id
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self.uplink, **(uplink or {})}
+        ops = self.ops_public_key()
         (directory / "agent.toml").write_text(
-            f'[device]\nid = "{device_id}"\nkey_file = "device.key"\n\n'
+            f'[device]\nid = "{device_id}"\nkey_file = "device.key"\nregion = "{region}"\n\n'
             f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
             # Only the given sources: no discovery of this machine's own /dev/input.
             f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\nhid_pos = false\n\n"
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\nkeepalive = {keepalive}\n\n'
             f'[uplink]\ncentral_key = "{self.central_public_key()}"\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+            + f'\n[operations.keys]\n"{ops["kid"]}" = "{ops["public_key"]}"\n'
         )
         device = Device(self, device_id, directory, public_key="")
         created = device.command("identity", "create")
@@ -254,7 +281,8 @@ class Stack:
             raise RuntimeError(created.stderr)
         device.public_key = json.loads(created.stdout)["public_key"]
         registered = subprocess.run(
-            _python_command("central.ops") + ["register", "--central-db", str(self.central_db), "--identity", "-"],
+            _python_command("central.ops") + ["register", "--central-db", str(self.central_db), "--identity", "-",
+                                              "--region", region],
             input=created.stdout, cwd=ROOT, capture_output=True, text=True, check=False,
         )
         if registered.returncode:

@@ -77,6 +77,14 @@ def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return b64url(public.public_bytes_raw())
 
 
+def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The key's JWK thumbprint (RFC 7638): the ``kid`` of documents it signs, derived from the key itself."""
+    import hashlib
+
+    jwk = f'{{"crv":"Ed25519","kty":"OKP","x":"{public_key_text(key)}"}}'
+    return b64url(hashlib.sha256(jwk.encode()).digest())
+
+
 def parse_public_key(text: str) -> Ed25519PublicKey:
     try:
         raw = b64url_decode(text.strip())

@@ -134,7 +134,7 @@ def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
         raise ProtocolError(f"batch version {payload.get('v')!r} / device {payload.get('device')!r} "
                             f"does not match version {VERSION} and the topic's device {device!r}")
     events, first, last, session = (payload.get(k) for k in ("events", "first_seq", "last_seq", "session"))
-    if not isinstance(events, list) or not events or not _natural(first) or not _natural(session, 0):
+    if not isinstance(events, list) or not events or not natural(first) or not natural(session, 0):
         raise ProtocolError("batch lacks events, a first_seq of 1 or more, or a session")
     seqs = [e.get("seq") if isinstance(e, dict) else None for e in events]
     if seqs != list(range(first, first + len(events))) or last != seqs[-1]:
@@ -156,7 +156,7 @@ def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey) -> int:
     if payload.get("device") != device:
         raise ProtocolError(f"acknowledgement is for device {payload.get('device')!r}, not {device!r}")
     seq = payload.get("ack_seq")
-    if not _natural(seq, 0):
+    if not natural(seq, 0):
         raise ProtocolError(f"acknowledgement carries no valid ack_seq: {seq!r}")
     return seq
 
@@ -175,15 +175,15 @@ def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[s
     if payload.get("v") != VERSION or payload.get("device") != device:
         raise ProtocolError(f"status version {payload.get('v')!r} / device {payload.get('device')!r} "
                             f"does not match version {VERSION} and the topic's device {device!r}")
-    if payload.get("state") not in STATES or not _natural(payload.get("session"), 0) \
-            or not _natural(payload.get("connection")):
+    if payload.get("state") not in STATES or not natural(payload.get("session"), 0) \
+            or not natural(payload.get("connection")):
         raise ProtocolError(f"status lacks a state ({' or '.join(STATES)}), a session or a connection")
     try:
         payload["sent_at"] = parse_rfc3339(payload.get("sent_at"))
     except ValueError as error:
         raise ProtocolError(f"status sent_at: {error}") from None
     for name in HEALTH_COUNTS:
-        if name in payload and not _natural(payload[name], 0):
+        if name in payload and not natural(payload[name], 0):
             raise ProtocolError(f"status {name} is not a count: {payload[name]!r}")
     return payload
 
@@ -208,7 +208,7 @@ def parse_rfc3339(text: Any) -> float:
         raise ValueError(f"{text!r} is not an RFC 3339 UTC time") from None
 
 
-def _natural(value: Any, least: int = 1) -> bool:
+def natural(value: Any, least: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 

@@ -218,6 +218,12 @@ class Journal:
             ).fetchone()
         return self._event(*row) if row else None
 
+    def of_kind(self, kind: str) -> list[Event]:
+        """Every event of ``kind``, in order: for the small kinds whose whole history makes a view."""
+        with _translated(self.path):
+            rows = self._conn.execute("SELECT seq, kind, sealed FROM events WHERE kind = ? ORDER BY seq", [kind]).fetchall()
+        return [self._event(*row) for row in rows]
+
     def last_seq(self, kind: str | None = None) -> int:
         with _translated(self.path):
             if kind is None:

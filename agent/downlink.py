@@ -1,0 +1,125 @@
+"""The one door for what comes back from the broker: central's acknowledgements and operations' documents.
+
+Every message the agent receives passes here. An acknowledgement goes to the
+uplink, which verifies it with central's key. A document (docs/protocol.md,
+Documents) is applied only when all of these hold, and otherwise refused with
+a log line that names the reason, changing nothing:
+
+- it is signed by an operations key the box trusts (``[operations] keys``);
+- it came on the topic it names, and is for this device or its region;
+- it has not expired (by the box's clock);
+- its version is above the one the box applied last in its stream. The same
+  version again is the broker's retained copy at a reconnection: ignored.
+
+An applied document is recorded in the journal, in one transaction: its
+content (a ``price_list`` the counter prices from at the next scan, or an
+``order``) and a ``document`` event that names it, its version and the seq of
+its content. That event travels to central in the batches like any other, so
+central knows which price list every box is on. The journal's ``document``
+events are also the box's own record of the versions it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from provisioning import documents, protocol
+from provisioning.documents import Document
+from provisioning.errors import ProtocolError
+from storage import Journal, StorageError, Store
+
+from .mqtt import Message, MqttLink
+from .uplink import Uplink
+
+logger = logging.getLogger(__name__)
+
+
+def subscriptions(prefix: str, device: str, region: str) -> list[str]:
+    """Every topic the downlink reads."""
+    return [protocol.ack_topic(prefix, device), *documents.subscriptions(prefix, device, region)]
+
+
+def applied_versions(journal: Journal) -> dict[str, int]:
+    """The version the box holds of each document stream: the view of its ``document`` events."""
+    versions: dict[str, int] = {}
+    for event in journal.of_kind("document"):
+        versions[event.body["name"]] = max(versions.get(event.body["name"], 0), event.body["version"])
+    return versions
+
+
+def apply(journal: Journal, document: Document) -> int:
+    """Record ``document`` (its content, then the ``document`` event naming it); return the latter's seq."""
+    about = {"name": document.name, "version": document.version, "issued_at": protocol.rfc3339(document.issued_at)}
+    body: dict[str, Any] = dict(document.body)
+    if document.kind == "price_list":
+        content = journal.append("price_list", {"source": "operations", **about,
+                                                "currency": body["currency"], "items": body["items"]})
+    else:
+        content = journal.append("order", {**about, **body})
+    return journal.append("document", {**about, "kind": document.kind, "kid": document.kid,
+                                       "expires_at": protocol.rfc3339(document.expires_at), "content_seq": content})
+
+
+@dataclass(kw_only=True)
+class Downlink:
+    store: Store
+    uplink: Uplink
+    device_id: str
+    region: str
+    trusted: dict[str, Ed25519PublicKey]  # operations keys, by kid
+    topic_prefix: str
+    _applied: dict[str, int] = field(default_factory=dict)
+
+    async def run(self, link: MqttLink) -> None:
+        self._applied = await self.store.read(applied_versions)
+        ack_topic = protocol.ack_topic(self.topic_prefix, self.device_id)
+        async for message in link.messages():
+            if message.topic == ack_topic:
+                await self.uplink.acknowledged(message.payload)
+            elif "/docs/" in message.topic:
+                await self._document(message)
+            else:
+                logger.warning("message on an unexpected topic ignored topic=%s", message.topic)
+
+    def _check(self, message: Message) -> Document:
+        document = documents.decode_document(message.payload, trusted=self.trusted)
+        expected = documents.topic(self.topic_prefix, document.scope, document.name)
+        if message.topic != expected:
+            raise ProtocolError(f"it names the topic {expected}, not the one it came on")
+        if not document.scope.includes(self.device_id, self.region):
+            raise ProtocolError(f"it is for {document.scope.as_json()}, not this device "
+                                f"({self.device_id}, region {self.region or 'none'})")
+        if time.time() > document.expires_at:
+            raise ProtocolError(f"it expired at {protocol.rfc3339(document.expires_at)}")
+        return document
+
+    async def _document(self, message: Message) -> None:
+        if not message.payload:
+            return  # a retained document cleared by operations: nothing to apply
+        try:
+            document = self._check(message)
+        except ProtocolError as error:
+            logger.warning("document refused topic=%s: %s; nothing changed", message.topic, error)
+            return
+        held = self._applied.get(document.name, 0)
+        if document.version == held:
+            logger.debug("document %s version %d already applied", document.name, held)
+            return
+        if document.version < held:
+            logger.warning("document refused %s version=%d: version %d is applied; an older or replayed "
+                           "document changes nothing", document.name, document.version, held)
+            return
+        try:
+            seq = await self.store.write(lambda journal: apply(journal, document))
+        except StorageError as error:
+            # Nothing recorded; the broker's retained copy comes again at the next connection.
+            logger.error("document %s version=%d NOT applied: %s", document.name, document.version, error)
+            return
+        self._applied[document.name] = document.version
+        logger.info("document applied seq=%d %s version=%d", seq, document.name, document.version)
+        self.uplink.wake.set()

@@ -1,0 +1,182 @@
+"""Documents that operations sign and push down to the boxes: price lists and orders.
+
+Each is a JWS (like batches) signed by an operations key, and names its
+stream, a version that only grows within the stream, when it was issued, when
+it expires, and whom it is for (one device, or every device of a region):
+
+    token = encode_document(Document(kind="price_list", name="price_list", version=12,
+                                     scope=Scope(region="honghe"), body={...},
+                                     issued_at=now, expires_at=now + 30 * 86400), key=ops_key, kid="ops-2026")
+    document = decode_document(token, trusted={"ops-2026": ops_public_key})   # or ProtocolError
+
+``decode_document`` checks what the token alone can prove (the signature of
+a trusted key, the shape); whether a document is for this box, in time and
+newer than what it holds is the box's check (agent/downlink.py), against its
+own state. docs/protocol.md is the contract.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import jws
+from .errors import ProtocolError, SignatureError
+from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, rfc3339, valid_device_id
+
+DOCUMENT_TYPE = "counterbox-doc+jws"
+KINDS = ("price_list", "order")
+_ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_REGION = _ORDER_ID
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Whom a document is for: one device, or every device of a region."""
+
+    device: str | None = None
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.device is None) == (self.region is None):
+            raise ValueError("a document is for one device or for one region")
+        if self.device is not None and not valid_device_id(self.device):
+            raise ValueError(f"device id {self.device!r} is not valid")
+        if self.region is not None and not _REGION.fullmatch(self.region):
+            raise ValueError(f"region {self.region!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
+
+    def as_json(self) -> dict[str, str]:
+        return {"device": self.device} if self.device is not None else {"region": self.region}
+
+    def includes(self, device: str, region: str) -> bool:
+        return self.device == device if self.device is not None else bool(region) and self.region == region
+
+
+@dataclass(frozen=True)
+class Document:
+    kind: str  # price_list, order
+    name: str  # its stream: "price_list", or "order/<id>" for each order
+    version: int  # grows within the stream
+    scope: Scope
+    body: dict[str, Any]
+    issued_at: float
+    expires_at: float  # the box refuses it after this (by its own clock)
+    kid: str = field(default="", compare=False)  # the operations key that signed it
+
+
+def order_name(order_id: str) -> str:
+    if not _ORDER_ID.fullmatch(order_id):
+        raise ValueError(f"order id {order_id!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
+    return f"order/{order_id}"
+
+
+def _check_name(kind: str, name: str) -> None:
+    if kind == "price_list" and name == "price_list":
+        return
+    if kind == "order" and name.startswith("order/") and _ORDER_ID.fullmatch(name[len("order/"):]):
+        return
+    raise ProtocolError(f"document name {name!r} does not fit its kind {kind!r}")
+
+
+def _check_body(kind: str, body: dict[str, Any]) -> None:
+    """A body the box can use as it is: anything else would fail later, at a scan or a delivery."""
+    if kind == "price_list":
+        items, currency = body.get("items"), body.get("currency")
+        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency) or not isinstance(items, list):
+            raise ProtocolError("a price list needs a currency (ISO 4217, like CNY) and a list of items")
+        for number, item in enumerate(items, 1):
+            if not (isinstance(item, dict) and _code(item.get("barcode")) and isinstance(item.get("name"), str)
+                    and natural(item.get("price"), 0)):
+                raise ProtocolError(f"price list item {number} needs a barcode, a name, and a price "
+                                    "in the currency's minor unit (an integer, 0 or more)")
+    elif kind == "order":
+        lines = body.get("lines")
+        if not isinstance(lines, list) or not lines:
+            raise ProtocolError("an order needs its lines")
+        for number, line in enumerate(lines, 1):
+            if not (isinstance(line, dict) and _code(line.get("barcode")) and isinstance(line.get("name"), str)
+                    and natural(line.get("quantity"))):
+                raise ProtocolError(f"order line {number} needs a barcode, a name and a quantity of 1 or more")
+
+
+def _code(value: Any) -> bool:
+    """A barcode's data as a scanner types it: printable ASCII, at most 48 characters (a GS1-128's limit)."""
+    return isinstance(value, str) and 0 < len(value) <= 48 and value.isascii() and value.isprintable()
+
+
+def topic(prefix: str, scope: Scope, name: str) -> str:
+    """Where a document waits, retained, for the boxes it is for."""
+    if scope.device is not None:
+        return f"{prefix}/devices/{scope.device}/docs/{name}"
+    return f"{prefix}/regions/{scope.region}/docs/{name}"
+
+
+def subscriptions(prefix: str, device: str, region: str) -> list[str]:
+    """The topics a box reads its documents from: its own, and its region's when it has one."""
+    topics = [f"{prefix}/devices/{device}/docs/#"]
+    if region:
+        topics.append(f"{prefix}/regions/{region}/docs/#")
+    return topics
+
+
+def encode_document(document: Document, *, key: Ed25519PrivateKey, kid: str) -> bytes:
+    if document.kind not in KINDS:
+        raise ValueError(f"unknown document kind {document.kind!r}")
+    _check_name(document.kind, document.name)
+    _check_body(document.kind, document.body)
+    payload = {
+        "v": VERSION, "kind": document.kind, "name": document.name, "version": document.version,
+        "scope": document.scope.as_json(), "issued_at": rfc3339(document.issued_at),
+        "expires_at": rfc3339(document.expires_at), "body": document.body,
+    }
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    token = jws.sign(body, key, kid=kid, typ=DOCUMENT_TYPE).encode()
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ValueError(f"the signed document is {len(token)} bytes, over the protocol's limit of {MAX_TOKEN_BYTES}")
+    return token
+
+
+def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) -> Document:
+    """The document in ``token`` if a trusted operations key signed it and it is well formed; else ProtocolError."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ProtocolError(f"document of {len(token)} bytes is over the protocol's limit of {MAX_TOKEN_BYTES}")
+    try:
+        text = token.decode("ascii")
+        header = jws.unverified_header(text)
+    except (UnicodeDecodeError, SignatureError):
+        raise SignatureError("not a JWS compact token") from None
+    kid = header.get("kid")
+    key = trusted.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise SignatureError(f"signed by {kid!r}, which is not a trusted operations key")
+    try:
+        header, raw = jws.verify(text, key)
+    except SignatureError as error:
+        raise SignatureError(f"signature check failed: {error}") from None
+    if header.get("typ") != DOCUMENT_TYPE:
+        raise ProtocolError(f"header typ {header.get('typ')!r} is not {DOCUMENT_TYPE!r}")
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("payload is not JSON") from None
+    if not isinstance(payload, dict) or payload.get("v") != VERSION:
+        raise ProtocolError(f"payload is not a version {VERSION} document")
+    kind, name, version, body = (payload.get(k) for k in ("kind", "name", "version", "body"))
+    if kind not in KINDS or not isinstance(name, str) or not natural(version) or not isinstance(body, dict):
+        raise ProtocolError("document lacks a known kind, a name, a version of 1 or more, or a body")
+    _check_name(kind, name)
+    _check_body(kind, body)
+    scope = payload.get("scope")
+    try:
+        if not isinstance(scope, dict) or set(scope) - {"device", "region"}:
+            raise ValueError("a scope is {\"device\": ...} or {\"region\": ...}")
+        scope = Scope(**scope)
+        issued_at, expires_at = parse_rfc3339(payload.get("issued_at")), parse_rfc3339(payload.get("expires_at"))
+    except (ValueError, TypeError) as error:
+        raise ProtocolError(f"document scope or times: {error}") from None
+    return Document(kind, name, version, scope, body, issued_at, expires_at, kid)

@@ -1,0 +1,208 @@
+"""Documents operations push down: only what a trusted operations key signed for this box, newer than
+what it holds and still in time, is applied; anything else is refused, logged, and changes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from joserfc import jws as joserfc_jws
+from joserfc.jwk import OKPKey
+from paho.mqtt.client import MQTTv5
+
+from provisioning import documents, jws, protocol
+from provisioning.documents import Document, Scope
+from provisioning.errors import ProtocolError, SignatureError
+from provisioning.identity import key_id, load_key, public_key_text
+
+from .harness import feed, scans, wait_until
+
+NOW = 1_764_000_000.0
+PRICES = {"currency": "CNY", "items": [{"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]}
+ORDER = {"order_id": "2026-W48-17", "lines": [{"barcode": "6901028075848", "name": "Hongtashan (carton)", "quantity": 5}]}
+
+
+@pytest.fixture
+def ops():
+    return Ed25519PrivateKey.generate()
+
+
+def document(kind="price_list", name="price_list", version=1, scope=Scope(region="honghe"), body=PRICES,
+             issued_at=NOW, expires_at=NOW + 86400):
+    return Document(kind, name, version, scope, body, issued_at, expires_at)
+
+
+def test_a_document_round_trips_and_an_off_the_shelf_library_verifies_it(ops):
+    kid = key_id(ops)
+    token = documents.encode_document(document(), key=ops, kid=kid)
+    assert documents.decode_document(token, trusted={kid: ops.public_key()}) == document()
+    public = OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": public_key_text(ops)})
+    assert public.thumbprint() == kid  # the key id is the key's RFC 7638 thumbprint
+    verified = joserfc_jws.deserialize_compact(token, public, algorithms=["Ed25519"])
+    assert verified.protected == {"alg": "Ed25519", "kid": kid, "typ": "counterbox-doc+jws"}
+    assert json.loads(verified.payload)["scope"] == {"region": "honghe"}
+
+
+def _signed(payload: dict, key, kid: str, typ: str = documents.DOCUMENT_TYPE) -> bytes:
+    return jws.sign(json.dumps(payload).encode(), key, kid=kid, typ=typ).encode()
+
+
+def _payload(**change):
+    base = {"v": 1, "kind": "price_list", "name": "price_list", "version": 3, "scope": {"region": "honghe"},
+            "issued_at": "2025-11-24T16:00:00.000Z", "expires_at": "2025-12-24T16:00:00.000Z", "body": PRICES}
+    return {**base, **change}
+
+
+def _item(**change):
+    return {"currency": "CNY", "items": [{**PRICES["items"][0], **change}]}
+
+
+@pytest.mark.parametrize("forge,reason", [
+    (lambda k, kid: documents.encode_document(document(), key=Ed25519PrivateKey.generate(), kid="someone"),
+     "signed by 'someone', which is not a trusted operations key"),
+    (lambda k, kid: documents.encode_document(document(), key=Ed25519PrivateKey.generate(), kid=kid),
+     "signature check failed"),
+    (lambda k, kid: _signed(_payload(), k, kid, typ=protocol.BATCH_TYPE), "typ 'counterbox-batch+jws'"),
+    (lambda k, kid: _signed(_payload(v=2), k, kid), "not a version 1 document"),
+    (lambda k, kid: _signed(_payload(kind="firmware"), k, kid), "lacks a known kind"),
+    (lambda k, kid: _signed(_payload(version=0), k, kid), "a version of 1 or more"),
+    (lambda k, kid: _signed(_payload(name="order/1"), k, kid), "does not fit its kind"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/a/b", body=ORDER), k, kid), "does not fit its kind"),
+    (lambda k, kid: _signed(_payload(scope={"region": "honghe", "device": "shop-1"}), k, kid), "one device or for one region"),
+    (lambda k, kid: _signed(_payload(scope={"shop": "x"}), k, kid), "scope or times"),
+    (lambda k, kid: _signed(_payload(scope={"region": "a/b"}), k, kid), "region 'a/b' must be"),
+    (lambda k, kid: _signed(_payload(expires_at="tomorrow"), k, kid), "not an RFC 3339 UTC time"),
+    (lambda k, kid: _signed(_payload(body={"items": []}), k, kid), "needs a currency"),
+    (lambda k, kid: _signed(_payload(body=_item(price=-1)), k, kid), "price list item 1 needs"),
+    (lambda k, kid: _signed(_payload(body=_item(price=23.5)), k, kid), "price list item 1 needs"),
+    (lambda k, kid: _signed(_payload(body=_item(price=True)), k, kid), "price list item 1 needs"),
+    (lambda k, kid: _signed(_payload(body=_item(barcode="")), k, kid), "price list item 1 needs"),
+    (lambda k, kid: _signed(_payload(body=_item(barcode=6901028075831)), k, kid), "price list item 1 needs"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"lines": []}), k, kid), "needs its lines"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"lines": [{"barcode": "1", "name": "x",
+                                                                                     "quantity": 0}]}), k, kid),
+     "order line 1 needs"),
+    (lambda k, kid: b"A" * (protocol.MAX_TOKEN_BYTES + 1), "over the protocol's limit"),
+    (lambda k, kid: b"\xff" + documents.encode_document(document(), key=k, kid=kid), "not a JWS compact token"),
+], ids=["untrusted-kid", "other-key", "typ", "version", "kind", "version-0", "name", "order-name", "two-scopes",
+        "unknown-scope", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
+        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "oversize", "non-ascii"])
+def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_reason(ops, forge, reason):
+    kid = key_id(ops)
+    with pytest.raises((ProtocolError, SignatureError), match=re.escape(reason)):
+        documents.decode_document(forge(ops, kid), trusted={kid: ops.public_key()})
+
+
+def test_a_price_list_too_big_for_one_message_is_refused_when_it_is_signed(ops):
+    items = [{"barcode": f"{n:013d}", "name": "x" * 200, "price": 100} for n in range(40_000)]
+    with pytest.raises(ValueError, match="over the protocol's limit"):
+        documents.encode_document(document(body={"currency": "CNY", "items": items}), key=ops, kid="k")
+
+
+# -- end to end: operations' command, the broker, the box -----------------------------------------------------
+
+def _last(device, kind: str) -> dict | None:
+    shown = device.command("show", "--last", "1000")
+    if "the agent has not run on this box yet" in shown.stderr:
+        return None
+    assert shown.returncode == 0, shown.stderr
+    events = [json.loads(line) for line in shown.stdout.splitlines()]
+    matching = [e for e in events if e["kind"] == kind]
+    return matching[-1] if matching else None
+
+
+def _prices_csv(tmp_path, price: str, name: str = "prices.csv"):
+    path = tmp_path / name
+    path.write_text(f"barcode,name,price\n6901028075831,Hongtashan (pack),{price}\n")
+    return path
+
+
+def _devices(stack) -> dict[str, dict]:
+    return {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
+
+
+def test_a_price_list_pushed_to_a_region_prices_the_next_scan_and_central_learns_the_version(stack, fifo, tmp_path):
+    device = stack.provision("shop-prices", scanners=[str(fifo)], region="honghe")
+    device.start()
+    wait_until(lambda: "subscribed to counterbox/v1/regions/honghe/docs/#" in device.log.read_text(), 20, "online")
+    pushed = stack.push("prices", _prices_csv(tmp_path, "23.00"), "--region", "honghe")
+    assert pushed.returncode == 0, pushed.stderr
+    assert json.loads(pushed.stdout)["version"] == 1
+    wait_until(lambda: _last(device, "document"), 20, "the price list applied")
+    feed(fifo, scans(["6901028075831"]))
+    sale = wait_until(lambda: _last(device, "sale"), 20, "the sale")
+    assert (sale["body"]["unit_price"], sale["body"]["known"]) == (2300, True)
+
+    assert stack.push("prices", _prices_csv(tmp_path, "24.50"), "--region", "honghe").returncode == 0
+    wait_until(lambda: _last(device, "document")["body"]["version"] == 2, 20, "version 2 applied")
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: _last(device, "sale")["body"]["unit_price"] == 2450, 20, "the sale at the new price")
+    wait_until(lambda: _devices(stack)["shop-prices"]["documents"] == {"price_list": 2}, 20,
+               "central told which price list the box is on")
+    assert "applied seq=" in device.log.read_text() and "2450" not in device.log.read_text()
+
+
+def test_a_document_pushed_while_the_box_is_off_is_applied_when_it_returns(stack, fifo, tmp_path):
+    device = stack.provision("shop-away", scanners=[str(fifo)])
+    order = tmp_path / "order.csv"
+    order.write_text("barcode,name,quantity\n6901028075848,Hongtashan (carton),5\n6902672100139,Yuxi (carton),2\n")
+    # The box is off: its session (clean) is long gone, so only the broker's retained copy can reach it.
+    assert stack.push("order", order, "--device", "shop-away", "--order-id", "2026-W48-17").returncode == 0
+    device.start()
+    applied = wait_until(lambda: _last(device, "order"), 20, "the order applied")
+    assert applied["body"]["name"] == "order/2026-W48-17" and applied["body"]["version"] == 1
+    assert [line["quantity"] for line in applied["body"]["lines"]] == [5, 2]
+    device.stop()
+    device.start()  # the retained copy again: already applied, nothing new
+    wait_until(lambda: device.log.read_text().count("subscribed to counterbox/v1/devices/shop-away/docs/#") == 2, 20,
+               "the second start online")
+    time.sleep(0.5)
+    assert device.status()["events"]["order"] == 1
+
+
+def _publish(stack, topic: str, token: bytes) -> None:
+    mqtt_publish.single(topic, token, qos=1, retain=True, hostname="127.0.0.1", port=stack.broker_port, protocol=MQTTv5)
+
+
+def test_an_older_forged_expired_or_other_shops_document_changes_nothing(stack, fifo, tmp_path):
+    device = stack.provision("shop-guard", scanners=[str(fifo)], region="honghe")
+    device.start()
+    assert stack.push("prices", _prices_csv(tmp_path, "23.00"), "--region", "honghe").returncode == 0
+    assert stack.push("prices", _prices_csv(tmp_path, "24.00"), "--region", "honghe").returncode == 0
+    wait_until(lambda: (_last(device, "document") or {}).get("body", {}).get("version") == 2, 20, "version 2 applied")
+    held = device.status()["events"]
+
+    ops = load_key(stack.ops_key)
+    kid = key_id(ops)
+    now = time.time()
+    region_topic = "counterbox/v1/regions/honghe/docs/price_list"
+    cheap = {"currency": "CNY", "items": [{"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 1}]}
+
+    def doc(version=3, scope=Scope(region="honghe"), expires_at=now + 3600, body=cheap):
+        return Document("price_list", "price_list", version, scope, body, now, expires_at)
+
+    attempts = [
+        # version 1 again, as a replay of what the broker once carried
+        (region_topic, documents.encode_document(doc(version=1), key=ops, kid=kid), "version 2 is applied"),
+        (region_topic, documents.encode_document(doc(), key=Ed25519PrivateKey.generate(), kid="intruder"),
+         "not a trusted operations key"),
+        (region_topic, documents.encode_document(doc(expires_at=now - 60), key=ops, kid=kid), "it expired at"),
+        # another region's price list, put on this region's topic
+        (region_topic, documents.encode_document(doc(scope=Scope(region="kunming")), key=ops, kid=kid), "names the topic"),
+        # another shop's order, put on this shop's topic
+        ("counterbox/v1/devices/shop-guard/docs/order/9",
+         documents.encode_document(Document("order", "order/9", 1, Scope(device="shop-other"), ORDER, now, now + 3600),
+                                   key=ops, kid=kid), "names the topic"),
+        # another shop's document published on its own topic, where this box does not listen: never seen at all
+    ]
+    for topic, token, reason in attempts:
+        _publish(stack, topic, token)
+        wait_until(lambda: reason in device.log.read_text(), 10, f"the refusal: {reason}")
+    assert device.status()["events"] == held
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: _last(device, "sale"), 20, "the sale")
+    assert _last(device, "sale")["body"]["unit_price"] == 2400
