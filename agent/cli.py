@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 from drivers.errors import DriverError
 from provisioning.errors import ProvisioningError
-from provisioning.identity import create_key, load_key, public_key_text
+from provisioning.identity import create_key, device_id_for, load_key, public_key_text
 from storage import JournalError, StorageError
 
 from . import config as config_module
@@ -55,13 +56,13 @@ def _prices_load(args) -> int:
 
 def _identity_create(args) -> int:
     key = create_key(args.config.device.key_file)
-    print(json.dumps({"device": args.config.device.id, "public_key": public_key_text(key)}))
+    print(json.dumps({"device": args.config.device.id or device_id_for(key), "public_key": public_key_text(key)}))
     return 0
 
 
 def _identity_show(args) -> int:
     key = load_key(args.config.device.key_file)
-    print(json.dumps({"device": args.config.device.id, "public_key": public_key_text(key)}))
+    print(json.dumps({"device": args.config.device.id or device_id_for(key), "public_key": public_key_text(key)}))
     return 0
 
 
@@ -69,9 +70,15 @@ def _status(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
         last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
+        activation = journal.last("activation")
     finally:
         journal.close()
-    print(json.dumps({"device": args.config.device.id, "last_seq": last, "acked_seq": acked,
+    device = args.config.device.id
+    if not device:
+        with contextlib.suppress(ProvisioningError):  # not readable by this user: the id stays unsaid
+            device = device_id_for(load_key(args.config.device.key_file))
+    shop = activation.body["shop"] if activation else args.config.device.shop or None
+    print(json.dumps({"device": device or None, "shop": shop, "last_seq": last, "acked_seq": acked,
                       "unacknowledged": last - acked, "events": counts}))
     return 0
 

@@ -24,14 +24,19 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    id: str = ""
+    id: str = ""  # empty: derived from the device's key (a box activated by code)
     key_file: Path = Path("/var/lib/counterbox/device.key")
-    region: str = ""  # the sales region: the box also takes the documents operations push to it
+    # Set only for a box registered by hand (counterbox-ops register): its shop and sales region.
+    # A box with no shop here waits for an activation code, which names both.
+    shop: str = ""
+    region: str = ""
 
     def __post_init__(self) -> None:
-        if not protocol.valid_device_id(self.id):
-            raise ConfigError(f"[device] id {self.id!r} must be set: 1 to {protocol.MAX_DEVICE_ID} ASCII letters, "
-                              "digits, '-', '_' or '.'")
+        if self.id and not protocol.valid_device_id(self.id):
+            raise ConfigError(f"[device] id {self.id!r} must be 1 to {protocol.MAX_DEVICE_ID} ASCII letters, "
+                              "digits, '-', '_' or '.' (or unset: derived from the device's key)")
+        if self.shop and not self.id:
+            raise ConfigError("[device] shop is for a box registered by hand, which needs its id set too")
         if self.region and not protocol.valid_device_id(self.region):
             raise ConfigError(f"[device] region {self.region!r} must be 1 to {protocol.MAX_DEVICE_ID} ASCII letters, "
                               "digits, '-', '_' or '.'")

@@ -12,18 +12,25 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
-from provisioning import protocol
-from provisioning.identity import load_key, parse_public_key
+from provisioning import activation, protocol
+from provisioning.identity import create_key, device_id_for, load_key, parse_public_key
 from storage import Journal, NoJournal, StorageError, Store, load_data_key
 
+from .activation import Activator
+from .activation import current as activation_state
+from .activation import subscriptions as activation_topics
 from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, log_recorded, signal_for
 from .downlink import Downlink
 from .downlink import subscriptions as downlink_topics
 from .mqtt import MqttLink
-from .telemetry import Telemetry
+from .telemetry import Telemetry, agent_version
 from .uplink import Uplink
 
 logger = logging.getLogger(__name__)
@@ -65,76 +72,143 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
 BLOCKING_THREADS = 2
 
 
+def device_key(config: Config):
+    """The device's signing key. A box that is to be activated by code (no ``[device] id`` set) makes
+    its own key at its first start; a box configured by hand must have been given one."""
+    path = config.device.key_file
+    if not config.device.id and not path.exists():
+        key = create_key(path)
+        logger.info("device key created: %s", path)
+        return key
+    return load_key(path)
+
+
 async def run(config: Config) -> None:
     """Run until SIGTERM or SIGINT."""
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
-    signing_key = await asyncio.to_thread(load_key, config.device.key_file)
+    signing_key = await asyncio.to_thread(device_key, config)
     if not config.uplink.central_key:
         raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")
     central_key = parse_public_key(config.uplink.central_key)
+    device_id = config.device.id or device_id_for(signing_key)
     store = await open_store(config)
     try:
         session = await store.write(lambda journal: journal.start_session())
         last, acked = await store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
         logger.info("agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
-                    config.device.id, session, store.path, last, acked)
-        await _serve(config, store, session, signing_key, central_key)
+                    device_id, session, store.path, last, acked)
+        box = Box(config=config, store=store, session=session, device_id=device_id, key=signing_key,
+                  central_key=central_key, counter=Counter(currency=config.pricing.currency),
+                  trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()})
+        await _serve(box)
     finally:
         await store.close()
 
 
-async def _serve(config: Config, store: Store, session: int, signing_key, central_key) -> None:
+@dataclass(kw_only=True)
+class Box:
+    """The box's life: waiting for activation (unless configured by hand), then active.
+
+    The scanners run throughout; what a scan means depends on where the box is in its life."""
+
+    config: Config
+    store: Store
+    session: int
+    device_id: str
+    key: Ed25519PrivateKey
+    central_key: Ed25519PublicKey
+    counter: Counter
+    trusted: dict[str, Ed25519PublicKey]  # operations keys
+    scanners: set[str] = field(default_factory=set)  # held now
+    _activator: Activator | None = None
+    _uplink: Uplink | None = None
+
+    async def on_scan(self, scan: Scan | NotABarcode) -> Signal:
+        if self._activator is not None:
+            return await self._activator.scanned(scan)
+        if isinstance(scan, Scan) and activation.looks_like_code(scan.text):
+            logger.warning("activation code scanned scanner=%s: this box is already active; nothing changed", scan.source)
+            return Signal.ERROR
+        signal = await record_scan(self.store, self.counter, scan)
+        if self._uplink is not None:
+            self._uplink.wake.set()
+        return signal
+
+    async def on_device(self, report: dict) -> None:
+        try:
+            seq = await self.store.append("scanner", report)
+        except StorageError as error:
+            logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
+            return
+        logger.info("scanner seq=%d %s %s", seq, report["state"], report["scanner"])
+        if report["state"] == "taken":
+            self.scanners.add(report["scanner"])
+        else:
+            self.scanners.discard(report["scanner"])
+        if self._uplink is not None:
+            self._uplink.wake.set()
+
+    async def run(self) -> None:
+        held = await self.store.read(activation_state)
+        if held is None and not self.config.device.shop:
+            await self._wait_for_activation()
+            held = await self.store.read(activation_state)
+        region = held["region"] if held else self.config.device.region
+        await self._active(region)
+
+    def _link(self, subscriptions: list[str], **options) -> MqttLink:
+        broker = self.config.broker
+        return MqttLink(host=broker.host, port=broker.port, client_id=self.device_id, keepalive=broker.keepalive,
+                        subscriptions=subscriptions, **options)
+
+    async def _wait_for_activation(self) -> None:
+        prefix = self.config.uplink.topic_prefix
+        self._activator = Activator(store=self.store, device_id=self.device_id, key=self.key,
+                                    central_key=self.central_key, trusted=self.trusted, topic_prefix=prefix,
+                                    agent_version=agent_version())
+        try:
+            async with self._link(activation_topics(prefix, self.device_id)) as link:
+                await self._activator.run(link)
+        finally:
+            self._activator = None
+
+    async def _active(self, region: str) -> None:
+        config, prefix = self.config, self.config.uplink.topic_prefix
+        telemetry = Telemetry(store=self.store, device_id=self.device_id, session=self.session, key=self.key,
+                              topic_prefix=prefix, interval=config.uplink.status_interval, scanners=self.scanners)
+        async with self._link(downlink_topics(prefix, self.device_id, region), will=telemetry.will) as link:
+            uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,
+                            key=self.key, central_key=self.central_key, config=config.uplink)
+            downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,
+                                trusted=self.trusted, topic_prefix=prefix)
+            self._uplink = uplink
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(uplink.run())
+                    group.create_task(downlink.run(link))
+                    group.create_task(telemetry.run(link))
+            finally:
+                self._uplink = None
+
+
+async def _serve(box: Box) -> None:
     # Imported here: HID POS (pyusb) and keymaps load only in the process that reads scanners.
     from .scanners import Scanners
 
-    counter = Counter(currency=config.pricing.currency)
-    telemetry = Telemetry(store=store, device_id=config.device.id, session=session, key=signing_key,
-                          topic_prefix=config.uplink.topic_prefix, interval=config.uplink.status_interval)
-    async with MqttLink(
-        host=config.broker.host, port=config.broker.port, client_id=config.device.id,
-        keepalive=config.broker.keepalive,
-        subscriptions=downlink_topics(config.uplink.topic_prefix, config.device.id, config.device.region),
-        will=telemetry.will,
-    ) as link:
-        uplink = Uplink(store=store, link=link, device_id=config.device.id, session=session,
-                        key=signing_key, central_key=central_key, config=config.uplink)
-        downlink = Downlink(store=store, uplink=uplink, device_id=config.device.id, region=config.device.region,
-                            trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()},
-                            topic_prefix=config.uplink.topic_prefix)
-
-        async def on_scan(scan: Scan | NotABarcode) -> Signal:
-            signal = await record_scan(store, counter, scan)
-            uplink.wake.set()
-            return signal
-
-        async def on_device(report: dict) -> None:
-            try:
-                seq = await store.append("scanner", report)
-            except StorageError as error:
-                logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
-                return
-            logger.info("scanner seq=%d %s %s", seq, report["state"], report["scanner"])
-            if report["state"] == "taken":
-                telemetry.scanners.add(report["scanner"])
-            else:
-                telemetry.scanners.discard(report["scanner"])
-            uplink.wake.set()
-
-        scanners = Scanners(config=config.scanner, feedback=config.feedback, on_scan=on_scan, on_device=on_device)
-        main = asyncio.current_task()
-        loop = asyncio.get_running_loop()
+    config = box.config
+    scanners = Scanners(config=config.scanner, feedback=config.feedback, on_scan=box.on_scan, on_device=box.on_device)
+    main = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(box.run())
+            group.create_task(scanners.run())
+    except asyncio.CancelledError:
+        logger.info("agent stopping device=%s", box.device_id)
+        raise
+    finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, main.cancel)
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(uplink.run())
-                group.create_task(downlink.run(link))
-                group.create_task(telemetry.run(link))
-                group.create_task(scanners.run())
-        except asyncio.CancelledError:
-            logger.info("agent stopping device=%s", config.device.id)
-            raise
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)

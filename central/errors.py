@@ -15,3 +15,7 @@ class SeqConflict(Rejected):
 
 class RegistryError(CentralError):
     """A device registration that conflicts with what central holds, or cannot be read."""
+
+
+class ActivationRefused(Rejected):
+    """An activation request central will not honour; the reason goes back to the box."""

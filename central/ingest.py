@@ -16,15 +16,16 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent.mqtt import Backoff, Message, MqttError, MqttLink, Session
-from provisioning import protocol
+from provisioning import activation, protocol
 from provisioning.errors import ProtocolError
 from provisioning.identity import parse_public_key
 
-from .errors import Rejected
+from .errors import ActivationRefused, Rejected
 from .store import CentralStore
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,18 @@ SESSION_EXPIRY = 7 * 24 * 3600  # seconds the broker keeps batches for central w
 RECONNECT = Backoff(first=0.05, most=1.0)
 # A device whose clock differs from central's by more than this is flagged (log, report).
 CLOCK_TOLERANCE = 60.0  # seconds
+
+
+@dataclass(frozen=True)
+class Waiting:
+    device_id: str
+
+
+@dataclass(frozen=True)
+class Answered:
+    device_id: str
+    accepted: bool
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -60,13 +73,15 @@ class Ingest:
         self.prefix = topic_prefix
         self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
 
-    def handle(self, message: Message) -> tuple[Accepted | StatusReceived, tuple[str, bytes] | None]:
+    def handle(self, message: Message) -> tuple[Any, tuple[str, bytes] | None]:
         """Verify and store one batch or status; return the result and, for a batch, the
         acknowledgement (topic, token) to publish.
 
         Blocking (SQLite): ``serve`` runs it in central's store thread.
         """
         received_at = time.time()
+        if message.topic.startswith(f"{self.prefix}/activation/"):
+            return self._activation(message, received_at)
         try:
             device_id, leaf = protocol.parse_device_topic(self.prefix, message.topic)
             key = self._public_key(device_id)
@@ -86,6 +101,29 @@ class Ingest:
         ack = protocol.encode_ack(device_id, acked, key=self.signing_key)
         return result, (protocol.ack_topic(self.prefix, device_id), ack)
 
+    def _activation(self, message: Message, received_at: float) -> tuple[Any, tuple[str, bytes] | None]:
+        """A waiting box's hello (noted), or its activation request (answered, signed, on its result topic)."""
+        try:
+            if message.topic.endswith("/hello"):
+                device_id = activation.device_of_topic(self.prefix, message.topic, "hello")
+                hello = activation.decode_hello(message.payload, device=device_id)
+                self.store.waiting(device_id, hello["public_key"], str(hello.get("agent_version", "")), received_at)
+                return Waiting(device_id), None
+            device_id = activation.device_of_topic(self.prefix, message.topic, "request")
+            public_key, code = activation.decode_request(message.payload, device=device_id)
+            code_id = activation.code_id_of(code)
+        except ProtocolError as error:
+            raise Rejected(str(error)) from None
+        try:
+            shop = self.store.activate(code_id, code, device_id=device_id, public_key=public_key, now=received_at)
+            result = {"accepted": True, "code": code_id, "shop": shop.licence, "name": shop.name,
+                      "region": shop.region, "monitoring": shop.monitoring}
+        except ActivationRefused as refused:
+            result = {"accepted": False, "code": code_id, "reason": str(refused)}
+        answer = activation.encode_result(device_id, result, key=self.signing_key)
+        return Answered(device_id, result["accepted"], result.get("reason", "")), \
+            (activation.topic(self.prefix, device_id, "result"), answer)
+
     def _public_key(self, device_id: str) -> Ed25519PublicKey:
         device = self.store.device(device_id)
         if device is None:
@@ -103,7 +141,9 @@ class Ingest:
         try:
             async with MqttLink(host=host, port=port, client_id=client_id,
                                 subscriptions=[protocol.batch_subscription(self.prefix),
-                                               protocol.status_subscription(self.prefix)],
+                                               protocol.status_subscription(self.prefix),
+                                               activation.subscription(self.prefix, "hello"),
+                                               activation.subscription(self.prefix, "request")],
                                 session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT,
                                 manual_ack=True) as link:
                 logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
@@ -119,12 +159,26 @@ class Ingest:
         try:
             result, ack = await asyncio.get_running_loop().run_in_executor(thread, self.handle, message)
         except Rejected as reason:
-            what = "status" if message.topic.endswith("/status") else "batch"
+            what = message.topic.rsplit("/", 1)[-1] if message.topic.endswith(("/status", "/hello", "/request")) else "batch"
             logger.warning("%s rejected topic=%s bytes=%d: %s", what, message.topic, len(message.payload), reason)
             return
         except Exception:
             # Not acknowledged to the device, so it sends the batch again; the consumer itself keeps running.
             logger.exception("message not stored topic=%s: internal error", message.topic)
+            return
+        if isinstance(result, Waiting):
+            logger.info("device %s waits for activation", result.device_id)
+            return
+        if isinstance(result, Answered):
+            if result.accepted:
+                logger.info("device %s activated", result.device_id)
+            else:
+                logger.warning("device %s activation refused: %s", result.device_id, result.reason)
+            topic, token = ack
+            try:
+                link.publish_nowait(topic, token, qos=1)
+            except MqttError as error:
+                logger.warning("activation result for %s not sent (%s); the box asks again", result.device_id, error)
             return
         if isinstance(result, StatusReceived):
             logger.info("device %s %s", result.device_id, result.state)

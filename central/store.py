@@ -25,7 +25,7 @@ import sqlite_utils
 from provisioning import protocol
 from storage import sqlite
 
-from .errors import RegistryError, SeqConflict
+from .errors import ActivationRefused, RegistryError, SeqConflict
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,14 @@ class DeviceStatus:
     received_at: float  # central's clock
     clock_offset: float | None  # seconds the device's clock is ahead of central's (behind: negative)
     health: dict[str, Any]  # backlog, acked_seq, scanners, agent_version, free_bytes, ... (when online)
+
+
+@dataclass(frozen=True)
+class Shop:
+    licence: str  # the tobacco retail licence number: the shop's id
+    name: str
+    region: str
+    monitoring: bool = False  # a monitoring point: reports actual retail prices and stock
 
 
 class CentralStore:
@@ -74,6 +82,22 @@ class CentralStore:
                     {"name": str, "version": int, "kind": str, "scope": str, "kid": str, "issued_at": float,
                      "expires_at": float, "token": bytes, "published_at": float},
                     pk=("name", "version"), not_null={"kind", "scope", "token"}, if_not_exists=True,
+                )
+                # The company's retail clients, by licence number, and the activation codes issued for them.
+                self.db["shops"].create(
+                    {"licence": str, "name": str, "region": str, "monitoring": int, "registered_at": float},
+                    pk="licence", not_null={"name", "region"}, if_not_exists=True,
+                )
+                self.db["activation_codes"].create(
+                    {"code_id": str, "shop": str, "token": str, "device": str, "issued_at": float, "expires_at": float,
+                     "used_by": str, "used_key": str, "used_at": float},
+                    pk="code_id", foreign_keys=[("shop", "shops", "licence")], not_null={"shop", "token"},
+                    if_not_exists=True,
+                )
+                # Boxes waiting for activation, from their hello.
+                self.db["waiting"].create(
+                    {"device_id": str, "public_key": str, "agent_version": str, "seen_at": float},
+                    pk="device_id", if_not_exists=True,
                 )
                 self.db["device_status"].create(
                     {"device_id": str, "state": str, "session": int, "connection": int, "sent_at": float,
@@ -146,6 +170,62 @@ class CentralStore:
                     f"seq {event['seq']} differs from the event central already holds for {device_id}: "
                     "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
                 )
+
+    # -- shops and activation ------------------------------------------------------
+
+    def add_shop(self, shop: Shop, *, replace: bool = False) -> None:
+        with sqlite.transaction(self.conn):
+            if self.shop(shop.licence) is not None and not replace:
+                raise RegistryError(f"shop {shop.licence} is already registered; pass --replace to change it")
+            self.db["shops"].upsert({"licence": shop.licence, "name": shop.name, "region": shop.region,
+                                     "monitoring": int(shop.monitoring), "registered_at": time.time()}, pk="licence")
+
+    def shop(self, licence: str) -> Shop | None:
+        row = self.conn.execute("SELECT licence, name, region, monitoring FROM shops WHERE licence = ?", [licence]).fetchone()
+        return Shop(row[0], row[1], row[2], bool(row[3])) if row else None
+
+    def add_code(self, code_id: str, *, shop: str, token: str, device: str | None, issued_at: float,
+                 expires_at: float) -> None:
+        with sqlite.transaction(self.conn) as conn:
+            conn.execute("INSERT INTO activation_codes (code_id, shop, token, device, issued_at, expires_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", [code_id, shop, token, device, issued_at, expires_at])
+
+    def activate(self, code_id: str, token: str, *, device_id: str, public_key: str, now: float) -> Shop:
+        """Use the code for this device and key, once, and register the device for the code's shop.
+        The same device asking again with the same key gets the same answer (its result was lost);
+        anything else raises ActivationRefused with the reason, and changes nothing."""
+        with sqlite.transaction(self.conn) as conn:
+            row = conn.execute("SELECT shop, token, device, expires_at, used_by, used_key FROM activation_codes "
+                               "WHERE code_id = ?", [code_id]).fetchone()
+            if row is None or row[1] != token:
+                raise ActivationRefused("central never issued this code")
+            licence, _, bound, expires_at, used_by, used_key = row
+            if used_by is not None and (used_by, used_key) != (device_id, public_key):
+                raise ActivationRefused("the code was already used by another box")
+            if used_by is None and now > expires_at:
+                raise ActivationRefused("the code has expired")
+            if bound is not None and bound != device_id:
+                raise ActivationRefused(f"the code was issued for device {bound}")
+            existing = self.device(device_id)
+            if existing is not None and existing.public_key != public_key:
+                raise ActivationRefused(f"device {device_id} is registered with another key")
+            shop = self.shop(licence)
+            conn.execute("UPDATE activation_codes SET used_by = ?, used_key = ?, used_at = coalesce(used_at, ?) "
+                         "WHERE code_id = ?", [device_id, public_key, now, code_id])
+            self.register(device_id, public_key, shop=shop.licence, region=shop.region, replace=True)
+            conn.execute("DELETE FROM waiting WHERE device_id = ?", [device_id])
+        return shop
+
+    def waiting(self, device_id: str, public_key: str, agent_version: str, seen_at: float) -> None:
+        """A box waiting for activation said hello."""
+        with sqlite.transaction(self.conn):
+            if self.device(device_id) is None:
+                self.db["waiting"].upsert({"device_id": device_id, "public_key": public_key,
+                                           "agent_version": agent_version, "seen_at": seen_at}, pk="device_id")
+
+    def waiting_devices(self) -> list[dict[str, Any]]:
+        return [dict(zip(("device", "public_key", "agent_version", "seen_at"), row)) for row in self.conn.execute(
+            "SELECT device_id, public_key, agent_version, seen_at FROM waiting ORDER BY seen_at DESC")]
 
     # -- documents ---------------------------------------------------------------
 

@@ -266,7 +266,7 @@ class Stack:
         settings = {**self.uplink, **(uplink or {})}
         ops = self.ops_public_key()
         (directory / "agent.toml").write_text(
-            f'[device]\nid = "{device_id}"\nkey_file = "device.key"\nregion = "{region}"\n\n'
+            f'[device]\nid = "{device_id}"\nkey_file = "device.key"\nshop = "lab"\nregion = "{region}"\n\n'
             f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
             # Only the given sources: no discovery of this machine's own /dev/input.
             f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\nhid_pos = false\n\n"

@@ -85,6 +85,12 @@ def key_id(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return b64url(hashlib.sha256(jwk.encode()).digest())
 
 
+def device_id_for(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    """The device id of a box that was given none: derived from its key, so stable for as long as
+    the key is kept, and new after a crypto-erase (a new key is a new box)."""
+    return "cb-" + key_id(key)[:16]
+
+
 def parse_public_key(text: str) -> Ed25519PublicKey:
     try:
         raw = b64url_decode(text.strip())

@@ -41,7 +41,7 @@ def test_a_new_journal_and_its_key_are_private_to_the_service(box, tmp_path):
     (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     assert counterbox(config, "prices", "load", str(tmp_path / "prices.csv")).returncode == 0
     result = counterbox(config, "status")
-    assert json.loads(result.stdout) == {"device": "shop-1", "last_seq": 1, "acked_seq": 0, "unacknowledged": 1,
+    assert json.loads(result.stdout) == {"device": "shop-1", "shop": None, "last_seq": 1, "acked_seq": 0, "unacknowledged": 1,
                                          "events": {"price_list": 1}}
     for name in ("data.key", "journal.db"):
         assert oct((directory / name).stat().st_mode & 0o777) == "0o600", name

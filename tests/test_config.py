@@ -15,7 +15,9 @@ def write(tmp_path, text):
     return path
 
 
-def test_only_the_device_id_is_required_and_the_rest_defaults(tmp_path):
+def test_an_empty_file_is_a_box_that_waits_for_activation_with_every_default(tmp_path):
+    config = load(write(tmp_path, ""))
+    assert (config.device.id, config.device.shop, config.operations.keys) == ("", "", {})
     config = load(write(tmp_path, '[device]\nid = "shop-1"\n'))
     assert config.device.id == "shop-1"
     assert config.storage.path == Path("/var/lib/counterbox/journal.db")
@@ -72,9 +74,12 @@ def test_an_integer_is_accepted_where_seconds_are_expected(tmp_path):
         ('[device]\nid = "a"\n[uplink]\nbatch_max_event = 5\n', "unknown key [uplink] batch_max_event; known keys:"),
         ('[device]\nid = "a"\n[scaner]\npaths = []\n', "unknown section [scaner]"),
         ('[device]\nid = "a"\n[broker]\nport = "1883"\n', "[broker] port must be of type int, not '1883'"),
-        ("[device]\n", "[device] id '' must be set"),
-            ('[device]\nid = "' + 'a' * 65 + '"\n', "must be set: 1 to 64"),
-        ('[device]\nid = "shop 1"\n', "[device] id 'shop 1' must be set: 1 to 64 ASCII letters"),
+        ('[device]\nshop = "lab"\n', "[device] shop is for a box registered by hand, which needs its id set too"),
+        ('[device]\nid = "' + 'a' * 65 + '"\n', "must be 1 to 64"),
+        ('[device]\nid = "shop 1"\n', "[device] id 'shop 1' must be 1 to 64 ASCII letters"),
+        ('[device]\nregion = "red river"\n', "[device] region 'red river' must be 1 to 64"),
+        ('[operations.keys]\nk1 = "short"\n', "[operations] keys.k1: 'short' is not an Ed25519 public key"),
+        ('[operations.keys]\nk1 = 5\n', "[operations] keys.k1 must be a public key"),
         ('[device]\nid = "a"\n[uplink]\nmax_in_flight = 0\n', "must be at least 1"),
         ("[device\n", "agent.toml"),
     ],

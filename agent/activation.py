@@ -1,0 +1,175 @@
+"""The box before it is activated: it waits for an activation code, and records nothing as a sale.
+
+While it waits, the box says hello (its device id and public key, signed)
+on its activation topic every ``HELLO_INTERVAL`` seconds, so operations can
+find it for a remote install. A code reaches it in one of two ways: scanned
+from the printed slip (the scanner types the QR code's text), or pushed by
+operations to its activation topic. Either way the box first checks the code
+itself (signed by a trusted operations key, not expired, not bound to another
+device), then asks central to bind its key to the code's shop, and is active
+once central's signed answer says so: it records an ``activation`` event, the
+journal's and so the box's own record of whose box it is. A code refused at
+any step changes nothing; a scanned one is answered with the error signal.
+
+Every other scan is ignored with the attention signal and a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from drivers.decoder import NotABarcode, Scan
+from drivers.feedback import Signal
+from provisioning import activation, protocol
+from provisioning.errors import ProtocolError
+from storage import Journal, StorageError, Store
+
+from .mqtt import MqttError, MqttLink
+
+logger = logging.getLogger(__name__)
+
+HELLO_INTERVAL = 60.0  # seconds between hellos while waiting
+REQUEST_RETRY = 2.0  # seconds between requests to central while no answer comes
+ANSWER_WAIT = 20.0  # seconds a scanned code waits for central before the error signal
+
+
+def current(journal: Journal) -> dict[str, Any] | None:
+    """The activation the box holds: the body of its latest ``activation`` event, or None."""
+    event = journal.last("activation")
+    return event.body if event else None
+
+
+def subscriptions(prefix: str, device: str) -> list[str]:
+    return [activation.topic(prefix, device, "code"), activation.topic(prefix, device, "result")]
+
+
+@dataclass(kw_only=True)
+class Activator:
+    store: Store
+    device_id: str
+    key: Ed25519PrivateKey
+    central_key: Ed25519PublicKey
+    trusted: dict[str, Ed25519PublicKey]  # operations keys
+    topic_prefix: str
+    agent_version: str
+    activated: asyncio.Event = field(default_factory=asyncio.Event)
+    _link: MqttLink | None = None
+    _answers: dict[str, asyncio.Future] = field(default_factory=dict)  # by code id
+    _attempts: set[asyncio.Task] = field(default_factory=set)
+
+    async def run(self, link: MqttLink) -> None:
+        """Say hello, take pushed codes and central's answers, until the box is activated."""
+        self._link = link
+        tasks = [asyncio.create_task(self._hello(link)), asyncio.create_task(self._receive(link)),
+                 asyncio.create_task(self.activated.wait())]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failure of the hello or the receiving ends the waiting with it
+        finally:
+            pending = [*tasks, *self._attempts]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _hello(self, link: MqttLink) -> None:
+        topic = activation.topic(self.topic_prefix, self.device_id, "hello")
+        while True:
+            await link.connected.wait()
+            generation = link.generation
+            token = activation.encode_hello(self.device_id, self.key, agent_version=self.agent_version,
+                                            sent_at=time.time())
+            try:
+                await link.publish(topic, token, retain=True)
+                logger.info("waiting for activation device=%s: scan the activation code, or have operations push one",
+                            self.device_id)
+            except MqttError as error:
+                logger.warning("hello not published: %s", error)
+            deadline = time.monotonic() + HELLO_INTERVAL
+            while link.generation == generation and time.monotonic() < deadline:
+                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+    async def _receive(self, link: MqttLink) -> None:
+        code_topic = activation.topic(self.topic_prefix, self.device_id, "code")
+        async for message in link.messages():
+            if message.topic == code_topic:
+                if message.payload:
+                    logger.info("activation code pushed by operations")
+                    self._spawn(self.attempt(message.payload.decode("ascii", errors="replace")))
+            else:
+                self._answer(message.payload)
+
+    def _answer(self, token: bytes) -> None:
+        try:
+            result = activation.decode_result(token, device=self.device_id, key=self.central_key)
+        except ProtocolError as error:
+            logger.warning("activation answer refused: %s", error)
+            return
+        future = self._answers.get(result["code"])
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._attempts.add(task)
+        task.add_done_callback(self._attempts.discard)
+
+    async def scanned(self, scan: Scan | NotABarcode) -> Signal:
+        """The box's answer to a scan while it is not activated."""
+        if isinstance(scan, Scan) and activation.looks_like_code(scan.text):
+            logger.info("activation code scanned scanner=%s", scan.source)
+            return Signal.GOOD if await self.attempt(scan.text) else Signal.ERROR
+        logger.warning("scan ignored scanner=%s: this box is not activated yet; scan its activation code first",
+                       scan.source)
+        return Signal.ATTENTION
+
+    async def attempt(self, token: str) -> bool:
+        """Try one code: check it, ask central, record the activation. True once the box is active."""
+        try:
+            code = activation.decode_code(token, trusted=self.trusted)
+            if code.device is not None and code.device != self.device_id:
+                raise ProtocolError(f"it was issued for device {code.device}")
+            if time.time() > code.expires_at:
+                raise ProtocolError(f"it expired at {protocol.rfc3339(code.expires_at)}")
+        except ProtocolError as error:
+            logger.warning("activation code refused: %s; nothing changed", error)
+            return False
+        future = self._answers.setdefault(code.code_id, asyncio.get_running_loop().create_future())
+        deadline = time.monotonic() + ANSWER_WAIT
+        topic = activation.topic(self.topic_prefix, self.device_id, "request")
+        while not future.done() and time.monotonic() < deadline:
+            request = activation.encode_request(self.device_id, self.key, token, sent_at=time.time())
+            try:
+                if self._link is not None and self._link.connected.is_set():
+                    await self._link.publish(topic, request)
+            except MqttError as error:
+                logger.warning("activation request not sent: %s", error)
+            await asyncio.wait([future], timeout=REQUEST_RETRY)
+        if not future.done():
+            self._answers.pop(code.code_id, None)
+            logger.error("activation: no answer from central within %.0f s; scan the code again", ANSWER_WAIT)
+            return False
+        result = future.result()
+        if not result["accepted"]:
+            self._answers.pop(code.code_id, None)
+            logger.warning("activation refused by central: %s; nothing changed", result["reason"])
+            return False
+        if self.activated.is_set():
+            return True
+        body = {"shop": result["shop"], "name": result.get("name", ""), "region": result["region"],
+                "monitoring": result["monitoring"], "code": code.code_id, "kid": code.kid,
+                "activated_at": protocol.rfc3339(time.time())}
+        try:
+            seq = await self.store.append("activation", body)
+        except StorageError as error:
+            logger.error("activation NOT recorded: %s; scan the code again", error)
+            return False
+        logger.info("activated seq=%d device=%s shop=%s region=%s", seq, self.device_id, result["shop"], result["region"])
+        self.activated.set()
+        return True

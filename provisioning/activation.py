@@ -1,0 +1,214 @@
+"""Activation: how a new box becomes a shop's box (docs/protocol.md, Activation).
+
+Operations issue an activation code for a registered shop: a JWS signed by an
+operations key, single-use, expiring, optionally bound to one device (when it
+is pushed to a box waiting for a remote install). It travels printed on a
+slip, as a QR code the counter's scanner reads, or on the box's activation
+topic. Every message of the exchange is signed by whoever sends it:
+
+    code    = encode_code(ActivationCode(...), key=ops_key, kid=ops_kid)       # operations
+    request = encode_request(device, device_key, code)                         # the box: proves its key
+    result  = encode_result(device, {"accepted": True, "shop": ...}, key=central_key)   # central
+
+    {prefix}/activation/{device}/hello     the box, while it waits: here I am, with my public key
+    {prefix}/activation/{device}/code      operations: a code pushed for a remote install
+    {prefix}/activation/{device}/request   the box: this code, for this key
+    {prefix}/activation/{device}/result    central: accepted (the shop) or refused (why)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from . import jws
+from .errors import IdentityError, ProtocolError, SignatureError
+from .identity import parse_public_key, public_key_text
+from .protocol import MAX_TOKEN_BYTES, VERSION, parse_rfc3339, rfc3339, valid_device_id
+
+CODE_TYPE = "counterbox-activation+jws"
+REQUEST_TYPE = "counterbox-activation-request+jws"
+RESULT_TYPE = "counterbox-activation-result+jws"
+HELLO_TYPE = "counterbox-hello+jws"
+MAX_CODE_CHARS = 1024  # a code is about 450 characters; a scan longer than this is not one
+_LICENCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ActivationCode:
+    code_id: str  # unique, random: what makes the code single-use
+    shop: str  # the shop's licence number
+    region: str
+    monitoring: bool  # a monitoring-point shop (reports actual prices and stock)
+    issued_at: float
+    expires_at: float
+    device: str | None = None  # bound to one device (a remote install), or any box (a printed slip)
+    kid: str = ""  # the operations key that signed it
+
+
+def new_code_id() -> str:
+    return jws.b64url(secrets.token_bytes(12))
+
+
+def valid_licence(text: str) -> bool:
+    return bool(_LICENCE.fullmatch(text))
+
+
+def topic(prefix: str, device: str, leaf: str) -> str:
+    return f"{prefix}/activation/{device}/{leaf}"
+
+
+def subscription(prefix: str, leaf: str) -> str:
+    """Central's: every box's ``hello`` or ``request``."""
+    return f"{prefix}/activation/+/{leaf}"
+
+
+def device_of_topic(prefix: str, topic_: str, leaf: str) -> str:
+    start, end = f"{prefix}/activation/", f"/{leaf}"
+    device = topic_[len(start):-len(end)] if topic_.startswith(start) and topic_.endswith(end) else ""
+    if not valid_device_id(device):
+        raise ProtocolError(f"not an activation {leaf} topic: {topic_}")
+    return device
+
+
+def _sign(payload: dict[str, Any], key: Ed25519PrivateKey, *, kid: str, typ: str) -> bytes:
+    body = json.dumps({"v": VERSION, **payload}, separators=(",", ":"), ensure_ascii=False).encode()
+    return jws.sign(body, key, kid=kid, typ=typ).encode()
+
+
+def _open(token: bytes | str, key: Ed25519PublicKey, *, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    text = token.decode("ascii", errors="replace") if isinstance(token, bytes) else token
+    if len(text) > MAX_TOKEN_BYTES:
+        raise ProtocolError(f"message of {len(text)} bytes is over the protocol's limit")
+    try:
+        header, raw = jws.verify(text, key)
+    except SignatureError as error:
+        raise SignatureError(f"signature check failed: {error}") from None
+    if header.get("typ") != typ:
+        raise ProtocolError(f"header typ {header.get('typ')!r} is not {typ!r}")
+    try:
+        payload = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("payload is not JSON") from None
+    if not isinstance(payload, dict) or payload.get("v") != VERSION:
+        raise ProtocolError(f"payload is not a version {VERSION} object")
+    return header, payload
+
+
+# -- the code ----------------------------------------------------------------------------
+
+def encode_code(code: ActivationCode, *, key: Ed25519PrivateKey, kid: str) -> str:
+    payload = {"code": code.code_id, "shop": code.shop, "region": code.region, "monitoring": code.monitoring,
+               "issued_at": rfc3339(code.issued_at), "expires_at": rfc3339(code.expires_at)}
+    if code.device is not None:
+        payload["device"] = code.device
+    return _sign(payload, key, kid=kid, typ=CODE_TYPE).decode()
+
+
+def looks_like_code(text: str) -> bool:
+    """Whether a scan is an activation code (before anything is verified): a compact JWS of its type."""
+    if len(text) > MAX_CODE_CHARS or text.count(".") != 2:
+        return False
+    try:
+        return jws.unverified_header(text).get("typ") == CODE_TYPE
+    except SignatureError:
+        return False
+
+
+def code_id_of(token: str) -> str:
+    """The code id a code names, unverified: central checks the whole code against what it issued."""
+    try:
+        payload = json.loads(jws.b64url_decode(token.split(".")[1]))
+    except (SignatureError, ValueError, IndexError):
+        raise ProtocolError("not an activation code") from None
+    code_id = payload.get("code") if isinstance(payload, dict) else None
+    if not isinstance(code_id, str) or not code_id:
+        raise ProtocolError("not an activation code: it names no code id")
+    return code_id
+
+
+def decode_code(token: str, *, trusted: dict[str, Ed25519PublicKey]) -> ActivationCode:
+    """The code if a trusted operations key signed it and it is well formed; else ProtocolError."""
+    try:
+        kid = jws.unverified_header(token).get("kid")
+    except SignatureError as error:
+        raise ProtocolError(f"not an activation code: {error}") from None
+    key = trusted.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise SignatureError(f"signed by {kid!r}, which is not a trusted operations key")
+    _, payload = _open(token, key, typ=CODE_TYPE)
+    code_id, shop, region, monitoring = (payload.get(k) for k in ("code", "shop", "region", "monitoring"))
+    device = payload.get("device")
+    if not (isinstance(code_id, str) and code_id and isinstance(shop, str) and valid_licence(shop)
+            and isinstance(region, str) and (not region or valid_device_id(region)) and isinstance(monitoring, bool)
+            and (device is None or (isinstance(device, str) and valid_device_id(device)))):
+        raise ProtocolError("activation code lacks its code id, shop, region or monitoring flag")
+    try:
+        issued_at, expires_at = parse_rfc3339(payload.get("issued_at")), parse_rfc3339(payload.get("expires_at"))
+    except ValueError as error:
+        raise ProtocolError(f"activation code times: {error}") from None
+    return ActivationCode(code_id, shop, region, monitoring, issued_at, expires_at, device, kid)
+
+
+# -- the box's request, central's result, the box's hello -------------------------------------
+
+def encode_request(device: str, key: Ed25519PrivateKey, code: str, *, sent_at: float) -> bytes:
+    return _sign({"device": device, "public_key": public_key_text(key), "code": code, "sent_at": rfc3339(sent_at)},
+                 key, kid=device, typ=REQUEST_TYPE)
+
+
+def decode_request(token: bytes, *, device: str) -> tuple[str, str]:
+    """(public key, code) of a request the box signed with the key it names: it holds that key."""
+    try:
+        header = jws.unverified_header(token.decode("ascii", errors="replace"))
+        payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
+        public_key = parse_public_key(payload["public_key"])
+    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError):
+        raise ProtocolError("not an activation request: it names no public key") from None
+    if header.get("kid") != device:
+        raise ProtocolError(f"request kid {header.get('kid')!r} is not the topic's device {device!r}")
+    _, payload = _open(token, public_key, typ=REQUEST_TYPE)
+    if payload.get("device") != device or not isinstance(payload.get("code"), str):
+        raise ProtocolError("request lacks its device or code")
+    return payload["public_key"], payload["code"]
+
+
+def encode_result(device: str, result: dict[str, Any], *, key: Ed25519PrivateKey) -> bytes:
+    return _sign({"device": device, **result}, key, kid="central", typ=RESULT_TYPE)
+
+
+def decode_result(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[str, Any]:
+    """Central's answer for this device: {"accepted": True, "shop", "region", "monitoring", "code"}
+    or {"accepted": False, "code", "reason"}."""
+    header, payload = _open(token, key, typ=RESULT_TYPE)
+    if header.get("kid") != "central" or payload.get("device") != device:
+        raise ProtocolError(f"result is from {header.get('kid')!r} for {payload.get('device')!r}, not central's for {device!r}")
+    if not isinstance(payload.get("accepted"), bool) or not isinstance(payload.get("code"), str):
+        raise ProtocolError("result lacks accepted or code")
+    if payload["accepted"] and not (isinstance(payload.get("shop"), str) and isinstance(payload.get("region"), str)
+                                    and isinstance(payload.get("monitoring"), bool)):
+        raise ProtocolError("an accepted result lacks the shop, region or monitoring flag")
+    return payload
+
+
+def encode_hello(device: str, key: Ed25519PrivateKey, *, agent_version: str, sent_at: float) -> bytes:
+    return _sign({"device": device, "public_key": public_key_text(key), "agent_version": agent_version,
+                  "sent_at": rfc3339(sent_at)}, key, kid=device, typ=HELLO_TYPE)
+
+
+def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
+        public_key = parse_public_key(payload["public_key"])
+    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError):
+        raise ProtocolError("not a hello: it names no public key") from None
+    header, payload = _open(token, public_key, typ=HELLO_TYPE)
+    if header.get("kid") != device or payload.get("device") != device:
+        raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
+    return payload
+
