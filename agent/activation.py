@@ -17,6 +17,7 @@ Every other scan is ignored with the attention signal and a log line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -171,5 +172,8 @@ class Activator:
             logger.error("activation NOT recorded: %s; scan the code again", error)
             return False
         logger.info("activated seq=%d device=%s shop=%s region=%s", seq, self.device_id, result["shop"], result["region"])
+        if self._link is not None:
+            with contextlib.suppress(MqttError):  # the retained hello goes: this box waits no more
+                self._link.publish_nowait(activation.topic(self.topic_prefix, self.device_id, "hello"), b"", retain=True)
         self.activated.set()
         return True

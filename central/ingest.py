@@ -38,6 +38,11 @@ CLOCK_TOLERANCE = 60.0  # seconds
 
 
 @dataclass(frozen=True)
+class Cleared:
+    topic: str
+
+
+@dataclass(frozen=True)
 class Waiting:
     device_id: str
 
@@ -80,6 +85,8 @@ class Ingest:
         Blocking (SQLite): ``serve`` runs it in central's store thread.
         """
         received_at = time.time()
+        if not message.payload:
+            return Cleared(message.topic), None  # a retained message cleared by its sender
         if message.topic.startswith(f"{self.prefix}/activation/"):
             return self._activation(message, received_at)
         try:
@@ -165,6 +172,8 @@ class Ingest:
         except Exception:
             # Not acknowledged to the device, so it sends the batch again; the consumer itself keeps running.
             logger.exception("message not stored topic=%s: internal error", message.topic)
+            return
+        if isinstance(result, Cleared):
             return
         if isinstance(result, Waiting):
             logger.info("device %s waits for activation", result.device_id)

@@ -15,13 +15,15 @@ from typing import Any
 
 from agent.mqtt import Backoff, MqttError, MqttLink
 from agent.prices import PriceListError, parse_csv
-from provisioning import documents, protocol
+from provisioning import activation, documents, protocol
+from provisioning.activation import ActivationCode
 from provisioning.documents import Document, Scope
 from provisioning.errors import IdentityError, ProvisioningError
 from provisioning.identity import create_key, key_id, load_key, parse_public_key, public_key_text
 
 from .errors import CentralError
-from .store import CentralStore
+from .slip import write_slip
+from .store import CentralStore, Shop
 
 PUBLISH_TIMEOUT = 10.0  # seconds to reach the broker and have the document's PUBACK
 
@@ -140,6 +142,66 @@ def _order_push(args) -> int:
     return _push(args, kind="order", name=name, body={"order_id": args.order_id, "lines": lines})
 
 
+def _shop_add(args) -> int:
+    if not activation.valid_licence(args.licence):
+        raise CentralError(f"licence {args.licence!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
+    if args.region and not protocol.valid_device_id(args.region):
+        raise CentralError(f"region {args.region!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
+    store = CentralStore(args.central_db)
+    try:
+        store.add_shop(Shop(args.licence, args.name, args.region, args.monitoring), replace=args.replace)
+    finally:
+        store.close()
+    print(f"shop {args.licence} ({args.name}) registered in region {args.region or '-'}"
+          + (", a monitoring point" if args.monitoring else ""))
+    return 0
+
+
+def _activation_issue(args) -> int:
+    """Issue a code for a registered shop: printed on a slip, and/or pushed to a waiting box."""
+    if args.push and not args.device:
+        raise CentralError("--push sends the code to one waiting box: name it with --device")
+    key = load_key(args.ops_key, made_by="counterbox-ops keygen")
+    kid = key_id(key)
+    store = CentralStore(args.central_db)
+    try:
+        shop = store.shop(args.shop)
+        if shop is None:
+            raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
+        now = time.time()
+        code = ActivationCode(activation.new_code_id(), shop.licence, shop.region, shop.monitoring, now,
+                              now + args.valid_hours * 3600, args.device, kid)
+        token = activation.encode_code(code, key=key, kid=kid)
+        store.add_code(code.code_id, shop=shop.licence, token=token, device=args.device, issued_at=now,
+                       expires_at=code.expires_at)
+    finally:
+        store.close()
+    if args.slip:
+        write_slip(args.slip, token, shop, code, font=args.font)
+    if args.push:
+        try:
+            asyncio.run(_publish_retained(args.broker, activation.topic(args.topic_prefix, args.device, "code"),
+                                          token.encode()))
+        except MqttError as error:
+            raise CentralError(f"code {code.code_id} issued, but not pushed: {error}") from None
+    print(json.dumps({"code": code.code_id, "shop": shop.licence, "device": args.device,
+                      "expires_at": protocol.rfc3339(code.expires_at), "slip": str(args.slip) if args.slip else None,
+                      "pushed": bool(args.push)}))
+    return 0
+
+
+def _activation_waiting(args) -> int:
+    store = CentralStore(args.central_db)
+    try:
+        waiting = store.waiting_devices()
+    finally:
+        store.close()
+    for box in waiting:
+        box["seen_at"] = protocol.rfc3339(box["seen_at"])
+        print(json.dumps(box) if args.json else f"{box['device']:24} seen {box['seen_at']}  agent {box['agent_version']}")
+    return 0
+
+
 def _push_options(command: argparse.ArgumentParser, *, region: bool) -> None:
     command.add_argument("--central-db", type=Path, required=True, help="central's database")
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
@@ -169,6 +231,35 @@ def parser() -> argparse.ArgumentParser:
     keygen = commands.add_parser("keygen", help="create an operations signing key; print its key id and public key")
     keygen.add_argument("--ops-key", type=Path, required=True, help="where to write the key (mode 0600)")
     keygen.set_defaults(func=_keygen)
+
+    shop = commands.add_parser("shop", help="shops").add_subparsers(dest="action", required=True)
+    add = shop.add_parser("add", help="register a shop: the company's retail client, by licence number")
+    add.add_argument("--central-db", type=Path, required=True, help="central's database")
+    add.add_argument("--licence", required=True, help="the tobacco retail licence number")
+    add.add_argument("--name", required=True, help="the shop's name")
+    add.add_argument("--region", default="", help="its sales region (price lists are pushed per region)")
+    add.add_argument("--monitoring", action="store_true", help="a monitoring point (reports actual prices and stock)")
+    add.add_argument("--replace", action="store_true", help="change a shop already registered")
+    add.set_defaults(func=_shop_add)
+
+    activation_ = commands.add_parser("activation", help="activation codes").add_subparsers(dest="action", required=True)
+    issue = activation_.add_parser("issue", help="issue a single-use activation code for a shop: a slip, or a push")
+    issue.add_argument("--central-db", type=Path, required=True, help="central's database")
+    issue.add_argument("--ops-key", type=Path, required=True, help="the operations signing key")
+    issue.add_argument("--shop", required=True, help="the shop's licence number")
+    issue.add_argument("--valid-hours", type=float, default=72.0, help="hours the code can be used (default 72)")
+    issue.add_argument("--device", help="bind the code to this box (one waiting for a remote install)")
+    issue.add_argument("--slip", type=Path, help="write the printable slip here (.png or .pdf)")
+    issue.add_argument("--font", type=Path, help="a TrueType/OpenType font for the slip's text (one with the "
+                                                  "shop name's script, e.g. Noto Sans CJK)")
+    issue.add_argument("--push", action="store_true", help="push the code to the box (--device) through the broker")
+    issue.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
+    issue.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
+    issue.set_defaults(func=_activation_issue)
+    waiting = activation_.add_parser("waiting", help="boxes waiting for activation (they said hello), newest first")
+    waiting.add_argument("--central-db", type=Path, required=True, help="central's database")
+    waiting.add_argument("--json", action="store_true", help="one JSON object per box, for programs")
+    waiting.set_defaults(func=_activation_waiting)
 
     prices = commands.add_parser("prices", help="price lists").add_subparsers(dest="action", required=True)
     push = prices.add_parser("push", help="sign a price list (CSV: barcode,name,price) and push it to a region or device")

@@ -125,6 +125,15 @@ class Device:
             self.process.kill()
             self.process.wait()
 
+    def identity(self) -> dict:
+        """{"device", "public_key"}: for a box installed without an id, known once it has made its key."""
+        result = self.command("identity", "show")
+        if result.returncode:
+            raise RuntimeError(result.stderr)
+        identity = json.loads(result.stdout)
+        self.device_id, self.public_key = identity["device"], identity["public_key"]
+        return identity
+
     def status(self) -> dict:
         result = self.command("status")
         if result.returncode != 0:
@@ -258,15 +267,13 @@ class Stack:
 
     # -- devices ---------------------------------------------------------------
 
-    def provision(self, device_id: str, *, scanners: list[str], uplink: dict | None = None,
-                  keepalive: int = 30, region: str = "") -> Device:
-        """Configure a device, create its key, and register it with central through counterbox-ops."""
-        directory = self.directory / device_id
+    def _configure(self, directory: Path, device: str, *, scanners: list[str], uplink: dict | None,
+                   keepalive: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         settings = {**self.uplink, **(uplink or {})}
         ops = self.ops_public_key()
         (directory / "agent.toml").write_text(
-            f'[device]\nid = "{device_id}"\nkey_file = "device.key"\nshop = "lab"\nregion = "{region}"\n\n'
+            f'[device]\n{device}key_file = "device.key"\n\n'
             f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
             # Only the given sources: no discovery of this machine's own /dev/input.
             f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\nhid_pos = false\n\n"
@@ -275,6 +282,23 @@ class Stack:
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
             + f'\n[operations.keys]\n"{ops["kid"]}" = "{ops["public_key"]}"\n'
         )
+
+    def install(self, name: str, *, scanners: list[str], uplink: dict | None = None, keepalive: int = 30) -> Device:
+        """A new box as it comes out of the image: no id, no shop, nothing registered; it makes its key at
+        its first start (``Device.start``) and waits for an activation code."""
+        directory = self.directory / name
+        self._configure(directory, "", scanners=scanners, uplink=uplink, keepalive=keepalive)
+        device = Device(self, "", directory, public_key="")
+        self.devices.append(device)
+        return device
+
+    def provision(self, device_id: str, *, scanners: list[str], uplink: dict | None = None,
+                  keepalive: int = 30, region: str = "") -> Device:
+        """A box registered by hand: configure it with its id and shop, create its key, and register it
+        with central through counterbox-ops."""
+        directory = self.directory / device_id
+        self._configure(directory, f'id = "{device_id}"\nshop = "lab"\nregion = "{region}"\n',
+                        scanners=scanners, uplink=uplink, keepalive=keepalive)
         device = Device(self, device_id, directory, public_key="")
         created = device.command("identity", "create")
         if created.returncode:

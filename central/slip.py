@@ -1,0 +1,67 @@
+"""The printed activation slip: the code as a QR code the counter's scanner reads, and what a person reads.
+
+    write_slip(Path("slip.png"), token, shop, code)     # or slip.pdf
+
+The QR code holds the code's text exactly (a compact JWS: letters, digits and
+``-_.``), which a 2D scanner in keyboard mode types into the box. Error
+correction level M, so a slip creased in a pocket still reads. The text
+beside it says whose box it activates and until when; the code id lets
+operations find the code again (`counterbox-ops activation issue` printed it).
+The default font covers Latin text; a shop name in Chinese needs a font that
+has it (``--font``, e.g. Noto Sans CJK).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from provisioning.activation import ActivationCode
+from provisioning.protocol import rfc3339
+
+from .errors import CentralError
+from .store import Shop
+
+SCALE = 6  # pixels per QR module: about 0.5 mm at 300 dpi, well within a scanner's reach
+DPI = 300
+
+
+def write_slip(path: Path, token: str, shop: Shop, code: ActivationCode, *, font: Path | None = None) -> None:
+    """Render the slip as PNG or PDF, by ``path``'s suffix."""
+    import segno
+    from PIL import Image, ImageDraw, ImageFont
+
+    kind = {".png": "PNG", ".pdf": "PDF"}.get(path.suffix.lower())
+    if kind is None:
+        raise CentralError(f"{path}: a slip is a .png or a .pdf")
+    qr = segno.make(token, error="m", micro=False)
+    size = (qr.symbol_size(scale=SCALE, border=4))[0]
+    try:
+        face = ImageFont.truetype(str(font), 28) if font else ImageFont.load_default(size=28)
+        small = ImageFont.truetype(str(font), 20) if font else ImageFont.load_default(size=20)
+    except OSError as error:
+        raise CentralError(f"font {font}: {error}") from None
+    lines = [
+        (face, "counterbox activation"),
+        (face, shop.name),
+        (small, f"licence {shop.licence}   region {shop.region or '-'}"),
+        (small, "monitoring point" if shop.monitoring else "retail shop"),
+        (small, f"valid until {rfc3339(code.expires_at)[:16].replace('T', ' ')} UTC"),
+        (small, f"for device {code.device}" if code.device else "for any new box, once"),
+        (small, f"code {code.code_id}"),
+        (small, "Plug the box in, then scan this code."),
+    ]
+    width = size + 40 + 620
+    slip = Image.new("L", (width, max(size, 40 + 44 * len(lines))), 255)
+    matrix = Image.new("1", (size, size), 1)
+    pixels = matrix.load()
+    for y, row in enumerate(qr.matrix_iter(scale=SCALE, border=4)):
+        for x, dark in enumerate(row):
+            if dark:
+                pixels[x, y] = 0
+    slip.paste(matrix, (0, 0))
+    draw = ImageDraw.Draw(slip)
+    y = 30
+    for typeface, text in lines:
+        draw.text((size + 40, y), text, font=typeface, fill=0)
+        y += 44
+    slip.save(path, kind, dpi=(DPI, DPI)) if kind == "PNG" else slip.save(path, kind, resolution=DPI)

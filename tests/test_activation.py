@@ -1,0 +1,235 @@
+"""Activation: a new box becomes a shop's box by a single-use code that operations signed, and by nothing else."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+import zxingcpp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from PIL import Image
+
+from central.errors import ActivationRefused
+from central.store import CentralStore, Shop
+from provisioning import activation, jws
+from provisioning.activation import ActivationCode
+from provisioning.errors import ProtocolError, SignatureError
+from provisioning.identity import device_id_for, key_id, load_key, public_key_text
+
+from .harness import feed, scans, wait_until
+
+NOW = 1_764_000_000.0
+SHOP = Shop("530102100123", "Mengzi No. 3", "honghe", monitoring=True)
+
+
+@pytest.fixture
+def ops():
+    return Ed25519PrivateKey.generate()
+
+
+def code(**change) -> ActivationCode:
+    fields = dict(code_id="c0de", shop=SHOP.licence, region=SHOP.region, monitoring=True, issued_at=NOW,
+                  expires_at=NOW + 3600, device=None)
+    return ActivationCode(**{**fields, **change})
+
+
+def test_a_code_round_trips_and_is_recognised_among_scans(ops):
+    kid = key_id(ops)
+    token = activation.encode_code(code(), key=ops, kid=kid)
+    assert activation.decode_code(token, trusted={kid: ops.public_key()}) == code(kid=kid)
+    assert activation.looks_like_code(token) and activation.code_id_of(token) == "c0de"
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")  # a scanner types it
+    for scan in ("6901028075831", "a.b.c", "PROMO-$5", token[:-1] + ".", jws.sign(b"{}", ops, kid="x", typ="other")):
+        assert not activation.looks_like_code(scan), scan
+
+
+@pytest.mark.parametrize("forge,reason", [
+    (lambda ops: activation.encode_code(code(), key=Ed25519PrivateKey.generate(), kid="someone"),
+     "not a trusted operations key"),
+    (lambda ops: activation.encode_code(code(), key=Ed25519PrivateKey.generate(), kid=key_id(ops)),
+     "signature check failed"),
+    (lambda ops: activation.encode_code(code(shop="53 01"), key=ops, kid=key_id(ops)), "lacks its code id, shop"),
+    (lambda ops: activation.encode_code(code(device="a/b"), key=ops, kid=key_id(ops)), "lacks its code id, shop"),
+], ids=["untrusted", "forged", "licence", "device"])
+def test_a_code_not_signed_by_a_trusted_key_or_malformed_is_refused(ops, forge, reason):
+    with pytest.raises((ProtocolError, SignatureError), match=re.escape(reason)):
+        activation.decode_code(forge(ops), trusted={key_id(ops): ops.public_key()})
+
+
+def test_a_request_proves_the_box_holds_the_key_it_names(ops):
+    box, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    device = device_id_for(box)
+    token = activation.encode_code(code(), key=ops, kid=key_id(ops))
+    request = activation.encode_request(device, box, token, sent_at=NOW)
+    assert activation.decode_request(request, device=device) == (public_key_text(box), token)
+    # The same request with another box's public key in it: its signature does not verify with that key.
+    header, payload, signature = request.decode().split(".")
+    body = json.loads(jws.b64url_decode(payload))
+    swapped = f"{header}.{jws.b64url(json.dumps({**body, 'public_key': public_key_text(other)}).encode())}.{signature}"
+    with pytest.raises(SignatureError):
+        activation.decode_request(swapped.encode(), device=device)
+    with pytest.raises(ProtocolError, match="is not the topic's device"):
+        activation.decode_request(request, device="cb-someone-else")
+
+
+def test_a_result_must_be_centrals_for_this_box():
+    central, device = Ed25519PrivateKey.generate(), "cb-box"
+    accepted = {"accepted": True, "code": "c0de", "shop": SHOP.licence, "region": "honghe", "monitoring": False}
+    result = activation.encode_result(device, accepted, key=central)
+    assert activation.decode_result(result, device=device, key=central.public_key())["shop"] == SHOP.licence
+    with pytest.raises(SignatureError):
+        activation.decode_result(activation.encode_result(device, accepted, key=Ed25519PrivateKey.generate()),
+                                 device=device, key=central.public_key())
+    with pytest.raises(ProtocolError, match="not central's for 'cb-other'"):
+        activation.decode_result(result, device="cb-other", key=central.public_key())
+
+
+# -- central: each code once ------------------------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path):
+    s = CentralStore(tmp_path / "central.db")
+    s.add_shop(SHOP)
+    yield s
+    s.close()
+
+
+def test_a_code_is_used_once_and_only_by_the_box_it_was_first_used_by(store):
+    store.add_code("c1", shop=SHOP.licence, token="T1", device=None, issued_at=NOW, expires_at=NOW + 60)
+    assert store.activate("c1", "T1", device_id="cb-a", public_key="KA", now=NOW + 1) == SHOP
+    device = store.device("cb-a")
+    assert (device.public_key, device.shop, device.region) == ("KA", SHOP.licence, "honghe")
+    # Its answer was lost and it asks again, even after the expiry: the same answer.
+    assert store.activate("c1", "T1", device_id="cb-a", public_key="KA", now=NOW + 120) == SHOP
+    for device_id, key, reason in [("cb-b", "KB", "already used by another box"),
+                                   ("cb-a", "KX", "already used by another box")]:
+        with pytest.raises(ActivationRefused, match=reason):
+            store.activate("c1", "T1", device_id=device_id, public_key=key, now=NOW + 2)
+    assert store.device("cb-b") is None
+
+
+@pytest.mark.parametrize("token,device,now,reason", [
+    ("T2", "cb-a", NOW + 61, "the code has expired"),
+    ("T-other", "cb-a", NOW + 1, "central never issued this code"),
+    ("T2", "cb-z", NOW + 1, "issued for device cb-bound"),
+])
+def test_an_expired_unknown_or_other_boxs_code_is_refused_and_changes_nothing(store, token, device, now, reason):
+    store.add_code("c2", shop=SHOP.licence, token="T2", device="cb-bound" if device == "cb-z" else None,
+                   issued_at=NOW, expires_at=NOW + 60)
+    with pytest.raises(ActivationRefused, match=reason):
+        store.activate("c2", token, device_id=device, public_key="K", now=now)
+    assert store.device(device) is None
+
+
+# -- end to end: a box out of the image, operations, the broker, central ---------------------------------
+
+def _shop(stack, licence="530102100123", region="honghe", *extra):
+    result = stack.ops_command("shop", "add", "--central-db", str(stack.central_db), "--licence", licence,
+                               "--name", "Mengzi No. 3", "--region", region, *extra)
+    assert result.returncode == 0, result.stderr
+
+
+def _issue(stack, *args) -> dict:
+    result = stack.ops_command("activation", "issue", "--central-db", str(stack.central_db),
+                               "--ops-key", str(stack.ops_key), "--broker", f"127.0.0.1:{stack.broker_port}", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _waiting(stack) -> list[str]:
+    result = stack.ops_command("activation", "waiting", "--central-db", str(stack.central_db), "--json")
+    return [json.loads(line)["device"] for line in result.stdout.splitlines()]
+
+
+def _started(stack, device) -> str:
+    device.start()
+    wait_until(lambda: (device.directory / "device.key").exists(), 20, "the box to make its key")
+    identity = device.identity()
+    wait_until(lambda: identity["device"] in _waiting(stack), 20, "central to see the box waiting")
+    return identity["device"]
+
+
+def test_a_box_activated_by_scanning_its_printed_slip_records_and_delivers_sales(stack, tmp_path):
+    fifo = tmp_path / "scanner.fifo"
+    import os
+
+    os.mkfifo(fifo)
+    device = stack.install("new-box", scanners=[str(fifo)])
+    device_id = _started(stack, device)
+    assert device_id == device_id_for(load_key(device.directory / "device.key"))
+
+    feed(fifo, scans(["6901028075831"]))  # not activated: the scan is no sale
+    wait_until(lambda: "scan ignored" in device.log.read_text(), 10, "the scan ignored")
+    assert "sale" not in device.status()["events"]
+
+    _shop(stack, "530102100123", "honghe", "--monitoring")
+    issued = _issue(stack, "--shop", "530102100123", "--slip", str(tmp_path / "slip.png"))
+    read = zxingcpp.read_barcodes(Image.open(tmp_path / "slip.png"))
+    assert [r.format.name for r in read] == ["QRCode"]
+    token = read[0].text
+    assert activation.code_id_of(token) == issued["code"]
+
+    started = time.monotonic()
+    feed(fifo, scans([token]))  # the 2D scanner types the QR code's text
+    wait_until(lambda: device.status()["shop"] == "530102100123", 60, "the box active")
+    assert time.monotonic() - started < 60
+    log = device.log.read_text()
+    assert "activation code scanned" in log and f"activated seq=" in log and token not in log
+
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: len(stack.sales()) == 1, 20, "the first sale at central")
+    devices = {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
+    assert (devices[device_id]["shop"], devices[device_id]["region"]) == ("530102100123", "honghe")
+    assert device_id not in _waiting(stack)
+
+    feed(fifo, scans([token]))  # the slip again, on a box already active
+    wait_until(lambda: "this box is already active; nothing changed" in device.log.read_text(), 10, "the refusal")
+    assert len(stack.sales()) == 1
+
+
+def test_a_code_pushed_to_a_waiting_box_activates_it(stack, tmp_path):
+    device = stack.install("remote-box", scanners=[])
+    device_id = _started(stack, device)
+    _shop(stack)
+    _issue(stack, "--shop", "530102100123", "--device", device_id, "--push")
+    wait_until(lambda: device.status()["shop"] == "530102100123", 60, "the box active")
+    assert "activation code pushed by operations" in device.log.read_text()
+
+
+def test_a_reused_forged_expired_or_other_boxs_code_is_refused_and_the_box_stays_waiting(stack, tmp_path):
+    import os
+
+    boxes = []
+    for name in ("first", "second"):
+        fifo = tmp_path / f"{name}.fifo"
+        os.mkfifo(fifo)
+        device = stack.install(name, scanners=[str(fifo)])
+        boxes.append((device, fifo, _started(stack, device)))
+    (first, first_fifo, _), (second, fifo, second_id) = boxes
+    _shop(stack)
+    used = _issue(stack, "--shop", "530102100123", "--slip", str(tmp_path / "used.png"))
+    token = zxingcpp.read_barcodes(Image.open(tmp_path / "used.png"))[0].text
+    feed(first_fifo, scans([token]))
+    wait_until(lambda: first.status()["shop"], 60, "the first box active")
+
+    ops = load_key(stack.ops_key)
+    now = time.time()
+    forged = activation.encode_code(ActivationCode("f1", "530102100123", "honghe", False, now, now + 3600),
+                                    key=Ed25519PrivateKey.generate(), kid=key_id(ops))
+    expired = activation.encode_code(ActivationCode("e1", "530102100123", "honghe", False, now - 7200, now - 3600),
+                                     key=ops, kid=key_id(ops))
+    bound = _issue(stack, "--shop", "530102100123", "--device", "cb-another-box", "--slip", str(tmp_path / "b.png"))
+    others = zxingcpp.read_barcodes(Image.open(tmp_path / "b.png"))[0].text
+    assert activation.code_id_of(others) == bound["code"]
+    attempts = [(token, "activation refused by central: the code was already used by another box"),
+                (forged, "activation code refused: signature check failed"),
+                (expired, "activation code refused: it expired at"),
+                (others, "activation code refused: it was issued for device cb-another-box")]
+    for scanned, reason in attempts:
+        feed(fifo, scans([scanned]))
+        wait_until(lambda: reason in second.log.read_text(), 30, reason)
+    assert second.status()["shop"] is None and "activation" not in second.status()["events"]
+    assert second_id in _waiting(stack)
+    assert used["code"] != bound["code"]
