@@ -37,6 +37,17 @@ SESSION = [
 ]
 
 
+LICENCE = "530102100123"
+
+
+def read_slip(path: Path) -> str:
+    """The text of the slip's QR code, as a 2D scanner reads it."""
+    import zxingcpp
+    from PIL import Image
+
+    return zxingcpp.read_barcodes(Image.open(path))[0].text
+
+
 def session_bytes(start: float) -> bytes:
     events = []
     t = start
@@ -71,17 +82,33 @@ def main() -> int:
             stack.start_central()
             fifo = workdir / "scanner.fifo"
             os.mkfifo(fifo)
-            device = stack.provision("demo-shop-0001", scanners=[str(fifo)], region="honghe")
-            print(f"3. device {device.device_id}: key created, public key {device.public_key} registered with central")
+            device = stack.install("demo-box", scanners=[str(fifo)])
             device.start()
+            wait_until(lambda: (device.directory / "device.key").exists(), 30, "the box to make its key")
+            box = device.identity()["device"]
+            wait_until(lambda: box in stack.ops_command("activation", "waiting", "--central-db",
+                                                         str(stack.central_db)).stdout, 30, "the box's hello")
+            print(f"3. a new box out of the image: it made its key, is device {box}, and waits for activation")
+            shop = stack.ops_command("shop", "add", "--central-db", str(stack.central_db), "--licence", LICENCE,
+                                     "--name", "Mengzi No. 3", "--region", "honghe")
+            slip = workdir / "activation-slip.png"
+            issued = stack.ops_command("activation", "issue", "--central-db", str(stack.central_db), "--ops-key",
+                                       str(stack.ops_key), "--shop", LICENCE, "--slip", str(slip))
+            if shop.returncode or issued.returncode:
+                raise SystemExit(f"activation not issued: {shop.stderr}{issued.stderr}")
+            token = read_slip(slip)  # what the counter's 2D scanner reads off the printed slip
+            asyncio.run(replay(pack_all(type_text(token, start=time.time())), str(fifo), speed=args.speed, lead_in=0.5))
+            wait_until(lambda: device.status()["shop"] == LICENCE, 60, "the box to be activated")
+            print(f"4. operations registered shop {LICENCE} and printed an activation slip ({slip.name}); "
+                  "the retailer scanned it: the box is the shop's box")
             pushed = stack.push("prices", HERE / "prices.csv", "--region", "honghe")
             if pushed.returncode:
                 raise SystemExit(f"price list not pushed: {pushed.stderr.strip()}")
             wait_until(lambda: device.status()["events"].get("document"), 30, "the box to apply the price list")
-            print(f"4. operations pushed the week's price list to region honghe, signed (counterbox-ops prices push);"
+            print(f"5. operations pushed the week's price list to region honghe, signed (counterbox-ops prices push);"
                   f" the box applied it: {pushed.stdout.strip()}")
             data = session_bytes(time.time())
-            print(f"5. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
+            print(f"6. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
             asyncio.run(replay(data, str(fifo), speed=args.speed, lead_in=0.5))
             def delivered() -> bool:
                 status = device.status()
@@ -91,7 +118,7 @@ def main() -> int:
             wait_until(delivered, 30, "central to acknowledge every event")
             status = device.status()
             kinds = ", ".join(f"{n} {kind}" for kind, n in status["events"].items())
-            print(f"6. device journal: {status['last_seq']} events ({kinds}), "
+            print(f"7. device journal: {status['last_seq']} events ({kinds}), "
                   f"acknowledged by central up to seq {status['acked_seq']}")
             device.stop()
 
