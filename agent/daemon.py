@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning import activation, protocol
 from provisioning.identity import create_key, device_id_for, load_key, parse_public_key
-from storage import Journal, NoJournal, StorageError, Store, load_data_key
+from storage import Journal, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
 
 from .activation import Activator
 from .activation import current as activation_state
@@ -84,9 +85,34 @@ def device_key(config: Config):
 
 
 async def run(config: Config) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT. A box revoked by operations delivers what it holds, erases its
+    keys and journal, and starts again as a new box waiting for activation."""
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
+    while await _life(config):
+        await asyncio.to_thread(crypto_erase, config)
+        if config.device.id or config.device.shop:
+            raise ConfigError("this box was revoked and erased; it was configured by hand ([device] id and shop), "
+                              "so it waits for its configuration: remove them to let it wait for an activation code")
+        logger.info("starting again as a new box, waiting for activation")
+
+
+def crypto_erase(config: Config) -> None:
+    """Destroy the data key (so the journal's ciphertext cannot be read) and the signing key, then
+    remove the journal's files."""
+    destroyed = destroy_secret(config.storage.key_file)
+    if not destroyed:
+        # Sealed by systemd (a credential): the service cannot destroy it; the image's first-boot step
+        # replaces it. The files go regardless.
+        logger.warning("data key %s not found to destroy (a systemd credential?); removing the journal",
+                       config.storage.key_file)
+    remove_journal(config.storage.path)
+    destroy_secret(config.device.key_file)
+    logger.warning("crypto-erased: data key, signing key and journal destroyed")
+
+
+async def _life(config: Config) -> bool:
+    """One identity's life on the box; True when it ended by revocation."""
     signing_key = await asyncio.to_thread(device_key, config)
     if not config.uplink.central_key:
         raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")
@@ -101,7 +127,7 @@ async def run(config: Config) -> None:
         box = Box(config=config, store=store, session=session, device_id=device_id, key=signing_key,
                   central_key=central_key, counter=Counter(currency=config.pricing.currency),
                   trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()})
-        await _serve(box)
+        return await _serve(box)
     finally:
         await store.close()
 
@@ -123,10 +149,15 @@ class Box:
     scanners: set[str] = field(default_factory=set)  # held now
     _activator: Activator | None = None
     _uplink: Uplink | None = None
+    _revoked: asyncio.Event = field(default_factory=asyncio.Event)
+    _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds
 
     async def on_scan(self, scan: Scan | NotABarcode) -> Signal:
         if self._activator is not None:
             return await self._activator.scanned(scan)
+        if self._revoked.is_set():
+            logger.warning("scan not recorded scanner=%s: this box is revoked and hands in what it holds", scan.source)
+            return Signal.ERROR
         if isinstance(scan, Scan) and activation.looks_like_code(scan.text):
             logger.warning("activation code scanned scanner=%s: this box is already active; nothing changed", scan.source)
             return Signal.ERROR
@@ -149,13 +180,39 @@ class Box:
         if self._uplink is not None:
             self._uplink.wake.set()
 
-    async def run(self) -> None:
+    async def run(self) -> bool:
+        """The box's life; True when operations revoked it (it has delivered what it could)."""
+        revocation = await self.store.read(lambda journal: journal.last("revocation"))
+        if revocation is not None:  # revoked before a restart: deliver, then erase
+            self._revocation(revocation.body["grace_seconds"])
         held = await self.store.read(activation_state)
         if held is None and not self.config.device.shop:
             await self._wait_for_activation()
             held = await self.store.read(activation_state)
         region = held["region"] if held else self.config.device.region
         await self._active(region)
+        return self._revoked.is_set()
+
+    def _revocation(self, grace_seconds: float) -> None:
+        if not self._revoked.is_set():
+            self._grace = grace_seconds
+            logger.warning("revoked device=%s: no more sales; delivering what the box holds (up to %.0f s), "
+                           "then erasing", self.device_id, grace_seconds)
+            self._revoked.set()
+
+    async def _deliver_all(self) -> None:
+        """Wait until central holds every event (the revocation's own included), or the grace is up."""
+        deadline = time.monotonic() + self._grace
+        while True:
+            last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+            if acked >= last:
+                logger.info("revoked: central holds every event, up to seq=%d", last)
+                return
+            if time.monotonic() >= deadline:
+                logger.error("revoked: %d events NOT delivered within the grace of %.0f s are erased with the box",
+                             last - acked, self._grace)
+                return
+            await asyncio.sleep(0.2)
 
     def _link(self, subscriptions: list[str], **options) -> MqttLink:
         broker = self.config.broker
@@ -181,18 +238,22 @@ class Box:
             uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,
                             key=self.key, central_key=self.central_key, config=config.uplink)
             downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,
-                                trusted=self.trusted, topic_prefix=prefix)
+                                trusted=self.trusted, topic_prefix=prefix,
+                                on_revoked=lambda document: self._revocation(document.body["grace_seconds"]))
             self._uplink = uplink
             try:
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(uplink.run())
-                    group.create_task(downlink.run(link))
-                    group.create_task(telemetry.run(link))
+                    tasks = [group.create_task(uplink.run()), group.create_task(downlink.run(link)),
+                             group.create_task(telemetry.run(link))]
+                    await self._revoked.wait()
+                    await self._deliver_all()
+                    for task in tasks:
+                        task.cancel()
             finally:
                 self._uplink = None
 
 
-async def _serve(box: Box) -> None:
+async def _serve(box: Box) -> bool:
     # Imported here: HID POS (pyusb) and keymaps load only in the process that reads scanners.
     from .scanners import Scanners
 
@@ -204,8 +265,11 @@ async def _serve(box: Box) -> None:
         loop.add_signal_handler(sig, main.cancel)
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(box.run())
-            group.create_task(scanners.run())
+            life = group.create_task(box.run())
+            reading = group.create_task(scanners.run())
+            revoked = await life
+            reading.cancel()
+        return revoked
     except asyncio.CancelledError:
         logger.info("agent stopping device=%s", box.device_id)
         raise

@@ -12,8 +12,9 @@ a log line that names the reason, changing nothing:
   version again is the broker's retained copy at a reconnection: ignored.
 
 An applied document is recorded in the journal, in one transaction: its
-content (a ``price_list`` the counter prices from at the next scan, or an
-``order``) and a ``document`` event that names it, its version and the seq of
+content (a ``price_list`` the counter prices from at the next scan, an
+``order``, or a ``revocation``, after which the box stops selling, delivers
+what it holds and erases itself) and a ``document`` event that names it, its version and the seq of
 its content. That event travels to central in the batches like any other, so
 central knows which price list every box is on. The journal's ``document``
 events are also the box's own record of the versions it holds.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +61,8 @@ def apply(journal: Journal, document: Document) -> int:
     if document.kind == "price_list":
         content = journal.append("price_list", {"source": "operations", **about,
                                                 "currency": body["currency"], "items": body["items"]})
+    elif document.kind == "revocation":
+        content = journal.append("revocation", {**about, **body})
     else:
         content = journal.append("order", {**about, **body})
     return journal.append("document", {**about, "kind": document.kind, "kid": document.kid,
@@ -73,6 +77,8 @@ class Downlink:
     region: str
     trusted: dict[str, Ed25519PublicKey]  # operations keys, by kid
     topic_prefix: str
+    # Called once a revocation is recorded: the box stops selling, delivers, and erases itself.
+    on_revoked: Callable[[Document], None] = lambda document: None
     _applied: dict[str, int] = field(default_factory=dict)
 
     async def run(self, link: MqttLink) -> None:
@@ -123,3 +129,5 @@ class Downlink:
         self._applied[document.name] = document.version
         logger.info("document applied seq=%d %s version=%d", seq, document.name, document.version)
         self.uplink.wake.set()
+        if document.kind == "revocation":
+            self.on_revoked(document)

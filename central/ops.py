@@ -202,7 +202,20 @@ def _activation_waiting(args) -> int:
     return 0
 
 
-def _push_options(command: argparse.ArgumentParser, *, region: bool) -> None:
+def _revoke(args) -> int:
+    """Take a box out of service: it delivers what it holds, then erases itself (docs/protocol.md)."""
+    store = CentralStore(args.central_db)
+    try:
+        if store.device(args.device) is None:
+            raise CentralError(f"device {args.device} is not registered")
+        store.revoke(args.device)
+    finally:
+        store.close()
+    body = {"reason": args.reason, "grace_seconds": int(args.grace_minutes * 60)}
+    return _push(args, kind="revocation", name="revocation", body=body)
+
+
+def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True) -> None:
     command.add_argument("--central-db", type=Path, required=True, help="central's database")
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
     command.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
@@ -211,7 +224,8 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool) -> None:
     whom.add_argument("--device", help="for one device")
     if region:
         whom.add_argument("--region", help="for every device of a region")
-    command.add_argument("file", type=Path)
+    if file:
+        command.add_argument("file", type=Path)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -267,6 +281,15 @@ def parser() -> argparse.ArgumentParser:
     push.add_argument("--currency", default="CNY", help="ISO 4217 code; prices are in its minor unit (default CNY)")
     push.add_argument("--valid-days", type=float, default=30.0, help="days a box may still apply it (default 30)")
     push.set_defaults(func=_prices_push)
+
+    revoke = commands.add_parser("revoke", help="revoke a box that leaves its shop: it delivers what it holds, "
+                                                 "erases itself and waits for a new activation")
+    _push_options(revoke, region=False, file=False)
+    revoke.add_argument("--reason", default="", help="why (kept with the revocation)")
+    revoke.add_argument("--grace-minutes", type=float, default=60.0,
+                        help="minutes the box may take to deliver what it holds before it erases anyway (default 60)")
+    revoke.add_argument("--valid-days", type=float, default=365.0, help="days the box may still take it (default 365)")
+    revoke.set_defaults(func=_revoke)
 
     order = commands.add_parser("order", help="orders").add_subparsers(dest="action", required=True)
     push = order.add_parser("push", help="sign an order (CSV: barcode,name,quantity) and push it to a device")

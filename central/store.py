@@ -35,6 +35,7 @@ class Device:
     acked_seq: int
     shop: str = ""
     region: str = ""
+    revoked_at: float | None = None  # operations revoked it; its batches are still taken, to hand in what it holds
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,12 @@ class CentralStore:
             with sqlite.transaction(self.conn, mode="EXCLUSIVE"):
                 self.db["devices"].create(
                     {"device_id": str, "public_key": str, "shop": str, "region": str, "registered_at": float,
-                     "acked_seq": int},
+                     "acked_seq": int, "revoked_at": float},
                     pk="device_id", not_null={"public_key", "acked_seq"}, defaults={"acked_seq": 0}, if_not_exists=True,
                 )
-                if "region" not in self.db["devices"].columns_dict:  # a database from before regions
-                    self.db["devices"].add_column("region", str)
+                for column in ("region", "revoked_at"):  # a database from before them
+                    if column not in self.db["devices"].columns_dict:
+                        self.db["devices"].add_column(column, float if column == "revoked_at" else str)
                 self.db["events"].create(
                     {"device_id": str, "seq": int, "kind": str, "session": int, "received_at": float, "body": str},
                     pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")], if_not_exists=True,
@@ -123,12 +125,16 @@ class CentralStore:
                 pk="device_id",
             )
 
+    def revoke(self, device_id: str) -> None:
+        with sqlite.transaction(self.conn) as conn:
+            conn.execute("UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE device_id = ?", [time.time(), device_id])
+
     def device_ids(self) -> list[str]:
         return [row[0] for row in self.conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
 
     def device(self, device_id: str) -> Device | None:
         row = self.conn.execute(
-            "SELECT device_id, public_key, acked_seq, coalesce(shop, ''), coalesce(region, '') FROM devices "
+            "SELECT device_id, public_key, acked_seq, coalesce(shop, ''), coalesce(region, ''), revoked_at FROM devices "
             "WHERE device_id = ?", [device_id]
         ).fetchone()
         return Device(*row) if row else None

@@ -1,4 +1,4 @@
-"""Documents that operations sign and push down to the boxes: price lists and orders.
+"""Documents that operations sign and push down to the boxes: price lists, orders, revocations.
 
 Each is a JWS (like batches) signed by an operations key, and names its
 stream, a version that only grows within the stream, when it was issued, when
@@ -30,7 +30,7 @@ from .errors import ProtocolError, SignatureError
 from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, rfc3339, valid_device_id
 
 DOCUMENT_TYPE = "counterbox-doc+jws"
-KINDS = ("price_list", "order")
+KINDS = ("price_list", "order", "revocation")
 _ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _REGION = _ORDER_ID
 
@@ -76,7 +76,7 @@ def order_name(order_id: str) -> str:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if kind == "price_list" and name == "price_list":
+    if kind in ("price_list", "revocation") and name == kind:
         return
     if kind == "order" and name.startswith("order/") and _ORDER_ID.fullmatch(name[len("order/"):]):
         return
@@ -94,6 +94,9 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
                     and natural(item.get("price"), 0)):
                 raise ProtocolError(f"price list item {number} needs a barcode, a name, and a price "
                                     "in the currency's minor unit (an integer, 0 or more)")
+    elif kind == "revocation":
+        if not isinstance(body.get("reason"), str) or not natural(body.get("grace_seconds"), 0):
+            raise ProtocolError("a revocation needs a reason and grace_seconds (0 or more)")
     elif kind == "order":
         lines = body.get("lines")
         if not isinstance(lines, list) or not lines:
@@ -176,6 +179,8 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
         if not isinstance(scope, dict) or set(scope) - {"device", "region"}:
             raise ValueError("a scope is {\"device\": ...} or {\"region\": ...}")
         scope = Scope(**scope)
+        if kind == "revocation" and scope.device is None:
+            raise ValueError("a revocation is for one device, never a region")
         issued_at, expires_at = parse_rfc3339(payload.get("issued_at")), parse_rfc3339(payload.get("expires_at"))
     except (ValueError, TypeError) as error:
         raise ProtocolError(f"document scope or times: {error}") from None

@@ -305,3 +305,12 @@ def _translated(path: Path) -> Iterator[None]:
         if code == sqlite3.SQLITE_FULL or "full" in str(error):
             raise JournalFull(f"{path}: the disk is full; the event was not recorded") from error
         raise JournalError(f"{path}: {error}") from error
+
+
+def remove_journal(path: Path) -> None:
+    """Remove a closed journal's files (database, WAL, shared memory). What they held is sealed
+    under the data key; removing them after destroying that key is the crypto-erase's tidy end."""
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            (path.parent / name).unlink()
+

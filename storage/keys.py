@@ -69,8 +69,31 @@ def write_secret(path: Path, data: bytes) -> None:
         os.link(aside, path)  # atomic, and refuses (FileExistsError) to replace what is there
     finally:
         os.unlink(aside)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _sync_directory(path.parent)
+
+
+def destroy_secret(path: Path) -> bool:
+    """Overwrite a secret file with zeros, make that durable, and remove it: what was encrypted under
+    it cannot be read again. False when there was no such file."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        os.write(fd, b"\0" * size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    _sync_directory(path.parent)
+    return True
+
+
+def _sync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+

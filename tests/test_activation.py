@@ -233,3 +233,45 @@ def test_a_reused_forged_expired_or_other_boxs_code_is_refused_and_the_box_stays
     assert second.status()["shop"] is None and "activation" not in second.status()["events"]
     assert second_id in _waiting(stack)
     assert used["code"] != bound["code"]
+
+
+def test_a_revoked_box_delivers_what_it_holds_erases_itself_and_waits_as_a_new_box(stack, tmp_path):
+    import os
+
+    fifo = tmp_path / "scanner.fifo"
+    os.mkfifo(fifo)
+    device = stack.install("leaving-box", scanners=[str(fifo)], uplink={"ack_timeout": 1.0})
+    old_id = _started(stack, device)
+    _shop(stack)
+    _issue(stack, "--shop", "530102100123", "--device", old_id, "--push")
+    wait_until(lambda: device.status()["shop"] == "530102100123", 60, "the box active")
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: len(stack.sales()) == 1, 20, "a first sale at central")
+    old_data_key = (device.directory / "data.key").read_bytes()
+
+    stack.stop_central()  # the last sales wait on the box
+    feed(fifo, scans(["96385074", "40063812"]))
+    wait_until(lambda: device.status()["events"].get("sale") == 3, 20, "three durable sales")
+    revoked = stack.ops_command("revoke", "--central-db", str(stack.central_db), "--ops-key", str(stack.ops_key),
+                                "--broker", f"127.0.0.1:{stack.broker_port}", "--device", old_id,
+                                "--reason", "shop closed", "--grace-minutes", "5")
+    assert revoked.returncode == 0, revoked.stderr
+    wait_until(lambda: f"revoked device={old_id}" in device.log.read_text(), 20, "the revocation applied")
+    feed(fifo, scans(["6901028075848"]))  # after the revocation: refused, never a sale
+    wait_until(lambda: "this box is revoked" in device.log.read_text(), 20, "the scan refused")
+
+    stack.start_central()
+    wait_until(lambda: "crypto-erased" in device.log.read_text(), 30, "the box erased")
+    assert sorted(s["code"] for s in stack.sales()) == ["40063812", "6901028075831", "96385074"]
+    new_id = wait_until(lambda: (d := device.identity()["device"]) != old_id and d, 20, "a new identity")
+    wait_until(lambda: new_id in _waiting(stack), 20, "the new box waiting for activation")
+    status = device.status()
+    assert (status["shop"], status["events"].get("sale"), status["acked_seq"]) == (None, None, 0)
+    # The journal now on the box is a new one, under a new data key: the old key, were it kept, opens nothing.
+    assert (device.directory / "data.key").read_bytes() != old_data_key
+    from storage import DataKeyError, Journal
+
+    with pytest.raises(DataKeyError):
+        Journal.open(device.directory / "journal.db", old_data_key, create=False)
+    devices = {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
+    assert devices[old_id]["state"] == "revoked"

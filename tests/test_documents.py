@@ -86,11 +86,17 @@ def _item(**change):
     (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"lines": [{"barcode": "1", "name": "x",
                                                                                      "quantity": 0}]}), k, kid),
      "order line 1 needs"),
+    (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", body={"reason": "closed",
+                                                                                 "grace_seconds": 60}), k, kid),
+     "a revocation is for one device, never a region"),
+    (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", scope={"device": "shop-1"},
+                                     body={"reason": "closed"}), k, kid), "needs a reason and grace_seconds"),
     (lambda k, kid: b"A" * (protocol.MAX_TOKEN_BYTES + 1), "over the protocol's limit"),
     (lambda k, kid: b"\xff" + documents.encode_document(document(), key=k, kid=kid), "not a JWS compact token"),
 ], ids=["untrusted-kid", "other-key", "typ", "version", "kind", "version-0", "name", "order-name", "two-scopes",
         "unknown-scope", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
-        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "oversize", "non-ascii"])
+        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "region-revocation", "no-grace", "oversize",
+        "non-ascii"])
 def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_reason(ops, forge, reason):
     kid = key_id(ops)
     with pytest.raises((ProtocolError, SignatureError), match=re.escape(reason)):

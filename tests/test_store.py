@@ -12,7 +12,7 @@ from agent.counter import Counter
 from agent.daemon import record_scan
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
-from storage import EventTooLarge, JournalError, Store
+from storage import EventTooLarge, Journal, JournalError, Store
 
 
 def run(coroutine):
@@ -126,3 +126,22 @@ def test_cancelling_the_opening_of_a_store_leaves_no_thread_behind(tmp_path):
     before = threading.active_count()
     run(main())
     assert threading.active_count() == before
+
+
+def test_a_destroyed_secret_is_zeroed_before_it_goes_and_a_removed_journal_leaves_no_file(tmp_path):
+    from storage import destroy_secret, remove_journal
+    from storage.keys import write_secret
+
+    write_secret(tmp_path / "data.key", b"k" * 32)
+    fd = os.open(tmp_path / "data.key", os.O_RDONLY)  # a reader holding it open sees what was left in it
+    try:
+        assert destroy_secret(tmp_path / "data.key") is True
+        assert os.pread(fd, 64, 0) == b"\0" * 32
+    finally:
+        os.close(fd)
+    assert not (tmp_path / "data.key").exists() and destroy_secret(tmp_path / "data.key") is False
+    journal = Journal.open(tmp_path / "journal.db", b"k" * 32)
+    journal.append("sale", {"code": "6901028075831"})
+    journal.close()
+    remove_journal(tmp_path / "journal.db")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
