@@ -103,6 +103,9 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     keepalive: int = 30  # seconds
+    # The CA that signed the broker's certificate: TLS, the production broker. None: plain TCP, the
+    # development broker on loopback.
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class Config:
 
 # Keys that list paths; each entry is taken from the file's directory when relative.
 PATH_LISTS = {("scanner", "paths")}
+# Path keys that may be left unset (default None).
+OPTIONAL_PATHS = {("broker", "ca_file")}
 
 # The sections of the file, in the order docs/configuration.md lists them.
 SECTIONS: dict[str, type] = {
@@ -199,7 +204,7 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
         default = getattr(defaults, key) if defaults is not None else fields[key].default
         if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
             default = fields[key].default_factory()
-        if isinstance(default, Path):
+        if isinstance(default, Path) or (name, key) in OPTIONAL_PATHS:
             if not isinstance(value, str):
                 raise ConfigError(f"[{name}] {key} must be a path, not {value!r}")
             value = base / Path(value).expanduser()
@@ -213,7 +218,7 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
                 value = tuple(str(base / Path(v).expanduser()) for v in value)
         elif isinstance(default, float) and isinstance(value, int):
             value = float(value)
-        if not isinstance(value, type(default)) and default is not dataclasses.MISSING:
+        if default is not None and not isinstance(value, type(default)) and default is not dataclasses.MISSING:
             raise ConfigError(f"[{name}] {key} must be of type {type(default).__name__}, not {value!r}")
         values[key] = value
     try:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning import activation, protocol
-from provisioning.identity import create_key, device_id_for, load_key, parse_public_key
+from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from storage import Journal, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
 
 from .activation import Activator
@@ -214,10 +214,13 @@ class Box:
                 return
             await asyncio.sleep(0.2)
 
-    def _link(self, subscriptions: list[str], **options) -> MqttLink:
+    def _link(self, subscriptions: list[str], *, activated: bool, **options) -> MqttLink:
+        """The link to the broker: anonymous while waiting (the broker lets it reach only the activation
+        topics), then as this device, with the password central registered at its activation."""
         broker = self.config.broker
+        credentials = {"username": self.device_id, "password": broker_password(self.key)} if activated else {}
         return MqttLink(host=broker.host, port=broker.port, client_id=self.device_id, keepalive=broker.keepalive,
-                        subscriptions=subscriptions, **options)
+                        subscriptions=subscriptions, ca_file=broker.ca_file, **credentials, **options)
 
     async def _wait_for_activation(self) -> None:
         prefix = self.config.uplink.topic_prefix
@@ -225,7 +228,7 @@ class Box:
                                     central_key=self.central_key, trusted=self.trusted, topic_prefix=prefix,
                                     agent_version=agent_version())
         try:
-            async with self._link(activation_topics(prefix, self.device_id)) as link:
+            async with self._link(activation_topics(prefix, self.device_id), activated=False) as link:
                 await self._activator.run(link)
         finally:
             self._activator = None
@@ -234,7 +237,8 @@ class Box:
         config, prefix = self.config, self.config.uplink.topic_prefix
         telemetry = Telemetry(store=self.store, device_id=self.device_id, session=self.session, key=self.key,
                               topic_prefix=prefix, interval=config.uplink.status_interval, scanners=self.scanners)
-        async with self._link(downlink_topics(prefix, self.device_id, region), will=telemetry.will) as link:
+        async with self._link(downlink_topics(prefix, self.device_id, region), activated=True,
+                              will=telemetry.will) as link:
             uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,
                             key=self.key, central_key=self.central_key, config=config.uplink)
             downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,

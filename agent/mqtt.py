@@ -31,6 +31,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -103,6 +104,11 @@ class MqttLink:
     # The last will (topic, payload), made afresh for each connection (a signed message carries its
     # time); published retained by the broker when the connection ends, and asked for at close.
     will: Callable[[], tuple[str, bytes]] | None = None
+    # The broker's access control: credentials (a device's are its id and broker_password), and TLS
+    # verified against this CA file (the production broker); None: plain TCP (the development broker).
+    username: str | None = None
+    password: str | None = None
+    ca_file: Path | None = None
 
     async def __aenter__(self) -> "MqttLink":
         self._loop = asyncio.get_running_loop()
@@ -116,6 +122,7 @@ class MqttLink:
         self._fd = -1  # the socket's number as watched: paho may have closed the socket itself
         self._closed = False
         self._subscribing: dict[int, str] = {}
+        self._tls = None  # one TLS context for every connection of the link
         self._runner = asyncio.create_task(self._keep_connected(), name=f"mqtt {self.client_id}")
         return self
 
@@ -153,6 +160,15 @@ class MqttLink:
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_socket_register_write
         client.on_socket_unregister_write = self._on_socket_unregister_write
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.ca_file is not None:
+            if self._tls is None:
+                import ssl  # imported where TLS is used
+
+                self._tls = ssl.create_default_context(cafile=str(self.ca_file))
+                self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
+            client.tls_set_context(self._tls)
         return client
 
     # -- what the rest of counterbox sees ---------------------------------------
@@ -275,6 +291,9 @@ class MqttLink:
 
     def _readable(self, client: paho.Client) -> None:
         rc = client.loop_read()
+        # TLS may hold decrypted bytes the socket no longer signals: read them now, or they wait.
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and getattr(self._sock, "pending", lambda: 0)():
+            rc = client.loop_read()
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._lost(client, paho.error_string(rc))
 

@@ -16,6 +16,7 @@ from provisioning.errors import ProvisioningError
 from provisioning.protocol import rfc3339
 from provisioning.identity import create_key, load_key, public_key_text
 
+from . import broker
 from .errors import CentralError
 from .ingest import CLOCK_TOLERANCE, Ingest
 from .store import CentralStore
@@ -39,7 +40,8 @@ async def _serve(ingest: Ingest, args) -> None:
     main = asyncio.current_task()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
-    await ingest.serve(host=args.host, port=args.port, client_id=args.client_id)
+    await ingest.serve(host=args.host, port=args.port, client_id=args.client_id, **broker.connection(args),
+                       broker_admin=args.broker_admin)
 
 
 def _ingest(args) -> int:
@@ -51,6 +53,15 @@ def _ingest(args) -> int:
         logging.getLogger(__name__).info("central ingest stopped")
     finally:
         store.close()
+    return 0
+
+
+def _broker_init(args) -> int:
+    """The production broker's access control file, before the broker's first start."""
+    broker.write_initial_config(args.dynsec, args.topic_prefix,
+                                central_password=broker.new_password(args.central_password_file),
+                                operations_password=broker.new_password(args.ops_password_file))
+    print(json.dumps({"dynsec": str(args.dynsec), "central": broker.CENTRAL_USER, "operations": broker.OPERATIONS_USER}))
     return 0
 
 
@@ -158,7 +169,18 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
     ingest.add_argument("--client-id", default="counterbox-central", help="MQTT client id of the persistent session (default counterbox-central)")
     ingest.add_argument("--topic-prefix", default="counterbox/v1", help="topic prefix (default counterbox/v1)")
+    broker.add_connection_options(ingest)
+    ingest.add_argument("--broker-admin", action="store_true",
+                        help="keep the production broker's access control: admit activated boxes, remove revoked ones")
     ingest.set_defaults(func=_ingest)
+    setup = commands.add_parser("broker", help="the production broker").add_subparsers(dest="action", required=True)
+    init = setup.add_parser("init", help="write the broker's access control file (dynamic security) before its "
+                                         "first start, with passwords for central and operations")
+    init.add_argument("--dynsec", type=Path, required=True, help="the plugin's file to write (plugin_opt_config_file)")
+    init.add_argument("--central-password-file", type=Path, required=True, help="central's password (made if missing)")
+    init.add_argument("--ops-password-file", type=Path, required=True, help="operations' password (made if missing)")
+    init.add_argument("--topic-prefix", default="counterbox/v1", help="topic prefix (default counterbox/v1)")
+    init.set_defaults(func=_broker_init)
     export = commands.add_parser("export", help="print stored events as JSON lines")
     export.add_argument("--kind", default="sale", help="event kind to export, or '' for all (default sale)")
     export.set_defaults(func=_export)

@@ -12,10 +12,12 @@ devices use; any JOSE library verifies the same tokens (docs/protocol.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -25,7 +27,9 @@ from provisioning import activation, protocol
 from provisioning.errors import ProtocolError
 from provisioning.identity import parse_public_key
 
-from .errors import ActivationRefused, Rejected
+from . import broker
+from .broker import BrokerAdmin
+from .errors import ActivationRefused, CentralError, Rejected
 from .store import CentralStore
 
 logger = logging.getLogger(__name__)
@@ -52,6 +56,8 @@ class Answered:
     device_id: str
     accepted: bool
     reason: str
+    region: str = ""
+    broker_password: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class StatusReceived:
     device_id: str
     state: str
     clock_offset: float | None  # from a live online status only
+    cut_off: bool = False  # a revoked device went offline: its broker access goes
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class Ingest:
         self.signing_key = signing_key
         self.prefix = topic_prefix
         self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
+        self._admin: BrokerAdmin | None = None
 
     def handle(self, message: Message) -> tuple[Any, tuple[str, bytes] | None]:
         """Verify and store one batch or status; return the result and, for a batch, the
@@ -102,7 +110,8 @@ class Ingest:
             live = not message.retain
             self.store.record_status(device_id, status, received_at=received_at, live=live)
             offset = status["sent_at"] - received_at if live and status["state"] == "online" else None
-            return StatusReceived(device_id, status["state"], offset), None
+            revoked = self.store.device(device_id).revoked_at is not None
+            return StatusReceived(device_id, status["state"], offset, revoked and status["state"] == "offline"), None
         added, acked = self.store.add_events(device_id, batch.session, batch.events)
         result = Accepted(device_id, batch.first_seq, batch.last_seq, added, acked)
         ack = protocol.encode_ack(device_id, acked, key=self.signing_key)
@@ -117,7 +126,8 @@ class Ingest:
                 self.store.waiting(device_id, hello["public_key"], str(hello.get("agent_version", "")), received_at)
                 return Waiting(device_id), None
             device_id = activation.device_of_topic(self.prefix, message.topic, "request")
-            public_key, code = activation.decode_request(message.payload, device=device_id)
+            request = activation.decode_request(message.payload, device=device_id)
+            code, public_key = request.code, request.public_key
             code_id = activation.code_id_of(code)
         except ProtocolError as error:
             raise Rejected(str(error)) from None
@@ -128,8 +138,8 @@ class Ingest:
         except ActivationRefused as refused:
             result = {"accepted": False, "code": code_id, "reason": str(refused)}
         answer = activation.encode_result(device_id, result, key=self.signing_key)
-        return Answered(device_id, result["accepted"], result.get("reason", "")), \
-            (activation.topic(self.prefix, device_id, "result"), answer)
+        return (Answered(device_id, result["accepted"], result.get("reason", ""), result.get("region", ""),
+                         request.broker_password), (activation.topic(self.prefix, device_id, "result"), answer))
 
     def _public_key(self, device_id: str) -> Ed25519PublicKey:
         device = self.store.device(device_id)
@@ -142,25 +152,34 @@ class Ingest:
 
     # -- the MQTT consumer -----------------------------------------------------
 
-    async def serve(self, *, host: str, port: int, client_id: str = "counterbox-central") -> None:
-        """Consume batches until cancelled; a persistent session keeps what arrives while central is away."""
+    async def serve(self, *, host: str, port: int, client_id: str = "counterbox-central", username: str | None = None,
+                    password: str | None = None, ca_file: Path | None = None, broker_admin: bool = False) -> None:
+        """Consume batches until cancelled; a persistent session keeps what arrives while central is away.
+        With ``broker_admin``, central also keeps the production broker's access control (central/broker.py)."""
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-store")
         try:
-            async with MqttLink(host=host, port=port, client_id=client_id,
-                                subscriptions=[protocol.batch_subscription(self.prefix),
-                                               protocol.status_subscription(self.prefix),
-                                               activation.subscription(self.prefix, "hello"),
-                                               activation.subscription(self.prefix, "request")],
-                                session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT,
-                                manual_ack=True) as link:
-                logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
-                async for message in link.messages():
-                    await self._consume(link, thread, message)
-                    # Handled (stored, rejected, or failed and left to the device to send again): the
-                    # broker may forget it. Until now it held it, and sent no more than its in-flight limit.
-                    link.ack(message)
+            async with contextlib.AsyncExitStack() as stack:
+                if broker_admin:
+                    self._admin = await stack.enter_async_context(BrokerAdmin(BrokerAdmin.link(
+                        host=host, port=port, username=username, password=password, ca_file=ca_file,
+                        client_id=f"{client_id}-admin")))
+                await self._consume_all(thread, host=host, port=port, client_id=client_id, username=username,
+                                        password=password, ca_file=ca_file)
         finally:
             await asyncio.to_thread(thread.shutdown)
+
+    async def _consume_all(self, thread: ThreadPoolExecutor, *, host: str, port: int, **options) -> None:
+        subscriptions = [protocol.batch_subscription(self.prefix), protocol.status_subscription(self.prefix),
+                         activation.subscription(self.prefix, "hello"), activation.subscription(self.prefix, "request")]
+        async with MqttLink(host=host, port=port, **options, subscriptions=subscriptions,
+                            session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT,
+                            manual_ack=True) as link:
+            logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
+            async for message in link.messages():
+                await self._consume(link, thread, message)
+                # Handled (stored, rejected, or failed and left to the device to send again): the
+                # broker may forget it. Until now it held it, and sent no more than its in-flight limit.
+                link.ack(message)
 
     async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message: Message) -> None:
         try:
@@ -179,6 +198,14 @@ class Ingest:
             logger.info("device %s waits for activation", result.device_id)
             return
         if isinstance(result, Answered):
+            if result.accepted and self._admin is not None:
+                try:
+                    await self._admin.execute(broker.admit_commands(self.prefix, result.device_id, result.region,
+                                                                    result.broker_password))
+                except CentralError as error:
+                    # Its code stays used by this box: when it asks again, it is admitted again.
+                    logger.error("device %s not admitted at the broker: %s; it will ask again", result.device_id, error)
+                    return
             if result.accepted:
                 logger.info("device %s activated", result.device_id)
             else:
@@ -191,6 +218,14 @@ class Ingest:
             return
         if isinstance(result, StatusReceived):
             logger.info("device %s %s", result.device_id, result.state)
+            if result.cut_off and self._admin is not None:
+                # A revoked box gone offline has handed in what it could and erased itself: its
+                # credentials go now (before, it needed them to deliver).
+                try:
+                    await self._admin.execute(broker.cut_off_commands(result.device_id))
+                    logger.info("device %s revoked: removed from the broker", result.device_id)
+                except CentralError as error:
+                    logger.error("device %s revoked, but NOT removed from the broker: %s", result.device_id, error)
             if result.clock_offset is not None and abs(result.clock_offset) > CLOCK_TOLERANCE:
                 logger.warning("device %s clock is off by %+.1f s: its scans carry wrong times (no NTP?)",
                                result.device_id, result.clock_offset)

@@ -21,6 +21,8 @@ from provisioning.documents import Document, Scope
 from provisioning.errors import IdentityError, ProvisioningError
 from provisioning.identity import create_key, key_id, load_key, parse_public_key, public_key_text
 
+from . import broker
+from .broker import BrokerAdmin
 from .errors import CentralError
 from .slip import write_slip
 from .store import CentralStore, Shop
@@ -88,7 +90,7 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any]) -> int:
         version, token = store.issue_document(sign, name)
         topic = documents.topic(args.topic_prefix, scope, name)
         try:
-            asyncio.run(_publish_retained(args.broker, topic, token))
+            asyncio.run(_publish_retained(args, topic, token))
         except MqttError as error:
             raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; "
                                "push again once the broker is back (the next version replaces it)") from None
@@ -100,15 +102,20 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any]) -> int:
     return 0
 
 
-async def _publish_retained(broker: str, topic: str, token: bytes) -> None:
-    host, _, port = broker.rpartition(":")
-    link = MqttLink(host=host or "127.0.0.1", port=int(port), client_id=f"counterbox-ops-{os.getpid()}",
-                    backoff=Backoff(first=0.1, most=1.0))
+def _address(args) -> tuple[str, int]:
+    host, _, port = args.broker.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+async def _publish_retained(args, topic: str, token: bytes) -> None:
+    host, port = _address(args)
+    link = MqttLink(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}",
+                    backoff=Backoff(first=0.1, most=1.0), **broker.connection(args))
     async with link:
         try:
             await asyncio.wait_for(link.connected.wait(), PUBLISH_TIMEOUT)
         except TimeoutError:
-            raise MqttError(f"broker {broker} unreachable for {PUBLISH_TIMEOUT:.0f} s") from None
+            raise MqttError(f"broker {args.broker} unreachable for {PUBLISH_TIMEOUT:.0f} s") from None
         await link.publish(topic, token, retain=True)
 
 
@@ -180,7 +187,7 @@ def _activation_issue(args) -> int:
         write_slip(args.slip, token, shop, code, font=args.font)
     if args.push:
         try:
-            asyncio.run(_publish_retained(args.broker, activation.topic(args.topic_prefix, args.device, "code"),
+            asyncio.run(_publish_retained(args, activation.topic(args.topic_prefix, args.device, "code"),
                                           token.encode()))
         except MqttError as error:
             raise CentralError(f"code {code.code_id} issued, but not pushed: {error}") from None
@@ -212,7 +219,18 @@ def _revoke(args) -> int:
     finally:
         store.close()
     body = {"reason": args.reason, "grace_seconds": int(args.grace_minutes * 60)}
-    return _push(args, kind="revocation", name="revocation", body=body)
+    pushed = _push(args, kind="revocation", name="revocation", body=body)
+    if args.now:
+        asyncio.run(_cut_off(args))
+    return pushed
+
+
+async def _cut_off(args) -> None:
+    """At once (a box stolen): the broker disconnects it and refuses it; what it holds stays on it."""
+    host, port = _address(args)
+    async with BrokerAdmin(BrokerAdmin.link(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}-admin",
+                                            **broker.connection(args))) as admin:
+        await admin.execute(broker.cut_off_commands(args.device))
 
 
 def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True) -> None:
@@ -220,6 +238,7 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
     command.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     command.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
+    broker.add_connection_options(command)
     whom = command.add_mutually_exclusive_group(required=True)
     whom.add_argument("--device", help="for one device")
     if region:
@@ -269,6 +288,7 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--push", action="store_true", help="push the code to the box (--device) through the broker")
     issue.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     issue.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
+    broker.add_connection_options(issue)
     issue.set_defaults(func=_activation_issue)
     waiting = activation_.add_parser("waiting", help="boxes waiting for activation (they said hello), newest first")
     waiting.add_argument("--central-db", type=Path, required=True, help="central's database")
@@ -289,6 +309,8 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--grace-minutes", type=float, default=60.0,
                         help="minutes the box may take to deliver what it holds before it erases anyway (default 60)")
     revoke.add_argument("--valid-days", type=float, default=365.0, help="days the box may still take it (default 365)")
+    revoke.add_argument("--now", action="store_true", help="cut the box off at the broker at once (a box stolen: "
+                                                           "what it has not delivered stays on it)")
     revoke.set_defaults(func=_revoke)
 
     order = commands.add_parser("order", help="orders").add_subparsers(dest="action", required=True)

@@ -31,6 +31,7 @@ from provisioning.identity import key_id, load_key, public_key_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_BROKER_CONFIG = ROOT / "central" / "mosquitto.conf"
+PRODUCTION_BROKER_CONFIG = ROOT / "central" / "mosquitto-production.conf"
 
 
 def free_port() -> int:
@@ -46,18 +47,55 @@ def mosquitto_binary() -> str:
     return found
 
 
-def broker_config(port: int, persistence: Path) -> str:
-    """The shipped configuration with only the listener, persistence location and user changed."""
+def broker_config(port: int, persistence: Path, *, production: Path | None = None) -> str:
+    """A shipped configuration with only the listener, the file locations and the user changed;
+    ``production``: the production configuration, with its TLS and access-control files there."""
     lines = []
-    for line in SHIPPED_BROKER_CONFIG.read_text().splitlines():
+    shipped = PRODUCTION_BROKER_CONFIG if production else SHIPPED_BROKER_CONFIG
+    for line in shipped.read_text().splitlines():
         if line.startswith("listener "):
             line = f"listener {port} 127.0.0.1"
         elif line.startswith("persistence_location "):
             line = f"persistence_location {persistence}/"
+        elif production and line.startswith(("certfile ", "keyfile ")):
+            line = f"{line.split()[0]} {production / ('broker.crt' if line.startswith('cert') else 'broker.key')}"
+        elif production and line.startswith("plugin_opt_config_file "):
+            line = f"plugin_opt_config_file {production / 'dynamic-security.json'}"
         lines.append(line)
     # Running as root, mosquitto would switch to the 'mosquitto' user and lose this directory.
     lines.append(f"user {os.environ.get('USER') or 'root'}" if os.geteuid() == 0 else "")
     return "\n".join(lines) + "\n"
+
+
+def throwaway_ca(directory: Path) -> None:
+    """A CA and a broker certificate for 127.0.0.1 and localhost, for tests and the demo only."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "counterbox test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "broker.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "broker.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                             serialization.NoEncryption()))
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
@@ -151,6 +189,19 @@ class Stack:
     # Short timings so that tests and the demo see resends in seconds, not minutes.
     uplink: dict = field(default_factory=lambda: {"batch_max_events": 25, "batch_max_delay": 0.2, "ack_timeout": 3.0})
     log_level: str = "INFO"  # of the agents and central
+    # The production broker (TLS, dynamic security) instead of the development one.
+    production: bool = False
+
+    @property
+    def tls(self) -> Path:
+        return self.directory / "tls"
+
+    def broker_args(self, who: str) -> list[str]:
+        """A command's way into the production broker: ``who`` is central or ops."""
+        if not self.production:
+            return []
+        return ["--username", f"counterbox-{who}", "--password-file", str(self.tls / f"{who}.password"),
+                "--ca-file", str(self.tls / "ca.crt")]
 
     def __enter__(self) -> "Stack":
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -172,7 +223,15 @@ class Stack:
         persistence = self.directory / "broker"
         persistence.mkdir(exist_ok=True)
         config = self.directory / "mosquitto.conf"
-        text = broker_config(self.broker_port, persistence)
+        if self.production and not (self.tls / "dynamic-security.json").exists():
+            throwaway_ca(self.tls)
+            made = subprocess.run(_python_command("central") + [
+                "broker", "init", "--dynsec", str(self.tls / "dynamic-security.json"),
+                "--central-password-file", str(self.tls / "central.password"),
+                "--ops-password-file", str(self.tls / "ops.password")], cwd=ROOT, capture_output=True, text=True)
+            if made.returncode:
+                raise RuntimeError(made.stderr)
+        text = broker_config(self.broker_port, persistence, production=self.tls if self.production else None)
         if acl is not None:
             (self.directory / "acl").write_text(acl)
             text += f"acl_file {self.directory / 'acl'}\n"
@@ -226,7 +285,7 @@ class Stack:
     def push(self, what: str, file: Path, *args: str) -> subprocess.CompletedProcess:
         """``counterbox-ops {what} push`` (``prices`` or ``order``) to this stack's broker."""
         return self.ops_command(what, "push", "--central-db", str(self.central_db), "--ops-key", str(self.ops_key),
-                                "--broker", f"127.0.0.1:{self.broker_port}", *args, str(file))
+                                "--broker", f"127.0.0.1:{self.broker_port}", *self.broker_args("ops"), *args, str(file))
 
     def central_public_key(self) -> str:
         if not self.central_key.exists():
@@ -243,7 +302,8 @@ class Stack:
             self.central = subprocess.Popen(
                 _python_command("central")
                 + ["--db", str(self.central_db), "--key", str(self.central_key), "--log-level", self.log_level,
-                   "ingest", "--port", str(self.broker_port)],
+                   "ingest", "--port", str(self.broker_port), *self.broker_args("central")]
+                + (["--broker-admin"] if self.production else []),
                 cwd=ROOT, stdout=log, stderr=log,
             )
 
@@ -277,8 +337,9 @@ class Stack:
             f'[storage]\npath = "journal.db"\nkey_file = "data.key"\n\n'
             # Only the given sources: no discovery of this machine's own /dev/input.
             f"[scanner]\npaths = {json.dumps(scanners)}\nretry_interval = 0.2\nauto = false\nhid_pos = false\n\n"
-            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\nkeepalive = {keepalive}\n\n'
-            f'[uplink]\ncentral_key = "{self.central_public_key()}"\n'
+            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port}\nkeepalive = {keepalive}\n'
+            + (f'ca_file = "{self.tls / "ca.crt"}"\n' if self.production else "") + "\n"
+            + f'[uplink]\ncentral_key = "{self.central_public_key()}"\n'
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
             + f'\n[operations.keys]\n"{ops["kid"]}" = "{ops["public_key"]}"\n'
         )

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import jws
 from .errors import IdentityError, ProtocolError, SignatureError
-from .identity import parse_public_key, public_key_text
+from .identity import broker_password, device_id_for, parse_public_key, public_key_text
 from .protocol import MAX_TOKEN_BYTES, VERSION, parse_rfc3339, rfc3339, valid_device_id
 
 CODE_TYPE = "counterbox-activation+jws"
@@ -158,12 +158,22 @@ def decode_code(token: str, *, trusted: dict[str, Ed25519PublicKey]) -> Activati
 # -- the box's request, central's result, the box's hello -------------------------------------
 
 def encode_request(device: str, key: Ed25519PrivateKey, code: str, *, sent_at: float) -> bytes:
-    return _sign({"device": device, "public_key": public_key_text(key), "code": code, "sent_at": rfc3339(sent_at)},
-                 key, kid=device, typ=REQUEST_TYPE)
+    """The box's request. It carries the box's broker password, which only central may read (the
+    broker lets no one else subscribe to requests, and TLS protects it on the way)."""
+    return _sign({"device": device, "public_key": public_key_text(key), "code": code, "sent_at": rfc3339(sent_at),
+                  "broker_password": broker_password(key)}, key, kid=device, typ=REQUEST_TYPE)
 
 
-def decode_request(token: bytes, *, device: str) -> tuple[str, str]:
-    """(public key, code) of a request the box signed with the key it names: it holds that key."""
+@dataclass(frozen=True)
+class Request:
+    public_key: str
+    code: str
+    broker_password: str
+
+
+def decode_request(token: bytes, *, device: str) -> Request:
+    """The request of a box that signed it with the key it names (so it holds that key). A device id
+    derived from a key (``cb-...``) must be that key's: no box can ask under another's id."""
     try:
         header = jws.unverified_header(token.decode("ascii", errors="replace"))
         payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
@@ -173,9 +183,16 @@ def decode_request(token: bytes, *, device: str) -> tuple[str, str]:
     if header.get("kid") != device:
         raise ProtocolError(f"request kid {header.get('kid')!r} is not the topic's device {device!r}")
     _, payload = _open(token, public_key, typ=REQUEST_TYPE)
-    if payload.get("device") != device or not isinstance(payload.get("code"), str):
-        raise ProtocolError("request lacks its device or code")
-    return payload["public_key"], payload["code"]
+    if payload.get("device") != device or not isinstance(payload.get("code"), str) \
+            or not isinstance(payload.get("broker_password"), str):
+        raise ProtocolError("request lacks its device, code or broker password")
+    _check_derived(device, public_key)
+    return Request(payload["public_key"], payload["code"], payload["broker_password"])
+
+
+def _check_derived(device: str, public_key: Ed25519PublicKey) -> None:
+    if device.startswith("cb-") and device != device_id_for(public_key):
+        raise ProtocolError(f"device id {device} is derived from another key than the one this box holds")
 
 
 def encode_result(device: str, result: dict[str, Any], *, key: Ed25519PrivateKey) -> bytes:
@@ -210,5 +227,6 @@ def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
     header, payload = _open(token, public_key, typ=HELLO_TYPE)
     if header.get("kid") != device or payload.get("device") != device:
         raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
+    _check_derived(device, public_key)
     return payload
 

@@ -91,6 +91,15 @@ def device_id_for(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return "cb-" + key_id(key)[:16]
 
 
+def broker_password(key: Ed25519PrivateKey) -> str:
+    """The box's password at the broker, derived from its signing key: nothing more to store, and gone
+    with the key at a crypto-erase. The box hands it to central once, in its signed activation request."""
+    import hashlib
+    import hmac
+
+    return b64url(hmac.new(key.private_bytes_raw(), b"counterbox/v1 broker password", hashlib.sha256).digest())
+
+
 def parse_public_key(text: str) -> Ed25519PublicKey:
     try:
         raw = b64url_decode(text.strip())

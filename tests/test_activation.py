@@ -16,7 +16,7 @@ from central.store import CentralStore, Shop
 from provisioning import activation, jws
 from provisioning.activation import ActivationCode
 from provisioning.errors import ProtocolError, SignatureError
-from provisioning.identity import device_id_for, key_id, load_key, public_key_text
+from provisioning.identity import broker_password, device_id_for, key_id, load_key, public_key_text
 
 from .harness import feed, scans, wait_until
 
@@ -63,7 +63,8 @@ def test_a_request_proves_the_box_holds_the_key_it_names(ops):
     device = device_id_for(box)
     token = activation.encode_code(code(), key=ops, kid=key_id(ops))
     request = activation.encode_request(device, box, token, sent_at=NOW)
-    assert activation.decode_request(request, device=device) == (public_key_text(box), token)
+    assert activation.decode_request(request, device=device) == activation.Request(
+        public_key_text(box), token, broker_password(box))
     # The same request with another box's public key in it: its signature does not verify with that key.
     header, payload, signature = request.decode().split(".")
     body = json.loads(jws.b64url_decode(payload))
@@ -72,6 +73,13 @@ def test_a_request_proves_the_box_holds_the_key_it_names(ops):
         activation.decode_request(swapped.encode(), device=device)
     with pytest.raises(ProtocolError, match="is not the topic's device"):
         activation.decode_request(request, device="cb-someone-else")
+    # Asking under the id derived from another box's key: refused, so no box can squat on another's id.
+    squatter = activation.encode_request(device_id_for(other), box, token, sent_at=NOW)
+    with pytest.raises(ProtocolError, match="derived from another key"):
+        activation.decode_request(squatter, device=device_id_for(other))
+    hello = activation.encode_hello(device_id_for(other), box, agent_version="x", sent_at=NOW)
+    with pytest.raises(ProtocolError, match="derived from another key"):
+        activation.decode_hello(hello, device=device_id_for(other))
 
 
 def test_a_result_must_be_centrals_for_this_box():

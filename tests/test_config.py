@@ -6,7 +6,7 @@ import pytest
 
 import dataclasses
 
-from agent.config import PATH_LISTS, SECTIONS, ConfigError, load
+from agent.config import OPTIONAL_PATHS, PATH_LISTS, SECTIONS, ConfigError, load
 
 
 def write(tmp_path, text):
@@ -34,7 +34,7 @@ def _path_keys():
     """Every key whose value is a path: by its default's type, and the keys that list paths."""
     keys = [(section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
             if isinstance(f.default, Path)]
-    return keys + sorted(PATH_LISTS)
+    return keys + sorted(PATH_LISTS) + sorted(OPTIONAL_PATHS)
 
 
 @pytest.mark.parametrize("section,key", _path_keys(), ids=lambda v: str(v))

@@ -1,0 +1,213 @@
+"""The production broker's access control: Mosquitto's dynamic security plugin, kept by central.
+
+Who may do what (docs/protocol.md, Broker security):
+
+- a box waiting for activation connects anonymously and reaches only the activation topics;
+- an activated box is a client of its own (its device id, and the password it sent in its
+  signed activation request) with a role of its own: it publishes only its own batch and status
+  topics and reads only its own acknowledgements and documents, and its region's;
+- central and operations have their own clients and roles.
+
+``initial_config`` writes the plugin's file before the broker first starts (``counterbox-central
+broker init``); after that, central changes it through the plugin's control topic as boxes are
+activated and revoked (``BrokerAdmin``). Deleting a box's client disconnects it at once and
+refuses it from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+from agent.mqtt import MqttError, MqttLink
+
+from .errors import CentralError
+
+logger = logging.getLogger(__name__)
+
+CONTROL = "$CONTROL/dynamic-security/v1"
+CENTRAL_USER = "counterbox-central"
+OPERATIONS_USER = "counterbox-ops"
+WAITING_GROUP = "waiting-boxes"
+ANSWER_TIMEOUT = 10.0  # seconds for the plugin to answer a command
+
+
+def _acl(acltype: str, topic: str) -> dict[str, Any]:
+    return {"acltype": acltype, "topic": topic, "allow": True}
+
+
+def _sends(*topics: str) -> list[dict[str, Any]]:
+    return [_acl("publishClientSend", t) for t in topics]
+
+
+def _reads(*topics: str, literal: bool = False) -> list[dict[str, Any]]:
+    kind = "subscribeLiteral" if literal else "subscribePattern"
+    return [acl for t in topics for acl in (_acl(kind, t), _acl("publishClientReceive", t))]
+
+
+def central_acls(prefix: str) -> list[dict[str, Any]]:
+    return (_sends(f"{prefix}/devices/+/ack", f"{prefix}/activation/+/result", f"{CONTROL}/#")
+            + _reads(f"{prefix}/devices/+/batch", f"{prefix}/devices/+/status", f"{prefix}/activation/+/hello",
+                     f"{prefix}/activation/+/request", f"{CONTROL}/#"))
+
+
+def operations_acls(prefix: str) -> list[dict[str, Any]]:
+    return (_sends(f"{prefix}/devices/+/docs/#", f"{prefix}/regions/+/docs/#", f"{prefix}/activation/+/code",
+                   f"{CONTROL}/#")
+            + _reads(f"{CONTROL}/#"))
+
+
+def waiting_acls(prefix: str) -> list[dict[str, Any]]:
+    return (_sends(f"{prefix}/activation/+/hello", f"{prefix}/activation/+/request")
+            + _reads(f"{prefix}/activation/+/code", f"{prefix}/activation/+/result"))
+
+
+def device_acls(prefix: str, device: str, region: str) -> list[dict[str, Any]]:
+    own = f"{prefix}/devices/{device}"
+    reads = [f"{own}/ack", f"{own}/docs/#"] + ([f"{prefix}/regions/{region}/docs/#"] if region else [])
+    return _sends(f"{own}/batch", f"{own}/status") + _reads(*reads, literal=True)
+
+
+def _hashed(password: str) -> dict[str, Any]:
+    """A password as the plugin stores it: PBKDF2-SHA512 over a random salt."""
+    salt, iterations = secrets.token_bytes(12), 101
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+            "iterations": iterations}
+
+
+def initial_config(prefix: str, *, central_password: str, operations_password: str) -> dict[str, Any]:
+    """The plugin's file for a new broker: central, operations, and the boxes waiting for activation.
+    Everything not granted is refused."""
+    return {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": [
+            {"username": CENTRAL_USER, "roles": [{"rolename": "central"}], **_hashed(central_password)},
+            {"username": OPERATIONS_USER, "roles": [{"rolename": "operations"}], **_hashed(operations_password)},
+        ],
+        "groups": [{"groupname": WAITING_GROUP, "roles": [{"rolename": "waiting-box"}], "clients": []}],
+        "anonymousGroup": WAITING_GROUP,
+        "roles": [
+            {"rolename": "central", "acls": central_acls(prefix)},
+            {"rolename": "operations", "acls": operations_acls(prefix)},
+            {"rolename": "waiting-box", "acls": waiting_acls(prefix)},
+        ],
+    }
+
+
+def write_initial_config(path: Path, prefix: str, *, central_password: str, operations_password: str) -> None:
+    if path.exists():
+        raise CentralError(f"{path} exists: the broker's access control is set up already")
+    path.write_text(json.dumps(initial_config(prefix, central_password=central_password,
+                                              operations_password=operations_password), indent=2))
+
+
+def admit_commands(prefix: str, device: str, region: str, password: str) -> list[dict[str, Any]]:
+    """A box activated: its client and role, made afresh (so a box asking again gets the same)."""
+    role = f"device-{device}"
+    return [
+        {"command": "deleteClient", "username": device},
+        {"command": "deleteRole", "rolename": role},
+        {"command": "createRole", "rolename": role, "acls": device_acls(prefix, device, region)},
+        {"command": "createClient", "username": device, "password": password, "roles": [{"rolename": role}]},
+    ]
+
+
+def cut_off_commands(device: str) -> list[dict[str, Any]]:
+    """A box revoked: the broker disconnects it at once and refuses it from then on."""
+    return [{"command": "deleteClient", "username": device}, {"command": "deleteRole", "rolename": f"device-{device}"}]
+
+
+def add_connection_options(parser) -> None:
+    """How a command reaches the production broker: its own client, over TLS."""
+    parser.add_argument("--username", help="this tool's client at the broker (production: counterbox-central "
+                                           "or counterbox-ops)")
+    parser.add_argument("--password-file", type=Path, help="the file holding that client's password")
+    parser.add_argument("--ca-file", type=Path, help="the CA of the broker's TLS certificate (production)")
+
+
+def connection(args) -> dict[str, Any]:
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text().strip()
+        except OSError as error:
+            raise CentralError(f"cannot read the broker password {args.password_file}: {error.strerror}") from None
+    return {"username": args.username, "password": password, "ca_file": args.ca_file}
+
+
+def new_password(path: Path) -> str:
+    """A random password kept in ``path`` (mode 0600); the one there already, if there is one."""
+    from storage.keys import write_secret
+
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(24)
+    write_secret(path, password.encode())
+    return password
+
+
+# Errors the plugin answers that mean "already as wanted": making afresh deletes what may not exist.
+_FINE = ("Client not found", "Role not found")
+
+
+class BrokerAdmin:
+    """Sends commands to the plugin over MQTT and waits for its answers."""
+
+    def __init__(self, link: MqttLink):
+        self._link = link
+        self._waiting: dict[str, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    @staticmethod
+    def link(*, host: str, port: int, username: str, password: str, ca_file: Path | None,
+             client_id: str) -> MqttLink:
+        return MqttLink(host=host, port=port, client_id=client_id, username=username, password=password,
+                        ca_file=ca_file, subscriptions=[f"{CONTROL}/response"])
+
+    async def __aenter__(self) -> "BrokerAdmin":
+        await self._link.__aenter__()
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self._link.close()
+
+    async def _read(self) -> None:
+        async for message in self._link.messages():
+            try:
+                responses = json.loads(message.payload)["responses"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            for response in responses:
+                future = self._waiting.pop(str(response.get("correlationData", "")), None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+
+    async def execute(self, commands: list[dict[str, Any]]) -> None:
+        """Run ``commands`` in order; CentralError naming the first that failed."""
+        await asyncio.wait_for(self._link.connected.wait(), ANSWER_TIMEOUT)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for command in commands:
+            correlation = secrets.token_hex(8)
+            futures.append(self._waiting.setdefault(correlation, loop.create_future()))
+            command["correlationData"] = correlation
+        try:
+            await self._link.publish(CONTROL, json.dumps({"commands": commands}).encode())
+            answers = await asyncio.wait_for(asyncio.gather(*futures), ANSWER_TIMEOUT)
+        except (MqttError, TimeoutError) as error:
+            raise CentralError(f"the broker's access control did not answer: {error or 'timed out'}") from None
+        for command, answer in zip(commands, answers):
+            if answer.get("error") and answer["error"] not in _FINE:
+                raise CentralError(f"the broker refused {command['command']}: {answer['error']}")

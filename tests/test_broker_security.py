@@ -1,0 +1,170 @@
+"""The production broker (central/mosquitto-production.conf): TLS, and each party reaches only its own topics.
+
+A real Mosquitto with the shipped production configuration, a throwaway CA, and the access control
+central keeps (central/broker.py). Denials are checked at QoS 1, where the broker answers them."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.client import MQTTv5
+
+from demo.stack import Stack
+from provisioning.identity import broker_password, load_key
+
+from .harness import feed, scans, wait_until
+
+@pytest.fixture
+def production(tmp_path):
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+        stack.start_central()
+        yield stack
+
+
+class Client:
+    """A plain paho client over TLS, to try what the broker allows."""
+
+    def __init__(self, stack, client_id: str, username: str | None = None, password: str | None = None):
+        self.acks: dict[int, int] = {}
+        self.subacks: list[int] = []
+        self.received: list[str] = []
+        self.connect_reason: int | None = None
+        self.disconnected_at: float | None = None
+        self.done = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTv5)
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.tls_set_context(ssl.create_default_context(cafile=str(stack.tls / "ca.crt")))
+        self.client.on_connect = self._connected
+        self.client.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, rc.value)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.append(rcs[0].value)
+        self.client.on_message = lambda c, u, m: self.received.append(m.topic)
+        self.client.on_disconnect = lambda c, u, f, rc, p: setattr(self, "disconnected_at", time.monotonic())
+        self.client.connect("127.0.0.1", stack.broker_port)
+        self.client.loop_start()
+        assert self.done.wait(10)
+
+    def _connected(self, client, userdata, flags, reason, properties):
+        self.connect_reason = reason.value
+        self.done.set()
+
+    def publish(self, topic: str) -> int:
+        info = self.client.publish(topic, b"{}", qos=1)
+        wait_until(lambda: info.mid in self.acks, 5, f"PUBACK for {topic}")
+        return self.acks[info.mid]
+
+    def subscribe(self, topic: str) -> int:
+        count = len(self.subacks)
+        self.client.subscribe(topic, qos=1)
+        wait_until(lambda: len(self.subacks) > count, 5, f"SUBACK for {topic}")
+        return self.subacks[-1]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+NOT_AUTHORIZED = 135
+
+
+def _activated(stack, tmp_path, name: str, licence: str, region: str = "honghe") -> tuple:
+    fifo = tmp_path / f"{name}.fifo"
+    os.mkfifo(fifo)
+    device = stack.install(name, scanners=[str(fifo)])
+    device.start()
+    wait_until(lambda: (device.directory / "device.key").exists(), 20, "the key")
+    device_id = device.identity()["device"]
+    shop = stack.ops_command("shop", "add", "--central-db", str(stack.central_db), "--licence", licence,
+                             "--name", name, "--region", region)
+    assert shop.returncode == 0, shop.stderr
+    issued = stack.ops_command("activation", "issue", "--central-db", str(stack.central_db), "--ops-key",
+                               str(stack.ops_key), "--broker", f"127.0.0.1:{stack.broker_port}",
+                               *stack.broker_args("ops"), "--shop", licence, "--device", device_id, "--push")
+    assert issued.returncode == 0, issued.stderr
+    wait_until(lambda: device.status()["shop"] == licence, 60, f"{name} activated over TLS")
+    return device, fifo, device_id
+
+
+def test_over_tls_a_box_is_activated_and_its_sales_delivered_and_each_box_reaches_only_its_own_topics(production,
+                                                                                                   tmp_path):
+    a, fifo, a_id = _activated(production, tmp_path, "boxa", "530102100001")
+    b, _, b_id = _activated(production, tmp_path, "boxb", "530102100002", region="kunming")
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: len(production.sales()) == 1, 30, "the sale at central")
+
+    # Box A's own credentials, on a connection of its own (the agent keeps its own connection).
+    as_a = Client(production, "a-probe", a_id, broker_password(load_key(a.directory / "device.key")))
+    try:
+        assert as_a.connect_reason == 0
+        assert as_a.publish(f"counterbox/v1/devices/{a_id}/status") < 128
+        assert as_a.publish(f"counterbox/v1/devices/{b_id}/batch") == NOT_AUTHORIZED  # never as B
+        assert as_a.publish(f"counterbox/v1/devices/{b_id}/status") == NOT_AUTHORIZED
+        assert as_a.publish(f"counterbox/v1/devices/{a_id}/ack") == NOT_AUTHORIZED  # never as central
+        assert as_a.publish("counterbox/v1/regions/honghe/docs/price_list") == NOT_AUTHORIZED  # never as operations
+        assert as_a.subscribe(f"counterbox/v1/devices/{b_id}/ack") == NOT_AUTHORIZED  # nor read B's downlink
+        assert as_a.subscribe(f"counterbox/v1/devices/{b_id}/docs/#") == NOT_AUTHORIZED
+        assert as_a.subscribe("counterbox/v1/regions/kunming/docs/#") == NOT_AUTHORIZED
+        assert as_a.subscribe("counterbox/v1/devices/+/batch") == NOT_AUTHORIZED
+        assert as_a.subscribe(f"counterbox/v1/devices/{a_id}/ack") == 1
+    finally:
+        as_a.close()
+
+    wrong = Client(production, "a-wrong", a_id, "not-the-password")
+    assert wrong.connect_reason == NOT_AUTHORIZED or wrong.connect_reason == 134  # bad user name or password
+    wrong.close()
+
+
+def test_a_box_not_activated_reaches_only_the_activation_topics(production):
+    anonymous = Client(production, "cb-nobody")
+    try:
+        assert anonymous.publish("counterbox/v1/activation/cb-nobody/hello") < 128
+        assert anonymous.publish("counterbox/v1/devices/cb-nobody/batch") == NOT_AUTHORIZED
+        assert anonymous.publish("counterbox/v1/devices/cb-nobody/status") == NOT_AUTHORIZED
+        # Requests carry boxes' broker passwords: only central reads them.
+        assert anonymous.subscribe("counterbox/v1/activation/+/request") == NOT_AUTHORIZED
+        assert anonymous.subscribe("counterbox/v1/devices/+/batch") == NOT_AUTHORIZED
+        assert anonymous.subscribe("counterbox/v1/activation/cb-nobody/result") == 1
+    finally:
+        anonymous.close()
+
+
+def test_a_box_revoked_at_once_is_cut_off_within_a_second(production, tmp_path):
+    a, _, a_id = _activated(production, tmp_path, "boxc", "530102100003")
+    password = broker_password(load_key(a.directory / "device.key"))
+    as_a = Client(production, "c-probe", a_id, password)
+    assert as_a.connect_reason == 0
+    revoked = production.ops_command("revoke", "--central-db", str(production.central_db), "--ops-key",
+                                     str(production.ops_key), "--broker", f"127.0.0.1:{production.broker_port}",
+                                     *production.broker_args("ops"), "--device", a_id, "--now")
+    assert revoked.returncode == 0, revoked.stderr
+    returned = time.monotonic()
+    wait_until(lambda: as_a.disconnected_at is not None, 5, "the box disconnected")
+    # The command returns once the broker has confirmed; the box was disconnected by then, or within a second.
+    assert as_a.disconnected_at < returned + 1.0
+    as_a.close()
+    again = Client(production, "c-again", a_id, password)
+    assert again.connect_reason in (NOT_AUTHORIZED, 134)  # refused from then on
+    again.close()
+
+
+def test_a_revoked_box_keeps_its_access_until_it_has_handed_in_its_sales_and_loses_it_then(production, tmp_path):
+    a, fifo, a_id = _activated(production, tmp_path, "boxd", "530102100004")
+    password = broker_password(load_key(a.directory / "device.key"))
+    feed(fifo, scans(["6901028075831", "96385074"]))
+    revoked = production.ops_command("revoke", "--central-db", str(production.central_db), "--ops-key",
+                                     str(production.ops_key), "--broker", f"127.0.0.1:{production.broker_port}",
+                                     *production.broker_args("ops"), "--device", a_id)
+    assert revoked.returncode == 0, revoked.stderr
+    wait_until(lambda: "crypto-erased" in a.log.read_text(), 30, "the box erased")
+    assert len(production.sales()) == 2  # handed in before its access went
+    wait_until(lambda: f"device {a_id} revoked: removed from the broker" in production.central_log.read_text(), 20,
+               "central removing it from the broker")
+    again = Client(production, "d-again", a_id, password)
+    assert again.connect_reason in (NOT_AUTHORIZED, 134)
+    again.close()
