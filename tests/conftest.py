@@ -7,20 +7,51 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from demo.stack import Stack
 
+from . import contract
 from .guards import LoopGuard
 
 
+class Tap:
+    """Every message published on a broker, as a subscriber to '#' receives it."""
+
+    def __init__(self, port: int):
+        self.messages: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="contract-tap", protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda client, userdata, message: self.messages.append((message.topic, message.payload))
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("#", qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "the tap did not subscribe"
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 @pytest.fixture
-def stack(tmp_path: Path):
-    """A running broker and central ingest, stopped after the test."""
+def stack(tmp_path: Path, request):
+    """A running broker and central ingest, stopped after the test. Every message published on the
+    broker meanwhile must match the contract (docs/asyncapi.yaml), unless the test marks itself
+    ``foreign_messages`` (it publishes malformed ones on purpose)."""
     with Stack(tmp_path / "stack") as running:
         running.start_broker()
-        running.start_central()
-        yield running
+        tap = Tap(running.broker_port)
+        try:
+            running.start_central()
+            yield running
+        finally:
+            tap.close()
+    if request.node.get_closest_marker("foreign_messages") is None:
+        problems = sorted({problem for topic, payload in tap.messages if (problem := contract.check(topic, payload))})
+        if problems:
+            pytest.fail("messages that break the contract (docs/asyncapi.yaml):\n" + "\n".join(problems[:10]))
 
 
 @pytest.fixture

@@ -193,6 +193,7 @@ def _tamper(token: bytes) -> bytes:
     return b".".join([header, bytes(raw), signature])
 
 
+@pytest.mark.foreign_messages  # hand-made batches, some malformed on purpose
 @pytest.mark.parametrize(
     "forge,reason",
     [
@@ -219,6 +220,7 @@ def test_a_forged_or_altered_batch_is_rejected_and_not_stored(stack, tmp_path, f
     assert "internal error" not in log and "Traceback" not in log
 
 
+@pytest.mark.foreign_messages  # hand-made batches, some malformed on purpose
 def test_a_replayed_batch_is_stored_once_and_an_unknown_device_not_at_all(stack, tmp_path):
     device = stack.provision(DEVICE, scanners=[str(tmp_path / "unused")])
     key = load_key(device.directory / "device.key")
@@ -234,6 +236,7 @@ def test_a_replayed_batch_is_stored_once_and_an_unknown_device_not_at_all(stack,
     assert "seq=1..1 new=0 acked_seq=1" in log  # the replay added nothing
 
 
+@pytest.mark.foreign_messages  # hand-made batches, some malformed on purpose
 def test_a_reused_seq_with_other_content_is_refused_not_silently_dropped(stack, tmp_path):
     """A device whose journal was wiped starts again at seq 1: its new sales must not vanish as 'already held'."""
     device = stack.provision(DEVICE, scanners=[str(tmp_path / "unused")])

@@ -6,6 +6,7 @@ import json
 import time
 
 import paho.mqtt.publish as mqtt_publish
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
@@ -57,6 +58,7 @@ def _publish_status(stack, device_id: str, status: dict, key) -> None:
                         port=stack.broker_port, protocol=MQTTv5)
 
 
+@pytest.mark.foreign_messages  # hand-made statuses
 def test_a_box_whose_clock_is_off_is_flagged_and_a_forged_status_changes_nothing(stack, fifo):
     device = stack.provision("shop-clock", scanners=[str(fifo)])
     key = load_key(device.directory / "device.key")
