@@ -141,6 +141,62 @@ def _devices(args) -> int:
     return 0
 
 
+# The company's targets for upload success (docs/commands.md): monitoring points report for it.
+TARGET = {True: 0.90, False: 0.85}
+
+
+def _uploads(args) -> int:
+    """Upload success per device and per region over a period of days, in the company's terms."""
+    last_day = args.until or time.strftime("%Y-%m-%d")
+    first_day = time.strftime("%Y-%m-%d", time.localtime(time.mktime(time.strptime(last_day, "%Y-%m-%d"))
+                                                          - (args.days - 1) * 86400 + 43200))
+    store = CentralStore(args.db)
+    try:
+        rows = []
+        for device_id in store.device_ids():
+            device = store.device(device_id)
+            shop = store.shop(device.shop)
+            days = store.upload_days(device_id, first_day, last_day, deadline=args.deadline_minutes * 60)
+            if not days:
+                continue
+            monitoring = bool(shop and shop.monitoring)
+            uploaded = sum(day.uploaded for day in days)
+            rate = uploaded / len(days)
+            rows.append({"device": device_id, "shop": device.shop, "region": device.region, "monitoring": monitoring,
+                         "days": len(days), "uploaded": uploaded, "rate": round(rate, 4), "target": TARGET[monitoring],
+                         "meets_target": rate >= TARGET[monitoring],
+                         "failed_days": [{"day": d.day, "reported": d.reports > 0, "late_sales": d.late}
+                                         for d in days if not d.uploaded]})
+    finally:
+        store.close()
+    regions: dict[str, dict] = {}
+    for row in rows:
+        region = regions.setdefault(row["region"] or "-", {"region": row["region"] or "-", "devices": 0, "days": 0,
+                                                            "uploaded": 0, "below_target": 0})
+        region["devices"] += 1
+        region["days"] += row["days"]
+        region["uploaded"] += row["uploaded"]
+        region["below_target"] += not row["meets_target"]
+    for region in regions.values():
+        region["rate"] = round(region["uploaded"] / region["days"], 4)
+    if args.json:
+        print(json.dumps({"from": first_day, "to": last_day, "devices": rows, "regions": sorted(regions.values(),
+                                                                                              key=lambda r: r["region"])}))
+        return 0
+    print(f"upload success {first_day} to {last_day}: a day counts when the box reported that day and none of "
+          f"its sales reached central more than {args.deadline_minutes:g} minutes after the scan")
+    print(f"{'device':24} {'shop':16} {'region':10} {'kind':10} {'days':>4} {'ok':>4} {'rate':>7} {'target':>7}")
+    for row in rows:
+        kind = "monitoring" if row["monitoring"] else "general"
+        flag = "" if row["meets_target"] else "  BELOW TARGET"
+        print(f"{row['device']:24} {row['shop'][:16]:16} {(row['region'] or '-')[:10]:10} {kind:10} {row['days']:>4} "
+              f"{row['uploaded']:>4} {row['rate']:>7.1%} {row['target']:>7.0%}{flag}")
+    for region in sorted(regions.values(), key=lambda r: r["region"]):
+        print(f"region {region['region']}: {region['devices']} devices, {region['rate']:.1%} of device-days uploaded, "
+              f"{region['below_target']} below target")
+    return 0
+
+
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -189,6 +245,14 @@ def parser() -> argparse.ArgumentParser:
                                                   "scanners, clock; '!' flags a clock off by more than a minute")
     devices.add_argument("--json", action="store_true", help="one JSON object per device, for programs")
     devices.set_defaults(func=_devices)
+    uploads = commands.add_parser("uploads", help="upload success per device and region over a period, against the "
+                                                  "company's targets (85%% general shops, 90%% monitoring points)")
+    uploads.add_argument("--days", type=int, default=7, help="days in the period, ending with --until (default 7)")
+    uploads.add_argument("--until", help="the period's last day, YYYY-MM-DD (default today, central's local time)")
+    uploads.add_argument("--deadline-minutes", type=float, default=60.0,
+                         help="a sale received later than this after its scan makes its day a failure (default 60)")
+    uploads.add_argument("--json", action="store_true", help="one JSON document, for programs")
+    uploads.set_defaults(func=_uploads)
     return top
 
 

@@ -56,6 +56,21 @@ class Shop:
     monitoring: bool = False  # a monitoring point: reports actual retail prices and stock
 
 
+@dataclass(frozen=True)
+class UploadDay:
+    """What central saw of one device's uploads on one day."""
+
+    day: str  # YYYY-MM-DD, central's local calendar
+    reports: int  # live statuses received: the box was up and talking
+    sales: int  # sales scanned that day that central holds
+    late: int  # of those, received more than the deadline after they were scanned
+
+    @property
+    def uploaded(self) -> bool:
+        """The day counts as uploaded: the box reported that day and none of that day's sales came late."""
+        return self.reports > 0 and self.late == 0
+
+
 class CentralStore:
     def __init__(self, path: Path):
         sqlite.create_private(path)
@@ -101,6 +116,9 @@ class CentralStore:
                     {"device_id": str, "public_key": str, "agent_version": str, "seen_at": float},
                     pk="device_id", if_not_exists=True,
                 )
+                # Days on which a device reported live (central's local calendar): half of "upload success".
+                self.db["upload_days"].create({"device_id": str, "day": str, "reports": int},
+                                              pk=("device_id", "day"), if_not_exists=True)
                 self.db["device_status"].create(
                     {"device_id": str, "state": str, "session": int, "connection": int, "sent_at": float,
                      "received_at": float, "clock_offset": float, "body": str},
@@ -264,6 +282,9 @@ class CentralStore:
         a retained status sent again on subscribing may be older). Only a live status measures the
         device's clock."""
         with sqlite.transaction(self.conn) as conn:
+            if live and status["state"] == "online":
+                conn.execute("INSERT INTO upload_days (device_id, day, reports) VALUES (?, date(?, 'unixepoch', 'localtime'), 1) "
+                             "ON CONFLICT (device_id, day) DO UPDATE SET reports = reports + 1", [device_id, received_at])
             held = conn.execute(
                 "SELECT session, connection, state, sent_at, clock_offset FROM device_status WHERE device_id = ?",
                 [device_id]).fetchone()
@@ -279,6 +300,33 @@ class CentralStore:
                  "body": json.dumps(body, ensure_ascii=False)},
                 pk="device_id",
             )
+
+    def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
+        """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the
+        device was registered, with what central saw of its uploads that day."""
+        device = self.conn.execute(
+            "SELECT date(registered_at, 'unixepoch', 'localtime'), date(revoked_at, 'unixepoch', 'localtime') "
+            "FROM devices WHERE device_id = ?", [device_id]).fetchone()
+        if device is None:
+            return []
+        registered, revoked = device
+        reported = dict(self.conn.execute(
+            "SELECT day, reports FROM upload_days WHERE device_id = ? AND day BETWEEN ? AND ?",
+            [device_id, first_day, last_day]).fetchall())
+        sales = {day: (total, late) for day, total, late in self.conn.execute(
+            "SELECT date(json_extract(body, '$.scanned_at'), 'localtime') AS day, count(*), "
+            "sum((julianday(received_at, 'unixepoch') - julianday(json_extract(body, '$.scanned_at'))) * 86400 > ?) "
+            "FROM events WHERE device_id = ? AND kind = 'sale' AND day BETWEEN ? AND ? GROUP BY day",
+            [deadline, device_id, first_day, last_day])}
+        days = []
+        for (day,) in self.conn.execute(
+                "WITH RECURSIVE d(day) AS (SELECT ? UNION ALL SELECT date(day, '+1 day') FROM d WHERE day < ?) "
+                "SELECT day FROM d", [max(first_day, registered), last_day]):
+            if revoked and day > revoked:
+                break
+            total, late = sales.get(day, (0, 0))
+            days.append(UploadDay(day, reported.get(day, 0), total, late))
+        return days
 
     def status(self, device_id: str) -> DeviceStatus | None:
         row = self.conn.execute(

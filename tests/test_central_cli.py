@@ -83,3 +83,38 @@ def test_ingest_without_central_s_key_stops_with_a_clear_error(central):
     command, _ = central
     result = command("ingest", "--port", "1")
     assert result.returncode == 2 and "does not exist (create it with 'counterbox-central keygen')" in result.stderr
+
+
+def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_region(central):
+    import time
+
+    from central.store import Shop
+
+    command, db = central
+    store = CentralStore(db)
+    store.add_shop(Shop("530102100001", "Mengzi No. 3", "honghe", monitoring=True))
+    store.add_shop(Shop("530102100002", "Gejiu corner", "honghe"))
+    today = time.strftime("%Y-%m-%d")
+    for device, shop in (("cb-monitor", "530102100001"), ("cb-general", "530102100002")):
+        store.register(device, "key", shop=shop, region="honghe")
+        store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = ?", [time.time() - 9 * 86400, device])
+    online = {"v": 1, "state": "online", "session": 1, "connection": 1, "sent_at": 0.0, "backlog": 0}
+    for back in range(10):  # cb-general reports every day; cb-monitor misses one day in ten
+        noon = time.mktime(time.strptime(today, "%Y-%m-%d")) + 12 * 3600 - back * 86400
+        store.record_status("cb-general", {**online, "device": "cb-general"}, received_at=noon, live=True)
+        if back != 3:
+            store.record_status("cb-monitor", {**online, "device": "cb-monitor"}, received_at=noon, live=True)
+    store.close()
+
+    report = json.loads(command("uploads", "--days", "10", "--json").stdout)
+    rows = {row["device"]: row for row in report["devices"]}
+    assert (rows["cb-general"]["rate"], rows["cb-general"]["meets_target"]) == (1.0, True)
+    assert (rows["cb-monitor"]["rate"], rows["cb-monitor"]["target"], rows["cb-monitor"]["meets_target"]) == (0.9, 0.9, True)
+    assert [day["reported"] for day in rows["cb-monitor"]["failed_days"]] == [False]
+    assert report["regions"] == [{"region": "honghe", "devices": 2, "days": 20, "uploaded": 19, "below_target": 0,
+                                  "rate": 0.95}]
+    table = command("uploads", "--days", "10").stdout
+    assert "cb-monitor" in table and "monitoring" in table and "90.0%" in table
+    assert "region honghe: 2 devices, 95.0% of device-days uploaded, 0 below target" in table
+    below = json.loads(command("uploads", "--days", "5", "--json").stdout)  # the missed day weighs more
+    assert {row["device"]: row["meets_target"] for row in below["devices"]} == {"cb-general": True, "cb-monitor": False}

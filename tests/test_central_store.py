@@ -86,3 +86,36 @@ def test_only_a_live_online_status_measures_the_clock(store):
     assert store.status("shop-1").clock_offset == 7200.0
     store.record_status("shop-1", status("offline", sent_at=8100.0), received_at=1500.0, live=True)
     assert store.status("shop-1").clock_offset == 7200.0  # a will says nothing of the clock now
+
+
+def _at(day: str, hour: int) -> float:
+    import time as time_module
+
+    return time_module.mktime(time_module.strptime(f"{day} {hour:02d}:00:00", "%Y-%m-%d %H:%M:%S"))
+
+
+def _sale(seq: int, scanned: float) -> dict:
+    from provisioning.protocol import rfc3339
+
+    return {"seq": seq, "kind": "sale", "body": {"code": "6901028075831", "scanned_at": rfc3339(scanned)}}
+
+
+def test_a_day_is_uploaded_when_the_box_reported_and_none_of_its_sales_came_late(store):
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-20", 9)])
+    online = status(backlog=0)
+    # 21st: reported, its sale in a minute. 22nd: reported, a sale two hours late. 23rd: silent.
+    # 24th: reported, no sales (a quiet day is no failure).
+    store.record_status("shop-1", online, received_at=_at("2026-11-21", 10), live=True)
+    store.record_status("shop-1", online, received_at=_at("2026-11-22", 10), live=True)
+    store.record_status("shop-1", online, received_at=_at("2026-11-24", 10), live=True)
+    store.record_status("shop-1", status("offline"), received_at=_at("2026-11-23", 10), live=True)  # no report
+    store.add_events("shop-1", 1, [_sale(1, _at("2026-11-21", 11)), _sale(2, _at("2026-11-22", 11))])
+    store.conn.execute("UPDATE events SET received_at = ? WHERE seq = 1", [_at("2026-11-21", 11) + 60])
+    store.conn.execute("UPDATE events SET received_at = ? WHERE seq = 2", [_at("2026-11-22", 13)])
+    days = store.upload_days("shop-1", "2026-11-19", "2026-11-24", deadline=3600)
+    assert [(d.day, d.uploaded) for d in days] == [  # from the day it was registered
+        ("2026-11-20", False), ("2026-11-21", True), ("2026-11-22", False), ("2026-11-23", False), ("2026-11-24", True)]
+    assert (days[2].sales, days[2].late) == (1, 1)
+    store.revoke("shop-1")
+    store.conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-22", 18)])
+    assert [d.day for d in store.upload_days("shop-1", "2026-11-19", "2026-11-24", deadline=3600)][-1] == "2026-11-22"
