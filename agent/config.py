@@ -103,6 +103,9 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 1883
     keepalive: int = 30  # seconds
+    # Seconds between attempts to reach the broker grow from 0.1 to this, jittered: a box back within
+    # this long after the broker returns, while a fleet that lost it together does not return at once.
+    reconnect_max: float = 2.0
     # The CA that signed the broker's certificate: TLS, the production broker. None: plain TCP, the
     # development broker on loopback.
     ca_file: Path | None = None
@@ -112,7 +115,7 @@ class BrokerConfig:
 class UplinkConfig:
     central_key: str = ""  # base64url Ed25519 public key that signs acknowledgements
     topic_prefix: str = "counterbox/v1"
-    batch_max_events: int = 50
+    batch_max_events: int = 500  # a backlog drains in large batches; a quiet link sends each event at once
     batch_max_bytes: int = 256 * 1024  # event bodies in one batch; a bigger single event goes alone
     batch_max_delay: float = 1.0  # seconds an event may wait for others while earlier batches are in flight
     ack_timeout: float = 10.0  # seconds without acknowledgement before resending from the cursor

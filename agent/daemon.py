@@ -30,7 +30,7 @@ from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, log_recorded, signal_for
 from .downlink import Downlink
 from .downlink import subscriptions as downlink_topics
-from .mqtt import MqttLink
+from .mqtt import Backoff, MqttLink
 from .telemetry import Telemetry, agent_version
 from .uplink import Uplink
 
@@ -220,7 +220,8 @@ class Box:
         broker = self.config.broker
         credentials = {"username": self.device_id, "password": broker_password(self.key)} if activated else {}
         return MqttLink(host=broker.host, port=broker.port, client_id=self.device_id, keepalive=broker.keepalive,
-                        subscriptions=subscriptions, ca_file=broker.ca_file, **credentials, **options)
+                        subscriptions=subscriptions, ca_file=broker.ca_file,
+                        backoff=Backoff(first=0.1, most=broker.reconnect_max), **credentials, **options)
 
     async def _wait_for_activation(self) -> None:
         prefix = self.config.uplink.topic_prefix

@@ -22,7 +22,7 @@ def test_an_empty_file_is_a_box_that_waits_for_activation_with_every_default(tmp
     assert config.device.id == "shop-1"
     assert config.storage.path == Path("/var/lib/counterbox/journal.db")
     assert (config.broker.host, config.broker.port) == ("127.0.0.1", 1883)
-    assert (config.uplink.batch_max_events, config.uplink.ack_timeout) == (50, 10.0)
+    assert (config.uplink.batch_max_events, config.uplink.ack_timeout) == (500, 10.0)
 
 
 def test_relative_paths_are_taken_from_the_file_directory(tmp_path):
