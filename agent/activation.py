@@ -11,7 +11,7 @@ once central's signed answer says so: it records an ``activation`` event, the
 journal's and so the box's own record of whose box it is. A code refused at
 any step changes nothing; a scanned one is answered with the error signal.
 
-Every other scan is ignored with the attention signal and a log line.
+Every other scan is refused with the error signal and a log line: it is not recorded.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class Activator:
     _link: MqttLink | None = None
     _answers: dict[str, asyncio.Future] = field(default_factory=dict)  # by code id
     _attempts: set[asyncio.Task] = field(default_factory=set)
+    _one_at_a_time: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, link: MqttLink) -> None:
         """Say hello, take pushed codes and central's answers, until the box is activated."""
@@ -126,12 +127,20 @@ class Activator:
         if isinstance(scan, Scan) and activation.looks_like_code(scan.text):
             logger.info("activation code scanned scanner=%s", scan.source)
             return Signal.GOOD if await self.attempt(scan.text) else Signal.ERROR
-        logger.warning("scan ignored scanner=%s: this box is not activated yet; scan its activation code first",
+        logger.warning("scan NOT recorded scanner=%s: this box is not activated yet; scan its activation code first",
                        scan.source)
-        return Signal.ATTENTION
+        return Signal.ERROR  # not attention: that one says a sale was recorded (without a price)
 
     async def attempt(self, token: str) -> bool:
-        """Try one code: check it, ask central, record the activation. True once the box is active."""
+        """Try one code: check it, ask central, record the activation. True once the box is active.
+        One code at a time: a code scanned while one pushed is under way waits for its answer."""
+        async with self._one_at_a_time:
+            if self.activated.is_set():
+                logger.warning("activation code refused: the box is already active; nothing changed")
+                return False
+            return await self._attempt(token)
+
+    async def _attempt(self, token: str) -> bool:
         try:
             code = activation.decode_code(token, trusted=self.trusted)
             if code.device is not None and code.device != self.device_id:

@@ -26,8 +26,8 @@ class ConfigError(Exception):
 class DeviceConfig:
     id: str = ""  # empty: derived from the device's key (a box activated by code)
     key_file: Path = Path("/var/lib/counterbox/device.key")
-    # Set only for a box registered by hand (counterbox-ops register): its shop and sales region.
-    # A box with no shop here waits for an activation code, which names both.
+    # Set only for a box registered by hand (counterbox-ops register, with [device] id set): its shop
+    # and sales region. A box with no id waits for an activation code, which names both.
     shop: str = ""
     region: str = ""
 

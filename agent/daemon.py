@@ -8,12 +8,14 @@ and the journal opened in threads too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -22,6 +24,7 @@ from drivers.feedback import Signal
 from provisioning import activation, protocol
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from storage import Journal, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
+from storage.keys import write_secret
 
 from .activation import Activator
 from .activation import current as activation_state
@@ -89,17 +92,39 @@ async def run(config: Config) -> None:
     keys and journal, and starts again as a new box waiting for activation."""
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
+    if await asyncio.to_thread(finish_erase, config):
+        logger.warning("an erase cut short (power lost?) was finished; starting as a new box")
     while await _life(config):
         await asyncio.to_thread(crypto_erase, config)
-        if config.device.id or config.device.shop:
-            raise ConfigError("this box was revoked and erased; it was configured by hand ([device] id and shop), "
-                              "so it waits for its configuration: remove them to let it wait for an activation code")
+        if config.device.id:
+            raise ConfigError("this box was revoked and erased; it was configured by hand ([device] id), "
+                              "so it waits for its configuration: remove [device] id and shop to let it wait "
+                              "for an activation code as a new box")
         logger.info("starting again as a new box, waiting for activation")
+
+
+def _erasing(config: Config) -> Path:
+    return config.storage.path.with_name(f"{config.storage.path.name}.erasing")
+
+
+def finish_erase(config: Config) -> bool:
+    """Finish an erase that a power cut interrupted (its marker is still there); True if there was one.
+    Without this, a box with its data key gone and its journal left could never start again, and one
+    with its journal gone and its signing key left would come back as the revoked identity."""
+    if not _erasing(config).exists():
+        return False
+    crypto_erase(config)
+    return True
 
 
 def crypto_erase(config: Config) -> None:
     """Destroy the data key (so the journal's ciphertext cannot be read) and the signing key, then
-    remove the journal's files."""
+    remove the journal's files. A marker, durable before the first step and removed after the last,
+    makes the erase resumable: the next start finishes it (``finish_erase``)."""
+    marker = _erasing(config)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        write_secret(marker, b"erasing\n")
     destroyed = destroy_secret(config.storage.key_file)
     if not destroyed:
         # Sealed by systemd (a credential): the service cannot destroy it; the image's first-boot step
@@ -108,6 +133,7 @@ def crypto_erase(config: Config) -> None:
                        config.storage.key_file)
     remove_journal(config.storage.path)
     destroy_secret(config.device.key_file)
+    destroy_secret(marker)
     logger.warning("crypto-erased: data key, signing key and journal destroyed")
 
 
@@ -186,7 +212,7 @@ class Box:
         if revocation is not None:  # revoked before a restart: deliver, then erase
             self._revocation(revocation.body["grace_seconds"])
         held = await self.store.read(activation_state)
-        if held is None and not self.config.device.shop:
+        if held is None and not self.config.device.id:  # a box given its id was registered by hand
             await self._wait_for_activation()
             held = await self.store.read(activation_state)
         region = held["region"] if held else self.config.device.region

@@ -22,6 +22,7 @@ events are also the box's own record of the versions it holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -108,7 +109,8 @@ class Downlink:
         if not message.payload:
             return  # a retained document cleared by operations: nothing to apply
         try:
-            document = self._check(message)
+            # Verifying and checking a large price list takes milliseconds: not on the loop.
+            document = await asyncio.to_thread(self._check, message)
         except ProtocolError as error:
             logger.warning("document refused topic=%s: %s; nothing changed", message.topic, error)
             return

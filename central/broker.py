@@ -25,7 +25,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from agent.mqtt import MqttError, MqttLink
+from agent.mqtt import Backoff, MqttError, MqttLink
 
 from .errors import CentralError
 
@@ -52,7 +52,9 @@ def _reads(*topics: str, literal: bool = False) -> list[dict[str, Any]]:
 
 
 def central_acls(prefix: str) -> list[dict[str, Any]]:
-    return (_sends(f"{prefix}/devices/+/ack", f"{prefix}/activation/+/result", f"{CONTROL}/#")
+    # activation/+/code: central clears a pushed code once it is used.
+    return (_sends(f"{prefix}/devices/+/ack", f"{prefix}/activation/+/result", f"{prefix}/activation/+/code",
+                   f"{CONTROL}/#")
             + _reads(f"{prefix}/devices/+/batch", f"{prefix}/devices/+/status", f"{prefix}/activation/+/hello",
                      f"{prefix}/activation/+/request", f"{CONTROL}/#"))
 
@@ -170,7 +172,8 @@ class BrokerAdmin:
     def link(*, host: str, port: int, username: str, password: str, ca_file: Path | None,
              client_id: str) -> MqttLink:
         return MqttLink(host=host, port=port, client_id=client_id, username=username, password=password,
-                        ca_file=ca_file, subscriptions=[f"{CONTROL}/response"])
+                        ca_file=ca_file, subscriptions=[f"{CONTROL}/response"],
+                        backoff=Backoff(first=0.05, most=1.0))  # back at once after a broker restart
 
     async def __aenter__(self) -> "BrokerAdmin":
         await self._link.__aenter__()
@@ -196,7 +199,10 @@ class BrokerAdmin:
 
     async def execute(self, commands: list[dict[str, Any]]) -> None:
         """Run ``commands`` in order; CentralError naming the first that failed."""
-        await asyncio.wait_for(self._link.connected.wait(), ANSWER_TIMEOUT)
+        try:
+            await asyncio.wait_for(self._link.connected.wait(), ANSWER_TIMEOUT)
+        except TimeoutError:
+            raise CentralError(f"the broker's access control is unreachable for {ANSWER_TIMEOUT:.0f} s") from None
         loop = asyncio.get_running_loop()
         futures = []
         for command in commands:

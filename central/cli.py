@@ -41,7 +41,7 @@ async def _serve(ingest: Ingest, args) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, main.cancel)
     await ingest.serve(host=args.host, port=args.port, client_id=args.client_id, **broker.connection(args),
-                       broker_admin=args.broker_admin)
+                       broker_admin=args.broker_admin, share=args.share)
 
 
 def _ingest(args) -> int:
@@ -226,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--client-id", default="counterbox-central", help="MQTT client id of the persistent session (default counterbox-central)")
     ingest.add_argument("--topic-prefix", default="counterbox/v1", help="topic prefix (default counterbox/v1)")
     broker.add_connection_options(ingest)
+    ingest.add_argument("--share", metavar="GROUP", help="one of several ingest instances sharing the load: "
+                                                         "subscribe as $share/GROUP/... on a clean session")
     ingest.add_argument("--broker-admin", action="store_true",
                         help="keep the production broker's access control: admit activated boxes, remove revoked ones")
     ingest.set_defaults(func=_ingest)

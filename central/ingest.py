@@ -108,10 +108,14 @@ class Ingest:
             raise Rejected(str(error)) from None
         if leaf == "status":
             live = not message.retain
-            self.store.record_status(device_id, status, received_at=received_at, live=live)
+            latest = self.store.record_status(device_id, status, received_at=received_at, live=live)
             offset = status["sent_at"] - received_at if live and status["state"] == "online" else None
-            revoked = self.store.device(device_id).revoked_at is not None
-            return StatusReceived(device_id, status["state"], offset, revoked and status["state"] == "offline"), None
+            # A revoked box's access goes only once it has handed in its revocation (and all before it)
+            # and then gone offline: not on a stale or retained offline, nor one from before.
+            cut_off = (live and latest and status["state"] == "offline"
+                       and self.store.device(device_id).revoked_at is not None
+                       and self.store.revocation_delivered(device_id))
+            return StatusReceived(device_id, status["state"], offset, cut_off), None
         added, acked = self.store.add_events(device_id, batch.session, batch.events)
         result = Accepted(device_id, batch.first_seq, batch.last_seq, added, acked)
         ack = protocol.encode_ack(device_id, acked, key=self.signing_key)
@@ -153,8 +157,12 @@ class Ingest:
     # -- the MQTT consumer -----------------------------------------------------
 
     async def serve(self, *, host: str, port: int, client_id: str = "counterbox-central", username: str | None = None,
-                    password: str | None = None, ca_file: Path | None = None, broker_admin: bool = False) -> None:
+                    password: str | None = None, ca_file: Path | None = None, broker_admin: bool = False,
+                    share: str | None = None) -> None:
         """Consume batches until cancelled; a persistent session keeps what arrives while central is away.
+        With ``share``, this instance is one of several sharing the subscriptions ($share/GROUP/...),
+        on a clean session: the broker would keep giving a dead member its turn, so what a killed instance
+        did not acknowledge is sent again by the devices (ack_timeout), and nothing is lost.
         With ``broker_admin``, central also keeps the production broker's access control (central/broker.py)."""
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-store")
         try:
@@ -164,16 +172,19 @@ class Ingest:
                         host=host, port=port, username=username, password=password, ca_file=ca_file,
                         client_id=f"{client_id}-admin")))
                 await self._consume_all(thread, host=host, port=port, client_id=client_id, username=username,
-                                        password=password, ca_file=ca_file)
+                                        password=password, ca_file=ca_file, share=share)
         finally:
             await asyncio.to_thread(thread.shutdown)
 
-    async def _consume_all(self, thread: ThreadPoolExecutor, *, host: str, port: int, **options) -> None:
+    async def _consume_all(self, thread: ThreadPoolExecutor, *, host: str, port: int, share: str | None,
+                           **options) -> None:
         subscriptions = [protocol.batch_subscription(self.prefix), protocol.status_subscription(self.prefix),
                          activation.subscription(self.prefix, "hello"), activation.subscription(self.prefix, "request")]
-        async with MqttLink(host=host, port=port, **options, subscriptions=subscriptions,
-                            session=Session(persistent=True, expiry=SESSION_EXPIRY), backoff=RECONNECT,
-                            manual_ack=True) as link:
+        if share:
+            subscriptions = [f"$share/{share}/{topic}" for topic in subscriptions]
+        session = Session() if share else Session(persistent=True, expiry=SESSION_EXPIRY)
+        async with MqttLink(host=host, port=port, **options, subscriptions=subscriptions, session=session,
+                            backoff=RECONNECT, manual_ack=True) as link:
             logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
             async for message in link.messages():
                 await self._consume(link, thread, message)
@@ -213,6 +224,8 @@ class Ingest:
             topic, token = ack
             try:
                 link.publish_nowait(topic, token, qos=1)
+                if result.accepted:  # a code pushed to the box is used: it waits retained no longer
+                    link.publish_nowait(activation.topic(self.prefix, result.device_id, "code"), b"", qos=1, retain=True)
             except MqttError as error:
                 logger.warning("activation result for %s not sent (%s); the box asks again", result.device_id, error)
             return

@@ -135,6 +135,9 @@ class CentralStore:
         """Register (or with ``replace``, re-key) a device: central's own operation, behind counterbox-ops."""
         with sqlite.transaction(self.conn):
             existing = self.device(device_id)
+            if existing and existing.revoked_at is not None:
+                # Its events and its revocation stay under this id: a box in service again is a new id.
+                raise RegistryError(f"device {device_id} was revoked; register the box under a new id")
             if existing and existing.public_key != public_key and not replace:
                 raise RegistryError(f"device {device_id} is registered with another public key; pass --replace to re-key it")
             self.db["devices"].upsert(
@@ -233,6 +236,11 @@ class CentralStore:
             existing = self.device(device_id)
             if existing is not None and existing.public_key != public_key:
                 raise ActivationRefused(f"device {device_id} is registered with another key")
+            if existing is not None and existing.revoked_at is not None:
+                raise ActivationRefused(f"device {device_id} was revoked; a revoked box is activated again only "
+                                        "after it has erased itself, as a new box")
+            if existing is not None and used_by is None:
+                raise ActivationRefused(f"device {device_id} is already active for shop {existing.shop}")
             shop = self.shop(licence)
             conn.execute("UPDATE activation_codes SET used_by = ?, used_key = ?, used_at = coalesce(used_at, ?) "
                          "WHERE code_id = ?", [device_id, public_key, now, code_id])
@@ -277,10 +285,10 @@ class CentralStore:
 
     # -- presence and health ---------------------------------------------------------
 
-    def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool) -> None:
+    def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool) -> bool:
         """Keep ``status`` as the device's latest, unless a later one is held (protocol.status_order;
-        a retained status sent again on subscribing may be older). Only a live status measures the
-        device's clock."""
+        a retained status sent again on subscribing may be older); True when it is now the latest.
+        Only a live status measures the device's clock."""
         with sqlite.transaction(self.conn) as conn:
             if live and status["state"] == "online":
                 conn.execute("INSERT INTO upload_days (device_id, day, reports) VALUES (?, date(?, 'unixepoch', 'localtime'), 1) "
@@ -290,7 +298,7 @@ class CentralStore:
                 [device_id]).fetchone()
             if held and protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held))) \
                     > protocol.status_order(status):
-                return
+                return False
             offset = status["sent_at"] - received_at if live and status["state"] == "online" else (held[4] if held else None)
             body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
             self.db["device_status"].upsert(
@@ -300,6 +308,14 @@ class CentralStore:
                  "body": json.dumps(body, ensure_ascii=False)},
                 pk="device_id",
             )
+        return True
+
+    def revocation_delivered(self, device_id: str) -> bool:
+        """Whether central holds the device's revocation event and everything before it."""
+        row = self.conn.execute(
+            "SELECT min(e.seq), d.acked_seq FROM devices d LEFT JOIN events e ON e.device_id = d.device_id "
+            "AND e.kind = 'revocation' WHERE d.device_id = ?", [device_id]).fetchone()
+        return bool(row and row[0] is not None and row[0] <= row[1])
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the

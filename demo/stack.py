@@ -191,6 +191,7 @@ class Stack:
     log_level: str = "INFO"  # of the agents and central
     # The production broker (TLS, dynamic security) instead of the development one.
     production: bool = False
+    ingests: dict[str, subprocess.Popen] = field(default_factory=dict)  # central's ingest processes, by name
 
     @property
     def tls(self) -> Path:
@@ -296,27 +297,38 @@ class Stack:
             raise RuntimeError(result.stderr)
         return json.loads(result.stdout)["central_key"]
 
-    def start_central(self) -> None:
+    def start_central(self, *, share: str | None = None) -> None:
+        self.central = self.start_ingest("central", share=share)
+
+    def start_ingest(self, name: str, *, share: str | None = None) -> subprocess.Popen:
+        """A central ingest process logging to ``{name}.log``; with ``share``, one of the instances
+        sharing the subscription ``$share/{share}/...``. Returns once it has subscribed."""
         self.central_public_key()
-        with self.central_log.open("ab") as log:
-            self.central = subprocess.Popen(
+        log_path = self.directory / f"{name}.log"
+        subscribed = "subscribed to " + (f"$share/{share}/" if share else "") + "counterbox/v1/devices/+/batch"
+        before = log_path.read_text().count(subscribed) if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
                 _python_command("central")
                 + ["--db", str(self.central_db), "--key", str(self.central_key), "--log-level", self.log_level,
-                   "ingest", "--port", str(self.broker_port), *self.broker_args("central")]
-                + (["--broker-admin"] if self.production else []),
+                   "ingest", "--port", str(self.broker_port), "--client-id", f"counterbox-{name}",
+                   *self.broker_args("central")]
+                + (["--broker-admin"] if self.production else []) + (["--share", share] if share else []),
                 cwd=ROOT, stdout=log, stderr=log,
             )
-
-        # Central's subscription is in place (SUBACK) before anything is published.
-        subscribed = "subscribed to counterbox/v1/devices/+/batch"
+        self.ingests[name] = process
+        # Its subscription is in place (SUBACK) before anything is published.
         deadline = time.monotonic() + 15
-        while subscribed not in self.central_log.read_text():
-            if self.central.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"central did not subscribe: {self.central_log.read_text()[-2000:]}")
+        while log_path.read_text().count(subscribed) <= before:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not subscribe: {log_path.read_text()[-2000:]}")
             time.sleep(0.02)
+        return process
 
     def stop_central(self) -> None:
-        _stop(self.central, signal.SIGINT)
+        for process in self.ingests.values():
+            _stop(process, signal.SIGINT)
+        self.ingests.clear()
         self.central = None
 
     def sales(self) -> list[dict]:

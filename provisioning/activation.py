@@ -93,7 +93,7 @@ def _open(token: bytes | str, key: Ed25519PublicKey, *, typ: str) -> tuple[dict[
         raise ProtocolError(f"header typ {header.get('typ')!r} is not {typ!r}")
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProtocolError("payload is not JSON") from None
     if not isinstance(payload, dict) or payload.get("v") != VERSION:
         raise ProtocolError(f"payload is not a version {VERSION} object")
@@ -124,7 +124,7 @@ def code_id_of(token: str) -> str:
     """The code id a code names, unverified: central checks the whole code against what it issued."""
     try:
         payload = json.loads(jws.b64url_decode(token.split(".")[1]))
-    except (SignatureError, ValueError, IndexError):
+    except (SignatureError, ValueError, IndexError, RecursionError):
         raise ProtocolError("not an activation code") from None
     code_id = payload.get("code") if isinstance(payload, dict) else None
     if not isinstance(code_id, str) or not code_id:
@@ -172,13 +172,13 @@ class Request:
 
 
 def decode_request(token: bytes, *, device: str) -> Request:
-    """The request of a box that signed it with the key it names (so it holds that key). A device id
-    derived from a key (``cb-...``) must be that key's: no box can ask under another's id."""
+    """The request of a box that signed it with the key it names (so it holds that key), under the
+    device id derived from that key (``cb-...``): no box can ask under another's id, or a name."""
     try:
         header = jws.unverified_header(token.decode("ascii", errors="replace"))
         payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
         public_key = parse_public_key(payload["public_key"])
-    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError):
+    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError, RecursionError):
         raise ProtocolError("not an activation request: it names no public key") from None
     if header.get("kid") != device:
         raise ProtocolError(f"request kid {header.get('kid')!r} is not the topic's device {device!r}")
@@ -191,8 +191,10 @@ def decode_request(token: bytes, *, device: str) -> Request:
 
 
 def _check_derived(device: str, public_key: Ed25519PublicKey) -> None:
-    if device.startswith("cb-") and device != device_id_for(public_key):
-        raise ProtocolError(f"device id {device} is derived from another key than the one this box holds")
+    """Only a box's own derived id may be activated: no one can claim a name (central's, operations',
+    a box registered by hand) or another box's id."""
+    if device != device_id_for(public_key):
+        raise ProtocolError(f"device id {device} is not the one derived from the key this box holds")
 
 
 def encode_result(device: str, result: dict[str, Any], *, key: Ed25519PrivateKey) -> bytes:
@@ -222,11 +224,14 @@ def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
     try:
         payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
         public_key = parse_public_key(payload["public_key"])
-    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError):
+    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError, RecursionError):
         raise ProtocolError("not a hello: it names no public key") from None
     header, payload = _open(token, public_key, typ=HELLO_TYPE)
     if header.get("kid") != device or payload.get("device") != device:
         raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
     _check_derived(device, public_key)
+    version = payload.get("agent_version")
+    if not isinstance(version, str) or len(version) > 64:
+        raise ProtocolError("hello lacks an agent version of at most 64 characters")
     return payload
 

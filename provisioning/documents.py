@@ -165,7 +165,7 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
         raise ProtocolError(f"header typ {header.get('typ')!r} is not {DOCUMENT_TYPE!r}")
     try:
         payload = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProtocolError("payload is not JSON") from None
     if not isinstance(payload, dict) or payload.get("v") != VERSION:
         raise ProtocolError(f"payload is not a version {VERSION} document")

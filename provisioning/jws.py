@@ -50,7 +50,7 @@ def unverified_header(token: str) -> dict[str, Any]:
         raise SignatureError(f"not a JWS compact token: {len(parts)} parts instead of 3")
     try:
         header = json.loads(b64url_decode(parts[0]))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise SignatureError("the protected header is not JSON") from None
     if not isinstance(header, dict):
         raise SignatureError("the protected header is not a JSON object")

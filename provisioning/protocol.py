@@ -227,7 +227,7 @@ def _verified(token: bytes, key: Ed25519PublicKey, *, typ: str, kid: str) -> dic
         raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r} from {kid!r}")
     try:
         decoded = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ProtocolError("payload is not JSON") from None
     if not isinstance(decoded, dict):
         raise ProtocolError(f"payload is a JSON {type(decoded).__name__}, not an object")

@@ -74,12 +74,16 @@ def test_a_request_proves_the_box_holds_the_key_it_names(ops):
     with pytest.raises(ProtocolError, match="is not the topic's device"):
         activation.decode_request(request, device="cb-someone-else")
     # Asking under the id derived from another box's key: refused, so no box can squat on another's id.
-    squatter = activation.encode_request(device_id_for(other), box, token, sent_at=NOW)
-    with pytest.raises(ProtocolError, match="derived from another key"):
-        activation.decode_request(squatter, device=device_id_for(other))
-    hello = activation.encode_hello(device_id_for(other), box, agent_version="x", sent_at=NOW)
-    with pytest.raises(ProtocolError, match="derived from another key"):
-        activation.decode_hello(hello, device=device_id_for(other))
+    # Asking under a name (central's own client, operations', a box registered by hand): refused too.
+    for claimed in (device_id_for(other), "counterbox-central", "counterbox-ops", "shop-0001"):
+        squatter = activation.encode_request(claimed, box, token, sent_at=NOW)
+        with pytest.raises(ProtocolError, match="not the one derived from the key this box holds"):
+            activation.decode_request(squatter, device=claimed)
+        hello = activation.encode_hello(claimed, box, agent_version="x", sent_at=NOW)
+        with pytest.raises(ProtocolError, match="not the one derived from the key this box holds"):
+            activation.decode_hello(hello, device=claimed)
+    with pytest.raises(ProtocolError, match="at most 64 characters"):
+        activation.decode_hello(activation.encode_hello(device, box, agent_version="x" * 65, sent_at=NOW), device=device)
 
 
 def test_a_result_must_be_centrals_for_this_box():
@@ -116,6 +120,13 @@ def test_a_code_is_used_once_and_only_by_the_box_it_was_first_used_by(store):
         with pytest.raises(ActivationRefused, match=reason):
             store.activate("c1", "T1", device_id=device_id, public_key=key, now=NOW + 2)
     assert store.device("cb-b") is None
+    # An active box cannot be moved to another shop by a second code; a revoked one is not let back.
+    store.add_code("c3", shop=SHOP.licence, token="T3", device=None, issued_at=NOW, expires_at=NOW + 60)
+    with pytest.raises(ActivationRefused, match="already active for shop"):
+        store.activate("c3", "T3", device_id="cb-a", public_key="KA", now=NOW + 3)
+    store.revoke("cb-a")
+    with pytest.raises(ActivationRefused, match="was revoked"):
+        store.activate("c1", "T1", device_id="cb-a", public_key="KA", now=NOW + 4)
 
 
 @pytest.mark.parametrize("token,device,now,reason", [
@@ -169,7 +180,7 @@ def test_a_box_activated_by_scanning_its_printed_slip_records_and_delivers_sales
     assert device_id == device_id_for(load_key(device.directory / "device.key"))
 
     feed(fifo, scans(["6901028075831"]))  # not activated: the scan is no sale
-    wait_until(lambda: "scan ignored" in device.log.read_text(), 10, "the scan ignored")
+    wait_until(lambda: "scan NOT recorded" in device.log.read_text(), 10, "the scan refused")
     assert "sale" not in device.status()["events"]
 
     _shop(stack, "530102100123", "honghe", "--monitoring")

@@ -145,3 +145,27 @@ def test_a_destroyed_secret_is_zeroed_before_it_goes_and_a_removed_journal_leave
     journal.close()
     remove_journal(tmp_path / "journal.db")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("cut_after", ["marker", "data key", "journal"])
+def test_an_erase_cut_short_by_a_power_cut_is_finished_at_the_next_start(tmp_path, cut_after):
+    """Whatever step the power cut came after, the next start erases the rest: never a box that cannot
+    start (its data key gone, its journal left), nor one back as the revoked identity."""
+    from agent import daemon
+    from agent.config import load
+    from provisioning.identity import create_key
+    from storage import destroy_secret, remove_journal
+
+    (tmp_path / "agent.toml").write_text('[storage]\npath = "journal.db"\nkey_file = "data.key"\n'
+                                         '[device]\nkey_file = "device.key"\n')
+    config = load(tmp_path / "agent.toml")
+    create_key(config.device.key_file)
+    daemon.open_journal(config, create=True).close()
+    (tmp_path / "journal.db.erasing").write_text("erasing\n")
+    if cut_after in ("data key", "journal"):
+        destroy_secret(config.storage.key_file)
+    if cut_after == "journal":
+        remove_journal(config.storage.path)
+    assert daemon.finish_erase(config) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml"]
+    assert daemon.finish_erase(config) is False
