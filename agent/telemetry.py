@@ -18,7 +18,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -32,10 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 def agent_version() -> str:
-    try:
-        return metadata.version("counterbox")
-    except metadata.PackageNotFoundError:
-        return "unknown"  # run from a source tree that was never installed
+    # Not importlib.metadata: it costs the box half a MiB of memory to read one string.
+    from . import __version__
+
+    return __version__
 
 
 @dataclass(kw_only=True)
