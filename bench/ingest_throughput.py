@@ -1,0 +1,126 @@
+"""Central's ingest: verified and stored events per second, for one and for two instances sharing the
+load, beside the broker's raw delivery of the same messages to a plain subscriber, in the same run.
+
+Signed batches from many registered devices (the agent's batch size) are published as fast as a
+plain publisher can; the clock runs from the first publish until central's database holds every
+event (polled), or, for the baseline, until a plain subscriber has received every batch.
+
+    .venv/bin/python bench/ingest_throughput.py [--devices 20] [--batches 40] [--events 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from central.store import CentralStore  # noqa: E402
+from demo.stack import Stack  # noqa: E402
+from provisioning import protocol  # noqa: E402
+from provisioning.identity import public_key_text  # noqa: E402
+from storage import Event  # noqa: E402
+
+BODY = {"code": "6901028075831", "symbology": "ean13", "aim": None, "scanner": "/dev/input/event3",
+        "scanned_at": "2026-11-27T10:00:00.000Z", "quantity": 1, "known": True, "currency": "CNY",
+        "unit_price": 2300, "name": "Hongtashan (pack)"}
+
+
+def batches(stack: Stack, devices: int, per_device: int, events: int, tag: str) -> list[tuple[str, bytes]]:
+    store = CentralStore(stack.central_db)
+    messages = []
+    for d in range(devices):
+        key, device = Ed25519PrivateKey.generate(), f"bench-{tag}-{d}"
+        store.register(device, public_key_text(key))
+        for b in range(per_device):
+            first = b * events + 1
+            token = protocol.encode_batch([Event(seq, "sale", BODY) for seq in range(first, first + events)],
+                                          device=device, session=1, key=key, sent_at=time.time())
+            messages.append((protocol.batch_topic(protocol.DEFAULT_PREFIX, device), token))
+    store.close()
+    return messages
+
+
+def publish(port: int, messages: list[tuple[str, bytes]]) -> float:
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    t0 = time.perf_counter()
+    infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(60)
+    client.loop_stop()
+    client.disconnect()
+    return t0
+
+
+def stored(stack: Stack, tag: str) -> int:
+    with sqlite3.connect(stack.central_db, timeout=30) as conn:
+        return conn.execute("SELECT count(*) FROM events WHERE device_id LIKE ?", [f"bench-{tag}-%"]).fetchone()[0]
+
+
+def central_rate(stack: Stack, messages, total: int, tag: str) -> float:
+    t0 = publish(stack.broker_port, messages)
+    while stored(stack, tag) < total:
+        time.sleep(0.05)
+    return total / (time.perf_counter() - t0)
+
+
+def raw_rate(port: int, messages, total: int) -> float:
+    got, count = threading.Event(), 0
+
+    def received(client, userdata, message):
+        nonlocal count
+        count += 1
+        if count == len(messages):
+            got.set()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5)
+    sub.on_message = received
+    sub.connect("127.0.0.1", port)
+    sub.subscribe("counterbox/v1/devices/+/batch", qos=1)
+    sub.loop_start()
+    time.sleep(0.3)
+    t0 = publish(port, messages)
+    got.wait(300)
+    elapsed = time.perf_counter() - t0
+    sub.loop_stop()
+    sub.disconnect()
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=40, help="per device")
+    parser.add_argument("--events", type=int, default=500, help="per batch (the agent's batch_max_events)")
+    args = parser.parse_args()
+    total = args.devices * args.batches * args.events
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
+        with Stack(Path(tmp) / "stack", log_level="WARNING") as stack:
+            stack.start_broker()
+            stack.central_public_key()
+            sets = {tag: batches(stack, args.devices, args.batches, args.events, tag) for tag in ("raw", "one", "two")}
+            raw = raw_rate(stack.broker_port, sets["raw"], total)
+            stack.log_level = "INFO"  # the ingest's start is seen in its log
+            stack.start_ingest("one", share="bench")
+            one = central_rate(stack, sets["one"], total, "one")
+            stack.start_ingest("two", share="bench")
+            two = central_rate(stack, sets["two"], total, "two")
+    print(f"{total} events in batches of {args.events} from {args.devices} devices, loopback, same run")
+    print(f"  broker to a plain subscriber           {raw:10.0f} events/s")
+    print(f"  one central ingest, verified + stored  {one:10.0f} events/s  ({one / raw:.3f} of raw)")
+    print(f"  two instances sharing the load         {two:10.0f} events/s  ({two / one:.2f}x one)")
+
+
+if __name__ == "__main__":
+    main()
