@@ -52,11 +52,14 @@ def _reads(*topics: str, literal: bool = False) -> list[dict[str, Any]]:
 
 
 def central_acls(prefix: str) -> list[dict[str, Any]]:
-    # activation/+/code: central clears a pushed code once it is used.
+    reads = [f"{prefix}/devices/+/batch", f"{prefix}/devices/+/status", f"{prefix}/activation/+/hello",
+             f"{prefix}/activation/+/request"]
+    # activation/+/code: central clears a pushed code once it is used. $share/+/...: instances sharing
+    # the load subscribe under a group name, which the plugin checks as part of the topic.
     return (_sends(f"{prefix}/devices/+/ack", f"{prefix}/activation/+/result", f"{prefix}/activation/+/code",
                    f"{CONTROL}/#")
-            + _reads(f"{prefix}/devices/+/batch", f"{prefix}/devices/+/status", f"{prefix}/activation/+/hello",
-                     f"{prefix}/activation/+/request", f"{CONTROL}/#"))
+            + _reads(*reads, f"{CONTROL}/#")
+            + [_acl("subscribePattern", f"$share/+/{topic}") for topic in reads])
 
 
 def operations_acls(prefix: str) -> list[dict[str, Any]]:
