@@ -25,6 +25,8 @@ from drivers.feedback import Signal
 from provisioning.protocol import rfc3339
 from storage import Event, Journal
 
+from .logs import event_fields
+
 logger = logging.getLogger(__name__)
 
 REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it was, never a flood
@@ -72,15 +74,16 @@ def log_recorded(event: Event) -> None:
     """One line for a scan once it is durable (never before: its seq could yet be rolled back);
     it names the event, never its code, product or amount."""
     scanner = event.body.get("scanner")
+    fields = {"extra": event_fields(event.seq, event.kind, scanner)}
     if event.kind == "refused":
-        logger.warning("refused seq=%d scanner=%s: %s; not a sale", event.seq, scanner, event.body["reason"])
+        logger.warning("refused seq=%d scanner=%s: %s; not a sale", event.seq, scanner, event.body["reason"], **fields)
     elif event.kind == "misread":
-        logger.warning("misread seq=%d scanner=%s: the check digit fails; not a sale", event.seq, scanner)
+        logger.warning("misread seq=%d scanner=%s: the check digit fails; not a sale", event.seq, scanner, **fields)
     elif event.body.get("known"):
-        logger.info("sale seq=%d scanner=%s", event.seq, scanner)
+        logger.info("sale seq=%d scanner=%s", event.seq, scanner, **fields)
     else:
         logger.warning("sale seq=%d scanner=%s: product not on the price list, recorded without a price",
-                       event.seq, scanner)
+                       event.seq, scanner, **fields)
 
 
 def signal_for(event: Event) -> Signal:

@@ -29,11 +29,13 @@ from storage.keys import write_secret
 from .activation import Activator
 from .activation import current as activation_state
 from .activation import subscriptions as activation_topics
+from . import logs
 from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, log_recorded, signal_for
 from .downlink import Downlink
 from .downlink import subscriptions as downlink_topics
 from .mqtt import Backoff, MqttLink
+from .service import Service
 from .telemetry import Telemetry, agent_version
 from .uplink import Uplink
 
@@ -70,6 +72,8 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
     log_recorded(event)
     return signal_for(event)
 
+
+STATUS_EVERY = 5.0  # seconds between updates of the service's status line
 
 # Threads for the short blocking calls (opening a scanner, reading a key file, a USB transfer):
 # two are plenty on a counter, and each thread costs the box memory.
@@ -144,6 +148,7 @@ async def _life(config: Config) -> bool:
         raise ConfigError("[uplink] central_key is not set: give central's public key ('counterbox-central pubkey' prints it)")
     central_key = parse_public_key(config.uplink.central_key)
     device_id = config.device.id or device_id_for(signing_key)
+    logs.identify_all(device_id)
     store = await open_store(config)
     try:
         session = await store.write(lambda journal: journal.start_session())
@@ -176,6 +181,7 @@ class Box:
     _activator: Activator | None = None
     _uplink: Uplink | None = None
     _revoked: asyncio.Event = field(default_factory=asyncio.Event)
+    service: Service = field(default_factory=Service)  # systemd's view: readiness, status, watchdog
     _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds
 
     async def on_scan(self, scan: Scan | NotABarcode) -> Signal:
@@ -219,6 +225,15 @@ class Box:
         await self._active(region)
         return self._revoked.is_set()
 
+    async def _report(self, link: MqttLink) -> None:
+        """The service's status line, for `systemctl status`: online or not, and what waits to go."""
+        while True:
+            last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+            state = "online" if link.connected.is_set() else "offline (broker unreachable)"
+            revoked = ", revoked: handing in what it holds" if self._revoked.is_set() else ""
+            self.service.ready(f"{state}, {last - acked} events queued{revoked}")
+            await asyncio.sleep(STATUS_EVERY)
+
     def _revocation(self, grace_seconds: float) -> None:
         if not self._revoked.is_set():
             self._grace = grace_seconds
@@ -256,6 +271,7 @@ class Box:
                                     agent_version=agent_version())
         try:
             async with self._link(activation_topics(prefix, self.device_id), activated=False) as link:
+                self.service.ready(f"waiting for activation as device {self.device_id}: scan its activation code")
                 await self._activator.run(link)
         finally:
             self._activator = None
@@ -275,7 +291,7 @@ class Box:
             try:
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(uplink.run()), group.create_task(downlink.run(link)),
-                             group.create_task(telemetry.run(link))]
+                             group.create_task(telemetry.run(link)), group.create_task(self._report(link))]
                     await self._revoked.wait()
                     await self._deliver_all()
                     for task in tasks:
@@ -290,6 +306,7 @@ async def _serve(box: Box) -> bool:
 
     config = box.config
     scanners = Scanners(config=config.scanner, feedback=config.feedback, on_scan=box.on_scan, on_device=box.on_device)
+    box.service = Service.from_environment()
     main = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -298,11 +315,14 @@ async def _serve(box: Box) -> bool:
         async with asyncio.TaskGroup() as group:
             life = group.create_task(box.run())
             reading = group.create_task(scanners.run())
+            watchdog = group.create_task(box.service.watchdog())
             revoked = await life
             reading.cancel()
+            watchdog.cancel()
         return revoked
     except asyncio.CancelledError:
         logger.info("agent stopping device=%s", box.device_id)
+        box.service.stopping()
         raise
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -281,7 +281,8 @@ class Scanners:
                 devices = await asyncio.to_thread(hidpos.find, self.usb_backend, self.usb_sysfs)
                 warned = False
             except usb.core.NoBackendError:
-                logger.warning("HID POS scanners are not looked for: libusb is not available (Debian: libusb-1.0-0)")
+                reason = await asyncio.to_thread(hidpos.no_backend_reason)
+                logger.warning("HID POS scanners are not looked for: %s", reason)
                 return
             except usb.core.USBError as error:
                 (logger.debug if warned else logger.warning)("looking for HID POS scanners failed: %s", error)

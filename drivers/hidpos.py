@@ -261,3 +261,26 @@ class HidPosScanner:
                 pass
             self._detached = False
         usb.util.dispose_resources(self.device)
+
+
+def no_backend_reason() -> str:
+    """Why pyusb found no libusb backend, in words an operator can act on. Blocking (it may run
+    ldconfig and starts libusb): call it in a thread."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("usb-1.0")
+    if name is None:
+        return "libusb is not installed (Debian: libusb-1.0-0)"
+    try:
+        library = ctypes.CDLL(name)
+    except OSError as error:
+        return f"libusb ({name}) could not be loaded: {error}"
+    context = ctypes.c_void_p()
+    code = library.libusb_init(ctypes.byref(context))
+    if code == 0:
+        library.libusb_exit(context)
+        return f"pyusb found no backend, although libusb ({name}) starts"
+    library.libusb_error_name.restype = ctypes.c_char_p
+    return (f"libusb ({name}) is installed but will not start ({library.libusb_error_name(code).decode()}): "
+            "under systemd, RestrictAddressFamilies= must allow AF_NETLINK, which libusb needs to watch USB hotplug")
