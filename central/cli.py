@@ -19,7 +19,7 @@ from provisioning.identity import create_key, load_key, public_key_text
 from . import broker
 from .errors import CentralError
 from .ingest import CLOCK_TOLERANCE, Ingest
-from .store import CentralStore
+from .store import CentralStore, database
 
 DEFAULT_DB = Path("/var/lib/counterbox-central/central.db")
 DEFAULT_KEY = Path("/var/lib/counterbox-central/central.key")
@@ -214,7 +214,8 @@ def _count(n: int, noun: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="counterbox-central", description="Central ingest for counterbox devices.")
-    top.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"central database (default {DEFAULT_DB})")
+    top.add_argument("--db", type=database, default=DEFAULT_DB,
+                     help=f"central database: a SQLite file or a PostgreSQL URL, postgresql+psycopg://... (default {DEFAULT_DB})")
     top.add_argument("--key", type=Path, default=DEFAULT_KEY, help=f"central's Ed25519 signing key (default {DEFAULT_KEY})")
     top.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = top.add_subparsers(dest="command", required=True)

@@ -25,7 +25,7 @@ from . import broker
 from .broker import BrokerAdmin
 from .errors import CentralError
 from .slip import write_slip
-from .store import CentralStore, Shop
+from .store import CentralStore, Shop, database
 
 PUBLISH_TIMEOUT = 10.0  # seconds to reach the broker and have the document's PUBACK
 
@@ -234,7 +234,8 @@ async def _cut_off(args) -> None:
 
 
 def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True) -> None:
-    command.add_argument("--central-db", type=Path, required=True, help="central's database")
+    command.add_argument("--central-db", type=database, required=True,
+                         help="central's database: a SQLite file or a PostgreSQL URL")
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
     command.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     command.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
@@ -251,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="counterbox-ops", description="Operations tooling for counterbox devices.")
     commands = top.add_subparsers(dest="command", required=True)
     register = commands.add_parser("register", help="register a device's public key with central")
-    register.add_argument("--central-db", type=Path, required=True, help="central's database")
+    register.add_argument("--central-db", type=database, required=True,
+                          help="central's database: a SQLite file or a PostgreSQL URL")
     register.add_argument("--identity", type=Path, help="the JSON 'counterbox identity show' printed on the device ('-': stdin)")
     register.add_argument("--device", help="the device id (its [device] id), without --identity")
     # A base64url key may begin with '-': pass it as --public-key=KEY.
@@ -267,7 +269,8 @@ def parser() -> argparse.ArgumentParser:
 
     shop = commands.add_parser("shop", help="shops").add_subparsers(dest="action", required=True)
     add = shop.add_parser("add", help="register a shop: the company's retail client, by licence number")
-    add.add_argument("--central-db", type=Path, required=True, help="central's database")
+    add.add_argument("--central-db", type=database, required=True,
+                     help="central's database: a SQLite file or a PostgreSQL URL")
     add.add_argument("--licence", required=True, help="the tobacco retail licence number")
     add.add_argument("--name", required=True, help="the shop's name")
     add.add_argument("--region", default="", help="its sales region (price lists are pushed per region)")
@@ -277,7 +280,8 @@ def parser() -> argparse.ArgumentParser:
 
     activation_ = commands.add_parser("activation", help="activation codes").add_subparsers(dest="action", required=True)
     issue = activation_.add_parser("issue", help="issue a single-use activation code for a shop: a slip, or a push")
-    issue.add_argument("--central-db", type=Path, required=True, help="central's database")
+    issue.add_argument("--central-db", type=database, required=True,
+                       help="central's database: a SQLite file or a PostgreSQL URL")
     issue.add_argument("--ops-key", type=Path, required=True, help="the operations signing key")
     issue.add_argument("--shop", required=True, help="the shop's licence number")
     issue.add_argument("--valid-hours", type=float, default=72.0, help="hours the code can be used (default 72)")
@@ -291,7 +295,8 @@ def parser() -> argparse.ArgumentParser:
     broker.add_connection_options(issue)
     issue.set_defaults(func=_activation_issue)
     waiting = activation_.add_parser("waiting", help="boxes waiting for activation (they said hello), newest first")
-    waiting.add_argument("--central-db", type=Path, required=True, help="central's database")
+    waiting.add_argument("--central-db", type=database, required=True,
+                         help="central's database: a SQLite file or a PostgreSQL URL")
     waiting.add_argument("--json", action="store_true", help="one JSON object per box, for programs")
     waiting.set_defaults(func=_activation_waiting)
 

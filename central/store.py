@@ -5,27 +5,161 @@ a restart or a lost acknowledgement) adds nothing the second time. A device's
 ``acked_seq`` is the end of its contiguous run from seq 1: what central can
 promise to hold, and so what it acknowledges.
 
-    store = CentralStore(Path("central.db"))
+    store = CentralStore(Path("central.db"))                                  # SQLite, the default
+    store = CentralStore("postgresql+psycopg://central@/central?host=/run/postgresql")  # a fleet's
     store.register("shop-0001", public_key, shop="Mengzi No. 3")
     added, acked = store.add_events("shop-0001", session=1, events=[{"seq": 1, "kind": "sale", "body": {...}}])
+
+One code path serves both databases: the tables are declared once below (SQLAlchemy Core), every
+query is written once, and where the dialects differ (upserts, dates, JSON) the store uses
+SQLAlchemy's constructs for both or computes in Python. The schema is Alembic's revisions in
+central/migrations, run when the store opens. Two central processes may share a database: SQLite's
+writers take turns (BEGIN IMMEDIATE); on PostgreSQL a transaction that reads and then writes what
+another could be changing first locks it (SELECT ... FOR UPDATE, or an advisory lock on a key).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from provisioning import protocol
 from storage import sqlite
 
 from .errors import ActivationRefused, RegistryError, SeqConflict
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+BASELINE = "0001"  # the schema as central kept it before migrations
+HEAD = "0001"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+
+metadata = sa.MetaData()
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("public_key", sa.Text, nullable=False),
+    sa.Column("shop", sa.Text),
+    sa.Column("region", sa.Text),
+    sa.Column("registered_at", sa.Double),
+    sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("revoked_at", sa.Double),  # operations revoked it; its batches are still taken
+)
+events = sa.Table(
+    "events", metadata,
+    sa.Column("device_id", sa.Text, sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("kind", sa.Text),
+    sa.Column("session", sa.BigInteger),
+    sa.Column("received_at", sa.Double),
+    sa.Column("body", sa.Text),  # JSON, as the device signed it (read in Python: both databases alike)
+)
+_events = events  # within add_events, whose argument is named events
+# Every document operations issued: the token as signed, and when it reached the broker.
+documents = sa.Table(
+    "documents", metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("version", sa.BigInteger, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("kid", sa.Text),
+    sa.Column("issued_at", sa.Double),
+    sa.Column("expires_at", sa.Double),
+    sa.Column("token", sa.LargeBinary, nullable=False),
+    sa.Column("published_at", sa.Double),
+)
+# The company's retail clients, by licence number, and the activation codes issued for them.
+shops = sa.Table(
+    "shops", metadata,
+    sa.Column("licence", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("region", sa.Text, nullable=False),
+    sa.Column("monitoring", sa.Integer),  # 0 or 1
+    sa.Column("registered_at", sa.Double),
+)
+activation_codes = sa.Table(
+    "activation_codes", metadata,
+    sa.Column("code_id", sa.Text, primary_key=True),
+    sa.Column("shop", sa.Text, sa.ForeignKey("shops.licence"), nullable=False),
+    sa.Column("token", sa.Text, nullable=False),
+    sa.Column("device", sa.Text),
+    sa.Column("issued_at", sa.Double),
+    sa.Column("expires_at", sa.Double),
+    sa.Column("used_by", sa.Text),
+    sa.Column("used_key", sa.Text),
+    sa.Column("used_at", sa.Double),
+)
+# Boxes waiting for activation, from their hello.
+waiting = sa.Table(
+    "waiting", metadata,
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("public_key", sa.Text),
+    sa.Column("agent_version", sa.Text),
+    sa.Column("seen_at", sa.Double),
+)
+# Days on which a device reported live (central's local calendar): half of "upload success".
+upload_days = sa.Table(
+    "upload_days", metadata,
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("day", sa.Text, primary_key=True),  # YYYY-MM-DD
+    sa.Column("reports", sa.BigInteger),
+)
+# Each device's latest status (docs/protocol.md, Presence and health). clock_offset is the device's
+# clock minus central's, from the last status that came live.
+device_status = sa.Table(
+    "device_status", metadata,
+    sa.Column("device_id", sa.Text, sa.ForeignKey("devices.device_id"), primary_key=True),
+    sa.Column("state", sa.Text),
+    sa.Column("session", sa.BigInteger),
+    sa.Column("connection", sa.BigInteger),
+    sa.Column("sent_at", sa.Double),
+    sa.Column("received_at", sa.Double),
+    sa.Column("clock_offset", sa.Double),
+    sa.Column("body", sa.Text),  # JSON: the status's health fields
+)
+
+# A SQLite file from before migrations, as the last central without them left it; older ones lacked
+# a few tables and the two columns below, which that central added when it opened them. Adopting such
+# a file completes it the same way, then stamps it with the baseline revision.
+_LEGACY_TABLES = """
+CREATE TABLE IF NOT EXISTS "devices" ("device_id" TEXT PRIMARY KEY, "public_key" TEXT NOT NULL, "shop" TEXT,
+    "region" TEXT, "registered_at" REAL, "acked_seq" INTEGER NOT NULL DEFAULT 0, "revoked_at" REAL);
+CREATE TABLE IF NOT EXISTS "events" ("device_id" TEXT REFERENCES "devices"("device_id"), "seq" INTEGER,
+    "kind" TEXT, "session" INTEGER, "received_at" REAL, "body" TEXT, PRIMARY KEY ("device_id", "seq"));
+CREATE TABLE IF NOT EXISTS "documents" ("name" TEXT, "version" INTEGER, "kind" TEXT NOT NULL,
+    "scope" TEXT NOT NULL, "kid" TEXT, "issued_at" REAL, "expires_at" REAL, "token" BLOB NOT NULL,
+    "published_at" REAL, PRIMARY KEY ("name", "version"));
+CREATE TABLE IF NOT EXISTS "shops" ("licence" TEXT PRIMARY KEY, "name" TEXT NOT NULL, "region" TEXT NOT NULL,
+    "monitoring" INTEGER, "registered_at" REAL);
+CREATE TABLE IF NOT EXISTS "activation_codes" ("code_id" TEXT PRIMARY KEY,
+    "shop" TEXT NOT NULL REFERENCES "shops"("licence"), "token" TEXT NOT NULL, "device" TEXT, "issued_at" REAL,
+    "expires_at" REAL, "used_by" TEXT, "used_key" TEXT, "used_at" REAL);
+CREATE TABLE IF NOT EXISTS "waiting" ("device_id" TEXT PRIMARY KEY, "public_key" TEXT, "agent_version" TEXT,
+    "seen_at" REAL);
+CREATE TABLE IF NOT EXISTS "upload_days" ("device_id" TEXT, "day" TEXT, "reports" INTEGER,
+    PRIMARY KEY ("device_id", "day"));
+CREATE TABLE IF NOT EXISTS "device_status" ("device_id" TEXT PRIMARY KEY REFERENCES "devices"("device_id"),
+    "state" TEXT, "session" INTEGER, "connection" INTEGER, "sent_at" REAL, "received_at" REAL,
+    "clock_offset" REAL, "body" TEXT)
+"""
+_LEGACY_COLUMNS = {"region": "TEXT", "revoked_at": "REAL"}  # devices' columns a database from before them lacks
+
+
+def database(value: str) -> Path | str:
+    """The --db and --central-db options: a URL (it holds "://", e.g. postgresql+psycopg://...) or a
+    SQLite file's path."""
+    return value if "://" in value else Path(value)
 
 
 @dataclass(frozen=True)
@@ -72,124 +206,196 @@ class UploadDay:
 
 
 class CentralStore:
-    def __init__(self, path: Path):
-        sqlite.create_private(path)
+    def __init__(self, path: Path | str):
+        """Open (creating or upgrading its schema) central's database: a SQLite file's path, or a URL
+        such as postgresql+psycopg://user@/dbname?host=/run/postgresql."""
+        self._local = threading.local()  # each thread's transaction in progress, for nested calls
+        if isinstance(path, str) and "://" in path:
+            url = sa.engine.make_url(path)
+            self._where = url.render_as_string(hide_password=True)
+            if url.get_backend_name() == "sqlite":
+                self.engine = self._sqlite_engine(Path(url.database or ""))
+            else:
+                self.engine = sa.create_engine(url, pool_pre_ping=True)
+        else:
+            self._where = str(path)
+            self.engine = self._sqlite_engine(Path(path))
         try:
-            self.conn = sqlite.connect(path)
-            sqlite.durable(self.conn)
-            self.db = sqlite_utils.Database(self.conn)
-            # EXCLUSIVE: central and a command starting at once agree on one schema.
-            with sqlite.transaction(self.conn, mode="EXCLUSIVE"):
-                self.db["devices"].create(
-                    {"device_id": str, "public_key": str, "shop": str, "region": str, "registered_at": float,
-                     "acked_seq": int, "revoked_at": float},
-                    pk="device_id", not_null={"public_key", "acked_seq"}, defaults={"acked_seq": 0}, if_not_exists=True,
-                )
-                for column in ("region", "revoked_at"):  # a database from before them
-                    if column not in self.db["devices"].columns_dict:
-                        self.db["devices"].add_column(column, float if column == "revoked_at" else str)
-                self.db["events"].create(
-                    {"device_id": str, "seq": int, "kind": str, "session": int, "received_at": float, "body": str},
-                    pk=("device_id", "seq"), foreign_keys=[("device_id", "devices")], if_not_exists=True,
-                )
-                # Each device's latest status (docs/protocol.md, Presence and health). clock_offset is
-                # the device's clock minus central's, from the last status that came live.
-                # Every document operations issued: the token as signed, and when it reached the broker.
-                self.db["documents"].create(
-                    {"name": str, "version": int, "kind": str, "scope": str, "kid": str, "issued_at": float,
-                     "expires_at": float, "token": bytes, "published_at": float},
-                    pk=("name", "version"), not_null={"kind", "scope", "token"}, if_not_exists=True,
-                )
-                # The company's retail clients, by licence number, and the activation codes issued for them.
-                self.db["shops"].create(
-                    {"licence": str, "name": str, "region": str, "monitoring": int, "registered_at": float},
-                    pk="licence", not_null={"name", "region"}, if_not_exists=True,
-                )
-                self.db["activation_codes"].create(
-                    {"code_id": str, "shop": str, "token": str, "device": str, "issued_at": float, "expires_at": float,
-                     "used_by": str, "used_key": str, "used_at": float},
-                    pk="code_id", foreign_keys=[("shop", "shops", "licence")], not_null={"shop", "token"},
-                    if_not_exists=True,
-                )
-                # Boxes waiting for activation, from their hello.
-                self.db["waiting"].create(
-                    {"device_id": str, "public_key": str, "agent_version": str, "seen_at": float},
-                    pk="device_id", if_not_exists=True,
-                )
-                # Days on which a device reported live (central's local calendar): half of "upload success".
-                self.db["upload_days"].create({"device_id": str, "day": str, "reports": int},
-                                              pk=("device_id", "day"), if_not_exists=True)
-                self.db["device_status"].create(
-                    {"device_id": str, "state": str, "session": int, "connection": int, "sent_at": float,
-                     "received_at": float, "clock_offset": float, "body": str},
-                    pk="device_id", foreign_keys=[("device_id", "devices")], if_not_exists=True,
-                )
-        except sqlite3.Error as error:
-            raise RegistryError(f"central's database {path}: {error}") from error
+            self._migrate()
+        except sa.exc.SQLAlchemyError as error:
+            self.engine.dispose()
+            raise RegistryError(f"central's database {self._where}: {error}") from error
+
+    @staticmethod
+    def _sqlite_engine(path: Path) -> sa.Engine:
+        """SQLite as every counterbox database keeps it (storage/sqlite.py): a file private to its
+        user, WAL with synchronous=FULL on every connection, the busy timeout; transactions begun by
+        the store, writers with BEGIN IMMEDIATE so that two processes take turns rather than fail."""
+        sqlite.create_private(path)
+        engine = sa.create_engine("sqlite+pysqlite://", creator=lambda: sqlite.connect(path), poolclass=sa.pool.QueuePool)
+
+        @sa.event.listens_for(engine, "connect")
+        def durable(dbapi_connection, record) -> None:
+            sqlite.durable(dbapi_connection)
+
+        @sa.event.listens_for(engine, "begin")
+        def begin(connection: sa.Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get("write") else "BEGIN")
+
+        return engine
+
+    def _migrate(self) -> None:
+        """Bring the schema to the newest revision in central/migrations, in one transaction that
+        another process opening the same database waits for (and then finds nothing to do).
+        A database already at HEAD is seen with one query: Alembic (half a second to import and set
+        up, on every command) is loaded only when there is something to do."""
+        with self._transaction(write=False) as conn:
+            if sa.inspect(conn).has_table("alembic_version") and conn.execute(
+                    sa.text("SELECT version_num FROM alembic_version")).scalar() == HEAD:
+                return
+        import logging
+
+        from alembic import command
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # its progress is not an operator's business
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(config).get_current_head()
+        if head != HEAD:
+            raise RegistryError(f"central/store.py HEAD is {HEAD}, but the newest migration is {head}: "
+                                "set HEAD when adding a migration")
+        with self._transaction() as conn:
+            self._lock(conn, "schema")
+            if MigrationContext.configure(conn).get_current_revision() == head:
+                return
+            config.attributes["connection"] = conn
+            tables = set(sa.inspect(conn).get_table_names())
+            if "alembic_version" not in tables and "devices" in tables and conn.dialect.name == "sqlite":
+                self._adopt(conn)
+                command.stamp(config, BASELINE)
+            command.upgrade(config, "head")
+
+    @staticmethod
+    def _adopt(conn: sa.Connection) -> None:
+        """Complete a SQLite file from before migrations as the last central without them did."""
+        for statement in _LEGACY_TABLES.split(";"):
+            conn.exec_driver_sql(statement)
+        held = {column["name"] for column in sa.inspect(conn).get_columns("devices")}
+        for column, kind in _LEGACY_COLUMNS.items():
+            if column not in held:
+                conn.exec_driver_sql(f'ALTER TABLE devices ADD COLUMN "{column}" {kind}')
 
     def close(self) -> None:
-        self.conn.close()
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[sa.Connection]:
+        """One transaction; a call made inside another (activate registers the device) joins it."""
+        current = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+            return
+        with self.engine.connect() as conn:
+            conn.execution_options(write=write)
+            with conn.begin():
+                self._local.conn = conn
+                try:
+                    yield conn
+                finally:
+                    self._local.conn = None
+
+    @staticmethod
+    def _lock(conn: sa.Connection, *key: str) -> None:
+        """Until this transaction ends, hold off another central's transaction that locks the same key.
+        SQLite's writers run one at a time already; PostgreSQL takes a transaction's advisory lock."""
+        if conn.dialect.name == "postgresql":
+            digest = hashlib.blake2b("\0".join(key).encode(), digest_size=8).digest()
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(int.from_bytes(digest, "big", signed=True)))).all()
+
+    @staticmethod
+    def _insert(conn: sa.Connection, table: sa.Table):
+        """INSERT with ON CONFLICT, which both dialects write alike."""
+        return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite_dialect.insert)(table)
+
+    @property
+    def conn(self) -> _Statements:
+        """Plain SQL with ``?`` parameters, each statement its own transaction: for tests and repairs."""
+        return _Statements(self.engine)
 
     def register(self, device_id: str, public_key: str, *, shop: str = "", region: str = "",
                  replace: bool = False) -> None:
         """Register (or with ``replace``, re-key) a device: central's own operation, behind counterbox-ops."""
-        with sqlite.transaction(self.conn):
+        with self._transaction() as conn:
+            self._lock(conn, "device", device_id)
             existing = self.device(device_id)
             if existing and existing.revoked_at is not None:
                 # Its events and its revocation stay under this id: a box in service again is a new id.
                 raise RegistryError(f"device {device_id} was revoked; register the box under a new id")
             if existing and existing.public_key != public_key and not replace:
                 raise RegistryError(f"device {device_id} is registered with another public key; pass --replace to re-key it")
-            self.db["devices"].upsert(
-                {"device_id": device_id, "public_key": public_key, "shop": shop, "region": region,
-                 "registered_at": time.time()},
-                pk="device_id",
-            )
+            insert = self._insert(conn, devices).values(device_id=device_id, public_key=public_key, shop=shop,
+                                                        region=region, registered_at=time.time())
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=[devices.c.device_id],
+                set_={name: insert.excluded[name] for name in ("public_key", "shop", "region", "registered_at")}))
 
     def revoke(self, device_id: str) -> None:
-        with sqlite.transaction(self.conn) as conn:
-            conn.execute("UPDATE devices SET revoked_at = coalesce(revoked_at, ?) WHERE device_id = ?", [time.time(), device_id])
+        with self._transaction() as conn:
+            conn.execute(devices.update().where(devices.c.device_id == device_id)
+                         .values(revoked_at=sa.func.coalesce(devices.c.revoked_at, time.time())))
 
     def device_ids(self) -> list[str]:
-        return [row[0] for row in self.conn.execute("SELECT device_id FROM devices ORDER BY device_id")]
+        with self._transaction(write=False) as conn:
+            return list(conn.execute(sa.select(devices.c.device_id).order_by(devices.c.device_id)).scalars())
 
     def device(self, device_id: str) -> Device | None:
-        row = self.conn.execute(
-            "SELECT device_id, public_key, acked_seq, coalesce(shop, ''), coalesce(region, ''), revoked_at FROM devices "
-            "WHERE device_id = ?", [device_id]
-        ).fetchone()
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(
+                devices.c.device_id, devices.c.public_key, devices.c.acked_seq, sa.func.coalesce(devices.c.shop, ""),
+                sa.func.coalesce(devices.c.region, ""), devices.c.revoked_at,
+            ).where(devices.c.device_id == device_id)).first()
         return Device(*row) if row else None
 
     def add_events(self, device_id: str, session: int, events: list[dict[str, Any]]) -> tuple[int, int]:
         """Store the events not yet held; return (how many were new, the device's acked_seq)."""
         now = time.time()
-        with sqlite.transaction(self.conn) as conn:
-            self._check_no_conflict(device_id, events)
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO events (device_id, seq, kind, session, received_at, body) VALUES (?, ?, ?, ?, ?, ?)",
-                [(device_id, e["seq"], e["kind"], session, now, json.dumps(e["body"], ensure_ascii=False)) for e in events],
-            )
-            added = conn.total_changes - before
-            acked = conn.execute("SELECT acked_seq FROM devices WHERE device_id = ?", [device_id]).fetchone()[0]
+        with self._transaction() as conn:
+            # The device's row, locked: another central adding its events waits for this one to end.
+            acked = conn.execute(sa.select(devices.c.acked_seq).where(devices.c.device_id == device_id)
+                                 .with_for_update()).scalar()
+            if acked is None:
+                raise RegistryError(f"device {device_id} is not registered")
+            held = self._check_no_conflict(conn, device_id, events)
+            # New: the seqs not held. Exact, since adding a device's events takes its row's lock first.
+            new = {e["seq"]: e for e in events if e["seq"] not in held}
+            if new:
+                conn.execute(self._insert(conn, _events).on_conflict_do_nothing(), [
+                    {"device_id": device_id, "seq": seq, "kind": e["kind"], "session": session, "received_at": now,
+                     "body": json.dumps(e["body"], ensure_ascii=False)} for seq, e in new.items()])
+            added = len(new)
             # Advance over the contiguous run; a gap (a batch still to come) stops it.
-            for (seq,) in conn.execute(
-                "SELECT seq FROM events WHERE device_id = ? AND seq > ? ORDER BY seq", [device_id, acked]
-            ):
+            held = conn.execute(sa.select(_events.c.seq).where(_events.c.device_id == device_id, _events.c.seq > acked)
+                                .order_by(_events.c.seq))
+            for seq in held.scalars():
                 if seq != acked + 1:
                     break
                 acked = seq
-            conn.execute("UPDATE devices SET acked_seq = ? WHERE device_id = ?", [acked, device_id])
+            held.close()
+            conn.execute(devices.update().where(devices.c.device_id == device_id).values(acked_seq=acked))
         return added, acked
 
-    def _check_no_conflict(self, device_id: str, events: list[dict[str, Any]]) -> None:
-        """A seq already held must hold the same event: anything else is a device whose journal restarted."""
+    @staticmethod
+    def _check_no_conflict(conn: sa.Connection, device_id: str, events: list[dict[str, Any]]) -> set[int]:
+        """A seq already held must hold the same event: anything else is a device whose journal restarted.
+        The batch's seqs already held."""
         held = {
             seq: (kind, json.loads(body))
-            for seq, kind, body in self.conn.execute(
-                "SELECT seq, kind, body FROM events WHERE device_id = ? AND seq BETWEEN ? AND ?",
-                [device_id, events[0]["seq"], events[-1]["seq"]],
-            )
+            for seq, kind, body in conn.execute(
+                sa.select(_events.c.seq, _events.c.kind, _events.c.body).where(
+                    _events.c.device_id == device_id, _events.c.seq.between(events[0]["seq"], events[-1]["seq"])))
         }
         for event in events:
             if event["seq"] in held and held[event["seq"]] != (event["kind"], event["body"]):
@@ -197,33 +403,42 @@ class CentralStore:
                     f"seq {event['seq']} differs from the event central already holds for {device_id}: "
                     "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
                 )
+        return set(held)
 
     # -- shops and activation ------------------------------------------------------
 
     def add_shop(self, shop: Shop, *, replace: bool = False) -> None:
-        with sqlite.transaction(self.conn):
+        with self._transaction() as conn:
+            self._lock(conn, "shop", shop.licence)
             if self.shop(shop.licence) is not None and not replace:
                 raise RegistryError(f"shop {shop.licence} is already registered; pass --replace to change it")
-            self.db["shops"].upsert({"licence": shop.licence, "name": shop.name, "region": shop.region,
-                                     "monitoring": int(shop.monitoring), "registered_at": time.time()}, pk="licence")
+            insert = self._insert(conn, shops).values(licence=shop.licence, name=shop.name, region=shop.region,
+                                                      monitoring=int(shop.monitoring), registered_at=time.time())
+            conn.execute(insert.on_conflict_do_update(
+                index_elements=[shops.c.licence],
+                set_={name: insert.excluded[name] for name in ("name", "region", "monitoring", "registered_at")}))
 
     def shop(self, licence: str) -> Shop | None:
-        row = self.conn.execute("SELECT licence, name, region, monitoring FROM shops WHERE licence = ?", [licence]).fetchone()
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(shops.c.licence, shops.c.name, shops.c.region, shops.c.monitoring)
+                               .where(shops.c.licence == licence)).first()
         return Shop(row[0], row[1], row[2], bool(row[3])) if row else None
 
     def add_code(self, code_id: str, *, shop: str, token: str, device: str | None, issued_at: float,
                  expires_at: float) -> None:
-        with sqlite.transaction(self.conn) as conn:
-            conn.execute("INSERT INTO activation_codes (code_id, shop, token, device, issued_at, expires_at) "
-                         "VALUES (?, ?, ?, ?, ?, ?)", [code_id, shop, token, device, issued_at, expires_at])
+        with self._transaction() as conn:
+            conn.execute(activation_codes.insert().values(code_id=code_id, shop=shop, token=token, device=device,
+                                                          issued_at=issued_at, expires_at=expires_at))
 
     def activate(self, code_id: str, token: str, *, device_id: str, public_key: str, now: float) -> Shop:
         """Use the code for this device and key, once, and register the device for the code's shop.
         The same device asking again with the same key gets the same answer (its result was lost);
         anything else raises ActivationRefused with the reason, and changes nothing."""
-        with sqlite.transaction(self.conn) as conn:
-            row = conn.execute("SELECT shop, token, device, expires_at, used_by, used_key FROM activation_codes "
-                               "WHERE code_id = ?", [code_id]).fetchone()
+        codes = activation_codes
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(codes.c.shop, codes.c.token, codes.c.device, codes.c.expires_at,
+                                         codes.c.used_by, codes.c.used_key)
+                               .where(codes.c.code_id == code_id).with_for_update()).first()
             if row is None or row[1] != token:
                 raise ActivationRefused("central never issued this code")
             licence, _, bound, expires_at, used_by, used_key = row
@@ -233,6 +448,7 @@ class CentralStore:
                 raise ActivationRefused("the code has expired")
             if bound is not None and bound != device_id:
                 raise ActivationRefused(f"the code was issued for device {bound}")
+            self._lock(conn, "device", device_id)
             existing = self.device(device_id)
             if existing is not None and existing.public_key != public_key:
                 raise ActivationRefused(f"device {device_id} is registered with another key")
@@ -242,46 +458,60 @@ class CentralStore:
             if existing is not None and used_by is None:
                 raise ActivationRefused(f"device {device_id} is already active for shop {existing.shop}")
             shop = self.shop(licence)
-            conn.execute("UPDATE activation_codes SET used_by = ?, used_key = ?, used_at = coalesce(used_at, ?) "
-                         "WHERE code_id = ?", [device_id, public_key, now, code_id])
+            conn.execute(codes.update().where(codes.c.code_id == code_id).values(
+                used_by=device_id, used_key=public_key, used_at=sa.func.coalesce(codes.c.used_at, now)))
             self.register(device_id, public_key, shop=shop.licence, region=shop.region, replace=True)
-            conn.execute("DELETE FROM waiting WHERE device_id = ?", [device_id])
+            conn.execute(waiting.delete().where(waiting.c.device_id == device_id))
         return shop
 
     def waiting(self, device_id: str, public_key: str, agent_version: str, seen_at: float) -> None:
         """A box waiting for activation said hello."""
-        with sqlite.transaction(self.conn):
+        with self._transaction() as conn:
+            self._lock(conn, "device", device_id)
             if self.device(device_id) is None:
-                self.db["waiting"].upsert({"device_id": device_id, "public_key": public_key,
-                                           "agent_version": agent_version, "seen_at": seen_at}, pk="device_id")
+                insert = self._insert(conn, waiting).values(device_id=device_id, public_key=public_key,
+                                                            agent_version=agent_version, seen_at=seen_at)
+                conn.execute(insert.on_conflict_do_update(
+                    index_elements=[waiting.c.device_id],
+                    set_={name: insert.excluded[name] for name in ("public_key", "agent_version", "seen_at")}))
 
     def waiting_devices(self) -> list[dict[str, Any]]:
-        return [dict(zip(("device", "public_key", "agent_version", "seen_at"), row)) for row in self.conn.execute(
-            "SELECT device_id, public_key, agent_version, seen_at FROM waiting ORDER BY seen_at DESC")]
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(sa.select(waiting.c.device_id, waiting.c.public_key, waiting.c.agent_version,
+                                          waiting.c.seen_at).order_by(waiting.c.seen_at.desc())).all()
+        return [dict(zip(("device", "public_key", "agent_version", "seen_at"), row)) for row in rows]
 
     # -- documents ---------------------------------------------------------------
 
     def issue_document(self, sign: Callable[[int], tuple[str, str, str, float, float, bytes]], name: str) -> tuple[int, bytes]:
         """Give ``name``'s stream its next version, have ``sign(version)`` make the document
         (kind, scope, kid, issued_at, expires_at, token) and keep it; return (version, token)."""
-        with sqlite.transaction(self.conn) as conn:
-            version = conn.execute("SELECT coalesce(max(version), 0) + 1 FROM documents WHERE name = ?", [name]).fetchone()[0]
+        with self._transaction() as conn:
+            self._lock(conn, "document", name)
+            version = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0) + 1)
+                                   .where(documents.c.name == name)).scalar_one()
             kind, scope, kid, issued_at, expires_at, token = sign(version)
-            conn.execute(
-                "INSERT INTO documents (name, version, kind, scope, kid, issued_at, expires_at, token) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [name, version, kind, scope, kid, issued_at, expires_at, token])
+            conn.execute(documents.insert().values(name=name, version=version, kind=kind, scope=scope, kid=kid,
+                                                   issued_at=issued_at, expires_at=expires_at, token=token))
         return version, token
 
     def document_published(self, name: str, version: int) -> None:
-        with sqlite.transaction(self.conn) as conn:
-            conn.execute("UPDATE documents SET published_at = ? WHERE name = ? AND version = ?", [time.time(), name, version])
+        with self._transaction() as conn:
+            conn.execute(documents.update().where(documents.c.name == name, documents.c.version == version)
+                         .values(published_at=time.time()))
 
     def documents_held(self, device_id: str) -> dict[str, int]:
         """The version of each document stream the device says it has applied (its ``document`` events)."""
-        rows = self.conn.execute(
-            "SELECT json_extract(body, '$.name'), max(json_extract(body, '$.version')) FROM events "
-            "WHERE device_id = ? AND kind = 'document' GROUP BY 1", [device_id])
-        return dict(rows.fetchall())
+        with self._transaction(write=False) as conn:
+            bodies = conn.execute(sa.select(_events.c.body).where(_events.c.device_id == device_id,
+                                                                  _events.c.kind == "document")).scalars().all()
+        held: dict[str, int] = {}
+        for body in bodies:
+            document = json.loads(body)
+            name, version = document.get("name"), document.get("version")
+            if name not in held or (version is not None and (held[name] is None or version > held[name])):
+                held[name] = version
+        return held
 
     # -- presence and health ---------------------------------------------------------
 
@@ -289,76 +519,130 @@ class CentralStore:
         """Keep ``status`` as the device's latest, unless a later one is held (protocol.status_order;
         a retained status sent again on subscribing may be older); True when it is now the latest.
         Only a live status measures the device's clock."""
-        with sqlite.transaction(self.conn) as conn:
+        with self._transaction() as conn:
+            self._lock(conn, "status", device_id)
             if live and status["state"] == "online":
-                conn.execute("INSERT INTO upload_days (device_id, day, reports) VALUES (?, date(?, 'unixepoch', 'localtime'), 1) "
-                             "ON CONFLICT (device_id, day) DO UPDATE SET reports = reports + 1", [device_id, received_at])
-            held = conn.execute(
-                "SELECT session, connection, state, sent_at, clock_offset FROM device_status WHERE device_id = ?",
-                [device_id]).fetchone()
+                insert = self._insert(conn, upload_days).values(device_id=device_id, day=_local_day(received_at),
+                                                                reports=1)
+                conn.execute(insert.on_conflict_do_update(
+                    index_elements=[upload_days.c.device_id, upload_days.c.day],
+                    set_={"reports": upload_days.c.reports + 1}))
+            held = conn.execute(sa.select(device_status.c.session, device_status.c.connection, device_status.c.state,
+                                          device_status.c.sent_at, device_status.c.clock_offset)
+                                .where(device_status.c.device_id == device_id)).first()
             if held and protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held))) \
                     > protocol.status_order(status):
                 return False
             offset = status["sent_at"] - received_at if live and status["state"] == "online" else (held[4] if held else None)
             body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
-            self.db["device_status"].upsert(
-                {"device_id": device_id, "state": status["state"], "session": status["session"],
-                 "connection": status["connection"], "sent_at": status["sent_at"], "received_at": received_at,
-                 "clock_offset": offset,
-                 "body": json.dumps(body, ensure_ascii=False)},
-                pk="device_id",
-            )
+            values = {"state": status["state"], "session": status["session"], "connection": status["connection"],
+                      "sent_at": status["sent_at"], "received_at": received_at, "clock_offset": offset,
+                      "body": json.dumps(body, ensure_ascii=False)}
+            insert = self._insert(conn, device_status).values(device_id=device_id, **values)
+            conn.execute(insert.on_conflict_do_update(index_elements=[device_status.c.device_id],
+                                                      set_={name: insert.excluded[name] for name in values}))
         return True
 
     def revocation_delivered(self, device_id: str) -> bool:
         """Whether central holds the device's revocation event and everything before it."""
-        row = self.conn.execute(
-            "SELECT min(e.seq), d.acked_seq FROM devices d LEFT JOIN events e ON e.device_id = d.device_id "
-            "AND e.kind = 'revocation' WHERE d.device_id = ?", [device_id]).fetchone()
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                sa.select(sa.func.min(_events.c.seq), devices.c.acked_seq)
+                .select_from(devices.outerjoin(_events, sa.and_(_events.c.device_id == devices.c.device_id,
+                                                                _events.c.kind == "revocation")))
+                .where(devices.c.device_id == device_id).group_by(devices.c.device_id, devices.c.acked_seq)).first()
         return bool(row and row[0] is not None and row[0] <= row[1])
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the
         device was registered, with what central saw of its uploads that day."""
-        device = self.conn.execute(
-            "SELECT date(registered_at, 'unixepoch', 'localtime'), date(revoked_at, 'unixepoch', 'localtime') "
-            "FROM devices WHERE device_id = ?", [device_id]).fetchone()
-        if device is None:
-            return []
-        registered, revoked = device
-        reported = dict(self.conn.execute(
-            "SELECT day, reports FROM upload_days WHERE device_id = ? AND day BETWEEN ? AND ?",
-            [device_id, first_day, last_day]).fetchall())
-        sales = {day: (total, late) for day, total, late in self.conn.execute(
-            "SELECT date(json_extract(body, '$.scanned_at'), 'localtime') AS day, count(*), "
-            "sum((julianday(received_at, 'unixepoch') - julianday(json_extract(body, '$.scanned_at'))) * 86400 > ?) "
-            "FROM events WHERE device_id = ? AND kind = 'sale' AND day BETWEEN ? AND ? GROUP BY day",
-            [deadline, device_id, first_day, last_day])}
+        with self._transaction(write=False) as conn:
+            device = conn.execute(sa.select(devices.c.registered_at, devices.c.revoked_at)
+                                  .where(devices.c.device_id == device_id)).first()
+            if device is None:
+                return []
+            reported = dict(conn.execute(
+                sa.select(upload_days.c.day, upload_days.c.reports).where(
+                    upload_days.c.device_id == device_id, upload_days.c.day.between(first_day, last_day))).all())
+            sales = conn.execute(sa.select(_events.c.body, _events.c.received_at).where(
+                _events.c.device_id == device_id, _events.c.kind == "sale")).all()
+        # Days and lateness in Python, the same on either database: a sale's day is its scan's, in
+        # central's local calendar; it came late if it was received more than ``deadline`` after it.
+        counts: dict[str, tuple[int, int]] = {}
+        for body, received_at in sales:
+            scanned = _timestamp(json.loads(body).get("scanned_at"))
+            if scanned is None:
+                continue
+            day = _local_day(scanned)
+            if first_day <= day <= last_day:
+                total, late = counts.get(day, (0, 0))
+                counts[day] = (total + 1, late + (received_at - scanned > deadline))
+        registered, revoked = (None if at is None else _local_day(at) for at in device)
+        day, last = date.fromisoformat(max(first_day, registered or first_day)), date.fromisoformat(last_day)
         days = []
-        for (day,) in self.conn.execute(
-                "WITH RECURSIVE d(day) AS (SELECT ? UNION ALL SELECT date(day, '+1 day') FROM d WHERE day < ?) "
-                "SELECT day FROM d", [max(first_day, registered), last_day]):
-            if revoked and day > revoked:
-                break
-            total, late = sales.get(day, (0, 0))
-            days.append(UploadDay(day, reported.get(day, 0), total, late))
+        while day <= last and not (revoked and day.isoformat() > revoked):
+            total, late = counts.get(day.isoformat(), (0, 0))
+            days.append(UploadDay(day.isoformat(), reported.get(day.isoformat(), 0), total, late))
+            day += timedelta(days=1)
         return days
 
     def status(self, device_id: str) -> DeviceStatus | None:
-        row = self.conn.execute(
-            "SELECT state, session, sent_at, received_at, clock_offset, body FROM device_status WHERE device_id = ?",
-            [device_id],
-        ).fetchone()
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(device_status.c.state, device_status.c.session, device_status.c.sent_at,
+                                         device_status.c.received_at, device_status.c.clock_offset,
+                                         device_status.c.body).where(device_status.c.device_id == device_id)).first()
         if row is None:
             return None
         state, session, sent_at, received_at, offset, body = row
         return DeviceStatus(state, session, sent_at, received_at, offset, json.loads(body))
 
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
-        sql = "SELECT device_id, seq, kind, session, body FROM events"
-        params: list[Any] = []
+        query = sa.select(_events.c.device_id, _events.c.seq, _events.c.kind, _events.c.session, _events.c.body)
         if kind:
-            sql += " WHERE kind = ?"
-            params.append(kind)
-        for device_id, seq, kind_, session, body in self.conn.execute(sql + " ORDER BY device_id, seq", params):
-            yield {"device": device_id, "seq": seq, "kind": kind_, "session": session, **json.loads(body)}
+            query = query.where(_events.c.kind == kind)
+        # Streamed (an export may be every event central holds), on a connection of its own: the
+        # caller may use the store between rows.
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(yield_per=1000).execute(query.order_by(_events.c.device_id, _events.c.seq))
+            for device_id, seq, kind_, session, body in rows:
+                yield {"device": device_id, "seq": seq, "kind": kind_, "session": session, **json.loads(body)}
+
+
+
+def _local_day(timestamp: float) -> str:
+    """The day ``timestamp`` falls on in central's local calendar, YYYY-MM-DD."""
+    return time.strftime("%Y-%m-%d", time.localtime(timestamp))
+
+
+def _timestamp(text: Any) -> float | None:
+    """An RFC 3339 time (the wire's, e.g. 2026-11-27T09:12:03.418Z) as a Unix timestamp; None if it is not one.
+    One without an offset is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+class _Statements:
+    """``store.conn.execute(sql, params)``: SQL with ``?`` parameters, run and committed at once."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def execute(self, sql: str, params: Any = ()) -> _Rows:
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                if conn.dialect.paramstyle != "qmark":
+                    sql = sql.replace("?", "%s")
+                result = conn.exec_driver_sql(sql, tuple(params))
+                return _Rows(result.all() if result.returns_rows else [])
+
+
+class _Rows(list):
+    def fetchone(self):
+        return self[0] if self else None
+
+    def fetchall(self):
+        return list(self)

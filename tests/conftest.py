@@ -98,3 +98,25 @@ from hypothesis import settings as _hypothesis_settings  # noqa: E402
 _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     _hypothesis_settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session")
+def postgresql_server():
+    """A real PostgreSQL server (tests/postgres.py), started on first use and stopped after the session.
+    One that cannot start fails the tests that need it, with its log: they are never skipped."""
+    from .postgres import PostgreSQL, PostgreSQLError
+
+    try:
+        server = PostgreSQL().__enter__()
+    except PostgreSQLError as error:
+        pytest.fail(f"PostgreSQL did not start: {error}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgresql_url(postgresql_server):
+    """A fresh, empty PostgreSQL database for this test: its SQLAlchemy URL (postgresql+psycopg://...)."""
+    url = postgresql_server.create_database()
+    yield url
+    postgresql_server.drop_database(url)

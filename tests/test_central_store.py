@@ -1,8 +1,14 @@
-"""Central's store: each (device, seq) once, and an acknowledgement only for what it holds from seq 1 on."""
+"""Central's store: each (device, seq) once, and an acknowledgement only for what it holds from seq 1 on.
+
+Every test that takes ``store`` runs twice: on SQLite (a file, the default) and on PostgreSQL (a real
+server the tests start, tests/postgres.py), since one code path serves both.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import stat
+import threading
 
 import pytest
 
@@ -10,9 +16,17 @@ from central.errors import RegistryError, SeqConflict
 from central.store import CentralStore, Device
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    """A new database: a SQLite file's path, or a fresh PostgreSQL database's URL."""
+    if request.param == "sqlite":
+        return tmp_path / "central.db"
+    return request.getfixturevalue("postgresql_url")
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = CentralStore(tmp_path / "central.db")
+def store(database):
+    s = CentralStore(database)
     s.register("shop-1", "key-1")
     yield s
     s.close()
@@ -56,10 +70,15 @@ def test_re_registering_with_another_key_needs_replace(store):
     assert store.device("shop-1").public_key == "key-2"
 
 
-def test_centrals_database_is_private(tmp_path, store):
+def test_centrals_database_is_private(tmp_path):
+    store = CentralStore(tmp_path / "central.db")
+    store.register("shop-1", "key-1")
     store.add_events("shop-1", 1, batch(1))
-    for name in ("central.db", "central.db-wal"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    try:
+        for name in ("central.db", "central.db-wal"):
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        store.close()
 
 
 def status(state="online", *, session=1, connection=1, sent_at=1000.0, **health):
@@ -119,3 +138,128 @@ def test_a_day_is_uploaded_when_the_box_reported_and_none_of_its_sales_came_late
     store.revoke("shop-1")
     store.conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-22", 18)])
     assert [d.day for d in store.upload_days("shop-1", "2026-11-19", "2026-11-24", deadline=3600)][-1] == "2026-11-22"
+
+
+def test_two_centrals_adding_one_devices_batches_at_once_hold_each_event_once(database):
+    """Two ingest instances (two connections) take interleaved batches of one device at once: one the
+    odd seqs, the other the even ones, each completing the other's run, and some batches twice (sent
+    again after a lost acknowledgement). Neither may miss what the other just added: the last to
+    finish must acknowledge everything."""
+    first, second = CentralStore(database), CentralStore(database)
+    first.register("shop-1", "key-1")
+    batches = [batch(seq) for seq in range(1, 301)]
+    work = {first: batches[1:60:9] + batches[0::2], second: batches[0:60:9] + batches[1::2]}
+    added, acks, errors = {first: 0, second: 0}, [], []
+    start = threading.Barrier(2)
+
+    def send(store):
+        try:
+            start.wait(10)
+            for each in work[store]:
+                new, acked = store.add_events("shop-1", 1, each)
+                added[store] += new
+                acks.append(acked)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=send, args=(store,)) for store in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors, errors
+        assert [e["seq"] for e in first.events()] == list(range(1, 301))
+        assert added[first] + added[second] == 300  # each event counted new once, by one instance
+        assert first.device("shop-1").acked_seq == second.device("shop-1").acked_seq == 300
+        assert max(acks) == 300
+    finally:
+        first.close()
+        second.close()
+
+
+def test_two_centrals_opening_a_new_database_at_once_agree_on_one_schema(database):
+    stores, errors = [], []
+    start = threading.Barrier(3)
+
+    def open_it():
+        try:
+            start.wait(10)
+            stores.append(CentralStore(database))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_it) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert not errors, errors
+        stores[0].register("shop-1", "key-1")
+        assert stores[1].device("shop-1") == Device("shop-1", "key-1", 0)
+        assert stores[2].conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_sqlite_database_from_before_migrations_is_taken_as_it_stands(tmp_path):
+    """A file central kept before its schema had revisions: its rows stay, the columns added since are
+    added, and it is stamped with the first revision rather than created again."""
+    path = tmp_path / "central.db"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE devices (device_id TEXT PRIMARY KEY, public_key TEXT NOT NULL, shop TEXT,
+                              registered_at REAL, acked_seq INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE events (device_id TEXT REFERENCES devices(device_id), seq INTEGER, kind TEXT, session INTEGER,
+                             received_at REAL, body TEXT, PRIMARY KEY (device_id, seq));
+        INSERT INTO devices VALUES ('shop-1', 'key-1', 'Mengzi No. 3', 1.0, 1);
+        INSERT INTO events VALUES ('shop-1', 1, 'sale', 1, 2.0, '{"n": 1}');
+    """)
+    conn.close()
+    store = CentralStore(path)
+    try:
+        assert store.device("shop-1") == Device("shop-1", "key-1", 1, "Mengzi No. 3")
+        assert store.add_events("shop-1", 1, batch(1, 2)) == (1, 2)
+        assert store.waiting_devices() == []
+        assert store.conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+    finally:
+        store.close()
+
+
+def test_a_central_adding_a_devices_events_waits_for_another_doing_so_and_then_sees_them(database):
+    """The race the previous test can only hope to hit, made certain: one instance's transaction adding
+    seq 1 stays open (held open here through the store's own transaction) while another adds seq 2.
+    The second must wait, then acknowledge both; it may not acknowledge from what it saw before."""
+    first, second = CentralStore(database), CentralStore(database)
+    first.register("shop-1", "key-1")
+    held, release, result = threading.Event(), threading.Event(), {}
+
+    def hold_open():
+        with first._transaction():
+            result["first"] = first.add_events("shop-1", 1, batch(1))
+            held.set()
+            release.wait(10)
+
+    def add_the_next():
+        result["second"] = second.add_events("shop-1", 1, batch(2))
+
+    holder = threading.Thread(target=hold_open)
+    holder.start()
+    try:
+        assert held.wait(10)
+        adder = threading.Thread(target=add_the_next)
+        adder.start()
+        adder.join(0.5)
+        assert adder.is_alive(), "the second instance did not wait for the first's transaction"
+    finally:
+        release.set()
+        holder.join(10)
+    adder.join(10)
+    try:
+        assert result == {"first": (1, 1), "second": (1, 2)}
+        assert first.device("shop-1").acked_seq == 2
+    finally:
+        first.close()
+        second.close()

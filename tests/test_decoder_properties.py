@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from evdev import InputEvent, ecodes as e
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from agent.counter import Counter
 from drivers.barcode import Symbology, classify, gs1_check_digit
@@ -198,6 +198,7 @@ def test_composed_sessions_never_go_back_in_time(start, codes):
 
 @settings(max_examples=examples(300), deadline=None)
 @given(codes_strategy, st.floats(0, 1), st.floats(0.06, 0.95))
+@example(["00000000", "00000000", "0000000000000"], 0.0, 0.6679913735500916)  # two scans start together
 def test_a_scan_that_stalls_mid_way_books_neither_head_nor_tail(codes, where, stall):
     """The scanner (or the reader) stops mid-scan for up to most of a second, the idle timer firing
     all through the pause as it does in the agent: no part of that scan is booked."""
@@ -214,9 +215,11 @@ def test_a_scan_that_stalls_mid_way_books_neither_head_nor_tail(codes, where, st
     results += [decoder.feed(ev) for ev in after]
     results.append(decoder.idle((after or before)[-1].timestamp() + 2.0))
     for scan in [r for r in results if isinstance(r, Scan)]:
+        # The codes typed from the moment this scan started (as typed, or shifted by the stall): a
+        # tail starts mid-code, when none starts. Two can start then, a shifted one on an unshifted one.
         whole = [code for code, first, _, _ in spans if abs(scan.started - first) < 1e-5 or
                  abs(scan.started - first - stall) < 1e-5]
-        assert whole == [scan.text], f"{scan.text!r} booked from a scan that stalled"
+        assert scan.text in whole, f"{scan.text!r} booked from a scan that stalled"
 
 
 def _shifted(event, seconds: float) -> tuple:
