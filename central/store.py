@@ -372,9 +372,15 @@ class CentralStore:
             # New: the seqs not held. Exact, since adding a device's events takes its row's lock first.
             new = {e["seq"]: e for e in events if e["seq"] not in held}
             if new:
-                conn.execute(self._insert(conn, _events).on_conflict_do_nothing(), [
-                    {"device_id": device_id, "seq": seq, "kind": e["kind"], "session": session, "received_at": now,
-                     "body": json.dumps(e["body"], ensure_ascii=False)} for seq, e in new.items()])
+                # The hot path (every event of every batch): one portable statement straight to the
+                # driver's executemany, without SQLAlchemy's per-row parameter processing (a third of
+                # the ingest's time). Only the placeholder differs between the drivers.
+                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+                conn.exec_driver_sql(
+                    "INSERT INTO events (device_id, seq, kind, session, received_at, body) "
+                    f"VALUES ({', '.join([mark] * 6)}) ON CONFLICT DO NOTHING",
+                    [(device_id, seq, e["kind"], session, now, json.dumps(e["body"], ensure_ascii=False))
+                     for seq, e in new.items()])
             added = len(new)
             # Advance over the contiguous run; a gap (a batch still to come) stops it.
             held = conn.execute(sa.select(_events.c.seq).where(_events.c.device_id == device_id, _events.c.seq > acked)
