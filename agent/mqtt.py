@@ -101,6 +101,7 @@ class MqttLink:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     # Counts connections; a change tells the uplink its in-flight batches may be lost.
     generation: int = 0
+    connected_at: float = 0.0  # the loop's time of the latest CONNACK
     # The last will (topic, payload), made afresh for each connection (a signed message carries its
     # time); published retained by the broker when the connection ends, and asked for at close.
     will: Callable[[], tuple[str, bytes]] | None = None
@@ -254,6 +255,7 @@ class MqttLink:
             self._subscribing[mid] = topic
         logger.info("connected to broker %s:%d as %s", self.host, self.port, self.client_id)
         self.generation += 1
+        self.connected_at = self._loop.time()
         self.connected.set()
 
     def _on_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:

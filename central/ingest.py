@@ -39,6 +39,7 @@ SESSION_EXPIRY = 7 * 24 * 3600  # seconds the broker keeps batches for central w
 RECONNECT = Backoff(first=0.05, most=1.0)
 # A device whose clock differs from central's by more than this is flagged (log, report).
 CLOCK_TOLERANCE = 60.0  # seconds
+QUEUE_SETTLE = 5.0  # seconds after central connects during which a status may have been queued for it
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Ingest:
         self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
         self._admin: BrokerAdmin | None = None
 
-    def handle(self, message: Message) -> tuple[Any, tuple[str, bytes] | None]:
+    def handle(self, message: Message, settled: bool = True) -> tuple[Any, tuple[str, bytes] | None]:
         """Verify and store one batch or status; return the result and, for a batch, the
         acknowledgement (topic, token) to publish.
 
@@ -108,8 +109,8 @@ class Ingest:
             raise Rejected(str(error)) from None
         if leaf == "status":
             live = not message.retain
-            latest = self.store.record_status(device_id, status, received_at=received_at, live=live)
-            offset = status["sent_at"] - received_at if live and status["state"] == "online" else None
+            latest = self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
+            offset = status["sent_at"] - received_at if live and settled and status["state"] == "online" else None
             # A revoked box's access goes only once it has handed in its revocation (and all before it)
             # and then gone offline: not on a stale or retained offline, nor one from before.
             cut_off = (live and latest and status["state"] == "offline"
@@ -194,7 +195,11 @@ class Ingest:
 
     async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message: Message) -> None:
         try:
-            result, ack = await asyncio.get_running_loop().run_in_executor(thread, self.handle, message)
+            # Just after central (re)connects, what arrives may have waited in its queue at the broker:
+            # such a status says nothing of the box's clock.
+            loop = asyncio.get_running_loop()
+            settled = loop.time() - link.connected_at > QUEUE_SETTLE
+            result, ack = await loop.run_in_executor(thread, self.handle, message, settled)
         except Rejected as reason:
             what = message.topic.rsplit("/", 1)[-1] if message.topic.endswith(("/status", "/hello", "/request")) else "batch"
             logger.warning("%s rejected topic=%s bytes=%d: %s", what, message.topic, len(message.payload), reason)

@@ -521,10 +521,13 @@ class CentralStore:
 
     # -- presence and health ---------------------------------------------------------
 
-    def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool) -> bool:
+    def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool,
+                      clocked: bool | None = None) -> bool:
         """Keep ``status`` as the device's latest, unless a later one is held (protocol.status_order;
         a retained status sent again on subscribing may be older); True when it is now the latest.
-        Only a live status measures the device's clock."""
+        Only a live status measures the device's clock, and not one that may have waited in central's
+        queue at the broker (``clocked`` False; by default, ``live``)."""
+        clocked = live if clocked is None else clocked and live
         with self._transaction() as conn:
             self._lock(conn, "status", device_id)
             if live and status["state"] == "online":
@@ -539,7 +542,7 @@ class CentralStore:
             if held and protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held))) \
                     > protocol.status_order(status):
                 return False
-            offset = status["sent_at"] - received_at if live and status["state"] == "online" else (held[4] if held else None)
+            offset = status["sent_at"] - received_at if clocked and status["state"] == "online" else (held[4] if held else None)
             body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
             values = {"state": status["state"], "session": status["session"], "connection": status["connection"],
                       "sent_at": status["sent_at"], "received_at": received_at, "clock_offset": offset,

@@ -263,3 +263,11 @@ def test_a_central_adding_a_devices_events_waits_for_another_doing_so_and_then_s
     finally:
         first.close()
         second.close()
+
+
+def test_a_status_that_may_have_waited_in_centrals_queue_says_nothing_of_the_clock(store):
+    store.record_status("shop-1", status(sent_at=1000.0), received_at=5000.0, live=True, clocked=False)
+    held = store.status("shop-1")
+    assert (held.state, held.clock_offset) == ("online", None)  # kept as the latest, clock unmeasured
+    store.record_status("shop-1", status(sent_at=5001.0), received_at=5000.0, live=True)
+    assert store.status("shop-1").clock_offset == 1.0
