@@ -12,7 +12,6 @@ same size, published by a plain paho client and received by a plain subscriber o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading

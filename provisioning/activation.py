@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import jws
 from .errors import IdentityError, ProtocolError, SignatureError
 from .identity import broker_password, device_id_for, parse_public_key, public_key_text
-from .protocol import MAX_TOKEN_BYTES, VERSION, parse_rfc3339, rfc3339, valid_device_id
+from .protocol import VERSION, parse_rfc3339, rfc3339, valid_device_id, verified
 
 CODE_TYPE = "counterbox-activation+jws"
 REQUEST_TYPE = "counterbox-activation-request+jws"
@@ -82,20 +82,8 @@ def _sign(payload: dict[str, Any], key: Ed25519PrivateKey, *, kid: str, typ: str
 
 
 def _open(token: bytes | str, key: Ed25519PublicKey, *, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    text = token.decode("ascii", errors="replace") if isinstance(token, bytes) else token
-    if len(text) > MAX_TOKEN_BYTES:
-        raise ProtocolError(f"message of {len(text)} bytes is over the protocol's limit")
-    try:
-        header, raw = jws.verify(text, key)
-    except SignatureError as error:
-        raise SignatureError(f"signature check failed: {error}") from None
-    if header.get("typ") != typ:
-        raise ProtocolError(f"header typ {header.get('typ')!r} is not {typ!r}")
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ProtocolError("payload is not JSON") from None
-    if not isinstance(payload, dict) or payload.get("v") != VERSION:
+    header, payload = verified(token, key, typ=typ)
+    if payload.get("v") != VERSION:
         raise ProtocolError(f"payload is not a version {VERSION} object")
     return header, payload
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import jws
 from .errors import ProtocolError, SignatureError
-from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, rfc3339, valid_device_id
+from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, rfc3339, valid_device_id, verified
 
 DOCUMENT_TYPE = "counterbox-doc+jws"
 KINDS = ("price_list", "order", "revocation")
@@ -157,17 +157,8 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
     key = trusted.get(kid) if isinstance(kid, str) else None
     if key is None:
         raise SignatureError(f"signed by {kid!r}, which is not a trusted operations key")
-    try:
-        header, raw = jws.verify(text, key)
-    except SignatureError as error:
-        raise SignatureError(f"signature check failed: {error}") from None
-    if header.get("typ") != DOCUMENT_TYPE:
-        raise ProtocolError(f"header typ {header.get('typ')!r} is not {DOCUMENT_TYPE!r}")
-    try:
-        payload = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ProtocolError("payload is not JSON") from None
-    if not isinstance(payload, dict) or payload.get("v") != VERSION:
+    _, payload = verified(text, key, typ=DOCUMENT_TYPE)
+    if payload.get("v") != VERSION:
         raise ProtocolError(f"payload is not a version {VERSION} document")
     kind, name, version, body = (payload.get(k) for k in ("kind", "name", "version", "body"))
     if kind not in KINDS or not isinstance(name, str) or not natural(version) or not isinstance(body, dict):

@@ -129,7 +129,7 @@ def encode_batch(events: Sequence[WireEvent], *, device: str, session: int, key:
 
 def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
     """The batch in ``token``, published on ``device``'s topic and signed by its ``key``; else ProtocolError."""
-    payload = _verified(token, key, typ=BATCH_TYPE, kid=device)
+    _, payload = verified(token, key, typ=BATCH_TYPE, kid=device)
     if payload.get("v") != VERSION or payload.get("device") != device:
         raise ProtocolError(f"batch version {payload.get('v')!r} / device {payload.get('device')!r} "
                             f"does not match version {VERSION} and the topic's device {device!r}")
@@ -152,7 +152,7 @@ def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey) -> bytes:
 
 def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey) -> int:
     """The sequence number central acknowledges for ``device``; ProtocolError for anything else."""
-    payload = _verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
+    _, payload = verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
     if payload.get("device") != device:
         raise ProtocolError(f"acknowledgement is for device {payload.get('device')!r}, not {device!r}")
     seq = payload.get("ack_seq")
@@ -171,7 +171,7 @@ def encode_status(status: dict[str, Any], *, device: str, key: Ed25519PrivateKey
 
 def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[str, Any]:
     """The status in ``token``, published on ``device``'s topic and signed by its ``key``; else ProtocolError."""
-    payload = _verified(token, key, typ=STATUS_TYPE, kid=device)
+    _, payload = verified(token, key, typ=STATUS_TYPE, kid=device)
     if payload.get("v") != VERSION or payload.get("device") != device:
         raise ProtocolError(f"status version {payload.get('v')!r} / device {payload.get('device')!r} "
                             f"does not match version {VERSION} and the topic's device {device!r}")
@@ -212,23 +212,28 @@ def natural(value: Any, least: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def _verified(token: bytes, key: Ed25519PublicKey, *, typ: str, kid: str) -> dict[str, Any]:
+def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
+             kid: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, payload) of a token that ``key`` signed, of type ``typ`` (and from ``kid``, when given),
+    whose payload is a JSON object; ProtocolError (SignatureError) otherwise. Every message of the
+    protocol is opened here: batches, acknowledgements, statuses, documents and activation."""
     if len(token) > MAX_TOKEN_BYTES:
         raise ProtocolError(f"message of {len(token)} bytes is over the protocol's limit of {MAX_TOKEN_BYTES}")
     try:
-        text = token.decode("ascii")
-    except UnicodeDecodeError:
+        text = token.decode("ascii") if isinstance(token, bytes) else token.encode("ascii").decode()
+    except (UnicodeDecodeError, UnicodeEncodeError):
         raise SignatureError("signature check failed: not a JWS compact token (non-ASCII bytes)") from None
     try:
         header, payload = jws.verify(text, key)
     except SignatureError as error:
         raise SignatureError(f"signature check failed: {error}") from None
-    if header.get("typ") != typ or header.get("kid") != kid:
-        raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r} from {kid!r}")
+    if header.get("typ") != typ or (kid is not None and header.get("kid") != kid):
+        raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r}"
+                            + (f" from {kid!r}" if kid is not None else ""))
     try:
         decoded = json.loads(payload)
     except (ValueError, RecursionError):
         raise ProtocolError("payload is not JSON") from None
     if not isinstance(decoded, dict):
         raise ProtocolError(f"payload is a JSON {type(decoded).__name__}, not an object")
-    return decoded
+    return header, decoded

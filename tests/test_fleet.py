@@ -14,7 +14,6 @@ import sys
 import time
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.client import MQTTv5
 
 from central.store import CentralStore, Shop
