@@ -50,7 +50,9 @@ class Barcode:
 
 def gs1_check_digit(body: str) -> int:
     """The GS1 mod-10 check digit for ``body`` (all digits but the check digit)."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    # Weights 3, 1, 3, ... from the right: every scan is checked, so no per-digit generator.
+    backwards = body[::-1]
+    total = 3 * sum(map(int, backwards[0::2])) + sum(map(int, backwards[1::2]))
     return (10 - total % 10) % 10
 
 

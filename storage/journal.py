@@ -133,11 +133,10 @@ class Journal:
 
     # -- transactions --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self, *, mode: str = "IMMEDIATE") -> Iterator[None]:
-        """One transaction (a savepoint when nested); sqlite3's errors leave it as JournalError or JournalFull."""
-        with _translated(self.path), sqlite.transaction(self._conn, mode=mode):
-            yield
+    def transaction(self, *, mode: str = "IMMEDIATE") -> "_Transaction":
+        """``with journal.transaction():`` one transaction (a savepoint when nested); sqlite3's errors
+        leave it as JournalError or JournalFull."""
+        return _Transaction(self.path, sqlite.transaction(self._conn, mode=mode))
 
     @property
     def in_transaction(self) -> bool:
@@ -295,16 +294,42 @@ def _check_key(path: Path, aead: AESGCM) -> None:
             conn.close()
 
 
-@contextlib.contextmanager
-def _translated(path: Path) -> Iterator[None]:
-    """sqlite3's errors, wherever they arise, as the store's own: a full disk as JournalFull."""
-    try:
-        yield
-    except sqlite3.Error as error:
+class _translated:
+    """``with _translated(path):`` sqlite3's errors, wherever they arise, as the store's own: a full
+    disk as JournalFull. (A class, not a generator: it wraps every event recorded.)"""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is None or not issubclass(kind, sqlite3.Error):
+            return False
         code = getattr(error, "sqlite_errorcode", None)
         if code == sqlite3.SQLITE_FULL or "full" in str(error):
-            raise JournalFull(f"{path}: the disk is full; the event was not recorded") from error
-        raise JournalError(f"{path}: {error}") from error
+            raise JournalFull(f"{self.path}: the disk is full; the event was not recorded") from error
+        raise JournalError(f"{self.path}: {error}") from error
+
+
+class _Transaction:
+    __slots__ = ("_path", "_transaction")
+
+    def __init__(self, path: Path, transaction: sqlite.transaction) -> None:
+        self._path = path
+        self._transaction = transaction
+
+    def __enter__(self) -> None:
+        with _translated(self._path):
+            self._transaction.__enter__()
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        with _translated(self._path):
+            self._transaction.__exit__(kind, error, traceback)  # commits, or rolls back and lets the error go on
+        return _translated(self._path).__exit__(kind, error, traceback)  # which leaves as the store's own
 
 
 def remove_journal(path: Path) -> None:

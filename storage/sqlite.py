@@ -11,17 +11,17 @@ too); a nested one rolls back to its savepoint and leaves the outer one going.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000  # another process (a command beside the agent) holding the write lock
 
-_savepoints = itertools.count(1)
+# One name for every savepoint: SQLite takes the most recent of a name, which is the innermost
+# here (they nest strictly), and one constant statement stays in sqlite3's statement cache
+# where a fresh name per savepoint would be compiled anew each time.
+_SAVEPOINT = "counterbox_savepoint"
 
 
 def create_private(path: Path) -> bool:
@@ -69,27 +69,44 @@ def durable(conn: sqlite3.Connection) -> str:
     return mode
 
 
-@contextlib.contextmanager
-def transaction(conn: sqlite3.Connection, *, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
-    if conn.in_transaction:
-        name = f"sp{next(_savepoints)}"
-        conn.execute(f"SAVEPOINT {name}")
-        try:
-            yield conn
-        except BaseException:
-            # An error that already ended the whole transaction (a RAISE(ROLLBACK), a full disk
-            # at times) leaves no savepoint to return to: the original error is what matters.
-            if conn.in_transaction:
-                conn.execute(f"ROLLBACK TO {name}")
-                conn.execute(f"RELEASE {name}")
-            raise
-        conn.execute(f"RELEASE {name}")
-        return
-    conn.execute(f"BEGIN {mode}")
-    try:
-        yield conn
-        conn.execute("COMMIT")
-    except BaseException:
+class transaction:
+    """``with transaction(conn):`` BEGIN ... COMMIT, or a savepoint when ``conn`` is already in one.
+
+    A class rather than a generator: it wraps every event the box records, and a generator's
+    frame per transaction costs more than the SQL statements it runs.
+    """
+
+    __slots__ = ("_conn", "_mode", "_nested")
+
+    def __init__(self, conn: sqlite3.Connection, *, mode: str = "IMMEDIATE") -> None:
+        self._conn = conn
+        self._mode = mode
+        self._nested = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        conn = self._conn
+        self._nested = conn.in_transaction
+        conn.execute(f"SAVEPOINT {_SAVEPOINT}" if self._nested else f"BEGIN {self._mode}")
+        return conn
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is None:
+            try:
+                self._conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
+            except BaseException:
+                self._roll_back()  # a commit that failed (a full disk, a busy lock) leaves nothing half done
+                raise
+            return False
+        self._roll_back()
+        return False
+
+    def _roll_back(self) -> None:
+        conn = self._conn
+        # An error that already ended the whole transaction (a RAISE(ROLLBACK), a full disk at
+        # times) leaves nothing to roll back: the original error is what matters.
         if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+            if self._nested:
+                conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                conn.execute(f"RELEASE {_SAVEPOINT}")
+            else:
+                conn.execute("ROLLBACK")

@@ -164,6 +164,8 @@ class _GroupLost(Exception):
 
 
 def _commit(journal: Journal, group: list[_Work]) -> list[tuple[_Work, Any, BaseException | None]]:
+    if len(group) == 1:  # its own transaction is all the savepoint it needs
+        return [_run_alone(journal, group[0])]
     results = []
     try:
         with journal.transaction():
@@ -183,6 +185,14 @@ def _commit(journal: Journal, group: list[_Work]) -> list[tuple[_Work, Any, Base
     except JournalError as error:  # the commit itself failed: nothing in the group is on disk
         return [(item, None, error) for item in group]
     return results
+
+
+def _run_alone(journal: Journal, item: _Work) -> tuple[_Work, Any, BaseException | None]:
+    try:
+        with journal.transaction():
+            return item, item.fn(journal), None
+    except Exception as error:
+        return item, None, error
 
 
 def _answer(results: list[tuple[_Work, Any, BaseException | None]]) -> None:
