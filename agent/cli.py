@@ -7,15 +7,20 @@ import asyncio
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from drivers.errors import DriverError
+from provisioning import documents
 from provisioning.errors import ProvisioningError
 from provisioning.identity import create_key, device_id_for, load_key, public_key_text
 from storage import JournalError, StorageError
 
 from . import config as config_module
 from . import daemon, logs
+from . import orders, reports
+from .orders import OrderError
 from .prices import PriceListError, parse_csv
 
 DEFAULT_CONFIG = Path("/etc/counterbox/agent.toml")
@@ -46,12 +51,58 @@ def _prices_load(args) -> int:
     journal = daemon.open_journal(args.config, create=True)
     try:
         body = {"source": args.file.name, "currency": args.config.pricing.currency,
-                "items": [{"barcode": i.barcode, "name": i.name, "price": i.price} for i in items]}
+                "items": [item.as_json() for item in items]}
         seq = journal.append("price_list", body)
     finally:
         journal.close()
     print(f"price list {args.file} loaded: {len(items)} items, journal seq {seq}")
     return 0
+
+
+def _order_load(args) -> int:
+    try:
+        name = documents.order_name(args.id)
+    except ValueError as error:
+        raise OrderError(str(error)) from None
+    lines = orders.parse_csv(args.file.read_text(encoding="utf-8-sig"))
+    journal = daemon.open_journal(args.config, create=True)
+    try:
+        seq = journal.append("order", {"source": args.file.name, "name": name, "order_id": args.id, "lines": lines})
+    finally:
+        journal.close()
+    print(f"order {args.id} loaded from {args.file}: {len(lines)} lines, journal seq {seq}; "
+          "scan CB:RECEIVE-ALL when it arrives in full, or CB:RECEIVE and each item")
+    return 0
+
+
+def _report(args) -> int:
+    journal = daemon.open_journal(args.config)
+    try:
+        ledger = reports.fold((event.seq, event.kind, event.body) for event in _every_event(journal))
+    finally:
+        journal.close()
+    if args.report == "sales":
+        day = args.day or args.week or daemon.counter_for(args.config).day(time.time())
+        result: Any = reports.sales(ledger, reports.week_of(day) if args.week else [day])
+        text = reports.sales_table(result) if not args.json else None
+    elif args.report == "stock":
+        result = reports.stock(ledger)
+        text = reports.stock_table(result) if not args.json else None
+    elif args.report == "counts":
+        result = reports.counts(ledger)
+        text = reports.differences_table("Stock counts", result, "expected", "counted") if not args.json else None
+    else:
+        result = reports.receipts(ledger)
+        text = reports.differences_table("Receipts", result, "ordered", "received") if not args.json else None
+    print(json.dumps(result, ensure_ascii=False) if args.json else text)
+    return 0
+
+
+def _every_event(journal):
+    after = 0
+    while batch := journal.read_after(after, limit=1000):
+        yield from batch
+        after = batch[-1].seq
 
 
 def _identity_create(args) -> int:
@@ -113,6 +164,19 @@ def parser() -> argparse.ArgumentParser:
     identity = commands.add_parser("identity", help="the device's signing key").add_subparsers(dest="identity_command", required=True)
     identity.add_parser("create", help="generate the device key; print the public key to register").set_defaults(func=_identity_create)
     identity.add_parser("show", help="print the device id and public key").set_defaults(func=_identity_show)
+    order = commands.add_parser("order", help="orders").add_subparsers(dest="order_command", required=True)
+    load_order = order.add_parser("load", help="load an order CSV (barcode,name,quantity) into the journal: "
+                                               "the offline way of an order pushed by operations")
+    load_order.add_argument("file", type=Path)
+    load_order.add_argument("--id", required=True, help="the order's id (letters, digits, '.', '_', '-')")
+    load_order.set_defaults(func=_order_load)
+    report = commands.add_parser("report", help="sales, stock, counts and receipts, from the journal (needs its data key)")
+    report.add_argument("report", choices=["sales", "stock", "counts", "receipts"])
+    when = report.add_mutually_exclusive_group()
+    when.add_argument("--day", type=reports.day_argument, help="sales of this day (YYYY-MM-DD; default today)")
+    when.add_argument("--week", type=reports.day_argument, help="sales of the week (Monday to Sunday) that holds this day")
+    report.add_argument("--json", action="store_true", help="JSON for programs")
+    report.set_defaults(func=_report)
     commands.add_parser("status", help="print the journal's last and acknowledged sequence numbers").set_defaults(func=_status)
     show = commands.add_parser("show", help="decrypt and print events of the journal (needs its data key)")
     show.add_argument("seq", nargs="?", type=int, help="the event to print")
@@ -127,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.config = config_module.load(args.config)
         return args.func(args)
-    except (config_module.ConfigError, StorageError, ProvisioningError, DriverError, PriceListError, OSError) as error:
+    except (config_module.ConfigError, StorageError, ProvisioningError, DriverError, PriceListError, OrderError,
+            OSError) as error:
         print(f"counterbox: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

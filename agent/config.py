@@ -157,6 +157,27 @@ class PricingConfig:
 
 
 @dataclass(frozen=True)
+class CounterConfig:
+    # The shop's time zone, which decides the day a sale belongs to (an IANA name like
+    # "Asia/Shanghai"); empty: the box's own (/etc/localtime).
+    timezone: str = ""
+    mode_timeout: float = 600.0  # seconds without a scan before receiving or counting ends, unclosed
+    pending_timeout: float = 60.0  # seconds a keyed number, quantity, return or carton waits for its scan
+
+    def __post_init__(self) -> None:
+        if self.timezone:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(self.timezone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ConfigError(f"[counter] timezone {self.timezone!r} is not a time zone this box knows "
+                                  "(an IANA name, like Asia/Shanghai)") from None
+        if self.mode_timeout <= 0 or self.pending_timeout <= 0:
+            raise ConfigError("[counter] mode_timeout and pending_timeout must be more than 0 seconds")
+
+
+@dataclass(frozen=True)
 class Config:
     device: DeviceConfig
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -164,6 +185,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     uplink: UplinkConfig = field(default_factory=UplinkConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+    counter: CounterConfig = field(default_factory=CounterConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     operations: OperationsConfig = field(default_factory=OperationsConfig)
 
@@ -176,7 +198,7 @@ OPTIONAL_PATHS = {("broker", "ca_file")}
 # The sections of the file, in the order docs/configuration.md lists them.
 SECTIONS: dict[str, type] = {
     "device": DeviceConfig, "storage": StorageConfig, "scanner": ScannerConfig,
-    "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig, "feedback": FeedbackConfig,
+    "broker": BrokerConfig, "uplink": UplinkConfig, "pricing": PricingConfig, "counter": CounterConfig, "feedback": FeedbackConfig,
     "operations": OperationsConfig,
 }
 

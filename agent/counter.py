@@ -1,94 +1,435 @@
-"""The counter: what a scanned code means for the shop.
+"""The counter: what a scanned code means for the shop, and what the retailer hears.
 
-A product barcode is a sale of one unit at the price in the latest price
-list; an unknown barcode is still a sale, flagged unknown, never dropped; a
-code that fails its check digit is a misread, recorded but never a sale; and
-a scan the decoder refused (not seen whole, typed rather than scanned) is
+The retailer has a scanner and a printed sheet of control codes
+(``agent.controls``), and hears a beep. The counter is in one of three modes:
+
+- **selling** (always, unless another mode is on): a product barcode is a
+  sale at the price list's price, of one unit, or of what the controls
+  before it said: a quantity, a carton, a return, a keyed price (the shop's
+  actual price);
+- **receiving** (``CB:RECEIVE``): scans are what the company's delivery
+  brought; ``CB:CLOSE`` records the differences against the open order;
+  ``CB:RECEIVE-ALL`` receives the whole order in one go;
+- **counting** (``CB:COUNT``): scans are what is on the shelf; ``CB:CLOSE``
+  records counted against expected, and the stock becomes what was counted.
+
+A mode ends unclosed after ``mode_timeout`` without a scan, and what was keyed
+or set for the next scan is forgotten after ``pending_timeout``: both with the
+attention signal. Every change is an event in the journal, never an edit of
+an earlier one: a void names the line it takes back.
+
+A code that fails its check digit is a misread, recorded but never a sale; a
+scan the decoder refused (not seen whole, typed rather than scanned) is
 recorded as refused, with the reason, never a sale.
-The counter runs in the store's thread, inside the transaction that records
-the scan, so the price it reads and the sale it writes are one durable step.
 
-Its log lines (``log_recorded``, once the event is durable) name the event
-(seq, kind, scanner), never the code, product or amount: `counterbox show SEQ`
-decrypts those for whoever holds the key.
+The counter runs in the store's thread, inside the transaction that records
+the scan, so what it reads (prices, stock, the open order) and what it writes
+are one durable step. It keeps a ``Ledger`` of the journal, caught up at every
+scan with whatever else was written (a price list or an order from the fleet
+link, a command run beside the agent).
+
+Its log lines name the event (seq, kind, scanner), never the code, product or
+amount: `counterbox show SEQ` decrypts those for whoever holds the key.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any
 
 from drivers.barcode import classify
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
+from drivers.keypad import Keypress
 from provisioning.protocol import rfc3339
 from storage import Event, Journal
 
+from . import controls
+from .catalog import CARTON_PACKS, Catalog, Unit
+from .ledger import Ledger
 from .logs import event_fields
 
 logger = logging.getLogger(__name__)
 
 REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it was, never a flood
+MAX_KEYED = 9  # characters of a keyed number: 9,999,999.99 is more than any price at a counter
+FOLD_BATCH = 1000  # events read at a time while the ledger catches up
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one scan did: the events it recorded (none for most controls) and what the retailer hears."""
+    signal: Signal
+    events: tuple[Event, ...] = ()
+    note: str = ""  # for the log, about a control: never a code, product or amount
+
+
+@dataclass
+class Pending:
+    """What the controls scanned so far say about the next product scan."""
+    keyed: str = ""
+    quantity: int | None = None
+    price: int | None = None
+    carton: bool = False
+    returning: bool = False
+    spoiled: bool = False  # a keyed number was refused: digits after it are refused too, until cancelled
+    since: float = 0.0  # clock time of the latest control
+
+    def __bool__(self) -> bool:
+        return bool(self.keyed or self.quantity or self.price is not None or self.carton or self.returning
+                    or self.spoiled)
 
 
 @dataclass
 class Counter:
     currency: str = "CNY"
-    _prices: dict[str, dict] = field(default_factory=dict)
-    _prices_seq: int = -1
-    _list_currency: str | None = None  # the currency of the price list in force, where it names one
+    timezone: tzinfo | None = None  # the shop's; None: the box's own
+    mode_timeout: float = 600.0
+    pending_timeout: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    ledger: Ledger = field(default_factory=Ledger)
+    _catalog: Catalog = field(default_factory=lambda: Catalog({}))
+    _loaded: bool = False
+    _pending: Pending = field(default_factory=Pending)
+    _mode_active_at: float = 0.0
+    _rollbacks: int = 0  # the journal's count of rollbacks when the ledger last caught up
+    _latest: list[Event] = field(default_factory=list)  # what this counter wrote since then
 
-    def _price_book(self, journal: Journal) -> dict[str, dict]:
-        # The journal is the source of truth; a price list loaded by the command
-        # line while the daemon runs is picked up at the next scan.
-        seq = journal.last_seq("price_list")
-        if seq != self._prices_seq:
+    # -- keeping up with the journal -------------------------------------------------
+
+    def _catch_up(self, journal: Journal) -> None:
+        """Fold in what was written since the ledger last looked (by this counter or anyone else)."""
+        if journal.rollbacks != self._rollbacks:
+            # Something was rolled back since: if it took what this counter last wrote (a group whose
+            # commit failed), the ledger counted events that are not in the journal: fold it anew. A
+            # rollback takes the latest writes, so checking the latest of ours is enough.
+            self._rollbacks = journal.rollbacks
+            if any(journal.get(event.seq) != event for event in self._latest):
+                self.ledger, self._loaded = Ledger(), False
+        self._latest = []
+        if not self._loaded:
             event = journal.last("price_list")
-            items = event.body["items"] if event else []
-            # Keyed by GTIN-14, so a UPC-A matches its 13-digit EAN reading.
-            self._prices = {classify(item["barcode"]).key: item for item in items}
-            self._list_currency = event.body.get("currency") if event else None
-            self._prices_seq = seq
-        return self._prices
+            self._catalog = Catalog.from_price_list(event.body if event else None)
+            self._loaded = True
+            self._mode_active_at = self.clock()  # a session left open by a restart gets its full time again
+        last = journal.last_seq()
+        while self.ledger.last_seq < last:
+            for event in journal.read_after(self.ledger.last_seq, FOLD_BATCH):
+                self._fold(event)
 
-    def record(self, journal: Journal, scan: Scan | NotABarcode) -> Event:
+    def _fold(self, event: Event) -> None:
+        self.ledger.apply(event.seq, event.kind, event.body)
+        if event.kind == "price_list":
+            self._catalog = Catalog.from_price_list(event.body)
+
+    def _append(self, journal: Journal, kind: str, body: dict[str, Any]) -> Event:
+        event = Event(journal.append(kind, body), kind, body)
+        self._fold(event)
+        self._latest.append(event)
+        return event
+
+    @property
+    def mode(self) -> str:
+        session = self.ledger.session
+        return session.mode if session is not None else "selling"
+
+    # -- a scan ----------------------------------------------------------------------
+
+    def record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         """Record ``scan`` in ``journal``; blocking (SQLite and fsync), so it runs in the store's thread."""
+        self._catch_up(journal)
+        if isinstance(scan, Keypress):
+            code = controls.KEYPAD.get(scan.key)
+            if code is None:
+                return Outcome(Signal.GOOD, note=f"keypad {scan.key}: nothing to do")
+            scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
+            if self._pending.keyed:
+                # The cut scan may have been a digit of the number being keyed: never use half a number.
+                self._pending.keyed, self._pending.spoiled = "", True
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
-            return Event(journal.append("refused", body), "refused", body)
+            return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
+        if controls.is_control(scan.text):
+            try:
+                control = controls.control(scan.text)
+            except ValueError as error:
+                body = {"text": scan.text[:REFUSED_TEXT], "reason": str(error), "scanner": scan.source,
+                        "refused_at": rfc3339(time.time())}
+                return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
+            return self._control(journal, control, scan)
         barcode = classify(scan.text, scan.aim)
         common = {"code": barcode.data, "symbology": barcode.symbology.value, "aim": scan.aim or None,
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
-            body = {**common, "reason": "check digit"}
-            return Event(journal.append("misread", body), "misread", body)
-        item = self._price_book(journal).get(barcode.key)
-        body = {**common, "quantity": 1, "known": item is not None, "currency": self._list_currency or self.currency,
-                "unit_price": item["price"] if item else None, "name": item["name"] if item else None}
-        return Event(journal.append("sale", body), "sale", body)
+            return Outcome(Signal.ERROR, (self._append(journal, "misread", {**common, "reason": "check digit"}),))
+        pending, self._pending = self._pending, Pending()
+        if self.mode != "selling":
+            self._mode_active_at = self.clock()
+            return self._stock_scan(journal, barcode.key, common, pending)
+        return self._sale(journal, barcode.key, common, pending, scan.finished)
+
+    def _sale(self, journal: Journal, key: str, common: dict, pending: Pending, at: float) -> Outcome:
+        unit, product, packs = self._unit(key, carton=pending.carton)
+        quantity = pending.quantity or 1
+        price = pending.price if pending.price is not None else (unit.price if unit else None)
+        kind = "return" if pending.returning else "sale"
+        body = {**common, "day": self.day(at), "quantity": quantity, "unit": unit.unit if unit else (
+                    "carton" if pending.carton else "pack"),
+                "packs": quantity * packs, "product": product, "known": unit is not None,
+                "currency": self._catalog.currency or self.currency, "unit_price": price,
+                "list_price": unit.price if unit else None, "cost": unit.cost if unit else None,
+                "price_source": "keyed" if pending.price is not None else ("list" if unit else None),
+                "name": unit.name if unit else None, "product_name": self._catalog.names.get(product)}
+        event = self._append(journal, kind, body)
+        signal = Signal.GOOD if unit is not None or pending.price is not None else Signal.ATTENTION
+        if self.ledger.negative.get(product) == event.seq:
+            # This sale took the product's stock below zero: recorded as sold (it was), and said, never
+            # clamped. Said once, as it happens, not at every later sale: the reports list it until a
+            # count or a receipt puts it right.
+            signal = Signal.ATTENTION
+        return Outcome(signal, (event,))
+
+    def _stock_scan(self, journal: Journal, key: str, common: dict, pending: Pending) -> Outcome:
+        unit, product, packs = self._unit(key, carton=pending.carton)
+        quantity = pending.quantity or 1
+        session = self.ledger.session
+        assert session is not None
+        body = {**common, "at": common["scanned_at"], "quantity": quantity, "packs": quantity * packs,
+                "product": product, "known": unit is not None, "name": unit.name if unit else None,
+                "product_name": self._catalog.names.get(product)}
+        if session.mode == "receiving":
+            body["order"] = session.order
+            event = self._append(journal, "received", body)
+        else:
+            event = self._append(journal, "counted", body)
+        return Outcome(Signal.GOOD if unit is not None else Signal.ATTENTION, (event,))
+
+    def _unit(self, key: str, *, carton: bool) -> tuple[Unit | None, str, int]:
+        """The unit scanned (the product's carton when a pack was scanned after CB:CARTON), its product
+        and the packs one of it holds."""
+        unit = self._catalog.unit(key)
+        if unit is None:
+            return None, key, CARTON_PACKS if carton else 1
+        if carton and unit.unit == "pack":
+            carton_unit = self._catalog.carton_of(unit.product)
+            if carton_unit is not None:
+                return carton_unit, unit.product, carton_unit.packs
+            # No carton row: ten packs at ten times the pack's price.
+            return (Unit(barcode=unit.barcode, name=unit.name, price=unit.price * CARTON_PACKS, unit="carton",
+                         packs=CARTON_PACKS, cost=None if unit.cost is None else unit.cost * CARTON_PACKS,
+                         product=unit.product), unit.product, CARTON_PACKS)
+        return unit, unit.product, unit.packs
+
+    def day(self, timestamp: float) -> str:
+        """The shop's date at ``timestamp``: the day a sale belongs to."""
+        return datetime.fromtimestamp(timestamp, self.timezone).date().isoformat() if self.timezone else \
+            datetime.fromtimestamp(timestamp).date().isoformat()
+
+    # -- controls --------------------------------------------------------------------
+
+    def _control(self, journal: Journal, control: controls.Control, scan: Scan) -> Outcome:
+        pending = self._pending
+        pending.since = self.clock()
+        action = control.action
+        if self.mode != "selling":
+            self._mode_active_at = pending.since
+        if action == "digit":
+            if pending.spoiled or len(pending.keyed) >= MAX_KEYED or (control.value == "." and "." in pending.keyed):
+                # Never half a number: the whole of it is refused, and so is what is keyed after it,
+                # until CB:CANCEL (or the quantity or price it was for, which is refused too).
+                pending.keyed, pending.spoiled = "", True
+                return Outcome(Signal.ERROR, note="keyed number refused: too long or a second decimal point; "
+                                                  "cancel and key it again")
+            pending.keyed += str(control.value)
+            return Outcome(Signal.GOOD, note="digit keyed")
+        if action == "quantity":
+            pending.quantity = int(control.value)  # type: ignore[arg-type]
+            return Outcome(Signal.GOOD, note=f"quantity {control.value} for the next scan")
+        if action == "keyed-quantity":
+            keyed, pending.keyed = ("" if pending.spoiled else pending.keyed), ""
+            pending.spoiled = False
+            if not keyed.isdigit() or not 1 <= int(keyed) <= controls.MAX_QUANTITY:
+                return Outcome(Signal.ERROR, note=f"keyed quantity refused: key 1 to {controls.MAX_QUANTITY} first")
+            pending.quantity = int(keyed)
+            return Outcome(Signal.GOOD, note="keyed quantity for the next scan")
+        if action == "price":
+            keyed, pending.keyed = ("" if pending.spoiled else pending.keyed), ""
+            pending.spoiled = False
+            price = _minor(keyed)
+            if price is None or self.mode != "selling":
+                return Outcome(Signal.ERROR, note="price override refused: key the price first, and only when selling")
+            pending.price = price
+            return Outcome(Signal.GOOD, note="keyed price for the next sale")
+        if action in ("carton", "return"):
+            if action == "return" and self.mode != "selling":
+                return Outcome(Signal.ERROR, note="return refused: only when selling")
+            setattr(pending, "carton" if action == "carton" else "returning", True)
+            return Outcome(Signal.GOOD, note=f"{action} for the next scan")
+        if action == "cancel":
+            if pending:
+                self._pending = Pending()
+                return Outcome(Signal.GOOD, note="pending cleared")
+            if self.mode == "selling":
+                return Outcome(Signal.GOOD, note="nothing to cancel")
+            return self._end_mode(journal, "cancelled")
+        self._pending = Pending()  # the actions below stand alone: nothing keyed carries past them
+        if action == "void":
+            return self._void(journal, scan)
+        if action == "receive":
+            return self._start(journal, "receiving_started", {"order": (self.ledger.open_order() or {}).get("name")})
+        if action == "count":
+            return self._start(journal, "count_started", {})
+        if action == "receive-all":
+            return self._receive_all(journal)
+        if action == "close":
+            return self._close(journal)
+        if action == "end-day":
+            return self._end_day(journal, scan)
+        raise AssertionError(f"unhandled control {action}")
+
+    def _start(self, journal: Journal, kind: str, body: dict) -> Outcome:
+        if self.mode != "selling":
+            return Outcome(Signal.ERROR, note=f"{kind.split('_')[0]} refused: {self.mode} is on; close or cancel it first")
+        self._mode_active_at = self.clock()
+        return Outcome(Signal.GOOD, (self._append(journal, kind, {**body, "at": rfc3339(time.time())}),))
+
+    def _end_mode(self, journal: Journal, reason: str) -> Outcome:
+        mode = self.mode
+        event = self._append(journal, "mode_ended", {"mode": mode, "reason": reason, "at": rfc3339(time.time())})
+        return Outcome(Signal.ATTENTION if reason == "timeout" else Signal.GOOD, (event,))
+
+    def _void(self, journal: Journal, scan: Scan) -> Outcome:
+        today = self.day(scan.finished)
+        line = self.ledger.voidable(today) if self.mode == "selling" else None
+        if line is None:
+            return Outcome(Signal.ERROR, note="void refused: no line sold or returned today is left to void")
+        body = {"voids": line.seq, "voided_kind": line.kind, "day": line.day, "product": line.product,
+                "packs": line.packs, "amount": line.amount, "scanner": scan.source, "at": rfc3339(scan.finished)}
+        return Outcome(Signal.GOOD, (self._append(journal, "void", body),))
+
+    def _receive_all(self, journal: Journal) -> Outcome:
+        session = self.ledger.session
+        # The order being received, when a receiving is on; else the latest one not yet received.
+        order = self.ledger.orders.get(session.order) if session is not None and session.order else \
+            self.ledger.open_order()
+        if order is None or self.mode == "counting":
+            return Outcome(Signal.ERROR, note="receive-all refused: no open order, or a count is on")
+        at = rfc3339(time.time())
+        if self.mode == "selling":
+            self._append(journal, "receiving_started", {"order": order["name"], "at": at})
+        events = []
+        received = self.ledger.session.packs if self.ledger.session else {}
+        for line in _order_lines(order, self._catalog):
+            missing = line["ordered"] - received.get(line["product"], 0)
+            if missing > 0:
+                events.append(self._append(journal, "received", {
+                    "order": order["name"], "code": line["barcode"], "product": line["product"], "packs": missing,
+                    "quantity": None, "known": line["known"], "name": line["name"], "at": at, "scanner": None,
+                    "product_name": self._catalog.names.get(line["product"])}))
+        events.append(self._close(journal).events[-1])
+        return Outcome(Signal.GOOD, tuple(events))
+
+    def _close(self, journal: Journal) -> Outcome:
+        session = self.ledger.session
+        at = rfc3339(time.time())
+        if session is None:
+            return Outcome(Signal.ERROR, note="close refused: neither receiving nor counting is on")
+        if session.mode == "counting":
+            products = set(session.packs) | {p for p, packs in self.ledger.stock.items() if packs != 0}
+            lines = [{"product": p, "name": self._catalog.names.get(p) or self.ledger.names.get(p),
+                      "expected": self.ledger.stock.get(p, 0), "counted": session.packs.get(p, 0),
+                      "difference": session.packs.get(p, 0) - self.ledger.stock.get(p, 0)} for p in sorted(products)]
+            event = self._append(journal, "count_closed", {"started": session.seq, "lines": lines, "at": at})
+            differs = any(line["difference"] for line in lines)
+            return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
+        order = self.ledger.orders.get(session.order) if session.order else None
+        ordered = {line["product"]: line for line in _order_lines(order, self._catalog)} if order else {}
+        products = sorted(set(ordered) | set(session.packs))
+        lines = [{"product": p, "name": self._catalog.names.get(p) or (ordered.get(p) or {}).get("name")
+                  or self.ledger.names.get(p),
+                  "ordered": (ordered.get(p) or {}).get("ordered", 0), "received": session.packs.get(p, 0),
+                  "difference": session.packs.get(p, 0) - (ordered.get(p) or {}).get("ordered", 0)} for p in products]
+        event = self._append(journal, "receiving_closed", {"started": session.seq, "order": session.order,
+                                                           "lines": lines, "at": at})
+        differs = order is not None and any(line["difference"] for line in lines)
+        return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
+
+    def _end_day(self, journal: Journal, scan: Scan) -> Outcome:
+        if self.mode != "selling":
+            return Outcome(Signal.ERROR, note=f"end of day refused: {self.mode} is on; close or cancel it first")
+        today = self.day(scan.finished)
+        day = self.ledger.days.get(today)
+        totals = day.total.as_json() if day else {"lines": 0, "packs": 0, "amount": 0, "cost": 0, "uncosted": 0,
+                                                   "margin": 0, "unpriced": 0}
+        body = {"day": today, "totals": totals, "currency": self._catalog.currency or self.currency,
+                "at": rfc3339(scan.finished)}
+        return Outcome(Signal.GOOD, (self._append(journal, "day_closed", body),))
+
+    # -- time ------------------------------------------------------------------------
+
+    def expire(self, journal: Journal) -> Outcome | None:
+        """End a mode left without a scan for ``mode_timeout``, forget what was pending past
+        ``pending_timeout``; None when nothing expired. Called now and then from the daemon."""
+        self._catch_up(journal)
+        now = self.clock()
+        if self.mode != "selling" and now - self._mode_active_at >= self.mode_timeout:
+            self._pending = Pending()
+            outcome = self._end_mode(journal, "timeout")
+            return outcome
+        if self._pending and now - self._pending.since >= self.pending_timeout:
+            self._pending = Pending()
+            return Outcome(Signal.ATTENTION, note="what was keyed or set for the next scan timed out")
+        return None
 
 
-def log_recorded(event: Event) -> None:
-    """One line for a scan once it is durable (never before: its seq could yet be rolled back);
-    it names the event, never its code, product or amount."""
-    scanner = event.body.get("scanner")
-    fields = {"extra": event_fields(event.seq, event.kind, scanner)}
-    if event.kind == "refused":
-        logger.warning("refused seq=%d scanner=%s: %s; not a sale", event.seq, scanner, event.body["reason"], **fields)
-    elif event.kind == "misread":
-        logger.warning("misread seq=%d scanner=%s: the check digit fails; not a sale", event.seq, scanner, **fields)
-    elif event.body.get("known"):
-        logger.info("sale seq=%d scanner=%s", event.seq, scanner, **fields)
-    else:
-        logger.warning("sale seq=%d scanner=%s: product not on the price list, recorded without a price",
-                       event.seq, scanner, **fields)
+def _minor(keyed: str) -> int | None:
+    """A keyed amount in minor units: digits with at most one point and two decimals; None if it is not one."""
+    whole, _, fraction = keyed.partition(".")
+    if not keyed or not (whole or fraction) or not (whole.isdigit() or whole == "") or len(fraction) > 2 \
+            or not (fraction.isdigit() or fraction == ""):
+        return None
+    return int(whole or "0") * 100 + int(fraction.ljust(2, "0") or "0")
 
 
-def signal_for(event: Event) -> Signal:
-    """What the retailer hears: good for a priced sale, attention for an unknown product, error for a
-    misread or a refused scan."""
-    if event.kind == "sale":
-        return Signal.GOOD if event.body["known"] else Signal.ATTENTION
-    return Signal.ERROR
+def _order_lines(order: dict[str, Any], catalog: Catalog) -> list[dict[str, Any]]:
+    """An order's lines in packs, per product (a line may name a carton barcode)."""
+    lines: dict[str, dict[str, Any]] = {}
+    for line in order["lines"]:
+        unit = catalog.unit(classify(line["barcode"]).key)
+        product = unit.product if unit else classify(line["barcode"]).key
+        packs = line["quantity"] * (unit.packs if unit else 1)
+        if product in lines:
+            lines[product]["ordered"] += packs
+        else:
+            lines[product] = {"product": product, "barcode": line["barcode"], "name": line["name"],
+                              "ordered": packs, "known": unit is not None}
+    return list(lines.values())
+
+
+def log_recorded(outcome: Outcome, scanner: str) -> None:
+    """One line per event once durable (never before: its seq could yet be rolled back), one for a
+    control that recorded nothing; each names the event, never its code, product or amount."""
+    if not outcome.events and outcome.note:
+        (logger.info if outcome.signal is not Signal.ERROR else logger.warning)(
+            "control scanner=%s: %s", scanner, outcome.note, extra=event_fields(None, "control", scanner))
+    for event in outcome.events:
+        fields = {"extra": event_fields(event.seq, event.kind, scanner)}
+        if event.kind == "refused":
+            logger.warning("refused seq=%d scanner=%s: %s; not a sale", event.seq, scanner, event.body["reason"], **fields)
+        elif event.kind == "misread":
+            logger.warning("misread seq=%d scanner=%s: the check digit fails; not a sale", event.seq, scanner, **fields)
+        elif event.kind in ("sale", "return") and not event.body.get("known") and event.body.get("unit_price") is None:
+            logger.warning("%s seq=%d scanner=%s: product not on the price list, recorded without a price",
+                           event.kind, event.seq, scanner, **fields)
+        elif outcome.signal is Signal.ATTENTION and event.kind in ("sale", "return"):
+            logger.warning("%s seq=%d scanner=%s: stock of the product is below zero", event.kind, event.seq,
+                           scanner, **fields)
+        elif outcome.signal is Signal.ATTENTION and event.kind in ("count_closed", "receiving_closed"):
+            logger.warning("%s seq=%d: differences recorded", event.kind, event.seq, **fields)
+        else:
+            logger.info("%s seq=%d scanner=%s", event.kind, event.seq, scanner, **fields)

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from .activation import current as activation_state
 from .activation import subscriptions as activation_topics
 from . import logs
 from .config import Config, ConfigError, StorageConfig
-from .counter import Counter, log_recorded, signal_for
+from .counter import Counter, log_recorded
 from .downlink import Downlink
 from .downlink import subscriptions as downlink_topics
 from .mqtt import Backoff, MqttLink
@@ -64,13 +65,24 @@ async def open_store(config: Config) -> Store:
 async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) -> Signal:
     """Record a scan durably and say what the retailer hears; ERROR when it could not be recorded."""
     try:
-        event = await store.write(lambda journal: counter.record(journal, scan))
+        outcome = await store.write(lambda journal: counter.record(journal, scan))
     except StorageError as error:
         # Not recorded: the retailer hears the error signal and scans again.
         logger.error("scan from %s NOT recorded: %s", scan.source, error)
         return Signal.ERROR
-    log_recorded(event)
-    return signal_for(event)
+    log_recorded(outcome, scan.source)
+    return outcome.signal
+
+
+EXPIRY_CHECK = 1.0  # seconds between looks for a mode or a keyed number left too long
+
+
+def counter_for(config: Config) -> Counter:
+    from zoneinfo import ZoneInfo
+
+    settings = config.counter
+    return Counter(currency=config.pricing.currency, timezone=ZoneInfo(settings.timezone) if settings.timezone else None,
+                   mode_timeout=settings.mode_timeout, pending_timeout=settings.pending_timeout)
 
 
 STATUS_EVERY = 5.0  # seconds between updates of the service's status line
@@ -156,7 +168,7 @@ async def _life(config: Config) -> bool:
         logger.info("agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
                     device_id, session, store.path, last, acked)
         box = Box(config=config, store=store, session=session, device_id=device_id, key=signing_key,
-                  central_key=central_key, counter=Counter(currency=config.pricing.currency),
+                  central_key=central_key, counter=counter_for(config),
                   trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()})
         return await _serve(box)
     finally:
@@ -197,6 +209,22 @@ class Box:
         if self._uplink is not None:
             self._uplink.wake.set()
         return signal
+
+    async def expire(self, announce: Callable[[Signal], None]) -> None:
+        """End a receiving or a count left too long, forget a keyed number left too long: the counter
+        says when, and the retailer hears it."""
+        while True:
+            try:
+                outcome = await self.store.write(self.counter.expire)
+            except StorageError as error:
+                logger.error("the counter's time-outs NOT checked: %s", error)
+                outcome = None
+            if outcome is not None:
+                log_recorded(outcome, None)
+                announce(outcome.signal)
+                if self._uplink is not None and outcome.events:
+                    self._uplink.wake.set()
+            await asyncio.sleep(EXPIRY_CHECK)
 
     async def on_device(self, report: dict) -> None:
         try:
@@ -316,9 +344,10 @@ async def _serve(box: Box) -> bool:
             life = group.create_task(box.run())
             reading = group.create_task(scanners.run())
             watchdog = group.create_task(box.service.watchdog())
+            expiry = group.create_task(box.expire(scanners.announce))
             revoked = await life
-            reading.cancel()
-            watchdog.cancel()
+            for task in (reading, watchdog, expiry):
+                task.cancel()
         return revoked
     except asyncio.CancelledError:
         logger.info("agent stopping device=%s", box.device_id)

@@ -54,6 +54,10 @@ def identify_all(device_id: str) -> None:
         identify(handler, device_id)
 
 
-def event_fields(seq: int, kind: str, scanner: str | None) -> dict:
-    """``extra=`` for a line about one event: journal fields, never its content."""
-    return {"EVENT_SEQ": seq, "EVENT_KIND": kind, "SCANNER": scanner}
+def event_fields(seq: int | None, kind: str, scanner: str | None) -> dict:
+    """``extra=`` for a line about one event (or a control that recorded none, no seq): journal
+    fields, never its content."""
+    fields = {"EVENT_KIND": kind, "SCANNER": scanner}
+    if seq is not None:
+        fields["EVENT_SEQ"] = seq
+    return fields

@@ -1,43 +1,72 @@
-"""Price lists: what each barcode sells for, in the currency's minor unit (fen for CNY).
+"""Price lists: what each barcode sells for, in the currency's minor unit (fen for CNY), and what it is.
 
-A price list file is CSV with a header row:
+A price list file is CSV with a header row. The first three columns are all
+a list needs; the others say what a row is, for stock and margins:
 
-    barcode,name,price
-    6901028075831,Hongtashan (pack),23.00
-    6901028075848,Hongtashan (carton),230.00
+    barcode,name,price,unit,packs,cost,product
+    6901028075831,Hongtashan (pack),23.00,pack,1,19.50,
+    6901028075848,Hongtashan (carton),230.00,carton,10,195.00,6901028075831
+
+- ``unit``: pack (the default), carton or case. Pack, carton and case have
+  distinct barcodes, so each is its own row.
+- ``packs``: how many packs the unit holds (1 for a pack; a carton holds 10
+  unless it says otherwise; a case must say).
+- ``cost``: what the shop pays for one unit, for the gross margin (optional).
+- ``product``: the pack barcode of the product a carton or case row belongs
+  to (required for them): stock is kept in packs, per product.
 
 Loading one appends a ``price_list`` event to the journal; the counter prices
-sales from the latest one. Pack, carton and case have distinct barcodes, so
-each is its own row.
+sales from the latest one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from drivers.barcode import classify
+
+from .catalog import CARTON_PACKS
 
 
 class PriceListError(Exception):
     """A price list that cannot be loaded; says which line and why."""
 
 
+UNITS = ("pack", "carton", "case")
+
+
 @dataclass(frozen=True)
 class Item:
     barcode: str
     name: str
-    price: int  # minor units
+    price: int  # minor units, for one unit
+    unit: str = "pack"
+    packs: int = 1  # packs in one unit
+    cost: int | None = None  # minor units, for one unit
+    product: str | None = None  # the product's pack barcode; None: this row is the pack
+
+    def as_json(self) -> dict[str, Any]:
+        """The item as a price list document or event carries it (the first three fields alone for a plain pack)."""
+        item: dict[str, Any] = {"barcode": self.barcode, "name": self.name, "price": self.price}
+        if self.unit != "pack" or self.packs != 1:
+            item.update(unit=self.unit, packs=self.packs)
+        if self.cost is not None:
+            item["cost"] = self.cost
+        if self.product is not None:
+            item["product"] = self.product
+        return item
 
 
-def to_minor(text: str) -> int:
+def to_minor(text: str, what: str = "price") -> int:
     from decimal import Decimal, InvalidOperation  # imported where prices are read, not in the daemon
 
     try:
         amount = Decimal(text.strip())
     except InvalidOperation:
-        raise ValueError(f"price {text!r} is not a number") from None
-    if amount < 0 or amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"price {text!r} must be zero or more, with at most two decimals")
+        raise ValueError(f"{what} {text!r} is not a number") from None
+    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
+        raise ValueError(f"{what} {text!r} must be zero or more, with at most two decimals")
     return int(amount * 100)
 
 
@@ -50,17 +79,50 @@ def parse_csv(text: str) -> list[Item]:
         raise PriceListError("the first line must be a header naming at least the columns barcode and price")
     items: dict[str, Item] = {}
     for line, row in enumerate(reader, start=2):
-        code = (row.get("barcode") or "").strip()
-        barcode = classify(code)
-        if not code or not barcode.valid:
-            raise PriceListError(f"line {line}: barcode {code!r} fails its check digit")
-        if barcode.key in items:
-            raise PriceListError(f"line {line}: barcode {code} is listed twice (as {items[barcode.key].barcode})")
         try:
-            price = to_minor(row.get("price") or "")
+            item = _item({name: (value or "").strip() for name, value in row.items() if isinstance(name, str)
+                          and isinstance(value, str)})
         except ValueError as error:
             raise PriceListError(f"line {line}: {error}") from None
-        items[barcode.key] = Item(code, (row.get("name") or "").strip(), price)
+        key = classify(item.barcode).key
+        if key in items:
+            raise PriceListError(f"line {line}: barcode {item.barcode} is listed twice (as {items[key].barcode})")
+        items[key] = item
     if not items:
         raise PriceListError("the price list has no items")
     return list(items.values())
+
+
+def _item(row: dict[str, str]) -> Item:
+    code = row.get("barcode", "")
+    if not code or not classify(code).valid:
+        raise ValueError(f"barcode {code!r} fails its check digit")
+    price = to_minor(row.get("price", ""))
+    unit = row.get("unit") or "pack"
+    if unit not in UNITS:
+        raise ValueError(f"unit {unit!r} is not one of {', '.join(UNITS)}")
+    packs_text = row.get("packs", "")
+    if packs_text:
+        if not packs_text.isdigit() or not 1 <= int(packs_text) <= 10_000:
+            raise ValueError(f"packs {packs_text!r} must be a whole number from 1 to 10000")
+        packs = int(packs_text)
+    elif unit == "case":
+        raise ValueError("a case must say how many packs it holds (the packs column)")
+    else:
+        packs = CARTON_PACKS if unit == "carton" else 1
+    if unit == "pack" and packs != 1:
+        raise ValueError("a pack holds 1 pack; a row of several packs is a carton or a case")
+    cost = to_minor(row["cost"], "cost") if row.get("cost") else None
+    product = row.get("product") or None
+    if unit != "pack":
+        if product is None:
+            raise ValueError(f"a {unit} must name its product's pack barcode (the product column)")
+        if not classify(product).valid:
+            raise ValueError(f"product {product!r} fails its check digit")
+        if classify(product).key == classify(code).key:
+            raise ValueError(f"a {unit} has its own barcode, not its pack's")
+    elif product is not None and classify(product).key != classify(code).key:
+        raise ValueError("a pack row is its own product; only carton and case rows name another")
+    else:
+        product = None
+    return Item(code, row.get("name", ""), price, unit, packs, cost, product)

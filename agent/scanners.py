@@ -32,6 +32,7 @@ from drivers.decoder import Decoder, DecoderSettings, NotABarcode, Scan
 from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices, list_devices
 from drivers.feedback import Feedback, Output, Signal
 from drivers.keymap import Keymap, load_keymap
+from drivers.keypad import Keypad, Keypress
 from drivers.errors import ScannerError, ScannerGone
 from drivers.reader import open_source
 
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 # Records a scan (or a refused one) and says how it went; raises nothing for a scan it could
 # not record (that is Signal.ERROR).
-OnScan = Callable[[Scan | NotABarcode], Awaitable[Signal]]
+OnScan = Callable[[Scan | NotABarcode | Keypress], Awaitable[Signal]]
 # Records that a scanner was taken or went away: {"state", "scanner", "driver", "name", "usb_id", ...}.
 OnDevice = Callable[[dict], Awaitable[None]]
 
@@ -68,6 +69,7 @@ class Scanners:
     usb_sysfs: Path = Path("/sys/bus/usb/devices")
     _active: dict[str, asyncio.Task] = field(default_factory=dict)
     _speaker: Feedback | None = None
+    _last_output: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
     _keymaps: dict[tuple[str, str], Keymap] = field(default_factory=dict)
     _unanswered: int = 0
@@ -113,7 +115,13 @@ class Scanners:
 
     def _signal(self, output: Feedback | None, signal: Signal) -> None:
         if output is not None:
+            self._last_output = output
             self._spawn(output.play(signal))  # never holds up the next scan
+
+    def announce(self, signal: Signal) -> None:
+        """A signal that answers no scan (a mode that timed out): on the speaker, or the LEDs of the
+        scanner used last."""
+        self._signal(self._speaker or self._last_output, signal)
 
     def _record(self, output: Feedback | None, result: Scan | NotABarcode) -> None:
         """Hand a scan to the counter and answer it once durable, without holding up the next one:
@@ -198,7 +206,7 @@ class Scanners:
     async def _read(self, path: str, settings: DecoderSettings, *, watch: bool = False,
                     identity: dict | None = None) -> None:
         """Read one source until it ends; raises ScannerError when it cannot be read or goes away."""
-        decoder = Decoder(path, settings, await self._keymap(settings))
+        decoder = Keypad(path) if settings.keypad else Decoder(path, settings, await self._keymap(settings))
         loop = asyncio.get_running_loop()
         identity = identity or {}
         async with open_source(path, grab=not watch) as source:
@@ -209,9 +217,13 @@ class Scanners:
             if not watch:
                 await self._report("taken", path, source.kind, identity)
 
-            async def handle(result: Scan | NotABarcode | None) -> None:
+            async def handle(result: Scan | NotABarcode | Keypress | None) -> None:
                 nonlocal watch
                 if result is None:
+                    return
+                if isinstance(result, Keypress):
+                    if not watch:  # a keyboard only watched is the shop's own: its keys are none of ours
+                        self._record(output, result)
                     return
                 if isinstance(result, NotABarcode):
                     if not watch:  # else a person typing on the shop's keyboard: none of our business

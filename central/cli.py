@@ -10,13 +10,16 @@ import signal
 import sys
 import time
 from collections import defaultdict
+from datetime import date
 from pathlib import Path
+from typing import Any
 
+from agent import reports as shop_reports
 from provisioning.errors import ProvisioningError
 from provisioning.protocol import rfc3339
 from provisioning.identity import create_key, load_key, public_key_text
 
-from . import broker
+from . import broker, reports
 from .errors import CentralError
 from .ingest import CLOCK_TOLERANCE, Ingest
 from .store import CentralStore, database
@@ -100,6 +103,36 @@ def _report(args) -> int:
             )
     finally:
         store.close()
+    return 0
+
+
+def _shop_report(args) -> int:
+    scope = reports.Scope(device=args.device, shop=args.shop, region=args.region, monitoring=args.monitoring)
+    store = CentralStore(args.db)
+    try:
+        if args.report == "stock":
+            result: Any = reports.stock(store, scope)
+            text = "\n\n".join(f"Shop {shop}: {shop_reports.stock_table(report)}" for shop, report in result.items())
+        else:
+            day = args.day or args.week or date.today().isoformat()
+            days = shop_reports.week_of(day) if args.week else [day]
+            if args.report == "sales":
+                result = reports.sales(store, days, scope)
+                text = "\n\n".join([*(f"Shop {shop}: {shop_reports.sales_table(report)}"
+                                       for shop, report in result["shops"].items()),
+                                     *([f"All shops: {shop_reports.sales_table(result['total'])}"]
+                                       if len(result["shops"]) != 1 else [])])
+            else:
+                result = reports.prices(store, days, scope)
+                text = shop_reports.table(
+                    ["shop", "product", "name", "list", "actual (lines)", "stock"],
+                    [[row["shop"], row["product"], row["name"],
+                      shop_reports.money(row["list_price"]) if row["list_price"] is not None else "",
+                      ", ".join(f"{shop_reports.money(p['price'])}/{p['unit']} ({p['lines']})" for p in row["actual_prices"]),
+                      row["stock"]] for row in result])
+    finally:
+        store.close()
+    print(json.dumps(result, ensure_ascii=False) if args.json else text)
     return 0
 
 
@@ -243,7 +276,25 @@ def parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="print stored events as JSON lines")
     export.add_argument("--kind", default="sale", help="event kind to export, or '' for all (default sale)")
     export.set_defaults(func=_export)
-    commands.add_parser("report", help="sales, totals and acknowledged position per device").set_defaults(func=_report)
+    report = commands.add_parser("report", help="without a kind: sales, totals and acknowledged position per device; "
+                                                "with one: the shops' own figures, folded from their events")
+    report.set_defaults(func=_report)
+    kinds = report.add_subparsers(dest="report", required=False)
+    for kind, about in (("sales", "sales by product, with gross margin, per shop and in all"),
+                        ("stock", "each shop's stock by product and its products below zero"),
+                        ("prices", "market monitoring: list and actual prices, and stock, per shop and product")):
+        one = kinds.add_parser(kind, help=about)
+        when = one.add_mutually_exclusive_group()
+        if kind != "stock":
+            when.add_argument("--day", type=shop_reports.day_argument, help="the day (YYYY-MM-DD; default today, central's local time)")
+            when.add_argument("--week", type=shop_reports.day_argument, help="the week (Monday to Sunday) that holds this day")
+        where = one.add_mutually_exclusive_group()
+        where.add_argument("--device", help="one device")
+        where.add_argument("--shop", help="one shop (licence number)")
+        where.add_argument("--region", help="one sales region")
+        one.add_argument("--monitoring", action="store_true", help="monitoring points only")
+        one.add_argument("--json", action="store_true", help="one JSON document, for programs")
+        one.set_defaults(func=_shop_report)
     devices = commands.add_parser("devices", help="each device's presence and health: state, last seen, backlog, "
                                                   "scanners, clock; '!' flags a clock off by more than a minute")
     devices.add_argument("--json", action="store_true", help="one JSON object per device, for programs")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
 import json
 import os
 import sys
@@ -14,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.mqtt import Backoff, MqttError, MqttLink
+from agent import orders
 from agent.prices import PriceListError, parse_csv
 from provisioning import activation, documents, protocol
 from provisioning.activation import ActivationCode
@@ -125,23 +124,16 @@ def _prices_push(args) -> int:
     except PriceListError as error:
         raise CentralError(f"{args.file}: {error}") from None
     body = {"source": args.file.name, "currency": args.currency,
-            "items": [{"barcode": i.barcode, "name": i.name, "price": i.price} for i in items]}
+            "items": [item.as_json() for item in items]}
     return _push(args, kind="price_list", name="price_list", body=body)
 
 
 def _order_push(args) -> int:
     """An order's lines from CSV: barcode,name,quantity."""
-    lines = []
-    reader = csv.DictReader(io.StringIO(args.file.read_text(encoding="utf-8-sig")))
-    if reader.fieldnames is None or not {"barcode", "quantity"} <= set(reader.fieldnames):
-        raise CentralError(f"{args.file}: the first line must be a header naming at least barcode and quantity")
-    for number, row in enumerate(reader, start=2):
-        barcode, quantity = (row.get("barcode") or "").strip(), (row.get("quantity") or "").strip()
-        if not barcode or not quantity.isdigit() or int(quantity) < 1:
-            raise CentralError(f"{args.file}: line {number}: needs a barcode and a quantity of 1 or more")
-        lines.append({"barcode": barcode, "name": (row.get("name") or "").strip(), "quantity": int(quantity)})
-    if not lines:
-        raise CentralError(f"{args.file}: the order has no lines")
+    try:
+        lines = orders.parse_csv(args.file.read_text(encoding="utf-8-sig"))
+    except orders.OrderError as error:
+        raise CentralError(f"{args.file}: {error}") from None
     try:
         name = documents.order_name(args.order_id)
     except ValueError as error:
@@ -248,6 +240,14 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
         command.add_argument("file", type=Path)
 
 
+def _controls_sheet(args) -> int:
+    from .sheet import write_sheet
+
+    pages = write_sheet(args.file, font=args.font)
+    print(f"control sheet written to {args.file}: {pages} page{'s' if pages > 1 else ''}; print it at 100% scale")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="counterbox-ops", description="Operations tooling for counterbox devices.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -324,6 +324,13 @@ def parser() -> argparse.ArgumentParser:
     push.add_argument("--order-id", required=True, help="the order's id (letters, digits, '.', '_', '-')")
     push.add_argument("--valid-days", type=float, default=14.0, help="days the box may still apply it (default 14)")
     push.set_defaults(func=_order_push)
+    controls = commands.add_parser("controls", help="the counter's control codes").add_subparsers(dest="action", required=True)
+    sheet = controls.add_parser("sheet", help="write the printable sheet of control codes (Code 128, labelled in "
+                                              "Chinese and English) to scan at the counter")
+    sheet.add_argument("file", type=Path, help="the PDF to write")
+    sheet.add_argument("--font", type=Path, help="a TrueType font with Chinese to embed (e.g. WenQuanYi, Noto Sans "
+                                                 "CJK .ttc); default: the viewer's standard Song face")
+    sheet.set_defaults(func=_controls_sheet)
     return top
 
 

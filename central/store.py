@@ -605,6 +605,14 @@ class CentralStore:
         state, session, sent_at, received_at, offset, body = row
         return DeviceStatus(state, session, sent_at, received_at, offset, json.loads(body))
 
+    def device_events(self, device_id: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """One device's events in order, as (seq, kind, body): what a report folds."""
+        query = sa.select(_events.c.seq, _events.c.kind, _events.c.body).where(_events.c.device_id == device_id)
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(yield_per=1000).execute(query.order_by(_events.c.seq))
+            for seq, kind, body in rows:
+                yield seq, kind, json.loads(body)
+
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         query = sa.select(_events.c.device_id, _events.c.seq, _events.c.kind, _events.c.session, _events.c.body)
         if kind:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from textwrap import indent
 
 from drivers.input_event import pack_all
 from drivers.recording import replay, type_text
@@ -22,18 +24,28 @@ from .stack import Stack
 
 HERE = Path(__file__).resolve().parent
 
-# A morning at the counter: (what is scanned, how the scanner types it).
+# A morning at the counter: (what is scanned, how the scanner types it). Codes starting "CB:" are
+# the printed control sheet's (counterbox-ops controls sheet).
 SESSION = [
+    ("CB:RECEIVE-ALL", {}),                        # the week's order arrived in full
     ("6901028075831", {}),                         # Hongtashan pack
-    ("6901028075831", {}),                         # another one
+    ("CB:QTY3", {}),                               # three of the next:
+    ("6901028075831", {}),                         # Hongtashan pack x3
     ("6902672100139", {"keypad_digits": True}),    # Yuxi carton, from a scanner sending keypad digits
     ("6901802010010", {}),                         # water
     ("40063812", {}),                              # lighter, EAN-8
-    ("6920883001151", {"keypad_digits": True}),    # Honghe pack
+    ("CB:VOID", {}),                               # the customer changed his mind about the lighter
+    ("CB:CARTON", {}),                             # a carton of the next:
+    ("6920883001151", {"keypad_digits": True}),    # Honghe pack barcode: sells the Honghe carton
     ("6901028075832", {}),                         # a misread: wrong check digit, refused
     ("6935750500019", {}),                         # a product not on the price list: recorded, flagged unknown
     ("PROMO-$5", {}),                              # a shifted-character code: kept as a raw code, unknown
-    ("6901028075848", {}),                         # Hongtashan carton
+    ("CB:2", {}), ("CB:1", {}), ("CB:DOT", {}), ("CB:5", {}),
+    ("CB:PRICE", {}),                              # the regular customer's price, 21.50:
+    ("6901028075831", {}),                         # Hongtashan pack at 21.50
+    ("CB:RETURN", {}),                             # a return:
+    ("6901802010010", {}),                         # the water comes back
+    ("CB:END-DAY", {}),                            # the day closed, with its totals
 ]
 
 
@@ -107,13 +119,18 @@ def main() -> int:
             wait_until(lambda: device.status()["events"].get("document"), 30, "the box to apply the price list")
             print(f"5. operations pushed the week's price list to region honghe, signed (counterbox-ops prices push);"
                   f" the box applied it: {pushed.stdout.strip()}")
+            pushed = stack.push("order", HERE / "order.csv", "--device", box, "--order-id", "2026-w48")
+            if pushed.returncode:
+                raise SystemExit(f"order not pushed: {pushed.stderr.strip()}")
+            wait_until(lambda: device.status()["events"].get("order"), 30, "the box to hold the order")
+            print("   and the shop's order for the week (counterbox-ops order push): 5 cartons of Hongtashan, "
+                  "3 of Yuxi, 2 of Honghe")
             data = session_bytes(time.time())
             print(f"6. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
             asyncio.run(replay(data, str(fifo), speed=args.speed, lead_in=0.5))
             def delivered() -> bool:
                 status = device.status()
-                scanned = status["events"].get("sale", 0) + status["events"].get("misread", 0)
-                return scanned == len(SESSION) and status["acked_seq"] == status["last_seq"]
+                return status["events"].get("day_closed") and status["acked_seq"] == status["last_seq"]
 
             wait_until(delivered, 30, "central to acknowledge every event")
             status = device.status()
@@ -124,10 +141,18 @@ def main() -> int:
 
             print("\nWhat central received (counterbox-central export):")
             for sale in stack.sales():
-                price = f"{sale['unit_price'] / 100:8.2f} {sale['currency']}" if sale["known"] else "  unknown"
-                print(f"  seq {sale['seq']:>3}  {sale['code']:<14} {price}  {sale['name'] or ''}")
-            print("\nReport (counterbox-central report):")
-            print("  " + stack.central_command("report").stdout.strip())
+                price = f"{sale['unit_price'] / 100:8.2f} {sale['currency']}" if sale["unit_price"] is not None \
+                    else "  unknown"
+                print(f"  seq {sale['seq']:>3}  {sale['code']:<14} x{sale['quantity']:<2} {price}  {sale['name'] or ''}")
+            day = json.loads(device.command("report", "sales", "--json").stdout)["days"][0]
+            print(f"\nThe day's sales on the box (counterbox report sales --day {day}):")
+            box_report = device.command("report", "sales", "--day", day)
+            print(indent(box_report.stdout.strip(), "  "))
+            central_report = stack.central_command("report", "sales", "--day", day, "--shop", LICENCE)
+            print(f"\nThe same day at central (counterbox-central report sales --day {day} --shop {LICENCE}):")
+            print(indent(central_report.stdout.strip(), "  "))
+            print("\nStock on the box after the delivery and the morning (counterbox report stock):")
+            print(indent(device.command("report", "stock").stdout.strip(), "  "))
             print("\nThe fleet, from each box's signed status (counterbox-central devices; the box has stopped):")
             for line in stack.central_command("devices").stdout.splitlines():
                 print("  " + line)

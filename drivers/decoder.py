@@ -64,6 +64,7 @@ class DecoderSettings:
     prefix: str = ""  # stripped from the start of a barcode when present
     suffix: str = ""  # stripped from its end when present
     max_key_interval: float = 0.05  # seconds between key presses; slower is a person typing
+    keypad: bool = False  # a numeric keypad, not a scanner: each key is taken alone (drivers.keypad)
 
     def __post_init__(self) -> None:
         unknown = set(self.terminators) - set(TERMINATOR_KEYS)

@@ -81,7 +81,8 @@ class Source:
         pending = b""
         try:
             if self.kind == "file":
-                while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE * 16):
+                # A thousand events at a time: decoding more in one go would hold the loop too long.
+                while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE):
                     records, pending = _split(pending + chunk)
                     yield list(unpack(records))
                 return

@@ -94,6 +94,13 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
                     and natural(item.get("price"), 0)):
                 raise ProtocolError(f"price list item {number} needs a barcode, a name, and a price "
                                     "in the currency's minor unit (an integer, 0 or more)")
+            # What a row is, for stock and margins (optional; a plain row is a pack).
+            if not (item.get("unit", "pack") in ("pack", "carton", "case") and natural(item.get("packs", 1))
+                    and (item.get("cost") is None or natural(item["cost"], 0))
+                    and (item.get("product") is None or _code(item["product"]))
+                    and (item.get("unit", "pack") == "pack" or item.get("product") is not None)):
+                raise ProtocolError(f"price list item {number}: unit must be pack, carton or case, packs 1 or more, "
+                                    "cost an integer of 0 or more, and a carton or case must name its product")
     elif kind == "revocation":
         if not isinstance(body.get("reason"), str) or not natural(body.get("grace_seconds"), 0):
             raise ProtocolError("a revocation needs a reason and grace_seconds (0 or more)")

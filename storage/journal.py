@@ -85,6 +85,9 @@ class Journal:
         self._aead = aead
         self.path = path
         self.max_event_bytes = max_event_bytes
+        # Transactions and savepoints rolled back so far: whoever keeps a view of what it wrote (the
+        # counter's ledger) sees here that some of it may be gone.
+        self.rollbacks = 0
 
     @classmethod
     def open(cls, path: Path, key: bytes, *, create: bool = True,
@@ -136,7 +139,7 @@ class Journal:
     def transaction(self, *, mode: str = "IMMEDIATE") -> "_Transaction":
         """``with journal.transaction():`` one transaction (a savepoint when nested); sqlite3's errors
         leave it as JournalError or JournalFull."""
-        return _Transaction(self.path, sqlite.transaction(self._conn, mode=mode))
+        return _Transaction(self, sqlite.transaction(self._conn, mode=mode))
 
     @property
     def in_transaction(self) -> bool:
@@ -316,20 +319,27 @@ class _translated:
 
 
 class _Transaction:
-    __slots__ = ("_path", "_transaction")
+    __slots__ = ("_journal", "_transaction")
 
-    def __init__(self, path: Path, transaction: sqlite.transaction) -> None:
-        self._path = path
+    def __init__(self, journal: "Journal", transaction: sqlite.transaction) -> None:
+        self._journal = journal
         self._transaction = transaction
 
     def __enter__(self) -> None:
-        with _translated(self._path):
+        with _translated(self._journal.path):
             self._transaction.__enter__()
 
     def __exit__(self, kind, error, traceback) -> bool:
-        with _translated(self._path):
-            self._transaction.__exit__(kind, error, traceback)  # commits, or rolls back and lets the error go on
-        return _translated(self._path).__exit__(kind, error, traceback)  # which leaves as the store's own
+        if kind is not None:
+            self._journal.rollbacks += 1
+        try:
+            with _translated(self._journal.path):
+                self._transaction.__exit__(kind, error, traceback)  # commits, or rolls back and lets the error go on
+        except BaseException:
+            if kind is None:
+                self._journal.rollbacks += 1  # the commit itself failed and was rolled back
+            raise
+        return _translated(self._journal.path).__exit__(kind, error, traceback)  # which leaves as the store's own
 
 
 def remove_journal(path: Path) -> None:

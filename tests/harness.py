@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 
-from drivers.input_event import pack_all
+from drivers.input_event import pack, pack_all
 from drivers.recording import type_text
 
 
@@ -103,3 +105,37 @@ def run_main(main, args, stdin: str | None = None):
     finally:
         sys.stdin = real_stdin
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+class LiveScanner:
+    """A scanner typing in real time into the agent's FIFO, each key stamped when it is written.
+
+    The FIFO is held open read-write, so what is typed while the agent is down waits in
+    the pipe for the next agent, as keys wait in a reopened device's buffer.
+    """
+
+    def __init__(self, fifo, session):
+        self.fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        os.set_blocking(self.fd, True)
+        self.session = session
+        self.thread = threading.Thread(target=self._type)
+        self.done = threading.Event()
+
+    def _type(self):
+        for code, how in self.session:
+            events = type_text(code, start=time.time(), **how)
+            for event in events:  # one key at a time, at the pace its stamps say
+                delay = event.timestamp() - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                os.write(self.fd, pack(event))
+            time.sleep(0.12)  # the next customer
+        self.done.set()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join()
+        os.close(self.fd)

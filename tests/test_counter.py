@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from agent.counter import Counter, signal_for
+from agent.counter import Counter
 from agent.prices import PriceListError, parse_csv
 from drivers.decoder import Scan
 from drivers.feedback import Signal
@@ -21,7 +21,10 @@ class AtTheCounter:
         self._counter = Counter()
 
     def record(self, scan):
-        return self._counter.record(self.journal, scan)
+        """The last event the scan recorded; what the retailer heard is ``self.signal``."""
+        outcome = self._counter.record(self.journal, scan)
+        self.signal = outcome.signal
+        return outcome.events[-1] if outcome.events else None
 
 
 @pytest.fixture
@@ -41,7 +44,7 @@ def test_a_priced_product_is_a_sale_at_its_price_and_sounds_good(counter):
     event = counter.record(scan("6901028075831"))
     assert (event.kind, event.body["unit_price"], event.body["known"], event.body["name"]) == ("sale", 2300, True, "Hongtashan (pack)")
     assert event.body["scanned_at"] == "2025-11-24T16:00:00.050Z"
-    assert signal_for(event) is Signal.GOOD
+    assert counter.signal is Signal.GOOD
 
 
 def test_a_upca_read_as_ean13_finds_its_price(counter):
@@ -52,13 +55,13 @@ def test_a_upca_read_as_ean13_finds_its_price(counter):
 def test_an_unknown_product_is_recorded_flagged_and_asks_for_attention(counter):
     event = counter.record(scan("6935750500019"))
     assert (event.kind, event.body["known"], event.body["unit_price"]) == ("sale", False, None)
-    assert signal_for(event) is Signal.ATTENTION
+    assert counter.signal is Signal.ATTENTION
 
 
 def test_a_misread_is_recorded_as_such_never_a_sale_and_sounds_an_error(counter):
     event = counter.record(scan("6901028075832"))
     assert (event.kind, event.body["reason"]) == ("misread", "check digit")
-    assert signal_for(event) is Signal.ERROR
+    assert counter.signal is Signal.ERROR
     assert [e.kind for e in counter.journal.read_after(0)] == ["price_list", "misread"]
 
 

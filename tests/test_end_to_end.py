@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import threading
 import time
 from collections import Counter
 
@@ -13,14 +11,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
-from drivers.input_event import pack
-from drivers.recording import type_text
 from provisioning import jws
 from provisioning.protocol import BATCH_TYPE, encode_batch
 from provisioning.identity import load_key
 from storage import Event
 
-from .harness import feed, price_list, scans, wait_until
+from .harness import LiveScanner, feed, price_list, scans, wait_until
 
 DEVICE = "shop-0001"
 
@@ -98,40 +94,6 @@ def test_200_scans_arrive_at_central_as_200_verified_sales(stack, shop, fifo):
         assert code.encode() not in raw
     for secret in (b"unit_price", b"Brand ", b"CNY"):
         assert secret not in raw
-
-
-class LiveScanner:
-    """A scanner typing in real time into the agent's FIFO, each key stamped when it is written.
-
-    The FIFO is held open read-write, so what is typed while the agent is down waits in
-    the pipe for the next agent, as keys wait in a reopened device's buffer.
-    """
-
-    def __init__(self, fifo, session):
-        self.fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        os.set_blocking(self.fd, True)
-        self.session = session
-        self.thread = threading.Thread(target=self._type)
-        self.done = threading.Event()
-
-    def _type(self):
-        for code, how in self.session:
-            events = type_text(code, start=time.time(), **how)
-            for event in events:  # one key at a time, at the pace its stamps say
-                delay = event.timestamp() - time.time()
-                if delay > 0:
-                    time.sleep(delay)
-                os.write(self.fd, pack(event))
-            time.sleep(0.12)  # the next customer
-        self.done.set()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.thread.join()
-        os.close(self.fd)
 
 
 def test_sigkills_mid_scan_book_no_fragment_and_lose_nothing_recorded(stack, shop, fifo):

@@ -76,7 +76,8 @@ def test_log_lines_carry_the_event_as_journal_fields_and_never_its_content():
     import logging
 
     from agent import logs
-    from agent.counter import log_recorded
+    from agent.counter import Outcome, log_recorded
+    from drivers.feedback import Signal
     from storage import Event
 
     sent: list[tuple[str, dict]] = []
@@ -87,8 +88,9 @@ def test_log_lines_carry_the_event_as_journal_fields_and_never_its_content():
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        log_recorded(Event(42, "sale", {"code": "6901028075831", "known": True, "unit_price": 2300,
-                                        "scanner": "/dev/input/event3"}))
+        log_recorded(Outcome(Signal.GOOD, (Event(42, "sale", {"code": "6901028075831", "known": True,
+                                                              "unit_price": 2300, "scanner": "/dev/input/event3"}),)),
+                     "/dev/input/event3")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -1,0 +1,94 @@
+"""Control barcodes: what the retailer scans, from a printed sheet, to tell the counter what comes next.
+
+Every control code starts with the reserved prefix ``CB:``, which no product
+barcode carries (EAN/UPC codes are digits; the prefix is reserved for
+counterbox in any Code 128 a shop may print), so a control code can never be
+taken for a product nor a product for a control code.
+
+| code | what it does |
+|---|---|
+| ``CB:QTY2`` ... ``CB:QTY10`` | the next product scan counts that many |
+| ``CB:0`` ... ``CB:9``, ``CB:DOT`` | key a number (or a keypad's digits) |
+| ``CB:QTY`` | the keyed number is the next scan's quantity |
+| ``CB:PRICE`` | the keyed number is the next sale's unit price (the shop's actual price) |
+| ``CB:CARTON`` | the next pack barcode counts as a carton of its product |
+| ``CB:VOID`` | void the last line sold or returned today |
+| ``CB:RETURN`` | the next scan is a return |
+| ``CB:RECEIVE`` | receiving: scans are what arrived |
+| ``CB:RECEIVE-ALL`` | the open order arrived in full |
+| ``CB:COUNT`` | stock count: scan every pack and carton on the shelf |
+| ``CB:CLOSE`` | close the receiving or the count |
+| ``CB:END-DAY`` | close the day with its totals |
+| ``CB:CANCEL`` | forget what was keyed or pending; again: leave the mode without closing it |
+
+A numeric keypad (``[[scanner.device]] keypad = true``) keys the same controls:
+its digits and point, ``*`` for ``CB:QTY``, ``/`` for ``CB:PRICE``, ``-`` for
+``CB:RETURN``, ``+`` for ``CB:CARTON``, Backspace, Delete or Esc for ``CB:CANCEL``.
+
+    control("CB:QTY3")     # Control(action='quantity', value=3)
+    control("6901028075831")  # None: a product
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "CB:"
+MAX_QUANTITY = 999  # a keyed quantity; more is a slip of the finger
+
+
+@dataclass(frozen=True)
+class Control:
+    action: str  # quantity, digit, keyed-quantity, price, carton, void, return, receive, receive-all, count, close, end-day, cancel
+    value: int | str | None = None  # the quantity of "quantity", the character of "digit"
+
+
+_FIXED = {
+    "QTY": "keyed-quantity", "PRICE": "price", "CARTON": "carton", "VOID": "void", "RETURN": "return",
+    "RECEIVE": "receive", "RECEIVE-ALL": "receive-all", "COUNT": "count", "CLOSE": "close", "END-DAY": "end-day",
+    "CANCEL": "cancel", "DOT": "digit",
+}
+
+
+def is_control(text: str) -> bool:
+    return text.startswith(PREFIX)
+
+
+def control(text: str) -> Control | None:
+    """The control a scanned code stands for; None for anything without the prefix.
+    A code with the prefix that names no control raises ValueError: never a sale."""
+    if not text.startswith(PREFIX):
+        return None
+    name = text[len(PREFIX):]
+    if name in _FIXED:
+        return Control(_FIXED[name], "." if name == "DOT" else None)
+    if len(name) == 1 and name.isdigit():
+        return Control("digit", name)
+    if name.startswith("QTY") and name[3:].isdigit() and 2 <= int(name[3:]) <= 10 and name[3] != "0":
+        return Control("quantity", int(name[3:]))
+    raise ValueError(f"{PREFIX} code {name[:16]!r} is no control this counter knows")
+
+
+# A numeric keypad's keys (drivers.keypad), as the sheet's codes: the same controls, keyed.
+KEYPAD: dict[str, str] = {
+    **{str(n): f"{PREFIX}{n}" for n in range(10)}, ".": f"{PREFIX}DOT", "*": f"{PREFIX}QTY", "/": f"{PREFIX}PRICE",
+    "-": f"{PREFIX}RETURN", "+": f"{PREFIX}CARTON", "cancel": f"{PREFIX}CANCEL",
+}
+
+# The printed sheet: each control's code and its label in Chinese and English, in the order printed.
+SHEET: list[tuple[str, str, str]] = [
+    *[(f"{PREFIX}QTY{n}", f"数量 ×{n}", f"Quantity ×{n}") for n in range(2, 11)],
+    *[(f"{PREFIX}{d}", f"数字 {d}", f"Digit {d}") for d in "0123456789"],
+    (f"{PREFIX}DOT", "小数点", "Decimal point"),
+    (f"{PREFIX}QTY", "输入数量", "Keyed quantity"),
+    (f"{PREFIX}PRICE", "实际售价", "Price override (keyed price, then the product)"),
+    (f"{PREFIX}CARTON", "整条", "Carton"),
+    (f"{PREFIX}VOID", "删除上一笔", "Void last line"),
+    (f"{PREFIX}RETURN", "退货", "Return"),
+    (f"{PREFIX}RECEIVE", "收货", "Receiving"),
+    (f"{PREFIX}RECEIVE-ALL", "整单收货", "Receive the whole order"),
+    (f"{PREFIX}COUNT", "盘点", "Stock count"),
+    (f"{PREFIX}CLOSE", "完成收货/盘点", "Close receiving or count"),
+    (f"{PREFIX}END-DAY", "日结", "End of day"),
+    (f"{PREFIX}CANCEL", "取消", "Cancel"),
+]

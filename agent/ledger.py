@@ -1,0 +1,247 @@
+"""The ledger: what the journal's events add up to. Stock, each day's sales, counts and receipts.
+
+It is a view, never a store: folding the events in order, one by one, gives
+it, and the box and central fold the same events with this same code, so they
+agree to the fen. The counter keeps one up to date as it records (it needs
+the stock, today's lines and the open sessions); a report folds the whole
+journal with ``keep_days=True``.
+
+    ledger = Ledger(keep_days=True)
+    for event in events:
+        ledger.apply(event.seq, event.kind, event.body)
+    ledger.stock["06901028075831"]          # packs on the shelf
+    ledger.days["2026-11-29"].products      # that day's sales, by product
+
+Quantities are packs; amounts are in the currency's minor unit (fen). A
+return counts as a negative sale; a void takes its line back out of its day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.barcode import classify
+
+
+@dataclass
+class Totals:
+    """Sales of one product on one day (or of all products): returns and voids already netted."""
+    lines: int = 0  # lines sold or returned, less those voided
+    packs: int = 0
+    amount: int = 0
+    cost: int = 0  # what the priced-and-costed part cost the shop
+    uncosted: int = 0  # the part of ``amount`` whose cost the price list did not give
+    unpriced: int = 0  # lines of products sold without a price (not on the list)
+
+    @property
+    def margin(self) -> int:
+        return self.amount - self.uncosted - self.cost
+
+    def add(self, line: "Line", sign: int) -> None:
+        self.lines += sign  # a return is a line too; its packs and amounts are negative
+        self.packs += sign * line.packs
+        self.amount += sign * line.amount
+        if line.cost is None:
+            self.uncosted += sign * line.amount
+        else:
+            self.cost += sign * line.cost
+        if line.amount_unknown:
+            self.unpriced += sign
+
+    def as_json(self) -> dict[str, int]:
+        return {"lines": self.lines, "packs": self.packs, "amount": self.amount, "cost": self.cost,
+                "uncosted": self.uncosted, "margin": self.margin, "unpriced": self.unpriced}
+
+
+@dataclass(frozen=True)
+class Line:
+    """A sale or a return, as the ledger counts it: signed packs and amounts (a return's are negative)."""
+    seq: int
+    kind: str  # sale, return
+    day: str
+    product: str
+    packs: int
+    amount: int
+    cost: int | None
+    amount_unknown: bool
+
+
+@dataclass
+class Day:
+    products: dict[str, Totals] = field(default_factory=dict)
+    total: Totals = field(default_factory=Totals)
+    closed: dict[str, Any] | None = None  # the day_closed event's body, once closed
+
+    def add(self, line: Line, sign: int) -> None:
+        self.products.setdefault(line.product, Totals()).add(line, sign)
+        self.total.add(line, sign)
+
+
+@dataclass
+class Session:
+    """A receiving or a stock count under way."""
+    mode: str  # receiving, counting
+    seq: int  # the event that started it
+    order: str | None = None  # receiving: the order being received
+    packs: dict[str, int] = field(default_factory=dict)  # by product: received or counted so far
+    last_at: str = ""  # the time of its latest event
+
+
+def line_of(seq: int, kind: str, body: dict[str, Any]) -> Line:
+    sign = -1 if kind == "return" else 1
+    quantity = body.get("quantity", 1)
+    price = body.get("unit_price")
+    cost = body.get("cost")
+    return Line(seq=seq, kind=kind, day=day_of(body), product=body.get("product") or classify(body["code"]).key,
+                packs=sign * body.get("packs", quantity), amount=sign * quantity * (price or 0),
+                cost=None if cost is None or price is None else sign * quantity * cost,
+                amount_unknown=price is None)
+
+
+def day_of(body: dict[str, Any]) -> str:
+    """The shop's day an event belongs to: the counter writes it; older events fall back to their UTC date."""
+    return body.get("day") or (body.get("scanned_at") or body.get("at") or "")[:10]
+
+
+@dataclass
+class Ledger:
+    keep_days: bool = False  # every day's sales (reports) or only the latest day's (the counter)
+    stock: dict[str, int] = field(default_factory=dict)  # packs, by product
+    names: dict[str, str] = field(default_factory=dict)  # by product, as last seen
+    # Products whose stock is known: received or counted at least once. Before that a product's stock
+    # is only what was sold of it (a box starts with no idea of the shelf), so it is never "negative".
+    tracked: set[str] = field(default_factory=set)
+    negative: dict[str, int] = field(default_factory=dict)  # tracked product -> the seq that took it below zero
+    days: dict[str, Day] = field(default_factory=dict)
+    lines: dict[int, Line] = field(default_factory=dict)  # the latest day's, for voids
+    # The prices products actually sold at, by day: seq -> (product, unit, unit price, list price).
+    sale_prices: dict[str, dict[int, tuple[str, str, int, int | None]]] = field(default_factory=dict)
+    voided: set[int] = field(default_factory=set)
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # open orders by name: their latest body
+    session: Session | None = None
+    counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
+    receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
+    last_seq: int = 0
+
+    def apply(self, seq: int, kind: str, body: dict[str, Any]) -> None:
+        """Fold one event in; events come in sequence order, each once."""
+        self.last_seq = seq
+        handler = _HANDLERS.get(kind)
+        if handler is not None:
+            handler(self, seq, body)
+
+    def day(self, name: str) -> Day:
+        if name not in self.days:
+            if self.days and name > max(self.days):
+                # Voids reach only into their own day: older lines are done with.
+                self.lines = {s: line for s, line in self.lines.items() if line.day >= name}
+                if not self.keep_days:  # the counter keeps only the latest day
+                    self.days.clear()
+                    self.sale_prices.clear()
+            self.days[name] = Day()
+        return self.days[name]
+
+    def voidable(self, day: str) -> Line | None:
+        """The latest line sold or returned on ``day`` that is not voided yet."""
+        for seq in sorted(self.lines, reverse=True):
+            line = self.lines[seq]
+            if line.day == day and seq not in self.voided:
+                return line
+        return None
+
+    def open_order(self) -> dict[str, Any] | None:
+        """The latest order not yet received, if any."""
+        return max(self.orders.values(), key=lambda order: order["_seq"]) if self.orders else None
+
+    def _move(self, seq: int, product: str, packs: int, body: dict[str, Any] | None = None) -> None:
+        after = self.stock.get(product, 0) + packs
+        self.stock[product] = after
+        self._name(product, body)
+        if after < 0 and product in self.tracked:
+            self.negative.setdefault(product, seq)
+        else:
+            self.negative.pop(product, None)
+
+    def _name(self, product: str, body: dict[str, Any] | None) -> None:
+        """A product is called by its pack's name (``product_name``); by the unit's where no pack was listed."""
+        if body is None:
+            return
+        if body.get("product_name"):
+            self.names[product] = body["product_name"]
+        elif body.get("name") and product not in self.names:
+            self.names[product] = body["name"]
+
+    # -- one handler per kind ------------------------------------------------------------
+
+    def _line(self, seq: int, body: dict[str, Any], kind: str) -> None:
+        line = line_of(seq, kind, body)
+        self.day(line.day).add(line, 1)
+        self.lines[seq] = line
+        if kind == "sale" and body.get("unit_price") is not None:
+            self.sale_prices.setdefault(line.day, {})[seq] = (
+                line.product, body.get("unit", "pack"), body["unit_price"], body.get("list_price"))
+        self._move(seq, line.product, -line.packs, body)
+
+    def _void(self, seq: int, body: dict[str, Any]) -> None:
+        line = self.lines.get(body["voids"])
+        if line is None or line.seq in self.voided:
+            return  # the counter voids only lines it holds; nothing else to take back
+        self.voided.add(line.seq)
+        self.day(line.day).add(line, -1)
+        self.sale_prices.get(line.day, {}).pop(line.seq, None)
+        self._move(seq, line.product, line.packs)
+
+    def _received(self, seq: int, body: dict[str, Any]) -> None:
+        self.tracked.add(body["product"])
+        self._move(seq, body["product"], body["packs"], body)
+        if self.session is not None and self.session.mode == "receiving":
+            self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) + body["packs"]
+            self.session.last_at = body.get("at", "")
+
+    def _counted(self, seq: int, body: dict[str, Any]) -> None:
+        if self.session is not None and self.session.mode == "counting":
+            self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) + body["packs"]
+            self.session.last_at = body.get("at", "")
+        self._name(body["product"], body)
+
+    def _count_closed(self, seq: int, body: dict[str, Any]) -> None:
+        for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
+            self.tracked.add(line["product"])
+            self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
+        self.counts.append({"seq": seq, **body})
+        self.session = None
+
+    def _receiving_closed(self, seq: int, body: dict[str, Any]) -> None:
+        if body.get("order"):
+            self.orders.pop(body["order"], None)
+        self.receipts.append({"seq": seq, **body})
+        self.session = None
+
+    def _started(self, seq: int, body: dict[str, Any], mode: str) -> None:
+        self.session = Session(mode=mode, seq=seq, order=body.get("order"), last_at=body.get("at", ""))
+
+    def _ended(self, seq: int, body: dict[str, Any]) -> None:
+        self.session = None
+
+    def _order(self, seq: int, body: dict[str, Any]) -> None:
+        self.orders[body["name"]] = {**body, "_seq": seq}
+
+    def _day_closed(self, seq: int, body: dict[str, Any]) -> None:
+        self.day(body["day"]).closed = body
+
+
+_HANDLERS = {
+    "sale": lambda ledger, seq, body: ledger._line(seq, body, "sale"),
+    "return": lambda ledger, seq, body: ledger._line(seq, body, "return"),
+    "void": Ledger._void,
+    "received": Ledger._received,
+    "counted": Ledger._counted,
+    "count_started": lambda ledger, seq, body: ledger._started(seq, body, "counting"),
+    "receiving_started": lambda ledger, seq, body: ledger._started(seq, body, "receiving"),
+    "count_closed": Ledger._count_closed,
+    "receiving_closed": Ledger._receiving_closed,
+    "mode_ended": Ledger._ended,
+    "order": Ledger._order,
+    "day_closed": Ledger._day_closed,
+}

@@ -1,0 +1,46 @@
+"""Orders: what the company sends a shop, line by line, to be received at the counter.
+
+An order reaches the box as a document signed by operations (the fleet link),
+or, offline, as a CSV file loaded with ``counterbox order load``:
+
+    barcode,name,quantity
+    6901028075831,Hongtashan (pack),20
+    6901028075848,Hongtashan (carton),5
+
+A line's quantity is in the units its barcode stands for (a carton barcode:
+cartons). Either way the order is an ``order`` event in the journal; the
+counter receives it in full (``CB:RECEIVE-ALL``) or line by line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drivers.barcode import classify
+
+
+class OrderError(Exception):
+    """An order file that cannot be loaded; says which line and why."""
+
+
+MAX_QUANTITY = 100_000
+
+
+def parse_csv(text: str) -> list[dict[str, Any]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or not {"barcode", "quantity"} <= set(reader.fieldnames):
+        raise OrderError("the first line must be a header naming at least the columns barcode and quantity")
+    lines = []
+    for number, row in enumerate(reader, start=2):
+        barcode, quantity = (row.get("barcode") or "").strip(), (row.get("quantity") or "").strip()
+        if not barcode or not classify(barcode).valid:
+            raise OrderError(f"line {number}: barcode {barcode!r} fails its check digit")
+        if not quantity.isdigit() or not 1 <= int(quantity) <= MAX_QUANTITY:
+            raise OrderError(f"line {number}: quantity {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
+        lines.append({"barcode": barcode, "name": (row.get("name") or "").strip(), "quantity": int(quantity)})
+    if not lines:
+        raise OrderError("the order has no lines")
+    return lines

@@ -1,0 +1,172 @@
+"""Reports: the ledger's figures as tables for people and JSON for programs.
+
+The box (`counterbox report ...`, for the technician on site) and central
+(`counterbox-central report ...`, per shop and per region) fold the same
+events with ``agent.ledger`` and print them with these functions, so both
+say the same to the fen.
+
+    ledger = fold(events)                        # (seq, kind, body), in order
+    report = sales(ledger, week_of("2026-11-29"))
+    print(sales_table(report))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+from typing import Any
+
+from .ledger import Ledger, Totals
+
+
+def fold(events: Iterable[tuple[int, str, dict[str, Any]]]) -> Ledger:
+    ledger = Ledger(keep_days=True)
+    for seq, kind, body in events:
+        ledger.apply(seq, kind, body)
+    return ledger
+
+
+def day_argument(text: str) -> str:
+    """A day given on a command line (YYYY-MM-DD), for argparse's ``type=``."""
+    import argparse
+
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-29") from None
+
+
+def week_of(day: str) -> list[str]:
+    """The days, Monday to Sunday, of the ISO week that holds ``day`` (YYYY-MM-DD)."""
+    start = date.fromisoformat(day) - timedelta(days=date.fromisoformat(day).weekday())
+    return [(start + timedelta(days=n)).isoformat() for n in range(7)]
+
+
+def _totals_json(totals: Totals) -> dict[str, int]:
+    return totals.as_json()
+
+
+def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
+    """Sales by product over ``days``: lines, packs, amount, cost and gross margin, and their total."""
+    products: dict[str, Totals] = {}
+    total = Totals()
+    closed = []
+    for name in days:
+        day = ledger.days.get(name)
+        if day is None:
+            continue
+        for product, totals in day.products.items():
+            _add(products.setdefault(product, Totals()), totals)
+        _add(total, day.total)
+        if day.closed is not None:
+            closed.append(name)
+    return {
+        "days": days,
+        "closed": closed,
+        # A product whose every line was voided is left out; one sold and returned stays (its lines say so).
+        "products": [{"product": p, "name": ledger.names.get(p), **_totals_json(t)}
+                     for p, t in sorted(products.items(), key=lambda item: (-item[1].amount, item[0])) if t.lines],
+        "total": _totals_json(total),
+    }
+
+
+def _add(into: Totals, other: Totals) -> None:
+    for name in ("lines", "packs", "amount", "cost", "uncosted", "unpriced"):
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+
+
+def merge_sales(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several shops' sales reports over the same days as one (a region's)."""
+    products: dict[str, dict[str, Any]] = {}
+    total = {"lines": 0, "packs": 0, "amount": 0, "cost": 0, "uncosted": 0, "margin": 0, "unpriced": 0}
+    for report in reports:
+        for row in report["products"]:
+            merged = products.setdefault(row["product"], {"product": row["product"], "name": row["name"],
+                                                          **{k: 0 for k in total}})
+            merged["name"] = merged["name"] or row["name"]
+            for k in total:
+                merged[k] += row[k]
+        for k in total:
+            total[k] += report["total"][k]
+    days = reports[0]["days"] if reports else []
+    return {"days": days, "closed": [], "total": total,
+            "products": sorted(products.values(), key=lambda row: (-row["amount"], row["product"]))}
+
+
+def stock(ledger: Ledger) -> dict[str, Any]:
+    """Packs on the shelf by product as the events say; which are known (received or counted) and
+    which are below zero, since which event."""
+    rows = [{"product": p, "name": ledger.names.get(p), "packs": packs, "tracked": p in ledger.tracked,
+             "negative_since": ledger.negative.get(p)} for p, packs in sorted(ledger.stock.items())]
+    return {"products": rows, "negative": [row for row in rows if row["negative_since"] is not None]}
+
+
+def counts(ledger: Ledger) -> list[dict[str, Any]]:
+    """Each closed stock count with the products whose count differed from the ledger."""
+    return [{"seq": count["seq"], "at": count.get("at"), "products": len(count["lines"]),
+             "differences": [line for line in count["lines"] if line["difference"]]} for count in ledger.counts]
+
+
+def receipts(ledger: Ledger) -> list[dict[str, Any]]:
+    """Each closed receiving, with the lines that differ from the order."""
+    return [{"seq": receipt["seq"], "at": receipt.get("at"), "order": receipt.get("order"),
+             "differences": [line for line in receipt["lines"] if line["difference"]]} for receipt in ledger.receipts]
+
+
+# -- tables ------------------------------------------------------------------------------
+
+def money(minor: int) -> str:
+    """Minor units as a decimal amount, exactly: 23050 -> 230.50, -5 -> -0.05."""
+    sign = "-" if minor < 0 else ""
+    whole, fen = divmod(abs(minor), 100)
+    return f"{sign}{whole}.{fen:02d}"
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [["" if value is None else str(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) if i == 0 or i == 1 else cell.rjust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def sales_table(report: dict[str, Any]) -> str:
+    days = report["days"]
+    span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+    rows = [[row["product"], row["name"] or "(not on the price list)", row["lines"], row["packs"],
+             money(row["amount"]), money(row["cost"]), money(row["margin"])] for row in report["products"]]
+    total = report["total"]
+    rows.append(["total", "", total["lines"], total["packs"], money(total["amount"]), money(total["cost"]),
+                 money(total["margin"])])
+    notes = []
+    if total["uncosted"]:
+        notes.append(f"{money(total['uncosted'])} of sales have no cost price: left out of the margin")
+    if total["unpriced"]:
+        notes.append(f"{total['unpriced']} lines of products not on the price list, sold without a price")
+    if report["closed"]:
+        notes.append(f"closed: {', '.join(report['closed'])}")
+    return "\n".join([f"Sales {span}", table(["product", "name", "lines", "packs", "amount", "cost", "margin"], rows),
+                      *notes])
+
+
+def stock_table(report: dict[str, Any]) -> str:
+    rows = [[row["product"], row["name"], row["packs"], "yes" if row["tracked"] else "not yet",
+             f"since seq {row['negative_since']}" if row["negative_since"] is not None else ""]
+            for row in report["products"]]
+    lines = ["Stock (packs)", table(["product", "name", "packs", "counted", "below zero"], rows)]
+    if report["negative"]:
+        lines.append(f"{len(report['negative'])} products below zero: count them and find the cause")
+    return "\n".join(lines)
+
+
+def differences_table(title: str, reports: list[dict[str, Any]], expected: str, actual: str) -> str:
+    lines = [title]
+    for report in reports:
+        about = f" order {report['order']}" if report.get("order") else ""
+        lines.append(f"seq {report['seq']} at {report['at']}{about}: {len(report['differences'])} differences")
+        if report["differences"]:
+            lines.append(table(["product", "name", expected, actual, "difference"],
+                               [[d["product"], d["name"], d[expected], d[actual], d["difference"]]
+                                for d in report["differences"]]))
+    return "\n".join(lines)

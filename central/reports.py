@@ -1,0 +1,107 @@
+"""Central's reports: the boxes' own figures, from the events central holds, per shop and per region.
+
+Each device's events are folded by ``agent.ledger`` exactly as the box folds
+its journal, so a shop's sales here and on its box agree to the fen. A shop
+is every device registered to it (a box that was replaced, and its
+successor); a region is every shop in it.
+
+    store = CentralStore(path)
+    report = sales(store, days=["2026-11-29"], region="honghe")
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from dataclasses import dataclass
+from typing import Any
+
+from agent import reports
+from agent.ledger import Ledger
+
+from .store import CentralStore
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which devices a report covers: one device, one shop's, one region's, or all."""
+    device: str | None = None
+    shop: str | None = None
+    region: str | None = None
+    monitoring: bool = False  # monitoring points only
+
+    def devices(self, store: CentralStore) -> list[tuple[str, str]]:
+        """(device id, shop) of every device in scope, in order."""
+        chosen = []
+        for device_id in store.device_ids():
+            device = store.device(device_id)
+            if device is None or (self.device and device_id != self.device) or (self.shop and device.shop != self.shop):
+                continue
+            if self.region and device.region != self.region:
+                continue
+            if self.monitoring:
+                shop = store.shop(device.shop) if device.shop else None
+                if shop is None or not shop.monitoring:
+                    continue
+            chosen.append((device_id, device.shop or device_id))
+        return chosen
+
+
+def ledgers(store: CentralStore, scope: Scope) -> dict[str, list[Ledger]]:
+    """Each shop's devices' ledgers, by shop (a device with no shop is its own)."""
+    by_shop: dict[str, list[Ledger]] = {}
+    for device_id, shop in scope.devices(store):
+        by_shop.setdefault(shop, []).append(reports.fold(store.device_events(device_id)))
+    return by_shop
+
+
+def sales(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
+    """Sales over ``days``: per shop, and all of them together."""
+    shops = {shop: reports.merge_sales([reports.sales(ledger, days) for ledger in found])
+             for shop, found in ledgers(store, scope).items()}
+    total = reports.merge_sales(list(shops.values())) if shops else reports.merge_sales([])
+    total["days"] = days
+    return {"days": days, "shops": shops, "total": total}
+
+
+def stock(store: CentralStore, scope: Scope) -> dict[str, Any]:
+    """Each shop's stock by product (its devices' together), and its products below zero."""
+    result = {}
+    for shop, found in ledgers(store, scope).items():
+        rows: dict[str, dict[str, Any]] = {}
+        for ledger in found:
+            for row in reports.stock(ledger)["products"]:
+                merged = rows.setdefault(row["product"], {**row, "packs": 0})
+                merged["packs"] += row["packs"]
+                merged["name"] = merged["name"] or row["name"]
+                merged["tracked"] = merged["tracked"] or row["tracked"]
+                merged["negative_since"] = merged["negative_since"] or row["negative_since"]
+        products = [rows[p] for p in sorted(rows)]
+        result[shop] = {"products": products, "negative": [r for r in products if r["negative_since"] is not None]}
+    return result
+
+
+def prices(store: CentralStore, days: list[str], scope: Scope) -> list[dict[str, Any]]:
+    """Market monitoring: per shop and product, the list price, the prices the shop actually sold at
+    over ``days`` (the most frequent first), and its stock now."""
+    rows = []
+    for shop, found in ledgers(store, scope).items():
+        actual: dict[str, Tally] = {}
+        listed: dict[str, int | None] = {}
+        stock: dict[str, int] = {}
+        names: dict[str, str | None] = {}
+        for ledger in found:
+            for day in days:
+                for product, unit, price, list_price in ledger.sale_prices.get(day, {}).values():
+                    actual.setdefault(product, Tally())[(unit, price)] += 1
+                    listed[product] = list_price
+            for product, packs in ledger.stock.items():
+                stock[product] = stock.get(product, 0) + packs
+            names.update({p: n for p, n in ledger.names.items() if n})
+        for product in sorted(set(actual) | {p for p, n in stock.items() if n}):
+            seen = actual.get(product, Tally())
+            rows.append({"shop": shop, "product": product, "name": names.get(product),
+                         "list_price": listed.get(product),
+                         "actual_prices": [{"unit": unit, "price": price, "lines": n}
+                                           for (unit, price), n in seen.most_common()],
+                         "stock": stock.get(product, 0)})
+    return rows

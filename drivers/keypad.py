@@ -1,0 +1,81 @@
+"""A USB numeric keypad at the counter: each key press is one key, never part of a barcode.
+
+A shop that has a keypad keys quantities and prices on it instead of scanning
+digits off the control sheet. It is read like a scanner (the kernel's
+input_event records, grabbed), but its keys are taken one by one, by their
+key codes, whatever Num Lock says, and a person's pace is its normal pace:
+
+    keypad = Keypad("/dev/input/event5")
+    for event in events:
+        result = keypad.feed(event)    # None, a Keypress("7"), or NotABarcode after a drop
+
+Keys: ``0``-``9`` and ``.`` (the keypad's, or the main row's), ``*``, ``/``,
+``-``, ``+``, ``enter``, and ``cancel`` (Backspace, Delete or Escape). What
+each means at the counter is the counter's business (``agent.controls``).
+Keys lost to the kernel's SYN_DROPPED are a NotABarcode: the number being
+keyed is not what was typed, and the counter refuses it whole.
+
+It offers the decoder's interface (``opened``, ``idle``, ``pending``,
+``resync``, ``unplugged``), so the scanner manager reads both alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from evdev import InputEvent, ecodes
+
+from .decoder import DROPPED, KEY_DOWN, NotABarcode
+
+KEYS: dict[int, str] = {
+    **{getattr(ecodes, f"KEY_KP{n}"): str(n) for n in range(10)},
+    **{getattr(ecodes, f"KEY_{n}"): str(n) for n in range(10)},
+    ecodes.KEY_KPDOT: ".", ecodes.KEY_DOT: ".", ecodes.KEY_KPCOMMA: ".",
+    ecodes.KEY_KPASTERISK: "*", ecodes.KEY_KPSLASH: "/", ecodes.KEY_KPMINUS: "-", ecodes.KEY_KPPLUS: "+",
+    ecodes.KEY_KPENTER: "enter", ecodes.KEY_ENTER: "enter",
+    ecodes.KEY_BACKSPACE: "cancel", ecodes.KEY_DELETE: "cancel", ecodes.KEY_ESC: "cancel",
+}
+
+
+@dataclass(frozen=True)
+class Keypress:
+    """One key of a keypad, pressed at ``at`` (kernel time)."""
+
+    key: str
+    source: str
+    at: float
+
+
+@dataclass
+class Keypad:
+    source: str
+    resync_pending: bool = False  # never: a key is whole in its one event
+    _dropping: bool = False
+
+    idle_after = 1.0
+    pending = False
+
+    def opened(self, at: float) -> None:
+        """Nothing to refuse: a key pressed before the keypad was opened is one key, seen whole or not at all."""
+
+    def feed(self, event: InputEvent) -> Keypress | NotABarcode | None:
+        if event.type == ecodes.EV_SYN:
+            if event.code == ecodes.SYN_DROPPED:
+                self._dropping = True
+                return NotABarcode("", self.source, DROPPED)
+            if event.code == ecodes.SYN_REPORT:
+                self._dropping = False
+            return None
+        if event.type != ecodes.EV_KEY or event.value != KEY_DOWN or self._dropping:
+            return None  # key-ups, autorepeat, what came with a drop
+        key = KEYS.get(event.code)
+        return Keypress(key, self.source, event.timestamp()) if key else None
+
+    def idle(self, now: float) -> None:
+        return None
+
+    def resync(self, held: frozenset[int]) -> None:
+        self.resync_pending = False
+
+    def unplugged(self) -> str:
+        return ""

@@ -1,0 +1,377 @@
+"""The counter driven by a scanner and a sheet of control codes: selling, receiving, counting, a day's close."""
+
+import os
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent import controls, reports
+from agent.counter import Counter
+from agent.prices import parse_csv
+from drivers.decoder import NotABarcode, Scan
+from drivers.feedback import Signal
+from storage import Journal
+
+PACK, CARTON = "6901028075831", "6901028075848"
+GUM = "96385074"  # a pack with no carton row
+UNKNOWN = "6935750500019"
+PRICES = (
+    "barcode,name,price,unit,packs,cost,product\n"
+    f"{PACK},Hongtashan (pack),23.00,pack,1,19.50,\n"
+    f"{CARTON},Hongtashan (carton),225.00,carton,10,195.00,{PACK}\n"
+    f"{GUM},Gum,1.50,,,1.00,\n"
+)
+NOON = 1_796_011_200.0  # 2026-11-30T12:00 in Shanghai (04:00Z)
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Shop:
+    """A counter with its journal, scanned at as the store's thread runs it."""
+
+    def __init__(self, journal):
+        self.journal = journal
+        self.clock = Clock()
+        self.counter = Counter(timezone=SHANGHAI, clock=self.clock, mode_timeout=600, pending_timeout=60)
+        self.at = NOON
+        self.heard: list[Signal] = []
+
+    def scan(self, *codes):
+        """Scan each code in turn; return the events the last one recorded."""
+        for code in codes:
+            self.at += 2
+            self.clock.now += 2
+            with self.journal.transaction():
+                outcome = self.counter.record(self.journal, Scan(code, "/dev/input/event3", self.at - 0.05, self.at))
+            self.heard.append(outcome.signal)
+        return outcome.events
+
+    def key(self, number):
+        return [f"CB:{'DOT' if c == '.' else c}" for c in number]
+
+    @property
+    def signal(self):
+        return self.heard[-1]
+
+    def ledger(self):
+        return reports.fold((e.seq, e.kind, e.body) for e in self.journal.read_after(0, limit=100_000))
+
+    def stock(self, code=PACK):
+        return self.ledger().stock.get(self.counter.ledger.names and _key(code), 0)
+
+    def today(self):
+        return reports.sales(self.ledger(), [self.counter.day(self.at)])
+
+
+def _key(code):
+    from agent.catalog import product_key
+    return product_key(code)
+
+
+@pytest.fixture
+def shop(tmp_path):
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    journal.append("price_list", {"currency": "CNY", "items": [item.as_json() for item in parse_csv(PRICES)]})
+    yield Shop(journal)
+    journal.close()
+
+
+# -- selling -----------------------------------------------------------------------------
+
+def test_a_pack_sells_one_pack_at_its_list_price(shop):
+    [sale] = shop.scan(PACK)
+    body = sale.body
+    assert (sale.kind, body["quantity"], body["packs"], body["unit_price"], body["cost"], body["day"]) == (
+        "sale", 1, 1, 2300, 1950, "2026-11-30")
+    assert (body["product"], body["price_source"], body["unit"]) == (_key(PACK), "list", "pack")
+    assert shop.signal is Signal.GOOD
+
+
+def test_a_carton_barcode_sells_its_packs_at_the_carton_price(shop):
+    [sale] = shop.scan(CARTON)
+    assert (sale.body["unit"], sale.body["quantity"], sale.body["packs"], sale.body["unit_price"]) == ("carton", 1, 10, 22500)
+    assert sale.body["product"] == _key(PACK)  # the same stock as the pack's
+
+
+def test_the_carton_control_makes_a_pack_scan_a_carton_of_its_product(shop):
+    [sale] = shop.scan("CB:CARTON", PACK)
+    assert (sale.body["unit"], sale.body["packs"], sale.body["unit_price"]) == ("carton", 10, 22500)
+    [gum] = shop.scan("CB:CARTON", GUM)  # no carton row: ten packs at ten times the pack's price
+    assert (gum.body["packs"], gum.body["unit_price"], gum.body["cost"]) == (10, 1500, 1000)
+
+
+@pytest.mark.parametrize("n", range(2, 11))
+def test_a_quantity_code_counts_the_next_scan_that_many_times_and_only_the_next(shop, n):
+    [sale] = shop.scan(f"CB:QTY{n}", PACK)
+    assert (sale.body["quantity"], sale.body["packs"]) == (n, n)
+    [next_sale] = shop.scan(PACK)
+    assert next_sale.body["quantity"] == 1
+
+
+def test_a_keyed_quantity_counts_the_next_scan(shop):
+    [sale] = shop.scan(*shop.key("24"), "CB:QTY", CARTON)
+    assert (sale.body["quantity"], sale.body["packs"]) == (24, 240)
+
+
+@pytest.mark.parametrize("keyed", ["", "0", "1000", "2.5"])
+def test_a_keyed_quantity_that_is_no_quantity_is_refused_and_forgotten(shop, keyed):
+    assert shop.scan(*shop.key(keyed), "CB:QTY") == ()
+    assert shop.signal is Signal.ERROR
+    [sale] = shop.scan(PACK)
+    assert sale.body["quantity"] == 1
+
+
+def test_a_keyed_price_sells_at_the_shops_actual_price(shop):
+    [sale] = shop.scan(*shop.key("21.5"), "CB:PRICE", PACK)
+    assert (sale.body["unit_price"], sale.body["list_price"], sale.body["price_source"]) == (2150, 2300, "keyed")
+    assert shop.signal is Signal.GOOD
+    [unknown] = shop.scan(*shop.key("8"), "CB:PRICE", UNKNOWN)  # a product off the list, at the price keyed
+    assert (unknown.body["unit_price"], unknown.body["known"], unknown.body["list_price"]) == (800, False, None)
+    assert shop.signal is Signal.GOOD
+
+
+@pytest.mark.parametrize("keyed", ["", ".", "1.234", "1234567890", "1..5"])
+def test_a_keyed_price_that_is_no_price_is_refused(shop, keyed):
+    shop.scan(*shop.key(keyed), "CB:PRICE")
+    assert Signal.ERROR in shop.heard
+    [sale] = shop.scan(PACK)
+    assert sale.body["unit_price"] == 2300
+
+
+def test_a_return_is_its_own_event_and_takes_the_sale_back_out_of_the_day(shop):
+    shop.scan(PACK, PACK, CARTON)
+    [returned] = shop.scan("CB:RETURN", PACK)
+    assert (returned.kind, returned.body["packs"], returned.body["unit_price"]) == ("return", 1, 2300)
+    total = shop.today()["total"]
+    assert (total["packs"], total["amount"], total["lines"]) == (11, 2300 + 22500, 4)  # lines: sold and returned
+
+
+def test_void_takes_back_the_last_line_and_then_the_one_before(shop):
+    first, second = shop.scan(PACK)[0], shop.scan(CARTON)[0]
+    [void] = shop.scan("CB:VOID")
+    assert (void.kind, void.body["voids"]) == ("void", second.seq)
+    [void] = shop.scan("CB:VOID")
+    assert void.body["voids"] == first.seq
+    assert shop.scan("CB:VOID") == () and shop.signal is Signal.ERROR  # nothing left to void today
+    assert shop.today()["total"]["amount"] == 0
+    assert [e.kind for e in shop.journal.read_after(0)][-4:] == ["sale", "sale", "void", "void"]  # nothing edited
+
+
+def test_void_never_reaches_into_yesterday(shop):
+    shop.scan(PACK)
+    shop.at += 86_400
+    assert shop.scan("CB:VOID") == () and shop.signal is Signal.ERROR
+
+
+def test_an_unknown_product_is_sold_without_a_price_and_asks_for_attention(shop):
+    [sale] = shop.scan(UNKNOWN)
+    assert (sale.body["known"], sale.body["unit_price"], sale.body["product"]) == (False, None, _key(UNKNOWN))
+    assert shop.signal is Signal.ATTENTION
+    assert shop.today()["total"]["unpriced"] == 1
+
+
+def test_cancel_forgets_what_was_keyed_and_pending(shop):
+    shop.scan(*shop.key("9"), "CB:QTY5", "CB:RETURN", "CB:CANCEL")
+    [sale] = shop.scan(PACK)
+    assert (sale.kind, sale.body["quantity"]) == ("sale", 1)
+
+
+def test_what_is_pending_times_out_with_an_attention_signal(shop):
+    shop.scan("CB:QTY5")
+    shop.clock.now += 59
+    with shop.journal.transaction():
+        assert shop.counter.expire(shop.journal) is None
+    shop.clock.now += 2
+    with shop.journal.transaction():
+        assert shop.counter.expire(shop.journal).signal is Signal.ATTENTION
+    [sale] = shop.scan(PACK)
+    assert sale.body["quantity"] == 1
+
+
+@pytest.mark.parametrize("code", ["CB:", "CB:QTY1", "CB:QTY11", "CB:QTY05", "CB:FOO", "CB:" + "9" * 300])
+def test_a_control_prefix_with_no_control_is_refused_never_a_sale(shop, code):
+    [refused] = shop.scan(code)
+    assert refused.kind == "refused" and shop.signal is Signal.ERROR
+    assert len(refused.body["text"]) <= 256
+
+
+def test_every_code_on_the_sheet_is_a_control():
+    assert len({code for code, _, _ in controls.SHEET}) == len(controls.SHEET)
+    for code, chinese, english in controls.SHEET:
+        assert controls.control(code) is not None and chinese and english
+
+
+# -- stock -------------------------------------------------------------------------------
+
+def test_stock_is_received_sold_and_counted_in_packs(shop):
+    shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
+        {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 3},
+        {"barcode": GUM, "name": "Gum", "quantity": 20}]})
+    events = shop.scan("CB:RECEIVE-ALL")
+    assert [e.kind for e in events] == ["received", "received", "receiving_closed"]
+    assert shop.signal is Signal.GOOD
+    shop.scan(CARTON, PACK, "CB:QTY3", GUM)
+    ledger = shop.ledger()
+    assert (ledger.stock[_key(PACK)], ledger.stock[_key(GUM)]) == (30 - 11, 20 - 3)
+    assert ledger.orders == {}  # received: no order open
+
+
+def test_receiving_line_by_line_records_the_differences_against_the_order(shop):
+    shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
+        {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 2},
+        {"barcode": GUM, "name": "Gum", "quantity": 10}]})
+    [started] = shop.scan("CB:RECEIVE")
+    assert (started.kind, started.body["order"]) == ("receiving_started", "order/w48")
+    shop.scan(CARTON, "CB:CARTON", PACK, "CB:QTY5", GUM, UNKNOWN)  # 20 packs, 5 of 10 gum, one surprise
+    assert shop.ledger().stock[_key(PACK)] == 20  # stock rises as the goods are scanned in
+    [closed] = shop.scan("CB:CLOSE")
+    assert shop.signal is Signal.ATTENTION  # it differs from the order
+    lines = {line["product"]: line for line in closed.body["lines"]}
+    assert (lines[_key(PACK)]["ordered"], lines[_key(PACK)]["received"], lines[_key(PACK)]["difference"]) == (20, 20, 0)
+    assert (lines[_key(GUM)]["ordered"], lines[_key(GUM)]["received"], lines[_key(GUM)]["difference"]) == (10, 5, -5)
+    assert lines[_key(UNKNOWN)]["difference"] == 1
+    [receipt] = reports.receipts(shop.ledger())
+    assert {d["product"] for d in receipt["differences"]} == {_key(GUM), _key(UNKNOWN)}
+    [sale] = shop.scan(PACK)  # back to selling
+    assert sale.kind == "sale"
+
+
+def test_a_count_sets_stock_to_what_is_on_the_shelf_and_records_the_differences(shop):
+    shop.scan("CB:RECEIVE", CARTON, CARTON, GUM, "CB:CLOSE")  # 20 packs, 1 gum; no order: no differences
+    assert shop.signal is Signal.GOOD
+    shop.scan(PACK, PACK)  # 18 left by the ledger
+    shop.scan("CB:COUNT", CARTON, "CB:QTY5", PACK)  # 15 on the shelf; the gum is gone
+    [closed] = shop.scan("CB:CLOSE")
+    assert shop.signal is Signal.ATTENTION
+    lines = {line["product"]: line for line in closed.body["lines"]}
+    assert (lines[_key(PACK)]["expected"], lines[_key(PACK)]["counted"], lines[_key(PACK)]["difference"]) == (18, 15, -3)
+    assert (lines[_key(GUM)]["expected"], lines[_key(GUM)]["counted"]) == (1, 0)
+    ledger = shop.ledger()
+    assert (ledger.stock[_key(PACK)], ledger.stock[_key(GUM)]) == (15, 0)
+    assert len(reports.counts(ledger)[0]["differences"]) == 2
+
+
+def test_a_count_never_sells(shop):
+    shop.scan("CB:COUNT", PACK, PACK)
+    assert shop.today()["total"]["lines"] == 0
+    shop.scan("CB:CANCEL")  # nothing pending: leaves the count unclosed, stock unchanged
+    assert shop.journal.last("mode_ended").body == {**shop.journal.last("mode_ended").body, "mode": "counting",
+                                                    "reason": "cancelled"}
+    assert shop.ledger().stock.get(_key(PACK), 0) == 0
+
+
+def test_negative_stock_is_said_as_it_happens_and_listed_never_clamped(shop):
+    shop.scan("CB:COUNT", PACK, PACK, "CB:CLOSE")  # 2 on the shelf
+    shop.scan(PACK, PACK)
+    assert shop.heard[-2:] == [Signal.GOOD, Signal.GOOD]
+    [sale] = shop.scan(PACK)
+    assert shop.signal is Signal.ATTENTION  # this one took it below zero
+    shop.scan(PACK)
+    assert shop.signal is Signal.GOOD  # said once, not at every sale
+    report = reports.stock(shop.ledger())
+    [negative] = report["negative"]
+    assert (negative["product"], negative["packs"], negative["negative_since"]) == (_key(PACK), -2, sale.seq)
+
+
+def test_an_untracked_product_is_never_called_negative(shop):
+    shop.scan(PACK)
+    assert shop.signal is Signal.GOOD
+    assert reports.stock(shop.ledger())["negative"] == []
+
+
+def test_modes_do_not_nest_and_a_mode_times_out_back_to_selling(shop):
+    shop.scan("CB:COUNT")
+    assert shop.scan("CB:RECEIVE") == () and shop.signal is Signal.ERROR
+    assert shop.scan("CB:END-DAY") == () and shop.signal is Signal.ERROR
+    shop.clock.now += 599
+    with shop.journal.transaction():
+        assert shop.counter.expire(shop.journal) is None
+    shop.clock.now += 2
+    with shop.journal.transaction():
+        outcome = shop.counter.expire(shop.journal)
+    assert outcome.signal is Signal.ATTENTION and outcome.events[0].body["reason"] == "timeout"
+    [sale] = shop.scan(PACK)
+    assert sale.kind == "sale"
+
+
+def test_a_mode_left_open_by_a_restart_goes_on(shop):
+    shop.scan("CB:COUNT", PACK)
+    again = Counter(timezone=SHANGHAI, clock=shop.clock)
+    with shop.journal.transaction():
+        outcome = again.record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON))
+    assert outcome.events[0].kind == "counted"
+
+
+# -- the day -----------------------------------------------------------------------------
+
+def test_end_of_day_closes_the_day_with_its_totals(shop):
+    shop.scan(PACK, CARTON, "CB:RETURN", GUM, UNKNOWN, *shop.key("10"), "CB:PRICE", PACK)
+    [closed] = shop.scan("CB:END-DAY")
+    totals = closed.body["totals"]
+    assert (closed.body["day"], totals["lines"], totals["packs"]) == ("2026-11-30", 5, 1 + 10 - 1 + 1 + 1)
+    assert totals["amount"] == 2300 + 22500 - 150 + 1000
+    assert totals["cost"] == 1950 + 19500 - 100 + 1950
+    assert totals["margin"] == totals["amount"] - totals["cost"]
+    assert totals["unpriced"] == 1
+    assert reports.sales(shop.ledger(), ["2026-11-30"])["total"] == totals  # the report says the same
+
+
+def test_the_day_is_the_shops_date_not_utc(shop):
+    shop.at = 1_795_993_200.0  # 2026-11-29T23:00Z: already the 30th in Shanghai
+    [sale] = shop.scan(PACK)
+    assert sale.body["day"] == "2026-11-30"
+
+
+# -- the ledger and the journal ------------------------------------------------------------
+
+def test_the_counter_follows_what_others_write_to_the_journal(shop):
+    shop.scan(PACK)
+    shop.journal.append("price_list", {"currency": "CNY", "items": [{"barcode": PACK, "name": "Hongtashan", "price": 2500}]})
+    [sale] = shop.scan(PACK)
+    assert sale.body["unit_price"] == 2500
+
+
+def test_a_write_rolled_back_after_the_counter_counted_it_is_forgotten(shop):
+    shop.scan("CB:COUNT", PACK, "CB:CLOSE")
+    with pytest.raises(RuntimeError), shop.journal.transaction():  # a group whose commit failed
+        shop.counter.record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON))
+        raise RuntimeError
+    shop.journal.append("scanner", {"state": "taken", "scanner": "x", "driver": "evdev"})  # the same seq, another event
+    shop.scan("CB:VOID")  # nothing of today is left to void: the rolled-back sale is gone from the ledger too
+    assert shop.signal is Signal.ERROR
+    assert shop.counter.ledger.stock[_key(PACK)] == 1
+
+
+def test_a_refused_scan_is_recorded_and_never_a_sale(shop):
+    with shop.journal.transaction():
+        outcome = shop.counter.record(shop.journal, NotABarcode("69010", "/dev/input/event3", "cut"))
+    assert outcome.events[0].kind == "refused" and outcome.signal is Signal.ERROR
+
+
+def test_receive_all_during_a_receiving_takes_in_what_is_still_missing(shop):
+    shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
+        {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 3}]})
+    shop.scan("CB:RECEIVE", CARTON)
+    events = shop.scan("CB:RECEIVE-ALL")
+    assert [(e.kind, e.body.get("packs")) for e in events] == [("received", 20), ("receiving_closed", None)]
+    assert all(line["difference"] == 0 for line in events[-1].body["lines"])
+    assert shop.ledger().stock[_key(PACK)] == 30
+    assert shop.scan("CB:RECEIVE-ALL") == () and shop.signal is Signal.ERROR  # nothing left to receive
+
+
+def test_a_scan_cut_short_while_a_number_is_keyed_spoils_the_number(shop):
+    shop.scan("CB:2")
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))  # perhaps the next digit
+    shop.scan("CB:4", "CB:QTY")
+    assert shop.signal is Signal.ERROR  # neither 24 nor 4: key it again
+    shop.scan("CB:CANCEL", "CB:2", "CB:4", "CB:QTY")
+    [sale] = shop.scan(PACK)
+    assert sale.body["quantity"] == 24
