@@ -191,6 +191,7 @@ class Stack:
     log_level: str = "INFO"  # of the agents and central
     # The production broker (TLS, dynamic security) instead of the development one.
     production: bool = False
+    database: str | None = None  # central's database as a URL (postgresql+psycopg://...); None: SQLite
     ingests: dict[str, subprocess.Popen] = field(default_factory=dict)  # central's ingest processes, by name
 
     @property
@@ -248,8 +249,9 @@ class Stack:
     # -- central ---------------------------------------------------------------
 
     @property
-    def central_db(self) -> Path:
-        return self.directory / "central" / "central.db"
+    def central_db(self) -> Path | str:
+        """Central's database: the ``database`` URL given (PostgreSQL), else a SQLite file of its own."""
+        return self.database or self.directory / "central" / "central.db"
 
     @property
     def central_key(self) -> Path:
