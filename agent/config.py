@@ -121,10 +121,11 @@ class UplinkConfig:
     ack_timeout: float = 10.0  # seconds without acknowledgement before resending from the cursor
     max_in_flight: int = 4  # batches published and not yet acknowledged
     status_interval: float = 60.0  # seconds between health reports while online
+    snapshot_interval: float = 3600.0  # seconds between a monitoring point's snapshots of stock and prices
 
     def __post_init__(self) -> None:
-        if self.status_interval <= 0:
-            raise ConfigError("[uplink] status_interval must be more than 0 seconds")
+        if self.status_interval <= 0 or self.snapshot_interval <= 0:
+            raise ConfigError("[uplink] status_interval and snapshot_interval must be more than 0 seconds")
         if self.batch_max_events < 1 or self.max_in_flight < 1:
             raise ConfigError("[uplink] batch_max_events and max_in_flight must be at least 1")
         if not 1024 <= self.batch_max_bytes <= protocol.MAX_EVENT_BYTES:

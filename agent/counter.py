@@ -370,6 +370,26 @@ class Counter:
                 "at": rfc3339(scan.finished)}
         return Outcome(Signal.GOOD, (self._append(journal, "day_closed", body),))
 
+    # -- monitoring --------------------------------------------------------------------
+
+    def snapshot(self, journal: Journal, at: float) -> Event:
+        """Record what a monitoring point reports to the company: its stock by product, and the prices
+        it actually sold at today (the latest of each product and unit, with the lines sold at it)."""
+        self._catch_up(journal)
+        ledger, today = self.ledger, self.day(at)
+        stock = [{"product": p, "name": ledger.names.get(p) or self._catalog.names.get(p), "packs": packs,
+                  "known": p in ledger.tracked} for p, packs in sorted(ledger.stock.items())]
+        sold: dict[tuple[str, str], dict[str, Any]] = {}
+        for seq in sorted(ledger.sale_prices.get(today, {})):
+            product, unit, price, list_price = ledger.sale_prices[today][seq]
+            row = sold.setdefault((product, unit), {"product": product, "name": ledger.names.get(product),
+                                                    "unit": unit, "lines": 0})
+            row.update(price=price, list_price=list_price)
+            row["lines"] += 1
+        body = {"at": rfc3339(at), "day": today, "currency": self._catalog.currency or self.currency,
+                "stock": stock, "prices": [sold[key] for key in sorted(sold)]}
+        return self._append(journal, "snapshot", body)
+
     # -- time ------------------------------------------------------------------------
 
     def expire(self, journal: Journal) -> Outcome | None:

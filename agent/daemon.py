@@ -250,7 +250,7 @@ class Box:
             await self._wait_for_activation()
             held = await self.store.read(activation_state)
         region = held["region"] if held else self.config.device.region
-        await self._active(region)
+        await self._active(region, monitoring=bool(held and held.get("monitoring")))
         return self._revoked.is_set()
 
     async def _report(self, link: MqttLink) -> None:
@@ -304,7 +304,21 @@ class Box:
         finally:
             self._activator = None
 
-    async def _active(self, region: str) -> None:
+    async def _snapshots(self) -> None:
+        """A monitoring point's periodic report of its stock and actual prices, through the journal."""
+        while True:
+            try:
+                event = await self.store.write(lambda journal: self.counter.snapshot(journal, time.time()))
+            except StorageError as error:
+                logger.error("monitoring snapshot NOT recorded: %s", error)
+            else:
+                logger.info("snapshot seq=%d: stock and prices for the company", event.seq,
+                            extra=logs.event_fields(event.seq, "snapshot", None))
+                if self._uplink is not None:
+                    self._uplink.wake.set()
+            await asyncio.sleep(self.config.uplink.snapshot_interval)
+
+    async def _active(self, region: str, monitoring: bool) -> None:
         config, prefix = self.config, self.config.uplink.topic_prefix
         telemetry = Telemetry(store=self.store, device_id=self.device_id, session=self.session, key=self.key,
                               topic_prefix=prefix, interval=config.uplink.status_interval, scanners=self.scanners)
@@ -320,6 +334,8 @@ class Box:
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(uplink.run()), group.create_task(downlink.run(link)),
                              group.create_task(telemetry.run(link)), group.create_task(self._report(link))]
+                    if monitoring:
+                        tasks.append(group.create_task(self._snapshots()))
                     await self._revoked.wait()
                     await self._deliver_all()
                     for task in tasks:

@@ -175,7 +175,7 @@ def test_a_box_activated_by_scanning_its_printed_slip_records_and_delivers_sales
     import os
 
     os.mkfifo(fifo)
-    device = stack.install("new-box", scanners=[str(fifo)])
+    device = stack.install("new-box", scanners=[str(fifo)], uplink={"snapshot_interval": 0.5})
     device_id = _started(stack, device)
     assert device_id == device_id_for(load_key(device.directory / "device.key"))
 
@@ -202,6 +202,14 @@ def test_a_box_activated_by_scanning_its_printed_slip_records_and_delivers_sales
     devices = {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
     assert (devices[device_id]["shop"], devices[device_id]["region"]) == ("530102100123", "honghe")
     assert device_id not in _waiting(stack)
+
+    # A monitoring point: its snapshots of stock and actual prices reach central with its events.
+    def snapshot_after_the_sale():
+        found = [json.loads(line) for line in stack.central_command("export", "--kind", "snapshot").stdout.splitlines()]
+        return [s for s in found if s["stock"]]
+    [*_, snapshot] = wait_until(snapshot_after_the_sale, 20, "a snapshot holding the sale at central")
+    assert [(row["product"], row["packs"], row["known"]) for row in snapshot["stock"]] == [("06901028075831", -1, False)]
+    assert snapshot["prices"] == []  # sold without a price: no price list on this box
 
     feed(fifo, scans([token]))  # the slip again, on a box already active
     wait_until(lambda: "this box is already active; nothing changed" in device.log.read_text(), 10, "the refusal")

@@ -375,3 +375,15 @@ def test_a_scan_cut_short_while_a_number_is_keyed_spoils_the_number(shop):
     shop.scan("CB:CANCEL", "CB:2", "CB:4", "CB:QTY")
     [sale] = shop.scan(PACK)
     assert sale.body["quantity"] == 24
+
+
+def test_a_snapshot_says_stock_and_the_prices_actually_sold_at_today(shop):
+    shop.scan("CB:RECEIVE", CARTON, CARTON, "CB:CLOSE")
+    shop.scan(PACK, *shop.key("21"), "CB:PRICE", PACK, CARTON, GUM, "CB:VOID")
+    with shop.journal.transaction():
+        snapshot = shop.counter.snapshot(shop.journal, shop.at)
+    assert snapshot.kind == "snapshot" and snapshot.body["day"] == "2026-11-30"
+    stock = {row["product"]: (row["packs"], row["known"]) for row in snapshot.body["stock"]}
+    assert stock == {_key(PACK): (20 - 1 - 1 - 10, True), _key(GUM): (0, False)}  # the gum's sale was voided
+    prices = [(row["unit"], row["price"], row["list_price"], row["lines"]) for row in snapshot.body["prices"]]
+    assert prices == [("carton", 22500, 22500, 1), ("pack", 2100, 2300, 2)]  # the latest pack price, two lines
