@@ -125,6 +125,20 @@ class Counter:
         self.ledger.apply(event.seq, event.kind, event.body)
         if event.kind == "price_list":
             self._catalog = Catalog.from_price_list(event.body)
+        elif event.kind == "settings":  # pushed by operations: over the configuration file's
+            self._settle(event.body.get("counter", {}))
+
+    def _settle(self, settings: dict[str, Any]) -> None:
+        if "timezone" in settings:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                self.timezone = ZoneInfo(settings["timezone"])
+            except (ZoneInfoNotFoundError, ValueError):
+                logger.warning("settings: time zone %r unknown on this box; the day stays in %s",
+                               settings["timezone"], self.timezone or "the box's own zone")
+        self.mode_timeout = settings.get("mode_timeout", self.mode_timeout)
+        self.pending_timeout = settings.get("pending_timeout", self.pending_timeout)
 
     def _append(self, journal: Journal, kind: str, body: dict[str, Any]) -> Event:
         event = Event(journal.append(kind, body), kind, body)

@@ -195,6 +195,7 @@ class Box:
     _revoked: asyncio.Event = field(default_factory=asyncio.Event)
     service: Service = field(default_factory=Service)  # systemd's view: readiness, status, watchdog
     _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds
+    _snapshot_interval: float = 0.0  # pushed by operations; 0: the configuration file's
 
     async def on_scan(self, scan: Scan | NotABarcode) -> Signal:
         if self._activator is not None:
@@ -304,6 +305,12 @@ class Box:
         finally:
             self._activator = None
 
+    def _settle(self, telemetry: Telemetry, settings: dict) -> None:
+        """Settings pushed by operations, over the configuration file's: the intervals of what runs on a timer."""
+        uplink = settings.get("uplink", {})
+        telemetry.interval = uplink.get("status_interval", telemetry.interval)
+        self._snapshot_interval = uplink.get("snapshot_interval", self._snapshot_interval)
+
     async def _snapshots(self) -> None:
         """A monitoring point's periodic report of its stock and actual prices, through the journal."""
         while True:
@@ -316,7 +323,9 @@ class Box:
                             extra=logs.event_fields(event.seq, "snapshot", None))
                 if self._uplink is not None:
                     self._uplink.wake.set()
-            await asyncio.sleep(self.config.uplink.snapshot_interval)
+            taken = time.monotonic()  # the next when the interval is up, as it is now (settings may change it)
+            while time.monotonic() < taken + (self._snapshot_interval or self.config.uplink.snapshot_interval):
+                await asyncio.sleep(1.0)
 
     async def _active(self, region: str, monitoring: bool) -> None:
         config, prefix = self.config, self.config.uplink.topic_prefix
@@ -326,9 +335,12 @@ class Box:
                               will=telemetry.will) as link:
             uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,
                             key=self.key, central_key=self.central_key, config=config.uplink)
+            for settings in await self.store.read(lambda journal: journal.of_kind("settings")):
+                self._settle(telemetry, settings.body)  # each names the keys it sets: in order, as the counter
             downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,
                                 trusted=self.trusted, topic_prefix=prefix,
-                                on_revoked=lambda document: self._revocation(document.body["grace_seconds"]))
+                                on_revoked=lambda document: self._revocation(document.body["grace_seconds"]),
+                                on_settings=lambda body: self._settle(telemetry, body))
             self._uplink = uplink
             try:
                 async with asyncio.TaskGroup() as group:

@@ -13,7 +13,8 @@ a log line that names the reason, changing nothing:
 
 An applied document is recorded in the journal, in one transaction: its
 content (a ``price_list`` the counter prices from at the next scan, an
-``order``, or a ``revocation``, after which the box stops selling, delivers
+``order``, ``settings`` that override the configuration file's for the keys
+they name, or a ``revocation``, after which the box stops selling, delivers
 what it holds and erases itself) and a ``document`` event that names it, its version and the seq of
 its content. That event travels to central in the batches like any other, so
 central knows which price list every box is on. The journal's ``document``
@@ -42,6 +43,16 @@ from .uplink import Uplink
 logger = logging.getLogger(__name__)
 
 
+def known_timezone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def subscriptions(prefix: str, device: str, region: str) -> list[str]:
     """Every topic the downlink reads."""
     return [protocol.ack_topic(prefix, device), *documents.subscriptions(prefix, device, region)]
@@ -64,6 +75,8 @@ def apply(journal: Journal, document: Document) -> int:
                                                 "currency": body["currency"], "items": body["items"]})
     elif document.kind == "revocation":
         content = journal.append("revocation", {**about, **body})
+    elif document.kind == "settings":
+        content = journal.append("settings", {**about, **body})
     else:
         content = journal.append("order", {**about, **body})
     return journal.append("document", {**about, "kind": document.kind, "kid": document.kid,
@@ -80,6 +93,9 @@ class Downlink:
     topic_prefix: str
     # Called once a revocation is recorded: the box stops selling, delivers, and erases itself.
     on_revoked: Callable[[Document], None] = lambda document: None
+    # Called once settings are recorded: what the box does on a timer takes them at once (the counter
+    # takes them from the journal itself).
+    on_settings: Callable[[dict[str, Any]], None] = lambda body: None
     _applied: dict[str, int] = field(default_factory=dict)
 
     async def run(self, link: MqttLink) -> None:
@@ -103,6 +119,9 @@ class Downlink:
                                 f"({self.device_id}, region {self.region or 'none'})")
         if time.time() > document.expires_at:
             raise ProtocolError(f"it expired at {protocol.rfc3339(document.expires_at)}")
+        timezone = document.body.get("counter", {}).get("timezone") if document.kind == "settings" else None
+        if timezone and not known_timezone(timezone):
+            raise ProtocolError(f"its time zone {timezone!r} is not one this box knows")
         return document
 
     async def _document(self, message: Message) -> None:
@@ -133,3 +152,5 @@ class Downlink:
         self.uplink.wake.set()
         if document.kind == "revocation":
             self.on_revoked(document)
+        elif document.kind == "settings":
+            self.on_settings(document.body)

@@ -70,10 +70,11 @@ class Telemetry:
                 await link.publish(self.topic, await self._online(), retain=True)
             except MqttError as error:
                 logger.warning("status not published: %s", error)
-            # The next report when the interval is up, or at once after a reconnection.
-            deadline = time.monotonic() + self.interval
-            while link.generation == generation and time.monotonic() < deadline:
-                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            # The next report when the interval is up (as it is now: settings pushed by operations may
+            # change it meanwhile), or at once after a reconnection.
+            sent = time.monotonic()
+            while link.generation == generation and time.monotonic() < sent + self.interval:
+                await asyncio.sleep(min(1.0, max(0.0, sent + self.interval - time.monotonic())))
 
     async def _online(self) -> bytes:
         last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))

@@ -17,7 +17,7 @@ from agent.prices import PriceListError, parse_csv
 from provisioning import activation, documents, protocol
 from provisioning.activation import ActivationCode
 from provisioning.documents import Document, Scope
-from provisioning.errors import IdentityError, ProvisioningError
+from provisioning.errors import IdentityError, ProtocolError, ProvisioningError
 from provisioning.identity import create_key, key_id, load_key, parse_public_key, public_key_text
 
 from . import broker
@@ -126,6 +126,23 @@ def _prices_push(args) -> int:
     body = {"source": args.file.name, "currency": args.currency,
             "items": [item.as_json() for item in items]}
     return _push(args, kind="price_list", name="price_list", body=body)
+
+
+def _settings_push(args) -> int:
+    """Settings for the boxes of a region or one box, over their configuration files' for the keys given."""
+    body: dict[str, dict[str, Any]] = {}
+    for section, key in (("counter", "timezone"), ("counter", "mode_timeout"), ("counter", "pending_timeout"),
+                         ("uplink", "status_interval"), ("uplink", "snapshot_interval")):
+        value = getattr(args, key)
+        if value is not None:
+            body.setdefault(section, {})[key] = value
+    if not body:
+        raise CentralError("name at least one setting to push")
+    try:
+        documents.check_settings(body)
+    except ProtocolError as error:
+        raise CentralError(str(error)) from None
+    return _push(args, kind="settings", name="settings", body=body)
 
 
 def _order_push(args) -> int:
@@ -306,6 +323,18 @@ def parser() -> argparse.ArgumentParser:
     push.add_argument("--currency", default="CNY", help="ISO 4217 code; prices are in its minor unit (default CNY)")
     push.add_argument("--valid-days", type=float, default=30.0, help="days a box may still apply it (default 30)")
     push.set_defaults(func=_prices_push)
+
+    settings = commands.add_parser("settings", help="settings pushed to the boxes").add_subparsers(dest="action", required=True)
+    push = settings.add_parser("push", help="sign settings and push them to a region or device: each box takes them "
+                                            "over its configuration file's, for the keys given")
+    _push_options(push, region=True, file=False)
+    push.add_argument("--timezone", help="[counter] timezone: the shops' time zone (an IANA name, e.g. Asia/Shanghai)")
+    push.add_argument("--mode-timeout", type=float, help="[counter] mode_timeout, seconds")
+    push.add_argument("--pending-timeout", type=float, help="[counter] pending_timeout, seconds")
+    push.add_argument("--status-interval", type=float, help="[uplink] status_interval, seconds")
+    push.add_argument("--snapshot-interval", type=float, help="[uplink] snapshot_interval, seconds")
+    push.add_argument("--valid-days", type=float, default=365.0, help="days a box may still apply them (default 365)")
+    push.set_defaults(func=_settings_push)
 
     revoke = commands.add_parser("revoke", help="revoke a box that leaves its shop: it delivers what it holds, "
                                                  "erases itself and waits for a new activation")

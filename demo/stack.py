@@ -285,10 +285,11 @@ class Stack:
         key = load_key(self.ops_key)
         return {"kid": key_id(key), "public_key": public_key_text(key)}
 
-    def push(self, what: str, file: Path, *args: str) -> subprocess.CompletedProcess:
-        """``counterbox-ops {what} push`` (``prices`` or ``order``) to this stack's broker."""
+    def push(self, what: str, file: Path | None, *args: str) -> subprocess.CompletedProcess:
+        """``counterbox-ops {what} push`` (``prices``, ``order``, or ``settings`` with no file) to this stack's broker."""
         return self.ops_command(what, "push", "--central-db", str(self.central_db), "--ops-key", str(self.ops_key),
-                                "--broker", f"127.0.0.1:{self.broker_port}", *self.broker_args("ops"), *args, str(file))
+                                "--broker", f"127.0.0.1:{self.broker_port}", *self.broker_args("ops"), *args,
+                                *([str(file)] if file is not None else []))
 
     def central_public_key(self) -> str:
         if not self.central_key.exists():

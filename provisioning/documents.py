@@ -1,4 +1,4 @@
-"""Documents that operations sign and push down to the boxes: price lists, orders, revocations.
+"""Documents that operations sign and push down to the boxes: price lists, orders, settings, revocations.
 
 Each is a JWS (like batches) signed by an operations key, and names its
 stream, a version that only grows within the stream, when it was issued, when
@@ -30,7 +30,11 @@ from .errors import ProtocolError, SignatureError
 from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, rfc3339, valid_device_id, verified
 
 DOCUMENT_TYPE = "counterbox-doc+jws"
-KINDS = ("price_list", "order", "revocation")
+KINDS = ("price_list", "order", "settings", "revocation")
+# What a settings document may change on a box, by section: each a number of seconds above 0,
+# except the time zone (an IANA name). Anything else in it refuses the whole document.
+SETTINGS = {"counter": {"timezone", "mode_timeout", "pending_timeout"},
+            "uplink": {"status_interval", "snapshot_interval"}}
 _ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _REGION = _ORDER_ID
 
@@ -76,7 +80,7 @@ def order_name(order_id: str) -> str:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if kind in ("price_list", "revocation") and name == kind:
+    if kind in ("price_list", "settings", "revocation") and name == kind:
         return
     if kind == "order" and name.startswith("order/") and _ORDER_ID.fullmatch(name[len("order/"):]):
         return
@@ -101,6 +105,8 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
                     and (item.get("unit", "pack") == "pack" or item.get("product") is not None)):
                 raise ProtocolError(f"price list item {number}: unit must be pack, carton or case, packs 1 or more, "
                                     "cost an integer of 0 or more, and a carton or case must name its product")
+    elif kind == "settings":
+        check_settings(body)
     elif kind == "revocation":
         if not isinstance(body.get("reason"), str) or not natural(body.get("grace_seconds"), 0):
             raise ProtocolError("a revocation needs a reason and grace_seconds (0 or more)")
@@ -112,6 +118,24 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
             if not (isinstance(line, dict) and _code(line.get("barcode")) and isinstance(line.get("name"), str)
                     and natural(line.get("quantity"))):
                 raise ProtocolError(f"order line {number} needs a barcode, a name and a quantity of 1 or more")
+
+
+def check_settings(body: dict[str, Any]) -> None:
+    """A settings document's body: sections and keys of SETTINGS only, each a value a box can take."""
+    if not body or not all(isinstance(body.get(section), dict) for section in body):
+        raise ProtocolError("settings need at least one section (counter, uplink), each a table of keys")
+    for section, values in body.items():
+        known = SETTINGS.get(section)
+        if known is None:
+            raise ProtocolError(f"settings section {section!r} is not one a box takes ({', '.join(SETTINGS)})")
+        if not values or set(values) - known:
+            raise ProtocolError(f"settings [{section}] may set {', '.join(sorted(known))} only")
+        for name, value in values.items():
+            if name == "timezone":
+                if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", value):
+                    raise ProtocolError(f"settings [counter] timezone {value!r} is not an IANA time zone name")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 30 * 86400:
+                raise ProtocolError(f"settings [{section}] {name} must be a number of seconds above 0")
 
 
 def _code(value: Any) -> bool:

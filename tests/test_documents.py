@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import date, timedelta
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
+
+from central.store import CentralStore
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws as joserfc_jws
 from joserfc.jwk import OKPKey
@@ -150,6 +153,45 @@ def test_a_price_list_pushed_to_a_region_prices_the_next_scan_and_central_learns
     wait_until(lambda: _devices(stack)["shop-prices"]["documents"] == {"price_list": 2}, 20,
                "central told which price list the box is on")
     assert "applied seq=" in device.log.read_text() and "2450" not in device.log.read_text()
+
+
+def test_settings_pushed_to_a_region_change_the_shops_day_and_the_boxs_timers(stack, fifo, tmp_path):
+    device = stack.provision("shop-settings", scanners=[str(fifo)], region="honghe")
+    device.config.write_text(device.config.read_text() + '\n[counter]\ntimezone = "Pacific/Kiritimati"\n')
+    device.start()
+    wait_until(lambda: "subscribed to counterbox/v1/regions/honghe/docs/#" in device.log.read_text(), 20, "online")
+    feed(fifo, scans(["6901028075831"]))
+    before = wait_until(lambda: _last(device, "sale"), 20, "a sale on the file's time zone")
+    pushed = stack.push("settings", None, "--region", "honghe", "--timezone", "Pacific/Pago_Pago", "--mode-timeout", "300",
+                        "--status-interval", "0.5")
+    assert pushed.returncode == 0, pushed.stderr
+    settings = wait_until(lambda: _last(device, "settings"), 20, "the settings applied")
+    assert (settings["body"]["counter"], settings["body"]["uplink"]) == (
+        {"timezone": "Pacific/Pago_Pago", "mode_timeout": 300.0}, {"status_interval": 0.5})
+    feed(fifo, scans(["6901028075831"]))
+    after = wait_until(lambda: (sale := _last(device, "sale")) and sale["seq"] > before["seq"] and sale, 20, "a sale")
+    # UTC+14 and UTC-11: the same moment is two shop days apart, whatever the hour.
+    assert date.fromisoformat(before["body"]["day"]) - date.fromisoformat(after["body"]["day"]) == timedelta(days=1)
+    seen: set[float] = set()
+
+    def reports_every_half_second():
+        store = CentralStore(stack.central_db)
+        try:
+            seen.add(store.status("shop-settings").sent_at)
+        finally:
+            store.close()
+        return len(seen) >= 4
+
+    wait_until(reports_every_half_second, 10, "health reports every half second (the file says a minute)")
+
+
+def test_settings_a_box_cannot_take_are_refused_when_they_are_signed(stack, tmp_path):
+    stack.provision("shop-bad", scanners=[], region="honghe")
+    for args, reason in ((["--mode-timeout", "0"], "must be a number of seconds above 0"),
+                         (["--timezone", "../etc/passwd"], "not an IANA time zone name"),
+                         ([], "name at least one setting")):
+        pushed = stack.push("settings", None, "--device", "shop-bad", *args)
+        assert pushed.returncode != 0 and reason in pushed.stderr, pushed.stderr
 
 
 def test_a_document_pushed_while_the_box_is_off_is_applied_when_it_returns(stack, fifo, tmp_path):
