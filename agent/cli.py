@@ -71,7 +71,7 @@ def _order_load(args) -> int:
     finally:
         journal.close()
     print(f"order {args.id} loaded from {args.file}: {len(lines)} lines, journal seq {seq}; "
-          "scan CB:RECEIVE-ALL when it arrives in full, or CB:RECEIVE and each item")
+          "scan CB:ALL-RECEIVED when it arrives in full, or CB:RECEIVING and each item")
     return 0
 
 

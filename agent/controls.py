@@ -9,23 +9,28 @@ taken for a product nor a product for a control code.
 |---|---|
 | ``CB:QTY2`` ... ``CB:QTY10`` | the next product scan counts that many |
 | ``CB:0`` ... ``CB:9``, ``CB:DOT`` | key a number (or a keypad's digits) |
-| ``CB:QTY`` | the keyed number is the next scan's quantity |
+| ``CB:QTY-KEYED`` | the keyed number is the next scan's quantity |
 | ``CB:PRICE`` | the keyed number is the next sale's unit price (the shop's actual price) |
 | ``CB:CARTON`` | the next pack barcode counts as a carton of its product |
 | ``CB:VOID`` | void the last line sold or returned today |
 | ``CB:RETURN`` | the next scan is a return |
-| ``CB:RECEIVE`` | receiving: scans are what arrived |
-| ``CB:RECEIVE-ALL`` | the open order arrived in full |
+| ``CB:RECEIVING`` | receiving: scans are what arrived |
+| ``CB:ALL-RECEIVED`` | the open order arrived in full |
 | ``CB:COUNT`` | stock count: scan every pack and carton on the shelf |
 | ``CB:CLOSE`` | close the receiving or the count |
 | ``CB:END-DAY`` | close the day with its totals |
-| ``CB:CANCEL`` | forget what was keyed or pending; again: leave the mode without closing it |
+| ``CB:CLEAR`` | forget what was keyed or set for the next scan |
+| ``CB:CANCEL`` | the same; with nothing pending, leave receiving or counting without closing it |
+
+No control code is the beginning of another, so a scan cut short is never a
+different control (one that is not a whole code is refused).
 
 A numeric keypad (``[[scanner.device]] keypad = true``) keys the same controls:
-its digits and point, ``*`` for ``CB:QTY``, ``/`` for ``CB:PRICE``, ``-`` for
-``CB:RETURN``, ``+`` for ``CB:CARTON``, Backspace, Delete or Esc for ``CB:CANCEL``.
+its digits and point, ``*`` for ``CB:QTY-KEYED``, ``/`` for ``CB:PRICE``, ``-``
+for ``CB:RETURN``, ``+`` for ``CB:CARTON``, Backspace, Delete or Esc for
+``CB:CLEAR`` (never leaving a mode: that takes the sheet's ``CB:CANCEL``).
 
-    control("CB:QTY3")     # Control(action='quantity', value=3)
+    control("CB:QTY3")        # Control(action='quantity', value=3)
     control("6901028075831")  # None: a product
 """
 
@@ -39,14 +44,14 @@ MAX_QUANTITY = 999  # a keyed quantity; more is a slip of the finger
 
 @dataclass(frozen=True)
 class Control:
-    action: str  # quantity, digit, keyed-quantity, price, carton, void, return, receive, receive-all, count, close, end-day, cancel
+    action: str  # quantity, digit, keyed-quantity, price, carton, void, return, receive, receive-all, count, close, end-day, clear, cancel
     value: int | str | None = None  # the quantity of "quantity", the character of "digit"
 
 
 _FIXED = {
-    "QTY": "keyed-quantity", "PRICE": "price", "CARTON": "carton", "VOID": "void", "RETURN": "return",
-    "RECEIVE": "receive", "RECEIVE-ALL": "receive-all", "COUNT": "count", "CLOSE": "close", "END-DAY": "end-day",
-    "CANCEL": "cancel", "DOT": "digit",
+    "QTY-KEYED": "keyed-quantity", "PRICE": "price", "CARTON": "carton", "VOID": "void", "RETURN": "return",
+    "RECEIVING": "receive", "ALL-RECEIVED": "receive-all", "COUNT": "count", "CLOSE": "close", "END-DAY": "end-day",
+    "CLEAR": "clear", "CANCEL": "cancel", "DOT": "digit",
 }
 
 
@@ -66,13 +71,18 @@ def control(text: str) -> Control | None:
         return Control("digit", name)
     if name.startswith("QTY") and name[3:].isdigit() and 2 <= int(name[3:]) <= 10 and name[3] != "0":
         return Control("quantity", int(name[3:]))
-    raise ValueError(f"{PREFIX} code {name[:16]!r} is no control this counter knows")
+    raise ValueError(f"a {PREFIX} code that is no control this counter knows (cut short, or from another sheet)")
+
+
+def could_be_part_of_one(text: str) -> bool:
+    """Whether ``text`` (a scan refused as cut short) may be the beginning or the end of a control code."""
+    return bool(text) and any(code.startswith(text) or code.endswith(text) for code, _, _ in SHEET)
 
 
 # A numeric keypad's keys (drivers.keypad), as the sheet's codes: the same controls, keyed.
 KEYPAD: dict[str, str] = {
-    **{str(n): f"{PREFIX}{n}" for n in range(10)}, ".": f"{PREFIX}DOT", "*": f"{PREFIX}QTY", "/": f"{PREFIX}PRICE",
-    "-": f"{PREFIX}RETURN", "+": f"{PREFIX}CARTON", "cancel": f"{PREFIX}CANCEL",
+    **{str(n): f"{PREFIX}{n}" for n in range(10)}, ".": f"{PREFIX}DOT", "*": f"{PREFIX}QTY-KEYED",
+    "/": f"{PREFIX}PRICE", "-": f"{PREFIX}RETURN", "+": f"{PREFIX}CARTON", "cancel": f"{PREFIX}CLEAR",
 }
 
 # The printed sheet: each control's code and its label in Chinese and English, in the order printed.
@@ -80,15 +90,16 @@ SHEET: list[tuple[str, str, str]] = [
     *[(f"{PREFIX}QTY{n}", f"数量 ×{n}", f"Quantity ×{n}") for n in range(2, 11)],
     *[(f"{PREFIX}{d}", f"数字 {d}", f"Digit {d}") for d in "0123456789"],
     (f"{PREFIX}DOT", "小数点", "Decimal point"),
-    (f"{PREFIX}QTY", "输入数量", "Keyed quantity"),
+    (f"{PREFIX}QTY-KEYED", "输入数量", "Keyed quantity"),
     (f"{PREFIX}PRICE", "实际售价", "Price override (keyed price, then the product)"),
     (f"{PREFIX}CARTON", "整条", "Carton"),
     (f"{PREFIX}VOID", "删除上一笔", "Void last line"),
     (f"{PREFIX}RETURN", "退货", "Return"),
-    (f"{PREFIX}RECEIVE", "收货", "Receiving"),
-    (f"{PREFIX}RECEIVE-ALL", "整单收货", "Receive the whole order"),
+    (f"{PREFIX}RECEIVING", "收货", "Receiving"),
+    (f"{PREFIX}ALL-RECEIVED", "整单收货", "The whole order received"),
     (f"{PREFIX}COUNT", "盘点", "Stock count"),
     (f"{PREFIX}CLOSE", "完成收货/盘点", "Close receiving or count"),
     (f"{PREFIX}END-DAY", "日结", "End of day"),
+    (f"{PREFIX}CLEAR", "清除", "Clear what was keyed"),
     (f"{PREFIX}CANCEL", "取消", "Cancel"),
 ]

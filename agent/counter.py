@@ -7,9 +7,9 @@ The retailer has a scanner and a printed sheet of control codes
   sale at the price list's price, of one unit, or of what the controls
   before it said: a quantity, a carton, a return, a keyed price (the shop's
   actual price);
-- **receiving** (``CB:RECEIVE``): scans are what the company's delivery
+- **receiving** (``CB:RECEIVING``): scans are what the company's delivery
   brought; ``CB:CLOSE`` records the differences against the open order;
-  ``CB:RECEIVE-ALL`` receives the whole order in one go;
+  ``CB:ALL-RECEIVED`` receives the whole order in one go;
 - **counting** (``CB:COUNT``): scans are what is on the shelf; ``CB:CLOSE``
   records counted against expected, and the stock becomes what was counted.
 
@@ -45,7 +45,7 @@ from drivers.barcode import classify
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from drivers.keypad import Keypress
-from provisioning.protocol import rfc3339
+from provisioning.protocol import parse_rfc3339, rfc3339
 from storage import Event, Journal
 
 from . import controls
@@ -56,7 +56,8 @@ from .logs import event_fields
 logger = logging.getLogger(__name__)
 
 REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it was, never a flood
-MAX_KEYED = 9  # characters of a keyed number: 9,999,999.99 is more than any price at a counter
+MAX_KEYED = 9  # characters of a keyed number: 999999.99 is more than any price at a counter
+START_GUARD = 10.0  # seconds after the box starts in which a keyed number may have lost its first digits
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
 
 
@@ -91,38 +92,59 @@ class Counter:
     mode_timeout: float = 600.0
     pending_timeout: float = 60.0
     clock: Callable[[], float] = time.monotonic
+    start_guard: float = START_GUARD  # seconds after start in which a keyed number may have lost its first digits
     ledger: Ledger = field(default_factory=Ledger)
     _catalog: Catalog = field(default_factory=lambda: Catalog({}))
     _loaded: bool = False
     _pending: Pending = field(default_factory=Pending)
-    _mode_active_at: float = 0.0
+    _mode_active_at: float | None = None  # clock time of the open mode's latest scan
+    _started_at: float | None = None  # clock time of the first look at the journal
+    _configured: tuple = ()  # the settings given at start, under what operations pushed since
     _rollbacks: int = 0  # the journal's count of rollbacks when the ledger last caught up
-    _latest: list[Event] = field(default_factory=list)  # what this counter wrote since then
+    _last_folded: Event | None = None
+    _consumed: tuple[Event, Pending] | None = None  # the latest scan that used what was pending, and that
 
     # -- keeping up with the journal -------------------------------------------------
 
     def _catch_up(self, journal: Journal) -> None:
         """Fold in what was written since the ledger last looked (by this counter or anyone else)."""
         if journal.rollbacks != self._rollbacks:
-            # Something was rolled back since: if it took what this counter last wrote (a group whose
-            # commit failed), the ledger counted events that are not in the journal: fold it anew. A
-            # rollback takes the latest writes, so checking the latest of ours is enough.
             self._rollbacks = journal.rollbacks
-            if any(journal.get(event.seq) != event for event in self._latest):
-                self.ledger, self._loaded = Ledger(), False
-        self._latest = []
+            if not self._holds(journal, self._last_folded):
+                # The rollback took events the ledger had counted (a group whose commit failed): fold the
+                # journal anew. A rollback takes the latest writes, so the latest event folded tells.
+                if self._consumed is not None and not self._holds(journal, self._consumed[0]):
+                    self._pending = self._consumed[1]  # the scan is to be made again: as it was meant
+                    self._pending.since = self.clock()
+                self.ledger, self._loaded, self._last_folded = Ledger(), False, None
+                self.timezone, self.mode_timeout, self.pending_timeout = self._configured
         if not self._loaded:
+            if self._started_at is None:
+                self._started_at = self.clock()
+                self._configured = (self.timezone, self.mode_timeout, self.pending_timeout)
             event = journal.last("price_list")
             self._catalog = Catalog.from_price_list(event.body if event else None)
             self._loaded = True
-            self._mode_active_at = self.clock()  # a session left open by a restart gets its full time again
         last = journal.last_seq()
         while self.ledger.last_seq < last:
             for event in journal.read_after(self.ledger.last_seq, FOLD_BATCH):
                 self._fold(event)
+        if self._mode_active_at is None and self.ledger.session is not None:
+            # A receiving or count left open by a restart goes on for what is left of its time, measured
+            # from its latest scan: one left for longer has ended, and the next scan is refused, not sold.
+            try:
+                idle = max(0.0, time.time() - parse_rfc3339(self.ledger.session.last_at))
+            except ValueError:
+                idle = self.mode_timeout
+            self._mode_active_at = self.clock() - idle
+
+    @staticmethod
+    def _holds(journal: Journal, event: Event | None) -> bool:
+        return event is None or journal.get(event.seq) == event
 
     def _fold(self, event: Event) -> None:
         self.ledger.apply(event.seq, event.kind, event.body)
+        self._last_folded = event
         if event.kind == "price_list":
             self._catalog = Catalog.from_price_list(event.body)
         elif event.kind == "settings":  # pushed by operations: over the configuration file's
@@ -143,7 +165,6 @@ class Counter:
     def _append(self, journal: Journal, kind: str, body: dict[str, Any]) -> Event:
         event = Event(journal.append(kind, body), kind, body)
         self._fold(event)
-        self._latest.append(event)
         return event
 
     @property
@@ -162,12 +183,16 @@ class Counter:
                 return Outcome(Signal.GOOD, note=f"keypad {scan.key}: nothing to do")
             scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
-            if self._pending.keyed:
-                # The cut scan may have been a digit of the number being keyed: never use half a number.
+            if self._pending.keyed or controls.could_be_part_of_one(scan.text):
+                # The cut scan may have been a digit of a number being keyed: never use half a number.
                 self._pending.keyed, self._pending.spoiled = "", True
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
             return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
+        if self.mode != "selling" and self.clock() - (self._mode_active_at or 0.0) >= self.mode_timeout:
+            # Ended while nobody looked (a box that was off): this scan was meant for the mode, not for selling.
+            ended = self._end_mode(journal, "timeout")
+            return Outcome(Signal.ERROR, ended.events, note="the receiving or count had timed out; scan again")
         if controls.is_control(scan.text):
             try:
                 control = controls.control(scan.text)
@@ -181,11 +206,18 @@ class Counter:
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
             return Outcome(Signal.ERROR, (self._append(journal, "misread", {**common, "reason": "check digit"}),))
+        if self._pending.keyed or self._pending.spoiled:
+            # A number keyed and not yet said to be a quantity or a price: never guess which, nor drop it.
+            return Outcome(Signal.ERROR, note="a keyed number waits for CB:QTY-KEYED or CB:PRICE (or CB:CLEAR); "
+                                              "the scan was not recorded")
         pending, self._pending = self._pending, Pending()
         if self.mode != "selling":
             self._mode_active_at = self.clock()
-            return self._stock_scan(journal, barcode.key, common, pending)
-        return self._sale(journal, barcode.key, common, pending, scan.finished)
+            outcome = self._stock_scan(journal, barcode.key, common, pending)
+        else:
+            outcome = self._sale(journal, barcode.key, common, pending, scan.finished)
+        self._consumed = (outcome.events[-1], pending) if pending else None
+        return outcome
 
     def _sale(self, journal: Journal, key: str, common: dict, pending: Pending, at: float) -> Outcome:
         unit, product, packs = self._unit(key, carton=pending.carton)
@@ -253,30 +285,37 @@ class Counter:
         if self.mode != "selling":
             self._mode_active_at = pending.since
         if action == "digit":
+            if not pending.keyed and pending.since - (self._started_at or 0.0) < self.start_guard:
+                # The box has just started: digits keyed before it was reading may be lost.
+                pending.spoiled = True
             if pending.spoiled or len(pending.keyed) >= MAX_KEYED or (control.value == "." and "." in pending.keyed):
                 # Never half a number: the whole of it is refused, and so is what is keyed after it,
                 # until CB:CANCEL (or the quantity or price it was for, which is refused too).
                 pending.keyed, pending.spoiled = "", True
-                return Outcome(Signal.ERROR, note="keyed number refused: too long or a second decimal point; "
-                                                  "cancel and key it again")
+                return Outcome(Signal.ERROR, note="keyed number refused (too long, a second point, a digit "
+                                                  "cut short or keyed as the box started): clear and key it again")
             pending.keyed += str(control.value)
             return Outcome(Signal.GOOD, note="digit keyed")
         if action == "quantity":
             pending.quantity = int(control.value)  # type: ignore[arg-type]
             return Outcome(Signal.GOOD, note=f"quantity {control.value} for the next scan")
+        # A quantity or price that fails leaves the next product scan refused too, until CB:CLEAR: the
+        # retailer meant it for that scan, which must not go through without it.
         if action == "keyed-quantity":
             keyed, pending.keyed = ("" if pending.spoiled else pending.keyed), ""
-            pending.spoiled = False
             if not keyed.isdigit() or not 1 <= int(keyed) <= controls.MAX_QUANTITY:
-                return Outcome(Signal.ERROR, note=f"keyed quantity refused: key 1 to {controls.MAX_QUANTITY} first")
+                pending.spoiled = True
+                return Outcome(Signal.ERROR, note=f"keyed quantity refused: clear, key 1 to {controls.MAX_QUANTITY}, "
+                                                  "and scan it again")
             pending.quantity = int(keyed)
             return Outcome(Signal.GOOD, note="keyed quantity for the next scan")
         if action == "price":
             keyed, pending.keyed = ("" if pending.spoiled else pending.keyed), ""
-            pending.spoiled = False
             price = _minor(keyed)
             if price is None or self.mode != "selling":
-                return Outcome(Signal.ERROR, note="price override refused: key the price first, and only when selling")
+                pending.spoiled = True
+                return Outcome(Signal.ERROR, note="price override refused: clear, key the price, scan it again "
+                                                  "(when selling)")
             pending.price = price
             return Outcome(Signal.GOOD, note="keyed price for the next sale")
         if action in ("carton", "return"):
@@ -284,13 +323,11 @@ class Counter:
                 return Outcome(Signal.ERROR, note="return refused: only when selling")
             setattr(pending, "carton" if action == "carton" else "returning", True)
             return Outcome(Signal.GOOD, note=f"{action} for the next scan")
-        if action == "cancel":
-            if pending:
+        if action in ("cancel", "clear"):
+            if pending or action == "clear" or self.mode == "selling":
                 self._pending = Pending()
                 return Outcome(Signal.GOOD, note="pending cleared")
-            if self.mode == "selling":
-                return Outcome(Signal.GOOD, note="nothing to cancel")
-            return self._end_mode(journal, "cancelled")
+            return self._end_mode(journal, "cancelled")  # CB:CANCEL with nothing pending leaves the mode
         self._pending = Pending()  # the actions below stand alone: nothing keyed carries past them
         if action == "void":
             return self._void(journal, scan)
@@ -313,62 +350,88 @@ class Counter:
         return Outcome(Signal.GOOD, (self._append(journal, kind, {**body, "at": rfc3339(time.time())}),))
 
     def _end_mode(self, journal: Journal, reason: str) -> Outcome:
+        """Leave receiving or counting unclosed: the attention signal, since what was scanned is not closed."""
         mode = self.mode
         event = self._append(journal, "mode_ended", {"mode": mode, "reason": reason, "at": rfc3339(time.time())})
-        return Outcome(Signal.ATTENTION if reason == "timeout" else Signal.GOOD, (event,))
+        self._mode_active_at = None
+        return Outcome(Signal.ATTENTION, (event,))
 
     def _void(self, journal: Journal, scan: Scan) -> Outcome:
-        today = self.day(scan.finished)
-        line = self.ledger.voidable(today) if self.mode == "selling" else None
+        """Take back the last line sold or returned today; in a receiving or a count, its last scan."""
+        session = self.ledger.session
+        if session is not None:
+            if not session.scans:
+                return Outcome(Signal.ERROR, note=f"void refused: nothing scanned in this {session.mode} is left to void")
+            seq = max(session.scans)
+            product, packs = session.scans[seq]
+            body = {"voids": seq, "voided_kind": "received" if session.mode == "receiving" else "counted",
+                    "product": product, "packs": packs, "order": session.order, "scanner": scan.source,
+                    "at": rfc3339(scan.finished)}
+            return Outcome(Signal.GOOD, (self._append(journal, "void", body),))
+        line = self.ledger.voidable(self.day(scan.finished))
         if line is None:
             return Outcome(Signal.ERROR, note="void refused: no line sold or returned today is left to void")
         body = {"voids": line.seq, "voided_kind": line.kind, "day": line.day, "product": line.product,
-                "packs": line.packs, "amount": line.amount, "scanner": scan.source, "at": rfc3339(scan.finished)}
+                "packs": line.packs, "amount": line.amount, "cost": line.cost, "unpriced": line.amount_unknown,
+                "scanner": scan.source, "at": rfc3339(scan.finished)}
         return Outcome(Signal.GOOD, (self._append(journal, "void", body),))
 
     def _receive_all(self, journal: Journal) -> Outcome:
+        """The order arrived in full: receive what of it has not arrived yet, and close it."""
         session = self.ledger.session
-        # The order being received, when a receiving is on; else the latest one not yet received.
+        # The order being received, when a receiving of one is on; else the latest one not yet received.
         order = self.ledger.orders.get(session.order) if session is not None and session.order else \
             self.ledger.open_order()
         if order is None or self.mode == "counting":
             return Outcome(Signal.ERROR, note="receive-all refused: no open order, or a count is on")
         at = rfc3339(time.time())
-        if self.mode == "selling":
-            self._append(journal, "receiving_started", {"order": order["name"], "at": at})
         events = []
-        received = self.ledger.session.packs if self.ledger.session else {}
+        if self.mode == "selling":
+            events.append(self._append(journal, "receiving_started", {"order": order["name"], "at": at}))
+            self._mode_active_at = self.clock()
+        arrived = dict(order["received"])
+        if session is not None and not session.order:  # a receiving begun before the order came: it counts
+            for product, packs in session.packs.items():
+                arrived[product] = arrived.get(product, 0) + packs
         for line in _order_lines(order, self._catalog):
-            missing = line["ordered"] - received.get(line["product"], 0)
+            missing = line["ordered"] - arrived.get(line["product"], 0)
             if missing > 0:
                 events.append(self._append(journal, "received", {
                     "order": order["name"], "code": line["barcode"], "product": line["product"], "packs": missing,
                     "quantity": None, "known": line["known"], "name": line["name"], "at": at, "scanner": None,
                     "product_name": self._catalog.names.get(line["product"])}))
-        events.append(self._close(journal).events[-1])
-        return Outcome(Signal.GOOD, tuple(events))
+        closed = self._close(journal, order=order)
+        return Outcome(closed.signal, (*events, *closed.events))
 
-    def _close(self, journal: Journal) -> Outcome:
+    def _close(self, journal: Journal, order: dict[str, Any] | None = None) -> Outcome:
         session = self.ledger.session
         at = rfc3339(time.time())
         if session is None:
             return Outcome(Signal.ERROR, note="close refused: neither receiving nor counting is on")
+        self._mode_active_at = None
         if session.mode == "counting":
             products = set(session.packs) | {p for p, packs in self.ledger.stock.items() if packs != 0}
             lines = [{"product": p, "name": self._catalog.names.get(p) or self.ledger.names.get(p),
-                      "expected": self.ledger.stock.get(p, 0), "counted": session.packs.get(p, 0),
-                      "difference": session.packs.get(p, 0) - self.ledger.stock.get(p, 0)} for p in sorted(products)]
+                      "expected": self.ledger.stock.get(p, 0), "counted": max(0, session.packs.get(p, 0)),
+                      "difference": max(0, session.packs.get(p, 0)) - self.ledger.stock.get(p, 0)}
+                     for p in sorted(products)]
             event = self._append(journal, "count_closed", {"started": session.seq, "lines": lines, "at": at})
             differs = any(line["difference"] for line in lines)
             return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
-        order = self.ledger.orders.get(session.order) if session.order else None
+        if order is None and session.order:
+            order = self.ledger.orders.get(session.order)
+        # Against the order: all that arrived for it, in this receiving or an earlier one left unclosed.
         ordered = {line["product"]: line for line in _order_lines(order, self._catalog)} if order else {}
-        products = sorted(set(ordered) | set(session.packs))
+        received = dict(order["received"]) if order else {}
+        if not session.order:  # scanned in before the order was known
+            for product, packs in session.packs.items():
+                received[product] = received.get(product, 0) + packs
+        products = sorted(set(ordered) | set(received) | set(session.packs))
         lines = [{"product": p, "name": self._catalog.names.get(p) or (ordered.get(p) or {}).get("name")
-                  or self.ledger.names.get(p),
-                  "ordered": (ordered.get(p) or {}).get("ordered", 0), "received": session.packs.get(p, 0),
-                  "difference": session.packs.get(p, 0) - (ordered.get(p) or {}).get("ordered", 0)} for p in products]
-        event = self._append(journal, "receiving_closed", {"started": session.seq, "order": session.order,
+                  or self.ledger.names.get(p), "ordered": (ordered.get(p) or {}).get("ordered", 0),
+                  "received": received.get(p, 0), "difference": received.get(p, 0) - (ordered.get(p) or {}).get("ordered", 0)}
+                 for p in products]
+        event = self._append(journal, "receiving_closed", {"started": session.seq, "order": order["name"] if order else None,
                                                            "lines": lines, "at": at})
         differs = order is not None and any(line["difference"] for line in lines)
         return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
@@ -376,11 +439,16 @@ class Counter:
     def _end_day(self, journal: Journal, scan: Scan) -> Outcome:
         if self.mode != "selling":
             return Outcome(Signal.ERROR, note=f"end of day refused: {self.mode} is on; close or cancel it first")
+        # The day in progress: that of the latest line, when it is today or yesterday (a shop that closes
+        # after midnight closes the evening's day), else today.
         today = self.day(scan.finished)
-        day = self.ledger.days.get(today)
+        yesterday = self.day(scan.finished - 86_400)
+        latest = self.ledger.lines[max(self.ledger.lines)].day if self.ledger.lines else today
+        day_name = latest if latest in (today, yesterday) else today
+        day = self.ledger.days.get(day_name)
         totals = day.total.as_json() if day else {"lines": 0, "packs": 0, "amount": 0, "cost": 0, "uncosted": 0,
                                                    "margin": 0, "unpriced": 0}
-        body = {"day": today, "totals": totals, "currency": self._catalog.currency or self.currency,
+        body = {"day": day_name, "totals": totals, "currency": self._catalog.currency or self.currency,
                 "at": rfc3339(scan.finished)}
         return Outcome(Signal.GOOD, (self._append(journal, "day_closed", body),))
 
@@ -411,7 +479,7 @@ class Counter:
         ``pending_timeout``; None when nothing expired. Called now and then from the daemon."""
         self._catch_up(journal)
         now = self.clock()
-        if self.mode != "selling" and now - self._mode_active_at >= self.mode_timeout:
+        if self.mode != "selling" and now - (self._mode_active_at or 0.0) >= self.mode_timeout:
             self._pending = Pending()
             outcome = self._end_mode(journal, "timeout")
             return outcome

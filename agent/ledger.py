@@ -13,7 +13,8 @@ journal with ``keep_days=True``.
     ledger.days["2026-11-29"].products      # that day's sales, by product
 
 Quantities are packs; amounts are in the currency's minor unit (fen). A
-return counts as a negative sale; a void takes its line back out of its day.
+return counts as a negative sale; a void takes its line back out of its day
+(or a scan back out of a receiving or a count).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class Totals:
                 "uncosted": self.uncosted, "margin": self.margin, "unpriced": self.unpriced}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Line:
     """A sale or a return, as the ledger counts it: signed packs and amounts (a return's are negative)."""
     seq: int
@@ -85,6 +86,7 @@ class Session:
     seq: int  # the event that started it
     order: str | None = None  # receiving: the order being received
     packs: dict[str, int] = field(default_factory=dict)  # by product: received or counted so far
+    scans: dict[int, tuple[str, int]] = field(default_factory=dict)  # seq -> (product, packs), not voided
     last_at: str = ""  # the time of its latest event
 
 
@@ -104,9 +106,12 @@ def day_of(body: dict[str, Any]) -> str:
     return body.get("day") or (body.get("scanned_at") or body.get("at") or "")[:10]
 
 
+RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's totals): today, and a clock that jumped
+
+
 @dataclass
 class Ledger:
-    keep_days: bool = False  # every day's sales (reports) or only the latest day's (the counter)
+    keep_days: bool = False  # every day's sales, counts and receipts (reports), or only recent days' (the counter)
     stock: dict[str, int] = field(default_factory=dict)  # packs, by product
     names: dict[str, str] = field(default_factory=dict)  # by product, as last seen
     # Products whose stock is known: received or counted at least once. Before that a product's stock
@@ -114,15 +119,18 @@ class Ledger:
     tracked: set[str] = field(default_factory=set)
     negative: dict[str, int] = field(default_factory=dict)  # tracked product -> the seq that took it below zero
     days: dict[str, Day] = field(default_factory=dict)
-    lines: dict[int, Line] = field(default_factory=dict)  # the latest day's, for voids
+    # The lines of the days used most recently, those a void may take back: the counter's only use for them.
+    lines: dict[int, Line] = field(default_factory=dict)
+    voided: set[int] = field(default_factory=set)  # of ``lines``
     # The prices products actually sold at, by day: seq -> (product, unit, unit price, list price).
     sale_prices: dict[str, dict[int, tuple[str, str, int, int | None]]] = field(default_factory=dict)
-    voided: set[int] = field(default_factory=set)
-    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # open orders by name: their latest body
+    orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # open orders by name: latest body, "received"
+    closed_orders: set[str] = field(default_factory=set)  # received and closed: a copy pushed again reopens none
     session: Session | None = None
     counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
     receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
     last_seq: int = 0
+    _recent: list[str] = field(default_factory=list)  # the days used, least recently first
 
     def apply(self, seq: int, kind: str, body: dict[str, Any]) -> None:
         """Fold one event in; events come in sequence order, each once."""
@@ -132,13 +140,20 @@ class Ledger:
             handler(self, seq, body)
 
     def day(self, name: str) -> Day:
+        """The day ``name``'s figures. The days used most recently keep their lines (a clock that jumps
+        forward and back again loses nothing); the counter keeps only their totals."""
+        if name in self._recent:
+            self._recent.remove(name)
+        self._recent.append(name)
+        while len(self._recent) > RECENT_DAYS:
+            old = self._recent.pop(0)
+            gone = {seq for seq, line in self.lines.items() if line.day == old}
+            self.lines = {seq: line for seq, line in self.lines.items() if seq not in gone}
+            self.voided -= gone
+            if not self.keep_days:
+                self.days.pop(old, None)
+                self.sale_prices.pop(old, None)
         if name not in self.days:
-            if self.days and name > max(self.days):
-                # Voids reach only into their own day: older lines are done with.
-                self.lines = {s: line for s, line in self.lines.items() if line.day >= name}
-                if not self.keep_days:  # the counter keeps only the latest day
-                    self.days.clear()
-                    self.sale_prices.clear()
             self.days[name] = Day()
         return self.days[name]
 
@@ -184,38 +199,56 @@ class Ledger:
         self._move(seq, line.product, -line.packs, body)
 
     def _void(self, seq: int, body: dict[str, Any]) -> None:
-        line = self.lines.get(body["voids"])
-        if line is None or line.seq in self.voided:
-            return  # the counter voids only lines it holds; nothing else to take back
-        self.voided.add(line.seq)
-        self.day(line.day).add(line, -1)
-        self.sale_prices.get(line.day, {}).pop(line.seq, None)
-        self._move(seq, line.product, line.packs)
+        """A void says what it takes back, so it is folded from its own body: the same everywhere,
+        whatever lines a ledger still holds."""
+        voided, kind = body["voids"], body["voided_kind"]
+        if kind in ("sale", "return"):
+            self.voided.add(voided)
+            line = Line(seq=voided, kind=kind, day=body["day"], product=body["product"], packs=body["packs"],
+                        amount=body["amount"], cost=body.get("cost"), amount_unknown=bool(body.get("unpriced")))
+            self.day(line.day).add(line, -1)
+            self.sale_prices.get(line.day, {}).pop(voided, None)
+            self._move(seq, line.product, line.packs)
+            return
+        # A scan of a receiving or a count taken back.
+        if self.session is not None:
+            self.session.scans.pop(voided, None)
+            self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) - body["packs"]
+        if kind == "received":
+            self._move(seq, body["product"], -body["packs"])
+            order = self.orders.get(body.get("order") or "")
+            if order is not None:
+                order["received"][body["product"]] = order["received"].get(body["product"], 0) - body["packs"]
+
+    def _scanned(self, seq: int, body: dict[str, Any], mode: str) -> None:
+        if self.session is not None and self.session.mode == mode:
+            self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) + body["packs"]
+            self.session.scans[seq] = (body["product"], body["packs"])
+            self.session.last_at = body.get("at", "")
+        self._name(body["product"], body)
 
     def _received(self, seq: int, body: dict[str, Any]) -> None:
         self.tracked.add(body["product"])
         self._move(seq, body["product"], body["packs"], body)
-        if self.session is not None and self.session.mode == "receiving":
-            self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) + body["packs"]
-            self.session.last_at = body.get("at", "")
-
-    def _counted(self, seq: int, body: dict[str, Any]) -> None:
-        if self.session is not None and self.session.mode == "counting":
-            self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) + body["packs"]
-            self.session.last_at = body.get("at", "")
-        self._name(body["product"], body)
+        self._scanned(seq, body, "receiving")
+        order = self.orders.get(body.get("order") or "")
+        if order is not None:  # what arrived against an order, whichever receiving brought it
+            order["received"][body["product"]] = order["received"].get(body["product"], 0) + body["packs"]
 
     def _count_closed(self, seq: int, body: dict[str, Any]) -> None:
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
-        self.counts.append({"seq": seq, **body})
+        if self.keep_days:
+            self.counts.append({"seq": seq, **body})
         self.session = None
 
     def _receiving_closed(self, seq: int, body: dict[str, Any]) -> None:
         if body.get("order"):
             self.orders.pop(body["order"], None)
-        self.receipts.append({"seq": seq, **body})
+            self.closed_orders.add(body["order"])
+        if self.keep_days:
+            self.receipts.append({"seq": seq, **body})
         self.session = None
 
     def _started(self, seq: int, body: dict[str, Any], mode: str) -> None:
@@ -225,7 +258,10 @@ class Ledger:
         self.session = None
 
     def _order(self, seq: int, body: dict[str, Any]) -> None:
-        self.orders[body["name"]] = {**body, "_seq": seq}
+        if body["name"] in self.closed_orders:
+            return  # received and closed: a copy pushed or loaded again is no new delivery
+        received = self.orders.get(body["name"], {}).get("received", {})
+        self.orders[body["name"]] = {**body, "_seq": seq, "received": received}
 
     def _day_closed(self, seq: int, body: dict[str, Any]) -> None:
         self.day(body["day"]).closed = body
@@ -236,7 +272,7 @@ _HANDLERS = {
     "return": lambda ledger, seq, body: ledger._line(seq, body, "return"),
     "void": Ledger._void,
     "received": Ledger._received,
-    "counted": Ledger._counted,
+    "counted": lambda ledger, seq, body: ledger._scanned(seq, body, "counting"),
     "count_started": lambda ledger, seq, body: ledger._started(seq, body, "counting"),
     "receiving_started": lambda ledger, seq, body: ledger._started(seq, body, "receiving"),
     "count_closed": Ledger._count_closed,

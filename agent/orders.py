@@ -9,7 +9,7 @@ or, offline, as a CSV file loaded with ``counterbox order load``:
 
 A line's quantity is in the units its barcode stands for (a carton barcode:
 cartons). Either way the order is an ``order`` event in the journal; the
-counter receives it in full (``CB:RECEIVE-ALL``) or line by line.
+counter receives it in full (``CB:ALL-RECEIVED``) or line by line.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from drivers.barcode import classify
+from provisioning.documents import MAX_ORDER_LINES
 
 
 class OrderError(Exception):
@@ -43,4 +44,6 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
         lines.append({"barcode": barcode, "name": (row.get("name") or "").strip(), "quantity": int(quantity)})
     if not lines:
         raise OrderError("the order has no lines")
+    if len(lines) > MAX_ORDER_LINES:
+        raise OrderError(f"{len(lines)} lines are more than the {MAX_ORDER_LINES} a box receives in one order")
     return lines

@@ -89,7 +89,8 @@ def merge_sales(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for k in total:
             total[k] += report["total"][k]
     days = reports[0]["days"] if reports else []
-    return {"days": days, "closed": [], "total": total,
+    closed = sorted(set.intersection(*(set(report["closed"]) for report in reports))) if reports else []
+    return {"days": days, "closed": closed, "total": total,
             "products": sorted(products.values(), key=lambda row: (-row["amount"], row["product"]))}
 
 

@@ -74,7 +74,7 @@ def build(path: Path, key: bytes, days: int, sales: int) -> int:
             if day % 7 == 0:
                 lines = [{"barcode": rng.choice(cartons), "name": "", "quantity": rng.randint(1, 5)} for _ in range(20)]
                 journal.append("order", {"name": f"order/w{day // 7}", "order_id": f"w{day // 7}", "lines": lines})
-                scan("CB:RECEIVE-ALL", t)
+                scan("CB:ALL-RECEIVED", t)
             for n in range(sales):
                 t += 30
                 roll = rng.random()

@@ -120,16 +120,17 @@ def _shop_report(args) -> int:
                 result = reports.sales(store, days, scope)
                 text = "\n\n".join([*(f"Shop {shop}: {shop_reports.sales_table(report)}"
                                        for shop, report in result["shops"].items()),
-                                     *([f"All shops: {shop_reports.sales_table(result['total'])}"]
+                                     *([f"All shops: {shop_reports.sales_table(result['all_shops'])}"]
                                        if len(result["shops"]) != 1 else [])])
             else:
                 result = reports.prices(store, days, scope)
-                text = shop_reports.table(
-                    ["shop", "product", "name", "list", "actual (lines)", "stock"],
-                    [[row["shop"], row["product"], row["name"],
-                      shop_reports.money(row["list_price"]) if row["list_price"] is not None else "",
-                      ", ".join(f"{shop_reports.money(p['price'])}/{p['unit']} ({p['lines']})" for p in row["actual_prices"]),
-                      row["stock"]] for row in result])
+                def price(p: dict) -> str:
+                    listed = f" (list {shop_reports.money(p['list_price'])})" if p["list_price"] is not None else ""
+                    return f"{shop_reports.money(p['price'])}/{p['unit']}{listed} x{p['lines']}"
+
+                text = shop_reports.table(["shop", "product", "name", "sold at", "stock"],
+                                          [[row["shop"], row["product"], row["name"],
+                                            ", ".join(map(price, row["actual_prices"])), row["stock"]] for row in result])
     finally:
         store.close()
     print(json.dumps(result, ensure_ascii=False) if args.json else text)

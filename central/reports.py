@@ -46,10 +46,13 @@ class Scope:
         return chosen
 
 
-def ledgers(store: CentralStore, scope: Scope) -> dict[str, list[Ledger]]:
-    """Each shop's devices' ledgers, by shop (a device with no shop is its own)."""
+def ledgers(store: CentralStore, scope: Scope, *, serving: bool = False) -> dict[str, list[Ledger]]:
+    """Each shop's devices' ledgers, by shop (a device with no shop is its own). ``serving``: only the
+    devices that serve it now, not one revoked (a box replaced counted the same shelf before)."""
     by_shop: dict[str, list[Ledger]] = {}
     for device_id, shop in scope.devices(store):
+        if serving and (device := store.device(device_id)) is not None and device.revoked_at is not None:
+            continue
         by_shop.setdefault(shop, []).append(reports.fold(store.device_events(device_id)))
     return by_shop
 
@@ -58,15 +61,16 @@ def sales(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
     """Sales over ``days``: per shop, and all of them together."""
     shops = {shop: reports.merge_sales([reports.sales(ledger, days) for ledger in found])
              for shop, found in ledgers(store, scope).items()}
-    total = reports.merge_sales(list(shops.values())) if shops else reports.merge_sales([])
-    total["days"] = days
-    return {"days": days, "shops": shops, "total": total}
+    everything = reports.merge_sales(list(shops.values()))
+    everything["days"] = days
+    return {"days": days, "shops": shops, "all_shops": everything}
 
 
 def stock(store: CentralStore, scope: Scope) -> dict[str, Any]:
-    """Each shop's stock by product (its devices' together), and its products below zero."""
+    """Each shop's stock by product (its serving devices' together: a shop may have two counters), and
+    its products below zero."""
     result = {}
-    for shop, found in ledgers(store, scope).items():
+    for shop, found in ledgers(store, scope, serving=True).items():
         rows: dict[str, dict[str, Any]] = {}
         for ledger in found:
             for row in reports.stock(ledger)["products"]:
@@ -81,27 +85,25 @@ def stock(store: CentralStore, scope: Scope) -> dict[str, Any]:
 
 
 def prices(store: CentralStore, days: list[str], scope: Scope) -> list[dict[str, Any]]:
-    """Market monitoring: per shop and product, the list price, the prices the shop actually sold at
-    over ``days`` (the most frequent first), and its stock now."""
+    """Market monitoring: per shop and product, the prices the shop actually sold at over ``days`` (the
+    most frequent first, each beside its unit's list price), and its stock now."""
     rows = []
+    shelves = stock(store, scope)
     for shop, found in ledgers(store, scope).items():
         actual: dict[str, Tally] = {}
-        listed: dict[str, int | None] = {}
-        stock: dict[str, int] = {}
+        listed: dict[tuple[str, str], int | None] = {}  # by product and unit: a carton's is not a pack's
         names: dict[str, str | None] = {}
         for ledger in found:
             for day in days:
                 for product, unit, price, list_price in ledger.sale_prices.get(day, {}).values():
                     actual.setdefault(product, Tally())[(unit, price)] += 1
-                    listed[product] = list_price
-            for product, packs in ledger.stock.items():
-                stock[product] = stock.get(product, 0) + packs
+                    listed[(product, unit)] = list_price
             names.update({p: n for p, n in ledger.names.items() if n})
-        for product in sorted(set(actual) | {p for p, n in stock.items() if n}):
+        on_shelf = {row["product"]: row["packs"] for row in shelves.get(shop, {"products": []})["products"]}
+        for product in sorted(set(actual) | {p for p, n in on_shelf.items() if n}):
             seen = actual.get(product, Tally())
             rows.append({"shop": shop, "product": product, "name": names.get(product),
-                         "list_price": listed.get(product),
-                         "actual_prices": [{"unit": unit, "price": price, "lines": n}
-                                           for (unit, price), n in seen.most_common()],
-                         "stock": stock.get(product, 0)})
+                         "actual_prices": [{"unit": unit, "price": price, "list_price": listed.get((product, unit)),
+                                            "lines": n} for (unit, price), n in seen.most_common()],
+                         "stock": on_shelf.get(product, 0)})
     return rows

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 # A morning at the counter: (what is scanned, how the scanner types it). Codes starting "CB:" are
 # the printed control sheet's (counterbox-ops controls sheet).
 SESSION = [
-    ("CB:RECEIVE-ALL", {}),                        # the week's order arrived in full
+    ("CB:ALL-RECEIVED", {}),                        # the week's order arrived in full
     ("6901028075831", {}),                         # Hongtashan pack
     ("CB:QTY3", {}),                               # three of the next:
     ("6901028075831", {}),                         # Hongtashan pack x3

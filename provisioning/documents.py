@@ -35,6 +35,7 @@ KINDS = ("price_list", "order", "settings", "revocation")
 # except the time zone (an IANA name). Anything else in it refuses the whole document.
 SETTINGS = {"counter": {"timezone", "mode_timeout", "pending_timeout"},
             "uplink": {"status_interval", "snapshot_interval"}}
+MAX_ORDER_LINES = 10_000
 _ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _REGION = _ORDER_ID
 
@@ -98,13 +99,17 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
                     and natural(item.get("price"), 0)):
                 raise ProtocolError(f"price list item {number} needs a barcode, a name, and a price "
                                     "in the currency's minor unit (an integer, 0 or more)")
-            # What a row is, for stock and margins (optional; a plain row is a pack).
-            if not (item.get("unit", "pack") in ("pack", "carton", "case") and natural(item.get("packs", 1))
+            # What a row is, for stock and margins (optional; a plain row is a pack): as a CSV row must be.
+            unit = item.get("unit", "pack")
+            if not (unit in ("pack", "carton", "case") and natural(item.get("packs", 1))
+                    and (item.get("packs", 1) == 1 if unit == "pack" else True)
+                    and (unit != "case" or "packs" in item)
                     and (item.get("cost") is None or natural(item["cost"], 0))
                     and (item.get("product") is None or _code(item["product"]))
-                    and (item.get("unit", "pack") == "pack" or item.get("product") is not None)):
-                raise ProtocolError(f"price list item {number}: unit must be pack, carton or case, packs 1 or more, "
-                                    "cost an integer of 0 or more, and a carton or case must name its product")
+                    and (unit == "pack" or item.get("product") is not None)):
+                raise ProtocolError(f"price list item {number}: unit must be pack (of 1 pack), carton or case "
+                                    "(a case saying its packs), cost an integer of 0 or more, and a carton or case "
+                                    "must name its product")
     elif kind == "settings":
         check_settings(body)
     elif kind == "revocation":
@@ -114,6 +119,9 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
         lines = body.get("lines")
         if not isinstance(lines, list) or not lines:
             raise ProtocolError("an order needs its lines")
+        if len(lines) > MAX_ORDER_LINES:
+            # Its receiving's close lists every line with what arrived: it must fit an event too.
+            raise ProtocolError(f"an order of {len(lines)} lines is more than the {MAX_ORDER_LINES} a box receives")
         for number, line in enumerate(lines, 1):
             if not (isinstance(line, dict) and _code(line.get("barcode")) and isinstance(line.get("name"), str)
                     and natural(line.get("quantity"))):

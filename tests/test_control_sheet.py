@@ -23,6 +23,7 @@ def test_every_control_is_on_the_sheet_as_a_code_128_that_reads_back(tmp_path):
     for code, chinese, english in controls.SHEET:
         assert controls.control(code) is not None
         assert chinese in text and english in text  # both labels, beside each code
+    assert b"/FontFile2" in path.read_bytes()  # a font with Chinese embedded (fonts-wqy-microhei): any viewer shows it
 
 
 def test_the_sheet_is_a_pdf_and_a_bad_font_is_named(tmp_path):

@@ -1,6 +1,7 @@
 """The counter driven by a scanner and a sheet of control codes: selling, receiving, counting, a day's close."""
 
 import os
+import time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -42,6 +43,9 @@ class Shop:
         self.counter = Counter(timezone=SHANGHAI, clock=self.clock, mode_timeout=600, pending_timeout=60)
         self.at = NOON
         self.heard: list[Signal] = []
+        with journal.transaction():  # as the daemon's first look at the time-outs, as it starts
+            self.counter.expire(journal)
+        self.clock.now += 60  # the box has been up a while: digits keyed now are whole
 
     def scan(self, *codes):
         """Scan each code in turn; return the events the last one recorded."""
@@ -62,9 +66,6 @@ class Shop:
 
     def ledger(self):
         return reports.fold((e.seq, e.kind, e.body) for e in self.journal.read_after(0, limit=100_000))
-
-    def stock(self, code=PACK):
-        return self.ledger().stock.get(self.counter.ledger.names and _key(code), 0)
 
     def today(self):
         return reports.sales(self.ledger(), [self.counter.day(self.at)])
@@ -116,15 +117,16 @@ def test_a_quantity_code_counts_the_next_scan_that_many_times_and_only_the_next(
 
 
 def test_a_keyed_quantity_counts_the_next_scan(shop):
-    [sale] = shop.scan(*shop.key("24"), "CB:QTY", CARTON)
+    [sale] = shop.scan(*shop.key("24"), "CB:QTY-KEYED", CARTON)
     assert (sale.body["quantity"], sale.body["packs"]) == (24, 240)
 
 
 @pytest.mark.parametrize("keyed", ["", "0", "1000", "2.5"])
-def test_a_keyed_quantity_that_is_no_quantity_is_refused_and_forgotten(shop, keyed):
-    assert shop.scan(*shop.key(keyed), "CB:QTY") == ()
+def test_a_keyed_quantity_that_is_no_quantity_is_refused_and_so_is_the_scan_it_was_for(shop, keyed):
+    assert shop.scan(*shop.key(keyed), "CB:QTY-KEYED") == ()
     assert shop.signal is Signal.ERROR
-    [sale] = shop.scan(PACK)
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+    [sale] = shop.scan("CB:CLEAR", PACK)
     assert sale.body["quantity"] == 1
 
 
@@ -138,10 +140,11 @@ def test_a_keyed_price_sells_at_the_shops_actual_price(shop):
 
 
 @pytest.mark.parametrize("keyed", ["", ".", "1.234", "1234567890", "1..5"])
-def test_a_keyed_price_that_is_no_price_is_refused(shop, keyed):
+def test_a_keyed_price_that_is_no_price_is_refused_and_so_is_the_sale_it_was_for(shop, keyed):
     shop.scan(*shop.key(keyed), "CB:PRICE")
     assert Signal.ERROR in shop.heard
-    [sale] = shop.scan(PACK)
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+    [sale] = shop.scan("CB:CLEAR", PACK)
     assert sale.body["unit_price"] == 2300
 
 
@@ -214,8 +217,8 @@ def test_stock_is_received_sold_and_counted_in_packs(shop):
     shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
         {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 3},
         {"barcode": GUM, "name": "Gum", "quantity": 20}]})
-    events = shop.scan("CB:RECEIVE-ALL")
-    assert [e.kind for e in events] == ["received", "received", "receiving_closed"]
+    events = shop.scan("CB:ALL-RECEIVED")
+    assert [e.kind for e in events] == ["receiving_started", "received", "received", "receiving_closed"]
     assert shop.signal is Signal.GOOD
     shop.scan(CARTON, PACK, "CB:QTY3", GUM)
     ledger = shop.ledger()
@@ -227,7 +230,7 @@ def test_receiving_line_by_line_records_the_differences_against_the_order(shop):
     shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
         {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 2},
         {"barcode": GUM, "name": "Gum", "quantity": 10}]})
-    [started] = shop.scan("CB:RECEIVE")
+    [started] = shop.scan("CB:RECEIVING")
     assert (started.kind, started.body["order"]) == ("receiving_started", "order/w48")
     shop.scan(CARTON, "CB:CARTON", PACK, "CB:QTY5", GUM, UNKNOWN)  # 20 packs, 5 of 10 gum, one surprise
     assert shop.ledger().stock[_key(PACK)] == 20  # stock rises as the goods are scanned in
@@ -244,7 +247,7 @@ def test_receiving_line_by_line_records_the_differences_against_the_order(shop):
 
 
 def test_a_count_sets_stock_to_what_is_on_the_shelf_and_records_the_differences(shop):
-    shop.scan("CB:RECEIVE", CARTON, CARTON, GUM, "CB:CLOSE")  # 20 packs, 1 gum; no order: no differences
+    shop.scan("CB:RECEIVING", CARTON, CARTON, GUM, "CB:CLOSE")  # 20 packs, 1 gum; no order: no differences
     assert shop.signal is Signal.GOOD
     shop.scan(PACK, PACK)  # 18 left by the ledger
     shop.scan("CB:COUNT", CARTON, "CB:QTY5", PACK)  # 15 on the shelf; the gum is gone
@@ -288,7 +291,7 @@ def test_an_untracked_product_is_never_called_negative(shop):
 
 def test_modes_do_not_nest_and_a_mode_times_out_back_to_selling(shop):
     shop.scan("CB:COUNT")
-    assert shop.scan("CB:RECEIVE") == () and shop.signal is Signal.ERROR
+    assert shop.scan("CB:RECEIVING") == () and shop.signal is Signal.ERROR
     assert shop.scan("CB:END-DAY") == () and shop.signal is Signal.ERROR
     shop.clock.now += 599
     with shop.journal.transaction():
@@ -301,12 +304,27 @@ def test_modes_do_not_nest_and_a_mode_times_out_back_to_selling(shop):
     assert sale.kind == "sale"
 
 
-def test_a_mode_left_open_by_a_restart_goes_on(shop):
+def restarted(shop):
+    """The counter of an agent started again on the same journal."""
+    return Counter(timezone=SHANGHAI, clock=shop.clock, mode_timeout=600)
+
+
+def test_a_mode_left_open_by_a_restart_goes_on_for_what_is_left_of_its_time(shop):
+    shop.at = time.time() - 60
     shop.scan("CB:COUNT", PACK)
-    again = Counter(timezone=SHANGHAI, clock=shop.clock)
     with shop.journal.transaction():
-        outcome = again.record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON))
+        outcome = restarted(shop).record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON))
     assert outcome.events[0].kind == "counted"
+
+
+def test_a_mode_left_open_longer_than_its_time_by_a_box_that_was_off_has_ended_and_sells_nothing(shop):
+    shop.at = time.time() - 2 * 86_400
+    shop.scan("CB:RECEIVING", PACK)
+    with shop.journal.transaction():
+        outcome = restarted(shop).record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON))
+    assert outcome.signal is Signal.ERROR  # neither received nor sold: scan again
+    assert [e.kind for e in outcome.events] == ["mode_ended"] and outcome.events[0].body["reason"] == "timeout"
+    assert shop.ledger().stock[_key(PACK)] == 1  # what was received before stays received
 
 
 # -- the day -----------------------------------------------------------------------------
@@ -358,27 +376,27 @@ def test_a_refused_scan_is_recorded_and_never_a_sale(shop):
 def test_receive_all_during_a_receiving_takes_in_what_is_still_missing(shop):
     shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
         {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 3}]})
-    shop.scan("CB:RECEIVE", CARTON)
-    events = shop.scan("CB:RECEIVE-ALL")
+    shop.scan("CB:RECEIVING", CARTON)
+    events = shop.scan("CB:ALL-RECEIVED")
     assert [(e.kind, e.body.get("packs")) for e in events] == [("received", 20), ("receiving_closed", None)]
     assert all(line["difference"] == 0 for line in events[-1].body["lines"])
     assert shop.ledger().stock[_key(PACK)] == 30
-    assert shop.scan("CB:RECEIVE-ALL") == () and shop.signal is Signal.ERROR  # nothing left to receive
+    assert shop.scan("CB:ALL-RECEIVED") == () and shop.signal is Signal.ERROR  # nothing left to receive
 
 
 def test_a_scan_cut_short_while_a_number_is_keyed_spoils_the_number(shop):
     shop.scan("CB:2")
     with shop.journal.transaction():
         shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))  # perhaps the next digit
-    shop.scan("CB:4", "CB:QTY")
+    shop.scan("CB:4", "CB:QTY-KEYED")
     assert shop.signal is Signal.ERROR  # neither 24 nor 4: key it again
-    shop.scan("CB:CANCEL", "CB:2", "CB:4", "CB:QTY")
+    shop.scan("CB:CLEAR", "CB:2", "CB:4", "CB:QTY-KEYED")
     [sale] = shop.scan(PACK)
     assert sale.body["quantity"] == 24
 
 
 def test_a_snapshot_says_stock_and_the_prices_actually_sold_at_today(shop):
-    shop.scan("CB:RECEIVE", CARTON, CARTON, "CB:CLOSE")
+    shop.scan("CB:RECEIVING", CARTON, CARTON, "CB:CLOSE")
     shop.scan(PACK, *shop.key("21"), "CB:PRICE", PACK, CARTON, GUM, "CB:VOID")
     with shop.journal.transaction():
         snapshot = shop.counter.snapshot(shop.journal, shop.at)
@@ -387,3 +405,168 @@ def test_a_snapshot_says_stock_and_the_prices_actually_sold_at_today(shop):
     assert stock == {_key(PACK): (20 - 1 - 1 - 10, True), _key(GUM): (0, False)}  # the gum's sale was voided
     prices = [(row["unit"], row["price"], row["list_price"], row["lines"]) for row in snapshot.body["prices"]]
     assert prices == [("carton", 22500, 22500, 1), ("pack", 2100, 2300, 2)]  # the latest pack price, two lines
+
+
+def test_no_control_code_is_the_beginning_of_another_so_a_cut_scan_is_never_another_control():
+    codes = [code for code, _, _ in controls.SHEET]
+    for code in codes:
+        assert not any(other != code and other.startswith(code) for other in codes), code
+        for cut in range(len(controls.PREFIX) + 1, len(code)):
+            with pytest.raises(ValueError):
+                controls.control(code[:cut])
+
+
+# -- what a rollback takes ---------------------------------------------------------------
+
+def failed_group(shop, *steps):
+    """Run the counter's steps in one transaction whose commit fails: as a group commit can."""
+    with pytest.raises(RuntimeError), shop.journal.transaction():
+        for step in steps:
+            step()
+        raise RuntimeError("the commit failed")
+
+
+def test_a_sale_and_a_timer_tick_rolled_back_together_leave_no_trace_in_the_ledger(shop):
+    shop.scan("CB:COUNT", PACK, PACK, PACK, "CB:CLOSE")
+    failed_group(shop, lambda: shop.counter.record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON)),
+                 lambda: shop.counter.expire(shop.journal))
+    shop.journal.append("price_list", {"currency": "CNY", "items": [{"barcode": PACK, "name": "Hongtashan", "price": 2500}]})
+    [sale] = shop.scan(PACK)
+    assert sale.body["unit_price"] == 2500  # the price list at the seq the rolled-back sale had is seen
+    assert shop.counter.ledger.stock[_key(PACK)] == shop.ledger().stock[_key(PACK)] == 2
+    [closed] = shop.scan("CB:END-DAY")
+    assert closed.body["totals"] == shop.today()["total"]
+
+
+def test_someone_elses_event_rolled_back_after_the_counter_folded_it_is_forgotten(shop):
+    order = {"name": "order/w1", "order_id": "w1", "lines": [{"barcode": CARTON, "name": "", "quantity": 1}]}
+    failed_group(shop, lambda: shop.journal.append("order", order), lambda: shop.counter.expire(shop.journal))
+    assert shop.scan("CB:ALL-RECEIVED") == () and shop.signal is Signal.ERROR  # no order came
+
+
+def test_what_was_set_for_a_sale_that_was_rolled_back_holds_for_the_scan_made_again(shop):
+    shop.scan("CB:QTY5")
+    failed_group(shop, lambda: shop.counter.record(shop.journal, Scan(PACK, "/dev/input/event3", NOON, NOON)))
+    [sale] = shop.scan(PACK)  # the retailer heard the error and scans again
+    assert sale.body["quantity"] == 5
+
+
+# -- orders received once ----------------------------------------------------------------
+
+ORDER = {"name": "order/w48", "order_id": "w48", "lines": [{"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 3}]}
+
+
+def test_a_receiving_that_timed_out_counts_when_the_rest_is_received(shop):
+    shop.journal.append("order", ORDER)
+    shop.scan("CB:RECEIVING", CARTON, CARTON)
+    shop.clock.now += 601
+    with shop.journal.transaction():
+        shop.counter.expire(shop.journal)
+    shop.scan("CB:ALL-RECEIVED")
+    assert shop.ledger().stock[_key(PACK)] == 30  # 20 scanned, 10 more: never 50
+
+
+def test_an_order_that_came_during_a_receiving_is_closed_by_all_received_and_received_once(shop):
+    shop.scan("CB:RECEIVING", CARTON)
+    shop.journal.append("order", ORDER)
+    events = shop.scan("CB:ALL-RECEIVED")
+    assert events[-1].body["order"] == "order/w48" and events[-1].kind == "receiving_closed"
+    assert shop.ledger().stock[_key(PACK)] == 30
+    assert shop.scan("CB:ALL-RECEIVED") == () and shop.signal is Signal.ERROR
+
+
+def test_an_order_pushed_again_after_it_was_received_is_no_new_delivery(shop):
+    shop.journal.append("order", ORDER)
+    shop.scan("CB:ALL-RECEIVED")
+    shop.journal.append("order", {**ORDER, "version": 2})
+    assert shop.scan("CB:ALL-RECEIVED") == () and shop.signal is Signal.ERROR
+    assert shop.ledger().stock[_key(PACK)] == 30
+
+
+def test_all_received_after_more_than_was_ordered_says_the_difference(shop):
+    shop.journal.append("order", ORDER)
+    shop.scan("CB:RECEIVING", *[CARTON] * 4)
+    events = shop.scan("CB:ALL-RECEIVED")
+    assert shop.signal is Signal.ATTENTION
+    assert [(line["ordered"], line["received"]) for line in events[-1].body["lines"]] == [(30, 40)]
+
+
+def test_void_in_a_receiving_or_a_count_takes_back_its_last_scan(shop):
+    shop.scan("CB:RECEIVING", CARTON, CARTON, "CB:VOID")  # a carton read twice
+    assert shop.ledger().stock[_key(PACK)] == 10
+    [closed] = shop.scan("CB:CLOSE")
+    assert [line["received"] for line in closed.body["lines"]] == [10]
+    shop.scan("CB:COUNT", PACK, PACK, GUM, "CB:VOID", "CB:VOID")
+    [count] = shop.scan("CB:CLOSE")
+    assert {line["product"]: line["counted"] for line in count.body["lines"]} == {_key(PACK): 1, _key(GUM): 0}
+
+
+def test_clear_forgets_what_is_pending_and_never_leaves_a_mode(shop):
+    shop.scan("CB:COUNT", "CB:3", "CB:CLEAR", "CB:CLEAR")
+    [counted] = shop.scan(PACK)
+    assert counted.kind == "counted" and counted.body["packs"] == 1
+    shop.scan("CB:CANCEL")
+    assert shop.signal is Signal.ATTENTION  # the count is left unclosed
+
+
+# -- keyed numbers, whole or not at all ------------------------------------------------------
+
+def test_a_number_keyed_and_not_said_to_be_a_quantity_or_price_refuses_the_scan_and_waits(shop):
+    assert shop.scan("CB:5", PACK) == () and shop.signal is Signal.ERROR
+    [sale] = shop.scan("CB:QTY-KEYED", PACK)
+    assert sale.body["quantity"] == 5
+
+
+def test_a_number_spoiled_after_its_price_was_set_refuses_the_sale(shop):
+    shop.scan("CB:1", "CB:2", "CB:PRICE", "CB:3")
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+    shop.scan("CB:CLEAR")
+    [sale] = shop.scan(PACK)
+    assert sale.body["unit_price"] == 2300
+
+
+@pytest.mark.parametrize("fragment", ["B:1", ":1", "CB:", "CB:PRI"])
+def test_a_cut_scan_that_may_be_part_of_a_digit_spoils_the_number_that_follows(shop, fragment):
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode(fragment, "/dev/input/event3", "cut"))
+    shop.scan("CB:5", "CB:PRICE")
+    assert shop.heard[-2:] == [Signal.ERROR, Signal.ERROR]
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR  # never at 0.05
+
+
+def test_digits_keyed_as_the_box_starts_are_refused_their_first_may_be_lost(tmp_path):
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    clock = Clock()
+    counter = Counter(clock=clock)
+    with journal.transaction():
+        counter.expire(journal)  # the box starts
+    clock.now += 2
+    with journal.transaction():
+        assert counter.record(journal, Scan("CB:5", "kp", NOON, NOON)).signal is Signal.ERROR
+    clock.now += 30
+    with journal.transaction():
+        counter.record(journal, Scan("CB:CLEAR", "kp", NOON, NOON))
+        assert counter.record(journal, Scan("CB:5", "kp", NOON, NOON)).signal is Signal.GOOD
+    journal.close()
+
+
+# -- the day, whatever the clock does ---------------------------------------------------------
+
+def test_a_clock_that_jumps_a_day_and_back_loses_no_sale_of_the_day(shop):
+    shop.scan(PACK, PACK)
+    shop.at += 86_400
+    shop.scan(GUM)
+    shop.at -= 86_400
+    shop.scan(CARTON)
+    [closed] = shop.scan("CB:END-DAY")
+    assert closed.body["totals"]["packs"] == 12 == shop.today()["total"]["packs"]
+
+
+def test_end_of_day_after_midnight_closes_the_evenings_day(shop):
+    shop.at = 1_796_047_200.0  # 2026-11-30T22:00 in Shanghai
+    shop.scan(PACK)
+    shop.at += 3 * 3600  # 01:00 the next morning
+    [closed] = shop.scan("CB:END-DAY")
+    assert (closed.body["day"], closed.body["totals"]["lines"]) == ("2026-11-30", 1)

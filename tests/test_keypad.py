@@ -67,7 +67,7 @@ def test_a_quantity_keyed_on_the_keypad_counts_the_scanners_next_scan(tmp_path):
         store = await Store.open(tmp_path / "journal.db", os.urandom(32))
         items = parse_csv("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
         await store.append("price_list", {"items": [item.as_json() for item in items]})
-        counter = Counter()
+        counter = Counter(start_guard=0)  # keyed as soon as the box reads the keypad
         recorded = []
 
         async def on_scan(scan):
