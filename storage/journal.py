@@ -132,6 +132,11 @@ class Journal:
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
 
+    @property
+    def changes(self) -> int:
+        """Rows written on this connection so far (SQLite's count): tells a write that wrote from one that did not."""
+        return self._conn.total_changes
+
     def _meta(self, name: str) -> str:
         return self._conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
 
