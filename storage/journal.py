@@ -170,10 +170,7 @@ class Journal:
         AESGCM(outer)
         self._alone("re-wrapping the data keys")
         with self.transaction():
-            rows = self._conn.execute("SELECT id, wrapped FROM keys").fetchall()
-            self._conn.executemany("UPDATE keys SET wrapped = ? WHERE id = ?", [
-                (sealing.wrap(outer, key_id, sealing.unwrap(self._outer, key_id, wrapped, self.path)), key_id)
-                for key_id, wrapped in rows])
+            sealing.rewrap_keys(self._conn, self.path, self._outer, outer)
         self._outer = outer
 
     def data_keys(self) -> list[tuple[int, float]]:

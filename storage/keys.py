@@ -69,7 +69,7 @@ def write_secret(path: Path, data: bytes) -> None:
         os.link(aside, path)  # atomic, and refuses (FileExistsError) to replace what is there
     finally:
         os.unlink(aside)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def destroy_secret(path: Path) -> bool:
@@ -86,11 +86,11 @@ def destroy_secret(path: Path) -> bool:
     finally:
         os.close(fd)
     os.unlink(path)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     return True
 
 
-def _sync_directory(path: Path) -> None:
+def sync_directory(path: Path) -> None:
     directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)

@@ -14,6 +14,7 @@ means re-wrapping a few rows, never rewriting the log.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -61,3 +62,10 @@ def wrong_key(path: Path) -> DataKeyError:
         f"the data key does not open the journal {path}: it was created with another key. "
         "Nothing was changed; start with the key this journal was created with."
     )
+
+
+def rewrap_keys(conn: sqlite3.Connection, path: Path, old: bytes, new: bytes) -> None:
+    """Wrap every data key in the ``keys`` table under ``new`` instead of ``old`` (in the caller's transaction)."""
+    rows = conn.execute("SELECT id, wrapped FROM keys").fetchall()
+    conn.executemany("UPDATE keys SET wrapped = ? WHERE id = ?",
+                     [(wrap(new, key_id, unwrap(old, key_id, wrapped, path)), key_id) for key_id, wrapped in rows])
