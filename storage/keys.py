@@ -27,6 +27,11 @@ def _read(path: Path, origin: str) -> bytes:
     return key
 
 
+def read_key_file(path: Path) -> bytes:
+    """A 32-byte key from a file given on the command line (a new outer key, say)."""
+    return _read(path, "in")
+
+
 def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
     """Return the data key; create ``key_file`` only when ``create`` (the journal does not exist yet)."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
