@@ -8,6 +8,10 @@ import subprocess
 
 import pytest
 
+from agent.counter import Counter
+from agent.daemon import record_scan
+from drivers.decoder import Scan
+from drivers.feedback import Signal
 from storage import Journal, JournalFull, Store
 
 
@@ -92,3 +96,27 @@ def _fill(journal) -> int:
             journal.append("sale", {"code": f"{recorded:013d}", "note": "x" * 200})
             recorded += 1
     return recorded
+
+
+def test_a_scan_on_a_full_disk_is_refused_with_the_error_signal_and_scans_count_again_once_space_returns(small_disk):
+    """Through the daemon's own scan path: not recorded, the retailer hears it, no restart needed after."""
+    scan = Scan("96385074", "/dev/input/event3", 1.0, 1.0)
+
+    async def main():
+        store = await Store.open(small_disk / "journal.db", os.urandom(32))
+        counter = Counter()
+        with pytest.raises(JournalFull):
+            while True:
+                await store.append("sale", {"note": "x" * 200})
+        refused = await record_scan(store, counter, scan)
+        held = await store.read(lambda journal: journal.last_seq())
+        subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+        recorded = await record_scan(store, counter, scan)
+        last = await store.read(lambda journal: journal.last("sale"))
+        await store.close()
+        return refused, held, recorded, last
+
+    refused, held, recorded, last = asyncio.run(main())
+    assert refused is Signal.ERROR
+    assert recorded is Signal.ATTENTION  # recorded (not on a price list): the box took sales again by itself
+    assert last.seq == held + 1 and last.body["code"] == "96385074"

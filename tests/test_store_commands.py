@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import sqlite3
@@ -10,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,3 +103,25 @@ def test_a_backup_of_a_box_with_no_journal_says_so(tmp_path):
     result = counterbox(config, "backup", str(tmp_path / "box.cbbackup"), "--passphrase-file", str(passphrase))
     assert result.returncode == 2 and "there is no journal at" in result.stderr
     assert not (tmp_path / "box" / "data.key").exists()
+
+
+@pytest.mark.parametrize("key", ["wrong", "missing"])
+def test_the_agent_with_a_wrong_or_missing_key_stops_with_a_clear_error_and_changes_nothing(box, key):
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+    central_key = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    box.write_text(box.read_text() + f'[uplink]\ncentral_key = "{central_key}"\n')
+    assert counterbox(box, "identity", "create").returncode == 0
+    assert counterbox(box, "keys", "rotate").returncode == 0
+    key_file = box.parent / "data.key"
+    if key == "wrong":
+        key_file.write_bytes(os.urandom(32))
+    else:
+        key_file.unlink()
+    files = [box.parent / name for name in ("journal.db", "journal.db-wal")]
+    before = [hashlib.sha256(p.read_bytes() if p.exists() else b"").hexdigest() for p in files]
+    result = counterbox(box, "run")
+    assert result.returncode == 2
+    assert ("created with another key. Nothing was changed" if key == "wrong"
+            else "is missing but the journal exists") in result.stderr
+    assert [hashlib.sha256(p.read_bytes() if p.exists() else b"").hexdigest() for p in files] == before
+    assert key == "wrong" or not key_file.exists()
