@@ -44,6 +44,7 @@ from .schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
            "verify_journal"]
+
 # The largest event body (its JSON) the journal takes; the agent passes the protocol's own
 # limit, so that nothing is recorded that no batch could carry.
 DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024

@@ -1,6 +1,5 @@
 """The hash chain: every event carries the hash of the one before; verify names the first broken event."""
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -12,16 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import SCHEMA_VERSION, DataKeyError, Journal, JournalError, verify_journal
+from storage.chain import GENESIS, link
 
-
-@pytest.fixture
-def key():
-    return os.urandom(32)
-
-
-@pytest.fixture
-def journal_path(tmp_path):
-    return tmp_path / "journal.db"
+from .journals import contents, journal_path, key  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -88,7 +80,6 @@ def test_a_sealed_body_changed_and_chained_again_is_caught_by_its_seal(journal, 
     conn = sqlite3.connect(journal_path)
     conn.execute("DROP TRIGGER events_append_only_update")
     rows = conn.execute("SELECT seq, kind, key_id, sealed FROM events ORDER BY seq").fetchall()
-    from storage.chain import GENESIS, link
     previous = GENESIS
     for seq, kind, key_id, sealed in rows:
         if seq == 3:
@@ -113,7 +104,7 @@ def test_the_chain_can_start_from_an_anchor_after_a_prefix_is_removed(journal, j
     """What a later retention step does: remove old events, keep the last removed one's hash as the anchor."""
     anchor = journal._conn.execute("SELECT chain FROM events WHERE seq = 2").fetchone()[0]
     tamper(journal_path, "DELETE FROM events WHERE seq <= 2",
-           f"UPDATE meta SET value = '2' WHERE name = 'chain_anchor_seq'",
+           "UPDATE meta SET value = '2' WHERE name = 'chain_anchor_seq'",
            f"UPDATE meta SET value = '{anchor.hex()}' WHERE name = 'chain_anchor'")
     result = verify_journal(journal_path, key)
     assert result.ok and (result.anchor_seq, result.events, result.last_seq) == (2, 3, 5)
@@ -207,12 +198,6 @@ def test_a_v1_journal_with_a_wrong_key_is_refused_and_left_as_it_was(journal_pat
     with pytest.raises(DataKeyError, match="created with another key. Nothing was changed"):
         Journal.open(journal_path, os.urandom(32))
     assert contents(journal_path) == before
-
-
-def contents(journal_path) -> list[str]:
-    """The database's and its WAL's bytes (a WAL not there holds what an empty one holds: nothing)."""
-    files = [journal_path, journal_path.with_name(journal_path.name + "-wal")]
-    return [hashlib.sha256(p.read_bytes() if p.exists() else b"").hexdigest() for p in files]
 
 
 def test_a_migrated_journal_is_still_append_only(journal_path, key):

@@ -1,7 +1,6 @@
 """Data keys: wrapped under the outer key, rotated without rewriting history, and strict about the outer key."""
 
 import asyncio
-import hashlib
 import os
 import sqlite3
 
@@ -9,23 +8,9 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from storage import sealing
-from storage import DataKeyError, Journal, JournalError, Store, verify_journal
+from storage import DataKeyError, Journal, JournalError, Store, sealing, verify_journal
 
-
-@pytest.fixture
-def key():
-    return os.urandom(32)
-
-
-@pytest.fixture
-def journal_path(tmp_path):
-    return tmp_path / "journal.db"
-
-
-def contents(journal_path) -> list[str]:
-    files = [journal_path, journal_path.with_name(journal_path.name + "-wal")]
-    return [hashlib.sha256(p.read_bytes() if p.exists() else b"").hexdigest() for p in files]
+from .journals import contents, journal_path, key  # noqa: F401 (fixtures)
 
 
 def test_the_outer_key_seals_no_event_it_only_wraps_the_data_keys(journal_path, key):
