@@ -103,7 +103,8 @@ def _show(args) -> int:
 
 def _verify(args) -> int:
     storage = args.config.storage
-    key = None if args.chain_only else daemon.data_key(storage, create=False)
+    # No journal: verify_journal says so, rather than the key file's absence saying something else.
+    key = None if args.chain_only or not storage.path.exists() else daemon.data_key(storage, create=False)
     result = verify_journal(storage.path, key)
     print(json.dumps(result.as_dict()))
     if not result.ok:

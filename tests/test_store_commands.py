@@ -97,13 +97,16 @@ def test_a_backup_restored_onto_a_new_box_verifies_and_shows_the_same_events(box
     assert again.returncode == 2 and "restored only onto a box with no journal" in again.stderr
 
 
-def test_a_backup_of_a_box_with_no_journal_says_so(tmp_path):
+@pytest.mark.parametrize("command", ["verify", "backup"])
+def test_verify_or_backup_on_a_box_with_no_journal_says_so_and_creates_nothing(tmp_path, command):
     config = make_box(tmp_path / "box")
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("a long backup passphrase\n")
-    result = counterbox(config, "backup", str(tmp_path / "box.cbbackup"), "--passphrase-file", str(passphrase))
-    assert result.returncode == 2 and "there is no journal at" in result.stderr
-    assert not (tmp_path / "box" / "data.key").exists()
+    args = ["verify"] if command == "verify" else ["backup", str(tmp_path / "box.cbbackup"),
+                                                   "--passphrase-file", str(passphrase)]
+    result = counterbox(config, *args)
+    assert result.returncode == 2 and "there is no journal at" in result.stderr, result.stderr
+    assert sorted(p.name for p in (tmp_path / "box").iterdir()) == ["agent.toml"]
 
 
 @pytest.mark.parametrize("key", ["wrong", "missing"])
