@@ -15,11 +15,12 @@ from drivers.errors import DriverError
 from provisioning import documents
 from provisioning.errors import ProvisioningError
 from provisioning.identity import create_key, device_id_for, load_key, public_key_text
-from storage import JournalError, StorageError
+from storage import JournalError, StorageError, backup, restore, verify_journal
+from storage.keys import read_key_file
 
 from . import config as config_module
 from . import daemon, logs
-from . import orders, reports
+from . import orders, reports, retention
 from .orders import OrderError
 from .prices import PriceListError, parse_csv
 
@@ -78,7 +79,8 @@ def _order_load(args) -> int:
 def _report(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
-        ledger = reports.fold((event.seq, event.kind, event.body) for event in _every_event(journal))
+        ledger = reports.fold(((event.seq, event.kind, event.body) for event in _every_event(journal)),
+                              start=retention.checkpoint_ledger(journal, keep_days=True))
     finally:
         journal.close()
     if args.report == "sales":
@@ -151,6 +153,63 @@ def _show(args) -> int:
     return 0
 
 
+def _verify(args) -> int:
+    storage = args.config.storage
+    # No journal: verify_journal says so, rather than the key file's absence saying something else.
+    key = None if args.chain_only or not storage.path.exists() else daemon.data_key(storage, create=False)
+    result = verify_journal(storage.path, key)
+    print(json.dumps(result.as_dict()))
+    if not result.ok:
+        print(f"counterbox: the journal is broken at event {result.broken.seq}: {result.broken.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _keys_rotate(args) -> int:
+    journal = daemon.open_journal(args.config)
+    try:
+        key_id = journal.rotate_key()
+        count = len(journal.data_keys())
+    finally:
+        journal.close()
+    print(json.dumps({"data_key": key_id, "data_keys": count}))
+    return 0
+
+
+def _keys_rewrap(args) -> int:
+    new = read_key_file(args.new_key_file)
+    journal = daemon.open_journal(args.config)
+    try:
+        journal.rewrap(new)
+        count = len(journal.data_keys())
+    finally:
+        journal.close()
+    print(json.dumps({"rewrapped": count, "outer_key": str(args.new_key_file)}))
+    return 0
+
+
+def _passphrase(path: Path) -> bytes:
+    text = path.read_bytes()
+    return text.removesuffix(b"\n").removesuffix(b"\r")  # the line end an editor or echo adds
+
+
+def _backup(args) -> int:
+    storage = args.config.storage
+    daemon.open_journal(args.config).close()  # says so when there is none, or its key is missing or wrong
+    result = backup(storage.path, daemon.data_key(storage, create=False), args.file, _passphrase(args.passphrase_file))
+    print(json.dumps({"backup": str(args.file), **result.as_dict()}))
+    return 0
+
+
+def _restore(args) -> int:
+    storage = args.config.storage
+    passphrase = _passphrase(args.passphrase_file)
+    # A box with no journal and no credential gets its key file here, as the agent's first start would.
+    result = restore(args.file, passphrase, storage.path, daemon.data_key(storage, create=True))
+    print(json.dumps({"restored": str(storage.path), **result.as_dict()}))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="counterbox", description="The counterbox agent: scanner to signed batches.")
     top.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help=f"agent configuration (default {DEFAULT_CONFIG})")
@@ -182,6 +241,20 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("seq", nargs="?", type=int, help="the event to print")
     show.add_argument("--last", type=int, default=10, help="print the last N events (default 10)")
     show.set_defaults(func=_show)
+    verify = commands.add_parser("verify", help="check the journal's hash chain and every seal; name the first broken event")
+    verify.add_argument("--chain-only", action="store_true", help="check the chain without the data key")
+    verify.set_defaults(func=_verify)
+    keys = commands.add_parser("keys", help="the journal's keys").add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("rotate", help="add a new data key for the events recorded from now on").set_defaults(func=_keys_rotate)
+    rewrap = keys.add_parser("rewrap", help="wrap the data keys under a new outer key (key file or credential)")
+    rewrap.add_argument("--new-key-file", type=Path, required=True, help="the new 32-byte outer key")
+    rewrap.set_defaults(func=_keys_rewrap)
+    for name, func, text in (("backup", _backup, "write the journal to FILE, encrypted under a passphrase"),
+                             ("restore", _restore, "restore a backup onto this box, which has no journal, and verify it")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("file", type=Path)
+        command.add_argument("--passphrase-file", type=Path, required=True, help="the backup's passphrase (one line)")
+        command.set_defaults(func=func)
     return top
 
 

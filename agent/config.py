@@ -45,8 +45,15 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     path: Path = Path("/var/lib/counterbox/journal.db")
+    # Days an event is kept once central holds it; older ones are folded into the journal's checkpoint
+    # (the reports go on over them) and removed. 0: keep every event.
+    retention_days: float = 90.0
     key_file: Path = Path("/var/lib/counterbox/data.key")
     credential: str = "counterbox-data-key"
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 0:
+            raise ConfigError("[storage] retention_days must be 0 (keep every event) or more")
 
 
 @dataclass(frozen=True)

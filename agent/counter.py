@@ -52,6 +52,7 @@ from . import controls
 from .catalog import CARTON_PACKS, Catalog, Unit
 from .ledger import Ledger
 from .logs import event_fields
+from .retention import checkpoint_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +126,16 @@ class Counter:
             event = journal.last("price_list")
             self._catalog = Catalog.from_price_list(event.body if event else None)
             self._loaded = True
+            if self.ledger.last_seq == 0:  # from retention's checkpoint, when it has folded events away
+                self.ledger = checkpoint_ledger(journal, keep_days=False)
         last = journal.last_seq()
         while self.ledger.last_seq < last:
-            for event in journal.read_after(self.ledger.last_seq, FOLD_BATCH):
+            events = journal.read_after(self.ledger.last_seq, FOLD_BATCH)
+            if events and events[0].seq != self.ledger.last_seq + 1:
+                # Folded away by retention before this ledger saw them: start again from the checkpoint.
+                self.ledger = checkpoint_ledger(journal, keep_days=False)
+                continue
+            for event in events:
                 self._fold(event)
         if self._mode_active_at is None and self.ledger.session is not None:
             # A receiving or count left open by a restart goes on for what is left of its time, measured
@@ -208,7 +216,7 @@ class Counter:
             return Outcome(Signal.ERROR, (self._append(journal, "misread", {**common, "reason": "check digit"}),))
         if self._pending.keyed or self._pending.spoiled:
             # A number keyed and not yet said to be a quantity or a price: never guess which, nor drop it.
-            return Outcome(Signal.ERROR, note="a keyed number waits for CB:QTY-KEYED or CB:PRICE (or CB:CLEAR); "
+            return Outcome(Signal.ERROR, note="a keyed number waits for its quantity or price control (or clear); "
                                               "the scan was not recorded")
         pending, self._pending = self._pending, Pending()
         if self.mode != "selling":

@@ -24,13 +24,13 @@ from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning import activation, protocol
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
-from storage import Journal, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
+from storage import Journal, JournalFull, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
 from storage.keys import write_secret
 
 from .activation import Activator
 from .activation import current as activation_state
 from .activation import subscriptions as activation_topics
-from . import logs
+from . import logs, retention
 from .config import Config, ConfigError, StorageConfig
 from .counter import Counter, log_recorded
 from .downlink import Downlink
@@ -67,14 +67,18 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
     try:
         outcome = await store.write(lambda journal: counter.record(journal, scan))
     except StorageError as error:
-        # Not recorded: the retailer hears the error signal and scans again.
-        logger.error("scan from %s NOT recorded: %s", scan.source, error)
+        # Not recorded: the retailer hears the error signal and scans again. A full disk is logged
+        # once by the store (when it fills and when space returns), not at every scan.
+        if not isinstance(error, JournalFull):
+            logger.error("scan from %s NOT recorded: %s", scan.source, error)
         return Signal.ERROR
     log_recorded(outcome, scan.source)
     return outcome.signal
 
 
 EXPIRY_CHECK = 1.0  # seconds between looks for a mode or a keyed number left too long
+RETENTION_EVERY = 3600.0  # seconds between looks for events old enough to fold away
+RETENTION_NEXT = 1.0  # seconds before the next step, while there is more to fold
 
 
 def counter_for(config: Config) -> Counter:
@@ -227,6 +231,20 @@ class Box:
                     self._uplink.wake.set()
             await asyncio.sleep(EXPIRY_CHECK)
 
+    async def retain(self) -> None:
+        """Fold what central holds and is older than ``[storage] retention_days`` into the journal's
+        checkpoint, a step at a time: a journal grown for a year comes down without holding up a scan."""
+        days = self.config.storage.retention_days
+        while days > 0:
+            try:
+                upto = await self.store.write(lambda journal: retention.fold_old(journal, days=days, now=time.time()))
+            except StorageError as error:
+                logger.error("retention: old events NOT folded: %s", error)
+                upto = None
+            if upto is not None:
+                logger.info("retention: events up to seq=%d folded into the journal's checkpoint and removed", upto)
+            await asyncio.sleep(RETENTION_NEXT if upto is not None else RETENTION_EVERY)
+
     async def on_device(self, report: dict) -> None:
         try:
             seq = await self.store.append("scanner", report)
@@ -373,8 +391,9 @@ async def _serve(box: Box) -> bool:
             reading = group.create_task(scanners.run())
             watchdog = group.create_task(box.service.watchdog())
             expiry = group.create_task(box.expire(scanners.announce))
+            folding = group.create_task(box.retain())
             revoked = await life
-            for task in (reading, watchdog, expiry):
+            for task in (reading, watchdog, expiry, folding):
                 task.cancel()
         return revoked
     except asyncio.CancelledError:

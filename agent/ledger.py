@@ -130,14 +130,20 @@ class Ledger:
     counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
     receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
     last_seq: int = 0
+    unreadable: list[int] = field(default_factory=list)  # seqs of events of known kinds the ledger could not read
     _recent: list[str] = field(default_factory=list)  # the days used, least recently first
 
     def apply(self, seq: int, kind: str, body: dict[str, Any]) -> None:
-        """Fold one event in; events come in sequence order, each once."""
+        """Fold one event in; events come in sequence order, each once. One whose body the ledger
+        cannot read (a tool's, or damaged) counts for nothing here, and is counted as such: a fold
+        that stopped there would stop every scan after it."""
         self.last_seq = seq
         handler = _HANDLERS.get(kind)
         if handler is not None:
-            handler(self, seq, body)
+            try:
+                handler(self, seq, body)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                self.unreadable.append(seq)
 
     def day(self, name: str) -> Day:
         """The day ``name``'s figures. The days used most recently keep their lines (a clock that jumps
@@ -186,6 +192,51 @@ class Ledger:
             self.names[product] = body["product_name"]
         elif body.get("name") and product not in self.names:
             self.names[product] = body["name"]
+
+    # -- a checkpoint: what the events folded so far add up to, kept when retention removes them --
+
+    def state(self) -> dict[str, Any]:
+        """All of the ledger as JSON (retention's checkpoint); ``Ledger.from_state`` reads it back."""
+        return {
+            "v": 1, "last_seq": self.last_seq, "stock": self.stock, "names": self.names,
+            "tracked": sorted(self.tracked), "negative": self.negative,
+            "days": {name: {"products": {p: vars(t) for p, t in day.products.items()}, "total": vars(day.total),
+                            "closed": day.closed} for name, day in self.days.items()},
+            "lines": [[line.seq, line.kind, line.day, line.product, line.packs, line.amount, line.cost,
+                       line.amount_unknown] for line in self.lines.values()],
+            "voided": sorted(self.voided),
+            "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()},
+            "orders": self.orders, "closed_orders": sorted(self.closed_orders),
+            "session": None if self.session is None else {
+                "mode": self.session.mode, "seq": self.session.seq, "order": self.session.order,
+                "packs": self.session.packs, "scans": [[seq, *scan] for seq, scan in self.session.scans.items()],
+                "last_at": self.session.last_at},
+            "counts": self.counts, "receipts": self.receipts, "recent": self._recent, "unreadable": self.unreadable,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, keep_days: bool) -> "Ledger":
+        ledger = cls(keep_days=keep_days, stock=dict(state["stock"]), names=dict(state["names"]),
+                     tracked=set(state["tracked"]), negative=dict(state["negative"]),
+                     days={name: Day(products={p: Totals(**t) for p, t in day["products"].items()},
+                                     total=Totals(**day["total"]), closed=day["closed"])
+                           for name, day in state["days"].items()},
+                     lines={row[0]: Line(*row) for row in state["lines"]}, voided=set(state["voided"]),
+                     sale_prices={day: {row[0]: tuple(row[1:]) for row in rows}
+                                  for day, rows in state["sale_prices"].items()},
+                     orders=state["orders"], closed_orders=set(state["closed_orders"]),
+                     counts=state["counts"] if keep_days else [], receipts=state["receipts"] if keep_days else [],
+                     last_seq=state["last_seq"], unreadable=list(state["unreadable"]), _recent=list(state["recent"]))
+        session = state["session"]
+        if session is not None:
+            ledger.session = Session(mode=session["mode"], seq=session["seq"], order=session["order"],
+                                     packs=dict(session["packs"]),
+                                     scans={row[0]: (row[1], row[2]) for row in session["scans"]},
+                                     last_at=session["last_at"])
+        if not keep_days:  # the counter: only the days it uses
+            ledger.days = {name: day for name, day in ledger.days.items() if name in ledger._recent}
+            ledger.sale_prices = {name: p for name, p in ledger.sale_prices.items() if name in ledger._recent}
+        return ledger
 
     # -- one handler per kind ------------------------------------------------------------
 

@@ -19,10 +19,12 @@ from typing import Any
 from .ledger import Ledger, Totals
 
 
-def fold(events: Iterable[tuple[int, str, dict[str, Any]]]) -> Ledger:
-    ledger = Ledger(keep_days=True)
+def fold(events: Iterable[tuple[int, str, dict[str, Any]]], start: Ledger | None = None) -> Ledger:
+    """The ledger of ``events`` (in order), from ``start`` (a box's retention checkpoint) or from nothing."""
+    ledger = start if start is not None else Ledger(keep_days=True)
     for seq, kind, body in events:
-        ledger.apply(seq, kind, body)
+        if seq > ledger.last_seq:
+            ledger.apply(seq, kind, body)
     return ledger
 
 

@@ -5,13 +5,13 @@ Signed batches from many registered devices (the agent's batch size) are publish
 plain publisher can; the clock runs from the first publish until central's database holds every
 event (polled), or, for the baseline, until a plain subscriber has received every batch.
 
-    .venv/bin/python bench/ingest_throughput.py [--devices 20] [--batches 40] [--events 500]
+    .venv/bin/python bench/ingest_throughput.py [--devices 20] [--batches 40] [--events 500] [--postgresql]
 """
 
 from __future__ import annotations
 
 import argparse
-import sqlite3
+import contextlib
 import sys
 import tempfile
 import threading
@@ -64,8 +64,11 @@ def publish(port: int, messages: list[tuple[str, bytes]]) -> float:
 
 
 def stored(stack: Stack, tag: str) -> int:
-    with sqlite3.connect(stack.central_db, timeout=30) as conn:
-        return conn.execute("SELECT count(*) FROM events WHERE device_id LIKE ?", [f"bench-{tag}-%"]).fetchone()[0]
+    store = CentralStore(stack.central_db)
+    try:
+        return store.conn.execute("SELECT count(*) FROM events WHERE device_id LIKE ?", [f"bench-{tag}-%"]).fetchone()[0]
+    finally:
+        store.close()
 
 
 def central_rate(stack: Stack, messages, total: int, tag: str) -> float:
@@ -103,10 +106,18 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--batches", type=int, default=40, help="per device")
     parser.add_argument("--events", type=int, default=500, help="per batch (the agent's batch_max_events)")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="central on a PostgreSQL server of its own (as a fleet runs it), not SQLite")
     args = parser.parse_args()
     total = args.devices * args.batches * args.events
-    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
-        with Stack(Path(tmp) / "stack", log_level="WARNING") as stack:
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp, \
+            contextlib.ExitStack() as servers:
+        database = None
+        if args.postgresql:
+            from tests.postgres import PostgreSQL  # the tests' own server: initdb and postgres, as its user
+
+            database = servers.enter_context(PostgreSQL()).create_database()
+        with Stack(Path(tmp) / "stack", log_level="WARNING", database=database) as stack:
             stack.start_broker()
             stack.central_public_key()
             sets = {tag: batches(stack, args.devices, args.batches, args.events, tag) for tag in ("raw", "one", "two")}
@@ -116,7 +127,8 @@ def main() -> None:
             one = central_rate(stack, sets["one"], total, "one")
             stack.start_ingest("two", share="bench")
             two = central_rate(stack, sets["two"], total, "two")
-    print(f"{total} events in batches of {args.events} from {args.devices} devices, loopback, same run")
+    print(f"{total} events in batches of {args.events} from {args.devices} devices, loopback, same run, "
+          f"central on {'PostgreSQL' if args.postgresql else 'SQLite'}")
     print(f"  broker to a plain subscriber           {raw:10.0f} events/s")
     print(f"  one central ingest, verified + stored  {one:10.0f} events/s  ({one / raw:.3f} of raw)")
     print(f"  two instances sharing the load         {two:10.0f} events/s  ({two / one:.2f}x one)")

@@ -20,6 +20,8 @@ from textwrap import indent
 from drivers.input_event import pack_all
 from drivers.recording import replay, type_text
 
+from agent.counter import START_GUARD
+
 from .stack import Stack
 
 HERE = Path(__file__).resolve().parent
@@ -96,6 +98,7 @@ def main() -> int:
             os.mkfifo(fifo)
             device = stack.install("demo-box", scanners=[str(fifo)])
             device.start()
+            started = time.time()
             wait_until(lambda: (device.directory / "device.key").exists(), 30, "the box to make its key")
             box = device.identity()["device"]
             wait_until(lambda: box in stack.ops_command("activation", "waiting", "--central-db",
@@ -125,6 +128,8 @@ def main() -> int:
             wait_until(lambda: device.status()["events"].get("order"), 30, "the box to hold the order")
             print("   and the shop's order for the week (counterbox-ops order push): 5 cartons of Hongtashan, "
                   "3 of Yuxi, 2 of Honghe")
+            # The shop opens a while after the box starts: digits keyed in its first seconds are refused.
+            time.sleep(max(0.0, started + START_GUARD - time.time()))
             data = session_bytes(time.time())
             print(f"6. replaying a scanner session: {len(SESSION)} scans, {len(data) // 24} input events, at {args.speed}x")
             asyncio.run(replay(data, str(fifo), speed=args.speed, lead_in=0.5))

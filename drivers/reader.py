@@ -34,7 +34,9 @@ from .input_event import EVENT_SIZE, InputEvent, unpack
 
 logger = logging.getLogger(__name__)
 
-_READ_SIZE = EVENT_SIZE * 1024  # whatever the kernel holds for us (a burst of scans) in one read
+# Events taken in one read: more than a device's kernel buffer holds (64 to a few hundred), few enough
+# that decoding them never holds the loop long.
+_READ_SIZE = EVENT_SIZE * 256
 GONE_CHECK = 0.5  # seconds between checks that a FIFO's path still exists
 
 
@@ -81,7 +83,7 @@ class Source:
         pending = b""
         try:
             if self.kind == "file":
-                # A thousand events at a time: decoding more in one go would hold the loop too long.
+                # A few hundred events at a time: decoding more in one go would hold the loop too long.
                 while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE):
                     records, pending = _split(pending + chunk)
                     yield list(unpack(records))

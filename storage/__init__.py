@@ -1,9 +1,13 @@
 """The encrypted local store: one append-only journal, the box's single source of truth."""
 
-from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal, StorageError
-from .journal import Event, Journal, remove_journal
+from .backup import backup, restore
+from .chain import Broken, Verification
+from .errors import BackupError, DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal, StorageError
+from .journal import Event, Journal, remove_journal, verify_journal
 from .keys import destroy_secret, load_data_key
+from .schema import SCHEMA_VERSION
 from .store import Store
 
-__all__ = ["DataKeyError", "Event", "EventTooLarge", "Journal", "JournalError", "JournalFull", "NoJournal",
-           "StorageError", "Store", "destroy_secret", "load_data_key", "remove_journal"]
+__all__ = ["BackupError", "Broken", "DataKeyError", "Event", "EventTooLarge", "Journal", "JournalError", "JournalFull", "NoJournal",
+           "SCHEMA_VERSION", "StorageError", "Store", "Verification", "destroy_secret", "load_data_key",
+           "backup", "remove_journal", "restore", "verify_journal"]

@@ -23,3 +23,7 @@ class NoJournal(JournalError):
 
 class DataKeyError(StorageError):
     """The data key is missing, malformed, or does not open the journal."""
+
+
+class BackupError(StorageError):
+    """A backup cannot be written, or a backup file cannot be opened or restored; the message says why."""

@@ -4,10 +4,13 @@ It is the box's single source of truth. Every sale, price list and misread is
 an event with a sequence number (1, 2, 3, ... per device, never reused); the
 outbox is simply the events after the cursor that central has acknowledged.
 
-Each event's content is sealed with AES-256-GCM; its sequence number and kind
-are the associated data, so a sealed body moved to another row or relabelled
-fails to open. Only the sequence number and the kind are readable in the
-file; no barcode, price or amount is.
+Each event's content is sealed with AES-256-GCM under one of the journal's data
+keys (storage/sealing.py: the outer key from the credential or key file wraps
+them); its sequence number and kind are the associated data, so a sealed body
+moved to another row or relabelled fails to open. Each event also carries the
+hash of the one before (storage/chain.py), so ``verify`` names the first row
+altered, moved or removed. Only the sequence number, the kind and the key id
+are readable in the file; no barcode, price or amount is.
 
     journal = Journal.open(Path("journal.db"), key)
     seq = journal.append("sale", {"barcode": "6901028075831", "price": 2300})
@@ -26,7 +29,6 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,15 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import sqlite
-from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal
+from . import chain, sealing, sqlite
+from .chain import Verification
+from .errors import EventTooLarge, JournalError, JournalFull, NoJournal
+from .keys import KEY_SIZE
+from .schema import MIGRATIONS, SCHEMA_VERSION
 
-_NONCE = 12
-_KEY_CHECK = b"counterbox journal key check"
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
+           "verify_journal"]
+
 # The largest event body (its JSON) the journal takes; the agent passes the protocol's own
 # limit, so that nothing is recorded that no batch could carry.
 DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
@@ -52,61 +58,48 @@ class Event:
     body: dict[str, Any]
 
 
-def _aad(seq: int, kind: str) -> bytes:
-    return f"counterbox-event-v1\x00{seq}\x00{kind}".encode()
-
-
-# -- schema: each migration takes the schema from the version before it --------------
-
-def _v1(conn: sqlite3.Connection, seal: Callable[[int, str, bytes], bytes]) -> None:
-    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
-    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, sealed BLOB NOT NULL)")
-    conn.execute("CREATE INDEX idx_events_kind ON events (kind)")
-    for action in ("UPDATE", "DELETE"):
-        conn.execute(
-            f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events "
-            "BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END"
-        )
-    conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", [
-        ("key_check", seal(0, "key-check", _KEY_CHECK).hex()),
-        ("created_at", str(time.time())),
-        ("acked_seq", "0"),
-        ("session", "0"),
-    ])
-
-
-MIGRATIONS: list[Callable[[sqlite3.Connection, Callable[[int, str, bytes], bytes]], None]] = [_v1]
-SCHEMA_VERSION = len(MIGRATIONS)
+# The one statement that finds an event's place: its seq, the hash it chains to and the data key
+# that seals it (the newest, which another process may have just added).
+_LAST = "SELECT seq, chain, (SELECT max(id) FROM keys) FROM events ORDER BY seq DESC LIMIT 1"
+_FIRST = ("SELECT (SELECT value FROM meta WHERE name = 'chain_anchor_seq'), "
+          "(SELECT value FROM meta WHERE name = 'chain_anchor'), (SELECT max(id) FROM keys)")
+_INSERT = "INSERT INTO events (seq, kind, key_id, sealed, chain) VALUES (?, ?, ?, ?, ?)"
+_COLUMNS = "seq, kind, key_id, sealed"
 
 
 class Journal:
-    def __init__(self, *, conn: sqlite3.Connection, aead: AESGCM, path: Path, max_event_bytes: int):
+    def __init__(self, *, conn: sqlite3.Connection, outer: bytes, path: Path, max_event_bytes: int):
         self._conn = conn
-        self._aead = aead
+        self._outer = outer
+        # Unwrapped data keys by id. Filled only from committed rows (rotation runs in a transaction
+        # of its own), and a key row is never removed, so an id here always means the same key.
+        self._keys: dict[int, AESGCM] = {}
         self.path = path
         self.max_event_bytes = max_event_bytes
         # Transactions and savepoints rolled back so far: whoever keeps a view of what it wrote (the
         # counter's ledger) sees here that some of it may be gone.
         self.rollbacks = 0
+        self._folded: tuple[int, dict[str, Any]] | None = None  # retention's checkpoint, as last opened
 
     @classmethod
     def open(cls, path: Path, key: bytes, *, create: bool = True,
              max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> "Journal":
-        """Open the journal at ``path`` with data ``key``; create it (mode 0600) when absent and ``create``.
+        """Open the journal at ``path`` with its outer ``key`` (the credential or the key file); create
+        it (mode 0600) when absent and ``create``; bring an older schema up to this one.
 
         A journal that exists is checked against ``key`` on a read-only connection first:
         a wrong key changes nothing on disk, not even a WAL checkpoint.
         """
-        aead = AESGCM(key)
+        AESGCM(key)  # a key of the wrong size fails here, before anything is opened
         if not path.exists():
             if not create:
                 raise NoJournal(f"there is no journal at {path}: the agent has not run on this box yet")
             sqlite.create_private(path)
         else:
-            _check_key(path, aead)
+            _check_key(path, key)
         with _translated(path):
             conn = sqlite.connect(path)
-        journal = cls(conn=conn, aead=aead, path=path, max_event_bytes=max_event_bytes)
+        journal = cls(conn=conn, outer=key, path=path, max_event_bytes=max_event_bytes)
         try:
             with _translated(path):
                 # An append-only log reads little back: a small page cache keeps the box's memory small.
@@ -125,14 +118,13 @@ class Journal:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             _check_version(self.path, version)
             if version:
-                self._verify_key()  # another process created it between our check and this lock
+                # Checked again under the lock: another process may have created it since our check.
+                _open_keys(self._conn, self.path, self._outer, version)
             for migrate in MIGRATIONS[version:]:
-                migrate(self._conn, self._seal)
+                migrate(self._conn, self._outer)
             if version != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _verify_key(self) -> None:
-        _open_key_check(self.path, self._aead, self._meta("key_check"))
+            self._keys = _open_keys(self._conn, self.path, self._outer, SCHEMA_VERSION)
 
     # -- transactions --------------------------------------------------------
 
@@ -145,17 +137,68 @@ class Journal:
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
 
+    @property
+    def changes(self) -> int:
+        """Rows written on this connection so far (SQLite's count): tells a write that wrote from one that did not."""
+        return self._conn.total_changes
+
     def _meta(self, name: str) -> str:
         return self._conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
 
     def _set_meta(self, name: str, value: str) -> None:
         self._conn.execute("UPDATE meta SET value = ? WHERE name = ?", [value, name])
 
-    # -- sealing -------------------------------------------------------------
+    # -- keys ----------------------------------------------------------------
 
-    def _seal(self, seq: int, kind: str, plaintext: bytes) -> bytes:
-        nonce = os.urandom(_NONCE)
-        return nonce + self._aead.encrypt(nonce, plaintext, _aad(seq, kind))
+    def _data_key(self, key_id: int) -> AESGCM:
+        aead = self._keys.get(key_id)
+        if aead is None:  # added since we loaded them (a rotation by a command beside the agent)
+            self._keys = _open_keys(self._conn, self.path, self._outer, SCHEMA_VERSION)
+            aead = self._keys.get(key_id)
+            if aead is None:
+                raise JournalError(f"{self.path}: there is no data key {key_id} in the journal")
+        return aead
+
+    def rotate_key(self) -> int:
+        """Add a new data key, which seals every event recorded from now on; the events before keep
+        theirs and stay readable. Returns its id. Runs in a transaction of its own."""
+        self._alone("a key rotation")
+        with self.transaction():
+            key_id = self._conn.execute("SELECT max(id) FROM keys").fetchone()[0] + 1
+            self._conn.execute("INSERT INTO keys (id, wrapped, created_at) VALUES (?, ?, ?)",
+                               [key_id, sealing.wrap(self._outer, key_id, os.urandom(KEY_SIZE)), time.time()])
+        return key_id
+
+    def rewrap(self, outer: bytes) -> None:
+        """Wrap every data key under a new outer key (the credential or key file changes); the
+        events are not touched. From the commit on, only ``outer`` opens the journal."""
+        AESGCM(outer)
+        self._alone("re-wrapping the data keys")
+        with self.transaction():
+            sealing.rewrap_keys(self._conn, self.path, self._outer, outer)
+        self._outer = outer
+
+    def data_keys(self) -> list[tuple[int, float]]:
+        """(id, created_at) of every data key, oldest first; the last seals new events."""
+        with _translated(self.path):
+            return self._conn.execute("SELECT id, created_at FROM keys ORDER BY id").fetchall()
+
+    def _alone(self, what: str) -> None:
+        if self._conn.in_transaction:
+            raise JournalError(f"{what} runs in a transaction of its own, not inside another")
+
+    def verify(self, *, seals: bool = True) -> Verification:
+        """Check the hash chain from its anchor to the last event (and, with ``seals``, that every
+        event's seal opens); the first event that fails is named."""
+        with _translated(self.path):
+            return chain.verify(self._conn, self._opens if seals else None)
+
+    def _opens(self, seq: int, kind: str, key_id: int, sealed: bytes) -> bool:
+        try:
+            sealing.open_sealed(self._data_key(key_id), seq, kind, sealed)
+        except (InvalidTag, JournalError):
+            return False
+        return True
 
     # -- the log -------------------------------------------------------------
 
@@ -174,9 +217,19 @@ class Journal:
             return self._insert(kind, plaintext)
 
     def _insert(self, kind: str, plaintext: bytes) -> int:
-        # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this number.
-        seq = self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
-        self._conn.execute("INSERT INTO events (seq, kind, sealed) VALUES (?, ?, ?)", [seq, kind, self._seal(seq, kind, plaintext)])
+        # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this place. Read
+        # from the file every time rather than kept in memory: a savepoint rolled back or another
+        # process's append can never leave a stale hash to chain to.
+        conn = self._conn
+        row = conn.execute(_LAST).fetchone()
+        if row is None:  # the first event, or the first after the chain's anchor
+            anchor_seq, anchor, key_id = conn.execute(_FIRST).fetchone()
+            last, previous = int(anchor_seq), bytes.fromhex(anchor)
+        else:
+            last, previous, key_id = row
+        seq = last + 1
+        sealed = sealing.seal(self._data_key(key_id), seq, kind, plaintext)
+        conn.execute(_INSERT, [seq, kind, key_id, sealed, chain.link(previous, seq, kind, key_id, sealed)])
         return seq
 
     def read_after(self, seq: int, limit: int = 1000) -> list[Event]:
@@ -191,46 +244,107 @@ class Journal:
         total = 0
         with _translated(self.path):
             rows = self._conn.execute(
-                "SELECT seq, kind, sealed FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [after, max_events]
+                f"SELECT {_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?", [after, max_events]
             )
-            for seq, kind, sealed in rows:
+            for seq, kind, key_id, sealed in rows:
                 # The sealed size bounds the body's JSON: nonce and tag are 28 bytes.
                 total += len(sealed)
                 if events and max_bytes is not None and total > max_bytes:
                     break
-                events.append(self._event(seq, kind, sealed))
+                events.append(self._event(seq, kind, key_id, sealed))
         return events
 
     def get(self, seq: int) -> Event | None:
         with _translated(self.path):
-            row = self._conn.execute("SELECT seq, kind, sealed FROM events WHERE seq = ?", [seq]).fetchone()
+            row = self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", [seq]).fetchone()
         return self._event(*row) if row else None
 
-    def _event(self, seq: int, kind: str, sealed: bytes) -> Event:
+    def _event(self, seq: int, kind: str, key_id: int, sealed: bytes) -> Event:
         try:
-            plaintext = self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(seq, kind))
+            plaintext = sealing.open_sealed(self._data_key(key_id), seq, kind, sealed)
         except InvalidTag:
             raise JournalError(f"{self.path}: event {seq} ({kind}) fails authentication: the file was altered") from None
         return Event(seq, kind, json.loads(plaintext))
 
     def last(self, kind: str) -> Event | None:
+        """The latest event of ``kind``: in the log, or kept by retention's checkpoint."""
         with _translated(self.path):
             row = self._conn.execute(
-                "SELECT seq, kind, sealed FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", [kind]
+                f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", [kind]
             ).fetchone()
-        return self._event(*row) if row else None
+        if row:
+            return self._event(*row)
+        kept = [event for event in self._kept() if event.kind == kind]
+        return kept[-1] if kept else None
 
     def of_kind(self, kind: str) -> list[Event]:
-        """Every event of ``kind``, in order: for the small kinds whose whole history makes a view."""
+        """Every event of ``kind``, in order (those retention kept first): for the small kinds whose
+        whole history makes a view."""
         with _translated(self.path):
-            rows = self._conn.execute("SELECT seq, kind, sealed FROM events WHERE kind = ? ORDER BY seq", [kind]).fetchall()
-        return [self._event(*row) for row in rows]
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq", [kind]).fetchall()
+        return [event for event in self._kept() if event.kind == kind] + [self._event(*row) for row in rows]
 
     def last_seq(self, kind: str | None = None) -> int:
+        if kind is not None:
+            event = self.last(kind)
+            return event.seq if event else 0
         with _translated(self.path):
-            if kind is None:
-                return self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-            return self._conn.execute("SELECT coalesce(max(seq), 0) FROM events WHERE kind = ?", [kind]).fetchone()[0]
+            # Past the anchor: when retention has removed every event, numbering goes on from there.
+            return self._conn.execute("SELECT max(coalesce((SELECT max(seq) FROM events), 0), "
+                                      "(SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'chain_anchor_seq'))"
+                                      ).fetchone()[0]
+
+    # -- retention ---------------------------------------------------------------
+
+    def anchor_seq(self) -> int:
+        """The chain starts after this event: those up to it were folded away by retention (0: none)."""
+        with _translated(self.path):
+            return chain.anchor(self._conn)[0]
+
+    def checkpoint(self) -> tuple[int, dict[str, Any]] | None:
+        """Retention's checkpoint: (the seq it was folded up to, the state it was given), or None."""
+        held = self._fold()
+        return (held[0], held[1]["state"]) if held else None
+
+    def fold_prefix(self, upto: int, state: dict[str, Any], kept: list[Event]) -> None:
+        """Retention: keep ``state`` (what the events up to ``upto`` add up to) and the events ``kept``
+        (those a view reads by kind: the price list in force, ...), then remove every event up to
+        ``upto``. Only events central holds may go; the chain goes on from the last one removed."""
+        with self.transaction():
+            if upto > int(self._meta("acked_seq")):
+                raise JournalError(f"event {upto} is not acknowledged by central: it cannot be folded away")
+            row = self._conn.execute("SELECT chain FROM events WHERE seq = ?", [upto]).fetchone()
+            if row is None:
+                raise JournalError(f"there is no event {upto} to fold up to")
+            key_id = self._conn.execute("SELECT max(id) FROM keys").fetchone()[0]
+            content = json.dumps({"state": state, "kept": [[e.seq, e.kind, e.body] for e in kept]},
+                                 separators=(",", ":")).encode()
+            sealed = sealing.seal(self._data_key(key_id), upto, "fold", content)
+            self._conn.execute("INSERT INTO folds (seq, key_id, sealed) VALUES (?, ?, ?)", [upto, key_id, sealed])
+            self._conn.execute("DELETE FROM folds WHERE seq < ?", [upto])
+            self._set_meta("chain_anchor_seq", str(upto))
+            self._set_meta("chain_anchor", row[0].hex())
+            self._conn.execute("DELETE FROM events WHERE seq <= ?", [upto])
+        self._folded = None
+
+    def _fold(self) -> tuple[int, dict[str, Any]] | None:
+        with _translated(self.path):
+            row = self._conn.execute("SELECT seq, key_id, sealed FROM folds ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        if self._folded is not None and self._folded[0] == row[0]:
+            return self._folded
+        seq, key_id, sealed = row
+        try:
+            content = json.loads(sealing.open_sealed(self._data_key(key_id), seq, "fold", sealed))
+        except InvalidTag:
+            raise JournalError(f"{self.path}: the checkpoint at event {seq} fails authentication: the file was altered") from None
+        self._folded = (seq, content)
+        return self._folded
+
+    def _kept(self) -> list[Event]:
+        held = self._fold()
+        return [Event(seq, kind, body) for seq, kind, body in held[1]["kept"]] if held else []
 
     def counts(self) -> dict[str, int]:
         """How many events of each kind the journal holds (kinds are not secret; contents are)."""
@@ -272,18 +386,7 @@ def _check_version(path: Path, version: int) -> None:
                            "Nothing was changed; run a newer counterbox")
 
 
-def _open_key_check(path: Path, aead: AESGCM, sealed_hex: str) -> None:
-    sealed = bytes.fromhex(sealed_hex)
-    try:
-        aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], _aad(0, "key-check"))
-    except InvalidTag:
-        raise DataKeyError(
-            f"the data key does not open the journal {path}: it was created with another key. "
-            "Nothing was changed; start with the key this journal was created with."
-        ) from None
-
-
-def _check_key(path: Path, aead: AESGCM) -> None:
+def _check_key(path: Path, outer: bytes) -> None:
     """Check the key and schema version of an existing journal without being able to write a byte."""
     with _translated(path):
         conn = sqlite.connect(path, readonly=True)
@@ -292,9 +395,51 @@ def _check_key(path: Path, aead: AESGCM) -> None:
             if version == 0:
                 return  # being created by another process right now: checked again under its lock
             _check_version(path, version)
-            _open_key_check(path, aead, conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()[0])
+            _open_keys(conn, path, outer, version)
         finally:
             conn.close()
+
+
+def verify_journal(path: Path, outer: bytes | None) -> Verification:
+    """Check the journal's chain on a read-only connection (nothing on disk changes); with its outer
+    key, also check that every seal opens. DataKeyError for a wrong key."""
+    if not path.exists():
+        raise NoJournal(f"there is no journal at {path}")
+    with _translated(path):
+        conn = sqlite.connect(path, readonly=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            _check_version(path, version)
+            if version < 2:
+                raise JournalError(f"{path} has schema version {version}, which has no hash chain yet; "
+                                   "the agent (or any counterbox command that opens it) adds one")
+            if outer is None:
+                return chain.verify(conn)
+            keys = _open_keys(conn, path, outer, version)
+
+            def opens(seq: int, kind: str, key_id: int, sealed: bytes) -> bool:
+                try:
+                    sealing.open_sealed(keys[key_id], seq, kind, sealed)
+                except (InvalidTag, KeyError):
+                    return False
+                return True
+
+            return chain.verify(conn, opens)
+        finally:
+            conn.close()
+
+
+def _open_keys(conn: sqlite3.Connection, path: Path, outer: bytes, version: int) -> dict[int, AESGCM]:
+    """Every data key, unwrapped; DataKeyError when ``outer`` is not the journal's outer key."""
+    if version == 1:  # before data keys: the outer key sealed a key check
+        sealed = bytes.fromhex(conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()[0])
+        try:
+            sealing.open_sealed(AESGCM(outer), 0, "key-check", sealed)
+        except InvalidTag:
+            raise sealing.wrong_key(path) from None
+        return {}
+    return {key_id: AESGCM(sealing.unwrap(outer, key_id, wrapped, path))
+            for key_id, wrapped in conn.execute("SELECT id, wrapped FROM keys")}
 
 
 class _translated:

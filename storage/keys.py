@@ -27,6 +27,11 @@ def _read(path: Path, origin: str) -> bytes:
     return key
 
 
+def read_key_file(path: Path) -> bytes:
+    """A 32-byte key from a file given on the command line (a new outer key, say)."""
+    return _read(path, "in")
+
+
 def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
     """Return the data key; create ``key_file`` only when ``create`` (the journal does not exist yet)."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -69,7 +74,7 @@ def write_secret(path: Path, data: bytes) -> None:
         os.link(aside, path)  # atomic, and refuses (FileExistsError) to replace what is there
     finally:
         os.unlink(aside)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
 
 
 def destroy_secret(path: Path) -> bool:
@@ -86,11 +91,11 @@ def destroy_secret(path: Path) -> bool:
     finally:
         os.close(fd)
     os.unlink(path)
-    _sync_directory(path.parent)
+    sync_directory(path.parent)
     return True
 
 
-def _sync_directory(path: Path) -> None:
+def sync_directory(path: Path) -> None:
     directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)

@@ -12,11 +12,16 @@ is on disk. A write that fails rolls back to its own savepoint and fails
 alone; a commit that fails fails every write in it. The event loop never
 waits on the disk: it hands work to the thread and is called back once per
 group.
+
+A full disk refuses writes (JournalFull) and changes nothing recorded; the store
+says so once in the log, shows it in ``full``, and takes writes again by itself
+as soon as one commits, when space returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections import deque
@@ -25,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import JournalError
+from .errors import JournalError, JournalFull
 from .journal import DEFAULT_MAX_EVENT_BYTES, Journal
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -44,12 +51,25 @@ class _Work:
 _STOP = object()
 
 
+@dataclass
+class _Health:
+    """Written by the store's thread, read on the loop (one bool: no lock needed)."""
+
+    full: bool = False
+
+
 class Store:
-    def __init__(self, journal: Journal, thread: threading.Thread, work: queue.SimpleQueue):
+    def __init__(self, journal: Journal, thread: threading.Thread, work: queue.SimpleQueue, health: _Health):
         self._thread = thread
         self._work = work
+        self._health = health
         self._closed = False
         self.path = journal.path
+
+    @property
+    def full(self) -> bool:
+        """The disk was full at the last write: events are refused until a write commits again."""
+        return self._health.full
 
     @classmethod
     async def open(cls, path: Path, key: bytes, *, create: bool = True,
@@ -58,6 +78,7 @@ class Store:
         loop = asyncio.get_running_loop()
         opened: asyncio.Future = loop.create_future()
         work: queue.SimpleQueue = queue.SimpleQueue()
+        health = _Health()
 
         def serve() -> None:
             try:
@@ -66,7 +87,7 @@ class Store:
                 loop.call_soon_threadsafe(_settle, [(opened, None, error)])
                 return
             loop.call_soon_threadsafe(_settle, [(opened, journal, None)])
-            _serve(journal, work)
+            _serve(journal, work, health)
 
         thread = threading.Thread(target=serve, name=f"journal {path.name}", daemon=True)
         thread.start()
@@ -78,7 +99,7 @@ class Store:
             work.put(_STOP)
             await asyncio.to_thread(thread.join)
             raise
-        return cls(journal, thread, work)
+        return cls(journal, thread, work, health)
 
     async def write(self, fn: Callable[[Journal], T]) -> T:
         """Run ``fn(journal)`` in a transaction; return its result once the commit is durable."""
@@ -119,7 +140,7 @@ def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> 
             future.set_result(result)
 
 
-def _serve(journal: Journal, work: queue.SimpleQueue) -> None:
+def _serve(journal: Journal, work: queue.SimpleQueue, health: _Health) -> None:
     pending: deque = deque()
     try:
         while True:
@@ -141,9 +162,23 @@ def _serve(journal: Journal, work: queue.SimpleQueue) -> None:
             group = [item]
             while pending and pending[0] is not _STOP and pending[0].writes:
                 group.append(pending.popleft())
-            _answer(_commit(journal, group))
+            changes = journal.changes
+            results = _commit(journal, group)
+            _watch_space(journal, health, results, wrote=journal.changes != changes)
+            _answer(results)
     finally:
         journal.close()
+
+
+def _watch_space(journal: Journal, health: _Health, results: list, *, wrote: bool) -> None:
+    """Say once that the disk is full, and once that it is not any more (a write committed)."""
+    if any(isinstance(error, JournalFull) for _, _, error in results):
+        if not health.full:
+            health.full = True
+            logger.error("journal %s: the disk is full; new events are refused until space returns", journal.path)
+    elif health.full and wrote and any(error is None for _, _, error in results):
+        health.full = False
+        logger.warning("journal %s: space returned; events are recorded again", journal.path)
 
 
 def _drain(journal: Journal, pending: deque) -> None:

@@ -1,11 +1,18 @@
-"""A full disk: the event is refused with a clear error, and nothing already recorded is lost."""
+"""A full disk: the event is refused with a clear error, nothing already recorded is lost, and the
+journal takes events again by itself when space returns."""
 
+import asyncio
+import logging
 import os
 import subprocess
 
 import pytest
 
-from storage import Journal, JournalFull
+from agent.counter import Counter
+from agent.daemon import record_scan
+from drivers.decoder import Scan
+from drivers.feedback import Signal
+from storage import Journal, JournalFull, Store
 
 
 @pytest.fixture
@@ -37,3 +44,79 @@ def test_a_full_disk_refuses_the_event_and_keeps_the_rest(small_disk):
     assert reopened.append("sale", {"code": "after"}) == len(recorded) + 1
     assert reopened.read_after(len(recorded))[0].body == {"code": "after"}
     reopened.close()
+
+
+def test_the_same_journal_takes_events_again_once_space_returns_without_reopening(small_disk):
+    key = os.urandom(32)
+    journal = Journal.open(small_disk / "journal.db", key)
+    recorded = _fill(journal)
+    for _ in range(3):  # refused again and again, cleanly, while the disk stays full
+        with pytest.raises(JournalFull):
+            journal.append("sale", {"code": "refused", "note": "x" * 200})
+    subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+    assert journal.append("sale", {"code": "after"}) == recorded + 1
+    assert journal.verify().ok and journal.verify().events == recorded + 1
+    journal.close()
+
+
+def test_the_store_says_once_that_the_disk_is_full_and_once_that_space_returned(small_disk, caplog):
+    async def main():
+        store = await Store.open(small_disk / "journal.db", os.urandom(32))
+        recorded = 0
+        with pytest.raises(JournalFull):
+            while True:
+                await store.append("sale", {"code": f"{recorded:013d}", "note": "x" * 200})
+                recorded += 1
+        refused = await asyncio.gather(*[store.append("sale", {"code": "x" * 200}) for _ in range(5)],
+                                       return_exceptions=True)
+        full_while_refused = store.full
+        assert await store.read(lambda journal: journal.acked_seq()) == 0  # reading goes on
+        subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+        seq = await store.append("sale", {"code": "after"})
+        verified = await store.read(lambda journal: journal.verify())
+        full_after = store.full
+        await store.close()
+        return recorded, refused, full_while_refused, seq, verified, full_after
+
+    with caplog.at_level(logging.INFO, logger="storage.store"):
+        recorded, refused, full_while_refused, seq, verified, full_after = asyncio.run(main())
+    assert all(isinstance(error, JournalFull) for error in refused) and full_while_refused
+    assert seq == recorded + 1 and verified.ok and not full_after
+    said = [r.getMessage() for r in caplog.records if r.name == "storage.store"]
+    assert len(said) == 2
+    assert "the disk is full; new events are refused until space returns" in said[0]
+    assert "space returned; events are recorded again" in said[1]
+
+
+def _fill(journal) -> int:
+    """Append sales until the disk is full; how many were recorded."""
+    recorded = 0
+    with pytest.raises(JournalFull):
+        while True:
+            journal.append("sale", {"code": f"{recorded:013d}", "note": "x" * 200})
+            recorded += 1
+    return recorded
+
+
+def test_a_scan_on_a_full_disk_is_refused_with_the_error_signal_and_scans_count_again_once_space_returns(small_disk):
+    """Through the daemon's own scan path: not recorded, the retailer hears it, no restart needed after."""
+    scan = Scan("96385074", "/dev/input/event3", 1.0, 1.0)
+
+    async def main():
+        store = await Store.open(small_disk / "journal.db", os.urandom(32))
+        counter = Counter()
+        with pytest.raises(JournalFull):
+            while True:
+                await store.append("sale", {"note": "x" * 200})
+        refused = await record_scan(store, counter, scan)
+        held = await store.read(lambda journal: journal.last_seq())
+        subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+        recorded = await record_scan(store, counter, scan)
+        last = await store.read(lambda journal: journal.last("sale"))
+        await store.close()
+        return refused, held, recorded, last
+
+    refused, held, recorded, last = asyncio.run(main())
+    assert refused is Signal.ERROR
+    assert recorded is Signal.ATTENTION  # recorded (not on a price list): the box took sales again by itself
+    assert last.seq == held + 1 and last.body["code"] == "96385074"

@@ -13,17 +13,9 @@ import pytest
 
 from storage import DataKeyError, Journal, JournalError, NoJournal, load_data_key
 
+from .journals import journal_path, key  # noqa: F401 (fixtures)
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def key():
-    return os.urandom(32)
-
-
-@pytest.fixture
-def journal_path(tmp_path):
-    return tmp_path / "journal.db"
 
 
 @pytest.fixture

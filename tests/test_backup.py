@@ -1,0 +1,150 @@
+"""Backup and restore: one encrypted file, restored onto a new box and verified by the chain."""
+
+import asyncio
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from storage import BackupError, DataKeyError, Journal, JournalError, Store, backup, restore, verify_journal
+
+PASSPHRASE = b"correct horse battery staple"
+
+
+@pytest.fixture
+def key():
+    return os.urandom(32)
+
+
+@pytest.fixture
+def box(tmp_path, key):
+    """A box's journal with events under two data keys and an acknowledged cursor."""
+    path = tmp_path / "old-box" / "journal.db"
+    j = Journal.open(path, key)
+    for n in range(3):
+        j.append("sale", {"code": "6901028075831", "n": n})
+    j.rotate_key()
+    j.append("misread", {"code": "1"})
+    j.acknowledge(2)
+    j.close()
+    return path
+
+
+def events(path, key):
+    j = Journal.open(path, key)
+    try:
+        return [(e.seq, e.kind, e.body) for e in j.read_after(0)], j.acked_seq()
+    finally:
+        j.close()
+
+
+def test_a_backup_restored_on_a_new_box_verifies_and_holds_the_same_events(box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    made = backup(box, key, file, PASSPHRASE)
+    assert made.ok and made.events == 4
+    assert stat.S_IMODE(file.stat().st_mode) == 0o600
+    assert b"6901028075831" not in file.read_bytes() and b"SQLite format" not in file.read_bytes()
+
+    new_key = os.urandom(32)  # the new box's own credential
+    new_box = tmp_path / "new-box" / "journal.db"
+    restored = restore(file, PASSPHRASE, new_box, new_key)
+    assert sorted(p.name for p in new_box.parent.iterdir()) == ["journal.db"]  # nothing left aside
+    assert restored.ok and restored.seals_checked and restored.head == made.head
+    assert events(new_box, new_key) == events(box, key)
+    assert verify_journal(new_box, new_key).ok
+    with pytest.raises(DataKeyError):
+        Journal.open(new_box, key)  # the old box's key does not open the new box's journal
+
+
+def test_a_restore_goes_on_recording_where_the_backup_ended(box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    new_key, new_box = os.urandom(32), tmp_path / "new-box" / "journal.db"
+    restore(file, PASSPHRASE, new_box, new_key)
+    j = Journal.open(new_box, new_key)
+    assert j.append("sale", {"code": "after"}) == 5 and j.verify().ok
+    j.close()
+
+
+def test_a_backup_of_a_journal_in_use_is_a_consistent_snapshot(tmp_path, key):
+    path, file = tmp_path / "journal.db", tmp_path / "box.cbbackup"
+
+    async def main():
+        store = await Store.open(path, key)
+        writing = asyncio.gather(*[store.append("sale", {"n": n}) for n in range(300)])
+        made = await asyncio.to_thread(backup, path, key, file, PASSPHRASE)
+        await writing
+        await store.close()
+        return made
+
+    made = asyncio.run(main())
+    restored = restore(file, PASSPHRASE, tmp_path / "new" / "journal.db", key)
+    assert made.ok and restored.ok and restored.events == made.events
+
+
+def test_a_wrong_passphrase_restores_nothing(box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered or cut short"):
+        restore(file, b"not the passphrase", target, os.urandom(32))
+    assert list(target.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "cut the end", "cut a chunk's tag"])
+def test_a_damaged_backup_restores_nothing(box, key, tmp_path, damage):
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    data = bytearray(file.read_bytes())
+    if damage == "flip a byte":
+        data[len(data) // 2] ^= 1
+    elif damage == "cut the end":
+        data = data[: len(data) - 100]
+    else:
+        data = data[:-16]
+    file.write_bytes(bytes(data))
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match="nothing was restored"):
+        restore(file, PASSPHRASE, target, os.urandom(32))
+    assert not target.exists()
+
+
+def test_a_restore_never_replaces_a_journal(box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    before = box.read_bytes()
+    with pytest.raises(JournalError, match="restored only onto a box with no journal"):
+        restore(file, PASSPHRASE, box, key)
+    assert box.read_bytes() == before
+
+
+def test_a_backup_is_written_to_a_new_file_under_a_long_enough_passphrase(box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    with pytest.raises(BackupError, match="the passphrase has 5 bytes; a backup needs at least 12"):
+        backup(box, key, file, b"short")
+    file.write_bytes(b"something else")
+    with pytest.raises(BackupError, match="exists; a backup is written to a new file"):
+        backup(box, key, file, PASSPHRASE)
+    assert file.read_bytes() == b"something else"
+    with pytest.raises(DataKeyError):
+        backup(box, os.urandom(32), tmp_path / "other.cbbackup", PASSPHRASE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box.cbbackup", "old-box"]
+
+
+def test_a_journal_that_does_not_verify_is_not_backed_up(box, key, tmp_path):
+    conn = sqlite3.connect(box)
+    conn.execute("DROP TRIGGER events_append_only_delete")
+    conn.execute("DELETE FROM events WHERE seq = 2")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BackupError, match="not backed up: event 2 is missing"):
+        backup(box, key, tmp_path / "box.cbbackup", PASSPHRASE)
+    assert not (tmp_path / "box.cbbackup").exists()
+
+
+def test_a_file_that_is_not_a_backup_is_named_as_such(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_bytes(b"hello\n")
+    with pytest.raises(BackupError, match="is not a counterbox backup"):
+        restore(file, PASSPHRASE, tmp_path / "journal.db", os.urandom(32))

@@ -1,0 +1,209 @@
+"""The hash chain: every event carries the hash of the one before; verify names the first broken event."""
+
+import json
+import os
+import sqlite3
+import time
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from storage import SCHEMA_VERSION, DataKeyError, Journal, JournalError, verify_journal
+from storage.chain import GENESIS, link
+
+from .journals import contents, journal_path, key  # noqa: F401 (fixtures)
+
+
+@pytest.fixture
+def journal(journal_path, key):
+    j = Journal.open(journal_path, key)
+    for n in range(1, 6):
+        j.append("sale", {"n": n})
+    yield j
+    j.close()
+
+
+def tamper(journal_path, *statements: str) -> None:
+    """Change the file behind the journal's back, as someone with the disk but not the key could."""
+    conn = sqlite3.connect(journal_path)
+    conn.execute("DROP TRIGGER events_append_only_update")
+    conn.execute("DROP TRIGGER events_append_only_delete")
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def test_an_untouched_journal_verifies_from_its_first_event_to_its_last(journal, journal_path, key):
+    result = journal.verify()
+    assert result.ok and (result.events, result.anchor_seq, result.last_seq) == (5, 0, 5)
+    assert result.seals_checked
+    alone = verify_journal(journal_path, None)  # without the key: the chain alone
+    assert alone.ok and not alone.seals_checked and alone.head == result.head
+
+
+def test_an_empty_journal_verifies(journal_path, key):
+    Journal.open(journal_path, key).close()
+    result = verify_journal(journal_path, key)
+    assert result.ok and result.events == 0 and result.head == bytes(32)
+
+
+@pytest.mark.parametrize("statement,first_broken,reason", [
+    ("UPDATE events SET sealed = CAST(sealed || x'00' AS BLOB) WHERE seq = 3", 3, "does not match its chain hash"),
+    ("UPDATE events SET sealed = 'text' WHERE seq = 3", 3, "does not match its chain hash"),
+    ("UPDATE events SET kind = 'misread' WHERE seq = 4", 4, "does not match its chain hash"),
+    ("UPDATE events SET key_id = 2 WHERE seq = 2", 2, "does not match its chain hash"),
+    ("DELETE FROM events WHERE seq = 3", 3, "event 3 is missing: event 4 follows event 2"),
+    ("DELETE FROM events WHERE seq = 1", 1, "event 1 is missing: event 2 follows the chain's anchor"),
+    ("UPDATE meta SET value = '5' WHERE name = 'chain_anchor_seq'", 5, "anchor was altered"),
+])
+def test_a_row_altered_or_removed_behind_the_journals_back_is_named(journal, journal_path, key,
+                                                                   statement, first_broken, reason):
+    tamper(journal_path, statement)
+    for result in (journal.verify(), verify_journal(journal_path, None), verify_journal(journal_path, key)):
+        assert not result.ok
+        assert result.broken.seq == first_broken and reason in result.broken.reason
+
+
+def test_two_rows_swapped_are_named_at_the_first_of_them(journal, journal_path):
+    tamper(journal_path,
+           "UPDATE events SET seq = -1 WHERE seq = 2", "UPDATE events SET seq = 2 WHERE seq = 4",
+           "UPDATE events SET seq = 4 WHERE seq = -1")
+    result = verify_journal(journal_path, None)
+    assert result.broken.seq == 2 and result.last_seq == 1
+
+
+def test_a_sealed_body_changed_and_chained_again_is_caught_by_its_seal(journal, journal_path, key):
+    """Someone who recomputes the chain (it needs no key) still cannot forge a seal."""
+    conn = sqlite3.connect(journal_path)
+    conn.execute("DROP TRIGGER events_append_only_update")
+    rows = conn.execute("SELECT seq, kind, key_id, sealed FROM events ORDER BY seq").fetchall()
+    previous = GENESIS
+    for seq, kind, key_id, sealed in rows:
+        if seq == 3:
+            sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        previous = link(previous, seq, kind, key_id, sealed)
+        conn.execute("UPDATE events SET sealed = ?, chain = ? WHERE seq = ?", [sealed, previous, seq])
+    conn.commit()
+    conn.close()
+    assert verify_journal(journal_path, None).ok  # the chain alone cannot tell
+    result = verify_journal(journal_path, key)
+    assert result.broken.seq == 3 and "fails authentication" in result.broken.reason
+
+
+def test_events_removed_from_the_end_are_caught_when_central_had_acknowledged_them(journal, journal_path):
+    journal.acknowledge(5)
+    tamper(journal_path, "DELETE FROM events WHERE seq >= 4")
+    result = verify_journal(journal_path, None)
+    assert result.broken.seq == 4 and "central acknowledged up to 5: events 4 to 5 were removed" in result.broken.reason
+
+
+def test_the_chain_can_start_from_an_anchor_after_a_prefix_is_removed(journal, journal_path, key):
+    """What a later retention step does: remove old events, keep the last removed one's hash as the anchor."""
+    anchor = journal._conn.execute("SELECT chain FROM events WHERE seq = 2").fetchone()[0]
+    tamper(journal_path, "DELETE FROM events WHERE seq <= 2",
+           "UPDATE meta SET value = '2' WHERE name = 'chain_anchor_seq'",
+           f"UPDATE meta SET value = '{anchor.hex()}' WHERE name = 'chain_anchor'")
+    result = verify_journal(journal_path, key)
+    assert result.ok and (result.anchor_seq, result.events, result.last_seq) == (2, 3, 5)
+    assert journal.append("sale", {"n": 6}) == 6 and journal.verify().ok
+
+
+def test_a_journal_with_every_event_removed_up_to_its_anchor_continues_from_it(journal_path, key):
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"n": 1})
+    anchor = j._conn.execute("SELECT chain FROM events WHERE seq = 1").fetchone()[0]
+    j.close()
+    tamper(journal_path, "DELETE FROM events",
+           "UPDATE meta SET value = '1' WHERE name = 'chain_anchor_seq'",
+           f"UPDATE meta SET value = '{anchor.hex()}' WHERE name = 'chain_anchor'")
+    j = Journal.open(journal_path, key)
+    assert j.append("sale", {"n": 2}) == 2
+    assert j.verify().ok and j.verify().events == 1
+    j.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.sampled_from(["sale", "misread", "refused"]), st.booleans()), max_size=12))
+def test_writes_rolled_back_in_a_group_never_break_the_chain(tmp_path, writes):
+    """A savepoint rolled back (one write of a group commit failing) leaves the chain whole."""
+    path = tmp_path / f"{os.urandom(4).hex()}.db"
+    j = Journal.open(path, os.urandom(32))
+    kept = []
+    with j.transaction():
+        for n, (kind, fails) in enumerate(writes):
+            try:
+                with j.transaction():
+                    j.append(kind, {"n": n})
+                    if fails:
+                        raise ValueError("this write fails")
+                kept.append(n)
+            except ValueError:
+                pass
+    assert j.verify().ok and [e.body["n"] for e in j.read_after(0)] == kept
+    j.close()
+
+
+# -- a journal made by schema v1, written here the way v1 wrote it ----------------------
+
+def make_v1_journal(path, key: bytes, bodies: list[tuple[str, dict]]) -> None:
+    aead = AESGCM(key)
+
+    def seal(seq, kind, plaintext):
+        nonce = os.urandom(12)
+        return nonce + aead.encrypt(nonce, plaintext, f"counterbox-event-v1\x00{seq}\x00{kind}".encode())
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    conn.execute("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, sealed BLOB NOT NULL)")
+    conn.execute("CREATE INDEX idx_events_kind ON events (kind)")
+    for action in ("UPDATE", "DELETE"):
+        conn.execute(f"CREATE TRIGGER events_append_only_{action.lower()} BEFORE {action} ON events "
+                     "BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END")
+    conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", [
+        ("key_check", seal(0, "key-check", b"counterbox journal key check").hex()),
+        ("created_at", str(time.time())), ("acked_seq", "2"), ("session", "7")])
+    for seq, (kind, body) in enumerate(bodies, 1):
+        plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        conn.execute("INSERT INTO events (seq, kind, sealed) VALUES (?, ?, ?)", [seq, kind, seal(seq, kind, plaintext)])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+V1_EVENTS = [("price_list", {"items": []}), ("sale", {"code": "6901028075831"}), ("misread", {"code": "1"})]
+
+
+def test_a_v1_journal_opens_migrates_and_verifies_with_every_event_readable(journal_path, key):
+    make_v1_journal(journal_path, key, V1_EVENTS)
+    with pytest.raises(JournalError, match="schema version 1, which has no hash chain yet"):
+        verify_journal(journal_path, key)
+    j = Journal.open(journal_path, key)
+    assert j._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [(e.seq, e.kind, e.body) for e in j.read_after(0)] == [(n, k, b) for n, (k, b) in enumerate(V1_EVENTS, 1)]
+    assert (j.acked_seq(), j.start_session()) == (2, 8)
+    assert j.append("sale", {"code": "after"}) == 4
+    j.close()
+    result = verify_journal(journal_path, key)
+    assert result.ok and result.events == 4 and result.seals_checked
+
+
+def test_a_v1_journal_with_a_wrong_key_is_refused_and_left_as_it_was(journal_path, key):
+    make_v1_journal(journal_path, key, V1_EVENTS)
+    before = contents(journal_path)
+    with pytest.raises(DataKeyError, match="created with another key. Nothing was changed"):
+        Journal.open(journal_path, os.urandom(32))
+    assert contents(journal_path) == before
+
+
+def test_a_migrated_journal_is_still_append_only(journal_path, key):
+    make_v1_journal(journal_path, key, V1_EVENTS)
+    j = Journal.open(journal_path, key)
+    for statement in ("UPDATE events SET kind = 'x'", "DELETE FROM events", "DELETE FROM keys"):
+        with pytest.raises(sqlite3.IntegrityError):
+            j._conn.execute(statement)
+    j.close()

@@ -1,0 +1,122 @@
+"""Data keys: wrapped under the outer key, rotated without rewriting history, and strict about the outer key."""
+
+import asyncio
+import os
+import sqlite3
+
+import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from storage import DataKeyError, Journal, JournalError, Store, sealing, verify_journal
+
+from .journals import contents, journal_path, key  # noqa: F401 (fixtures)
+
+
+def test_the_outer_key_seals_no_event_it_only_wraps_the_data_keys(journal_path, key):
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"code": "1"})
+    wrapped = j._conn.execute("SELECT wrapped FROM keys").fetchall()
+    sealed = j._conn.execute("SELECT sealed FROM events").fetchone()[0]
+    j.close()
+    assert len(wrapped) == 1 and key not in wrapped[0][0]
+    with pytest.raises(InvalidTag):
+        sealing.open_sealed(AESGCM(key), 1, "sale", sealed)
+
+
+def test_after_a_rotation_old_events_stay_readable_and_new_ones_use_the_new_key(journal_path, key):
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"code": "old"})
+    assert j.rotate_key() == 2
+    j.append("sale", {"code": "new"})
+    assert [(e.seq, e.body["code"]) for e in j.read_after(0)] == [(1, "old"), (2, "new")]
+    assert j._conn.execute("SELECT seq, key_id FROM events ORDER BY seq").fetchall() == [(1, 1), (2, 2)]
+    assert [key_id for key_id, _ in j.data_keys()] == [1, 2]
+    j.close()
+    again = Journal.open(journal_path, key)
+    assert [e.body["code"] for e in again.read_after(0)] == ["old", "new"]
+    again.close()
+    assert verify_journal(journal_path, key).ok
+
+
+def test_a_rotation_by_a_command_beside_the_agent_is_taken_at_the_agents_next_event(journal_path, key):
+    agent = Journal.open(journal_path, key)
+    agent.append("sale", {"n": 1})
+    command = Journal.open(journal_path, key)
+    command.rotate_key()
+    command.close()
+    agent.append("sale", {"n": 2})
+    assert agent._conn.execute("SELECT key_id FROM events WHERE seq = 2").fetchone()[0] == 2
+    assert [e.body["n"] for e in agent.read_after(0)] == [1, 2]
+    agent.close()
+
+
+def test_a_rotation_runs_only_in_a_transaction_of_its_own(journal_path, key):
+    """Inside another transaction it could be rolled back after its key was used: refused."""
+    j = Journal.open(journal_path, key)
+    with pytest.raises(JournalError, match="a key rotation runs in a transaction of its own"):
+        with j.transaction():
+            j.rotate_key()
+    assert [key_id for key_id, _ in j.data_keys()] == [1]
+    j.close()
+
+
+def test_a_wrong_outer_key_after_rotation_is_refused_and_changes_no_byte(journal_path, key):
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"code": "1"})
+    j.rotate_key()
+    j.append("sale", {"code": "2"})
+    j.close()
+    before = contents(journal_path)
+    with pytest.raises(DataKeyError, match="created with another key. Nothing was changed"):
+        Journal.open(journal_path, os.urandom(32))
+    with pytest.raises(DataKeyError):
+        verify_journal(journal_path, os.urandom(32))
+    assert contents(journal_path) == before
+
+
+def test_a_new_outer_key_rewraps_the_data_keys_and_the_old_one_no_longer_opens_the_journal(journal_path, key):
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"code": "1"})
+    j.rotate_key()
+    j.append("sale", {"code": "2"})
+    events = j._conn.execute("SELECT seq, key_id, sealed, chain FROM events").fetchall()
+    new = os.urandom(32)
+    j.rewrap(new)
+    j.append("sale", {"code": "3"})  # the open journal goes on with the new outer key
+    assert j._conn.execute("SELECT seq, key_id, sealed, chain FROM events WHERE seq <= 2").fetchall() == events
+    j.close()
+    with pytest.raises(DataKeyError):
+        Journal.open(journal_path, key)
+    reopened = Journal.open(journal_path, new)
+    assert [e.body["code"] for e in reopened.read_after(0)] == ["1", "2", "3"]
+    reopened.close()
+    assert verify_journal(journal_path, new).ok
+
+
+def test_a_data_key_of_a_journal_in_use_is_never_removed(journal_path, key):
+    j = Journal.open(journal_path, key)
+    with pytest.raises(sqlite3.IntegrityError, match="a data key is never removed"):
+        j._conn.execute("DELETE FROM keys")
+    j.close()
+
+
+def test_the_store_serves_events_sealed_under_every_key(journal_path, key):
+    async def main():
+        store = await Store.open(journal_path, key)
+        await store.append("sale", {"n": 1})
+        await asyncio.to_thread(lambda: _rotate(journal_path, key))
+        await asyncio.gather(*[store.append("sale", {"n": n}) for n in range(2, 6)])
+        events = await store.read(lambda journal: journal.read_after(0))
+        verified = await store.read(lambda journal: journal.verify())
+        await store.close()
+        return events, verified
+
+    events, verified = asyncio.run(main())
+    assert [e.body["n"] for e in events] == [1, 2, 3, 4, 5] and verified.ok
+
+
+def _rotate(path, key):
+    j = Journal.open(path, key)
+    j.rotate_key()
+    j.close()

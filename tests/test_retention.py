@@ -1,0 +1,165 @@
+"""Retention: events central holds and older than the retention age are folded into a checkpoint and
+removed; the reports, the stock, the price list in force and the chain go on as if they were all there."""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent import reports, retention
+from agent.counter import Counter
+from agent.prices import parse_csv
+from drivers.decoder import Scan
+from storage import Journal, JournalError
+
+PACK, CARTON, GUM = "6901028075831", "6901028075848", "96385074"
+PRICES = ("barcode,name,price,unit,packs,cost,product\n"
+          f"{PACK},Hongtashan (pack),23.00,pack,1,19.50,\n"
+          f"{CARTON},Hongtashan (carton),225.00,carton,10,195.00,{PACK}\n"
+          f"{GUM},Gum,1.50,,,1.00,\n")
+START = 1_764_547_200.0  # 2025-12-01T00:00Z
+DAY = 86_400
+
+
+class Shop:
+    """A year of a shop's counter on one journal: a receiving and a count now and then, sales every day."""
+
+    def __init__(self, path, key):
+        self.journal = Journal.open(path, key)
+        self.journal.append("price_list", {"currency": "CNY", "items": [i.as_json() for i in parse_csv(PRICES)]})
+        self.journal.append("document", {"name": "price_list", "version": 3, "kind": "price_list"})
+        self.clock = [0.0]
+        self.counter = Counter(timezone=ZoneInfo("Asia/Shanghai"), clock=lambda: self.clock[0], start_guard=0)
+        self.rng = random.Random(5)
+
+    def scan(self, code, at):
+        self.clock[0] = at
+        with self.journal.transaction():
+            return self.counter.record(self.journal, Scan(code, "/dev/input/event3", at, at))
+
+    def days(self, first, count):
+        for day in range(first, first + count):
+            t = START + day * DAY + 9 * 3600
+            if day % 7 == 0:
+                for code in ("CB:RECEIVING", CARTON, CARTON, "CB:CLOSE"):
+                    self.scan(code, t)
+            for n in range(12):
+                t += 60
+                roll = self.rng.random()
+                if roll < 0.1:
+                    self.scan("CB:VOID", t)
+                elif roll < 0.2:
+                    self.scan("CB:QTY3", t)
+                elif roll < 0.25:
+                    self.scan("CB:RETURN", t)
+                self.scan(self.rng.choice([PACK, PACK, CARTON, GUM]), t + 1)
+            if day % 7 == 6:
+                for code in ("CB:COUNT", CARTON, PACK, "CB:CLOSE"):
+                    self.scan(code, t + 60)
+            self.scan("CB:END-DAY", t + 120)
+
+    def report(self):
+        ledger = reports.fold(((e.seq, e.kind, e.body) for e in self.journal.read_after(0, 1_000_000)),
+                              start=retention.checkpoint_ledger(self.journal, keep_days=True))
+        days = sorted(ledger.days)
+        return {"sales": reports.sales(ledger, days), "stock": reports.stock(ledger),
+                "counts": reports.counts(ledger), "receipts": reports.receipts(ledger)}
+
+
+@pytest.fixture
+def shop(tmp_path):
+    shop = Shop(tmp_path / "journal.db", os.urandom(32))
+    yield shop
+    shop.journal.close()
+
+
+def test_folding_old_events_away_changes_no_figure_of_any_day_nor_the_stock(shop):
+    shop.days(0, 60)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    before, last = shop.report(), shop.journal.last_seq()
+    now = START + 60 * DAY
+    folded = []
+    while (upto := retention.fold_old(shop.journal, days=30, now=now)) is not None:
+        folded.append(upto)
+    assert folded, "old events were folded"
+    first_kept = shop.journal.read_after(0, 1)[0]
+    assert retention.event_time(first_kept.body) >= now - 31 * DAY  # what is kept is the last month or so
+    assert shop.report() == before  # every day's sales, the stock, counts and receipts
+    assert shop.journal.last_seq() == last
+    assert shop.journal.verify().ok
+
+
+def test_the_box_reads_what_it_reads_by_kind_after_its_events_were_folded_away(shop):
+    shop.days(0, 40)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    while retention.fold_old(shop.journal, days=1, now=START + 400 * DAY) is not None:
+        pass
+    assert shop.journal.read_after(0, 10) == []  # every event folded away
+    assert shop.journal.last("price_list").body["items"][0]["price"] == 2300
+    assert [e.body["version"] for e in shop.journal.of_kind("document")] == [3]
+    last = shop.journal.last_seq()
+    assert last > 0 and shop.journal.anchor_seq() == last
+    # A new counter (the agent started again) starts from the checkpoint: the stock goes on.
+    stock = shop.counter.ledger.stock["06901028075831"]
+    shop.counter = Counter(timezone=ZoneInfo("Asia/Shanghai"), clock=lambda: shop.clock[0], start_guard=0)
+    sale = shop.scan(PACK, START + 401 * DAY).events[-1]
+    assert sale.seq == last + 1 and sale.body["unit_price"] == 2300
+    assert shop.counter.ledger.stock["06901028075831"] == stock - 1
+    assert shop.journal.verify().ok
+    assert shop.journal.acknowledge(sale.seq)
+
+
+def test_only_what_central_holds_is_folded_away(shop):
+    shop.days(0, 20)
+    held = shop.journal.last_seq() // 2
+    shop.journal.acknowledge(held)
+    while (upto := retention.fold_old(shop.journal, days=1, now=START + 400 * DAY)) is not None:
+        assert upto <= held
+    assert shop.journal.anchor_seq() == held
+    with pytest.raises(JournalError, match="not acknowledged"):
+        shop.journal.fold_prefix(held + 5, {}, [])
+
+
+def test_a_step_folds_a_bounded_number_of_events(shop, monkeypatch):
+    monkeypatch.setattr(retention, "FOLD_STEP", 100)
+    shop.days(0, 30)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    anchor = 0
+    while (upto := retention.fold_old(shop.journal, days=1, now=START + 400 * DAY)) is not None:
+        assert upto - anchor <= 100
+        anchor = upto
+
+
+def test_the_counter_running_beside_retention_goes_on_as_if_nothing_was_removed(shop):
+    shop.days(0, 20)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    with shop.journal.transaction():
+        retention.fold_old(shop.journal, days=5, now=START + 20 * DAY)
+    shop.days(20, 10)  # the same counter, on
+    after = shop.report()
+    assert after["stock"]["products"] == reports.stock(shop.counter.ledger)["products"]
+
+
+def test_events_after_the_anchor_cannot_be_deleted_and_those_before_are_gone(shop):
+    shop.days(0, 10)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    retention.fold_old(shop.journal, days=1, now=START + 5 * DAY)
+    anchor = shop.journal.anchor_seq()
+    conn = sqlite3.connect(shop.journal.path)
+    try:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute("DELETE FROM events WHERE seq = ?", [anchor + 1])
+        assert conn.execute("SELECT count(*) FROM events WHERE seq <= ?", [anchor]).fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
+def test_no_retention_with_zero_days(shop):
+    shop.days(0, 3)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    assert retention.fold_old(shop.journal, days=0, now=START + 400 * DAY) is None
+    assert shop.journal.anchor_seq() == 0
