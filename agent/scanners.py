@@ -181,16 +181,21 @@ class Scanners:
 
     async def _discovered(self, device: InputDeviceInfo, reason: str) -> None:
         watch = reason == "watch"
-        logger.info("%s %s: %s", "watching" if watch else "scanner taken", device.describe(),
-                    "a USB keyboard; taken if it types at scanner speed" if watch else reason)
+        announce = "%s %s: %s" % ("watching" if watch else "scanner taken", device.describe(),
+                                  "a USB keyboard; taken if it types at scanner speed" if watch else reason)
         settings = self.config.settings_for(device.node, device.usb_id, device.name)
         identity = {"name": device.name, "usb_id": device.usb_id, "reason": reason}
         if device.usb:
             identity.update(manufacturer=device.usb.manufacturer, product=device.usb.product_name, serial=device.usb.serial)
         try:
-            await self._read(device.node, settings, watch=watch, identity=identity)
-        except ScannerError as error:
+            await self._read(device.node, settings, watch=watch, identity=identity, announce=announce)
+        except ScannerGone as error:
             logger.warning("scanner %s lost: %s", device.node, error)
+        except ScannerError as error:
+            # Just after an unplug, sysfs may still list a node whose device is gone: never taken, not lost.
+            gone = not os.path.exists(device.node)
+            (logger.debug if gone else logger.warning)("scanner %s %s: %s", device.node,
+                                                        "gone before it was opened" if gone else "lost", error)
 
     async def _report(self, state: str, scanner: str, driver: str, identity: dict) -> None:
         if self.on_device is not None:
@@ -204,12 +209,15 @@ class Scanners:
         return self._keymaps[name]
 
     async def _read(self, path: str, settings: DecoderSettings, *, watch: bool = False,
-                    identity: dict | None = None) -> None:
-        """Read one source until it ends; raises ScannerError when it cannot be read or goes away."""
+                    identity: dict | None = None, announce: str = "") -> None:
+        """Read one source until it ends; raises ScannerError when it cannot be read or goes away.
+        ``announce`` is logged once the source is open (a device that vanished first is not announced)."""
         decoder = Keypad(path) if settings.keypad else Decoder(path, settings, await self._keymap(settings))
         loop = asyncio.get_running_loop()
         identity = identity or {}
         async with open_source(path, grab=not watch) as source:
+            if announce:
+                logger.info("%s", announce)
             if source.kind != "file":  # a recording is a whole session from its start; a live source is not
                 decoder.opened(source.opened_at)
             output = self._feedback_for(path, source.kind)

@@ -1,0 +1,1 @@
+"""The box itself: a bootable Debian image with the agent, built reproducibly, and run under QEMU."""
