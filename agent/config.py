@@ -112,7 +112,7 @@ class BrokerConfig:
     keepalive: int = 30  # seconds
     # Seconds between attempts to reach the broker grow from 0.1 to this, jittered: a box back within
     # this long after the broker returns, while a fleet that lost it together does not return at once.
-    reconnect_max: float = 2.0
+    reconnect_max: float = 1.0
     # The CA that signed the broker's certificate: TLS, the production broker. None: plain TCP, the
     # development broker on loopback.
     ca_file: Path | None = None

@@ -79,6 +79,7 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
 EXPIRY_CHECK = 1.0  # seconds between looks for a mode or a keyed number left too long
 RETENTION_EVERY = 3600.0  # seconds between looks for events old enough to fold away
 RETENTION_NEXT = 1.0  # seconds before the next step, while there is more to fold
+FAULT_AFTER = 1.0  # seconds after a refused scan's error signal before a fault's attention signal
 
 
 def counter_for(config: Config) -> Counter:
@@ -200,6 +201,9 @@ class Box:
     service: Service = field(default_factory=Service)  # systemd's view: readiness, status, watchdog
     _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds
     _snapshot_interval: float = 0.0  # pushed by operations; 0: the configuration file's
+    # A signal that answers no scan (a mode that timed out, a full disk): the scanners' (Scanners.announce).
+    announce: Callable[[Signal], None] = lambda signal: None
+    _full_said: bool = False  # the full disk has been signalled since it filled
 
     async def on_scan(self, scan: Scan | NotABarcode) -> Signal:
         if self._activator is not None:
@@ -211,6 +215,12 @@ class Box:
             logger.warning("activation code scanned scanner=%s: this box is already active; nothing changed", scan.source)
             return Signal.ERROR
         signal = await record_scan(self.store, self.counter, scan)
+        if self.store.full and not self._full_said:
+            # The fault itself, once, after the scan's own error: the box needs a look (the store logs it).
+            self._full_said = True
+            asyncio.get_running_loop().call_later(FAULT_AFTER, self.announce, Signal.ATTENTION)
+        elif not self.store.full:
+            self._full_said = False
         if self._uplink is not None:
             self._uplink.wake.set()
         return signal
@@ -390,6 +400,7 @@ async def _serve(box: Box) -> bool:
             life = group.create_task(box.run())
             reading = group.create_task(scanners.run())
             watchdog = group.create_task(box.service.watchdog())
+            box.announce = scanners.announce
             expiry = group.create_task(box.expire(scanners.announce))
             folding = group.create_task(box.retain())
             revoked = await life

@@ -193,7 +193,12 @@ def _mmdebstrap(tree: Path, stage: Path, cache: Path, log) -> None:
 
 
 def _source_date_epoch() -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True, text=True)
+    """The last commit's time, for a reproducible build; a fixed time where the tree is no git checkout
+    (or git is not installed: a tree unpacked from an archive)."""
+    try:
+        done = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True, text=True)
+    except OSError:
+        return "1700000000"
     return done.stdout.strip() or "1700000000"
 
 

@@ -7,9 +7,11 @@ import os
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.counter import Counter
-from agent.daemon import record_scan
+from agent.config import Config, DeviceConfig
+from agent.daemon import FAULT_AFTER, Box
 from drivers.decoder import Scan
 from drivers.feedback import Signal
 from storage import Journal, JournalFull, Store
@@ -102,21 +104,28 @@ def test_a_scan_on_a_full_disk_is_refused_with_the_error_signal_and_scans_count_
     """Through the daemon's own scan path: not recorded, the retailer hears it, no restart needed after."""
     scan = Scan("96385074", "/dev/input/event3", 1.0, 1.0)
 
+    announced: list[Signal] = []
+
     async def main():
         store = await Store.open(small_disk / "journal.db", os.urandom(32))
-        counter = Counter()
+        key = Ed25519PrivateKey.generate()
+        box = Box(config=Config(device=DeviceConfig(id="shop-full")), store=store, session=1, device_id="shop-full",
+                  key=key, central_key=key.public_key(), counter=Counter(), trusted={}, announce=announced.append)
         with pytest.raises(JournalFull):
             while True:
                 await store.append("sale", {"note": "x" * 200})
-        refused = await record_scan(store, counter, scan)
+        refused = await box.on_scan(scan)
+        again = await box.on_scan(scan)
+        await asyncio.sleep(FAULT_AFTER + 0.5)
         held = await store.read(lambda journal: journal.last_seq())
         subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
-        recorded = await record_scan(store, counter, scan)
+        recorded = await box.on_scan(scan)
         last = await store.read(lambda journal: journal.last("sale"))
         await store.close()
-        return refused, held, recorded, last
+        return refused, again, held, recorded, last
 
-    refused, held, recorded, last = asyncio.run(main())
-    assert refused is Signal.ERROR
+    refused, again, held, recorded, last = asyncio.run(main())
+    assert refused is again is Signal.ERROR
+    assert announced == [Signal.ATTENTION]  # the fault, said once beside each refused scan's error
     assert recorded is Signal.ATTENTION  # recorded (not on a price list): the box took sales again by itself
     assert last.seq == held + 1 and last.body["code"] == "96385074"

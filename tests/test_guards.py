@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .guards import LoopGuard
+from .guards import CPU_LIMIT, LoopGuard
 
 pytestmark = pytest.mark.blocks_the_loop_on_purpose
 
@@ -49,3 +49,21 @@ def test_the_same_calls_in_a_thread_and_short_callbacks_are_fine():
     with LoopGuard() as guard:
         asyncio.run(main())
     assert guard.problems == []
+
+
+def test_a_garbage_collection_inside_a_callback_is_the_interpreters_time_not_the_callbacks():
+    heap = [[[] for _ in range(10)] for _ in range(300_000)]  # a long test session's worth of containers
+    timings = {}
+
+    async def main():
+        started = time.thread_time()
+        import gc
+
+        gc.collect()  # as the collector may, in whichever callback it happens to fall
+        timings["collect"] = time.thread_time() - started
+
+    with LoopGuard() as guard:
+        asyncio.run(main())
+    assert timings["collect"] > CPU_LIMIT, "the heap is large enough to take the collector past the limit"
+    assert guard.problems == []
+    del heap
