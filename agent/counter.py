@@ -46,7 +46,7 @@ from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from drivers.keypad import Keypress
 from provisioning.protocol import parse_rfc3339, rfc3339
-from storage import Event, Journal
+from storage import Event, Journal, JournalError
 
 from . import controls
 from .catalog import CARTON_PACKS, Catalog, Unit
@@ -123,17 +123,22 @@ class Counter:
             if self._started_at is None:
                 self._started_at = self.clock()
                 self._configured = (self.timezone, self.mode_timeout, self.pending_timeout)
-            event = journal.last("price_list")
-            self._catalog = Catalog.from_price_list(event.body if event else None)
             self._loaded = True
             if self.ledger.last_seq == 0:  # from retention's checkpoint, when it has folded events away
-                self.ledger = checkpoint_ledger(journal, keep_days=False)
+                self._from_checkpoint(journal)
+            else:
+                event = journal.last("price_list")
+                self._catalog = Catalog.from_price_list(event.body if event else None)
         last = journal.last_seq()
         while self.ledger.last_seq < last:
             events = journal.read_after(self.ledger.last_seq, FOLD_BATCH)
-            if events and events[0].seq != self.ledger.last_seq + 1:
+            if not events or events[0].seq != self.ledger.last_seq + 1:
                 # Folded away by retention before this ledger saw them: start again from the checkpoint.
-                self.ledger = checkpoint_ledger(journal, keep_days=False)
+                behind = self.ledger.last_seq
+                self._from_checkpoint(journal)
+                if self.ledger.last_seq <= behind:
+                    raise JournalError(f"{journal.path}: events {behind + 1} to {last} are neither in the journal "
+                                       "nor in its checkpoint")
                 continue
             for event in events:
                 self._fold(event)
@@ -145,6 +150,18 @@ class Counter:
             except ValueError:
                 idle = self.mode_timeout
             self._mode_active_at = self.clock() - idle
+
+    def _from_checkpoint(self, journal: Journal) -> None:
+        """The ledger, price list and settings as of retention's checkpoint (nothing: the journal's start)."""
+        self.ledger = checkpoint_ledger(journal, keep_days=False)
+        upto = self.ledger.last_seq
+        prices = [event for event in journal.of_kind("price_list") if event.seq <= upto]
+        self._catalog = Catalog.from_price_list(prices[-1].body if prices else None)
+        if self._configured:
+            self.timezone, self.mode_timeout, self.pending_timeout = self._configured
+        for event in journal.of_kind("settings"):  # kept with the checkpoint: the events after it fold on
+            if event.seq <= upto:
+                self._settle(event.body.get("counter", {}))
 
     @staticmethod
     def _holds(journal: Journal, event: Event | None) -> bool:

@@ -19,6 +19,7 @@ return counts as a negative sale; a void takes its line back out of its day
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,6 +217,7 @@ class Ledger:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], *, keep_days: bool) -> "Ledger":
+        state = copy.deepcopy(state)  # a ledger changes what it holds: never its checkpoint's copy
         ledger = cls(keep_days=keep_days, stock=dict(state["stock"]), names=dict(state["names"]),
                      tracked=set(state["tracked"]), negative=dict(state["negative"]),
                      days={name: Day(products={p: Totals(**t) for p, t in day["products"].items()},

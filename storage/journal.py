@@ -25,10 +25,12 @@ connection for one thread; the daemon reaches it through ``storage.Store``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,7 +193,8 @@ class Journal:
         """Check the hash chain from its anchor to the last event (and, with ``seals``, that every
         event's seal opens); the first event that fails is named."""
         with _translated(self.path):
-            return chain.verify(self._conn, self._opens if seals else None)
+            verification = chain.verify(self._conn, self._opens if seals else None)
+            return _anchor_checked(self._conn, verification, self._data_key if seals else None)
 
     def _opens(self, seq: int, kind: str, key_id: int, sealed: bytes) -> bool:
         try:
@@ -317,8 +320,9 @@ class Journal:
             if row is None:
                 raise JournalError(f"there is no event {upto} to fold up to")
             key_id = self._conn.execute("SELECT max(id) FROM keys").fetchone()[0]
-            content = json.dumps({"state": state, "kept": [[e.seq, e.kind, e.body] for e in kept]},
-                                 separators=(",", ":")).encode()
+            # The anchor is sealed too: verify holds the plaintext one in meta against it.
+            content = json.dumps({"state": state, "kept": [[e.seq, e.kind, e.body] for e in kept],
+                                  "anchor": row[0].hex()}, separators=(",", ":")).encode()
             sealed = sealing.seal(self._data_key(key_id), upto, "fold", content)
             self._conn.execute("INSERT INTO folds (seq, key_id, sealed) VALUES (?, ?, ?)", [upto, key_id, sealed])
             self._conn.execute("DELETE FROM folds WHERE seq < ?", [upto])
@@ -414,7 +418,7 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
                 raise JournalError(f"{path} has schema version {version}, which has no hash chain yet; "
                                    "the agent (or any counterbox command that opens it) adds one")
             if outer is None:
-                return chain.verify(conn)
+                return _anchor_checked(conn, chain.verify(conn), None)
             keys = _open_keys(conn, path, outer, version)
 
             def opens(seq: int, kind: str, key_id: int, sealed: bytes) -> bool:
@@ -424,9 +428,32 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
                     return False
                 return True
 
-            return chain.verify(conn, opens)
+            return _anchor_checked(conn, chain.verify(conn, opens), keys.__getitem__)
         finally:
             conn.close()
+
+
+def _anchor_checked(conn: sqlite3.Connection, verification: Verification,
+                    data_key: Callable[[int], AESGCM] | None) -> Verification:
+    """Events before the chain's anchor were folded away by retention: only with a checkpoint at the
+    anchor, whose sealed anchor (checked when the keys are given) is the one in meta, which anyone
+    with the file could otherwise move to hide events cut from the start."""
+    anchor_seq = verification.anchor_seq
+    if not verification.ok or anchor_seq == 0:
+        return verification
+    row = conn.execute("SELECT key_id, sealed FROM folds WHERE seq = ?", [anchor_seq]).fetchone() \
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'folds'").fetchone() else None
+    reason = None
+    if row is None:
+        reason = f"events up to {anchor_seq} are gone with no checkpoint of them: the anchor was moved"
+    elif data_key is not None:
+        try:
+            content = json.loads(sealing.open_sealed(data_key(row[0]), anchor_seq, "fold", row[1]))
+        except (InvalidTag, KeyError, ValueError):
+            content = {}
+        if content.get("anchor") != chain.anchor(conn)[1].hex():
+            reason = f"the checkpoint at event {anchor_seq} does not open or does not seal this anchor"
+    return verification if reason is None else dataclasses.replace(verification, broken=chain.Broken(anchor_seq, reason))
 
 
 def _open_keys(conn: sqlite3.Connection, path: Path, outer: bytes, version: int) -> dict[int, AESGCM]:

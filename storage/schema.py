@@ -88,6 +88,7 @@ def _v3(conn: sqlite3.Connection, outer: bytes) -> None:
     conn.execute("DROP TRIGGER events_append_only_delete")
     conn.execute("CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events "
                  "WHEN old.seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'chain_anchor_seq') "
+                 "OR NOT EXISTS (SELECT 1 FROM folds WHERE seq >= old.seq) "
                  "BEGIN SELECT RAISE(ABORT, 'the journal is append-only: only events folded by retention leave it'); END")
 
 

@@ -101,11 +101,9 @@ def test_events_removed_from_the_end_are_caught_when_central_had_acknowledged_th
 
 
 def test_the_chain_can_start_from_an_anchor_after_a_prefix_is_removed(journal, journal_path, key):
-    """What a later retention step does: remove old events, keep the last removed one's hash as the anchor."""
-    anchor = journal._conn.execute("SELECT chain FROM events WHERE seq = 2").fetchone()[0]
-    tamper(journal_path, "DELETE FROM events WHERE seq <= 2",
-           "UPDATE meta SET value = '2' WHERE name = 'chain_anchor_seq'",
-           f"UPDATE meta SET value = '{anchor.hex()}' WHERE name = 'chain_anchor'")
+    """What retention does: fold old events into a checkpoint, remove them, keep the last one's hash as the anchor."""
+    journal.acknowledge(5)
+    journal.fold_prefix(2, {}, [])
     result = verify_journal(journal_path, key)
     assert result.ok and (result.anchor_seq, result.events, result.last_seq) == (2, 3, 5)
     assert journal.append("sale", {"n": 6}) == 6 and journal.verify().ok
@@ -114,15 +112,22 @@ def test_the_chain_can_start_from_an_anchor_after_a_prefix_is_removed(journal, j
 def test_a_journal_with_every_event_removed_up_to_its_anchor_continues_from_it(journal_path, key):
     j = Journal.open(journal_path, key)
     j.append("sale", {"n": 1})
-    anchor = j._conn.execute("SELECT chain FROM events WHERE seq = 1").fetchone()[0]
+    j.acknowledge(1)
+    j.fold_prefix(1, {}, [])
     j.close()
-    tamper(journal_path, "DELETE FROM events",
-           "UPDATE meta SET value = '1' WHERE name = 'chain_anchor_seq'",
-           f"UPDATE meta SET value = '{anchor.hex()}' WHERE name = 'chain_anchor'")
     j = Journal.open(journal_path, key)
     assert j.append("sale", {"n": 2}) == 2
     assert j.verify().ok and j.verify().events == 1
     j.close()
+
+
+def test_a_prefix_removed_without_its_checkpoint_is_named_by_verify(journal, journal_path, key):
+    anchor = journal._conn.execute("SELECT chain FROM events WHERE seq = 2").fetchone()[0]
+    tamper(journal_path, "DELETE FROM events WHERE seq <= 2",
+           "UPDATE meta SET value = '2' WHERE name = 'chain_anchor_seq'",
+           f"UPDATE meta SET value = '{anchor.hex()}' WHERE name = 'chain_anchor'")
+    result = verify_journal(journal_path, key)
+    assert not result.ok and "no checkpoint" in result.broken.reason
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

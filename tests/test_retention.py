@@ -163,3 +163,62 @@ def test_no_retention_with_zero_days(shop):
     shop.journal.acknowledge(shop.journal.last_seq())
     assert retention.fold_old(shop.journal, days=0, now=START + 400 * DAY) is None
     assert shop.journal.anchor_seq() == 0
+
+
+def test_a_counter_and_retention_sharing_a_journal_never_count_an_open_orders_receipts_twice(shop):
+    shop.days(0, 10)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    retention.fold_old(shop.journal, days=1, now=START + 400 * DAY)  # a checkpoint to start from
+    shop.journal.append("order", {"name": "order/w9", "order_id": "w9", "lines": [
+        {"barcode": CARTON, "name": "", "quantity": 3}]})
+    at = START + 401 * DAY
+    for code in ("CB:RECEIVING", CARTON, "CB:CANCEL"):  # one carton of three in, the order still open
+        shop.scan(code, at)
+    shop.counter = Counter(timezone=ZoneInfo("Asia/Shanghai"), clock=lambda: shop.clock[0], start_guard=0)
+    shop.scan("CB:CLEAR", at)  # the new counter starts from the checkpoint and folds the order in
+    shop.journal.acknowledge(shop.journal.last_seq())
+    retention.fold_old(shop.journal, days=1, now=START + 800 * DAY)  # the same journal object, its cached checkpoint
+    [*_, closed] = shop.scan("CB:ALL-RECEIVED", at).events
+    assert [(line["ordered"], line["received"]) for line in closed.body["lines"]] == [(30, 30)]
+
+
+def test_settings_pushed_before_the_checkpoint_hold_for_a_counter_started_after_it(shop):
+    shop.journal.append("settings", {"name": "settings", "version": 1, "counter": {"timezone": "Pacific/Pago_Pago",
+                                                                                  "mode_timeout": 42}})
+    shop.days(0, 3)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    while retention.fold_old(shop.journal, days=1, now=START + 400 * DAY) is not None:
+        pass
+    counter = Counter(clock=lambda: shop.clock[0], start_guard=0)
+    shop.counter = counter
+    sale = shop.scan(PACK, START + 401 * DAY + 3600).events[-1]  # 01:00Z: the day before, in Pago Pago
+    assert (str(counter.timezone), counter.mode_timeout) == ("Pacific/Pago_Pago", 42)
+    assert sale.body["day"] == "2027-01-05"
+
+
+def test_a_counter_behind_a_journal_folded_to_its_end_catches_up_from_the_checkpoint(shop):
+    shop.days(0, 3)
+    shop.journal.append("scanner", {"state": "taken", "scanner": "x", "driver": "evdev", "at": "2025-12-05T00:00:00.000Z"})
+    shop.journal.acknowledge(shop.journal.last_seq())
+    while retention.fold_old(shop.journal, days=1, now=START + 400 * DAY) is not None:
+        pass
+    sale = shop.scan(PACK, START + 401 * DAY).events[-1]  # the counter never saw the last event: no spin
+    assert sale.seq == shop.journal.anchor_seq() + 1
+
+
+def test_an_anchor_moved_without_a_checkpoint_is_named_by_verify(shop):
+    shop.days(0, 2)
+    conn = sqlite3.connect(shop.journal.path)
+    try:
+        seq, link = conn.execute("SELECT seq, chain FROM events WHERE seq = 6").fetchone()
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'chain_anchor_seq'", [str(seq)])
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'chain_anchor'", [link.hex()])
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):  # no checkpoint: nothing may go
+            conn.execute("DELETE FROM events WHERE seq <= 6")
+        conn.execute("DROP TRIGGER events_append_only_delete")  # whoever holds the file can, though
+        conn.execute("DELETE FROM events WHERE seq <= 6")
+        conn.commit()
+    finally:
+        conn.close()
+    verification = shop.journal.verify()
+    assert not verification.ok and "no checkpoint" in verification.broken.reason
