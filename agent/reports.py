@@ -44,10 +44,6 @@ def week_of(day: str) -> list[str]:
     return [(start + timedelta(days=n)).isoformat() for n in range(7)]
 
 
-def _totals_json(totals: Totals) -> dict[str, int]:
-    return totals.as_json()
-
-
 def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
     """Sales by product over ``days``: lines, packs, amount, cost and gross margin, and their total."""
     products: dict[str, Totals] = {}
@@ -66,9 +62,9 @@ def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
         "days": days,
         "closed": closed,
         # A product whose every line was voided is left out; one sold and returned stays (its lines say so).
-        "products": [{"product": p, "name": ledger.names.get(p), **_totals_json(t)}
+        "products": [{"product": p, "name": ledger.names.get(p), **t.as_json()}
                      for p, t in sorted(products.items(), key=lambda item: (-item[1].amount, item[0])) if t.lines],
-        "total": _totals_json(total),
+        "total": total.as_json(),
     }
 
 
