@@ -20,13 +20,14 @@ return counts as a negative sale; a void takes its line back out of its day
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.barcode import classify
 
 
-@dataclass
+@dataclass(slots=True)
 class Totals:
     """Sales of one product on one day (or of all products): returns and voids already netted."""
     lines: int = 0  # lines sold or returned, less those voided
@@ -50,6 +51,10 @@ class Totals:
             self.cost += sign * line.cost
         if line.amount_unknown:
             self.unpriced += sign
+
+    def state(self) -> dict[str, int]:
+        """Its fields, as ``Totals(**state)`` takes them back."""
+        return {name: getattr(self, name) for name in self.__slots__}
 
     def as_json(self) -> dict[str, int]:
         return {"lines": self.lines, "packs": self.packs, "amount": self.amount, "cost": self.cost,
@@ -96,7 +101,10 @@ def line_of(seq: int, kind: str, body: dict[str, Any]) -> Line:
     quantity = body.get("quantity", 1)
     price = body.get("unit_price")
     cost = body.get("cost")
-    return Line(seq=seq, kind=kind, day=day_of(body), product=body.get("product") or classify(body["code"]).key,
+    # Interned: a ledger holds a line per sale of its recent days, most of them on one day and one
+    # of the shop's few hundred products.
+    return Line(seq=seq, kind=kind, day=sys.intern(day_of(body)),
+                product=sys.intern(body.get("product") or classify(body["code"]).key),
                 packs=sign * body.get("packs", quantity), amount=sign * quantity * (price or 0),
                 cost=None if cost is None or price is None else sign * quantity * cost,
                 amount_unknown=price is None)
@@ -201,7 +209,7 @@ class Ledger:
         return {
             "v": 1, "last_seq": self.last_seq, "stock": self.stock, "names": self.names,
             "tracked": sorted(self.tracked), "negative": self.negative,
-            "days": {name: {"products": {p: vars(t) for p, t in day.products.items()}, "total": vars(day.total),
+            "days": {name: {"products": {p: t.state() for p, t in day.products.items()}, "total": day.total.state(),
                             "closed": day.closed} for name, day in self.days.items()},
             "lines": [[line.seq, line.kind, line.day, line.product, line.packs, line.amount, line.cost,
                        line.amount_unknown] for line in self.lines.values()],

@@ -25,19 +25,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
+import importlib.util
 import logging
 import random
 import socket
+import sys
 import threading
+import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
+
+def _import_on_first_use(name: str) -> None:
+    """Put a stand-in for module ``name`` in ``sys.modules`` that imports the real one when an
+    attribute is first asked of it (PEP 562's module ``__getattr__``).
+
+    paho imports ``urllib.request`` (and with it http.client, email, tempfile: 40 modules, about
+    2 MiB resident) only to read proxy settings when PySocks is installed, which a box never has,
+    and ``uuid`` only for a client id the link always gives.
+    """
+    if name in sys.modules:
+        return
+    parent, _, child = name.rpartition(".")
+    spec = importlib.util.find_spec(name)  # imports the parent package only
+    if spec is None:
+        return
+    stand_in = types.ModuleType(name)
+    stand_in.__spec__ = spec
+
+    def __getattr__(attribute: str):
+        if sys.modules.get(name) is stand_in:
+            sys.modules.pop(name, None)
+        real = importlib.import_module(name)
+        stand_in.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__getattr__"})
+        return getattr(real, attribute)
+
+    stand_in.__getattr__ = __getattr__
+    sys.modules[name] = stand_in
+    if parent:
+        setattr(sys.modules[parent], child, stand_in)
+
+
+_import_on_first_use("urllib.request")
+_import_on_first_use("uuid")
+
+import paho.mqtt.client as paho  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode  # noqa: E402
+from paho.mqtt.packettypes import PacketTypes  # noqa: E402
+from paho.mqtt.properties import Properties  # noqa: E402
+from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

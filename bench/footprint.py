@@ -96,7 +96,7 @@ def agent_memory(directory: Path, n: int) -> tuple[tuple[int, int], tuple[int, i
 IMPORTS = [
     ("interpreter", ""),
     ("asyncio", "import asyncio"),
-    ("paho-mqtt (with ssl)", "import paho.mqtt.client"),
+    ("paho-mqtt (with ssl), as agent.mqtt imports it", "import agent.mqtt"),
     ("cryptography (AES-GCM, Ed25519)", "from cryptography.hazmat.primitives.ciphers.aead import AESGCM; "
                                         "from cryptography.hazmat.primitives.asymmetric import ed25519"),
     ("sqlite3", "import sqlite3"),
@@ -120,7 +120,8 @@ for name, statement in steps[1:]:
     now = rss()
     print(name, now - before)
     before = now
-print("modules", " ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("sqlite_utils", "joserfc", "central", "demo")
+print("modules", " ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("sqlite_utils", "joserfc", "central", "demo",
+                                                                               "http", "email")
                                  or m == "cryptography.hazmat.primitives.serialization")))
 """
 
