@@ -1,9 +1,12 @@
 """Central's ingest: verified and stored events per second, for one and for two instances sharing the
 load, beside the broker's raw delivery of the same messages to a plain subscriber, in the same run.
 
-Signed batches from many registered devices (the agent's batch size) are published as fast as a
-plain publisher can; the clock runs from the first publish until central's database holds every
-event (polled), or, for the baseline, until a plain subscriber has received every batch.
+Signed batches from many registered devices (the agent's batch size) wait at the broker as a backlog
+(a fleet coming back after central was away): each consumer, central's ingest or the plain
+subscriber, is subscribed and then stopped (SIGSTOP) while the batches are published, so the
+publisher's work is not timed. The clock runs from SIGCONT until central's database holds every
+event (its devices' acknowledged seqs, polled on one connection) or, for the baseline, until the
+plain subscriber (a process of its own) has received every batch.
 
     .venv/bin/python bench/ingest_throughput.py [--devices 20] [--batches 40] [--events 500] [--postgresql]
 """
@@ -12,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -49,56 +53,78 @@ def batches(stack: Stack, devices: int, per_device: int, events: int, tag: str) 
     return messages
 
 
-def publish(port: int, messages: list[tuple[str, bytes]]) -> float:
+def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(100)
     client.connect("127.0.0.1", port)
     client.loop_start()
-    t0 = time.perf_counter()
     infos = [client.publish(topic, payload, qos=1) for topic, payload in messages]
     for info in infos:
         info.wait_for_publish(60)
     client.loop_stop()
     client.disconnect()
+
+
+def backlog(port: int, messages, consumers: list[subprocess.Popen]) -> float:
+    """Publish ``messages`` while ``consumers`` are stopped; resume them; return when they resumed."""
+    for process in consumers:
+        process.send_signal(signal.SIGSTOP)
+    try:
+        publish(port, messages)
+    finally:
+        t0 = time.perf_counter()
+        for process in consumers:
+            process.send_signal(signal.SIGCONT)
     return t0
 
 
-def stored(stack: Stack, tag: str) -> int:
+def central_rate(stack: Stack, messages, total: int, tag: str, consumers: list[subprocess.Popen]) -> float:
     store = CentralStore(stack.central_db)
     try:
-        return store.conn.execute("SELECT count(*) FROM events WHERE device_id LIKE ?", [f"bench-{tag}-%"]).fetchone()[0]
+        def held() -> int:  # a few rows: the poll costs the ingest nothing
+            return store.conn.execute("SELECT coalesce(sum(acked_seq), 0) FROM devices WHERE device_id LIKE ?",
+                                      [f"bench-{tag}-%"]).fetchone()[0]
+
+        t0 = backlog(stack.broker_port, messages, consumers)
+        while held() < total:
+            time.sleep(0.02)
+        return total / (time.perf_counter() - t0)
     finally:
         store.close()
 
 
-def central_rate(stack: Stack, messages, total: int, tag: str) -> float:
-    t0 = publish(stack.broker_port, messages)
-    while stored(stack, tag) < total:
-        time.sleep(0.05)
-    return total / (time.perf_counter() - t0)
+_SUBSCRIBER = """
+import sys, time, paho.mqtt.client as mqtt
+port, expected = int(sys.argv[1]), int(sys.argv[2])
+count = 0
+def received(client, userdata, message):
+    global count
+    count += 1
+    if count == expected:
+        print(time.perf_counter(), flush=True)
+        client.disconnect()
+def subscribed(client, userdata, mid, reason_codes, properties):
+    print("subscribed", flush=True)
+sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5)
+sub.on_message, sub.on_subscribe = received, subscribed
+sub.connect("127.0.0.1", port)
+sub.subscribe("counterbox/v1/devices/+/batch", qos=1)
+sub.loop_forever()
+"""
 
 
 def raw_rate(port: int, messages, total: int) -> float:
-    got, count = threading.Event(), 0
-
-    def received(client, userdata, message):
-        nonlocal count
-        count += 1
-        if count == len(messages):
-            got.set()
-
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5)
-    sub.on_message = received
-    sub.connect("127.0.0.1", port)
-    sub.subscribe("counterbox/v1/devices/+/batch", qos=1)
-    sub.loop_start()
-    time.sleep(0.3)
-    t0 = publish(port, messages)
-    got.wait(300)
-    elapsed = time.perf_counter() - t0
-    sub.loop_stop()
-    sub.disconnect()
-    return total / elapsed
+    # perf_counter is CLOCK_MONOTONIC: the same clock in both processes.
+    sub = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, str(port), str(len(messages))],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert sub.stdout is not None and sub.stdout.readline().strip() == "subscribed"
+        t0 = backlog(port, messages, [sub])
+        done = float(sub.stdout.readline())
+        return total / (done - t0)
+    finally:
+        sub.kill()
+        sub.wait()
 
 
 def main() -> None:
@@ -123,10 +149,10 @@ def main() -> None:
             sets = {tag: batches(stack, args.devices, args.batches, args.events, tag) for tag in ("raw", "one", "two")}
             raw = raw_rate(stack.broker_port, sets["raw"], total)
             stack.log_level = "INFO"  # the ingest's start is seen in its log
-            stack.start_ingest("one", share="bench")
-            one = central_rate(stack, sets["one"], total, "one")
-            stack.start_ingest("two", share="bench")
-            two = central_rate(stack, sets["two"], total, "two")
+            first = stack.start_ingest("one", share="bench")
+            one = central_rate(stack, sets["one"], total, "one", [first])
+            second = stack.start_ingest("two", share="bench")
+            two = central_rate(stack, sets["two"], total, "two", [first, second])
     print(f"{total} events in batches of {args.events} from {args.devices} devices, loopback, same run, "
           f"central on {'PostgreSQL' if args.postgresql else 'SQLite'}")
     print(f"  broker to a plain subscriber           {raw:10.0f} events/s")

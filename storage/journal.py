@@ -42,7 +42,7 @@ from . import chain, sealing, sqlite
 from .chain import Verification
 from .errors import EventTooLarge, JournalError, JournalFull, NoJournal
 from .keys import KEY_SIZE
-from .schema import MIGRATIONS, SCHEMA_VERSION
+from .schema import LOOKED_UP, LOOKED_UP_TERM, MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
            "verify_journal"]
@@ -66,6 +66,11 @@ _LAST = "SELECT seq, chain, (SELECT max(id) FROM keys) FROM events ORDER BY seq 
 _FIRST = ("SELECT (SELECT value FROM meta WHERE name = 'chain_anchor_seq'), "
           "(SELECT value FROM meta WHERE name = 'chain_anchor'), (SELECT max(id) FROM keys)")
 _INSERT = "INSERT INTO events (seq, kind, key_id, sealed, chain) VALUES (?, ?, ?, ?, ?)"
+
+
+def _indexed(kind: str) -> str:
+    """The term that lets SQLite answer a query for ``kind`` from the partial index (schema v4)."""
+    return f" AND {LOOKED_UP_TERM}" if kind in LOOKED_UP else ""
 _COLUMNS = "seq, kind, key_id, sealed"
 
 
@@ -273,7 +278,7 @@ class Journal:
         """The latest event of ``kind``: in the log, or kept by retention's checkpoint."""
         with _translated(self.path):
             row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", [kind]
+                f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)} ORDER BY seq DESC LIMIT 1", [kind]
             ).fetchone()
         if row:
             return self._event(*row)
@@ -284,7 +289,8 @@ class Journal:
         """Every event of ``kind``, in order (those retention kept first): for the small kinds whose
         whole history makes a view."""
         with _translated(self.path):
-            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE kind = ? ORDER BY seq", [kind]).fetchall()
+            rows = self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)} ORDER BY seq",
+                                      [kind]).fetchall()
         return [event for event in self._kept() if event.kind == kind] + [self._event(*row) for row in rows]
 
     def last_seq(self, kind: str | None = None) -> int:

@@ -14,6 +14,9 @@ or the new one, never half of each.
 - v3: ``folds(seq, key_id, sealed)``, retention's checkpoint: what the events up to
   ``seq`` added up to, sealed; events at or before the chain's anchor may be deleted
   (retention moves the anchor first), none after it.
+- v4: the index on ``kind`` covers only the kinds the agent looks up by kind
+  (``LOOKED_UP``: operations' documents and the box's own activation), so a sale's
+  commit writes the events table's page and no index page beside it.
 """
 
 from __future__ import annotations
@@ -92,5 +95,17 @@ def _v3(conn: sqlite3.Connection, outer: bytes) -> None:
                  "BEGIN SELECT RAISE(ABORT, 'the journal is append-only: only events folded by retention leave it'); END")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, bytes], None]] = [_v1, _v2, _v3]
+# The kinds read by kind (the latest price list, every settings document, ...): few events among
+# many sales. The journal's queries for them repeat ``LOOKED_UP_TERM`` word for word, which is
+# how SQLite knows the partial index answers them; any other kind is found by a scan.
+LOOKED_UP = ("activation", "document", "price_list", "revocation", "settings")
+LOOKED_UP_TERM = "kind IN ({})".format(", ".join(f"'{kind}'" for kind in LOOKED_UP))
+
+
+def _v4(conn: sqlite3.Connection, outer: bytes) -> None:
+    conn.execute("DROP INDEX idx_events_kind")
+    conn.execute(f"CREATE INDEX idx_events_looked_up ON events (kind) WHERE {LOOKED_UP_TERM}")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, bytes], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -244,6 +244,29 @@ def test_one_event_is_read_by_its_seq_and_kinds_are_counted(journal):
     assert journal.last("sale").seq == 3 and journal.last_seq("sale") == 3 and journal.last("refused") is None
 
 
+@pytest.mark.parametrize("kind", ["price_list", "settings", "sale", "mode_ended"])
+def test_the_latest_event_and_every_event_of_a_kind_are_found_whether_or_not_the_index_covers_it(journal, kind):
+    for n in range(3):
+        journal.append(kind, {"n": n})
+        journal.append("sale" if kind != "sale" else "return", {"other": n})
+    assert (journal.last(kind).seq, journal.last(kind).body) == (5, {"n": 2})
+    assert [(e.seq, e.body["n"]) for e in journal.of_kind(kind)] == [(1, 0), (3, 1), (5, 2)]
+    assert journal.last_seq(kind) == 5
+
+
+def test_a_sale_writes_no_index_page_while_a_looked_up_kind_is_found_through_one(journal):
+    """Only the kinds read by kind are indexed: a sale's commit writes the table's page alone."""
+    from storage.journal import _indexed
+    indexes = journal._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+                                    ).fetchall()
+    assert [name for name, _ in indexes] == ["idx_events_looked_up"]
+    assert "WHERE kind IN (" in indexes[0][1] and "'sale'" not in indexes[0][1]
+    plan = journal._conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT seq FROM events WHERE kind = ?{_indexed('price_list')} ORDER BY seq DESC LIMIT 1",
+        ["price_list"]).fetchall()
+    assert "USING COVERING INDEX idx_events_looked_up" in plan[0][3]
+
+
 def test_a_key_file_is_made_in_directories_that_do_not_exist_yet_or_already_do(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     deep = tmp_path / "var" / "lib" / "counterbox" / "data.key"
