@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -78,7 +79,16 @@ def backlog(port: int, messages, consumers: list[subprocess.Popen]) -> float:
     return t0
 
 
-def central_rate(stack: Stack, messages, total: int, tag: str, consumers: list[subprocess.Popen]) -> float:
+def busy_cores() -> tuple[float, float]:
+    """(busy, total) clock ticks of all the machine's cores so far, from /proc/stat."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
+def central_rate(stack: Stack, messages, total: int, tag: str,
+                 consumers: list[subprocess.Popen]) -> tuple[float, float]:
+    """Events per second, and how many of the machine's cores were busy meanwhile (ingest, broker, database)."""
     store = CentralStore(stack.central_db)
     try:
         def held() -> int:  # a few rows: the poll costs the ingest nothing
@@ -86,9 +96,12 @@ def central_rate(stack: Stack, messages, total: int, tag: str, consumers: list[s
                                       [f"bench-{tag}-%"]).fetchone()[0]
 
         t0 = backlog(stack.broker_port, messages, consumers)
+        busy0, all0 = busy_cores()
         while held() < total:
             time.sleep(0.02)
-        return total / (time.perf_counter() - t0)
+        elapsed = time.perf_counter() - t0
+        busy1, all1 = busy_cores()
+        return total / elapsed, (busy1 - busy0) / (all1 - all0) * (os.cpu_count() or 1)
     finally:
         store.close()
 
@@ -150,14 +163,16 @@ def main() -> None:
             raw = raw_rate(stack.broker_port, sets["raw"], total)
             stack.log_level = "INFO"  # the ingest's start is seen in its log
             first = stack.start_ingest("one", share="bench")
-            one = central_rate(stack, sets["one"], total, "one", [first])
+            one, one_cores = central_rate(stack, sets["one"], total, "one", [first])
             second = stack.start_ingest("two", share="bench")
-            two = central_rate(stack, sets["two"], total, "two", [first, second])
+            two, two_cores = central_rate(stack, sets["two"], total, "two", [first, second])
     print(f"{total} events in batches of {args.events} from {args.devices} devices, loopback, same run, "
           f"central on {'PostgreSQL' if args.postgresql else 'SQLite'}")
     print(f"  broker to a plain subscriber           {raw:10.0f} events/s")
-    print(f"  one central ingest, verified + stored  {one:10.0f} events/s  ({one / raw:.3f} of raw)")
-    print(f"  two instances sharing the load         {two:10.0f} events/s  ({two / one:.2f}x one)")
+    print(f"  one central ingest, verified + stored  {one:10.0f} events/s  ({one / raw:.3f} of raw)"
+          f"   cores busy {one_cores:.2f} of {os.cpu_count()}")
+    print(f"  two instances sharing the load         {two:10.0f} events/s  ({two / one:.2f}x one)"
+          f"   cores busy {two_cores:.2f} of {os.cpu_count()}")
 
 
 if __name__ == "__main__":

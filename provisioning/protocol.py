@@ -212,6 +212,12 @@ def natural(value: Any, least: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def _not_json(constant: str) -> Any:
+    """NaN and Infinity, which Python's json reads and RFC 8259 does not have: no standard tool of a
+    central consumer would read them back."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
              kid: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, payload) of a token that ``key`` signed, of type ``typ`` (and from ``kid``, when given),
@@ -231,7 +237,7 @@ def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
         raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r}"
                             + (f" from {kid!r}" if kid is not None else ""))
     try:
-        decoded = json.loads(payload)
+        decoded = json.loads(payload, parse_constant=_not_json)
     except (ValueError, RecursionError):
         raise ProtocolError("payload is not JSON") from None
     if not isinstance(decoded, dict):

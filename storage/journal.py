@@ -212,7 +212,11 @@ class Journal:
 
     def append(self, kind: str, body: dict[str, Any]) -> int:
         """Record an event durably (or within the caller's transaction) and return its sequence number."""
-        plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+        try:
+            plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+        except ValueError:
+            raise JournalError(f"a {kind} event holds a NaN or infinite number, which JSON has not; "
+                               "it was not recorded") from None
         if len(plaintext) > self.max_event_bytes:
             raise EventTooLarge(
                 f"a {kind} event of {len(plaintext)} bytes is over the limit of {self.max_event_bytes} bytes "

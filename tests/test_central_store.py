@@ -56,6 +56,15 @@ def test_a_reused_seq_with_other_content_is_a_conflict_and_stores_nothing(store)
     assert [e["seq"] for e in store.events()] == [1]
 
 
+@pytest.mark.parametrize("body", [{"name": "红塔山 (pack)", "unit_price": 2300, "aim": None, "known": True},
+                                  {"quantity": 2 ** 70, "nested": {"list": [1, "two", 3.5]}}],
+                         ids=["unicode", "integer-past-64-bits"])
+def test_an_events_body_is_stored_as_the_device_sent_it(store, body):
+    store.add_events("shop-1", 1, batch(1, body=body))
+    [event] = store.events()
+    assert {name: event[name] for name in body} == body
+
+
 def test_a_device_is_registered_with_its_key_and_shop(store):
     store.register("shop-2", "key-2", shop="Mengzi No. 3")
     assert store.device("shop-2") == Device("shop-2", "key-2", 0, "Mengzi No. 3")

@@ -254,6 +254,13 @@ def test_the_latest_event_and_every_event_of_a_kind_are_found_whether_or_not_the
     assert journal.last_seq(kind) == 5
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf")])
+def test_a_body_json_cannot_hold_is_refused_when_it_is_recorded(journal, number):
+    with pytest.raises(JournalError, match="NaN or infinite number, which JSON has not; it was not recorded"):
+        journal.append("snapshot", {"stock": number})
+    assert journal.last_seq() == 0
+
+
 def test_a_sale_writes_no_index_page_while_a_looked_up_kind_is_found_through_one(journal):
     """Only the kinds read by kind are indexed: a sale's commit writes the table's page alone."""
     from storage.journal import _indexed

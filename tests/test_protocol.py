@@ -89,10 +89,13 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
     (lambda key: signed([1, 2], key), "payload is a JSON list, not an object"),
     (lambda key: signed(None, key), "payload is a JSON NoneType, not an object"),
     (lambda key: jws.sign(b"\xff\xfe", key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
+    (lambda key: jws.sign(json.dumps(good_payload(events=[{"seq": 4, "kind": "sale", "body": {"x": float("nan")}},
+                                                           {"seq": 5, "kind": "sale", "body": {}}])).encode(),
+                          key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
     (lambda key: b"\xff" + signed(good_payload(), key), "non-ASCII"),
     (lambda key: signed(good_payload(), Ed25519PrivateKey.generate()), "signature check failed"),
 ], ids=["kid", "typ", "payload-device", "version", "first-seq", "last-seq", "gap", "seq-zero", "session",
-        "no-events", "body-not-object", "array", "null", "not-json", "non-ascii", "other-key"])
+        "no-events", "body-not-object", "array", "null", "not-json", "nan", "non-ascii", "other-key"])
 def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
         protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
