@@ -101,13 +101,17 @@ def line_of(seq: int, kind: str, body: dict[str, Any]) -> Line:
     quantity = body.get("quantity", 1)
     price = body.get("unit_price")
     cost = body.get("cost")
-    # Interned: a ledger holds a line per sale of its recent days, most of them on one day and one
-    # of the shop's few hundred products.
-    return Line(seq=seq, kind=kind, day=sys.intern(day_of(body)),
-                product=sys.intern(body.get("product") or classify(body["code"]).key),
+    return Line(seq=seq, kind=kind, day=_shared(day_of(body)),
+                product=_shared(body.get("product") or classify(body["code"]).key),
                 packs=sign * body.get("packs", quantity), amount=sign * quantity * (price or 0),
                 cost=None if cost is None or price is None else sign * quantity * cost,
                 amount_unknown=price is None)
+
+
+def _shared(text: Any) -> Any:
+    """One copy of each day's and product's name: a ledger holds a line per sale of its recent days,
+    most of them on one day and one of the shop's few hundred products."""
+    return sys.intern(text) if type(text) is str else text
 
 
 def day_of(body: dict[str, Any]) -> str:
@@ -231,7 +235,9 @@ class Ledger:
                      days={name: Day(products={p: Totals(**t) for p, t in day["products"].items()},
                                      total=Totals(**day["total"]), closed=day["closed"])
                            for name, day in state["days"].items()},
-                     lines={row[0]: Line(*row) for row in state["lines"]}, voided=set(state["voided"]),
+                     lines={row[0]: Line(row[0], row[1], _shared(row[2]), _shared(row[3]), *row[4:])
+                            for row in state["lines"]},
+                     voided=set(state["voided"]),
                      sale_prices={day: {row[0]: tuple(row[1:]) for row in rows}
                                   for day, rows in state["sale_prices"].items()},
                      orders=state["orders"], closed_orders=set(state["closed_orders"]),

@@ -40,7 +40,8 @@ from pathlib import Path
 
 def _import_on_first_use(name: str) -> None:
     """Put a stand-in for module ``name`` in ``sys.modules`` that imports the real one when an
-    attribute is first asked of it (PEP 562's module ``__getattr__``).
+    attribute is first asked of it, and hands on every attribute asked of it from then on
+    (PEP 562's module ``__getattr__``), so whoever holds the stand-in sees the real module as it is.
 
     paho imports ``urllib.request`` (and with it http.client, email, tempfile: 40 modules, about
     2 MiB resident) only to read proxy settings when PySocks is installed, which a box never has,
@@ -54,12 +55,13 @@ def _import_on_first_use(name: str) -> None:
         return
     stand_in = types.ModuleType(name)
     stand_in.__spec__ = spec
+    lock = threading.Lock()  # two threads asking at once import it once
 
     def __getattr__(attribute: str):
-        if sys.modules.get(name) is stand_in:
-            sys.modules.pop(name, None)
-        real = importlib.import_module(name)
-        stand_in.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__getattr__"})
+        with lock:
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+            real = importlib.import_module(name)
         return getattr(real, attribute)
 
     stand_in.__getattr__ = __getattr__

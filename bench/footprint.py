@@ -121,7 +121,7 @@ for name, statement in steps[1:]:
     print(name, now - before)
     before = now
 print("modules", " ".join(sorted(m for m in sys.modules if m.split(".")[0] in ("sqlite_utils", "joserfc", "central", "demo",
-                                                                               "http", "email")
+                                                                               "reportlab", "http", "email", "_uuid")
                                  or m == "cryptography.hazmat.primitives.serialization")))
 """
 

@@ -79,16 +79,21 @@ def backlog(port: int, messages, consumers: list[subprocess.Popen]) -> float:
     return t0
 
 
+TIMEOUT = 600  # seconds for any one drain: a stuck ingest fails the bench instead of hanging it
+
+
 def busy_cores() -> tuple[float, float]:
     """(busy, total) clock ticks of all the machine's cores so far, from /proc/stat."""
-    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle, iowait
+    # user nice system idle iowait irq softirq steal (guest time is counted in user already)
+    ticks = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]
     return sum(ticks) - idle, sum(ticks)
 
 
 def central_rate(stack: Stack, messages, total: int, tag: str,
                  consumers: list[subprocess.Popen]) -> tuple[float, float]:
-    """Events per second, and how many of the machine's cores were busy meanwhile (ingest, broker, database)."""
+    """Events per second, and how many of the machine's cores were busy meanwhile (ingest, broker,
+    database, and anything else running: measure on a quiet machine)."""
     store = CentralStore(stack.central_db)
     try:
         def held() -> int:  # a few rows: the poll costs the ingest nothing
@@ -97,7 +102,10 @@ def central_rate(stack: Stack, messages, total: int, tag: str,
 
         t0 = backlog(stack.broker_port, messages, consumers)
         busy0, all0 = busy_cores()
+        deadline = time.monotonic() + TIMEOUT
         while held() < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"central held {held()} of {total} events after {TIMEOUT} s")
             time.sleep(0.02)
         elapsed = time.perf_counter() - t0
         busy1, all1 = busy_cores()
@@ -107,8 +115,9 @@ def central_rate(stack: Stack, messages, total: int, tag: str,
 
 
 _SUBSCRIBER = """
-import sys, time, paho.mqtt.client as mqtt
+import signal, sys, time, paho.mqtt.client as mqtt
 port, expected = int(sys.argv[1]), int(sys.argv[2])
+signal.alarm(int(sys.argv[3]))  # ends it if it never gets every batch
 count = 0
 def received(client, userdata, message):
     global count
@@ -128,12 +137,15 @@ sub.loop_forever()
 
 def raw_rate(port: int, messages, total: int) -> float:
     # perf_counter is CLOCK_MONOTONIC: the same clock in both processes.
-    sub = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, str(port), str(len(messages))],
+    sub = subprocess.Popen([sys.executable, "-c", _SUBSCRIBER, str(port), str(len(messages)), str(TIMEOUT)],
                            stdout=subprocess.PIPE, text=True)
     try:
         assert sub.stdout is not None and sub.stdout.readline().strip() == "subscribed"
         t0 = backlog(port, messages, [sub])
-        done = float(sub.stdout.readline())
+        line = sub.stdout.readline()
+        if not line:
+            raise TimeoutError(f"the plain subscriber did not get all {len(messages)} batches")
+        done = float(line)
         return total / (done - t0)
     finally:
         sub.kill()

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import jws
 from .errors import IdentityError, ProtocolError, SignatureError
 from .identity import broker_password, device_id_for, parse_public_key, public_key_text
-from .protocol import VERSION, parse_rfc3339, rfc3339, valid_device_id, verified
+from .protocol import VERSION, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
 
 CODE_TYPE = "counterbox-activation+jws"
 REQUEST_TYPE = "counterbox-activation-request+jws"
@@ -77,7 +77,7 @@ def device_of_topic(prefix: str, topic_: str, leaf: str) -> str:
 
 
 def _sign(payload: dict[str, Any], key: Ed25519PrivateKey, *, kid: str, typ: str) -> bytes:
-    body = json.dumps({"v": VERSION, **payload}, separators=(",", ":"), ensure_ascii=False).encode()
+    body = payload_json({"v": VERSION, **payload})
     return jws.sign(body, key, kid=kid, typ=typ).encode()
 
 

@@ -17,7 +17,6 @@ own state. docs/protocol.md is the contract.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from . import jws
 from .errors import ProtocolError, SignatureError
-from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, rfc3339, valid_device_id, verified
+from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
 
 DOCUMENT_TYPE = "counterbox-doc+jws"
 KINDS = ("price_list", "order", "settings", "revocation")
@@ -176,7 +175,7 @@ def encode_document(document: Document, *, key: Ed25519PrivateKey, kid: str) -> 
         "scope": document.scope.as_json(), "issued_at": rfc3339(document.issued_at),
         "expires_at": rfc3339(document.expires_at), "body": document.body,
     }
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = payload_json(payload)
     token = jws.sign(body, key, kid=kid, typ=DOCUMENT_TYPE).encode()
     if len(token) > MAX_TOKEN_BYTES:
         raise ValueError(f"the signed document is {len(token)} bytes, over the protocol's limit of {MAX_TOKEN_BYTES}")

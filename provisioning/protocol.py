@@ -17,6 +17,7 @@ payload by hand.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -123,8 +124,7 @@ def encode_batch(events: Sequence[WireEvent], *, device: str, session: int, key:
         "sent_at": rfc3339(sent_at),
         "events": [{"seq": e.seq, "kind": e.kind, "body": e.body} for e in events],
     }
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return jws.sign(body, key, kid=device, typ=BATCH_TYPE).encode()
+    return jws.sign(payload_json(payload), key, kid=device, typ=BATCH_TYPE).encode()
 
 
 def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
@@ -146,7 +146,7 @@ def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
 
 
 def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey) -> bytes:
-    body = json.dumps({"v": VERSION, "device": device, "ack_seq": ack_seq}, separators=(",", ":")).encode()
+    body = payload_json({"v": VERSION, "device": device, "ack_seq": ack_seq})
     return jws.sign(body, key, kid=CENTRAL_KID, typ=ACK_TYPE).encode()
 
 
@@ -165,8 +165,7 @@ def encode_status(status: dict[str, Any], *, device: str, key: Ed25519PrivateKey
     """A device's presence and health, signed by the device: ``status`` holds ``state``, ``session``,
     ``connection`` and ``sent_at`` (a timestamp) and, when online, the health fields of docs/protocol.md."""
     payload = {"v": VERSION, "device": device, **status, "sent_at": rfc3339(status["sent_at"])}
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-    return jws.sign(body, key, kid=device, typ=STATUS_TYPE).encode()
+    return jws.sign(payload_json(payload), key, kid=device, typ=STATUS_TYPE).encode()
 
 
 def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[str, Any]:
@@ -212,10 +211,21 @@ def natural(value: Any, least: int = 1) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
+def payload_json(payload: dict[str, Any]) -> bytes:
+    """A message's payload as the protocol writes it: compact UTF-8 JSON, and RFC 8259's JSON only
+    (ValueError for a NaN or infinite number, which no consumer's standard tools would read)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
 def _not_json(constant: str) -> Any:
-    """NaN and Infinity, which Python's json reads and RFC 8259 does not have: no standard tool of a
-    central consumer would read them back."""
-    raise ValueError(f"{constant} is not JSON")
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400: Python's json would make it infinite
+        raise ValueError(f"{text[:40]} is beyond a JSON number's range")
+    return number
 
 
 def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
@@ -237,9 +247,11 @@ def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
         raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r}"
                             + (f" from {kid!r}" if kid is not None else ""))
     try:
-        decoded = json.loads(payload, parse_constant=_not_json)
-    except (ValueError, RecursionError):
-        raise ProtocolError("payload is not JSON") from None
+        decoded = json.loads(payload, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:
+        raise ProtocolError("payload is not JSON: nested too deeply") from None
+    except ValueError as error:
+        raise ProtocolError(f"payload is not JSON: {error}") from None
     if not isinstance(decoded, dict):
         raise ProtocolError(f"payload is a JSON {type(decoded).__name__}, not an object")
     return header, decoded

@@ -66,12 +66,12 @@ _LAST = "SELECT seq, chain, (SELECT max(id) FROM keys) FROM events ORDER BY seq 
 _FIRST = ("SELECT (SELECT value FROM meta WHERE name = 'chain_anchor_seq'), "
           "(SELECT value FROM meta WHERE name = 'chain_anchor'), (SELECT max(id) FROM keys)")
 _INSERT = "INSERT INTO events (seq, kind, key_id, sealed, chain) VALUES (?, ?, ?, ?, ?)"
+_COLUMNS = "seq, kind, key_id, sealed"
 
 
 def _indexed(kind: str) -> str:
     """The term that lets SQLite answer a query for ``kind`` from the partial index (schema v4)."""
     return f" AND {LOOKED_UP_TERM}" if kind in LOOKED_UP else ""
-_COLUMNS = "seq, kind, key_id, sealed"
 
 
 class Journal:

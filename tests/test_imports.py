@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # Central's and the demo's code, the operations tooling's libraries, and what paho would pull in for
 # HTTP proxies (http.client, email): none of it runs on a box.
-NOT_ON_A_BOX = ("central", "demo", "sqlite_utils", "joserfc", "reportlab", "http", "email")
+NOT_ON_A_BOX = ("central", "demo", "sqlite_utils", "joserfc", "reportlab", "http", "email", "_uuid")
 
 
 def _python(code: str, **env: str) -> dict:
@@ -27,6 +27,7 @@ def test_the_agents_process_imports_nothing_that_does_not_run_on_a_box():
     modules = _python("import sys, json, agent.cli, agent.daemon, agent.scanners; print(json.dumps(sorted(sys.modules)))")
     assert "paho.mqtt.client" in modules  # the imports did happen
     assert [m for m in modules if m.split(".")[0] in NOT_ON_A_BOX] == []
+    assert "cryptography.hazmat.primitives.serialization" not in modules  # every key type: the key file is read directly
 
 
 def test_a_module_paho_imports_for_proxies_is_the_real_one_once_it_is_used():

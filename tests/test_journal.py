@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.retention import KEPT_LATEST
 from storage import DataKeyError, Journal, JournalError, NoJournal, load_data_key
+from storage.schema import LOOKED_UP, LOOKED_UP_TERM, SCHEMA_VERSION
 
 from .journals import journal_path, key  # noqa: F401 (fixtures)
 
@@ -261,17 +264,48 @@ def test_a_body_json_cannot_hold_is_refused_when_it_is_recorded(journal, number)
     assert journal.last_seq() == 0
 
 
-def test_a_sale_writes_no_index_page_while_a_looked_up_kind_is_found_through_one(journal):
-    """Only the kinds read by kind are indexed: a sale's commit writes the table's page alone."""
-    from storage.journal import _indexed
+def test_a_sale_writes_no_index_page_while_the_looked_up_kinds_are_found_through_one(journal):
+    """Only the kinds read by kind are indexed: a sale's commit writes the table's page alone, and the
+    journal's own queries for a looked-up kind are answered from the index."""
     indexes = journal._conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
                                     ).fetchall()
-    assert [name for name, _ in indexes] == ["idx_events_looked_up"]
-    assert "WHERE kind IN (" in indexes[0][1] and "'sale'" not in indexes[0][1]
-    plan = journal._conn.execute(
-        f"EXPLAIN QUERY PLAN SELECT seq FROM events WHERE kind = ?{_indexed('price_list')} ORDER BY seq DESC LIMIT 1",
-        ["price_list"]).fetchall()
-    assert "USING COVERING INDEX idx_events_looked_up" in plan[0][3]
+    assert indexes == [("idx_events_looked_up",
+                        f"CREATE INDEX idx_events_looked_up ON events (kind) WHERE {LOOKED_UP_TERM}")]
+    journal.append("price_list", {"items": []})
+    queries: list[str] = []
+    journal._conn.set_trace_callback(queries.append)
+    journal.last("price_list")
+    journal.of_kind("settings")
+    journal._conn.set_trace_callback(None)
+    by_kind = [query for query in queries if "FROM events WHERE kind" in query]
+    assert len(by_kind) == 2
+    for query in by_kind:
+        plan = " ".join(row[3] for row in journal._conn.execute(f"EXPLAIN QUERY PLAN {query}"))
+        assert "USING INDEX idx_events_looked_up" in plan or "USING COVERING INDEX idx_events_looked_up" in plan, plan
+
+
+def test_every_kind_the_agent_reads_by_kind_is_one_the_index_covers():
+    read = set()
+    for source in (ROOT / "agent").glob("*.py"):
+        read |= set(re.findall(r"\.(?:last|of_kind|last_seq)\(\"(\w+)\"\)", source.read_text()))
+    read |= set(KEPT_LATEST)
+    assert read and read <= set(LOOKED_UP)
+
+
+def test_a_v3_journal_with_events_gets_the_partial_index_and_finds_every_kind(journal_path, key):
+    j = Journal.open(journal_path, key)
+    for kind in ("price_list", "sale", "settings", "sale"):
+        j.append(kind, {"kind": kind})
+    # As schema v3 left it: the index on every kind.
+    j._conn.executescript("DROP INDEX idx_events_looked_up; CREATE INDEX idx_events_kind ON events (kind); "
+                          "PRAGMA user_version = 3;")
+    j.close()
+    j = Journal.open(journal_path, key)
+    assert j._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [name for (name,) in j._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
+                                                "AND tbl_name = 'events'")] == ["idx_events_looked_up"]
+    assert (j.last("price_list").seq, [e.seq for e in j.of_kind("sale")], j.last("settings").seq) == (1, [2, 4], 3)
+    j.close()
 
 
 def test_a_key_file_is_made_in_directories_that_do_not_exist_yet_or_already_do(tmp_path, monkeypatch):

@@ -92,10 +92,12 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
     (lambda key: jws.sign(json.dumps(good_payload(events=[{"seq": 4, "kind": "sale", "body": {"x": float("nan")}},
                                                            {"seq": 5, "kind": "sale", "body": {}}])).encode(),
                           key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
+    (lambda key: jws.sign(json.dumps(good_payload()).replace('"seq": 4', '"seq": 4, "x": 1e400').encode(),
+                          key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON: 1e400 is beyond"),
     (lambda key: b"\xff" + signed(good_payload(), key), "non-ASCII"),
     (lambda key: signed(good_payload(), Ed25519PrivateKey.generate()), "signature check failed"),
 ], ids=["kid", "typ", "payload-device", "version", "first-seq", "last-seq", "gap", "seq-zero", "session",
-        "no-events", "body-not-object", "array", "null", "not-json", "nan", "non-ascii", "other-key"])
+        "no-events", "body-not-object", "array", "null", "not-json", "nan", "1e400", "non-ascii", "other-key"])
 def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
         protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
@@ -206,3 +208,10 @@ def test_statuses_sort_by_start_then_connection_and_a_will_outlives_its_connecti
                 status(1, 2, "online", 95.0),  # a clock set back meanwhile changes nothing
                 status(2, 1, "offline", 200.0), status(2, 1, "offline", 201.0)]
     assert sorted(reversed(in_order), key=protocol.status_order) == in_order
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+def test_no_message_is_signed_with_a_number_json_has_not(key, number):
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        protocol.encode_status({"state": "online", "session": 1, "connection": 1, "sent_at": 0.0, "x": number},
+                               device=DEVICE, key=key)
