@@ -7,9 +7,9 @@ agent. The guest reaches a Mosquitto and central ingest started here at 10.0.2.2
 networking) on the development broker configuration (central/mosquitto.conf, plain MQTT).
 
 The tests run in order on one box: boot and activation, scans, the grab, a re-plug mid-scan, a
-kernel that drops events, and a power cut. The test's copy of the disk gets the fleet's agent.toml
-and a root shell on the second serial port (image.vm.CONTROL_FILES) to look inside; the image
-itself has neither.
+kernel that drops events, and a power cut; last the image is built a second time and compared with
+the first, byte for byte. The test's copy of the disk gets the fleet's agent.toml and a root shell
+on the second serial port (image.vm.CONTROL_FILES) to look inside; the image itself has neither.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import pytest
 
 from demo.stack import Stack
 from image import vm
-from image.build import ImageError, build, configure
+from image.build import ImageError, build, configure, rebuild
+from image.compare import differences
 
 from .harness import wait_until
 
@@ -302,3 +303,11 @@ def test_a_power_cut_mid_burst_loses_no_acknowledged_sale_and_books_none_twice(b
     bare = box.sh("python3 -c 'import time; time.sleep(4)' & sleep 2; grep VmRSS /proc/$!/status; wait").split()[1]
     print(f"agent resident memory after the test's scans: {int(agent) / 1024:.1f} MiB; "
           f"a bare python3 in the same guest: {int(bare) / 1024:.1f} MiB")
+
+
+def test_two_builds_of_one_tree_make_the_same_disk_kernel_and_initrd(tmp_path):
+    first = build()
+    started = time.monotonic()
+    second = rebuild(tmp_path / "again")
+    print(f"second build: {time.monotonic() - started:.0f} s")
+    assert differences(first, second) == []
