@@ -55,7 +55,6 @@ DISK_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a01"
 ESP_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a02"
 ROOT_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a03"
 DATA_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a04"
-MACHINE_ID = "c0b0c0b0c0b04c0b8c0bc0b0c0b0c0b0"
 DATA_SIZE = 256 * MiB
 CMDLINE = f"root=PARTUUID={ROOT_UUID} ro rootwait console=tty1 console=ttyS0,115200 quiet"
 
@@ -236,10 +235,9 @@ def _assemble(tree: Path, work: Path, log) -> dict:
     for source, name in ((kernel, "vmlinuz"), (initrd, "initrd.img")):
         shutil.copy(source, work / name)
         os.utime(work / name, (epoch, epoch))
-    # A machine id that never changes: systemd binds its credential secret (which seals the data key)
-    # to it, and a read-only root would otherwise get a new transient one at every boot, after which
-    # systemd discards the secret and the agent cannot open its key. Written here: mmdebstrap empties it.
-    (tree / "etc/machine-id").write_text(MACHINE_ID + "\n")
+    # Empty: each box keeps an id of its own on its data partition, which the initramfs lays over this
+    # file (rootfs/etc/initramfs-tools/scripts/local-bottom/counterbox-machine-id).
+    (tree / "etc/machine-id").write_text("")
     group = next(line.split(":")[2] for line in (tree / "etc/group").read_text().splitlines() if line.startswith("counterbox:"))
     env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch), "SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1"}
 

@@ -67,7 +67,8 @@ in_root systemctl mask -q getty@.service serial-getty@.service autovt@.service c
 # Nothing to update in place on a read-only root: a box is updated by a new image.
 in_root systemctl mask -q apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
 
-# The resolver is systemd-resolved's. (The machine id is written after mmdebstrap: build.py.)
+# The resolver is systemd-resolved's. (The root's /etc/machine-id stays empty: each box keeps its
+# own on its data partition, laid over it by the initramfs.)
 rm -f "$root/var/lib/dbus/machine-id"
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 # The root's /var is hidden at run time by the one in memory and the data partition; ship it empty.

@@ -6,10 +6,11 @@ xHCI controller stands in for a keyboard-wedge scanner: barcodes are typed into 
 agent. The guest reaches a Mosquitto and central ingest started here at 10.0.2.2 (QEMU's user
 networking) on the development broker configuration (central/mosquitto.conf, plain MQTT).
 
-The tests run in order on one box: boot and activation, scans, the grab, a re-plug mid-scan, a
-kernel that drops events, and a power cut; last the image is built a second time and compared with
-the first, byte for byte. The test's copy of the disk gets the fleet's agent.toml and a root shell
-on the second serial port (image.vm.CONTROL_FILES) to look inside; the image itself has neither.
+The tests run in order on one box: boot, its machine id and activation, scans, the grab, a re-plug
+mid-scan, a kernel that drops events, and a power cut; last the image is built a second time and
+compared with the first, byte for byte. The test's copy of the disk gets the fleet's agent.toml and
+a root shell on the second serial port (image.vm.CONTROL_FILES) to look inside; the image itself
+has neither.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 
 from demo.stack import Stack
 from image import vm
-from image.build import ImageError, build, configure, rebuild
+from image.build import ImageError, build, configure, partition, rebuild
 from image.compare import differences
 
 from .harness import wait_until
@@ -35,6 +36,8 @@ from .harness import wait_until
 # What the box scans: products of the demo's price list (valid EAN-13s).
 PRODUCTS = ["6901028075831", "6902672100139", "6920883001151", "6901802010010", "6901028075848", "6902672100122"]
 READY = r"Started counterbox-agent\.service"
+MACHINE_ID = r"[0-9a-f]{32}"
+SHARED_ID = "c0b0c0b0c0b04c0b8c0bc0b0c0b0c0b0"  # the one id every box had before each kept its own
 TAKEN = r"scanner taken (/dev/input/event\d+) 'QEMU QEMU USB Keyboard'"
 
 
@@ -70,6 +73,7 @@ class Box:
                                   cmdline_extra=f"systemd.wants={vm.CONTROL_UNIT}")
         self.shell: vm.Control | None = None
         self.device_id = ""
+        self.machine_id = ""
         self.boots: list[float] = []  # seconds from power-on to READY=1, each boot
 
     def boot(self) -> None:
@@ -151,6 +155,22 @@ def test_the_box_boots_read_only_with_its_state_on_the_data_partition_and_no_log
     assert box.sh("systemctl list-units --all --no-legend --plain '*getty*' 'autovt@*' systemd-logind.service"
                   " | grep -v ' masked\\| inactive\\| not-found' || true").strip() == ""
     assert box.sh("grep -lE 'getty|login' /proc/[0-9]*/comm || true").strip() == ""
+
+
+def test_the_box_keeps_a_machine_id_of_its_own_on_its_data_partition_over_the_roots_empty_one(box):
+    offset, _ = partition(box.image.disk, "counterbox-root")
+    shipped = subprocess.run(["debugfs", "-R", "cat /etc/machine-id", f"{box.image.disk}?offset={offset}"],
+                             capture_output=True, text=True, check=True).stdout
+    assert shipped == ""  # machine-id(5): empty, so that the id can be laid over it; and no first boot
+    box.machine_id = box.sh("cat /etc/machine-id").strip()
+    assert re.fullmatch(MACHINE_ID, box.machine_id) and box.machine_id != SHARED_ID, box.machine_id
+    assert box.sh("cat /var/lib/machine-id").strip() == box.machine_id
+    # Laid over the root's file once, read-only, by the initramfs; systemd took it as it found it.
+    assert box.sh("cat /run/counterbox-machine-id/machine-id").strip() == box.machine_id
+    mounts = box.sh("findmnt -rno OPTIONS /etc/machine-id").split()
+    assert len(mounts) == 1 and mounts[0].split(",")[0] == "ro", mounts
+    said = box.sh("journalctl -b --no-pager -o cat -t counterbox-machine-id")
+    assert said.strip() == "the machine id kept on /dev/vda3", said
 
 
 def test_hid_pos_discovery_and_the_xkb_keymap_start_inside_the_units_sandbox(box):
@@ -299,6 +319,12 @@ def test_a_power_cut_mid_burst_loses_no_acknowledged_sale_and_books_none_twice(b
     seqs = [s["seq"] for s in box.sales()]
     assert acknowledged <= set(seqs), (acknowledged, seqs)
     assert len(seqs) == len(set(seqs))
+    # The same box after the reboot: the same machine id, so systemd's credential secret, and with it
+    # the data key, still open; the journal takes the next sale.
+    assert box.sh("cat /etc/machine-id").strip() == box.machine_id
+    before = len(box.sales())
+    box.scan(PRODUCTS[3])
+    assert box.wait_for_sales(before + 1)[-1]["code"] == PRODUCTS[3]
     agent = box.sh(f"grep VmRSS /proc/{box.agent_pid()}/status").split()[1]
     bare = box.sh("python3 -c 'import time; time.sleep(4)' & sleep 2; grep VmRSS /proc/$!/status; wait").split()[1]
     print(f"agent resident memory after the test's scans: {int(agent) / 1024:.1f} MiB; "
