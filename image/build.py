@@ -382,6 +382,26 @@ def configure(disk: Path, files: dict[str, tuple[str, int, str]]) -> None:
             raise ImageError(f"{path} was not written into {disk}: {listed.stderr.strip()}")
 
 
+ENTRY = "::/loader/entries/counterbox.conf"
+
+
+def add_boot_options(disk: Path, options: str) -> str:
+    """Append ``options`` to the command line of the boot entry on the ESP of ``disk`` (a copy: tests add
+    their control shell this way to a box booted by its UEFI firmware); the new command line."""
+    offset, _ = partition(disk, "esp")
+    device = f"{disk}@@{offset}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    entry = _run(["mtype", "-i", device, ENTRY], f"reading the boot entry of {disk}", env=env).stdout
+    if "\noptions " not in entry:
+        raise ImageError(f"the boot entry of {disk} has no options line:\n{entry}")
+    lines = [f"{line} {options}" if line.startswith("options ") else line for line in entry.splitlines()]
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / "counterbox.conf"
+        local.write_text("\n".join(lines) + "\n")
+        _run(["mcopy", "-o", "-i", device, str(local), ENTRY], f"writing the boot entry of {disk}", env=env)
+    return next(line for line in lines if line.startswith("options ")).removeprefix("options ")
+
+
 def _gid(device: str, group: str) -> int:
     if group == "root":
         return 0
