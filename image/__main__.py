@@ -1,6 +1,8 @@
-"""``python -m image``: build the box's disk image, configure it for a fleet, or boot it under QEMU.
+"""``python -m image``: build the box's disk image and configure it for a fleet, or check that two
+builds of this tree make the same image.
 
     image/build [--config agent.toml] [--out DIR]
+    image/build --check-reproducible
 """
 
 from __future__ import annotations
@@ -8,9 +10,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
-from .build import ImageError, build, configure
+from .build import CACHE, ImageError, build, configure, rebuild
+from .compare import ARTEFACTS, differences, digest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="the fleet's agent.toml, written to /etc/counterbox/agent.toml")
     parser.add_argument("--out", type=Path, default=Path("build/image"),
                         help="where the disk, its kernel and initrd go (default build/image)")
+    parser.add_argument("--check-reproducible", action="store_true",
+                        help="build this tree a second time in a directory of its own and compare the disk, kernel "
+                             "and initrd with the first build byte for byte (exit 1 where they differ)")
     args = parser.parse_args(argv)
+    if args.check_reproducible:
+        return check_reproducible()
     try:
         image = build()
         args.out.mkdir(parents=True, exist_ok=True)
@@ -33,6 +43,30 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.out / image.disk.name}: {facts['disk_bytes'] / 2**20:.0f} MiB "
           f"({'configured with ' + str(args.config) if args.config else 'no agent.toml yet: the agent waits for one'}); "
           f"built in {facts['seconds']} s")
+    return 0
+
+
+def check_reproducible() -> int:
+    """The image for this tree (built now, or the one in the cache), built again, and the two compared."""
+    try:
+        started = time.monotonic()
+        first = build()
+        took = time.monotonic() - started
+        print(f"first build: {first.directory} ({first.facts['seconds']} s, "
+              f"{'built now' if took > 5 else 'from the cache'})", flush=True)
+        with tempfile.TemporaryDirectory(prefix="check.", dir=CACHE) as scratch:
+            second = rebuild(Path(scratch) / "again")
+            print(f"second build: {second.facts['seconds']} s, in a work directory of its own", flush=True)
+            found = differences(first, second)
+    except (ImageError, OSError) as error:
+        print(f"image/build: error: {error}", file=sys.stderr)
+        return 2
+    if found:
+        print("not reproducible: two builds of this tree differ\n" + "\n".join(found))
+        return 1
+    for name in ARTEFACTS:
+        print(f"{digest(first.directory / name)}  {name}")
+    print("reproducible: both builds made the same disk, kernel and initrd, byte for byte")
     return 0
 
 

@@ -12,6 +12,7 @@ into it, so an unchanged tree is built once:
 
     image = build()                  # Image(disk, kernel, initrd, cmdline, ...)
     configure(image.disk, {"/etc/counterbox/agent.toml": (text, 0o640, "counterbox")})
+    again = rebuild(path)            # the same tree built once more: compare.differences(image, again)
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ DISK_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a01"
 ESP_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a02"
 ROOT_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a03"
 DATA_UUID = "6c6b3b1e-0a4e-4c8b-9f61-0c2b5e1d7a04"
-MACHINE_ID = "c0b0c0b0c0b04c0b8c0bc0b0c0b0c0b0"
 DATA_SIZE = 256 * MiB
 CMDLINE = f"root=PARTUUID={ROOT_UUID} ro rootwait console=tty1 console=ttyS0,115200 quiet"
 
@@ -91,7 +91,8 @@ class Image:
 
 
 def inputs_hash() -> str:
-    digest = hashlib.sha256(f"{SUITE} {PACKAGES} {EXCLUDED}".encode())
+    # The epoch is an input too: every timestamp in the image is at most it.
+    digest = hashlib.sha256(f"{SUITE} {PACKAGES} {EXCLUDED} {_source_date_epoch()}".encode())
     for name in INPUTS:
         path = ROOT / name
         files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if path.is_dir() else [path]
@@ -106,13 +107,35 @@ def build(*, cache: Path = CACHE, log=print) -> Image:
     image = Image(cache / key, key)
     if (image.directory / "build.json").exists():
         return image
-    for tool in ("mmdebstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"):
+    work = _build(cache, cache, key, log)
+    for old in cache.glob("*/build.json"):  # one image kept: each is a few hundred MiB
+        if old.parent != work:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    work.rename(image.directory)
+    log(f"image built in {image.facts['seconds']} s: {image.disk} ({image.facts['disk_bytes'] / MiB:.0f} MiB, "
+        f"root {image.facts['root_used_bytes'] / MiB:.0f} MiB used)")
+    return image
+
+
+def rebuild(directory: Path, *, cache: Path = CACHE, log=print) -> Image:
+    """This tree built once more into ``directory`` (which must not exist yet), whatever the cache holds:
+    a work directory of its own, only Debian's packages and pip's downloads shared with ``cache``.
+    What a reproducibility check compares with build()'s image."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    key = inputs_hash()
+    _build(directory.parent, cache, key, log).rename(directory)
+    return Image(directory, key)
+
+
+def _build(where: Path, cache: Path, key: str, log) -> Path:
+    """The image built in a new directory under ``where``, with the downloads kept in ``cache``."""
+    for tool in ("mmdebstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "debugfs"):
         if shutil.which(tool) is None:
             raise ImageError(f"{tool} is missing: ./bootstrap installs the host packages the image build needs")
     if os.geteuid() != 0:
         raise ImageError("building the image needs root (mmdebstrap makes the root in a chroot)")
-    cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=cache))
+    where.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=where))
     try:
         started = time.monotonic()
         stage = _stage(work / "stage", log)
@@ -124,17 +147,12 @@ def build(*, cache: Path = CACHE, log=print) -> Image:
                      inputs=key, built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         shutil.rmtree(tree)
         shutil.rmtree(stage)
-        for old in cache.glob("*/build.json"):  # one image kept: each is a few hundred MiB
-            shutil.rmtree(old.parent, ignore_errors=True)
         (work / "build.json").write_text(json.dumps(facts, indent=1) + "\n")
-        work.rename(image.directory)
-        log(f"image built in {facts['seconds']} s: {image.disk} ({facts['disk_bytes'] / MiB:.0f} MiB, "
-            f"root {facts['root_used_bytes'] / MiB:.0f} MiB used)")
-        return image
-    finally:
-        if work.exists():
-            subprocess.run(["umount", "-R", str(work / "root")], capture_output=True)
-            shutil.rmtree(work, ignore_errors=True)
+        return work
+    except BaseException:
+        subprocess.run(["umount", "-R", str(work / "root")], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def _run(command: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
@@ -193,10 +211,12 @@ def _mmdebstrap(tree: Path, stage: Path, cache: Path, log) -> None:
 
 
 def _source_date_epoch() -> str:
-    """The last commit's time, for a reproducible build; a fixed time where the tree is no git checkout
+    """The time of the last commit that changed the image's inputs, for a reproducible build (a commit
+    elsewhere in the tree changes nothing in the image); a fixed time where the tree is no git checkout
     (or git is not installed: a tree unpacked from an archive)."""
     try:
-        done = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct"], capture_output=True, text=True)
+        done = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%ct", "--", *INPUTS],
+                              capture_output=True, text=True)
     except OSError:
         return "1700000000"
     return done.stdout.strip() or "1700000000"
@@ -211,39 +231,45 @@ def _assemble(tree: Path, work: Path, log) -> dict:
     boot = tree / "boot"
     kernel = max(boot.glob("vmlinuz-*"))
     initrd = boot / kernel.name.replace("vmlinuz-", "initrd.img-")
-    shutil.copy(kernel, work / "vmlinuz")
-    shutil.copy(initrd, work / "initrd.img")
-    # A machine id that never changes: systemd binds its credential secret (which seals the data key)
-    # to it, and a read-only root would otherwise get a new transient one at every boot, after which
-    # systemd discards the secret and the agent cannot open its key. Written here: mmdebstrap empties it.
-    (tree / "etc/machine-id").write_text(MACHINE_ID + "\n")
+    epoch = int(_source_date_epoch())
+    for source, name in ((kernel, "vmlinuz"), (initrd, "initrd.img")):
+        shutil.copy(source, work / name)
+        os.utime(work / name, (epoch, epoch))
+    # Empty: each box keeps an id of its own on its data partition, which the initramfs lays over this
+    # file (rootfs/etc/initramfs-tools/scripts/local-bottom/counterbox-machine-id).
+    (tree / "etc/machine-id").write_text("")
     group = next(line.split(":")[2] for line in (tree / "etc/group").read_text().splitlines() if line.startswith("counterbox:"))
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": _source_date_epoch()}
+    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch), "SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1"}
 
     log("image: filesystems")
     used = _kib(tree) * 1024
     root_size = _round_up(int(used * 1.15) + 48 * MiB, MiB)
+    paths = _clamp_times(tree, epoch)
     # No ext4 journal on a filesystem that is never written at run time.
     _run(["mkfs.ext4", "-q", "-F", "-d", str(tree), "-L", "counterbox-root", "-U", ROOT_UUID, "-O", "^has_journal",
           "-E", f"root_owner=0:0,hash_seed={ROOT_UUID}", str(work / "root.ext4"), f"{root_size // 1024}k"],
          "making the root filesystem", env=env)
+    _set_inode_times(work / "root.ext4", paths, epoch, env)
     _run(["mkfs.ext4", "-q", "-F", "-L", "counterbox-data", "-U", DATA_UUID, "-E", f"hash_seed={DATA_UUID}",
           str(work / "data.ext4"), f"{DATA_SIZE // 1024}k"], "making the data filesystem", env=env)
 
     esp_size = _round_up(kernel.stat().st_size + initrd.stat().st_size + 8 * MiB, MiB)
     esp = work / "esp.vfat"
-    _run(["mkfs.vfat", "-C", "-n", "ESP", "-i", "c0b0c0b0", str(esp), str(esp_size // 1024)], "making the ESP")
+    # --invariant: no time of day in the boot sector or the volume label; mtools takes SOURCE_DATE_EPOCH
+    # for the directories it makes, and -m the files' own (clamped) times.
+    _run(["mkfs.vfat", "--invariant", "-C", "-n", "ESP", "-i", "c0b0c0b0", str(esp), str(esp_size // 1024)],
+         "making the ESP", env=env)
     entries = work / "loader"
     (entries / "entries").mkdir(parents=True)
     (entries / "loader.conf").write_text("default counterbox.conf\ntimeout 0\n")
     (entries / "entries" / "counterbox.conf").write_text(
         f"title counterbox\nlinux /vmlinuz\ninitrd /initrd.img\noptions {CMDLINE}\n")
-    mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "laying out the ESP", env=mtools)
-    _run(["mcopy", "-i", str(esp), str(tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"), "::/EFI/BOOT/BOOTX64.EFI"],
-         "installing systemd-boot", env=mtools)
-    _run(["mcopy", "-s", "-i", str(esp), str(entries), str(work / "vmlinuz"), str(work / "initrd.img"), "::/"],
-         "copying the kernel to the ESP", env=mtools)
+    _clamp_times(entries, epoch)
+    _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "laying out the ESP", env=env)
+    _run(["mcopy", "-m", "-i", str(esp), str(tree / "usr/lib/systemd/boot/efi/systemd-bootx64.efi"), "::/EFI/BOOT/BOOTX64.EFI"],
+         "installing systemd-boot", env=env)
+    _run(["mcopy", "-m", "-s", "-i", str(esp), str(entries), str(work / "vmlinuz"), str(work / "initrd.img"), "::/"],
+         "copying the kernel to the ESP", env=env)
     shutil.rmtree(entries)
 
     parts = [(esp, ESP_TYPE, ESP_UUID, "esp"), (work / "root.ext4", ROOT_TYPE, ROOT_UUID, "counterbox-root"),
@@ -265,6 +291,44 @@ def _assemble(tree: Path, work: Path, log) -> dict:
     return {"cmdline": CMDLINE, "counterbox_gid": int(group), "disk_bytes": disk.stat().st_size,
             "disk_allocated_bytes": disk.stat().st_blocks * 512, "root_used_bytes": used,
             "root_partition_bytes": root_size, "kernel": kernel.name, "esp_bytes": esp_size}
+
+
+def _clamp_times(tree: Path, epoch: int) -> list[str]:
+    """No modification time in ``tree`` later than ``epoch`` (mmdebstrap leaves the build's own clock on
+    what it installs, and mkfs.ext4 -d copies each file's times); its paths, one per inode, for
+    _set_inode_times."""
+    paths, seen = [], set()
+
+    def clamp(path: str) -> None:
+        stat = os.lstat(path)
+        mtime = min(stat.st_mtime, epoch)
+        os.utime(path, (epoch, mtime), follow_symlinks=False)
+        if (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            relative = os.path.relpath(path, tree)
+            paths.append("/" if relative == "." else "/" + relative)
+
+    clamp(str(tree))
+    for directory, names, files in os.walk(tree):
+        for name in names + files:
+            clamp(os.path.join(directory, name))
+    return paths
+
+
+def _set_inode_times(filesystem: Path, paths: list[str], epoch: int, env: dict) -> None:
+    """Each inode's change and access times set to ``epoch``: mkfs.ext4 -d copies them from the tree,
+    where the change time is when the build touched the file (nothing but the filesystem itself can
+    set it) and the access time may be when mkfs read it."""
+    bad = [p for p in paths if '"' in p or "\n" in p]
+    if bad:
+        raise ImageError(f"debugfs cannot name {bad[0]!r}: a path in the root with a quote or a newline")
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as script:
+        script.write("".join(f'sif "{p}" ctime @{epoch}\nsif "{p}" atime @{epoch}\n' for p in paths))
+        script.flush()
+        done = _run(["debugfs", "-w", "-f", script.name, str(filesystem)], "setting the root's inode times", env=env)
+    errors = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("debugfs ")]
+    if errors:
+        raise ImageError("setting the root's inode times failed:\n" + "\n".join(errors[:10]))
 
 
 def _round_up(n: int, to: int) -> int:
@@ -316,6 +380,26 @@ def configure(disk: Path, files: dict[str, tuple[str, int, str]]) -> None:
         listed = _run(["debugfs", "-R", f"stat {path}", device], f"checking {path}")
         if "Inode:" not in listed.stdout:
             raise ImageError(f"{path} was not written into {disk}: {listed.stderr.strip()}")
+
+
+ENTRY = "::/loader/entries/counterbox.conf"
+
+
+def add_boot_options(disk: Path, options: str) -> str:
+    """Append ``options`` to the command line of the boot entry on the ESP of ``disk`` (a copy: tests add
+    their control shell this way to a box booted by its UEFI firmware); the new command line."""
+    offset, _ = partition(disk, "esp")
+    device = f"{disk}@@{offset}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    entry = _run(["mtype", "-i", device, ENTRY], f"reading the boot entry of {disk}", env=env).stdout
+    if "\noptions " not in entry:
+        raise ImageError(f"the boot entry of {disk} has no options line:\n{entry}")
+    lines = [f"{line} {options}" if line.startswith("options ") else line for line in entry.splitlines()]
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / "counterbox.conf"
+        local.write_text("\n".join(lines) + "\n")
+        _run(["mcopy", "-o", "-i", device, str(local), ENTRY], f"writing the boot entry of {disk}", env=env)
+    return next(line for line in lines if line.startswith("options ")).removeprefix("options ")
 
 
 def _gid(device: str, group: str) -> int:

@@ -29,10 +29,16 @@ wheel=$(basename "$stage"/wheel/counterbox-*.whl)
 in_root python3 -m venv /opt/counterbox/.venv
 cp /etc/ssl/certs/ca-certificates.crt "$stage/ca.crt" 2>/dev/null || cp "$root/etc/ssl/certs/ca-certificates.crt" "$stage/ca.crt"
 # A clean environment: this machine's may point pip and requests at paths the new root lacks.
+# The same build twice makes the same files: extensions compiled without debug information (which
+# names pip's random build directory, and the build id hashes it), and compiled at every build, never
+# taken from wheels an earlier build left in pip's cache (its downloads are kept).
+rm -rf "$pipcache/wheels"
 in_root env -i PATH=/usr/bin:/bin HOME=/root PIP_CACHE_DIR=/tmp/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/tmp/stage/ca.crt REQUESTS_CA_BUNDLE=/tmp/stage/ca.crt SSL_CERT_FILE=/tmp/stage/ca.crt \
+    CFLAGS=-g0 \
     /opt/counterbox/.venv/bin/pip install -q \
     -c /tmp/stage/requirements.txt "/tmp/stage/wheel/$wheel"
+rm -rf "$pipcache/wheels"
 umount "$root/tmp/stage" "$root/tmp/pip-cache"
 trap - EXIT
 rmdir "$root/tmp/stage" "$root/tmp/pip-cache"
@@ -61,7 +67,8 @@ in_root systemctl mask -q getty@.service serial-getty@.service autovt@.service c
 # Nothing to update in place on a read-only root: a box is updated by a new image.
 in_root systemctl mask -q apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer
 
-# The resolver is systemd-resolved's. (The machine id is written after mmdebstrap: build.py.)
+# The resolver is systemd-resolved's. (The root's /etc/machine-id stays empty: each box keeps its
+# own on its data partition, laid over it by the initramfs.)
 rm -f "$root/var/lib/dbus/machine-id"
 ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 # The root's /var is hidden at run time by the one in memory and the data partition; ship it empty.

@@ -1,7 +1,8 @@
 """The box under QEMU, as the boot test and the boot benchmark run it.
 
 The machine: the image's disk on virtio, its kernel and initrd booted directly (what systemd-boot
-would load from the ESP), user networking (the host is 10.0.2.2 to the guest), and an xHCI
+would load from the ESP) or, with ``firmware="uefi"``, the disk alone under OVMF, whose systemd-boot
+loads them as a box's firmware does; user networking (the host is 10.0.2.2 to the guest), and an xHCI
 controller with QEMU's USB keyboard standing in for a keyboard-wedge scanner; no PS/2 keyboard
 (``i8042=off``), so what is typed reaches the guest only through that USB keyboard. The first
 serial port (the box's console and log) goes to a file; QMP types, unplugs and cuts the power.
@@ -33,12 +34,23 @@ SCANNER = "scanner"  # the USB keyboard's QEMU device id
 _QCODES = {"\n": "ret", "\t": "tab", "-": "minus", ".": "dot", " ": "spc", "/": "slash"}
 
 
+# UEFI firmware for QEMU (Debian's ovmf): the code read-only, and a copy of the variable store per machine.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+FIRMWARES = ("direct", "uefi")
+
+
 class MachineError(Exception):
     """QEMU would not start, or the guest did not do what was waited for."""
 
 
 def qemu_binary() -> str | None:
     return shutil.which("qemu-system-x86_64")
+
+
+def ovmf() -> bool:
+    """Whether the UEFI firmware is installed (./bootstrap installs Debian's ovmf)."""
+    return OVMF_CODE.exists() and OVMF_VARS.exists()
 
 
 def accelerator() -> str:
@@ -222,9 +234,18 @@ class Qmp:
 
 
 class Machine:
+    """One box. ``firmware="direct"`` boots the image's kernel and initrd with the boot entry's command
+    line and ``cmdline_extra``; ``firmware="uefi"`` boots the disk alone, with the command line its
+    boot entry holds (build.add_boot_options() writes more into a copy of the disk)."""
+
     def __init__(self, image: Image, directory: Path, *, disk: Path | None = None, cmdline_extra: str = "",
-                 memory_mib: int = 512, cpus: int = 2):
-        self.image, self.directory = image, directory
+                 firmware: str = "direct", memory_mib: int = 512, cpus: int = 2):
+        if firmware not in FIRMWARES:
+            raise ValueError(f"firmware is one of {', '.join(FIRMWARES)}, not {firmware!r}")
+        if firmware == "uefi" and cmdline_extra:
+            raise ValueError("under UEFI the command line is the boot entry's: write options into the disk "
+                             "with build.add_boot_options()")
+        self.image, self.directory, self.firmware = image, directory, firmware
         self.disk = disk or image.disk
         self.cmdline = f"{image.cmdline} {cmdline_extra}".strip()
         self.memory_mib, self.cpus = memory_mib, cpus
@@ -239,13 +260,24 @@ class Machine:
     def __exit__(self, *exc) -> None:
         self.power_cut()
 
+    def _boot(self) -> list[str]:
+        if self.firmware == "direct":
+            return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd), "-append", self.cmdline]
+        if not ovmf():
+            raise MachineError(f"{OVMF_CODE} is missing: ./bootstrap installs Debian's ovmf")
+        variables = self.directory / "OVMF_VARS.fd"
+        if not variables.exists():  # the machine's own NVRAM, kept across its boots like a box's
+            shutil.copyfile(OVMF_VARS, variables)
+        return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={variables}"]
+
     def command(self) -> list[str]:
         accel = accelerator()
         return [
             qemu_binary() or "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
             "-machine", f"pc,i8042=off,accel={accel}", "-cpu", "host" if accel == "kvm" else "max",
             "-smp", str(self.cpus), "-m", str(self.memory_mib), "-no-reboot",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd), "-append", self.cmdline,
+            *self._boot(),
             "-drive", f"file={self.disk},format=raw,if=virtio,discard=unmap",
             "-netdev", "user,id=net", "-device", "virtio-net-pci,netdev=net",
             "-device", "virtio-rng-pci",

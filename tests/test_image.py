@@ -6,10 +6,12 @@ xHCI controller stands in for a keyboard-wedge scanner: barcodes are typed into 
 agent. The guest reaches a Mosquitto and central ingest started here at 10.0.2.2 (QEMU's user
 networking) on the development broker configuration (central/mosquitto.conf, plain MQTT).
 
-The tests run in order on one box: boot and activation, scans, the grab, a re-plug mid-scan, a
-kernel that drops events, and a power cut. The test's copy of the disk gets the fleet's agent.toml
-and a root shell on the second serial port (image.vm.CONTROL_FILES) to look inside; the image
-itself has neither.
+The tests run in order on one box: boot, its machine id and activation, scans, the grab, a re-plug
+mid-scan, a kernel that drops events, and a power cut. Then that box is switched off and a second
+box boots from a fresh copy of the disk under UEFI firmware (OVMF), as a box's own firmware starts
+it; and last the image is built a second time and compared with the first, byte for byte. The
+test's copy of the disk gets the fleet's agent.toml and a root shell on the second serial port
+(image.vm.CONTROL_FILES) to look inside; the image itself has neither.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ import pytest
 
 from demo.stack import Stack
 from image import vm
-from image.build import ImageError, build, configure
+from image.build import ImageError, add_boot_options, build, configure, partition, rebuild
+from image.compare import differences
 
 from .harness import wait_until
 
 # What the box scans: products of the demo's price list (valid EAN-13s).
 PRODUCTS = ["6901028075831", "6902672100139", "6920883001151", "6901802010010", "6901028075848", "6902672100122"]
 READY = r"Started counterbox-agent\.service"
+MACHINE_ID = r"[0-9a-f]{32}"
+SHARED_ID = "c0b0c0b0c0b04c0b8c0bc0b0c0b0c0b0"  # the one id every box had before each kept its own
 TAKEN = r"scanner taken (/dev/input/event\d+) 'QEMU QEMU USB Keyboard'"
 
 
@@ -42,6 +47,8 @@ def _why_not() -> str | None:
         return "qemu-system-x86_64 is not installed (./bootstrap installs qemu-system-x86)"
     if os.geteuid() != 0:
         return "building the image needs root (mmdebstrap)"
+    if not vm.ovmf():
+        return f"{vm.OVMF_CODE} is missing (./bootstrap installs ovmf, the UEFI firmware the second box boots)"
     return None
 
 
@@ -69,6 +76,7 @@ class Box:
                                   cmdline_extra=f"systemd.wants={vm.CONTROL_UNIT}")
         self.shell: vm.Control | None = None
         self.device_id = ""
+        self.machine_id = ""
         self.boots: list[float] = []  # seconds from power-on to READY=1, each boot
 
     def boot(self) -> None:
@@ -116,12 +124,10 @@ def box(tmp_path_factory):
           f"{facts['disk_bytes'] / 2**20:.0f} MiB disk, {facts['disk_allocated_bytes'] / 2**20:.0f} MiB allocated; "
           f"{vm.accelerator().upper()}")
     directory = tmp_path_factory.mktemp("box")
-    subprocess.run(["cp", "--sparse=always", str(image.disk), str(directory / "counterbox.img")], check=True)
     with Stack(directory / "stack") as stack:
         stack.start_broker()
         stack.start_central()
-        configure(directory / "counterbox.img", {"/etc/counterbox/agent.toml": (_fleet_config(stack), 0o640, "counterbox"),
-                                                 **vm.CONTROL_FILES})
+        _copy_for_a_box(image, directory, stack)
         the_box = Box(directory, image, stack)
         try:
             the_box.boot()
@@ -130,6 +136,15 @@ def box(tmp_path_factory):
         finally:
             the_box.power_cut()
             shutil.copy(the_box.machine.console.path, directory / "console.final.log")
+
+
+def _copy_for_a_box(image, directory: Path, stack: Stack) -> Path:
+    """A box's own copy of the image's disk, with the fleet's agent.toml and the test's shell."""
+    directory.mkdir(parents=True, exist_ok=True)
+    disk = directory / "counterbox.img"
+    subprocess.run(["cp", "--sparse=always", str(image.disk), str(disk)], check=True)
+    configure(disk, {"/etc/counterbox/agent.toml": (_fleet_config(stack), 0o640, "counterbox"), **vm.CONTROL_FILES})
+    return disk
 
 
 def _monotonic(line: str) -> float:
@@ -150,6 +165,22 @@ def test_the_box_boots_read_only_with_its_state_on_the_data_partition_and_no_log
     assert box.sh("systemctl list-units --all --no-legend --plain '*getty*' 'autovt@*' systemd-logind.service"
                   " | grep -v ' masked\\| inactive\\| not-found' || true").strip() == ""
     assert box.sh("grep -lE 'getty|login' /proc/[0-9]*/comm || true").strip() == ""
+
+
+def test_the_box_keeps_a_machine_id_of_its_own_on_its_data_partition_over_the_roots_empty_one(box):
+    offset, _ = partition(box.image.disk, "counterbox-root")
+    shipped = subprocess.run(["debugfs", "-R", "cat /etc/machine-id", f"{box.image.disk}?offset={offset}"],
+                             capture_output=True, text=True, check=True).stdout
+    assert shipped == ""  # machine-id(5): empty, so that the id can be laid over it; and no first boot
+    box.machine_id = box.sh("cat /etc/machine-id").strip()
+    assert re.fullmatch(MACHINE_ID, box.machine_id) and box.machine_id != SHARED_ID, box.machine_id
+    assert box.sh("cat /var/lib/machine-id").strip() == box.machine_id
+    # Laid over the root's file once, read-only, by the initramfs; systemd took it as it found it.
+    assert box.sh("cat /run/counterbox-machine-id/machine-id").strip() == box.machine_id
+    mounts = box.sh("findmnt -rno OPTIONS /etc/machine-id").split()
+    assert len(mounts) == 1 and mounts[0].split(",")[0] == "ro", mounts
+    said = box.sh("journalctl -b --no-pager -o cat -t counterbox-machine-id")
+    assert said.strip() == "the machine id kept on /dev/vda3", said
 
 
 def test_hid_pos_discovery_and_the_xkb_keymap_start_inside_the_units_sandbox(box):
@@ -298,7 +329,57 @@ def test_a_power_cut_mid_burst_loses_no_acknowledged_sale_and_books_none_twice(b
     seqs = [s["seq"] for s in box.sales()]
     assert acknowledged <= set(seqs), (acknowledged, seqs)
     assert len(seqs) == len(set(seqs))
+    # The same box after the reboot: the same machine id, so systemd's credential secret, and with it
+    # the data key, still open; the journal takes the next sale.
+    assert box.sh("cat /etc/machine-id").strip() == box.machine_id
+    before = len(box.sales())
+    box.scan(PRODUCTS[3])
+    assert box.wait_for_sales(before + 1)[-1]["code"] == PRODUCTS[3]
     agent = box.sh(f"grep VmRSS /proc/{box.agent_pid()}/status").split()[1]
     bare = box.sh("python3 -c 'import time; time.sleep(4)' & sleep 2; grep VmRSS /proc/$!/status; wait").split()[1]
     print(f"agent resident memory after the test's scans: {int(agent) / 1024:.1f} MiB; "
           f"a bare python3 in the same guest: {int(bare) / 1024:.1f} MiB")
+
+
+def test_a_second_box_boots_from_its_disk_alone_under_uefi_firmware_with_a_machine_id_of_its_own(box, tmp_path):
+    assert box.machine_id, "the first box's machine id was not read"
+    box.power_cut()  # one machine at a time on two cores: the first box has done its part
+    disk = _copy_for_a_box(box.image, tmp_path, box.stack)
+    # A new drive: its data partition blank, which the initramfs formats before it keeps the id there.
+    offset, size = partition(disk, "counterbox-data")
+    subprocess.run(["fallocate", "--punch-hole", "--offset", str(offset), "--length", str(size), str(disk)], check=True)
+    # The test's shell, through the boot entry systemd-boot reads: what the entry says is what boots.
+    options = add_boot_options(disk, f"systemd.wants={vm.CONTROL_UNIT}")
+    with vm.Machine(box.image, tmp_path, disk=disk, firmware="uefi") as second:
+        second.start()
+        shell = second.control(timeout=300)
+        try:
+            second.console.wait_for(READY, 300, alive=second.alive)
+            took = time.monotonic() - second.started_at
+            assert shell.run("test -d /sys/firmware/efi && echo uefi").strip() == "uefi"
+            # The entry's options, after the initrd systemd-boot names for the kernel's EFI stub.
+            assert shell.run("cat /proc/cmdline").split() == ["initrd=\\initrd.img", *options.split()]
+            # systemd-boot says which entry it started (LoaderEntrySelected, UTF-16).
+            selected = shell.run("cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+                                 " | tr -d '\\000'")
+            assert "counterbox.conf" in selected, selected
+            assert shell.run("findmnt -rno SOURCE /").strip() == "/dev/vda2"
+            second_id = shell.run("cat /etc/machine-id").strip()
+            assert shell.run("cat /var/lib/machine-id").strip() == second_id
+            assert shell.run("journalctl -b --no-pager -o cat -t counterbox-machine-id").splitlines() == [
+                "formatting the blank data partition /dev/vda3", "the machine id kept on /dev/vda3"]
+            assert shell.run("findmnt -rno SOURCE,FSTYPE /var/lib").split() == ["/dev/vda3", "ext4"]
+            assert shell.run("test -s /var/lib/counterbox-credentials/data-key.cred && echo sealed").strip() == "sealed"
+        finally:
+            shell.close()
+    assert re.fullmatch(MACHINE_ID, second_id) and second_id not in (box.machine_id, SHARED_ID), second_id
+    print(f"power-on to READY=1 under UEFI firmware (OVMF): {took:.1f} s; "
+          f"by direct kernel boot: {box.boots[0]:.1f} s (first boot), {box.boots[-1]:.1f} s (after the cut)")
+
+
+def test_two_builds_of_one_tree_make_the_same_disk_kernel_and_initrd(tmp_path):
+    first = build()
+    started = time.monotonic()
+    second = rebuild(tmp_path / "again")
+    print(f"second build: {time.monotonic() - started:.0f} s")
+    assert differences(first, second) == []
