@@ -40,18 +40,18 @@ BODY = {"code": "6901028075831", "symbology": "ean13", "aim": None, "scanner": "
 
 
 def batches(stack: Stack, devices: int, per_device: int, events: int, tag: str) -> list[tuple[str, bytes]]:
+    """Each device's batches in its order, the devices' interleaved: a fleet's boxes send at once."""
     store = CentralStore(stack.central_db)
-    messages = []
+    by_device = []
     for d in range(devices):
         key, device = Ed25519PrivateKey.generate(), f"bench-{tag}-{d}"
         store.register(device, public_key_text(key))
-        for b in range(per_device):
-            first = b * events + 1
-            token = protocol.encode_batch([Event(seq, "sale", BODY) for seq in range(first, first + events)],
-                                          device=device, session=1, key=key, sent_at=time.time())
-            messages.append((protocol.batch_topic(protocol.DEFAULT_PREFIX, device), token))
+        topic = protocol.batch_topic(protocol.DEFAULT_PREFIX, device)
+        by_device.append([(topic, protocol.encode_batch([Event(seq, "sale", BODY) for seq in range(first, first + events)],
+                                                        device=device, session=1, key=key, sent_at=time.time()))
+                          for first in range(1, per_device * events + 1, events)])
     store.close()
-    return messages
+    return [message for round_ in zip(*by_device) for message in round_]
 
 
 def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
