@@ -49,8 +49,12 @@ mkdir -p "$root/opt/counterbox/docs" && cp "$stage/configuration.md" "$root/opt/
 # What only building needed: compilers and headers (evdev, systemd-python and xkbcommon build from source).
 in_root env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq --autoremove $(cat "$stage/build-only-packages") >/dev/null
 find "$root/opt/counterbox/.venv" -name __pycache__ -prune -exec rm -rf {} +
-# Compiled once here: a read-only root cannot take the bytecode the first run would write.
-in_root /opt/counterbox/.venv/bin/python -m compileall -q -j 0 --invalidation-mode unchecked-hash /opt/counterbox/.venv >/dev/null
+# Compiled once here: a read-only root cannot take the bytecode the first run would write. In one
+# process, files in order, string hashing fixed: marshal's bytes depend on the order of a frozenset's
+# members (the hash seed) and on what the compiling process interned before (which file went to which
+# worker), so a parallel compile makes other bytecode from one build to the next.
+in_root env PYTHONHASHSEED=0 /opt/counterbox/.venv/bin/python -m compileall -q -j 1 \
+    --invalidation-mode unchecked-hash /opt/counterbox/.venv >/dev/null
 
 # The units and their user, group and udev rules, as systemd/ ships them.
 install -m 0644 "$stage/systemd/counterbox-agent.service" "$stage/systemd/counterbox-data-key.service" "$root/usr/lib/systemd/system/"
