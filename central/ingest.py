@@ -40,6 +40,10 @@ RECONNECT = Backoff(first=0.05, most=1.0)
 # A device whose clock differs from central's by more than this is flagged (log, report).
 CLOCK_TOLERANCE = 60.0  # seconds
 QUEUE_SETTLE = 5.0  # seconds after central connects during which a status may have been queued for it
+# Messages one ingest handles at once on PostgreSQL: one is verified while the server stores another,
+# so the process does not stand idle through each commit. On SQLite one: its writers take turns at the
+# file's lock, and a second would only wait there.
+POSTGRESQL_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -165,20 +169,21 @@ class Ingest:
         on a clean session: the broker would keep giving a dead member its turn, so what a killed instance
         did not acknowledge is sent again by the devices (ack_timeout), and nothing is lost.
         With ``broker_admin``, central also keeps the production broker's access control (central/broker.py)."""
-        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="central-store")
+        workers = POSTGRESQL_WORKERS if self.store.engine.dialect.name == "postgresql" else 1
+        thread = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="central-store")
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if broker_admin:
                     self._admin = await stack.enter_async_context(BrokerAdmin(BrokerAdmin.link(
                         host=host, port=port, username=username, password=password, ca_file=ca_file,
                         client_id=f"{client_id}-admin")))
-                await self._consume_all(thread, host=host, port=port, client_id=client_id, username=username,
-                                        password=password, ca_file=ca_file, share=share)
+                await self._consume_all(thread, workers, host=host, port=port, client_id=client_id,
+                                        username=username, password=password, ca_file=ca_file, share=share)
         finally:
             await asyncio.to_thread(thread.shutdown)
 
-    async def _consume_all(self, thread: ThreadPoolExecutor, *, host: str, port: int, share: str | None,
-                           **options) -> None:
+    async def _consume_all(self, thread: ThreadPoolExecutor, workers: int, *, host: str, port: int,
+                           share: str | None, **options) -> None:
         subscriptions = [protocol.batch_subscription(self.prefix), protocol.status_subscription(self.prefix),
                          activation.subscription(self.prefix, "hello"), activation.subscription(self.prefix, "request")]
         if share:
@@ -187,11 +192,26 @@ class Ingest:
         async with MqttLink(host=host, port=port, **options, subscriptions=subscriptions, session=session,
                             backoff=RECONNECT, manual_ack=True) as link:
             logger.info("central ingest for %s on %s:%d", protocol.batch_subscription(self.prefix), host, port)
-            async for message in link.messages():
-                await self._consume(link, thread, message)
-                # Handled (stored, rejected, or failed and left to the device to send again): the
-                # broker may forget it. Until now it held it, and sent no more than its in-flight limit.
-                link.ack(message)
+            # Up to ``workers`` messages handled at once, acknowledged to the broker in the order they came
+            # (MQTT's rule), each once handled: stored, rejected, or failed and left to the device to send
+            # again. Until then the broker holds it. Two batches of one device take turns at its row's lock.
+            handling: asyncio.Queue[tuple[Message, asyncio.Task]] = asyncio.Queue()
+            free = asyncio.Semaphore(workers)
+
+            async def acknowledge() -> None:
+                while True:
+                    message, task = await handling.get()
+                    await task
+                    link.ack(message)
+                    free.release()
+
+            # A task that fails ends them all, and the ingest with its error; stopping cancels them all,
+            # and what is still being handled is not acknowledged.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(acknowledge())
+                async for message in link.messages():
+                    await free.acquire()
+                    handling.put_nowait((message, group.create_task(self._consume(link, thread, message))))
 
     async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message: Message) -> None:
         try:

@@ -49,3 +49,45 @@ def test_two_instances_share_the_batches_and_a_killed_one_loses_nothing(stack, t
     sales = stack.sales()
     assert sorted((s["device"], s["code"]) for s in sales) == sorted(
         (f"shop-{n}", code) for n in range(4) for code in _codes(n, 0, 12))  # each once, none lost
+
+
+def test_on_postgresql_one_devices_batch_waiting_for_its_row_holds_up_no_other_device(tmp_path, postgresql_url):
+    """One ingest handles two messages at once on PostgreSQL: a batch that waits (here for its device's
+    row, held by another transaction) does not stop the next device's from being stored and acknowledged."""
+    import paho.mqtt.client as mqtt
+    import sqlalchemy as sa
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central.store import CentralStore
+    from demo.stack import Stack
+    from provisioning import protocol
+    from provisioning.identity import public_key_text
+    from storage import Event
+
+    with Stack(tmp_path / "stack", database=postgresql_url) as stack:
+        stack.start_broker()
+        stack.start_central()
+        store = CentralStore(postgresql_url)
+        keys = {device: Ed25519PrivateKey.generate() for device in ("shop-a", "shop-b")}
+        for device, key in keys.items():
+            store.register(device, public_key_text(key))
+        acked = lambda device: store.device(device).acked_seq  # noqa: E731
+        holder = store.engine.connect()
+        holder.execute(sa.text("SELECT 1 FROM devices WHERE device_id = 'shop-a' FOR UPDATE"))  # shop-a's row, held
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-publisher", protocol=mqtt.MQTTv5)
+        publisher.connect("127.0.0.1", stack.broker_port)
+        publisher.loop_start()
+        try:
+            for device, key in keys.items():
+                token = protocol.encode_batch([Event(seq, "sale", {"n": seq}) for seq in (1, 2, 3)], device=device,
+                                              session=1, key=key, sent_at=0)
+                publisher.publish(protocol.batch_topic(protocol.DEFAULT_PREFIX, device), token, qos=1).wait_for_publish(5)
+            wait_until(lambda: acked("shop-b") == 3, 20, "shop-b's batch stored while shop-a's waits for its row")
+            assert acked("shop-a") == 0
+            holder.rollback()
+            wait_until(lambda: acked("shop-a") == 3, 20, "shop-a's batch stored once its row is free")
+        finally:
+            holder.close()
+            publisher.loop_stop()
+            publisher.disconnect()
+            store.close()
