@@ -55,7 +55,7 @@ def _import_on_first_use(name: str) -> None:
         return
     stand_in = types.ModuleType(name)
     stand_in.__spec__ = spec
-    lock = threading.Lock()  # two threads asking at once import it once
+    lock = threading.RLock()  # two threads asking at once import it once; the importing one may ask again
 
     def __getattr__(attribute: str):
         with lock:
