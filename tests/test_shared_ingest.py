@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 import signal
 
+import paho.mqtt.client as mqtt
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from central.store import CentralStore
+from demo.stack import Stack
 from drivers.barcode import gs1_check_digit
+from provisioning import protocol
+from provisioning.identity import public_key_text
+from storage import Event
 
 from .harness import feed, scans, wait_until
 
@@ -54,16 +63,6 @@ def test_two_instances_share_the_batches_and_a_killed_one_loses_nothing(stack, t
 def test_on_postgresql_one_devices_batch_waiting_for_its_row_holds_up_no_other_device(tmp_path, postgresql_url):
     """One ingest handles two messages at once on PostgreSQL: a batch that waits (here for its device's
     row, held by another transaction) does not stop the next device's from being stored and acknowledged."""
-    import paho.mqtt.client as mqtt
-    import sqlalchemy as sa
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    from central.store import CentralStore
-    from demo.stack import Stack
-    from provisioning import protocol
-    from provisioning.identity import public_key_text
-    from storage import Event
-
     with Stack(tmp_path / "stack", database=postgresql_url) as stack:
         stack.start_broker()
         stack.start_central()
