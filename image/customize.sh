@@ -5,7 +5,9 @@
 # PIPCACHE: pip's download cache, kept between builds.
 set -eu
 root=$1 stage=$2 pipcache=$3
-in_root() { chroot "$root" "$@"; }
+# Every command in the root with a clean environment: nothing of the building machine's (its
+# PYTHONDONTWRITEBYTECODE, its locale, its proxies) may change what the root holds.
+in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"; }
 
 cp -a "$stage/rootfs/." "$root/"
 
@@ -28,12 +30,11 @@ trap 'umount "$root/tmp/stage" "$root/tmp/pip-cache" 2>/dev/null || true' EXIT
 wheel=$(basename "$stage"/wheel/counterbox-*.whl)
 in_root python3 -m venv /opt/counterbox/.venv
 cp /etc/ssl/certs/ca-certificates.crt "$stage/ca.crt" 2>/dev/null || cp "$root/etc/ssl/certs/ca-certificates.crt" "$stage/ca.crt"
-# A clean environment: this machine's may point pip and requests at paths the new root lacks.
 # The same build twice makes the same files: extensions compiled without debug information (which
 # names pip's random build directory, and the build id hashes it), and compiled at every build, never
 # taken from wheels an earlier build left in pip's cache (its downloads are kept).
 rm -rf "$pipcache/wheels"
-in_root env -i PATH=/usr/bin:/bin HOME=/root PIP_CACHE_DIR=/tmp/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 \
+in_root env PIP_CACHE_DIR=/tmp/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/tmp/stage/ca.crt REQUESTS_CA_BUNDLE=/tmp/stage/ca.crt SSL_CERT_FILE=/tmp/stage/ca.crt \
     CFLAGS=-g0 \
     /opt/counterbox/.venv/bin/pip install -q \
@@ -52,8 +53,11 @@ find "$root/opt/counterbox/.venv" -name __pycache__ -prune -exec rm -rf {} +
 # Compiled once here: a read-only root cannot take the bytecode the first run would write. In one
 # process, files in order, string hashing fixed: marshal's bytes depend on the order of a frozenset's
 # members (the hash seed) and on what the compiling process interned before (which file went to which
-# worker), so a parallel compile makes other bytecode from one build to the next.
-in_root env PYTHONHASHSEED=0 /opt/counterbox/.venv/bin/python -m compileall -q -j 1 \
+# worker), so a parallel compile makes other bytecode from one build to the next. Forced (-f), and
+# with no bytecode written on import: the interpreter's own start imports setuptools' _distutils_hack
+# (a .pth file) and would write its .pyc first, stamped with the source's install time, which
+# compileall would then take as up to date.
+in_root env PYTHONHASHSEED=0 PYTHONDONTWRITEBYTECODE=1 /opt/counterbox/.venv/bin/python -m compileall -q -f -j 1 \
     --invalidation-mode unchecked-hash /opt/counterbox/.venv >/dev/null
 
 # The units and their user, group and udev rules, as systemd/ ships them.
