@@ -9,8 +9,8 @@ networking) on the development broker configuration (central/mosquitto.conf, pla
 The tests run in order on one box: boot, its machine id and activation, scans, the grab, a re-plug
 mid-scan, a kernel that drops events, and a power cut. Then that box is switched off and a second
 box boots from a fresh copy of the disk under UEFI firmware (OVMF), as a box's own firmware starts
-it. (Building the image a second time and comparing, byte for byte, is `image/build
---check-reproducible`, outside the suite: docs/image.md.) The test's copy of the disk gets the fleet's agent.toml and a root shell on the second serial port
+it; and last the image is built a second time and compared with the first, byte for byte. The
+test's copy of the disk gets the fleet's agent.toml and a root shell on the second serial port
 (image.vm.CONTROL_FILES) to look inside; the image itself has neither.
 """
 
@@ -29,7 +29,8 @@ import pytest
 
 from demo.stack import Stack
 from image import vm
-from image.build import ImageError, add_boot_options, build, configure, partition
+from image.build import ImageError, add_boot_options, build, configure, partition, rebuild
+from image.compare import differences
 
 from .harness import wait_until
 
@@ -374,3 +375,11 @@ def test_a_second_box_boots_from_its_disk_alone_under_uefi_firmware_with_a_machi
     assert re.fullmatch(MACHINE_ID, second_id) and second_id not in (box.machine_id, SHARED_ID), second_id
     print(f"power-on to READY=1 under UEFI firmware (OVMF): {took:.1f} s; "
           f"by direct kernel boot: {box.boots[0]:.1f} s (first boot), {box.boots[-1]:.1f} s (after the cut)")
+
+
+def test_two_builds_of_one_tree_make_the_same_disk_kernel_and_initrd(tmp_path):
+    first = build()
+    started = time.monotonic()
+    second = rebuild(tmp_path / "again")
+    print(f"second build: {time.monotonic() - started:.0f} s")
+    assert differences(first, second) == []
