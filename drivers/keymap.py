@@ -2,8 +2,9 @@
 
 A keyboard-wedge scanner types a barcode in the layout it is set to (US by
 default, German or French in shops that set it so). libxkbcommon, with the
-layouts of xkeyboard-config, knows every layout without X; the plain US
-table below is the fallback where it is absent.
+layouts of xkeyboard-config, knows every layout without X. The US layout,
+the scanners' default, is built in (the same text for every key, proven
+against libxkbcommon's in the tests) and costs no library.
 
     keymap = load_keymap("de")
     state = keymap.new_state(numlock=True)   # one per device, never shared
@@ -110,8 +111,12 @@ class XkbState:
         return code in _MODIFIERS
 
 
-# -- the plain US table (fallback) -------------------------------------------------
+# -- the US layout, built in -------------------------------------------------------
+# What xkeyboard-config's "us" layout types, written out so that the most common layout needs no
+# library and no compiled keymap (libxkbcommon's costs the box half a MiB). tests/test_keymap.py
+# compares it with libxkbcommon's for every key in every modifier and lock state.
 
+# (plain, shifted): Caps Lock shifts the letters alone; Ctrl makes a control character (_control).
 US: dict[int, tuple[str, str]] = {
     e.KEY_1: ("1", "!"), e.KEY_2: ("2", "@"), e.KEY_3: ("3", "#"), e.KEY_4: ("4", "$"),
     e.KEY_5: ("5", "%"), e.KEY_6: ("6", "^"), e.KEY_7: ("7", "&"), e.KEY_8: ("8", "*"),
@@ -119,18 +124,43 @@ US: dict[int, tuple[str, str]] = {
     e.KEY_MINUS: ("-", "_"), e.KEY_EQUAL: ("=", "+"),
     e.KEY_LEFTBRACE: ("[", "{"), e.KEY_RIGHTBRACE: ("]", "}"), e.KEY_BACKSLASH: ("\\", "|"),
     e.KEY_SEMICOLON: (";", ":"), e.KEY_APOSTROPHE: ("'", '"'), e.KEY_GRAVE: ("`", "~"),
-    e.KEY_COMMA: (",", "<"), e.KEY_DOT: (".", ">"), e.KEY_SLASH: ("/", "?"),
-    e.KEY_SPACE: (" ", " "), e.KEY_ENTER: ("\r", "\r"), e.KEY_KPENTER: ("\r", "\r"), e.KEY_TAB: ("\t", "\t"),
-    e.KEY_KPMINUS: ("-", "-"), e.KEY_KPPLUS: ("+", "+"), e.KEY_KPASTERISK: ("*", "*"), e.KEY_KPSLASH: ("/", "/"),
+    e.KEY_COMMA: (",", "<"), e.KEY_DOT: (".", ">"), e.KEY_SLASH: ("/", "?"), e.KEY_102ND: ("<", ">"),
+    e.KEY_SPACE: (" ", " "), e.KEY_TAB: ("\t", ""),  # Shift+Tab is ISO_Left_Tab, which types nothing
 }
 for _letter in "abcdefghijklmnopqrstuvwxyz":
     US[getattr(e, f"KEY_{_letter.upper()}")] = (_letter, _letter.upper())
+# Keys that type the same whatever the modifiers.
+_FIXED = {
+    e.KEY_ENTER: "\r", e.KEY_KPENTER: "\r", e.KEY_ESC: "\x1b", e.KEY_BACKSPACE: "\b", e.KEY_DELETE: "\x7f",
+    e.KEY_LINEFEED: "\n", e.KEY_KPMINUS: "-", e.KEY_KPPLUS: "+", e.KEY_KPASTERISK: "*", e.KEY_KPSLASH: "/",
+    e.KEY_KPEQUAL: "=", e.KEY_KPPLUSMINUS: "\u00b1", e.KEY_KPCOMMA: ".", e.KEY_KPLEFTPAREN: "(",
+    e.KEY_KPRIGHTPAREN: ")",
+}
+# The keypad's digits, with Num Lock on and Shift up (otherwise they move the cursor: no text).
 _KEYPAD_DIGITS = {getattr(e, f"KEY_KP{d}"): str(d) for d in range(10)}
 _KEYPAD_DIGITS[e.KEY_KPDOT] = "."
-# What Ctrl with these keys types: the control characters GS1 element strings use (GS is Ctrl+]).
-_CONTROL = {e.KEY_RIGHTBRACE: "\x1d", e.KEY_LEFTBRACE: "\x1b", e.KEY_BACKSLASH: "\x1c", e.KEY_J: "\n", e.KEY_M: "\r"}
+# With Ctrl and Alt held (and Shift not) these are the X server's actions (grab, video mode): no text.
+_ACTIONS = frozenset({e.KEY_KPASTERISK, e.KEY_KPMINUS, e.KEY_KPPLUS, e.KEY_KPSLASH})
 _SHIFTS = frozenset({e.KEY_LEFTSHIFT, e.KEY_RIGHTSHIFT})
 _CTRLS = frozenset({e.KEY_LEFTCTRL, e.KEY_RIGHTCTRL})
+_ALTS = frozenset({e.KEY_LEFTALT, e.KEY_RIGHTALT})
+_TRACKED = _SHIFTS | _CTRLS | _ALTS
+
+
+def _control(char: str) -> str:
+    """What Ctrl makes of a character: X11's rule, as libxkbcommon keeps it (GS1's GS is Ctrl+])."""
+    c = ord(char)
+    if 0x40 <= c < 0x7F or char == " ":
+        c &= 0x1F
+    elif char == "2":
+        c = 0
+    elif "3" <= char <= "7":
+        c -= ord("3") - 0x1B
+    elif char == "8":
+        c = 0x7F
+    elif char == "/":
+        c = 0x1F
+    return chr(c) if c else ""  # NUL types nothing
 
 
 class UsTable:
@@ -141,48 +171,65 @@ class UsTable:
 
 
 class UsTableState:
+    """One device's modifier and lock state in the US layout; like XkbState, each key's text is
+    remembered until a modifier or lock changes."""
+
     def __init__(self, numlock: bool):
         self._initial_numlock = numlock
         self.reset()
 
     def reset(self, *, held: frozenset[int] = frozenset()) -> None:
-        self._down = set(held & (_SHIFTS | _CTRLS))
+        self._down = set(held & _TRACKED)
         self._capslock = False
         self._numlock = self._initial_numlock
+        self._texts: dict[int, str] = {}
 
     def update(self, code: int, *, down: bool) -> None:
-        if code in _SHIFTS or code in _CTRLS:
+        if code in _TRACKED:
             (self._down.add if down else self._down.discard)(code)
         elif down and code == e.KEY_CAPSLOCK:
             self._capslock = not self._capslock
         elif down and code == e.KEY_NUMLOCK:
             self._numlock = not self._numlock
+        else:
+            return
+        self._texts = {}
 
     def text(self, code: int) -> str:
-        if self._down & _CTRLS:
-            return _CONTROL.get(code, "")
-        if code in _KEYPAD_DIGITS:
-            return _KEYPAD_DIGITS[code] if self._numlock else ""
-        chars = US.get(code)
-        if chars is None:
-            return ""
-        shifted = bool(self._down & _SHIFTS)
-        if chars[0].isalpha() and self._capslock:
-            shifted = not shifted
-        return chars[1] if shifted else chars[0]
+        text = self._texts.get(code)
+        if text is None:
+            text = self._texts[code] = self._text(code)
+        return text
+
+    def _text(self, code: int) -> str:
+        down = self._down
+        shifted, ctrl = not down.isdisjoint(_SHIFTS), not down.isdisjoint(_CTRLS)
+        fixed = _FIXED.get(code)
+        if fixed is not None:
+            return "" if code in _ACTIONS and ctrl and not shifted and not down.isdisjoint(_ALTS) else fixed
+        digit = _KEYPAD_DIGITS.get(code)
+        if digit is not None:
+            text = digit if self._numlock and not shifted else ""
+        else:
+            chars = US.get(code)
+            if chars is None:
+                return ""
+            if self._capslock and chars[0].isalpha():
+                shifted = not shifted
+            text = chars[1] if shifted else chars[0]
+        return _control(text) if text and ctrl else text
 
     def is_modifier(self, code: int) -> bool:
         return code in _MODIFIERS
 
 
 def load_keymap(layout: str = "us", variant: str = "") -> Keymap:
-    """The layout from libxkbcommon, or the built-in US table where libxkbcommon is absent."""
+    """The US layout from the built-in table; every other layout from libxkbcommon."""
+    if layout == "us" and not variant:
+        return UsTable()
     try:
         return XkbKeymap(layout, variant)
     except ImportError:
-        if layout == "us" and not variant:
-            logger.warning("libxkbcommon is not available; decoding with the built-in US table")
-            return UsTable()
         raise KeymapError(f"keyboard layout {layout!r} needs libxkbcommon (Debian: libxkbcommon0, xkb-data)") from None
 
 

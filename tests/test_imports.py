@@ -44,3 +44,15 @@ def test_a_module_paho_imports_for_proxies_is_the_real_one_once_it_is_used():
     assert seen["proxies"]["http"] == "http://proxy.example:3128"
     assert seen["request"] == "shop.example"
     assert seen["bypass"]
+
+
+def test_a_us_layout_scanner_needs_no_libxkbcommon_and_another_layout_loads_it():
+    seen = _python(
+        "import sys, json\n"
+        "from evdev import ecodes\n"
+        "from drivers.keymap import load_keymap\n"
+        "us = load_keymap('us').new_state().text(ecodes.KEY_A)\n"
+        "before = 'xkbcommon' in sys.modules\n"
+        "de = load_keymap('de').new_state().text(ecodes.KEY_Y)\n"
+        "print(json.dumps({'us': us, 'before': before, 'de': de, 'after': 'xkbcommon' in sys.modules}))")
+    assert seen == {"us": "a", "before": False, "de": "z", "after": True}

@@ -1,0 +1,79 @@
+"""The built-in US layout types what libxkbcommon's "us" layout types, for every key in every state.
+
+The agent decodes US-layout scanners (the default) with drivers/keymap.py's own table, so that the
+most common layout needs no library and no compiled keymap; these tests hold that table to
+xkeyboard-config's layout, key for key.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from evdev import ecodes as e
+from hypothesis import given, settings, strategies as st
+
+from drivers.keymap import UsTable, XkbKeymap, load_keymap
+
+MODIFIERS = (e.KEY_LEFTSHIFT, e.KEY_RIGHTSHIFT, e.KEY_LEFTCTRL, e.KEY_RIGHTCTRL, e.KEY_LEFTALT, e.KEY_RIGHTALT,
+             e.KEY_LEFTMETA, e.KEY_RIGHTMETA, e.KEY_SCROLLLOCK)
+LOCKS = (e.KEY_CAPSLOCK, e.KEY_NUMLOCK)
+KEYS = range(1, 256)  # every key code a keyboard-wedge scanner could send
+
+
+@pytest.fixture(scope="module")
+def xkb_us():
+    return XkbKeymap("us")
+
+
+def test_the_us_layout_is_built_in_and_every_other_comes_from_libxkbcommon():
+    assert isinstance(load_keymap("us"), UsTable)
+    assert isinstance(load_keymap("us", "intl"), XkbKeymap)
+    assert isinstance(load_keymap("de"), XkbKeymap)
+
+
+@pytest.mark.parametrize("numlock", [True, False], ids=["numlock", "no-numlock"])
+@pytest.mark.parametrize("capslock", [False, True], ids=["", "capslock"])
+def test_every_key_types_the_same_under_every_set_of_modifiers_held(xkb_us, numlock, capslock):
+    differences = []
+    for held in itertools.chain.from_iterable(itertools.combinations(MODIFIERS, n) for n in range(len(MODIFIERS) + 1)):
+        ours, theirs = UsTable().new_state(numlock=numlock), xkb_us.new_state(numlock=numlock)
+        for state in (ours, theirs):
+            if capslock:
+                state.update(e.KEY_CAPSLOCK, down=True)
+                state.update(e.KEY_CAPSLOCK, down=False)
+            for code in held:
+                state.update(code, down=True)
+        differences += [(tuple(e.KEY[m] for m in held), e.KEY.get(code, code), ours.text(code), theirs.text(code))
+                        for code in KEYS if code not in MODIFIERS + LOCKS and ours.text(code) != theirs.text(code)]
+    assert differences == []
+
+
+def test_the_characters_scanners_type_are_where_a_scanner_expects_them():
+    """A few pinned by hand, so that the table and libxkbcommon cannot drift together unseen."""
+    state = UsTable().new_state()
+    assert [state.text(code) for code in (e.KEY_6, e.KEY_KP9, e.KEY_A, e.KEY_ENTER, e.KEY_KPENTER, e.KEY_TAB)] == \
+        ["6", "9", "a", "\r", "\r", "\t"]
+    state.update(e.KEY_LEFTSHIFT, down=True)
+    assert [state.text(code) for code in (e.KEY_4, e.KEY_A, e.KEY_KP9, e.KEY_SLASH)] == ["$", "A", "", "?"]
+    state.update(e.KEY_LEFTSHIFT, down=False)
+    state.update(e.KEY_LEFTCTRL, down=True)
+    # GS1's group separator and the other control characters an element string may carry
+    assert [state.text(code) for code in (e.KEY_RIGHTBRACE, e.KEY_LEFTBRACE, e.KEY_BACKSLASH, e.KEY_J, e.KEY_2)] == \
+        ["\x1d", "\x1b", "\x1c", "\n", ""]
+
+
+key_events = st.lists(st.tuples(st.sampled_from(MODIFIERS + LOCKS + tuple(KEYS)), st.booleans()), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=key_events, numlock=st.booleans(), held=st.sets(st.sampled_from(MODIFIERS)))
+def test_any_sequence_of_presses_and_releases_types_the_same(xkb_us, events, numlock, held):
+    ours, theirs = UsTable().new_state(numlock=numlock), xkb_us.new_state(numlock=numlock)
+    for state in (ours, theirs):
+        state.reset(held=frozenset(held))  # a resync after dropped events: these keys are down now
+    for code, down in events:
+        for state in (ours, theirs):
+            state.update(code, down=down)
+        if down:
+            assert ours.text(code) == theirs.text(code), (e.KEY.get(code, code), events)
