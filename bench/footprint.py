@@ -4,7 +4,8 @@
   the same sale bodies as plain JSON rows in an unencrypted SQLite table.
 - Agent memory: resident set (VmRSS, and the peak VmHWM) of the real ``counterbox run``
   process, with a broker and central, after it has recorded and delivered N scans fed through
-  its scanner FIFO, beside a bare Python interpreter of the same virtualenv.
+  its scanner FIFO, beside a bare Python interpreter of the same virtualenv. The agent's
+  modules are compiled to bytecode first, as the image has them.
 
     .venv/bin/python bench/footprint.py [--scans 2000]
 """
@@ -102,8 +103,9 @@ IMPORTS = [
     ("sqlite3", "import sqlite3"),
     ("evdev", "import evdev"),
     ("counterbox agent (daemon, store, protocol)", "import agent.cli, agent.daemon"),
-    ("scanner manager, xkbcommon", "import agent.scanners, xkbcommon.xkb"),
+    ("scanner manager (the US layout built in)", "import agent.scanners"),
     ("pyusb (only with HID POS on)", "import usb.core, drivers.hidpos"),
+    ("xkbcommon (only for a layout other than US)", "import xkbcommon.xkb"),
 ]
 _MEASURE = """
 import sys
@@ -137,10 +139,23 @@ def import_breakdown() -> list[tuple[str, int]]:
     return rows
 
 
+def compile_bytecode() -> None:
+    """The agent's own modules compiled, as a box has them (the image compiles every module when it is
+    built). A checkout may have none (PYTHONDONTWRITEBYTECODE), and a process that compiles its
+    modules as it imports them keeps the compiler's memory too."""
+    import compileall
+
+    root = Path(__file__).resolve().parent.parent
+    for package in ("agent", "drivers", "storage", "provisioning"):
+        if not compileall.compile_dir(root / package, quiet=1):
+            raise RuntimeError(f"{package}: does not compile")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=2000)
     args = parser.parse_args()
+    compile_bytecode()
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
         ours, plain = journal_footprint(Path(tmp), args.scans)
         (bare_rss, bare_peak), (rss, peak) = agent_memory(Path(tmp), args.scans)

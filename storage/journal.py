@@ -50,7 +50,7 @@ __all__ = ["DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_
 # The largest event body (its JSON) the journal takes; the agent passes the protocol's own
 # limit, so that nothing is recorded that no batch could carry.
 DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
-CACHE_KIB = 512  # SQLite's page cache for the journal (its default is 2 MiB)
+CACHE_KIB = 128  # SQLite's page cache for the journal (its default is 2 MiB): an append touches a few pages
 
 
 @dataclass(frozen=True)
