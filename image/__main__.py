@@ -11,10 +11,9 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from .build import CACHE, ImageError, build, configure, rebuild
+from .build import CACHE, ImageError, build, configure, two_builds
 from .compare import ARTEFACTS, differences, digest
 
 
@@ -49,14 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 def check_reproducible() -> int:
     """The image for this tree (built now, or the one in the cache), built again, and the two compared."""
     try:
-        started = time.monotonic()
-        first = build()
-        took = time.monotonic() - started
-        print(f"first build: {first.directory} ({first.facts['seconds']} s, "
-              f"{'built now' if took > 5 else 'from the cache'})", flush=True)
         with tempfile.TemporaryDirectory(prefix="check.", dir=CACHE) as scratch:
-            second = rebuild(Path(scratch) / "again")
-            print(f"second build: {second.facts['seconds']} s, in a work directory of its own", flush=True)
+            first, second = two_builds(Path(scratch))
+            print(f"first build: {first.directory} ({first.facts['seconds']} s), second build: "
+                  f"{second.facts['seconds']} s, in a work directory of its own", flush=True)
             found = differences(first, second)
     except (ImageError, OSError) as error:
         print(f"image/build: error: {error}", file=sys.stderr)

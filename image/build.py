@@ -127,6 +127,19 @@ def rebuild(directory: Path, *, cache: Path = CACHE, log=print) -> Image:
     return Image(directory, key)
 
 
+def two_builds(directory: Path, *, cache: Path = CACHE, log=print) -> tuple[Image, Image]:
+    """Two builds of this tree from the same Debian packages, for a reproducibility check: build()'s
+    image (the cached one when it can) and this tree built again into ``directory``/again. When the
+    mirror has served other packages since the cached image was built, the first is built again too,
+    into ``directory``/first: two builds across a point release differ in the packages themselves."""
+    first = build(cache=cache, log=log)
+    second = rebuild(directory / "again", cache=cache, log=log)
+    if first.facts.get("packages") != second.facts["packages"]:
+        log("image: the mirror's packages changed since the cached image was built; building it again")
+        first = rebuild(directory / "first", cache=cache, log=log)
+    return first, second
+
+
 def _build(where: Path, cache: Path, key: str, log) -> Path:
     """The image built in a new directory under ``where``, with the downloads kept in ``cache``."""
     for tool in ("mmdebstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "debugfs"):
@@ -143,7 +156,7 @@ def _build(where: Path, cache: Path, key: str, log) -> Path:
         _mmdebstrap(tree, stage, cache, log)
         rooted = time.monotonic()
         facts = _assemble(tree, work, log)
-        facts.update(seconds=round(time.monotonic() - started, 1), root_seconds=round(rooted - started, 1),
+        facts.update(packages=_packages(tree), seconds=round(time.monotonic() - started, 1), root_seconds=round(rooted - started, 1),
                      inputs=key, built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         shutil.rmtree(tree)
         shutil.rmtree(stage)
@@ -153,6 +166,14 @@ def _build(where: Path, cache: Path, key: str, log) -> Path:
         subprocess.run(["umount", "-R", str(work / "root")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
         raise
+
+
+def _packages(tree: Path) -> str:
+    """A digest of the Debian packages in the root, name and version: two builds of one tree can be
+    byte for byte the same only when the mirror served them the same packages."""
+    listed = _run(["dpkg-query", f"--admindir={tree / 'var/lib/dpkg'}", "-W", "-f", "${binary:Package} ${Version}\n"],
+                  "listing the root's packages").stdout
+    return hashlib.sha256("".join(sorted(listed.splitlines(keepends=True))).encode()).hexdigest()[:16]
 
 
 def _run(command: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:

@@ -5,9 +5,13 @@
 # PIPCACHE: pip's download cache, kept between builds.
 set -eu
 root=$1 stage=$2 pipcache=$3
-# Every command in the root with a clean environment: nothing of the building machine's (its
-# PYTHONDONTWRITEBYTECODE, its locale, its proxies) may change what the root holds.
-in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "$@"; }
+# Every command in the root with a clean environment (the building machine's PYTHONDONTWRITEBYTECODE
+# changed the root's bytecode), and with the build's SOURCE_DATE_EPOCH: systemd-sysusers dates the
+# agent's user's password entry by it.
+in_root() {
+    chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+        SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:?the build sets it}" "$@"
+}
 
 cp -a "$stage/rootfs/." "$root/"
 
@@ -53,10 +57,10 @@ find "$root/opt/counterbox/.venv" -name __pycache__ -prune -exec rm -rf {} +
 # Compiled once here: a read-only root cannot take the bytecode the first run would write. In one
 # process, files in order, string hashing fixed: marshal's bytes depend on the order of a frozenset's
 # members (the hash seed) and on what the compiling process interned before (which file went to which
-# worker), so a parallel compile makes other bytecode from one build to the next. Forced (-f), and
-# with no bytecode written on import: the interpreter's own start imports setuptools' _distutils_hack
-# (a .pth file) and would write its .pyc first, stamped with the source's install time, which
-# compileall would then take as up to date.
+# worker), so a parallel compile makes other bytecode from one build to the next. No bytecode written
+# on import: the interpreter's own start imports setuptools' _distutils_hack (a .pth file) and would
+# write its .pyc first, stamped with the source's install time, which compileall would take as up to
+# date; forced (-f), so that no file compiled before this step is ever kept.
 in_root env PYTHONHASHSEED=0 PYTHONDONTWRITEBYTECODE=1 /opt/counterbox/.venv/bin/python -m compileall -q -f -j 1 \
     --invalidation-mode unchecked-hash /opt/counterbox/.venv >/dev/null
 
