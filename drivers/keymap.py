@@ -17,14 +17,11 @@ numbers keys 8 higher, for historical X11 reasons.
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 from evdev import ecodes as e
 
 from .errors import KeymapError
-
-logger = logging.getLogger(__name__)
 
 _XKB_OFFSET = 8
 
@@ -171,28 +168,42 @@ class UsTable:
 
 
 class UsTableState:
-    """One device's modifier and lock state in the US layout; like XkbState, each key's text is
-    remembered until a modifier or lock changes."""
+    """One device's modifier and lock state in the US layout, kept as libxkbcommon keeps it; like
+    XkbState, each key's text is remembered until a modifier or lock changes (a barcode of digits
+    then costs one dictionary lookup a key)."""
 
     def __init__(self, numlock: bool):
         self._initial_numlock = numlock
         self.reset()
 
     def reset(self, *, held: frozenset[int] = frozenset()) -> None:
-        self._down = set(held & _TRACKED)
-        self._capslock = False
-        self._numlock = self._initial_numlock
+        self._presses = {code: 1 for code in held & _TRACKED}  # modifier and lock keys down, and how often
+        self._locked = {e.KEY_CAPSLOCK: False, e.KEY_NUMLOCK: self._initial_numlock}
+        self._unlock_on_release: dict[int, bool] = {}  # a lock key down: it was locked before this press
         self._texts: dict[int, str] = {}
 
     def update(self, code: int, *, down: bool) -> None:
-        if code in _TRACKED:
-            (self._down.add if down else self._down.discard)(code)
-        elif down and code == e.KEY_CAPSLOCK:
-            self._capslock = not self._capslock
-        elif down and code == e.KEY_NUMLOCK:
-            self._numlock = not self._numlock
-        else:
+        # As libxkbcommon counts: a key pressed again while down changes nothing, and is down until
+        # released as often; a lock locks when pressed and unlocks when released if it was locked before.
+        if code not in _TRACKED and code not in _LOCKS:
             return
+        presses = self._presses.get(code, 0)
+        if down:
+            self._presses[code] = presses + 1
+            if presses:
+                return
+            if code in _LOCKS:
+                self._unlock_on_release[code] = self._locked[code]
+                self._locked[code] = True
+        elif presses > 1:
+            self._presses[code] = presses - 1
+            return
+        elif presses == 1:
+            del self._presses[code]
+            if code in _LOCKS and self._unlock_on_release.pop(code):
+                self._locked[code] = False
+        else:
+            return  # a key that was not down
         self._texts = {}
 
     def text(self, code: int) -> str:
@@ -202,19 +213,19 @@ class UsTableState:
         return text
 
     def _text(self, code: int) -> str:
-        down = self._down
+        down = self._presses.keys()
         shifted, ctrl = not down.isdisjoint(_SHIFTS), not down.isdisjoint(_CTRLS)
         fixed = _FIXED.get(code)
         if fixed is not None:
             return "" if code in _ACTIONS and ctrl and not shifted and not down.isdisjoint(_ALTS) else fixed
         digit = _KEYPAD_DIGITS.get(code)
         if digit is not None:
-            text = digit if self._numlock and not shifted else ""
+            text = digit if self._locked[e.KEY_NUMLOCK] and not shifted else ""
         else:
             chars = US.get(code)
             if chars is None:
                 return ""
-            if self._capslock and chars[0].isalpha():
+            if self._locked[e.KEY_CAPSLOCK] and chars[0].isalpha():
                 shifted = not shifted
             text = chars[1] if shifted else chars[0]
         return _control(text) if text and ctrl else text
@@ -248,5 +259,8 @@ def keystrokes(text: str, *, keypad_digits: bool = False) -> list[tuple[int, boo
                 strokes.append((code, True))
                 break
         else:
-            raise ValueError(f"character {char!r} cannot be typed on the US layout")
+            code = next((code for code, fixed in _FIXED.items() if fixed == char), None)
+            if code is None:
+                raise ValueError(f"character {char!r} cannot be typed on the US layout")
+            strokes.append((code, False))
     return strokes

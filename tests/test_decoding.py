@@ -364,3 +364,20 @@ def test_a_key_down_only_scanner_s_shift_applies_to_one_character():
         keys.t += 0.004
     results = [r for r in map(decoder.feed, keys.events) if r is not None]
     assert texts(results) == ["Aab"] and decoder.key_down_only
+
+
+@pytest.mark.parametrize("lock, typed", [(e.KEY_CAPSLOCK, (e.KEY_A, e.KEY_B, e.KEY_CAPSLOCK, e.KEY_C, e.KEY_D)),
+                                         (e.KEY_NUMLOCK, (e.KEY_KP1, e.KEY_KP2, e.KEY_NUMLOCK, e.KEY_KP3, e.KEY_KP4))],
+                         ids=["caps-lock", "num-lock"])
+def test_a_key_down_only_scanner_s_lock_keys_decode_the_same_with_the_built_in_us_layout_and_libxkbcommon(lock, typed):
+    """A lock locks when pressed and unlocks only when released, in both keymaps; the decoder releases a
+    key-down-only scanner's modifiers after the character that follows them."""
+    keys = Keys()
+    for code in (e.KEY_1, e.KEY_1, lock, *typed, e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    decoded = []
+    for keymap in (UsTable(), XkbKeymap("us")):
+        decoder = Decoder("dev", DecoderSettings(numlock=False), keymap=keymap)
+        decoded.append(texts([r for r in map(decoder.feed, keys.events) if r is not None]))
+    assert decoded[0] == decoded[1] == [{e.KEY_CAPSLOCK: "11ABCd", e.KEY_NUMLOCK: "11123"}[lock]]

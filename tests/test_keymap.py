@@ -13,7 +13,7 @@ import pytest
 from evdev import ecodes as e
 from hypothesis import given, settings, strategies as st
 
-from drivers.keymap import UsTable, XkbKeymap, load_keymap
+from drivers.keymap import UsTable, XkbKeymap, keystrokes, load_keymap
 
 MODIFIERS = (e.KEY_LEFTSHIFT, e.KEY_RIGHTSHIFT, e.KEY_LEFTCTRL, e.KEY_RIGHTCTRL, e.KEY_LEFTALT, e.KEY_RIGHTALT,
              e.KEY_LEFTMETA, e.KEY_RIGHTMETA, e.KEY_SCROLLLOCK)
@@ -61,6 +61,18 @@ def test_the_characters_scanners_type_are_where_a_scanner_expects_them():
     # GS1's group separator and the other control characters an element string may carry
     assert [state.text(code) for code in (e.KEY_RIGHTBRACE, e.KEY_LEFTBRACE, e.KEY_BACKSLASH, e.KEY_J, e.KEY_2)] == \
         ["\x1d", "\x1b", "\x1c", "\n", ""]
+
+
+def test_the_keystrokes_a_recording_is_made_of_type_back_the_text_they_were_made_from():
+    text = "".join(map(chr, range(0x20, 0x7F))) + "\r\t\n"
+    state, typed = UsTable().new_state(), []
+    for code, shift in keystrokes(text):
+        if shift:
+            state.update(e.KEY_LEFTSHIFT, down=True)
+        typed.append(state.text(code))
+        if shift:
+            state.update(e.KEY_LEFTSHIFT, down=False)
+    assert "".join(typed) == text
 
 
 key_events = st.lists(st.tuples(st.sampled_from(MODIFIERS + LOCKS + tuple(KEYS)), st.booleans()), max_size=60)
