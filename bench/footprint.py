@@ -31,10 +31,11 @@ from drivers.recording import type_text  # noqa: E402
 from storage import Journal  # noqa: E402
 
 
-def memory(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process, in KiB."""
+def memory(pid: int) -> tuple[int, int, int, int]:
+    """(VmRSS, VmHWM, RssAnon, RssFile) of a process, in KiB: the resident set, its peak, and the
+    resident set split into the process's own pages and pages of mapped files (shared libraries)."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    return tuple(int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"))
 
 
 def size(path: Path) -> int:
@@ -64,7 +65,7 @@ def journal_footprint(directory: Path, n: int) -> tuple[float, float]:
     return result
 
 
-def agent_memory(directory: Path, n: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def agent_memory(directory: Path, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     time.sleep(1.0)
     baseline = memory(bare.pid)
@@ -158,11 +159,14 @@ def main() -> None:
     compile_bytecode()
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent.parent) as tmp:
         ours, plain = journal_footprint(Path(tmp), args.scans)
-        (bare_rss, bare_peak), (rss, peak) = agent_memory(Path(tmp), args.scans)
+        (bare_rss, bare_peak, bare_anon, bare_file), (rss, peak, anon, file) = agent_memory(Path(tmp), args.scans)
     print(f"{args.scans} sales, same run")
     print(f"journal on disk        {ours:8.0f} bytes/sale   plain JSON rows {plain:6.0f} bytes/sale   ratio {ours / plain:.2f}x")
     print(f"agent memory (RSS)     {rss / 1024:8.1f} MiB          bare interpreter {bare_rss / 1024:5.1f} MiB   ratio {rss / bare_rss:.2f}x")
     print(f"agent memory (peak)    {peak / 1024:8.1f} MiB          bare interpreter {bare_peak / 1024:5.1f} MiB   ratio {peak / bare_peak:.2f}x")
+    print(f"  its own pages        {anon / 1024:8.1f} MiB          bare interpreter {bare_anon / 1024:5.1f} MiB")
+    print(f"  files' pages         {file / 1024:8.1f} MiB          bare interpreter {bare_file / 1024:5.1f} MiB"
+          "   (shared libraries' code, shared with other processes)")
     print("\nresident memory each import adds, in the agent's order (KiB):")
     for name, kib in import_breakdown():
         print(f"  {name:45} {kib:7d}")
