@@ -4,7 +4,7 @@ Both read the same recording of N scans (the kernel's input_event bytes, as a
 scanner types them: MSC_SCAN, key down, SYN, MSC_SCAN, key up, SYN per key).
 
 - baseline: a loop that only unpacks the bytes into (sec, usec, type, code, value) tuples;
-- driver path: the agent's reader (as for a recording file), its decoder (xkb US layout,
+- driver path: the agent's reader (as for a recording file), its decoder (the built-in US layout,
   per-device state, timing check) and the barcode check, as the daemon runs them.
 
     .venv/bin/python bench/decode_throughput.py [--scans 20000]
