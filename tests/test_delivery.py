@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import signal
+import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import paho.mqtt.publish as mqtt_publish
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
+from agent.config import UplinkConfig
+from agent.downlink import Downlink
+from agent.mqtt import MqttLink
+from agent.uplink import Uplink
 from provisioning import jws, protocol
 from provisioning.identity import load_key
-from storage import Event
+from storage import Event, Store
 
 from .harness import feed, price_list, scans, wait_until
 
@@ -187,3 +197,291 @@ def test_a_scan_on_a_quiet_link_goes_at_once_and_scans_gather_only_behind_a_batc
     finally:
         watcher.loop_stop()
         watcher.disconnect()
+
+
+# -- The uplink in this process ---------------------------------------------------------------------
+# Central's side is played by the test (``Central``): it sees every batch the broker carries for the
+# device, verified with the device's key, and acknowledges, signed with central's key, what the test
+# says when it says, so that what the uplink does while batches wait for acknowledgement is seen.
+
+PREFIX = "counterbox/v1"
+
+
+class Central:
+    """Every batch published for ``device`` (as the events' seqs), and acknowledgements on demand."""
+
+    def __init__(self, stack, device: str, device_key: Ed25519PrivateKey):
+        self.device = device
+        self._device_key = device_key.public_key()
+        self._central_key = load_key(stack.central_key)
+        self._tokens: list[bytes] = []
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=MQTTv5)
+        self.client.on_message = lambda client, userdata, message: self._tokens.append(message.payload)
+        self.client.on_subscribe = lambda *args: subscribed.set()
+        self.client.connect("127.0.0.1", stack.broker_port)
+        self.client.subscribe(protocol.batch_topic(PREFIX, device), qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "central's side did not subscribe"
+
+    @property
+    def public_key(self):
+        return self._central_key.public_key()
+
+    def tokens(self) -> list[bytes]:
+        return list(self._tokens)
+
+    def batches(self) -> list[list[int]]:
+        """The seqs of each batch received so far, each batch verified as central verifies it."""
+        return [[event["seq"] for event in protocol.decode_batch(token, device=self.device,
+                                                                 key=self._device_key).events]
+                for token in self.tokens()]
+
+    def wait_for(self, count: int, what: str) -> list[list[int]]:
+        """The batches, once there are ``count`` of them (called in a thread: it polls)."""
+        return wait_until(lambda: len(b := self.batches()) >= count and b, 20, what)
+
+    def acknowledge(self, seq: int) -> None:
+        self.client.publish(protocol.ack_topic(PREFIX, self.device),
+                            protocol.encode_ack(self.device, seq, key=self._central_key), qos=1)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@contextlib.asynccontextmanager
+async def uplink_running(stack, central: Central, key: Ed25519PrivateKey, journal: Path, *, before=None, **settings):
+    """An Uplink and the Downlink that hands it acknowledgements, on a real journal (``before(journal)`` done in it
+    first) and the stack's broker, as the daemon runs them. Unless a test sets them, batch_max_delay and
+    ack_timeout are longer than any test: a batch goes because the test's events or acknowledgements send it."""
+    config = UplinkConfig(**{"batch_max_delay": 600.0, "ack_timeout": 600.0, **settings})
+    store = await Store.open(journal, b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+    try:
+        if before is not None:
+            await store.write(before)
+        session = await store.write(lambda journal: journal.start_session())
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id=central.device,
+                            subscriptions=[protocol.ack_topic(PREFIX, central.device)]) as link:
+            uplink = Uplink(store=store, link=link, device_id=central.device, session=session, key=key,
+                            central_key=central.public_key, config=config)
+            downlink = Downlink(store=store, uplink=uplink, device_id=central.device, region="", trusted={},
+                                topic_prefix=PREFIX)
+            tasks = [asyncio.create_task(uplink.run()), asyncio.create_task(downlink.run(link))]
+            try:
+                yield Recorder(store, uplink)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+    finally:
+        await store.close()
+
+
+@dataclass
+class Recorder:
+    """What the daemon does on the uplink's side: records events and wakes the uplink."""
+
+    store: Store
+    uplink: Uplink
+
+    async def record(self, count: int = 1, *, size: int = 0) -> None:
+        """``count`` misreads, each in its own commit, the uplink woken after each."""
+        for _ in range(count):
+            await self.store.append("misread", misread(size))
+            self.uplink.wake.set()
+
+    async def acked_seq(self) -> int:
+        return await self.store.read(lambda journal: journal.acked_seq())
+
+    async def wait_acked(self, seq: int) -> None:
+        """Until the journal's cursor is at ``seq``: central's acknowledgement reached it."""
+        async with asyncio.timeout(20):
+            while await self.acked_seq() != seq:
+                await asyncio.sleep(0.05)
+
+
+def misread(size: int = 0) -> dict:
+    return {"code": "7" * size or "NOT-A-CODE", "symbology": "raw", "aim": None, "scanner": "/dev/input/event3",
+            "scanned_at": protocol.rfc3339(time.time()), "reason": "no check digit"}
+
+
+def connect_as(stack, client_id: str) -> None:
+    """Connect to the broker with ``client_id``, and leave: the broker ends the connection that had it."""
+    connected = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTv5)
+    client.on_connect = lambda *args: connected.set()
+    client.connect("127.0.0.1", stack.broker_port)
+    client.loop_start()
+    try:
+        assert connected.wait(10), f"no connection as {client_id}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def recorded(count: int, *, size: int = 0):
+    """``count`` misreads recorded in one commit (as a backlog is found at a start)."""
+    return lambda journal: [journal.append("misread", misread(size)) for _ in range(count)]
+
+
+def run_uplink(stack, tmp_path, device: str, test, **settings) -> None:
+    """``await test(central, box)`` while the uplink of ``device`` runs (``uplink_running``) against central's side."""
+    key = Ed25519PrivateKey.generate()
+    central = Central(stack, device, key)
+
+    async def main():
+        async with uplink_running(stack, central, key, tmp_path / "journal.db", **settings) as box:
+            await test(central, box)
+
+    try:
+        asyncio.run(main())
+    finally:
+        central.close()
+
+
+def test_the_uplink_starts_from_the_cursor_the_journal_holds(stack, tmp_path):
+    def held_up_to_2(journal):
+        recorded(3)(journal)
+        journal.acknowledge(2)
+
+    async def test(central, box):
+        assert await asyncio.to_thread(central.wait_for, 1, "the first batch") == [[3]]
+        central.acknowledge(3)
+        await box.wait_acked(3)
+
+    run_uplink(stack, tmp_path, "shop-cursor", test, before=held_up_to_2)
+
+
+def test_events_behind_a_batch_in_flight_go_together_when_it_is_acknowledged(stack, tmp_path):
+    async def test(central, box):
+        await box.record()
+        assert await asyncio.to_thread(central.wait_for, 1, "the first event, at once on a quiet link") == [[1]]
+        await box.record(3)  # one at a time, each waking the uplink: they wait behind batch 1
+        central.acknowledge(1)
+        assert await asyncio.to_thread(central.wait_for, 2, "the events that waited") == [[1], [2, 3, 4]]
+        assert await box.acked_seq() == 1  # the acknowledgement moved the journal's cursor
+        central.acknowledge(4)
+        await box.wait_acked(4)
+
+    run_uplink(stack, tmp_path, "shop-gather", test)
+
+
+def test_a_batch_of_batch_max_events_goes_without_waiting_for_the_acknowledgement_of_those_before(stack, tmp_path):
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        await box.record(2)
+        assert await asyncio.to_thread(central.wait_for, 2, "a full batch, unacknowledged") == [[1], [2, 3]]
+
+    run_uplink(stack, tmp_path, "shop-full", test, batch_max_events=2)
+
+
+def test_a_batch_cut_by_batch_max_bytes_goes_at_once_when_more_events_wait_behind_it(stack, tmp_path):
+    async def test(central, box):
+        await box.record(size=600)
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        await box.store.write(recorded(3, size=600))  # one commit: three, each a batch of its own
+        box.uplink.wake.set()
+        assert await asyncio.to_thread(central.wait_for, 3, "the batches with more behind them") == [[1], [2], [3]]
+        central.acknowledge(3)  # the last one went when nothing was in flight
+        assert await asyncio.to_thread(central.wait_for, 4, "the last event") == [[1], [2], [3], [4]]
+
+    run_uplink(stack, tmp_path, "shop-bytes", test, batch_max_bytes=1024)
+
+
+def test_an_event_behind_a_batch_in_flight_waits_for_no_longer_than_batch_max_delay(stack, tmp_path):
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        await box.record()
+        assert await asyncio.to_thread(central.wait_for, 2, "the second, unacknowledged") == [[1], [2]]
+
+    run_uplink(stack, tmp_path, "shop-delay", test, batch_max_delay=0.5)
+
+
+def test_no_more_than_max_in_flight_batches_go_and_without_progress_for_ack_timeout_they_go_again(stack, tmp_path):
+    """Again from the first unacknowledged event: those before it central holds."""
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        central.acknowledge(1)
+        await box.wait_acked(1)
+        await box.store.write(recorded(3))
+        box.uplink.wake.set()
+        batches = await asyncio.to_thread(central.wait_for, 5, "the batches in flight sent again")
+        assert batches[:5] == [[1], [2], [3], [2], [3]]  # seq 4 waits: two batches are in flight
+        central.acknowledge(3)
+        await box.wait_acked(3)
+        assert (await asyncio.to_thread(central.wait_for, 6, "the last event"))[-1] == [4]
+
+    run_uplink(stack, tmp_path, "shop-resend", test, batch_max_events=1, max_in_flight=2, ack_timeout=2.0)
+
+
+def test_after_a_reconnection_the_uplink_sends_again_from_the_first_unacknowledged_event(stack, tmp_path):
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        await box.record()  # waits behind batch 1
+        link = box.uplink.link
+        before = link.generation
+        await asyncio.to_thread(connect_as, stack, "shop-reconnect")  # the broker drops the uplink's connection
+        async with asyncio.timeout(20):
+            while link.generation == before or not link.connected.is_set():
+                await asyncio.sleep(0.05)
+        await box.record()  # a scan after the reconnection wakes the uplink
+        assert await asyncio.to_thread(central.wait_for, 2, "everything unacknowledged, again") == [[1], [1, 2, 3]]
+
+    run_uplink(stack, tmp_path, "shop-reconnect", test)
+
+
+def test_a_batch_over_the_protocol_limit_goes_in_halves_that_fit(stack, tmp_path):
+    """500 events of 12 KiB fit batch_max_bytes but not one message: the per-event JSON around the bodies is more
+    than their sealing's overhead."""
+    # As large as 500 can be within batch_max_bytes: the journal counts a body's JSON and 28 bytes of sealing.
+    empty = len(json.dumps(misread(), separators=(",", ":"), sort_keys=True)) - len(misread()["code"])
+    size = protocol.MAX_EVENT_BYTES // 500 - 28 - empty
+    whole = [Event(seq, "misread", misread(size)) for seq in range(1, 501)]
+    assert len(protocol.encode_batch(whole, device="shop-halves", session=1, key=Ed25519PrivateKey.generate(),
+                                     sent_at=time.time())) > protocol.MAX_TOKEN_BYTES
+
+    async def test(central, box):
+        assert await asyncio.to_thread(central.wait_for, 1, "the first half") == [list(range(1, 251))]
+        central.acknowledge(250)
+        batches = await asyncio.to_thread(central.wait_for, 2, "the second half")
+        assert batches == [list(range(1, 251)), list(range(251, 501))]
+        assert all(len(token) <= protocol.MAX_TOKEN_BYTES for token in central.tokens())
+
+    run_uplink(stack, tmp_path, "shop-halves", test, batch_max_events=500, batch_max_bytes=protocol.MAX_EVENT_BYTES,
+               before=recorded(500, size=size))
+
+
+REFUSING = "topic read counterbox/#\ntopic write counterbox/v1/devices/+/ack\n"  # no batches
+
+
+def broker_acl(stack, acl: str) -> None:
+    """The broker's access control from now on: Mosquitto rereads it on SIGHUP, its clients stay connected."""
+    (stack.directory / "acl").write_text(acl)
+    stack.broker.send_signal(signal.SIGHUP)
+
+
+def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(stack, tmp_path, caplog):
+    stack.stop_broker()
+    stack.start_broker(acl=REFUSING)
+
+    async def test(central, box):
+        for seq in (1, 2):  # the second: a new run of failures, warned of again
+            await box.record()
+            await asyncio.to_thread(wait_until, lambda: caplog.text.count("not published: broker refused") == seq,
+                                    20, "the refusal logged")
+            generation = box.uplink.link.generation
+            broker_acl(stack, "topic readwrite counterbox/#\n")
+            assert (await asyncio.to_thread(central.wait_for, seq, "the batch, published again"))[-1] == [seq]
+            assert box.uplink.link.generation == generation  # on the same connection: no reconnection sent it
+            central.acknowledge(seq)
+            await box.wait_acked(seq)
+            broker_acl(stack, REFUSING)
+
+    run_uplink(stack, tmp_path, "shop-refused", test)
