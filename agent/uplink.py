@@ -101,6 +101,8 @@ class Uplink:
             timeout = cfg.ack_timeout
             if len(self._in_flight) < cfg.max_in_flight:
                 events, full = await self._next_batch(next_seq - 1)
+                if events and events[0].seq <= self._acked:
+                    continue  # acknowledged while the journal was read: read again, from the new cursor
                 if events:
                     waiting_since = waiting_since or now
                     # A quiet link sends at once; events wait for others only while earlier
