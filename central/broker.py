@@ -203,7 +203,8 @@ class BrokerAdmin:
     async def execute(self, commands: list[dict[str, Any]]) -> None:
         """Run ``commands`` in order; CentralError naming the first that failed."""
         try:
-            await asyncio.wait_for(self._link.connected.wait(), ANSWER_TIMEOUT)
+            async with asyncio.timeout(ANSWER_TIMEOUT):  # not wait_for: it may swallow a cancellation
+                await self._link.connected.wait()
         except TimeoutError:
             raise CentralError(f"the broker's access control is unreachable for {ANSWER_TIMEOUT:.0f} s") from None
         loop = asyncio.get_running_loop()
@@ -214,7 +215,8 @@ class BrokerAdmin:
             command["correlationData"] = correlation
         try:
             await self._link.publish(CONTROL, json.dumps({"commands": commands}).encode())
-            answers = await asyncio.wait_for(asyncio.gather(*futures), ANSWER_TIMEOUT)
+            async with asyncio.timeout(ANSWER_TIMEOUT):
+                answers = await asyncio.gather(*futures)
         except (MqttError, TimeoutError) as error:
             raise CentralError(f"the broker's access control did not answer: {error or 'timed out'}") from None
         for command, answer in zip(commands, answers):

@@ -112,7 +112,8 @@ async def _publish_retained(args, topic: str, token: bytes) -> None:
                     backoff=Backoff(first=0.1, most=1.0), **broker.connection(args))
     async with link:
         try:
-            await asyncio.wait_for(link.connected.wait(), PUBLISH_TIMEOUT)
+            async with asyncio.timeout(PUBLISH_TIMEOUT):  # not wait_for: it may swallow a cancellation
+                await link.connected.wait()
         except TimeoutError:
             raise MqttError(f"broker {args.broker} unreachable for {PUBLISH_TIMEOUT:.0f} s") from None
         await link.publish(topic, token, retain=True)
