@@ -142,6 +142,9 @@ class MqttLink:
     # Counts connections; a change tells the uplink its in-flight batches may be lost.
     generation: int = 0
     connected_at: float = 0.0  # the loop's time of the latest CONNACK
+    # Called on the loop after each CONNACK (after ``connected`` is set): for those who must act on
+    # a new connection at once rather than notice it at their next look.
+    on_connect: list[Callable[[], None]] = field(default_factory=list)
     # The last will (topic, payload), made afresh for each connection (a signed message carries its
     # time); published retained by the broker when the connection ends, and asked for at close.
     will: Callable[[], tuple[str, bytes]] | None = None
@@ -297,6 +300,8 @@ class MqttLink:
         self.generation += 1
         self.connected_at = self._loop.time()
         self.connected.set()
+        for listener in list(self.on_connect):
+            listener()
 
     def _on_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
         topic = self._subscribing.pop(mid, "?")

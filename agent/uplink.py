@@ -7,14 +7,16 @@ batch is full (``batch_max_events``, ``batch_max_bytes``) or the oldest has
 waited ``batch_max_delay``. Batches are signed with the
 device key (JWS, see docs/protocol.md) and published with QoS 1. They stay in
 the journal until central's acknowledgement ("everything up to seq N")
-arrives; after a reconnect, a restart, or ``ack_timeout`` without progress,
-sending starts again from the first unacknowledged event. Central stores each
+arrives; as soon as a new connection is up (after a reconnect or a restart),
+and after ``ack_timeout`` without progress, sending starts again from the
+first unacknowledged event. Central stores each
 (device, seq) once, so a resend never duplicates a sale.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,7 +53,12 @@ class Uplink:
 
     async def run(self) -> None:
         self._acked = await self.store.read(lambda journal: journal.acked_seq())
-        await self._send()
+        # A new connection wakes the uplink: what was in flight on the last one is sent again at once.
+        self.link.on_connect.append(self.wake.set)
+        try:
+            await self._send()
+        finally:
+            self.link.on_connect.remove(self.wake.set)
 
     async def acknowledged(self, token: bytes) -> None:
         """Central's acknowledgement, as the downlink received it on this device's ack topic."""
@@ -86,20 +93,28 @@ class Uplink:
         generation = -1
         next_seq = self._acked + 1
         waiting_since: float | None = None
+        retry_at = 0.0  # after a failed publish: no other before this time (the loop's monotonic clock)
+        cut = False  # the last batch was cut to fit one message: the rest is as good as a full batch
+        failed = 0  # publishes failed in a row on this connection
         while True:
             await self.link.connected.wait()
             # Cleared before reading the journal, so an append made meanwhile still wakes us.
             self.wake.clear()
             now = time.monotonic()
             if generation != self.link.generation:
+                # A new connection: what was in flight on the last one may be lost, and a pause
+                # after failures on it is no reason to wait on this one.
                 generation = self.link.generation
                 next_seq, self._in_flight = self._acked + 1, []
+                retry_at, failed = 0.0, 0
             elif self._in_flight and now - self._in_flight[0][1] > cfg.ack_timeout:
                 logger.warning("no acknowledgement for %.1fs; resending from seq=%d", cfg.ack_timeout, self._acked + 1)
                 next_seq, self._in_flight = self._acked + 1, []
             next_seq = max(next_seq, self._acked + 1)
             timeout = cfg.ack_timeout
-            if len(self._in_flight) < cfg.max_in_flight:
+            if now < retry_at:
+                timeout = retry_at - now
+            elif len(self._in_flight) < cfg.max_in_flight:
                 events, full = await self._next_batch(next_seq - 1)
                 if events and events[0].seq <= self._acked:
                     continue  # acknowledged while the journal was read: read again, from the new cursor
@@ -108,12 +123,17 @@ class Uplink:
                     # A quiet link sends at once; events wait for others only while earlier
                     # batches are in flight (their acknowledgement wakes us), so under load
                     # they travel together, and a backlog goes out in full batches.
-                    if (not self._in_flight or full or len(events) >= cfg.batch_max_events
+                    if (not self._in_flight or full or cut or len(events) >= cfg.batch_max_events
                             or now - waiting_since >= cfg.batch_max_delay):
                         sent = await self._publish(topic, events)
                         if sent:
                             self._in_flight.append((sent, time.monotonic()))
-                            next_seq = sent + 1
+                            next_seq, cut, failed = sent + 1, sent < events[-1].seq, 0
+                        else:
+                            failed += 1
+                            # A fault that repeats (a broker ACL refusing us) gets a growing pause,
+                            # so it floods neither the log nor the broker.
+                            retry_at = time.monotonic() + min(RETRY_MAX, RETRY_MIN * 2 ** min(failed - 1, 16))
                         waiting_since = None
                         continue
                     timeout = cfg.batch_max_delay - (now - waiting_since)
@@ -121,10 +141,11 @@ class Uplink:
                     waiting_since = None
             if self._in_flight:
                 timeout = min(timeout, max(0.0, self._in_flight[0][1] + cfg.ack_timeout - now))
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout=max(timeout, 0.01))
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when a cancellation
+            # meets a wake-up in one turn of the loop, and the uplink would outlive its stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(timeout, 0.01)):
+                    await self.wake.wait()
 
     async def _publish(self, topic: str, events: list[Event]) -> int:
         """Sign and publish ``events`` (or as many of them as fit one message); the last seq sent, or 0."""
@@ -136,11 +157,9 @@ class Uplink:
         try:
             await self.link.publish(topic, payload)
         except MqttError as error:
-            # A fault that repeats (a broker ACL refusing us) is a warning once, then quiet
-            # with a growing pause, so it neither floods the log nor the broker.
+            # Logged as a warning once, then quietly until a publish goes through.
             log = logger.warning if self._failures == 0 else logger.debug
             log("batch seq=%d..%d not published: %s", events[0].seq, events[-1].seq, error)
-            await asyncio.sleep(min(RETRY_MAX, RETRY_MIN * 2**self._failures))
             self._failures += 1
             return 0
         if self._failures:

@@ -20,6 +20,7 @@ from paho.mqtt.client import MQTTv5
 from agent.config import UplinkConfig
 from agent.downlink import Downlink
 from agent.mqtt import MqttLink
+from agent import uplink as uplink_module
 from agent.uplink import Uplink
 from provisioning import jws, protocol
 from provisioning.identity import load_key
@@ -269,7 +270,7 @@ async def uplink_running(stack, central: Central, key: Ed25519PrivateKey, journa
                                 topic_prefix=PREFIX)
             tasks = [asyncio.create_task(uplink.run()), asyncio.create_task(downlink.run(link))]
             try:
-                yield Recorder(store, uplink)
+                yield Recorder(store, uplink, tasks[0])
             finally:
                 for task in tasks:
                     task.cancel()
@@ -286,6 +287,7 @@ class Recorder:
 
     store: Store
     uplink: Uplink
+    task: asyncio.Task  # the uplink's
 
     async def record(self, count: int = 1, *, size: int = 0) -> None:
         """``count`` misreads, each in its own commit, the uplink woken after each."""
@@ -447,11 +449,26 @@ def test_after_a_reconnection_the_uplink_sends_again_from_the_first_unacknowledg
         async with asyncio.timeout(20):
             while link.generation == before or not link.connected.is_set():
                 await asyncio.sleep(0.05)
-        await box.record()  # a scan after the reconnection wakes the uplink, if nothing else has
+        # No scan, no acknowledgement, and ack_timeout far off: the new connection itself sends them.
         batches = await asyncio.to_thread(central.wait_for, 2, "everything unacknowledged, again")
-        assert batches[0] == [1] and batches[1][:2] == [1, 2]
+        assert batches[:2] == [[1], [1, 2]]
 
     run_uplink(stack, tmp_path, "shop-reconnect", test)
+
+
+def test_a_stop_ends_the_uplink_also_when_it_comes_with_a_wake_up(stack, tmp_path):
+    """The daemon stops the uplink by cancelling it; an acknowledgement or a scan that wakes it in the same turn of
+    the loop must not make it wait out ack_timeout (600 s here) instead."""
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        await asyncio.sleep(0.5)  # the uplink is back waiting for a wake-up: batch 1 is in flight
+        box.uplink.wake.set()
+        box.task.cancel()
+        done, _ = await asyncio.wait([box.task], timeout=10)
+        assert done and box.task.cancelled(), "the uplink outlived its stop"
+
+    run_uplink(stack, tmp_path, "shop-stop", test)
 
 
 def test_a_batch_over_the_protocol_limit_goes_in_halves_that_fit(stack, tmp_path):
@@ -465,9 +482,8 @@ def test_a_batch_over_the_protocol_limit_goes_in_halves_that_fit(stack, tmp_path
                                      sent_at=time.time())) > protocol.MAX_TOKEN_BYTES
 
     async def test(central, box):
-        assert await asyncio.to_thread(central.wait_for, 1, "the first half") == [list(range(1, 251))]
-        central.acknowledge(250)
-        batches = await asyncio.to_thread(central.wait_for, 2, "the second half")
+        # The second half goes at once, as a full batch would: it waits for no acknowledgement.
+        batches = await asyncio.to_thread(central.wait_for, 2, "both halves")
         assert batches == [list(range(1, 251)), list(range(251, 501))]
         assert all(len(token) <= protocol.MAX_TOKEN_BYTES for token in central.tokens())
 
@@ -499,3 +515,21 @@ def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(
         await box.wait_acked(1)
 
     run_uplink(stack, tmp_path, "shop-refused", test)
+
+
+def test_a_new_connection_publishes_at_once_whatever_pause_refusals_on_the_last_one_had_set(stack, tmp_path, caplog,
+                                                                                            monkeypatch):
+    """After a refusal the uplink pauses before it tries again (30 s here); a new connection ends the pause."""
+    monkeypatch.setattr(uplink_module, "RETRY_MIN", 30.0)
+    stack.stop_broker()
+    stack.start_broker(acl=REFUSING)
+
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(wait_until, lambda: "not published: broker refused" in caplog.text, 20, "the refusal")
+        broker_acl(stack, "topic readwrite counterbox/#\n")
+        await asyncio.to_thread(connect_as, stack, central.device)  # the broker drops the uplink's connection
+        assert await asyncio.to_thread(central.wait_for, 1, "the batch, on the new connection") == [[1]]
+        assert caplog.text.count("not published") == 1
+
+    run_uplink(stack, tmp_path, "shop-paused", test)
