@@ -273,7 +273,11 @@ class MqttLink:
             self._drop(client)
             if self.connected.is_set():
                 self.connected.clear()
-                attempt, warned = 0, False
+                # Only a connection that lasted starts the backoff again: one the broker ends right after
+                # its CONNACK (another client with this id, a refusal that costs the connection) is a
+                # failed attempt, or two clients would take the id from each other many times a second.
+                if self._loop.time() - self.connected_at >= self.backoff.most:
+                    attempt, warned = 0, False
             self._fail_waiting(NotConnected(f"connection lost: {reason}"))
             # A broker that stays away is logged once, not at every attempt.
             (logger.debug if warned else logger.warning)(
@@ -301,7 +305,10 @@ class MqttLink:
         self.connected_at = self._loop.time()
         self.connected.set()
         for listener in list(self.on_connect):
-            listener()
+            try:
+                listener()
+            except Exception:  # one listener's fault is its own: the connection and the others go on
+                logger.exception("on_connect listener %r failed", listener)
 
     def _on_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
         topic = self._subscribing.pop(mid, "?")

@@ -218,7 +218,7 @@ class BrokerAdmin:
             async with asyncio.timeout(ANSWER_TIMEOUT):
                 answers = await asyncio.gather(*futures)
         except (MqttError, TimeoutError) as error:
-            raise CentralError(f"the broker's access control did not answer: {error or 'timed out'}") from None
+            raise CentralError(f"the broker's access control did not answer: {str(error) or 'timed out'}") from None
         for command, answer in zip(commands, answers):
             if answer.get("error") and answer["error"] not in _FINE:
                 raise CentralError(f"the broker refused {command['command']}: {answer['error']}")
