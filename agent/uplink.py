@@ -54,11 +54,12 @@ class Uplink:
     async def run(self) -> None:
         self._acked = await self.store.read(lambda journal: journal.acked_seq())
         # A new connection wakes the uplink: what was in flight on the last one is sent again at once.
-        self.link.on_connect.append(self.wake.set)
+        listener = self.wake.set
+        self.link.on_connect.append(listener)
         try:
             await self._send()
         finally:
-            self.link.on_connect.remove(self.wake.set)
+            self.link.on_connect.remove(listener)
 
     async def acknowledged(self, token: bytes) -> None:
         """Central's acknowledgement, as the downlink received it on this device's ack topic."""
@@ -93,7 +94,7 @@ class Uplink:
         generation = -1
         next_seq = self._acked + 1
         waiting_since: float | None = None
-        retry_at = 0.0  # after a failed publish: no other before this time (the loop's monotonic clock)
+        retry_at = 0.0  # after a failed publish: no other before this time (time.monotonic())
         cut = False  # the last batch was cut to fit one message: the rest is as good as a full batch
         failed = 0  # publishes failed in a row on this connection
         while True:
@@ -127,8 +128,9 @@ class Uplink:
                             or now - waiting_since >= cfg.batch_max_delay):
                         sent = await self._publish(topic, events)
                         if sent:
-                            self._in_flight.append((sent, time.monotonic()))
-                            next_seq, cut, failed = sent + 1, sent < events[-1].seq, 0
+                            if sent > self._acked:  # else acknowledged while it was signed and published
+                                self._in_flight.append((sent, time.monotonic()))
+                            next_seq, cut, failed = max(sent, self._acked) + 1, sent < events[-1].seq, 0
                         else:
                             failed += 1
                             # A fault that repeats (a broker ACL refusing us) gets a growing pause,

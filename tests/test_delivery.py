@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import signal
 import threading
@@ -501,12 +502,17 @@ def broker_acl(stack, acl: str) -> None:
 
 
 def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(stack, tmp_path, caplog):
+    """After a pause that doubles from 0.5 s: refusals neither flood the broker nor the log."""
+    caplog.set_level(logging.DEBUG, logger="agent.uplink")
     stack.stop_broker()
     stack.start_broker(acl=REFUSING)
 
     async def test(central, box):
         await box.record()
         await asyncio.to_thread(wait_until, lambda: "not published: broker refused" in caplog.text, 20, "the refusal")
+        await asyncio.sleep(2.0)
+        assert caplog.text.count("not published") <= 4  # at 0, 0.5 and 1.5 s after the first (later under load)
+        assert [r.levelname for r in caplog.records if "not published" in r.message][0] == "WARNING"
         generation = box.uplink.link.generation
         broker_acl(stack, "topic readwrite counterbox/#\n")
         assert await asyncio.to_thread(central.wait_for, 1, "the batch, published again") == [[1]]
@@ -521,6 +527,7 @@ def test_a_new_connection_publishes_at_once_whatever_pause_refusals_on_the_last_
                                                                                             monkeypatch):
     """After a refusal the uplink pauses before it tries again (30 s here); a new connection ends the pause."""
     monkeypatch.setattr(uplink_module, "RETRY_MIN", 30.0)
+    caplog.set_level(logging.DEBUG, logger="agent.uplink")
     stack.stop_broker()
     stack.start_broker(acl=REFUSING)
 

@@ -1,0 +1,30 @@
+"""The MQTT link (agent/mqtt.py): its backoff, against the test's broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.mqtt import Backoff, MqttLink
+
+
+def test_the_backoff_doubles_up_to_its_most_each_delay_drawn_from_the_upper_half():
+    backoff = Backoff(first=0.1, most=2.0)
+    for attempt, ceiling in [(0, 0.1), (1, 0.2), (3, 0.8), (4, 1.6), (5, 2.0), (10_000, 2.0)]:
+        delays = [backoff.delay(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays), (attempt, min(delays), max(delays))
+        assert max(delays) - min(delays) > ceiling / 10, "no jitter"
+
+
+def test_two_links_with_one_client_id_back_off_rather_than_take_it_from_each_other_without_end(stack):
+    """The broker ends a client id's older connection at each new one. A connection lost that soon after its
+    CONNACK is a failed attempt, so the backoff grows (0.1, 0.2, 0.4 ... s), rather than starting again at
+    0.1 s and costing both a connection ten times a second (some 40 each in 4 s)."""
+    async def main() -> list[int]:
+        links = [MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-twin") for _ in range(2)]
+        async with links[0], links[1]:
+            await asyncio.sleep(4.0)
+            return [link.generation for link in links]
+
+    generations = asyncio.run(main())
+    assert all(generations), generations
+    assert sum(generations) <= 16, generations
