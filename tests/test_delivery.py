@@ -501,15 +501,25 @@ def broker_acl(stack, acl: str) -> None:
     stack.broker.send_signal(signal.SIGHUP)
 
 
-def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(stack, tmp_path, caplog):
-    """After a pause that doubles from 0.5 s: refusals neither flood the broker nor the log."""
+def refusing_broker(stack, caplog) -> None:
+    """The broker restarted refusing every batch; the uplink's lines, debug ones too, in ``caplog``."""
     caplog.set_level(logging.DEBUG, logger="agent.uplink")
     stack.stop_broker()
     stack.start_broker(acl=REFUSING)
 
+
+async def first_refusal(box, caplog) -> None:
+    """A scan recorded, and its batch refused by the broker."""
+    await box.record()
+    await asyncio.to_thread(wait_until, lambda: "not published: broker refused" in caplog.text, 20, "the refusal")
+
+
+def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(stack, tmp_path, caplog):
+    """After a pause that doubles from 0.5 s: refusals neither flood the broker nor the log."""
+    refusing_broker(stack, caplog)
+
     async def test(central, box):
-        await box.record()
-        await asyncio.to_thread(wait_until, lambda: "not published: broker refused" in caplog.text, 20, "the refusal")
+        await first_refusal(box, caplog)
         await asyncio.sleep(2.0)
         assert caplog.text.count("not published") <= 4  # at 0, 0.5 and 1.5 s after the first (later under load)
         assert [r.levelname for r in caplog.records if "not published" in r.message][0] == "WARNING"
@@ -527,13 +537,10 @@ def test_a_new_connection_publishes_at_once_whatever_pause_refusals_on_the_last_
                                                                                             monkeypatch):
     """After a refusal the uplink pauses before it tries again (30 s here); a new connection ends the pause."""
     monkeypatch.setattr(uplink_module, "RETRY_MIN", 30.0)
-    caplog.set_level(logging.DEBUG, logger="agent.uplink")
-    stack.stop_broker()
-    stack.start_broker(acl=REFUSING)
+    refusing_broker(stack, caplog)
 
     async def test(central, box):
-        await box.record()
-        await asyncio.to_thread(wait_until, lambda: "not published: broker refused" in caplog.text, 20, "the refusal")
+        await first_refusal(box, caplog)
         broker_acl(stack, "topic readwrite counterbox/#\n")
         await asyncio.to_thread(connect_as, stack, central.device)  # the broker drops the uplink's connection
         assert await asyncio.to_thread(central.wait_for, 1, "the batch, on the new connection") == [[1]]
