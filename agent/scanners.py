@@ -261,15 +261,8 @@ class Scanners:
             try:
                 async for batch in source.batches():
                     last_event = loop.time()
-                    for event in batch:
-                        result = decoder.feed(event)
-                        if result is not None:
-                            await handle(result)
-                        if decoder.resync_pending:
-                            held = source.held_keys()
-                            decoder.resync(held if held is not None else frozenset())
-                            logger.warning("scanner %s: the kernel dropped events; key state %s", path,
-                                           "read from the device" if held is not None else "reset (the source cannot be asked)")
+                    for result in decoder.feed_all(batch, held_keys=source.held_keys):
+                        await handle(result)
                     if idle is None and decoder.pending:
                         idle = loop.call_later(decoder.idle_after, on_idle)
                     # Between batches, never inside one: events taken from the kernel and not yet

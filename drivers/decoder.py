@@ -27,17 +27,29 @@ and what this decoder does about it:
     for event in events:
         result = decoder.feed(event)   # None, a Scan, or NotABarcode with the reason
     decoder.idle(time.time())          # when no event came for ``idle_after`` seconds
+
+A reader hands over what one read of the device returned, as the kernel's own
+records, and gets back what they ended; after a drop the decoder asks the
+device which keys are down (EVIOCGKEY) itself:
+
+    results = decoder.feed_all(records(data), held_keys=source.held_keys)
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from evdev import InputEvent, ecodes
 
+from .input_event import Record
 from .keymap import Keymap, load_keymap
 
+logger = logging.getLogger(__name__)
+
 KEY_UP, KEY_DOWN = 0, 1
+_EV_SYN, _EV_KEY, _SYN_REPORT = ecodes.EV_SYN, ecodes.EV_KEY, ecodes.SYN_REPORT
 
 DROPPED = "the kernel dropped events (SYN_DROPPED) inside this scan"
 STARTED_UNSEEN = "the scan had begun before the scanner was opened"
@@ -141,14 +153,42 @@ class Decoder:
         self._broken_start(STARTED_UNSEEN, at, last=at)
 
     def feed(self, event: InputEvent) -> Scan | NotABarcode | None:
-        if event.type != ecodes.EV_KEY:
-            if event.type == ecodes.EV_SYN:
-                return self._syn(event.code, event.timestamp())
-            return None  # EV_MSC scan codes, LEDs, ...: the key events say it all
-        if self._dropping or event.value not in (KEY_UP, KEY_DOWN):
-            return None
-        code, down = event.code, event.value == KEY_DOWN
-        t = event.timestamp()
+        """One event; after a drop, ``resync_pending`` says the caller is to ``resync`` before the next."""
+        results = self.feed_all([(event.sec, event.usec, event.type, event.code, event.value)])
+        return results[0] if results else None
+
+    def feed_all(self, records: Iterable[Record], *,
+                 held_keys: Callable[[], frozenset[int] | None] | None = None) -> list[Scan | NotABarcode]:
+        """Feed ``records`` in order; what they ended, in order.
+
+        ``held_keys`` asks the device which keys are down (EVIOCGKEY; None where it cannot say):
+        the decoder takes its key state from it as soon as a drop is over. Without it,
+        ``resync_pending`` is left for the caller (one event at a time, as ``feed``).
+        """
+        results = []
+        # The scan path: a scan is some 80 records, most of them SYN_REPORTs and scan codes that say
+        # nothing a key event does not; they are passed over here without a call.
+        for sec, usec, type_, code, value in records:
+            if type_ == _EV_KEY:
+                if self._dropping or (value != KEY_DOWN and value != KEY_UP):
+                    continue
+                result = self._key(code, value == KEY_DOWN, sec + usec / 1000000.0)
+            elif type_ == _EV_SYN:
+                if code == _SYN_REPORT and not self._dropping:
+                    continue
+                result = self._syn(code, sec + usec / 1000000.0)
+                if self.resync_pending and held_keys is not None:
+                    held = held_keys()
+                    self.resync(held if held is not None else frozenset())
+                    logger.warning("scanner %s: the kernel dropped events; key state %s", self.source,
+                                   "read from the device" if held is not None else "reset (the source cannot be asked)")
+            else:
+                continue  # EV_MSC scan codes, LEDs, ...: the key events say it all
+            if result is not None:
+                results.append(result)
+        return results
+
+    def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
         # A pause ends a broken scan: what follows is a new burst, seen from its start.
         ended = self._pause(t) if down else None
         if self._state.is_modifier(code):

@@ -8,7 +8,11 @@
     };
 
 Events are represented by python-evdev's own ``InputEvent`` so that a recorded
-stream, a FIFO and a real device all yield the same objects.
+stream, a FIFO and a real device all yield the same objects; the scanner's read
+path takes them as plain records, the struct's own fields in its order,
+without an object apiece:
+
+    records(data)   # [(sec, usec, type, code, value), ...]
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from collections.abc import Iterable, Iterator
 
 from evdev import InputEvent, ecodes
 
-__all__ = ["EVENT_SIZE", "InputEvent", "ecodes", "pack", "pack_all", "unpack"]
+__all__ = ["EVENT_SIZE", "InputEvent", "Record", "ecodes", "pack", "pack_all", "records", "unpack"]
 
 # Native layout: the same as the running kernel writes (24 bytes on 64-bit).
 _STRUCT = struct.Struct("@llHHi")
 EVENT_SIZE = _STRUCT.size
+
+Record = tuple[int, int, int, int, int]  # (sec, usec, type, code, value)
 
 
 def pack(event: InputEvent) -> bytes:
@@ -33,9 +39,12 @@ def pack_all(events: Iterable[InputEvent]) -> bytes:
     return b"".join(pack(e) for e in events)
 
 
+def records(buffer: bytes | bytearray | memoryview) -> list[Record]:
+    """The whole records in ``buffer``; a trailing partial record is the caller's to keep."""
+    return list(_STRUCT.iter_unpack(memoryview(buffer)[: len(buffer) - len(buffer) % EVENT_SIZE]))
+
+
 def unpack(buffer: bytes | bytearray | memoryview) -> Iterator[InputEvent]:
-    """Yield the whole records in ``buffer``; a trailing partial record is the caller's to keep."""
-    for sec, usec, type_, code, value in _STRUCT.iter_unpack(
-        memoryview(buffer)[: len(buffer) - len(buffer) % EVENT_SIZE]
-    ):
+    """The whole records in ``buffer`` as events; a trailing partial record is the caller's to keep."""
+    for sec, usec, type_, code, value in records(buffer):
         yield InputEvent(sec, usec, type_, code, value)

@@ -8,6 +8,7 @@ key codes, whatever Num Lock says, and a person's pace is its normal pace:
     keypad = Keypad("/dev/input/event5")
     for event in events:
         result = keypad.feed(event)    # None, a Keypress("7"), or NotABarcode after a drop
+    keypad.feed_all(records)           # a read's records at once: the scanner manager's way
 
 Keys: ``0``-``9`` and ``.`` (the keypad's, or the main row's), ``*``, ``/``,
 ``-``, ``+``, ``enter``, and ``cancel`` (Backspace, Delete or Escape). What
@@ -21,11 +22,13 @@ It offers the decoder's interface (``opened``, ``idle``, ``pending``,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from evdev import InputEvent, ecodes
 
 from .decoder import DROPPED, KEY_DOWN, NotABarcode
+from .input_event import Record
 
 KEYS: dict[int, str] = {
     **{getattr(ecodes, f"KEY_KP{n}"): str(n) for n in range(10)},
@@ -59,17 +62,26 @@ class Keypad:
         """Nothing to refuse: a key pressed before the keypad was opened is one key, seen whole or not at all."""
 
     def feed(self, event: InputEvent) -> Keypress | NotABarcode | None:
-        if event.type == ecodes.EV_SYN:
-            if event.code == ecodes.SYN_DROPPED:
-                self._dropping = True
-                return NotABarcode("", self.source, DROPPED)
-            if event.code == ecodes.SYN_REPORT:
-                self._dropping = False
-            return None
-        if event.type != ecodes.EV_KEY or event.value != KEY_DOWN or self._dropping:
-            return None  # key-ups, autorepeat, what came with a drop
-        key = KEYS.get(event.code)
-        return Keypress(key, self.source, event.timestamp()) if key else None
+        results = self.feed_all([(event.sec, event.usec, event.type, event.code, event.value)])
+        return results[0] if results else None
+
+    def feed_all(self, records: Iterable[Record], *,
+                 held_keys: Callable[[], frozenset[int] | None] | None = None) -> list[Keypress | NotABarcode]:
+        """Feed ``records`` in order; the keys they pressed, in order (``held_keys``: unused, a key has no state)."""
+        results: list[Keypress | NotABarcode] = []
+        for sec, usec, type_, code, value in records:
+            if type_ == ecodes.EV_SYN:
+                if code == ecodes.SYN_DROPPED:
+                    self._dropping = True
+                    results.append(NotABarcode("", self.source, DROPPED))
+                elif code == ecodes.SYN_REPORT:
+                    self._dropping = False
+            elif type_ == ecodes.EV_KEY and value == KEY_DOWN and not self._dropping:
+                key = KEYS.get(code)
+                if key:
+                    results.append(Keypress(key, self.source, sec + usec / 1000000.0))
+            # else key-ups, autorepeat, what came with a drop
+        return results
 
     def idle(self, now: float) -> None:
         return None

@@ -14,6 +14,9 @@ One code path for every kind of source, so tests exercise what the device does:
         async for event in source.events():
             ...
         source.held_keys()   # EVIOCGKEY, after the kernel dropped events
+
+The scanner manager reads ``source.batches()``: each read's records as the
+kernel's own tuples (``input_event.records``), the way the decoder takes them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .errors import ScannerError, ScannerGone
-from .input_event import EVENT_SIZE, InputEvent, unpack
+from .input_event import EVENT_SIZE, InputEvent, Record, records
 
 logger = logging.getLogger(__name__)
 
@@ -75,28 +78,37 @@ class Source:
     async def events(self) -> AsyncIterator[InputEvent]:
         """Yield events until the source ends (a recording) or goes away (ScannerGone)."""
         async for batch in self.batches():
-            for event in batch:
-                yield event
+            for record in batch:
+                yield InputEvent(*record)
 
-    async def batches(self) -> AsyncIterator[list[InputEvent]]:
-        """Yield the events of each read, in order, as the kernel handed them over together."""
+    async def batches(self) -> AsyncIterator[list[Record]]:
+        """Yield the records of each read, in order, as the kernel handed them over together."""
         pending = b""
         try:
             if self.kind == "file":
                 # A few hundred events at a time: decoding more in one go would hold the loop too long.
                 while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE):
-                    records, pending = _split(pending + chunk)
-                    yield list(unpack(records))
+                    whole, pending = _split(pending + chunk)
+                    yield records(whole)
                 return
             loop = asyncio.get_running_loop()
             readable = asyncio.Event()
-            loop.add_reader(self.fd, readable.set)
+
+            def ready() -> None:
+                # Watched only while waiting to read: left on while the batch is with the consumer
+                # (held back by a store that stalls), the keys waiting would wake the loop at
+                # every turn, and it would spin.
+                loop.remove_reader(self.fd)
+                readable.set()
+
             # A FIFO's path is checked now and then (a device says ENODEV itself); one repeating timer
             # rather than a timeout per read, which would cost a task and a timer per key.
             ticks = _Ticker(loop, GONE_CHECK, readable.set) if self.kind == "fifo" else None
             try:
                 while True:
-                    await readable.wait()
+                    if not readable.is_set():
+                        loop.add_reader(self.fd, ready)
+                        await readable.wait()
                     readable.clear()
                     try:
                         chunk = os.read(self.fd, _READ_SIZE)
@@ -109,9 +121,9 @@ class Source:
                         raise
                     if not chunk:
                         return
-                    records, pending = _split(pending + chunk)
-                    if records:
-                        yield list(unpack(records))
+                    whole, pending = _split(pending + chunk)
+                    if whole:
+                        yield records(whole)
             finally:
                 loop.remove_reader(self.fd)
                 if ticks is not None:

@@ -57,6 +57,36 @@ def test_random_streams_never_crash_and_yield_only_clean_text(stream, layout):
             assert result.slowest_key <= 0.05
 
 
+@settings(max_examples=examples(300), deadline=None)
+@given(streams, layouts, st.lists(st.integers(1, 40), min_size=1, max_size=8), st.sampled_from([
+    frozenset(), frozenset({e.KEY_LEFTSHIFT}), frozenset({e.KEY_RIGHTALT, e.KEY_5}), None]))
+def test_a_read_at_a_time_decodes_as_one_event_at_a_time(stream, layout, reads, held):
+    """The scanner manager hands the decoder each read's records together, as the kernel returned
+    them: however the stream is cut into reads, the results are those of one event at a time,
+    the key state after a drop taken from the device at the same point."""
+    t, records = 1_764_000_000.0, []
+    for (type_, code, value), gap in stream:
+        t += gap
+        records.append((int(t), int((t % 1) * 1e6), type_, code, value))
+    single = Decoder("dev", DecoderSettings(layout=layout))
+    one_by_one = []
+    for record in records:
+        result = single.feed(InputEvent(*record))
+        if single.resync_pending:
+            single.resync(held if held is not None else frozenset())
+        if result is not None:
+            one_by_one.append(result)
+    batched, decoder, at = [], Decoder("dev", DecoderSettings(layout=layout)), 0
+    for read in range(len(records)):
+        if at >= len(records):
+            break
+        size = reads[read % len(reads)]
+        batched += decoder.feed_all(records[at:at + size], held_keys=lambda: held)
+        at += size
+    assert batched == one_by_one
+    assert not decoder.resync_pending
+
+
 def _ean(body: str, *, valid: bool = True) -> str:
     check = gs1_check_digit(body)
     return body + str(check if valid else (check + 1) % 10)

@@ -424,18 +424,22 @@ def test_a_store_that_stalls_holds_reading_back_and_loses_no_scan(machine):
             data = await asyncio.to_thread(lambda: pack_all(restamp(list(unpack(scans(codes))), time.time() + 0.06)))
             writing = asyncio.create_task(write(node, data, stamp=False))
             await until(lambda: waiting >= MAX_UNANSWERED)
+            cpu = time.thread_time()
             await asyncio.sleep(0.3)  # the agent would take more now, if it read on
-            held_at = most_waiting
+            held_at, waiting_cpu = most_waiting, time.thread_time() - cpu
             store_back.set()
             await writing
             await until(lambda: len(recorded) == len(codes))
-            return held_at
+            return held_at, waiting_cpu
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    held_at = asyncio.run(scenario())
+    held_at, waiting_cpu = asyncio.run(scenario())
     # One batch read from the kernel (1,024 events) may finish decoding past the bound.
     assert MAX_UNANSWERED <= held_at < MAX_UNANSWERED + 1024 // 40
     assert recorded == codes
+    # Held back, the agent waits: the keys waiting unread do not keep the event loop turning (which
+    # would take the processor, and the interpreter lock, from the store it waits for).
+    assert waiting_cpu < 0.1, f"the event loop spun for {waiting_cpu:.2f} s of processor time in a 0.3 s wait"
