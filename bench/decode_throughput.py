@@ -5,7 +5,8 @@ scanner types them: MSC_SCAN, key down, SYN, MSC_SCAN, key up, SYN per key).
 
 - baseline: a loop that only unpacks the bytes into (sec, usec, type, code, value) tuples;
 - driver path: the agent's reader (as for a recording file), its decoder (the built-in US layout,
-  per-device state, timing check) and the barcode check, as the daemon runs them.
+  per-device state, timing check) fed a read's records at a time, and the barcode check, as the
+  daemon runs them.
 
     .venv/bin/python bench/decode_throughput.py [--scans 20000]
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from drivers.barcode import classify, gs1_check_digit  # noqa: E402
 from drivers.decoder import Decoder, Scan  # noqa: E402
 from drivers.input_event import pack_all  # noqa: E402
-from drivers.reader import read_events  # noqa: E402
+from drivers.reader import open_source  # noqa: E402
 from drivers.recording import type_text  # noqa: E402
 
 
@@ -49,10 +50,11 @@ def bare(data: bytes) -> int:
 async def driver_path(path: str) -> int:
     decoder = Decoder(path)
     barcodes = 0
-    async for event in read_events(path):
-        result = decoder.feed(event)
-        if isinstance(result, Scan) and classify(result.text, result.aim).valid:
-            barcodes += 1
+    async with open_source(path) as source:
+        async for batch in source.batches():
+            for result in decoder.feed_all(batch, held_keys=source.held_keys):
+                if isinstance(result, Scan) and classify(result.text, result.aim).valid:
+                    barcodes += 1
     return barcodes
 
 
