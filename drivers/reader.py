@@ -70,10 +70,15 @@ class Source:
         return bool(select.select([self.fd], [], [], 0)[0])
 
     def held_keys(self) -> frozenset[int] | None:
-        """The keys down now, from the device itself (EVIOCGKEY); None where the source cannot say."""
+        """The keys down now, from the device itself (EVIOCGKEY); None where the source cannot say:
+        not a device, or one that cannot answer (unplugged: its next read says so, and the scans
+        already decoded from this read are kept)."""
         if self.device is None:
             return None
-        return frozenset(self.device.active_keys())
+        try:
+            return frozenset(self.device.active_keys())
+        except OSError:
+            return None
 
     async def events(self) -> AsyncIterator[InputEvent]:
         """Yield events until the source ends (a recording) or goes away (ScannerGone)."""

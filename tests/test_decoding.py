@@ -245,6 +245,20 @@ def test_after_syn_dropped_the_shift_state_comes_from_the_device():
     assert texts([r for r in results if r]) == ["A"]
 
 
+@pytest.mark.parametrize("held, typed", [(frozenset(), "1"), (frozenset({e.KEY_LEFTSHIFT}), "!")])
+def test_a_read_that_holds_a_drop_takes_the_key_state_from_the_device_before_what_follows(held, typed):
+    """The scanner manager hands over a whole read at once: the decoder asks the device which keys
+    are down as the drop ends, and decodes the rest of the read with that state."""
+    # Shift's key-up, as far as the decoder saw; then a drop (the Enter after it ends the broken scan).
+    keys = (Keys().down(e.KEY_LEFTSHIFT).up(e.KEY_LEFTSHIFT).raw(e.EV_SYN, e.SYN_DROPPED, 0)
+            .raw(e.EV_SYN, e.SYN_REPORT, 0).enter().pause(0.3).tap(e.KEY_1).enter())
+    asked = []
+    results = Decoder("dev").feed_all([(ev.sec, ev.usec, ev.type, ev.code, ev.value) for ev in keys.events],
+                                      held_keys=lambda: asked.append(True) or held)
+    assert asked == [True]
+    assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", ""), ("Scan", typed)]
+
+
 def test_a_person_typing_is_not_a_barcode(tmp_path):
     keys = Keys(interval=0.180).digits("6901028075831").enter()
     results = decode(keys.bytes(), tmp_path)

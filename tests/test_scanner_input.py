@@ -127,3 +127,24 @@ def test_two_decoders_never_mix_interleaved_events():
             if scan:
                 out.append((scan.source, scan.text))
     assert sorted(out) == [("a", "111"), ("b", "222")]
+
+
+def test_a_scan_decoded_before_a_drop_is_kept_when_the_device_is_gone_as_it_is_asked_for_its_keys():
+    """EVIOCGKEY on a device the kernel has just removed fails (ENODEV): the reader says it cannot
+    tell, the decoder starts from no keys down, and the scan the same read finished first is kept;
+    the next read says the scanner is gone."""
+    import errno
+
+    from drivers.reader import Source
+
+    class Removed:  # python-evdev's InputDevice, once the kernel has taken the device away
+        def active_keys(self):
+            raise OSError(errno.ENODEV, "No such device")
+
+    source = Source("/dev/input/event3", "evdev", -1, device=Removed())
+    assert source.held_keys() is None
+    events = type_text("4006381333931", start=time.time()) + [
+        InputEvent(0, 0, ecodes.EV_SYN, ecodes.SYN_DROPPED, 0), InputEvent(0, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)]
+    results = Decoder("/dev/input/event3").feed_all([(ev.sec, ev.usec, ev.type, ev.code, ev.value) for ev in events],
+                                                   held_keys=source.held_keys)
+    assert [r.text for r in results] == ["4006381333931"]
