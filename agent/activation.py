@@ -93,9 +93,8 @@ class Activator:
                             self.device_id)
             except MqttError as error:
                 logger.warning("hello not published: %s", error)
-            deadline = time.monotonic() + HELLO_INTERVAL
-            while link.generation == generation and time.monotonic() < deadline:
-                await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            # Said again every HELLO_INTERVAL, and at once on a new connection.
+            await link.next_connection(generation, within=HELLO_INTERVAL)
 
     async def _receive(self, link: MqttLink) -> None:
         code_topic = activation.topic(self.topic_prefix, self.device_id, "code")

@@ -217,6 +217,22 @@ class MqttLink:
 
     # -- what the rest of counterbox sees ---------------------------------------
 
+    async def next_connection(self, generation: int, *, within: float) -> bool:
+        """Wait for a connection newer than ``generation``: True once it is up, False after ``within``
+        seconds without one. For who says something on each connection and repeats it meanwhile."""
+        if self.generation != generation:
+            return True
+        arrived = asyncio.Event()
+        self.on_connect.append(arrived.set)
+        try:
+            async with asyncio.timeout(within):
+                await arrived.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.on_connect.remove(arrived.set)
+
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish and wait for the broker's PUBACK; raise NotConnected or PublishRefused."""
         info = self._send(topic, payload, qos, retain)

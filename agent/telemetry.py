@@ -71,10 +71,11 @@ class Telemetry:
             except MqttError as error:
                 logger.warning("status not published: %s", error)
             # The next report when the interval is up (as it is now: settings pushed by operations may
-            # change it meanwhile), or at once after a reconnection.
+            # change it meanwhile, so it is looked at every second), or at once on a new connection.
             sent = time.monotonic()
-            while link.generation == generation and time.monotonic() < sent + self.interval:
-                await asyncio.sleep(min(1.0, max(0.0, sent + self.interval - time.monotonic())))
+            while time.monotonic() < sent + self.interval:
+                if await link.next_connection(generation, within=min(1.0, max(0.0, sent + self.interval - time.monotonic()))):
+                    break
 
     async def _online(self) -> bytes:
         last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))

@@ -28,3 +28,24 @@ def test_two_links_with_one_client_id_back_off_rather_than_take_it_from_each_oth
     generations = asyncio.run(main())
     assert all(generations), generations
     assert sum(generations) <= 16, generations
+
+
+def test_next_connection_answers_at_a_new_connection_and_not_before(stack):
+    """What a box says on each connection (its status, its hello) goes out as the connection comes
+    back, not at its next look."""
+    async def main() -> tuple[bool, bool, int, int]:
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-next",
+                            backoff=Backoff(first=0.1, most=0.5)) as link:
+            await link.connected.wait()
+            first = link.generation
+            quiet = await link.next_connection(first, within=0.3)  # nobody reconnects: it says so
+            waiting = asyncio.create_task(link.next_connection(first, within=60.0))
+            await asyncio.to_thread(stack.stop_broker)
+            await asyncio.to_thread(stack.start_broker)
+            came_back = await waiting
+            return quiet, came_back, link.generation - first, len(link.on_connect)
+
+    quiet, came_back, new_connections, listeners = asyncio.run(main())
+    assert (quiet, came_back) == (False, True)
+    assert new_connections >= 1
+    assert listeners == 0  # the waits leave nothing behind
