@@ -129,7 +129,7 @@ class Decoder:
         # A scan not seen whole: why (None: none), what it typed, the last key-down in it.
         self._broken: str | None = None
         self._broken_text: list[str] = []
-        self._broken_keys = 0
+        self._broken_typed = False  # a key was pressed in it: refused as a scan (else nothing to say)
         self._broken_last: float | None = None  # None: the next key belongs to it, whenever it comes
         self._broken_since = 0.0
         self._broken_quiet = 0.0  # with no key in it yet: the quiet (seconds) that ends it
@@ -196,9 +196,8 @@ class Decoder:
             if down and self._broken is not None:
                 self._broken_last = t
             return ended
-        if not down:
+        if not down:  # (only modifiers and locks change the key state: nothing to tell it)
             self._held.discard(code)
-            self._state.update(code, down=False)
             return ended
         if code in self._held and not self.key_down_only:
             self._learn_key_down_only()
@@ -207,7 +206,6 @@ class Decoder:
         char = ""
         if not terminator:
             char = self._state.text(code)
-            self._state.update(code, down=True)
             if self.key_down_only:
                 self._release_modifiers()
             self._mods_since_char.clear()
@@ -215,7 +213,7 @@ class Decoder:
         printable = bool(char) and (char.isprintable() or char == "\x1d")
         if self._broken is not None:
             self._broken_last = t
-            self._broken_keys += 1
+            self._broken_typed = True
             if terminator:
                 return self._end_broken()
             if printable:
@@ -232,13 +230,13 @@ class Decoder:
         if code == ecodes.SYN_DROPPED:
             self._dropping = True
             if self._broken is not None:
-                self._broken = DROPPED
-                self._broken_last = None
+                # Quiet from now on ends it; until then the next key belongs to it, whenever it comes.
+                self._broken, self._broken_since, self._broken_last = DROPPED, t, None
                 return None
             partial = self._take()
             self._broken_start(DROPPED, t, last=None)
             self._broken_text = list(partial)
-            self._broken_keys = len(partial)
+            self._broken_typed = bool(partial)
             return None
         if code == ecodes.SYN_REPORT and self._dropping:
             self._dropping = False
@@ -296,7 +294,7 @@ class Decoder:
     def _broken_start(self, reason: str, t: float, *, last: float | None, quiet: float | None = None) -> None:
         self._broken, self._broken_since, self._broken_last = reason, t, last
         self._broken_quiet = self.settings.max_key_interval if quiet is None else quiet
-        self._broken_text, self._broken_keys = [], 0
+        self._broken_text, self._broken_typed = [], False
 
     def _pause(self, t: float) -> NotABarcode | None:
         if self._broken is not None and self._broken_last is not None and t - self._broken_last > self.settings.max_key_interval:
@@ -304,9 +302,9 @@ class Decoder:
         return None
 
     def _end_broken(self) -> NotABarcode | None:
-        reason, keys, text = self._broken, self._broken_keys, "".join(self._broken_text)
-        self._broken, self._broken_text, self._broken_keys, self._broken_last = None, [], 0, None
-        return NotABarcode(text, self.source, reason) if keys else None
+        reason, typed, text = self._broken, self._broken_typed, "".join(self._broken_text)
+        self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
+        return NotABarcode(text, self.source, reason) if typed else None
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if not self._chars:
@@ -350,7 +348,7 @@ class Decoder:
     def unplugged(self) -> str:
         """The device went away: drop the partial barcode (returned) and all key state."""
         partial = "".join(self._broken_text) + self._take()
-        self._broken, self._broken_text, self._broken_keys, self._broken_last = None, [], 0, None
+        self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
         self._dropping = False
         self.resync(frozenset())
         return partial

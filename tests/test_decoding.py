@@ -395,3 +395,127 @@ def test_a_key_down_only_scanner_s_lock_keys_decode_the_same_with_the_built_in_u
         decoder = Decoder("dev", DecoderSettings(numlock=False), keymap=keymap)
         decoded.append(texts([r for r in map(decoder.feed, keys.events) if r is not None]))
     assert decoded[0] == decoded[1] == [{e.KEY_CAPSLOCK: "11ABCd", e.KEY_NUMLOCK: "11123"}[lock]]
+
+
+def _records(keys: Keys) -> list[tuple[int, int, int, int, int]]:
+    return [(ev.sec, ev.usec, ev.type, ev.code, ev.value) for ev in keys.events]
+
+
+def _said(results) -> list[tuple[str, str, str, str]]:
+    return [(type(r).__name__, r.text, getattr(r, "reason", ""), r.source) for r in results]
+
+
+def test_quiet_after_a_drop_ends_the_broken_scan_counted_from_the_drop():
+    for opened in (False, True):  # a scan seen from its start, and one already broken when opened
+        decoder, keys = Decoder("dev"), Keys()
+        keys.t = T0 + 0.5  # the drop's half second is in its usec
+        if opened:
+            decoder.opened(keys.t)
+            keys.pause(0.04)
+        keys.digits("6901")
+        dropped_at = keys.t
+        keys.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        assert decoder.feed_all(_records(keys)) == []
+        assert decoder.idle(dropped_at + 0.03) is None  # the next key, if it comes now, is still part of it
+        assert _said([decoder.idle(dropped_at + 0.06)]) == [("NotABarcode", "6901", DROPPED, "dev")]
+
+
+def test_a_drop_in_a_scan_already_broken_refuses_it_to_its_end():
+    decoder, keys = Decoder("dev"), Keys()
+    decoder.opened(keys.t)
+    keys.digits("12").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("34").enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "1234", DROPPED, "dev")]
+
+
+def test_only_a_syn_report_ends_what_a_drop_discards():
+    """The kernel's rule: after SYN_DROPPED, every event up to and including the next SYN_REPORT is
+    discarded; another SYN (SYN_MT_REPORT, SYN_CONFIG) ends nothing."""
+    keys = Keys().digits("69").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, 2, 0).raw(e.EV_SYN, 1, 0).digits("1")
+    keys.raw(e.EV_SYN, e.SYN_REPORT, 0).digits("02").enter()
+    assert _said(Decoder("dev").feed_all(_records(keys))) == [("NotABarcode", "6902", DROPPED, "dev")]
+
+
+def test_a_modifier_in_a_scan_not_seen_whole_keeps_it_going_and_a_pause_after_it_ends_it():
+    decoder, keys = Decoder("dev"), Keys()
+    decoder.opened(keys.t)
+    # 'A' comes 60 ms after the '1' but 30 ms after its Shift: the same burst.
+    keys.tap(e.KEY_1).pause(0.026).down(e.KEY_LEFTSHIFT).pause(0.028).tap(e.KEY_A).up(e.KEY_LEFTSHIFT).enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "1A", STARTED_UNSEEN, "dev")]
+
+    decoder, keys = Decoder("dev"), Keys()
+    decoder.opened(keys.t)
+    keys.tap(e.KEY_1).down(e.KEY_LEFTSHIFT).up(e.KEY_LEFTSHIFT).pause(0.3).digits("96385074").enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "1", STARTED_UNSEEN, "dev"),
+                                                      ("Scan", "96385074", "", "dev")]
+
+
+def test_only_the_configured_terminator_ends_a_scan():
+    decoder = Decoder("dev", DecoderSettings(terminators=("kp_enter",)))
+    results = decoder.feed_all(_records(Keys().digits("96385074").tap(e.KEY_KPENTER)))
+    assert texts(results) == ["96385074"]
+
+
+def test_a_scan_ended_by_a_pause_is_stamped_with_its_first_and_last_key():
+    decoder, keys = Decoder("dev", DecoderSettings(terminators=())), Keys()
+    keys.digits("96385074")
+    downs = [ev.timestamp() for ev in keys.events if ev.type == e.EV_KEY and ev.value == 1]
+    assert decoder.feed_all(_records(keys)) == []
+    [scan] = [decoder.idle(downs[-1] + 0.2)]
+    assert (scan.text, scan.started, scan.finished) == ("96385074", downs[0], downs[-1])
+
+
+def test_a_gap_of_exactly_max_key_interval_is_no_pause():
+    """"Slower is a person typing": a key exactly ``max_key_interval`` after the last is still the
+    scanner's (times in sixteenths of a second, so that the sums are exact)."""
+    settings = DecoderSettings(max_key_interval=0.0625, idle_timeout=0.125)
+    sixteenth = Keys(interval=0.0625)  # a key-down every 1/16 s
+
+    assert texts(Decoder("dev", settings).feed_all(_records(sixteenth.digits("96385074").enter()))) == ["96385074"]
+
+    decoder = Decoder("dev", settings)  # held without a terminator: cut off only past idle_timeout
+    keys = Keys(interval=0.0625).digits("9638")
+    assert decoder.feed_all(_records(keys)) == []
+    last = keys.t - 0.0625
+    assert decoder.idle(last + 0.125) is None
+    assert _said([decoder.idle(last + 0.1875)]) == [("NotABarcode", "9638", CUT_OFF, "dev")]
+
+    decoder = Decoder("dev", settings)  # a scan not seen whole goes on at exactly the interval
+    decoder.opened(T0 - 0.0625)
+    keys = Keys(interval=0.0625).digits("12")
+    assert decoder.feed_all(_records(keys)) == []
+    last = keys.t - 0.0625
+    assert decoder.idle(last + 0.0625) is None
+    assert _said([decoder.idle(last + 0.125)]) == [("NotABarcode", "12", STARTED_UNSEEN, "dev")]
+
+    decoder = Decoder("dev", settings)  # and after a drop, quiet of exactly the interval is not yet quiet
+    keys = Keys(interval=0.0625).digits("12")
+    dropped_at = keys.t
+    assert decoder.feed_all(_records(keys.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0))) == []
+    assert decoder.idle(dropped_at + 0.0625) is None
+    assert _said([decoder.idle(dropped_at + 0.125)]) == [("NotABarcode", "12", DROPPED, "dev")]
+
+
+def test_typed_keys_are_refused_with_their_median_and_longest_gap():
+    keys = Keys()
+    for gap in (0.0, 0.010, 0.020, 0.030, 0.200):  # gaps 10, 20, 30 and 200 ms: median 30 (of four, the upper)
+        keys.pause(gap).tap(e.KEY_1)
+        keys.t -= keys.interval
+    [refused] = Decoder("dev").feed_all(_records(keys.enter()))
+    assert (refused.source, refused.reason) == ("dev", "typed, not scanned: 30 ms per key (median), a pause of 200 ms; "
+                                                       "a scanner types faster than 50 ms per key")
+
+
+def test_a_shift_the_device_says_is_down_is_released_by_its_one_key_up():
+    decoder = Decoder("dev")
+    decoder.resync(frozenset({e.KEY_LEFTSHIFT}))  # after a drop: Shift is held
+    keys = Keys().down(e.KEY_LEFTSHIFT).tap(e.KEY_A).up(e.KEY_LEFTSHIFT).tap(e.KEY_A).enter()  # pressed "again"
+    assert texts(decoder.feed_all(_records(keys))) == ["Aa"]
+
+
+def test_a_key_down_only_scanner_s_shift_pressed_since_the_last_character_is_for_the_next():
+    """Noticed at a key pressed again: a Shift pressed after the character before it was meant for this one."""
+    decoder, keys = Decoder("dev"), Keys()
+    for code in (e.KEY_A, e.KEY_LEFTSHIFT, e.KEY_A, e.KEY_LEFTSHIFT, e.KEY_B, e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    assert texts(decoder.feed_all(_records(keys))) == ["aAB"] and decoder.key_down_only
