@@ -519,3 +519,13 @@ def test_a_key_down_only_scanner_s_shift_pressed_since_the_last_character_is_for
         keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
         keys.t += 0.004
     assert texts(decoder.feed_all(_records(keys))) == ["aAB"] and decoder.key_down_only
+
+
+def test_a_layout_s_variant_is_the_one_decoded():
+    decoder = Decoder("dev", DecoderSettings(layout="us", variant="dvorak"))  # Q and W type ' and , in Dvorak
+    assert texts(decoder.feed_all(_records(Keys().tap(e.KEY_Q, e.KEY_W).enter()))) == ["',"]
+
+
+def test_an_unknown_terminator_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match=r"^unknown terminators \['return'\]; known: enter, kp_enter, tab$"):
+        DecoderSettings(terminators=("enter", "return"))
