@@ -91,6 +91,13 @@ def test_a_sealed_body_changed_and_chained_again_is_caught_by_its_seal(journal, 
     assert verify_journal(journal_path, None).ok  # the chain alone cannot tell
     result = verify_journal(journal_path, key)
     assert result.broken.seq == 3 and "fails authentication" in result.broken.reason
+    reopened = Journal.open(journal_path, key)  # the agent's own check says the same
+    try:
+        assert reopened.verify(seals=False).ok
+        result = reopened.verify()
+        assert result.broken.seq == 3 and "fails authentication" in result.broken.reason
+    finally:
+        reopened.close()
 
 
 def test_events_removed_from_the_end_are_caught_when_central_had_acknowledged_them(journal, journal_path):

@@ -84,12 +84,14 @@ def test_a_new_outer_key_rewraps_the_data_keys_and_the_old_one_no_longer_opens_t
     new = os.urandom(32)
     j.rewrap(new)
     j.append("sale", {"code": "3"})  # the open journal goes on with the new outer key
+    j.rotate_key()  # and wraps the keys it adds under it
+    j.append("sale", {"code": "4"})
     assert j._conn.execute("SELECT seq, key_id, sealed, chain FROM events WHERE seq <= 2").fetchall() == events
     j.close()
     with pytest.raises(DataKeyError):
         Journal.open(journal_path, key)
     reopened = Journal.open(journal_path, new)
-    assert [e.body["code"] for e in reopened.read_after(0)] == ["1", "2", "3"]
+    assert [e.body["code"] for e in reopened.read_after(0)] == ["1", "2", "3", "4"]
     reopened.close()
     assert verify_journal(journal_path, new).ok
 
