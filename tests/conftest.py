@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import threading
 import time
@@ -77,6 +78,21 @@ def no_blocking_call_in_the_event_loop(request):
         yield
     if guard.problems:
         pytest.fail("the event loop was blocked: " + "; ".join(guard.problems))
+
+
+@pytest.fixture(autouse=True)
+def a_mutant_that_hangs_a_test_fails_it():
+    """Under mutation testing (mutmut sets MUTANT_UNDER_TEST), a test still running after
+    MUTATION_TEST_TIMEOUT seconds (60) ends the run as failed: a mutant that hangs it is caught.
+    mutmut's own limit is on processor time, which a test waiting for ever never uses up."""
+    if not os.environ.get("MUTANT_UNDER_TEST"):
+        yield
+        return
+    faulthandler.dump_traceback_later(float(os.environ.get("MUTATION_TEST_TIMEOUT", "60")), exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(autouse=True)
