@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.retention import KEPT_LATEST
-from storage import DataKeyError, Journal, JournalError, NoJournal, load_data_key
+from storage import DataKeyError, Journal, JournalError, NoJournal, load_data_key, verify_journal
 from storage.schema import LOOKED_UP, LOOKED_UP_TERM, SCHEMA_VERSION
 
 from .journals import journal_path, key  # noqa: F401 (fixtures)
@@ -328,3 +328,21 @@ def test_a_key_that_cannot_be_read_or_made_is_named_with_where_it_was_looked_for
     with pytest.raises(DataKeyError, match=rf"^cannot read the data key from systemd credential {credentials}/"
                                            "counterbox-data-key: Is a directory$"):
         load_data_key(key_file=tmp_path / "data.key", credential="counterbox-data-key", create=False)
+
+
+@pytest.mark.parametrize("with_key", [False, True])
+def test_verify_changes_no_byte_of_a_journal_a_crash_left_with_its_wal(tmp_path, key, with_key):
+    """`counterbox verify` after a crash: the events still in the WAL are checked where they are,
+    and neither the journal nor its WAL is rewritten (a connection that could write would fold
+    the WAL into the journal as it closed)."""
+    path = tmp_path / "journal.db"
+    crash = ("import os, sys; from pathlib import Path; from storage import Journal; "
+             "j = Journal.open(Path(sys.argv[1]), bytes.fromhex(sys.argv[2])); "
+             "[j.append('sale', {'n': n}) for n in range(5)]; os._exit(0)")  # no close: as killed
+    subprocess.run([sys.executable, "-c", crash, str(path), key.hex()], cwd=ROOT, check=True)
+    files = [path, path.with_name("journal.db-wal")]
+    before = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert os.path.getsize(files[1]) > 0  # the events are in the WAL
+    result = verify_journal(path, key if with_key else None)
+    assert result.ok and (result.last_seq, result.events, result.seals_checked) == (5, 5, with_key)
+    assert [hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None for f in files] == before

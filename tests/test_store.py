@@ -13,6 +13,7 @@ from agent.daemon import record_scan
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from storage import EventTooLarge, Journal, JournalError, Store
+from storage.store import MAX_GROUP
 
 
 def run(coroutine):
@@ -44,6 +45,35 @@ def test_writes_waiting_together_share_one_commit(tmp_path):
 
     run(main())
     assert 1 <= len(commits) < 20  # 100 appends, a handful of fsyncs
+
+
+@pytest.mark.parametrize("waiting", [1, 2, 3, 300])
+def test_every_write_of_a_group_of_any_size_is_answered_once_its_one_commit_is_durable(tmp_path, waiting):
+    """The store's thread is held by a write while ``waiting`` more arrive: they go in one group
+    (at most MAX_GROUP to a commit), and each is answered with its own result."""
+    commits = []
+
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        await store.write(lambda j: j._conn.set_trace_callback(
+            lambda sql: commits.append(sql) if sql.startswith("COMMIT") else None))
+        held, go = threading.Event(), threading.Event()
+        first = asyncio.ensure_future(store.write(lambda j: (held.set(), go.wait(10), j.append("sale", {"n": 0}))[2]))
+        await asyncio.to_thread(held.wait, 10)
+        rest = [asyncio.ensure_future(store.append("sale", {"n": n})) for n in range(1, waiting + 1)]
+        await asyncio.sleep(0.05)  # all of them in the store's queue
+        commits.clear()
+        go.set()
+        async with asyncio.timeout(30):  # a write never answered fails the test rather than hanging it
+            seqs = [await first] + [await write for write in rest]
+        events = await store.read(lambda j: j.read_after(0, 1000))
+        await store.close()
+        return seqs, events
+
+    seqs, events = run(main())
+    assert seqs == list(range(1, waiting + 2))
+    assert [e.body["n"] for e in events] == list(range(waiting + 1))
+    assert len(commits) == 1 + -(-waiting // MAX_GROUP)  # the held write's own, then the group's
 
 
 def test_a_failing_write_fails_alone_and_its_neighbours_commit(tmp_path):
