@@ -230,8 +230,10 @@ class Decoder:
         if code == ecodes.SYN_DROPPED:
             self._dropping = True
             if self._broken is not None:
-                # Quiet from now on ends it; until then the next key belongs to it, whenever it comes.
+                # Quiet from now on ends it (a scan's pause, also in the tail of one cut off: what the
+                # drop broke follows at once); until then the next key belongs to it.
                 self._broken, self._broken_since, self._broken_last = DROPPED, t, None
+                self._broken_quiet = self.settings.max_key_interval
                 return None
             partial = self._take()
             self._broken_start(DROPPED, t, last=None)

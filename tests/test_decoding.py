@@ -529,3 +529,20 @@ def test_a_layout_s_variant_is_the_one_decoded():
 def test_an_unknown_terminator_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match=r"^unknown terminators \['return'\]; known: enter, kp_enter, tab$"):
         DecoderSettings(terminators=("enter", "return"))
+
+
+def test_a_drop_in_the_tail_of_a_cut_off_scan_ends_with_a_scan_s_pause_not_the_tail_s_long_quiet():
+    decoder, keys = Decoder("dev"), Keys()
+    keys.digits("1234")
+    assert decoder.feed_all(_records(keys)) == []
+    assert _said([decoder.idle(keys.t + 0.2)]) == [("NotABarcode", "1234", CUT_OFF, "dev")]
+    tail = Keys()
+    tail.t = keys.t + 0.3
+    tail.digits("56")
+    dropped_at = tail.t
+    tail.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(tail)) == []
+    assert _said([decoder.idle(dropped_at + 0.1)]) == [("NotABarcode", "56", DROPPED, "dev")]
+    scan = Keys()
+    scan.t = dropped_at + 0.4
+    assert _said(decoder.feed_all(_records(scan.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
