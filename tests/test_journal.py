@@ -320,12 +320,12 @@ def test_a_key_file_is_made_in_directories_that_do_not_exist_yet_or_already_do(t
 def test_a_key_that_cannot_be_read_or_made_is_named_with_where_it_was_looked_for(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     (tmp_path / "data.key").mkdir()  # not a file
-    with pytest.raises(DataKeyError, match=rf"^cannot read the data key in {tmp_path}/data.key: Is a directory$"):
+    with pytest.raises(DataKeyError, match=rf"^cannot read the data key in {re.escape(str(tmp_path))}/data.key: Is a directory$"):
         load_data_key(key_file=tmp_path / "data.key", credential="counterbox-data-key", create=False)
     credentials = tmp_path / "credentials"
     (credentials / "counterbox-data-key").mkdir(parents=True)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
-    with pytest.raises(DataKeyError, match=rf"^cannot read the data key from systemd credential {credentials}/"
+    with pytest.raises(DataKeyError, match=rf"^cannot read the data key from systemd credential {re.escape(str(credentials))}/"
                                            "counterbox-data-key: Is a directory$"):
         load_data_key(key_file=tmp_path / "data.key", credential="counterbox-data-key", create=False)
 
