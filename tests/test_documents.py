@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import date, timedelta
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
@@ -170,8 +171,14 @@ def test_settings_pushed_to_a_region_change_the_shops_day_and_the_boxs_timers(st
         {"timezone": "Pacific/Pago_Pago", "mode_timeout": 300.0}, {"status_interval": 0.5})
     feed(fifo, scans(["6901028075831"]))
     after = wait_until(lambda: (sale := _last(device, "sale")) and sale["seq"] > before["seq"] and sale, 20, "a sale")
-    # UTC+14 and UTC-11: the same moment is two shop days apart, whatever the hour.
-    assert date.fromisoformat(before["body"]["day"]) - date.fromisoformat(after["body"]["day"]) == timedelta(days=1)
+    # UTC+14 and UTC-11, 25 hours apart: never the same shop day. Each sale is on its own zone's.
+    def shop_day(sale: dict, zone: str) -> date:
+        scanned = datetime.fromisoformat(sale["body"]["scanned_at"].replace("Z", "+00:00"))
+        return scanned.astimezone(ZoneInfo(zone)).date()
+
+    assert date.fromisoformat(before["body"]["day"]) == shop_day(before, "Pacific/Kiritimati")
+    assert date.fromisoformat(after["body"]["day"]) == shop_day(after, "Pacific/Pago_Pago")
+    assert shop_day(after, "Pacific/Kiritimati") != shop_day(after, "Pacific/Pago_Pago")
     seen: set[float] = set()
 
     def reports_every_half_second():
