@@ -186,12 +186,14 @@ def _run(command: list[str], what: str, **kwargs) -> subprocess.CompletedProcess
 def _stage(stage: Path, log) -> Path:
     """What customize.sh puts into the root: the agent's wheel, the pins, the units, the overlay."""
     log("image: building the agent's wheel")
+    epoch = int(_source_date_epoch())
     source = stage / "source"
     source.mkdir(parents=True)
     for name in ("agent", "drivers", "storage", "provisioning", "central"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
+    _date_tree(source, epoch)  # the wheel's entries carry their files' times
     pip = [str(Path(os.sys.executable).parent / "pip")] if (Path(os.sys.executable).parent / "pip").exists() else [os.sys.executable, "-m", "pip"]
     _run(pip + ["wheel", "-q", "--no-deps", "-w", str(stage / "wheel"), str(source)], "building the agent's wheel")
     shutil.rmtree(source)
@@ -201,7 +203,17 @@ def _stage(stage: Path, log) -> Path:
         shutil.copy(HERE / name, stage / name)
     shutil.copy(ROOT / "README.md", stage / "README.md")
     shutil.copy(ROOT / "docs" / "configuration.md", stage / "configuration.md")
+    _date_tree(stage, epoch)
     return stage
+
+
+def _date_tree(tree: Path, epoch: int) -> None:
+    """Every file and directory in ``tree`` dated ``epoch``. The stage's copies keep the checkout's own
+    times, which say when the tree was checked out (or edited), not what it holds: a file older than the
+    epoch would keep its time through the clamp into the root, and into the initrd (mkinitramfs clamps
+    only what is newer), so two checkouts of one commit would make two images."""
+    for path in [tree, *tree.rglob("*")]:
+        os.utime(path, (epoch, epoch), follow_symlinks=False)
 
 
 def _mirror() -> list[str]:
