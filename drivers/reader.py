@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 # Events taken in one read: more than a device's kernel buffer holds (64 to a few hundred), few enough
 # that decoding them never holds the loop long.
 _READ_SIZE = EVENT_SIZE * 256
+_READS_PER_TURN = 8  # reads of a source that stays full before the loop turns anyway
 GONE_CHECK = 0.5  # seconds between checks that a FIFO's path still exists
 
 
@@ -109,16 +110,23 @@ class Source:
             # A FIFO's path is checked now and then (a device says ENODEV itself); one repeating timer
             # rather than a timeout per read, which would cost a task and a timer per key.
             ticks = _Ticker(loop, GONE_CHECK, readable.set) if self.kind == "fifo" else None
+            running = 0  # reads in a row that found input waiting
             try:
                 while True:
-                    if not readable.is_set():
-                        loop.add_reader(self.fd, ready)
-                        await readable.wait()
-                    readable.clear()
+                    # Read first, and wait only when the kernel has nothing: in a burst the next read
+                    # is there already, and a wait would cost a loop turn and two epoll calls each.
+                    # A source that never runs dry still lets the loop turn every few reads.
+                    if running == _READS_PER_TURN:
+                        running = 0
+                        await asyncio.sleep(0)
                     try:
                         chunk = os.read(self.fd, _READ_SIZE)
                     except BlockingIOError:
+                        running = 0
                         self._check_present()
+                        loop.add_reader(self.fd, ready)
+                        await readable.wait()
+                        readable.clear()
                         continue
                     except OSError as error:
                         if error.errno == errno.ENODEV:
@@ -126,6 +134,7 @@ class Source:
                         raise
                     if not chunk:
                         return
+                    running += 1
                     whole, pending = _split(pending + chunk)
                     if whole:
                         yield records(whole)

@@ -13,7 +13,7 @@ from evdev import ecodes
 from drivers.decoder import Decoder
 from drivers.input_event import EVENT_SIZE, InputEvent, pack_all
 from drivers.errors import ScannerError
-from drivers.reader import read_events
+from drivers.reader import _READS_PER_TURN, open_source, read_events
 from drivers.recording import press
 
 from drivers.recording import type_text
@@ -106,6 +106,43 @@ def test_a_fifo_stays_open_when_its_writer_closes(fifo):
     found = asyncio.run(asyncio.wait_for(_decode(fifo, limit=2), 10))
     thread.join()
     assert found == ["6901028075831", "96385074"]
+
+
+def test_a_source_that_never_runs_dry_still_lets_the_loop_turn(fifo):
+    """The reader reads again at once while input waits (no loop turn per read in a burst), yet a
+    source kept full (a writer blocked in one long write refills the pipe as it is read) cannot
+    hold the event loop: other work runs within a few reads."""
+    data = pack_all([InputEvent(0, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)] * 100_000)  # 2.4 MB: some 400 reads
+    done = threading.Event()
+
+    def writer():
+        fd = os.open(fifo, os.O_WRONLY)
+        with contextlib.suppress(BrokenPipeError):
+            os.write(fd, data)
+        os.close(fd)
+        done.set()
+
+    async def main():
+        turned = asyncio.Event()
+        reads = 0
+        async with open_source(str(fifo)) as source:
+            thread = threading.Thread(target=writer)
+            thread.start()
+            await asyncio.sleep(0.1)  # the pipe full before the first read
+            async for _ in source.batches():
+                reads += 1
+                busy = time.perf_counter() + 0.001  # decoding, without a turn of the loop: the writer refills
+                while time.perf_counter() < busy:
+                    pass
+                if reads == 1:
+                    asyncio.get_running_loop().call_soon(turned.set)  # runs at the loop's next turn
+                if turned.is_set() or done.is_set():
+                    break
+        await asyncio.to_thread(thread.join)  # the source closed: the rest of the write finds no reader
+        return reads, turned.is_set()
+
+    reads, turned = asyncio.run(asyncio.wait_for(main(), 30))
+    assert turned and reads <= _READS_PER_TURN + 1, reads
 
 
 def test_a_missing_scanner_path_is_a_clear_error(tmp_path):
