@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from evdev import InputEvent, ecodes
 
-from .input_event import Record
+from .input_event import Record, record
 from .keymap import Keymap, load_keymap
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class Decoder:
 
     def feed(self, event: InputEvent) -> Scan | NotABarcode | None:
         """One event; after a drop, ``resync_pending`` says the caller is to ``resync`` before the next."""
-        results = self.feed_all([(event.sec, event.usec, event.type, event.code, event.value)])
+        results = self.feed_all([record(event)])
         return results[0] if results else None
 
     def feed_all(self, records: Iterable[Record], *,

@@ -13,6 +13,7 @@ path takes them as plain records, the struct's own fields in its order,
 without an object apiece:
 
     records(data)   # [(sec, usec, type, code, value), ...]
+    record(event)   # one InputEvent as such a record
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterable, Iterator
 
 from evdev import InputEvent, ecodes
 
-__all__ = ["EVENT_SIZE", "InputEvent", "Record", "ecodes", "pack", "pack_all", "records", "unpack"]
+__all__ = ["EVENT_SIZE", "InputEvent", "Record", "ecodes", "pack", "pack_all", "record", "records", "unpack"]
 
 # Native layout: the same as the running kernel writes (24 bytes on 64-bit).
 _STRUCT = struct.Struct("@llHHi")
@@ -31,8 +32,12 @@ EVENT_SIZE = _STRUCT.size
 Record = tuple[int, int, int, int, int]  # (sec, usec, type, code, value)
 
 
+def record(event: InputEvent) -> Record:
+    return event.sec, event.usec, event.type, event.code, event.value
+
+
 def pack(event: InputEvent) -> bytes:
-    return _STRUCT.pack(event.sec, event.usec, event.type, event.code, event.value)
+    return _STRUCT.pack(*record(event))
 
 
 def pack_all(events: Iterable[InputEvent]) -> bytes:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from evdev import InputEvent, ecodes
 
 from .decoder import DROPPED, KEY_DOWN, NotABarcode
-from .input_event import Record
+from .input_event import Record, record
 
 KEYS: dict[int, str] = {
     **{getattr(ecodes, f"KEY_KP{n}"): str(n) for n in range(10)},
@@ -62,7 +62,7 @@ class Keypad:
         """Nothing to refuse: a key pressed before the keypad was opened is one key, seen whole or not at all."""
 
     def feed(self, event: InputEvent) -> Keypress | NotABarcode | None:
-        results = self.feed_all([(event.sec, event.usec, event.type, event.code, event.value)])
+        results = self.feed_all([record(event)])
         return results[0] if results else None
 
     def feed_all(self, records: Iterable[Record], *,

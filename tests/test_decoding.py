@@ -9,7 +9,7 @@ import pytest
 from evdev import InputEvent, ecodes as e
 
 from drivers.decoder import CUT_OFF, CUT_OFF_TAIL, DROPPED, STARTED_UNSEEN, Decoder, DecoderSettings, NotABarcode, Scan
-from drivers.input_event import pack_all
+from drivers.input_event import pack_all, record
 from drivers.keymap import UsTable, XkbKeymap
 from drivers.reader import read_events
 from drivers.recording import press, type_text
@@ -253,7 +253,7 @@ def test_a_read_that_holds_a_drop_takes_the_key_state_from_the_device_before_wha
     keys = (Keys().down(e.KEY_LEFTSHIFT).up(e.KEY_LEFTSHIFT).raw(e.EV_SYN, e.SYN_DROPPED, 0)
             .raw(e.EV_SYN, e.SYN_REPORT, 0).enter().pause(0.3).tap(e.KEY_1).enter())
     asked = []
-    results = Decoder("dev").feed_all([(ev.sec, ev.usec, ev.type, ev.code, ev.value) for ev in keys.events],
+    results = Decoder("dev").feed_all([record(ev) for ev in keys.events],
                                       held_keys=lambda: asked.append(True) or held)
     assert asked == [True]
     assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", ""), ("Scan", typed)]
@@ -398,7 +398,7 @@ def test_a_key_down_only_scanner_s_lock_keys_decode_the_same_with_the_built_in_u
 
 
 def _records(keys: Keys) -> list[tuple[int, int, int, int, int]]:
-    return [(ev.sec, ev.usec, ev.type, ev.code, ev.value) for ev in keys.events]
+    return [record(ev) for ev in keys.events]
 
 
 def _said(results) -> list[tuple[str, str, str, str]]:

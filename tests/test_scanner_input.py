@@ -11,7 +11,7 @@ import pytest
 from evdev import ecodes
 
 from drivers.decoder import Decoder
-from drivers.input_event import EVENT_SIZE, InputEvent, pack_all
+from drivers.input_event import EVENT_SIZE, InputEvent, pack_all, record
 from drivers.errors import ScannerError
 from drivers.reader import _READS_PER_TURN, open_source, read_events
 from drivers.recording import press
@@ -182,6 +182,6 @@ def test_a_scan_decoded_before_a_drop_is_kept_when_the_device_is_gone_as_it_is_a
     assert source.held_keys() is None
     events = type_text("4006381333931", start=time.time()) + [
         InputEvent(0, 0, ecodes.EV_SYN, ecodes.SYN_DROPPED, 0), InputEvent(0, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)]
-    results = Decoder("/dev/input/event3").feed_all([(ev.sec, ev.usec, ev.type, ev.code, ev.value) for ev in events],
+    results = Decoder("/dev/input/event3").feed_all([record(ev) for ev in events],
                                                    held_keys=source.held_keys)
     assert [r.text for r in results] == ["4006381333931"]
