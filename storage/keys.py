@@ -9,6 +9,7 @@ for an existing journal would only make its data unreadable.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -62,7 +63,10 @@ def write_secret(path: Path, data: bytes) -> None:
     The file appears whole or not at all (written aside, then linked into place),
     so a process reading it beside us never sees it half written.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file where the directory goes: not "the key exists", which it does not
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
     aside = path.with_name(f".{path.name}.{os.getpid()}.new")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
