@@ -98,6 +98,78 @@ def test_a_result_must_be_centrals_for_this_box():
         activation.decode_result(result, device="cb-other", key=central.public_key())
 
 
+@pytest.mark.parametrize("change,reason", [
+    ({"accepted": "yes"}, "result lacks accepted or code"),
+    ({"code": None}, "result lacks accepted or code"),
+    ({"shop": None}, "an accepted result lacks the shop, region or monitoring flag"),
+    ({"region": 5}, "an accepted result lacks"),
+    ({"monitoring": "no"}, "an accepted result lacks"),
+], ids=["accepted", "code", "shop", "region", "monitoring"])
+def test_a_result_lacking_any_one_of_its_fields_is_refused(change, reason):
+    central, device = Ed25519PrivateKey.generate(), "cb-box"
+    result = {"accepted": True, "code": "c0de", "shop": SHOP.licence, "region": "honghe", "monitoring": False, **change}
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        activation.decode_result(activation.encode_result(device, result, key=central), device=device,
+                                 key=central.public_key())
+
+
+def test_a_refusal_needs_no_shop():
+    central, device = Ed25519PrivateKey.generate(), "cb-box"
+    refused = {"accepted": False, "code": "c0de", "reason": "the code was used"}
+    result = activation.encode_result(device, refused, key=central)
+    assert activation.decode_result(result, device=device, key=central.public_key()) == {"v": 1, "device": device, **refused}
+
+
+def test_a_hello_round_trips_with_its_version_of_up_to_64_characters():
+    box = Ed25519PrivateKey.generate()
+    device = device_id_for(box)
+    hello = activation.decode_hello(activation.encode_hello(device, box, agent_version="v" * 64, sent_at=NOW), device=device)
+    assert (hello["device"], hello["public_key"], hello["agent_version"]) == (device, public_key_text(box), "v" * 64)
+
+
+@pytest.mark.parametrize("header_kid,payload_device", [("other", None), (None, "other")], ids=["kid", "payload"])
+def test_a_hello_or_request_naming_another_device_anywhere_is_refused(header_kid, payload_device):
+    box = Ed25519PrivateKey.generate()
+    device = device_id_for(box)
+    hello = {"device": payload_device or device, "public_key": public_key_text(box), "agent_version": "1",
+             "sent_at": "2025-11-24T16:00:00.000Z"}
+    token = activation._sign(hello, box, kid=header_kid or device, typ=activation.HELLO_TYPE)
+    with pytest.raises(ProtocolError, match="on .*'s topic"):
+        activation.decode_hello(token, device=device)
+    request = {"device": payload_device or device, "public_key": public_key_text(box), "code": "x",
+               "broker_password": "p", "sent_at": "2025-11-24T16:00:00.000Z"}
+    token = activation._sign(request, box, kid=header_kid or device, typ=activation.REQUEST_TYPE)
+    with pytest.raises(ProtocolError, match="is not the topic's device|lacks its device"):
+        activation.decode_request(token, device=device)
+
+
+@pytest.mark.parametrize("change", [{"code": 5}, {"broker_password": None}], ids=["code", "password"])
+def test_a_request_lacking_its_code_or_broker_password_is_refused(change):
+    box = Ed25519PrivateKey.generate()
+    device = device_id_for(box)
+    request = {"device": device, "public_key": public_key_text(box), "code": "x", "broker_password": "p",
+               "sent_at": "2025-11-24T16:00:00.000Z", **change}
+    with pytest.raises(ProtocolError, match="request lacks its device, code or broker password"):
+        activation.decode_request(activation._sign(request, box, kid=device, typ=activation.REQUEST_TYPE), device=device)
+
+
+@pytest.mark.parametrize("change", [{"region": ""}, {"device": "cb-" + "a" * 61}, {"code_id": "c"}],
+                         ids=["no-region", "bound-to-a-box", "one-character-id"])
+def test_a_code_at_the_edge_of_the_rules_round_trips(ops, change):
+    kid = key_id(ops)
+    token = activation.encode_code(code(**change), key=ops, kid=kid)
+    assert activation.decode_code(token, trusted={kid: ops.public_key()}) == code(kid=kid, **change)
+
+
+@pytest.mark.parametrize("kid", [5, ["k"], None])
+def test_a_code_whose_key_id_is_not_a_string_is_untrusted_not_a_crash(ops, kid):
+    head = jws.b64url(json.dumps({"alg": "Ed25519", "kid": kid, "typ": activation.CODE_TYPE}).encode())
+    signing_input = f"{head}.{jws.b64url(b'{}')}"
+    token = f"{signing_input}.{jws.b64url(ops.sign(signing_input.encode()))}"
+    with pytest.raises(SignatureError, match="which is not a trusted operations key"):
+        activation.decode_code(token, trusted={key_id(ops): ops.public_key()})
+
+
 # -- central: each code once ------------------------------------------------------------------------
 
 @pytest.fixture

@@ -107,6 +107,96 @@ def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_re
         documents.decode_document(forge(ops, kid), trusted={kid: ops.public_key()})
 
 
+UNIT_RULE = "price list item 1: unit must be pack"
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({"currency": "CNY", "items": {"barcode": "1"}}, "needs a currency (ISO 4217, like CNY) and a list of items"),
+    ({"currency": "cny", "items": []}, "needs a currency"),
+    (_item(unit="box"), UNIT_RULE),
+    (_item(unit="pack", packs=2), UNIT_RULE),
+    (_item(unit="carton", packs=0, product="6901028075848"), UNIT_RULE),
+    (_item(unit="case", product="6901028075848"), UNIT_RULE),
+    (_item(unit="carton", packs=10), UNIT_RULE),
+    (_item(cost=-1), UNIT_RULE),
+    (_item(product=""), UNIT_RULE),
+    (_item(barcode="6" * 49), "price list item 1 needs a barcode, a name, and a price"),
+    (_item(barcode="69010280\x0075831"), "price list item 1 needs"),
+    (_item(name=None), "price list item 1 needs"),
+], ids=["items-not-a-list", "currency-case", "unit", "pack-of-two", "no-packs", "case-without-packs",
+        "carton-without-product", "negative-cost", "empty-product", "barcode-49", "barcode-control", "no-name"])
+def test_a_price_list_row_a_box_could_not_use_is_refused_for_its_one_fault(ops, body, reason):
+    kid = key_id(ops)
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        documents.decode_document(_signed(_payload(body=body), ops, kid), trusted={kid: ops.public_key()})
+
+
+@pytest.mark.parametrize("item", [
+    {"price": 0},
+    {"barcode": "6"},
+    {"barcode": "6" * 48},
+    {"cost": 0},
+    {"unit": "pack", "packs": 1, "product": "6901028075831"},
+    {"unit": "carton", "product": "6901028075831"},
+    {"unit": "carton", "packs": 10, "product": "6901028075831", "cost": 21000},
+    {"unit": "case", "packs": 500, "product": "6901028075831"},
+], ids=["free", "one-character-barcode", "48-character-barcode", "zero-cost", "pack", "carton", "carton-of-ten", "case"])
+def test_a_price_list_row_at_the_edge_of_the_rules_is_taken(ops, item):
+    kid = key_id(ops)
+    document_ = documents.decode_document(_signed(_payload(body=_item(**item)), ops, kid), trusted={kid: ops.public_key()})
+    assert document_.body["items"][0] == {**PRICES["items"][0], **item}
+
+
+def test_a_decoded_document_names_the_operations_key_that_signed_it(ops):
+    kid = key_id(ops)
+    assert documents.decode_document(_signed(_payload(), ops, kid), trusted={kid: ops.public_key()}).kid == kid
+
+
+@pytest.mark.parametrize("kid", [5, ["k"], {"k": 1}, None])
+def test_a_key_id_that_is_not_a_string_is_an_untrusted_key_not_a_crash(ops, kid):
+    token = _signed_with_header(_payload(), ops, kid=kid)
+    with pytest.raises(SignatureError, match="which is not a trusted operations key"):
+        documents.decode_document(token, trusted={key_id(ops): ops.public_key()})
+
+
+def _signed_with_header(payload: dict, key, **header) -> bytes:
+    head = jws.b64url(json.dumps({"alg": "Ed25519", "typ": documents.DOCUMENT_TYPE, **header}).encode())
+    signing_input = f"{head}.{jws.b64url(json.dumps(payload).encode())}"
+    return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
+
+
+SETTINGS_BODY = {"counter": {"timezone": "Asia/Shanghai", "mode_timeout": 600, "pending_timeout": 60.5},
+                 "uplink": {"status_interval": 60, "snapshot_interval": 30 * 86400}}
+
+
+def test_settings_within_the_rules_are_taken(ops):
+    kid = key_id(ops)
+    token = _signed(_payload(kind="settings", name="settings", body=SETTINGS_BODY), ops, kid)
+    assert documents.decode_document(token, trusted={kid: ops.public_key()}).body == SETTINGS_BODY
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({}, "settings need at least one section"),
+    ({"counter": 5}, "settings need at least one section"),
+    ({"scanner": {"timeout": 5}}, "settings section 'scanner' is not one a box takes (counter, uplink)"),
+    ({"counter": {}}, "settings [counter] may set mode_timeout, pending_timeout, timezone only"),
+    ({"counter": {"currency": "CNY"}}, "settings [counter] may set"),
+    ({"counter": {"timezone": "Asia/Shanghai; rm"}}, "timezone 'Asia/Shanghai; rm' is not an IANA time zone name"),
+    ({"counter": {"timezone": 8}}, "is not an IANA time zone name"),
+    ({"counter": {"mode_timeout": 0}}, "settings [counter] mode_timeout must be a number of seconds above 0"),
+    ({"counter": {"mode_timeout": -1}}, "mode_timeout must be"),
+    ({"counter": {"mode_timeout": True}}, "mode_timeout must be"),
+    ({"counter": {"mode_timeout": "600"}}, "mode_timeout must be"),
+    ({"uplink": {"status_interval": 30 * 86400 + 1}}, "settings [uplink] status_interval must be"),
+], ids=["empty", "section-not-a-table", "unknown-section", "empty-section", "unknown-key", "timezone-shell",
+        "timezone-number", "zero", "negative", "bool", "string", "over-30-days"])
+def test_settings_a_box_cannot_take_are_refused_with_their_reason(ops, body, reason):
+    kid = key_id(ops)
+    token = _signed(_payload(kind="settings", name="settings", body=body), ops, kid)
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        documents.decode_document(token, trusted={kid: ops.public_key()})
+
+
 def test_a_price_list_too_big_for_one_message_is_refused_when_it_is_signed(ops):
     items = [{"barcode": f"{n:013d}", "name": "x" * 200, "price": 100} for n in range(40_000)]
     with pytest.raises(ValueError, match="over the protocol's limit"):

@@ -96,8 +96,15 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
                           key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON: 1e400 is beyond"),
     (lambda key: b"\xff" + signed(good_payload(), key), "non-ASCII"),
     (lambda key: signed(good_payload(), Ed25519PrivateKey.generate()), "signature check failed"),
+    (lambda key: signed(good_payload(session=-1), key), "or a session"),
+    (lambda key: _with_header(good_payload(), key, crit=["exp"], exp=NOW),
+     "signature check failed: unsupported critical header parameters ['exp']"),
+    (lambda key: jws.sign(b"[" * 100_000 + b"]" * 100_000, key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(),
+     "payload is not JSON: nested too deeply"),
+    (lambda key: b"\xff" + signed(good_payload(), key)[1:], "not a JWS compact token (non-ASCII bytes)"),
 ], ids=["kid", "typ", "payload-device", "version", "first-seq", "last-seq", "gap", "seq-zero", "session",
-        "no-events", "body-not-object", "array", "null", "not-json", "nan", "1e400", "non-ascii", "other-key"])
+        "no-events", "body-not-object", "array", "null", "not-json", "nan", "1e400", "non-ascii", "other-key",
+        "session-negative", "crit", "nested", "non-ascii-first"])
 def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
         protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
@@ -106,6 +113,21 @@ def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge,
 def test_a_message_over_the_limit_is_refused_before_it_is_verified(key):
     with pytest.raises(ProtocolError, match=f"over the protocol's limit of {protocol.MAX_TOKEN_BYTES}"):
         protocol.decode_batch(b"A" * (protocol.MAX_TOKEN_BYTES + 1), device=DEVICE, key=key.public_key())
+    # At the limit it is read: refused for what it is, not for its size.
+    with pytest.raises(SignatureError, match="not a JWS compact token: 1 parts"):
+        protocol.decode_batch(b"A" * protocol.MAX_TOKEN_BYTES, device=DEVICE, key=key.public_key())
+
+
+def test_a_batch_of_a_devices_first_session_zero_is_taken(key):
+    token = signed(good_payload(session=0), key)
+    assert protocol.decode_batch(token, device=DEVICE, key=key.public_key()).session == 0
+
+
+def _with_header(payload, key, **header) -> bytes:
+    """A token signed with the right key whose protected header carries more than the protocol's."""
+    head = jws.b64url(json.dumps({"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE, **header}).encode())
+    signing_input = f"{head}.{jws.b64url(json.dumps(payload).encode())}"
+    return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
 
 
 @pytest.mark.parametrize("forge,reason", [
@@ -215,3 +237,29 @@ def test_no_message_is_signed_with_a_number_json_has_not(key, number):
     with pytest.raises(ValueError, match="not JSON compliant"):
         protocol.encode_status({"state": "online", "session": 1, "connection": 1, "sent_at": 0.0, "x": number},
                                device=DEVICE, key=key)
+
+
+def test_a_first_session_and_counts_of_zero_are_a_status_like_any_other(key):
+    zeros = {name: 0 for name in protocol.HEALTH_COUNTS}
+    token = signed(status_payload(session=0, **zeros), key, typ=protocol.STATUS_TYPE)
+    status = protocol.decode_status(token, device=DEVICE, key=key.public_key())
+    assert status["session"] == 0 and all(status[name] == 0 for name in protocol.HEALTH_COUNTS)
+
+
+def test_an_acknowledgement_of_nothing_yet_is_seq_zero(key):
+    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 0, key=key), device=DEVICE, key=key.public_key()) == 0
+
+
+@pytest.mark.parametrize("device,valid", [
+    ("a", True), ("d" * protocol.MAX_DEVICE_ID, True), ("d" * (protocol.MAX_DEVICE_ID + 1), False), ("", False),
+    ("shop_1.a-b", True), ("shop/1", False), ("shop+1", False), ("shöp", False),
+])
+def test_a_device_id_is_1_to_64_ascii_letters_digits_dots_dashes_or_underscores(device, valid):
+    assert protocol.valid_device_id(device) is valid
+
+
+@pytest.mark.parametrize("timestamp", [NOW, NOW + 0.418, NOW + 0.999, 0.001])
+def test_times_on_the_wire_keep_their_milliseconds(timestamp):
+    written = protocol.rfc3339(timestamp)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", written)
+    assert protocol.parse_rfc3339(written) == pytest.approx(timestamp, abs=5e-4)
