@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -197,9 +198,13 @@ def status_order(status: dict[str, Any]) -> tuple:
     return status["session"], status["connection"], status["state"] == "offline", status["sent_at"]
 
 
+# A date and a time of day in UTC: not a date alone, nor a time with an offset (fromisoformat takes both).
+_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+
+
 def parse_rfc3339(text: Any) -> float:
     """A timestamp as the wire writes it (rfc3339), back to seconds since the epoch."""
-    if not isinstance(text, str) or not text.endswith("Z"):
+    if not isinstance(text, str) or not _UTC_TIME.fullmatch(text):
         raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
     try:
         return datetime.fromisoformat(text[:-1] + "+00:00").timestamp()

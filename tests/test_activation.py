@@ -45,6 +45,12 @@ def test_a_code_round_trips_and_is_recognised_among_scans(ops):
         assert not activation.looks_like_code(scan), scan
 
 
+def test_a_code_shaped_scan_longer_than_any_code_is_not_taken_for_one(ops):
+    token = activation._sign({"code": "c0de", "padding": "x" * activation.MAX_CODE_CHARS}, ops, kid="k",
+                             typ=activation.CODE_TYPE).decode()
+    assert token.count(".") == 2 and not activation.looks_like_code(token)
+
+
 @pytest.mark.parametrize("forge,reason", [
     (lambda ops: activation.encode_code(code(), key=Ed25519PrivateKey.generate(), kid="someone"),
      "not a trusted operations key"),

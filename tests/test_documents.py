@@ -197,6 +197,11 @@ def test_settings_a_box_cannot_take_are_refused_with_their_reason(ops, body, rea
         documents.decode_document(token, trusted={kid: ops.public_key()})
 
 
+def test_operations_cannot_sign_a_document_a_box_would_refuse(ops):
+    with pytest.raises(ProtocolError, match="price list item 1 needs"):
+        documents.encode_document(document(body=_item(price=-1)), key=ops, kid="k")
+
+
 def test_a_price_list_too_big_for_one_message_is_refused_when_it_is_signed(ops):
     items = [{"barcode": f"{n:013d}", "name": "x" * 200, "price": 100} for n in range(40_000)]
     with pytest.raises(ValueError, match="over the protocol's limit"):

@@ -102,9 +102,10 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
     (lambda key: jws.sign(b"[" * 100_000 + b"]" * 100_000, key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(),
      "payload is not JSON: nested too deeply"),
     (lambda key: b"\xff" + signed(good_payload(), key)[1:], "not a JWS compact token (non-ASCII bytes)"),
+    (lambda key: signed(good_payload(events=[4, 5]), key), "batch seq 4..5 does not match its 2 events"),
 ], ids=["kid", "typ", "payload-device", "version", "first-seq", "last-seq", "gap", "seq-zero", "session",
         "no-events", "body-not-object", "array", "null", "not-json", "nan", "1e400", "non-ascii", "other-key",
-        "session-negative", "crit", "nested", "non-ascii-first"])
+        "session-negative", "crit", "nested", "non-ascii-first", "events-not-objects"])
 def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
         protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
@@ -263,3 +264,15 @@ def test_times_on_the_wire_keep_their_milliseconds(timestamp):
     written = protocol.rfc3339(timestamp)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", written)
     assert protocol.parse_rfc3339(written) == pytest.approx(timestamp, abs=5e-4)
+
+
+def test_a_batch_whose_sent_at_is_not_a_time_string_is_kept_without_it(key):
+    batch = protocol.decode_batch(signed(good_payload(sent_at=5), key), device=DEVICE, key=key.public_key())
+    assert batch.sent_at == ""
+
+
+@pytest.mark.parametrize("text", ["2025-11-24T16:00:00.000", "2025-11-24T16:00:00.000+00:00", None, 1764000000,
+                                  "2025-11-24Z", "yesterdayZ"])
+def test_a_time_on_the_wire_is_utc_written_with_its_z_or_it_is_refused(text):
+    with pytest.raises(ValueError, match="is not an RFC 3339 UTC time"):
+        protocol.parse_rfc3339(text)

@@ -57,7 +57,7 @@ def test_malformed_tokens_are_refused(key, token):
         jws.verify(token, key.public_key())
 
 
-@pytest.mark.parametrize("text", ["", "abc", "A" * 44])
+@pytest.mark.parametrize("text", ["", "abc", "A" * 44, "A", "A" * 45])  # the last two: not base64 at all
 def test_a_malformed_public_key_is_named(text):
     with pytest.raises(IdentityError, match="not an Ed25519 public key"):
         parse_public_key(text)
