@@ -2,12 +2,14 @@
 
 import asyncio
 import os
+import re
 import sqlite3
 import stat
 
 import pytest
 
 from storage import BackupError, DataKeyError, Journal, JournalError, Store, backup, restore, verify_journal
+from storage.schema import SCHEMA_VERSION
 
 PASSPHRASE = b"correct horse battery staple"
 
@@ -148,3 +150,72 @@ def test_a_file_that_is_not_a_backup_is_named_as_such(tmp_path):
     file.write_bytes(b"hello\n")
     with pytest.raises(BackupError, match="is not a counterbox backup"):
         restore(file, PASSPHRASE, tmp_path / "journal.db", os.urandom(32))
+
+
+def _with_header(file, **change):
+    """The backup at ``file`` with its header line changed (what a damaged or crafted file holds)."""
+    import json
+
+    header, rest = file.read_bytes().split(b"\n", 1)
+    fields = json.loads(header)
+    for name, value in change.items():
+        if name.startswith("kdf_"):
+            fields["kdf"][name[4:]] = value
+        elif value is None:
+            del fields[name]
+        else:
+            fields[name] = value
+    file.write_bytes(json.dumps(fields, sort_keys=True).encode() + b"\n" + rest)
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"version": 2}, "is a counterbox backup of format version 2; this counterbox reads version 1"),
+    ({"format": "other-backup"}, "is not a counterbox backup"),
+    ({"chunk": 4096}, "is not a counterbox backup"),
+    ({"kdf_name": "pbkdf2"}, "is not a counterbox backup"),
+    ({"kdf_salt": "not hex"}, "is not a counterbox backup"),
+    ({"kdf_n": "many"}, "is not a counterbox backup"),
+    ({"nonce_prefix": "zz"}, "is not a counterbox backup"),
+    ({"kdf": None}, "is not a counterbox backup"),
+    ({"kdf_n": 1 << 21}, "asks for a key derivation this box will not run (scrypt n=2097152 r=8 p=1)"),
+    ({"kdf_n": 1}, "asks for a key derivation this box will not run (scrypt n=1"),
+    ({"kdf_r": 8, "kdf_p": 9}, "asks for a key derivation this box will not run (scrypt n=32768 r=8 p=9)"),
+], ids=["version", "format", "chunk", "kdf", "salt", "n-not-a-number", "nonce", "no-kdf", "n-too-big", "n-one",
+        "r-times-p"])
+def test_a_backup_whose_header_this_box_cannot_take_is_refused_for_what_it_asks(box, key, tmp_path, change, reason):
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    _with_header(file, **change)
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match=re.escape(reason)):
+        restore(file, PASSPHRASE, target, os.urandom(32))
+    assert not target.exists()
+
+
+def test_a_header_at_the_edge_of_what_a_box_derives_is_taken(box, key, tmp_path):
+    """r times p of 64 is the most a box runs; the header is the chunks' associated data, so a
+    changed one is read and then refused as altered, never restored."""
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    _with_header(file, kdf_r=8, kdf_p=8, kdf_n=2)
+    with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered"):
+        restore(file, PASSPHRASE, tmp_path / "new-box" / "journal.db", os.urandom(32))
+
+
+@pytest.mark.parametrize("version", [1, SCHEMA_VERSION + 1])
+def test_a_backup_of_a_journal_of_a_schema_this_box_does_not_restore_is_refused(tmp_path, version):
+    from storage.backup import _new_header, _write_sealed
+
+    snapshot = tmp_path / "snapshot.db"
+    conn = sqlite3.connect(snapshot)
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    header, file_key, _ = _new_header(PASSPHRASE)
+    _write_sealed(snapshot, tmp_path / "old.cbbackup", header, file_key)
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match=re.escape(f"holds a journal of schema version {version}; this counterbox "
+                                                    f"restores versions 2 to {SCHEMA_VERSION}")):
+        restore(tmp_path / "old.cbbackup", PASSPHRASE, target, os.urandom(32))
+    assert list(target.parent.iterdir()) == []
