@@ -199,7 +199,7 @@ def status_order(status: dict[str, Any]) -> tuple:
 
 
 # A date and a time of day in UTC: not a date alone, nor a time with an offset (fromisoformat takes both).
-_UTC_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+_UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z")
 
 
 def parse_rfc3339(text: Any) -> float:

@@ -272,7 +272,7 @@ def test_a_batch_whose_sent_at_is_not_a_time_string_is_kept_without_it(key):
 
 
 @pytest.mark.parametrize("text", ["2025-11-24T16:00:00.000", "2025-11-24T16:00:00.000+00:00", None, 1764000000,
-                                  "2025-11-24Z", "yesterdayZ"])
+                                  "2025-11-24Z", "yesterdayZ", "２０２５-11-24T16:00:00.000Z"])
 def test_a_time_on_the_wire_is_utc_written_with_its_z_or_it_is_refused(text):
     with pytest.raises(ValueError, match="is not an RFC 3339 UTC time"):
         protocol.parse_rfc3339(text)
