@@ -133,6 +133,17 @@ def test_a_file_where_the_key_files_directory_goes_is_named_not_taken_for_a_key_
         load_data_key(key_file=tmp_path / "keys" / "data.key", credential="counterbox-data-key", create=True)
 
 
+def test_a_key_made_beside_us_is_read_as_any_key_file_and_named_when_it_cannot_be(tmp_path, monkeypatch):
+    """Creating the key finds a file there already (another process starting beside us made it):
+    that one is read. A link to nowhere is such a file that cannot be read: named, path and all."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    path = tmp_path / "data.key"
+    path.symlink_to(tmp_path / "gone.key")  # exists() says no; creating it finds it there
+    with pytest.raises(DataKeyError, match=re.escape(f"cannot read the data key in {path}: No such file")):
+        load_data_key(key_file=path, credential="counterbox-data-key", create=True)
+    assert not (tmp_path / "gone.key").exists() and [p.name for p in tmp_path.iterdir()] == ["data.key"]
+
+
 def test_a_missing_key_for_an_existing_journal_is_not_recreated(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     path = tmp_path / "data.key"

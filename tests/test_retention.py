@@ -222,3 +222,30 @@ def test_an_anchor_moved_without_a_checkpoint_is_named_by_verify(shop):
         conn.close()
     verification = shop.journal.verify()
     assert not verification.ok and "no checkpoint" in verification.broken.reason
+
+
+def test_a_checkpoint_copied_to_an_anchor_moved_further_is_named_by_the_agents_own_verify(shop):
+    """Whoever holds the file can move the anchor further, cut the events before it and copy the
+    sealed checkpoint there; only its seal, bound to the event it was made at, tells."""
+    shop.days(0, 10)
+    shop.journal.acknowledge(shop.journal.last_seq())
+    retention.fold_old(shop.journal, days=1, now=START + 5 * DAY)
+    anchor = shop.journal.anchor_seq()
+    assert anchor > 0 and shop.journal.verify().ok
+    conn = sqlite3.connect(shop.journal.path)
+    try:
+        further = anchor + 10
+        link = conn.execute("SELECT chain FROM events WHERE seq = ?", [further]).fetchone()[0]
+        key_id, sealed = conn.execute("SELECT key_id, sealed FROM folds WHERE seq = ?", [anchor]).fetchone()
+        conn.execute("INSERT INTO folds (seq, key_id, sealed) VALUES (?, ?, ?)", [further, key_id, sealed])
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'chain_anchor_seq'", [str(further)])
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'chain_anchor'", [link.hex()])
+        conn.execute("DROP TRIGGER events_append_only_delete")
+        conn.execute("DELETE FROM events WHERE seq <= ?", [further])
+        conn.commit()
+    finally:
+        conn.close()
+    assert shop.journal.verify(seals=False).ok  # the chain alone from the new anchor holds
+    verification = shop.journal.verify()
+    assert not verification.ok and verification.broken.seq == further
+    assert f"the checkpoint at event {further} does not open or does not seal this anchor" in verification.broken.reason
