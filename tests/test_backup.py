@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from storage import BackupError, DataKeyError, Journal, JournalError, Store, backup, restore, verify_journal
+from storage.backup import CHUNK
 from storage.schema import SCHEMA_VERSION
 
 PASSPHRASE = b"correct horse battery staple"
@@ -219,3 +220,46 @@ def test_a_backup_of_a_journal_of_a_schema_this_box_does_not_restore_is_refused(
                                                     f"restores versions 2 to {SCHEMA_VERSION}")):
         restore(tmp_path / "old.cbbackup", PASSPHRASE, target, os.urandom(32))
     assert list(target.parent.iterdir()) == []
+
+
+@pytest.fixture
+def big_box(tmp_path, key):
+    """A journal of some 3 MiB: a backup of it is several sealed chunks (storage.backup.CHUNK)."""
+    path = tmp_path / "big-box" / "journal.db"
+    j = Journal.open(path, key)
+    for n in range(200):
+        j.append("price_list", {"n": n, "items": os.urandom(8000).hex()})
+    j.close()
+    assert path.stat().st_size > 3 * CHUNK
+    return path
+
+
+def test_a_backup_of_several_chunks_restores_whole(big_box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    backup(big_box, key, file, PASSPHRASE)
+    new_key, target = os.urandom(32), tmp_path / "new-box" / "journal.db"
+    assert restore(file, PASSPHRASE, target, new_key).ok
+    assert events(target, new_key) == events(big_box, key)
+
+
+@pytest.mark.parametrize("damage", ["swap two chunks", "drop the last chunk", "drop a middle chunk"])
+def test_chunks_out_of_order_or_missing_restore_nothing(big_box, key, tmp_path, damage):
+    """Each chunk's nonce is its number and whether it is the last: a file reordered, or cut at a
+    chunk's end (where a cut leaves whole chunks), does not open."""
+    file = tmp_path / "box.cbbackup"
+    backup(big_box, key, file, PASSPHRASE)
+    header, body = file.read_bytes().split(b"\n", 1)
+    size = CHUNK + 16
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    assert len(chunks) >= 4
+    if damage == "swap two chunks":
+        chunks[0], chunks[1] = chunks[1], chunks[0]
+    elif damage == "drop the last chunk":
+        chunks = chunks[:-1]
+    else:
+        del chunks[1]
+    file.write_bytes(header + b"\n" + b"".join(chunks))
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered or cut short"):
+        restore(file, PASSPHRASE, target, os.urandom(32))
+    assert not target.exists()

@@ -12,7 +12,7 @@ from agent.counter import Counter
 from agent.daemon import record_scan
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
-from storage import EventTooLarge, Journal, JournalError, Store
+from storage import DataKeyError, EventTooLarge, Journal, JournalError, NoJournal, Store
 from storage.store import MAX_GROUP
 
 
@@ -143,6 +143,22 @@ def test_a_write_that_ends_the_whole_transaction_fails_its_group_and_nothing_com
     results, events = run(main())
     assert all(isinstance(r, JournalError) for r in results), results
     assert events == []
+
+
+def test_a_store_that_cannot_open_its_journal_says_why_to_its_opener_and_leaves_no_thread(tmp_path):
+    path = tmp_path / "journal.db"
+    Journal.open(path, os.urandom(32)).close()
+
+    async def main():
+        with pytest.raises(DataKeyError, match="does not open"):
+            await Store.open(path, os.urandom(32))  # another key
+        with pytest.raises(NoJournal, match=f"there is no journal at {tmp_path / 'other.db'}"):
+            await Store.open(tmp_path / "other.db", os.urandom(32), create=False)
+        assert not (tmp_path / "other.db").exists()
+
+    before = threading.active_count()
+    run(main())
+    assert threading.active_count() == before
 
 
 def test_cancelling_the_opening_of_a_store_leaves_no_thread_behind(tmp_path):
