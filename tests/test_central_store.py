@@ -280,3 +280,36 @@ def test_a_status_that_may_have_waited_in_centrals_queue_says_nothing_of_the_clo
     assert (held.state, held.clock_offset) == ("online", None)  # kept as the latest, clock unmeasured
     store.record_status("shop-1", status(sent_at=5001.0), received_at=5000.0, live=True)
     assert store.status("shop-1").clock_offset == 1.0
+
+
+def test_one_devices_events_never_move_anothers_acknowledgement_nor_count_as_its_own(store):
+    store.register("shop-2", "key-2")
+    assert store.add_events("shop-2", 1, batch(1, 2, 3, 4, 5)) == (5, 5)
+    assert store.add_events("shop-1", 1, batch(2, 3)) == (2, 0)  # shop-1's seq 1 is still on its way
+    assert store.add_events("shop-1", 1, batch(1)) == (1, 3)
+    assert store.add_events("shop-2", 1, batch(1, 2)) == (0, 5)  # the same seqs, another device: held
+    assert (store.device("shop-1").acked_seq, store.device("shop-2").acked_seq) == (3, 5)
+
+
+def test_events_are_read_back_with_their_device_kind_and_session_in_device_then_seq_order(store):
+    store.register("shop-0", "key-0")
+    store.add_events("shop-1", 3, batch(1) + [{"seq": 2, "kind": "misread", "body": {"code": "1"}}])
+    store.add_events("shop-0", 7, batch(1))
+    assert list(store.events()) == [
+        {"device": "shop-0", "seq": 1, "kind": "sale", "session": 7, "n": 1},
+        {"device": "shop-1", "seq": 1, "kind": "sale", "session": 3, "n": 1},
+        {"device": "shop-1", "seq": 2, "kind": "misread", "session": 3, "code": "1"},
+    ]
+    assert [(e["device"], e["seq"]) for e in store.events(kind="misread")] == [("shop-1", 2)]
+    assert [(e["device"], e["seq"]) for e in store.events(kind="sale")] == [("shop-0", 1), ("shop-1", 1)]
+
+
+def test_a_status_keeps_its_session_and_time_and_one_received_twice_stands_once(store):
+    assert store.record_status("shop-1", status(session=4, sent_at=1000.0), received_at=1001.0, live=True)
+    held = store.status("shop-1")
+    assert (held.session, held.sent_at, held.received_at) == (4, 1000.0, 1001.0)
+    # The same status again (the broker delivering it twice): it is the latest already, nothing to change.
+    assert store.record_status("shop-1", status(session=4, sent_at=1000.0), received_at=1005.0, live=True)
+    assert store.status("shop-1").received_at in (1001.0, 1005.0)
+    assert not store.record_status("shop-1", status(session=3, sent_at=2000.0), received_at=1006.0, live=True)
+    assert store.status("shop-1").session == 4
