@@ -10,6 +10,17 @@ from drivers.input_event import pack, pack_all
 from drivers.recording import type_text
 
 
+def signed_with_header(payload: bytes, key, header: dict) -> bytes:
+    """A compact JWS signed with the right Ed25519 key whose protected header is ``header`` as given
+    (what jws.sign would never write: a crit parameter, a kid that is not a string)."""
+    import json
+
+    from provisioning import jws
+
+    signing_input = f"{jws.b64url(json.dumps(header).encode())}.{jws.b64url(payload)}"
+    return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
+
+
 def examples(n: int) -> int:
     """Hypothesis examples for a property: ``n``, or a tenth of it when mutation testing runs the
     tests once per mutant (mutmut sets MUTANT_UNDER_TEST): a mutant that breaks a property

@@ -1,6 +1,7 @@
 """Backup and restore: one encrypted file, restored onto a new box and verified by the chain."""
 
 import asyncio
+import json
 import os
 import re
 import sqlite3
@@ -9,7 +10,7 @@ import stat
 import pytest
 
 from storage import BackupError, DataKeyError, Journal, JournalError, Store, backup, restore, verify_journal
-from storage.backup import CHUNK
+from storage.backup import CHUNK, _new_header, _write_sealed
 from storage.schema import SCHEMA_VERSION
 
 PASSPHRASE = b"correct horse battery staple"
@@ -155,8 +156,6 @@ def test_a_file_that_is_not_a_backup_is_named_as_such(tmp_path):
 
 def _with_header(file, **change):
     """The backup at ``file`` with its header line changed (what a damaged or crafted file holds)."""
-    import json
-
     header, rest = file.read_bytes().split(b"\n", 1)
     fields = json.loads(header)
     for name, value in change.items():
@@ -205,8 +204,6 @@ def test_a_header_at_the_edge_of_what_a_box_derives_is_taken(box, key, tmp_path)
 
 @pytest.mark.parametrize("version", [1, SCHEMA_VERSION + 1])
 def test_a_backup_of_a_journal_of_a_schema_this_box_does_not_restore_is_refused(tmp_path, version):
-    from storage.backup import _new_header, _write_sealed
-
     snapshot = tmp_path / "snapshot.db"
     conn = sqlite3.connect(snapshot)
     conn.execute(f"PRAGMA user_version = {version}")

@@ -23,7 +23,7 @@ from provisioning.documents import Document, Scope
 from provisioning.errors import ProtocolError, SignatureError
 from provisioning.identity import key_id, load_key, public_key_text
 
-from .harness import feed, scans, wait_until
+from .harness import feed, scans, signed_with_header, wait_until
 
 NOW = 1_764_000_000.0
 PRICES = {"currency": "CNY", "items": [{"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]}
@@ -154,15 +154,9 @@ def test_a_decoded_document_names_the_operations_key_that_signed_it(ops):
 
 @pytest.mark.parametrize("kid", [5, ["k"], {"k": 1}, None])
 def test_a_key_id_that_is_not_a_string_is_an_untrusted_key_not_a_crash(ops, kid):
-    token = _signed_with_header(_payload(), ops, kid=kid)
+    token = signed_with_header(json.dumps(_payload()).encode(), ops, {"alg": "Ed25519", "kid": kid, "typ": documents.DOCUMENT_TYPE})
     with pytest.raises(SignatureError, match="which is not a trusted operations key"):
         documents.decode_document(token, trusted={key_id(ops): ops.public_key()})
-
-
-def _signed_with_header(payload: dict, key, **header) -> bytes:
-    head = jws.b64url(json.dumps({"alg": "Ed25519", "typ": documents.DOCUMENT_TYPE, **header}).encode())
-    signing_input = f"{head}.{jws.b64url(json.dumps(payload).encode())}"
-    return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
 
 
 SETTINGS_BODY = {"counter": {"timezone": "Asia/Shanghai", "mode_timeout": 600, "pending_timeout": 60.5},

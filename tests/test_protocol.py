@@ -16,6 +16,8 @@ from provisioning.errors import ProtocolError, SignatureError
 from provisioning.identity import public_key_text
 from storage import Event
 
+from .harness import signed_with_header
+
 ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "shop-0001"
 NOW = 1_764_000_000.0
@@ -97,7 +99,8 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
     (lambda key: b"\xff" + signed(good_payload(), key), "non-ASCII"),
     (lambda key: signed(good_payload(), Ed25519PrivateKey.generate()), "signature check failed"),
     (lambda key: signed(good_payload(session=-1), key), "or a session"),
-    (lambda key: _with_header(good_payload(), key, crit=["exp"], exp=NOW),
+    (lambda key: signed_with_header(json.dumps(good_payload()).encode(), key,
+                                    {"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE, "crit": ["exp"], "exp": NOW}),
      "signature check failed: unsupported critical header parameters ['exp']"),
     (lambda key: jws.sign(b"[" * 100_000 + b"]" * 100_000, key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(),
      "payload is not JSON: nested too deeply"),
@@ -122,13 +125,6 @@ def test_a_message_over_the_limit_is_refused_before_it_is_verified(key):
 def test_a_batch_of_a_devices_first_session_zero_is_taken(key):
     token = signed(good_payload(session=0), key)
     assert protocol.decode_batch(token, device=DEVICE, key=key.public_key()).session == 0
-
-
-def _with_header(payload, key, **header) -> bytes:
-    """A token signed with the right key whose protected header carries more than the protocol's."""
-    head = jws.b64url(json.dumps({"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE, **header}).encode())
-    signing_input = f"{head}.{jws.b64url(json.dumps(payload).encode())}"
-    return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
 
 
 @pytest.mark.parametrize("forge,reason", [
