@@ -151,7 +151,8 @@ def sales_table(report: dict[str, Any]) -> str:
 
 def stock_table(report: dict[str, Any]) -> str:
     rows = [[row["product"], row["name"], row["packs"], "yes" if row["tracked"] else "not yet",
-             f"since seq {row['negative_since']}" if row["negative_since"] is not None else ""]
+             f"since seq {row['negative_since']}" if row["negative_since"] is not None
+             else "yes" if row["tracked"] and row["packs"] < 0 else ""]
             for row in report["products"]]
     lines = ["Stock (packs)", table(["product", "name", "packs", "counted", "below zero"], rows)]
     if report["negative"]:

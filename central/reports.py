@@ -68,19 +68,25 @@ def sales(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
 
 def stock(store: CentralStore, scope: Scope) -> dict[str, Any]:
     """Each shop's stock by product (its serving devices' together: a shop may have two counters), and
-    its products below zero."""
+    its products below zero: counted or received on some counter, and below zero on the shelf as a whole
+    (one counter's minus is no shortage while the other's packs cover it)."""
     result = {}
     for shop, found in ledgers(store, scope, serving=True).items():
         rows: dict[str, dict[str, Any]] = {}
+        counters: Tally = Tally()  # how many of the shop's boxes hold each product
         for ledger in found:
             for row in reports.stock(ledger)["products"]:
                 merged = rows.setdefault(row["product"], {**row, "packs": 0})
+                counters[row["product"]] += 1
                 merged["packs"] += row["packs"]
                 merged["name"] = merged["name"] or row["name"]
                 merged["tracked"] = merged["tracked"] or row["tracked"]
-                merged["negative_since"] = merged["negative_since"] or row["negative_since"]
+        for product, row in rows.items():
+            # Since which event: a seq is one box's, so only a product on one counter has one to give.
+            if row["packs"] >= 0 or not row["tracked"] or counters[product] > 1:
+                row["negative_since"] = None
         products = [rows[p] for p in sorted(rows)]
-        result[shop] = {"products": products, "negative": [r for r in products if r["negative_since"] is not None]}
+        result[shop] = {"products": products, "negative": [r for r in products if r["tracked"] and r["packs"] < 0]}
     return result
 
 

@@ -8,21 +8,27 @@ from central import reports
 from central.store import CentralStore, Shop
 
 PACK, CARTON = "6901028075831", "6901028075848"
+OTHER = "6901028001915"  # another product
 DAY = "2026-11-30"
 
 
-def sale(seq, code, *, unit="pack", packs=1, price=2300, list_price=2300, cost=1950, kind="sale"):
+def sale(seq, code, *, unit="pack", packs=1, price=2300, list_price=2300, cost=1950, kind="sale", day=DAY,
+         product=PACK, product_name="Hongtashan (pack)", name="Hongtashan"):
     return {"seq": seq, "kind": kind, "body": {
-        "code": code, "symbology": "ean13", "aim": None, "scanner": "x", "scanned_at": f"{DAY}T04:00:00.000Z",
-        "day": DAY, "quantity": 1, "unit": unit, "packs": packs, "product": product_key(PACK), "known": True,
+        "code": code, "symbology": "ean13", "aim": None, "scanner": "x", "scanned_at": f"{day}T04:00:00.000Z",
+        "day": day, "quantity": 1, "unit": unit, "packs": packs, "product": product_key(product), "known": True,
         "currency": "CNY", "unit_price": price, "list_price": list_price, "cost": cost, "price_source": "list",
-        "name": "Hongtashan", "product_name": "Hongtashan (pack)"}}
+        "name": name, "product_name": product_name}}
 
 
-def count(seq, packs):
+def count(seq, packs, *, product=PACK, name="Hongtashan (pack)"):
     return {"seq": seq, "kind": "count_closed", "body": {"started": seq, "at": f"{DAY}T09:00:00.000Z", "lines": [
-        {"product": product_key(PACK), "name": "Hongtashan (pack)", "expected": 0, "counted": packs,
-         "difference": packs}]}}
+        {"product": product_key(product), "name": name, "expected": 0, "counted": packs, "difference": packs}]}}
+
+
+def received(seq, packs, *, product=PACK, name=None):
+    return {"seq": seq, "kind": "received", "body": {"product": product_key(product), "packs": packs, "name": name,
+                                                     "at": f"{DAY}T08:00:00.000Z"}}
 
 
 @pytest.fixture
@@ -72,3 +78,96 @@ def test_market_monitoring_gives_each_units_actual_price_beside_its_list_price_f
         {"unit": "pack", "price": 2200, "list_price": 2300, "lines": 2},
         {"unit": "pack", "price": 2300, "list_price": 2300, "lines": 1},
         {"unit": "carton", "price": 22500, "list_price": 22500, "lines": 1}]
+
+
+@pytest.fixture
+def fleet(store):
+    """The fixture's two shops in honghe, a shop in another region, and a box that serves no shop."""
+    store.add_shop(Shop("530300000001", "Qujing No. 8", "qujing", monitoring=True))
+    store.register("cb-far", "k" * 43, shop="530300000001", region="qujing")
+    store.register("cb-loose", "k" * 43)
+    for device in ("cb-new", "cb-other", "cb-far", "cb-loose"):
+        store.add_events(device, 1, [sale(1, PACK)])
+    return store
+
+
+@pytest.mark.parametrize("scope, shops", [
+    (reports.Scope(), ["530100000001", "530100000002", "530300000001", "cb-loose"]),
+    (reports.Scope(region="honghe"), ["530100000001", "530100000002"]),
+    (reports.Scope(region="qujing"), ["530300000001"]),
+    (reports.Scope(shop="530100000002"), ["530100000002"]),
+    (reports.Scope(device="cb-far"), ["530300000001"]),
+    (reports.Scope(device="cb-loose"), ["cb-loose"]),  # a box with no shop is its own
+    (reports.Scope(monitoring=True), ["530100000001", "530300000001"]),
+    (reports.Scope(region="qujing", monitoring=True), ["530300000001"]),
+    (reports.Scope(shop="530100000002", monitoring=True), []),
+    (reports.Scope(region="kunming"), []),
+])
+def test_a_report_covers_exactly_the_devices_in_its_scope(fleet, scope, shops):
+    report = reports.sales(fleet, [DAY], scope)
+    assert sorted(report["shops"]) == sorted(shops)
+    assert report["all_shops"]["total"]["packs"] == sum(s["total"]["packs"] for s in report["shops"].values())
+    assert set(reports.stock(fleet, scope)) == set(shops)
+
+
+def test_a_device_registered_to_a_shop_central_does_not_know_is_no_monitoring_point(store):
+    store.register("cb-stray", "k" * 43, shop="999999999999", region="honghe")
+    store.add_events("cb-stray", 1, [sale(1, PACK)])
+    assert "999999999999" not in reports.sales(store, [DAY], reports.Scope(monitoring=True))["shops"]
+    assert "999999999999" in reports.sales(store, [DAY], reports.Scope(region="honghe"))["shops"]
+
+
+def test_a_sales_report_names_its_days_and_counts_only_them(store):
+    store.add_events("cb-new", 1, [sale(1, PACK), sale(2, PACK, day="2026-11-29"), sale(3, PACK, day="2026-11-28")])
+    one = reports.sales(store, [DAY], reports.Scope(shop="530100000001"))
+    assert one["days"] == one["all_shops"]["days"] == [DAY]
+    assert one["all_shops"]["total"]["packs"] == 1
+    two = reports.sales(store, ["2026-11-29", DAY], reports.Scope(shop="530100000001"))
+    assert two["days"] == ["2026-11-29", DAY]
+    assert two["all_shops"]["total"]["packs"] == 2
+
+
+def test_a_shop_with_two_counters_has_one_shelf(store):
+    """Both serving boxes' stock of a product together: its packs summed, its name and whether it was
+    counted from either, and below zero only when the shelf as a whole is."""
+    store.register("cb-second", "k" * 43, shop="530100000002", region="honghe")
+    store.add_events("cb-other", 1, [count(1, 2), sale(2, PACK), sale(3, PACK), sale(4, PACK),  # this box: -1
+                                     sale(5, OTHER, product=OTHER, product_name=None, name=None),  # sold, never counted
+                                     count(6, 1, product=CARTON, name=None)])
+    store.add_events("cb-second", 1, [received(1, 10, name="Hongtashan (pack)"),  # this box: +10
+                                      received(2, 3, product=OTHER, name="Yunyan (pack)"),
+                                      sale(3, CARTON, product=CARTON, product_name="Hongtashan (carton)", packs=3,
+                                           unit="carton")])
+    shelf = reports.stock(store, reports.Scope(shop="530100000002"))["530100000002"]
+    rows = {row["product"]: row for row in shelf["products"]}
+    assert list(rows) == sorted(rows)
+    assert (rows[product_key(PACK)]["packs"], rows[product_key(PACK)]["negative_since"]) == (9, None)
+    assert rows[product_key(OTHER)]["packs"] == 3 - 1
+    assert rows[product_key(OTHER)]["name"] == "Yunyan (pack)"  # the second box's name where the first has none
+    assert rows[product_key(OTHER)]["tracked"] is True  # the second box received it
+    # The carton: counted 1 on the first box, 3 sold on the second: the shelf is below zero.
+    assert rows[product_key(CARTON)]["packs"] == -2
+    assert rows[product_key(CARTON)]["name"] == "Hongtashan (carton)"
+    assert [row["product"] for row in shelf["negative"]] == [product_key(CARTON)]
+    assert rows[product_key(CARTON)]["negative_since"] is None  # each box's seqs are its own: no one event
+    assert "yes" in box_reports.stock_table(shelf)
+
+
+def test_a_shop_below_zero_on_its_one_counter_says_since_which_event(store):
+    store.add_events("cb-other", 1, [count(1, 1), sale(2, PACK), sale(3, PACK), sale(4, PACK)])
+    [row] = reports.stock(store, reports.Scope(shop="530100000002"))["530100000002"]["negative"]
+    assert (row["product"], row["packs"], row["tracked"], row["negative_since"]) == (product_key(PACK), -2, True, 3)
+
+
+def test_market_monitoring_lists_what_is_on_the_shelf_even_unsold_and_only_the_days_asked(store):
+    store.add_events("cb-new", 1, [count(1, 5), count(2, 4, product=OTHER, name="Yunyan (pack)"),
+                                   count(3, 0, product=CARTON, name="Hongtashan (carton)"),
+                                   sale(4, PACK, price=2100, day="2026-11-29")])
+    rows = reports.prices(store, [DAY], reports.Scope(monitoring=True))
+    # Nothing sold on DAY; the carton is neither sold nor on the shelf: not listed.
+    assert [(r["product"], r["name"], r["stock"], r["actual_prices"]) for r in rows] == [
+        (product_key(OTHER), "Yunyan (pack)", 4, []), (product_key(PACK), "Hongtashan (pack)", 4, [])]
+    [pack] = [r for r in reports.prices(store, ["2026-11-29"], reports.Scope(monitoring=True))
+              if r["product"] == product_key(PACK)]
+    assert pack["actual_prices"] == [{"unit": "pack", "price": 2100, "list_price": 2300, "lines": 1}]
+    assert pack["shop"] == "530100000001"
