@@ -587,7 +587,8 @@ class CentralStore:
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the
-        device was registered, with what central saw of its uploads that day."""
+        device was registered, with what central saw of its uploads that day; none after today (a day
+        still to come was not missed)."""
         with self._transaction(write=False) as conn:
             device = conn.execute(sa.select(devices.c.registered_at, devices.c.revoked_at)
                                   .where(devices.c.device_id == device_id)).first()
@@ -610,7 +611,8 @@ class CentralStore:
                 total, late = counts.get(day, (0, 0))
                 counts[day] = (total + 1, late + (received_at - scanned > deadline))
         registered, revoked = (None if at is None else _local_day(at) for at in device)
-        day, last = date.fromisoformat(max(first_day, registered or first_day)), date.fromisoformat(last_day)
+        day = date.fromisoformat(max(first_day, registered or first_day))
+        last = date.fromisoformat(min(last_day, _local_day(time.time())))
         days = []
         while day <= last and not (revoked and day.isoformat() > revoked):
             total, late = counts.get(day.isoformat(), (0, 0))

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from central.errors import RegistryError, SeqConflict
-from central.store import CentralStore, Device
+from central.store import CentralStore, Device, Shop
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -313,3 +313,98 @@ def test_a_status_keeps_its_session_and_time_and_one_received_twice_stands_once(
     assert store.status("shop-1").received_at == 1005.0
     assert not store.record_status("shop-1", status(session=3, sent_at=2000.0), received_at=1006.0, live=True)
     assert store.status("shop-1").session == 4
+
+
+def test_shops_are_kept_whole_and_changed_only_on_purpose(store):
+    assert store.shop("530100000001") is None
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True))
+    store.add_shop(Shop("530100000002", "Gejiu No. 1", "honghe"))
+    assert store.shop("530100000001") == Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True)
+    assert store.shop("530100000002") == Shop("530100000002", "Gejiu No. 1", "honghe", monitoring=False)
+    with pytest.raises(RegistryError, match="shop 530100000001 is already registered; pass --replace"):
+        store.add_shop(Shop("530100000001", "Mengzi No. 4", "kunming"))
+    assert store.shop("530100000001").name == "Mengzi No. 3"
+    store.add_shop(Shop("530100000001", "Mengzi No. 4", "kunming"), replace=True)  # replaced by a similar shop
+    assert store.shop("530100000001") == Shop("530100000001", "Mengzi No. 4", "kunming", monitoring=False)
+    assert store.shop("530100000002").name == "Gejiu No. 1"
+
+
+def test_a_device_is_read_back_with_its_region_and_revocation_and_listed_in_order(store):
+    store.register("shop-0", "key-0", shop="530100000001", region="honghe")
+    assert store.device("shop-0") == Device("shop-0", "key-0", 0, "530100000001", "honghe", None)
+    assert store.device_ids() == ["shop-0", "shop-1"]
+    store.revoke("shop-0")
+    revoked_at = store.device("shop-0").revoked_at
+    assert revoked_at is not None
+    store.revoke("shop-0")  # again: the first revocation's time stands
+    assert store.device("shop-0").revoked_at == revoked_at
+    assert store.device("shop-1").revoked_at is None
+    with pytest.raises(RegistryError, match="device shop-0 was revoked; register the box under a new id"):
+        store.register("shop-0", "key-0", replace=True)
+
+
+def test_events_of_a_device_never_registered_are_refused(store):
+    with pytest.raises(RegistryError, match="device shop-9 is not registered"):
+        store.add_events("shop-9", 1, batch(1))
+    assert list(store.events()) == []
+
+
+def test_boxes_waiting_for_activation_are_listed_newest_first_until_registered(store):
+    assert store.waiting_devices() == []
+    store.waiting("cb-a", "key-a", "1.0.0", 1000.0)
+    store.waiting("cb-b", "key-b", "1.0.1", 2000.0)
+    store.waiting("shop-1", "key-1", "1.0.0", 3000.0)  # registered already: not waiting
+    assert store.waiting_devices() == [
+        {"device": "cb-b", "public_key": "key-b", "agent_version": "1.0.1", "seen_at": 2000.0},
+        {"device": "cb-a", "public_key": "key-a", "agent_version": "1.0.0", "seen_at": 1000.0}]
+    store.waiting("cb-a", "key-a2", "1.1.0", 4000.0)  # said hello again, after an update and a new key
+    assert store.waiting_devices()[0] == {"device": "cb-a", "public_key": "key-a2", "agent_version": "1.1.0",
+                                          "seen_at": 4000.0}
+    assert len(store.waiting_devices()) == 2
+
+
+def test_a_connections_will_outranks_its_online_statuses_whichever_arrives_first(store):
+    """The will is signed when the connection opens, before every online status of it, yet says the last
+    word on that connection: an online status of it arriving after the will changes nothing."""
+    store.record_status("shop-1", status("offline", sent_at=900.0), received_at=1100.0, live=True)
+    assert store.record_status("shop-1", status(sent_at=1000.0), received_at=1101.0, live=True) is False
+    assert store.status("shop-1").state == "offline"
+
+
+def test_each_live_online_status_counts_one_report_on_its_own_devices_day(store):
+    store.register("shop-2", "key-2")
+    for received_at in (_at("2026-11-21", 9), _at("2026-11-21", 15)):
+        store.record_status("shop-1", status(), received_at=received_at, live=True)
+    store.record_status("shop-1", status(), received_at=_at("2026-11-21", 16), live=False)  # retained: no report
+    store.record_status("shop-2", status(), received_at=_at("2026-11-22", 9), live=True)  # another device's
+    store.conn.execute("UPDATE devices SET registered_at = ?", [_at("2026-11-20", 9)])
+    days = store.upload_days("shop-1", "2026-11-21", "2026-11-22", deadline=3600)
+    assert [(d.day, d.reports) for d in days] == [("2026-11-21", 2), ("2026-11-22", 0)]
+
+
+def test_an_upload_day_counts_its_own_devices_sales_from_the_first_to_the_last_day_asked(store):
+    """Both ends of the range count; a sale exactly ``deadline`` after its scan is on time; a sale with no
+    readable scan time counts on no day, and the sales after it still count; another device's sales are not
+    this one's."""
+    store.register("shop-2", "key-2")
+    store.conn.execute("UPDATE devices SET registered_at = ?", [_at("2026-11-01", 9)])
+    scanned = [_at("2026-11-20", 23), _at("2026-11-21", 11), _at("2026-11-22", 11), _at("2026-11-23", 11)]
+    store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {"code": "6901028075831"}},  # no time
+                                   *(_sale(seq, at) for seq, at in enumerate(scanned, start=2))])
+    store.add_events("shop-2", 1, [_sale(1, _at("2026-11-21", 12))])
+    for seq, at in enumerate(scanned, start=2):
+        store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = ?", [at + 3600, seq])
+    store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = 4", [scanned[2] + 3601])
+    days = store.upload_days("shop-1", "2026-11-21", "2026-11-22", deadline=3600)
+    assert [(d.day, d.sales, d.late) for d in days] == [("2026-11-21", 1, 0), ("2026-11-22", 1, 1)]
+
+
+def test_upload_days_start_on_the_day_a_device_was_registered_and_name_only_what_it_is(store):
+    import time as time_module
+
+    today = time_module.strftime("%Y-%m-%d")
+    days = store.upload_days("shop-1", "2020-01-01", today, deadline=3600)  # registered by the fixture, today
+    assert [(d.day, d.reports, d.sales, d.late, d.uploaded) for d in days] == [(today, 0, 0, 0, False)]
+    assert store.upload_days("shop-9", "2020-01-01", today, deadline=3600) == []  # never registered
+    # A period that runs on past today (this week, asked on a Wednesday): the days to come are not failures.
+    assert [d.day for d in store.upload_days("shop-1", "2020-01-01", "2999-12-31", deadline=3600)] == [today]
