@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from central.errors import RegistryError, SeqConflict
+from central.errors import ActivationRefused, RegistryError, SeqConflict
 from central.store import CentralStore, Device, Shop
 
 
@@ -408,3 +408,114 @@ def test_upload_days_start_on_the_day_a_device_was_registered_and_name_only_what
     assert store.upload_days("shop-9", "2020-01-01", today, deadline=3600) == []  # never registered
     # A period that runs on past today (this week, asked on a Wednesday): the days to come are not failures.
     assert [d.day for d in store.upload_days("shop-1", "2020-01-01", "2999-12-31", deadline=3600)] == [today]
+
+
+@pytest.fixture
+def shop(store):
+    """A shop, and an activation code for it that any box may use until second 5000."""
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True))
+    store.add_code("code-1", shop="530100000001", token="token-1", device=None, issued_at=1000.0, expires_at=5000.0)
+    return Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True)
+
+
+def test_a_code_activates_one_box_for_its_shop_once(store, shop):
+    store.waiting("cb-a", "key-a", "1.0.0", 1500.0)
+    assert store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2000.0) == shop
+    assert store.device("cb-a") == Device("cb-a", "key-a", 0, "530100000001", "honghe", None)
+    assert store.waiting_devices() == []  # no longer waiting
+    # The same box asking again with the same key (its answer was lost) gets the same answer, even later.
+    assert store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=9000.0) == shop
+    for device_id, key in (("cb-b", "key-b"), ("cb-a", "key-other")):
+        with pytest.raises(ActivationRefused, match="^the code was already used by another box$"):
+            store.activate("code-1", "token-1", device_id=device_id, public_key=key, now=2000.0)
+    assert store.device("cb-b") is None
+    assert store.device("cb-a").public_key == "key-a"
+
+
+@pytest.mark.parametrize("code_id, token, now, reason", [
+    ("code-9", "token-1", 2000.0, "^central never issued this code$"),
+    ("code-1", "token-9", 2000.0, "^central never issued this code$"),  # an id with another token
+    ("code-1", "token-1", 5000.1, "^the code has expired$"),
+])
+def test_a_code_never_issued_or_expired_activates_nothing(store, shop, code_id, token, now, reason):
+    with pytest.raises(ActivationRefused, match=reason):
+        store.activate(code_id, token, device_id="cb-a", public_key="key-a", now=now)
+    assert store.device("cb-a") is None
+    # Refused, the code is still unused: the box it was meant for can use it in time.
+    assert store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=5000.0).licence == shop.licence
+
+
+def test_a_code_issued_for_one_waiting_box_activates_no_other(store, shop):
+    store.add_code("code-2", shop=shop.licence, token="token-2", device="cb-a", issued_at=1000.0, expires_at=5000.0)
+    with pytest.raises(ActivationRefused, match="^the code was issued for device cb-a$"):
+        store.activate("code-2", "token-2", device_id="cb-b", public_key="key-b", now=2000.0)
+    assert store.activate("code-2", "token-2", device_id="cb-a", public_key="key-a", now=2000.0) == shop
+
+
+def test_a_registered_box_is_not_activated_again_by_a_new_code(store, shop):
+    store.register("cb-a", "key-a", shop="530100000002", region="kunming")
+    with pytest.raises(ActivationRefused, match="^device cb-a is registered with another key$"):
+        store.activate("code-1", "token-1", device_id="cb-a", public_key="key-new", now=2000.0)
+    with pytest.raises(ActivationRefused, match="^device cb-a is already active for shop 530100000002$"):
+        store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2000.0)
+    store.revoke("cb-a")
+    with pytest.raises(ActivationRefused, match="^device cb-a was revoked; a revoked box is activated again only "):
+        store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2000.0)
+    assert store.device("cb-a").shop == "530100000002"
+    # The code was used by none of those: a new box takes it.
+    assert store.activate("code-1", "token-1", device_id="cb-b", public_key="key-b", now=2000.0) == shop
+
+
+def test_each_document_stream_is_numbered_on_its_own_from_one(store):
+    def signer(kind, scope):
+        return lambda version: (kind, scope, "ops-1", 100.0 * version, 200.0 * version, f"{kind}-{version}".encode())
+
+    assert store.issue_document(signer("price_list", "region:honghe"), "price_list/honghe") == (1, b"price_list-1")
+    assert store.issue_document(signer("price_list", "region:honghe"), "price_list/honghe") == (2, b"price_list-2")
+    assert store.issue_document(signer("order", "device:cb-a"), "order/cb-a") == (1, b"order-1")
+    rows = store.conn.execute("SELECT name, version, kind, scope, kid, issued_at, expires_at, token, published_at "
+                              "FROM documents ORDER BY name, version").fetchall()
+    assert [tuple(row) for row in rows] == [
+        ("order/cb-a", 1, "order", "device:cb-a", "ops-1", 100.0, 200.0, b"order-1", None),
+        ("price_list/honghe", 1, "price_list", "region:honghe", "ops-1", 100.0, 200.0, b"price_list-1", None),
+        ("price_list/honghe", 2, "price_list", "region:honghe", "ops-1", 200.0, 400.0, b"price_list-2", None)]
+    store.document_published("price_list/honghe", 1)
+    published = dict(((name, version), at) for name, version, at in store.conn.execute(
+        "SELECT name, version, published_at FROM documents").fetchall())
+    assert published[("price_list/honghe", 1)] is not None
+    assert published[("price_list/honghe", 2)] is None and published[("order/cb-a", 1)] is None
+
+
+def test_a_document_that_fails_to_be_signed_takes_no_version(store):
+    def broken(version):
+        raise ValueError("no key")
+
+    with pytest.raises(ValueError):
+        store.issue_document(broken, "price_list/honghe")
+    assert store.issue_document(lambda v: ("price_list", "all", "ops-1", 1.0, 2.0, b"t"), "price_list/honghe")[0] == 1
+
+
+def test_the_documents_a_box_holds_are_the_highest_version_it_applied_of_each_stream(store):
+    store.register("shop-2", "key-2")
+    applied = [{"name": "price_list/honghe", "version": 1}, {"name": "order/shop-1", "version": 4},
+               {"name": "price_list/honghe", "version": 3}, {"name": "price_list/honghe", "version": 2}]
+    store.add_events("shop-1", 1, [{"seq": seq, "kind": "document", "body": body}
+                                   for seq, body in enumerate(applied, start=1)]
+                     + [{"seq": 5, "kind": "sale", "body": {"name": "not-a-document", "version": 99}}])
+    store.add_events("shop-2", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 7}}])
+    assert store.documents_held("shop-1") == {"price_list/honghe": 3, "order/shop-1": 4}
+    assert store.documents_held("shop-2") == {"price_list/honghe": 7}
+    assert store.documents_held("shop-3") == {}
+
+
+def test_a_revocation_is_delivered_once_central_holds_it_and_everything_before_it(store):
+    assert store.revocation_delivered("shop-1") is False
+    store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {}}])
+    assert store.revocation_delivered("shop-1") is False  # no revocation yet
+    store.add_events("shop-1", 1, [{"seq": 3, "kind": "revocation", "body": {}}])
+    assert store.revocation_delivered("shop-1") is False  # seq 2 is still on its way
+    store.add_events("shop-1", 1, [{"seq": 2, "kind": "sale", "body": {}}])
+    assert store.revocation_delivered("shop-1") is True
+    store.register("shop-2", "key-2")
+    assert store.revocation_delivered("shop-2") is False  # another device's revocation is not its own
+    assert store.revocation_delivered("shop-9") is False
