@@ -9,6 +9,7 @@ from central.store import CentralStore, Shop
 
 PACK, CARTON = "6901028075831", "6901028075848"
 OTHER = "6901028001915"  # another product
+LIGHT = "6901028180559"  # and another
 DAY = "2026-11-30"
 
 
@@ -133,7 +134,9 @@ def test_a_shop_with_two_counters_has_one_shelf(store):
     store.register("cb-second", "k" * 43, shop="530100000002", region="honghe")
     store.add_events("cb-other", 1, [count(1, 2), sale(2, PACK), sale(3, PACK), sale(4, PACK),  # this box: -1
                                      sale(5, OTHER, product=OTHER, product_name=None, name=None),  # sold, never counted
-                                     count(6, 1, product=CARTON, name=None)])
+                                     count(6, 1, product=CARTON, name=None),
+                                     sale(7, CARTON, product=CARTON, product_name=None, name=None, packs=2),  # this box: -1
+                                     count(8, 3, product=LIGHT), sale(9, LIGHT, product=LIGHT, packs=3)])  # exactly 0
     store.add_events("cb-second", 1, [received(1, 10, name="Hongtashan (pack)"),  # this box: +10
                                       received(2, 3, product=OTHER, name="Yunyan (pack)"),
                                       sale(3, CARTON, product=CARTON, product_name="Hongtashan (carton)", packs=3,
@@ -145,12 +148,14 @@ def test_a_shop_with_two_counters_has_one_shelf(store):
     assert rows[product_key(OTHER)]["packs"] == 3 - 1
     assert rows[product_key(OTHER)]["name"] == "Yunyan (pack)"  # the second box's name where the first has none
     assert rows[product_key(OTHER)]["tracked"] is True  # the second box received it
-    # The carton: counted 1 on the first box, 3 sold on the second: the shelf is below zero.
-    assert rows[product_key(CARTON)]["packs"] == -2
+    # The carton: counted 1 and 2 sold on the first box (below zero since its seq 7), 3 sold on the second:
+    # the shelf is below zero, since no one box's event.
+    assert rows[product_key(CARTON)]["packs"] == -4
     assert rows[product_key(CARTON)]["name"] == "Hongtashan (carton)"
     assert [row["product"] for row in shelf["negative"]] == [product_key(CARTON)]
     assert rows[product_key(CARTON)]["negative_since"] is None  # each box's seqs are its own: no one event
     assert "yes" in box_reports.stock_table(shelf)
+    assert (rows[product_key(LIGHT)]["packs"], rows[product_key(LIGHT)]["tracked"]) == (0, True)  # empty, not short
 
 
 def test_a_shop_below_zero_on_its_one_counter_says_since_which_event(store):
@@ -171,3 +176,22 @@ def test_market_monitoring_lists_what_is_on_the_shelf_even_unsold_and_only_the_d
               if r["product"] == product_key(PACK)]
     assert pack["actual_prices"] == [{"unit": "pack", "price": 2100, "list_price": 2300, "lines": 1}]
     assert pack["shop"] == "530100000001"
+
+
+def test_a_box_taken_out_of_service_keeps_its_sales_but_not_its_shelf(store):
+    """Revoked boxes are left out of stock (their successor counted the shelf again) wherever they come in
+    the shop's devices; what they sold still counts, at a stock of 0 where no serving box holds the product."""
+    store.register("cb-a-first", "k" * 43, shop="530100000002", region="honghe")
+    store.add_events("cb-a-first", 1, [count(1, 20), sale(2, OTHER, product=OTHER, price=1500, list_price=1600)])
+    store.revoke("cb-a-first")
+    store.add_events("cb-other", 1, [count(1, 12)])
+    shelf = reports.stock(store, reports.Scope(shop="530100000002"))["530100000002"]
+    assert [(row["product"], row["packs"]) for row in shelf["products"]] == [(product_key(PACK), 12)]
+    store.add_shop(Shop("530100000009", "Jianshui No. 2", "honghe", monitoring=True))
+    store.register("cb-gone", "k" * 43, shop="530100000009", region="honghe")
+    store.add_events("cb-gone", 1, [count(1, 5), sale(2, PACK, price=2250)])
+    store.revoke("cb-gone")
+    [row] = reports.prices(store, [DAY], reports.Scope(shop="530100000009"))
+    assert (row["stock"], row["actual_prices"]) == (0, [{"unit": "pack", "price": 2250, "list_price": 2300,
+                                                         "lines": 1}])
+    assert reports.stock(store, reports.Scope(shop="530100000009")) == {}
