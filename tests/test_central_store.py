@@ -9,11 +9,13 @@ from __future__ import annotations
 import sqlite3
 import stat
 import threading
+from pathlib import Path
 
 import pytest
 
 from central.errors import ActivationRefused, RegistryError, SeqConflict
 from central.store import CentralStore, Device, Shop
+from central.store import database as database_option
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -519,3 +521,38 @@ def test_a_revocation_is_delivered_once_central_holds_it_and_everything_before_i
     store.register("shop-2", "key-2")
     assert store.revocation_delivered("shop-2") is False  # another device's revocation is not its own
     assert store.revocation_delivered("shop-9") is False
+
+
+def test_each_database_is_the_one_named(database):
+    store = CentralStore(database)
+    try:
+        assert store.engine.dialect.name == ("postgresql" if isinstance(database, str) else "sqlite")
+    finally:
+        store.close()
+
+
+def test_a_sqlite_url_names_the_file(tmp_path):
+    store = CentralStore(f"sqlite:///{tmp_path}/by-url.db")
+    try:
+        store.register("shop-1", "key-1")
+    finally:
+        store.close()
+    assert stat.S_IMODE((tmp_path / "by-url.db").stat().st_mode) == 0o600
+    again = CentralStore(tmp_path / "by-url.db")
+    try:
+        assert again.device_ids() == ["shop-1"]
+    finally:
+        again.close()
+
+
+def test_a_database_that_cannot_be_reached_is_named_without_its_password():
+    with pytest.raises(RegistryError, match=r"^central's database postgresql\+psycopg://ops:\*\*\*@127\.0\.0\.1:1/central: ") as error:
+        CentralStore("postgresql+psycopg://ops:s3cret@127.0.0.1:1/central")
+    assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize("value, opened", [("central.db", Path("central.db")), ("/var/lib/c.db", Path("/var/lib/c.db")),
+                                           ("postgresql+psycopg://ops@/central?host=/run/postgresql",
+                                            "postgresql+psycopg://ops@/central?host=/run/postgresql")])
+def test_the_db_option_is_a_url_when_it_holds_a_scheme_and_a_file_otherwise(value, opened):
+    assert database_option(value) == opened and type(database_option(value)) is type(opened)
