@@ -394,11 +394,18 @@ def test_an_upload_day_counts_its_own_devices_sales_from_the_first_to_the_last_d
     store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {"code": "6901028075831"}},  # no time
                                    *(_sale(seq, at) for seq, at in enumerate(scanned, start=2))])
     store.add_events("shop-2", 1, [_sale(1, _at("2026-11-21", 12))])
-    for seq, at in enumerate(scanned, start=2):
+    # A second sale on the 21st, and a misread (it has a scan time too, but is no sale) that came a day late.
+    store.add_events("shop-1", 1, [_sale(6, _at("2026-11-21", 12)),
+                                   {"seq": 7, "kind": "misread", "body": {"code": "690102807583",
+                                                                          "scanned_at": _sale(0, _at("2026-11-21", 13))
+                                                                          ["body"]["scanned_at"]}}])
+    for seq, at in enumerate(scanned + [_at("2026-11-21", 12)], start=2):
         store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = ?", [at + 3600, seq])
     store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = 4", [scanned[2] + 3601])
+    store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = 7",
+                       [_at("2026-11-22", 13)])
     days = store.upload_days("shop-1", "2026-11-21", "2026-11-22", deadline=3600)
-    assert [(d.day, d.sales, d.late) for d in days] == [("2026-11-21", 1, 0), ("2026-11-22", 1, 1)]
+    assert [(d.day, d.sales, d.late) for d in days] == [("2026-11-21", 2, 0), ("2026-11-22", 1, 1)]
 
 
 def test_upload_days_start_on_the_day_a_device_was_registered_and_name_only_what_it_is(store):
@@ -519,6 +526,7 @@ def test_a_revocation_is_delivered_once_central_holds_it_and_everything_before_i
     store.add_events("shop-1", 1, [{"seq": 2, "kind": "sale", "body": {}}])
     assert store.revocation_delivered("shop-1") is True
     store.register("shop-2", "key-2")
+    store.add_events("shop-2", 1, batch(1, 2, 3, 4))
     assert store.revocation_delivered("shop-2") is False  # another device's revocation is not its own
     assert store.revocation_delivered("shop-9") is False
 
