@@ -1,0 +1,236 @@
+"""Central's ingest, one message at a time: what it stores, answers and refuses, in the test's process.
+
+``Ingest.handle`` is the door every batch, status, hello and activation request comes through; these
+tests hand it signed messages as the broker would (real keys, a real store) and read what it returns and
+what the store then holds. The MQTT side is tested end to end in test_delivery.py and test_fleet.py.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent.mqtt import Message
+from central.errors import Rejected
+from central.ingest import Accepted, Answered, Cleared, Ingest, StatusReceived, Waiting
+from central.store import CentralStore, Shop
+from provisioning import activation, protocol
+from provisioning.activation import ActivationCode
+from provisioning.identity import broker_password, device_id_for, public_key_text
+from storage import Event
+
+PREFIX = protocol.DEFAULT_PREFIX
+
+
+@dataclass
+class Central:
+    ingest: Ingest
+    store: CentralStore
+    central_public: Ed25519PublicKey
+    box_key: Ed25519PrivateKey  # shop-1's
+
+    def handle(self, message: Message, settled: bool = True):
+        return self.ingest.handle(message, settled)
+
+
+@pytest.fixture
+def central(tmp_path):
+    """Central's key, a store with one registered box, and the ingest over them."""
+    store = CentralStore(tmp_path / "central.db")
+    key, box = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    store.register("shop-1", public_key_text(box), shop="530100000001", region="honghe")
+    yield Central(Ingest(store=store, signing_key=key), store, key.public_key(), box)
+    store.close()
+
+
+def sales(*seqs):
+    return [Event(seq, "sale", {"code": "6901028075831", "n": seq}) for seq in seqs]
+
+
+def batch_message(events, *, device="shop-1", key, topic_device=None, session=1):
+    token = protocol.encode_batch(events, device=device, session=session, key=key, sent_at=time.time())
+    return Message(protocol.batch_topic(PREFIX, topic_device or device), token)
+
+
+def status_message(state="online", *, key, sent_at, retain=False, session=1, connection=1, **health):
+    token = protocol.encode_status({"state": state, "session": session, "connection": connection, "sent_at": sent_at,
+                                    **health}, device="shop-1", key=key)
+    return Message(protocol.status_topic(PREFIX, "shop-1"), token, retain=retain)
+
+
+def test_a_batch_is_stored_once_and_answered_with_a_signed_acknowledgement(central):
+    result, (topic, token) = central.handle(batch_message(sales(1, 2), key=central.box_key))
+    assert result == Accepted("shop-1", 1, 2, added=2, acked_seq=2)
+    assert topic == protocol.ack_topic(PREFIX, "shop-1")
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 2
+    assert [(e["seq"], e["n"], e["session"]) for e in central.store.events()] == [(1, 1, 1), (2, 2, 1)]
+    # Sent again (its acknowledgement was lost): nothing added, the same acknowledgement.
+    result, (_, token) = central.handle(batch_message(sales(1, 2), key=central.box_key, session=2))
+    assert result == Accepted("shop-1", 1, 2, added=0, acked_seq=2)
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 2
+
+
+def test_a_batch_after_a_gap_is_kept_and_acknowledged_only_up_to_the_gap(central):
+    result, (_, token) = central.handle(batch_message(sales(3, 4), key=central.box_key))
+    assert result == Accepted("shop-1", 3, 4, added=2, acked_seq=0)
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 0
+
+
+@pytest.mark.parametrize("message, reason", [
+    (lambda c: batch_message(sales(1), key=Ed25519PrivateKey.generate()), "signature"),
+    (lambda c: batch_message(sales(1), device="shop-2", key=c.box_key), "not registered"),
+    (lambda c: batch_message(sales(1), key=c.box_key, topic_device="shop-2"), "not registered"),
+    (lambda c: Message(protocol.batch_topic(PREFIX, "shop-1"), b"not a token"), "not a JWS compact token"),
+    (lambda c: Message("elsewhere/v1/devices/shop-1/batch", batch_message(sales(1), key=c.box_key).payload),
+     "not a device's batch or status topic"),
+])
+def test_a_batch_forged_misdirected_or_malformed_is_rejected_and_stores_nothing(central, message, reason):
+    with pytest.raises(Rejected, match=reason):
+        central.handle(message(central))
+    assert list(central.store.events()) == []
+    assert central.store.device("shop-1").acked_seq == 0
+
+
+def test_a_batch_signed_by_one_box_on_another_boxs_topic_is_rejected(central):
+    other = Ed25519PrivateKey.generate()
+    central.store.register("shop-2", public_key_text(other))
+    with pytest.raises(Rejected, match="does not verify with the expected key"):  # checked with shop-2's key
+        central.handle(batch_message(sales(1), device="shop-1", key=central.box_key, topic_device="shop-2"))
+    with pytest.raises(Rejected, match="shop-2"):  # shop-2's own key, another's device in the payload and kid
+        central.handle(batch_message(sales(1), device="shop-1", key=other, topic_device="shop-2"))
+    assert list(central.store.events()) == []
+
+
+def test_a_box_registered_again_with_a_new_key_is_heard_with_the_new_key_only(central):
+    central.handle(batch_message(sales(1), key=central.box_key))
+    new = Ed25519PrivateKey.generate()
+    central.store.register("shop-1", public_key_text(new), replace=True)
+    with pytest.raises(Rejected, match="does not verify"):
+        central.handle(batch_message(sales(2), key=central.box_key))
+    result, _ = central.handle(batch_message(sales(2), key=new))
+    assert result.acked_seq == 2
+
+
+def test_a_cleared_retained_message_is_only_noted(central):
+    topic = protocol.status_topic(PREFIX, "shop-1")
+    assert central.handle(Message(topic, b"")) == (Cleared(topic), None)
+
+
+def test_a_live_status_measures_the_clock_once_centrals_queue_has_settled(central):
+    now = time.time()
+    result, ack = central.handle(status_message(key=central.box_key, sent_at=now + 120, backlog=0))
+    assert ack is None
+    assert (result.device_id, result.state, result.cut_off) == ("shop-1", "online", False)
+    assert 119 < result.clock_offset <= 120
+    assert 119 < central.store.status("shop-1").clock_offset <= 120
+    # Just after central connected, a status may have waited in its queue: it says nothing of the clock.
+    result, _ = central.handle(status_message(key=central.box_key, sent_at=now + 500, connection=2), settled=False)
+    assert result.clock_offset is None
+    # A retained one, sent on subscribing, neither.
+    result, _ = central.handle(status_message(key=central.box_key, sent_at=now + 900, connection=3, retain=True))
+    assert result.clock_offset is None
+    assert central.store.status("shop-1").sent_at == pytest.approx(now + 900, abs=0.001)  # milliseconds on the wire
+
+
+def test_a_status_signed_by_another_key_is_rejected(central):
+    with pytest.raises(Rejected, match="does not verify"):
+        central.handle(status_message(key=Ed25519PrivateKey.generate(), sent_at=time.time()))
+    assert central.store.status("shop-1") is None
+
+
+def test_a_revoked_box_is_cut_off_when_it_goes_offline_after_handing_in_its_revocation(central):
+    key, now = central.box_key, time.time()
+    central.store.revoke("shop-1")
+    central.handle(batch_message([*sales(1), Event(2, "revocation", {"name": "revocation/shop-1"})], key=key))
+    online, _ = central.handle(status_message(key=key, sent_at=now))
+    assert online.cut_off is False  # online: it may still have more to hand in
+    stale, _ = central.handle(status_message("offline", key=key, sent_at=now - 10, retain=True))
+    assert stale.cut_off is False  # a retained offline says nothing of now
+    offline, _ = central.handle(status_message("offline", key=key, sent_at=now + 1))
+    assert offline == StatusReceived("shop-1", "offline", None, cut_off=True)
+
+
+def test_a_revoked_box_that_goes_offline_before_its_revocation_arrived_is_not_cut_off(central):
+    central.store.revoke("shop-1")
+    central.handle(batch_message(sales(1), key=central.box_key))
+    result, _ = central.handle(status_message("offline", key=central.box_key, sent_at=time.time()))
+    assert result.cut_off is False
+
+
+def test_a_serving_box_that_goes_offline_is_not_cut_off(central):
+    central.handle(batch_message([*sales(1), Event(2, "revocation", {})], key=central.box_key))
+    result, _ = central.handle(status_message("offline", key=central.box_key, sent_at=time.time()))
+    assert result.cut_off is False
+
+
+# -- activation ------------------------------------------------------------------------
+
+@pytest.fixture
+def box():
+    key = Ed25519PrivateKey.generate()
+    return key, device_id_for(key)
+
+
+def issue(central, *, device=None, expires_in=3600.0):
+    ops = Ed25519PrivateKey.generate()
+    now = time.time()
+    central.store.add_shop(Shop("530100000009", "Jianshui No. 2", "honghe", monitoring=True), replace=True)
+    code = activation.encode_code(ActivationCode(activation.new_code_id(), "530100000009", "honghe", True, now,
+                                                 now + expires_in, device), key=ops, kid="ops-1")
+    central.store.add_code(activation.code_id_of(code), shop="530100000009", token=code, device=device,
+                           issued_at=now, expires_at=now + expires_in)
+    return code
+
+
+def request(key, device_id, code):
+    return Message(activation.topic(PREFIX, device_id, "request"),
+                   activation.encode_request(device_id, key, code, sent_at=time.time()))
+
+
+def test_a_waiting_boxs_hello_is_noted(central, box):
+    key, device_id = box
+    hello = activation.encode_hello(device_id, key, agent_version="1.4.0", sent_at=time.time())
+    assert central.handle(Message(activation.topic(PREFIX, device_id, "hello"), hello)) == (Waiting(device_id), None)
+    [waiting] = central.store.waiting_devices()
+    assert (waiting["device"], waiting["public_key"], waiting["agent_version"]) == (device_id, public_key_text(key),
+                                                                                    "1.4.0")
+
+
+def test_an_activation_request_with_a_good_code_registers_the_box_and_answers_it_signed(central, box):
+    key, device_id = box
+    code = issue(central)
+    answered, (topic, token) = central.handle(request(key, device_id, code))
+    assert answered == Answered(device_id, True, "", "honghe", broker_password(key))
+    assert topic == activation.topic(PREFIX, device_id, "result")
+    result = activation.decode_result(token, device=device_id, key=central.central_public)
+    assert {k: result[k] for k in ("accepted", "code", "shop", "name", "region", "monitoring")} == {
+        "accepted": True, "code": activation.code_id_of(code), "shop": "530100000009", "name": "Jianshui No. 2",
+        "region": "honghe", "monitoring": True}
+    device = central.store.device(device_id)
+    assert (device.public_key, device.shop, device.region) == (public_key_text(key), "530100000009", "honghe")
+    # Activated, it is heard at once: its first batch is stored.
+    accepted, _ = central.handle(batch_message(sales(1), device=device_id, key=key))
+    assert accepted.acked_seq == 1
+
+
+def test_an_activation_refused_is_answered_with_the_reason_and_changes_nothing(central, box):
+    key, device_id = box
+    code = issue(central, device="cb-someoneelse0000")
+    answered, (_, token) = central.handle(request(key, device_id, code))
+    assert (answered.accepted, answered.reason) == (False, "the code was issued for device cb-someoneelse0000")
+    result = activation.decode_result(token, device=device_id, key=central.central_public)
+    assert (result["accepted"], result["reason"]) == (False, "the code was issued for device cb-someoneelse0000")
+    assert central.store.device(device_id) is None
+
+
+def test_an_activation_request_under_another_boxs_id_is_rejected_unanswered(central, box):
+    key, _ = box
+    code = issue(central)
+    with pytest.raises(Rejected, match="not the one derived"):
+        central.handle(request(key, "cb-0000000000000000", code))
+    with pytest.raises(Rejected, match="not an activation request"):
+        central.handle(Message(activation.topic(PREFIX, box[1], "request"), b"garbage"))
+    assert central.store.device("cb-0000000000000000") is None
