@@ -149,10 +149,17 @@ def sales_table(report: dict[str, Any]) -> str:
                       *notes])
 
 
+def _below_zero(row: dict[str, Any]) -> str:
+    """Since which event; central's rows of a shop with several boxes also say on which box (a seq is one box's)."""
+    if row["negative_since"] is None:
+        return ""
+    device = row.get("negative_device")
+    return f"since seq {row['negative_since']}" + (f" on {device}" if device else "")
+
+
 def stock_table(report: dict[str, Any]) -> str:
     rows = [[row["product"], row["name"], row["packs"], "yes" if row["tracked"] else "not yet",
-             f"since seq {row['negative_since']}" if row["negative_since"] is not None
-             else "yes" if row["tracked"] and row["packs"] < 0 else ""]
+             _below_zero(row)]
             for row in report["products"]]
     lines = ["Stock (packs)", table(["product", "name", "packs", "counted", "below zero"], rows)]
     if report["negative"]:

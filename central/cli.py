@@ -184,6 +184,7 @@ def _uploads(args) -> int:
     last_day = args.until or time.strftime("%Y-%m-%d")
     first_day = time.strftime("%Y-%m-%d", time.localtime(time.mktime(time.strptime(last_day, "%Y-%m-%d"))
                                                           - (args.days - 1) * 86400 + 43200))
+    today = time.strftime("%Y-%m-%d")
     store = CentralStore(args.db)
     try:
         rows = []
@@ -191,6 +192,10 @@ def _uploads(args) -> int:
             device = store.device(device_id)
             shop = store.shop(device.shop)
             days = store.upload_days(device_id, first_day, last_day, deadline=args.deadline_minutes * 60)
+            # Today is still under way: it counts once it is decided (the box has reported and nothing came
+            # late, or a sale already came late), and until then it is left out, not failed: a box that
+            # has not reported yet this morning would otherwise lose a day every morning.
+            days = [day for day in days if day.day != today or day.uploaded or day.late]
             if not days:
                 continue
             monitoring = bool(shop and shop.monitoring)

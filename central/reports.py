@@ -46,20 +46,20 @@ class Scope:
         return chosen
 
 
-def ledgers(store: CentralStore, scope: Scope, *, serving: bool = False) -> dict[str, list[Ledger]]:
-    """Each shop's devices' ledgers, by shop (a device with no shop is its own). ``serving``: only the
-    devices that serve it now, not one revoked (a box replaced counted the same shelf before)."""
-    by_shop: dict[str, list[Ledger]] = {}
+def ledgers(store: CentralStore, scope: Scope, *, serving: bool = False) -> dict[str, dict[str, Ledger]]:
+    """Each shop's devices' ledgers, by shop (a device with no shop is its own) and device. ``serving``:
+    only the devices that serve it now, not one revoked (a box replaced counted the same shelf before)."""
+    by_shop: dict[str, dict[str, Ledger]] = {}
     for device_id, shop in scope.devices(store):
         if serving and (device := store.device(device_id)) is not None and device.revoked_at is not None:
             continue
-        by_shop.setdefault(shop, []).append(reports.fold(store.device_events(device_id)))
+        by_shop.setdefault(shop, {})[device_id] = reports.fold(store.device_events(device_id))
     return by_shop
 
 
 def sales(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
     """Sales over ``days``: per shop, and all of them together."""
-    shops = {shop: reports.merge_sales([reports.sales(ledger, days) for ledger in found])
+    shops = {shop: reports.merge_sales([reports.sales(ledger, days) for ledger in found.values()])
              for shop, found in ledgers(store, scope).items()}
     everything = reports.merge_sales(list(shops.values()))
     everything["days"] = days
@@ -67,26 +67,24 @@ def sales(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
 
 
 def stock(store: CentralStore, scope: Scope) -> dict[str, Any]:
-    """Each shop's stock by product (its serving devices' together: a shop may have two counters), and
-    its products below zero: counted or received on some counter, and below zero on the shelf as a whole
-    (one counter's minus is no shortage while the other's packs cover it)."""
+    """Each shop's stock by product, its serving devices' packs together (a shop may have two counters),
+    and its products below zero. Each box keeps its own shelf's stock (a count on one box is that box's),
+    so a product is below zero where a box's own ledger says so, as that box's report does: the row names
+    the box and its event since which (a seq is one box's)."""
     result = {}
     for shop, found in ledgers(store, scope, serving=True).items():
         rows: dict[str, dict[str, Any]] = {}
-        counters: Tally = Tally()  # how many of the shop's boxes hold each product
-        for ledger in found:
+        for device_id, ledger in found.items():
             for row in reports.stock(ledger)["products"]:
-                merged = rows.setdefault(row["product"], {**row, "packs": 0})
-                counters[row["product"]] += 1
+                merged = rows.setdefault(row["product"], {**row, "packs": 0, "negative_since": None,
+                                                          "negative_device": None})
                 merged["packs"] += row["packs"]
                 merged["name"] = merged["name"] or row["name"]
                 merged["tracked"] = merged["tracked"] or row["tracked"]
-        for product, row in rows.items():
-            # Since which event: a seq is one box's, so only a product on one counter has one to give.
-            if row["packs"] >= 0 or not row["tracked"] or counters[product] > 1:
-                row["negative_since"] = None
+                if row["negative_since"] is not None and merged["negative_device"] is None:
+                    merged["negative_since"], merged["negative_device"] = row["negative_since"], device_id
         products = [rows[p] for p in sorted(rows)]
-        result[shop] = {"products": products, "negative": [r for r in products if r["tracked"] and r["packs"] < 0]}
+        result[shop] = {"products": products, "negative": [r for r in products if r["negative_since"] is not None]}
     return result
 
 
@@ -99,7 +97,7 @@ def prices(store: CentralStore, days: list[str], scope: Scope) -> list[dict[str,
         actual: dict[str, Tally] = {}
         listed: dict[tuple[str, str], int | None] = {}  # by product and unit: a carton's is not a pack's
         names: dict[str, str | None] = {}
-        for ledger in found:
+        for ledger in found.values():
             for day in days:
                 for product, unit, price, list_price in ledger.sale_prices.get(day, {}).values():
                     actual.setdefault(product, Tally())[(unit, price)] += 1

@@ -95,8 +95,10 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
     store.add_shop(Shop("530102100001", "Mengzi No. 3", "honghe", monitoring=True))
     store.add_shop(Shop("530102100002", "Gejiu corner", "honghe"))
     today = time.strftime("%Y-%m-%d")
-    for device, shop in (("cb-monitor", "530102100001"), ("cb-general", "530102100002")):
-        store.register(device, "key", shop=shop, region="honghe")
+    store.add_shop(Shop("530102100003", "Kaiyuan No. 5", "kunming"))
+    for device, shop, region in (("cb-monitor", "530102100001", "honghe"), ("cb-general", "530102100002", "honghe"),
+                                 ("cb-morning", "530102100003", "kunming")):
+        store.register(device, "key", shop=shop, region=region)
         store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = ?", [time.time() - 9 * 86400, device])
     online = {"v": 1, "state": "online", "session": 1, "connection": 1, "sent_at": 0.0, "backlog": 0}
     for back in range(10):  # cb-general reports every day; cb-monitor misses one day in ten
@@ -104,6 +106,8 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
         store.record_status("cb-general", {**online, "device": "cb-general"}, received_at=noon, live=True)
         if back != 3:
             store.record_status("cb-monitor", {**online, "device": "cb-monitor"}, received_at=noon, live=True)
+        if back != 0:  # not yet today: the day is under way, not missed
+            store.record_status("cb-morning", {**online, "device": "cb-morning"}, received_at=noon, live=True)
     store.close()
 
     report = json.loads(command("uploads", "--days", "10", "--json").stdout)
@@ -111,10 +115,14 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
     assert (rows["cb-general"]["rate"], rows["cb-general"]["meets_target"]) == (1.0, True)
     assert (rows["cb-monitor"]["rate"], rows["cb-monitor"]["target"], rows["cb-monitor"]["meets_target"]) == (0.9, 0.9, True)
     assert [day["reported"] for day in rows["cb-monitor"]["failed_days"]] == [False]
+    assert (rows["cb-morning"]["days"], rows["cb-morning"]["rate"], rows["cb-morning"]["failed_days"]) == (9, 1.0, [])
     assert report["regions"] == [{"region": "honghe", "devices": 2, "days": 20, "uploaded": 19, "below_target": 0,
-                                  "rate": 0.95}]
+                                  "rate": 0.95},
+                                 {"region": "kunming", "devices": 1, "days": 9, "uploaded": 9, "below_target": 0,
+                                  "rate": 1.0}]
     table = command("uploads", "--days", "10").stdout
     assert "cb-monitor" in table and "monitoring" in table and "90.0%" in table
     assert "region honghe: 2 devices, 95.0% of device-days uploaded, 0 below target" in table
     below = json.loads(command("uploads", "--days", "5", "--json").stdout)  # the missed day weighs more
-    assert {row["device"]: row["meets_target"] for row in below["devices"]} == {"cb-general": True, "cb-monitor": False}
+    assert {row["device"]: row["meets_target"] for row in below["devices"]} == {"cb-general": True, "cb-monitor": False,
+                                                                                "cb-morning": True}

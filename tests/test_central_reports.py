@@ -8,8 +8,8 @@ from central import reports
 from central.store import CentralStore, Shop
 
 PACK, CARTON = "6901028075831", "6901028075848"
-OTHER = "6901028001915"  # another product
-LIGHT = "6901028180559"  # and another
+YUNYAN = "6901028001915"
+HONGHE = "6901028180559"
 DAY = "2026-11-30"
 
 
@@ -128,34 +128,36 @@ def test_a_sales_report_names_its_days_and_counts_only_them(store):
     assert two["all_shops"]["total"]["packs"] == 2
 
 
-def test_a_shop_with_two_counters_has_one_shelf(store):
+def test_a_shop_with_two_counters_sums_their_shelves_and_names_the_one_below_zero(store):
     """Both serving boxes' stock of a product together: its packs summed, its name and whether it was
-    counted from either, and below zero only when the shelf as a whole is."""
+    counted from either. Each box counts its own shelf, so a product is below zero where one box's own
+    report says so, named with that box and its event, whatever the other box holds."""
     store.register("cb-second", "k" * 43, shop="530100000002", region="honghe")
     store.add_events("cb-other", 1, [count(1, 2), sale(2, PACK), sale(3, PACK), sale(4, PACK),  # this box: -1
-                                     sale(5, OTHER, product=OTHER, product_name=None, name=None),  # sold, never counted
+                                     sale(5, YUNYAN, product=YUNYAN, product_name=None, name=None),  # never counted
                                      count(6, 1, product=CARTON, name=None),
-                                     sale(7, CARTON, product=CARTON, product_name=None, name=None, packs=2),  # this box: -1
-                                     count(8, 3, product=LIGHT), sale(9, LIGHT, product=LIGHT, packs=3)])  # exactly 0
+                                     sale(7, CARTON, product=CARTON, product_name=None, name=None, packs=2),  # -1
+                                     count(8, 3, product=HONGHE), sale(9, HONGHE, product=HONGHE, packs=3)])  # 0
     store.add_events("cb-second", 1, [received(1, 10, name="Hongtashan (pack)"),  # this box: +10
-                                      received(2, 3, product=OTHER, name="Yunyan (pack)"),
+                                      received(2, 3, product=YUNYAN, name="Yunyan (pack)"),
                                       sale(3, CARTON, product=CARTON, product_name="Hongtashan (carton)", packs=3,
-                                           unit="carton")])
+                                           unit="carton"),  # sold here, never counted here: no shortage of its own
+                                      sale(4, HONGHE, product=HONGHE, packs=2)])
     shelf = reports.stock(store, reports.Scope(shop="530100000002"))["530100000002"]
     rows = {row["product"]: row for row in shelf["products"]}
     assert list(rows) == sorted(rows)
-    assert (rows[product_key(PACK)]["packs"], rows[product_key(PACK)]["negative_since"]) == (9, None)
-    assert rows[product_key(OTHER)]["packs"] == 3 - 1
-    assert rows[product_key(OTHER)]["name"] == "Yunyan (pack)"  # the second box's name where the first has none
-    assert rows[product_key(OTHER)]["tracked"] is True  # the second box received it
-    # The carton: counted 1 and 2 sold on the first box (below zero since its seq 7), 3 sold on the second:
-    # the shelf is below zero, since no one box's event.
-    assert rows[product_key(CARTON)]["packs"] == -4
+    below = {p: (rows[p]["packs"], rows[p]["negative_since"], rows[p]["negative_device"]) for p in rows}
+    assert below == {product_key(PACK): (9, 4, "cb-other"),  # the first counter sold more than it held
+                     product_key(YUNYAN): (2, None, None),  # sold before it was ever counted there: not short
+                     product_key(CARTON): (-4, 7, "cb-other"),
+                     product_key(HONGHE): (-2, None, None)}  # empty on the box that counted it, sold on one that did not
+    assert rows[product_key(YUNYAN)]["name"] == "Yunyan (pack)"  # the second box's name where the first has none
+    assert rows[product_key(YUNYAN)]["tracked"] is True  # the second box received it
     assert rows[product_key(CARTON)]["name"] == "Hongtashan (carton)"
-    assert [row["product"] for row in shelf["negative"]] == [product_key(CARTON)]
-    assert rows[product_key(CARTON)]["negative_since"] is None  # each box's seqs are its own: no one event
-    assert "yes" in box_reports.stock_table(shelf)
-    assert (rows[product_key(LIGHT)]["packs"], rows[product_key(LIGHT)]["tracked"]) == (0, True)  # empty, not short
+    assert [row["product"] for row in shelf["negative"]] == [product_key(PACK), product_key(CARTON)]
+    table = box_reports.stock_table(shelf).splitlines()
+    assert [line.split("  ")[-1].strip() for line in table if line.startswith(product_key(CARTON))] == [
+        "since seq 7 on cb-other"]
 
 
 def test_a_shop_below_zero_on_its_one_counter_says_since_which_event(store):
@@ -165,13 +167,13 @@ def test_a_shop_below_zero_on_its_one_counter_says_since_which_event(store):
 
 
 def test_market_monitoring_lists_what_is_on_the_shelf_even_unsold_and_only_the_days_asked(store):
-    store.add_events("cb-new", 1, [count(1, 5), count(2, 4, product=OTHER, name="Yunyan (pack)"),
+    store.add_events("cb-new", 1, [count(1, 5), count(2, 4, product=YUNYAN, name="Yunyan (pack)"),
                                    count(3, 0, product=CARTON, name="Hongtashan (carton)"),
                                    sale(4, PACK, price=2100, day="2026-11-29")])
     rows = reports.prices(store, [DAY], reports.Scope(monitoring=True))
     # Nothing sold on DAY; the carton is neither sold nor on the shelf: not listed.
     assert [(r["product"], r["name"], r["stock"], r["actual_prices"]) for r in rows] == [
-        (product_key(OTHER), "Yunyan (pack)", 4, []), (product_key(PACK), "Hongtashan (pack)", 4, [])]
+        (product_key(YUNYAN), "Yunyan (pack)", 4, []), (product_key(PACK), "Hongtashan (pack)", 4, [])]
     [pack] = [r for r in reports.prices(store, ["2026-11-29"], reports.Scope(monitoring=True))
               if r["product"] == product_key(PACK)]
     assert pack["actual_prices"] == [{"unit": "pack", "price": 2100, "list_price": 2300, "lines": 1}]
@@ -182,7 +184,7 @@ def test_a_box_taken_out_of_service_keeps_its_sales_but_not_its_shelf(store):
     """Revoked boxes are left out of stock (their successor counted the shelf again) wherever they come in
     the shop's devices; what they sold still counts, at a stock of 0 where no serving box holds the product."""
     store.register("cb-a-first", "k" * 43, shop="530100000002", region="honghe")
-    store.add_events("cb-a-first", 1, [count(1, 20), sale(2, OTHER, product=OTHER, price=1500, list_price=1600)])
+    store.add_events("cb-a-first", 1, [count(1, 20), sale(2, YUNYAN, product=YUNYAN, price=1500, list_price=1600)])
     store.revoke("cb-a-first")
     store.add_events("cb-other", 1, [count(1, 12)])
     shelf = reports.stock(store, reports.Scope(shop="530100000002"))["530100000002"]

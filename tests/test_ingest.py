@@ -227,10 +227,10 @@ def test_an_activation_refused_is_answered_with_the_reason_and_changes_nothing(c
 
 
 def test_an_activation_request_under_another_boxs_id_is_rejected_unanswered(central, box):
-    key, _ = box
+    key, device_id = box
     code = issue(central)
     with pytest.raises(Rejected, match="not the one derived"):
         central.handle(request(key, "cb-0000000000000000", code))
     with pytest.raises(Rejected, match="not an activation request"):
-        central.handle(Message(activation.topic(PREFIX, box[1], "request"), b"garbage"))
+        central.handle(Message(activation.topic(PREFIX, device_id, "request"), b"garbage"))
     assert central.store.device("cb-0000000000000000") is None
