@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 import time
-from collections import defaultdict
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -79,27 +79,36 @@ def _export(args) -> int:
 
 
 def _report(args) -> int:
+    """Per device: its sales, unknown products, misreads and total, folded by the ledger as the box folds
+    them (a return or a void counts against the total, as in ``report sales``), and its acknowledged seq."""
     store = CentralStore(args.db)
     try:
-        devices: dict[str, dict] = defaultdict(lambda: {"sales": 0, "unknown": 0, "misreads": 0, "totals": defaultdict(int)})
-        for event in store.events():
-            report = devices[event["device"]]
-            if event["kind"] == "sale":
-                report["sales"] += 1
-                if event.get("known"):
-                    report["totals"][event["currency"]] += event["unit_price"] * event["quantity"]
-                else:
-                    report["unknown"] += 1
-            elif event["kind"] == "misread":
-                report["misreads"] += 1
-        for device_id, report in sorted(devices.items()):
+        for device_id in store.device_ids():
+            kinds: Counter = Counter()
+            currencies: set[str] = set()
+
+            def tallied(events):
+                for seq, kind, body in events:
+                    kinds[kind] += 1
+                    if kind == "sale":
+                        kinds["unknown"] += not body.get("known")
+                        if isinstance(body.get("currency"), str):
+                            currencies.add(body["currency"])
+                    yield seq, kind, body
+
+            ledger = shop_reports.fold(tallied(store.device_events(device_id)))
+            if not kinds:
+                continue
             device = store.device(device_id)
-            totals = ", ".join(f"{amount / 100:.2f} {currency}" for currency, amount in sorted(report["totals"].items()))
-            shop = f" ({device.shop})" if device and device.shop else ""
+            amount = sum(day.total.amount for day in ledger.days.values())
+            # A box sells in its price list's currency; one whose lists changed currency is summed as
+            # the box sums it, and says so.
+            currency = " ".join(sorted(currencies)) if len(currencies) < 2 else f"(mixed: {', '.join(sorted(currencies))})"
+            shop = f" ({device.shop})" if device.shop else ""
             print(
-                f"{device_id}{shop}: {_count(report['sales'], 'sale')} ({report['unknown']} of unknown products), "
-                f"{_count(report['misreads'], 'misread')} refused, total {totals or '0'}, "
-                f"acknowledged up to seq {device.acked_seq}"
+                f"{device_id}{shop}: {_count(kinds['sale'], 'sale')} ({kinds['unknown']} of unknown products), "
+                f"{_count(kinds['misread'], 'misread')} refused, total {shop_reports.money(amount)} {currency}".rstrip()
+                + f", acknowledged up to seq {device.acked_seq}"
             )
     finally:
         store.close()

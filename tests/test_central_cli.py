@@ -7,6 +7,7 @@ import json
 import pytest
 
 from central.cli import main as central_main
+from drivers.barcode import classify
 from central.store import CentralStore
 
 from .harness import run_main
@@ -77,6 +78,19 @@ def test_the_report_totals_each_device_in_each_currency(central):
         "acknowledged up to seq 5",
         "shop-2: 1 sale (0 of unknown products), 0 misreads refused, total 23.00 HKD, acknowledged up to seq 1",
     ]
+
+
+def test_the_reports_total_takes_returns_and_voids_off_as_the_box_does(central):
+    command, db = central
+    store = CentralStore(db)
+    store.register("shop-1", "k1")
+    void = {"voids": 2, "voided_kind": "sale", "day": "", "product": classify("b").key, "packs": 1, "amount": 150}
+    store.add_events("shop-1", 1, [sale(1, "a", 2300), sale(2, "b", 150),
+                                   {"seq": 3, "kind": "return", "body": {**sale(0, "a", 2300)["body"]}},
+                                   {"seq": 4, "kind": "void", "body": void}, sale(5, "c", 1000)])
+    store.close()
+    assert command("report").stdout.splitlines() == [
+        "shop-1: 3 sales (0 of unknown products), 0 misreads refused, total 10.00 CNY, acknowledged up to seq 5"]
 
 
 def test_ingest_without_central_s_key_stops_with_a_clear_error(central):
