@@ -101,13 +101,17 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any]) -> int:
     return 0
 
 
-def _address(args) -> tuple[str, int]:
-    host, _, port = args.broker.rpartition(":")
-    return host or "127.0.0.1", int(port)
+def broker_address(text: str) -> tuple[str, int]:
+    """--broker HOST:PORT, checked when the command line is read: a document is signed and kept before it
+    is published, so a broker given wrongly must stop the command before that, not after."""
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1883)")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 async def _publish_retained(args, topic: str, token: bytes) -> None:
-    host, port = _address(args)
+    host, port = args.broker
     link = MqttLink(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}",
                     backoff=Backoff(first=0.1, most=1.0), **broker.connection(args))
     async with link:
@@ -115,7 +119,7 @@ async def _publish_retained(args, topic: str, token: bytes) -> None:
             async with asyncio.timeout(PUBLISH_TIMEOUT):  # not wait_for: it may swallow a cancellation
                 await link.connected.wait()
         except TimeoutError:
-            raise MqttError(f"broker {args.broker} unreachable for {PUBLISH_TIMEOUT:.0f} s") from None
+            raise MqttError(f"broker {host}:{port} unreachable for {PUBLISH_TIMEOUT:.0f} s") from None
         await link.publish(topic, token, retain=True)
 
 
@@ -237,7 +241,7 @@ def _revoke(args) -> int:
 
 async def _cut_off(args) -> None:
     """At once (a box stolen): the broker disconnects it and refuses it; what it holds stays on it."""
-    host, port = _address(args)
+    host, port = args.broker
     async with BrokerAdmin(BrokerAdmin.link(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}-admin",
                                             **broker.connection(args))) as admin:
         await admin.execute(broker.cut_off_commands(args.device))
@@ -247,7 +251,8 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
     command.add_argument("--central-db", type=database, required=True,
                          help="central's database: a SQLite file or a PostgreSQL URL")
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
-    command.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
+    command.add_argument("--broker", type=broker_address, default="127.0.0.1:1883",
+                         help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     command.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
     broker.add_connection_options(command)
     whom = command.add_mutually_exclusive_group(required=True)
@@ -308,7 +313,8 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--font", type=Path, help="a TrueType/OpenType font for the slip's text (one with the "
                                                   "shop name's script, e.g. Noto Sans CJK)")
     issue.add_argument("--push", action="store_true", help="push the code to the box (--device) through the broker")
-    issue.add_argument("--broker", default="127.0.0.1:1883", help="the broker, HOST:PORT (default 127.0.0.1:1883)")
+    issue.add_argument("--broker", type=broker_address, default="127.0.0.1:1883",
+                         help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     issue.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
     broker.add_connection_options(issue)
     issue.set_defaults(func=_activation_issue)

@@ -81,3 +81,23 @@ def test_registering_needs_an_identity_or_both_device_and_key(tmp_path):
     result = ops("register", "--central-db", str(tmp_path / "central.db"), "--device", "shop-9")
     assert result.returncode == 2
     assert result.stderr == "counterbox-ops: error: give --identity FILE, or both --device and --public-key\n"
+
+
+@pytest.mark.parametrize("broker", ["localhost", "127.0.0.1:", "127.0.0.1:port", "127.0.0.1:0", "127.0.0.1:65536"])
+def test_a_broker_given_wrongly_stops_a_push_before_anything_is_signed(tmp_path, broker):
+    db, key, prices = tmp_path / "central.db", tmp_path / "ops.key", tmp_path / "prices.csv"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    prices.write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(key), "--broker", broker,
+                 "--region", "honghe", str(prices))
+    assert result.returncode == 2
+    assert f"argument --broker: {broker!r} is not HOST:PORT (e.g. 127.0.0.1:1883)" in result.stderr
+    assert not db.exists()  # no version taken, nothing kept
+
+
+@pytest.mark.parametrize("given, address", [("10.0.0.5:8883", ("10.0.0.5", 8883)), (":1883", ("127.0.0.1", 1883)),
+                                            ("[::1]:1883", ("::1", 1883))])
+def test_a_broker_is_host_and_port(given, address):
+    from central.ops import broker_address
+
+    assert broker_address(given) == address
