@@ -101,6 +101,20 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any]) -> int:
     return 0
 
 
+def span(most: float, *, zero: bool = False):
+    """An argparse type: a length of time above 0 (or 0, with ``zero``) and at most ``most``. A document
+    valid for no time is refused by every box; one valid past the clock's range cannot be signed."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (0 <= value if zero else 0 < value) or not value <= most:  # NaN fails both
+            raise argparse.ArgumentTypeError(f"{text} must be {'0 or more' if zero else 'above 0'} and at most {most:g}")
+        return value
+    return parse
+
+
 def broker_address(text: str) -> tuple[str, int]:
     """--broker HOST:PORT, checked when the command line is read: a document is signed and kept before it
     is published, so a broker given wrongly must stop the command before that, not after."""
@@ -307,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
                        help="central's database: a SQLite file or a PostgreSQL URL")
     issue.add_argument("--ops-key", type=Path, required=True, help="the operations signing key")
     issue.add_argument("--shop", required=True, help="the shop's licence number")
-    issue.add_argument("--valid-hours", type=float, default=72.0, help="hours the code can be used (default 72)")
+    issue.add_argument("--valid-hours", type=span(24 * 365), default=72.0, help="hours the code can be used (default 72)")
     issue.add_argument("--device", help="bind the code to this box (one waiting for a remote install)")
     issue.add_argument("--slip", type=Path, help="write the printable slip here (.png or .pdf)")
     issue.add_argument("--font", type=Path, help="a TrueType/OpenType font for the slip's text (one with the "
@@ -328,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
     push = prices.add_parser("push", help="sign a price list (CSV: barcode,name,price) and push it to a region or device")
     _push_options(push, region=True)
     push.add_argument("--currency", default="CNY", help="ISO 4217 code; prices are in its minor unit (default CNY)")
-    push.add_argument("--valid-days", type=float, default=30.0, help="days a box may still apply it (default 30)")
+    push.add_argument("--valid-days", type=span(3650), default=30.0, help="days a box may still apply it (default 30)")
     push.set_defaults(func=_prices_push)
 
     settings = commands.add_parser("settings", help="settings pushed to the boxes").add_subparsers(dest="action", required=True)
@@ -340,16 +354,16 @@ def parser() -> argparse.ArgumentParser:
     push.add_argument("--pending-timeout", type=float, help="[counter] pending_timeout, seconds")
     push.add_argument("--status-interval", type=float, help="[uplink] status_interval, seconds")
     push.add_argument("--snapshot-interval", type=float, help="[uplink] snapshot_interval, seconds")
-    push.add_argument("--valid-days", type=float, default=365.0, help="days a box may still apply them (default 365)")
+    push.add_argument("--valid-days", type=span(3650), default=365.0, help="days a box may still apply them (default 365)")
     push.set_defaults(func=_settings_push)
 
     revoke = commands.add_parser("revoke", help="revoke a box that leaves its shop: it delivers what it holds, "
                                                  "erases itself and waits for a new activation")
     _push_options(revoke, region=False, file=False)
     revoke.add_argument("--reason", default="", help="why (kept with the revocation)")
-    revoke.add_argument("--grace-minutes", type=float, default=60.0,
+    revoke.add_argument("--grace-minutes", type=span(30 * 24 * 60, zero=True), default=60.0,
                         help="minutes the box may take to deliver what it holds before it erases anyway (default 60)")
-    revoke.add_argument("--valid-days", type=float, default=365.0, help="days the box may still take it (default 365)")
+    revoke.add_argument("--valid-days", type=span(3650), default=365.0, help="days the box may still take it (default 365)")
     revoke.add_argument("--now", action="store_true", help="cut the box off at the broker at once (a box stolen: "
                                                            "what it has not delivered stays on it)")
     revoke.set_defaults(func=_revoke)
@@ -358,7 +372,7 @@ def parser() -> argparse.ArgumentParser:
     push = order.add_parser("push", help="sign an order (CSV: barcode,name,quantity) and push it to a device")
     _push_options(push, region=False)
     push.add_argument("--order-id", required=True, help="the order's id (letters, digits, '.', '_', '-')")
-    push.add_argument("--valid-days", type=float, default=14.0, help="days the box may still apply it (default 14)")
+    push.add_argument("--valid-days", type=span(3650), default=14.0, help="days the box may still apply it (default 14)")
     push.set_defaults(func=_order_push)
     controls = commands.add_parser("controls", help="the counter's control codes").add_subparsers(dest="action", required=True)
     sheet = controls.add_parser("sheet", help="write the printable sheet of control codes (Code 128, labelled in "

@@ -101,3 +101,39 @@ def test_a_broker_is_host_and_port(given, address):
     from central.ops import broker_address
 
     assert broker_address(given) == address
+
+
+PUSH_PRICES = ["prices", "push", "--central-db", "{db}", "--ops-key", "{key}", "--region", "honghe", "{csv}"]
+PUSH_ORDER = ["order", "push", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-7", "--order-id", "w48",
+              "{csv}"]
+REVOKE = ["revoke", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-7"]
+
+
+@pytest.mark.parametrize("command, option, message", [
+    (PUSH_PRICES, "--valid-days=0", "0 must be above 0 and at most 3650"),
+    (PUSH_PRICES, "--valid-days=-1", "-1 must be above 0 and at most 3650"),
+    (PUSH_PRICES, "--valid-days=nan", "nan must be above 0 and at most 3650"),
+    (PUSH_PRICES, "--valid-days=1e300", "1e300 must be above 0 and at most 3650"),
+    (PUSH_ORDER, "--valid-days=inf", "inf must be above 0 and at most 3650"),
+    (REVOKE, "--grace-minutes=-5", "-5 must be 0 or more and at most 43200"),
+    (REVOKE, "--grace-minutes=nan", "nan must be 0 or more and at most 43200"),
+    (REVOKE, "--valid-days=a week", "'a week' is not a number"),
+])
+def test_a_document_valid_for_no_time_or_past_the_clocks_range_is_refused_before_it_is_signed(
+        tmp_path, command, option, message):
+    paths = {"db": tmp_path / "central.db", "key": tmp_path / "ops.key", "csv": tmp_path / "lines.csv"}
+    assert ops("keygen", "--ops-key", str(paths["key"])).returncode == 0
+    paths["csv"].write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    result = ops(*(arg.format(**paths) for arg in command), option)
+    assert result.returncode == 2
+    assert f"argument {option.split('=')[0]}: {message}" in result.stderr
+    assert not paths["db"].exists()  # nothing signed, no version taken
+
+
+def test_an_activation_code_valid_for_no_time_is_refused_before_it_is_issued(tmp_path):
+    db, key = tmp_path / "central.db", tmp_path / "ops.key"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(key), "--shop", "530100000001",
+                 "--valid-hours=0")
+    assert result.returncode == 2 and "argument --valid-hours: 0 must be above 0 and at most 8760" in result.stderr
+    assert not db.exists()
