@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,11 +48,17 @@ def _fewer_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
+def _file_name(path: Path) -> str:
+    """A loaded file's name as the event records it: a name that is not UTF-8 (bytes Linux allows) keeps
+    its readable part, the rest replaced, so that the event can travel."""
+    return os.fsencode(path.name).decode("utf-8", errors="replace")
+
+
 def _prices_load(args) -> int:
     items = parse_csv(args.file.read_text(encoding="utf-8-sig"))
     journal = daemon.open_journal(args.config, create=True)
     try:
-        body = {"source": args.file.name, "currency": args.config.pricing.currency,
+        body = {"source": _file_name(args.file), "currency": args.config.pricing.currency,
                 "items": [item.as_json() for item in items]}
         seq = journal.append("price_list", body)
     finally:
@@ -68,7 +75,8 @@ def _order_load(args) -> int:
     lines = orders.parse_csv(args.file.read_text(encoding="utf-8-sig"))
     journal = daemon.open_journal(args.config, create=True)
     try:
-        seq = journal.append("order", {"source": args.file.name, "name": name, "order_id": args.id, "lines": lines})
+        seq = journal.append("order", {"source": _file_name(args.file), "name": name, "order_id": args.id,
+                                       "lines": lines})
     finally:
         journal.close()
     print(f"order {args.id} loaded from {args.file}: {len(lines)} lines, journal seq {seq}; "

@@ -213,7 +213,13 @@ class Journal:
     def append(self, kind: str, body: dict[str, Any]) -> int:
         """Record an event durably (or within the caller's transaction) and return its sequence number."""
         try:
-            plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+            # UTF-8 strictly, as a batch carries it: text with a lone surrogate (a file name that was not
+            # UTF-8) is refused here, not recorded and then left unsendable at the head of the outbox.
+            plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+                                   allow_nan=False).encode()
+        except UnicodeEncodeError:
+            raise JournalError(f"a {kind} event holds text that is not UTF-8 (bytes a file name or file "
+                               "carried undecoded); it was not recorded") from None
         except ValueError:
             raise JournalError(f"a {kind} event holds a NaN or infinite number, which JSON has not; "
                                "it was not recorded") from None

@@ -47,6 +47,28 @@ def test_a_new_journal_and_its_key_are_private_to_the_service(box, tmp_path):
         assert oct((directory / name).stat().st_mode & 0o777) == "0o600", name
 
 
+def test_a_price_list_whose_file_name_is_not_utf8_is_loaded_and_can_travel(box, tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from provisioning import protocol
+    from storage import Journal
+
+    directory, config = box
+    name = os.fsdecode(b"prices-\xff.csv")  # Linux allows any bytes in a name
+    (tmp_path / name).write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    loaded = subprocess.run([sys.executable, "-m", "agent", "-c", str(config), "prices", "load", str(tmp_path / name)],
+                            cwd=ROOT, env=env, capture_output=True, timeout=60)  # bytes: it prints the name as it is
+    assert loaded.returncode == 0, loaded.stderr
+    journal = Journal.open(directory / "journal.db", (directory / "data.key").read_bytes(), create=False)
+    try:
+        [event] = journal.read_after(0)
+    finally:
+        journal.close()
+    assert event.body["source"] == "prices-\ufffd.csv"
+    protocol.encode_batch([event], device="shop-1", session=1, key=Ed25519PrivateKey.generate(), sent_at=0.0)
+
+
 def new_journal(config, tmp_path):
     (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     assert counterbox(config, "prices", "load", str(tmp_path / "prices.csv")).returncode == 0

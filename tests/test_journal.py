@@ -282,6 +282,16 @@ def test_a_body_json_cannot_hold_is_refused_when_it_is_recorded(journal, number)
     assert journal.last_seq() == 0
 
 
+def test_text_no_batch_could_carry_is_refused_when_it_is_recorded(journal):
+    """A lone surrogate (what Python makes of a file name's bytes that are not UTF-8) fits the JSON of a
+    journal but no UTF-8 batch: it would sit at the head of the outbox for ever. Refused at once."""
+    with pytest.raises(JournalError, match="a price_list event holds text that is not UTF-8 .*; it was not recorded"):
+        journal.append("price_list", {"source": "prices\udcff.csv", "items": []})
+    assert journal.last_seq() == 0
+    seq = journal.append("price_list", {"source": "价格 \ufffd.csv", "items": []})  # any real text is taken
+    assert journal.get(seq).body["source"] == "价格 \ufffd.csv"
+
+
 def test_a_sale_writes_no_index_page_while_the_looked_up_kinds_are_found_through_one(journal):
     """Only the kinds read by kind are indexed: a sale's commit writes the table's page alone, and the
     journal's own queries for a looked-up kind are answered from the index."""
