@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.downlink import known_timezone
 from agent.mqtt import Backoff, MqttError, MqttLink
 from agent import orders
 from agent.prices import PriceListError, parse_csv
@@ -68,9 +71,9 @@ def _scope(args, store: CentralStore) -> Scope:
     return scope
 
 
-def _push(args, *, kind: str, name: str, body: dict[str, Any]) -> int:
+def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519PrivateKey | None = None) -> int:
     """Sign the next version of ``name``, keep it in central's database and publish it, retained."""
-    key = load_key(args.ops_key, made_by="counterbox-ops keygen")
+    key = key or load_key(args.ops_key, made_by="counterbox-ops keygen")
     kid = key_id(key)
     store = CentralStore(args.central_db)
     try:
@@ -113,6 +116,15 @@ def span(most: float, *, zero: bool = False):
             raise argparse.ArgumentTypeError(f"{text} must be {'0 or more' if zero else 'above 0'} and at most {most:g}")
         return value
     return parse
+
+
+def text(value: str) -> str:
+    """An argparse type: text that can be written as UTF-8 (an argument's bytes that are not UTF-8 cannot)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not UTF-8 text") from None
+    return value
 
 
 def broker_address(text: str) -> tuple[str, int]:
@@ -161,6 +173,9 @@ def _settings_push(args) -> int:
         documents.check_settings(body)
     except ProtocolError as error:
         raise CentralError(str(error)) from None
+    if args.timezone is not None and not known_timezone(args.timezone):
+        # Every box would refuse the version (docs/protocol.md): not signed, no version taken.
+        raise CentralError(f"time zone {args.timezone!r} is not in the time zone database")
     return _push(args, kind="settings", name="settings", body=body)
 
 
@@ -207,12 +222,19 @@ def _activation_issue(args) -> int:
         code = ActivationCode(activation.new_code_id(), shop.licence, shop.region, shop.monitoring, now,
                               now + args.valid_hours * 3600, args.device, kid)
         token = activation.encode_code(code, key=key, kid=kid)
-        store.add_code(code.code_id, shop=shop.licence, token=token, device=args.device, issued_at=now,
-                       expires_at=code.expires_at)
+        if args.slip:
+            # The slip first: one that cannot be made (its file, its font) leaves no code issued that
+            # nobody was shown; and a code central could not keep leaves no slip.
+            write_slip(args.slip, token, shop, code, font=args.font)
+        try:
+            store.add_code(code.code_id, shop=shop.licence, token=token, device=args.device, issued_at=now,
+                           expires_at=code.expires_at)
+        except BaseException:
+            if args.slip:
+                args.slip.unlink(missing_ok=True)
+            raise
     finally:
         store.close()
-    if args.slip:
-        write_slip(args.slip, token, shop, code, font=args.font)
     if args.push:
         try:
             asyncio.run(_publish_retained(args, activation.topic(args.topic_prefix, args.device, "code"),
@@ -239,6 +261,9 @@ def _activation_waiting(args) -> int:
 
 def _revoke(args) -> int:
     """Take a box out of service: it delivers what it holds, then erases itself (docs/protocol.md)."""
+    # Everything that can fail before the revocation is signed is checked before the box is marked
+    # revoked, which cannot be undone: the key, and a reason that is text.
+    key = load_key(args.ops_key, made_by="counterbox-ops keygen")
     store = CentralStore(args.central_db)
     try:
         if store.device(args.device) is None:
@@ -247,7 +272,7 @@ def _revoke(args) -> int:
     finally:
         store.close()
     body = {"reason": args.reason, "grace_seconds": int(args.grace_minutes * 60)}
-    pushed = _push(args, kind="revocation", name="revocation", body=body)
+    pushed = _push(args, kind="revocation", name="revocation", body=body, key=key)
     if args.now:
         asyncio.run(_cut_off(args))
     return pushed
@@ -295,7 +320,7 @@ def parser() -> argparse.ArgumentParser:
     register.add_argument("--device", help="the device id (its [device] id), without --identity")
     # A base64url key may begin with '-': pass it as --public-key=KEY.
     register.add_argument("--public-key", help="the device's public key, as --public-key=KEY, without --identity")
-    register.add_argument("--shop", default="", help="the shop the device serves")
+    register.add_argument("--shop", type=text, default="", help="the shop the device serves")
     register.add_argument("--region", default="", help="the sales region of the shop (price lists are pushed per region)")
     register.add_argument("--replace", action="store_true", help="replace the key of a device already registered")
     register.set_defaults(func=_register)
@@ -309,7 +334,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--central-db", type=database, required=True,
                      help="central's database: a SQLite file or a PostgreSQL URL")
     add.add_argument("--licence", required=True, help="the tobacco retail licence number")
-    add.add_argument("--name", required=True, help="the shop's name")
+    add.add_argument("--name", type=text, required=True, help="the shop's name")
     add.add_argument("--region", default="", help="its sales region (price lists are pushed per region)")
     add.add_argument("--monitoring", action="store_true", help="a monitoring point (reports actual prices and stock)")
     add.add_argument("--replace", action="store_true", help="change a shop already registered")
@@ -360,7 +385,7 @@ def parser() -> argparse.ArgumentParser:
     revoke = commands.add_parser("revoke", help="revoke a box that leaves its shop: it delivers what it holds, "
                                                  "erases itself and waits for a new activation")
     _push_options(revoke, region=False, file=False)
-    revoke.add_argument("--reason", default="", help="why (kept with the revocation)")
+    revoke.add_argument("--reason", type=text, default="", help="why (kept with the revocation)")
     revoke.add_argument("--grace-minutes", type=span(30 * 24 * 60, zero=True), default=60.0,
                         help="minutes the box may take to deliver what it holds before it erases anyway (default 60)")
     revoke.add_argument("--valid-days", type=span(3650), default=365.0, help="days the box may still take it (default 365)")

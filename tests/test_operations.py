@@ -1,6 +1,7 @@
 """Operations tooling: registering devices with central."""
 
 import json
+import os
 
 import pytest
 
@@ -137,3 +138,51 @@ def test_an_activation_code_valid_for_no_time_is_refused_before_it_is_issued(tmp
                  "--valid-hours=0")
     assert result.returncode == 2 and "argument --valid-hours: 0 must be above 0 and at most 8760" in result.stderr
     assert not db.exists()
+
+
+def test_a_revocation_that_cannot_be_signed_leaves_the_box_in_service(tmp_path):
+    db = tmp_path / "central.db"
+    assert ops("register", "--central-db", str(db), "--device", "shop-7", f"--public-key={KEY_WITH_A_DASH}").returncode == 0
+    result = ops("revoke", "--central-db", str(db), "--ops-key", str(tmp_path / "missing.key"), "--device", "shop-7",
+                 "--broker", "127.0.0.1:1")
+    assert result.returncode == 2 and "missing.key does not exist" in result.stderr
+    result = ops("revoke", "--central-db", str(db), "--ops-key", str(tmp_path / "missing.key"), "--device", "shop-7",
+                 "--reason", os.fsdecode(b"closed \xff"))
+    assert result.returncode == 2 and "argument --reason: 'closed \\udcff' is not UTF-8 text" in result.stderr
+    store = CentralStore(db)
+    try:
+        assert store.device("shop-7").revoked_at is None
+    finally:
+        store.close()
+
+
+def test_settings_with_a_time_zone_no_box_knows_are_not_signed(tmp_path):
+    db, key = tmp_path / "central.db", tmp_path / "ops.key"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    result = ops("settings", "push", "--central-db", str(db), "--ops-key", str(key), "--region", "honghe",
+                 "--timezone", "Mars/Olympus_Mons", "--broker", "127.0.0.1:1")
+    assert result.returncode == 2
+    assert "time zone 'Mars/Olympus_Mons' is not in the time zone database" in result.stderr
+    store = CentralStore(db)
+    try:
+        assert store.conn.execute("SELECT count(*) FROM documents").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("slip, font, message", [("slip.gif", None, "a slip is a .png or a .pdf"),
+                                                 ("slip.png", "no-such-font.ttf", "font no-such-font.ttf")])
+def test_a_slip_that_cannot_be_made_issues_no_code(tmp_path, slip, font, message):
+    db, key = tmp_path / "central.db", tmp_path / "ops.key"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi No. 3",
+               "--region", "honghe").returncode == 0
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(key), "--shop", "530100000001",
+                 "--slip", str(tmp_path / slip), *(["--font", font] if font else []))
+    assert result.returncode == 2 and message in result.stderr
+    store = CentralStore(db)
+    try:
+        assert store.conn.execute("SELECT count(*) FROM activation_codes").fetchone() == (0,)
+    finally:
+        store.close()
+    assert not (tmp_path / slip).exists()
