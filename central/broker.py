@@ -148,12 +148,23 @@ def connection(args) -> dict[str, Any]:
     return {"username": args.username, "password": password, "ca_file": args.ca_file}
 
 
+MIN_PASSWORD = 12  # characters of a broker password kept in a file someone else wrote
+
+
 def new_password(path: Path) -> str:
     """A random password kept in ``path`` (mode 0600); the one there already, if there is one."""
     from storage.keys import write_secret
 
     if path.exists():
-        return path.read_text().strip()
+        try:
+            password = path.read_text(encoding="utf-8").strip()
+        except (UnicodeDecodeError, IsADirectoryError) as error:
+            raise CentralError(f"password file {path}: not a text file ({error})") from None
+        if len(password) < MIN_PASSWORD:
+            # An empty file would give the broker client an empty password: anyone could be central.
+            raise CentralError(f"password file {path} holds {len(password)} characters, fewer than {MIN_PASSWORD}; "
+                               "remove it and one is made")
+        return password
     password = secrets.token_urlsafe(24)
     write_secret(path, password.encode())
     return password

@@ -140,3 +140,23 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
     below = json.loads(command("uploads", "--days", "5", "--json").stdout)  # the missed day weighs more
     assert {row["device"]: row["meets_target"] for row in below["devices"]} == {"cb-general": True, "cb-monitor": False,
                                                                                 "cb-morning": True}
+
+
+@pytest.mark.parametrize("content", [b"", b"   \n", b"short\n", b"\xff\xfe password!!"])
+def test_broker_init_takes_no_empty_short_or_unreadable_password_file(central, tmp_path, content):
+    command, _ = central
+    (tmp_path / "central.pass").write_bytes(content)
+    result = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
+                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
+    assert result.returncode == 2 and f"password file {tmp_path / 'central.pass'}" in result.stderr
+    assert not (tmp_path / "dynsec.json").exists()
+
+
+def test_broker_init_keeps_a_password_file_it_finds(central, tmp_path):
+    command, _ = central
+    (tmp_path / "central.pass").write_text("a long enough password\n")
+    result = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
+                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "central.pass").read_text() == "a long enough password\n"
+    assert len((tmp_path / "ops.pass").read_text().strip()) >= 24  # made, as none was there
