@@ -46,8 +46,11 @@ from .schema import SCHEMA_VERSION
 FORMAT, VERSION = "counterbox-backup", 1
 CHUNK = 1 << 20  # bytes of the snapshot per sealed chunk: bounds memory for a journal of any size
 _TAG = 16
+_PREFIX = 7  # bytes of a chunk's nonce before its number (4) and last-chunk flag (1): 12 in all
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 15, 8, 1  # 32 MiB and about 0.1 s per derivation on the box
-_MOST_N = 1 << 20  # a header asking for more is refused rather than exhaust the box's memory
+# scrypt takes 128 * n * r bytes: a header asking for more is refused rather than exhaust the box's
+# memory (a box's own backups take 32 MiB).
+_MOST_MEMORY = 128 << 20
 MIN_PASSPHRASE = 12  # bytes
 
 
@@ -157,7 +160,7 @@ def _derive(passphrase: bytes, salt: bytes, n: int, r: int, p: int) -> tuple[byt
 
 
 def _new_header(passphrase: bytes) -> tuple[bytes, bytes, bytes]:
-    salt, prefix = os.urandom(16), os.urandom(7)
+    salt, prefix = os.urandom(16), os.urandom(_PREFIX)
     header = {"format": FORMAT, "version": VERSION, "cipher": "AES-256-GCM", "chunk": CHUNK,
               "kdf": {"name": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex()},
               "nonce_prefix": prefix.hex()}
@@ -172,13 +175,15 @@ def _read_header(sealed: BinaryIO, source: Path, passphrase: bytes) -> tuple[byt
         if header["format"] != FORMAT or kdf["name"] != "scrypt" or header["chunk"] != CHUNK:
             raise ValueError
         n, r, p, salt = int(kdf["n"]), int(kdf["r"]), int(kdf["p"]), bytes.fromhex(kdf["salt"])
-        bytes.fromhex(header["nonce_prefix"])
-    except (ValueError, KeyError, TypeError):
+        if len(bytes.fromhex(header["nonce_prefix"])) != _PREFIX:
+            raise ValueError
+        version = header["version"]
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise BackupError(f"{source} is not a counterbox backup") from None
-    if header["version"] != VERSION:
-        raise BackupError(f"{source} is a counterbox backup of format version {header['version']}; "
+    if version != VERSION:
+        raise BackupError(f"{source} is a counterbox backup of format version {version}; "
                           f"this counterbox reads version {VERSION}")
-    if not (1 < n <= _MOST_N and r * p <= 64):
+    if not (1 < n and n & (n - 1) == 0 and r >= 1 and p >= 1 and r * p <= 64 and 128 * n * r <= _MOST_MEMORY):
         raise BackupError(f"{source} asks for a key derivation this box will not run (scrypt n={n} r={r} p={p})")
     return line, *_derive(passphrase, salt, n, r, p)
 

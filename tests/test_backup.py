@@ -180,8 +180,18 @@ def _with_header(file, **change):
     ({"kdf_n": 1 << 21}, "asks for a key derivation this box will not run (scrypt n=2097152 r=8 p=1)"),
     ({"kdf_n": 1}, "asks for a key derivation this box will not run (scrypt n=1"),
     ({"kdf_r": 8, "kdf_p": 9}, "asks for a key derivation this box will not run (scrypt n=32768 r=8 p=9)"),
+    ({"kdf_n": 1 << 20, "kdf_r": 64}, "will not run (scrypt n=1048576 r=64 p=1)"),  # 8 GiB
+    ({"kdf_n": 1 << 18, "kdf_r": 8}, "will not run (scrypt n=262144 r=8 p=1)"),  # 256 MiB
+    ({"kdf_n": 3}, "will not run (scrypt n=3 r=8 p=1)"),  # not a power of two
+    ({"kdf_r": 0}, "will not run (scrypt n=32768 r=0 p=1)"),
+    ({"kdf_r": -1, "kdf_p": -1}, "will not run (scrypt n=32768 r=-1 p=-1)"),
+    ({"kdf_p": 2 ** 70}, "will not run (scrypt n=32768 r=8 p=1180591620717411303424)"),
+    ({"version": None}, "is not a counterbox backup"),
+    ({"nonce_prefix": ""}, "is not a counterbox backup"),
+    ({"nonce_prefix": "00" * 8}, "is not a counterbox backup"),
 ], ids=["version", "format", "chunk", "kdf", "salt", "n-not-a-number", "nonce", "no-kdf", "n-too-big", "n-one",
-        "r-times-p"])
+        "r-times-p", "memory-8GiB", "memory-256MiB", "n-three", "r-zero", "negative", "p-huge", "no-version",
+        "no-nonce", "nonce-too-long"])
 def test_a_backup_whose_header_this_box_cannot_take_is_refused_for_what_it_asks(box, key, tmp_path, change, reason):
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
