@@ -48,6 +48,19 @@ def _fewer_malloc_arenas() -> None:
         pass  # not glibc: nothing to tune
 
 
+def counting(least: int):
+    """An argparse type: a whole number from ``least`` up to what a journal's seq can hold (2^63 - 1)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not least <= value < 2 ** 63:
+            raise argparse.ArgumentTypeError(f"{text} is not a number from {least} to 2^63 - 1")
+        return value
+    return parse
+
+
 def _file_name(path: Path) -> str:
     """A loaded file's name as the event records it: a name that is not UTF-8 (bytes Linux allows) keeps
     its readable part, the rest replaced, so that the event can travel."""
@@ -246,8 +259,8 @@ def parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
     commands.add_parser("status", help="print the journal's last and acknowledged sequence numbers").set_defaults(func=_status)
     show = commands.add_parser("show", help="decrypt and print events of the journal (needs its data key)")
-    show.add_argument("seq", nargs="?", type=int, help="the event to print")
-    show.add_argument("--last", type=int, default=10, help="print the last N events (default 10)")
+    show.add_argument("seq", nargs="?", type=counting(0), help="the event to print")
+    show.add_argument("--last", type=counting(1), default=10, help="print the last N events (default 10)")
     show.set_defaults(func=_show)
     verify = commands.add_parser("verify", help="check the journal's hash chain and every seal; name the first broken event")
     verify.add_argument("--chain-only", action="store_true", help="check the chain without the data key")

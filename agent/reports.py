@@ -33,9 +33,12 @@ def day_argument(text: str) -> str:
     import argparse
 
     try:
-        return date.fromisoformat(text).isoformat()
+        day = date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date like 2026-11-29") from None
+    if not 1970 <= day.year <= 9998:  # a week (or a period of days) around it must stay in the calendar
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day of the years 1970 to 9998")
+    return day.isoformat()
 
 
 def week_of(day: str) -> list[str]:

@@ -245,6 +245,24 @@ def _uploads(args) -> int:
     return 0
 
 
+def _period(text: str) -> int:
+    """--days: 1 to 3660 (ten years of days)."""
+    if not text.isdigit() or not 1 <= int(text) <= 3660:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 3660")
+    return int(text)
+
+
+def _minutes(text: str) -> float:
+    """--deadline-minutes: above 0, at most a week."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 7 * 24 * 60:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes above 0 and at most 10080")
+    return value
+
+
 def _age(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -316,9 +334,10 @@ def parser() -> argparse.ArgumentParser:
     devices.set_defaults(func=_devices)
     uploads = commands.add_parser("uploads", help="upload success per device and region over a period, against the "
                                                   "company's targets (85%% general shops, 90%% monitoring points)")
-    uploads.add_argument("--days", type=int, default=7, help="days in the period, ending with --until (default 7)")
-    uploads.add_argument("--until", help="the period's last day, YYYY-MM-DD (default today, central's local time)")
-    uploads.add_argument("--deadline-minutes", type=float, default=60.0,
+    uploads.add_argument("--days", type=_period, default=7, help="days in the period, ending with --until (default 7)")
+    uploads.add_argument("--until", type=shop_reports.day_argument,
+                         help="the period's last day, YYYY-MM-DD (default today, central's local time)")
+    uploads.add_argument("--deadline-minutes", type=_minutes, default=60.0,
                          help="a sale received later than this after its scan makes its day a failure (default 60)")
     uploads.add_argument("--json", action="store_true", help="one JSON document, for programs")
     uploads.set_defaults(func=_uploads)

@@ -160,3 +160,17 @@ def test_broker_init_keeps_a_password_file_it_finds(central, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "central.pass").read_text() == "a long enough password\n"
     assert len((tmp_path / "ops.pass").read_text().strip()) >= 24  # made, as none was there
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--until", "2026-02-30"], "argument --until: '2026-02-30' is not a date like 2026-11-29"),
+    (["--until", "0001-01-01"], "argument --until: '0001-01-01' is not a day of the years 1970 to 9998"),
+    (["--days", "0"], "argument --days: '0' is not a number of days from 1 to 3660"),
+    (["--days", "999999999999999999999"], "argument --days: '999999999999999999999' is not a number of days"),
+    (["--deadline-minutes", "nan"], "argument --deadline-minutes: 'nan' is not a number of minutes above 0"),
+    (["--deadline-minutes", "-5"], "argument --deadline-minutes: '-5' is not a number of minutes above 0"),
+])
+def test_an_uploads_period_out_of_range_is_named(central, args, message):
+    command, _ = central
+    result = command("uploads", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr

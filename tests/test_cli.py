@@ -132,3 +132,18 @@ def test_a_misspelt_configuration_key_is_named(box):
     result = counterbox(config, "status")
     assert result.returncode == 2
     assert f"counterbox: error: {config}: unknown key [uplink] ack_timout; known keys:" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "99999999999999999999"], "argument seq: 99999999999999999999 is not a number from 0 to 2^63 - 1"),
+    (["show", "--last", "0"], "argument --last: 0 is not a number from 1 to 2^63 - 1"),
+    (["show", "--last", "-3"], "argument --last: -3 is not a number from 1 to 2^63 - 1"),
+    (["show", "--last", "ten"], "argument --last: 'ten' is not a whole number"),
+    (["report", "sales", "--week", "9999-12-31"], "argument --week: '9999-12-31' is not a day of the years 1970 to 9998"),
+    (["report", "sales", "--day", "0001-01-01"], "argument --day: '0001-01-01' is not a day of the years 1970 to 9998"),
+])
+def test_a_number_or_day_out_of_range_is_named_on_the_command_line(box, tmp_path, args, message):
+    _, config = box
+    new_journal(config, tmp_path)
+    result = counterbox(config, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
