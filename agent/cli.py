@@ -23,7 +23,7 @@ from . import config as config_module
 from . import daemon, logs
 from . import orders, reports, retention
 from .orders import OrderError
-from .prices import PriceListError, parse_csv
+from .prices import PriceListError, read_csv
 
 DEFAULT_CONFIG = Path("/etc/counterbox/agent.toml")
 
@@ -68,7 +68,7 @@ def _file_name(path: Path) -> str:
 
 
 def _prices_load(args) -> int:
-    items = parse_csv(args.file.read_text(encoding="utf-8-sig"))
+    items = read_csv(args.file)
     journal = daemon.open_journal(args.config, create=True)
     try:
         body = {"source": _file_name(args.file), "currency": args.config.pricing.currency,
@@ -85,7 +85,7 @@ def _order_load(args) -> int:
         name = documents.order_name(args.id)
     except ValueError as error:
         raise OrderError(str(error)) from None
-    lines = orders.parse_csv(args.file.read_text(encoding="utf-8-sig"))
+    lines = orders.read_csv(args.file)
     journal = daemon.open_journal(args.config, create=True)
     try:
         seq = journal.append("order", {"source": _file_name(args.file), "name": name, "order_id": args.id,

@@ -267,6 +267,8 @@ def load(path: Path) -> Config:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text: {error.reason} at byte {error.start}") from None
     for name in data:
         if name not in SECTIONS:
             raise ConfigError(f"{path}: unknown section [{name}]; known sections: {', '.join(SECTIONS)}")

@@ -14,6 +14,7 @@ counter receives it in full (``CB:ALL-RECEIVED``) or line by line.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from drivers.barcode import classify
@@ -27,11 +28,22 @@ class OrderError(Exception):
 MAX_QUANTITY = 100_000
 
 
+def read_csv(path: Path) -> list[dict[str, Any]]:
+    """The order in the CSV file at ``path``: UTF-8 (a byte order mark allowed), as ``parse_csv`` reads it."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise OrderError(f"the file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    return parse_csv(text)
+
+
 def parse_csv(text: str) -> list[dict[str, Any]]:
     import csv
     import io
 
     reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is not None and len(set(reader.fieldnames)) != len(reader.fieldnames):
+        raise OrderError("the header names a column twice: " + ",".join(reader.fieldnames))
     if reader.fieldnames is None or not {"barcode", "quantity"} <= set(reader.fieldnames):
         raise OrderError("the first line must be a header naming at least the columns barcode and quantity")
     lines = []

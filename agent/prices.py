@@ -22,6 +22,7 @@ sales from the latest one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from drivers.barcode import classify
@@ -70,11 +71,22 @@ def to_minor(text: str, what: str = "price") -> int:
     return int(amount * 100)
 
 
+def read_csv(path: Path) -> list[Item]:
+    """The price list in the CSV file at ``path``: UTF-8 (a byte order mark allowed), as ``parse_csv`` reads it."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PriceListError(f"the file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+    return parse_csv(text)
+
+
 def parse_csv(text: str) -> list[Item]:
     import csv
     import io
 
     reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is not None and len(set(reader.fieldnames)) != len(reader.fieldnames):
+        raise PriceListError("the header names a column twice: " + ",".join(reader.fieldnames))
     if reader.fieldnames is None or not {"barcode", "price"} <= set(reader.fieldnames):
         raise PriceListError("the first line must be a header naming at least the columns barcode and price")
     items: dict[str, Item] = {}

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.downlink import known_timezone
 from agent.mqtt import Backoff, MqttError, MqttLink
 from agent import orders
-from agent.prices import PriceListError, parse_csv
+from agent.prices import PriceListError, read_csv
 from provisioning import activation, documents, protocol
 from provisioning.activation import ActivationCode
 from provisioning.documents import Document, Scope
@@ -151,7 +151,7 @@ async def _publish_retained(args, topic: str, token: bytes) -> None:
 
 def _prices_push(args) -> int:
     try:
-        items = parse_csv(args.file.read_text(encoding="utf-8-sig"))
+        items = read_csv(args.file)
     except PriceListError as error:
         raise CentralError(f"{args.file}: {error}") from None
     body = {"source": args.file.name, "currency": args.currency,
@@ -182,7 +182,7 @@ def _settings_push(args) -> int:
 def _order_push(args) -> int:
     """An order's lines from CSV: barcode,name,quantity."""
     try:
-        lines = orders.parse_csv(args.file.read_text(encoding="utf-8-sig"))
+        lines = orders.read_csv(args.file)
     except orders.OrderError as error:
         raise CentralError(f"{args.file}: {error}") from None
     try:

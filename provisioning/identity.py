@@ -101,6 +101,8 @@ def broker_password(key: Ed25519PrivateKey) -> str:
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
+    if not isinstance(text, str):  # a JSON document's value may be anything
+        raise IdentityError(f"{text!r} is not an Ed25519 public key (base64url of 32 bytes)")
     try:
         raw = b64url_decode(text.strip())
     except SignatureError:

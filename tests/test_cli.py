@@ -147,3 +147,26 @@ def test_a_number_or_day_out_of_range_is_named_on_the_command_line(box, tmp_path
     new_journal(config, tmp_path)
     result = counterbox(config, *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command, content, message", [
+    (["prices", "load"], b"barcode,name,price\n6901028075831,Hongtashan \xb0\xfc,23.00\n", "the file is not UTF-8 text"),
+    (["prices", "load"], b"barcode,price,barcode\n6901028075831,23.00,x\n", "the header names a column twice: "
+                                                                             "barcode,price,barcode"),
+    (["order", "load", "--id", "w48"], b"barcode,name,quantity\n6901028075831,\xff,2\n", "the file is not UTF-8 text"),
+    (["order", "load", "--id", "w48"], b"barcode,quantity,quantity\n6901028075831,2,3\n",
+     "the header names a column twice"),
+])
+def test_a_file_that_is_not_utf8_or_names_a_column_twice_loads_nothing(box, tmp_path, command, content, message):
+    directory, config = box
+    (tmp_path / "file.csv").write_bytes(content)
+    result = counterbox(config, *command, str(tmp_path / "file.csv"))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (directory / "journal.db").exists()
+
+
+def test_a_configuration_that_is_not_utf8_is_named(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_bytes(b'[device]\nid = "shop-\xff"\n')
+    result = counterbox(config, "status")
+    assert result.returncode == 2 and f"{config} is not UTF-8 text" in result.stderr, result.stderr

@@ -186,3 +186,20 @@ def test_a_slip_that_cannot_be_made_issues_no_code(tmp_path, slip, font, message
     finally:
         store.close()
     assert not (tmp_path / slip).exists()
+
+
+def test_an_identity_whose_key_is_not_text_is_named():
+    result = ops("register", "--central-db", "unused.db", "--identity", "-",
+                 stdin=json.dumps({"device": "shop-7", "public_key": 5}))
+    assert result.returncode == 2 and "5 is not an Ed25519 public key" in result.stderr
+
+
+@pytest.mark.parametrize("command", [PUSH_PRICES, ["order", "push", "--central-db", "{db}", "--ops-key", "{key}",
+                                                   "--device", "shop-7", "--order-id", "w48", "{csv}"]])
+def test_a_file_to_push_that_is_not_utf8_is_named_before_anything_is_signed(tmp_path, command):
+    paths = {"db": tmp_path / "central.db", "key": tmp_path / "ops.key", "csv": tmp_path / "lines.csv"}
+    assert ops("keygen", "--ops-key", str(paths["key"])).returncode == 0
+    paths["csv"].write_bytes(b"barcode,name,price,quantity\n6901028075831,\xb0\xfc,23.00,2\n")
+    result = ops(*(arg.format(**paths) for arg in command))
+    assert result.returncode == 2 and f"{paths['csv']}: the file is not UTF-8 text" in result.stderr, result.stderr
+    assert not paths["db"].exists()
