@@ -274,7 +274,7 @@ def parser() -> argparse.ArgumentParser:
                              ("restore", _restore, "restore a backup onto this box, which has no journal, and verify it")):
         command = commands.add_parser(name, help=text)
         command.add_argument("file", type=Path)
-        command.add_argument("--passphrase-file", type=Path, required=True, help="the backup's passphrase (one line)")
+        command.add_argument("--passphrase-file", type=Path, required=True, help="the file holding the backup's passphrase (its content, less one final line end)")
         command.set_defaults(func=func)
     return top
 

@@ -14,10 +14,11 @@ counter receives it in full (``CB:ALL-RECEIVED``) or line by line.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
-from drivers.barcode import classify
+from drivers.barcode import classify, scannable
 from provisioning.documents import MAX_ORDER_LINES
 
 
@@ -49,9 +50,9 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
     lines = []
     for number, row in enumerate(reader, start=2):
         barcode, quantity = (row.get("barcode") or "").strip(), (row.get("quantity") or "").strip()
-        if not barcode or not classify(barcode).valid:
+        if not scannable(barcode) or not classify(barcode).valid:
             raise OrderError(f"line {number}: barcode {barcode!r} fails its check digit")
-        if not quantity.isdigit() or not 1 <= int(quantity) <= MAX_QUANTITY:
+        if not re.fullmatch(r"[0-9]{1,9}", quantity) or not 1 <= int(quantity) <= MAX_QUANTITY:
             raise OrderError(f"line {number}: quantity {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
         lines.append({"barcode": barcode, "name": (row.get("name") or "").strip(), "quantity": int(quantity)})
     if not lines:

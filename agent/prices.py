@@ -21,11 +21,12 @@ sales from the latest one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from drivers.barcode import classify
+from drivers.barcode import classify, scannable
 
 from .catalog import CARTON_PACKS
 
@@ -62,12 +63,14 @@ class Item:
 def to_minor(text: str, what: str = "price") -> int:
     from decimal import Decimal, InvalidOperation  # imported where prices are read, not in the daemon
 
+    # Plain ASCII digits only: Decimal would also take 1_000, 1E+2, and digits of other scripts.
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{0,2})?|\.[0-9]{1,2}", text.strip()):
+        raise ValueError(f"{what} {text!r} is not an amount: zero or more in digits 0-9, at most 9 before "
+                         "the point and 2 after")
     try:
         amount = Decimal(text.strip())
     except InvalidOperation:
         raise ValueError(f"{what} {text!r} is not a number") from None
-    if not amount.is_finite() or amount < 0 or amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"{what} {text!r} must be zero or more, with at most two decimals")
     return int(amount * 100)
 
 
@@ -107,7 +110,9 @@ def parse_csv(text: str) -> list[Item]:
 
 def _item(row: dict[str, str]) -> Item:
     code = row.get("barcode", "")
-    if not code or not classify(code).valid:
+    if not scannable(code):
+        raise ValueError(f"barcode {code!r} is not what a scanner types: 1 to 48 printable ASCII characters")
+    if not classify(code).valid:
         raise ValueError(f"barcode {code!r} fails its check digit")
     price = to_minor(row.get("price", ""))
     unit = row.get("unit") or "pack"
@@ -115,7 +120,7 @@ def _item(row: dict[str, str]) -> Item:
         raise ValueError(f"unit {unit!r} is not one of {', '.join(UNITS)}")
     packs_text = row.get("packs", "")
     if packs_text:
-        if not packs_text.isdigit() or not 1 <= int(packs_text) <= 10_000:
+        if not re.fullmatch(r"[0-9]{1,5}", packs_text) or not 1 <= int(packs_text) <= 10_000:
             raise ValueError(f"packs {packs_text!r} must be a whole number from 1 to 10000")
         packs = int(packs_text)
     elif unit == "case":
@@ -129,7 +134,7 @@ def _item(row: dict[str, str]) -> Item:
     if unit != "pack":
         if product is None:
             raise ValueError(f"a {unit} must name its product's pack barcode (the product column)")
-        if not classify(product).valid:
+        if not scannable(product) or not classify(product).valid:
             raise ValueError(f"product {product!r} fails its check digit")
         if classify(product).key == classify(code).key:
             raise ValueError(f"a {unit} has its own barcode, not its pack's")

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import signal
 import sys
 import time
@@ -247,7 +248,7 @@ def _uploads(args) -> int:
 
 def _period(text: str) -> int:
     """--days: 1 to 3660 (ten years of days)."""
-    if not text.isdigit() or not 1 <= int(text) <= 3660:
+    if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= 3660:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of days from 1 to 3660")
     return int(text)
 

@@ -48,6 +48,12 @@ class Barcode:
         return self.data
 
 
+def scannable(code: str) -> bool:
+    """A code as a scanner types it, and as a signed price list or order carries it (docs/protocol.md):
+    printable ASCII, 1 to 48 characters (a GS1-128's most)."""
+    return 0 < len(code) <= 48 and code.isascii() and code.isprintable()
+
+
 def gs1_check_digit(body: str) -> int:
     """The GS1 mod-10 check digit for ``body`` (all digits but the check digit)."""
     # Weights 3, 1, 3, ... from the right: every scan is checked, so no per-digit generator.

@@ -1,6 +1,7 @@
 """The counter: what a scan means for the shop, and what the retailer hears."""
 
 import os
+import re
 
 import pytest
 
@@ -82,9 +83,21 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("code,price\n1,2\n", "header naming at least the columns barcode and price"),
         ("barcode,price\n6901028075832,1\n", "line 2: barcode '6901028075832' fails its check digit"),
         ("barcode,price\n036000291452,1\n0036000291452,2\n", "line 3: barcode 0036000291452 is listed twice (as 036000291452)"),
-        ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' must be zero or more, with at most two decimals"),
-        ("barcode,price\n96385074,-1\n", "must be zero or more"),
-        ("barcode,price\n96385074,abc\n", "line 2: price 'abc' is not a number"),
+        ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' is not an amount: zero or more in digits 0-9, "
+                                            "at most 9 before the point and 2 after"),
+        ("barcode,price\n96385074,-1\n", "price '-1' is not an amount"),
+        ("barcode,price\n96385074,abc\n", "line 2: price 'abc' is not an amount"),
+        ("barcode,price\n96385074,1_000\n", "price '1_000' is not an amount"),
+        ("barcode,price\n96385074,1E+2\n", "price '1E+2' is not an amount"),
+        ("barcode,price\n96385074,\u0662\u0663\n", "price '\u0662\u0663' is not an amount"),  # Arabic-Indic digits
+        ("barcode,price\n96385074,\uff11\n", "price '\uff11' is not an amount"),  # a full-width 1
+        ("barcode,price\n96385074,1e30\n", "price '1e30' is not an amount"),
+        ("barcode,price\n96385074,1000000000\n", "price '1000000000' is not an amount"),
+        ("barcode,price,cost\n96385074,1,nan\n", "cost 'nan' is not an amount"),
+        ("barcode,price\n" + "A" * 49 + ",1\n", "is not what a scanner types: 1 to 48 printable ASCII characters"),
+        ("barcode,price\n\uff19\uff16\uff13\uff18\uff15\uff10\uff17\uff14,1\n", "is not what a scanner types"),
+        ("barcode,price,unit,packs,product\n6901028075848,1,case,\u00b2,6901028075831\n",
+         "packs '\u00b2' must be a whole number from 1 to 10000"),
         ("barcode,price\n", "the price list has no items"),
     ],
 )
@@ -92,3 +105,23 @@ def test_a_bad_price_list_is_refused_with_its_line(text, message):
     with pytest.raises(PriceListError) as error:
         parse_csv(text)
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("barcode,name,quantity\n6901028075831,Hongtashan,2\n", None),
+    ("barcode,name,quantity\n6901028075831,Hongtashan,\u00b2\n", "line 2: quantity '\u00b2' must be a whole number"),
+    ("barcode,name,quantity\n6901028075831,Hongtashan,0\n", "line 2: quantity '0' must be a whole number"),
+    ("barcode,name,quantity\n6901028075832,Hongtashan,2\n", "line 2: barcode '6901028075832' fails its check digit"),
+    ("barcode,name,quantity\n" + "A" * 49 + ",Long,2\n", "fails its check digit"),
+    ("barcode,name\n6901028075831,Hongtashan\n", "header naming at least the columns barcode and quantity"),
+    ("barcode,name,quantity\n", "the order has no lines"),
+])
+def test_an_orders_lines_are_whole_numbers_of_codes_a_scanner_types(text, message):
+    from agent.orders import OrderError
+    from agent.orders import parse_csv as parse_order
+
+    if message is None:
+        assert parse_order(text) == [{"barcode": "6901028075831", "name": "Hongtashan", "quantity": 2}]
+        return
+    with pytest.raises(OrderError, match=re.escape(message)):
+        parse_order(text)
