@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,10 @@ class ScannerConfig:
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
     devices: tuple[DeviceOverride, ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.rescan_interval <= 0 or self.retry_interval <= 0:
+            raise ConfigError("[scanner] rescan_interval and retry_interval must be more than 0 seconds")
+
     def settings_for(self, path: str, usb_id: str = "", name: str = "") -> DecoderSettings:
         for override in self.devices:
             if override.matches(path, usb_id, name):
@@ -117,6 +122,14 @@ class BrokerConfig:
     # development broker on loopback.
     ca_file: Path | None = None
 
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"[broker] port {self.port} must be from 1 to 65535")
+        if not 0 <= self.keepalive <= 65535:
+            raise ConfigError(f"[broker] keepalive {self.keepalive} must be from 0 to 65535 seconds (MQTT's range)")
+        if self.reconnect_max <= 0:
+            raise ConfigError("[broker] reconnect_max must be more than 0 seconds")
+
 
 @dataclass(frozen=True)
 class UplinkConfig:
@@ -135,6 +148,16 @@ class UplinkConfig:
             raise ConfigError("[uplink] status_interval and snapshot_interval must be more than 0 seconds")
         if self.batch_max_events < 1 or self.max_in_flight < 1:
             raise ConfigError("[uplink] batch_max_events and max_in_flight must be at least 1")
+        if self.batch_max_delay < 0 or self.ack_timeout <= 0:
+            raise ConfigError("[uplink] batch_max_delay must be 0 or more and ack_timeout more than 0 seconds")
+        if self.central_key:
+            from provisioning.errors import IdentityError
+            from provisioning.identity import parse_public_key
+
+            try:
+                parse_public_key(self.central_key)
+            except IdentityError as error:
+                raise ConfigError(f"[uplink] central_key: {error}") from None
         if not 1024 <= self.batch_max_bytes <= protocol.MAX_EVENT_BYTES:
             raise ConfigError(f"[uplink] batch_max_bytes must be from 1024 to {protocol.MAX_EVENT_BYTES} "
                               "(the protocol's limit for one message)")
@@ -162,6 +185,11 @@ class OperationsConfig:
 @dataclass(frozen=True)
 class PricingConfig:
     currency: str = "CNY"
+
+    def __post_init__(self) -> None:
+        if not (len(self.currency) == 3 and self.currency.isascii() and self.currency.isupper()
+                and self.currency.isalpha()):
+            raise ConfigError(f"[pricing] currency {self.currency!r} must be an ISO 4217 code, like CNY")
 
 
 @dataclass(frozen=True)
@@ -237,6 +265,10 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
         default = getattr(defaults, key) if defaults is not None else fields[key].default
         if default is dataclasses.MISSING and fields[key].default_factory is not dataclasses.MISSING:
             default = fields[key].default_factory()
+        if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf; no setting takes them
+            raise ConfigError(f"[{name}] {key} must be a finite number, not {value}")
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f"[{name}] {key} holds a NUL character")
         if isinstance(default, Path) or (name, key) in OPTIONAL_PATHS:
             if not isinstance(value, str):
                 raise ConfigError(f"[{name}] {key} must be a path, not {value!r}")
@@ -272,6 +304,8 @@ def load(path: Path) -> Config:
     for name in data:
         if name not in SECTIONS:
             raise ConfigError(f"{path}: unknown section [{name}]; known sections: {', '.join(SECTIONS)}")
+        if not isinstance(data[name], dict):
+            raise ConfigError(f"{path}: {name} must be a table ([{name}]), not {data[name]!r}")
     base = path.parent.resolve()
     try:
         return Config(**{

@@ -82,6 +82,8 @@ class DecoderSettings:
         unknown = set(self.terminators) - set(TERMINATOR_KEYS)
         if unknown:
             raise ValueError(f"unknown terminators {sorted(unknown)}; known: {', '.join(TERMINATOR_KEYS)}")
+        if not (self.idle_timeout > 0 and self.max_key_interval > 0):  # NaN fails too
+            raise ValueError("idle_timeout and max_key_interval must be more than 0 seconds")
 
 
 @dataclass(frozen=True)
