@@ -44,6 +44,12 @@ def _register(args) -> int:
             raise IdentityError(f"{args.identity} is not what 'counterbox identity show' prints") from None
     if not device or not public_key:
         raise IdentityError("give --identity FILE, or both --device and --public-key")
+    if not isinstance(device, str) or not protocol.valid_device_id(device):
+        # It is a level of every topic the box uses: a '/' or a space would make it another topic.
+        raise IdentityError(f"device id {device!r} must be 1 to {protocol.MAX_DEVICE_ID} ASCII letters, digits, "
+                            "'-', '_' or '.'")
+    if args.region and not protocol.valid_device_id(args.region):
+        raise CentralError(f"region {args.region!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
     parse_public_key(public_key)  # refuse a malformed key before it reaches the registry
     store = CentralStore(args.central_db)
     try:
@@ -211,6 +217,9 @@ def _activation_issue(args) -> int:
     """Issue a code for a registered shop: printed on a slip, and/or pushed to a waiting box."""
     if args.push and not args.device:
         raise CentralError("--push sends the code to one waiting box: name it with --device")
+    if args.device is not None and not protocol.valid_device_id(args.device):
+        raise CentralError(f"device id {args.device!r} must be 1 to {protocol.MAX_DEVICE_ID} ASCII letters, digits, "
+                           "'-', '_' or '.'")
     key = load_key(args.ops_key, made_by="counterbox-ops keygen")
     kid = key_id(key)
     store = CentralStore(args.central_db)

@@ -223,12 +223,19 @@ class CentralStore:
         such as postgresql+psycopg://user@/dbname?host=/run/postgresql."""
         self._local = threading.local()  # each thread's transaction in progress, for nested calls
         if isinstance(path, str) and "://" in path:
-            url = sa.engine.make_url(path)
+            try:
+                url = sa.engine.make_url(path)
+            except (sa.exc.ArgumentError, ValueError):  # its message would quote the URL, password and all
+                raise RegistryError("central's database: the URL cannot be read; give one like "
+                                    "postgresql+psycopg://user@host/dbname, or a SQLite file's path") from None
             self._where = url.render_as_string(hide_password=True)
-            if url.get_backend_name() == "sqlite":
-                self.engine = self._sqlite_engine(Path(url.database or ""))
-            else:
-                self.engine = sa.create_engine(url, pool_pre_ping=True)
+            try:
+                if url.get_backend_name() == "sqlite":
+                    self.engine = self._sqlite_engine(Path(url.database or ""))
+                else:
+                    self.engine = sa.create_engine(url, pool_pre_ping=True)
+            except (sa.exc.ArgumentError, ValueError) as error:  # no such dialect or driver
+                raise RegistryError(f"central's database {self._where}: {error}") from None
         else:
             self._where = str(path)
             self.engine = self._sqlite_engine(Path(path))

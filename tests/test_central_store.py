@@ -6,6 +6,7 @@ server the tests start, tests/postgres.py), since one code path serves both.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import stat
 import threading
@@ -564,3 +565,14 @@ def test_a_database_that_cannot_be_reached_is_named_without_its_password():
                                             "postgresql+psycopg://ops@/central?host=/run/postgresql")])
 def test_the_db_option_is_a_url_when_it_holds_a_scheme_and_a_file_otherwise(value, opened):
     assert database_option(value) == opened and type(database_option(value)) is type(opened)
+
+
+@pytest.mark.parametrize("url, message", [
+    ("x://y", "central's database x://y: Can't load plugin"),
+    ("postgresql+nosuch://ops:s3cret@/central", "central's database postgresql+nosuch://ops:***@/central: "),
+    ("post gres://::", "central's database: the URL cannot be read"),
+])
+def test_a_database_url_no_driver_serves_is_named(url, message):
+    with pytest.raises(RegistryError, match=re.escape(message)) as error:
+        CentralStore(url)
+    assert "s3cret" not in str(error.value)

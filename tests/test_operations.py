@@ -203,3 +203,24 @@ def test_a_file_to_push_that_is_not_utf8_is_named_before_anything_is_signed(tmp_
     result = ops(*(arg.format(**paths) for arg in command))
     assert result.returncode == 2 and f"{paths['csv']}: the file is not UTF-8 text" in result.stderr, result.stderr
     assert not paths["db"].exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "shop/7"], "device id 'shop/7' must be 1 to 64 ASCII letters"),
+    (["--device", "shop 7"], "device id 'shop 7' must be 1 to 64 ASCII letters"),
+    (["--device", "shop-7", "--region", "red river"], "region 'red river' must be 1 to 64"),
+])
+def test_a_device_id_or_region_that_is_no_topic_level_is_not_registered(tmp_path, args, message):
+    db = tmp_path / "central.db"
+    result = ops("register", "--central-db", str(db), *args, f"--public-key={KEY_WITH_A_DASH}")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not db.exists()
+
+
+def test_an_activation_code_for_a_device_id_that_is_no_topic_level_is_not_issued(tmp_path):
+    db, key = tmp_path / "central.db", tmp_path / "ops.key"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(key), "--shop", "530100000001",
+                 "--device", "cb a")
+    assert result.returncode == 2 and "device id 'cb a' must be 1 to 64" in result.stderr
+    assert not db.exists()
