@@ -120,6 +120,12 @@ def _shop_report(args) -> int:
     scope = reports.Scope(device=args.device, shop=args.shop, region=args.region, monitoring=args.monitoring)
     store = CentralStore(args.db)
     try:
+        # A device or shop mistyped would give an empty report, read as "sold nothing".
+        if args.device and store.device(args.device) is None:
+            raise CentralError(f"device {args.device} is not registered")
+        if args.shop and store.shop(args.shop) is None \
+                and not any(store.device(d).shop == args.shop for d in store.device_ids()):
+            raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
         if args.report == "stock":
             result: Any = reports.stock(store, scope)
             text = "\n\n".join(f"Shop {shop}: {shop_reports.stock_table(report)}" for shop, report in result.items())

@@ -57,6 +57,8 @@ def create_key(path: Path) -> Ed25519PrivateKey:
     try:
         write_secret(path, key_pem(key))
     except FileExistsError:
+        if path.is_dir():
+            raise IdentityError(f"{path} is a directory; give the key file's path") from None
         raise IdentityError(f"{path} already holds a key; remove it first if you really mean to replace this identity") from None
     return key
 

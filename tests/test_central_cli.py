@@ -174,3 +174,22 @@ def test_an_uploads_period_out_of_range_is_named(central, args, message):
     command, _ = central
     result = command("uploads", *args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("report", ["sales", "stock", "prices"])
+def test_a_report_for_a_device_or_shop_central_does_not_know_says_so(central, report):
+    command, db = central
+    store = CentralStore(db)
+    store.register("shop-1", "k1", shop="Mengzi No. 3")  # by hand: a shop named only on its device
+    store.close()
+    assert command("report", report, "--shop", "Mengzi No. 3").returncode == 0
+    for option, value, message in (("--device", "shop-9", "device shop-9 is not registered"),
+                                   ("--shop", "530100000009", "shop 530100000009 is not registered")):
+        result = command("report", report, option, value)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_keygen_onto_a_directory_says_so(central, tmp_path):
+    command, _ = central
+    result = run_main(central_main, ["--db", str(tmp_path / "c.db"), "--key", str(tmp_path), "keygen"])
+    assert result.returncode == 2 and f"{tmp_path} is a directory; give the key file's path" in result.stderr
