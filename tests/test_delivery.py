@@ -244,8 +244,11 @@ class Central:
         return wait_until(lambda: len(b := self.batches()) >= count and b, 20, what)
 
     def acknowledge(self, seq: int) -> None:
-        self.client.publish(protocol.ack_topic(PREFIX, self.device),
-                            protocol.encode_ack(self.device, seq, key=self._central_key), qos=1)
+        self.client.publish(protocol.ack_topic(PREFIX, self.device), self.ack(seq), qos=1)
+
+    def ack(self, seq: int) -> bytes:
+        """Central's signed acknowledgement of everything up to ``seq``, as it publishes it."""
+        return protocol.encode_ack(self.device, seq, key=self._central_key)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -437,6 +440,31 @@ def test_events_central_acknowledges_before_they_are_sent_are_not_sent(stack, tm
         assert await asyncio.to_thread(central.wait_for, 6, "the last event") == [[s] for s in range(1, 17, 3)]
 
     run_uplink(stack, tmp_path, "shop-spared", test)
+
+
+def test_an_acknowledgement_that_arrives_while_the_journal_is_read_leaves_the_uplink_running(stack, tmp_path):
+    """The moment the previous test cannot choose, made certain: the acknowledgement of the very events the
+    uplink has just read arrives before it sends them. It sends none of them, and goes on with the next."""
+    async def test(central, box):
+        read_batch, raced = box.uplink._next_batch, []
+
+        async def read_then_acknowledged(after):
+            events, full = await read_batch(after)
+            if events and not raced:
+                raced.append(events[-1].seq)
+                await box.uplink.acknowledged(central.ack(events[-1].seq))
+            return events, full
+
+        box.uplink._next_batch = read_then_acknowledged
+        await box.record()
+        async with asyncio.timeout(20):
+            while not raced:
+                await asyncio.sleep(0.01)
+        await box.record()
+        assert await asyncio.to_thread(central.wait_for, 1, "the next event") == [[2]]
+        assert not box.task.done()
+
+    run_uplink(stack, tmp_path, "shop-raced", test)
 
 
 def test_after_a_reconnection_the_uplink_sends_again_from_the_first_unacknowledged_event(stack, tmp_path):
