@@ -557,6 +557,12 @@ def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(
         assert box.uplink.link.generation == generation  # on the same connection: no reconnection sent it
         central.acknowledge(1)
         await box.wait_acked(1)
+        # In the log: the first refusal a warning, the others quiet, and one line when publishing works again,
+        # counting them all.
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.uplink"]
+        refused = [level for level, message in lines if "not published" in message]
+        assert refused == ["WARNING"] + ["DEBUG"] * (len(refused) - 1)
+        assert ("INFO", f"batches published again after {len(refused)} failed attempts") in lines
 
     run_uplink(stack, tmp_path, "shop-refused", test)
 
