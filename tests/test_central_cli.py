@@ -189,7 +189,6 @@ def test_a_report_for_a_device_or_shop_central_does_not_know_says_so(central, re
         assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_keygen_onto_a_directory_says_so(central, tmp_path):
-    command, _ = central
+def test_keygen_onto_a_directory_says_so(tmp_path):
     result = run_main(central_main, ["--db", str(tmp_path / "c.db"), "--key", str(tmp_path), "keygen"])
     assert result.returncode == 2 and f"{tmp_path} is a directory; give the key file's path" in result.stderr

@@ -52,7 +52,13 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+@pytest.fixture(scope="module", autouse=True)
+def _parts():
+    """The parts a boot needs: ./run-tests installs them. Missing, the tests fail and say which: a
+    skipped boot test would check nothing."""
+    missing = _why_not()
+    if missing is not None:
+        pytest.fail(missing)
 
 
 def _fleet_config(stack: Stack) -> str:
