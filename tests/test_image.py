@@ -170,7 +170,7 @@ def test_the_box_boots_read_only_with_its_state_on_the_data_partition_and_no_log
     # No getty on any VT or serial port, and nothing that starts one.
     assert box.sh("systemctl list-units --all --no-legend --plain '*getty*' 'autovt@*' systemd-logind.service"
                   " | grep -v ' masked\\| inactive\\| not-found' || true").strip() == ""
-    assert box.sh("grep -lE 'getty|login' /proc/[0-9]*/comm || true").strip() == ""
+    assert box.sh("grep -slE 'getty|login' /proc/[0-9]*/comm || true").strip() == ""
 
 
 def test_the_box_keeps_a_machine_id_of_its_own_on_its_data_partition_over_the_roots_empty_one(box):
