@@ -21,6 +21,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,18 @@ def initial_config(prefix: str, *, central_password: str, operations_password: s
 
 
 def write_initial_config(path: Path, prefix: str, *, central_password: str, operations_password: str) -> None:
-    if path.exists():
-        raise CentralError(f"{path} exists: the broker's access control is set up already")
-    path.write_text(json.dumps(initial_config(prefix, central_password=central_password,
-                                              operations_password=operations_password), indent=2))
+    """Create the plugin's file, readable by its owner alone: it holds the password hashes of every
+    client (give it to the broker's user, as docs/configuration.md shows)."""
+    text = json.dumps(initial_config(prefix, central_password=central_password,
+                                     operations_password=operations_password), indent=2)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise CentralError(f"{path} exists: the broker's access control is set up already") from None
+    except OSError as error:
+        raise CentralError(f"{path}: cannot create the broker's access control file: {error.strerror}") from None
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
 def admit_commands(prefix: str, device: str, region: str, password: str) -> list[dict[str, Any]]:

@@ -160,6 +160,12 @@ def test_broker_init_keeps_a_password_file_it_finds(central, tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "central.pass").read_text() == "a long enough password\n"
     assert len((tmp_path / "ops.pass").read_text().strip()) >= 24  # made, as none was there
+    # The plugin's file holds every client's password hash: its owner's alone, like the passwords.
+    assert (tmp_path / "dynsec.json").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ops.pass").stat().st_mode & 0o777 == 0o600
+    again = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
+                    str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
+    assert again.returncode != 0 and "exists: the broker's access control is set up already" in again.stderr
 
 
 @pytest.mark.parametrize("args, message", [
