@@ -526,7 +526,11 @@ REFUSING = "topic read counterbox/#\ntopic write counterbox/v1/devices/+/ack\n" 
 def broker_acl(stack, acl: str) -> None:
     """The broker's access control from now on: Mosquitto rereads it on SIGHUP, its clients stay connected."""
     (stack.directory / "acl").write_text(acl)
+    log = stack.directory / "mosquitto.log"
+    reloads = log.read_bytes().count(b"Reloading config")
     stack.broker.send_signal(signal.SIGHUP)
+    # The broker reads it in its one thread, before any packet after its log line: wait for that line.
+    wait_until(lambda: log.read_bytes().count(b"Reloading config") > reloads, 10, "the broker to reread its ACL")
 
 
 def refusing_broker(stack, caplog) -> None:
@@ -552,13 +556,24 @@ def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(
         assert caplog.text.count("not published") <= 4  # at 0, 0.5 and 1.5 s after the first (later under load)
         assert [r.levelname for r in caplog.records if "not published" in r.message][0] == "WARNING"
         generation = box.uplink.link.generation
-        broker_acl(stack, "topic readwrite counterbox/#\n")
+        await asyncio.to_thread(broker_acl, stack, "topic readwrite counterbox/#\n")
         assert await asyncio.to_thread(central.wait_for, 1, "the batch, published again") == [[1]]
         assert box.uplink.link.generation == generation  # on the same connection: no reconnection sent it
         central.acknowledge(1)
         await box.wait_acked(1)
         # In the log: the first refusal a warning, the others quiet, and one line when publishing works again,
         # counting them all.
+        lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.uplink"]
+        refused = [level for level, message in lines if "not published" in message]
+        assert refused == ["WARNING"] + ["DEBUG"] * (len(refused) - 1)
+        assert ("INFO", f"batches published again after {len(refused)} failed attempts") in lines
+
+        # A second outage is told afresh: a warning again, and a count of its own refusals only.
+        caplog.clear()
+        await asyncio.to_thread(broker_acl, stack, REFUSING)
+        await first_refusal(box, caplog)
+        await asyncio.to_thread(broker_acl, stack, "topic readwrite counterbox/#\n")
+        assert await asyncio.to_thread(central.wait_for, 2, "the second batch, published again") == [[1], [2]]
         lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.uplink"]
         refused = [level for level, message in lines if "not published" in message]
         assert refused == ["WARNING"] + ["DEBUG"] * (len(refused) - 1)
@@ -575,7 +590,7 @@ def test_a_new_connection_publishes_at_once_whatever_pause_refusals_on_the_last_
 
     async def test(central, box):
         await first_refusal(box, caplog)
-        broker_acl(stack, "topic readwrite counterbox/#\n")
+        await asyncio.to_thread(broker_acl, stack, "topic readwrite counterbox/#\n")
         await asyncio.to_thread(connect_as, stack, central.device)  # the broker drops the uplink's connection
         assert await asyncio.to_thread(central.wait_for, 1, "the batch, on the new connection") == [[1]]
         assert caplog.text.count("not published") == 1
