@@ -12,11 +12,28 @@ import fnmatch
 import math
 import tomllib
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
+from provisioning.documents import TIME_ZONE_NAME
+
 from drivers.decoder import DecoderSettings
 from provisioning import protocol
+
+
+def time_zone(name: str) -> tzinfo | None:
+    """The zone ``name`` names in this box's time zone database, or None when it names none."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    # The name's shape first: the database takes a directory's name ("America") or a very long or
+    # deep path for a zone, and fails with an error of the file system.
+    if not isinstance(name, str) or not TIME_ZONE_NAME.fullmatch(name):
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 class ConfigError(Exception):
@@ -201,14 +218,9 @@ class CounterConfig:
     pending_timeout: float = 60.0  # seconds a keyed number, quantity, return or carton waits for its scan
 
     def __post_init__(self) -> None:
-        if self.timezone:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-            try:
-                ZoneInfo(self.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ConfigError(f"[counter] timezone {self.timezone!r} is not a time zone this box knows "
-                                  "(an IANA name, like Asia/Shanghai)") from None
+        if self.timezone and time_zone(self.timezone) is None:
+            raise ConfigError(f"[counter] timezone {self.timezone!r} is not a time zone this box knows "
+                              "(an IANA name, like Asia/Shanghai)")
         if self.mode_timeout <= 0 or self.pending_timeout <= 0:
             raise ConfigError("[counter] mode_timeout and pending_timeout must be more than 0 seconds")
 

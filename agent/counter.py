@@ -50,6 +50,7 @@ from storage import Event, Journal, JournalError
 
 from . import controls
 from .catalog import CARTON_PACKS, Catalog, Unit
+from .config import time_zone
 from .ledger import Ledger
 from .logs import event_fields
 from .retention import checkpoint_ledger
@@ -177,11 +178,10 @@ class Counter:
 
     def _settle(self, settings: dict[str, Any]) -> None:
         if "timezone" in settings:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-            try:
-                self.timezone = ZoneInfo(settings["timezone"])
-            except (ZoneInfoNotFoundError, ValueError):
+            zone = time_zone(settings["timezone"])
+            if zone is not None:
+                self.timezone = zone
+            else:
                 logger.warning("settings: time zone %r unknown on this box; the day stays in %s",
                                settings["timezone"], self.timezone or "the box's own zone")
         self.mode_timeout = settings.get("mode_timeout", self.mode_timeout)

@@ -31,7 +31,7 @@ from .activation import Activator
 from .activation import current as activation_state
 from .activation import subscriptions as activation_topics
 from . import logs, retention
-from .config import Config, ConfigError, StorageConfig
+from .config import Config, ConfigError, StorageConfig, time_zone
 from .counter import Counter, log_recorded
 from .downlink import Downlink
 from .downlink import subscriptions as downlink_topics
@@ -83,10 +83,8 @@ FAULT_AFTER = 1.0  # seconds after a refused scan's error signal before a fault'
 
 
 def counter_for(config: Config) -> Counter:
-    from zoneinfo import ZoneInfo
-
     settings = config.counter
-    return Counter(currency=config.pricing.currency, timezone=ZoneInfo(settings.timezone) if settings.timezone else None,
+    return Counter(currency=config.pricing.currency, timezone=time_zone(settings.timezone) if settings.timezone else None,
                    mode_timeout=settings.mode_timeout, pending_timeout=settings.pending_timeout)
 
 

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -37,20 +37,11 @@ from provisioning.documents import Document
 from provisioning.errors import ProtocolError
 from storage import Journal, StorageError, Store
 
+from .config import time_zone
 from .mqtt import Message, MqttLink
 from .uplink import Uplink
 
 logger = logging.getLogger(__name__)
-
-
-def known_timezone(name: str) -> bool:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
 
 
 def subscriptions(prefix: str, device: str, region: str) -> list[str]:
@@ -74,11 +65,11 @@ def apply(journal: Journal, document: Document) -> int:
         content = journal.append("price_list", {"source": "operations", **about,
                                                 "currency": body["currency"], "items": body["items"]})
     elif document.kind == "revocation":
-        content = journal.append("revocation", {**about, **body})
+        content = journal.append("revocation", {**body, **about})
     elif document.kind == "settings":
-        content = journal.append("settings", {**about, **body})
+        content = journal.append("settings", {**body, **about})
     else:
-        content = journal.append("order", {**about, **body})
+        content = journal.append("order", {**body, **about})
     return journal.append("document", {**about, "kind": document.kind, "kid": document.kid,
                                        "expires_at": protocol.rfc3339(document.expires_at), "content_seq": content})
 
@@ -96,18 +87,22 @@ class Downlink:
     # Called once settings are recorded: what the box does on a timer takes them at once (the counter
     # takes them from the journal itself).
     on_settings: Callable[[dict[str, Any]], None] = lambda body: None
-    _applied: dict[str, int] = field(default_factory=dict)
+    _applied: dict[str, int] | None = None  # the version held of each stream, read from the journal at first
 
     async def run(self, link: MqttLink) -> None:
-        self._applied = await self.store.read(applied_versions)
-        ack_topic = protocol.ack_topic(self.topic_prefix, self.device_id)
         async for message in link.messages():
-            if message.topic == ack_topic:
-                await self.uplink.acknowledged(message.payload)
-            elif "/docs/" in message.topic:
-                await self._document(message)
-            else:
-                logger.warning("message on an unexpected topic ignored topic=%s", message.topic)
+            await self.handle(message)
+
+    async def handle(self, message: Message) -> None:
+        """One message from the broker: an acknowledgement for the uplink, or a document to check and apply."""
+        if message.topic == protocol.ack_topic(self.topic_prefix, self.device_id):
+            await self.uplink.acknowledged(message.payload)
+        elif "/docs/" in message.topic:
+            if self._applied is None:
+                self._applied = await self.store.read(applied_versions)
+            await self._document(message)
+        else:
+            logger.warning("message on an unexpected topic ignored topic=%s", message.topic)
 
     def _check(self, message: Message) -> Document:
         document = documents.decode_document(message.payload, trusted=self.trusted)
@@ -120,7 +115,7 @@ class Downlink:
         if time.time() > document.expires_at:
             raise ProtocolError(f"it expired at {protocol.rfc3339(document.expires_at)}")
         timezone = document.body.get("counter", {}).get("timezone") if document.kind == "settings" else None
-        if timezone and not known_timezone(timezone):
+        if timezone and time_zone(timezone) is None:
             raise ProtocolError(f"its time zone {timezone!r} is not one this box knows")
         return document
 
@@ -132,6 +127,11 @@ class Downlink:
             document = await asyncio.to_thread(self._check, message)
         except ProtocolError as error:
             logger.warning("document refused topic=%s: %s; nothing changed", message.topic, error)
+            return
+        except Exception:
+            # A document no check foresaw must not end the agent: it is retained, and would end it
+            # again at every start. Refused, with what the box's maintainers need to see why.
+            logger.exception("document refused topic=%s: checking it failed; nothing changed", message.topic)
             return
         held = self._applied.get(document.name, 0)
         if document.version == held:
@@ -146,6 +146,11 @@ class Downlink:
         except StorageError as error:
             # Nothing recorded; the broker's retained copy comes again at the next connection.
             logger.error("document %s version=%d NOT applied: %s", document.name, document.version, error)
+            return
+        except Exception:
+            # Rolled back with its transaction: as above, refused rather than ending the agent.
+            logger.exception("document %s version=%d NOT applied: recording it failed", document.name,
+                             document.version)
             return
         self._applied[document.name] = document.version
         logger.info("document applied seq=%d %s version=%d", seq, document.name, document.version)

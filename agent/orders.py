@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from drivers.barcode import classify, scannable
-from provisioning.documents import MAX_ORDER_LINES
+from provisioning.documents import MAX_ORDER_LINES, MAX_QUANTITY
 
 
 class OrderError(Exception):
     """An order file that cannot be loaded; says which line and why."""
 
 
-MAX_QUANTITY = 100_000
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.barcode import classify, scannable
+from provisioning.documents import MAX_PACKS
 
 from .catalog import CARTON_PACKS
 
@@ -120,8 +121,8 @@ def _item(row: dict[str, str]) -> Item:
         raise ValueError(f"unit {unit!r} is not one of {', '.join(UNITS)}")
     packs_text = row.get("packs", "")
     if packs_text:
-        if not re.fullmatch(r"[0-9]{1,5}", packs_text) or not 1 <= int(packs_text) <= 10_000:
-            raise ValueError(f"packs {packs_text!r} must be a whole number from 1 to 10000")
+        if not re.fullmatch(r"[0-9]{1,5}", packs_text) or not 1 <= int(packs_text) <= MAX_PACKS:
+            raise ValueError(f"packs {packs_text!r} must be a whole number from 1 to {MAX_PACKS}")
         packs = int(packs_text)
     elif unit == "case":
         raise ValueError("a case must say how many packs it holds (the packs column)")

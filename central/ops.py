@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.downlink import known_timezone
+from agent.config import time_zone
 from agent.mqtt import Backoff, MqttError, MqttLink
 from agent import orders
 from agent.prices import PriceListError, read_csv
@@ -179,7 +179,7 @@ def _settings_push(args) -> int:
         documents.check_settings(body)
     except ProtocolError as error:
         raise CentralError(str(error)) from None
-    if args.timezone is not None and not known_timezone(args.timezone):
+    if args.timezone is not None and time_zone(args.timezone) is None:
         # Every box would refuse the version (docs/protocol.md): not signed, no version taken.
         raise CentralError(f"time zone {args.timezone!r} is not in the time zone database")
     return _push(args, kind="settings", name="settings", body=body)

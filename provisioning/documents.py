@@ -24,6 +24,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from drivers.barcode import classify, scannable
+
 from . import jws
 from .errors import ProtocolError, SignatureError
 from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
@@ -35,6 +37,13 @@ KINDS = ("price_list", "order", "settings", "revocation")
 SETTINGS = {"counter": {"timezone", "mode_timeout", "pending_timeout"},
             "uplink": {"status_interval", "snapshot_interval"}}
 MAX_ORDER_LINES = 10_000
+# The bounds a row loaded from a file on the box keeps too (agent/prices.py, agent/orders.py).
+MAX_QUANTITY = 100_000  # packs or cartons of one order line
+MAX_PACKS = 10_000  # packs in one carton or case
+MAX_AMOUNT = 99_999_999_999  # a price or cost in the minor unit: 9 digits before the point, 2 after
+MAX_GRACE = 30 * 86400  # seconds a revoked box goes on delivering before it erases itself
+# An IANA time zone name ("Asia/Shanghai", "America/Argentina/Buenos_Aires"): at most four levels.
+TIME_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]{1,32}(/[A-Za-z0-9_+\-]{1,32}){0,3}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _REGION = _ORDER_ID
 
@@ -87,34 +96,46 @@ def _check_name(kind: str, name: str) -> None:
     raise ProtocolError(f"document name {name!r} does not fit its kind {kind!r}")
 
 
-def _check_body(kind: str, body: dict[str, Any]) -> None:
-    """A body the box can use as it is: anything else would fail later, at a scan or a delivery."""
+def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
+    """A body the box can use as it is, by the same rules as a file loaded on the box: anything else
+    would fail later, at a scan or a delivery, or record what nobody meant."""
     if kind == "price_list":
         items, currency = body.get("items"), body.get("currency")
         if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency) or not isinstance(items, list):
             raise ProtocolError("a price list needs a currency (ISO 4217, like CNY) and a list of items")
+        keys: set[str] = set()
         for number, item in enumerate(items, 1):
             if not (isinstance(item, dict) and _code(item.get("barcode")) and isinstance(item.get("name"), str)
-                    and natural(item.get("price"), 0)):
-                raise ProtocolError(f"price list item {number} needs a barcode, a name, and a price "
-                                    "in the currency's minor unit (an integer, 0 or more)")
+                    and natural(item.get("price"), 0, MAX_AMOUNT)):
+                raise ProtocolError(f"price list item {number} needs a barcode with its check digit right, a name, "
+                                    f"and a price in the currency's minor unit (an integer from 0 to {MAX_AMOUNT})")
             # What a row is, for stock and margins (optional; a plain row is a pack): as a CSV row must be.
-            unit = item.get("unit", "pack")
-            if not (unit in ("pack", "carton", "case") and natural(item.get("packs", 1))
-                    and (item.get("packs", 1) == 1 if unit == "pack" else True)
+            unit, packs, product = item.get("unit", "pack"), item.get("packs", 1), item.get("product")
+            own = classify(item["barcode"]).key
+            if not (unit in ("pack", "carton", "case") and natural(packs, 1, MAX_PACKS)
+                    and (packs == 1 if unit == "pack" else True)
                     and (unit != "case" or "packs" in item)
-                    and (item.get("cost") is None or natural(item["cost"], 0))
-                    and (item.get("product") is None or _code(item["product"]))
-                    and (unit == "pack" or item.get("product") is not None)):
+                    and (item.get("cost") is None or natural(item["cost"], 0, MAX_AMOUNT))
+                    and (product is None or _code(product))
+                    and (unit == "pack" or (product is not None and classify(product).key != own))
+                    and (unit != "pack" or product is None or classify(product).key == own)):
                 raise ProtocolError(f"price list item {number}: unit must be pack (of 1 pack), carton or case "
-                                    "(a case saying its packs), cost an integer of 0 or more, and a carton or case "
-                                    "must name its product")
+                                    f"(a case saying its packs, at most {MAX_PACKS}), cost an integer from 0 to "
+                                    f"{MAX_AMOUNT}, and a carton or case must name its product, a pack barcode "
+                                    "not its own")
+            if own in keys:
+                raise ProtocolError(f"price list item {number}: barcode {item['barcode']} is listed twice")
+            keys.add(own)
     elif kind == "settings":
         check_settings(body)
     elif kind == "revocation":
-        if not isinstance(body.get("reason"), str) or not natural(body.get("grace_seconds"), 0):
-            raise ProtocolError("a revocation needs a reason and grace_seconds (0 or more)")
+        _only(kind, body, {"reason", "grace_seconds"})
+        if not isinstance(body.get("reason"), str) or not natural(body.get("grace_seconds"), 0, MAX_GRACE):
+            raise ProtocolError(f"a revocation needs a reason and grace_seconds (0 to {MAX_GRACE})")
     elif kind == "order":
+        _only(kind, body, {"order_id", "lines"})
+        if body.get("order_id") != name[len("order/"):]:
+            raise ProtocolError(f"an order needs its order_id, the one its name {name!r} gives")
         lines = body.get("lines")
         if not isinstance(lines, list) or not lines:
             raise ProtocolError("an order needs its lines")
@@ -123,8 +144,17 @@ def _check_body(kind: str, body: dict[str, Any]) -> None:
             raise ProtocolError(f"an order of {len(lines)} lines is more than the {MAX_ORDER_LINES} a box receives")
         for number, line in enumerate(lines, 1):
             if not (isinstance(line, dict) and _code(line.get("barcode")) and isinstance(line.get("name"), str)
-                    and natural(line.get("quantity"))):
-                raise ProtocolError(f"order line {number} needs a barcode, a name and a quantity of 1 or more")
+                    and natural(line.get("quantity"), 1, MAX_QUANTITY)):
+                raise ProtocolError(f"order line {number} needs a barcode with its check digit right, a name and "
+                                    f"a quantity from 1 to {MAX_QUANTITY}")
+
+
+def _only(kind: str, body: dict[str, Any], names: set[str]) -> None:
+    """The body's content goes into the box's event beside the document's name and version: it holds
+    what its kind says, and nothing that could stand for those."""
+    if set(body) - names:
+        raise ProtocolError(f"{'an' if kind == 'order' else 'a'} {kind} holds {', '.join(sorted(names))} only, not "
+                            f"{', '.join(sorted(map(str, set(body) - names)))[:200]}")
 
 
 def check_settings(body: dict[str, Any]) -> None:
@@ -139,15 +169,16 @@ def check_settings(body: dict[str, Any]) -> None:
             raise ProtocolError(f"settings [{section}] may set {', '.join(sorted(known))} only")
         for name, value in values.items():
             if name == "timezone":
-                if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*", value):
-                    raise ProtocolError(f"settings [counter] timezone {value!r} is not an IANA time zone name")
+                if not isinstance(value, str) or not TIME_ZONE_NAME.fullmatch(value):
+                    raise ProtocolError(f"settings [counter] timezone {value!r:.70} is not an IANA time zone name")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 30 * 86400:
                 raise ProtocolError(f"settings [{section}] {name} must be a number of seconds above 0")
 
 
 def _code(value: Any) -> bool:
-    """A barcode's data as a scanner types it: printable ASCII, at most 48 characters (a GS1-128's limit)."""
-    return isinstance(value, str) and 0 < len(value) <= 48 and value.isascii() and value.isprintable()
+    """A barcode's data as a scanner types it (printable ASCII, at most 48 characters), whose check digit,
+    where its symbology has one, is right: a code no scan could match is no product."""
+    return isinstance(value, str) and scannable(value) and classify(value).valid
 
 
 def topic(prefix: str, scope: Scope, name: str) -> str:
@@ -169,7 +200,7 @@ def encode_document(document: Document, *, key: Ed25519PrivateKey, kid: str) -> 
     if document.kind not in KINDS:
         raise ValueError(f"unknown document kind {document.kind!r}")
     _check_name(document.kind, document.name)
-    _check_body(document.kind, document.body)
+    _check_body(document.kind, document.name, document.body)
     payload = {
         "v": VERSION, "kind": document.kind, "name": document.name, "version": document.version,
         "scope": document.scope.as_json(), "issued_at": rfc3339(document.issued_at),
@@ -202,7 +233,7 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
     if kind not in KINDS or not isinstance(name, str) or not natural(version) or not isinstance(body, dict):
         raise ProtocolError("document lacks a known kind, a name, a version of 1 or more, or a body")
     _check_name(kind, name)
-    _check_body(kind, body)
+    _check_body(kind, name, body)
     scope = payload.get("scope")
     try:
         if not isinstance(scope, dict) or set(scope) - {"device", "region"}:

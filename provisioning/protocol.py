@@ -207,13 +207,25 @@ def parse_rfc3339(text: Any) -> float:
     if not isinstance(text, str) or not _UTC_TIME.fullmatch(text):
         raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
     try:
-        return datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
+        moment = datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
     except ValueError:
         raise ValueError(f"{text!r} is not an RFC 3339 UTC time") from None
+    try:
+        # As a float, the year 9999's last microseconds round up into a year no time string has:
+        # a time is taken only if the wire can write it back.
+        rfc3339(moment)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{text!r} is later than any time the protocol writes") from None
+    return moment
 
 
-def natural(value: Any, least: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+# Integers on the wire stay within what every JSON reader holds exactly (I-JSON, RFC 7493).
+MAX_INTEGER = 2**53 - 1
+
+
+def natural(value: Any, least: int = 1, most: int = MAX_INTEGER) -> bool:
+    """An integer (not a bool) from ``least`` to ``most``."""
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
 
 
 def payload_json(payload: dict[str, Any]) -> bytes:

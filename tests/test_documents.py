@@ -3,6 +3,7 @@ what it holds and still in time, is applied; anything else is refused, logged, a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -18,10 +19,15 @@ from joserfc import jws as joserfc_jws
 from joserfc.jwk import OKPKey
 from paho.mqtt.client import MQTTv5
 
+from agent.config import UplinkConfig
+from agent.downlink import Downlink
+from agent.mqtt import Message, MqttLink
+from agent.uplink import Uplink
 from provisioning import documents, jws, protocol
 from provisioning.documents import Document, Scope
 from provisioning.errors import ProtocolError, SignatureError
 from provisioning.identity import key_id, load_key, public_key_text
+from storage import Store
 
 from .harness import feed, scans, signed_with_header, wait_until
 
@@ -86,9 +92,9 @@ def _item(**change):
     (lambda k, kid: _signed(_payload(body=_item(price=True)), k, kid), "price list item 1 needs"),
     (lambda k, kid: _signed(_payload(body=_item(barcode="")), k, kid), "price list item 1 needs"),
     (lambda k, kid: _signed(_payload(body=_item(barcode=6901028075831)), k, kid), "price list item 1 needs"),
-    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"lines": []}), k, kid), "needs its lines"),
-    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"lines": [{"barcode": "1", "name": "x",
-                                                                                     "quantity": 0}]}), k, kid),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": []}), k, kid), "needs its lines"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": [
+        {"barcode": "1", "name": "x", "quantity": 0}]}), k, kid),
      "order line 1 needs"),
     (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", body={"reason": "closed",
                                                                                  "grace_seconds": 60}), k, kid),
@@ -120,11 +126,26 @@ UNIT_RULE = "price list item 1: unit must be pack"
     (_item(unit="carton", packs=10), UNIT_RULE),
     (_item(cost=-1), UNIT_RULE),
     (_item(product=""), UNIT_RULE),
-    (_item(barcode="6" * 49), "price list item 1 needs a barcode, a name, and a price"),
+    (_item(barcode="6" * 49), "price list item 1 needs a barcode with its check digit right, a name, and a price"),
     (_item(barcode="69010280\x0075831"), "price list item 1 needs"),
     (_item(name=None), "price list item 1 needs"),
+    (_item(barcode="6901028075832"), "price list item 1 needs a barcode with its check digit right"),
+    (_item(price=documents.MAX_AMOUNT + 1), "a price in the currency's minor unit (an integer from 0 to 99999999999)"),
+    (_item(price=10**30), "price list item 1 needs"),
+    (_item(cost=documents.MAX_AMOUNT + 1), UNIT_RULE),
+    (_item(barcode="16901028075838", unit="case", packs=documents.MAX_PACKS + 1, product="6901028075831"), UNIT_RULE),
+    (_item(unit="carton", product="6901028075831"), UNIT_RULE),  # a carton priced as its own pack
+    (_item(unit="pack", product="6901028075848"), UNIT_RULE),  # a pack that says it is another product
+    (_item(barcode="6901028075848", unit="carton", product="6901028075832"), UNIT_RULE),
+    ({"currency": "CNY", "items": [PRICES["items"][0], {**PRICES["items"][0], "price": 1}]},
+     "price list item 2: barcode 6901028075831 is listed twice"),
+    ({"currency": "CNY", "items": [{"barcode": "036000291452", "name": "x", "price": 1},
+                                   {"barcode": "0036000291452", "name": "y", "price": 2}]},
+     "price list item 2: barcode 0036000291452 is listed twice"),  # a UPC-A and its EAN-13: one product
 ], ids=["items-not-a-list", "currency-case", "unit", "pack-of-two", "no-packs", "case-without-packs",
-        "carton-without-product", "negative-cost", "empty-product", "barcode-49", "barcode-control", "no-name"])
+        "carton-without-product", "negative-cost", "empty-product", "barcode-49", "barcode-control", "no-name",
+        "check-digit", "price-over", "price-huge", "cost-over", "packs-over", "carton-of-itself", "pack-of-another",
+        "product-check-digit", "twice", "upc-and-ean"])
 def test_a_price_list_row_a_box_could_not_use_is_refused_for_its_one_fault(ops, body, reason):
     kid = key_id(ops)
     with pytest.raises(ProtocolError, match=re.escape(reason)):
@@ -137,9 +158,9 @@ def test_a_price_list_row_a_box_could_not_use_is_refused_for_its_one_fault(ops, 
     {"barcode": "6" * 48},
     {"cost": 0},
     {"unit": "pack", "packs": 1, "product": "6901028075831"},
-    {"unit": "carton", "product": "6901028075831"},
-    {"unit": "carton", "packs": 10, "product": "6901028075831", "cost": 21000},
-    {"unit": "case", "packs": 500, "product": "6901028075831"},
+    {"barcode": "6901028075848", "unit": "carton", "product": "6901028075831"},
+    {"barcode": "6901028075848", "unit": "carton", "packs": 10, "product": "6901028075831", "cost": 21000},
+    {"barcode": "16901028075838", "unit": "case", "packs": 500, "product": "6901028075831"},
 ], ids=["free", "one-character-barcode", "48-character-barcode", "zero-cost", "pack", "carton", "carton-of-ten", "case"])
 def test_a_price_list_row_at_the_edge_of_the_rules_is_taken(ops, item):
     kid = key_id(ops)
@@ -191,15 +212,147 @@ def test_settings_a_box_cannot_take_are_refused_with_their_reason(ops, body, rea
         documents.decode_document(token, trusted={kid: ops.public_key()})
 
 
+@pytest.mark.parametrize("kind,name,body,reason", [
+    ("order", "order/7", {"lines": ORDER["lines"]}, "an order needs its order_id, the one its name 'order/7' gives"),
+    ("order", "order/7", {**ORDER, "order_id": "8"}, "an order needs its order_id"),
+    ("order", "order/7", {**ORDER, "order_id": "7", "name": None}, "an order holds lines, order_id only, not name"),
+    ("order", "order/7", {**ORDER, "order_id": "7", "version": 99}, "not version"),
+    ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "quantity": documents.MAX_QUANTITY + 1}]},
+     "order line 1 needs a barcode with its check digit right, a name and a quantity from 1 to 100000"),
+    ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "quantity": 10**30}]}, "order line 1 needs"),
+    ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "barcode": "6901028075832"}]},
+     "order line 1 needs"),
+    ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "name": None}]}, "order line 1 needs"),
+    ("revocation", "revocation", {"reason": "closed", "grace_seconds": documents.MAX_GRACE + 1},
+     "a revocation needs a reason and grace_seconds (0 to 2592000)"),
+    ("revocation", "revocation", {"reason": "closed", "grace_seconds": 10**400}, "grace_seconds (0 to"),
+    ("revocation", "revocation", {"reason": "closed", "grace_seconds": 60, "name": "x"},
+     "a revocation holds grace_seconds, reason only, not name"),
+], ids=["no-order-id", "other-order-id", "name-in-body", "version-in-body", "quantity-over", "quantity-huge",
+        "check-digit", "line-name-null", "grace-over", "grace-huge", "revocation-name-in-body"])
+def test_an_order_or_revocation_a_box_could_not_use_as_it_is_is_refused(ops, kind, name, body, reason):
+    """Its body goes into the box's event beside the document's name and version: nothing in it may stand for
+    those, and its numbers keep the bounds of a file loaded on the box."""
+    kid = key_id(ops)
+    payload = _payload(kind=kind, name=name, body=body, scope={"device": "shop-1"})
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        documents.decode_document(_signed(payload, ops, kid), trusted={kid: ops.public_key()})
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"version": 2**53}, "a version of 1 or more"),
+    ({"expires_at": "9999-12-31T23:59:59.999999Z"}, "later than any time the protocol writes"),
+    ({"issued_at": "9999-12-31T23:59:59.9999995Z"}, "not an RFC 3339 UTC time"),
+], ids=["version-past-json", "time-rounding-into-10000", "seven-digits"])
+def test_numbers_and_times_a_box_could_not_carry_back_on_the_wire_are_refused(ops, change, reason):
+    kid = key_id(ops)
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        documents.decode_document(_signed(_payload(**change), ops, kid), trusted={kid: ops.public_key()})
+
+
+def test_the_last_second_the_wire_writes_is_taken():
+    assert protocol.rfc3339(protocol.parse_rfc3339("9999-12-31T23:59:59.998Z")).startswith("9999-12-31T23:59:59.")
+
+
 def test_operations_cannot_sign_a_document_a_box_would_refuse(ops):
     with pytest.raises(ProtocolError, match="price list item 1 needs"):
         documents.encode_document(document(body=_item(price=-1)), key=ops, kid="k")
 
 
 def test_a_price_list_too_big_for_one_message_is_refused_when_it_is_signed(ops):
-    items = [{"barcode": f"{n:013d}", "name": "x" * 200, "price": 100} for n in range(40_000)]
+    items = [{"barcode": f"P{n:012d}", "name": "x" * 200, "price": 100} for n in range(40_000)]
     with pytest.raises(ValueError, match="over the protocol's limit"):
         documents.encode_document(document(body={"currency": "CNY", "items": items}), key=ops, kid="k")
+
+
+# -- the box's door, in this process: a real journal and the downlink the daemon runs ------------------------------
+
+async def _door(tmp_path, ops):
+    """A real journal and the box's downlink in front of it; the uplink beside it is made, not run."""
+    store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+    device_key = Ed25519PrivateKey.generate()
+    link = MqttLink(host="127.0.0.1", port=1, client_id="shop-1")
+    uplink = Uplink(store=store, link=link, device_id="shop-1", session=1, key=device_key,
+                    central_key=device_key.public_key(), config=UplinkConfig())
+    downlink = Downlink(store=store, uplink=uplink, device_id="shop-1", region="honghe",
+                        trusted={key_id(ops): ops.public_key()}, topic_prefix="counterbox/v1")
+    return store, downlink
+
+
+def _message(ops, **change) -> Message:
+    now = time.time()
+    payload = _payload(**{"issued_at": protocol.rfc3339(now), "expires_at": protocol.rfc3339(now + 3600), **change})
+    scope = payload["scope"]
+    where = f"devices/{scope['device']}" if "device" in scope else f"regions/{scope['region']}"
+    return Message(f"counterbox/v1/{where}/docs/{payload['name']}", _signed(payload, ops, key_id(ops)))
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": "settings", "name": "settings", "body": {"counter": {"timezone": "America"}}},
+    {"kind": "settings", "name": "settings", "body": {"counter": {"timezone": "A" * 300}}},
+    {"kind": "settings", "name": "settings", "body": {"counter": {"timezone": "a/" * 3000 + "b"}}},
+    {"expires_at": "9999-12-31T23:59:59.999999Z"},
+    {"kind": "revocation", "name": "revocation", "scope": {"device": "shop-1"},
+     "body": {"reason": "closed", "grace_seconds": 10**400}},
+    {"kind": "order", "name": "order/7", "body": {"lines": ORDER["lines"], "name": None}},
+], ids=["zone-a-directory", "zone-too-long", "zone-too-deep", "time-past-9999", "grace-past-any-clock", "order-no-id"])
+def test_a_document_a_box_cannot_use_is_refused_at_the_door_and_the_next_one_applies(tmp_path, ops, change, caplog):
+    """Each of these once ended the agent (and, retained at the broker, ended it again at every start)."""
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(_message(ops, **change))
+            assert await store.read(lambda journal: journal.last_seq()) == 0  # nothing changed
+            await downlink.handle(_message(ops))  # a price list right behind it
+            assert [e.kind for e in await store.read(lambda journal: journal.read_after(0))] == ["price_list", "document"]
+        finally:
+            await store.close()
+
+    asyncio.run(test())
+    assert "document refused" in caplog.text and "nothing changed" in caplog.text
+
+
+def test_a_document_whose_check_fails_unforeseen_is_refused_and_the_agent_goes_on(tmp_path, ops, caplog, monkeypatch):
+    """The last guard at the door: a check that raises what nobody foresaw (here made to) refuses that
+    document alone, with the traceback for the box's maintainers."""
+    real = documents.decode_document
+
+    def failing(token, *, trusted):
+        document_ = real(token, trusted=trusted)
+        if document_.version == 3:
+            raise RecursionError("maximum recursion depth exceeded")
+        return document_
+
+    monkeypatch.setattr(documents, "decode_document", failing)
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(_message(ops))
+            assert await store.read(lambda journal: journal.last_seq()) == 0
+            await downlink.handle(_message(ops, version=4))
+            assert await store.read(lambda journal: journal.last_seq()) == 2
+        finally:
+            await store.close()
+
+    asyncio.run(test())
+    refused = [r for r in caplog.records if "checking it failed" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelname == "ERROR" and refused[0].exc_info[0] is RecursionError
+
+
+def test_an_order_applied_keeps_its_stream_name_and_version_in_the_event(tmp_path, ops):
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(_message(ops, kind="order", name="order/7", version=2,
+                                           body={**ORDER, "order_id": "7"}))
+            return await store.read(lambda journal: journal.last("order"))
+        finally:
+            await store.close()
+
+    order = asyncio.run(test())
+    assert (order.body["name"], order.body["version"], order.body["order_id"]) == ("order/7", 2, "7")
+    assert order.body["lines"] == ORDER["lines"]
 
 
 # -- end to end: operations' command, the broker, the box -----------------------------------------------------
@@ -339,7 +492,8 @@ def test_an_older_forged_expired_or_other_shops_document_changes_nothing(stack, 
         (region_topic, documents.encode_document(doc(scope=Scope(region="kunming")), key=ops, kid=kid), "names the topic"),
         # another shop's order, put on this shop's topic
         ("counterbox/v1/devices/shop-guard/docs/order/9",
-         documents.encode_document(Document("order", "order/9", 1, Scope(device="shop-other"), ORDER, now, now + 3600),
+         documents.encode_document(Document("order", "order/9", 1, Scope(device="shop-other"), {**ORDER, "order_id": "9"}, now,
+                                            now + 3600),
                                    key=ops, kid=kid), "names the topic"),
         # another shop's document published on its own topic, where this box does not listen: never seen at all
     ]
