@@ -75,8 +75,9 @@ def control(text: str) -> Control | None:
 
 
 def could_be_part_of_one(text: str) -> bool:
-    """Whether ``text`` (a scan refused as cut short) may be the beginning or the end of a control code."""
-    return bool(text) and any(code.startswith(text) or code.endswith(text) for code, _, _ in SHEET)
+    """Whether ``text`` (a scan refused as cut short) may be the beginning or the end of a control code.
+    Nothing seen of it (a drop lost it whole) may have been any of them."""
+    return not text or any(code.startswith(text) or code.endswith(text) for code, _, _ in SHEET)
 
 
 # A numeric keypad's keys (drivers.keypad), as the sheet's codes: the same controls, keyed.

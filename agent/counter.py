@@ -209,7 +209,8 @@ class Counter:
             scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
             if self._pending.keyed or controls.could_be_part_of_one(scan.text):
-                # The cut scan may have been a digit of a number being keyed: never use half a number.
+                # The cut scan may have been a digit of a number being keyed, or a control meant for the
+                # next scan: never use half a number, nor sell the next scan without what it was told.
                 self._pending.keyed, self._pending.spoiled = "", True
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
@@ -231,10 +232,13 @@ class Counter:
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
             return Outcome(Signal.ERROR, (self._append(journal, "misread", {**common, "reason": "check digit"}),))
-        if self._pending.keyed or self._pending.spoiled:
+        if self._pending.keyed:
             # A number keyed and not yet said to be a quantity or a price: never guess which, nor drop it.
             return Outcome(Signal.ERROR, note="a keyed number waits for its quantity or price control (or clear); "
                                               "the scan was not recorded")
+        if self._pending.spoiled:
+            return Outcome(Signal.ERROR, note="a number or control before this scan was refused or lost: scan "
+                                              "CB:CLEAR and key it again; the scan was not recorded")
         pending, self._pending = self._pending, Pending()
         if self.mode != "selling":
             self._mode_active_at = self.clock()

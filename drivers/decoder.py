@@ -308,7 +308,9 @@ class Decoder:
     def _end_broken(self) -> NotABarcode | None:
         reason, typed, text = self._broken, self._broken_typed, "".join(self._broken_text)
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
-        return NotABarcode(text, self.source, reason) if typed else None
+        # A drop lost events the scanner sent, though nothing of them was seen: a whole scan, maybe, or
+        # a digit of a number being keyed. Said, so the counter refuses what it could have been part of.
+        return NotABarcode(text, self.source, reason) if typed or reason == DROPPED else None
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if not self._chars:

@@ -371,6 +371,22 @@ def test_a_refused_scan_is_recorded_and_never_a_sale(shop):
     with shop.journal.transaction():
         outcome = shop.counter.record(shop.journal, NotABarcode("69010", "/dev/input/event3", "cut"))
     assert outcome.events[0].kind == "refused" and outcome.signal is Signal.ERROR
+    [sale] = shop.scan(PACK)  # the head of a product, no control's: scanned again, it sells
+    assert sale.body["quantity"] == 1
+
+
+@pytest.mark.parametrize("lost, recorded", [("CB:RETURN", ("return", 1, "pack")), ("CB:QTY5", ("sale", 5, "pack")),
+                                            ("CB:CARTON", ("sale", 1, "carton"))])
+def test_a_scan_lost_whole_may_have_been_a_control_so_the_next_product_waits_for_clear(shop, lost, recorded):
+    """A drop that lost every event of a scan: the box heard something, saw nothing of it. Had it been
+    the return, quantity or carton control, the next product sold as it is would be a wrong sale."""
+    with shop.journal.transaction():
+        outcome = shop.counter.record(shop.journal, NotABarcode("", "/dev/input/event3", "dropped"))
+    assert outcome.signal is Signal.ERROR and outcome.events[0].kind == "refused"
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+    shop.scan("CB:CLEAR", lost)
+    [event] = shop.scan(PACK)
+    assert (event.kind, event.body["quantity"], event.body["unit"]) == recorded
 
 
 def test_receive_all_during_a_receiving_takes_in_what_is_still_missing(shop):
@@ -527,7 +543,7 @@ def test_a_number_spoiled_after_its_price_was_set_refuses_the_sale(shop):
     assert sale.body["unit_price"] == 2300
 
 
-@pytest.mark.parametrize("fragment", ["B:1", ":1", "CB:", "CB:PRI"])
+@pytest.mark.parametrize("fragment", ["B:1", ":1", "CB:", "CB:PRI", ""])  # "": a drop lost all of it
 def test_a_cut_scan_that_may_be_part_of_a_digit_spoils_the_number_that_follows(shop, fragment):
     with shop.journal.transaction():
         shop.counter.record(shop.journal, NotABarcode(fragment, "/dev/input/event3", "cut"))

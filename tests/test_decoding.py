@@ -227,6 +227,21 @@ def test_the_tail_of_a_scan_that_stalled_is_refused_never_a_code(stall):
         ("NotABarcode", "6901028", CUT_OFF), ("NotABarcode", "075831", CUT_OFF_TAIL), ("Scan", "96385074", "")]
 
 
+def test_a_drop_that_lost_a_whole_scan_is_said_even_though_nothing_of_it_was_seen():
+    """The kernel's buffer overflowed while a scan was typed and every event of it is gone: no key comes
+    after the drop, only quiet. Something was scanned and lost (a digit of a keyed number, maybe): said."""
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(keys)) == []
+    decoder.resync(frozenset())
+    assert decoder.pending
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "", DROPPED, "dev")]
+    assert not decoder.pending
+    fed = len(keys.events)
+    results = decoder.feed_all(_records(keys.pause(2.0).digits("96385074").enter())[fed:])
+    assert texts(results) == ["96385074"]  # what follows the quiet is seen whole
+
+
 def test_after_syn_dropped_the_shift_state_comes_from_the_device():
     decoder = Decoder("dev", DecoderSettings())
     keys = Keys().down(e.KEY_LEFTSHIFT).raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
