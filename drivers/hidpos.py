@@ -48,6 +48,7 @@ BROKE_OFF = "the scanner's report sequence broke off"
 BROKE_OFF_TAIL = "the rest of a report sequence that had broken off"
 BROKE_OFF_QUIET = 1.0  # seconds with nothing after a break-off before a report begins a barcode again
 STARTED_UNSEEN = "the report sequence had begun before the scanner was claimed"
+MALFORMED = "a scanned-data report was cut short, or said it held more than a report can"
 _GET_DESCRIPTOR, _REPORT_DESCRIPTOR = 0x06, 0x22
 
 
@@ -128,8 +129,10 @@ class ReportAssembler:
     between two reads, which the host's own delays stretch. Refused: the
     reports that arrive after the scanner was claimed (``opened``) and before
     the first such pause, whose first report may have gone to whoever held the
-    device before; and a sequence of continued reports that stops, together
-    with whatever follows it up to the next final report.
+    device before; a sequence of continued reports that stops, together
+    with whatever follows it up to the next final report; and a sequence with
+    a scanned-data report cut short or saying it holds more than 56 bytes,
+    up to its final report (or a pause: nothing is known of what it lost).
     """
 
     source: str
@@ -145,9 +148,16 @@ class ReportAssembler:
         self._broken, self._broken_since, self._broken_quiet = STARTED_UNSEEN, at, 0.0
 
     def feed(self, report: bytes, now: float) -> Scan | NotABarcode | None:
-        if len(report) < REPORT_SIZE or report[0] != SCANNED_DATA_REPORT:
+        if not report or report[0] != SCANNED_DATA_REPORT:
             return None  # other reports (status, trigger) carry no barcode
-        length = min(report[1], _DATA_MAX)
+        if len(report) != REPORT_SIZE or report[1] > _DATA_MAX:
+            # Cut short, or saying it holds more than a report can: its data, and whether more reports
+            # follow, are lost. The barcode it belongs to is broken, up to its final report or a pause.
+            if not self._data:
+                self._started = now
+            self._broken = MALFORMED
+            return None
+        length = report[1]
         if not self._data:
             self._aim = report[2:5].decode("ascii", "replace") if report[2:3] == b"]" else ""
             self._started = now
@@ -162,7 +172,7 @@ class ReportAssembler:
 
     def idle(self, now: float) -> NotABarcode | None:
         """Called when a read waited its whole timeout and the scanner sent nothing: a real pause."""
-        if self._data:
+        if self._data or self._broken == MALFORMED:
             head = NotABarcode(self._take_text(), self.source, self._broken or BROKE_OFF)
             # Its tail, should the scanner go on, is refused up to the final report.
             self._broken, self._broken_since, self._broken_quiet = BROKE_OFF_TAIL, now, BROKE_OFF_QUIET

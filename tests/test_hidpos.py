@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
+from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, MALFORMED, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
                            hid_pos_interface)
 from drivers.errors import ScannerError, ScannerGone
+from drivers.decoder import NotABarcode, Scan
 
 from .usb_backend import (
     KEYBOARD_REPORT_DESCRIPTOR, FakeBackend, FakeUsbDevice, scanned_data_reports,
@@ -138,12 +139,18 @@ def test_unplugged_mid_barcode_the_partial_is_dropped_and_release_survives(sysfs
     assert "release 0" not in device.calls  # a device that is gone has nothing to release, and no error
 
 
+def _whole(result) -> str:
+    """The text of a barcode taken whole (a refusal has a text too)."""
+    assert isinstance(result, Scan), result
+    return result.text
+
+
 def test_reports_that_carry_no_barcode_are_ignored():
     assembler = ReportAssembler("usb:1-5")
     assert assembler.feed(bytes([0x04]) + bytes(63), now=0.0) is None  # another report id
     assert assembler.feed(bytes(10), now=0.0) is None  # short
     (report,) = scanned_data_reports(b"96385074")
-    assert assembler.feed(report, now=1.0).text == "96385074"
+    assert _whole(assembler.feed(report, now=1.0)) == "96385074"
 
 
 def test_a_report_sequence_that_breaks_off_is_refused_head_and_tail():
@@ -155,7 +162,41 @@ def test_a_report_sequence_that_breaks_off_is_refused_head_and_tail():
     tail = assembler.feed(second, now=1.3)  # it goes on after all: the rest is no code of its own
     assert (tail.text, tail.reason) == ("Y" * 14, BROKE_OFF_TAIL)
     [whole] = scanned_data_reports(b"96385074", aim=b"]E4")
-    assert assembler.feed(whole, now=2.0).text == "96385074"
+    assert _whole(assembler.feed(whole, now=2.0)) == "96385074"
+
+
+@pytest.mark.parametrize("cut", [
+    lambda report: report[:40],  # a read cut short
+    lambda report: report[:2],
+    lambda report: report + b"\0",  # longer than a report
+    lambda report: report[:1] + bytes([57]) + report[2:],  # says it holds more than a report can
+    lambda report: report[:1] + bytes([255]) + report[2:],
+], ids=["40-bytes", "2-bytes", "65-bytes", "length-57", "length-255"])
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_report_cut_short_or_over_long_breaks_its_barcode_which_is_refused_whole(cut, where):
+    """Whichever report of a three-report code it is: what it held, and whether more followed, is lost."""
+    assembler = ReportAssembler("usb:1-5")
+    reports = scanned_data_reports(b"Q" * 150, aim=b"]Q1")
+    reports[where] = cut(reports[where])
+    results = [assembler.feed(report, now=1.0 + i / 100) for i, report in enumerate(reports)]
+    results.append(assembler.idle(now=1.2))
+    said = [r for r in results if r is not None]
+    assert [type(r) for r in said] == [NotABarcode] and said[0].reason == MALFORMED
+    assert len(said[0].text) < 150
+    assert assembler.idle(now=2.5) is None  # a second of quiet reads
+    [whole] = scanned_data_reports(b"96385074", aim=b"]E4")
+    scan = assembler.feed(whole, now=3.0)
+    assert isinstance(scan, Scan) and scan.text == "96385074"  # after the quiet: seen whole
+
+
+def test_a_single_report_cut_short_is_said_at_the_next_quiet_read():
+    """It may have been a whole barcode of one report: the retailer hears that it was not taken."""
+    assembler = ReportAssembler("usb:1-5")
+    [report] = scanned_data_reports(b"6901028075831", aim=b"]E0")
+    assert assembler.feed(report[:30], now=1.0) is None
+    refused = assembler.idle(now=1.2)
+    assert (refused.text, refused.reason) == ("", MALFORMED)
+    assert assembler.idle(now=3.0) is None
 
 
 def test_reports_before_the_first_quiet_read_after_claiming_are_refused():
@@ -166,7 +207,7 @@ def test_reports_before_the_first_quiet_read_after_claiming_are_refused():
     assert (refused.text, refused.reason) == ("0118", STARTED_UNSEEN)
     assert assembler.idle(now=10.06) is None  # a read came back empty: the scanner is quiet
     [code] = scanned_data_reports(b"96385074", aim=b"]E4")
-    assert assembler.feed(code, now=11.0).text == "96385074"
+    assert _whole(assembler.feed(code, now=11.0)) == "96385074"
 
 
 def test_a_failure_after_claiming_gives_the_interface_back(sysfs):
