@@ -119,6 +119,10 @@ def day_of(body: dict[str, Any]) -> str:
     return body.get("day") or (body.get("scanned_at") or body.get("at") or "")[:10]
 
 
+# The numbers events carry, each an integer when present: a ledger folds nothing of an event whose
+# numbers are not (a tool's, or damaged), rather than part of it.
+_NUMBERS = ("quantity", "packs", "unit_price", "list_price", "cost", "amount", "voids", "counted")
+
 RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's totals): today, and a clock that jumped
 
 
@@ -153,6 +157,11 @@ class Ledger:
         self.last_seq = seq
         handler = _HANDLERS.get(kind)
         if handler is not None:
+            # Its numbers are checked before anything is folded: one that fails half way would leave
+            # a product's figures changed by an event the totals never counted.
+            if not all(type(body.get(name)) is int or body.get(name) is None for name in _NUMBERS):
+                self.unreadable.append(seq)
+                return
             try:
                 handler(self, seq, body)
             except (KeyError, TypeError, ValueError, AttributeError):
@@ -303,6 +312,8 @@ class Ledger:
             order["received"][body["product"]] = order["received"].get(body["product"], 0) + body["packs"]
 
     def _count_closed(self, seq: int, body: dict[str, Any]) -> None:
+        if not all(type(line["counted"]) is int for line in body["lines"]):
+            raise ValueError("a count's line without a whole number counted")
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)

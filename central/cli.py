@@ -126,6 +126,8 @@ def _shop_report(args) -> int:
         if args.shop and store.shop(args.shop) is None \
                 and not any(store.device(d).shop == args.shop for d in store.device_ids()):
             raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
+        if args.region and not any(store.device(d).region == args.region for d in store.device_ids()):
+            raise CentralError(f"region {args.region} has no device registered")
         if args.report == "stock":
             result: Any = reports.stock(store, scope)
             text = "\n\n".join(f"Shop {shop}: {shop_reports.stock_table(report)}" for shop, report in result.items())

@@ -21,6 +21,8 @@ another could be changing first locks it (SELECT ... FOR UPDATE, or an advisory 
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import hashlib
 import json
@@ -494,6 +496,10 @@ class CentralStore:
             if existing is not None and used_by is None:
                 raise ActivationRefused(f"device {device_id} is already active for shop {existing.shop}")
             shop = self.shop(licence)
+            if existing is not None:
+                # This box's own request again (its result was lost, or a replay): the same answer, and
+                # nothing changes (its registration, region and upload history stand).
+                return dataclasses.replace(shop, region=existing.region)
             conn.execute(codes.update().where(codes.c.code_id == code_id).values(
                 used_by=device_id, used_key=public_key, used_at=sa.func.coalesce(codes.c.used_at, now)))
             self.register(device_id, public_key, shop=shop.licence, region=shop.region, replace=True)

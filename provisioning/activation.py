@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import jws
 from .errors import IdentityError, ProtocolError, SignatureError
 from .identity import broker_password, device_id_for, parse_public_key, public_key_text
-from .protocol import VERSION, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
+from .protocol import VERSION, is_version, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
 
 CODE_TYPE = "counterbox-activation+jws"
 REQUEST_TYPE = "counterbox-activation-request+jws"
@@ -49,6 +49,9 @@ class ActivationCode:
     expires_at: float
     device: str | None = None  # bound to one device (a remote install), or any box (a printed slip)
     kid: str = ""  # the operations key that signed it
+
+
+_CODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def new_code_id() -> str:
@@ -83,7 +86,7 @@ def _sign(payload: dict[str, Any], key: Ed25519PrivateKey, *, kid: str, typ: str
 
 def _open(token: bytes | str, key: Ed25519PublicKey, *, typ: str) -> tuple[dict[str, Any], dict[str, Any]]:
     header, payload = verified(token, key, typ=typ)
-    if payload.get("v") != VERSION:
+    if not is_version(payload.get("v")):
         raise ProtocolError(f"payload is not a version {VERSION} object")
     return header, payload
 
@@ -115,8 +118,8 @@ def code_id_of(token: str) -> str:
     except (SignatureError, ValueError, IndexError, RecursionError):
         raise ProtocolError("not an activation code") from None
     code_id = payload.get("code") if isinstance(payload, dict) else None
-    if not isinstance(code_id, str) or not code_id:
-        raise ProtocolError("not an activation code: it names no code id")
+    if not isinstance(code_id, str) or not _CODE_ID.fullmatch(code_id):
+        raise ProtocolError("not an activation code: it names no code id (1 to 64 base64url characters)")
     return code_id
 
 
@@ -132,7 +135,7 @@ def decode_code(token: str, *, trusted: dict[str, Ed25519PublicKey]) -> Activati
     _, payload = _open(token, key, typ=CODE_TYPE)
     code_id, shop, region, monitoring = (payload.get(k) for k in ("code", "shop", "region", "monitoring"))
     device = payload.get("device")
-    if not (isinstance(code_id, str) and code_id and isinstance(shop, str) and valid_licence(shop)
+    if not (isinstance(code_id, str) and _CODE_ID.fullmatch(code_id) and isinstance(shop, str) and valid_licence(shop)
             and isinstance(region, str) and (not region or valid_device_id(region)) and isinstance(monitoring, bool)
             and (device is None or (isinstance(device, str) and valid_device_id(device)))):
         raise ProtocolError("activation code lacks its code id, shop, region or monitoring flag")
@@ -219,7 +222,8 @@ def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
         raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
     _check_derived(device, public_key)
     version = payload.get("agent_version")
-    if not isinstance(version, str) or len(version) > 64:
-        raise ProtocolError("hello lacks an agent version of at most 64 characters")
+    # Anyone may say hello: what operations are shown of it is printable text, never a terminal's control.
+    if not isinstance(version, str) or len(version) > 64 or not version.isprintable():
+        raise ProtocolError("hello lacks an agent version of at most 64 printable characters")
     return payload
 

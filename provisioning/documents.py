@@ -28,7 +28,8 @@ from drivers.barcode import classify, scannable
 
 from . import jws
 from .errors import ProtocolError, SignatureError
-from .protocol import MAX_TOKEN_BYTES, VERSION, natural, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
+from .protocol import (MAX_TOKEN_BYTES, VERSION, is_version, natural, parse_rfc3339, payload_json, rfc3339,
+                       valid_device_id, verified)
 
 DOCUMENT_TYPE = "counterbox-doc+jws"
 KINDS = ("price_list", "order", "settings", "revocation")
@@ -227,7 +228,7 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
     if key is None:
         raise SignatureError(f"signed by {kid!r}, which is not a trusted operations key")
     _, payload = verified(text, key, typ=DOCUMENT_TYPE)
-    if payload.get("v") != VERSION:
+    if not is_version(payload.get("v")):
         raise ProtocolError(f"payload is not a version {VERSION} document")
     kind, name, version, body = (payload.get(k) for k in ("kind", "name", "version", "body"))
     if kind not in KINDS or not isinstance(name, str) or not natural(version) or not isinstance(body, dict):

@@ -131,19 +131,25 @@ def encode_batch(events: Sequence[WireEvent], *, device: str, session: int, key:
 def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
     """The batch in ``token``, published on ``device``'s topic and signed by its ``key``; else ProtocolError."""
     _, payload = verified(token, key, typ=BATCH_TYPE, kid=device)
-    if payload.get("v") != VERSION or payload.get("device") != device:
+    if not is_version(payload.get("v")) or payload.get("device") != device:
         raise ProtocolError(f"batch version {payload.get('v')!r} / device {payload.get('device')!r} "
                             f"does not match version {VERSION} and the topic's device {device!r}")
     events, first, last, session = (payload.get(k) for k in ("events", "first_seq", "last_seq", "session"))
     if not isinstance(events, list) or not events or not natural(first) or not natural(session, 0):
         raise ProtocolError("batch lacks events, a first_seq of 1 or more, or a session")
     seqs = [e.get("seq") if isinstance(e, dict) else None for e in events]
-    if seqs != list(range(first, first + len(events))) or last != seqs[-1]:
+    # Integers each: true and 1.0 equal 1 in the comparisons.
+    if seqs != list(range(first, first + len(events))) or last != seqs[-1] \
+            or not all(type(seq) is int for seq in (*seqs, last)):
         raise ProtocolError(f"batch seq {first}..{last} does not match its {len(events)} events")
     if not all(isinstance(e.get("kind"), str) and isinstance(e.get("body"), dict) for e in events):
         raise ProtocolError("an event lacks its kind or body")
     sent_at = payload.get("sent_at")
-    return Batch(device, session, sent_at if isinstance(sent_at, str) else "", events)
+    try:
+        parse_rfc3339(sent_at)
+    except ValueError:
+        sent_at = ""  # informational (central stamps its own receive time): kept without it, not refused
+    return Batch(device, session, sent_at, events)
 
 
 def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey) -> bytes:
@@ -172,7 +178,7 @@ def encode_status(status: dict[str, Any], *, device: str, key: Ed25519PrivateKey
 def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[str, Any]:
     """The status in ``token``, published on ``device``'s topic and signed by its ``key``; else ProtocolError."""
     _, payload = verified(token, key, typ=STATUS_TYPE, kid=device)
-    if payload.get("v") != VERSION or payload.get("device") != device:
+    if not is_version(payload.get("v")) or payload.get("device") != device:
         raise ProtocolError(f"status version {payload.get('v')!r} / device {payload.get('device')!r} "
                             f"does not match version {VERSION} and the topic's device {device!r}")
     if payload.get("state") not in STATES or not natural(payload.get("session"), 0) \
@@ -271,4 +277,27 @@ def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
         raise ProtocolError(f"payload is not JSON: {error}") from None
     if not isinstance(decoded, dict):
         raise ProtocolError(f"payload is a JSON {type(decoded).__name__}, not an object")
+    if b"\\u" in payload and not _text_stores(decoded):  # escapes are rare on the wire: the check is too
+        raise ProtocolError("payload holds text no store keeps: a lone surrogate, or a NUL character")
     return header, decoded
+
+
+# A NUL escaped in JSON text (\u0000, behind an even number of backslashes): PostgreSQL's text and jsonb
+# take no NUL, so no text on the wire holds one. The journal refuses one too (storage/journal.py).
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _text_stores(value: Any) -> bool:
+    """Every string in ``value`` is Unicode text (no lone surrogate, which JSON's escapes can spell)
+    without NUL."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return not _NUL.search(text)
+
+
+def is_version(value: Any) -> bool:
+    """The protocol's version number, as an integer (JSON's true or 1.0 are not it)."""
+    return type(value) is int and value == VERSION

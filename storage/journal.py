@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -67,6 +68,9 @@ _FIRST = ("SELECT (SELECT value FROM meta WHERE name = 'chain_anchor_seq'), "
           "(SELECT value FROM meta WHERE name = 'chain_anchor'), (SELECT max(id) FROM keys)")
 _INSERT = "INSERT INTO events (seq, kind, key_id, sealed, chain) VALUES (?, ?, ?, ?, ?)"
 _COLUMNS = "seq, kind, key_id, sealed"
+# A NUL in the event's JSON: an escape behind an even number of backslashes (as provisioning/protocol.py
+# refuses it on the wire).
+_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _indexed(kind: str) -> str:
@@ -223,6 +227,9 @@ class Journal:
         except ValueError:
             raise JournalError(f"a {kind} event holds a NaN or infinite number, which JSON has not; "
                                "it was not recorded") from None
+        if b"\\u0000" in plaintext and _NUL.search(plaintext):
+            raise JournalError(f"a {kind} event holds a NUL character, which no batch carries (central's "
+                               "databases keep no NUL in text); it was not recorded")
         if len(plaintext) > self.max_event_bytes:
             raise EventTooLarge(
                 f"a {kind} event of {len(plaintext)} bytes is over the limit of {self.max_event_bytes} bytes "

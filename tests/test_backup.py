@@ -127,6 +127,10 @@ def test_a_backup_is_written_to_a_new_file_under_a_long_enough_passphrase(box, k
     file = tmp_path / "box.cbbackup"
     with pytest.raises(BackupError, match="the passphrase has 5 bytes; a backup needs at least 12"):
         backup(box, key, file, b"short")
+    with pytest.raises(BackupError, match="the passphrase has 11 bytes; a backup needs at least 12"):
+        backup(box, key, file, b"x" * 11)
+    backup(box, key, tmp_path / "twelve.cbbackup", b"x" * 12)  # twelve is enough
+    (tmp_path / "twelve.cbbackup").unlink()
     file.write_bytes(b"something else")
     with pytest.raises(BackupError, match="exists; a backup is written to a new file"):
         backup(box, key, file, PASSPHRASE)
@@ -180,6 +184,7 @@ def _with_header(file, **change):
     ({"kdf_n": 1 << 21}, "asks for a key derivation this box will not run (scrypt n=2097152 r=8 p=1)"),
     ({"kdf_n": 1}, "asks for a key derivation this box will not run (scrypt n=1"),
     ({"kdf_r": 8, "kdf_p": 9}, "asks for a key derivation this box will not run (scrypt n=32768 r=8 p=9)"),
+    ({"kdf_r": 5, "kdf_p": 13, "kdf_n": 2}, "will not run (scrypt n=2 r=5 p=13)"),  # r times p of 65
     ({"kdf_n": 1 << 20, "kdf_r": 64}, "will not run (scrypt n=1048576 r=64 p=1)"),  # 8 GiB
     ({"kdf_n": 1 << 18, "kdf_r": 8}, "will not run (scrypt n=262144 r=8 p=1)"),  # 256 MiB
     ({"kdf_n": 3}, "will not run (scrypt n=3 r=8 p=1)"),  # not a power of two
@@ -190,7 +195,7 @@ def _with_header(file, **change):
     ({"nonce_prefix": ""}, "is not a counterbox backup"),
     ({"nonce_prefix": "00" * 8}, "is not a counterbox backup"),
 ], ids=["version", "format", "chunk", "kdf", "salt", "n-not-a-number", "nonce", "no-kdf", "n-too-big", "n-one",
-        "r-times-p", "memory-8GiB", "memory-256MiB", "n-three", "r-zero", "negative", "p-huge", "no-version",
+        "r-times-p", "r-times-p-65", "memory-8GiB", "memory-256MiB", "n-three", "r-zero", "negative", "p-huge", "no-version",
         "no-nonce", "nonce-too-long"])
 def test_a_backup_whose_header_this_box_cannot_take_is_refused_for_what_it_asks(box, key, tmp_path, change, reason):
     file = tmp_path / "box.cbbackup"
@@ -202,12 +207,15 @@ def test_a_backup_whose_header_this_box_cannot_take_is_refused_for_what_it_asks(
     assert not target.exists()
 
 
-def test_a_header_at_the_edge_of_what_a_box_derives_is_taken(box, key, tmp_path):
-    """r times p of 64 is the most a box runs; the header is the chunks' associated data, so a
-    changed one is read and then refused as altered, never restored."""
+@pytest.mark.parametrize("kdf", [{"kdf_r": 8, "kdf_p": 8, "kdf_n": 2}, {"kdf_r": 1, "kdf_p": 1, "kdf_n": 2},
+                                 {"kdf_r": 8, "kdf_p": 1, "kdf_n": 1 << 17}, {"kdf_r": 1, "kdf_p": 64, "kdf_n": 4}],
+                         ids=["r-times-p-64", "r-one", "memory-128MiB", "p-64"])
+def test_a_header_at_the_edge_of_what_a_box_derives_is_taken(box, key, tmp_path, kdf):
+    """r times p of 64 and 128 MiB of memory are the most a box runs; the header is the chunks'
+    associated data, so a changed one is read and then refused as altered, never restored."""
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
-    _with_header(file, kdf_r=8, kdf_p=8, kdf_n=2)
+    _with_header(file, **kdf)
     with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered"):
         restore(file, PASSPHRASE, tmp_path / "new-box" / "journal.db", os.urandom(32))
 

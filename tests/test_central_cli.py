@@ -183,14 +183,16 @@ def test_an_uploads_period_out_of_range_is_named(central, args, message):
 
 
 @pytest.mark.parametrize("report", ["sales", "stock", "prices"])
-def test_a_report_for_a_device_or_shop_central_does_not_know_says_so(central, report):
+def test_a_report_for_a_device_shop_or_region_central_does_not_know_says_so(central, report):
     command, db = central
     store = CentralStore(db)
-    store.register("shop-1", "k1", shop="Mengzi No. 3")  # by hand: a shop named only on its device
+    store.register("shop-1", "k1", shop="Mengzi No. 3", region="honghe")  # by hand: a shop named only on its device
     store.close()
     assert command("report", report, "--shop", "Mengzi No. 3").returncode == 0
+    assert command("report", report, "--region", "honghe").returncode == 0
     for option, value, message in (("--device", "shop-9", "device shop-9 is not registered"),
-                                   ("--shop", "530100000009", "shop 530100000009 is not registered")):
+                                   ("--shop", "530100000009", "shop 530100000009 is not registered"),
+                                   ("--region", "hongh", "region hongh has no device registered")):
         result = command("report", report, option, value)
         assert result.returncode == 2 and message in result.stderr, result.stderr
 

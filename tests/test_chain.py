@@ -40,6 +40,10 @@ def test_an_untouched_journal_verifies_from_its_first_event_to_its_last(journal,
     result = journal.verify()
     assert result.ok and (result.events, result.anchor_seq, result.last_seq) == (5, 0, 5)
     assert result.seals_checked
+    # As `counterbox verify --json` prints it.
+    assert result.as_dict() == {"ok": True, "events": 5, "anchor_seq": 0, "last_seq": 5, "head": result.head.hex(),
+                                "seals_checked": True, "first_broken": None}
+    assert result.head == journal._conn.execute("SELECT chain FROM events WHERE seq = 5").fetchone()[0]
     alone = verify_journal(journal_path, None)  # without the key: the chain alone
     assert alone.ok and not alone.seals_checked and alone.head == result.head
 
@@ -50,21 +54,29 @@ def test_an_empty_journal_verifies(journal_path, key):
     assert result.ok and result.events == 0 and result.head == bytes(32)
 
 
-@pytest.mark.parametrize("statement,first_broken,reason", [
-    ("UPDATE events SET sealed = CAST(sealed || x'00' AS BLOB) WHERE seq = 3", 3, "does not match its chain hash"),
-    ("UPDATE events SET sealed = 'text' WHERE seq = 3", 3, "does not match its chain hash"),
-    ("UPDATE events SET kind = 'misread' WHERE seq = 4", 4, "does not match its chain hash"),
-    ("UPDATE events SET key_id = 2 WHERE seq = 2", 2, "does not match its chain hash"),
-    ("DELETE FROM events WHERE seq = 3", 3, "event 3 is missing: event 4 follows event 2"),
-    ("DELETE FROM events WHERE seq = 1", 1, "event 1 is missing: event 2 follows the chain's anchor"),
-    ("UPDATE meta SET value = '5' WHERE name = 'chain_anchor_seq'", 5, "anchor was altered"),
-])
+ALTERED = "does not match its chain hash: the row was altered, or replaces another"
+
+
+@pytest.mark.parametrize("statements,first_broken,reason", [
+    (["UPDATE events SET sealed = CAST(sealed || x'00' AS BLOB) WHERE seq = 3"], 3, f"event 3 (sale) {ALTERED}"),
+    (["UPDATE events SET sealed = 'text' WHERE seq = 3"], 3, f"event 3 (sale) {ALTERED}"),
+    (["UPDATE events SET kind = 'misread' WHERE seq = 4"], 4, f"event 4 (misread) {ALTERED}"),
+    (["UPDATE events SET key_id = 2 WHERE seq = 2"], 2, f"event 2 (sale) {ALTERED}"),
+    (["DELETE FROM events WHERE seq = 3"], 3, "event 3 is missing: event 4 follows event 2"),
+    (["DELETE FROM events WHERE seq = 2"], 2, "event 2 is missing: event 3 follows event 1"),
+    (["DELETE FROM events WHERE seq = 1"], 1, "event 1 is missing: event 2 follows the chain's anchor"),
+    (["UPDATE meta SET value = '5' WHERE name = 'chain_anchor_seq'"], 5,
+     "events at or before the chain's anchor 5 are present: the anchor was altered"),
+    (["DELETE FROM events WHERE seq < 5", "UPDATE meta SET value = '5' WHERE name = 'chain_anchor_seq'"], 5,
+     "events at or before the chain's anchor 5 are present: the anchor was altered"),  # the anchor's own event
+], ids=["sealed-longer", "sealed-text", "kind", "key-id", "middle-removed", "second-removed", "first-removed",
+        "anchor-moved-past-all", "anchor-moved-onto-the-last"])
 def test_a_row_altered_or_removed_behind_the_journals_back_is_named(journal, journal_path, key,
-                                                                   statement, first_broken, reason):
-    tamper(journal_path, statement)
+                                                                   statements, first_broken, reason):
+    tamper(journal_path, *statements)
     for result in (journal.verify(), verify_journal(journal_path, None), verify_journal(journal_path, key)):
         assert not result.ok
-        assert result.broken.seq == first_broken and reason in result.broken.reason
+        assert (result.broken.seq, result.broken.reason) == (first_broken, reason)
 
 
 def test_two_rows_swapped_are_named_at_the_first_of_them(journal, journal_path):
@@ -104,7 +116,9 @@ def test_events_removed_from_the_end_are_caught_when_central_had_acknowledged_th
     journal.acknowledge(5)
     tamper(journal_path, "DELETE FROM events WHERE seq >= 4")
     result = verify_journal(journal_path, None)
-    assert result.broken.seq == 4 and "central acknowledged up to 5: events 4 to 5 were removed" in result.broken.reason
+    assert (result.broken.seq, result.broken.reason) == (
+        4, "the journal ends at event 3 but central acknowledged up to 5: events 4 to 5 were removed")
+    assert result.as_dict()["first_broken"] == {"seq": 4, "reason": result.broken.reason}
 
 
 def test_the_chain_can_start_from_an_anchor_after_a_prefix_is_removed(journal, journal_path, key):

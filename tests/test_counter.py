@@ -125,3 +125,21 @@ def test_an_orders_lines_are_whole_numbers_of_codes_a_scanner_types(text, messag
         return
     with pytest.raises(OrderError, match=re.escape(message)):
         parse_order(text)
+
+
+@pytest.mark.parametrize("change", [{"cost": "2000"}, {"packs": "2"}, {"quantity": True}, {"unit_price": 23.0}],
+                         ids=["cost-text", "packs-text", "quantity-bool", "price-float"])
+def test_an_event_whose_numbers_the_ledger_cannot_read_counts_for_nothing_not_half(change):
+    """A tool's event, or a damaged one, stored at central: folded half way, a product's row would count it
+    while the day's total did not."""
+    from agent.ledger import Ledger
+
+    body = {"code": "6901028075831", "product": "06901028075831", "day": "2026-11-29", "quantity": 1, "packs": 1,
+            "unit_price": 2300, "cost": 2000, "known": True}
+    ledger = Ledger(keep_days=True)
+    ledger.apply(1, "sale", body)
+    before = (ledger.day("2026-11-29").total.as_json(), dict(ledger.stock))
+    ledger.apply(2, "sale", {**body, **change})
+    assert ledger.unreadable == [2] and ledger.last_seq == 2
+    assert (ledger.day("2026-11-29").total.as_json(), dict(ledger.stock)) == before
+    assert ledger.day("2026-11-29").products["06901028075831"].as_json() == before[0]

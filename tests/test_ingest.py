@@ -7,6 +7,8 @@ what the store then holds. The MQTT side is tested end to end in test_delivery.p
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ from agent.mqtt import Message
 from central.errors import Rejected
 from central.ingest import Accepted, Answered, Cleared, Ingest, StatusReceived, Waiting
 from central.store import CentralStore, Shop
-from provisioning import activation, protocol
+from provisioning import activation, jws, protocol
 from provisioning.activation import ActivationCode
 from provisioning.identity import broker_password, device_id_for, public_key_text
 from storage import Event
@@ -234,3 +236,74 @@ def test_an_activation_request_under_another_boxs_id_is_rejected_unanswered(cent
     with pytest.raises(Rejected, match="not an activation request"):
         central.handle(Message(activation.topic(PREFIX, device_id, "request"), b"garbage"))
     assert central.store.device("cb-0000000000000000") is None
+
+
+def raw_batch(text: str, key) -> Message:
+    """A batch whose payload is ``text`` exactly, signed by ``key`` as shop-1 (what no encoder here writes)."""
+    return Message(protocol.batch_topic(PREFIX, "shop-1"), jws.sign(text.encode(), key, kid="shop-1",
+                                                                     typ=protocol.BATCH_TYPE).encode())
+
+
+BATCH = ('{"v":%s,"device":"shop-1","session":1,"first_seq":1,"last_seq":%s,"sent_at":%s,'
+         '"events":[{"seq":%s,"kind":%s,"body":%s}]}')
+GOOD = {"v": "1", "last": "1", "sent_at": '"2026-11-27T09:12:03.418Z"', "seq": "1", "kind": '"sale"',
+        "body": '{"code":"6901028075831"}'}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"body": '{"code":"\\ud800"}'}, "a lone surrogate, or a NUL character"),
+    ({"body": '{"\\udfff":1}'}, "a lone surrogate, or a NUL character"),
+    ({"kind": '"sa\\ud800le"'}, "a lone surrogate, or a NUL character"),
+    ({"body": '{"code":"6901\\u00002"}'}, "a lone surrogate, or a NUL character"),
+    ({"v": "true"}, "batch version True"),
+    ({"v": "1.0"}, "batch version 1.0"),
+    ({"last": "true"}, "does not match its 1 events"),
+    ({"last": "1.0"}, "does not match its 1 events"),
+    ({"seq": "true"}, "batch seq 1..1 does not match its 1 events"),
+    ({"seq": "1.0"}, "batch seq 1..1 does not match its 1 events"),
+], ids=["surrogate-in-text", "surrogate-as-key", "surrogate-in-kind", "nul", "v-true", "v-float", "last-true",
+        "last-float", "seq-true", "seq-float"])
+def test_a_batch_with_text_no_store_keeps_or_numbers_of_the_wrong_type_is_rejected(central, change, reason):
+    """Signed by the box itself: each was stored (wrong types), or raised past the door (text that neither
+    SQLite's UTF-8 nor PostgreSQL's text takes)."""
+    fields = {**GOOD, **change}
+    with pytest.raises(Rejected, match=re.escape(reason)):
+        central.handle(raw_batch(BATCH % (fields["v"], fields["last"], fields["sent_at"], fields["seq"],
+                                          fields["kind"], fields["body"]), central.box_key))
+    assert list(central.store.events()) == []
+    # An emoji spelled as a surrogate pair, and a backslash before u0000 as text, are text like any other.
+    fields = {**GOOD, "body": '{"name":"\\ud83d\\ude00","code":"\\\\u0000"}'}
+    accepted, _ = central.handle(raw_batch(BATCH % tuple(fields[k] for k in ("v", "last", "sent_at", "seq", "kind",
+                                                                             "body")), central.box_key))
+    assert accepted.acked_seq == 1
+    assert [(e["name"], e["code"]) for e in central.store.events()] == [("\U0001f600", "\\u0000")]
+
+
+def test_an_anonymous_hello_with_text_no_operator_should_see_is_rejected(central, box):
+    key, device_id = box
+    for version in ["1.4\n cb-AAAAAAAAAAAAAAAA  2026-11-29  0.0.1", "\x1b[2J1.4", "1.4\x7f"]:
+        hello = activation.encode_hello(device_id, key, agent_version=version, sent_at=time.time())
+        with pytest.raises(Rejected, match="hello lacks an agent version of at most 64 printable characters"):
+            central.handle(Message(activation.topic(PREFIX, device_id, "hello"), hello))
+    assert central.store.waiting_devices() == []
+
+
+def test_a_request_naming_a_code_id_no_code_has_is_rejected(central, box):
+    key, device_id = box
+    for code_id in ["\ud800", "", "a" * 65, "code/1"]:
+        fake = f"eyJhbGciOiJFZDI1NTE5In0.{jws.b64url(json.dumps({'code': code_id}).encode())}.AAAA"
+        with pytest.raises(Rejected, match=re.escape("not an activation code: it names no code id")):
+            central.handle(request(key, device_id, fake))
+    assert central.store.waiting_devices() == [] and central.store.device(device_id) is None
+
+
+def test_an_accepted_request_again_is_answered_the_same_and_changes_nothing(central, box):
+    """Its result was lost, or someone replays it: the box's registration and upload history stand."""
+    key, device_id = box
+    code = issue(central)
+    first, _ = central.handle(request(key, device_id, code))
+    registered = central.store.device(device_id)
+    central.store.add_shop(Shop("530100000009", "Jianshui No. 2", "kunming", monitoring=True), replace=True)
+    again, (_, token) = central.handle(request(key, device_id, code))
+    assert again == first and again.accepted
+    assert central.store.device(device_id) == registered  # the same registered_at, and region

@@ -290,6 +290,12 @@ def test_text_no_batch_could_carry_is_refused_when_it_is_recorded(journal):
     assert journal.last_seq() == 0
     seq = journal.append("price_list", {"source": "价格 \ufffd.csv", "items": []})  # any real text is taken
     assert journal.get(seq).body["source"] == "价格 \ufffd.csv"
+    # A NUL (a name in a CSV file, a HID POS scanner's padding): no batch carries one, as PostgreSQL keeps none.
+    with pytest.raises(JournalError, match="a sale event holds a NUL character, which no batch carries"):
+        journal.append("sale", {"code": "6901028075831\x00"})
+    assert journal.last_seq() == seq
+    taken = journal.append("sale", {"code": "\\u0000"})  # a backslash, then u0000: text like any other
+    assert journal.get(taken).body["code"] == "\\u0000"
 
 
 def test_a_sale_writes_no_index_page_while_the_looked_up_kinds_are_found_through_one(journal):
