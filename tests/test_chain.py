@@ -233,3 +233,30 @@ def test_a_migrated_journal_is_still_append_only(journal_path, key):
         with pytest.raises(sqlite3.IntegrityError):
             j._conn.execute(statement)
     j.close()
+
+
+def test_a_new_journal_has_the_schema_of_one_migrated_from_the_first_version(tmp_path, key):
+    """Every journal, new or years old, ends the same: tables, indexes and triggers word for word (SQLite
+    keeps their text), and the same rows in meta; a new one runs every migration from nothing."""
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    Journal.open(new, key).close()
+    make_v1_journal(old, key, V1_EVENTS)
+    Journal.open(old, key).close()
+
+    def schema(path):
+        conn = sqlite3.connect(path)
+        try:
+            return (sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")),
+                    sorted(name for (name,) in conn.execute("SELECT name FROM meta")),
+                    conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+
+    assert schema(new) == schema(old)
+    assert schema(new)[1] == ["acked_seq", "chain_anchor", "chain_anchor_seq", "created_at", "session"]
+    conn = sqlite3.connect(new)
+    assert time.time() - float(conn.execute("SELECT value FROM meta WHERE name = 'created_at'").fetchone()[0]) < 60
+    assert conn.execute("SELECT value FROM meta WHERE name = 'chain_anchor'").fetchone()[0] == "00" * 32
+    with pytest.raises(sqlite3.IntegrityError, match="a data key is never removed"):
+        conn.execute("DELETE FROM keys")
+    conn.close()
