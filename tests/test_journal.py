@@ -380,3 +380,38 @@ def test_verify_changes_no_byte_of_a_journal_a_crash_left_with_its_wal(tmp_path,
     result = verify_journal(path, key if with_key else None)
     assert result.ok and (result.last_seq, result.events, result.seals_checked) == (5, 5, with_key)
     assert [hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None for f in files] == before
+
+
+def test_what_the_journal_refuses_to_do_is_named_and_changes_nothing(journal, journal_path):
+    """Each refusal says what and why: an operator reads these lines, not a class name."""
+    for n in range(1, 6):
+        journal.append("sale", {"n": n})
+    journal.acknowledge(4)
+    tamper(journal_path, "UPDATE events SET sealed = CAST(sealed || x'00' AS BLOB) WHERE seq = 5")
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: event 5 \\(sale\\) fails authentication: "
+                                           "the file was altered$"):
+        journal.get(5)
+    with pytest.raises(JournalError, match="^event 5 is not acknowledged by central: it cannot be folded away$"):
+        journal.fold_prefix(5, {}, [])
+    journal.fold_prefix(2, {}, [])
+    with pytest.raises(JournalError, match="^there is no event 1 to fold up to$"):  # folded away already
+        journal.fold_prefix(1, {}, [])
+    with pytest.raises(JournalError, match="^acknowledgement for seq 9 beyond the last event 5$"):
+        journal.acknowledge(9)
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: there is no data key 7 in the journal$"):
+        journal._data_key(7)
+    with journal.transaction():
+        with pytest.raises(JournalError, match="^a key rotation runs in a transaction of its own, not inside another$"):
+            journal.rotate_key()
+        with pytest.raises(JournalError, match="^re-wrapping the data keys runs in a transaction of its own"):
+            journal.rewrap(os.urandom(32))
+    assert journal.anchor_seq() == 2 and journal.acked_seq() == 4 and journal.last_seq() == 5
+    assert [key_id for key_id, _ in journal.data_keys()] == [1]
+
+
+def test_a_journal_that_is_not_there_is_named(tmp_path, key):
+    with pytest.raises(NoJournal, match=f"^there is no journal at {re.escape(str(tmp_path / 'none.db'))}$"):
+        verify_journal(tmp_path / "none.db", key)
+    with pytest.raises(NoJournal, match=f"^there is no journal at {re.escape(str(tmp_path / 'none.db'))}: "
+                                        "the agent has not run on this box yet$"):
+        Journal.open(tmp_path / "none.db", key, create=False)
