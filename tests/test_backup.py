@@ -51,7 +51,7 @@ def test_a_backup_restored_on_a_new_box_verifies_and_holds_the_same_events(box, 
     assert b"6901028075831" not in file.read_bytes() and b"SQLite format" not in file.read_bytes()
 
     new_key = os.urandom(32)  # the new box's own credential
-    new_box = tmp_path / "new-box" / "journal.db"
+    new_box = tmp_path / "new-box" / "data" / "journal.db"  # its data directory not made yet
     restored = restore(file, PASSPHRASE, new_box, new_key)
     assert sorted(p.name for p in new_box.parent.iterdir()) == ["journal.db"]  # nothing left aside
     assert restored.ok and restored.seals_checked and restored.head == made.head
