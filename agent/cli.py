@@ -123,7 +123,7 @@ def _report(args) -> int:
 
 def _every_event(journal):
     after = 0
-    while batch := journal.read_after(after, limit=1000):
+    while batch := journal.read_after(after, limit=1000, damaged=True):
         yield from batch
         after = batch[-1].seq
 
@@ -166,7 +166,7 @@ def _show(args) -> int:
                 raise JournalError(f"there is no event {args.seq}: the journal holds 1 to {journal.last_seq()}")
             events = [event]
         else:
-            events = journal.read_after(max(0, journal.last_seq() - args.last), limit=args.last)
+            events = journal.read_after(max(0, journal.last_seq() - args.last), limit=args.last, damaged=True)
     finally:
         journal.close()
     for event in events:

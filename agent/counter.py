@@ -46,7 +46,7 @@ from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from drivers.keypad import Keypress
 from provisioning.protocol import parse_rfc3339, rfc3339
-from storage import Event, Journal, JournalError
+from storage import DAMAGED, Event, Journal, JournalError
 
 from . import controls
 from .catalog import CARTON_PACKS, Catalog, Unit
@@ -132,7 +132,7 @@ class Counter:
                 self._catalog = Catalog.from_price_list(event.body if event else None)
         last = journal.last_seq()
         while self.ledger.last_seq < last:
-            events = journal.read_after(self.ledger.last_seq, FOLD_BATCH)
+            events = journal.read_after(self.ledger.last_seq, FOLD_BATCH, damaged=True)
             if not events or events[0].seq != self.ledger.last_seq + 1:
                 # Folded away by retention before this ledger saw them: start again from the checkpoint.
                 behind = self.ledger.last_seq
@@ -166,9 +166,16 @@ class Counter:
 
     @staticmethod
     def _holds(journal: Journal, event: Event | None) -> bool:
-        return event is None or journal.get(event.seq) == event
+        if event is None:
+            return True
+        found = journal.read_after(event.seq - 1, 1, damaged=True)
+        return bool(found) and found[0] == event
 
     def _fold(self, event: Event) -> None:
+        if event.kind == DAMAGED:
+            logger.error("journal event seq=%d (%s) cannot be read: %s; it counts for nothing here",
+                         event.seq, event.body["kind"], event.body["reason"],
+                         extra=event_fields(event.seq, event.body["kind"], None))
         self.ledger.apply(event.seq, event.kind, event.body)
         self._last_folded = event
         if event.kind == "price_list":

@@ -51,7 +51,7 @@ def fold_old(journal: Journal, *, days: float, now: float) -> int | None:
         return None
     after = start
     while after < upto:
-        for event in journal.read_after(after, min(1000, upto - after)):
+        for event in journal.read_after(after, min(1000, upto - after), damaged=True):
             ledger.apply(event.seq, event.kind, event.body)
             after = event.seq
     journal.fold_prefix(upto, ledger.state(), kept(journal, upto))
@@ -90,7 +90,7 @@ def _last_before(journal: Journal, low: int, high: int, cutoff: float) -> int:
 
 def _time_at(journal: Journal, seq: int, high: int) -> float | None:
     """When the event at ``seq`` happened: its own time, or that of the next event that says one."""
-    for event in journal.read_after(seq - 1, min(50, high - seq + 1)):
+    for event in journal.read_after(seq - 1, min(50, high - seq + 1), damaged=True):
         at = event_time(event.body)
         if at is not None:
             return at

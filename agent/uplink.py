@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from provisioning import protocol
 from provisioning.errors import ProtocolError
-from storage import Event, JournalError, Store
+from storage import DAMAGED, Event, JournalError, Store
 
 from .config import UplinkConfig
 from .mqtt import MqttError, MqttLink
@@ -83,7 +83,8 @@ class Uplink:
         cfg = self.config
 
         def read(journal) -> tuple[list[Event], bool]:
-            events = journal.read_batch(after, max_events=cfg.batch_max_events, max_bytes=cfg.batch_max_bytes)
+            events = journal.read_batch(after, max_events=cfg.batch_max_events, max_bytes=cfg.batch_max_bytes,
+                                        damaged=True)
             return events, bool(events) and journal.last_seq() > events[-1].seq
 
         return await self.store.read(read)
@@ -151,6 +152,9 @@ class Uplink:
 
     async def _publish(self, topic: str, events: list[Event]) -> int:
         """Sign and publish ``events`` (or as many of them as fit one message); the last seq sent, or 0."""
+        for event in events:
+            if event.kind == DAMAGED:  # central learns of it, and the events behind it go on
+                logger.error("event seq=%d (%s) sent as damaged: %s", event.seq, event.body["kind"], event.body["reason"])
         # Signing a batch of large events takes milliseconds: not on the loop.
         payload = await asyncio.to_thread(self._encode, events)
         while len(payload) > protocol.MAX_TOKEN_BYTES and len(events) > 1:

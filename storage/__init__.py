@@ -3,11 +3,11 @@
 from .backup import backup, restore
 from .chain import Broken, Verification
 from .errors import BackupError, DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal, StorageError
-from .journal import Event, Journal, remove_journal, verify_journal
+from .journal import DAMAGED, Event, Journal, remove_journal, verify_journal
 from .keys import destroy_secret, load_data_key
 from .schema import SCHEMA_VERSION
 from .store import Store
 
-__all__ = ["BackupError", "Broken", "DataKeyError", "Event", "EventTooLarge", "Journal", "JournalError", "JournalFull", "NoJournal",
+__all__ = ["DAMAGED", "BackupError", "Broken", "DataKeyError", "Event", "EventTooLarge", "Journal", "JournalError", "JournalFull", "NoJournal",
            "SCHEMA_VERSION", "StorageError", "Store", "Verification", "destroy_secret", "load_data_key",
            "backup", "remove_journal", "restore", "verify_journal"]

@@ -45,13 +45,17 @@ from .errors import EventTooLarge, JournalError, JournalFull, NoJournal
 from .keys import KEY_SIZE
 from .schema import LOOKED_UP, LOOKED_UP_TERM, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
+__all__ = ["DAMAGED", "DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
            "verify_journal"]
 
 # The largest event body (its JSON) the journal takes; the agent passes the protocol's own
 # limit, so that nothing is recorded that no batch could carry.
 DEFAULT_MAX_EVENT_BYTES = 4 * 1024 * 1024
 CACHE_KIB = 128  # SQLite's page cache for the journal (its default is 2 MiB): an append touches a few pages
+
+
+# An event read with ``damaged=True`` whose seal did not open: its body names the kind it was.
+DAMAGED = "damaged"
 
 
 @dataclass(frozen=True)
@@ -257,14 +261,18 @@ class Journal:
         conn.execute(_INSERT, [seq, kind, key_id, sealed, chain.link(previous, seq, kind, key_id, sealed)])
         return seq
 
-    def read_after(self, seq: int, limit: int = 1000) -> list[Event]:
+    def read_after(self, seq: int, limit: int = 1000, *, damaged: bool = False) -> list[Event]:
         """Events with sequence numbers above ``seq``, in order, at most ``limit``."""
-        return self.read_batch(seq, max_events=limit, max_bytes=None)
+        return self.read_batch(seq, max_events=limit, max_bytes=None, damaged=damaged)
 
-    def read_batch(self, after: int, *, max_events: int, max_bytes: int | None) -> list[Event]:
+    def read_batch(self, after: int, *, max_events: int, max_bytes: int | None, damaged: bool = False) -> list[Event]:
         """The events after ``after``, at most ``max_events``, and no more than ``max_bytes`` of
         event bodies in all, except that the first event is always taken (the journal took no
-        event bigger than ``max_event_bytes``)."""
+        event bigger than ``max_event_bytes``).
+
+        With ``damaged``, an event whose seal does not open (bit rot, a row edited in the file) is
+        read as a ``damaged`` event naming its kind, rather than stopping the read: the readers
+        that must go on past it (the uplink, the counter's fold) count it for nothing and say so."""
         events: list[Event] = []
         total = 0
         with _translated(self.path):
@@ -276,7 +284,7 @@ class Journal:
                 total += len(sealed)
                 if events and max_bytes is not None and total > max_bytes:
                     break
-                events.append(self._event(seq, kind, key_id, sealed))
+                events.append(self._event(seq, kind, key_id, sealed, damaged=damaged))
         return events
 
     def get(self, seq: int) -> Event | None:
@@ -284,11 +292,15 @@ class Journal:
             row = self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE seq = ?", [seq]).fetchone()
         return self._event(*row) if row else None
 
-    def _event(self, seq: int, kind: str, key_id: int, sealed: bytes) -> Event:
+    def _event(self, seq: int, kind: str, key_id: int, sealed: bytes, *, damaged: bool = False) -> Event:
         try:
             plaintext = sealing.open_sealed(self._data_key(key_id), seq, kind, sealed)
-        except InvalidTag:
-            raise JournalError(f"{self.path}: event {seq} ({kind}) fails authentication: the file was altered") from None
+        except (InvalidTag, JournalError) as error:
+            reason = "fails authentication: the file was altered" if isinstance(error, InvalidTag) else \
+                f"has no data key to open it (key {key_id})"
+            if damaged:
+                return Event(seq, DAMAGED, {"kind": str(kind), "reason": f"its sealed body {reason}"})
+            raise JournalError(f"{self.path}: event {seq} ({kind}) {reason}") from None
         return Event(seq, kind, json.loads(plaintext))
 
     def last(self, kind: str) -> Event | None:

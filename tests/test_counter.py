@@ -143,3 +143,28 @@ def test_an_event_whose_numbers_the_ledger_cannot_read_counts_for_nothing_not_ha
     assert ledger.unreadable == [2] and ledger.last_seq == 2
     assert (ledger.day("2026-11-29").total.as_json(), dict(ledger.stock)) == before
     assert ledger.day("2026-11-29").products["06901028075831"].as_json() == before[0]
+
+
+def test_a_sale_the_journal_cannot_read_back_counts_for_nothing_and_selling_goes_on(tmp_path, caplog):
+    """Bit rot in one row of the file: a counter starting again once refused every scan after it."""
+    key = os.urandom(32)
+    journal = Journal.open(tmp_path / "journal.db", key)
+    journal.append("price_list", {"items": [{"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]})
+    first = AtTheCounter(journal)
+    for _ in range(3):
+        first.record(scan("6901028075831"))
+    sealed = journal._conn.execute("SELECT sealed FROM events WHERE seq = 3").fetchone()[0]
+    journal.close()
+    raw = bytearray((tmp_path / "journal.db").read_bytes())
+    raw[raw.index(sealed) + 20] ^= 1
+    (tmp_path / "journal.db").write_bytes(bytes(raw))
+
+    journal = Journal.open(tmp_path / "journal.db", key)
+    again = AtTheCounter(journal)  # the agent started again: it folds the journal from the start
+    event = again.record(scan("6901028075831"))
+    assert (event.seq, event.kind, again.signal) == (5, "sale", Signal.GOOD)
+    ledger = again._counter.ledger
+    assert ledger.stock["06901028075831"] == -3  # the sales at seqs 2, 4 and 5; not the one at 3
+    assert "journal event seq=3 (sale) cannot be read: its sealed body fails authentication" in caplog.text
+    assert "6901028075831" not in caplog.text
+    journal.close()

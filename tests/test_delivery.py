@@ -25,7 +25,7 @@ from agent import uplink as uplink_module
 from agent.uplink import Uplink
 from provisioning import jws, protocol
 from provisioning.identity import load_key
-from storage import Event, Store
+from storage import Event, Journal, Store
 
 from .harness import feed, price_list, scans, wait_until
 
@@ -596,3 +596,37 @@ def test_a_new_connection_publishes_at_once_whatever_pause_refusals_on_the_last_
         assert caplog.text.count("not published") == 1
 
     run_uplink(stack, tmp_path, "shop-paused", test)
+
+
+def test_an_event_the_journal_cannot_read_back_goes_as_damaged_and_the_events_behind_it_follow(stack, tmp_path):
+    """Bit rot in one row (its sealed bytes on disk, under SQLite): the uplink once stopped at it for good."""
+    journal = Journal.open(tmp_path / "journal.db", b"k" * 32)
+    for n in range(1, 4):
+        journal.append("misread", misread(0))
+    sealed = journal._conn.execute("SELECT sealed FROM events WHERE seq = 2").fetchone()[0]
+    journal.close()
+    raw = bytearray((tmp_path / "journal.db").read_bytes())
+    raw[raw.index(sealed) + 20] ^= 1
+    (tmp_path / "journal.db").write_bytes(bytes(raw))
+
+    async def test(central, box):
+        assert await asyncio.to_thread(central.wait_for, 1, "the batch") == [[1, 2, 3]]
+        [batch] = [protocol.decode_batch(token, device=central.device, key=box_key.public_key())
+                   for token in central.tokens()]
+        assert [(e["seq"], e["kind"]) for e in batch.events] == [(1, "misread"), (2, "damaged"), (3, "misread")]
+        assert batch.events[1]["body"] == {"kind": "misread",
+                                           "reason": "its sealed body fails authentication: the file was altered"}
+        central.acknowledge(3)
+        await box.wait_acked(3)
+
+    box_key = Ed25519PrivateKey.generate()
+    central = Central(stack, "shop-damaged", box_key)
+
+    async def main():
+        async with uplink_running(stack, central, box_key, tmp_path / "journal.db") as box:
+            await test(central, box)
+
+    try:
+        asyncio.run(main())
+    finally:
+        central.close()
