@@ -102,10 +102,14 @@ def _report(args) -> int:
     try:
         ledger = reports.fold(((event.seq, event.kind, event.body) for event in _every_event(journal)),
                               start=retention.checkpoint_ledger(journal, keep_days=True))
+        # Today is the shop's, in the time zone the counter dates sales in: operations' settings over the file's.
+        counter = daemon.counter_for(args.config)
+        for event in journal.of_kind("settings"):
+            counter.settle(event.body.get("counter", {}))
     finally:
         journal.close()
     if args.report == "sales":
-        day = args.day or args.week or daemon.counter_for(args.config).day(time.time())
+        day = args.day or args.week or counter.day(time.time())
         result: Any = reports.sales(ledger, reports.week_of(day) if args.week else [day])
         text = reports.sales_table(result) if not args.json else None
     elif args.report == "stock":

@@ -162,7 +162,7 @@ class Counter:
             self.timezone, self.mode_timeout, self.pending_timeout = self._configured
         for event in journal.of_kind("settings"):  # kept with the checkpoint: the events after it fold on
             if event.seq <= upto:
-                self._settle(event.body.get("counter", {}))
+                self.settle(event.body.get("counter", {}))
 
     @staticmethod
     def _holds(journal: Journal, event: Event | None) -> bool:
@@ -181,9 +181,10 @@ class Counter:
         if event.kind == "price_list":
             self._catalog = Catalog.from_price_list(event.body)
         elif event.kind == "settings":  # pushed by operations: over the configuration file's
-            self._settle(event.body.get("counter", {}))
+            self.settle(event.body.get("counter", {}))
 
-    def _settle(self, settings: dict[str, Any]) -> None:
+    def settle(self, settings: dict[str, Any]) -> None:
+        """Take a settings document's [counter] keys (those it names) over the configuration's."""
         if "timezone" in settings:
             zone = time_zone(settings["timezone"])
             if zone is not None:

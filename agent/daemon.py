@@ -8,7 +8,6 @@ and the journal opened in threads too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -142,8 +141,14 @@ def crypto_erase(config: Config) -> None:
     makes the erase resumable: the next start finishes it (``finish_erase``)."""
     marker = _erasing(config)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
+    try:
         write_secret(marker, b"erasing\n")
+    except FileExistsError:
+        pass
+    except OSError as error:
+        # A full disk: destroying needs no space (and frees some), and the erase must not wait for any.
+        # Without a marker, a power cut before the end leaves what the next erase attempt finishes.
+        logger.error("erase marker %s not written (%s); erasing without it", marker, error.strerror)
     destroyed = destroy_secret(config.storage.key_file)
     if not destroyed:
         # Sealed by systemd (a credential): the service cannot destroy it; the image's first-boot step

@@ -21,6 +21,8 @@ from typing import Any
 from drivers.barcode import classify, scannable
 from provisioning.documents import MAX_ORDER_LINES, MAX_QUANTITY
 
+from .prices import csv_rows
+
 
 class OrderError(Exception):
     """An order file that cannot be loaded; says which line and why."""
@@ -38,22 +40,14 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def parse_csv(text: str) -> list[dict[str, Any]]:
-    import csv
-    import io
-
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is not None and len(set(reader.fieldnames)) != len(reader.fieldnames):
-        raise OrderError("the header names a column twice: " + ",".join(reader.fieldnames))
-    if reader.fieldnames is None or not {"barcode", "quantity"} <= set(reader.fieldnames):
-        raise OrderError("the first line must be a header naming at least the columns barcode and quantity")
     lines = []
-    for number, row in enumerate(reader, start=2):
-        barcode, quantity = (row.get("barcode") or "").strip(), (row.get("quantity") or "").strip()
+    for number, row in csv_rows(text, {"barcode", "quantity"}, OrderError):
+        barcode, quantity = row.get("barcode", ""), row.get("quantity", "")
         if not scannable(barcode) or not classify(barcode).valid:
             raise OrderError(f"line {number}: barcode {barcode!r} fails its check digit")
         if not re.fullmatch(r"[0-9]{1,9}", quantity) or not 1 <= int(quantity) <= MAX_QUANTITY:
             raise OrderError(f"line {number}: quantity {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
-        lines.append({"barcode": barcode, "name": (row.get("name") or "").strip(), "quantity": int(quantity)})
+        lines.append({"barcode": barcode, "name": row.get("name", ""), "quantity": int(quantity)})
     if not lines:
         raise OrderError("the order has no lines")
     if len(lines) > MAX_ORDER_LINES:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from drivers.barcode import classify, scannable
@@ -84,20 +85,38 @@ def read_csv(path: Path) -> list[Item]:
     return parse_csv(text)
 
 
-def parse_csv(text: str) -> list[Item]:
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 controls; any other text (a full-width space) is a name's
+
+
+def csv_rows(text: str, required: set[str], error: type[Exception]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) of a CSV file with a header naming at least ``required``, each field stripped;
+    ``error`` for a header that does not, a line the csv module cannot read (a field over its limit),
+    or a field holding a control character (a NUL, an escape: no name or code holds one)."""
     import csv
     import io
 
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is not None and len(set(reader.fieldnames)) != len(reader.fieldnames):
-        raise PriceListError("the header names a column twice: " + ",".join(reader.fieldnames))
-    if reader.fieldnames is None or not {"barcode", "price"} <= set(reader.fieldnames):
-        raise PriceListError("the first line must be a header naming at least the columns barcode and price")
+    try:
+        fieldnames = reader.fieldnames
+        if fieldnames is not None and len(set(fieldnames)) != len(fieldnames):
+            raise error("the header names a column twice: " + ",".join(fieldnames))
+        if fieldnames is None or not required <= set(fieldnames):
+            raise error(f"the first line must be a header naming at least the columns {' and '.join(sorted(required))}")
+        for line, row in enumerate(reader, start=2):
+            fields = {name: (value or "").strip() for name, value in row.items()
+                      if isinstance(name, str) and isinstance(value, str)}
+            if any(_CONTROL.search(value) for value in fields.values()):
+                raise error(f"line {line}: a field holds a control character")
+            yield line, fields
+    except csv.Error as failed:
+        raise error(f"line {reader.line_num + 1}: {failed}") from None  # the line it could not finish
+
+
+def parse_csv(text: str) -> list[Item]:
     items: dict[str, Item] = {}
-    for line, row in enumerate(reader, start=2):
+    for line, row in csv_rows(text, {"barcode", "price"}, PriceListError):
         try:
-            item = _item({name: (value or "").strip() for name, value in row.items() if isinstance(name, str)
-                          and isinstance(value, str)})
+            item = _item(row)
         except ValueError as error:
             raise PriceListError(f"line {line}: {error}") from None
         key = classify(item.barcode).key

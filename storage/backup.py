@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from . import sealing, sqlite
 from .chain import Verification
-from .errors import BackupError, JournalError
+from .errors import BackupError, JournalError, JournalFull
 from .journal import Journal, verify_journal
 from .keys import sync_directory
 from .schema import SCHEMA_VERSION
@@ -63,12 +63,13 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
     Journal.open(journal_path, outer, create=False).close()  # a wrong key stops here; an older schema is brought up
     snapshot = _aside(target, "db")
     try:
-        _snapshot(journal_path, snapshot)
+        with _named(snapshot):
+            _snapshot(journal_path, snapshot)
         verified = verify_journal(snapshot, outer)
         if not verified.ok:
             raise BackupError(f"the journal does not verify, so it was not backed up: {verified.broken.reason}")
         header, file_key, wrap_key = _new_header(passphrase)
-        with _connection(snapshot) as conn:
+        with _named(snapshot), _connection(snapshot) as conn:
             sealing.rewrap_keys(conn, journal_path, outer, wrap_key)
         _write_sealed(snapshot, target, header, file_key)
     finally:
@@ -89,7 +90,7 @@ def restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) -
             header, file_key, wrap_key = _read_header(sealed, source, passphrase)
             with restored.open("wb") as plain:
                 _open_stream(sealed, plain, source, header, file_key)
-        with _connection(restored) as conn:
+        with _named(restored), _connection(restored) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if not 2 <= version <= SCHEMA_VERSION:
                 raise BackupError(f"{source} holds a journal of schema version {version}; this counterbox "
@@ -133,6 +134,24 @@ def _snapshot(journal_path: Path, snapshot: Path) -> None:
             copy.execute("PRAGMA journal_mode = DELETE")  # one file, no WAL beside it
     finally:
         source.close()
+
+
+class _named:
+    """``with _named(path):`` SQLite's errors on a copy aside as the store's own: a full disk (which
+    SQLite may call only "disk I/O error") as JournalFull."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is None or not issubclass(kind, sqlite3.Error):
+            return False
+        if sqlite.disk_full(error, self.path):
+            raise JournalFull(f"{self.path.parent}: the disk is full ({error}); nothing was written") from error
+        raise BackupError(f"{self.path}: {error}") from error
 
 
 class _connection:

@@ -519,10 +519,10 @@ class _translated:
     def __exit__(self, kind, error, traceback) -> bool:
         if kind is None or not issubclass(kind, sqlite3.Error):
             return False
-        code = getattr(error, "sqlite_errorcode", None)
-        if code == sqlite3.SQLITE_FULL or "full" in str(error):
+        if sqlite.disk_full(error, self.path):
             raise JournalFull(f"{self.path}: the disk is full; the event was not recorded") from error
         raise JournalError(f"{self.path}: {error}") from error
+
 
 
 class _Transaction:

@@ -24,6 +24,22 @@ BUSY_TIMEOUT_MS = 5000  # another process (a command beside the agent) holding t
 _SAVEPOINT = "counterbox_savepoint"
 
 
+def disk_full(error: sqlite3.Error, path: Path) -> bool:
+    """Whether SQLite's ``error`` on the database at ``path`` means its disk is full. SQLite says only
+    "disk I/O error" when it cannot make its shared-memory or journal file there: then the disk's own
+    free space (less than a few pages) tells."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "full" in str(error):
+        return True
+    if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        disk = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < 64 * 1024
+
+
 def create_private(path: Path) -> bool:
     """Create ``path`` empty with mode 0600 unless it exists; True if this call created it.
 

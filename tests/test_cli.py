@@ -170,3 +170,48 @@ def test_a_configuration_that_is_not_utf8_is_named(tmp_path):
     config.write_bytes(b'[device]\nid = "shop-\xff"\n')
     result = counterbox(config, "status")
     assert result.returncode == 2 and f"{config} is not UTF-8 text" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("load, header", [("prices", "barcode,name,price"), ("orders", "barcode,name,quantity")])
+@pytest.mark.parametrize("bad_name, message", [
+    ("x" * 200_000, "line 2: field larger than field limit"),
+    ('"' + "x" * 200_000 + '"', "line 2: field larger than field limit"),
+    ("Hong\x00tashan", "line 2: a field holds a control character"),
+    ("Hong\x1b[2Jtashan", "line 2: a field holds a control character"),
+], ids=["long", "long-quoted", "nul", "escape"])
+def test_a_csv_line_the_box_cannot_take_is_named_and_nothing_is_made(box, tmp_path, load, header, bad_name, message):
+    """Not a traceback; and on a box with no journal yet, no journal or key is made for a file refused."""
+    directory, config = box
+    value = "2" if load == "orders" else "23.00"
+    (tmp_path / "in.csv").write_text(f"{header}\n6901028075831,{bad_name},{value}\n", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    args = ["prices", "load", str(tmp_path / "in.csv")] if load == "prices" else \
+        ["order", "load", "--id", "w48", str(tmp_path / "in.csv")]
+    result = counterbox(config, *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_sales_report_of_today_is_of_the_shops_day_in_the_time_zone_operations_pushed(box):
+    """The file's zone is 26 hours behind the one pushed: whatever the hour, their dates differ."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from storage import Journal
+
+    directory, config = box
+    config.write_text(config.read_text() + '[counter]\ntimezone = "Etc/GMT+12"\n')
+    key = os.urandom(32)
+    (directory / "data.key").write_bytes(key)
+    os.chmod(directory / "data.key", 0o600)
+    journal = Journal.open(directory / "journal.db", key)
+    journal.append("settings", {"name": "settings", "version": 1, "counter": {"timezone": "Etc/GMT-14"}})
+    today = datetime.now(ZoneInfo("Etc/GMT-14")).date().isoformat()
+    journal.append("sale", {"code": "6901028075831", "product": "06901028075831", "day": today, "quantity": 1,
+                            "packs": 1, "unit_price": 2300, "known": True})
+    journal.close()
+    result = counterbox(config, "report", "sales", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["days"] == [today] and report["total"]["amount"] == 2300

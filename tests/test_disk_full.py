@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.counter import Counter
-from agent.config import Config, DeviceConfig
+from agent.config import Config, DeviceConfig, StorageConfig
 from agent.daemon import FAULT_AFTER, Box
 from drivers.decoder import Scan
 from drivers.feedback import Signal
@@ -25,6 +25,17 @@ def small_disk(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mountpoint)], check=True)
     yield mountpoint
     subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def fill(disk) -> None:
+    """Take the disk's last free byte, as a file named filler."""
+    filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        with pytest.raises(OSError):
+            while True:
+                os.write(filler, b"\0" * 512)
+    finally:
+        os.close(filler)
 
 
 def test_a_full_disk_refuses_the_event_and_keeps_the_rest(small_disk):
@@ -129,3 +140,56 @@ def test_a_scan_on_a_full_disk_is_refused_with_the_error_signal_and_scans_count_
     assert announced == [Signal.ATTENTION]  # the fault, said once beside each refused scan's error
     assert recorded is Signal.ATTENTION  # recorded (not on a price list): the box took sales again by itself
     assert last.seq == held + 1 and last.body["code"] == "96385074"
+
+
+def test_a_revoked_box_on_a_full_disk_still_erases_itself(small_disk, caplog):
+    """The erase's marker needs space; destroying the keys needs none. A full disk once stopped the erase
+    before its first step, at every start, leaving the keys and the journal on the box."""
+    from agent.daemon import crypto_erase
+    from provisioning.identity import create_key
+
+    key = os.urandom(32)
+    (small_disk / "data.key").write_bytes(key)
+    create_key(small_disk / "device.key")
+    journal = Journal.open(small_disk / "journal.db", key)
+    with pytest.raises(JournalFull):
+        for i in range(10_000):
+            journal.append("sale", {"code": f"{i:013d}", "note": "x" * 200})
+    journal.close()
+    fill(small_disk)  # whatever the journal's last page left
+    config = Config(device=DeviceConfig(key_file=small_disk / "device.key"),
+                    storage=StorageConfig(path=small_disk / "journal.db", key_file=small_disk / "data.key"))
+    crypto_erase(config)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+    assert "erase marker" in caplog.text and "No space left on device" in caplog.text
+
+
+def test_a_journal_opened_on_a_full_disk_says_the_disk_is_full(small_disk):
+    """Stopped cleanly, the journal leaves no shared-memory file; on a full disk SQLite cannot make one
+    and says only "disk I/O error"."""
+    key = os.urandom(32)
+    journal = Journal.open(small_disk / "journal.db", key)
+    journal.append("sale", {"code": "6901028075831"})
+    journal.close()
+    assert not (small_disk / "journal.db-shm").exists()
+    fill(small_disk)
+    with pytest.raises(JournalFull, match="journal.db: the disk is full"):
+        Journal.open(small_disk / "journal.db", key)
+    os.unlink(small_disk / "filler")
+    reopened = Journal.open(small_disk / "journal.db", key)  # space again: as it was
+    assert [e.body for e in reopened.read_after(0)] == [{"code": "6901028075831"}]
+    reopened.close()
+
+
+def test_a_backup_onto_a_disk_too_small_says_the_disk_is_full_and_leaves_nothing(small_disk, tmp_path):
+    """The snapshot aside fails inside SQLite: named, never sqlite3's own exception."""
+    from storage import backup
+
+    key = os.urandom(32)
+    journal = Journal.open(tmp_path / "journal.db", key)
+    for i in range(3000):
+        journal.append("sale", {"code": f"{i:013d}", "note": "x" * 100})
+    journal.close()
+    with pytest.raises((JournalFull, OSError), match="the disk is full|No space left on device"):
+        backup(tmp_path / "journal.db", key, small_disk / "box.cbbackup", b"a long passphrase")
+    assert list(small_disk.iterdir()) == []
