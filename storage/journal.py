@@ -111,6 +111,12 @@ class Journal:
                 raise NoJournal(f"there is no journal at {path}: the agent has not run on this box yet")
             sqlite.create_private(path)
         else:
+            size = path.stat().st_size
+            if 0 < size < 512:
+                # Empty is a journal being made (its file comes before SQLite's first page); a file
+                # shorter than any page was cut short, and SQLite would take it for an empty one.
+                raise JournalError(f"{path} is {size} bytes, shorter than any journal: it was cut short. "
+                                   "Nothing was changed; restore it from a backup or move it away")
             _check_key(path, key)
         with _translated(path):
             conn = sqlite.connect(path)

@@ -415,3 +415,16 @@ def test_a_journal_that_is_not_there_is_named(tmp_path, key):
     with pytest.raises(NoJournal, match=f"^there is no journal at {re.escape(str(tmp_path / 'none.db'))}: "
                                         "the agent has not run on this box yet$"):
         Journal.open(tmp_path / "none.db", key, create=False)
+
+
+@pytest.mark.parametrize("size", [1, 99, 511])
+def test_a_journal_cut_shorter_than_any_page_is_refused_not_made_anew(journal_path, key, size):
+    """SQLite takes such a file for an empty database: opened, the box would number its events from 1
+    again, and central would refuse them all as conflicts."""
+    journal = Journal.open(journal_path, key)
+    journal.append("sale", {"code": "6901028075831"})
+    journal.close()
+    journal_path.write_bytes(journal_path.read_bytes()[:size])
+    with pytest.raises(JournalError, match=f"is {size} bytes, shorter than any journal: it was cut short"):
+        Journal.open(journal_path, key)
+    assert journal_path.stat().st_size == size
