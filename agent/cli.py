@@ -34,6 +34,12 @@ def _run(args) -> int:
         asyncio.run(daemon.run(args.config))
     except asyncio.CancelledError:
         pass  # SIGTERM or SIGINT: the daemon cancelled itself, closed its journal and logged it
+    except ExceptionGroup as group:
+        # One of the daemon's tasks failed and ended the rest: its own error, named as any command's
+        # (a full disk, a journal that cannot be read); systemd starts the agent again.
+        while isinstance(group, ExceptionGroup):
+            group = group.exceptions[0]
+        raise group
     return 0
 
 

@@ -215,3 +215,25 @@ def test_the_sales_report_of_today_is_of_the_shops_day_in_the_time_zone_operatio
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["days"] == [today] and report["total"]["amount"] == 2300
+
+
+def test_a_daemon_task_that_fails_with_a_known_error_ends_the_agent_with_that_error_named(box, monkeypatch, capsys):
+    """The daemon's tasks run in a TaskGroup: what ends it comes out as an ExceptionGroup, which once
+    reached the operator as a traceback. (The failure is made here: which task fails is not the point.)"""
+    import asyncio
+
+    from agent import cli
+    from storage import JournalError
+
+    async def failing(config):
+        async def task():
+            raise JournalError("journal.db: disk I/O error")
+
+        async with asyncio.TaskGroup() as group:
+            group.create_task(task())
+
+    monkeypatch.setattr(cli.daemon, "run", failing)
+    monkeypatch.setattr(cli, "_fewer_malloc_arenas", lambda: None)
+    directory, config = box
+    assert cli.main(["-c", str(config), "run"]) == 2
+    assert capsys.readouterr().err == "counterbox: error: journal.db: disk I/O error\n"
