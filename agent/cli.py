@@ -16,7 +16,7 @@ from drivers.errors import DriverError
 from provisioning import documents
 from provisioning.errors import ProvisioningError
 from provisioning.identity import create_key, device_id_for, load_key, public_key_text
-from storage import JournalError, StorageError, backup, restore, verify_journal
+from storage import JournalError, StorageError, backup, destroy_secret, restore, verify_journal
 from storage.keys import read_key_file
 
 from . import config as config_module
@@ -235,8 +235,16 @@ def _backup(args) -> int:
 def _restore(args) -> int:
     storage = args.config.storage
     passphrase = _passphrase(args.passphrase_file)
-    # A box with no journal and no credential gets its key file here, as the agent's first start would.
-    result = restore(args.file, passphrase, storage.path, daemon.data_key(storage, create=True))
+    # A box with no journal and no credential gets its key file here, as the agent's first start would;
+    # a restore that fails leaves the box as it was, without it.
+    had_key = storage.key_file.exists()
+    key = daemon.data_key(storage, create=True)
+    try:
+        result = restore(args.file, passphrase, storage.path, key)
+    except BaseException:
+        if not had_key and not storage.path.exists():
+            destroy_secret(storage.key_file)
+        raise
     print(json.dumps({"restored": str(storage.path), **result.as_dict()}))
     return 0
 

@@ -87,6 +87,11 @@ def test_a_backup_restored_onto_a_new_box_verifies_and_shows_the_same_events(box
     made = counterbox(box, "backup", str(file), "--passphrase-file", str(passphrase))
     assert made.returncode == 0, made.stderr
     new_box = make_box(tmp_path / "new-box")
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase at all\n")
+    refused = counterbox(new_box, "restore", str(file), "--passphrase-file", str(wrong))
+    assert refused.returncode == 2 and "does not open with this passphrase" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in new_box.parent.iterdir()) == ["agent.toml"]  # no key made for a restore refused
     restored = counterbox(new_box, "restore", str(file), "--passphrase-file", str(passphrase))
     assert restored.returncode == 0, restored.stderr
     report = json.loads(restored.stdout)
