@@ -68,6 +68,7 @@ class Scanners:
     usb_backend: object = None  # pyusb's backend; None: libusb, as on the box
     usb_sysfs: Path = Path("/sys/bus/usb/devices")
     _active: dict[str, asyncio.Task] = field(default_factory=dict)
+    _failing: set[str] = field(default_factory=set)  # discovered nodes whose last attempt failed
     _speaker: Feedback | None = None
     _last_output: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
@@ -167,6 +168,7 @@ class Scanners:
             present = {device.node for device in devices}
             for node in [n for n, task in self._active.items() if task.done() or n not in present]:
                 self._active.pop(node)
+            self._failing &= present
             ignored &= present
             for device in devices:
                 if device.node in self._active or device.node in ignored or device.node in self.config.paths:
@@ -189,13 +191,18 @@ class Scanners:
             identity.update(manufacturer=device.usb.manufacturer, product=device.usb.product_name, serial=device.usb.serial)
         try:
             await self._read(device.node, settings, watch=watch, identity=identity, announce=announce)
+            self._failing.discard(device.node)
         except ScannerGone as error:
+            self._failing.discard(device.node)
             logger.warning("scanner %s lost: %s", device.node, error)
         except ScannerError as error:
             # Just after an unplug, sysfs may still list a node whose device is gone: never taken, not lost.
+            # One that cannot be taken is tried again at each rescan, and said once until it works.
             gone = not os.path.exists(device.node)
-            (logger.debug if gone else logger.warning)("scanner %s %s: %s", device.node,
-                                                        "gone before it was opened" if gone else "lost", error)
+            quiet = gone or device.node in self._failing
+            self._failing.add(device.node)
+            (logger.debug if quiet else logger.warning)("scanner %s %s: %s", device.node,
+                                                         "gone before it was opened" if gone else "not taken", error)
 
     async def _report(self, state: str, scanner: str, driver: str, identity: dict) -> None:
         if self.on_device is not None:
@@ -212,10 +219,11 @@ class Scanners:
                     identity: dict | None = None, announce: str = "") -> None:
         """Read one source until it ends; raises ScannerError when it cannot be read or goes away.
         ``announce`` is logged once the source is open (a device that vanished first is not announced)."""
+        discovered = identity is not None  # a node the kernel listed, not a configured path
         decoder = Keypad(path) if settings.keypad else Decoder(path, settings, await self._keymap(settings))
         loop = asyncio.get_running_loop()
         identity = identity or {}
-        async with open_source(path, grab=not watch) as source:
+        async with open_source(path, grab=not watch, device_only=discovered) as source:
             if announce:
                 logger.info("%s", announce)
             if source.kind != "file":  # a recording is a whole session from its start; a live source is not

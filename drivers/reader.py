@@ -93,7 +93,7 @@ class Source:
         try:
             if self.kind == "file":
                 # A few hundred events at a time: decoding more in one go would hold the loop too long.
-                while chunk := await asyncio.to_thread(os.read, self.fd, _READ_SIZE):
+                while chunk := await asyncio.to_thread(_read_file, self.fd, self.path):
                     whole, pending = _split(pending + chunk)
                     yield records(whole)
                 return
@@ -131,7 +131,9 @@ class Source:
                     except OSError as error:
                         if error.errno == errno.ENODEV:
                             raise ScannerGone(f"scanner {self.path} was unplugged") from None
-                        raise
+                        # EIO and its kind: this scanner is lost as if unplugged (its partial scan refused);
+                        # the others go on, and it is opened again.
+                        raise ScannerGone(f"scanner {self.path}: reading failed: {error.strerror}") from None
                     if not chunk:
                         return
                     running += 1
@@ -176,17 +178,37 @@ class _Ticker:
         self._handle.cancel()
 
 
+def _read_file(fd: int, path: str) -> bytes:
+    try:
+        return os.read(fd, _READ_SIZE)
+    except OSError as error:
+        raise ScannerError(f"recording {path}: reading failed: {error.strerror}") from None
+
+
 def _split(data: bytes) -> tuple[bytes, bytes]:
     """Whole records, and the partial one that the next read completes."""
     whole = len(data) - len(data) % EVENT_SIZE
     return data[:whole], data[whole:]
 
 
-def _open(path: str, grab: bool) -> Source:
+def _open(path: str, grab: bool, device_only: bool = False) -> Source:
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise ScannerError(f"scanner path {path!r} does not exist") from None
+    except OSError as error:  # a loop of links, a file where a directory should be
+        raise ScannerError(f"scanner path {path!r}: {error.strerror}") from None
+    if device_only and stat.S_ISREG(mode):
+        # A node the kernel listed is read live; a regular file there (written to the path while the
+        # device was away) would be read as a recording, and read again at every rescan.
+        raise ScannerError(f"{path} is a regular file, not a device node")
+    try:
+        return _open_node(path, mode, grab)
+    except OSError as error:  # a FIFO or recording the agent may not read
+        raise ScannerError(f'cannot open scanner "{path}": {error.strerror}') from None
+
+
+def _open_node(path: str, mode: int, grab: bool) -> Source:
     if stat.S_ISCHR(mode):
         import evdev
 
@@ -213,12 +235,12 @@ def _open(path: str, grab: bool) -> Source:
 
 
 @contextlib.asynccontextmanager
-async def open_source(path: str, *, grab: bool = True) -> AsyncIterator[Source]:
+async def open_source(path: str, *, grab: bool = True, device_only: bool = False) -> AsyncIterator[Source]:
     """Open (and grab) a scanner; released and closed however the block ends.
 
     Opening reads sysfs and issues ioctls: it runs in a thread, never on the loop.
     """
-    source = await asyncio.to_thread(_open, path, grab)
+    source = await asyncio.to_thread(_open, path, grab, device_only)
     logger.info("scanner opened path=%s kind=%s name=%r grabbed=%s", path, source.kind, source.name, source.grabbed)
     try:
         yield source

@@ -443,3 +443,45 @@ def test_a_store_that_stalls_holds_reading_back_and_loses_no_scan(machine):
     # Held back, the agent waits: the keys waiting unread do not keep the event loop turning (which
     # would take the processor, and the interpreter lock, from the store it waits for).
     assert waiting_cpu < 0.1, f"the event loop spun for {waiting_cpu:.2f} s of processor time in a 0.3 s wait"
+
+
+def test_a_regular_file_where_a_listed_scanner_node_should_be_is_never_read_and_said_once(machine, caplog):
+    """Written to the path while the device was away: read as a recording, its scan was sold again at
+    every rescan (ten times in five seconds). A scanner beside it is taken as always."""
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario():
+        async with running(machine) as counter:
+            stale = machine.plug(4, **SCANNER, node_is_file=True)
+            stale.write_bytes(scans(["6901028075831"]))
+            node = machine.plug(5, **SCANNER)
+            await asyncio.sleep(0.3)
+            await write(node, scans(["96385074"]))
+            await until(lambda: counter.scans)
+            await asyncio.sleep(0.5)  # five rescans more
+            return [s.text for s in counter.scans]
+
+    assert asyncio.run(scenario()) == ["96385074"]
+    said = [r for r in caplog.records if r.name == "agent.scanners" and "is a regular file, not a device node" in r.message]
+    assert [r.levelname for r in said][:1] == ["WARNING"] and all(r.levelname == "DEBUG" for r in said[1:])
+
+
+@pytest.mark.parametrize("bad", ["loop", "file/event3", "denied.fifo"])
+def test_a_configured_path_the_agent_cannot_open_is_said_and_the_other_scanners_go_on(machine, tmp_path, caplog, bad):
+    """A loop of links, a file where a directory should be, a FIFO it may not read: each once ended
+    every scanner, and the agent with them, at every start."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "file").write_text("")
+    os.mkfifo(tmp_path / "denied.fifo", 0o000)
+    os.mkfifo(tmp_path / "good.fifo")
+    unreadable = os.geteuid() != 0 or bad != "denied.fifo"  # root reads any FIFO: nothing to refuse then
+
+    async def scenario():
+        async with running(machine, paths=(str(tmp_path / bad), str(tmp_path / "good.fifo")), auto=False) as counter:
+            await write(tmp_path / "good.fifo", scans(["96385074"]))
+            await until(lambda: counter.scans)
+            return [s.text for s in counter.scans]
+
+    assert asyncio.run(scenario()) == ["96385074"]
+    if unreadable:
+        assert f"scanner {tmp_path / bad} unavailable" in caplog.text
