@@ -272,7 +272,14 @@ class MqttLink:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = self.session.expiry
         while True:
-            client = self._client = self._new_client()
+            try:
+                client = self._client = self._new_client()
+            except OSError as error:  # the CA file missing or not a CA: said, and tried again until it is one
+                (logger.debug if warned else logger.error)("MQTT link to %s:%d cannot be set up: %s", self.host,
+                                                           self.port, error)
+                warned = True
+                await asyncio.sleep(self.backoff.most)
+                continue
             if self.will is not None:
                 will_topic, will_payload = self.will()
                 client.will_set(will_topic, will_payload, qos=1, retain=True)

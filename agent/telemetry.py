@@ -79,12 +79,15 @@ class Telemetry:
 
     async def _online(self) -> bytes:
         last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
-        disk = await asyncio.to_thread(os.statvfs, self.store.path.parent)
         status: dict[str, Any] = {
             "state": "online", "session": self.session, "connection": self._connection, "sent_at": time.time(),
             "last_seq": last, "acked_seq": acked, "backlog": last - acked,
             "scanners": len(self.scanners), "agent_version": self.version,
-            "free_bytes": disk.f_bavail * disk.f_frsize,
         }
+        try:
+            disk = await asyncio.to_thread(os.statvfs, self.store.path.parent)
+            status["free_bytes"] = disk.f_bavail * disk.f_frsize
+        except OSError as error:  # the data directory gone from under the agent: reported without it
+            logger.warning("status without free_bytes: %s", error)
         logger.debug("status online backlog=%d scanners=%d", last - acked, len(self.scanners))
         return protocol.encode_status(status, device=self.device_id, key=self.key)

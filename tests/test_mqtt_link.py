@@ -49,3 +49,25 @@ def test_next_connection_answers_at_a_new_connection_and_not_before(stack):
     assert (quiet, came_back) == (False, True)
     assert new_connections >= 1
     assert listeners == 0  # the waits leave nothing behind
+
+
+def test_a_ca_file_that_is_missing_or_no_ca_is_said_once_and_the_link_keeps_trying(stack, tmp_path, caplog):
+    """Its reconnecting task once ended silently on it: the box sat offline for good, even once the file
+    was put right."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="agent.mqtt")
+
+    async def attempt(ca_file):
+        link = MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-ca", ca_file=ca_file,
+                        backoff=Backoff(first=0.05, most=0.1))
+        async with link:
+            await asyncio.sleep(0.5)  # several attempts
+            return link.connected.is_set(), link._runner.done()
+
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    for ca_file in (tmp_path / "missing.pem", tmp_path / "garbage.pem"):
+        caplog.clear()
+        assert asyncio.run(attempt(ca_file)) == (False, False)  # not connected, and still trying
+        said = [r for r in caplog.records if "cannot be set up" in r.getMessage()]
+        assert said[0].levelname == "ERROR" and len(said) > 1 and all(r.levelname == "DEBUG" for r in said[1:])

@@ -78,3 +78,35 @@ def test_a_box_whose_clock_is_off_is_flagged_and_a_forged_status_changes_nothing
     wait_until(lambda: "status rejected topic=counterbox/v1/devices/shop-clock/status" in stack.central_log.read_text(),
                10, "the forgery rejected")
     assert devices(stack)["shop-clock"]["state"] == "online"
+
+
+def test_a_status_whose_free_disk_cannot_be_read_goes_without_it(tmp_path, caplog):
+    """The journal's directory gone from under a running agent: its health report once ended the agent."""
+    import asyncio
+    import shutil
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.telemetry import Telemetry
+    from provisioning import protocol
+    from storage import Store
+
+    async def status():
+        (tmp_path / "data").mkdir()
+        store = await Store.open(tmp_path / "data" / "journal.db", b"k" * 32)
+        key = Ed25519PrivateKey.generate()
+        telemetry = Telemetry(store=store, device_id="shop-1", session=1, key=key, topic_prefix="counterbox/v1",
+                              interval=60.0)
+        telemetry.will()  # made as a connection opens: the statuses on it count from it
+        try:
+            whole = protocol.decode_status(await telemetry._online(), device="shop-1", key=key.public_key())
+            shutil.move(tmp_path / "data", tmp_path / "elsewhere")
+            without = protocol.decode_status(await telemetry._online(), device="shop-1", key=key.public_key())
+            return whole, without
+        finally:
+            await store.close()
+
+    whole, without = asyncio.run(status())
+    assert whole["free_bytes"] > 0 and "free_bytes" not in without
+    assert (without["state"], without["backlog"]) == ("online", 0)
+    assert "status without free_bytes" in caplog.text
