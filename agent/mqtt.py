@@ -94,6 +94,10 @@ class PublishRefused(MqttError):
     """The broker answered the publish with a failure reason code."""
 
 
+class NoReceipt(MqttError):
+    """The broker, still connected, did not answer the publish in time; it may yet have it."""
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Seconds between connection attempts: ``first`` doubling up to ``most``, each drawn at random
@@ -153,6 +157,7 @@ class MqttLink:
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
+    publish_timeout: float = 60.0  # seconds for the broker's PUBACK, the connection up
 
     async def __aenter__(self) -> "MqttLink":
         self._loop = asyncio.get_running_loop()
@@ -238,7 +243,15 @@ class MqttLink:
         info = self._send(topic, payload, qos, retain)
         # paho runs on this loop: its PUBACK cannot be handled before the future is registered.
         future = self._waiting[info.mid] = self._loop.create_future()
-        await future
+        try:
+            # A broker that keeps the connection (it answers pings) but never answers this: the caller
+            # goes on (the uplink sends again) rather than waiting for the connection to die.
+            async with asyncio.timeout(self.publish_timeout):
+                await future
+        except TimeoutError:
+            self._waiting.pop(info.mid, None)
+            raise NoReceipt(f"no answer from {self.host}:{self.port} to a publish within "
+                            f"{self.publish_timeout:g}s") from None
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Hand a message to the broker without waiting for its receipt; NotConnected when the link is down."""

@@ -71,3 +71,89 @@ def test_a_ca_file_that_is_missing_or_no_ca_is_said_once_and_the_link_keeps_tryi
         assert asyncio.run(attempt(ca_file)) == (False, False)  # not connected, and still trying
         said = [r for r in caplog.records if "cannot be set up" in r.getMessage()]
         assert said[0].levelname == "ERROR" and len(said) > 1 and all(r.levelname == "DEBUG" for r in said[1:])
+
+
+class _Unanswering:
+    """A broker no Mosquitto can be made into: it accepts the connection and answers pings, but never
+    a publish (a broker stuck on its storage, a PUBACK lost). MQTT v5 packets, read and written here."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.publishes = 0
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        self.threads[0].start()
+
+    def _serve(self):
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.threads.append(threading.Thread(target=self._client, args=(conn,), daemon=True))
+            self.threads[-1].start()
+
+    def _client(self, conn):
+        def packet():
+            head = conn.recv(1)
+            length, shift = 0, 0
+            while True:
+                byte = conn.recv(1)[0]
+                length, shift = length + ((byte & 127) << shift), shift + 7
+                if not byte & 128:
+                    break
+            body = b""
+            while len(body) < length:
+                body += conn.recv(length - len(body))
+            return head[0] >> 4
+
+        with conn:
+            try:
+                while True:
+                    kind = packet()
+                    if kind == 1:
+                        conn.sendall(bytes([0x20, 3, 0, 0, 0]))  # CONNACK: accepted, no properties
+                    elif kind == 12:
+                        conn.sendall(bytes([0xD0, 0]))  # PINGRESP
+                    elif kind == 3:
+                        self.publishes += 1  # PUBLISH: no PUBACK, ever
+            except (OSError, IndexError):
+                return
+
+    def close(self):
+        import socket
+
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+def test_a_publish_the_broker_never_answers_ends_in_time_and_the_link_stays(caplog):
+    """It once waited for as long as the connection lived: with pings answered, for ever; the uplink's
+    resend after ack_timeout never ran."""
+    from agent.mqtt import NoReceipt
+
+    broker = _Unanswering()
+
+    async def publish():
+        async with MqttLink(host="127.0.0.1", port=broker.port, client_id="shop-np", keepalive=1,
+                            publish_timeout=1.5) as link:
+            await asyncio.wait_for(link.connected.wait(), 5)
+            started = asyncio.get_running_loop().time()
+            try:
+                await link.publish("counterbox/v1/devices/shop-np/batch", b"payload")
+            except NoReceipt as error:
+                return str(error), asyncio.get_running_loop().time() - started, link.connected.is_set()
+
+    try:
+        message, waited, connected = asyncio.run(publish())
+    finally:
+        broker.close()
+    assert message == f"no answer from 127.0.0.1:{broker.port} to a publish within 1.5s"
+    assert 1.4 < waited < 5 and connected and broker.publishes == 1
