@@ -184,16 +184,20 @@ class MqttLink:
             return
         self._closed = True
         self._runner.cancel()
-        await asyncio.wait([self._runner])  # its end, not ours: a cancellation of the caller goes on
-        client, self._client = self._client, None
-        if client is not None:
-            if client.is_connected():
-                # With a will: "disconnect with will message" (4), so a stop is announced like a loss.
-                client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4) if self.will else None)
-                client.loop_write()  # a clean DISCONNECT, flushed now: the loop will not watch this socket again
-            self._drop(client)
-        self.connected.clear()
-        self._fail_waiting(NotConnected("link closed"))
+        try:
+            await asyncio.wait([self._runner])  # its end, not ours: a cancellation of the caller goes on
+        finally:
+            # Even when the caller is cancelled again meanwhile (a second SIGTERM): a link left connected
+            # here would be pinged and watched with nobody to close it.
+            client, self._client = self._client, None
+            if client is not None:
+                if client.is_connected():
+                    # With a will: "disconnect with will message" (4), so a stop is announced like a loss.
+                    client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=4) if self.will else None)
+                    client.loop_write()  # a clean DISCONNECT, flushed now: the loop will not watch this socket again
+                self._drop(client)
+            self.connected.clear()
+            self._fail_waiting(NotConnected("link closed"))
 
     def _new_client(self) -> paho.Client:
         # A new client per connection: paho keeps nothing of a lost connection (no in-flight

@@ -157,3 +157,37 @@ def test_a_publish_the_broker_never_answers_ends_in_time_and_the_link_stays(capl
         broker.close()
     assert message == f"no answer from 127.0.0.1:{broker.port} to a publish within 1.5s"
     assert 1.4 < waited < 5 and connected and broker.publishes == 1
+
+
+def test_a_link_cancelled_again_while_it_closes_still_closes(stack):
+    """Two SIGTERMs, or a task group cancelling a task already unwinding: close() was cut short after
+    marking itself done, leaving the connection open, watched and pinged, with nobody to close it."""
+
+    async def scenario():
+        link = MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-twice", keepalive=1)
+
+        async def user():
+            async with link:
+                await link.connected.wait()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(user())
+        await asyncio.wait_for(asyncio.shield(_connected(link)), 5)
+        task.cancel()
+        await asyncio.sleep(0)  # unwinding: __aexit__, close(), waiting for the runner's end
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await asyncio.sleep(0.2)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return link.connected.is_set(), link._client, others
+
+    connected, client, others = asyncio.run(scenario())
+    assert (connected, client, others) == (False, None, [])
+
+
+async def _connected(link):
+    while not hasattr(link, "connected") or not link.connected.is_set():
+        await asyncio.sleep(0.01)
