@@ -82,6 +82,10 @@ from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
 logger = logging.getLogger(__name__)
 
 
+# Messages that may wait in the inbox while one arrives at QoS 0, which no in-flight window holds back.
+INBOX_AT_MOST_QOS0 = 1000
+
+
 class MqttError(Exception):
     """Root of the link's errors."""
 
@@ -164,6 +168,7 @@ class MqttLink:
         self._loop_thread = threading.get_ident()
         self._waiting: dict[int, asyncio.Future] = {}
         self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._dropped = 0  # QoS 0 messages dropped with the inbox full
         self._client: paho.Client | None = None
         self._down: asyncio.Future | None = None
         self._misc: asyncio.Task | None = None
@@ -366,6 +371,14 @@ class MqttLink:
             self._settle(future, reason_code)
 
     def _on_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        if message.qos == 0 and self._inbox.qsize() >= INBOX_AT_MOST_QOS0:
+            # At QoS 1 the broker sends no more than its in-flight window until we acknowledge; at QoS 0
+            # nothing holds a flood back but this (the protocol's messages are QoS 1: a sender that wants
+            # it delivered sends again).
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 10_000 == 0:
+                logger.warning("inbox full: %d QoS 0 messages dropped (latest on %s)", self._dropped, message.topic)
+            return
         self._inbox.put_nowait(Message(message.topic, message.payload, message.mid, retain=bool(message.retain), _client=client))
 
     def _on_socket_open(self, client, userdata, sock) -> None:

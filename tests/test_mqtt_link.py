@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agent.mqtt import Backoff, MqttLink
 
 
@@ -191,3 +193,38 @@ def test_a_link_cancelled_again_while_it_closes_still_closes(stack):
 async def _connected(link):
     while not hasattr(link, "connected") or not link.connected.is_set():
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.foreign_messages  # the flood is no message of the contract
+def test_a_flood_at_qos_0_holds_no_more_than_the_inbox_takes(stack, caplog):
+    """At QoS 1 the broker's in-flight window holds a flood back; at QoS 0 nothing did: a sender allowed
+    on a topic central reads could fill central's memory while it was busy."""
+    import paho.mqtt.client as mqtt
+
+    from agent.mqtt import INBOX_AT_MOST_QOS0
+
+    async def flood():
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="central-flooded",
+                            subscriptions=["flood/#"]) as link:
+            await asyncio.wait_for(_connected(link), 5)
+            await asyncio.sleep(0.3)  # subscribed
+
+            def send():
+                sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder")
+                sender.connect("127.0.0.1", stack.broker_port)
+                sender.loop_start()
+                for n in range(3 * INBOX_AT_MOST_QOS0):
+                    sender.publish("flood/x", b"%d" % n, qos=0)
+                sender.disconnect()
+                sender.loop_stop()
+
+            await asyncio.to_thread(send)
+            for _ in range(100):
+                await asyncio.sleep(0.05)
+            held = link._inbox.qsize()
+            first = await anext(link.messages())
+            return held, first.payload
+
+    held, first = asyncio.run(flood())
+    assert held == INBOX_AT_MOST_QOS0 and first == b"0"  # the first kept, in order
+    assert "inbox full:" in caplog.text
