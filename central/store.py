@@ -436,11 +436,14 @@ class CentralStore:
                     _events.c.device_id == device_id, _events.c.seq.between(events[0]["seq"], events[-1]["seq"])))
         }
         for event in events:
-            if event["seq"] in held and held[event["seq"]] != (event["kind"], event["body"]):
-                raise SeqConflict(
-                    f"seq {event['seq']} differs from the event central already holds for {device_id}: "
-                    "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
-                )
+            if event["seq"] not in held or held[event["seq"]] == (event["kind"], event["body"]):
+                continue
+            if event["kind"] == "damaged" and event["body"].get("kind") == held[event["seq"]][0]:
+                continue  # sent whole before, damaged on the box since: central keeps what it holds
+            raise SeqConflict(
+                f"seq {event['seq']} differs from the event central already holds for {device_id}: "
+                "the device's journal was reset or replaced; the batch is kept on the device, unacknowledged"
+            )
         return set(held)
 
     # -- shops and activation ------------------------------------------------------

@@ -307,3 +307,16 @@ def test_an_accepted_request_again_is_answered_the_same_and_changes_nothing(cent
     again, (_, token) = central.handle(request(key, device_id, code))
     assert again == first and again.accepted
     assert central.store.device(device_id) == registered  # the same registered_at, and region
+
+
+def test_an_event_central_holds_sent_again_as_damaged_is_a_duplicate_not_a_conflict(central):
+    """Sent whole, its acknowledgement lost, then rotted on the box: the box sends it as damaged. A
+    conflict there would stop the box's uplink for good; central keeps the event it holds."""
+    central.handle(batch_message(sales(1, 2), key=central.box_key))
+    damaged = [Event(1, "damaged", {"kind": "sale", "reason": "its sealed body fails authentication: the file was "
+                                                               "altered"}), *sales(2, 3)]
+    accepted, _ = central.handle(batch_message(damaged, key=central.box_key))
+    assert (accepted.added, accepted.acked_seq) == (1, 3)
+    assert [(e["seq"], e["kind"]) for e in central.store.events()] == [(1, "sale"), (2, "sale"), (3, "sale")]
+    with pytest.raises(Rejected, match="seq 1 differs from the event central already holds"):
+        central.handle(batch_message([Event(1, "damaged", {"kind": "misread", "reason": "x"})], key=central.box_key))
