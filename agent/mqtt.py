@@ -82,6 +82,10 @@ from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
 logger = logging.getLogger(__name__)
 
 
+# Bytes a second the slowest link a box may have carries (a poor mobile connection): a publish waits for
+# its answer publish_timeout, and as long as its bytes take at this pace on top.
+SLOWEST_LINK = 16 * 1024
+
 # Messages that may wait in the inbox while one arrives at QoS 0, which no in-flight window holds back.
 INBOX_AT_MOST_QOS0 = 1000
 
@@ -255,12 +259,13 @@ class MqttLink:
         try:
             # A broker that keeps the connection (it answers pings) but never answers this: the caller
             # goes on (the uplink sends again) rather than waiting for the connection to die.
-            async with asyncio.timeout(self.publish_timeout):
+            # Its bytes must cross first: a slow link (16 KiB/s) may take minutes over a large one.
+            within = self.publish_timeout + len(payload) / SLOWEST_LINK
+            async with asyncio.timeout(within):
                 await future
         except TimeoutError:
             self._waiting.pop(info.mid, None)
-            raise NoReceipt(f"no answer from {self.host}:{self.port} to a publish within "
-                            f"{self.publish_timeout:g}s") from None
+            raise NoReceipt(f"no answer from {self.host}:{self.port} to a publish within {within:.1f}s") from None
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Hand a message to the broker without waiting for its receipt; NotConnected when the link is down."""

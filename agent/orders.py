@@ -41,7 +41,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 def parse_csv(text: str) -> list[dict[str, Any]]:
     lines = []
-    for number, row in csv_rows(text, {"barcode", "quantity"}, OrderError):
+    for number, row in csv_rows(text, {"barcode", "quantity"}, OrderError, read={"barcode", "name", "quantity"}):
         barcode, quantity = row.get("barcode", ""), row.get("quantity", "")
         if not scannable(barcode) or not classify(barcode).valid:
             raise OrderError(f"line {number}: barcode {barcode!r} fails its check digit")

@@ -88,10 +88,12 @@ def read_csv(path: Path) -> list[Item]:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 controls; any other text (a full-width space) is a name's
 
 
-def csv_rows(text: str, required: set[str], error: type[Exception]) -> Iterator[tuple[int, dict[str, str]]]:
+def csv_rows(text: str, required: set[str], error: type[Exception], *,
+             read: set[str]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV file with a header naming at least ``required``, each field stripped;
     ``error`` for a header that does not, a line the csv module cannot read (a field over its limit),
-    or a field holding a control character (a NUL, an escape: no name or code holds one)."""
+    or a field of the columns ``read`` holding a control character (a NUL, an escape: no name or code
+    holds one; other columns, a spreadsheet's notes, may hold line breaks)."""
     import csv
     import io
 
@@ -105,7 +107,7 @@ def csv_rows(text: str, required: set[str], error: type[Exception]) -> Iterator[
         for line, row in enumerate(reader, start=2):
             fields = {name: (value or "").strip() for name, value in row.items()
                       if isinstance(name, str) and isinstance(value, str)}
-            if any(_CONTROL.search(value) for value in fields.values()):
+            if any(_CONTROL.search(value) for name, value in fields.items() if name in read):
                 raise error(f"line {line}: a field holds a control character")
             yield line, fields
     except csv.Error as failed:
@@ -114,7 +116,8 @@ def csv_rows(text: str, required: set[str], error: type[Exception]) -> Iterator[
 
 def parse_csv(text: str) -> list[Item]:
     items: dict[str, Item] = {}
-    for line, row in csv_rows(text, {"barcode", "price"}, PriceListError):
+    for line, row in csv_rows(text, {"barcode", "price"}, PriceListError,
+                              read={"barcode", "name", "price", "unit", "packs", "cost", "product"}):
         try:
             item = _item(row)
         except ValueError as error:

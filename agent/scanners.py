@@ -151,13 +151,16 @@ class Scanners:
             try:
                 await self._read(path, self.config.settings_for(path))
                 warned = False
+                if _is_recording(path):
+                    logger.info("scanner recording %s fully read", path)
+                    return
             except ScannerError as error:
+                if _is_recording(path):  # read once, from its start: again would book its scans twice
+                    logger.warning("scanner recording %s not read to its end: %s", path, error)
+                    return
                 if not warned:
                     logger.warning("scanner %s unavailable: %s; retrying every %.1fs", path, error, self.config.retry_interval)
                     warned = True
-            if _is_recording(path):
-                logger.info("scanner recording %s fully read", path)
-                return
             await asyncio.sleep(self.config.retry_interval)
 
     async def _discover(self, group: asyncio.TaskGroup) -> None:

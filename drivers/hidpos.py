@@ -106,9 +106,11 @@ def identity(device: usb.core.Device) -> dict[str, str]:
     """The scanner's USB identity, as logs and telemetry name it."""
     def string(index):
         try:
-            return usb.util.get_string(device, index) if index else ""
+            text = usb.util.get_string(device, index) if index else ""
         except (usb.core.USBError, ValueError):
             return ""
+        # Descriptors padded with NUL, or holding controls: recorded in events, which carry no NUL.
+        return "".join(char for char in text or "" if char.isprintable())
 
     return {"usb_id": f"{device.idVendor:04x}:{device.idProduct:04x}", "manufacturer": string(device.iManufacturer),
             "product": string(device.iProduct), "serial": string(device.iSerialNumber)}

@@ -104,7 +104,7 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
         items, currency = body.get("items"), body.get("currency")
         if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency) or not isinstance(items, list):
             raise ProtocolError("a price list needs a currency (ISO 4217, like CNY) and a list of items")
-        keys: set[str] = set()
+        keys: dict[str, int] = {}  # product key -> the item that listed it
         for number, item in enumerate(items, 1):
             if not (isinstance(item, dict) and _code(item.get("barcode")) and isinstance(item.get("name"), str)
                     and natural(item.get("price"), 0, MAX_AMOUNT)):
@@ -124,9 +124,9 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
                                     f"(a case saying its packs, at most {MAX_PACKS}), cost an integer from 0 to "
                                     f"{MAX_AMOUNT}, and a carton or case must name its product, a pack barcode "
                                     "not its own")
-            if own in keys:
-                raise ProtocolError(f"price list item {number}: barcode {item['barcode']} is listed twice")
-            keys.add(own)
+            if own in keys:  # the item numbers, never the code: this goes to the box's log
+                raise ProtocolError(f"price list items {keys[own]} and {number} list the same product")
+            keys[own] = number
     elif kind == "settings":
         check_settings(body)
     elif kind == "revocation":

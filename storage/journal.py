@@ -312,11 +312,12 @@ class Journal:
     def last(self, kind: str) -> Event | None:
         """The latest event of ``kind``: in the log, or kept by retention's checkpoint."""
         with _translated(self.path):
-            row = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)} ORDER BY seq DESC LIMIT 1", [kind]
-            ).fetchone()
-        if row:
-            return self._event(*row)
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)} ORDER BY seq DESC", [kind])
+            for row in rows:  # the latest that opens: one damaged in the file never stops the views
+                event = self._event(*row, damaged=True)
+                if event.kind != DAMAGED:
+                    return event
         kept = [event for event in self._kept() if event.kind == kind]
         return kept[-1] if kept else None
 
@@ -326,7 +327,8 @@ class Journal:
         with _translated(self.path):
             rows = self._conn.execute(f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)} ORDER BY seq",
                                       [kind]).fetchall()
-        return [event for event in self._kept() if event.kind == kind] + [self._event(*row) for row in rows]
+        opened = (self._event(*row, damaged=True) for row in rows)  # one damaged is left out, never a stop
+        return [event for event in self._kept() if event.kind == kind] + [e for e in opened if e.kind != DAMAGED]
 
     def last_seq(self, kind: str | None = None) -> int:
         if kind is not None:

@@ -179,6 +179,7 @@ def test_a_configuration_that_is_not_utf8_is_named(tmp_path):
     ("Hong\x00tashan", "line 2: a field holds a control character"),
     ("Hong\x1b[2Jtashan", "line 2: a field holds a control character"),
 ], ids=["long", "long-quoted", "nul", "escape"])
+# (A column the loader does not read, a spreadsheet's notes, may hold a line break: tested in test_counter.)
 def test_a_csv_line_the_box_cannot_take_is_named_and_nothing_is_made(box, tmp_path, load, header, bad_name, message):
     """Not a traceback; and on a box with no journal yet, no journal or key is made for a file refused."""
     directory, config = box

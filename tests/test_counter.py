@@ -168,3 +168,30 @@ def test_a_sale_the_journal_cannot_read_back_counts_for_nothing_and_selling_goes
     assert "journal event seq=3 (sale) cannot be read: its sealed body fails authentication" in caplog.text
     assert "6901028075831" not in caplog.text
     journal.close()
+
+
+def test_a_column_the_price_list_does_not_read_may_hold_a_line_break():
+    """A spreadsheet's notes column with Alt+Enter in a cell: the list loads; a name with one would not."""
+    items = parse_csv('barcode,name,price,notes\n6901028075831,Hongtashan,23.00,"first line\nsecond\tline"\n')
+    assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300)]
+    with pytest.raises(PriceListError, match="line 2: a field holds a control character"):
+        parse_csv('barcode,name,price\n6901028075831,"Hong\ntashan",23.00\n')
+
+
+def test_a_price_list_the_journal_cannot_read_back_gives_way_to_the_one_before(tmp_path):
+    """The largest sealed rows, so the likeliest to rot: the box once refused every scan after a restart."""
+    key = os.urandom(32)
+    journal = Journal.open(tmp_path / "journal.db", key)
+    journal.append("price_list", {"items": [{"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]})
+    journal.append("price_list", {"items": [{"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2500}]})
+    sealed = journal._conn.execute("SELECT sealed FROM events WHERE seq = 2").fetchone()[0]
+    journal.close()
+    raw = bytearray((tmp_path / "journal.db").read_bytes())
+    raw[raw.index(sealed) + 20] ^= 1
+    (tmp_path / "journal.db").write_bytes(bytes(raw))
+
+    journal = Journal.open(tmp_path / "journal.db", key)
+    assert journal.last("price_list").seq == 1 and [e.seq for e in journal.of_kind("price_list")] == [1]
+    event = AtTheCounter(journal).record(scan("6901028075831"))
+    assert (event.kind, event.body["unit_price"]) == ("sale", 2300)
+    journal.close()
