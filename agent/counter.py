@@ -219,8 +219,9 @@ class Counter:
             if self._pending.keyed or controls.could_be_part_of_one(scan.text):
                 # The cut scan may have been a digit of a number being keyed, or a control meant for the
                 # next scan: never use half a number, nor sell the next scan without what it was told.
-                # It waits for CB:CLEAR as long as anything pending does (pending_timeout), from now.
-                self._pending.keyed, self._pending.spoiled, self._pending.since = "", True, self.clock()
+                # Held only until the next look for what expired (about a second): a cut scan is most
+                # often a product's, scanned again at once, and a box started again mid-scan cuts one.
+                self._pending.keyed, self._pending.spoiled = "", True
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
             return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
