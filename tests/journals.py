@@ -23,3 +23,13 @@ def contents(journal_path: Path) -> list[str]:
     """Digests of the database and its WAL (a WAL not there holds what an empty one holds: nothing)."""
     files = [journal_path, journal_path.with_name(journal_path.name + "-wal")]
     return [hashlib.sha256(p.read_bytes() if p.exists() else b"").hexdigest() for p in files]
+
+
+def rot(journal, seq: int) -> None:
+    """Close ``journal`` with one bit of event ``seq``'s sealed bytes flipped in the file, as bit rot
+    would leave it: under SQLite, whose triggers refuse any edit through it."""
+    sealed = journal._conn.execute("SELECT sealed FROM events WHERE seq = ?", [seq]).fetchone()[0]
+    journal.close()
+    raw = bytearray(journal.path.read_bytes())
+    raw[raw.index(sealed) + 20] ^= 1
+    journal.path.write_bytes(bytes(raw))

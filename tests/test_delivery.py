@@ -28,6 +28,7 @@ from provisioning.identity import load_key
 from storage import Event, Journal, Store
 
 from .harness import feed, price_list, scans, wait_until
+from .journals import rot
 
 CODES = ["6901028075831", "96385074", "036000291452"]
 
@@ -603,11 +604,7 @@ def test_an_event_the_journal_cannot_read_back_goes_as_damaged_and_the_events_be
     journal = Journal.open(tmp_path / "journal.db", b"k" * 32)
     for n in range(1, 4):
         journal.append("misread", misread(0))
-    sealed = journal._conn.execute("SELECT sealed FROM events WHERE seq = 2").fetchone()[0]
-    journal.close()
-    raw = bytearray((tmp_path / "journal.db").read_bytes())
-    raw[raw.index(sealed) + 20] ^= 1
-    (tmp_path / "journal.db").write_bytes(bytes(raw))
+    rot(journal, 2)
 
     async def test(central, box):
         assert await asyncio.to_thread(central.wait_for, 1, "the batch") == [[1, 2, 3]]
