@@ -95,6 +95,11 @@ class Journal:
         # counter's ledger) sees here that some of it may be gone.
         self.rollbacks = 0
         self._folded: tuple[int, dict[str, Any]] | None = None  # retention's checkpoint, as last opened
+        # Where the next event goes: (the last seq, the hash it chains to, the newest data key), as last
+        # read or written here, with SQLite's data_version and our rollback count at that moment.
+        self._tail: tuple[int, bytes, int] | None = None
+        self._tail_seen: tuple[int, int] = (-1, -1)
+        self._tail_held = False  # checked in the transaction under way, which no other writer can enter
 
     @classmethod
     def open(cls, path: Path, key: bytes, *, create: bool = True,
@@ -141,6 +146,7 @@ class Journal:
             if version:
                 # Checked again under the lock: another process may have created it since our check.
                 _open_keys(self._conn, self.path, self._outer, version)
+            self._tail = None
             for migrate in MIGRATIONS[version:]:
                 migrate(self._conn, self._outer)
             if version != SCHEMA_VERSION:
@@ -184,6 +190,7 @@ class Journal:
         """Add a new data key, which seals every event recorded from now on; the events before keep
         theirs and stay readable. Returns its id. Runs in a transaction of its own."""
         self._alone("a key rotation")
+        self._tail = None
         with self.transaction():
             key_id = self._conn.execute("SELECT max(id) FROM keys").fetchone()[0] + 1
             self._conn.execute("INSERT INTO keys (id, wrapped, created_at) VALUES (?, ?, ?)",
@@ -245,27 +252,45 @@ class Journal:
                 f"a {kind} event of {len(plaintext)} bytes is over the limit of {self.max_event_bytes} bytes "
                 "that one batch can carry; it was not recorded"
             )
-        if self._conn.in_transaction:  # the caller's (the store's group commit): no savepoint of its own needed
-            with _translated(self.path):
+        try:
+            if self._conn.in_transaction:  # the caller's (the store's group commit): no savepoint of its own needed
+                with _translated(self.path):
+                    return self._insert(kind, plaintext)
+            with self.transaction():
                 return self._insert(kind, plaintext)
-        with self.transaction():
-            return self._insert(kind, plaintext)
+        except BaseException:
+            self._tail = None  # whatever became of the insert, the next one reads its place anew
+            raise
 
     def _insert(self, kind: str, plaintext: bytes) -> int:
-        # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this place. Read
-        # from the file every time rather than kept in memory: a savepoint rolled back or another
-        # process's append can never leave a stale hash to chain to.
-        conn = self._conn
-        row = conn.execute(_LAST).fetchone()
-        if row is None:  # the first event, or the first after the chain's anchor
-            anchor_seq, anchor, key_id = conn.execute(_FIRST).fetchone()
-            last, previous = int(anchor_seq), bytes.fromhex(anchor)
-        else:
-            last, previous, key_id = row
+        # Under BEGIN IMMEDIATE no other writer (the daemon or a command) can take this place.
+        last, previous, key_id = self._place()
         seq = last + 1
         sealed = sealing.seal(self._data_key(key_id), seq, kind, plaintext)
-        conn.execute(_INSERT, [seq, kind, key_id, sealed, chain.link(previous, seq, kind, key_id, sealed)])
+        link = chain.link(previous, seq, kind, key_id, sealed)
+        self._conn.execute(_INSERT, [seq, kind, key_id, sealed, link])
+        self._tail = (seq, link, key_id)
         return seq
+
+    def _place(self) -> tuple[int, bytes, int]:
+        """(the last seq, the hash the next event chains to, the data key that seals it).
+
+        Kept in memory only while nothing else can have moved it: another process's commit changes
+        SQLite's data_version, a rollback here our count of them (and an insert that failed drops
+        it). Checked once per transaction: inside one, no other writer can come in."""
+        conn = self._conn
+        if self._tail is not None and self._tail_held and conn.in_transaction \
+                and self._tail_seen[1] == self.rollbacks:
+            return self._tail
+        seen = (conn.execute("PRAGMA data_version").fetchone()[0], self.rollbacks)
+        if self._tail is None or seen != self._tail_seen:
+            row = conn.execute(_LAST).fetchone()
+            if row is None:  # the first event, or the first after the chain's anchor
+                anchor_seq, anchor, key_id = conn.execute(_FIRST).fetchone()
+                row = (int(anchor_seq), bytes.fromhex(anchor), key_id)
+            self._tail = row
+        self._tail_seen, self._tail_held = seen, conn.in_transaction
+        return self._tail
 
     def read_after(self, seq: int, limit: int = 1000, *, damaged: bool = False) -> list[Event]:
         """Events with sequence numbers above ``seq``, in order, at most ``limit``."""
@@ -336,9 +361,7 @@ class Journal:
             return event.seq if event else 0
         with _translated(self.path):
             # Past the anchor: when retention has removed every event, numbering goes on from there.
-            return self._conn.execute("SELECT max(coalesce((SELECT max(seq) FROM events), 0), "
-                                      "(SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'chain_anchor_seq'))"
-                                      ).fetchone()[0]
+            return self._place()[0]
 
     # -- retention ---------------------------------------------------------------
 
@@ -356,6 +379,7 @@ class Journal:
         """Retention: keep ``state`` (what the events up to ``upto`` add up to) and the events ``kept``
         (those a view reads by kind: the price list in force, ...), then remove every event up to
         ``upto``. Only events central holds may go; the chain goes on from the last one removed."""
+        self._tail = None
         with self.transaction():
             if upto > int(self._meta("acked_seq")):
                 raise JournalError(f"event {upto} is not acknowledged by central: it cannot be folded away")
@@ -541,7 +565,10 @@ class _Transaction:
         self._transaction = transaction
 
     def __enter__(self) -> None:
-        with _translated(self._journal.path):
+        journal = self._journal
+        if not journal._conn.in_transaction:
+            journal._tail_held = False  # a new transaction: what others wrote before it is to be looked at
+        with _translated(journal.path):
             self._transaction.__enter__()
 
     def __exit__(self, kind, error, traceback) -> bool:

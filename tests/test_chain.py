@@ -172,6 +172,54 @@ def test_writes_rolled_back_in_a_group_never_break_the_chain(tmp_path, writes):
     j.close()
 
 
+STEPS = st.sampled_from(["agent", "agent group", "agent group failing", "command", "command rotates", "look"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(STEPS, max_size=14))
+def test_two_connections_writing_in_turn_keep_one_sequence_and_one_chain(tmp_path, steps):
+    """The agent's journal and a command's beside it (two connections to one file) append, group,
+    roll back and rotate keys in any order: every event takes the next seq and chains to the one
+    before, whoever wrote that, and each connection's last_seq is the file's."""
+    path, key = tmp_path / f"{os.urandom(4).hex()}.db", os.urandom(32)
+    agent, command = Journal.open(path, key), Journal.open(path, key)
+    kept = []
+    for n, step in enumerate(steps):
+        if step == "agent":
+            agent.append("sale", {"n": n})
+            kept.append(n)
+        elif step.startswith("agent group"):
+            with agent.transaction():
+                assert agent.last_seq() == len(kept)  # read inside the transaction, where it is kept
+                agent.append("sale", {"n": n})
+                try:
+                    with agent.transaction():
+                        agent.append("sale", {"n": -n})
+                        if step.endswith("failing"):
+                            raise ValueError("this write fails")
+                    kept.append(n)
+                    kept.append(-n)
+                except ValueError:
+                    kept.append(n)
+                agent.append("misread", {"n": n + 100})
+                kept.append(n + 100)
+        elif step == "command":
+            command.append("price_list", {"n": n})
+            kept.append(n)
+        elif step == "command rotates":
+            command.rotate_key()
+        else:
+            assert agent.last_seq() == command.last_seq() == len(kept)
+    agent.append("sale", {"n": "last"})
+    kept.append("last")
+    assert agent.verify().ok and [e.body["n"] for e in command.read_after(0)] == kept
+    assert [e.seq for e in agent.read_after(0)] == list(range(1, len(kept) + 1))
+    newest = max(key_id for key_id, _ in agent.data_keys())
+    assert agent._conn.execute("SELECT key_id FROM events ORDER BY seq DESC").fetchone()[0] == newest
+    agent.close()
+    command.close()
+
+
 # -- a journal made by schema v1, written here the way v1 wrote it ----------------------
 
 def make_v1_journal(path, key: bytes, bodies: list[tuple[str, dict]]) -> None:
