@@ -8,6 +8,7 @@ import pytest
 
 from central.cli import main as central_main
 from drivers.barcode import classify
+from provisioning.protocol import rfc3339
 from central.store import CentralStore
 
 from .harness import run_main
@@ -200,3 +201,50 @@ def test_a_report_for_a_device_shop_or_region_central_does_not_know_says_so(cent
 def test_keygen_onto_a_directory_says_so(tmp_path):
     result = run_main(central_main, ["--db", str(tmp_path / "c.db"), "--key", str(tmp_path), "keygen"])
     assert result.returncode == 2 and f"{tmp_path} is a directory; give the key file's path" in result.stderr
+
+
+def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people_and_programs(central):
+    import time
+
+    command, db = central
+    now = time.time()
+    store = CentralStore(db)
+    for device, shop, region in (("cb-live", "530102100001", "honghe"), ("cb-fast-clock", "530102100002", "honghe"),
+                                 ("cb-never", "530102100003", "kunming"), ("cb-gone", "530102100004", "kunming")):
+        store.register(device, "key", shop=shop, region=region)
+    status = {"v": 1, "state": "online", "session": 2, "connection": 1, "backlog": 3, "scanners": 1,
+              "agent_version": "0.1.0", "free_bytes": 52_000_000}
+    store.record_status("cb-live", {**status, "device": "cb-live", "sent_at": now - 125.0}, received_at=now - 120, live=True)
+    store.record_status("cb-fast-clock", {**status, "device": "cb-fast-clock", "sent_at": now - 7200 + 300,
+                                          "backlog": 0}, received_at=now - 7200, live=True)
+    store.record_status("cb-gone", {**status, "device": "cb-gone", "state": "offline", "sent_at": now - 3 * 86400},
+                        received_at=now - 3 * 86400, live=True)
+    store.add_events("cb-live", 2, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 4}},
+                                    {"seq": 2, "kind": "document", "body": {"name": "order/W48", "version": 1}},
+                                    {"seq": 3, "kind": "document", "body": {"name": "price_list", "version": 3}}])
+    store.revoke("cb-gone")
+    revoked_at = store.device("cb-gone").revoked_at
+    store.close()
+
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert list(rows) == ["cb-fast-clock", "cb-gone", "cb-live", "cb-never"]
+    live = rows["cb-live"]
+    assert live == {"device": "cb-live", "shop": "530102100001", "region": "honghe", "acked_seq": 3,
+                    "documents": {"price_list": 4, "order/W48": 1}, "state": "online",
+                    "last_seen": rfc3339(now - 120), "backlog": 3, "scanners": 1, "agent_version": "0.1.0",
+                    "free_bytes": 52_000_000, "clock_offset": -5.0, "clock_ok": True, "revoked_at": None}
+    assert (rows["cb-fast-clock"]["clock_offset"], rows["cb-fast-clock"]["clock_ok"]) == (300.0, False)
+    assert rows["cb-never"] == {"device": "cb-never", "shop": "530102100003", "region": "kunming", "acked_seq": 0,
+                                "documents": {}, "state": "never seen", "last_seen": None, "backlog": None,
+                                "scanners": None, "agent_version": None, "free_bytes": None, "clock_offset": None,
+                                "clock_ok": None, "revoked_at": None}
+    assert (rows["cb-gone"]["state"], rows["cb-gone"]["revoked_at"]) == ("revoked", rfc3339(revoked_at))
+
+    table = command("devices").stdout.splitlines()
+    assert table[0].split() == ["device", "shop", "state", "seen", "backlog", "scanners", "clock", "prices", "version"]
+    lines = {line.split()[0]: line.split() for line in table[1:]}
+    assert lines["cb-live"] == ["cb-live", "530102100001", "online", "2m", "ago", "3", "1", "-5s", "4", "0.1.0"]
+    assert lines["cb-fast-clock"] == ["cb-fast-clock", "530102100002", "online", "2h", "ago", "0", "1", "+300s", "!",
+                                      "-", "0.1.0"]
+    assert lines["cb-never"] == ["cb-never", "530102100003", "never", "seen", "-", "-", "-", "-", "-", "-"]
+    assert lines["cb-gone"] == ["cb-gone", "530102100004", "revoked", "3d", "ago", "3", "1", "-", "-", "0.1.0"]
