@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from agent import reports as box_reports
 from central.cli import main as central_main
 from drivers.barcode import classify
 from provisioning.protocol import rfc3339
@@ -248,3 +249,56 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
                                       "-", "0.1.0"]
     assert lines["cb-never"] == ["cb-never", "530102100003", "never", "seen", "-", "-", "-", "-", "-", "-"]
     assert lines["cb-gone"] == ["cb-gone", "530102100004", "revoked", "3d", "ago", "3", "1", "-", "-", "0.1.0"]
+
+
+def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_several_and_json_for_programs(central):
+    from central import reports
+    from central.store import Shop
+
+    from .test_central_reports import DAY, PACK, YUNYAN, count, received, sale as line
+
+    command, db = central
+    store = CentralStore(db)
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True))
+    store.add_shop(Shop("530100000002", "Gejiu No. 1", "honghe"))
+    store.register("cb-a", "k" * 43, shop="530100000001", region="honghe")
+    store.register("cb-b", "k" * 43, shop="530100000002", region="honghe")
+    store.add_events("cb-a", 1, [received(1, 20), line(2, PACK), line(3, PACK, price=2500), count(4, 15)])
+    store.add_events("cb-b", 1, [line(1, PACK), line(2, YUNYAN, product=YUNYAN, name="Yunyan",
+                                                     product_name="Yunyan (pack)", price=1100, list_price=1000)])
+    everywhere, one_shop = reports.Scope(), reports.Scope(shop="530100000001")
+    expected = {("sales", "--week"): reports.sales(store, box_reports.week_of(DAY), everywhere),
+                ("stock",): reports.stock(store, everywhere),
+                ("prices", "--day"): reports.prices(store, [DAY], everywhere)}
+    store.close()
+
+    for (report, *when), result in expected.items():
+        printed = command("report", report, *(when and [when[0], DAY]), "--json")
+        assert printed.returncode == 0 and json.loads(printed.stdout) == json.loads(json.dumps(result)), report
+
+    hongtashan = "06901028075831  Hongtashan (pack)"
+    header = ["product         name               lines  packs  amount   cost  margin",
+              "--------------  -----------------  -----  -----  ------  -----  ------"]
+    assert command("report", "sales", "--day", DAY).stdout.split("\n\n") == [
+        "\n".join(["Shop 530100000001: Sales 2026-11-30", *header,
+                   f"{hongtashan}      2      2   48.00  39.00    9.00",
+                   "total                                  2      2   48.00  39.00    9.00"]),
+        "\n".join(["Shop 530100000002: Sales 2026-11-30", *header,
+                   f"{hongtashan}      1      1   23.00  19.50    3.50",
+                   "06901028001915  Yunyan (pack)          1      1   11.00  19.50   -8.50",
+                   "total                                  2      2   34.00  39.00   -5.00"]),
+        "\n".join(["All shops: Sales 2026-11-30", *header,
+                   f"{hongtashan}      3      3   71.00  58.50   12.50",
+                   "06901028001915  Yunyan (pack)          1      1   11.00  19.50   -8.50",
+                   "total                                  4      4   82.00  78.00    4.00\n"])]
+    one = command("report", "sales", "--day", DAY, "--shop", "530100000001").stdout
+    assert one.startswith("Shop 530100000001: Sales 2026-11-30\n") and "All shops" not in one
+    assert command("report", "stock", "--shop", "530100000001").stdout.splitlines() == [
+        "Shop 530100000001: Stock (packs)",
+        "product         name               packs  counted  below zero",
+        "--------------  -----------------  -----  -------  ----------",
+        f"{hongtashan}     15      yes"]
+    assert command("report", "prices", "--day", DAY, "--monitoring").stdout.splitlines() == [
+        "shop          product                      name                                                 sold at  stock",
+        "------------  --------------  -----------------  ------------------------------------------------------  -----",
+        f"530100000001  {hongtashan}  23.00/pack (list 23.00) x1, 25.00/pack (list 23.00) x1     15"]
