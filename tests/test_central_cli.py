@@ -117,6 +117,10 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
         store.register(device, "key", shop=shop, region=region)
         store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = ?", [time.time() - 9 * 86400, device])
     online = {"v": 1, "state": "online", "session": 1, "connection": 1, "sent_at": 0.0, "backlog": 0}
+
+    def days_ago(n: int) -> str:
+        return time.strftime("%Y-%m-%d", time.localtime(time.mktime(time.strptime(today, "%Y-%m-%d")) + 43200 - n * 86400))
+
     for back in range(10):  # cb-general reports every day; cb-monitor misses one day in ten
         noon = time.mktime(time.strptime(today, "%Y-%m-%d")) + 12 * 3600 - back * 86400
         store.record_status("cb-general", {**online, "device": "cb-general"}, received_at=noon, live=True)
@@ -139,6 +143,19 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
     table = command("uploads", "--days", "10").stdout
     assert "cb-monitor" in table and "monitoring" in table and "90.0%" in table
     assert "region honghe: 2 devices, 95.0% of device-days uploaded, 0 below target" in table
+    assert table.splitlines()[1:] == [
+        "device                   shop             region     kind       days   ok    rate  target",
+        "cb-general               530102100002     honghe     general      10   10  100.0%     85%",
+        "cb-monitor               530102100001     honghe     monitoring   10    9   90.0%     90%",
+        "cb-morning               530102100003     kunming    general       9    9  100.0%     85%",
+        "region honghe: 2 devices, 95.0% of device-days uploaded, 0 below target",
+        "region kunming: 1 devices, 100.0% of device-days uploaded, 0 below target"]
+    week = command("uploads", "--days", "7", "--until", days_ago(3), "--deadline-minutes", "90").stdout.splitlines()
+    assert week[0] == (f"upload success {days_ago(9)} to {days_ago(3)}: a day counts when the box reported that day "
+                       "and none of its sales reached central more than 90 minutes after the scan")
+    assert week[3].split() == ["cb-monitor", "530102100001", "honghe", "monitoring", "7", "6", "85.7%", "90%", "BELOW",
+                               "TARGET"]
+    assert week[5] == "region honghe: 2 devices, 92.9% of device-days uploaded, 1 below target"
     below = json.loads(command("uploads", "--days", "5", "--json").stdout)  # the missed day weighs more
     assert {row["device"]: row["meets_target"] for row in below["devices"]} == {"cb-general": True, "cb-monitor": False,
                                                                                 "cb-morning": True}
