@@ -320,3 +320,68 @@ def test_an_event_central_holds_sent_again_as_damaged_is_a_duplicate_not_a_confl
     assert [(e["seq"], e["kind"]) for e in central.store.events()] == [(1, "sale"), (2, "sale"), (3, "sale")]
     with pytest.raises(Rejected, match="seq 1 differs from the event central already holds"):
         central.handle(batch_message([Event(1, "damaged", {"kind": "misread", "reason": "x"})], key=central.box_key))
+
+
+# -- serving, against a real broker ---------------------------------------------------------------
+
+def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_topics(central, box, tmp_path, caplog):
+    """``serve`` in this process against a real Mosquitto: a batch stored and acknowledged retained, a forged
+    one rejected with nothing answered, a status and a hello noted, an activation answered and its pushed
+    code cleared, and the ingest ends when cancelled."""
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+    key, device_id = box
+    code = issue(central)
+    forger = Ed25519PrivateKey.generate()
+
+    async def main(port: int) -> tuple[dict[str, list[Message]], Message]:
+        serving = asyncio.create_task(central.ingest.serve(host="127.0.0.1", port=port, client_id="central-test"))
+        heard: dict[str, list[Message]] = {}
+        topics = [protocol.ack_topic(PREFIX, "shop-1"), activation.topic(PREFIX, device_id, "result"),
+                  activation.topic(PREFIX, device_id, "code")]
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box", subscriptions=topics) as box_link:
+            while sum("subscribed to" in r.getMessage() for r in caplog.records) < 4 + len(topics):
+                await asyncio.sleep(0.02)  # central's four subscriptions and the box's own are in place
+            await box_link.publish(activation.topic(PREFIX, device_id, "code"), code.encode(), retain=True)
+            await box_link.publish(protocol.batch_topic(PREFIX, "shop-1"), batch_message(sales(1), key=forger).payload)
+            for message in (batch_message(sales(1, 2), key=central.box_key),
+                            status_message(key=central.box_key, sent_at=time.time(), backlog=0),
+                            Message(activation.topic(PREFIX, device_id, "hello"),
+                                    activation.encode_hello(device_id, key, agent_version="1.4.0", sent_at=time.time())),
+                            request(key, device_id, code)):
+                await box_link.publish(message.topic, message.payload)
+            async with asyncio.timeout(20):
+                async for message in box_link.messages():
+                    heard.setdefault(message.topic.rsplit("/", 1)[-1], []).append(message)
+                    if "ack" in heard and "result" in heard and any(not m.payload for m in heard.get("code", [])):
+                        break
+        # The acknowledgement is retained: a box that connects later learns at once how far central holds.
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box-later", subscriptions=topics[:1]) as later:
+            async with asyncio.timeout(20):
+                retained = await anext(later.messages())
+        serving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await serving
+        return heard, retained
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        heard, retained = asyncio.run(main(stack.broker_port))
+    [ack] = heard["ack"]
+    assert retained.retain and retained.payload == ack.payload
+    assert protocol.decode_ack(ack.payload, device="shop-1", key=central.central_public) == 2
+    assert [e["seq"] for e in central.store.events()] == [1, 2]
+    assert central.store.status("shop-1").state == "online"
+    [result] = heard["result"]
+    assert activation.decode_result(result.payload, device=device_id, key=central.central_public)["accepted"] is True
+    assert central.store.device(device_id).shop == "530100000009"
+    logged = [r.getMessage() for r in caplog.records if r.name == "central.ingest"]
+    assert any(line.startswith("batch rejected topic=counterbox/v1/devices/shop-1/batch") for line in logged), logged
+    assert "batch accepted device=shop-1 seq=1..2 new=2 acked_seq=2" in logged
+    assert f"device {device_id} waits for activation" in logged and f"device {device_id} activated" in logged
+    assert "device shop-1 online" in logged
