@@ -168,3 +168,69 @@ def test_a_revoked_box_keeps_its_access_until_it_has_handed_in_its_sales_and_los
     again = Client(production, "d-again", a_id, password)
     assert again.connect_reason in (NOT_AUTHORIZED, 134)
     again.close()
+
+
+def test_central_admits_a_box_to_its_own_topics_and_cuts_it_off_through_the_plugin_in_this_process(tmp_path,
+                                                                                                   monkeypatch):
+    """``BrokerAdmin`` in this process against the production broker: a box admitted (twice, as when it
+    asks again) reaches its own topics and its region's documents and nothing else; a command the plugin
+    refuses is named; a box cut off is disconnected at once and refused after; a broker that is gone is
+    said to be so within the answer timeout."""
+    import asyncio
+
+    from central import broker
+    from central.errors import CentralError
+    from provisioning.protocol import DEFAULT_PREFIX as PREFIX
+
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+        port, tls = stack.broker_port, stack.tls
+
+        def link():
+            return broker.BrokerAdmin.link(host="127.0.0.1", port=port, username=broker.CENTRAL_USER,
+                                           password=(tls / "central.password").read_text().strip(),
+                                           ca_file=tls / "ca.crt", client_id="central-admin-test")
+
+        def probe(as_a: Client) -> dict:
+            own = f"{PREFIX}/devices/shop-a"
+            return {"own batch": as_a.publish(f"{own}/batch"), "own status": as_a.publish(f"{own}/status"),
+                    "b's batch": as_a.publish(f"{PREFIX}/devices/shop-b/batch"), "own ack": as_a.publish(f"{own}/ack"),
+                    "own documents": as_a.subscribe(f"{own}/docs/#"),
+                    "region's documents": as_a.subscribe(f"{PREFIX}/regions/honghe/docs/#"),
+                    "other region's documents": as_a.subscribe(f"{PREFIX}/regions/kunming/docs/#"),
+                    "b's acks": as_a.subscribe(f"{PREFIX}/devices/shop-b/ack")}
+
+        async def admit_then_cut_off() -> tuple[dict, str]:
+            async with broker.BrokerAdmin(link()) as admin:
+                for _ in range(2):
+                    await admin.execute(broker.admit_commands(PREFIX, "shop-a", "honghe", "password-of-a"))
+                await admin.execute(broker.admit_commands(PREFIX, "shop-b", "kunming", "password-of-b"))
+                as_a = await asyncio.to_thread(Client, stack, "a-probe", "shop-a", "password-of-a")
+                reached = await asyncio.to_thread(probe, as_a)
+                with pytest.raises(CentralError, match="the broker refused createRole: Role already exists"):
+                    await admin.execute([{"command": "createRole", "rolename": "device-shop-b", "acls": []}])
+                await admin.execute(broker.cut_off_commands("shop-a"))
+                cut_off = time.monotonic()
+                await asyncio.to_thread(wait_until, lambda: as_a.disconnected_at is not None, 5, "shop-a cut off")
+                reached["cut off within"] = as_a.disconnected_at - cut_off
+                as_a.close()
+                again = await asyncio.to_thread(Client, stack, "a-again", "shop-a", "password-of-a")
+                reached["again"] = again.connect_reason
+                again.close()
+                monkeypatch.setattr(broker, "ANSWER_TIMEOUT", 0.5)
+                await asyncio.to_thread(stack.stop_broker)
+                with pytest.raises(CentralError) as gone:
+                    await admin.execute(broker.cut_off_commands("shop-b"))
+                return reached, str(gone.value)
+
+        reached, gone = asyncio.run(admit_then_cut_off())
+    # Allowed: PUBACK 0 or 16 (no subscribers yet), SUBACK 1 (granted at QoS 1).
+    assert reached["own batch"] in (0, 16) and reached["own status"] in (0, 16)
+    assert (reached["own documents"], reached["region's documents"]) == (1, 1)
+    assert {what: reached[what] for what in ("b's batch", "own ack", "other region's documents", "b's acks")} == {
+        "b's batch": NOT_AUTHORIZED, "own ack": NOT_AUTHORIZED, "other region's documents": NOT_AUTHORIZED,
+        "b's acks": NOT_AUTHORIZED}
+    assert reached["cut off within"] < 1.0 and reached["again"] in (NOT_AUTHORIZED, 134)
+    assert gone in ("the broker's access control is unreachable for 0 s",
+                    "the broker's access control did not answer: timed out") or gone.startswith(
+        "the broker's access control did not answer: not connected"), gone
