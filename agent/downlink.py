@@ -105,6 +105,7 @@ class Downlink:
             logger.warning("message on an unexpected topic ignored topic=%s", message.topic)
 
     def _check(self, message: Message) -> Document:
+        """The document, signed by operations and meant for this box; ProtocolError otherwise."""
         document = documents.decode_document(message.payload, trusted=self.trusted)
         expected = documents.topic(self.topic_prefix, document.scope, document.name)
         if message.topic != expected:
@@ -112,12 +113,16 @@ class Downlink:
         if not document.scope.includes(self.device_id, self.region):
             raise ProtocolError(f"it is for {document.scope.as_json()}, not this device "
                                 f"({self.device_id}, region {self.region or 'none'})")
+        return document
+
+    @staticmethod
+    def _usable(document: Document) -> None:
+        """A new version, checked before it is applied: ProtocolError when this box cannot take it now."""
         if time.time() > document.expires_at:
             raise ProtocolError(f"it expired at {protocol.rfc3339(document.expires_at)}")
         timezone = document.body.get("counter", {}).get("timezone") if document.kind == "settings" else None
         if timezone and time_zone(timezone) is None:
             raise ProtocolError(f"its time zone {timezone!r} is not one this box knows")
-        return document
 
     async def _document(self, message: Message) -> None:
         if not message.payload:
@@ -135,11 +140,17 @@ class Downlink:
             return
         held = self._applied.get(document.name, 0)
         if document.version == held:
+            # The retained copy, at every connection: applied already, though it may have expired since.
             logger.debug("document %s version %d already applied", document.name, held)
             return
         if document.version < held:
             logger.warning("document refused %s version=%d: version %d is applied; an older or replayed "
                            "document changes nothing", document.name, document.version, held)
+            return
+        try:
+            self._usable(document)
+        except ProtocolError as error:
+            logger.warning("document refused topic=%s: %s; nothing changed", message.topic, error)
             return
         try:
             seq = await self.store.write(lambda journal: apply(journal, document))

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from drivers.barcode import classify, scannable
-from provisioning.documents import MAX_PACKS
+from provisioning.documents import CONTROL, MAX_PACKS
 
 from .catalog import CARTON_PACKS
 
@@ -85,7 +85,6 @@ def read_csv(path: Path) -> list[Item]:
     return parse_csv(text)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 and C1 controls; any other text (a full-width space) is a name's
 
 
 def csv_rows(text: str, required: set[str], error: type[Exception], *,
@@ -107,7 +106,7 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
         for line, row in enumerate(reader, start=2):
             fields = {name: (value or "").strip() for name, value in row.items()
                       if isinstance(name, str) and isinstance(value, str)}
-            if any(_CONTROL.search(value) for name, value in fields.items() if name in read):
+            if any(CONTROL.search(value) for name, value in fields.items() if name in read):
                 raise error(f"line {line}: a field holds a control character")
             yield line, fields
     except csv.Error as failed:

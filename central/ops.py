@@ -19,7 +19,7 @@ from agent import orders
 from agent.prices import PriceListError, read_csv
 from provisioning import activation, documents, protocol
 from provisioning.activation import ActivationCode
-from provisioning.documents import Document, Scope
+from provisioning.documents import CONTROL, Document, Scope
 from provisioning.errors import IdentityError, ProtocolError, ProvisioningError
 from provisioning.identity import create_key, key_id, load_key, parse_public_key, public_key_text
 
@@ -160,7 +160,7 @@ def _prices_push(args) -> int:
         items = read_csv(args.file)
     except PriceListError as error:
         raise CentralError(f"{args.file}: {error}") from None
-    body = {"source": args.file.name, "currency": args.currency,
+    body = {"source": CONTROL.sub("?", args.file.name), "currency": args.currency,
             "items": [item.as_json() for item in items]}
     return _push(args, kind="price_list", name="price_list", body=body)
 

@@ -46,6 +46,11 @@ MAX_GRACE = 30 * 86400  # seconds a revoked box goes on delivering before it era
 # An IANA time zone name ("Asia/Shanghai", "America/Argentina/Buenos_Aires"): at most four levels.
 TIME_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]{1,32}(/[A-Za-z0-9_+\-]{1,32}){0,3}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# C0 and C1 controls: no name or code holds one (an escape sequence would reach a terminal's report);
+# any other text, a full-width space included, may be a name's. A file loaded on the box keeps it too.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+PRICE_ITEM_KEYS = frozenset({"barcode", "name", "price", "unit", "packs", "cost", "product"})
+ORDER_LINE_KEYS = frozenset({"barcode", "name", "quantity"})
 _REGION = _ORDER_ID
 
 
@@ -101,15 +106,22 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
     """A body the box can use as it is, by the same rules as a file loaded on the box: anything else
     would fail later, at a scan or a delivery, or record what nobody meant."""
     if kind == "price_list":
-        items, currency = body.get("items"), body.get("currency")
-        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency) or not isinstance(items, list):
-            raise ProtocolError("a price list needs a currency (ISO 4217, like CNY) and a list of items")
+        _only("price list", body, {"source", "currency", "items"})
+        items, currency, source = body.get("items"), body.get("currency"), body.get("source", "")
+        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency) or not isinstance(items, list) \
+                or not items:
+            raise ProtocolError("a price list needs a currency (ISO 4217, like CNY) and a list of one item or more")
+        if not _text(source):
+            raise ProtocolError("a price list's source is text without control characters")
         keys: dict[str, int] = {}  # product key -> the item that listed it
         for number, item in enumerate(items, 1):
-            if not (isinstance(item, dict) and _code(item.get("barcode")) and isinstance(item.get("name"), str)
+            if not (isinstance(item, dict) and _code(item.get("barcode")) and _text(item.get("name"))
                     and natural(item.get("price"), 0, MAX_AMOUNT)):
-                raise ProtocolError(f"price list item {number} needs a barcode with its check digit right, a name, "
-                                    f"and a price in the currency's minor unit (an integer from 0 to {MAX_AMOUNT})")
+                raise ProtocolError(f"price list item {number} needs a barcode with its check digit right, a name "
+                                    "(text without control characters), and a price in the currency's minor unit "
+                                    f"(an integer from 0 to {MAX_AMOUNT})")
+            if set(item) - PRICE_ITEM_KEYS:
+                raise ProtocolError(f"price list item {number} holds {', '.join(sorted(PRICE_ITEM_KEYS))} only")
             # What a row is, for stock and margins (optional; a plain row is a pack): as a CSV row must be.
             unit, packs, product = item.get("unit", "pack"), item.get("packs", 1), item.get("product")
             own = classify(item["barcode"]).key
@@ -144,10 +156,16 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
             # Its receiving's close lists every line with what arrived: it must fit an event too.
             raise ProtocolError(f"an order of {len(lines)} lines is more than the {MAX_ORDER_LINES} a box receives")
         for number, line in enumerate(lines, 1):
-            if not (isinstance(line, dict) and _code(line.get("barcode")) and isinstance(line.get("name"), str)
+            if not (isinstance(line, dict) and _code(line.get("barcode")) and _text(line.get("name"))
                     and natural(line.get("quantity"), 1, MAX_QUANTITY)):
-                raise ProtocolError(f"order line {number} needs a barcode with its check digit right, a name and "
-                                    f"a quantity from 1 to {MAX_QUANTITY}")
+                raise ProtocolError(f"order line {number} needs a barcode with its check digit right, a name (text "
+                                    f"without control characters) and a quantity from 1 to {MAX_QUANTITY}")
+            if set(line) - ORDER_LINE_KEYS:
+                raise ProtocolError(f"order line {number} holds {', '.join(sorted(ORDER_LINE_KEYS))} only")
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and not CONTROL.search(value)
 
 
 def _only(kind: str, body: dict[str, Any], names: set[str]) -> None:

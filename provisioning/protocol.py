@@ -48,6 +48,10 @@ MAX_TOKEN_BYTES = MAX_PACKET_BYTES - 64 * 1024
 _ENVELOPE = 2048
 MAX_EVENT_BYTES = (MAX_TOKEN_BYTES - _ENVELOPE) * 3 // 4 - _ENVELOPE
 MAX_DEVICE_ID = 64  # characters
+# How deep a message's JSON may nest (arrays and objects within one another). The protocol's own
+# messages nest a few levels; a bound far above them keeps every reader and writer on the path (the
+# journal, the stores, a batch's encoding, each with a stack of its own) well away from its limit.
+MAX_NESTING = 32
 
 
 def batch_topic(prefix: str, device: str) -> str:
@@ -270,32 +274,67 @@ def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
         raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r}"
                             + (f" from {kid!r}" if kid is not None else ""))
     try:
-        decoded = json.loads(payload, parse_constant=_not_json, parse_float=_finite)
+        # UTF-8 strictly (RFC 8259): no byte order mark, no UTF-16, no surrogate spelled in bytes.
+        decoded = json.loads(payload.decode("utf-8"), parse_constant=_not_json, parse_float=_finite)
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"payload is not UTF-8 JSON: {error.reason} at byte {error.start}") from None
     except RecursionError:
         raise ProtocolError("payload is not JSON: nested too deeply") from None
     except ValueError as error:
         raise ProtocolError(f"payload is not JSON: {error}") from None
     if not isinstance(decoded, dict):
         raise ProtocolError(f"payload is a JSON {type(decoded).__name__}, not an object")
+    if typ != BATCH_TYPE and not nested_within(decoded, MAX_NESTING):
+        # A batch's bodies are the box's own journal's, which holds nothing deeper than it was given:
+        # central stores them, or refuses one nested too deeply for its store (a RecursionError there).
+        raise ProtocolError(f"payload nests deeper than {MAX_NESTING} levels")
     if b"\\u" in payload and not _text_stores(decoded):  # escapes are rare on the wire: the check is too
         raise ProtocolError("payload holds text no store keeps: a lone surrogate, or a NUL character")
     return header, decoded
 
 
-# A NUL escaped in JSON text (\u0000, behind an even number of backslashes): PostgreSQL's text and jsonb
-# take no NUL, so no text on the wire holds one. The journal refuses one too (storage/journal.py).
-_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+def nested_within(value: dict[str, Any] | list[Any], most: int) -> bool:
+    """Whether the object or array ``value`` and those within it nest ``most`` levels deep at most (itself
+    the first), walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        members = item.values() if isinstance(item, dict) else item
+        for member in members:
+            if isinstance(member, (dict, list)):
+                if depth >= most:
+                    return False
+                stack.append((member, depth + 1))
+    return True
+
+
+# A NUL (PostgreSQL's text and jsonb take none) or a lone surrogate (UTF-8 has none) in JSON text can
+# only be spelled as an escape; no text on the wire holds one. The journal refuses both too.
 
 
 def _text_stores(value: Any) -> bool:
-    """Every string in ``value`` is Unicode text (no lone surrogate, which JSON's escapes can spell)
-    without NUL."""
+    """Every string in ``value`` (keys too) is Unicode text (no lone surrogate, which JSON's escapes can
+    spell) without NUL. Walked without recursion, however deep a batch's bodies nest."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item or not _encodes(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
+
+
+def _encodes(text: str) -> bool:
     try:
-        text = json.dumps(value, ensure_ascii=False)
         text.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return not _NUL.search(text)
+    return True
 
 
 def is_version(value: Any) -> bool:

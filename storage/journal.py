@@ -244,6 +244,8 @@ class Journal:
         except ValueError:
             raise JournalError(f"a {kind} event holds a NaN or infinite number, which JSON has not; "
                                "it was not recorded") from None
+        except RecursionError:
+            raise JournalError(f"a {kind} event nests too deeply for JSON; it was not recorded") from None
         if b"\\u0000" in plaintext and _NUL.search(plaintext):
             raise JournalError(f"a {kind} event holds a NUL character, which no batch carries (central's "
                                "databases keep no NUL in text); it was not recorded")

@@ -96,6 +96,12 @@ def _item(**change):
     (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": [
         {"barcode": "1", "name": "x", "quantity": 0}]}), k, kid),
      "order line 1 needs"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": [
+        {"barcode": "96385074", "name": "x\r\nEVIL", "quantity": 1}]}), k, kid),
+     "order line 1 needs a barcode with its check digit right, a name (text without control characters)"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": [
+        {"barcode": "96385074", "name": "x", "quantity": 1, "price": 100}]}), k, kid),
+     "order line 1 holds barcode, name, quantity only"),
     (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", body={"reason": "closed",
                                                                                  "grace_seconds": 60}), k, kid),
      "a revocation is for one device, never a region"),
@@ -105,7 +111,7 @@ def _item(**change):
     (lambda k, kid: b"\xff" + documents.encode_document(document(), key=k, kid=kid), "not a JWS compact token"),
 ], ids=["untrusted-kid", "other-key", "typ", "version", "kind", "version-0", "name", "order-name", "two-scopes",
         "unknown-scope", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
-        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "region-revocation", "no-grace", "oversize",
+        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "line-name-control", "line-key", "region-revocation", "no-grace", "oversize",
         "non-ascii"])
 def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_reason(ops, forge, reason):
     kid = key_id(ops)
@@ -117,7 +123,15 @@ UNIT_RULE = "price list item 1: unit must be pack"
 
 
 @pytest.mark.parametrize("body,reason", [
-    ({"currency": "CNY", "items": {"barcode": "1"}}, "needs a currency (ISO 4217, like CNY) and a list of items"),
+    ({"currency": "CNY", "items": {"barcode": "1"}},
+     "needs a currency (ISO 4217, like CNY) and a list of one item or more"),
+    ({"currency": "CNY", "items": []}, "and a list of one item or more"),  # a file of no items is refused too
+    ({**PRICES, "region": "honghe"}, "a price list holds currency, items, source only, not region"),
+    ({**PRICES, "source": "prices\x1b[2J.csv"}, "a price list's source is text without control characters"),
+    (_item(name="Hongtashan\x1b]0;owned\x07"), "price list item 1 needs a barcode with its check digit right, a name "
+                                               "(text without control characters)"),
+    (_item(name="Hongta\x85shan"), "a name (text without control characters)"),  # C1 as well as C0
+    (_item(note={"deep": [1]}), "price list item 1 holds barcode, cost, name, packs, price, product, unit only"),
     ({"currency": "cny", "items": []}, "needs a currency"),
     (_item(unit="box"), UNIT_RULE),
     (_item(unit="pack", packs=2), UNIT_RULE),
@@ -126,7 +140,7 @@ UNIT_RULE = "price list item 1: unit must be pack"
     (_item(unit="carton", packs=10), UNIT_RULE),
     (_item(cost=-1), UNIT_RULE),
     (_item(product=""), UNIT_RULE),
-    (_item(barcode="6" * 49), "price list item 1 needs a barcode with its check digit right, a name, and a price"),
+    (_item(barcode="6" * 49), "price list item 1 needs a barcode with its check digit right, a name "),
     (_item(barcode="69010280\x0175831"), "price list item 1 needs"),
     (_item(name=None), "price list item 1 needs"),
     (_item(barcode="6901028075832"), "price list item 1 needs a barcode with its check digit right"),
@@ -142,7 +156,8 @@ UNIT_RULE = "price list item 1: unit must be pack"
     ({"currency": "CNY", "items": [{"barcode": "036000291452", "name": "x", "price": 1},
                                    {"barcode": "0036000291452", "name": "y", "price": 2}]},
      "price list items 1 and 2 list the same product"),  # a UPC-A and its EAN-13: one product
-], ids=["items-not-a-list", "currency-case", "unit", "pack-of-two", "no-packs", "case-without-packs",
+], ids=["items-not-a-list", "no-items", "other-key", "source-control", "name-escape", "name-c1", "item-key",
+        "currency-case", "unit", "pack-of-two", "no-packs", "case-without-packs",
         "carton-without-product", "negative-cost", "empty-product", "barcode-49", "barcode-control", "no-name",
         "check-digit", "price-over", "price-huge", "cost-over", "packs-over", "carton-of-itself", "pack-of-another",
         "product-check-digit", "twice", "upc-and-ean"])
@@ -218,7 +233,7 @@ def test_settings_a_box_cannot_take_are_refused_with_their_reason(ops, body, rea
     ("order", "order/7", {**ORDER, "order_id": "7", "name": None}, "an order holds lines, order_id only, not name"),
     ("order", "order/7", {**ORDER, "order_id": "7", "version": 99}, "not version"),
     ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "quantity": documents.MAX_QUANTITY + 1}]},
-     "order line 1 needs a barcode with its check digit right, a name and a quantity from 1 to 100000"),
+     "order line 1 needs a barcode with its check digit right, a name (text without control characters) and a quantity from 1 to 100000"),
     ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "quantity": 10**30}]}, "order line 1 needs"),
     ("order", "order/7", {"order_id": "7", "lines": [{**ORDER["lines"][0], "barcode": "6901028075832"}]},
      "order line 1 needs"),
@@ -353,6 +368,38 @@ def test_an_order_applied_keeps_its_stream_name_and_version_in_the_event(tmp_pat
     order = asyncio.run(test())
     assert (order.body["name"], order.body["version"], order.body["order_id"]) == ("order/7", 2, "7")
     assert order.body["lines"] == ORDER["lines"]
+
+
+def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietly_ignored(tmp_path, ops, caplog,
+                                                                                           monkeypatch):
+    """An order stays retained for good: once past its expiry, its copy at every reconnection is the one the
+    box applied, not a refusal to warn of. A new version that has expired is refused."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="agent.downlink")
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            now = time.time()
+            order = _message(ops, kind="order", name="order/7", version=1, body={**ORDER, "order_id": "7"},
+                             expires_at=protocol.rfc3339(now + 60))
+            await downlink.handle(order)
+            monkeypatch.setattr(time, "time", lambda: now + 120)  # an hour of reconnections later, past its expiry
+            for _ in range(3):
+                await downlink.handle(order)
+            newer = _message(ops, kind="order", name="order/7", version=2, body={**ORDER, "order_id": "7"},
+                             issued_at=protocol.rfc3339(now), expires_at=protocol.rfc3339(now + 60))
+            await downlink.handle(newer)
+            return await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "order": 1}
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.downlink"]
+    assert [m for level, m in said if level == "DEBUG"] == ["document order/7 version 1 already applied"] * 3
+    [refused] = [m for level, m in said if level == "WARNING"]
+    assert refused.startswith("document refused topic=counterbox/v1/regions/honghe/docs/order/7: it expired at ")
 
 
 # -- end to end: operations' command, the broker, the box -----------------------------------------------------

@@ -385,3 +385,45 @@ def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_t
     assert "batch accepted device=shop-1 seq=1..2 new=2 acked_seq=2" in logged
     assert f"device {device_id} waits for activation" in logged and f"device {device_id} activated" in logged
     assert "device shop-1 online" in logged
+
+
+def test_a_message_nested_as_deep_as_the_parser_goes_is_refused_never_an_internal_error(central, box):
+    """Anyone may say hello (any key makes a device id): a hello nested near the parser's limit, with an
+    escape that makes central look at its text, was an internal error at every retained delivery. And a box's
+    own batch with a body deeper than a store writes is refused with its reason rather than failing each resend."""
+    import threading
+
+    key, device_id = box
+    outcomes: list[str] = []
+
+    def hello(depth: int) -> Message:
+        body = ('{"v":1,"device":"%s","public_key":"%s","agent_version":"0.1.0","sent_at":"2026-01-01T00:00:00.000Z",'
+                '"note":"\\u00e9","x":%s}' % (device_id, public_key_text(key), "[" * depth + "]" * depth)).encode()
+        return Message(activation.topic(PREFIX, device_id, "hello"),
+                       jws.sign(body, key, kid=device_id, typ=activation.HELLO_TYPE).encode(), retain=True)
+
+    def deep_batch(depth: int) -> Message:
+        body = '{"x":' + "[" * depth + "]" * depth + "}"
+        events = '[{"seq":1,"kind":"sale","body":%s}]' % body
+        payload = ('{"v":1,"device":"shop-1","session":1,"first_seq":1,"last_seq":1,'
+                   '"sent_at":"2026-01-01T00:00:00.000Z","events":%s}' % events).encode()
+        return Message(protocol.batch_topic(PREFIX, "shop-1"),
+                       jws.sign(payload, central.box_key, kid="shop-1", typ=protocol.BATCH_TYPE).encode())
+
+    def run() -> None:  # in a thread of its own, as central's store thread runs it
+        for message in [*(deep_batch(depth) for depth in range(1000, 900, -3)),
+                        *(hello(depth) for depth in range(1000, 20, -7))]:
+            try:
+                central.handle(message)
+                outcomes.append("handled")
+            except Rejected as rejected:
+                outcomes.append(str(rejected))
+            except Exception as error:  # what the consumer logs as an internal error
+                outcomes.append(f"INTERNAL {type(error).__name__}")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not [outcome for outcome in outcomes if outcome.startswith("INTERNAL")], set(outcomes)
+    assert any("nests deeper than 32 levels" in outcome for outcome in outcomes)
+    assert outcomes[-1] == "handled"  # a hello within the limit is noted

@@ -282,6 +282,15 @@ def test_a_body_json_cannot_hold_is_refused_when_it_is_recorded(journal, number)
     assert journal.last_seq() == 0
 
 
+def test_a_body_nested_deeper_than_json_is_written_is_refused_when_it_is_recorded(journal):
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(JournalError, match="a snapshot event nests too deeply for JSON; it was not recorded"):
+        journal.append("snapshot", {"stock": deep})
+    assert journal.last_seq() == 0 and journal.append("snapshot", {"stock": [[1]]}) == 1
+
+
 def test_text_no_batch_could_carry_is_refused_when_it_is_recorded(journal):
     """A lone surrogate (what Python makes of a file name's bytes that are not UTF-8) fits the JSON of a
     journal but no UTF-8 batch: it would sit at the head of the outbox for ever. Refused at once."""

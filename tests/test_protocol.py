@@ -90,7 +90,18 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
                                              {"seq": 5, "kind": "sale", "body": {}}]), key), "lacks its kind or body"),
     (lambda key: signed([1, 2], key), "payload is a JSON list, not an object"),
     (lambda key: signed(None, key), "payload is a JSON NoneType, not an object"),
-    (lambda key: jws.sign(b"\xff\xfe", key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
+    (lambda key: jws.sign(b"\xff\xfe", key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(),
+     "payload is not UTF-8 JSON: invalid start byte at byte 0"),
+    # RFC 8259's JSON between systems is UTF-8 without a byte order mark: what a standard reader refuses is refused.
+    (lambda key: jws.sign(json.dumps(good_payload()).encode("utf-8-sig"), key, kid=DEVICE,
+                          typ=protocol.BATCH_TYPE).encode(), "payload is not JSON: Unexpected UTF-8 BOM"),
+    (lambda key: jws.sign(json.dumps(good_payload()).encode("utf-16-le"), key, kid=DEVICE,
+                          typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
+    (lambda key: jws.sign(json.dumps(good_payload()).encode("utf-32-be"), key, kid=DEVICE,
+                          typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
+    # A lone surrogate as bytes (ED A0 80), not as an escape: no UTF-8 reader or store takes it.
+    (lambda key: jws.sign(json.dumps(good_payload()).replace('"sale"', '"sale\udc00"').encode("utf-8", "surrogatepass"),
+                          key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not UTF-8 JSON"),
     (lambda key: jws.sign(json.dumps(good_payload(events=[{"seq": 4, "kind": "sale", "body": {"x": float("nan")}},
                                                            {"seq": 5, "kind": "sale", "body": {}}])).encode(),
                           key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode(), "payload is not JSON"),
@@ -107,7 +118,7 @@ def test_a_token_signed_as_eddsa_is_refused_even_with_the_right_key(key):
     (lambda key: b"\xff" + signed(good_payload(), key)[1:], "not a JWS compact token (non-ASCII bytes)"),
     (lambda key: signed(good_payload(events=[4, 5]), key), "batch seq 4..5 does not match its 2 events"),
 ], ids=["kid", "typ", "payload-device", "version", "first-seq", "last-seq", "gap", "seq-zero", "session",
-        "no-events", "body-not-object", "array", "null", "not-json", "nan", "1e400", "non-ascii", "other-key",
+        "no-events", "body-not-object", "array", "null", "not-json", "bom", "utf-16", "utf-32", "surrogate-bytes", "nan", "1e400", "non-ascii", "other-key",
         "session-negative", "crit", "nested", "non-ascii-first", "events-not-objects"])
 def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
@@ -274,3 +285,49 @@ def test_a_batch_whose_sent_at_is_not_a_time_string_is_kept_without_it(key, sent
 def test_a_time_on_the_wire_is_utc_written_with_its_z_or_it_is_refused(text):
     with pytest.raises(ValueError, match="is not an RFC 3339 UTC time"):
         protocol.parse_rfc3339(text)
+
+
+def nested(depth: int) -> dict | list:
+    """Objects and arrays within one another, ``depth`` levels deep."""
+    value: dict | list = {}
+    for level in range(depth - 1):
+        value = [value] if level % 2 else {"in": value}
+    return value
+
+
+def nested_list(depth: int, bottom) -> list:
+    value = bottom
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("typ", [protocol.ACK_TYPE, protocol.STATUS_TYPE, "counterbox-document+jws"])
+def test_a_message_other_than_a_batch_nests_no_deeper_than_the_protocols_limit(key, typ):
+    """Every reader and writer on the path (journal, stores, a batch's encoding) keeps well away from its own
+    limit: a document, acknowledgement or status nested deeper than MAX_NESTING is refused when it is opened."""
+    def payload(depth: int) -> dict:
+        outer = {"v": 1, "device": DEVICE, "x": 1}
+        outer["x"] = nested(depth - 1)  # the payload itself is the first level
+        return outer
+
+    assert protocol.nested_within(nested(protocol.MAX_NESTING), protocol.MAX_NESTING)
+    assert not protocol.nested_within(nested(protocol.MAX_NESTING + 1), protocol.MAX_NESTING)
+    protocol.verified(signed(payload(protocol.MAX_NESTING), key, typ=typ), key.public_key(), typ=typ)
+    with pytest.raises(ProtocolError, match=f"payload nests deeper than {protocol.MAX_NESTING} levels"):
+        protocol.verified(signed(payload(protocol.MAX_NESTING + 1), key, typ=typ), key.public_key(), typ=typ)
+
+
+def test_text_a_store_cannot_keep_is_found_however_deep_it_lies_without_recursing(key):
+    """Checked by walking, not by encoding the payload again (which recursed past Python's limit at depths
+    the parser had taken, and failed as an internal error rather than a refusal)."""
+    assert not protocol._text_stores(nested_list(5000, {"name": "\ud800"}))
+    assert not protocol._text_stores(nested_list(5000, "a\x00b"))
+    assert protocol._text_stores(nested_list(5000, "fine"))
+    token = jws.sign(json.dumps(good_payload(events=[{"seq": 4, "kind": "sale", "body": {"n": {"\u0000": 1}}},
+                                                     {"seq": 5, "kind": "sale", "body": {}}])).encode(),
+                     key, kid=DEVICE, typ=protocol.BATCH_TYPE).encode()
+    with pytest.raises(ProtocolError, match="text no store keeps"):  # a NUL in a key, too
+        protocol.decode_batch(token, device=DEVICE, key=key.public_key())
+    assert not protocol._text_stores([[[[{"k": ["fine", "\udfff"]}]]]])
+    assert protocol._text_stores({"k": ["f\u00e9ine", {"\u4e2d": "\U0001f600"}]})
