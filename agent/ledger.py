@@ -122,6 +122,9 @@ def day_of(body: dict[str, Any]) -> str:
 # The numbers events carry, each an integer when present: a ledger folds nothing of an event whose
 # numbers are not (a tool's, or damaged), rather than part of it.
 _NUMBERS = ("quantity", "packs", "unit_price", "list_price", "cost", "amount", "voids", "counted")
+# And its names, each text when present: a product that was a number would fold, then stop every report
+# that sorts the shop's products.
+_TEXTS = ("product", "day", "name", "product_name", "code", "unit")
 
 RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's totals): today, and a clock that jumped
 
@@ -159,7 +162,8 @@ class Ledger:
         if handler is not None:
             # Its numbers are checked before anything is folded: one that fails half way would leave
             # a product's figures changed by an event the totals never counted.
-            if not all(type(body.get(name)) is int or body.get(name) is None for name in _NUMBERS):
+            if not (all(type(body.get(name)) is int or body.get(name) is None for name in _NUMBERS)
+                    and all(type(body.get(name)) is str or body.get(name) is None for name in _TEXTS)):
                 self.unreadable.append(seq)
                 return
             try:

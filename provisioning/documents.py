@@ -28,8 +28,8 @@ from drivers.barcode import classify, scannable
 
 from . import jws
 from .errors import ProtocolError, SignatureError
-from .protocol import (MAX_TOKEN_BYTES, VERSION, is_version, natural, parse_rfc3339, payload_json, rfc3339,
-                       valid_device_id, verified)
+from .protocol import (MAX_EVENT_BYTES, MAX_TOKEN_BYTES, VERSION, is_version, natural, parse_rfc3339, payload_json,
+                       rfc3339, valid_device_id, verified)
 
 DOCUMENT_TYPE = "counterbox-doc+jws"
 KINDS = ("price_list", "order", "settings", "revocation")
@@ -164,6 +164,23 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
                 raise ProtocolError(f"order line {number} holds {', '.join(sorted(ORDER_LINE_KEYS))} only")
 
 
+# What a box records beside a document's body in its content event: the stream's name, the version, the
+# time it was issued, the source. Far less than this.
+CONTENT_MARGIN = 1024
+
+
+def _check_content_size(body: dict[str, Any], *, bound: int) -> None:
+    """The box records the body as an event, which one batch must carry (MAX_EVENT_BYTES): a document
+    whose body it could not record is refused here, not signed and then refused by every box. ``bound``:
+    the token's length, which bounds the body's (0: unknown)."""
+    if bound and bound * 3 // 4 + CONTENT_MARGIN <= MAX_EVENT_BYTES:
+        return  # base64 of the whole payload: the body inside it is shorter still
+    size = len(payload_json(body))
+    if size + CONTENT_MARGIN > MAX_EVENT_BYTES:
+        raise ProtocolError(f"its body of {size} bytes is more than a box records as one event "
+                            f"({MAX_EVENT_BYTES - CONTENT_MARGIN} bytes with what goes beside it)")
+
+
 def _text(value: Any) -> bool:
     return isinstance(value, str) and not CONTROL.search(value)
 
@@ -225,6 +242,7 @@ def encode_document(document: Document, *, key: Ed25519PrivateKey, kid: str) -> 
         "scope": document.scope.as_json(), "issued_at": rfc3339(document.issued_at),
         "expires_at": rfc3339(document.expires_at), "body": document.body,
     }
+    _check_content_size(document.body, bound=0)
     body = payload_json(payload)
     token = jws.sign(body, key, kid=kid, typ=DOCUMENT_TYPE).encode()
     if len(token) > MAX_TOKEN_BYTES:
@@ -253,6 +271,7 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
         raise ProtocolError("document lacks a known kind, a name, a version of 1 or more, or a body")
     _check_name(kind, name)
     _check_body(kind, name, body)
+    _check_content_size(body, bound=len(token))
     scope = payload.get("scope")
     try:
         if not isinstance(scope, dict) or set(scope) - {"device", "region"}:

@@ -129,9 +129,12 @@ def test_an_orders_lines_are_whole_numbers_of_codes_a_scanner_types(text, messag
         parse_order(text)
 
 
-@pytest.mark.parametrize("change", [{"cost": "2000"}, {"packs": "2"}, {"quantity": True}, {"unit_price": 23.0}],
-                         ids=["cost-text", "packs-text", "quantity-bool", "price-float"])
-def test_an_event_whose_numbers_the_ledger_cannot_read_counts_for_nothing_not_half(change):
+@pytest.mark.parametrize("change", [{"cost": "2000"}, {"packs": "2"}, {"quantity": True}, {"unit_price": 23.0},
+                                    {"product": 6901028075831}, {"day": ["2026-11-29"]}, {"name": 7},
+                                    {"product_name": {"zh": "x"}}],
+                         ids=["cost-text", "packs-text", "quantity-bool", "price-float", "product-number", "day-list",
+                              "name-number", "product-name-object"])
+def test_an_event_whose_numbers_or_names_the_ledger_cannot_read_counts_for_nothing_not_half(change):
     """A tool's event, or a damaged one, stored at central: folded half way, a product's row would count it
     while the day's total did not."""
     from agent.ledger import Ledger
@@ -145,6 +148,10 @@ def test_an_event_whose_numbers_the_ledger_cannot_read_counts_for_nothing_not_ha
     assert ledger.unreadable == [2] and ledger.last_seq == 2
     assert (ledger.day("2026-11-29").total.as_json(), dict(ledger.stock)) == before
     assert ledger.day("2026-11-29").products["06901028075831"].as_json() == before[0]
+    # What reads the ledger (the box's and central's reports, which sort its products) goes on.
+    from agent import reports
+
+    assert [row["product"] for row in reports.sales(ledger, ["2026-11-29"])["products"]] == ["06901028075831"]
 
 
 def test_a_sale_the_journal_cannot_read_back_counts_for_nothing_and_selling_goes_on(tmp_path, caplog):

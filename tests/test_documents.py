@@ -276,8 +276,39 @@ def test_operations_cannot_sign_a_document_a_box_would_refuse(ops):
 
 def test_a_price_list_too_big_for_one_message_is_refused_when_it_is_signed(ops):
     items = [{"barcode": f"P{n:012d}", "name": "x" * 200, "price": 100} for n in range(40_000)]
-    with pytest.raises(ValueError, match="over the protocol's limit"):
+    with pytest.raises(ProtocolError, match="is more than a box records as one event"):
         documents.encode_document(document(body={"currency": "CNY", "items": items}), key=ops, kid="k")
+
+
+def _body_of(size: int) -> dict:
+    """A price list whose body's JSON is ``size`` bytes: one item, its name the filler."""
+    body = {"currency": "CNY", "items": [{"barcode": "6901028075831", "name": "", "price": 2300}]}
+    body["items"][0]["name"] = "x" * (size - len(protocol.payload_json(body)))
+    assert len(protocol.payload_json(body)) == size
+    return body
+
+
+def test_a_document_whose_content_the_box_could_not_record_is_refused_though_its_message_fits(tmp_path, ops):
+    """A body a little under the message's limit is a little over what the box records as one event: signed,
+    it would be refused by every box. The largest the box takes is recorded."""
+    largest = protocol.MAX_EVENT_BYTES - documents.CONTENT_MARGIN
+    over = _body_of(largest + 1)
+    token = _signed(_payload(body=over), ops, key_id(ops))
+    assert len(token) < protocol.MAX_TOKEN_BYTES  # the message fits; its content would not
+    for attempt in (lambda: documents.encode_document(document(body=over), key=ops, kid=key_id(ops)),
+                    lambda: documents.decode_document(token, trusted={key_id(ops): ops.public_key()})):
+        with pytest.raises(ProtocolError, match=f"its body of {largest + 1} bytes is more than a box records"):
+            attempt()
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(_message(ops, body=_body_of(largest)))
+            return await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "price_list": 1}
 
 
 # -- the box's door, in this process: a real journal and the downlink the daemon runs ------------------------------
