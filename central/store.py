@@ -663,8 +663,19 @@ class CentralStore:
         with self.engine.connect() as conn:
             rows = conn.execution_options(yield_per=1000).execute(query.order_by(_events.c.device_id, _events.c.seq))
             for device_id, seq, kind_, session, body in rows:
-                yield {"device": device_id, "seq": seq, "kind": kind_, "session": session, **json.loads(body)}
+                yield {**_beside(json.loads(body)), "device": device_id, "seq": seq, "kind": kind_, "session": session}
 
+
+
+# An exported event's own fields: a body field of the same name (a document event's kind of document, a
+# damaged event's kind) goes beside them as body_NAME, never over them.
+_ROW_FIELDS = ("device", "seq", "kind", "session")
+
+
+def _beside(body: dict[str, Any]) -> dict[str, Any]:
+    if not any(name in body for name in _ROW_FIELDS):
+        return body
+    return {f"body_{name}" if name in _ROW_FIELDS else name: value for name, value in body.items()}
 
 
 def _local_day(timestamp: float) -> str:

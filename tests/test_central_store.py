@@ -304,6 +304,15 @@ def test_events_are_read_back_with_their_device_kind_and_session_in_device_then_
     assert [(e["device"], e["seq"]) for e in store.events(kind="misread")] == [("shop-1", 2)]
     assert [(e["device"], e["seq"]) for e in store.events(kind="sale")] == [("shop-0", 1), ("shop-1", 1)]
 
+    # A body field named as one of the event's own (a document event's kind of document, a damaged event's
+    # kind) goes beside it, never over it.
+    store.add_events("shop-0", 7, [{"seq": 2, "kind": "document", "body": {"name": "price_list", "kind": "price_list"}},
+                                   {"seq": 3, "kind": "damaged", "body": {"kind": "sale", "seq": 9, "reason": "x"}}])
+    assert list(store.events(kind="document")) == [{"device": "shop-0", "seq": 2, "kind": "document", "session": 7,
+                                                    "name": "price_list", "body_kind": "price_list"}]
+    assert [(e["kind"], e["body_kind"], e["body_seq"], e["seq"]) for e in store.events(kind="damaged")] == [
+        ("damaged", "sale", 9, 3)]
+
 
 def test_a_status_keeps_its_session_and_time_and_one_received_twice_stands_once(store):
     assert store.record_status("shop-1", status(session=4, sent_at=1000.0), received_at=1001.0, live=True)
