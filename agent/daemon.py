@@ -288,10 +288,13 @@ class Box:
     async def _report(self, link: MqttLink) -> None:
         """The service's status line, for `systemctl status`: online or not, and what waits to go."""
         while True:
-            last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
             state = "online" if link.connected.is_set() else "offline (broker unreachable)"
             revoked = ", revoked: handing in what it holds" if self._revoked.is_set() else ""
-            self.service.ready(f"{state}, {last - acked} events queued{revoked}")
+            try:
+                last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+                self.service.ready(f"{state}, {last - acked} events queued{revoked}")
+            except StorageError as error:  # said on the status line; the next look may read it
+                self.service.ready(f"{state}, journal unreadable: {error}{revoked}")
             await asyncio.sleep(STATUS_EVERY)
 
     def _revocation(self, grace_seconds: float) -> None:
@@ -304,14 +307,20 @@ class Box:
     async def _deliver_all(self) -> None:
         """Wait until central holds every event (the revocation's own included), or the grace is up."""
         deadline = time.monotonic() + self._grace
+        waiting = "some"  # events not known to be delivered
         while True:
-            last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
-            if acked >= last:
-                logger.info("revoked: central holds every event, up to seq=%d", last)
-                return
+            try:
+                last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+            except StorageError as error:  # not known to be delivered: looked at again, within the grace
+                logger.error("revoked: the journal cannot be read (%s); looking again", error)
+            else:
+                if acked >= last:
+                    logger.info("revoked: central holds every event, up to seq=%d", last)
+                    return
+                waiting = str(last - acked)
             if time.monotonic() >= deadline:
-                logger.error("revoked: %d events NOT delivered within the grace of %.0f s are erased with the box",
-                             last - acked, self._grace)
+                logger.error("revoked: %s events NOT delivered within the grace of %.0f s are erased with the box",
+                             waiting, self._grace)
                 return
             await asyncio.sleep(0.2)
 

@@ -99,7 +99,13 @@ class Downlink:
             await self.uplink.acknowledged(message.payload)
         elif "/docs/" in message.topic:
             if self._applied is None:
-                self._applied = await self.store.read(applied_versions)
+                try:
+                    self._applied = await self.store.read(applied_versions)
+                except StorageError as error:
+                    # Retained at the broker: it comes again at the next connection, and is looked at then.
+                    logger.error("document NOT applied topic=%s: the journal cannot be read (%s)", message.topic,
+                                 error)
+                    return
             await self._document(message)
         else:
             logger.warning("message on an unexpected topic ignored topic=%s", message.topic)

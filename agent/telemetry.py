@@ -23,7 +23,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from provisioning import protocol
-from storage import Store
+from storage import StorageError, Store
 
 from .mqtt import MqttError, MqttLink
 
@@ -70,6 +70,8 @@ class Telemetry:
                 await link.publish(self.topic, await self._online(), retain=True)
             except MqttError as error:
                 logger.warning("status not published: %s", error)
+            except StorageError as error:  # its backlog cannot be read now; the next report may
+                logger.warning("status not published: the journal cannot be read (%s)", error)
             # The next report when the interval is up (as it is now: settings pushed by operations may
             # change it meanwhile, so it is looked at every second), or at once on a new connection.
             sent = time.monotonic()

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from provisioning import protocol
 from provisioning.errors import ProtocolError
-from storage import DAMAGED, Event, JournalError, Store
+from storage import DAMAGED, Event, JournalError, StorageError, Store
 
 from .config import UplinkConfig
 from .mqtt import MqttError, MqttLink
@@ -52,7 +52,16 @@ class Uplink:
     _failures: int = 0  # publishes failed in a row
 
     async def run(self) -> None:
-        self._acked = await self.store.read(lambda journal: journal.acked_seq())
+        failed = 0
+        while True:
+            try:
+                self._acked = await self.store.read(lambda journal: journal.acked_seq())
+                break
+            except StorageError as error:  # a read that fails now may not next time: never the agent's end
+                failed += 1
+                (logger.error if failed == 1 else logger.debug)("uplink: the journal cannot be read (%s); "
+                                                                "trying again", error)
+                await asyncio.sleep(_pause(failed))
         # A new connection wakes the uplink: what was in flight on the last one is sent again at once.
         listener = self.wake.set
         self.link.on_connect.append(listener)
@@ -117,7 +126,16 @@ class Uplink:
             if now < retry_at:
                 timeout = retry_at - now
             elif len(self._in_flight) < cfg.max_in_flight:
-                events, full = await self._next_batch(next_seq - 1)
+                try:
+                    events, full = await self._next_batch(next_seq - 1)
+                except StorageError as error:
+                    # An I/O error, a busy lock held past its timeout: the events stay in the journal and
+                    # are read again after a pause, as after a failed publish. Never the uplink's end.
+                    failed += 1
+                    (logger.error if failed == 1 else logger.debug)("uplink: the journal cannot be read (%s); "
+                                                                    "trying again", error)
+                    retry_at = time.monotonic() + _pause(failed)
+                    continue
                 if events and events[0].seq <= self._acked:
                     continue  # acknowledged while the journal was read: read again, from the new cursor
                 if events:
@@ -136,7 +154,7 @@ class Uplink:
                             failed += 1
                             # A fault that repeats (a broker ACL refusing us) gets a growing pause,
                             # so it floods neither the log nor the broker.
-                            retry_at = time.monotonic() + min(RETRY_MAX, RETRY_MIN * 2 ** min(failed - 1, 16))
+                            retry_at = time.monotonic() + _pause(failed)
                         waiting_since = None
                         continue
                     timeout = cfg.batch_max_delay - (now - waiting_since)
@@ -177,3 +195,8 @@ class Uplink:
     def _encode(self, events: list[Event]) -> bytes:
         return protocol.encode_batch(events, device=self.device_id, session=self.session, key=self.key,
                                      sent_at=time.time())
+
+
+def _pause(failed: int) -> float:
+    """Seconds before trying again after ``failed`` failures in a row: growing, up to RETRY_MAX."""
+    return min(RETRY_MAX, RETRY_MIN * 2 ** min(failed - 1, 16))

@@ -213,10 +213,10 @@ def test_central_admits_a_box_to_its_own_topics_and_cuts_it_off_through_the_plug
                 cut_off = time.monotonic()
                 await asyncio.to_thread(wait_until, lambda: as_a.disconnected_at is not None, 5, "shop-a cut off")
                 reached["cut off within"] = as_a.disconnected_at - cut_off
-                as_a.close()
+                await asyncio.to_thread(as_a.close)  # paho's loop_stop joins its thread: not on the loop
                 again = await asyncio.to_thread(Client, stack, "a-again", "shop-a", "password-of-a")
                 reached["again"] = again.connect_reason
-                again.close()
+                await asyncio.to_thread(again.close)
                 monkeypatch.setattr(broker, "ANSWER_TIMEOUT", 0.5)
                 await asyncio.to_thread(stack.stop_broker)
                 with pytest.raises(CentralError) as gone:

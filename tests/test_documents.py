@@ -386,6 +386,40 @@ def test_a_document_whose_check_fails_unforeseen_is_refused_and_the_agent_goes_o
     assert len(refused) == 1 and refused[0].levelname == "ERROR" and refused[0].exc_info[0] is RecursionError
 
 
+def test_a_document_that_comes_while_the_journal_cannot_be_read_waits_for_the_next_one(tmp_path, ops, caplog,
+                                                                                     monkeypatch):
+    """The look at which versions the box holds failing once (an I/O error) left the downlink's task, and the
+    agent, ended. Said, and that document is looked at again when it comes again (retained, at the next
+    connection)."""
+    from agent import downlink as downlink_module
+    from storage import JournalError
+
+    real, failures = downlink_module.applied_versions, ["once"]
+
+    def failing(journal):
+        if failures:
+            failures.pop()
+            raise JournalError("journal.db: disk I/O error")
+        return real(journal)
+
+    monkeypatch.setattr(downlink_module, "applied_versions", failing)
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            message = _message(ops)
+            await downlink.handle(message)
+            assert await store.read(lambda journal: journal.last_seq()) == 0
+            await downlink.handle(message)  # the retained copy, at the next connection
+            return await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "price_list": 1}
+    [said] = [r for r in caplog.records if "NOT applied" in r.getMessage()]
+    assert said.levelname == "ERROR" and "the journal cannot be read (journal.db: disk I/O error)" in said.getMessage()
+
+
 def test_an_order_applied_keeps_its_stream_name_and_version_in_the_event(tmp_path, ops):
     async def test():
         store, downlink = await _door(tmp_path, ops)

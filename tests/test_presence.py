@@ -110,3 +110,53 @@ def test_a_status_whose_free_disk_cannot_be_read_goes_without_it(tmp_path, caplo
     assert whole["free_bytes"] > 0 and "free_bytes" not in without
     assert (without["state"], without["backlog"]) == ("online", 0)
     assert "status without free_bytes" in caplog.text
+
+
+def test_a_status_whose_backlog_cannot_be_read_is_skipped_and_the_next_goes(stack, tmp_path, monkeypatch, caplog):
+    """A failed read of the journal in the health report once ended the agent; now that report is skipped, said,
+    and the next one goes at its interval."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.mqtt import MqttLink
+    from agent.telemetry import Telemetry
+    from provisioning import protocol
+    from storage import Journal, JournalError, Store
+
+    real, failures = Journal.acked_seq, ["once"]
+
+    def failing(journal):
+        if failures:
+            failures.pop()
+            raise JournalError("journal.db: disk I/O error")
+        return real(journal)
+
+    monkeypatch.setattr(Journal, "acked_seq", failing)
+    key = Ed25519PrivateKey.generate()
+
+    async def main() -> dict:
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32)
+        telemetry = Telemetry(store=store, device_id="shop-t", session=1, key=key, topic_prefix="counterbox/v1",
+                              interval=0.3)
+        try:
+            async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-t", will=telemetry.will) as box, \
+                    MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="watcher",
+                             subscriptions=[telemetry.topic]) as watcher:
+                await watcher.connected.wait()
+                await asyncio.sleep(0.2)  # the watcher's subscription in place
+                running = asyncio.create_task(telemetry.run(box))
+                async with asyncio.timeout(20):
+                    async for message in watcher.messages():
+                        status = protocol.decode_status(message.payload, device="shop-t", key=key.public_key())
+                        if status["state"] == "online":
+                            break
+                assert not running.done()
+                running.cancel()
+                return status
+        finally:
+            await store.close()
+
+    status = asyncio.run(main())
+    assert not failures and status["backlog"] == 0
+    assert "status not published: the journal cannot be read (journal.db: disk I/O error)" in caplog.text
