@@ -33,3 +33,22 @@ def rot(journal, seq: int) -> None:
     raw = bytearray(journal.path.read_bytes())
     raw[raw.index(sealed) + 20] ^= 1
     journal.path.write_bytes(bytes(raw))
+
+
+class Failing:
+    """``fn`` that raises JournalError (a disk I/O error) for its next ``left`` calls, then is itself again:
+    a journal that cannot be read for a while. ``monkeypatch.setattr(Journal, "acked_seq", Failing(...))``."""
+
+    def __init__(self, fn, left: int = 1):
+        self.fn, self.left = fn, left
+
+    def __call__(self, *args, **kwargs):
+        if self.left:
+            from storage import JournalError
+
+            self.left -= 1
+            raise JournalError("journal.db: disk I/O error")
+        return self.fn(*args, **kwargs)
+
+    def __get__(self, instance, owner):  # set on a class, it is a method like the one it stands for
+        return self if instance is None else (lambda *args, **kwargs: self(instance, *args, **kwargs))

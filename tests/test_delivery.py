@@ -634,17 +634,12 @@ def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_
     and with it the agent: later events were never sent. It is said once, and read again after a pause."""
     import logging
 
-    from storage import Journal, JournalError
+    from storage import Journal
+
+    from .journals import Failing
 
     caplog.set_level(logging.DEBUG, logger="agent.uplink")
-    real, failures = Journal.read_batch, {"left": 0}
-
-    def failing(journal, *args, **kwargs):
-        if failures["left"]:
-            failures["left"] -= 1
-            raise JournalError(f"{journal.path}: disk I/O error")
-        return real(journal, *args, **kwargs)
-
+    failing = Failing(Journal.read_batch, left=0)
     monkeypatch.setattr(Journal, "read_batch", failing)
 
     async def test(central, box):
@@ -652,10 +647,10 @@ def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_
         assert await asyncio.to_thread(central.wait_for, 1, "the first batch") == [[1]]
         central.acknowledge(1)
         await box.wait_acked(1)
-        failures["left"] = 3
+        failing.left = 3
         await box.record()
         assert await asyncio.to_thread(central.wait_for, 2, "the batch after the failed reads") == [[1], [2]]
-        assert not box.task.done() and failures["left"] == 0
+        assert not box.task.done() and failing.left == 0
 
     run_uplink(stack, tmp_path, "shop-unreadable", test)
     said = [(r.levelname, r.getMessage()) for r in caplog.records if "cannot be read" in r.getMessage()]

@@ -392,17 +392,10 @@ def test_a_document_that_comes_while_the_journal_cannot_be_read_waits_for_the_ne
     agent, ended. Said, and that document is looked at again when it comes again (retained, at the next
     connection)."""
     from agent import downlink as downlink_module
-    from storage import JournalError
 
-    real, failures = downlink_module.applied_versions, ["once"]
+    from .journals import Failing
 
-    def failing(journal):
-        if failures:
-            failures.pop()
-            raise JournalError("journal.db: disk I/O error")
-        return real(journal)
-
-    monkeypatch.setattr(downlink_module, "applied_versions", failing)
+    monkeypatch.setattr(downlink_module, "applied_versions", Failing(downlink_module.applied_versions))
 
     async def test():
         store, downlink = await _door(tmp_path, ops)

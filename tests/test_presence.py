@@ -122,16 +122,11 @@ def test_a_status_whose_backlog_cannot_be_read_is_skipped_and_the_next_goes(stac
     from agent.mqtt import MqttLink
     from agent.telemetry import Telemetry
     from provisioning import protocol
-    from storage import Journal, JournalError, Store
+    from storage import Journal, Store
 
-    real, failures = Journal.acked_seq, ["once"]
+    from .journals import Failing
 
-    def failing(journal):
-        if failures:
-            failures.pop()
-            raise JournalError("journal.db: disk I/O error")
-        return real(journal)
-
+    failing = Failing(Journal.acked_seq)
     monkeypatch.setattr(Journal, "acked_seq", failing)
     key = Ed25519PrivateKey.generate()
 
@@ -158,5 +153,5 @@ def test_a_status_whose_backlog_cannot_be_read_is_skipped_and_the_next_goes(stac
             await store.close()
 
     status = asyncio.run(main())
-    assert not failures and status["backlog"] == 0
+    assert failing.left == 0 and status["backlog"] == 0
     assert "status not published: the journal cannot be read (journal.db: disk I/O error)" in caplog.text
