@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from provisioning import protocol
 from provisioning.errors import ProtocolError
-from storage import DAMAGED, Event, JournalError, StorageError, Store
+from storage import DAMAGED, Event, StorageError, Store
 
 from .config import UplinkConfig
 from .mqtt import MqttError, MqttLink
@@ -50,12 +50,17 @@ class Uplink:
     _in_flight: list[tuple[int, float]] = field(default_factory=list)  # (last_seq, sent at)
     _acked: int = 0
     _failures: int = 0  # publishes failed in a row
+    # The journal the events come from (batches name it; an acknowledgement of another is refused), and
+    # the last of its events delivered under another identity: read from the journal as the uplink starts.
+    _journal: str | None = None
+    _base: int = 0
 
     async def run(self) -> None:
         failed = 0
         while True:
             try:
-                self._acked = await self.store.read(lambda journal: journal.acked_seq())
+                self._acked, self._journal, self._base = await self.store.read(
+                    lambda journal: (journal.acked_seq(), journal.journal_id(), journal.base_seq()))
                 break
             except StorageError as error:  # a read that fails now may not next time: never the agent's end
                 failed += 1
@@ -73,14 +78,19 @@ class Uplink:
     async def acknowledged(self, token: bytes) -> None:
         """Central's acknowledgement, as the downlink received it on this device's ack topic."""
         try:
-            seq = protocol.decode_ack(token, device=self.device_id, key=self.central_key)
+            if self._journal is None:  # a retained acknowledgement may come before the uplink has looked
+                self._journal = await self.store.read(lambda journal: journal.journal_id())
+            seq = protocol.decode_ack(token, device=self.device_id, key=self.central_key, journal=self._journal)
         except ProtocolError as error:
             logger.warning("acknowledgement refused: %s", error)
+            return
+        except StorageError as error:
+            logger.error("acknowledgement not taken: %s", error)
             return
         try:
             if await self.store.write(lambda journal: journal.acknowledge(seq)):
                 logger.info("acknowledged by central up to seq=%d", seq)
-        except JournalError as error:
+        except StorageError as error:
             logger.error("acknowledgement refused: %s", error)
             return
         self._acked = max(self._acked, seq)
@@ -194,7 +204,7 @@ class Uplink:
 
     def _encode(self, events: list[Event]) -> bytes:
         return protocol.encode_batch(events, device=self.device_id, session=self.session, key=self.key,
-                                     sent_at=time.time())
+                                     sent_at=time.time(), journal=self._journal, base_seq=self._base)
 
 
 def _pause(failed: int) -> float:

@@ -13,6 +13,11 @@ class SeqConflict(Rejected):
     """A batch reuses sequence numbers for other events: never stored, never acknowledged."""
 
 
+class JournalReplaced(SeqConflict):
+    """A batch from another journal than the one central holds under the device's id: never stored, never
+    acknowledged."""
+
+
 class RegistryError(CentralError):
     """A device registration that conflicts with what central holds, or cannot be read."""
 

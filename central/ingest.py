@@ -122,12 +122,13 @@ class Ingest:
                        and self.store.revocation_delivered(device_id))
             return StatusReceived(device_id, status["state"], offset, cut_off), None
         try:
-            added, acked = self.store.add_events(device_id, batch.session, batch.events)
+            added, acked = self.store.add_events(device_id, batch.session, batch.events, journal=batch.journal,
+                                                 base_seq=batch.base_seq)
         except RecursionError:  # within the protocol's size, but deeper than a store writes JSON
             raise Rejected(f"batch seq {batch.first_seq}..{batch.last_seq}: an event's body nests too deeply "
                            "to be stored") from None
         result = Accepted(device_id, batch.first_seq, batch.last_seq, added, acked)
-        ack = protocol.encode_ack(device_id, acked, key=self.signing_key)
+        ack = protocol.encode_ack(device_id, acked, key=self.signing_key, journal=batch.journal)
         return result, (protocol.ack_topic(self.prefix, device_id), ack)
 
     def _activation(self, message: Message, received_at: float) -> tuple[Any, tuple[str, bytes] | None]:

@@ -42,11 +42,11 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from provisioning import protocol
 from storage import sqlite
 
-from .errors import ActivationRefused, RegistryError, SeqConflict
+from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConflict
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0001"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0002"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -59,6 +59,7 @@ devices = sa.Table(
     sa.Column("registered_at", sa.Double),
     sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("revoked_at", sa.Double),  # operations revoked it; its batches are still taken
+    sa.Column("journal", sa.Text),  # the id of the journal whose events are held (from its first batch naming one)
 )
 events = sa.Table(
     "events", metadata,
@@ -380,15 +381,32 @@ class CentralStore:
             ).where(devices.c.device_id == device_id)).first()
         return Device(*row) if row else None
 
-    def add_events(self, device_id: str, session: int, events: list[dict[str, Any]]) -> tuple[int, int]:
-        """Store the events not yet held; return (how many were new, the device's acked_seq)."""
+    def add_events(self, device_id: str, session: int, events: list[dict[str, Any]], *, journal: str | None = None,
+                   base_seq: int = 0) -> tuple[int, int]:
+        """Store the events not yet held; return (how many were new, the device's acked_seq).
+
+        ``journal`` (the id the batch names): the device's first batch naming one makes it the device's, and
+        its count starts after ``base_seq`` (the events its journal delivered as another device before); a
+        batch naming another journal is refused (JournalReplaced). A batch naming none (a box of an earlier
+        version) is taken as of the device's journal."""
         now = time.time()
         with self._transaction() as conn:
             # The device's row, locked: another central adding its events waits for this one to end.
-            acked = conn.execute(sa.select(devices.c.acked_seq).where(devices.c.device_id == device_id)
-                                 .with_for_update()).scalar()
-            if acked is None:
+            row = conn.execute(sa.select(devices.c.acked_seq, devices.c.journal).where(devices.c.device_id == device_id)
+                               .with_for_update()).first()
+            if row is None:
                 raise RegistryError(f"device {device_id} is not registered")
+            acked, held_journal = row
+            if journal is not None and held_journal is None:
+                acked = max(acked, base_seq)
+                conn.execute(devices.update().where(devices.c.device_id == device_id).values(journal=journal))
+            elif journal is not None and journal != held_journal:
+                raise JournalReplaced(
+                    f"device {device_id} sends events of journal {journal}, but central holds those of journal "
+                    f"{held_journal}: the box's journal was made anew or replaced under the same id, and its seqs "
+                    "are not the ones central holds. Nothing is stored or acknowledged; the box keeps its events. "
+                    "Restore the box's journal from its backup, or register the box under a new id "
+                    "(docs/commands.md, Replacing a box's journal)")
             held = self._check_no_conflict(conn, device_id, events)
             # New: the seqs not held. Exact, since adding a device's events takes its row's lock first.
             new = {e["seq"]: e for e in events if e["seq"] not in held}

@@ -100,12 +100,21 @@ class WireEvent(Protocol):
     body: dict[str, Any]
 
 
+# A journal's id: 32 lowercase hex digits (128 random bits), made with the journal, kept by its backups.
+JOURNAL_ID = re.compile(r"[0-9a-f]{32}")
+
+
 @dataclass(frozen=True)
 class Batch:
     device: str
     session: int
     sent_at: str
     events: list[dict[str, Any]]  # {"seq", "kind", "body"}, seqs contiguous
+    # The journal the events come from, and the last of its events delivered under another identity (a
+    # journal restored onto another box) or 0: central's count for this device starts after it. A box
+    # of an earlier version sends neither (None, 0).
+    journal: str | None = None
+    base_seq: int = 0
 
     @property
     def first_seq(self) -> int:
@@ -117,18 +126,20 @@ class Batch:
 
 
 def encode_batch(events: Sequence[WireEvent], *, device: str, session: int, key: Ed25519PrivateKey,
-                 sent_at: float) -> bytes:
+                 sent_at: float, journal: str | None = None, base_seq: int = 0) -> bytes:
     if not events:
         raise ValueError("a batch holds at least one event")
-    payload = {
+    payload: dict[str, Any] = {
         "v": VERSION,
         "device": device,
         "session": session,
         "first_seq": events[0].seq,
         "last_seq": events[-1].seq,
         "sent_at": rfc3339(sent_at),
-        "events": [{"seq": e.seq, "kind": e.kind, "body": e.body} for e in events],
     }
+    if journal is not None:
+        payload.update(journal=journal, base_seq=base_seq)
+    payload["events"] = [{"seq": e.seq, "kind": e.kind, "body": e.body} for e in events]
     return jws.sign(payload_json(payload), key, kid=device, typ=BATCH_TYPE).encode()
 
 
@@ -144,31 +155,46 @@ def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
     seqs = [e.get("seq") if isinstance(e, dict) else None for e in events]
     # Integers each: true and 1.0 equal 1 in the comparisons.
     if seqs != list(range(first, first + len(events))) or last != seqs[-1] \
-            or not all(type(seq) is int for seq in (*seqs, last)):
+            or not all(type(seq) is int for seq in (*seqs, last)) or not natural(last):
         raise ProtocolError(f"batch seq {first}..{last} does not match its {len(events)} events")
     if not all(isinstance(e.get("kind"), str) and isinstance(e.get("body"), dict) for e in events):
         raise ProtocolError("an event lacks its kind or body")
+    journal, base_seq = payload.get("journal"), payload.get("base_seq", 0)
+    if journal is not None and not (isinstance(journal, str) and JOURNAL_ID.fullmatch(journal)):
+        raise ProtocolError(f"batch journal {str(journal)[:40]!r} is not a journal id (32 lowercase hex digits)")
+    if not natural(base_seq, 0, first - 1):
+        raise ProtocolError(f"batch base_seq {str(base_seq)[:40]} is not a seq before its first, {first}")
     sent_at = payload.get("sent_at")
     try:
         parse_rfc3339(sent_at)
     except ValueError:
         sent_at = ""  # informational (central stamps its own receive time): kept without it, not refused
-    return Batch(device, session, sent_at, events)
+    return Batch(device, session, sent_at, events, journal, base_seq)
 
 
-def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey) -> bytes:
-    body = payload_json({"v": VERSION, "device": device, "ack_seq": ack_seq})
-    return jws.sign(body, key, kid=CENTRAL_KID, typ=ACK_TYPE).encode()
+def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey, journal: str | None = None) -> bytes:
+    """Central holds ``device``'s events up to ``ack_seq``, of ``journal`` (the one its batches named)."""
+    payload: dict[str, Any] = {"v": VERSION, "device": device, "ack_seq": ack_seq}
+    if journal is not None:
+        payload["journal"] = journal
+    return jws.sign(payload_json(payload), key, kid=CENTRAL_KID, typ=ACK_TYPE).encode()
 
 
-def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey) -> int:
-    """The sequence number central acknowledges for ``device``; ProtocolError for anything else."""
+def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str | None = None) -> int:
+    """The sequence number central acknowledges for ``device`` (and, given, for its ``journal``: an
+    acknowledgement of another journal's events under this device's id moves nothing of this one);
+    ProtocolError for anything else."""
     _, payload = verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
     if payload.get("device") != device:
         raise ProtocolError(f"acknowledgement is for device {payload.get('device')!r}, not {device!r}")
     seq = payload.get("ack_seq")
     if not natural(seq, 0):
         raise ProtocolError(f"acknowledgement carries no valid ack_seq: {seq!r}")
+    held = payload.get("journal")
+    if journal is not None and held is not None and held != journal:
+        raise ProtocolError(f"acknowledgement is for journal {str(held)[:40]!r}, not this box's {journal!r}: central "
+                            "holds another journal's events under this device's id (this journal was made anew "
+                            "or replaced); none of this journal's events is acknowledged")
     return seq
 
 

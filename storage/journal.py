@@ -442,6 +442,28 @@ class Journal:
             self._set_meta("acked_seq", str(seq))
         return True
 
+    def journal_id(self) -> str:
+        """This journal's own id, made with it and kept by its backups (batches and acknowledgements name it)."""
+        with _translated(self.path):
+            return self._meta("journal_id")
+
+    def take_identity(self, device: str) -> int:
+        """Deliver from now on as ``device``; return the last event delivered under another identity
+        before (0 when none): a journal restored onto another box delivers the rest as that box, and
+        central counts that device's events from there."""
+        with self.transaction():
+            if self._meta("identity") != device:
+                # What central holds of it so far was acknowledged to another identity (or, a journal from
+                # before identities, to this one: central holds at least as much of it then).
+                self._set_meta("base_seq", self._meta("acked_seq"))
+                self._set_meta("identity", device)
+            return int(self._meta("base_seq"))
+
+    def base_seq(self) -> int:
+        """The last event delivered under another identity than the one this journal delivers as now (0: none)."""
+        with _translated(self.path):
+            return int(self._meta("base_seq"))
+
     def start_session(self) -> int:
         """Count one more start of the agent; batches carry it so central can tell restarts apart."""
         with self.transaction():

@@ -17,6 +17,11 @@ or the new one, never half of each.
 - v4: the index on ``kind`` covers only the kinds the agent looks up by kind
   (``LOOKED_UP``: operations' documents and the box's own activation), so a sale's
   commit writes the events table's page and no index page beside it.
+- v5: the journal's own id in meta (``journal_id``, 128 random bits, kept by its
+  backups), the identity it delivers as (``identity``, a device id; empty until the
+  agent first starts on it) and ``base_seq``, the last event delivered under another
+  identity before: batches and acknowledgements name the journal, so central never
+  counts one journal's events as another's under the same device id.
 """
 
 from __future__ import annotations
@@ -110,5 +115,10 @@ def _v4(conn: sqlite3.Connection, outer: bytes) -> None:
                  "WHERE kind IN ('activation', 'document', 'price_list', 'revocation', 'settings')")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection, bytes], None]] = [_v1, _v2, _v3, _v4]
+def _v5(conn: sqlite3.Connection, outer: bytes) -> None:
+    conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)",
+                     [("journal_id", os.urandom(16).hex()), ("identity", ""), ("base_seq", "0")])
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection, bytes], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sqlite3
 import time
 
@@ -301,10 +302,14 @@ def test_a_new_journal_has_the_schema_of_one_migrated_from_the_first_version(tmp
             conn.close()
 
     assert schema(new) == schema(old)
-    assert schema(new)[1] == ["acked_seq", "chain_anchor", "chain_anchor_seq", "created_at", "session"]
+    assert schema(new)[1] == ["acked_seq", "base_seq", "chain_anchor", "chain_anchor_seq", "created_at", "identity",
+                              "journal_id", "session"]
     conn = sqlite3.connect(new)
     assert time.time() - float(conn.execute("SELECT value FROM meta WHERE name = 'created_at'").fetchone()[0]) < 60
     assert conn.execute("SELECT value FROM meta WHERE name = 'chain_anchor'").fetchone()[0] == "00" * 32
+    ids = [sqlite3.connect(path).execute("SELECT value FROM meta WHERE name = 'journal_id'").fetchone()[0]
+           for path in (new, old)]
+    assert all(re.fullmatch("[0-9a-f]{32}", id_) for id_ in ids) and ids[0] != ids[1]  # each journal its own
     with pytest.raises(sqlite3.IntegrityError, match="a data key is never removed"):
         conn.execute("DELETE FROM keys")
     conn.close()

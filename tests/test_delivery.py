@@ -244,12 +244,12 @@ class Central:
         """The batches, once there are ``count`` of them (called in a thread: it polls)."""
         return wait_until(lambda: len(b := self.batches()) >= count and b, 20, what)
 
-    def acknowledge(self, seq: int) -> None:
-        self.client.publish(protocol.ack_topic(PREFIX, self.device), self.ack(seq), qos=1)
+    def acknowledge(self, seq: int, journal: str | None = None) -> None:
+        self.client.publish(protocol.ack_topic(PREFIX, self.device), self.ack(seq, journal), qos=1)
 
-    def ack(self, seq: int) -> bytes:
-        """Central's signed acknowledgement of everything up to ``seq``, as it publishes it."""
-        return protocol.encode_ack(self.device, seq, key=self._central_key)
+    def ack(self, seq: int, journal: str | None = None) -> bytes:
+        """Central's signed acknowledgement of everything up to ``seq`` (of ``journal``), as it publishes it."""
+        return protocol.encode_ack(self.device, seq, key=self._central_key, journal=journal)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -656,3 +656,22 @@ def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_
     said = [(r.levelname, r.getMessage()) for r in caplog.records if "cannot be read" in r.getMessage()]
     assert [level for level, _ in said] == ["ERROR", "DEBUG", "DEBUG"], said
     assert said[0][1].startswith("uplink: the journal cannot be read (") and said[0][1].endswith("); trying again")
+
+
+def test_batches_name_the_journal_and_an_acknowledgement_of_another_journal_moves_nothing(stack, tmp_path, caplog):
+    """The retained acknowledgement central holds for this device's id, of the journal it had before this one was
+    made anew, once moved this journal's cursor past sales central never held."""
+    async def test(central, box):
+        journal = await box.store.read(lambda journal: journal.journal_id())
+        await box.record(2)
+        await asyncio.to_thread(central.wait_for, 1, "the first batch")
+        batch = protocol.decode_batch(central.tokens()[0], device=central.device, key=box.uplink.key.public_key())
+        assert (batch.journal, batch.base_seq) == (journal, 0)
+        await box.uplink.acknowledged(central.ack(2, journal="e" * 32))  # another journal's, under this id
+        assert await box.acked_seq() == 0
+        central.acknowledge(2, journal)
+        await box.wait_acked(2)
+
+    run_uplink(stack, tmp_path, "shop-journal", test)
+    [refused] = [r for r in caplog.records if r.getMessage().startswith("acknowledgement refused")]
+    assert refused.levelname == "WARNING" and f"acknowledgement is for journal '{'e' * 32}'" in refused.getMessage()

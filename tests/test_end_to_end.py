@@ -210,3 +210,75 @@ def test_a_reused_seq_with_other_content_is_refused_not_silently_dropped(stack, 
     assert [s["code"] for s in sales] == ["BEFORE-RESET", "NEXT"]
     log = stack.central_log.read_text()
     assert "seq 1 differs from the event central already holds for shop-0001" in log
+
+
+def _moved_away(device) -> None:
+    """What an operator does with a journal the agent refuses ("move it away"): the next start makes a new one."""
+    for name in ("journal.db", "journal.db-wal", "journal.db-shm"):
+        path = device.directory / name
+        if path.exists():
+            path.rename(device.directory / (name + ".moved"))
+
+
+def test_a_journal_made_anew_under_the_same_id_is_refused_at_central_and_loses_nothing(stack, fifo, tmp_path):
+    """The new journal numbers its sales from 1 again. Once, central stored those past the seqs it held and its
+    acknowledgement (and the old one, retained) moved the box's cursor over the ones it had refused: three sales
+    acknowledged and never stored. Now central refuses every batch of the new journal, says why, and the box
+    keeps all of them, unacknowledged, for an operator to see (its backlog) and deal with."""
+    device = stack.provision("shop-reset", scanners=[str(fifo)])
+    csv, items = price_list(50)
+    (tmp_path / "prices.csv").write_text(csv)
+    assert device.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+    codes = list(items)
+    device.start()
+    feed(fifo, scans(codes[:3]))
+    wait_until(lambda: (s := device.status())["acked_seq"] == s["last_seq"] and s["events"].get("sale") == 3, 30,
+               "the first journal acknowledged")
+    device.stop()
+    _moved_away(device)
+    assert device.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+    device.start()
+    feed(fifo, scans(codes[10:16]))
+    wait_until(lambda: device.status()["events"].get("sale") == 6, 30, "the new journal's sales recorded")
+    device.stop()
+    device.start()  # the retained acknowledgement of the first journal comes again
+    wait_until(lambda: "acknowledgement refused: acknowledgement is for journal" in device.log.read_text(), 30,
+               "the first journal's acknowledgement refused")
+    wait_until(lambda: "the box's journal was made anew or replaced" in stack.central_log.read_text(), 30,
+               "central refusing the new journal")
+    status = device.status()
+    device.stop()
+    assert status["acked_seq"] == 0 and status["events"]["sale"] == 6  # every event of it kept
+    assert [s["code"] for s in stack.sales()] == codes[:3]
+
+
+def test_a_journal_restored_onto_a_box_with_another_id_delivers_the_rest_as_that_box(stack, fifo, tmp_path):
+    """docs/configuration.md: a box restored with a new identity sends the unacknowledged events as that device.
+    Once, central counted that device from seq 1, acknowledged 0 for ever, and the box resent its first batches
+    without end: what lay past them never left it."""
+    old = stack.provision("shop-old", scanners=[str(fifo)])
+    csv, items = price_list(20)
+    (tmp_path / "prices.csv").write_text(csv)
+    assert old.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+    codes = list(items)
+    old.start()
+    feed(fifo, scans(codes[:3]))
+    wait_until(lambda: (s := old.status())["acked_seq"] == s["last_seq"] and s["events"].get("sale") == 3, 30,
+               "the old box acknowledged")
+    old.stop()
+    assert old.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0  # one central has not
+    (tmp_path / "pass").write_text("a long passphrase\n")
+    made = old.command("backup", str(tmp_path / "box.cbbackup"), "--passphrase-file", str(tmp_path / "pass"))
+    assert made.returncode == 0, made.stderr
+
+    new = stack.provision("shop-new", scanners=[str(fifo)], uplink={"batch_max_events": 2, "max_in_flight": 2})
+    done = new.command("restore", str(tmp_path / "box.cbbackup"), "--passphrase-file", str(tmp_path / "pass"))
+    assert done.returncode == 0, done.stderr
+    new.start()
+    feed(fifo, scans(codes[5:13]))
+    wait_until(lambda: (s := new.status())["acked_seq"] == s["last_seq"] and s["events"].get("sale") == 11, 30,
+               "the restored box's outbox drained")
+    new.stop()
+    held = [(sale["device"], sale["code"]) for sale in stack.sales()]
+    assert sorted(held) == sorted([("shop-new", code) for code in codes[5:13]] + [("shop-old", code) for code in codes[:3]])
+    assert "journal delivers as device=shop-new from seq=" in new.log.read_text()

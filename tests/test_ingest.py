@@ -20,6 +20,7 @@ from central.errors import Rejected
 from central.ingest import Accepted, Answered, Cleared, Ingest, StatusReceived, Waiting
 from central.store import CentralStore, Shop
 from provisioning import activation, jws, protocol
+from provisioning.errors import ProtocolError
 from provisioning.activation import ActivationCode
 from provisioning.identity import broker_password, device_id_for, public_key_text
 from storage import Event
@@ -427,3 +428,46 @@ def test_a_message_nested_as_deep_as_the_parser_goes_is_refused_never_an_interna
     assert not [outcome for outcome in outcomes if outcome.startswith("INTERNAL")], set(outcomes)
     assert any("nests deeper than 32 levels" in outcome for outcome in outcomes)
     assert outcomes[-1] == "handled"  # a hello within the limit is noted
+
+
+# -- a device's journal -----------------------------------------------------------------------------------
+
+J1, J2 = "1" * 32, "2" * 32
+
+
+def journal_batch(events, *, journal, base_seq=0, device="shop-1", key):
+    token = protocol.encode_batch(events, device=device, session=1, key=key, sent_at=time.time(), journal=journal,
+                                  base_seq=base_seq)
+    return Message(protocol.batch_topic(PREFIX, device), token)
+
+
+def test_a_new_journal_under_a_devices_id_is_refused_and_nothing_of_it_is_acknowledged(central):
+    """A box whose journal was made anew (moved away, as its error says to) numbers its sales from 1 again:
+    they are not central's 1, 2, 3. Once, those at seqs central did not hold yet were stored and the
+    acknowledgement of the run covered the ones it refused: sales lost, with the box's cursor past them."""
+    result, (_, token) = central.handle(journal_batch(sales(1, 2, 3), journal=J1, key=central.box_key))
+    assert result.acked_seq == 3
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public, journal=J1) == 3
+    with pytest.raises(ProtocolError, match="acknowledgement is for journal"):  # the new journal moves nothing
+        protocol.decode_ack(token, device="shop-1", key=central.central_public, journal=J2)
+    for seqs in ((1, 2), (4, 5, 6)):  # the seqs central holds, and those it does not
+        with pytest.raises(Rejected, match=f"device shop-1 sends events of journal {J2}, but central holds those "
+                                           f"of journal {J1}: the box's journal was made anew or replaced"):
+            central.handle(journal_batch(sales(*seqs), journal=J2, key=central.box_key))
+    assert [e["seq"] for e in central.store.events()] == [1, 2, 3] and central.store.device("shop-1").acked_seq == 3
+    # Its own journal goes on as before; a box of an earlier version (no journal named) too.
+    assert central.handle(journal_batch(sales(4), journal=J1, key=central.box_key))[0].acked_seq == 4
+    assert central.handle(batch_message(sales(5), key=central.box_key))[0].acked_seq == 5
+
+
+def test_a_journal_restored_onto_another_box_is_counted_from_where_its_last_box_was_acknowledged(central):
+    """The restored journal holds events 1 to 5, of which central acknowledged 1 to 3 to the old box; the new box
+    (another id) sends 4 and 5 as itself. Once, its count started at 1 and never moved: acknowledged 0 for ever."""
+    new_key = Ed25519PrivateKey.generate()
+    central.store.register("shop-new", public_key_text(new_key), shop="530100000001", region="honghe")
+    later, _ = central.handle(journal_batch(sales(5), journal=J1, base_seq=3, device="shop-new", key=new_key))
+    assert (later.added, later.acked_seq) == (1, 3)  # counted from 3 on; 4 is still on its way
+    result, (_, token) = central.handle(journal_batch(sales(4), journal=J1, base_seq=3, device="shop-new", key=new_key))
+    assert (result.added, result.acked_seq) == (1, 5)
+    assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1) == 5
+    assert [(e["device"], e["seq"]) for e in central.store.events()] == [("shop-new", 4), ("shop-new", 5)]

@@ -339,12 +339,14 @@ def test_a_v3_journal_with_events_gets_the_partial_index_and_finds_every_kind(jo
     j = Journal.open(journal_path, key)
     for kind in ("price_list", "sale", "settings", "sale"):
         j.append(kind, {"kind": kind})
-    # As schema v3 left it: the index on every kind.
+    # As schema v3 left it: the index on every kind, and no journal id.
     j._conn.executescript("DROP INDEX idx_events_looked_up; CREATE INDEX idx_events_kind ON events (kind); "
+                          "DELETE FROM meta WHERE name IN ('journal_id', 'identity', 'base_seq'); "
                           "PRAGMA user_version = 3;")
     j.close()
     j = Journal.open(journal_path, key)
     assert j._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert re.fullmatch("[0-9a-f]{32}", j.journal_id()) and j.base_seq() == 0
     assert [name for (name,) in j._conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' "
                                                 "AND tbl_name = 'events'")] == ["idx_events_looked_up"]
     assert (j.last("price_list").seq, [e.seq for e in j.of_kind("sale")], j.last("settings").seq) == (1, [2, 4], 3)
@@ -437,3 +439,24 @@ def test_a_journal_cut_shorter_than_any_page_is_refused_not_made_anew(journal_pa
     with pytest.raises(JournalError, match=f"is {size} bytes, shorter than any journal: it was cut short"):
         Journal.open(journal_path, key)
     assert journal_path.stat().st_size == size
+
+
+def test_a_journal_has_an_id_of_its_own_and_says_what_it_delivered_as_another_device(journal_path, key, tmp_path):
+    """Batches and acknowledgements name the journal, so central never counts one journal's events as
+    another's under a device's id; a journal restored onto another box delivers the rest as that box, from
+    where the last one's acknowledgements had reached."""
+    j = Journal.open(journal_path, key)
+    made = j.journal_id()
+    assert re.fullmatch("[0-9a-f]{32}", made) and Journal.open(tmp_path / "other.db", key).journal_id() != made
+    assert j.take_identity("shop-a") == 0  # a new journal: nothing delivered as anyone before
+    for n in range(5):
+        j.append("sale", {"n": n})
+    j.acknowledge(3)
+    assert j.take_identity("shop-a") == 0 and j.base_seq() == 0  # the same box, started again
+    j.close()
+    j = Journal.open(journal_path, key)
+    assert j.journal_id() == made
+    assert j.take_identity("shop-b") == 3 and j.base_seq() == 3  # restored onto another box
+    j.acknowledge(5)
+    assert j.take_identity("shop-b") == 3  # and started again there
+    j.close()

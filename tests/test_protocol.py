@@ -331,3 +331,43 @@ def test_text_a_store_cannot_keep_is_found_however_deep_it_lies_without_recursin
         protocol.decode_batch(token, device=DEVICE, key=key.public_key())
     assert not protocol._text_stores([[[[{"k": ["fine", "\udfff"]}]]]])
     assert protocol._text_stores({"k": ["f\u00e9ine", {"\u4e2d": "\U0001f600"}]})
+
+
+JOURNAL = "0123456789abcdef0123456789abcdef"
+
+
+def test_a_batch_names_its_journal_and_what_was_delivered_before_under_another_identity(key):
+    token = protocol.encode_batch(events(4, 5), device=DEVICE, session=1, key=key, sent_at=NOW, journal=JOURNAL,
+                                  base_seq=3)
+    batch = protocol.decode_batch(token, device=DEVICE, key=key.public_key())
+    assert (batch.journal, batch.base_seq, batch.first_seq) == (JOURNAL, 3, 4)
+    earlier = protocol.decode_batch(protocol.encode_batch(events(1), device=DEVICE, session=1, key=key, sent_at=NOW),
+                                    device=DEVICE, key=key.public_key())
+    assert (earlier.journal, earlier.base_seq) == (None, 0)  # a box of an earlier version names none
+    for change, reason in [({"journal": "0123"}, "batch journal '0123' is not a journal id"),
+                           ({"journal": JOURNAL.upper()}, "is not a journal id (32 lowercase hex digits)"),
+                           ({"journal": 7}, "batch journal '7' is not a journal id"),
+                           ({"journal": JOURNAL, "base_seq": 4}, "batch base_seq 4 is not a seq before its first, 4"),
+                           ({"journal": JOURNAL, "base_seq": -1}, "batch base_seq -1 is not"),
+                           ({"journal": JOURNAL, "base_seq": True}, "batch base_seq True is not")]:
+        with pytest.raises(ProtocolError, match=re.escape(reason)):
+            protocol.decode_batch(signed(good_payload(**change), key), device=DEVICE, key=key.public_key())
+
+
+def test_an_acknowledgement_of_another_journal_under_the_same_device_moves_nothing(key):
+    ack = protocol.encode_ack(DEVICE, 9, key=key, journal=JOURNAL)
+    assert protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=JOURNAL) == 9
+    other = "f" * 32
+    with pytest.raises(ProtocolError, match=f"acknowledgement is for journal '{JOURNAL}', not this box's '{other}'"):
+        protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=other)
+    # One from a central of an earlier version names none: taken, as before.
+    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 9, key=key), device=DEVICE, key=key.public_key(),
+                               journal=other) == 9
+
+
+def test_a_batch_whose_last_seq_is_past_what_every_reader_holds_is_refused(key):
+    first = protocol.MAX_INTEGER
+    payload = good_payload(first_seq=first, last_seq=first + 1,
+                           events=[{"seq": first, "kind": "sale", "body": {}}, {"seq": first + 1, "kind": "sale", "body": {}}])
+    with pytest.raises(ProtocolError, match="does not match its 2 events"):
+        protocol.decode_batch(signed(payload, key), device=DEVICE, key=key.public_key())
