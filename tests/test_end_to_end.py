@@ -220,12 +220,9 @@ def _moved_away(device) -> None:
             path.rename(device.directory / (name + ".moved"))
 
 
-def test_a_journal_made_anew_under_the_same_id_is_refused_at_central_and_loses_nothing(stack, fifo, tmp_path):
-    """The new journal numbers its sales from 1 again. Once, central stored those past the seqs it held and its
-    acknowledgement (and the old one, retained) moved the box's cursor over the ones it had refused: three sales
-    acknowledged and never stored. Now central refuses every batch of the new journal, says why, and the box
-    keeps all of them, unacknowledged, for an operator to see (its backlog) and deal with."""
-    device = stack.provision("shop-reset", scanners=[str(fifo)])
+def _three_sales_delivered(stack, fifo, tmp_path, name: str):
+    """A box ``name`` with a price list loaded, three sales scanned and acknowledged, stopped; and the codes."""
+    device = stack.provision(name, scanners=[str(fifo)])
     csv, items = price_list(50)
     (tmp_path / "prices.csv").write_text(csv)
     assert device.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
@@ -233,8 +230,17 @@ def test_a_journal_made_anew_under_the_same_id_is_refused_at_central_and_loses_n
     device.start()
     feed(fifo, scans(codes[:3]))
     wait_until(lambda: (s := device.status())["acked_seq"] == s["last_seq"] and s["events"].get("sale") == 3, 30,
-               "the first journal acknowledged")
+               f"{name}'s sales acknowledged")
     device.stop()
+    return device, codes
+
+
+def test_a_journal_made_anew_under_the_same_id_is_refused_at_central_and_loses_nothing(stack, fifo, tmp_path):
+    """The new journal numbers its sales from 1 again. Once, central stored those past the seqs it held and its
+    acknowledgement (and the old one, retained) moved the box's cursor over the ones it had refused: three sales
+    acknowledged and never stored. Now central refuses every batch of the new journal, says why, and the box
+    keeps all of them, unacknowledged, for an operator to see (its backlog) and deal with."""
+    device, codes = _three_sales_delivered(stack, fifo, tmp_path, "shop-reset")
     _moved_away(device)
     assert device.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
     device.start()
@@ -256,16 +262,7 @@ def test_a_journal_restored_onto_a_box_with_another_id_delivers_the_rest_as_that
     """docs/configuration.md: a box restored with a new identity sends the unacknowledged events as that device.
     Once, central counted that device from seq 1, acknowledged 0 for ever, and the box resent its first batches
     without end: what lay past them never left it."""
-    old = stack.provision("shop-old", scanners=[str(fifo)])
-    csv, items = price_list(20)
-    (tmp_path / "prices.csv").write_text(csv)
-    assert old.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
-    codes = list(items)
-    old.start()
-    feed(fifo, scans(codes[:3]))
-    wait_until(lambda: (s := old.status())["acked_seq"] == s["last_seq"] and s["events"].get("sale") == 3, 30,
-               "the old box acknowledged")
-    old.stop()
+    old, codes = _three_sales_delivered(stack, fifo, tmp_path, "shop-old")
     assert old.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0  # one central has not
     (tmp_path / "pass").write_text("a long passphrase\n")
     made = old.command("backup", str(tmp_path / "box.cbbackup"), "--passphrase-file", str(tmp_path / "pass"))
