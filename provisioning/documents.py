@@ -276,6 +276,8 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
     try:
         if not isinstance(scope, dict) or set(scope) - {"device", "region"}:
             raise ValueError("a scope is {\"device\": ...} or {\"region\": ...}")
+        if len(scope) != 1:  # the other named too, even as null: the schema's oneOf holds neither
+            raise ValueError("a scope is for one device or for one region, naming that one alone")
         scope = Scope(**scope)
         if kind == "revocation" and scope.device is None:
             raise ValueError("a revocation is for one device, never a region")

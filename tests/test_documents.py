@@ -84,6 +84,8 @@ def _item(**change):
     (lambda k, kid: _signed(_payload(kind="order", name="order/a/b", body=ORDER), k, kid), "does not fit its kind"),
     (lambda k, kid: _signed(_payload(scope={"region": "honghe", "device": "shop-1"}), k, kid), "one device or for one region"),
     (lambda k, kid: _signed(_payload(scope={"shop": "x"}), k, kid), "scope or times"),
+    (lambda k, kid: _signed(_payload(scope={"device": "shop-1", "region": None}), k, kid),
+     "a scope is for one device or for one region, naming that one alone"),
     (lambda k, kid: _signed(_payload(scope={"region": "a/b"}), k, kid), "region 'a/b' must be"),
     (lambda k, kid: _signed(_payload(expires_at="tomorrow"), k, kid), "not an RFC 3339 UTC time"),
     (lambda k, kid: _signed(_payload(body={"items": []}), k, kid), "needs a currency"),
@@ -110,7 +112,7 @@ def _item(**change):
     (lambda k, kid: b"A" * (protocol.MAX_TOKEN_BYTES + 1), "over the protocol's limit"),
     (lambda k, kid: b"\xff" + documents.encode_document(document(), key=k, kid=kid), "not a JWS compact token"),
 ], ids=["untrusted-kid", "other-key", "typ", "version", "kind", "version-0", "name", "order-name", "two-scopes",
-        "unknown-scope", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
+        "unknown-scope", "scope-and-null", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
         "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "line-name-control", "line-key", "region-revocation", "no-grace", "oversize",
         "non-ascii"])
 def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_reason(ops, forge, reason):
