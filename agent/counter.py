@@ -61,6 +61,7 @@ REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it w
 MAX_KEYED = 9  # characters of a keyed number: 999999.99 is more than any price at a counter
 START_GUARD = 10.0  # seconds after the box starts in which a keyed number may have lost its first digits
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
+PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ class Pending:
         return bool(self.keyed or self.quantity or self.price is not None or self.carton or self.returning
                     or self.spoiled)
 
+    def as_json(self) -> dict[str, Any]:
+        """What a ``pending`` event records: the box started again finds what the next scan was told."""
+        return {"keyed": self.keyed, "quantity": self.quantity, "price": self.price, "carton": self.carton,
+                "returning": self.returning, "spoiled": self.spoiled}
+
 
 @dataclass
 class Counter:
@@ -105,6 +111,8 @@ class Counter:
     _rollbacks: int = 0  # the journal's count of rollbacks when the ledger last caught up
     _last_folded: Event | None = None
     _consumed: tuple[Event, Pending] | None = None  # the latest scan that used what was pending, and that
+    _last_pending: Event | None = None  # the latest ``pending`` event folded
+    _restored: bool = False  # what was pending before a start looked at, once
 
     # -- keeping up with the journal -------------------------------------------------
 
@@ -143,6 +151,9 @@ class Counter:
                 continue
             for event in events:
                 self._fold(event)
+        if not self._restored:
+            self._restored = True
+            self._restore_pending()
         if self._mode_active_at is None and self.ledger.session is not None:
             # A receiving or count left open by a restart goes on for what is left of its time, measured
             # from its latest scan: one left for longer has ended, and the next scan is refused, not sold.
@@ -151,6 +162,37 @@ class Counter:
             except ValueError:
                 idle = self.mode_timeout
             self._mode_active_at = self.clock() - idle
+
+    def _restore_pending(self) -> None:
+        """What the controls scanned before the box started again said of the next scan (a return, a quantity,
+        a carton, a keyed price), still pending and not timed out: it holds for the next scan as it would have.
+        Digits of a number still being keyed may have been lost with the restart: the number is refused."""
+        event = self._last_pending
+        if event is None or not any(event.body.get(name) for name in PENDING_FIELDS):
+            return
+        try:
+            age = max(0.0, time.time() - parse_rfc3339(event.body.get("at")))
+        except ValueError:
+            return
+        if age >= self.pending_timeout:
+            return
+        body = event.body
+        self._pending = Pending(quantity=body.get("quantity"), price=body.get("price"), carton=bool(body.get("carton")),
+                                returning=bool(body.get("returning")),
+                                spoiled=bool(body.get("spoiled") or body.get("keyed")), since=self.clock() - age)
+        logger.warning("pending seq=%d: what the controls said before the start holds for the next scan", event.seq,
+                       extra=event_fields(event.seq, "pending", None))
+
+    def _note_pending(self, journal: Journal) -> Event | None:
+        """Record what is pending when it is not what the journal last says (set by a control, used by a scan,
+        cleared, timed out): a box started again picks it up. Nothing on a plain scan with nothing pending."""
+        journaled = self._last_pending.body if self._last_pending is not None else None
+        if not self._pending and not (journaled and any(journaled.get(name) for name in PENDING_FIELDS)):
+            return None
+        snapshot = self._pending.as_json()
+        if journaled is not None and all(journaled.get(name) == value for name, value in snapshot.items()):
+            return None
+        return self._append(journal, "pending", {**snapshot, "at": rfc3339(time.time())})
 
     def _from_checkpoint(self, journal: Journal) -> None:
         """The ledger, price list and settings as of retention's checkpoint (nothing: the journal's start)."""
@@ -178,7 +220,9 @@ class Counter:
                          extra=event_fields(event.seq, event.body["kind"], None))
         self.ledger.apply(event.seq, event.kind, event.body)
         self._last_folded = event
-        if event.kind == "price_list":
+        if event.kind == "pending":
+            self._last_pending = event
+        elif event.kind == "price_list":
             self._catalog = Catalog.from_price_list(event.body)
         elif event.kind == "settings":  # pushed by operations: over the configuration file's
             self.settle(event.body.get("counter", {}))
@@ -210,6 +254,11 @@ class Counter:
     def record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         """Record ``scan`` in ``journal``; blocking (SQLite and fsync), so it runs in the store's thread."""
         self._catch_up(journal)
+        outcome = self._record(journal, scan)
+        self._note_pending(journal)  # in the same transaction; bookkeeping of the box's own, not the scan's outcome
+        return outcome
+
+    def _record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         if isinstance(scan, Keypress):
             code = controls.KEYPAD.get(scan.key)
             if code is None:
@@ -521,9 +570,11 @@ class Counter:
         if self.mode != "selling" and now - (self._mode_active_at or 0.0) >= self.mode_timeout:
             self._pending = Pending()
             outcome = self._end_mode(journal, "timeout")
+            self._note_pending(journal)
             return outcome
         if self._pending and now - self._pending.since >= self.pending_timeout:
             self._pending = Pending()
+            self._note_pending(journal)
             return Outcome(Signal.ATTENTION, note="what was keyed or set for the next scan timed out")
         return None
 

@@ -586,3 +586,66 @@ def test_end_of_day_after_midnight_closes_the_evenings_day(shop):
     shop.at += 3 * 3600  # 01:00 the next morning
     [closed] = shop.scan("CB:END-DAY")
     assert (closed.body["day"], closed.body["totals"]["lines"]) == ("2026-11-30", 1)
+
+
+# -- what the controls said, across a start -------------------------------------------------------
+
+def _started_again(shop: Shop, *, after: float = 5.0) -> Shop:
+    """The same journal, a new agent ``after`` seconds later (a power cut, a restart): a new counter."""
+    again = Shop.__new__(Shop)
+    again.journal, again.clock, again.at, again.heard = shop.journal, Clock(), shop.at, []
+    again.clock.now = 5000.0
+    again.counter = Counter(timezone=SHANGHAI, clock=again.clock, mode_timeout=600, pending_timeout=60)
+    return again
+
+
+@pytest.mark.parametrize("controls_, expected", [
+    (["CB:RETURN"], ("return", 1, 2300)),
+    (["CB:QTY5"], ("sale", 5, 2300)),
+    (["CB:CARTON"], ("sale", 1, 22500)),
+    (["CB:2", "CB:1", "CB:DOT", "CB:5", "CB:PRICE"], ("sale", 1, 2150)),
+    (["CB:RETURN", "CB:QTY3"], ("return", 3, 2300)),
+], ids=["return", "quantity", "carton", "keyed-price", "return-of-three"])
+def test_what_the_controls_said_holds_for_the_next_scan_after_the_box_starts_again(shop, monkeypatch, controls_,
+                                                                                   expected):
+    """Answered with the good signal, then a power cut before the product: once the return was a sale (and the
+    quantity one, the carton a pack), the retailer never told. The journal holds what is pending."""
+    shop.scan(*controls_)
+    assert shop.signal is Signal.GOOD
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 5)  # five seconds later
+    again = _started_again(shop)
+    [line] = again.scan(PACK)
+    assert (line.kind, line.body["quantity"], line.body["unit_price"]) == expected
+    [after] = again.scan(PACK)  # used once, as ever
+    assert (after.kind, after.body["quantity"], after.body["unit_price"]) == ("sale", 1, 2300)
+    third = _started_again(again)  # and used for good: a later start finds nothing pending
+    [plain] = third.scan(PACK)
+    assert (plain.kind, plain.body["quantity"]) == ("sale", 1)
+
+
+def test_a_number_half_keyed_before_a_start_is_refused_whole_and_a_pending_too_old_is_forgotten(shop, monkeypatch):
+    shop.scan("CB:2", "CB:3")  # keyed, not yet said to be a price or a quantity
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 5)
+    again = _started_again(shop)
+    assert again.scan(PACK) == () and again.signal is Signal.ERROR  # its digits may have been cut: refused
+    again.scan("CB:CLEAR")
+    [sale] = again.scan(PACK)
+    assert sale.body["quantity"] == 1
+    shop_later = _started_again(again)
+    shop_later.scan("CB:RETURN")
+    monkeypatch.setattr(time, "time", lambda: wall + 5 + 61)  # off for longer than pending_timeout
+    [sale] = _started_again(shop_later).scan(PACK)
+    assert sale.kind == "sale"
+
+
+def test_what_timed_out_or_was_cleared_is_not_pending_after_a_start(shop, monkeypatch):
+    shop.scan("CB:RETURN", "CB:CLEAR")
+    assert _started_again(shop).scan(PACK)[0].kind == "sale"
+    shop.scan("CB:RETURN")
+    shop.clock.now += 61
+    with shop.journal.transaction():
+        assert shop.counter.expire(shop.journal).signal is Signal.ATTENTION  # timed out while the box ran
+    assert _started_again(shop).scan(PACK)[0].kind == "sale"
+    assert [e.body["returning"] for e in shop.journal.of_kind("pending")] == [True, False, True, False]
