@@ -594,11 +594,21 @@ class CentralStore:
                     index_elements=[upload_days.c.device_id, upload_days.c.day],
                     set_={"reports": upload_days.c.reports + 1}))
             held = conn.execute(sa.select(device_status.c.session, device_status.c.connection, device_status.c.state,
-                                          device_status.c.sent_at, device_status.c.clock_offset)
+                                          device_status.c.sent_at, device_status.c.clock_offset,
+                                          device_status.c.received_at)
                                 .where(device_status.c.device_id == device_id)).first()
-            if held and protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held))) \
-                    > protocol.status_order(status):
-                return False
+            if held:
+                before = protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held)))
+                after = protocol.status_order(status)
+                # Within one connection, live statuses come in the order the box sent them (MQTT keeps a
+                # connection's order): the later one received is the newer, whatever the box's clock says
+                # (set back by NTP after a start, it would leave every later status "older"). A retained
+                # copy, sent again on subscribing, is placed by the time it was signed.
+                if live and before[:3] == after[:3]:
+                    if held[5] is not None and received_at < held[5]:
+                        return False
+                elif before > after:
+                    return False
             offset = status["sent_at"] - received_at if clocked and status["state"] == "online" else (held[4] if held else None)
             body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
             values = {"state": status["state"], "session": status["session"], "connection": status["connection"],

@@ -373,6 +373,19 @@ def test_boxes_waiting_for_activation_are_listed_newest_first_until_registered(s
     assert len(store.waiting_devices()) == 2
 
 
+def test_a_boxs_clock_set_back_on_a_connection_leaves_its_later_statuses_the_latest(store):
+    """A box that started an hour fast and was put right by NTP signs its later statuses with earlier times: they
+    were taken as older than the first and dropped, the backlog and the clock flag kept from before."""
+    store.record_status("shop-1", status(sent_at=1000.0 + 3600, backlog=9), received_at=1000.0, live=True)
+    assert store.status("shop-1").clock_offset == 3600.0
+    assert store.record_status("shop-1", status(sent_at=1060.0, backlog=0), received_at=1060.0, live=True)
+    held = store.status("shop-1")
+    assert (held.health, held.clock_offset) == ({"backlog": 0}, 0.0)
+    # One live status received before the one held (two ingests sharing the load) does not take it back.
+    assert not store.record_status("shop-1", status(sent_at=1059.0, backlog=5), received_at=1059.0, live=True)
+    assert store.status("shop-1").health == {"backlog": 0}
+
+
 def test_a_connections_will_outranks_its_online_statuses_whichever_arrives_first(store):
     """The will is signed when the connection opens, before every online status of it, yet says the last
     word on that connection: an online status of it arriving after the will changes nothing."""
