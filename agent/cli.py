@@ -110,8 +110,8 @@ def _report(args) -> int:
                               start=retention.checkpoint_ledger(journal, keep_days=True))
         # Today is the shop's, in the time zone the counter dates sales in: operations' settings over the file's.
         counter = daemon.counter_for(args.config)
-        for event in journal.of_kind("settings"):
-            counter.settle(event.body.get("counter", {}))
+        pushed = documents.settings_in_force(event.body for event in journal.of_kind("settings"))
+        counter.settle(pushed.get("counter", {}))
     finally:
         journal.close()
     if args.report == "sales":

@@ -45,6 +45,7 @@ from drivers.barcode import classify
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from drivers.keypad import Keypress
+from provisioning.documents import settings_in_force
 from provisioning.protocol import parse_rfc3339, rfc3339
 from storage import DAMAGED, Event, Journal, JournalError
 
@@ -112,6 +113,7 @@ class Counter:
     _last_folded: Event | None = None
     _consumed: tuple[Event, Pending] | None = None  # the latest scan that used what was pending, and that
     _last_pending: Event | None = None  # the latest ``pending`` event folded
+    _pushed: list[dict[str, Any]] = field(default_factory=list)  # the bodies of the ``settings`` events folded
     _restored: bool = False  # what was pending before a start looked at, once
 
     # -- keeping up with the journal -------------------------------------------------
@@ -126,7 +128,7 @@ class Counter:
                 if self._consumed is not None and not self._holds(journal, self._consumed[0]):
                     self._pending = self._consumed[1]  # the scan is to be made again: as it was meant
                     self._pending.since = self.clock()
-                self.ledger, self._loaded, self._last_folded = Ledger(), False, None
+                self.ledger, self._loaded, self._last_folded, self._pushed = Ledger(), False, None, []
                 self.timezone, self.mode_timeout, self.pending_timeout = self._configured
         if not self._loaded:
             if self._started_at is None:
@@ -200,11 +202,9 @@ class Counter:
         upto = self.ledger.last_seq
         prices = [event for event in journal.of_kind("price_list") if event.seq <= upto]
         self._catalog = Catalog.from_price_list(prices[-1].body if prices else None)
-        if self._configured:
-            self.timezone, self.mode_timeout, self.pending_timeout = self._configured
-        for event in journal.of_kind("settings"):  # kept with the checkpoint: the events after it fold on
-            if event.seq <= upto:
-                self.settle(event.body.get("counter", {}))
+        # Kept with the checkpoint: the events after it fold on.
+        self._pushed = [event.body for event in journal.of_kind("settings") if event.seq <= upto]
+        self._settle_pushed()
 
     @staticmethod
     def _holds(journal: Journal, event: Event | None) -> bool:
@@ -225,7 +225,14 @@ class Counter:
         elif event.kind == "price_list":
             self._catalog = Catalog.from_price_list(event.body)
         elif event.kind == "settings":  # pushed by operations: over the configuration file's
-            self.settle(event.body.get("counter", {}))
+            self._pushed.append(event.body)
+            self._settle_pushed()
+
+    def _settle_pushed(self) -> None:
+        """The configuration's [counter] keys, under what the settings pushed so far add up to."""
+        if self._configured:
+            self.timezone, self.mode_timeout, self.pending_timeout = self._configured
+        self.settle(settings_in_force(self._pushed).get("counter", {}))
 
     def settle(self, settings: dict[str, Any]) -> None:
         """Take a settings document's [counter] keys (those it names) over the configuration's."""

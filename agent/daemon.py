@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning import activation, protocol
+from provisioning.documents import settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from storage import Journal, JournalFull, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
 from storage.keys import write_secret
@@ -350,11 +351,12 @@ class Box:
         finally:
             self._activator = None
 
-    def _settle(self, telemetry: Telemetry, settings: dict) -> None:
-        """Settings pushed by operations, over the configuration file's: the intervals of what runs on a timer."""
-        uplink = settings.get("uplink", {})
-        telemetry.interval = uplink.get("status_interval", telemetry.interval)
-        self._snapshot_interval = uplink.get("snapshot_interval", self._snapshot_interval)
+    def _settle(self, telemetry: Telemetry, pushed: list[dict]) -> None:
+        """Settings pushed by operations (the bodies of its settings events, in order), over the configuration
+        file's: the intervals of what runs on a timer."""
+        uplink = settings_in_force(pushed).get("uplink", {})
+        telemetry.interval = uplink.get("status_interval", self.config.uplink.status_interval)
+        self._snapshot_interval = uplink.get("snapshot_interval", 0.0)
 
     async def _snapshots(self) -> None:
         """A monitoring point's periodic report of its stock and actual prices, through the journal."""
@@ -380,12 +382,12 @@ class Box:
                               will=telemetry.will) as link:
             uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,
                             key=self.key, central_key=self.central_key, config=config.uplink)
-            for settings in await self.store.read(lambda journal: journal.of_kind("settings")):
-                self._settle(telemetry, settings.body)  # each names the keys it sets: in order, as the counter
+            pushed = [event.body for event in await self.store.read(lambda journal: journal.of_kind("settings"))]
+            self._settle(telemetry, pushed)
             downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,
                                 trusted=self.trusted, topic_prefix=prefix,
                                 on_revoked=lambda document: self._revocation(document.body["grace_seconds"]),
-                                on_settings=lambda body: self._settle(telemetry, body))
+                                on_settings=lambda body: (pushed.append(body), self._settle(telemetry, pushed)))
             self._uplink = uplink
             try:
                 async with asyncio.TaskGroup() as group:

@@ -175,4 +175,4 @@ class Downlink:
         if document.kind == "revocation":
             self.on_revoked(document)
         elif document.kind == "settings":
-            self.on_settings(document.body)
+            self.on_settings({**document.body, "name": document.name})  # as its event records it

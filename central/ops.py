@@ -17,7 +17,7 @@ from agent.config import time_zone
 from agent.mqtt import Backoff, MqttError, MqttLink
 from agent import orders
 from agent.prices import PriceListError, read_csv
-from provisioning import activation, documents, protocol
+from provisioning import activation, documents, jws, protocol
 from provisioning.activation import ActivationCode
 from provisioning.documents import CONTROL, Document, Scope
 from provisioning.errors import IdentityError, ProtocolError, ProvisioningError
@@ -88,7 +88,10 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
         expires_at = now + args.valid_days * 86400
 
         def sign(version: int):
-            document = Document(kind, name, version, scope, body, now, expires_at)
+            # Settings hold every key set so far for their scope: a box that was away when an earlier
+            # version came finds them all in the latest, the one the broker keeps.
+            content = _with_earlier(store, name, scope, body) if kind == "settings" else body
+            document = Document(kind, name, version, scope, content, now, expires_at)
             try:
                 token = documents.encode_document(document, key=key, kid=kid)
             except ValueError as error:
@@ -108,6 +111,13 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
     print(json.dumps({"name": name, "version": version, "scope": scope.as_json(), "topic": topic,
                       "bytes": len(token), "expires_at": protocol.rfc3339(expires_at)}))
     return 0
+
+
+def _with_earlier(store: CentralStore, name: str, scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
+    """``body``'s settings over those of the latest version of ``name`` issued for ``scope``."""
+    token = store.latest_document(name, json.dumps(scope.as_json()))
+    earlier = json.loads(jws.b64url_decode(token.decode().split(".")[1])).get("body", {}) if token else {}
+    return {section: {**earlier.get(section, {}), **body.get(section, {})} for section in {**earlier, **body}}
 
 
 def span(most: float, *, zero: bool = False):
@@ -182,7 +192,7 @@ def _settings_push(args) -> int:
     if args.timezone is not None and time_zone(args.timezone) is None:
         # Every box would refuse the version (docs/protocol.md): not signed, no version taken.
         raise CentralError(f"time zone {args.timezone!r} is not in the time zone database")
-    return _push(args, kind="settings", name="settings", body=body)
+    return _push(args, kind="settings", name=documents.DEVICE_SETTINGS if args.device else "settings", body=body)
 
 
 def _order_push(args) -> int:

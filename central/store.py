@@ -558,6 +558,12 @@ class CentralStore:
                                                    issued_at=issued_at, expires_at=expires_at, token=token))
         return version, token
 
+    def latest_document(self, name: str, scope: str) -> bytes | None:
+        """The token of the newest version of ``name`` issued for ``scope`` (its JSON, as kept), or None."""
+        with self._transaction(write=False) as conn:
+            return conn.execute(sa.select(documents.c.token).where(documents.c.name == name, documents.c.scope == scope)
+                                .order_by(documents.c.version.desc()).limit(1)).scalar()
+
     def document_published(self, name: str, version: int) -> None:
         with self._transaction() as conn:
             conn.execute(documents.update().where(documents.c.name == name, documents.c.version == version)

@@ -18,7 +18,7 @@ own state. docs/protocol.md is the contract.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,9 @@ KINDS = ("price_list", "order", "settings", "revocation")
 # except the time zone (an IANA name). Anything else in it refuses the whole document.
 SETTINGS = {"counter": {"timezone", "mode_timeout", "pending_timeout"},
             "uplink": {"status_interval", "snapshot_interval"}}
+# Settings for one box are a stream of their own ("settings" is its region's): each version of either
+# holds every key set so far for its scope, and a box's own outrank its region's.
+DEVICE_SETTINGS = "settings/device"
 MAX_ORDER_LINES = 10_000
 # The bounds a row loaded from a file on the box keeps too (agent/prices.py, agent/orders.py).
 MAX_QUANTITY = 100_000  # packs or cartons of one order line
@@ -96,6 +99,8 @@ def order_name(order_id: str) -> str:
 
 def _check_name(kind: str, name: str) -> None:
     if kind in ("price_list", "settings", "revocation") and name == kind:
+        return
+    if kind == "settings" and name == DEVICE_SETTINGS:
         return
     if kind == "order" and name.startswith("order/") and _ORDER_ID.fullmatch(name[len("order/"):]):
         return
@@ -211,6 +216,27 @@ def check_settings(body: dict[str, Any]) -> None:
                 raise ProtocolError(f"settings [{section}] {name} must be a number of seconds above 0")
 
 
+def settings_in_force(bodies: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the settings a box recorded add up to, from their bodies in the order recorded: its region's
+    ("settings"), then its own (DEVICE_SETTINGS) over them; within each, later keys over earlier ones.
+
+    >>> settings_in_force([{"name": "settings/device", "counter": {"mode_timeout": 300}},
+    ...                    {"name": "settings", "counter": {"mode_timeout": 900, "pending_timeout": 30}}])
+    {'counter': {'mode_timeout': 300, 'pending_timeout': 30}}
+    """
+    layers: tuple[dict, dict] = ({}, {})
+    for body in bodies:
+        layer = layers[body.get("name") == DEVICE_SETTINGS]
+        for section in SETTINGS:
+            if isinstance(body.get(section), dict):
+                layer.setdefault(section, {}).update(body[section])
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            merged.setdefault(section, {}).update(values)
+    return merged
+
+
 def _code(value: Any) -> bool:
     """A barcode's data as a scanner types it (printable ASCII, at most 48 characters), whose check digit,
     where its symbology has one, is right: a code no scan could match is no product."""
@@ -281,6 +307,8 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
         scope = Scope(**scope)
         if kind == "revocation" and scope.device is None:
             raise ValueError("a revocation is for one device, never a region")
+        if name == DEVICE_SETTINGS and scope.device is None:
+            raise ValueError(f"{DEVICE_SETTINGS} is for one device, never a region")
         issued_at, expires_at = parse_rfc3339(payload.get("issued_at")), parse_rfc3339(payload.get("expires_at"))
     except (ValueError, TypeError) as error:
         raise ProtocolError(f"document scope or times: {error}") from None

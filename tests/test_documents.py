@@ -611,3 +611,56 @@ def test_an_older_forged_expired_or_other_shops_document_changes_nothing(stack, 
     feed(fifo, scans(["6901028075831"]))
     wait_until(lambda: _last(device, "sale"), 20, "the sale")
     assert _last(device, "sale")["body"]["unit_price"] == 2400
+
+
+def test_settings_in_force_are_the_regions_under_the_boxs_own_each_key_as_last_set():
+    assert documents.settings_in_force([]) == {}
+    assert documents.settings_in_force([
+        {"name": "settings/device", "counter": {"mode_timeout": 300}, "version": 1},
+        {"name": "settings", "counter": {"mode_timeout": 900, "timezone": "Asia/Shanghai"}, "version": 4},
+        {"name": "settings", "counter": {"mode_timeout": 800}, "uplink": {"status_interval": 30.0}, "version": 5},
+    ]) == {"counter": {"mode_timeout": 300, "timezone": "Asia/Shanghai"}, "uplink": {"status_interval": 30.0}}
+
+
+@pytest.mark.parametrize("order", ["region-first", "device-first"])
+def test_a_boxs_own_settings_outrank_its_regions_whichever_came_first(tmp_path, order):
+    """One version sequence for both once made a box that had its own settings refuse its region's as a replay,
+    and the last applied won whatever its scope."""
+    from agent.counter import Counter
+    from drivers.decoder import Scan
+    from storage import Journal
+
+    journal = Journal.open(tmp_path / "journal.db", b"k" * 32)
+    region = {"name": "settings", "version": 7, "counter": {"timezone": "Pacific/Pago_Pago", "mode_timeout": 900.0}}
+    own = {"name": "settings/device", "version": 1, "counter": {"mode_timeout": 300.0}}
+    for body in ([region, own] if order == "region-first" else [own, region]):
+        journal.append("settings", body)
+    counter = Counter(mode_timeout=600.0)
+    with journal.transaction():
+        counter.record(journal, Scan("CB:CLEAR", "/dev/input/event3", 0.0, 0.0))
+    assert (counter.mode_timeout, str(counter.timezone)) == (300.0, "Pacific/Pago_Pago")
+    journal.close()
+
+
+def test_settings_pushed_hold_every_key_set_so_far_for_their_scope_and_a_boxs_own_are_a_stream_of_their_own(stack):
+    """The broker keeps a stream's latest version alone: a box away when an earlier one came must find every key
+    in the latest. A box's own settings are versioned apart from its region's."""
+    stack.provision("shop-1", scanners=[])
+    for args in (["--region", "honghe", "--timezone", "Asia/Shanghai"],
+                 ["--region", "honghe", "--status-interval", "30", "--mode-timeout", "900"],
+                 ["--region", "honghe", "--mode-timeout", "800"],
+                 ["--device", "shop-1", "--mode-timeout", "300"]):
+        pushed = stack.push("settings", None, *args)
+        assert pushed.returncode == 0, pushed.stderr
+    store = CentralStore(stack.central_db)
+    try:
+        kept = store.conn.execute("SELECT name, version, token FROM documents ORDER BY name, version").fetchall()
+    finally:
+        store.close()
+    bodies = [(name, version, json.loads(jws.b64url_decode(bytes(token).decode().split(".")[1]))["body"])
+              for name, version, token in kept]
+    assert bodies == [
+        ("settings", 1, {"counter": {"timezone": "Asia/Shanghai"}}),
+        ("settings", 2, {"counter": {"timezone": "Asia/Shanghai", "mode_timeout": 900.0}, "uplink": {"status_interval": 30.0}}),
+        ("settings", 3, {"counter": {"timezone": "Asia/Shanghai", "mode_timeout": 800.0}, "uplink": {"status_interval": 30.0}}),
+        ("settings/device", 1, {"counter": {"mode_timeout": 300.0}})]
