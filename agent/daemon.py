@@ -8,7 +8,9 @@ and the journal opened in threads too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from provisioning import activation, protocol
 from provisioning.documents import settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from storage import Journal, JournalFull, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
-from storage.keys import write_secret
+from storage.keys import sync_directory, write_secret
 
 from .activation import Activator
 from .activation import current as activation_state
@@ -126,11 +128,16 @@ def _erasing(config: Config) -> Path:
     return config.storage.path.with_name(f"{config.storage.path.name}.erasing")
 
 
+def _key_erasing(config: Config) -> Path:
+    """The data key moved aside: the erase's marker when the disk had no room for one (a rename needs none)."""
+    return config.storage.key_file.with_name(f"{config.storage.key_file.name}.erasing")
+
+
 def finish_erase(config: Config) -> bool:
     """Finish an erase that a power cut interrupted (its marker is still there); True if there was one.
     Without this, a box with its data key gone and its journal left could never start again, and one
     with its journal gone and its signing key left would come back as the revoked identity."""
-    if not _erasing(config).exists():
+    if not (_erasing(config).exists() or _key_erasing(config).exists()):
         return False
     crypto_erase(config)
     return True
@@ -148,9 +155,16 @@ def crypto_erase(config: Config) -> None:
         pass
     except OSError as error:
         # A full disk: destroying needs no space (and frees some), and the erase must not wait for any.
-        # Without a marker, a power cut before the end leaves what the next erase attempt finishes.
-        logger.error("erase marker %s not written (%s); erasing without it", marker, error.strerror)
-    destroyed = destroy_secret(config.storage.key_file)
+        # The data key, moved aside (a rename needs no room), stands for the marker: a power cut before
+        # the end leaves what the next start finishes.
+        logger.error("erase marker %s not written (%s); the data key moved aside marks the erase", marker,
+                     error.strerror)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(config.storage.key_file, _key_erasing(config))
+            sync_directory(config.storage.key_file.parent)
+    aside = _key_erasing(config)
+    # Moved aside, it is zeroed now and stays, as the marker, until the end.
+    destroyed = destroy_secret(config.storage.key_file) | destroy_secret(aside, keep=True)
     if not destroyed:
         # Sealed by systemd (a credential): the service cannot destroy it; the image's first-boot step
         # replaces it. The files go regardless.
@@ -158,6 +172,7 @@ def crypto_erase(config: Config) -> None:
                        config.storage.key_file)
     remove_journal(config.storage.path)
     destroy_secret(config.device.key_file)
+    destroy_secret(aside)
     destroy_secret(marker)
     logger.warning("crypto-erased: data key, signing key and journal destroyed")
 

@@ -81,9 +81,10 @@ def write_secret(path: Path, data: bytes) -> None:
     sync_directory(path.parent)
 
 
-def destroy_secret(path: Path) -> bool:
-    """Overwrite a secret file with zeros, make that durable, and remove it: what was encrypted under
-    it cannot be read again. False when there was no such file."""
+def destroy_secret(path: Path, *, keep: bool = False) -> bool:
+    """Overwrite a secret file with zeros, make that durable, and remove it (``keep``: leave the zeros,
+    the file standing for something else): what was encrypted under it cannot be read again. False
+    when there was no such file."""
     try:
         fd = os.open(path, os.O_WRONLY)
     except FileNotFoundError:
@@ -94,8 +95,9 @@ def destroy_secret(path: Path) -> bool:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.unlink(path)
-    sync_directory(path.parent)
+    if not keep:
+        os.unlink(path)
+        sync_directory(path.parent)
     return True
 
 

@@ -216,3 +216,33 @@ def test_an_erase_cut_short_by_a_power_cut_is_finished_at_the_next_start(tmp_pat
     assert daemon.finish_erase(config) is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml"]
     assert daemon.finish_erase(config) is False
+
+
+def test_an_erase_without_room_for_its_marker_cut_short_is_finished_at_the_next_start(tmp_path, monkeypatch):
+    """A full disk refused the marker, then the power went after the data key was gone: the journal could not be
+    opened, and nothing said to finish the erase. The data key moved aside (a rename needs no room) marks it."""
+    from agent import daemon
+    from agent.config import load
+    from provisioning.identity import create_key
+
+    (tmp_path / "agent.toml").write_text('[storage]\npath = "journal.db"\nkey_file = "data.key"\n'
+                                         '[device]\nkey_file = "device.key"\n')
+    config = load(tmp_path / "agent.toml")
+    create_key(config.device.key_file)
+    daemon.open_journal(config, create=True).close()
+
+    def no_room(path, data):
+        raise OSError(28, "No space left on device")
+
+    def power_cut(path):
+        raise KeyboardInterrupt  # the power, gone before the journal's files were removed
+
+    monkeypatch.setattr(daemon, "write_secret", no_room)
+    monkeypatch.setattr(daemon, "remove_journal", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        daemon.crypto_erase(config)
+    monkeypatch.undo()
+    assert not config.storage.key_file.exists() and config.storage.path.exists()  # the state it left
+    assert daemon.finish_erase(config) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml"]
+    assert daemon.finish_erase(config) is False
