@@ -34,6 +34,7 @@ amount: `counterbox show SEQ` decrypts those for whoever holds the key.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -89,8 +90,10 @@ class Pending:
                     or self.spoiled)
 
     def as_json(self) -> dict[str, Any]:
-        """What a ``pending`` event records: the box started again finds what the next scan was told."""
-        return {"keyed": self.keyed, "quantity": self.quantity, "price": self.price, "carton": self.carton,
+        """What a ``pending`` event records: the box started again finds what the next scan was told. Of a
+        number being keyed, only that there is one (restored, it is refused whole): one event per digit
+        would be an fsync each, for nothing."""
+        return {"keyed": bool(self.keyed), "quantity": self.quantity, "price": self.price, "carton": self.carton,
                 "returning": self.returning, "spoiled": self.spoiled}
 
 
@@ -128,6 +131,11 @@ class Counter:
                 if self._consumed is not None and not self._holds(journal, self._consumed[0]):
                     self._pending = self._consumed[1]  # the scan is to be made again: as it was meant
                     self._pending.since = self.clock()
+                elif self._last_pending is not None and not self._holds(journal, self._last_pending):
+                    # A control's change of what is pending did not commit (the retailer heard the error
+                    # signal): what is pending is what the journal says, as after a start.
+                    self._pending, self._restored = Pending(), False
+                self._last_pending = None  # folded anew below
                 self.ledger, self._loaded, self._last_folded, self._pushed = Ledger(), False, None, []
                 self.timezone, self.mode_timeout, self.pending_timeout = self._configured
         if not self._loaded:
@@ -173,10 +181,10 @@ class Counter:
         if event is None or not any(event.body.get(name) for name in PENDING_FIELDS):
             return
         try:
-            age = max(0.0, time.time() - parse_rfc3339(event.body.get("at")))
+            age = time.time() - parse_rfc3339(event.body.get("at"))
         except ValueError:
             return
-        if age >= self.pending_timeout:
+        if not 0 <= age < self.pending_timeout:  # timed out while the box was off, or a clock gone back: unknown
             return
         body = event.body
         self._pending = Pending(quantity=body.get("quantity"), price=body.get("price"), carton=bool(body.get("carton")),
@@ -261,8 +269,14 @@ class Counter:
     def record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         """Record ``scan`` in ``journal``; blocking (SQLite and fsync), so it runs in the store's thread."""
         self._catch_up(journal)
-        outcome = self._record(journal, scan)
-        self._note_pending(journal)  # in the same transaction; bookkeeping of the box's own, not the scan's outcome
+        pending, consumed = dataclasses.replace(self._pending), self._consumed
+        try:
+            outcome = self._record(journal, scan)
+            self._note_pending(journal)  # in the same transaction; the box's own bookkeeping, not the scan's outcome
+        except BaseException:
+            # Not recorded (the retailer hears the error signal): what was pending stays as it was.
+            self._pending, self._consumed = pending, consumed
+            raise
         return outcome
 
     def _record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
@@ -282,7 +296,9 @@ class Counter:
                     "refused_at": rfc3339(time.time())}
             return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
         if self.mode != "selling" and self.clock() - (self._mode_active_at or 0.0) >= self.mode_timeout:
-            # Ended while nobody looked (a box that was off): this scan was meant for the mode, not for selling.
+            # Ended while nobody looked (a box that was off): this scan was meant for the mode, not for selling;
+            # and what was set for a scan in it goes with it.
+            self._pending = Pending()
             ended = self._end_mode(journal, "timeout")
             return Outcome(Signal.ERROR, ended.events, note="the receiving or count had timed out; scan again")
         if controls.is_control(scan.text):

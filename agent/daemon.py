@@ -189,10 +189,10 @@ async def _life(config: Config) -> bool:
     try:
         session = await store.write(lambda journal: journal.start_session())
         # A journal restored onto this box delivers what its last box did not, as this one.
-        base = await store.write(lambda journal: journal.take_identity(device_id))
-        if base:
+        base, before = await store.write(lambda journal: journal.take_identity(device_id))
+        if before and before != device_id:
             logger.warning("journal delivers as device=%s from seq=%d on: the events before were delivered as "
-                           "another device", device_id, base + 1)
+                           "device=%s", device_id, base + 1, before)
         last, acked = await store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
         logger.info("agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
                     device_id, session, store.path, last, acked)

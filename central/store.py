@@ -59,7 +59,7 @@ devices = sa.Table(
     sa.Column("registered_at", sa.Double),
     sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("revoked_at", sa.Double),  # operations revoked it; its batches are still taken
-    sa.Column("journal", sa.Text),  # the id of the journal whose events are held (from its first batch naming one)
+    sa.Column("journal", sa.Text, index=True),  # the id of the journal whose events are held (its first batch naming one)
 )
 events = sa.Table(
     "events", metadata,
@@ -388,7 +388,9 @@ class CentralStore:
         ``journal`` (the id the batch names): the device's first batch naming one makes it the device's, and
         its count starts after ``base_seq`` (the events its journal delivered as another device before); a
         batch naming another journal is refused (JournalReplaced). A batch naming none (a box of an earlier
-        version) is taken as of the device's journal."""
+        version) is taken as of the device's journal. An event of the journal that another device holds
+        already, the same (a backup restored onto a new box, taken before its last box delivered all it
+        had), is held: never stored twice, and counted as held."""
         now = time.time()
         with self._transaction() as conn:
             # The device's row, locked: another central adding its events waits for this one to end.
@@ -398,7 +400,6 @@ class CentralStore:
                 raise RegistryError(f"device {device_id} is not registered")
             acked, held_journal = row
             if journal is not None and held_journal is None:
-                acked = max(acked, base_seq)
                 conn.execute(devices.update().where(devices.c.device_id == device_id).values(journal=journal))
             elif journal is not None and journal != held_journal:
                 raise JournalReplaced(
@@ -407,16 +408,23 @@ class CentralStore:
                     "are not the ones central holds. Nothing is stored or acknowledged; the box keeps its events. "
                     "Restore the box's journal from its backup, or register the box under a new id "
                     "(docs/commands.md, Replacing a box's journal)")
+            # Counted from where its journal was delivered before as another device (its identity moved, or
+            # moved away and back again).
+            acked = max(acked, base_seq)
             held = self._check_no_conflict(conn, device_id, events)
+            elsewhere = self._held_elsewhere(conn, device_id, journal, events) if journal is not None else set()
             # New: the seqs not held. Exact, since adding a device's events takes its row's lock first.
-            new = {e["seq"]: e for e in events if e["seq"] not in held}
+            new = {e["seq"]: e for e in events if e["seq"] not in held and e["seq"] not in elsewhere}
             if new:
                 self._insert_events(conn, device_id, session, now, new)
             added = len(new)
             # Advance over the contiguous run; a gap (a batch still to come) stops it. Fetched at
             # once: a row at a time costs PostgreSQL's driver more than the rows past a gap do.
-            for seq in conn.execute(sa.select(_events.c.seq).where(_events.c.device_id == device_id, _events.c.seq > acked)
-                                    .order_by(_events.c.seq)).scalars().all():
+            run = conn.execute(sa.select(_events.c.seq).where(_events.c.device_id == device_id, _events.c.seq > acked)
+                               .order_by(_events.c.seq)).scalars().all()
+            for seq in sorted({*run, *elsewhere}) if elsewhere else run:
+                if seq <= acked:
+                    continue
                 if seq != acked + 1:
                     break
                 acked = seq
@@ -442,6 +450,19 @@ class CentralStore:
             "INSERT INTO events (device_id, seq, kind, session, received_at, body) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             [(device_id, seq, e["kind"], session, now, body) for (seq, e), body in zip(new.items(), bodies)])
+
+    @staticmethod
+    def _held_elsewhere(conn: sa.Connection, device_id: str, journal: str, events: list[dict[str, Any]]) -> set[int]:
+        """The batch's seqs whose events another device of the same journal holds, the same, among those it was
+        acknowledged for: delivered already, by the box the journal was on before."""
+        held: set[int] = set()
+        for twin, twin_acked in conn.execute(sa.select(devices.c.device_id, devices.c.acked_seq).where(
+                devices.c.journal == journal, devices.c.device_id != device_id)):
+            theirs = conn.execute(sa.select(_events.c.seq, _events.c.kind, _events.c.body).where(
+                _events.c.device_id == twin, _events.c.seq.between(events[0]["seq"], min(events[-1]["seq"], twin_acked))))
+            mine = {event["seq"]: (event["kind"], event["body"]) for event in events}
+            held |= {seq for seq, kind, body in theirs if mine.get(seq) == (kind, json.loads(body))}
+        return held
 
     @staticmethod
     def _check_no_conflict(conn: sa.Connection, device_id: str, events: list[dict[str, Any]]) -> set[int]:

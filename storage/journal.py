@@ -432,14 +432,31 @@ class Journal:
             return int(self._meta("acked_seq"))
 
     def acknowledge(self, seq: int) -> bool:
-        """Move the cursor forward to ``seq``; acknowledgements are cumulative and never move it back."""
+        """Move the cursor forward to ``seq``; acknowledgements are cumulative and never move it back.
+
+        One past the last event says central holds more of this journal than this copy (restored from a
+        backup older than central's count): the events this copy records from there on are not the ones
+        central holds at their seqs, so no acknowledgement past its last event then is ever taken
+        (``diverged_at``), and the box keeps them until it delivers as another device."""
+        beyond = None
         with self.transaction():
             if seq <= int(self._meta("acked_seq")):
                 return False
-            last = self.last_seq()
+            last, diverged = self.last_seq(), self._meta("diverged_at")
+            if diverged and seq > int(diverged):
+                raise JournalError(f"acknowledgement for seq {seq} refused: central holds events of this journal "
+                                   f"past seq {diverged} that this copy does not (it was restored from an older "
+                                   f"backup); the events after {diverged} are this copy's own: deliver them as "
+                                   "another device (docs/commands.md, Replacing a box's journal)")
             if seq > last:
-                raise JournalError(f"acknowledgement for seq {seq} beyond the last event {last}")
-            self._set_meta("acked_seq", str(seq))
+                self._set_meta("diverged_at", str(last))
+                beyond = last
+            else:
+                self._set_meta("acked_seq", str(seq))
+        if beyond is not None:
+            raise JournalError(f"acknowledgement for seq {seq} beyond the last event {beyond}: central holds more "
+                               "of this journal than this copy (restored from an older backup?); no acknowledgement "
+                               f"past {beyond} is taken from now on")
         return True
 
     def journal_id(self) -> str:
@@ -447,17 +464,21 @@ class Journal:
         with _translated(self.path):
             return self._meta("journal_id")
 
-    def take_identity(self, device: str) -> int:
+    def take_identity(self, device: str) -> tuple[int, str]:
         """Deliver from now on as ``device``; return the last event delivered under another identity
-        before (0 when none): a journal restored onto another box delivers the rest as that box, and
-        central counts that device's events from there."""
+        before (0 when none), and the identity it delivered as until now ('' for none yet): a journal
+        restored onto another box delivers the rest as that box, and central counts that device's
+        events from there."""
         with self.transaction():
-            if self._meta("identity") != device:
+            before = self._meta("identity")
+            if before != device:
                 # What central holds of it so far was acknowledged to another identity (or, a journal from
-                # before identities, to this one: central holds at least as much of it then).
+                # before identities, to this one: central holds at least as much of it then). A new identity
+                # starts a count of its own at central: what diverged from the old one's is behind it.
                 self._set_meta("base_seq", self._meta("acked_seq"))
                 self._set_meta("identity", device)
-            return int(self._meta("base_seq"))
+                self._set_meta("diverged_at", "")
+            return int(self._meta("base_seq")), before
 
     def base_seq(self) -> int:
         """The last event delivered under another identity than the one this journal delivers as now (0: none)."""

@@ -17,19 +17,24 @@ or the new one, never half of each.
 - v4: the index on ``kind`` covers only the kinds the agent looks up by kind
   (``LOOKED_UP``: operations' documents and the box's own activation), so a sale's
   commit writes the events table's page and no index page beside it.
-- v5: the journal's own id in meta (``journal_id``, 128 random bits, kept by its
-  backups), the identity it delivers as (``identity``, a device id; empty until the
+- v5: the journal's own id in meta (``journal_id``: 128 bits derived from its first
+  data key, which every copy of the journal and its backups share and each journal
+  made draws at random, so a backup from before v5 gets the id its journal got), the identity it delivers as (``identity``, a device id; empty until the
   agent first starts on it) and ``base_seq``, the last event delivered under another
   identity before: batches and acknowledgements name the journal, so central never
-  counts one journal's events as another's under the same device id.
+  counts one journal's events as another's under the same device id. ``diverged_at``:
+  the last event of this copy when central acknowledged more of the journal than it
+  holds (a copy restored from an older backup): no acknowledgement past it is taken.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -116,8 +121,11 @@ def _v4(conn: sqlite3.Connection, outer: bytes) -> None:
 
 
 def _v5(conn: sqlite3.Connection, outer: bytes) -> None:
+    first = sealing.unwrap(outer, 1, conn.execute("SELECT wrapped FROM keys WHERE id = 1").fetchone()[0],
+                           Path("journal"))
+    journal_id = hashlib.blake2b(b"counterbox journal id", key=first, digest_size=16).hexdigest()
     conn.executemany("INSERT INTO meta (name, value) VALUES (?, ?)",
-                     [("journal_id", os.urandom(16).hex()), ("identity", ""), ("base_seq", "0")])
+                     [("journal_id", journal_id), ("identity", ""), ("base_seq", "0"), ("diverged_at", "")])
 
 
 MIGRATIONS: list[Callable[[sqlite3.Connection, bytes], None]] = [_v1, _v2, _v3, _v4, _v5]

@@ -302,8 +302,8 @@ def test_a_new_journal_has_the_schema_of_one_migrated_from_the_first_version(tmp
             conn.close()
 
     assert schema(new) == schema(old)
-    assert schema(new)[1] == ["acked_seq", "base_seq", "chain_anchor", "chain_anchor_seq", "created_at", "identity",
-                              "journal_id", "session"]
+    assert schema(new)[1] == ["acked_seq", "base_seq", "chain_anchor", "chain_anchor_seq", "created_at",
+                              "diverged_at", "identity", "journal_id", "session"]
     conn = sqlite3.connect(new)
     assert time.time() - float(conn.execute("SELECT value FROM meta WHERE name = 'created_at'").fetchone()[0]) < 60
     assert conn.execute("SELECT value FROM meta WHERE name = 'chain_anchor'").fetchone()[0] == "00" * 32

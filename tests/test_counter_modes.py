@@ -649,3 +649,30 @@ def test_what_timed_out_or_was_cleared_is_not_pending_after_a_start(shop, monkey
         assert shop.counter.expire(shop.journal).signal is Signal.ATTENTION  # timed out while the box ran
     assert _started_again(shop).scan(PACK)[0].kind == "sale"
     assert [e.body["returning"] for e in shop.journal.of_kind("pending")] == [True, False, True, False]
+
+
+@pytest.mark.parametrize("fails", ["in the scan", "at the commit"])
+def test_a_control_that_was_not_recorded_sets_nothing_for_the_next_scan(shop, monkeypatch, fails):
+    """CB:RETURN answered with the error signal (its pending event not recorded: a full disk) once still made
+    the next product a return, the retailer having heard it refused."""
+    from storage import JournalFull
+
+    class CommitFailed(Exception):
+        pass
+
+    if fails == "in the scan":
+        real = shop.counter._note_pending
+
+        def full(journal):
+            raise JournalFull("journal.db: the disk is full; the event was not recorded")
+
+        monkeypatch.setattr(shop.counter, "_note_pending", full)
+        with pytest.raises(JournalFull), shop.journal.transaction():
+            shop.counter.record(shop.journal, Scan("CB:RETURN", "/dev/input/event3", shop.at, shop.at))
+        monkeypatch.setattr(shop.counter, "_note_pending", real)
+    else:
+        with pytest.raises(CommitFailed), shop.journal.transaction():
+            shop.counter.record(shop.journal, Scan("CB:RETURN", "/dev/input/event3", shop.at, shop.at))
+            raise CommitFailed  # the group's commit failing: the transaction rolls back
+    [sale] = shop.scan(PACK)
+    assert sale.kind == "sale"

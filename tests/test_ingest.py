@@ -471,3 +471,34 @@ def test_a_journal_restored_onto_another_box_is_counted_from_where_its_last_box_
     assert (result.added, result.acked_seq) == (1, 5)
     assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1) == 5
     assert [(e["device"], e["seq"]) for e in central.store.events()] == [("shop-new", 4), ("shop-new", 5)]
+
+
+def test_a_backup_older_than_the_last_acknowledgement_restored_onto_another_box_counts_nothing_twice(central):
+    """The old box delivered 1 to 5 after the backup was taken at 3: the new box, from the backup, sends 4 and 5
+    again (the same sales, held already as the old box's), then its own 6. Once, 4 and 5 were stored twice."""
+    new_key = Ed25519PrivateKey.generate()
+    central.store.register("shop-new", public_key_text(new_key), shop="530100000001", region="honghe")
+    assert central.handle(journal_batch(sales(1, 2, 3, 4, 5), journal=J1, key=central.box_key))[0].acked_seq == 5
+    own_sixth = [Event(6, "sale", {"code": "96385074", "n": "the new box's own"})]
+    result, (_, token) = central.handle(journal_batch(sales(4, 5) + own_sixth, journal=J1, base_seq=3,
+                                                      device="shop-new", key=new_key))
+    assert (result.added, result.acked_seq) == (1, 6)
+    assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1) == 6
+    held = [(e["device"], e["seq"]) for e in central.store.events()]
+    assert held == [("shop-1", 1), ("shop-1", 2), ("shop-1", 3), ("shop-1", 4), ("shop-1", 5), ("shop-new", 6)]
+    # Another event at a seq the old box holds is the new box's own: kept.
+    other_fifth = [Event(5, "sale", {"code": "96385074", "n": "not the old box's fifth"})]
+    new_key_2 = Ed25519PrivateKey.generate()
+    central.store.register("shop-third", public_key_text(new_key_2), shop="530100000001", region="honghe")
+    assert central.handle(journal_batch(sales(4) + other_fifth, journal=J1, base_seq=3, device="shop-third",
+                                        key=new_key_2))[0] == Accepted("shop-third", 4, 5, added=1, acked_seq=5)
+
+
+def test_a_journal_whose_identity_moves_away_and_back_is_counted_on_from_where_it_was(central):
+    new_key = Ed25519PrivateKey.generate()
+    central.store.register("shop-new", public_key_text(new_key), shop="530100000001", region="honghe")
+    assert central.handle(journal_batch(sales(1, 2, 3), journal=J1, key=central.box_key))[0].acked_seq == 3
+    assert central.handle(journal_batch(sales(4, 5), journal=J1, base_seq=3, device="shop-new",
+                                        key=new_key))[0].acked_seq == 5
+    back = central.handle(journal_batch(sales(6), journal=J1, base_seq=5, key=central.box_key))[0]
+    assert (back.added, back.acked_seq) == (1, 6)

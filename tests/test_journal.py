@@ -341,7 +341,7 @@ def test_a_v3_journal_with_events_gets_the_partial_index_and_finds_every_kind(jo
         j.append(kind, {"kind": kind})
     # As schema v3 left it: the index on every kind, and no journal id.
     j._conn.executescript("DROP INDEX idx_events_looked_up; CREATE INDEX idx_events_kind ON events (kind); "
-                          "DELETE FROM meta WHERE name IN ('journal_id', 'identity', 'base_seq'); "
+                          "DELETE FROM meta WHERE name IN ('journal_id', 'identity', 'base_seq', 'diverged_at'); "
                           "PRAGMA user_version = 3;")
     j.close()
     j = Journal.open(journal_path, key)
@@ -407,8 +407,9 @@ def test_what_the_journal_refuses_to_do_is_named_and_changes_nothing(journal, jo
     journal.fold_prefix(2, {}, [])
     with pytest.raises(JournalError, match="^there is no event 1 to fold up to$"):  # folded away already
         journal.fold_prefix(1, {}, [])
-    with pytest.raises(JournalError, match="^acknowledgement for seq 9 beyond the last event 5$"):
-        journal.acknowledge(9)
+    with pytest.raises(JournalError, match="^acknowledgement for seq 9 beyond the last event 5: central holds more of "
+                                           "this journal than this copy"):
+        journal.acknowledge(9)  # the cursor stays; what it says of the copy is kept (the test below)
     with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: there is no data key 7 in the journal$"):
         journal._data_key(7)
     with journal.transaction():
@@ -448,15 +449,60 @@ def test_a_journal_has_an_id_of_its_own_and_says_what_it_delivered_as_another_de
     j = Journal.open(journal_path, key)
     made = j.journal_id()
     assert re.fullmatch("[0-9a-f]{32}", made) and Journal.open(tmp_path / "other.db", key).journal_id() != made
-    assert j.take_identity("shop-a") == 0  # a new journal: nothing delivered as anyone before
+    assert j.take_identity("shop-a") == (0, "")  # a new journal: nothing delivered as anyone before
     for n in range(5):
         j.append("sale", {"n": n})
     j.acknowledge(3)
-    assert j.take_identity("shop-a") == 0 and j.base_seq() == 0  # the same box, started again
+    assert j.take_identity("shop-a") == (0, "shop-a") and j.base_seq() == 0  # the same box, started again
     j.close()
     j = Journal.open(journal_path, key)
     assert j.journal_id() == made
-    assert j.take_identity("shop-b") == 3 and j.base_seq() == 3  # restored onto another box
+    assert j.take_identity("shop-b") == (3, "shop-a") and j.base_seq() == 3  # restored onto another box
     j.acknowledge(5)
-    assert j.take_identity("shop-b") == 3  # and started again there
+    assert j.take_identity("shop-b") == (3, "shop-b")  # and started again there
+    j.close()
+
+
+def test_every_copy_of_a_journal_from_before_its_id_gets_the_same_id(journal_path, key, tmp_path):
+    """A backup taken before the journal had an id, restored after: both copies are one journal, and central,
+    holding the one, must take the other as it (a random id each would refuse the restore for ever)."""
+    import shutil
+
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"n": 1})
+    j._conn.executescript("DELETE FROM meta WHERE name IN ('journal_id', 'identity', 'base_seq', 'diverged_at'); "
+                          "PRAGMA user_version = 4;")  # as schema v4 left it
+    j.close()
+    shutil.copy(journal_path, tmp_path / "backup.db")
+    first, second = Journal.open(journal_path, key), Journal.open(tmp_path / "backup.db", key)
+    assert first.journal_id() == second.journal_id()
+    second.rewrap(os.urandom(32))  # a restore wraps its data keys under the new box's key: the id stays
+    assert second.journal_id() == first.journal_id() != Journal.open(tmp_path / "new.db", key).journal_id()
+    first.close()
+    second.close()
+
+
+def test_a_copy_central_holds_more_of_takes_no_acknowledgement_past_its_own_last_event(journal_path, key):
+    """A journal restored from a backup older than central's count: central acknowledges 5 of it, this copy holds
+    3. Its next events, 4 and 5, are not the ones central holds at those seqs: were the acknowledgement of 5 taken
+    once this copy reached 5, they would never be delivered. None past 3 is taken, until it delivers as another
+    device, whose count is its own."""
+    j = Journal.open(journal_path, key)
+    j.take_identity("shop-a")
+    for n in range(3):
+        j.append("sale", {"n": n})
+    with pytest.raises(JournalError, match="acknowledgement for seq 5 beyond the last event 3: central holds more"):
+        j.acknowledge(5)
+    for n in range(3):
+        j.append("sale", {"n": n + 3})
+    assert j.acknowledge(3) is True  # what both hold alike
+    with pytest.raises(JournalError, match="acknowledgement for seq 5 refused: central holds events of this journal "
+                                           "past seq 3 that this copy does not"):
+        j.acknowledge(5)
+    j.close()
+    j = Journal.open(journal_path, key)  # kept across a restart
+    with pytest.raises(JournalError, match="past seq 3"):
+        j.acknowledge(4)
+    assert j.take_identity("shop-b") == (3, "shop-a")  # delivered as a new device: its acknowledgements count
+    assert j.acknowledge(6) is True and j.acked_seq() == 6
     j.close()

@@ -17,7 +17,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("devices", sa.Column("journal", sa.Text))
+    # A device's journal found on another device (restored onto a new box): looked up at each of its batches.
+    op.create_index("ix_devices_journal", "devices", ["journal"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_devices_journal", "devices")
     op.drop_column("devices", "journal")
