@@ -47,8 +47,10 @@ def batches(stack: Stack, devices: int, per_device: int, events: int, tag: str) 
         key, device = Ed25519PrivateKey.generate(), f"bench-{tag}-{d}"
         store.register(device, public_key_text(key))
         topic = protocol.batch_topic(protocol.DEFAULT_PREFIX, device)
+        journal = os.urandom(16).hex()  # each box's journal, named in its batches as the agent names it
         by_device.append([(topic, protocol.encode_batch([Event(seq, "sale", BODY) for seq in range(first, first + events)],
-                                                        device=device, session=1, key=key, sent_at=time.time()))
+                                                        device=device, session=1, key=key, sent_at=time.time(),
+                                                        journal=journal))
                           for first in range(1, per_device * events + 1, events)])
     store.close()
     return [message for round_ in zip(*by_device) for message in round_]
