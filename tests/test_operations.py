@@ -6,7 +6,7 @@ import os
 import pytest
 
 from central.ops import main as ops_main
-from central.store import CentralStore
+from central.store import CentralStore, Shop
 
 from .harness import run_main
 
@@ -224,3 +224,75 @@ def test_an_activation_code_for_a_device_id_that_is_no_topic_level_is_not_issued
                  "--device", "cb a")
     assert result.returncode == 2 and "device id 'cb a' must be 1 to 64" in result.stderr
     assert not db.exists()
+
+
+def test_each_push_signs_the_next_version_keeps_it_and_leaves_it_retained_for_its_boxes(stack, tmp_path):
+    """Operations' pushes, in this process (mutation testing sees them), against the stack's broker: each prints
+    what it signed, keeps it in central's database, and leaves it retained on its topic, where a box that comes
+    later finds it, signed by the operations key; revoking also marks the box; a code pushed waits for its box."""
+    import asyncio
+
+    from agent.mqtt import MqttLink
+    from provisioning import activation, documents
+    from provisioning.identity import key_id, load_key
+
+    key = tmp_path / "ops.key"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    ops_key = load_key(key)
+    store = CentralStore(stack.central_db)
+    store.register("shop-1", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    (tmp_path / "order.csv").write_text("barcode,name,quantity\n6901028075848,Hongtashan (carton),5\n")
+    common = ["--central-db", str(stack.central_db), "--ops-key", str(key), "--broker", f"127.0.0.1:{stack.broker_port}"]
+    printed = {}
+    for what, args in [("prices", ["prices", "push", *common, "--region", "honghe", str(tmp_path / "prices.csv")]),
+                       ("order", ["order", "push", *common, "--device", "shop-1", "--order-id", "W48-1",
+                                  str(tmp_path / "order.csv")]),
+                       ("settings", ["settings", "push", *common, "--region", "honghe", "--mode-timeout", "300"]),
+                       ("revocation", ["revoke", *common, "--device", "shop-1", "--reason", "the shop closed",
+                                       "--grace-minutes", "5"])]:
+        result = ops(*args)
+        assert result.returncode == 0, (what, result.stderr)
+        printed[what] = json.loads(result.stdout)
+    assert {what: (p["name"], p["version"], p["scope"], p["topic"]) for what, p in printed.items()} == {
+        "prices": ("price_list", 1, {"region": "honghe"}, "counterbox/v1/regions/honghe/docs/price_list"),
+        "order": ("order/W48-1", 1, {"device": "shop-1"}, "counterbox/v1/devices/shop-1/docs/order/W48-1"),
+        "settings": ("settings", 1, {"region": "honghe"}, "counterbox/v1/regions/honghe/docs/settings"),
+        "revocation": ("revocation", 1, {"device": "shop-1"}, "counterbox/v1/devices/shop-1/docs/revocation")}
+    store = CentralStore(stack.central_db)
+    try:
+        assert store.device("shop-1").revoked_at is not None
+        kept = store.conn.execute("SELECT name, version, published_at IS NOT NULL FROM documents ORDER BY name").fetchall()
+    finally:
+        store.close()
+    assert kept == [("order/W48-1", 1, True), ("price_list", 1, True), ("revocation", 1, True), ("settings", 1, True)]
+
+    store = CentralStore(stack.central_db)
+    store.add_shop(Shop("530100000009", "Jianshui No. 2", "honghe"))
+    store.close()
+    issued = ops("activation", "issue", *common, "--shop", "530100000009", "--device", "cb-waiting", "--push")
+    assert issued.returncode == 0, issued.stderr
+    assert json.loads(issued.stdout)["pushed"] is True
+
+    async def retained() -> dict[str, bytes]:
+        topics = [p["topic"] for p in printed.values()] + [activation.topic("counterbox/v1", "cb-waiting", "code")]
+        found: dict[str, bytes] = {}
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="a-box-later",
+                            subscriptions=topics) as link:
+            async with asyncio.timeout(20):
+                async for message in link.messages():
+                    found[message.topic] = message.payload
+                    if len(found) == len(topics):
+                        return found
+        return found
+
+    found = asyncio.run(retained())
+    trusted = {key_id(ops_key): ops_key.public_key()}
+    for what, p in printed.items():
+        document = documents.decode_document(found[p["topic"]], trusted=trusted)
+        assert (document.name, document.version, document.kind) == (p["name"], 1, p["name"].split("/")[0]), what
+    assert documents.decode_document(found[printed["revocation"]["topic"]], trusted=trusted).body == {
+        "reason": "the shop closed", "grace_seconds": 300}
+    code = activation.decode_code(found["counterbox/v1/activation/cb-waiting/code"].decode(), trusted=trusted)
+    assert (code.shop, code.device) == ("530100000009", "cb-waiting")
