@@ -319,3 +319,53 @@ def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_se
         "shop          product                      name                                                 sold at  stock",
         "------------  --------------  -----------------  ------------------------------------------------------  -----",
         f"530100000001  {hongtashan}  23.00/pack (list 23.00) x1, 25.00/pack (list 23.00) x1     15"]
+
+
+def test_broker_init_writes_access_control_that_grants_each_party_its_own_topics_and_nothing_else(central, tmp_path):
+    """The production broker's dynamic-security file, as docs/protocol.md (Broker security) states it: everything
+    refused unless granted; central and operations as clients with roles of their own, their passwords hashed as
+    the plugin checks them; boxes waiting for activation, anonymous, in a group that reaches the activation
+    topics only."""
+    import base64
+    import hashlib
+
+    command, _ = central
+    (tmp_path / "central.pass").write_text("central's own password\n")
+    (tmp_path / "ops.pass").write_text("operations' own password\n")
+    result = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
+                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"dynsec": str(tmp_path / "dynsec.json"), "central": "counterbox-central",
+                                         "operations": "counterbox-ops"}
+    config = json.loads((tmp_path / "dynsec.json").read_text())
+    assert config["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                                          "unsubscribe": True}
+    for client, password in zip(config["clients"], ("central's own password", "operations' own password")):
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), base64.b64decode(client["salt"]), client["iterations"])
+        assert base64.b64encode(digest).decode() == client["password"] and len(base64.b64decode(client["salt"])) == 12
+    assert [(c["username"], c["roles"]) for c in config["clients"]] == [
+        ("counterbox-central", [{"rolename": "central"}]), ("counterbox-ops", [{"rolename": "operations"}])]
+    assert config["groups"] == [{"groupname": "waiting-boxes", "roles": [{"rolename": "waiting-box"}], "clients": []}]
+    assert config["anonymousGroup"] == "waiting-boxes"
+
+    def grants(role: str) -> set[tuple[str, str]]:
+        [acls] = [r["acls"] for r in config["roles"] if r["rolename"] == role]
+        assert all(acl["allow"] is True for acl in acls)
+        return {(acl["acltype"], acl["topic"]) for acl in acls}
+
+    p, control = "counterbox/v1", "$CONTROL/dynamic-security/v1"
+    reads = [f"{p}/devices/+/batch", f"{p}/devices/+/status", f"{p}/activation/+/hello", f"{p}/activation/+/request"]
+    assert grants("central") == {
+        *(("publishClientSend", t) for t in (f"{p}/devices/+/ack", f"{p}/activation/+/result",
+                                            f"{p}/activation/+/code", f"{control}/#")),
+        *((kind, t) for t in (*reads, f"{control}/#") for kind in ("subscribePattern", "publishClientReceive")),
+        *(("subscribePattern", f"$share/+/{t}") for t in reads)}
+    assert grants("operations") == {
+        *(("publishClientSend", t) for t in (f"{p}/devices/+/docs/#", f"{p}/regions/+/docs/#", f"{p}/activation/+/code",
+                                            f"{control}/#")),
+        ("subscribePattern", f"{control}/#"), ("publishClientReceive", f"{control}/#")}
+    assert grants("waiting-box") == {
+        ("publishClientSend", f"{p}/activation/+/hello"), ("publishClientSend", f"{p}/activation/+/request"),
+        *((kind, t) for t in (f"{p}/activation/+/code", f"{p}/activation/+/result")
+          for kind in ("subscribePattern", "publishClientReceive"))}
+    assert sorted(r["rolename"] for r in config["roles"]) == ["central", "operations", "waiting-box"]
