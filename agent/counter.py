@@ -114,7 +114,6 @@ class Counter:
     _configured: tuple = ()  # the settings given at start, under what operations pushed since
     _rollbacks: int = 0  # the journal's count of rollbacks when the ledger last caught up
     _last_folded: Event | None = None
-    _consumed: tuple[Event, Pending] | None = None  # the latest scan that used what was pending, and that
     _last_pending: Event | None = None  # the latest ``pending`` event folded
     _pushed: list[dict[str, Any]] = field(default_factory=list)  # the bodies of the ``settings`` events folded
     _restored: bool = False  # what was pending before a start looked at, once
@@ -128,13 +127,9 @@ class Counter:
             if not self._holds(journal, self._last_folded):
                 # The rollback took events the ledger had counted (a group whose commit failed): fold the
                 # journal anew. A rollback takes the latest writes, so the latest event folded tells.
-                if self._consumed is not None and not self._holds(journal, self._consumed[0]):
-                    self._pending = self._consumed[1]  # the scan is to be made again: as it was meant
-                    self._pending.since = self.clock()
-                elif self._last_pending is not None and not self._holds(journal, self._last_pending):
-                    # A control's change of what is pending did not commit (the retailer heard the error
-                    # signal): what is pending is what the journal says, as after a start.
-                    self._pending, self._restored = Pending(), False
+                # What is pending is what the journal says, as after a start: a scan whose sale did not
+                # commit is to be made again as it was meant, a control that did not commit set nothing.
+                self._pending, self._restored = Pending(), False
                 self._last_pending = None  # folded anew below
                 self.ledger, self._loaded, self._last_folded, self._pushed = Ledger(), False, None, []
                 self.timezone, self.mode_timeout, self.pending_timeout = self._configured
@@ -269,13 +264,13 @@ class Counter:
     def record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         """Record ``scan`` in ``journal``; blocking (SQLite and fsync), so it runs in the store's thread."""
         self._catch_up(journal)
-        pending, consumed = dataclasses.replace(self._pending), self._consumed
+        pending = dataclasses.replace(self._pending)
         try:
             outcome = self._record(journal, scan)
             self._note_pending(journal)  # in the same transaction; the box's own bookkeeping, not the scan's outcome
         except BaseException:
             # Not recorded (the retailer hears the error signal): what was pending stays as it was.
-            self._pending, self._consumed = pending, consumed
+            self._pending = pending
             raise
         return outcome
 
@@ -327,7 +322,6 @@ class Counter:
             outcome = self._stock_scan(journal, barcode.key, common, pending)
         else:
             outcome = self._sale(journal, barcode.key, common, pending, scan.finished)
-        self._consumed = (outcome.events[-1], pending) if pending else None
         return outcome
 
     def _sale(self, journal: Journal, key: str, common: dict, pending: Pending, at: float) -> Outcome:
