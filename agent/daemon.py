@@ -399,10 +399,14 @@ class Box:
                             key=self.key, central_key=self.central_key, config=config.uplink)
             pushed = [event.body for event in await self.store.read(lambda journal: journal.of_kind("settings"))]
             self._settle(telemetry, pushed)
+
+            def settled(body: dict) -> None:  # a settings document just recorded: its event's body
+                pushed.append(body)
+                self._settle(telemetry, pushed)
             downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,
                                 trusted=self.trusted, topic_prefix=prefix,
                                 on_revoked=lambda document: self._revocation(document.body["grace_seconds"]),
-                                on_settings=lambda body: (pushed.append(body), self._settle(telemetry, pushed)))
+                                on_settings=settled)
             self._uplink = uplink
             try:
                 async with asyncio.TaskGroup() as group:
