@@ -111,65 +111,58 @@ class Uplink:
     async def _send(self) -> None:
         cfg = self.config
         topic = protocol.batch_topic(cfg.topic_prefix, self.device_id)
-        generation = -1
-        next_seq = self._acked + 1
-        waiting_since: float | None = None
-        retry_at = 0.0  # after a failed publish: no other before this time (time.monotonic())
-        cut = False  # the last batch was cut to fit one message: the rest is as good as a full batch
-        failed = 0  # publishes failed in a row on this connection
+        sending: _Sending | None = None
         while True:
             await self.link.connected.wait()
             # Cleared before reading the journal, so an append made meanwhile still wakes us.
             self.wake.clear()
             now = time.monotonic()
-            if generation != self.link.generation:
+            if sending is None or sending.generation != self.link.generation:
                 # A new connection: what was in flight on the last one may be lost, and a pause
                 # after failures on it is no reason to wait on this one.
-                generation = self.link.generation
-                next_seq, self._in_flight = self._acked + 1, []
-                retry_at, failed = 0.0, 0
+                sending, self._in_flight = _Sending(self.link.generation), []
             elif self._in_flight and now - self._in_flight[0][1] > cfg.ack_timeout:
                 logger.warning("no acknowledgement for %.1fs; resending from seq=%d", cfg.ack_timeout, self._acked + 1)
-                next_seq, self._in_flight = self._acked + 1, []
-            next_seq = max(next_seq, self._acked + 1)
+                sending.sent, self._in_flight = 0, []
             timeout = cfg.ack_timeout
-            if now < retry_at:
-                timeout = retry_at - now
+            if now < sending.retry_at:
+                timeout = sending.retry_at - now
             elif len(self._in_flight) < cfg.max_in_flight:
                 try:
-                    events, full = await self._next_batch(next_seq - 1)
+                    events, full = await self._next_batch(max(sending.sent, self._acked))
                 except StorageError as error:
                     # An I/O error, a busy lock held past its timeout: the events stay in the journal and
                     # are read again after a pause, as after a failed publish. Never the uplink's end.
-                    failed += 1
-                    (logger.error if failed == 1 else logger.debug)("uplink: the journal cannot be read (%s); "
-                                                                    "trying again", error)
-                    retry_at = time.monotonic() + _pause(failed)
+                    sending.failed += 1
+                    (logger.error if sending.failed == 1 else logger.debug)(
+                        "uplink: the journal cannot be read (%s); trying again", error)
+                    sending.retry_at = time.monotonic() + _pause(sending.failed)
                     continue
                 if events and events[0].seq <= self._acked:
                     continue  # acknowledged while the journal was read: read again, from the new cursor
                 if events:
-                    waiting_since = waiting_since or now
+                    if sending.waiting_since is None:
+                        sending.waiting_since = now
                     # A quiet link sends at once; events wait for others only while earlier
                     # batches are in flight (their acknowledgement wakes us), so under load
                     # they travel together, and a backlog goes out in full batches.
-                    if (not self._in_flight or full or cut or len(events) >= cfg.batch_max_events
-                            or now - waiting_since >= cfg.batch_max_delay):
+                    if (not self._in_flight or full or sending.cut or len(events) >= cfg.batch_max_events
+                            or now - sending.waiting_since >= cfg.batch_max_delay):
                         sent = await self._publish(topic, events)
                         if sent:
                             if sent > self._acked:  # else acknowledged while it was signed and published
                                 self._in_flight.append((sent, time.monotonic()))
-                            next_seq, cut, failed = max(sent, self._acked) + 1, sent < events[-1].seq, 0
+                            sending.sent, sending.cut, sending.failed = sent, sent < events[-1].seq, 0
                         else:
-                            failed += 1
+                            sending.failed += 1
                             # A fault that repeats (a broker ACL refusing us) gets a growing pause,
                             # so it floods neither the log nor the broker.
-                            retry_at = time.monotonic() + _pause(failed)
-                        waiting_since = None
+                            sending.retry_at = time.monotonic() + _pause(sending.failed)
+                        sending.waiting_since = None
                         continue
-                    timeout = cfg.batch_max_delay - (now - waiting_since)
+                    timeout = cfg.batch_max_delay - (now - sending.waiting_since)
                 else:
-                    waiting_since = None
+                    sending.waiting_since = None
             if self._in_flight:
                 timeout = min(timeout, max(0.0, self._in_flight[0][1] + cfg.ack_timeout - now))
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when a cancellation
@@ -205,6 +198,18 @@ class Uplink:
     def _encode(self, events: list[Event]) -> bytes:
         return protocol.encode_batch(events, device=self.device_id, session=self.session, key=self.key,
                                      sent_at=time.time(), journal=self._journal, base_seq=self._base)
+
+
+@dataclass
+class _Sending:
+    """The uplink's sending on one connection: a new connection starts it afresh."""
+
+    generation: int  # the link's connection it belongs to
+    sent: int = 0  # the last seq sent on it (0: from the cursor)
+    waiting_since: float | None = None  # when the first event not yet sent was found (time.monotonic())
+    retry_at: float = 0.0  # after a failed publish or read: nothing is tried before this time
+    cut: bool = False  # the last batch was cut to fit one message: the rest is as good as a full batch
+    failed: int = 0  # publishes or reads failed in a row
 
 
 def _pause(failed: int) -> float:
