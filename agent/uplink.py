@@ -124,9 +124,9 @@ class Uplink:
             elif self._in_flight and now - self._in_flight[0][1] > cfg.ack_timeout:
                 logger.warning("no acknowledgement for %.1fs; resending from seq=%d", cfg.ack_timeout, self._acked + 1)
                 sending.sent, self._in_flight = 0, []
-            timeout = cfg.ack_timeout
+            until = now + cfg.ack_timeout  # when to look again, woken or not (time.monotonic())
             if now < sending.retry_at:
-                timeout = sending.retry_at - now
+                until = sending.retry_at
             elif len(self._in_flight) < cfg.max_in_flight:
                 try:
                     events, full = await self._next_batch(max(sending.sent, self._acked))
@@ -160,15 +160,15 @@ class Uplink:
                             sending.retry_at = time.monotonic() + _pause(sending.failed)
                         sending.waiting_since = None
                         continue
-                    timeout = cfg.batch_max_delay - (now - sending.waiting_since)
+                    until = sending.waiting_since + cfg.batch_max_delay
                 else:
                     sending.waiting_since = None
             if self._in_flight:
-                timeout = min(timeout, max(0.0, self._in_flight[0][1] + cfg.ack_timeout - now))
+                until = min(until, self._in_flight[0][1] + cfg.ack_timeout)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when a cancellation
             # meets a wake-up in one turn of the loop, and the uplink would outlive its stop.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(timeout, 0.01)):
+                async with asyncio.timeout(max(until - now, 0.01)):
                     await self.wake.wait()
 
     async def _publish(self, topic: str, events: list[Event]) -> int:
