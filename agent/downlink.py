@@ -11,6 +11,10 @@ a log line that names the reason, changing nothing:
 - its version is above the one the box applied last in its stream. The same
   version again is the broker's retained copy at a reconnection: ignored.
 
+A document the journal cannot take now (an I/O error, a full disk) is held and
+tried again after a pause that doubles from 0.5 s to 30 s, until it is
+recorded or a newer message on its topic takes its place.
+
 An applied document is recorded in the journal, in one transaction: its
 content (a ``price_list`` the counter prices from at the next scan, an
 ``order``, ``settings`` that override the configuration file's for the keys
@@ -27,7 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,7 +43,7 @@ from storage import Journal, StorageError, Store
 
 from .config import time_zone
 from .mqtt import Message, MqttLink
-from .uplink import Uplink
+from .uplink import Uplink, retry_pause
 
 logger = logging.getLogger(__name__)
 
@@ -88,25 +92,54 @@ class Downlink:
     # takes them from the journal itself).
     on_settings: Callable[[dict[str, Any]], None] = lambda body: None
     _applied: dict[str, int] | None = None  # the version held of each stream, read from the journal at first
+    # Documents the journal could not take, by topic, to try again; and how many tries failed in a row.
+    _held: dict[str, Message] = field(default_factory=dict)
+    _holding: asyncio.Event = field(default_factory=asyncio.Event)
+    _failed: int = 0
+    # One document at a time: a held one tried again and a newer one just come never race to the journal.
+    _door: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def run(self, link: MqttLink) -> None:
-        async for message in link.messages():
-            await self.handle(message)
+        async with asyncio.TaskGroup() as group:
+            again = group.create_task(self._again())
+            async for message in link.messages():
+                self._held.pop(message.topic, None)  # a newer message on the topic takes the held one's place
+                await self.handle(message)
+            again.cancel()
+
+    async def _again(self) -> None:
+        """Held documents, tried again after a pause that grows while the journal keeps failing."""
+        while True:
+            await self._holding.wait()
+            await asyncio.sleep(retry_pause(self._failed))
+            held, self._held = self._held, {}
+            self._holding.clear()
+            for message in held.values():
+                await self.handle(message)
+            if not self._held:
+                self._failed = 0
+
+    def _hold(self, message: Message, reason: str) -> None:
+        self._failed += 1
+        (logger.error if self._failed == 1 else logger.debug)(
+            "document NOT applied topic=%s: %s; tried again in %.1fs", message.topic, reason,
+            retry_pause(self._failed))
+        self._held[message.topic] = message
+        self._holding.set()
 
     async def handle(self, message: Message) -> None:
         """One message from the broker: an acknowledgement for the uplink, or a document to check and apply."""
         if message.topic == protocol.ack_topic(self.topic_prefix, self.device_id):
             await self.uplink.acknowledged(message.payload)
         elif "/docs/" in message.topic:
-            if self._applied is None:
-                try:
-                    self._applied = await self.store.read(applied_versions)
-                except StorageError as error:
-                    # Retained at the broker: it comes again at the next connection, and is looked at then.
-                    logger.error("document NOT applied topic=%s: the journal cannot be read (%s)", message.topic,
-                                 error)
-                    return
-            await self._document(message)
+            async with self._door:
+                if self._applied is None:
+                    try:
+                        self._applied = await self.store.read(applied_versions)
+                    except StorageError as error:
+                        self._hold(message, f"the journal cannot be read ({error})")
+                        return
+                await self._document(message)
         else:
             logger.warning("message on an unexpected topic ignored topic=%s", message.topic)
 
@@ -161,8 +194,8 @@ class Downlink:
         try:
             seq = await self.store.write(lambda journal: apply(journal, document))
         except StorageError as error:
-            # Nothing recorded; the broker's retained copy comes again at the next connection.
-            logger.error("document %s version=%d NOT applied: %s", document.name, document.version, error)
+            # Nothing recorded: held, and tried again.
+            self._hold(message, f"{document.name} version={document.version} could not be recorded ({error})")
             return
         except Exception:
             # Rolled back with its transaction: as above, refused rather than ending the agent.
@@ -170,6 +203,7 @@ class Downlink:
                              document.version)
             return
         self._applied[document.name] = document.version
+        self._failed = 0
         logger.info("document applied seq=%d %s version=%d", seq, document.name, document.version)
         self.uplink.wake.set()
         if document.kind == "revocation":

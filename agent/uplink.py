@@ -66,7 +66,7 @@ class Uplink:
                 failed += 1
                 (logger.error if failed == 1 else logger.debug)("uplink: the journal cannot be read (%s); "
                                                                 "trying again", error)
-                await asyncio.sleep(_pause(failed))
+                await asyncio.sleep(retry_pause(failed))
         # A new connection wakes the uplink: what was in flight on the last one is sent again at once.
         listener = self.wake.set
         self.link.on_connect.append(listener)
@@ -136,7 +136,7 @@ class Uplink:
                     sending.failed += 1
                     (logger.error if sending.failed == 1 else logger.debug)(
                         "uplink: the journal cannot be read (%s); trying again", error)
-                    sending.retry_at = time.monotonic() + _pause(sending.failed)
+                    sending.retry_at = time.monotonic() + retry_pause(sending.failed)
                     continue
                 if events and events[0].seq <= self._acked:
                     continue  # acknowledged while the journal was read: read again, from the new cursor
@@ -157,7 +157,7 @@ class Uplink:
                             sending.failed += 1
                             # A fault that repeats (a broker ACL refusing us) gets a growing pause,
                             # so it floods neither the log nor the broker.
-                            sending.retry_at = time.monotonic() + _pause(sending.failed)
+                            sending.retry_at = time.monotonic() + retry_pause(sending.failed)
                         sending.waiting_since = None
                         continue
                     until = sending.waiting_since + cfg.batch_max_delay
@@ -212,6 +212,7 @@ class _Sending:
     failed: int = 0  # publishes or reads failed in a row
 
 
-def _pause(failed: int) -> float:
-    """Seconds before trying again after ``failed`` failures in a row: growing, up to RETRY_MAX."""
+def retry_pause(failed: int) -> float:
+    """Seconds before trying again after ``failed`` failures in a row: growing, up to RETRY_MAX. The
+    downlink's documents the journal could not take wait as long."""
     return min(RETRY_MAX, RETRY_MIN * 2 ** min(failed - 1, 16))

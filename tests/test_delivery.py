@@ -586,8 +586,8 @@ def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(
 def test_the_pause_after_failures_in_a_row_doubles_from_half_a_second_up_to_thirty():
     """docs/protocol.md: a batch the broker refuses is tried again after a pause that doubles from 0.5 s to
     30 s; a journal that cannot be read is read again after the same pauses."""
-    assert [uplink_module._pause(n) for n in range(1, 10)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
-    assert uplink_module._pause(10**6) == 30  # a week of refusals: still 30 s, and no overflow on the way
+    assert [uplink_module.retry_pause(n) for n in range(1, 10)] == [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    assert uplink_module.retry_pause(10**6) == 30  # a week of refusals: still 30 s, and no overflow on the way
 
 
 def test_a_new_connection_publishes_at_once_whatever_pause_refusals_on_the_last_one_had_set(stack, tmp_path, caplog,

@@ -391,8 +391,8 @@ def test_a_document_whose_check_fails_unforeseen_is_refused_and_the_agent_goes_o
 def test_a_document_that_comes_while_the_journal_cannot_be_read_waits_for_the_next_one(tmp_path, ops, caplog,
                                                                                      monkeypatch):
     """The look at which versions the box holds failing once (an I/O error) left the downlink's task, and the
-    agent, ended. Said, and that document is looked at again when it comes again (retained, at the next
-    connection)."""
+    agent, ended. Said, and the document held: the same document coming again (retained, at the next
+    connection) takes its place and is applied."""
     from agent import downlink as downlink_module
 
     from .journals import Failing
@@ -413,6 +413,57 @@ def test_a_document_that_comes_while_the_journal_cannot_be_read_waits_for_the_ne
     assert asyncio.run(test()) == {"document": 1, "price_list": 1}
     [said] = [r for r in caplog.records if "NOT applied" in r.getMessage()]
     assert said.levelname == "ERROR" and "the journal cannot be read (journal.db: disk I/O error)" in said.getMessage()
+
+
+def test_a_document_the_journal_cannot_take_for_a_while_is_applied_once_it_can_on_the_same_connection(
+        stack, tmp_path, ops, caplog, monkeypatch):
+    """A full disk or an I/O error while a price list comes in: the box held it until the next connection
+    (days, on a steady link). Now it is held and tried again after pauses that double from 0.5 s, and
+    the log says so once, then quietly, and says when it is applied."""
+    import logging
+
+    from agent import downlink as downlink_module
+
+    from .journals import Failing
+
+    caplog.set_level(logging.DEBUG, logger="agent.downlink")
+    monkeypatch.setattr(downlink_module, "apply", Failing(downlink_module.apply, left=2))
+    message = _message(ops)
+
+    async def test():
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+        try:
+            async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-1",
+                                subscriptions=[message.topic]) as link:
+                device_key = Ed25519PrivateKey.generate()
+                uplink = Uplink(store=store, link=link, device_id="shop-1", session=1, key=device_key,
+                                central_key=device_key.public_key(), config=UplinkConfig())
+                downlink = Downlink(store=store, uplink=uplink, device_id="shop-1", region="honghe",
+                                    trusted={key_id(ops): ops.public_key()}, topic_prefix="counterbox/v1")
+                running = asyncio.create_task(downlink.run(link))
+                try:
+                    await link.connected.wait()
+                    generation = link.generation
+                    await asyncio.to_thread(_publish, stack, message.topic, message.payload)
+                    async with asyncio.timeout(20):
+                        while not await store.read(lambda journal: journal.counts()):
+                            await asyncio.sleep(0.05)
+                    assert link.generation == generation  # no new connection brought it again
+                    return await store.read(lambda journal: journal.counts())
+                finally:
+                    running.cancel()
+                    await asyncio.gather(running, return_exceptions=True)
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "price_list": 1}
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.downlink"]
+    held = [(level, text) for level, text in said if "NOT applied" in text]
+    assert [level for level, _ in held] == ["ERROR", "DEBUG"]
+    assert held[0][1] == (f"document NOT applied topic={message.topic}: price_list version=3 could not be recorded "
+                          "(journal.db: disk I/O error); tried again in 0.5s")
+    assert held[1][1].endswith("tried again in 1.0s")
+    assert said[-1][0] == "INFO" and said[-1][1].startswith("document applied seq=2 price_list version=3")
 
 
 def test_an_order_applied_keeps_its_stream_name_and_version_in_the_event(tmp_path, ops):
