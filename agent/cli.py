@@ -154,7 +154,7 @@ def _status(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
         last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
-        activation = journal.last("activation")
+        activation, journal_id = journal.last("activation"), journal.journal_id()
     finally:
         journal.close()
     device = args.config.device.id
@@ -162,8 +162,8 @@ def _status(args) -> int:
         with contextlib.suppress(ProvisioningError):  # not readable by this user: the id stays unsaid
             device = device_id_for(load_key(args.config.device.key_file))
     shop = activation.body["shop"] if activation else args.config.device.shop or None
-    print(json.dumps({"device": device or None, "shop": shop, "last_seq": last, "acked_seq": acked,
-                      "unacknowledged": last - acked, "events": counts}))
+    print(json.dumps({"device": device or None, "shop": shop, "journal": journal_id, "last_seq": last,
+                      "acked_seq": acked, "unacknowledged": last - acked, "events": counts}))
     return 0
 
 

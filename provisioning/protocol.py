@@ -182,8 +182,8 @@ def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey, journal: st
 
 def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str | None = None) -> int:
     """The sequence number central acknowledges for ``device`` (and, given, for its ``journal``: an
-    acknowledgement of another journal's events under this device's id moves nothing of this one);
-    ProtocolError for anything else."""
+    acknowledgement of another journal's events under this device's id, or of no journal named, moves
+    nothing of this one); ProtocolError for anything else."""
     _, payload = verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
     if payload.get("device") != device:
         raise ProtocolError(f"acknowledgement is for device {payload.get('device')!r}, not {device!r}")
@@ -191,7 +191,12 @@ def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str
     if not natural(seq, 0):
         raise ProtocolError(f"acknowledgement carries no valid ack_seq: {seq!r}")
     held = payload.get("journal")
-    if journal is not None and held is not None and held != journal:
+    if journal is not None and held is None:
+        # From a central that does not name journals: it may be its retained acknowledgement of the journal
+        # this box had before, and taken it would move this one's cursor over events central never held.
+        raise ProtocolError(f"acknowledgement names no journal; this box takes only one naming its journal "
+                            f"{journal!r}, so none of its events is acknowledged")
+    if journal is not None and held != journal:
         raise ProtocolError(f"acknowledgement is for journal {str(held)[:40]!r}, not this box's {journal!r}: central "
                             "holds another journal's events under this device's id (this journal was made anew "
                             "or replaced); none of this journal's events is acknowledged")

@@ -126,7 +126,7 @@ def test_a_retained_acknowledgement_moves_the_cursor_of_a_device_that_missed_it(
     [shown] = [json.loads(line) for line in device.command("show", "1").stdout.splitlines()]
     key = load_key(device.directory / "device.key")
     batch = protocol.encode_batch([Event(1, shown["kind"], shown["body"])], device="shop-late", session=1, key=key,
-                                  sent_at=time.time())
+                                  sent_at=time.time(), journal=device.status()["journal"])
     mqtt_publish.single("counterbox/v1/devices/shop-late/batch", batch, qos=1, hostname="127.0.0.1",
                         port=stack.broker_port, protocol=MQTTv5)
     wait_until(lambda: "batch accepted device=shop-late" in stack.central_log.read_text(), 20, "central to store it")
@@ -248,7 +248,13 @@ class Central:
         self.client.publish(protocol.ack_topic(PREFIX, self.device), self.ack(seq, journal), qos=1)
 
     def ack(self, seq: int, journal: str | None = None) -> bytes:
-        """Central's signed acknowledgement of everything up to ``seq`` (of ``journal``), as it publishes it."""
+        """Central's signed acknowledgement of everything up to ``seq`` of ``journal`` (by default the one the
+        batches name, as central acknowledges), as it publishes it."""
+        if journal is None:
+            named = {protocol.decode_batch(token, device=self.device, key=self._device_key).journal
+                     for token in self.tokens()}
+            assert len(named) == 1, f"no single journal to acknowledge: the batches name {named}"
+            journal = named.pop()
         return protocol.encode_ack(self.device, seq, key=self._central_key, journal=journal)
 
     def close(self) -> None:
@@ -453,7 +459,8 @@ def test_an_acknowledgement_that_arrives_while_the_journal_is_read_leaves_the_up
             events, full = await read_batch(after)
             if events and not raced:
                 raced.append(events[-1].seq)
-                await box.uplink.acknowledged(central.ack(events[-1].seq))
+                journal = await box.store.read(lambda journal: journal.journal_id())
+                await box.uplink.acknowledged(central.ack(events[-1].seq, journal))
             return events, full
 
         box.uplink._next_batch = read_then_acknowledged
@@ -575,6 +582,8 @@ def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(
         await first_refusal(box, caplog)
         await asyncio.to_thread(broker_acl, stack, "topic readwrite counterbox/#\n")
         assert await asyncio.to_thread(central.wait_for, 2, "the second batch, published again") == [[1], [2]]
+        # Said once the broker has taken it (its PUBACK), which may be after central has it.
+        await asyncio.to_thread(wait_until, lambda: "batches published again" in caplog.text, 20, "the line")
         lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.uplink"]
         refused = [level for level, message in lines if "not published" in message]
         assert refused == ["WARNING"] + ["DEBUG"] * (len(refused) - 1)
