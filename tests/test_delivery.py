@@ -592,6 +592,36 @@ def test_a_batch_the_broker_refused_is_published_again_once_the_broker_takes_it(
     run_uplink(stack, tmp_path, "shop-refused", test)
 
 
+def test_an_acknowledgement_that_comes_before_the_uplink_has_read_its_journal_is_checked_against_that_journal(
+        tmp_path):
+    """Central's retained acknowledgement reaches the downlink as soon as it subscribes, which may be before the
+    uplink has read which journal it sends from: it reads it then, and only an acknowledgement naming that
+    journal moves the cursor."""
+    central_key = Ed25519PrivateKey.generate()
+
+    def ack(seq: int, journal: str | None) -> bytes:
+        return protocol.encode_ack("shop-early", seq, key=central_key, journal=journal)
+
+    async def test():
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+        try:
+            for _ in range(3):
+                await store.append("misread", misread())
+            own = await store.read(lambda journal: journal.journal_id())
+            uplink = Uplink(store=store, link=MqttLink(host="127.0.0.1", port=1, client_id="shop-early"),
+                            device_id="shop-early", session=1, key=Ed25519PrivateKey.generate(),
+                            central_key=central_key.public_key(), config=UplinkConfig())
+            cursors = []
+            for token in (ack(3, "e" * 32), ack(3, None), ack(2, own)):  # not run: it has not looked yet
+                await uplink.acknowledged(token)
+                cursors.append(await store.read(lambda journal: journal.acked_seq()))
+            return cursors
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == [0, 0, 2]
+
+
 def test_the_pause_after_failures_in_a_row_doubles_from_half_a_second_up_to_thirty():
     """docs/protocol.md: a batch the broker refuses is tried again after a pause that doubles from 0.5 s to
     30 s; a journal that cannot be read is read again after the same pauses."""
