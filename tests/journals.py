@@ -41,12 +41,16 @@ class Failing:
 
     def __init__(self, fn, left: int = 1):
         self.fn, self.left = fn, left
+        self.failed_at: list[float] = []  # time.monotonic() of each failure
 
     def __call__(self, *args, **kwargs):
         if self.left:
+            import time
+
             from storage import JournalError
 
             self.left -= 1
+            self.failed_at.append(time.monotonic())
             raise JournalError("journal.db: disk I/O error")
         return self.fn(*args, **kwargs)
 
