@@ -747,6 +747,49 @@ def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_
     assert len(gaps) == 2 and gaps[0] >= 0.45 and gaps[1] >= 0.95, gaps
 
 
+def test_a_journal_that_cannot_be_read_as_the_uplink_starts_delays_it_never_ends_it(stack, tmp_path, monkeypatch,
+                                                                                    caplog):
+    """Its first look (the cursor, the journal's id) failing: said once, looked at again after a pause."""
+    import logging
+
+    from storage import Journal
+
+    from .journals import Failing
+
+    caplog.set_level(logging.DEBUG, logger="agent.uplink")
+    failing = Failing(Journal.base_seq, left=2)
+    monkeypatch.setattr(Journal, "base_seq", failing)
+
+    async def test(central, box):
+        await box.record()
+        assert await asyncio.to_thread(central.wait_for, 1, "the first batch") == [[1]]
+        assert failing.left == 0
+
+    run_uplink(stack, tmp_path, "shop-unreadable-at-start", test)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert said == [("ERROR", "uplink: the journal cannot be read (journal.db: disk I/O error); trying again"),
+                    ("DEBUG", "uplink: the journal cannot be read (journal.db: disk I/O error); trying again")]
+    [gap] = [later - earlier for earlier, later in zip(failing.failed_at, failing.failed_at[1:])]
+    assert gap >= 0.45, gap
+
+
+def test_a_journal_restored_onto_another_box_names_in_its_batches_where_that_box_takes_over(stack, tmp_path):
+    """docs/protocol.md, base_seq: the events before it were delivered as the box the journal came from."""
+    def restored(journal):
+        journal.take_identity("shop-old")
+        recorded(3)(journal)
+        journal.acknowledge(3)  # central holds them as shop-old's
+        assert journal.take_identity("shop-restored") == (3, "shop-old")
+
+    async def test(central, box):
+        await box.record()
+        assert await asyncio.to_thread(central.wait_for, 1, "the batch") == [[4]]
+        batch = protocol.decode_batch(central.tokens()[0], device=central.device, key=box.uplink.key.public_key())
+        assert (batch.journal, batch.base_seq) == (await box.store.read(lambda journal: journal.journal_id()), 3)
+
+    run_uplink(stack, tmp_path, "shop-restored", test, before=restored)
+
+
 def test_batches_name_the_journal_and_an_acknowledgement_of_another_journal_moves_nothing(stack, tmp_path, caplog):
     """The retained acknowledgement central holds for this device's id, of the journal it had before this one was
     made anew, once moved this journal's cursor past sales central never held."""
