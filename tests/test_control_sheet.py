@@ -1,5 +1,7 @@
 """The printed sheet of control codes, read back as a scanner would: every code on it is the control it says."""
 
+from pathlib import Path
+
 import pypdfium2
 import pytest
 import zxingcpp
@@ -32,3 +34,128 @@ def test_the_sheet_is_a_pdf_and_a_bad_font_is_named(tmp_path):
     (tmp_path / "broken.ttf").write_bytes(b"not a font")
     with pytest.raises(CentralError, match="broken.ttf"):
         write_sheet(tmp_path / "controls.pdf", font=tmp_path / "broken.ttf")
+
+
+# -- the sheet as printed: where each code and its labels are ------------------------------------------------
+
+MM = 25.4 / 72  # millimetres per PDF point
+DPI = 300
+
+
+class Page:
+    """One printed page: its barcodes (as a scanner reads them) and its lines of text, in millimetres
+    from the page's top-left corner as (left, top, right, bottom)."""
+
+    def __init__(self, page):
+        width, height = page.get_size()
+        self.width, self.height = width * MM, height * MM
+        self.image = page.render(scale=DPI / 72).to_pil().convert("L")
+        px = 25.4 / DPI
+        self.codes = {}
+        for read in zxingcpp.read_barcodes(self.image):
+            corners = [read.position.top_left, read.position.top_right, read.position.bottom_right,
+                       read.position.bottom_left]
+            self.codes[read.text] = (min(p.x for p in corners) * px, min(p.y for p in corners) * px,
+                                     max(p.x for p in corners) * px, max(p.y for p in corners) * px)
+        textpage = page.get_textpage()
+        self.lines = {}
+        for index in range(textpage.count_rects()):
+            left, bottom, right, top = textpage.get_rect(index)
+            self.lines[textpage.get_text_bounded(left, bottom, right, top)] = (
+                left * MM, self.height - top * MM, right * MM, self.height - bottom * MM)
+
+    def ink(self) -> tuple[float, float, float, float]:
+        left, top, right, bottom = self.image.point(lambda v: 255 if v < 128 else 0).getbbox()
+        return tuple(v * 25.4 / DPI for v in (left, top, right, bottom))
+
+
+@pytest.fixture(scope="module")
+def sheet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sheet") / "controls.pdf"
+    write_sheet(path)
+    pdf = pypdfium2.PdfDocument(str(path))
+    try:
+        yield path, [Page(page) for page in pdf]
+    finally:
+        pdf.close()
+
+
+def _centre(box):
+    return (box[0] + box[2]) / 2
+
+
+def test_each_code_has_its_own_text_then_its_chinese_then_its_english_label_centred_just_below_it(sheet):
+    _, pages = sheet
+    placed = {}
+    for page in pages:
+        for code, bars in page.codes.items():
+            placed[code] = (page, bars)
+    assert sorted(placed) == sorted(code for code, _, _ in controls.SHEET)
+    for code, chinese, english in controls.SHEET:
+        page, bars = placed[code]
+        below = [page.lines[text] for text in (code, chinese, english)]
+        for box in below:
+            assert abs(_centre(box) - _centre(bars)) < 1.5, (code, box, bars)  # centred under its bars
+        tops = [box[1] for box in below]
+        assert bars[3] <= tops[0] < tops[1] < tops[2] <= bars[3] + 20, (code, bars, below)  # in that order, close
+        for upper, lower in zip(below, below[1:]):
+            assert upper[3] <= lower[1] + 0.3, (code, upper, lower)  # one above the other, not over it
+
+
+def test_every_page_is_titled_and_nothing_is_printed_in_the_printers_margin(sheet):
+    path, pages = sheet
+    assert pypdfium2.PdfDocument(str(path)).get_metadata_dict()["Title"] == "counterbox control codes"
+    for page in pages:
+        assert (round(page.width), round(page.height)) == (210, 297)  # A4
+        title = page.lines["counterbox 控制码 / control codes"]
+        assert all(title[3] < bars[1] for bars in page.codes.values())  # above every code
+        left, top, right, bottom = page.ink()
+        assert left >= 10 and top >= 10 and right <= page.width - 10 and bottom <= page.height - 10
+
+
+def test_codes_keep_their_quiet_zones_and_bars_a_cheap_scanner_reads(sheet):
+    _, pages = sheet
+    px = 25.4 / DPI
+    for page in pages:
+        for code, (left, top, right, bottom) in page.codes.items():
+            middle = round((top + bottom) / 2 / px)
+            row = [page.image.getpixel((x, middle)) < 128 for x in range(round(left / px) - 2, round(right / px) + 3)]
+            runs, run = [], 0
+            for dark in row:
+                if dark:
+                    run += 1
+                elif run:
+                    runs.append(run)
+                    run = 0
+            narrow = min(runs) * px
+            assert 0.25 <= narrow <= 0.5, (code, narrow)  # bars neither too fine nor too wide for the cell
+            column = [page.image.getpixel((round(left / px) + 1, y)) < 128 for y in range(page.image.height)]
+            assert sum(column) * px >= 10, code  # bars tall enough to aim at
+            # Ten narrow bars of blank paper either side (Code 128's quiet zone): no neighbour's ink there.
+            for x0, x1 in ((left - 10 * narrow, left - 0.3), (right + 0.3, right + 10 * narrow)):
+                zone = page.image.crop((round(x0 / px), round(top / px), round(x1 / px), round(bottom / px)))
+                assert zone.point(lambda v: 255 if v < 128 else 0).getbbox() is None, (code, x0, x1)
+
+
+def test_the_command_says_how_many_pages_it_wrote_and_to_print_them_unscaled(tmp_path, capsys):
+    path = tmp_path / "controls.pdf"
+    assert ops.main(["controls", "sheet", str(path)]) == 0
+    pages = len(pypdfium2.PdfDocument(str(path)))
+    assert pages == 2
+    assert capsys.readouterr().out == f"control sheet written to {path}: 2 pages; print it at 100% scale\n"
+
+
+def test_a_sheet_that_cannot_be_written_is_named_with_the_reason(tmp_path, capsys):
+    path = tmp_path / "no-such-directory" / "controls.pdf"
+    with pytest.raises(CentralError, match=f"{path}: No such file or directory"):
+        write_sheet(path)
+    assert ops.main(["controls", "sheet", str(path)]) == 2
+    assert "counterbox-ops: error: " in capsys.readouterr().err
+
+
+def test_the_labels_are_set_in_the_font_given(tmp_path):
+    path = tmp_path / "controls.pdf"
+    write_sheet(path, font=Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"))
+    assert b"/FontFile2" in path.read_bytes() and b"WenQuanYi" in path.read_bytes()
+    text = "".join(page.get_textpage().get_text_range() for page in pypdfium2.PdfDocument(str(path)))
+    assert all(chinese in text for _, chinese, _ in controls.SHEET)
