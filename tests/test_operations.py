@@ -296,3 +296,265 @@ def test_each_push_signs_the_next_version_keeps_it_and_leaves_it_retained_for_it
         "reason": "the shop closed", "grace_seconds": 300}
     code = activation.decode_code(found["counterbox/v1/activation/cb-waiting/code"].decode(), trusted=trusted)
     assert (code.shop, code.device) == ("530100000009", "cb-waiting")
+
+
+# -- pushes in this process against a broker of their own -------------------------------------------------------
+
+@pytest.fixture
+def broker(tmp_path):
+    """A Mosquitto of its own, without central: what operations publish waits there, retained."""
+    from demo.stack import Stack
+
+    with Stack(tmp_path / "stack") as running:
+        running.start_broker()
+        yield running
+
+
+@pytest.fixture
+def ops_key(tmp_path):
+    key = tmp_path / "ops.key"
+    assert ops("keygen", "--ops-key", str(key)).returncode == 0
+    return key
+
+
+def _kept(db, name: str) -> list[tuple[int, dict, bool]]:
+    """Each version of ``name`` central keeps: its number, its signed document, whether it was published."""
+    from provisioning import documents
+    from provisioning.identity import key_id, load_key
+
+    store = CentralStore(db)
+    try:
+        rows = store.conn.execute("SELECT version, token, published_at IS NOT NULL FROM documents WHERE name = ? "
+                                  "ORDER BY version", (name,)).fetchall()
+    finally:
+        store.close()
+    key = load_key(db.parent / "ops.key")
+    trusted = {key_id(key): key.public_key()}
+    return [(version, documents.decode_document(token if isinstance(token, bytes) else token.encode(),
+                                                trusted=trusted), published) for version, token, published in rows]
+
+
+def _retained(broker, topic: str) -> bytes:
+    import asyncio
+
+    from agent.mqtt import MqttLink
+
+    async def read() -> bytes:
+        async with MqttLink(host="127.0.0.1", port=broker.broker_port, client_id="a-box-later",
+                            subscriptions=[topic]) as link:
+            async with asyncio.timeout(10):
+                async for message in link.messages():
+                    return message.payload
+
+    return asyncio.run(read())
+
+
+def test_settings_pushed_again_hold_every_key_pushed_so_far_for_their_scope_and_the_latest_value_of_each(
+        broker, tmp_path, ops_key):
+    db = tmp_path / "central.db"
+    common = ["settings", "push", "--central-db", str(db), "--ops-key", str(ops_key),
+              "--broker", f"127.0.0.1:{broker.broker_port}"]
+    for args in (["--region", "honghe", "--mode-timeout", "300"],
+                 ["--region", "honghe", "--timezone", "Asia/Shanghai", "--status-interval", "30"],
+                 ["--region", "honghe", "--mode-timeout", "120"],
+                 ["--region", "kunming", "--pending-timeout", "90", "--snapshot-interval", "600"]):
+        result = ops(*common, *args)
+        assert result.returncode == 0, result.stderr
+    bodies = [(version, document.scope.as_json(), document.body) for version, document, _ in _kept(db, "settings")]
+    assert bodies == [
+        (1, {"region": "honghe"}, {"counter": {"mode_timeout": 300.0}}),
+        (2, {"region": "honghe"}, {"counter": {"mode_timeout": 300.0, "timezone": "Asia/Shanghai"},
+                                   "uplink": {"status_interval": 30.0}}),
+        (3, {"region": "honghe"}, {"counter": {"mode_timeout": 120.0, "timezone": "Asia/Shanghai"},
+                                   "uplink": {"status_interval": 30.0}}),
+        (4, {"region": "kunming"}, {"counter": {"pending_timeout": 90.0}, "uplink": {"snapshot_interval": 600.0}}),
+    ]
+    from provisioning import documents
+    from provisioning.identity import key_id, load_key
+
+    key = load_key(ops_key)
+    latest = documents.decode_document(_retained(broker, "counterbox/v1/regions/honghe/docs/settings"),
+                                       trusted={key_id(key): key.public_key()})
+    assert (latest.version, latest.body) == (3, bodies[2][2])
+
+
+def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tmp_path, ops_key):
+    import time
+
+    from provisioning.protocol import parse_rfc3339
+
+    db = tmp_path / "central.db"
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    before = time.time()
+    result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
+                 f"127.0.0.1:{broker.broker_port}", "--region", "honghe", "--currency", "HKD", "--valid-days", "2",
+                 str(tmp_path / "prices.csv"))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    [(version, document, published)] = _kept(db, "price_list")
+    assert (version, published) == (1, True)
+    assert printed["bytes"] == len(_retained(broker, printed["topic"]))
+    assert before + 2 * 86400 - 1 <= parse_rfc3339(printed["expires_at"]) <= time.time() + 2 * 86400 + 1
+    assert document.expires_at == pytest.approx(document.issued_at + 2 * 86400)
+    assert document.body == {"source": "prices.csv", "currency": "HKD", "items": [
+        {"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]}
+
+
+def test_a_push_the_broker_does_not_take_is_kept_signed_and_says_to_push_again(tmp_path, ops_key, monkeypatch):
+    from central import ops as operations
+
+    from demo.stack import free_port
+
+    monkeypatch.setattr(operations, "PUBLISH_TIMEOUT", 1.0)
+    db, port = tmp_path / "central.db", free_port()
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker", f"127.0.0.1:{port}",
+                 "--region", "honghe", str(tmp_path / "prices.csv"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"counterbox-ops: error: price_list version 1 is signed and kept, but not published: "
+                             f"broker 127.0.0.1:{port} unreachable for 1 s; push again once the broker is back "
+                             "(the next version replaces it)\n")
+    assert [(version, published) for version, _, published in _kept(db, "price_list")] == [(1, False)]
+
+
+SETTINGS_PUSH = ["settings", "push", "--central-db", "{db}", "--ops-key", "{key}"]
+
+
+@pytest.mark.parametrize("command, message", [
+    (SETTINGS_PUSH + ["--region", "honghe"], "name at least one setting to push"),
+    (SETTINGS_PUSH + ["--region", "honghe", "--mode-timeout", "-1"],
+     "settings [counter] mode_timeout must be a number of seconds above 0"),
+    (SETTINGS_PUSH + ["--region", "red river", "--mode-timeout", "60"], "region 'red river' must be 1 to 64"),
+    (SETTINGS_PUSH + ["--device", "shop-9", "--mode-timeout", "60"], "device shop-9 is not registered"),
+    (["order", "push", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-7", "--order-id", "w/48",
+      "{csv}"], "order id 'w/48' must be 1 to 64 ASCII letters"),
+    (["order", "push", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-7", "--order-id", "w48",
+      "{bad}"], "lines.bad.csv: "),
+    (["prices", "push", "--central-db", "{db}", "--ops-key", "{key}", "--region", "honghe", "{bad}"],
+     "lines.bad.csv: "),
+    (["revoke", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-9"], "device shop-9 is not registered"),
+    (["prices", "push", "--central-db", "{db}", "--ops-key", "{db}", "--region", "honghe", "{csv}"],
+     "central.db is not an Ed25519 signing key"),
+])
+def test_a_push_given_wrongly_is_named_and_nothing_is_signed(tmp_path, ops_key, command, message):
+    paths = {"db": tmp_path / "central.db", "key": ops_key, "csv": tmp_path / "lines.csv", "bad": tmp_path / "lines.bad.csv"}
+    paths["csv"].write_text("barcode,name,price,quantity\n6901028075831,Hongtashan (pack),23.00,5\n")
+    paths["bad"].write_text("barcode,name\n6901028075831\n")
+    store = CentralStore(paths["db"])
+    store.register("shop-7", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    result = ops(*(arg.format(**paths) for arg in command), "--broker", "127.0.0.1:1")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("counterbox-ops: error: ") and message in result.stderr, result.stderr
+    store = CentralStore(paths["db"])
+    try:
+        assert store.conn.execute("SELECT count(*) FROM documents").fetchone() == (0,)
+        assert store.device("shop-7").revoked_at is None
+    finally:
+        store.close()
+
+
+def test_keygen_prints_the_key_id_and_public_key_each_box_trusts(tmp_path):
+    from provisioning.identity import key_id, load_key, public_key_text
+
+    result = ops("keygen", "--ops-key", str(tmp_path / "ops.key"))
+    key = load_key(tmp_path / "ops.key")
+    assert json.loads(result.stdout) == {"kid": key_id(key), "public_key": public_key_text(key)}
+    again = ops("keygen", "--ops-key", str(tmp_path / "ops.key"))  # never over a key in use
+    assert again.returncode == 2 and again.stderr.startswith("counterbox-ops: error: ")
+    assert load_key(tmp_path / "ops.key").public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+
+
+def test_a_shop_is_registered_by_licence_changed_only_with_replace_and_named_when_given_wrongly(tmp_path):
+    db = tmp_path / "central.db"
+    add = ["shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi No. 3"]
+    assert ops(*add).stdout == "shop 530100000001 (Mengzi No. 3) registered in region -\n"
+    assert ops(*add, "--region", "honghe").returncode == 2
+    result = ops(*add, "--region", "honghe", "--monitoring", "--replace")
+    assert result.stdout == "shop 530100000001 (Mengzi No. 3) registered in region honghe, a monitoring point\n"
+    store = CentralStore(db)
+    try:
+        assert store.shop("530100000001") == Shop("530100000001", "Mengzi No. 3", "honghe", True)
+    finally:
+        store.close()
+    for args, message in ((["--licence", "5301 0001"], "licence '5301 0001' must be 1 to 64 ASCII letters"),
+                          (["--licence", "530100000002", "--region", "red/river"], "region 'red/river' must be 1")):
+        result = ops("shop", "add", "--central-db", str(db), "--name", "Jianshui", *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_boxes_waiting_for_activation_are_listed_newest_first_for_people_and_programs(tmp_path):
+    db = tmp_path / "central.db"
+    store = CentralStore(db)
+    store.waiting("cb-older", KEY_WITH_A_DASH, "1.2.0", 1_764_000_000.0)
+    store.waiting("cb-newer", _key_beginning_with_a_dash(), "1.3.0", 1_764_000_600.0)
+    store.close()
+    table = ops("activation", "waiting", "--central-db", str(db))
+    assert table.stdout.splitlines() == [
+        f"{'cb-newer':24} seen 2025-11-24T16:10:00.000Z  agent 1.3.0",
+        f"{'cb-older':24} seen 2025-11-24T16:00:00.000Z  agent 1.2.0"]
+    rows = [json.loads(line) for line in ops("activation", "waiting", "--central-db", str(db), "--json").stdout.splitlines()]
+    assert [(row["device"], row["seen_at"], row["agent_version"]) for row in rows] == [
+        ("cb-newer", "2025-11-24T16:10:00.000Z", "1.3.0"), ("cb-older", "2025-11-24T16:00:00.000Z", "1.2.0")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--push"], "--push sends the code to one waiting box: name it with --device"),
+    (["--shop", "530100000404"], "shop 530100000404 is not registered (counterbox-ops shop add)"),
+])
+def test_an_activation_code_given_wrongly_is_named_and_not_issued(tmp_path, ops_key, args, message):
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
+                 *args)
+    assert result.returncode == 2 and result.stderr == f"counterbox-ops: error: {message}\n"
+    store = CentralStore(db)
+    try:
+        assert store.conn.execute("SELECT count(*) FROM activation_codes").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+def test_a_code_the_broker_does_not_take_is_issued_and_says_it_was_not_pushed(tmp_path, ops_key, monkeypatch):
+    from central import ops as operations
+    from demo.stack import free_port
+
+    monkeypatch.setattr(operations, "PUBLISH_TIMEOUT", 1.0)
+    db, port = tmp_path / "central.db", free_port()
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
+                 "--device", "cb-waiting", "--push", "--broker", f"127.0.0.1:{port}")
+    store = CentralStore(db)
+    try:
+        [(code_id, device)] = store.conn.execute("SELECT code_id, device FROM activation_codes").fetchall()
+    finally:
+        store.close()
+    assert device == "cb-waiting"
+    assert result.returncode == 2 and result.stderr == (
+        f"counterbox-ops: error: code {code_id} issued, but not pushed: broker 127.0.0.1:{port} unreachable for 1 s\n")
+
+
+def test_a_pushed_code_is_bound_to_its_box_and_valid_for_the_hours_given(broker, tmp_path, ops_key):
+    import time
+
+    from provisioning import activation
+    from provisioning.identity import key_id, load_key
+    from provisioning.protocol import parse_rfc3339
+
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi",
+               "--region", "honghe").returncode == 0
+    before = time.time()
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
+                 "--device", "cb-waiting", "--push", "--valid-hours", "5", "--broker", f"127.0.0.1:{broker.broker_port}")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert (printed["shop"], printed["device"], printed["slip"], printed["pushed"]) == (
+        "530100000001", "cb-waiting", None, True)
+    assert before + 5 * 3600 - 1 <= parse_rfc3339(printed["expires_at"]) <= time.time() + 5 * 3600 + 1
+    key = load_key(ops_key)
+    code = activation.decode_code(_retained(broker, "counterbox/v1/activation/cb-waiting/code").decode(),
+                                  trusted={key_id(key): key.public_key()})
+    assert (code.code_id, code.shop, code.region, code.device, code.kid) == (
+        printed["code"], "530100000001", "honghe", "cb-waiting", key_id(key))
+    assert code.expires_at - code.issued_at == 5 * 3600
