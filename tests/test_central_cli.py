@@ -369,3 +369,65 @@ def test_broker_init_writes_access_control_that_grants_each_party_its_own_topics
         *((kind, t) for t in (f"{p}/activation/+/code", f"{p}/activation/+/result")
           for kind in ("subscribePattern", "publishClientReceive"))}
     assert sorted(r["rolename"] for r in config["roles"]) == ["central", "operations", "waiting-box"]
+
+
+def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop(tmp_path):
+    """`counterbox-central ingest`, in this process against a real Mosquitto: a box's batch, sent until it is
+    acknowledged (as a box does), is stored once and acknowledged retained; an interrupt (SIGINT, as SIGTERM) ends the ingest cleanly."""
+    import asyncio
+    import os
+    import signal
+    import threading
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+    from provisioning import protocol
+    from provisioning.identity import load_key, public_key_text
+    from storage import Event
+
+    db, key, box = tmp_path / "central.db", tmp_path / "central.key", Ed25519PrivateKey.generate()
+    assert run_main(central_main, ["--key", str(key), "keygen"]).returncode == 0
+    store = CentralStore(db)
+    store.register("shop-1", public_key_text(box), shop="530100000001", region="honghe")
+    store.close()
+    batch = protocol.encode_batch([Event(1, "sale", {"code": "6901028075831", "quantity": 1})], device="shop-1",
+                                  session=1, key=box, sent_at=time.time())
+    heard: list[bytes] = []
+
+    def the_box(port: int) -> None:
+        async def send_until_acknowledged() -> None:
+            async with MqttLink(host="127.0.0.1", port=port, client_id="shop-1",
+                                subscriptions=[protocol.ack_topic("counterbox/v1", "shop-1")]) as link:
+                async with asyncio.timeout(20):
+                    await link.connected.wait()
+                    while not heard:
+                        await link.publish(protocol.batch_topic("counterbox/v1", "shop-1"), batch)
+                        try:
+                            async with asyncio.timeout(0.3):
+                                heard.append((await anext(link.messages())).payload)
+                        except TimeoutError:
+                            pass
+
+        try:
+            asyncio.run(send_until_acknowledged())
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        sender = threading.Thread(target=the_box, args=(stack.broker_port,))
+        sender.start()
+        result = run_main(central_main, ["--db", str(db), "--key", str(key), "--log-level", "WARNING", "ingest",
+                                         "--port", str(stack.broker_port), "--client-id", "central-in-process"])
+        sender.join()
+    assert (result.returncode, result.stderr) == (0, "")
+    central_key = load_key(key).public_key()
+    assert [protocol.decode_ack(token, device="shop-1", key=central_key) for token in heard] == [1]
+    store = CentralStore(db)
+    try:
+        assert [(e["device"], e["seq"], e["kind"]) for e in store.events()] == [("shop-1", 1, "sale")]
+    finally:
+        store.close()
