@@ -81,6 +81,8 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
     """Sign the next version of ``name``, keep it in central's database and publish it, retained."""
     key = key or load_key(args.ops_key, made_by="counterbox-ops keygen")
     kid = key_id(key)
+    # The way into the broker before anything is signed: what is signed is kept, then published.
+    connection = broker.connection(args)
     store = CentralStore(args.central_db)
     try:
         scope = _scope(args, store)
@@ -101,7 +103,7 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
         version, token = store.issue_document(sign, name)
         topic = documents.topic(args.topic_prefix, scope, name)
         try:
-            asyncio.run(_publish_retained(args, topic, token))
+            asyncio.run(_publish_retained(args, connection, topic, token))
         except MqttError as error:
             raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; "
                                "push again once the broker is back (the next version replaces it)") from None
@@ -152,10 +154,10 @@ def broker_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def _publish_retained(args, topic: str, token: bytes) -> None:
+async def _publish_retained(args, connection: dict[str, Any], topic: str, token: bytes) -> None:
     host, port = args.broker
     link = MqttLink(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}",
-                    backoff=Backoff(first=0.1, most=1.0), **broker.connection(args))
+                    backoff=Backoff(first=0.1, most=1.0), **connection)
     async with link:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):  # not wait_for: it may swallow a cancellation
@@ -232,6 +234,7 @@ def _activation_issue(args) -> int:
                            "'-', '_' or '.'")
     key = load_key(args.ops_key, made_by="counterbox-ops keygen")
     kid = key_id(key)
+    connection = broker.connection(args) if args.push else {}  # before a code is issued that could not be pushed
     store = CentralStore(args.central_db)
     try:
         shop = store.shop(args.shop)
@@ -256,7 +259,7 @@ def _activation_issue(args) -> int:
         store.close()
     if args.push:
         try:
-            asyncio.run(_publish_retained(args, activation.topic(args.topic_prefix, args.device, "code"),
+            asyncio.run(_publish_retained(args, connection, activation.topic(args.topic_prefix, args.device, "code"),
                                           token.encode()))
         except MqttError as error:
             raise CentralError(f"code {code.code_id} issued, but not pushed: {error}") from None
@@ -281,8 +284,9 @@ def _activation_waiting(args) -> int:
 def _revoke(args) -> int:
     """Take a box out of service: it delivers what it holds, then erases itself (docs/protocol.md)."""
     # Everything that can fail before the revocation is signed is checked before the box is marked
-    # revoked, which cannot be undone: the key, and a reason that is text.
+    # revoked, which cannot be undone: the key, the way into the broker, and a reason that is text.
     key = load_key(args.ops_key, made_by="counterbox-ops keygen")
+    broker.connection(args)
     store = CentralStore(args.central_db)
     try:
         if store.device(args.device) is None:

@@ -234,3 +234,93 @@ def test_central_admits_a_box_to_its_own_topics_and_cuts_it_off_through_the_plug
     assert gone in ("the broker's access control is unreachable for 0 s",
                     "the broker's access control did not answer: timed out") or gone.startswith(
         "the broker's access control did not answer: not connected"), gone
+
+
+def test_operations_revoking_a_box_now_in_this_process_disconnects_it_at_the_broker_and_refuses_it_after(tmp_path):
+    """`counterbox-ops revoke --now`, in this process, as operations' own client over TLS: the revocation is
+    signed and kept, and the box is disconnected at once and refused from then on."""
+    import asyncio
+
+    from central import broker
+    from central.ops import main as ops_main
+    from central.store import CentralStore
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from provisioning.identity import public_key_text
+    from provisioning.protocol import DEFAULT_PREFIX as PREFIX
+
+    from .harness import run_main
+
+    db, key = tmp_path / "central.db", tmp_path / "ops.key"
+    assert run_main(ops_main, ["keygen", "--ops-key", str(key)]).returncode == 0
+    store = CentralStore(db)
+    store.register("shop-a", public_key_text(Ed25519PrivateKey.generate()), shop="530100000001", region="honghe")
+    store.close()
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+        port, tls = stack.broker_port, stack.tls
+
+        async def admit() -> None:
+            async with broker.BrokerAdmin(broker.BrokerAdmin.link(
+                    host="127.0.0.1", port=port, username=broker.CENTRAL_USER,
+                    password=(tls / "central.password").read_text().strip(), ca_file=tls / "ca.crt",
+                    client_id="central-admin-test")) as admin:
+                await admin.execute(broker.admit_commands(PREFIX, "shop-a", "honghe", "password-of-a"))
+
+        asyncio.run(admit())
+        as_a = Client(stack, "a-probe", "shop-a", "password-of-a")
+        assert as_a.connect_reason == 0
+        result = run_main(ops_main, ["revoke", "--central-db", str(db), "--ops-key", str(key),
+                                     "--broker", f"127.0.0.1:{port}", *stack.broker_args("ops"),
+                                     "--device", "shop-a", "--reason", "stolen", "--now"])
+        returned = time.monotonic()
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: as_a.disconnected_at is not None, 5, "the box disconnected")
+        assert as_a.disconnected_at < returned + 1.0
+        as_a.close()
+        again = Client(stack, "a-again", "shop-a", "password-of-a")
+        assert again.connect_reason in (NOT_AUTHORIZED, 134)
+        again.close()
+    store = CentralStore(db)
+    try:
+        assert store.device("shop-a").revoked_at is not None
+        assert store.conn.execute("SELECT name, published_at IS NOT NULL FROM documents").fetchall() == [
+            ("revocation", True)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", [
+    ["activation", "issue", "--shop", "530100000001", "--device", "shop-7", "--push"],
+    ["prices", "push", "--region", "honghe", "{csv}"],
+    ["revoke", "--device", "shop-7"],
+])
+def test_a_broker_password_file_that_cannot_be_read_stops_a_push_before_anything_is_signed(tmp_path, command):
+    """As a broker address given wrongly: what is signed is kept before it is published, so the way into the
+    broker is checked first. Not a code issued that was never pushed, nor a box marked revoked for nothing."""
+    from central.ops import main as ops_main
+    from central.store import CentralStore, Shop
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from provisioning.identity import public_key_text
+
+    from .harness import run_main
+
+    db, key, csv = tmp_path / "central.db", tmp_path / "ops.key", tmp_path / "prices.csv"
+    csv.write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    assert run_main(ops_main, ["keygen", "--ops-key", str(key)]).returncode == 0
+    store = CentralStore(db)
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe"))
+    store.register("shop-7", public_key_text(Ed25519PrivateKey.generate()), shop="530100000001", region="honghe")
+    store.close()
+    result = run_main(ops_main, [*(arg.format(csv=csv) for arg in command), "--central-db", str(db), "--ops-key",
+                                 str(key), "--username", "counterbox-ops", "--password-file",
+                                 str(tmp_path / "missing.password")])
+    assert result.returncode == 2
+    assert result.stderr == (f"counterbox-ops: error: cannot read the broker password {tmp_path / 'missing.password'}: "
+                             "No such file or directory\n")
+    store = CentralStore(db)
+    try:
+        assert store.conn.execute("SELECT count(*) FROM activation_codes").fetchone() == (0,)
+        assert store.conn.execute("SELECT count(*) FROM documents").fetchone() == (0,)
+        assert store.device("shop-7").revoked_at is None
+    finally:
+        store.close()
