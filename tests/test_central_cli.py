@@ -431,3 +431,65 @@ def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop
         assert [(e["device"], e["seq"], e["kind"]) for e in store.events()] == [("shop-1", 1, "sale")]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("content, accepted", [("eleven char", False), ("twelve chars", True)])
+def test_a_broker_password_kept_in_a_file_has_twelve_characters_at_least_and_a_shorter_one_is_named(
+        central, tmp_path, content, accepted):
+    command, _ = central
+    (tmp_path / "central.pass").write_text(content + "\n")
+    result = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
+                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
+    if accepted:
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode == 2 and result.stderr == (
+            f"counterbox-central: error: password file {tmp_path / 'central.pass'} holds 11 characters, fewer than "
+            "12; remove it and one is made\n")
+    assert (tmp_path / "dynsec.json").exists() == accepted
+
+
+def test_broker_init_into_a_directory_that_does_not_exist_says_so(central, tmp_path):
+    command, _ = central
+    dynsec = tmp_path / "no-such-directory" / "dynsec.json"
+    result = command("broker", "init", "--dynsec", str(dynsec), "--central-password-file",
+                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
+    assert result.returncode == 2 and result.stderr == (
+        f"counterbox-central: error: {dynsec}: cannot create the broker's access control file: "
+        "No such file or directory\n")
+
+
+def test_pubkey_names_the_command_that_makes_the_key_and_prints_the_key_each_box_trusts(central):
+    command, _ = central
+    missing = command("pubkey")
+    assert "(create it with 'counterbox-central keygen')" in missing.stderr
+    made = json.loads(command("keygen").stdout)
+    result = command("pubkey")
+    assert (result.returncode, json.loads(result.stdout)) == (0, made)
+
+
+def test_export_prints_names_in_chinese_as_they_are(central):
+    command, db = central
+    store = CentralStore(db)
+    store.register("shop-1", "k1")
+    store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {"code": "6901028075831", "name": "红塔山(软)"}}])
+    store.close()
+    result = command("export")
+    assert result.returncode == 0 and "红塔山(软)" in result.stdout
+
+
+def test_a_clock_off_by_exactly_a_minute_is_not_flagged_a_moment_more_is(central):
+    import time
+
+    command, db = central
+    now = float(int(time.time()))
+    store = CentralStore(db)
+    status = {"v": 1, "state": "online", "session": 1, "connection": 1}
+    for device, offset in (("cb-minute", 60.0), ("cb-more", 61.0)):
+        store.register(device, "key")
+        store.record_status(device, {**status, "device": device, "sent_at": now - 10 + offset}, received_at=now - 10,
+                            live=True)
+    store.close()
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert {device: (row["clock_offset"], row["clock_ok"]) for device, row in rows.items()} == {
+        "cb-minute": (60.0, True), "cb-more": (61.0, False)}
