@@ -493,3 +493,115 @@ def test_a_clock_off_by_exactly_a_minute_is_not_flagged_a_moment_more_is(central
     rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
     assert {device: (row["clock_offset"], row["clock_ok"]) for device, row in rows.items()} == {
         "cb-minute": (60.0, True), "cb-more": (61.0, False)}
+
+
+def test_the_report_says_when_a_boxs_sales_were_in_several_currencies_and_skips_boxes_without_events(central):
+    command, db = central
+    store = CentralStore(db)
+    store.register("shop-0", "k0")  # registered, nothing sent yet: no line, and the boxes after it still reported
+    store.register("shop-1", "k1")
+    store.register("shop-2", "k2")
+    store.register("shop-3", "k3")
+    store.add_events("shop-1", 1, [sale(1, "a", 2300, "CNY"), sale(2, "a", 2500, "HKD"), sale(3, "a", 300, "MOP")])
+    store.add_events("shop-2", 1, [sale(1, "a", 2300, "CNY"), sale(2, "a", 2500, "HKD")])
+    store.add_events("shop-3", 1, [{"seq": 1, "kind": "sale", "body": {"code": "x", "quantity": 1, "known": False,
+                                                                       "unit_price": None}}])  # no price list: no currency
+    store.close()
+    result = command("report")
+    assert result.returncode == 0
+    assert result.stdout.splitlines() == [
+        "shop-1: 3 sales (0 of unknown products), 0 misreads refused, total 51.00 (mixed: CNY, HKD, MOP), "
+        "acknowledged up to seq 3",
+        "shop-2: 2 sales (0 of unknown products), 0 misreads refused, total 48.00 (mixed: CNY, HKD), "
+        "acknowledged up to seq 2",
+        "shop-3: 1 sale (1 of unknown products), 0 misreads refused, total 0.00, acknowledged up to seq 1"]
+
+
+def test_devices_keeps_a_shop_name_in_chinese_and_cuts_a_long_one_to_its_column(central):
+    command, db = central
+    store = CentralStore(db)
+    store.register("cb-1", "key", shop="蒙自三号店")
+    store.register("cb-2", "key", shop="Mengzi Tobacco and Liquor No. 3")
+    store.close()
+    result = command("devices", "--json")
+    assert result.returncode == 0 and '"shop": "蒙自三号店"' in result.stdout
+    table = command("devices")
+    assert table.returncode == 0
+    header, _, long = table.stdout.splitlines()
+    assert long.startswith(f"{'cb-2':24} {'Mengzi Tobacco and L':20} never seen")
+    assert header.index("state") == long.index("never seen")
+
+
+def test_uploads_counts_a_sale_received_after_the_deadline_against_its_day_and_names_why(central):
+    """A sale scanned half an hour before central received it: on time against the default hour, late against
+    a deadline just under half an hour; the failed day says the box reported and how many sales came late."""
+    import time
+
+    command, db = central
+    now = time.time()
+    scanned = now - 1800
+    day = time.strftime("%Y-%m-%d", time.localtime(scanned))
+    store = CentralStore(db)
+    for device, shop, region in (("cb-a-fresh", "530102100001", "honghe"),
+                                 ("cb-late", "Mengzi Tobacco and Liquor No. 3", ""),
+                                 ("cb-far", "530102100003", "xishuangbanna")):
+        store.register(device, "key", shop=shop, region=region)
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id != 'cb-a-fresh'", [now - 9 * 86400])
+    online = {"v": 1, "state": "online", "session": 1, "connection": 1, "sent_at": 0.0}
+    for device in ("cb-late", "cb-far"):
+        store.record_status(device, {**online, "device": device}, received_at=scanned, live=True)
+    store.add_events("cb-late", 1, [{"seq": 1, "kind": "sale", "body": {
+        "code": "6901028075831", "scanned_at": rfc3339(scanned)}}])
+    store.close()
+
+    def report(*args):
+        result = command("uploads", "--days", "1", "--until", day, "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    on_time = report()
+    assert (on_time["from"], on_time["to"]) == (day, day)
+    assert [(row["device"], row["uploaded"], row["failed_days"]) for row in on_time["devices"]] == [
+        ("cb-far", 1, []), ("cb-late", 1, [])]  # cb-a-fresh: nothing decided yet, so not listed
+    late = report("--deadline-minutes", "29.8")
+    rows = {row["device"]: row for row in late["devices"]}
+    assert rows["cb-late"]["failed_days"] == [{"day": day, "reported": True, "late_sales": 1}]
+    assert (rows["cb-late"]["rate"], rows["cb-late"]["meets_target"]) == (0.0, False)
+    assert late["regions"] == [
+        {"region": "-", "devices": 1, "days": 1, "uploaded": 0, "below_target": 1, "rate": 0.0},
+        {"region": "xishuangbanna", "devices": 1, "days": 1, "uploaded": 1, "below_target": 0, "rate": 1.0}]
+    table = command("uploads", "--days", "1", "--until", day, "--deadline-minutes", "29.8")
+    assert table.returncode == 0
+    lines = table.stdout.splitlines()
+    assert lines[2:4] == [
+        "cb-far                   530102100003     xishuangba general       1    1  100.0%     85%",
+        "cb-late                  Mengzi Tobacco a -          general       1    0    0.0%     85%  BELOW TARGET"]
+    assert "region -: 1 devices, 0.0% of device-days uploaded, 1 below target" in lines
+
+
+@pytest.mark.parametrize("option, value", [("--days", "1"), ("--days", "3660"), ("--deadline-minutes", "0.5"),
+                                           ("--deadline-minutes", "10080")])
+def test_an_uploads_period_at_the_edges_of_its_range_is_taken(central, option, value):
+    command, _ = central
+    result = command("uploads", option, value)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--days", "3661", "'3661' is not a number of days from 1 to 3660"),
+    ("--deadline-minutes", "10080.5", "'10080.5' is not a number of minutes above 0 and at most 10080"),
+    ("--deadline-minutes", "an hour", "'an hour' is not a number of minutes above 0 and at most 10080"),
+])
+def test_an_uploads_period_past_the_edges_of_its_range_is_named(central, option, value, message):
+    command, _ = central
+    result = command("uploads", option, value)
+    assert result.returncode == 2 and f"argument {option}: {message}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("seconds, shown", [(-3.0, "0s ago"), (59.4, "59s ago"), (60, "1m ago"), (3599, "60m ago"),
+                                            (3600, "1h ago"), (86399, "24h ago"), (86400, "1d ago")])
+def test_how_long_ago_a_box_was_seen_is_shown_in_its_largest_whole_unit(seconds, shown):
+    """The devices table's 'seen' column (a clock ahead of central's shows no time in the future)."""
+    from central.cli import _age
+
+    assert _age(seconds) == shown
