@@ -435,6 +435,8 @@ SETTINGS_PUSH = ["settings", "push", "--central-db", "{db}", "--ops-key", "{key}
     (["revoke", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-9"], "device shop-9 is not registered"),
     (["prices", "push", "--central-db", "{db}", "--ops-key", "{db}", "--region", "honghe", "{csv}"],
      "central.db is not an Ed25519 signing key"),
+    (["prices", "push", "--central-db", "{db}", "--ops-key", "{db}.key", "--region", "honghe", "{csv}"],
+     "central.db.key does not exist (create it with 'counterbox-ops keygen')"),
 ])
 def test_a_push_given_wrongly_is_named_and_nothing_is_signed(tmp_path, ops_key, command, message):
     paths = {"db": tmp_path / "central.db", "key": ops_key, "csv": tmp_path / "lines.csv", "bad": tmp_path / "lines.bad.csv"}
