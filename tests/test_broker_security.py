@@ -324,3 +324,100 @@ def test_a_broker_password_file_that_cannot_be_read_stops_a_push_before_anything
         assert store.device("shop-7").revoked_at is None
     finally:
         store.close()
+
+
+def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_revoked_one_gone_offline(tmp_path):
+    """``Ingest.serve`` with ``broker_admin``, in this process, against the production broker: a waiting box that
+    asks with a good code is answered and admitted as its own client; another box asking with the same code is
+    refused and not admitted; the first, revoked, hands in its revocation, goes offline, and is refused from
+    then on."""
+    import asyncio
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.mqtt import MqttLink
+    from central import broker
+    from central.ingest import Ingest
+    from central.store import CentralStore, Shop
+    from provisioning import activation, protocol
+    from provisioning.activation import ActivationCode
+    from provisioning.identity import device_id_for
+    from provisioning.protocol import DEFAULT_PREFIX as PREFIX
+    from storage import Event
+
+    store = CentralStore(tmp_path / "central.db")
+    central_key, ops_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    first, second = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    first_id, second_id = device_id_for(first), device_id_for(second)
+    now = time.time()
+    store.add_shop(Shop("530100000009", "Jianshui No. 2", "honghe"))
+    code = activation.encode_code(ActivationCode(activation.new_code_id(), "530100000009", "honghe", False, now,
+                                                 now + 3600, None), key=ops_key, kid="ops-1")
+    store.add_code(activation.code_id_of(code), shop="530100000009", token=code, device=None, issued_at=now,
+                   expires_at=now + 3600)
+    ingest = Ingest(store=store, signing_key=central_key)
+
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+        port, tls = stack.broker_port, stack.tls
+
+        async def ask(key, device_id) -> dict:
+            """A waiting box, anonymous over TLS, asking until it is answered (as a box does)."""
+            async with MqttLink(host="127.0.0.1", port=port, client_id=device_id, ca_file=tls / "ca.crt",
+                                subscriptions=[activation.topic(PREFIX, device_id, "result")]) as link:
+                await link.connected.wait()
+                while True:
+                    await link.publish(activation.topic(PREFIX, device_id, "request"),
+                                       activation.encode_request(device_id, key, code, sent_at=time.time()))
+                    try:
+                        async with asyncio.timeout(0.5):
+                            answer = await anext(link.messages())
+                    except TimeoutError:
+                        continue
+                    return activation.decode_result(answer.payload, device=device_id, key=central_key.public_key())
+
+        async def hand_in_and_go_offline() -> None:
+            async with MqttLink(host="127.0.0.1", port=port, client_id=f"{first_id}-box", username=first_id,
+                                password=broker_password(first), ca_file=tls / "ca.crt") as link:
+                await link.connected.wait()
+                batch = protocol.encode_batch([Event(1, "revocation", {"name": "revocation"})], device=first_id,
+                                              session=1, key=first, sent_at=time.time())
+                await link.publish(protocol.batch_topic(PREFIX, first_id), batch)
+                await asyncio.to_thread(wait_until, lambda: store.revocation_delivered(first_id), 10,
+                                        "the revocation handed in")
+                status = protocol.encode_status({"state": "offline", "session": 1, "connection": 1,
+                                                 "sent_at": time.time()}, device=first_id, key=first)
+                await link.publish(protocol.status_topic(PREFIX, first_id), status)
+
+        async def main() -> dict:
+            serving = asyncio.create_task(ingest.serve(
+                host="127.0.0.1", port=port, client_id="central-test", username=broker.CENTRAL_USER,
+                password=(tls / "central.password").read_text().strip(), ca_file=tls / "ca.crt", broker_admin=True))
+            seen = {}
+            async with asyncio.timeout(30):
+                seen["first answer"] = await ask(first, first_id)
+                admitted = await asyncio.to_thread(Client, stack, "first-probe", first_id, broker_password(first))
+                seen["first admitted"] = admitted.connect_reason
+                seen["second answer"] = await ask(second, second_id)
+                other = await asyncio.to_thread(Client, stack, "second-probe", second_id, broker_password(second))
+                seen["second admitted"] = other.connect_reason
+                await asyncio.to_thread(other.close)
+                await asyncio.to_thread(store.revoke, first_id)
+                await hand_in_and_go_offline()
+                await asyncio.to_thread(wait_until, lambda: admitted.disconnected_at is not None, 10,
+                                        "the revoked box cut off")
+                await asyncio.to_thread(admitted.close)
+                again = await asyncio.to_thread(Client, stack, "first-again", first_id, broker_password(first))
+                seen["first again"] = again.connect_reason
+                await asyncio.to_thread(again.close)
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            return seen
+
+        seen = asyncio.run(main())
+    store.close()
+    assert (seen["first answer"]["accepted"], seen["first answer"]["shop"]) == (True, "530100000009")
+    assert seen["first admitted"] == 0
+    assert seen["second answer"]["accepted"] is False and "used" in seen["second answer"]["reason"]
+    assert seen["second admitted"] in (NOT_AUTHORIZED, 134)
+    assert seen["first again"] in (NOT_AUTHORIZED, 134)
