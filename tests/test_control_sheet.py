@@ -159,3 +159,15 @@ def test_the_labels_are_set_in_the_font_given(tmp_path):
     assert b"/FontFile2" in path.read_bytes() and b"WenQuanYi" in path.read_bytes()
     text = "".join(page.get_textpage().get_text_range() for page in pypdfium2.PdfDocument(str(path)))
     assert all(chinese in text for _, chinese, _ in controls.SHEET)
+
+
+def test_without_a_chinese_font_installed_the_labels_use_the_song_face_every_viewer_supplies(tmp_path, monkeypatch):
+    from central import sheet
+
+    monkeypatch.setattr(sheet, "WQY", tmp_path / "no-wqy-here.ttc")  # a machine without fonts-wqy-microhei
+    path = tmp_path / "controls.pdf"
+    assert write_sheet(path) == 2
+    data = path.read_bytes()
+    assert b"/STSong-Light" in data and b"/FontFile2" not in data  # named, not embedded: the viewer's own
+    text = "".join(page.get_textpage().get_text_range() for page in pypdfium2.PdfDocument(str(path)))
+    assert all(chinese in text and english in text for _, chinese, english in controls.SHEET)
