@@ -502,3 +502,90 @@ def test_a_journal_whose_identity_moves_away_and_back_is_counted_on_from_where_i
                                         key=new_key))[0].acked_seq == 5
     back = central.handle(journal_batch(sales(6), journal=J1, base_seq=5, key=central.box_key))[0]
     assert (back.added, back.acked_seq) == (1, 6)
+
+
+# -- serve: what central hears, in this process against a real Mosquitto ----------------------------------
+
+async def _serving(central, port: int, caplog, *, client_id: str = "central-test"):
+    """``serve`` started, once central's four subscriptions are in place."""
+    import asyncio
+
+    before = sum("subscribed to" in r.getMessage() for r in caplog.records)
+    serving = asyncio.create_task(central.ingest.serve(host="127.0.0.1", port=port, client_id=client_id))
+    async with asyncio.timeout(10):
+        while sum("subscribed to" in r.getMessage() for r in caplog.records) < before + 4:
+            await asyncio.sleep(0.02)
+    return serving
+
+
+async def _stopped(serving) -> None:
+    import asyncio
+
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+
+
+def test_serve_flags_a_box_whose_clock_is_off_and_names_a_status_it_rejects(central, tmp_path, caplog, monkeypatch):
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from central import ingest
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(ingest, "QUEUE_SETTLE", 0.0)  # central's queue settled at once: the clock is measured
+    forger = Ed25519PrivateKey.generate()
+
+    async def main(port: int) -> None:
+        serving = await _serving(central, port, caplog)
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box") as box_link:
+            await box_link.connected.wait()
+            for key, sent_at in ((forger, time.time()), (central.box_key, time.time() - 300)):
+                await box_link.publish(protocol.status_topic(PREFIX, "shop-1"),
+                                       status_message(key=key, sent_at=sent_at).payload)
+            async with asyncio.timeout(10):
+                while not any("clock is off" in r.getMessage() for r in caplog.records):
+                    await asyncio.sleep(0.02)
+        await _stopped(serving)
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        asyncio.run(main(stack.broker_port))
+    logged = [r.getMessage() for r in caplog.records if r.name == "central.ingest"]
+    assert any(line.startswith("status rejected topic=counterbox/v1/devices/shop-1/status bytes=") for line in logged)
+    [flagged] = [line for line in logged if "clock is off" in line]
+    assert re.fullmatch(r"device shop-1 clock is off by -30\d\.\d s: its scans carry wrong times \(no NTP\?\)", flagged)
+    assert central.store.status("shop-1").clock_offset == pytest.approx(-300, abs=5)
+
+
+def test_serve_receives_what_a_box_sent_while_central_was_away(central, tmp_path, caplog):
+    """Central's session at the broker outlives it: a batch sent while it was stopped waits there for it."""
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+
+    async def main(port: int) -> bytes:
+        await _stopped(await _serving(central, port, caplog, client_id="central-away"))
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box",
+                            subscriptions=[protocol.ack_topic(PREFIX, "shop-1")]) as box_link:
+            await box_link.connected.wait()
+            await asyncio.sleep(0.5)  # central away a while
+            await box_link.publish(protocol.batch_topic(PREFIX, "shop-1"),
+                                   batch_message(sales(1, 2), key=central.box_key).payload)
+            serving = await _serving(central, port, caplog, client_id="central-away")
+            async with asyncio.timeout(10):
+                ack = await anext(box_link.messages())
+        await _stopped(serving)
+        return ack.payload
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        ack = asyncio.run(main(stack.broker_port))
+    assert protocol.decode_ack(ack, device="shop-1", key=central.central_public) == 2
+    assert [e["seq"] for e in central.store.events()] == [1, 2]
