@@ -560,3 +560,24 @@ def test_a_pushed_code_is_bound_to_its_box_and_valid_for_the_hours_given(broker,
     assert (code.code_id, code.shop, code.region, code.device, code.kid) == (
         printed["code"], "530100000001", "honghe", "cb-waiting", key_id(key))
     assert code.expires_at - code.issued_at == 5 * 3600
+
+
+def test_an_order_pushed_to_a_box_holds_its_id_and_lines_and_a_revocation_its_reason_and_grace(broker, tmp_path,
+                                                                                                ops_key):
+    db = tmp_path / "central.db"
+    store = CentralStore(db)
+    store.register("shop-1", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    (tmp_path / "order.csv").write_text("barcode,name,quantity\n6901028075848,Hongtashan (carton),5\n")
+    common = ["--central-db", str(db), "--ops-key", str(ops_key), "--broker", f"127.0.0.1:{broker.broker_port}",
+              "--device", "shop-1"]
+    assert ops("order", "push", *common, "--order-id", "W48-1", "--valid-days", "3",
+               str(tmp_path / "order.csv")).returncode == 0
+    assert ops("revoke", *common, "--grace-minutes", "0.5").returncode == 0
+    [(_, order, _)] = _kept(db, "order/W48-1")
+    assert (order.kind, order.scope.as_json(), order.body) == ("order", {"device": "shop-1"}, {
+        "order_id": "W48-1", "lines": [{"barcode": "6901028075848", "name": "Hongtashan (carton)", "quantity": 5}]})
+    assert order.expires_at == pytest.approx(order.issued_at + 3 * 86400)
+    [(_, revocation, _)] = _kept(db, "revocation")
+    assert revocation.body == {"reason": "", "grace_seconds": 30}
+    assert revocation.expires_at == pytest.approx(revocation.issued_at + 365 * 86400)  # a year unless told
