@@ -589,3 +589,55 @@ def test_serve_receives_what_a_box_sent_while_central_was_away(central, tmp_path
         ack = asyncio.run(main(stack.broker_port))
     assert protocol.decode_ack(ack, device="shop-1", key=central.central_public) == 2
     assert [e["seq"] for e in central.store.events()] == [1, 2]
+
+
+def test_instances_sharing_the_load_divide_the_batches_between_them_and_store_each_once(tmp_path, caplog):
+    """Two ``serve`` with ``share``, in this process, on one database: every batch is handled by one of them
+    only, and all are stored."""
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+    keys = {f"shop-{n}": Ed25519PrivateKey.generate() for n in range(4)}
+    stores = [CentralStore(tmp_path / "central.db") for _ in range(2)]
+    for device, key in keys.items():
+        stores[0].register(device, public_key_text(key))
+    central_key = Ed25519PrivateKey.generate()
+    ingests = [Ingest(store=store, signing_key=central_key) for store in stores]
+
+    async def main(port: int) -> None:
+        serving = []
+        for n, ingest in enumerate(ingests):
+            before = sum("subscribed to" in r.getMessage() for r in caplog.records)
+            serving.append(asyncio.create_task(ingest.serve(host="127.0.0.1", port=port, client_id=f"central-{n}",
+                                                            share="ingest")))
+            async with asyncio.timeout(10):
+                while sum("subscribed to" in r.getMessage() for r in caplog.records) < before + 4:
+                    await asyncio.sleep(0.02)
+        async with MqttLink(host="127.0.0.1", port=port, client_id="the-boxes") as link:
+            await link.connected.wait()
+            for seq in range(1, 6):
+                for device, key in keys.items():
+                    await link.publish(protocol.batch_topic(PREFIX, device),
+                                       batch_message(sales(seq), device=device, key=key).payload)
+            async with asyncio.timeout(20):
+                while len(await asyncio.to_thread(lambda: list(stores[0].events()))) < 20:
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # a duplicate delivery, were there one, would be handled by now
+        for task in serving:
+            await _stopped(task)
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        asyncio.run(main(stack.broker_port))
+    try:
+        assert sorted((e["device"], e["seq"]) for e in stores[0].events()) == sorted(
+            (device, seq) for device in keys for seq in range(1, 6))
+    finally:
+        for store in stores:
+            store.close()
+    accepted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch accepted")]
+    assert len(accepted) == 20  # each batch handled once, by one instance
