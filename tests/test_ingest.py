@@ -641,3 +641,43 @@ def test_instances_sharing_the_load_divide_the_batches_between_them_and_store_ea
             store.close()
     accepted = [r.getMessage() for r in caplog.records if r.getMessage().startswith("batch accepted")]
     assert len(accepted) == 20  # each batch handled once, by one instance
+
+
+def test_a_batch_central_fails_to_store_is_not_acknowledged_and_is_stored_when_the_box_sends_it_again(
+        central, tmp_path, caplog):
+    """The database refusing a write (here a trigger, as a full disk would): the batch is left unacknowledged,
+    central keeps serving, and the box's resend is stored and acknowledged."""
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+    central.store.conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+    batch = batch_message(sales(1), key=central.box_key)
+
+    async def main(port: int) -> list[bytes]:
+        serving = await _serving(central, port, caplog)
+        heard: list[bytes] = []
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box",
+                            subscriptions=[protocol.ack_topic(PREFIX, "shop-1")]) as link:
+            await link.connected.wait()
+            await link.publish(batch.topic, batch.payload)
+            async with asyncio.timeout(10):
+                while not any("message not stored" in r.getMessage() for r in caplog.records):
+                    await asyncio.sleep(0.02)
+            await asyncio.to_thread(central.store.conn.execute, "DROP TRIGGER refuse")
+            await link.publish(batch.topic, batch.payload)  # the box's resend, its acknowledgement not come
+            async with asyncio.timeout(10):
+                heard.append((await anext(link.messages())).payload)
+        await _stopped(serving)
+        return heard
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        heard = asyncio.run(main(stack.broker_port))
+    assert [protocol.decode_ack(token, device="shop-1", key=central.central_public) for token in heard] == [1]
+    assert [e["seq"] for e in central.store.events()] == [1]
+    [failed] = [r for r in caplog.records if "message not stored" in r.getMessage()]
+    assert failed.getMessage() == "message not stored topic=counterbox/v1/devices/shop-1/batch: internal error"
