@@ -393,6 +393,7 @@ def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop
     store = CentralStore(db)
     store.register("shop-1", public_key_text(box), shop="530100000001", region="honghe")
     store.close()
+    prefix = "acme/v2"  # a deployment's own topic prefix, given with --topic-prefix
     batch = protocol.encode_batch([Event(1, "sale", {"code": "6901028075831", "quantity": 1})], device="shop-1",
                                   session=1, key=box, sent_at=time.time())
     heard: list[bytes] = []
@@ -400,11 +401,11 @@ def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop
     def the_box(port: int) -> None:
         async def send_until_acknowledged() -> None:
             async with MqttLink(host="127.0.0.1", port=port, client_id="shop-1",
-                                subscriptions=[protocol.ack_topic("counterbox/v1", "shop-1")]) as link:
+                                subscriptions=[protocol.ack_topic(prefix, "shop-1")]) as link:
                 async with asyncio.timeout(20):
                     await link.connected.wait()
                     while not heard:
-                        await link.publish(protocol.batch_topic("counterbox/v1", "shop-1"), batch)
+                        await link.publish(protocol.batch_topic(prefix, "shop-1"), batch)
                         try:
                             async with asyncio.timeout(0.3):
                                 heard.append((await anext(link.messages())).payload)
@@ -421,7 +422,8 @@ def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop
         sender = threading.Thread(target=the_box, args=(stack.broker_port,))
         sender.start()
         result = run_main(central_main, ["--db", str(db), "--key", str(key), "--log-level", "WARNING", "ingest",
-                                         "--port", str(stack.broker_port), "--client-id", "central-in-process"])
+                                         "--port", str(stack.broker_port), "--client-id", "central-in-process",
+                                         "--topic-prefix", prefix])
         sender.join()
     assert (result.returncode, result.stderr) == (0, "")
     central_key = load_key(key).public_key()
@@ -579,7 +581,7 @@ def test_uploads_counts_a_sale_received_after_the_deadline_against_its_day_and_n
     assert "region -: 1 devices, 0.0% of device-days uploaded, 1 below target" in lines
 
 
-@pytest.mark.parametrize("option, value", [("--days", "1"), ("--days", "3660"), ("--deadline-minutes", "0.5"),
+@pytest.mark.parametrize("option, value", [("--days", "1"), ("--days", "3660"), ("--deadline-minutes", "0.01"),
                                            ("--deadline-minutes", "10080")])
 def test_an_uploads_period_at_the_edges_of_its_range_is_taken(central, option, value):
     command, _ = central
@@ -591,6 +593,7 @@ def test_an_uploads_period_at_the_edges_of_its_range_is_taken(central, option, v
     ("--days", "3661", "'3661' is not a number of days from 1 to 3660"),
     ("--deadline-minutes", "10080.5", "'10080.5' is not a number of minutes above 0 and at most 10080"),
     ("--deadline-minutes", "an hour", "'an hour' is not a number of minutes above 0 and at most 10080"),
+    ("--deadline-minutes", "0", "'0' is not a number of minutes above 0 and at most 10080"),
 ])
 def test_an_uploads_period_past_the_edges_of_its_range_is_named(central, option, value, message):
     command, _ = central
@@ -605,3 +608,27 @@ def test_how_long_ago_a_box_was_seen_is_shown_in_its_largest_whole_unit(seconds,
     from central.cli import _age
 
     assert _age(seconds) == shown
+
+
+def test_a_shop_report_for_one_device_or_one_region_holds_its_shops_only(central):
+    from central.store import Shop
+
+    from .test_central_reports import DAY, PACK, sale as line
+
+    command, db = central
+    store = CentralStore(db)
+    for licence, device, region in (("530100000001", "cb-a", "honghe"), ("530100000002", "cb-b", "honghe"),
+                                    ("530100000003", "cb-c", "kunming")):
+        store.add_shop(Shop(licence, f"Shop {licence[-1]}", region))
+        store.register(device, "k" * 43, shop=licence, region=region)
+        store.add_events(device, 1, [line(1, PACK)])
+    store.close()
+
+    def shops(*scope) -> list[str]:
+        result = command("report", "sales", "--day", DAY, *scope, "--json")
+        assert result.returncode == 0, result.stderr
+        return sorted(json.loads(result.stdout)["shops"])
+
+    assert shops() == ["530100000001", "530100000002", "530100000003"]
+    assert shops("--device", "cb-b") == ["530100000002"]
+    assert shops("--region", "honghe") == ["530100000001", "530100000002"]

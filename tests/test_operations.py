@@ -377,6 +377,18 @@ def test_settings_pushed_again_hold_every_key_pushed_so_far_for_their_scope_and_
                                        trusted={key_id(key): key.public_key()})
     assert (latest.version, latest.body) == (3, bodies[2][2])
 
+    # One box's own settings: a document of their own beside its region's, on the box's topic.
+    store = CentralStore(db)
+    store.register("shop-1", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    result = ops(*common, "--device", "shop-1", "--status-interval", "15")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert (printed["name"], printed["version"], printed["topic"]) == (
+        documents.DEVICE_SETTINGS, 1, f"counterbox/v1/devices/shop-1/docs/{documents.DEVICE_SETTINGS}")
+    [(_, own, _)] = _kept(db, documents.DEVICE_SETTINGS)
+    assert (own.scope.as_json(), own.body) == ({"device": "shop-1"}, {"uplink": {"status_interval": 15.0}})
+
 
 def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tmp_path, ops_key):
     import time
@@ -495,6 +507,7 @@ def test_boxes_waiting_for_activation_are_listed_newest_first_for_people_and_pro
     store.waiting("cb-newer", _key_beginning_with_a_dash(), "1.3.0", 1_764_000_600.0)
     store.close()
     table = ops("activation", "waiting", "--central-db", str(db))
+    assert table.returncode == 0
     assert table.stdout.splitlines() == [
         f"{'cb-newer':24} seen 2025-11-24T16:10:00.000Z  agent 1.3.0",
         f"{'cb-older':24} seen 2025-11-24T16:00:00.000Z  agent 1.2.0"]
