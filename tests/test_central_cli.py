@@ -397,14 +397,15 @@ def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop
     batch = protocol.encode_batch([Event(1, "sale", {"code": "6901028075831", "quantity": 1})], device="shop-1",
                                   session=1, key=box, sent_at=time.time())
     heard: list[bytes] = []
+    done = threading.Event()  # the ingest returned: nothing is left to interrupt
 
     def the_box(port: int) -> None:
         async def send_until_acknowledged() -> None:
             async with MqttLink(host="127.0.0.1", port=port, client_id="shop-1",
                                 subscriptions=[protocol.ack_topic(prefix, "shop-1")]) as link:
-                async with asyncio.timeout(20):
+                async with asyncio.timeout(15):
                     await link.connected.wait()
-                    while not heard:
+                    while not heard and not done.is_set():
                         await link.publish(protocol.batch_topic(prefix, "shop-1"), batch)
                         try:
                             async with asyncio.timeout(0.3):
@@ -415,16 +416,24 @@ def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop
         try:
             asyncio.run(send_until_acknowledged())
         finally:
-            os.kill(os.getpid(), signal.SIGINT)
+            if not done.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
 
     with Stack(tmp_path / "stack") as stack:
         stack.start_broker()
         sender = threading.Thread(target=the_box, args=(stack.broker_port,))
         sender.start()
-        result = run_main(central_main, ["--db", str(db), "--key", str(key), "--log-level", "WARNING", "ingest",
-                                         "--port", str(stack.broker_port), "--client-id", "central-in-process",
-                                         "--topic-prefix", prefix])
-        sender.join()
+        try:
+            try:
+                result = run_main(central_main, ["--db", str(db), "--key", str(key), "--log-level", "WARNING",
+                                                 "ingest", "--port", str(stack.broker_port),
+                                                 "--client-id", "central-in-process", "--topic-prefix", prefix])
+            finally:
+                done.set()
+            sender.join()
+        except KeyboardInterrupt:
+            sender.join()
+            pytest.fail("the interrupt came when no ingest was running to take it")
     assert (result.returncode, result.stderr) == (0, "")
     central_key = load_key(key).public_key()
     assert [protocol.decode_ack(token, device="shop-1", key=central_key) for token in heard] == [1]
