@@ -109,9 +109,12 @@ def test_every_page_is_titled_and_nothing_is_printed_in_the_printers_margin(shee
     for page in pages:
         assert (round(page.width), round(page.height)) == (210, 297)  # A4
         title = page.lines["counterbox 控制码 / control codes"]
-        assert all(title[3] < bars[1] for bars in page.codes.values())  # above every code
+        assert title[1] >= 10 and all(title[3] < bars[1] for bars in page.codes.values())  # on it, above every code
         left, top, right, bottom = page.ink()
         assert left >= 10 and top >= 10 and right <= page.width - 10 and bottom <= page.height - 10
+        # The two columns of codes are centred on the page.
+        centres = [_centre(bars) for bars in page.codes.values()]
+        assert abs((min(centres) + max(centres)) / 2 - page.width / 2) < 1, centres
 
 
 def test_codes_keep_their_quiet_zones_and_bars_a_cheap_scanner_reads(sheet):
@@ -121,14 +124,10 @@ def test_codes_keep_their_quiet_zones_and_bars_a_cheap_scanner_reads(sheet):
         for code, (left, top, right, bottom) in page.codes.items():
             middle = round((top + bottom) / 2 / px)
             row = [page.image.getpixel((x, middle)) < 128 for x in range(round(left / px) - 2, round(right / px) + 3)]
-            runs, run = [], 0
-            for dark in row:
-                if dark:
-                    run += 1
-                elif run:
-                    runs.append(run)
-                    run = 0
-            narrow = min(runs) * px
+            bars = sum(1 for x in range(1, len(row)) if row[x] and not row[x - 1])
+            inked = [x for x, dark in enumerate(row) if dark]
+            # Code 128: 11 modules and 3 bars a character, the stop 13 modules and 4 bars.
+            narrow = (inked[-1] - inked[0] + 1) / (11 * (bars - 1) // 3 + 2) * px
             assert 0.25 <= narrow <= 0.5, (code, narrow)  # bars neither too fine nor too wide for the cell
             column = [page.image.getpixel((round(left / px) + 1, y)) < 128 for y in range(page.image.height)]
             assert sum(column) * px >= 10, code  # bars tall enough to aim at
