@@ -681,3 +681,12 @@ def test_a_batch_central_fails_to_store_is_not_acknowledged_and_is_stored_when_t
     assert [e["seq"] for e in central.store.events()] == [1]
     [failed] = [r for r in caplog.records if "message not stored" in r.getMessage()]
     assert failed.getMessage() == "message not stored topic=counterbox/v1/devices/shop-1/batch: internal error"
+
+
+def test_a_hello_is_noted_with_when_central_heard_it(central, box):
+    key, device_id = box
+    before = time.time()
+    hello = activation.encode_hello(device_id, key, agent_version="1.4.0", sent_at=before - 3600)  # its clock is off
+    assert central.handle(Message(activation.topic(PREFIX, device_id, "hello"), hello)) == (Waiting(device_id), None)
+    [waiting] = central.store.waiting_devices()
+    assert before <= waiting["seen_at"] <= time.time()
