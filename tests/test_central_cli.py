@@ -641,3 +641,14 @@ def test_a_shop_report_for_one_device_or_one_region_holds_its_shops_only(central
     assert shops() == ["530100000001", "530100000002", "530100000003"]
     assert shops("--device", "cb-b") == ["530100000002"]
     assert shops("--region", "honghe") == ["530100000001", "530100000002"]
+
+
+def test_a_report_for_a_registered_shop_with_no_box_yet_is_empty_not_an_error(central):
+    from central.store import Shop
+
+    command, db = central
+    store = CentralStore(db)
+    store.add_shop(Shop("530100000007", "Kaiyuan No. 1", "honghe"))
+    store.close()
+    result = command("report", "stock", "--shop", "530100000007", "--json")
+    assert (result.returncode, result.stderr, json.loads(result.stdout)) == (0, "", {})
