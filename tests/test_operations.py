@@ -597,3 +597,55 @@ def test_an_order_pushed_to_a_box_holds_its_id_and_lines_and_a_revocation_its_re
     [(_, revocation, _)] = _kept(db, "revocation")
     assert revocation.body == {"reason": "", "grace_seconds": 30}
     assert revocation.expires_at == pytest.approx(revocation.issued_at + 365 * 86400)  # a year unless told
+
+
+def test_a_code_issued_for_some_hours_is_refused_by_central_once_they_are_past(tmp_path, ops_key):
+    import time
+
+    from central.errors import ActivationRefused
+
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
+    before = time.time()
+    result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
+                 "--valid-hours", "2", "--slip", str(tmp_path / "slip.png"),
+                 "--password-file", str(tmp_path / "no-broker-needed"))  # a slip needs no broker
+    assert result.returncode == 0, result.stderr
+    code_id = json.loads(result.stdout)["code"]
+    store = CentralStore(db)
+    try:
+        [(token,)] = store.conn.execute("SELECT token FROM activation_codes").fetchall()
+        with pytest.raises(ActivationRefused, match="^the code has expired$"):
+            store.activate(code_id, token, device_id="cb-late", public_key=KEY_WITH_A_DASH, now=before + 2 * 3600 + 5)
+        shop = store.activate(code_id, token, device_id="cb-on-time", public_key=KEY_WITH_A_DASH, now=time.time())
+        assert shop.licence == "530100000001"
+    finally:
+        store.close()
+
+
+def test_a_price_lists_file_name_is_kept_without_control_characters(broker, tmp_path, ops_key):
+    db, csv = tmp_path / "central.db", tmp_path / "week\t48\x1b[2J.csv"
+    csv.write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
+                 f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(csv))
+    assert result.returncode == 0, result.stderr
+    [(_, document, _)] = _kept(db, "price_list")
+    assert document.body["source"] == "week?48?[2J.csv"
+
+
+def test_activation_mistakes_are_named_in_full(tmp_path, ops_key):
+    db = tmp_path / "central.db"
+    for args, message in (
+            (["--ops-key", str(ops_key), "--device", "cb a"],
+             "device id 'cb a' must be 1 to 64 ASCII letters, digits, '-', '_' or '.'"),
+            (["--ops-key", str(tmp_path / "none.key")],
+             f"signing key {tmp_path / 'none.key'} does not exist (create it with 'counterbox-ops keygen')")):
+        result = ops("activation", "issue", "--central-db", str(db), "--shop", "530100000001", *args)
+        assert (result.returncode, result.stderr) == (2, f"counterbox-ops: error: {message}\n")
+
+
+def test_the_control_sheet_command_embeds_the_font_given(tmp_path):
+    path, font = tmp_path / "controls.pdf", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    result = ops("controls", "sheet", str(path), "--font", font)
+    assert result.returncode == 0, result.stderr
+    assert b"DejaVuSans" in path.read_bytes() and b"WenQuanYi" not in path.read_bytes()
