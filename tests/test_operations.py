@@ -145,7 +145,7 @@ def test_a_revocation_that_cannot_be_signed_leaves_the_box_in_service(tmp_path):
     assert ops("register", "--central-db", str(db), "--device", "shop-7", f"--public-key={KEY_WITH_A_DASH}").returncode == 0
     result = ops("revoke", "--central-db", str(db), "--ops-key", str(tmp_path / "missing.key"), "--device", "shop-7",
                  "--broker", "127.0.0.1:1")
-    assert result.returncode == 2 and "missing.key does not exist" in result.stderr
+    assert result.returncode == 2 and "missing.key does not exist (create it with 'counterbox-ops keygen')" in result.stderr
     result = ops("revoke", "--central-db", str(db), "--ops-key", str(tmp_path / "missing.key"), "--device", "shop-7",
                  "--reason", os.fsdecode(b"closed \xff"))
     assert result.returncode == 2 and "argument --reason: 'closed \\udcff' is not UTF-8 text" in result.stderr
