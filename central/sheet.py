@@ -47,7 +47,9 @@ def write_sheet(path: Path, *, font: Path | None = None) -> int:
     else:
         from reportlab.pdfbase.ttfonts import TTFError, TTFont
 
-        label = "counterbox-label"
+        # Registered under a name of its own: reportlab keeps the first font registered under a name for
+        # the rest of the process, so one fixed name would give a later sheet an earlier sheet's font.
+        label = f"counterbox-label:{font.resolve()}"
         try:
             pdfmetrics.registerFont(TTFont(label, str(font)))
         except (TTFError, OSError) as error:

@@ -172,3 +172,15 @@ def test_without_a_chinese_font_installed_the_labels_use_the_song_face_every_vie
     assert b"/STSong-Light" in data and b"/FontFile2" not in data  # named, not embedded: the viewer's own
     text = "".join(page.get_textpage().get_text_range() for page in pypdfium2.PdfDocument(str(path)))
     assert all(chinese in text and english in text for _, chinese, english in controls.SHEET)
+
+
+def test_sheets_written_one_after_another_each_use_their_own_font(tmp_path):
+    """``write_sheet`` called twice in one process (a program making sheets for several printers): the second
+    sheet's labels are in its own font, not in the one registered for the first."""
+    dejavu, wqy = (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+                   Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"))
+    write_sheet(tmp_path / "first.pdf", font=dejavu)
+    write_sheet(tmp_path / "second.pdf", font=wqy)
+    assert b"DejaVuSans" in (tmp_path / "first.pdf").read_bytes()
+    second = (tmp_path / "second.pdf").read_bytes()
+    assert b"WenQuanYi" in second and b"DejaVuSans" not in second
