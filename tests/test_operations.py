@@ -649,3 +649,30 @@ def test_the_control_sheet_command_embeds_the_font_given(tmp_path):
     result = ops("controls", "sheet", str(path), "--font", font)
     assert result.returncode == 0, result.stderr
     assert b"DejaVuSans" in path.read_bytes() and b"WenQuanYi" not in path.read_bytes()
+
+
+@pytest.mark.parametrize("command, option", [(REVOKE, "--grace-minutes=0"), (PUSH_PRICES, "--valid-days=0.5"),
+                                             (PUSH_PRICES, "--valid-days=3650"), (REVOKE, "--grace-minutes=43200")])
+def test_a_length_of_time_at_the_edges_of_its_range_is_taken(tmp_path, ops_key, command, option, monkeypatch):
+    """No grace (a box erased as soon as it has the revocation), half a day, and each range's most."""
+    from central import ops as operations
+
+    monkeypatch.setattr(operations, "PUBLISH_TIMEOUT", 0.2)  # no broker here: taken means signed and kept
+    paths = {"db": tmp_path / "central.db", "key": ops_key, "csv": tmp_path / "lines.csv"}
+    paths["csv"].write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
+    store = CentralStore(paths["db"])
+    store.register("shop-7", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    result = ops(*(arg.format(**paths) for arg in command), option, "--broker", "127.0.0.1:1")
+    assert "is signed and kept, but not published" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "the following arguments are required: command"),
+    (["prices", "push", "--central-db", "c.db", "--ops-key", "k", "prices.csv"],
+     "one of the arguments --device --region is required"),
+    (["revoke", "--central-db", "c.db", "--ops-key", "k", "--region", "honghe"], "one of the arguments --device is required"),  # one box, never a region
+])
+def test_a_command_line_missing_what_it_needs_is_refused_by_name(args, message):
+    result = ops(*args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
