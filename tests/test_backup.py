@@ -16,6 +16,11 @@ from storage.schema import SCHEMA_VERSION
 PASSPHRASE = b"correct horse battery staple"
 
 
+def said(message):
+    """A ``match`` for the whole of an error's message: what the operator reads, word for word."""
+    return "^" + re.escape(str(message)) + "$"
+
+
 @pytest.fixture
 def key():
     return os.urandom(32)
@@ -91,7 +96,8 @@ def test_a_wrong_passphrase_restores_nothing(box, key, tmp_path):
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
     target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered or cut short"):
+    with pytest.raises(BackupError, match=said(f"{file} does not open with this passphrase, or it was altered or "
+                                               "cut short; nothing was restored")):
         restore(file, b"not the passphrase", target, os.urandom(32))
     assert list(target.parent.iterdir()) == []
 
@@ -109,7 +115,8 @@ def test_a_damaged_backup_restores_nothing(box, key, tmp_path, damage):
         data = data[:-16]
     file.write_bytes(bytes(data))
     target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match="nothing was restored"):
+    with pytest.raises(BackupError, match=said(f"{file} does not open with this passphrase, or it was altered or "
+                                               "cut short; nothing was restored")):
         restore(file, PASSPHRASE, target, os.urandom(32))
     assert not target.exists()
 
@@ -118,24 +125,27 @@ def test_a_restore_never_replaces_a_journal(box, key, tmp_path):
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
     before = box.read_bytes()
-    with pytest.raises(JournalError, match="restored only onto a box with no journal"):
+    with pytest.raises(JournalError, match=said(f"a journal exists at {box}: a backup is restored only onto a box "
+                                                "with no journal (move this one away first)")):
         restore(file, PASSPHRASE, box, key)
     assert box.read_bytes() == before
 
 
 def test_a_backup_is_written_to_a_new_file_under_a_long_enough_passphrase(box, key, tmp_path):
     file = tmp_path / "box.cbbackup"
-    with pytest.raises(BackupError, match="the passphrase has 5 bytes; a backup needs at least 12"):
+    with pytest.raises(BackupError, match=said("the passphrase has 5 bytes; a backup needs at least 12")):
         backup(box, key, file, b"short")
-    with pytest.raises(BackupError, match="the passphrase has 11 bytes; a backup needs at least 12"):
+    with pytest.raises(BackupError, match=said("the passphrase has 11 bytes; a backup needs at least 12")):
         backup(box, key, file, b"x" * 11)
     backup(box, key, tmp_path / "twelve.cbbackup", b"x" * 12)  # twelve is enough
     (tmp_path / "twelve.cbbackup").unlink()
     file.write_bytes(b"something else")
-    with pytest.raises(BackupError, match="exists; a backup is written to a new file"):
+    with pytest.raises(BackupError, match=said(f"{file} exists; a backup is written to a new file")):
         backup(box, key, file, PASSPHRASE)
     assert file.read_bytes() == b"something else"
-    with pytest.raises(DataKeyError):
+    with pytest.raises(DataKeyError, match=said(f"the data key does not open the journal {box}: it was created with "
+                                                 "another key. Nothing was changed; start with the key this journal "
+                                                 "was created with.")):
         backup(box, os.urandom(32), tmp_path / "other.cbbackup", PASSPHRASE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["box.cbbackup", "old-box"]
 
@@ -146,7 +156,8 @@ def test_a_journal_that_does_not_verify_is_not_backed_up(box, key, tmp_path):
     conn.execute("DELETE FROM events WHERE seq = 2")
     conn.commit()
     conn.close()
-    with pytest.raises(BackupError, match="not backed up: event 2 is missing"):
+    with pytest.raises(BackupError, match=said("the journal does not verify, so it was not backed up: "
+                                               "event 2 is missing: event 3 follows event 1")):
         backup(box, key, tmp_path / "box.cbbackup", PASSPHRASE)
     assert not (tmp_path / "box.cbbackup").exists()
 
@@ -154,8 +165,18 @@ def test_a_journal_that_does_not_verify_is_not_backed_up(box, key, tmp_path):
 def test_a_file_that_is_not_a_backup_is_named_as_such(tmp_path):
     file = tmp_path / "notes.txt"
     file.write_bytes(b"hello\n")
-    with pytest.raises(BackupError, match="is not a counterbox backup"):
+    with pytest.raises(BackupError, match=said(f"{file} is not a counterbox backup")):
         restore(file, PASSPHRASE, tmp_path / "journal.db", os.urandom(32))
+
+
+def test_a_first_line_longer_than_any_header_is_not_a_backup(box, key, tmp_path):
+    """A header is at most 4096 bytes (a box's own are some 250): a longer first line is not read
+    whole, and the file is refused as what it is, not as a backup that was altered."""
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    _with_header(file, comment="x" * 5000)
+    with pytest.raises(BackupError, match=said(f"{file} is not a counterbox backup")):
+        restore(file, PASSPHRASE, tmp_path / "new-box" / "journal.db", os.urandom(32))
 
 
 def _with_header(file, **change):
@@ -182,27 +203,30 @@ def _with_header(file, **change):
     ({"nonce_prefix": "zz"}, "is not a counterbox backup"),
     ({"kdf": None}, "is not a counterbox backup"),
     ({"kdf_n": 1 << 21}, "asks for a key derivation this box will not run (scrypt n=2097152 r=8 p=1)"),
-    ({"kdf_n": 1}, "asks for a key derivation this box will not run (scrypt n=1"),
+    ({"kdf_n": 1}, "asks for a key derivation this box will not run (scrypt n=1 r=8 p=1)"),
     ({"kdf_r": 8, "kdf_p": 9}, "asks for a key derivation this box will not run (scrypt n=32768 r=8 p=9)"),
     ({"kdf_r": 5, "kdf_p": 13, "kdf_n": 2}, "will not run (scrypt n=2 r=5 p=13)"),  # r times p of 65
     ({"kdf_n": 1 << 20, "kdf_r": 64}, "will not run (scrypt n=1048576 r=64 p=1)"),  # 8 GiB
     ({"kdf_n": 1 << 18, "kdf_r": 8}, "will not run (scrypt n=262144 r=8 p=1)"),  # 256 MiB
     ({"kdf_n": 3}, "will not run (scrypt n=3 r=8 p=1)"),  # not a power of two
     ({"kdf_r": 0}, "will not run (scrypt n=32768 r=0 p=1)"),
+    ({"kdf_p": 0}, "will not run (scrypt n=32768 r=8 p=0)"),
     ({"kdf_r": -1, "kdf_p": -1}, "will not run (scrypt n=32768 r=-1 p=-1)"),
     ({"kdf_p": 2 ** 70}, "will not run (scrypt n=32768 r=8 p=1180591620717411303424)"),
     ({"version": None}, "is not a counterbox backup"),
     ({"nonce_prefix": ""}, "is not a counterbox backup"),
     ({"nonce_prefix": "00" * 8}, "is not a counterbox backup"),
 ], ids=["version", "format", "chunk", "kdf", "salt", "n-not-a-number", "nonce", "no-kdf", "n-too-big", "n-one",
-        "r-times-p", "r-times-p-65", "memory-8GiB", "memory-256MiB", "n-three", "r-zero", "negative", "p-huge", "no-version",
+        "r-times-p", "r-times-p-65", "memory-8GiB", "memory-256MiB", "n-three", "r-zero", "p-zero", "negative", "p-huge", "no-version",
         "no-nonce", "nonce-too-long"])
 def test_a_backup_whose_header_this_box_cannot_take_is_refused_for_what_it_asks(box, key, tmp_path, change, reason):
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
     _with_header(file, **change)
     target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match=re.escape(reason)):
+    if "will not run" in reason:
+        reason = "asks for a key derivation this box " + reason[reason.index("will not run"):]
+    with pytest.raises(BackupError, match=said(f"{file} {reason}")):
         restore(file, PASSPHRASE, target, os.urandom(32))
     assert not target.exists()
 
@@ -216,7 +240,8 @@ def test_a_header_at_the_edge_of_what_a_box_derives_is_taken(box, key, tmp_path,
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
     _with_header(file, **kdf)
-    with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered"):
+    with pytest.raises(BackupError, match=said(f"{file} does not open with this passphrase, or it was altered or "
+                                               "cut short; nothing was restored")):
         restore(file, PASSPHRASE, tmp_path / "new-box" / "journal.db", os.urandom(32))
 
 
@@ -231,8 +256,8 @@ def test_a_backup_of_a_journal_of_a_schema_this_box_does_not_restore_is_refused(
     header, file_key, _ = _new_header(PASSPHRASE)
     _write_sealed(snapshot, tmp_path / "old.cbbackup", header, file_key)
     target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match=re.escape(f"holds a journal of schema version {version}; this counterbox "
-                                                    f"restores versions 2 to {SCHEMA_VERSION}")):
+    with pytest.raises(BackupError, match=said(f"{tmp_path / 'old.cbbackup'} holds a journal of schema version "
+                                               f"{version}; this counterbox restores versions 2 to {SCHEMA_VERSION}")):
         restore(tmp_path / "old.cbbackup", PASSPHRASE, target, os.urandom(32))
     assert list(target.parent.iterdir()) == []
 
@@ -275,6 +300,7 @@ def test_chunks_out_of_order_or_missing_restore_nothing(big_box, key, tmp_path, 
         del chunks[1]
     file.write_bytes(header + b"\n" + b"".join(chunks))
     target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match="does not open with this passphrase, or it was altered or cut short"):
+    with pytest.raises(BackupError, match=said(f"{file} does not open with this passphrase, or it was altered or "
+                                               "cut short; nothing was restored")):
         restore(file, PASSPHRASE, target, os.urandom(32))
     assert not target.exists()
