@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,9 @@ def test_a_key_made_beside_us_is_read_as_any_key_file_and_named_when_it_cannot_b
 def test_a_missing_key_for_an_existing_journal_is_not_recreated(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     path = tmp_path / "data.key"
-    with pytest.raises(DataKeyError, match="missing but the journal exists"):
+    with pytest.raises(DataKeyError, match=f"^the data key {re.escape(str(path))} is missing but the journal exists: "
+                                           "restore the key file \\(or provide the systemd credential "
+                                           "'counterbox-data-key'\\); a new key could not read the journal$"):
         load_data_key(key_file=path, credential="counterbox-data-key", create=False)
     assert not path.exists()
 
@@ -164,7 +167,15 @@ def test_a_systemd_credential_wins_over_the_key_file(tmp_path, monkeypatch):
 def test_a_key_of_the_wrong_size_is_named_as_such(tmp_path, monkeypatch):
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     (tmp_path / "data.key").write_bytes(b"short")
-    with pytest.raises(DataKeyError, match="holds 5 bytes, not 32"):
+    with pytest.raises(DataKeyError, match=f"^the data key in {re.escape(str(tmp_path))}/data.key holds 5 bytes, "
+                                           "not 32: it is not a counterbox data key$"):
+        load_data_key(key_file=tmp_path / "data.key", credential="x", create=False)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "x").write_bytes(b"k" * 33)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    with pytest.raises(DataKeyError, match=f"^the data key from systemd credential {re.escape(str(credentials))}/x "
+                                           "holds 33 bytes, not 32: it is not a counterbox data key$"):
         load_data_key(key_file=tmp_path / "data.key", credential="x", create=False)
 
 
@@ -506,3 +517,41 @@ def test_a_copy_central_holds_more_of_takes_no_acknowledgement_past_its_own_last
     assert j.take_identity("shop-b") == (3, "shop-a")  # delivered as a new device: its acknowledgements count
     assert j.acknowledge(6) is True and j.acked_seq() == 6
     j.close()
+
+
+def _writer_beside(path):
+    """Another process's connection making the journal at ``path`` (an empty file yet): it holds the write
+    lock, as a command started beside the agent does while it creates the schema."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    return other
+
+
+def test_a_new_journal_another_process_is_making_is_opened_once_it_has_finished(tmp_path, key):
+    """Switching a new journal to WAL while another process writes it meets "database is locked" at once,
+    without SQLite's busy timeout: the journal waits for it as the busy timeout would, and opens."""
+    path = tmp_path / "journal.db"
+    other = _writer_beside(path)
+    finishing = threading.Timer(0.3, other.execute, ["COMMIT"])
+    finishing.start()
+    try:
+        journal = Journal.open(path, key)
+    finally:
+        finishing.join()
+        other.close()
+    assert journal._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert journal.append("sale", {"code": "6901028075831"}) == 1
+    journal.close()
+
+
+def test_a_new_journal_another_process_keeps_locked_is_refused_after_the_busy_timeout(tmp_path, key):
+    """Not waited on for ever: the agent says which journal is locked, and starts again later."""
+    path = tmp_path / "journal.db"
+    other = _writer_beside(path)
+    try:
+        with pytest.raises(JournalError, match=f"^{re.escape(str(path))}: database is locked$"):
+            Journal.open(path, key)
+    finally:
+        other.close()
