@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +18,8 @@ from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from storage import DataKeyError, EventTooLarge, Journal, JournalError, NoJournal, Store
 from storage.store import MAX_GROUP
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(coroutine):
@@ -89,6 +94,36 @@ def test_a_failing_write_fails_alone_and_its_neighbours_commit(tmp_path):
     results, events = run(main())
     assert results[0] == 1 and isinstance(results[1], EventTooLarge) and results[2] == 2
     assert [e.body for e in events] == [{"n": 1}, {"n": 2}]
+
+
+_LEFT_OPEN = """
+import asyncio, os, sys
+from pathlib import Path
+from storage import Store
+
+async def main():
+    store = await Store.open(Path(sys.argv[1]), bytes.fromhex(sys.argv[2]))
+    await store.append("sale", {"code": "6901028075831"})  # and the agent ends without closing it
+
+asyncio.run(main())
+"""
+
+
+def test_an_agent_that_ends_without_closing_its_store_still_exits_its_events_recorded(tmp_path):
+    """A crash on the way out must not leave the process hanging on the store's thread (which would keep
+    systemd from restarting it): the thread does not hold the process up, and what was answered is on disk."""
+    key = os.urandom(32)
+    ended = subprocess.run([sys.executable, "-c", _LEFT_OPEN, str(tmp_path / "journal.db"), key.hex()],
+                           cwd=ROOT, capture_output=True, text=True, timeout=10)
+    assert ended.returncode == 0, ended.stderr
+
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", key, create=False)
+        events = await store.read(lambda j: j.read_after(0))
+        await store.close()
+        return events
+
+    assert [(e.seq, e.body) for e in run(main())] == [(1, {"code": "6901028075831"})]
 
 
 def test_a_closed_store_refuses_work_and_closing_twice_is_harmless(tmp_path):
