@@ -313,3 +313,33 @@ def test_a_new_journal_has_the_schema_of_one_migrated_from_the_first_version(tmp
     with pytest.raises(sqlite3.IntegrityError, match="a data key is never removed"):
         conn.execute("DELETE FROM keys")
     conn.close()
+
+
+def test_a_v1_journal_of_many_events_is_chained_whole_when_it_migrates(journal_path, key):
+    """v2's migration chains v1's events a step at a time (bounded memory): the chain runs on unbroken
+    from one step to the next, to the last event."""
+    bodies = [("sale", {"n": n}) for n in range(4500)]
+    make_v1_journal(journal_path, key, bodies)
+    Journal.open(journal_path, key).close()
+    result = verify_journal(journal_path, key)
+    assert result.ok and (result.events, result.last_seq, result.seals_checked) == (4500, 4500, True)
+
+
+def test_v1_journals_with_nothing_sealed_yet_each_get_a_data_key_and_an_id_of_their_own(tmp_path, key):
+    """A v1 journal with events keeps the outer key that sealed them as data key 1 (so two copies of it
+    are one journal); one with none gets a fresh data key, as a new journal does: two boxes' empty v1
+    journals under one key are two journals to central, and the outer key seals no event."""
+    paths = [tmp_path / "empty-a.db", tmp_path / "empty-b.db", tmp_path / "full-a.db", tmp_path / "full-b.db"]
+    for path in paths[:2]:
+        make_v1_journal(path, key, [])
+    for path in paths[2:]:
+        make_v1_journal(path, key, V1_EVENTS)
+    ids = []
+    for path in paths:
+        j = Journal.open(path, key)
+        ids.append(j.journal_id())
+        first = 1 if "empty" in path.name else 4
+        assert [j.append("sale", {"n": n}) for n in range(3)] == [first, first + 1, first + 2]
+        j.close()
+        assert verify_journal(path, key).ok
+    assert ids[0] != ids[1] and ids[2] == ids[3] and ids[0] not in ids[2:]
