@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from storage import BackupError, DataKeyError, Journal, JournalError, Store, backup, restore, verify_journal
+from storage import BackupError, DataKeyError, Journal, JournalError, NoJournal, Store, backup, restore, verify_journal
 from storage.backup import CHUNK, _new_header, _write_sealed
 from storage.schema import SCHEMA_VERSION
 
@@ -148,6 +148,14 @@ def test_a_backup_is_written_to_a_new_file_under_a_long_enough_passphrase(box, k
                                                  "was created with.")):
         backup(box, os.urandom(32), tmp_path / "other.cbbackup", PASSPHRASE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["box.cbbackup", "old-box"]
+
+
+def test_a_box_with_no_journal_has_nothing_to_back_up_and_none_is_made(tmp_path, key):
+    journal, file = tmp_path / "data" / "journal.db", tmp_path / "box.cbbackup"
+    with pytest.raises(NoJournal, match=said(f"there is no journal at {journal}: the agent has not run on this "
+                                             "box yet")):
+        backup(journal, key, file, PASSPHRASE)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_journal_that_does_not_verify_is_not_backed_up(box, key, tmp_path):

@@ -448,7 +448,9 @@ def test_a_journal_cut_shorter_than_any_page_is_refused_not_made_anew(journal_pa
     journal.append("sale", {"code": "6901028075831"})
     journal.close()
     journal_path.write_bytes(journal_path.read_bytes()[:size])
-    with pytest.raises(JournalError, match=f"is {size} bytes, shorter than any journal: it was cut short"):
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))} is {size} bytes, shorter than any "
+                                           "journal: it was cut short. Nothing was changed; restore it from a "
+                                           "backup or move it away$"):
         Journal.open(journal_path, key)
     assert journal_path.stat().st_size == size
 
@@ -555,3 +557,20 @@ def test_a_new_journal_another_process_keeps_locked_is_refused_after_the_busy_ti
             Journal.open(path, key)
     finally:
         other.close()
+
+
+def test_a_journal_of_a_newer_schema_is_refused_named_and_left_as_it_is(journal_path, key):
+    """A box given back an older counterbox (an image rolled back) opens no journal a newer one wrote: it
+    would read it wrongly. The operator reads which journal, which version, and what to do."""
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"code": "6901028075831"})
+    j._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    j.close()
+    before = hashlib.sha256(journal_path.read_bytes()).hexdigest()
+    said = (f"^{re.escape(str(journal_path))} has schema version {SCHEMA_VERSION + 1}; this counterbox knows up "
+            f"to {SCHEMA_VERSION}. Nothing was changed; run a newer counterbox$")
+    for opening in (lambda: Journal.open(journal_path, key), lambda: Journal.open(journal_path, key, create=False),
+                    lambda: verify_journal(journal_path, key), lambda: verify_journal(journal_path, None)):
+        with pytest.raises(JournalError, match=said):
+            opening()
+    assert hashlib.sha256(journal_path.read_bytes()).hexdigest() == before
