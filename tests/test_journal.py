@@ -1,5 +1,6 @@
 """The journal: append-only, encrypted per event, durable, and strict about its key."""
 
+import errno
 import hashlib
 import os
 import re
@@ -574,3 +575,31 @@ def test_a_journal_of_a_newer_schema_is_refused_named_and_left_as_it_is(journal_
         with pytest.raises(JournalError, match=said):
             opening()
     assert hashlib.sha256(journal_path.read_bytes()).hexdigest() == before
+
+
+def test_a_secret_whose_directory_is_a_file_is_refused_naming_that_file(tmp_path):
+    """Not FileExistsError (which says the secret is there already, and a caller starting beside another
+    would read it): the directory that is not one, as the system names it."""
+    from storage.keys import write_secret
+
+    (tmp_path / "keys").write_text("not a directory")
+    with pytest.raises(NotADirectoryError) as refused:
+        write_secret(tmp_path / "keys" / "identity.key", b"k" * 32)
+    assert str(refused.value) == f"[Errno 20] Not a directory: '{tmp_path / 'keys'}'"
+    assert (refused.value.errno, refused.value.filename) == (errno.ENOTDIR, str(tmp_path / "keys"))
+
+
+def test_a_new_outer_key_given_in_a_file_is_read_whole_or_named(tmp_path):
+    """`counterbox rewrap --new-key-file`: the file holds a key of 32 bytes, or it is named and refused."""
+    from storage.keys import read_key_file
+
+    path = tmp_path / "new.key"
+    path.write_bytes(b"n" * 32)
+    assert read_key_file(path) == b"n" * 32
+    path.write_bytes(b"n" * 31)
+    with pytest.raises(DataKeyError, match=f"^the data key in {re.escape(str(path))} holds 31 bytes, not 32: it is "
+                                           "not a counterbox data key$"):
+        read_key_file(path)
+    with pytest.raises(DataKeyError, match=f"^cannot read the data key in {re.escape(str(tmp_path))}/none.key: "
+                                           "No such file or directory$"):
+        read_key_file(tmp_path / "none.key")
