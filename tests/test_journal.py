@@ -603,3 +603,33 @@ def test_a_new_outer_key_given_in_a_file_is_read_whole_or_named(tmp_path):
     with pytest.raises(DataKeyError, match=f"^cannot read the data key in {re.escape(str(tmp_path))}/none.key: "
                                            "No such file or directory$"):
         read_key_file(tmp_path / "none.key")
+
+
+def test_an_event_that_does_not_open_is_read_as_damaged_naming_its_kind_and_why(journal_path, journal):
+    """Bit rot or a row edited in the file: the readers that must go on past it (the uplink, the counter's
+    fold, the views) read it as a damaged event; any other read stops at it, naming the event."""
+    journal.append("price_list", {"items": ["old"]})
+    journal.append("sale", {"code": "1"})
+    journal.append("price_list", {"items": ["new"]})
+    journal.append("sale", {"code": "2"})
+    tamper(journal_path, "UPDATE events SET sealed = CAST(sealed || x'00' AS BLOB) WHERE seq = 3")
+    conn = sqlite3.connect(journal_path)  # the trigger is gone already
+    conn.execute("UPDATE events SET key_id = 9 WHERE seq = 4")
+    conn.commit()
+    conn.close()
+    read = journal.read_after(0, damaged=True)
+    assert [(e.seq, e.kind, e.body) for e in read] == [
+        (1, "price_list", {"items": ["old"]}), (2, "sale", {"code": "1"}),
+        (3, "damaged", {"kind": "price_list", "reason": "its sealed body fails authentication: the file was altered"}),
+        (4, "damaged", {"kind": "sale", "reason": "its sealed body has no data key to open it (key 9)"})]
+    assert journal.read_batch(2, max_events=5, max_bytes=None, damaged=True) == read[2:]
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: event 3 \\(price_list\\) fails "
+                                           "authentication: the file was altered$"):
+        journal.read_after(0)
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: event 4 \\(sale\\) has no data key to "
+                                           "open it \\(key 9\\)$"):
+        journal.get(4)
+    # The views go past it to the latest that opens.
+    assert journal.last("price_list").body == {"items": ["old"]} and journal.last_seq("price_list") == 1
+    assert [e.seq for e in journal.of_kind("price_list")] == [1]
+    assert journal.last("sale").seq == 2
