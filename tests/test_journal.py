@@ -456,6 +456,24 @@ def test_a_journal_cut_shorter_than_any_page_is_refused_not_made_anew(journal_pa
     assert journal_path.stat().st_size == size
 
 
+def test_a_journal_cut_at_a_page_or_more_is_named_in_sqlites_words_and_an_empty_one_is_being_made(journal_path, key):
+    """From 512 bytes (SQLite's smallest page) a cut journal is SQLite's to judge, and it says how; an empty
+    file is a journal whose first page was not written yet (a power cut right after its file was made),
+    and opens as a new journal."""
+    journal = Journal.open(journal_path, key)
+    journal.append("sale", {"code": "6901028075831"})
+    journal.close()
+    whole = journal_path.read_bytes()
+    journal_path.write_bytes(whole[:512])
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: database disk image is malformed$"):
+        Journal.open(journal_path, key)
+    assert journal_path.read_bytes() == whole[:512]
+    journal_path.write_bytes(b"")
+    journal = Journal.open(journal_path, key)
+    assert journal.append("sale", {"code": "6901028075831"}) == 1 and journal.verify().ok
+    journal.close()
+
+
 def test_a_journal_has_an_id_of_its_own_and_says_what_it_delivered_as_another_device(journal_path, key, tmp_path):
     """Batches and acknowledgements name the journal, so central never counts one journal's events as
     another's under a device's id; a journal restored onto another box delivers the rest as that box, from
