@@ -651,3 +651,32 @@ def test_an_event_that_does_not_open_is_read_as_damaged_naming_its_kind_and_why(
     assert journal.last("price_list").body == {"items": ["old"]} and journal.last_seq("price_list") == 1
     assert [e.seq for e in journal.of_kind("price_list")] == [1]
     assert journal.last("sale").seq == 2
+
+
+def test_a_batch_holds_no_more_bytes_of_events_than_asked_but_always_its_first(journal):
+    """The uplink's batches: events in order up to ``max_bytes`` of sealed bodies (a body's JSON and 28 bytes
+    of sealing), and the first whatever its size, so one large event never blocks the outbox."""
+    for n in range(4):
+        journal.append("sale", {"code": f"{n}" * 69})  # 80 bytes of JSON: 108 sealed
+    assert [e.seq for e in journal.read_batch(0, max_events=10, max_bytes=216)] == [1, 2]
+    assert [e.seq for e in journal.read_batch(0, max_events=10, max_bytes=215)] == [1]
+    assert [e.seq for e in journal.read_batch(0, max_events=10, max_bytes=1)] == [1]
+    assert [e.seq for e in journal.read_batch(1, max_events=2, max_bytes=10_000)] == [2, 3]
+    assert [e.seq for e in journal.read_batch(0, max_events=10, max_bytes=None)] == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_altered_in_the_file_is_named_not_read(journal_path, journal):
+    for n in range(3):
+        journal.append("sale", {"n": n})
+    journal.acknowledge(2)
+    journal.fold_prefix(2, {"sold": 2}, [])
+    assert journal.checkpoint() == (2, {"sold": 2})
+    conn = sqlite3.connect(journal_path)
+    conn.execute("UPDATE folds SET sealed = CAST(sealed || x'00' AS BLOB)")
+    conn.commit()
+    conn.close()
+    reopened = Journal.open(journal_path, journal._outer)
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: the checkpoint at event 2 fails "
+                                           "authentication: the file was altered$"):
+        reopened.checkpoint()
+    reopened.close()
