@@ -281,3 +281,40 @@ def test_an_erase_without_room_for_its_marker_cut_short_is_finished_at_the_next_
     assert daemon.finish_erase(config) is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.toml"]
     assert daemon.finish_erase(config) is False
+
+
+def test_a_read_that_fails_fails_its_caller_alone_and_the_store_goes_on(tmp_path):
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        await store.append("sale", {"n": 1})
+        with pytest.raises(ZeroDivisionError):
+            await store.read(lambda j: 1 / 0)
+        seq = await store.append("sale", {"n": 2})
+        events = await store.read(lambda j: j.read_after(0))
+        await store.close()
+        return seq, events
+
+    seq, events = run(main())
+    assert seq == 2 and [e.body for e in events] == [{"n": 1}, {"n": 2}]
+
+
+def test_a_caller_whose_event_loop_has_ended_does_not_stop_the_store_serving_others(tmp_path):
+    """A write answered after its caller's loop closed (a command that gave up) is dropped, not thrown in
+    the store's thread, which goes on serving the next caller."""
+    gate = threading.Event()
+
+    async def give_up():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        asyncio.ensure_future(store.write(lambda j: gate.wait(5) and j.append("sale", {"n": 1})))
+        await asyncio.sleep(0.05)
+        return store  # its loop ends with the write still under way
+
+    store = run(give_up())
+    gate.set()
+
+    async def go_on():
+        seq = await asyncio.wait_for(store.append("sale", {"n": 2}), 10)
+        await store.close()
+        return seq
+
+    assert run(go_on()) == 2
