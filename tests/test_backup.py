@@ -10,6 +10,7 @@ import stat
 import pytest
 
 from storage import BackupError, DataKeyError, Journal, JournalError, NoJournal, Store, backup, restore, verify_journal
+from storage import sealing
 from storage.backup import CHUNK, _new_header, _write_sealed
 from storage.schema import SCHEMA_VERSION
 
@@ -281,6 +282,26 @@ def test_a_backup_that_holds_no_journal_is_refused_and_restores_nothing(tmp_path
     with pytest.raises(BackupError, match=f"^{re.escape(str(target.parent))}/\\.journal\\.db\\.[0-9]+\\.restoring: "
                                           "file is not a database$"):
         restore(tmp_path / "odd.cbbackup", PASSPHRASE, target, os.urandom(32))
+    assert list(target.parent.iterdir()) == []
+
+
+def test_a_backup_whose_journal_does_not_verify_restores_nothing(box, key, tmp_path):
+    """Made by hand with the passphrase (a box's own backups verify before they are written): the restore
+    checks the chain again, and names the first event that fails."""
+    snapshot = tmp_path / "snapshot.db"
+    snapshot.write_bytes(box.read_bytes())
+    header, file_key, wrap_key = _new_header(PASSPHRASE)
+    conn = sqlite3.connect(snapshot)
+    conn.execute("DROP TRIGGER events_append_only_delete")
+    conn.execute("DELETE FROM events WHERE seq = 3")
+    sealing.rewrap_keys(conn, snapshot, key, wrap_key)
+    conn.commit()
+    conn.close()
+    _write_sealed(snapshot, tmp_path / "cut.cbbackup", header, file_key)
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match=said(f"{tmp_path / 'cut.cbbackup'} does not verify, so nothing was "
+                                               "restored: event 3 is missing: event 4 follows event 2")):
+        restore(tmp_path / "cut.cbbackup", PASSPHRASE, target, os.urandom(32))
     assert list(target.parent.iterdir()) == []
 
 
