@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.retention import KEPT_LATEST
-from storage import DataKeyError, Journal, JournalError, NoJournal, load_data_key, verify_journal
+from storage import DataKeyError, EventTooLarge, Journal, JournalError, NoJournal, load_data_key, verify_journal
 from storage.schema import LOOKED_UP, LOOKED_UP_TERM, SCHEMA_VERSION
 
 from .journals import journal_path, key  # noqa: F401 (fixtures)
@@ -306,13 +306,15 @@ def test_a_body_nested_deeper_than_json_is_written_is_refused_when_it_is_recorde
 def test_text_no_batch_could_carry_is_refused_when_it_is_recorded(journal):
     """A lone surrogate (what Python makes of a file name's bytes that are not UTF-8) fits the JSON of a
     journal but no UTF-8 batch: it would sit at the head of the outbox for ever. Refused at once."""
-    with pytest.raises(JournalError, match="a price_list event holds text that is not UTF-8 .*; it was not recorded"):
+    with pytest.raises(JournalError, match="^a price_list event holds text that is not UTF-8 \\(bytes a file name or "
+                                           "file carried undecoded\\); it was not recorded$"):
         journal.append("price_list", {"source": "prices\udcff.csv", "items": []})
     assert journal.last_seq() == 0
     seq = journal.append("price_list", {"source": "价格 \ufffd.csv", "items": []})  # any real text is taken
     assert journal.get(seq).body["source"] == "价格 \ufffd.csv"
     # A NUL (a name in a CSV file, a HID POS scanner's padding): no batch carries one, as PostgreSQL keeps none.
-    with pytest.raises(JournalError, match="a sale event holds a NUL character, which no batch carries"):
+    with pytest.raises(JournalError, match="^a sale event holds a NUL character, which no batch carries \\(central's "
+                                           "databases keep no NUL in text\\); it was not recorded$"):
         journal.append("sale", {"code": "6901028075831\x00"})
     assert journal.last_seq() == seq
     taken = journal.append("sale", {"code": "\\u0000"})  # a backslash, then u0000: text like any other
@@ -523,13 +525,17 @@ def test_a_copy_central_holds_more_of_takes_no_acknowledgement_past_its_own_last
     j.take_identity("shop-a")
     for n in range(3):
         j.append("sale", {"n": n})
-    with pytest.raises(JournalError, match="acknowledgement for seq 5 beyond the last event 3: central holds more"):
+    with pytest.raises(JournalError, match="^acknowledgement for seq 5 beyond the last event 3: central holds more "
+                                           "of this journal than this copy \\(restored from an older backup\\?\\); "
+                                           "no acknowledgement past 3 is taken from now on$"):
         j.acknowledge(5)
     for n in range(3):
         j.append("sale", {"n": n + 3})
     assert j.acknowledge(3) is True  # what both hold alike
-    with pytest.raises(JournalError, match="acknowledgement for seq 5 refused: central holds events of this journal "
-                                           "past seq 3 that this copy does not"):
+    with pytest.raises(JournalError, match="^acknowledgement for seq 5 refused: central holds events of this journal "
+                                           "past seq 3 that this copy does not \\(it was restored from an older "
+                                           "backup\\); the events after 3 are this copy's own: deliver them as "
+                                           "another device \\(docs/commands.md, Replacing a box's journal\\)$"):
         j.acknowledge(5)
     j.close()
     j = Journal.open(journal_path, key)  # kept across a restart
@@ -680,3 +686,13 @@ def test_a_checkpoint_altered_in_the_file_is_named_not_read(journal_path, journa
                                            "authentication: the file was altered$"):
         reopened.checkpoint()
     reopened.close()
+
+
+def test_an_event_no_batch_could_carry_is_refused_naming_its_size_and_the_limit(journal_path, key):
+    journal = Journal.open(journal_path, key, max_event_bytes=100)
+    journal.append("sale", {"code": "x" * 89})  # 100 bytes of JSON: taken
+    with pytest.raises(EventTooLarge, match="^a sale event of 101 bytes is over the limit of 100 bytes that one "
+                                            "batch can carry; it was not recorded$"):
+        journal.append("sale", {"code": "x" * 90})
+    assert journal.last_seq() == 1
+    journal.close()
