@@ -345,3 +345,36 @@ def test_v1_journals_with_nothing_sealed_yet_each_get_a_data_key_and_an_id_of_th
         j.close()
         assert verify_journal(path, key).ok
     assert ids[0] != ids[1] and ids[2] == ids[3] and ids[0] not in ids[2:]
+
+
+# The schema every journal on a box holds today, as SQLite keeps it: migrations that have run on boxes
+# never change, so a new journal must end word for word as these did (another change is a new migration).
+FIELD_SCHEMA = [
+    ("index", "idx_events_looked_up", "events", "CREATE INDEX idx_events_looked_up ON events (kind) WHERE kind IN "
+                                                "('activation', 'document', 'price_list', 'revocation', 'settings')"),
+    ("index", "sqlite_autoindex_meta_1", "meta", None),
+    ("table", "events", "events", "CREATE TABLE events (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, sealed BLOB NOT "
+                                  "NULL, key_id INTEGER NOT NULL DEFAULT 1, chain BLOB)"),
+    ("table", "folds", "folds", "CREATE TABLE folds (seq INTEGER PRIMARY KEY, key_id INTEGER NOT NULL, sealed BLOB NOT "
+                                "NULL)"),
+    ("table", "keys", "keys", "CREATE TABLE keys (id INTEGER PRIMARY KEY, wrapped BLOB NOT NULL, created_at REAL NOT "
+                              "NULL)"),
+    ("table", "meta", "meta", "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT)"),
+    ("trigger", "events_append_only_delete", "events", "CREATE TRIGGER events_append_only_delete BEFORE DELETE ON "
+     "events WHEN old.seq > (SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'chain_anchor_seq') OR NOT EXISTS "
+     "(SELECT 1 FROM folds WHERE seq >= old.seq) BEGIN SELECT RAISE(ABORT, 'the journal is append-only: only events "
+     "folded by retention leave it'); END"),
+    ("trigger", "events_append_only_update", "events", "CREATE TRIGGER events_append_only_update BEFORE UPDATE ON "
+     "events BEGIN SELECT RAISE(ABORT, 'the journal is append-only'); END"),
+    ("trigger", "keys_kept", "keys", "CREATE TRIGGER keys_kept BEFORE DELETE ON keys BEGIN SELECT RAISE(ABORT, 'a data "
+     "key is never removed: its events would be unreadable'); END"),
+]
+
+
+def test_a_new_journal_ends_word_for_word_as_the_journals_boxes_hold(tmp_path, key):
+    Journal.open(tmp_path / "new.db", key).close()
+    conn = sqlite3.connect(tmp_path / "new.db")
+    try:
+        assert sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")) == FIELD_SCHEMA
+    finally:
+        conn.close()
