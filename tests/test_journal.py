@@ -696,3 +696,9 @@ def test_an_event_no_batch_could_carry_is_refused_naming_its_size_and_the_limit(
         journal.append("sale", {"code": "x" * 90})
     assert journal.last_seq() == 1
     journal.close()
+
+
+def test_a_key_that_is_no_aes_key_is_refused_before_anything_is_made(tmp_path):
+    with pytest.raises(ValueError, match="^AESGCM key must be 128, 192, or 256 bits.$"):
+        Journal.open(tmp_path / "data" / "journal.db", b"k" * 31)
+    assert list(tmp_path.iterdir()) == []
