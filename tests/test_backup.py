@@ -188,6 +188,39 @@ def test_a_first_line_longer_than_any_header_is_not_a_backup(box, key, tmp_path)
         restore(file, PASSPHRASE, tmp_path / "new-box" / "journal.db", os.urandom(32))
 
 
+def _sealed_by_hand(box, key, file, **more):
+    """A backup of ``box`` written here with more fields in its header (what a later counterbox might add)."""
+    snapshot = file.with_name("snapshot.db")
+    snapshot.write_bytes(box.read_bytes())
+    header, file_key, wrap_key = _new_header(PASSPHRASE)
+    conn = sqlite3.connect(snapshot)
+    sealing.rewrap_keys(conn, snapshot, key, wrap_key)
+    conn.commit()
+    conn.close()
+    fields = json.loads(header)
+    fields.update(more)
+    _write_sealed(snapshot, file, (json.dumps(fields, sort_keys=True) + "\n").encode(), file_key)
+    snapshot.unlink()
+
+
+@pytest.mark.parametrize("size", [4096, 4097])
+def test_a_header_is_read_up_to_4096_bytes_its_newline_included(box, key, tmp_path, size):
+    file = tmp_path / "box.cbbackup"
+    _sealed_by_hand(box, key, file, note="")
+    header_size = len(file.read_bytes().split(b"\n", 1)[0]) + 1
+    _sealed_by_hand(box, key, file.with_name("sized.cbbackup"), note="x" * (size - header_size))
+    file = file.with_name("sized.cbbackup")
+    assert len(file.read_bytes().split(b"\n", 1)[0]) + 1 == size
+    target = tmp_path / "new-box" / "journal.db"
+    if size == 4096:
+        assert restore(file, PASSPHRASE, target, os.urandom(32)).ok
+    else:  # cut at 4096 bytes: the header the chunks were sealed with is not the one read
+        with pytest.raises(BackupError, match=said(f"{file} does not open with this passphrase, or it was altered "
+                                                   "or cut short; nothing was restored")):
+            restore(file, PASSPHRASE, target, os.urandom(32))
+        assert not target.exists()
+
+
 def _with_header(file, **change):
     """The backup at ``file`` with its header line changed (what a damaged or crafted file holds)."""
     header, rest = file.read_bytes().split(b"\n", 1)
