@@ -323,3 +323,27 @@ def test_a_caller_whose_event_loop_has_ended_does_not_stop_the_store_serving_oth
         return seq
 
     assert run(go_on()) == 2
+
+
+def test_a_write_whose_caller_gave_up_leaves_its_group_answered(tmp_path):
+    """Cancelling a caller does not take its write back (it may be on disk already): it is recorded with its
+    group, whose other writes are answered as ever."""
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(store.read(lambda j: gate.wait(5)))  # holds the thread: a group forms
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.ensure_future(store.append("sale", {"n": n})) for n in range(1, 5)]
+        await asyncio.sleep(0.05)
+        tasks[0].cancel()
+        tasks[2].cancel()
+        gate.set()
+        await blocker
+        answered = await asyncio.wait_for(asyncio.gather(tasks[1], tasks[3]), 10)
+        events = await store.read(lambda j: j.read_after(0))
+        await store.close()
+        return answered, events, tasks
+
+    answered, events, tasks = run(main())
+    assert answered == [2, 4] and tasks[0].cancelled() and tasks[2].cancelled()
+    assert [e.body["n"] for e in events] == [1, 2, 3, 4]
