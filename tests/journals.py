@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ def key() -> bytes:
 @pytest.fixture
 def journal_path(tmp_path: Path) -> Path:
     return tmp_path / "journal.db"
+
+
+def another_key(journal_path: Path) -> str:
+    """A ``match`` for the whole refusal of an outer key that is not the journal's, naming the journal."""
+    return (f"^the data key does not open the journal {re.escape(str(journal_path))}: it was created with another "
+            "key. Nothing was changed; start with the key this journal was created with.$")
 
 
 def contents(journal_path: Path) -> list[str]:
