@@ -14,6 +14,8 @@ from storage import sealing
 from storage.backup import CHUNK, _new_header, _write_sealed
 from storage.schema import SCHEMA_VERSION
 
+from .test_chain import make_v2_journal
+
 PASSPHRASE = b"correct horse battery staple"
 
 
@@ -336,6 +338,22 @@ def test_a_backup_whose_journal_does_not_verify_restores_nothing(box, key, tmp_p
                                                "restored: event 3 is missing: event 4 follows event 2")):
         restore(tmp_path / "cut.cbbackup", PASSPHRASE, target, os.urandom(32))
     assert list(target.parent.iterdir()) == []
+
+
+def test_a_backup_of_a_v2_journal_is_restored_brought_up_to_date(tmp_path, key):
+    """Version 2 is the oldest a backup holds (it brought the hash chain a restore verifies): such a backup,
+    made by an older counterbox, restores, and the journal it gives is of this schema."""
+    old, file = tmp_path / "old-box" / "journal.db", tmp_path / "old.cbbackup"
+    old.parent.mkdir()
+    make_v2_journal(old, key, [("sale", {"code": "6901028075831"}), ("misread", {"code": "1"})])
+    _sealed_by_hand(old, key, file)
+    new_key, target = os.urandom(32), tmp_path / "new-box" / "journal.db"
+    restored = restore(file, PASSPHRASE, target, new_key)
+    assert restored.ok and restored.events == 2
+    assert events(target, new_key) == ([(1, "sale", {"code": "6901028075831"}), (2, "misread", {"code": "1"})], 2)
+    conn = sqlite3.connect(target)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
 
 
 @pytest.fixture

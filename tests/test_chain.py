@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from storage import SCHEMA_VERSION, DataKeyError, Journal, JournalError, verify_journal
 from storage.chain import GENESIS, link
+from storage.schema import MIGRATIONS
 
 from .journals import another_key, contents, journal_path, key  # noqa: F401 (fixtures)
 
@@ -376,5 +377,37 @@ def test_a_new_journal_ends_word_for_word_as_the_journals_boxes_hold(tmp_path, k
     conn = sqlite3.connect(tmp_path / "new.db")
     try:
         assert sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")) == FIELD_SCHEMA
+    finally:
+        conn.close()
+
+
+def make_v2_journal(path, key: bytes, bodies: list[tuple[str, dict]]) -> None:
+    """A journal as schema v2 left it (from before retention): v1's, taken up by v2's own migration."""
+    make_v1_journal(path, key, bodies)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    MIGRATIONS[1](conn, key)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def test_a_v2_journal_verifies_as_it_is_and_opens_as_a_new_one_is(tmp_path, key):
+    """A box on v2 (no retention yet): `counterbox verify` checks it without changing a byte; opened, it
+    ends with the schema of a new journal, its events as they were."""
+    old = tmp_path / "old.db"
+    make_v2_journal(old, key, V1_EVENTS)
+    before = contents(old)
+    result = verify_journal(old, key)
+    assert result.ok and (result.events, result.anchor_seq, result.seals_checked) == (3, 0, True)
+    assert verify_journal(old, None).ok and contents(old) == before
+    j = Journal.open(old, key)
+    assert [(e.seq, e.kind, e.body) for e in j.read_after(0)] == [(n, k, b) for n, (k, b) in enumerate(V1_EVENTS, 1)]
+    assert j.append("sale", {"code": "after"}) == 4
+    j.close()
+    conn = sqlite3.connect(old)
+    try:
+        assert sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")) == FIELD_SCHEMA
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     finally:
         conn.close()

@@ -63,6 +63,7 @@ def test_the_cursor_moves_forward_only_and_never_past_the_end(journal):
         journal.append("sale", {})
     assert journal.acknowledge(2) is True
     assert journal.acknowledge(1) is False
+    assert journal.acknowledge(2) is False  # held already: nothing moves
     assert journal.acked_seq() == 2
     with pytest.raises(JournalError, match="beyond the last event 3"):
         journal.acknowledge(9)
