@@ -276,6 +276,7 @@ def test_one_event_is_read_by_its_seq_and_kinds_are_counted(journal):
     assert journal.get(9) is None and journal.get(0) is None
     assert journal.counts() == {"misread": 1, "price_list": 1, "sale": 2}
     assert journal.last("sale").seq == 3 and journal.last_seq("sale") == 3 and journal.last("refused") is None
+    assert journal.last_seq("refused") == 0 and journal.last_seq() == 4
 
 
 @pytest.mark.parametrize("kind", ["price_list", "settings", "sale", "mode_ended"])
