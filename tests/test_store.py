@@ -347,3 +347,30 @@ def test_a_write_whose_caller_gave_up_leaves_its_group_answered(tmp_path):
     answered, events, tasks = run(main())
     assert answered == [2, 4] and tasks[0].cancelled() and tasks[2].cancelled()
     assert [e.body["n"] for e in events] == [1, 2, 3, 4]
+
+
+def test_a_write_that_ends_the_whole_transaction_and_raises_fails_every_write_of_its_group_as_a_journal_error(tmp_path):
+    """Whatever it raised (here a ZeroDivisionError, after ending the transaction): its neighbours' writes went
+    with the transaction, and each of them is told so as the store's own error, in that error's words."""
+    def ends_and_raises(journal):
+        journal._conn.execute("ROLLBACK")
+        return 1 / 0
+
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(store.read(lambda j: gate.wait(5)))
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.ensure_future(w) for w in (store.append("sale", {"n": 1}), store.write(ends_and_raises),
+                                                    store.append("sale", {"n": 3}))]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await blocker
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        events = await store.read(lambda j: j.read_after(0))
+        await store.close()
+        return results, events
+
+    results, events = run(main())
+    assert [(type(r), str(r)) for r in results] == [(JournalError, "division by zero")] * 3
+    assert events == []
