@@ -90,7 +90,7 @@ def restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) -
             header, file_key, wrap_key = _read_header(sealed, source, passphrase)
             with restored.open("wb") as plain:
                 _open_stream(sealed, plain, source, header, file_key)
-        with _named(restored), _connection(restored) as conn:
+        with _named(restored, source), _connection(restored) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if not 2 <= version <= SCHEMA_VERSION:
                 raise BackupError(f"{source} holds a journal of schema version {version}; this counterbox "
@@ -138,10 +138,12 @@ def _snapshot(journal_path: Path, snapshot: Path) -> None:
 
 class _named:
     """``with _named(path):`` SQLite's errors on a copy aside as the store's own: a full disk (which
-    SQLite may call only "disk I/O error") as JournalFull."""
+    SQLite may call only "disk I/O error") as JournalFull. ``source``: the backup the copy came from,
+    which the error names (the copy is gone by the time anyone reads it)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, source: Path | None = None) -> None:
         self.path = path
+        self.source = source
 
     def __enter__(self) -> None:
         return None
@@ -151,6 +153,8 @@ class _named:
             return False
         if sqlite.disk_full(error, self.path):
             raise JournalFull(f"{self.path.parent}: the disk is full ({error}); nothing was written") from error
+        if self.source is not None:
+            raise BackupError(f"{self.source}: {error}; nothing was restored") from error
         raise BackupError(f"{self.path}: {error}") from error
 
 
