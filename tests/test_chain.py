@@ -89,27 +89,31 @@ def test_two_rows_swapped_are_named_at_the_first_of_them(journal, journal_path):
     assert result.broken.seq == 2 and result.last_seq == 1
 
 
-def test_a_sealed_body_changed_and_chained_again_is_caught_by_its_seal(journal, journal_path, key):
+@pytest.mark.parametrize("change", ["a bit of its sealed body", "the data key it names, one the journal has not"])
+def test_a_sealed_body_changed_and_chained_again_is_caught_by_its_seal(journal, journal_path, key, change):
     """Someone who recomputes the chain (it needs no key) still cannot forge a seal."""
     conn = sqlite3.connect(journal_path)
     conn.execute("DROP TRIGGER events_append_only_update")
     rows = conn.execute("SELECT seq, kind, key_id, sealed FROM events ORDER BY seq").fetchall()
     previous = GENESIS
     for seq, kind, key_id, sealed in rows:
-        if seq == 3:
+        if seq == 3 and change.startswith("a bit"):
             sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        elif seq == 3:
+            key_id = 9
         previous = link(previous, seq, kind, key_id, sealed)
-        conn.execute("UPDATE events SET sealed = ?, chain = ? WHERE seq = ?", [sealed, previous, seq])
+        conn.execute("UPDATE events SET sealed = ?, key_id = ?, chain = ? WHERE seq = ?", [sealed, key_id, previous, seq])
     conn.commit()
     conn.close()
     assert verify_journal(journal_path, None).ok  # the chain alone cannot tell
+    forged = "event 3 (sale) fails authentication: its sealed body was altered"
     result = verify_journal(journal_path, key)
-    assert result.broken.seq == 3 and "fails authentication" in result.broken.reason
+    assert (result.broken.seq, result.broken.reason, result.events) == (3, forged, 2)
     reopened = Journal.open(journal_path, key)  # the agent's own check says the same
     try:
         assert reopened.verify(seals=False).ok
         result = reopened.verify()
-        assert result.broken.seq == 3 and "fails authentication" in result.broken.reason
+        assert (result.broken.seq, result.broken.reason, result.events) == (3, forged, 2)
     finally:
         reopened.close()
 
