@@ -704,3 +704,29 @@ def test_a_key_that_is_no_aes_key_is_refused_before_anything_is_made(tmp_path):
     with pytest.raises(ValueError, match="^AESGCM key must be 128, 192, or 256 bits.$"):
         Journal.open(tmp_path / "data" / "journal.db", b"k" * 31)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_no_database_is_named_by_every_opener(tmp_path, key):
+    path = tmp_path / "journal.db"
+    path.write_bytes(b"not a database, " * 64)
+    said = f"^{re.escape(str(path))}: file is not a database$"
+    for opening in (lambda: Journal.open(path, key), lambda: verify_journal(path, key),
+                    lambda: verify_journal(path, None)):
+        with pytest.raises(JournalError, match=said):
+            opening()
+    assert path.read_bytes() == b"not a database, " * 64
+
+
+def test_a_checkpoint_moved_on_by_another_process_is_read_anew(journal_path, key):
+    """Retention run by a command beside the agent: the agent's journal reads the new checkpoint, not the
+    one it read before."""
+    agent, command = Journal.open(journal_path, key), Journal.open(journal_path, key)
+    for n in range(5):
+        agent.append("sale", {"n": n})
+    agent.acknowledge(5)
+    agent.fold_prefix(2, {"sold": 2}, [])
+    assert agent.checkpoint() == command.checkpoint() == (2, {"sold": 2})
+    command.fold_prefix(4, {"sold": 4}, [])
+    assert agent.checkpoint() == (4, {"sold": 4}) and agent.anchor_seq() == 4
+    agent.close()
+    command.close()
