@@ -14,7 +14,7 @@ from agent import reports, retention
 from agent.counter import Counter
 from agent.prices import parse_csv
 from drivers.decoder import Scan
-from storage import Journal, JournalError
+from storage import Journal, JournalError, verify_journal
 
 PACK, CARTON, GUM = "6901028075831", "6901028075848", "96385074"
 PRICES = ("barcode,name,price,unit,packs,cost,product\n"
@@ -224,7 +224,7 @@ def test_an_anchor_moved_without_a_checkpoint_is_named_by_verify(shop):
     assert not verification.ok and "no checkpoint" in verification.broken.reason
 
 
-def test_a_checkpoint_copied_to_an_anchor_moved_further_is_named_by_the_agents_own_verify(shop):
+def test_a_checkpoint_copied_to_an_anchor_moved_further_is_named_by_the_agents_own_verify_and_the_command(shop):
     """Whoever holds the file can move the anchor further, cut the events before it and copy the
     sealed checkpoint there; only its seal, bound to the event it was made at, tells."""
     shop.days(0, 10)
@@ -232,6 +232,10 @@ def test_a_checkpoint_copied_to_an_anchor_moved_further_is_named_by_the_agents_o
     retention.fold_old(shop.journal, days=1, now=START + 5 * DAY)
     anchor = shop.journal.anchor_seq()
     assert anchor > 0 and shop.journal.verify().ok
+    key = shop.journal._outer
+    for outer in (key, None):  # `counterbox verify`, with the key and without, from the checkpoint on
+        result = verify_journal(shop.journal.path, outer)
+        assert result.ok and (result.anchor_seq, result.last_seq) == (anchor, shop.journal.last_seq())
     conn = sqlite3.connect(shop.journal.path)
     try:
         further = anchor + 10
@@ -249,3 +253,6 @@ def test_a_checkpoint_copied_to_an_anchor_moved_further_is_named_by_the_agents_o
     verification = shop.journal.verify()
     assert not verification.ok and verification.broken.seq == further
     assert f"the checkpoint at event {further} does not open or does not seal this anchor" in verification.broken.reason
+    assert verify_journal(shop.journal.path, None).ok  # without the key, the command cannot tell either
+    by_command = verify_journal(shop.journal.path, key)
+    assert (by_command.broken.seq, by_command.broken.reason) == (further, verification.broken.reason)
