@@ -652,6 +652,8 @@ def test_an_event_that_does_not_open_is_read_as_damaged_naming_its_kind_and_why(
     with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: event 3 \\(price_list\\) fails "
                                            "authentication: the file was altered$"):
         journal.read_after(0)
+    with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: event 3 \\(price_list\\) fails"):
+        journal.read_batch(2, max_events=5, max_bytes=None)  # the uplink asks for damaged events by name
     with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: event 4 \\(sale\\) has no data key to "
                                            "open it \\(key 9\\)$"):
         journal.get(4)
