@@ -732,3 +732,17 @@ def test_a_checkpoint_moved_on_by_another_process_is_read_anew(journal_path, key
     assert agent.checkpoint() == (4, {"sold": 4}) and agent.anchor_seq() == 4
     agent.close()
     command.close()
+
+
+def test_an_append_sqlite_refuses_inside_the_callers_transaction_is_named_and_the_next_takes_its_place(journal,
+                                                                                                      journal_path):
+    """The caller's transaction goes on (SQLite aborted only the statement): the journal names itself in the
+    error, and the next event takes the seq and the place in the chain the refused one did not."""
+    journal._conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.kind = 'refused' "
+                          "BEGIN SELECT RAISE(ABORT, 'refused here'); END")
+    with journal.transaction():
+        assert journal.append("sale", {"n": 1}) == 1
+        with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: refused here$"):
+            journal.append("refused", {"n": 2})
+        assert journal.append("sale", {"n": 3}) == 2
+    assert [e.body["n"] for e in journal.read_after(0)] == [1, 3] and journal.verify().ok
