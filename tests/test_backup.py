@@ -69,6 +69,20 @@ def test_a_backup_restored_on_a_new_box_verifies_and_holds_the_same_events(box, 
         Journal.open(new_box, key)  # the old box's key does not open the new box's journal
 
 
+def test_a_backups_first_line_is_the_header_its_format_documents(box, key, tmp_path):
+    """One JSON line, its keys in order, that a later counterbox (or an operator's own tool) reads: AES-256-GCM
+    in chunks of 1 MiB, scrypt with n=2^15, r=8, p=1 over a salt of 16 bytes, a nonce prefix of 7."""
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    line = file.read_bytes().split(b"\n", 1)[0].decode()
+    header = json.loads(line)
+    salt, prefix = header["kdf"].pop("salt"), header.pop("nonce_prefix")
+    assert header == {"format": "counterbox-backup", "version": 1, "cipher": "AES-256-GCM", "chunk": 1 << 20,
+                      "kdf": {"name": "scrypt", "n": 1 << 15, "r": 8, "p": 1}}
+    assert re.fullmatch("[0-9a-f]{32}", salt) and re.fullmatch("[0-9a-f]{14}", prefix)
+    assert line == json.dumps(json.loads(line), sort_keys=True)
+
+
 def test_a_restore_goes_on_recording_where_the_backup_ended(box, key, tmp_path):
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
