@@ -12,6 +12,7 @@ import pytest
 from storage import BackupError, DataKeyError, Journal, JournalError, NoJournal, Store, backup, restore, verify_journal
 from storage import sealing
 from storage.backup import CHUNK, _new_header, _write_sealed
+from storage.chain import link
 from storage.schema import SCHEMA_VERSION
 
 from .test_chain import make_v2_journal
@@ -183,6 +184,26 @@ def test_a_journal_that_does_not_verify_is_not_backed_up(box, key, tmp_path):
     conn.close()
     with pytest.raises(BackupError, match=said("the journal does not verify, so it was not backed up: "
                                                "event 2 is missing: event 3 follows event 1")):
+        backup(box, key, tmp_path / "box.cbbackup", PASSPHRASE)
+    assert not (tmp_path / "box.cbbackup").exists()
+
+
+def test_a_journal_with_a_forged_seal_is_not_backed_up(box, key, tmp_path):
+    """The chain needs no key, so whoever holds the file can chain an altered body again: the backup opens
+    every seal before it is written, and names the first that fails."""
+    conn = sqlite3.connect(box)
+    conn.execute("DROP TRIGGER events_append_only_update")
+    rows = conn.execute("SELECT seq, kind, key_id, sealed FROM events ORDER BY seq").fetchall()
+    previous = bytes(32)
+    for seq, kind, key_id, sealed in rows:
+        if seq == 2:
+            sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+        previous = link(previous, seq, kind, key_id, sealed)
+        conn.execute("UPDATE events SET sealed = ?, chain = ? WHERE seq = ?", [sealed, previous, seq])
+    conn.commit()
+    conn.close()
+    with pytest.raises(BackupError, match=said("the journal does not verify, so it was not backed up: event 2 (sale) "
+                                               "fails authentication: its sealed body was altered")):
         backup(box, key, tmp_path / "box.cbbackup", PASSPHRASE)
     assert not (tmp_path / "box.cbbackup").exists()
 
