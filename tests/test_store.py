@@ -126,7 +126,11 @@ def test_an_agent_that_ends_without_closing_its_store_still_exits_its_events_rec
     assert [(e.seq, e.body) for e in run(main())] == [(1, {"code": "6901028075831"})]
 
 
-def test_a_closed_store_refuses_work_and_closing_twice_is_harmless(tmp_path):
+def test_a_closed_store_refuses_work_and_closing_twice_is_harmless(tmp_path, monkeypatch):
+    """Its thread ends cleanly (nothing thrown in it, which the log would show as a crash), and only once."""
+    thrown = []
+    monkeypatch.setattr(threading, "excepthook", thrown.append)
+
     async def main():
         store = await Store.open(tmp_path / "journal.db", os.urandom(32))
         await store.close()
@@ -134,7 +138,9 @@ def test_a_closed_store_refuses_work_and_closing_twice_is_harmless(tmp_path):
         with pytest.raises(JournalError, match=f"^{re.escape(str(tmp_path / 'journal.db'))}: the store is closed$"):
             await store.append("sale", {})
 
+    before = threading.active_count()
     run(main())
+    assert thrown == [] and threading.active_count() == before
 
 
 def test_a_scan_the_journal_could_not_record_sounds_an_error_never_good(tmp_path):
