@@ -11,6 +11,7 @@ too); a nested one rolls back to its savepoint and leaves the outer one going.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -40,18 +41,15 @@ def disk_full(error: sqlite3.Error, path: Path) -> bool:
     return disk.f_bavail * disk.f_frsize < 64 * 1024
 
 
-def create_private(path: Path) -> bool:
-    """Create ``path`` empty with mode 0600 unless it exists; True if this call created it.
+def create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 unless it exists (made meanwhile by another process, say).
 
     SQLite gives its -wal and -shm files the mode of the database file, so all
     three stay private to the service's user.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        return False
-    return True
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
