@@ -84,6 +84,8 @@ def test_the_store_says_once_that_the_disk_is_full_and_once_that_space_returned(
                                        return_exceptions=True)
         full_while_refused = store.full
         assert await store.read(lambda journal: journal.acked_seq()) == 0  # reading goes on
+        assert await store.write(lambda journal: journal.acked_seq()) == 0  # a write that writes nothing commits,
+        full_while_refused = full_while_refused and store.full  # and says nothing of the space
         subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
         seq = await store.append("sale", {"code": "after"})
         verified = await store.read(lambda journal: journal.verify())
