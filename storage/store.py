@@ -154,7 +154,8 @@ def _serve(journal: Journal, work: queue.SimpleQueue, health: _Health) -> None:
                     break
             item = pending.popleft()
             if item is _STOP:
-                _drain(journal, pending)
+                # The last thing queued: work is handed in on the event loop, where close() refuses any more
+                # before it puts the stop, so every piece handed in before it has been answered.
                 return
             if not item.writes:
                 _answer([_run(journal, item)])
@@ -179,12 +180,6 @@ def _watch_space(journal: Journal, health: _Health, results: list, *, wrote: boo
     elif health.full and wrote and any(error is None for _, _, error in results):
         health.full = False
         logger.warning("journal %s: space returned; events are recorded again", journal.path)
-
-
-def _drain(journal: Journal, pending: deque) -> None:
-    for item in pending:
-        if item is not _STOP:
-            _answer([_run(journal, item)] if not item.writes else _commit(journal, [item]))
 
 
 def _run(journal: Journal, item: _Work) -> tuple[_Work, Any, BaseException | None]:
