@@ -746,3 +746,13 @@ def test_an_append_sqlite_refuses_inside_the_callers_transaction_is_named_and_th
             journal.append("refused", {"n": 2})
         assert journal.append("sale", {"n": 3}) == 2
     assert [e.body["n"] for e in journal.read_after(0)] == [1, 3] and journal.verify().ok
+
+
+def test_a_journal_read_after_it_was_closed_says_so_naming_it(journal_path, key):
+    """An error Python's sqlite3 raises itself (it has no SQLite error code) is the journal's own too."""
+    journal = Journal.open(journal_path, key)
+    journal.close()
+    for reading in (journal.acked_seq, lambda: journal.read_after(0), journal.counts):
+        with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: Cannot operate on a closed "
+                                               "database.$"):
+            reading()
