@@ -756,3 +756,11 @@ def test_a_journal_read_after_it_was_closed_says_so_naming_it(journal_path, key)
         with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: Cannot operate on a closed "
                                                "database.$"):
             reading()
+
+
+def test_a_new_journal_is_made_in_directories_that_do_not_exist_yet(tmp_path, key):
+    path = tmp_path / "var" / "lib" / "counterbox" / "journal.db"
+    journal = Journal.open(path, key)
+    assert journal.append("sale", {"code": "6901028075831"}) == 1
+    journal.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
