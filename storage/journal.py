@@ -255,7 +255,11 @@ class Journal:
                 "that one batch can carry; it was not recorded"
             )
         try:
-            if self._conn.in_transaction:  # the caller's (the store's group commit): no savepoint of its own needed
+            try:
+                inside = self._conn.in_transaction
+            except sqlite3.ProgrammingError as error:  # closed: the journal's own error, as every other
+                raise JournalError(f"{self.path}: {error}") from None
+            if inside:  # the caller's (the store's group commit): no savepoint of its own needed
                 with _translated(self.path):
                     return self._insert(kind, plaintext)
             with self.transaction():
@@ -611,9 +615,9 @@ class _Transaction:
 
     def __enter__(self) -> None:
         journal = self._journal
-        if not journal._conn.in_transaction:
-            journal._tail_held = False  # a new transaction: what others wrote before it is to be looked at
-        with _translated(journal.path):
+        with _translated(journal.path):  # a closed journal's connection raises even when asked if it is in one
+            if not journal._conn.in_transaction:
+                journal._tail_held = False  # a new transaction: what others wrote before it is to be looked at
             self._transaction.__enter__()
 
     def __exit__(self, kind, error, traceback) -> bool:

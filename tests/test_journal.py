@@ -748,7 +748,7 @@ def test_an_append_sqlite_refuses_inside_the_callers_transaction_is_named_and_th
     assert [e.body["n"] for e in journal.read_after(0)] == [1, 3] and journal.verify().ok
 
 
-def test_a_journal_read_after_it_was_closed_says_so_naming_it(journal_path, key):
+def test_a_journal_read_or_written_after_it_was_closed_says_so_naming_it(journal_path, key):
     """An error Python's sqlite3 raises itself (it has no SQLite error code) is the journal's own too."""
     journal = Journal.open(journal_path, key)
     journal.close()
@@ -756,6 +756,10 @@ def test_a_journal_read_after_it_was_closed_says_so_naming_it(journal_path, key)
         with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: Cannot operate on a closed "
                                                "database.$"):
             reading()
+    for writing in (lambda: journal.append("sale", {"n": 1}), lambda: journal.acknowledge(1)):
+        with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: Cannot operate on a closed "
+                                               "database.$"):
+            writing()
 
 
 def test_a_new_journal_is_made_in_directories_that_do_not_exist_yet(tmp_path, key):
