@@ -652,3 +652,16 @@ def test_a_report_for_a_registered_shop_with_no_box_yet_is_empty_not_an_error(ce
     store.close()
     result = command("report", "stock", "--shop", "530100000007", "--json")
     assert (result.returncode, result.stderr, json.loads(result.stdout)) == (0, "", {})
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "the following arguments are required: command"),
+    # Stock is what the shelves hold now: a day or a week of it is no report central keeps.
+    (["report", "stock", "--day", "2026-11-30"], "unrecognized arguments: --day 2026-11-30"),
+    (["report", "stock", "--week", "2026-11-30"], "unrecognized arguments: --week 2026-11-30"),
+    (["report", "sales", "--day", "2026-11-30", "--week", "2026-11-30"], "argument --week: not allowed with argument --day"),
+])
+def test_a_command_line_missing_its_command_or_asking_what_no_report_holds_is_refused_by_name(central, args, message):
+    command, _ = central
+    result = command(*args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
