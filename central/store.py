@@ -277,12 +277,13 @@ class CentralStore:
                 return
         import logging
 
+        # Its progress is not an operator's business; set before its import, which logs its plugins' setup.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
         from alembic.config import Config
         from alembic.runtime.migration import MigrationContext
         from alembic.script import ScriptDirectory
 
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # its progress is not an operator's business
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         head = ScriptDirectory.from_config(config).get_current_head()

@@ -665,3 +665,25 @@ def test_a_command_line_missing_its_command_or_asking_what_no_report_holds_is_re
     command, _ = central
     result = command(*args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_a_shop_report_without_a_day_is_of_today_and_with_a_week_of_its_monday_to_sunday(central):
+    """Central's local calendar: the figures an operator asks for first thing are today's."""
+    from datetime import date
+
+    command, _ = central
+    result = command("report", "sales", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)["days"] == [date.today().isoformat()]
+    week = json.loads(command("report", "sales", "--week", "2026-12-02", "--json").stdout)["days"]
+    assert week == [f"2026-11-{d}" for d in (30,)] + [f"2026-12-0{d}" for d in range(1, 7)]
+
+
+def test_the_first_command_on_a_new_database_says_nothing_but_its_answer(tmp_path):
+    """The schema is made on first use; Alembic's own lines (its plugins' setup) are no operator's business."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "central", "--db", str(tmp_path / "central.db"), "--key",
+                             str(tmp_path / "central.key"), "devices", "--json"], capture_output=True, text=True,
+                            timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
