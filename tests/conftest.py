@@ -99,6 +99,19 @@ def a_mutant_that_hangs_a_test_fails_it():
 
 
 @pytest.fixture(autouse=True)
+def logging_left_as_it_was_found():
+    """A command's main() run in this process sets up the process's logging (a handler on standard error as
+    it was then, a test's captured stream): put back after the test, or a later test's log lines go to a
+    stream since closed, and logging's complaint about it lands in that test's standard error."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture(autouse=True)
 def no_thread_outlives_its_test():
     before = set(threading.enumerate())
     yield

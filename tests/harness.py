@@ -105,8 +105,14 @@ def run_main(main, args, stdin: str | None = None):
     import subprocess
     import sys
 
+    import logging
+
     out, err = io.StringIO(), io.StringIO()
     real_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
+    # A command sets up its process's logging (a handler on standard error, as it was then): the process
+    # here is the test run's, so it is left as it was found, or later tests' lines go to a closed stream.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -115,6 +121,7 @@ def run_main(main, args, stdin: str | None = None):
                 code = exit.code
     finally:
         sys.stdin = real_stdin
+        root.handlers[:], root.level = handlers, level
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
