@@ -177,10 +177,13 @@ def test_without_a_chinese_font_installed_the_labels_use_the_song_face_every_vie
 def test_sheets_written_one_after_another_each_use_their_own_font(tmp_path):
     """``write_sheet`` called twice in one process (a program making sheets for several printers): the second
     sheet's labels are in its own font, not in the one registered for the first."""
-    dejavu, wqy = (Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
-                   Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"))
-    write_sheet(tmp_path / "first.pdf", font=dejavu)
+    import reportlab
+
+    # Bitstream Vera comes with reportlab itself; WenQuanYi with the Chinese font ./bootstrap installs.
+    vera, wqy = (Path(reportlab.__file__).parent / "fonts" / "Vera.ttf",
+                 Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"))
+    write_sheet(tmp_path / "first.pdf", font=vera)
     write_sheet(tmp_path / "second.pdf", font=wqy)
-    assert b"DejaVuSans" in (tmp_path / "first.pdf").read_bytes()
+    assert b"BitstreamVeraSans" in (tmp_path / "first.pdf").read_bytes()
     second = (tmp_path / "second.pdf").read_bytes()
-    assert b"WenQuanYi" in second and b"DejaVuSans" not in second
+    assert b"WenQuanYi" in second and b"BitstreamVeraSans" not in second
