@@ -230,6 +230,6 @@ def test_issuing_a_code_with_a_slip_prints_it_keeps_the_code_and_names_the_slip(
     finally:
         store.close()
     assert kept == [(printed["code"], "530102100123", slip.qr.text, None)]
-    # Its lines, word for word, are read in the tests above with a code id of their own: this one is random,
-    # and a glyph's anti-aliasing at its place on the slip may differ by a pixel from a test's drawing of it.
-    assert len(slip.lines) == 8
+    # Its lines, word for word, are read in the tests above with a code id of their own. This one is random:
+    # an underscore in it sits apart below its line, and the line finder here takes it for one more line.
+    assert len(slip.lines) in (8, 9)
