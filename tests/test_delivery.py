@@ -715,18 +715,23 @@ def test_an_event_the_journal_cannot_read_back_goes_as_damaged_and_the_events_be
         central.close()
 
 
-def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_it(stack, tmp_path, monkeypatch, caplog):
-    """A read of the journal that fails (an I/O error, a lock held past its timeout) once ended the uplink's task,
-    and with it the agent: later events were never sent. It is said once, and read again after a pause."""
-    import logging
-
+def failing_journal(monkeypatch, caplog, method: str, left: int):
+    """``Journal.method`` failing its next ``left`` calls (a ``Failing``), with the uplink's lines, debug ones too,
+    in ``caplog``."""
     from storage import Journal
 
     from .journals import Failing
 
     caplog.set_level(logging.DEBUG, logger="agent.uplink")
-    failing = Failing(Journal.read_batch, left=0)
-    monkeypatch.setattr(Journal, "read_batch", failing)
+    failing = Failing(getattr(Journal, method), left=left)
+    monkeypatch.setattr(Journal, method, failing)
+    return failing
+
+
+def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_it(stack, tmp_path, monkeypatch, caplog):
+    """A read of the journal that fails (an I/O error, a lock held past its timeout) once ended the uplink's task,
+    and with it the agent: later events were never sent. It is said once, and read again after a pause."""
+    failing = failing_journal(monkeypatch, caplog, "read_batch", left=0)
 
     async def test(central, box):
         await box.record()
@@ -750,15 +755,7 @@ def test_a_journal_that_cannot_be_read_for_a_while_pauses_the_uplink_never_ends_
 def test_a_journal_that_cannot_be_read_as_the_uplink_starts_delays_it_never_ends_it(stack, tmp_path, monkeypatch,
                                                                                     caplog):
     """Its first look (the cursor, the journal's id) failing: said once, looked at again after a pause."""
-    import logging
-
-    from storage import Journal
-
-    from .journals import Failing
-
-    caplog.set_level(logging.DEBUG, logger="agent.uplink")
-    failing = Failing(Journal.base_seq, left=2)
-    monkeypatch.setattr(Journal, "base_seq", failing)
+    failing = failing_journal(monkeypatch, caplog, "base_seq", left=2)
 
     async def test(central, box):
         await box.record()
