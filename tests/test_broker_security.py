@@ -411,7 +411,8 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                 seen["first again"] = again.connect_reason
                 await asyncio.to_thread(again.close)
             serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
+            async with asyncio.timeout(10):
+                await asyncio.gather(serving, return_exceptions=True)
             return seen
 
         seen = asyncio.run(main())

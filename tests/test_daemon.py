@@ -55,7 +55,8 @@ def test_central_ingests_with_its_loop_never_blocked(stack, fifo, tmp_path):
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                async with asyncio.timeout(10):
+                    await task
 
     try:
         asyncio.run(main())

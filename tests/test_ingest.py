@@ -346,8 +346,9 @@ def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_t
         topics = [protocol.ack_topic(PREFIX, "shop-1"), activation.topic(PREFIX, device_id, "result"),
                   activation.topic(PREFIX, device_id, "code")]
         async with MqttLink(host="127.0.0.1", port=port, client_id="a-box", subscriptions=topics) as box_link:
-            while sum("subscribed to" in r.getMessage() for r in caplog.records) < 4 + len(topics):
-                await asyncio.sleep(0.02)  # central's four subscriptions and the box's own are in place
+            async with asyncio.timeout(10):
+                while sum("subscribed to" in r.getMessage() for r in caplog.records) < 4 + len(topics):
+                    await asyncio.sleep(0.02)  # central's four subscriptions and the box's own are in place
             await box_link.publish(activation.topic(PREFIX, device_id, "code"), code.encode(), retain=True)
             await box_link.publish(protocol.batch_topic(PREFIX, "shop-1"), batch_message(sales(1), key=forger).payload)
             for message in (batch_message(sales(1, 2), key=central.box_key),
@@ -365,9 +366,7 @@ def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_t
         async with MqttLink(host="127.0.0.1", port=port, client_id="a-box-later", subscriptions=topics[:1]) as later:
             async with asyncio.timeout(20):
                 retained = await anext(later.messages())
-        serving.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await serving
+        await _stopped(serving)
         return heard, retained
 
     with Stack(tmp_path / "stack") as stack:
@@ -523,7 +522,8 @@ async def _stopped(serving) -> None:
 
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await serving
+        async with asyncio.timeout(10):  # a serve that will not stop fails here, not at the suite's end
+            await serving
 
 
 def test_serve_flags_a_box_whose_clock_is_off_and_names_a_status_it_rejects(central, tmp_path, caplog, monkeypatch):
