@@ -199,6 +199,7 @@ class MqttLink:
             # Even when the caller is cancelled again meanwhile (a second SIGTERM): a link left connected
             # here would be pinged and watched with nobody to close it.
             client, self._client = self._client, None
+            housekeeping = self._misc
             if client is not None:
                 if client.is_connected():
                     # With a will: "disconnect with will message" (4), so a stop is announced like a loss.
@@ -207,6 +208,8 @@ class MqttLink:
                 self._drop(client)
             self.connected.clear()
             self._fail_waiting(NotConnected("link closed"))
+            if housekeeping is not None:
+                await asyncio.wait([housekeeping])  # cancelled by the drop: ended before close returns
 
     def _new_client(self) -> paho.Client:
         # A new client per connection: paho keeps nothing of a lost connection (no in-flight
