@@ -239,6 +239,9 @@ class BrokerAdmin:
                 answers = await asyncio.gather(*futures)
         except (MqttError, TimeoutError) as error:
             raise CentralError(f"the broker's access control did not answer: {str(error) or 'timed out'}") from None
+        finally:
+            for command in commands:  # an answer that never came is waited for no longer
+                self._waiting.pop(command["correlationData"], None)
         for command, answer in zip(commands, answers):
             if answer.get("error") and answer["error"] not in _FINE:
                 raise CentralError(f"the broker refused {command['command']}: {answer['error']}")

@@ -422,3 +422,62 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
     assert seen["second answer"]["accepted"] is False and "used" in seen["second answer"]["reason"]
     assert seen["second admitted"] in (NOT_AUTHORIZED, 134)
     assert seen["first again"] in (NOT_AUTHORIZED, 134)
+
+
+def test_the_commands_that_admit_and_cut_off_a_box_are_spelled_as_the_plugin_documents_them():
+    """Mosquitto 2.0 reads the plugin's command names and keys regardless of case, so a broker test
+    cannot see one misspelt: they are held here to the plugin's documented spelling. A box reads its own
+    acknowledgements and documents, and its region's when it has one, by exactly those filters
+    (subscribeLiteral: nothing wider, nothing narrower)."""
+    from central import broker
+
+    def allow(acltype: str, topic: str) -> dict:
+        return {"acltype": acltype, "topic": topic, "allow": True}
+
+    own = "cb/devices/shop-a"
+    sends = [allow("publishClientSend", f"{own}/batch"), allow("publishClientSend", f"{own}/status")]
+    reads = [acl for topic in (f"{own}/ack", f"{own}/docs/#")
+             for acl in (allow("subscribeLiteral", topic), allow("publishClientReceive", topic))]
+    region = [allow("subscribeLiteral", "cb/regions/honghe/docs/#"),
+              allow("publishClientReceive", "cb/regions/honghe/docs/#")]
+    assert broker.device_acls("cb", "shop-a", "") == sends + reads
+    assert broker.device_acls("cb", "shop-a", "honghe") == sends + reads + region
+    assert broker.admit_commands("cb", "shop-a", "honghe", "password-of-a") == [
+        {"command": "deleteClient", "username": "shop-a"},
+        {"command": "deleteRole", "rolename": "device-shop-a"},
+        {"command": "createRole", "rolename": "device-shop-a", "acls": sends + reads + region},
+        {"command": "createClient", "username": "shop-a", "password": "password-of-a",
+         "roles": [{"rolename": "device-shop-a"}]},
+    ]
+    assert broker.cut_off_commands("shop-a") == [{"command": "deleteClient", "username": "shop-a"},
+                                                 {"command": "deleteRole", "rolename": "device-shop-a"}]
+
+
+def test_central_and_operations_at_the_plugin_at_once_each_take_their_own_answers(tmp_path):
+    """The plugin answers on one topic that both central's and an operations command's clients read: each
+    takes the answers to its own commands and passes over the other's, and leaves nothing running when done."""
+    import asyncio
+
+    from central import broker
+    from provisioning.protocol import DEFAULT_PREFIX as PREFIX
+
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+
+        def link(who: str):
+            return broker.BrokerAdmin.link(host="127.0.0.1", port=stack.broker_port, username=f"counterbox-{who}",
+                                           password=(stack.tls / f"{who}.password").read_text().strip(),
+                                           ca_file=stack.tls / "ca.crt", client_id=f"{who}-admin-test")
+
+        async def both() -> tuple[int, set]:
+            async with broker.BrokerAdmin(link("central")) as central, broker.BrokerAdmin(link("ops")) as ops:
+                await central.execute(broker.admit_commands(PREFIX, "shop-a", "honghe", "password-of-a"))
+                await ops.execute(broker.cut_off_commands("shop-b"))  # central hears these answers too
+                await central.execute(broker.cut_off_commands("shop-a"))
+                await ops.execute(broker.admit_commands(PREFIX, "shop-b", "kunming", "password-of-b"))
+                as_b = await asyncio.to_thread(Client, stack, "b-probe", "shop-b", "password-of-b")
+                await asyncio.to_thread(as_b.close)
+            return as_b.connect_reason, asyncio.all_tasks() - {asyncio.current_task()}
+
+        reason, left = asyncio.run(both())
+    assert (reason, left) == (0, set())
