@@ -137,7 +137,7 @@ class Ingest:
             if message.topic.endswith("/hello"):
                 device_id = activation.device_of_topic(self.prefix, message.topic, "hello")
                 hello = activation.decode_hello(message.payload, device=device_id)
-                self.store.waiting(device_id, hello["public_key"], str(hello.get("agent_version", "")), received_at)
+                self.store.waiting(device_id, hello["public_key"], hello["agent_version"], received_at)  # both checked
                 return Waiting(device_id), None
             device_id = activation.device_of_topic(self.prefix, message.topic, "request")
             request = activation.decode_request(message.payload, device=device_id)
