@@ -25,12 +25,15 @@ BUSY_TIMEOUT_MS = 5000  # another process (a command beside the agent) holding t
 _SAVEPOINT = "counterbox_savepoint"
 
 
+FULL_BELOW = 64 * 1024  # bytes free: fewer, and an I/O error there is the disk being full
+
+
 def disk_full(error: sqlite3.Error, path: Path) -> bool:
     """Whether SQLite's ``error`` on the database at ``path`` means its disk is full. SQLite says only
     "disk I/O error" when it cannot make its shared-memory or journal file there: then the disk's own
-    free space (less than a few pages) tells."""
+    free space (less than a few pages, ``FULL_BELOW``) tells."""
     code = getattr(error, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "full" in str(error):
+    if code == sqlite3.SQLITE_FULL:
         return True
     if code is None or code & 0xFF != sqlite3.SQLITE_IOERR:
         return False
@@ -38,7 +41,7 @@ def disk_full(error: sqlite3.Error, path: Path) -> bool:
         disk = os.statvfs(path.parent)
     except OSError:
         return False
-    return disk.f_bavail * disk.f_frsize < 64 * 1024
+    return disk.f_bavail * disk.f_frsize < FULL_BELOW
 
 
 def create_private(path: Path) -> None:

@@ -4,6 +4,7 @@ journal takes events again by itself when space returns."""
 import asyncio
 import logging
 import os
+import sqlite3
 import subprocess
 
 import pytest
@@ -195,3 +196,32 @@ def test_a_backup_onto_a_disk_too_small_says_the_disk_is_full_and_leaves_nothing
     with pytest.raises((JournalFull, OSError), match="the disk is full|No space left on device"):
         backup(tmp_path / "journal.db", key, small_disk / "box.cbbackup", b"a long passphrase")
     assert list(small_disk.iterdir()) == []
+
+
+def _io_error(code: int) -> sqlite3.OperationalError:
+    """The error SQLite raises when it cannot write a file (its extended code kept, as sqlite3 keeps it)."""
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = code
+    return error
+
+
+def test_an_io_error_is_a_full_disk_only_when_fewer_than_64_kib_are_free(small_disk):
+    """SQLite names a full disk "disk I/O error" when it cannot make its shared-memory file: the
+    disk's free space decides. A disk that cannot be looked at, or another error, is not called full."""
+    from storage.sqlite import disk_full
+
+    journal = small_disk / "journal.db"
+    seen = {}
+    for free_kib in (0, 60, 64, 68):
+        fill(small_disk)
+        with open(small_disk / "filler", "r+b") as filler:  # the disk's last bytes given back, to the page
+            filler.truncate(os.path.getsize(small_disk / "filler") - free_kib * 1024)
+        disk = os.statvfs(small_disk)
+        assert disk.f_bavail * disk.f_frsize == free_kib * 1024
+        seen[free_kib] = disk_full(_io_error(sqlite3.SQLITE_IOERR_SHMOPEN), journal)
+        os.unlink(small_disk / "filler")
+    assert seen == {0: True, 60: True, 64: False, 68: False}
+    assert disk_full(_io_error(sqlite3.SQLITE_IOERR_SHMOPEN), small_disk / "gone" / "journal.db") is False
+    assert disk_full(_io_error(sqlite3.SQLITE_FULL), journal) is True
+    assert disk_full(_io_error(sqlite3.SQLITE_CANTOPEN), journal) is False
+    assert disk_full(sqlite3.ProgrammingError("Cannot operate on a closed database."), journal) is False
