@@ -162,12 +162,14 @@ class Journal:
 
     @property
     def in_transaction(self) -> bool:
-        return self._conn.in_transaction
+        with _translated(self.path):  # a closed journal's connection raises even when asked this
+            return self._conn.in_transaction
 
     @property
     def changes(self) -> int:
         """Rows written on this connection so far (SQLite's count): tells a write that wrote from one that did not."""
-        return self._conn.total_changes
+        with _translated(self.path):
+            return self._conn.total_changes
 
     def _meta(self, name: str) -> str:
         return self._conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
@@ -212,7 +214,7 @@ class Journal:
             return self._conn.execute("SELECT id, created_at FROM keys ORDER BY id").fetchall()
 
     def _alone(self, what: str) -> None:
-        if self._conn.in_transaction:
+        if self.in_transaction:
             raise JournalError(f"{what} runs in a transaction of its own, not inside another")
 
     def verify(self, *, seals: bool = True) -> Verification:

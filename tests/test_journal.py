@@ -752,11 +752,17 @@ def test_a_journal_read_or_written_after_it_was_closed_says_so_naming_it(journal
     """An error Python's sqlite3 raises itself (it has no SQLite error code) is the journal's own too."""
     journal = Journal.open(journal_path, key)
     journal.close()
-    for reading in (journal.acked_seq, lambda: journal.read_after(0), journal.counts):
+    for reading in (journal.acked_seq, lambda: journal.read_after(0), journal.counts, lambda: journal.get(1),
+                    lambda: journal.last("sale"), lambda: journal.of_kind("sale"), journal.last_seq,
+                    journal.anchor_seq, journal.checkpoint, journal.journal_id, journal.base_seq, journal.data_keys,
+                    journal.verify, lambda: journal.read_batch(0, max_events=10, max_bytes=None),
+                    lambda: journal.in_transaction, lambda: journal.changes):
         with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: Cannot operate on a closed "
                                                "database.$"):
             reading()
-    for writing in (lambda: journal.append("sale", {"n": 1}), lambda: journal.acknowledge(1)):
+    for writing in (lambda: journal.append("sale", {"n": 1}), lambda: journal.acknowledge(1), journal.rotate_key,
+                    lambda: journal.rewrap(os.urandom(32)), journal.start_session,
+                    lambda: journal.take_identity("shop-1"), lambda: journal.fold_prefix(1, {}, [])):
         with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: Cannot operate on a closed "
                                                "database.$"):
             writing()
