@@ -774,3 +774,16 @@ def test_a_new_journal_is_made_in_directories_that_do_not_exist_yet(tmp_path, ke
     assert journal.append("sale", {"code": "6901028075831"}) == 1
     journal.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_database_file_made_meanwhile_by_another_process_is_taken_as_it_is(tmp_path):
+    """Two processes opening a new journal at once both find no file and both make one: the second finds
+    the first's (and what it wrote) and goes on with it."""
+    from storage.sqlite import create_private
+
+    path = tmp_path / "new" / "journal.db"
+    create_private(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_bytes() == b""
+    path.write_bytes(b"SQLite format 3\0")
+    create_private(path)
+    assert path.read_bytes() == b"SQLite format 3\0"
