@@ -70,9 +70,11 @@ class Page:
         return tuple(v * 25.4 / DPI for v in (left, top, right, bottom))
 
 
-@pytest.fixture(scope="module")
-def sheet(tmp_path_factory):
-    path = tmp_path_factory.mktemp("sheet") / "controls.pdf"
+@pytest.fixture
+def sheet(tmp_path):
+    # Drawn anew for each test (not once per module): mutation testing runs, for a change in the sheet,
+    # the tests that drew it, and a shared sheet is drawn by the first test alone.
+    path = tmp_path / "controls.pdf"
     write_sheet(path)
     pdf = pypdfium2.PdfDocument(str(path))
     try:
