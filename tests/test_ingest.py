@@ -591,6 +591,48 @@ def test_serve_receives_what_a_box_sent_while_central_was_away(central, tmp_path
     assert [e["seq"] for e in central.store.events()] == [1, 2]
 
 
+def test_a_batch_central_was_storing_when_it_stopped_is_given_to_it_again_by_the_broker(central, tmp_path, caplog):
+    """Central acknowledges a message to the broker only once it has handled it: a batch it had taken but
+    not stored when it stopped (its database held by another process past the busy timeout, here) stays
+    with the broker and is handed to central again when it comes back, without the box sending it again."""
+    import asyncio
+    import logging
+    import sqlite3
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+
+    async def main(port: int, holder: sqlite3.Connection) -> None:
+        serving = await _serving(central, port, caplog, client_id="central-stopped")
+        try:
+            async with MqttLink(host="127.0.0.1", port=port, client_id="a-box") as box_link:
+                await box_link.connected.wait()
+                await box_link.publish(protocol.batch_topic(PREFIX, "shop-1"),
+                                       batch_message(sales(1, 2), key=central.box_key).payload)
+            await asyncio.sleep(1.0)  # taken by central, whose store waits for the database
+            await _stopped(serving)  # stopped while storing it: its store gives up after the busy timeout
+        finally:
+            await asyncio.to_thread(holder.rollback)
+        assert await asyncio.to_thread(lambda: list(central.store.events())) == []
+        serving = await _serving(central, port, caplog, client_id="central-stopped")
+        async with asyncio.timeout(10):
+            while not await asyncio.to_thread(lambda: list(central.store.events())):
+                await asyncio.sleep(0.05)
+        await _stopped(serving)
+
+    holder = sqlite3.connect(tmp_path / "central.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # central's next write waits for it, then fails
+    try:
+        with Stack(tmp_path / "stack") as stack:
+            stack.start_broker()
+            asyncio.run(main(stack.broker_port, holder))
+    finally:
+        holder.close()
+    assert [e["seq"] for e in central.store.events()] == [1, 2]
+
+
 def test_instances_sharing_the_load_divide_the_batches_between_them_and_store_each_once(tmp_path, caplog):
     """Two ``serve`` with ``share``, in this process, on one database: every batch is handled by one of them
     only, and all are stored."""
