@@ -23,8 +23,6 @@ BUSY_TIMEOUT_MS = 5000  # another process (a command beside the agent) holding t
 # here (they nest strictly), and one constant statement stays in sqlite3's statement cache
 # where a fresh name per savepoint would be compiled anew each time.
 _SAVEPOINT = "counterbox_savepoint"
-
-
 FULL_BELOW = 64 * 1024  # bytes free: fewer, and an I/O error there is the disk being full
 
 
