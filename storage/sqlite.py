@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000  # another process (a command beside the agent) holding the write lock
+FULL_BELOW = 64 * 1024  # bytes free: fewer, and an I/O error there is the disk being full
 
 # One name for every savepoint: SQLite takes the most recent of a name, which is the innermost
 # here (they nest strictly), and one constant statement stays in sqlite3's statement cache
 # where a fresh name per savepoint would be compiled anew each time.
 _SAVEPOINT = "counterbox_savepoint"
-FULL_BELOW = 64 * 1024  # bytes free: fewer, and an I/O error there is the disk being full
 
 
 def disk_full(error: sqlite3.Error, path: Path) -> bool:
