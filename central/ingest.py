@@ -226,7 +226,7 @@ class Ingest:
             settled = loop.time() - link.connected_at > QUEUE_SETTLE
             result, ack = await loop.run_in_executor(thread, self.handle, message, settled)
         except Rejected as reason:
-            what = message.topic.rsplit("/", 1)[-1] if message.topic.endswith(("/status", "/hello", "/request")) else "batch"
+            what = message.topic.rsplit("/", 1)[-1]  # batch, status, hello or request: what central subscribes to
             logger.warning("%s rejected topic=%s bytes=%d: %s", what, message.topic, len(message.payload), reason)
             return
         except Exception:

@@ -398,6 +398,7 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                 seen["first answer"] = await ask(first, first_id)
                 admitted = await asyncio.to_thread(Client, stack, "first-probe", first_id, broker_password(first))
                 seen["first admitted"] = admitted.connect_reason
+                seen["first's region"] = await asyncio.to_thread(admitted.subscribe, f"{PREFIX}/regions/honghe/docs/#")
                 seen["second answer"] = await ask(second, second_id)
                 other = await asyncio.to_thread(Client, stack, "second-probe", second_id, broker_password(second))
                 seen["second admitted"] = other.connect_reason
@@ -418,7 +419,7 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
         seen = asyncio.run(main())
     store.close()
     assert (seen["first answer"]["accepted"], seen["first answer"]["shop"]) == (True, "530100000009")
-    assert seen["first admitted"] == 0
+    assert seen["first admitted"] == 0 and seen["first's region"] == 1  # its shop's region's documents: granted
     assert seen["second answer"]["accepted"] is False and "used" in seen["second answer"]["reason"]
     assert seen["second admitted"] in (NOT_AUTHORIZED, 134)
     assert seen["first again"] in (NOT_AUTHORIZED, 134)

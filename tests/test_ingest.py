@@ -591,6 +591,37 @@ def test_serve_receives_what_a_box_sent_while_central_was_away(central, tmp_path
     assert [e["seq"] for e in central.store.events()] == [1, 2]
 
 
+def test_a_status_that_waited_at_the_broker_for_central_says_nothing_of_the_boxs_clock(central, tmp_path, caplog):
+    """A status central receives in its first seconds back may have waited in its queue: its time of
+    sending against central's time of receipt would be the time it waited, not the box's clock."""
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+
+    caplog.set_level(logging.INFO)
+
+    async def main(port: int) -> None:
+        await _stopped(await _serving(central, port, caplog, client_id="central-away"))
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box") as box_link:
+            await box_link.connected.wait()
+            # Sent while central is away, stamped as if it had waited there five minutes.
+            await box_link.publish(protocol.status_topic(PREFIX, "shop-1"),
+                                   status_message(key=central.box_key, sent_at=time.time() - 300).payload)
+        serving = await _serving(central, port, caplog, client_id="central-away")
+        async with asyncio.timeout(10):
+            while not any(r.getMessage() == "device shop-1 online" for r in caplog.records):
+                await asyncio.sleep(0.02)
+        await _stopped(serving)
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        asyncio.run(main(stack.broker_port))
+    assert not any("clock is off" in r.getMessage() for r in caplog.records)
+    assert central.store.status("shop-1").clock_offset is None
+
+
 def test_a_batch_central_was_storing_when_it_stopped_is_given_to_it_again_by_the_broker(central, tmp_path, caplog):
     """Central acknowledges a message to the broker only once it has handled it: a batch it had taken but
     not stored when it stopped (its database held by another process past the busy timeout, here) stays
