@@ -298,10 +298,11 @@ def test_a_slow_bluetooth_scanner_passes_with_its_own_threshold(tmp_path):
     assert texts(decode(slow.bytes(), tmp_path, DecoderSettings(max_key_interval=0.1))) == ["96385074"]
 
 
-def test_prefix_and_suffix_are_stripped(tmp_path):
+def test_prefix_and_suffix_are_stripped_where_they_are_and_a_scan_without_them_is_kept_whole(tmp_path):
     keys = Keys().tap(e.KEY_RIGHTBRACE).tap(e.KEY_E).digits("06901028075831").tap(e.KEY_X, shift=True).enter()
+    keys.pause(0.5).digits("96385074").enter()
     settings = DecoderSettings(prefix="]e0", suffix="X")
-    assert texts(decode(keys.bytes(), tmp_path, settings)) == ["6901028075831"]
+    assert texts(decode(keys.bytes(), tmp_path, settings)) == ["6901028075831", "96385074"]
 
 
 def test_gs1_element_strings_keep_the_group_separator(tmp_path):
@@ -561,3 +562,48 @@ def test_a_drop_in_the_tail_of_a_cut_off_scan_ends_with_a_scan_s_pause_not_the_t
     scan = Keys()
     scan.t = dropped_at + 0.4
     assert _said(decoder.feed_all(_records(scan.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
+
+
+@pytest.mark.parametrize("setting", [{"idle_timeout": 0}, {"max_key_interval": 0}, {"idle_timeout": -0.1},
+                                     {"max_key_interval": float("nan")}])
+def test_each_timing_setting_must_be_more_than_nothing(setting):
+    with pytest.raises(ValueError, match="^idle_timeout and max_key_interval must be more than 0 seconds$"):
+        DecoderSettings(**setting)
+
+
+def test_a_key_down_only_scanner_s_keys_the_device_says_are_held_after_a_drop_are_pressed_again_not_held():
+    """A scanner that sends no key-ups leaves each key it pressed down in the kernel's state, Shift among
+    them: after a drop, the device says so (EVIOCGKEY). The next press of such a key shows the scanner for
+    what it is, and its Shift, never released, was for the character it went with, not for this scan."""
+    decoder = Decoder("dev")
+    keys = Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(keys)) == []
+    decoder.resync(frozenset({e.KEY_1, e.KEY_LEFTSHIFT}))
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "", DROPPED, "dev")]
+    fed = len(keys.events)
+    keys.pause(1.0)
+    for code in (e.KEY_1, e.KEY_A, e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    assert texts(decoder.feed_all(_records(keys)[fed:])) == ["1a"] and decoder.key_down_only
+
+
+def test_a_source_reopened_in_quiet_says_nothing_whatever_broke_before_it():
+    """Opened anew (the scanner plugged in again, the agent restarted) with no burst going on: the quiet
+    that follows ends nothing, and no refusal is signalled, after a scan cut off by the unplugging as
+    after a drop already said."""
+    decoder, keys = Decoder("dev"), Keys().digits("690102")
+    assert decoder.feed_all(_records(keys)) == []
+    assert decoder.unplugged() == "690102"  # the agent refuses it, signalled once
+    decoder.opened(keys.t + 1.0)
+    assert decoder.idle(keys.t + 2.0) is None and not decoder.pending
+
+    decoder = Decoder("dev")
+    keys = Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(keys)) == []
+    decoder.resync(frozenset())
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "", DROPPED, "dev")]
+    decoder.opened(keys.t + 2.0)
+    assert decoder.idle(keys.t + 3.0) is None and not decoder.pending
+    fed = len(keys.events)
+    assert texts(decoder.feed_all(_records(keys.pause(4.0).digits("96385074").enter())[fed:])) == ["96385074"]
