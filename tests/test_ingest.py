@@ -363,7 +363,10 @@ def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_t
                     if "ack" in heard and "result" in heard and any(not m.payload for m in heard.get("code", [])):
                         break
         # The acknowledgement is retained: a box that connects later learns at once how far central holds.
-        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box-later", subscriptions=topics[:1]) as later:
+        # The code pushed to the waiting box is not: it was used. (Subscribed first, so a code still retained
+        # would come before the acknowledgement.)
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box-later",
+                            subscriptions=[topics[2], topics[0]]) as later:
             async with asyncio.timeout(20):
                 retained = await anext(later.messages())
         await _stopped(serving)
@@ -373,7 +376,7 @@ def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_t
         stack.start_broker()
         heard, retained = asyncio.run(main(stack.broker_port))
     [ack] = heard["ack"]
-    assert retained.retain and retained.payload == ack.payload
+    assert retained.retain and (retained.topic, retained.payload) == (ack.topic, ack.payload)
     assert protocol.decode_ack(ack.payload, device="shop-1", key=central.central_public) == 2
     assert [e["seq"] for e in central.store.events()] == [1, 2]
     assert central.store.status("shop-1").state == "online"
@@ -589,6 +592,44 @@ def test_serve_receives_what_a_box_sent_while_central_was_away(central, tmp_path
         ack = asyncio.run(main(stack.broker_port))
     assert protocol.decode_ack(ack, device="shop-1", key=central.central_public) == 2
     assert [e["seq"] for e in central.store.events()] == [1, 2]
+
+
+def test_a_revoked_box_gone_offline_with_no_broker_to_keep_leaves_central_serving(central, tmp_path, caplog):
+    """Central without ``broker_admin`` (the development broker, anonymous): a revoked box that hands in its
+    revocation and goes offline has no broker access to take away, and central goes on serving the others."""
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+    from demo.stack import Stack
+    from storage import Event
+
+    caplog.set_level(logging.INFO)
+    central.store.revoke("shop-1")
+
+    async def main(port: int) -> bool:
+        serving = await _serving(central, port, caplog)
+        async with MqttLink(host="127.0.0.1", port=port, client_id="a-box") as box_link:
+            await box_link.connected.wait()
+            revocation = protocol.encode_batch([Event(1, "revocation", {"name": "revocation"})], device="shop-1",
+                                               session=1, key=central.box_key, sent_at=time.time())
+            await box_link.publish(protocol.batch_topic(PREFIX, "shop-1"), revocation)
+            async with asyncio.timeout(10):
+                while not await asyncio.to_thread(central.store.revocation_delivered, "shop-1"):
+                    await asyncio.sleep(0.02)
+            await box_link.publish(protocol.status_topic(PREFIX, "shop-1"),
+                                   status_message("offline", key=central.box_key, sent_at=time.time()).payload)
+            async with asyncio.timeout(10):
+                while not any(r.getMessage() == "device shop-1 offline" for r in caplog.records):
+                    await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        serving_still = not serving.done()
+        await _stopped(serving)
+        return serving_still
+
+    with Stack(tmp_path / "stack") as stack:
+        stack.start_broker()
+        assert asyncio.run(main(stack.broker_port)) is True
 
 
 def test_a_status_that_waited_at_the_broker_for_central_says_nothing_of_the_boxs_clock(central, tmp_path, caplog):
