@@ -50,7 +50,8 @@ def write_slip(path: Path, token: str, shop: Shop, code: ActivationCode, *, font
         (small, f"code {code.code_id}"),
         (small, "Plug the box in, then scan this code."),
     ]
-    width = size + 40 + 620
+    # Wide enough for the longest line (a long shop name), with a margin as wide as the gap before the text.
+    width = size + 40 + max(620, max(round(typeface.getlength(text)) for typeface, text in lines) + 40)
     slip = Image.new("L", (width, max(size, 40 + 44 * len(lines))), 255)
     matrix = Image.new("1", (size, size), 1)
     pixels = matrix.load()

@@ -182,8 +182,11 @@ def test_the_title_and_the_shops_name_stand_out_from_the_details(tmp_path):
     assert min(capitals) > max(slip.text_height(line) for line in details if line)
 
 
-def test_every_line_is_inside_the_slip_with_a_margin_and_none_touches_another(tmp_path):
-    slip, _, _ = _slip(tmp_path, MENGZI)
+@pytest.mark.parametrize("shop", [MENGZI, Shop("530102100124", "Honghe Hani and Yi Prefecture Tobacco and Sundries "
+                                                 "No. 12", "honghe", monitoring=False)])
+def test_every_line_is_inside_the_slip_with_a_margin_and_none_touches_another(tmp_path, shop):
+    """Even a shop name longer than the slip's usual width: the slip is as wide as its longest line needs."""
+    slip, _, _ = _slip(tmp_path, shop)
     margin = 2 / MM_PER_INCH * 300  # 2 mm at 300 dpi: what a printer may not print at the paper's edge
     for left, top, right, bottom in slip.lines:
         assert top >= margin and bottom <= slip.height - margin and right <= slip.width - margin
