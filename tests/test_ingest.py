@@ -453,9 +453,13 @@ def test_a_new_journal_under_a_devices_id_is_refused_and_nothing_of_it_is_acknow
     with pytest.raises(ProtocolError, match="acknowledgement is for journal"):  # the new journal moves nothing
         protocol.decode_ack(token, device="shop-1", key=central.central_public, journal=J2)
     for seqs in ((1, 2), (4, 5, 6)):  # the seqs central holds, and those it does not
-        with pytest.raises(Rejected, match=f"device shop-1 sends events of journal {J2}, but central holds those "
-                                           f"of journal {J1}: the box's journal was made anew or replaced"):
+        with pytest.raises(Rejected) as refused:
             central.handle(journal_batch(sales(*seqs), journal=J2, key=central.box_key))
+        assert str(refused.value) == (  # what the operator is to do, in full
+            f"device shop-1 sends events of journal {J2}, but central holds those of journal {J1}: the box's "
+            "journal was made anew or replaced under the same id, and its seqs are not the ones central holds. "
+            "Nothing is stored or acknowledged; the box keeps its events. Restore the box's journal from its "
+            "backup, or register the box under a new id (docs/commands.md, Replacing a box's journal)")
     assert [e["seq"] for e in central.store.events()] == [1, 2, 3] and central.store.device("shop-1").acked_seq == 3
     # Its own journal goes on as before; a box of an earlier version (no journal named) too.
     assert central.handle(journal_batch(sales(4), journal=J1, key=central.box_key))[0].acked_seq == 4
