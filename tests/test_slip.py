@@ -69,7 +69,7 @@ class Slip:
     def _lines(self) -> list[tuple[int, int, int, int]]:
         """The ink of each line of text right of the QR code (left, top, right, bottom), top to bottom.
 
-        Bands of ink fewer than ``LINE_GAP`` blank rows apart are one line: an underscore sits a row or
+        Bands of ink at most ``LINE_GAP`` blank rows apart are one line: an underscore sits a row or
         two below its letters, and the lines themselves are set further apart than that."""
         text = (self.right, 0, self.width, self.height)
         dark = _dark(self.image.crop(text))
