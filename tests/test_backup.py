@@ -25,6 +25,14 @@ def said(message):
     return "^" + re.escape(str(message)) + "$"
 
 
+def restores_nothing(tmp_path, file, message, passphrase=PASSPHRASE) -> None:
+    """Restoring ``file`` onto a new box is refused with ``message``, word for word, and leaves nothing there."""
+    target = tmp_path / "new-box" / "journal.db"
+    with pytest.raises(BackupError, match=said(message)):
+        restore(file, passphrase, target, os.urandom(32))
+    assert list(target.parent.iterdir()) == []
+
+
 @pytest.fixture
 def key():
     return os.urandom(32)
@@ -113,11 +121,8 @@ def test_a_backup_of_a_journal_in_use_is_a_consistent_snapshot(tmp_path, key):
 def test_a_wrong_passphrase_restores_nothing(box, key, tmp_path):
     file = tmp_path / "box.cbbackup"
     backup(box, key, file, PASSPHRASE)
-    target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match=said(f"{file} does not open with this passphrase, or it was altered or "
-                                               "cut short; nothing was restored")):
-        restore(file, b"not the passphrase", target, os.urandom(32))
-    assert list(target.parent.iterdir()) == []
+    restores_nothing(tmp_path, file, f"{file} does not open with this passphrase, or it was altered or cut short; "
+                     "nothing was restored", passphrase=b"not the passphrase")
 
 
 @pytest.mark.parametrize("damage", ["flip a byte", "cut the end", "cut a chunk's tag"])
@@ -334,11 +339,8 @@ def test_a_backup_of_a_journal_of_a_schema_this_box_does_not_restore_is_refused(
     conn.close()
     header, file_key, _ = _new_header(PASSPHRASE)
     _write_sealed(snapshot, tmp_path / "old.cbbackup", header, file_key)
-    target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match=said(f"{tmp_path / 'old.cbbackup'} holds a journal of schema version "
-                                               f"{version}; this counterbox restores versions 2 to {SCHEMA_VERSION}")):
-        restore(tmp_path / "old.cbbackup", PASSPHRASE, target, os.urandom(32))
-    assert list(target.parent.iterdir()) == []
+    restores_nothing(tmp_path, tmp_path / "old.cbbackup", f"{tmp_path / 'old.cbbackup'} holds a journal of schema "
+                     f"version {version}; this counterbox restores versions 2 to {SCHEMA_VERSION}")
 
 
 def test_a_backup_that_holds_no_journal_is_refused_by_its_name_and_restores_nothing(tmp_path):
@@ -348,11 +350,8 @@ def test_a_backup_that_holds_no_journal_is_refused_by_its_name_and_restores_noth
     snapshot.write_bytes(b"not a database, " * 512)
     header, file_key, _ = _new_header(PASSPHRASE)
     _write_sealed(snapshot, tmp_path / "odd.cbbackup", header, file_key)
-    target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match=said(f"{tmp_path / 'odd.cbbackup'}: file is not a database; nothing was "
-                                               "restored")):
-        restore(tmp_path / "odd.cbbackup", PASSPHRASE, target, os.urandom(32))
-    assert list(target.parent.iterdir()) == []
+    restores_nothing(tmp_path, tmp_path / "odd.cbbackup",
+                     f"{tmp_path / 'odd.cbbackup'}: file is not a database; nothing was restored")
 
 
 def test_a_backup_whose_journal_does_not_verify_restores_nothing(box, key, tmp_path):
@@ -368,11 +367,8 @@ def test_a_backup_whose_journal_does_not_verify_restores_nothing(box, key, tmp_p
     conn.commit()
     conn.close()
     _write_sealed(snapshot, tmp_path / "cut.cbbackup", header, file_key)
-    target = tmp_path / "new-box" / "journal.db"
-    with pytest.raises(BackupError, match=said(f"{tmp_path / 'cut.cbbackup'} does not verify, so nothing was "
-                                               "restored: event 3 is missing: event 4 follows event 2")):
-        restore(tmp_path / "cut.cbbackup", PASSPHRASE, target, os.urandom(32))
-    assert list(target.parent.iterdir()) == []
+    restores_nothing(tmp_path, tmp_path / "cut.cbbackup", f"{tmp_path / 'cut.cbbackup'} does not verify, so nothing "
+                     "was restored: event 3 is missing: event 4 follows event 2")
 
 
 def test_a_backup_of_a_v2_journal_is_restored_brought_up_to_date(tmp_path, key):

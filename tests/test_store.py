@@ -161,19 +161,17 @@ def test_a_scan_the_journal_could_not_record_sounds_an_error_never_good(tmp_path
     assert broken is Signal.ERROR
 
 
-def test_a_write_that_ends_the_whole_transaction_fails_its_group_and_nothing_commits_apart(tmp_path):
-    """As a full disk can: SQLite rolls back everything, so every write of the group is reported failed,
-    and none of them (not even those after it) lands on disk on its own to be booked twice later."""
+def _group_of_three(tmp_path, middle) -> tuple[list, list]:
+    """Sale 1, the write ``middle``, and sale 3, held back until all three wait, so that the store commits
+    them as one group: what each write got (its result or its error), and the events recorded after."""
     async def main():
         store = await Store.open(tmp_path / "journal.db", os.urandom(32))
         gate = threading.Event()
-        await store.write(lambda j: None)
         # Holds the store's thread, so that the next three wait together and form one group.
         blocker = asyncio.ensure_future(store.read(lambda j: gate.wait(5)))
         await asyncio.sleep(0.05)
-        writes = [store.append("sale", {"n": 1}), store.write(lambda j: j._conn.execute("ROLLBACK")),
-                  store.append("sale", {"n": 3})]
-        tasks = [asyncio.ensure_future(w) for w in writes]
+        tasks = [asyncio.ensure_future(w) for w in (store.append("sale", {"n": 1}), store.write(middle),
+                                                    store.append("sale", {"n": 3}))]
         await asyncio.sleep(0.05)
         gate.set()
         await blocker
@@ -182,7 +180,13 @@ def test_a_write_that_ends_the_whole_transaction_fails_its_group_and_nothing_com
         await store.close()
         return results, events
 
-    results, events = run(main())
+    return run(main())
+
+
+def test_a_write_that_ends_the_whole_transaction_fails_its_group_and_nothing_commits_apart(tmp_path):
+    """As a full disk can: SQLite rolls back everything, so every write of the group is reported failed,
+    and none of them (not even those after it) lands on disk on its own to be booked twice later."""
+    results, events = _group_of_three(tmp_path, lambda j: j._conn.execute("ROLLBACK"))
     assert all(isinstance(r, JournalError) for r in results), results
     assert events == []
 
@@ -362,21 +366,6 @@ def test_a_write_that_ends_the_whole_transaction_and_raises_fails_every_write_of
         journal._conn.execute("ROLLBACK")
         return 1 / 0
 
-    async def main():
-        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
-        gate = threading.Event()
-        blocker = asyncio.ensure_future(store.read(lambda j: gate.wait(5)))
-        await asyncio.sleep(0.05)
-        tasks = [asyncio.ensure_future(w) for w in (store.append("sale", {"n": 1}), store.write(ends_and_raises),
-                                                    store.append("sale", {"n": 3}))]
-        await asyncio.sleep(0.05)
-        gate.set()
-        await blocker
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        events = await store.read(lambda j: j.read_after(0))
-        await store.close()
-        return results, events
-
-    results, events = run(main())
+    results, events = _group_of_three(tmp_path, ends_and_raises)
     assert [(type(r), str(r)) for r in results] == [(JournalError, "division by zero")] * 3
     assert events == []
