@@ -30,11 +30,13 @@ def write_slip(path: Path, token: str, shop: Shop, code: ActivationCode, *, font
     import segno
     from PIL import Image, ImageDraw, ImageFont
 
-    kind = {".png": "PNG", ".pdf": "PDF"}.get(path.suffix.lower())
-    if kind is None:
+    if path.suffix.lower() not in (".png", ".pdf"):
         raise CentralError(f"{path}: a slip is a .png or a .pdf")
-    qr = segno.make(token, error="m", micro=False)
-    size = (qr.symbol_size(scale=SCALE, border=4))[0]
+    # Never a Micro QR (a short text could be one), which many scanners do not read; segno's border is
+    # the standard's quiet zone of four modules.
+    qr = segno.make_qr(token, error="m")
+    rows = list(qr.matrix_iter(scale=SCALE))
+    size = len(rows)
     try:
         face = ImageFont.truetype(str(font), 28) if font else ImageFont.load_default(size=28)
         small = ImageFont.truetype(str(font), 20) if font else ImageFont.load_default(size=20)
@@ -55,14 +57,14 @@ def write_slip(path: Path, token: str, shop: Shop, code: ActivationCode, *, font
     slip = Image.new("L", (width, max(size, 40 + 44 * len(lines))), 255)
     matrix = Image.new("1", (size, size), 1)
     pixels = matrix.load()
-    for y, row in enumerate(qr.matrix_iter(scale=SCALE, border=4)):
+    for y, row in enumerate(rows):
         for x, dark in enumerate(row):
             if dark:
                 pixels[x, y] = 0
-    slip.paste(matrix, (0, 0))
+    slip.paste(matrix)
     draw = ImageDraw.Draw(slip)
     y = 30
     for typeface, text in lines:
         draw.text((size + 40, y), text, font=typeface, fill=0)
         y += 44
-    slip.save(path, kind, dpi=(DPI, DPI)) if kind == "PNG" else slip.save(path, kind, resolution=DPI)
+    slip.save(path, dpi=(DPI, DPI))  # the format by the suffix; a PDF's page is then the slip's printed size

@@ -216,6 +216,23 @@ def test_a_slip_is_a_png_or_a_pdf_and_its_font_must_be_one(tmp_path):
     assert not (tmp_path / "slip.png").exists()
 
 
+def test_a_suffix_in_capitals_is_the_same_kind_of_slip(tmp_path):
+    token, issued = _token(MENGZI)
+    write_slip(tmp_path / "SLIP.PNG", token, MENGZI, issued)
+    write_slip(tmp_path / "SLIP.PDF", token, MENGZI, issued)
+    assert Image.open(tmp_path / "SLIP.PNG").format == "PNG"
+    assert (tmp_path / "SLIP.PDF").read_bytes().startswith(b"%PDF-")
+
+
+def test_a_short_text_is_still_a_full_qr_code_never_a_micro_one_many_scanners_cannot_read(tmp_path):
+    """A code is a long signed text; the slip holds whatever it is given as a full QR code all the same."""
+    _, issued = _token(MENGZI)
+    write_slip(tmp_path / "slip.png", "CB1", MENGZI, issued)
+    slip = Slip(Image.open(tmp_path / "slip.png"))
+    assert (slip.qr.format.name, slip.qr.text) == ("QRCode", "CB1")
+    assert slip.left >= 4 * slip.module and slip.top >= 4 * slip.module
+
+
 def test_issuing_a_code_with_a_slip_prints_it_keeps_the_code_and_names_the_slip(tmp_path):
     """`counterbox-ops activation issue --slip`, in this process: the slip holds the code central kept."""
     db, key = tmp_path / "central.db", tmp_path / "ops.key"
