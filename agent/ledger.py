@@ -125,6 +125,7 @@ _NUMBERS = ("quantity", "packs", "unit_price", "list_price", "cost", "amount", "
 # And its names, each text when present: a product that was a number would fold, then stop every report
 # that sorts the shop's products.
 _TEXTS = ("product", "day", "name", "product_name", "code", "unit")
+_TYPED = tuple((name, int) for name in _NUMBERS) + tuple((name, str) for name in _TEXTS)
 
 RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's totals): today, and a clock that jumped
 
@@ -162,10 +163,12 @@ class Ledger:
         if handler is not None:
             # Its numbers are checked before anything is folded: one that fails half way would leave
             # a product's figures changed by an event the totals never counted.
-            if not (all(type(body.get(name)) is int or body.get(name) is None for name in _NUMBERS)
-                    and all(type(body.get(name)) is str or body.get(name) is None for name in _TEXTS)):
-                self.unreadable.append(seq)
-                return
+            get = body.get
+            for name, wanted in _TYPED:
+                value = get(name)
+                if value is not None and type(value) is not wanted:
+                    self.unreadable.append(seq)
+                    return
             try:
                 handler(self, seq, body)
             except (KeyError, TypeError, ValueError, AttributeError):

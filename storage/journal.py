@@ -75,6 +75,9 @@ _COLUMNS = "seq, kind, key_id, sealed"
 # A NUL in the event's JSON: an escape behind an even number of backslashes (as provisioning/protocol.py
 # refuses it on the wire).
 _NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+# An event's body as it is sealed: canonical (sorted keys, no spaces), UTF-8 as it is, no NaN. One
+# encoder for every event: json.dumps with options builds a new one at each call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False).encode
 
 
 def _indexed(kind: str) -> str:
@@ -238,8 +241,7 @@ class Journal:
         try:
             # UTF-8 strictly, as a batch carries it: text with a lone surrogate (a file name that was not
             # UTF-8) is refused here, not recorded and then left unsendable at the head of the outbox.
-            plaintext = json.dumps(body, separators=(",", ":"), sort_keys=True, ensure_ascii=False,
-                                   allow_nan=False).encode()
+            plaintext = _ENCODE(body).encode()
         except UnicodeEncodeError:
             raise JournalError(f"a {kind} event holds text that is not UTF-8 (bytes a file name or file "
                                "carried undecoded); it was not recorded") from None
