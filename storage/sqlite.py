@@ -96,7 +96,6 @@ class transaction:
     def __init__(self, conn: sqlite3.Connection, *, mode: str = "IMMEDIATE") -> None:
         self._conn = conn
         self._mode = mode
-        self._nested = False
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self._conn
@@ -104,16 +103,15 @@ class transaction:
         conn.execute(f"SAVEPOINT {_SAVEPOINT}" if self._nested else f"BEGIN {self._mode}")
         return conn
 
-    def __exit__(self, kind, error, traceback) -> bool:
-        if kind is None:
-            try:
-                self._conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
-            except BaseException:
-                self._roll_back()  # a commit that failed (a full disk, a busy lock) leaves nothing half done
-                raise
-            return False
-        self._roll_back()
-        return False
+    def __exit__(self, kind, error, traceback) -> None:  # never swallows the error: it goes on after the rollback
+        if kind is not None:
+            self._roll_back()
+            return
+        try:
+            self._conn.execute(f"RELEASE {_SAVEPOINT}" if self._nested else "COMMIT")
+        except BaseException:
+            self._roll_back()  # a commit that failed (a full disk, a busy lock) leaves nothing half done
+            raise
 
     def _roll_back(self) -> None:
         conn = self._conn
