@@ -281,6 +281,31 @@ def _activation_waiting(args) -> int:
     return 0
 
 
+def _activation_codes(args) -> int:
+    """The codes issued and what became of each: used (when, by which box), open (until when), expired."""
+    store = CentralStore(args.central_db)
+    try:
+        if args.shop is not None and store.shop(args.shop) is None:
+            raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
+        codes = store.codes(args.shop)
+    finally:
+        store.close()
+    now = time.time()
+    for code in codes:
+        code["state"] = "used" if code["used_by"] is not None else ("expired" if now > code["expires_at"] else "open")
+        for name in ("issued_at", "expires_at", "used_at"):
+            code[name] = protocol.rfc3339(code[name]) if code[name] is not None else None
+        if args.json:
+            print(json.dumps(code))
+            continue
+        meant_for = f"device {code['device']}" if code["device"] else "any new box"
+        said = {"used": f"used {code['used_at']} by {code['used_by']}",
+                "open": f"open until {code['expires_at']}, for {meant_for}",
+                "expired": f"expired {code['expires_at']}, unused (was for {meant_for})"}[code["state"]]
+        print(f"{code['code']:24} shop {code['shop']:16} {said}")
+    return 0
+
+
 def _revoke(args) -> int:
     """Take a box out of service: it delivers what it holds, then erases itself (docs/protocol.md)."""
     # Everything that can fail before the revocation is signed is checked before the box is marked
@@ -385,6 +410,14 @@ def parser() -> argparse.ArgumentParser:
                          help="central's database: a SQLite file or a PostgreSQL URL")
     waiting.add_argument("--json", action="store_true", help="one JSON object per box, for programs")
     waiting.set_defaults(func=_activation_waiting)
+
+    codes = activation_.add_parser("codes", help="the codes issued, newest first: used (when, by which box), open "
+                                                 "(until when) or expired; never the codes themselves")
+    codes.add_argument("--central-db", type=database, required=True,
+                       help="central's database: a SQLite file or a PostgreSQL URL")
+    codes.add_argument("--shop", metavar="LICENCE", help="only this shop's codes")
+    codes.add_argument("--json", action="store_true", help="one JSON object per code, for programs")
+    codes.set_defaults(func=_activation_codes)
 
     prices = commands.add_parser("prices", help="price lists").add_subparsers(dest="action", required=True)
     push = prices.add_parser("push", help="sign a price list (CSV: barcode,name,price) and push it to a region or device")

@@ -549,6 +549,17 @@ class CentralStore:
             conn.execute(waiting.delete().where(waiting.c.device_id == device_id))
         return shop
 
+    def codes(self, shop: str | None = None) -> list[dict[str, Any]]:
+        """The activation codes issued (``shop``'s alone, given its licence), newest first; never their tokens,
+        which activate a box for the shop while they are unused."""
+        codes = activation_codes
+        query = sa.select(codes.c.code_id, codes.c.shop, codes.c.device, codes.c.issued_at, codes.c.expires_at,
+                          codes.c.used_by, codes.c.used_at).order_by(codes.c.issued_at.desc(), codes.c.code_id)
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(query if shop is None else query.where(codes.c.shop == shop)).all()
+        return [dict(zip(("code", "shop", "device", "issued_at", "expires_at", "used_by", "used_at"), row))
+                for row in rows]
+
     def waiting(self, device_id: str, public_key: str, agent_version: str, seen_at: float) -> None:
         """A box waiting for activation said hello."""
         with self._transaction() as conn:

@@ -486,6 +486,23 @@ def test_a_code_issued_for_one_waiting_box_activates_no_other(store, shop):
     assert store.activate("code-2", "token-2", device_id="cb-a", public_key="key-a", now=2000.0) == shop
 
 
+def test_the_codes_issued_are_listed_newest_first_with_who_used_each_and_when_never_their_tokens(store, shop):
+    store.add_shop(Shop("530100000002", "Jianshui No. 2", "honghe", monitoring=False))
+    store.add_code("code-2", shop=shop.licence, token="token-2", device="cb-b", issued_at=3000.0, expires_at=9000.0)
+    store.add_code("code-3", shop="530100000002", token="token-3", device=None, issued_at=2000.0, expires_at=6000.0)
+    store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2500.0)
+    store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2600.0)  # asked again: first use kept
+    assert store.codes() == [
+        {"code": "code-2", "shop": shop.licence, "device": "cb-b", "issued_at": 3000.0, "expires_at": 9000.0,
+         "used_by": None, "used_at": None},
+        {"code": "code-3", "shop": "530100000002", "device": None, "issued_at": 2000.0, "expires_at": 6000.0,
+         "used_by": None, "used_at": None},
+        {"code": "code-1", "shop": shop.licence, "device": None, "issued_at": 1000.0, "expires_at": 5000.0,
+         "used_by": "cb-a", "used_at": 2500.0}]
+    assert [code["code"] for code in store.codes(shop.licence)] == ["code-2", "code-1"]
+    assert store.codes("530100000404") == []
+
+
 def test_a_registered_box_is_not_activated_again_by_a_new_code(store, shop):
     store.register("cb-a", "key-a", shop="530100000002", region="kunming")
     with pytest.raises(ActivationRefused, match="^device cb-a is registered with another key$"):

@@ -517,6 +517,52 @@ def test_boxes_waiting_for_activation_are_listed_newest_first_for_people_and_pro
         ("cb-newer", "2025-11-24T16:10:00.000Z", "1.3.0"), ("cb-older", "2025-11-24T16:00:00.000Z", "1.2.0")]
 
 
+def test_the_codes_issued_say_for_people_and_programs_which_were_used_by_which_box_and_which_are_open(tmp_path,
+                                                                                                     ops_key):
+    import time
+
+    db = tmp_path / "central.db"
+    for licence, name in (("530100000001", "Mengzi"), ("530100000002", "Jianshui")):
+        assert ops("shop", "add", "--central-db", str(db), "--licence", licence, "--name", name).returncode == 0
+    issued = {}
+    for name, shop, extra in (("used", "530100000001", []), ("open", "530100000001", ["--device", "cb-remote"]),
+                              ("other shop", "530100000002", [])):
+        result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", shop,
+                     "--slip", str(tmp_path / f"{shop}.png"), *extra)
+        assert result.returncode == 0, result.stderr
+        issued[name] = json.loads(result.stdout)
+        time.sleep(0.01)  # issued one after another: newest first
+    store = CentralStore(db)
+    try:
+        tokens = dict(store.conn.execute("SELECT code_id, token FROM activation_codes").fetchall())
+        used = issued["used"]["code"]
+        store.activate(used, tokens[used], device_id="cb-site", public_key=KEY_WITH_A_DASH, now=1_764_000_300.0)
+        # Issued an hour ago for an hour: expired, never used.
+        store.add_code("old-code", shop="530100000001", token="t", device=None, issued_at=time.time() - 3600,
+                       expires_at=time.time() - 1)
+    finally:
+        store.close()
+    rows = [json.loads(line) for line in ops("activation", "codes", "--central-db", str(db), "--json").stdout.splitlines()]
+    assert [(row["code"], row["shop"], row["state"], row["used_by"]) for row in rows] == [
+        (issued["other shop"]["code"], "530100000002", "open", None),
+        (issued["open"]["code"], "530100000001", "open", None),
+        (issued["used"]["code"], "530100000001", "used", "cb-site"),
+        ("old-code", "530100000001", "expired", None)]
+    assert rows[2]["used_at"] == "2025-11-24T16:05:00.000Z"
+    assert rows[1]["expires_at"] == issued["open"]["expires_at"] and rows[1]["device"] == "cb-remote"
+    table = ops("activation", "codes", "--central-db", str(db), "--shop", "530100000001")
+    assert table.returncode == 0
+    assert table.stdout.splitlines() == [
+        f"{issued['open']['code']:24} shop 530100000001     open until {issued['open']['expires_at']}, for device cb-remote",
+        f"{used:24} shop 530100000001     used 2025-11-24T16:05:00.000Z by cb-site",
+        f"{'old-code':24} shop 530100000001     expired {rows[3]['expires_at']}, unused (was for any new box)"]
+    printed = ops("activation", "codes", "--central-db", str(db)).stdout + json.dumps(rows)
+    assert not [token for token in tokens.values() if token in printed]  # a code unused activates a box: never shown
+    unknown = ops("activation", "codes", "--central-db", str(db), "--shop", "530100000404")
+    assert (unknown.returncode, unknown.stdout, unknown.stderr) == (
+        2, "", "counterbox-ops: error: shop 530100000404 is not registered (counterbox-ops shop add)\n")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--push"], "--push sends the code to one waiting box: name it with --device"),
     (["--shop", "530100000404"], "shop 530100000404 is not registered (counterbox-ops shop add)"),
