@@ -167,10 +167,9 @@ def decode_request(token: bytes, *, device: str) -> Request:
     device id derived from that key (``cb-...``): no box can ask under another's id, or a name."""
     try:
         header = jws.unverified_header(token.decode("ascii", errors="replace"))
-        payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
-        public_key = parse_public_key(payload["public_key"])
-    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError, RecursionError):
+    except SignatureError:
         raise ProtocolError("not an activation request: it names no public key") from None
+    public_key = _named_key(token, "an activation request")
     if header.get("kid") != device:
         raise ProtocolError(f"request kid {header.get('kid')!r} is not the topic's device {device!r}")
     _, payload = _open(token, public_key, typ=REQUEST_TYPE)
@@ -178,7 +177,19 @@ def decode_request(token: bytes, *, device: str) -> Request:
             or not isinstance(payload.get("broker_password"), str):
         raise ProtocolError("request lacks its device, code or broker password")
     _check_derived(device, public_key)
-    return Request(payload["public_key"], payload["code"], payload["broker_password"])
+    return Request(public_key_text(public_key), payload["code"], payload["broker_password"])
+
+
+def _named_key(token: bytes, what: str) -> Ed25519PublicKey:
+    """The public key a box's message names, to verify the message with (it signs with that key)."""
+    try:
+        named = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))["public_key"]
+    except (SignatureError, ValueError, KeyError, TypeError, IndexError, RecursionError):
+        raise ProtocolError(f"not {what}: it names no public key") from None
+    try:
+        return parse_public_key(named)
+    except IdentityError as error:
+        raise ProtocolError(f"not {what}: {error}") from None
 
 
 def _check_derived(device: str, public_key: Ed25519PublicKey) -> None:
@@ -212,11 +223,7 @@ def encode_hello(device: str, key: Ed25519PrivateKey, *, agent_version: str, sen
 
 
 def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))
-        public_key = parse_public_key(payload["public_key"])
-    except (SignatureError, ValueError, KeyError, TypeError, IndexError, IdentityError, RecursionError):
-        raise ProtocolError("not a hello: it names no public key") from None
+    public_key = _named_key(token, "a hello")
     header, payload = _open(token, public_key, typ=HELLO_TYPE)
     if header.get("kid") != device or payload.get("device") != device:
         raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
@@ -225,5 +232,5 @@ def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
     # Anyone may say hello: what operations are shown of it is printable text, never a terminal's control.
     if not isinstance(version, str) or len(version) > 64 or not version.isprintable():
         raise ProtocolError("hello lacks an agent version of at most 64 printable characters")
-    return payload
+    return {**payload, "public_key": public_key_text(public_key)}  # the key in its one spelling
 

@@ -103,6 +103,10 @@ def broker_password(key: Ed25519PrivateKey) -> str:
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
+    """The key ``text`` names: base64url of its 32 bytes, as ``public_key_text`` writes it (spaces around
+    it aside, for a key pasted into a file). A key that is no point of the curve, or one of its few
+    points of small order, is refused: a small-order key "verifies" signatures nobody made (the identity
+    point verifies any message with a signature of zeros), so it proves no one holds it."""
     if not isinstance(text, str):  # a JSON document's value may be anything
         raise IdentityError(f"{text!r} is not an Ed25519 public key (base64url of 32 bytes)")
     try:
@@ -111,4 +115,43 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
         raw = b""
     if len(raw) != 32:
         raise IdentityError(f"{text!r} is not an Ed25519 public key (base64url of 32 bytes)")
+    point = _point(raw)
+    if point is None:
+        raise IdentityError(f"{text!r} is not an Ed25519 public key: not a point of the curve in its one encoding")
+    if _small_order(point):
+        raise IdentityError(f"{text!r} is not an Ed25519 public key anyone holds: a point of small order, "
+                            "which verifies signatures no private key made")
     return Ed25519PublicKey.from_public_bytes(raw)
+
+
+# edwards25519 (RFC 8032, section 5.1): -x^2 + y^2 = 1 + d x^2 y^2 over the field of P elements.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _point(raw: bytes) -> tuple[int, int] | None:
+    """The affine point 32 bytes encode (RFC 8032, 5.1.3), or None: a y at or above P (a second
+    encoding of a point), or no x that solves the curve's equation."""
+    y = int.from_bytes(raw, "little")
+    sign, y = y >> 255, y & ((1 << 255) - 1)
+    if y >= _P:
+        return None
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P or (x == 0 and sign):
+        return None
+    return (_P - x if x & 1 != sign else x), y
+
+
+def _small_order(point: tuple[int, int]) -> bool:
+    """Whether eight times ``point`` is the identity (0, 1): the curve's cofactor is 8, so the points of
+    small order are exactly those."""
+    x, y = point
+    for _ in range(3):  # doubled three times; the curve's addition law is complete, so no case is special
+        xx, yy = x * x % _P, y * y % _P
+        dxxyy = _D * xx * yy % _P
+        x, y = 2 * x * y * pow(1 + dxxyy, _P - 2, _P) % _P, (yy + xx) * pow(1 - dxxyy, _P - 2, _P) % _P
+    return (x, y) == (0, 1)

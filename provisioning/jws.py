@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -28,7 +29,20 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+# The value of the last character's bits that encode nothing, by the text's length modulo 4: zero in
+# the one encoding of the bytes (RFC 4648, section 3.5), so no two texts decode to the same bytes.
+_SPARE_BITS = {2: 0x0F, 3: 0x03}
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
 def b64url_decode(text: str) -> bytes:
+    """Base64url without padding, as JWS writes it (RFC 7515, section 2), and only that: padding, the
+    ``+/`` alphabet, spaces and spare bits that are not zero are refused, not read past."""
+    if not isinstance(text, str) or not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise SignatureError("not base64url")
+    if text and _ALPHABET.index(text[-1]) & _SPARE_BITS.get(len(text) % 4, 0):
+        raise SignatureError("not base64url")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
@@ -49,11 +63,20 @@ def unverified_header(token: str) -> dict[str, Any]:
     if len(parts) != 3:
         raise SignatureError(f"not a JWS compact token: {len(parts)} parts instead of 3")
     try:
-        header = json.loads(b64url_decode(parts[0]))
+        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_unique)
     except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
-        raise SignatureError("the protected header is not JSON") from None
+        raise SignatureError("the protected header is not JSON with each name once") from None
     if not isinstance(header, dict):
         raise SignatureError("the protected header is not a JSON object")
+    return header
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A header naming a parameter twice is refused (RFC 7515, section 4): which of the two a reader
+    takes would decide what it checks."""
+    header = dict(pairs)
+    if len(header) != len(pairs):
+        raise ValueError("a header parameter named twice")
     return header
 
 
@@ -62,8 +85,10 @@ def verify(token: str, key: Ed25519PublicKey) -> tuple[dict[str, Any], bytes]:
     header = unverified_header(token)
     if header.get("alg") != ALG:
         raise SignatureError(f"algorithm {header.get('alg')!r} refused: only {ALG} is accepted")
-    if header.get("crit"):
+    if "crit" in header:  # no extension is understood here: any named critical is refused (RFC 7515, 4.1.11)
         raise SignatureError(f"unsupported critical header parameters {header['crit']!r}")
+    if header.get("b64", True) is not True:  # an unencoded payload (RFC 7797) is no payload of this protocol
+        raise SignatureError("an unencoded payload (b64) is refused")
     signing_input, _, signature = token.rpartition(".")
     try:
         key.verify(b64url_decode(signature), signing_input.encode())

@@ -92,6 +92,39 @@ def test_a_request_proves_the_box_holds_the_key_it_names(ops):
         activation.decode_hello(activation.encode_hello(device, box, agent_version="x" * 65, sent_at=NOW), device=device)
 
 
+def test_a_hello_or_request_naming_a_key_of_small_order_is_refused_though_its_signature_verifies(ops):
+    """The identity point as a box's key "verifies" a signature of R = identity, S = 0 on any message: a
+    box nobody holds would be activated, and anyone could then sign its batches."""
+    identity = bytes([1]) + bytes(31)
+    nobody = Ed25519PrivateKey.generate()  # only for the device id's shape; the key named is the identity
+    device = device_id_for(nobody)
+
+    def forged(payload: dict, typ: str) -> bytes:
+        signing_input = (f"{jws.b64url(json.dumps({'alg': 'Ed25519', 'kid': device, 'typ': typ}).encode())}."
+                         f"{jws.b64url(json.dumps({'v': 1, **payload}).encode())}")
+        return f"{signing_input}.{jws.b64url(identity + bytes(32))}".encode()
+
+    named = {"device": device, "public_key": jws.b64url(identity), "sent_at": "2025-11-24T16:00:00.000Z"}
+    refused = f"{jws.b64url(identity)!r} is not an Ed25519 public key anyone holds: a point of small order"
+    with pytest.raises(ProtocolError, match=re.escape(f"not a hello: {refused}")):
+        activation.decode_hello(forged({**named, "agent_version": "1.0"}, activation.HELLO_TYPE), device=device)
+    token = activation.encode_code(code(), key=ops, kid=key_id(ops))
+    with pytest.raises(ProtocolError, match=re.escape(f"not an activation request: {refused}")):
+        activation.decode_request(forged({**named, "code": token, "broker_password": "x"}, activation.REQUEST_TYPE),
+                                  device=device)
+
+
+def test_a_key_a_box_names_with_spaces_around_it_is_kept_in_its_one_spelling():
+    box = Ed25519PrivateKey.generate()
+    device = device_id_for(box)
+    spaced = {"device": device, "public_key": f" {public_key_text(box)}\n", "sent_at": "2025-11-24T16:00:00.000Z"}
+    hello = activation._sign({**spaced, "agent_version": "1.0"}, box, kid=device, typ=activation.HELLO_TYPE)
+    assert activation.decode_hello(hello, device=device)["public_key"] == public_key_text(box)
+    request = activation._sign({**spaced, "code": "c", "broker_password": "p"}, box, kid=device,
+                               typ=activation.REQUEST_TYPE)
+    assert activation.decode_request(request, device=device).public_key == public_key_text(box)
+
+
 def test_a_result_must_be_centrals_for_this_box():
     central, device = Ed25519PrivateKey.generate(), "cb-box"
     accepted = {"accepted": True, "code": "c0de", "shop": SHOP.licence, "region": "honghe", "monitoring": False}

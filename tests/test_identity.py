@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import stat
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from provisioning.identity import IdentityError, create_key, key_pem, load_key, public_key_text
+from provisioning import jws
+from provisioning.identity import IdentityError, create_key, key_pem, load_key, parse_public_key, public_key_text
 
 
 def _library_pem(key, encryption=serialization.NoEncryption()) -> bytes:
@@ -45,3 +47,71 @@ def test_anything_else_in_the_key_file_is_named(tmp_path, other, named):
     (tmp_path / "k.pem").write_bytes(other())
     with pytest.raises(IdentityError, match=named):
         load_key(tmp_path / "k.pem")
+
+
+P = 2**255 - 19  # the field of edwards25519
+
+
+def _encoded(y: int, *, x_odd: bool = False) -> str:
+    return jws.b64url((y | (x_odd << 255)).to_bytes(32, "little"))
+
+
+# Every point of order 1, 2, 4 or 8 (the curve's cofactor is 8), in each sign of x it has: the keys
+# libsodium refuses as of small order. None has a private key; the first "verifies" any message.
+SMALL_ORDER = {
+    "identity (order 1)": _encoded(1),
+    "(0, -1) (order 2)": _encoded(P - 1),
+    "(sqrt(-1), 0) (order 4)": _encoded(0),
+    "(-sqrt(-1), 0) (order 4)": _encoded(0, x_odd=True),
+    "order 8": "JuiVj8KyJ7BFw_SJ8u-Y8NXfrAXTxjM5sTgCiG1T_AU",
+    "order 8, x negated": "JuiVj8KyJ7BFw_SJ8u-Y8NXfrAXTxjM5sTgCiG1T_IU",
+    "order 8, the other": "xxdqcD1N2E-6PAt2DRBnDyogU_osOczGTsf9d5KsA3o",
+    "order 8, the other, x negated": "xxdqcD1N2E-6PAt2DRBnDyogU_osOczGTsf9d5KsA_o",
+}
+
+
+@pytest.mark.parametrize("text", SMALL_ORDER.values(), ids=SMALL_ORDER.keys())
+def test_a_public_key_of_small_order_is_refused_since_it_verifies_signatures_nobody_made(text):
+    with pytest.raises(IdentityError, match=re.escape(f"{text!r} is not an Ed25519 public key anyone holds: a point "
+                                                      "of small order")):
+        parse_public_key(text)
+
+
+def test_the_identity_key_would_verify_any_message_with_a_signature_of_zeros():
+    """Why the refusal above matters, shown with the library the box verifies with: R the identity, S zero."""
+    from cryptography.exceptions import InvalidSignature
+
+    identity = bytes([1]) + bytes(31)
+    try:
+        ed25519.Ed25519PublicKey.from_public_bytes(identity).verify(identity + bytes(32), b"a sale nobody made")
+    except InvalidSignature:
+        pytest.skip("this OpenSSL refuses the identity's signature itself; the key is refused all the same")
+
+
+@pytest.mark.parametrize("text, why", [
+    (_encoded(P), "y = P: the point (sqrt(-1), 0) spelt a second way"),
+    (_encoded(P + 1), "y = P + 1: the identity spelt a second way"),
+    (_encoded(1, x_odd=True), "x = 0 cannot be negative"),
+    (_encoded(2), "y = 2: no x solves the curve's equation"),
+])
+def test_a_public_key_that_is_no_point_in_its_one_encoding_is_refused(text, why):
+    with pytest.raises(IdentityError, match="not a point of the curve in its one encoding"):
+        parse_public_key(text)
+
+
+def test_a_public_key_is_read_only_in_base64url_without_padding_or_stray_bits():
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    text = public_key_text(key)
+    assert parse_public_key(f"  {text}\n").public_bytes_raw() == key.public_bytes_raw()  # pasted into a file
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".index(text[-1])
+    stray = text[:-1] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[last | 1]  # a spare bit set
+    standard = text.replace("-", "+").replace("_", "/")
+    for spelt in (text + "=", stray, text[:20] + " " + text[20:]) + ((standard,) if standard != text else ()):
+        with pytest.raises(IdentityError, match="base64url of 32 bytes"):
+            parse_public_key(spelt)
+
+
+def test_every_key_a_box_makes_is_taken():
+    for _ in range(200):
+        key = ed25519.Ed25519PrivateKey.generate().public_key()
+        assert parse_public_key(public_key_text(key)).public_bytes_raw() == key.public_bytes_raw()

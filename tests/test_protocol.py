@@ -125,6 +125,38 @@ def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge,
         protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
 
 
+def _header_text(text: str, payload: bytes, key) -> bytes:
+    """A token whose protected header is ``text`` exactly as written (a name twice, say), rightly signed."""
+    signing_input = f"{jws.b64url(text.encode())}.{jws.b64url(payload)}"
+    return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
+
+
+def _respelt_signature(token: bytes, respell) -> bytes:
+    head, _, signature = token.decode().rpartition(".")
+    return f"{head}.{respell(signature)}".encode()
+
+
+@pytest.mark.parametrize("forge, reason", [
+    # Which of two names a reader takes would decide what it checks: RFC 7515 lets a parser refuse them.
+    (lambda key, payload: _header_text(f'{{"alg":"none","alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
+                                       payload, key), "the protected header is not JSON with each name once"),
+    (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"x","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
+                                       payload, key), "the protected header is not JSON with each name once"),
+    (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE,
+                                                            "crit": []}), "unsupported critical header parameters []"),
+    (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE,
+                                                            "b64": False}), "an unencoded payload (b64) is refused"),
+    (lambda key, payload: _respelt_signature(signed(good_payload(), key), lambda s: s + "=="), "not base64url"),
+    # 64 bytes are 86 characters, the last one's low 4 bits encoding nothing: A, Q, g or w, and nothing else.
+    (lambda key, payload: _respelt_signature(signed(good_payload(), key),
+                                             lambda s: s[:-1] + {"A": "B", "Q": "R", "g": "h", "w": "x"}[s[-1]]),
+     "not base64url"),
+], ids=["alg-twice", "kid-twice", "crit-empty", "b64-false", "padded-signature", "signature-spare-bits"])
+def test_a_token_is_read_in_its_one_spelling_or_refused(key, forge, reason):
+    with pytest.raises(SignatureError, match=re.escape(reason)):
+        protocol.decode_batch(forge(key, json.dumps(good_payload()).encode()), device=DEVICE, key=key.public_key())
+
+
 def test_a_message_over_the_limit_is_refused_before_it_is_verified(key):
     with pytest.raises(ProtocolError, match=f"over the protocol's limit of {protocol.MAX_TOKEN_BYTES}"):
         protocol.decode_batch(b"A" * (protocol.MAX_TOKEN_BYTES + 1), device=DEVICE, key=key.public_key())
