@@ -43,6 +43,11 @@ logger = logging.getLogger(__name__)
 # Records a scan (or a refused one) and says how it went; raises nothing for a scan it could
 # not record (that is Signal.ERROR).
 OnScan = Callable[[Scan | NotABarcode | Keypress], Awaitable[Signal]]
+
+# A keyboard only watched (the shop's own, as far as anyone knows) is taken by a barcode of at least
+# this many characters typed at a scanner's pace: a person may hit a key or two and Enter that fast,
+# hardly four (a product's barcode has 8 or more, the control sheet's codes 4 or more).
+TAKEN_AT = 4
 # Records that a scanner was taken or went away: {"state", "scanner", "driver", "name", "usb_id", ...}.
 OnDevice = Callable[[dict], Awaitable[None]]
 
@@ -249,6 +254,8 @@ class Scanners:
                         self._record(output, result)
                     return
                 if watch:
+                    if len(result.text) < TAKEN_AT:  # a key or two a person hit quickly: none of our business
+                        return
                     source.grab()
                     watch = False
                     logger.info("scanner taken %s: typed a barcode at %.1f ms per key", path, result.slowest_key * 1000)

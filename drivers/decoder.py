@@ -55,9 +55,15 @@ DROPPED = "the kernel dropped events (SYN_DROPPED) inside this scan"
 STARTED_UNSEEN = "the scan had begun before the scanner was opened"
 CUT_OFF = "the scan stopped without its terminator"
 CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
+CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be told"
+ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
+NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 # After a scan stopped without its terminator, whatever follows up to the next terminator is its
 # tail, however long the scanner paused, unless nothing at all comes for this long.
 CUT_OFF_QUIET = 1.0  # seconds
+# How far behind the last key's time stamp the clock ``idle`` is given may be (events stamped ahead of
+# it, as a recording written at once) before the clock is taken to have been stepped back.
+CLOCK_SLACK = 1.0  # seconds
 
 TERMINATOR_KEYS = {"enter": ecodes.KEY_ENTER, "kp_enter": ecodes.KEY_KPENTER, "tab": ecodes.KEY_TAB}
 # Characters that end a barcode when their terminator is configured, however typed (Ctrl+M, Ctrl+J).
@@ -125,6 +131,8 @@ class Decoder:
         self._chars: list[str] = []
         self._times: list[float] = []
         self._held: set[int] = set()  # non-modifier keys down
+        self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
+        self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
         self._mods_since_char: set[int] = set()
         self._mods_held: set[int] = set()
         self._dropping = False
@@ -182,12 +190,18 @@ class Decoder:
                 if self.resync_pending and held_keys is not None:
                     held = held_keys()
                     self.resync(held if held is not None else frozenset())
+                    # The device was asked now, after all of this read was taken from the kernel: a key it
+                    # says is down may have its key-down still ahead here. That press is the one the device
+                    # reported, not a second one (which would teach key-down-only).
+                    self._reported = set(self._held)
                     logger.warning("scanner %s: the kernel dropped events; key state %s", self.source,
                                    "read from the device" if held is not None else "reset (the source cannot be asked)")
             else:
                 continue  # EV_MSC scan codes, LEDs, ...: the key events say it all
             if result is not None:
                 results.append(result)
+        if self._reported:
+            self._reported.clear()  # a later read's key-down of a key held since is pressed again
         return results
 
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
@@ -200,9 +214,15 @@ class Decoder:
             return ended
         if not down:  # (only modifiers and locks change the key state: nothing to tell it)
             self._held.discard(code)
+            self._sends_key_ups = True
             return ended
         if code in self._held and not self.key_down_only:
-            self._learn_key_down_only()
+            if code in self._reported:  # the press the device said was down: pressed once
+                self._reported.discard(code)
+            elif not self._sends_key_ups:
+                # Pressed again while down: a scanner that sends no key-ups (one that has sent some lost
+                # one, and its Shift held over several characters stays held).
+                self._learn_key_down_only()
         self._held.add(code)
         terminator = code in self._terminator_codes
         char = ""
@@ -277,17 +297,19 @@ class Decoder:
         With no terminator configured, a pause ends the barcode; with one, a burst that
         stopped without it is refused; and a pause ends a broken scan, refused.
         """
+        # A clock stepped back since the last key (``now`` well before it) is a pause of unknown length:
+        # never a reason to hold part of a scan, to which the next scan would then be joined.
         if self._broken is not None:
             if self._broken_last is not None:
-                quiet = now - self._broken_last > self.settings.max_key_interval
+                quiet = not -CLOCK_SLACK <= now - self._broken_last <= self.settings.max_key_interval
             else:
-                quiet = now - self._broken_since > self._broken_quiet
+                quiet = not -CLOCK_SLACK <= now - self._broken_since <= self._broken_quiet
             return self._end_broken() if quiet else None
         if not self._chars:
             return None
         if not self.settings.terminators:
             return self._finish(self._times[-1])
-        if now - self._times[-1] > self.idle_after:
+        if not -CLOCK_SLACK <= now - self._times[-1] <= self.idle_after:
             # Refused now (the retailer hears it at once); its tail, should the scanner go on,
             # is refused too, up to the terminator: never booked as a code of its own.
             head = NotABarcode(self._take(), self.source, CUT_OFF)
@@ -317,8 +339,12 @@ class Decoder:
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
         text = self._take()
-        gaps = [b - a for a, b in zip(times, times[1:])]
-        slowest = max(gaps, default=0.0)
+        # From key to key, and from the last key to the terminator (``t``; the last key itself when a
+        # pause ended the scan): one character and Enter typed by a person are two keys at a person's pace.
+        gaps = [b - a for a, b in zip(times, times[1:] + [t])]
+        slowest = max(gaps)
+        if min(gaps) < 0:
+            return NotABarcode(text, self.source, CLOCK_BACK)
         if slowest > self.settings.max_key_interval:
             gaps.sort()
             median = gaps[len(gaps) // 2]
@@ -327,12 +353,15 @@ class Decoder:
                 f"typed, not scanned: {median * 1000:.0f} ms per key (median), a pause of {slowest * 1000:.0f} ms; "
                 f"a scanner types faster than {self.settings.max_key_interval * 1000:.0f} ms per key",
             )
+        if len(times) == 1 and not self.settings.terminators:
+            return NotABarcode(text, self.source, ONE_KEY)
+        whole = text
         if self.settings.prefix and text.startswith(self.settings.prefix):
             text = text[len(self.settings.prefix):]
         if self.settings.suffix and text.endswith(self.settings.suffix):
             text = text[: -len(self.settings.suffix)]
         if not text:
-            return None
+            return NotABarcode(whole, self.source, NOTHING_BUT_AFFIXES)
         return Scan(text, self.source, times[0], t, slowest)
 
     def _take(self) -> str:
@@ -344,9 +373,15 @@ class Decoder:
     # -- the device ---------------------------------------------------------------
 
     def resync(self, held: frozenset[int]) -> None:
-        """Take the key state from the device (EVIOCGKEY) after SYN_DROPPED, rather than guess it."""
+        """Take the key state from the device (EVIOCGKEY) after SYN_DROPPED, rather than guess it.
+
+        Caps Lock and Num Lock stay as they were: the device says which keys are down, not what the
+        locks are (the host keeps them, and a grabbed scanner's LEDs say nothing)."""
         self.resync_pending = False
-        self._state.reset(held=held)
+        self._reset_keys(held, keep_locks=True)
+
+    def _reset_keys(self, held: frozenset[int], *, keep_locks: bool) -> None:
+        self._state.reset(held=held, keep_locks=keep_locks)
         self._held = {code for code in held if not self._state.is_modifier(code)}
         self._mods_held = {code for code in held if self._state.is_modifier(code)}
         self._mods_since_char.clear()
@@ -356,5 +391,6 @@ class Decoder:
         partial = "".join(self._broken_text) + self._take()
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
         self._dropping = False
-        self.resync(frozenset())
+        self.resync_pending = False
+        self._reset_keys(frozenset(), keep_locks=False)
         return partial

@@ -30,7 +30,7 @@ class KeyState(Protocol):
     def update(self, code: int, *, down: bool) -> None: ...
     def text(self, code: int) -> str: ...
     def is_modifier(self, code: int) -> bool: ...
-    def reset(self, *, held: frozenset[int] = frozenset()) -> None: ...
+    def reset(self, *, held: frozenset[int] = frozenset(), keep_locks: bool = False) -> None: ...
 
 
 class Keymap(Protocol):
@@ -77,11 +77,16 @@ class XkbState:
         self._texts: dict[int, str] = {}
         self.reset()
 
-    def reset(self, *, held: frozenset[int] = frozenset()) -> None:
-        """Start from no keys down (Num Lock as configured), then press what ``held`` says is down now."""
+    def reset(self, *, held: frozenset[int] = frozenset(), keep_locks: bool = False) -> None:
+        """Start from no keys down (Num Lock as configured, or the locks as they were with ``keep_locks``),
+        then press what ``held`` says is down now."""
+        xkb = self._keymap._xkb
+        locked = self._state.serialize_mods(xkb.XKB_STATE_MODS_LOCKED) if keep_locks else None
         self._texts = {}
         self._state = self._keymap._keymap.state_new()
-        if self._numlock:
+        if locked is not None:
+            self._state.update_mask(0, 0, locked, 0, 0, 0)
+        elif self._numlock:
             self._tap(e.KEY_NUMLOCK)
         for code in held & _MODIFIERS:
             if code not in _LOCKS:
@@ -176,9 +181,10 @@ class UsTableState:
         self._initial_numlock = numlock
         self.reset()
 
-    def reset(self, *, held: frozenset[int] = frozenset()) -> None:
+    def reset(self, *, held: frozenset[int] = frozenset(), keep_locks: bool = False) -> None:
         self._presses = {code: 1 for code in held & _TRACKED}  # modifier and lock keys down, and how often
-        self._locked = {e.KEY_CAPSLOCK: False, e.KEY_NUMLOCK: self._initial_numlock}
+        if not keep_locks:
+            self._locked = {e.KEY_CAPSLOCK: False, e.KEY_NUMLOCK: self._initial_numlock}
         self._unlock_on_release: dict[int, bool] = {}  # a lock key down: it was locked before this press
         self._texts: dict[int, str] = {}
 

@@ -8,7 +8,8 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import CUT_OFF, CUT_OFF_TAIL, DROPPED, STARTED_UNSEEN, Decoder, DecoderSettings, NotABarcode, Scan
+from drivers.decoder import (CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY, STARTED_UNSEEN, Decoder,
+                             DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
 from drivers.keymap import UsTable, XkbKeymap
 from drivers.reader import read_events
@@ -513,10 +514,10 @@ def test_a_gap_of_exactly_max_key_interval_is_no_pause():
 
 def test_typed_keys_are_refused_with_their_median_and_longest_gap():
     keys = Keys()
-    for gap in (0.0, 0.010, 0.020, 0.030, 0.200):  # gaps 10, 20, 30 and 200 ms: median 30 (of four, the upper)
+    for gap in (0.0, 0.010, 0.020, 0.030, 0.200):  # gaps 10, 20, 30 and 200 ms, and 40 to the Enter: median 30
         keys.pause(gap).tap(e.KEY_1)
         keys.t -= keys.interval
-    [refused] = Decoder("dev").feed_all(_records(keys.enter()))
+    [refused] = Decoder("dev").feed_all(_records(keys.pause(0.040).enter()))
     assert (refused.source, refused.reason) == ("dev", "typed, not scanned: 30 ms per key (median), a pause of 200 ms; "
                                                        "a scanner types faster than 50 ms per key")
 
@@ -607,3 +608,92 @@ def test_a_source_reopened_in_quiet_says_nothing_whatever_broke_before_it():
     assert decoder.idle(keys.t + 3.0) is None and not decoder.pending
     fed = len(keys.events)
     assert texts(decoder.feed_all(_records(keys.pause(4.0).digits("96385074").enter())[fed:])) == ["96385074"]
+
+
+def test_one_character_and_its_enter_typed_at_a_persons_pace_are_refused_as_typed():
+    """The last key to the terminator is a gap like any other: a person's "7" and Enter are two keys."""
+    for gap in (0.060, 0.080, 0.099):
+        keys = Keys().tap(e.KEY_7).pause(gap - Keys().interval).enter()
+        [refused] = Decoder("dev").feed_all(_records(keys))
+        assert isinstance(refused, NotABarcode) and refused.reason.startswith(
+            f"typed, not scanned: {gap * 1000:.0f} ms per key (median), a pause of {gap * 1000:.0f} ms")
+    assert texts(Decoder("dev").feed_all(_records(Keys().tap(e.KEY_7).enter()))) == ["7"]  # a scanner's pace
+
+
+def test_one_key_alone_with_no_terminator_is_refused_since_a_person_types_it_too():
+    decoder = Decoder("dev", DecoderSettings(terminators=()))
+    keys = Keys().tap(e.KEY_7)
+    assert decoder.feed_all(_records(keys)) == []
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "7", ONE_KEY, "dev")]
+    decoder.feed_all(_records(Keys(interval=0.2).pause(2.0).tap(e.KEY_4, e.KEY_2)))
+    assert _said([decoder.idle(T0 + 4.0)])[0][:3] == ("NotABarcode", "42", "typed, not scanned: 200 ms per key "
+                                                                          "(median), a pause of 200 ms; a scanner types "
+                                                                          "faster than 50 ms per key")
+
+
+def test_a_scan_of_nothing_but_the_prefix_is_refused_not_lost_without_a_word():
+    keys = Keys().tap(e.KEY_RIGHTBRACE).tap(e.KEY_E, shift=True).tap(e.KEY_0).enter()
+    [said] = Decoder("dev", DecoderSettings(prefix="]E0")).feed_all(_records(keys))
+    assert (type(said), said.text, said.reason) == (NotABarcode, "]E0", NOTHING_BUT_AFFIXES)
+
+
+def _shifted_run(keys: Keys, text: str) -> Keys:
+    """Keys as a scanner types ``text`` holding Shift over each run of capitals, not per character."""
+    shifted = False
+    for char in text:
+        capital = char.isupper() or char == ":"
+        if capital != shifted:
+            (keys.down if capital else keys.up)(e.KEY_LEFTSHIFT)
+            shifted = capital
+        keys.tap({":": e.KEY_SEMICOLON}.get(char) or getattr(e, f"KEY_{char.upper()}"))
+    if shifted:
+        keys.up(e.KEY_LEFTSHIFT)
+    return keys
+
+
+def test_a_key_the_device_says_is_down_after_a_drop_with_its_press_still_in_the_same_read_is_pressed_once():
+    """The device is asked at the end of the drop, after all of the read was taken from the kernel: the
+    key-down of a key it says is down may still follow in that read. Never a second press, so a scanner
+    that sends key-ups is not taken for one that does not, and Shift held over "CB:QTY" still holds."""
+    decoder = Decoder("dev")
+    keys = Keys().digits("9638").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).down(e.KEY_5)
+    first = _records(keys)
+    fed = len(keys.events)
+    keys.up(e.KEY_5).digits("074").enter().pause(1.0)
+    _shifted_run(keys, "CB:QTY3").enter()
+    said = decoder.feed_all(first, held_keys=lambda: frozenset({e.KEY_5}))
+    said += decoder.feed_all(_records(keys)[fed:], held_keys=lambda: frozenset())
+    assert not decoder.key_down_only
+    assert [(type(r).__name__, r.text) for r in said] == [("NotABarcode", "96385074"), ("Scan", "CB:QTY3")]
+
+
+def test_one_key_up_lost_by_a_scanner_that_sends_key_ups_never_makes_it_key_down_only():
+    keys = Keys().digits("0242").down(e.KEY_2).down(e.KEY_2).up(e.KEY_2).digits("2288").enter().pause(1.0)
+    _shifted_run(keys, "CB:QTY3").enter()
+    decoder = Decoder("dev")
+    assert texts(decoder.feed_all(_records(keys))) == ["0242222288", "CB:QTY3"]
+    assert not decoder.key_down_only
+
+
+@pytest.mark.parametrize("keymap", [UsTable(), XkbKeymap("us")], ids=["built-in", "xkb"])
+def test_caps_lock_set_before_a_drop_is_still_set_after_it(keymap):
+    """The device says which keys are down, not what the locks are: a scanner that types its capitals
+    with Caps Lock on keeps them after a scan broken by a drop."""
+    decoder = Decoder("dev", keymap=keymap)
+    keys = Keys().tap(e.KEY_CAPSLOCK).tap(e.KEY_C, e.KEY_B).raw(e.EV_SYN, e.SYN_DROPPED, 0)
+    keys.raw(e.EV_SYN, e.SYN_REPORT, 0).tap(e.KEY_A).enter().pause(1.0).tap(e.KEY_V, e.KEY_O, e.KEY_I, e.KEY_D).enter()
+    said = decoder.feed_all(_records(keys), held_keys=lambda: frozenset())
+    assert [(type(r).__name__, r.text) for r in said] == [("NotABarcode", "CBA"), ("Scan", "VOID")]
+
+
+def test_a_clock_stepped_back_never_joins_a_cut_scan_to_the_next_one():
+    """The head of a scan waits for its terminator while the clock steps back two seconds: the head is
+    refused at the next look, not held until the next scan's keys are taken for its tail's."""
+    decoder = Decoder("dev")
+    keys = Keys().digits("9638")
+    assert decoder.feed_all(_records(keys)) == []
+    assert _said([decoder.idle(keys.t - 2.0)]) == [("NotABarcode", "9638", CUT_OFF, "dev")]
+    # A scan whose keys themselves run back in time cannot be timed: refused, never booked.
+    keys = Keys().pause(10.0).digits("9638").pause(-0.5).digits("5074").enter()
+    [refused] = Decoder("dev").feed_all(_records(keys))
+    assert (type(refused), refused.text, refused.reason) == (NotABarcode, "96385074", CLOCK_BACK)

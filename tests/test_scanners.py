@@ -236,6 +236,25 @@ def test_the_shops_keyboard_is_watched_not_taken_until_it_types_like_a_scanner(m
     assert f"scanner taken {machine.node(9)}: typed a barcode at 4.0 ms per key" in caplog.text
 
 
+def test_the_shops_keyboard_is_not_taken_by_a_key_or_two_a_person_hits_quickly(machine, caplog):
+    """A person may hit a key or two and Enter at a scanner's pace; never a barcode's length."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario():
+        async with running(machine) as counter:
+            node = machine.plug(9, "Dell KB216 Wired Keyboard", vendor=0x413C, product=0x2113)
+            await write(node, scans(["7", "42", "CB:"]))  # each with its Enter, 4 ms per key
+            await asyncio.sleep(1.5)
+            quick = list(counter.scans)
+            await write(node, scans(["CB:0"]))  # the control sheet's shortest code
+            await until(lambda: counter.scans)
+            return quick, counter.scans
+
+    quick, taken = asyncio.run(scenario())
+    assert quick == [] and [s.text for s in taken] == ["CB:0"]
+    assert caplog.text.count(f"scanner taken {machine.node(9)}") == 1
+
+
 def test_devices_that_are_not_scanners_are_never_opened(machine):
     async def scenario():
         async with running(machine, auto=True):
