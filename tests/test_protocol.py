@@ -386,6 +386,17 @@ def test_a_batch_names_its_journal_and_what_was_delivered_before_under_another_i
             protocol.decode_batch(signed(good_payload(**change), key), device=DEVICE, key=key.public_key())
 
 
+def test_a_batch_saying_what_was_delivered_before_without_naming_its_journal_is_refused(key):
+    """Else central would count the device on from base_seq and acknowledge seqs it never stored."""
+    with pytest.raises(ProtocolError, match="^batch base_seq 9 names no journal it was delivered from$"):
+        protocol.decode_batch(signed(good_payload(first_seq=10, last_seq=11, base_seq=9,
+                                                  events=[{"seq": 10, "kind": "sale", "body": {}},
+                                                          {"seq": 11, "kind": "sale", "body": {}}]), key),
+                              device=DEVICE, key=key.public_key())
+    decoded = protocol.decode_batch(signed(good_payload(base_seq=0), key), device=DEVICE, key=key.public_key())
+    assert (decoded.journal, decoded.base_seq) == (None, 0)
+
+
 def test_an_acknowledgement_of_another_journal_under_the_same_device_moves_nothing(key):
     ack = protocol.encode_ack(DEVICE, 9, key=key, journal=JOURNAL)
     assert protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=JOURNAL) == 9
