@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import jws
 from .errors import IdentityError, ProtocolError, SignatureError
 from .identity import broker_password, device_id_for, parse_public_key, public_key_text
-from .protocol import VERSION, is_version, parse_rfc3339, payload_json, rfc3339, valid_device_id, verified
+from .protocol import (AGENT_VERSION_RULE, VERSION, is_agent_version, is_version, parse_rfc3339, payload_json, rfc3339,
+                       valid_device_id, verified)
 
 CODE_TYPE = "counterbox-activation+jws"
 REQUEST_TYPE = "counterbox-activation-request+jws"
@@ -228,9 +229,7 @@ def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
     if header.get("kid") != device or payload.get("device") != device:
         raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
     _check_derived(device, public_key)
-    version = payload.get("agent_version")
-    # Anyone may say hello: what operations are shown of it is printable text, never a terminal's control.
-    if not isinstance(version, str) or len(version) > 64 or not version.isprintable():
-        raise ProtocolError("hello lacks an agent version of at most 64 printable characters")
+    if not is_agent_version(payload.get("agent_version")):  # anyone may say hello: never a terminal's control
+        raise ProtocolError(f"hello lacks an agent version of {AGENT_VERSION_RULE}")
     return {**payload, "public_key": public_key_text(public_key)}  # the key in its one spelling
 

@@ -133,8 +133,8 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
             if not (unit in ("pack", "carton", "case") and natural(packs, 1, MAX_PACKS)
                     and (packs == 1 if unit == "pack" else True)
                     and (unit != "case" or "packs" in item)
-                    and (item.get("cost") is None or natural(item["cost"], 0, MAX_AMOUNT))
-                    and (product is None or _code(product))
+                    and ("cost" not in item or natural(item["cost"], 0, MAX_AMOUNT))  # absent, never null
+                    and ("product" not in item or _code(product))
                     and (unit == "pack" or (product is not None and classify(product).key != own))
                     and (unit != "pack" or product is None or classify(product).key == own)):
                 raise ProtocolError(f"price list item {number}: unit must be pack (of 1 pack), carton or case "
@@ -258,11 +258,19 @@ def subscriptions(prefix: str, device: str, region: str) -> list[str]:
     return topics
 
 
+def _check_scope(kind: str, name: str, scope: Scope) -> None:
+    """A revocation, an order and a box's own settings are for one device, never a region."""
+    if scope.device is None and (kind in ("revocation", "order") or name == DEVICE_SETTINGS):
+        raise ValueError(f"{'an' if kind == 'order' else 'a'} {name if name == DEVICE_SETTINGS else kind} is for "
+                         "one device, never a region")
+
+
 def encode_document(document: Document, *, key: Ed25519PrivateKey, kid: str) -> bytes:
     if document.kind not in KINDS:
         raise ValueError(f"unknown document kind {document.kind!r}")
     _check_name(document.kind, document.name)
     _check_body(document.kind, document.name, document.body)
+    _check_scope(document.kind, document.name, document.scope)
     payload = {
         "v": VERSION, "kind": document.kind, "name": document.name, "version": document.version,
         "scope": document.scope.as_json(), "issued_at": rfc3339(document.issued_at),
@@ -305,10 +313,7 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
         if len(scope) != 1:  # the other named too, even as null: the schema's oneOf holds neither
             raise ValueError("a scope is for one device or for one region, naming that one alone")
         scope = Scope(**scope)
-        if kind == "revocation" and scope.device is None:
-            raise ValueError("a revocation is for one device, never a region")
-        if name == DEVICE_SETTINGS and scope.device is None:
-            raise ValueError(f"{DEVICE_SETTINGS} is for one device, never a region")
+        _check_scope(kind, name, scope)
         issued_at, expires_at = parse_rfc3339(payload.get("issued_at")), parse_rfc3339(payload.get("expires_at"))
     except (ValueError, TypeError) as error:
         raise ProtocolError(f"document scope or times: {error}") from None

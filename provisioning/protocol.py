@@ -228,7 +228,18 @@ def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[s
     for name in HEALTH_COUNTS:
         if name in payload and not natural(payload[name], 0):
             raise ProtocolError(f"status {name} is not a count: {payload[name]!r}")
+    if "agent_version" in payload and not is_agent_version(payload["agent_version"]):
+        raise ProtocolError(f"status agent_version is not text of {AGENT_VERSION_RULE}")
     return payload
+
+
+MAX_AGENT_VERSION = 64
+AGENT_VERSION_RULE = f"at most {MAX_AGENT_VERSION} printable characters"
+
+
+def is_agent_version(value: Any) -> bool:
+    """A box's version as it says it: operations are shown it, so printable text, never a terminal's control."""
+    return isinstance(value, str) and len(value) <= MAX_AGENT_VERSION and value.isprintable()
 
 
 # The health fields of an online status that are counts (docs/protocol.md).

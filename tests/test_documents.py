@@ -107,13 +107,17 @@ def _item(**change):
     (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", body={"reason": "closed",
                                                                                  "grace_seconds": 60}), k, kid),
      "a revocation is for one device, never a region"),
+    (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": [
+        {"barcode": "96385074", "name": "x", "quantity": 1}]}), k, kid), "an order is for one device, never a region"),
+    (lambda k, kid: _signed(_payload(body=_item(cost=None)), k, kid), "cost an integer from 0 to"),
+    (lambda k, kid: _signed(_payload(body=_item(product=None)), k, kid), "price list item 1: unit must be pack"),
     (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", scope={"device": "shop-1"},
                                      body={"reason": "closed"}), k, kid), "needs a reason and grace_seconds"),
     (lambda k, kid: b"A" * (protocol.MAX_TOKEN_BYTES + 1), "over the protocol's limit"),
     (lambda k, kid: b"\xff" + documents.encode_document(document(), key=k, kid=kid), "not a JWS compact token"),
 ], ids=["untrusted-kid", "other-key", "typ", "version", "kind", "version-0", "name", "order-name", "two-scopes",
         "unknown-scope", "scope-and-null", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
-        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "line-name-control", "line-key", "region-revocation", "no-grace", "oversize",
+        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "line-name-control", "line-key", "region-revocation", "region-order", "null-cost", "null-product", "no-grace", "oversize",
         "non-ascii"])
 def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_reason(ops, forge, reason):
     kid = key_id(ops)
@@ -470,7 +474,7 @@ def test_an_order_applied_keeps_its_stream_name_and_version_in_the_event(tmp_pat
     async def test():
         store, downlink = await _door(tmp_path, ops)
         try:
-            await downlink.handle(_message(ops, kind="order", name="order/7", version=2,
+            await downlink.handle(_message(ops, kind="order", name="order/7", version=2, scope={"device": "shop-1"},
                                            body={**ORDER, "order_id": "7"}))
             return await store.read(lambda journal: journal.last("order"))
         finally:
@@ -493,13 +497,13 @@ def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietl
         store, downlink = await _door(tmp_path, ops)
         try:
             now = time.time()
-            order = _message(ops, kind="order", name="order/7", version=1, body={**ORDER, "order_id": "7"},
+            order = _message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-1"}, body={**ORDER, "order_id": "7"},
                              expires_at=protocol.rfc3339(now + 60))
             await downlink.handle(order)
             monkeypatch.setattr(time, "time", lambda: now + 120)  # an hour of reconnections later, past its expiry
             for _ in range(3):
                 await downlink.handle(order)
-            newer = _message(ops, kind="order", name="order/7", version=2, body={**ORDER, "order_id": "7"},
+            newer = _message(ops, kind="order", name="order/7", version=2, scope={"device": "shop-1"}, body={**ORDER, "order_id": "7"},
                              issued_at=protocol.rfc3339(now), expires_at=protocol.rfc3339(now + 60))
             await downlink.handle(newer)
             return await store.read(lambda journal: journal.counts())
@@ -510,7 +514,7 @@ def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietl
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.downlink"]
     assert [m for level, m in said if level == "DEBUG"] == ["document order/7 version 1 already applied"] * 3
     [refused] = [m for level, m in said if level == "WARNING"]
-    assert refused.startswith("document refused topic=counterbox/v1/regions/honghe/docs/order/7: it expired at ")
+    assert refused.startswith("document refused topic=counterbox/v1/devices/shop-1/docs/order/7: it expired at ")
 
 
 # -- end to end: operations' command, the broker, the box -----------------------------------------------------

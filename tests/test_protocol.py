@@ -253,9 +253,17 @@ def test_a_status_round_trips_and_an_off_the_shelf_library_verifies_it(key):
      "not an RFC 3339 UTC time"),
     (lambda key: signed(status_payload(backlog=-3), key, typ=protocol.STATUS_TYPE), "backlog is not a count"),
     (lambda key: signed(status_payload(free_bytes="lots"), key, typ=protocol.STATUS_TYPE), "free_bytes is not a count"),
+    # What operations are shown (counterbox-central devices): never a terminal's control.
+    (lambda key: signed(status_payload(agent_version="1.4\x1b]0;owned\x07"), key, typ=protocol.STATUS_TYPE),
+     "status agent_version is not text of at most 64 printable characters"),
+    (lambda key: signed(status_payload(agent_version="1" * 65), key, typ=protocol.STATUS_TYPE),
+     "status agent_version is not text of at most 64 printable characters"),
+    (lambda key: signed(status_payload(agent_version=14), key, typ=protocol.STATUS_TYPE),
+     "status agent_version is not text of at most 64 printable characters"),
     (lambda key: protocol.encode_status({"state": "offline", "session": 1, "connection": 1, "sent_at": NOW},
                                         device=DEVICE, key=Ed25519PrivateKey.generate()), "signature check failed"),
-], ids=["typ", "kid", "device", "state", "session", "connection", "time", "not-utc", "backlog", "free-bytes", "other-key"])
+], ids=["typ", "kid", "device", "state", "session", "connection", "time", "not-utc", "backlog", "free-bytes", "version-control",
+                                "version-long", "version-number", "other-key"])
 def test_a_status_that_is_not_this_devices_own_is_refused(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
         protocol.decode_status(forge(key), device=DEVICE, key=key.public_key())
