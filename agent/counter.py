@@ -48,7 +48,7 @@ from drivers.feedback import Signal
 from drivers.keypad import Keypress
 from provisioning.documents import settings_in_force
 from provisioning.protocol import parse_rfc3339, rfc3339
-from storage import DAMAGED, Event, Journal, JournalError
+from storage import DAMAGED, Event, EventTooLarge, Journal, JournalError
 
 from . import controls
 from .catalog import CARTON_PACKS, Catalog, Unit
@@ -520,7 +520,7 @@ class Counter:
                       "expected": self.ledger.stock.get(p, 0), "counted": max(0, session.packs.get(p, 0)),
                       "difference": max(0, session.packs.get(p, 0)) - self.ledger.stock.get(p, 0)}
                      for p in sorted(products)]
-            event = self._append(journal, "count_closed", {"started": session.seq, "lines": lines, "at": at})
+            event = self._append_close(journal, "count_closed", {"started": session.seq, "at": at}, lines)
             differs = any(line["difference"] for line in lines)
             return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
         if order is None and session.order:
@@ -536,10 +536,19 @@ class Counter:
                   or self.ledger.names.get(p), "ordered": (ordered.get(p) or {}).get("ordered", 0),
                   "received": received.get(p, 0), "difference": received.get(p, 0) - (ordered.get(p) or {}).get("ordered", 0)}
                  for p in products]
-        event = self._append(journal, "receiving_closed", {"started": session.seq, "order": order["name"] if order else None,
-                                                           "lines": lines, "at": at})
+        event = self._append_close(journal, "receiving_closed", {"started": session.seq, "order": order["name"] if order
+                                                                 else None, "at": at}, lines)
         differs = order is not None and any(line["difference"] for line in lines)
         return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
+
+    def _append_close(self, journal: Journal, kind: str, body: dict[str, Any], lines: list[dict[str, Any]]) -> Event:
+        """A close lists a line per product. Too long for one event (an order of thousands of lines with
+        long names), it goes without the names, which the price list and the ledger hold anyway: never a
+        receiving or a count that cannot be closed."""
+        try:
+            return self._append(journal, kind, {**body, "lines": lines})
+        except EventTooLarge:
+            return self._append(journal, kind, {**body, "lines": [{**line, "name": None} for line in lines]})
 
     def _end_day(self, journal: Journal, scan: Scan) -> Outcome:
         if self.mode != "selling":

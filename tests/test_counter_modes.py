@@ -1,5 +1,6 @@
 """The counter driven by a scanner and a sheet of control codes: selling, receiving, counting, a day's close."""
 
+import json
 import os
 import time
 from zoneinfo import ZoneInfo
@@ -676,3 +677,49 @@ def test_a_control_that_was_not_recorded_sets_nothing_for_the_next_scan(shop, mo
             raise CommitFailed  # the group's commit failing: the transaction rolls back
     [sale] = shop.scan(PACK)
     assert sale.kind == "sale"
+
+
+def _ean8(n: int) -> str:
+    digits = f"{n:07d}"
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(digits))
+    return digits + str(-total % 10)
+
+
+@pytest.mark.parametrize("close", [["CB:RECEIVING", "CB:CLOSE"], ["CB:ALL-RECEIVED"]])
+def test_a_receiving_whose_close_with_names_is_too_long_for_an_event_closes_without_them(tmp_path, close):
+    """An order of many lines with long names (each name well within the rules): the close lists every line,
+    and with the names it would be more than one event holds. It goes without the names, never left open."""
+    lines = [{"barcode": _ean8(n), "name": f"Product {n} " + "long name " * 40, "quantity": 2} for n in range(60)]
+    order = {"name": "order/big", "order_id": "big", "lines": lines}
+    # Room for the order and a little more: the close's lines say more of each product (about 50 bytes).
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32), max_event_bytes=len(json.dumps(order)) + 1000)
+    journal.append("price_list", {"currency": "CNY", "items": [item.as_json() for item in parse_csv(PRICES)]})
+    shop = Shop(journal)
+    journal.append("order", order)
+    closed = shop.scan(*close)[-1]
+    assert closed.kind == "receiving_closed" and shop.counter.mode == "selling"
+    assert [(line["product"], line["ordered"], line["name"]) for line in closed.body["lines"]] == sorted(
+        (_key(line["barcode"]), 2, None) for line in lines)
+    assert shop.ledger().orders == {}
+    journal.close()
+
+
+def test_a_close_that_fits_keeps_its_names(shop):
+    shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
+        {"barcode": GUM, "name": "Gum", "quantity": 10}]})
+    [closed] = shop.scan("CB:RECEIVING", "CB:CLOSE")[-1:]
+    assert [line["name"] for line in closed.body["lines"]] == ["Gum"]
+
+
+def test_a_count_whose_close_with_names_is_too_long_for_an_event_closes_without_them(tmp_path):
+    items = [{"barcode": _ean8(n), "name": f"Product {n} " + "long name " * 40, "price": 100} for n in range(60)]
+    prices = {"currency": "CNY", "items": items}
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32), max_event_bytes=len(json.dumps(prices)) + 1000)
+    journal.append("price_list", prices)
+    shop = Shop(journal)
+    [closed] = shop.scan("CB:COUNT", *(item["barcode"] for item in items), "CB:CLOSE")
+    assert closed.kind == "count_closed" and shop.counter.mode == "selling"
+    assert sorted((line["product"], line["counted"], line["name"]) for line in closed.body["lines"]) == sorted(
+        (_key(item["barcode"]), 1, None) for item in items)
+    assert shop.ledger().stock == {_key(item["barcode"]): 1 for item in items}
+    journal.close()
