@@ -20,7 +20,10 @@ and what this decoder does about it:
 - timing, from the kernel's own timestamps, tells a scanner's burst (a few ms
   per key) from a person typing (tens to hundreds of ms): a slow or broken
   burst is refused, never a barcode; a burst that stops without its
-  terminator is refused at ``idle``.
+  terminator is refused at ``idle``;
+- a scanner set to send the AIM symbology identifier (ISO/IEC 15424) types it
+  before the code: "]E0" and the rest are the identifier and the code, as a
+  HID POS scanner hands them over, so an EAN's check digit is still checked.
 
     decoder = Decoder("/dev/input/event3", DecoderSettings(layout="fr"))
     decoder.opened(time.time())        # a live device: its first burst may have begun before
@@ -38,6 +41,7 @@ device which keys are down (EVIOCGKEY) itself:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -64,6 +68,9 @@ CUT_OFF_QUIET = 1.0  # seconds
 # How far behind the last key's time stamp the clock ``idle`` is given may be (events stamped ahead of
 # it, as a recording written at once) before the clock is taken to have been stepped back.
 CLOCK_SLACK = 1.0  # seconds
+
+# An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
+_AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 
 TERMINATOR_KEYS = {"enter": ecodes.KEY_ENTER, "kp_enter": ecodes.KEY_KPENTER, "tab": ecodes.KEY_TAB}
 # Characters that end a barcode when their terminator is configured, however typed (Ctrl+M, Ctrl+J).
@@ -360,9 +367,10 @@ class Decoder:
             text = text[len(self.settings.prefix):]
         if self.settings.suffix and text.endswith(self.settings.suffix):
             text = text[: -len(self.settings.suffix)]
-        if not text:
+        aim = text[:3] if _AIM_ID.match(text) else ""
+        if not text[len(aim):]:
             return NotABarcode(whole, self.source, NOTHING_BUT_AFFIXES)
-        return Scan(text, self.source, times[0], t, slowest)
+        return Scan(text[len(aim):], self.source, times[0], t, slowest, aim)
 
     def _take(self) -> str:
         text = "".join(self._chars)

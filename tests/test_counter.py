@@ -68,6 +68,13 @@ def test_a_misread_is_recorded_as_such_never_a_sale_and_sounds_an_error(counter)
     assert [e.kind for e in counter.journal.read_after(0)] == ["price_list", "misread"]
 
 
+@pytest.mark.parametrize("code, aim", [("4006381333932", "]E0"), ("96385075", "]E4")])
+def test_an_ean_with_its_aim_identifier_and_a_bad_check_digit_is_a_misread_never_a_sale(counter, code, aim):
+    event = counter.record(scan(code, aim=aim))
+    assert (event.kind, event.body["reason"], event.body["aim"]) == ("misread", "check digit", aim)
+    assert counter.signal is Signal.ERROR
+
+
 def test_a_code_with_its_aim_identifier_keeps_its_symbology(counter):
     event = counter.record(scan("0106901028075831\x1d10AB12", aim="]C1"))
     assert (event.body["symbology"], event.body["aim"], event.body["code"]) == ("gs1-128", "]C1", "0106901028075831\x1d10AB12")

@@ -697,3 +697,20 @@ def test_a_clock_stepped_back_never_joins_a_cut_scan_to_the_next_one():
     keys = Keys().pause(10.0).digits("9638").pause(-0.5).digits("5074").enter()
     [refused] = Decoder("dev").feed_all(_records(keys))
     assert (type(refused), refused.text, refused.reason) == (NotABarcode, "96385074", CLOCK_BACK)
+
+
+@pytest.mark.parametrize("typed, text, aim", [
+    ("]E06901028075831", "6901028075831", "]E0"),   # EAN-13
+    ("]E496385074", "96385074", "]E4"),             # EAN-8
+    ("]E04006381333932", "4006381333932", "]E0"),   # a bad check digit: the counter's misread to find
+    ("]C1010690102807583110AB12", "010690102807583110AB12", "]C1"),  # GS1-128
+    ("]Q1https://example.cn/p?x=1", "https://example.cn/p?x=1", "]Q1"),
+])
+def test_a_wedge_scanner_that_types_the_aim_identifier_hands_it_over_apart_from_the_code(tmp_path, typed, text, aim):
+    [scan] = decode(pack_all(type_text(typed, start=T0)), tmp_path)
+    assert (scan.text, scan.aim) == (text, aim)
+
+
+def test_a_code_that_merely_begins_with_a_bracket_is_no_aim_identifier(tmp_path):
+    [scan] = decode(pack_all(type_text("]-12345", start=T0)), tmp_path)
+    assert (scan.text, scan.aim) == ("]-12345", "")
