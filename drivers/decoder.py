@@ -62,6 +62,7 @@ CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
 CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be told"
 ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
 NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
+TYPED_NOTHING = "keys that type nothing in this layout (keypad digits with Num Lock off?)"
 # After a scan stopped without its terminator, whatever follows up to the next terminator is its
 # tail, however long the scanner paused, unless nothing at all comes for this long.
 CUT_OFF_QUIET = 1.0  # seconds
@@ -69,6 +70,9 @@ CUT_OFF_QUIET = 1.0  # seconds
 # it, as a recording written at once) before the clock is taken to have been stepped back.
 CLOCK_SLACK = 1.0  # seconds
 
+# Control characters a barcode carries: GS1's group separator, and ISO/IEC 15434's record separator and
+# end of transmission; every other one a key types is not part of a code.
+_SEPARATORS = "\x1d\x1e\x04"
 # An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
 _AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 
@@ -140,6 +144,7 @@ class Decoder:
         self._held: set[int] = set()  # non-modifier keys down
         self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
         self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
+        self._blank_at: float | None = None  # the last key that typed nothing a barcode holds, since the last end
         self._mods_since_char: set[int] = set()
         self._mods_held: set[int] = set()
         self._dropping = False
@@ -239,7 +244,7 @@ class Decoder:
                 self._release_modifiers()
             self._mods_since_char.clear()
             terminator = bool(char) and char in self._terminator_chars
-        printable = bool(char) and (char.isprintable() or char == "\x1d")
+        printable = bool(char) and (char.isprintable() or char in _SEPARATORS)
         if self._broken is not None:
             self._broken_last = t
             self._broken_typed = True
@@ -250,9 +255,11 @@ class Decoder:
             return ended
         if terminator:
             return self._finish(t) or ended
-        if printable:  # else a key that types nothing a barcode holds (arrows, F-keys, Escape)
+        if printable:
             self._chars.append(char)
             self._times.append(t)
+        else:  # a key that types nothing a barcode holds (arrows, F-keys, keypad digits with Num Lock off)
+            self._blank_at = t
         return ended
 
     def _syn(self, code: int, t: float) -> NotABarcode | None:
@@ -343,6 +350,10 @@ class Decoder:
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if not self._chars:
+            blank, self._blank_at = self._blank_at, None
+            if blank is not None and 0 <= t - blank <= self.settings.max_key_interval:
+                # Keys came at a scanner's pace and typed nothing: a scan lost, said as such, never silence.
+                return NotABarcode("", self.source, TYPED_NOTHING)
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
         text = self._take()
@@ -376,6 +387,7 @@ class Decoder:
         text = "".join(self._chars)
         self._chars.clear()
         self._times.clear()
+        self._blank_at = None
         return text
 
     # -- the device ---------------------------------------------------------------

@@ -8,7 +8,8 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import (CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY, STARTED_UNSEEN, Decoder,
+from drivers.decoder import (CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY, STARTED_UNSEEN,
+                             TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
 from drivers.keymap import UsTable, XkbKeymap
@@ -714,3 +715,29 @@ def test_a_wedge_scanner_that_types_the_aim_identifier_hands_it_over_apart_from_
 def test_a_code_that_merely_begins_with_a_bracket_is_no_aim_identifier(tmp_path):
     [scan] = decode(pack_all(type_text("]-12345", start=T0)), tmp_path)
     assert (scan.text, scan.aim) == ("]-12345", "")
+
+
+def test_an_iso_15434_code_keeps_its_record_separators_and_end_of_transmission():
+    """RS (Ctrl+^), GS (Ctrl+]) and EOT (Ctrl+D), as a scanner in US mode types them."""
+    keys = Keys().tap(e.KEY_LEFTBRACE).tap(e.KEY_0, e.KEY_DOT, shift=True)  # "[)>"
+
+    def ctrl(code, shift=False):
+        keys.down(e.KEY_LEFTCTRL).tap(code, shift=shift).up(e.KEY_LEFTCTRL)
+
+    ctrl(e.KEY_6, shift=True)
+    keys.tap(e.KEY_0, e.KEY_6)
+    ctrl(e.KEY_RIGHTBRACE)
+    keys.tap(e.KEY_P, shift=True).tap(e.KEY_1, e.KEY_2, e.KEY_3)
+    ctrl(e.KEY_6, shift=True)
+    ctrl(e.KEY_D)
+    assert texts(Decoder("dev").feed_all(_records(keys.enter()))) == ["[)>\x1e06\x1dP123\x1e\x04"]
+
+
+def test_keys_at_a_scanners_pace_that_type_nothing_are_refused_never_lost_in_silence():
+    """Keypad digits with Num Lock off (a scanner's, in a state the box did not see set) type nothing."""
+    decoder = Decoder("dev", DecoderSettings(numlock=False))
+    keys = Keys().tap(e.KEY_KP6, e.KEY_KP9, e.KEY_KP0).enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "", TYPED_NOTHING, "dev")]
+    # A stray Enter long after a key that typed nothing is an empty line, as ever.
+    keys = Keys().pause(5.0).tap(e.KEY_F1).pause(2.0).enter()
+    assert decoder.feed_all(_records(keys)) == []
