@@ -54,10 +54,11 @@ def create_private(path: Path) -> None:
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), with the busy timeout set."""
+    """A connection with the busy timeout set: read-only (it only reads, in the thread that opened it), or
+    in autocommit mode (transactions are explicit) and usable from any thread one at a time (central's
+    pool hands its connections between threads)."""
     if readonly:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
