@@ -117,6 +117,7 @@ class Counter:
     _last_pending: Event | None = None  # the latest ``pending`` event folded
     _pushed: list[dict[str, Any]] = field(default_factory=list)  # the bodies of the ``settings`` events folded
     _restored: bool = False  # what was pending before a start looked at, once
+    _ended_unheard: bool = False  # a mode timed out while the box was off: the next scan was meant for it
 
     # -- keeping up with the journal -------------------------------------------------
 
@@ -167,19 +168,31 @@ class Counter:
             except ValueError:
                 idle = self.mode_timeout
             self._mode_active_at = self.clock() - idle
+            # Ended while the box was off, nobody heard it end: the next scan, whatever ends the mode
+            # first (that scan, or the daemon's look at the time-outs as it starts), is refused.
+            self._ended_unheard = idle >= self.mode_timeout
 
     def _restore_pending(self) -> None:
         """What the controls scanned before the box started again said of the next scan (a return, a quantity,
         a carton, a keyed price), still pending and not timed out: it holds for the next scan as it would have.
         Digits of a number still being keyed may have been lost with the restart: the number is refused."""
         event = self._last_pending
-        if event is None or not any(event.body.get(name) for name in PENDING_FIELDS):
+        if event is None or not _holds_pending(event.body):
             return
         try:
             age = time.time() - parse_rfc3339(event.body.get("at"))
         except ValueError:
+            age = -1.0
+        if age >= self.pending_timeout:  # timed out while the box was off
             return
-        if not 0 <= age < self.pending_timeout:  # timed out while the box was off, or a clock gone back: unknown
+        if age < 0:
+            # A clock behind the one that wrote it (a box started before its time was set): how long ago
+            # cannot be told. Neither kept (a return meant hours ago) nor dropped in silence (a return sold):
+            # the next product scan is refused until CB:CLEAR, as after a control that was lost.
+            self._pending = Pending(spoiled=True, since=self.clock())
+            logger.warning("pending seq=%d: what the controls said before the start is of a time the clock is "
+                           "behind; the next scan is refused until cleared", event.seq,
+                           extra=event_fields(event.seq, "pending", None))
             return
         body = event.body
         self._pending = Pending(quantity=body.get("quantity"), price=body.get("price"), carton=bool(body.get("carton")),
@@ -192,7 +205,7 @@ class Counter:
         """Record what is pending when it is not what the journal last says (set by a control, used by a scan,
         cleared, timed out): a box started again picks it up. Nothing on a plain scan with nothing pending."""
         journaled = self._last_pending.body if self._last_pending is not None else None
-        if not self._pending and not (journaled and any(journaled.get(name) for name in PENDING_FIELDS)):
+        if not self._pending and not (journaled and _holds_pending(journaled)):
             return None
         snapshot = self._pending.as_json()
         if journaled is not None and all(journaled.get(name) == value for name, value in snapshot.items()):
@@ -293,9 +306,13 @@ class Counter:
         if self.mode != "selling" and self.clock() - (self._mode_active_at or 0.0) >= self.mode_timeout:
             # Ended while nobody looked (a box that was off): this scan was meant for the mode, not for selling;
             # and what was set for a scan in it goes with it.
-            self._pending = Pending()
+            self._pending, self._ended_unheard = Pending(), False
             ended = self._end_mode(journal, "timeout")
             return Outcome(Signal.ERROR, ended.events, note="the receiving or count had timed out; scan again")
+        if self._ended_unheard:
+            # Ended as the box started, by its first look at the time-outs: likewise meant for the mode.
+            self._pending, self._ended_unheard = Pending(), False
+            return Outcome(Signal.ERROR, note="the receiving or count had timed out while the box was off; scan again")
         if controls.is_control(scan.text):
             try:
                 control = controls.control(scan.text)
@@ -433,9 +450,9 @@ class Counter:
                 self._pending = Pending()
                 return Outcome(Signal.GOOD, note="pending cleared")
             return self._end_mode(journal, "cancelled")  # CB:CANCEL with nothing pending leaves the mode
-        self._pending = Pending()  # the actions below stand alone: nothing keyed carries past them
-        if action == "void":
+        if action == "void":  # takes back the last line: what is set for the next scan still is
             return self._void(journal, scan)
+        self._pending = Pending()  # the actions below stand alone: nothing keyed carries past them
         if action == "receive":
             return self._start(journal, "receiving_started", {"order": (self.ledger.open_order() or {}).get("name")})
         if action == "count":
@@ -523,8 +540,10 @@ class Counter:
             event = self._append_close(journal, "count_closed", {"started": session.seq, "at": at}, lines)
             differs = any(line["difference"] for line in lines)
             return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
-        if order is None and session.order:
-            order = self.ledger.orders.get(session.order)
+        if order is None:
+            # The order being received; for a receiving begun before any order came, the one that came
+            # since (as receive-all takes it): closed with it, never left open to be received again.
+            order = self.ledger.orders.get(session.order) if session.order else self.ledger.open_order()
         # Against the order: all that arrived for it, in this receiving or an earlier one left unclosed.
         ordered = {line["product"]: line for line in _order_lines(order, self._catalog)} if order else {}
         received = dict(order["received"]) if order else {}
@@ -603,6 +622,12 @@ class Counter:
             self._note_pending(journal)
             return Outcome(Signal.ATTENTION, note="what was keyed or set for the next scan timed out")
         return None
+
+
+def _holds_pending(body: dict[str, Any]) -> bool:
+    """Whether a ``pending`` event says something is pending: a keyed price of 0.00 is one."""
+    return any(body.get(name) not in (None, False, "", 0) for name in PENDING_FIELDS if name != "price") \
+        or body.get("price") is not None
 
 
 def _minor(keyed: str) -> int | None:

@@ -723,3 +723,94 @@ def test_a_count_whose_close_with_names_is_too_long_for_an_event_closes_without_
         (_key(item["barcode"]), 1, None) for item in items)
     assert shop.ledger().stock == {_key(item["barcode"]): 1 for item in items}
     journal.close()
+
+
+def _started_as_the_daemon_does(shop: Shop) -> Shop:
+    """Started again, and the daemon's first look at the time-outs made before any scan, as it makes it."""
+    again = _started_again(shop)
+    with again.journal.transaction():
+        outcome = again.counter.expire(again.journal)
+    again.heard.append(outcome.signal if outcome else None)
+    return again
+
+
+@pytest.mark.parametrize("mode", ["CB:COUNT", "CB:RECEIVING"])
+def test_a_mode_that_timed_out_while_the_box_was_off_refuses_the_first_scan_though_the_start_ended_it(shop, mode,
+                                                                                                  monkeypatch):
+    shop.scan("CB:RECEIVING", CARTON, CARTON, "CB:CLOSE")  # 20 packs on the shelf
+    shop.scan(mode, PACK)
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 15 * 60)  # off for 15 minutes
+    again = _started_as_the_daemon_does(shop)
+    assert again.heard == [Signal.ATTENTION]
+    assert again.scan(PACK) == () and again.signal is Signal.ERROR  # meant for the mode: neither counted nor sold
+    [sale] = again.scan(PACK)  # scanned again: selling now
+    assert sale.kind == "sale"
+
+
+def test_a_void_in_a_count_keeps_it_going_after_a_restart_as_it_did_before(shop, monkeypatch):
+    """A void is the mode's latest event, as a scan is: a count restarted after it goes on from it."""
+    wall = shop.at = time.time()  # scans stamped by the wall clock, as the box stamps them
+    shop.scan("CB:COUNT", PACK, PACK)
+    monkeypatch.setattr(time, "time", lambda: wall + 8 * 60)
+    shop.at = wall + 8 * 60
+    shop.scan("CB:VOID")
+    monkeypatch.setattr(time, "time", lambda: wall + 11 * 60)  # 3 minutes after the void, 11 after the last pack
+    again = _started_as_the_daemon_does(shop)
+    assert again.heard == [None]
+    [counted] = again.scan(PACK)
+    assert counted.kind == "counted"
+
+
+def test_a_receiving_begun_before_its_order_came_closes_that_order(shop):
+    shop.scan("CB:RECEIVING", CARTON, CARTON, CARTON)
+    shop.journal.append("order", ORDER)
+    [closed] = shop.scan("CB:CLOSE")
+    assert closed.body["order"] == "order/w48"
+    assert [(line["ordered"], line["received"], line["difference"]) for line in closed.body["lines"]] == [(30, 30, 0)]
+    assert shop.scan("CB:ALL-RECEIVED") == () and shop.signal is Signal.ERROR  # nothing open to receive again
+    assert shop.ledger().stock[_key(PACK)] == 30
+
+
+def test_a_keyed_price_of_nothing_holds_for_the_next_scan_after_a_start(shop, monkeypatch):
+    shop.scan("CB:0", "CB:PRICE")
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall + 5)
+    [sale] = _started_again(shop).scan(PACK)
+    assert (sale.body["unit_price"], sale.body["price_source"]) == (0, "keyed")
+
+
+def test_what_was_pending_when_the_clock_is_behind_at_the_start_refuses_the_next_scan_until_cleared(shop,
+                                                                                                   monkeypatch):
+    """A return set, then a start with the clock two minutes behind: how old the return is cannot be told.
+    Neither sold as a return meant long ago, nor as a sale the retailer was told was a return."""
+    shop.scan("CB:RETURN")
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall - 120)
+    again = _started_again(shop)
+    assert again.scan(PACK) == () and again.signal is Signal.ERROR
+    [sale] = again.scan("CB:CLEAR", PACK)[-1:]
+    assert sale.kind == "sale"
+
+
+def test_a_void_leaves_what_is_set_for_the_next_scan(shop):
+    shop.scan(PACK, PACK, "CB:RETURN", "CB:VOID")  # a double scan taken back, a return already set
+    [line] = shop.scan(PACK)
+    assert line.kind == "return"
+
+
+def test_a_void_of_a_sale_made_before_a_count_leaves_the_stock_counted(shop):
+    """The count found the shelf as it is: a slip from before it taken back changes the day's sales, not
+    the stock."""
+    shop.scan("CB:RECEIVING", CARTON, CARTON, "CB:CLOSE")  # 20
+    shop.scan(PACK, PACK)  # one of them scanned twice by mistake: 18 by the ledger, 19 on the shelf
+    shop.scan("CB:COUNT", CARTON, "CB:QTY9", PACK, "CB:CLOSE")
+    assert shop.ledger().stock[_key(PACK)] == 19
+    shop.scan("CB:VOID")  # the double scan's line taken back
+    ledger = shop.ledger()
+    assert ledger.stock[_key(PACK)] == 19
+    assert ledger.days[shop.counter.day(shop.at)].total.packs == 1
+    [sale] = shop.scan(PACK)  # a sale after the count moves it as ever, and so does its void
+    assert shop.ledger().stock[_key(PACK)] == 18
+    shop.scan("CB:VOID")
+    assert shop.ledger().stock[_key(PACK)] == 19
