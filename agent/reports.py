@@ -110,9 +110,11 @@ def counts(ledger: Ledger) -> list[dict[str, Any]]:
 
 
 def receipts(ledger: Ledger) -> list[dict[str, Any]]:
-    """Each closed receiving, with the lines that differ from the order."""
+    """Each closed receiving, with the lines that differ from the order (none for a receiving of no order,
+    which closed with the good signal: there was nothing to differ from)."""
     return [{"seq": receipt["seq"], "at": receipt.get("at"), "order": receipt.get("order"),
-             "differences": [line for line in receipt["lines"] if line["difference"]]} for receipt in ledger.receipts]
+             "differences": [line for line in receipt["lines"] if line["difference"]] if receipt.get("order") else []}
+            for receipt in ledger.receipts]
 
 
 # -- tables ------------------------------------------------------------------------------

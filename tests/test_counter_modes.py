@@ -814,3 +814,10 @@ def test_a_void_of_a_sale_made_before_a_count_leaves_the_stock_counted(shop):
     assert shop.ledger().stock[_key(PACK)] == 18
     shop.scan("CB:VOID")
     assert shop.ledger().stock[_key(PACK)] == 19
+
+
+def test_a_receiving_of_no_order_has_no_differences_in_the_receipts_as_it_closed_with_the_good_signal(shop):
+    shop.scan("CB:RECEIVING", CARTON, GUM, "CB:CLOSE")
+    assert shop.signal is Signal.GOOD
+    [receipt] = reports.receipts(shop.ledger())
+    assert (receipt["order"], receipt["differences"]) == (None, [])
