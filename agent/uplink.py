@@ -88,11 +88,15 @@ class Uplink:
             logger.error("acknowledgement not taken: %s", error)
             return
         try:
-            if await self.store.write(lambda journal: journal.acknowledge(seq)):
-                logger.info("acknowledged by central up to seq=%d", seq)
+            taken = await self.store.write(lambda journal: journal.acknowledge(seq))
         except StorageError as error:
-            logger.error("acknowledgement refused: %s", error)
+            logger.error("acknowledgement not taken: %s", error)
             return
+        if taken.refused:
+            logger.error("%s", taken.refused)
+            return
+        if taken.moved:
+            logger.info("acknowledged by central up to seq=%d", seq)
         self._acked = max(self._acked, seq)
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
         self.wake.set()

@@ -439,33 +439,33 @@ class Journal:
         with _translated(self.path):
             return int(self._meta("acked_seq"))
 
-    def acknowledge(self, seq: int) -> bool:
+    def acknowledge(self, seq: int) -> "Acknowledged":
         """Move the cursor forward to ``seq``; acknowledgements are cumulative and never move it back.
 
         One past the last event says central holds more of this journal than this copy (restored from a
         backup older than central's count): the events this copy records from there on are not the ones
         central holds at their seqs, so no acknowledgement past its last event then is ever taken
-        (``diverged_at``), and the box keeps them until it delivers as another device."""
-        beyond = None
+        (``diverged_at``), and the box keeps them until it delivers as another device. That is recorded
+        and the acknowledgement refused in the result, never by raising: raised, the caller's transaction
+        (the store's) would roll back what was recorded, and a later acknowledgement be taken."""
         with self.transaction():
             if seq <= int(self._meta("acked_seq")):
-                return False
+                return Acknowledged(moved=False)
             last, diverged = self.last_seq(), self._meta("diverged_at")
             if diverged and seq > int(diverged):
-                raise JournalError(f"acknowledgement for seq {seq} refused: central holds events of this journal "
-                                   f"past seq {diverged} that this copy does not (it was restored from an older "
-                                   f"backup); the events after {diverged} are this copy's own: deliver them as "
-                                   "another device (docs/commands.md, Replacing a box's journal)")
+                return Acknowledged(moved=False, refused=(
+                    f"acknowledgement for seq {seq} refused: central holds events of this journal past seq "
+                    f"{diverged} that this copy does not (it was restored from an older backup); the events after "
+                    f"{diverged} are this copy's own: deliver them as another device (docs/commands.md, Replacing "
+                    "a box's journal)"))
             if seq > last:
                 self._set_meta("diverged_at", str(last))
-                beyond = last
-            else:
-                self._set_meta("acked_seq", str(seq))
-        if beyond is not None:
-            raise JournalError(f"acknowledgement for seq {seq} beyond the last event {beyond}: central holds more "
-                               "of this journal than this copy (restored from an older backup?); no acknowledgement "
-                               f"past {beyond} is taken from now on")
-        return True
+                return Acknowledged(moved=False, refused=(
+                    f"acknowledgement for seq {seq} beyond the last event {last}: central holds more of this "
+                    f"journal than this copy (restored from an older backup?); no acknowledgement past {last} is "
+                    "taken from now on"))
+            self._set_meta("acked_seq", str(seq))
+        return Acknowledged(moved=True)
 
     def journal_id(self) -> str:
         """This journal's own id, made with it and kept by its backups (batches and acknowledgements name it)."""
@@ -587,6 +587,14 @@ def _open_keys(conn: sqlite3.Connection, path: Path, outer: bytes, version: int)
         return {}
     return {key_id: AESGCM(sealing.unwrap(outer, key_id, wrapped, path))
             for key_id, wrapped in conn.execute("SELECT id, wrapped FROM keys")}
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """What became of central's acknowledgement: the cursor moved, or not (held already, or refused: why)."""
+
+    moved: bool
+    refused: str = ""
 
 
 class _translated:

@@ -16,6 +16,7 @@ import pytest
 
 from agent.retention import KEPT_LATEST
 from storage import DataKeyError, EventTooLarge, Journal, JournalError, NoJournal, load_data_key, verify_journal
+from storage.journal import Acknowledged
 from storage.schema import LOOKED_UP, LOOKED_UP_TERM, SCHEMA_VERSION
 
 from .journals import another_key, journal_path, key  # noqa: F401 (fixtures)
@@ -61,12 +62,12 @@ def test_the_log_is_append_only(journal, statement):
 def test_the_cursor_moves_forward_only_and_never_past_the_end(journal):
     for _ in range(3):
         journal.append("sale", {})
-    assert journal.acknowledge(2) is True
-    assert journal.acknowledge(1) is False
-    assert journal.acknowledge(2) is False  # held already: nothing moves
+    assert journal.acknowledge(2) == Acknowledged(moved=True)
+    assert journal.acknowledge(1) == Acknowledged(moved=False)
+    assert journal.acknowledge(2) == Acknowledged(moved=False)  # held already: nothing moves
     assert journal.acked_seq() == 2
-    with pytest.raises(JournalError, match="beyond the last event 3"):
-        journal.acknowledge(9)
+    beyond = journal.acknowledge(9)
+    assert not beyond.moved and "beyond the last event 3" in beyond.refused
     assert journal.acked_seq() == 2
 
 
@@ -423,9 +424,8 @@ def test_what_the_journal_refuses_to_do_is_named_and_changes_nothing(journal, jo
     journal.fold_prefix(2, {}, [])
     with pytest.raises(JournalError, match="^there is no event 1 to fold up to$"):  # folded away already
         journal.fold_prefix(1, {}, [])
-    with pytest.raises(JournalError, match="^acknowledgement for seq 9 beyond the last event 5: central holds more of "
-                                           "this journal than this copy"):
-        journal.acknowledge(9)  # the cursor stays; what it says of the copy is kept (the test below)
+    assert journal.acknowledge(9).refused.startswith(  # the cursor stays; what it says of the copy is kept
+        "acknowledgement for seq 9 beyond the last event 5: central holds more of this journal than this copy")
     with pytest.raises(JournalError, match=f"^{re.escape(str(journal_path))}: there is no data key 7 in the journal$"):
         journal._data_key(7)
     with journal.transaction():
@@ -527,24 +527,21 @@ def test_a_copy_central_holds_more_of_takes_no_acknowledgement_past_its_own_last
     j.take_identity("shop-a")
     for n in range(3):
         j.append("sale", {"n": n})
-    with pytest.raises(JournalError, match="^acknowledgement for seq 5 beyond the last event 3: central holds more "
-                                           "of this journal than this copy \\(restored from an older backup\\?\\); "
-                                           "no acknowledgement past 3 is taken from now on$"):
-        j.acknowledge(5)
+    assert j.acknowledge(5) == Acknowledged(moved=False, refused=(
+        "acknowledgement for seq 5 beyond the last event 3: central holds more of this journal than this copy "
+        "(restored from an older backup?); no acknowledgement past 3 is taken from now on"))
     for n in range(3):
         j.append("sale", {"n": n + 3})
-    assert j.acknowledge(3) is True  # what both hold alike
-    with pytest.raises(JournalError, match="^acknowledgement for seq 5 refused: central holds events of this journal "
-                                           "past seq 3 that this copy does not \\(it was restored from an older "
-                                           "backup\\); the events after 3 are this copy's own: deliver them as "
-                                           "another device \\(docs/commands.md, Replacing a box's journal\\)$"):
-        j.acknowledge(5)
+    assert j.acknowledge(3) == Acknowledged(moved=True)  # what both hold alike
+    assert j.acknowledge(5) == Acknowledged(moved=False, refused=(
+        "acknowledgement for seq 5 refused: central holds events of this journal past seq 3 that this copy does "
+        "not (it was restored from an older backup); the events after 3 are this copy's own: deliver them as "
+        "another device (docs/commands.md, Replacing a box's journal)"))
     j.close()
     j = Journal.open(journal_path, key)  # kept across a restart
-    with pytest.raises(JournalError, match="past seq 3"):
-        j.acknowledge(4)
+    assert "past seq 3" in j.acknowledge(4).refused
     assert j.take_identity("shop-b") == (3, "shop-a")  # delivered as a new device: its acknowledgements count
-    assert j.acknowledge(6) is True and j.acked_seq() == 6
+    assert j.acknowledge(6) == Acknowledged(moved=True) and j.acked_seq() == 6
     j.close()
 
 

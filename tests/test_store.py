@@ -369,3 +369,26 @@ def test_a_write_that_ends_the_whole_transaction_and_raises_fails_every_write_of
     results, events = _group_of_three(tmp_path, ends_and_raises)
     assert [(type(r), str(r)) for r in results] == [(JournalError, "division by zero")] * 3
     assert events == []
+
+
+def test_an_acknowledgement_beyond_a_restored_copy_is_refused_through_the_store_and_stays_refused(tmp_path):
+    """Through the store, as the uplink takes it: that central holds more of this journal than this copy is
+    recorded, in the store's own transaction, so a later acknowledgement past the copy's last event (the same
+    one, retained, at the next connection) never moves the cursor over the copy's own events."""
+    async def scenario():
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32)
+        try:
+            for n in range(3):
+                await store.append("sale", {"n": n})
+            first = await store.write(lambda journal: journal.acknowledge(5))
+            for n in range(3, 6):
+                await store.append("sale", {"n": n})  # this copy's own 4 to 6, not central's
+            again = await store.write(lambda journal: journal.acknowledge(5))
+            return first, again, await store.read(lambda journal: journal.acked_seq())
+        finally:
+            await store.close()
+
+    first, again, acked = run(scenario())
+    assert not first.moved and "beyond the last event 3" in first.refused
+    assert not again.moved and "past seq 3 that this copy does not" in again.refused
+    assert acked == 0
