@@ -9,7 +9,8 @@ device key (JWS, see docs/protocol.md) and published with QoS 1. They stay in
 the journal until central's acknowledgement ("everything up to seq N")
 arrives; as soon as a new connection is up (after a reconnect or a restart),
 and after ``ack_timeout`` without progress, sending starts again from the
-first unacknowledged event. Central stores each
+first unacknowledged event (each resend with no progress since waits twice as
+long, up to ``RESEND_MAX``). Central stores each
 (device, seq) once, so a resend never duplicates a sale.
 """
 
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5  # seconds before publishing again after a failure; doubles per failure
 RETRY_MAX = 30.0
+# Resends with no acknowledgement between them wait twice as long each time, up to this: central away
+# for a day then costs the broker's queue for it a few copies of the same batches, not thousands.
+RESEND_MAX = 300.0  # seconds
 
 
 @dataclass(kw_only=True)
@@ -50,6 +54,7 @@ class Uplink:
     _in_flight: list[tuple[int, float]] = field(default_factory=list)  # (last_seq, sent at)
     _acked: int = 0
     _failures: int = 0  # publishes failed in a row
+    _resends: int = 0  # resends since the last acknowledgement that moved the cursor
     # The journal the events come from (batches name it; an acknowledgement of another is refused), and
     # the last of its events delivered under another identity: read from the journal as the uplink starts.
     _journal: str | None = None
@@ -99,7 +104,14 @@ class Uplink:
             logger.info("acknowledged by central up to seq=%d", seq)
         self._acked = max(self._acked, seq)
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
+        if taken.moved:
+            self._resends = 0
         self.wake.set()
+
+    @property
+    def _ack_wait(self) -> float:
+        """How long the batches in flight wait for their acknowledgement before they go again."""
+        return min(self.config.ack_timeout * 2 ** min(self._resends, 16), max(RESEND_MAX, self.config.ack_timeout))
 
     async def _next_batch(self, after: int) -> tuple[list[Event], bool]:
         """The events of the next batch, and whether more are waiting behind them (the batch is full)."""
@@ -125,9 +137,10 @@ class Uplink:
                 # A new connection: what was in flight on the last one may be lost, and a pause
                 # after failures on it is no reason to wait on this one.
                 sending, self._in_flight = _Sending(self.link.generation), []
-            elif self._in_flight and now - self._in_flight[0][1] > cfg.ack_timeout:
-                logger.warning("no acknowledgement for %.1fs; resending from seq=%d", cfg.ack_timeout, self._acked + 1)
+            elif self._in_flight and now - self._in_flight[0][1] > self._ack_wait:
+                logger.warning("no acknowledgement for %.1fs; resending from seq=%d", self._ack_wait, self._acked + 1)
                 sending.sent, self._in_flight = 0, []
+                self._resends += 1
             until = now + cfg.ack_timeout  # when to look again, woken or not (time.monotonic())
             if now < sending.retry_at:
                 until = sending.retry_at
@@ -168,7 +181,7 @@ class Uplink:
                 else:
                     sending.waiting_since = None
             if self._in_flight:
-                until = min(until, self._in_flight[0][1] + cfg.ack_timeout)
+                until = min(until, self._in_flight[0][1] + self._ack_wait)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when a cancellation
             # meets a wake-up in one turn of the loop, and the uplink would outlive its stop.
             with contextlib.suppress(TimeoutError):

@@ -442,6 +442,24 @@ def test_without_any_acknowledgement_for_ack_timeout_the_first_event_goes_again(
     run_uplink(stack, tmp_path, "shop-unanswered", test, ack_timeout=1.0)
 
 
+def test_resends_with_no_acknowledgement_between_them_wait_longer_each_time_and_an_acknowledgement_ends_that(
+        stack, tmp_path):
+    """Central away: each copy sent again joins its queue at the broker. Resent every ack_timeout (0.5 s here),
+    5 s would bring ten copies; waiting twice as long each time (0.5, 1, 2 s), four at most."""
+    async def test(central, box):
+        await box.record()
+        await asyncio.to_thread(central.wait_for, 1, "the batch")
+        await asyncio.sleep(5.0)
+        copies = len(central.batches())
+        assert 2 <= copies <= 4, copies
+        assert box.uplink._resends == copies - 1
+        central.acknowledge(1)
+        await box.wait_acked(1)
+        assert box.uplink._resends == 0  # the next batch waits ack_timeout again
+
+    run_uplink(stack, tmp_path, "shop-backoff", test, ack_timeout=0.5)
+
+
 def counting_reads(box) -> list[float]:
     """When the uplink reads the journal for its next batch, from now on."""
     read, reads = box.uplink._next_batch, []
