@@ -63,6 +63,7 @@ REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it w
 MAX_KEYED = 9  # characters of a keyed number: 999999.99 is more than any price at a counter
 START_GUARD = 10.0  # seconds after the box starts in which a keyed number may have lost its first digits
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
+FOLD_BYTES = 1024 * 1024  # and no more than this of them (one larger event alone): price lists are large
 PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled")
 
 
@@ -146,7 +147,8 @@ class Counter:
                 self._catalog = Catalog.from_price_list(event.body if event else None)
         last = journal.last_seq()
         while self.ledger.last_seq < last:
-            events = journal.read_after(self.ledger.last_seq, FOLD_BATCH, damaged=True)
+            events = journal.read_batch(self.ledger.last_seq, max_events=FOLD_BATCH, max_bytes=FOLD_BYTES,
+                                        damaged=True)
             if not events or events[0].seq != self.ledger.last_seq + 1:
                 # Folded away by retention before this ledger saw them: start again from the checkpoint.
                 behind = self.ledger.last_seq
@@ -216,8 +218,8 @@ class Counter:
         """The ledger, price list and settings as of retention's checkpoint (nothing: the journal's start)."""
         self.ledger = checkpoint_ledger(journal, keep_days=False)
         upto = self.ledger.last_seq
-        prices = [event for event in journal.of_kind("price_list") if event.seq <= upto]
-        self._catalog = Catalog.from_price_list(prices[-1].body if prices else None)
+        prices = journal.last("price_list", upto=upto)  # the one in force then, not every one before it
+        self._catalog = Catalog.from_price_list(prices.body if prices else None)
         # Kept with the checkpoint: the events after it fold on.
         self._pushed = [event.body for event in journal.of_kind("settings") if event.seq <= upto]
         self._settle_pushed()

@@ -344,16 +344,17 @@ class Journal:
             raise JournalError(f"{self.path}: event {seq} ({kind}) {reason}") from None
         return Event(seq, kind, json.loads(plaintext))
 
-    def last(self, kind: str) -> Event | None:
-        """The latest event of ``kind``: in the log, or kept by retention's checkpoint."""
+    def last(self, kind: str, *, upto: int | None = None) -> Event | None:
+        """The latest event of ``kind`` (at or before seq ``upto``): in the log, or kept by retention's checkpoint."""
+        bound, values = ("", [kind]) if upto is None else (" AND seq <= ?", [kind, upto])
         with _translated(self.path):
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)} ORDER BY seq DESC", [kind])
+                f"SELECT {_COLUMNS} FROM events WHERE kind = ?{_indexed(kind)}{bound} ORDER BY seq DESC", values)
             for row in rows:  # the latest that opens: one damaged in the file never stops the views
                 event = self._event(*row, damaged=True)
                 if event.kind != DAMAGED:
                     return event
-        kept = [event for event in self._kept() if event.kind == kind]
+        kept = [event for event in self._kept() if event.kind == kind and (upto is None or event.seq <= upto)]
         return kept[-1] if kept else None
 
     def of_kind(self, kind: str) -> list[Event]:

@@ -203,3 +203,28 @@ def test_a_price_list_the_journal_cannot_read_back_gives_way_to_the_one_before(t
     event = AtTheCounter(journal).record(scan("6901028075831"))
     assert (event.kind, event.body["unit_price"]) == ("sale", 2300)
     journal.close()
+
+
+def test_a_counter_catching_up_reads_large_events_a_bounded_amount_at_a_time(tmp_path, monkeypatch):
+    """A journal of many large price lists (a convenience shop's catalogue, weekly): a box starting again
+    reads them a few at a time, never a thousand events' worth of them at once."""
+    from agent.counter import FOLD_BYTES
+
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    items = [{"barcode": f"P{n:05d}", "name": f"Product {n:05d} " + "x" * 60, "price": 100 + n} for n in range(3000)]
+    for week in range(8):
+        journal.append("price_list", {"items": items, "source": f"week {week}"})
+    reads = []
+    read_batch = journal.read_batch
+
+    def counted(after, **limits):
+        events = read_batch(after, **limits)
+        reads.append([len(journal._conn.execute("SELECT sealed FROM events WHERE seq = ?", [e.seq]).fetchone()[0])
+                      for e in events])
+        return events
+
+    monkeypatch.setattr(journal, "read_batch", counted)
+    catching_up = AtTheCounter(journal)
+    assert catching_up.record(scan("P00042")).body["unit_price"] == 142
+    assert len(reads) > 1 and all(len(sizes) == 1 or sum(sizes) <= FOLD_BYTES for sizes in reads)
+    journal.close()

@@ -784,3 +784,13 @@ def test_a_database_file_made_meanwhile_by_another_process_is_taken_as_it_is(tmp
     path.write_bytes(b"SQLite format 3\0")
     create_private(path)
     assert path.read_bytes() == b"SQLite format 3\0"
+
+
+def test_the_last_event_of_a_kind_at_or_before_a_seq(journal):
+    for n in range(4):
+        journal.append("price_list", {"week": n})
+        journal.append("sale", {"n": n})
+    assert journal.last("price_list").body == {"week": 3}
+    assert [journal.last("price_list", upto=seq).body for seq in (1, 2, 4, 6)] == [
+        {"week": 0}, {"week": 0}, {"week": 1}, {"week": 2}]
+    assert journal.last("price_list", upto=0) is None and journal.last("order", upto=8) is None
