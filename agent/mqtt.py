@@ -311,8 +311,12 @@ class MqttLink:
                 await asyncio.sleep(self.backoff.most)
                 continue
             if self.will is not None:
-                will_topic, will_payload = self.will()
-                client.will_set(will_topic, will_payload, qos=1, retain=True)
+                try:
+                    will_topic, will_payload = self.will()
+                except Exception as error:  # never the link's end: it connects without one, and says so
+                    logger.error("MQTT link to %s:%d: no last will this time (%s)", self.host, self.port, error)
+                else:
+                    client.will_set(will_topic, will_payload, qos=1, retain=True)
             self._down = self._loop.create_future()
             try:
                 # Name lookup and the TCP handshake block: in a thread, never on the loop.

@@ -228,3 +228,19 @@ def test_a_flood_at_qos_0_holds_no_more_than_the_inbox_takes(stack, caplog):
     held, first = asyncio.run(flood())
     assert held == INBOX_AT_MOST_QOS0 and first == b"0"  # the first kept, in order
     assert "inbox full:" in caplog.text
+
+
+def test_a_last_will_that_cannot_be_made_is_said_and_the_link_connects_without_it(stack, caplog):
+    """A box whose clock is past what a time on the wire can say (year 10000): its will cannot be signed.
+    Once that ended the link's task in silence, and the box never connected again."""
+    def will():
+        raise ValueError("year 10000 is out of range")
+
+    async def main() -> bool:
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="shop-no-will", will=will) as link:
+            await asyncio.wait_for(link.connected.wait(), 20)
+            return link.connected.is_set()
+
+    assert asyncio.run(main())
+    assert f"MQTT link to 127.0.0.1:{stack.broker_port}: no last will this time (year 10000 is out of range)" \
+        in caplog.text
