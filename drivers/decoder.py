@@ -62,7 +62,7 @@ CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
 CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be told"
 ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
 NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
-TYPED_NOTHING = "keys that type nothing in this layout (keypad digits with Num Lock off?)"
+TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
 # After a scan stopped without its terminator, whatever follows up to the next terminator is its
 # tail, however long the scanner paused, unless nothing at all comes for this long.
 CUT_OFF_QUIET = 1.0  # seconds
@@ -73,6 +73,7 @@ CLOCK_SLACK = 1.0  # seconds
 # Control characters a barcode carries: GS1's group separator, and ISO/IEC 15434's record separator and
 # end of transmission; every other one a key types is not part of a code.
 _SEPARATORS = "\x1d\x1e\x04"
+_KEYPAD_DIGITS = frozenset({*(getattr(ecodes, f"KEY_KP{digit}") for digit in range(10)), ecodes.KEY_KPDOT})
 # An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
 _AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 
@@ -258,7 +259,7 @@ class Decoder:
         if printable:
             self._chars.append(char)
             self._times.append(t)
-        else:  # a key that types nothing a barcode holds (arrows, F-keys, keypad digits with Num Lock off)
+        elif code in _KEYPAD_DIGITS:  # a digit lost (Num Lock off): unlike an arrow or an F-key, part of the code
             self._blank_at = t
         return ended
 
@@ -349,11 +350,13 @@ class Decoder:
         return NotABarcode(text, self.source, reason) if typed or reason == DROPPED else None
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
+        blank, self._blank_at = self._blank_at, None
+        first = self._times[0] if self._times else t
+        if blank is not None and first - self.settings.max_key_interval <= blank <= t:
+            # Keypad digits that typed nothing, in this scan or all of it: a code with digits lost is
+            # no code, and a scan of nothing but them is said as such, never silence.
+            return NotABarcode(self._take(), self.source, TYPED_NOTHING)
         if not self._chars:
-            blank, self._blank_at = self._blank_at, None
-            if blank is not None and 0 <= t - blank <= self.settings.max_key_interval:
-                # Keys came at a scanner's pace and typed nothing: a scan lost, said as such, never silence.
-                return NotABarcode("", self.source, TYPED_NOTHING)
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
         text = self._take()

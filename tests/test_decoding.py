@@ -411,8 +411,10 @@ def test_a_key_down_only_scanner_s_lock_keys_decode_the_same_with_the_built_in_u
     decoded = []
     for keymap in (UsTable(), XkbKeymap("us")):
         decoder = Decoder("dev", DecoderSettings(numlock=False), keymap=keymap)
-        decoded.append(texts([r for r in map(decoder.feed, keys.events) if r is not None]))
-    assert decoded[0] == decoded[1] == [{e.KEY_CAPSLOCK: "11ABCd", e.KEY_NUMLOCK: "11123"}[lock]]
+        decoded.append(_said([r for r in map(decoder.feed, keys.events) if r is not None]))
+    # With Num Lock unlocked again, the last keypad digit types nothing: a digit lost, so no code.
+    assert decoded[0] == decoded[1] == [{e.KEY_CAPSLOCK: ("Scan", "11ABCd", "", "dev"),
+                                         e.KEY_NUMLOCK: ("NotABarcode", "11123", TYPED_NOTHING, "dev")}[lock]]
 
 
 def _records(keys: Keys) -> list[tuple[int, int, int, int, int]]:
@@ -734,13 +736,19 @@ def test_an_iso_15434_code_keeps_its_record_separators_and_end_of_transmission()
     assert texts(Decoder("dev").feed_all(_records(keys.enter()))) == ["[)>\x1e06\x1dP123\x1e\x04"]
 
 
-def test_keys_at_a_scanners_pace_that_type_nothing_are_refused_never_lost_in_silence():
-    """Keypad digits with Num Lock off (a scanner's, in a state the box did not see set) type nothing."""
+def test_keypad_digits_that_type_nothing_are_refused_with_their_scan_never_lost_in_silence():
+    """Keypad digits with Num Lock off (a scanner's, in a state the box did not see set) type nothing: a scan
+    of them alone is said, and one with some of its characters typed is no code with digits left out."""
     decoder = Decoder("dev", DecoderSettings(numlock=False))
     keys = Keys().tap(e.KEY_KP6, e.KEY_KP9, e.KEY_KP0).enter()
     assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "", TYPED_NOTHING, "dev")]
-    # A stray Enter long after a key that typed nothing is an empty line, as ever.
-    keys = Keys().pause(5.0).tap(e.KEY_F1).pause(2.0).enter()
+    keys = Keys().pause(2.0).tap(e.KEY_A, e.KEY_B, e.KEY_KP1, e.KEY_KP2).enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "ab", TYPED_NOTHING, "dev")]
+    # An F-key or an arrow in a scan types nothing a code holds: passed over, as ever.
+    keys = Keys().pause(4.0).tap(e.KEY_F12, e.KEY_1, e.KEY_2, e.KEY_3).enter()
+    assert texts(decoder.feed_all(_records(keys))) == ["123"]
+    # A stray Enter long after a keypad key that typed nothing is an empty line, as ever.
+    keys = Keys().pause(5.0).tap(e.KEY_KP5).pause(2.0).enter()
     assert decoder.feed_all(_records(keys)) == []
 
 
