@@ -139,7 +139,7 @@ class Ledger:
     # is only what was sold of it (a box starts with no idea of the shelf), so it is never "negative".
     tracked: set[str] = field(default_factory=set)
     negative: dict[str, int] = field(default_factory=dict)  # tracked product -> the seq that took it below zero
-    counted_at: dict[str, int] = field(default_factory=dict)  # product -> the seq of the count that last set its stock
+    counted_seq: int = 0  # the latest count's close: the stock it found is the shelf's, whatever was sold before
     days: dict[str, Day] = field(default_factory=dict)
     # The lines of the days used most recently, those a void may take back: the counter's only use for them.
     lines: dict[int, Line] = field(default_factory=dict)
@@ -229,7 +229,7 @@ class Ledger:
         """All of the ledger as JSON (retention's checkpoint); ``Ledger.from_state`` reads it back."""
         return {
             "v": 1, "last_seq": self.last_seq, "stock": self.stock, "names": self.names,
-            "tracked": sorted(self.tracked), "negative": self.negative, "counted_at": self.counted_at,
+            "tracked": sorted(self.tracked), "negative": self.negative, "counted_seq": self.counted_seq,
             "days": {name: {"products": {p: t.state() for p, t in day.products.items()}, "total": day.total.state(),
                             "closed": day.closed} for name, day in self.days.items()},
             "lines": [[line.seq, line.kind, line.day, line.product, line.packs, line.amount, line.cost,
@@ -249,7 +249,7 @@ class Ledger:
         state = copy.deepcopy(state)  # a ledger changes what it holds: never its checkpoint's copy
         ledger = cls(keep_days=keep_days, stock=dict(state["stock"]), names=dict(state["names"]),
                      tracked=set(state["tracked"]), negative=dict(state["negative"]),
-                     counted_at=dict(state.get("counted_at", {})),  # (a checkpoint written before it was kept: none)
+                     counted_seq=state.get("counted_seq", 0),  # (a checkpoint written before it was kept: none)
                      days={name: Day(products={p: Totals(**t) for p, t in day["products"].items()},
                                      total=Totals(**day["total"]), closed=day["closed"])
                            for name, day in state["days"].items()},
@@ -293,9 +293,10 @@ class Ledger:
                         amount=body["amount"], cost=body.get("cost"), amount_unknown=bool(body.get("unpriced")))
             self.day(line.day).add(line, -1)
             self.sale_prices.get(line.day, {}).pop(voided, None)
-            if voided > self.counted_at.get(line.product, 0):
+            if voided > self.counted_seq:
                 self._move(seq, line.product, line.packs)
-            # else sold before a count, which found the shelf as it is: the stock stays what was counted
+            # else sold before a count, which found the whole shelf as it is (a product it did not list,
+            # none): the stock stays what was counted
             return
         # A scan of a receiving or a count taken back: the session's latest event, as a scan is.
         if self.session is not None:
@@ -328,8 +329,8 @@ class Ledger:
             raise ValueError("a count's line without a whole number counted")
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
-            self.counted_at[line["product"]] = seq
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
+        self.counted_seq = seq
         if self.keep_days:
             self.counts.append({"seq": seq, **body})
         self.session = None

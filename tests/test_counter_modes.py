@@ -821,3 +821,12 @@ def test_a_receiving_of_no_order_has_no_differences_in_the_receipts_as_it_closed
     assert shop.signal is Signal.GOOD
     [receipt] = reports.receipts(shop.ledger())
     assert (receipt["order"], receipt["differences"]) == (None, [])
+
+
+def test_a_void_of_a_sale_made_before_a_count_leaves_a_product_the_count_did_not_list_at_none(shop):
+    """A count covers the whole shelf: a product it did not list (none left, none scanned) is none."""
+    shop.scan("CB:RECEIVING", GUM, "CB:CLOSE", GUM)  # one gum in, one sold: none on the shelf
+    shop.scan("CB:COUNT", PACK, "CB:CLOSE")
+    [void] = shop.scan("CB:VOID")  # the gum's sale taken back
+    assert void.body["product"] == _key(GUM)
+    assert shop.ledger().stock[_key(GUM)] == 0
