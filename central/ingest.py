@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent.mqtt import Backoff, Message, MqttError, MqttLink, Session
 from provisioning import activation, protocol
-from provisioning.errors import ProtocolError
+from provisioning.errors import IdentityError, ProtocolError
 from provisioning.identity import parse_public_key
 
 from . import broker
@@ -161,7 +161,12 @@ class Ingest:
             raise Rejected(f"device {device_id!r} is not registered")
         cached = self._keys.get(device_id)
         if cached is None or cached[0] != device.public_key:  # registered again with a new key
-            cached = self._keys[device_id] = (device.public_key, parse_public_key(device.public_key))
+            try:
+                key = parse_public_key(device.public_key)
+            except IdentityError as error:  # registered before keys were read this strictly (small order, padded)
+                raise Rejected(f"device {device_id!r}'s registered key is refused: {error}; register it "
+                               "again with its key as `counterbox identity show` prints it") from None
+            cached = self._keys[device_id] = (device.public_key, key)
         return cached[1]
 
     # -- the MQTT consumer -----------------------------------------------------

@@ -50,7 +50,9 @@ def _register(args) -> int:
                             "'-', '_' or '.'")
     if args.region and not protocol.valid_device_id(args.region):
         raise CentralError(f"region {args.region!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
-    parse_public_key(public_key)  # refuse a malformed key before it reaches the registry
+    # A malformed key is refused before it reaches the registry; a good one is kept in its one spelling,
+    # the one a box's activation request names it by.
+    public_key = public_key_text(parse_public_key(public_key))
     store = CentralStore(args.central_db)
     try:
         store.register(device, public_key, shop=args.shop, region=args.region, replace=args.replace)

@@ -107,19 +107,20 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     it aside, for a key pasted into a file). A key that is no point of the curve, or one of its few
     points of small order, is refused: a small-order key "verifies" signatures nobody made (the identity
     point verifies any message with a signature of zeros), so it proves no one holds it."""
+    shown = repr(text)[:60]  # what anyone sent (a hello is anonymous): named, never at any length
     if not isinstance(text, str):  # a JSON document's value may be anything
-        raise IdentityError(f"{text!r} is not an Ed25519 public key (base64url of 32 bytes)")
+        raise IdentityError(f"{shown} is not an Ed25519 public key (base64url of 32 bytes)")
     try:
         raw = b64url_decode(text.strip())
     except SignatureError:
         raw = b""
     if len(raw) != 32:
-        raise IdentityError(f"{text!r} is not an Ed25519 public key (base64url of 32 bytes)")
+        raise IdentityError(f"{shown} is not an Ed25519 public key (base64url of 32 bytes)")
     point = _point(raw)
     if point is None:
-        raise IdentityError(f"{text!r} is not an Ed25519 public key: not a point of the curve in its one encoding")
+        raise IdentityError(f"{shown} is not an Ed25519 public key: not a point of the curve in its one encoding")
     if _small_order(point):
-        raise IdentityError(f"{text!r} is not an Ed25519 public key anyone holds: a point of small order, "
+        raise IdentityError(f"{shown} is not an Ed25519 public key anyone holds: a point of small order, "
                             "which verifies signatures no private key made")
     return Ed25519PublicKey.from_public_bytes(raw)
 

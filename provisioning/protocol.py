@@ -164,7 +164,7 @@ def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
         raise ProtocolError(f"batch journal {str(journal)[:40]!r} is not a journal id (32 lowercase hex digits)")
     if not natural(base_seq, 0, first - 1):
         raise ProtocolError(f"batch base_seq {str(base_seq)[:40]} is not a seq before its first, {first}")
-    if base_seq and journal is None:  # what was delivered before is of a journal: a batch naming none has none
+    if "base_seq" in payload and journal is None:  # what was delivered before is of a journal: none, no base
         raise ProtocolError(f"batch base_seq {base_seq} names no journal it was delivered from")
     sent_at = payload.get("sent_at")
     try:

@@ -77,17 +77,6 @@ def test_a_public_key_of_small_order_is_refused_since_it_verifies_signatures_nob
         parse_public_key(text)
 
 
-def test_the_identity_key_would_verify_any_message_with_a_signature_of_zeros():
-    """Why the refusal above matters, shown with the library the box verifies with: R the identity, S zero."""
-    from cryptography.exceptions import InvalidSignature
-
-    identity = bytes([1]) + bytes(31)
-    try:
-        ed25519.Ed25519PublicKey.from_public_bytes(identity).verify(identity + bytes(32), b"a sale nobody made")
-    except InvalidSignature:
-        pytest.skip("this OpenSSL refuses the identity's signature itself; the key is refused all the same")
-
-
 @pytest.mark.parametrize("text, why", [
     (_encoded(P), "y = P: the point (sqrt(-1), 0) spelt a second way"),
     (_encoded(P + 1), "y = P + 1: the identity spelt a second way"),
@@ -115,3 +104,10 @@ def test_every_key_a_box_makes_is_taken():
     for _ in range(200):
         key = ed25519.Ed25519PrivateKey.generate().public_key()
         assert parse_public_key(public_key_text(key)).public_bytes_raw() == key.public_bytes_raw()
+
+
+def test_a_refused_key_is_named_in_a_few_characters_however_long_it_was():
+    """A hello is anonymous: what it names as its key reaches central's log only this far."""
+    with pytest.raises(IdentityError) as refused:
+        parse_public_key("A" * 1_000_000)
+    assert len(str(refused.value)) < 120 and str(refused.value).startswith("'AAAA")

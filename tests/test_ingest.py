@@ -117,6 +117,16 @@ def test_a_box_registered_again_with_a_new_key_is_heard_with_the_new_key_only(ce
     assert result.acked_seq == 2
 
 
+def test_a_box_registered_with_a_key_read_less_strictly_before_is_rejected_with_what_to_do(central):
+    """A key kept padded (or of small order) by a central that read keys less strictly: its batches are
+    rejected with the reason, answered, never an internal error left unacknowledged at every resend."""
+    central.store.register("shop-1", public_key_text(central.box_key) + "=", replace=True)
+    with pytest.raises(Rejected, match="^device 'shop-1''s registered key is refused: .* register it again with its "
+                                       "key as `counterbox identity show` prints it$"):
+        central.handle(batch_message(sales(1), key=central.box_key))
+    assert list(central.store.events()) == []
+
+
 def test_a_cleared_retained_message_is_only_noted(central):
     topic = protocol.status_topic(PREFIX, "shop-1")
     assert central.handle(Message(topic, b"")) == (Cleared(topic), None)

@@ -45,6 +45,16 @@ def test_a_key_beginning_with_a_dash_registers_every_way(tmp_path, how):
     store.close()
 
 
+def test_a_key_pasted_with_spaces_around_it_is_registered_in_its_one_spelling(tmp_path):
+    """As the box's activation request names it: a key kept as pasted was "registered with another key"."""
+    db = tmp_path / "central.db"
+    result = ops("register", "--central-db", str(db), "--device", "shop-7", f"--public-key=  {KEY_WITH_A_DASH}\n")
+    assert result.returncode == 0, result.stderr
+    store = CentralStore(db)
+    assert store.device("shop-7").public_key == KEY_WITH_A_DASH
+    store.close()
+
+
 def test_re_keying_a_registered_device_needs_replace(tmp_path):
     db = tmp_path / "central.db"
     first, second = _key_beginning_with_a_dash(), _key_beginning_with_a_dash()

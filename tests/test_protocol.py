@@ -401,8 +401,10 @@ def test_a_batch_saying_what_was_delivered_before_without_naming_its_journal_is_
                                                   events=[{"seq": 10, "kind": "sale", "body": {}},
                                                           {"seq": 11, "kind": "sale", "body": {}}]), key),
                               device=DEVICE, key=key.public_key())
-    decoded = protocol.decode_batch(signed(good_payload(base_seq=0), key), device=DEVICE, key=key.public_key())
-    assert (decoded.journal, decoded.base_seq) == (None, 0)
+    with pytest.raises(ProtocolError, match="^batch base_seq 0 names no journal it was delivered from$"):
+        protocol.decode_batch(signed(good_payload(base_seq=0), key), device=DEVICE, key=key.public_key())
+    decoded = protocol.decode_batch(signed(good_payload(), key), device=DEVICE, key=key.public_key())
+    assert (decoded.journal, decoded.base_seq) == (None, 0)  # a box of an earlier version: neither
 
 
 def test_an_acknowledgement_of_another_journal_under_the_same_device_moves_nothing(key):
