@@ -627,9 +627,8 @@ class Counter:
 
 
 def _holds_pending(body: dict[str, Any]) -> bool:
-    """Whether a ``pending`` event says something is pending: a keyed price of 0.00 is one."""
-    return any(body.get(name) not in (None, False, "", 0) for name in PENDING_FIELDS if name != "price") \
-        or body.get("price") is not None
+    """Whether a ``pending`` event says something is pending, by Pending's own rule (a keyed price of 0.00 is)."""
+    return bool(Pending(**{name: body[name] for name in PENDING_FIELDS if body.get(name) is not None}))
 
 
 def _minor(keyed: str) -> int | None:

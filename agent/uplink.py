@@ -102,10 +102,9 @@ class Uplink:
             return
         if taken.moved:
             logger.info("acknowledged by central up to seq=%d", seq)
+            self._resends = 0
         self._acked = max(self._acked, seq)
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
-        if taken.moved:
-            self._resends = 0
         self.wake.set()
 
     @property
