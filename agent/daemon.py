@@ -26,7 +26,8 @@ from drivers.feedback import Signal
 from provisioning import activation, protocol
 from provisioning.documents import settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
-from storage import Journal, JournalFull, NoJournal, StorageError, Store, destroy_secret, load_data_key, remove_journal
+from storage import (Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret, load_data_key,
+                     remove_journal)
 from storage.keys import sync_directory, write_secret
 
 from .activation import Activator
@@ -113,6 +114,13 @@ async def run(config: Config) -> None:
     keys and journal, and starts again as a new box waiting for activation."""
     asyncio.get_running_loop().set_default_executor(
         ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="blocking"))
+    # One agent per journal, across an erase and a new life too. Taken before anything is served, so
+    # the open of a small file on the box's own disk holds up no scan.
+    with agent_lock(config.storage.path):
+        await _run(config)
+
+
+async def _run(config: Config) -> None:
     if await asyncio.to_thread(finish_erase, config):
         logger.warning("an erase cut short (power lost?) was finished; starting as a new box")
     while await _life(config):

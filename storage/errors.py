@@ -21,6 +21,10 @@ class NoJournal(JournalError):
     """There is no journal yet (the agent has not run on this box)."""
 
 
+class JournalInUse(JournalError):
+    """Another agent holds the journal: one agent per journal."""
+
+
 class DataKeyError(StorageError):
     """The data key is missing, malformed, or does not open the journal."""
 

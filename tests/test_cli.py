@@ -240,3 +240,41 @@ def test_a_daemon_task_that_fails_with_a_known_error_ends_the_agent_with_that_er
     directory, config = box
     assert cli.main(["-c", str(config), "run"]) == 2
     assert capsys.readouterr().err == "counterbox: error: journal.db: disk I/O error\n"
+
+
+def test_a_second_agent_on_the_same_journal_stops_at_once_naming_the_first_and_touching_nothing(box):
+    """Two agents on one journal would both reach for the scanners, take the same client id from each
+    other at the broker, and each keep the counter's state apart from the other."""
+    from storage import agent_lock
+
+    directory, config = box
+    with agent_lock(directory / "journal.db"):  # the first agent's, taken as the agent takes it
+        result = counterbox(config, "run")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"counterbox: error: another agent is running on {directory / 'journal.db'} "
+                             f"(pid {os.getpid()}): one agent per journal; stop it first (systemctl stop counterbox)\n")
+    assert sorted(path.name for path in directory.iterdir()) == ["agent.toml", "journal.db.lock"]
+
+
+def test_the_agent_lock_goes_with_its_process_however_it_ends(tmp_path):
+    """A box that lost power (or an agent killed) leaves the lock file, never the lock."""
+    import signal
+
+    from storage import JournalInUse, agent_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from storage import agent_lock\nwith agent_lock(Path(sys.argv[1])):\n"
+                               "    print('held', flush=True)\n    time.sleep(60)\n", str(tmp_path / "journal.db")],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(JournalInUse, match=f"another agent is running on .*journal.db \\(pid {holder.pid}\\)"):
+            with agent_lock(tmp_path / "journal.db"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with agent_lock(tmp_path / "journal.db"):
+        assert (tmp_path / "journal.db.lock").read_text() == f"{os.getpid()}\n"
+    with agent_lock(tmp_path / "journal.db"):  # and again: released when the block ends
+        pass
