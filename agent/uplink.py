@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from provisioning import protocol
 from provisioning.errors import ProtocolError
-from storage import DAMAGED, Event, StorageError, Store
+from storage import DAMAGED, Event, JournalFull, StorageError, Store
 
 from .config import UplinkConfig
 from .mqtt import MqttError, MqttLink
@@ -94,15 +94,28 @@ class Uplink:
             return
         try:
             taken = await self.store.write(lambda journal: journal.acknowledge(seq))
+        except JournalFull as error:
+            if seq <= self._acked:
+                return  # held in memory already (an acknowledgement before it found no room either)
+            if not (self._in_flight and seq <= self._in_flight[-1][0]):
+                logger.error("acknowledgement not taken: %s", error)
+                return
+            # Of a batch this uplink sent from this journal: central holds it. Kept in memory, so a backlog
+            # goes on to central while the disk stays full (it would otherwise wait behind the cursor, and
+            # for good if the journal itself filled the disk); the journal's cursor is written with the
+            # next acknowledgement once there is room.
+            logger.warning("acknowledged by central up to seq=%d, kept in memory only: %s", seq, error)
+            self._resends = 0
         except StorageError as error:
             logger.error("acknowledgement not taken: %s", error)
             return
-        if taken.refused:
-            logger.error("%s", taken.refused)
-            return
-        if taken.moved:
-            logger.info("acknowledged by central up to seq=%d", seq)
-            self._resends = 0
+        else:
+            if taken.refused:
+                logger.error("%s", taken.refused)
+                return
+            if taken.moved:
+                logger.info("acknowledged by central up to seq=%d", seq)
+                self._resends = 0
         self._acked = max(self._acked, seq)
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
         self.wake.set()

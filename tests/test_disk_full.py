@@ -225,3 +225,27 @@ def test_an_io_error_is_a_full_disk_only_when_fewer_than_64_kib_are_free(small_d
     assert disk_full(_io_error(sqlite3.SQLITE_FULL), journal) is True
     assert disk_full(_io_error(sqlite3.SQLITE_CANTOPEN), journal) is False
     assert disk_full(sqlite3.ProgrammingError("Cannot operate on a closed database."), journal) is False
+
+
+def test_on_a_full_disk_acknowledgements_are_kept_in_memory_and_the_backlog_goes_on_to_central(stack, small_disk):
+    """The journal's cursor cannot be written while the disk is full; the batches central acknowledged are
+    not sent again and again meanwhile, and those behind them go on (for good stuck, were it the journal
+    itself that filled the disk). The cursor is written with the first acknowledgement after space returns."""
+    from .test_delivery import recorded, run_uplink
+
+    async def test(central, box):
+        await box.store.write(recorded(6))
+        box.uplink.wake.set()
+        assert await asyncio.to_thread(central.wait_for, 2, "the batches in flight") == [[1], [2]]
+        fill(small_disk)
+        central.acknowledge(2)
+        assert await asyncio.to_thread(central.wait_for, 4, "the batches behind them") == [[1], [2], [3], [4]]
+        assert await box.acked_seq() == 0  # the journal's cursor: no room to write it
+        central.acknowledge(4)
+        assert await asyncio.to_thread(central.wait_for, 6, "the rest") == [[1], [2], [3], [4], [5], [6]]
+        os.unlink(small_disk / "filler")  # space returns
+        central.acknowledge(6)
+        await box.wait_acked(6)
+        assert central.batches() == [[1], [2], [3], [4], [5], [6]]  # nothing went twice
+
+    run_uplink(stack, small_disk, "shop-full-acks", test, batch_max_events=1, max_in_flight=2)
