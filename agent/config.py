@@ -161,6 +161,10 @@ class UplinkConfig:
     snapshot_interval: float = 3600.0  # seconds between a monitoring point's snapshots of stock and prices
 
     def __post_init__(self) -> None:
+        from provisioning.protocol import TOPIC_PREFIX_RULE, is_topic_prefix
+
+        if not is_topic_prefix(self.topic_prefix):
+            raise ConfigError(f"[uplink] topic_prefix {self.topic_prefix!r} must be {TOPIC_PREFIX_RULE}")
         if self.status_interval <= 0 or self.snapshot_interval <= 0:
             raise ConfigError("[uplink] status_interval and snapshot_interval must be more than 0 seconds")
         if self.batch_max_events < 1 or self.max_in_flight < 1:
@@ -253,9 +257,16 @@ SECTIONS: dict[str, type] = {
 
 def _scanner(table: dict[str, Any], base: Path) -> ScannerConfig:
     table = dict(table)
-    decoder = _section(DecoderSettings, table.pop("decoder", {}), "scanner.decoder", base)
+    decoder = table.pop("decoder", {})
+    if not isinstance(decoder, dict):
+        raise ConfigError(f"[scanner] decoder must be a table ([scanner.decoder]), not {decoder!r}")
+    decoder = _section(DecoderSettings, decoder, "scanner.decoder", base)
+    overrides = table.pop("device", [])
+    if not isinstance(overrides, list) or not all(isinstance(override, dict) for override in overrides):
+        raise ConfigError("[scanner] device must be an array of tables, each written [[scanner.device]] "
+                          f"(two brackets), not {overrides!r}")
     devices = []
-    for index, override in enumerate(table.pop("device", [])):
+    for index, override in enumerate(overrides):
         override = dict(override)
         match = override.pop("match", None)
         if not isinstance(match, str) or not match:
@@ -285,14 +296,16 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
             if not isinstance(value, str):
                 raise ConfigError(f"[{name}] {key} must be a path, not {value!r}")
             value = base / Path(value).expanduser()
-        elif isinstance(default, tuple):
-            if not isinstance(value, list):
-                raise ConfigError(f"[{name}] {key} must be a list, not {value!r}")
+        elif isinstance(default, tuple):  # every list in the file is one of strings
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                what = "paths" if (name, key) in PATH_LISTS else "strings"
+                raise ConfigError(f"[{name}] {key} must be a list of {what}, not {value!r}")
             value = tuple(value)
             if (name, key) in PATH_LISTS:
-                if not all(isinstance(v, str) for v in value):
-                    raise ConfigError(f"[{name}] {key} must be a list of paths, not {value!r}")
                 value = tuple(str(base / Path(v).expanduser()) for v in value)
+        elif isinstance(value, bool) != isinstance(default, bool) and default not in (None, dataclasses.MISSING):
+            # TOML's true is Python's 1 as well: a switch is no number, nor a number a switch.
+            raise ConfigError(f"[{name}] {key} must be of type {type(default).__name__}, not {value!r}")
         elif isinstance(default, float) and isinstance(value, int):
             value = float(value)
         if default is not None and not isinstance(value, type(default)) and default is not dataclasses.MISSING:
@@ -306,7 +319,7 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
 
 def load(path: Path) -> Config:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as some editors write, is no statement
     except FileNotFoundError:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:

@@ -17,7 +17,7 @@ from typing import Any
 
 from agent import reports as shop_reports
 from provisioning.errors import ProvisioningError
-from provisioning.protocol import rfc3339
+from provisioning.protocol import rfc3339, topic_prefix
 from provisioning.identity import create_key, load_key, public_key_text
 
 from . import broker, reports
@@ -300,7 +300,7 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     ingest.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
     ingest.add_argument("--client-id", default="counterbox-central", help="MQTT client id of the persistent session (default counterbox-central)")
-    ingest.add_argument("--topic-prefix", default="counterbox/v1", help="topic prefix (default counterbox/v1)")
+    ingest.add_argument("--topic-prefix", type=topic_prefix, default="counterbox/v1", help="topic prefix (default counterbox/v1)")
     broker.add_connection_options(ingest)
     ingest.add_argument("--share", metavar="GROUP", help="one of several ingest instances sharing the load: "
                                                          "subscribe as $share/GROUP/... on a clean session")
@@ -313,7 +313,7 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--dynsec", type=Path, required=True, help="the plugin's file to write (plugin_opt_config_file)")
     init.add_argument("--central-password-file", type=Path, required=True, help="central's password (made if missing)")
     init.add_argument("--ops-password-file", type=Path, required=True, help="operations' password (made if missing)")
-    init.add_argument("--topic-prefix", default="counterbox/v1", help="topic prefix (default counterbox/v1)")
+    init.add_argument("--topic-prefix", type=topic_prefix, default="counterbox/v1", help="topic prefix (default counterbox/v1)")
     init.set_defaults(func=_broker_init)
     export = commands.add_parser("export", help="print stored events as JSON lines")
     export.add_argument("--kind", default="sale", help="event kind to export, or '' for all (default sale)")

@@ -36,11 +36,11 @@ def _register(args) -> int:
     device, public_key = args.device, args.public_key
     if args.identity is not None:
         # What 'counterbox identity show' printed on the device: {"device": ..., "public_key": ...}.
-        text = sys.stdin.read() if str(args.identity) == "-" else args.identity.read_text()
         try:
+            text = sys.stdin.read() if str(args.identity) == "-" else args.identity.read_bytes().decode()
             identity = json.loads(text)
             device, public_key = identity["device"], identity["public_key"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError too: saved as UTF-16, say
             raise IdentityError(f"{args.identity} is not what 'counterbox identity show' prints") from None
     if not device or not public_key:
         raise IdentityError("give --identity FILE, or both --device and --public-key")
@@ -342,7 +342,7 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
     command.add_argument("--broker", type=broker_address, default="127.0.0.1:1883",
                          help="the broker, HOST:PORT (default 127.0.0.1:1883)")
-    command.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
+    command.add_argument("--topic-prefix", type=protocol.topic_prefix, default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
     broker.add_connection_options(command)
     whom = command.add_mutually_exclusive_group(required=True)
     whom.add_argument("--device", help="for one device")
@@ -404,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--push", action="store_true", help="push the code to the box (--device) through the broker")
     issue.add_argument("--broker", type=broker_address, default="127.0.0.1:1883",
                          help="the broker, HOST:PORT (default 127.0.0.1:1883)")
-    issue.add_argument("--topic-prefix", default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
+    issue.add_argument("--topic-prefix", type=protocol.topic_prefix, default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
     broker.add_connection_options(issue)
     issue.set_defaults(func=_activation_issue)
     waiting = activation_.add_parser("waiting", help="boxes waiting for activation (they said hello), newest first")

@@ -56,7 +56,7 @@ class XkbKeymap:
         self.name = f"{layout}({variant})" if variant else layout
         try:
             self._keymap = xkb.Context().keymap_new_from_names(layout=layout, variant=variant or None)
-        except xkb.XKBKeymapCompileError:
+        except xkb.XKBError:  # XKBKeymapCreationFailure, and whatever else this binding raises for a layout it cannot build
             raise KeymapError(f"keyboard layout {self.name!r} is not known to xkeyboard-config") from None
 
     def new_state(self, *, numlock: bool = True) -> "XkbState":

@@ -54,6 +54,25 @@ MAX_DEVICE_ID = 64  # characters
 MAX_NESTING = 32
 
 
+TOPIC_PREFIX_RULE = ("MQTT topic levels of printable characters, without the wildcards + and #, empty levels, "
+                     "or a leading $ (the broker's own topics)")
+
+
+def is_topic_prefix(value: Any) -> bool:
+    """A prefix every topic of the protocol can start with: a broker would refuse a publish under wildcards,
+    and take a subscription under them as one to other topics."""
+    return (isinstance(value, str) and 0 < len(value.encode()) <= 1024 and value.isprintable()
+            and not value.startswith("$") and "+" not in value and "#" not in value
+            and all(value.split("/")))
+
+
+def topic_prefix(text: str) -> str:
+    """``text`` as a topic prefix (a command line's type=): ValueError when no topic can start with it."""
+    if not is_topic_prefix(text):
+        raise ValueError(f"topic prefix {text!r} must be {TOPIC_PREFIX_RULE}")
+    return text
+
+
 def batch_topic(prefix: str, device: str) -> str:
     return f"{prefix}/devices/{device}/batch"
 

@@ -687,3 +687,14 @@ def test_the_first_command_on_a_new_database_says_nothing_but_its_answer(tmp_pat
                              str(tmp_path / "central.key"), "devices", "--json"], capture_output=True, text=True,
                             timeout=60)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+@pytest.mark.parametrize("command", [["ingest"], ["broker", "init", "--dynsec", "x.json"]], ids=["ingest", "broker init"])
+def test_a_topic_prefix_no_topic_can_start_with_is_refused_before_anything_starts(tmp_path, command):
+    from central.ops import main as ops_main
+
+    result = run_main(central_main, ["--db", str(tmp_path / "c.db"), *command, "--topic-prefix", "counterbox/#"])
+    assert result.returncode == 2 and "argument --topic-prefix: invalid topic_prefix value: 'counterbox/#'" in result.stderr
+    assert not (tmp_path / "c.db").exists()
+    result = run_main(ops_main, ["activation", "issue", "--topic-prefix", "+/v1"])
+    assert result.returncode == 2 and "argument --topic-prefix: invalid topic_prefix value: '+/v1'" in result.stderr

@@ -98,6 +98,27 @@ def test_an_integer_is_accepted_where_seconds_are_expected(tmp_path):
         ('[pricing]\ncurrency = "not money!"\n', "[pricing] currency 'not money!' must be an ISO 4217 code, like CNY"),
         ('[pricing]\ncurrency = "cny"\n', "[pricing] currency 'cny' must be an ISO 4217 code"),
         ('[storage]\npath = "journal\\u0000.db"\n', "[storage] path holds a NUL character"),
+        # A switch is no number (TOML's true is Python's 1), nor a number a switch.
+        ("[broker]\nport = true\n", "[broker] port must be of type int, not True"),
+        ("[storage]\nretention_days = true\n", "[storage] retention_days must be of type float, not True"),
+        ("[uplink]\nack_timeout = true\n", "[uplink] ack_timeout must be of type float, not True"),
+        ("[scanner]\nauto = 1\n", "[scanner] auto must be of type bool, not 1"),
+        # The shapes of the scanner's tables and lists.
+        ('[scanner.device]\nmatch = "/dev/input/event3"\n',
+         "[scanner] device must be an array of tables, each written [[scanner.device]] (two brackets)"),
+        ("[scanner]\ndevice = [1]\n", "[scanner] device must be an array of tables"),
+        ("[scanner]\ndecoder = 5\n", "[scanner] decoder must be a table ([scanner.decoder]), not 5"),
+        ("[scanner.decoder]\nterminators = [[1]]\n", "[scanner.decoder] terminators must be a list of strings, not [[1]]"),
+        ("[scanner]\nusb_ids = [1234]\n", "[scanner] usb_ids must be a list of strings, not [1234]"),
+        ("[scanner]\npaths = [3]\n", "[scanner] paths must be a list of paths, not [3]"),
+        # A prefix no topic can start with: wildcards, empty levels, the broker's own $ topics, control characters.
+        ('[uplink]\ntopic_prefix = "counterbox/+/v1"\n', "[uplink] topic_prefix 'counterbox/+/v1' must be MQTT topic levels"),
+        ('[uplink]\ntopic_prefix = "counterbox/#"\n', "[uplink] topic_prefix 'counterbox/#' must be"),
+        ('[uplink]\ntopic_prefix = "counterbox//v1"\n', "[uplink] topic_prefix 'counterbox//v1' must be"),
+        ('[uplink]\ntopic_prefix = "counterbox/"\n', "[uplink] topic_prefix 'counterbox/' must be"),
+        ('[uplink]\ntopic_prefix = ""\n', "[uplink] topic_prefix '' must be"),
+        ('[uplink]\ntopic_prefix = "$SYS/counterbox"\n', "[uplink] topic_prefix '$SYS/counterbox' must be"),
+        ('[uplink]\ntopic_prefix = "counter\\u0007box"\n', "[uplink] topic_prefix 'counter\\x07box' must be"),
     ],
 )
 def test_mistakes_are_named(tmp_path, text, message):
@@ -109,3 +130,15 @@ def test_mistakes_are_named(tmp_path, text, message):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load(tmp_path / "nope.toml")
+
+
+def test_a_file_that_starts_with_a_byte_order_mark_is_read_as_without_one(tmp_path):
+    path = tmp_path / "agent.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + b'[device]\nid = "shop-1"\n')
+    assert load(path).device.id == "shop-1"
+
+
+def test_a_topic_prefix_of_several_levels_is_taken():
+    from provisioning.protocol import is_topic_prefix
+
+    assert all(map(is_topic_prefix, ["counterbox/v1", "yunnan/counterbox/v2", "cb", "a b/c"]))

@@ -89,3 +89,12 @@ def test_any_sequence_of_presses_and_releases_types_the_same(xkb_us, events, num
             state.update(code, down=down)
         if down:
             assert ours.text(code) == theirs.text(code), (e.KEY.get(code, code), events)
+
+
+def test_a_layout_xkeyboard_config_does_not_know_is_named_in_the_driver_error():
+    from drivers.errors import DriverError
+
+    with pytest.raises(DriverError, match=r"^keyboard layout 'zz' is not known to xkeyboard-config$"):
+        load_keymap("zz")
+    with pytest.raises(DriverError, match=r"^keyboard layout 'de\(no-such-variant\)' is not known to xkeyboard-config$"):
+        load_keymap("de", "no-such-variant")

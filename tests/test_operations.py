@@ -735,3 +735,12 @@ def test_a_length_of_time_at_the_edges_of_its_range_is_taken(tmp_path, ops_key, 
 def test_a_command_line_missing_what_it_needs_is_refused_by_name(args, message):
     result = ops(*args)
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_an_identity_file_saved_in_another_encoding_is_named_as_not_what_identity_show_prints(tmp_path):
+    """Copied through an editor that saved it as UTF-16 (with its byte-order mark)."""
+    identity = tmp_path / "identity.json"
+    identity.write_bytes(json.dumps({"device": "shop-7", "public_key": KEY_WITH_A_DASH}).encode("utf-16"))
+    result = ops("register", "--central-db", str(tmp_path / "c.db"), "--identity", str(identity))
+    assert (result.returncode, result.stderr) == (
+        2, f"counterbox-ops: error: {identity} is not what 'counterbox identity show' prints\n")
