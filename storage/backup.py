@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from . import sealing, sqlite
 from .chain import Verification
 from .errors import BackupError, JournalError, JournalFull
-from .journal import Journal, verify_journal
+from .journal import Journal, check_no_log_left, verify_journal
 from .keys import sync_directory
+from .owner import agent_lock
 from .schema import SCHEMA_VERSION
 
 FORMAT, VERSION = "counterbox-backup", 1
@@ -80,9 +81,15 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
 def restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) -> Verification:
     """Restore the backup ``source`` as the journal at ``journal_path`` (which must not exist), its
     data keys wrapped under this box's ``outer`` key; only a journal that verifies is put in place."""
+    with agent_lock(journal_path):  # never beneath a running agent, nor an agent started meanwhile
+        return _restore(source, passphrase, journal_path, outer)
+
+
+def _restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) -> Verification:
     if journal_path.exists():
         raise JournalError(f"a journal exists at {journal_path}: a backup is restored only onto a box with no "
-                           "journal (move this one away first)")
+                           "journal (move this one away first, with its -wal and -shm files)")
+    check_no_log_left(journal_path)
     journal_path.parent.mkdir(parents=True, exist_ok=True)
     restored = _aside(journal_path, "restoring")
     try:

@@ -117,6 +117,7 @@ class Journal:
         if not path.exists():
             if not create:
                 raise NoJournal(f"there is no journal at {path}: the agent has not run on this box yet")
+            check_no_log_left(path)
             sqlite.create_private(path)
         else:
             size = path.stat().st_size
@@ -644,6 +645,19 @@ class _Transaction:
                 self._journal.rollbacks += 1  # the commit itself failed and was rolled back
             raise
         return _translated(self._journal.path).__exit__(kind, error, traceback)  # which leaves as the store's own
+
+
+def check_no_log_left(path: Path) -> None:
+    """Refuse to make a journal at ``path`` where the write-ahead log of one that stood there is left.
+
+    After a stop that was not clean (a power cut, a kill) the newest events are in that log alone; a
+    journal made anew at the path would read the log as its own (another journal's events in it) or
+    let SQLite throw it away: either way the moved journal has lost them."""
+    log = path.with_name(f"{path.name}-wal")
+    if log.exists():
+        raise JournalError(f"{path} is not there but its write-ahead log {log} is: the journal was moved or removed "
+                           "without it, and its newest events may be in that file alone. Nothing was changed; move "
+                           f"the log (and {path.name}-shm) to where the journal went, or put the journal back")
 
 
 def remove_journal(path: Path) -> None:

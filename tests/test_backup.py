@@ -9,7 +9,8 @@ import stat
 
 import pytest
 
-from storage import BackupError, DataKeyError, Journal, JournalError, NoJournal, Store, backup, restore, verify_journal
+from storage import (BackupError, DataKeyError, Journal, JournalError, JournalInUse, NoJournal, Store, agent_lock, backup,
+                     restore, verify_journal)
 from storage import sealing
 from storage.backup import CHUNK, _new_header, _write_sealed
 from storage.chain import link
@@ -30,7 +31,7 @@ def restores_nothing(tmp_path, file, message, passphrase=PASSPHRASE) -> None:
     target = tmp_path / "new-box" / "journal.db"
     with pytest.raises(BackupError, match=said(message)):
         restore(file, passphrase, target, os.urandom(32))
-    assert list(target.parent.iterdir()) == []
+    assert [path.name for path in target.parent.iterdir()] == ["journal.db.lock"]  # the agent's lock, held meanwhile
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_a_backup_restored_on_a_new_box_verifies_and_holds_the_same_events(box, 
     new_key = os.urandom(32)  # the new box's own credential
     new_box = tmp_path / "new-box" / "data" / "journal.db"  # its data directory not made yet
     restored = restore(file, PASSPHRASE, new_box, new_key)
-    assert sorted(p.name for p in new_box.parent.iterdir()) == ["journal.db"]  # nothing left aside
+    assert sorted(p.name for p in new_box.parent.iterdir()) == ["journal.db", "journal.db.lock"]  # nothing left aside
     assert restored.ok and restored.seals_checked and restored.head == made.head
     assert events(new_box, new_key) == events(box, key)
     assert verify_journal(new_box, new_key).ok
@@ -149,7 +150,7 @@ def test_a_restore_never_replaces_a_journal(box, key, tmp_path):
     backup(box, key, file, PASSPHRASE)
     before = box.read_bytes()
     with pytest.raises(JournalError, match=said(f"a journal exists at {box}: a backup is restored only onto a box "
-                                                "with no journal (move this one away first)")):
+                                                "with no journal (move this one away first, with its -wal and -shm files)")):
         restore(file, PASSPHRASE, box, key)
     assert box.read_bytes() == before
 
@@ -429,3 +430,48 @@ def test_chunks_out_of_order_or_missing_restore_nothing(big_box, key, tmp_path, 
                                                "cut short; nothing was restored")):
         restore(file, PASSPHRASE, target, os.urandom(32))
     assert not target.exists()
+
+
+def test_a_restore_beneath_a_running_agent_is_refused_and_changes_nothing(box, key, tmp_path):
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    target = tmp_path / "new-box" / "journal.db"
+    with agent_lock(target):  # the agent's, on the box restored onto
+        with pytest.raises(JournalInUse, match=f"another agent is running on {re.escape(str(target))} \\(pid {os.getpid()}\\)"):
+            restore(file, PASSPHRASE, target, key)
+    assert [path.name for path in target.parent.iterdir()] == ["journal.db.lock"]
+
+
+def moved_without_its_log(tmp_path, key) -> tuple:
+    """A journal the agent was writing when the power went (its newest events in its WAL alone), then moved
+    away as a file of its own: (where it stood, where it went, the events it held)."""
+    path = tmp_path / "box" / "journal.db"
+    journal = Journal.open(path, key)
+    written = [journal.append("sale", {"code": "6901028075831", "n": n}) for n in range(5)]
+    copies = {name: (path.parent / name).read_bytes() for name in ("journal.db", "journal.db-wal", "journal.db-shm")}
+    journal.close()  # as the power cut leaves it: the WAL not checkpointed
+    for name, data in copies.items():
+        (path.parent / name).write_bytes(data)
+    moved = tmp_path / "aside.db"
+    path.rename(moved)
+    return path, moved, written
+
+
+def test_a_journal_is_not_made_where_one_was_moved_away_without_its_write_ahead_log(tmp_path, key):
+    path, moved, written = moved_without_its_log(tmp_path, key)
+    before = sorted(p.name for p in path.parent.iterdir())
+    message = (f"{path} is not there but its write-ahead log {path}-wal is: the journal was moved or removed without "
+               "it, and its newest events may be in that file alone. Nothing was changed; move the log (and "
+               "journal.db-shm) to where the journal went, or put the journal back")
+    with pytest.raises(JournalError, match=said(message)):
+        Journal.open(path, key)
+    file = tmp_path / "other.cbbackup"
+    other = tmp_path / "other" / "journal.db"
+    Journal.open(other, key).close()
+    backup(other, key, file, PASSPHRASE)
+    with pytest.raises(JournalError, match=said(message)):
+        restore(file, PASSPHRASE, path, key)
+    assert sorted(p.name for p in path.parent.iterdir() if p.name != "journal.db.lock") == before
+    for name in ("-wal", "-shm"):  # moved to where the journal went: every event is there
+        (path.parent / f"journal.db{name}").rename(tmp_path / f"aside.db{name}")
+    assert events(moved, key)[0] == [(seq, "sale", {"code": "6901028075831", "n": n}) for n, seq in enumerate(written)]

@@ -91,7 +91,7 @@ def test_a_backup_restored_onto_a_new_box_verifies_and_shows_the_same_events(box
     wrong.write_text("not the passphrase at all\n")
     refused = counterbox(new_box, "restore", str(file), "--passphrase-file", str(wrong))
     assert refused.returncode == 2 and "does not open with this passphrase" in refused.stderr, refused.stderr
-    assert sorted(p.name for p in new_box.parent.iterdir()) == ["agent.toml"]  # no key made for a restore refused
+    assert sorted(p.name for p in new_box.parent.iterdir()) == ["agent.toml", "journal.db.lock"]  # no key made for a restore refused
     restored = counterbox(new_box, "restore", str(file), "--passphrase-file", str(passphrase))
     assert restored.returncode == 0, restored.stderr
     report = json.loads(restored.stdout)
