@@ -106,12 +106,13 @@ def _order_load(args) -> int:
 def _report(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
-        ledger = reports.fold(((event.seq, event.kind, event.body) for event in _every_event(journal)),
-                              start=retention.checkpoint_ledger(journal, keep_days=True))
-        # Today is the shop's, in the time zone the counter dates sales in: operations' settings over the file's.
-        counter = daemon.counter_for(args.config)
-        pushed = documents.settings_in_force(event.body for event in journal.of_kind("settings"))
-        counter.settle(pushed.get("counter", {}))
+        with journal.snapshot():  # the checkpoint and the events after it as of one moment, retention folding beside
+            ledger = reports.fold(((event.seq, event.kind, event.body) for event in _every_event(journal)),
+                                  start=retention.checkpoint_ledger(journal, keep_days=True))
+            # Today is the shop's, in the time zone the counter dates sales in: operations' settings over the file's.
+            counter = daemon.counter_for(args.config)
+            pushed = documents.settings_in_force(event.body for event in journal.of_kind("settings"))
+            counter.settle(pushed.get("counter", {}))
     finally:
         journal.close()
     if args.report == "sales":
@@ -153,8 +154,9 @@ def _identity_show(args) -> int:
 def _status(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
-        last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
-        activation, journal_id = journal.last("activation"), journal.journal_id()
+        with journal.snapshot():
+            last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
+            activation, journal_id = journal.last("activation"), journal.journal_id()
     finally:
         journal.close()
     device = args.config.device.id
@@ -170,13 +172,14 @@ def _status(args) -> int:
 def _show(args) -> int:
     journal = daemon.open_journal(args.config)
     try:
-        if args.seq is not None:
-            event = journal.get(args.seq)
-            if event is None:
-                raise JournalError(f"there is no event {args.seq}: the journal holds 1 to {journal.last_seq()}")
-            events = [event]
-        else:
-            events = journal.read_after(max(0, journal.last_seq() - args.last), limit=args.last, damaged=True)
+        with journal.snapshot():
+            if args.seq is not None:
+                event = journal.get(args.seq)
+                if event is None:
+                    raise JournalError(f"there is no event {args.seq}: the journal holds 1 to {journal.last_seq()}")
+                events = [event]
+            else:
+                events = journal.read_after(max(0, journal.last_seq() - args.last), limit=args.last, damaged=True)
     finally:
         journal.close()
     for event in events:

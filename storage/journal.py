@@ -164,6 +164,12 @@ class Journal:
         leave it as JournalError or JournalFull."""
         return _Transaction(self, sqlite.transaction(self._conn, mode=mode))
 
+    def snapshot(self) -> "_Transaction":
+        """``with journal.snapshot():`` the reads within see the journal at one moment: what another
+        process (the agent beside a command) commits meanwhile, retention's fold included, is not seen
+        half. A deferred transaction that only reads: it takes no write lock."""
+        return self.transaction(mode="DEFERRED")
+
     @property
     def in_transaction(self) -> bool:
         with _translated(self.path):  # a closed journal's connection raises even when asked this
@@ -534,6 +540,9 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
     with _translated(path):
         conn = sqlite.connect(path, readonly=True)
         try:
+            # One read transaction: the agent beside it commits and folds while it reads, and each
+            # statement on its own would see another moment (a false "missing" or "moved anchor").
+            conn.execute("BEGIN")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             _check_version(path, version)
             if version < 2:

@@ -794,3 +794,21 @@ def test_the_last_event_of_a_kind_at_or_before_a_seq(journal):
     assert [journal.last("price_list", upto=seq).body for seq in (1, 2, 4, 6)] == [
         {"week": 0}, {"week": 0}, {"week": 1}, {"week": 2}]
     assert journal.last("price_list", upto=0) is None and journal.last("order", upto=8) is None
+
+
+def test_reads_in_a_snapshot_see_the_journal_at_one_moment_whatever_another_process_commits(tmp_path):
+    """What `counterbox status`, `show` and `report` read beside the agent: one moment, not a statement's each."""
+    key = os.urandom(32)
+    agent, command = Journal.open(tmp_path / "journal.db", key), Journal.open(tmp_path / "journal.db", key)
+    try:
+        agent.append("sale", {"code": "1"})
+        with command.snapshot():
+            assert command.last_seq() == 1
+            agent.append("sale", {"code": "2"})
+            agent.acknowledge(2)
+            assert (command.last_seq(), command.acked_seq(), command.counts()) == (1, 0, {"sale": 1})
+            assert [event.seq for event in command.read_after(0)] == [1]
+        assert (command.last_seq(), command.acked_seq()) == (2, 2)
+    finally:
+        agent.close()
+        command.close()

@@ -3,6 +3,7 @@ removed; the reports, the stock, the price list in force and the chain go on as 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -256,3 +257,69 @@ def test_a_checkpoint_copied_to_an_anchor_moved_further_is_named_by_the_agents_o
     assert verify_journal(shop.journal.path, None).ok  # without the key, the command cannot tell either
     by_command = verify_journal(shop.journal.path, key)
     assert (by_command.broken.seq, by_command.broken.reason) == (further, verification.broken.reason)
+
+
+def folded_years(shop) -> None:
+    """A year of the shop, all of it held by central: retention can fold it away."""
+    shop.days(0, 60)
+    shop.journal.acknowledge(shop.journal.last_seq())
+
+
+def test_verify_beside_retention_folding_reads_the_journal_at_one_moment(shop, monkeypatch):
+    """The agent folds while `counterbox verify` reads: a chain read from its old anchor on into events
+    folded meanwhile was once named broken ("event N is missing")."""
+    from storage import chain
+
+    folded_years(shop)
+    anchor = chain.anchor
+
+    folded = []
+
+    def fold_after_the_anchor_is_read(conn):
+        found = anchor(conn)
+        if not folded:  # once, on the command's read (the fold reads the anchor too)
+            folded.append(True)
+            while retention.fold_old(shop.journal, days=1, now=START + 400 * DAY) is not None:
+                pass  # the agent's connection, committing beside the command's
+        return found
+
+    monkeypatch.setattr(chain, "anchor", fold_after_the_anchor_is_read)
+    verified = verify_journal(shop.journal.path, shop.journal._outer)
+    assert verified.ok, verified.broken
+    assert verified.anchor_seq == 0 and verified.last_seq == shop.journal.last_seq()  # the moment before the fold
+    monkeypatch.setattr(chain, "anchor", anchor)
+    assert verify_journal(shop.journal.path, shop.journal._outer).anchor_seq > 0  # and after it
+
+
+def test_a_report_beside_retention_folding_counts_every_sale_once(shop, monkeypatch, tmp_path):
+    """`counterbox report` reads the checkpoint, then the events after it: a fold committed between the two
+    once left the folded sales out of both."""
+    from agent import cli
+
+    from .harness import run_main
+
+    folded_years(shop)
+    key_file = tmp_path / "data.key"
+    key_file.write_bytes(shop.journal._outer)
+    os.chmod(key_file, 0o600)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[device]\nid = "shop-1"\n[storage]\npath = "{shop.journal.path}"\nkey_file = "{key_file}"\n'
+                      '[counter]\ntimezone = "Asia/Shanghai"\n')
+    expected = shop.report()["stock"]
+    checkpoint_ledger = retention.checkpoint_ledger
+
+    folded = []
+
+    def fold_after_the_checkpoint_is_read(journal, **how):
+        ledger = checkpoint_ledger(journal, **how)
+        if journal is not shop.journal and not folded:  # the command's read, not the fold's own
+            folded.append(True)
+            while retention.fold_old(shop.journal, days=1, now=START + 400 * DAY) is not None:
+                pass
+        return ledger
+
+    monkeypatch.setattr(cli.retention, "checkpoint_ledger", fold_after_the_checkpoint_is_read)
+    result = run_main(cli.main, ["-c", str(config), "report", "stock", "--json"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == expected
+    assert shop.journal.anchor_seq() > 0  # the fold did happen meanwhile
