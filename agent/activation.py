@@ -40,10 +40,15 @@ REQUEST_RETRY = 2.0  # seconds between requests to central while no answer comes
 ANSWER_WAIT = 20.0  # seconds a scanned code waits for central before the error signal
 
 
-def current(journal: Journal) -> dict[str, Any] | None:
-    """The activation the box holds: the body of its latest ``activation`` event, or None."""
+def current(journal: Journal, device: str) -> dict[str, Any] | None:
+    """The activation ``device`` holds: the body of the journal's latest ``activation`` event, or None; None
+    too when that activation was another device's (a backup of another box restored onto this one): this box
+    was never admitted, and waits for its own code. (An activation recorded before events named their
+    device is taken as this box's own, as it was then.)"""
     event = journal.last("activation")
-    return event.body if event else None
+    if event is None or event.body.get("device", device) != device:
+        return None
+    return event.body
 
 
 def subscriptions(prefix: str, device: str) -> list[str]:
@@ -171,7 +176,7 @@ class Activator:
             return False
         if self.activated.is_set():
             return True
-        body = {"shop": result["shop"], "name": result.get("name", ""), "region": result["region"],
+        body = {"device": self.device_id, "shop": result["shop"], "name": result.get("name", ""), "region": result["region"],
                 "monitoring": result["monitoring"], "code": code.code_id, "kid": code.kid,
                 "activated_at": protocol.rfc3339(time.time())}
         try:

@@ -22,6 +22,7 @@ from storage.keys import read_key_file
 from . import config as config_module
 from . import daemon, logs
 from . import orders, reports, retention
+from .activation import current as activation_held
 from .orders import OrderError
 from .prices import PriceListError, read_csv
 
@@ -153,17 +154,17 @@ def _identity_show(args) -> int:
 
 def _status(args) -> int:
     journal = daemon.open_journal(args.config)
-    try:
-        with journal.snapshot():
-            last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
-            activation, journal_id = journal.last("activation"), journal.journal_id()
-    finally:
-        journal.close()
     device = args.config.device.id
     if not device:
         with contextlib.suppress(ProvisioningError):  # not readable by this user: the id stays unsaid
             device = device_id_for(load_key(args.config.device.key_file))
-    shop = activation.body["shop"] if activation else args.config.device.shop or None
+    try:
+        with journal.snapshot():
+            last, acked, counts = journal.last_seq(), journal.acked_seq(), journal.counts()
+            activation, journal_id = activation_held(journal, device), journal.journal_id()
+    finally:
+        journal.close()
+    shop = activation["shop"] if activation else args.config.device.shop or None
     print(json.dumps({"device": device or None, "shop": shop, "journal": journal_id, "last_seq": last,
                       "acked_seq": acked, "unacknowledged": last - acked, "events": counts}))
     return 0

@@ -306,10 +306,15 @@ class Box:
         revocation = await self.store.read(lambda journal: journal.last("revocation"))
         if revocation is not None:  # revoked before a restart: deliver, then erase
             self._revocation(revocation.body["grace_seconds"])
-        held = await self.store.read(activation_state)
+        held = await self.store.read(lambda journal: activation_state(journal, self.device_id))
         if held is None and not self.config.device.id:  # a box given its id was registered by hand
+            other = await self.store.read(lambda journal: journal.last("activation"))
+            if other is not None:
+                logger.warning("the journal holds the activation of device=%s, not this box's (a backup of another box "
+                               "restored onto it): waiting for this box's own activation code; what the journal "
+                               "holds is delivered once it is active", other.body.get("device"))
             await self._wait_for_activation()
-            held = await self.store.read(activation_state)
+            held = await self.store.read(lambda journal: activation_state(journal, self.device_id))
         region = held["region"] if held else self.config.device.region
         await self._active(region, monitoring=bool(held and held.get("monitoring")))
         return self._revoked.is_set()

@@ -411,3 +411,39 @@ def test_a_revoked_box_delivers_what_it_holds_erases_itself_and_waits_as_a_new_b
         Journal.open(device.directory / "journal.db", old_data_key, create=False)
     devices = {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
     assert devices[old_id]["state"] == "revoked"
+
+
+def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_delivers_the_old_boxs_backlog(
+        stack, tmp_path):
+    """The journal holds the old box's activation: it is no admission of this box, which central never saw.
+    Taken for one, the new box sold with the good signal and central rejected every batch of it."""
+    fifo = tmp_path / "scanner.fifo"
+    import os
+
+    os.mkfifo(fifo)
+    old = stack.install("old-box", scanners=[str(fifo)])
+    old_id = _started(stack, old)
+    _shop(stack)
+    _issue(stack, "--shop", "530102100123", "--device", old_id, "--push")
+    wait_until(lambda: old.status()["shop"] == "530102100123", 60, "the old box active")
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: len(stack.sales()) == 1, 20, "the old box's sale at central")
+    stack.stop_central()
+    feed(fifo, scans(["6901028075831"]))  # not delivered: the old box fails with it
+    wait_until(lambda: old.status()["events"].get("sale") == 2, 20, "the second sale recorded")
+    old.stop()
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("a long backup passphrase\n")
+    made = old.command("backup", str(tmp_path / "old.cbbackup"), "--passphrase-file", str(passphrase))
+    assert made.returncode == 0, made.stderr
+    stack.start_central()
+
+    new = stack.install("new-box", scanners=[])
+    restored = new.command("restore", str(tmp_path / "old.cbbackup"), "--passphrase-file", str(passphrase))
+    assert restored.returncode == 0, restored.stderr
+    new_id = _started(stack, new)  # waiting for activation as itself, seen so by central
+    assert new.status()["shop"] is None
+    assert "the journal holds the activation of device=" + old_id in new.log.read_text()
+    _issue(stack, "--shop", "530102100123", "--device", new_id, "--push")
+    wait_until(lambda: new.status()["shop"] == "530102100123", 60, "the new box active")
+    wait_until(lambda: len(stack.sales()) == 2, 30, "the old box's undelivered sale, delivered by the new box")
