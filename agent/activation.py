@@ -120,6 +120,8 @@ class Activator:
         future = self._answers.get(result["code"])
         if future is not None and not future.done():
             future.set_result(result)
+        elif future is None and result["accepted"]:
+            self._spawn(self._take_late(result))
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
@@ -176,8 +178,22 @@ class Activator:
             return False
         if self.activated.is_set():
             return True
+        return await self._record(result, kid=code.kid)
+
+    async def _take_late(self, result: dict[str, Any]) -> None:
+        """Central's acceptance of a request this box no longer waits for: it answered after the box gave up
+        (central away longer than ANSWER_WAIT), or while the box was off (the answer is retained). Central
+        has bound this box's key to the shop, and a pushed code is gone: taken, or the box waits for ever.
+        Only central signs it, for this device id, which is this box's key's own."""
+        async with self._one_at_a_time:
+            if self.activated.is_set():
+                return
+            logger.info("activation answered by central after the box stopped waiting for it; taken")
+            await self._record(result, kid=None)
+
+    async def _record(self, result: dict[str, Any], *, kid: str | None) -> bool:
         body = {"device": self.device_id, "shop": result["shop"], "name": result.get("name", ""), "region": result["region"],
-                "monitoring": result["monitoring"], "code": code.code_id, "kid": code.kid,
+                "monitoring": result["monitoring"], "code": result["code"], "kid": kid,
                 "activated_at": protocol.rfc3339(time.time())}
         try:
             seq = await self.store.append("activation", body)

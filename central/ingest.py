@@ -258,7 +258,9 @@ class Ingest:
                 logger.warning("device %s activation refused: %s", result.device_id, result.reason)
             topic, token = ack
             try:
-                link.publish_nowait(topic, token, qos=1)
+                # An acceptance is retained: the box may have stopped waiting (central was away) or be off, and
+                # its code is used now; a refusal answers one request, asked again if it matters.
+                link.publish_nowait(topic, token, qos=1, retain=result.accepted)
                 if result.accepted:  # a code pushed to the box is used: it waits retained no longer
                     link.publish_nowait(activation.topic(self.prefix, result.device_id, "code"), b"", qos=1, retain=True)
             except MqttError as error:

@@ -447,3 +447,22 @@ def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_de
     _issue(stack, "--shop", "530102100123", "--device", new_id, "--push")
     wait_until(lambda: new.status()["shop"] == "530102100123", 60, "the new box active")
     wait_until(lambda: len(stack.sales()) == 2, 30, "the old box's undelivered sale, delivered by the new box")
+
+
+def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts_again(stack, tmp_path):
+    """The box asked while central was away, and lost power; central answered the request waiting for it at the
+    broker, used the code and cleared it from the box's code topic. Without the acceptance kept for it, the
+    box waited for ever, and central refused every new code for it (already active)."""
+    device = stack.install("remote-box", scanners=[])
+    device_id = _started(stack, device)
+    _shop(stack)
+    stack.stop_central()
+    _issue(stack, "--shop", "530102100123", "--device", device_id, "--push")
+    wait_until(lambda: "activation code pushed by operations" in device.log.read_text(), 20, "the code at the box")
+    time.sleep(0.5)  # its request sent, waiting for central at the broker
+    device.kill()
+    stack.start_central()
+    wait_until(lambda: device_id in stack.central_command("devices", "--json").stdout, 20, "central to accept it")
+    device.start()
+    wait_until(lambda: device.status()["shop"] == "530102100123", 30, "the box active")
+    assert "activation answered by central after the box stopped waiting for it; taken" in device.log.read_text()
