@@ -195,7 +195,13 @@ async def _life(config: Config) -> bool:
     logs.identify_all(device_id)
     store = await open_store(config)
     try:
-        session = await store.write(lambda journal: journal.start_session())
+        try:
+            session = await store.write(lambda journal: journal.start_session())
+        except JournalFull as error:
+            # The box still reads its scanners (each refused with the error signal) and delivers what it
+            # holds: a start the disk has no room to count is counted as the last one's next, in memory.
+            session = await store.read(lambda journal: journal.session()) + 1
+            logger.error("this start (session %d) NOT counted in the journal: %s", session, error)
         # A journal restored onto this box delivers what its last box did not, as this one.
         base, before = await store.write(lambda journal: journal.take_identity(device_id))
         if before and before != device_id:

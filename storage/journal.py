@@ -501,6 +501,11 @@ class Journal:
         with _translated(self.path):
             return int(self._meta("base_seq"))
 
+    def session(self) -> int:
+        """The agent's starts counted so far."""
+        with _translated(self.path):
+            return int(self._meta("session"))
+
     def start_session(self) -> int:
         """Count one more start of the agent; batches carry it so central can tell restarts apart."""
         with self.transaction():

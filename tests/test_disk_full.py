@@ -6,6 +6,7 @@ import logging
 import os
 import sqlite3
 import subprocess
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -249,3 +250,42 @@ def test_on_a_full_disk_acknowledgements_are_kept_in_memory_and_the_backlog_goes
         assert central.batches() == [[1], [2], [3], [4], [5], [6]]  # nothing went twice
 
     run_uplink(stack, small_disk, "shop-full-acks", test, batch_max_events=1, max_in_flight=2)
+
+
+def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, fifo, small_disk, caplog):
+    """Its start cannot be counted in the journal: once, that ended the agent at every start (and systemd gave
+    up after ten), so nothing was delivered and no scan had its error signal until someone came."""
+    import contextlib
+    import dataclasses
+
+    from agent import config as agent_config
+    from agent import daemon
+
+    from .harness import feed, scans, wait_until
+
+    device = stack.provision("shop-full-start", scanners=[str(fifo)])
+    config = agent_config.load(device.config)
+    config = dataclasses.replace(config, storage=dataclasses.replace(
+        config.storage, path=small_disk / "journal.db", key_file=small_disk / "data.key"))
+    journal = Journal.open(config.storage.path, daemon.data_key(config.storage, create=True))
+    journal.take_identity("shop-full-start")
+    with journal.transaction():
+        Counter().record(journal, Scan("6901028075831", str(fifo), time.time(), time.time()))
+    fill(small_disk)  # the agent was stopped as the disk filled: its journal's files are there, and no byte more
+
+    async def main():
+        agent = asyncio.create_task(daemon.run(config))
+        try:
+            await asyncio.to_thread(wait_until, lambda: len(stack.sales()) == 1, 30, "the sale it held at central")
+            await asyncio.to_thread(feed, fifo, scans(["6901028075831"]))  # refused: no room to record it
+            await asyncio.to_thread(wait_until, lambda: "the disk is full" in caplog.text, 10, "the scan refused")
+        finally:
+            agent.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
+    journal.close()
+    assert "this start (session 1) NOT counted in the journal" in caplog.text
+    assert len(stack.sales()) == 1
