@@ -140,6 +140,8 @@ class BrokerConfig:
     ca_file: Path | None = None
 
     def __post_init__(self) -> None:
+        if not self.host or not self.host.isprintable() or any(c.isspace() for c in self.host):
+            raise ConfigError(f"[broker] host {self.host!r} must be a host name or address")
         if not 0 < self.port < 65536:
             raise ConfigError(f"[broker] port {self.port} must be from 1 to 65535")
         if not 0 <= self.keepalive <= 65535:

@@ -231,7 +231,13 @@ class MqttLink:
             if self._tls is None:
                 import ssl  # imported where TLS is used
 
-                self._tls = ssl.create_default_context(cafile=str(self.ca_file))
+                try:
+                    self._tls = ssl.create_default_context(cafile=str(self.ca_file))
+                except ssl.SSLError as error:
+                    raise OSError(f"the broker's CA file {self.ca_file} holds no certificate it can use "
+                                  f"({error.reason})") from None
+                except OSError as error:
+                    raise OSError(f"the broker's CA file {self.ca_file}: {error.strerror}") from None
                 self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
             client.tls_set_context(self._tls)
         return client

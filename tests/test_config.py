@@ -91,6 +91,8 @@ def test_an_integer_is_accepted_where_seconds_are_expected(tmp_path):
          "[scanner.decoder] idle_timeout and max_key_interval must be more than 0"),
         ("[scanner]\nrescan_interval = 0\n", "[scanner] rescan_interval and retry_interval must be more than 0"),
         ("[broker]\nport = 70000\n", "[broker] port 70000 must be from 1 to 65535"),
+        ('[broker]\nhost = ""\n', "[broker] host '' must be a host name or address"),
+        ('[broker]\nhost = "broker .lan"\n', "[broker] host 'broker .lan' must be a host name or address"),
         ("[broker]\nkeepalive = -1\n", "[broker] keepalive -1 must be from 0 to 65535 seconds"),
         ("[broker]\nreconnect_max = 0\n", "[broker] reconnect_max must be more than 0 seconds"),
         ("[uplink]\nack_timeout = 0\n", "ack_timeout more than 0 seconds"),

@@ -46,3 +46,9 @@ def test_every_agent_configuration_key_is_documented(key):
 )
 def test_every_command_is_documented(program, command):
     assert re.search(rf"`{re.escape(program)} {re.escape(command)}\b", (DOCS / "commands.md").read_text())
+
+
+def test_the_journal_schema_version_documented_is_the_one_the_agent_makes():
+    from storage import SCHEMA_VERSION
+
+    assert re.findall(r"schema version (\d+);", (DOCS / "configuration.md").read_text()) == [str(SCHEMA_VERSION)]

@@ -244,3 +244,23 @@ def test_a_last_will_that_cannot_be_made_is_said_and_the_link_connects_without_i
     assert asyncio.run(main())
     assert f"MQTT link to 127.0.0.1:{stack.broker_port}: no last will this time (year 10000 is out of range)" \
         in caplog.text
+
+
+def test_a_broker_ca_file_that_is_missing_or_holds_no_certificate_is_named_in_the_links_error(tmp_path, caplog):
+    import asyncio
+    import logging
+
+    from agent.mqtt import MqttLink
+
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    for ca_file, reason in ((tmp_path / "missing.pem", ": No such file or directory"),
+                            (tmp_path / "not-a-ca.pem", " holds no certificate it can use (NO_CERTIFICATE_OR_CRL_FOUND)")):
+        caplog.clear()
+
+        async def main():
+            async with MqttLink(host="127.0.0.1", port=1, client_id="shop-1", subscriptions=[], ca_file=ca_file):
+                await asyncio.sleep(0.3)
+
+        with caplog.at_level(logging.ERROR, logger="agent.mqtt"):
+            asyncio.run(main())
+        assert f"MQTT link to 127.0.0.1:1 cannot be set up: the broker's CA file {ca_file}{reason}\n" in caplog.text
