@@ -18,10 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from drivers.barcode import classify, scannable
 from provisioning.documents import MAX_ORDER_LINES, MAX_QUANTITY
 
-from .prices import csv_rows
+from .prices import check_code, csv_rows, csv_text
 
 
 class OrderError(Exception):
@@ -31,20 +30,22 @@ class OrderError(Exception):
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
-    """The order in the CSV file at ``path``: UTF-8 (a byte order mark allowed), as ``parse_csv`` reads it."""
+    """The order in the CSV file at ``path``: UTF-8 (a byte order mark allowed), as ``parse_csv`` reads it.
+    Its errors name the file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise OrderError(f"the file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
-    return parse_csv(text)
+        return parse_csv(csv_text(path, OrderError))
+    except OrderError as error:
+        raise OrderError(f"{path}: {error}") from None
 
 
 def parse_csv(text: str) -> list[dict[str, Any]]:
     lines = []
     for number, row in csv_rows(text, {"barcode", "quantity"}, OrderError, read={"barcode", "name", "quantity"}):
         barcode, quantity = row.get("barcode", ""), row.get("quantity", "")
-        if not scannable(barcode) or not classify(barcode).valid:
-            raise OrderError(f"line {number}: barcode {barcode!r} fails its check digit")
+        try:
+            check_code(barcode)
+        except ValueError as error:
+            raise OrderError(f"line {number}: {error}") from None
         if not re.fullmatch(r"[0-9]{1,9}", quantity) or not 1 <= int(quantity) <= MAX_QUANTITY:
             raise OrderError(f"line {number}: quantity {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
         lines.append({"barcode": barcode, "name": row.get("name", ""), "quantity": int(quantity)})

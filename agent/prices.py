@@ -77,12 +77,35 @@ def to_minor(text: str, what: str = "price") -> int:
 
 
 def read_csv(path: Path) -> list[Item]:
-    """The price list in the CSV file at ``path``: UTF-8 (a byte order mark allowed), as ``parse_csv`` reads it."""
+    """The price list in the CSV file at ``path``: UTF-8 (a byte order mark allowed), as ``parse_csv`` reads it.
+    Its errors name the file."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise PriceListError(f"the file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
-    return parse_csv(text)
+        return parse_csv(csv_text(path, PriceListError))
+    except PriceListError as error:
+        raise PriceListError(f"{path}: {error}") from None
+
+
+def csv_text(path: Path, error: type[Exception]) -> str:
+    """The text of a CSV file as a spreadsheet saves it: UTF-8, a byte order mark allowed."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as failed:
+        raise error(f"the file is not UTF-8 text ({failed.reason} at byte {failed.start}); save it as UTF-8") from None
+
+
+# A code column a spreadsheet took for a number and wrote back as one: 6.90103E+12, 6901028075831.0.
+_SPREADSHEET_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?[eE]\+?[0-9]+|[0-9]{6,}\.0+")
+
+
+def check_code(code: str, column: str = "barcode") -> None:
+    """ValueError, saying why, unless ``code`` is a code a scanner types and its check digit (if any) holds."""
+    if _SPREADSHEET_NUMBER.fullmatch(code):
+        raise ValueError(f"{column} {code!r} is a spreadsheet's number, not the code: format the column as text "
+                         "and save the file again")
+    if not scannable(code):
+        raise ValueError(f"{column} {code!r} is not what a scanner types: 1 to 48 printable ASCII characters")
+    if not classify(code).valid:
+        raise ValueError(f"{column} {code!r} fails its check digit")
 
 
 
@@ -132,10 +155,7 @@ def parse_csv(text: str) -> list[Item]:
 
 def _item(row: dict[str, str]) -> Item:
     code = row.get("barcode", "")
-    if not scannable(code):
-        raise ValueError(f"barcode {code!r} is not what a scanner types: 1 to 48 printable ASCII characters")
-    if not classify(code).valid:
-        raise ValueError(f"barcode {code!r} fails its check digit")
+    check_code(code)
     price = to_minor(row.get("price", ""))
     unit = row.get("unit") or "pack"
     if unit not in UNITS:
@@ -156,8 +176,7 @@ def _item(row: dict[str, str]) -> Item:
     if unit != "pack":
         if product is None:
             raise ValueError(f"a {unit} must name its product's pack barcode (the product column)")
-        if not scannable(product) or not classify(product).valid:
-            raise ValueError(f"product {product!r} fails its check digit")
+        check_code(product, "product")
         if classify(product).key == classify(code).key:
             raise ValueError(f"a {unit} has its own barcode, not its pack's")
     elif product is not None and classify(product).key != classify(code).key:

@@ -172,8 +172,8 @@ async def _publish_retained(args, connection: dict[str, Any], topic: str, token:
 def _prices_push(args) -> int:
     try:
         items = read_csv(args.file)
-    except PriceListError as error:
-        raise CentralError(f"{args.file}: {error}") from None
+    except PriceListError as error:  # it names the file
+        raise CentralError(str(error)) from None
     body = {"source": CONTROL.sub("?", args.file.name), "currency": args.currency,
             "items": [item.as_json() for item in items]}
     return _push(args, kind="price_list", name="price_list", body=body)
@@ -203,8 +203,8 @@ def _order_push(args) -> int:
     """An order's lines from CSV: barcode,name,quantity."""
     try:
         lines = orders.read_csv(args.file)
-    except orders.OrderError as error:
-        raise CentralError(f"{args.file}: {error}") from None
+    except orders.OrderError as error:  # it names the file
+        raise CentralError(str(error)) from None
     try:
         name = documents.order_name(args.order_id)
     except ValueError as error:

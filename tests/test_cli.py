@@ -124,7 +124,7 @@ def test_a_bad_price_list_loads_nothing(box):
     (directory / "prices.csv").write_text("barcode,name,price\n96385074,Gum,1.50\n96385075,Bad,2\n")
     result = counterbox(config, "prices", "load", str(directory / "prices.csv"))
     assert result.returncode == 2
-    assert result.stderr == "counterbox: error: line 3: barcode '96385075' fails its check digit\n"
+    assert result.stderr == f"counterbox: error: {directory / 'prices.csv'}: line 3: barcode '96385075' fails its check digit\n"
     assert not (directory / "journal.db").exists()  # nothing loaded, nothing created
 
 

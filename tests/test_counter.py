@@ -104,6 +104,11 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("barcode,price\n96385074,1000000000\n", "price '1000000000' is not an amount"),
         ("barcode,price,cost\n96385074,1,nan\n", "cost 'nan' is not an amount"),
         ("barcode,price\n" + "A" * 49 + ",1\n", "is not what a scanner types: 1 to 48 printable ASCII characters"),
+        ("barcode,price\n6.90103E+12,23\n", "line 2: barcode '6.90103E+12' is a spreadsheet's number, not the code"),
+        ("barcode,price\n6.901028E+012,23\n", "barcode '6.901028E+012' is a spreadsheet's number"),
+        ("barcode,price\n6901028075831.0,23\n", "barcode '6901028075831.0' is a spreadsheet's number"),
+        ("barcode,price,unit,product\n6901028075848,225,carton,6.90103E+12\n",
+         "line 2: product '6.90103E+12' is a spreadsheet's number, not the code"),
         ("barcode,price\n\uff19\uff16\uff13\uff18\uff15\uff10\uff17\uff14,1\n", "is not what a scanner types"),
         ("barcode,price,unit,packs,product\n6901028075848,1,case,\u00b2,6901028075831\n",
          "packs '\u00b2' must be a whole number from 1 to 10000"),
@@ -121,7 +126,10 @@ def test_a_bad_price_list_is_refused_with_its_line(text, message):
     ("barcode,name,quantity\n6901028075831,Hongtashan,\u00b2\n", "line 2: quantity '\u00b2' must be a whole number"),
     ("barcode,name,quantity\n6901028075831,Hongtashan,0\n", "line 2: quantity '0' must be a whole number"),
     ("barcode,name,quantity\n6901028075832,Hongtashan,2\n", "line 2: barcode '6901028075832' fails its check digit"),
-    ("barcode,name,quantity\n" + "A" * 49 + ",Long,2\n", "fails its check digit"),
+    ("barcode,name,quantity\n" + "A" * 49 + ",Long,2\n", "is not what a scanner types: 1 to 48 printable ASCII characters"),
+    # A spreadsheet that took the code column for numbers: the code itself is gone from the file.
+    ("barcode,name,quantity\n6.90103E+12,Hongtashan,2\n", "line 2: barcode '6.90103E+12' is a spreadsheet's number, "
+                                                          "not the code: format the column as text and save the file again"),
     ("barcode,name\n6901028075831,Hongtashan\n", "header naming at least the columns barcode and quantity"),
     ("barcode,name,quantity\n", "the order has no lines"),
 ])
