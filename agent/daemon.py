@@ -174,15 +174,16 @@ def crypto_erase(config: Config) -> None:
     # Moved aside, it is zeroed now and stays, as the marker, until the end.
     destroyed = destroy_secret(config.storage.key_file) | destroy_secret(aside, keep=True)
     if not destroyed:
-        # Sealed by systemd (a credential): the service cannot destroy it; the image's first-boot step
-        # replaces it. The files go regardless.
-        logger.warning("data key %s not found to destroy (a systemd credential?); removing the journal",
-                       config.storage.key_file)
-    remove_journal(config.storage.path)
+        # Sealed by systemd (a credential): the service cannot destroy it, and it would still open the data
+        # keys wrapped in the blocks the journal's files leave behind: those are overwritten instead.
+        logger.warning("data key %s not found to destroy (a systemd credential?); the journal's files are "
+                       "overwritten with zeros instead", config.storage.key_file)
+    remove_journal(config.storage.path, overwrite=not destroyed)
     destroy_secret(config.device.key_file)
     destroy_secret(aside)
     destroy_secret(marker)
-    logger.warning("crypto-erased: data key, signing key and journal destroyed")
+    logger.warning("crypto-erased: %s", "data key, signing key and journal destroyed" if destroyed else
+                   "signing key destroyed, journal overwritten with zeros (its outer key is a systemd credential)")
 
 
 async def _life(config: Config) -> bool:

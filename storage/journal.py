@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import chain, sealing, sqlite
 from .chain import Verification
 from .errors import EventTooLarge, JournalError, JournalFull, NoJournal
-from .keys import KEY_SIZE
+from .keys import KEY_SIZE, destroy_secret
 from .schema import LOOKED_UP, LOOKED_UP_TERM, MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DAMAGED", "DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
@@ -674,10 +674,15 @@ def check_no_log_left(path: Path) -> None:
                            f"the log (and {path.name}-shm) to where the journal went, or put the journal back")
 
 
-def remove_journal(path: Path) -> None:
+def remove_journal(path: Path, *, overwrite: bool = False) -> None:
     """Remove a closed journal's files (database, WAL, shared memory). What they held is sealed
-    under the data key; removing them after destroying that key is the crypto-erase's tidy end."""
+    under the data key; removing them after destroying that key is the crypto-erase's tidy end.
+    With ``overwrite``, each is first overwritten with zeros where it lies, durably: the erase of a
+    journal whose outer key cannot be destroyed (a systemd credential), which would otherwise still
+    open the data keys wrapped in the blocks the files leave."""
     for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        if overwrite:
+            destroy_secret(path.parent / name)
         with contextlib.suppress(FileNotFoundError):
             (path.parent / name).unlink()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import DataKeyError
 
 KEY_SIZE = 32
+_CHUNK = 1 << 20  # bytes zeroed per write
 
 
 def _read(path: Path, origin: str) -> bytes:
@@ -90,8 +91,10 @@ def destroy_secret(path: Path, *, keep: bool = False) -> bool:
     except FileNotFoundError:
         return False
     try:
-        size = os.fstat(fd).st_size
-        os.write(fd, b"\0" * size)
+        # In place, a chunk at a time: a journal's files are erased this way too, and may be large.
+        size, chunk = os.fstat(fd).st_size, b"\0" * min(_CHUNK, os.fstat(fd).st_size)
+        for offset in range(0, size, _CHUNK):
+            os.pwrite(fd, chunk[:size - offset], offset)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -122,3 +122,43 @@ def _rotate(path, key):
     j = Journal.open(path, key)
     j.rotate_key()
     j.close()
+
+
+def test_an_erase_whose_outer_key_is_a_systemd_credential_overwrites_the_journals_files_where_they_lie(
+        tmp_path, monkeypatch, caplog):
+    """The service cannot destroy a credential, which would still open the data keys wrapped in the
+    journal's freed blocks (and its next life runs under it too): the files are zeroed before they go."""
+    import logging
+
+    from agent.config import Config, DeviceConfig, StorageConfig
+    from agent.daemon import crypto_erase, data_key
+    from provisioning.identity import create_key
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "counterbox-data-key").write_bytes(os.urandom(32))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    box = tmp_path / "box"
+    config = Config(device=DeviceConfig(key_file=box / "device.key"),
+                    storage=StorageConfig(path=box / "journal.db", key_file=box / "data.key"))
+    create_key(config.device.key_file)
+    journal = Journal.open(config.storage.path, data_key(config.storage, create=True))
+    journal.append("sale", {"code": "6901028075831", "unit_price": 2300})
+    # What the erase leaves behind where the files were, seen through second names for them.
+    kept = {}
+    for name in ("journal.db", "journal.db-wal", "journal.db-shm"):
+        kept[name] = tmp_path / f"seen-{name}"
+        os.link(box / name, kept[name])
+    journal.close = lambda: None  # as a power cut leaves it: the WAL and the shared memory in place
+    journal._conn.close()
+    for name in ("journal.db-wal", "journal.db-shm"):  # closing removed them; the links keep what they held
+        os.link(kept[name], box / name)
+    with caplog.at_level(logging.WARNING, logger="agent.daemon"):
+        crypto_erase(config)
+    assert sorted(p.name for p in box.iterdir()) == []
+    for name, seen in kept.items():
+        data = seen.read_bytes()
+        assert data and data == bytes(len(data)), f"{name} was not overwritten"
+    assert "the journal's files are overwritten with zeros instead" in caplog.text
+    assert ("crypto-erased: signing key destroyed, journal overwritten with zeros (its outer key is a systemd "
+            "credential)") in caplog.text
