@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from . import sealing, sqlite
 from .chain import Verification
 from .errors import BackupError, JournalError, JournalFull
-from .journal import Journal, check_no_log_left, verify_journal
+from .journal import Journal, check_no_log_left, drop_pending_rewrap, verify_journal
 from .keys import sync_directory
 from .owner import agent_lock
 from .schema import SCHEMA_VERSION
@@ -71,6 +71,7 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
             raise BackupError(f"the journal does not verify, so it was not backed up: {verified.broken.reason}")
         header, file_key, wrap_key = _new_header(passphrase)
         with _named(snapshot), _connection(snapshot) as conn:
+            drop_pending_rewrap(conn)
             sealing.rewrap_keys(conn, journal_path, outer, wrap_key)
         _write_sealed(snapshot, target, header, file_key)
     finally:

@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import chain, sealing, sqlite
 from .chain import Verification
-from .errors import EventTooLarge, JournalError, JournalFull, NoJournal
+from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal
 from .keys import KEY_SIZE, destroy_secret
 from .schema import LOOKED_UP, LOOKED_UP_TERM, MIGRATIONS, SCHEMA_VERSION
 
@@ -155,6 +155,7 @@ class Journal:
                 migrate(self._conn, self._outer)
             if version != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _finish_rewrap(self._conn, self.path, self._outer)
             self._keys = _open_keys(self._conn, self.path, self._outer, SCHEMA_VERSION)
 
     # -- transactions --------------------------------------------------------
@@ -204,19 +205,28 @@ class Journal:
         self._alone("a key rotation")
         self._tail = None
         with self.transaction():
+            if _pending_rewrap(self._conn) is not None:
+                # Its wrapping under the new outer key could not be made here: that key is not at hand.
+                raise JournalError(f"{self.path}: a re-wrap waits for its new outer key to be installed; install it "
+                                   "and open the journal with it (start the agent) before rotating the data key")
             key_id = self._conn.execute("SELECT max(id) FROM keys").fetchone()[0] + 1
             self._conn.execute("INSERT INTO keys (id, wrapped, created_at) VALUES (?, ?, ?)",
                                [key_id, sealing.wrap(self._outer, key_id, os.urandom(KEY_SIZE)), time.time()])
         return key_id
 
     def rewrap(self, outer: bytes) -> None:
-        """Wrap every data key under a new outer key (the credential or key file changes); the
-        events are not touched. From the commit on, only ``outer`` opens the journal."""
+        """Wrap every data key under a new outer key (the credential or key file changes); the events
+        are not touched. Both keys open the journal until it is first opened with the new one, which
+        then replaces the old: a new key lost before it was installed (on a tmpfs, at a power cut)
+        leaves the journal to the old one, never to no key at all."""
         AESGCM(outer)
         self._alone("re-wrapping the data keys")
         with self.transaction():
-            sealing.rewrap_keys(self._conn, self.path, self._outer, outer)
-        self._outer = outer
+            rows = self._conn.execute("SELECT id, wrapped FROM keys").fetchall()
+            pending = {str(key_id): sealing.wrap(outer, key_id, sealing.unwrap(self._outer, key_id, wrapped, self.path)).hex()
+                       for key_id, wrapped in rows}
+            self._conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = "
+                               "excluded.value", [_REWRAPPED, json.dumps(pending)])
 
     def data_keys(self) -> list[tuple[int, float]]:
         """(id, created_at) of every data key, oldest first; the last seals new events."""
@@ -593,7 +603,8 @@ def _anchor_checked(conn: sqlite3.Connection, verification: Verification,
 
 
 def _open_keys(conn: sqlite3.Connection, path: Path, outer: bytes, version: int) -> dict[int, AESGCM]:
-    """Every data key, unwrapped; DataKeyError when ``outer`` is not the journal's outer key."""
+    """Every data key, unwrapped; DataKeyError when ``outer`` is not the journal's outer key (nor the
+    new one of a re-wrap waiting to be installed)."""
     if version == 1:  # before data keys: the outer key sealed a key check
         sealed = bytes.fromhex(conn.execute("SELECT value FROM meta WHERE name = 'key_check'").fetchone()[0])
         try:
@@ -601,8 +612,44 @@ def _open_keys(conn: sqlite3.Connection, path: Path, outer: bytes, version: int)
         except InvalidTag:
             raise sealing.wrong_key(path) from None
         return {}
-    return {key_id: AESGCM(sealing.unwrap(outer, key_id, wrapped, path))
-            for key_id, wrapped in conn.execute("SELECT id, wrapped FROM keys")}
+    rows = conn.execute("SELECT id, wrapped FROM keys").fetchall()
+    try:
+        return {key_id: AESGCM(sealing.unwrap(outer, key_id, wrapped, path)) for key_id, wrapped in rows}
+    except DataKeyError:
+        pending = _pending_rewrap(conn)
+        if pending is None:
+            raise
+        return {key_id: AESGCM(sealing.unwrap(outer, key_id, wrapped, path)) for key_id, wrapped in pending.items()}
+
+
+# meta: the data keys wrapped under the new outer key of a re-wrap, until the journal is first opened with it.
+_REWRAPPED = "rewrapped"
+
+
+def _pending_rewrap(conn: sqlite3.Connection) -> dict[int, bytes] | None:
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", [_REWRAPPED]).fetchone()
+    return None if row is None else {int(key_id): bytes.fromhex(wrapped) for key_id, wrapped in json.loads(row[0]).items()}
+
+
+def _finish_rewrap(conn: sqlite3.Connection, path: Path, outer: bytes) -> None:
+    """Opened with the new outer key of a re-wrap (in the caller's transaction): it replaces the old one,
+    which opens the journal no more. Opened with the old one, the re-wrap waits on."""
+    pending = _pending_rewrap(conn)
+    if pending is None:
+        return
+    key_id, wrapped = conn.execute("SELECT id, wrapped FROM keys ORDER BY id LIMIT 1").fetchone()
+    try:
+        sealing.unwrap(outer, key_id, wrapped, path)
+        return  # the old key: the new one is not installed yet
+    except DataKeyError:
+        pass
+    conn.executemany("UPDATE keys SET wrapped = ? WHERE id = ?", [(new, key_id) for key_id, new in pending.items()])
+    conn.execute("DELETE FROM meta WHERE name = ?", [_REWRAPPED])
+
+
+def drop_pending_rewrap(conn: sqlite3.Connection) -> None:
+    """Forget a re-wrap waiting for its new outer key (a backup's copy: the box it is restored on has its own)."""
+    conn.execute("DELETE FROM meta WHERE name = ?", [_REWRAPPED])
 
 
 @dataclass(frozen=True)

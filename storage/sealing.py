@@ -60,7 +60,8 @@ def unwrap(outer: bytes, key_id: int, wrapped: bytes, path: Path) -> bytes:
 def wrong_key(path: Path) -> DataKeyError:
     return DataKeyError(
         f"the data key does not open the journal {path}: it was created with another key. "
-        "Nothing was changed; start with the key this journal was created with."
+        "Nothing was changed; start with this journal's key (the one it was created with, or the one it was "
+        "last re-wrapped under)."
     )
 
 

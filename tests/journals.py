@@ -23,7 +23,8 @@ def journal_path(tmp_path: Path) -> Path:
 def another_key(journal_path: Path) -> str:
     """A ``match`` for the whole refusal of an outer key that is not the journal's, naming the journal."""
     return (f"^the data key does not open the journal {re.escape(str(journal_path))}: it was created with another "
-            "key. Nothing was changed; start with the key this journal was created with.$")
+            "key. Nothing was changed; start with this journal's key \\(the one it was created with, or the one it "
+            "was last re-wrapped under\\).$")
 
 
 def contents(journal_path: Path) -> list[str]:

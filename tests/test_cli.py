@@ -83,8 +83,8 @@ def test_a_wrong_data_key_is_refused_and_named(box, tmp_path):
     result = counterbox(config, "status")
     assert result.returncode == 2
     assert result.stderr == (f"counterbox: error: the data key does not open the journal {directory / 'journal.db'}: "
-                             "it was created with another key. Nothing was changed; start with the key this journal "
-                             "was created with.\n")
+                             "it was created with another key. Nothing was changed; start with this journal's key "
+                             "(the one it was created with, or the one it was last re-wrapped under).\n")
 
 
 def test_a_lost_data_key_is_not_silently_replaced(box, tmp_path):

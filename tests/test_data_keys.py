@@ -75,7 +75,7 @@ def test_a_wrong_outer_key_after_rotation_is_refused_and_changes_no_byte(journal
     assert contents(journal_path) == before
 
 
-def test_a_new_outer_key_rewraps_the_data_keys_and_the_old_one_no_longer_opens_the_journal(journal_path, key):
+def test_a_new_outer_key_rewraps_the_data_keys_and_once_used_the_old_one_no_longer_opens_the_journal(journal_path, key):
     j = Journal.open(journal_path, key)
     j.append("sale", {"code": "1"})
     j.rotate_key()
@@ -83,17 +83,40 @@ def test_a_new_outer_key_rewraps_the_data_keys_and_the_old_one_no_longer_opens_t
     events = j._conn.execute("SELECT seq, key_id, sealed, chain FROM events").fetchall()
     new = os.urandom(32)
     j.rewrap(new)
-    j.append("sale", {"code": "3"})  # the open journal goes on with the new outer key
-    j.rotate_key()  # and wraps the keys it adds under it
-    j.append("sale", {"code": "4"})
+    j.append("sale", {"code": "3"})  # the open journal goes on
+    with pytest.raises(JournalError, match="a re-wrap waits for its new outer key to be installed"):
+        j.rotate_key()  # a data key added now could not be wrapped under the new key, which is not at hand
     assert j._conn.execute("SELECT seq, key_id, sealed, chain FROM events WHERE seq <= 2").fetchall() == events
     j.close()
-    with pytest.raises(DataKeyError, match=another_key(journal_path)):
-        Journal.open(journal_path, key)
-    reopened = Journal.open(journal_path, new)
+    assert verify_journal(journal_path, new).ok and verify_journal(journal_path, key).ok  # both, until it is used
+    still = Journal.open(journal_path, key)  # the new key not installed yet: the old one goes on
+    assert [e.body["code"] for e in still.read_after(0)] == ["1", "2", "3"]
+    still.close()
+    reopened = Journal.open(journal_path, new)  # installed: from now on it alone opens the journal
+    reopened.rotate_key()  # and wraps the keys it adds under it
+    reopened.append("sale", {"code": "4"})
     assert [e.body["code"] for e in reopened.read_after(0)] == ["1", "2", "3", "4"]
     reopened.close()
+    with pytest.raises(DataKeyError, match=another_key(journal_path)):
+        Journal.open(journal_path, key)
     assert verify_journal(journal_path, new).ok
+
+
+def test_a_new_outer_key_lost_before_it_was_installed_leaves_the_journal_to_the_old_one(journal_path, key):
+    """The recipe keeps the new key on a tmpfs until it is sealed into the credential: a power cut between
+    the re-wrap and that step once left a journal no key opened."""
+    j = Journal.open(journal_path, key)
+    j.append("sale", {"code": "1"})
+    j.rewrap(os.urandom(32))  # and the power goes: the new key with it
+    j.close()
+    again = Journal.open(journal_path, key)
+    again.append("sale", {"code": "2"})
+    newer = os.urandom(32)
+    again.rewrap(newer)  # done again, with another new key: the one that counts
+    again.close()
+    installed = Journal.open(journal_path, newer)
+    assert [e.body["code"] for e in installed.read_after(0)] == ["1", "2"]
+    installed.close()
 
 
 def test_a_data_key_of_a_journal_in_use_is_never_removed(journal_path, key):

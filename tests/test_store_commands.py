@@ -72,12 +72,15 @@ def test_keys_rotate_and_rewrap_keep_every_event_readable(box, tmp_path):
     new_key.write_bytes(os.urandom(32))
     result = counterbox(box, "keys", "rewrap", "--new-key-file", str(new_key))
     assert json.loads(result.stdout) == {"rewrapped": 2, "outer_key": str(new_key)}
-    refused = counterbox(box, "status")  # the old key file no longer opens the journal
-    assert refused.returncode == 2 and "created with another key. Nothing was changed" in refused.stderr
+    old_key = (box.parent / "data.key").read_bytes()
+    assert counterbox(box, "status").returncode == 0  # the old key opens it until the new one is installed
     (box.parent / "data.key").write_bytes(new_key.read_bytes())  # the operator installs the new key
     shown = [json.loads(line)["seq"] for line in counterbox(box, "show", "--last", "10").stdout.splitlines()]
     assert shown == [1, 2, 3, 4]
     assert json.loads(counterbox(box, "verify").stdout)["ok"]
+    (box.parent / "data.key").write_bytes(old_key)
+    refused = counterbox(box, "status")  # the new key has been used: the old one opens the journal no more
+    assert refused.returncode == 2 and "created with another key. Nothing was changed" in refused.stderr
 
 
 def test_a_backup_restored_onto_a_new_box_verifies_and_shows_the_same_events(box, tmp_path):
