@@ -219,11 +219,17 @@ def _shop_add(args) -> int:
         raise CentralError(f"region {args.region!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
     store = CentralStore(args.central_db)
     try:
-        store.add_shop(Shop(args.licence, args.name, args.region, args.monitoring), replace=args.replace)
+        unreached = store.add_shop(Shop(args.licence, args.name, args.region, args.monitoring), replace=args.replace)
     finally:
         store.close()
     print(f"shop {args.licence} ({args.name}) registered in region {args.region or '-'}"
           + (", a monitoring point" if args.monitoring else ""))
+    if len(unreached) == 1:
+        print(f"counterbox-ops: warning: the box {unreached[0]} of this shop keeps the region and monitoring of its "
+              "activation: revoke it and activate it again for the change to reach it", file=sys.stderr)
+    elif unreached:
+        print(f"counterbox-ops: warning: the boxes {', '.join(unreached)} of this shop keep the region and monitoring "
+              "of their activation: revoke each and activate it again for the change to reach it", file=sys.stderr)
     return 0
 
 

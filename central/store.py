@@ -488,16 +488,24 @@ class CentralStore:
 
     # -- shops and activation ------------------------------------------------------
 
-    def add_shop(self, shop: Shop, *, replace: bool = False) -> None:
+    def add_shop(self, shop: Shop, *, replace: bool = False) -> list[str]:
+        """Register ``shop`` (with ``replace``, change it). Returns the boxes active for it that its change of
+        region or monitoring does not reach: each holds those of its activation (its documents' region, its
+        snapshots) until it is activated again."""
         with self._transaction() as conn:
             self._lock(conn, "shop", shop.licence)
-            if self.shop(shop.licence) is not None and not replace:
+            before = self.shop(shop.licence)
+            if before is not None and not replace:
                 raise RegistryError(f"shop {shop.licence} is already registered; pass --replace to change it")
+            unreached = [] if before is None or (before.region, before.monitoring) == (shop.region, shop.monitoring) \
+                else list(conn.execute(sa.select(devices.c.device_id).where(
+                    devices.c.shop == shop.licence, devices.c.revoked_at.is_(None)).order_by(devices.c.device_id)).scalars())
             insert = self._insert(conn, shops).values(licence=shop.licence, name=shop.name, region=shop.region,
                                                       monitoring=int(shop.monitoring), registered_at=time.time())
             conn.execute(insert.on_conflict_do_update(
                 index_elements=[shops.c.licence],
                 set_={name: insert.excluded[name] for name in ("name", "region", "monitoring", "registered_at")}))
+        return unreached
 
     def shop(self, licence: str) -> Shop | None:
         with self._transaction(write=False) as conn:

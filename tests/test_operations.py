@@ -744,3 +744,27 @@ def test_an_identity_file_saved_in_another_encoding_is_named_as_not_what_identit
     result = ops("register", "--central-db", str(tmp_path / "c.db"), "--identity", str(identity))
     assert (result.returncode, result.stderr) == (
         2, f"counterbox-ops: error: {identity} is not what 'counterbox identity show' prints\n")
+
+
+def test_a_shop_moved_to_another_region_names_the_boxes_the_change_does_not_reach(tmp_path):
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
+               "--region", "honghe").returncode == 0
+    store = CentralStore(db)
+    store.register("cb-box-1", KEY_WITH_A_DASH, shop="530102100123", region="honghe")
+    store.close()
+    renamed = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3 (new)",
+                  "--region", "honghe", "--replace")
+    assert (renamed.returncode, renamed.stderr) == (0, "")  # a new name reaches nothing on the box: nothing to say
+    moved = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
+                "--region", "kunming", "--monitoring", "--replace")
+    assert moved.returncode == 0
+    assert moved.stderr == ("counterbox-ops: warning: the box cb-box-1 of this shop keeps the region and monitoring of "
+                            "its activation: revoke it and activate it again for the change to reach it\n")
+    store = CentralStore(db)
+    store.register("cb-box-2", _key_beginning_with_a_dash(), shop="530102100123", region="kunming")
+    store.close()
+    back = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
+               "--region", "honghe", "--replace")
+    assert back.stderr == ("counterbox-ops: warning: the boxes cb-box-1, cb-box-2 of this shop keep the region and "
+                           "monitoring of their activation: revoke each and activate it again for the change to reach it\n")
