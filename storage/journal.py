@@ -121,6 +121,9 @@ class Journal:
             sqlite.create_private(path)
         else:
             size = path.stat().st_size
+            if size == 0 and not create:  # being made by the agent this moment, or left so by a start cut short
+                raise NoJournal(f"there is no journal at {path} yet: its file is empty (the agent has not run on this box, "
+                                "or is making it now)")
             if 0 < size < 512:
                 # Empty is a journal being made (its file comes before SQLite's first page); a file
                 # shorter than any page was cut short, and SQLite would take it for an empty one.

@@ -278,3 +278,18 @@ def test_the_agent_lock_goes_with_its_process_however_it_ends(tmp_path):
         assert (tmp_path / "journal.db.lock").read_text() == f"{os.getpid()}\n"
     with agent_lock(tmp_path / "journal.db"):  # and again: released when the block ends
         pass
+
+
+def test_status_of_a_box_whose_journal_file_is_empty_says_there_is_none_and_writes_nothing(box):
+    """An empty journal.db: the agent making it this moment, or a first start cut short before SQLite wrote."""
+    directory, config = box
+    key = os.urandom(32)
+    (directory / "data.key").write_bytes(key)
+    os.chmod(directory / "data.key", 0o600)
+    (directory / "journal.db").touch()
+    result = counterbox(config, "status")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (f"counterbox: error: there is no journal at {directory / 'journal.db'} yet: its file is "
+                             "empty (the agent has not run on this box, or is making it now)\n")
+    assert (directory / "journal.db").stat().st_size == 0
+    assert sorted(p.name for p in directory.iterdir()) == ["agent.toml", "data.key", "journal.db"]

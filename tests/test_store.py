@@ -284,7 +284,7 @@ def test_an_erase_without_room_for_its_marker_cut_short_is_finished_at_the_next_
     def no_room(path, data):
         raise OSError(28, "No space left on device")
 
-    def power_cut(path):
+    def power_cut(path, **how):
         raise KeyboardInterrupt  # the power, gone before the journal's files were removed
 
     monkeypatch.setattr(daemon, "write_secret", no_room)
