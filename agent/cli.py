@@ -16,7 +16,7 @@ from drivers.errors import DriverError
 from provisioning import documents
 from provisioning.errors import ProvisioningError
 from provisioning.identity import create_key, device_id_for, load_key, public_key_text
-from storage import JournalError, StorageError, backup, destroy_secret, restore, verify_journal
+from storage import JournalError, StorageError, agent_lock, backup, destroy_secret, restore, verify_journal
 from storage.keys import read_key_file
 
 from . import config as config_module
@@ -213,12 +213,13 @@ def _keys_rotate(args) -> int:
 
 def _keys_rewrap(args) -> int:
     new = read_key_file(args.new_key_file)
-    journal = daemon.open_journal(args.config)
-    try:
-        journal.rewrap(new)
-        count = len(journal.data_keys())
-    finally:
-        journal.close()
+    with agent_lock(args.config.storage.path, leave=False):  # the agent stopped, as the recipe says
+        journal = daemon.open_journal(args.config)
+        try:
+            journal.rewrap(new)
+            count = len(journal.data_keys())
+        finally:
+            journal.close()
     print(json.dumps({"rewrapped": count, "outer_key": str(args.new_key_file)}))
     return 0
 

@@ -26,6 +26,7 @@ from drivers.feedback import Signal
 from provisioning import activation, protocol
 from provisioning.documents import settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
+from provisioning.errors import ProvisioningError
 from storage import (Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret, load_data_key,
                      remove_journal)
 from storage.keys import sync_directory, write_secret
@@ -200,9 +201,10 @@ async def _life(config: Config) -> bool:
             session = await store.write(lambda journal: journal.start_session())
         except JournalFull as error:
             # The box still reads its scanners (each refused with the error signal) and delivers what it
-            # holds: a start the disk has no room to count is counted as the last one's next, in memory.
-            session = await store.read(lambda journal: journal.session()) + 1
-            logger.error("this start (session %d) NOT counted in the journal: %s", session, error)
+            # holds. A start the disk has no room to count goes on under the last one's number: the next
+            # counted start's then comes after it, as central orders a box's statuses by session.
+            session = max(await store.read(lambda journal: journal.session()), 1)  # batches count from 1
+            logger.error("this start NOT counted in the journal (it goes on as session %d): %s", session, error)
         # A journal restored onto this box delivers what its last box did not, as this one.
         base, before = await store.write(lambda journal: journal.take_identity(device_id))
         if before and before != device_id:
@@ -211,6 +213,9 @@ async def _life(config: Config) -> bool:
         last, acked = await store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
         logger.info("agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
                     device_id, session, store.path, last, acked)
+        if await store.read(lambda journal: journal.rewrap_waiting()):
+            logger.warning("a re-wrap of the data keys waits for its new outer key: this agent runs under the old "
+                           "one, which opens the journal until the new one is installed and the agent started with it")
         box = Box(config=config, store=store, session=session, device_id=device_id, key=signing_key,
                   central_key=central_key, counter=counter_for(config),
                   trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()})
@@ -251,6 +256,10 @@ class Box:
             logger.warning("scan not recorded scanner=%s: this box is revoked and hands in what it holds", scan.source)
             return Signal.ERROR
         if isinstance(scan, Scan) and activation.looks_like_code(scan.text):
+            if await self._activated_with(scan.text):  # the slip scanned twice: it did what it was for
+                logger.info("activation code scanned scanner=%s: the one this box was activated with; nothing changed",
+                            scan.source)
+                return Signal.GOOD
             logger.warning("activation code scanned scanner=%s: this box is already active; nothing changed", scan.source)
             return Signal.ERROR
         signal = await record_scan(self.store, self.counter, scan)
@@ -263,6 +272,15 @@ class Box:
         if self._uplink is not None:
             self._uplink.wake.set()
         return signal
+
+    async def _activated_with(self, token: str) -> bool:
+        """Whether ``token`` is the code (signed by a trusted operations key) this box's activation used."""
+        try:
+            code = activation.decode_code(token, trusted=self.trusted)
+            held = await self.store.read(lambda journal: activation_state(journal, self.device_id))
+        except (ProvisioningError, StorageError):
+            return False
+        return held is not None and held.get("code") == code.code_id
 
     async def expire(self, announce: Callable[[Signal], None]) -> None:
         """End a receiving or a count left too long, forget a keyed number left too long: the counter

@@ -94,7 +94,7 @@ def csv_text(path: Path, error: type[Exception]) -> str:
 
 
 # A code column a spreadsheet took for a number and wrote back as one: 6.90103E+12, 6901028075831.0.
-_SPREADSHEET_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?[eE]\+?[0-9]+|[0-9]{6,}\.0+")
+_SPREADSHEET_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?[eE]\+[0-9]+|[0-9]{6,}\.0+")  # E+: 123E45 may be a code
 
 
 def check_code(code: str, column: str = "barcode") -> None:

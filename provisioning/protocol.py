@@ -67,9 +67,11 @@ def is_topic_prefix(value: Any) -> bool:
 
 
 def topic_prefix(text: str) -> str:
-    """``text`` as a topic prefix (a command line's type=): ValueError when no topic can start with it."""
+    """``text`` as a topic prefix (a command line's type=): argparse.ArgumentTypeError when no topic can start with it."""
+    import argparse  # its error, whose words argparse shows as they are (a ValueError's it drops)
+
     if not is_topic_prefix(text):
-        raise ValueError(f"topic prefix {text!r} must be {TOPIC_PREFIX_RULE}")
+        raise argparse.ArgumentTypeError(f"topic prefix {text!r} must be {TOPIC_PREFIX_RULE}")
     return text
 
 

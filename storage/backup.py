@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from . import sealing, sqlite
 from .chain import Verification
 from .errors import BackupError, JournalError, JournalFull
-from .journal import Journal, check_no_log_left, drop_pending_rewrap, verify_journal
+from .journal import Journal, check_no_log_left, drop_pending_rewrap, finish_rewrap, verify_journal
 from .keys import sync_directory
 from .owner import agent_lock
 from .schema import SCHEMA_VERSION
@@ -71,6 +71,7 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
             raise BackupError(f"the journal does not verify, so it was not backed up: {verified.broken.reason}")
         header, file_key, wrap_key = _new_header(passphrase)
         with _named(snapshot), _connection(snapshot) as conn:
+            finish_rewrap(conn, journal_path, outer)  # a copy under the key given, the new one of a re-wrap too
             drop_pending_rewrap(conn)
             sealing.rewrap_keys(conn, journal_path, outer, wrap_key)
         _write_sealed(snapshot, target, header, file_key)
@@ -82,7 +83,7 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
 def restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) -> Verification:
     """Restore the backup ``source`` as the journal at ``journal_path`` (which must not exist), its
     data keys wrapped under this box's ``outer`` key; only a journal that verifies is put in place."""
-    with agent_lock(journal_path):  # never beneath a running agent, nor an agent started meanwhile
+    with agent_lock(journal_path, leave=False):  # never beneath a running agent, nor an agent started meanwhile
         return _restore(source, passphrase, journal_path, outer)
 
 

@@ -86,9 +86,11 @@ def _indexed(kind: str) -> str:
 
 
 class Journal:
-    def __init__(self, *, conn: sqlite3.Connection, outer: bytes, path: Path, max_event_bytes: int):
+    def __init__(self, *, conn: sqlite3.Connection, outer: bytes, path: Path, max_event_bytes: int,
+                 finish_rewrap: bool = False):
         self._conn = conn
         self._outer = outer
+        self._finish_rewrap = finish_rewrap  # the agent's: a re-wrap's new key, opening it, replaces the old
         # Unwrapped data keys by id. Filled only from committed rows (rotation runs in a transaction
         # of its own), and a key row is never removed, so an id here always means the same key.
         self._keys: dict[int, AESGCM] = {}
@@ -106,9 +108,11 @@ class Journal:
 
     @classmethod
     def open(cls, path: Path, key: bytes, *, create: bool = True,
-             max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> "Journal":
+             max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, finish_rewrap: bool = False) -> "Journal":
         """Open the journal at ``path`` with its outer ``key`` (the credential or the key file); create
-        it (mode 0600) when absent and ``create``; bring an older schema up to this one.
+        it (mode 0600) when absent and ``create``; bring an older schema up to this one. With
+        ``finish_rewrap`` (the agent's store), opened with the new key of a re-wrap that waits, the new
+        key takes the old one's place; a command beside an agent still under the old key never does that.
 
         A journal that exists is checked against ``key`` on a read-only connection first:
         a wrong key changes nothing on disk, not even a WAL checkpoint.
@@ -132,7 +136,7 @@ class Journal:
             _check_key(path, key)
         with _translated(path):
             conn = sqlite.connect(path)
-        journal = cls(conn=conn, outer=key, path=path, max_event_bytes=max_event_bytes)
+        journal = cls(conn=conn, outer=key, path=path, max_event_bytes=max_event_bytes, finish_rewrap=finish_rewrap)
         try:
             with _translated(path):
                 # An append-only log reads little back: a small page cache keeps the box's memory small.
@@ -158,7 +162,8 @@ class Journal:
                 migrate(self._conn, self._outer)
             if version != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            _finish_rewrap(self._conn, self.path, self._outer)
+            if self._finish_rewrap:
+                finish_rewrap(self._conn, self.path, self._outer)
             self._keys = _open_keys(self._conn, self.path, self._outer, SCHEMA_VERSION)
 
     # -- transactions --------------------------------------------------------
@@ -230,6 +235,11 @@ class Journal:
                        for key_id, wrapped in rows}
             self._conn.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = "
                                "excluded.value", [_REWRAPPED, json.dumps(pending)])
+
+    def rewrap_waiting(self) -> bool:
+        """A re-wrap waits for its new outer key to be installed (the agent opened with the old one)."""
+        with _translated(self.path):
+            return _pending_rewrap(self._conn) is not None
 
     def data_keys(self) -> list[tuple[int, float]]:
         """(id, created_at) of every data key, oldest first; the last seals new events."""
@@ -634,7 +644,7 @@ def _pending_rewrap(conn: sqlite3.Connection) -> dict[int, bytes] | None:
     return None if row is None else {int(key_id): bytes.fromhex(wrapped) for key_id, wrapped in json.loads(row[0]).items()}
 
 
-def _finish_rewrap(conn: sqlite3.Connection, path: Path, outer: bytes) -> None:
+def finish_rewrap(conn: sqlite3.Connection, path: Path, outer: bytes) -> None:
     """Opened with the new outer key of a re-wrap (in the caller's transaction): it replaces the old one,
     which opens the journal no more. Opened with the old one, the re-wrap waits on."""
     pending = _pending_rewrap(conn)

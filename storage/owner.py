@@ -30,12 +30,18 @@ def lock_path(journal: Path) -> Path:
 
 
 @contextlib.contextmanager
-def agent_lock(journal: Path) -> Iterator[None]:
-    """Hold the journal's agent lock for the block; JournalInUse, naming the holder, if another has it."""
+def agent_lock(journal: Path, *, leave: bool = True) -> Iterator[None]:
+    """Hold the journal's agent lock for the block; JournalInUse, naming the holder, if another has it.
+    ``leave=False``: a lock file made here goes again at the end (a restore, run as root, would leave one
+    the agent's user could not open)."""
     path = lock_path(journal)
     path.parent.mkdir(parents=True, exist_ok=True)
+    made = False
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd, made = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR)
     except OSError as error:
         raise JournalInUse(f"{path}: cannot open the agent's lock file: {error.strerror}") from None
     try:
@@ -44,10 +50,14 @@ def agent_lock(journal: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
             raise JournalInUse(f"another agent is running on {journal}" + (f" (pid {holder})" if holder.isdigit() else "")
-                               + ": one agent per journal; stop it first (systemctl stop counterbox)") from None
+                               + ": one agent per journal; stop it first (systemctl stop counterbox-agent)") from None
         with contextlib.suppress(OSError):  # the pid is for the message only: a full disk does not stop the agent
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            if made and not leave:
+                os.unlink(path)  # while still held: an agent that opened it meanwhile finds it taken, and stops
     finally:
         os.close(fd)  # and with it the lock

@@ -82,7 +82,7 @@ class Store:
 
         def serve() -> None:
             try:
-                journal = Journal.open(path, key, create=create, max_event_bytes=max_event_bytes)
+                journal = Journal.open(path, key, create=create, max_event_bytes=max_event_bytes, finish_rewrap=True)
             except BaseException as error:  # handed to the opener, who raises it
                 loop.call_soon_threadsafe(_settle, [(opened, None, error)])
                 return

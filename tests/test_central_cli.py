@@ -694,7 +694,8 @@ def test_a_topic_prefix_no_topic_can_start_with_is_refused_before_anything_start
     from central.ops import main as ops_main
 
     result = run_main(central_main, ["--db", str(tmp_path / "c.db"), *command, "--topic-prefix", "counterbox/#"])
-    assert result.returncode == 2 and "argument --topic-prefix: invalid topic_prefix value: 'counterbox/#'" in result.stderr
+    assert result.returncode == 2 and ("argument --topic-prefix: topic prefix 'counterbox/#' must be MQTT topic levels of "
+                                       "printable characters, without the wildcards + and #") in result.stderr
     assert not (tmp_path / "c.db").exists()
     result = run_main(ops_main, ["activation", "issue", "--topic-prefix", "+/v1"])
-    assert result.returncode == 2 and "argument --topic-prefix: invalid topic_prefix value: '+/v1'" in result.stderr
+    assert result.returncode == 2 and "argument --topic-prefix: topic prefix '+/v1' must be" in result.stderr

@@ -252,7 +252,7 @@ def test_a_second_agent_on_the_same_journal_stops_at_once_naming_the_first_and_t
         result = counterbox(config, "run")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (f"counterbox: error: another agent is running on {directory / 'journal.db'} "
-                             f"(pid {os.getpid()}): one agent per journal; stop it first (systemctl stop counterbox)\n")
+                             f"(pid {os.getpid()}): one agent per journal; stop it first (systemctl stop counterbox-agent)\n")
     assert sorted(path.name for path in directory.iterdir()) == ["agent.toml", "journal.db.lock"]
 
 

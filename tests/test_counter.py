@@ -107,6 +107,7 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("barcode,price\n6.90103E+12,23\n", "line 2: barcode '6.90103E+12' is a spreadsheet's number, not the code"),
         ("barcode,price\n6.901028E+012,23\n", "barcode '6.901028E+012' is a spreadsheet's number"),
         ("barcode,price\n6901028075831.0,23\n", "barcode '6901028075831.0' is a spreadsheet's number"),
+        ("barcode,price\n123E45,23\n6.90103E+12,1\n", "line 3: barcode '6.90103E+12'"),  # 123E45 may be a Code 39 label
         ("barcode,price,unit,product\n6901028075848,225,carton,6.90103E+12\n",
          "line 2: product '6.90103E+12' is a spreadsheet's number, not the code"),
         ("barcode,price\n\uff19\uff16\uff13\uff18\uff15\uff10\uff17\uff14,1\n", "is not what a scanner types"),

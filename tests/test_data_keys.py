@@ -89,10 +89,15 @@ def test_a_new_outer_key_rewraps_the_data_keys_and_once_used_the_old_one_no_long
     assert j._conn.execute("SELECT seq, key_id, sealed, chain FROM events WHERE seq <= 2").fetchall() == events
     j.close()
     assert verify_journal(journal_path, new).ok and verify_journal(journal_path, key).ok  # both, until it is used
-    still = Journal.open(journal_path, key)  # the new key not installed yet: the old one goes on
-    assert [e.body["code"] for e in still.read_after(0)] == ["1", "2", "3"]
+    still = Journal.open(journal_path, key, finish_rewrap=True)  # the new key not installed yet: the old one goes on
+    assert [e.body["code"] for e in still.read_after(0)] == ["1", "2", "3"] and still.rewrap_waiting()
     still.close()
-    reopened = Journal.open(journal_path, new)  # installed: from now on it alone opens the journal
+    command = Journal.open(journal_path, new)  # a command under the new key beside an agent under the old one
+    assert [e.body["code"] for e in command.read_after(0)] == ["1", "2", "3"]
+    command.close()
+    Journal.open(journal_path, key).close()  # leaves the agent its key: only the agent's start takes the new one
+    reopened = Journal.open(journal_path, new, finish_rewrap=True)  # the agent started with it installed
+    assert not reopened.rewrap_waiting()
     reopened.rotate_key()  # and wraps the keys it adds under it
     reopened.append("sale", {"code": "4"})
     assert [e.body["code"] for e in reopened.read_after(0)] == ["1", "2", "3", "4"]
@@ -114,9 +119,11 @@ def test_a_new_outer_key_lost_before_it_was_installed_leaves_the_journal_to_the_
     newer = os.urandom(32)
     again.rewrap(newer)  # done again, with another new key: the one that counts
     again.close()
-    installed = Journal.open(journal_path, newer)
+    installed = Journal.open(journal_path, newer, finish_rewrap=True)
     assert [e.body["code"] for e in installed.read_after(0)] == ["1", "2"]
     installed.close()
+    with pytest.raises(DataKeyError):
+        Journal.open(journal_path, key)
 
 
 def test_a_data_key_of_a_journal_in_use_is_never_removed(journal_path, key):
@@ -185,3 +192,27 @@ def test_an_erase_whose_outer_key_is_a_systemd_credential_overwrites_the_journal
     assert "the journal's files are overwritten with zeros instead" in caplog.text
     assert ("crypto-erased: signing key destroyed, journal overwritten with zeros (its outer key is a systemd "
             "credential)") in caplog.text
+
+
+def test_a_rewrap_waits_for_the_agent_to_stop_and_an_agent_under_the_old_key_goes_on_beside_commands_under_the_new(
+        journal_path, key):
+    """A command that took the new key's place beside a running agent under the old one left the agent unable
+    to open a data key added after: every scan refused until it was started again."""
+    from storage import JournalInUse, agent_lock
+
+    Journal.open(journal_path, key).close()
+    new = os.urandom(32)
+    with agent_lock(journal_path):
+        agent = Journal.open(journal_path, key, finish_rewrap=True)
+        agent.append("sale", {"code": "1"})
+        with pytest.raises(JournalInUse):  # `counterbox keys rewrap` takes the agent's lock (see test_store_commands)
+            with agent_lock(journal_path, leave=False):
+                pass
+    agent.rewrap(new)  # as the command does, the agent stopped (its lock released)
+    command = Journal.open(journal_path, new)  # `counterbox status` with the new key installed
+    command.close()
+    agent.append("sale", {"code": "2"})  # the agent, still under the old key, goes on
+    with pytest.raises(JournalError, match="a re-wrap waits"):
+        agent.rotate_key()
+    assert [e.body["code"] for e in agent.read_after(0)] == ["1", "2"]
+    agent.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from storage import Journal
+
 from .journals import contents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,7 @@ def test_keys_rotate_and_rewrap_keep_every_event_readable(box, tmp_path):
     shown = [json.loads(line)["seq"] for line in counterbox(box, "show", "--last", "10").stdout.splitlines()]
     assert shown == [1, 2, 3, 4]
     assert json.loads(counterbox(box, "verify").stdout)["ok"]
+    Journal.open(box.parent / "journal.db", new_key.read_bytes(), finish_rewrap=True).close()  # the agent's start
     (box.parent / "data.key").write_bytes(old_key)
     refused = counterbox(box, "status")  # the new key has been used: the old one opens the journal no more
     assert refused.returncode == 2 and "created with another key. Nothing was changed" in refused.stderr
@@ -94,7 +97,7 @@ def test_a_backup_restored_onto_a_new_box_verifies_and_shows_the_same_events(box
     wrong.write_text("not the passphrase at all\n")
     refused = counterbox(new_box, "restore", str(file), "--passphrase-file", str(wrong))
     assert refused.returncode == 2 and "does not open with this passphrase" in refused.stderr, refused.stderr
-    assert sorted(p.name for p in new_box.parent.iterdir()) == ["agent.toml", "journal.db.lock"]  # no key made for a restore refused
+    assert sorted(p.name for p in new_box.parent.iterdir()) == ["agent.toml"]  # no key made for a restore refused
     restored = counterbox(new_box, "restore", str(file), "--passphrase-file", str(passphrase))
     assert restored.returncode == 0, restored.stderr
     report = json.loads(restored.stdout)
@@ -136,3 +139,15 @@ def test_the_agent_with_a_wrong_or_missing_key_stops_with_a_clear_error_and_chan
             else "is missing but the journal exists") in result.stderr
     assert contents(box.parent / "journal.db") == before
     assert key == "wrong" or not key_file.exists()
+
+
+def test_keys_rewrap_beside_a_running_agent_is_refused_and_changes_nothing(box, tmp_path):
+    from storage import agent_lock
+
+    new_key = tmp_path / "new.key"
+    new_key.write_bytes(os.urandom(32))
+    before = (box.parent / "journal.db").read_bytes()
+    with agent_lock(box.parent / "journal.db"):  # the agent's
+        refused = counterbox(box, "keys", "rewrap", "--new-key-file", str(new_key))
+    assert refused.returncode == 2 and "another agent is running on" in refused.stderr
+    assert (box.parent / "journal.db").read_bytes() == before
