@@ -43,12 +43,15 @@ ANSWER_WAIT = 20.0  # seconds a scanned code waits for central before the error 
 def current(journal: Journal, device: str) -> dict[str, Any] | None:
     """The activation ``device`` holds: the body of the journal's latest ``activation`` event, or None; None
     too when that activation was another device's (a backup of another box restored onto this one): this box
-    was never admitted, and waits for its own code. (An activation recorded before events named their
-    device is taken as this box's own, as it was then.)"""
+    was never admitted, and waits for its own code. An activation recorded before events named their device
+    is this box's unless it was recorded before the journal took this box's identity from another's."""
     event = journal.last("activation")
-    if event is None or event.body.get("device", device) != device:
+    if event is None:
         return None
-    return event.body
+    named = event.body.get("device")
+    if named is None:
+        return event.body if event.seq > journal.identity_since() else None
+    return event.body if named == device else None
 
 
 def subscriptions(prefix: str, device: str) -> list[str]:

@@ -517,7 +517,16 @@ class Journal:
                 self._set_meta("base_seq", self._meta("acked_seq"))
                 self._set_meta("identity", device)
                 self._set_meta("diverged_at", "")
+                if before:  # the events so far were another box's: where this one's begin
+                    self._conn.execute("INSERT INTO meta (name, value) VALUES ('identity_since', ?) ON CONFLICT (name) "
+                                       "DO UPDATE SET value = excluded.value", [str(self.last_seq())])
             return int(self._meta("base_seq")), before
+
+    def identity_since(self) -> int:
+        """The last event recorded under another box's identity than this journal's now (0: none)."""
+        with _translated(self.path):
+            row = self._conn.execute("SELECT value FROM meta WHERE name = 'identity_since'").fetchone()
+        return int(row[0]) if row else 0
 
     def base_seq(self) -> int:
         """The last event delivered under another identity than the one this journal delivers as now (0: none)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -281,7 +282,6 @@ def _started(stack, device) -> str:
 
 def test_a_box_activated_by_scanning_its_printed_slip_records_and_delivers_sales(stack, tmp_path):
     fifo = tmp_path / "scanner.fifo"
-    import os
 
     os.mkfifo(fifo)
     device = stack.install("new-box", scanners=[str(fifo)], uplink={"snapshot_interval": 0.5})
@@ -320,7 +320,13 @@ def test_a_box_activated_by_scanning_its_printed_slip_records_and_delivers_sales
     assert [(row["product"], row["packs"], row["known"]) for row in snapshot["stock"]] == [("06901028075831", -1, False)]
     assert snapshot["prices"] == []  # sold without a price: no price list on this box
 
-    feed(fifo, scans([token]))  # the slip again, on a box already active
+    feed(fifo, scans([token]))  # the slip again, on the box it activated: it did what it was for
+    wait_until(lambda: "the one this box was activated with; nothing changed" in device.log.read_text(), 10,
+               "the slip taken for what it was")
+    other = _issue(stack, "--shop", "530102100123", "--slip", str(tmp_path / "other.png"))
+    other_token = zxingcpp.read_barcodes(Image.open(tmp_path / "other.png"))[0].text
+    assert activation.code_id_of(other_token) == other["code"]
+    feed(fifo, scans([other_token]))  # another code, on a box already active
     wait_until(lambda: "this box is already active; nothing changed" in device.log.read_text(), 10, "the refusal")
     assert len(stack.sales()) == 1
 
@@ -335,7 +341,6 @@ def test_a_code_pushed_to_a_waiting_box_activates_it(stack, tmp_path):
 
 
 def test_a_reused_forged_expired_or_other_boxs_code_is_refused_and_the_box_stays_waiting(stack, tmp_path):
-    import os
 
     boxes = []
     for name in ("first", "second"):
@@ -372,7 +377,6 @@ def test_a_reused_forged_expired_or_other_boxs_code_is_refused_and_the_box_stays
 
 
 def test_a_revoked_box_delivers_what_it_holds_erases_itself_and_waits_as_a_new_box(stack, tmp_path):
-    import os
 
     fifo = tmp_path / "scanner.fifo"
     os.mkfifo(fifo)
@@ -418,7 +422,6 @@ def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_de
     """The journal holds the old box's activation: it is no admission of this box, which central never saw.
     Taken for one, the new box sold with the good signal and central rejected every batch of it."""
     fifo = tmp_path / "scanner.fifo"
-    import os
 
     os.mkfifo(fifo)
     old = stack.install("old-box", scanners=[str(fifo)])
@@ -466,3 +469,24 @@ def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts
     device.start()
     wait_until(lambda: device.status()["shop"] == "530102100123", 30, "the box active")
     assert "activation answered by central after the box stopped waiting for it; taken" in device.log.read_text()
+
+
+def test_an_activation_recorded_before_events_named_their_device_is_the_boxs_own_unless_another_box_recorded_it(
+        tmp_path):
+    """A backup made before activation events named their device, restored onto a replacement box."""
+    from agent.activation import current
+    from storage import Journal
+
+    legacy = {"shop": "530102100123", "name": "Mengzi No. 3", "region": "honghe", "monitoring": False,
+              "code": "0fwupRcgORloVAz6", "kid": "ops-1", "activated_at": "2026-11-01T09:00:00Z"}
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    try:
+        journal.take_identity("cb-old")
+        journal.append("activation", legacy)
+        assert current(journal, "cb-old") == legacy  # the box that recorded it, started again
+        journal.take_identity("cb-new")  # the backup restored onto another box
+        assert current(journal, "cb-new") is None
+        journal.append("activation", {**legacy, "device": "cb-new", "code": "1ZmQ"})
+        assert current(journal, "cb-new")["code"] == "1ZmQ"
+    finally:
+        journal.close()

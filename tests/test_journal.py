@@ -812,3 +812,17 @@ def test_reads_in_a_snapshot_see_the_journal_at_one_moment_whatever_another_proc
     finally:
         agent.close()
         command.close()
+
+
+def test_a_journal_taken_from_another_box_knows_where_this_boxs_events_begin(tmp_path):
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    try:
+        assert journal.take_identity("old-box") == (0, "") and journal.identity_since() == 0  # its first: all its own
+        journal.append("sale", {"code": "1"})
+        journal.append("sale", {"code": "2"})
+        journal.acknowledge(1)
+        assert journal.take_identity("new-box") == (1, "old-box") and journal.identity_since() == 2
+        journal.append("sale", {"code": "3"})
+        assert journal.take_identity("new-box") == (1, "new-box") and journal.identity_since() == 2  # started again
+    finally:
+        journal.close()
