@@ -90,6 +90,8 @@ class Ingest:
         self.prefix = topic_prefix
         self._keys: dict[str, tuple[str, Ed25519PublicKey]] = {}
         self._admin: BrokerAdmin | None = None
+        # Devices heard from as active in this run, whose retained activation acceptance (if any) is cleared.
+        self._past_activation: set[str] = set()
 
     def handle(self, message: Message, settled: bool = True) -> tuple[Any, tuple[str, bytes] | None]:
         """Verify and store one batch or status; return the result and, for a batch, the
@@ -223,6 +225,18 @@ class Ingest:
                     await free.acquire()
                     handling.put_nowait((message, group.create_task(self._consume(link, thread, message))))
 
+    def _activation_taken(self, link: MqttLink, device_id: str) -> None:
+        """A device heard from as active has taken its activation: central's acceptance, retained for it while it
+        could not yet, goes (anyone who may wait for activation may read the activation topics, and it names the
+        shop). Once per device and run; clearing a topic that holds nothing changes nothing."""
+        if device_id in self._past_activation:
+            return
+        try:
+            link.publish_nowait(activation.topic(self.prefix, device_id, "result"), b"", qos=1, retain=True)
+        except MqttError:
+            return  # said again at its next batch or status
+        self._past_activation.add(device_id)
+
     async def _consume(self, link: MqttLink, thread: ThreadPoolExecutor, message: Message) -> None:
         try:
             # Just after central (re)connects, what arrives may have waited in its queue at the broker:
@@ -266,6 +280,8 @@ class Ingest:
             except MqttError as error:
                 logger.warning("activation result for %s not sent (%s); the box asks again", result.device_id, error)
             return
+        if isinstance(result, (StatusReceived, Accepted)):
+            self._activation_taken(link, result.device_id)
         if isinstance(result, StatusReceived):
             logger.info("device %s %s", result.device_id, result.state)
             if result.cut_off and self._admin is not None:

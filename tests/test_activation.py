@@ -466,9 +466,32 @@ def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts
     device.kill()
     stack.start_central()
     wait_until(lambda: device_id in stack.central_command("devices", "--json").stdout, 20, "central to accept it")
+    assert _retained_result(stack, device_id)  # kept for the box while it is off
     device.start()
     wait_until(lambda: device.status()["shop"] == "530102100123", 30, "the box active")
     assert "activation answered by central after the box stopped waiting for it; taken" in device.log.read_text()
+    # Heard from as active, the box has it: it goes from the broker, where any box waiting for activation may
+    # read it (it names the shop).
+    wait_until(lambda: _retained_result(stack, device_id) is None, 20, "the acceptance cleared")
+
+
+def _retained_result(stack, device_id: str) -> bytes | None:
+    """What the broker holds retained on the box's activation result topic (None: nothing)."""
+    import asyncio
+
+    from agent.mqtt import MqttLink
+
+    async def read() -> bytes | None:
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="a-curious-client",
+                            subscriptions=[activation.topic("counterbox/v1", device_id, "result")]) as link:
+            try:
+                async with asyncio.timeout(1):
+                    async for message in link.messages():
+                        return message.payload
+            except TimeoutError:
+                return None
+
+    return asyncio.run(read())
 
 
 def test_an_activation_recorded_before_events_named_their_device_is_the_boxs_own_unless_another_box_recorded_it(
