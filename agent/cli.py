@@ -17,7 +17,7 @@ from provisioning import documents
 from provisioning.errors import ProvisioningError
 from provisioning.identity import create_key, device_id_for, load_key, public_key_text
 from storage import JournalError, StorageError, agent_lock, backup, destroy_secret, restore, verify_journal
-from storage.keys import read_key_file
+from storage.keys import new_outer_key, read_key_file
 
 from . import config as config_module
 from . import daemon, logs
@@ -212,7 +212,9 @@ def _keys_rotate(args) -> int:
 
 
 def _keys_rewrap(args) -> int:
-    new = read_key_file(args.new_key_file)
+    storage = args.config.storage
+    new = new_outer_key(key_file=storage.key_file, credential=storage.credential,
+                        new=read_key_file(args.new_key_file))
     with agent_lock(args.config.storage.path, leave=False):  # the agent stopped, as the recipe says
         journal = daemon.open_journal(args.config)
         try:

@@ -29,7 +29,7 @@ from provisioning.identity import broker_password, create_key, device_id_for, lo
 from provisioning.errors import ProvisioningError
 from storage import (Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret, load_data_key,
                      remove_journal)
-from storage.keys import sync_directory, write_secret
+from storage.keys import share_file, sync_directory, write_secret
 
 from .activation import Activator
 from .activation import current as activation_state
@@ -137,16 +137,22 @@ def _erasing(config: Config) -> Path:
     return config.storage.path.with_name(f"{config.storage.path.name}.erasing")
 
 
-def _key_erasing(config: Config) -> Path:
-    """The data key moved aside: the erase's marker when the disk had no room for one (a rename needs none)."""
-    return config.storage.key_file.with_name(f"{config.storage.key_file.name}.erasing")
+def _secrets(config: Config) -> list[Path]:
+    """The files whose loss makes the journal unreadable: the key file, and beside a systemd credential the
+    journal's share of its outer key (storage/keys.py)."""
+    return [config.storage.key_file, share_file(config.storage.key_file)]
+
+
+def _aside(secret: Path) -> Path:
+    """A secret moved aside: the erase's marker when the disk had no room for one (a rename needs none)."""
+    return secret.with_name(f"{secret.name}.erasing")
 
 
 def finish_erase(config: Config) -> bool:
     """Finish an erase that a power cut interrupted (its marker is still there); True if there was one.
     Without this, a box with its data key gone and its journal left could never start again, and one
     with its journal gone and its signing key left would come back as the revoked identity."""
-    if not (_erasing(config).exists() or _key_erasing(config).exists()):
+    if not (_erasing(config).exists() or any(_aside(secret).exists() for secret in _secrets(config))):
         return False
     crypto_erase(config)
     return True
@@ -164,26 +170,28 @@ def crypto_erase(config: Config) -> None:
         pass
     except OSError as error:
         # A full disk: destroying needs no space (and frees some), and the erase must not wait for any.
-        # The data key, moved aside (a rename needs no room), stands for the marker: a power cut before
-        # the end leaves what the next start finishes.
+        # The data key (or share), moved aside (a rename needs no room), stands for the marker: a power cut
+        # before the end leaves what the next start finishes.
         logger.error("erase marker %s not written (%s); the data key moved aside marks the erase", marker,
                      error.strerror)
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(config.storage.key_file, _key_erasing(config))
-            sync_directory(config.storage.key_file.parent)
-    aside = _key_erasing(config)
-    # Moved aside, it is zeroed now and stays, as the marker, until the end.
-    destroyed = destroy_secret(config.storage.key_file) | destroy_secret(aside, keep=True)
-    if not destroyed:
-        # Sealed by systemd (a credential): the service cannot destroy it, and it would still open the data
-        # keys wrapped in the blocks the journal's files leave behind: those are overwritten instead.
+        for secret in _secrets(config):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(secret, _aside(secret))
+                sync_directory(secret.parent)
+    # Moved aside, a secret is zeroed now and stays, as the marker, until the end.
+    destroyed = [destroy_secret(secret) | destroy_secret(_aside(secret), keep=True) for secret in _secrets(config)]
+    if not any(destroyed):
+        # A journal made under a systemd credential alone, before shares were (or its share already gone): the
+        # service cannot destroy the credential, which would still open the data keys wrapped in the blocks the
+        # journal's files leave behind: those are overwritten instead.
         logger.warning("data key %s not found to destroy (a systemd credential?); the journal's files are "
                        "overwritten with zeros instead", config.storage.key_file)
-    remove_journal(config.storage.path, overwrite=not destroyed)
+    remove_journal(config.storage.path, overwrite=not any(destroyed))
     destroy_secret(config.device.key_file)
-    destroy_secret(aside)
+    for secret in _secrets(config):
+        destroy_secret(_aside(secret))
     destroy_secret(marker)
-    logger.warning("crypto-erased: %s", "data key, signing key and journal destroyed" if destroyed else
+    logger.warning("crypto-erased: %s", "data key, signing key and journal destroyed" if any(destroyed) else
                    "signing key destroyed, journal overwritten with zeros (its outer key is a systemd credential)")
 
 

@@ -5,6 +5,11 @@ set up with LoadCredentialEncrypted= so the key is sealed to the device's TPM
 or host key); otherwise a key file, created with mode 0600 the first time the
 journal itself is created, and never silently re-created later: a fresh key
 for an existing journal would only make its data unreadable.
+
+With a credential, the outer key is derived from it and the journal's own share
+(``data.key.share``, made with the journal): the service cannot destroy the
+credential, so an erase destroys the share, and the credential alone opens
+nothing of that journal, in whatever blocks its files left.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import DataKeyError
 
@@ -34,11 +42,47 @@ def read_key_file(path: Path) -> bytes:
     return _read(path, "in")
 
 
+def share_file(key_file: Path) -> Path:
+    """Beside a systemd credential, the journal's own share of its outer key: the file an erase destroys,
+    since the service cannot destroy the credential (and the box's next life runs under it)."""
+    return key_file.with_name(f"{key_file.name}.share")
+
+
+def with_share(credential: bytes, share: bytes) -> bytes:
+    """The outer key made of a credential and a journal's share: neither alone opens the journal."""
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_SIZE, salt=share,
+                info=b"counterbox journal outer key v1").derive(credential)
+
+
+def new_outer_key(*, key_file: Path, credential: str, new: bytes) -> bytes:
+    """The outer key a re-wrap to ``new`` (a key file's, or a credential's content) makes: with a credential
+    and the journal's share, the two together, as ``load_data_key`` will make them."""
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    share = share_file(key_file)
+    if credentials and (Path(credentials) / credential).exists() and share.exists():
+        return with_share(new, _read(share, "share in"))
+    return new
+
+
 def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
-    """Return the data key; create ``key_file`` only when ``create`` (the journal does not exist yet)."""
+    """Return the data key; create ``key_file`` (or, with a credential, the journal's share) only when
+    ``create`` (the journal does not exist yet). A journal made under a credential before shares were
+    is opened by the credential alone."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     if credentials and (Path(credentials) / credential).exists():
-        return _read(Path(credentials) / credential, "from systemd credential")
+        sealed = _read(Path(credentials) / credential, "from systemd credential")
+        share = share_file(key_file)
+        if share.exists():
+            return with_share(sealed, _read(share, "share in"))
+        if not create:
+            return sealed
+        try:
+            write_secret(share, made := os.urandom(KEY_SIZE))
+        except FileExistsError:
+            made = _read(share, "share in")  # another process starting beside us made it first
+        except OSError as error:
+            raise DataKeyError(f"cannot create the data key's share {share}: {error.strerror}") from None
+        return with_share(sealed, made)
     if key_file.exists():
         return _read(key_file, "in")
     if not create:

@@ -154,14 +154,8 @@ def _rotate(path, key):
     j.close()
 
 
-def test_an_erase_whose_outer_key_is_a_systemd_credential_overwrites_the_journals_files_where_they_lie(
-        tmp_path, monkeypatch, caplog):
-    """The service cannot destroy a credential, which would still open the data keys wrapped in the
-    journal's freed blocks (and its next life runs under it too): the files are zeroed before they go."""
-    import logging
-
+def _credential_box(tmp_path, monkeypatch):
     from agent.config import Config, DeviceConfig, StorageConfig
-    from agent.daemon import crypto_erase, data_key
     from provisioning.identity import create_key
 
     credentials = tmp_path / "credentials"
@@ -172,15 +166,59 @@ def test_an_erase_whose_outer_key_is_a_systemd_credential_overwrites_the_journal
     config = Config(device=DeviceConfig(key_file=box / "device.key"),
                     storage=StorageConfig(path=box / "journal.db", key_file=box / "data.key"))
     create_key(config.device.key_file)
-    journal = Journal.open(config.storage.path, data_key(config.storage, create=True))
-    journal.append("sale", {"code": "6901028075831", "unit_price": 2300})
-    # What the erase leaves behind where the files were, seen through second names for them.
+    return config, (credentials / "counterbox-data-key").read_bytes()
+
+
+def _seen(tmp_path, box) -> dict:
+    """Second names for the journal's files: what an erase leaves where they were."""
     kept = {}
     for name in ("journal.db", "journal.db-wal", "journal.db-shm"):
         kept[name] = tmp_path / f"seen-{name}"
         os.link(box / name, kept[name])
-    journal.close = lambda: None  # as a power cut leaves it: the WAL and the shared memory in place
-    journal._conn.close()
+    return kept
+
+
+def test_beside_a_systemd_credential_the_journals_own_share_is_what_an_erase_destroys(tmp_path, monkeypatch, caplog):
+    """The service cannot destroy a credential, and the box's next life runs under it: the outer key is made of
+    it and a share the journal's own, so that destroying the share leaves the credential opening nothing."""
+    import logging
+    import shutil
+
+    from agent.daemon import crypto_erase, data_key
+    from storage.keys import share_file
+
+    config, credential = _credential_box(tmp_path, monkeypatch)
+    outer = data_key(config.storage, create=True)
+    assert outer != credential and share_file(config.storage.key_file).stat().st_mode & 0o777 == 0o600
+    journal = Journal.open(config.storage.path, outer)
+    journal.append("sale", {"code": "6901028075831", "unit_price": 2300})
+    journal.close()
+    assert data_key(config.storage, create=False) == outer  # the same, every start
+    shutil.copy(config.storage.path, tmp_path / "copy.db")  # the journal's blocks, as someone might find them
+    with caplog.at_level(logging.WARNING, logger="agent.daemon"):
+        crypto_erase(config)
+    assert sorted(p.name for p in config.storage.path.parent.iterdir()) == []
+    assert "crypto-erased: data key, signing key and journal destroyed" in caplog.text
+    with pytest.raises(DataKeyError):
+        Journal.open(tmp_path / "copy.db", credential)
+    assert data_key(config.storage, create=True) not in (outer, credential)  # the next life's: a new share
+
+
+def test_an_erase_of_a_journal_made_under_a_credential_alone_overwrites_its_files_where_they_lie(
+        tmp_path, monkeypatch, caplog):
+    """A journal made before shares were: the credential opens it, and would open the data keys wrapped in the
+    blocks its files leave; they are zeroed before they go."""
+    import logging
+
+    from agent.daemon import crypto_erase, data_key
+
+    config, credential = _credential_box(tmp_path, monkeypatch)
+    journal = Journal.open(config.storage.path, credential)  # no share: as such a box made it
+    journal.append("sale", {"code": "6901028075831", "unit_price": 2300})
+    assert data_key(config.storage, create=False) == credential
+    box = config.storage.path.parent
+    kept = _seen(tmp_path, box)
+    journal._conn.close()  # the connection goes; the WAL and shared memory stay, as a power cut leaves them
     for name in ("journal.db-wal", "journal.db-shm"):  # closing removed them; the links keep what they held
         os.link(kept[name], box / name)
     with caplog.at_level(logging.WARNING, logger="agent.daemon"):
@@ -192,6 +230,7 @@ def test_an_erase_whose_outer_key_is_a_systemd_credential_overwrites_the_journal
     assert "the journal's files are overwritten with zeros instead" in caplog.text
     assert ("crypto-erased: signing key destroyed, journal overwritten with zeros (its outer key is a systemd "
             "credential)") in caplog.text
+
 
 
 def test_a_rewrap_waits_for_the_agent_to_stop_and_an_agent_under_the_old_key_goes_on_beside_commands_under_the_new(
@@ -216,3 +255,22 @@ def test_a_rewrap_waits_for_the_agent_to_stop_and_an_agent_under_the_old_key_goe
         agent.rotate_key()
     assert [e.body["code"] for e in agent.read_after(0)] == ["1", "2"]
     agent.close()
+
+
+def test_a_rewrap_to_a_new_credential_keeps_the_journals_share(tmp_path, monkeypatch):
+    """`counterbox keys rewrap --new-key-file F`, F the new credential's content: the outer key it makes is F's
+    with the share, as the agent will make it from the new credential."""
+    from agent.daemon import data_key
+    from storage.keys import new_outer_key
+
+    config, credential = _credential_box(tmp_path, monkeypatch)
+    journal = Journal.open(config.storage.path, data_key(config.storage, create=True))
+    journal.append("sale", {"code": "1"})
+    replacement = os.urandom(32)
+    journal.rewrap(new_outer_key(key_file=config.storage.key_file, credential=config.storage.credential,
+                                 new=replacement))
+    journal.close()
+    (tmp_path / "credentials" / "counterbox-data-key").write_bytes(replacement)  # the new credential installed
+    reopened = Journal.open(config.storage.path, data_key(config.storage, create=False), finish_rewrap=True)
+    assert [e.body["code"] for e in reopened.read_after(0)] == ["1"]
+    reopened.close()

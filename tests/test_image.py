@@ -165,8 +165,10 @@ def test_the_box_boots_read_only_with_its_state_on_the_data_partition_and_no_log
     assert var_lib[1] == "/dev/vda3" and var_lib[2] == "ext4" and var_lib[3].split(",")[0] == "rw", mounts
     # The first boot made the data key and sealed it; the agent opened its journal with it.
     assert box.sh("test -s /var/lib/counterbox-credentials/data-key.cred && echo sealed").strip() == "sealed"
-    assert box.sh("ls /var/lib/counterbox").split() == ["device.key", "journal.db", "journal.db-shm", "journal.db-wal",
-                                                        "journal.db.lock"]  # the running agent's (one per journal)
+    # Beside the credential, the journal's own share of its outer key (what an erase destroys), and the running
+    # agent's lock (one per journal).
+    assert box.sh("ls /var/lib/counterbox").split() == ["data.key.share", "device.key", "journal.db", "journal.db-shm",
+                                                        "journal.db-wal", "journal.db.lock"]
     assert "counterbox-agent.service" in box.sh("systemctl list-units --state=active --no-legend --plain 'counterbox*'")
     # No getty on any VT or serial port, and nothing that starts one.
     assert box.sh("systemctl list-units --all --no-legend --plain '*getty*' 'autovt@*' systemd-logind.service"
