@@ -29,7 +29,7 @@ from provisioning.identity import broker_password, create_key, device_id_for, lo
 from provisioning.errors import ProvisioningError
 from storage import (Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret, load_data_key,
                      remove_journal)
-from storage.keys import share_file, sync_directory, write_secret
+from storage.keys import leftovers, share_file, sync_directory, write_secret
 
 from .activation import Activator
 from .activation import current as activation_state
@@ -188,8 +188,10 @@ def crypto_erase(config: Config) -> None:
                        "overwritten with zeros instead", config.storage.key_file)
     remove_journal(config.storage.path, overwrite=not any(destroyed))
     destroy_secret(config.device.key_file)
-    for secret in _secrets(config):
+    for secret in [*_secrets(config), config.device.key_file]:
         destroy_secret(_aside(secret))
+        for stale in leftovers(secret, "new"):  # a copy left by a process killed while it wrote the secret
+            destroy_secret(stale)
     destroy_secret(marker)
     logger.warning("crypto-erased: %s", "data key, signing key and journal destroyed" if any(destroyed) else
                    "signing key destroyed, journal overwritten with zeros (its outer key is a systemd credential)")

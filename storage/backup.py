@@ -40,7 +40,7 @@ from . import sealing, sqlite
 from .chain import Verification
 from .errors import BackupError, JournalError, JournalFull
 from .journal import Journal, check_no_log_left, drop_pending_rewrap, finish_rewrap, verify_journal
-from .keys import sync_directory
+from .keys import leftovers, sync_directory
 from .owner import agent_lock
 from .schema import SCHEMA_VERSION
 
@@ -122,6 +122,9 @@ def _restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) 
 # -- the snapshot ---------------------------------------------------------------------
 
 def _aside(beside: Path, what: str) -> Path:
+    for stale in leftovers(beside, what):  # a backup or restore killed before it ended (all of it sealed)
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     path = beside.with_name(f".{beside.name}.{os.getpid()}.{what}")
     _remove(path)
     sqlite.create_private(path)

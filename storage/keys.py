@@ -15,6 +15,7 @@ nothing of that journal, in whatever blocks its files left.
 from __future__ import annotations
 
 import errno
+import glob
 import os
 from pathlib import Path
 
@@ -100,6 +101,28 @@ def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
     return key
 
 
+def leftovers(path: Path, what: str) -> list[Path]:
+    """What processes now gone (killed, cut by a power cut) left beside ``path`` while making it: files
+    ``.NAME.PID.WHAT`` (and SQLite's ``-wal``, ``-shm``, ``-journal`` of them), never put in place.
+    A process of that pid alive now keeps its own (a pid from before a reboot may be another's: kept too)."""
+    found = []
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.{glob.escape(what)}*"):
+        pid = candidate.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            found.append(candidate)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def write_secret(path: Path, data: bytes) -> None:
     """Create ``path`` with mode 0600 holding ``data``, durably; FileExistsError if it exists.
 
@@ -112,6 +135,8 @@ def write_secret(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a file where the directory goes: not "the key exists", which it does not
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path.parent)) from None
+    for stale in leftovers(path, "new"):  # a copy of a secret, left by a process killed while it wrote it
+        destroy_secret(stale)
     aside = path.with_name(f".{path.name}.{os.getpid()}.new")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

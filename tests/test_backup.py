@@ -490,3 +490,22 @@ def test_a_backup_taken_while_a_rewrap_waits_carries_no_wrapping_under_the_waiti
     finally:
         conn.close()
     assert events(target, new_box_key) == events(box, key)
+
+
+def test_what_a_killed_backup_or_restore_left_aside_goes_at_the_next(box, key, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    file = tmp_path / "box.cbbackup"
+    left = [tmp_path / f".box.cbbackup.{dead.pid}.db", tmp_path / f".box.cbbackup.{dead.pid}.db-wal"]
+    for path in left:
+        path.write_bytes(b"sealed snapshot")
+    backup(box, key, file, PASSPHRASE)
+    target = tmp_path / "new-box" / "journal.db"
+    target.parent.mkdir()
+    (target.parent / f".journal.db.{dead.pid}.restoring").write_bytes(b"sealed copy")
+    restore(file, PASSPHRASE, target, os.urandom(32))
+    assert not any(path.exists() for path in left)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["journal.db"]

@@ -274,3 +274,38 @@ def test_a_rewrap_to_a_new_credential_keeps_the_journals_share(tmp_path, monkeyp
     reopened = Journal.open(config.storage.path, data_key(config.storage, create=False), finish_rewrap=True)
     assert [e.body["code"] for e in reopened.read_after(0)] == ["1"]
     reopened.close()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_copy_of_a_secret_left_by_a_process_killed_while_writing_it_is_destroyed(tmp_path):
+    """A key is written aside and linked into place; a process killed between the two left the aside copy,
+    which an erase of the key it became did not reach."""
+    from agent.config import Config, DeviceConfig, StorageConfig
+    from agent.daemon import crypto_erase
+    from storage.keys import write_secret
+
+    pid = _dead_pid()
+    stale, seen = tmp_path / f".data.key.{pid}.new", tmp_path / "seen"
+    stale.write_bytes(os.urandom(32))
+    os.link(stale, seen)
+    ours = tmp_path / f".data.key.{os.getpid()}.new.elsewhere"  # a live process's own: never touched
+    ours.write_bytes(b"mine")
+    write_secret(tmp_path / "data.key", os.urandom(32))
+    assert not stale.exists() and seen.read_bytes() == bytes(32) and ours.read_bytes() == b"mine"
+
+    box = tmp_path / "box"
+    box.mkdir()
+    left = [box / f".device.key.{pid}.new", box / f".data.key.share.{pid}.new"]
+    for path in left:
+        path.write_bytes(os.urandom(32))
+    crypto_erase(Config(device=DeviceConfig(key_file=box / "device.key"),
+                        storage=StorageConfig(path=box / "journal.db", key_file=box / "data.key")))
+    assert list(box.iterdir()) == []
