@@ -55,9 +55,11 @@ def unverified_header(token: str) -> dict[str, Any]:
     if len(parts) != 3:
         raise SignatureError(f"not a JWS compact token: {len(parts)} parts instead of 3")
     try:
-        header = json.loads(b64url_decode(parts[0]), object_pairs_hook=_unique)
+        # UTF-8 and nothing else (RFC 7515: BASE64URL(UTF8(header))): json.loads would take bytes in
+        # UTF-16 or 32, or behind a BOM, too, and a token has one spelling.
+        header = json.loads(b64url_decode(parts[0]).decode("utf-8"), object_pairs_hook=_unique)
     except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
-        raise SignatureError("the protected header is not JSON with each name once") from None
+        raise SignatureError("the protected header is not UTF-8 JSON with each name once") from None
     if not isinstance(header, dict):
         raise SignatureError("the protected header is not a JSON object")
     return header

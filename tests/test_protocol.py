@@ -125,9 +125,9 @@ def test_a_batch_that_breaks_the_contract_is_refused_with_its_reason(key, forge,
         protocol.decode_batch(forge(key), device=DEVICE, key=key.public_key())
 
 
-def _header_text(text: str, payload: bytes, key) -> bytes:
+def _header_text(text: str, payload: bytes, key, encoding: str = "utf-8") -> bytes:
     """A token whose protected header is ``text`` exactly as written (a name twice, say), rightly signed."""
-    signing_input = f"{jws.b64url(text.encode())}.{jws.b64url(payload)}"
+    signing_input = f"{jws.b64url(text.encode(encoding))}.{jws.b64url(payload)}"
     return f"{signing_input}.{jws.b64url(key.sign(signing_input.encode()))}".encode()
 
 
@@ -139,9 +139,9 @@ def _respelt_signature(token: bytes, respell) -> bytes:
 @pytest.mark.parametrize("forge, reason", [
     # Which of two names a reader takes would decide what it checks: RFC 7515 lets a parser refuse them.
     (lambda key, payload: _header_text(f'{{"alg":"none","alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
-                                       payload, key), "the protected header is not JSON with each name once"),
+                                       payload, key), "the protected header is not UTF-8 JSON with each name once"),
     (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"x","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
-                                       payload, key), "the protected header is not JSON with each name once"),
+                                       payload, key), "the protected header is not UTF-8 JSON with each name once"),
     (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE,
                                                             "crit": []}), "unsupported critical header parameters []"),
     (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE, "typ": protocol.BATCH_TYPE,
@@ -151,7 +151,13 @@ def _respelt_signature(token: bytes, respell) -> bytes:
     (lambda key, payload: _respelt_signature(signed(good_payload(), key),
                                              lambda s: s[:-1] + {"A": "B", "Q": "R", "g": "h", "w": "x"}[s[-1]]),
      "not base64url"),
-], ids=["alg-twice", "kid-twice", "crit-empty", "b64-false", "padded-signature", "signature-spare-bits"])
+    # RFC 7515 writes the header BASE64URL(UTF8(header)): in UTF-16, or behind a BOM, it is another spelling.
+    (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
+                                       payload, key, "utf-16"), "the protected header is not UTF-8 JSON with each name once"),
+    (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
+                                       payload, key, "utf-8-sig"), "the protected header is not UTF-8 JSON with each name once"),
+], ids=["alg-twice", "kid-twice", "crit-empty", "b64-false", "padded-signature", "signature-spare-bits",
+        "header-utf-16", "header-bom"])
 def test_a_token_is_read_in_its_one_spelling_or_refused(key, forge, reason):
     with pytest.raises(SignatureError, match=re.escape(reason)):
         protocol.decode_batch(forge(key, json.dumps(good_payload()).encode()), device=DEVICE, key=key.public_key())
