@@ -259,10 +259,14 @@ def subscriptions(prefix: str, device: str, region: str) -> list[str]:
 
 
 def _check_scope(kind: str, name: str, scope: Scope) -> None:
-    """A revocation, an order and a box's own settings are for one device, never a region."""
+    """A revocation, an order and a box's own settings are for one device, never a region; a region's
+    settings are for a region (a box's own go as settings/device, a stream of their own that outranks
+    its region's: one sent under the region's name would take the region's place on that box)."""
     if scope.device is None and (kind in ("revocation", "order") or name == DEVICE_SETTINGS):
         raise ValueError(f"{'an' if kind == 'order' else 'a'} {name if name == DEVICE_SETTINGS else kind} is for "
                          "one device, never a region")
+    if scope.device is not None and kind == "settings" and name != DEVICE_SETTINGS:
+        raise ValueError(f"a region's settings are for a region; a device's own are {DEVICE_SETTINGS}")
 
 
 def encode_document(document: Document, *, key: Ed25519PrivateKey, kid: str) -> bytes:

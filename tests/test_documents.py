@@ -109,6 +109,9 @@ def _item(**change):
      "a revocation is for one device, never a region"),
     (lambda k, kid: _signed(_payload(kind="order", name="order/1", body={"order_id": "1", "lines": [
         {"barcode": "96385074", "name": "x", "quantity": 1}]}), k, kid), "an order is for one device, never a region"),
+    (lambda k, kid: _signed(_payload(kind="settings", name="settings", scope={"device": "shop-1"},
+                                     body={"counter": {"mode_timeout": 60}}), k, kid),
+     "a region's settings are for a region; a device's own are settings/device"),
     (lambda k, kid: _signed(_payload(body=_item(cost=None)), k, kid), "cost an integer from 0 to"),
     (lambda k, kid: _signed(_payload(body=_item(product=None)), k, kid), "price list item 1: unit must be pack"),
     (lambda k, kid: _signed(_payload(kind="revocation", name="revocation", scope={"device": "shop-1"},
@@ -117,7 +120,7 @@ def _item(**change):
     (lambda k, kid: b"\xff" + documents.encode_document(document(), key=k, kid=kid), "not a JWS compact token"),
 ], ids=["untrusted-kid", "other-key", "typ", "version", "kind", "version-0", "name", "order-name", "two-scopes",
         "unknown-scope", "scope-and-null", "region", "time", "no-currency", "negative-price", "fractional-price", "bool-price",
-        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "line-name-control", "line-key", "region-revocation", "region-order", "null-cost", "null-product", "no-grace", "oversize",
+        "empty-barcode", "numeric-barcode", "no-lines", "zero-quantity", "line-name-control", "line-key", "region-revocation", "region-order", "device-region-settings", "null-cost", "null-product", "no-grace", "oversize",
         "non-ascii"])
 def test_a_document_that_is_not_a_trusted_well_formed_one_is_refused_with_its_reason(ops, forge, reason):
     kid = key_id(ops)
