@@ -6,7 +6,9 @@ Who may do what (docs/protocol.md, Broker security):
 - an activated box is a client of its own (its device id, and the password it sent in its
   signed activation request) with a role of its own: it publishes only its own batch and status
   topics and reads only its own acknowledgements and documents, and its region's;
-- central and operations have their own clients and roles.
+- central and operations have their own clients and roles;
+- central's consumers (the company's market-information systems) may have one of their own, which
+  reads every box's batches, acknowledgements and status and sends nothing.
 
 ``initial_config`` writes the plugin's file before the broker first starts (``counterbox-central
 broker init``); after that, central changes it through the plugin's control topic as boxes are
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 CONTROL = "$CONTROL/dynamic-security/v1"
 CENTRAL_USER = "counterbox-central"
 OPERATIONS_USER = "counterbox-ops"
+CONSUMER_USER = "counterbox-consumer"
 WAITING_GROUP = "waiting-boxes"
 ANSWER_TIMEOUT = 10.0  # seconds for the plugin to answer a command
 
@@ -63,6 +66,12 @@ def central_acls(prefix: str) -> list[dict[str, Any]]:
             + [_acl("subscribePattern", f"$share/+/{topic}") for topic in reads])
 
 
+def consumer_acls(prefix: str) -> list[dict[str, Any]]:
+    """Read-only: what the boxes send and what central answers, directly or shared among instances."""
+    reads = [f"{prefix}/devices/+/batch", f"{prefix}/devices/+/ack", f"{prefix}/devices/+/status"]
+    return _reads(*reads) + [_acl("subscribePattern", f"$share/+/{topic}") for topic in reads]
+
+
 def operations_acls(prefix: str) -> list[dict[str, Any]]:
     return (_sends(f"{prefix}/devices/+/docs/#", f"{prefix}/regions/+/docs/#", f"{prefix}/activation/+/code",
                    f"{CONTROL}/#")
@@ -88,31 +97,37 @@ def _hashed(password: str) -> dict[str, Any]:
             "iterations": iterations}
 
 
-def initial_config(prefix: str, *, central_password: str, operations_password: str) -> dict[str, Any]:
-    """The plugin's file for a new broker: central, operations, and the boxes waiting for activation.
-    Everything not granted is refused."""
+def initial_config(prefix: str, *, central_password: str, operations_password: str,
+                   consumer_password: str | None = None) -> dict[str, Any]:
+    """The plugin's file for a new broker: central, operations, the boxes waiting for activation, and
+    central's consumers when they are given a password. Everything not granted is refused."""
+    consumers = ([{"username": CONSUMER_USER, "roles": [{"rolename": "consumer"}], **_hashed(consumer_password)}]
+                 if consumer_password is not None else [])
     return {
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
                              "subscribe": False, "unsubscribe": True},
         "clients": [
             {"username": CENTRAL_USER, "roles": [{"rolename": "central"}], **_hashed(central_password)},
             {"username": OPERATIONS_USER, "roles": [{"rolename": "operations"}], **_hashed(operations_password)},
+            *consumers,
         ],
         "groups": [{"groupname": WAITING_GROUP, "roles": [{"rolename": "waiting-box"}], "clients": []}],
         "anonymousGroup": WAITING_GROUP,
         "roles": [
             {"rolename": "central", "acls": central_acls(prefix)},
             {"rolename": "operations", "acls": operations_acls(prefix)},
+            {"rolename": "consumer", "acls": consumer_acls(prefix)},
             {"rolename": "waiting-box", "acls": waiting_acls(prefix)},
         ],
     }
 
 
-def write_initial_config(path: Path, prefix: str, *, central_password: str, operations_password: str) -> None:
+def write_initial_config(path: Path, prefix: str, *, central_password: str, operations_password: str,
+                         consumer_password: str | None = None) -> None:
     """Create the plugin's file, readable by its owner alone: it holds the password hashes of every
     client (give it to the broker's user, as docs/configuration.md shows)."""
-    text = json.dumps(initial_config(prefix, central_password=central_password,
-                                     operations_password=operations_password), indent=2)
+    text = json.dumps(initial_config(prefix, central_password=central_password, operations_password=operations_password,
+                                     consumer_password=consumer_password), indent=2)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -40,6 +40,25 @@ def _pubkey(args) -> int:
     return 0
 
 
+def _keys(args) -> int:
+    """The public keys batches and acknowledgements verify with, as one JWK Set (RFC 7517) for programs:
+    each registered device's (``kid`` its device id, as a batch's header names it) and central's own
+    (``kid`` "central")."""
+    central = public_key_text(load_key(args.key, made_by="counterbox-central keygen"))
+    store = CentralStore(args.db)
+    try:
+        devices = [store.device(device_id) for device_id in store.device_ids()]
+    finally:
+        store.close()
+    keys = [_jwk(device.device_id, device.public_key) for device in devices if device is not None]
+    print(json.dumps({"keys": [*keys, _jwk("central", central)]}, indent=2))
+    return 0
+
+
+def _jwk(kid: str, public_key: str) -> dict[str, str]:
+    return {"kty": "OKP", "crv": "Ed25519", "x": public_key, "kid": kid, "alg": "Ed25519", "use": "sig"}
+
+
 async def _serve(ingest: Ingest, args) -> None:
     main = asyncio.current_task()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -64,8 +83,11 @@ def _broker_init(args) -> int:
     """The production broker's access control file, before the broker's first start."""
     broker.write_initial_config(args.dynsec, args.topic_prefix,
                                 central_password=broker.new_password(args.central_password_file),
-                                operations_password=broker.new_password(args.ops_password_file))
-    print(json.dumps({"dynsec": str(args.dynsec), "central": broker.CENTRAL_USER, "operations": broker.OPERATIONS_USER}))
+                                operations_password=broker.new_password(args.ops_password_file),
+                                consumer_password=(broker.new_password(args.consumer_password_file)
+                                                   if args.consumer_password_file is not None else None))
+    print(json.dumps({"dynsec": str(args.dynsec), "central": broker.CENTRAL_USER, "operations": broker.OPERATIONS_USER,
+                      "consumer": broker.CONSUMER_USER if args.consumer_password_file is not None else None}))
     return 0
 
 
@@ -296,6 +318,9 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("keygen", help="create central's signing key; print its public key").set_defaults(func=_keygen)
     commands.add_parser("pubkey", help="print central's public key (the agents' uplink.central_key)").set_defaults(func=_pubkey)
+    commands.add_parser("keys", help="print the public keys of every registered device and of central, as a JWK "
+                                     "Set (the keys a consumer verifies batches and acknowledgements with)"
+                        ).set_defaults(func=_keys)
     ingest = commands.add_parser("ingest", help="consume, verify, store and acknowledge batches until interrupted")
     ingest.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
     ingest.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
@@ -313,6 +338,9 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--dynsec", type=Path, required=True, help="the plugin's file to write (plugin_opt_config_file)")
     init.add_argument("--central-password-file", type=Path, required=True, help="central's password (made if missing)")
     init.add_argument("--ops-password-file", type=Path, required=True, help="operations' password (made if missing)")
+    init.add_argument("--consumer-password-file", type=Path,
+                      help=f"the password (made if missing) of {broker.CONSUMER_USER}, the client central's consumers "
+                           "read batches, acknowledgements and status with; none without it")
     init.add_argument("--topic-prefix", type=topic_prefix, default="counterbox/v1", help="topic prefix (default counterbox/v1)")
     init.set_defaults(func=_broker_init)
     export = commands.add_parser("export", help="print stored events as JSON lines")

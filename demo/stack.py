@@ -199,7 +199,7 @@ class Stack:
         return self.directory / "tls"
 
     def broker_args(self, who: str) -> list[str]:
-        """A command's way into the production broker: ``who`` is central or ops."""
+        """A command's way into the production broker: ``who`` is central, ops or consumer."""
         if not self.production:
             return []
         return ["--username", f"counterbox-{who}", "--password-file", str(self.tls / f"{who}.password"),
@@ -230,7 +230,8 @@ class Stack:
             made = subprocess.run(_python_command("central") + [
                 "broker", "init", "--dynsec", str(self.tls / "dynamic-security.json"),
                 "--central-password-file", str(self.tls / "central.password"),
-                "--ops-password-file", str(self.tls / "ops.password")], cwd=ROOT, capture_output=True, text=True)
+                "--ops-password-file", str(self.tls / "ops.password"),
+                "--consumer-password-file", str(self.tls / "consumer.password")], cwd=ROOT, capture_output=True, text=True)
             if made.returncode:
                 raise RuntimeError(made.stderr)
         text = broker_config(self.broker_port, persistence, production=self.tls if self.production else None)

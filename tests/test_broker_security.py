@@ -5,6 +5,8 @@ central keeps (central/broker.py). Denials are checked at QoS 1, where the broke
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import ssl
 import threading
@@ -12,6 +14,9 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from joserfc import jws
+from joserfc.errors import BadSignatureError
+from joserfc.jwk import KeySet
 from paho.mqtt.client import MQTTv5
 
 from demo.stack import Stack
@@ -34,6 +39,7 @@ class Client:
         self.acks: dict[int, int] = {}
         self.subacks: list[int] = []
         self.received: list[str] = []
+        self.payloads: list[tuple[str, bytes]] = []
         self.connect_reason: int | None = None
         self.disconnected_at: float | None = None
         self.done = threading.Event()
@@ -44,7 +50,8 @@ class Client:
         self.client.on_connect = self._connected
         self.client.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, rc.value)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subacks.append(rcs[0].value)
-        self.client.on_message = lambda c, u, m: self.received.append(m.topic)
+        self.client.on_message = lambda c, u, m: (self.received.append(m.topic),
+                                                  self.payloads.append((m.topic, m.payload)))
         self.client.on_disconnect = lambda c, u, f, rc, p: setattr(self, "disconnected_at", time.monotonic())
         self.client.connect("127.0.0.1", stack.broker_port)
         self.client.loop_start()
@@ -118,6 +125,57 @@ def test_over_tls_a_box_is_activated_and_its_sales_delivered_and_each_box_reache
     wrong = Client(production, "a-wrong", a_id, "not-the-password")
     assert wrong.connect_reason == NOT_AUTHORIZED or wrong.connect_reason == 134  # bad user name or password
     wrong.close()
+
+
+def test_a_consumer_reads_every_boxs_batches_and_verifies_them_with_the_keys_central_lists_and_sends_nothing(
+        production, tmp_path):
+    """Central's consumers read batches at the broker (docs/protocol.md, Reading batches as a consumer)
+    and verify them with a standard JOSE library and the JWK Set ``counterbox-central keys`` prints."""
+    consumer = Client(production, "market-info", "counterbox-consumer",
+                      (production.tls / "consumer.password").read_text().strip())
+    try:
+        assert consumer.connect_reason == 0
+        assert consumer.subscribe("counterbox/v1/devices/+/batch") == 1
+        assert consumer.subscribe("counterbox/v1/devices/+/ack") == 1
+        assert consumer.subscribe("$share/market/counterbox/v1/devices/+/status") == 1
+        a, fifo, a_id = _activated(production, tmp_path, "boxa", "530102100001")
+        feed(fifo, scans(["6901028075831"]))
+        wait_until(lambda: any(t.endswith("/batch") and b'"sale"' in jws_payload(p) for t, p in consumer.payloads),
+                   30, "the sale's batch at the consumer")
+
+        listed = production.central_command("keys")
+        assert listed.returncode == 0, listed.stderr
+        keys = KeySet.import_key_set(json.loads(listed.stdout))
+        batches = [p for t, p in consumer.payloads if t == f"counterbox/v1/devices/{a_id}/batch"]
+        sales = []
+        for token in batches:
+            verified = jws.deserialize_compact(token, keys, algorithms=["Ed25519"])
+            assert verified.headers()["kid"] == a_id
+            sales += [e for e in json.loads(verified.payload)["events"] if e["kind"] == "sale"]
+        assert [sale["body"]["code"] for sale in sales] == ["6901028075831"]
+        wait_until(lambda: any(t == f"counterbox/v1/devices/{a_id}/ack" for t, _ in consumer.payloads), 10, "an ack")
+        acks = [p for t, p in consumer.payloads if t == f"counterbox/v1/devices/{a_id}/ack"]
+        assert json.loads(jws.deserialize_compact(acks[-1], keys, algorithms=["Ed25519"]).payload)["device"] == a_id
+        # A key that is not the box's: its batch does not verify.
+        other = json.loads(listed.stdout)
+        other["keys"] = [{**k, "x": production.central_public_key()} if k["kid"] == a_id else k for k in other["keys"]]
+        with pytest.raises(BadSignatureError):
+            jws.deserialize_compact(batches[0], KeySet.import_key_set(other), algorithms=["Ed25519"])
+
+        # Read-only: it cannot act as a box, as central or as operations, nor read what boxes are sent.
+        assert consumer.publish(f"counterbox/v1/devices/{a_id}/batch") == NOT_AUTHORIZED
+        assert consumer.publish(f"counterbox/v1/devices/{a_id}/ack") == NOT_AUTHORIZED
+        assert consumer.publish("counterbox/v1/regions/honghe/docs/price_list") == NOT_AUTHORIZED
+        assert consumer.publish(f"counterbox/v1/activation/{a_id}/code") == NOT_AUTHORIZED
+        assert consumer.subscribe(f"counterbox/v1/devices/{a_id}/docs/#") == NOT_AUTHORIZED
+        assert consumer.subscribe("counterbox/v1/activation/+/request") == NOT_AUTHORIZED
+        assert consumer.subscribe("$CONTROL/dynamic-security/v1/response") == NOT_AUTHORIZED
+    finally:
+        consumer.close()
+
+
+def jws_payload(token: bytes) -> bytes:
+    return base64.urlsafe_b64decode(token.split(b".")[1] + b"==")
 
 
 def test_a_box_not_activated_reaches_only_the_activation_topics(production):

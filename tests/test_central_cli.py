@@ -40,6 +40,22 @@ def test_keygen_makes_one_key_and_pubkey_prints_it(central, tmp_path):
     assert again.returncode == 2 and "already holds a key" in again.stderr
 
 
+def test_keys_prints_every_registered_devices_key_and_centrals_as_a_jwk_set(central):
+    command, db = central
+    central_key = json.loads(command("keygen").stdout)["central_key"]
+    assert json.loads(command("keys").stdout) == {"keys": [
+        {"kty": "OKP", "crv": "Ed25519", "x": central_key, "kid": "central", "alg": "Ed25519", "use": "sig"}]}
+    store = CentralStore(db)
+    store.register("shop-2", "k2")
+    store.register("shop-1", "k1")
+    store.revoke("shop-2")
+    store.close()
+    listed = json.loads(command("keys").stdout)["keys"]
+    # A revoked box's key stays: the batches it hands in after its revocation verify with it.
+    assert [(key["kid"], key["x"]) for key in listed] == [("shop-1", "k1"), ("shop-2", "k2"), ("central", central_key)]
+    assert all(key["alg"] == "Ed25519" and key["kty"] == "OKP" for key in listed)
+
+
 def test_pubkey_without_a_key_says_how_to_make_one(central):
     command, _ = central
     result = command("pubkey")
@@ -171,6 +187,20 @@ def test_broker_init_takes_no_empty_short_or_unreadable_password_file(central, t
     assert not (tmp_path / "dynsec.json").exists()
 
 
+def test_broker_init_with_a_consumer_password_makes_the_read_only_consumer_client(central, tmp_path):
+    command, _ = central
+    result = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
+                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"),
+                     "--consumer-password-file", str(tmp_path / "consumer.pass"))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["consumer"] == "counterbox-consumer"
+    assert (tmp_path / "consumer.pass").stat().st_mode & 0o777 == 0o600
+    plugin = json.loads((tmp_path / "dynsec.json").read_text())
+    assert {c["username"]: c["roles"] for c in plugin["clients"]}["counterbox-consumer"] == [{"rolename": "consumer"}]
+    consumer = {r["rolename"]: r["acls"] for r in plugin["roles"]}["consumer"]
+    assert not any(acl["acltype"] == "publishClientSend" for acl in consumer)  # it reads; it never sends
+
+
 def test_broker_init_keeps_a_password_file_it_finds(central, tmp_path):
     command, _ = central
     (tmp_path / "central.pass").write_text("a long enough password\n")
@@ -182,6 +212,8 @@ def test_broker_init_keeps_a_password_file_it_finds(central, tmp_path):
     # The plugin's file holds every client's password hash: its owner's alone, like the passwords.
     assert (tmp_path / "dynsec.json").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "ops.pass").stat().st_mode & 0o777 == 0o600
+    clients = {c["username"]: c["roles"] for c in json.loads((tmp_path / "dynsec.json").read_text())["clients"]}
+    assert clients == {"counterbox-central": [{"rolename": "central"}], "counterbox-ops": [{"rolename": "operations"}]}
     again = command("broker", "init", "--dynsec", str(tmp_path / "dynsec.json"), "--central-password-file",
                     str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
     assert again.returncode != 0 and "exists: the broker's access control is set up already" in again.stderr
@@ -336,7 +368,7 @@ def test_broker_init_writes_access_control_that_grants_each_party_its_own_topics
                      str(tmp_path / "central.pass"), "--ops-password-file", str(tmp_path / "ops.pass"))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"dynsec": str(tmp_path / "dynsec.json"), "central": "counterbox-central",
-                                         "operations": "counterbox-ops"}
+                                         "operations": "counterbox-ops", "consumer": None}
     config = json.loads((tmp_path / "dynsec.json").read_text())
     assert config["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
                                           "unsubscribe": True}
@@ -368,7 +400,11 @@ def test_broker_init_writes_access_control_that_grants_each_party_its_own_topics
         ("publishClientSend", f"{p}/activation/+/hello"), ("publishClientSend", f"{p}/activation/+/request"),
         *((kind, t) for t in (f"{p}/activation/+/code", f"{p}/activation/+/result")
           for kind in ("subscribePattern", "publishClientReceive"))}
-    assert sorted(r["rolename"] for r in config["roles"]) == ["central", "operations", "waiting-box"]
+    # Central's consumers read what boxes send and central answers; the client is made only when asked for.
+    shown = [f"{p}/devices/+/batch", f"{p}/devices/+/ack", f"{p}/devices/+/status"]
+    assert grants("consumer") == {*((kind, t) for t in shown for kind in ("subscribePattern", "publishClientReceive")),
+                                  *(("subscribePattern", f"$share/+/{t}") for t in shown)}
+    assert sorted(r["rolename"] for r in config["roles"]) == ["central", "consumer", "operations", "waiting-box"]
 
 
 def test_ingest_stores_and_acknowledges_what_boxes_send_until_it_is_told_to_stop(tmp_path):
