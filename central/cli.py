@@ -45,7 +45,7 @@ def _keys(args) -> int:
     each registered device's (``kid`` its device id, as a batch's header names it) and central's own
     (``kid`` "central")."""
     central = public_key_text(load_key(args.key, made_by="counterbox-central keygen"))
-    store = CentralStore(args.db)
+    store = CentralStore(args.db, create=False)
     try:
         devices = [store.device(device_id) for device_id in store.device_ids()]
     finally:
@@ -92,7 +92,7 @@ def _broker_init(args) -> int:
 
 
 def _export(args) -> int:
-    store = CentralStore(args.db)
+    store = CentralStore(args.db, create=False)
     try:
         for event in store.events(args.kind):
             print(json.dumps(event, ensure_ascii=False))
@@ -104,7 +104,7 @@ def _export(args) -> int:
 def _report(args) -> int:
     """Per device: its sales, unknown products, misreads and total, folded by the ledger as the box folds
     them (a return or a void counts against the total, as in ``report sales``), and its acknowledged seq."""
-    store = CentralStore(args.db)
+    store = CentralStore(args.db, create=False)
     try:
         for device_id in store.device_ids():
             kinds: Counter = Counter()
@@ -140,7 +140,7 @@ def _report(args) -> int:
 
 def _shop_report(args) -> int:
     scope = reports.Scope(device=args.device, shop=args.shop, region=args.region, monitoring=args.monitoring)
-    store = CentralStore(args.db)
+    store = CentralStore(args.db, create=False)
     try:
         # A device or shop mistyped would give an empty report, read as "sold nothing".
         if args.device and store.device(args.device) is None:
@@ -179,7 +179,7 @@ def _shop_report(args) -> int:
 
 def _devices(args) -> int:
     """Each registered device's presence and health, from its latest signed status."""
-    store = CentralStore(args.db)
+    store = CentralStore(args.db, create=False)
     now = time.time()
     try:
         rows = []
@@ -225,7 +225,7 @@ def _uploads(args) -> int:
     first_day = time.strftime("%Y-%m-%d", time.localtime(time.mktime(time.strptime(last_day, "%Y-%m-%d"))
                                                           - (args.days - 1) * 86400 + 43200))
     today = time.strftime("%Y-%m-%d")
-    store = CentralStore(args.db)
+    store = CentralStore(args.db, create=False)
     try:
         rows = []
         for device_id in store.device_ids():

@@ -85,7 +85,7 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
     kid = key_id(key)
     # The way into the broker before anything is signed: what is signed is kept, then published.
     connection = broker.connection(args)
-    store = CentralStore(args.central_db)
+    store = CentralStore(args.central_db, create=False)
     try:
         scope = _scope(args, store)
         now = time.time()
@@ -243,7 +243,7 @@ def _activation_issue(args) -> int:
     key = load_key(args.ops_key, made_by="counterbox-ops keygen")
     kid = key_id(key)
     connection = broker.connection(args) if args.push else {}  # before a code is issued that could not be pushed
-    store = CentralStore(args.central_db)
+    store = CentralStore(args.central_db, create=False)
     try:
         shop = store.shop(args.shop)
         if shop is None:
@@ -278,7 +278,7 @@ def _activation_issue(args) -> int:
 
 
 def _activation_waiting(args) -> int:
-    store = CentralStore(args.central_db)
+    store = CentralStore(args.central_db, create=False)
     try:
         waiting = store.waiting_devices()
     finally:
@@ -291,7 +291,7 @@ def _activation_waiting(args) -> int:
 
 def _activation_codes(args) -> int:
     """The codes issued and what became of each: used (when, by which box), open (until when), expired."""
-    store = CentralStore(args.central_db)
+    store = CentralStore(args.central_db, create=False)
     try:
         if args.shop is not None and store.shop(args.shop) is None:
             raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
@@ -320,7 +320,7 @@ def _revoke(args) -> int:
     # revoked, which cannot be undone: the key, the way into the broker, and a reason that is text.
     key = load_key(args.ops_key, made_by="counterbox-ops keygen")
     broker.connection(args)
-    store = CentralStore(args.central_db)
+    store = CentralStore(args.central_db, create=False)
     try:
         if store.device(args.device) is None:
             raise CentralError(f"device {args.device} is not registered")

@@ -221,9 +221,11 @@ def _json_text(value: Any) -> str:
 
 
 class CentralStore:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, *, create: bool = True):
         """Open (creating or upgrading its schema) central's database: a SQLite file's path, or a URL
-        such as postgresql+psycopg://user@/dbname?host=/run/postgresql."""
+        such as postgresql+psycopg://user@/dbname?host=/run/postgresql. With ``create=False`` a SQLite
+        file that does not exist is an error, not a new empty database: a command that reads, or acts
+        on what is registered, given a mistyped path says so rather than leave an empty file behind."""
         self._local = threading.local()  # each thread's transaction in progress, for nested calls
         if isinstance(path, str) and "://" in path:
             try:
@@ -234,14 +236,14 @@ class CentralStore:
             self._where = url.render_as_string(hide_password=True)
             try:
                 if url.get_backend_name() == "sqlite":
-                    self.engine = self._sqlite_engine(Path(url.database or ""))
+                    self.engine = self._sqlite_engine(Path(url.database or ""), create=create, where=self._where)
                 else:
                     self.engine = sa.create_engine(url, pool_pre_ping=True)
             except (sa.exc.ArgumentError, ValueError) as error:  # no such dialect or driver
                 raise RegistryError(f"central's database {self._where}: {error}") from None
         else:
             self._where = str(path)
-            self.engine = self._sqlite_engine(Path(path))
+            self.engine = self._sqlite_engine(Path(path), create=create, where=self._where)
         try:
             self._migrate()
         except sa.exc.SQLAlchemyError as error:
@@ -249,10 +251,13 @@ class CentralStore:
             raise RegistryError(f"central's database {self._where}: {error}") from error
 
     @staticmethod
-    def _sqlite_engine(path: Path) -> sa.Engine:
+    def _sqlite_engine(path: Path, *, create: bool, where: str) -> sa.Engine:
         """SQLite as every counterbox database keeps it (storage/sqlite.py): a file private to its
         user, WAL with synchronous=FULL on every connection, the busy timeout; transactions begun by
         the store, writers with BEGIN IMMEDIATE so that two processes take turns rather than fail."""
+        if not create and not path.is_file():
+            raise RegistryError(f"central's database {where} does not exist: give the one central's ingest "
+                                "uses (--db, --central-db)")
         sqlite.create_private(path)
         engine = sa.create_engine("sqlite+pysqlite://", creator=lambda: sqlite.connect(path), poolclass=sa.pool.QueuePool)
 

@@ -17,7 +17,9 @@ from .harness import run_main
 
 @pytest.fixture
 def central(tmp_path):
+    """A central with its database made (by its ingest's first start) and nothing in it yet."""
     db, key = tmp_path / "central.db", tmp_path / "central.key"
+    CentralStore(db).close()
 
     def command(*args):
         return run_main(central_main, ["--db", str(db), "--key", str(key), *args])
@@ -54,6 +56,38 @@ def test_keys_prints_every_registered_devices_key_and_centrals_as_a_jwk_set(cent
     # A revoked box's key stays: the batches it hands in after its revocation verify with it.
     assert [(key["kid"], key["x"]) for key in listed] == [("shop-1", "k1"), ("shop-2", "k2"), ("central", central_key)]
     assert all(key["alg"] == "Ed25519" and key["kty"] == "OKP" for key in listed)
+
+
+@pytest.mark.parametrize("args", [
+    ["keys"], ["export"], ["report"], ["report", "sales"], ["report", "stock"], ["report", "prices"], ["uploads"],
+    ["devices"]], ids=" ".join)
+def test_a_command_that_reads_given_a_database_that_is_not_there_says_so_and_makes_none(central, tmp_path, args):
+    command, _ = central
+    command("keygen")
+    mistyped = tmp_path / "centrl.db"
+    result = run_main(central_main, ["--db", str(mistyped), "--key", str(tmp_path / "central.key"), *args])
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"counterbox-central: error: central's database {mistyped} does not exist: give the one "
+                             "central's ingest uses (--db, --central-db)\n")
+    assert not mistyped.exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["activation", "waiting"], ["activation", "codes"], ["activation", "issue", "--shop", "1"],
+    ["revoke", "--device", "shop-1"], ["prices", "push", "--region", "north", "PRICES"]], ids=" ".join)
+def test_an_operation_on_what_is_registered_given_a_database_that_is_not_there_says_so_and_makes_none(tmp_path, args):
+    from central.ops import main as ops_main
+    from provisioning.identity import create_key
+
+    create_key(tmp_path / "ops.key")
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan,23.00\n")
+    args = [str(tmp_path / "prices.csv") if arg == "PRICES" else arg for arg in args]
+    db = tmp_path / "mistyped.db"
+    signs = args[:2] not in (["activation", "waiting"], ["activation", "codes"])
+    result = run_main(ops_main, [*args, "--central-db", str(db), *(["--ops-key", str(tmp_path / "ops.key")] * signs)])
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"central's database {db} does not exist" in result.stderr
+    assert not db.exists()
 
 
 def test_pubkey_without_a_key_says_how_to_make_one(central):
@@ -719,6 +753,10 @@ def test_the_first_command_on_a_new_database_says_nothing_but_its_answer(tmp_pat
     import subprocess
     import sys
 
+    result = subprocess.run([sys.executable, "-m", "central.ops", "shop", "add", "--central-db", str(tmp_path / "central.db"),
+                             "--licence", "530102100001", "--name", "Corner shop", "--region", "north"],
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "shop 530102100001 (Corner shop) registered in region north\n", "")
     result = subprocess.run([sys.executable, "-m", "central", "--db", str(tmp_path / "central.db"), "--key",
                              str(tmp_path / "central.key"), "devices", "--json"], capture_output=True, text=True,
                             timeout=60)

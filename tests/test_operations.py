@@ -363,6 +363,7 @@ def _retained(broker, topic: str) -> bytes:
 def test_settings_pushed_again_hold_every_key_pushed_so_far_for_their_scope_and_the_latest_value_of_each(
         broker, tmp_path, ops_key):
     db = tmp_path / "central.db"
+    CentralStore(db).close()  # central's database, made by its ingest's first start
     common = ["settings", "push", "--central-db", str(db), "--ops-key", str(ops_key),
               "--broker", f"127.0.0.1:{broker.broker_port}"]
     for args in (["--region", "honghe", "--mode-timeout", "300"],
@@ -407,6 +408,7 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
     from provisioning.protocol import parse_rfc3339
 
     db = tmp_path / "central.db"
+    CentralStore(db).close()  # central's database, made by its ingest's first start
     (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     before = time.time()
     result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
@@ -430,6 +432,7 @@ def test_a_push_the_broker_does_not_take_is_kept_signed_and_says_to_push_again(t
 
     monkeypatch.setattr(operations, "PUBLISH_TIMEOUT", 1.0)
     db, port = tmp_path / "central.db", free_port()
+    CentralStore(db).close()  # central's database, made by its ingest's first start
     (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker", f"127.0.0.1:{port}",
                  "--region", "honghe", str(tmp_path / "prices.csv"))
@@ -682,6 +685,7 @@ def test_a_code_issued_for_some_hours_is_refused_by_central_once_they_are_past(t
 
 def test_a_price_lists_file_name_is_kept_without_control_characters(broker, tmp_path, ops_key):
     db, csv = tmp_path / "central.db", tmp_path / "week\t48\x1b[2J.csv"
+    CentralStore(db).close()  # central's database, made by its ingest's first start
     csv.write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
                  f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(csv))
