@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.mqtt import Backoff, MqttError, MqttLink
+from provisioning import protocol
 
 from .errors import CentralError
 
@@ -38,6 +39,7 @@ CONTROL = "$CONTROL/dynamic-security/v1"
 CENTRAL_USER = "counterbox-central"
 OPERATIONS_USER = "counterbox-ops"
 CONSUMER_USER = "counterbox-consumer"
+CONSUMER_ROLE = "consumer"
 WAITING_GROUP = "waiting-boxes"
 ANSWER_TIMEOUT = 10.0  # seconds for the plugin to answer a command
 
@@ -101,7 +103,7 @@ def initial_config(prefix: str, *, central_password: str, operations_password: s
                    consumer_password: str | None = None) -> dict[str, Any]:
     """The plugin's file for a new broker: central, operations, the boxes waiting for activation, and
     central's consumers when they are given a password. Everything not granted is refused."""
-    consumers = ([{"username": CONSUMER_USER, "roles": [{"rolename": "consumer"}], **_hashed(consumer_password)}]
+    consumers = ([{"username": CONSUMER_USER, "roles": [{"rolename": CONSUMER_ROLE}], **_hashed(consumer_password)}]
                  if consumer_password is not None else [])
     return {
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
@@ -116,7 +118,7 @@ def initial_config(prefix: str, *, central_password: str, operations_password: s
         "roles": [
             {"rolename": "central", "acls": central_acls(prefix)},
             {"rolename": "operations", "acls": operations_acls(prefix)},
-            {"rolename": "consumer", "acls": consumer_acls(prefix)},
+            {"rolename": CONSUMER_ROLE, "acls": consumer_acls(prefix)},
             {"rolename": "waiting-box", "acls": waiting_acls(prefix)},
         ],
     }
@@ -147,6 +149,27 @@ def admit_commands(prefix: str, device: str, region: str, password: str) -> list
         {"command": "createRole", "rolename": role, "acls": device_acls(prefix, device, region)},
         {"command": "createClient", "username": device, "password": password, "roles": [{"rolename": role}]},
     ]
+
+
+def consumer_name(text: str) -> str:
+    """A consumer's client name: 1 to 64 ASCII letters, digits, '-', '_' or '.', and never one the broker
+    keeps for central, operations or an activated box (``cb-`` and its key's id), whose clients are made
+    and deleted by name."""
+    if not protocol.valid_device_id(text):
+        raise CentralError(f"consumer name {text!r} must be 1 to {protocol.MAX_DEVICE_ID} ASCII letters, digits, "
+                           "'-', '_' or '.'")
+    if text in (CENTRAL_USER, OPERATIONS_USER) or text.startswith("cb-"):
+        raise CentralError(f"consumer name {text!r} is the broker's name for central, operations or a box "
+                           "(cb-...): choose another")
+    return text
+
+
+def add_consumer_commands(prefix: str, name: str, password: str) -> list[dict[str, Any]]:
+    """A read-only consumer added to a running broker: the consumer role as ``broker init`` makes it
+    (a broker that has it keeps its own), and the client."""
+    return [{"command": "createRole", "rolename": CONSUMER_ROLE, "acls": consumer_acls(prefix)},
+            {"command": "createClient", "username": name, "password": password,
+             "roles": [{"rolename": CONSUMER_ROLE}]}]
 
 
 def cut_off_commands(device: str) -> list[dict[str, Any]]:
@@ -235,8 +258,9 @@ class BrokerAdmin:
                 if future is not None and not future.done():
                     future.set_result(response)
 
-    async def execute(self, commands: list[dict[str, Any]]) -> None:
-        """Run ``commands`` in order; CentralError naming the first that failed."""
+    async def execute(self, commands: list[dict[str, Any]], *, fine: tuple[str, ...] = _FINE) -> list[dict[str, Any]]:
+        """Run ``commands`` in order and return the plugin's answers; CentralError naming the first that
+        failed with an error other than those ``fine`` names."""
         try:
             async with asyncio.timeout(ANSWER_TIMEOUT):  # not wait_for: it may swallow a cancellation
                 await self._link.connected.wait()
@@ -258,5 +282,6 @@ class BrokerAdmin:
             for command in commands:  # an answer that never came is waited for no longer
                 self._waiting.pop(command["correlationData"], None)
         for command, answer in zip(commands, answers):
-            if answer.get("error") and answer["error"] not in _FINE:
+            if answer.get("error") and answer["error"] not in fine:
                 raise CentralError(f"the broker refused {command['command']}: {answer['error']}")
+        return answers

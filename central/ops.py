@@ -336,10 +336,57 @@ def _revoke(args) -> int:
 
 async def _cut_off(args) -> None:
     """At once (a box stolen): the broker disconnects it and refuses it; what it holds stays on it."""
-    host, port = args.broker
-    async with BrokerAdmin(BrokerAdmin.link(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}-admin",
-                                            **broker.connection(args))) as admin:
+    async with _admin(args) as admin:
         await admin.execute(broker.cut_off_commands(args.device))
+
+
+def _admin(args) -> BrokerAdmin:
+    host, port = args.broker
+    return BrokerAdmin(BrokerAdmin.link(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}-admin",
+                                        **broker.connection(args)))
+
+
+def _consumer_add(args) -> int:
+    """A read-only consumer of central's (docs/protocol.md, Reading batches as a consumer) added to the
+    running production broker; its password is the one in --secret-file, or one made there."""
+    name = broker.consumer_name(args.name)
+    broker.connection(args)
+    password = broker.new_password(args.secret_file)
+
+    async def add() -> None:
+        async with _admin(args) as admin:
+            [known] = await admin.execute([{"command": "getClient", "username": name}], fine=("Client not found",))
+            if not known.get("error"):
+                raise CentralError(f"the broker has a client {name} already: remove it first "
+                                   "(counterbox-ops consumer remove), or choose another name")
+            await admin.execute(broker.add_consumer_commands(args.topic_prefix, name, password),
+                                fine=("Role already exists",))
+
+    asyncio.run(add())
+    print(json.dumps({"consumer": name, "secret_file": str(args.secret_file)}))
+    return 0
+
+
+def _consumer_remove(args) -> int:
+    """A consumer taken off the broker: disconnected at once and refused from then on. Only a consumer:
+    the client of a box, of central or of operations is not this command's to remove."""
+    name = broker.consumer_name(args.name)
+    broker.connection(args)
+
+    async def remove() -> None:
+        async with _admin(args) as admin:
+            [known] = await admin.execute([{"command": "getClient", "username": name}], fine=("Client not found",))
+            if known.get("error"):
+                raise CentralError(f"the broker has no client {name}")
+            roles = sorted(role.get("rolename", "") for role in known.get("data", {}).get("client", {}).get("roles", []))
+            if roles != [broker.CONSUMER_ROLE]:
+                raise CentralError(f"the broker's client {name} is not a consumer (its roles: "
+                                   f"{', '.join(roles) or 'none'}); it is left as it is")
+            await admin.execute([{"command": "deleteClient", "username": name}])
+
+    asyncio.run(remove())
+    print(json.dumps({"removed": name}))
+    return 0
 
 
 def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True) -> None:
@@ -456,6 +503,23 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--now", action="store_true", help="cut the box off at the broker at once (a box stolen: "
                                                            "what it has not delivered stays on it)")
     revoke.set_defaults(func=_revoke)
+
+    consumer = commands.add_parser("consumer", help="central's read-only consumers at the production broker"
+                                   ).add_subparsers(dest="action", required=True)
+    for action, func, what in (("add", _consumer_add, "add a read-only consumer client to the running broker"),
+                               ("remove", _consumer_remove, "remove a consumer client: disconnected at once")):
+        command = consumer.add_parser(action, help=what)
+        command.add_argument("name", help="the consumer's client name at the broker")
+        if action == "add":
+            command.add_argument("--secret-file", type=Path, required=True,
+                                 help="the consumer's password: the one in this file, or one made there (mode 0600)")
+        command.add_argument("--broker", type=broker_address, default="127.0.0.1:1883",
+                             help="the broker, HOST:PORT (default 127.0.0.1:1883)")
+        if action == "add":
+            command.add_argument("--topic-prefix", type=protocol.topic_prefix, default=protocol.DEFAULT_PREFIX,
+                                 help=f"default {protocol.DEFAULT_PREFIX}")
+        broker.add_connection_options(command)
+        command.set_defaults(func=func)
 
     order = commands.add_parser("order", help="orders").add_subparsers(dest="action", required=True)
     push = order.add_parser("push", help="sign an order (CSV: barcode,name,quantity) and push it to a device")

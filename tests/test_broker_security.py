@@ -174,6 +174,79 @@ def test_a_consumer_reads_every_boxs_batches_and_verifies_them_with_the_keys_cen
         consumer.close()
 
 
+def test_operations_add_a_consumer_to_the_running_broker_and_remove_it_and_touch_no_other_client(tmp_path):
+    """`counterbox-ops consumer add` and `remove`, in this process: a consumer made after the broker's
+    first start reads what consumers read and nothing more; removed, it is disconnected at once. The
+    clients of boxes, central and operations are not this command's to make or remove."""
+    import asyncio
+
+    from central import broker
+    from central.ops import main as ops_main
+    from provisioning.protocol import DEFAULT_PREFIX as PREFIX
+
+    from .harness import run_main
+
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+        port, tls = stack.broker_port, stack.tls
+
+        def ops(*args):
+            return run_main(ops_main, ["consumer", *args, "--broker", f"127.0.0.1:{port}", *stack.broker_args("ops")])
+
+        async def as_central(commands):
+            async with broker.BrokerAdmin(broker.BrokerAdmin.link(
+                    host="127.0.0.1", port=port, username=broker.CENTRAL_USER,
+                    password=(tls / "central.password").read_text().strip(), ca_file=tls / "ca.crt",
+                    client_id="central-admin-test")) as admin:
+                await admin.execute(commands)
+
+        # A broker whose file predates the consumer role: adding a consumer makes the role too.
+        asyncio.run(as_central([{"command": "deleteRole", "rolename": "consumer"}]))
+        secret = tmp_path / "market.password"
+        added = ops("add", "market-info", "--secret-file", str(secret))
+        assert (added.returncode, added.stderr) == (0, "")
+        assert json.loads(added.stdout) == {"consumer": "market-info", "secret_file": str(secret)}
+        assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 12
+        market = Client(stack, "market-1", "market-info", secret.read_text().strip())
+        assert market.connect_reason == 0
+        assert market.subscribe("counterbox/v1/devices/+/batch") == 1
+        assert market.subscribe("$share/market/counterbox/v1/devices/+/status") == 1
+        assert market.subscribe("counterbox/v1/devices/+/docs/#") == NOT_AUTHORIZED
+        assert market.publish("counterbox/v1/devices/cb-x/batch") == NOT_AUTHORIZED
+
+        again = ops("add", "market-info", "--secret-file", str(secret))
+        assert again.returncode == 2 and again.stderr == (
+            "counterbox-ops: error: the broker has a client market-info already: remove it first "
+            "(counterbox-ops consumer remove), or choose another name\n")
+        for name in ("counterbox-central", "counterbox-ops", "cb-1a2b3c4d5e6f7a8b"):
+            refused = ops("add", name, "--secret-file", str(tmp_path / "x.password"))
+            assert refused.returncode == 2 and "is the broker's name for central, operations or a box" in refused.stderr
+            refused = ops("remove", name)
+            assert refused.returncode == 2 and "is the broker's name for central, operations or a box" in refused.stderr
+        assert not (tmp_path / "x.password").exists()
+
+        # A box admitted by central under a name that is not cb-...: not a consumer, so left alone.
+        asyncio.run(as_central(broker.admit_commands(PREFIX, "shop-a", "honghe", "password-of-a")))
+        kept = ops("remove", "shop-a")
+        assert kept.returncode == 2 and kept.stderr == ("counterbox-ops: error: the broker's client shop-a is not a "
+                                                        "consumer (its roles: device-shop-a); it is left as it is\n")
+        as_a = Client(stack, "a-probe", "shop-a", "password-of-a")
+        assert as_a.connect_reason == 0
+        as_a.close()
+
+        removed = ops("remove", "market-info")
+        returned = time.monotonic()
+        assert (removed.returncode, json.loads(removed.stdout)) == (0, {"removed": "market-info"})
+        wait_until(lambda: market.disconnected_at is not None, 5, "the consumer disconnected")
+        assert market.disconnected_at < returned + 1.0
+        market.close()
+        gone = Client(stack, "market-2", "market-info", secret.read_text().strip())
+        assert gone.connect_reason in (NOT_AUTHORIZED, 134)
+        gone.close()
+        missing = ops("remove", "market-info")
+        assert missing.returncode == 2 and missing.stderr == "counterbox-ops: error: the broker has no client market-info\n"
+
+
 def jws_payload(token: bytes) -> bytes:
     return base64.urlsafe_b64decode(token.split(b".")[1] + b"==")
 
