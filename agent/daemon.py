@@ -76,6 +76,12 @@ async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) 
         if not isinstance(error, JournalFull):
             logger.error("scan from %s NOT recorded: %s", scan.source, error)
         return Signal.ERROR
+    except Exception as error:
+        # A fault of the counter's own on what a scanner sent (a kernel time no calendar holds, from a
+        # replayed stream): the scan is refused like any other, never an unanswered task. Its type
+        # only: the message of an error nobody foresaw may quote the code.
+        logger.error("scan from %s NOT recorded: the counter failed on it (%s)", scan.source, type(error).__name__)
+        return Signal.ERROR
     log_recorded(outcome, scan.source)
     return outcome.signal
 

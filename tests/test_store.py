@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import subprocess
@@ -159,6 +160,26 @@ def test_a_scan_the_journal_could_not_record_sounds_an_error_never_good(tmp_path
     assert refused is Signal.ERROR
     assert recorded is Signal.ATTENTION  # recorded, not on a price list
     assert broken is Signal.ERROR
+
+
+def test_a_scan_the_counter_fails_on_is_refused_with_the_error_signal_and_a_line_without_its_code(tmp_path, caplog):
+    """A replayed stream can carry a kernel time past year 9999, which no timestamp holds: the scan is
+    refused (ERROR, logged as not recorded) rather than lost unanswered, and the next one is recorded."""
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        counter = Counter()
+        far = await record_scan(store, counter, Scan("6901028075831", "/dev/input/event3", 2.0 ** 40, 2.0 ** 40))
+        next_one = await record_scan(store, counter, Scan("6901028075831", "/dev/input/event3", 1.0, 1.0))
+        kinds = await store.read(lambda journal: [event.kind for event in journal.read_after(0)])
+        await store.close()
+        return far, next_one, kinds
+
+    with caplog.at_level(logging.INFO):
+        far, next_one, kinds = run(main())
+    assert (far, next_one, kinds) == (Signal.ERROR, Signal.ATTENTION, ["sale"])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "scan from /dev/input/event3 NOT recorded: the counter failed on it (ValueError)"]
+    assert "6901028075831" not in caplog.text
 
 
 def _group_of_three(tmp_path, middle) -> tuple[list, list]:
