@@ -21,6 +21,11 @@ and what this decoder does about it:
   per key) from a person typing (tens to hundreds of ms): a slow or broken
   burst is refused, never a barcode; a burst that stops without its
   terminator is refused at ``idle``;
+- a dead key (an accent: German and French type ^ and ` as one, then Space)
+  makes one character with the key after it, as X's Compose rules say, or
+  the scan is refused; a scanner's "Alt mode" character (Alt held, its
+  decimal code on the keypad) is that character at Alt's release, never its
+  digits;
 - a scanner set to send the AIM symbology identifier (ISO/IEC 15424) types it
   before the code: "]E0" and the rest are the identifier and the code, as a
   HID POS scanner hands them over, so an EAN's check digit is still checked.
@@ -48,7 +53,7 @@ from dataclasses import dataclass, field
 from evdev import InputEvent, ecodes
 
 from .input_event import Record, record
-from .keymap import Keymap, load_keymap
+from .keymap import Keymap, compose, load_keymap
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +68,8 @@ CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be t
 ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
 NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
+DEAD_KEY = "a dead key (an accent) with a key it makes nothing with: a character lost"
+ALT_CODE = "an Alt and keypad code that makes no character"
 # After a scan stopped without its terminator, whatever follows up to the next terminator is its
 # tail, however long the scanner paused, unless nothing at all comes for this long.
 CUT_OFF_QUIET = 1.0  # seconds
@@ -74,6 +81,11 @@ CLOCK_SLACK = 1.0  # seconds
 # end of transmission; every other one a key types is not part of a code.
 _SEPARATORS = "\x1d\x1e\x04"
 _KEYPAD_DIGITS = frozenset({*(getattr(ecodes, f"KEY_KP{digit}") for digit in range(10)), ecodes.KEY_KPDOT})
+# A scanner's "Alt mode" types a character by its number: Alt held, its decimal code on the keypad, Alt
+# released (Windows' rule: with a leading 0 the code is Windows-1252's, else the PC's code page 437).
+_ALT_DIGITS = {getattr(ecodes, f"KEY_KP{digit}"): str(digit) for digit in range(10)}
+_ALTS = frozenset({ecodes.KEY_LEFTALT, ecodes.KEY_RIGHTALT})
+_CTRLS = frozenset({ecodes.KEY_LEFTCTRL, ecodes.KEY_RIGHTCTRL})
 # An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
 _AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 
@@ -146,6 +158,9 @@ class Decoder:
         self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
         self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
         self._blank_at: float | None = None  # the last key that typed nothing a barcode holds, since the last end
+        self._blank_reason = TYPED_NOTHING  # what that key was
+        self._dead = ""  # a dead key typed, waiting for the key it makes a character with
+        self._alt_code = ""  # keypad digits typed while Alt is held: a character by its number
         self._mods_since_char: set[int] = set()
         self._mods_held: set[int] = set()
         self._dropping = False
@@ -224,6 +239,13 @@ class Decoder:
             self._modifier(code, down)
             if down and self._broken is not None:
                 self._broken_last = t
+            if not down and code in _ALTS and self._alt_code:
+                char = _alt_character(self._alt_code)
+                self._alt_code = ""
+                if not char:
+                    self._lost(t, ALT_CODE)
+                    return ended
+                return self._typed(code, char, t, False, ended)
             return ended
         if not down:  # (only modifiers and locks change the key state: nothing to tell it)
             self._held.discard(code)
@@ -237,14 +259,41 @@ class Decoder:
                 # one, and its Shift held over several characters stays held).
                 self._learn_key_down_only()
         self._held.add(code)
+        if self._broken is not None:
+            self._broken_last, self._broken_typed = t, True
         terminator = code in self._terminator_codes
         char = ""
         if not terminator:
-            char = self._state.text(code)
+            if code in _ALT_DIGITS and not self._mods_held.isdisjoint(_ALTS) and self._mods_held.isdisjoint(_CTRLS):
+                self._alt_code += _ALT_DIGITS[code]  # the character comes at Alt's release
+                if self.key_down_only:
+                    self._mods_since_char.clear()
+                return ended
+            dead = self._state.dead(code)
+            char = "" if dead else self._state.text(code)
             if self.key_down_only:
                 self._release_modifiers()
             self._mods_since_char.clear()
+            if self._dead:
+                char = compose(self._dead, char, again=dead == self._dead)
+                self._dead = ""
+                if not char:
+                    self._lost(t, DEAD_KEY)
+                    return ended
+            elif dead:
+                self._dead = dead  # its character comes with the next key
+                return ended
             terminator = bool(char) and char in self._terminator_chars
+        return self._typed(code, char, t, terminator, ended)
+
+    def _lost(self, t: float, reason: str) -> None:
+        """A key that was to type a character of the code typed none: the scan it is in is refused
+        (a broken scan is refused already)."""
+        if self._broken is None:
+            self._blank_at, self._blank_reason = t, reason
+
+    def _typed(self, code: int, char: str, t: float, terminator: bool, ended: NotABarcode | None
+               ) -> Scan | NotABarcode | None:
         printable = bool(char) and (char.isprintable() or char in _SEPARATORS)
         if self._broken is not None:
             self._broken_last = t
@@ -260,7 +309,7 @@ class Decoder:
             self._chars.append(char)
             self._times.append(t)
         elif code in _KEYPAD_DIGITS:  # a digit lost (Num Lock off): unlike an arrow or an F-key, part of the code
-            self._blank_at = t
+            self._lost(t, TYPED_NOTHING)
         return ended
 
     def _syn(self, code: int, t: float) -> NotABarcode | None:
@@ -284,7 +333,10 @@ class Decoder:
 
     def _modifier(self, code: int, down: bool) -> None:
         if down and code in self._mods_held:
-            return  # pressed again with no key-up: xkb would count it twice and hold it after one release
+            # Pressed again with no key-up: xkb would count it twice and hold it after one release. On a
+            # device that sends no key-ups it is pressed for the next character all the same.
+            self._mods_since_char.add(code)
+            return
         self._state.update(code, down=down)
         if down:
             self._mods_held.add(code)
@@ -345,17 +397,22 @@ class Decoder:
     def _end_broken(self) -> NotABarcode | None:
         reason, typed, text = self._broken, self._broken_typed, "".join(self._broken_text)
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
+        self._dead = self._alt_code = ""  # a key of the broken scan's waits for nothing of the next
         # A drop lost events the scanner sent, though nothing of them was seen: a whole scan, maybe, or
         # a digit of a number being keyed. Said, so the counter refuses what it could have been part of.
         return NotABarcode(text, self.source, reason) if typed or reason == DROPPED else None
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
+        if self._dead or self._alt_code:  # a dead key or an Alt code, then the end: its character never came
+            self._lost(t, DEAD_KEY if self._dead else ALT_CODE)
         blank, self._blank_at = self._blank_at, None
         first = self._times[0] if self._times else t
-        if blank is not None and first - self.settings.max_key_interval <= blank <= t:
-            # Keypad digits that typed nothing, in this scan or all of it: a code with digits lost is
-            # no code, and a scan of nothing but them is said as such, never silence.
-            return NotABarcode(self._take(), self.source, TYPED_NOTHING)
+        # (After the last character, too: a pause that ends a scan comes after its last key.)
+        if blank is not None and first - self.settings.max_key_interval <= blank:
+            # Keys that typed nothing, in this scan or all of it (keypad digits with Num Lock off, a dead
+            # key's character never made): a code with characters lost is no code, and a scan of nothing
+            # but them is said as such, never silence.
+            return NotABarcode(self._take(), self.source, self._blank_reason)
         if not self._chars:
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
@@ -391,6 +448,7 @@ class Decoder:
         self._chars.clear()
         self._times.clear()
         self._blank_at = None
+        self._dead = self._alt_code = ""
         return text
 
     # -- the device ---------------------------------------------------------------
@@ -408,6 +466,7 @@ class Decoder:
         self._held = {code for code in held if not self._state.is_modifier(code)}
         self._mods_held = {code for code in held if self._state.is_modifier(code)}
         self._mods_since_char.clear()
+        self._dead = self._alt_code = ""
 
     def unplugged(self) -> str:
         """The device went away: drop the partial barcode (returned) and all key state."""
@@ -417,3 +476,15 @@ class Decoder:
         self.resync_pending = False
         self._reset_keys(frozenset(), keep_locks=False)
         return partial
+
+
+def _alt_character(digits: str) -> str:
+    """The character an Alt and keypad code types, by Windows' rule; "" for none (0, or a byte
+    Windows-1252 leaves undefined)."""
+    number = int(digits) % 256
+    if not number:
+        return ""
+    try:
+        return bytes([number]).decode("cp1252" if digits.startswith("0") else "cp437")
+    except UnicodeDecodeError:
+        return ""

@@ -29,6 +29,7 @@ _XKB_OFFSET = 8
 class KeyState(Protocol):
     def update(self, code: int, *, down: bool) -> None: ...
     def text(self, code: int) -> str: ...
+    def dead(self, code: int) -> str: ...
     def is_modifier(self, code: int) -> bool: ...
     def reset(self, *, held: frozenset[int] = frozenset(), keep_locks: bool = False) -> None: ...
 
@@ -109,8 +110,48 @@ class XkbState:
             text = self._texts[code] = self._state.key_get_string(code + _XKB_OFFSET)
         return text
 
+    def dead(self, code: int) -> str:
+        """The dead key's keysym name (``dead_circumflex``) when the key is one now; else ""."""
+        if self.text(code):
+            return ""  # (a dead key types no text of its own: most keys are answered here, from the cache)
+        name = self._keymap._xkb.keysym_get_name(self._state.key_get_one_sym(code + _XKB_OFFSET))
+        return name if name in DEAD_KEYS else ""
+
     def is_modifier(self, code: int) -> bool:
         return code in _MODIFIERS
+
+
+# -- dead keys ---------------------------------------------------------------------
+# A German or French layout types ^ and ` as a dead key and Space, and an accented letter as a dead key
+# and the letter. What the pair makes, as X's Compose file for UTF-8 locales says (libx11-data's
+# en_US.UTF-8/Compose; tests/test_keymap.py holds this table to it): Space or the dead key again makes
+# the accent's own character, a letter the letter with the accent where Unicode has it as one
+# character. Anything else makes nothing: the character is lost.
+DEAD_KEYS: dict[str, tuple[str, str, str]] = {  # keysym: (with Space, with itself, combining mark)
+    "dead_grave": ("`", "`", "\u0300"), "dead_acute": ("'", "\u00b4", "\u0301"),
+    "dead_circumflex": ("^", "^", "\u0302"), "dead_tilde": ("~", "~", "\u0303"),
+    "dead_macron": ("\u00af", "\u00af", "\u0304"), "dead_breve": ("\u02d8", "\u02d8", "\u0306"),
+    "dead_abovedot": ("\u02d9", "\u02d9", "\u0307"), "dead_diaeresis": ('"', "\u00a8", "\u0308"),
+    "dead_abovering": ("\u00b0", "\u00b0", "\u030a"), "dead_doubleacute": ("\u02dd", "\u02dd", "\u030b"),
+    "dead_caron": ("\u02c7", "\u02c7", "\u030c"), "dead_cedilla": ("\u00b8", "\u00b8", "\u0327"),
+    "dead_ogonek": ("\u02db", "\u02db", "\u0328"),
+}
+
+
+def compose(dead: str, text: str, *, again: bool = False) -> str:
+    """What dead key ``dead`` and the key after it, which types ``text`` (``again``: the same dead key),
+    make together; "" for nothing."""
+    import unicodedata
+
+    space, twice, mark = DEAD_KEYS[dead]
+    if again:
+        return twice
+    if text == " ":
+        return space
+    if len(text) != 1 or not text.isalpha():
+        return ""
+    composed = unicodedata.normalize("NFC", text + mark)
+    return composed if len(composed) == 1 else ""
 
 
 # -- the US layout, built in -------------------------------------------------------
@@ -235,6 +276,9 @@ class UsTableState:
                 shifted = not shifted
             text = chars[1] if shifted else chars[0]
         return _control(text) if text and ctrl else text
+
+    def dead(self, code: int) -> str:
+        return ""  # the US layout has no dead keys
 
     def is_modifier(self, code: int) -> bool:
         return code in _MODIFIERS

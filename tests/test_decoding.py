@@ -8,8 +8,8 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import (CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY, STARTED_UNSEEN,
-                             TYPED_NOTHING, Decoder,
+from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_KEY, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY,
+                             STARTED_UNSEEN, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
 from drivers.keymap import UsTable, XkbKeymap
@@ -152,6 +152,99 @@ def test_a_french_layout_scanner_types_digits_with_shift(tmp_path):
 def test_a_german_layout_scanner_swaps_y_and_z(tmp_path):
     keys = Keys().tap(e.KEY_Y).tap(e.KEY_Z).tap(e.KEY_MINUS).tap(e.KEY_2, shift=True).enter()
     assert texts(decode(keys.bytes(), tmp_path, DecoderSettings(layout="de"))) == ['zyß"']
+
+
+def _typed(layout: str, *strokes: tuple[int, bool], terminators: tuple[str, ...] = ("enter",)) -> list:
+    """What the decoder makes of ``strokes`` (key, shift) at scanner speed, then Enter, in ``layout``."""
+    keys = Keys()
+    for code, shift in strokes:
+        keys.tap(code, shift=shift)
+    if terminators:
+        keys.enter()
+    else:
+        keys.pause(1.0)
+    decoder = Decoder("dev", DecoderSettings(layout=layout, terminators=terminators))
+    results = decoder.feed_all(_records(keys))
+    if not terminators:
+        results.append(decoder.idle(keys.t))
+    return [(type(r).__name__, r.text, getattr(r, "reason", "")) for r in results if r is not None]
+
+
+@pytest.mark.parametrize("layout, strokes, code", [
+    # German: ^ is a dead key (left of 1), ` the dead acute key shifted; each typed alone with Space.
+    ("de", [(e.KEY_A, True), (e.KEY_B, True), (e.KEY_GRAVE, False), (e.KEY_SPACE, False), (e.KEY_1, False)], "AB^1"),
+    ("de", [(e.KEY_1, False), (e.KEY_EQUAL, True), (e.KEY_SPACE, False), (e.KEY_2, False)], "1`2"),
+    ("de", [(e.KEY_1, False), (e.KEY_GRAVE, False), (e.KEY_GRAVE, False), (e.KEY_2, False)], "1^2"),
+    # French: ^ is the dead key right of P; with a letter it makes the letter with the accent.
+    ("fr", [(e.KEY_1, True), (e.KEY_LEFTBRACE, False), (e.KEY_SPACE, False), (e.KEY_2, True)], "1^2"),
+    ("fr", [(e.KEY_Q, True), (e.KEY_LEFTBRACE, False), (e.KEY_E, False), (e.KEY_1, True)], "A\u00ea1"),
+], ids=["de-circumflex", "de-grave", "de-circumflex-twice", "fr-circumflex", "fr-e-circumflex"])
+def test_a_dead_key_and_the_key_after_it_type_one_character_as_the_layout_composes_them(layout, strokes, code):
+    """German and French scanners type ^ and ` as a dead key and Space: the character is the pair's,
+    never dropped (which booked "AB 1" for "AB^1")."""
+    assert _typed(layout, *strokes) == [("Scan", code, "")]
+
+
+@pytest.mark.parametrize("strokes, terminators", [
+    ([(e.KEY_1, True), (e.KEY_LEFTBRACE, False), (e.KEY_2, True), (e.KEY_3, True)], ("enter",)),  # ^ and a digit
+    ([(e.KEY_1, True), (e.KEY_2, True), (e.KEY_LEFTBRACE, False)], ("enter",)),  # ^, then the end
+    ([(e.KEY_1, True), (e.KEY_LEFTBRACE, False), (e.KEY_LEFTBRACE, True), (e.KEY_2, True)], ("enter",)),  # ^ then ¨
+    ([(e.KEY_1, True), (e.KEY_2, True), (e.KEY_LEFTBRACE, False)], ()),  # ^ last, a pause ends the scan
+], ids=["with-a-digit", "before-enter", "two-dead-keys", "before-a-pause"])
+def test_a_dead_key_that_makes_nothing_with_the_key_after_it_refuses_the_scan(strokes, terminators):
+    """Where the pair makes no character (X drops both), the scan is refused: a character was lost."""
+    [(kind, _, reason)] = _typed("fr", *strokes, terminators=terminators)
+    assert (kind, reason) == ("NotABarcode", DEAD_KEY)
+
+
+def _alt_code(keys: Keys, digits: str, alt: int = e.KEY_LEFTALT) -> Keys:
+    keys.down(alt)
+    keys.digits(digits, keypad=True)
+    return keys.up(alt)
+
+
+@pytest.mark.parametrize("layout", ["us", "de"])
+def test_a_character_a_scanner_types_as_alt_and_its_number_on_the_keypad_is_that_character(layout):
+    """A scanner's "Alt mode" types what a layout cannot (GS1's group separator) as Alt + its decimal
+    code on the keypad: Windows' rule, the character at Alt's release. Never the digits (which
+    booked "0109501101530003002910123")."""
+    keys = Keys().digits("0109501101530003")
+    _alt_code(keys, "0029")
+    _alt_code(keys.digits("10"), "65", alt=e.KEY_RIGHTALT)  # code page 437's A, without a leading 0
+    _alt_code(keys.digits("12"), "0216")  # Windows-1252's Ø
+    keys.digits("3").enter()
+    decoder = Decoder("dev", DecoderSettings(layout=layout))
+    assert _said(decoder.feed_all(_records(keys))) == [("Scan", "0109501101530003\x1d10A12\u00d83", "", "dev")]
+
+
+@pytest.mark.parametrize("digits, end", [("0", "alt"), ("0129", "alt"), ("0029", "enter")],
+                         ids=["zero", "undefined-in-1252", "alt-still-down-at-enter"])
+def test_an_alt_code_that_makes_no_character_refuses_the_scan(digits, end):
+    keys = Keys().digits("0109")
+    keys.down(e.KEY_LEFTALT).digits(digits, keypad=True)
+    if end == "alt":
+        keys.up(e.KEY_LEFTALT).digits("12")
+    keys.enter()
+    [(kind, _, reason, _)] = _said(Decoder("dev").feed_all(_records(keys)))
+    assert (kind, reason) == ("NotABarcode", ALT_CODE)
+
+
+def test_a_scanner_without_key_ups_shifts_each_character_it_presses_shift_for(tmp_path):
+    """Key-downs only: Shift pressed again (no key-up between) is pressed for the next character all the
+    same, so once the device is known to send no key-ups an AIM identifier keeps its case."""
+    keys = Keys()
+    for code in (e.KEY_1, e.KEY_1, e.KEY_ENTER):  # a repeated key with no key-up: the device is learned
+        keys.events += press(code, keys.t, down=True)
+        keys.t += 0.004
+    keys.pause(1.0)
+    for code in (e.KEY_RIGHTBRACE, e.KEY_LEFTSHIFT, e.KEY_C, e.KEY_1, e.KEY_LEFTSHIFT, e.KEY_A, e.KEY_LEFTSHIFT,
+                 e.KEY_B, e.KEY_2, e.KEY_3, e.KEY_ENTER):
+        keys.events += press(code, keys.t, down=True)
+        keys.t += 0.004
+    decoder = Decoder("dev")
+    results = decoder.feed_all(_records(keys))
+    assert decoder.key_down_only
+    assert [(r.text, r.aim) for r in results if isinstance(r, Scan)] == [("11", ""), ("AB23", "]C1")]
 
 
 def test_caps_lock_is_tracked_per_device(tmp_path):

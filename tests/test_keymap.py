@@ -98,3 +98,49 @@ def test_a_layout_xkeyboard_config_does_not_know_is_named_in_the_driver_error():
         load_keymap("zz")
     with pytest.raises(DriverError, match=r"^keyboard layout 'de\(no-such-variant\)' is not known to xkeyboard-config$"):
         load_keymap("de", "no-such-variant")
+
+
+# X's Compose file for UTF-8 locales (libx11-data): what each dead key makes with the key after it.
+COMPOSE = "/usr/share/X11/locale/en_US.UTF-8/Compose"
+
+
+def _compose_rules() -> dict[tuple[str, str], str]:
+    import re
+
+    rules = {}
+    with open(COMPOSE, encoding="utf-8") as file:
+        for line in file:
+            match = re.match(r'^<(dead_\w+)>\s+<(\w+)>\s*:\s*"((?:[^"\\]|\\.)*)"', line)
+            if match:
+                rules[match[1], match[2]] = re.sub(r"\\(.)", r"\1", match[3])
+    return rules
+
+
+def test_a_dead_key_makes_with_space_or_itself_what_x_composes_and_with_a_letter_that_or_nothing():
+    """The decoder's table of dead keys, held to X's own: with Space or pressed twice exactly X's
+    character; with a letter X's character or none (the scan then refused), never another one."""
+    import string
+
+    from drivers.keymap import DEAD_KEYS, compose
+
+    rules = _compose_rules()
+    for dead in DEAD_KEYS:
+        assert compose(dead, " ") == rules[dead, "space"], dead
+        assert compose(dead, "", again=True) == rules[dead, dead], dead
+        for letter in string.ascii_letters:
+            assert compose(dead, letter) in ("", rules.get((dead, letter), "")), (dead, letter)
+        for other in "0123456789-./ \t":
+            assert compose(dead, other) == (rules[dead, "space"] if other == " " else ""), (dead, other)
+    assert compose("dead_circumflex", "e") == "\u00ea" and compose("dead_diaeresis", "U") == "\u00dc"
+
+
+@pytest.mark.parametrize("layout, code, shift, dead", [
+    ("de", e.KEY_GRAVE, False, "dead_circumflex"), ("de", e.KEY_EQUAL, False, "dead_acute"),
+    ("de", e.KEY_EQUAL, True, "dead_grave"), ("fr", e.KEY_LEFTBRACE, False, "dead_circumflex"),
+    ("fr", e.KEY_LEFTBRACE, True, "dead_diaeresis"), ("de", e.KEY_1, False, ""), ("us", e.KEY_GRAVE, False, ""),
+])
+def test_a_layouts_dead_keys_are_named_and_every_other_key_is_not_one(layout, code, shift, dead):
+    state = load_keymap(layout).new_state()
+    if shift:
+        state.update(e.KEY_LEFTSHIFT, down=True)
+    assert state.dead(code) == dead
