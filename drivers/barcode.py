@@ -3,7 +3,11 @@
 EAN-13, EAN-8 and UPC-A carry a GS1 mod-10 check digit; a code of one of
 their lengths that fails it is a misread, never a product. A UPC-A and the
 same code read as a 13-digit EAN-13 with a leading zero are one product: both
-have the same GTIN-14, the key prices are looked up by. Codes whose
+have the same GTIN-14, the key prices are looked up by. A UPC-E (the short
+code of small packs: eight digits, number system 0 or 1) is its UPC-A with
+the zeros left out; its check digit is the UPC-A's, and its key the UPC-A's
+GTIN-14. Eight digits that pass EAN-8's check are an EAN-8 unless the
+scanner names them UPC-E (AIM ``]E0``; an EAN-8 is ``]E4``). Codes whose
 symbology the driver knows (HID POS scanners send the AIM identifier, ISO/IEC
 15424) are passed on with it: Code 128, GS1-128, QR, Data Matrix, ...;
 anything else is a raw code for the counter to decide.
@@ -19,6 +23,7 @@ class Symbology(str, Enum):
     EAN13 = "ean13"
     EAN8 = "ean8"
     UPCA = "upca"
+    UPCE = "upce"
     CODE128 = "code128"
     GS1_128 = "gs1-128"
     CODE39 = "code39"
@@ -45,6 +50,8 @@ class Barcode:
         """What a price list knows this code by: the GTIN-14 for EAN/UPC codes, else the code itself."""
         if self.symbology in (Symbology.EAN13, Symbology.EAN8, Symbology.UPCA):
             return self.data.zfill(14)
+        if self.symbology is Symbology.UPCE:
+            return upce_to_upca(self.data).zfill(14)
         return self.data
 
 
@@ -62,13 +69,43 @@ def gs1_check_digit(body: str) -> int:
     return (10 - total % 10) % 10
 
 
-def _gs1(text: str) -> Barcode | None:
+def upce_to_upca(code: str) -> str:
+    """The UPC-A a UPC-E stands for (GS1 General Specifications, the zero-suppression rules), its check
+    digit the UPC-E's own: ``upce_to_upca("04252614")`` is ``"042100005264"``."""
+    system, d, check = code[0], code[1:7], code[7]
+    last = d[5]
+    if last in "012":
+        body = d[0:2] + last + "0000" + d[2:5]
+    elif last == "3":
+        body = d[0:3] + "00000" + d[3:5]
+    elif last == "4":
+        body = d[0:4] + "00000" + d[4]
+    else:
+        body = d[0:5] + "0000" + last
+    return system + body + check
+
+
+def _upce(text: str) -> Barcode | None:
+    """``text`` as a UPC-E, if it has a UPC-E's form (eight digits, number system 0 or 1)."""
+    if len(text) != 8 or text[0] not in "01" or not (text.isascii() and text.isdigit()):
+        return None
+    upca = upce_to_upca(text)
+    return Barcode(text, Symbology.UPCE, gs1_check_digit(upca[:-1]) == int(upca[-1]))
+
+
+def _gs1(text: str, *, upce: bool = False) -> Barcode | None:
     symbology = _BY_LENGTH.get(len(text)) if text.isascii() and text.isdigit() else None
     if symbology is None:
         return None
     if symbology is Symbology.EAN13 and text.startswith("0"):
         symbology = Symbology.UPCA  # a UPC-A read as EAN-13: the same product
-    return Barcode(text, symbology, gs1_check_digit(text[:-1]) == int(text[-1]))
+    valid = gs1_check_digit(text[:-1]) == int(text[-1])
+    if symbology is Symbology.EAN8 and (upce or not valid):
+        # Named a UPC-E by the scanner, or no EAN-8: a UPC-E that passes its own check is one.
+        as_upce = _upce(text)
+        if as_upce is not None and (upce or as_upce.valid):
+            return as_upce
+    return Barcode(text, symbology, valid)
 
 
 def classify(text: str, aim: str = "") -> Barcode:
@@ -80,4 +117,5 @@ def classify(text: str, aim: str = "") -> Barcode:
         if symbology is Symbology.CODE128 and aim[2:] == "1":
             symbology = Symbology.GS1_128
         return Barcode(text, symbology, True)
-    return _gs1(text) or Barcode(text, Symbology.RAW, True)
+    # "]E0" is EAN-13, UPC-A or UPC-E, told apart by length; an EAN-8 is "]E4".
+    return _gs1(text, upce=aim == "]E0") or Barcode(text, Symbology.RAW, True)

@@ -1,6 +1,6 @@
 import pytest
 
-from drivers.barcode import Symbology, classify, gs1_check_digit
+from drivers.barcode import Symbology, classify, gs1_check_digit, upce_to_upca
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,35 @@ def test_the_aim_identifier_names_the_symbology(aim, symbology):
 def test_an_ean_aim_identifier_still_checks_the_digit():
     assert classify("6901028075832", "]E0").valid is False
     assert classify("6901028075831", "]E0").symbology is Symbology.EAN13
+
+
+@pytest.mark.parametrize("upce, upca", [
+    ("04252614", "042100005264"),  # last digit 0-2: the manufacturer's two digits, it, four zeros, three
+    ("01234565", "012345000065"),  # 5-9: five digits, four zeros, it
+    ("01234531", "012300000451"),  # 3: three digits, five zeros, two
+    ("01234543", "012340000053"),  # 4: four digits, five zeros, one
+    ("11234562", "112345000062"),  # number system 1
+])
+def test_a_upce_is_its_upca_with_the_zeros_left_out_and_one_product_with_it(upce, upca):
+    assert upce_to_upca(upce) == upca
+    assert classify(upca).valid
+    assert classify(upce, "]E0").key == classify(upca).key == classify("0" + upca).key == upca.zfill(14)
+
+
+def test_eight_digits_that_fail_ean8s_check_but_pass_upces_are_a_upce_and_no_misread():
+    """A small pack's UPC-E, as scanners send it by default: refused as a misread EAN-8 before."""
+    barcode = classify("04252614")
+    assert (barcode.symbology, barcode.valid, barcode.key) == (Symbology.UPCE, True, "00042100005264")
+    assert classify("04252614", "]E0").symbology is Symbology.UPCE
+
+
+def test_eight_digits_that_pass_ean8s_check_are_an_ean8_unless_the_scanner_names_them_upce():
+    assert (classify("01234565").symbology, classify("01234565").key) == (Symbology.EAN8, "00000001234565")
+    assert classify("01234565", "]E4").symbology is Symbology.EAN8
+    assert (classify("01234565", "]E0").symbology, classify("01234565", "]E0").key) == (Symbology.UPCE, "00012345000065")
+
+
+@pytest.mark.parametrize("code, aim", [("04252615", ""), ("04252615", "]E0"), ("24252615", ""), ("96385075", "]E0")])
+def test_eight_digits_that_pass_neither_check_are_a_misread(code, aim):
+    """Nor is a code of number system 2-9 ever a UPC-E."""
+    assert classify(code, aim).valid is False

@@ -13,7 +13,8 @@ from storage import Journal
 
 from .journals import rot
 
-PRICES = "barcode,name,price\n036000291452,Imported (pack),35.50\n6901028075831,Hongtashan (pack),23.00\n"
+PRICES = ("barcode,name,price\n036000291452,Imported (pack),35.50\n6901028075831,Hongtashan (pack),23.00\n"
+          "042100005264,Chewing gum (UPC-A),5.00\n")
 
 
 class AtTheCounter:
@@ -53,6 +54,13 @@ def test_a_priced_product_is_a_sale_at_its_price_and_sounds_good(counter):
 def test_a_upca_read_as_ean13_finds_its_price(counter):
     event = counter.record(scan("0036000291452"))
     assert (event.body["symbology"], event.body["unit_price"]) == ("upca", 3550)
+
+
+def test_a_small_packs_upce_finds_the_price_of_its_upca(counter):
+    """Scanners send a UPC-E as its eight digits; the price list names the product by its UPC-A."""
+    event = counter.record(scan("04252614"))
+    assert (event.kind, event.body["symbology"], event.body["unit_price"], counter.signal) == (
+        "sale", "upce", 500, Signal.GOOD)
 
 
 def test_an_unknown_product_is_recorded_flagged_and_asks_for_attention(counter):
