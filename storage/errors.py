@@ -10,7 +10,7 @@ class JournalError(StorageError):
 
 
 class JournalFull(JournalError):
-    """The disk is full: the event was not recorded."""
+    """The disk is full: nothing of the write was recorded (an event, an acknowledgement, a fold)."""
 
 
 class EventTooLarge(JournalError):

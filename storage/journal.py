@@ -698,7 +698,7 @@ class _translated:
         if kind is None or not issubclass(kind, sqlite3.Error):
             return False
         if sqlite.disk_full(error, self.path):
-            raise JournalFull(f"{self.path}: the disk is full; the event was not recorded") from error
+            raise JournalFull(f"{self.path}: the disk is full; nothing was recorded") from error
         raise JournalError(f"{self.path}: {error}") from error
 
 

@@ -665,7 +665,7 @@ def test_a_control_that_was_not_recorded_sets_nothing_for_the_next_scan(shop, mo
         real = shop.counter._note_pending
 
         def full(journal):
-            raise JournalFull("journal.db: the disk is full; the event was not recorded")
+            raise JournalFull("journal.db: the disk is full; nothing was recorded")
 
         monkeypatch.setattr(shop.counter, "_note_pending", full)
         with pytest.raises(JournalFull), shop.journal.transaction():

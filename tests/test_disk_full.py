@@ -44,7 +44,7 @@ def test_a_full_disk_refuses_the_event_and_keeps_the_rest(small_disk):
     key = os.urandom(32)
     journal = Journal.open(small_disk / "journal.db", key)
     recorded = []
-    with pytest.raises(JournalFull, match="the disk is full; the event was not recorded"):
+    with pytest.raises(JournalFull, match="the disk is full; nothing was recorded"):
         for i in range(10_000):
             journal.append("sale", {"code": f"{i:013d}", "note": "x" * 200})
             recorded.append(i)
