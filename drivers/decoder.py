@@ -16,7 +16,8 @@ and what this decoder does about it:
   opened (``opened``), the burst already in progress (keys before the first
   pause longer than ``max_key_interval``) is one whose start was not seen.
   Events up to the SYN_REPORT after a drop are ignored and the key state is
-  taken from the device (EVIOCGKEY);
+  taken from the device (EVIOCGKEY), which takes back the key events waiting
+  unread: the next key after that read, whatever the pause, is refused too;
 - timing, from the kernel's own timestamps, tells a scanner's burst (a few ms
   per key) from a person typing (tens to hundreds of ms): a slow or broken
   burst is refused, never a barcode; a burst that stops without its
@@ -65,6 +66,7 @@ STARTED_UNSEEN = "the scan had begun before the scanner was opened"
 CUT_OFF = "the scan stopped without its terminator"
 CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
 CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be told"
+TAKEN_BACK = "keys that came as the key state was read after a drop, which the kernel took back unread"
 ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
 NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
@@ -204,6 +206,7 @@ class Decoder:
         ``resync_pending`` is left for the caller (one event at a time, as ``feed``).
         """
         results = []
+        asked_at = None  # the device was asked for its keys during this read, by the time of the last record
         # The scan path: a scan is some 80 records, most of them SYN_REPORTs and scan codes that say
         # nothing a key event does not; they are passed over here without a call.
         for sec, usec, type_, code, value in records:
@@ -217,6 +220,8 @@ class Decoder:
                 result = self._syn(code, sec + usec / 1000000.0)
                 if self.resync_pending and held_keys is not None:
                     held = held_keys()
+                    if held is not None:
+                        asked_at = sec + usec / 1000000.0
                     self.resync(held if held is not None else frozenset())
                     # The device was asked now, after all of this read was taken from the kernel: a key it
                     # says is down may have its key-down still ahead here. That press is the one the device
@@ -228,9 +233,23 @@ class Decoder:
                 continue  # EV_MSC scan codes, LEDs, ...: the key events say it all
             if result is not None:
                 results.append(result)
+            if asked_at is not None:
+                asked_at = sec + usec / 1000000.0
         if self._reported:
             self._reported.clear()  # a later read's key-down of a key held since is pressed again
+        if asked_at is not None:
+            self._taken_back(asked_at)
         return results
+
+    def _taken_back(self, t: float) -> None:
+        """The device was asked for its keys (EVIOCGKEY) after a drop: the kernel then takes back the key
+        events that came after this read and were waiting to be read. Unseen, they may hold a scan's
+        first keys (or a whole one's end): the next key, whenever it comes before a quiet, belongs to a
+        scan not seen whole."""
+        if self._broken is not None:
+            self._broken_last = None
+        else:
+            self._broken_start(TAKEN_BACK, t, last=None)
 
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
         # A pause ends a broken scan: what follows is a new burst, seen from its start.

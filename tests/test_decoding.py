@@ -9,7 +9,7 @@ import pytest
 from evdev import InputEvent, ecodes as e
 
 from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_KEY, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY,
-                             STARTED_UNSEEN, TYPED_NOTHING, Decoder,
+                             STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
 from drivers.keymap import UsTable, XkbKeymap
@@ -531,6 +531,45 @@ def test_quiet_after_a_drop_ends_the_broken_scan_counted_from_the_drop():
         assert decoder.feed_all(_records(keys)) == []
         assert decoder.idle(dropped_at + 0.03) is None  # the next key, if it comes now, is still part of it
         assert _said([decoder.idle(dropped_at + 0.06)]) == [("NotABarcode", "6901", DROPPED, "dev")]
+
+
+@pytest.mark.parametrize("broken_scan_ended", [True, False], ids=["its-end-read", "its-end-taken-back-too"])
+def test_keys_the_kernel_takes_back_when_the_key_state_is_read_after_a_drop_never_leave_a_code_cut_short(
+        broken_scan_ended):
+    """Reading the keys down (EVIOCGKEY) after a drop makes the kernel take back the key events waiting
+    unread: a scan's first keys, arrived as the state was read, are never seen. The next key after it,
+    however long the pause, is part of a scan not seen whole: "901028075831" is never booked."""
+    decoder, keys = Decoder("dev"), Keys()
+    keys.digits("6901").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("0280")
+    if broken_scan_ended:
+        keys.digits("75831").enter()
+    asked = []
+    first = _said(decoder.feed_all(_records(keys), held_keys=lambda: asked.append(1) or frozenset()))
+    assert asked == [1]
+    assert first == ([("NotABarcode", "6901028075831", DROPPED, "dev")] if broken_scan_ended else [])
+    # Taken back: (the broken scan's end and) the next scan's "6", after a pause longer than a scanner's.
+    keys = Keys()
+    keys.t = T0 + 0.5
+    keys.digits("901028075831").enter()
+    [(kind, text, reason, _)] = _said(decoder.feed_all(_records(keys)))
+    assert kind == "NotABarcode" and text.endswith("901028075831")
+    assert reason == (TAKEN_BACK if broken_scan_ended else DROPPED)
+    # Quiet since: the next scan is seen from its start.
+    assert decoder.idle(keys.t + 1.0) is None
+    keys = Keys()
+    keys.t = T0 + 3.0
+    assert _said(decoder.feed_all(_records(keys.digits("6901028075831").enter()))) == [
+        ("Scan", "6901028075831", "", "dev")]
+
+
+def test_a_source_that_cannot_be_asked_for_its_keys_loses_none_to_the_asking():
+    """A recording or a FIFO is not asked (nothing is taken back): after the drop's scan, the next is its own."""
+    decoder = Decoder("dev")
+    keys = Keys().digits("69").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("01").enter()
+    assert _said(decoder.feed_all(_records(keys), held_keys=lambda: None)) == [("NotABarcode", "6901", DROPPED, "dev")]
+    keys = Keys()
+    keys.t = T0 + 0.5
+    assert _said(decoder.feed_all(_records(keys.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
 
 
 def test_a_drop_in_a_scan_already_broken_refuses_it_to_its_end():
