@@ -105,6 +105,26 @@ def test_each_code_has_its_own_text_then_its_chinese_then_its_english_label_cent
             assert upper[3] <= lower[1] + 0.3, (code, upper, lower)  # one above the other, not over it
 
 
+def test_a_codes_labels_are_closer_to_it_than_to_the_code_printed_below_them(sheet):
+    """Down a column, a code's bars, its text and its two labels read as one group: no space within the group is
+    as wide as the space between its last label and the next code's bars, so no label seems to name that code."""
+    _, pages = sheet
+    labels = {code: (chinese, english) for code, chinese, english in controls.SHEET}
+    below_another = 0
+    for page in pages:
+        for code, bars in page.codes.items():
+            group = [bars] + [page.lines[text] for text in (code, *labels[code])]
+            under = [other for other in page.codes.values()
+                     if abs(_centre(other) - _centre(bars)) < 1.5 and other[1] > bars[3]]
+            if not under:
+                continue  # the last code of its column
+            below_another += 1
+            next_bars = min(under, key=lambda box: box[1])
+            widest = max(lower[1] - upper[3] for upper, lower in zip(group, group[1:]))
+            assert widest < next_bars[1] - group[-1][3], (code, group, next_bars)
+    assert below_another >= len(controls.SHEET) // 2  # most codes have another below them
+
+
 def test_every_page_is_titled_and_nothing_is_printed_in_the_printers_margin(sheet):
     path, pages = sheet
     assert pypdfium2.PdfDocument(str(path)).get_metadata_dict()["Title"] == "counterbox control codes"

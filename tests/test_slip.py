@@ -54,7 +54,10 @@ class Slip:
     def __init__(self, image: Image.Image):
         self.image = image.convert("L")
         self.width, self.height = self.image.size
-        [self.qr] = zxingcpp.read_barcodes(self.image)
+        # Read as the counter's 2D scanner reads it, as a QR code (full or Micro). Read as any symbology, a row
+        # of modules now and then also passes for a short Codabar (1 slip in a few hundred, with random keys).
+        [self.qr] = zxingcpp.read_barcodes(
+            self.image, formats=(zxingcpp.BarcodeFormat.QRCode, zxingcpp.BarcodeFormat.MicroQRCode))
         corners = [self.qr.position.top_left, self.qr.position.top_right, self.qr.position.bottom_right,
                    self.qr.position.bottom_left]
         self.left, self.top = min(p.x for p in corners), min(p.y for p in corners)
@@ -231,6 +234,23 @@ def test_a_short_text_is_still_a_full_qr_code_never_a_micro_one_many_scanners_ca
     slip = Slip(Image.open(tmp_path / "slip.png"))
     assert (slip.qr.format.name, slip.qr.text) == ("QRCode", "CB1")
     assert slip.left >= 4 * slip.module and slip.top >= 4 * slip.module
+
+
+def test_a_qr_code_shorter_than_the_text_beside_it_leaves_every_line_whole_and_inside_the_margin(tmp_path):
+    """The slip is as tall as the taller of its QR code and its text: beside a small QR code (a short text) the
+    eight lines are all there, in full, and the last one is as far from the paper's edge as a printer needs."""
+    _, issued = _token(MENGZI)
+    write_slip(tmp_path / "slip.png", "CB1", MENGZI, issued)
+    slip = Slip(Image.open(tmp_path / "slip.png"))
+    assert slip.lines and slip.bottom < slip.lines[-1][3]  # the text, not the QR code, is the taller here
+    lines = ["counterbox activation", "Mengzi No. 3", "licence 530102100123   region honghe", "monitoring point",
+             "valid until 2025-11-27 16:00 UTC", "for any new box, once", "code c0de-42",
+             "Plug the box in, then scan this code."]
+    assert len(slip.lines) == len(lines)
+    assert [words for line, words in zip(slip.lines, lines) if not slip.reads(line, words)] == []
+    margin = 2 / MM_PER_INCH * 300  # 2 mm at 300 dpi, as for a slip with a full-length code
+    for left, top, right, bottom in slip.lines:
+        assert top >= margin and bottom <= slip.height - margin and right <= slip.width - margin
 
 
 def test_issuing_a_code_with_a_slip_prints_it_keeps_the_code_and_names_the_slip(tmp_path):
