@@ -152,6 +152,7 @@ class Decoder:
     def __post_init__(self) -> None:
         self.keymap = self.keymap or load_keymap(self.settings.layout, self.settings.variant)
         self._state = self.keymap.new_state(numlock=self.settings.numlock)
+        self._dead_keys = self.keymap.dead_keys  # (the US layout has none: no call per key to ask)
         self._terminator_codes = {TERMINATOR_KEYS[name] for name in self.settings.terminators}
         self._terminator_chars = "".join(TERMINATOR_CHARS[name] for name in self.settings.terminators)
         self._chars: list[str] = []
@@ -206,7 +207,8 @@ class Decoder:
         ``resync_pending`` is left for the caller (one event at a time, as ``feed``).
         """
         results = []
-        asked_at = None  # the device was asked for its keys during this read, by the time of the last record
+        asked = False  # the device was asked for its keys during this read
+        sec = usec = 0
         # The scan path: a scan is some 80 records, most of them SYN_REPORTs and scan codes that say
         # nothing a key event does not; they are passed over here without a call.
         for sec, usec, type_, code, value in records:
@@ -220,8 +222,7 @@ class Decoder:
                 result = self._syn(code, sec + usec / 1000000.0)
                 if self.resync_pending and held_keys is not None:
                     held = held_keys()
-                    if held is not None:
-                        asked_at = sec + usec / 1000000.0
+                    asked = asked or held is not None
                     self.resync(held if held is not None else frozenset())
                     # The device was asked now, after all of this read was taken from the kernel: a key it
                     # says is down may have its key-down still ahead here. That press is the one the device
@@ -233,12 +234,10 @@ class Decoder:
                 continue  # EV_MSC scan codes, LEDs, ...: the key events say it all
             if result is not None:
                 results.append(result)
-            if asked_at is not None:
-                asked_at = sec + usec / 1000000.0
         if self._reported:
             self._reported.clear()  # a later read's key-down of a key held since is pressed again
-        if asked_at is not None:
-            self._taken_back(asked_at)
+        if asked:
+            self._taken_back(sec + usec / 1000000.0)  # as of the read's last record
         return results
 
     def _taken_back(self, t: float) -> None:
@@ -288,7 +287,7 @@ class Decoder:
                 if self.key_down_only:
                     self._mods_since_char.clear()
                 return ended
-            dead = self._state.dead(code)
+            dead = self._state.dead(code) if self._dead_keys else ""
             char = "" if dead else self._state.text(code)
             if self.key_down_only:
                 self._release_modifiers()

@@ -36,6 +36,7 @@ class KeyState(Protocol):
 
 class Keymap(Protocol):
     name: str
+    dead_keys: bool  # some key may be a dead key (KeyState.dead says which, in the state it is in)
 
     def new_state(self, *, numlock: bool = True) -> KeyState: ...
 
@@ -50,6 +51,8 @@ _LOCKS = (e.KEY_CAPSLOCK, e.KEY_NUMLOCK)
 
 
 class XkbKeymap:
+    dead_keys = True
+
     def __init__(self, layout: str, variant: str = ""):
         from xkbcommon import xkb
 
@@ -208,6 +211,7 @@ def _control(char: str) -> str:
 
 class UsTable:
     name = "us (built-in table)"
+    dead_keys = False
 
     def new_state(self, *, numlock: bool = True) -> "UsTableState":
         return UsTableState(numlock)
