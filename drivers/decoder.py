@@ -153,6 +153,8 @@ class Decoder:
         self.keymap = self.keymap or load_keymap(self.settings.layout, self.settings.variant)
         self._state = self.keymap.new_state(numlock=self.settings.numlock)
         self._dead_keys = self.keymap.dead_keys  # (the US layout has none: no call per key to ask)
+        # An Alt code is typed with Alt; where the right Alt key is AltGr, with the left one alone (Windows' rule).
+        self._alts = frozenset({ecodes.KEY_LEFTALT}) if self.keymap.altgr else _ALTS
         self._terminator_codes = {TERMINATOR_KEYS[name] for name in self.settings.terminators}
         self._terminator_chars = "".join(TERMINATOR_CHARS[name] for name in self.settings.terminators)
         self._chars: list[str] = []
@@ -257,7 +259,7 @@ class Decoder:
             self._modifier(code, down)
             if down and self._broken is not None:
                 self._broken_last = t
-            if not down and code in _ALTS and self._alt_code:
+            if not down and code in self._alts and self._alt_code:
                 char = _alt_character(self._alt_code)
                 self._alt_code = ""
                 if not char:
@@ -282,7 +284,7 @@ class Decoder:
         terminator = code in self._terminator_codes
         char = ""
         if not terminator:
-            if code in _ALT_DIGITS and not self._mods_held.isdisjoint(_ALTS) and self._mods_held.isdisjoint(_CTRLS):
+            if code in _ALT_DIGITS and not self._mods_held.isdisjoint(self._alts) and self._mods_held.isdisjoint(_CTRLS):
                 self._alt_code += _ALT_DIGITS[code]  # the character comes at Alt's release
                 if self.key_down_only:
                     self._mods_since_char.clear()

@@ -37,6 +37,7 @@ class KeyState(Protocol):
 class Keymap(Protocol):
     name: str
     dead_keys: bool  # some key may be a dead key (KeyState.dead says which, in the state it is in)
+    altgr: bool  # the right Alt key is AltGr (the third level: German @ and {), not an Alt
 
     def new_state(self, *, numlock: bool = True) -> KeyState: ...
 
@@ -62,6 +63,8 @@ class XkbKeymap:
             self._keymap = xkb.Context().keymap_new_from_names(layout=layout, variant=variant or None)
         except xkb.XKBError:  # XKBKeymapCreationFailure, and whatever else this binding raises for a layout it cannot build
             raise KeymapError(f"keyboard layout {self.name!r} is not known to xkeyboard-config") from None
+        right_alt = self._keymap.state_new().key_get_one_sym(e.KEY_RIGHTALT + _XKB_OFFSET)
+        self.altgr = xkb.keysym_get_name(right_alt) == "ISO_Level3_Shift"
 
     def new_state(self, *, numlock: bool = True) -> "XkbState":
         return XkbState(self, numlock)
@@ -212,6 +215,7 @@ def _control(char: str) -> str:
 class UsTable:
     name = "us (built-in table)"
     dead_keys = False
+    altgr = False
 
     def new_state(self, *, numlock: bool = True) -> "UsTableState":
         return UsTableState(numlock)

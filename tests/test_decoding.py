@@ -12,7 +12,7 @@ from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_K
                              STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
-from drivers.keymap import UsTable, XkbKeymap
+from drivers.keymap import UsTable, XkbKeymap, load_keymap
 from drivers.reader import read_events
 from drivers.recording import press, type_text
 
@@ -210,11 +210,21 @@ def test_a_character_a_scanner_types_as_alt_and_its_number_on_the_keypad_is_that
     booked "0109501101530003002910123")."""
     keys = Keys().digits("0109501101530003")
     _alt_code(keys, "0029")
-    _alt_code(keys.digits("10"), "65", alt=e.KEY_RIGHTALT)  # code page 437's A, without a leading 0
+    _alt_code(keys.digits("10"), "65", alt=e.KEY_LEFTALT if layout == "de" else e.KEY_RIGHTALT)  # 437's A (no 0)
     _alt_code(keys.digits("12"), "0216")  # Windows-1252's Ø
     keys.digits("3").enter()
     decoder = Decoder("dev", DecoderSettings(layout=layout))
     assert _said(decoder.feed_all(_records(keys))) == [("Scan", "0109501101530003\x1d10A12\u00d83", "", "dev")]
+
+
+def test_on_a_layout_whose_right_alt_is_altgr_an_alt_code_is_typed_with_the_left_alt_alone():
+    """German AltGr (the right Alt) with the keypad's digits types the digits, as it does on Windows."""
+    keys = Keys().digits("12")
+    _alt_code(keys, "0029", alt=e.KEY_RIGHTALT)
+    keys.digits("3").enter()
+    assert _said(Decoder("dev", DecoderSettings(layout="de")).feed_all(_records(keys))) == [
+        ("Scan", "1200293", "", "dev")]
+    assert load_keymap("de").altgr and load_keymap("us", "intl").altgr and not load_keymap("us").altgr
 
 
 @pytest.mark.parametrize("digits, end", [("0", "alt"), ("0129", "alt"), ("0029", "enter")],
