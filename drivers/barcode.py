@@ -6,8 +6,10 @@ same code read as a 13-digit EAN-13 with a leading zero are one product: both
 have the same GTIN-14, the key prices are looked up by. A UPC-E (the short
 code of small packs: eight digits, number system 0 or 1) is its UPC-A with
 the zeros left out; its check digit is the UPC-A's, and its key the UPC-A's
-GTIN-14. Eight digits that pass EAN-8's check are an EAN-8 unless the
-scanner names them UPC-E (AIM ``]E0``; an EAN-8 is ``]E4``). Codes whose
+GTIN-14. Eight digits of number system 0 or 1 that pass UPC-E's check are a
+UPC-E, though most also pass EAN-8's (an EAN-8 beginning 0 or 1 is a shop's
+own number, not a product's), unless the scanner names them EAN-8 (AIM
+``]E4``): a price list's row and the scan of it are then keyed alike. Codes whose
 symbology the driver knows (HID POS scanners send the AIM identifier, ISO/IEC
 15424) are passed on with it: Code 128, GS1-128, QR, Data Matrix, ...;
 anything else is a raw code for the counter to decide.
@@ -93,17 +95,17 @@ def _upce(text: str) -> Barcode | None:
     return Barcode(text, Symbology.UPCE, gs1_check_digit(upca[:-1]) == int(upca[-1]))
 
 
-def _gs1(text: str, *, upce: bool = False) -> Barcode | None:
+def _gs1(text: str, *, aim: str = "") -> Barcode | None:
     symbology = _BY_LENGTH.get(len(text)) if text.isascii() and text.isdigit() else None
     if symbology is None:
         return None
     if symbology is Symbology.EAN13 and text.startswith("0"):
         symbology = Symbology.UPCA  # a UPC-A read as EAN-13: the same product
     valid = gs1_check_digit(text[:-1]) == int(text[-1])
-    if symbology is Symbology.EAN8 and (upce or not valid):
-        # Named a UPC-E by the scanner, or no EAN-8: a UPC-E that passes its own check is one.
+    if symbology is Symbology.EAN8 and aim != "]E4":
+        # A UPC-E that passes its own check is one; named one by the scanner ("]E0"), a failed check is its misread.
         as_upce = _upce(text)
-        if as_upce is not None and (upce or as_upce.valid):
+        if as_upce is not None and (as_upce.valid or aim == "]E0"):
             return as_upce
     return Barcode(text, symbology, valid)
 
@@ -118,4 +120,4 @@ def classify(text: str, aim: str = "") -> Barcode:
             symbology = Symbology.GS1_128
         return Barcode(text, symbology, True)
     # "]E0" is EAN-13, UPC-A or UPC-E, told apart by length; an EAN-8 is "]E4".
-    return _gs1(text, upce=aim == "]E0") or Barcode(text, Symbology.RAW, True)
+    return _gs1(text, aim=aim) or Barcode(text, Symbology.RAW, True)

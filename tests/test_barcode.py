@@ -76,10 +76,14 @@ def test_eight_digits_that_fail_ean8s_check_but_pass_upces_are_a_upce_and_no_mis
     assert classify("04252614", "]E0").symbology is Symbology.UPCE
 
 
-def test_eight_digits_that_pass_ean8s_check_are_an_ean8_unless_the_scanner_names_them_upce():
-    assert (classify("01234565").symbology, classify("01234565").key) == (Symbology.EAN8, "00000001234565")
-    assert classify("01234565", "]E4").symbology is Symbology.EAN8
-    assert (classify("01234565", "]E0").symbology, classify("01234565", "]E0").key) == (Symbology.UPCE, "00012345000065")
+def test_a_upce_that_passes_ean8s_check_too_is_a_upce_unless_the_scanner_names_it_ean8():
+    """Most UPC-Es (a last digit of 5 to 9) pass EAN-8's check as well: a price list's row, read without
+    an AIM identifier, and the scan of it, with or without one, are keyed alike."""
+    for aim in ("", "]E0"):
+        assert (classify("01234565", aim).symbology, classify("01234565", aim).key) == (Symbology.UPCE, "00012345000065")
+    assert classify("09141773").key == classify("091417000073").key == classify("09141773", "]E0").key
+    assert (classify("01234565", "]E4").symbology, classify("01234565", "]E4").key) == (Symbology.EAN8, "00000001234565")
+    assert classify("96385074").symbology is Symbology.EAN8  # number system 9: never a UPC-E
 
 
 @pytest.mark.parametrize("code, aim", [("04252615", ""), ("04252615", "]E0"), ("24252615", ""), ("96385075", "]E0")])
