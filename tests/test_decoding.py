@@ -239,6 +239,66 @@ def test_an_alt_code_that_makes_no_character_refuses_the_scan(digits, end):
     assert (kind, reason) == ("NotABarcode", ALT_CODE)
 
 
+@pytest.mark.parametrize("digits, char", [("130", "\u00e9"), ("0130", "\u201a"), ("0233", "\u00e9"), ("321", "A")],
+                         ids=["437-without-a-leading-0", "1252-with-one", "1252-e-acute", "past-255-wraps"])
+def test_an_alt_code_is_code_page_437_s_character_without_a_leading_0_and_windows_1252_s_with_one(digits, char):
+    """Windows' rule: Alt+130 is 437's "\u00e9", Alt+0130 is 1252's low quotation mark, and a number past
+    255 is taken modulo 256 (Alt+321 is "A")."""
+    keys = _alt_code(Keys().digits("12"), digits).digits("3").enter()
+    assert _said(Decoder("dev").feed_all(_records(keys))) == [("Scan", f"12{char}3", "", "dev")]
+
+
+@pytest.mark.parametrize("before", ["a-scan-booked", "a-scan-not-seen-whole", "the-scanner-unplugged"])
+def test_an_alt_code_is_its_character_in_a_scan_after_any_end_of_the_one_before(before):
+    """Whatever ended the scan before (booked, refused as not seen whole, the device gone), the next
+    scan's Alt code starts from nothing and types its character."""
+    decoder, keys = Decoder("dev"), Keys()
+    if before == "a-scan-not-seen-whole":
+        decoder.opened(keys.t)
+    keys.digits("96385074").enter()
+    first = _said(decoder.feed_all(_records(keys)))
+    if before == "the-scanner-unplugged":
+        assert decoder.unplugged() == ""
+    assert first == [("Scan", "96385074", "", "dev") if before != "a-scan-not-seen-whole"
+                     else ("NotABarcode", "96385074", STARTED_UNSEEN, "dev")]
+    keys = Keys()
+    keys.t = T0 + 1.0
+    _alt_code(keys.digits("0109501101530003"), "0029").digits("1012").enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("Scan", "0109501101530003\x1d1012", "", "dev")]
+
+
+@pytest.mark.parametrize("layout, keys_that_type_nothing", [
+    ("fr", lambda k: k.tap(e.KEY_LEFTBRACE)),  # a dead key, its character still to come
+    ("us", lambda k: _alt_code(k, "0")),  # an Alt code that makes no character
+], ids=["dead-key", "alt-code"])
+def test_keys_that_type_nothing_in_a_scan_not_seen_whole_still_make_it_one_to_refuse(layout, keys_that_type_nothing):
+    """A burst under way at the open, of keys that typed no character: a scan went on all the same, and
+    the quiet that ends it refuses it out loud, never in silence."""
+    decoder, keys = Decoder("dev", DecoderSettings(layout=layout)), Keys()
+    decoder.opened(keys.t)
+    assert decoder.feed_all(_records(keys_that_type_nothing(keys))) == []
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "", STARTED_UNSEEN, "dev")]
+
+
+def test_a_dead_key_in_a_scan_not_seen_whole_keeps_it_going_and_its_character_is_in_it():
+    """'^' comes 62 ms after the '1' but 30 ms after its dead key: the same burst, refused whole."""
+    decoder, keys = Decoder("dev", DecoderSettings(layout="fr")), Keys()
+    decoder.opened(keys.t)
+    keys.tap(e.KEY_1, shift=True).pause(0.026).tap(e.KEY_LEFTBRACE).pause(0.026).tap(e.KEY_SPACE)
+    keys.tap(e.KEY_2, shift=True).enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "1^2", STARTED_UNSEEN, "dev")]
+
+
+def test_a_shift_pressed_again_for_the_key_that_shows_a_scanner_sends_no_key_ups_shifts_that_key():
+    """Key-downs only, not yet noticed: Shift, A, Shift, A. The second A, pressed again with no key-up,
+    shows the scanner for what it is; the Shift pressed again just before it was for it: "AA", never "Aa"."""
+    decoder, keys = Decoder("dev"), Keys()
+    for code in (e.KEY_LEFTSHIFT, e.KEY_A, e.KEY_LEFTSHIFT, e.KEY_A, e.KEY_1, e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    assert texts(decoder.feed_all(_records(keys))) == ["AA1"] and decoder.key_down_only
+
+
 def test_a_scanner_without_key_ups_shifts_each_character_it_presses_shift_for(tmp_path):
     """Key-downs only: Shift pressed again (no key-up between) is pressed for the next character all the
     same, so once the device is known to send no key-ups an AIM identifier keeps its case."""
@@ -570,6 +630,23 @@ def test_keys_the_kernel_takes_back_when_the_key_state_is_read_after_a_drop_neve
     keys.t = T0 + 3.0
     assert _said(decoder.feed_all(_records(keys.digits("6901028075831").enter()))) == [
         ("Scan", "6901028075831", "", "dev")]
+
+
+def test_what_the_kernel_took_back_at_the_asking_ends_with_a_scanner_s_pause_counted_from_the_end_of_that_read():
+    """Taken back at the asking, only a scan's first keys can be lost, the rest following at a scanner's
+    pace: quiet of exactly ``max_key_interval`` after the read's last record is not yet quiet; past it,
+    nothing came, nothing is said, and the next scan is seen whole (times in sixteenths of a second)."""
+    settings = DecoderSettings(max_key_interval=0.0625, idle_timeout=0.125)
+    decoder, keys = Decoder("dev", settings), Keys(interval=0.0625)
+    keys.t = T0 + 0.5  # the read's last record has most of a second in its usec
+    keys.digits("69").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("01").enter()
+    last = keys.t - 0.03125  # the Enter's key-up
+    assert _said(decoder.feed_all(_records(keys), held_keys=frozenset)) == [("NotABarcode", "6901", DROPPED, "dev")]
+    assert decoder.idle(last + 0.0625) is None and decoder.pending
+    assert decoder.idle(last + 0.125) is None and not decoder.pending
+    keys = Keys()
+    keys.t = last + 0.25
+    assert _said(decoder.feed_all(_records(keys.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
 
 
 def test_a_source_that_cannot_be_asked_for_its_keys_loses_none_to_the_asking():
