@@ -17,7 +17,8 @@ and what this decoder does about it:
   pause longer than ``max_key_interval``) is one whose start was not seen.
   Events up to the SYN_REPORT after a drop are ignored and the key state is
   taken from the device (EVIOCGKEY), which takes back the key events waiting
-  unread: the next key after that read, whatever the pause, is refused too;
+  unread: a scan begun in that read, and the keys after it up to a quiet,
+  are refused too;
 - timing, from the kernel's own timestamps, tells a scanner's burst (a few ms
   per key) from a person typing (tens to hundreds of ms): a slow or broken
   burst is refused, never a barcode; a burst that stops without its
@@ -165,6 +166,7 @@ class Decoder:
         self._blank_at: float | None = None  # the last key that typed nothing a barcode holds, since the last end
         self._blank_reason = TYPED_NOTHING  # what that key was
         self._dead = ""  # a dead key typed, waiting for the key it makes a character with
+        self._dead_at = 0.0
         self._alt_code = ""  # keypad digits typed while Alt is held: a character by its number
         self._mods_since_char: set[int] = set()
         self._mods_held: set[int] = set()
@@ -189,7 +191,7 @@ class Decoder:
     @property
     def pending(self) -> bool:
         """Part of a scan is held: ``idle`` will end it if nothing more comes."""
-        return bool(self._chars) or self._broken is not None
+        return bool(self._chars) or self._broken is not None or bool(self._dead or self._alt_code)
 
     def opened(self, at: float) -> None:
         """A live source was opened at ``at``: keys before the first pause belong to a scan begun earlier."""
@@ -250,7 +252,9 @@ class Decoder:
         if self._broken is not None:
             self._broken_last = None
         else:
+            partial = self._take()  # a scan begun in this read: its later keys may be among those taken back
             self._broken_start(TAKEN_BACK, t, last=None)
+            self._broken_text, self._broken_typed = list(partial), bool(partial)
 
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
         # A pause ends a broken scan: what follows is a new burst, seen from its start.
@@ -262,10 +266,11 @@ class Decoder:
             if not down and code in self._alts and self._alt_code:
                 char = _alt_character(self._alt_code)
                 self._alt_code = ""
-                if not char:
-                    self._lost(t, ALT_CODE)
+                terminator = bool(char) and char in self._terminator_chars
+                if not char or not (terminator or char.isprintable() or char in _SEPARATORS):
+                    self._lost(t, ALT_CODE)  # a control character a code does not carry, typed as a number
                     return ended
-                return self._typed(code, char, t, False, ended)
+                return self._typed(code, char, t, terminator, ended)
             return ended
         if not down:  # (only modifiers and locks change the key state: nothing to tell it)
             self._held.discard(code)
@@ -294,6 +299,8 @@ class Decoder:
             if self.key_down_only:
                 self._release_modifiers()
             self._mods_since_char.clear()
+            if self._dead and t - self._dead_at > self.settings.max_key_interval:
+                self._dead = ""  # pressed alone, long before: no part of this burst
             if self._dead:
                 char = compose(self._dead, char, again=dead == self._dead)
                 self._dead = ""
@@ -301,7 +308,7 @@ class Decoder:
                     self._lost(t, DEAD_KEY)
                     return ended
             elif dead:
-                self._dead = dead  # its character comes with the next key
+                self._dead, self._dead_at = dead, t  # its character comes with the next key
                 return ended
             terminator = bool(char) and char in self._terminator_chars
         return self._typed(code, char, t, terminator, ended)
@@ -393,6 +400,7 @@ class Decoder:
                 quiet = not -CLOCK_SLACK <= now - self._broken_since <= self._broken_quiet
             return self._end_broken() if quiet else None
         if not self._chars:
+            self._dead = self._alt_code = ""  # a dead key or an Alt code alone: a key press, no scan
             return None
         if not self.settings.terminators:
             return self._finish(self._times[-1])

@@ -649,6 +649,54 @@ def test_what_the_kernel_took_back_at_the_asking_ends_with_a_scanner_s_pause_cou
     assert _said(decoder.feed_all(_records(keys.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
 
 
+@pytest.mark.parametrize("terminators", [(), ("enter",)], ids=["ended-by-a-pause", "ended-by-enter"])
+def test_a_scan_begun_in_the_read_the_device_was_asked_in_is_refused_whole_never_its_head(terminators):
+    """The drop's scan ends in the read, the next begins in it ("4006"), the kernel takes back its middle
+    ("381") at the asking and the rest comes later: neither its head nor its tail is ever a code."""
+    decoder = Decoder("dev", DecoderSettings(terminators=terminators))
+    keys = Keys().digits("6901").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("0280")
+    if terminators:
+        keys.enter()
+    keys.pause(0.3).digits("4006")
+    said = _said(decoder.feed_all(_records(keys), held_keys=frozenset))
+    later = Keys()
+    later.t = keys.t + 3 * 0.004
+    later.digits("333931")
+    if terminators:
+        later.enter()
+    said += _said(decoder.feed_all(_records(later)))
+    said += _said(r for r in (decoder.idle(later.t + 0.2 * n) for n in (1, 2, 3)) if r is not None)
+    assert [kind for kind, *_ in said if kind == "Scan"] == []
+    assert "4006" in "".join(text for _, text, *_ in said)  # said as refused, with the rest it came with
+
+
+@pytest.mark.parametrize("char, terminator", [("0009", False), ("0127", False), ("0013", True)],
+                         ids=["tab", "del", "cr-the-terminator"])
+def test_an_alt_code_for_a_control_character_a_code_does_not_carry_refuses_the_scan_or_ends_it(char, terminator):
+    """Alt+0013 is a CR as much as Enter is: it ends the scan where CR is the terminator; any other control
+    character a code does not carry (Tab, DEL), typed as a number, is a character lost, never dropped unsaid."""
+    keys = _alt_code(Keys().digits("12"), char).digits("34").enter()
+    said = _said(Decoder("dev").feed_all(_records(keys)))
+    if terminator:  # (the default terminator, Enter, is CR: the Alt code ends "12", Enter "34")
+        assert said == [("Scan", "12", "", "dev"), ("Scan", "34", "", "dev")]
+    else:
+        assert [(kind, reason) for kind, _, reason, _ in said] == [("NotABarcode", ALT_CODE)]
+
+
+def test_a_dead_key_pressed_alone_is_forgotten_by_the_next_scan():
+    """A dead key alone (a person's key press), then a scan a minute later: 'E123', never 'Ê123'."""
+    for idle in (True, False):  # forgotten at the quiet after it, and by the scan's time even without one
+        decoder, keys = Decoder("dev", DecoderSettings(layout="fr")), Keys()
+        keys.tap(e.KEY_LEFTBRACE)
+        assert decoder.feed_all(_records(keys)) == [] and decoder.pending
+        if idle:
+            assert decoder.idle(keys.t + 1.0) is None and not decoder.pending
+        keys = Keys()
+        keys.t = T0 + 60
+        keys.tap(e.KEY_E, shift=True).tap(e.KEY_1, shift=True).tap(e.KEY_2, shift=True).tap(e.KEY_3, shift=True).enter()
+        assert texts(decoder.feed_all(_records(keys))) == ["E123"]
+
+
 def test_a_source_that_cannot_be_asked_for_its_keys_loses_none_to_the_asking():
     """A recording or a FIFO is not asked (nothing is taken back): after the drop's scan, the next is its own."""
     decoder = Decoder("dev")
