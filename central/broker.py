@@ -258,6 +258,22 @@ class BrokerAdmin:
                 if future is not None and not future.done():
                     future.set_result(response)
 
+    async def roles_of(self, username: str) -> list[str] | None:
+        """The roles of the plugin's client ``username``, sorted; None when it has no such client."""
+        [answer] = await self.execute([{"command": "getClient", "username": username}], fine=("Client not found",))
+        if answer.get("error"):
+            return None
+        return sorted(role.get("rolename", "") for role in (answer.get("data") or {}).get("client", {}).get("roles", []))
+
+    async def cut_off(self, device: str) -> None:
+        """A box revoked: its client and role go, so the broker disconnects it at once and refuses it from
+        then on. A client of that name that is not the box's (a consumer's) is left as it is: CentralError."""
+        roles = await self.roles_of(device)
+        if roles not in (None, [], [f"device-{device}"]):
+            raise CentralError(f"the broker's client {device} is not that box's (its roles: {', '.join(roles)}); "
+                               "it is left as it is")
+        await self.execute(cut_off_commands(device))
+
     async def execute(self, commands: list[dict[str, Any]], *, fine: tuple[str, ...] = _FINE) -> list[dict[str, Any]]:
         """Run ``commands`` in order and return the plugin's answers; CentralError naming the first that
         failed with an error other than those ``fine`` names."""

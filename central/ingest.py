@@ -288,7 +288,7 @@ class Ingest:
                 # A revoked box gone offline has handed in what it could and erased itself: its
                 # credentials go now (before, it needed them to deliver).
                 try:
-                    await self._admin.execute(broker.cut_off_commands(result.device_id))
+                    await self._admin.cut_off(result.device_id)
                     logger.info("device %s revoked: removed from the broker", result.device_id)
                 except CentralError as error:
                     logger.error("device %s revoked, but NOT removed from the broker: %s", result.device_id, error)

@@ -337,7 +337,7 @@ def _revoke(args) -> int:
 async def _cut_off(args) -> None:
     """At once (a box stolen): the broker disconnects it and refuses it; what it holds stays on it."""
     async with _admin(args) as admin:
-        await admin.execute(broker.cut_off_commands(args.device))
+        await admin.cut_off(args.device)
 
 
 def _admin(args) -> BrokerAdmin:
@@ -355,8 +355,7 @@ def _consumer_add(args) -> int:
 
     async def add() -> None:
         async with _admin(args) as admin:
-            [known] = await admin.execute([{"command": "getClient", "username": name}], fine=("Client not found",))
-            if not known.get("error"):
+            if await admin.roles_of(name) is not None:
                 raise CentralError(f"the broker has a client {name} already: remove it first "
                                    "(counterbox-ops consumer remove), or choose another name")
             await admin.execute(broker.add_consumer_commands(args.topic_prefix, name, password),
@@ -375,10 +374,9 @@ def _consumer_remove(args) -> int:
 
     async def remove() -> None:
         async with _admin(args) as admin:
-            [known] = await admin.execute([{"command": "getClient", "username": name}], fine=("Client not found",))
-            if known.get("error"):
+            roles = await admin.roles_of(name)
+            if roles is None:
                 raise CentralError(f"the broker has no client {name}")
-            roles = sorted(role.get("rolename", "") for role in known.get("data", {}).get("client", {}).get("roles", []))
             if roles != [broker.CONSUMER_ROLE]:
                 raise CentralError(f"the broker's client {name} is not a consumer (its roles: "
                                    f"{', '.join(roles) or 'none'}); it is left as it is")

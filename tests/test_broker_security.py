@@ -234,6 +234,24 @@ def test_operations_add_a_consumer_to_the_running_broker_and_remove_it_and_touch
         assert as_a.connect_reason == 0
         as_a.close()
 
+        # A box registered by hand under the consumer's name, revoked at once: the consumer's client is
+        # not the box's, and stays.
+        from central.store import CentralStore
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from provisioning.identity import public_key_text
+
+        db, ops_key = tmp_path / "central.db", tmp_path / "ops.key"
+        assert run_main(ops_main, ["keygen", "--ops-key", str(ops_key)]).returncode == 0
+        store = CentralStore(db)
+        store.register("market-info", public_key_text(Ed25519PrivateKey.generate()), shop="530100000001",
+                       region="honghe")
+        store.close()
+        revoked = run_main(ops_main, ["revoke", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
+                                      f"127.0.0.1:{port}", *stack.broker_args("ops"), "--device", "market-info", "--now"])
+        assert revoked.returncode == 2 and revoked.stderr.endswith(
+            "the broker's client market-info is not that box's (its roles: consumer); it is left as it is\n")
+        assert market.subscribe("counterbox/v1/devices/+/ack") == 1 and market.disconnected_at is None
+
         removed = ops("remove", "market-info")
         returned = time.monotonic()
         assert (removed.returncode, json.loads(removed.stdout)) == (0, {"removed": "market-info"})
