@@ -247,8 +247,8 @@ class Decoder:
     def _taken_back(self, t: float) -> None:
         """The device was asked for its keys (EVIOCGKEY) after a drop: the kernel then takes back the key
         events that came after this read and were waiting to be read. Unseen, they may hold a scan's
-        first keys (or a whole one's end): the next key, whenever it comes before a quiet, belongs to a
-        scan not seen whole."""
+        first keys, the middle of one begun in this read, or a whole one's end: that scan, and the next
+        key whenever it comes before a quiet, belong to a scan not seen whole."""
         if self._broken is not None:
             self._broken_last = None
         else:
