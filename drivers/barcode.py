@@ -88,10 +88,18 @@ def upce_to_upca(code: str) -> str:
 
 
 def _upce(text: str) -> Barcode | None:
-    """``text`` as a UPC-E, if it has a UPC-E's form (eight digits, number system 0 or 1)."""
+    """``text`` as a UPC-E, if it has a UPC-E's form: eight digits, number system 0 or 1, and digits that
+    no other UPC-E stands for as well (a last digit of 3 after a 0 to 2, of 4 after a 0, of 5 to 9 after a
+    0: the UPC-A it would stand for has a UPC-E of its own; or a UPC-A beginning 0000, whose GTIN-14 is
+    an EAN-8's), so that two codes are never one product."""
     if len(text) != 8 or text[0] not in "01" or not (text.isascii() and text.isdigit()):
         return None
+    last = text[6]
+    if (last == "3" and text[3] in "012") or (last == "4" and text[4] == "0") or (last >= "5" and text[5] == "0"):
+        return None
     upca = upce_to_upca(text)
+    if upca.startswith("0000"):  # GS1 gives no UPC-A this prefix: its GTIN-14 is an EAN-8's
+        return None
     return Barcode(text, Symbology.UPCE, gs1_check_digit(upca[:-1]) == int(upca[-1]))
 
 

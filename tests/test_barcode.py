@@ -90,3 +90,23 @@ def test_a_upce_that_passes_ean8s_check_too_is_a_upce_unless_the_scanner_names_i
 def test_eight_digits_that_pass_neither_check_are_a_misread(code, aim):
     """Nor is a code of number system 2-9 ever a UPC-E."""
     assert classify(code, aim).valid is False
+
+
+@pytest.mark.parametrize("body", ["0120453", "0122453", "0123054", "0123406", "0000050", "0000147"],
+                         ids=["3-after-0", "3-after-2", "4-after-0", "5-9-after-0", "upca-00000", "upca-0000"])
+def test_eight_digits_another_code_stands_for_as_well_are_no_upce(body):
+    """GS1 suppresses zeros one way only: "0 000003" would stand for the UPC-A that "0 000000" does; and
+    a UPC-A beginning 0000 has an EAN-8's GTIN-14. Two codes are never one product: such digits, with
+    the check digit a UPC-E of them would carry, are an EAN-8, valid or not by its own check."""
+    code = body + str(gs1_check_digit(upce_to_upca(body + "0")[:-1]))
+    assert classify(code).symbology is Symbology.EAN8
+
+
+def test_every_upce_and_every_ean8_is_a_product_of_its_own():
+    """No two eight-digit codes of number system 0 share a key, whichever of the two each is taken for."""
+    keys = {}
+    for n in range(0, 10**7, 53):
+        code = f"{n:07d}" + str(gs1_check_digit(f"{n:07d}"))  # a valid EAN-8
+        for candidate in (code, code[:7] + str(gs1_check_digit(upce_to_upca(code)[:-1]))):  # and a valid UPC-E
+            assert keys.setdefault(classify(candidate).key, candidate) == candidate
+    assert sum(classify(code).symbology is Symbology.UPCE for code in keys.values()) > 20_000
