@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import paho.mqtt.publish as mqtt_publish
@@ -69,9 +70,10 @@ def test_a_box_whose_clock_is_off_is_flagged_and_a_forged_status_changes_nothing
     _publish_status(stack, "shop-clock", two_hours_fast, key)
     flagged = wait_until(lambda: (d := devices(stack)["shop-clock"])["clock_ok"] is False and d, 10, "the clock flagged")
     assert 7190 < flagged["clock_offset"] < 7210
-    assert "shop-clock clock is off by +72" in stack.central_log.read_text()
+    # (Its status took a moment to reach central: the offset is two hours less that moment.)
+    assert re.search(r"shop-clock clock is off by \+7(19\d|20\d)\.\d s", stack.central_log.read_text())
     table = stack.central_command("devices").stdout
-    assert "+720" in table and "s !" in table
+    assert re.search(r"\+7(19\d|20\d)", table) and "s !" in table
 
     forged = {"state": "offline", "session": 9, "connection": 1, "sent_at": time.time() + 7300}
     _publish_status(stack, "shop-clock", forged, Ed25519PrivateKey.generate())
