@@ -32,27 +32,31 @@ class LoopGuard:
         guard = self
         real_run = asyncio.events.Handle._run
         # The interpreter's garbage collector may run inside any callback; a full collection of the
-        # whole test session's heap takes the test's time, not the callback's: it is not counted.
-        collected: dict[int, float] = {}  # by thread: CPU seconds spent collecting
-        began: dict[int, float] = {}
+        # whole test session's heap takes the test's time, not the callback's: neither its CPU nor its
+        # wall time (seconds on a loaded machine) is counted.
+        collected: dict[int, tuple[float, float]] = {}  # by thread: CPU and wall seconds spent collecting
+        began: dict[int, tuple[float, float]] = {}
 
         def on_gc(phase, info):
             thread = threading.get_ident()
             if phase == "start":
-                began[thread] = time.thread_time()
+                began[thread] = (time.thread_time(), time.perf_counter())
             elif thread in began:
-                collected[thread] = collected.get(thread, 0.0) + time.thread_time() - began.pop(thread)
+                cpu, wall = began.pop(thread)
+                total_cpu, total_wall = collected.get(thread, (0.0, 0.0))
+                collected[thread] = (total_cpu + time.thread_time() - cpu, total_wall + time.perf_counter() - wall)
 
         self._gc_callback = on_gc
         gc.callbacks.append(on_gc)
 
         def run(handle):
             thread = threading.get_ident()
-            before = collected.get(thread, 0.0)
+            before_cpu, before_wall = collected.get(thread, (0.0, 0.0))
             cpu, wall = time.thread_time(), time.perf_counter()
             real_run(handle)
-            cpu = time.thread_time() - cpu - (collected.get(thread, 0.0) - before)
-            wall = time.perf_counter() - wall
+            after_cpu, after_wall = collected.get(thread, (0.0, 0.0))
+            cpu = time.thread_time() - cpu - (after_cpu - before_cpu)
+            wall = time.perf_counter() - wall - (after_wall - before_wall)
             if cpu >= CPU_LIMIT or wall >= WALL_LIMIT:
                 guard.problems.append(f"{handle!r} held the loop for {cpu * 1000:.0f} ms of CPU "
                                       f"({wall * 1000:.0f} ms of wall time)")
