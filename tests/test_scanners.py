@@ -268,14 +268,14 @@ def test_devices_that_are_not_scanners_are_never_opened(machine):
 
 
 def test_configured_ids_take_only_their_scanner_and_its_own_layout(machine):
+    from tests.test_decoding import Keys  # (imported here, off the loop: importing a test module compiles it)
+
     azerty = DeviceOverride("0c2e:0b61", DecoderSettings(layout="fr"))
 
     async def scenario():
         async with running(machine, auto=False, usb_ids=("0c2e:0b61",), devices=(azerty,)) as counter:
             other = machine.plug(11, "Some Barcode Scanner", vendor=0x1234, product=0x5678)
             node = machine.plug(12, **SCANNER)
-            from tests.test_decoding import Keys
-
             keys = Keys()
             for digit in "96385074":
                 keys.tap(getattr(e, f"KEY_{digit}"), shift=True)  # AZERTY digits are shifted
