@@ -163,8 +163,8 @@ class Decoder:
         self._held: set[int] = set()  # non-modifier keys down
         self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
         self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
-        self._blank_at: float | None = None  # the last key that typed nothing a barcode holds, since the last end
-        self._blank_reason = TYPED_NOTHING  # what that key was
+        # The last key that typed nothing a barcode holds, since the last end: when, and what it was.
+        self._lost_key: tuple[float, str] | None = None
         self._dead = ""  # a dead key typed, waiting for the key it makes a character with
         self._dead_at = 0.0
         self._alt_code = ""  # keypad digits typed while Alt is held: a character by its number
@@ -317,7 +317,7 @@ class Decoder:
         """A key that was to type a character of the code typed none: the scan it is in is refused
         (a broken scan is refused already)."""
         if self._broken is None:
-            self._blank_at, self._blank_reason = t, reason
+            self._lost_key = (t, reason)
 
     def _typed(self, code: int, char: str, t: float, terminator: bool, ended: NotABarcode | None
                ) -> Scan | NotABarcode | None:
@@ -433,14 +433,14 @@ class Decoder:
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if self._dead or self._alt_code:  # a dead key or an Alt code, then the end: its character never came
             self._lost(t, DEAD_KEY if self._dead else ALT_CODE)
-        blank, self._blank_at = self._blank_at, None
+        lost, self._lost_key = self._lost_key, None
         first = self._times[0] if self._times else t
         # (After the last character, too: a pause that ends a scan comes after its last key.)
-        if blank is not None and first - self.settings.max_key_interval <= blank:
+        if lost is not None and first - self.settings.max_key_interval <= lost[0]:
             # Keys that typed nothing, in this scan or all of it (keypad digits with Num Lock off, a dead
             # key's character never made): a code with characters lost is no code, and a scan of nothing
             # but them is said as such, never silence.
-            return NotABarcode(self._take(), self.source, self._blank_reason)
+            return NotABarcode(self._take(), self.source, lost[1])
         if not self._chars:
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
@@ -475,7 +475,7 @@ class Decoder:
         text = "".join(self._chars)
         self._chars.clear()
         self._times.clear()
-        self._blank_at = None
+        self._lost_key = None
         self._dead = self._alt_code = ""
         return text
 
