@@ -351,6 +351,7 @@ def _consumer_add(args) -> int:
     running production broker; its password is the one in --secret-file, or one made there."""
     name = broker.consumer_name(args.name)
     broker.connection(args)
+    made = not args.secret_file.exists()
     password = broker.new_password(args.secret_file)
 
     async def add() -> None:
@@ -361,7 +362,12 @@ def _consumer_add(args) -> int:
             await admin.execute(broker.add_consumer_commands(args.topic_prefix, name, password),
                                 fine=("Role already exists",))
 
-    asyncio.run(add())
+    try:
+        asyncio.run(add())
+    except BaseException:
+        if made:  # a password for a client the broker never made: nobody is to hold it
+            args.secret_file.unlink(missing_ok=True)
+        raise
     print(json.dumps({"consumer": name, "secret_file": str(args.secret_file)}))
     return 0
 

@@ -218,6 +218,9 @@ def test_operations_add_a_consumer_to_the_running_broker_and_remove_it_and_touch
         assert again.returncode == 2 and again.stderr == (
             "counterbox-ops: error: the broker has a client market-info already: remove it first "
             "(counterbox-ops consumer remove), or choose another name\n")
+        refused = ops("add", "market-info", "--secret-file", str(tmp_path / "other.password"))
+        assert refused.returncode == 2 and "has a client market-info already" in refused.stderr
+        assert not (tmp_path / "other.password").exists()  # made for the refused client, and gone with it
         for name in ("counterbox-central", "counterbox-ops", "cb-1a2b3c4d5e6f7a8b"):
             refused = ops("add", name, "--secret-file", str(tmp_path / "x.password"))
             assert refused.returncode == 2 and "is the broker's name for central, operations or a box" in refused.stderr
