@@ -46,7 +46,7 @@ from drivers.barcode import classify
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from drivers.keypad import Keypress
-from provisioning.documents import settings_in_force
+from provisioning.documents import holds_for_box, settings_in_force
 from provisioning.protocol import parse_rfc3339, rfc3339
 from storage import DAMAGED, Event, EventTooLarge, Journal, JournalError
 
@@ -117,6 +117,7 @@ class Counter:
     _last_folded: Event | None = None
     _last_pending: Event | None = None  # the latest ``pending`` event folded
     _pushed: list[dict[str, Any]] = field(default_factory=list)  # the bodies of the ``settings`` events folded
+    _identity_since: int = 0  # the journal's: device settings recorded up to it were another box's
     _restored: bool = False  # what was pending before a start looked at, once
     _ended_unheard: bool = False  # a mode timed out while the box was off: the next scan was meant for it
 
@@ -140,6 +141,7 @@ class Counter:
                 self._started_at = self.clock()
                 self._configured = (self.timezone, self.mode_timeout, self.pending_timeout)
             self._loaded = True
+            self._identity_since = journal.identity_since()
             if self.ledger.last_seq == 0:  # from retention's checkpoint, when it has folded events away
                 self._from_checkpoint(journal)
             else:
@@ -221,7 +223,8 @@ class Counter:
         prices = journal.last("price_list", upto=upto)  # the one in force then, not every one before it
         self._catalog = Catalog.from_price_list(prices.body if prices else None)
         # Kept with the checkpoint: the events after it fold on.
-        self._pushed = [event.body for event in journal.of_kind("settings") if event.seq <= upto]
+        self._pushed = [event.body for event in journal.of_kind("settings")
+                        if event.seq <= upto and holds_for_box(event.body.get("name"), event.seq, self._identity_since)]
         self._settle_pushed()
 
     @staticmethod
@@ -242,7 +245,8 @@ class Counter:
             self._last_pending = event
         elif event.kind == "price_list":
             self._catalog = Catalog.from_price_list(event.body)
-        elif event.kind == "settings":  # pushed by operations: over the configuration file's
+        elif event.kind == "settings" and holds_for_box(event.body.get("name"), event.seq, self._identity_since):
+            # Pushed by operations: over the configuration file's.
             self._pushed.append(event.body)
             self._settle_pushed()
 

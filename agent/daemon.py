@@ -37,7 +37,7 @@ from .activation import subscriptions as activation_topics
 from . import logs, retention
 from .config import Config, ConfigError, StorageConfig, time_zone
 from .counter import Counter, log_recorded
-from .downlink import Downlink
+from .downlink import Downlink, revocation_held, settings_held
 from .downlink import subscriptions as downlink_topics
 from .mqtt import Backoff, MqttLink
 from .service import Service
@@ -344,7 +344,7 @@ class Box:
 
     async def run(self) -> bool:
         """The box's life; True when operations revoked it (it has delivered what it could)."""
-        revocation = await self.store.read(lambda journal: journal.last("revocation"))
+        revocation = await self.store.read(revocation_held)
         if revocation is not None:  # revoked before a restart: deliver, then erase
             self._revocation(revocation.body["grace_seconds"])
         held = await self.store.read(lambda journal: activation_state(journal, self.device_id))
@@ -451,7 +451,7 @@ class Box:
                               will=telemetry.will) as link:
             uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,
                             key=self.key, central_key=self.central_key, config=config.uplink)
-            pushed = [event.body for event in await self.store.read(lambda journal: journal.of_kind("settings"))]
+            pushed = await self.store.read(settings_held)
             self._settle(telemetry, pushed)
 
             def settled(body: dict) -> None:  # a settings document just recorded: its event's body

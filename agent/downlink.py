@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from provisioning import documents, protocol
 from provisioning.documents import Document
 from provisioning.errors import ProtocolError
-from storage import Journal, StorageError, Store
+from storage import Event, Journal, StorageError, Store
 
 from .config import time_zone
 from .mqtt import Message, MqttLink
@@ -59,6 +59,23 @@ def applied_versions(journal: Journal) -> dict[str, int]:
     for event in journal.of_kind("document"):
         versions[event.body["name"]] = max(versions.get(event.body["name"], 0), event.body["version"])
     return versions
+
+
+def settings_held(journal: Journal) -> list[dict[str, Any]]:
+    """The bodies of the ``settings`` events that hold for this box, in order: its region's, and its own
+    (not those of the box whose journal was restored onto it)."""
+    since = journal.identity_since()
+    return [event.body for event in journal.of_kind("settings")
+            if documents.holds_for_box(event.body.get("name"), event.seq, since)]
+
+
+def revocation_held(journal: Journal) -> Event | None:
+    """This box's revocation, if it has one: one the journal recorded for the box whose backup was
+    restored onto this one revoked that box, not its replacement."""
+    event = journal.last("revocation")
+    if event is None or not documents.holds_for_box("revocation", event.seq, journal.identity_since()):
+        return None
+    return event
 
 
 def apply(journal: Journal, document: Document) -> int:

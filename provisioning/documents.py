@@ -216,6 +216,22 @@ def check_settings(body: dict[str, Any]) -> None:
                 raise ProtocolError(f"settings [{section}] {name} must be a number of seconds above 0")
 
 
+# The streams of documents for one device: what an earlier box recorded of them was for that box.
+DEVICE_STREAMS = frozenset({DEVICE_SETTINGS, "revocation"})
+
+
+def holds_for_box(name: str, seq: int, identity_since: int) -> bool:
+    """Whether the document of stream ``name`` a journal recorded at ``seq`` holds for the box the
+    journal delivers for now, which took it over after event ``identity_since`` (0: the journal was
+    always its own): a region's does, whoever recorded it; one for a device (its settings, its
+    revocation) only if recorded since, not for the box whose backup was restored onto this one.
+
+    >>> holds_for_box("revocation", 40, identity_since=57), holds_for_box("settings", 40, identity_since=57)
+    (False, True)
+    """
+    return name not in DEVICE_STREAMS or seq > identity_since
+
+
 def settings_in_force(bodies: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """What the settings a box recorded add up to, from their bodies in the order recorded: its region's
     ("settings"), then its own (DEVICE_SETTINGS) over them; within each, later keys over earlier ones.

@@ -427,7 +427,9 @@ def test_a_revoked_box_delivers_what_it_holds_erases_itself_and_waits_as_a_new_b
 def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_delivers_the_old_boxs_backlog(
         stack, tmp_path):
     """The journal holds the old box's activation: it is no admission of this box, which central never saw.
-    Taken for one, the new box sold with the good signal and central rejected every batch of it."""
+    Taken for one, the new box sold with the good signal and central rejected every batch of it. It holds the
+    old box's revocation too (operations revoked the failing box before it was replaced): that was the old
+    box's, and the new one, taking it for its own, erased itself once it had delivered the backlog."""
     fifo = tmp_path / "scanner.fifo"
 
     os.mkfifo(fifo)
@@ -441,6 +443,11 @@ def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_de
     stack.stop_central()
     feed(fifo, scans(["6901028075831"]))  # not delivered: the old box fails with it
     wait_until(lambda: old.status()["events"].get("sale") == 2, 20, "the second sale recorded")
+    revoked = stack.ops_command("revoke", "--central-db", str(stack.central_db), "--ops-key", str(stack.ops_key),
+                                "--broker", f"127.0.0.1:{stack.broker_port}", "--device", old_id,
+                                "--reason", "failing, replaced", "--grace-minutes", "30")
+    assert revoked.returncode == 0, revoked.stderr
+    wait_until(lambda: f"revoked device={old_id}" in old.log.read_text(), 20, "the old box's revocation recorded")
     old.stop()
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("a long backup passphrase\n")
@@ -448,7 +455,9 @@ def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_de
     assert made.returncode == 0, made.stderr
     stack.start_central()
 
-    new = stack.install("new-box", scanners=[])
+    counter = tmp_path / "new-scanner.fifo"
+    os.mkfifo(counter)
+    new = stack.install("new-box", scanners=[str(counter)])
     restored = new.command("restore", str(tmp_path / "old.cbbackup"), "--passphrase-file", str(passphrase))
     assert restored.returncode == 0, restored.stderr
     new_id = _started(stack, new)  # waiting for activation as itself, seen so by central
@@ -457,6 +466,11 @@ def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_de
     _issue(stack, "--shop", "530102100123", "--device", new_id, "--push")
     wait_until(lambda: new.status()["shop"] == "530102100123", 60, "the new box active")
     wait_until(lambda: len(stack.sales()) == 2, 30, "the old box's undelivered sale, delivered by the new box")
+    feed(counter, scans(["96385074"]))  # the new box sells: it is not revoked
+    wait_until(lambda: len(stack.sales()) == 3, 30, "the new box's own sale at central")
+    log = new.log.read_text()
+    assert "revoked device=" not in log and "crypto-erased" not in log and "this box is revoked" not in log
+    assert new.identity()["device"] == new_id
 
 
 def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts_again(stack, tmp_path):

@@ -703,6 +703,41 @@ def test_a_boxs_own_settings_outrank_its_regions_whichever_came_first(tmp_path, 
     journal.close()
 
 
+def test_a_journal_restored_onto_another_box_keeps_its_regions_settings_and_not_the_old_boxs_own_nor_its_revocation(
+        tmp_path):
+    """A backup of a box revoked and replaced, restored onto the replacement: what operations pushed for the old box
+    alone (its settings, its revocation) was for that box. Taken for the new one's, the new box erased itself."""
+    from agent.counter import Counter
+    from agent.downlink import revocation_held, settings_held
+    from drivers.decoder import Scan
+    from storage import Journal
+
+    journal = Journal.open(tmp_path / "journal.db", b"k" * 32)
+    region = {"name": "settings", "version": 7, "counter": {"timezone": "Pacific/Pago_Pago", "mode_timeout": 900.0}}
+    own = {"name": "settings/device", "version": 1, "counter": {"mode_timeout": 300.0}}
+    journal.take_identity("cb-old")
+    for body in (region, own):
+        journal.append("settings", body)
+    journal.append("revocation", {"name": "revocation", "version": 1, "reason": "replaced", "grace_seconds": 60})
+    assert settings_held(journal) == [region, own] and revocation_held(journal).seq == 3  # the old box's, for it
+
+    journal.take_identity("cb-new")  # the backup restored onto the replacement
+    assert settings_held(journal) == [region] and revocation_held(journal) is None
+    counter = Counter(mode_timeout=600.0)
+    with journal.transaction():
+        counter.record(journal, Scan("CB:CLEAR", "/dev/input/event3", 0.0, 0.0))
+    assert (counter.mode_timeout, str(counter.timezone)) == (900.0, "Pacific/Pago_Pago")
+
+    mine = {"name": "settings/device", "version": 2, "counter": {"mode_timeout": 120.0}}
+    journal.append("settings", mine)  # pushed to the new box: its own
+    journal.append("revocation", {"name": "revocation", "version": 2, "reason": "shop closed", "grace_seconds": 60})
+    assert settings_held(journal) == [region, mine] and revocation_held(journal).body["reason"] == "shop closed"
+    with journal.transaction():
+        counter.record(journal, Scan("CB:CLEAR", "/dev/input/event3", 0.0, 0.0))
+    assert counter.mode_timeout == 120.0
+    journal.close()
+
+
 def test_settings_pushed_hold_every_key_set_so_far_for_their_scope_and_a_boxs_own_are_a_stream_of_their_own(stack):
     """The broker keeps a stream's latest version alone: a box away when an earlier one came must find every key
     in the latest. A box's own settings are versioned apart from its region's."""
