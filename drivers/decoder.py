@@ -117,6 +117,10 @@ class DecoderSettings:
             raise ValueError(f"unknown terminators {sorted(unknown)}; known: {', '.join(TERMINATOR_KEYS)}")
         if not (self.idle_timeout > 0 and self.max_key_interval > 0):  # NaN fails too
             raise ValueError("idle_timeout and max_key_interval must be more than 0 seconds")
+        if not self.terminators and self.idle_timeout <= self.max_key_interval:
+            # A pause a scanner makes between two keys of one barcode would end it: two codes, each part of one.
+            raise ValueError(f"with no terminator a pause of idle_timeout ends a barcode: it must be longer than "
+                             f"max_key_interval ({self.idle_timeout:g} s is not longer than {self.max_key_interval:g} s)")
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class Decoder:
         self._dead = ""  # a dead key typed, waiting for the key it makes a character with
         self._dead_at = 0.0
         self._alt_code = ""  # keypad digits typed while Alt is held: a character by its number
+        self._alt_unseen = False  # Alt held through a drop: the digits before it are lost, and so its character
         self._mods_since_char: set[int] = set()
         self._mods_held: set[int] = set()
         self._dropping = False
@@ -212,6 +217,7 @@ class Decoder:
         """
         results = []
         asked = False  # the device was asked for its keys during this read
+        held: frozenset[int] = frozenset()
         sec = usec = 0
         # The scan path: a scan is some 80 records, most of them SYN_REPORTs and scan codes that say
         # nothing a key event does not; they are passed over here without a call.
@@ -219,15 +225,23 @@ class Decoder:
             if type_ == _EV_KEY:
                 if self._dropping or (value != KEY_DOWN and value != KEY_UP):
                     continue
-                result = self._key(code, value == KEY_DOWN, sec + usec / 1000000.0)
+                t = sec + usec / 1000000.0
+                if value == KEY_DOWN:
+                    # A pause ends what came before: a broken scan, or (keys read late, together) one idle
+                    # would have ended had the reader been on time.
+                    ended = self._pause(t)
+                    if ended is not None:
+                        results.append(ended)
+                result = self._key(code, value == KEY_DOWN, t)
             elif type_ == _EV_SYN:
                 if code == _SYN_REPORT and not self._dropping:
                     continue
                 result = self._syn(code, sec + usec / 1000000.0)
                 if self.resync_pending and held_keys is not None:
-                    held = held_keys()
-                    asked = asked or held is not None
-                    self.resync(held if held is not None else frozenset())
+                    told = held_keys()
+                    asked = asked or told is not None
+                    held = told if told is not None else frozenset()
+                    self.resync(held)
                     # The device was asked now, after all of this read was taken from the kernel: a key it
                     # says is down may have its key-down still ahead here. That press is the one the device
                     # reported, not a second one (which would teach key-down-only).
@@ -241,6 +255,9 @@ class Decoder:
         if self._reported:
             self._reported.clear()  # a later read's key-down of a key held since is pressed again
         if asked:
+            # The device's answer is newer than the rest of this read: a modifier pressed there whose
+            # release the kernel took back is up, not held over the next scan (which it would shift).
+            self._reset_keys(held, keep_locks=True)
             self._taken_back(sec + usec / 1000000.0)  # as of the read's last record
         return results
 
@@ -257,25 +274,31 @@ class Decoder:
             self._broken_text, self._broken_typed = list(partial), bool(partial)
 
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
-        # A pause ends a broken scan: what follows is a new burst, seen from its start.
-        ended = self._pause(t) if down else None
         if self._state.is_modifier(code):
             self._modifier(code, down)
             if down and self._broken is not None:
                 self._broken_last = t
+            if not down and code in self._alts and self._alt_unseen:
+                # Its first digits went with a drop: the rest make another character (a CR that would
+                # end the broken scan early, the rest of it then booked as a code of its own).
+                self._alt_unseen, self._alt_code = False, ""
+                if self._broken is not None:
+                    self._broken_last, self._broken_typed = t, True
+                self._lost(t, ALT_CODE)
+                return None
             if not down and code in self._alts and self._alt_code:
                 char = _alt_character(self._alt_code)
                 self._alt_code = ""
                 terminator = bool(char) and char in self._terminator_chars
                 if not char or not (terminator or char.isprintable() or char in _SEPARATORS):
                     self._lost(t, ALT_CODE)  # a control character a code does not carry, typed as a number
-                    return ended
-                return self._typed(code, char, t, terminator, ended)
-            return ended
+                    return None
+                return self._typed(code, char, t, terminator)
+            return None
         if not down:  # (only modifiers and locks change the key state: nothing to tell it)
             self._held.discard(code)
             self._sends_key_ups = True
-            return ended
+            return None
         if code in self._held and not self.key_down_only:
             if code in self._reported:  # the press the device said was down: pressed once
                 self._reported.discard(code)
@@ -293,7 +316,7 @@ class Decoder:
                 self._alt_code += _ALT_DIGITS[code]  # the character comes at Alt's release
                 if self.key_down_only:
                     self._mods_since_char.clear()
-                return ended
+                return None
             dead = self._state.dead(code) if self._dead_keys else ""
             char = "" if dead else self._state.text(code)
             if self.key_down_only:
@@ -306,12 +329,12 @@ class Decoder:
                 self._dead = ""
                 if not char:
                     self._lost(t, DEAD_KEY)
-                    return ended
+                    return None
             elif dead:
                 self._dead, self._dead_at = dead, t  # its character comes with the next key
-                return ended
+                return None
             terminator = bool(char) and char in self._terminator_chars
-        return self._typed(code, char, t, terminator, ended)
+        return self._typed(code, char, t, terminator)
 
     def _lost(self, t: float, reason: str) -> None:
         """A key that was to type a character of the code typed none: the scan it is in is refused
@@ -319,8 +342,7 @@ class Decoder:
         if self._broken is None:
             self._lost_key = (t, reason)
 
-    def _typed(self, code: int, char: str, t: float, terminator: bool, ended: NotABarcode | None
-               ) -> Scan | NotABarcode | None:
+    def _typed(self, code: int, char: str, t: float, terminator: bool) -> Scan | NotABarcode | None:
         printable = bool(char) and (char.isprintable() or char in _SEPARATORS)
         if self._broken is not None:
             self._broken_last = t
@@ -329,15 +351,15 @@ class Decoder:
                 return self._end_broken()
             if printable:
                 self._broken_text.append(char)
-            return ended
+            return None
         if terminator:
-            return self._finish(t) or ended
+            return self._finish(t)
         if printable:
             self._chars.append(char)
             self._times.append(t)
         elif code in _KEYPAD_DIGITS:  # a digit lost (Num Lock off): unlike an arrow or an F-key, part of the code
             self._lost(t, TYPED_NOTHING)
-        return ended
+        return None
 
     def _syn(self, code: int, t: float) -> NotABarcode | None:
         if code == ecodes.SYN_DROPPED:
@@ -417,8 +439,16 @@ class Decoder:
         self._broken_quiet = self.settings.max_key_interval if quiet is None else quiet
         self._broken_text, self._broken_typed = [], False
 
-    def _pause(self, t: float) -> NotABarcode | None:
-        if self._broken is not None and self._broken_last is not None and t - self._broken_last > self.settings.max_key_interval:
+    def _pause(self, t: float) -> Scan | NotABarcode | None:
+        """A key pressed at ``t``: a pause before it ends a broken scan (what follows is a new burst, seen
+        from its start). With no terminator, a pause ends a barcode, and the keys of one read (the reader
+        behind) carry their own times: a pause among them ends it as ``idle`` would have, never joined to
+        the next. (With a terminator, a burst joined so holds a pause no scanner makes: refused.)"""
+        if self._broken is None:
+            if not self.settings.terminators and self._chars and t - self._times[-1] > self.idle_after:
+                return self._finish(self._times[-1])
+            return None
+        if self._broken_last is not None and t - self._broken_last > self.settings.max_key_interval:
             return self._end_broken()
         return None
 
@@ -495,6 +525,7 @@ class Decoder:
         self._mods_held = {code for code in held if self._state.is_modifier(code)}
         self._mods_since_char.clear()
         self._dead = self._alt_code = ""
+        self._alt_unseen = not self._mods_held.isdisjoint(self._alts)
 
     def unplugged(self) -> str:
         """The device went away: drop the partial barcode (returned) and all key state."""

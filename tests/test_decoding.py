@@ -896,10 +896,33 @@ def test_one_key_alone_with_no_terminator_is_refused_since_a_person_types_it_too
     keys = Keys().tap(e.KEY_7)
     assert decoder.feed_all(_records(keys)) == []
     assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "7", ONE_KEY, "dev")]
-    decoder.feed_all(_records(Keys(interval=0.2).pause(2.0).tap(e.KEY_4, e.KEY_2)))
-    assert _said([decoder.idle(T0 + 4.0)])[0][:3] == ("NotABarcode", "42", "typed, not scanned: 200 ms per key "
-                                                                          "(median), a pause of 200 ms; a scanner types "
-                                                                          "faster than 50 ms per key")
+    # Read late, together: the pause after each key ends it as it would have on time, never "42".
+    assert _said(decoder.feed_all(_records(Keys(interval=0.2).pause(2.0).tap(e.KEY_4, e.KEY_2)))) == [
+        ("NotABarcode", "4", ONE_KEY, "dev")]
+    assert _said([decoder.idle(T0 + 4.0)]) == [("NotABarcode", "2", ONE_KEY, "dev")]
+    slow = Decoder("dev", DecoderSettings(terminators=(), idle_timeout=0.5))  # a pause of 0.2 s ends nothing here
+    slow.feed_all(_records(Keys(interval=0.2).pause(2.0).tap(e.KEY_4, e.KEY_2)))
+    assert _said([slow.idle(T0 + 4.0)])[0][:3] == ("NotABarcode", "42", "typed, not scanned: 200 ms per key "
+                                                                       "(median), a pause of 200 ms; a scanner types "
+                                                                       "faster than 50 ms per key")
+
+
+@pytest.mark.parametrize("gap", [0.15, 0.5, 3.0])
+def test_with_no_terminator_two_scans_read_together_are_two_never_one(gap):
+    """Read late (the loop or the store held up while the scanner typed both), the keys of two scans come in one
+    read: the pause between them, in the kernel's times, ends the first as idle would have. Joined, a slow
+    Bluetooth scanner's two scans were booked as one code, "963850745012345678900"."""
+    decoder = Decoder("dev", DecoderSettings(terminators=(), max_key_interval=0.1, idle_timeout=0.12))
+    keys = Keys(interval=0.02).digits("96385074").pause(gap).digits("5012345678900")
+    assert _said(decoder.feed_all(_records(keys))) == [("Scan", "96385074", "", "dev")]
+    assert _said([decoder.idle(keys.t + 0.2)]) == [("Scan", "5012345678900", "", "dev")]
+
+
+def test_with_no_terminator_a_pause_a_scanner_makes_inside_a_barcode_cannot_be_the_pause_that_ends_one():
+    with pytest.raises(ValueError, match=r"^with no terminator a pause of idle_timeout ends a barcode: it must be "
+                                         r"longer than max_key_interval \(0.1 s is not longer than 0.2 s\)$"):
+        DecoderSettings(terminators=(), max_key_interval=0.2)
+    assert DecoderSettings(terminators=("enter",), max_key_interval=0.2).idle_timeout == 0.1  # Enter ends it
 
 
 def test_a_scan_of_nothing_but_the_prefix_is_refused_not_lost_without_a_word():
@@ -1036,3 +1059,33 @@ def test_a_key_the_device_says_is_down_pressed_twice_after_it_in_the_same_read_i
     keys.raw(e.EV_KEY, e.KEY_5, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
     decoder.feed_all(_records(keys), held_keys=lambda: frozenset({e.KEY_5}))
     assert decoder.key_down_only
+
+
+@pytest.mark.parametrize("digits, end, settings", [
+    ("0110", e.KEY_ENTER, DecoderSettings()),  # "n": what is left after the drop, "10", is a line feed
+    ("0113", e.KEY_ENTER, DecoderSettings()),  # "q": "13" is a carriage return
+    ("0029", e.KEY_TAB, DecoderSettings(terminators=("tab",))),  # GS1's group separator: "9" is a tab
+], ids=["lf", "cr", "tab"])
+def test_an_alt_code_cut_by_a_drop_makes_no_character_so_never_an_early_end_of_the_broken_scan(digits, end, settings):
+    """The drop took the code's first digits; Alt is still down (the device says so) and the digits after
+    it make a character of their own: an Enter or a Tab that ended the broken scan there, and the rest of
+    the scan ("5012345") was booked as a code."""
+    keys = Keys().tap(e.KEY_X, shift=True).down(e.KEY_LEFTALT).digits(digits[:1], keypad=True)
+    keys.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)  # the next digit's press lost
+    keys.digits(digits[2:], keypad=True).up(e.KEY_LEFTALT).digits("5012345").tap(end)
+    results = Decoder("dev", settings).feed_all(_records(keys), held_keys=lambda: frozenset({e.KEY_LEFTALT}))
+    assert _said(results) == [("NotABarcode", "X5012345", DROPPED, "dev")]
+
+
+def test_a_modifier_pressed_in_the_read_the_device_was_asked_in_is_up_once_the_device_says_so():
+    """After a drop, the key state comes from the device, asked after all of the read was taken: a Shift
+    pressed later in that read, whose release was waiting unread (and so taken back), is up. Held, it shifted
+    the next scan, typed whole: "96385074" was booked as "(^#*%)&$"."""
+    keys = Keys().tap(e.KEY_A, shift=True).raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    keys.down(e.KEY_LEFTSHIFT)  # the read's last record; "C", Shift's release and the Enter are taken back
+    decoder = Decoder("dev")
+    assert _said(decoder.feed_all(_records(keys), held_keys=frozenset)) == []
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "A", DROPPED, "dev")]
+    later = Keys()
+    later.t = keys.t + 2.0
+    assert _said(decoder.feed_all(_records(later.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
