@@ -132,7 +132,8 @@ class ReportAssembler:
     reports that arrive after the scanner was claimed (``opened``) and before
     the first such pause, whose first report may have gone to whoever held the
     device before; a sequence of continued reports that stops, together
-    with whatever follows it up to the next final report; and a sequence with
+    with whatever follows it up to the next final report (a report that
+    names another symbology than its sequence's says it stopped); and a sequence with
     a scanned-data report cut short or saying it holds more than 56 bytes,
     up to its final report (or a pause: nothing is known of what it lost).
     """
@@ -160,8 +161,14 @@ class ReportAssembler:
             self._broken = MALFORMED
             return None
         length = report[1]
+        aim = report[2:5].decode("ascii", "replace") if report[2:3] == b"]" else ""
+        if self._data and aim and aim != self._aim:
+            # Each report names its symbology (a continued one may leave it out): one that names another
+            # is another barcode's, so the sequence under way broke off (its final report lost, and maybe
+            # this one's first reports too). Neither is seen whole: refused together, up to its final report.
+            self._broken = self._broken or BROKE_OFF
         if not self._data:
-            self._aim = report[2:5].decode("ascii", "replace") if report[2:3] == b"]" else ""
+            self._aim = aim
             self._started = now
         self._data += report[_DATA_START : _DATA_START + length]
         if report[_CONTINUED] & 0x01:

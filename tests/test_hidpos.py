@@ -165,6 +165,25 @@ def test_a_report_sequence_that_breaks_off_is_refused_head_and_tail():
     assert _whole(assembler.feed(whole, now=2.0)) == "96385074"
 
 
+def test_a_report_that_names_another_symbology_than_its_sequence_is_another_barcode_s_and_both_are_refused():
+    """The QR code's sequence broke off (its last report lost) and an EAN's report came at once, no quiet read
+    between: joined, it was booked as one code ending in the EAN's digits. A continued report that names no
+    symbology is taken as its sequence's."""
+    assembler = ReportAssembler("usb:1-5")
+    head, _ = scanned_data_reports(b"https://example.cn/p?id=" + b"X" * 60, aim=b"]Q1")
+    [ean] = scanned_data_reports(b"6901028075831", aim=b"]E0")
+    assert assembler.feed(head, now=1.0) is None
+    refused = assembler.feed(ean, now=1.02)
+    assert isinstance(refused, NotABarcode) and refused.reason == BROKE_OFF and refused.text.endswith("6901028075831")
+    [whole] = scanned_data_reports(b"96385074", aim=b"]E4")
+    assert _whole(assembler.feed(whole, now=2.0)) == "96385074"
+    first, second = scanned_data_reports(b"Z" * 70, aim=b"]Q1")
+    second = second[:2] + bytes(3) + second[5:]  # the continuation with no identifier of its own
+    assert assembler.feed(first, now=3.0) is None
+    scan = assembler.feed(second, now=3.01)
+    assert (_whole(scan), scan.aim) == ("Z" * 70, "]Q1")
+
+
 @pytest.mark.parametrize("cut", [
     lambda report: report[:40],  # a read cut short
     lambda report: report[:2],
