@@ -331,7 +331,7 @@ class Counter:
         common = {"code": barcode.data, "symbology": barcode.symbology.value, "aim": scan.aim or None,
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
         if not barcode.valid:
-            return Outcome(Signal.ERROR, (self._append(journal, "misread", {**common, "reason": "check digit"}),))
+            return Outcome(Signal.ERROR, (self._append(journal, "misread", {**common, "reason": barcode.reason}),))
         if self._pending.keyed:
             # A number keyed and not yet said to be a quantity or a price: never guess which, nor drop it.
             return Outcome(Signal.ERROR, note="a keyed number waits for its quantity or price control (or clear); "

@@ -9,7 +9,10 @@ the zeros left out; its check digit is the UPC-A's, and its key the UPC-A's
 GTIN-14. Eight digits of number system 0 or 1 that pass UPC-E's check are a
 UPC-E, though most also pass EAN-8's (an EAN-8 beginning 0 or 1 is a shop's
 own number, not a product's), unless the scanner names them EAN-8 (AIM
-``]E4``): a price list's row and the scan of it are then keyed alike. Codes whose
+``]E4``): a price list's row and the scan of it are then keyed alike. What a
+scanner names an EAN or UPC (``]E0``, ``]E4``; ``]E3`` with an add-on) and is
+not one whole is a misread too, as is an add-on sent alone (``]E1``, ``]E2``).
+Codes whose
 symbology the driver knows (HID POS scanners send the AIM identifier, ISO/IEC
 15424) are passed on with it: Code 128, GS1-128, QR, Data Matrix, ...;
 anything else is a raw code for the counter to decide.
@@ -41,11 +44,17 @@ _AIM = {"E": None, "C": Symbology.CODE128, "A": Symbology.CODE39, "Q": Symbology
         "L": Symbology.PDF417}
 
 
+CHECK_DIGIT = "check digit"
+NOT_EAN = "not an EAN or UPC, as its symbology identifier says it is"
+ADD_ON_ALONE = "an EAN add-on read without its product's code"
+
+
 @dataclass(frozen=True)
 class Barcode:
     data: str
     symbology: Symbology
-    valid: bool  # False only for a GS1 code whose check digit is wrong
+    valid: bool  # False for an EAN/UPC misread: its check digit wrong, or not an EAN's form at all
+    reason: str = ""  # why it is not valid
 
     @property
     def key(self) -> str:
@@ -100,7 +109,8 @@ def _upce(text: str) -> Barcode | None:
     upca = upce_to_upca(text)
     if upca.startswith("0000"):  # GS1 gives no UPC-A this prefix: its GTIN-14 is an EAN-8's
         return None
-    return Barcode(text, Symbology.UPCE, gs1_check_digit(upca[:-1]) == int(upca[-1]))
+    valid = gs1_check_digit(upca[:-1]) == int(upca[-1])
+    return Barcode(text, Symbology.UPCE, valid, "" if valid else CHECK_DIGIT)
 
 
 def _gs1(text: str, *, aim: str = "") -> Barcode | None:
@@ -115,12 +125,17 @@ def _gs1(text: str, *, aim: str = "") -> Barcode | None:
         as_upce = _upce(text)
         if as_upce is not None and (as_upce.valid or aim == "]E0"):
             return as_upce
-    return Barcode(text, symbology, valid)
+    return Barcode(text, symbology, valid, "" if valid else CHECK_DIGIT)
 
 
 def classify(text: str, aim: str = "") -> Barcode:
-    """>>> classify("6901028075831")
-    Barcode(data='6901028075831', symbology=<Symbology.EAN13: 'ean13'>, valid=True)
+    """The code's symbology, and whether it is whole (an EAN's check digit right), by its text and the
+    AIM identifier the scanner sent with it (``aim``), if any.
+
+    >>> classify("6901028075831")
+    Barcode(data='6901028075831', symbology=<Symbology.EAN13: 'ean13'>, valid=True, reason='')
+    >>> classify("690102807583012", "]E3").reason  # with an add-on, the EAN misread
+    'check digit'
     """
     if aim[:1] == "]" and len(aim) >= 2 and aim[1] != "E":
         symbology = _AIM.get(aim[1], Symbology.RAW)
@@ -128,4 +143,24 @@ def classify(text: str, aim: str = "") -> Barcode:
             symbology = Symbology.GS1_128
         return Barcode(text, symbology, True)
     # "]E0" is EAN-13, UPC-A or UPC-E, told apart by length; an EAN-8 is "]E4".
-    return _gs1(text, aim=aim) or Barcode(text, Symbology.RAW, True)
+    if aim in ("]E1", "]E2"):  # a 2- or 5-digit add-on sent alone: the product's own code was not read
+        return Barcode(text, Symbology.RAW, False, ADD_ON_ALONE)
+    if aim == "]E3":
+        return _with_add_on(text)
+    found = _gs1(text, aim=aim)
+    if found is None and aim in ("]E0", "]E4"):
+        return Barcode(text, Symbology.RAW, False, NOT_EAN)  # the scanner read an EAN, and this is none
+    return found or Barcode(text, Symbology.RAW, True)
+
+
+def _with_add_on(text: str) -> Barcode:
+    """An EAN-13, UPC-A (12 digits or 13), EAN-8 or UPC-E with its 2- or 5-digit add-on (a periodical's issue), one code
+    (AIM ``]E3``): valid when the product's own code is; the code is the whole, raw."""
+    for main in (13, 12, 8):
+        if len(text) - main in (2, 5):
+            found = _gs1(text[:main], aim="]E0" if main == 13 else "")
+            if found is not None and not found.valid:
+                return Barcode(text, Symbology.RAW, False, found.reason)
+            if found is not None:
+                return Barcode(text, Symbology.RAW, True)
+    return Barcode(text, Symbology.RAW, False, NOT_EAN)

@@ -1,6 +1,6 @@
 import pytest
 
-from drivers.barcode import Symbology, classify, gs1_check_digit, upce_to_upca
+from drivers.barcode import ADD_ON_ALONE, CHECK_DIGIT, NOT_EAN, Symbology, classify, gs1_check_digit, upce_to_upca
 
 
 @pytest.mark.parametrize(
@@ -54,6 +54,27 @@ def test_the_aim_identifier_names_the_symbology(aim, symbology):
 def test_an_ean_aim_identifier_still_checks_the_digit():
     assert classify("6901028075832", "]E0").valid is False
     assert classify("6901028075831", "]E0").symbology is Symbology.EAN13
+
+
+@pytest.mark.parametrize("code, aim, valid, reason", [
+    ("690102807583112", "]E3", True, ""),  # an EAN-13 and its 2-digit add-on (a periodical's issue)
+    ("690102807583112345", "]E3", True, ""),  # and a 5-digit one
+    ("03600029145212", "]E3", True, ""),  # a UPC-A sent as its 12 digits, and an add-on
+    ("9638507412", "]E3", True, ""),  # an EAN-8 and an add-on
+    ("690102807583012", "]E3", False, CHECK_DIGIT),  # the product's own code misread: never a sale
+    ("9638507512345", "]E3", False, CHECK_DIGIT),
+    ("690102807", "]E3", False, NOT_EAN),  # no add-on's length left over
+    ("12", "]E1", False, ADD_ON_ALONE),  # an add-on sent alone: the product's code was not read
+    ("12345", "]E2", False, ADD_ON_ALONE),
+    ("9638507", "]E4", False, NOT_EAN),  # an EAN-8 of seven digits: a misread
+    ("69010280758", "]E0", False, NOT_EAN),
+    ("6901028075831A", "]E0", False, NOT_EAN),
+])
+def test_an_ean_named_so_by_its_aim_identifier_that_is_not_a_whole_one_is_a_misread(code, aim, valid, reason):
+    """The scanner says it read an EAN or UPC (AIM "]E"): whatever is not one whole, with its check digit right,
+    is a misread, never a sale of an unknown product."""
+    barcode = classify(code, aim)
+    assert (barcode.valid, barcode.reason) == (valid, reason)
 
 
 @pytest.mark.parametrize("upce, upca", [

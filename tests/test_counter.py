@@ -76,10 +76,14 @@ def test_a_misread_is_recorded_as_such_never_a_sale_and_sounds_an_error(counter)
     assert [e.kind for e in counter.journal.read_after(0)] == ["price_list", "misread"]
 
 
-@pytest.mark.parametrize("code, aim", [("4006381333932", "]E0"), ("96385075", "]E4")])
-def test_an_ean_with_its_aim_identifier_and_a_bad_check_digit_is_a_misread_never_a_sale(counter, code, aim):
+@pytest.mark.parametrize("code, aim, reason", [
+    ("4006381333932", "]E0", "check digit"), ("96385075", "]E4", "check digit"),
+    ("400638133393212", "]E3", "check digit"),  # with an add-on: the product's code misread all the same
+    ("12", "]E1", "an EAN add-on read without its product's code"),
+])
+def test_an_ean_with_its_aim_identifier_and_a_bad_check_digit_is_a_misread_never_a_sale(counter, code, aim, reason):
     event = counter.record(scan(code, aim=aim))
-    assert (event.kind, event.body["reason"], event.body["aim"]) == ("misread", "check digit", aim)
+    assert (event.kind, event.body["reason"], event.body["aim"]) == ("misread", reason, aim)
     assert counter.signal is Signal.ERROR
 
 
