@@ -164,6 +164,11 @@ class Decoder:
         self._terminator_chars = "".join(TERMINATOR_CHARS[name] for name in self.settings.terminators)
         self._chars: list[str] = []
         self._times: list[float] = []
+        # The longest time between two key presses (any key: a Shift, an Alt code's digits) up to each
+        # character since the one before it, and since the last: a scanner's pace is per key, not per character.
+        self._spans: list[float] = []
+        self._span = 0.0
+        self._last_press: float | None = None
         self._held: set[int] = set()  # non-modifier keys down
         self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
         self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
@@ -274,6 +279,10 @@ class Decoder:
             self._broken_text, self._broken_typed = list(partial), bool(partial)
 
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
+        if down:
+            if self._last_press is not None and t - self._last_press > self._span:
+                self._span = t - self._last_press
+            self._last_press = t
         if self._state.is_modifier(code):
             self._modifier(code, down)
             if down and self._broken is not None:
@@ -357,6 +366,8 @@ class Decoder:
         if printable:
             self._chars.append(char)
             self._times.append(t)
+            self._spans.append(self._span)
+            self._span = 0.0
         elif code in _KEYPAD_DIGITS:  # a digit lost (Num Lock off): unlike an arrow or an F-key, part of the code
             self._lost(t, TYPED_NOTHING)
         return None
@@ -474,12 +485,13 @@ class Decoder:
         if not self._chars:
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
+        # From key press to key press, from the first character's to the terminator's (``t``; none after the
+        # last character when a pause ended the scan): one character and Enter typed by a person are two keys
+        # at a person's pace; a character typed in Alt mode is five keys at a scanner's.
+        gaps = self._spans[1:] + [self._span if t > times[-1] else 0.0]
         text = self._take()
-        # From key to key, and from the last key to the terminator (``t``; the last key itself when a
-        # pause ended the scan): one character and Enter typed by a person are two keys at a person's pace.
-        gaps = [b - a for a, b in zip(times, times[1:] + [t])]
         slowest = max(gaps)
-        if min(gaps) < 0:
+        if min(b - a for a, b in zip(times, times[1:] + [t])) < 0:
             return NotABarcode(text, self.source, CLOCK_BACK)
         if slowest > self.settings.max_key_interval:
             gaps.sort()
@@ -505,6 +517,8 @@ class Decoder:
         text = "".join(self._chars)
         self._chars.clear()
         self._times.clear()
+        self._spans.clear()
+        self._span = 0.0
         self._lost_key = None
         self._dead = self._alt_code = ""
         return text

@@ -1089,3 +1089,20 @@ def test_a_modifier_pressed_in_the_read_the_device_was_asked_in_is_up_once_the_d
     later = Keys()
     later.t = keys.t + 2.0
     assert _said(decoder.feed_all(_records(later.digits("96385074").enter()))) == [("Scan", "96385074", "", "dev")]
+
+
+@pytest.mark.parametrize("interval", [0.004, 0.012, 0.016])
+def test_a_scanner_in_alt_mode_at_a_scanner_s_pace_per_key_is_a_scanner_though_each_character_takes_five_keys(
+        interval):
+    """Scanners type at 1 to 16 ms per key press; in Alt mode a character is five presses (Alt and four digits),
+    50 to 80 ms. Timed per character, every scan of such a scanner was refused as typed by a person."""
+    keys = Keys(interval=interval)
+    for char in "6901028075831":
+        _alt_code(keys, f"{ord(char):04d}")
+    keys.enter()
+    assert _said(Decoder("dev").feed_all(_records(keys))) == [("Scan", "6901028075831", "", "dev")]
+    slow = Keys(interval=interval).digits("69010")  # a pause a person's length between two of a character's digits
+    slow.down(e.KEY_LEFTALT).digits("00", keypad=True).pause(0.2).digits("50", keypad=True).up(e.KEY_LEFTALT)
+    slow.digits("8075831").enter()
+    [refused] = Decoder("dev").feed_all(_records(slow))
+    assert isinstance(refused, NotABarcode) and refused.reason.startswith("typed, not scanned")
