@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from drivers.barcode import classify
@@ -581,7 +581,9 @@ class Counter:
         # The day in progress: that of the latest line, when it is today or yesterday (a shop that closes
         # after midnight closes the evening's day), else today.
         today = self.day(scan.finished)
-        yesterday = self.day(scan.finished - 86_400)
+        # The calendar's day before, not the day 24 hours ago: after a 23-hour day (clocks put forward)
+        # that is still today, and the evening's day was left open while an empty one was closed.
+        yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
         latest = self.ledger.lines[max(self.ledger.lines)].day if self.ledger.lines else today
         day_name = latest if latest in (today, yesterday) else today
         day = self.ledger.days.get(day_name)

@@ -589,6 +589,23 @@ def test_end_of_day_after_midnight_closes_the_evenings_day(shop):
     assert (closed.body["day"], closed.body["totals"]["lines"]) == ("2026-11-30", 1)
 
 
+@pytest.mark.parametrize("zone, evening", [("America/New_York", "2026-03-08"), ("Europe/Berlin", "2026-03-29"),
+                                           ("Europe/Berlin", "2026-10-25")], ids=["new-york-23h", "berlin-23h", "berlin-25h"])
+def test_end_of_day_after_midnight_closes_the_evenings_day_when_the_clocks_changed_that_day(shop, zone, evening):
+    """Closed 24 hours after a 23-hour day's 22:00 falls on the next day: that empty day was closed, and the
+    evening's day left open."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    shop.counter.timezone = ZoneInfo(zone)
+    at_ten = datetime.fromisoformat(evening).replace(hour=22, tzinfo=ZoneInfo(zone))
+    shop.at = at_ten.timestamp()
+    shop.scan(PACK)
+    shop.at = (at_ten + timedelta(hours=2, minutes=30)).timestamp()  # 00:30 the next morning, by the shop's clock
+    [closed] = shop.scan("CB:END-DAY")
+    assert (closed.body["day"], closed.body["totals"]["lines"]) == (evening, 1)
+
+
 # -- what the controls said, across a start -------------------------------------------------------
 
 def _started_again(shop: Shop, *, after: float = 5.0) -> Shop:
