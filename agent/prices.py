@@ -126,7 +126,10 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
             raise error("the header names a column twice: " + ",".join(fieldnames))
         if fieldnames is None or not required <= set(fieldnames):
             raise error(f"the first line must be a header naming at least the columns {' and '.join(sorted(required))}")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
+            # The row's first line in the file: blank lines before it are skipped, and a quoted field
+            # (a spreadsheet's note) may hold line breaks.
+            line = reader.line_num - sum(value.count("\n") for value in _values(row))
             fields = {name: (value or "").strip() for name, value in row.items()
                       if isinstance(name, str) and isinstance(value, str)}
             if any(CONTROL.search(value) for name, value in fields.items() if name in read):
@@ -134,6 +137,15 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
             yield line, fields
     except csv.Error as failed:
         raise error(f"line {reader.line_num + 1}: {failed}") from None  # the line it could not finish
+
+
+def _values(row: dict) -> Iterator[str]:
+    """Every text in a row csv.DictReader read: the columns', and those past the header's (a list)."""
+    for value in row.values():
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            yield from (item for item in value if isinstance(item, str))
 
 
 def parse_csv(text: str) -> list[Item]:

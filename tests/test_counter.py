@@ -126,6 +126,10 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("barcode,price,unit,packs,product\n6901028075848,1,case,\u00b2,6901028075831\n",
          "packs '\u00b2' must be a whole number from 1 to 10000"),
         ("barcode,price\n", "the price list has no items"),
+        # The file's own line: past blank lines, and a note over three lines in a row before.
+        ("barcode,name,price\n6901028075831,x,23.00\n\n\n96385074,y,2x\n", "line 5: price '2x' is not an amount"),
+        ('barcode,name,price,notes\n6901028075831,x,23.00,"a\nb\nc"\n96385074,y,2x,\n', "line 5: price '2x'"),
+        ('barcode,name,price,notes\n6901028075831,x,2x,"a\r\nb"\n', "line 2: price '2x'"),
     ],
 )
 def test_a_bad_price_list_is_refused_with_its_line(text, message):
