@@ -518,9 +518,9 @@ class Counter:
             events.append(self._append(journal, "receiving_started", {"order": order["name"], "at": at}))
             self._mode_active_at = self.clock()
         arrived = dict(order["received"])
-        if session is not None and not session.order:  # a receiving begun before the order came: it counts
-            for product, packs in session.packs.items():
-                arrived[product] = arrived.get(product, 0) + packs
+        # Receivings begun before the order came (this one, or earlier ones left unclosed): they count.
+        for product, packs in self.ledger.unordered.items():
+            arrived[product] = arrived.get(product, 0) + packs
         for line in _order_lines(order, self._catalog):
             missing = line["ordered"] - arrived.get(line["product"], 0)
             if missing > 0:
@@ -553,9 +553,8 @@ class Counter:
         # Against the order: all that arrived for it, in this receiving or an earlier one left unclosed.
         ordered = {line["product"]: line for line in _order_lines(order, self._catalog)} if order else {}
         received = dict(order["received"]) if order else {}
-        if not session.order:  # scanned in before the order was known
-            for product, packs in session.packs.items():
-                received[product] = received.get(product, 0) + packs
+        for product, packs in self.ledger.unordered.items():  # scanned in before the order was known
+            received[product] = received.get(product, 0) + packs
         products = sorted(set(ordered) | set(received) | set(session.packs))
         lines = [{"product": p, "name": self._catalog.names.get(p) or (ordered.get(p) or {}).get("name")
                   or self.ledger.names.get(p), "ordered": (ordered.get(p) or {}).get("ordered", 0),

@@ -148,6 +148,9 @@ class Ledger:
     sale_prices: dict[str, dict[int, tuple[str, str, int, int | None]]] = field(default_factory=dict)
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)  # open orders by name: latest body, "received"
     closed_orders: set[str] = field(default_factory=set)  # received and closed: a copy pushed again reopens none
+    # Packs received by product in receivings begun before an order came and not closed yet (cancelled,
+    # timed out, or on now): they arrived, and count for the order that is closed next.
+    unordered: dict[str, int] = field(default_factory=dict)
     session: Session | None = None
     counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
     receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
@@ -236,7 +239,7 @@ class Ledger:
                        line.amount_unknown] for line in self.lines.values()],
             "voided": sorted(self.voided),
             "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()},
-            "orders": self.orders, "closed_orders": sorted(self.closed_orders),
+            "orders": self.orders, "closed_orders": sorted(self.closed_orders), "unordered": self.unordered,
             "session": None if self.session is None else {
                 "mode": self.session.mode, "seq": self.session.seq, "order": self.session.order,
                 "packs": self.session.packs, "scans": [[seq, *scan] for seq, scan in self.session.scans.items()],
@@ -259,6 +262,7 @@ class Ledger:
                      sale_prices={day: {row[0]: tuple(row[1:]) for row in rows}
                                   for day, rows in state["sale_prices"].items()},
                      orders=state["orders"], closed_orders=set(state["closed_orders"]),
+                     unordered=dict(state.get("unordered", {})),  # (a checkpoint written before it was kept: none)
                      counts=state["counts"] if keep_days else [], receipts=state["receipts"] if keep_days else [],
                      last_seq=state["last_seq"], unreadable=list(state["unreadable"]), _recent=list(state["recent"]))
         session = state["session"]
@@ -305,9 +309,7 @@ class Ledger:
             self.session.last_at = body.get("at") or self.session.last_at
         if kind == "received":
             self._move(seq, body["product"], -body["packs"])
-            order = self.orders.get(body.get("order") or "")
-            if order is not None:
-                order["received"][body["product"]] = order["received"].get(body["product"], 0) - body["packs"]
+            self._arrived(body, -body["packs"])
 
     def _scanned(self, seq: int, body: dict[str, Any], mode: str) -> None:
         if self.session is not None and self.session.mode == mode:
@@ -320,9 +322,20 @@ class Ledger:
         self.tracked.add(body["product"])
         self._move(seq, body["product"], body["packs"], body)
         self._scanned(seq, body, "receiving")
-        order = self.orders.get(body.get("order") or "")
-        if order is not None:  # what arrived against an order, whichever receiving brought it
-            order["received"][body["product"]] = order["received"].get(body["product"], 0) + body["packs"]
+        self._arrived(body, body["packs"])
+
+    def _arrived(self, body: dict[str, Any], packs: int) -> None:
+        """What arrived against an order, whichever receiving brought it; or against none yet."""
+        if not body.get("order"):
+            left = self.unordered.get(body["product"], 0) + packs
+            if left:
+                self.unordered[body["product"]] = left
+            else:
+                self.unordered.pop(body["product"], None)
+            return
+        order = self.orders.get(body["order"])
+        if order is not None:
+            order["received"][body["product"]] = order["received"].get(body["product"], 0) + packs
 
     def _count_closed(self, seq: int, body: dict[str, Any]) -> None:
         if not all(type(line["counted"]) is int for line in body["lines"]):
@@ -336,6 +349,7 @@ class Ledger:
         self.session = None
 
     def _receiving_closed(self, seq: int, body: dict[str, Any]) -> None:
+        self.unordered = {}  # counted in this close: for its order, or as a receipt of its own
         if body.get("order"):
             self.orders.pop(body["order"], None)
             self.closed_orders.add(body["order"])

@@ -789,6 +789,33 @@ def test_a_receiving_begun_before_its_order_came_closes_that_order(shop):
     assert shop.ledger().stock[_key(PACK)] == 30
 
 
+@pytest.mark.parametrize("left", ["CB:CANCEL", "timed out"])
+@pytest.mark.parametrize("then", ["CB:ALL-RECEIVED", "a receiving closed"])
+def test_a_receiving_begun_before_its_order_came_and_left_unclosed_counts_for_that_order_once(shop, left, then):
+    """The delivery came before the order reached the box: two cartons scanned in, the receiving cancelled (or
+    left to time out). What arrived then is for the order that came since: received in full, the rest only;
+    never all of it again (the stock said 50 packs for the 30 delivered), nor short in the receipt."""
+    shop.scan("CB:RECEIVING", CARTON, CARTON, CARTON, "CB:VOID")  # one read twice, taken back
+    if left == "CB:CANCEL":
+        shop.scan("CB:CANCEL")
+    else:
+        shop.clock.now += 601
+        with shop.journal.transaction():
+            shop.counter.expire(shop.journal)
+    shop.journal.append("order", ORDER)
+    if then == "CB:ALL-RECEIVED":
+        events = shop.scan("CB:ALL-RECEIVED")
+        assert [event.body["packs"] for event in events if event.kind == "received"] == [10]
+        closed = events[-1]
+    else:
+        [closed] = shop.scan("CB:RECEIVING", CARTON, "CB:CLOSE")[-1:]
+    assert [(line["ordered"], line["received"], line["difference"]) for line in closed.body["lines"]] == [(30, 30, 0)]
+    assert shop.ledger().stock[_key(PACK)] == 30
+    shop.journal.append("order", {**ORDER, "name": "order/w49", "order_id": "w49"})  # next week's: nothing of it yet
+    [closed] = shop.scan("CB:RECEIVING", CARTON, "CB:CLOSE")[-1:]
+    assert [(line["ordered"], line["received"]) for line in closed.body["lines"]] == [(30, 10)]
+
+
 def test_a_keyed_price_of_nothing_holds_for_the_next_scan_after_a_start(shop, monkeypatch):
     shop.scan("CB:0", "CB:PRICE")
     wall = time.time()
