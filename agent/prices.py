@@ -150,6 +150,7 @@ def _values(row: dict) -> Iterator[str]:
 
 def parse_csv(text: str) -> list[Item]:
     items: dict[str, Item] = {}
+    lines: dict[str, int] = {}  # by product key: the line that listed it
     for line, row in csv_rows(text, {"barcode", "price"}, PriceListError,
                               read={"barcode", "name", "price", "unit", "packs", "cost", "product"}):
         try:
@@ -160,8 +161,16 @@ def parse_csv(text: str) -> list[Item]:
         if key in items:
             raise PriceListError(f"line {line}: barcode {item.barcode} is listed twice (as {items[key].barcode})")
         items[key] = item
+        lines[key] = line
     if not items:
         raise PriceListError("the price list has no items")
+    for key, item in items.items():
+        named = items.get(classify(item.product).key) if item.product else None
+        if named is not None and named.unit != "pack":
+            # Its stock and sales would go to a product of its own, apart from the pack's.
+            raise PriceListError(f"line {lines[key]}: product {item.product} is a {named.unit}'s barcode (line "
+                                 f"{lines[classify(named.barcode).key]}), not a pack's: a {item.unit} names the pack "
+                                 "it holds")
     return list(items.values())
 
 

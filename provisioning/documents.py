@@ -144,6 +144,11 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
             if own in keys:  # the item numbers, never the code: this goes to the box's log
                 raise ProtocolError(f"price list items {keys[own]} and {number} list the same product")
             keys[own] = number
+        for number, item in enumerate(items, 1):
+            named = keys.get(classify(item["product"]).key) if item.get("product") else None
+            if named is not None and items[named - 1].get("unit", "pack") != "pack":
+                # Its stock and sales would go to a product of its own, apart from the pack's.
+                raise ProtocolError(f"price list item {number} names item {named} as its product, which is not a pack")
     elif kind == "settings":
         check_settings(body)
     elif kind == "revocation":

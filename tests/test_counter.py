@@ -126,6 +126,9 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("barcode,price,unit,packs,product\n6901028075848,1,case,\u00b2,6901028075831\n",
          "packs '\u00b2' must be a whole number from 1 to 10000"),
         ("barcode,price\n", "the price list has no items"),
+        ("barcode,price,unit,packs,product\n6901028075831,23,pack,,\n6901028075848,230,carton,10,6901028075831\n"
+         "16901028075838,11500,case,500,6901028075848\n",
+         "line 4: product 6901028075848 is a carton's barcode (line 3), not a pack's: a case names the pack it holds"),
         # The file's own line: past blank lines, and a note over three lines in a row before.
         ("barcode,name,price\n6901028075831,x,23.00\n\n\n96385074,y,2x\n", "line 5: price '2x' is not an amount"),
         ('barcode,name,price,notes\n6901028075831,x,23.00,"a\nb\nc"\n96385074,y,2x,\n', "line 5: price '2x'"),
