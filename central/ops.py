@@ -110,6 +110,10 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
             raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; "
                                "push again once the broker is back (the next version replaces it)") from None
         store.document_published(name, version)
+        if scope.region is not None and not store.region_known(scope.region):
+            # A region made ahead of its shops is fine; a misspelt one reaches no box, and nobody would know.
+            print(f"counterbox-ops: warning: no shop or box is registered in region {scope.region}: {name} waits at "
+                  "the broker for the first box activated there", file=sys.stderr)
     finally:
         store.close()
     print(json.dumps({"name": name, "version": version, "scope": scope.as_json(), "topic": topic,

@@ -518,6 +518,13 @@ class CentralStore:
                                .where(shops.c.licence == licence)).first()
         return Shop(row[0], row[1], row[2], bool(row[3])) if row else None
 
+    def region_known(self, region: str) -> bool:
+        """Whether a shop or a box registered is in ``region``."""
+        with self._transaction(write=False) as conn:
+            return conn.execute(sa.select(sa.literal(1)).where(sa.or_(
+                sa.exists().where(shops.c.region == region),
+                sa.exists().where(devices.c.region == region)))).first() is not None
+
     def add_code(self, code_id: str, *, shop: str, token: str, device: str | None, issued_at: float,
                  expires_at: float) -> None:
         with self._transaction() as conn:

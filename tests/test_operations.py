@@ -423,6 +423,15 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
     assert document.expires_at == pytest.approx(document.issued_at + 2 * 86400)
     assert document.body == {"source": "prices.csv", "currency": "HKD", "items": [
         {"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]}
+    # No shop is in that region yet (made ahead of them, or misspelt): said, and kept for the first box there.
+    assert result.stderr == ("counterbox-ops: warning: no shop or box is registered in region honghe: price_list "
+                             "waits at the broker for the first box activated there\n")
+    added = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
+                "--region", "honghe")
+    assert added.returncode == 0, added.stderr
+    again = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
+                f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(tmp_path / "prices.csv"))
+    assert (again.returncode, again.stderr) == (0, "")
 
 
 def test_a_push_the_broker_does_not_take_is_kept_signed_and_says_to_push_again(tmp_path, ops_key, monkeypatch):
