@@ -139,6 +139,9 @@ class Ledger:
     # is only what was sold of it (a box starts with no idea of the shelf), so it is never "negative".
     tracked: set[str] = field(default_factory=set)
     negative: dict[str, int] = field(default_factory=dict)  # tracked product -> the seq that took it below zero
+    # Products first received after selling more than was known, by that receipt's seq: what was sold before
+    # came from a shelf the box never knew, so their stock began with the receipt, not below zero.
+    opened: dict[str, int] = field(default_factory=dict)
     counted_seq: int = 0  # the latest count's close: the stock it found is the shelf's, whatever was sold before
     days: dict[str, Day] = field(default_factory=dict)
     # The lines of the days used most recently, those a void may take back: the counter's only use for them.
@@ -232,7 +235,8 @@ class Ledger:
         """All of the ledger as JSON (retention's checkpoint); ``Ledger.from_state`` reads it back."""
         return {
             "v": 1, "last_seq": self.last_seq, "stock": self.stock, "names": self.names,
-            "tracked": sorted(self.tracked), "negative": self.negative, "counted_seq": self.counted_seq,
+            "tracked": sorted(self.tracked), "negative": self.negative, "opened": self.opened,
+            "counted_seq": self.counted_seq,
             "days": {name: {"products": {p: t.state() for p, t in day.products.items()}, "total": day.total.state(),
                             "closed": day.closed} for name, day in self.days.items()},
             "lines": [[line.seq, line.kind, line.day, line.product, line.packs, line.amount, line.cost,
@@ -252,6 +256,7 @@ class Ledger:
         state = copy.deepcopy(state)  # a ledger changes what it holds: never its checkpoint's copy
         ledger = cls(keep_days=keep_days, stock=dict(state["stock"]), names=dict(state["names"]),
                      tracked=set(state["tracked"]), negative=dict(state["negative"]),
+                     opened=dict(state.get("opened", {})),  # (a checkpoint written before it was kept: none)
                      counted_seq=state.get("counted_seq", 0),  # (a checkpoint written before it was kept: none)
                      days={name: Day(products={p: Totals(**t) for p, t in day["products"].items()},
                                      total=Totals(**day["total"]), closed=day["closed"])
@@ -297,10 +302,10 @@ class Ledger:
                         amount=body["amount"], cost=body.get("cost"), amount_unknown=bool(body.get("unpriced")))
             self.day(line.day).add(line, -1)
             self.sale_prices.get(line.day, {}).pop(voided, None)
-            if voided > self.counted_seq:
+            if voided > self.counted_seq and voided > self.opened.get(line.product, 0):
                 self._move(seq, line.product, line.packs)
             # else sold before a count, which found the whole shelf as it is (a product it did not list,
-            # none): the stock stays what was counted
+            # none): the stock stays what was counted; or before the receipt its stock began with
             return
         # A scan of a receiving or a count taken back: the session's latest event, as a scan is.
         if self.session is not None:
@@ -319,6 +324,9 @@ class Ledger:
         self._name(body["product"], body)
 
     def _received(self, seq: int, body: dict[str, Any]) -> None:
+        if body["product"] not in self.tracked and self.stock.get(body["product"], 0) < 0:
+            self.stock[body["product"]] = 0
+            self.opened[body["product"]] = seq
         self.tracked.add(body["product"])
         self._move(seq, body["product"], body["packs"], body)
         self._scanned(seq, body, "receiving")

@@ -290,6 +290,25 @@ def test_an_untracked_product_is_never_called_negative(shop):
     assert reports.stock(shop.ledger())["negative"] == []
 
 
+def test_a_product_sold_before_its_first_delivery_starts_its_stock_at_that_delivery_never_below_zero(shop):
+    """The box starts knowing nothing of the shelf: 30 packs sold of it came from stock it never knew. Charged
+    against the first delivery (20 packs), every product the shop sold before was listed below zero, and the
+    sale that truly took one below zero went unsaid among them."""
+    shop.scan(*[CARTON] * 3)  # 30 packs sold from the shelf as it was
+    shop.scan(PACK, "CB:VOID")  # one more, taken back at once: before the delivery too
+    voided_before = shop.scan(PACK)[0]
+    shop.scan("CB:RECEIVING", CARTON, CARTON, "CB:CLOSE")  # the first delivery: 20 packs
+    ledger = shop.ledger()
+    assert (ledger.stock[_key(PACK)], reports.stock(ledger)["negative"]) == (20, [])
+    void = shop.scan("CB:VOID")  # a line sold before the delivery taken back: the shelf was unknown then
+    assert [event.body["voids"] for event in void if event.kind == "void"] == [voided_before.seq]
+    assert shop.ledger().stock[_key(PACK)] == 20
+    shop.scan(*[CARTON] * 2)
+    assert shop.heard[-2:] == [Signal.GOOD, Signal.GOOD] and shop.ledger().stock[_key(PACK)] == 0
+    shop.scan(PACK)
+    assert shop.signal is Signal.ATTENTION and shop.ledger().stock[_key(PACK)] == -1  # this one is said
+
+
 def test_modes_do_not_nest_and_a_mode_times_out_back_to_selling(shop):
     shop.scan("CB:COUNT")
     assert shop.scan("CB:RECEIVING") == () and shop.signal is Signal.ERROR
