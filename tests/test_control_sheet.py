@@ -125,6 +125,37 @@ def test_a_codes_labels_are_closer_to_it_than_to_the_code_printed_below_them(she
     assert below_another >= len(controls.SHEET) // 2  # most codes have another below them
 
 
+def test_a_codes_text_and_its_two_labels_are_set_as_evenly_spaced_lines(sheet):
+    """Under each code, its text, the Chinese label and the English label read as three lines of one block: the space
+    between the code's text and the Chinese label is the space between the two labels, to half a millimetre, so no
+    line drifts towards the one above it or away from it (a gap a third narrower or wider than the other shows)."""
+    _, pages = sheet
+    labels = {code: (chinese, english) for code, chinese, english in controls.SHEET}
+    seen = 0
+    for page in pages:
+        for code, bars in page.codes.items():
+            text, chinese, english = (page.lines[words] for words in (code, *labels[code]))
+            above, below = chinese[1] - text[3], english[1] - chinese[3]
+            assert above > 0 and below > 0, (code, text, chinese, english)
+            assert abs(above - below) < 0.5, (code, above, below)
+            seen += 1
+    assert seen == len(controls.SHEET)
+
+
+def test_the_two_columns_sit_as_far_from_the_left_edge_as_from_the_right(sheet):
+    """The columns mirror each other across the middle of the page: the left column's codes are centred as far from
+    the left edge as the right column's from the right edge, and the codes of a column are centred on one line, so
+    the sheet looks square on the page and folds or cuts in half between the columns."""
+    _, pages = sheet
+    for page in pages:
+        left = [_centre(bars) for bars in page.codes.values() if _centre(bars) < page.width / 2]
+        right = [_centre(bars) for bars in page.codes.values() if _centre(bars) > page.width / 2]
+        assert left and right
+        assert max(left) - min(left) < 0.3 and max(right) - min(right) < 0.3, (left, right)
+        from_left, from_right = sum(left) / len(left), page.width - sum(right) / len(right)
+        assert abs(from_left - from_right) < 0.5, (from_left, from_right)
+
+
 def test_every_page_is_titled_and_nothing_is_printed_in_the_printers_margin(sheet):
     path, pages = sheet
     assert pypdfium2.PdfDocument(str(path)).get_metadata_dict()["Title"] == "counterbox control codes"

@@ -92,6 +92,11 @@ class Slip:
     def reads(self, line: tuple[int, int, int, int], words: str, font: str | None = None) -> bool:
         """Whether ``line``'s ink is ``words`` set in the slip's typeface, at a legible size (16 px and up,
         1.4 mm at 300 dpi)."""
+        return self.size(line, words, font) is not None
+
+    def size(self, line: tuple[int, int, int, int], words: str, font: str | None = None) -> int | None:
+        """The size in pixels (the typeface's em) at which ``line``'s ink is ``words`` set in the slip's typeface;
+        None if it is not those words at any legible size."""
         printed = self.image.crop(line)
         for size in range(16, 48):
             face = ImageFont.truetype(font, size) if font else ImageFont.load_default(size=size)
@@ -100,8 +105,8 @@ class Slip:
             box = _ink(page)
             if box and (box[2] - box[0], box[3] - box[1]) == printed.size:
                 if ImageChops.difference(page.crop(box), printed).getbbox() is None:
-                    return True
-        return False
+                    return size
+        return None
 
     def text_height(self, line) -> int:
         return line[3] - line[1]
@@ -206,6 +211,23 @@ def test_a_shop_name_in_chinese_is_printed_with_every_line_in_the_font_given(tmp
              "Plug the box in, then scan this code."]
     assert len(slip.lines) == len(lines)
     assert [words for line, words in zip(slip.lines, lines) if not slip.reads(line, words, WQY)] == []
+
+
+def test_a_font_given_changes_the_typeface_not_the_size_of_any_line(tmp_path):
+    """A slip for a shop with a Chinese name (``--font``) is laid out as every other slip: its title and name are set
+    at the size the default typeface sets them, and so are the details, so slips for every shop look alike and the
+    title and name stand out from the details by as much on each."""
+    latin, _, _ = _slip(tmp_path, MENGZI, name="latin.png")
+    chinese, _, _ = _slip(tmp_path, Shop("530102100123", "蒙自三号店", "honghe", monitoring=True), name="chinese.png",
+                          font=WQY)
+    words = ["counterbox activation", None, "licence 530102100123   region honghe", "monitoring point",
+             "valid until 2025-11-27 16:00 UTC", "for any new box, once", "code c0de-42",
+             "Plug the box in, then scan this code."]
+    assert len(latin.lines) == len(chinese.lines) == len(words)
+    sizes = [(latin.size(a, text or "Mengzi No. 3"), chinese.size(b, text or "蒙自三号店", WQY))
+             for a, b, text in zip(latin.lines, chinese.lines, words)]
+    assert all(default is not None and default == given for default, given in sizes), sizes
+    assert sizes[0] == sizes[1]  # the title and the name at one size, on either slip
 
 
 def test_a_slip_is_a_png_or_a_pdf_and_its_font_must_be_one(tmp_path):
