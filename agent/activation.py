@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 HELLO_INTERVAL = 60.0  # seconds between hellos while waiting
 REQUEST_RETRY = 2.0  # seconds between requests to central while no answer comes
 ANSWER_WAIT = 20.0  # seconds a scanned code waits for central before the error signal
+RECORD_RETRY = 2.0  # seconds between tries to record an activation central accepted, while the disk is full
 
 
 def current(journal: Journal, device: str) -> dict[str, Any] | None:
@@ -72,6 +73,7 @@ class Activator:
     _answers: dict[str, asyncio.Future] = field(default_factory=dict)  # by code id
     _attempts: set[asyncio.Task] = field(default_factory=set)
     _one_at_a_time: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _recording: bool = False  # an activation central accepted waits for the journal to take it
 
     async def run(self, link: MqttLink) -> None:
         """Say hello, take pushed codes and central's answers, until the box is activated."""
@@ -201,11 +203,32 @@ class Activator:
         try:
             seq = await self.store.append("activation", body)
         except StorageError as error:
-            logger.error("activation NOT recorded: %s; scan the code again", error)
+            # Central has bound this box to the shop and used the code: no code will do it again. Kept,
+            # and recorded as soon as the journal takes it (space returns), without a scan or a restart.
+            logger.error("activation accepted by central, NOT recorded: %s; recorded as soon as the journal "
+                         "takes it", error)
+            if not self._recording:
+                self._recording = True
+                self._spawn(self._record_later(body, result))
             return False
+        self._activated(seq, result)
+        return True
+
+    async def _record_later(self, body: dict[str, Any], result: dict[str, Any]) -> None:
+        while not self.activated.is_set():
+            await asyncio.sleep(RECORD_RETRY)
+            async with self._one_at_a_time:
+                if self.activated.is_set():
+                    return
+                try:
+                    seq = await self.store.append("activation", body)
+                except StorageError:
+                    continue
+                self._activated(seq, result)
+
+    def _activated(self, seq: int, result: dict[str, Any]) -> None:
         logger.info("activated seq=%d device=%s shop=%s region=%s", seq, self.device_id, result["shop"], result["region"])
         if self._link is not None:
             with contextlib.suppress(MqttError):  # the retained hello goes: this box waits no more
                 self._link.publish_nowait(activation.topic(self.topic_prefix, self.device_id, "hello"), b"", retain=True)
         self.activated.set()
-        return True

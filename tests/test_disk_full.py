@@ -146,6 +146,41 @@ def test_a_scan_on_a_full_disk_is_refused_with_the_error_signal_and_scans_count_
     assert last.seq == held + 1 and last.body["code"] == "96385074"
 
 
+def test_an_activation_central_accepted_on_a_full_disk_is_recorded_once_space_returns(small_disk, monkeypatch):
+    """Central bound the box to the shop and used the code (pushed, so gone from the box's topic): no code
+    activates it again. Dropped on a full disk, the box waited for ever; it is kept, and recorded by itself."""
+    from agent import activation as box_activation
+    from provisioning import activation
+    from provisioning.identity import device_id_for
+
+    monkeypatch.setattr(box_activation, "RECORD_RETRY", 0.1)
+    central, key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    device = device_id_for(key)
+    accepted = {"accepted": True, "code": "c0de", "shop": "530102100123", "name": "Mengzi No. 3", "region": "honghe",
+                "monitoring": False}
+
+    async def main():
+        store = await Store.open(small_disk / "journal.db", os.urandom(32))
+        activator = box_activation.Activator(store=store, device_id=device, key=key, central_key=central.public_key(),
+                                             trusted={}, topic_prefix="counterbox/v1", agent_version="test")
+        with pytest.raises(JournalFull):
+            while True:
+                await store.append("sale", {"note": "x" * 200})
+        activator._answer(activation.encode_result(device, accepted, key=central))  # as it comes from the broker
+        await asyncio.sleep(0.5)
+        waiting = activator.activated.is_set()
+        subprocess.run(["mount", "-o", "remount,size=1m", str(small_disk)], check=True)
+        await asyncio.wait_for(activator.activated.wait(), 10)
+        recorded = await store.read(lambda journal: journal.of_kind("activation"))
+        await store.close()
+        return waiting, recorded
+
+    waiting, recorded = asyncio.run(main())
+    assert waiting is False
+    assert [(event.body["device"], event.body["shop"], event.body["code"]) for event in recorded] == [
+        (device, "530102100123", "c0de")]  # once
+
+
 def test_a_revoked_box_on_a_full_disk_still_erases_itself(small_disk, caplog):
     """The erase's marker needs space; destroying the keys needs none. A full disk once stopped the erase
     before its first step, at every start, leaving the keys and the journal on the box."""
