@@ -545,6 +545,18 @@ class Journal:
             self._set_meta("session", str(session))
         return session
 
+    def empty_log(self) -> bool:
+        """Copy the write-ahead log into the database and empty it (SQLite's TRUNCATE checkpoint), outside
+        any transaction. After a full disk: the log's frames, of commits long since done, give back their
+        room, which the log would otherwise take again from whatever space returns (SQLite copies it only
+        every 1000 pages). False when it could not (no room yet for the database to take them, or a reader
+        beside the agent holds them)."""
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return busy == 0
+
     def close(self) -> None:
         self._conn.close()
 
@@ -555,9 +567,13 @@ def _check_version(path: Path, version: int) -> None:
                            "Nothing was changed; run a newer counterbox")
 
 
+_READING_FULL = ("the journal cannot be opened even to read it (SQLite needs a few pages beside it, for its "
+                 "shared memory); free some space. Nothing was changed")
+
+
 def _check_key(path: Path, outer: bytes) -> None:
     """Check the key and schema version of an existing journal without being able to write a byte."""
-    with _translated(path):
+    with _translated(path, full=_READING_FULL):
         conn = sqlite.connect(path, readonly=True)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -574,7 +590,7 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
     key, also check that every seal opens. DataKeyError for a wrong key."""
     if not path.exists():
         raise NoJournal(f"there is no journal at {path}")
-    with _translated(path):
+    with _translated(path, full=_READING_FULL):
         conn = sqlite.connect(path, readonly=True)
         try:
             # One read transaction: the agent beside it commits and folds while it reads, and each
@@ -686,10 +702,11 @@ class _translated:
     """``with _translated(path):`` sqlite3's errors, wherever they arise, as the store's own: a full
     disk as JournalFull. (A class, not a generator: it wraps every event recorded.)"""
 
-    __slots__ = ("path",)
+    __slots__ = ("path", "full")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, full: str = "nothing was recorded") -> None:
         self.path = path
+        self.full = full  # what a full disk means here
 
     def __enter__(self) -> None:
         return None
@@ -698,7 +715,7 @@ class _translated:
         if kind is None or not issubclass(kind, sqlite3.Error):
             return False
         if sqlite.disk_full(error, self.path):
-            raise JournalFull(f"{self.path}: the disk is full; nothing was recorded") from error
+            raise JournalFull(f"{self.path}: the disk is full; {self.full}") from error
         raise JournalError(f"{self.path}: {error}") from error
 
 

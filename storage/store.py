@@ -15,13 +15,18 @@ group.
 
 A full disk refuses writes (JournalFull) and changes nothing recorded; the store
 says so once in the log, shows it in ``full``, and takes writes again by itself
-as soon as one commits, when space returns.
+as soon as one commits, when space returns. SQLite's write-ahead log grows by
+a page a commit until it is emptied into the database (every 1000 pages): on a
+disk low on space the store empties it after each commit, and a write the disk
+refuses has it emptied and is tried once more, so the log never takes the last
+of the disk, nor what space returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 from collections import deque
@@ -38,6 +43,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GROUP = 256  # writes in one commit at most: bounds how long the first of them waits
+# SQLite empties its write-ahead log into the database every 1000 pages (4 MiB); on a disk with less room
+# than twice that, the store empties it after each commit, or the log would take the last of the disk and
+# leave none for the database to take it in: full for good.
+LOW_SPACE = 8 * 1024 * 1024  # bytes free
 
 
 @dataclass
@@ -165,10 +174,31 @@ def _serve(journal: Journal, work: queue.SimpleQueue, health: _Health) -> None:
                 group.append(pending.popleft())
             changes = journal.changes
             results = _commit(journal, group)
-            _watch_space(journal, health, results, wrote=journal.changes != changes)
+            if _all_refused_as_full(results) and journal.empty_log():
+                results = _commit(journal, group)  # the write-ahead log gave back its room: once more
+            wrote = journal.changes != changes
+            _watch_space(journal, health, results, wrote=wrote)
             _answer(results)
+            if wrote and _low_on_space(journal.path):
+                journal.empty_log()  # (answered first: the scan's signal waits for nothing of this)
     finally:
         journal.close()
+
+
+def _all_refused_as_full(results: list[tuple[_Work, Any, BaseException | None]]) -> bool:
+    """The disk refused the group's whole transaction: none of it stands, so all of it may be run again.
+    (One write refused in its own savepoint while the others committed is not: they would be recorded twice.)"""
+    return all(error is not None for _, _, error in results) and any(
+        isinstance(error, JournalFull) for _, _, error in results)
+
+
+def _low_on_space(path: Path) -> bool:
+    """Less room on the journal's disk than SQLite's write-ahead log may grow by before it empties it."""
+    try:
+        disk = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return disk.f_bavail * disk.f_frsize < LOW_SPACE
 
 
 def _watch_space(journal: Journal, health: _Health, results: list, *, wrote: bool) -> None:

@@ -181,6 +181,36 @@ def test_an_activation_central_accepted_on_a_full_disk_is_recorded_once_space_re
         (device, "530102100123", "c0de")]  # once
 
 
+def test_space_that_returns_goes_to_events_not_to_the_write_ahead_log(tmp_path):
+    """Each commit adds a page to SQLite's write-ahead log, which it empties into the database only every 1000
+    pages: on a disk filled while the log was young (after any start), the space freed went to the log, a page
+    a sale, and the journal was full again some 60 sales later (or for good on a small partition, where no
+    room was left for the database to take the log in). A write the disk refuses empties the log first."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    try:
+        async def main():
+            store = await Store.open(disk / "journal.db", os.urandom(32))
+            for n in range(10):
+                await store.append("sale", {"n": n})
+            fill(disk)  # something else took the rest of the disk
+            with pytest.raises(JournalFull):
+                await store.append("sale", {"n": "refused"})
+            filler = disk / "filler"
+            os.truncate(filler, filler.stat().st_size - 256 * 1024)  # 256 KiB freed
+            for n in range(10, 1010):
+                await store.append("sale", {"n": n})  # never refused
+            events = await store.read(lambda journal: journal.read_after(0, limit=10_000))
+            await store.close()
+            return events
+
+        events = asyncio.run(main())
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+    assert [event.body["n"] for event in events] == list(range(1010))
+
+
 def test_a_revoked_box_on_a_full_disk_still_erases_itself(small_disk, caplog):
     """The erase's marker needs space; destroying the keys needs none. A full disk once stopped the erase
     before its first step, at every start, leaving the keys and the journal on the box."""

@@ -413,3 +413,36 @@ def test_an_acknowledgement_beyond_a_restored_copy_is_refused_through_the_store_
     assert not first.moved and "beyond the last event 3" in first.refused
     assert not again.moved and "past seq 3 that this copy does not" in again.refused
     assert acked == 0
+
+
+def test_a_group_where_the_disk_refused_one_write_and_committed_the_others_is_not_run_again(tmp_path):
+    """A write refused as full in its own savepoint while the rest of its group committed: running the group once
+    more (after emptying SQLite's write-ahead log, for a group the disk refused whole) recorded the others twice."""
+    import threading
+
+    from storage import JournalFull
+
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        gate = threading.Event()
+        busy = asyncio.ensure_future(store.write(lambda journal: gate.wait(5)))  # holds the store's thread
+        await asyncio.sleep(0.1)
+        sale = asyncio.ensure_future(store.append("sale", {"n": 1}))
+
+        def refused(journal):
+            journal.append("sale", {"n": 2})
+            raise JournalFull("the disk is full (in this write's savepoint alone)")
+
+        full = asyncio.ensure_future(store.write(refused))
+        await asyncio.sleep(0.1)  # both wait, to go in one group
+        gate.set()
+        await busy
+        seq = await sale
+        with pytest.raises(JournalFull):
+            await full
+        events = await store.read(lambda journal: journal.read_after(0))
+        await store.close()
+        return seq, events
+
+    seq, events = asyncio.run(main())
+    assert [(event.seq, event.body) for event in events] == [(seq, {"n": 1})]
