@@ -356,6 +356,9 @@ class CentralStore:
     def register(self, device_id: str, public_key: str, *, shop: str = "", region: str = "",
                  replace: bool = False) -> None:
         """Register (or with ``replace``, re-key) a device: central's own operation, behind counterbox-ops."""
+        if device_id == protocol.CENTRAL_KID:
+            # A device's id is its key's id in the key set consumers verify with: two keys under one id.
+            raise RegistryError(f"device id {device_id!r} is central's own key id: register the box under another")
         with self._transaction() as conn:
             self._lock(conn, "device", device_id)
             existing = self.device(device_id)

@@ -84,6 +84,15 @@ def test_re_registering_with_another_key_needs_replace(store):
     assert store.device("shop-1").public_key == "key-2"
 
 
+def test_no_device_is_registered_under_centrals_own_key_id(store):
+    """Consumers pick the key to verify with by its id, from the key set central lists: a device registered as
+    "central" put a second key under central's id, and central's own acknowledgements failed to verify."""
+    with pytest.raises(RegistryError, match="^device id 'central' is central's own key id: register the box under "
+                                            "another$"):
+        store.register("central", "key-9")
+    assert store.device("central") is None
+
+
 def test_centrals_database_is_private(tmp_path):
     store = CentralStore(tmp_path / "central.db")
     store.register("shop-1", "key-1")
