@@ -220,6 +220,18 @@ def _json_text(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two values read from JSON are the same JSON: ``true`` is not ``1``, nor ``4.0`` ``4`` (all equal
+    in Python). A box that sends another event under a seq central holds is refused, whatever it differs by."""
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(same_json(value, b[name]) for name, value in a.items())
+    if type(a) is list:
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return a == b
+
+
 class CentralStore:
     def __init__(self, path: Path | str, *, create: bool = True):
         """Open (creating or upgrading its schema) central's database: a SQLite file's path, or a URL
@@ -470,7 +482,8 @@ class CentralStore:
             theirs = conn.execute(sa.select(_events.c.seq, _events.c.kind, _events.c.body).where(
                 _events.c.device_id == twin, _events.c.seq.between(events[0]["seq"], min(events[-1]["seq"], twin_acked))))
             mine = {event["seq"]: (event["kind"], event["body"]) for event in events}
-            held |= {seq for seq, kind, body in theirs if mine.get(seq) == (kind, json.loads(body))}
+            held |= {seq for seq, kind, body in theirs if seq in mine and mine[seq][0] == kind
+                     and same_json(mine[seq][1], json.loads(body))}
         return held
 
     @staticmethod
@@ -484,7 +497,8 @@ class CentralStore:
                     _events.c.device_id == device_id, _events.c.seq.between(events[0]["seq"], events[-1]["seq"])))
         }
         for event in events:
-            if event["seq"] not in held or held[event["seq"]] == (event["kind"], event["body"]):
+            if event["seq"] not in held or (held[event["seq"]][0] == event["kind"]
+                                             and same_json(held[event["seq"]][1], event["body"])):
                 continue
             if event["kind"] == "damaged" and event["body"].get("kind") == held[event["seq"]][0]:
                 continue  # sent whole before, damaged on the box since: central keeps what it holds

@@ -61,6 +61,18 @@ def test_a_reused_seq_with_other_content_is_a_conflict_and_stores_nothing(store)
     assert [e["seq"] for e in store.events()] == [1]
 
 
+@pytest.mark.parametrize("sent, again", [
+    ({"known": True}, {"known": 1}), ({"quantity": 4}, {"quantity": 4.0}), ({"n": [0]}, {"n": [False]}),
+    ({"n": {"m": 1}}, {"n": {"m": True}}),
+], ids=["true-and-1", "4-and-4.0", "0-and-false", "nested"])
+def test_a_seq_sent_again_with_values_python_calls_equal_but_json_does_not_is_a_conflict(store, sent, again):
+    """A consumer reads each signed batch: two different events under one seq, though Python's == says equal."""
+    store.add_events("shop-1", 1, batch(1, body=sent))
+    with pytest.raises(SeqConflict, match="seq 1 differs"):
+        store.add_events("shop-1", 1, batch(1, body=again))
+    assert store.add_events("shop-1", 1, batch(1, body=dict(reversed(list(sent.items()))))) == (0, 1)  # the same
+
+
 @pytest.mark.parametrize("body", [{"name": "红塔山 (pack)", "unit_price": 2300, "aim": None, "known": True},
                                   {"quantity": 2 ** 70, "nested": {"list": [1, "two", 3.5]}}],
                          ids=["unicode", "integer-past-64-bits"])
