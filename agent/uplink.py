@@ -80,6 +80,12 @@ class Uplink:
         finally:
             self.link.on_connect.remove(listener)
 
+    @property
+    def acked(self) -> int:
+        """The last event central is known to hold: the journal's cursor, or past it an acknowledgement
+        kept in memory while the disk had no room to write it."""
+        return self._acked
+
     async def acknowledged(self, token: bytes) -> None:
         """Central's acknowledgement, as the downlink received it on this device's ack topic."""
         try:

@@ -309,12 +309,32 @@ def test_on_a_full_disk_acknowledgements_are_kept_in_memory_and_the_backlog_goes
         assert await box.acked_seq() == 0  # the journal's cursor: no room to write it
         central.acknowledge(4)
         assert await asyncio.to_thread(central.wait_for, 6, "the rest") == [[1], [2], [3], [4], [5], [6]]
+        await _until(lambda: box.uplink.acked == 4)
+        # Revoked now, the box knows central holds what it acknowledged, though its cursor says nothing yet:
+        # it hands in the rest and erases itself, never waiting out the grace over events central holds.
+        revoked = Box(config=Config(device=DeviceConfig(id="shop-full-acks")), store=box.store, session=1,
+                      device_id="shop-full-acks", key=Ed25519PrivateKey.generate(),
+                      central_key=Ed25519PrivateKey.generate().public_key(), counter=Counter(), trusted={})
+        revoked._uplink = box.uplink
+        revoked._revocation(600)
+        delivering = asyncio.create_task(revoked._deliver_all())
+        await asyncio.sleep(0.5)
+        assert not delivering.done()  # 5 and 6 are not acknowledged yet
+        central.acknowledge(6)
+        await asyncio.wait_for(delivering, 10)
         os.unlink(small_disk / "filler")  # space returns
         central.acknowledge(6)
         await box.wait_acked(6)
         assert central.batches() == [[1], [2], [3], [4], [5], [6]]  # nothing went twice
 
     run_uplink(stack, small_disk, "shop-full-acks", test, batch_max_events=1, max_in_flight=2)
+
+
+async def _until(condition, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, fifo, small_disk, caplog):
