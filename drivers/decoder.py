@@ -169,6 +169,7 @@ class Decoder:
         self._spans: list[float] = []
         self._span = 0.0
         self._last_press: float | None = None
+        self._last_key = 0.0  # the last key event's time, pressed or released
         self._held: set[int] = set()  # non-modifier keys down
         self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
         self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
@@ -279,6 +280,7 @@ class Decoder:
             self._broken_text, self._broken_typed = list(partial), bool(partial)
 
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
+        self._last_key = t
         if down:
             if self._last_press is not None and t - self._last_press > self._span:
                 self._span = t - self._last_press
@@ -456,7 +458,8 @@ class Decoder:
         behind) carry their own times: a pause among them ends it as ``idle`` would have, never joined to
         the next. (With a terminator, a burst joined so holds a pause no scanner makes: refused.)"""
         if self._broken is None:
-            if not self.settings.terminators and self._chars and t - self._times[-1] > self.idle_after:
+            # From the last key event, not the last character: a character may take several keys.
+            if not self.settings.terminators and self._chars and t - self._last_key > self.idle_after:
                 return self._finish(self._times[-1])
             return None
         if self._broken_last is not None and t - self._broken_last > self.settings.max_key_interval:

@@ -1106,3 +1106,17 @@ def test_a_scanner_in_alt_mode_at_a_scanner_s_pace_per_key_is_a_scanner_though_e
     slow.digits("8075831").enter()
     [refused] = Decoder("dev").feed_all(_records(slow))
     assert isinstance(refused, NotABarcode) and refused.reason.startswith("typed, not scanned")
+
+
+def test_with_no_terminator_a_character_of_several_keys_is_no_pause_that_ends_a_barcode():
+    """Timed from the last key, not the last character: an Alt code's five keys put more than idle_timeout between
+    two characters at a scanner's pace. Timed per character, a GS1 code with its separator typed so was booked
+    as two codes, each part of one."""
+    settings = DecoderSettings(terminators=(), idle_timeout=0.06, max_key_interval=0.05)
+    alt = Keys(interval=0.03).digits("0109")
+    _alt_code(alt, "0029")
+    alt.digits("21")
+    decoder = Decoder("dev", settings)
+    results = [result for event in alt.events for result in decoder.feed_all([record(event)])]  # each read alone
+    results.append(decoder.idle(alt.t + 1.0))
+    assert _said(results) == [("Scan", "0109\x1d21", "", "dev")]
