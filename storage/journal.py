@@ -550,9 +550,15 @@ class Journal:
         any transaction. After a full disk: the log's frames, of commits long since done, give back their
         room, which the log would otherwise take again from whatever space returns (SQLite copies it only
         every 1000 pages). False when it could not (no room yet for the database to take them, or a reader
-        beside the agent holds them)."""
+        beside the agent holds them: never waited for)."""
         try:
-            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            # Never waiting for a reader (a command beside the agent, its snapshot open): the scans behind
+            # would wait with it, up to the busy timeout each. What a reader still holds is emptied next time.
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {sqlite.BUSY_TIMEOUT_MS}")
         except sqlite3.Error:
             return False
         return busy == 0

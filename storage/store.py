@@ -176,10 +176,9 @@ def _serve(journal: Journal, work: queue.SimpleQueue, health: _Health) -> None:
             results = _commit(journal, group)
             if _all_refused_as_full(results) and journal.empty_log():
                 results = _commit(journal, group)  # the write-ahead log gave back its room: once more
-            wrote = journal.changes != changes
-            _watch_space(journal, health, results, wrote=wrote)
+            _watch_space(journal, health, results, wrote=journal.changes != changes)
             _answer(results)
-            if wrote and _low_on_space(journal.path):
+            if any(error is None for _, _, error in results) and _low_on_space(journal.path):
                 journal.empty_log()  # (answered first: the scan's signal waits for nothing of this)
     finally:
         journal.close()

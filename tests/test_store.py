@@ -446,3 +446,39 @@ def test_a_group_where_the_disk_refused_one_write_and_committed_the_others_is_no
 
     seq, events = asyncio.run(main())
     assert [(event.seq, event.body) for event in events] == [(seq, {"n": 1})]
+
+
+def test_on_a_disk_low_on_space_a_reader_beside_the_agent_holds_up_no_write(tmp_path, monkeypatch):
+    """The store empties SQLite's write-ahead log after each commit on a disk low on space; a command beside the
+    agent reading (a report, its snapshot open) kept the log's frames, and emptying it waited out the busy timeout
+    (5 s) after every commit, each scan behind it waiting as long."""
+    import sqlite3
+    import time
+
+    from storage import store as store_module
+
+    monkeypatch.setattr(store_module, "_low_on_space", lambda path: True)
+
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        await store.append("sale", {"n": 0})
+        def snapshot() -> sqlite3.Connection:  # a snapshot held, as a report's
+            reader = sqlite3.connect(tmp_path / "journal.db", check_same_thread=False)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM events").fetchone()
+            return reader
+
+        reader = await asyncio.to_thread(snapshot)
+        took = []
+        for n in range(1, 5):
+            started = time.monotonic()
+            await store.append("sale", {"n": n})
+            took.append(time.monotonic() - started)
+        await asyncio.to_thread(reader.close)
+        events = await store.read(lambda journal: journal.read_after(0))
+        await store.close()
+        return took, events
+
+    took, events = asyncio.run(main())
+    assert max(took) < 2.0, took  # the busy timeout is 5 s: never waited out
+    assert [event.body["n"] for event in events] == [0, 1, 2, 3, 4]
