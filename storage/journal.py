@@ -150,6 +150,14 @@ class Journal:
         return journal
 
     def _migrate(self) -> None:
+        if not self._finish_rewrap:
+            # A journal of this schema opened by a command beside the agent: nothing to write, so no write lock
+            # to wait for (the agent commits a scan at a time, and a command waiting its turn could time out).
+            with self.snapshot():
+                if self._conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                    self._tail = None
+                    self._keys = _open_keys(self._conn, self.path, self._outer, SCHEMA_VERSION)
+                    return
         # EXCLUSIVE: any number of processes opening a new journal at once agree on one schema.
         with self.transaction(mode="EXCLUSIVE"):
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]

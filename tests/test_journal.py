@@ -826,3 +826,28 @@ def test_a_journal_taken_from_another_box_knows_where_this_boxs_events_begin(tmp
         assert journal.take_identity("new-box") == (1, "new-box") and journal.identity_since() == 2  # started again
     finally:
         journal.close()
+
+
+def test_a_command_opens_the_journal_while_the_agent_holds_its_write_lock(tmp_path):
+    """A command beside the agent (status, a report) only reads a journal of this schema: it takes no write lock,
+    so it never waits for the agent's commits (it once timed out, now and then, beside an agent selling)."""
+    import sqlite3
+    import time
+
+    key = os.urandom(32)
+    journal = Journal.open(tmp_path / "journal.db", key)
+    journal.append("sale", {"n": 1})
+    journal.close()
+    writer = sqlite3.connect(tmp_path / "journal.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the agent's store, inside a commit
+    try:
+        started = time.monotonic()
+        command = Journal.open(tmp_path / "journal.db", key, create=False)
+        try:
+            assert [event.body for event in command.read_after(0)] == [{"n": 1}]
+        finally:
+            command.close()
+        assert time.monotonic() - started < 1.0  # the busy timeout is 5 s
+    finally:
+        writer.rollback()
+        writer.close()
