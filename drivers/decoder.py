@@ -232,9 +232,9 @@ class Decoder:
                 if self._dropping or (value != KEY_DOWN and value != KEY_UP):
                     continue
                 t = sec + usec / 1000000.0
-                if value == KEY_DOWN:
+                if value == KEY_DOWN and (self._broken is not None or (self._chars and not self._terminator_codes)):
                     # A pause ends what came before: a broken scan, or (keys read late, together) one idle
-                    # would have ended had the reader been on time.
+                    # would have ended had the reader been on time. (Asked only then: most keys are neither.)
                     ended = self._pause(t)
                     if ended is not None:
                         results.append(ended)
