@@ -165,12 +165,11 @@ def parse_csv(text: str) -> list[Item]:
     if not items:
         raise PriceListError("the price list has no items")
     for key, item in items.items():
-        named = items.get(classify(item.product).key) if item.product else None
-        if named is not None and named.unit != "pack":
+        product = classify(item.product).key if item.product else None
+        if product in items and items[product].unit != "pack":
             # Its stock and sales would go to a product of its own, apart from the pack's.
-            raise PriceListError(f"line {lines[key]}: product {item.product} is a {named.unit}'s barcode (line "
-                                 f"{lines[classify(named.barcode).key]}), not a pack's: a {item.unit} names the pack "
-                                 "it holds")
+            raise PriceListError(f"line {lines[key]}: product {item.product} is a {items[product].unit}'s barcode "
+                                 f"(line {lines[product]}), not a pack's: a {item.unit} names the pack it holds")
     return list(items.values())
 
 

@@ -53,8 +53,11 @@ ADD_ON_ALONE = "an EAN add-on read without its product's code"
 class Barcode:
     data: str
     symbology: Symbology
-    valid: bool  # False for an EAN/UPC misread: its check digit wrong, or not an EAN's form at all
-    reason: str = ""  # why it is not valid
+    reason: str = ""  # why it is a misread (an EAN's check digit wrong, or not an EAN's form at all); "" if whole
+
+    @property
+    def valid(self) -> bool:
+        return not self.reason
 
     @property
     def key(self) -> str:
@@ -78,6 +81,11 @@ def gs1_check_digit(body: str) -> int:
     backwards = body[::-1]
     total = 3 * sum(map(int, backwards[0::2])) + sum(map(int, backwards[1::2]))
     return (10 - total % 10) % 10
+
+
+def _checked(code: str) -> str:
+    """"" when the GS1 code's last digit is its check digit; else why it is a misread."""
+    return "" if gs1_check_digit(code[:-1]) == int(code[-1]) else CHECK_DIGIT
 
 
 def upce_to_upca(code: str) -> str:
@@ -109,8 +117,7 @@ def _upce(text: str) -> Barcode | None:
     upca = upce_to_upca(text)
     if upca.startswith("0000"):  # GS1 gives no UPC-A this prefix: its GTIN-14 is an EAN-8's
         return None
-    valid = gs1_check_digit(upca[:-1]) == int(upca[-1])
-    return Barcode(text, Symbology.UPCE, valid, "" if valid else CHECK_DIGIT)
+    return Barcode(text, Symbology.UPCE, _checked(upca))
 
 
 def _gs1(text: str, *, aim: str = "") -> Barcode | None:
@@ -119,13 +126,13 @@ def _gs1(text: str, *, aim: str = "") -> Barcode | None:
         return None
     if symbology is Symbology.EAN13 and text.startswith("0"):
         symbology = Symbology.UPCA  # a UPC-A read as EAN-13: the same product
-    valid = gs1_check_digit(text[:-1]) == int(text[-1])
+    reason = _checked(text)
     if symbology is Symbology.EAN8 and aim != "]E4":
         # A UPC-E that passes its own check is one; named one by the scanner ("]E0"), a failed check is its misread.
         as_upce = _upce(text)
         if as_upce is not None and (as_upce.valid or aim == "]E0"):
             return as_upce
-    return Barcode(text, symbology, valid, "" if valid else CHECK_DIGIT)
+    return Barcode(text, symbology, reason)
 
 
 def classify(text: str, aim: str = "") -> Barcode:
@@ -133,7 +140,7 @@ def classify(text: str, aim: str = "") -> Barcode:
     AIM identifier the scanner sent with it (``aim``), if any.
 
     >>> classify("6901028075831")
-    Barcode(data='6901028075831', symbology=<Symbology.EAN13: 'ean13'>, valid=True, reason='')
+    Barcode(data='6901028075831', symbology=<Symbology.EAN13: 'ean13'>, reason='')
     >>> classify("690102807583012", "]E3").reason  # with an add-on, the EAN misread
     'check digit'
     """
@@ -141,16 +148,16 @@ def classify(text: str, aim: str = "") -> Barcode:
         symbology = _AIM.get(aim[1], Symbology.RAW)
         if symbology is Symbology.CODE128 and aim[2:] == "1":
             symbology = Symbology.GS1_128
-        return Barcode(text, symbology, True)
+        return Barcode(text, symbology)
     # "]E0" is EAN-13, UPC-A or UPC-E, told apart by length; an EAN-8 is "]E4".
     if aim in ("]E1", "]E2"):  # a 2- or 5-digit add-on sent alone: the product's own code was not read
-        return Barcode(text, Symbology.RAW, False, ADD_ON_ALONE)
+        return Barcode(text, Symbology.RAW, ADD_ON_ALONE)
     if aim == "]E3":
         return _with_add_on(text)
     found = _gs1(text, aim=aim)
     if found is None and aim in ("]E0", "]E4"):
-        return Barcode(text, Symbology.RAW, False, NOT_EAN)  # the scanner read an EAN, and this is none
-    return found or Barcode(text, Symbology.RAW, True)
+        return Barcode(text, Symbology.RAW, NOT_EAN)  # the scanner read an EAN, and this is none
+    return found or Barcode(text, Symbology.RAW)
 
 
 def _with_add_on(text: str) -> Barcode:
@@ -159,8 +166,6 @@ def _with_add_on(text: str) -> Barcode:
     for main in (13, 12, 8):
         if len(text) - main in (2, 5):
             found = _gs1(text[:main], aim="]E0" if main == 13 else "")
-            if found is not None and not found.valid:
-                return Barcode(text, Symbology.RAW, False, found.reason)
             if found is not None:
-                return Barcode(text, Symbology.RAW, True)
-    return Barcode(text, Symbology.RAW, False, NOT_EAN)
+                return Barcode(text, Symbology.RAW, found.reason)
+    return Barcode(text, Symbology.RAW, NOT_EAN)
