@@ -18,6 +18,11 @@ class JournalReplaced(SeqConflict):
     acknowledged."""
 
 
+class UnheldBase(Rejected):
+    """A batch counting its journal's events up to ``base_seq`` as delivered by another device, past what
+    central holds of that journal from another device: never stored, never acknowledged."""
+
+
 class RegistryError(CentralError):
     """A device registration that conflicts with what central holds, or cannot be read."""
 

@@ -42,7 +42,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from provisioning import protocol
 from storage import sqlite
 
-from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConflict
+from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConflict, UnheldBase
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
@@ -430,8 +430,10 @@ class CentralStore:
                     "Restore the box's journal from its backup, or register the box under a new id "
                     "(docs/commands.md, Replacing a box's journal)")
             # Counted from where its journal was delivered before as another device (its identity moved, or
-            # moved away and back again).
-            acked = max(acked, base_seq)
+            # moved away and back again): as far as central holds it from one, never on the box's word alone.
+            if base_seq > acked:
+                self._check_base_held(conn, device_id, journal, base_seq)
+                acked = base_seq
             held = self._check_no_conflict(conn, device_id, events)
             elsewhere = self._held_elsewhere(conn, device_id, journal, events) if journal is not None else set()
             # New: the seqs not held. Exact, since adding a device's events takes its row's lock first.
@@ -471,6 +473,17 @@ class CentralStore:
             "INSERT INTO events (device_id, seq, kind, session, received_at, body) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             [(device_id, seq, e["kind"], session, now, body) for (seq, e), body in zip(new.items(), bodies)])
+
+    @staticmethod
+    def _check_base_held(conn: sa.Connection, device_id: str, journal: str | None, base_seq: int) -> None:
+        reached = conn.execute(sa.select(sa.func.max(devices.c.acked_seq)).where(
+            devices.c.journal == journal, devices.c.device_id != device_id)).scalar() if journal else None
+        if reached is None or reached < base_seq:
+            held = "none of that journal's" if reached is None else f"them only up to seq {reached}"
+            raise UnheldBase(
+                f"device {device_id} counts the events of journal {journal} up to seq {base_seq} as delivered by "
+                f"another device, but central holds {held} from another device. Nothing is stored or "
+                "acknowledged; the box keeps its events")
 
     @staticmethod
     def _held_elsewhere(conn: sa.Connection, device_id: str, journal: str, events: list[dict[str, Any]]) -> set[int]:
@@ -696,14 +709,19 @@ class CentralStore:
         return True
 
     def revocation_delivered(self, device_id: str) -> bool:
-        """Whether central holds the device's revocation event and everything before it."""
+        """Whether central holds the device's revocation event and everything before it: one of a revocation
+        issued since the device was revoked, not one its journal recorded for the box it was restored from."""
         with self._transaction(write=False) as conn:
-            row = conn.execute(
-                sa.select(sa.func.min(_events.c.seq), devices.c.acked_seq)
-                .select_from(devices.outerjoin(_events, sa.and_(_events.c.device_id == devices.c.device_id,
-                                                                _events.c.kind == "revocation")))
-                .where(devices.c.device_id == device_id).group_by(devices.c.device_id, devices.c.acked_seq)).first()
-        return bool(row and row[0] is not None and row[0] <= row[1])
+            row = conn.execute(sa.select(devices.c.acked_seq, devices.c.revoked_at)
+                               .where(devices.c.device_id == device_id)).first()
+            if row is None or row.revoked_at is None:
+                return False
+            bodies = conn.execute(sa.select(_events.c.body).where(
+                _events.c.device_id == device_id, _events.c.kind == "revocation", _events.c.seq <= row.acked_seq)
+            ).scalars().all()
+        # Signed on the operations machine just after it marked the device revoked, to the millisecond.
+        issued = (_timestamp(json.loads(body).get("issued_at")) for body in bodies)
+        return any(at is not None and at >= row.revoked_at - 1 for at in issued)
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the

@@ -532,7 +532,8 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
             async with MqttLink(host="127.0.0.1", port=port, client_id=f"{first_id}-box", username=first_id,
                                 password=broker_password(first), ca_file=tls / "ca.crt") as link:
                 await link.connected.wait()
-                batch = protocol.encode_batch([Event(1, "revocation", {"name": "revocation"})], device=first_id,
+                revoked = {"name": "revocation", "issued_at": protocol.rfc3339(time.time())}
+                batch = protocol.encode_batch([Event(1, "revocation", revoked)], device=first_id,
                                               session=1, key=first, sent_at=time.time())
                 await link.publish(protocol.batch_topic(PREFIX, first_id), batch)
                 await asyncio.to_thread(wait_until, lambda: store.revocation_delivered(first_id), 10,

@@ -580,11 +580,18 @@ def test_the_documents_a_box_holds_are_the_highest_version_it_applied_of_each_st
     assert store.documents_held("shop-3") == {}
 
 
+def revocation(issued_at: float) -> dict:
+    """A revocation event's body as a box records it: the document's name, version and time of issue."""
+    return {"reason": "shop closed", "grace_seconds": 600, "name": "revocation", "version": 1,
+            "issued_at": rfc3339(issued_at)}
+
+
 def test_a_revocation_is_delivered_once_central_holds_it_and_everything_before_it(store):
     assert store.revocation_delivered("shop-1") is False
+    store.revoke("shop-1")
     store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {}}])
     assert store.revocation_delivered("shop-1") is False  # no revocation yet
-    store.add_events("shop-1", 1, [{"seq": 3, "kind": "revocation", "body": {}}])
+    store.add_events("shop-1", 1, [{"seq": 3, "kind": "revocation", "body": revocation(time.time())}])
     assert store.revocation_delivered("shop-1") is False  # seq 2 is still on its way
     store.add_events("shop-1", 1, [{"seq": 2, "kind": "sale", "body": {}}])
     assert store.revocation_delivered("shop-1") is True
@@ -592,6 +599,21 @@ def test_a_revocation_is_delivered_once_central_holds_it_and_everything_before_i
     store.add_events("shop-2", 1, batch(1, 2, 3, 4))
     assert store.revocation_delivered("shop-2") is False  # another device's revocation is not its own
     assert store.revocation_delivered("shop-9") is False
+
+
+def test_a_revocation_recorded_for_the_box_a_journal_was_restored_from_is_not_the_new_boxs(store):
+    """A backup taken after the old box recorded its revocation, restored onto its replacement: the new box sends
+    that revocation as its own event. Once, when the new box was revoked in its turn, central took the old
+    revocation for its own and cut the new box off the broker before it delivered what it held."""
+    store.register("shop-2", "key-2")
+    store.add_events("shop-2", 1, [{"seq": 1, "kind": "sale", "body": {}},
+                                   {"seq": 2, "kind": "revocation", "body": revocation(time.time() - 86400)}])
+    assert store.revocation_delivered("shop-2") is False  # not revoked: nothing of its own to deliver
+    store.revoke("shop-2")
+    assert store.revocation_delivered("shop-2") is False  # the old box's revocation, issued before this one's
+    store.add_events("shop-2", 1, [{"seq": 3, "kind": "sale", "body": {}},
+                                   {"seq": 4, "kind": "revocation", "body": revocation(time.time())}])
+    assert store.revocation_delivered("shop-2") is True
 
 
 def test_each_database_is_the_one_named(database):

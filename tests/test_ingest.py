@@ -157,7 +157,8 @@ def test_a_status_signed_by_another_key_is_rejected(central):
 def test_a_revoked_box_is_cut_off_when_it_goes_offline_after_handing_in_its_revocation(central):
     key, now = central.box_key, time.time()
     central.store.revoke("shop-1")
-    central.handle(batch_message([*sales(1), Event(2, "revocation", {"name": "revocation/shop-1"})], key=key))
+    central.handle(batch_message([*sales(1), Event(2, "revocation", {"name": "revocation", "issued_at": protocol.rfc3339(now)})],
+                                 key=key))
     online, _ = central.handle(status_message(key=key, sent_at=now))
     assert online.cut_off is False  # online: it may still have more to hand in
     stale, _ = central.handle(status_message("offline", key=key, sent_at=now - 10, retain=True))
@@ -479,6 +480,7 @@ def test_a_new_journal_under_a_devices_id_is_refused_and_nothing_of_it_is_acknow
 def test_a_journal_restored_onto_another_box_is_counted_from_where_its_last_box_was_acknowledged(central):
     """The restored journal holds events 1 to 5, of which central acknowledged 1 to 3 to the old box; the new box
     (another id) sends 4 and 5 as itself. Once, its count started at 1 and never moved: acknowledged 0 for ever."""
+    assert central.handle(journal_batch(sales(1, 2, 3), journal=J1, key=central.box_key))[0].acked_seq == 3
     new_key = Ed25519PrivateKey.generate()
     central.store.register("shop-new", public_key_text(new_key), shop="530100000001", region="honghe")
     later, _ = central.handle(journal_batch(sales(5), journal=J1, base_seq=3, device="shop-new", key=new_key))
@@ -486,7 +488,34 @@ def test_a_journal_restored_onto_another_box_is_counted_from_where_its_last_box_
     result, (_, token) = central.handle(journal_batch(sales(4), journal=J1, base_seq=3, device="shop-new", key=new_key))
     assert (result.added, result.acked_seq) == (1, 5)
     assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1) == 5
-    assert [(e["device"], e["seq"]) for e in central.store.events()] == [("shop-new", 4), ("shop-new", 5)]
+    assert [(e["device"], e["seq"]) for e in central.store.events()][3:] == [("shop-new", 4), ("shop-new", 5)]
+
+
+def test_a_journal_is_counted_as_delivered_only_as_far_as_central_holds_it_for_another_box(central):
+    """``base_seq`` says "my journal's events up to here were delivered as another device". Once central took it
+    on the box's word: a box naming a journal no other box delivered (or naming a seq past the one that did) had
+    seqs acknowledged that central never held, and the gap in its sales went unseen for good."""
+    new_key = Ed25519PrivateKey.generate()
+    central.store.register("shop-new", public_key_text(new_key), shop="530100000001", region="honghe")
+    with pytest.raises(Rejected) as refused:
+        central.handle(journal_batch(sales(1001), journal=J2, base_seq=1000, device="shop-new", key=new_key))
+    assert str(refused.value) == (
+        f"device shop-new counts the events of journal {J2} up to seq 1000 as delivered by another device, but "
+        "central holds none of that journal's from another device. Nothing is stored or acknowledged; the box "
+        "keeps its events")
+    assert central.handle(journal_batch(sales(1, 2, 3), journal=J1, key=central.box_key))[0].acked_seq == 3
+    with pytest.raises(Rejected) as refused:
+        central.handle(journal_batch(sales(6), journal=J1, base_seq=5, device="shop-new", key=new_key))
+    assert str(refused.value) == (
+        f"device shop-new counts the events of journal {J1} up to seq 5 as delivered by another device, but "
+        "central holds them only up to seq 3 from another device. Nothing is stored or acknowledged; the box "
+        "keeps its events")
+    assert [(e["device"], e["seq"]) for e in central.store.events()] == [("shop-1", 1), ("shop-1", 2), ("shop-1", 3)]
+    assert central.store.device("shop-new").acked_seq == 0
+    # Once the old box delivers them, the new box's batch is counted on from there.
+    assert central.handle(journal_batch(sales(4, 5), journal=J1, key=central.box_key))[0].acked_seq == 5
+    assert central.handle(journal_batch(sales(6), journal=J1, base_seq=5, device="shop-new",
+                                        key=new_key))[0].acked_seq == 6
 
 
 def test_a_backup_older_than_the_last_acknowledgement_restored_onto_another_box_counts_nothing_twice(central):
@@ -625,7 +654,8 @@ def test_a_revoked_box_gone_offline_with_no_broker_to_keep_leaves_central_servin
         serving = await _serving(central, port, caplog)
         async with MqttLink(host="127.0.0.1", port=port, client_id="a-box") as box_link:
             await box_link.connected.wait()
-            revocation = protocol.encode_batch([Event(1, "revocation", {"name": "revocation"})], device="shop-1",
+            revoked = {"name": "revocation", "issued_at": protocol.rfc3339(time.time())}
+            revocation = protocol.encode_batch([Event(1, "revocation", revoked)], device="shop-1",
                                                session=1, key=central.box_key, sent_at=time.time())
             await box_link.publish(protocol.batch_topic(PREFIX, "shop-1"), revocation)
             async with asyncio.timeout(10):
