@@ -661,7 +661,8 @@ class CentralStore:
         for body in bodies:
             document = json.loads(body)
             name, version = document.get("name"), document.get("version")
-            if name not in held or (version is not None and (held[name] is None or version > held[name])):
+            # One not as a box writes it (a text version, a list for a name) says nothing of what it holds.
+            if isinstance(name, str) and protocol.natural(version) and version > held.get(name, 0):
                 held[name] = version
         return held
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .errors import SignatureError
 
 ALG = "Ed25519"
+PARAMETERS = ("alg", "kid", "typ")  # the protected header's, as ``sign`` writes it
 
 
 def b64url(data: bytes) -> str:
@@ -57,12 +58,24 @@ def unverified_header(token: str) -> dict[str, Any]:
     try:
         # UTF-8 and nothing else (RFC 7515: BASE64URL(UTF8(header))): json.loads would take bytes in
         # UTF-16 or 32, or behind a BOM, too, and a token has one spelling.
-        header = json.loads(b64url_decode(parts[0]).decode("utf-8"), object_pairs_hook=_unique)
+        header = json.loads(b64url_decode(parts[0]).decode("utf-8"), object_pairs_hook=_unique,
+                            parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise SignatureError("the protected header is not UTF-8 JSON with each name once") from None
     if not isinstance(header, dict):
         raise SignatureError("the protected header is not a JSON object")
     return header
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json reads them, JSON has none
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if number in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is beyond a JSON number's range")
+    return number
 
 
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -83,6 +96,15 @@ def verify(token: str, key: Ed25519PublicKey) -> tuple[dict[str, Any], bytes]:
         raise SignatureError(f"unsupported critical header parameters {header['crit']!r}")
     if header.get("b64", True) is not True:  # an unencoded payload (RFC 7797) is no payload of this protocol
         raise SignatureError("an unencoded payload (b64) is refused")
+    # What this protocol writes, and nothing else: a parameter a reader may take or refuse (``cty``, one of
+    # no standard) would let central and a consumer's JOSE library disagree on whether a token holds.
+    others = sorted(set(header) - set(PARAMETERS))
+    if others:
+        raise SignatureError(f"the protected header holds a parameter this protocol has none of: "
+                             f"{', '.join(repr(name[:40]) for name in others[:5])}")
+    for name in PARAMETERS:
+        if name in header and not isinstance(header[name], str):
+            raise SignatureError(f"the protected header's {name} is not text")
     signing_input, _, signature = token.rpartition(".")
     try:
         key.verify(b64url_decode(signature), signing_input.encode())

@@ -208,6 +208,10 @@ def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str
     acknowledgement of another journal's events under this device's id, or of no journal named, moves
     nothing of this one); ProtocolError for anything else."""
     _, payload = verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
+    if not is_version(payload.get("v")):
+        raise ProtocolError(f"acknowledgement version {str(payload.get('v'))[:40]!r} is not {VERSION}"
+                            if isinstance(payload.get("v"), str) else
+                            f"acknowledgement version {payload.get('v')!r} is not {VERSION}")
     if payload.get("device") != device:
         raise ProtocolError(f"acknowledgement is for device {payload.get('device')!r}, not {device!r}")
     seq = payload.get("ack_seq")

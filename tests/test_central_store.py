@@ -573,7 +573,13 @@ def test_the_documents_a_box_holds_are_the_highest_version_it_applied_of_each_st
                {"name": "price_list/honghe", "version": 3}, {"name": "price_list/honghe", "version": 2}]
     store.add_events("shop-1", 1, [{"seq": seq, "kind": "document", "body": body}
                                    for seq, body in enumerate(applied, start=1)]
-                     + [{"seq": 5, "kind": "sale", "body": {"name": "not-a-document", "version": 99}}])
+                     + [{"seq": 5, "kind": "sale", "body": {"name": "not-a-document", "version": 99}}]
+                     # A box's event not as the protocol writes one: held to nothing (once, it stopped the fleet
+                     # table for every box: a text compared with a number, a list as a name).
+                     + [{"seq": 6, "kind": "document", "body": {"name": "price_list/honghe", "version": "4"}},
+                        {"seq": 7, "kind": "document", "body": {"name": ["price_list/honghe"], "version": 5}},
+                        {"seq": 8, "kind": "document", "body": {"name": "price_list/honghe", "version": True}},
+                        {"seq": 9, "kind": "document", "body": {"name": "price_list/honghe"}}])
     store.add_events("shop-2", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 7}}])
     assert store.documents_held("shop-1") == {"price_list/honghe": 3, "order/shop-1": 4}
     assert store.documents_held("shop-2") == {"price_list/honghe": 7}

@@ -156,8 +156,25 @@ def _respelt_signature(token: bytes, respell) -> bytes:
                                        payload, key, "utf-16"), "the protected header is not UTF-8 JSON with each name once"),
     (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}"}}',
                                        payload, key, "utf-8-sig"), "the protected header is not UTF-8 JSON with each name once"),
+    # The header holds alg, kid and typ, as text, and nothing else: central once stored batches whose header held
+    # a NaN, a number beyond a double or a parameter of no standard, which the consumers' JOSE library refuses.
+    (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}",'
+                                       '"cty":NaN}', payload, key), "the protected header is not UTF-8 JSON"),
+    (lambda key, payload: _header_text(f'{{"alg":"Ed25519","kid":"{DEVICE}","typ":"{protocol.BATCH_TYPE}",'
+                                       '"n":1e999}', payload, key), "the protected header is not UTF-8 JSON"),
+    (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE,
+                                                            "typ": protocol.BATCH_TYPE, "ext": 1}),
+     "the protected header holds a parameter this protocol has none of: 'ext'"),
+    (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE,
+                                                            "typ": protocol.BATCH_TYPE, "cty": "json"}),
+     "the protected header holds a parameter this protocol has none of: 'cty'"),
+    (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": 7, "typ": protocol.BATCH_TYPE}),
+     "the protected header's kid is not text"),
+    (lambda key, payload: signed_with_header(payload, key, {"alg": "Ed25519", "kid": DEVICE, "typ": ["x"]}),
+     "the protected header's typ is not text"),
 ], ids=["alg-twice", "kid-twice", "crit-empty", "b64-false", "padded-signature", "signature-spare-bits",
-        "header-utf-16", "header-bom"])
+        "header-utf-16", "header-bom", "header-nan", "header-infinite", "header-extension", "header-cty",
+        "kid-number", "typ-list"])
 def test_a_token_is_read_in_its_one_spelling_or_refused(key, forge, reason):
     with pytest.raises(SignatureError, match=re.escape(reason)):
         protocol.decode_batch(forge(key, json.dumps(good_payload()).encode()), device=DEVICE, key=key.public_key())
@@ -187,7 +204,14 @@ def test_a_batch_of_a_devices_first_session_zero_is_taken(key):
     (lambda key: signed({"v": 1, "device": DEVICE, "ack_seq": True}, key, kid="central", typ=protocol.ACK_TYPE),
      "no valid ack_seq"),
     (lambda key: protocol.encode_ack(DEVICE, 5, key=Ed25519PrivateKey.generate()), "signature check failed"),
-], ids=["other-device", "typ", "kid", "negative", "bool", "other-key"])
+    # Every message says its protocol version, the integer 1: a central speaking another is not read as this one.
+    (lambda key: signed({"v": 2, "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=protocol.ACK_TYPE),
+     "acknowledgement version 2 is not 1"),
+    (lambda key: signed({"v": "1", "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=protocol.ACK_TYPE),
+     "acknowledgement version '1' is not 1"),
+    (lambda key: signed({"device": DEVICE, "ack_seq": 5}, key, kid="central", typ=protocol.ACK_TYPE),
+     "acknowledgement version None is not 1"),
+], ids=["other-device", "typ", "kid", "negative", "bool", "other-key", "v2", "v-text", "no-v"])
 def test_an_acknowledgement_that_is_not_centrals_for_this_device_is_refused(key, forge, reason):
     with pytest.raises(ProtocolError, match=re.escape(reason)):
         protocol.decode_ack(forge(key), device=DEVICE, key=key.public_key())
