@@ -1,7 +1,8 @@
 """Barcode symbologies and their check digits.
 
-EAN-13, EAN-8 and UPC-A carry a GS1 mod-10 check digit; a code of one of
-their lengths that fails it is a misread, never a product. A UPC-A and the
+EAN-13, EAN-8, UPC-A and the GTIN-14 of a case (fourteen digits, the code an
+ITF-14 or a case's label carries) carry a GS1 mod-10 check digit; a code of
+one of their lengths that fails it is a misread, never a product. A UPC-A and the
 same code read as a 13-digit EAN-13 with a leading zero are one product: both
 have the same GTIN-14, the key prices are looked up by. A UPC-E (the short
 code of small packs: eight digits, number system 0 or 1) is its UPC-A with
@@ -29,6 +30,7 @@ class Symbology(str, Enum):
     EAN8 = "ean8"
     UPCA = "upca"
     UPCE = "upce"
+    GTIN14 = "gtin14"
     CODE128 = "code128"
     GS1_128 = "gs1-128"
     CODE39 = "code39"
@@ -38,7 +40,7 @@ class Symbology(str, Enum):
     RAW = "raw"
 
 
-_BY_LENGTH = {13: Symbology.EAN13, 8: Symbology.EAN8, 12: Symbology.UPCA}
+_BY_LENGTH = {13: Symbology.EAN13, 8: Symbology.EAN8, 12: Symbology.UPCA, 14: Symbology.GTIN14}
 # AIM symbology identifiers: "]" + code character + modifier. The EAN/UPC family ("]E") is told apart by length.
 _AIM = {"E": None, "C": Symbology.CODE128, "A": Symbology.CODE39, "Q": Symbology.QR, "d": Symbology.DATAMATRIX,
         "L": Symbology.PDF417}
@@ -62,7 +64,7 @@ class Barcode:
     @property
     def key(self) -> str:
         """What a price list knows this code by: the GTIN-14 for EAN/UPC codes, else the code itself."""
-        if self.symbology in (Symbology.EAN13, Symbology.EAN8, Symbology.UPCA):
+        if self.symbology in (Symbology.EAN13, Symbology.EAN8, Symbology.UPCA, Symbology.GTIN14):
             return self.data.zfill(14)
         if self.symbology is Symbology.UPCE:
             return upce_to_upca(self.data).zfill(14)
@@ -155,7 +157,7 @@ def classify(text: str, aim: str = "") -> Barcode:
     if aim == "]E3":
         return _with_add_on(text)
     found = _gs1(text, aim=aim)
-    if found is None and aim in ("]E0", "]E4"):
+    if (found is None or found.symbology is Symbology.GTIN14) and aim in ("]E0", "]E4"):
         return Barcode(text, Symbology.RAW, NOT_EAN)  # the scanner read an EAN, and this is none
     return found or Barcode(text, Symbology.RAW)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from drivers.barcode import ADD_ON_ALONE, CHECK_DIGIT, NOT_EAN, Symbology, classify, gs1_check_digit, upce_to_upca
+from drivers.barcode import ADD_ON_ALONE, CHECK_DIGIT, NOT_EAN, Barcode, Symbology, classify, gs1_check_digit, upce_to_upca
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,16 @@ def test_a_wrong_check_digit_is_invalid(code):
     assert classify(code).valid is False
 
 
-@pytest.mark.parametrize("code", ["PROMO-$5", "12345", "ABC123", "69010280758310", "６９０１０２８０７５８３１"])
+def test_a_cases_gtin14_is_checked_like_an_ean_and_keyed_as_itself():
+    """A case row with a typo in its 14 digits once loaded, and the real case scanned was then an unknown product."""
+    assert classify("16901028075838") == Barcode("16901028075838", Symbology.GTIN14, "")
+    assert classify("16901028075838").key == "16901028075838"
+    assert classify("16901028075839").reason == CHECK_DIGIT
+    assert classify("06901028075831").key == classify("6901028075831").key  # indicator 0: the EAN-13 itself
+    assert classify("16901028075838", "]E0").reason == NOT_EAN  # fourteen digits are no EAN
+
+
+@pytest.mark.parametrize("code", ["PROMO-$5", "12345", "ABC123", "690102807583101", "６９０１０２８０７５８３１"])
 def test_other_codes_are_raw_and_left_to_the_counter(code):
     barcode = classify(code)
     assert (barcode.symbology, barcode.valid, barcode.data) == (Symbology.RAW, True, code)
