@@ -130,6 +130,11 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
             # The row's first line in the file: blank lines before it are skipped, and a quoted field
             # (a spreadsheet's note) may hold line breaks.
             line = reader.line_num - sum(value.count("\n") for value in _values(row))
+            extra = row.get(None)
+            if extra and any(value.strip() for value in extra):
+                # An unquoted comma (a price of 1,200.00, or 23,50) splits a field in two: never read in part.
+                raise error(f"line {line}: {len(fieldnames) + len(extra)} fields where the header names "
+                            f"{len(fieldnames)} columns (a comma in a price or a name is quoted: \"1,200.00\")")
             fields = {name: (value or "").strip() for name, value in row.items()
                       if isinstance(name, str) and isinstance(value, str)}
             if any(CONTROL.search(value) for name, value in fields.items() if name in read):

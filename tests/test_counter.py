@@ -6,6 +6,8 @@ import re
 import pytest
 
 from agent.counter import Counter
+from agent.orders import OrderError
+from agent.orders import parse_csv as parse_order
 from agent.prices import PriceListError, parse_csv
 from drivers.decoder import Scan
 from drivers.feedback import Signal
@@ -216,6 +218,21 @@ def test_a_column_the_price_list_does_not_read_may_hold_a_line_break():
     assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300)]
     with pytest.raises(PriceListError, match="line 2: a field holds a control character"):
         parse_csv('barcode,name,price\n6901028075831,"Hong\ntashan",23.00\n')
+
+
+@pytest.mark.parametrize("line", ["6901028075848,Zhonghua (carton),1,200.00", "6901028075831,Hongtashan,23,50"],
+                         ids=["thousands-separator", "decimal-comma"])
+def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(line):
+    """An unquoted 1,200.00 or 23,50 splits the price in two: once the list loaded 1.00 and 23.00, the rest of
+    the line dropped without a word, and a push would have set that price in every box of the region."""
+    with pytest.raises(PriceListError, match=re.escape("line 3: 4 fields where the header names 3 columns (a "
+                                                       "comma in a price or a name is quoted: \"1,200.00\")")):
+        parse_csv(f'barcode,name,price\n6901028075831,Hongtashan,23.00\n{line}\n')
+    with pytest.raises(OrderError, match="line 2: 3 fields where the header names 2 columns"):
+        parse_order("barcode,quantity\n6901028075848,1,200\n")
+    # Empty fields past the header's (a spreadsheet's trailing commas) hold nothing: the list loads.
+    items = parse_csv("barcode,name,price\n6901028075831,Hongtashan,23.00,,\n")
+    assert [(i.barcode, i.price) for i in items] == [("6901028075831", 2300)]
 
 
 def test_a_price_list_the_journal_cannot_read_back_gives_way_to_the_one_before(tmp_path):
