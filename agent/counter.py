@@ -65,6 +65,8 @@ START_GUARD = 10.0  # seconds after the box starts in which a keyed number may h
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
 FOLD_BYTES = 1024 * 1024  # and no more than this of them (one larger event alone): price lists are large
 PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled")
+# The controls that set something for the next scan (or spoil it), and so start its time anew.
+SETS_PENDING = frozenset({"digit", "quantity", "keyed-quantity", "price", "carton", "return"})
 
 
 @dataclass(frozen=True)
@@ -407,13 +409,17 @@ class Counter:
     # -- controls --------------------------------------------------------------------
 
     def _control(self, journal: Journal, control: controls.Control, scan: Scan) -> Outcome:
-        pending = self._pending
-        pending.since = self.clock()
+        pending, now = self._pending, self.clock()
         action = control.action
+        if action in SETS_PENDING:
+            # What is set for the next scan times out counted from the last control that set it: a void or a
+            # control refused leaves it, and its time, as they were (as after a restart, where the journal's
+            # pending event says when).
+            pending.since = now
         if self.mode != "selling":
-            self._mode_active_at = pending.since
+            self._mode_active_at = now
         if action == "digit":
-            if not pending.keyed and pending.since - (self._started_at or 0.0) < self.start_guard:
+            if not pending.keyed and now - (self._started_at or 0.0) < self.start_guard:
                 # The box has just started: digits keyed before it was reading may be lost.
                 pending.spoiled = True
             if pending.spoiled or len(pending.keyed) >= MAX_KEYED or (control.value == "." and "." in pending.keyed):
@@ -529,7 +535,10 @@ class Counter:
                     "quantity": None, "known": line["known"], "name": line["name"], "at": at, "scanner": None,
                     "product_name": self._catalog.names.get(line["product"])}))
         closed = self._close(journal, order=order)
-        return Outcome(closed.signal, (*events, *closed.events))
+        unknown = any(event.kind == "received" and not event.body["known"] for event in events)
+        # A product not on the price list received asks for a look, as scanning it in would.
+        signal = Signal.ATTENTION if unknown and closed.signal is Signal.GOOD else closed.signal
+        return Outcome(signal, (*events, *closed.events))
 
     def _close(self, journal: Journal, order: dict[str, Any] | None = None) -> Outcome:
         session = self.ledger.session

@@ -138,7 +138,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 def sales_table(report: dict[str, Any]) -> str:
     days = report["days"]
     span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
-    rows = [[row["product"], row["name"] or "(not on the price list)", row["lines"], row["packs"],
+    rows = [[row["product"], row["name"] or ("(not on the price list)" if row["unpriced"] else ""), row["lines"],
+             row["packs"],
              money(row["amount"]), money(row["cost"]), money(row["margin"])] for row in report["products"]]
     total = report["total"]
     rows.append(["total", "", total["lines"], total["packs"], money(total["amount"]), money(total["cost"]),
