@@ -43,7 +43,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from drivers.barcode import classify
-from drivers.decoder import NotABarcode, Scan
+from drivers.decoder import DROPPED, TAKEN_BACK, NotABarcode, Scan
 from drivers.feedback import Signal
 from drivers.keypad import Keypress
 from provisioning.documents import holds_for_box, settings_in_force
@@ -65,6 +65,8 @@ START_GUARD = 10.0  # seconds after the box starts in which a keyed number may h
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
 FOLD_BYTES = 1024 * 1024  # and no more than this of them (one larger event alone): price lists are large
 PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled")
+# A scan cut by events the kernel lost: whatever they were (a control whole, the middle of one) cannot be told.
+LOST_UNSEEN = frozenset({DROPPED, TAKEN_BACK})
 # The controls that set something for the next scan (or spoil it), and so start its time anew.
 SETS_PENDING = frozenset({"digit", "quantity", "keyed-quantity", "price", "carton", "return"})
 
@@ -302,7 +304,7 @@ class Counter:
                 return Outcome(Signal.GOOD, note=f"keypad {scan.key}: nothing to do")
             scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
-            if self._pending.keyed or controls.could_be_part_of_one(scan.text):
+            if self._pending.keyed or scan.reason in LOST_UNSEEN or controls.could_be_part_of_one(scan.text):
                 # The cut scan may have been a digit of a number being keyed, or a control meant for the
                 # next scan: never use half a number, nor sell the next scan without what it was told.
                 # Held only until the next look for what expired (about a second): a cut scan is most
@@ -325,6 +327,8 @@ class Counter:
             try:
                 control = controls.control(scan.text)
             except ValueError as error:
+                # A sheet's code read wrong was meant for something: the next scan must not go without it.
+                self._pending.keyed, self._pending.spoiled = "", True
                 body = {"text": scan.text[:REFUSED_TEXT], "reason": str(error), "scanner": scan.source,
                         "refused_at": rfc3339(time.time())}
                 return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))

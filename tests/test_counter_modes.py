@@ -611,6 +611,36 @@ def test_a_cut_scan_that_may_be_part_of_a_digit_spoils_the_number_that_follows(s
     assert shop.scan(PACK) == () and shop.signal is Signal.ERROR  # never at 0.05
 
 
+@pytest.mark.parametrize("control, seen", [("CB:QTY3", "CB:Y3"), ("CB:RETURN", "CB:REN"), ("CB:CARTON", "075831")],
+                         ids=["quantity-middle-lost", "return-middle-lost", "return-lost-whole-with-a-products-head"])
+def test_a_scan_the_kernel_dropped_events_of_refuses_the_product_scanned_at_once(shop, control, seen):
+    """What a drop lost cannot be told: the middle of a control (its head and tail joined, which neither begins
+    nor ends one), or a whole control and the head of the product after it. Once, the pack scanned next was
+    sold plainly: 1 pack for 3, a sale for a return, a pack for a carton."""
+    from drivers.decoder import DROPPED, TAKEN_BACK
+
+    for reason in (DROPPED, TAKEN_BACK):
+        with shop.journal.transaction():
+            shop.counter.record(shop.journal, NotABarcode(seen, "/dev/input/event3", reason))
+        assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+        shop.scan("CB:CLEAR")
+    # A product's head cut as the scanner was opened refuses only itself, as before.
+    from drivers.decoder import STARTED_UNSEEN
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("075831", "/dev/input/event3", STARTED_UNSEEN))
+    [sale] = shop.scan(PACK)
+    assert sale.kind == "sale"
+
+
+@pytest.mark.parametrize("code", ["CB:QTY#", "CB:RETURM", "CB:"])
+def test_a_sheet_code_that_names_no_control_refuses_the_product_scanned_at_once(shop, code):
+    """Read wrong (a scanner's Shift state misjudged, a smudged sheet), it was meant to set something for the
+    next scan: once, the product scanned next was sold plainly."""
+    [refused] = shop.scan(code)
+    assert refused.kind == "refused" and shop.signal is Signal.ERROR
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+
+
 def test_digits_keyed_as_the_box_starts_are_refused_their_first_may_be_lost(tmp_path):
     journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
     clock = Clock()
