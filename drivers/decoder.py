@@ -73,6 +73,8 @@ NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
 DEAD_KEY = "a dead key (an accent) with a key it makes nothing with: a character lost"
 ALT_CODE = "an Alt and keypad code that makes no character"
+KEY_DOWN_ONLY = ("the scanner sends no key-ups, learned in this scan: a Shift pressed for one of its characters was "
+                 "taken as held for those after it")
 # After a scan stopped without its terminator, whatever follows up to the next terminator is its
 # tail, however long the scanner paused, unless nothing at all comes for this long.
 CUT_OFF_QUIET = 1.0  # seconds
@@ -180,6 +182,9 @@ class Decoder:
         self._alt_code = ""  # keypad digits typed while Alt is held: a character by its number
         self._alt_unseen = False  # Alt held through a drop: the digits before it are lost, and so its character
         self._mods_since_char: set[int] = set()
+        # A character of the scan came with a modifier held from an earlier one: right only if the scanner
+        # sends key-ups, so the scan is refused should it turn out to send none.
+        self._held_over = False
         self._mods_held: set[int] = set()
         self._dropping = False
         # A scan not seen whole: why (None: none), what it typed, the last key-down in it.
@@ -204,8 +209,12 @@ class Decoder:
         """Part of a scan is held: ``idle`` will end it if nothing more comes."""
         return bool(self._chars) or self._broken is not None or bool(self._dead or self._alt_code)
 
-    def opened(self, at: float) -> None:
-        """A live source was opened at ``at``: keys before the first pause belong to a scan begun earlier."""
+    def opened(self, at: float, held: frozenset[int] | None = None) -> None:
+        """A live source was opened at ``at``: keys before the first pause belong to a scan begun earlier.
+        ``held``: the keys the device says are down (EVIOCGKEY), so that what is seen of that scan reads as
+        it was typed (a Shift held over a run of capitals); None where the source cannot say."""
+        if held is not None:
+            self._reset_keys(held, keep_locks=True)
         self._broken_start(STARTED_UNSEEN, at, last=at)
 
     def feed(self, event: InputEvent) -> Scan | NotABarcode | None:
@@ -332,6 +341,8 @@ class Decoder:
             char = "" if dead else self._state.text(code)
             if self.key_down_only:
                 self._release_modifiers()
+            elif char and not self._mods_held <= self._mods_since_char:
+                self._held_over = True
             self._mods_since_char.clear()
             if self._dead and t - self._dead_at > self.settings.max_key_interval:
                 self._dead = ""  # pressed alone, long before: no part of this burst
@@ -396,8 +407,11 @@ class Decoder:
     def _modifier(self, code: int, down: bool) -> None:
         if down and code in self._mods_held:
             # Pressed again with no key-up: xkb would count it twice and hold it after one release. On a
-            # device that sends no key-ups it is pressed for the next character all the same.
+            # device that sends no key-ups it is pressed for the next character all the same; one that has
+            # sent none yet is such a device.
             self._mods_since_char.add(code)
+            if not self._sends_key_ups and not self.key_down_only:
+                self._learn_key_down_only()
             return
         self._state.update(code, down=down)
         if down:
@@ -412,6 +426,8 @@ class Decoder:
         for code in self._mods_held - self._mods_since_char:
             self._state.update(code, down=False)
             self._mods_held.discard(code)
+        if self._held_over and self._times:
+            self._lost(self._times[0], KEY_DOWN_ONLY)  # a character of it already read with such a modifier
 
     def _release_modifiers(self) -> None:
         for code in self._mods_held:
@@ -430,7 +446,7 @@ class Decoder:
         # never a reason to hold part of a scan, to which the next scan would then be joined.
         if self._broken is not None:
             if self._broken_last is not None:
-                quiet = not -CLOCK_SLACK <= now - self._broken_last <= self.settings.max_key_interval
+                quiet = not -CLOCK_SLACK <= now - self._broken_last <= self._broken_pause
             else:
                 quiet = not -CLOCK_SLACK <= now - self._broken_since <= self._broken_quiet
             return self._end_broken() if quiet else None
@@ -462,9 +478,16 @@ class Decoder:
             if not self.settings.terminators and self._chars and t - self._last_key > self.idle_after:
                 return self._finish(self._times[-1])
             return None
-        if self._broken_last is not None and t - self._broken_last > self.settings.max_key_interval:
+        if self._broken_last is not None and t - self._broken_last > self._broken_pause:
             return self._end_broken()
         return None
+
+    @property
+    def _broken_pause(self) -> float:
+        """The pause that ends a broken scan: once it has typed keys, one a whole scan is refused for (up to
+        idle_after) goes on with it to its terminator (ended sooner, its tail would be read as a scan of its
+        own); before any, a scanner's pace (a scan begun after the open, seen from its start, is whole)."""
+        return self.idle_after if self._broken_typed else self.settings.max_key_interval
 
     def _end_broken(self) -> NotABarcode | None:
         reason, typed, text = self._broken, self._broken_typed, "".join(self._broken_text)
@@ -477,6 +500,10 @@ class Decoder:
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if self._dead or self._alt_code:  # a dead key or an Alt code, then the end: its character never came
             self._lost(t, DEAD_KEY if self._dead else ALT_CODE)
+        if len(self._chars) > 1 and not self._sends_key_ups and not self.key_down_only:
+            # Two characters or more and no key released by the end: a scanner that sends no key-ups (one that
+            # sends them has let go of the first character's key before the terminator).
+            self._learn_key_down_only()
         lost, self._lost_key = self._lost_key, None
         first = self._times[0] if self._times else t
         # (After the last character, too: a pause that ends a scan comes after its last key.)
@@ -524,6 +551,7 @@ class Decoder:
         self._span = 0.0
         self._lost_key = None
         self._dead = self._alt_code = ""
+        self._held_over = False
         return text
 
     # -- the device ---------------------------------------------------------------

@@ -58,7 +58,7 @@ class Keypad:
     idle_after = 1.0
     pending = False
 
-    def opened(self, at: float) -> None:
+    def opened(self, at: float, held: frozenset[int] | None = None) -> None:
         """Nothing to refuse: a key pressed before the keypad was opened is one key, seen whole or not at all."""
 
     def feed(self, event: InputEvent) -> Keypress | NotABarcode | None:

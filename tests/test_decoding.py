@@ -8,7 +8,8 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_KEY, DROPPED, NOTHING_BUT_AFFIXES, ONE_KEY,
+from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_KEY, DROPPED, KEY_DOWN_ONLY,
+                             NOTHING_BUT_AFFIXES, ONE_KEY,
                              STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
@@ -123,6 +124,34 @@ def test_a_scanner_that_sends_only_key_downs_still_works(tmp_path):
             keys.down(e.KEY_LEFTSHIFT)
         keys.down(code)
     assert texts(decode(keys.bytes(), tmp_path)) == ["6901028075831", "Ab$4"]
+
+
+@pytest.mark.parametrize("strokes, later, first_whole", [
+    ([(e.KEY_A, True), (e.KEY_1, False), (e.KEY_B, True), (e.KEY_2, False)], "A1B2", False),  # Shift pressed again
+    ([(e.KEY_A, True), (e.KEY_1, False)], "A1", False),  # no key-up by its terminator
+    # Learned at its second Shift, before any character took the first one's: read right from the start.
+    ([(e.KEY_C, True), (e.KEY_B, True), (e.KEY_SEMICOLON, True), (e.KEY_Q, True), (e.KEY_T, True), (e.KEY_Y, True),
+      (e.KEY_3, False)], "CB:QTY3", True),
+], ids=["shift-again", "no-key-up-by-the-end", "a-control"])
+def test_a_scanner_learned_to_send_only_key_downs_in_a_scan_with_shift_refuses_that_scan(tmp_path, strokes, later,
+                                                                                          first_whole):
+    """Until the decoder knows a scanner sends no key-ups, a Shift pressed for one character is held for those
+    after it: its first scan once read A!B@ for A1B2 (a sale of no product), or CB:QTY# for CB:QTY3. A scan in
+    which that is learned is refused if a character in it came with a Shift pressed for an earlier one; the
+    scans after it are read right."""
+    keys = Keys()
+    for _ in range(2):
+        for code, shift in strokes + [(e.KEY_ENTER, False)]:
+            if shift:
+                keys.down(e.KEY_LEFTSHIFT)
+            keys.down(code)
+        keys.pause(0.5)
+    results = decode(keys.bytes(), tmp_path)
+    if first_whole:
+        assert texts(results) == [later, later]
+    else:
+        assert [(type(r).__name__, getattr(r, "reason", "")) for r in results][0] == ("NotABarcode", KEY_DOWN_ONLY)
+        assert texts(results) == [later]
 
 
 def test_keypad_digits_and_shifted_symbols_are_mapped(tmp_path):
@@ -356,6 +385,44 @@ def test_a_scan_under_way_when_the_scanner_is_opened_is_refused():
     results = [r for r in map(decoder.feed, keys.events) if r is not None]
     assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", "141"), ("Scan", "96385074")]
     assert results[0].reason == STARTED_UNSEEN
+
+
+@pytest.mark.parametrize("pause", [0.06, 0.09])
+@pytest.mark.parametrize("cut", ["opened", "dropped"])
+def test_a_pause_a_whole_scan_is_refused_for_does_not_end_one_not_seen_whole(cut, pause):
+    """A scanner's stall inside a scan seen whole refuses all of it at its terminator; inside one not seen whole
+    it once ended the broken scan, and what followed it was booked as a scan of its own ("TURN" sold)."""
+    decoder = Decoder("dev", DecoderSettings())
+    keys = Keys()
+    if cut == "opened":
+        decoder.opened(T0 - 0.001)
+    else:
+        keys.tap(e.KEY_C, shift=True).raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    keys.tap(e.KEY_B, shift=True).tap(e.KEY_SEMICOLON, shift=True).tap(e.KEY_R, e.KEY_E, shift=True)
+    keys.pause(pause).tap(e.KEY_T, e.KEY_U, e.KEY_R, e.KEY_N, shift=True).enter()
+    keys.pause(1.0).digits("96385074").enter()
+    results = []
+    for event in keys.events:
+        result = decoder.feed(event)
+        if decoder.resync_pending:
+            decoder.resync(frozenset())
+        results += [result] if result is not None else []
+    assert [(type(r).__name__, r.text) for r in results] == [
+        ("NotABarcode", ("" if cut == "opened" else "C") + "B:RETURN"), ("Scan", "96385074")]
+
+
+def test_a_scan_under_way_as_the_scanner_is_opened_is_read_with_the_keys_the_device_holds():
+    """Opened with Shift down (a scanner that holds it over a run of capitals): what is left of CB:CARTON is
+    B:CARTON, which the counter knows for the end of a control; read with no Shift, it was "b;carton", which
+    ends none, and the pack scanned next was sold plainly, not as a carton."""
+    decoder = Decoder("dev", DecoderSettings())
+    decoder.opened(T0 - 0.001, held=frozenset({e.KEY_LEFTSHIFT}))
+    keys = Keys()
+    for code in (e.KEY_B, e.KEY_SEMICOLON, e.KEY_C, e.KEY_A, e.KEY_R, e.KEY_T, e.KEY_O, e.KEY_N):
+        keys.down(code).up(code)
+    keys.up(e.KEY_LEFTSHIFT).enter().pause(1.0).digits("96385074").enter()
+    results = [r for r in map(decoder.feed, keys.events) if r is not None]
+    assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", "B:CARTON"), ("Scan", "96385074")]
 
 
 def test_a_scan_begun_after_a_pause_since_the_open_is_whole():
@@ -766,13 +833,13 @@ def test_a_gap_of_exactly_max_key_interval_is_no_pause():
     assert decoder.idle(last + 0.125) is None
     assert _said([decoder.idle(last + 0.1875)]) == [("NotABarcode", "9638", CUT_OFF, "dev")]
 
-    decoder = Decoder("dev", settings)  # a scan not seen whole goes on at exactly the interval
+    decoder = Decoder("dev", settings)  # a scan not seen whole goes on, as a whole one, up to idle_timeout
     decoder.opened(T0 - 0.0625)
     keys = Keys(interval=0.0625).digits("12")
     assert decoder.feed_all(_records(keys)) == []
     last = keys.t - 0.0625
-    assert decoder.idle(last + 0.0625) is None
-    assert _said([decoder.idle(last + 0.125)]) == [("NotABarcode", "12", STARTED_UNSEEN, "dev")]
+    assert decoder.idle(last + 0.125) is None
+    assert _said([decoder.idle(last + 0.1875)]) == [("NotABarcode", "12", STARTED_UNSEEN, "dev")]
 
     decoder = Decoder("dev", settings)  # and after a drop, quiet of exactly the interval is not yet quiet
     keys = Keys(interval=0.0625).digits("12")
