@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from provisioning import protocol
 from provisioning.errors import ProtocolError
-from storage import DAMAGED, Event, JournalFull, StorageError, Store
+from storage import DAMAGED, Event, StorageError, Store
 
 from .config import UplinkConfig
 from .mqtt import MqttError, MqttLink
@@ -100,21 +100,18 @@ class Uplink:
             return
         try:
             taken = await self.store.write(lambda journal: journal.acknowledge(seq))
-        except JournalFull as error:
+        except StorageError as error:  # a full disk, or one that fails writes (remounted read-only, worn)
             if seq <= self._acked:
-                return  # held in memory already (an acknowledgement before it found no room either)
+                return  # held in memory already (an acknowledgement before it could not be written either)
             if not (self._in_flight and seq <= self._in_flight[-1][0]):
                 logger.error("acknowledgement not taken: %s", error)
                 return
             # Of a batch this uplink sent from this journal: central holds it. Kept in memory, so a backlog
-            # goes on to central while the disk stays full (it would otherwise wait behind the cursor, and
-            # for good if the journal itself filled the disk); the journal's cursor is written with the
-            # next acknowledgement once there is room.
+            # goes on to central while the disk takes no write (it would otherwise wait behind the cursor,
+            # and for good if the journal itself filled the disk); the journal's cursor is written with the
+            # next acknowledgement once the disk takes one.
             logger.warning("acknowledged by central up to seq=%d, kept in memory only: %s", seq, error)
             self._resends = 0
-        except StorageError as error:
-            logger.error("acknowledgement not taken: %s", error)
-            return
         else:
             if taken.refused:
                 logger.error("%s", taken.refused)

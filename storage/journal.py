@@ -730,6 +730,9 @@ class _translated:
             return False
         if sqlite.disk_full(error, self.path):
             raise JournalFull(f"{self.path}: the disk is full; {self.full}") from error
+        if sqlite.read_only(self.path):
+            raise JournalError(f"{self.path}: {error}: its filesystem is mounted read-only (remounted so after a "
+                               "disk error, maybe: see the kernel's log)") from error
         raise JournalError(f"{self.path}: {error}") from error
 
 

@@ -12,6 +12,7 @@ too); a nested one rolls back to its savepoint and leaves the outer one going.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -40,6 +41,19 @@ def disk_full(error: sqlite3.Error, path: Path) -> bool:
     except OSError:
         return False
     return disk.f_bavail * disk.f_frsize < FULL_BELOW
+
+
+def read_only(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` is mounted read-only (ext4 remounts itself so after an
+    error): what SQLite calls a "disk I/O error" or "unable to open database file" there."""
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return True
+        # ext4 gone read-only after an error may still say rw in its mount flags: a nameless file tells.
+        os.close(os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, 0o600))
+    except OSError as error:
+        return error.errno == errno.EROFS
+    return False
 
 
 def create_private(path: Path) -> None:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -328,6 +329,55 @@ def test_on_a_full_disk_acknowledgements_are_kept_in_memory_and_the_backlog_goes
         assert central.batches() == [[1], [2], [3], [4], [5], [6]]  # nothing went twice
 
     run_uplink(stack, small_disk, "shop-full-acks", test, batch_max_events=1, max_in_flight=2)
+
+
+@pytest.fixture
+def failing_disk(tmp_path):
+    """A real ext4 filesystem (on a loop device) mounted errors=remount-ro, and a way to make it fail as a
+    worn card does: the kernel records a filesystem error and remounts it read-only under the open files."""
+    image, mountpoint = tmp_path / "card.img", tmp_path / "card"
+    mountpoint.mkdir()
+    with open(image, "wb") as card:
+        card.truncate(16 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mounted = subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(image), str(mountpoint)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"this kernel gives no loop device: {mounted.stderr.strip()}")
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(mountpoint)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    def fail() -> None:
+        Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("a test's worn card\n")
+
+    yield mountpoint, fail
+    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def test_on_a_disk_that_fails_writes_acknowledgements_are_kept_in_memory_and_the_backlog_goes_on(stack, failing_disk,
+                                                                                                 caplog):
+    """A disk that fails writes without being full (ext4 remounted read-only after an error, as a worn card
+    does): once, the first acknowledged batches were sent again and again, and the backlog behind them stood
+    still for as long as the disk did."""
+    from .test_delivery import recorded, run_uplink
+
+    disk, fail = failing_disk
+
+    async def test(central, box):
+        await box.store.write(recorded(6))
+        box.uplink.wake.set()
+        assert await asyncio.to_thread(central.wait_for, 2, "the batches in flight") == [[1], [2]]
+        fail()
+        central.acknowledge(2)
+        assert await asyncio.to_thread(central.wait_for, 4, "the batches behind them") == [[1], [2], [3], [4]]
+        assert await box.acked_seq() == 0  # the journal's cursor: the disk takes no write
+        central.acknowledge(4)
+        assert await asyncio.to_thread(central.wait_for, 6, "the rest") == [[1], [2], [3], [4], [5], [6]]
+        await _until(lambda: box.uplink.acked == 4)
+        assert central.batches() == [[1], [2], [3], [4], [5], [6]]  # nothing went twice
+
+    run_uplink(stack, disk, "shop-failing-disk", test, batch_max_events=1, max_in_flight=2)
+    assert "kept in memory only" in caplog.text and "its filesystem is mounted read-only" in caplog.text
 
 
 async def _until(condition, within: float = 10.0) -> None:
