@@ -47,13 +47,19 @@ class Scope:
 
 
 def ledgers(store: CentralStore, scope: Scope, *, serving: bool = False) -> dict[str, dict[str, Ledger]]:
-    """Each shop's devices' ledgers, by shop (a device with no shop is its own) and device. ``serving``:
-    only the devices that serve it now, not one revoked (a box replaced counted the same shelf before)."""
+    """Each shop's devices' ledgers, by shop (a device with no shop is its own) and device: each device's own
+    events, each once (sales). ``serving``: a shelf each, as its box keeps it: only the devices that serve it
+    now, not one revoked (a box replaced counted the same shelf before) nor one whose journal goes on at
+    another device (restored onto it), each folded with the events of its journal delivered before it."""
     by_shop: dict[str, dict[str, Ledger]] = {}
     for device_id, shop in scope.devices(store):
-        if serving and (device := store.device(device_id)) is not None and device.revoked_at is not None:
+        if not serving:
+            by_shop.setdefault(shop, {})[device_id] = reports.fold(store.device_events(device_id))
             continue
-        by_shop.setdefault(shop, {})[device_id] = reports.fold(store.device_events(device_id))
+        device = store.device(device_id)
+        if device is None or device.revoked_at is not None or not store.holds_journal(device_id):
+            continue
+        by_shop.setdefault(shop, {})[device_id] = reports.fold(store.journal_events(device_id))
     return by_shop
 
 

@@ -777,6 +777,49 @@ class CentralStore:
             for seq, kind, body in rows:
                 yield seq, kind, json.loads(body)
 
+    def journal_events(self, device_id: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """The events of the device's journal in order, as (seq, kind, body): its own, and those it counts as
+        delivered by another device of the same journal (its box's journal restored onto it, or its id moved
+        away and back), as far as it is acknowledged: what its box folds for its shelf. Where two others
+        hold a seq, the one registered last (the branch it was restored from)."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(devices.c.journal, devices.c.acked_seq)
+                               .where(devices.c.device_id == device_id)).first()
+        if row is None or row.journal is None:
+            yield from self.device_events(device_id)
+            return
+        lineage = sa.select(devices.c.device_id, devices.c.registered_at).where(
+            devices.c.journal == row.journal).subquery()
+        mine = sa.case((_events.c.device_id == device_id, 1), else_=0)
+        query = (sa.select(_events.c.seq, _events.c.kind, _events.c.body)
+                 .join(lineage, lineage.c.device_id == _events.c.device_id)
+                 .where(sa.or_(_events.c.device_id == device_id, _events.c.seq <= row.acked_seq))
+                 .order_by(_events.c.seq, mine.desc(), lineage.c.registered_at.desc()))
+        with self.engine.connect() as conn:
+            last = 0
+            for seq, kind, body in conn.execution_options(yield_per=1000).execute(query):
+                if seq != last:
+                    last = seq
+                    yield seq, kind, json.loads(body)
+
+    def holds_journal(self, device_id: str) -> bool:
+        """Whether the device's journal goes on at this device now, not at another device it was restored
+        onto (or moved to): of its journal's devices still serving, the one that sent its latest event (one
+        with none yet, restored, before one that has). A device that names no journal holds its own."""
+        with self._transaction(write=False) as conn:
+            journal = conn.execute(sa.select(devices.c.journal).where(devices.c.device_id == device_id)).scalar()
+            if journal is None:
+                return True
+            latest = (sa.select(_events.c.device_id, sa.func.max(_events.c.received_at).label("at"))
+                      .group_by(_events.c.device_id).subquery())
+            holder = conn.execute(
+                sa.select(devices.c.device_id).outerjoin(latest, latest.c.device_id == devices.c.device_id)
+                .where(devices.c.journal == journal, devices.c.revoked_at.is_(None))
+                .order_by(sa.func.coalesce(latest.c.at, 0).desc(), devices.c.registered_at.desc(),
+                          devices.c.device_id)
+                .limit(1)).scalar()
+        return holder == device_id
+
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         query = sa.select(_events.c.device_id, _events.c.seq, _events.c.kind, _events.c.session, _events.c.body)
         if kind:

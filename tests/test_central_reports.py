@@ -54,6 +54,36 @@ def test_a_shops_stock_is_its_serving_boxes_not_the_box_it_replaced(store):
     assert sold["shops"]["530100000001"]["total"]["packs"] == 2
 
 
+@pytest.mark.parametrize("revoked", [True, False], ids=["old-box-revoked", "old-box-not-revoked"])
+def test_a_journal_restored_onto_another_box_is_its_shelf_counted_on_from_its_last_box(store, revoked):
+    """The old box received 100 packs and sold 2, and broke; its journal, restored onto a new box, goes on:
+    4 sold, on the new box's own id. Both boxes agree with the box's own report, to the pack: once central
+    folded the new box from nothing (-4 with the old box revoked, unflagged), or counted the old box's
+    shelf beside the new one's, which is the same shelf (184 where the box says 86)."""
+    journal = "a" * 32
+    history = [received(1, 100), sale(2, PACK), sale(3, PACK)]
+    store.add_events("cb-old", 1, history, journal=journal)
+    if revoked:
+        store.revoke("cb-old")
+    own = [count(4, 90), sale(5, PACK), sale(6, PACK), sale(7, PACK), sale(8, PACK)]
+    store.add_events("cb-new", 1, own, journal=journal, base_seq=3)
+    on_the_box = box_reports.stock(box_reports.fold((e["seq"], e["kind"], e["body"]) for e in history + own))
+    assert [(row["product"], row["packs"]) for row in on_the_box["products"]] == [(product_key(PACK), 86)]
+    shelf = reports.stock(store, reports.Scope(shop="530100000001"))["530100000001"]
+    assert [(row["product"], row["packs"]) for row in shelf["products"]] == [(product_key(PACK), 86)]
+    # Without a count on the new box: 100 received, 6 sold.
+    store.register("cb-third", "k" * 43, shop="530100000002", region="honghe")
+    store.add_events("cb-other", 1, history, journal="b" * 32)
+    store.revoke("cb-other")
+    store.add_events("cb-third", 1, [sale(4, PACK), sale(5, PACK)], journal="b" * 32, base_seq=3)
+    shelf = reports.stock(store, reports.Scope(shop="530100000002"))["530100000002"]
+    assert [(row["product"], row["packs"], row["negative_since"]) for row in shelf["products"]] == [
+        (product_key(PACK), 96, None)]
+    # Sales are each event once, whichever box holds it.
+    sold = reports.sales(store, [DAY], reports.Scope(shop="530100000001"))
+    assert sold["shops"]["530100000001"]["total"]["packs"] == 6
+
+
 def test_a_region_is_the_sum_of_its_shops_to_the_fen(store):
     store.add_events("cb-new", 1, [sale(1, PACK), sale(2, CARTON, unit="carton", packs=10, price=22500,
                                                         list_price=22500, cost=19500)])

@@ -48,6 +48,27 @@ def test_the_acknowledgement_never_runs_over_a_gap(store):
     assert store.device("shop-1").acked_seq == 4
 
 
+def test_a_journals_events_are_its_devices_own_and_those_delivered_before_it_by_another(store):
+    """shop-1 delivered 1 to 5 of journal J; a backup taken at 3 went onto shop-2 (which sent its own 4 and
+    5, another branch) and later onto shop-3 from shop-2's journal at 5. Each folds its own branch, and the
+    journal goes on at the serving device that sent last."""
+    journal = "c" * 32
+    for device in ("shop-2", "shop-3"):
+        store.register(device, f"key-{device}")
+    store.add_events("shop-1", 1, batch(1, 2, 3, 4, 5), journal=journal)
+    store.add_events("shop-2", 1, batch(4, 5, body={"branch": 2}), journal=journal, base_seq=3)
+    store.add_events("shop-3", 1, batch(6, body={"branch": 3}), journal=journal, base_seq=5)
+    assert [(seq, body) for seq, _, body in store.journal_events("shop-2")] == [
+        (1, {"n": 1}), (2, {"n": 2}), (3, {"n": 3}), (4, {"branch": 2}), (5, {"branch": 2})]
+    assert [(seq, body) for seq, _, body in store.journal_events("shop-3")] == [
+        (1, {"n": 1}), (2, {"n": 2}), (3, {"n": 3}), (4, {"branch": 2}), (5, {"branch": 2}), (6, {"branch": 3})]
+    assert [store.holds_journal(d) for d in ("shop-1", "shop-2", "shop-3")] == [False, False, True]
+    store.revoke("shop-3")  # taken out of service: the journal's last serving device to send holds it
+    assert [store.holds_journal(d) for d in ("shop-1", "shop-2", "shop-3")] == [False, True, False]
+    store.register("shop-4", "key-4")  # a device of no journal (a box of an earlier version) holds its own
+    assert store.holds_journal("shop-4") and list(store.journal_events("shop-4")) == []
+
+
 def test_a_batch_received_again_adds_nothing(store):
     assert store.add_events("shop-1", 1, batch(1, 2)) == (2, 2)
     assert store.add_events("shop-1", 2, batch(1, 2)) == (0, 2)
