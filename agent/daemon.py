@@ -213,13 +213,16 @@ async def _life(config: Config) -> bool:
     logs.identify_all(device_id)
     store = await open_store(config)
     try:
+        connections = 0
         try:
             session = await store.write(lambda journal: journal.start_session())
         except JournalFull as error:
             # The box still reads its scanners (each refused with the error signal) and delivers what it
             # holds. A start the disk has no room to count goes on under the last one's number: the next
-            # counted start's then comes after it, as central orders a box's statuses by session.
+            # counted start's then comes after it, as central orders a box's statuses by session; its
+            # connections are counted on from its start's time, after those of the start it goes on from.
             session = max(await store.read(lambda journal: journal.session()), 1)  # batches count from 1
+            connections = int(time.time() * 1000)
             logger.error("this start NOT counted in the journal (it goes on as session %d): %s", session, error)
         # A journal restored onto this box delivers what its last box did not, as this one.
         base, before = await store.write(lambda journal: journal.take_identity(device_id))
@@ -232,7 +235,8 @@ async def _life(config: Config) -> bool:
         if await store.read(lambda journal: journal.rewrap_waiting()):
             logger.warning("a re-wrap of the data keys waits for its new outer key: this agent runs under the old "
                            "one, which opens the journal until the new one is installed and the agent started with it")
-        box = Box(config=config, store=store, session=session, device_id=device_id, key=signing_key,
+        box = Box(config=config, store=store, session=session, first_connection=connections, device_id=device_id,
+                  key=signing_key,
                   central_key=central_key, counter=counter_for(config),
                   trusted={kid: parse_public_key(text) for kid, text in config.operations.keys.items()})
         return await _serve(box)
@@ -254,6 +258,7 @@ class Box:
     central_key: Ed25519PublicKey
     counter: Counter
     trusted: dict[str, Ed25519PublicKey]  # operations keys
+    first_connection: int = 0  # the count its connections go on from (Telemetry)
     scanners: set[str] = field(default_factory=set)  # held now
     _activator: Activator | None = None
     _uplink: Uplink | None = None
@@ -448,7 +453,8 @@ class Box:
     async def _active(self, region: str, monitoring: bool) -> None:
         config, prefix = self.config, self.config.uplink.topic_prefix
         telemetry = Telemetry(store=self.store, device_id=self.device_id, session=self.session, key=self.key,
-                              topic_prefix=prefix, interval=config.uplink.status_interval, scanners=self.scanners)
+                              topic_prefix=prefix, interval=config.uplink.status_interval, scanners=self.scanners,
+                              first_connection=self.first_connection)
         async with self._link(downlink_topics(prefix, self.device_id, region), activated=True,
                               will=telemetry.will) as link:
             uplink = Uplink(store=self.store, link=link, device_id=self.device_id, session=self.session,

@@ -48,8 +48,14 @@ class Telemetry:
     scanners: set[str] = field(default_factory=set)  # the scanners held now; kept by the daemon
     version: str = field(default_factory=agent_version)
     # Counts connections (one will is made for each): central orders statuses by (session,
-    # connection), the will of a connection after every online status of that connection.
-    _connection: int = 0
+    # connection), the will of a connection after every online status of that connection. A start the
+    # journal could not count goes on under the last one's session, and counts its connections on from
+    # the time it started (milliseconds since the epoch): after every connection of the start before it.
+    first_connection: int = 0
+    _connection: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self._connection = self.first_connection
 
     @property
     def topic(self) -> str:

@@ -404,14 +404,27 @@ def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, 
         config.storage, path=small_disk / "journal.db", key_file=small_disk / "data.key"))
     journal = Journal.open(config.storage.path, daemon.data_key(config.storage, create=True))
     journal.take_identity("shop-full-start")
+    session = journal.start_session()
     with journal.transaction():
         Counter().record(journal, Scan("6901028075831", str(fifo), time.time(), time.time()))
     fill(small_disk)  # the agent was stopped as the disk filled: its journal's files are there, and no byte more
+    # The last run's will, the offline of its third connection, is central's latest status of the box: once, the
+    # new start's statuses (the same session, its connections counted from 1 again) sorted before it, and
+    # central showed the box offline, its full disk unseen, for as long as it ran.
+    from central.store import CentralStore
+    central = CentralStore(stack.central_db, create=False)
+    central.record_status("shop-full-start", {"state": "offline", "session": session, "connection": 3,
+                                              "sent_at": time.time() - 60}, received_at=time.time() - 50, live=True)
+
+    def online() -> bool:
+        status = central.status("shop-full-start")
+        return status.state == "online" and status.health.get("free_bytes") is not None
 
     async def main():
         agent = asyncio.create_task(daemon.run(config))
         try:
             await asyncio.to_thread(wait_until, lambda: len(stack.sales()) == 1, 30, "the sale it held at central")
+            await asyncio.to_thread(wait_until, online, 30, "central sees the box online, and its disk")
             await asyncio.to_thread(feed, fifo, scans(["6901028075831"]))  # refused: no room to record it
             await asyncio.to_thread(wait_until, lambda: "the disk is full" in caplog.text, 10, "the scan refused")
         finally:
@@ -422,5 +435,6 @@ def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, 
     with caplog.at_level(logging.INFO):
         asyncio.run(main())
     journal.close()
+    central.close()
     assert "this start NOT counted in the journal (it goes on as session 1)" in caplog.text
     assert len(stack.sales()) == 1
