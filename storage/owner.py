@@ -26,6 +26,9 @@ from .errors import JournalInUse
 
 
 def lock_path(journal: Path) -> Path:
+    """Beside the journal itself, wherever the path given reaches it through (a link to the file, or to a
+    directory on its way): two paths to one journal are one lock."""
+    journal = journal.resolve()
     return journal.with_name(f"{journal.name}.lock")
 
 

@@ -256,6 +256,26 @@ def test_a_second_agent_on_the_same_journal_stops_at_once_naming_the_first_and_t
     assert sorted(path.name for path in directory.iterdir()) == ["agent.toml", "journal.db.lock"]
 
 
+@pytest.mark.parametrize("link", ["directory", "file"])
+def test_two_paths_to_one_journal_are_one_agent_lock(tmp_path, link):
+    """A journal reached through a link (to its directory, or to the file) once got a lock of its own
+    beside the link, and two agents ran on one journal."""
+    from storage import JournalInUse, agent_lock
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "journal.db").touch()
+    if link == "directory":
+        (tmp_path / "link").symlink_to(tmp_path / "data")
+        other = tmp_path / "link" / "journal.db"
+    else:
+        other = tmp_path / "journal-link.db"
+        other.symlink_to(tmp_path / "data" / "journal.db")
+    with agent_lock(tmp_path / "data" / "journal.db"):
+        with pytest.raises(JournalInUse):
+            with agent_lock(other):
+                pass
+
+
 def test_the_agent_lock_goes_with_its_process_however_it_ends(tmp_path):
     """A box that lost power (or an agent killed) leaves the lock file, never the lock."""
     import signal
