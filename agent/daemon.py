@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from dataclasses import dataclass, field
@@ -27,8 +27,8 @@ from provisioning import activation, protocol
 from provisioning.documents import settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from provisioning.errors import ProvisioningError
-from storage import (Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret, load_data_key,
-                     remove_journal)
+from storage import (DataKeyError, Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret,
+                     load_data_key, remove_journal)
 from storage.keys import leftovers, share_file, sync_directory, write_secret
 
 from .activation import Activator
@@ -58,12 +58,29 @@ def open_journal(config: Config, *, create: bool = False) -> Journal:
     if not create and not config.storage.path.exists():
         raise NoJournal(f"there is no journal at {config.storage.path}: the agent has not run on this box yet")
     key = data_key(config.storage, create=create)
-    return Journal.open(config.storage.path, key, create=create, max_event_bytes=protocol.MAX_EVENT_BYTES)
+    with _share_named(config.storage):
+        return Journal.open(config.storage.path, key, create=create, max_event_bytes=protocol.MAX_EVENT_BYTES)
 
 
 async def open_store(config: Config) -> Store:
     key = await asyncio.to_thread(data_key, config.storage, create=True)
-    return await Store.open(config.storage.path, key, max_event_bytes=protocol.MAX_EVENT_BYTES)
+    with _share_named(config.storage):
+        return await Store.open(config.storage.path, key, max_event_bytes=protocol.MAX_EVENT_BYTES)
+
+
+@contextlib.contextmanager
+def _share_named(storage: StorageConfig) -> Iterator[None]:
+    """A key that does not open the journal, under a systemd credential whose share beside the key file is
+    gone: that is what is missing (the credential alone opens only a journal made before shares were)."""
+    try:
+        yield
+    except DataKeyError as error:
+        share = share_file(storage.key_file)
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not (credentials and (Path(credentials) / storage.credential).exists()) or share.exists():
+            raise
+        raise DataKeyError(f"{error} Its share of the key, {share}, is missing beside the key file: restore "
+                           "it (a backup of the box holds it).") from None
 
 
 async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) -> Signal:

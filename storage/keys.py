@@ -76,7 +76,7 @@ def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
         if share.exists():
             return with_share(sealed, _read(share, "share in"))
         if not create:
-            return sealed
+            return sealed  # a journal made before shares were (one whose share is gone: agent.daemon says so)
         try:
             write_secret(share, made := os.urandom(KEY_SIZE))
         except FileExistsError:

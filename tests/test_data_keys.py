@@ -204,6 +204,22 @@ def test_beside_a_systemd_credential_the_journals_own_share_is_what_an_erase_des
     assert data_key(config.storage, create=True) not in (outer, credential)  # the next life's: a new share
 
 
+def test_a_journals_share_gone_missing_beside_a_credential_is_named(tmp_path, monkeypatch):
+    """The credential opens only journals made before shares were; one with a share whose share is gone did
+    not open, and the error said only that the journal was created with another key."""
+    from agent.daemon import data_key, open_journal
+    from storage.keys import share_file
+
+    config, credential = _credential_box(tmp_path, monkeypatch)
+    Journal.open(config.storage.path, data_key(config.storage, create=True)).close()
+    share = share_file(config.storage.key_file)
+    share.unlink()
+    with pytest.raises(DataKeyError) as refused:
+        open_journal(config)
+    assert str(refused.value).endswith(f"Its share of the key, {share}, is missing beside the key file: restore it "
+                                       "(a backup of the box holds it).")
+
+
 def test_an_erase_of_a_journal_made_under_a_credential_alone_overwrites_its_files_where_they_lie(
         tmp_path, monkeypatch, caplog):
     """A journal made before shares were: the credential opens it, and would open the data keys wrapped in the
