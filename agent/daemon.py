@@ -128,7 +128,13 @@ def device_key(config: Config):
     path = config.device.key_file
     if not config.device.id and not path.exists():
         key = create_key(path)
-        logger.info("device key created: %s", path)
+        if config.storage.path.exists():
+            # Not a first start: the key this box had is gone (a card's file lost, removed by hand). Backups
+            # do not hold it, so the box goes on as a new device, waiting for its own activation code.
+            logger.warning("device key created: %s, beside a journal this box used under another key: this box is "
+                           "a new device now, and waits for its own activation code", path)
+        else:
+            logger.info("device key created: %s", path)
         return key
     return load_key(path)
 
@@ -374,8 +380,9 @@ class Box:
             other = await self.store.read(lambda journal: journal.last("activation"))
             if other is not None:
                 logger.warning("the journal holds the activation of device=%s, not this box's (a backup of another box "
-                               "restored onto it): waiting for this box's own activation code; what the journal "
-                               "holds is delivered once it is active", other.body.get("device"))
+                               "restored onto it, or this box's signing key gone and made anew: %s): waiting for "
+                               "this box's own activation code; what the journal holds is delivered once it is "
+                               "active", other.body.get("device"), self.config.device.key_file)
             await self._wait_for_activation()
             held = await self.store.read(lambda journal: activation_state(journal, self.device_id))
         region = held["region"] if held else self.config.device.region

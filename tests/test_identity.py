@@ -111,3 +111,27 @@ def test_a_refused_key_is_named_in_a_few_characters_however_long_it_was():
     with pytest.raises(IdentityError) as refused:
         parse_public_key("A" * 1_000_000)
     assert len(str(refused.value)) < 120 and str(refused.value).startswith("'AAAA")
+
+
+def test_a_box_whose_signing_key_is_gone_beside_its_journal_says_it_is_a_new_device_now(tmp_path, caplog):
+    """A box activated by code makes its key at its first start. Made again beside the journal it used (the
+    key file lost), it was logged as a first start; the box then refused every sale, waiting for a code, and
+    nothing said why."""
+    import logging
+
+    from agent.config import Config, DeviceConfig, StorageConfig
+    from agent.daemon import device_key
+
+    config = Config(device=DeviceConfig(key_file=tmp_path / "device.key"),
+                    storage=StorageConfig(path=tmp_path / "journal.db", key_file=tmp_path / "data.key"))
+    with caplog.at_level(logging.INFO, logger="agent.daemon"):
+        first = device_key(config)  # the first start: no journal yet
+        assert device_key(config).public_key().public_bytes_raw() == first.public_key().public_bytes_raw()
+        (tmp_path / "journal.db").touch()
+        (tmp_path / "device.key").unlink()
+        again = device_key(config)
+    assert again.public_key().public_bytes_raw() != first.public_key().public_bytes_raw()
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [f"device key created: {tmp_path / 'device.key'}",
+                    f"device key created: {tmp_path / 'device.key'}, beside a journal this box used under another "
+                    "key: this box is a new device now, and waits for its own activation code"]
