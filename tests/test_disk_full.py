@@ -380,6 +380,23 @@ def test_on_a_disk_that_fails_writes_acknowledgements_are_kept_in_memory_and_the
     assert "kept in memory only" in caplog.text and "its filesystem is mounted read-only" in caplog.text
 
 
+def test_a_journal_on_a_filesystem_gone_read_only_says_so_to_a_command(failing_disk):
+    """ext4 remounted read-only after an error: SQLite said only "unable to open database file" or "disk I/O
+    error" to `counterbox status` and `verify`."""
+    from storage import JournalError, verify_journal
+
+    disk, fail = failing_disk
+    key = os.urandom(32)
+    journal = Journal.open(disk / "journal.db", key)
+    journal.append("sale", {"code": "6901028075831"})
+    journal.close()  # the agent stopped: SQLite's shared-memory file went with its last connection
+    fail()
+    for reading in (lambda: verify_journal(disk / "journal.db", key),
+                    lambda: Journal.open(disk / "journal.db", key, create=False)):
+        with pytest.raises(JournalError, match="unable to open database file: its filesystem is mounted read-only"):
+            reading()
+
+
 async def _until(condition, within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not condition():
