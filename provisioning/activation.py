@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from . import jws
 from .errors import IdentityError, ProtocolError, SignatureError
 from .identity import broker_password, device_id_for, parse_public_key, public_key_text
-from .protocol import (AGENT_VERSION_RULE, VERSION, is_agent_version, is_version, parse_rfc3339, payload_json, rfc3339,
-                       valid_device_id, verified)
+from .protocol import (AGENT_VERSION_RULE, VERSION, is_agent_version, is_version, media_type, parse_rfc3339, payload_json,
+                       rfc3339, valid_device_id, verified)
 
 CODE_TYPE = "counterbox-activation+jws"
 REQUEST_TYPE = "counterbox-activation-request+jws"
@@ -107,7 +107,7 @@ def looks_like_code(text: str) -> bool:
     if len(text) > MAX_CODE_CHARS or text.count(".") != 2:
         return False
     try:
-        return jws.unverified_header(text).get("typ") == CODE_TYPE
+        return media_type(jws.unverified_header(text).get("typ")) == media_type(CODE_TYPE)
     except SignatureError:
         return False
 

@@ -324,6 +324,16 @@ def _finite(text: str) -> float:
     return number
 
 
+def media_type(typ: Any) -> Any:
+    """A ``typ`` as the media type it names (RFC 7515, 4.1.9: one with no "/" has "application/" left out,
+    and media types are told apart without regard to case): ``counterbox-batch+jws`` and
+    ``application/counterbox-batch+jws`` are one type."""
+    if not isinstance(typ, str):
+        return typ
+    typ = typ.lower()
+    return typ if "/" in typ else f"application/{typ}"
+
+
 def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
              kid: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(header, payload) of a token that ``key`` signed, of type ``typ`` (and from ``kid``, when given),
@@ -339,7 +349,7 @@ def verified(token: bytes | str, key: Ed25519PublicKey, *, typ: str,
         header, payload = jws.verify(text, key)
     except SignatureError as error:
         raise SignatureError(f"signature check failed: {error}") from None
-    if header.get("typ") != typ or (kid is not None and header.get("kid") != kid):
+    if media_type(header.get("typ")) != media_type(typ) or (kid is not None and header.get("kid") != kid):
         raise ProtocolError(f"header typ {header.get('typ')!r} kid {header.get('kid')!r} is not {typ!r}"
                             + (f" from {kid!r}" if kid is not None else ""))
     try:

@@ -217,6 +217,18 @@ def test_an_acknowledgement_that_is_not_centrals_for_this_device_is_refused(key,
         protocol.decode_ack(forge(key), device=DEVICE, key=key.public_key())
 
 
+@pytest.mark.parametrize("typ", [f"application/{protocol.ACK_TYPE}", protocol.ACK_TYPE.upper(),
+                                 f"Application/{protocol.ACK_TYPE}"])
+def test_a_typ_is_read_as_the_media_type_it_names(key, typ):
+    """RFC 7515, 4.1.9: a typ with no "/" has "application/" left out, and media types ignore case; the long
+    form of our own type was refused."""
+    token = signed({"v": 1, "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=typ)
+    assert protocol.decode_ack(token, device=DEVICE, key=key.public_key()) == 5
+    other = signed({"v": 1, "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=f"text/{protocol.ACK_TYPE}")
+    with pytest.raises(ProtocolError, match="is not 'counterbox-ack\\+jws'"):
+        protocol.decode_ack(other, device=DEVICE, key=key.public_key())
+
+
 def test_an_acknowledgement_round_trips(key):
     assert protocol.decode_ack(protocol.encode_ack(DEVICE, 43, key=key), device=DEVICE, key=key.public_key()) == 43
 
