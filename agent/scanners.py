@@ -235,7 +235,7 @@ class Scanners:
             if announce:
                 logger.info("%s", announce)
             if source.kind != "file":  # a recording is a whole session from its start; a live source is not
-                decoder.opened(source.opened_at, held=source.held_keys())
+                decoder.opened(source.opened_at, held=source.held_at_open)
             output = self._feedback_for(path, source.kind)
             idle: asyncio.TimerHandle | None = None
             if not watch:

@@ -260,7 +260,7 @@ class Decoder:
                     # The device was asked now, after all of this read was taken from the kernel: a key it
                     # says is down may have its key-down still ahead here. That press is the one the device
                     # reported, not a second one (which would teach key-down-only).
-                    self._reported = set(self._held)
+                    self._reported = self._held | self._mods_held
                     logger.warning("scanner %s: the kernel dropped events; key state %s", self.source,
                                    "read from the device" if held is not None else "reset (the source cannot be asked)")
             else:
@@ -408,9 +408,11 @@ class Decoder:
         if down and code in self._mods_held:
             # Pressed again with no key-up: xkb would count it twice and hold it after one release. On a
             # device that sends no key-ups it is pressed for the next character all the same; one that has
-            # sent none yet is such a device.
+            # sent none yet is such a device (unless this is the press the device reported after a drop).
             self._mods_since_char.add(code)
-            if not self._sends_key_ups and not self.key_down_only:
+            if code in self._reported:
+                self._reported.discard(code)
+            elif not self._sends_key_ups and not self.key_down_only:
                 self._learn_key_down_only()
             return
         self._state.update(code, down=down)
@@ -449,7 +451,7 @@ class Decoder:
                 quiet = not -CLOCK_SLACK <= now - self._broken_last <= self._broken_pause
             else:
                 quiet = not -CLOCK_SLACK <= now - self._broken_since <= self._broken_quiet
-            return self._end_broken() if quiet else None
+            return self._end_broken(cut_at=now) if quiet else None
         if not self._chars:
             self._dead = self._alt_code = ""  # a dead key or an Alt code alone: a key press, no scan
             return None
@@ -479,8 +481,17 @@ class Decoder:
                 return self._finish(self._times[-1])
             return None
         if self._broken_last is not None and t - self._broken_last > self._broken_pause:
-            return self._end_broken()
+            ended = self._end_broken(cut_at=self._broken_last)
+            self._tail_over(t)
+            return ended
+        self._tail_over(t)
         return None
+
+    def _tail_over(self, t: float) -> None:
+        """A tail that never came, its quiet over before the key at ``t`` (read late, or from a recording,
+        where no idle was asked between): the key begins a scan of its own."""
+        if self._broken == CUT_OFF_TAIL and self._broken_last is None and t - self._broken_since > self._broken_quiet:
+            self._end_broken()  # nothing of it was typed: nothing to say
 
     @property
     def _broken_pause(self) -> float:
@@ -489,10 +500,17 @@ class Decoder:
         own); before any, a scanner's pace (a scan begun after the open, seen from its start, is whole)."""
         return self.idle_after if self._broken_typed else self.settings.max_key_interval
 
-    def _end_broken(self) -> NotABarcode | None:
+    def _end_broken(self, *, cut_at: float | None = None) -> NotABarcode | None:
+        """End the broken scan: at its terminator, or (``cut_at``) by a pause without it. Then, as for a scan
+        seen whole that stopped without its terminator, what the scanner types on within CUT_OFF_QUIET is its
+        tail, refused too: a pause inside a scan cannot be told from one after it, and a tail booked is a
+        wrong sale, a real scan refused only one to scan again."""
         reason, typed, text = self._broken, self._broken_typed, "".join(self._broken_text)
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
+        self._held_over = False  # of the broken scan's characters: none of the next scan's
         self._dead = self._alt_code = ""  # a key of the broken scan's waits for nothing of the next
+        if typed and cut_at is not None and self._terminator_codes:
+            self._broken_start(CUT_OFF_TAIL, cut_at, last=None, quiet=CUT_OFF_QUIET)
         # A drop lost events the scanner sent, though nothing of them was seen: a whole scan, maybe, or
         # a digit of a number being keyed. Said, so the counter refuses what it could have been part of.
         return NotABarcode(text, self.source, reason) if typed or reason == DROPPED else None

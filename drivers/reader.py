@@ -53,6 +53,8 @@ class Source:
     name: str = ""
     grabbed: bool = False
     opened_at: float = 0.0  # time.time() when opened: a scan already under way then was not seen whole
+    # The keys the device held as it was opened (EVIOCGKEY); None where it cannot say (a FIFO, a recording).
+    held_at_open: frozenset[int] | None = None
 
     def grab(self) -> None:
         """EVIOCGRAB: from now on this program alone receives the device's keys."""
@@ -218,13 +220,17 @@ def _open_node(path: str, mode: int, grab: bool) -> Source:
             raise ScannerError(f'no read access to scanner "{path}" (run as root or add the input group)') from None
         except OSError as error:
             raise ScannerError(f'cannot open scanner "{path}": {error.strerror}') from None
-        source = Source(path, "evdev", device.fd, device, device.name, opened_at=time.time())
+        source = Source(path, "evdev", device.fd, device, device.name)
         if grab:
             try:
                 source.grab()
             except ScannerError:
                 device.close()
                 raise
+        # Asked here, then the time taken: EVIOCGKEY takes back the key events not yet read, so those are
+        # before ``opened_at``, with the rest of a scan under way then (refused as begun unseen).
+        source.held_at_open = source.held_keys()
+        source.opened_at = time.time()
         os.set_blocking(device.fd, False)
         return source
     if stat.S_ISFIFO(mode):
