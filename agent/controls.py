@@ -77,8 +77,9 @@ def control(text: str) -> Control | None:
 def could_be_part_of_one(text: str) -> bool:
     """Whether ``text`` (a scan refused as cut short) may be the beginning or the end of a control code.
     Nothing seen of it (a drop lost it whole) may have been any of them. In either case: a Shift pressed
-    before the cut and not seen makes the capitals of what is left small."""
-    text = text.upper()
+    before the cut and not seen makes the capitals of what is left small, and, on the US layout, its colon a
+    semicolon."""
+    text = text.upper().replace(";", ":")
     return not text or any(code.startswith(text) or code.endswith(text) for code, _, _ in SHEET)
 
 

@@ -68,7 +68,7 @@ PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled"
 # A scan cut by events the kernel lost: whatever they were (a control whole, the middle of one) cannot be told.
 LOST_UNSEEN = frozenset({DROPPED, TAKEN_BACK})
 # The controls that set something for the next scan (or spoil it), and so start its time anew.
-SETS_PENDING = frozenset({"digit", "quantity", "keyed-quantity", "price", "carton", "return"})
+SETS_PENDING = frozenset({"digit", "quantity", "keyed-quantity", "price", "carton"})  # and a return taken
 
 
 @dataclass(frozen=True)
@@ -459,6 +459,7 @@ class Counter:
         if action in ("carton", "return"):
             if action == "return" and self.mode != "selling":
                 return Outcome(Signal.ERROR, note="return refused: only when selling")
+            pending.since = now
             setattr(pending, "carton" if action == "carton" else "returning", True)
             return Outcome(Signal.GOOD, note=f"{action} for the next scan")
         if action in ("cancel", "clear"):

@@ -223,6 +223,15 @@ def test_a_void_leaves_what_is_set_for_the_next_scan_and_its_time_as_they_were(s
         assert shop.counter.expire(shop.journal).signal is Signal.ATTENTION  # 60 s after the return
     [sale] = shop.scan(PACK)
     assert sale.kind == "sale"
+    # Nor does a return refused (in a receiving) start the time of what was set before it anew.
+    shop.scan("CB:QTY3", "CB:RECEIVING")  # (a receiving forgets what was set: set again in it)
+    shop.scan("CB:QTY3")
+    shop.clock.now += 48
+    shop.scan("CB:RETURN")
+    assert shop.signal is Signal.ERROR
+    shop.clock.now += 10
+    with shop.journal.transaction():
+        assert shop.counter.expire(shop.journal).signal is Signal.ATTENTION  # 60 s after the quantity
 
 
 @pytest.mark.parametrize("code", ["CB:", "CB:QTY1", "CB:QTY11", "CB:QTY05", "CB:FOO", "CB:" + "9" * 300])
@@ -602,7 +611,7 @@ def test_a_number_spoiled_after_its_price_was_set_refuses_the_sale(shop):
     assert sale.body["unit_price"] == 2300
 
 
-@pytest.mark.parametrize("fragment", ["B:1", ":1", "CB:", "CB:PRI", "", "cB:PRI", "b:1"])  # "": a drop lost all of it
+@pytest.mark.parametrize("fragment", ["B:1", ":1", "CB:", "CB:PRI", "", "cB:PRI", "b;1", ";1"])  # "": a drop lost all of it
 # (and a Shift pressed before the cut, unseen: small letters)
 def test_a_cut_scan_that_may_be_part_of_a_digit_spoils_the_number_that_follows(shop, fragment):
     with shop.journal.transaction():
