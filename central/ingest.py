@@ -139,7 +139,9 @@ class Ingest:
             if message.topic.endswith("/hello"):
                 device_id = activation.device_of_topic(self.prefix, message.topic, "hello")
                 hello = activation.decode_hello(message.payload, device=device_id)
-                self.store.waiting(device_id, hello["public_key"], hello["agent_version"], received_at)  # both checked
+                seen_at = min(received_at, _said_at(hello)) if message.retain else received_at
+                self.store.waiting(device_id, hello["public_key"], hello["agent_version"], seen_at,  # both checked
+                                   retained=message.retain)
                 return Waiting(device_id), None
             device_id = activation.device_of_topic(self.prefix, message.topic, "request")
             request = activation.decode_request(message.payload, device=device_id)
@@ -304,3 +306,12 @@ class Ingest:
             link.publish_nowait(ack_topic, token, qos=1, retain=True)
         except MqttError as error:
             logger.warning("acknowledgement for %s not sent (%s); the device will send again", result.device_id, error)
+
+
+def _said_at(hello: dict[str, Any]) -> float:
+    """When a box's hello says it was sent; the dawn of time for one that says no time (a retained copy: it
+    is no sight of the box now)."""
+    try:
+        return protocol.parse_rfc3339(hello.get("sent_at"))
+    except ValueError:
+        return 0.0

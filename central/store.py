@@ -381,9 +381,13 @@ class CentralStore:
                 raise RegistryError(f"device {device_id} is registered with another public key; pass --replace to re-key it")
             insert = self._insert(conn, devices).values(device_id=device_id, public_key=public_key, shop=shop,
                                                         region=region, registered_at=time.time())
+            # Registered again: the same device since its first registration (its upload record counts from
+            # then), in the shop and region it was in unless they are given anew.
             conn.execute(insert.on_conflict_do_update(
                 index_elements=[devices.c.device_id],
-                set_={name: insert.excluded[name] for name in ("public_key", "shop", "region", "registered_at")}))
+                set_={"public_key": insert.excluded.public_key,
+                      **{name: sa.case((insert.excluded[name] == "", devices.c[name]), else_=insert.excluded[name])
+                         for name in ("shop", "region")}}))
 
     def revoke(self, device_id: str) -> None:
         with self._transaction() as conn:
@@ -476,10 +480,16 @@ class CentralStore:
 
     @staticmethod
     def _check_base_held(conn: sa.Connection, device_id: str, journal: str | None, base_seq: int) -> None:
+        """UnheldBase unless another device holds the journal's events up to ``base_seq``: one of that journal,
+        or one of the same shop that named no journal (a box of an earlier version, whose journal this is)."""
+        shop = sa.select(sa.func.coalesce(devices.c.shop, "")).where(devices.c.device_id == device_id).scalar_subquery()
         reached = conn.execute(sa.select(sa.func.max(devices.c.acked_seq)).where(
-            devices.c.journal == journal, devices.c.device_id != device_id)).scalar() if journal else None
+            devices.c.device_id != device_id,
+            sa.or_(devices.c.journal == journal,
+                   sa.and_(devices.c.journal.is_(None), sa.func.coalesce(devices.c.shop, "") == shop)),
+        )).scalar() if journal else None
         if reached is None or reached < base_seq:
-            held = "none of that journal's" if reached is None else f"them only up to seq {reached}"
+            held = "none of that journal's" if not reached else f"them only up to seq {reached}"
             raise UnheldBase(
                 f"device {device_id} counts the events of journal {journal} up to seq {base_seq} as delivered by "
                 f"another device, but central holds {held} from another device. Nothing is stored or "
@@ -610,16 +620,21 @@ class CentralStore:
         return [dict(zip(("code", "shop", "device", "issued_at", "expires_at", "used_by", "used_at"), row))
                 for row in rows]
 
-    def waiting(self, device_id: str, public_key: str, agent_version: str, seen_at: float) -> None:
-        """A box waiting for activation said hello."""
+    def waiting(self, device_id: str, public_key: str, agent_version: str, seen_at: float, *,
+                retained: bool = False) -> None:
+        """A box waiting for activation said hello. A ``retained`` copy (sent again to central as it
+        subscribes) is no sight of the box now: it notes a box not known yet, as seen when it said it
+        (``seen_at`` is then that, at most the time received), and moves nothing of one known."""
         with self._transaction() as conn:
             self._lock(conn, "device", device_id)
             if self.device(device_id) is None:
                 insert = self._insert(conn, waiting).values(device_id=device_id, public_key=public_key,
                                                             agent_version=agent_version, seen_at=seen_at)
-                conn.execute(insert.on_conflict_do_update(
-                    index_elements=[waiting.c.device_id],
-                    set_={name: insert.excluded[name] for name in ("public_key", "agent_version", "seen_at")}))
+                conn.execute(insert.on_conflict_do_nothing(index_elements=[waiting.c.device_id]) if retained else
+                             insert.on_conflict_do_update(
+                                 index_elements=[waiting.c.device_id],
+                                 set_={name: insert.excluded[name] for name in ("public_key", "agent_version",
+                                                                                "seen_at")}))
 
     def waiting_devices(self) -> list[dict[str, Any]]:
         with self._transaction(write=False) as conn:
@@ -697,8 +712,8 @@ class CentralStore:
                 if live and before[:3] == after[:3]:
                     if held[5] is not None and received_at < held[5]:
                         return False
-                elif before > after:
-                    return False
+                elif before > after or (not live and before == after):
+                    return False  # older, or the one held again (retained, sent on subscribing): nothing new
             offset = status["sent_at"] - received_at if clocked and status["state"] == "online" else (held[4] if held else None)
             body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
             values = {"state": status["state"], "session": status["session"], "connection": status["connection"],
@@ -804,19 +819,19 @@ class CentralStore:
 
     def holds_journal(self, device_id: str) -> bool:
         """Whether the device's journal goes on at this device now, not at another device it was restored
-        onto (or moved to): of its journal's devices still serving, the one that sent its latest event (one
-        with none yet, restored, before one that has). A device that names no journal holds its own."""
+        onto (or moved to): of its journal's devices still serving, the one whose latest event central
+        received last (one with none of its own yet after one that has: the same shelf, until it sends).
+        A device that names no journal holds its own."""
         with self._transaction(write=False) as conn:
             journal = conn.execute(sa.select(devices.c.journal).where(devices.c.device_id == device_id)).scalar()
             if journal is None:
                 return True
-            latest = (sa.select(_events.c.device_id, sa.func.max(_events.c.received_at).label("at"))
-                      .group_by(_events.c.device_id).subquery())
+            # Each device's own latest event, by its key (device, seq): never a look at all of central's events.
+            latest = (sa.select(_events.c.received_at).where(_events.c.device_id == devices.c.device_id)
+                      .order_by(_events.c.seq.desc()).limit(1).correlate(devices).scalar_subquery())
             holder = conn.execute(
-                sa.select(devices.c.device_id).outerjoin(latest, latest.c.device_id == devices.c.device_id)
-                .where(devices.c.journal == journal, devices.c.revoked_at.is_(None))
-                .order_by(sa.func.coalesce(latest.c.at, 0).desc(), devices.c.registered_at.desc(),
-                          devices.c.device_id)
+                sa.select(devices.c.device_id).where(devices.c.journal == journal, devices.c.revoked_at.is_(None))
+                .order_by(sa.func.coalesce(latest, 0).desc(), devices.c.registered_at.desc(), devices.c.device_id)
                 .limit(1)).scalar()
         return holder == device_id
 

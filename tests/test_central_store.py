@@ -48,6 +48,29 @@ def test_the_acknowledgement_never_runs_over_a_gap(store):
     assert store.device("shop-1").acked_seq == 4
 
 
+def test_a_journal_of_a_box_that_named_none_restored_onto_another_is_counted_from_where_that_box_was(store):
+    """A box of an earlier version named no journal; its journal, restored onto a new box of the same shop,
+    names one for the first time, counted from where the old box was acknowledged. The new box's batches were
+    refused for good once central held base_seq to journals named alone; a box of another shop that named none
+    vouches for nothing."""
+    from central.errors import UnheldBase
+
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe"))
+    store.add_shop(Shop("530100000002", "Gejiu No. 1", "honghe"))
+    store.register("old", "key-old", shop="530100000001", region="honghe")
+    store.register("elsewhere", "key-elsewhere", shop="530100000002", region="honghe")
+    store.register("new", "key-new", shop="530100000001", region="honghe")
+    store.register("other-new", "key-other-new", shop="530100000001", region="honghe")
+    store.add_events("old", 1, batch(1, 2, 3))
+    store.add_events("elsewhere", 1, batch(*range(1, 11)))
+    assert store.add_events("new", 1, batch(4), journal="d" * 32, base_seq=3) == (1, 4)
+    with pytest.raises(UnheldBase, match="central holds them only up to seq 3 from another device"):
+        store.add_events("other-new", 1, batch(11), journal="e" * 32, base_seq=10)  # not the other shop's 10
+    store.register("alone", "key-alone")  # of no shop, and no other box of none named no journal
+    with pytest.raises(UnheldBase, match="central holds none of that journal's"):
+        store.add_events("alone", 1, batch(11), journal="f" * 32, base_seq=10)
+
+
 def test_a_journals_events_are_its_devices_own_and_those_delivered_before_it_by_another(store):
     """shop-1 delivered 1 to 5 of journal J; a backup taken at 3 went onto shop-2 (which sent its own 4 and
     5, another branch) and later onto shop-3 from shop-2's journal at 5. Each folds its own branch, and the
@@ -115,6 +138,41 @@ def test_re_registering_with_another_key_needs_replace(store):
         store.register("shop-1", "key-2")
     store.register("shop-1", "key-2", replace=True)
     assert store.device("shop-1").public_key == "key-2"
+
+
+def test_a_device_registered_again_with_its_key_keeps_its_registration_day_shop_and_region(store):
+    """Running register again (the same key) once made the device new that day: its upload record over ten days
+    became one day at 100%, and without --shop and --region its sales left its shop's and region's reports."""
+    import datetime
+
+    store.register("shop-9", "key-9", shop="530100000001", region="honghe")
+    ten_days_ago = time.time() - 10 * 86400
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = ?", [ten_days_ago, "shop-9"])
+    store.register("shop-9", "key-9")
+    assert (store.device("shop-9").shop, store.device("shop-9").region) == ("530100000001", "honghe")
+    today = datetime.date.today()
+    days = store.upload_days("shop-9", (today - datetime.timedelta(days=20)).isoformat(), today.isoformat(),
+                             deadline=60)
+    assert len(days) >= 10
+    store.register("shop-9", "key-9", shop="530100000002", region="kunming")  # given anew: changed
+    assert (store.device("shop-9").shop, store.device("shop-9").region) == ("530100000002", "kunming")
+
+
+def test_a_status_retained_and_sent_again_on_subscribing_moves_nothing(store):
+    """Central subscribes again at every start, and the broker hands it each box's retained status: once that
+    copy of the status held was taken as new, and a box offline for weeks was "seen 4 s ago"."""
+    offline = {"state": "offline", "session": 1, "connection": 1, "sent_at": 1000.0}
+    assert store.record_status("shop-1", offline, received_at=1001.0, live=True)
+    assert store.record_status("shop-1", dict(offline), received_at=9000.0, live=False) is False
+    assert store.status("shop-1").received_at == 1001.0
+
+
+def test_a_hello_retained_and_sent_again_on_subscribing_is_no_sight_of_the_box(store):
+    store.waiting("cb-a", "key-a", "1.0.0", 1000.0)
+    store.waiting("cb-a", "key-a", "1.0.0", 9000.0, retained=True)
+    assert store.waiting_devices()[0]["seen_at"] == 1000.0
+    store.waiting("cb-b", "key-b", "1.0.0", 500.0, retained=True)  # not known yet: seen as it said it was
+    assert [(w["device"], w["seen_at"]) for w in store.waiting_devices()] == [("cb-a", 1000.0), ("cb-b", 500.0)]
 
 
 def test_no_device_is_registered_under_centrals_own_key_id(store):

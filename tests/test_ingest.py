@@ -213,6 +213,21 @@ def test_a_waiting_boxs_hello_is_noted(central, box):
                                                                                     "1.4.0")
 
 
+def test_a_waiting_boxs_retained_hello_sent_again_on_subscribing_is_seen_when_it_was_said(central, box):
+    """Central subscribes again at every start: the broker's retained hello of a box long gone once listed
+    it as seen just now, newest first, for operations looking for a box to install remotely."""
+    key, device_id = box
+    said = time.time() - 3600
+    hello = activation.encode_hello(device_id, key, agent_version="1.4.0", sent_at=said)
+    topic = activation.topic(PREFIX, device_id, "hello")
+    central.handle(Message(topic, hello, retain=True))
+    assert central.store.waiting_devices()[0]["seen_at"] == pytest.approx(said, abs=0.001)
+    live = time.time()
+    central.handle(Message(topic, activation.encode_hello(device_id, key, agent_version="1.4.0", sent_at=live)))
+    central.handle(Message(topic, hello, retain=True))  # the retained copy again, on the next start
+    assert central.store.waiting_devices()[0]["seen_at"] >= live
+
+
 def test_an_activation_request_with_a_good_code_registers_the_box_and_answers_it_signed(central, box):
     key, device_id = box
     code = issue(central)
