@@ -26,9 +26,6 @@ from .errors import JournalInUse
 
 
 def lock_path(journal: Path) -> Path:
-    """Beside the journal itself, wherever the path given reaches it through (a link to the file, or to a
-    directory on its way): two paths to one journal are one lock."""
-    journal = journal.resolve()
     return journal.with_name(f"{journal.name}.lock")
 
 
@@ -36,8 +33,18 @@ def lock_path(journal: Path) -> Path:
 def agent_lock(journal: Path, *, leave: bool = True) -> Iterator[None]:
     """Hold the journal's agent lock for the block; JournalInUse, naming the holder, if another has it.
     ``leave=False``: a lock file made here goes again at the end (a restore, run as root, would leave one
-    the agent's user could not open)."""
-    path = lock_path(journal)
+    the agent's user could not open).
+
+    Beside the path as given and, where a link leads elsewhere, beside the journal it reaches too: two
+    paths to one journal are one lock, and stay so after an erase puts a journal of its own at the link."""
+    with contextlib.ExitStack() as held:
+        for path in dict.fromkeys([lock_path(journal).resolve(), lock_path(journal.resolve())]):
+            held.enter_context(_locked(path, journal, leave=leave))
+        yield
+
+
+@contextlib.contextmanager
+def _locked(path: Path, journal: Path, *, leave: bool) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     made = False
     try:

@@ -274,6 +274,19 @@ def test_two_paths_to_one_journal_are_one_agent_lock(tmp_path, link):
         with pytest.raises(JournalInUse):
             with agent_lock(other):
                 pass
+    with agent_lock(other):  # one agent through the link: it holds its lock once, whatever the link leads to
+        for path in (other, tmp_path / "data" / "journal.db"):
+            with pytest.raises(JournalInUse):
+                with agent_lock(path):
+                    pass
+        # An erase removes the link with the journal, and the agent's next life makes a journal of its own
+        # there: still one lock (once, a second agent on the link path took a lock of its own).
+        other.unlink()
+        other.touch()
+        for path in (other, tmp_path / "data" / "journal.db"):
+            with pytest.raises(JournalInUse):
+                with agent_lock(path):
+                    pass
 
 
 def test_the_agent_lock_goes_with_its_process_however_it_ends(tmp_path):
