@@ -175,6 +175,27 @@ def test_a_hello_retained_and_sent_again_on_subscribing_is_no_sight_of_the_box(s
     assert [(w["device"], w["seen_at"]) for w in store.waiting_devices()] == [("cb-a", 1000.0), ("cb-b", 500.0)]
 
 
+def test_a_region_is_known_by_a_shop_or_a_box_registered_in_it(store):
+    assert not store.region_known("honghe")
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe"))
+    assert store.region_known("honghe") and not store.region_known("kunming")
+    store.register("shop-7", "key-7", region="kunming")  # a box registered by hand, of no shop central knows
+    assert store.region_known("kunming") and not store.region_known("yuxi")
+
+
+def test_the_latest_document_of_a_stream_is_its_newest_version_for_that_scope(store):
+    def signed(scope, token):
+        return lambda version: ("price_list", scope, "ops-1", 1.0, 2.0, token)
+
+    assert store.latest_document("price_list/honghe", "region:honghe") is None
+    store.issue_document(signed("region:honghe", b"v1"), "price_list/honghe")
+    store.issue_document(signed("region:honghe", b"v2"), "price_list/honghe")
+    store.issue_document(signed("region:kunming", b"other"), "price_list/kunming")
+    assert store.latest_document("price_list/honghe", "region:honghe") == b"v2"
+    assert store.latest_document("price_list/honghe", "region:kunming") is None
+    assert store.conn.execute("SELECT name FROM documents WHERE name = ?", ["price_list/none"]).fetchone() is None
+
+
 def test_no_device_is_registered_under_centrals_own_key_id(store):
     """Consumers pick the key to verify with by its id, from the key set central lists: a device registered as
     "central" put a second key under central's id, and central's own acknowledgements failed to verify."""
