@@ -71,6 +71,19 @@ def test_a_journal_of_a_box_that_named_none_restored_onto_another_is_counted_fro
         store.add_events("alone", 1, batch(11), journal="f" * 32, base_seq=10)
 
 
+def test_a_journal_of_a_box_of_no_shop_that_named_none_is_counted_from_where_that_box_was(store):
+    """Boxes registered by hand, of no shop: the old one named no journal. And a batch that names no journal
+    is never counted from another device's seq."""
+    from central.errors import UnheldBase
+
+    store.add_events("shop-1", 1, batch(1, 2, 3))
+    store.register("replacement", "key-r")
+    assert store.add_events("replacement", 1, batch(4), journal="9" * 32, base_seq=3) == (1, 4)
+    store.register("unnamed", "key-u")
+    with pytest.raises(UnheldBase):
+        store.add_events("unnamed", 1, batch(4), journal=None, base_seq=3)
+
+
 def test_a_journals_events_are_its_devices_own_and_those_delivered_before_it_by_another(store):
     """shop-1 delivered 1 to 5 of journal J; a backup taken at 3 went onto shop-2 (which sent its own 4 and
     5, another branch) and later onto shop-3 from shop-2's journal at 5. Each folds its own branch, and the
@@ -90,6 +103,39 @@ def test_a_journals_events_are_its_devices_own_and_those_delivered_before_it_by_
     assert [store.holds_journal(d) for d in ("shop-1", "shop-2", "shop-3")] == [False, True, False]
     store.register("shop-4", "key-4")  # a device of no journal (a box of an earlier version) holds its own
     assert store.holds_journal("shop-4") and list(store.journal_events("shop-4")) == []
+
+
+def test_a_journal_goes_on_at_the_serving_device_whose_latest_event_came_last(store):
+    """Not the one registered last: x delivered 1 to 3, its journal went to y (restored there) and came back to
+    x, which sends on. A device's own event at a seq wins over another's, and its events past a gap are its
+    own too; a device of another journal sending later holds nothing of this one."""
+    journal, other = "a" * 32, "b" * 32
+    for device in ("x", "y", "z"):
+        store.register(device, f"key-{device}")
+    store.add_events("x", 1, batch(1, 2, 3), journal=journal)
+    store.add_events("y", 1, batch(4, 5, body={"on": "y"}), journal=journal, base_seq=3)
+    assert [store.holds_journal(d) for d in ("x", "y")] == [False, True]
+    store.add_events("x", 1, batch(6, 8, body={"on": "x"}), journal=journal, base_seq=5)  # back at x; 7 to come
+    store.add_events("z", 1, batch(1), journal=other)
+    assert [store.holds_journal(d) for d in ("x", "y", "z")] == [True, False, True]
+    assert [(seq, body) for seq, _, body in store.journal_events("x")] == [
+        (1, {"n": 1}), (2, {"n": 2}), (3, {"n": 3}), (4, {"on": "y"}), (5, {"on": "y"}), (6, {"on": "x"}),
+        (8, {"on": "x"})]
+    # y's own 4 and 5 over x's, had x held others there; and up to y's acknowledged seq, x's events are y's past.
+    store.register("w", "key-w")
+    store.add_events("w", 1, batch(4, body={"on": "w"}), journal=other, base_seq=1)
+    assert [(seq, body) for seq, _, body in store.journal_events("z")] == [(1, {"n": 1})]
+    assert [(seq, body) for seq, _, body in store.journal_events("w")] == [(1, {"n": 1}), (4, {"on": "w"})]
+    assert list(store.journal_events("nobody")) == []
+    # Two restored from one that is gone, neither with an event of its own yet (what they sent, it held): the
+    # one registered last, the newer box.
+    for device in ("gone", "p", "q"):
+        store.register(device, f"key-{device}")
+    store.add_events("gone", 1, batch(1, 2), journal="c" * 32)
+    for device in ("p", "q"):
+        assert store.add_events(device, 1, batch(2), journal="c" * 32, base_seq=1) == (0, 2)
+    store.revoke("gone")
+    assert [store.holds_journal(d) for d in ("gone", "p", "q")] == [False, False, True]
 
 
 def test_a_batch_received_again_adds_nothing(store):
@@ -705,6 +751,20 @@ def test_a_revocation_is_delivered_once_central_holds_it_and_everything_before_i
     store.add_events("shop-2", 1, batch(1, 2, 3, 4))
     assert store.revocation_delivered("shop-2") is False  # another device's revocation is not its own
     assert store.revocation_delivered("shop-9") is False
+
+
+def test_a_revocation_is_the_devices_own_event_of_that_kind_issued_within_a_second_before_its_revocation(store):
+    store.register("shop-2", "key-2")
+    store.revoke("shop-2")
+    store.conn.execute("UPDATE devices SET revoked_at = ? WHERE device_id = ?", [1_000_000.0, "shop-2"])
+    store.revoke("shop-1")
+    store.add_events("shop-1", 1, [{"seq": 1, "kind": "revocation", "body": revocation(time.time())}])
+    store.add_events("shop-2", 1, [{"seq": 1, "kind": "document", "body": revocation(1_000_000.0)}])
+    assert store.revocation_delivered("shop-2") is False  # another device's revocation; a document of its own
+    store.add_events("shop-2", 1, [{"seq": 2, "kind": "revocation", "body": revocation(999_998.5)}])
+    assert store.revocation_delivered("shop-2") is False  # signed before it was revoked: another box's
+    store.add_events("shop-2", 1, [{"seq": 3, "kind": "revocation", "body": revocation(999_999.0)}])
+    assert store.revocation_delivered("shop-2") is True  # signed a second before the mark, to the millisecond
 
 
 def test_a_revocation_recorded_for_the_box_a_journal_was_restored_from_is_not_the_new_boxs(store):
