@@ -235,7 +235,7 @@ def _uploads(args) -> int:
             # Today is still under way: it counts once it is decided (the box has reported and nothing came
             # late, or a sale already came late), and until then it is left out, not failed: a box that
             # has not reported yet this morning would otherwise lose a day every morning.
-            days = [day for day in days if day.day != today or day.uploaded or day.late]
+            days = [day for day in days if day.day != today or day.uploaded or day.late or day.held_back]
             if not days:
                 continue
             monitoring = bool(shop and shop.monitoring)
@@ -244,7 +244,8 @@ def _uploads(args) -> int:
             rows.append({"device": device_id, "shop": device.shop, "region": device.region, "monitoring": monitoring,
                          "days": len(days), "uploaded": uploaded, "rate": round(rate, 4), "target": TARGET[monitoring],
                          "meets_target": rate >= TARGET[monitoring],
-                         "failed_days": [{"day": d.day, "reported": d.reports > 0, "late_sales": d.late}
+                         "failed_days": [{"day": d.day, "reported": d.reports > 0, "late_sales": d.late,
+                                          "held_back": d.held_back}
                                          for d in days if not d.uploaded]})
     finally:
         store.close()
@@ -262,8 +263,9 @@ def _uploads(args) -> int:
         print(json.dumps({"from": first_day, "to": last_day, "devices": rows, "regions": sorted(regions.values(),
                                                                                               key=lambda r: r["region"])}))
         return 0
-    print(f"upload success {first_day} to {last_day}: a day counts when the box reported that day and none of "
-          f"its sales reached central more than {args.deadline_minutes:g} minutes after the scan")
+    print(f"upload success {first_day} to {last_day}: a day counts when the box reported that day, none of "
+          f"its sales reached central more than {args.deadline_minutes:g} minutes after the scan, and nothing "
+          f"it held waited longer unacknowledged")
     print(f"{'device':24} {'shop':16} {'region':10} {'kind':10} {'days':>4} {'ok':>4} {'rate':>7} {'target':>7}")
     for row in rows:
         kind = "monitoring" if row["monitoring"] else "general"

@@ -46,7 +46,7 @@ from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConfli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0002"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0003"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -113,12 +113,14 @@ waiting = sa.Table(
     sa.Column("agent_version", sa.Text),
     sa.Column("seen_at", sa.Double),
 )
-# Days on which a device reported live (central's local calendar): half of "upload success".
+# Days on which a device reported live (central's local calendar), and the longest a backlog it
+# reported that day had waited unacknowledged: with its sales' lateness, "upload success".
 upload_days = sa.Table(
     "upload_days", metadata,
     sa.Column("device_id", sa.Text, primary_key=True),
     sa.Column("day", sa.Text, primary_key=True),  # YYYY-MM-DD
     sa.Column("reports", sa.BigInteger),
+    sa.Column("waited", sa.Double),  # seconds
 )
 # Each device's latest status (docs/protocol.md, Presence and health). clock_offset is the device's
 # clock minus central's, from the last status that came live.
@@ -132,6 +134,10 @@ device_status = sa.Table(
     sa.Column("received_at", sa.Double),
     sa.Column("clock_offset", sa.Double),
     sa.Column("body", sa.Text),  # JSON: the status's health fields
+    # The box's last_seq when central first saw it hold events not yet acknowledged, and when: cleared
+    # by a status whose acked_seq reaches it (a backlog that drains as it should).
+    sa.Column("backlog_seq", sa.BigInteger),
+    sa.Column("backlog_since", sa.Double),
 )
 
 # A SQLite file from before migrations, as the last central without them left it; older ones lacked
@@ -203,11 +209,15 @@ class UploadDay:
     reports: int  # live statuses received: the box was up and talking
     sales: int  # sales scanned that day that central holds
     late: int  # of those, received more than the deadline after they were scanned
+    # Its statuses that day showed events central had not acknowledged for longer than the deadline
+    # (batches central refused, or a link that took nothing): whatever they were, they did not upload.
+    held_back: bool = False
 
     @property
     def uploaded(self) -> bool:
-        """The day counts as uploaded: the box reported that day and none of that day's sales came late."""
-        return self.reports > 0 and self.late == 0
+        """The day counts as uploaded: the box reported that day, none of that day's sales came late and
+        nothing it held waited past the deadline."""
+        return self.reports > 0 and self.late == 0 and not self.held_back
 
 
 def _json_text(value: Any) -> str:
@@ -700,7 +710,8 @@ class CentralStore:
                     set_={"reports": upload_days.c.reports + 1}))
             held = conn.execute(sa.select(device_status.c.session, device_status.c.connection, device_status.c.state,
                                           device_status.c.sent_at, device_status.c.clock_offset,
-                                          device_status.c.received_at)
+                                          device_status.c.received_at, device_status.c.backlog_seq,
+                                          device_status.c.backlog_since)
                                 .where(device_status.c.device_id == device_id)).first()
             if held:
                 before = protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held)))
@@ -718,11 +729,35 @@ class CentralStore:
             body = {k: v for k, v in status.items() if k not in ("v", "device", "state", "session", "connection", "sent_at")}
             values = {"state": status["state"], "session": status["session"], "connection": status["connection"],
                       "sent_at": status["sent_at"], "received_at": received_at, "clock_offset": offset,
-                      "body": json.dumps(body, ensure_ascii=False)}
+                      "body": json.dumps(body, ensure_ascii=False),
+                      **self._backlog_waiting(conn, device_id, status, held, received_at=received_at, live=live)}
             insert = self._insert(conn, device_status).values(device_id=device_id, **values)
             conn.execute(insert.on_conflict_do_update(index_elements=[device_status.c.device_id],
                                                       set_={name: insert.excluded[name] for name in values}))
         return True
+
+    @staticmethod
+    def _backlog_waiting(conn: sa.Connection, device_id: str, status: dict[str, Any], held: sa.Row | None, *,
+                         received_at: float, live: bool) -> dict[str, Any]:
+        """The device's backlog mark after ``status`` (the latest now): the last seq it held unacknowledged
+        when central first saw it so, and when. A live status that finds it still there adds how long it has
+        waited to its day. Its own clock plays no part: both times are central's."""
+        since = (held.backlog_seq, held.backlog_since) if held else (None, None)
+        last, acked = status.get("last_seq"), status.get("acked_seq")
+        if status["state"] != "online" or last is None or acked is None:
+            return {}  # an offline status tells nothing of the backlog: the mark stays as it was
+        seq, at = since
+        if seq is not None and (acked >= seq or last < seq):  # delivered; or another journal's seqs now
+            seq = at = None
+        if seq is None and last > acked:
+            seq, at = last, received_at
+        if live and at is not None and received_at > at:
+            waited = received_at - at
+            current = sa.func.coalesce(upload_days.c.waited, 0.0)
+            conn.execute(upload_days.update()
+                         .where(upload_days.c.device_id == device_id, upload_days.c.day == _local_day(received_at))
+                         .values(waited=sa.case((current > waited, current), else_=waited)))
+        return {"backlog_seq": seq, "backlog_since": at}
 
     def revocation_delivered(self, device_id: str) -> bool:
         """Whether central holds the device's revocation event and everything before it: one of a revocation
@@ -748,9 +783,9 @@ class CentralStore:
                                   .where(devices.c.device_id == device_id)).first()
             if device is None:
                 return []
-            reported = dict(conn.execute(
-                sa.select(upload_days.c.day, upload_days.c.reports).where(
-                    upload_days.c.device_id == device_id, upload_days.c.day.between(first_day, last_day))).all())
+            reported = {day: (reports, waited) for day, reports, waited in conn.execute(
+                sa.select(upload_days.c.day, upload_days.c.reports, upload_days.c.waited).where(
+                    upload_days.c.device_id == device_id, upload_days.c.day.between(first_day, last_day)))}
             sales = conn.execute(sa.select(_events.c.body, _events.c.received_at).where(
                 _events.c.device_id == device_id, _events.c.kind == "sale")).all()
         # Days and lateness in Python, the same on either database: a sale's day is its scan's, in
@@ -770,7 +805,8 @@ class CentralStore:
         days = []
         while day <= last and not (revoked and day.isoformat() > revoked):
             total, late = counts.get(day.isoformat(), (0, 0))
-            days.append(UploadDay(day.isoformat(), reported.get(day.isoformat(), 0), total, late))
+            reports, waited = reported.get(day.isoformat(), (0, None))
+            days.append(UploadDay(day.isoformat(), reports, total, late, held_back=(waited or 0.0) > deadline))
             day += timedelta(days=1)
         return days
 

@@ -201,8 +201,9 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
         "region honghe: 2 devices, 95.0% of device-days uploaded, 0 below target",
         "region kunming: 1 devices, 100.0% of device-days uploaded, 0 below target"]
     week = command("uploads", "--days", "7", "--until", days_ago(3), "--deadline-minutes", "90").stdout.splitlines()
-    assert week[0] == (f"upload success {days_ago(9)} to {days_ago(3)}: a day counts when the box reported that day "
-                       "and none of its sales reached central more than 90 minutes after the scan")
+    assert week[0] == (f"upload success {days_ago(9)} to {days_ago(3)}: a day counts when the box reported that day, "
+                       "none of its sales reached central more than 90 minutes after the scan, and nothing it held "
+                       "waited longer unacknowledged")
     assert week[3].split() == ["cb-monitor", "530102100001", "honghe", "monitoring", "7", "6", "85.7%", "90%", "BELOW",
                                "TARGET"]
     assert week[5] == "region honghe: 2 devices, 92.9% of device-days uploaded, 1 below target"
@@ -646,7 +647,7 @@ def test_uploads_counts_a_sale_received_after_the_deadline_against_its_day_and_n
         ("cb-far", 1, []), ("cb-late", 1, [])]  # cb-a-fresh: nothing decided yet, so not listed
     late = report("--deadline-minutes", "29.8")
     rows = {row["device"]: row for row in late["devices"]}
-    assert rows["cb-late"]["failed_days"] == [{"day": day, "reported": True, "late_sales": 1}]
+    assert rows["cb-late"]["failed_days"] == [{"day": day, "reported": True, "late_sales": 1, "held_back": False}]
     assert (rows["cb-late"]["rate"], rows["cb-late"]["meets_target"]) == (0.0, False)
     assert late["regions"] == [
         {"region": "-", "devices": 1, "days": 1, "uploaded": 0, "below_target": 1, "rate": 0.0},

@@ -317,6 +317,48 @@ def test_a_day_is_uploaded_when_the_box_reported_and_none_of_its_sales_came_late
     assert [d.day for d in store.upload_days("shop-1", "2026-11-19", "2026-11-24", deadline=3600)][-1] == "2026-11-22"
 
 
+def test_a_day_on_which_the_box_held_events_unacknowledged_past_the_deadline_is_not_uploaded(store):
+    """A box whose batches central refuses reports live every day, and no sale of it ever arrives late: it
+    arrives never. Its statuses show what it holds: a backlog seen at 10:00 and still unacknowledged at 11:30
+    fails the day against an hour's deadline; one that drains by the next status is a box at work."""
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-20", 9)])
+
+    def report(day: str, hour: float, last: int, acked: int, **kind) -> None:
+        store.record_status("shop-1", status(last_seq=last, acked_seq=acked, backlog=last - acked, **kind),
+                            received_at=_at(day, 0) + hour * 3600, live=kind.pop("live", True))
+
+    report("2026-11-21", 10, 40, 38)  # two in flight, acknowledged by the next status
+    report("2026-11-21", 11, 45, 45)
+    report("2026-11-22", 10, 60, 45)  # held back from here on (a refused batch)
+    report("2026-11-22", 10.5, 64, 45)
+    report("2026-11-22", 11.5, 70, 45)  # 90 minutes, past the deadline
+    report("2026-11-23", 9, 70, 59)  # still short of seq 60, seen held at 10:00 the day before
+    report("2026-11-24", 10, 80, 70)  # the 60 delivered: the mark starts again at 80, 10:00
+    report("2026-11-24", 10.75, 80, 70)  # 45 minutes: within the hour
+    report("2026-11-25", 10, 5, 0)  # another journal's seqs (restored): the old mark says nothing of them
+    report("2026-11-25", 10.5, 5, 5)
+    days = store.upload_days("shop-1", "2026-11-21", "2026-11-25", deadline=3600)
+    assert [(d.day, d.held_back, d.uploaded) for d in days] == [
+        ("2026-11-21", False, True), ("2026-11-22", True, False), ("2026-11-23", True, False),
+        ("2026-11-24", False, True), ("2026-11-25", False, True)]
+    # The longest wait of each day is kept, whatever the deadline asked later: 23 hours by 09:00 on the 23rd.
+    assert [d.held_back for d in store.upload_days("shop-1", "2026-11-22", "2026-11-24", deadline=22 * 3600)] == [
+        False, True, False]
+
+
+def test_an_offline_or_retained_status_neither_clears_nor_starts_a_backlogs_wait(store):
+    store.record_status("shop-1", status(last_seq=9, acked_seq=2, sent_at=1000.0), received_at=1000.0, live=True)
+    store.record_status("shop-1", status("offline", sent_at=1001.0), received_at=2000.0, live=True)  # the will
+    # The broker's retained copy of an older online status, once acknowledged as far as 9, changes nothing:
+    store.record_status("shop-1", status(last_seq=9, acked_seq=9, sent_at=500.0), received_at=3000.0, live=False)
+    store.record_status("shop-1", status(connection=2, last_seq=9, acked_seq=2, sent_at=5000.0), received_at=5000.0,
+                        live=True)
+    day = time.strftime("%Y-%m-%d", time.localtime(5000.0))
+    store.conn.execute("UPDATE devices SET registered_at = 0")
+    [held] = [d for d in store.upload_days("shop-1", day, day, deadline=3600) if d.day == day]
+    assert held.held_back  # 4,000 s since the backlog was first seen, through the will and the stale copy
+
+
 def test_two_centrals_adding_one_devices_batches_at_once_hold_each_event_once(database):
     """Two ingest instances (two connections) take interleaved batches of one device at once: one the
     odd seqs, the other the even ones, each completing the other's run, and some batches twice (sent

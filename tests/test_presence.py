@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
 from central.ingest import QUEUE_SETTLE
+from central.store import CentralStore
 from provisioning import protocol
 from provisioning.identity import load_key
 
@@ -43,6 +44,29 @@ def test_a_device_online_reports_its_health_and_its_stop_is_seen_at_once(stack, 
 
     device.stop()  # a stop is announced like a loss: the broker publishes the will
     wait_until(lambda: devices(stack)["shop-health"]["state"] == "offline", 10, "the stop seen at central")
+
+
+def test_a_box_whose_batches_central_refuses_does_not_upload_though_it_reports_live(stack, fifo):
+    """Its statuses come every half second; its batches are refused (central holds another journal under
+    its id), so its sales never arrive, late or not: its backlog waits past the deadline and today fails."""
+    device = stack.provision("shop-held", scanners=[str(fifo)], uplink={"status_interval": 0.5})
+    store = CentralStore(stack.central_db)
+    store.conn.execute("UPDATE devices SET journal = 'a-journal-made-before' WHERE device_id = 'shop-held'")
+    store.close()
+    device.start()
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: device.status()["events"].get("sale") == 1, 20, "the sale durable")
+    wait_until(lambda: devices(stack)["shop-held"]["backlog"] >= 1, 20, "the sale held back, and reported so")
+
+    def today() -> dict | None:
+        result = stack.central_command("uploads", "--days", "1", "--deadline-minutes", "0.02", "--json")
+        assert result.returncode == 0, result.stderr
+        return next((row for row in json.loads(result.stdout)["devices"] if row["device"] == "shop-held"), None)
+
+    row = wait_until(lambda: (row := today()) and row["failed_days"] and row, 20, "the day decided")
+    assert row["failed_days"][0]["reported"] and row["failed_days"][0]["held_back"]
+    assert row["failed_days"][0]["late_sales"] == 0 and row["rate"] == 0.0
+    assert "journal a-journal-made-before" in stack.central_log.read_text()
 
 
 def test_a_box_that_loses_power_is_offline_once_its_keepalive_runs_out(stack, fifo):
