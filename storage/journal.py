@@ -124,10 +124,11 @@ class Journal:
             check_no_log_left(path)
             sqlite.create_private(path)
         else:
+            with _translated(path):
+                sqlite.roll_back_hot_journal(path)
             size = path.stat().st_size
             if size == 0 and not create:  # being made by the agent this moment, or left so by a start cut short
-                raise NoJournal(f"there is no journal at {path} yet: its file is empty (the agent has not run on this box, "
-                                "or is making it now)")
+                raise _being_made(path)
             if 0 < size < 512:
                 # Empty is a journal being made (its file comes before SQLite's first page); a file
                 # shorter than any page was cut short, and SQLite would take it for an empty one.
@@ -575,6 +576,11 @@ class Journal:
         self._conn.close()
 
 
+def _being_made(path: Path) -> NoJournal:
+    return NoJournal(f"there is no journal at {path} yet: its file is empty (the agent has not run on this box, "
+                     "or is making it now)")
+
+
 def _check_version(path: Path, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise JournalError(f"{path} has schema version {version}; this counterbox knows up to {SCHEMA_VERSION}. "
@@ -605,6 +611,9 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
     if not path.exists():
         raise NoJournal(f"there is no journal at {path}")
     with _translated(path, full=_READING_FULL):
+        sqlite.roll_back_hot_journal(path)
+        if path.stat().st_size == 0:
+            raise _being_made(path)
         conn = sqlite.connect(path, readonly=True)
         try:
             # One read transaction: the agent beside it commits and folds while it reads, and each

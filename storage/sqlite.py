@@ -67,6 +67,30 @@ def create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+def roll_back_hot_journal(path: Path) -> None:
+    """Let SQLite undo a transaction a crash cut short in rollback-journal mode, which a read-only
+    connection cannot (SQLITE_READONLY_ROLLBACK: every open failed "attempt to write a readonly
+    database", for ever). A journal is in that mode only while it is made, until its switch to WAL
+    commits: a crash there leaves its first page beside a hot ``-journal``. One read on a writing
+    connection rolls it back to what it was (empty); a database in WAL mode is left alone, as its
+    closing connection would checkpoint it."""
+    rollback = path.with_name(path.name + "-journal")
+    try:
+        if rollback.stat().st_size == 0:
+            return
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except FileNotFoundError:
+        return
+    if len(header) == 20 and header[18:20] == b"\x02\x02":  # file format 2 to read and write: WAL
+        return
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+
+
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A connection with the busy timeout set: read-only (it only reads, in the thread that opened it), or
     in autocommit mode (transactions are explicit) and usable from any thread one at a time (central's

@@ -208,6 +208,50 @@ def test_a_wrong_key_after_a_crash_changes_no_byte_of_the_journal_or_its_wal(jou
     recovered.close()
 
 
+# A process cut off while it makes the journal, before its switch to WAL commits: SQLite has written pages
+# of the new file (here, spilled from a one-page cache) and its rollback journal is hot beside them.
+_CUT_WHILE_MADE = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA cache_size = 1")
+conn.execute("BEGIN")
+conn.execute("CREATE TABLE t (x BLOB)")
+for _ in range(50):
+    conn.execute("INSERT INTO t VALUES (zeroblob(2000))")
+os._exit(0)
+"""
+
+
+def test_a_journal_cut_off_while_it_was_made_is_rolled_back_and_made_again(journal_path, key):
+    """A crash or power cut in a box's first start (or its first after an erase) left a file that every
+    read-only open refused ("attempt to write a readonly database"), so the agent never started again."""
+    journal_path.write_bytes(b"")
+    subprocess.run([sys.executable, "-c", _CUT_WHILE_MADE, str(journal_path)], check=True)
+    hot = journal_path.with_name("journal.db-journal")
+    assert journal_path.stat().st_size > 512 and hot.stat().st_size > 0
+    with pytest.raises(NoJournal, match="its file is empty"):  # rolled back to what it was: being made
+        verify_journal(journal_path, key)
+    subprocess.run([sys.executable, "-c", _CUT_WHILE_MADE, str(journal_path)], check=True)
+    journal = Journal.open(journal_path, key)
+    assert journal.append("sale", {"code": "6901028075831"}) == 1 and journal.verify().ok
+    assert not hot.exists()
+    journal.close()
+    assert verify_journal(journal_path, key).ok
+
+
+def test_a_rollback_journal_beside_a_journal_in_wal_mode_is_left_alone(journal_path, key, tmp_path):
+    """Only a journal still being made can have a hot rollback journal; beside one in WAL mode a spent one
+    (its header zeroed, as SQLite leaves them) is SQLite's to ignore, and a wrong key still changes no byte:
+    no writing connection is opened, whose close would checkpoint the WAL."""
+    crashed = _crash_copy(journal_path, key, tmp_path / "crashed")
+    crashed.with_name("journal.db-journal").write_bytes(bytes(1024))
+    files = [crashed, crashed.with_name("journal.db-wal"), crashed.with_name("journal.db-journal")]
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    with pytest.raises(DataKeyError, match="Nothing was changed"):
+        Journal.open(crashed, os.urandom(32))
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in files] == before
+
+
 def test_the_journal_its_wal_and_shm_are_private_to_the_service(journal_path, journal):
     journal.append("sale", {"code": "1"})
     for suffix in ("", "-wal", "-shm"):
