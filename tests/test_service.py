@@ -72,6 +72,16 @@ def test_every_unit_verifies_and_the_agent_is_rated_well_hardened(tmp_path):
     assert level <= 2.0, security.stdout[-3000:]
 
 
+def test_the_data_key_is_on_disk_before_its_name_is():
+    """Renamed before its data reached the disk, a power cut could leave data-key.cred empty, and the unit,
+    which runs only while there is none, would never make it again: no journal could be opened."""
+    [start] = [line for line in (UNITS / "counterbox-data-key.service").read_text().splitlines()
+               if line.startswith("ExecStart=")]
+    steps = [step.strip() for step in start.split("'")[1].split("&&")]
+    assert steps[0].endswith("/data-key.cred.new") and steps[-2].startswith("mv ")
+    assert steps[1:] == ["sync", steps[-2], "sync"]
+
+
 def test_log_lines_carry_the_event_as_journal_fields_and_never_its_content():
     import logging
 
