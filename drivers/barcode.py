@@ -1,8 +1,9 @@
 """Barcode symbologies and their check digits.
 
 EAN-13, EAN-8, UPC-A and the GTIN-14 of a case (fourteen digits, the code an
-ITF-14 or a case's label carries) carry a GS1 mod-10 check digit; a code of
-one of their lengths that fails it is a misread, never a product. A UPC-A and the
+ITF-14 or a case's label carries, with its symbology identifier ``]I`` or
+none) carry a GS1 mod-10 check digit; a code of one of their lengths that fails it
+is a misread, never a product. A UPC-A and the
 same code read as a 13-digit EAN-13 with a leading zero are one product: both
 have the same GTIN-14, the key prices are looked up by. A UPC-E (the short
 code of small packs: eight digits, number system 0 or 1) is its UPC-A with
@@ -146,6 +147,9 @@ def classify(text: str, aim: str = "") -> Barcode:
     >>> classify("690102807583012", "]E3").reason  # with an add-on, the EAN misread
     'check digit'
     """
+    if aim[:2] == "]I" and len(text) == 14:
+        # An ITF-14: a case's GTIN-14, and its check digit is the only check Interleaved 2 of 5 has.
+        return _gs1(text) or Barcode(text, Symbology.RAW)
     if aim[:1] == "]" and len(aim) >= 2 and aim[1] != "E":
         symbology = _AIM.get(aim[1], Symbology.RAW)
         if symbology is Symbology.CODE128 and aim[2:] == "1":

@@ -34,6 +34,15 @@ def test_a_cases_gtin14_is_checked_like_an_ean_and_keyed_as_itself():
     assert classify("16901028075838", "]E0").reason == NOT_EAN  # fourteen digits are no EAN
 
 
+@pytest.mark.parametrize("aim", ["]I0", "]I1"])
+def test_an_itf14_named_by_its_symbology_identifier_is_checked_like_any_gtin14(aim):
+    """Interleaved 2 of 5 detects little of a misread itself: a case's ITF-14 has its GS1 check digit for
+    that. A HID POS scanner always names the symbology, and a misread case code was once sold."""
+    assert classify("16901028075838", aim) == Barcode("16901028075838", Symbology.GTIN14, "")
+    assert classify("16901028075839", aim).reason == CHECK_DIGIT
+    assert classify("1234567890", aim) == Barcode("1234567890", Symbology.RAW)  # not a case's: the counter's
+
+
 @pytest.mark.parametrize("code", ["PROMO-$5", "12345", "ABC123", "690102807583101", "６９０１０２８０７５８３１"])
 def test_other_codes_are_raw_and_left_to_the_counter(code):
     barcode = classify(code)
