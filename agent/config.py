@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
 from datetime import tzinfo
@@ -86,7 +87,11 @@ class DeviceOverride:
         return "/" in self.match
 
     def matches(self, path: str, usb_id: str = "", name: str = "") -> bool:
-        return self.match in (path, usb_id) or bool(name and fnmatch.fnmatch(name, self.match))
+        """Whether the scanner at ``path`` is this one's. A path matches the node it leads to now (a
+        /dev/input/by-id link, the node discovery finds): it reads the filesystem."""
+        if self.is_path:
+            return self.match == path or os.path.realpath(self.match) == os.path.realpath(path)
+        return self.match == usb_id or bool(name and fnmatch.fnmatch(name, self.match))
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ OnDevice = Callable[[dict], Awaitable[None]]
 MAX_UNANSWERED = 256
 HID_POS_READ_TIMEOUT = 50  # ms a read waits in its thread; bounds how long stopping and idle checks take
 UNPLUGGED = "the scanner was unplugged mid-scan"
+READ_FAILED = "a read from the scanner failed: what it sent may be lost"
+HID_POS_RETRY_MOST = 30.0  # seconds, at most, between attempts to take a HID POS scanner that keeps failing
 
 _LEDS = {"num": ecodes.LED_NUML, "caps": ecodes.LED_CAPSL, "scroll": ecodes.LED_SCROLLL}
 
@@ -72,8 +74,11 @@ class Scanners:
     on_device: OnDevice | None = None
     usb_backend: object = None  # pyusb's backend; None: libusb, as on the box
     usb_sysfs: Path = Path("/sys/bus/usb/devices")
-    _active: dict[str, asyncio.Task] = field(default_factory=dict)
+    _active: dict[str, asyncio.Task] = field(default_factory=dict)  # discovered evdev nodes being read
     _failing: set[str] = field(default_factory=set)  # discovered nodes whose last attempt failed
+    _hid_active: dict[str, asyncio.Task] = field(default_factory=dict)  # HID POS scanners ("usb:BUS-ADDRESS")
+    _hid_failures: dict[str, int] = field(default_factory=dict)  # USB errors in a row, per HID POS scanner
+    _said_unheard: bool = False  # that a HID POS scanner's refusals go unsignalled on a box with no speaker
     _speaker: Feedback | None = None
     _last_output: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
@@ -154,7 +159,7 @@ class Scanners:
         warned = False
         while True:
             try:
-                await self._read(path, self.config.settings_for(path))
+                await self._read(path, await asyncio.to_thread(self.config.settings_for, path))
                 warned = False
                 if _is_recording(path):
                     logger.info("scanner recording %s fully read", path)
@@ -172,14 +177,14 @@ class Scanners:
         rules = Rules(self.config.usb_ids, self.config.names, self.config.auto)
         ignored: set[str] = set()
         while True:
-            devices = await asyncio.to_thread(list_devices, self.config.dev_input, self.config.sys_class)
+            devices, configured = await asyncio.to_thread(self._list_devices)
             present = {device.node for device in devices}
             for node in [n for n, task in self._active.items() if task.done() or n not in present]:
                 self._active.pop(node)
             self._failing &= present
             ignored &= present
             for device in devices:
-                if device.node in self._active or device.node in ignored or device.node in self.config.paths:
+                if device.node in self._active or device.node in ignored or device.node in configured:
                     continue
                 reason = classify(device, rules)
                 if reason is None:
@@ -189,11 +194,17 @@ class Scanners:
                 self._active[device.node] = group.create_task(self._discovered(device, reason))
             await asyncio.sleep(self.config.rescan_interval)
 
+    def _list_devices(self) -> tuple[list[InputDeviceInfo], set[str]]:
+        """The input devices, and the nodes the configured paths lead to now: a path is read by its own
+        reader, with its own settings, and a /dev/input/by-id link names a node that changes on each plug."""
+        configured = {os.path.realpath(path) for path in self.config.paths}
+        return list_devices(self.config.dev_input, self.config.sys_class), configured
+
     async def _discovered(self, device: InputDeviceInfo, reason: str) -> None:
         watch = reason == "watch"
         announce = "%s %s: %s" % ("watching" if watch else "scanner taken", device.describe(),
                                   "a USB keyboard; taken if it types at scanner speed" if watch else reason)
-        settings = self.config.settings_for(device.node, device.usb_id, device.name)
+        settings = await asyncio.to_thread(self.config.settings_for, device.node, device.usb_id, device.name)
         identity = {"name": device.name, "usb_id": device.usb_id, "reason": reason}
         if device.usb:
             identity.update(manufacturer=device.usb.manufacturer, product=device.usb.product_name, serial=device.usb.serial)
@@ -321,12 +332,14 @@ class Scanners:
                 await asyncio.sleep(self.config.rescan_interval)
                 continue
             present = {f"usb:{d.bus}-{d.address}" for d in devices}
-            for key in [k for k, task in self._active.items() if k.startswith("usb:") and (task.done() or k not in present)]:
-                self._active.pop(key)
+            for key in [k for k, task in self._hid_active.items() if task.done() or k not in present]:
+                self._hid_active.pop(key)
+            for key in [k for k in self._hid_failures if k not in present]:
+                self._hid_failures.pop(key)
             for device in devices:
                 key = f"usb:{device.bus}-{device.address}"
-                if key not in self._active:
-                    self._active[key] = group.create_task(self._hid_pos(device))
+                if key not in self._hid_active:
+                    self._hid_active[key] = group.create_task(self._hid_pos(device))
             await asyncio.sleep(self.config.rescan_interval)
 
     async def _hid_pos(self, device) -> None:
@@ -340,15 +353,23 @@ class Scanners:
         # and a read that times out really means the scanner sent nothing for that long.
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hid-pos {scanner.source}")
         read: asyncio.Future | None = None
+        claimed = False
         try:
             await asyncio.to_thread(scanner.claim)
+            claimed = True
             try:
                 logger.info("scanner taken %s: HID POS (usage page 0x8C)", scanner.name)
+                if self._speaker is None and not self._said_unheard:
+                    self._said_unheard = True
+                    logger.warning("scanner %s answers with its own beep alone: the box has no speaker, and a HID "
+                                   "POS scanner no LED the box can blink, so a scan refused is not signalled",
+                                   scanner.source)
                 await self._report("taken", scanner.source, "hid-pos", scanner.identity)
                 assembler.opened(time.time())
                 while True:
                     read = loop.run_in_executor(reader, scanner.read_report, HID_POS_READ_TIMEOUT)
                     report = await asyncio.shield(read)
+                    self._hid_failures.pop(scanner.source, None)  # it reads: the errors before are over
                     now = time.time()
                     result = assembler.feed(report, now) if report is not None else assembler.idle(now)
                     if result is not None:
@@ -366,7 +387,18 @@ class Scanners:
                 self._record(self._speaker, NotABarcode(partial, scanner.source, UNPLUGGED))
             await self._report("removed", scanner.source, "hid-pos", scanner.identity)
         except ScannerError as error:
-            logger.warning("HID POS scanner lost: %s", error)
+            failures = self._hid_failures[scanner.source] = self._hid_failures.get(scanner.source, 0) + 1
+            if claimed:
+                # A read that failed (an endpoint stalled, a report longer than asked for, a cable pulled as
+                # libusb's I/O error) may have lost a report: the scan under way, or one whole, is refused
+                # (the retailer hears the error and scans again), and the scanner is taken again.
+                self._record(self._speaker, NotABarcode(assembler.unplugged(), scanner.source, READ_FAILED))
+                await self._report("removed", scanner.source, "hid-pos", scanner.identity)
+            # Taken again after a pause that doubles while it fails (its place kept meanwhile): a scanner that
+            # fails at every read is neither claimed twice a second nor recorded taken and removed for ever.
+            pause = min(self.config.rescan_interval * 2 ** (failures - 1), HID_POS_RETRY_MOST)
+            (logger.warning if failures == 1 else logger.debug)("%s; taken again in %.1f s", error, pause)
+            await asyncio.sleep(pause)
         finally:
             await asyncio.to_thread(reader.shutdown)
 

@@ -13,7 +13,7 @@ import pytest
 from evdev import ecodes as e
 
 from agent.config import DeviceOverride, FeedbackConfig, ScannerConfig
-from agent.scanners import UNPLUGGED
+from agent.scanners import READ_FAILED, UNPLUGGED
 from drivers.hidpos import BROKE_OFF
 from drivers.decoder import CUT_OFF, DecoderSettings, NotABarcode, Scan
 from drivers.discovery import Rules, classify, list_devices
@@ -49,14 +49,16 @@ class Counter:
 
 
 @contextlib.asynccontextmanager
-async def running(machine: Machine, *, feedback=FeedbackConfig(output="none"), **scanner):
+async def running(machine: Machine, *, feedback=FeedbackConfig(output="none"), usb: dict | None = None, **scanner):
+    """The scanner manager over ``machine``'s input devices; HID POS scanners only through ``usb`` (a test
+    backend, its sysfs, on_device), never this machine's own USB devices."""
     counter = Counter()
-    scanner.setdefault("hid_pos", False)  # never this machine's own USB devices
+    scanner.setdefault("hid_pos", usb is not None)
     scanner.setdefault("rescan_interval", 0.1)
     config = ScannerConfig(dev_input=machine.dev_input, sys_class=machine.sys_class, **scanner)
     from agent.scanners import Scanners
 
-    task = asyncio.create_task(Scanners(config=config, feedback=feedback, on_scan=counter).run())
+    task = asyncio.create_task(Scanners(config=config, feedback=feedback, on_scan=counter, **(usb or {})).run())
     try:
         yield counter
     finally:
@@ -288,6 +290,43 @@ def test_configured_ids_take_only_their_scanner_and_its_own_layout(machine):
     assert [s.text for s in asyncio.run(scenario())] == ["96385074"]
 
 
+def test_a_scanner_named_by_its_by_id_link_is_read_once_with_its_own_settings_through_replugs(machine):
+    """docs/configuration.md names a scanner by its /dev/input/by-id link. Discovery, comparing names, took
+    the node the link leads to as well, with the default layout: two readers of one scanner, and an AZERTY
+    scanner's digits sold as the US layout's punctuation."""
+    from tests.test_decoding import Keys  # (imported here, off the loop: importing a test module compiles it)
+
+    by_id = machine.dev_input / "by-id"
+    by_id.mkdir()
+    link = by_id / "usb-Honeywell_1900-event-kbd"
+
+    def azerty(code: str) -> bytes:
+        keys = Keys()
+        for digit in code:
+            keys.tap(getattr(e, f"KEY_{digit}"), shift=True)  # AZERTY digits are shifted
+        return keys.enter().bytes()
+
+    async def scenario():
+        link.symlink_to(machine.plug(6, **SCANNER))
+        async with running(machine, auto=True, paths=(str(link),),
+                           devices=(DeviceOverride(str(link), DecoderSettings(layout="fr")),)) as counter:
+            await asyncio.sleep(0.5)  # five looks for scanners
+            await write(link, azerty("96385074"))
+            await until(lambda: counter.scans)
+            machine.unplug(6)  # the cable knocked: the scanner comes back as another node, and its link follows
+            link.unlink()
+            await asyncio.sleep(0.3)
+            link.symlink_to(machine.plug(7, **SCANNER))
+            await asyncio.sleep(1.5)  # its path tried again (every second), and looks for scanners meanwhile
+            await write(link, azerty("40063812"))
+            await until(lambda: len(counter.scans) == 2)
+            return counter
+
+    counter = asyncio.run(scenario())
+    assert [(s.text, s.source) for s in counter.scans] == [("96385074", str(link)), ("40063812", str(link))]
+    assert not counter.refused
+
+
 def test_good_attention_and_error_are_distinct_tones_on_the_speaker(machine):
     speaker = machine.plug(20, "PC Speaker", bustype=0x10, keys=(), ev=(e.EV_SYN, e.EV_SND),
                            snd=(e.SND_BELL, e.SND_TONE), node_is_file=True)
@@ -364,6 +403,102 @@ def test_a_hid_pos_scanner_is_taken_read_and_given_back_when_unplugged(machine, 
     assert "YYY" not in caplog.text
     assert device.calls == ["detach 0", "claim 0"]  # unplugged: nothing to give back
     assert replugged.calls == ["detach 0", "claim 0", "release 0", "attach 0"]  # the agent stopped: given back
+
+
+def _hid_pos_running(machine, tmp_path, **scanner):
+    """A HID POS scanner's USB device (pyusb through tests/usb_backend.py) beside ``machine``'s input devices."""
+    from .test_hidpos import publish
+    from .usb_backend import FakeBackend, FakeUsbDevice
+
+    sysfs = tmp_path / "usb-devices"
+    sysfs.mkdir()
+    device = publish(sysfs, FakeUsbDevice())
+    backend = FakeBackend(device)
+    reports = []
+
+    async def on_device(report):
+        reports.append((report["state"], report["scanner"]))
+
+    def run():
+        return running(machine, usb=dict(on_device=on_device, usb_backend=backend, usb_sysfs=sysfs), **scanner)
+
+    return run, device, reports
+
+
+def test_a_hid_pos_scanner_is_claimed_once_while_input_devices_are_looked_for_beside_it(machine, tmp_path, caplog):
+    """Each look for input devices once dropped the HID POS scanner from those being read, and the next look
+    for HID POS scanners claimed it again: twice a second, refused by the kernel (or, where a second claim
+    went through, two readers splitting one scanner's reports into refused halves)."""
+    from .usb_backend import scanned_data_reports
+
+    caplog.set_level(logging.INFO)
+    run, device, reports = _hid_pos_running(machine, tmp_path, auto=True)
+
+    async def scenario():
+        async with run() as counter:
+            await until(lambda: reports)
+            await asyncio.sleep(1.0)  # ten looks of each kind
+            for code in (b"6901028075831", b"96385074"):
+                device.send(*scanned_data_reports(b"Y" * 60 + code, aim=b"]Q1"))
+            await until(lambda: len(counter.scans) == 2)
+            return counter
+
+    counter = asyncio.run(scenario())
+    assert [s.text[60:] for s in counter.scans] == ["6901028075831", "96385074"] and not counter.refused
+    assert device.calls == ["detach 0", "claim 0", "release 0", "attach 0"] and reports == [("taken", "usb:1-5")]
+    assert "cannot claim" not in caplog.text
+
+
+@pytest.mark.parametrize("error", [errno.EIO, errno.EPIPE, errno.EOVERFLOW], ids=errno.errorcode.get)
+def test_a_hid_pos_read_that_fails_refuses_the_scan_under_way_and_takes_the_scanner_again(machine, tmp_path, caplog,
+                                                                                          error):
+    """An I/O error (libusb's word for a cable pulled, often), a stalled endpoint, a report longer than asked
+    for: what the scanner sent may be lost. The scan under way was thrown away unheard, the scanner still
+    counted as taken."""
+    from .usb_backend import scanned_data_reports
+
+    caplog.set_level(logging.INFO)
+    run, device, reports = _hid_pos_running(machine, tmp_path, auto=False)
+
+    async def scenario():
+        async with run() as counter:
+            await until(lambda: reports)
+            await asyncio.sleep(0.2)
+            # The first of two reports, and the read of the second fails:
+            device.send(scanned_data_reports(b"CB:QTY:" + b"Y" * 60, aim=b"]Q1")[0], error)
+            await until(lambda: counter.refused and reports[-1] == ("taken", "usb:1-5") and len(reports) == 3)
+            await asyncio.sleep(0.2)
+            device.send(*scanned_data_reports(b"96385074", aim=b"]E4"))
+            await until(lambda: counter.scans)
+            return counter
+
+    counter = asyncio.run(scenario())
+    assert [(r.text, r.reason) for r in counter.refused] == [("CB:QTY:" + "Y" * 49, READ_FAILED)]
+    assert [s.text for s in counter.scans] == ["96385074"]
+    assert reports == [("taken", "usb:1-5"), ("removed", "usb:1-5"), ("taken", "usb:1-5")]
+    assert f"HID POS scanner usb 1-5 0c2e:0b6a" in caplog.text and f"{errno.errorcode[error]}; taken again in" in caplog.text
+    assert "YYY" not in caplog.text
+
+
+def test_a_hid_pos_scanner_that_keeps_failing_is_taken_again_ever_less_often(machine, tmp_path, caplog):
+    """Every read failing (a stalled endpoint that never clears): taken again after 0.1 s, 0.2, 0.4, ... not
+    at every look (two claims a second, each recorded taken and removed in the journal, for ever)."""
+    caplog.set_level(logging.INFO)
+    run, device, reports = _hid_pos_running(machine, tmp_path, auto=False)
+
+    async def scenario():
+        async with run() as counter:
+            await until(lambda: reports)
+            device.send(*[errno.EPIPE] * 1000)
+            await asyncio.sleep(2.0)
+            return counter
+
+    counter = asyncio.run(scenario())
+    claims = device.calls.count("claim 0")
+    assert 3 <= claims <= 6, device.calls  # at 0, then after 0.1, 0.3, 0.7, 1.5 s: not twenty
+    assert len(counter.refused) == claims  # each read failed may have lost a scan: the retailer hears so
+    assert caplog.text.count("EPIPE; taken again in") == 1  # said once, then quietly
+    assert caplog.text.count("answers with its own beep alone") == 1
 
 
 def test_taking_and_losing_a_scanner_is_reported_with_its_usb_identity(machine):

@@ -64,9 +64,9 @@ class FakeUsbDevice:
     present: bool = True
     endpoint_type: int = 0x03  # interrupt; anything else leaves the device with no interrupt IN endpoint
     calls: list[str] = field(default_factory=list)
-    reports: "queue.Queue[bytes]" = field(default_factory=queue.Queue)
+    reports: "queue.Queue[bytes | int]" = field(default_factory=queue.Queue)  # an int: a read failing with that errno
 
-    def send(self, *reports: bytes) -> None:
+    def send(self, *reports: bytes | int) -> None:
         for report in reports:
             self.reports.put(report)
 
@@ -124,7 +124,7 @@ class FakeBackend(usb.backend.IBackend):
 
     def claim_interface(self, dev_handle, intf):
         self._check(dev_handle)
-        if dev_handle.kernel_driver:
+        if dev_handle.kernel_driver or dev_handle.claimed:  # as usbfs: an interface has one holder
             raise usb.core.USBError("Resource busy", errno=errno.EBUSY)
         dev_handle.claimed = True
         dev_handle.calls.append(f"claim {intf}")
@@ -172,6 +172,8 @@ class FakeBackend(usb.backend.IBackend):
         except queue.Empty:
             self._check(dev_handle)
             raise usb.core.USBTimeoutError("Operation timed out", errno=errno.ETIMEDOUT) from None
+        if isinstance(report, int):  # a read that fails so: libusb's error, as pyusb raises it
+            raise usb.core.USBError(errno.errorcode[report], error_code=-1, errno=report)
         buff[: len(report)] = type(buff)(buff.typecode, report)
         return len(report)
 
