@@ -91,8 +91,11 @@ def apply(journal: Journal, document: Document) -> int:
         content = journal.append("settings", {**body, **about})
     else:
         content = journal.append("order", {**body, **about})
+    # applied_at, the box's own time, is when these events happened (retention goes by it): issued_at is when
+    # operations signed the document, maybe months before a box long away applied it.
     return journal.append("document", {**about, "kind": document.kind, "kid": document.kid,
-                                       "expires_at": protocol.rfc3339(document.expires_at), "content_seq": content})
+                                       "expires_at": protocol.rfc3339(document.expires_at), "content_seq": content,
+                                       "applied_at": protocol.rfc3339(time.time())})
 
 
 @dataclass(kw_only=True)

@@ -28,8 +28,9 @@ from .ledger import Ledger
 
 FOLD_STEP = 5000  # events folded and removed in one step at most
 KEPT_LATEST = ("price_list", "activation", "revocation")
-# Where an event says when it happened, by kind; the first found is taken.
-_TIME_FIELDS = ("scanned_at", "at", "refused_at", "activated_at", "issued_at")
+# Where an event says when it happened, by kind; the first found is taken. Not a document's issued_at (when
+# operations signed it): its content event takes the time of its document event, recorded after it.
+_TIME_FIELDS = ("scanned_at", "at", "refused_at", "activated_at", "applied_at")
 
 
 def checkpoint_ledger(journal: Journal, *, keep_days: bool) -> Ledger:

@@ -15,6 +15,7 @@ from agent import reports, retention
 from agent.counter import Counter
 from agent.prices import parse_csv
 from drivers.decoder import Scan
+from provisioning.protocol import parse_rfc3339
 from storage import Journal, JournalError, verify_journal
 
 PACK, CARTON, GUM = "6901028075831", "6901028075848", "96385074"
@@ -195,6 +196,28 @@ def test_settings_pushed_before_the_checkpoint_hold_for_a_counter_started_after_
     sale = shop.scan(PACK, START + 401 * DAY + 3600).events[-1]  # 01:00Z: the day before, in Pago Pago
     assert (str(counter.timezone), counter.mode_timeout) == ("Pacific/Pago_Pago", 42)
     assert sale.body["day"] == "2027-01-05"
+
+
+def test_a_document_signed_long_ago_and_applied_today_folds_nothing_of_today(shop):
+    """Retention took a document's issued_at (when operations signed it) for when its events happened: settings
+    signed 120 days ago and applied today by a box long away folded today's sales away with a 90-day age."""
+    import time
+
+    from agent.downlink import apply
+    from provisioning.documents import Document, Scope
+    from provisioning.protocol import rfc3339
+
+    now = time.time()
+    for minute in range(20):
+        shop.journal.append("sale", {"code": PACK, "quantity": 1, "scanned_at": rfc3339(now - 3600 + 60 * minute)})
+    settings = Document("settings", "settings", 1, Scope(region="honghe"), {"counter": {"mode_timeout": 300}},
+                        issued_at=now - 120 * DAY, expires_at=now + 245 * DAY, kid="ops-1")
+    applied = apply(shop.journal, settings)
+    assert now <= parse_rfc3339(shop.journal.get(applied).body["applied_at"]) <= time.time()
+    shop.journal.append("sale", {"code": PACK, "quantity": 1, "scanned_at": rfc3339(time.time())})
+    shop.journal.acknowledge(shop.journal.last_seq())
+    assert retention.fold_old(shop.journal, days=90, now=time.time()) is None
+    assert retention.fold_old(shop.journal, days=90, now=time.time() + 91 * DAY) == shop.journal.last_seq()
 
 
 def test_a_counter_behind_a_journal_folded_to_its_end_catches_up_from_the_checkpoint(shop):
