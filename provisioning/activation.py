@@ -132,7 +132,7 @@ def decode_code(token: str, *, trusted: dict[str, Ed25519PublicKey]) -> Activati
         raise ProtocolError(f"not an activation code: {error}") from None
     key = trusted.get(kid) if isinstance(kid, str) else None
     if key is None:
-        raise SignatureError(f"signed by {kid!r}, which is not a trusted operations key")
+        raise SignatureError(f"signed by {jws.shown(kid)}, which is not a trusted operations key")
     _, payload = _open(token, key, typ=CODE_TYPE)
     code_id, shop, region, monitoring = (payload.get(k) for k in ("code", "shop", "region", "monitoring"))
     device = payload.get("device")
@@ -172,7 +172,7 @@ def decode_request(token: bytes, *, device: str) -> Request:
         raise ProtocolError("not an activation request: it names no public key") from None
     public_key = _named_key(token, "an activation request")
     if header.get("kid") != device:
-        raise ProtocolError(f"request kid {header.get('kid')!r} is not the topic's device {device!r}")
+        raise ProtocolError(f"request kid {jws.shown(header.get('kid'))} is not the topic's device {device!r}")
     _, payload = _open(token, public_key, typ=REQUEST_TYPE)
     if payload.get("device") != device or not isinstance(payload.get("code"), str) \
             or not isinstance(payload.get("broker_password"), str):
@@ -209,7 +209,8 @@ def decode_result(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[s
     or {"accepted": False, "code", "reason"}."""
     header, payload = _open(token, key, typ=RESULT_TYPE)
     if header.get("kid") != "central" or payload.get("device") != device:
-        raise ProtocolError(f"result is from {header.get('kid')!r} for {payload.get('device')!r}, not central's for {device!r}")
+        raise ProtocolError(f"result is from {jws.shown(header.get('kid'))} for {jws.shown(payload.get('device'))}, "
+                            f"not central's for {device!r}")
     if not isinstance(payload.get("accepted"), bool) or not isinstance(payload.get("code"), str):
         raise ProtocolError("result lacks accepted or code")
     if payload["accepted"] and not (isinstance(payload.get("shop"), str) and isinstance(payload.get("region"), str)
@@ -227,7 +228,7 @@ def decode_hello(token: bytes, *, device: str) -> dict[str, Any]:
     public_key = _named_key(token, "a hello")
     header, payload = _open(token, public_key, typ=HELLO_TYPE)
     if header.get("kid") != device or payload.get("device") != device:
-        raise ProtocolError(f"hello from {payload.get('device')!r} on {device!r}'s topic")
+        raise ProtocolError(f"hello from {jws.shown(payload.get('device'))} on {device!r}'s topic")
     _check_derived(device, public_key)
     if not is_agent_version(payload.get("agent_version")):  # anyone may say hello: never a terminal's control
         raise ProtocolError(f"hello lacks an agent version of {AGENT_VERSION_RULE}")

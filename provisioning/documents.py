@@ -104,7 +104,7 @@ def _check_name(kind: str, name: str) -> None:
         return
     if kind == "order" and name.startswith("order/") and _ORDER_ID.fullmatch(name[len("order/"):]):
         return
-    raise ProtocolError(f"document name {name!r} does not fit its kind {kind!r}")
+    raise ProtocolError(f"document name {jws.shown(name)} does not fit its kind {kind!r}")
 
 
 def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
@@ -158,7 +158,7 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
     elif kind == "order":
         _only(kind, body, {"order_id", "lines"})
         if body.get("order_id") != name[len("order/"):]:
-            raise ProtocolError(f"an order needs its order_id, the one its name {name!r} gives")
+            raise ProtocolError(f"an order needs its order_id, the one its name {jws.shown(name)} gives")
         lines = body.get("lines")
         if not isinstance(lines, list) or not lines:
             raise ProtocolError("an order needs its lines")
@@ -321,7 +321,7 @@ def decode_document(token: bytes, *, trusted: Mapping[str, Ed25519PublicKey]) ->
     kid = header.get("kid")
     key = trusted.get(kid) if isinstance(kid, str) else None
     if key is None:
-        raise SignatureError(f"signed by {kid!r}, which is not a trusted operations key")
+        raise SignatureError(f"signed by {jws.shown(kid)}, which is not a trusted operations key")
     _, payload = verified(text, key, typ=DOCUMENT_TYPE)
     if not is_version(payload.get("v")):
         raise ProtocolError(f"payload is not a version {VERSION} document")

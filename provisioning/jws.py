@@ -78,6 +78,13 @@ def _finite(text: str) -> float:
     return number
 
 
+def shown(value: Any) -> str:
+    """A value a message brought, as an error names it: its repr, at most 40 characters of it. Most are
+    named before any signature is checked (a kid, an alg), and a message may be megabytes long."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A header naming a parameter twice is refused (RFC 7515, section 4): which of the two a reader
     takes would decide what it checks."""
@@ -91,9 +98,9 @@ def verify(token: str, key: Ed25519PublicKey) -> tuple[dict[str, Any], bytes]:
     """Return (header, payload) if ``token`` is signed by ``key`` with Ed25519; else raise SignatureError."""
     header = unverified_header(token)
     if header.get("alg") != ALG:
-        raise SignatureError(f"algorithm {header.get('alg')!r} refused: only {ALG} is accepted")
+        raise SignatureError(f"algorithm {shown(header.get('alg'))} refused: only {ALG} is accepted")
     if "crit" in header:  # no extension is understood here: any named critical is refused (RFC 7515, 4.1.11)
-        raise SignatureError(f"unsupported critical header parameters {header['crit']!r}")
+        raise SignatureError(f"unsupported critical header parameters {shown(header['crit'])}")
     if header.get("b64", True) is not True:  # an unencoded payload (RFC 7797) is no payload of this protocol
         raise SignatureError("an unencoded payload (b64) is refused")
     # What this protocol writes, and nothing else: a parameter a reader may take or refuse (``cty``, one of

@@ -400,6 +400,32 @@ def test_a_message_other_than_a_batch_nests_no_deeper_than_the_protocols_limit(k
         protocol.verified(signed(payload(protocol.MAX_NESTING + 1), key, typ=typ), key.public_key(), typ=typ)
 
 
+@pytest.mark.parametrize("typ", [protocol.ACK_TYPE, protocol.STATUS_TYPE, "counterbox-document+jws"])
+def test_a_message_other_than_a_batch_naming_a_member_twice_is_refused(key, typ):
+    """A document signed with "version": 3 and "version": 99 was applied as 99 (the last), and every later
+    version of its stream refused as older: which value a reader takes must not decide what it applies."""
+    twice = b'{"v": 1, "device": "%s", "body": {"version": 3, "version": 99}}' % DEVICE.encode()
+    with pytest.raises(ProtocolError, match="^payload is not JSON: an object names 'version' twice$"):
+        protocol.verified(jws.sign(twice, key, kid=DEVICE, typ=typ).encode(), key.public_key(), typ=typ)
+    long = b'{"%s": 1, "%s": 2}' % (b"x" * 1000, b"x" * 1000)
+    with pytest.raises(ProtocolError, match="^payload is not JSON: an object names 'x{38}… twice$"):
+        protocol.verified(jws.sign(long, key, kid=DEVICE, typ=typ).encode(), key.public_key(), typ=typ)
+    once = twice.replace(b', "version": 99', b"")
+    assert protocol.verified(jws.sign(once, key, kid=DEVICE, typ=typ).encode(), key.public_key(), typ=typ)[1]["body"] == {
+        "version": 3}
+
+
+def test_what_a_message_brought_is_named_in_an_error_at_forty_characters_at_most(key):
+    """A kid or alg is named before any signature is checked, and a message may be megabytes long: each was
+    logged whole, at every reconnect for a retained one."""
+    header = {"alg": "x" * 100_000, "kid": DEVICE}
+    token = signed_with_header(b"{}", key, header)
+    with pytest.raises(SignatureError) as refused:
+        protocol.verified(token, key.public_key(), typ=protocol.ACK_TYPE)
+    assert str(refused.value) == f"signature check failed: algorithm '{'x' * 38}… refused: only Ed25519 is accepted"
+    assert jws.shown("short") == "'short'" and len(jws.shown("y" * 41)) == 40
+
+
 def test_text_a_store_cannot_keep_is_found_however_deep_it_lies_without_recursing(key):
     """Checked by walking, not by encoding the payload again (which recursed past Python's limit at depths
     the parser had taken, and failed as an internal error rather than a refusal)."""
