@@ -48,10 +48,11 @@ def week_of(day: str) -> list[str]:
 
 
 def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
-    """Sales by product over ``days``: lines, packs, amount, cost and gross margin, and their total."""
+    """Sales by product over ``days``: lines, packs, amount, cost and gross margin, and their total; the days
+    closed, and those sold on (or returned, voided) and not closed: open. A day in neither saw nothing."""
     products: dict[str, Totals] = {}
     total = Totals()
-    closed = []
+    closed, open_ = [], []
     for name in days:
         day = ledger.days.get(name)
         if day is None:
@@ -59,11 +60,11 @@ def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
         for product, totals in day.products.items():
             _add(products.setdefault(product, Totals()), totals)
         _add(total, day.total)
-        if day.closed is not None:
-            closed.append(name)
+        (open_ if day.closed is None else closed).append(name)
     return {
         "days": days,
         "closed": closed,
+        "open": open_,
         # A product whose every line was voided is left out; one sold and returned stays (its lines say so).
         "products": [{"product": p, "name": ledger.names.get(p), **t.as_json()}
                      for p, t in sorted(products.items(), key=lambda item: (-item[1].amount, item[0])) if t.lines],
@@ -77,7 +78,9 @@ def _add(into: Totals, other: Totals) -> None:
 
 
 def merge_sales(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Several shops' sales reports over the same days as one (a region's)."""
+    """Several reports over the same days as one: a shop's boxes', or a region's shops'. A day is closed when
+    one of them closed it and none left it open: a box (or a shop) with nothing that day, one revoked before it or
+    not yet serving, holds it open no more than it closes it."""
     products: dict[str, dict[str, Any]] = {}
     total = {"lines": 0, "packs": 0, "amount": 0, "cost": 0, "uncosted": 0, "margin": 0, "unpriced": 0}
     for report in reports:
@@ -90,8 +93,10 @@ def merge_sales(reports: list[dict[str, Any]]) -> dict[str, Any]:
         for k in total:
             total[k] += report["total"][k]
     days = reports[0]["days"] if reports else []
-    closed = sorted(set.intersection(*(set(report["closed"]) for report in reports))) if reports else []
-    return {"days": days, "closed": closed, "total": total,
+    open_ = {day for report in reports for day in report["open"]}
+    closed = {day for report in reports for day in report["closed"]} - open_
+    return {"days": days, "closed": [day for day in days if day in closed],
+            "open": [day for day in days if day in open_], "total": total,
             "products": sorted(products.values(), key=lambda row: (-row["amount"], row["product"]))}
 
 

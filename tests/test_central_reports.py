@@ -227,3 +227,41 @@ def test_a_box_taken_out_of_service_keeps_its_sales_but_not_its_shelf(store):
     assert (row["stock"], row["actual_prices"]) == (0, [{"unit": "pack", "price": 2250, "list_price": 2300,
                                                          "lines": 1}])
     assert reports.stock(store, reports.Scope(shop="530100000009")) == {}
+
+
+def closed(seq, day):
+    return {"seq": seq, "kind": "day_closed", "body": {"day": day, "currency": "CNY", "at": f"{day}T13:00:00.000Z",
+                                                       "totals": {}}}
+
+
+def test_a_shops_day_is_closed_when_every_box_that_sold_on_it_closed_it_and_a_box_with_nothing_that_day_holds_none_open(
+        store):
+    """The old box sold and closed Monday to Wednesday and was replaced on Thursday; the new box sold and closed
+    Thursday to Saturday. Once, every box of the shop had to have closed a day: the old box, which has nothing on
+    Thursday, held every day of the week open ("closed": []), and the new one every day before it came. A box
+    that sold on a day and never closed it holds that day open (two counters: Saturday's second one); so does a
+    shop across all shops, where a shop with nothing on a day holds it open no more than a box does."""
+    week = ["2026-11-23", "2026-11-24", "2026-11-25", "2026-11-26", "2026-11-27", "2026-11-28", "2026-11-29"]
+    mon, tue, wed, thu, fri, sat, sun = week
+    store.add_events("cb-old", 1, [sale(1, PACK, day=mon), closed(2, mon), sale(3, PACK, day=tue), closed(4, tue),
+                                   sale(5, PACK, day=wed), closed(6, wed)])
+    store.revoke("cb-old")
+    store.add_events("cb-new", 1, [sale(1, PACK, day=thu), closed(2, thu), sale(3, PACK, day=fri), closed(4, fri),
+                                   sale(5, PACK, day=sat), closed(6, sat)])
+    shop = reports.sales(store, week, reports.Scope(shop="530100000001"))["shops"]["530100000001"]
+    assert shop["closed"] == [mon, tue, wed, thu, fri, sat]
+    assert shop["open"] == []
+    for device in ("cb-old", "cb-new"):  # each box's own days, as its own report says them
+        own = box_reports.sales(box_reports.fold(store.device_events(device)), week)
+        assert reports.sales(store, week, reports.Scope(device=device))["shops"]["530100000001"]["closed"] == own["closed"]
+
+    # A second counter of the same shop sells on Saturday and is not closed: the shop's Saturday is open.
+    store.register("cb-second", "k" * 43, shop="530100000001", region="honghe")
+    store.add_events("cb-second", 1, [sale(1, PACK, day=fri), closed(2, fri), sale(3, PACK, day=sat)])
+    shop = reports.sales(store, week, reports.Scope(shop="530100000001"))["shops"]["530100000001"]
+    assert (shop["closed"], shop["open"]) == ([mon, tue, wed, thu, fri], [sat])
+
+    # All shops: the other shop closed Sunday alone, and sold on Monday without closing it.
+    store.add_events("cb-other", 1, [sale(1, PACK, day=sun), closed(2, sun), sale(3, PACK, day=mon)])
+    everything = reports.sales(store, week, reports.Scope(region="honghe"))["all_shops"]
+    assert (everything["closed"], everything["open"]) == ([tue, wed, thu, fri, sun], [mon, sat])
