@@ -96,24 +96,24 @@ def stock(store: CentralStore, scope: Scope) -> dict[str, Any]:
 
 def prices(store: CentralStore, days: list[str], scope: Scope) -> list[dict[str, Any]]:
     """Market monitoring: per shop and product, the prices the shop actually sold at over ``days`` (the
-    most frequent first, each beside its unit's list price), and its stock now."""
+    most frequent first, each beside the list price it was sold under), and its stock now."""
     rows = []
     shelves = stock(store, scope)
     for shop, found in ledgers(store, scope).items():
+        # By product: lines by unit, price and the list price each was sold under (a carton's is not a pack's,
+        # and a list price changed within the days asked leaves the lines before it under the old one).
         actual: dict[str, Tally] = {}
-        listed: dict[tuple[str, str], int | None] = {}  # by product and unit: a carton's is not a pack's
         names: dict[str, str | None] = {}
         for ledger in found.values():
             for day in days:
                 for product, unit, price, list_price in ledger.sale_prices.get(day, {}).values():
-                    actual.setdefault(product, Tally())[(unit, price)] += 1
-                    listed[(product, unit)] = list_price
+                    actual.setdefault(product, Tally())[(unit, price, list_price)] += 1
             names.update({p: n for p, n in ledger.names.items() if n})
         on_shelf = {row["product"]: row["packs"] for row in shelves.get(shop, {"products": []})["products"]}
         for product in sorted(set(actual) | {p for p, n in on_shelf.items() if n}):
             seen = actual.get(product, Tally())
             rows.append({"shop": shop, "product": product, "name": names.get(product),
-                         "actual_prices": [{"unit": unit, "price": price, "list_price": listed.get((product, unit)),
-                                            "lines": n} for (unit, price), n in seen.most_common()],
+                         "actual_prices": [{"unit": unit, "price": price, "list_price": list_price, "lines": n}
+                                           for (unit, price, list_price), n in seen.most_common()],
                          "stock": on_shelf.get(product, 0)})
     return rows

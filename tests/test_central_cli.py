@@ -388,6 +388,24 @@ def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_se
         f"530100000001  {hongtashan}  23.00/pack (list 23.00) x1, 25.00/pack (list 23.00) x1     15"]
 
 
+def test_the_prices_table_puts_each_price_beside_the_list_price_it_was_sold_under(central):
+    """Sold at list all week, the list price raised on Thursday: no line reads as sold under its list price."""
+    from central.store import Shop
+
+    from .test_central_reports import PACK, sale as line
+
+    command, db = central
+    store = CentralStore(db)
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True))
+    store.register("cb-a", "k" * 43, shop="530100000001", region="honghe")
+    week = box_reports.week_of("2026-11-18")
+    store.add_events("cb-a", 1, [line(seq, PACK, day=day, price=price, list_price=price) for seq, (day, price) in
+                                 enumerate([(day, 2300) for day in week[:3]] + [(day, 2400) for day in week[3:]], 1)])
+    store.close()
+    [row] = command("report", "prices", "--week", "2026-11-18").stdout.splitlines()[2:]
+    assert row.endswith("  24.00/pack (list 24.00) x4, 23.00/pack (list 23.00) x3     -7")  # 7 sold, none received
+
+
 def test_broker_init_writes_access_control_that_grants_each_party_its_own_topics_and_nothing_else(central, tmp_path):
     """The production broker's dynamic-security file, as docs/protocol.md (Broker security) states it: everything
     refused unless granted; central and operations as clients with roles of their own, their passwords hashed as

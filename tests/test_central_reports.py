@@ -265,3 +265,18 @@ def test_a_shops_day_is_closed_when_every_box_that_sold_on_it_closed_it_and_a_bo
     store.add_events("cb-other", 1, [sale(1, PACK, day=sun), closed(2, sun), sale(3, PACK, day=mon)])
     everything = reports.sales(store, week, reports.Scope(region="honghe"))["all_shops"]
     assert (everything["closed"], everything["open"]) == ([tue, wed, thu, fri, sun], [mon, sat])
+
+
+def test_market_monitoring_puts_each_price_beside_the_list_price_it_was_sold_under(store):
+    """The list price rose from 23.00 to 24.00 on Thursday and every line was sold at list. Once, every price
+    was put beside the last list price folded: "23.00/pack (list 24.00)", a line at list read as under it."""
+    week = box_reports.week_of(DAY)
+    lines = [sale(seq, PACK, day=day, price=2300, list_price=2300) for seq, day in enumerate(week[:3], start=1)]
+    lines += [sale(seq, PACK, day=day, price=2400, list_price=2400) for seq, day in enumerate(week[3:] + week[4:6],
+                                                                                              start=4)]
+    lines += [sale(10, PACK, day=week[5], price=2300, list_price=2400)]  # one sold under the new list price
+    store.add_events("cb-new", 1, lines)
+    [row] = reports.prices(store, week, reports.Scope(shop="530100000001"))
+    assert row["actual_prices"] == [{"unit": "pack", "price": 2400, "list_price": 2400, "lines": 6},
+                                    {"unit": "pack", "price": 2300, "list_price": 2300, "lines": 3},
+                                    {"unit": "pack", "price": 2300, "list_price": 2400, "lines": 1}]
