@@ -264,7 +264,7 @@ def _uploads(args) -> int:
                                                                                               key=lambda r: r["region"])}))
         return 0
     print(f"upload success {first_day} to {last_day}: a day counts when the box reported that day, none of "
-          f"its sales reached central more than {args.deadline_minutes:g} minutes after the scan, and nothing "
+          f"its sales left the box more than {args.deadline_minutes:g} minutes after the scan, and nothing "
           f"it held waited longer unacknowledged")
     print(f"{'device':24} {'shop':16} {'region':10} {'kind':10} {'days':>4} {'ok':>4} {'rate':>7} {'target':>7}")
     for row in rows:

@@ -46,7 +46,7 @@ from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConfli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0003"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0004"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -69,6 +69,7 @@ events = sa.Table(
     sa.Column("session", sa.BigInteger),
     sa.Column("received_at", sa.Double),
     sa.Column("body", sa.Text),  # JSON, as the device signed it (read in Python: both databases alike)
+    sa.Column("sent_at", sa.Double),  # the sending time of the batch that brought it, by the box's clock
 )
 _events = events  # within add_events, whose argument is named events
 # Every document operations issued: the token as signed, and when it reached the broker.
@@ -417,7 +418,7 @@ class CentralStore:
         return Device(*row) if row else None
 
     def add_events(self, device_id: str, session: int, events: list[dict[str, Any]], *, journal: str | None = None,
-                   base_seq: int = 0) -> tuple[int, int]:
+                   base_seq: int = 0, sent_at: float | None = None) -> tuple[int, int]:
         """Store the events not yet held; return (how many were new, the device's acked_seq).
 
         ``journal`` (the id the batch names): the device's first batch naming one makes it the device's, and
@@ -425,7 +426,8 @@ class CentralStore:
         batch naming another journal is refused (JournalReplaced). A batch naming none (a box of an earlier
         version) is taken as of the device's journal. An event of the journal that another device holds
         already, the same (a backup restored onto a new box, taken before its last box delivered all it
-        had), is held: never stored twice, and counted as held."""
+        had), is held: never stored twice, and counted as held. ``sent_at``: the batch's sending time by the
+        box's clock, if it says one, kept with the events it adds."""
         now = time.time()
         with self._transaction() as conn:
             # The device's row, locked: another central adding its events waits for this one to end.
@@ -453,7 +455,7 @@ class CentralStore:
             # New: the seqs not held. Exact, since adding a device's events takes its row's lock first.
             new = {e["seq"]: e for e in events if e["seq"] not in held and e["seq"] not in elsewhere}
             if new:
-                self._insert_events(conn, device_id, session, now, new)
+                self._insert_events(conn, device_id, session, now, new, sent_at)
             added = len(new)
             # Advance over the contiguous run; a gap (a batch still to come) stops it. Fetched at
             # once: a row at a time costs PostgreSQL's driver more than the rows past a gap do.
@@ -470,7 +472,7 @@ class CentralStore:
 
     @staticmethod
     def _insert_events(conn: sa.Connection, device_id: str, session: int, now: float,
-                       new: dict[int, dict[str, Any]]) -> None:
+                       new: dict[int, dict[str, Any]], sent_at: float | None) -> None:
         """The hot path (every event of every batch): straight to the driver, without SQLAlchemy's
         per-row parameter processing."""
         bodies = [_json_text(e["body"]) for e in new.values()]
@@ -478,15 +480,15 @@ class CentralStore:
             # One statement, its columns as arrays: executemany pays a round of PostgreSQL's protocol
             # per row, and a statement of many VALUES is parsed anew (by psycopg and the server) each time.
             conn.exec_driver_sql(
-                "INSERT INTO events (device_id, seq, kind, session, received_at, body) "
-                "SELECT %s, seq, kind, %s, %s, body FROM unnest(%b::bigint[], %b::text[], %b::text[]) "
+                "INSERT INTO events (device_id, seq, kind, session, received_at, sent_at, body) "
+                "SELECT %s, seq, kind, %s, %s, %s, body FROM unnest(%b::bigint[], %b::text[], %b::text[]) "
                 "AS batch(seq, kind, body) ON CONFLICT DO NOTHING",
-                (device_id, session, now, list(new), [e["kind"] for e in new.values()], bodies))
+                (device_id, session, now, sent_at, list(new), [e["kind"] for e in new.values()], bodies))
             return
         conn.exec_driver_sql(
-            "INSERT INTO events (device_id, seq, kind, session, received_at, body) VALUES (?, ?, ?, ?, ?, ?) "
+            "INSERT INTO events (device_id, seq, kind, session, received_at, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
-            [(device_id, seq, e["kind"], session, now, body) for (seq, e), body in zip(new.items(), bodies)])
+            [(device_id, seq, e["kind"], session, now, sent_at, body) for (seq, e), body in zip(new.items(), bodies)])
 
     @staticmethod
     def _check_base_held(conn: sa.Connection, device_id: str, journal: str | None, base_seq: int) -> None:
@@ -786,19 +788,21 @@ class CentralStore:
             reported = {day: (reports, waited) for day, reports, waited in conn.execute(
                 sa.select(upload_days.c.day, upload_days.c.reports, upload_days.c.waited).where(
                     upload_days.c.device_id == device_id, upload_days.c.day.between(first_day, last_day)))}
-            sales = conn.execute(sa.select(_events.c.body, _events.c.received_at).where(
+            sales = conn.execute(sa.select(_events.c.body, _events.c.received_at, _events.c.sent_at).where(
                 _events.c.device_id == device_id, _events.c.kind == "sale")).all()
-        # Days and lateness in Python, the same on either database: a sale's day is its scan's, in
-        # central's local calendar; it came late if it was received more than ``deadline`` after it.
+            offset = conn.execute(sa.select(device_status.c.clock_offset)
+                                  .where(device_status.c.device_id == device_id)).scalar()
+        # Days and lateness in Python, the same on either database: a sale came late if it waited on the box
+        # more than ``deadline`` after its scan (_waited), and its day is its scan's, in central's local calendar.
         counts: dict[str, tuple[int, int]] = {}
-        for body, received_at in sales:
-            scanned = _timestamp(json.loads(body).get("scanned_at"))
-            if scanned is None:
+        for body, received_at, sent_at in sales:
+            waited = _waited(_timestamp(json.loads(body).get("scanned_at")), received_at, sent_at, offset)
+            if waited is None:
                 continue
-            day = _local_day(scanned)
+            day = _local_day(received_at - waited)
             if first_day <= day <= last_day:
                 total, late = counts.get(day, (0, 0))
-                counts[day] = (total + 1, late + (received_at - scanned > deadline))
+                counts[day] = (total + 1, late + (waited > deadline))
         registered, revoked = (None if at is None else _local_day(at) for at in device)
         day = date.fromisoformat(max(first_day, registered or first_day))
         last = date.fromisoformat(min(last_day, _local_day(time.time())))
@@ -893,6 +897,20 @@ def _beside(body: dict[str, Any]) -> dict[str, Any]:
     if not any(name in body for name in _ROW_FIELDS):
         return body
     return {f"body_{name}" if name in _ROW_FIELDS else name: value for name, value in body.items()}
+
+
+def _waited(scanned: float | None, received_at: float, sent_at: float | None, offset: float | None) -> float | None:
+    """How long a sale scanned at ``scanned`` (the box's clock) took to reach central (``received_at``, central's);
+    None with no scan time. A box's clock may be off by hours or days, so not the difference of the two: the
+    time from the scan to the sending of its batch (``sent_at``), both by the box's clock; else, for a batch that
+    said no time, the scan put on central's clock by the box's ``offset`` as its live statuses measure it (the
+    latest: it may have been set right since); else the scan as it says. Never less than nothing: no sale was
+    scanned after it reached central."""
+    if scanned is None:
+        return None
+    if sent_at is not None:
+        return max(sent_at - scanned, 0.0)
+    return max(received_at - (scanned - (offset or 0.0)), 0.0)
 
 
 def _local_day(timestamp: float) -> str:

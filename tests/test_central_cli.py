@@ -202,7 +202,7 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
         "region kunming: 1 devices, 100.0% of device-days uploaded, 0 below target"]
     week = command("uploads", "--days", "7", "--until", days_ago(3), "--deadline-minutes", "90").stdout.splitlines()
     assert week[0] == (f"upload success {days_ago(9)} to {days_ago(3)}: a day counts when the box reported that day, "
-                       "none of its sales reached central more than 90 minutes after the scan, and nothing it held "
+                       "none of its sales left the box more than 90 minutes after the scan, and nothing it held "
                        "waited longer unacknowledged")
     assert week[3].split() == ["cb-monitor", "530102100001", "honghe", "monitoring", "7", "6", "85.7%", "90%", "BELOW",
                                "TARGET"]
@@ -647,7 +647,7 @@ def test_uploads_counts_a_sale_received_after_the_deadline_against_its_day_and_n
                                  ("cb-far", "530102100003", "xishuangbanna")):
         store.register(device, "key", shop=shop, region=region)
     store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id != 'cb-a-fresh'", [now - 9 * 86400])
-    online = {"v": 1, "state": "online", "session": 1, "connection": 1, "sent_at": 0.0}
+    online = {"v": 1, "state": "online", "session": 1, "connection": 1, "sent_at": scanned}  # the clocks agree
     for device in ("cb-late", "cb-far"):
         store.record_status(device, {**online, "device": device}, received_at=scanned, live=True)
     store.add_events("cb-late", 1, [{"seq": 1, "kind": "sale", "body": {

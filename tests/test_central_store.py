@@ -298,12 +298,10 @@ def _sale(seq: int, scanned: float) -> dict:
 
 def test_a_day_is_uploaded_when_the_box_reported_and_none_of_its_sales_came_late(store):
     store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-20", 9)])
-    online = status(backlog=0)
     # 21st: reported, its sale in a minute. 22nd: reported, a sale two hours late. 23rd: silent.
-    # 24th: reported, no sales (a quiet day is no failure).
-    store.record_status("shop-1", online, received_at=_at("2026-11-21", 10), live=True)
-    store.record_status("shop-1", online, received_at=_at("2026-11-22", 10), live=True)
-    store.record_status("shop-1", online, received_at=_at("2026-11-24", 10), live=True)
+    # 24th: reported, no sales (a quiet day is no failure). The box's clock is right.
+    for day in ("2026-11-21", "2026-11-22", "2026-11-24"):
+        store.record_status("shop-1", status(backlog=0, sent_at=_at(day, 10)), received_at=_at(day, 10), live=True)
     store.record_status("shop-1", status("offline"), received_at=_at("2026-11-23", 10), live=True)  # no report
     store.add_events("shop-1", 1, [_sale(1, _at("2026-11-21", 11)), _sale(2, _at("2026-11-22", 11))])
     store.conn.execute("UPDATE events SET received_at = ? WHERE seq = 1", [_at("2026-11-21", 11) + 60])
@@ -344,6 +342,44 @@ def test_a_day_on_which_the_box_held_events_unacknowledged_past_the_deadline_is_
     # The longest wait of each day is kept, whatever the deadline asked later: 23 hours by 09:00 on the 23rd.
     assert [d.held_back for d in store.upload_days("shop-1", "2026-11-22", "2026-11-24", deadline=22 * 3600)] == [
         False, True, False]
+
+
+SKEWS = pytest.mark.parametrize("skew", [-3 * 3600.0, 24 * 3600.0], ids=["clock-3h-slow", "clock-a-day-fast"])
+
+
+def _upload_week(store, skew: float, *, batch_time: bool) -> list[tuple[str, int, int, bool]]:
+    """A box whose clock is ``skew`` off reports live on the 21st to the 23rd. A sale at 01:00 on the 22nd
+    reaches central within seconds; one at 10:00 the same day, the box offline, 20 hours later. Its batches
+    carry their sending time by its clock (``batch_time``), or none (a box of an earlier sort)."""
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-20", 9)])
+    for day in ("2026-11-21", "2026-11-22", "2026-11-23"):
+        store.record_status("shop-1", status(sent_at=_at(day, 9) + skew), received_at=_at(day, 9), live=True)
+    for seq, scanned, received in ((1, _at("2026-11-22", 1), _at("2026-11-22", 1) + 2),
+                                   (2, _at("2026-11-22", 10), _at("2026-11-23", 6))):
+        sent = {"sent_at": received - 1 + skew} if batch_time else {}
+        store.add_events("shop-1", 1, [_sale(seq, scanned + skew)], **sent)
+        store.conn.execute("UPDATE events SET received_at = ? WHERE seq = ?", [received, seq])
+    return [(d.day, d.sales, d.late, d.uploaded)
+            for d in store.upload_days("shop-1", "2026-11-21", "2026-11-23", deadline=3600)]
+
+
+@SKEWS
+def test_a_sales_lateness_and_day_are_its_boxs_own_time_from_the_scan_to_sending_it_whatever_its_clock(store, skew):
+    """Judged by the box's clock alone, a box 3 hours slow whose every sale reached central in seconds was late on
+    every day (and its sale of 01:00 counted the day before); a box a day fast had a sale 20 hours late counted
+    on time, the next day. A batch says when the box sent it, by the same clock as its scans: the time between
+    the two is the box's own, clock-free, even once its clock is set right (its statuses then say it is)."""
+    store.record_status("shop-1", status(connection=2, sent_at=_at("2026-11-23", 12)), received_at=_at("2026-11-23", 12),
+                        live=True)  # set right by the time the sales are judged
+    assert _upload_week(store, skew, batch_time=True) == [
+        ("2026-11-21", 0, 0, True), ("2026-11-22", 2, 1, False), ("2026-11-23", 0, 0, True)]
+
+
+@SKEWS
+def test_a_sale_whose_batch_says_no_sending_time_is_placed_by_its_boxs_clock_offset_as_its_statuses_measure(
+        store, skew):
+    assert _upload_week(store, skew, batch_time=False) == [
+        ("2026-11-21", 0, 0, True), ("2026-11-22", 2, 1, False), ("2026-11-23", 0, 0, True)]
 
 
 def test_an_offline_or_retained_status_neither_clears_nor_starts_a_backlogs_wait(store):

@@ -148,6 +148,20 @@ def test_a_live_status_measures_the_clock_once_centrals_queue_has_settled(centra
     assert central.store.status("shop-1").sent_at == pytest.approx(now + 900, abs=0.001)  # milliseconds on the wire
 
 
+def test_a_sales_lateness_is_judged_by_the_sending_time_its_batch_says_on_the_boxs_own_clock(central):
+    """A box a day fast sends a sale two hours after its scan, by its clock; it reaches central at once. Judged
+    by the box's clock against central's, it came a day early, on time; by its batch's sending time, two hours
+    late, as it was."""
+    fast = time.time() + 86400
+    sale = Event(1, "sale", {"code": "6901028075831", "scanned_at": protocol.rfc3339(fast - 7200)})
+    token = protocol.encode_batch([sale], device="shop-1", session=1, key=central.box_key, sent_at=fast)
+    central.handle(Message(protocol.batch_topic(PREFIX, "shop-1"), token))
+    central.store.conn.execute("UPDATE devices SET registered_at = 0")
+    days = central.store.upload_days("shop-1", time.strftime("%Y-%m-%d", time.localtime(time.time() - 86400)),
+                                     time.strftime("%Y-%m-%d"), deadline=3600)
+    assert (sum(d.sales for d in days), sum(d.late for d in days)) == (1, 1)
+
+
 def test_a_status_signed_by_another_key_is_rejected(central):
     with pytest.raises(Rejected, match="does not verify"):
         central.handle(status_message(key=Ed25519PrivateKey.generate(), sent_at=time.time()))
