@@ -49,6 +49,7 @@ BROKE_OFF_TAIL = "the rest of a report sequence that had broken off"
 BROKE_OFF_QUIET = 1.0  # seconds with nothing after a break-off before a report begins a barcode again
 STARTED_UNSEEN = "the report sequence had begun before the scanner was claimed"
 MALFORMED = "a scanned-data report was cut short, or said it held more than a report can"
+HOLDS_NUL = "the code holds a NUL byte, which no record carries"
 _GET_DESCRIPTOR, _REPORT_DESCRIPTOR = 0x06, 0x22
 
 
@@ -173,10 +174,13 @@ class ReportAssembler:
         self._data += report[_DATA_START : _DATA_START + length]
         if report[_CONTINUED] & 0x01:
             return None
+        nul = 0 in self._data
         text = self._take_text()
         if self._broken is not None:
             reason, self._broken = self._broken, None
             return NotABarcode(text, self.source, reason)
+        if nul:
+            return NotABarcode(text, self.source, HOLDS_NUL)
         return Scan(text, self.source, self._started, now, aim=self._aim) if text else None
 
     def idle(self, now: float) -> NotABarcode | None:
@@ -193,14 +197,16 @@ class ReportAssembler:
     def _take_text(self) -> str:
         data, self._data = bytes(self._data), bytearray()
         try:
-            return data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
-            return data.decode("latin-1")
+            text = data.decode("latin-1")
+        # No event carries a NUL (central's databases keep none in text): shown as the symbol for one.
+        return text.replace("\x00", "\u2400")
 
     def unplugged(self) -> str:
         self._broken = None
         partial, self._data = bytes(self._data), bytearray()
-        return partial.decode("latin-1")
+        return partial.decode("latin-1").replace("\x00", "\u2400")
 
 
 class HidPosScanner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, MALFORMED, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
+from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, HOLDS_NUL, MALFORMED, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
                            hid_pos_interface)
 from drivers.errors import ScannerError, ScannerGone
 from drivers.decoder import NotABarcode, Scan
@@ -151,6 +151,20 @@ def test_reports_that_carry_no_barcode_are_ignored():
     assert assembler.feed(bytes(10), now=0.0) is None  # short
     (report,) = scanned_data_reports(b"96385074")
     assert _whole(assembler.feed(report, now=1.0)) == "96385074"
+
+
+def test_a_code_holding_a_nul_byte_is_refused_and_shown_with_the_symbol_for_one():
+    """No event carries a NUL: the journal refused to record the code, so its refusal was never recorded
+    and the cut control it may have been spoiled nothing."""
+    assembler = ReportAssembler("usb:1-5")
+    (report,) = scanned_data_reports(b"AB\x00CD", aim=b"]d1")
+    refused = assembler.feed(report, now=1.0)
+    assert (type(refused), refused.text, refused.reason) == (NotABarcode, "AB\u2400CD", HOLDS_NUL)
+    first, _ = scanned_data_reports(b"CB:QTY:\x00" + b"Y" * 60, aim=b"]Q1")
+    assembler.feed(first, now=2.0)
+    assert assembler.idle(now=2.05).text == "CB:QTY:\u2400" + "Y" * 48
+    assembler.feed(first, now=3.0)
+    assert assembler.unplugged() == "CB:QTY:\u2400" + "Y" * 48
 
 
 def test_a_report_sequence_that_breaks_off_is_refused_head_and_tail():
