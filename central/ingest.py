@@ -30,6 +30,7 @@ from provisioning.identity import parse_public_key
 from . import broker
 from .broker import BrokerAdmin
 from .errors import ActivationRefused, CentralError, Rejected
+from .retained import Keeper
 from .store import CentralStore
 
 logger = logging.getLogger(__name__)
@@ -222,10 +223,13 @@ class Ingest:
                     link.ack(message)
                     free.release()
 
+            keeper = Keeper(store=self.store, prefix=self.prefix, thread=thread,
+                            reader={"host": host, "port": port, **options, "backoff": RECONNECT})
             # A task that fails ends them all, and the ingest with its error; stopping cancels them all,
             # and what is still being handled is not acknowledged.
             async with asyncio.TaskGroup() as group:
                 group.create_task(acknowledge())
+                group.create_task(keeper.run(link))
                 async for message in link.messages():
                     await free.acquire()
                     handling.put_nowait((message, group.create_task(self._consume(link, thread, message))))

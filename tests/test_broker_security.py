@@ -322,6 +322,32 @@ def test_a_revoked_box_keeps_its_access_until_it_has_handed_in_its_sales_and_los
     again.close()
 
 
+def test_a_revocation_the_broker_lost_to_a_power_cut_is_published_again_by_central_and_reaches_its_box(
+        production, tmp_path):
+    """Mosquitto writes its retained messages to disk every 30 s and at a clean stop: killed just after a push,
+    it came back without the revocation, and the box, off meanwhile, came back selling for ever."""
+    a, fifo, a_id = _activated(production, tmp_path, "boxe", "530102100005")
+    feed(fifo, scans(["6901028075831"]))
+    wait_until(lambda: len(production.sales()) == 1, 30, "the sale at central")
+    a.stop()
+    revoked = production.ops_command("revoke", "--central-db", str(production.central_db), "--ops-key",
+                                     str(production.ops_key), "--broker", f"127.0.0.1:{production.broker_port}",
+                                     *production.broker_args("ops"), "--device", a_id)
+    assert revoked.returncode == 0, revoked.stderr
+    production.broker.kill()  # central's machine loses power before the broker saved the revocation
+    production.broker.wait()
+    for saved in (production.directory / "broker").iterdir():
+        saved.unlink()
+    production.start_broker()
+    topic = f"counterbox/v1/devices/{a_id}/docs/revocation"
+    wait_until(lambda: f"published again on {topic}: the broker had lost it" in production.central_log.read_text(), 30,
+               "central publishing the revocation again")
+    a.start()
+    wait_until(lambda: "crypto-erased" in a.log.read_text(), 30, "the box revoked and erased")
+    assert production.central_log.read_text().count("published again") == 1  # what the broker held is left as it is
+    assert "documents at the broker not checked" not in production.central_log.read_text()
+
+
 def test_central_admits_a_box_to_its_own_topics_and_cuts_it_off_through_the_plugin_in_this_process(tmp_path,
                                                                                                    monkeypatch):
     """``BrokerAdmin`` in this process against the production broker: a box admitted (twice, as when it

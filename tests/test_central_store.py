@@ -6,6 +6,7 @@ server the tests start, tests/postgres.py), since one code path serves both.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import stat
@@ -393,6 +394,26 @@ def test_an_offline_or_retained_status_neither_clears_nor_starts_a_backlogs_wait
     store.conn.execute("UPDATE devices SET registered_at = 0")
     [held] = [d for d in store.upload_days("shop-1", day, day, deadline=3600) if d.day == day]
     assert held.held_back  # 4,000 s since the backlog was first seen, through the will and the stale copy
+
+
+def test_the_documents_in_force_are_the_newest_unexpired_version_of_each_stream_for_each_scope(store):
+    """What the broker should hold, retained: central publishes again whatever of it the broker lost."""
+    def issue(name: str, scope: dict, expires_at: float, kind: str = "price_list") -> int:
+        return store.issue_document(lambda version: (kind, json.dumps(scope), "ops-1", 1000.0, expires_at,
+                                                     f"token-{name}-{version}".encode()), name)[0]
+
+    issue("price_list", {"region": "honghe"}, 9000.0)
+    issue("price_list", {"region": "honghe"}, 9000.0)
+    issue("price_list", {"region": "kunming"}, 9000.0)
+    issue("price_list", {"device": "shop-1"}, 9000.0)
+    issue("order/W48-1", {"device": "shop-1"}, 4000.0, kind="order")  # expired by 5000: boxes refuse it
+    issue("settings", {"region": "honghe"}, 9000.0, kind="settings")
+    assert store.documents_in_force(5000.0) == [
+        ("price_list", '{"device": "shop-1"}', 4, b"token-price_list-4"),
+        ("price_list", '{"region": "honghe"}', 2, b"token-price_list-2"),
+        ("price_list", '{"region": "kunming"}', 3, b"token-price_list-3"),
+        ("settings", '{"region": "honghe"}', 1, b"token-settings-1")]
+    assert store.documents_in_force(9000.0) == []
 
 
 def test_two_centrals_adding_one_devices_batches_at_once_hold_each_event_once(database):

@@ -1,0 +1,98 @@
+"""The documents operations published, kept at the broker by central.
+
+A box that was away finds its documents as the broker's retained copies
+(docs/protocol.md, Documents pushed down). Mosquitto writes those to disk
+only every ``autosave_interval`` (30 s as shipped) and at a clean stop: a
+broker killed or losing power just after a push starts again without it, and
+the box then never hears of its price list, or of its revocation. Central
+keeps every document it signed; on each connection to the broker it reads
+the retained copies of every document topic and publishes again, retained,
+the newest unexpired version of each stream whose copy the broker lacks or
+holds older. A box ignores a version it holds, so a copy sent again is
+harmless.
+
+    keeper = Keeper(store=store, prefix="counterbox/v1", thread=thread, reader=reader_options)
+    await keeper.run(link)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from agent.mqtt import MqttError, MqttLink
+from provisioning import documents
+from provisioning.documents import Scope
+
+from .errors import CentralError
+from .store import CentralStore
+
+logger = logging.getLogger(__name__)
+
+READ_TIMEOUT = 30.0  # seconds to read the broker's retained copies, a fleet's price lists among them
+LOOK_AGAIN = 3600.0  # seconds between looks while connected: a broker restarted between two looks is seen anew
+
+
+@dataclass(kw_only=True)
+class Keeper:
+    store: CentralStore
+    prefix: str
+    thread: ThreadPoolExecutor  # the store's
+    reader: dict[str, Any]  # how to connect: host, port, client_id, username, password, ca_file
+
+    async def run(self, link: MqttLink) -> None:
+        """Look at each new connection of ``link`` (central's own: a broker that restarted is seen by its
+        reconnection), and every LOOK_AGAIN meanwhile."""
+        while True:
+            await link.connected.wait()
+            generation = link.generation
+            try:
+                await self.keep(link)
+            except (MqttError, CentralError, sa.exc.SQLAlchemyError, TimeoutError) as error:
+                logger.warning("documents at the broker not checked: %s; checked again at the next connection", error)
+            await link.next_connection(generation, within=LOOK_AGAIN)
+
+    async def keep(self, link: MqttLink) -> int:
+        """Publish again each document in force that the broker does not hold; how many were."""
+        loop = asyncio.get_running_loop()
+        in_force = await loop.run_in_executor(self.thread, self.store.documents_in_force, time.time())
+        if not in_force:
+            return 0
+        held = await self._retained()
+        published = 0
+        for name, scope, version, token in in_force:
+            topic = documents.topic(self.prefix, Scope(**json.loads(scope)), name)
+            if held.get(topic) == token:
+                continue
+            await link.publish(topic, token, retain=True)
+            published += 1
+            logger.warning("document %s version %d published again on %s: the broker %s", name, version, topic,
+                           "had lost it (stopped before it saved it)" if topic not in held else "held another copy")
+        return published
+
+    async def _retained(self) -> dict[str, bytes]:
+        """The broker's retained copy on every document topic: read on a connection of its own, up to a
+        message central sends itself once connected. Its subscriptions went first on that connection, and
+        the broker sends a subscription's retained copies as it takes it: the marker comes after them all."""
+        marker = f"{self.prefix}/regions/-central-{secrets.token_hex(8)}/docs/end"
+        topics = [f"{self.prefix}/devices/+/docs/#", f"{self.prefix}/regions/+/docs/#"]
+        options = {**self.reader, "client_id": f"{self.reader['client_id']}-documents"}
+        held: dict[str, bytes] = {}
+        async with MqttLink(**options, subscriptions=topics) as reader:
+            async with asyncio.timeout(READ_TIMEOUT):
+                await reader.connected.wait()
+                await reader.publish(marker, b"", qos=1)
+                async for message in reader.messages():
+                    if message.topic == marker:
+                        return held
+                    if message.retain and message.payload:
+                        held[message.topic] = message.payload
+        return held
