@@ -509,13 +509,14 @@ class CentralStore:
 
     @staticmethod
     def _held_elsewhere(conn: sa.Connection, device_id: str, journal: str, events: list[dict[str, Any]]) -> set[int]:
-        """The batch's seqs whose events another device of the same journal holds, the same, among those it was
-        acknowledged for: delivered already, by the box the journal was on before."""
+        """The batch's seqs whose events another device of the same journal holds, the same: delivered already,
+        by the box the journal was on before (acknowledged to it or not: past a gap its box never filled, it is
+        the same event all the same, and was stored twice)."""
         held: set[int] = set()
-        for twin, twin_acked in conn.execute(sa.select(devices.c.device_id, devices.c.acked_seq).where(
+        for (twin,) in conn.execute(sa.select(devices.c.device_id).where(
                 devices.c.journal == journal, devices.c.device_id != device_id)):
             theirs = conn.execute(sa.select(_events.c.seq, _events.c.kind, _events.c.body).where(
-                _events.c.device_id == twin, _events.c.seq.between(events[0]["seq"], min(events[-1]["seq"], twin_acked))))
+                _events.c.device_id == twin, _events.c.seq.between(events[0]["seq"], events[-1]["seq"])))
             mine = {event["seq"]: (event["kind"], event["body"]) for event in events}
             held |= {seq for seq, kind, body in theirs if seq in mine and mine[seq][0] == kind
                      and same_json(mine[seq][1], json.loads(body))}
