@@ -67,22 +67,27 @@ def create_private(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
+# The first bytes of a rollback journal that holds a transaction to undo; SQLite zeroes or truncates
+# one it is done with.
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
 def roll_back_hot_journal(path: Path) -> None:
     """Let SQLite undo a transaction a crash cut short in rollback-journal mode, which a read-only
     connection cannot (SQLITE_READONLY_ROLLBACK: every open failed "attempt to write a readonly
     database", for ever). A journal is in that mode only while it is made, until its switch to WAL
-    commits: a crash there leaves its first page beside a hot ``-journal``. One read on a writing
-    connection rolls it back to what it was (empty); a database in WAL mode is left alone, as its
-    closing connection would checkpoint it."""
-    rollback = path.with_name(path.name + "-journal")
+    commits: a crash there leaves its first page (WAL mode already written in its header) beside a hot
+    ``-journal``. One read on a writing connection rolls it back to what it was (empty). A database
+    with a WAL holding anything is left alone: a writing connection's close would checkpoint it, and a
+    wrong key must change no byte (a journal being made has written no WAL)."""
     try:
-        if rollback.stat().st_size == 0:
-            return
-        with open(path, "rb") as file:
-            header = file.read(20)
+        with open(path.with_name(path.name + "-journal"), "rb") as rollback:
+            if rollback.read(len(JOURNAL_MAGIC)) != JOURNAL_MAGIC:
+                return  # spent: SQLite leaves nothing to undo in it
     except FileNotFoundError:
         return
-    if len(header) == 20 and header[18:20] == b"\x02\x02":  # file format 2 to read and write: WAL
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
         return
     conn = connect(path)
     try:

@@ -7,6 +7,7 @@ import re
 import shutil
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ from agent.retention import KEPT_LATEST
 from storage import DataKeyError, EventTooLarge, Journal, JournalError, NoJournal, load_data_key, verify_journal
 from storage.journal import Acknowledged
 from storage.schema import LOOKED_UP, LOOKED_UP_TERM, SCHEMA_VERSION
+from storage.sqlite import JOURNAL_MAGIC
 
 from .journals import another_key, journal_path, key  # noqa: F401 (fixtures)
 
@@ -208,9 +210,21 @@ def test_a_wrong_key_after_a_crash_changes_no_byte_of_the_journal_or_its_wal(jou
     recovered.close()
 
 
-# A process cut off while it makes the journal, before its switch to WAL commits: SQLite has written pages
-# of the new file (here, spilled from a one-page cache) and its rollback journal is hot beside them.
-_CUT_WHILE_MADE = """
+def _cut_while_made(path: Path, *, how: str) -> None:
+    """The files a process cut off while it made the journal leaves: SQLite has written pages of the new
+    file, and its rollback journal, which says the file was empty before, is hot beside them. ``switch``:
+    cut in the switch to WAL, its first page written (WAL mode in its header) and the journal not yet
+    removed, as strace's kill at that unlink leaves it: the agent's own first start. ``spill``: cut in
+    a transaction of rollback mode whose pages spilled from a one-page cache."""
+    path.write_bytes(b"")
+    if how == "switch":
+        made = sqlite3.connect(path)
+        made.execute("PRAGMA journal_mode = WAL")
+        made.close()  # its first page as the switch writes it: nothing else was in it yet
+        header = JOURNAL_MAGIC + struct.pack(">IIIII", 0, 0x5EED, 0, 512, len(path.read_bytes()))
+        path.with_name(path.name + "-journal").write_bytes(header.ljust(512, b"\0"))
+        return
+    subprocess.run([sys.executable, "-c", """
 import os, sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("PRAGMA cache_size = 1")
@@ -219,19 +233,21 @@ conn.execute("CREATE TABLE t (x BLOB)")
 for _ in range(50):
     conn.execute("INSERT INTO t VALUES (zeroblob(2000))")
 os._exit(0)
-"""
+""", str(path)], check=True)
 
 
-def test_a_journal_cut_off_while_it_was_made_is_rolled_back_and_made_again(journal_path, key):
+@pytest.mark.parametrize("how", ["switch", "spill"])
+def test_a_journal_cut_off_while_it_was_made_is_rolled_back_and_made_again(journal_path, key, how):
     """A crash or power cut in a box's first start (or its first after an erase) left a file that every
     read-only open refused ("attempt to write a readonly database"), so the agent never started again."""
-    journal_path.write_bytes(b"")
-    subprocess.run([sys.executable, "-c", _CUT_WHILE_MADE, str(journal_path)], check=True)
+    _cut_while_made(journal_path, how=how)
     hot = journal_path.with_name("journal.db-journal")
-    assert journal_path.stat().st_size > 512 and hot.stat().st_size > 0
+    assert journal_path.stat().st_size >= 4096 and hot.read_bytes().startswith(JOURNAL_MAGIC)
+    with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database"):
+        sqlite3.connect(f"{journal_path.as_uri()}?mode=ro", uri=True).execute("PRAGMA user_version")
     with pytest.raises(NoJournal, match="its file is empty"):  # rolled back to what it was: being made
         verify_journal(journal_path, key)
-    subprocess.run([sys.executable, "-c", _CUT_WHILE_MADE, str(journal_path)], check=True)
+    _cut_while_made(journal_path, how=how)
     journal = Journal.open(journal_path, key)
     assert journal.append("sale", {"code": "6901028075831"}) == 1 and journal.verify().ok
     assert not hot.exists()
