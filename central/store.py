@@ -756,8 +756,9 @@ class CentralStore:
     def _backlog_waiting(conn: sa.Connection, device_id: str, status: dict[str, Any], held: sa.Row | None, *,
                          received_at: float, live: bool) -> dict[str, Any]:
         """The device's backlog mark after ``status`` (the latest now): the last seq it held unacknowledged
-        when central first saw it so, and when. A live status that finds it still there adds how long it has
-        waited to its day. Its own clock plays no part: both times are central's."""
+        when central first saw it so, and when, less the time the box was away since. A live status that
+        finds it still there adds how long it has waited to its day. Its own clock plays no part: both times
+        are central's."""
         since = (held.backlog_seq, held.backlog_since) if held else (None, None)
         last, acked = status.get("last_seq"), status.get("acked_seq")
         if status["state"] != "online" or last is None or acked is None:
@@ -765,6 +766,11 @@ class CentralStore:
         seq, at = since
         if seq is not None and (acked >= seq or last < seq):  # delivered; or another journal's seqs now
             seq = at = None
+        elif at is not None and (held.session, held.connection) != (status["session"], status["connection"]):
+            # A new connection: the time since the last status of the one before (its will, as a rule) the
+            # box was away, which its sales' lateness judges. A backlog seen at closing and delivered in the
+            # morning's first minute fails no second day; one refused through every reconnection still adds up.
+            at += max(0.0, received_at - held.received_at)
         if seq is None and last > acked:
             seq, at = last, received_at
         if live and at is not None and received_at > at:

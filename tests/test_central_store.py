@@ -383,37 +383,26 @@ def test_a_sale_whose_batch_says_no_sending_time_is_placed_by_its_boxs_clock_off
         ("2026-11-21", 0, 0, True), ("2026-11-22", 2, 1, False), ("2026-11-23", 0, 0, True)]
 
 
-def test_an_offline_or_retained_status_neither_clears_nor_starts_a_backlogs_wait(store):
+def test_a_backlogs_wait_counts_the_time_the_box_was_connected_and_a_retained_status_moves_nothing(store):
+    """Seen at closing and delivered in the morning's first minute, a backlog failed the next day too: the night,
+    when the box was off, counted as waiting. Off-time is judged by the sales' lateness; the connected time of
+    a backlog central refuses through every reconnection adds up."""
+    store.conn.execute("UPDATE devices SET registered_at = 0")
     store.record_status("shop-1", status(last_seq=9, acked_seq=2, sent_at=1000.0), received_at=1000.0, live=True)
     store.record_status("shop-1", status("offline", sent_at=1001.0), received_at=2000.0, live=True)  # the will
     # The broker's retained copy of an older online status, once acknowledged as far as 9, changes nothing:
     store.record_status("shop-1", status(last_seq=9, acked_seq=9, sent_at=500.0), received_at=3000.0, live=False)
-    store.record_status("shop-1", status(connection=2, last_seq=9, acked_seq=2, sent_at=5000.0), received_at=5000.0,
+
+    def waited_past(deadline: float, at: float) -> bool:
+        day = time.strftime("%Y-%m-%d", time.localtime(at))
+        return [d for d in store.upload_days("shop-1", day, day, deadline=deadline) if d.day == day][0].held_back
+
+    store.record_status("shop-1", status(connection=2, last_seq=9, acked_seq=2, sent_at=9000.0), received_at=9000.0,
                         live=True)
-    day = time.strftime("%Y-%m-%d", time.localtime(5000.0))
-    store.conn.execute("UPDATE devices SET registered_at = 0")
-    [held] = [d for d in store.upload_days("shop-1", day, day, deadline=3600) if d.day == day]
-    assert held.held_back  # 4,000 s since the backlog was first seen, through the will and the stale copy
-
-
-def test_the_documents_in_force_are_the_newest_unexpired_version_of_each_stream_for_each_scope(store):
-    """What the broker should hold, retained: central publishes again whatever of it the broker lost."""
-    def issue(name: str, scope: dict, expires_at: float, kind: str = "price_list") -> int:
-        return store.issue_document(lambda version: (kind, json.dumps(scope), "ops-1", 1000.0, expires_at,
-                                                     f"token-{name}-{version}".encode()), name)[0]
-
-    issue("price_list", {"region": "honghe"}, 9000.0)
-    issue("price_list", {"region": "honghe"}, 9000.0)
-    issue("price_list", {"region": "kunming"}, 9000.0)
-    issue("price_list", {"device": "shop-1"}, 9000.0)
-    issue("order/W48-1", {"device": "shop-1"}, 4000.0, kind="order")  # expired by 5000: boxes refuse it
-    issue("settings", {"region": "honghe"}, 9000.0, kind="settings")
-    assert store.documents_in_force(5000.0) == [
-        ("price_list", '{"device": "shop-1"}', 4, b"token-price_list-4"),
-        ("price_list", '{"region": "honghe"}', 2, b"token-price_list-2"),
-        ("price_list", '{"region": "kunming"}', 3, b"token-price_list-3"),
-        ("settings", '{"region": "honghe"}', 1, b"token-settings-1")]
-    assert store.documents_in_force(9000.0) == []
+    assert waited_past(999.0, 9000.0) and not waited_past(1000.0, 9000.0)  # 1,000 s connected, 7,000 s away
+    store.record_status("shop-1", status(connection=2, last_seq=9, acked_seq=2, sent_at=9500.0), received_at=9500.0,
+                        live=True)
+    assert waited_past(1499.0, 9500.0) and not waited_past(1500.0, 9500.0)
 
 
 def test_two_centrals_adding_one_devices_batches_at_once_hold_each_event_once(database):
