@@ -268,6 +268,25 @@ class BrokerAdmin:
             return None
         return sorted(role.get("rolename", "") for role in (answer.get("data") or {}).get("client", {}).get("roles", []))
 
+    async def bring_central_up_to_date(self, prefix: str) -> None:
+        """Add to central's role what this central is granted and its role lacks: a broker whose access control
+        an earlier ``broker init`` wrote (which writes it once) lacks what came later, the documents' topics.
+        The plugin disconnects a role's clients when the role changes, this one among them: the answer may
+        be lost with the connection, so the role is read again, on the next connection, to know."""
+        wanted, failed = central_acls(prefix), "its role kept lacking them"
+        for _ in range(3):
+            try:
+                [answer] = await self.execute([{"command": "getRole", "rolename": "central"}])
+                held = {(acl.get("acltype"), acl.get("topic"))
+                        for acl in (answer.get("data") or {}).get("role", {}).get("acls", [])}
+                missing = [acl for acl in wanted if (acl["acltype"], acl["topic"]) not in held]
+                if not missing:
+                    return
+                await self.execute([{"command": "addRoleACL", "rolename": "central", **acl} for acl in missing])
+            except CentralError as error:
+                failed = str(error)
+        raise CentralError(f"central's grants not added to its role: {failed}")
+
     async def cut_off(self, device: str) -> None:
         """A box revoked: its client and role go, so the broker disconnects it at once and refuses it from
         then on. A client of that name that is not the box's (a consumer's) is left as it is: CentralError."""

@@ -195,10 +195,19 @@ class Ingest:
                     self._admin = await stack.enter_async_context(BrokerAdmin(BrokerAdmin.link(
                         host=host, port=port, username=username, password=password, ca_file=ca_file,
                         client_id=f"{client_id}-admin")))
+                    await self._grants()
                 await self._consume_all(thread, workers, host=host, port=port, client_id=client_id,
                                         username=username, password=password, ca_file=ca_file, share=share)
         finally:
             await asyncio.to_thread(thread.shutdown)
+
+    async def _grants(self) -> None:
+        """Central's role as this central needs it, on a broker set up by an earlier one (said, not fatal:
+        what it lacks is said again where it fails)."""
+        try:
+            await self._admin.bring_central_up_to_date(self.prefix)
+        except CentralError as error:
+            logger.error("central's role at the broker not brought up to date: %s", error)
 
     async def _consume_all(self, thread: ThreadPoolExecutor, workers: int, *, host: str, port: int,
                            share: str | None, **options) -> None:

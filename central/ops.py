@@ -107,8 +107,9 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
         try:
             asyncio.run(_publish_retained(args, connection, topic, token))
         except MqttError as error:
-            raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; "
-                               "push again once the broker is back (the next version replaces it)") from None
+            raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; central's "
+                               "ingest publishes it once it is connected to the broker (within the hour), or push "
+                               "again once the broker is back (the next version replaces it)") from None
         store.document_published(name, version)
         if scope.region is not None and not store.region_known(scope.region):
             # A region made ahead of its shops is fine; a misspelt one reaches no box, and nobody would know.

@@ -29,8 +29,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from agent.mqtt import MqttError, MqttLink
-from provisioning import documents
+from provisioning import documents, jws
 from provisioning.documents import Scope
+from provisioning.errors import SignatureError
 
 from .errors import CentralError
 from .store import CentralStore
@@ -58,24 +59,27 @@ class Keeper:
                 await self.keep(link)
             except (MqttError, CentralError, sa.exc.SQLAlchemyError, TimeoutError) as error:
                 logger.warning("documents at the broker not checked: %s; checked again at the next connection", error)
+            except Exception:  # its own fault, not the ingest's: batches go on being stored
+                logger.exception("documents at the broker not checked; checked again at the next connection")
             await link.next_connection(generation, within=LOOK_AGAIN)
 
     async def keep(self, link: MqttLink) -> int:
-        """Publish again each document in force that the broker does not hold; how many were."""
+        """Publish again each document in force that the broker lacks, or holds an older version of; how many
+        were. The broker's copies are read first: a version pushed meanwhile is newer than any central read."""
         loop = asyncio.get_running_loop()
-        in_force = await loop.run_in_executor(self.thread, self.store.documents_in_force, time.time())
-        if not in_force:
-            return 0
         held = await self._retained()
+        in_force = await loop.run_in_executor(self.thread, self.store.documents_in_force, time.time())
         published = 0
         for name, scope, version, token in in_force:
             topic = documents.topic(self.prefix, Scope(**json.loads(scope)), name)
-            if held.get(topic) == token:
-                continue
+            there = _version(held[topic]) if topic in held else None
+            if there is not None and there >= version:
+                continue  # the same, or a newer one (pushed since central read its own)
             await link.publish(topic, token, retain=True)
             published += 1
             logger.warning("document %s version %d published again on %s: the broker %s", name, version, topic,
-                           "had lost it (stopped before it saved it)" if topic not in held else "held another copy")
+                           "had lost it (stopped before it saved it)" if topic not in held
+                           else f"held {'version %d' % there if there is not None else 'no document'} there")
         return published
 
     async def _retained(self) -> dict[str, bytes]:
@@ -87,7 +91,7 @@ class Keeper:
         options = {**self.reader, "client_id": f"{self.reader['client_id']}-documents"}
         held: dict[str, bytes] = {}
         async with MqttLink(**options, subscriptions=topics) as reader:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(READ_TIMEOUT):  # within the caller's error handling: said, and tried again
                 await reader.connected.wait()
                 await reader.publish(marker, b"", qos=1)
                 async for message in reader.messages():
@@ -96,3 +100,14 @@ class Keeper:
                     if message.retain and message.payload:
                         held[message.topic] = message.payload
         return held
+
+
+def _version(token: bytes) -> int | None:
+    """The version a retained document says it is, unverified (only to tell which is newer; a box verifies
+    what it applies): None for anything that is not a document's token."""
+    try:
+        payload = json.loads(jws.b64url_decode(token.decode("ascii").split(".")[1]))
+        version = payload.get("version")
+    except (ValueError, IndexError, AttributeError, SignatureError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None

@@ -348,6 +348,32 @@ def test_a_revocation_the_broker_lost_to_a_power_cut_is_published_again_by_centr
     assert "documents at the broker not checked" not in production.central_log.read_text()
 
 
+def test_central_brings_its_role_up_to_date_on_a_broker_an_earlier_central_set_up(tmp_path):
+    """`broker init` writes the access control once, and refuses to again: a broker set up before central
+    read and published the documents' topics would have left it unable to, at every look, for ever."""
+    from central.broker import central_acls
+    from provisioning.protocol import DEFAULT_PREFIX
+
+    with Stack(tmp_path / "stack", production=True) as stack:
+        stack.start_broker()
+        stack.stop_broker()
+        plugin = stack.tls / "dynamic-security.json"
+        config = json.loads(plugin.read_text())
+        [central] = [role for role in config["roles"] if role["rolename"] == "central"]
+        central["acls"] = [acl for acl in central["acls"] if "/docs/" not in acl["topic"]]  # as an earlier init made it
+        plugin.write_text(json.dumps(config))
+        stack.start_broker()
+        for _ in range(2):  # and again, once it holds them all
+            stack.start_central()
+            wait_until(lambda: "central ingest for" in stack.central_log.read_text(), 20, "central up")
+            stack.stop_central()
+        assert "not brought up to date" not in stack.central_log.read_text()
+        stack.stop_broker()  # the plugin's file as it saved it
+        [central] = [role for role in json.loads(plugin.read_text())["roles"] if role["rolename"] == "central"]
+        assert {(acl["acltype"], acl["topic"]) for acl in central["acls"]} == {
+            (acl["acltype"], acl["topic"]) for acl in central_acls(DEFAULT_PREFIX)}
+
+
 def test_central_admits_a_box_to_its_own_topics_and_cuts_it_off_through_the_plugin_in_this_process(tmp_path,
                                                                                                    monkeypatch):
     """``BrokerAdmin`` in this process against the production broker: a box admitted (twice, as when it

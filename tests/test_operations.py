@@ -447,7 +447,8 @@ def test_a_push_the_broker_does_not_take_is_kept_signed_and_says_to_push_again(t
                  "--region", "honghe", str(tmp_path / "prices.csv"))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"counterbox-ops: error: price_list version 1 is signed and kept, but not published: "
-                             f"broker 127.0.0.1:{port} unreachable for 1 s; push again once the broker is back "
+                             f"broker 127.0.0.1:{port} unreachable for 1 s; central's ingest publishes it once it "
+                             "is connected to the broker (within the hour), or push again once the broker is back "
                              "(the next version replaces it)\n")
     assert [(version, published) for version, _, published in _kept(db, "price_list")] == [(1, False)]
 
