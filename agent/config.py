@@ -11,13 +11,14 @@ import dataclasses
 import fnmatch
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
 
-from provisioning.documents import TIME_ZONE_NAME
+from provisioning.documents import MIN_REPORT_INTERVAL, TIME_ZONE_NAME
 
 from drivers.decoder import DecoderSettings
 from provisioning import protocol
@@ -155,6 +156,10 @@ class BrokerConfig:
             raise ConfigError("[broker] reconnect_max must be more than 0 seconds")
 
 
+MAX_BATCH_EVENTS = 10_000  # events in one batch, at most: the journal reads a batch's events in one query
+MAX_IN_FLIGHT = 64  # batches unacknowledged at once, at most
+
+
 @dataclass(frozen=True)
 class UplinkConfig:
     central_key: str = ""  # base64url Ed25519 public key that signs acknowledgements
@@ -172,10 +177,12 @@ class UplinkConfig:
 
         if not is_topic_prefix(self.topic_prefix):
             raise ConfigError(f"[uplink] topic_prefix {self.topic_prefix!r} must be {TOPIC_PREFIX_RULE}")
-        if self.status_interval <= 0 or self.snapshot_interval <= 0:
-            raise ConfigError("[uplink] status_interval and snapshot_interval must be more than 0 seconds")
-        if self.batch_max_events < 1 or self.max_in_flight < 1:
-            raise ConfigError("[uplink] batch_max_events and max_in_flight must be at least 1")
+        if not (MIN_REPORT_INTERVAL <= self.status_interval and MIN_REPORT_INTERVAL <= self.snapshot_interval):
+            raise ConfigError(f"[uplink] status_interval and snapshot_interval must be at least {MIN_REPORT_INTERVAL} "
+                              "seconds (a box reporting in a tight loop floods the broker and central)")
+        if not (1 <= self.batch_max_events <= MAX_BATCH_EVENTS and 1 <= self.max_in_flight <= MAX_IN_FLIGHT):
+            raise ConfigError(f"[uplink] batch_max_events must be 1 to {MAX_BATCH_EVENTS} and max_in_flight 1 to "
+                              f"{MAX_IN_FLIGHT}")
         if self.batch_max_delay < 0 or self.ack_timeout <= 0:
             raise ConfigError("[uplink] batch_max_delay must be 0 or more and ack_timeout more than 0 seconds")
         if self.central_key:
@@ -262,6 +269,18 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# What a "vendor:product" is written like, in any case and with any number of digits: hex, a colon, hex.
+_LOOKS_LIKE_USB_ID = re.compile(r"[0-9A-Fa-f]+:[0-9A-Fa-f]+")
+
+
+def usb_id(text: str, where: str) -> str:
+    """A USB "vendor:product" as the kernel writes it (four lowercase hex digits each): "0C2E:0B61", as other
+    systems show it, is that; "c2e:b61" or "0c2e0b61" never matched a scanner, and said nothing."""
+    if not re.fullmatch(r"[0-9A-Fa-f]{4}:[0-9A-Fa-f]{4}", text):
+        raise ConfigError(f"{where} {text!r} is not a USB vendor:product (four hex digits each, as 0c2e:0b61)")
+    return text.lower()
+
+
 def _scanner(table: dict[str, Any], base: Path) -> ScannerConfig:
     table = dict(table)
     decoder = table.pop("decoder", {})
@@ -278,12 +297,17 @@ def _scanner(table: dict[str, Any], base: Path) -> ScannerConfig:
         match = override.pop("match", None)
         if not isinstance(match, str) or not match:
             raise ConfigError(f"[[scanner.device]] number {index + 1} needs a match (a path, vendor:product or name glob)")
+        if "\0" in match:
+            raise ConfigError(f"[[scanner.device]] number {index + 1}: its match holds a NUL character")
+        if _LOOKS_LIKE_USB_ID.fullmatch(match):
+            match = usb_id(match, f"[[scanner.device]] number {index + 1} match")
         settings = _section(DecoderSettings, override, f"scanner.device {match!r}", base, defaults=decoder)
         if "/" in match:
             match = str(base / Path(match).expanduser())
         devices.append(DeviceOverride(match, settings))
     scanner = _section(ScannerConfig, table, "scanner", base)
-    return dataclasses.replace(scanner, decoder=decoder, devices=tuple(devices))
+    ids = tuple(usb_id(text, "[scanner] usb_ids entry") for text in scanner.usb_ids)
+    return dataclasses.replace(scanner, decoder=decoder, devices=tuple(devices), usb_ids=ids)
 
 
 def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: Any = None) -> Any:
@@ -297,7 +321,8 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
             default = fields[key].default_factory()
         if isinstance(value, float) and not math.isfinite(value):  # TOML has nan and inf; no setting takes them
             raise ConfigError(f"[{name}] {key} must be a finite number, not {value}")
-        if isinstance(value, str) and "\0" in value:
+        if any("\0" in text for text in ([value] if isinstance(value, str) else value if isinstance(value, list) else [])
+               if isinstance(text, str)):
             raise ConfigError(f"[{name}] {key} holds a NUL character")
         if isinstance(default, Path) or (name, key) in OPTIONAL_PATHS:
             if not isinstance(value, str):

@@ -35,6 +35,7 @@ DOCUMENT_TYPE = "counterbox-doc+jws"
 KINDS = ("price_list", "order", "settings", "revocation")
 # What a settings document may change on a box, by section: each a number of seconds above 0,
 # except the time zone (an IANA name). Anything else in it refuses the whole document.
+MIN_REPORT_INTERVAL = 0.5  # seconds between a box's statuses, or its snapshots, at least
 SETTINGS = {"counter": {"timezone", "mode_timeout", "pending_timeout"},
             "uplink": {"status_interval", "snapshot_interval"}}
 # Settings for one box are a stream of their own ("settings" is its region's): each version of either
@@ -219,6 +220,9 @@ def check_settings(body: dict[str, Any]) -> None:
                     raise ProtocolError(f"settings [counter] timezone {value!r:.70} is not an IANA time zone name")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 30 * 86400:
                 raise ProtocolError(f"settings [{section}] {name} must be a number of seconds above 0")
+            elif section == "uplink" and value < MIN_REPORT_INTERVAL:
+                raise ProtocolError(f"settings [uplink] {name} must be at least {MIN_REPORT_INTERVAL} seconds (a box "
+                                    "reporting in a tight loop floods the broker and central)")
 
 
 # The streams of documents for one device: what an earlier box recorded of them was for that box.

@@ -80,7 +80,20 @@ def test_an_integer_is_accepted_where_seconds_are_expected(tmp_path):
         ('[device]\nregion = "red river"\n', "[device] region 'red river' must be 1 to 64"),
         ('[operations.keys]\nk1 = "short"\n', "[operations] keys.k1: 'short' is not an Ed25519 public key"),
         ('[operations.keys]\nk1 = 5\n', "[operations] keys.k1 must be a public key"),
-        ('[device]\nid = "a"\n[uplink]\nmax_in_flight = 0\n', "must be at least 1"),
+        ('[device]\nid = "a"\n[uplink]\nmax_in_flight = 0\n', "[uplink] batch_max_events must be 1 to 10000 and "
+                                                            "max_in_flight 1 to 64"),
+        # Numbers TOML takes at any size, and intervals a box would report in a tight loop at.
+        ("[uplink]\nbatch_max_events = 99999999999999999999\n", "[uplink] batch_max_events must be 1 to 10000"),
+        ("[uplink]\nmax_in_flight = 65\n", "max_in_flight 1 to 64"),
+        ("[uplink]\nstatus_interval = 1e-6\n", "[uplink] status_interval and snapshot_interval must be at least 0.5 "
+                                               "seconds (a box reporting in a tight loop floods the broker and central)"),
+        ("[uplink]\nsnapshot_interval = 0.4\n", "must be at least 0.5 seconds"),
+        # A NUL in a list of paths, or in a match; a USB id no kernel writes.
+        ('[scanner]\npaths = ["./scan\\u0000ner.fifo"]\n', "[scanner] paths holds a NUL character"),
+        ('[[scanner.device]]\nmatch = "./x\\u0000/y"\n', "[[scanner.device]] number 1: its match holds a NUL character"),
+        ('[scanner]\nusb_ids = ["c2e:b61"]\n', "[scanner] usb_ids entry 'c2e:b61' is not a USB vendor:product (four hex "
+                                              "digits each, as 0c2e:0b61)"),
+        ('[[scanner.device]]\nmatch = "0c2e:0b6"\n', "[[scanner.device]] number 1 match '0c2e:0b6' is not a USB"),
         ("[device\n", "agent.toml"),
         ("device = 5\n", "device must be a table ([device]), not 5"),
         ("[storage]\nretention_days = nan\n", "[storage] retention_days must be a finite number, not nan"),
@@ -127,6 +140,14 @@ def test_mistakes_are_named(tmp_path, text, message):
     with pytest.raises(ConfigError) as error:
         load(write(tmp_path, text))
     assert message in str(error.value)
+
+
+def test_a_usb_id_written_in_capitals_is_the_kernels_lowercase_one(tmp_path):
+    """As other systems show it ("0C2E:0B61"): loaded fine and never matched a scanner, saying nothing."""
+    config = load(write(tmp_path, '[scanner]\nusb_ids = ["0C2E:0B61"]\n[[scanner.device]]\nmatch = "0C2E:0B6A"\n'
+                                  'layout = "fr"\n'))
+    assert config.scanner.usb_ids == ("0c2e:0b61",)
+    assert config.scanner.settings_for("/dev/input/event3", "0c2e:0b6a").layout == "fr"
 
 
 def test_a_missing_file_is_named(tmp_path):

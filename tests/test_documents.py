@@ -233,8 +233,12 @@ def test_settings_within_the_rules_are_taken(ops):
     ({"counter": {"mode_timeout": True}}, "mode_timeout must be"),
     ({"counter": {"mode_timeout": "600"}}, "mode_timeout must be"),
     ({"uplink": {"status_interval": 30 * 86400 + 1}}, "settings [uplink] status_interval must be"),
+    # A region's boxes reporting in a tight loop (1,933 statuses in 5 s from one box) flood the broker and central.
+    ({"uplink": {"status_interval": 1e-6}}, "settings [uplink] status_interval must be at least 0.5 seconds"),
+    ({"uplink": {"snapshot_interval": 0.4}}, "settings [uplink] snapshot_interval must be at least 0.5 seconds"),
 ], ids=["empty", "section-not-a-table", "unknown-section", "empty-section", "unknown-key", "timezone-shell",
-        "timezone-number", "zero", "negative", "bool", "string", "over-30-days"])
+        "timezone-number", "zero", "negative", "bool", "string", "over-30-days", "status-tight-loop",
+        "snapshot-tight-loop"])
 def test_settings_a_box_cannot_take_are_refused_with_their_reason(ops, body, reason):
     kid = key_id(ops)
     token = _signed(_payload(kind="settings", name="settings", body=body), ops, kid)
