@@ -33,7 +33,7 @@ from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices
 from drivers.feedback import Feedback, Output, Signal
 from drivers.keymap import Keymap, load_keymap
 from drivers.keypad import Keypad, Keypress
-from drivers.errors import ScannerError, ScannerGone
+from drivers.errors import KeymapError, ScannerError, ScannerGone
 from drivers.reader import open_source
 
 from .config import FeedbackConfig, ScannerConfig
@@ -82,7 +82,7 @@ class Scanners:
     _speaker: Feedback | None = None
     _last_output: Feedback | None = None
     _background: set[asyncio.Task] = field(default_factory=set)
-    _keymaps: dict[tuple[str, str], Keymap] = field(default_factory=dict)
+    _keymaps: dict[tuple[str, str], Keymap | KeymapError] = field(default_factory=dict)
     _unanswered: int = 0
     _answered: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -228,11 +228,19 @@ class Scanners:
             await self.on_device({"state": state, "scanner": scanner, "driver": driver, **identity})
 
     async def _keymap(self, settings: DecoderSettings) -> Keymap:
-        """The compiled layout, shared by the scanners that type in it; compiled in a thread."""
+        """The compiled layout, shared by the scanners that type in it; compiled in a thread. A layout that
+        cannot be compiled (not known to xkeyboard-config) is that scanner's fault, not the agent's: the
+        scanner is not taken (ScannerError), and the others go on; the failure is kept, not tried again."""
         name = (settings.layout, settings.variant)
         if name not in self._keymaps:
-            self._keymaps[name] = await asyncio.to_thread(load_keymap, *name)
-        return self._keymaps[name]
+            try:
+                self._keymaps[name] = await asyncio.to_thread(load_keymap, *name)
+            except KeymapError as error:
+                self._keymaps[name] = error
+        keymap = self._keymaps[name]
+        if isinstance(keymap, KeymapError):
+            raise ScannerError(f"its layout cannot be used: {keymap}")
+        return keymap
 
     async def _read(self, path: str, settings: DecoderSettings, *, watch: bool = False,
                     identity: dict | None = None, announce: str = "") -> None:
@@ -369,7 +377,8 @@ class Scanners:
                 while True:
                     read = loop.run_in_executor(reader, scanner.read_report, HID_POS_READ_TIMEOUT)
                     report = await asyncio.shield(read)
-                    self._hid_failures.pop(scanner.source, None)  # it reads: the errors before are over
+                    if report is not None:  # it reads a report: the errors before are over (a quiet read says not)
+                        self._hid_failures.pop(scanner.source, None)
                     now = time.time()
                     result = assembler.feed(report, now) if report is not None else assembler.idle(now)
                     if result is not None:

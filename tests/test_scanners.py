@@ -327,6 +327,27 @@ def test_a_scanner_named_by_its_by_id_link_is_read_once_with_its_own_settings_th
     assert not counter.refused
 
 
+def test_a_scanner_set_to_a_layout_no_one_knows_is_not_taken_and_the_others_go_on(machine, caplog):
+    """A layout xkeyboard-config does not know stopped the whole agent when its scanner was plugged in (and
+    under systemd, again at every restart): every other scanner at the counter went down with it."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario():
+        unknown = DeviceOverride(str(machine.node(7)), DecoderSettings(layout="zz"))
+        async with running(machine, devices=(unknown,)) as counter:
+            machine.plug(7, **SCANNER)
+            good = machine.plug(8, **{**SCANNER, "serial": "other"})
+            await until(lambda: "its layout cannot be used" in caplog.text)
+            await asyncio.sleep(0.5)  # looked at again, and said no more
+            await write(good, scans(["96385074"]))
+            await until(lambda: counter.scans)
+            return counter
+
+    assert [s.text for s in asyncio.run(scenario()).scans] == ["96385074"]
+    assert caplog.text.count("its layout cannot be used") == 1
+    assert "keyboard layout 'zz'" in caplog.text
+
+
 def test_good_attention_and_error_are_distinct_tones_on_the_speaker(machine):
     speaker = machine.plug(20, "PC Speaker", bustype=0x10, keys=(), ev=(e.EV_SYN, e.EV_SND),
                            snd=(e.SND_BELL, e.SND_TONE), node_is_file=True)
@@ -499,6 +520,26 @@ def test_a_hid_pos_scanner_that_keeps_failing_is_taken_again_ever_less_often(mac
     assert len(counter.refused) == claims  # each read failed may have lost a scan: the retailer hears so
     assert caplog.text.count("EPIPE; taken again in") == 1  # said once, then quietly
     assert caplog.text.count("answers with its own beep alone") == 1
+
+
+def test_a_hid_pos_scanner_whose_every_report_fails_is_said_once_and_taken_again_ever_less_often(machine, tmp_path,
+                                                                                                  caplog):
+    """Each scan failing (a report longer than asked for), quiet in between: the quiet reads between counted
+    as reading, so each failure was the first again, warned, and the scanner taken again at once."""
+    caplog.set_level(logging.INFO)
+    run, device, reports = _hid_pos_running(machine, tmp_path, auto=False)
+
+    async def scenario():
+        async with run() as counter:
+            for attempt in range(1, 4):
+                await until(lambda: device.calls.count("claim 0") == attempt)
+                await asyncio.sleep(0.15)  # quiet reads
+                device.send(errno.EOVERFLOW)
+                await until(lambda: len(counter.refused) == attempt)
+            return counter
+
+    assert len(asyncio.run(scenario()).refused) == 3
+    assert caplog.text.count("EOVERFLOW; taken again in 0.1 s") == 1  # the first said; the pauses after grow, quietly
 
 
 def test_taking_and_losing_a_scanner_is_reported_with_its_usb_identity(machine):
