@@ -59,6 +59,8 @@ def counting(least: int):
     """An argparse type: a whole number from ``least`` up to what a journal's seq can hold (2^63 - 1)."""
     def parse(text: str) -> int:
         try:
+            if not text.isascii():  # int() reads any script's digits: "١" was seq 1
+                raise ValueError
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
@@ -305,7 +307,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
+    if getattr(args, "report", "sales") != "sales" and (args.day or args.week):
+        # Stock, counts and receipts are as of now: a day asked of them was ignored, and today's printed as its.
+        top.error(f"--day and --week are for the sales report; the {args.report} report is as of now")
     logs.setup(args.log_level)
     try:
         args.config = config_module.load(args.config)

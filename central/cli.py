@@ -278,6 +278,34 @@ def _uploads(args) -> int:
     return 0
 
 
+def _host(text: str) -> str:
+    """--host: a name or an address; none would be tried for ever ("Invalid host")."""
+    if not text.strip() or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address")
+    return text
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
+def _client_id(text: str) -> str:
+    """--client-id: MQTT's 1 to 65,535 bytes of UTF-8; paho failed on a longer one in its own thread, unsaid."""
+    if not 0 < len(text.encode("utf-8", "surrogatepass")) <= 65535 or "\0" in text:
+        raise argparse.ArgumentTypeError("the client id must be 1 to 65535 bytes of UTF-8, without NUL")
+    return text
+
+
+def _share_group(text: str) -> str:
+    """--share: a group name is one topic level: a '/' made the rest part of the topic (subscribed to nothing,
+    silently), a wildcard a filter the broker refuses."""
+    if not text or any(c in text for c in "/+#\0"):
+        raise argparse.ArgumentTypeError(f"share group {text!r} must be a name without '/', '+' or '#'")
+    return text
+
+
 def _period(text: str) -> int:
     """--days: 1 to 3660 (ten years of days)."""
     if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= 3660:
@@ -324,12 +352,14 @@ def parser() -> argparse.ArgumentParser:
                                      "Set (the keys a consumer verifies batches and acknowledgements with)"
                         ).set_defaults(func=_keys)
     ingest = commands.add_parser("ingest", help="consume, verify, store and acknowledge batches until interrupted")
-    ingest.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
-    ingest.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
-    ingest.add_argument("--client-id", default="counterbox-central", help="MQTT client id of the persistent session (default counterbox-central)")
+    ingest.add_argument("--host", type=_host, default="127.0.0.1", help="broker host (default 127.0.0.1)")
+    ingest.add_argument("--port", type=_port, default=1883, help="broker port (default 1883)")
+    ingest.add_argument("--client-id", type=_client_id, default="counterbox-central",
+                        help="MQTT client id of the persistent session (default counterbox-central)")
     ingest.add_argument("--topic-prefix", type=topic_prefix, default="counterbox/v1", help="topic prefix (default counterbox/v1)")
     broker.add_connection_options(ingest)
-    ingest.add_argument("--share", metavar="GROUP", help="one of several ingest instances sharing the load: "
+    ingest.add_argument("--share", metavar="GROUP", type=_share_group,
+                        help="one of several ingest instances sharing the load: "
                                                          "subscribe as $share/GROUP/... on a clean session")
     ingest.add_argument("--broker-admin", action="store_true",
                         help="keep the production broker's access control: admit activated boxes, remove revoked ones")

@@ -42,6 +42,8 @@ def _register(args) -> int:
             device, public_key = identity["device"], identity["public_key"]
         except (ValueError, KeyError, TypeError):  # UnicodeDecodeError too: saved as UTF-16, say
             raise IdentityError(f"{args.identity} is not what 'counterbox identity show' prints") from None
+    if args.identity is not None and (args.device or args.public_key):
+        raise IdentityError("give --identity FILE, or --device and --public-key, not both: --identity names both")
     if not device or not public_key:
         raise IdentityError("give --identity FILE, or both --device and --public-key")
     if not isinstance(device, str) or not protocol.valid_device_id(device):
@@ -149,6 +151,19 @@ def text(value: str) -> str:
         value.encode()
     except UnicodeEncodeError:
         raise argparse.ArgumentTypeError(f"{value!r} is not UTF-8 text") from None
+    return value
+
+
+def _shop_or_none(value: str) -> str:
+    return value and shop_name(value)
+
+
+def shop_name(value: str) -> str:
+    """An argparse type: a name people read in central's tables (a shop's): UTF-8, not empty, and without
+    control characters (an escape sequence reached the operator's terminal; a line end split a table's row)."""
+    value = text(value)
+    if not value.strip() or CONTROL.search(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a name: empty, or holding a control character")
     return value
 
 
@@ -432,7 +447,7 @@ def parser() -> argparse.ArgumentParser:
     register.add_argument("--device", help="the device id (its [device] id), without --identity")
     # A base64url key may begin with '-': pass it as --public-key=KEY.
     register.add_argument("--public-key", help="the device's public key, as --public-key=KEY, without --identity")
-    register.add_argument("--shop", type=text, default="", help="the shop the device serves")
+    register.add_argument("--shop", type=_shop_or_none, default="", help="the shop the device serves")
     register.add_argument("--region", default="", help="the sales region of the shop (price lists are pushed per region)")
     register.add_argument("--replace", action="store_true", help="replace the key of a device already registered")
     register.set_defaults(func=_register)
@@ -446,7 +461,7 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--central-db", type=database, required=True,
                      help="central's database: a SQLite file or a PostgreSQL URL")
     add.add_argument("--licence", required=True, help="the tobacco retail licence number")
-    add.add_argument("--name", type=text, required=True, help="the shop's name")
+    add.add_argument("--name", type=shop_name, required=True, help="the shop's name")
     add.add_argument("--region", default="", help="its sales region (price lists are pushed per region)")
     add.add_argument("--monitoring", action="store_true", help="a monitoring point (reports actual prices and stock)")
     add.add_argument("--replace", action="store_true", help="change a shop already registered")

@@ -145,6 +145,23 @@ def test_the_reports_total_takes_returns_and_voids_off_as_the_box_does(central):
         "shop-1: 3 sales (0 of unknown products), 0 misreads refused, total 10.00 CNY, acknowledged up to seq 5"]
 
 
+@pytest.mark.parametrize("args, message", [
+    # A group of two levels subscribed to another topic, and took nothing, silently; a wildcard one was refused
+    # by paho inside its thread, the ingest connected and subscribed to nothing.
+    (["--share", "a/b"], "argument --share: share group 'a/b' must be a name without '/', '+' or '#'"),
+    (["--share", "a+"], "share group 'a+' must be"),
+    (["--share", ""], "share group '' must be"),
+    (["--port", "0"], "argument --port: '0' is not a port from 1 to 65535"),
+    (["--port", "99999"], "'99999' is not a port"),
+    (["--host", ""], "argument --host: '' is not a host name or address"),
+    (["--client-id", "c" * 65536], "argument --client-id: the client id must be 1 to 65535 bytes of UTF-8"),
+])
+def test_ingest_given_a_broker_or_group_it_could_never_use_stops_at_once(central, args, message):
+    command, _ = central
+    result = command("ingest", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_ingest_without_central_s_key_stops_with_a_clear_error(central):
     command, _ = central
     result = command("ingest", "--port", "1")

@@ -143,6 +143,10 @@ def test_a_misspelt_configuration_key_is_named(box):
     (["show", "--last", "ten"], "argument --last: 'ten' is not a whole number"),
     (["report", "sales", "--week", "9999-12-31"], "argument --week: '9999-12-31' is not a day of the years 1970 to 9998"),
     (["report", "sales", "--day", "0001-01-01"], "argument --day: '0001-01-01' is not a day of the years 1970 to 9998"),
+    (["show", "\u0661"], "argument seq: '\u0661' is not a whole number"),  # an Arabic-Indic one was seq 1
+    # The stock, counts and receipts are as of now: a day asked of them was ignored, and today's printed as its.
+    (["report", "stock", "--day", "2026-01-01"], "--day and --week are for the sales report; the stock report is as of now"),
+    (["report", "receipts", "--week", "2026-01-01"], "the receipts report is as of now"),
 ])
 def test_a_number_or_day_out_of_range_is_named_on_the_command_line(box, tmp_path, args, message):
     _, config = box

@@ -72,6 +72,11 @@ def test_re_keying_a_registered_device_needs_replace(tmp_path):
         (["--identity", "-"], "not json", "is not what 'counterbox identity show' prints"),
         (["--device", "shop-7"], None, "give --identity FILE, or both --device and --public-key"),
         (["--device", "shop-7", "--public-key=abc"], None, "'abc' is not an Ed25519 public key"),
+        # --device beside --identity was ignored: the file's id registered, and said so as if it were the one given.
+        (["--identity", "-", "--device", "shop-6"], '{"device": "shop-9", "public_key": "x"}',
+         "give --identity FILE, or --device and --public-key, not both"),
+        (["--device", "shop-7", "--public-key=x", "--shop", "\x1b[2Jx"], None, "is not a name: empty, or holding a "
+                                                                             "control character"),
     ],
 )
 def test_mistakes_are_named(tmp_path, args, stdin, message):
@@ -522,6 +527,11 @@ def test_a_shop_is_registered_by_licence_changed_only_with_replace_and_named_whe
                            "region 'red/river' must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")):
         result = ops("shop", "add", "--central-db", str(db), "--name", "Jianshui", *args)
         assert result.returncode == 2 and result.stderr == f"counterbox-ops: error: {message}\n"
+    # A name people read in central's tables: an escape sequence reached the operator's terminal, a line end
+    # split the table's row.
+    for name in ("\x1b[31mred", "a\nb", " "):
+        result = ops("shop", "add", "--central-db", str(db), "--licence", "530100000003", "--name", name)
+        assert result.returncode == 2 and "is not a name: empty, or holding a control character" in result.stderr
 
 
 def test_boxes_waiting_for_activation_are_listed_newest_first_for_people_and_programs(tmp_path):
