@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable
@@ -237,6 +238,10 @@ class Journal:
         then replaces the old: a new key lost before it was installed (on a tmpfs, at a power cut)
         leaves the journal to the old one, never to no key at all."""
         AESGCM(outer)
+        if secrets.compare_digest(outer, self._outer):
+            # It would wait for the new key for ever: opened with it, the journal takes it for the old one.
+            raise JournalError("the new key is the journal's outer key already: nothing to re-wrap (give a new "
+                               "32-byte key)")
         self._alone("re-wrapping the data keys")
         with self.transaction():
             rows = self._conn.execute("SELECT id, wrapped FROM keys").fetchall()

@@ -75,6 +75,17 @@ def test_a_wrong_outer_key_after_rotation_is_refused_and_changes_no_byte(journal
     assert contents(journal_path) == before
 
 
+def test_a_rewrap_to_the_key_the_journal_has_already_is_refused_and_waits_for_nothing(journal_path, key):
+    """Taken, it waited for ever: opened with that key, the journal took it for the old one, and every start
+    said a re-wrap waits, and key rotation was refused."""
+    j = Journal.open(journal_path, key)
+    with pytest.raises(JournalError, match="^the new key is the journal's outer key already: nothing to re-wrap"):
+        j.rewrap(bytes(key))
+    assert not j.rewrap_waiting()
+    j.rotate_key()
+    j.close()
+
+
 def test_a_new_outer_key_rewraps_the_data_keys_and_once_used_the_old_one_no_longer_opens_the_journal(journal_path, key):
     j = Journal.open(journal_path, key)
     j.append("sale", {"code": "1"})
