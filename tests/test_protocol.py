@@ -233,9 +233,13 @@ def test_an_acknowledgement_round_trips(key):
     assert protocol.decode_ack(protocol.encode_ack(DEVICE, 43, key=key), device=DEVICE, key=key.public_key()) == 43
 
 
-def test_the_broker_and_the_protocol_share_one_size_limit():
-    conf = (ROOT / "central" / "mosquitto.conf").read_text()
+@pytest.mark.parametrize("shipped", ["mosquitto.conf", "mosquitto-production.conf"])
+def test_the_broker_and_the_protocol_share_one_size_limit_and_the_broker_bounds_its_queues(shipped):
+    conf = (ROOT / "central" / shipped).read_text()
     assert re.search(r"^max_packet_size (\d+)$", conf, re.M).group(1) == str(protocol.MAX_PACKET_BYTES)
+    # Bytes as well as messages: a box's resends of a large first event queued megabytes each while central was
+    # away (0 is no bound), and room for a hundred of the largest messages.
+    assert int(re.search(r"^max_queued_bytes (\d+)$", conf, re.M).group(1)) >= 100 * protocol.MAX_PACKET_BYTES
     docs = (ROOT / "docs" / "protocol.md").read_text()
     assert f"{protocol.MAX_EVENT_BYTES:,}" in docs and f"{protocol.MAX_PACKET_BYTES:,}" in docs
 
