@@ -211,7 +211,7 @@ def check_settings(body: dict[str, Any]) -> None:
     for section, values in body.items():
         known = SETTINGS.get(section)
         if known is None:
-            raise ProtocolError(f"settings section {section!r} is not one a box takes ({', '.join(SETTINGS)})")
+            raise ProtocolError(f"settings section {jws.shown(section)} is not one a box takes ({', '.join(SETTINGS)})")
         if not values or set(values) - known:
             raise ProtocolError(f"settings [{section}] may set {', '.join(sorted(known))} only")
         for name, value in values.items():

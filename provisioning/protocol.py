@@ -216,7 +216,7 @@ def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str
         raise ProtocolError(f"acknowledgement is for device {jws.shown(payload.get('device'))}, not {device!r}")
     seq = payload.get("ack_seq")
     if not natural(seq, 0):
-        raise ProtocolError(f"acknowledgement carries no valid ack_seq: {seq!r}")
+        raise ProtocolError(f"acknowledgement carries no valid ack_seq: {jws.shown(seq)}")
     held = payload.get("journal")
     if journal is not None and held is None:
         # From a central that does not name journals: it may be its retained acknowledgement of the journal
@@ -252,7 +252,7 @@ def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[s
         raise ProtocolError(f"status sent_at: {error}") from None
     for name in HEALTH_COUNTS:
         if name in payload and not natural(payload[name], 0):
-            raise ProtocolError(f"status {name} is not a count: {payload[name]!r}")
+            raise ProtocolError(f"status {name} is not a count: {jws.shown(payload[name])}")
     if "agent_version" in payload and not is_agent_version(payload["agent_version"]):
         raise ProtocolError(f"status agent_version is not text of {AGENT_VERSION_RULE}")
     return payload
@@ -284,17 +284,17 @@ _UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\
 def parse_rfc3339(text: Any) -> float:
     """A timestamp as the wire writes it (rfc3339), back to seconds since the epoch."""
     if not isinstance(text, str) or not _UTC_TIME.fullmatch(text):
-        raise ValueError(f"{text!r} is not an RFC 3339 UTC time")
+        raise ValueError(f"{jws.shown(text)} is not an RFC 3339 UTC time")
     try:
         moment = datetime.fromisoformat(text[:-1] + "+00:00").timestamp()
     except ValueError:
-        raise ValueError(f"{text!r} is not an RFC 3339 UTC time") from None
+        raise ValueError(f"{jws.shown(text)} is not an RFC 3339 UTC time") from None
     try:
         # As a float, the year 9999's last microseconds round up into a year no time string has:
         # a time is taken only if the wire can write it back.
         rfc3339(moment)
     except (ValueError, OverflowError, OSError):
-        raise ValueError(f"{text!r} is later than any time the protocol writes") from None
+        raise ValueError(f"{jws.shown(text)} is later than any time the protocol writes") from None
     return moment
 
 
