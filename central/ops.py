@@ -268,6 +268,8 @@ def _activation_issue(args) -> int:
         shop = store.shop(args.shop)
         if shop is None:
             raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
+        unheard = args.device is not None and store.device(args.device) is None and args.device not in {
+            box["device"] for box in store.waiting_devices()}
         now = time.time()
         code = ActivationCode(activation.new_code_id(), shop.licence, shop.region, shop.monitoring, now,
                               now + args.valid_hours * 3600, args.device, kid)
@@ -285,6 +287,11 @@ def _activation_issue(args) -> int:
             raise
     finally:
         store.close()
+    if unheard:
+        # A typo in the id, as a rule: the code would wait, retained, for a box that never comes.
+        print(f"counterbox-ops: warning: no box {args.device} has said it waits for activation ('counterbox-ops "
+              "activation waiting' lists those that have): the code is bound to it and waits for it until it expires",
+              file=sys.stderr)
     if args.push:
         try:
             asyncio.run(_publish_retained(args, connection, activation.topic(args.topic_prefix, args.device, "code"),

@@ -620,6 +620,9 @@ def test_a_code_the_broker_does_not_take_is_issued_and_says_it_was_not_pushed(tm
     monkeypatch.setattr(operations, "PUBLISH_TIMEOUT", 1.0)
     db, port = tmp_path / "central.db", free_port()
     assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
+    store = CentralStore(db)
+    store.waiting("cb-waiting", KEY_WITH_A_DASH, "1.2.0", 1_764_000_000.0)
+    store.close()
     result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
                  "--device", "cb-waiting", "--push", "--broker", f"127.0.0.1:{port}")
     store = CentralStore(db)
@@ -642,10 +645,13 @@ def test_a_pushed_code_is_bound_to_its_box_and_valid_for_the_hours_given(broker,
     db = tmp_path / "central.db"
     assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi",
                "--region", "honghe").returncode == 0
+    store = CentralStore(db)
+    store.waiting("cb-waiting", KEY_WITH_A_DASH, "1.2.0", time.time())  # its hello, heard
+    store.close()
     before = time.time()
     result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
                  "--device", "cb-waiting", "--push", "--valid-hours", "5", "--broker", f"127.0.0.1:{broker.broker_port}")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == "", result.stderr
     printed = json.loads(result.stdout)
     assert (printed["shop"], printed["device"], printed["slip"], printed["pushed"]) == (
         "530100000001", "cb-waiting", None, True)
@@ -656,6 +662,11 @@ def test_a_pushed_code_is_bound_to_its_box_and_valid_for_the_hours_given(broker,
     assert (code.code_id, code.shop, code.region, code.device, code.kid) == (
         printed["code"], "530100000001", "honghe", "cb-waiting", key_id(key))
     assert code.expires_at - code.issued_at == 5 * 3600
+    # An id no box has said it waits under (a typo, as a rule): issued and pushed, and said.
+    typo = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
+               "--device", "cb-wiating", "--push", "--broker", f"127.0.0.1:{broker.broker_port}")
+    assert typo.returncode == 0 and json.loads(typo.stdout)["pushed"] is True
+    assert typo.stderr.startswith("counterbox-ops: warning: no box cb-wiating has said it waits for activation")
 
 
 def test_an_order_pushed_to_a_box_holds_its_id_and_lines_and_a_revocation_its_reason_and_grace(broker, tmp_path,
