@@ -37,7 +37,8 @@ def _register(args) -> int:
     if args.identity is not None:
         # What 'counterbox identity show' printed on the device: {"device": ..., "public_key": ...}.
         try:
-            text = sys.stdin.read() if str(args.identity) == "-" else args.identity.read_bytes().decode()
+            # A byte-order mark, as Windows' Notepad writes, is no part of it.
+            text = (sys.stdin.read() if str(args.identity) == "-" else args.identity.read_bytes().decode()).lstrip("\ufeff")
             identity = json.loads(text)
             device, public_key = identity["device"], identity["public_key"]
         except (ValueError, KeyError, TypeError):  # UnicodeDecodeError too: saved as UTF-16, say

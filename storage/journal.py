@@ -125,6 +125,7 @@ class Journal:
             check_no_log_left(path)
             sqlite.create_private(path)
         else:
+            _check_file(path)
             with _translated(path):
                 sqlite.roll_back_hot_journal(path)
             size = path.stat().st_size
@@ -581,6 +582,13 @@ class Journal:
         self._conn.close()
 
 
+def _check_file(path: Path) -> None:
+    """A journal is a file: a directory there said "disk I/O error", a FIFO held the command for ever."""
+    if not path.is_file():
+        raise JournalError(f"{path} is not a file (a directory, a FIFO or a device is there): the journal is a "
+                           "SQLite file; check [storage] path. Nothing was changed")
+
+
 def _being_made(path: Path) -> NoJournal:
     return NoJournal(f"there is no journal at {path} yet: its file is empty (the agent has not run on this box, "
                      "or is making it now)")
@@ -615,6 +623,7 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
     key, also check that every seal opens. DataKeyError for a wrong key."""
     if not path.exists():
         raise NoJournal(f"there is no journal at {path}")
+    _check_file(path)
     with _translated(path, full=_READING_FULL):
         sqlite.roll_back_hot_journal(path)
         if path.stat().st_size == 0:

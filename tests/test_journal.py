@@ -497,6 +497,18 @@ def test_what_the_journal_refuses_to_do_is_named_and_changes_nothing(journal, jo
     assert [key_id for key_id, _ in journal.data_keys()] == [1]
 
 
+@pytest.mark.parametrize("what", ["directory", "fifo"])
+def test_a_journal_path_that_is_no_file_is_named_and_nothing_waits_on_it(tmp_path, key, what):
+    """A directory there said "disk I/O error"; a FIFO held `counterbox prices load` for ever."""
+    path = tmp_path / "journal.db"
+    path.mkdir() if what == "directory" else os.mkfifo(path)
+    message = f"^{re.escape(str(path))} is not a file \\(a directory, a FIFO or a device is there\\)"
+    with pytest.raises(JournalError, match=message):
+        Journal.open(path, key)
+    with pytest.raises(JournalError, match=message):
+        verify_journal(path, key)
+
+
 def test_a_journal_that_is_not_there_is_named(tmp_path, key):
     with pytest.raises(NoJournal, match=f"^there is no journal at {re.escape(str(tmp_path / 'none.db'))}$"):
         verify_journal(tmp_path / "none.db", key)

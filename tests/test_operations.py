@@ -781,6 +781,19 @@ def test_an_identity_file_saved_in_another_encoding_is_named_as_not_what_identit
         2, f"counterbox-ops: error: {identity} is not what 'counterbox identity show' prints\n")
 
 
+def test_an_identity_file_saved_with_a_utf8_byte_order_mark_registers(tmp_path):
+    """As Windows' Notepad saves UTF-8: the configuration and CSV files take one, and so does this."""
+    identity = tmp_path / "identity.json"
+    identity.write_bytes(json.dumps({"device": "shop-7", "public_key": KEY_WITH_A_DASH}).encode("utf-8-sig"))
+    result = ops("register", "--central-db", str(tmp_path / "c.db"), "--identity", str(identity))
+    assert result.returncode == 0, result.stderr
+    store = CentralStore(tmp_path / "c.db")
+    try:
+        assert store.device("shop-7").public_key == KEY_WITH_A_DASH
+    finally:
+        store.close()
+
+
 def test_a_shop_moved_to_another_region_names_the_boxes_the_change_does_not_reach(tmp_path):
     db = tmp_path / "central.db"
     assert ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
