@@ -119,7 +119,7 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
     import csv
     import io
 
-    reader = csv.DictReader(io.StringIO(text))
+    reader = csv.DictReader(io.StringIO(text), strict=True)  # a quote never closed is an error, not the rest of the file
     try:
         fieldnames = reader.fieldnames
         if fieldnames is not None and len(set(fieldnames)) != len(fieldnames):

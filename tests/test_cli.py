@@ -159,6 +159,9 @@ def test_a_number_or_day_out_of_range_is_named_on_the_command_line(box, tmp_path
     (["prices", "load"], b"barcode,name,price\n6901028075831,Hongtashan \xb0\xfc,23.00\n", "the file is not UTF-8 text"),
     (["prices", "load"], b"barcode,price,barcode\n6901028075831,23.00,x\n", "the header names a column twice: "
                                                                              "barcode,price,barcode"),
+    # A quote never closed took the rest of the file as one field, and was named at the header's line.
+    (["prices", "load"], b"barcode,name,price\n6901028075831,Hongtashan,23.00\n\"6901028075848,Carton,230.00\n",
+     "line 3: unexpected end of data"),
     (["order", "load", "--id", "w48"], b"barcode,name,quantity\n6901028075831,\xff,2\n", "the file is not UTF-8 text"),
     (["order", "load", "--id", "w48"], b"barcode,quantity,quantity\n6901028075831,2,3\n",
      "the header names a column twice"),
