@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from provisioning import activation, protocol
-from provisioning.documents import settings_in_force
+from provisioning.documents import MIN_REPORT_INTERVAL, settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from provisioning.errors import ProvisioningError
 from storage import (DataKeyError, Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret,
@@ -455,8 +455,10 @@ class Box:
         """Settings pushed by operations (the bodies of its settings events, in order), over the configuration
         file's: the intervals of what runs on a timer."""
         uplink = settings_in_force(pushed).get("uplink", {})
-        telemetry.interval = uplink.get("status_interval", self.config.uplink.status_interval)
-        self._snapshot_interval = uplink.get("snapshot_interval", 0.0)
+        # Taken before operations' tools refused what would make a box report in a tight loop: held to it here.
+        telemetry.interval = max(uplink.get("status_interval", self.config.uplink.status_interval), MIN_REPORT_INTERVAL)
+        pushed_snapshots = uplink.get("snapshot_interval")
+        self._snapshot_interval = 0.0 if pushed_snapshots is None else max(pushed_snapshots, MIN_REPORT_INTERVAL)
 
     async def _snapshots(self) -> None:
         """A monitoring point's periodic report of its stock and actual prices, through the journal."""

@@ -141,7 +141,8 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
                 raise error(f"line {line}: a field holds a control character")
             yield line, fields
     except csv.Error as failed:
-        raise error(f"line {reader.line_num + 1}: {failed}") from None  # the line it could not finish
+        raise error(f"line {reader.line_num + 1}: {failed} (a quote inside a quoted field is written twice, and "
+                    "nothing comes after a closing quote but the comma)") from None  # the line it could not finish
 
 
 def _values(row: dict) -> Iterator[str]:

@@ -293,7 +293,11 @@ def _port(text: str) -> int:
 
 def _client_id(text: str) -> str:
     """--client-id: MQTT's 1 to 65,535 bytes of UTF-8; paho failed on a longer one in its own thread, unsaid."""
-    if not 0 < len(text.encode("utf-8", "surrogatepass")) <= 65535 or "\0" in text:
+    try:
+        size = len(text.encode("utf-8"))  # an argument's bytes that are not UTF-8 cannot be: paho failed on them
+    except UnicodeEncodeError:
+        size = 0
+    if not 0 < size <= 65535 or "\0" in text:
         raise argparse.ArgumentTypeError("the client id must be 1 to 65535 bytes of UTF-8, without NUL")
     return text
 

@@ -40,6 +40,7 @@ SESSION_EXPIRY = 7 * 24 * 3600  # seconds the broker keeps batches for central w
 RECONNECT = Backoff(first=0.05, most=1.0)
 # A device whose clock differs from central's by more than this is flagged (log, report).
 CLOCK_TOLERANCE = 60.0  # seconds
+GRANTS_AGAIN = 30.0  # seconds between attempts to bring central's role at the broker up to date
 QUEUE_SETTLE = 5.0  # seconds after central connects during which a status may have been queued for it
 # Messages one ingest handles at once on PostgreSQL: one is verified while the server stores another,
 # so the process does not stand idle through each commit. On SQLite one: its writers take turns at the
@@ -195,19 +196,22 @@ class Ingest:
                     self._admin = await stack.enter_async_context(BrokerAdmin(BrokerAdmin.link(
                         host=host, port=port, username=username, password=password, ca_file=ca_file,
                         client_id=f"{client_id}-admin")))
-                    await self._grants()
                 await self._consume_all(thread, workers, host=host, port=port, client_id=client_id,
                                         username=username, password=password, ca_file=ca_file, share=share)
         finally:
             await asyncio.to_thread(thread.shutdown)
 
     async def _grants(self) -> None:
-        """Central's role as this central needs it, on a broker set up by an earlier one (said, not fatal:
-        what it lacks is said again where it fails)."""
-        try:
-            await self._admin.bring_central_up_to_date(self.prefix)
-        except CentralError as error:
-            logger.error("central's role at the broker not brought up to date: %s", error)
+        """Central's role as this central needs it, on a broker set up by an earlier one; tried again every
+        GRANTS_AGAIN seconds while it fails (a broker away), beside the ingest, which goes on meanwhile."""
+        while True:
+            try:
+                await self._admin.bring_central_up_to_date(self.prefix)
+                return
+            except CentralError as error:
+                logger.warning("central's role at the broker not brought up to date (%s); tried again in %.0f s",
+                               error, GRANTS_AGAIN)
+            await asyncio.sleep(GRANTS_AGAIN)
 
     async def _consume_all(self, thread: ThreadPoolExecutor, workers: int, *, host: str, port: int,
                            share: str | None, **options) -> None:
@@ -239,6 +243,8 @@ class Ingest:
             async with asyncio.TaskGroup() as group:
                 group.create_task(acknowledge())
                 group.create_task(keeper.run(link))
+                if self._admin is not None:
+                    group.create_task(self._grants())
                 async for message in link.messages():
                     await free.acquire()
                     handling.put_nowait((message, group.create_task(self._consume(link, thread, message))))

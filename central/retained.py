@@ -75,6 +75,8 @@ class Keeper:
             there = _version(held[topic]) if topic in held else None
             if there is not None and there >= version:
                 continue  # the same, or a newer one (pushed since central read its own)
+            if await loop.run_in_executor(self.thread, self.store.latest_document, name, scope) != token:
+                continue  # operations issued a newer one meanwhile, and publish it themselves
             await link.publish(topic, token, retain=True)
             published += 1
             logger.warning("document %s version %d published again on %s: the broker %s", name, version, topic,

@@ -766,10 +766,10 @@ class CentralStore:
         seq, at = since
         if seq is not None and (acked >= seq or last < seq):  # delivered; or another journal's seqs now
             seq = at = None
-        elif at is not None and (held.session, held.connection) != (status["session"], status["connection"]):
-            # A new connection: the time since the last status of the one before (its will, as a rule) the
-            # box was away, which its sales' lateness judges. A backlog seen at closing and delivered in the
-            # morning's first minute fails no second day; one refused through every reconnection still adds up.
+        elif at is not None and held.state == "offline":
+            # Back after its will: the time since, the box was away, which its sales' lateness judges. A backlog
+            # seen at closing and delivered in the morning's first minute fails no second day; one refused
+            # through every reconnection still adds up its connected time (and all of it, where no will came).
             at += max(0.0, received_at - held.received_at)
         if seq is None and last > acked:
             seq, at = last, received_at

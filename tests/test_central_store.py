@@ -403,6 +403,30 @@ def test_a_backlogs_wait_counts_the_time_the_box_was_connected_and_a_retained_st
     store.record_status("shop-1", status(connection=2, last_seq=9, acked_seq=2, sent_at=9500.0), received_at=9500.0,
                         live=True)
     assert waited_past(1499.0, 9500.0) and not waited_past(1500.0, 9500.0)
+    # A reconnection with no will between (the link dropped and came back at once): all of it counts.
+    store.record_status("shop-1", status(connection=3, last_seq=9, acked_seq=2, sent_at=9600.0), received_at=9600.0,
+                        live=True)
+    assert waited_past(1599.0, 9600.0) and not waited_past(1600.0, 9600.0)
+
+
+def test_the_documents_in_force_are_the_newest_unexpired_version_of_each_stream_for_each_scope(store):
+    """What the broker should hold, retained: central publishes again whatever of it the broker lost."""
+    def issue(name: str, scope: dict, expires_at: float, kind: str = "price_list") -> int:
+        return store.issue_document(lambda version: (kind, json.dumps(scope), "ops-1", 1000.0, expires_at,
+                                                     f"token-{name}-{version}".encode()), name)[0]
+
+    issue("price_list", {"region": "honghe"}, 9000.0)
+    issue("price_list", {"region": "honghe"}, 9000.0)
+    issue("price_list", {"region": "kunming"}, 9000.0)
+    issue("price_list", {"device": "shop-1"}, 9000.0)
+    issue("order/W48-1", {"device": "shop-1"}, 4000.0, kind="order")  # expired by 5000: boxes refuse it
+    issue("settings", {"region": "honghe"}, 9000.0, kind="settings")
+    assert store.documents_in_force(5000.0) == [
+        ("price_list", '{"device": "shop-1"}', 4, b"token-price_list-4"),
+        ("price_list", '{"region": "honghe"}', 2, b"token-price_list-2"),
+        ("price_list", '{"region": "kunming"}', 3, b"token-price_list-3"),
+        ("settings", '{"region": "honghe"}', 1, b"token-settings-1")]
+    assert store.documents_in_force(9000.0) == []
 
 
 def test_two_centrals_adding_one_devices_batches_at_once_hold_each_event_once(database):

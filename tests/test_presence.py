@@ -69,6 +69,28 @@ def test_a_box_whose_batches_central_refuses_does_not_upload_though_it_reports_l
     assert "journal a-journal-made-before" in stack.central_log.read_text()
 
 
+def test_a_report_interval_a_box_took_before_such_were_refused_is_held_to_half_a_second(stack, fifo):
+    """Settings of a status interval of a microsecond, applied before operations' tools refused them, made the
+    box report in a tight loop at every start after, until operations pushed another version."""
+    from storage import Journal, load_data_key
+
+    device = stack.provision("shop-tight", scanners=[str(fifo)])
+    device.start()
+    wait_until(lambda: devices(stack)["shop-tight"]["state"] == "online", 20, "the device online")
+    device.stop()
+    key = load_data_key(key_file=device.directory / "data.key", credential="none", create=False)
+    journal = Journal.open(device.directory / "journal.db", key)
+    journal.append("settings", {"name": "settings", "version": 1, "issued_at": protocol.rfc3339(time.time()),
+                                "uplink": {"status_interval": 1e-6}})
+    journal.close()
+    before = stack.central_log.read_text().count("device shop-tight online")
+    device.start()
+    wait_until(lambda: stack.central_log.read_text().count("device shop-tight online") > before, 20, "online again")
+    time.sleep(3.0)
+    reports = stack.central_log.read_text().count("device shop-tight online") - before
+    assert 3 <= reports <= 12  # one each half second, not hundreds a second
+
+
 def test_a_box_that_loses_power_is_offline_once_its_keepalive_runs_out(stack, fifo):
     device = stack.provision("shop-power", scanners=[str(fifo)], keepalive=1)
     device.start()
