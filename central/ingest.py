@@ -126,7 +126,7 @@ class Ingest:
                        and self.store.revocation_delivered(device_id))
             return StatusReceived(device_id, status["state"], offset, cut_off), None
         try:
-            # Its sending time, by the box's clock like its scans' (informational, "" when unreadable): how long
+            # Its sending time, by the box's clock like its scans' ("" when unreadable): how long
             # the box held each sale, whatever its clock is off by (upload success).
             sent_at = protocol.parse_rfc3339(batch.sent_at) if batch.sent_at else None
             added, acked = self.store.add_events(device_id, batch.session, batch.events, journal=batch.journal,

@@ -191,7 +191,7 @@ def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
     try:
         parse_rfc3339(sent_at)
     except ValueError:
-        sent_at = ""  # informational (central stamps its own receive time): kept without it, not refused
+        sent_at = ""  # kept without it, not refused: central then times the batch's sales by the box's clock offset
     return Batch(device, session, sent_at, events, journal, base_seq)
 
 
