@@ -54,6 +54,20 @@ def test_writes_waiting_together_share_one_commit(tmp_path):
     assert 1 <= len(commits) < 20  # 100 appends, a handful of fsyncs
 
 
+def test_a_group_that_fails_nowhere_runs_each_write_once_without_a_savepoint_of_its_own(tmp_path):
+    """A savepoint and its release are two statements a write, each a moment the event loop's thread takes the
+    interpreter lock from the store's: a group takes one only when one of its writes failed."""
+    statements = []
+
+    def traced(journal):
+        journal._conn.set_trace_callback(statements.append)
+
+    results, events = _group_of_three(tmp_path, traced)
+    assert results == [1, None, 2] and [e.body for e in events] == [{"n": 1}, {"n": 3}]
+    group = [s.split()[0] for s in statements[:statements.index("COMMIT") + 1]]
+    assert "INSERT" in group and not {"SAVEPOINT", "RELEASE", "ROLLBACK"} & set(group), group
+
+
 @pytest.mark.parametrize("waiting", [1, 2, 3, 300])
 def test_every_write_of_a_group_of_any_size_is_answered_once_its_one_commit_is_durable(tmp_path, waiting):
     """The store's thread is held by a write while ``waiting`` more arrive: they go in one group
