@@ -107,6 +107,7 @@ EXPIRY_CHECK = 1.0  # seconds between looks for a mode or a keyed number left to
 RETENTION_EVERY = 3600.0  # seconds between looks for events old enough to fold away
 RETENTION_NEXT = 1.0  # seconds before the next step, while there is more to fold
 FAULT_AFTER = 1.0  # seconds after a refused scan's error signal before a fault's attention signal
+FAREWELL_WAIT = 5.0  # seconds a revoked box waits for the broker to take its last status before it erases
 
 
 def counter_for(config: Config) -> Counter:
@@ -408,8 +409,8 @@ class Box:
                            "then erasing", self.device_id, grace_seconds)
             self._revoked.set()
 
-    async def _deliver_all(self) -> None:
-        """Wait until central holds every event (the revocation's own included), or the grace is up."""
+    async def _deliver_all(self) -> bool:
+        """Wait until central holds every event (the revocation's own included): True; or the grace is up: False."""
         deadline = time.monotonic() + self._grace
         waiting = "some"  # events not known to be delivered
         while True:
@@ -422,12 +423,12 @@ class Box:
                     acked = max(acked, self._uplink.acked)
                 if acked >= last:
                     logger.info("revoked: central holds every event, up to seq=%d", last)
-                    return
+                    return True
                 waiting = str(last - acked)
             if time.monotonic() >= deadline:
                 logger.error("revoked: %s events NOT delivered within the grace of %.0f s are erased with the box",
                              waiting, self._grace)
-                return
+                return False
             await asyncio.sleep(0.2)
 
     def _link(self, subscriptions: list[str], *, activated: bool, **options) -> MqttLink:
@@ -503,7 +504,10 @@ class Box:
                     if monitoring:
                         tasks.append(group.create_task(self._snapshots()))
                     await self._revoked.wait()
-                    await self._deliver_all()
+                    if await self._deliver_all():
+                        # Said before the erase: central removes the box's access once the box says it holds the
+                        # acknowledgement of everything (a box that had not taken it could not learn it after).
+                        await telemetry.report(link, within=FAREWELL_WAIT)
                     for task in tasks:
                         task.cancel()
             finally:

@@ -85,6 +85,18 @@ class Telemetry:
                 if await link.next_connection(generation, within=min(1.0, max(0.0, sent + self.interval - time.monotonic()))):
                     break
 
+    async def report(self, link: MqttLink, *, within: float) -> bool:
+        """Publish an online status now, once, and wait at most ``within`` seconds for the broker to take it.
+        A revoked box's last word: it holds central's acknowledgement of all it handed in (central then
+        removes its access); False when it could not be said."""
+        try:
+            async with asyncio.timeout(within):
+                await link.publish(self.topic, await self._online(), retain=True)
+            return True
+        except (MqttError, StorageError, TimeoutError) as error:
+            logger.warning("status not published: %s", error or "no answer from the broker")
+            return False
+
     async def _online(self) -> bytes:
         last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
         status: dict[str, Any] = {

@@ -72,7 +72,7 @@ class StatusReceived:
     device_id: str
     state: str
     clock_offset: float | None  # from a live online status only
-    cut_off: bool = False  # a revoked device went offline: its broker access goes
+    cut_off: bool = False  # a revoked device holds the acknowledgement of all it handed in: its broker access goes
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,7 @@ class Ingest:
             live = not message.retain
             latest = self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
             offset = status["sent_at"] - received_at if live and settled and status["state"] == "online" else None
-            # A revoked box's access goes only once it has handed in its revocation (and all before it)
-            # and then gone offline: not on a stale or retained offline, nor one from before.
-            cut_off = (live and latest and status["state"] == "offline"
-                       and self.store.device(device_id).revoked_at is not None
-                       and self.store.revocation_delivered(device_id))
+            cut_off = live and latest and self._done(device_id, status)
             return StatusReceived(device_id, status["state"], offset, cut_off), None
         try:
             # Its sending time, by the box's clock like its scans' ("" when unreadable): how long
@@ -163,6 +159,16 @@ class Ingest:
         answer = activation.encode_result(device_id, result, key=self.signing_key)
         return (Answered(device_id, result["accepted"], result.get("reason", ""), result.get("region", ""),
                          request.broker_password), (activation.topic(self.prefix, device_id, "result"), answer))
+
+    def _done(self, device_id: str, status: dict[str, Any]) -> bool:
+        """A revoked box's access goes once it has handed in its revocation and all before it, and says (live,
+        online) that it holds central's acknowledgement of them and has nothing more to hand in: it erases
+        itself now. Not on its going offline: a box cut off before it took that acknowledgement (a power cut
+        just after its last batch) could not learn it, and would wait out its grace to say them lost."""
+        if status["state"] != "online" or status.get("backlog") != 0 or self.store.device(device_id).revoked_at is None:
+            return False
+        revocation = self.store.delivered_revocation(device_id)
+        return revocation is not None and status.get("acked_seq", 0) >= revocation
 
     def _public_key(self, device_id: str) -> Ed25519PublicKey:
         device = self.store.device(device_id)
@@ -309,8 +315,8 @@ class Ingest:
         if isinstance(result, StatusReceived):
             logger.info("device %s %s", result.device_id, result.state)
             if result.cut_off and self._admin is not None:
-                # A revoked box gone offline has handed in what it could and erased itself: its
-                # credentials go now (before, it needed them to deliver).
+                # A revoked box that holds the acknowledgement of all it handed in erases itself now:
+                # its credentials go (before, it needed them to deliver).
                 try:
                     await self._admin.cut_off(result.device_id)
                     logger.info("device %s revoked: removed from the broker", result.device_id)

@@ -784,17 +784,25 @@ class CentralStore:
     def revocation_delivered(self, device_id: str) -> bool:
         """Whether central holds the device's revocation event and everything before it: one of a revocation
         issued since the device was revoked, not one its journal recorded for the box it was restored from."""
+        return self.delivered_revocation(device_id) is not None
+
+    def delivered_revocation(self, device_id: str) -> int | None:
+        """The seq of the device's revocation event when central holds it and everything before it (as
+        ``revocation_delivered``); None until then."""
         with self._transaction(write=False) as conn:
             row = conn.execute(sa.select(devices.c.acked_seq, devices.c.revoked_at)
                                .where(devices.c.device_id == device_id)).first()
             if row is None or row.revoked_at is None:
-                return False
-            bodies = conn.execute(sa.select(_events.c.body).where(
+                return None
+            events = conn.execute(sa.select(_events.c.seq, _events.c.body).where(
                 _events.c.device_id == device_id, _events.c.kind == "revocation", _events.c.seq <= row.acked_seq)
-            ).scalars().all()
+                .order_by(_events.c.seq)).all()
         # Signed on the operations machine just after it marked the device revoked, to the millisecond.
-        issued = (_timestamp(json.loads(body).get("issued_at")) for body in bodies)
-        return any(at is not None and at >= row.revoked_at - 1 for at in issued)
+        for seq, body in events:
+            at = _timestamp(json.loads(body).get("issued_at"))
+            if at is not None and at >= row.revoked_at - 1:
+                return seq
+        return None
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the

@@ -322,6 +322,36 @@ def test_a_revoked_box_keeps_its_access_until_it_has_handed_in_its_sales_and_los
     again.close()
 
 
+def test_a_revoked_box_that_lost_power_before_it_took_centrals_acknowledgement_erases_on_its_return(
+        production, tmp_path):
+    """Central held its revocation and everything before it, and heard its will: cut off then, the box came back
+    unable to read the acknowledgement, waited out its grace and logged events central held as NOT delivered."""
+    a, _, a_id = _activated(production, tmp_path, "boxk", "530102100077")
+    wait_until(lambda: a.status()["acked_seq"] == a.status()["last_seq"], 20, "the activation delivered")
+    production.stop_central()  # the revocation's batch waits for central at the broker
+    revoked = production.ops_command("revoke", "--central-db", str(production.central_db), "--ops-key",
+                                     str(production.ops_key), "--broker", f"127.0.0.1:{production.broker_port}",
+                                     *production.broker_args("ops"), "--device", a_id, "--grace-minutes", "10")
+    assert revoked.returncode == 0, revoked.stderr
+    wait_until(lambda: f"revoked device={a_id}" in a.log.read_text(), 20, "the revocation recorded")
+    last = a.status()["last_seq"]
+    time.sleep(1.5)  # its batch published (the first after a quiet spell goes at once): it waits for central
+    a.kill()  # the power cut: the broker publishes its will
+    production.start_central()
+
+    def held() -> int:
+        rows = map(json.loads, production.central_command("devices", "--json").stdout.splitlines())
+        return next(row["acked_seq"] for row in rows if row["device"] == a_id)
+    wait_until(lambda: held() == last, 30, "central holding every event")
+    time.sleep(1.0)  # the will is in
+    assert f"device {a_id} revoked: removed from the broker" not in production.central_log.read_text()
+    a.start()
+    wait_until(lambda: "crypto-erased" in a.log.read_text(), 60, "the box erased, well within its grace")
+    assert "NOT delivered" not in a.log.read_text()
+    wait_until(lambda: f"device {a_id} revoked: removed from the broker" in production.central_log.read_text(), 20,
+               "central removing it from the broker once the box said it holds the acknowledgement")
+
+
 def test_a_revocation_the_broker_lost_to_a_power_cut_is_published_again_by_central_and_reaches_its_box(
         production, tmp_path):
     """Mosquitto writes its retained messages to disk every 30 s and at a clean stop: killed just after a push,
@@ -580,7 +610,7 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                         continue
                     return activation.decode_result(answer.payload, device=device_id, key=central_key.public_key())
 
-        async def hand_in_and_go_offline() -> None:
+        async def hand_in_and_say_done() -> None:
             async with MqttLink(host="127.0.0.1", port=port, client_id=f"{first_id}-box", username=first_id,
                                 password=broker_password(first), ca_file=tls / "ca.crt") as link:
                 await link.connected.wait()
@@ -590,8 +620,9 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                 await link.publish(protocol.batch_topic(PREFIX, first_id), batch)
                 await asyncio.to_thread(wait_until, lambda: store.revocation_delivered(first_id), 10,
                                         "the revocation handed in")
-                status = protocol.encode_status({"state": "offline", "session": 1, "connection": 1,
-                                                 "sent_at": time.time()}, device=first_id, key=first)
+                status = protocol.encode_status({"state": "online", "session": 1, "connection": 1, "last_seq": 1,
+                                                 "acked_seq": 1, "backlog": 0, "sent_at": time.time()},
+                                                device=first_id, key=first)
                 await link.publish(protocol.status_topic(PREFIX, first_id), status)
 
         async def main() -> dict:
@@ -609,7 +640,7 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                 seen["second admitted"] = other.connect_reason
                 await asyncio.to_thread(other.close)
                 await asyncio.to_thread(store.revoke, first_id)
-                await hand_in_and_go_offline()
+                await hand_in_and_say_done()
                 await asyncio.to_thread(wait_until, lambda: admitted.disconnected_at is not None, 10,
                                         "the revoked box cut off")
                 await asyncio.to_thread(admitted.close)
