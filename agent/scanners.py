@@ -300,11 +300,15 @@ class Scanners:
                     last_event = loop.time()
                     for result in decoder.feed_all(batch, held_keys=source.held_keys):
                         await handle(result)
-                    if idle is None and decoder.pending:
+                    # A recording's pauses are in its own times, which the decoder reads; the agent's clock
+                    # says nothing of them (a read of it cut mid-scan while the counter was slow is no pause).
+                    if idle is None and decoder.pending and source.kind != "file":
                         idle = loop.call_later(decoder.idle_after, on_idle)
                     # Between batches, never inside one: events taken from the kernel and not yet
                     # decoded would look to the idle timer like a pause.
                     await self._caught_up()
+                if source.kind == "file":  # the recording's end: what it holds ends there, said like any other
+                    await handle(decoder.ended())
             except ScannerGone as gone:
                 partial = decoder.unplugged()
                 logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")

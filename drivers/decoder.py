@@ -68,6 +68,8 @@ CUT_OFF = "the scan stopped without its terminator"
 CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
 CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be told"
 TAKEN_BACK = "keys that came as the key state was read after a drop, which the kernel took back unread"
+RESYNCED = ("a scan read with the key state the device gave after a drop, which is that of the read's end: a key it "
+            "said was down (a Shift) may have been pressed after this scan")
 ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
 NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
@@ -233,6 +235,9 @@ class Decoder:
         results = []
         asked = False  # the device was asked for its keys during this read
         held: frozenset[int] = frozenset()
+        # The device said keys were down: those of the read's end, applied from the drop on. A scan that ends
+        # in the rest of the read was read with them (a Shift for the next scan's capital would shift it).
+        doubtful = False
         sec = usec = 0
         # The scan path: a scan is some 80 records, most of them SYN_REPORTs and scan codes that say
         # nothing a key event does not; they are passed over here without a call.
@@ -246,7 +251,7 @@ class Decoder:
                     # would have ended had the reader been on time. (Asked only then: most keys are neither.)
                     ended = self._pause(t)
                     if ended is not None:
-                        results.append(ended)
+                        results.append(_resynced(ended) if doubtful else ended)
                 result = self._key(code, value == KEY_DOWN, t)
             elif type_ == _EV_SYN:
                 if code == _SYN_REPORT and not self._dropping:
@@ -256,6 +261,7 @@ class Decoder:
                     told = held_keys()
                     asked = asked or told is not None
                     held = told if told is not None else frozenset()
+                    doubtful = doubtful or bool(held)
                     self.resync(held)
                     # The device was asked now, after all of this read was taken from the kernel: a key it
                     # says is down may have its key-down still ahead here. That press is the one the device
@@ -266,7 +272,7 @@ class Decoder:
             else:
                 continue  # EV_MSC scan codes, LEDs, ...: the key events say it all
             if result is not None:
-                results.append(result)
+                results.append(_resynced(result) if doubtful else result)
         if self._reported:
             self._reported.clear()  # a later read's key-down of a key held since is pressed again
         if asked:
@@ -341,7 +347,8 @@ class Decoder:
             char = "" if dead else self._state.text(code)
             if self.key_down_only:
                 self._release_modifiers()
-            elif char and not self._mods_held <= self._mods_since_char:
+            elif (char or not dead) and not self._mods_held <= self._mods_since_char:
+                # (A key that typed nothing too: a digit read as Ctrl+2 is lost should the Ctrl not be held.)
                 self._held_over = True
             self._mods_since_char.clear()
             if self._dead and t - self._dead_at > self.settings.max_key_interval:
@@ -464,6 +471,13 @@ class Decoder:
             self._broken_start(CUT_OFF_TAIL, now, last=None, quiet=CUT_OFF_QUIET)
             return head
         return None
+
+    def ended(self) -> Scan | NotABarcode | None:
+        """The source ended (a recording's last event read): what it holds ends as a long pause after its
+        last event would end it, by the recording's own times (a scan without a terminator configured is
+        finished; one that stopped without its terminator, or a broken one, is refused)."""
+        last = max([self._last_key, self._broken_since, self._broken_last or 0.0, *self._times[-1:]])
+        return self.idle(last + max(self.idle_after, CUT_OFF_QUIET) + 1.0)
 
     def _broken_start(self, reason: str, t: float, *, last: float | None, quiet: float | None = None) -> None:
         self._broken, self._broken_since, self._broken_last = reason, t, last
@@ -598,6 +612,10 @@ class Decoder:
         self.resync_pending = False
         self._reset_keys(frozenset(), keep_locks=False)
         return partial
+
+
+def _resynced(result: Scan | NotABarcode) -> Scan | NotABarcode:
+    return NotABarcode(result.text, result.source, RESYNCED) if isinstance(result, Scan) else result
 
 
 def _alt_character(digits: str) -> str:

@@ -86,6 +86,9 @@ class Keypad:
     def idle(self, now: float) -> None:
         return None
 
+    def ended(self) -> None:
+        return None
+
     def resync(self, held: frozenset[int]) -> None:
         self.resync_pending = False
 

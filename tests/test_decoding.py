@@ -9,7 +9,7 @@ import pytest
 from evdev import InputEvent, ecodes as e
 
 from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_KEY, DROPPED, KEY_DOWN_ONLY,
-                             NOTHING_BUT_AFFIXES, ONE_KEY,
+                             NOTHING_BUT_AFFIXES, ONE_KEY, RESYNCED,
                              STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
@@ -522,10 +522,13 @@ def test_after_syn_dropped_the_shift_state_comes_from_the_device():
     assert texts([r for r in results if r]) == ["A"]
 
 
-@pytest.mark.parametrize("held, typed", [(frozenset(), "1"), (frozenset({e.KEY_LEFTSHIFT}), "!")])
-def test_a_read_that_holds_a_drop_takes_the_key_state_from_the_device_before_what_follows(held, typed):
+@pytest.mark.parametrize("held, typed", [(frozenset(), ("Scan", "1")),
+                                         (frozenset({e.KEY_LEFTSHIFT}), ("NotABarcode", "!"))])
+def test_a_read_that_holds_a_drop_takes_the_key_state_from_the_device_and_refuses_a_scan_it_could_change(held, typed):
     """The scanner manager hands over a whole read at once: the decoder asks the device which keys
-    are down as the drop ends, and decodes the rest of the read with that state."""
+    are down as the drop ends, and decodes the rest of the read with that state. The device answers for
+    the read's end: a Shift it says is down may have been held through the drop (a "!") or pressed after
+    the read, for the next scan's capital (a "1"); a scan of the read that a held key could change is refused."""
     # Shift's key-up, as far as the decoder saw; then a drop (the Enter after it ends the broken scan).
     keys = (Keys().down(e.KEY_LEFTSHIFT).up(e.KEY_LEFTSHIFT).raw(e.EV_SYN, e.SYN_DROPPED, 0)
             .raw(e.EV_SYN, e.SYN_REPORT, 0).enter().pause(0.3).tap(e.KEY_1).enter())
@@ -533,7 +536,19 @@ def test_a_read_that_holds_a_drop_takes_the_key_state_from_the_device_before_wha
     results = Decoder("dev").feed_all([record(ev) for ev in keys.events],
                                       held_keys=lambda: asked.append(True) or held)
     assert asked == [True]
-    assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", ""), ("Scan", typed)]
+    assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", ""), typed]
+    if held:
+        assert results[1].reason == RESYNCED
+
+
+def test_a_whole_scan_after_a_drop_in_one_read_is_never_shifted_by_a_key_pressed_after_the_read():
+    """The device, asked after the read, says Shift is down: pressed for the next scan's capital, beyond this
+    read. The whole scan after the broken one, read with it, would be ^()!)@*)&%*#! and a sale."""
+    keys = (Keys().digits("690").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+            .digits("75831").enter().pause(0.3).digits("6901028075831").enter())
+    results = Decoder("dev").feed_all([record(ev) for ev in keys.events], held_keys=lambda: frozenset({e.KEY_LEFTSHIFT}))
+    assert [type(r).__name__ for r in results] == ["NotABarcode", "NotABarcode"]
+    assert results[1].reason == RESYNCED
 
 
 def test_a_person_typing_is_not_a_barcode(tmp_path):
@@ -1220,3 +1235,16 @@ def test_with_no_terminator_a_character_of_several_keys_is_no_pause_that_ends_a_
     results = [result for event in alt.events for result in decoder.feed_all([record(event)])]  # each read alone
     results.append(decoder.idle(alt.t + 1.0))
     assert _said(results) == [("Scan", "0109\x1d21", "", "dev")]
+
+
+def test_a_scanner_that_sends_no_key_ups_never_has_a_digit_typed_as_ctrl_and_lost_booked():
+    """GS typed as Ctrl+]; until the decoder learns the scanner sends no key-ups, the Ctrl is taken as held, and
+    the next 2 types Ctrl+2, nothing: booked as \x1d212345678, a digit short."""
+    keys = Keys()
+    for code in (e.KEY_LEFTCTRL, e.KEY_RIGHTBRACE, *[getattr(e, f"KEY_{d}") for d in "2212345678"], e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    decoder = Decoder("dev")
+    results = [r for r in map(decoder.feed, keys.events) if r is not None]
+    assert [(type(r).__name__, r.reason) for r in results] == [("NotABarcode", KEY_DOWN_ONLY)]
+    assert decoder.key_down_only

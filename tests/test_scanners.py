@@ -680,3 +680,67 @@ def test_a_configured_path_the_agent_cannot_open_is_said_and_the_other_scanners_
     assert asyncio.run(scenario()) == ["96385074"]
     if unreadable:
         assert f"scanner {tmp_path / bad} unavailable" in caplog.text
+
+
+# -- a recording: a whole session from its start, by its own times -------------------------------------------------
+
+def _replayed(path, settings: DecoderSettings, *, stall: float = 0.0, expect: int = 0) -> Counter:
+    """The recording at ``path`` read by the scanner manager, its counter stalling ``stall`` seconds at first
+    (a slow disk) while the reader runs ahead to its bound; until ``expect`` answers, or the recording's end."""
+    counter = Counter()
+    back = asyncio.Event()
+
+    async def slow(scan):
+        await back.wait()
+        return await counter(scan)
+
+    async def scenario():
+        from agent.scanners import Scanners
+        config = ScannerConfig(paths=(str(path),), auto=False, hid_pos=False, decoder=settings)
+        task = asyncio.create_task(Scanners(config=config, feedback=FeedbackConfig(output="none"), on_scan=slow).run())
+        try:
+            await asyncio.sleep(stall)
+            back.set()
+            deadline = time.monotonic() + 30
+            while len(counter.scans) + len(counter.refused) < expect and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # nothing more comes
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(scenario())
+    return counter
+
+
+@pytest.mark.parametrize("terminators", [(), ("enter", "kp_enter")])
+@pytest.mark.parametrize("recorded_ago", [86400.0, -86400.0])  # yesterday; stamped ahead of this box's clock
+def test_a_recording_read_while_the_counter_is_slow_books_exactly_its_scans(tmp_path, terminators, recorded_ago):
+    """The reader waits for the counter between reads of the file, and a read ends mid-scan: the agent's clock
+    took that wait for a pause (a head and a tail booked as two codes, or a whole scan refused)."""
+    from agent.scanners import MAX_UNANSWERED
+    from drivers.barcode import gs1_check_digit
+
+    codes = ["6901028075831"] + [f"{n:07d}{gs1_check_digit(f'{n:07d}')}" for n in range(2 * MAX_UNANSWERED)]
+    path = tmp_path / "session.events"
+    path.write_bytes(scans(codes, start=time.time() - recorded_ago, **({} if terminators else {"terminator": None})))
+    counter = _replayed(path, DecoderSettings(terminators=terminators, idle_timeout=0.1), stall=0.5,
+                        expect=len(codes))
+    assert [scan.text for scan in counter.scans] == codes and counter.refused == []
+
+
+def test_the_last_code_of_a_recording_without_a_terminator_is_ended_by_the_recordings_end(tmp_path):
+    path = tmp_path / "session.events"
+    path.write_bytes(scans(["96385074", "40063812"], start=time.time() - 3600, terminator=None))
+    counter = _replayed(path, DecoderSettings(terminators=(), idle_timeout=0.1), expect=2)
+    assert [scan.text for scan in counter.scans] == ["96385074", "40063812"]
+
+
+def test_a_recording_that_ends_mid_scan_refuses_that_scan(tmp_path):
+    path = tmp_path / "session.events"
+    cut = scans(["40063812"], start=time.time() - 3590)
+    path.write_bytes(scans(["96385074"], start=time.time() - 3600) + cut[:len(cut) // 2])
+    counter = _replayed(path, DecoderSettings(), expect=2)
+    assert [scan.text for scan in counter.scans] == ["96385074"]
+    assert [(r.text, r.reason) for r in counter.refused] == [("40063", CUT_OFF)]
