@@ -182,7 +182,11 @@ class _connection:
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
-            self._conn.execute("COMMIT" if kind is None else "ROLLBACK")
+            if kind is None:
+                self._conn.execute("COMMIT")
+            elif self._conn.in_transaction:  # SQLite ends it itself on a full disk: nothing to roll back
+                with contextlib.suppress(sqlite3.Error):  # the error that ended it is the one to tell
+                    self._conn.execute("ROLLBACK")
         finally:
             self._conn.close()
 

@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .errors import JournalError
+
 GENESIS = bytes(32)
 _TAG = b"counterbox-chain-v1\x00"
 _HEADER = struct.Struct(">QIH")
@@ -30,10 +32,23 @@ def link(previous: bytes, seq: int, kind: str, key_id: int, sealed: bytes) -> by
     return hashlib.sha256(b"".join((_TAG, previous, _HEADER.pack(seq, key_id, len(name)), name, sealed))).digest()
 
 
+def meta(conn: sqlite3.Connection, name: str) -> str:
+    """The journal's value ``name`` in its meta table; JournalError when the row is gone (a bit flipped in
+    its name reads as another row's)."""
+    row = conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()
+    if row is None:
+        raise JournalError(f"the journal's {name!r} is missing from its meta table: the file was altered")
+    return row[0]
+
+
 def anchor(conn: sqlite3.Connection) -> tuple[int, bytes]:
     """(seq, hash) the chain starts after."""
-    values = dict(conn.execute("SELECT name, value FROM meta WHERE name IN ('chain_anchor_seq', 'chain_anchor')"))
-    return int(values["chain_anchor_seq"]), bytes.fromhex(values["chain_anchor"])
+    seq, chained = meta(conn, "chain_anchor_seq"), meta(conn, "chain_anchor")
+    try:
+        return int(seq), bytes.fromhex(chained)
+    except (TypeError, ValueError):
+        raise JournalError("the journal's chain anchor in its meta table is not a seq and a hash: the file was "
+                           "altered") from None
 
 
 @dataclass(frozen=True)
@@ -94,7 +109,7 @@ def verify(conn: sqlite3.Connection, opens: SealCheck | None = None) -> Verifica
     if conn.execute("SELECT 1 FROM events WHERE seq < ? LIMIT 1", [anchor_seq + 1]).fetchone():
         return result(Broken(anchor_seq, f"events at or before the chain's anchor {anchor_seq} are present: "
                                          "the anchor was altered"))
-    acked = int(conn.execute("SELECT value FROM meta WHERE name = 'acked_seq'").fetchone()[0])
+    acked = int(meta(conn, "acked_seq"))
     if acked > expected - 1:
         return result(Broken(expected, f"the journal ends at event {expected - 1} but central acknowledged up to "
                                        f"{acked}: events {expected} to {acked} were removed"))

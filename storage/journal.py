@@ -202,7 +202,7 @@ class Journal:
             return self._conn.total_changes
 
     def _meta(self, name: str) -> str:
-        return self._conn.execute("SELECT value FROM meta WHERE name = ?", [name]).fetchone()[0]
+        return chain.meta(self._conn, name)
 
     def _set_meta(self, name: str, value: str) -> None:
         self._conn.execute("UPDATE meta SET value = ? WHERE name = ?", [value, name])
@@ -367,7 +367,7 @@ class Journal:
             )
             for seq, kind, key_id, sealed in rows:
                 # The sealed size bounds the body's JSON: nonce and tag are 28 bytes.
-                total += len(sealed)
+                total += len(sealed) if isinstance(sealed, bytes) else 0  # (not bytes: damaged, read as such)
                 if events and max_bytes is not None and total > max_bytes:
                     break
                 events.append(self._event(seq, kind, key_id, sealed, damaged=damaged))
@@ -380,6 +380,9 @@ class Journal:
 
     def _event(self, seq: int, kind: str, key_id: int, sealed: bytes, *, damaged: bool = False) -> Event:
         try:
+            if not (isinstance(sealed, bytes) and len(sealed) >= sealing.SEALED_MIN and isinstance(kind, str)):
+                # A flipped bit in the row's header reads its body back as NULL, a number or a few bytes.
+                raise InvalidTag
             plaintext = sealing.open_sealed(self._data_key(key_id), seq, kind, sealed)
         except (InvalidTag, JournalError) as error:
             reason = "fails authentication: the file was altered" if isinstance(error, InvalidTag) else \

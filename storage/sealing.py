@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .errors import DataKeyError
 
 NONCE = 12
+SEALED_MIN = NONCE + 16  # a sealed body: its nonce, its ciphertext (as long as the plaintext) and the GCM tag
 
 
 def aad(seq: int, kind: str) -> bytes:

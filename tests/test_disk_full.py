@@ -452,3 +452,38 @@ def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, 
     central.close()
     assert "this start NOT counted in the journal (it goes on as session 1)" in caplog.text
     assert len(stack.sales()) == 1
+
+
+def _leave_free(disk: Path, pages: int) -> None:
+    """Fill the disk, then give back ``pages`` pages of 4 KiB."""
+    fill(disk)
+    filler = disk / "filler"
+    os.truncate(filler, max(0, filler.stat().st_size - pages * 4096))
+
+
+def test_a_restore_that_meets_a_full_disk_at_any_page_says_the_disk_is_full(small_disk, tmp_path):
+    """SQLite ends the transaction itself on a full disk while the copy's data keys are wrapped anew: the
+    rollback after it failed ("no transaction is active"), and that was said instead, as if the backup were
+    broken."""
+    from storage import StorageError
+    from storage.backup import backup, restore
+
+    key = os.urandom(32)
+    journal = Journal.open(tmp_path / "journal.db", key)
+    for i in range(40):
+        journal.append("sale", {"code": f"{i:013d}", "note": "x" * 300})
+    journal.close()
+    backup(tmp_path / "journal.db", key, tmp_path / "box.cbbackup", b"a long passphrase")
+    said = []
+    for pages in range(40):
+        for path in small_disk.iterdir():
+            path.unlink()
+        _leave_free(small_disk, pages)
+        try:
+            restore(tmp_path / "box.cbbackup", b"a long passphrase", small_disk / "journal.db", os.urandom(32))
+        except (StorageError, OSError) as error:
+            said.append(str(error))
+        else:
+            break
+    assert said and pages < 39, "the restore never went through"
+    assert all("disk is full" in text or "No space left" in text for text in said), said
