@@ -65,6 +65,7 @@ class Answered:
     reason: str
     region: str = ""
     broker_password: str = field(default="", repr=False)
+    again: bool = False  # a box central holds active, waiting: its acceptance sent again (it is admitted already)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,16 @@ class Ingest:
             if message.topic.endswith("/hello"):
                 device_id = activation.device_of_topic(self.prefix, message.topic, "hello")
                 hello = activation.decode_hello(message.payload, device=device_id)
+                held = None if message.retain else self.store.activation_held(device_id, hello["public_key"])
+                if held is not None:
+                    # Active here, and the box says it waits: central's acceptance never reached it (the
+                    # broker lost it, or the box its request). Answered again, as its own request would be.
+                    code_id, shop = held
+                    result = {"accepted": True, "code": code_id, "shop": shop.licence, "name": shop.name,
+                              "region": shop.region, "monitoring": shop.monitoring}
+                    answer = activation.encode_result(device_id, result, key=self.signing_key)
+                    return (Answered(device_id, True, "", shop.region, again=True),
+                            (activation.topic(self.prefix, device_id, "result"), answer))
                 seen_at = min(received_at, _said_at(hello)) if message.retain else received_at
                 self.store.waiting(device_id, hello["public_key"], hello["agent_version"], seen_at,  # both checked
                                    retained=message.retain)
@@ -288,7 +299,7 @@ class Ingest:
             logger.info("device %s waits for activation", result.device_id)
             return
         if isinstance(result, Answered):
-            if result.accepted and self._admin is not None:
+            if result.accepted and self._admin is not None and not result.again:
                 try:
                     await self._admin.execute(broker.admit_commands(self.prefix, result.device_id, result.region,
                                                                     result.broker_password))
@@ -296,7 +307,12 @@ class Ingest:
                     # Its code stays used by this box: when it asks again, it is admitted again.
                     logger.error("device %s not admitted at the broker: %s; it will ask again", result.device_id, error)
                     return
-            if result.accepted:
+            if result.accepted:  # its retained acceptance goes once it is heard from as active (again)
+                self._past_activation.discard(result.device_id)
+            if result.again:
+                logger.warning("device %s waits for activation though central holds it active: its acceptance "
+                               "is sent again", result.device_id)
+            elif result.accepted:
                 logger.info("device %s activated", result.device_id)
             else:
                 logger.warning("device %s activation refused: %s", result.device_id, result.reason)

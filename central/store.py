@@ -584,6 +584,26 @@ class CentralStore:
             conn.execute(activation_codes.insert().values(code_id=code_id, shop=shop, token=token, device=device,
                                                           issued_at=issued_at, expires_at=expires_at))
 
+    def activation_held(self, device_id: str, public_key: str) -> tuple[str, Shop] | None:
+        """(the code it was activated with, its shop as registered) of a device central holds active under
+        ``public_key`` by a code and has never heard from as active (no batch, no status): its acceptance
+        never reached it. None for any other (unknown, another key, revoked, registered by hand, or heard
+        from: a box that waits then has lost its journal, and is for operations to look at)."""
+        codes = activation_codes
+        with self._transaction(write=False) as conn:
+            row = conn.execute(
+                sa.select(codes.c.code_id, shops.c.licence, shops.c.name, devices.c.region, shops.c.monitoring)
+                .select_from(devices.join(codes, codes.c.used_by == devices.c.device_id)
+                             .join(shops, shops.c.licence == devices.c.shop))
+                .where(devices.c.device_id == device_id, devices.c.public_key == public_key,
+                       devices.c.revoked_at.is_(None), devices.c.journal.is_(None), devices.c.acked_seq == 0,
+                       ~sa.exists().where(device_status.c.device_id == device_id),
+                       codes.c.used_key == public_key, codes.c.shop == devices.c.shop)
+                .order_by(codes.c.used_at.desc()).limit(1)).first()
+        if row is None:
+            return None
+        return row[0], Shop(row[1], row[2], row[3], bool(row[4]))
+
     def activate(self, code_id: str, token: str, *, device_id: str, public_key: str, now: float) -> Shop:
         """Use the code for this device and key, once, and register the device for the code's shop.
         The same device asking again with the same key gets the same answer (its result was lost);

@@ -473,10 +473,9 @@ def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_de
     assert new.identity()["device"] == new_id
 
 
-def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts_again(stack, tmp_path):
-    """The box asked while central was away, and lost power; central answered the request waiting for it at the
-    broker, used the code and cleared it from the box's code topic. Without the acceptance kept for it, the
-    box waited for ever, and central refused every new code for it (already active)."""
+def _accepted_while_off(stack):
+    """A box that asked while central was away and lost power; central then answered the request waiting for it
+    at the broker, used the code and cleared it from the box's code topic. The box, and its id."""
     device = stack.install("remote-box", scanners=[])
     device_id = _started(stack, device)
     _shop(stack)
@@ -487,6 +486,14 @@ def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts
     device.kill()
     stack.start_central()
     wait_until(lambda: device_id in stack.central_command("devices", "--json").stdout, 20, "central to accept it")
+    return device, device_id
+
+
+def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts_again(stack, tmp_path):
+    """The box asked while central was away, and lost power; central answered the request waiting for it at the
+    broker, used the code and cleared it from the box's code topic. Without the acceptance kept for it, the
+    box waited for ever, and central refused every new code for it (already active)."""
+    device, device_id = _accepted_while_off(stack)
     assert _retained_result(stack, device_id)  # kept for the box while it is off
     device.start()
     wait_until(lambda: device.status()["shop"] == "530102100123", 30, "the box active")
@@ -494,6 +501,22 @@ def test_a_box_off_when_central_accepts_its_pushed_code_is_active_when_it_starts
     # Heard from as active, the box has it: it goes from the broker, where any box waiting for activation may
     # read it (it names the shop).
     wait_until(lambda: _retained_result(stack, device_id) is None, 20, "the acceptance cleared")
+
+
+def test_a_box_whose_acceptance_the_broker_lost_is_answered_again_when_it_says_it_waits(stack, tmp_path):
+    """As above, and then the broker lost power before it saved its retained messages: the acceptance was gone,
+    the box waited for ever, and central refused any new code for it (already active)."""
+    device, device_id = _accepted_while_off(stack)
+    wait_until(lambda: _retained_result(stack, device_id) is not None, 20, "the acceptance retained")
+    stack.broker.kill()  # before its autosave (30 s as shipped): its retained messages are gone
+    stack.broker.wait()
+    for saved in (stack.directory / "broker").iterdir():
+        saved.unlink()
+    stack.start_broker()
+    device.start()
+    wait_until(lambda: device.status()["shop"] == "530102100123", 40, "the box active, answered again")
+    assert f"device {device_id} waits for activation though central holds it active" in stack.central_log.read_text()
+    wait_until(lambda: _retained_result(stack, device_id) is None, 20, "the acceptance cleared once it is heard from")
 
 
 def _retained_result(stack, device_id: str) -> bytes | None:

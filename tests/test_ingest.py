@@ -381,6 +381,48 @@ def test_an_accepted_request_again_is_answered_the_same_and_changes_nothing(cent
     assert central.store.device(device_id) == registered  # the same registered_at, and region
 
 
+def _hello(key, device_id, *, retain=False):
+    return Message(activation.topic(PREFIX, device_id, "hello"),
+                   activation.encode_hello(device_id, key, agent_version="1.4.0", sent_at=time.time()), retain=retain)
+
+
+def test_a_box_central_holds_active_that_says_it_waits_is_answered_again_with_its_acceptance(central, box):
+    """Its retained acceptance was lost with the broker's unsaved state, its pushed code cleared: it waited for
+    ever, and a new code was refused as the box was active already."""
+    key, device_id = box
+    code = issue(central)
+    first, (_, accepted) = central.handle(request(key, device_id, code))
+    answered, (topic, token) = central.handle(_hello(key, device_id))
+    assert answered == Answered(device_id, True, "", "honghe", again=True)
+    assert topic == activation.topic(PREFIX, device_id, "result")
+    result = activation.decode_result(token, device=device_id, key=central.central_public)
+    before = activation.decode_result(accepted, device=device_id, key=central.central_public)
+    assert {k: result[k] for k in ("accepted", "code", "shop", "name", "region", "monitoring")} == {
+        k: before[k] for k in ("accepted", "code", "shop", "name", "region", "monitoring")}
+    assert central.store.waiting_devices() == []
+
+
+def test_a_box_that_waits_is_answered_again_only_while_central_has_never_heard_from_it_as_active(central, box):
+    """Heard from since (a batch, a status), a box that waits has lost its journal: for operations to look at,
+    not to be activated behind their back with a journal central would refuse."""
+    key, device_id = box
+    central.handle(request(key, device_id, issue(central)))
+    assert central.handle(_hello(key, device_id, retain=True))[0] == Waiting(device_id)  # a retained copy: no sight of it now
+    central.handle(Message(protocol.status_topic(PREFIX, device_id), protocol.encode_status(
+        {"state": "online", "session": 1, "connection": 1, "sent_at": time.time()}, device=device_id, key=key)))
+    assert central.handle(_hello(key, device_id))[0] == Waiting(device_id)
+
+
+def test_a_waiting_box_that_another_key_or_a_revocation_stands_for_is_not_answered_again(central, box):
+    key, device_id = box
+    central.handle(request(key, device_id, issue(central)))
+    other = Ed25519PrivateKey.generate()
+    with pytest.raises(Rejected):  # a device id is its key's: another key cannot say hello for it
+        central.handle(_hello(other, device_id))
+    central.store.revoke(device_id)
+    assert central.handle(_hello(key, device_id))[0] == Waiting(device_id)
+
+
 def test_an_event_central_holds_sent_again_as_damaged_is_a_duplicate_not_a_conflict(central):
     """Sent whole, its acknowledgement lost, then rotted on the box: the box sends it as damaged. A
     conflict there would stop the box's uplink for good; central keeps the event it holds."""
