@@ -591,20 +591,29 @@ class Counter:
     def _end_day(self, journal: Journal, scan: Scan) -> Outcome:
         if self.mode != "selling":
             return Outcome(Signal.ERROR, note=f"end of day refused: {self.mode} is on; close or cancel it first")
-        # The day in progress: that of the latest line, when it is today or yesterday (a shop that closes
-        # after midnight closes the evening's day), else today.
+        # The day in progress: that of the latest line standing (a mis-scan voided after midnight is none),
+        # when it is today or yesterday (a shop that closes after midnight closes the evening's day), else today.
         today = self.day(scan.finished)
         # The calendar's day before, not the day 24 hours ago: after a 23-hour day (clocks put forward)
         # that is still today, and the evening's day was left open while an empty one was closed.
         yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
-        latest = self.ledger.lines[max(self.ledger.lines)].day if self.ledger.lines else today
-        day_name = latest if latest in (today, yesterday) else today
-        day = self.ledger.days.get(day_name)
+        ledger = self.ledger
+        standing = [seq for seq in ledger.lines if seq not in ledger.voided]
+        latest = ledger.lines[max(standing)].day if standing else today
+        names = [latest if latest in (today, yesterday) else today]
+        evening = ledger.days.get(yesterday)
+        if names == [today] and evening is not None and evening.closed is None and evening.total.lines:
+            # Sold on past midnight (or left open): the evening's day goes first, never left open for good.
+            names.insert(0, yesterday)
+        return Outcome(Signal.GOOD, tuple(self._append(journal, "day_closed", self._day_closed(name, scan))
+                                          for name in names))
+
+    def _day_closed(self, name: str, scan: Scan) -> dict[str, Any]:
+        day = self.ledger.days.get(name)
         totals = day.total.as_json() if day else {"lines": 0, "packs": 0, "amount": 0, "cost": 0, "uncosted": 0,
                                                    "margin": 0, "unpriced": 0}
-        body = {"day": day_name, "totals": totals, "currency": self._catalog.currency or self.currency,
+        return {"day": name, "totals": totals, "currency": self._catalog.currency or self.currency,
                 "at": rfc3339(scan.finished)}
-        return Outcome(Signal.GOOD, (self._append(journal, "day_closed", body),))
 
     # -- monitoring --------------------------------------------------------------------
 

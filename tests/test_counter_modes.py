@@ -687,6 +687,33 @@ def test_end_of_day_after_midnight_closes_the_evenings_day(shop):
     assert (closed.body["day"], closed.body["totals"]["lines"]) == ("2026-11-30", 1)
 
 
+def test_end_of_day_after_selling_past_midnight_closes_the_evenings_day_and_the_minutes_after(shop):
+    """The latest line was after midnight: the day after alone was closed, and the evening's day, the bulk of
+    the shop's sales, stayed open for good (the next evening's close closed the next day again)."""
+    shop.at = NOON + 11 * 3600 + 50 * 60  # 23:50, 2026-11-30
+    shop.scan(PACK, PACK)
+    shop.at = NOON + 12 * 3600 + 10 * 60  # 00:10, 2026-12-01: one more customer
+    shop.scan(GUM)
+    shop.at += 600
+    evening, after = shop.scan("CB:END-DAY")
+    assert (evening.body["day"], evening.body["totals"]["amount"]) == ("2026-11-30", 2 * 2300)
+    assert (after.body["day"], after.body["totals"]["lines"]) == ("2026-12-01", 1)
+    shop.at += 12 * 3600  # the next day's sales, and its close: the day closed again, whole
+    shop.scan(PACK)
+    [closed] = shop.scan("CB:END-DAY")
+    assert (closed.body["day"], closed.body["totals"]["lines"]) == ("2026-12-01", 2)
+    assert all(day.closed is not None for day in shop.ledger().days.values())
+
+
+def test_end_of_day_after_a_mis_scan_voided_after_midnight_closes_the_evenings_day(shop):
+    shop.at = NOON + 11 * 3600 + 50 * 60  # 23:50: the evening's sales
+    shop.scan(PACK, PACK, PACK)
+    shop.at = NOON + 12 * 3600 + 5 * 60  # 00:05: a pack scanned by mistake while tidying up, voided at once
+    shop.scan(PACK, "CB:VOID")
+    [closed] = shop.scan("CB:END-DAY")
+    assert (closed.body["day"], closed.body["totals"]["amount"]) == ("2026-11-30", 3 * 2300)
+
+
 @pytest.mark.parametrize("zone, evening", [("America/New_York", "2026-03-08"), ("Europe/Berlin", "2026-03-29"),
                                            ("Europe/Berlin", "2026-10-25")], ids=["new-york-23h", "berlin-23h", "berlin-25h"])
 def test_end_of_day_after_midnight_closes_the_evenings_day_when_the_clocks_changed_that_day(shop, zone, evening):
