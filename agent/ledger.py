@@ -351,6 +351,8 @@ class Ledger:
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
+            # Packs received before any order came are on the shelf it counted: no part of the next order.
+            self.unordered.pop(line["product"], None)
         self.counted_seq = seq
         if self.keep_days:
             self.counts.append({"seq": seq, **body})
@@ -359,8 +361,13 @@ class Ledger:
     def _receiving_closed(self, seq: int, body: dict[str, Any]) -> None:
         self.unordered = {}  # counted in this close: for its order, or as a receipt of its own
         if body.get("order"):
-            self.orders.pop(body["order"], None)
+            closed = self.orders.pop(body["order"], None)
             self.closed_orders.add(body["order"])
+            # An older order still open was never received here: a later delivery is never taken for it.
+            for name, order in list(self.orders.items()):
+                if closed is not None and order["_seq"] < closed["_seq"]:
+                    del self.orders[name]
+                    self.closed_orders.add(name)
         if self.keep_days:
             self.receipts.append({"seq": seq, **body})
         self.session = None

@@ -567,6 +567,46 @@ def test_an_order_pushed_again_after_it_was_received_is_no_new_delivery(shop):
     assert shop.ledger().stock[_key(PACK)] == 30
 
 
+def test_a_count_settles_what_a_receiving_of_no_order_took_in_and_the_next_order_is_received_whole(shop):
+    """A carton taken in on Thursday with no order open, the receiving timed out; Sunday's count found the
+    shelf as the books said. Monday's order of five cartons, all received, was booked as 40 packs: the
+    Thursday carton was still taken off it."""
+    shop.scan("CB:RECEIVING", CARTON)
+    shop.clock.now += 700
+    with shop.journal.transaction():
+        shop.counter.expire(shop.journal)
+    shop.scan(PACK, PACK)
+    shop.at += 3 * 86400
+    shop.scan("CB:COUNT", "CB:QTY8", PACK, "CB:CLOSE")
+    shop.journal.append("order", {**ORDER, "lines": [{**ORDER["lines"][0], "quantity": 5}]})
+    shop.at += 86400
+    events = shop.scan("CB:ALL-RECEIVED")
+    assert sum(e.body["packs"] for e in events if e.kind == "received") == 50
+    assert shop.ledger().stock[_key(PACK)] == 58
+
+
+def _weeks_later(shop, weeks: int, name: str, barcode: str, quantity: int) -> None:
+    shop.at += weeks * 7 * 86400
+    shop.journal.append("order", {"name": f"order/{name}", "order_id": name,
+                                  "lines": [{"barcode": barcode, "name": "x", "quantity": quantity}]})
+
+
+def test_an_order_never_received_here_is_never_taken_for_a_delivery_after_a_newer_one_was_received(shop):
+    """Week 48's order was never received on the box; week 49's was. Week 50's delivery, scanned in before its
+    order reached the box, was bound to week 48's (closed with made-up differences), and a second
+    CB:ALL-RECEIVED (a double read) received all of week 48: 40 packs that never came."""
+    _weeks_later(shop, 0, "w48", GUM, 40)
+    _weeks_later(shop, 1, "w49", CARTON, 5)
+    shop.scan("CB:ALL-RECEIVED")
+    assert shop.scan("CB:ALL-RECEIVED") == () and shop.signal is Signal.ERROR
+    assert _key(GUM) not in shop.ledger().stock
+    shop.at += 7 * 86400
+    [started] = shop.scan("CB:RECEIVING")
+    assert started.body["order"] is None
+    shop.journal.append("order", {**ORDER, "version": 3})  # week 48 pushed again: received or not, it is past
+    assert shop.ledger().open_order() is None
+
+
 def test_all_received_after_more_than_was_ordered_says_the_difference(shop):
     shop.journal.append("order", ORDER)
     shop.scan("CB:RECEIVING", *[CARTON] * 4)
