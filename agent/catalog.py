@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.barcode import classify
+from drivers.barcode import Barcode, classify, other_reading
 
 CARTON_PACKS = 10  # a carton's packs where the list does not say
 
@@ -64,6 +64,15 @@ class Catalog:
     def unit(self, key: str) -> Unit | None:
         """The unit whose barcode has GTIN-14 (or code) ``key``."""
         return self.units.get(key)
+
+    def key_of(self, barcode: Barcode) -> str:
+        """The key the list knows ``barcode`` by: its own; or, not listed, that of the other reading of its eight
+        digits (an EAN-8 that is a UPC-E too, as one scanner names it and another types it), if that is listed."""
+        if barcode.key not in self.units:
+            other = other_reading(barcode)
+            if other is not None and other.key in self.units:
+                return other.key
+        return barcode.key
 
     def carton_of(self, product: str) -> Unit | None:
         """The product's carton row, if the list has one."""

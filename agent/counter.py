@@ -348,9 +348,9 @@ class Counter:
         pending, self._pending = self._pending, Pending()
         if self.mode != "selling":
             self._mode_active_at = self.clock()
-            outcome = self._stock_scan(journal, barcode.key, common, pending)
+            outcome = self._stock_scan(journal, self._catalog.key_of(barcode), common, pending)
         else:
-            outcome = self._sale(journal, barcode.key, common, pending, scan.finished)
+            outcome = self._sale(journal, self._catalog.key_of(barcode), common, pending, scan.finished)
         return outcome
 
     def _sale(self, journal: Journal, key: str, common: dict, pending: Pending, at: float) -> Outcome:

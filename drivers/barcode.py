@@ -138,6 +138,18 @@ def _gs1(text: str, *, aim: str = "") -> Barcode | None:
     return Barcode(text, symbology, reason)
 
 
+def other_reading(barcode: Barcode) -> Barcode | None:
+    """Eight digits read as an EAN-8 that are a whole UPC-E too, or the reverse: the other valid reading of the
+    same label (one scanner names it, ]E4, another types the digits alone), else None."""
+    if barcode.symbology is Symbology.UPCE:
+        other = Barcode(barcode.data, Symbology.EAN8, _checked(barcode.data))
+    elif barcode.symbology is Symbology.EAN8:
+        other = _upce(barcode.data)
+    else:
+        return None
+    return other if other is not None and barcode.valid and other.valid else None
+
+
 def classify(text: str, aim: str = "") -> Barcode:
     """The code's symbology, and whether it is whole (an EAN's check digit right), by its text and the
     AIM identifier the scanner sent with it (``aim``), if any.

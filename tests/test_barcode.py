@@ -149,3 +149,14 @@ def test_every_upce_and_every_ean8_is_a_product_of_its_own():
         for candidate in (code, code[:7] + str(gs1_check_digit(upce_to_upca(code)[:-1]))):  # and a valid UPC-E
             assert keys.setdefault(classify(candidate).key, candidate) == candidate
     assert sum(classify(code).symbology is Symbology.UPCE for code in keys.values()) > 20_000
+
+
+def test_eight_digits_that_are_an_ean8_and_a_whole_upce_each_have_the_other_reading():
+    from drivers.barcode import other_reading
+
+    as_upce, as_ean8 = classify("01234565"), classify("01234565", "]E4")
+    assert (as_upce.symbology, as_ean8.symbology) == (Symbology.UPCE, Symbology.EAN8)
+    assert other_reading(as_upce) == as_ean8 and other_reading(as_ean8) == as_upce
+    assert other_reading(classify("96385074")) is None  # an EAN-8 only: no UPC-E begins with 9
+    assert other_reading(classify("6901028075831")) is None
+    assert other_reading(classify("01234566", "]E4")) is None  # its EAN-8 check digit is wrong: no reading stands
