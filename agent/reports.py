@@ -12,6 +12,7 @@ say the same to the fen.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from datetime import date, timedelta
 from typing import Any
@@ -131,12 +132,18 @@ def money(minor: int) -> str:
     return f"{sign}{whole}.{fen:02d}"
 
 
+def width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: a wide character (a Chinese product's name) two, a combining one none."""
+    return sum(0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+               for char in text)
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [headers] + [["" if value is None else str(value) for value in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) if i == 0 or i == 1 else cell.rjust(width)
-                       for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    widths = [max(width(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(cell + " " * (size - width(cell)) if i == 0 or i == 1 else " " * (size - width(cell)) + cell
+                       for i, (cell, size) in enumerate(zip(row, widths))).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * size for size in widths))
     return "\n".join(lines)
 
 
@@ -172,7 +179,8 @@ def stock_table(report: dict[str, Any]) -> str:
     rows = [[row["product"], row["name"], row["packs"], "yes" if row["tracked"] else "not yet",
              _below_zero(row)]
             for row in report["products"]]
-    lines = ["Stock (packs)", table(["product", "name", "packs", "counted", "below zero"], rows)]
+    # Known: received or counted (before either, the box knows only what it sold from a shelf it never saw).
+    lines = ["Stock (packs)", table(["product", "name", "packs", "known", "below zero"], rows)]
     if report["negative"]:
         lines.append(f"{len(report['negative'])} products below zero: count them and find the cause")
     return "\n".join(lines)

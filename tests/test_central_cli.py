@@ -396,9 +396,9 @@ def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_se
     assert one.startswith("Shop 530100000001: Sales 2026-11-30\n") and "All shops" not in one
     assert command("report", "stock", "--shop", "530100000001").stdout.splitlines() == [
         "Shop 530100000001: Stock (packs)",
-        "product         name               packs  counted  below zero",
-        "--------------  -----------------  -----  -------  ----------",
-        f"{hongtashan}     15      yes"]
+        "product         name               packs  known  below zero",
+        "--------------  -----------------  -----  -----  ----------",
+        f"{hongtashan}     15    yes"]
     assert command("report", "prices", "--day", DAY, "--monitoring").stdout.splitlines() == [
         "shop          product                      name                                                 sold at  stock",
         "------------  --------------  -----------------  ------------------------------------------------------  -----",

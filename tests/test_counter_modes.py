@@ -1039,3 +1039,12 @@ def test_a_void_of_a_sale_made_before_a_count_leaves_a_product_the_count_did_not
     [void] = shop.scan("CB:VOID")  # the gum's sale taken back
     assert void.body["product"] == _key(GUM)
     assert shop.ledger().stock[_key(GUM)] == 0
+
+
+def test_a_reports_columns_line_up_with_chinese_product_names_two_columns_wide():
+    """Padded by characters, a row naming 红塔山(软) stood its figures three columns off the others'."""
+    text = reports.table(["product", "name", "packs"], [["06901028075831", "红塔山(软)", 10],
+                                                        ["06901028075848", "Hongtashan (carton)", 3]])
+    header, rule, *rows = text.splitlines()
+    assert {reports.width(row) for row in rows} == {reports.width(header)} == {reports.width(rule)}
+    assert reports.width("红塔山(软)") == 10 and reports.width("é") == 1 and reports.width("e\u0301") == 1
