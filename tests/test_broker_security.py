@@ -560,10 +560,10 @@ def test_a_broker_password_file_that_cannot_be_read_stops_a_push_before_anything
         store.close()
 
 
-def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_revoked_one_gone_offline(tmp_path):
+def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_revoked_one_once_it_is_done(tmp_path):
     """``Ingest.serve`` with ``broker_admin``, in this process, against the production broker: a waiting box that
     asks with a good code is answered and admitted as its own client; another box asking with the same code is
-    refused and not admitted; the first, revoked, hands in its revocation, goes offline, and is refused from
+    refused and not admitted; the first, revoked, hands in its revocation, says it holds the acknowledgement, and is refused from
     then on."""
     import asyncio
 
