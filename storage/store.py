@@ -8,9 +8,8 @@
 
 Writes are group-committed: the thread takes every write waiting in its queue
 into one transaction and one fsync, and answers each only once that commit
-is on disk. A write that fails fails alone (the group is rolled back and run
-again, each write in a savepoint of its own); a commit that fails fails every
-write in it. The event loop never
+is on disk. A write that fails rolls back to its own savepoint and fails
+alone; a commit that fails fails every write in it. The event loop never
 waits on the disk: it hands work to the thread and is called back once per
 group.
 
@@ -114,9 +113,10 @@ class Store:
     async def write(self, fn: Callable[[Journal], T]) -> T:
         """Run ``fn(journal)`` in a transaction; return its result once the commit is durable.
 
-        ``fn`` may run more than once (its group rolled back and run again: another write of it failed,
-        or the disk refused it whole), so it changes nothing but the journal; what it did to a view of
-        its own (the counter's ledger) the journal's ``rollbacks`` tells it to read again."""
+        Each write of a group runs in a savepoint of its own, once: a write that fails leaves its neighbours'
+        work as it was, in the journal and in the views they keep of it in memory (a keyed digit the counter
+        holds records no event, and run twice it would be keyed twice). The one run again is a group whose
+        every write the disk refused (the write-ahead log emptied to make room)."""
         return await self._submit(fn, writes=True)
 
     async def read(self, fn: Callable[[Journal], T]) -> T:
@@ -227,47 +227,22 @@ class _GroupLost(Exception):
     """SQLite ended the group's whole transaction (a full disk, an I/O error): none of it stands."""
 
 
-class _OneFailed(Exception):
-    """A write of the group failed while the others ran in one transaction with it: run them again apart."""
-
-
 def _commit(journal: Journal, group: list[_Work]) -> list[tuple[_Work, Any, BaseException | None]]:
     if len(group) == 1:  # its own transaction is all the savepoint it needs
         return [_run_alone(journal, group[0])]
-    try:
-        # Most groups fail nowhere: they run with no savepoint each (two statements a write less, and
-        # each statement lets the event loop's thread take the interpreter lock while it runs).
-        return _commit_together(journal, group, savepoints=False)
-    except _OneFailed:
-        # Rolled back whole, so what failed fails alone: every write again, each in a savepoint of its own.
-        return _commit_together(journal, group, savepoints=True)
-
-
-def _commit_together(journal: Journal, group: list[_Work], *,
-                     savepoints: bool) -> list[tuple[_Work, Any, BaseException | None]]:
     results = []
     try:
         with journal.transaction():
             for item in group:
                 try:
-                    if savepoints:
-                        with journal.transaction():  # a savepoint: one failing write leaves the others
-                            result = item.fn(journal)
-                    else:
-                        result = item.fn(journal)
+                    with journal.transaction():  # a savepoint: one failing write leaves the others
+                        results.append((item, item.fn(journal), None))
                 except Exception as error:
                     if not journal.in_transaction:
                         # Not one write's failure: the whole transaction is gone, the writes before
                         # this one with it. Run nothing more (it would commit on its own, apart).
                         raise _GroupLost(str(error)) from error
-                    if not savepoints:
-                        raise _OneFailed from error  # leaves the transaction, rolled back
                     results.append((item, None, error))
-                    continue
-                if not journal.in_transaction:  # ended it without a word (a savepoint's release would have said)
-                    raise _GroupLost("the journal's transaction ended inside a write; nothing of its group "
-                                     "was recorded")
-                results.append((item, result, None))
     except _GroupLost as lost:
         error = lost.__cause__ if isinstance(lost.__cause__, JournalError) else JournalError(str(lost))
         return [(item, None, error) for item in group]

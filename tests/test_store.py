@@ -54,18 +54,37 @@ def test_writes_waiting_together_share_one_commit(tmp_path):
     assert 1 <= len(commits) < 20  # 100 appends, a handful of fsyncs
 
 
-def test_a_group_that_fails_nowhere_runs_each_write_once_without_a_savepoint_of_its_own(tmp_path):
-    """A savepoint and its release are two statements a write, each a moment the event loop's thread takes the
-    interpreter lock from the store's: a group takes one only when one of its writes failed."""
-    statements = []
+def test_a_keyed_digit_is_applied_once_when_another_write_of_its_group_fails(tmp_path):
+    """Keyed 3 and 0, then * and a product: 30 packs. The 0 went in one group with a scan the counter failed
+    on; a group rolled back whole and run again keyed it twice (the digit records no event, and the counter
+    kept it in memory): 300 packs sold."""
+    from drivers.keypad import Keypress
 
-    def traced(journal):
-        journal._conn.set_trace_callback(statements.append)
+    keypad = "/dev/input/event4"
 
-    results, events = _group_of_three(tmp_path, traced)
-    assert results == [1, None, 2] and [e.body for e in events] == [{"n": 1}, {"n": 3}]
-    group = [s.split()[0] for s in statements[:statements.index("COMMIT") + 1]]
-    assert "INSERT" in group and not {"SAVEPOINT", "RELEASE", "ROLLBACK"} & set(group), group
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        counter = Counter(start_guard=0.0)
+        await record_scan(store, counter, Keypress("3", keypad, 1.0))
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(store.read(lambda j: gate.wait(5)))  # holds the store's thread
+        await asyncio.sleep(0.05)
+        digit = asyncio.ensure_future(record_scan(store, counter, Keypress("0", keypad, 2.0)))
+        failing = asyncio.ensure_future(record_scan(store, counter, Scan("6901028075831", "/dev/input/event3",
+                                                                         2.0 ** 40, 2.0 ** 40)))
+        await asyncio.sleep(0.05)  # both wait: one group
+        gate.set()
+        await blocker
+        signals = await asyncio.gather(digit, failing)
+        await record_scan(store, counter, Keypress("*", keypad, 3.0))
+        await record_scan(store, counter, Scan("6901028075831", "/dev/input/event3", 4.0, 4.0))
+        sales = [e.body for e in await store.read(lambda j: j.read_after(0)) if e.kind == "sale"]
+        await store.close()
+        return signals, sales
+
+    signals, sales = run(main())
+    assert signals[1] is Signal.ERROR
+    assert [sale["quantity"] for sale in sales] == [30]
 
 
 @pytest.mark.parametrize("waiting", [1, 2, 3, 300])
