@@ -99,6 +99,9 @@ def verify(conn: sqlite3.Connection, opens: SealCheck | None = None) -> Verifica
             if seq != expected:
                 before = f"event {expected - 1}" if expected - 1 > anchor_seq else "the chain's anchor"
                 return result(Broken(expected, f"event {expected} is missing: event {seq} follows {before}"))
+            if not (isinstance(kind, str) and isinstance(key_id, int) and isinstance(sealed, bytes)):
+                return result(Broken(seq, f"event {seq}'s row header was altered: its kind, key or sealed body "
+                                          "reads back as another type"))
             current = link(previous, seq, kind, key_id, sealed)
             if stored != current:
                 return result(Broken(seq, f"event {seq} ({kind}) does not match its chain hash: the row was "
