@@ -235,8 +235,9 @@ class Decoder:
         results = []
         asked = False  # the device was asked for its keys during this read
         held: frozenset[int] = frozenset()
-        # The device said keys were down: those of the read's end, applied from the drop on. A scan that ends
-        # in the rest of the read was read with them (a Shift for the next scan's capital would shift it).
+        # The device said a modifier was down: that of the read's end, applied from the drop on. A scan that ends
+        # in the rest of the read was read with it (a Shift for the next scan's capital would shift it); a
+        # digit held changes no other key's character.
         doubtful = False
         sec = usec = 0
         # The scan path: a scan is some 80 records, most of them SYN_REPORTs and scan codes that say
@@ -261,7 +262,7 @@ class Decoder:
                     told = held_keys()
                     asked = asked or told is not None
                     held = told if told is not None else frozenset()
-                    doubtful = doubtful or bool(held)
+                    doubtful = doubtful or any(self._state.is_modifier(code) for code in held)
                     self.resync(held)
                     # The device was asked now, after all of this read was taken from the kernel: a key it
                     # says is down may have its key-down still ahead here. That press is the one the device

@@ -8,8 +8,8 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import (ALT_CODE, CLOCK_BACK, CUT_OFF, CUT_OFF_TAIL, DEAD_KEY, DROPPED, KEY_DOWN_ONLY,
-                             NOTHING_BUT_AFFIXES, ONE_KEY, RESYNCED,
+from drivers.decoder import (ALT_CODE, CLOCK_BACK, CLOCK_SLACK, CUT_OFF, CUT_OFF_QUIET, CUT_OFF_TAIL, DEAD_KEY, DROPPED,
+                             KEY_DOWN_ONLY, NOTHING_BUT_AFFIXES, ONE_KEY, RESYNCED,
                              STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
 from drivers.input_event import pack_all, record
@@ -243,6 +243,14 @@ def test_a_dead_key_that_makes_nothing_with_the_key_after_it_refuses_the_scan(st
     assert (kind, reason) == ("NotABarcode", DEAD_KEY)
 
 
+def test_a_dead_key_s_character_comes_with_a_key_exactly_max_key_interval_after_it():
+    """A key exactly ``max_key_interval`` after the dead key is still the scanner's: "aêa", never "aea"
+    (times in sixteenths of a second)."""
+    settings = DecoderSettings(layout="fr", max_key_interval=0.0625, idle_timeout=0.125)
+    keys = Keys(interval=0.0625).tap(e.KEY_Q, e.KEY_LEFTBRACE, e.KEY_E, e.KEY_Q).enter()  # AZERTY: Q types "a"
+    assert texts(Decoder("dev", settings).feed_all(_records(keys))) == ["aêa"]
+
+
 def _alt_code(keys: Keys, digits: str, alt: int = e.KEY_LEFTALT) -> Keys:
     keys.down(alt)
     keys.digits(digits, keypad=True)
@@ -474,6 +482,26 @@ def test_a_burst_that_stops_without_its_terminator_is_refused_at_idle():
     assert decoder.idle(T0 + 2.1) is None and not decoder.pending  # a second of quiet: nothing is held
 
 
+def test_the_end_of_a_recording_ends_what_it_holds_as_a_long_pause_would_whatever_it_holds():
+    """A recording's last event read: what the decoder holds is said as a long pause after that event would say
+    it, by the recording's own times, whether or not a key came (and nothing, where nothing was held)."""
+    assert Decoder("dev").ended() is None  # an empty recording
+    decoder = Decoder("dev")  # nothing but a drop: a scan lost whole, said
+    assert decoder.feed_all(_records(Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0))) == []
+    decoder.resync(frozenset())
+    assert _said([decoder.ended()]) == [("NotABarcode", "", DROPPED, "dev")]
+    decoder = Decoder("dev")
+    assert decoder.feed_all(_records(Keys().digits("690102"))) == []
+    assert _said([decoder.ended()]) == [("NotABarcode", "690102", CUT_OFF, "dev")]
+    decoder = Decoder("dev", DecoderSettings(terminators=()))
+    assert decoder.feed_all(_records(Keys().digits("96385074"))) == []
+    assert _said([decoder.ended()]) == [("Scan", "96385074", "", "dev")]
+    decoder = Decoder("dev")  # a live source read to its end: the burst under way at the open, cut
+    decoder.opened(T0)
+    assert decoder.feed_all(_records(Keys().digits("141"))) == []
+    assert _said([decoder.ended()]) == [("NotABarcode", "141", STARTED_UNSEEN, "dev")]
+
+
 @pytest.mark.parametrize("stall", [0.15, 0.6])
 def test_the_tail_of_a_scan_that_stalled_is_refused_never_a_code(stall):
     """A scanner (or the reader) stalls mid-scan past the idle timeout: head and tail are both refused."""
@@ -487,6 +515,23 @@ def test_the_tail_of_a_scan_that_stalled_is_refused_never_a_code(stall):
     assert [(type(r).__name__, r.text, r.reason if isinstance(r, NotABarcode) else "")
             for r in results if r is not None] == [
         ("NotABarcode", "6901028", CUT_OFF), ("NotABarcode", "075831", CUT_OFF_TAIL), ("Scan", "96385074", "")]
+
+
+def test_a_key_exactly_cut_off_quiet_after_a_scan_was_cut_is_its_tail_read_late_as_on_time():
+    """Quiet of exactly CUT_OFF_QUIET after the cut is not yet the quiet that ends its tail: ``idle`` says so at
+    that moment, and a key read then (late, or from a recording, with no ``idle`` between) is the tail's too."""
+    keys = Keys().digits("9638")
+    cut_at = T0 + 1.0
+    on_time, late = Decoder("dev"), Decoder("dev")
+    for decoder in (on_time, late):
+        assert decoder.feed_all(_records(keys)) == []
+        assert _said([decoder.idle(cut_at)]) == [("NotABarcode", "9638", CUT_OFF, "dev")]
+    assert on_time.idle(cut_at + CUT_OFF_QUIET) is None and on_time.pending
+    tail = Keys()
+    tail.t = cut_at + CUT_OFF_QUIET
+    tail.digits("5074").enter()
+    assert _said(on_time.feed_all(_records(tail))) == _said(late.feed_all(_records(tail))) == [
+        ("NotABarcode", "5074", CUT_OFF_TAIL, "dev")]
 
 
 def test_a_drop_that_lost_a_whole_scan_is_said_even_though_nothing_of_it_was_seen():
@@ -539,6 +584,16 @@ def test_a_read_that_holds_a_drop_takes_the_key_state_from_the_device_and_refuse
     assert [(type(r).__name__, r.text) for r in results] == [("NotABarcode", ""), typed]
     if held:
         assert results[1].reason == RESYNCED
+
+
+def test_a_whole_scan_after_a_drop_in_one_read_is_booked_when_the_device_says_only_a_digit_is_down():
+    """The next scan under way as the read ends: a digit held changes no other key's character, so the whole
+    scan between the drop and the read's end stands (refused, every drop mid-scan cost a good scan too)."""
+    keys = (Keys().digits("690").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+            .digits("75831").enter().pause(0.3).digits("6901028075831").enter().pause(0.3)
+            .digits("400").down(e.KEY_6))
+    results = Decoder("dev").feed_all([record(ev) for ev in keys.events], held_keys=lambda: frozenset({e.KEY_6}))
+    assert [(type(r).__name__, r.text) for r in results][:2] == [("NotABarcode", "69075831"), ("Scan", "6901028075831")]
 
 
 def test_a_whole_scan_after_a_drop_in_one_read_is_never_shifted_by_a_key_pressed_after_the_read():
@@ -674,6 +729,27 @@ def test_a_key_down_only_scanner_s_shift_applies_to_one_character():
     assert texts(results) == ["Aab"] and decoder.key_down_only
 
 
+@pytest.mark.parametrize("before", ["a-scan-under-way-at-the-open", "a-quantity-of-one-digit"])
+def test_a_scanner_that_sends_no_key_ups_learned_in_the_scan_after_another_has_that_scan_booked(before):
+    """Key-downs only, learned at the second scan's Enter (pressed again, never released): the scan before it,
+    refused as begun before the open or booked as a quantity "2", held no Shift for any character of this one,
+    so this one is read right and booked."""
+    decoder, keys = Decoder("dev"), Keys()
+    if before == "a-scan-under-way-at-the-open":
+        decoder.opened(keys.t)
+    for code in ((e.KEY_1, e.KEY_2) if before == "a-scan-under-way-at-the-open" else (e.KEY_2,)) + (e.KEY_ENTER,):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    keys.pause(1.0)
+    for code in (e.KEY_9, e.KEY_6, e.KEY_3, e.KEY_8, e.KEY_5, e.KEY_0, e.KEY_7, e.KEY_4, e.KEY_ENTER):
+        keys.raw(e.EV_KEY, code, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+        keys.t += 0.004
+    said = _said(decoder.feed_all(_records(keys)))
+    assert said == [("NotABarcode", "12", STARTED_UNSEEN, "dev") if before == "a-scan-under-way-at-the-open"
+                    else ("Scan", "2", "", "dev"), ("Scan", "96385074", "", "dev")]
+    assert decoder.key_down_only
+
+
 @pytest.mark.parametrize("lock, typed", [(e.KEY_CAPSLOCK, (e.KEY_A, e.KEY_B, e.KEY_CAPSLOCK, e.KEY_C, e.KEY_D)),
                                          (e.KEY_NUMLOCK, (e.KEY_KP1, e.KEY_KP2, e.KEY_NUMLOCK, e.KEY_KP3, e.KEY_KP4))],
                          ids=["caps-lock", "num-lock"])
@@ -714,6 +790,23 @@ def test_quiet_after_a_drop_ends_the_broken_scan_counted_from_the_drop():
         assert decoder.feed_all(_records(keys)) == []
         assert decoder.idle(dropped_at + 0.03) is None  # the next key, if it comes now, is still part of it
         assert _said([decoder.idle(dropped_at + 0.06)]) == [("NotABarcode", "6901", DROPPED, "dev")]
+
+
+def test_what_a_scanner_types_within_a_second_of_the_quiet_that_ended_a_scan_a_drop_broke_is_its_tail():
+    """The drop took the middle of "6901028075831" and the scanner stalled after it: the quiet refuses "6901", and
+    what it types on within CUT_OFF_QUIET is the rest of that scan, refused too, never a code ("028075831" sold)."""
+    decoder, keys = Decoder("dev"), Keys().digits("6901")
+    dropped_at = keys.t
+    keys.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(keys)) == []
+    decoder.resync(frozenset())
+    assert _said([decoder.idle(dropped_at + 0.1)]) == [("NotABarcode", "6901", DROPPED, "dev")]
+    fed = len(keys.events)
+    keys.pause(0.15).digits("028075831").enter()
+    assert _said(decoder.feed_all(_records(keys)[fed:])) == [("NotABarcode", "028075831", CUT_OFF_TAIL, "dev")]
+    fed = len(keys.events)
+    keys.pause(1.5).digits("96385074").enter()  # after a second's quiet: seen whole
+    assert _said(decoder.feed_all(_records(keys)[fed:])) == [("Scan", "96385074", "", "dev")]
 
 
 @pytest.mark.parametrize("broken_scan_ended", [True, False], ids=["its-end-read", "its-end-taken-back-too"])
@@ -783,6 +876,17 @@ def test_a_scan_begun_in_the_read_the_device_was_asked_in_is_refused_whole_never
     assert "4006" in "".join(text for _, text, *_ in said)  # said as refused, with the rest it came with
 
 
+def test_a_scan_begun_in_the_read_the_device_was_asked_in_whose_rest_never_comes_is_refused_out_loud():
+    """The kernel took back the rest of "4006..." at the asking, and nothing more of it comes: the quiet refuses
+    what was seen of it with the error signal, never in silence (the cashier, hearing nothing, would not scan
+    it again)."""
+    decoder = Decoder("dev")
+    keys = Keys().digits("69").raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).digits("01").enter()
+    keys.pause(0.3).digits("4006")
+    assert _said(decoder.feed_all(_records(keys), held_keys=frozenset)) == [("NotABarcode", "6901", DROPPED, "dev")]
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "4006", TAKEN_BACK, "dev")]
+
+
 @pytest.mark.parametrize("char, terminator", [("0009", False), ("0127", False), ("0013", True)],
                          ids=["tab", "del", "cr-the-terminator"])
 def test_an_alt_code_for_a_control_character_a_code_does_not_carry_refuses_the_scan_or_ends_it(char, terminator):
@@ -849,6 +953,15 @@ def test_a_modifier_in_a_scan_not_seen_whole_keeps_it_going_and_a_pause_after_it
                                                       ("Scan", "96385074", "", "dev")]
 
 
+def test_a_shift_the_scanner_presses_in_the_burst_under_way_at_the_open_keeps_it_going_before_any_character():
+    """Opened between two characters of a scan: its Shift 30 ms after the open, its capitals 30 ms after that.
+    No pause a scanner does not make: "ABC" is the end of a scan begun before, never a code of its own."""
+    decoder, keys = Decoder("dev"), Keys()
+    decoder.opened(keys.t)
+    keys.pause(0.03).down(e.KEY_LEFTSHIFT).pause(0.028).tap(e.KEY_A, e.KEY_B, e.KEY_C).up(e.KEY_LEFTSHIFT).enter()
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "ABC", STARTED_UNSEEN, "dev")]
+
+
 def test_only_the_configured_terminator_ends_a_scan():
     decoder = Decoder("dev", DecoderSettings(terminators=("kp_enter",)))
     results = decoder.feed_all(_records(Keys().digits("96385074").tap(e.KEY_KPENTER)))
@@ -903,6 +1016,13 @@ def test_typed_keys_are_refused_with_their_median_and_longest_gap():
     [refused] = Decoder("dev").feed_all(_records(keys.pause(0.040).enter()))
     assert (refused.source, refused.reason) == ("dev", "typed, not scanned: 30 ms per key (median), a pause of 200 ms; "
                                                        "a scanner types faster than 50 ms per key")
+
+
+def test_keys_a_person_hunts_for_are_refused_with_their_times_in_milliseconds():
+    keys = Keys(interval=0.8).digits("9638").pause(0.4).digits("5074").enter()  # one pause of 1.2 s
+    [refused] = Decoder("dev").feed_all(_records(keys))
+    assert refused.reason == ("typed, not scanned: 800 ms per key (median), a pause of 1200 ms; "
+                              "a scanner types faster than 50 ms per key")
 
 
 def test_a_shift_the_device_says_is_down_is_released_by_its_one_key_up():
@@ -1036,6 +1156,8 @@ def test_with_no_terminator_a_pause_a_scanner_makes_inside_a_barcode_cannot_be_t
     with pytest.raises(ValueError, match=r"^with no terminator a pause of idle_timeout ends a barcode: it must be "
                                          r"longer than max_key_interval \(0.1 s is not longer than 0.2 s\)$"):
         DecoderSettings(terminators=(), max_key_interval=0.2)
+    with pytest.raises(ValueError, match=r"\(0.05 s is not longer than 0.05 s\)$"):  # as long is not longer
+        DecoderSettings(terminators=(), idle_timeout=0.05, max_key_interval=0.05)
     assert DecoderSettings(terminators=("enter",), max_key_interval=0.2).idle_timeout == 0.1  # Enter ends it
 
 
@@ -1075,11 +1197,28 @@ def test_a_key_the_device_says_is_down_after_a_drop_with_its_press_still_in_the_
     assert [(type(r).__name__, r.text) for r in said] == [("NotABarcode", "96385074"), ("Scan", "CB:QTY3")]
 
 
-def test_one_key_up_lost_by_a_scanner_that_sends_key_ups_never_makes_it_key_down_only():
-    keys = Keys().digits("0242").down(e.KEY_2).down(e.KEY_2).up(e.KEY_2).digits("2288").enter().pause(1.0)
+@pytest.mark.parametrize("lost_up, typed", [
+    (lambda k: k.down(e.KEY_2).down(e.KEY_2).up(e.KEY_2), "0242222288"),
+    (lambda k: k.down(e.KEY_LEFTSHIFT).down(e.KEY_LEFTSHIFT).tap(e.KEY_A).up(e.KEY_LEFTSHIFT), "0242A2288"),
+], ids=["a-digit-s", "a-shift-s"])
+def test_one_key_up_lost_by_a_scanner_that_sends_key_ups_never_makes_it_key_down_only(lost_up, typed):
+    """A key or a Shift pressed again while down, by a scanner that has released keys before: one key-up lost,
+    not a scanner that sends none (taken for one, its Shift held over "CB:QTY" shifted the C alone)."""
+    keys = lost_up(Keys().digits("0242")).digits("2288").enter().pause(1.0)
     _shifted_run(keys, "CB:QTY3").enter()
     decoder = Decoder("dev")
-    assert texts(decoder.feed_all(_records(keys))) == ["0242222288", "CB:QTY3"]
+    assert texts(decoder.feed_all(_records(keys))) == [typed, "CB:QTY3"]
+    assert not decoder.key_down_only
+
+
+def test_a_one_character_scan_whose_key_is_released_after_its_enter_says_nothing_of_key_ups():
+    """Only a scan of two characters or more with no key released by its end shows a scanner that sends no
+    key-ups: one that rolls over (presses Enter before releasing the key before it) types a quantity "2" so.
+    Taken for one that sends none, it shifted one character per Shift: "CB:QTY3" read as "Cb;qty3"."""
+    keys = Keys().down(e.KEY_2).down(e.KEY_ENTER).up(e.KEY_2).up(e.KEY_ENTER).pause(1.0)
+    _shifted_run(keys, "CB:QTY3").enter()
+    decoder = Decoder("dev")
+    assert texts(decoder.feed_all(_records(keys))) == ["2", "CB:QTY3"]
     assert not decoder.key_down_only
 
 
@@ -1105,6 +1244,34 @@ def test_a_clock_stepped_back_never_joins_a_cut_scan_to_the_next_one():
     keys = Keys().pause(10.0).digits("9638").pause(-0.5).digits("5074").enter()
     [refused] = Decoder("dev").feed_all(_records(keys))
     assert _said([refused]) == [("NotABarcode", "96385074", CLOCK_BACK, "dev")]
+    # Back between the last character and its Enter (by less than a key's time): as untimed.
+    keys = Keys().pause(20.0).digits("96385074").pause(-0.006).enter()
+    [refused] = Decoder("dev").feed_all(_records(keys))
+    assert _said([refused]) == [("NotABarcode", "96385074", CLOCK_BACK, "dev")]
+
+
+@pytest.mark.parametrize("held", ["a-scan-seen-whole", "a-scan-under-way-at-the-open", "a-scan-a-drop-broke"])
+def test_a_clock_up_to_clock_slack_behind_the_last_event_is_no_step_back(held):
+    """Events may be stamped ahead of the clock ``idle`` is given (a recording written at once) by up to
+    CLOCK_SLACK: a look exactly that far behind the last key (or the drop) is no pause and no step back, and
+    the scan goes on to its Enter."""
+    decoder, keys = Decoder("dev"), Keys()
+    if held == "a-scan-under-way-at-the-open":
+        decoder.opened(keys.t)
+    keys.digits("9638")
+    if held == "a-scan-a-drop-broke":
+        keys.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(keys)) == []
+    if decoder.resync_pending:
+        decoder.resync(frozenset())
+    last = keys.events[-1].timestamp() if held == "a-scan-a-drop-broke" else max(
+        ev.timestamp() for ev in keys.events if ev.type == e.EV_KEY and ev.value == 1)
+    assert decoder.idle(last - CLOCK_SLACK) is None and decoder.pending
+    fed = len(keys.events)
+    [said] = _said(decoder.feed_all(_records(keys.digits("5074").enter())[fed:]))
+    assert said == {"a-scan-seen-whole": ("Scan", "96385074", "", "dev"),
+                    "a-scan-under-way-at-the-open": ("NotABarcode", "96385074", STARTED_UNSEEN, "dev"),
+                    "a-scan-a-drop-broke": ("NotABarcode", "96385074", DROPPED, "dev")}[held]
 
 
 @pytest.mark.parametrize("typed, text, aim", [
@@ -1156,6 +1323,18 @@ def test_keypad_digits_that_type_nothing_are_refused_with_their_scan_never_lost_
     assert decoder.feed_all(_records(keys)) == []
 
 
+def test_a_keypad_digit_that_typed_nothing_before_a_scan_s_first_character_refuses_the_scan_however_long():
+    """Num Lock off, the first digit of a long code typed nothing: the scan is refused, though its Enter comes
+    more than a scanner's pace after that key. A key that typed nothing is the scan's if it came at a scanner's
+    pace before its first character, exactly max_key_interval included (times in sixteenths of a second)."""
+    keys = Keys().tap(e.KEY_KP6).digits("901028075831").enter()
+    assert _said(Decoder("dev", DecoderSettings(numlock=False)).feed_all(_records(keys))) == [
+        ("NotABarcode", "901028075831", TYPED_NOTHING, "dev")]
+    settings = DecoderSettings(numlock=False, max_key_interval=0.0625, idle_timeout=0.125)
+    keys = Keys(interval=0.0625).tap(e.KEY_KP9).digits("6385074").enter()
+    assert _said(Decoder("dev", settings).feed_all(_records(keys))) == [("NotABarcode", "6385074", TYPED_NOTHING, "dev")]
+
+
 def test_a_scanner_unplugged_and_plugged_in_again_starts_with_the_locks_as_configured():
     """Unlike a drop, an unplugging ends the device's state: Caps Lock it had set is set no more."""
     decoder = Decoder("dev")
@@ -1164,14 +1343,15 @@ def test_a_scanner_unplugged_and_plugged_in_again_starts_with_the_locks_as_confi
     assert texts(decoder.feed_all(_records(Keys().pause(5.0).tap(e.KEY_A, e.KEY_B).enter()))) == ["ab"]
 
 
-def test_a_key_the_device_says_is_down_pressed_twice_after_it_in_the_same_read_is_pressed_again():
+@pytest.mark.parametrize("key", [e.KEY_5, e.KEY_LEFTSHIFT], ids=["a-key", "a-shift"])
+def test_a_key_the_device_says_is_down_pressed_twice_after_it_in_the_same_read_is_pressed_again(key):
     """The device's report stands for one key-down: a second in the same read, with no key-up between,
-    is a key pressed again, which shows a scanner that sends no key-ups."""
+    is a key (or a Shift) pressed again, which shows a scanner that sends no key-ups."""
     decoder = Decoder("dev")
     keys = Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
-    keys.raw(e.EV_KEY, e.KEY_5, 1).raw(e.EV_SYN, e.SYN_REPORT, 0).pause(0.004)
-    keys.raw(e.EV_KEY, e.KEY_5, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
-    decoder.feed_all(_records(keys), held_keys=lambda: frozenset({e.KEY_5}))
+    keys.raw(e.EV_KEY, key, 1).raw(e.EV_SYN, e.SYN_REPORT, 0).pause(0.004)
+    keys.raw(e.EV_KEY, key, 1).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    decoder.feed_all(_records(keys), held_keys=lambda: frozenset({key}))
     assert decoder.key_down_only
 
 
@@ -1189,6 +1369,48 @@ def test_an_alt_code_cut_by_a_drop_makes_no_character_so_never_an_early_end_of_t
     keys.digits(digits[2:], keypad=True).up(e.KEY_LEFTALT).digits("5012345").tap(end)
     results = Decoder("dev", settings).feed_all(_records(keys), held_keys=lambda: frozenset({e.KEY_LEFTALT}))
     assert _said(results) == [("NotABarcode", "X5012345", DROPPED, "dev")]
+
+
+def test_an_alt_code_whose_digits_all_went_with_a_drop_is_a_key_of_the_broken_scan_at_alt_s_release():
+    """A scan begins with an Alt code; the drop takes its digits and the device says Alt is down. Alt's release
+    is a character the scanner typed, lost: the broken scan went on to there, and a scanner's pause after it
+    (idle_after, as the agent's timer asks) ends nothing. Ended there, the rest was a code of its own
+    (times in sixteenths of a second)."""
+    decoder = Decoder("dev", DecoderSettings(max_key_interval=0.0625, idle_timeout=0.125))
+    keys = Keys(interval=0.0625).down(e.KEY_LEFTALT).digits("0", keypad=True)
+    keys.raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0).pause(0.0625)  # "029" and Alt's release lost
+    assert decoder.feed_all(_records(keys)) == []
+    decoder.resync(frozenset({e.KEY_LEFTALT}))
+    fed = len(keys.events)
+    released = keys.t
+    keys.up(e.KEY_LEFTALT)
+    assert decoder.feed_all(_records(keys)[fed:]) == []
+    assert decoder.idle(released + 0.125) is None
+    fed = len(keys.events)
+    keys.t = released + 0.1875
+    keys.digits("0106901028075831").enter()
+    said = _said(decoder.feed_all(_records(keys)[fed:]))
+    assert [kind for kind, *_ in said] == ["NotABarcode"] * len(said) and "".join(t for _, t, *_ in said) == (
+        "0106901028075831")
+
+
+@pytest.mark.parametrize("then", ["a-scan-later", "a-scan-at-once"])
+def test_an_alt_held_through_a_drop_and_released_after_the_broken_scan_makes_no_character_of_the_next_scan(then):
+    """Alt was down through a drop (the device says so) and comes up after the quiet that ended the broken scan:
+    its code's digits went with the drop, so its release types nothing. A scan begun with it, at a scanner's
+    pace, is refused for that lost character; one begun later is read as typed, its own Alt codes and all."""
+    decoder, keys = Decoder("dev"), Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    assert decoder.feed_all(_records(keys)) == []
+    decoder.resync(frozenset({e.KEY_LEFTALT}))
+    assert _said([decoder.idle(keys.t + 1.0)]) == [("NotABarcode", "", DROPPED, "dev")]
+    fed = len(keys.events)
+    keys.pause(1.5).up(e.KEY_LEFTALT).pause(0.5 if then == "a-scan-later" else 0.0)
+    _alt_code(keys.digits("0109501101530003"), "0029").digits("1012").enter()
+    said = _said(decoder.feed_all(_records(keys)[fed:]))
+    if then == "a-scan-later":
+        assert said == [("Scan", "0109501101530003\x1d1012", "", "dev")]
+    else:
+        assert said == [("NotABarcode", "0109501101530003\x1d1012", ALT_CODE, "dev")]
 
 
 def test_a_modifier_pressed_in_the_read_the_device_was_asked_in_is_up_once_the_device_says_so():
