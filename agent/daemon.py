@@ -409,8 +409,8 @@ class Box:
                            "then erasing", self.device_id, grace_seconds)
             self._revoked.set()
 
-    async def _deliver_all(self) -> bool:
-        """Wait until central holds every event (the revocation's own included): True; or the grace is up: False."""
+    async def _deliver_all(self) -> None:
+        """Wait until central holds every event (the revocation's own included), or the grace is up."""
         deadline = time.monotonic() + self._grace
         waiting = "some"  # events not known to be delivered
         while True:
@@ -423,12 +423,12 @@ class Box:
                     acked = max(acked, self._uplink.acked)
                 if acked >= last:
                     logger.info("revoked: central holds every event, up to seq=%d", last)
-                    return True
+                    return
                 waiting = str(last - acked)
             if time.monotonic() >= deadline:
                 logger.error("revoked: %s events NOT delivered within the grace of %.0f s are erased with the box",
                              waiting, self._grace)
-                return False
+                return
             await asyncio.sleep(0.2)
 
     def _link(self, subscriptions: list[str], *, activated: bool, **options) -> MqttLink:
@@ -504,12 +504,13 @@ class Box:
                     if monitoring:
                         tasks.append(group.create_task(self._snapshots()))
                     await self._revoked.wait()
-                    if await self._deliver_all():
-                        # Said before the erase: central removes the box's access once the box says it holds the
-                        # acknowledgement of everything (a box that had not taken it could not learn it after).
-                        await telemetry.report(link, within=FAREWELL_WAIT)
+                    await self._deliver_all()
                     for task in tasks:
                         task.cancel()
+                    # Said before the erase, delivered all or not: central removes the box's access once it
+                    # says it erases itself (a box cut off before it took central's acknowledgement could not
+                    # learn it after, and would wait out its grace to say delivered events lost).
+                    await telemetry.farewell(link, acked=uplink.acked, within=FAREWELL_WAIT)
             finally:
                 self._uplink = None
 

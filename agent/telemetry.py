@@ -85,25 +85,29 @@ class Telemetry:
                 if await link.next_connection(generation, within=min(1.0, max(0.0, sent + self.interval - time.monotonic()))):
                     break
 
-    async def report(self, link: MqttLink, *, within: float) -> bool:
-        """Publish an online status now, once, and wait at most ``within`` seconds for the broker to take it.
-        A revoked box's last word: it holds central's acknowledgement of all it handed in (central then
-        removes its access); False when it could not be said."""
+    async def farewell(self, link: MqttLink, *, acked: int, within: float) -> bool:
+        """A revoked box's last word, before it erases itself: an online status that says so (``erasing``;
+        central then removes its access), with ``acked``, the acknowledgement it holds (kept in memory where
+        the disk had no room for it). Waits at most ``within`` seconds for the broker to take it; False when
+        it could not be said."""
         try:
             async with asyncio.timeout(within):
-                await link.publish(self.topic, await self._online(), retain=True)
+                await link.publish(self.topic, await self._online(acked=acked, erasing=True), retain=True)
             return True
         except (MqttError, StorageError, TimeoutError) as error:
             logger.warning("status not published: %s", error or "no answer from the broker")
             return False
 
-    async def _online(self) -> bytes:
-        last, acked = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+    async def _online(self, *, acked: int = 0, erasing: bool = False) -> bytes:
+        last, held = await self.store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
+        acked = max(acked, held)
         status: dict[str, Any] = {
             "state": "online", "session": self.session, "connection": self._connection, "sent_at": time.time(),
-            "last_seq": last, "acked_seq": acked, "backlog": last - acked,
+            "last_seq": last, "acked_seq": acked, "backlog": max(last - acked, 0),
             "scanners": len(self.scanners), "agent_version": self.version,
         }
+        if erasing:
+            status["erasing"] = True
         try:
             disk = await asyncio.to_thread(os.statvfs, self.store.path.parent)
             status["free_bytes"] = disk.f_bavail * disk.f_frsize

@@ -17,6 +17,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ class StatusReceived:
     device_id: str
     state: str
     clock_offset: float | None  # from a live online status only
-    cut_off: bool = False  # a revoked device holds the acknowledgement of all it handed in: its broker access goes
+    cut_off: bool = False  # a revoked device says it erases itself now: its broker access goes
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ class Ingest:
             if message.topic.endswith("/hello"):
                 device_id = activation.device_of_topic(self.prefix, message.topic, "hello")
                 hello = activation.decode_hello(message.payload, device=device_id)
-                held = None if message.retain else self.store.activation_held(device_id, hello["public_key"])
+                held = None if message.retain else self.store.activation_held(device_id, hello["public_key"],
+                                                                              admitted=self._admin is not None)
                 if held is not None:
                     # Active here, and the box says it waits: central's acceptance never reached it (the
                     # broker lost it, or the box its request). Answered again, as its own request would be.
@@ -172,14 +174,12 @@ class Ingest:
                          request.broker_password), (activation.topic(self.prefix, device_id, "result"), answer))
 
     def _done(self, device_id: str, status: dict[str, Any]) -> bool:
-        """A revoked box's access goes once it has handed in its revocation and all before it, and says (live,
-        online) that it holds central's acknowledgement of them and has nothing more to hand in: it erases
-        itself now. Not on its going offline: a box cut off before it took that acknowledgement (a power cut
-        just after its last batch) could not learn it, and would wait out its grace to say them lost."""
-        if status["state"] != "online" or status.get("backlog") != 0 or self.store.device(device_id).revoked_at is None:
-            return False
-        revocation = self.store.delivered_revocation(device_id)
-        return revocation is not None and status.get("acked_seq", 0) >= revocation
+        """A revoked box's access goes once it says (live, signed) that it erases itself now: it has handed in
+        all it could, or its grace is up, and will never send again. Not on its going offline: a box cut off
+        before it took central's acknowledgement (a power cut just after its last batch) could not learn it,
+        and would wait out its grace to say them lost; nor on a routine status saying it holds everything,
+        after which it may record more (a snapshot, a timeout) to hand in."""
+        return status.get("erasing") is True and self.store.device(device_id).revoked_at is not None
 
     def _public_key(self, device_id: str) -> Ed25519PublicKey:
         device = self.store.device(device_id)
@@ -307,6 +307,11 @@ class Ingest:
                     # Its code stays used by this box: when it asks again, it is admitted again.
                     logger.error("device %s not admitted at the broker: %s; it will ask again", result.device_id, error)
                     return
+                try:  # noted, so that its acceptance may be sent again should the broker lose it
+                    await loop.run_in_executor(thread, partial(self.store.admitted, result.device_id, at=time.time()))
+                except Exception as error:  # it is admitted all the same: answered now, as any
+                    logger.error("device %s admitted at the broker, but central could not note it: %s",
+                                 result.device_id, error)
             if result.accepted:  # its retained acceptance goes once it is heard from as active (again)
                 self._past_activation.discard(result.device_id)
             if result.again:
@@ -331,8 +336,7 @@ class Ingest:
         if isinstance(result, StatusReceived):
             logger.info("device %s %s", result.device_id, result.state)
             if result.cut_off and self._admin is not None:
-                # A revoked box that holds the acknowledgement of all it handed in erases itself now:
-                # its credentials go (before, it needed them to deliver).
+                # A revoked box that erases itself now: its credentials go (before, it needed them to deliver).
                 try:
                     await self._admin.cut_off(result.device_id)
                     logger.info("device %s revoked: removed from the broker", result.device_id)

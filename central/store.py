@@ -46,7 +46,7 @@ from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConfli
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0004"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0005"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -60,6 +60,7 @@ devices = sa.Table(
     sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("revoked_at", sa.Double),  # operations revoked it; its batches are still taken
     sa.Column("journal", sa.Text, index=True),  # the id of the journal whose events are held (its first batch naming one)
+    sa.Column("admitted_at", sa.Double),  # central made its client and role at the production broker
 )
 events = sa.Table(
     "events", metadata,
@@ -584,11 +585,13 @@ class CentralStore:
             conn.execute(activation_codes.insert().values(code_id=code_id, shop=shop, token=token, device=device,
                                                           issued_at=issued_at, expires_at=expires_at))
 
-    def activation_held(self, device_id: str, public_key: str) -> tuple[str, Shop] | None:
+    def activation_held(self, device_id: str, public_key: str, *, admitted: bool) -> tuple[str, Shop] | None:
         """(the code it was activated with, its shop as registered) of a device central holds active under
         ``public_key`` by a code and has never heard from as active (no batch, no status): its acceptance
         never reached it. None for any other (unknown, another key, revoked, registered by hand, or heard
-        from: a box that waits then has lost its journal, and is for operations to look at)."""
+        from: a box that waits then has lost its journal, and is for operations to look at). With
+        ``admitted`` (central keeps the production broker), only one central admitted there: the acceptance
+        of one whose admission failed would leave it active and shut out (its request admits it, again)."""
         codes = activation_codes
         with self._transaction(write=False) as conn:
             row = conn.execute(
@@ -597,12 +600,18 @@ class CentralStore:
                              .join(shops, shops.c.licence == devices.c.shop))
                 .where(devices.c.device_id == device_id, devices.c.public_key == public_key,
                        devices.c.revoked_at.is_(None), devices.c.journal.is_(None), devices.c.acked_seq == 0,
+                       devices.c.admitted_at.is_not(None) if admitted else sa.true(),
                        ~sa.exists().where(device_status.c.device_id == device_id),
                        codes.c.used_key == public_key, codes.c.shop == devices.c.shop)
                 .order_by(codes.c.used_at.desc()).limit(1)).first()
         if row is None:
             return None
         return row[0], Shop(row[1], row[2], row[3], bool(row[4]))
+
+    def admitted(self, device_id: str, *, at: float) -> None:
+        """Central made the device's client and role at the production broker."""
+        with self._transaction() as conn:
+            conn.execute(devices.update().where(devices.c.device_id == device_id).values(admitted_at=at))
 
     def activate(self, code_id: str, token: str, *, device_id: str, public_key: str, now: float) -> Shop:
         """Use the code for this device and key, once, and register the device for the code's shop.
@@ -804,25 +813,17 @@ class CentralStore:
     def revocation_delivered(self, device_id: str) -> bool:
         """Whether central holds the device's revocation event and everything before it: one of a revocation
         issued since the device was revoked, not one its journal recorded for the box it was restored from."""
-        return self.delivered_revocation(device_id) is not None
-
-    def delivered_revocation(self, device_id: str) -> int | None:
-        """The seq of the device's revocation event when central holds it and everything before it (as
-        ``revocation_delivered``); None until then."""
         with self._transaction(write=False) as conn:
             row = conn.execute(sa.select(devices.c.acked_seq, devices.c.revoked_at)
                                .where(devices.c.device_id == device_id)).first()
             if row is None or row.revoked_at is None:
-                return None
-            events = conn.execute(sa.select(_events.c.seq, _events.c.body).where(
+                return False
+            bodies = conn.execute(sa.select(_events.c.body).where(
                 _events.c.device_id == device_id, _events.c.kind == "revocation", _events.c.seq <= row.acked_seq)
-                .order_by(_events.c.seq)).all()
+            ).scalars().all()
         # Signed on the operations machine just after it marked the device revoked, to the millisecond.
-        for seq, body in events:
-            at = _timestamp(json.loads(body).get("issued_at"))
-            if at is not None and at >= row.revoked_at - 1:
-                return seq
-        return None
+        issued = (_timestamp(json.loads(body).get("issued_at")) for body in bodies)
+        return any(at is not None and at >= row.revoked_at - 1 for at in issued)
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the

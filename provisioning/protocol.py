@@ -253,6 +253,8 @@ def decode_status(token: bytes, *, device: str, key: Ed25519PublicKey) -> dict[s
     for name in HEALTH_COUNTS:
         if name in payload and not natural(payload[name], 0):
             raise ProtocolError(f"status {name} is not a count: {jws.shown(payload[name])}")
+    if "erasing" in payload and (payload["erasing"] is not True or payload["state"] != "online"):
+        raise ProtocolError(f"status erasing is said only as true, online: {jws.shown(payload['erasing'])}")
     if "agent_version" in payload and not is_agent_version(payload["agent_version"]):
         raise ProtocolError(f"status agent_version is not text of {AGENT_VERSION_RULE}")
     return payload

@@ -20,7 +20,7 @@ from joserfc.jwk import KeySet
 from paho.mqtt.client import MQTTv5
 
 from demo.stack import Stack
-from provisioning.identity import broker_password, load_key
+from provisioning.identity import broker_password, load_key, public_key_text
 
 from .harness import feed, scans, wait_until
 
@@ -241,7 +241,6 @@ def test_operations_add_a_consumer_to_the_running_broker_and_remove_it_and_touch
         # not the box's, and stays.
         from central.store import CentralStore
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        from provisioning.identity import public_key_text
 
         db, ops_key = tmp_path / "central.db", tmp_path / "ops.key"
         assert run_main(ops_main, ["keygen", "--ops-key", str(ops_key)]).returncode == 0
@@ -563,7 +562,7 @@ def test_a_broker_password_file_that_cannot_be_read_stops_a_push_before_anything
 def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_revoked_one_once_it_is_done(tmp_path):
     """``Ingest.serve`` with ``broker_admin``, in this process, against the production broker: a waiting box that
     asks with a good code is answered and admitted as its own client; another box asking with the same code is
-    refused and not admitted; the first, revoked, hands in its revocation, says it holds the acknowledgement, and is refused from
+    refused and not admitted; the first, revoked, hands in its revocation, says it erases itself, and is refused from
     then on."""
     import asyncio
 
@@ -621,8 +620,8 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                 await asyncio.to_thread(wait_until, lambda: store.revocation_delivered(first_id), 10,
                                         "the revocation handed in")
                 status = protocol.encode_status({"state": "online", "session": 1, "connection": 1, "last_seq": 1,
-                                                 "acked_seq": 1, "backlog": 0, "sent_at": time.time()},
-                                                device=first_id, key=first)
+                                                 "acked_seq": 1, "backlog": 0, "erasing": True,
+                                                 "sent_at": time.time()}, device=first_id, key=first)
                 await link.publish(protocol.status_topic(PREFIX, first_id), status)
 
         async def main() -> dict:
@@ -634,6 +633,8 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
                 seen["first answer"] = await ask(first, first_id)
                 admitted = await asyncio.to_thread(Client, stack, "first-probe", first_id, broker_password(first))
                 seen["first admitted"] = admitted.connect_reason
+                seen["first noted admitted"] = await asyncio.to_thread(  # its acceptance may be sent again
+                    store.activation_held, first_id, public_key_text(first.public_key()), admitted=True)
                 seen["first's region"] = await asyncio.to_thread(admitted.subscribe, f"{PREFIX}/regions/honghe/docs/#")
                 seen["second answer"] = await ask(second, second_id)
                 other = await asyncio.to_thread(Client, stack, "second-probe", second_id, broker_password(second))
@@ -656,6 +657,7 @@ def test_central_keeping_the_broker_admits_a_box_it_activates_and_cuts_off_a_rev
     store.close()
     assert (seen["first answer"]["accepted"], seen["first answer"]["shop"]) == (True, "530100000009")
     assert seen["first admitted"] == 0 and seen["first's region"] == 1  # its shop's region's documents: granted
+    assert seen["first noted admitted"] is not None
     assert seen["second answer"]["accepted"] is False and "used" in seen["second answer"]["reason"]
     assert seen["second admitted"] in (NOT_AUTHORIZED, 134)
     assert seen["first again"] in (NOT_AUTHORIZED, 134)

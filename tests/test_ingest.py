@@ -175,18 +175,17 @@ def _revoked_and_handed_in(central, now: float) -> None:
     central.handle(batch_message([*sales(1), revocation], key=central.box_key))
 
 
-def test_a_revoked_box_is_cut_off_once_it_says_it_holds_the_acknowledgement_of_its_revocation(central):
+def test_a_revoked_box_is_cut_off_once_it_says_it_erases_itself(central):
     key, now = central.box_key, time.time()
     _revoked_and_handed_in(central, now)
-    before, _ = central.handle(status_message(key=key, sent_at=now, last_seq=2, acked_seq=1, backlog=1))
-    assert before.cut_off is False  # it has not taken the acknowledgement yet
-    more, _ = central.handle(status_message(key=key, sent_at=now + 1, last_seq=3, acked_seq=2, backlog=1))
-    assert more.cut_off is False  # an event after the revocation is still to come
-    stale, _ = central.handle(status_message(key=key, sent_at=now - 10, retain=True, last_seq=3, acked_seq=3,
-                                             backlog=0))
+    routine, _ = central.handle(status_message(key=key, sent_at=now, last_seq=2, acked_seq=2, backlog=0))
+    assert routine.cut_off is False  # it holds everything now, and may record more (a snapshot, a timeout)
+    stale, _ = central.handle(status_message(key=key, sent_at=now - 10, retain=True, last_seq=3, acked_seq=2,
+                                             backlog=1, erasing=True))
     assert stale.cut_off is False  # a retained copy says nothing of now
-    done, _ = central.handle(status_message(key=key, sent_at=now + 2, last_seq=3, acked_seq=3, backlog=0))
-    assert done == StatusReceived("shop-1", "online", done.clock_offset, cut_off=True)
+    farewell, _ = central.handle(status_message(key=key, sent_at=now + 2, last_seq=3, acked_seq=2, backlog=1,
+                                                erasing=True))
+    assert farewell == StatusReceived("shop-1", "online", farewell.clock_offset, cut_off=True)  # its grace was up
 
 
 def test_a_revoked_box_that_goes_offline_after_handing_in_its_revocation_keeps_its_access(central):
@@ -198,30 +197,19 @@ def test_a_revoked_box_that_goes_offline_after_handing_in_its_revocation_keeps_i
     assert offline == StatusReceived("shop-1", "offline", None, cut_off=False)
 
 
-def test_a_revoked_box_that_says_it_holds_an_acknowledgement_short_of_its_revocation_keeps_its_access(central):
-    """Backlog 0 by a status sent before the revocation was recorded (which may reach central after it)."""
+def test_only_an_online_status_says_erasing_and_only_as_true(central):
     key, now = central.box_key, time.time()
-    _revoked_and_handed_in(central, now)
-    early, _ = central.handle(status_message(key=key, sent_at=now, last_seq=1, acked_seq=1, backlog=0))
-    assert early.cut_off is False
-    unsaid, _ = central.handle(status_message(key=key, sent_at=now + 1, backlog=0))
-    assert unsaid.cut_off is False  # a status that does not say how far it holds acknowledgements
+    for state, erasing in (("online", False), ("online", 1), ("online", "yes"), ("offline", True)):
+        with pytest.raises(Rejected, match="erasing"):
+            central.handle(status_message(state, key=key, sent_at=now, last_seq=1, acked_seq=1, backlog=0,
+                                          erasing=erasing))
 
 
-def test_a_revoked_box_whose_revocation_has_not_arrived_is_not_cut_off(central):
-    central.store.revoke("shop-1")
-    central.handle(batch_message(sales(1), key=central.box_key))
-    for state in ("online", "offline"):
-        result, _ = central.handle(status_message(state, key=central.box_key, sent_at=time.time(), last_seq=1,
-                                                  acked_seq=1, backlog=0))
-        assert result.cut_off is False
-
-
-def test_a_serving_box_is_never_cut_off(central):
+def test_a_box_that_is_not_revoked_is_never_cut_off(central):
     central.handle(batch_message([*sales(1), Event(2, "revocation", {})], key=central.box_key))
-    for state in ("online", "offline"):
+    for state, erasing in (("online", {"erasing": True}), ("online", {}), ("offline", {})):
         result, _ = central.handle(status_message(state, key=central.box_key, sent_at=time.time(), last_seq=2,
-                                                  acked_seq=2, backlog=0))
+                                                  acked_seq=2, backlog=0, **erasing))
         assert result.cut_off is False
 
 
@@ -411,6 +399,18 @@ def test_a_box_that_waits_is_answered_again_only_while_central_has_never_heard_f
     central.handle(Message(protocol.status_topic(PREFIX, device_id), protocol.encode_status(
         {"state": "online", "session": 1, "connection": 1, "sent_at": time.time()}, device=device_id, key=key)))
     assert central.handle(_hello(key, device_id))[0] == Waiting(device_id)
+
+
+def test_with_the_production_broker_a_waiting_box_is_answered_again_only_once_central_admitted_it(central, box):
+    """Its admission failed (the plugin away): answered from its hello, it would record its activation and
+    connect with credentials the broker never had, shut out for good; its request, asked again, admits it."""
+    key, device_id = box
+    central.handle(request(key, device_id, issue(central)))
+    assert central.store.activation_held(device_id, public_key_text(key), admitted=True) is None
+    assert central.store.activation_held(device_id, public_key_text(key), admitted=False) is not None
+    central.store.admitted(device_id, at=time.time())
+    code_id, shop = central.store.activation_held(device_id, public_key_text(key), admitted=True)
+    assert (shop.licence, shop.region) == ("530100000009", "honghe")
 
 
 def test_a_waiting_box_that_another_key_or_a_revocation_stands_for_is_not_answered_again(central, box):
@@ -764,7 +764,8 @@ def test_a_revoked_box_done_with_no_broker_to_keep_leaves_central_serving(centra
             async with asyncio.timeout(10):
                 while not await asyncio.to_thread(central.store.revocation_delivered, "shop-1"):
                     await asyncio.sleep(0.02)
-            done = status_message(key=central.box_key, sent_at=time.time(), last_seq=1, acked_seq=1, backlog=0)
+            done = status_message(key=central.box_key, sent_at=time.time(), last_seq=1, acked_seq=1, backlog=0,
+                                  erasing=True)
             await box_link.publish(protocol.status_topic(PREFIX, "shop-1"), done.payload)
             async with asyncio.timeout(10):
                 while not any(r.getMessage() == "device shop-1 online" for r in caplog.records):
