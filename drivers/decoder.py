@@ -68,8 +68,8 @@ CUT_OFF = "the scan stopped without its terminator"
 CUT_OFF_TAIL = "the rest of a scan that had stopped without its terminator"
 CLOCK_BACK = "the clock went back inside this scan: its keys' timing cannot be told"
 TAKEN_BACK = "keys that came as the key state was read after a drop, which the kernel took back unread"
-RESYNCED = ("a scan read with the key state the device gave after a drop, which is that of the read's end: a key it "
-            "said was down (a Shift) may have been pressed after this scan")
+RESYNCED = ("a scan read with the key state the device gave after a drop, which is that of the read's end: a "
+            "modifier it said was down (a Shift) may have been pressed after this scan")
 ONE_KEY = "one key alone, with no terminator: a person's key press cannot be told from a scanner's"
 NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
