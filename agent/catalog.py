@@ -65,14 +65,19 @@ class Catalog:
         """The unit whose barcode has GTIN-14 (or code) ``key``."""
         return self.units.get(key)
 
-    def key_of(self, barcode: Barcode) -> str:
+    def key_of(self, barcode: Barcode, *, named: bool = False) -> str:
         """The key the list knows ``barcode`` by: its own; or, not listed, that of the other reading of its eight
-        digits (an EAN-8 that is a UPC-E too, as one scanner names it and another types it), if that is listed."""
-        if barcode.key not in self.units:
-            other = other_reading(barcode)
-            if other is not None and other.key in self.units:
-                return other.key
-        return barcode.key
+        digits (an EAN-8 that is a UPC-E too), when that one is listed and either the scanner did not name the
+        symbology (``named``: an AIM identifier) or the list wrote the eight digits alone, which read either way.
+        A scanner that named a UPC-E read another label than an EAN-8 the list wrote as its GTIN-14."""
+        if barcode.key in self.units:
+            return barcode.key
+        other = other_reading(barcode)
+        if other is None or other.key not in self.units:
+            return barcode.key
+        if named and other_reading(classify(self.units[other.key].barcode)) is None:
+            return barcode.key
+        return other.key
 
     def carton_of(self, product: str) -> Unit | None:
         """The product's carton row, if the list has one."""

@@ -348,9 +348,10 @@ class Counter:
         pending, self._pending = self._pending, Pending()
         if self.mode != "selling":
             self._mode_active_at = self.clock()
-            outcome = self._stock_scan(journal, self._catalog.key_of(barcode), common, pending)
+            outcome = self._stock_scan(journal, self._catalog.key_of(barcode, named=bool(scan.aim)), common, pending)
         else:
-            outcome = self._sale(journal, self._catalog.key_of(barcode), common, pending, scan.finished)
+            outcome = self._sale(journal, self._catalog.key_of(barcode, named=bool(scan.aim)), common, pending,
+                                 scan.finished)
         return outcome
 
     def _sale(self, journal: Journal, key: str, common: dict, pending: Pending, at: float) -> Outcome:
@@ -602,8 +603,10 @@ class Counter:
         latest = ledger.lines[max(standing)].day if standing else today
         names = [latest if latest in (today, yesterday) else today]
         evening = ledger.days.get(yesterday)
-        if names == [today] and evening is not None and evening.closed is None and evening.total.lines:
-            # Sold on past midnight (or left open): the evening's day goes first, never left open for good.
+        if names == [today] and evening is not None and evening.total.lines and (
+                evening.closed is None or evening.closed.get("totals") != evening.total.as_json()):
+            # Sold on past midnight, or left open, or sold on since it was closed (closed early, after
+            # midnight the night before): the evening's day goes first, with all its sales.
             names.insert(0, yesterday)
         return Outcome(Signal.GOOD, tuple(self._append(journal, "day_closed", self._day_closed(name, scan))
                                           for name in names))

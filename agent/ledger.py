@@ -351,8 +351,6 @@ class Ledger:
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
-            # Packs received before any order came are on the shelf it counted: no part of the next order.
-            self.unordered.pop(line["product"], None)
         self.counted_seq = seq
         if self.keep_days:
             self.counts.append({"seq": seq, **body})
@@ -363,9 +361,10 @@ class Ledger:
         if body.get("order"):
             closed = self.orders.pop(body["order"], None)
             self.closed_orders.add(body["order"])
-            # An older order still open was never received here: a later delivery is never taken for it.
+            # An order that came before it and is still open was never received here: a later delivery
+            # is never taken for it. (By when each first came: a version pushed again amends, comes no later.)
             for name, order in list(self.orders.items()):
-                if closed is not None and order["_seq"] < closed["_seq"]:
+                if closed is not None and order.get("_first", order["_seq"]) < closed.get("_first", closed["_seq"]):
                     del self.orders[name]
                     self.closed_orders.add(name)
         if self.keep_days:
@@ -381,8 +380,9 @@ class Ledger:
     def _order(self, seq: int, body: dict[str, Any]) -> None:
         if body["name"] in self.closed_orders:
             return  # received and closed: a copy pushed or loaded again is no new delivery
-        received = self.orders.get(body["name"], {}).get("received", {})
-        self.orders[body["name"]] = {**body, "_seq": seq, "received": received}
+        held = self.orders.get(body["name"], {})
+        self.orders[body["name"]] = {**body, "_seq": seq, "_first": held.get("_first", held.get("_seq", seq)),
+                                     "received": held.get("received", {})}
 
     def _day_closed(self, seq: int, body: dict[str, Any]) -> None:
         self.day(body["day"]).closed = body

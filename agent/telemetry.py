@@ -92,6 +92,7 @@ class Telemetry:
         it could not be said."""
         try:
             async with asyncio.timeout(within):
+                await link.connected.wait()  # a link down as the grace ran out: it may be back in time
                 await link.publish(self.topic, await self._online(acked=acked, erasing=True), retain=True)
             return True
         except (MqttError, StorageError, TimeoutError) as error:

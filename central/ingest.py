@@ -121,7 +121,8 @@ class Ingest:
             live = not message.retain
             latest = self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
             offset = status["sent_at"] - received_at if live and settled and status["state"] == "online" else None
-            cut_off = live and latest and self._done(device_id, status)
+            # Any live farewell, the newest or not: its connection's will may be handled before it (two at once).
+            cut_off = live and self._done(device_id, status)
             return StatusReceived(device_id, status["state"], offset, cut_off), None
         try:
             # Its sending time, by the box's clock like its scans' ("" when unreadable): how long

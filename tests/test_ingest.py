@@ -188,6 +188,18 @@ def test_a_revoked_box_is_cut_off_once_it_says_it_erases_itself(central):
     assert farewell == StatusReceived("shop-1", "online", farewell.clock_offset, cut_off=True)  # its grace was up
 
 
+def test_a_revoked_boxs_farewell_handled_after_its_connections_will_still_cuts_it_off(central):
+    """The box leaves the link right after its farewell: central (two messages at once, or two instances) may
+    handle the will first, which sorts after every status of its connection; the farewell, not the newest
+    then, was passed over, and the box, erased, never sends again."""
+    key, now = central.box_key, time.time()
+    _revoked_and_handed_in(central, now)
+    central.handle(status_message("offline", key=key, sent_at=now - 60))
+    farewell, _ = central.handle(status_message(key=key, sent_at=now, last_seq=2, acked_seq=2, backlog=0,
+                                                erasing=True))
+    assert farewell.cut_off is True
+
+
 def test_a_revoked_box_that_goes_offline_after_handing_in_its_revocation_keeps_its_access(central):
     """It may have lost power before it took central's acknowledgement: cut off, it could never read it, and
     would wait out its grace to say events central holds were lost."""
