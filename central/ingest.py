@@ -119,7 +119,7 @@ class Ingest:
             raise Rejected(str(error)) from None
         if leaf == "status":
             live = not message.retain
-            latest = self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
+            self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
             offset = status["sent_at"] - received_at if live and settled and status["state"] == "online" else None
             # Any live farewell, the newest or not: its connection's will may be handled before it (two at once).
             cut_off = live and self._done(device_id, status)
