@@ -287,14 +287,16 @@ class BrokerAdmin:
                 failed = str(error)
         raise CentralError(f"central's grants not added to its role: {failed}")
 
-    async def cut_off(self, device: str) -> None:
+    async def cut_off(self, device: str) -> bool:
         """A box revoked: its client and role go, so the broker disconnects it at once and refuses it from
-        then on. A client of that name that is not the box's (a consumer's) is left as it is: CentralError."""
+        then on; True when its client was there to go (False: gone already). A client of that name that is
+        not the box's (a consumer's) is left as it is: CentralError."""
         roles = await self.roles_of(device)
         if roles not in (None, [], [f"device-{device}"]):
             raise CentralError(f"the broker's client {device} is not that box's (its roles: {', '.join(roles)}); "
                                "it is left as it is")
         await self.execute(cut_off_commands(device))
+        return roles is not None
 
     async def execute(self, commands: list[dict[str, Any]], *, fine: tuple[str, ...] = _FINE) -> list[dict[str, Any]]:
         """Run ``commands`` in order and return the plugin's answers; CentralError naming the first that

@@ -121,8 +121,9 @@ class Ingest:
             live = not message.retain
             self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
             offset = status["sent_at"] - received_at if live and settled and status["state"] == "online" else None
-            # Any live farewell, the newest or not: its connection's will may be handled before it (two at once).
-            cut_off = live and self._done(device_id, status)
+            # Any farewell, the newest or not (its connection's will may be handled first, two at once), and
+            # a retained one sent again as central subscribes: a cut-off that failed is tried again then.
+            cut_off = self._done(device_id, status)
             return StatusReceived(device_id, status["state"], offset, cut_off), None
         try:
             # Its sending time, by the box's clock like its scans' ("" when unreadable): how long
@@ -175,8 +176,8 @@ class Ingest:
                          request.broker_password), (activation.topic(self.prefix, device_id, "result"), answer))
 
     def _done(self, device_id: str, status: dict[str, Any]) -> bool:
-        """A revoked box's access goes once it says (live, signed) that it erases itself now: it has handed in
-        all it could, or its grace is up, and will never send again. Not on its going offline: a box cut off
+        """A revoked box's access goes once it says (signed) that it erases itself now: it has handed in all it
+        could, or its grace is up, and will never send again. Not on its going offline: a box cut off
         before it took central's acknowledgement (a power cut just after its last batch) could not learn it,
         and would wait out its grace to say them lost; nor on a routine status saying it holds everything,
         after which it may record more (a snapshot, a timeout) to hand in."""
@@ -339,8 +340,8 @@ class Ingest:
             if result.cut_off and self._admin is not None:
                 # A revoked box that erases itself now: its credentials go (before, it needed them to deliver).
                 try:
-                    await self._admin.cut_off(result.device_id)
-                    logger.info("device %s revoked: removed from the broker", result.device_id)
+                    if await self._admin.cut_off(result.device_id):
+                        logger.info("device %s revoked: removed from the broker", result.device_id)
                 except CentralError as error:
                     logger.error("device %s revoked, but NOT removed from the broker: %s", result.device_id, error)
             if result.clock_offset is not None and abs(result.clock_offset) > CLOCK_TOLERANCE:
