@@ -138,9 +138,11 @@ class LiveScanner:
         self.session = session
         self.thread = threading.Thread(target=self._type)
         self.done = threading.Event()
+        self.started: list[float] = []  # when each scan's first key was typed
 
     def _type(self):
         for code, how in self.session:
+            self.started.append(time.time())
             events = type_text(code, start=time.time(), **how)
             for event in events:  # one key at a time, at the pace its stamps say
                 delay = event.timestamp() - time.time()
