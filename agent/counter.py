@@ -346,13 +346,11 @@ class Counter:
             return Outcome(Signal.ERROR, note="a number or control before this scan was refused or lost: scan "
                                               "CB:CLEAR and key it again; the scan was not recorded")
         pending, self._pending = self._pending, Pending()
+        key = self._catalog.key_of(barcode, named=bool(scan.aim))
         if self.mode != "selling":
             self._mode_active_at = self.clock()
-            outcome = self._stock_scan(journal, self._catalog.key_of(barcode, named=bool(scan.aim)), common, pending)
-        else:
-            outcome = self._sale(journal, self._catalog.key_of(barcode, named=bool(scan.aim)), common, pending,
-                                 scan.finished)
-        return outcome
+            return self._stock_scan(journal, key, common, pending)
+        return self._sale(journal, key, common, pending, scan.finished)
 
     def _sale(self, journal: Journal, key: str, common: dict, pending: Pending, at: float) -> Outcome:
         unit, product, packs = self._unit(key, carton=pending.carton)
