@@ -194,8 +194,8 @@ def _devices(args) -> int:
                 row.update(state=status.state, last_seen=rfc3339(status.received_at), clock_offset=status.clock_offset,
                            clock_ok=None if status.clock_offset is None else abs(status.clock_offset) <= CLOCK_TOLERANCE)
                 row["_age"] = now - status.received_at
-            if device.revoked_at is not None:
-                row["state"] = "revoked"
+            if device.revoked_at is not None:  # retired: its revocation and all before it are here; collect it
+                row["state"] = "retired" if store.revocation_delivered(device_id) else "revoked"
             row["revoked_at"] = rfc3339(device.revoked_at) if device.revoked_at else None
             rows.append(row)
     finally:

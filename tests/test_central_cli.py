@@ -352,6 +352,28 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
     assert lines["cb-gone"] == ["cb-gone", "530102100004", "revoked", "3d", "ago", "3", "1", "-", "-", "0.1.0"]
 
 
+def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_so_it_can_be_collected(central):
+    import time
+
+    from .test_central_store import revocation
+
+    command, db = central
+    store = CentralStore(db)
+    for device in ("cb-leaving", "cb-left", "cb-cut"):
+        store.register(device, "key", shop="530102100001")
+        store.revoke(device)
+    store.add_events("cb-leaving", 1, [{"seq": 1, "kind": "sale", "body": {}},
+                                       {"seq": 3, "kind": "revocation", "body": revocation(time.time())}])  # 2 missing
+    store.add_events("cb-left", 1, [{"seq": 1, "kind": "sale", "body": {}},
+                                    {"seq": 2, "kind": "revocation", "body": revocation(time.time())}])
+    store.close()
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert {device: row["state"] for device, row in rows.items()} == {
+        "cb-cut": "revoked", "cb-leaving": "revoked", "cb-left": "retired"}
+    lines = {line.split()[0]: line.split() for line in command("devices").stdout.splitlines()[1:]}
+    assert [lines[device][2] for device in ("cb-cut", "cb-leaving", "cb-left")] == ["revoked", "revoked", "retired"]
+
+
 def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_several_and_json_for_programs(central):
     from central import reports
     from central.store import Shop
