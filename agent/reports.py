@@ -138,8 +138,18 @@ def width(text: str) -> int:
                for char in text)
 
 
+def printable(text: str) -> str:
+    """``text`` with control and format characters written out (ESC as ``\\x1b``): a name or currency comes
+    from a box's events, and one that held a terminal's escape sequence would clear or rewrite the screen
+    of whoever reads the report, or hide the rows after it."""
+    if text.isprintable():
+        return text
+    return "".join(char if unicodedata.category(char) not in ("Cc", "Cf")
+                   else f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}" for char in text)
+
+
 def table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers] + [["" if value is None else str(value) for value in row] for row in rows]
+    cells = [headers] + [["" if value is None else printable(str(value)) for value in row] for row in rows]
     widths = [max(width(row[i]) for row in cells) for i in range(len(headers))]
     lines = ["  ".join(cell + " " * (size - width(cell)) if i == 0 or i == 1 else " " * (size - width(cell)) + cell
                        for i, (cell, size) in enumerate(zip(row, widths))).rstrip() for row in cells]
@@ -189,7 +199,7 @@ def stock_table(report: dict[str, Any]) -> str:
 def differences_table(title: str, reports: list[dict[str, Any]], expected: str, actual: str) -> str:
     lines = [title]
     for report in reports:
-        about = f" order {report['order']}" if report.get("order") else ""
+        about = f" order {printable(report['order'])}" if report.get("order") else ""
         lines.append(f"seq {report['seq']} at {report['at']}{about}: {len(report['differences'])} differences")
         if report["differences"]:
             lines.append(table(["product", "name", expected, actual, "difference"],

@@ -126,7 +126,8 @@ def _report(args) -> int:
             amount = sum(day.total.amount for day in ledger.days.values())
             # A box sells in its price list's currency; one whose lists changed currency is summed as
             # the box sums it, and says so.
-            currency = " ".join(sorted(currencies)) if len(currencies) < 2 else f"(mixed: {', '.join(sorted(currencies))})"
+            currency = shop_reports.printable(" ".join(sorted(currencies)) if len(currencies) < 2
+                                              else f"(mixed: {', '.join(sorted(currencies))})")
             shop = f" ({device.shop})" if device.shop else ""
             print(
                 f"{device_id}{shop}: {_count(kinds['sale'], 'sale')} ({kinds['unknown']} of unknown products), "

@@ -374,6 +374,27 @@ def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_so_it_
     assert [lines[device][2] for device in ("cb-cut", "cb-leaving", "cb-left")] == ["revoked", "revoked", "retired"]
 
 
+def test_reports_write_out_a_boxs_control_characters_instead_of_handing_them_to_the_terminal(central):
+    """A box's signed sale whose name, product or currency holds an escape sequence (clear the screen, hide what
+    follows) or a right-to-left override would otherwise rewrite the operator's report of every shop."""
+    from .test_central_reports import DAY, PACK, sale as line
+
+    command, db = central
+    store = CentralStore(db)
+    store.register("cb-a", "k" * 43, shop="530100000001", region="honghe")
+    evil = "\x1b[2J\x1b[H\x1b]0;title\x07ALL SHOPS OK\u202e\x9b8m"
+    store.add_events("cb-a", 1, [line(1, PACK, name=evil, product_name=evil),
+                                 sale(2, PACK, 2300, currency="CNY\x1b[8m")])
+    store.close()
+    for report in (["report"], ["report", "sales", "--day", DAY], ["report", "stock"],
+                   ["report", "prices", "--day", DAY]):
+        printed = command(*report)
+        assert printed.returncode == 0, printed.stderr
+        assert all(char.isprintable() or char == "\n" for char in printed.stdout), (report, printed.stdout)
+    assert "\\x1b[2J\\x1b[H\\x1b]0;title\\x07ALL SHOPS OK\\u202e\\x9b8m" in command("report", "sales", "--day", DAY).stdout
+    assert "CNY\\x1b[8m" in command("report").stdout
+
+
 def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_several_and_json_for_programs(central):
     from central import reports
     from central.store import Shop
