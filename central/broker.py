@@ -60,13 +60,14 @@ def _reads(*topics: str, literal: bool = False) -> list[dict[str, Any]]:
 def central_acls(prefix: str) -> list[dict[str, Any]]:
     reads = [f"{prefix}/devices/+/batch", f"{prefix}/devices/+/status", f"{prefix}/activation/+/hello",
              f"{prefix}/activation/+/request"]
-    # activation/+/code: central clears a pushed code once it is used. $share/+/...: instances sharing
+    # activation/+/code: central clears a pushed code once it is used; hello and request: a refused one
+    # retained (anyone may send one). $share/+/...: instances sharing
     # the load subscribe under a group name, which the plugin checks as part of the topic. The documents'
     # topics: central reads the broker's retained copies and publishes again what it lost (central/retained.py);
     # it cannot sign one, and a box applies only what operations signed.
     docs = [f"{prefix}/devices/+/docs/#", f"{prefix}/regions/+/docs/#"]
     return (_sends(f"{prefix}/devices/+/ack", f"{prefix}/activation/+/result", f"{prefix}/activation/+/code",
-                   f"{CONTROL}/#", *docs)
+                   f"{prefix}/activation/+/hello", f"{prefix}/activation/+/request", f"{CONTROL}/#", *docs)
             + _reads(*reads, f"{CONTROL}/#", *docs)
             + [_acl("subscribePattern", f"$share/+/{topic}") for topic in reads])
 

@@ -290,6 +290,12 @@ class Ingest:
         except Rejected as reason:
             what = message.topic.rsplit("/", 1)[-1]  # batch, status, hello or request: what central subscribes to
             logger.warning("%s rejected topic=%s bytes=%d: %s", what, message.topic, len(message.payload), reason)
+            if message.topic.startswith(f"{self.prefix}/activation/"):
+                # Anyone may say hello, retained (central, subscribed, hears it as live): what the broker would
+                # keep of a refused one, and hand central again at each start, goes. A box's own hello comes
+                # again within a minute.
+                with contextlib.suppress(MqttError):
+                    link.publish_nowait(message.topic, b"", qos=1, retain=True)
             return
         except Exception:
             # Not acknowledged to the device, so it sends the batch again; the consumer itself keeps running.

@@ -37,6 +37,9 @@ REQUEST_TYPE = "counterbox-activation-request+jws"
 RESULT_TYPE = "counterbox-activation-result+jws"
 HELLO_TYPE = "counterbox-hello+jws"
 MAX_CODE_CHARS = 1024  # a code is about 450 characters; a scan longer than this is not one
+# A request (it carries a code of at most MAX_CODE_CHARS) or a hello, whole: at most about 2 KiB. Anyone may
+# send one, so central refuses a bigger one before it reads a byte of its JSON.
+MAX_ACTIVATION_BYTES = 4096
 _LICENCE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -183,6 +186,8 @@ def decode_request(token: bytes, *, device: str) -> Request:
 
 def _named_key(token: bytes, what: str) -> Ed25519PublicKey:
     """The public key a box's message names, to verify the message with (it signs with that key)."""
+    if len(token) > MAX_ACTIVATION_BYTES:
+        raise ProtocolError(f"not {what}: {len(token)} bytes, over the limit of {MAX_ACTIVATION_BYTES} for one")
     try:
         named = json.loads(jws.b64url_decode(token.decode("ascii", errors="replace").split(".")[1]))["public_key"]
     except (SignatureError, ValueError, KeyError, TypeError, IndexError, RecursionError):

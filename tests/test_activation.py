@@ -18,6 +18,7 @@ from provisioning import activation, jws
 from provisioning.activation import ActivationCode
 from provisioning.errors import ProtocolError, SignatureError
 from provisioning.identity import broker_password, device_id_for, key_id, load_key, public_key_text
+from provisioning.protocol import rfc3339
 
 from .harness import feed, scans, signed_with_header, wait_until
 
@@ -165,6 +166,23 @@ def test_a_refusal_needs_no_shop():
     refused = {"accepted": False, "code": "c0de", "reason": "the code was used"}
     result = activation.encode_result(device, refused, key=central)
     assert activation.decode_result(result, device=device, key=central.public_key()) == {"v": 1, "device": device, **refused}
+
+
+def test_a_hello_or_request_over_the_activation_limit_is_refused_before_its_json_is_read():
+    """Anyone may say hello: a signed one padded to megabytes once held central's one store thread for seconds."""
+    box = Ed25519PrivateKey.generate()
+    device = device_id_for(box)
+    longest = "x" * activation.MAX_CODE_CHARS  # the request of the longest code a box takes fits
+    request = activation.encode_request(device, box, longest, sent_at=NOW)
+    assert len(request) <= activation.MAX_ACTIVATION_BYTES
+    assert activation.decode_request(request, device=device).code == longest
+    body = {"device": device, "public_key": public_key_text(box), "agent_version": "1.0", "sent_at": rfc3339(NOW)}
+    for typ, decode in ((activation.HELLO_TYPE, activation.decode_hello), (activation.REQUEST_TYPE, activation.decode_request)):
+        padded = activation._sign({**body, "code": "c", "broker_password": "p", "pad": [{}] * 2000}, box, kid=device,
+                                  typ=typ)
+        assert len(padded) > activation.MAX_ACTIVATION_BYTES
+        with pytest.raises(ProtocolError, match=f"{len(padded)} bytes, over the limit of 4096 for one"):
+            decode(padded, device=device)
 
 
 def test_a_hello_round_trips_with_its_version_of_up_to_64_characters():
@@ -421,7 +439,7 @@ def test_a_revoked_box_delivers_what_it_holds_erases_itself_and_waits_as_a_new_b
     with pytest.raises(DataKeyError):
         Journal.open(device.directory / "journal.db", old_data_key, create=False)
     devices = {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
-    assert devices[old_id]["state"] == "revoked"
+    assert devices[old_id]["state"] == "retired"  # it handed in all it held: the box can be collected
 
 
 def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_delivers_the_old_boxs_backlog(

@@ -285,6 +285,32 @@ def test_a_box_not_activated_reaches_only_the_activation_topics(production):
         anonymous.close()
 
 
+def test_a_hello_central_refuses_is_not_kept_at_the_broker_for_anyone_to_fill_it_with(production):
+    """Anyone may say hello, retained: one padded past the activation limit, or junk, is refused without being
+    read, and cleared, so the broker keeps none of it in memory or on disk, nor hands it to central at each start."""
+    anonymous = Client(production, "cb-junk")
+    topics = {"counterbox/v1/activation/cb-junk/hello": b"x" * 200_000, "counterbox/v1/activation/cb-junk2/request": b"{}"}
+    try:
+        for topic, junk in topics.items():
+            info = anonymous.client.publish(topic, junk, qos=1, retain=True)
+            wait_until(lambda: info.mid in anonymous.acks, 5, f"PUBACK for {topic}")
+            assert anonymous.acks[info.mid] < 128
+    finally:
+        anonymous.close()
+    for topic in topics:
+        wait_until(lambda: f"rejected topic={topic}" in production.central_log.read_text(), 20, f"{topic} refused")
+    assert "over the limit of 4096" in production.central_log.read_text()
+    password = (production.tls / "central.password").read_text().strip()
+    probe = Client(production, "probe", username="counterbox-central", password=password)
+    try:
+        for topic in topics:
+            assert probe.subscribe(topic) < 128
+        time.sleep(1.0)  # a retained message comes at once on subscribing
+        assert [(topic, payload) for topic, payload in probe.payloads if payload] == []
+    finally:
+        probe.close()
+
+
 def test_a_box_revoked_at_once_is_cut_off_within_a_second(production, tmp_path):
     a, _, a_id = _activated(production, tmp_path, "boxc", "530102100003")
     password = broker_password(load_key(a.directory / "device.key"))
