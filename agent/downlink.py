@@ -176,8 +176,10 @@ class Downlink:
 
     @staticmethod
     def _usable(document: Document) -> None:
-        """A new version, checked before it is applied: ProtocolError when this box cannot take it now."""
-        if time.time() > document.expires_at:
+        """A new version, checked before it is applied: ProtocolError when this box cannot take it now.
+        A revocation never lapses: a box off (or its clock ahead) past its expiry once kept on selling for a
+        shop that had left. None can reach another box: a revoked device id is never registered again."""
+        if time.time() > document.expires_at and document.kind != "revocation":
             raise ProtocolError(f"it expired at {protocol.rfc3339(document.expires_at)}")
         timezone = document.body.get("counter", {}).get("timezone") if document.kind == "settings" else None
         if timezone and time_zone(timezone) is None:

@@ -531,7 +531,8 @@ def parser() -> argparse.ArgumentParser:
     revoke.add_argument("--reason", type=text, default="", help="why (kept with the revocation)")
     revoke.add_argument("--grace-minutes", type=span(30 * 24 * 60, zero=True), default=60.0,
                         help="minutes the box may take to deliver what it holds before it erases anyway (default 60)")
-    revoke.add_argument("--valid-days", type=span(3650), default=365.0, help="days the box may still take it (default 365)")
+    # A revocation never lapses (a box takes it whenever it comes back); its document says the longest span.
+    revoke.set_defaults(valid_days=3650.0)
     revoke.add_argument("--now", action="store_true", help="cut the box off at the broker at once (a box stolen: "
                                                            "what it has not delivered stays on it)")
     revoke.set_defaults(func=_revoke)

@@ -706,7 +706,8 @@ class CentralStore:
 
     def documents_in_force(self, now: float) -> list[tuple[str, str, int, bytes]]:
         """(name, scope, version, token) of the newest version of each document stream for each scope
-        (its JSON, as kept) that has not expired at ``now``: what the broker should hold, retained."""
+        (its JSON, as kept) that has not expired at ``now``, and every revocation (a box takes one whenever it
+        comes): what the broker should hold, retained."""
         newest = (sa.select(documents.c.name, documents.c.scope, sa.func.max(documents.c.version).label("version"))
                   .group_by(documents.c.name, documents.c.scope).subquery())
         with self._transaction(write=False) as conn:
@@ -714,7 +715,8 @@ class CentralStore:
                 sa.select(documents.c.name, documents.c.scope, documents.c.version, documents.c.token)
                 .join(newest, sa.and_(documents.c.name == newest.c.name, documents.c.scope == newest.c.scope,
                                       documents.c.version == newest.c.version))
-                .where(documents.c.expires_at > now).order_by(documents.c.name, documents.c.scope)).all()
+                .where(sa.or_(documents.c.expires_at > now, documents.c.kind == "revocation"))
+                .order_by(documents.c.name, documents.c.scope)).all()
         return [(name, scope, version, bytes(token)) for name, scope, version, token in rows]
 
     def document_published(self, name: str, version: int) -> None:

@@ -533,6 +533,28 @@ def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietl
     assert refused.startswith("document refused topic=counterbox/v1/devices/shop-1/docs/order/7: it expired at ")
 
 
+def test_a_revocation_past_its_expiry_still_takes_the_box_out_of_service(tmp_path, ops):
+    """A box off while it was revoked, back after the revocation's expiry (or with its clock ahead), once refused
+    it as expired and went on selling for a shop that had left."""
+    revoked = []
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        downlink.on_revoked = revoked.append
+        try:
+            now = time.time()
+            await downlink.handle(_message(ops, kind="revocation", name="revocation", scope={"device": "shop-1"},
+                                           body={"reason": "closed", "grace_seconds": 60},
+                                           issued_at=protocol.rfc3339(now - 2 * 86400),
+                                           expires_at=protocol.rfc3339(now - 86400)))
+            return await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "revocation": 1}
+    assert [document.kind for document in revoked] == ["revocation"]
+
+
 # -- end to end: operations' command, the broker, the box -----------------------------------------------------
 
 def _last(device, kind: str) -> dict | None:
