@@ -28,6 +28,7 @@ events are also the box's own record of the versions it holds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -53,12 +54,38 @@ def subscriptions(prefix: str, device: str, region: str) -> list[str]:
     return [protocol.ack_topic(prefix, device), *documents.subscriptions(prefix, device, region)]
 
 
-def applied_versions(journal: Journal) -> dict[str, int]:
-    """The version the box holds of each document stream: the view of its ``document`` events."""
-    versions: dict[str, int] = {}
+@dataclass(frozen=True)
+class Held:
+    """The version of a document stream the box holds, and what it was: the SHA-256 of the token (None in
+    events recorded before it was kept) and when operations signed it."""
+
+    version: int
+    digest: str | None = None
+    issued_at: float = 0.0
+
+
+def applied_versions(journal: Journal, device: str, region: str) -> dict[str, Held]:
+    """The version the box holds of each document stream among those still meant for it: the view of its
+    ``document`` events. One applied for another region (the box moved, or a journal was restored onto a
+    box of a shop in another region) or another device (the box whose backup this is) no longer counts:
+    its region's or its own stream goes on from whatever version it is at (versions grow across scopes)."""
+    versions: dict[str, Held] = {}
     for event in journal.of_kind("document"):
-        versions[event.body["name"]] = max(versions.get(event.body["name"], 0), event.body["version"])
+        body = event.body
+        scope = body.get("scope")  # left out by boxes of earlier versions: as if meant for this one
+        if isinstance(scope, dict) and not (scope.get("device") == device if "device" in scope
+                                            else bool(region) and scope.get("region") == region):
+            continue
+        held = versions.get(body["name"])
+        if held is None or body["version"] >= held.version:
+            issued_at = protocol.parse_rfc3339(body["issued_at"]) if isinstance(body.get("issued_at"), str) else 0.0
+            versions[body["name"]] = Held(body["version"], body.get("digest"), issued_at)
     return versions
+
+
+def digest(token: bytes) -> str:
+    """What tells two documents signed under one version apart (the same retained copy is the same bytes)."""
+    return hashlib.sha256(token).hexdigest()
 
 
 def settings_held(journal: Journal) -> list[dict[str, Any]]:
@@ -78,8 +105,9 @@ def revocation_held(journal: Journal) -> Event | None:
     return event
 
 
-def apply(journal: Journal, document: Document) -> int:
-    """Record ``document`` (its content, then the ``document`` event naming it); return the latter's seq."""
+def apply(journal: Journal, document: Document, token: bytes) -> int:
+    """Record ``document`` (its content, then the ``document`` event naming it, with its scope and the digest
+    of ``token``, the signed document); return the latter's seq."""
     about = {"name": document.name, "version": document.version, "issued_at": protocol.rfc3339(document.issued_at)}
     body: dict[str, Any] = dict(document.body)
     if document.kind == "price_list":
@@ -95,7 +123,8 @@ def apply(journal: Journal, document: Document) -> int:
     # operations signed the document, maybe months before a box long away applied it.
     return journal.append("document", {**about, "kind": document.kind, "kid": document.kid,
                                        "expires_at": protocol.rfc3339(document.expires_at), "content_seq": content,
-                                       "applied_at": protocol.rfc3339(time.time())})
+                                       "applied_at": protocol.rfc3339(time.time()),
+                                       "scope": document.scope.as_json(), "digest": digest(token)})
 
 
 @dataclass(kw_only=True)
@@ -111,7 +140,7 @@ class Downlink:
     # Called once settings are recorded: what the box does on a timer takes them at once (the counter
     # takes them from the journal itself).
     on_settings: Callable[[dict[str, Any]], None] = lambda body: None
-    _applied: dict[str, int] | None = None  # the version held of each stream, read from the journal at first
+    _applied: dict[str, Held] | None = None  # the version held of each stream, read from the journal at first
     # Documents the journal could not take, by topic, to try again; and how many tries failed in a row.
     _held: dict[str, Message] = field(default_factory=dict)
     _holding: asyncio.Event = field(default_factory=asyncio.Event)
@@ -155,7 +184,8 @@ class Downlink:
             async with self._door:
                 if self._applied is None:
                     try:
-                        self._applied = await self.store.read(applied_versions)
+                        self._applied = await self.store.read(
+                            lambda journal: applied_versions(journal, self.device_id, self.region))
                     except StorageError as error:
                         self._hold(message, f"the journal cannot be read ({error})")
                         return
@@ -199,14 +229,24 @@ class Downlink:
             # again at every start. Refused, with what the box's maintainers need to see why.
             logger.exception("document refused topic=%s: checking it failed; nothing changed", message.topic)
             return
-        held = self._applied.get(document.name, 0)
-        if document.version == held:
-            # The retained copy, at every connection: applied already, though it may have expired since.
-            logger.debug("document %s version %d already applied", document.name, held)
-            return
-        if document.version < held:
-            logger.warning("document refused %s version=%d: version %d is applied; an older or replayed "
-                           "document changes nothing", document.name, document.version, held)
+        held, token = self._applied.get(document.name, Held(0)), digest(message.payload)
+        if document.version == held.version:
+            if held.digest in (None, token):
+                # The retained copy, at every connection: applied already, though it may have expired since.
+                logger.debug("document %s version %d already applied", document.name, held.version)
+                return
+            # Operations signed two documents under one version (central's database restored from a backup
+            # older than its last push): the one signed last is what they mean now.
+            if document.issued_at <= held.issued_at:
+                logger.warning("document refused topic=%s: version %d is applied with other content, signed "
+                               "later; this one changes nothing", message.topic, held.version)
+                return
+            logger.warning("document topic=%s: version %d signed again with other content, later than the one "
+                           "applied (central's database restored from an older backup?); it is applied",
+                           message.topic, document.version)
+        elif document.version < held.version:
+            logger.warning("document refused topic=%s: version %d is applied; an older or replayed document "
+                           "changes nothing", message.topic, held.version)
             return
         try:
             self._usable(document)
@@ -214,7 +254,7 @@ class Downlink:
             logger.warning("document refused topic=%s: %s; nothing changed", message.topic, error)
             return
         try:
-            seq = await self.store.write(lambda journal: apply(journal, document))
+            seq = await self.store.write(lambda journal: apply(journal, document, message.payload))
         except StorageError as error:
             # Nothing recorded: held, and tried again.
             self._hold(message, f"{document.name} version={document.version} could not be recorded ({error})")
@@ -224,7 +264,7 @@ class Downlink:
             logger.exception("document %s version=%d NOT applied: recording it failed", document.name,
                              document.version)
             return
-        self._applied[document.name] = document.version
+        self._applied[document.name] = Held(document.version, token, document.issued_at)
         self._failed = 0
         logger.info("document applied seq=%d %s version=%d", seq, document.name, document.version)
         self.uplink.wake.set()

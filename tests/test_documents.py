@@ -533,6 +533,68 @@ def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietl
     assert refused.startswith("document refused topic=counterbox/v1/devices/shop-1/docs/order/7: it expired at ")
 
 
+def _prices_held(store) -> list[int]:
+    return store.read(lambda journal: [event.body["items"][0]["price"] for event in journal.of_kind("price_list")])
+
+
+def test_a_version_signed_again_with_other_content_is_applied_when_signed_later_and_said_either_way(tmp_path, ops,
+                                                                                                 caplog):
+    """Central's database restored from a backup older than its last push signs the next list under a version a
+    box holds: the box once ignored it at DEBUG and sold at the old prices."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="agent.downlink")
+    now = time.time()
+    first = _message(ops, version=2, issued_at=protocol.rfc3339(now - 3600), body=_item(price=2400))
+    again = _message(ops, version=2, issued_at=protocol.rfc3339(now), body=_item(price=1990))
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            for message in (first, again, first, again):
+                await downlink.handle(message)
+            return await _prices_held(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == [2400, 1990]
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "agent.downlink"]
+    topic = "counterbox/v1/regions/honghe/docs/price_list"
+    assert [(level, text.split(":", 1)[0]) for level, text in said] == [
+        ("INFO", "document applied seq=2 price_list version=2"),
+        ("WARNING", f"document topic={topic}"), ("INFO", "document applied seq=4 price_list version=2"),
+        ("WARNING", f"document refused topic={topic}"), ("DEBUG", "document price_list version 2 already applied")]
+    assert "signed again with other content, later than the one applied" in said[1][1]
+    assert "version 2 is applied with other content, signed later; this one changes nothing" in said[3][1]
+
+
+def test_a_box_in_another_region_now_takes_its_new_regions_list_whatever_the_version_it_held_of_the_old(
+        tmp_path, ops):
+    """Versions grow across scopes: kunming's list at version 1, the box moved from honghe at version 2 once
+    refused it as a replay and sold at honghe's prices. What another device's documents said (the box whose
+    journal was restored onto this one) no longer counts either."""
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(_message(ops, version=2, body=_item(price=2300)))
+            await downlink.handle(_message(ops, kind="order", name="order/7", version=3, scope={"device": "shop-1"},
+                                           body={**ORDER, "order_id": "7"}))
+            moved = Downlink(store=store, uplink=downlink.uplink, device_id="shop-2", region="kunming",
+                             trusted={key_id(ops): ops.public_key()}, topic_prefix="counterbox/v1")
+            await moved.handle(_message(ops, version=1, scope={"region": "kunming"}, body=_item(price=2100)))
+            await moved.handle(_message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-2"},
+                                        body={**ORDER, "order_id": "7"}))
+            # Still in honghe: a list older than the one held is a replay.
+            await downlink.handle(_message(ops, version=1, body=_item(price=9900)))
+            return await _prices_held(store), await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    prices, counts = asyncio.run(test())
+    assert prices == [2300, 2100]
+    assert counts == {"document": 4, "price_list": 2, "order": 2}
+
+
 def test_a_revocation_past_its_expiry_still_takes_the_box_out_of_service(tmp_path, ops):
     """A box off while it was revoked, back after the revocation's expiry (or with its clock ahead), once refused
     it as expired and went on selling for a shop that had left."""

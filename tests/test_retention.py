@@ -212,7 +212,7 @@ def test_a_document_signed_long_ago_and_applied_today_folds_nothing_of_today(sho
         shop.journal.append("sale", {"code": PACK, "quantity": 1, "scanned_at": rfc3339(now - 3600 + 60 * minute)})
     settings = Document("settings", "settings", 1, Scope(region="honghe"), {"counter": {"mode_timeout": 300}},
                         issued_at=now - 120 * DAY, expires_at=now + 245 * DAY, kid="ops-1")
-    applied = apply(shop.journal, settings)
+    applied = apply(shop.journal, settings, b"the signed document")
     assert now <= parse_rfc3339(shop.journal.get(applied).body["applied_at"]) <= time.time()
     shop.journal.append("sale", {"code": PACK, "quantity": 1, "scanned_at": rfc3339(time.time())})
     shop.journal.acknowledge(shop.journal.last_seq())
