@@ -749,17 +749,20 @@ class CentralStore:
         clocked = live if clocked is None else clocked and live
         with self._transaction() as conn:
             self._lock(conn, "status", device_id)
-            if live and status["state"] == "online":
-                insert = self._insert(conn, upload_days).values(device_id=device_id, day=_local_day(received_at),
-                                                                reports=1)
-                conn.execute(insert.on_conflict_do_update(
-                    index_elements=[upload_days.c.device_id, upload_days.c.day],
-                    set_={"reports": upload_days.c.reports + 1}))
             held = conn.execute(sa.select(device_status.c.session, device_status.c.connection, device_status.c.state,
                                           device_status.c.sent_at, device_status.c.clock_offset,
                                           device_status.c.received_at, device_status.c.backlog_seq,
                                           device_status.c.backlog_since)
                                 .where(device_status.c.device_id == device_id)).first()
+            if live and status["state"] == "online":
+                # A status that may have waited in central's queue at the broker (central away over a weekend)
+                # reports the day the box sent it, on central's clock as the box's offset last measured puts it:
+                # filed under the day central took it in, it failed the days the box was there.
+                said = received_at if clocked else min(received_at, status["sent_at"] - ((held and held[4]) or 0.0))
+                insert = self._insert(conn, upload_days).values(device_id=device_id, day=_local_day(said), reports=1)
+                conn.execute(insert.on_conflict_do_update(
+                    index_elements=[upload_days.c.device_id, upload_days.c.day],
+                    set_={"reports": upload_days.c.reports + 1}))
             if held:
                 before = protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held)))
                 after = protocol.status_order(status)

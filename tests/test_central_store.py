@@ -316,6 +316,29 @@ def test_a_day_is_uploaded_when_the_box_reported_and_none_of_its_sales_came_late
     assert [d.day for d in store.upload_days("shop-1", "2026-11-19", "2026-11-24", deadline=3600)][-1] == "2026-11-22"
 
 
+def test_statuses_that_waited_at_the_broker_while_central_was_away_report_the_days_the_box_sent_them(store):
+    """Central away from Friday evening to Monday morning: the box's statuses of the weekend, queued at the broker,
+    come in on Monday. Filed under Monday, they failed Saturday and Sunday for every box that was there."""
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = 'shop-1'", [_at("2026-11-20", 9)])
+    # The box's clock is an hour ahead, as its last status before central went away measured.
+    store.record_status("shop-1", status(backlog=0, sent_at=_at("2026-11-20", 19)), received_at=_at("2026-11-20", 18),
+                        live=True)
+    # Queued: each is the box's day, less the hour (00:30 on Sunday by the box is Saturday 23:30).
+    for said in (_at("2026-11-21", 12), _at("2026-11-22", 0) + 1800, _at("2026-11-22", 12)):
+        store.record_status("shop-1", status(backlog=0, sent_at=said), received_at=_at("2026-11-23", 8) + 1,
+                            live=True, clocked=False)
+    store.record_status("shop-1", status(backlog=0, sent_at=_at("2026-11-23", 9)), received_at=_at("2026-11-23", 8) + 90,
+                        live=True)
+    days = store.upload_days("shop-1", "2026-11-20", "2026-11-23", deadline=3600)
+    assert [(d.day, d.reports) for d in days] == [("2026-11-20", 1), ("2026-11-21", 2), ("2026-11-22", 1),
+                                                  ("2026-11-23", 1)]
+    # None is filed after it was received, whatever the box's clock said.
+    store.record_status("shop-1", status(backlog=0, sent_at=_at("2026-11-30", 12)), received_at=_at("2026-11-24", 8),
+                        live=True, clocked=False)
+    assert [(d.day, d.reports) for d in store.upload_days("shop-1", "2026-11-24", "2026-11-24", deadline=3600)] == [
+        ("2026-11-24", 1)]
+
+
 def test_a_day_on_which_the_box_held_events_unacknowledged_past_the_deadline_is_not_uploaded(store):
     """A box whose batches central refuses reports live every day, and no sale of it ever arrives late: it
     arrives never. Its statuses show what it holds: a backlog seen at 10:00 and still unacknowledged at 11:30
