@@ -58,10 +58,22 @@ def _register(args) -> int:
     public_key = public_key_text(parse_public_key(public_key))
     store = CentralStore(args.central_db)
     try:
-        store.register(device, public_key, shop=args.shop, region=args.region, replace=args.replace)
+        if args.shop and not activation.valid_licence(args.shop):
+            raise CentralError(f"shop {args.shop!r} is not a licence number: 1 to 64 ASCII letters, digits, '.', '_' "
+                               "or '-' (the one it was added with, counterbox-ops shop add)")
+        region, shop = args.region, store.shop(args.shop) if args.shop else None
+        if args.shop and shop is None:
+            # A name, or a licence mistyped, would file the box's sales under a shop no report finds.
+            raise CentralError(f"shop {args.shop} is not registered: --shop takes the licence number a shop was "
+                               "added with (counterbox-ops shop add)")
+        if shop is not None:
+            if region and region != shop.region:
+                raise CentralError(f"shop {shop.licence} is in region {shop.region or '(none)'}, not {region}")
+            region = shop.region
+        store.register(device, public_key, shop=args.shop, region=region, replace=args.replace)
     finally:
         store.close()
-    print(f"device {device} registered{' for ' + args.shop if args.shop else ''}")
+    print(f"device {device} registered" + (f" for {shop.licence} ({shop.name})" if shop else ""))
     return 0
 
 
@@ -72,13 +84,18 @@ def _keygen(args) -> int:
     return 0
 
 
-def _scope(args, store: CentralStore) -> Scope:
+def _scope(args, store: CentralStore, kind: str) -> Scope:
     try:
         scope = Scope(device=args.device) if args.device else Scope(region=args.region)
     except ValueError as error:
         raise CentralError(str(error)) from None
-    if scope.device is not None and store.device(scope.device) is None:
+    device = store.device(scope.device) if scope.device is not None else None
+    if scope.device is not None and device is None:
         raise CentralError(f"device {scope.device} is not registered")
+    if device is not None and device.revoked_at is not None and kind != "revocation":
+        # It would be signed and kept at the broker for a box that never applies it.
+        raise CentralError(f"device {scope.device} was revoked: it applies nothing more (a box given to another "
+                           "shop comes back under a new id: counterbox-ops activation waiting)")
     return scope
 
 
@@ -90,7 +107,7 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
     connection = broker.connection(args)
     store = CentralStore(args.central_db, create=False)
     try:
-        scope = _scope(args, store)
+        scope = _scope(args, store, kind)
         now = time.time()
         expires_at = now + args.valid_days * 86400
 
@@ -153,10 +170,6 @@ def text(value: str) -> str:
     except UnicodeEncodeError:
         raise argparse.ArgumentTypeError(f"{value!r} is not UTF-8 text") from None
     return value
-
-
-def _shop_or_none(value: str) -> str:
-    return value and shop_name(value)
 
 
 def shop_name(value: str) -> str:
@@ -269,8 +282,15 @@ def _activation_issue(args) -> int:
         shop = store.shop(args.shop)
         if shop is None:
             raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
-        unheard = args.device is not None and store.device(args.device) is None and args.device not in {
-            box["device"] for box in store.waiting_devices()}
+        registered = store.device(args.device) if args.device is not None else None
+        if registered is not None:
+            # Central would refuse the box's request: a code issued, and pushed, that can never work.
+            raise CentralError(
+                f"device {args.device} was revoked: the box waits under a new id once it has erased itself "
+                "(counterbox-ops activation waiting)" if registered.revoked_at is not None else
+                f"device {args.device} is already active for shop {registered.shop or '(none)'}: revoke it first "
+                "(it comes back under a new id, to activate for another shop)")
+        unheard = args.device is not None and args.device not in {box["device"] for box in store.waiting_devices()}
         now = time.time()
         code = ActivationCode(activation.new_code_id(), shop.licence, shop.region, shop.monitoring, now,
                               now + args.valid_hours * 3600, args.device, kid)
@@ -455,8 +475,10 @@ def parser() -> argparse.ArgumentParser:
     register.add_argument("--device", help="the device id (its [device] id), without --identity")
     # A base64url key may begin with '-': pass it as --public-key=KEY.
     register.add_argument("--public-key", help="the device's public key, as --public-key=KEY, without --identity")
-    register.add_argument("--shop", type=_shop_or_none, default="", help="the shop the device serves")
-    register.add_argument("--region", default="", help="the sales region of the shop (price lists are pushed per region)")
+    register.add_argument("--shop", default="", help="the licence number of the shop the device serves (counterbox-ops "
+                                                     "shop add); its region comes with it")
+    register.add_argument("--region", default="", help="the sales region (price lists are pushed per region), for a "
+                                                       "device registered without a shop")
     register.add_argument("--replace", action="store_true", help="replace the key of a device already registered")
     register.set_defaults(func=_register)
 

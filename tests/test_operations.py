@@ -75,8 +75,8 @@ def test_re_keying_a_registered_device_needs_replace(tmp_path):
         # --device beside --identity was ignored: the file's id registered, and said so as if it were the one given.
         (["--identity", "-", "--device", "shop-6"], '{"device": "shop-9", "public_key": "x"}',
          "give --identity FILE, or --device and --public-key, not both"),
-        (["--device", "shop-7", "--public-key=x", "--shop", "\x1b[2Jx"], None, "is not a name: empty, or holding a "
-                                                                             "control character"),
+        (["--device", "shop-7", f"--public-key={KEY_WITH_A_DASH}", "--shop", "\x1b[2Jx"], None,
+         "shop '\\x1b[2Jx' is not a licence number"),
     ],
 )
 def test_mistakes_are_named(tmp_path, args, stdin, message):
@@ -84,13 +84,25 @@ def test_mistakes_are_named(tmp_path, args, stdin, message):
     assert result.returncode == 2 and message in result.stderr
 
 
-def test_a_device_registered_for_a_shop_is_named_with_it(tmp_path):
+def test_a_device_registered_for_a_shop_takes_its_licence_and_region(tmp_path):
     db = tmp_path / "central.db"
-    result = ops("register", "--central-db", str(db), "--device", "shop-8", f"--public-key={KEY_WITH_A_DASH}",
-                 "--shop", "Mengzi No. 3", "--region", "honghe")
-    assert (result.returncode, result.stdout) == (0, "device shop-8 registered for Mengzi No. 3\n")
+    key = f"--public-key={KEY_WITH_A_DASH}"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
+               "--region", "honghe").returncode == 0
+    result = ops("register", "--central-db", str(db), "--device", "shop-8", key, "--shop", "530102100123")
+    assert (result.returncode, result.stdout) == (0, "device shop-8 registered for 530102100123 (Mengzi No. 3)\n")
     store = CentralStore(db)
-    assert (store.device("shop-8").shop, store.device("shop-8").region) == ("Mengzi No. 3", "honghe")
+    assert (store.device("shop-8").shop, store.device("shop-8").region) == ("530102100123", "honghe")
+    store.close()
+    # A shop's name, or a licence mistyped, filed the box's sales under a shop no report found.
+    for shop, region, said in (("Mengzi No. 3", "", "shop 'Mengzi No. 3' is not a licence number"),
+                               ("530102100124", "", "shop 530102100124 is not registered: --shop takes the licence"),
+                               ("530102100123", "kunming", "shop 530102100123 is in region honghe, not kunming")):
+        refused = ops("register", "--central-db", str(db), "--device", "shop-9", key, "--shop", shop,
+                      *(["--region", region] if region else []))
+        assert refused.returncode == 2 and said in refused.stderr, refused.stderr
+    store = CentralStore(db)
+    assert store.device("shop-9") is None
     store.close()
 
 
@@ -494,6 +506,51 @@ def test_a_push_given_wrongly_is_named_and_nothing_is_signed(tmp_path, ops_key, 
     try:
         assert store.conn.execute("SELECT count(*) FROM documents").fetchone() == (0,)
         assert store.device("shop-7").revoked_at is None
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("command", [
+    ["prices", "push", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-7", "{csv}"],
+    ["order", "push", "--central-db", "{db}", "--ops-key", "{key}", "--device", "shop-7", "--order-id", "w48", "{csv}"],
+    SETTINGS_PUSH + ["--device", "shop-7", "--mode-timeout", "60"],
+], ids=["prices", "order", "settings"])
+def test_a_push_to_a_revoked_box_is_refused_before_anything_is_signed(tmp_path, ops_key, command):
+    """It once printed its version and was kept at the broker for a box that never applies it (the box given to
+    another shop comes back under a new id: pushing to the old one is an easy mistake)."""
+    paths = {"db": tmp_path / "central.db", "key": ops_key, "csv": tmp_path / "lines.csv"}
+    paths["csv"].write_text("barcode,name,price,quantity\n6901028075831,Hongtashan (pack),23.00,5\n")
+    store = CentralStore(paths["db"])
+    store.register("shop-7", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.revoke("shop-7")
+    store.close()
+    result = ops(*(arg.format(**paths) for arg in command), "--broker", "127.0.0.1:1")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.startswith("counterbox-ops: error: device shop-7 was revoked: it applies nothing more")
+    store = CentralStore(paths["db"])
+    try:
+        assert store.conn.execute("SELECT count(*) FROM documents").fetchone() == (0,)
+    finally:
+        store.close()
+
+
+def test_a_code_for_a_box_already_registered_is_refused_as_central_would_refuse_its_request(tmp_path, ops_key):
+    """It once said pushed, and the box ignored it: active for its shop, or revoked and waiting under a new id."""
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
+    store = CentralStore(db)
+    store.register("cb-active", KEY_WITH_A_DASH, shop="530100000002", region="honghe")
+    store.register("cb-revoked", KEY_WITH_A_DASH, shop="530100000002", region="honghe")
+    store.revoke("cb-revoked")
+    store.close()
+    for device, said in (("cb-active", "device cb-active is already active for shop 530100000002: revoke it first"),
+                         ("cb-revoked", "device cb-revoked was revoked: the box waits under a new id")):
+        result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop",
+                     "530100000001", "--device", device, "--push", "--broker", "127.0.0.1:1")
+        assert result.returncode == 2 and result.stderr.startswith(f"counterbox-ops: error: {said}"), result.stderr
+    store = CentralStore(db)
+    try:
+        assert store.conn.execute("SELECT count(*) FROM activation_codes").fetchone() == (0,)
     finally:
         store.close()
 
