@@ -65,12 +65,16 @@ class Item:
 def to_minor(text: str, what: str = "price") -> int:
     from decimal import Decimal, InvalidOperation  # imported where prices are read, not in the daemon
 
-    # Plain ASCII digits only: Decimal would also take 1_000, 1E+2, and digits of other scripts.
-    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{0,2})?|\.[0-9]{1,2}", text.strip()):
-        raise ValueError(f"{what} {text!r} is not an amount: zero or more in digits 0-9, at most 9 before "
-                         "the point and 2 after")
+    # Plain ASCII digits only: Decimal would also take 1_000, 1E+2, and digits of other scripts. A spreadsheet
+    # groups thousands with commas ("1,230.00", quoted in its CSV); a comma anywhere else (23,50) is no amount.
+    plain = text.strip()
+    if re.fullmatch(r"[0-9]{1,3}(,[0-9]{3}){1,2}(\.[0-9]{0,2})?", plain):
+        plain = plain.replace(",", "")
+    if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{0,2})?|\.[0-9]{1,2}", plain):
+        raise ValueError(f"{what} {text!r} is not an amount: zero or more in digits 0-9 (thousands grouped by "
+                         "commas or not), at most 9 before the point and 2 after")
     try:
-        amount = Decimal(text.strip())
+        amount = Decimal(plain)
     except InvalidOperation:
         raise ValueError(f"{what} {text!r} is not a number") from None
     return int(amount * 100)
@@ -122,8 +126,13 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
     reader = csv.DictReader(io.StringIO(text), strict=True)  # a quote never closed is an error, not the rest of the file
     try:
         fieldnames = reader.fieldnames
-        if fieldnames is not None and len(set(fieldnames)) != len(fieldnames):
-            raise error("the header names a column twice: " + ",".join(fieldnames))
+        if fieldnames is not None:
+            # As a spreadsheet writes it: "barcode, name, price" names barcode and name; its empty columns
+            # past the last (",,") name nothing.
+            fieldnames = reader.fieldnames = [name.strip() for name in fieldnames]
+            named = [name for name in fieldnames if name]
+            if len(set(named)) != len(named):
+                raise error("the header names a column twice: " + ",".join(fieldnames))
         if fieldnames is None or not required <= set(fieldnames):
             raise error(f"the first line must be a header naming at least the columns {' and '.join(sorted(required))}")
         for row in reader:
@@ -137,6 +146,8 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
                             f"{len(fieldnames)} columns (a comma in a price or a name is quoted: \"1,200.00\")")
             fields = {name: (value or "").strip() for name, value in row.items()
                       if isinstance(name, str) and isinstance(value, str)}
+            if not any(fields.values()):
+                continue  # a line of commas alone, as a spreadsheet writes an empty row: a blank line
             if any(CONTROL.search(value) for name, value in fields.items() if name in read):
                 raise error(f"line {line}: a field holds a control character")
             yield line, fields

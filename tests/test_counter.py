@@ -106,8 +106,11 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("code,price\n1,2\n", "header naming at least the columns barcode and price"),
         ("barcode,price\n6901028075832,1\n", "line 2: barcode '6901028075832' fails its check digit"),
         ("barcode,price\n036000291452,1\n0036000291452,2\n", "line 3: barcode 0036000291452 is listed twice (as 036000291452)"),
-        ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' is not an amount: zero or more in digits 0-9, "
-                                            "at most 9 before the point and 2 after"),
+        ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' is not an amount: zero or more in digits 0-9 "
+                                            "(thousands grouped by commas or not), at most 9 before the point and 2 after"),
+        ('barcode,price\n96385074,"23,50"\n', "price '23,50' is not an amount"),  # a decimal comma: never 2350
+        ('barcode,price\n96385074,"1,23,000"\n', "price '1,23,000' is not an amount"),
+        ('barcode,price\n96385074,"1,000,000,000"\n', "price '1,000,000,000' is not an amount"),
         ("barcode,price\n96385074,-1\n", "price '-1' is not an amount"),
         ("barcode,price\n96385074,abc\n", "line 2: price 'abc' is not an amount"),
         ("barcode,price\n96385074,1_000\n", "price '1_000' is not an amount"),
@@ -233,6 +236,12 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
     # Empty fields past the header's (a spreadsheet's trailing commas) hold nothing: the list loads.
     items = parse_csv("barcode,name,price\n6901028075831,Hongtashan,23.00,,\n")
     assert [(i.barcode, i.price) for i in items] == [("6901028075831", 2300)]
+    # As a spreadsheet saves a sheet: spaces after the header's commas, empty columns past the last, empty rows.
+    items = parse_csv("barcode, name, price,,\r\n6901028075831,Hongtashan,23.00,,\r\n,,,,\r\n96385074,Gum,1.50,,\r\n")
+    assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300), ("96385074", "Gum", 150)]
+    # Quoted as the advice says (and as a spreadsheet writes a grouped amount), it is the amount.
+    items = parse_csv('barcode,name,price,cost\n6901028075848,Zhonghua (carton),"1,200.00","1,050"\n')
+    assert [(i.price, i.cost) for i in items] == [(120000, 105000)]
 
 
 def test_a_price_list_the_journal_cannot_read_back_gives_way_to_the_one_before(tmp_path):
