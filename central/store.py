@@ -235,13 +235,22 @@ def _json_text(value: Any) -> str:
 def same_json(a: Any, b: Any) -> bool:
     """Whether two values read from JSON are the same JSON: ``true`` is not ``1``, nor ``4.0`` ``4`` (all equal
     in Python). A box that sends another event under a seq central holds is refused, whatever it differs by."""
-    if type(a) is not type(b):
-        return False
-    if type(a) is dict:
-        return a.keys() == b.keys() and all(same_json(value, b[name]) for name, value in a.items())
-    if type(a) is list:
-        return len(a) == len(b) and all(map(same_json, a, b))
-    return a == b
+    pairs = [(a, b)]  # by hand, not by recursion: a body nested past Python's stack, stored once, compares again
+    while pairs:
+        a, b = pairs.pop()
+        if type(a) is not type(b):
+            return False
+        if type(a) is dict:
+            if a.keys() != b.keys():
+                return False
+            pairs.extend((value, b[name]) for name, value in a.items())
+        elif type(a) is list:
+            if len(a) != len(b):
+                return False
+            pairs.extend(zip(a, b))
+        elif a != b:
+            return False
+    return True
 
 
 class CentralStore:
