@@ -18,6 +18,11 @@ class JournalReplaced(SeqConflict):
     acknowledged."""
 
 
+class ForeignJournal(Rejected):
+    """A batch naming a journal central holds from a box of another shop: a shop's journal goes on only at a
+    box of that shop (its events would take the other shop's shelf for its own). Never stored or acknowledged."""
+
+
 class UnheldBase(Rejected):
     """A batch counting its journal's events up to ``base_seq`` as delivered by another device, past what
     central holds of that journal from another device: never stored, never acknowledged."""

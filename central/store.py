@@ -42,7 +42,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from provisioning import protocol
 from storage import sqlite
 
-from .errors import ActivationRefused, JournalReplaced, RegistryError, SeqConflict, UnheldBase
+from .errors import ActivationRefused, ForeignJournal, JournalReplaced, RegistryError, SeqConflict, UnheldBase
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
@@ -447,6 +447,7 @@ class CentralStore:
                 raise RegistryError(f"device {device_id} is not registered")
             acked, held_journal = row
             if journal is not None and held_journal is None:
+                self._check_same_shop(conn, device_id, journal)
                 conn.execute(devices.update().where(devices.c.device_id == device_id).values(journal=journal))
             elif journal is not None and journal != held_journal:
                 raise JournalReplaced(
@@ -499,6 +500,21 @@ class CentralStore:
             "INSERT INTO events (device_id, seq, kind, session, received_at, sent_at, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT DO NOTHING",
             [(device_id, seq, e["kind"], session, now, sent_at, body) for (seq, e), body in zip(new.items(), bodies)])
+
+    @staticmethod
+    def _check_same_shop(conn: sa.Connection, device_id: str, journal: str) -> None:
+        """ForeignJournal if a device of another shop holds ``journal``: a backup is restored onto a box of its
+        own shop. (A journal id is no secret: every batch and acknowledgement names it.) A box registered
+        without a shop (a lab's) has no shop to take from or give."""
+        shop = sa.select(sa.func.coalesce(devices.c.shop, "")).where(devices.c.device_id == device_id).scalar_subquery()
+        other = conn.execute(sa.select(devices.c.device_id, devices.c.shop).where(
+            devices.c.journal == journal, devices.c.device_id != device_id,
+            sa.func.coalesce(devices.c.shop, "") != "", devices.c.shop != shop).limit(1)).first()
+        if other is not None:
+            raise ForeignJournal(
+                f"device {device_id} sends events of journal {journal}, which central holds from device {other[0]} "
+                f"of shop {other[1]}, another shop: nothing is stored or acknowledged. A box's journal is restored "
+                "onto a box of its own shop")
 
     @staticmethod
     def _check_base_held(conn: sa.Connection, device_id: str, journal: str | None, base_seq: int) -> None:

@@ -72,6 +72,27 @@ def test_a_journal_of_a_box_that_named_none_restored_onto_another_is_counted_fro
         store.add_events("alone", 1, batch(11), journal="f" * 32, base_seq=10)
 
 
+def test_a_box_of_another_shop_naming_a_shops_journal_is_refused_and_takes_nothing(store):
+    """A journal id is no secret (batches and acknowledgements name it): a box of shop 2 that named shop 1's took
+    over shop 1's stock report (shop 1 gone from it, shop 2 showing its shelf)."""
+    from central.errors import ForeignJournal
+
+    journal = "c" * 32
+    store.register("cb-one", "key-1", shop="530100000001", region="honghe")
+    store.register("cb-two", "key-2", shop="530100000002", region="honghe")
+    store.register("cb-one-new", "key-3", shop="530100000001", region="honghe")
+    store.add_events("cb-one", 1, batch(1, 2, 3), journal=journal)
+    for base_seq in (0, 3):
+        with pytest.raises(ForeignJournal, match="which central holds from device cb-one of shop 530100000001"):
+            store.add_events("cb-two", 1, batch(4), journal=journal, base_seq=base_seq)
+    assert store.device("cb-two").acked_seq == 0 and store.holds_journal("cb-one")
+    assert [e for e in store.events() if e["device"] == "cb-two"] == []
+    assert store.add_events("cb-two", 1, batch(1), journal="d" * 32) == (1, 1)  # its own journal, as ever
+    # The shop's own replacement box, restored from the backup: goes on from it.
+    assert store.add_events("cb-one-new", 1, batch(4), journal=journal, base_seq=3) == (1, 4)
+    assert store.holds_journal("cb-one-new")
+
+
 def test_a_journal_of_a_box_of_no_shop_that_named_none_is_counted_from_where_that_box_was(store):
     """Boxes registered by hand, of no shop: the old one named no journal. And a batch that names no journal
     is never counted from another device's seq."""
