@@ -243,6 +243,16 @@ def _order_push(args) -> int:
         name = documents.order_name(args.order_id)
     except ValueError as error:
         raise CentralError(str(error)) from None
+    store = CentralStore(args.central_db, create=False)
+    try:
+        closed = store.order_closed(args.device, name) if store.device(args.device) is not None else None
+    finally:
+        store.close()
+    if closed is not None:
+        # The box closed it (CB:ALL-RECEIVED, or its receiving ended): a copy changes nothing there, and next
+        # week's order pushed under this id by mistake would never be received.
+        raise CentralError(f"order {args.order_id} was received and closed on device {args.device} (seq {closed}): "
+                           "the box takes no copy of it again; a new order takes a new id")
     return _push(args, kind="order", name=name, body={"order_id": args.order_id, "lines": lines})
 
 

@@ -903,6 +903,14 @@ class CentralStore:
         state, session, sent_at, received_at, offset, body = row
         return DeviceStatus(state, session, sent_at, received_at, offset, json.loads(body))
 
+    def order_closed(self, device_id: str, name: str) -> int | None:
+        """The seq of the device's ``receiving_closed`` event that closed the order stream ``name``, if central
+        holds one: a box takes no copy of a closed order again."""
+        with self._transaction(write=False) as conn:
+            rows = conn.execute(sa.select(_events.c.seq, _events.c.body).where(
+                _events.c.device_id == device_id, _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
+        return next((seq for seq, body in rows if json.loads(body).get("order") == name), None)
+
     def device_events(self, device_id: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
         """One device's events in order, as (seq, kind, body): what a report folds."""
         query = sa.select(_events.c.seq, _events.c.kind, _events.c.body).where(_events.c.device_id == device_id)

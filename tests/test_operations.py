@@ -534,6 +534,24 @@ def test_a_push_to_a_revoked_box_is_refused_before_anything_is_signed(tmp_path, 
         store.close()
 
 
+def test_an_order_pushed_under_the_id_of_one_the_box_closed_is_refused_before_it_is_signed(tmp_path, ops_key):
+    """Next week's order pushed under last week's id said applied, and could never be received."""
+    db, csv = tmp_path / "central.db", tmp_path / "lines.csv"
+    csv.write_text("barcode,name,quantity\n6901028075848,Hongtashan (carton),5\n")
+    store = CentralStore(db)
+    store.register("shop-7", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.add_events("shop-7", 1, [{"seq": 1, "kind": "receiving_closed", "body": {"order": "order/w47"}},
+                                   {"seq": 2, "kind": "receiving_closed", "body": {"order": "order/w48"}}])
+    store.close()
+    push = ["order", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--device", "shop-7", "--broker",
+            "127.0.0.1:1", "--order-id"]
+    result = ops(*push, "w48", str(csv))
+    assert (result.returncode, result.stderr) == (2, "counterbox-ops: error: order w48 was received and closed on "
+                                                     "device shop-7 (seq 2): the box takes no copy of it again; a new "
+                                                     "order takes a new id\n")
+    assert "received and closed" not in ops(*push, "w49", str(csv)).stderr  # a new id: on to the broker
+
+
 def test_a_code_for_a_box_already_registered_is_refused_as_central_would_refuse_its_request(tmp_path, ops_key):
     """It once said pushed, and the box ignored it: active for its shop, or revoked and waiting under a new id."""
     db = tmp_path / "central.db"
