@@ -89,12 +89,30 @@ def read_csv(path: Path) -> list[Item]:
         raise PriceListError(f"{path}: {error}") from None
 
 
+# Letters of U+0250 to U+07FF (IPA, combining marks, Greek, Cyrillic, Armenian, Hebrew, Arabic...): no name in a
+# Chinese shop's list holds them, and they are what GBK's two-byte Chinese reads as, where it happens to be UTF-8.
+_GBK_READ_AS_UTF8 = re.compile("[\u0250-\u07ff]")
+
+
 def csv_text(path: Path, error: type[Exception]) -> str:
-    """The text of a CSV file as a spreadsheet saves it: UTF-8, a byte order mark allowed."""
+    """The text of a CSV file as a spreadsheet saves it: UTF-8, a byte order mark allowed. A file a Chinese
+    spreadsheet saved as GBK is refused, also where its bytes happen to be UTF-8 too (泰山 reads as "̩ɽ")."""
+    raw = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as failed:
-        raise error(f"the file is not UTF-8 text ({failed.reason} at byte {failed.start}); save it as UTF-8") from None
+        line = raw[:failed.start].count(b"\n") + 1
+        raise error(f"the file is not UTF-8 text ({failed.reason} at byte {failed.start}, line {line}); save it as "
+                    "UTF-8 (a spreadsheet's \"CSV UTF-8\")") from None
+    if _GBK_READ_AS_UTF8.search(text):
+        try:
+            raw.decode("gb18030")
+        except UnicodeDecodeError:
+            return text  # not GBK either: its letters are what they say
+        raise error("the file reads as GBK (the Chinese a spreadsheet saves by default), though its bytes happen "
+                    "to be UTF-8 too: its names would read as letters no product has; save it as UTF-8 (a "
+                    "spreadsheet's \"CSV UTF-8\")")
+    return text
 
 
 # A code column a spreadsheet took for a number and wrote back as one: 6.90103E+12, 6901028075831.0.

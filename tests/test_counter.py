@@ -8,7 +8,7 @@ import pytest
 from agent.counter import Counter
 from agent.orders import OrderError
 from agent.orders import parse_csv as parse_order
-from agent.prices import PriceListError, parse_csv
+from agent.prices import PriceListError, parse_csv, read_csv
 from drivers.decoder import Scan
 from drivers.feedback import Signal
 from storage import Journal
@@ -221,6 +221,21 @@ def test_a_column_the_price_list_does_not_read_may_hold_a_line_break():
     assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300)]
     with pytest.raises(PriceListError, match="line 2: a field holds a control character"):
         parse_csv('barcode,name,price\n6901028075831,"Hong\ntashan",23.00\n')
+
+
+@pytest.mark.parametrize("name", ["泰山(硬)", "双喜(细支)", "石狮"])
+def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_too(tmp_path, name):
+    """The CSV a Chinese spreadsheet saves by default is GBK: where its bytes happen to be UTF-8 as well, the
+    list loaded, and every box sold 泰山 as "̩ɽ(Ӳ)" in its reports and central's."""
+    path = tmp_path / "prices.csv"
+    path.write_bytes(f"barcode,name,price\n6901028075831,{name},23.00\n".encode("gbk"))
+    with pytest.raises(PriceListError, match="the file reads as GBK"):
+        read_csv(path)
+    path.write_text(f"barcode,name,price\n6901028075831,{name},23.00\n96385074,Café crème,1.50\n", encoding="utf-8")
+    assert [item.name for item in read_csv(path)] == [name, "Café crème"]
+    path.write_bytes("barcode,name,price\n6901028075831,红塔山,23.00\n".encode("gbk"))  # GBK that is no UTF-8
+    with pytest.raises(PriceListError, match="not UTF-8 text .* line 2\\); save it as UTF-8"):
+        read_csv(path)
 
 
 @pytest.mark.parametrize("line", ["6901028075848,Zhonghua (carton),1,200.00", "6901028075831,Hongtashan,23,50"],
