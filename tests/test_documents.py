@@ -533,6 +533,34 @@ def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietl
     assert refused.startswith("document refused topic=counterbox/v1/devices/shop-1/docs/order/7: it expired at ")
 
 
+def test_the_retained_copy_of_a_document_applied_is_not_checked_again_at_each_connection(tmp_path, ops, monkeypatch):
+    """Every order ever pushed stays retained: each connection brought them all again, each verified and checked
+    in full (seconds a year on), before the next acknowledgement could be read."""
+    from agent import downlink as downlink_module
+
+    checked = []
+    decode = downlink_module.documents.decode_document
+    monkeypatch.setattr(downlink_module.documents, "decode_document",
+                        lambda *args, **kwargs: checked.append(1) or decode(*args, **kwargs))
+    signed = protocol.rfc3339(time.time())
+    order = _message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-1"},
+                     body={**ORDER, "order_id": "7"}, issued_at=signed)
+    other = _message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-1"}, issued_at=signed,
+                     body={**ORDER, "order_id": "7", "lines": [{**ORDER["lines"][0], "quantity": 6}]})
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            for message in (order, order, order, other):
+                await downlink.handle(message)
+            return await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "order": 1}
+    assert len(checked) == 2  # the first copy, and the other bytes under its version (refused: signed no later)
+
+
 def _prices_held(store) -> list[int]:
     return store.read(lambda journal: [event.body["items"][0]["price"] for event in journal.of_kind("price_list")])
 
