@@ -32,6 +32,7 @@ import random
 import socket
 import sys
 import threading
+import time
 import types
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -260,9 +261,11 @@ class MqttLink:
         finally:
             self.on_connect.remove(arrived.set)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
-        """Publish and wait for the broker's PUBACK; raise NotConnected or PublishRefused."""
-        info = self._send(topic, payload, qos, retain)
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                      expires_at: float | None = None) -> None:
+        """Publish and wait for the broker's PUBACK; raise NotConnected or PublishRefused. ``expires_at`` (a
+        time): the broker drops the message then (MQTT 5 message expiry), retained copy included."""
+        info = self._send(topic, payload, qos, retain, expires_at)
         # paho runs on this loop: its PUBACK cannot be handled before the future is registered.
         future = self._waiting[info.mid] = self._loop.create_future()
         try:
@@ -278,7 +281,7 @@ class MqttLink:
 
     def publish_nowait(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Hand a message to the broker without waiting for its receipt; NotConnected when the link is down."""
-        self._send(topic, payload, qos, retain)
+        self._send(topic, payload, qos, retain, None)
 
     def ack(self, message: Message) -> None:
         """With ``manual_ack``: the message is handled; the broker may forget it. A message that came
@@ -291,10 +294,15 @@ class MqttLink:
         while True:
             yield await self._inbox.get()
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> paho.MQTTMessageInfo:
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool,
+              expires_at: float | None) -> paho.MQTTMessageInfo:
         if self._client is None or not self.connected.is_set():
             raise NotConnected(f"not connected to {self.host}:{self.port}")
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        properties = None
+        if expires_at is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, min(int(expires_at - time.time()), 2 ** 32 - 1))
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise NotConnected(f"publish not sent: {paho.error_string(info.rc)}")
         return info

@@ -125,7 +125,8 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
         version, token = store.issue_document(sign, name)
         topic = documents.topic(args.topic_prefix, scope, name)
         try:
-            asyncio.run(_publish_retained(args, connection, topic, token))
+            asyncio.run(_publish_retained(args, connection, topic, token,
+                                          None if kind == "revocation" else expires_at))
         except MqttError as error:
             raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; central's "
                                "ingest publishes it once it is connected to the broker (within the hour), or push "
@@ -190,7 +191,10 @@ def broker_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def _publish_retained(args, connection: dict[str, Any], topic: str, token: bytes) -> None:
+async def _publish_retained(args, connection: dict[str, Any], topic: str, token: bytes,
+                            expires_at: float | None) -> None:
+    """Publish ``token`` retained; the broker drops it at ``expires_at`` (None: it keeps it for good), when no box
+    would take it any more: every order ever pushed no longer comes to a box at each of its connections."""
     host, port = args.broker
     link = MqttLink(host=host, port=port, client_id=f"counterbox-ops-{os.getpid()}",
                     backoff=Backoff(first=0.1, most=1.0), **connection)
@@ -200,7 +204,7 @@ async def _publish_retained(args, connection: dict[str, Any], topic: str, token:
                 await link.connected.wait()
         except TimeoutError:
             raise MqttError(f"broker {host}:{port} unreachable for {PUBLISH_TIMEOUT:.0f} s") from None
-        await link.publish(topic, token, retain=True)
+        await link.publish(topic, token, retain=True, expires_at=expires_at)
 
 
 def _prices_push(args) -> int:
@@ -326,7 +330,7 @@ def _activation_issue(args) -> int:
     if args.push:
         try:
             asyncio.run(_publish_retained(args, connection, activation.topic(args.topic_prefix, args.device, "code"),
-                                          token.encode()))
+                                          token.encode(), code.expires_at))
         except MqttError as error:
             raise CentralError(f"code {code.code_id} issued, but not pushed: {error}") from None
     print(json.dumps({"code": code.code_id, "shop": shop.licence, "device": args.device,

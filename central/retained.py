@@ -70,14 +70,14 @@ class Keeper:
         held = await self._retained()
         in_force = await loop.run_in_executor(self.thread, self.store.documents_in_force, time.time())
         published = 0
-        for name, scope, version, token in in_force:
+        for name, scope, version, token, expires_at in in_force:
             topic = documents.topic(self.prefix, Scope(**json.loads(scope)), name)
             there = _version(held[topic]) if topic in held else None
             if there is not None and there >= version:
                 continue  # the same, or a newer one (pushed since central read its own)
             if await loop.run_in_executor(self.thread, self.store.latest_document, name, scope) != token:
                 continue  # operations issued a newer one meanwhile, and publish it themselves
-            await link.publish(topic, token, retain=True)
+            await link.publish(topic, token, retain=True, expires_at=expires_at)
             published += 1
             logger.warning("document %s version %d published again on %s: the broker %s", name, version, topic,
                            "had lost it (stopped before it saved it)" if topic not in held

@@ -729,20 +729,22 @@ class CentralStore:
             return conn.execute(sa.select(documents.c.token).where(documents.c.name == name, documents.c.scope == scope)
                                 .order_by(documents.c.version.desc()).limit(1)).scalar()
 
-    def documents_in_force(self, now: float) -> list[tuple[str, str, int, bytes]]:
-        """(name, scope, version, token) of the newest version of each document stream for each scope
-        (its JSON, as kept) that has not expired at ``now``, and every revocation (a box takes one whenever it
-        comes): what the broker should hold, retained."""
+    def documents_in_force(self, now: float) -> list[tuple[str, str, int, bytes, float | None]]:
+        """(name, scope, version, token, expires_at) of the newest version of each document stream for each
+        scope (its JSON, as kept) that has not expired at ``now``, and every revocation (a box takes one
+        whenever it comes: its expires_at None): what the broker should hold, retained, and until when."""
         newest = (sa.select(documents.c.name, documents.c.scope, sa.func.max(documents.c.version).label("version"))
                   .group_by(documents.c.name, documents.c.scope).subquery())
         with self._transaction(write=False) as conn:
             rows = conn.execute(
-                sa.select(documents.c.name, documents.c.scope, documents.c.version, documents.c.token)
+                sa.select(documents.c.name, documents.c.scope, documents.c.version, documents.c.token,
+                          documents.c.kind, documents.c.expires_at)
                 .join(newest, sa.and_(documents.c.name == newest.c.name, documents.c.scope == newest.c.scope,
                                       documents.c.version == newest.c.version))
                 .where(sa.or_(documents.c.expires_at > now, documents.c.kind == "revocation"))
                 .order_by(documents.c.name, documents.c.scope)).all()
-        return [(name, scope, version, bytes(token)) for name, scope, version, token in rows]
+        return [(name, scope, version, bytes(token), None if kind == "revocation" else expires_at)
+                for name, scope, version, token, kind, expires_at in rows]
 
     def document_published(self, name: str, version: int) -> None:
         with self._transaction() as conn:

@@ -481,12 +481,12 @@ def test_the_documents_in_force_are_the_newest_unexpired_version_of_each_stream_
     issue("settings", {"region": "honghe"}, 9000.0, kind="settings")
     issue("revocation", {"device": "shop-2"}, 4000.0, kind="revocation")  # never lapses: a box takes it when it comes
     assert store.documents_in_force(5000.0) == [
-        ("price_list", '{"device": "shop-1"}', 4, b"token-price_list-4"),
-        ("price_list", '{"region": "honghe"}', 2, b"token-price_list-2"),
-        ("price_list", '{"region": "kunming"}', 3, b"token-price_list-3"),
-        ("revocation", '{"device": "shop-2"}', 1, b"token-revocation-1"),
-        ("settings", '{"region": "honghe"}', 1, b"token-settings-1")]
-    assert store.documents_in_force(9000.0) == [("revocation", '{"device": "shop-2"}', 1, b"token-revocation-1")]
+        ("price_list", '{"device": "shop-1"}', 4, b"token-price_list-4", 9000.0),
+        ("price_list", '{"region": "honghe"}', 2, b"token-price_list-2", 9000.0),
+        ("price_list", '{"region": "kunming"}', 3, b"token-price_list-3", 9000.0),
+        ("revocation", '{"device": "shop-2"}', 1, b"token-revocation-1", None),
+        ("settings", '{"region": "honghe"}', 1, b"token-settings-1", 9000.0)]
+    assert store.documents_in_force(9000.0) == [("revocation", '{"device": "shop-2"}', 1, b"token-revocation-1", None)]
 
 
 def test_two_centrals_adding_one_devices_batches_at_once_hold_each_event_once(database):

@@ -75,3 +75,64 @@ def test_what_the_broker_lacks_or_holds_older_is_published_again_and_a_newer_cop
     finally:
         thread.shutdown()
         store.close()
+
+
+def _held_at(stack, topic: str) -> bytes | None:
+    """What a box subscribing now finds retained on ``topic``."""
+    async def held() -> bytes | None:
+        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="a-box-later",
+                            subscriptions=[topic]) as box:
+            try:
+                async with asyncio.timeout(1.0):
+                    async for message in box.messages():
+                        return message.payload
+            except TimeoutError:
+                return None
+    return asyncio.run(held())
+
+
+def test_a_document_leaves_the_broker_when_it_expires_and_a_revocation_never_does(stack):
+    """Every order ever pushed stayed retained for good: each box took them all again at each connection, and the
+    broker's store grew week by week. The broker drops one at its expiry (MQTT 5 message expiry), when no box
+    would take it any more; a revocation, which never lapses, it keeps."""
+    stack.ops_public_key()
+    store = CentralStore(stack.central_db)
+    store.register("shop-7", "k" * 43, shop="530100000001", region="honghe")
+    store.close()
+    lines = stack.directory / "lines.csv"
+    lines.write_text("barcode,name,quantity\n6901028075848,Hongtashan (carton),5\n")
+    common = ["--central-db", str(stack.central_db), "--ops-key", str(stack.ops_key), "--broker",
+              f"127.0.0.1:{stack.broker_port}", "--device", "shop-7"]
+    pushed = stack.ops_command("order", "push", *common, "--order-id", "w48", "--valid-days", "0.00004", str(lines))
+    assert pushed.returncode == 0, pushed.stderr
+    revoked = stack.ops_command("revoke", *common)
+    assert revoked.returncode == 0, revoked.stderr
+    order, revocation = f"{PREFIX}/devices/shop-7/docs/order/w48", f"{PREFIX}/devices/shop-7/docs/revocation"
+    assert _held_at(stack, order) is not None and _held_at(stack, revocation) is not None
+    time.sleep(4.0)  # past the order's 3.5 s
+    assert _held_at(stack, order) is None
+    assert _held_at(stack, revocation) is not None
+    # Central's keeper publishes again only what is in force, each until its own expiry.
+    key = Ed25519PrivateKey.generate()
+    store = CentralStore(stack.central_db)
+    now = time.time()
+    token = documents.encode_document(Document("price_list", "price_list", 9, Scope(region="honghe"), PRICES, now,
+                                               now + 2.5), key=key, kid="ops-1")
+    store.issue_document(lambda version: ("price_list", json.dumps({"region": "honghe"}), "ops-1", now, now + 2.5,
+                                          token), "price_list")
+    thread = ThreadPoolExecutor(max_workers=1)
+
+    async def keep() -> int:
+        options = {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "keeper-test"}
+        async with MqttLink(**options) as link:
+            await link.connected.wait()
+            return await Keeper(store=store, prefix=PREFIX, thread=thread, reader=options).keep(link)
+
+    try:
+        assert asyncio.run(keep()) == 1  # the price list; the revocation is there, the order out of force
+        assert _held_at(stack, TOPIC) == token
+        time.sleep(3.0)
+        assert _held_at(stack, TOPIC) is None and _held_at(stack, revocation) is not None
+    finally:
+        thread.shutdown()
+        store.close()
