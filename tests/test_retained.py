@@ -34,6 +34,18 @@ def _issue(store: CentralStore, key: Ed25519PrivateKey) -> bytes:
                                                  now, now + 3600, _token(key, version)), "price_list")[1]
 
 
+async def _retained_on(stack, topic: str) -> bytes | None:
+    """What a box subscribing now finds retained on ``topic``."""
+    async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="a-box-later",
+                        subscriptions=[topic]) as box:
+        try:
+            async with asyncio.timeout(1.0):
+                async for message in box.messages():
+                    return message.payload
+        except TimeoutError:
+            return None
+
+
 @pytest.mark.foreign_messages  # something on a document's topic that is no document
 def test_what_the_broker_lacks_or_holds_older_is_published_again_and_a_newer_copy_is_left(stack):
     key = Ed25519PrivateKey.generate()
@@ -47,27 +59,17 @@ def test_what_the_broker_lacks_or_holds_older_is_published_again_and_a_newer_cop
         options = {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "keeper-test"}
         keeper = Keeper(store=store, prefix=PREFIX, thread=thread, reader=options)
 
-        async def held() -> bytes | None:
-            async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="a-box-later",
-                                subscriptions=[TOPIC]) as box:
-                try:
-                    async with asyncio.timeout(1.0):
-                        async for message in box.messages():
-                            return message.payload
-                except TimeoutError:
-                    return None
-
         async with MqttLink(**options) as link:
             await link.connected.wait()
-            found.append((await keeper.keep(link), await held() == newest))  # lost: published again
-            found.append((await keeper.keep(link), await held() == newest))  # held: left as it is
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))  # lost: published again
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))  # held: left as it is
             await link.publish(TOPIC, _token(key, 1), retain=True)
-            found.append((await keeper.keep(link), await held() == newest))  # older: replaced
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))  # older: replaced
             pushed = _token(key, 3)
             await link.publish(TOPIC, pushed, retain=True)  # pushed since central read its own
-            found.append((await keeper.keep(link), await held() == pushed))
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == pushed))
             await link.publish(TOPIC, b"not a document", retain=True)
-            found.append((await keeper.keep(link), await held() == newest))
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))
         return found
 
     try:
@@ -78,17 +80,7 @@ def test_what_the_broker_lacks_or_holds_older_is_published_again_and_a_newer_cop
 
 
 def _held_at(stack, topic: str) -> bytes | None:
-    """What a box subscribing now finds retained on ``topic``."""
-    async def held() -> bytes | None:
-        async with MqttLink(host="127.0.0.1", port=stack.broker_port, client_id="a-box-later",
-                            subscriptions=[topic]) as box:
-            try:
-                async with asyncio.timeout(1.0):
-                    async for message in box.messages():
-                        return message.payload
-            except TimeoutError:
-                return None
-    return asyncio.run(held())
+    return asyncio.run(_retained_on(stack, topic))
 
 
 def test_a_document_leaves_the_broker_when_it_expires_and_a_revocation_never_does(stack):
