@@ -22,6 +22,9 @@ from .errors import CentralError
 from .store import Shop
 
 SCALE = 6  # pixels per QR module: about 0.5 mm at 300 dpi, well within a scanner's reach
+# Fonts with Chinese that Debian installs (fonts-noto-cjk, fonts-wqy-microhei): named when a slip needs one.
+CJK_FONTS = (Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc"),
+             Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"))
 DPI = 300
 
 
@@ -52,6 +55,13 @@ def write_slip(path: Path, token: str, shop: Shop, code: ActivationCode, *, font
         (small, f"code {code.code_id}"),
         (small, "Plug the box in, then scan this code."),
     ]
+    missing = sorted({char for typeface, text in lines for char in text if _no_glyph(typeface, char)})
+    if missing:
+        # Written all the same, the slip printed each of them as an empty box: a shop nobody could read.
+        at_hand = next((str(path) for path in CJK_FONTS if path.exists()), None)
+        raise CentralError(f"font {font or '(built in)'} has no glyph for {' '.join(missing)}: the slip would print "
+                           "empty boxes; give --font a font that has them" + (f", such as {at_hand}" if at_hand else
+                                                                              " (for Chinese, Noto Sans CJK)"))
     # Wide enough for the longest line (a long shop name), with a margin as wide as the gap before the text.
     width = size + 40 + max(620, max(round(typeface.getlength(text)) for typeface, text in lines) + 40)
     slip = Image.new("L", (width, max(size, 40 + 44 * len(lines))), 255)
@@ -68,3 +78,13 @@ def write_slip(path: Path, token: str, shop: Shop, code: ActivationCode, *, font
         draw.text((size + 40, y), text, font=typeface, fill=0)
         y += 44
     slip.save(path, dpi=(DPI, DPI))  # the format by the suffix; a PDF's page is then the slip's printed size
+
+
+def _no_glyph(typeface, char: str) -> bool:
+    """Whether ``typeface`` draws ``char`` as its missing glyph (the one U+FFFF, a noncharacter, is drawn as)."""
+    return not char.isspace() and _drawn(typeface, char) == _drawn(typeface, "\uffff")
+
+
+def _drawn(typeface, text: str) -> tuple:
+    mask = typeface.getmask(text)
+    return mask.size, bytes(mask)

@@ -17,7 +17,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 from central.errors import CentralError
 from central.ops import main as ops_main
-from central.slip import write_slip
+from central.slip import CJK_FONTS, write_slip
 from central.store import CentralStore, Shop
 from provisioning import activation
 from provisioning.activation import ActivationCode
@@ -211,6 +211,18 @@ def test_a_shop_name_in_chinese_is_printed_with_every_line_in_the_font_given(tmp
              "Plug the box in, then scan this code."]
     assert len(slip.lines) == len(lines)
     assert [words for line, words in zip(slip.lines, lines) if not slip.reads(line, words, WQY)] == []
+
+
+def test_a_shop_name_the_font_has_no_glyph_for_is_refused_rather_than_printed_as_empty_boxes(tmp_path):
+    """Without --font (as the docs' example ran it), a Chinese shop name was written as five empty boxes, exit 0."""
+    shop = Shop("530102100123", "蒙自三号店", "honghe", monitoring=True)
+    token, issued = _token(shop)
+    at_hand = next(str(path) for path in CJK_FONTS if path.exists())  # the test's own font among them
+    with pytest.raises(CentralError) as refused:
+        write_slip(tmp_path / "slip.png", token, shop, issued)
+    assert str(refused.value) == (f"font (built in) has no glyph for {' '.join(sorted('蒙自三号店'))}: the slip would "
+                                  f"print empty boxes; give --font a font that has them, such as {at_hand}")
+    assert not (tmp_path / "slip.png").exists()
 
 
 def test_a_font_given_changes_the_typeface_not_the_size_of_any_line(tmp_path):
