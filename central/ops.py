@@ -362,8 +362,9 @@ def _activation_codes(args) -> int:
         store.close()
     now = time.time()
     for code in codes:
-        code["state"] = "used" if code["used_by"] is not None else ("expired" if now > code["expires_at"] else "open")
-        for name in ("issued_at", "expires_at", "used_at"):
+        code["state"] = ("used" if code["used_by"] is not None else "withdrawn" if code["withdrawn_at"] is not None
+                         else "expired" if now > code["expires_at"] else "open")
+        for name in ("issued_at", "expires_at", "used_at", "withdrawn_at"):
             code[name] = protocol.rfc3339(code[name]) if code[name] is not None else None
         if args.json:
             print(json.dumps(code))
@@ -371,8 +372,20 @@ def _activation_codes(args) -> int:
         meant_for = f"device {code['device']}" if code["device"] else "any new box"
         said = {"used": f"used {code['used_at']} by {code['used_by']}",
                 "open": f"open until {code['expires_at']}, for {meant_for}",
-                "expired": f"expired {code['expires_at']}, unused (was for {meant_for})"}[code["state"]]
+                "expired": f"expired {code['expires_at']}, unused (was for {meant_for})",
+                "withdrawn": f"withdrawn {code['withdrawn_at']}, unused (was for {meant_for})"}[code["state"]]
         print(f"{code['code']:24} shop {code['shop']:16} {said}")
+    return 0
+
+
+def _activation_withdraw(args) -> int:
+    """A code no box has used, refused by central from now on: a slip lost, an install called off."""
+    store = CentralStore(args.central_db, create=False)
+    try:
+        store.withdraw_code(args.code, at=time.time())  # ActivationRefused, a CentralError, says why not
+    finally:
+        store.close()
+    print(f"code {args.code} withdrawn: central refuses it from now on")
     return 0
 
 
@@ -541,6 +554,13 @@ def parser() -> argparse.ArgumentParser:
     codes.add_argument("--shop", metavar="LICENCE", help="only this shop's codes")
     codes.add_argument("--json", action="store_true", help="one JSON object per code, for programs")
     codes.set_defaults(func=_activation_codes)
+
+    withdraw = activation_.add_parser("withdraw", help="withdraw a code no box has used (a slip lost): central "
+                                                       "refuses it from now on")
+    withdraw.add_argument("--central-db", type=database, required=True,
+                          help="central's database: a SQLite file or a PostgreSQL URL")
+    withdraw.add_argument("--code", required=True, help="the code id (activation codes lists them)")
+    withdraw.set_defaults(func=_activation_withdraw)
 
     prices = commands.add_parser("prices", help="price lists").add_subparsers(dest="action", required=True)
     push = prices.add_parser("push", help="sign a price list (CSV: barcode,name,price) and push it to a region or device")

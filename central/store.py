@@ -46,7 +46,7 @@ from .errors import ActivationRefused, ForeignJournal, JournalReplaced, Registry
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0005"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0006"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -106,6 +106,7 @@ activation_codes = sa.Table(
     sa.Column("used_by", sa.Text),
     sa.Column("used_key", sa.Text),
     sa.Column("used_at", sa.Double),
+    sa.Column("withdrawn_at", sa.Double),
 )
 # Boxes waiting for activation, from their hello.
 waiting = sa.Table(
@@ -645,13 +646,15 @@ class CentralStore:
         codes = activation_codes
         with self._transaction() as conn:
             row = conn.execute(sa.select(codes.c.shop, codes.c.token, codes.c.device, codes.c.expires_at,
-                                         codes.c.used_by, codes.c.used_key)
+                                         codes.c.used_by, codes.c.used_key, codes.c.withdrawn_at)
                                .where(codes.c.code_id == code_id).with_for_update()).first()
             if row is None or row[1] != token:
                 raise ActivationRefused("central never issued this code")
-            licence, _, bound, expires_at, used_by, used_key = row
+            licence, _, bound, expires_at, used_by, used_key, withdrawn_at = row
             if used_by is not None and (used_by, used_key) != (device_id, public_key):
                 raise ActivationRefused("the code was already used by another box")
+            if used_by is None and withdrawn_at is not None:
+                raise ActivationRefused("the code was withdrawn by operations")
             if used_by is None and now > expires_at:
                 raise ActivationRefused("the code has expired")
             if bound is not None and bound != device_id:
@@ -676,16 +679,30 @@ class CentralStore:
             conn.execute(waiting.delete().where(waiting.c.device_id == device_id))
         return shop
 
+    def withdraw_code(self, code_id: str, *, at: float) -> None:
+        """Withdraw a code no box has used: central refuses it from then on. ActivationRefused for one used
+        (its box is revoked, not its code) or never issued."""
+        codes = activation_codes
+        with self._transaction() as conn:
+            row = conn.execute(sa.select(codes.c.used_by).where(codes.c.code_id == code_id).with_for_update()).first()
+            if row is None:
+                raise ActivationRefused(f"central never issued a code {code_id}")
+            if row.used_by is not None:
+                raise ActivationRefused(f"code {code_id} was used by device {row.used_by}: revoke the box instead")
+            conn.execute(codes.update().where(codes.c.code_id == code_id)
+                         .values(withdrawn_at=sa.func.coalesce(codes.c.withdrawn_at, at)))
+
     def codes(self, shop: str | None = None) -> list[dict[str, Any]]:
         """The activation codes issued (``shop``'s alone, given its licence), newest first; never their tokens,
         which activate a box for the shop while they are unused."""
         codes = activation_codes
         query = sa.select(codes.c.code_id, codes.c.shop, codes.c.device, codes.c.issued_at, codes.c.expires_at,
-                          codes.c.used_by, codes.c.used_at).order_by(codes.c.issued_at.desc(), codes.c.code_id)
+                          codes.c.used_by, codes.c.used_at, codes.c.withdrawn_at
+                          ).order_by(codes.c.issued_at.desc(), codes.c.code_id)
         with self._transaction(write=False) as conn:
             rows = conn.execute(query if shop is None else query.where(codes.c.shop == shop)).all()
-        return [dict(zip(("code", "shop", "device", "issued_at", "expires_at", "used_by", "used_at"), row))
-                for row in rows]
+        return [dict(zip(("code", "shop", "device", "issued_at", "expires_at", "used_by", "used_at", "withdrawn_at"),
+                         row)) for row in rows]
 
     def waiting(self, device_id: str, public_key: str, agent_version: str, seen_at: float, *,
                 retained: bool = False) -> None:

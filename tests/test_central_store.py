@@ -833,11 +833,11 @@ def test_the_codes_issued_are_listed_newest_first_with_who_used_each_and_when_ne
     store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2600.0)  # asked again: first use kept
     assert store.codes() == [
         {"code": "code-2", "shop": shop.licence, "device": "cb-b", "issued_at": 3000.0, "expires_at": 9000.0,
-         "used_by": None, "used_at": None},
+         "used_by": None, "used_at": None, "withdrawn_at": None},
         {"code": "code-3", "shop": "530100000002", "device": None, "issued_at": 2000.0, "expires_at": 6000.0,
-         "used_by": None, "used_at": None},
+         "used_by": None, "used_at": None, "withdrawn_at": None},
         {"code": "code-1", "shop": shop.licence, "device": None, "issued_at": 1000.0, "expires_at": 5000.0,
-         "used_by": "cb-a", "used_at": 2500.0}]
+         "used_by": "cb-a", "used_at": 2500.0, "withdrawn_at": None}]
     assert [code["code"] for code in store.codes(shop.licence)] == ["code-2", "code-1"]
     assert store.codes("530100000404") == []
 

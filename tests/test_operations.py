@@ -625,6 +625,43 @@ def test_boxes_waiting_for_activation_are_listed_newest_first_for_people_and_pro
         ("cb-newer", "2025-11-24T16:10:00.000Z", "1.3.0"), ("cb-older", "2025-11-24T16:00:00.000Z", "1.2.0")]
 
 
+def test_a_code_withdrawn_before_any_box_used_it_is_refused_by_central_and_listed_as_withdrawn(tmp_path, ops_key):
+    """A slip lost on the way to the shop activated any box for that shop for up to a year, with nothing to stop it."""
+    import time
+
+    from central.errors import ActivationRefused
+
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
+    codes = []
+    for _ in range(2):
+        result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001")
+        codes.append(json.loads(result.stdout)["code"])
+    lost, used = codes
+    store = CentralStore(db)
+    tokens = dict(store.conn.execute("SELECT code_id, token FROM activation_codes").fetchall())
+    store.activate(used, tokens[used], device_id="cb-site", public_key=KEY_WITH_A_DASH, now=time.time())
+    store.close()
+    withdraw = ["activation", "withdraw", "--central-db", str(db), "--code"]
+    assert ops(*withdraw, lost).stdout == f"code {lost} withdrawn: central refuses it from now on\n"
+    assert ops(*withdraw, lost).returncode == 0  # again: it stays withdrawn, from the first time
+    for code, said in ((used, f"code {used} was used by device cb-site: revoke the box instead"),
+                       ("no-such", "central never issued a code no-such")):
+        refused = ops(*withdraw, code)
+        assert (refused.returncode, refused.stderr) == (2, f"counterbox-ops: error: {said}\n")
+    store = CentralStore(db)
+    try:
+        with pytest.raises(ActivationRefused, match="the code was withdrawn by operations"):
+            store.activate(lost, tokens[lost], device_id="cb-finder", public_key=KEY_WITH_A_DASH, now=time.time())
+        assert store.device("cb-finder") is None
+    finally:
+        store.close()
+    rows = {row["code"]: row for row in map(json.loads, ops("activation", "codes", "--central-db", str(db),
+                                                             "--json").stdout.splitlines())}
+    assert (rows[lost]["state"], rows[used]["state"]) == ("withdrawn", "used")
+    assert "withdrawn " in ops("activation", "codes", "--central-db", str(db)).stdout
+
+
 def test_the_codes_issued_say_for_people_and_programs_which_were_used_by_which_box_and_which_are_open(tmp_path,
                                                                                                      ops_key):
     import time
