@@ -42,6 +42,9 @@ RECONNECT = Backoff(first=0.05, most=1.0)
 # A device whose clock differs from central's by more than this is flagged (log, report).
 CLOCK_TOLERANCE = 60.0  # seconds
 GRANTS_AGAIN = 30.0  # seconds between attempts to bring central's role at the broker up to date
+# How long past its grace a revoked box that took its revocation may still talk before central removes its
+# broker access without its farewell.
+OVERDUE = 3600.0  # seconds
 QUEUE_SETTLE = 5.0  # seconds after central connects during which a status may have been queued for it
 # Messages one ingest handles at once on PostgreSQL: one is verified while the server stores another,
 # so the process does not stand idle through each commit. On SQLite one: its writers take turns at the
@@ -181,7 +184,14 @@ class Ingest:
         before it took central's acknowledgement (a power cut just after its last batch) could not learn it,
         and would wait out its grace to say them lost; nor on a routine status saying it holds everything,
         after which it may record more (a snapshot, a timeout) to hand in."""
-        return status.get("erasing") is True and self.store.device(device_id).revoked_at is not None
+        if self.store.device(device_id).revoked_at is None:
+            return False
+        if status.get("erasing") is True:
+            return True
+        # One that took its revocation and still talks long past its grace never erases itself (a box of an
+        # earlier version, or one made to stay): its access goes all the same.
+        taken = self.store.revocation_taken(device_id)
+        return taken is not None and time.time() > taken[0] + taken[1] + OVERDUE
 
     def _public_key(self, device_id: str) -> Ed25519PublicKey:
         device = self.store.device(device_id)

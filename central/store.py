@@ -862,17 +862,27 @@ class CentralStore:
     def revocation_delivered(self, device_id: str) -> bool:
         """Whether central holds the device's revocation event and everything before it: one of a revocation
         issued since the device was revoked, not one its journal recorded for the box it was restored from."""
+        return self.revocation_taken(device_id) is not None
+
+    def revocation_taken(self, device_id: str) -> tuple[float, float] | None:
+        """(when central received it, its grace in seconds) of the device's revocation event, once central holds
+        it and everything before it (revocation_delivered); None before."""
         with self._transaction(write=False) as conn:
             row = conn.execute(sa.select(devices.c.acked_seq, devices.c.revoked_at)
                                .where(devices.c.device_id == device_id)).first()
             if row is None or row.revoked_at is None:
-                return False
-            bodies = conn.execute(sa.select(_events.c.body).where(
+                return None
+            events = conn.execute(sa.select(_events.c.body, _events.c.received_at).where(
                 _events.c.device_id == device_id, _events.c.kind == "revocation", _events.c.seq <= row.acked_seq)
-            ).scalars().all()
-        # Signed on the operations machine just after it marked the device revoked, to the millisecond.
-        issued = (_timestamp(json.loads(body).get("issued_at")) for body in bodies)
-        return any(at is not None and at >= row.revoked_at - 1 for at in issued)
+            ).all()
+        for body, received_at in events:
+            body = json.loads(body)
+            # Signed on the operations machine just after it marked the device revoked, to the millisecond.
+            at = _timestamp(body.get("issued_at"))
+            grace = body.get("grace_seconds")
+            if at is not None and at >= row.revoked_at - 1:
+                return received_at, float(grace) if isinstance(grace, (int, float)) else 0.0
+        return None
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
         """Each day from ``first_day`` to ``last_day`` (YYYY-MM-DD, central's local calendar) on which the

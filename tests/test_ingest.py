@@ -190,6 +190,28 @@ def test_a_revoked_box_is_cut_off_once_it_says_it_erases_itself(central):
     assert again.cut_off is True
 
 
+def test_a_revoked_box_that_took_its_revocation_and_talks_on_an_hour_past_its_grace_is_cut_off(central):
+    """A box of an earlier version says no farewell (nor one made to stay): it kept its broker access for good,
+    and central stored whatever it went on sending."""
+    from central.ingest import OVERDUE
+
+    key, now = central.box_key, time.time()
+    central.store.revoke("shop-1")
+    revocation = Event(2, "revocation", {"name": "revocation", "issued_at": protocol.rfc3339(now), "grace_seconds": 600})
+    central.handle(batch_message([*sales(1), revocation], key=key))
+    status = {"key": key, "last_seq": 2, "acked_seq": 2, "backlog": 0}
+    assert central.handle(status_message(sent_at=now, **status))[0].cut_off is False  # within its grace
+    took = now - 600 - OVERDUE + 5
+    central.store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = 2", [took])
+    assert central.handle(status_message(sent_at=now + 1, **status))[0].cut_off is False  # the hour is not up
+    central.store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = 2", [took - 10])
+    assert central.handle(status_message(sent_at=now + 2, **status))[0].cut_off is True
+    # One that never took it (off all the while) keeps its access: cut off, it could never take it, nor erase.
+    central.store.conn.execute("DELETE FROM events WHERE device_id = 'shop-1' AND seq = 2")
+    central.store.conn.execute("UPDATE devices SET acked_seq = 1 WHERE device_id = 'shop-1'")
+    assert central.handle(status_message(sent_at=now + 3, **status))[0].cut_off is False
+
+
 def test_a_revoked_boxs_farewell_handled_after_its_connections_will_still_cuts_it_off(central):
     """The box leaves the link right after its farewell: central (two messages at once, or two instances) may
     handle the will first, which sorts after every status of its connection; the farewell, not the newest
