@@ -378,6 +378,25 @@ def _activation_codes(args) -> int:
     return 0
 
 
+def _shop_list(args) -> int:
+    """The shops registered, each with the boxes serving it: a shop with none (a monitoring point whose box left
+    must be replaced at once) is marked."""
+    store = CentralStore(args.central_db, create=False)
+    try:
+        listed = store.shops(args.region)
+    finally:
+        store.close()
+    for shop, boxes in listed:
+        if args.json:
+            print(json.dumps({"licence": shop.licence, "name": shop.name, "region": shop.region,
+                              "monitoring": shop.monitoring, "devices": boxes}, ensure_ascii=False))
+            continue
+        kind = "monitoring point" if shop.monitoring else "general"
+        serving = ", ".join(boxes) if boxes else "NO BOX" + (": replace it at once" if shop.monitoring else "")
+        print(f"{shop.licence:16} {kind:16} {shop.region or '-':10} {shop.name}: {serving}")
+    return 0
+
+
 def _activation_withdraw(args) -> int:
     """A code no box has used, refused by central from now on: a slip lost, an install called off."""
     store = CentralStore(args.central_db, create=False)
@@ -523,6 +542,12 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--monitoring", action="store_true", help="a monitoring point (reports actual prices and stock)")
     add.add_argument("--replace", action="store_true", help="change a shop already registered")
     add.set_defaults(func=_shop_add)
+    listing = shop.add_parser("list", help="the shops registered and the boxes serving each; a shop with none marked")
+    listing.add_argument("--central-db", type=database, required=True,
+                         help="central's database: a SQLite file or a PostgreSQL URL")
+    listing.add_argument("--region", help="only this region's shops")
+    listing.add_argument("--json", action="store_true", help="one JSON object per shop, for programs")
+    listing.set_defaults(func=_shop_list)
 
     activation_ = commands.add_parser("activation", help="activation codes").add_subparsers(dest="action", required=True)
     issue = activation_.add_parser("issue", help="issue a single-use activation code for a shop: a slip, or a push")

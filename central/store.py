@@ -598,6 +598,19 @@ class CentralStore:
                                .where(shops.c.licence == licence)).first()
         return Shop(row[0], row[1], row[2], bool(row[3])) if row else None
 
+    def shops(self, region: str | None = None) -> list[tuple[Shop, list[str]]]:
+        """Every shop registered (``region``'s alone, given one), by licence, each with the devices that serve it
+        now (registered for it and not revoked)."""
+        with self._transaction(write=False) as conn:
+            query = sa.select(shops.c.licence, shops.c.name, shops.c.region, shops.c.monitoring).order_by(shops.c.licence)
+            rows = conn.execute(query if region is None else query.where(shops.c.region == region)).all()
+            serving: dict[str, list[str]] = {}
+            for device_id, shop in conn.execute(sa.select(devices.c.device_id, devices.c.shop).where(
+                    devices.c.revoked_at.is_(None)).order_by(devices.c.device_id)):
+                serving.setdefault(shop, []).append(device_id)
+        return [(Shop(licence, name, shop_region, bool(monitoring)), serving.get(licence, []))
+                for licence, name, shop_region, monitoring in rows]
+
     def region_known(self, region: str) -> bool:
         """Whether a shop or a box registered is in ``region``."""
         with self._transaction(write=False) as conn:

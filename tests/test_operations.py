@@ -662,6 +662,32 @@ def test_a_code_withdrawn_before_any_box_used_it_is_refused_by_central_and_liste
     assert "withdrawn " in ops("activation", "codes", "--central-db", str(db)).stdout
 
 
+def test_shop_list_names_each_shop_with_the_boxes_serving_it_and_marks_a_monitoring_point_left_without_one(tmp_path):
+    """A monitoring point whose box left must be replaced at once: nothing showed which had none."""
+    db = tmp_path / "central.db"
+    for licence, name, region, monitoring in (("530100000001", "蒙自三号店", "honghe", True),
+                                              ("530100000002", "Gejiu No. 1", "honghe", False),
+                                              ("530100000003", "Kunming No. 9", "kunming", True)):
+        added = ops("shop", "add", "--central-db", str(db), "--licence", licence, "--name", name, "--region", region,
+                    *(["--monitoring"] if monitoring else []))
+        assert added.returncode == 0, added.stderr
+    store = CentralStore(db)
+    store.register("cb-old", KEY_WITH_A_DASH, shop="530100000003", region="kunming")
+    store.revoke("cb-old")  # left: the shop has no box now
+    store.register("cb-one", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    assert ops("shop", "list", "--central-db", str(db)).stdout.splitlines() == [
+        "530100000001     monitoring point honghe     蒙自三号店: cb-one",
+        "530100000002     general          honghe     Gejiu No. 1: NO BOX",
+        "530100000003     monitoring point kunming    Kunming No. 9: NO BOX: replace it at once"]
+    rows = [json.loads(line) for line in ops("shop", "list", "--central-db", str(db), "--region", "honghe",
+                                             "--json").stdout.splitlines()]
+    assert rows == [{"licence": "530100000001", "name": "蒙自三号店", "region": "honghe", "monitoring": True,
+                     "devices": ["cb-one"]},
+                    {"licence": "530100000002", "name": "Gejiu No. 1", "region": "honghe", "monitoring": False,
+                     "devices": []}]
+
+
 def test_the_codes_issued_say_for_people_and_programs_which_were_used_by_which_box_and_which_are_open(tmp_path,
                                                                                                      ops_key):
     import time
