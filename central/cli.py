@@ -153,7 +153,8 @@ def _shop_report(args) -> int:
             raise CentralError(f"region {args.region} has no device registered")
         if args.report == "stock":
             result: Any = reports.stock(store, scope)
-            text = "\n\n".join(f"Shop {shop}: {shop_reports.stock_table(report)}" for shop, report in result.items())
+            text = "\n\n".join(f"Shop {shop}: {shop_reports.stock_table(report)}" for shop, report in result.items()) \
+                or "No box serves the shops asked for now: no shelf is known (counterbox-ops shop list)"
         else:
             day = args.day or args.week or date.today().isoformat()
             days = shop_reports.week_of(day) if args.week else [day]

@@ -686,6 +686,14 @@ def test_shop_list_names_each_shop_with_the_boxes_serving_it_and_marks_a_monitor
                      "devices": ["cb-one"]},
                     {"licence": "530100000002", "name": "Gejiu No. 1", "region": "honghe", "monitoring": False,
                      "devices": []}]
+    # Its stock asked for: said, where an empty line read as a report that failed.
+    from central.cli import main as central_main
+
+    from .harness import run_main
+
+    stock = run_main(central_main, ["--db", str(db), "report", "stock", "--shop", "530100000003"])
+    assert (stock.returncode, stock.stdout) == (0, "No box serves the shops asked for now: no shelf is known "
+                                                   "(counterbox-ops shop list)\n")
 
 
 def test_the_codes_issued_say_for_people_and_programs_which_were_used_by_which_box_and_which_are_open(tmp_path,
