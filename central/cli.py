@@ -188,7 +188,8 @@ def _devices(args) -> int:
         for device_id in store.device_ids():
             device, status = store.device(device_id), store.status(device_id)
             row = {"device": device_id, "shop": device.shop, "region": device.region, "acked_seq": device.acked_seq,
-                   "documents": store.documents_held(device_id), "state": "never seen",
+                   "documents": store.documents_held(device_id),
+                   "prices_loaded_on_the_box": store.prices_loaded_on_the_box(device_id), "state": "never seen",
                    "last_seen": None, "backlog": None, "scanners": None, "agent_version": None, "free_bytes": None,
                    "clock_offset": None, "clock_ok": None}
             if status is not None:
@@ -212,7 +213,8 @@ def _devices(args) -> int:
         seen = _age(row["_age"]) if "_age" in row else "-"
         clock = "-" if row["clock_offset"] is None else f"{row['clock_offset']:+.0f}s" + ("" if row["clock_ok"] else " !")
         print(f"{row['device']:24} {row['shop'][:20]:20} {row['state']:10} {seen:>8} {_or_dash(row['backlog']):>7} "
-              f"{_or_dash(row['scanners']):>8} {clock:>9} {_or_dash(row['documents'].get('price_list')):>6}  "
+              f"{_or_dash(row['scanners']):>8} {clock:>9} "
+              f"{'local' if row['prices_loaded_on_the_box'] else _or_dash(row['documents'].get('price_list')):>6}  "
               f"{row['agent_version'] or '-'}")
     return 0
 

@@ -795,6 +795,19 @@ class CentralStore:
                 held[name] = version
         return held
 
+    def prices_loaded_on_the_box(self, device_id: str) -> bool:
+        """Whether the device's newest price list is one loaded on the box (``counterbox prices load``), after any
+        operations pushed: it sells at prices no document of central's says."""
+        with self._transaction(write=False) as conn:
+            newest = conn.execute(sa.select(sa.func.max(_events.c.seq)).where(
+                _events.c.device_id == device_id, _events.c.kind == "price_list")).scalar()
+            if newest is None:
+                return False
+            bodies = conn.execute(sa.select(_events.c.body).where(_events.c.device_id == device_id,
+                                                                  _events.c.kind == "document")).scalars().all()
+        pushed = [json.loads(body).get("content_seq") for body in bodies]
+        return newest not in pushed
+
     # -- presence and health ---------------------------------------------------------
 
     def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool,

@@ -332,12 +332,13 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
     assert list(rows) == ["cb-fast-clock", "cb-gone", "cb-live", "cb-never"]
     live = rows["cb-live"]
     assert live == {"device": "cb-live", "shop": "530102100001", "region": "honghe", "acked_seq": 3,
-                    "documents": {"price_list": 4, "order/W48": 1}, "state": "online",
+                    "documents": {"price_list": 4, "order/W48": 1}, "prices_loaded_on_the_box": False, "state": "online",
                     "last_seen": rfc3339(now - 120), "backlog": 3, "scanners": 1, "agent_version": "0.1.0",
                     "free_bytes": 52_000_000, "clock_offset": -5.0, "clock_ok": True, "revoked_at": None}
     assert (rows["cb-fast-clock"]["clock_offset"], rows["cb-fast-clock"]["clock_ok"]) == (300.0, False)
     assert rows["cb-never"] == {"device": "cb-never", "shop": "530102100003", "region": "kunming", "acked_seq": 0,
-                                "documents": {}, "state": "never seen", "last_seen": None, "backlog": None,
+                                "documents": {}, "prices_loaded_on_the_box": False, "state": "never seen",
+                                "last_seen": None, "backlog": None,
                                 "scanners": None, "agent_version": None, "free_bytes": None, "clock_offset": None,
                                 "clock_ok": None, "revoked_at": None}
     assert (rows["cb-gone"]["state"], rows["cb-gone"]["revoked_at"]) == ("revoked", rfc3339(revoked_at))
@@ -350,6 +351,24 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
                                       "-", "0.1.0"]
     assert lines["cb-never"] == ["cb-never", "530102100003", "never", "seen", "-", "-", "-", "-", "-", "-"]
     assert lines["cb-gone"] == ["cb-gone", "530102100004", "revoked", "3d", "ago", "3", "1", "-", "-", "0.1.0"]
+
+
+def test_devices_says_when_a_box_sells_at_a_price_list_loaded_on_it_after_the_one_pushed(central):
+    """The pushed version was shown while the box sold at prices from a file loaded on it."""
+    command, db = central
+    store = CentralStore(db)
+    for device in ("cb-pushed", "cb-local"):
+        store.register(device, "key", shop="530102100001")
+        store.add_events(device, 1, [{"seq": 1, "kind": "price_list", "body": {"source": "operations"}},
+                                     {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": 4,
+                                                                             "content_seq": 1}}])
+    store.add_events("cb-local", 1, [{"seq": 3, "kind": "price_list", "body": {"source": "week48.csv"}}])
+    store.close()
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert {device: row["prices_loaded_on_the_box"] for device, row in rows.items()} == {"cb-local": True,
+                                                                                         "cb-pushed": False}
+    lines = {line.split()[0]: line.split() for line in command("devices").stdout.splitlines()[1:]}
+    assert (lines["cb-local"][-2], lines["cb-pushed"][-2]) == ("local", "4")
 
 
 def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_so_it_can_be_collected(central):
