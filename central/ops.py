@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -170,6 +171,20 @@ def text(value: str) -> str:
         value.encode()
     except UnicodeEncodeError:
         raise argparse.ArgumentTypeError(f"{value!r} is not UTF-8 text") from None
+    return value
+
+
+# Names people write for a currency that are no ISO 4217 code: a list signed under one is summed apart from
+# every list in the code's name (a report then says "mixed: CNY, RMB").
+_NOT_ISO_4217 = {"RMB": "CNY", "YUAN": "CNY", "NTD": "TWD", "HKD$": "HKD"}
+
+
+def _currency(value: str) -> str:
+    """An argparse type: an ISO 4217 code, as the price list carries it."""
+    if value.upper() in _NOT_ISO_4217:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 4217 code: write {_NOT_ISO_4217[value.upper()]}")
+    if not re.fullmatch(r"[A-Z]{3}", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 4217 code: three capital letters, like CNY")
     return value
 
 
@@ -590,7 +605,8 @@ def parser() -> argparse.ArgumentParser:
     prices = commands.add_parser("prices", help="price lists").add_subparsers(dest="action", required=True)
     push = prices.add_parser("push", help="sign a price list (CSV: barcode,name,price) and push it to a region or device")
     _push_options(push, region=True)
-    push.add_argument("--currency", default="CNY", help="ISO 4217 code; prices are in its minor unit (default CNY)")
+    push.add_argument("--currency", type=_currency, default="CNY",
+                      help="ISO 4217 code; prices are in its minor unit (default CNY)")
     push.add_argument("--valid-days", type=span(3650), default=30.0, help="days a box may still apply it (default 30)")
     push.set_defaults(func=_prices_push)
 

@@ -114,9 +114,11 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
     if kind == "price_list":
         _only("price list", body, {"source", "currency", "items"})
         items, currency, source = body.get("items"), body.get("currency"), body.get("source", "")
-        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency) or not isinstance(items, list) \
-                or not items:
-            raise ProtocolError("a price list needs a currency (ISO 4217, like CNY) and a list of one item or more")
+        if not isinstance(currency, str) or not re.fullmatch(r"[A-Z]{3}", currency):
+            raise ProtocolError(f"a price list's currency {jws.shown(currency)} is not an ISO 4217 code: three "
+                                "capital letters, like CNY")
+        if not isinstance(items, list) or not items:
+            raise ProtocolError("a price list needs a list of one item or more")
         if not _text(source):
             raise ProtocolError("a price list's source is text without control characters")
         keys: dict[str, int] = {}  # product key -> the item that listed it

@@ -88,7 +88,7 @@ def _item(**change):
      "a scope is for one device or for one region, naming that one alone"),
     (lambda k, kid: _signed(_payload(scope={"region": "a/b"}), k, kid), "region 'a/b' must be"),
     (lambda k, kid: _signed(_payload(expires_at="tomorrow"), k, kid), "not an RFC 3339 UTC time"),
-    (lambda k, kid: _signed(_payload(body={"items": []}), k, kid), "needs a currency"),
+    (lambda k, kid: _signed(_payload(body={"items": []}), k, kid), "a price list's currency None is not an ISO 4217 code"),
     (lambda k, kid: _signed(_payload(body=_item(price=-1)), k, kid), "price list item 1 needs"),
     (lambda k, kid: _signed(_payload(body=_item(price=23.5)), k, kid), "price list item 1 needs"),
     (lambda k, kid: _signed(_payload(body=_item(price=True)), k, kid), "price list item 1 needs"),
@@ -132,16 +132,15 @@ UNIT_RULE = "price list item 1: unit must be pack"
 
 
 @pytest.mark.parametrize("body,reason", [
-    ({"currency": "CNY", "items": {"barcode": "1"}},
-     "needs a currency (ISO 4217, like CNY) and a list of one item or more"),
-    ({"currency": "CNY", "items": []}, "and a list of one item or more"),  # a file of no items is refused too
+    ({"currency": "CNY", "items": {"barcode": "1"}}, "a price list needs a list of one item or more"),
+    ({"currency": "CNY", "items": []}, "needs a list of one item or more"),  # a file of no items is refused too
     ({**PRICES, "region": "honghe"}, "a price list holds currency, items, source only, not region"),
     ({**PRICES, "source": "prices\x1b[2J.csv"}, "a price list's source is text without control characters"),
     (_item(name="Hongtashan\x1b]0;owned\x07"), "price list item 1 needs a barcode with its check digit right, a name "
                                                "(text without control characters)"),
     (_item(name="Hongta\x85shan"), "a name (text without control characters)"),  # C1 as well as C0
     (_item(note={"deep": [1]}), "price list item 1 holds barcode, cost, name, packs, price, product, unit only"),
-    ({"currency": "cny", "items": []}, "needs a currency"),
+    ({"currency": "cny", "items": []}, "a price list's currency 'cny' is not an ISO 4217 code: three capital letters"),
     (_item(unit="box"), UNIT_RULE),
     (_item(unit="pack", packs=2), UNIT_RULE),
     (_item(unit="carton", packs=0, product="6901028075848"), UNIT_RULE),
