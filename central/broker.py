@@ -31,7 +31,7 @@ from typing import Any
 from agent.mqtt import Backoff, MqttError, MqttLink
 from provisioning import protocol
 
-from .errors import CentralError
+from .errors import AccessControlSilent, CentralError
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class BrokerAdmin:
             async with asyncio.timeout(ANSWER_TIMEOUT):  # not wait_for: it may swallow a cancellation
                 await self._link.connected.wait()
         except TimeoutError:
-            raise CentralError(f"the broker's access control is unreachable for {ANSWER_TIMEOUT:.0f} s") from None
+            raise AccessControlSilent(f"the broker's access control is unreachable for {ANSWER_TIMEOUT:.0f} s") from None
         loop = asyncio.get_running_loop()
         futures = []
         for command in commands:
@@ -318,7 +318,7 @@ class BrokerAdmin:
             async with asyncio.timeout(ANSWER_TIMEOUT):
                 answers = await asyncio.gather(*futures)
         except (MqttError, TimeoutError) as error:
-            raise CentralError(f"the broker's access control did not answer: {str(error) or 'timed out'}") from None
+            raise AccessControlSilent(f"the broker's access control did not answer: {str(error) or 'timed out'}") from None
         finally:
             for command in commands:  # an answer that never came is waited for no longer
                 self._waiting.pop(command["correlationData"], None)

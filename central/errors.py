@@ -34,3 +34,8 @@ class RegistryError(CentralError):
 
 class ActivationRefused(Rejected):
     """An activation request central will not honour; the reason goes back to the box."""
+
+
+class AccessControlSilent(CentralError):
+    """The broker's dynamic security plugin did not answer: a broker down, or one without the plugin (the
+    development broker)."""

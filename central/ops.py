@@ -26,7 +26,7 @@ from provisioning.identity import create_key, key_id, load_key, parse_public_key
 
 from . import broker
 from .broker import BrokerAdmin
-from .errors import CentralError
+from .errors import AccessControlSilent, CentralError
 from .slip import write_slip
 from .store import CentralStore, Shop, database
 
@@ -439,7 +439,14 @@ def _revoke(args) -> int:
     body = {"reason": args.reason, "grace_seconds": int(args.grace_minutes * 60)}
     pushed = _push(args, kind="revocation", name="revocation", body=body, key=key)
     if args.now:
-        asyncio.run(_cut_off(args))
+        try:
+            asyncio.run(_cut_off(args))
+        except CentralError as error:
+            # A broker without the dynamic security plugin answers nothing: said, since the development one is such.
+            why = " (if this is the development broker: it has no access control to cut a box off with)" \
+                if isinstance(error, AccessControlSilent) else ""
+            raise CentralError(f"device {args.device} is revoked and its revocation pushed, but it is NOT cut off at "
+                               f"the broker: {error}{why}") from None
     return pushed
 
 

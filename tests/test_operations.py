@@ -965,3 +965,24 @@ def test_a_shop_moved_to_another_region_names_the_boxes_the_change_does_not_reac
                "--region", "honghe", "--replace")
     assert back.stderr == ("counterbox-ops: warning: the boxes cb-box-1, cb-box-2 of this shop keep the region and "
                            "monitoring of their activation: revoke each and activate it again for the change to reach it\n")
+
+
+def test_revoking_at_once_on_a_broker_with_no_access_control_says_the_revocation_went_and_the_cut_off_did_not(stack):
+    """On the development broker it timed out with 'the broker's access control did not answer', after the
+    revocation had gone: an operator could not tell what was done."""
+    stack.ops_public_key()
+    store = CentralStore(stack.central_db)
+    store.register("shop-7", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.close()
+    result = stack.ops_command("revoke", "--central-db", str(stack.central_db), "--ops-key", str(stack.ops_key),
+                               "--broker", f"127.0.0.1:{stack.broker_port}", "--device", "shop-7", "--now")
+    assert result.returncode == 2
+    assert result.stderr.startswith("counterbox-ops: error: device shop-7 is revoked and its revocation pushed, but "
+                                    "it is NOT cut off at the broker: the broker's access control did not answer")
+    assert result.stderr.endswith("(if this is the development broker: it has no access control to cut a box off with)\n")
+    store = CentralStore(stack.central_db)
+    try:
+        assert store.device("shop-7").revoked_at is not None
+        assert store.latest_document("revocation", json.dumps({"device": "shop-7"})) is not None
+    finally:
+        store.close()
