@@ -68,7 +68,7 @@ def to_minor(text: str, what: str = "price") -> int:
     # Plain ASCII digits only: Decimal would also take 1_000, 1E+2, and digits of other scripts. A spreadsheet
     # groups thousands with commas ("1,230.00", quoted in its CSV); a comma anywhere else (23,50) is no amount.
     plain = text.strip()
-    if re.fullmatch(r"[0-9]{1,3}(,[0-9]{3}){1,2}(\.[0-9]{0,2})?", plain):
+    if re.fullmatch(r"[1-9][0-9]{0,2}(,[0-9]{3}){1,2}(\.[0-9]{0,2})?", plain):  # 0,500 groups nothing
         plain = plain.replace(",", "")
     if not re.fullmatch(r"[0-9]{1,9}(\.[0-9]{0,2})?|\.[0-9]{1,2}", plain):
         raise ValueError(f"{what} {text!r} is not an amount: zero or more in digits 0-9 (thousands grouped by "
@@ -89,9 +89,53 @@ def read_csv(path: Path) -> list[Item]:
         raise PriceListError(f"{path}: {error}") from None
 
 
-# Letters of U+0250 to U+07FF (IPA, combining marks, Greek, Cyrillic, Armenian, Hebrew, Arabic...): no name in a
-# Chinese shop's list holds them, and they are what GBK's two-byte Chinese reads as, where it happens to be UTF-8.
-_GBK_READ_AS_UTF8 = re.compile("[\u0250-\u07ff]")
+# GBK's two-byte Chinese, where its bytes happen to be UTF-8 too, reads as characters of U+0080 to U+07FF: IPA,
+# combining marks, rare Greek, Cyrillic, Hebrew and Arabic letters, mixed at random (泰山 as "̩ɽ", 双喜 as "˫ϲ").
+# A real name in those scripts holds their everyday letters, a word in one script, a combining accent after a
+# Latin letter (a decomposed "é"): what it holds beside those is the mark of GBK. Beyond these letters the mark
+# cannot tell (a Chinese character that reads as "é" or as one Cyrillic letter passes): the advice to save the
+# file as UTF-8 stands in the documentation either way.
+_READ_AS_UTF8 = re.compile("[\u0250-\u07ff]")
+_EVERYDAY_LETTERS = (("\u0386", "\u03ce", "greek"), ("\u0400", "\u045f", "cyrillic"), ("\u0490", "\u0491", "cyrillic"),
+                     ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"))
+
+
+def _script(char: str) -> str | None:
+    """The script of an everyday letter (Latin for all below U+0250), or None."""
+    if char < "\u0250":
+        return "latin"
+    return next((script for first, last, script in _EVERYDAY_LETTERS if first <= char <= last), None)
+
+
+def _gbk_read_as_utf8(raw: bytes, text: str) -> bool:
+    """Whether ``text``, ``raw`` read as UTF-8, is Chinese in GBK whose bytes happen to be UTF-8 as well: read
+    as GBK every character is one of GB2312's, and read as UTF-8 it holds what no name in any script does."""
+    import unicodedata
+
+    if raw.startswith(b"\xef\xbb\xbf") or not _READ_AS_UTF8.search(text):
+        return False  # a byte order mark is UTF-8's alone
+    try:
+        chinese = raw.decode("gb18030")
+    except UnicodeDecodeError:
+        return False  # not GBK either: its letters are what they say
+    try:
+        chinese.encode("gb2312")
+    except UnicodeEncodeError:
+        return False  # "Водка" reads as GBK's rare characters, never GB2312's: GBK misread yields GB2312's alone
+    before = ""
+    for char in text:
+        letter = unicodedata.category(char).startswith("L")
+        if "\u0250" <= char <= "\u07ff":
+            if unicodedata.combining(char):
+                if not (before and _script(before) == "latin" and unicodedata.category(before).startswith("L")):
+                    return True  # an accent on nothing, or on a letter no font would put it on
+            elif _script(char) is None:
+                return True
+        if letter and before and unicodedata.category(before).startswith("L") and not unicodedata.combining(before) \
+                and _script(char) != _script(before):
+            return True  # one word, two scripts
+        before = char
+    return False
 
 
 def csv_text(path: Path, error: type[Exception]) -> str:
@@ -104,11 +148,7 @@ def csv_text(path: Path, error: type[Exception]) -> str:
         line = raw[:failed.start].count(b"\n") + 1
         raise error(f"the file is not UTF-8 text ({failed.reason} at byte {failed.start}, line {line}); save it as "
                     "UTF-8 (a spreadsheet's \"CSV UTF-8\")") from None
-    if _GBK_READ_AS_UTF8.search(text):
-        try:
-            raw.decode("gb18030")
-        except UnicodeDecodeError:
-            return text  # not GBK either: its letters are what they say
+    if _gbk_read_as_utf8(raw, text):
         raise error("the file reads as GBK (the Chinese a spreadsheet saves by default), though its bytes happen "
                     "to be UTF-8 too: its names would read as letters no product has; save it as UTF-8 (a "
                     "spreadsheet's \"CSV UTF-8\")")
@@ -141,46 +181,44 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
     import csv
     import io
 
-    reader = csv.DictReader(io.StringIO(text), strict=True)  # a quote never closed is an error, not the rest of the file
+    reader = csv.reader(io.StringIO(text), strict=True)  # a quote never closed is an error, not the rest of the file
+    line = 1
     try:
-        fieldnames = reader.fieldnames
-        if fieldnames is not None:
-            # As a spreadsheet writes it: "barcode, name, price" names barcode and name; its empty columns
-            # past the last (",,") name nothing.
-            fieldnames = reader.fieldnames = [name.strip() for name in fieldnames]
-            named = [name for name in fieldnames if name]
-            if len(set(named)) != len(named):
-                raise error("the header names a column twice: " + ",".join(fieldnames))
-        if fieldnames is None or not required <= set(fieldnames):
+        header = next(reader, None)
+        # As a spreadsheet writes it: "barcode, name, price" names barcode and name; its empty columns
+        # past the last (",,") name nothing.
+        fieldnames = [name.strip() for name in header] if header else []
+        named = [name for name in fieldnames if name]
+        if len(set(named)) != len(named):
+            raise error("the header names a column twice: " + ",".join(fieldnames))
+        if not required <= set(named):
             raise error(f"the first line must be a header naming at least the columns {' and '.join(sorted(required))}")
-        for row in reader:
-            # The row's first line in the file: blank lines before it are skipped, and a quoted field
-            # (a spreadsheet's note) may hold line breaks.
-            line = reader.line_num - sum(value.count("\n") for value in _values(row))
-            extra = row.get(None)
-            if extra and any(value.strip() for value in extra):
+        while True:
+            line = reader.line_num + 1  # the row's first line: a quoted field (a spreadsheet's note) may hold breaks
+            values = next(reader, None)
+            if values is None:
+                return
+            if not values:
+                continue  # a blank line
+            if len(values) > len(fieldnames) and any(value.strip() for value in values[len(fieldnames):]):
                 # An unquoted comma (a price of 1,200.00, or 23,50) splits a field in two: never read in part.
-                raise error(f"line {line}: {len(fieldnames) + len(extra)} fields where the header names "
+                raise error(f"line {line}: {len(values)} fields where the header names "
                             f"{len(fieldnames)} columns (a comma in a price or a name is quoted: \"1,200.00\")")
-            fields = {name: (value or "").strip() for name, value in row.items()
-                      if isinstance(name, str) and isinstance(value, str)}
+            unnamed = [column for column, (name, value) in enumerate(zip(fieldnames, values), 1)
+                       if not name and value.strip()]
+            if unnamed:
+                # The same split, into a column the header left empty: "1,230.00" would read as a price of 1.
+                raise error(f"line {line}: a value in column {unnamed[0]}, which the header names nothing "
+                            "(a comma in a price or a name is quoted: \"1,200.00\")")
+            fields = {name: value.strip() for name, value in zip(fieldnames, values) if name}
             if not any(fields.values()):
                 continue  # a line of commas alone, as a spreadsheet writes an empty row: a blank line
             if any(CONTROL.search(value) for name, value in fields.items() if name in read):
                 raise error(f"line {line}: a field holds a control character")
             yield line, fields
     except csv.Error as failed:
-        raise error(f"line {reader.line_num + 1}: {failed} (a quote inside a quoted field is written twice, and "
+        raise error(f"line {line}: {failed} (a quote inside a quoted field is written twice, and "
                     "nothing comes after a closing quote but the comma)") from None  # the line it could not finish
-
-
-def _values(row: dict) -> Iterator[str]:
-    """Every text in a row csv.DictReader read: the columns', and those past the header's (a list)."""
-    for value in row.values():
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, list):
-            yield from (item for item in value if isinstance(item, str))
 
 
 def parse_csv(text: str) -> list[Item]:

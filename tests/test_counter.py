@@ -111,6 +111,8 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ('barcode,price\n96385074,"23,50"\n', "price '23,50' is not an amount"),  # a decimal comma: never 2350
         ('barcode,price\n96385074,"1,23,000"\n', "price '1,23,000' is not an amount"),
         ('barcode,price\n96385074,"1,000,000,000"\n', "price '1,000,000,000' is not an amount"),
+        ('barcode,price\n96385074,"0,500"\n', "price '0,500' is not an amount"),  # a decimal comma again, not 500
+        ('barcode,price\n96385074,"001,000"\n', "price '001,000' is not an amount"),
         ("barcode,price\n96385074,-1\n", "price '-1' is not an amount"),
         ("barcode,price\n96385074,abc\n", "line 2: price 'abc' is not an amount"),
         ("barcode,price\n96385074,1_000\n", "price '1_000' is not an amount"),
@@ -233,6 +235,11 @@ def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_
         read_csv(path)
     path.write_text(f"barcode,name,price\n6901028075831,{name},23.00\n96385074,Café crème,1.50\n", encoding="utf-8")
     assert [item.name for item in read_csv(path)] == [name, "Café crème"]
+    # Names in other scripts, in UTF-8, are what they say, though their bytes read as GBK too.
+    names = ["водка", "Пиво Балтика", "β-carotene", "Cafe\u0301 cre\u0300me", "Ελληνικό", "שלום", "مرحبا", "Ukraїna"]
+    path.write_text("barcode,name,price\n" + "".join(f"SKU{n},{name},1.50\n" for n, name in enumerate(names)),
+                    encoding="utf-8")
+    assert [item.name for item in read_csv(path)] == names
     path.write_bytes("barcode,name,price\n6901028075831,红塔山,23.00\n".encode("gbk"))  # GBK that is no UTF-8
     with pytest.raises(PriceListError, match="not UTF-8 text .* line 2\\); save it as UTF-8"):
         read_csv(path)
@@ -254,6 +261,13 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
     # As a spreadsheet saves a sheet: spaces after the header's commas, empty columns past the last, empty rows.
     items = parse_csv("barcode, name, price,,\r\n6901028075831,Hongtashan,23.00,,\r\n,,,,\r\n96385074,Gum,1.50,,\r\n")
     assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300), ("96385074", "Gum", 150)]
+    # Nor does an unquoted comma fill a column the header left empty: 1,230.00 read as 1.00, 1,000 packs as 1.
+    with pytest.raises(PriceListError, match=re.escape("line 3: a value in column 4, which the header names nothing")):
+        parse_csv("barcode,name,price,,\n6901028075831,Hongtashan,23.00,,\n6901028075848,Zhonghua,1,230.00,\n")
+    with pytest.raises(OrderError, match=re.escape("line 2: a value in column 3, which the header names nothing")):
+        parse_order("barcode,quantity,,\n6901028075848,1,000,\n")
+    with pytest.raises(PriceListError, match="line 2: a value in column 2, which the header names nothing"):
+        parse_csv("barcode,,price\n6901028075831,Hongtashan,23.00\n")
     # Quoted as the advice says (and as a spreadsheet writes a grouped amount), it is the amount.
     items = parse_csv('barcode,name,price,cost\n6901028075848,Zhonghua (carton),"1,200.00","1,050"\n')
     assert [(i.price, i.cost) for i in items] == [(120000, 105000)]
