@@ -77,7 +77,11 @@ def test_a_box_of_another_shop_naming_a_shops_journal_is_refused_and_takes_nothi
     over shop 1's stock report (shop 1 gone from it, shop 2 showing its shelf)."""
     from central.errors import ForeignJournal
 
+    from central.store import Shop
+
     journal = "c" * 32
+    for licence in ("530100000001", "530100000002"):
+        store.add_shop(Shop(licence, f"Shop {licence[-1]}", "honghe", False))
     store.register("cb-one", "key-1", shop="530100000001", region="honghe")
     store.register("cb-two", "key-2", shop="530100000002", region="honghe")
     store.register("cb-one-new", "key-3", shop="530100000001", region="honghe")
@@ -91,6 +95,20 @@ def test_a_box_of_another_shop_naming_a_shops_journal_is_refused_and_takes_nothi
     # The shop's own replacement box, restored from the backup: goes on from it.
     assert store.add_events("cb-one-new", 1, batch(4), journal=journal, base_seq=3) == (1, 4)
     assert store.holds_journal("cb-one-new")
+
+
+def test_a_box_registered_by_a_shops_name_hands_its_journal_to_the_box_registered_by_the_licence(store):
+    """Before shops had licences a box was registered with the shop's name: that is no shop central knows, so
+    the shop's replacement box, registered by its licence, goes on from the old box's journal."""
+    from central.store import Shop
+
+    journal = "e" * 32
+    store.add_shop(Shop("530100000001", "Corner Shop", "honghe", False))
+    store.register("cb-old", "key-1", shop="Corner Shop", region="honghe")
+    store.add_events("cb-old", 1, batch(1, 2, 3), journal=journal)
+    store.register("cb-new", "key-2", shop="530100000001", region="honghe")
+    assert store.add_events("cb-new", 1, batch(4), journal=journal, base_seq=3) == (1, 4)
+    assert store.holds_journal("cb-new")
 
 
 def test_a_journal_of_a_box_of_no_shop_that_named_none_is_counted_from_where_that_box_was(store):
