@@ -123,6 +123,12 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
                 raise CentralError(str(error)) from None
             return kind, json.dumps(scope.as_json()), kid, now, expires_at, token
 
+        past = store.applied_past_issued(name)
+        if past is not None:
+            # A box holds a version this database never issued: it was restored from an older backup.
+            print(f"counterbox-ops: warning: device {past[1]} applied {name} version {past[0]}, which this central "
+                  "database never issued (restored from a backup older than its last pushes?): this one is "
+                  "numbered past it, so that no box refuses it as a replay", file=sys.stderr)
         version, token = store.issue_document(sign, name)
         topic = documents.topic(args.topic_prefix, scope, name)
         try:

@@ -46,7 +46,7 @@ from .errors import ActivationRefused, ForeignJournal, JournalReplaced, Registry
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0006"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0007"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -73,6 +73,9 @@ events = sa.Table(
     sa.Column("sent_at", sa.Double),  # the sending time of the batch that brought it, by the box's clock
 )
 _events = events  # within add_events, whose argument is named events
+# The boxes' document events (what each says it applied), apart from their sales: read when a version is issued.
+sa.Index("ix_events_document", events.c.kind, sqlite_where=events.c.kind == "document",
+         postgresql_where=events.c.kind == "document")
 # Every document operations issued: the token as signed, and when it reached the broker.
 documents = sa.Table(
     "documents", metadata,
@@ -749,12 +752,37 @@ class CentralStore:
         (kind, scope, kid, issued_at, expires_at, token) and keep it; return (version, token)."""
         with self._transaction() as conn:
             self._lock(conn, "document", name)
-            version = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0) + 1)
-                                   .where(documents.c.name == name)).scalar_one()
+            issued = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0))
+                                  .where(documents.c.name == name)).scalar_one()
+            version = max(issued, self._highest_applied(conn, name)[0]) + 1
             kind, scope, kid, issued_at, expires_at, token = sign(version)
             conn.execute(documents.insert().values(name=name, version=version, kind=kind, scope=scope, kid=kid,
                                                    issued_at=issued_at, expires_at=expires_at, token=token))
         return version, token
+
+    def applied_past_issued(self, name: str) -> tuple[int, str] | None:
+        """(version, device) of the highest version of ``name`` a box says it applied, where central issued no
+        version as high (its database restored from a backup older than its last pushes), else None."""
+        with self._transaction(write=False) as conn:
+            issued = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0))
+                                  .where(documents.c.name == name)).scalar_one()
+            version, device = self._highest_applied(conn, name)
+        return (version, device) if version > issued else None
+
+    @staticmethod
+    def _highest_applied(conn: sa.Connection, name: str) -> tuple[int, str]:
+        """(version, device) of the highest version of ``name`` any box says it applied ((0, "") for none). Past
+        the versions central issued when its database was restored from a backup older than its last pushes:
+        a box refuses a version at or below the one it holds as a replay."""
+        highest = (0, "")
+        for device, body in conn.execute(sa.select(_events.c.device_id, _events.c.body).where(
+                _events.c.kind == "document", _events.c.body.contains(json.dumps(name, ensure_ascii=False),
+                                                                      autoescape=True))):
+            document = json.loads(body)
+            version = document.get("version")
+            if document.get("name") == name and protocol.natural(version) and version > highest[0]:
+                highest = (version, device)
+        return highest
 
     def latest_document(self, name: str, scope: str) -> bytes | None:
         """The token of the newest version of ``name`` issued for ``scope`` (its JSON, as kept), or None."""

@@ -922,6 +922,31 @@ def test_the_documents_a_box_holds_are_the_highest_version_it_applied_of_each_st
     assert store.documents_held("shop-3") == {}
 
 
+def test_a_database_restored_from_an_older_backup_numbers_the_next_version_past_those_the_boxes_applied(store):
+    """Central's database restored from last month's backup had issued price_list/honghe up to version 2; the
+    boxes applied 5. Numbered 3, the next push was refused by every box as a replay, week after week."""
+    def signer(version):
+        return "price_list", "region:honghe", "ops-1", 1.0, 2.0, f"v{version}".encode()
+
+    store.issue_document(signer, "price_list/honghe")
+    store.issue_document(signer, "price_list/honghe")
+    assert store.applied_past_issued("price_list/honghe") is None
+    store.register("shop-2", "key-2")
+    store.add_events("shop-1", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 4}},
+                                   {"seq": 2, "kind": "document", "body": {"name": "price_list/honghe", "version": 5}},
+                                   # another stream's, and a sale that looks like one: neither counts
+                                   {"seq": 3, "kind": "document", "body": {"name": "price_list/honghe-east",
+                                                                           "version": 90}},
+                                   {"seq": 4, "kind": "sale", "body": {"name": "price_list/honghe", "version": 80}}])
+    store.add_events("shop-2", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 3}},
+                                   {"seq": 2, "kind": "document", "body": {"name": "price_list/honghe", "version": "9"}}])
+    assert store.applied_past_issued("price_list/honghe") == (5, "shop-1")
+    assert store.issue_document(signer, "price_list/honghe") == (6, b"v6")
+    assert store.applied_past_issued("price_list/honghe") is None
+    assert store.issue_document(signer, "price_list/honghe")[0] == 7
+    assert store.issue_document(signer, "price_list/kunming")[0] == 1
+
+
 def revocation(issued_at: float) -> dict:
     """A revocation event's body as a box records it: the document's name, version and time of issue."""
     return {"reason": "shop closed", "grace_seconds": 600, "name": "revocation", "version": 1,
