@@ -32,7 +32,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -240,6 +240,9 @@ class Downlink:
         if document.version == held.version:
             if held.digest in (None, token):
                 # The retained copy, at every connection: applied already, though it may have expired since.
+                # One applied by a box of an earlier version is recorded with no digest: this copy's bytes,
+                # verified now, are skipped at the next connections without verifying them again.
+                self._applied[document.name] = replace(held, digest=token)
                 logger.debug("document %s version %d already applied", document.name, held.version)
                 return
             # Operations signed two documents under one version (central's database restored from a backup

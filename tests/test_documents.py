@@ -560,6 +560,39 @@ def test_the_retained_copy_of_a_document_applied_is_not_checked_again_at_each_co
     assert len(checked) == 2  # the first copy, and the other bytes under its version (refused: signed no later)
 
 
+def test_a_document_an_earlier_version_of_the_box_applied_is_checked_once_then_known_by_its_bytes(tmp_path, ops,
+                                                                                                 monkeypatch):
+    """A box of an earlier version recorded no digest of what it applied: after an upgrade the retained copy is
+    verified once, at the first connection, and skipped like any other from then on."""
+    from agent import downlink as downlink_module
+
+    checked = []
+    decode = downlink_module.documents.decode_document
+    monkeypatch.setattr(downlink_module.documents, "decode_document",
+                        lambda *args, **kwargs: checked.append(1) or decode(*args, **kwargs))
+    signed = protocol.rfc3339(time.time())
+    order = _message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-1"},
+                     body={**ORDER, "order_id": "7"}, issued_at=signed)
+
+    def applied_before_the_upgrade(journal):
+        about = {"name": "order/7", "version": 1, "issued_at": signed}
+        content = journal.append("order", {**ORDER, "order_id": "7", **about})
+        journal.append("document", {**about, "kind": "order", "content_seq": content})  # no scope, no digest
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await store.write(applied_before_the_upgrade)
+            for _ in range(4):
+                await downlink.handle(order)
+            return await store.read(lambda journal: journal.counts())
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == {"document": 1, "order": 1}
+    assert len(checked) == 1
+
+
 def _prices_held(store) -> list[int]:
     return store.read(lambda journal: [event.body["items"][0]["price"] for event in journal.of_kind("price_list")])
 
