@@ -532,15 +532,21 @@ def test_a_document_applied_and_since_expired_comes_again_retained_and_is_quietl
     assert refused.startswith("document refused topic=counterbox/v1/devices/shop-1/docs/order/7: it expired at ")
 
 
-def test_the_retained_copy_of_a_document_applied_is_not_checked_again_at_each_connection(tmp_path, ops, monkeypatch):
-    """Every order ever pushed stays retained: each connection brought them all again, each verified and checked
-    in full (seconds a year on), before the next acknowledgement could be read."""
+def _counted_checks(monkeypatch) -> list[int]:
+    """A list that grows by one each time the downlink verifies a document."""
     from agent import downlink as downlink_module
 
-    checked = []
+    checked: list[int] = []
     decode = downlink_module.documents.decode_document
     monkeypatch.setattr(downlink_module.documents, "decode_document",
                         lambda *args, **kwargs: checked.append(1) or decode(*args, **kwargs))
+    return checked
+
+
+def test_the_retained_copy_of_a_document_applied_is_not_checked_again_at_each_connection(tmp_path, ops, monkeypatch):
+    """Every order ever pushed stays retained: each connection brought them all again, each verified and checked
+    in full (seconds a year on), before the next acknowledgement could be read."""
+    checked = _counted_checks(monkeypatch)
     signed = protocol.rfc3339(time.time())
     order = _message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-1"},
                      body={**ORDER, "order_id": "7"}, issued_at=signed)
@@ -564,12 +570,7 @@ def test_a_document_an_earlier_version_of_the_box_applied_is_checked_once_then_k
                                                                                                  monkeypatch):
     """A box of an earlier version recorded no digest of what it applied: after an upgrade the retained copy is
     verified once, at the first connection, and skipped like any other from then on."""
-    from agent import downlink as downlink_module
-
-    checked = []
-    decode = downlink_module.documents.decode_document
-    monkeypatch.setattr(downlink_module.documents, "decode_document",
-                        lambda *args, **kwargs: checked.append(1) or decode(*args, **kwargs))
+    checked = _counted_checks(monkeypatch)
     signed = protocol.rfc3339(time.time())
     order = _message(ops, kind="order", name="order/7", version=1, scope={"device": "shop-1"},
                      body={**ORDER, "order_id": "7"}, issued_at=signed)
