@@ -122,7 +122,8 @@ class Ingest:
             raise Rejected(str(error)) from None
         if leaf == "status":
             live = not message.retain
-            self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled)
+            self.store.record_status(device_id, status, received_at=received_at, live=live, clocked=settled,
+                                     queued_at_most=SESSION_EXPIRY)
             offset = status["sent_at"] - received_at if live and settled and status["state"] == "online" else None
             # Any farewell, the newest or not (its connection's will may be handled first, two at once), and
             # a retained one sent again as central subscribes: a cut-off that failed is tried again then.

@@ -842,11 +842,12 @@ class CentralStore:
     # -- presence and health ---------------------------------------------------------
 
     def record_status(self, device_id: str, status: dict[str, Any], *, received_at: float, live: bool,
-                      clocked: bool | None = None) -> bool:
+                      clocked: bool | None = None, queued_at_most: float = 7 * 86400.0) -> bool:
         """Keep ``status`` as the device's latest, unless a later one is held (protocol.status_order;
         a retained status sent again on subscribing may be older); True when it is now the latest.
         Only a live status measures the device's clock, and not one that may have waited in central's
-        queue at the broker (``clocked`` False; by default, ``live``)."""
+        queue at the broker (``clocked`` False; by default, ``live``), for at most ``queued_at_most``
+        seconds (the broker's session expiry for central)."""
         clocked = live if clocked is None else clocked and live
         with self._transaction() as conn:
             self._lock(conn, "status", device_id)
@@ -859,7 +860,11 @@ class CentralStore:
                 # A status that may have waited in central's queue at the broker (central away over a weekend)
                 # reports the day the box sent it, on central's clock as the box's offset last measured puts it:
                 # filed under the day central took it in, it failed the days the box was there.
-                said = received_at if clocked else min(received_at, status["sent_at"] - ((held and held[4]) or 0.0))
+                # A box whose clock central never measured says nothing central can place (its clock may say
+                # 1970): the day central took it in. Nor did any wait longer than central's queue is kept.
+                measured = held[4] if held else None
+                said = received_at if clocked or measured is None else \
+                    max(received_at - queued_at_most, min(received_at, status["sent_at"] - measured))
                 insert = self._insert(conn, upload_days).values(device_id=device_id, day=_local_day(said), reports=1)
                 conn.execute(insert.on_conflict_do_update(
                     index_elements=[upload_days.c.device_id, upload_days.c.day],

@@ -390,6 +390,18 @@ def test_statuses_that_waited_at_the_broker_while_central_was_away_report_the_da
                         live=True, clocked=False)
     assert [(d.day, d.reports) for d in store.upload_days("shop-1", "2026-11-24", "2026-11-24", deadline=3600)] == [
         ("2026-11-24", 1)]
+    # Nor before central's queue could have held it: the box's clock set back to 1970 since it was measured.
+    store.record_status("shop-1", status(backlog=0, sent_at=3600.0), received_at=_at("2026-11-25", 8),
+                        live=True, clocked=False, queued_at_most=86400)
+    assert [(d.day, d.reports) for d in store.upload_days("shop-1", "2026-11-24", "2026-11-25", deadline=3600)] == [
+        ("2026-11-24", 2), ("2026-11-25", 0)]
+    # A box whose clock central never measured, queued: the day central took it in, not its clock's 1970.
+    store.register("shop-2", "key-2")
+    store.conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = 'shop-2'", [_at("2026-11-20", 9)])
+    store.record_status("shop-2", {**status(backlog=0, sent_at=3600.0), "device": "shop-2"},
+                        received_at=_at("2026-11-23", 8) + 1, live=True, clocked=False)
+    assert [(d.day, d.reports) for d in store.upload_days("shop-2", "2026-11-23", "2026-11-23", deadline=3600)] == [
+        ("2026-11-23", 1)]
 
 
 def test_a_day_on_which_the_box_held_events_unacknowledged_past_the_deadline_is_not_uploaded(store):
