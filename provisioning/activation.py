@@ -169,11 +169,11 @@ class Request:
 def decode_request(token: bytes, *, device: str) -> Request:
     """The request of a box that signed it with the key it names (so it holds that key), under the
     device id derived from that key (``cb-...``): no box can ask under another's id, or a name."""
+    public_key = _named_key(token, "an activation request")  # first: it bounds the size before anything is read
     try:
         header = jws.unverified_header(token.decode("ascii", errors="replace"))
     except SignatureError:
         raise ProtocolError("not an activation request: it names no public key") from None
-    public_key = _named_key(token, "an activation request")
     if header.get("kid") != device:
         raise ProtocolError(f"request kid {jws.shown(header.get('kid'))} is not the topic's device {device!r}")
     _, payload = _open(token, public_key, typ=REQUEST_TYPE)

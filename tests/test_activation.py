@@ -183,6 +183,11 @@ def test_a_hello_or_request_over_the_activation_limit_is_refused_before_its_json
         assert len(padded) > activation.MAX_ACTIVATION_BYTES
         with pytest.raises(ProtocolError, match=f"{len(padded)} bytes, over the limit of 4096 for one"):
             decode(padded, device=device)
+    # Nor its header: megabytes of one are not read to find that they are not JSON.
+    header = jws.b64url(b"[" * 100_000).encode()
+    for decode in (activation.decode_hello, activation.decode_request):
+        with pytest.raises(ProtocolError, match="over the limit of 4096 for one"):
+            decode(header + b"." + request.split(b".", 1)[1], device=device)
 
 
 def test_a_hello_round_trips_with_its_version_of_up_to_64_characters():
