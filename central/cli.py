@@ -197,8 +197,11 @@ def _devices(args) -> int:
                 row.update(state=status.state, last_seen=rfc3339(status.received_at), clock_offset=status.clock_offset,
                            clock_ok=None if status.clock_offset is None else abs(status.clock_offset) <= CLOCK_TOLERANCE)
                 row["_age"] = now - status.received_at
-            if device.revoked_at is not None:  # retired: its revocation and all before it are here; collect it
-                row["state"] = "retired" if store.revocation_delivered(device_id) else "revoked"
+            if device.revoked_at is not None:
+                # Retired once the box said (signed) that it erases itself: collect it. Handed in, while
+                # central holds its revocation and all before it but the box has not said so yet.
+                row["state"] = "retired" if device.erasing_at is not None else \
+                    "handed in" if store.revocation_delivered(device_id) else "revoked"
             row["revoked_at"] = rfc3339(device.revoked_at) if device.revoked_at else None
             rows.append(row)
     finally:

@@ -46,7 +46,7 @@ from .errors import ActivationRefused, ForeignJournal, JournalReplaced, Registry
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0007"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0008"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -61,6 +61,7 @@ devices = sa.Table(
     sa.Column("revoked_at", sa.Double),  # operations revoked it; its batches are still taken
     sa.Column("journal", sa.Text, index=True),  # the id of the journal whose events are held (its first batch naming one)
     sa.Column("admitted_at", sa.Double),  # central made its client and role at the production broker
+    sa.Column("erasing_at", sa.Double),  # central took the revoked box's signed word that it erases itself now
 )
 events = sa.Table(
     "events", metadata,
@@ -187,6 +188,7 @@ class Device:
     shop: str = ""
     region: str = ""
     revoked_at: float | None = None  # operations revoked it; its batches are still taken, to hand in what it holds
+    erasing_at: float | None = None  # revoked, it said (signed) that it erases itself now: collect it
 
 
 @dataclass(frozen=True)
@@ -427,7 +429,7 @@ class CentralStore:
         with self._transaction(write=False) as conn:
             row = conn.execute(sa.select(
                 devices.c.device_id, devices.c.public_key, devices.c.acked_seq, sa.func.coalesce(devices.c.shop, ""),
-                sa.func.coalesce(devices.c.region, ""), devices.c.revoked_at,
+                sa.func.coalesce(devices.c.region, ""), devices.c.revoked_at, devices.c.erasing_at,
             ).where(devices.c.device_id == device_id)).first()
         return Device(*row) if row else None
 
@@ -869,6 +871,10 @@ class CentralStore:
                 conn.execute(insert.on_conflict_do_update(
                     index_elements=[upload_days.c.device_id, upload_days.c.day],
                     set_={"reports": upload_days.c.reports + 1}))
+            if status.get("erasing") is True:
+                # A revoked box's last word (retained: taken again as central subscribes): it stays said.
+                conn.execute(devices.update().where(devices.c.device_id == device_id, devices.c.revoked_at.is_not(None),
+                                                    devices.c.erasing_at.is_(None)).values(erasing_at=received_at))
             if held:
                 before = protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held)))
                 after = protocol.status_order(status)

@@ -443,8 +443,12 @@ def test_a_revoked_box_delivers_what_it_holds_erases_itself_and_waits_as_a_new_b
 
     with pytest.raises(DataKeyError):
         Journal.open(device.directory / "journal.db", old_data_key, create=False)
-    devices = {row["device"]: row for row in map(json.loads, stack.central_command("devices", "--json").stdout.splitlines())}
-    assert devices[old_id]["state"] == "retired"  # it handed in all it held: the box can be collected
+    def state():
+        devices = stack.central_command("devices", "--json").stdout.splitlines()
+        return {row["device"]: row for row in map(json.loads, devices)}[old_id]["state"]
+
+    # It handed in all it held and said it erases itself: the box can be collected.
+    wait_until(lambda: state() == "retired", 20, "the box shown retired")
 
 
 def test_a_backup_restored_onto_a_replacement_box_waits_for_its_own_code_then_delivers_the_old_boxs_backlog(

@@ -371,26 +371,37 @@ def test_devices_says_when_a_box_sells_at_a_price_list_loaded_on_it_after_the_on
     assert (lines["cb-local"][-2], lines["cb-pushed"][-2]) == ("local", "4")
 
 
-def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_so_it_can_be_collected(central):
+def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_when_it_erased_itself(central):
+    """Revoked while it delivers; handed in once central holds its revocation and all before it; retired, to
+    be collected, once it said (signed) that it erases itself. Retired once meant only handed in: a box that
+    had not yet erased itself was collected with its key and journal on it."""
     import time
 
     from .test_central_store import revocation
 
     command, db = central
     store = CentralStore(db)
-    for device in ("cb-leaving", "cb-left", "cb-cut"):
+    for device in ("cb-leaving", "cb-left", "cb-cut", "cb-erased"):
         store.register(device, "key", shop="530102100001")
         store.revoke(device)
     store.add_events("cb-leaving", 1, [{"seq": 1, "kind": "sale", "body": {}},
                                        {"seq": 3, "kind": "revocation", "body": revocation(time.time())}])  # 2 missing
-    store.add_events("cb-left", 1, [{"seq": 1, "kind": "sale", "body": {}},
-                                    {"seq": 2, "kind": "revocation", "body": revocation(time.time())}])
+    for device in ("cb-left", "cb-erased"):
+        store.add_events(device, 1, [{"seq": 1, "kind": "sale", "body": {}},
+                                     {"seq": 2, "kind": "revocation", "body": revocation(time.time())}])
+        online = {"v": 1, "device": device, "state": "online", "session": 1, "connection": 1, "sent_at": time.time(),
+                  "last_seq": 2, "acked_seq": 2}
+        store.record_status(device, {**online, **({"erasing": True} if device == "cb-erased" else {})},
+                            received_at=time.time(), live=True)
+    # Its going offline after its last word leaves it said.
+    store.record_status("cb-erased", {"v": 1, "device": "cb-erased", "state": "offline", "session": 1, "connection": 1,
+                                      "sent_at": time.time() + 1}, received_at=time.time() + 1, live=True)
     store.close()
     rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
-    assert {device: row["state"] for device, row in rows.items()} == {
-        "cb-cut": "revoked", "cb-leaving": "revoked", "cb-left": "retired"}
-    lines = {line.split()[0]: line.split() for line in command("devices").stdout.splitlines()[1:]}
-    assert [lines[device][2] for device in ("cb-cut", "cb-leaving", "cb-left")] == ["revoked", "revoked", "retired"]
+    states = {"cb-cut": "revoked", "cb-leaving": "revoked", "cb-left": "handed in", "cb-erased": "retired"}
+    assert {device: row["state"] for device, row in rows.items()} == states
+    lines = {line.split()[0]: line for line in command("devices").stdout.splitlines()[1:]}
+    assert all(lines[device][46:56].rstrip() == state for device, state in states.items())
 
 
 def test_reports_write_out_a_boxs_control_characters_instead_of_handing_them_to_the_terminal(central):
