@@ -62,19 +62,24 @@ class Held:
     version: int
     digest: str | None = None
     issued_at: float = 0.0
+    superseded: bool = False  # another scope's document of the stream was applied since: this one is not in force
 
 
 def applied_versions(journal: Journal, device: str, region: str) -> dict[str, Held]:
     """The version the box holds of each document stream among those still meant for it: the view of its
     ``document`` events. One applied for another region (the box moved, or a journal was restored onto a
     box of a shop in another region) or another device (the box whose backup this is) no longer counts:
-    its region's or its own stream goes on from whatever version it is at (versions grow across scopes)."""
+    its region's or its own stream goes on from whatever version it is at (versions grow across scopes). One
+    applied since for another scope took its place: a box moved back to its first region holds nothing of that
+    region's stream in force, and takes the version it holds again (the one in force is the other region's)."""
     versions: dict[str, Held] = {}
     for event in journal.of_kind("document"):
         body = event.body
         scope = body.get("scope")  # left out by boxes of earlier versions: as if meant for this one
         if isinstance(scope, dict) and not (scope.get("device") == device if "device" in scope
                                             else bool(region) and scope.get("region") == region):
+            if body["name"] in versions:
+                versions[body["name"]] = replace(versions[body["name"]], superseded=True)
             continue
         held = versions.get(body["name"])
         if held is None or body["version"] >= held.version:
@@ -219,7 +224,7 @@ class Downlink:
         if not message.payload:
             return  # a retained document cleared by operations: nothing to apply
         held = self._applied.get(message.topic.partition("/docs/")[2])
-        if held is not None and held.digest == digest(message.payload):
+        if held is not None and held.digest == digest(message.payload) and not held.superseded:
             # The very bytes this box verified and applied: the retained copy of every order ever pushed, at
             # every connection, once took seconds of checking each time, growing week by week.
             logger.debug("document %s version %d already applied", message.topic.partition("/docs/")[2],
@@ -237,7 +242,11 @@ class Downlink:
             logger.exception("document refused topic=%s: checking it failed; nothing changed", message.topic)
             return
         held, token = self._applied.get(document.name, Held(0)), digest(message.payload)
-        if document.version == held.version:
+        if document.version == held.version and held.superseded:
+            # Held, but another scope's applied since is in force (the box moved to another region and back).
+            logger.info("document topic=%s: version %d applied again, in place of another scope's applied since",
+                        message.topic, document.version)
+        elif document.version == held.version:
             if held.digest in (None, token):
                 # The retained copy, at every connection: applied already, though it may have expired since.
                 # One applied by a box of an earlier version is recorded with no digest: this copy's bytes,

@@ -656,6 +656,29 @@ def test_a_box_in_another_region_now_takes_its_new_regions_list_whatever_the_ver
     assert counts == {"document": 4, "price_list": 2, "order": 2}
 
 
+def test_a_box_moved_back_to_its_first_region_takes_that_regions_list_again(tmp_path, ops):
+    """Moved to kunming and back: honghe's retained list, the very bytes applied before the move, was skipped
+    as held, and the box sold at kunming's prices in honghe."""
+    honghe = _message(ops, version=2, body=_item(price=2300))
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(honghe)
+            for region, message in (("kunming", _message(ops, version=3, scope={"region": "kunming"},
+                                                         body=_item(price=2100))), ("honghe", honghe)):
+                moved = Downlink(store=store, uplink=downlink.uplink, device_id="shop-1", region=region,
+                                 trusted={key_id(ops): ops.public_key()}, topic_prefix="counterbox/v1")
+                await moved.handle(message)
+                await moved.handle(message)  # the retained copy at the next connection: held now
+            await moved.handle(_message(ops, version=1, body=_item(price=9900)))  # older than it held there: a replay
+            return await _prices_held(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == [2300, 2100, 2300]
+
+
 def test_a_revocation_past_its_expiry_still_takes_the_box_out_of_service(tmp_path, ops):
     """A box off while it was revoked, back after the revocation's expiry (or with its clock ahead), once refused
     it as expired and went on selling for a shop that had left."""
