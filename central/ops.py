@@ -123,13 +123,7 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
                 raise CentralError(str(error)) from None
             return kind, json.dumps(scope.as_json()), kid, now, expires_at, token
 
-        past = store.applied_past_issued(name)
-        if past is not None:
-            # A box holds a version this database never issued: it was restored from an older backup.
-            print(f"counterbox-ops: warning: device {past[1]} applied {name} version {past[0]}, which this central "
-                  "database never issued (restored from a backup older than its last pushes?): this one is "
-                  "numbered past it, so that no box refuses it as a replay", file=sys.stderr)
-        version, token = store.issue_document(sign, name)
+        version, token = store.issue_document(sign, name, past_boxes=args.past_boxes)
         topic = documents.topic(args.topic_prefix, scope, name)
         try:
             asyncio.run(_publish_retained(args, connection, topic, token,
@@ -523,6 +517,9 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
                          help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     command.add_argument("--topic-prefix", type=protocol.topic_prefix, default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
     broker.add_connection_options(command)
+    command.add_argument("--past-boxes", action="store_true",
+                         help="number the new version past the highest a box says it applied, where this database "
+                              "issued less: central's database was restored from a backup older than its last pushes")
     whom = command.add_mutually_exclusive_group(required=True)
     whom.add_argument("--device", help="for one device")
     if region:

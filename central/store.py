@@ -749,37 +749,47 @@ class CentralStore:
 
     # -- documents ---------------------------------------------------------------
 
-    def issue_document(self, sign: Callable[[int], tuple[str, str, str, float, float, bytes]], name: str) -> tuple[int, bytes]:
+    def issue_document(self, sign: Callable[[int], tuple[str, str, str, float, float, bytes]], name: str, *,
+                       past_boxes: bool = False) -> tuple[int, bytes]:
         """Give ``name``'s stream its next version, have ``sign(version)`` make the document
-        (kind, scope, kid, issued_at, expires_at, token) and keep it; return (version, token)."""
+        (kind, scope, kid, issued_at, expires_at, token) and keep it; return (version, token).
+
+        A box that says it applied a version this database never issued stops it (RegistryError, naming the
+        box, nothing signed): central's database was restored from a backup older than its last pushes, and
+        every box would refuse the next version as a replay; or the box's word is false. With ``past_boxes``
+        (operations looked, and the database was restored) the version is numbered past the box's. A revoked
+        box's word is not taken."""
+        with self._transaction(write=False) as conn:
+            applied, device = self._highest_applied(conn, name)  # read before the lock: it reads many events
         with self._transaction() as conn:
             self._lock(conn, "document", name)
             issued = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0))
                                   .where(documents.c.name == name)).scalar_one()
-            version = max(issued, self._highest_applied(conn, name)[0]) + 1
+            if applied > issued and not past_boxes:
+                raise RegistryError(
+                    f"device {device} says it applied {name} version {applied}, but this database issued {name} "
+                    f"only up to version {issued}. If central's database was restored from a backup older than its "
+                    f"last pushes, push again with --past-boxes: the new version is numbered {applied + 1}, past "
+                    "what the boxes hold (they refuse an older one as a replay). If not, that box's word is false: "
+                    "look at it (once revoked, its word no longer counts). Nothing is signed")
+            version = max(issued, applied if past_boxes else 0) + 1
+            if version > protocol.MAX_INTEGER:
+                raise RegistryError(f"{name} version {version} is past the highest a box takes "
+                                    f"({protocol.MAX_INTEGER}): nothing is signed")
             kind, scope, kid, issued_at, expires_at, token = sign(version)
             conn.execute(documents.insert().values(name=name, version=version, kind=kind, scope=scope, kid=kid,
                                                    issued_at=issued_at, expires_at=expires_at, token=token))
         return version, token
 
-    def applied_past_issued(self, name: str) -> tuple[int, str] | None:
-        """(version, device) of the highest version of ``name`` a box says it applied, where central issued no
-        version as high (its database restored from a backup older than its last pushes), else None."""
-        with self._transaction(write=False) as conn:
-            issued = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0))
-                                  .where(documents.c.name == name)).scalar_one()
-            version, device = self._highest_applied(conn, name)
-        return (version, device) if version > issued else None
-
     @staticmethod
     def _highest_applied(conn: sa.Connection, name: str) -> tuple[int, str]:
-        """(version, device) of the highest version of ``name`` any box says it applied ((0, "") for none). Past
-        the versions central issued when its database was restored from a backup older than its last pushes:
-        a box refuses a version at or below the one it holds as a replay."""
+        """(version, device) of the highest version of ``name`` a box not revoked says it applied ((0, "") for
+        none): one of its ``document`` events, as the box wrote it."""
         highest = (0, "")
         for device, body in conn.execute(sa.select(_events.c.device_id, _events.c.body).where(
-                _events.c.kind == "document", _events.c.body.contains(json.dumps(name, ensure_ascii=False),
-                                                                      autoescape=True))):
+                _events.c.kind == "document",
+                _events.c.body.contains(json.dumps(name, ensure_ascii=False), autoescape=True),
+                _events.c.device_id.in_(sa.select(devices.c.device_id).where(devices.c.revoked_at.is_(None))))):
             document = json.loads(body)
             version = document.get("version")
             if document.get("name") == name and protocol.natural(version) and version > highest[0]:

@@ -934,15 +934,18 @@ def test_the_documents_a_box_holds_are_the_highest_version_it_applied_of_each_st
     assert store.documents_held("shop-3") == {}
 
 
-def test_a_database_restored_from_an_older_backup_numbers_the_next_version_past_those_the_boxes_applied(store):
+def test_a_version_a_box_applied_that_central_never_issued_stops_the_push_until_operations_number_past_it(store):
     """Central's database restored from last month's backup had issued price_list/honghe up to version 2; the
-    boxes applied 5. Numbered 3, the next push was refused by every box as a replay, week after week."""
+    boxes applied 5. Numbered 3, the next push was refused by every box as a replay, week after week. Numbered
+    past it silently, one box's false word (version 2^53 - 1) made every later push one no box takes."""
+    from central.errors import RegistryError
+    from provisioning.protocol import MAX_INTEGER
+
     def signer(version):
         return "price_list", "region:honghe", "ops-1", 1.0, 2.0, f"v{version}".encode()
 
     store.issue_document(signer, "price_list/honghe")
     store.issue_document(signer, "price_list/honghe")
-    assert store.applied_past_issued("price_list/honghe") is None
     store.register("shop-2", "key-2")
     store.add_events("shop-1", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 4}},
                                    {"seq": 2, "kind": "document", "body": {"name": "price_list/honghe", "version": 5}},
@@ -952,11 +955,22 @@ def test_a_database_restored_from_an_older_backup_numbers_the_next_version_past_
                                    {"seq": 4, "kind": "sale", "body": {"name": "price_list/honghe", "version": 80}}])
     store.add_events("shop-2", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 3}},
                                    {"seq": 2, "kind": "document", "body": {"name": "price_list/honghe", "version": "9"}}])
-    assert store.applied_past_issued("price_list/honghe") == (5, "shop-1")
-    assert store.issue_document(signer, "price_list/honghe") == (6, b"v6")
-    assert store.applied_past_issued("price_list/honghe") is None
-    assert store.issue_document(signer, "price_list/honghe")[0] == 7
+    with pytest.raises(RegistryError, match="device shop-1 says it applied price_list/honghe version 5, but this "
+                                            "database issued price_list/honghe only up to version 2. .* push again "
+                                            "with --past-boxes: the new version is numbered 6"):
+        store.issue_document(signer, "price_list/honghe")
+    assert store.issue_document(signer, "price_list/honghe", past_boxes=True) == (6, b"v6")
+    assert store.issue_document(signer, "price_list/honghe")[0] == 7  # past the boxes now: as ever
     assert store.issue_document(signer, "price_list/kunming")[0] == 1
+    # A box's word past the highest version a box takes: never signed, whatever operations say.
+    store.register("shop-3", "key-3")
+    store.add_events("shop-3", 1, [{"seq": 1, "kind": "document", "body": {"name": "revocation",
+                                                                           "version": MAX_INTEGER}}])
+    with pytest.raises(RegistryError, match="past the highest a box takes"):
+        store.issue_document(signer, "revocation", past_boxes=True)
+    # Revoked, its word no longer counts.
+    store.revoke("shop-3")
+    assert store.issue_document(signer, "revocation")[0] == 1
 
 
 def revocation(issued_at: float) -> dict:

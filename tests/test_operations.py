@@ -452,17 +452,21 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
                 f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(tmp_path / "prices.csv"))
     assert (again.returncode, again.stderr) == (0, "")
     # Central's database restored from a backup older than its last pushes: a box applied version 5, which
-    # this database never issued. The next is numbered past it, and the push says why.
+    # this database never issued. The push stops and says why; operations number the next past it.
     store = CentralStore(db)
     store.register("cb-3", "key-3", shop="530102100123", region="honghe")
     store.add_events("cb-3", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 5}}])
     store.close()
-    restored = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
-                   f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(tmp_path / "prices.csv"))
-    assert (restored.returncode, json.loads(restored.stdout)["version"]) == (0, 6)
-    assert restored.stderr == ("counterbox-ops: warning: device cb-3 applied price_list version 5, which this central "
-                               "database never issued (restored from a backup older than its last pushes?): this one "
-                               "is numbered past it, so that no box refuses it as a replay\n")
+    push = ["prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
+            f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(tmp_path / "prices.csv")]
+    stopped = ops(*push)
+    assert (stopped.returncode, stopped.stdout) == (2, "")
+    assert stopped.stderr.startswith("counterbox-ops: error: device cb-3 says it applied price_list version 5, but "
+                                     "this database issued price_list only up to version 2. If central's database "
+                                     "was restored")
+    assert [version for version, _, _ in _kept(db, "price_list")] == [1, 2]  # nothing signed
+    restored = ops(*push, "--past-boxes")
+    assert (restored.returncode, json.loads(restored.stdout)["version"], restored.stderr) == (0, 6, "")
 
 
 def test_a_push_the_broker_does_not_take_is_kept_signed_and_says_to_push_again(tmp_path, ops_key, monkeypatch):
