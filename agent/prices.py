@@ -91,13 +91,15 @@ def read_csv(path: Path) -> list[Item]:
 
 # GBK's two-byte Chinese, where its bytes happen to be UTF-8 too, reads as characters of U+0080 to U+07FF: IPA,
 # combining marks, rare Greek, Cyrillic, Hebrew and Arabic letters, mixed at random (泰山 as "̩ɽ", 双喜 as "˫ϲ").
-# A real name in those scripts holds their everyday letters, a word in one script, a combining accent after a
-# Latin letter (a decomposed "é"): what it holds beside those is the mark of GBK. Beyond these letters the mark
-# cannot tell (a Chinese character that reads as "é" or as one Cyrillic letter passes): the advice to save the
-# file as UTF-8 stands in the documentation either way.
+# A real name in those scripts holds their everyday letters, a word in one script (Latin beside Greek: "Ωmega-3"),
+# a combining accent after a Latin letter (a decomposed "é"): what it holds beside those is the mark of GBK.
+# Beyond these the mark cannot tell (a Chinese character that reads as "é" or as one Cyrillic letter passes):
+# the advice to save the file as UTF-8 stands in the documentation either way.
 _READ_AS_UTF8 = re.compile("[\u0250-\u07ff]")
-_EVERYDAY_LETTERS = (("\u0386", "\u03ce", "greek"), ("\u0400", "\u045f", "cyrillic"), ("\u0490", "\u0491", "cyrillic"),
+_EVERYDAY_LETTERS = (("\u02bb", "\u02bc", "latin"),  # ʻ and ʼ, the okina and the apostrophe of Hawaiʻi, Oʻzbek
+                     ("\u0386", "\u03ce", "greek"), ("\u0400", "\u04ff", "cyrillic"),
                      ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"))
+_SCRIPTS_SIDE_BY_SIDE = {frozenset({"latin", "greek"})}  # Ωmega-3, βeta-carotene
 
 
 def _script(char: str) -> str | None:
@@ -107,21 +109,30 @@ def _script(char: str) -> str | None:
     return next((script for first, last, script in _EVERYDAY_LETTERS if first <= char <= last), None)
 
 
-def _gbk_read_as_utf8(raw: bytes, text: str) -> bool:
-    """Whether ``text``, ``raw`` read as UTF-8, is Chinese in GBK whose bytes happen to be UTF-8 as well: read
-    as GBK every character is one of GB2312's, and read as UTF-8 it holds what no name in any script does."""
+def _gbk_read_as_utf8(raw: bytes) -> bool:
+    """Whether ``raw``, UTF-8, is Chinese in GBK whose bytes happen to be UTF-8 as well: a word of it that, read
+    as GBK, is GB2312's characters, and read as UTF-8 holds what no name in any script does."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        return False  # a byte order mark is UTF-8's alone
+    # Word by word: a file may hold names of both kinds, and GBK's second byte is never below 0x40 (a space, a
+    # digit, a comma, a bracket, a line break), nor is any byte of a UTF-8 character but an ASCII one.
+    for field in re.split(rb"[\x00-\x3f]+", raw):
+        text = field.decode("utf-8")
+        if not _READ_AS_UTF8.search(text):
+            continue
+        try:
+            field.decode("gb18030").encode("gb2312")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            continue  # "Водка" reads as GBK's rare characters, not GB2312's: GB2312 misread yields GB2312's alone
+        if _no_name(text):
+            return True
+    return False
+
+
+def _no_name(text: str) -> bool:
+    """Whether ``text`` holds what no name in any script does (see _EVERYDAY_LETTERS)."""
     import unicodedata
 
-    if raw.startswith(b"\xef\xbb\xbf") or not _READ_AS_UTF8.search(text):
-        return False  # a byte order mark is UTF-8's alone
-    try:
-        chinese = raw.decode("gb18030")
-    except UnicodeDecodeError:
-        return False  # not GBK either: its letters are what they say
-    try:
-        chinese.encode("gb2312")
-    except UnicodeEncodeError:
-        return False  # "Водка" reads as GBK's rare characters, never GB2312's: GBK misread yields GB2312's alone
     before = ""
     for char in text:
         letter = unicodedata.category(char).startswith("L")
@@ -132,7 +143,8 @@ def _gbk_read_as_utf8(raw: bytes, text: str) -> bool:
             elif _script(char) is None:
                 return True
         if letter and before and unicodedata.category(before).startswith("L") and not unicodedata.combining(before) \
-                and _script(char) != _script(before):
+                and _script(char) != _script(before) \
+                and frozenset({_script(char), _script(before)}) not in _SCRIPTS_SIDE_BY_SIDE:
             return True  # one word, two scripts
         before = char
     return False
@@ -148,7 +160,7 @@ def csv_text(path: Path, error: type[Exception]) -> str:
         line = raw[:failed.start].count(b"\n") + 1
         raise error(f"the file is not UTF-8 text ({failed.reason} at byte {failed.start}, line {line}); save it as "
                     "UTF-8 (a spreadsheet's \"CSV UTF-8\")") from None
-    if _gbk_read_as_utf8(raw, text):
+    if _gbk_read_as_utf8(raw):
         raise error("the file reads as GBK (the Chinese a spreadsheet saves by default), though its bytes happen "
                     "to be UTF-8 too: its names would read as letters no product has; save it as UTF-8 (a "
                     "spreadsheet's \"CSV UTF-8\")")

@@ -236,10 +236,17 @@ def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_
     path.write_text(f"barcode,name,price\n6901028075831,{name},23.00\n96385074,Café crème,1.50\n", encoding="utf-8")
     assert [item.name for item in read_csv(path)] == [name, "Café crème"]
     # Names in other scripts, in UTF-8, are what they say, though their bytes read as GBK too.
-    names = ["водка", "Пиво Балтика", "β-carotene", "Cafe\u0301 cre\u0300me", "Ελληνικό", "שלום", "مرحبا", "Ukraїna"]
+    names = ["водка", "Пиво Балтика", "β-carotene", "Cafe\u0301 cre\u0300me", "Ελληνικό", "שלום", "مرحبا", "Ukraїna",
+             "өндөг", "Hawaiʻi Coffee", "Ωmega-3"]
     path.write_text("barcode,name,price\n" + "".join(f"SKU{n},{name},1.50\n" for n, name in enumerate(names)),
                     encoding="utf-8")
     assert [item.name for item in read_csv(path)] == names
+    # A traditional character beside them (GBK's, not GB2312's) hides nothing of the rest.
+    for names in (["泰山 蓮"], ["泰山", "貨車"]):
+        path.write_bytes(("barcode,name,price\n" + "".join(f"SKU{n},{name},1.50\n" for n, name in enumerate(names)))
+                         .encode("gbk"))
+        with pytest.raises(PriceListError, match="the file reads as GBK"):
+            read_csv(path)
     path.write_bytes("barcode,name,price\n6901028075831,红塔山,23.00\n".encode("gbk"))  # GBK that is no UTF-8
     with pytest.raises(PriceListError, match="not UTF-8 text .* line 2\\); save it as UTF-8"):
         read_csv(path)
