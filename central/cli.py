@@ -198,10 +198,12 @@ def _devices(args) -> int:
                            clock_ok=None if status.clock_offset is None else abs(status.clock_offset) <= CLOCK_TOLERANCE)
                 row["_age"] = now - status.received_at
             if device.revoked_at is not None:
-                # Retired once the box said (signed) that it erases itself: collect it. Handed in, while
-                # central holds its revocation and all before it but the box has not said so yet.
-                row["state"] = "retired" if device.erasing_at is not None else \
-                    "handed in" if store.revocation_delivered(device_id) else "revoked"
+                # Handed in once central holds its revocation and all before it; retired once the box also said
+                # (signed) that it erases itself: collect it. Erased, when it said so before central held all
+                # (its grace ran out): what it held undelivered is lost.
+                delivered = store.revocation_delivered(device_id)
+                row["state"] = ("retired" if delivered else "erased") if device.erasing_at is not None else \
+                    "handed in" if delivered else "revoked"
             row["revoked_at"] = rfc3339(device.revoked_at) if device.revoked_at else None
             rows.append(row)
     finally:

@@ -373,32 +373,38 @@ def test_devices_says_when_a_box_sells_at_a_price_list_loaded_on_it_after_the_on
 
 def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_when_it_erased_itself(central):
     """Revoked while it delivers; handed in once central holds its revocation and all before it; retired, to
-    be collected, once it said (signed) that it erases itself. Retired once meant only handed in: a box that
-    had not yet erased itself was collected with its key and journal on it."""
+    be collected, once it said (signed) that it erases itself; erased, when it did so before central held all it
+    had (its grace ran out). Retired once meant only handed in: a box that had not yet erased itself was
+    collected with its key and journal on it."""
     import time
 
     from .test_central_store import revocation
 
     command, db = central
     store = CentralStore(db)
-    for device in ("cb-leaving", "cb-left", "cb-cut", "cb-erased"):
+    for device in ("cb-leaving", "cb-left", "cb-cut", "cb-erased", "cb-lost"):
         store.register(device, "key", shop="530102100001")
         store.revoke(device)
     store.add_events("cb-leaving", 1, [{"seq": 1, "kind": "sale", "body": {}},
                                        {"seq": 3, "kind": "revocation", "body": revocation(time.time())}])  # 2 missing
-    for device in ("cb-left", "cb-erased"):
-        store.add_events(device, 1, [{"seq": 1, "kind": "sale", "body": {}},
-                                     {"seq": 2, "kind": "revocation", "body": revocation(time.time())}])
+    # cb-lost's grace ran out with its seq 2 undelivered: it erased itself all the same.
+    store.add_events("cb-lost", 1, [{"seq": 1, "kind": "sale", "body": {}},
+                                    {"seq": 3, "kind": "revocation", "body": revocation(time.time())}])
+    for device in ("cb-left", "cb-erased", "cb-lost"):
+        if device != "cb-lost":
+            store.add_events(device, 1, [{"seq": 1, "kind": "sale", "body": {}},
+                                         {"seq": 2, "kind": "revocation", "body": revocation(time.time())}])
         online = {"v": 1, "device": device, "state": "online", "session": 1, "connection": 1, "sent_at": time.time(),
                   "last_seq": 2, "acked_seq": 2}
-        store.record_status(device, {**online, **({"erasing": True} if device == "cb-erased" else {})},
+        store.record_status(device, {**online, **({"erasing": True} if device in ("cb-erased", "cb-lost") else {})},
                             received_at=time.time(), live=True)
     # Its going offline after its last word leaves it said.
     store.record_status("cb-erased", {"v": 1, "device": "cb-erased", "state": "offline", "session": 1, "connection": 1,
                                       "sent_at": time.time() + 1}, received_at=time.time() + 1, live=True)
     store.close()
     rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
-    states = {"cb-cut": "revoked", "cb-leaving": "revoked", "cb-left": "handed in", "cb-erased": "retired"}
+    states = {"cb-cut": "revoked", "cb-leaving": "revoked", "cb-left": "handed in", "cb-erased": "retired",
+              "cb-lost": "erased"}
     assert {device: row["state"] for device, row in rows.items()} == states
     lines = {line.split()[0]: line for line in command("devices").stdout.splitlines()[1:]}
     assert all(lines[device][46:56].rstrip() == state for device, state in states.items())
