@@ -825,16 +825,18 @@ class CentralStore:
                          .values(published_at=time.time()))
 
     def documents_held(self, device_id: str) -> dict[str, int]:
-        """The version of each document stream the device says it has applied (its ``document`` events)."""
+        """The version of each document stream the device applied last (its ``document`` events): the one in
+        force, the highest but for a box moved to another region and back (it applies its region's again)."""
         with self._transaction(write=False) as conn:
             bodies = conn.execute(sa.select(_events.c.body).where(_events.c.device_id == device_id,
-                                                                  _events.c.kind == "document")).scalars().all()
+                                                                  _events.c.kind == "document")
+                                  .order_by(_events.c.seq)).scalars().all()
         held: dict[str, int] = {}
         for body in bodies:
             document = json.loads(body)
             name, version = document.get("name"), document.get("version")
             # One not as a box writes it (a text version, a list for a name) says nothing of what it holds.
-            if isinstance(name, str) and protocol.natural(version) and version > held.get(name, 0):
+            if isinstance(name, str) and protocol.natural(version):
                 held[name] = version
         return held
 

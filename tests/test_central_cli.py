@@ -321,9 +321,9 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
                                           "backlog": 0}, received_at=now - 7200, live=True)
     store.record_status("cb-gone", {**status, "device": "cb-gone", "state": "offline", "sent_at": now - 3 * 86400},
                         received_at=now - 3 * 86400, live=True)
-    store.add_events("cb-live", 2, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 4}},
+    store.add_events("cb-live", 2, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 3}},
                                     {"seq": 2, "kind": "document", "body": {"name": "order/W48", "version": 1}},
-                                    {"seq": 3, "kind": "document", "body": {"name": "price_list", "version": 3}}])
+                                    {"seq": 3, "kind": "document", "body": {"name": "price_list", "version": 4}}])
     store.revoke("cb-gone")
     revoked_at = store.device("cb-gone").revoked_at
     store.close()
