@@ -242,12 +242,12 @@ class Downlink:
             logger.exception("document refused topic=%s: checking it failed; nothing changed", message.topic)
             return
         held, token = self._applied.get(document.name, Held(0)), digest(message.payload)
-        if document.version == held.version and held.superseded:
-            # Held, but another scope's applied since is in force (the box moved to another region and back).
-            logger.info("document topic=%s: version %d applied again, in place of another scope's applied since",
-                        message.topic, document.version)
-        elif document.version == held.version:
-            if held.digest in (None, token):
+        if document.version == held.version:
+            # The same document: its bytes; or, recorded by a box of an earlier version with no digest, the time
+            # it was signed (where that was recorded: else it cannot be told, and is taken for the same).
+            same = token == held.digest or held.digest is None and (
+                not held.issued_at or abs(document.issued_at - held.issued_at) < 0.001)
+            if same and not held.superseded:
                 # The retained copy, at every connection: applied already, though it may have expired since.
                 # One applied by a box of an earlier version is recorded with no digest: this copy's bytes,
                 # verified now, are skipped at the next connections without verifying them again.
@@ -256,13 +256,18 @@ class Downlink:
                 return
             # Operations signed two documents under one version (central's database restored from a backup
             # older than its last push): the one signed last is what they mean now.
-            if document.issued_at <= held.issued_at:
+            if not same and document.issued_at <= held.issued_at:
                 logger.warning("document refused topic=%s: version %d is applied with other content, signed "
                                "later; this one changes nothing", message.topic, held.version)
                 return
-            logger.warning("document topic=%s: version %d signed again with other content, later than the one "
-                           "applied (central's database restored from an older backup?); it is applied",
-                           message.topic, document.version)
+            if not same:
+                logger.warning("document topic=%s: version %d signed again with other content, later than the "
+                               "one applied (central's database restored from an older backup?); it is applied",
+                               message.topic, document.version)
+            else:
+                # Held, but another scope's applied since is in force (the box moved to another region and back).
+                logger.info("document topic=%s: version %d applied again, in place of another scope's applied "
+                            "since", message.topic, document.version)
         elif document.version < held.version:
             logger.warning("document refused topic=%s: version %d is applied; an older or replayed document "
                            "changes nothing", message.topic, held.version)

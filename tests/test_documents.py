@@ -679,6 +679,61 @@ def test_a_box_moved_back_to_its_first_region_takes_that_regions_list_again(tmp_
     assert asyncio.run(test()) == [2300, 2100, 2300]
 
 
+def test_moved_back_a_copy_signed_before_the_one_applied_under_its_version_is_still_refused(tmp_path, ops):
+    """Version 2 signed twice (central restored from a backup): the box applied the later copy. Moved to kunming
+    and back, the earlier copy was applied over it, as if applying the region's list again were all it asked."""
+    now = time.time()
+    earlier = _message(ops, version=2, issued_at=protocol.rfc3339(now - 3600), body=_item(price=2400))
+    later = _message(ops, version=2, issued_at=protocol.rfc3339(now), body=_item(price=1990))
+
+    def box(store, downlink, region):
+        return Downlink(store=store, uplink=downlink.uplink, device_id="shop-1", region=region,
+                        trusted={key_id(ops): ops.public_key()}, topic_prefix="counterbox/v1")
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await downlink.handle(later)
+            await downlink.handle(earlier)  # refused: signed no later than the one applied
+            await box(store, downlink, "kunming").handle(
+                _message(ops, version=3, scope={"region": "kunming"}, body=_item(price=2100)))
+            back = box(store, downlink, "honghe")
+            await back.handle(earlier)
+            await back.handle(later)
+            return await _prices_held(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == [1990, 2100, 1990]
+
+
+def test_a_version_an_earlier_box_version_applied_is_told_from_one_signed_again_later_by_its_signing_time(tmp_path,
+                                                                                                       ops):
+    """A box of an earlier version recorded no digest: any copy of the version was taken for the one applied,
+    so a list signed again later under it (central restored from a backup) was never applied."""
+    now = time.time()
+    before = protocol.rfc3339(now - 3600)
+    same = _message(ops, version=2, issued_at=before, body=_item(price=2400))
+    later = _message(ops, version=2, issued_at=protocol.rfc3339(now), body=_item(price=1990))
+
+    def applied_before_the_upgrade(journal):
+        about = {"name": "price_list", "version": 2, "issued_at": before}
+        content = journal.append("price_list", {"source": "operations", **about, **_item(price=2400)})
+        journal.append("document", {**about, "kind": "price_list", "content_seq": content})  # no scope, no digest
+
+    async def test():
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            await store.write(applied_before_the_upgrade)
+            await downlink.handle(later)
+            await downlink.handle(same)  # the copy it applied before: signed earlier, it changes nothing now
+            return await _prices_held(store)
+        finally:
+            await store.close()
+
+    assert asyncio.run(test()) == [2400, 1990]
+
+
 def test_a_revocation_past_its_expiry_still_takes_the_box_out_of_service(tmp_path, ops):
     """A box off while it was revoked, back after the revocation's expiry (or with its clock ahead), once refused
     it as expired and went on selling for a shop that had left."""
