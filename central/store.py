@@ -509,16 +509,14 @@ class CentralStore:
 
     @staticmethod
     def _check_same_shop(conn: sa.Connection, device_id: str, journal: str) -> None:
-        """ForeignJournal if a device of another registered shop holds ``journal``: a backup is restored onto a
-        box of its own shop. (A journal id is no secret: every batch and acknowledgement names it.) A box of no
-        registered shop (a lab's, or one registered by a shop's name before shops had licences) has no shop to
-        take from or give: its replacement is registered by the licence."""
-        registered = sa.select(shops.c.licence)
-        shop = sa.select(devices.c.shop).where(devices.c.device_id == device_id, devices.c.shop.in_(registered))
+        """ForeignJournal if a device of a registered shop other than this device's holds ``journal`` (this one
+        of no shop included): a backup is restored onto a box of its own shop. (A journal id is no secret: every
+        batch and acknowledgement names it.) A box of no registered shop (a lab's, or one registered by a shop's
+        name before shops had licences) has no shop to guard: its replacement is registered by the licence."""
+        shop = sa.select(sa.func.coalesce(devices.c.shop, "")).where(devices.c.device_id == device_id)
         other = conn.execute(sa.select(devices.c.device_id, devices.c.shop).where(
             devices.c.journal == journal, devices.c.device_id != device_id,
-            devices.c.shop.in_(registered), devices.c.shop != shop.scalar_subquery(),
-            sa.exists(shop)).limit(1)).first()
+            devices.c.shop.in_(sa.select(shops.c.licence)), devices.c.shop != shop.scalar_subquery()).limit(1)).first()
         if other is not None:
             raise ForeignJournal(
                 f"device {device_id} sends events of journal {journal}, which central holds from device {other[0]} "

@@ -92,6 +92,10 @@ def test_a_box_of_another_shop_naming_a_shops_journal_is_refused_and_takes_nothi
     assert store.device("cb-two").acked_seq == 0 and store.holds_journal("cb-one")
     assert [e for e in store.events() if e["device"] == "cb-two"] == []
     assert store.add_events("cb-two", 1, batch(1), journal="d" * 32) == (1, 1)  # its own journal, as ever
+    # Nor does a box of no shop (a lab's) take it.
+    store.register("cb-lab", "key-4")
+    with pytest.raises(ForeignJournal, match="which central holds from device cb-one of shop 530100000001"):
+        store.add_events("cb-lab", 1, [{"seq": 4, "kind": "sale", "body": {}}], journal=journal, base_seq=3)
     # The shop's own replacement box, restored from the backup: goes on from it.
     assert store.add_events("cb-one-new", 1, batch(4), journal=journal, base_seq=3) == (1, 4)
     assert store.holds_journal("cb-one-new")
