@@ -97,8 +97,12 @@ def read_csv(path: Path) -> list[Item]:
 # the advice to save the file as UTF-8 stands in the documentation either way.
 _READ_AS_UTF8 = re.compile("[\u0250-\u07ff]")
 _EVERYDAY_LETTERS = (("\u02bb", "\u02bc", "latin"),  # ʻ and ʼ, the okina and the apostrophe of Hawaiʻi, Oʻzbek
-                     ("\u0386", "\u03ce", "greek"), ("\u0400", "\u04ff", "cyrillic"),
-                     ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"))
+                     ("\u0386", "\u03ce", "greek"), ("\u0400", "\u045f", "cyrillic"),
+                     # Ukrainian's Ґ, and Kazakh's and Mongolian's Ғ Қ Ң Ү Ұ Һ Ә Ө: not the whole block, whose
+                     # rare letters are what GBK's 一, 硬 and 学 read as
+                     ("\u0490", "\u0493", "cyrillic"), ("\u049a", "\u049b", "cyrillic"), ("\u04a2", "\u04a3", "cyrillic"),
+                     ("\u04ae", "\u04b1", "cyrillic"), ("\u04ba", "\u04bb", "cyrillic"), ("\u04d8", "\u04d9", "cyrillic"),
+                     ("\u04e8", "\u04e9", "cyrillic"), ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"))
 _SCRIPTS_SIDE_BY_SIDE = {frozenset({"latin", "greek"})}  # Ωmega-3, βeta-carotene
 
 
@@ -136,7 +140,7 @@ def _no_name(text: str) -> bool:
     before = ""
     for char in text:
         letter = unicodedata.category(char).startswith("L")
-        if "\u0250" <= char <= "\u07ff":
+        if "\u0250" <= char <= "\u07ff" and unicodedata.category(char) != "Nd":  # ١ ۱: a script's own digits
             if unicodedata.combining(char):
                 if not (before and _script(before) == "latin" and unicodedata.category(before).startswith("L")):
                     return True  # an accent on nothing, or on a letter no font would put it on

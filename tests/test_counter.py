@@ -225,7 +225,7 @@ def test_a_column_the_price_list_does_not_read_may_hold_a_line_break():
         parse_csv('barcode,name,price\n6901028075831,"Hong\ntashan",23.00\n')
 
 
-@pytest.mark.parametrize("name", ["泰山(硬)", "双喜(细支)", "石狮"])
+@pytest.mark.parametrize("name", ["泰山(硬)", "双喜(细支)", "石狮", "茅台(硬)"])
 def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_too(tmp_path, name):
     """The CSV a Chinese spreadsheet saves by default is GBK: where its bytes happen to be UTF-8 as well, the
     list loaded, and every box sold 泰山 as "̩ɽ(Ӳ)" in its reports and central's."""
@@ -237,7 +237,7 @@ def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_
     assert [item.name for item in read_csv(path)] == [name, "Café crème"]
     # Names in other scripts, in UTF-8, are what they say, though their bytes read as GBK too.
     names = ["водка", "Пиво Балтика", "β-carotene", "Cafe\u0301 cre\u0300me", "Ελληνικό", "שלום", "مرحبا", "Ukraїna",
-             "өндөг", "Hawaiʻi Coffee", "Ωmega-3"]
+             "өндөг", "Hawaiʻi Coffee", "Ωmega-3", "كوكا كولا ١ لتر", "پپسی ۱ لیتر"]
     path.write_text("barcode,name,price\n" + "".join(f"SKU{n},{name},1.50\n" for n, name in enumerate(names)),
                     encoding="utf-8")
     assert [item.name for item in read_csv(path)] == names
