@@ -123,7 +123,10 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
                 raise CentralError(str(error)) from None
             return kind, json.dumps(scope.as_json()), kid, now, expires_at, token
 
-        version, token = store.issue_document(sign, name, past_boxes=args.past_boxes)
+        # A revocation is each box's own, and urgent: no box's word about its own holds it up.
+        heeding = None if kind == "revocation" else \
+            ("device", scope.device) if scope.device is not None else ("region", scope.region)
+        version, token = store.issue_document(sign, name, heeding=heeding, past_boxes=getattr(args, "past_boxes", False))
         topic = documents.topic(args.topic_prefix, scope, name)
         try:
             asyncio.run(_publish_retained(args, connection, topic, token,
@@ -509,7 +512,7 @@ def _consumer_remove(args) -> int:
     return 0
 
 
-def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True) -> None:
+def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True, past_boxes: bool = True) -> None:
     command.add_argument("--central-db", type=database, required=True,
                          help="central's database: a SQLite file or a PostgreSQL URL")
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
@@ -517,9 +520,10 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
                          help="the broker, HOST:PORT (default 127.0.0.1:1883)")
     command.add_argument("--topic-prefix", type=protocol.topic_prefix, default=protocol.DEFAULT_PREFIX, help=f"default {protocol.DEFAULT_PREFIX}")
     broker.add_connection_options(command)
-    command.add_argument("--past-boxes", action="store_true",
-                         help="number the new version past the highest a box says it applied, where this database "
-                              "issued less: central's database was restored from a backup older than its last pushes")
+    if past_boxes:
+        command.add_argument("--past-boxes", action="store_true",
+                             help="number the new version past the highest a box it is for says it applied, where "
+                                  "this database issued less: central's database was restored from an older backup")
     whom = command.add_mutually_exclusive_group(required=True)
     whom.add_argument("--device", help="for one device")
     if region:
@@ -634,7 +638,7 @@ def parser() -> argparse.ArgumentParser:
 
     revoke = commands.add_parser("revoke", help="revoke a box that leaves its shop: it delivers what it holds, "
                                                  "erases itself and waits for a new activation")
-    _push_options(revoke, region=False, file=False)
+    _push_options(revoke, region=False, file=False, past_boxes=False)
     revoke.add_argument("--reason", type=text, default="", help="why (kept with the revocation)")
     revoke.add_argument("--grace-minutes", type=span(30 * 24 * 60, zero=True), default=60.0,
                         help="minutes the box may take to deliver what it holds before it erases anyway (default 60)")

@@ -748,50 +748,68 @@ class CentralStore:
     # -- documents ---------------------------------------------------------------
 
     def issue_document(self, sign: Callable[[int], tuple[str, str, str, float, float, bytes]], name: str, *,
-                       past_boxes: bool = False) -> tuple[int, bytes]:
+                       heeding: tuple[str, str] | None = None, past_boxes: bool = False) -> tuple[int, bytes]:
         """Give ``name``'s stream its next version, have ``sign(version)`` make the document
         (kind, scope, kid, issued_at, expires_at, token) and keep it; return (version, token).
 
-        A box that says it applied a version this database never issued stops it (RegistryError, naming the
-        box, nothing signed): central's database was restored from a backup older than its last pushes, and
-        every box would refuse the next version as a replay; or the box's word is false. With ``past_boxes``
-        (operations looked, and the database was restored) the version is numbered past the box's. A revoked
-        box's word is not taken."""
-        with self._transaction(write=False) as conn:
-            applied, device = self._highest_applied(conn, name)  # read before the lock: it reads many events
+        ``heeding`` ("region", R) or ("device", D): the boxes the document is for. One of them (not revoked)
+        that says it applied a version of the stream, for itself or its region, that this database never
+        issued stops it (RegistryError, naming the box, nothing signed): central's database was restored from
+        a backup older than its last pushes, and the box would refuse the next version as a replay; or the
+        box's word is false. With ``past_boxes`` (operations looked, and the database was restored) the version
+        is numbered past the box's."""
+        applied, device = (0, "")
+        if heeding is not None:
+            with self._transaction(write=False) as conn:
+                applied, device = self._highest_applied(conn, name, heeding)  # before the lock: it reads many events
         with self._transaction() as conn:
             self._lock(conn, "document", name)
             issued = conn.execute(sa.select(sa.func.coalesce(sa.func.max(documents.c.version), 0))
                                   .where(documents.c.name == name)).scalar_one()
             if applied > issued and not past_boxes:
                 raise RegistryError(
-                    f"device {device} says it applied {name} version {applied}, but this database issued {name} "
-                    f"only up to version {issued}. If central's database was restored from a backup older than its "
-                    f"last pushes, push again with --past-boxes: the new version is numbered {applied + 1}, past "
-                    "what the boxes hold (they refuse an older one as a replay). If not, that box's word is false: "
-                    "look at it (once revoked, its word no longer counts). Nothing is signed")
+                    f"device {device} says it applied {name} version {applied}, but this database issued "
+                    + (f"{name} only up to version {issued}" if issued else f"no {name}") + ". If central's "
+                    "database was restored from a backup older than its last pushes, push again with --past-boxes: "
+                    f"the new version is numbered {applied + 1}, past what the box holds (it refuses an older one "
+                    f"as a replay). If not, device {device}'s word is false: look at it (revoked, its word no longer "
+                    "counts). Nothing is signed")
             version = max(issued, applied if past_boxes else 0) + 1
             if version > protocol.MAX_INTEGER:
-                raise RegistryError(f"{name} version {version} is past the highest a box takes "
-                                    f"({protocol.MAX_INTEGER}): nothing is signed")
+                raise RegistryError(
+                    f"{name} version {version} is past the highest a box takes ({protocol.MAX_INTEGER})"
+                    + (f": device {device} says it applied version {applied}, a word no box could have had from "
+                       "central; revoke it, and its word no longer counts" if applied > issued else "")
+                    + ". Nothing is signed")
             kind, scope, kid, issued_at, expires_at, token = sign(version)
             conn.execute(documents.insert().values(name=name, version=version, kind=kind, scope=scope, kid=kid,
                                                    issued_at=issued_at, expires_at=expires_at, token=token))
         return version, token
 
     @staticmethod
-    def _highest_applied(conn: sa.Connection, name: str) -> tuple[int, str]:
-        """(version, device) of the highest version of ``name`` a box not revoked says it applied ((0, "") for
-        none): one of its ``document`` events, as the box wrote it."""
+    def _highest_applied(conn: sa.Connection, name: str, heeding: tuple[str, str]) -> tuple[int, str]:
+        """(version, device) of the highest version of ``name`` that a box ``heeding`` names, not revoked, says it
+        applied for itself or its region ((0, "") for none): its ``document`` events, as the box wrote them."""
+        what, which = heeding
+        boxes = sa.select(devices.c.device_id, devices.c.region).where(
+            devices.c.revoked_at.is_(None), (devices.c.region if what == "region" else devices.c.device_id) == which
+        ).subquery()
         highest = (0, "")
-        for device, body in conn.execute(sa.select(_events.c.device_id, _events.c.body).where(
-                _events.c.kind == "document",
-                _events.c.body.contains(json.dumps(name, ensure_ascii=False), autoescape=True),
-                _events.c.device_id.in_(sa.select(devices.c.device_id).where(devices.c.revoked_at.is_(None))))):
+        for device, region, body in conn.execute(
+                sa.select(_events.c.device_id, boxes.c.region, _events.c.body)
+                .join(boxes, boxes.c.device_id == _events.c.device_id).where(
+                    _events.c.kind == "document",
+                    _events.c.body.contains(json.dumps(name, ensure_ascii=False), autoescape=True))):
             document = json.loads(body)
-            version = document.get("version")
-            if document.get("name") == name and protocol.natural(version) and version > highest[0]:
-                highest = (version, device)
+            version, scope = document.get("version"), document.get("scope")
+            if document.get("name") != name or not protocol.natural(version) or version <= highest[0]:
+                continue
+            # What the box holds now (agent.downlink.applied_versions): its own, and its region's (a box of an
+            # earlier version named no scope: as if meant for it).
+            if isinstance(scope, dict) and not (scope.get("device") == device if "device" in scope
+                                                else scope.get("region") == region):
+                continue
+            highest = (version, device)
         return highest
 
     def latest_document(self, name: str, scope: str) -> bytes | None:

@@ -941,8 +941,8 @@ def test_the_documents_a_box_holds_are_the_version_it_applied_last_of_each_strea
 
 
 def test_a_version_a_box_applied_that_central_never_issued_stops_the_push_until_operations_number_past_it(store):
-    """Central's database restored from last month's backup had issued price_list/honghe up to version 2; the
-    boxes applied 5. Numbered 3, the next push was refused by every box as a replay, week after week. Numbered
+    """Central's database restored from last month's backup had issued price_list up to version 2; the boxes of
+    honghe applied 5. Numbered 3, the next push was refused by every box as a replay, week after week. Numbered
     past it silently, one box's false word (version 2^53 - 1) made every later push one no box takes."""
     from central.errors import RegistryError
     from provisioning.protocol import MAX_INTEGER
@@ -950,32 +950,42 @@ def test_a_version_a_box_applied_that_central_never_issued_stops_the_push_until_
     def signer(version):
         return "price_list", "region:honghe", "ops-1", 1.0, 2.0, f"v{version}".encode()
 
-    store.issue_document(signer, "price_list/honghe")
-    store.issue_document(signer, "price_list/honghe")
-    store.register("shop-2", "key-2")
-    store.add_events("shop-1", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 4}},
-                                   {"seq": 2, "kind": "document", "body": {"name": "price_list/honghe", "version": 5}},
-                                   # another stream's, and a sale that looks like one: neither counts
-                                   {"seq": 3, "kind": "document", "body": {"name": "price_list/honghe-east",
-                                                                           "version": 90}},
-                                   {"seq": 4, "kind": "sale", "body": {"name": "price_list/honghe", "version": 80}}])
-    store.add_events("shop-2", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list/honghe", "version": 3}},
-                                   {"seq": 2, "kind": "document", "body": {"name": "price_list/honghe", "version": "9"}}])
-    with pytest.raises(RegistryError, match="device shop-1 says it applied price_list/honghe version 5, but this "
-                                            "database issued price_list/honghe only up to version 2. .* push again "
-                                            "with --past-boxes: the new version is numbered 6"):
-        store.issue_document(signer, "price_list/honghe")
-    assert store.issue_document(signer, "price_list/honghe", past_boxes=True) == (6, b"v6")
-    assert store.issue_document(signer, "price_list/honghe")[0] == 7  # past the boxes now: as ever
-    assert store.issue_document(signer, "price_list/kunming")[0] == 1
+    honghe = ("region", "honghe")
+    store.issue_document(signer, "price_list", heeding=honghe)
+    store.issue_document(signer, "price_list", heeding=honghe)
+    for device in ("shop-2", "shop-3"):
+        store.register(device, f"key-{device}", region="honghe")
+    store.register("shop-4", "key-4", region="kunming")
+    store.add_events("shop-2", 1, [
+        {"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 4, "scope": {"region": "honghe"}}},
+        {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": 5}},  # a box of an earlier version
+        # another stream's; another device's (the box whose journal this is); a sale that looks like one
+        {"seq": 3, "kind": "document", "body": {"name": "price_list-east", "version": 90}},
+        {"seq": 4, "kind": "document", "body": {"name": "price_list", "version": 70, "scope": {"device": "shop-9"}}},
+        {"seq": 5, "kind": "sale", "body": {"name": "price_list", "version": 80}}])
+    store.add_events("shop-3", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 3}},
+                                   {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": "9"}}])
+    # kunming's box holds 60 of its own region's: no word about honghe's boxes
+    store.add_events("shop-4", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 60,
+                                                                           "scope": {"region": "kunming"}}}])
+    with pytest.raises(RegistryError, match="device shop-2 says it applied price_list version 5, but this database "
+                                            "issued price_list only up to version 2. .* push again with --past-boxes: "
+                                            "the new version is numbered 6"):
+        store.issue_document(signer, "price_list", heeding=honghe)
+    assert store.issue_document(signer, "price_list", heeding=honghe, past_boxes=True) == (6, b"v6")
+    assert store.issue_document(signer, "price_list", heeding=honghe)[0] == 7  # past the boxes now: as ever
+    assert store.issue_document(signer, "price_list", heeding=("device", "shop-1"))[0] == 8  # shop-1 said nothing
+    with pytest.raises(RegistryError, match="device shop-4 says it applied price_list version 60"):
+        store.issue_document(signer, "price_list", heeding=("region", "kunming"))
     # A box's word past the highest version a box takes: never signed, whatever operations say.
-    store.register("shop-3", "key-3")
-    store.add_events("shop-3", 1, [{"seq": 1, "kind": "document", "body": {"name": "revocation",
-                                                                           "version": MAX_INTEGER}}])
-    with pytest.raises(RegistryError, match="past the highest a box takes"):
-        store.issue_document(signer, "revocation", past_boxes=True)
-    # Revoked, its word no longer counts.
+    store.add_events("shop-3", 1, [{"seq": 3, "kind": "document", "body": {"name": "settings", "version": MAX_INTEGER}}])
+    with pytest.raises(RegistryError, match="past the highest a box takes .*: device shop-3 says it applied version "
+                                            f"{MAX_INTEGER}, a word no box could have had from central; revoke it"):
+        store.issue_document(signer, "settings", heeding=honghe, past_boxes=True)
+    # Revoked, its word no longer counts; nor is any box's heeded for a revocation (each box's own).
     store.revoke("shop-3")
+    assert store.issue_document(signer, "settings", heeding=honghe)[0] == 1
+    store.add_events("shop-2", 1, [{"seq": 6, "kind": "document", "body": {"name": "revocation", "version": 40}}])
     assert store.issue_document(signer, "revocation")[0] == 1
 
 
