@@ -202,8 +202,12 @@ def _devices(args) -> int:
                 # (signed) that it erases itself: collect it. Erased, when it said so before central held all
                 # (its grace ran out): what it held undelivered is lost.
                 delivered = store.revocation_delivered(device_id)
-                row["state"] = ("retired" if delivered else "erased") if device.erasing_at is not None else \
-                    "handed in" if delivered else "revoked"
+                if device.erasing_at is None:
+                    row["state"] = "handed in" if delivered else "revoked"
+                else:  # all it held, up to the last seq it said it held as it erased itself (events after the
+                    # revocation too: a scan refused, a count timed out)
+                    whole = delivered and device.acked_seq >= (device.erasing_seq or 0)
+                    row["state"] = "retired" if whole else "erased"
             row["revoked_at"] = rfc3339(device.revoked_at) if device.revoked_at else None
             rows.append(row)
     finally:

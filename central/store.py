@@ -62,6 +62,7 @@ devices = sa.Table(
     sa.Column("journal", sa.Text, index=True),  # the id of the journal whose events are held (its first batch naming one)
     sa.Column("admitted_at", sa.Double),  # central made its client and role at the production broker
     sa.Column("erasing_at", sa.Double),  # central took the revoked box's signed word that it erases itself now
+    sa.Column("erasing_seq", sa.BigInteger),  # the last seq it held as it said so
 )
 events = sa.Table(
     "events", metadata,
@@ -189,6 +190,7 @@ class Device:
     region: str = ""
     revoked_at: float | None = None  # operations revoked it; its batches are still taken, to hand in what it holds
     erasing_at: float | None = None  # revoked, it said (signed) that it erases itself now: collect it
+    erasing_seq: int | None = None  # the last seq it held then: what central lacks up to it is lost
 
 
 @dataclass(frozen=True)
@@ -430,6 +432,7 @@ class CentralStore:
             row = conn.execute(sa.select(
                 devices.c.device_id, devices.c.public_key, devices.c.acked_seq, sa.func.coalesce(devices.c.shop, ""),
                 sa.func.coalesce(devices.c.region, ""), devices.c.revoked_at, devices.c.erasing_at,
+                devices.c.erasing_seq,
             ).where(devices.c.device_id == device_id)).first()
         return Device(*row) if row else None
 
@@ -901,8 +904,10 @@ class CentralStore:
                     set_={"reports": upload_days.c.reports + 1}))
             if status.get("erasing") is True:
                 # A revoked box's last word (retained: taken again as central subscribes): it stays said.
+                last = status.get("last_seq")
                 conn.execute(devices.update().where(devices.c.device_id == device_id, devices.c.revoked_at.is_not(None),
-                                                    devices.c.erasing_at.is_(None)).values(erasing_at=received_at))
+                                                    devices.c.erasing_at.is_(None)).values(
+                    erasing_at=received_at, erasing_seq=last if protocol.natural(last, 0) else None))
             if held:
                 before = protocol.status_order(dict(zip(("session", "connection", "state", "sent_at"), held)))
                 after = protocol.status_order(status)

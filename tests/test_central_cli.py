@@ -382,7 +382,7 @@ def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_wh
 
     command, db = central
     store = CentralStore(db)
-    for device in ("cb-leaving", "cb-left", "cb-cut", "cb-erased", "cb-lost"):
+    for device in ("cb-leaving", "cb-left", "cb-cut", "cb-erased", "cb-lost", "cb-lost-after"):
         store.register(device, "key", shop="530102100001")
         store.revoke(device)
     store.add_events("cb-leaving", 1, [{"seq": 1, "kind": "sale", "body": {}},
@@ -390,13 +390,14 @@ def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_wh
     # cb-lost's grace ran out with its seq 2 undelivered: it erased itself all the same.
     store.add_events("cb-lost", 1, [{"seq": 1, "kind": "sale", "body": {}},
                                     {"seq": 3, "kind": "revocation", "body": revocation(time.time())}])
-    for device in ("cb-left", "cb-erased", "cb-lost"):
+    # cb-lost-after's refused scan after its revocation (seq 3) never came: it said it held up to 3.
+    for device in ("cb-left", "cb-erased", "cb-lost", "cb-lost-after"):
         if device != "cb-lost":
             store.add_events(device, 1, [{"seq": 1, "kind": "sale", "body": {}},
                                          {"seq": 2, "kind": "revocation", "body": revocation(time.time())}])
         online = {"v": 1, "device": device, "state": "online", "session": 1, "connection": 1, "sent_at": time.time(),
-                  "last_seq": 2, "acked_seq": 2}
-        store.record_status(device, {**online, **({"erasing": True} if device in ("cb-erased", "cb-lost") else {})},
+                  "last_seq": 3 if device == "cb-lost-after" else 2, "acked_seq": 2}
+        store.record_status(device, {**online, **({"erasing": True} if device != "cb-left" else {})},
                             received_at=time.time(), live=True)
     # Its going offline after its last word leaves it said.
     store.record_status("cb-erased", {"v": 1, "device": "cb-erased", "state": "offline", "session": 1, "connection": 1,
@@ -404,7 +405,7 @@ def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_wh
     store.close()
     rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
     states = {"cb-cut": "revoked", "cb-leaving": "revoked", "cb-left": "handed in", "cb-erased": "retired",
-              "cb-lost": "erased"}
+              "cb-lost": "erased", "cb-lost-after": "erased"}
     assert {device: row["state"] for device, row in rows.items()} == states
     lines = {line.split()[0]: line for line in command("devices").stdout.splitlines()[1:]}
     assert all(lines[device][46:56].rstrip() == state for device, state in states.items())

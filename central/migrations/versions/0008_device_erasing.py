@@ -1,5 +1,6 @@
-"""When central took a revoked box's signed word that it erases itself now (its last status, ``erasing``): the
-box may be collected. Its latest status says it no longer once the box goes offline. Null until then.
+"""When central took a revoked box's signed word that it erases itself now (its last status, ``erasing``), and
+the last seq it held then: the box may be collected, and what it had not delivered is lost. Its latest status
+says it no longer once the box goes offline. Null until then.
 
 Revision ID: 0008
 Revises: 0007
@@ -17,7 +18,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("devices", sa.Column("erasing_at", sa.Double))
+    op.add_column("devices", sa.Column("erasing_seq", sa.BigInteger))
 
 
 def downgrade() -> None:
+    op.drop_column("devices", "erasing_seq")
     op.drop_column("devices", "erasing_at")
