@@ -102,7 +102,10 @@ _EVERYDAY_LETTERS = (("\u02bb", "\u02bc", "latin"),  # ʻ and ʼ, the okina and 
                      # rare letters are what GBK's 一, 硬 and 学 read as
                      ("\u0490", "\u0493", "cyrillic"), ("\u049a", "\u049b", "cyrillic"), ("\u04a2", "\u04a3", "cyrillic"),
                      ("\u04ae", "\u04b1", "cyrillic"), ("\u04ba", "\u04bb", "cyrillic"), ("\u04d8", "\u04d9", "cyrillic"),
-                     ("\u04e8", "\u04e9", "cyrillic"), ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"))
+                     ("\u04e8", "\u04e9", "cyrillic"), ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"),
+                     # Persian's and Urdu's پ چ ژ ک گ ی
+                     ("\u067e", "\u067e", "arabic"), ("\u0686", "\u0686", "arabic"), ("\u0698", "\u0698", "arabic"),
+                     ("\u06a9", "\u06a9", "arabic"), ("\u06af", "\u06af", "arabic"), ("\u06cc", "\u06cc", "arabic"))
 _SCRIPTS_SIDE_BY_SIDE = {frozenset({"latin", "greek"})}  # Ωmega-3, βeta-carotene
 
 

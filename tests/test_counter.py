@@ -237,7 +237,7 @@ def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_
     assert [item.name for item in read_csv(path)] == [name, "Café crème"]
     # Names in other scripts, in UTF-8, are what they say, though their bytes read as GBK too.
     names = ["водка", "Пиво Балтика", "β-carotene", "Cafe\u0301 cre\u0300me", "Ελληνικό", "שלום", "مرحبا", "Ukraїna",
-             "өндөг", "Hawaiʻi Coffee", "Ωmega-3", "كوكا كولا ١ لتر", "پپسی ۱ لیتر"]
+             "өндөг", "Hawaiʻi Coffee", "Ωmega-3", "كوكا كولا ١ لتر", "پپسی ۱ لیتر", "کباب", "چای"]
     path.write_text("barcode,name,price\n" + "".join(f"SKU{n},{name},1.50\n" for n, name in enumerate(names)),
                     encoding="utf-8")
     assert [item.name for item in read_csv(path)] == names
