@@ -246,6 +246,7 @@ def parse_csv(text: str) -> list[Item]:
     for line, row in csv_rows(text, {"barcode", "price"}, PriceListError,
                               read={"barcode", "name", "price", "unit", "packs", "cost", "product"}):
         try:
+            _check_not_split(row)
             item = _item(row)
         except ValueError as error:
             raise PriceListError(f"line {line}: {error}") from None
@@ -263,6 +264,22 @@ def parse_csv(text: str) -> list[Item]:
             raise PriceListError(f"line {lines[key]}: product {item.product} is a {items[product].unit}'s barcode "
                                  f"(line {lines[product]}), not a pack's: a {item.unit} names the pack it holds")
     return list(items.values())
+
+
+# An amount of a thousand or more written unquoted, 1,230.00, splits into "1" and "230.00": where the column after
+# the amount's takes the second half, the line has as many fields as the header and nothing else tells.
+_AMOUNT_HEAD = re.compile(r"[1-9][0-9]{0,2}")
+_AMOUNT_TAIL = re.compile(r"[0-9]{3}(\.[0-9]{0,2})?")
+
+
+def _check_not_split(row: dict[str, str]) -> None:
+    """ValueError where an amount column and the column after it (in the header's order) read as one amount
+    split by an unquoted comma: a price of 1 and a cost of 230.00, never a real line (a cost 230 times the price)."""
+    columns = list(row)
+    for column, after in zip(columns, columns[1:]):
+        if column in ("price", "cost") and _AMOUNT_HEAD.fullmatch(row[column]) and _AMOUNT_TAIL.fullmatch(row[after]):
+            raise ValueError(f"{column} {row[column]!r} and {after} {row[after]!r} read as one amount split by an "
+                             f"unquoted comma, {row[column]},{row[after]}: a comma in a price is quoted (\"1,230.00\")")
 
 
 def _item(row: dict[str, str]) -> Item:

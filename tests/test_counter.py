@@ -268,6 +268,16 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
     # As a spreadsheet saves a sheet: spaces after the header's commas, empty columns past the last, empty rows.
     items = parse_csv("barcode, name, price,,\r\n6901028075831,Hongtashan,23.00,,\r\n,,,,\r\n96385074,Gum,1.50,,\r\n")
     assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300), ("96385074", "Gum", 150)]
+    # Nor a named column after the price's: a price of 1.00 and a cost of 230.00 (or a case of 230 packs).
+    for header, line in (("barcode,name,price,cost", "6901028075848,Zhonghua,1,230.00"),
+                         ("barcode,name,price,packs,unit,product", "6901028075848,Zhonghua,12,300,case,6901028075831"),
+                         ("barcode,name,cost,price,unit", "6901028075848,Zhonghua,1,050,carton")):
+        with pytest.raises(PriceListError, match="line 2: (price|cost) '1.?' and (cost|packs|price) '[0-9.]+' read as "
+                                                 "one amount split by an unquoted comma"):
+            parse_csv(f"{header}\n{line}\n")
+    # A cost of a hundred and more beside a price of a hundred and more is a cost, as a price of 1 with its decimals.
+    items = parse_csv('barcode,name,price,cost\n6901028075848,Zhonghua,230.00,195.00\n96385074,Gum,1,0.80\n')
+    assert [(i.price, i.cost) for i in items] == [(23000, 19500), (100, 80)]
     # Nor does an unquoted comma fill a column the header left empty: 1,230.00 read as 1.00, 1,000 packs as 1.
     with pytest.raises(PriceListError, match=re.escape("line 3: a value in column 4, which the header names nothing")):
         parse_csv("barcode,name,price,,\n6901028075831,Hongtashan,23.00,,\n6901028075848,Zhonghua,1,230.00,\n")
