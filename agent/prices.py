@@ -211,6 +211,11 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
         if len(set(named)) != len(named):
             raise error("the header names a column twice: " + ",".join(fieldnames))
         if not required <= set(named):
+            for separator, what in ((";", "semicolons"), ("\t", "tabs")):
+                if len(named) == 1 and required <= {name.strip() for name in named[0].split(separator)}:
+                    # As a spreadsheet saves "CSV" where the decimal mark is a comma, or as "text".
+                    raise error(f"the file's columns are separated by {what}, not commas: save it as CSV with "
+                                "commas (a spreadsheet's \"CSV UTF-8\")")
             raise error(f"the first line must be a header naming at least the columns {' and '.join(sorted(required))}")
         while True:
             line = reader.line_num + 1  # the row's first line: a quoted field (a spreadsheet's note) may hold breaks

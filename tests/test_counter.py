@@ -268,6 +268,12 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
     # As a spreadsheet saves a sheet: spaces after the header's commas, empty columns past the last, empty rows.
     items = parse_csv("barcode, name, price,,\r\n6901028075831,Hongtashan,23.00,,\r\n,,,,\r\n96385074,Gum,1.50,,\r\n")
     assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300), ("96385074", "Gum", 150)]
+    # A sheet saved with semicolons or tabs between its columns (where the decimal mark is a comma): said so.
+    for separator, what in ((";", "semicolons"), ("\t", "tabs")):
+        with pytest.raises(PriceListError, match=f"the file's columns are separated by {what}, not commas"):
+            parse_csv(f"barcode{separator}name{separator}price\n6901028075831{separator}Hongtashan{separator}23,00\n")
+        with pytest.raises(OrderError, match=f"the file's columns are separated by {what}, not commas"):
+            parse_order(f"barcode{separator}quantity\n6901028075831{separator}10\n")
     # Nor a named column after the price's: a price of 1.00 and a cost of 230.00 (or a case of 230 packs).
     for header, line in (("barcode,name,price,cost", "6901028075848,Zhonghua,1,230.00"),
                          ("barcode,name,price,packs,unit,product", "6901028075848,Zhonghua,12,300,case,6901028075831"),
