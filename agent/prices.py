@@ -272,19 +272,24 @@ def parse_csv(text: str) -> list[Item]:
 
 
 # An amount of a thousand or more written unquoted, 1,230.00, splits into "1" and "230.00": where the column after
-# the amount's takes the second half, the line has as many fields as the header and nothing else tells.
+# the amount's takes the second half, the line has as many fields as the header. Told where the two halves cannot
+# be what they say: a number written with a leading 0 (no spreadsheet writes 050), or a cost above the price.
 _AMOUNT_HEAD = re.compile(r"[1-9][0-9]{0,2}")
 _AMOUNT_TAIL = re.compile(r"[0-9]{3}(\.[0-9]{0,2})?")
 
 
 def _check_not_split(row: dict[str, str]) -> None:
-    """ValueError where an amount column and the column after it (in the header's order) read as one amount
-    split by an unquoted comma: a price of 1 and a cost of 230.00, never a real line (a cost 230 times the price)."""
+    """ValueError where an amount column and the read column after it (in the header's order) read as one
+    amount split by an unquoted comma: a price of 1 and a cost of 230.00, or a cost of 1 and a price of 050."""
     columns = list(row)
     for column, after in zip(columns, columns[1:]):
-        if column in ("price", "cost") and _AMOUNT_HEAD.fullmatch(row[column]) and _AMOUNT_TAIL.fullmatch(row[after]):
-            raise ValueError(f"{column} {row[column]!r} and {after} {row[after]!r} read as one amount split by an "
-                             f"unquoted comma, {row[column]},{row[after]}: a comma in a price is quoted (\"1,230.00\")")
+        head, tail = row[column], row[after]
+        if column not in ("price", "cost") or after not in ("price", "cost", "packs") \
+                or not (_AMOUNT_HEAD.fullmatch(head) and _AMOUNT_TAIL.fullmatch(tail)):
+            continue
+        if tail.startswith("0") or (column, after) == ("price", "cost") and float(tail) > int(head):
+            raise ValueError(f"{column} {head!r} and {after} {tail!r} read as one amount split by an unquoted "
+                             f"comma, {head},{tail}: a comma in a price is quoted (\"1,230.00\")")
 
 
 def _item(row: dict[str, str]) -> Item:

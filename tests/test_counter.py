@@ -274,16 +274,20 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
             parse_csv(f"barcode{separator}name{separator}price\n6901028075831{separator}Hongtashan{separator}23,00\n")
         with pytest.raises(OrderError, match=f"the file's columns are separated by {what}, not commas"):
             parse_order(f"barcode{separator}quantity\n6901028075831{separator}10\n")
-    # Nor a named column after the price's: a price of 1.00 and a cost of 230.00 (or a case of 230 packs).
+    # Nor a read column after the price's, where the halves cannot be what they say: a cost of 230.00 above a price
+    # of 1.00; a number written with a leading 0, as no spreadsheet writes one.
     for header, line in (("barcode,name,price,cost", "6901028075848,Zhonghua,1,230.00"),
-                         ("barcode,name,price,packs,unit,product", "6901028075848,Zhonghua,12,300,case,6901028075831"),
+                         ("barcode,name,price,packs,unit,product", "6901028075848,Zhonghua,12,030,case,6901028075831"),
                          ("barcode,name,cost,price,unit", "6901028075848,Zhonghua,1,050,carton")):
         with pytest.raises(PriceListError, match="line 2: (price|cost) '1.?' and (cost|packs|price) '[0-9.]+' read as "
                                                  "one amount split by an unquoted comma"):
             parse_csv(f"{header}\n{line}\n")
-    # A cost of a hundred and more beside a price of a hundred and more is a cost, as a price of 1 with its decimals.
-    items = parse_csv('barcode,name,price,cost\n6901028075848,Zhonghua,230.00,195.00\n96385074,Gum,1,0.80\n')
-    assert [(i.price, i.cost) for i in items] == [(23000, 19500), (100, 80)]
+    # A spreadsheet's carton row (a cost below its price, no decimals), a column not read after the price: as written.
+    items = parse_csv("barcode,name,price,cost,库存\n6901028075848,Zhonghua,230,195,120\n96385074,Gum,1,0.80,200\n"
+                      "6901028075855,Zhonghua (case),950,900,\n")
+    assert [(i.price, i.cost) for i in items] == [(23000, 19500), (100, 80), (95000, 90000)]
+    items = parse_csv("barcode,name,price,规格\n96385074,Gum,8,200\n")
+    assert [i.price for i in items] == [800]
     # Nor does an unquoted comma fill a column the header left empty: 1,230.00 read as 1.00, 1,000 packs as 1.
     with pytest.raises(PriceListError, match=re.escape("line 3: a value in column 4, which the header names nothing")):
         parse_csv("barcode,name,price,,\n6901028075831,Hongtashan,23.00,,\n6901028075848,Zhonghua,1,230.00,\n")
