@@ -41,7 +41,14 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 def parse_csv(text: str) -> list[dict[str, Any]]:
     lines = []
     for number, row in csv_rows(text, {"barcode", "quantity"}, OrderError, read={"barcode", "name", "quantity"}):
+        unread = [column for column in ("unit", "packs") if column in row]
+        if unread:
+            # A line's quantity is in the units its barcode stands for: 5 with a unit of carton was received as 5.
+            raise OrderError(f"the order names a column {unread[0]}, which an order does not have: a line's quantity "
+                             "is in the units its barcode stands for (a carton's barcode for cartons)")
         barcode, quantity = row.get("barcode", ""), row.get("quantity", "")
+        if re.fullmatch(r"[1-9][0-9]{0,2}(,[0-9]{3})+", quantity):
+            quantity = quantity.replace(",", "")  # grouped by thousands, as a spreadsheet writes 1,000
         try:
             check_code(barcode)
         except ValueError as error:

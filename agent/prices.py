@@ -175,7 +175,10 @@ def csv_text(path: Path, error: type[Exception]) -> str:
 
 
 # A code column a spreadsheet took for a number and wrote back as one: 6.90103E+12, 6901028075831.0.
-_SPREADSHEET_NUMBER = re.compile(r"[0-9]+(\.[0-9]+)?[eE]\+[0-9]+|[0-9]{6,}\.0+")  # E+: 123E45 may be a code
+# E+ (123E45 may be a code), a decimal comma (6,90103E+12), digits grouped by thousands (6,901,028,075,831).
+_SPREADSHEET_NUMBER = re.compile(r"[0-9]+([.,][0-9]+)?[eE]\+[0-9]+|[0-9]{6,}\.0+|[0-9]{1,3}(,[0-9]{3}){2,}")
+# A code marked as text the way a spreadsheet marks it, the mark kept in its export: '6901028075831, ="6901028075831".
+_SPREADSHEET_TEXT = re.compile(r"'[0-9]+|=\"[^\"]*\"")
 
 
 def check_code(code: str, column: str = "barcode") -> None:
@@ -183,6 +186,9 @@ def check_code(code: str, column: str = "barcode") -> None:
     if _SPREADSHEET_NUMBER.fullmatch(code):
         raise ValueError(f"{column} {code!r} is a spreadsheet's number, not the code: format the column as text "
                          "and save the file again")
+    if _SPREADSHEET_TEXT.fullmatch(code):
+        raise ValueError(f"{column} {code!r} holds the mark a spreadsheet puts on text, not the code alone: format "
+                         "the column as text and save the file again")
     if not scannable(code):
         raise ValueError(f"{column} {code!r} is not what a scanner types: 1 to 48 printable ASCII characters")
     if not classify(code).valid:
@@ -200,13 +206,13 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
     import csv
     import io
 
-    reader = csv.reader(io.StringIO(text), strict=True)  # a quote never closed is an error, not the rest of the file
+    reader = csv.reader(io.StringIO(text, newline=None), strict=True)  # line ends of \r alone, as an old Mac writes  # a quote never closed is an error, not the rest of the file
     line = 1
     try:
         header = next(reader, None)
         # As a spreadsheet writes it: "barcode, name, price" names barcode and name; its empty columns
         # past the last (",,") name nothing.
-        fieldnames = [name.strip() for name in header] if header else []
+        fieldnames = [name.strip().lower() for name in header] if header else []  # "Barcode, Price" as written
         named = [name for name in fieldnames if name]
         if len(set(named)) != len(named):
             raise error("the header names a column twice: " + ",".join(fieldnames))
@@ -237,8 +243,11 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
             fields = {name: value.strip() for name, value in zip(fieldnames, values) if name}
             if not any(fields.values()):
                 continue  # a line of commas alone, as a spreadsheet writes an empty row: a blank line
-            if any(CONTROL.search(value) for name, value in fields.items() if name in read):
-                raise error(f"line {line}: a field holds a control character")
+            held = next(((name, found.group()) for name, value in fields.items()
+                         if name in read and (found := CONTROL.search(value))), None)
+            if held is not None:
+                typed = " (a line break typed in the cell)" if held[1] in "\r\n" else ""
+                raise error(f"line {line}: the {held[0]} holds a control character{typed}")
             yield line, fields
     except csv.Error as failed:
         raise error(f"line {line}: {failed} (a quote inside a quoted field is written twice, and "

@@ -127,6 +127,11 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("barcode,price\n6.901028E+012,23\n", "barcode '6.901028E+012' is a spreadsheet's number"),
         ("barcode,price\n6901028075831.0,23\n", "barcode '6901028075831.0' is a spreadsheet's number"),
         ("barcode,price\n123E45,23\n6.90103E+12,1\n", "line 3: barcode '6.90103E+12'"),  # 123E45 may be a Code 39 label
+        # Where the decimal mark is a comma; grouped by thousands; marked as text the spreadsheet's way.
+        ('barcode,price\n"6,90103E+12",23\n', "barcode '6,90103E+12' is a spreadsheet's number"),
+        ('barcode,price\n"6,901,028,075,831",23\n', "barcode '6,901,028,075,831' is a spreadsheet's number"),
+        ("barcode,price\n'6901028075831,23\n", "barcode \"'6901028075831\" holds the mark a spreadsheet puts on text"),
+        ('barcode,price\n="6901028075831",23\n', "barcode '=\"6901028075831\"' holds the mark a spreadsheet puts"),
         ("barcode,price,unit,product\n6901028075848,225,carton,6.90103E+12\n",
          "line 2: product '6.90103E+12' is a spreadsheet's number, not the code"),
         ("barcode,price\n\uff19\uff16\uff13\uff18\uff15\uff10\uff17\uff14,1\n", "is not what a scanner types"),
@@ -221,7 +226,7 @@ def test_a_column_the_price_list_does_not_read_may_hold_a_line_break():
     """A spreadsheet's notes column with Alt+Enter in a cell: the list loads; a name with one would not."""
     items = parse_csv('barcode,name,price,notes\n6901028075831,Hongtashan,23.00,"first line\nsecond\tline"\n')
     assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300)]
-    with pytest.raises(PriceListError, match="line 2: a field holds a control character"):
+    with pytest.raises(PriceListError, match=re.escape("line 2: the name holds a control character (a line break typed in the cell)")):
         parse_csv('barcode,name,price\n6901028075831,"Hong\ntashan",23.00\n')
 
 
@@ -359,3 +364,21 @@ def test_a_shops_own_ean8_label_is_one_product_whichever_scanner_reads_it(tmp_pa
         sold[aim] = outcome.events[-1].body["unit_price"] == 200
     journal.close()
     assert sold == priced
+
+
+def test_a_sheet_as_a_clerk_saves_it_loads_as_written():
+    """Headers in capitals, line ends of \\r alone, thousands grouped in an order's quantity: read as meant."""
+    items = parse_csv("Barcode, Name ,PRICE\r6901028075831,Hongtashan,23.00\r96385074,Gum,1.50\r")
+    assert [(i.barcode, i.name, i.price) for i in items] == [("6901028075831", "Hongtashan", 2300), ("96385074", "Gum", 150)]
+    assert parse_order('barcode,quantity\n6901028075831,"1,000"\n96385074,12\n') == [
+        {"barcode": "6901028075831", "name": "", "quantity": 1000}, {"barcode": "96385074", "name": "", "quantity": 12}]
+    with pytest.raises(OrderError, match="quantity '0,100' must be a whole number"):
+        parse_order('barcode,quantity\n6901028075831,"0,100"\n')
+
+
+@pytest.mark.parametrize("column", ["unit", "packs"])
+def test_an_order_naming_a_unit_or_packs_is_refused_for_its_quantity_is_in_the_barcodes_units(column):
+    """5 with a unit of carton (50 packs) was received as 5 packs with the good signal."""
+    with pytest.raises(OrderError, match=f"the order names a column {column}, which an order does not have: a line's "
+                                         "quantity is in the units its barcode stands for"):
+        parse_order(f"barcode,name,quantity,{column}\n6901028075831,Hongtashan,5,{'carton' if column == 'unit' else 10}\n")
