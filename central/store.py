@@ -1034,11 +1034,15 @@ class CentralStore:
         return DeviceStatus(state, session, sent_at, received_at, offset, json.loads(body))
 
     def order_closed(self, device_id: str, name: str) -> int | None:
-        """The seq of the device's ``receiving_closed`` event that closed the order stream ``name``, if central
-        holds one: a box takes no copy of a closed order again."""
+        """The seq of the ``receiving_closed`` event of the device's journal that closed the order stream ``name``,
+        if central holds one: a box takes no copy of a closed order again, nor does the box its journal was
+        restored onto (its own or another device's events of that journal)."""
         with self._transaction(write=False) as conn:
+            journal = sa.select(devices.c.journal).where(devices.c.device_id == device_id).scalar_subquery()
+            lineage = sa.select(devices.c.device_id).where(devices.c.journal == journal)
             rows = conn.execute(sa.select(_events.c.seq, _events.c.body).where(
-                _events.c.device_id == device_id, _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
+                sa.or_(_events.c.device_id == device_id, _events.c.device_id.in_(lineage)),
+                _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
         return next((seq for seq, body in rows if json.loads(body).get("order") == name), None)
 
     def device_events(self, device_id: str) -> Iterator[tuple[int, str, dict[str, Any]]]:

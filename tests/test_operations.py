@@ -559,7 +559,11 @@ def test_an_order_pushed_under_the_id_of_one_the_box_closed_is_refused_before_it
     store = CentralStore(db)
     store.register("shop-7", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
     store.add_events("shop-7", 1, [{"seq": 1, "kind": "receiving_closed", "body": {"order": "order/w47"}},
-                                   {"seq": 2, "kind": "receiving_closed", "body": {"order": "order/w48"}}])
+                                   {"seq": 2, "kind": "receiving_closed", "body": {"order": "order/w48"}}],
+                     journal="a" * 32)
+    # Its journal restored onto a replacement box, which goes on from it: the order is closed there too.
+    store.register("shop-8", KEY_WITH_A_DASH, shop="530100000001", region="honghe")
+    store.add_events("shop-8", 1, [{"seq": 3, "kind": "sale", "body": {}}], journal="a" * 32, base_seq=2)
     store.close()
     push = ["order", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--device", "shop-7", "--broker",
             "127.0.0.1:1", "--order-id"]
@@ -568,6 +572,10 @@ def test_an_order_pushed_under_the_id_of_one_the_box_closed_is_refused_before_it
                                                      "device shop-7 (seq 2): the box takes no copy of it again; a new "
                                                      "order takes a new id\n")
     assert "received and closed" not in ops(*push, "w49", str(csv)).stderr  # a new id: on to the broker
+    replaced = ops(*[("shop-8" if arg == "shop-7" else arg) for arg in push], "w48", str(csv))
+    assert (replaced.returncode, replaced.stderr) == (2, "counterbox-ops: error: order w48 was received and closed on "
+                                                         "device shop-8 (seq 2): the box takes no copy of it again; a "
+                                                         "new order takes a new id\n")
 
 
 def test_a_code_for_a_box_already_registered_is_refused_as_central_would_refuse_its_request(tmp_path, ops_key):
