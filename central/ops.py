@@ -180,6 +180,19 @@ def text(value: str) -> str:
 # Names people write for a currency that are no ISO 4217 code: a list signed under one is summed apart from
 # every list in the code's name (a report then says "mixed: CNY, RMB").
 _NOT_ISO_4217 = {"RMB": "CNY", "YUAN": "CNY", "NTD": "TWD", "HKD$": "HKD"}
+# ISO 4217's codes in use (list one, 2025) whose minor unit is the hundredth, as prices are read ("23.00"): a
+# typo (CYN) reached every box of a region, and its reports read "mixed" currencies.
+_ISO_4217_HUNDREDTHS = frozenset("""
+    AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BOV BRL BSD BTN BWP BYN BZD CAD CDF CHE CHF
+    CHW COP COU CRC CUC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF
+    IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN
+    MXV MYR MZN NAD NGN NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP SLE SLL
+    SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD USN UYU UZS VED VES WST XCD XCG YER ZAR ZMW
+    ZWG ZWL CNY""".split())
+# Its codes whose minor unit is another (the yen's is the yen, the dinar's a thousandth), and funds and metals.
+_ISO_4217_OTHER = frozenset("""
+    BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF BHD IQD JOD KWD LYD OMR TND CLF UYW
+    XAG XAU XBA XBB XBC XBD XDR XPD XPT XSU XTS XUA XXX""".split())
 
 
 def _currency(value: str) -> str:
@@ -188,6 +201,11 @@ def _currency(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 4217 code: write {_NOT_ISO_4217[value.upper()]}")
     if not re.fullmatch(r"[A-Z]{3}", value):
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO 4217 code: three capital letters, like CNY")
+    if value in _ISO_4217_OTHER:
+        raise argparse.ArgumentTypeError(f"{value}'s minor unit is not the hundredth, and prices are read in "
+                                         "hundredths (23.00): this price list cannot be in it")
+    if value not in _ISO_4217_HUNDREDTHS:
+        raise argparse.ArgumentTypeError(f"{value!r} is no ISO 4217 currency in use (a typo? CNY is the yuan)")
     return value
 
 

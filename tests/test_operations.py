@@ -141,6 +141,8 @@ REVOKE = ["revoke", "--central-db", "{db}", "--ops-key", "{key}", "--device", "s
 @pytest.mark.parametrize("command, option, message", [
     (PUSH_PRICES, "--currency=cny", "'cny' is not an ISO 4217 code: three capital letters"),
     (PUSH_PRICES, "--currency=RMB", "'RMB' is not an ISO 4217 code: write CNY"),
+    (PUSH_PRICES, "--currency=CYN", "'CYN' is no ISO 4217 currency in use (a typo? CNY is the yuan)"),
+    (PUSH_PRICES, "--currency=JPY", "JPY's minor unit is not the hundredth, and prices are read in hundredths"),
     (PUSH_PRICES, "--valid-days=0", "0 must be above 0 and at most 3650"),
     (PUSH_PRICES, "--valid-days=-1", "-1 must be above 0 and at most 3650"),
     (PUSH_PRICES, "--valid-days=nan", "nan must be above 0 and at most 3650"),
