@@ -843,31 +843,46 @@ class CentralStore:
             conn.execute(documents.update().where(documents.c.name == name, documents.c.version == version)
                          .values(published_at=time.time()))
 
+    @staticmethod
+    def _of_journal(device_id: str) -> sa.ColumnElement[bool]:
+        """Events of the device, and of the devices that held its journal before it (its box's journal restored
+        onto it): what its box holds."""
+        journal = sa.select(devices.c.journal).where(devices.c.device_id == device_id).scalar_subquery()
+        return sa.or_(_events.c.device_id == device_id,
+                      _events.c.device_id.in_(sa.select(devices.c.device_id).where(devices.c.journal == journal)))
+
     def documents_held(self, device_id: str) -> dict[str, int]:
-        """The version of each document stream the device applied last (its ``document`` events): the one in
-        force, the highest but for a box moved to another region and back (it applies its region's again)."""
+        """The version of each document stream the device's box applied last (the ``document`` events of its
+        journal, for this device or its region, as the box counts them): the one in force, the highest but for a
+        box moved to another region and back (it applies its region's again)."""
         with self._transaction(write=False) as conn:
-            bodies = conn.execute(sa.select(_events.c.body).where(_events.c.device_id == device_id,
+            region = conn.execute(sa.select(devices.c.region).where(devices.c.device_id == device_id)).scalar()
+            bodies = conn.execute(sa.select(_events.c.body).where(self._of_journal(device_id),
                                                                   _events.c.kind == "document")
                                   .order_by(_events.c.seq)).scalars().all()
         held: dict[str, int] = {}
         for body in bodies:
             document = json.loads(body)
-            name, version = document.get("name"), document.get("version")
-            # One not as a box writes it (a text version, a list for a name) says nothing of what it holds.
+            name, version, scope = document.get("name"), document.get("version"), document.get("scope")
+            # One not as a box writes it (a text version, a list for a name) says nothing of what it holds; one
+            # for another device (the box whose journal this was) or region is not what this one holds (a box
+            # registered with no region: central cannot tell, and takes its box's word).
+            if isinstance(scope, dict) and not (scope.get("device") == device_id if "device" in scope
+                                                else not region or scope.get("region") == region):
+                continue
             if isinstance(name, str) and protocol.natural(version):
                 held[name] = version
         return held
 
     def prices_loaded_on_the_box(self, device_id: str) -> bool:
-        """Whether the device's newest price list is one loaded on the box (``counterbox prices load``), after any
-        operations pushed: it sells at prices no document of central's says."""
+        """Whether the newest price list of the device's journal is one loaded on the box (``counterbox prices
+        load``), after any operations pushed: it sells at prices no document of central's says."""
         with self._transaction(write=False) as conn:
             newest = conn.execute(sa.select(sa.func.max(_events.c.seq)).where(
-                _events.c.device_id == device_id, _events.c.kind == "price_list")).scalar()
+                self._of_journal(device_id), _events.c.kind == "price_list")).scalar()
             if newest is None:
                 return False
-            bodies = conn.execute(sa.select(_events.c.body).where(_events.c.device_id == device_id,
+            bodies = conn.execute(sa.select(_events.c.body).where(self._of_journal(device_id),
                                                                   _events.c.kind == "document")).scalars().all()
         pushed = [json.loads(body).get("content_seq") for body in bodies]
         return newest not in pushed
@@ -1038,11 +1053,8 @@ class CentralStore:
         if central holds one: a box takes no copy of a closed order again, nor does the box its journal was
         restored onto (its own or another device's events of that journal)."""
         with self._transaction(write=False) as conn:
-            journal = sa.select(devices.c.journal).where(devices.c.device_id == device_id).scalar_subquery()
-            lineage = sa.select(devices.c.device_id).where(devices.c.journal == journal)
             rows = conn.execute(sa.select(_events.c.seq, _events.c.body).where(
-                sa.or_(_events.c.device_id == device_id, _events.c.device_id.in_(lineage)),
-                _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
+                self._of_journal(device_id), _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
         return next((seq for seq, body in rows if json.loads(body).get("order") == name), None)
 
     def device_events(self, device_id: str) -> Iterator[tuple[int, str, dict[str, Any]]]:

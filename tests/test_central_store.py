@@ -940,6 +940,28 @@ def test_the_documents_a_box_holds_are_the_version_it_applied_last_of_each_strea
     assert store.documents_held("shop-3") == {}
 
 
+def test_a_box_a_journal_was_restored_onto_holds_the_documents_and_price_list_its_journal_holds(store):
+    """A replacement box restored from the old box's backup sells at the region's list the old one applied:
+    central showed it holding none."""
+    journal = "b" * 32
+    for device in ("cb-old", "cb-new"):
+        store.register(device, f"key-{device}", shop="530100000001", region="honghe")
+    store.add_events("cb-old", 1, [
+        {"seq": 1, "kind": "price_list", "body": {"source": "operations"}},
+        {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": 3, "content_seq": 1,
+                                                "scope": {"region": "honghe"}}},
+        {"seq": 3, "kind": "order", "body": {}},
+        {"seq": 4, "kind": "document", "body": {"name": "order/w48", "version": 2, "content_seq": 3,
+                                                "scope": {"device": "cb-old"}}}], journal=journal)
+    store.add_events("cb-new", 1, [{"seq": 5, "kind": "sale", "body": {}}], journal=journal, base_seq=4)
+    # The old box's own order is not the new one's: it takes none of the old box's device documents.
+    assert store.documents_held("cb-new") == {"price_list": 3}
+    assert store.documents_held("cb-old") == {"price_list": 3, "order/w48": 2}
+    assert store.prices_loaded_on_the_box("cb-new") is False
+    store.add_events("cb-new", 1, [{"seq": 6, "kind": "price_list", "body": {"source": "week48.csv"}}])
+    assert store.prices_loaded_on_the_box("cb-new") is True
+
+
 def test_a_version_a_box_applied_that_central_never_issued_stops_the_push_until_operations_number_past_it(store):
     """Central's database restored from last month's backup had issued price_list up to version 2; the boxes of
     honghe applied 5. Numbered 3, the next push was refused by every box as a replay, week after week. Numbered
