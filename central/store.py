@@ -844,12 +844,22 @@ class CentralStore:
                          .values(published_at=time.time()))
 
     @staticmethod
-    def _of_journal(device_id: str) -> sa.ColumnElement[bool]:
-        """Events of the device, and of the devices that held its journal before it (its box's journal restored
-        onto it): what its box holds."""
-        journal = sa.select(devices.c.journal).where(devices.c.device_id == device_id).scalar_subquery()
-        return sa.or_(_events.c.device_id == device_id,
-                      _events.c.device_id.in_(sa.select(devices.c.device_id).where(devices.c.journal == journal)))
+    def _of_journal(conn: sa.Connection, device_id: str) -> sa.ColumnElement[bool]:
+        """Events of the device, and those of the devices that held its journal before it (its box's journal
+        restored onto it) that it counts as delivered: what its box holds. The devices are looked up first, so
+        that both databases read events by device (most devices hold their journal alone)."""
+        row = conn.execute(sa.select(devices.c.journal, devices.c.acked_seq)
+                           .where(devices.c.device_id == device_id)).first()
+        others = [] if row is None or row.journal is None else conn.execute(sa.select(devices.c.device_id).where(
+            devices.c.journal == row.journal, devices.c.device_id != device_id)).scalars().all()
+        if not others:
+            return _events.c.device_id == device_id
+        own = _events.alias("own")
+        return sa.or_(_events.c.device_id == device_id, sa.and_(
+            # Another's, up to what this device is acknowledged to, at a seq it holds none of (past the backup
+            # it was restored from, the old box went on with events this one never had).
+            _events.c.device_id.in_(others), _events.c.seq <= row.acked_seq,
+            ~sa.exists().where(own.c.device_id == device_id, own.c.seq == _events.c.seq)))
 
     def documents_held(self, device_id: str) -> dict[str, int]:
         """The version of each document stream the device's box applied last (the ``document`` events of its
@@ -857,7 +867,7 @@ class CentralStore:
         box moved to another region and back (it applies its region's again)."""
         with self._transaction(write=False) as conn:
             region = conn.execute(sa.select(devices.c.region).where(devices.c.device_id == device_id)).scalar()
-            bodies = conn.execute(sa.select(_events.c.body).where(self._of_journal(device_id),
+            bodies = conn.execute(sa.select(_events.c.body).where(self._of_journal(conn, device_id),
                                                                   _events.c.kind == "document")
                                   .order_by(_events.c.seq)).scalars().all()
         held: dict[str, int] = {}
@@ -878,11 +888,12 @@ class CentralStore:
         """Whether the newest price list of the device's journal is one loaded on the box (``counterbox prices
         load``), after any operations pushed: it sells at prices no document of central's says."""
         with self._transaction(write=False) as conn:
+            journal = self._of_journal(conn, device_id)
             newest = conn.execute(sa.select(sa.func.max(_events.c.seq)).where(
-                self._of_journal(device_id), _events.c.kind == "price_list")).scalar()
+                journal, _events.c.kind == "price_list")).scalar()
             if newest is None:
                 return False
-            bodies = conn.execute(sa.select(_events.c.body).where(self._of_journal(device_id),
+            bodies = conn.execute(sa.select(_events.c.body).where(journal,
                                                                   _events.c.kind == "document")).scalars().all()
         pushed = [json.loads(body).get("content_seq") for body in bodies]
         return newest not in pushed
@@ -1054,7 +1065,7 @@ class CentralStore:
         restored onto (its own or another device's events of that journal)."""
         with self._transaction(write=False) as conn:
             rows = conn.execute(sa.select(_events.c.seq, _events.c.body).where(
-                self._of_journal(device_id), _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
+                self._of_journal(conn, device_id), _events.c.kind == "receiving_closed").order_by(_events.c.seq)).all()
         return next((seq for seq, body in rows if json.loads(body).get("order") == name), None)
 
     def device_events(self, device_id: str) -> Iterator[tuple[int, str, dict[str, Any]]]:

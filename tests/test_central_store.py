@@ -962,6 +962,32 @@ def test_a_box_a_journal_was_restored_onto_holds_the_documents_and_price_list_it
     assert store.prices_loaded_on_the_box("cb-new") is True
 
 
+def test_what_the_old_box_recorded_past_the_backup_a_box_was_restored_from_is_not_the_new_boxs(store):
+    """The old box went on past yesterday's backup (a list loaded on it, an order closed): the box restored
+    from the backup holds none of it, and the old box none of what the new one applied."""
+    journal = "f" * 32
+    for device in ("cb-old", "cb-new"):
+        store.register(device, f"key-{device}", shop="530100000001", region="honghe")
+    store.add_events("cb-old", 1, [
+        {"seq": 1, "kind": "price_list", "body": {"source": "operations"}},
+        {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": 3, "content_seq": 1,
+                                                "scope": {"region": "honghe"}}},
+        {"seq": 3, "kind": "sale", "body": {}},
+        {"seq": 4, "kind": "price_list", "body": {"source": "week48.csv"}},  # past the backup, taken at 3
+        {"seq": 5, "kind": "receiving_closed", "body": {"order": "order/PO-7"}}], journal=journal)
+    store.add_events("cb-new", 1, [{"seq": 4, "kind": "sale", "body": {"n": 4}},
+                                   {"seq": 5, "kind": "sale", "body": {"n": 5}},
+                                   {"seq": 6, "kind": "price_list", "body": {"source": "operations"}},
+                                   {"seq": 7, "kind": "document", "body": {"name": "price_list", "version": 4,
+                                                                           "content_seq": 6,
+                                                                           "scope": {"region": "honghe"}}}],
+                     journal=journal, base_seq=3)
+    assert store.prices_loaded_on_the_box("cb-new") is False
+    assert store.order_closed("cb-new", "order/PO-7") is None
+    assert store.order_closed("cb-old", "order/PO-7") == 5
+    assert (store.documents_held("cb-new"), store.documents_held("cb-old")) == ({"price_list": 4}, {"price_list": 3})
+
+
 def test_a_version_a_box_applied_that_central_never_issued_stops_the_push_until_operations_number_past_it(store):
     """Central's database restored from last month's backup had issued price_list up to version 2; the boxes of
     honghe applied 5. Numbered 3, the next push was refused by every box as a replay, week after week. Numbered
