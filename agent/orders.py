@@ -46,15 +46,15 @@ def parse_csv(text: str) -> list[dict[str, Any]]:
             # A line's quantity is in the units its barcode stands for: 5 with a unit of carton was received as 5.
             raise OrderError(f"the order names a column {unread[0]}, which an order does not have: a line's quantity "
                              "is in the units its barcode stands for (a carton's barcode for cartons)")
-        barcode, quantity = row.get("barcode", ""), row.get("quantity", "")
-        if re.fullmatch(r"[1-9][0-9]{0,2}(,[0-9]{3})+", quantity):
-            quantity = quantity.replace(",", "")  # grouped by thousands, as a spreadsheet writes 1,000
+        barcode, written = row.get("barcode", ""), row.get("quantity", "")
+        # Grouped by thousands, as a spreadsheet writes 1,000.
+        quantity = written.replace(",", "") if re.fullmatch(r"[1-9][0-9]{0,2}(,[0-9]{3})+", written) else written
         try:
             check_code(barcode)
         except ValueError as error:
             raise OrderError(f"line {number}: {error}") from None
         if not re.fullmatch(r"[0-9]{1,9}", quantity) or not 1 <= int(quantity) <= MAX_QUANTITY:
-            raise OrderError(f"line {number}: quantity {quantity!r} must be a whole number from 1 to {MAX_QUANTITY}")
+            raise OrderError(f"line {number}: quantity {written!r} must be a whole number from 1 to {MAX_QUANTITY}")
         lines.append({"barcode": barcode, "name": row.get("name", ""), "quantity": int(quantity)})
     if not lines:
         raise OrderError("the order has no lines")

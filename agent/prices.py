@@ -102,7 +102,11 @@ _EVERYDAY_LETTERS = (("\u02bb", "\u02bc", "latin"),  # ʻ and ʼ, the okina and 
                      # rare letters are what GBK's 一, 硬 and 学 read as
                      ("\u0490", "\u0493", "cyrillic"), ("\u049a", "\u049b", "cyrillic"), ("\u04a2", "\u04a3", "cyrillic"),
                      ("\u04ae", "\u04b1", "cyrillic"), ("\u04ba", "\u04bb", "cyrillic"), ("\u04d8", "\u04d9", "cyrillic"),
-                     ("\u04e8", "\u04e9", "cyrillic"), ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"),
+                     ("\u04e8", "\u04e9", "cyrillic"),
+                     # Uzbek's and Tajik's Ҳ Ҷ Ӣ Ӯ
+                     ("\u04b2", "\u04b3", "cyrillic"), ("\u04b6", "\u04b7", "cyrillic"), ("\u04e2", "\u04e3", "cyrillic"),
+                     ("\u04ee", "\u04ef", "cyrillic"),
+                     ("\u05d0", "\u05ea", "hebrew"), ("\u0621", "\u064a", "arabic"),
                      # Persian's and Urdu's پ چ ژ ک گ ی
                      ("\u067e", "\u067e", "arabic"), ("\u0686", "\u0686", "arabic"), ("\u0698", "\u0698", "arabic"),
                      ("\u06a9", "\u06a9", "arabic"), ("\u06af", "\u06af", "arabic"), ("\u06cc", "\u06cc", "arabic"))
@@ -288,15 +292,19 @@ _AMOUNT_TAIL = re.compile(r"[0-9]{3}(\.[0-9]{0,2})?")
 
 
 def _check_not_split(row: dict[str, str]) -> None:
-    """ValueError where an amount column and the read column after it (in the header's order) read as one
-    amount split by an unquoted comma: a price of 1 and a cost of 230.00, or a cost of 1 and a price of 050."""
+    """ValueError where an amount column and the column after it (in the header's order) read as one amount
+    split by an unquoted comma: a price of 1 and a cost of 230.00, a cost of 1 and a price of 050, a price of 1
+    and a note of 230.00."""
     columns = list(row)
     for column, after in zip(columns, columns[1:]):
         head, tail = row[column], row[after]
-        if column not in ("price", "cost") or after not in ("price", "cost", "packs") \
-                or not (_AMOUNT_HEAD.fullmatch(head) and _AMOUNT_TAIL.fullmatch(tail)):
+        if column not in ("price", "cost") or not (_AMOUNT_HEAD.fullmatch(head) and _AMOUNT_TAIL.fullmatch(tail)):
             continue
-        if tail.startswith("0") or (column, after) == ("price", "cost") and float(tail) > int(head):
+        if after not in ("price", "cost", "packs", "unit", "product", "name", "barcode"):
+            split = re.fullmatch(r"[0-9]{3}\.[0-9]{2}", tail) is not None  # a column not read: its cents tell
+        else:  # (a shop sells below cost at times; never at a tenth of it)
+            split = tail.startswith("0") or (column, after) == ("price", "cost") and float(tail) > 10 * int(head)
+        if split:
             raise ValueError(f"{column} {head!r} and {after} {tail!r} read as one amount split by an unquoted "
                              f"comma, {head},{tail}: a comma in a price is quoted (\"1,230.00\")")
 

@@ -242,7 +242,7 @@ def test_a_list_a_spreadsheet_saved_as_gbk_is_refused_though_its_bytes_are_utf8_
     assert [item.name for item in read_csv(path)] == [name, "Café crème"]
     # Names in other scripts, in UTF-8, are what they say, though their bytes read as GBK too.
     names = ["водка", "Пиво Балтика", "β-carotene", "Cafe\u0301 cre\u0300me", "Ελληνικό", "שלום", "مرحبا", "Ukraїna",
-             "өндөг", "Hawaiʻi Coffee", "Ωmega-3", "كوكا كولا ١ لتر", "پپسی ۱ لیتر", "کباب", "چای"]
+             "өндөг", "Hawaiʻi Coffee", "Ωmega-3", "كوكا كولا ١ لتر", "پپسی ۱ لیتر", "کباب", "چای", "ҳалол", "ҷой"]
     path.write_text("barcode,name,price\n" + "".join(f"SKU{n},{name},1.50\n" for n, name in enumerate(names)),
                     encoding="utf-8")
     assert [item.name for item in read_csv(path)] == names
@@ -283,8 +283,9 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
     # of 1.00; a number written with a leading 0, as no spreadsheet writes one.
     for header, line in (("barcode,name,price,cost", "6901028075848,Zhonghua,1,230.00"),
                          ("barcode,name,price,packs,unit,product", "6901028075848,Zhonghua,12,030,case,6901028075831"),
-                         ("barcode,name,cost,price,unit", "6901028075848,Zhonghua,1,050,carton")):
-        with pytest.raises(PriceListError, match="line 2: (price|cost) '1.?' and (cost|packs|price) '[0-9.]+' read as "
+                         ("barcode,name,cost,price,unit", "6901028075848,Zhonghua,1,050,carton"),
+                         ("barcode,name,price,备注", "6901028075848,Zhonghua,1,230.00")):
+        with pytest.raises(PriceListError, match="line 2: (price|cost) '1.?' and (cost|packs|price|备注) '[0-9.]+' read as "
                                                  "one amount split by an unquoted comma"):
             parse_csv(f"{header}\n{line}\n")
     # A spreadsheet's carton row (a cost below its price, no decimals), a column not read after the price: as written.
@@ -293,6 +294,9 @@ def test_a_line_with_more_fields_than_the_header_names_is_refused_with_its_line(
     assert [(i.price, i.cost) for i in items] == [(23000, 19500), (100, 80), (95000, 90000)]
     items = parse_csv("barcode,name,price,规格\n96385074,Gum,8,200\n")
     assert [i.price for i in items] == [800]
+    # Sold below cost (a clearance): as written.
+    items = parse_csv("barcode,name,price,cost\n96385074,Gum,100,120\n6901028075848,Zhonghua,225,230\n")
+    assert [(i.price, i.cost) for i in items] == [(10000, 12000), (22500, 23000)]
     # Nor does an unquoted comma fill a column the header left empty: 1,230.00 read as 1.00, 1,000 packs as 1.
     with pytest.raises(PriceListError, match=re.escape("line 3: a value in column 4, which the header names nothing")):
         parse_csv("barcode,name,price,,\n6901028075831,Hongtashan,23.00,,\n6901028075848,Zhonghua,1,230.00,\n")
