@@ -210,7 +210,8 @@ def csv_rows(text: str, required: set[str], error: type[Exception], *,
     import csv
     import io
 
-    reader = csv.reader(io.StringIO(text, newline=None), strict=True)  # line ends of \r alone, as an old Mac writes  # a quote never closed is an error, not the rest of the file
+    # strict: a quote never closed is an error, not the rest of the file; newline=None: line ends of \r alone too.
+    reader = csv.reader(io.StringIO(text, newline=None), strict=True)
     line = 1
     try:
         header = next(reader, None)
@@ -286,7 +287,8 @@ def parse_csv(text: str) -> list[Item]:
 
 # An amount of a thousand or more written unquoted, 1,230.00, splits into "1" and "230.00": where the column after
 # the amount's takes the second half, the line has as many fields as the header. Told where the two halves cannot
-# be what they say: a number written with a leading 0 (no spreadsheet writes 050), or a cost above the price.
+# be what they say: a number written with a leading 0 (no spreadsheet writes 050), a cost above ten times the
+# price, cents in a column the list does not read.
 _AMOUNT_HEAD = re.compile(r"[1-9][0-9]{0,2}")
 _AMOUNT_TAIL = re.compile(r"[0-9]{3}(\.[0-9]{0,2})?")
 
