@@ -75,9 +75,7 @@ def applied_versions(journal: Journal, device: str, region: str) -> dict[str, He
     versions: dict[str, Held] = {}
     for event in journal.of_kind("document"):
         body = event.body
-        scope = body.get("scope")  # left out by boxes of earlier versions: as if meant for this one
-        if isinstance(scope, dict) and not (scope.get("device") == device if "device" in scope
-                                            else bool(region) and scope.get("region") == region):
+        if not documents.meant_for(body.get("scope"), device, region):
             if body["name"] in versions:
                 versions[body["name"]] = replace(versions[body["name"]], superseded=True)
             continue

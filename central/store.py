@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from provisioning import protocol
+from provisioning.documents import meant_for
 from storage import sqlite
 
 from .errors import ActivationRefused, ForeignJournal, JournalReplaced, RegistryError, SeqConflict, UnheldBase
@@ -807,10 +808,7 @@ class CentralStore:
             version, scope = document.get("version"), document.get("scope")
             if document.get("name") != name or not protocol.natural(version) or version <= highest[0]:
                 continue
-            # What the box holds now (agent.downlink.applied_versions): its own, and its region's (a box of an
-            # earlier version named no scope: as if meant for it).
-            if isinstance(scope, dict) and not (scope.get("device") == device if "device" in scope
-                                                else scope.get("region") == region):
+            if not meant_for(scope, device, region):  # what the box holds now: its own, its region's
                 continue
             highest = (version, device)
         return highest
@@ -877,8 +875,7 @@ class CentralStore:
             # One not as a box writes it (a text version, a list for a name) says nothing of what it holds; one
             # for another device (the box whose journal this was) or region is not what this one holds (a box
             # registered with no region: central cannot tell, and takes its box's word).
-            if isinstance(scope, dict) and not (scope.get("device") == device_id if "device" in scope
-                                                else not region or scope.get("region") == region):
+            if not meant_for(scope, device_id, region or None):
                 continue
             if isinstance(name, str) and protocol.natural(version):
                 held[name] = version

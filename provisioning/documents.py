@@ -80,6 +80,18 @@ class Scope:
         return self.device == device if self.device is not None else bool(region) and self.region == region
 
 
+def meant_for(recorded: Any, device: str, region: str | None) -> bool:
+    """Whether a ``document`` event's recorded scope (its JSON, as the box wrote it) is ``device``'s or its
+    region's, as Scope.includes says: what the box holds of that stream. None recorded (a box of an earlier
+    version left it out) is as if meant for it; ``region`` None is a region not known (central's word for a
+    box registered without one), which takes the box's word."""
+    if not isinstance(recorded, dict):
+        return True
+    if "device" in recorded:
+        return recorded.get("device") == device
+    return region is None or bool(region) and recorded.get("region") == region
+
+
 @dataclass(frozen=True)
 class Document:
     kind: str  # price_list, order

@@ -940,19 +940,24 @@ def test_the_documents_a_box_holds_are_the_version_it_applied_last_of_each_strea
     assert store.documents_held("shop-3") == {}
 
 
-def test_a_box_a_journal_was_restored_onto_holds_the_documents_and_price_list_its_journal_holds(store):
-    """A replacement box restored from the old box's backup sells at the region's list the old one applied:
-    central showed it holding none."""
-    journal = "b" * 32
+def _old_box_on_its_regions_list(store, journal: str, *later: dict) -> None:
+    """cb-old and cb-new, boxes of one shop in honghe; cb-old applied honghe's price list version 3 (seq 1 and
+    2) and recorded ``later`` after it, in ``journal``."""
     for device in ("cb-old", "cb-new"):
         store.register(device, f"key-{device}", shop="530100000001", region="honghe")
     store.add_events("cb-old", 1, [
         {"seq": 1, "kind": "price_list", "body": {"source": "operations"}},
         {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": 3, "content_seq": 1,
-                                                "scope": {"region": "honghe"}}},
-        {"seq": 3, "kind": "order", "body": {}},
-        {"seq": 4, "kind": "document", "body": {"name": "order/w48", "version": 2, "content_seq": 3,
-                                                "scope": {"device": "cb-old"}}}], journal=journal)
+                                                "scope": {"region": "honghe"}}}, *later], journal=journal)
+
+
+def test_a_box_a_journal_was_restored_onto_holds_the_documents_and_price_list_its_journal_holds(store):
+    """A replacement box restored from the old box's backup sells at the region's list the old one applied:
+    central showed it holding none."""
+    journal = "b" * 32
+    order = {"name": "order/w48", "version": 2, "content_seq": 3, "scope": {"device": "cb-old"}}
+    _old_box_on_its_regions_list(store, journal, {"seq": 3, "kind": "order", "body": {}},
+                                 {"seq": 4, "kind": "document", "body": order})
     store.add_events("cb-new", 1, [{"seq": 5, "kind": "sale", "body": {}}], journal=journal, base_seq=4)
     # The old box's own order is not the new one's: it takes none of the old box's device documents.
     assert store.documents_held("cb-new") == {"price_list": 3}
@@ -966,15 +971,10 @@ def test_what_the_old_box_recorded_past_the_backup_a_box_was_restored_from_is_no
     """The old box went on past yesterday's backup (a list loaded on it, an order closed): the box restored
     from the backup holds none of it, and the old box none of what the new one applied."""
     journal = "f" * 32
-    for device in ("cb-old", "cb-new"):
-        store.register(device, f"key-{device}", shop="530100000001", region="honghe")
-    store.add_events("cb-old", 1, [
-        {"seq": 1, "kind": "price_list", "body": {"source": "operations"}},
-        {"seq": 2, "kind": "document", "body": {"name": "price_list", "version": 3, "content_seq": 1,
-                                                "scope": {"region": "honghe"}}},
-        {"seq": 3, "kind": "sale", "body": {}},
-        {"seq": 4, "kind": "price_list", "body": {"source": "week48.csv"}},  # past the backup, taken at 3
-        {"seq": 5, "kind": "receiving_closed", "body": {"order": "order/PO-7"}}], journal=journal)
+    _old_box_on_its_regions_list(store, journal, {"seq": 3, "kind": "sale", "body": {}},
+                                 # past the backup, taken at 3
+                                 {"seq": 4, "kind": "price_list", "body": {"source": "week48.csv"}},
+                                 {"seq": 5, "kind": "receiving_closed", "body": {"order": "order/PO-7"}})
     store.add_events("cb-new", 1, [{"seq": 4, "kind": "sale", "body": {"n": 4}},
                                    {"seq": 5, "kind": "sale", "body": {"n": 5}},
                                    {"seq": 6, "kind": "price_list", "body": {"source": "operations"}},
