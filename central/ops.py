@@ -90,6 +90,11 @@ def _scope(args, store: CentralStore, kind: str) -> Scope:
         scope = Scope(device=args.device) if args.device else Scope(region=args.region)
     except ValueError as error:
         raise CentralError(str(error)) from None
+    if scope.region is not None and not getattr(args, "new_region", False) and not store.region_known(scope.region):
+        # Signed and kept at the broker, a list for a misspelt region reaches no box, and nobody would know.
+        raise CentralError(f"no shop or box is registered in region {scope.region}: nothing is signed (`counterbox-ops "
+                           "shop list` names the regions); for a region whose shops are not registered yet, push "
+                           "with --new-region")
     device = store.device(scope.device) if scope.device is not None else None
     if scope.device is not None and device is None:
         raise CentralError(f"device {scope.device} is not registered")
@@ -137,9 +142,8 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
                                "again once the broker is back (the next version replaces it)") from None
         store.document_published(name, version)
         if scope.region is not None and not store.region_known(scope.region):
-            # A region made ahead of its shops is fine; a misspelt one reaches no box, and nobody would know.
-            print(f"counterbox-ops: warning: no shop or box is registered in region {scope.region}: {name} waits at "
-                  "the broker for the first box activated there", file=sys.stderr)
+            print(f"counterbox-ops: no shop or box is registered in region {scope.region} yet: {name} waits at the "
+                  "broker for the first box activated there", file=sys.stderr)
     finally:
         store.close()
     print(json.dumps({"name": name, "version": version, "scope": scope.as_json(), "topic": topic,
@@ -546,6 +550,9 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
     whom.add_argument("--device", help="for one device")
     if region:
         whom.add_argument("--region", help="for every device of a region")
+        command.add_argument("--new-region", action="store_true",
+                             help="push to a region no shop or box is registered in yet (without it, such a region "
+                                  "is taken for a misspelling and nothing is signed)")
     if file:
         command.add_argument("file", type=Path)
 

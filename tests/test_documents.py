@@ -974,7 +974,7 @@ def test_a_journal_restored_onto_another_box_keeps_its_regions_settings_and_not_
 def test_settings_pushed_hold_every_key_set_so_far_for_their_scope_and_a_boxs_own_are_a_stream_of_their_own(stack):
     """The broker keeps a stream's latest version alone: a box away when an earlier one came must find every key
     in the latest. A box's own settings are versioned apart from its region's."""
-    stack.provision("shop-1", scanners=[])
+    stack.provision("shop-1", scanners=[], region="honghe")
     for args in (["--region", "honghe", "--timezone", "Asia/Shanghai"],
                  ["--region", "honghe", "--status-interval", "30", "--mode-timeout", "900"],
                  ["--region", "honghe", "--mode-timeout", "800"],

@@ -391,7 +391,7 @@ def test_settings_pushed_again_hold_every_key_pushed_so_far_for_their_scope_and_
                  ["--region", "honghe", "--timezone", "Asia/Shanghai", "--status-interval", "30"],
                  ["--region", "honghe", "--mode-timeout", "120"],
                  ["--region", "kunming", "--pending-timeout", "90", "--snapshot-interval", "600"]):
-        result = ops(*common, *args)
+        result = ops(*common, *args, "--new-region")  # regions made ahead of their shops
         assert result.returncode == 0, result.stderr
     bodies = [(version, document.scope.as_json(), document.body) for version, document, _ in _kept(db, "settings")]
     assert bodies == [
@@ -432,9 +432,18 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
     CentralStore(db).close()  # central's database, made by its ingest's first start
     (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     before = time.time()
-    result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
-                 f"127.0.0.1:{broker.broker_port}", "--region", "honghe", "--currency", "HKD", "--valid-days", "2",
-                 str(tmp_path / "prices.csv"))
+    push = ["prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
+            f"127.0.0.1:{broker.broker_port}", "--region", "honghe", "--currency", "HKD", "--valid-days", "2",
+            str(tmp_path / "prices.csv")]
+    # No shop is in that region yet: a misspelling, or a region made ahead of its shops? Nothing is signed
+    # unless operations say the latter.
+    refused = ops(*push)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr == ("counterbox-ops: error: no shop or box is registered in region honghe: nothing is "
+                              "signed (`counterbox-ops shop list` names the regions); for a region whose shops are "
+                              "not registered yet, push with --new-region\n")
+    assert _kept(db, "price_list") == []
+    result = ops(*push, "--new-region")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     [(version, document, published)] = _kept(db, "price_list")
@@ -444,8 +453,8 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
     assert document.expires_at == pytest.approx(document.issued_at + 2 * 86400)
     assert document.body == {"source": "prices.csv", "currency": "HKD", "items": [
         {"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]}
-    # No shop is in that region yet (made ahead of them, or misspelt): said, and kept for the first box there.
-    assert result.stderr == ("counterbox-ops: warning: no shop or box is registered in region honghe: price_list "
+    # Made ahead of its shops: said, and kept for the first box there.
+    assert result.stderr == ("counterbox-ops: no shop or box is registered in region honghe yet: price_list "
                              "waits at the broker for the first box activated there\n")
     added = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
                 "--region", "honghe")
@@ -481,7 +490,7 @@ def test_a_push_the_broker_does_not_take_is_kept_signed_and_says_to_push_again(t
     CentralStore(db).close()  # central's database, made by its ingest's first start
     (tmp_path / "prices.csv").write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker", f"127.0.0.1:{port}",
-                 "--region", "honghe", str(tmp_path / "prices.csv"))
+                 "--region", "honghe", "--new-region", str(tmp_path / "prices.csv"))
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"counterbox-ops: error: price_list version 1 is signed and kept, but not published: "
                              f"broker 127.0.0.1:{port} unreachable for 1 s; central's ingest publishes it once it "
@@ -894,7 +903,7 @@ def test_a_price_lists_file_name_is_kept_without_control_characters(broker, tmp_
     CentralStore(db).close()  # central's database, made by its ingest's first start
     csv.write_text("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")
     result = ops("prices", "push", "--central-db", str(db), "--ops-key", str(ops_key), "--broker",
-                 f"127.0.0.1:{broker.broker_port}", "--region", "honghe", str(csv))
+                 f"127.0.0.1:{broker.broker_port}", "--region", "honghe", "--new-region", str(csv))
     assert result.returncode == 0, result.stderr
     [(_, document, _)] = _kept(db, "price_list")
     assert document.body["source"] == "week?48?[2J.csv"
