@@ -8,8 +8,10 @@ the box then never hears of its price list, or of its revocation. Central
 keeps every document it signed; on each connection to the broker it reads
 the retained copies of every document topic and publishes again, retained,
 the newest unexpired version of each stream whose copy the broker lacks or
-holds older. A box ignores a version it holds, so a copy sent again is
-harmless.
+holds another copy of (an older version; or one this database never issued,
+whatever version it claims: a forgery, or central's database restored from a
+backup older than its last pushes). A box ignores a version it holds, so a
+copy sent again is harmless.
 
     keeper = Keeper(store=store, prefix="counterbox/v1", thread=thread, reader=reader_options)
     await keeper.run(link)
@@ -64,24 +66,24 @@ class Keeper:
             await link.next_connection(generation, within=LOOK_AGAIN)
 
     async def keep(self, link: MqttLink) -> int:
-        """Publish again each document in force that the broker lacks, or holds an older version of; how many
-        were. The broker's copies are read first: a version pushed meanwhile is newer than any central read."""
+        """Publish again each document in force whose copy the broker lacks, or holds another of; how many were.
+        The broker's copies are read first: operations keep a version before they publish it, so one pushed
+        meanwhile is in central's database by the time it is read. The broker's copy is only ever compared,
+        byte for byte: what it says of itself is nobody's word (anyone who may publish there can write it)."""
         loop = asyncio.get_running_loop()
         held = await self._retained()
         in_force = await loop.run_in_executor(self.thread, self.store.documents_in_force, time.time())
         published = 0
         for name, scope, version, token, expires_at in in_force:
             topic = documents.topic(self.prefix, Scope(**json.loads(scope)), name)
-            there = _version(held[topic]) if topic in held else None
-            if there is not None and there >= version:
-                continue  # the same, or a newer one (pushed since central read its own)
+            if held.get(topic) == token:
+                continue
             if await loop.run_in_executor(self.thread, self.store.latest_document, name, scope) != token:
                 continue  # operations issued a newer one meanwhile, and publish it themselves
             await link.publish(topic, token, retain=True, expires_at=expires_at)
             published += 1
             logger.warning("document %s version %d published again on %s: the broker %s", name, version, topic,
-                           "had lost it (stopped before it saved it)" if topic not in held
-                           else f"held {'version %d' % there if there is not None else 'no document'} there")
+                           _what_was_there(held.get(topic), version))
         return published
 
     async def _retained(self) -> dict[str, bytes]:
@@ -104,12 +106,26 @@ class Keeper:
         return held
 
 
+def _what_was_there(there: bytes | None, version: int) -> str:
+    """For the log: what the broker held in place of central's newest version."""
+    if there is None:
+        return "had lost it (stopped before it saved it)"
+    claimed = _version(there)
+    if claimed is None:
+        return "held no document there"
+    if claimed < version:
+        return f"held version {claimed} there"
+    return (f"held a copy there that says it is version {claimed}, which this database never issued: a forgery, "
+            "or central's database restored from a backup older than operations' last push (push again, with "
+            "--past-boxes)")
+
+
 def _version(token: bytes) -> int | None:
-    """The version a retained document says it is, unverified (only to tell which is newer; a box verifies
-    what it applies): None for anything that is not a document's token."""
+    """The version a retained copy says it is, unverified (for the log alone): None for anything that is not
+    a document's token."""
     try:
         payload = json.loads(jws.b64url_decode(token.decode("ascii").split(".")[1]))
         version = payload.get("version")
-    except (ValueError, IndexError, AttributeError, SignatureError):
+    except (ValueError, IndexError, AttributeError, SignatureError, RecursionError):
         return None
     return version if isinstance(version, int) and not isinstance(version, bool) else None

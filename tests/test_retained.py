@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.mqtt import MqttLink
 from central.retained import Keeper
 from central.store import CentralStore
-from provisioning import documents
+from provisioning import documents, jws
 from provisioning.documents import Document, Scope
 
 PREFIX = "counterbox/v1"
@@ -65,15 +65,56 @@ def test_what_the_broker_lacks_or_holds_older_is_published_again_and_a_newer_cop
             found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))  # held: left as it is
             await link.publish(TOPIC, _token(key, 1), retain=True)
             found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))  # older: replaced
-            pushed = _token(key, 3)
-            await link.publish(TOPIC, pushed, retain=True)  # pushed since central read its own
-            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == pushed))
+            # A copy that says it is newer, which this database never issued: its word is nobody's (anyone who
+            # may publish there can write it), and junk left there would keep the real one from every box.
+            await link.publish(TOPIC, _token(Ed25519PrivateKey.generate(), 3), retain=True)
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))
+            await link.publish(TOPIC, _unsigned(b'{"version": 99}'), retain=True)
+            found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))
             await link.publish(TOPIC, b"not a document", retain=True)
             found.append((await keeper.keep(link), await _retained_on(stack, TOPIC) == newest))
         return found
 
     try:
-        assert asyncio.run(scenario()) == [(1, True), (0, True), (1, True), (0, True), (1, True)]
+        assert asyncio.run(scenario()) == [(1, True), (0, True), (1, True), (1, True), (1, True), (1, True)]
+    finally:
+        thread.shutdown()
+        store.close()
+
+
+def _unsigned(payload: bytes) -> bytes:
+    """Shaped like a document's token, signed by nobody."""
+    header = jws.b64url(json.dumps({"alg": "Ed25519", "kid": "ops-1", "typ": "counterbox-doc+jws"}).encode())
+    return f"{header}.{jws.b64url(payload)}.{jws.b64url(bytes(64))}".encode()
+
+
+@pytest.mark.foreign_messages
+def test_a_copy_that_cannot_be_read_on_one_topic_holds_up_no_other_document(stack):
+    """Junk nested past what a JSON reader takes, on the region's price list topic, and a revocation the broker
+    lost: both are put right in one look."""
+    key = Ed25519PrivateKey.generate()
+    store = CentralStore(stack.central_db)
+    price_list = _issue(store, key)
+    now = time.time()
+    revocation = documents.encode_document(Document("revocation", "revocation", 1, Scope(device="shop-1"),
+                                                    {"reason": "left", "grace_seconds": 60}, now, now + 3600),
+                                           key=key, kid="ops-1")
+    store.issue_document(lambda version: ("revocation", json.dumps({"device": "shop-1"}), "ops-1", now, now + 3600,
+                                          revocation), "revocation")
+    thread = ThreadPoolExecutor(max_workers=1)
+
+    async def scenario():
+        options = {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "keeper-test"}
+        keeper = Keeper(store=store, prefix=PREFIX, thread=thread, reader=options)
+        async with MqttLink(**options) as link:
+            await link.connected.wait()
+            await link.publish(TOPIC, _unsigned(b"[" * 100_000), retain=True)
+            published = await keeper.keep(link)
+            return (published, await _retained_on(stack, TOPIC) == price_list,
+                    await _retained_on(stack, f"{PREFIX}/devices/shop-1/docs/revocation") == revocation)
+
+    try:
+        assert asyncio.run(scenario()) == (2, True, True)
     finally:
         thread.shutdown()
         store.close()
