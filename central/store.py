@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from provisioning import protocol
+from provisioning import jws, protocol
 from provisioning.documents import meant_for
 from storage import sqlite
 
@@ -990,7 +990,8 @@ class CentralStore:
 
     def revocation_taken(self, device_id: str) -> tuple[float, float] | None:
         """(when central received it, its grace in seconds) of the device's revocation event, once central holds
-        it and everything before it (revocation_delivered); None before."""
+        it and everything before it (revocation_delivered); None before. The grace is the one operations signed,
+        as central keeps it: the box's event says when it took its revocation, never how long it may stay."""
         with self._transaction(write=False) as conn:
             row = conn.execute(sa.select(devices.c.acked_seq, devices.c.revoked_at)
                                .where(devices.c.device_id == device_id)).first()
@@ -999,13 +1000,15 @@ class CentralStore:
             events = conn.execute(sa.select(_events.c.body, _events.c.received_at).where(
                 _events.c.device_id == device_id, _events.c.kind == "revocation", _events.c.seq <= row.acked_seq)
             ).all()
+            signed = conn.execute(sa.select(documents.c.token).where(
+                documents.c.name == "revocation", documents.c.scope == json.dumps({"device": device_id}),
+                documents.c.issued_at >= row.revoked_at - 1).order_by(documents.c.version.desc()).limit(1)).scalar()
         for body, received_at in events:
             body = json.loads(body)
             # Signed on the operations machine just after it marked the device revoked, to the millisecond.
             at = _timestamp(body.get("issued_at"))
-            grace = body.get("grace_seconds")
             if at is not None and at >= row.revoked_at - 1:
-                return received_at, float(grace) if isinstance(grace, (int, float)) else 0.0
+                return received_at, _grace(signed)
         return None
 
     def upload_days(self, device_id: str, first_day: str, last_day: str, *, deadline: float) -> list[UploadDay]:
@@ -1157,6 +1160,16 @@ def _waited(scanned: float | None, received_at: float, sent_at: float | None, of
 def _local_day(timestamp: float) -> str:
     """The day ``timestamp`` falls on in central's local calendar, YYYY-MM-DD."""
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
+
+
+def _grace(token: bytes | None) -> float:
+    """The grace in seconds a revocation central issued gives its box (none without one: a device marked
+    revoked with no revocation signed)."""
+    if token is None:
+        return 0.0
+    body = json.loads(jws.b64url_decode(bytes(token).decode("ascii").split(".")[1])).get("body", {})
+    grace = body.get("grace_seconds")
+    return float(grace) if protocol.natural(grace, 0) else 0.0
 
 
 def _timestamp(text: Any) -> float | None:

@@ -196,7 +196,7 @@ def test_a_revoked_box_that_took_its_revocation_and_talks_on_an_hour_past_its_gr
     from central.ingest import OVERDUE
 
     key, now = central.box_key, time.time()
-    central.store.revoke("shop-1")
+    _revoke(central.store, "shop-1", grace_seconds=600, now=now)
     revocation = Event(2, "revocation", {"name": "revocation", "issued_at": protocol.rfc3339(now), "grace_seconds": 600})
     central.handle(batch_message([*sales(1), revocation], key=key))
     status = {"key": key, "last_seq": 2, "acked_seq": 2, "backlog": 0}
@@ -210,6 +210,36 @@ def test_a_revoked_box_that_took_its_revocation_and_talks_on_an_hour_past_its_gr
     central.store.conn.execute("DELETE FROM events WHERE device_id = 'shop-1' AND seq = 2")
     central.store.conn.execute("UPDATE devices SET acked_seq = 1 WHERE device_id = 'shop-1'")
     assert central.handle(status_message(sent_at=now + 3, **status))[0].cut_off is False
+
+
+def _revoke(store: CentralStore, device_id: str, *, grace_seconds: int, now: float) -> None:
+    """As `counterbox-ops revoke` does: the device marked revoked, then its revocation signed and kept."""
+    from provisioning.documents import Document, Scope, encode_document
+
+    store.revoke(device_id)
+    scope = Scope(device=device_id)
+    token = encode_document(Document("revocation", "revocation", 1, scope, {"reason": "left",
+                                     "grace_seconds": grace_seconds}, now, now + 3600),
+                            key=Ed25519PrivateKey.generate(), kid="ops-1")
+    store.issue_document(lambda version: ("revocation", json.dumps(scope.as_json()), "ops-1", now, now + 3600, token),
+                         "revocation")
+
+
+@pytest.mark.parametrize("said", [1e300, 10**400, -1, "600"], ids=["huge", "past-a-float", "negative", "text"])
+def test_a_revoked_box_is_cut_off_by_the_grace_operations_signed_not_the_one_it_says(central, said):
+    """The box's revocation event says when it took it; how long it may stay is operations' word alone (a box
+    made to stay named a grace of its own; one past a float made every status an internal error)."""
+    from central.ingest import OVERDUE
+
+    key, now = central.box_key, time.time()
+    _revoke(central.store, "shop-1", grace_seconds=600, now=now)
+    revocation = Event(2, "revocation", {"name": "revocation", "issued_at": protocol.rfc3339(now), "grace_seconds": said})
+    central.handle(batch_message([*sales(1), revocation], key=key))
+    status = {"key": key, "last_seq": 2, "acked_seq": 2, "backlog": 0}
+    assert central.handle(status_message(sent_at=now, **status))[0].cut_off is False  # within its grace
+    central.store.conn.execute("UPDATE events SET received_at = ? WHERE device_id = 'shop-1' AND seq = 2",
+                               [now - 600 - OVERDUE - 10])
+    assert central.handle(status_message(sent_at=now + 1, **status))[0].cut_off is True
 
 
 def test_a_revoked_boxs_farewell_handled_after_its_connections_will_still_cuts_it_off(central):
