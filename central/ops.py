@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import re
@@ -90,11 +91,9 @@ def _scope(args, store: CentralStore, kind: str) -> Scope:
         scope = Scope(device=args.device) if args.device else Scope(region=args.region)
     except ValueError as error:
         raise CentralError(str(error)) from None
-    if scope.region is not None and not getattr(args, "new_region", False) and not store.region_known(scope.region):
+    if scope.region is not None and not args.new_region:
         # Signed and kept at the broker, a list for a misspelt region reaches no box, and nobody would know.
-        raise CentralError(f"no shop or box is registered in region {scope.region}: nothing is signed (`counterbox-ops "
-                           "shop list` names the regions); for a region whose shops are not registered yet, push "
-                           "with --new-region")
+        _known_region(store, scope.region, "nothing is signed", "push")
     device = store.device(scope.device) if scope.device is not None else None
     if scope.device is not None and device is None:
         raise CentralError(f"device {scope.device} is not registered")
@@ -141,9 +140,9 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
                                "ingest publishes it once it is connected to the broker (within the hour), or push "
                                "again once the broker is back (the next version replaces it)") from None
         store.document_published(name, version)
-        if scope.region is not None and not store.region_known(scope.region):
-            print(f"counterbox-ops: no shop or box is registered in region {scope.region} yet: {name} waits at the "
-                  "broker for the first box activated there", file=sys.stderr)
+        if args.new_region:
+            print(f"counterbox-ops: {name} waits at the broker for the first box activated in region {scope.region}"
+                  , file=sys.stderr)
     finally:
         store.close()
     print(json.dumps({"name": name, "version": version, "scope": scope.as_json(), "topic": topic,
@@ -300,6 +299,18 @@ def _order_push(args) -> int:
     return _push(args, kind="order", name=name, body={"order_id": args.order_id, "lines": lines})
 
 
+def _known_region(store: CentralStore, region: str, refused: str, verb: str) -> None:
+    """Refuse a region central does not know (no shop, box or document in it), naming the nearest it knows."""
+    known = store.regions()
+    if region in known:
+        return
+    near = difflib.get_close_matches(region, sorted(known), n=1, cutoff=0.6)
+    raise CentralError(f"no shop or box is registered in region {region}"
+                       + (f" (did you mean {near[0]}?)" if near else "")
+                       + f": {refused} (`counterbox-ops shop list` names the shops and their regions); for a region "
+                       f"new to central, {verb} with --new-region")
+
+
 def _shop_add(args) -> int:
     if not activation.valid_licence(args.licence):
         raise CentralError(f"licence {args.licence!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
@@ -307,6 +318,10 @@ def _shop_add(args) -> int:
         raise CentralError(f"region {args.region!r} must be 1 to 64 ASCII letters, digits, '.', '_' or '-'")
     store = CentralStore(args.central_db)
     try:
+        if args.region and not args.new_region and store.regions():
+            # A misspelt region strands the shop's box: no price list ever reaches it, and it sells at 0.00.
+            # (The first region of a database is new by nature.)
+            _known_region(store, args.region, "the shop is not registered", "register it")
         unreached = store.add_shop(Shop(args.licence, args.name, args.region, args.monitoring), replace=args.replace)
     finally:
         store.close()
@@ -553,6 +568,8 @@ def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool 
         command.add_argument("--new-region", action="store_true",
                              help="push to a region no shop or box is registered in yet (without it, such a region "
                                   "is taken for a misspelling and nothing is signed)")
+    else:
+        command.set_defaults(new_region=False)
     if file:
         command.add_argument("file", type=Path)
 
@@ -595,6 +612,9 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("--region", default="", help="its sales region (price lists are pushed per region)")
     add.add_argument("--monitoring", action="store_true", help="a monitoring point (reports actual prices and stock)")
     add.add_argument("--replace", action="store_true", help="change a shop already registered")
+    add.add_argument("--new-region", action="store_true",
+                     help="a region no shop, box or document is in yet (without it, such a region is taken for a "
+                          "misspelling and the shop is not registered)")
     add.set_defaults(func=_shop_add)
     listing = shop.add_parser("list", help="the shops registered and the boxes serving each; a shop with none marked")
     listing.add_argument("--central-db", type=database, required=True,

@@ -621,12 +621,14 @@ class CentralStore:
         return [(Shop(licence, name, shop_region, bool(monitoring)), serving.get(licence, []))
                 for licence, name, shop_region, monitoring in rows]
 
-    def region_known(self, region: str) -> bool:
-        """Whether a shop or a box registered is in ``region``."""
+    def regions(self) -> set[str]:
+        """The regions central knows: of a shop or a box registered, or a document pushed to (one made ahead
+        of its shops)."""
         with self._transaction(write=False) as conn:
-            return conn.execute(sa.select(sa.literal(1)).where(sa.or_(
-                sa.exists().where(shops.c.region == region),
-                sa.exists().where(devices.c.region == region)))).first() is not None
+            named = conn.execute(sa.union(sa.select(shops.c.region), sa.select(devices.c.region))).scalars().all()
+            scopes = conn.execute(sa.select(documents.c.scope).distinct()).scalars().all()
+        pushed = (json.loads(scope).get("region") for scope in scopes)
+        return {region for region in (*named, *pushed) if isinstance(region, str) and region}
 
     def add_code(self, code_id: str, *, shop: str, token: str, device: str | None, issued_at: float,
                  expires_at: float) -> None:

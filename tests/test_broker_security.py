@@ -88,7 +88,7 @@ def _activated(stack, tmp_path, name: str, licence: str, region: str = "honghe")
     wait_until(lambda: (device.directory / "device.key").exists(), 20, "the key")
     device_id = device.identity()["device"]
     shop = stack.ops_command("shop", "add", "--central-db", str(stack.central_db), "--licence", licence,
-                             "--name", name, "--region", region)
+                             "--name", name, "--region", region, "--new-region")
     assert shop.returncode == 0, shop.stderr
     issued = stack.ops_command("activation", "issue", "--central-db", str(stack.central_db), "--ops-key",
                                str(stack.ops_key), "--broker", f"127.0.0.1:{stack.broker_port}",

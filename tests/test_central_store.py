@@ -279,12 +279,17 @@ def test_a_hello_retained_and_sent_again_on_subscribing_is_no_sight_of_the_box(s
     assert [(w["device"], w["seen_at"]) for w in store.waiting_devices()] == [("cb-a", 1000.0), ("cb-b", 500.0)]
 
 
-def test_a_region_is_known_by_a_shop_or_a_box_registered_in_it(store):
-    assert not store.region_known("honghe")
+def test_a_region_is_known_by_a_shop_or_a_box_registered_in_it_or_a_document_pushed_to_it(store):
+    assert store.regions() == set()
     store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe"))
-    assert store.region_known("honghe") and not store.region_known("kunming")
+    store.add_shop(Shop("530100000002", "No region yet", ""))
+    assert store.regions() == {"honghe"}
     store.register("shop-7", "key-7", region="kunming")  # a box registered by hand, of no shop central knows
-    assert store.region_known("kunming") and not store.region_known("yuxi")
+    assert store.regions() == {"honghe", "kunming"}
+    for scope in ({"region": "yuxi"}, {"device": "shop-7"}):  # a list pushed ahead of the region's shops
+        store.issue_document(lambda version: ("price_list", json.dumps(scope), "ops-1", 1.0, 2.0, b"token"),
+                             "price_list")
+    assert store.regions() == {"honghe", "kunming", "yuxi"}
 
 
 def test_the_latest_document_of_a_stream_is_its_newest_version_for_that_scope(store):

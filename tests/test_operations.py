@@ -440,8 +440,8 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
     refused = ops(*push)
     assert (refused.returncode, refused.stdout) == (2, "")
     assert refused.stderr == ("counterbox-ops: error: no shop or box is registered in region honghe: nothing is "
-                              "signed (`counterbox-ops shop list` names the regions); for a region whose shops are "
-                              "not registered yet, push with --new-region\n")
+                              "signed (`counterbox-ops shop list` names the shops and their regions); for a region "
+                              "new to central, push with --new-region\n")
     assert _kept(db, "price_list") == []
     result = ops(*push, "--new-region")
     assert result.returncode == 0, result.stderr
@@ -454,8 +454,7 @@ def test_a_push_prints_what_it_signed_and_how_long_a_box_may_apply_it(broker, tm
     assert document.body == {"source": "prices.csv", "currency": "HKD", "items": [
         {"barcode": "6901028075831", "name": "Hongtashan (pack)", "price": 2300}]}
     # Made ahead of its shops: said, and kept for the first box there.
-    assert result.stderr == ("counterbox-ops: no shop or box is registered in region honghe yet: price_list "
-                             "waits at the broker for the first box activated there\n")
+    assert result.stderr == "counterbox-ops: price_list waits at the broker for the first box activated in region honghe\n"
     added = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
                 "--region", "honghe")
     assert added.returncode == 0, added.stderr
@@ -706,7 +705,7 @@ def test_shop_list_names_each_shop_with_the_boxes_serving_it_and_marks_a_monitor
                                               ("530100000002", "Gejiu No. 1", "honghe", False),
                                               ("530100000003", "Kunming No. 9", "kunming", True)):
         added = ops("shop", "add", "--central-db", str(db), "--licence", licence, "--name", name, "--region", region,
-                    *(["--monitoring"] if monitoring else []))
+                    *(["--monitoring"] if monitoring else []), *(["--new-region"] if region == "kunming" else []))
         assert added.returncode == 0, added.stderr
     store = CentralStore(db)
     store.register("cb-old", KEY_WITH_A_DASH, shop="530100000003", region="kunming")
@@ -978,6 +977,29 @@ def test_an_identity_file_saved_with_a_utf8_byte_order_mark_registers(tmp_path):
         store.close()
 
 
+def test_a_shop_in_a_region_central_does_not_know_is_refused_naming_the_nearest_it_knows(tmp_path):
+    """A misspelt region stranded the shop's box: no price list ever reached it, and it sold everything at 0.00."""
+    db = tmp_path / "central.db"
+    add = ["shop", "add", "--central-db", str(db), "--name", "Mengzi No. 3"]
+    first = ops(*add, "--licence", "530100000001", "--region", "honghe")  # a new database's first region
+    assert (first.returncode, first.stderr) == (0, "")
+    assert ops(*add, "--licence", "530100000002", "--region", "kunming", "--new-region").returncode == 0
+    misspelt = ops(*add, "--licence", "530100000003", "--region", "kumning")
+    assert (misspelt.returncode, misspelt.stdout) == (2, "")
+    assert misspelt.stderr == ("counterbox-ops: error: no shop or box is registered in region kumning (did you mean "
+                               "kunming?): the shop is not registered (`counterbox-ops shop list` names the shops and "
+                               "their regions); for a region new to central, register it with --new-region\n")
+    unlike = ops(*add, "--licence", "530100000003", "--region", "yuxi")
+    assert unlike.returncode == 2 and "(did you mean" not in unlike.stderr
+    store = CentralStore(db)
+    try:
+        assert store.shop("530100000003") is None
+    finally:
+        store.close()
+    assert ops(*add, "--licence", "530100000003", "--region", "kunming").returncode == 0
+    assert ops(*add, "--licence", "530100000004").returncode == 0  # a shop of no region yet
+
+
 def test_a_shop_moved_to_another_region_names_the_boxes_the_change_does_not_reach(tmp_path):
     db = tmp_path / "central.db"
     assert ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
@@ -989,7 +1011,7 @@ def test_a_shop_moved_to_another_region_names_the_boxes_the_change_does_not_reac
                   "--region", "honghe", "--replace")
     assert (renamed.returncode, renamed.stderr) == (0, "")  # a new name reaches nothing on the box: nothing to say
     moved = ops("shop", "add", "--central-db", str(db), "--licence", "530102100123", "--name", "Mengzi No. 3",
-                "--region", "kunming", "--monitoring", "--replace")
+                "--region", "kunming", "--monitoring", "--replace", "--new-region")
     assert moved.returncode == 0
     assert moved.stderr == ("counterbox-ops: warning: the box cb-box-1 of this shop keeps the region and monitoring of "
                             "its activation: revoke it and activate it again for the change to reach it\n")
