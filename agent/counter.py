@@ -602,7 +602,7 @@ class Counter:
         names = [latest if latest in (today, yesterday) else today]
         evening = ledger.days.get(yesterday)
         if names == [today] and evening is not None and evening.total.lines and (
-                evening.closed is None or evening.closed.get("totals") != evening.total.as_json()):
+                evening.closed is None or evening.sold_on):
             # Sold on past midnight, or left open, or sold on since it was closed (closed early, after
             # midnight the night before): the evening's day goes first, with all its sales.
             names.insert(0, yesterday)

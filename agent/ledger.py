@@ -84,6 +84,11 @@ class Day:
         self.products.setdefault(line.product, Totals()).add(line, sign)
         self.total.add(line, sign)
 
+    @property
+    def sold_on(self) -> bool:
+        """Closed, and sold on (or returned, voided) since: its totals are not those it closed with."""
+        return self.closed is not None and self.closed.get("totals") != self.total.as_json()
+
 
 @dataclass
 class Session:

@@ -50,10 +50,11 @@ def week_of(day: str) -> list[str]:
 
 def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
     """Sales by product over ``days``: lines, packs, amount, cost and gross margin, and their total; the days
-    closed, and those sold on (or returned, voided) and not closed: open. A day in neither saw nothing."""
+    closed, and those sold on (or returned, voided) and not closed, or not since: open (``sold_on_since_closed``
+    names the latter: their figures are not those they closed with). A day in neither saw nothing."""
     products: dict[str, Totals] = {}
     total = Totals()
-    closed, open_ = [], []
+    closed, open_, sold_on = [], [], []
     for name in days:
         day = ledger.days.get(name)
         if day is None:
@@ -61,11 +62,14 @@ def sales(ledger: Ledger, days: list[str]) -> dict[str, Any]:
         for product, totals in day.products.items():
             _add(products.setdefault(product, Totals()), totals)
         _add(total, day.total)
-        (open_ if day.closed is None else closed).append(name)
+        (open_ if day.closed is None or day.sold_on else closed).append(name)
+        if day.sold_on:
+            sold_on.append(name)
     return {
         "days": days,
         "closed": closed,
         "open": open_,
+        "sold_on_since_closed": sold_on,
         # A product whose every line was voided is left out; one sold and returned stays (its lines say so).
         "products": [{"product": p, "name": ledger.names.get(p), **t.as_json()}
                      for p, t in sorted(products.items(), key=lambda item: (-item[1].amount, item[0])) if t.lines],
@@ -96,8 +100,10 @@ def merge_sales(reports: list[dict[str, Any]]) -> dict[str, Any]:
     days = reports[0]["days"] if reports else []
     open_ = {day for report in reports for day in report["open"]}
     closed = {day for report in reports for day in report["closed"]} - open_
+    sold_on = {day for report in reports for day in report["sold_on_since_closed"]}
     return {"days": days, "closed": [day for day in days if day in closed],
-            "open": [day for day in days if day in open_], "total": total,
+            "open": [day for day in days if day in open_],
+            "sold_on_since_closed": [day for day in days if day in sold_on], "total": total,
             "products": sorted(products.values(), key=lambda row: (-row["amount"], row["product"]))}
 
 
@@ -170,9 +176,12 @@ def sales_table(report: dict[str, Any]) -> str:
     if total["uncosted"]:
         notes.append(f"{money(total['uncosted'])} of sales have no cost price: left out of the margin")
     if total["unpriced"]:
-        notes.append(f"{total['unpriced']} lines of products not on the price list, sold without a price")
+        notes.append(f"{total['unpriced']} line{'s' if total['unpriced'] != 1 else ''} of products not on the price "
+                     "list, sold without a price")
     if report["closed"]:
         notes.append(f"closed: {', '.join(report['closed'])}")
+    if report.get("sold_on_since_closed"):
+        notes.append(f"sold on since closed (CB:END-DAY closes it again): {', '.join(report['sold_on_since_closed'])}")
     return "\n".join([f"Sales {span}", table(["product", "name", "lines", "packs", "amount", "cost", "margin"], rows),
                       *notes])
 

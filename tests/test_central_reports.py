@@ -230,8 +230,11 @@ def test_a_box_taken_out_of_service_keeps_its_sales_but_not_its_shelf(store):
 
 
 def closed(seq, day):
+    """The day closed with the totals of one pack sold at 23.00 (cost 19.50): a close whose totals differ from
+    the day's was sold on since."""
+    totals = {"lines": 1, "packs": 1, "amount": 2300, "cost": 1950, "uncosted": 0, "margin": 350, "unpriced": 0}
     return {"seq": seq, "kind": "day_closed", "body": {"day": day, "currency": "CNY", "at": f"{day}T13:00:00.000Z",
-                                                       "totals": {}}}
+                                                       "totals": totals}}
 
 
 def test_a_shops_day_is_closed_when_every_box_that_sold_on_it_closed_it_and_a_box_with_nothing_that_day_holds_none_open(
@@ -265,6 +268,12 @@ def test_a_shops_day_is_closed_when_every_box_that_sold_on_it_closed_it_and_a_bo
     store.add_events("cb-other", 1, [sale(1, PACK, day=sun), closed(2, sun), sale(3, PACK, day=mon)])
     everything = reports.sales(store, week, reports.Scope(region="honghe"))["all_shops"]
     assert (everything["closed"], everything["open"]) == ([tue, wed, thu, fri, sun], [mon, sat])
+    assert everything["sold_on_since_closed"] == []
+    # The other shop sells on Sunday after closing it: open again, and named as sold on since its close.
+    store.add_events("cb-other", 4, [sale(4, PACK, day=sun)])
+    everything = reports.sales(store, week, reports.Scope(region="honghe"))["all_shops"]
+    assert (everything["closed"], everything["open"], everything["sold_on_since_closed"]) == (
+        [tue, wed, thu, fri], [mon, sat, sun], [sun])
 
 
 def test_market_monitoring_puts_each_price_beside_the_list_price_it_was_sold_under(store):

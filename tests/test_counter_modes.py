@@ -409,6 +409,26 @@ def test_end_of_day_closes_the_day_with_its_totals(shop):
     assert reports.sales(shop.ledger(), ["2026-11-30"])["total"] == totals  # the report says the same
 
 
+def test_a_day_sold_on_since_it_was_closed_is_open_in_the_report_until_it_is_closed_again(shop):
+    """Its figures are no longer those it closed with: a consumer who reads a closed day as final took a total
+    that changed after it."""
+    day = "2026-11-30"
+    shop.scan(PACK, PACK)
+    shop.scan("CB:END-DAY")
+    report = reports.sales(shop.ledger(), [day])
+    assert (report["closed"], report["open"], report["sold_on_since_closed"]) == ([day], [], [])
+    shop.scan(CARTON)
+    report = reports.sales(shop.ledger(), [day])
+    assert (report["closed"], report["open"], report["sold_on_since_closed"]) == ([], [day], [day])
+    assert report["total"]["amount"] == 2 * 2300 + 22500
+    assert "sold on since closed (CB:END-DAY closes it again): 2026-11-30" in reports.sales_table(report)
+    assert "closed: " not in reports.sales_table(report)
+    [closed] = shop.scan("CB:END-DAY")
+    assert (closed.body["day"], closed.body["totals"]["amount"]) == (day, 2 * 2300 + 22500)
+    report = reports.sales(shop.ledger(), [day])
+    assert (report["closed"], report["open"], report["sold_on_since_closed"]) == ([day], [], [])
+
+
 def test_the_day_is_the_shops_date_not_utc(shop):
     shop.at = 1_795_993_200.0  # 2026-11-29T23:00Z: already the 30th in Shanghai
     [sale] = shop.scan(PACK)
