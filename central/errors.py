@@ -28,6 +28,12 @@ class UnheldBase(Rejected):
     central holds of that journal from another device: never stored, never acknowledged."""
 
 
+class Busy(CentralError):
+    """Central's database: another transaction held a lock this one waited for past the time allowed (a peer
+    central frozen mid-transaction, an operator's open session). Nothing was written; a box sends again what
+    was not acknowledged."""
+
+
 class RegistryError(CentralError):
     """A device registration that conflicts with what central holds, or cannot be read."""
 

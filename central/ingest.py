@@ -30,7 +30,7 @@ from provisioning.identity import parse_public_key
 
 from . import broker
 from .broker import BrokerAdmin
-from .errors import ActivationRefused, CentralError, Rejected
+from .errors import ActivationRefused, Busy, CentralError, Rejected
 from .retained import Keeper
 from .store import CentralStore
 
@@ -264,7 +264,6 @@ class Ingest:
                     message, task = await handling.get()
                     await task
                     link.ack(message)
-                    free.release()
 
             keeper = Keeper(store=self.store, prefix=self.prefix, thread=thread,
                             reader={"host": host, "port": port, **options, "backoff": RECONNECT})
@@ -277,7 +276,11 @@ class Ingest:
                     group.create_task(self._grants())
                 async for message in link.messages():
                     await free.acquire()
-                    handling.put_nowait((message, group.create_task(self._consume(link, thread, message))))
+                    task = group.create_task(self._consume(link, thread, message))
+                    # A worker is free once its message is handled, not once those before it are: one waiting
+                    # on its device's lock holds up no other device's.
+                    task.add_done_callback(lambda _: free.release())
+                    handling.put_nowait((message, task))
 
     def _activation_taken(self, link: MqttLink, device_id: str) -> None:
         """A device heard from as active has taken its activation: central's acceptance, retained for it while it
@@ -307,6 +310,9 @@ class Ingest:
                 # again within a minute.
                 with contextlib.suppress(MqttError):
                     link.publish_nowait(message.topic, b"", qos=1, retain=True)
+            return
+        except Busy as error:  # not acknowledged to the device either: it sends again
+            logger.warning("message not stored topic=%s: %s; the box sends it again", message.topic, error)
             return
         except Exception:
             # Not acknowledged to the device, so it sends the batch again; the consumer itself keeps running.

@@ -43,7 +43,7 @@ from provisioning import jws, protocol
 from provisioning.documents import meant_for
 from storage import sqlite
 
-from .errors import ActivationRefused, ForeignJournal, JournalReplaced, RegistryError, SeqConflict, UnheldBase
+from .errors import ActivationRefused, Busy, ForeignJournal, JournalReplaced, RegistryError, SeqConflict, UnheldBase
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
@@ -280,7 +280,10 @@ class CentralStore:
                 if url.get_backend_name() == "sqlite":
                     self.engine = self._sqlite_engine(Path(url.database or ""), create=create, where=self._where)
                 else:
-                    self.engine = sa.create_engine(url, pool_pre_ping=True)
+                    # A writer waits for another's lock as long as on SQLite (its busy timeout), then fails: a
+                    # row held by a peer that froze mid-transaction holds up one message, never all ingest.
+                    self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={
+                        "options": f"-c lock_timeout={sqlite.BUSY_TIMEOUT_MS}"})
             except (sa.exc.ArgumentError, ValueError) as error:  # no such dialect or driver
                 raise RegistryError(f"central's database {self._where}: {error}") from None
         else:
@@ -338,6 +341,8 @@ class CentralStore:
             raise RegistryError(f"central/store.py HEAD is {HEAD}, but the newest migration is {head}: "
                                 "set HEAD when adding a migration")
         with self._transaction() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL lock_timeout = 0")  # another central migrating: wait it out
             self._lock(conn, "schema")
             if MigrationContext.configure(conn).get_current_revision() == head:
                 return
@@ -368,14 +373,20 @@ class CentralStore:
         if current is not None:
             yield current
             return
-        with self.engine.connect() as conn:
-            conn.execution_options(write=write)
-            with conn.begin():
-                self._local.conn = conn
-                try:
-                    yield conn
-                finally:
-                    self._local.conn = None
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(write=write)
+                with conn.begin():
+                    self._local.conn = conn
+                    try:
+                        yield conn
+                    finally:
+                        self._local.conn = None
+        except sa.exc.OperationalError as error:
+            if not _lock_waited_out(error):
+                raise
+            raise Busy(f"central's database {self._where}: another transaction held what this one needed for "
+                       f"over {sqlite.BUSY_TIMEOUT_MS / 1000:g} s; nothing of it was written") from error
 
     @staticmethod
     def _lock(conn: sa.Connection, *key: str) -> None:
@@ -1162,6 +1173,11 @@ def _waited(scanned: float | None, received_at: float, sent_at: float | None, of
 def _local_day(timestamp: float) -> str:
     """The day ``timestamp`` falls on in central's local calendar, YYYY-MM-DD."""
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
+
+
+def _lock_waited_out(error: sa.exc.OperationalError) -> bool:
+    """A lock waited for past the time allowed: PostgreSQL's lock_timeout, SQLite's busy timeout."""
+    return getattr(error.orig, "sqlstate", None) == "55P03" or "database is locked" in str(error.orig)
 
 
 def _grace(token: bytes | None) -> float:

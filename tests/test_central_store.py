@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from central.errors import ActivationRefused, RegistryError, SeqConflict
 from central.store import HEAD, CentralStore, Device, Shop
@@ -1137,3 +1138,26 @@ def test_a_database_url_no_driver_serves_is_named(url, message):
     with pytest.raises(RegistryError, match=re.escape(message)) as error:
         CentralStore(url)
     assert "s3cret" not in str(error.value)
+
+
+def test_a_write_that_waits_past_the_busy_timeout_for_another_transactions_lock_fails_whole_and_says_so(
+        store, database):
+    """A peer central frozen mid-transaction, an operator's open session: on either database the wait ends after
+    the busy timeout, with central's own error (the ingest logs it in one line, and the box sends again)."""
+    from central.errors import Busy
+
+    other = CentralStore(database)
+    try:
+        with other._transaction() as conn:
+            other._lock(conn, "device", "shop-1")  # what add_events takes first, as another central would
+            conn.execute(sa.text("UPDATE devices SET shop = 'held' WHERE device_id = 'shop-1'"))
+            started = time.monotonic()
+            with pytest.raises(Busy, match=r"another transaction held what this one needed for over 5 s; "
+                                           r"nothing of it was written"):
+                store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {}}])
+            assert 4.5 < time.monotonic() - started < 30
+    finally:
+        other.close()
+    assert store.device("shop-1").acked_seq == 0 and store.device("shop-1").shop == "held"
+    store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {}}])  # once it is free
+    assert store.device("shop-1").acked_seq == 1
