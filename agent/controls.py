@@ -56,15 +56,21 @@ _FIXED = {
 
 
 def is_control(text: str) -> bool:
-    return text.startswith(PREFIX)
+    """Whether ``text`` bears the sheet's prefix, in either case, its colon read as a semicolon too (a Shift not
+    seen): a sheet's code read wrong is never a product's."""
+    return text[:len(PREFIX)].upper().replace(";", ":") == PREFIX
 
 
 def control(text: str) -> Control | None:
-    """The control a scanned code stands for; None for anything without the prefix.
-    A code with the prefix that names no control raises ValueError: never a sale."""
-    if not text.startswith(PREFIX):
+    """The control a scanned code stands for; None for anything without the prefix. A scanner that types as if
+    Caps Lock were on reads the sheet in small letters: the same control. A code with the prefix that names no
+    control, or whose colon was read as a semicolon, raises ValueError: never a sale."""
+    if not is_control(text):
         return None
-    name = text[len(PREFIX):]
+    if text[len(PREFIX) - 1] != ":":
+        raise ValueError(f"a {PREFIX} code whose colon was read as a semicolon (the Shift it was typed with was not "
+                         "seen): read wrong")
+    name = text[len(PREFIX):].upper()
     if name in _FIXED:
         return Control(_FIXED[name], "." if name == "DOT" else None)
     if len(name) == 1 and name.isdigit():

@@ -64,7 +64,10 @@ MAX_KEYED = 9  # characters of a keyed number: 999999.99 is more than any price 
 START_GUARD = 10.0  # seconds after the box starts in which a keyed number may have lost its first digits
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
 FOLD_BYTES = 1024 * 1024  # and no more than this of them (one larger event alone): price lists are large
-PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled")
+PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled", "cut")
+# How long after a scan cut short, with nothing set before it, a product scan is refused: the cut one is most
+# often a product's, scanned again at once; and a box started again mid-scan cuts one.
+CUT_HOLD = 1.0  # seconds
 # A scan cut by events the kernel lost: whatever they were (a control whole, the middle of one) cannot be told.
 LOST_UNSEEN = frozenset({DROPPED, TAKEN_BACK})
 # The controls that set something for the next scan (or spoil it), and so start its time anew.
@@ -88,18 +91,26 @@ class Pending:
     carton: bool = False
     returning: bool = False
     spoiled: bool = False  # a keyed number was refused: digits after it are refused too, until cancelled
-    since: float = 0.0  # clock time of the latest control
+    # A scan that may have been a control or a digit was cut short with nothing set before it: a control or
+    # digit next may be the rest of what it began (a number without its first digit) and is refused.
+    cut: bool = False
+    since: float = 0.0  # clock time of the latest control (or of the cut)
 
     def __bool__(self) -> bool:
         return bool(self.keyed or self.quantity or self.price is not None or self.carton or self.returning
-                    or self.spoiled)
+                    or self.spoiled or self.cut)
+
+    @property
+    def only_cut(self) -> bool:
+        """Nothing set but a cut scan's hold on the controls after it."""
+        return self.cut and dataclasses.replace(self, cut=False, since=0.0) == Pending()
 
     def as_json(self) -> dict[str, Any]:
         """What a ``pending`` event records: the box started again finds what the next scan was told. Of a
         number being keyed, only that there is one (restored, it is refused whole): one event per digit
         would be an fsync each, for nothing."""
         return {"keyed": bool(self.keyed), "quantity": self.quantity, "price": self.price, "carton": self.carton,
-                "returning": self.returning, "spoiled": self.spoiled}
+                "returning": self.returning, "spoiled": self.spoiled, "cut": self.cut}
 
 
 @dataclass
@@ -205,7 +216,8 @@ class Counter:
         body = event.body
         self._pending = Pending(quantity=body.get("quantity"), price=body.get("price"), carton=bool(body.get("carton")),
                                 returning=bool(body.get("returning")),
-                                spoiled=bool(body.get("spoiled") or body.get("keyed")), since=self.clock() - age)
+                                spoiled=bool(body.get("spoiled") or body.get("keyed")), cut=bool(body.get("cut")),
+                                since=self.clock() - age)
         logger.warning("pending seq=%d: what the controls said before the start holds for the next scan", event.seq,
                        extra=event_fields(event.seq, "pending", None))
 
@@ -307,9 +319,13 @@ class Counter:
             if self._pending.keyed or scan.reason in LOST_UNSEEN or controls.could_be_part_of_one(scan.text):
                 # The cut scan may have been a digit of a number being keyed, or a control meant for the
                 # next scan: never use half a number, nor sell the next scan without what it was told.
-                # Held only until the next look for what expired (about a second): a cut scan is most
-                # often a product's, scanned again at once, and a box started again mid-scan cuts one.
-                self._pending.keyed, self._pending.spoiled = "", True
+                if self._pending and not self._pending.only_cut:
+                    self._pending.keyed, self._pending.spoiled = "", True
+                else:
+                    # Nothing was set before it: it may have been the first digit of a number, or a control
+                    # (a return) for the next scan. A control or digit next is refused until CB:CLEAR; a
+                    # product scan, after CUT_HOLD, is taken (the cut one was most often a product's).
+                    self._pending = Pending(cut=True, since=self.clock())
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
             return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
@@ -342,7 +358,7 @@ class Counter:
             # A number keyed and not yet said to be a quantity or a price: never guess which, nor drop it.
             return Outcome(Signal.ERROR, note="a keyed number waits for its quantity or price control (or clear); "
                                               "the scan was not recorded")
-        if self._pending.spoiled:
+        if self._pending.spoiled or (self._pending.cut and self.clock() - self._pending.since < CUT_HOLD):
             return Outcome(Signal.ERROR, note="a number or control before this scan was refused or lost: scan "
                                               "CB:CLEAR and key it again; the scan was not recorded")
         pending, self._pending = self._pending, Pending()
@@ -414,6 +430,12 @@ class Counter:
     def _control(self, journal: Journal, control: controls.Control, scan: Scan) -> Outcome:
         pending, now = self._pending, self.clock()
         action = control.action
+        if pending.cut and (action in SETS_PENDING or action == "return"):
+            # The scan cut short before it may have been this control's first digit, or a control this one was
+            # to go with (a return, then its quantity): never half of what was keyed.
+            pending.cut, pending.spoiled, pending.since = False, True, now
+            return Outcome(Signal.ERROR, note="a scan just before was cut short, and may have been a control or "
+                                              "digit: scan CB:CLEAR, then key or scan it again")
         if action in SETS_PENDING:
             # What is set for the next scan times out counted from the last control that set it: a void or a
             # control refused leaves it, and its time, as they were (as after a restart, where the journal's
@@ -649,9 +671,12 @@ class Counter:
             self._note_pending(journal)
             return outcome
         if self._pending and now - self._pending.since >= self.pending_timeout:
+            only_cut = self._pending.only_cut
             self._pending = Pending()
             self._note_pending(journal)
-            return Outcome(Signal.ATTENTION, note="what was keyed or set for the next scan timed out")
+            # A cut scan's hold on the controls after it ends as quietly as it began (its error was heard).
+            return None if only_cut else Outcome(Signal.ATTENTION, note="what was keyed or set for the next scan "
+                                                                        "timed out")
         return None
 
 

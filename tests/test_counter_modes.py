@@ -48,11 +48,11 @@ class Shop:
             self.counter.expire(journal)
         self.clock.now += 60  # the box has been up a while: digits keyed now are whole
 
-    def scan(self, *codes):
-        """Scan each code in turn; return the events the last one recorded."""
+    def scan(self, *codes, gap: float = 2.0):
+        """Scan each code in turn, ``gap`` seconds apart; return the events the last one recorded."""
         for code in codes:
-            self.at += 2
-            self.clock.now += 2
+            self.at += gap
+            self.clock.now += gap
             with self.journal.transaction():
                 outcome = self.counter.record(self.journal, Scan(code, "/dev/input/event3", self.at - 0.05, self.at))
             self.heard.append(outcome.signal)
@@ -471,7 +471,8 @@ def test_a_scan_lost_whole_may_have_been_a_control_so_the_next_product_waits_for
     with shop.journal.transaction():
         outcome = shop.counter.record(shop.journal, NotABarcode("", "/dev/input/event3", "dropped"))
     assert outcome.signal is Signal.ERROR and outcome.events[0].kind == "refused"
-    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+    assert shop.scan(PACK, gap=0.5) == () and shop.signal is Signal.ERROR  # at once
+    assert shop.scan(lost) == () and shop.signal is Signal.ERROR  # perhaps the rest of what was lost
     shop.scan("CB:CLEAR", lost)
     [event] = shop.scan(PACK)
     assert (event.kind, event.body["quantity"], event.body["unit"]) == recorded
@@ -698,7 +699,7 @@ def test_a_scan_the_kernel_dropped_events_of_refuses_the_product_scanned_at_once
     for reason in (DROPPED, TAKEN_BACK):
         with shop.journal.transaction():
             shop.counter.record(shop.journal, NotABarcode(seen, "/dev/input/event3", reason))
-        assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+        assert shop.scan(PACK, gap=0.5) == () and shop.signal is Signal.ERROR
         shop.scan("CB:CLEAR")
     # A product's head cut as the scanner was opened refuses only itself, as before.
     from drivers.decoder import STARTED_UNSEEN
@@ -706,6 +707,90 @@ def test_a_scan_the_kernel_dropped_events_of_refuses_the_product_scanned_at_once
         shop.counter.record(shop.journal, NotABarcode("075831", "/dev/input/event3", STARTED_UNSEEN))
     [sale] = shop.scan(PACK)
     assert sale.kind == "sale"
+
+
+@pytest.mark.parametrize("keyed, cut", [("21.50", "CB:2"), ("21.50", ""), ("24", "CB:"), ("24", "B:2")])
+def test_a_number_whose_first_digit_was_cut_is_refused_whole_however_long_after(shop, keyed, cut):
+    """Nothing was set before the cut scan, so it was held only until the next look for what expired (about a
+    second): the digits keyed after it made a number without its head, and 21.50 sold the pack at 1.50."""
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode(cut, "/dev/input/event3", "cut"))
+        shop.clock.now += 1.5
+        assert shop.counter.expire(shop.journal) is None  # the daemon's look: nothing of this expires yet
+    amount = "CB:PRICE" if "." in keyed else "CB:QTY-KEYED"
+    shop.scan(*shop.key(keyed[1:]), amount)
+    assert set(shop.heard[-len(keyed):]) == {Signal.ERROR}
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR  # never at 1.50, nor 4 of it
+    shop.scan("CB:CLEAR", *shop.key(keyed), amount)
+    [sale] = shop.scan(PACK)
+    assert (sale.body["unit_price"], sale.body["quantity"]) == ((2150, 1) if "." in keyed else (2300, 24))
+
+
+def test_a_control_after_a_cut_scan_is_refused_and_a_product_after_a_second_sells(shop):
+    """CB:RETURN cut, then CB:QTY2 and the pack: it sold 1 as a sale, where a return of 2 was meant. The head of
+    a product cut short, scanned again, sells: the cut holds a product back only for a second."""
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("CB:RET", "/dev/input/event3", "cut"))
+    assert shop.scan("CB:QTY2") == () and shop.signal is Signal.ERROR
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR  # the quantity was refused: so is its product
+    [event] = shop.scan("CB:CLEAR", "CB:RETURN", "CB:QTY2", PACK)
+    assert (event.kind, event.body["quantity"]) == ("return", 2)
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("", "/dev/input/event3", "dropped"))
+    [sale] = shop.scan(PACK, gap=1.5)  # a product scanned again: the cut was most often its own
+    assert (sale.kind, sale.body["quantity"]) == ("sale", 1)
+    shop.scan("CB:QTY2")
+    assert shop.signal is Signal.GOOD  # the cut went with the product: nothing held any more
+
+
+def test_cut_scans_one_after_another_hold_the_controls_and_a_product_scanned_after_them_sells(shop):
+    """A burst the kernel dropped events of is refused scan after scan: each was a cut with nothing set before
+    it, never a spoil that held the products scanned after it for a minute."""
+    for _ in range(3):
+        with shop.journal.transaction():
+            shop.counter.record(shop.journal, NotABarcode("", "/dev/input/event3", "dropped"))
+        shop.clock.now += 0.3
+    [sale] = shop.scan(PACK, gap=1.5)
+    assert (sale.kind, sale.body["quantity"]) == ("sale", 1)
+
+
+def test_a_cut_scans_hold_on_the_controls_after_it_ends_quietly_with_the_pending_timeout(shop):
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))
+        shop.clock.now += 61
+        assert shop.counter.expire(shop.journal) is None  # its error was heard: no second signal
+    [sale] = shop.scan("CB:QTY2", PACK)
+    assert sale.body["quantity"] == 2
+
+
+def test_a_box_started_again_after_a_cut_scan_still_refuses_the_digits_after_it(shop):
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("CB:2", "/dev/input/event3", "cut"))
+    again = Shop(shop.journal)  # the box started again: the cut is the journal's
+    again.scan(*again.key("1.50"), "CB:PRICE")
+    assert again.signal is Signal.ERROR
+    assert again.scan(PACK) == () and again.signal is Signal.ERROR
+
+
+@pytest.mark.parametrize("code, action", [("cb:qty3", ("quantity", 3)), ("cb:return", ("returning", True)),
+                                          ("Cb:Carton", ("carton", True)), ("cb:2", None)])
+def test_a_sheet_code_read_in_small_letters_is_the_same_control(shop, code, action):
+    """A scanner that types as if Caps Lock were on, or one Caps Lock tap that reached the decoder: each control
+    was sold as an unknown product, and the pack after it sold plainly."""
+    assert shop.scan(code) == () and shop.signal is Signal.GOOD
+    if action is None:
+        [sale] = shop.scan("CB:QTY-KEYED", PACK)
+        assert sale.body["quantity"] == 2
+    else:
+        name, value = action
+        assert getattr(shop.counter._pending, name) == value
+        assert shop.scan(PACK)[0].body["product"] == _key(PACK)
+
+
+def test_a_sheet_code_whose_colon_was_read_as_a_semicolon_is_refused_with_the_product_after_it(shop):
+    [refused] = shop.scan("CB;QTY3")
+    assert refused.kind == "refused" and "colon was read as a semicolon" in refused.body["reason"]
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
 
 
 @pytest.mark.parametrize("code", ["CB:QTY#", "CB:RETURM", "CB:"])
