@@ -316,7 +316,7 @@ class Counter:
                 return Outcome(Signal.GOOD, note=f"keypad {scan.key}: nothing to do")
             scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
-            if self._pending.keyed or scan.reason in LOST_UNSEEN or controls.could_be_part_of_one(scan.text):
+            if self._pending.keyed or scan.reason in LOST_UNSEEN or controls.could_be_part_of_one(scan.code_seen):
                 # The cut scan may have been a digit of a number being keyed, or a control meant for the
                 # next scan: never use half a number, nor sell the next scan without what it was told.
                 if self._pending and not self._pending.only_cut:

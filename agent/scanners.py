@@ -314,7 +314,7 @@ class Scanners:
                 logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
                 if not watch:
                     if partial:
-                        await handle(NotABarcode(partial, path, UNPLUGGED))
+                        await handle(NotABarcode(partial, path, UNPLUGGED, bare=decoder.bare(partial)))
                     await self._report("removed", path, source.kind, identity)
                 raise
             finally:

@@ -146,6 +146,13 @@ class NotABarcode:
     text: str
     source: str
     reason: str
+    # What is left of ``text`` without the scanner's prefix, AIM identifier and suffix (those of it that are
+    # there; none left of a text that is nothing but part of them): what the code itself may have been.
+    bare: str | None = None
+
+    @property
+    def code_seen(self) -> str:
+        return self.text if self.bare is None else self.bare
 
 
 @dataclass
@@ -468,7 +475,7 @@ class Decoder:
         if not -CLOCK_SLACK <= now - self._times[-1] <= self.idle_after:
             # Refused now (the retailer hears it at once); its tail, should the scanner go on,
             # is refused too, up to the terminator: never booked as a code of its own.
-            head = NotABarcode(self._take(), self.source, CUT_OFF)
+            head = self._refused(self._take(), CUT_OFF)
             self._broken_start(CUT_OFF_TAIL, now, last=None, quiet=CUT_OFF_QUIET)
             return head
         return None
@@ -528,7 +535,7 @@ class Decoder:
             self._broken_start(CUT_OFF_TAIL, cut_at, last=None, quiet=CUT_OFF_QUIET)
         # A drop lost events the scanner sent, though nothing of them was seen: a whole scan, maybe, or
         # a digit of a number being keyed. Said, so the counter refuses what it could have been part of.
-        return NotABarcode(text, self.source, reason) if typed or reason == DROPPED else None
+        return self._refused(text, reason) if typed or reason == DROPPED else None
 
     def _finish(self, t: float) -> Scan | NotABarcode | None:
         if self._dead or self._alt_code:  # a dead key or an Alt code, then the end: its character never came
@@ -544,7 +551,7 @@ class Decoder:
             # Keys that typed nothing, in this scan or all of it (keypad digits with Num Lock off, a dead
             # key's character never made): a code with characters lost is no code, and a scan of nothing
             # but them is said as such, never silence.
-            return NotABarcode(self._take(), self.source, lost[1])
+            return self._refused(self._take(), lost[1])
         if not self._chars:
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
@@ -555,17 +562,17 @@ class Decoder:
         text = self._take()
         slowest = max(gaps)
         if min(b - a for a, b in zip(times, times[1:] + [t])) < 0:
-            return NotABarcode(text, self.source, CLOCK_BACK)
+            return self._refused(text, CLOCK_BACK)
         if slowest > self.settings.max_key_interval:
             gaps.sort()
             median = gaps[len(gaps) // 2]
-            return NotABarcode(
-                text, self.source,
+            return self._refused(
+                text,
                 f"typed, not scanned: {median * 1000:.0f} ms per key (median), a pause of {slowest * 1000:.0f} ms; "
                 f"a scanner types faster than {self.settings.max_key_interval * 1000:.0f} ms per key",
             )
         if len(times) == 1 and not self.settings.terminators:
-            return NotABarcode(text, self.source, ONE_KEY)
+            return self._refused(text, ONE_KEY)
         whole = text
         if self.settings.prefix and text.startswith(self.settings.prefix):
             text = text[len(self.settings.prefix):]
@@ -604,6 +611,30 @@ class Decoder:
         self._mods_since_char.clear()
         self._dead = self._alt_code = ""
         self._alt_unseen = not self._mods_held.isdisjoint(self._alts)
+
+    def _refused(self, text: str, reason: str) -> NotABarcode:
+        return NotABarcode(text, self.source, reason, bare=self.bare(text))
+
+    def bare(self, text: str) -> str:
+        """``text`` (a scan refused, perhaps cut short at either end) without the prefix, AIM identifier and
+        suffix the scanner types around a code, those of them it holds; "" when it holds nothing but (a part
+        of) them. A control cut short is then seen as one with them as without."""
+        prefix, suffix = self.settings.prefix, self.settings.suffix
+        if prefix:
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+            elif prefix.startswith(text):
+                return ""
+        if _AIM_ID.match(text):
+            text = text[3:]
+        elif text == "]" or _AIM_ID.match(text + "0"):
+            return ""
+        if suffix:
+            if text.endswith(suffix):
+                text = text[:-len(suffix)]
+            elif suffix.endswith(text):
+                return ""
+        return text
 
     def unplugged(self) -> str:
         """The device went away: drop the partial barcode (returned) and all key state."""

@@ -743,6 +743,13 @@ def test_a_control_after_a_cut_scan_is_refused_and_a_product_after_a_second_sell
     assert shop.signal is Signal.GOOD  # the cut went with the product: nothing held any more
 
 
+def test_a_control_cut_short_with_the_scanners_aim_identifier_refuses_the_product_after_it(shop):
+    shop.scan("CB:QTY3")
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("]C0CB:RET", "/dev/input/event3", "cut", bare="CB:RET"))
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR  # never 3 sold where a return of 3 was meant
+
+
 def test_cut_scans_one_after_another_hold_the_controls_and_a_product_scanned_after_them_sells(shop):
     """A burst the kernel dropped events of is refused scan after scan: each was a cut with nothing set before
     it, never a spoil that held the products scanned after it for a minute."""

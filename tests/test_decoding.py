@@ -1286,6 +1286,30 @@ def test_a_wedge_scanner_that_types_the_aim_identifier_hands_it_over_apart_from_
     assert (scan.text, scan.aim) == (text, aim)
 
 
+@pytest.mark.parametrize("settings, text, bare", [
+    (DecoderSettings(), "]C0CB:RET", "CB:RET"),
+    (DecoderSettings(), "]C", ""),  # cut inside the identifier: the code itself unseen
+    (DecoderSettings(), "CB:RET", "CB:RET"),
+    (DecoderSettings(prefix="#", suffix="$"), "#]C0CB:RET", "CB:RET"),
+    (DecoderSettings(prefix="#", suffix="$"), "TURN$", "TURN"),
+    (DecoderSettings(prefix="##"), "#", ""),
+    (DecoderSettings(suffix="$$"), "$", ""),
+    (DecoderSettings(prefix="#"), "6901028", "6901028"),  # the prefix not seen: kept whole
+])
+def test_a_refused_scan_says_what_the_code_in_it_may_have_been_without_the_scanners_affixes(settings, text, bare):
+    """A control cut short from a scanner typing its AIM identifier (or a prefix) was not seen as a control:
+    the product after it sold without what it was told."""
+    decoder = Decoder("dev", settings)
+    assert decoder.bare(text) == bare
+
+
+def test_a_cut_scan_from_a_scanner_typing_the_aim_identifier_names_the_code_in_it():
+    decoder = Decoder("dev", DecoderSettings(prefix="#"))
+    assert decoder.feed_all([record(event) for event in type_text("#]C0CB:RET", start=T0, terminator=None)]) == []
+    cut = decoder.ended()
+    assert (cut.text, cut.reason, cut.code_seen) == ("#]C0CB:RET", CUT_OFF, "CB:RET")
+
+
 def test_a_code_that_merely_begins_with_a_bracket_is_no_aim_identifier(tmp_path):
     [scan] = decode(pack_all(type_text("]-12345", start=T0)), tmp_path)
     assert (scan.text, scan.aim) == ("]-12345", "")
