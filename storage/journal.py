@@ -106,6 +106,15 @@ class Journal:
         self._tail: tuple[int, bytes, int] | None = None
         self._tail_seen: tuple[int, int] = (-1, -1)
         self._tail_held = False  # checked in the transaction under way, which no other writer can enter
+        self._file = _file_id(path)  # the file opened: a journal removed or replaced meanwhile is another
+
+    def check_file(self) -> None:
+        """Raise JournalError if the file at the journal's path is no longer the one opened (removed, or
+        another moved there): what would be written next would go into a file nobody will read again."""
+        if _file_id(self.path) != self._file:
+            raise JournalError(f"{self.path} was removed or replaced while the journal was open: nothing more is "
+                               "recorded in it; what it held is in the file opened, if a process still holds it "
+                               "(start the agent again to open the journal at its path)")
 
     @classmethod
     def open(cls, path: Path, key: bytes, *, create: bool = True,
@@ -583,6 +592,14 @@ class Journal:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _check_file(path: Path) -> None:

@@ -65,6 +65,7 @@ class _Health:
     """Written by the store's thread, read on the loop (one bool: no lock needed)."""
 
     full: bool = False
+    gone: bool = False  # the journal's file was removed or replaced under it
 
 
 class Store:
@@ -178,6 +179,12 @@ def _serve(journal: Journal, work: queue.SimpleQueue, health: _Health) -> None:
             while pending and pending[0] is not _STOP and pending[0].writes:
                 group.append(pending.popleft())
             changes = journal.changes
+            try:
+                journal.check_file()  # one stat a group: never a sale into a file nobody will read again
+            except JournalError as error:
+                _report_gone(journal, health, error)
+                _answer([(item, None, error) for item in group])
+                continue
             results = _commit(journal, group)
             if _all_refused_as_full(results) and journal.empty_log():
                 results = _commit(journal, group)  # the write-ahead log gave back its room: once more
@@ -187,6 +194,13 @@ def _serve(journal: Journal, work: queue.SimpleQueue, health: _Health) -> None:
                 journal.empty_log()  # (answered first: the scan's signal waits for nothing of this)
     finally:
         journal.close()
+
+
+def _report_gone(journal: Journal, health: _Health, error: JournalError) -> None:
+    """Said once in the log: every write after it is refused the same way."""
+    if not health.gone:
+        health.gone = True
+        logger.error("journal %s: %s", journal.path, error)
 
 
 def _all_refused_as_full(results: list[tuple[_Work, Any, BaseException | None]]) -> bool:

@@ -515,3 +515,33 @@ def test_on_a_disk_low_on_space_a_reader_beside_the_agent_holds_up_no_write(tmp_
     took, events = asyncio.run(main())
     assert max(took) < 2.0, took  # the busy timeout is 5 s: never waited out
     assert [event.body["n"] for event in events] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+def test_a_journal_removed_or_replaced_while_open_records_nothing_more_and_says_so_once(tmp_path, caplog, how):
+    """The agent went on selling into a file that was gone from its path (the retailer heard the good signal),
+    and lost it all at the next start; or into a file whose write-ahead log another journal then read."""
+    path, key = tmp_path / "journal.db", os.urandom(32)
+    other = tmp_path / "other.db"
+    Journal.open(other, os.urandom(32)).close()
+
+    async def main():
+        store = await Store.open(path, key)
+        first = await store.append("sale", {"n": 1})
+        if how == "removed":
+            path.unlink()
+        else:
+            os.replace(other, path)
+        refused = []
+        for n in (2, 3):
+            with pytest.raises(JournalError) as error:
+                await store.append("sale", {"n": n})
+            refused.append(str(error.value))
+        await store.close()
+        return first, refused
+
+    with caplog.at_level(logging.ERROR, logger="storage.store"):
+        first, refused = run(main())
+    assert first == 1
+    assert all("was removed or replaced while the journal was open: nothing more is recorded" in r for r in refused)
+    assert [r.message for r in caplog.records].count(f"journal {path}: {refused[0]}") == 1
