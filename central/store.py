@@ -755,6 +755,10 @@ class CentralStore:
                                  index_elements=[waiting.c.device_id],
                                  set_={name: insert.excluded[name] for name in ("public_key", "agent_version",
                                                                                 "seen_at")}))
+            if not retained:
+                # A waiting box says hello every minute: one not heard for a day is off, or was never a box
+                # (anyone may say hello, each under a key of its own), and says it again when it is on.
+                conn.execute(waiting.delete().where(waiting.c.seen_at < seen_at - WAITING_KEPT))
 
     def waiting_devices(self) -> list[dict[str, Any]]:
         with self._transaction(write=False) as conn:
@@ -1173,6 +1177,9 @@ def _waited(scanned: float | None, received_at: float, sent_at: float | None, of
 def _local_day(timestamp: float) -> str:
     """The day ``timestamp`` falls on in central's local calendar, YYYY-MM-DD."""
     return time.strftime("%Y-%m-%d", time.localtime(timestamp))
+
+
+WAITING_KEPT = 86400.0  # seconds a box waiting for activation stays listed after its last hello
 
 
 def _lock_waited_out(error: sa.exc.OperationalError) -> bool:

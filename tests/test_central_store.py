@@ -1161,3 +1161,17 @@ def test_a_write_that_waits_past_the_busy_timeout_for_another_transactions_lock_
     assert store.device("shop-1").acked_seq == 0 and store.device("shop-1").shop == "held"
     store.add_events("shop-1", 1, [{"seq": 1, "kind": "sale", "body": {}}])  # once it is free
     assert store.device("shop-1").acked_seq == 1
+
+
+def test_a_waiting_box_not_heard_for_a_day_leaves_the_list(store):
+    """Anyone may say hello under a key of its own: the list of boxes waiting for activation grew for good, and
+    operations looked for the real box among thousands. A box waiting says hello every minute."""
+    from central.store import WAITING_KEPT
+
+    store.waiting("cb-old", "key-old", "1.0.0", 1000.0)
+    store.waiting("cb-fresh", "key-fresh", "1.0.0", 1000.0 + WAITING_KEPT - 60)
+    store.waiting("cb-said-again", "key-said", "1.0.0", 1000.0 + WAITING_KEPT + 50, retained=True)
+    # A retained copy is no sight of the box now: it removes nothing.
+    assert {w["device"] for w in store.waiting_devices()} == {"cb-old", "cb-fresh", "cb-said-again"}
+    store.waiting("cb-new", "key-new", "1.0.0", 1000.0 + WAITING_KEPT + 60)
+    assert [w["device"] for w in store.waiting_devices()] == ["cb-new", "cb-said-again", "cb-fresh"]
