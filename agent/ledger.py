@@ -86,8 +86,14 @@ class Day:
 
     @property
     def sold_on(self) -> bool:
-        """Closed, and sold on (or returned, voided) since: its totals are not those it closed with."""
-        return self.closed is not None and self.closed.get("totals") != self.total.as_json()
+        """Closed, and sold on (or returned, voided) since: its totals are not those it closed with (by the
+        figures its close holds: one recorded by an earlier box version holds fewer)."""
+        if self.closed is None:
+            return False
+        closed = self.closed.get("totals")
+        if not isinstance(closed, dict):
+            return True
+        return any(closed[name] != value for name, value in self.total.as_json().items() if name in closed)
 
 
 @dataclass
