@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -316,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.config = config_module.load(args.config)
         return args.func(args)
+    except BrokenPipeError as error:
+        if args.command == "run":  # the daemon writes nothing to standard output: a pipe of its own broke
+            print(f"counterbox: error: {error}", file=sys.stderr)
+            return 2
+        # Read into `| head`, which stopped reading: nothing more to say to it, nor an error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (config_module.ConfigError, StorageError, ProvisioningError, DriverError, PriceListError, OrderError,
             OSError) as error:
         print(f"counterbox: error: {error}", file=sys.stderr)

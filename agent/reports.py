@@ -154,10 +154,11 @@ def printable(text: str) -> str:
                    else f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}" for char in text)
 
 
-def table(headers: list[str], rows: list[list[Any]]) -> str:
+def table(headers: list[str], rows: list[list[Any]], *, text_columns: int = 2) -> str:
+    """Columns aligned for a terminal: the first ``text_columns`` (names) to the left, figures to the right."""
     cells = [headers] + [["" if value is None else printable(str(value)) for value in row] for row in rows]
     widths = [max(width(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(cell + " " * (size - width(cell)) if i == 0 or i == 1 else " " * (size - width(cell)) + cell
+    lines = ["  ".join(cell + " " * (size - width(cell)) if i < text_columns else " " * (size - width(cell)) + cell
                        for i, (cell, size) in enumerate(zip(row, widths))).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * size for size in widths))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import signal
 import sys
@@ -172,7 +173,8 @@ def _shop_report(args) -> int:
 
                 text = shop_reports.table(["shop", "product", "name", "sold at", "stock"],
                                           [[row["shop"], row["product"], row["name"],
-                                            ", ".join(map(price, row["actual_prices"])), row["stock"]] for row in result])
+                                            ", ".join(map(price, row["actual_prices"])), row["stock"]] for row in result],
+                                          text_columns=4)
     finally:
         store.close()
     print(json.dumps(result, ensure_ascii=False) if args.json else text)
@@ -435,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # Read into `| head`, which stopped reading: nothing more to say to it, nor an error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except (CentralError, ProvisioningError, OSError) as error:
         print(f"counterbox-central: error: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -479,8 +483,9 @@ def test_the_shop_reports_print_a_table_per_shop_and_all_shops_when_there_are_se
         "product         name               packs  known  below zero",
         "--------------  -----------------  -----  -----  ----------",
         f"{hongtashan}     15    yes"]
+    # Names and prices read left to right, as text; the stock, a figure, to the right.
     assert command("report", "prices", "--day", DAY, "--monitoring").stdout.splitlines() == [
-        "shop          product                      name                                                 sold at  stock",
+        "shop          product         name               sold at                                                 stock",
         "------------  --------------  -----------------  ------------------------------------------------------  -----",
         f"530100000001  {hongtashan}  23.00/pack (list 23.00) x1, 25.00/pack (list 23.00) x1     15"]
 
@@ -892,3 +897,19 @@ def test_a_topic_prefix_no_topic_can_start_with_is_refused_before_anything_start
     assert not (tmp_path / "c.db").exists()
     result = run_main(ops_main, ["activation", "issue", "--topic-prefix", "+/v1"])
     assert result.returncode == 2 and "argument --topic-prefix: topic prefix '+/v1' must be" in result.stderr
+
+
+def test_a_report_read_into_a_command_that_stops_reading_ends_without_an_error(central):
+    """`counterbox-central export | head -1` said "error: [Errno 32] Broken pipe" and exited 2."""
+    _, db = central
+    store = CentralStore(db)
+    store.register("shop-1", "k" * 43)
+    store.add_events("shop-1", 1, [sale(seq, "6901028075831", 2300) for seq in range(1, 3001)])  # past a pipe's 64 KiB
+    store.close()
+    export = subprocess.Popen([sys.executable, "-m", "central", "--db", str(db), "export"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    first = export.stdout.readline()
+    export.stdout.close()  # as `head -1` does
+    _, stderr = export.communicate(timeout=60)
+    assert json.loads(first)["seq"] == 1
+    assert (export.returncode, stderr) == (128 + signal.SIGPIPE, b"")

@@ -333,3 +333,24 @@ def test_status_of_a_box_whose_journal_file_is_empty_says_there_is_none_and_writ
                              "empty (the agent has not run on this box, or is making it now)\n")
     assert (directory / "journal.db").stat().st_size == 0
     assert sorted(p.name for p in directory.iterdir()) == ["agent.toml", "data.key", "journal.db"]
+
+
+def test_events_shown_into_a_command_that_stops_reading_end_without_an_error(box, tmp_path):
+    """`counterbox show --last 1000 | head -1` said "error: [Errno 32] Broken pipe" and exited 2."""
+    import signal
+
+    directory, config = box
+    def ean13(body: str) -> str:
+        return body + str(-sum(int(d) * (3 if i % 2 else 1) for i, d in enumerate(body)) % 10)
+
+    rows = "".join(f"{ean13(f'69{n:010d}')},Product {n},23.00\n" for n in range(2000))  # an event past a pipe's 64 KiB
+    (tmp_path / "prices.csv").write_text("barcode,name,price\n" + rows)
+    loaded = counterbox(config, "prices", "load", str(tmp_path / "prices.csv"))
+    assert loaded.returncode == 0, loaded.stderr
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    show = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(config), "show", "--last", "5"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    show.stdout.read(10)
+    show.stdout.close()  # as `head -c 10` does
+    _, stderr = show.communicate(timeout=60)
+    assert (show.returncode, stderr) == (128 + signal.SIGPIPE, b"")
