@@ -190,7 +190,7 @@ def _devices(args) -> int:
         for device_id in store.device_ids():
             device, status = store.device(device_id), store.status(device_id)
             row = {"device": device_id, "shop": device.shop, "region": device.region, "acked_seq": device.acked_seq,
-                   "documents": store.documents_held(device_id),
+                   "documents": store.documents_held(device_id), "documents_issued": store.documents_issued(device_id, now),
                    "prices_loaded_on_the_box": store.prices_loaded_on_the_box(device_id), "state": "never seen",
                    "last_seen": None, "backlog": None, "scanners": None, "agent_version": None, "free_bytes": None,
                    "clock_offset": None, "clock_ok": None}
@@ -224,10 +224,17 @@ def _devices(args) -> int:
         seen = _age(row["_age"]) if "_age" in row else "-"
         clock = "-" if row["clock_offset"] is None else f"{row['clock_offset']:+.0f}s" + ("" if row["clock_ok"] else " !")
         print(f"{row['device']:24} {row['shop'][:20]:20} {row['state']:10} {seen:>8} {_or_dash(row['backlog']):>7} "
-              f"{_or_dash(row['scanners']):>8} {clock:>9} "
-              f"{'local' if row['prices_loaded_on_the_box'] else _or_dash(row['documents'].get('price_list')):>6}  "
-              f"{row['agent_version'] or '-'}")
+              f"{_or_dash(row['scanners']):>8} {clock:>9} {_prices(row):>6}  {row['agent_version'] or '-'}")
     return 0
+
+
+def _prices(row: dict) -> str:
+    """The price list version the box applied last; ``!`` when a newer one issued for it is in force (not taken
+    yet: the box away, or refusing it, a key it does not trust; its log says why)."""
+    if row["prices_loaded_on_the_box"]:
+        return "local"
+    held, issued = row["documents"].get("price_list"), row["documents_issued"].get("price_list")
+    return _or_dash(held) + (" !" if issued is not None and (held or 0) < issued else "")
 
 
 # The company's targets for upload success (docs/commands.md): monitoring points report for it.
@@ -417,7 +424,8 @@ def parser() -> argparse.ArgumentParser:
         one.add_argument("--json", action="store_true", help="one JSON document, for programs")
         one.set_defaults(func=_shop_report)
     devices = commands.add_parser("devices", help="each device's presence and health: state, last seen, backlog, "
-                                                  "scanners, clock; '!' flags a clock off by more than a minute")
+                                                  "scanners, clock, price list; '!' flags a clock off by more "
+                                                  "than a minute, or a newer price list issued and not taken")
     devices.add_argument("--json", action="store_true", help="one JSON object per device, for programs")
     devices.set_defaults(func=_devices)
     uploads = commands.add_parser("uploads", help="upload success per device and region over a period, against the "

@@ -898,6 +898,18 @@ class CentralStore:
                 held[name] = version
         return held
 
+    def documents_issued(self, device_id: str, now: float) -> dict[str, int]:
+        """The newest version of each document stream issued for the device or its region and not expired at
+        ``now`` (a revocation never is): what its box should hold once it has taken all it was sent."""
+        with self._transaction(write=False) as conn:
+            region = conn.execute(sa.select(devices.c.region).where(devices.c.device_id == device_id)).scalar()
+            scopes = [json.dumps({"device": device_id})] + ([json.dumps({"region": region})] if region else [])
+            rows = conn.execute(sa.select(documents.c.name, sa.func.max(documents.c.version))
+                                .where(documents.c.scope.in_(scopes),
+                                       sa.or_(documents.c.expires_at > now, documents.c.kind == "revocation"))
+                                .group_by(documents.c.name)).all()
+        return {name: version for name, version in rows}
+
     def prices_loaded_on_the_box(self, device_id: str) -> bool:
         """Whether the newest price list of the device's journal is one loaded on the box (``counterbox prices
         load``), after any operations pushed: it sells at prices no document of central's says."""

@@ -336,12 +336,14 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
     assert list(rows) == ["cb-fast-clock", "cb-gone", "cb-live", "cb-never"]
     live = rows["cb-live"]
     assert live == {"device": "cb-live", "shop": "530102100001", "region": "honghe", "acked_seq": 3,
-                    "documents": {"price_list": 4, "order/W48": 1}, "prices_loaded_on_the_box": False, "state": "online",
+                    "documents": {"price_list": 4, "order/W48": 1}, "documents_issued": {},
+                    "prices_loaded_on_the_box": False, "state": "online",
                     "last_seen": rfc3339(now - 120), "backlog": 3, "scanners": 1, "agent_version": "0.1.0",
                     "free_bytes": 52_000_000, "clock_offset": -5.0, "clock_ok": True, "revoked_at": None}
     assert (rows["cb-fast-clock"]["clock_offset"], rows["cb-fast-clock"]["clock_ok"]) == (300.0, False)
     assert rows["cb-never"] == {"device": "cb-never", "shop": "530102100003", "region": "kunming", "acked_seq": 0,
-                                "documents": {}, "prices_loaded_on_the_box": False, "state": "never seen",
+                                "documents": {}, "documents_issued": {}, "prices_loaded_on_the_box": False,
+                                "state": "never seen",
                                 "last_seen": None, "backlog": None,
                                 "scanners": None, "agent_version": None, "free_bytes": None, "clock_offset": None,
                                 "clock_ok": None, "revoked_at": None}
@@ -355,6 +357,36 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
                                       "-", "0.1.0"]
     assert lines["cb-never"] == ["cb-never", "530102100003", "never", "seen", "-", "-", "-", "-", "-", "-"]
     assert lines["cb-gone"] == ["cb-gone", "530102100004", "revoked", "3d", "ago", "3", "1", "-", "-", "0.1.0"]
+
+
+def test_devices_flags_a_box_behind_the_newest_price_list_issued_for_it_and_in_force(central):
+    """A list pushed signed by a key the boxes did not trust yet was refused by every box, and nothing at central
+    showed it: the column kept the old version, as for a box that had taken everything."""
+    import time
+
+    command, db = central
+    now = time.time()
+    store = CentralStore(db)
+    for device in ("cb-behind", "cb-current"):
+        store.register(device, "key", shop="530102100001", region="honghe")
+    store.register("cb-elsewhere", "key", shop="530102100002", region="kunming")
+
+    def issue(scope, expires_at):
+        return store.issue_document(lambda version: ("price_list", json.dumps(scope), "ops-1", now, expires_at, b"t"),
+                                    "price_list")[0]
+
+    issue({"region": "honghe"}, now + 3600)  # 1
+    issue({"device": "cb-current"}, now + 3600)  # 2: its own
+    issue({"region": "honghe"}, now + 3600)  # 3
+    issue({"region": "honghe"}, now - 1)  # 4: expired, which no box could take
+    for device, version in (("cb-behind", 1), ("cb-current", 3), ("cb-elsewhere", 1)):
+        store.add_events(device, 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": version}}])
+    store.close()
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert {device: (row["documents"]["price_list"], row["documents_issued"].get("price_list"))
+            for device, row in rows.items()} == {"cb-behind": (1, 3), "cb-current": (3, 3), "cb-elsewhere": (1, None)}
+    lines = {line.split()[0]: line.split() for line in command("devices").stdout.splitlines()[1:]}
+    assert (lines["cb-behind"][-3:-1], lines["cb-current"][-2], lines["cb-elsewhere"][-2]) == (["1", "!"], "3", "1")
 
 
 def test_devices_says_when_a_box_sells_at_a_price_list_loaded_on_it_after_the_one_pushed(central):
