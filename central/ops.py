@@ -351,6 +351,9 @@ def _activation_issue(args) -> int:
         shop = store.shop(args.shop)
         if shop is None:
             raise CentralError(f"shop {args.shop} is not registered (counterbox-ops shop add)")
+        if shop.left_at is not None:
+            raise CentralError(f"shop {args.shop} has left: no code is issued for it (`counterbox-ops shop add "
+                               "--replace` registers it again)")
         registered = store.device(args.device) if args.device is not None else None
         if registered is not None:
             # Central would refuse the box's request: a code issued, and pushed, that can never work.
@@ -442,13 +445,26 @@ def _shop_list(args) -> int:
     finally:
         store.close()
     for shop, boxes in listed:
+        left = None if shop.left_at is None else protocol.rfc3339(shop.left_at)
         if args.json:
             print(json.dumps({"licence": shop.licence, "name": shop.name, "region": shop.region,
-                              "monitoring": shop.monitoring, "devices": boxes}, ensure_ascii=False))
+                              "monitoring": shop.monitoring, "devices": boxes, "left_at": left}, ensure_ascii=False))
             continue
         kind = "monitoring point" if shop.monitoring else "general"
-        serving = ", ".join(boxes) if boxes else "NO BOX" + (": replace it at once" if shop.monitoring else "")
+        serving = f"left {time.strftime('%Y-%m-%d', time.localtime(shop.left_at))}" if shop.left_at is not None else \
+            ", ".join(boxes) if boxes else "NO BOX" + (": replace it at once" if shop.monitoring else "")
         print(f"{shop.licence:16} {kind:16} {shop.region or '-':10} {shop.name}: {serving}")
+    return 0
+
+
+def _shop_leave(args) -> int:
+    """The shop left: listed as gone (a monitoring point's replacement is another shop), and no code issued."""
+    store = CentralStore(args.central_db, create=False)
+    try:
+        store.shop_left(args.licence, at=time.time())
+    finally:
+        store.close()
+    print(f"shop {args.licence} has left: its history stays; `shop add --replace` registers it again")
     return 0
 
 
@@ -616,6 +632,12 @@ def parser() -> argparse.ArgumentParser:
                      help="a region no shop, box or document is in yet (without it, such a region is taken for a "
                           "misspelling and the shop is not registered)")
     add.set_defaults(func=_shop_add)
+    leave = shop.add_parser("leave", help="a shop that left (its boxes revoked first): listed as gone, and no code "
+                                          "is issued for it")
+    leave.add_argument("--central-db", type=database, required=True,
+                       help="central's database: a SQLite file or a PostgreSQL URL")
+    leave.add_argument("--licence", required=True, help="the tobacco retail licence number")
+    leave.set_defaults(func=_shop_leave)
     listing = shop.add_parser("list", help="the shops registered and the boxes serving each; a shop with none marked")
     listing.add_argument("--central-db", type=database, required=True,
                          help="central's database: a SQLite file or a PostgreSQL URL")

@@ -47,7 +47,7 @@ from .errors import ActivationRefused, Busy, ForeignJournal, JournalReplaced, Re
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0008"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0009"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -100,6 +100,7 @@ shops = sa.Table(
     sa.Column("region", sa.Text, nullable=False),
     sa.Column("monitoring", sa.Integer),  # 0 or 1
     sa.Column("registered_at", sa.Double),
+    sa.Column("left_at", sa.Double),  # the shop left (counterbox-ops shop leave); null while it trades
 )
 activation_codes = sa.Table(
     "activation_codes", metadata,
@@ -210,6 +211,7 @@ class Shop:
     name: str
     region: str
     monitoring: bool = False  # a monitoring point: reports actual retail prices and stock
+    left_at: float | None = None  # when it left (its boxes revoked); None while it trades
 
 
 @dataclass(frozen=True)
@@ -607,30 +609,49 @@ class CentralStore:
                 else list(conn.execute(sa.select(devices.c.device_id).where(
                     devices.c.shop == shop.licence, devices.c.revoked_at.is_(None)).order_by(devices.c.device_id)).scalars())
             insert = self._insert(conn, shops).values(licence=shop.licence, name=shop.name, region=shop.region,
-                                                      monitoring=int(shop.monitoring), registered_at=time.time())
+                                                      monitoring=int(shop.monitoring), registered_at=time.time(),
+                                                      left_at=None)  # registered again: it trades again
             conn.execute(insert.on_conflict_do_update(
                 index_elements=[shops.c.licence],
-                set_={name: insert.excluded[name] for name in ("name", "region", "monitoring", "registered_at")}))
+                set_={name: insert.excluded[name] for name in ("name", "region", "monitoring", "registered_at",
+                                                               "left_at")}))
         return unreached
+
+    def shop_left(self, licence: str, *, at: float) -> None:
+        """The shop left: once none of its boxes is active (each revoked first, so that it hands in what it
+        holds). RegistryError for a shop not registered or still served."""
+        with self._transaction() as conn:
+            self._lock(conn, "shop", licence)
+            if self.shop(licence) is None:
+                raise RegistryError(f"shop {licence} is not registered")
+            serving = conn.execute(sa.select(devices.c.device_id).where(
+                devices.c.shop == licence, devices.c.revoked_at.is_(None)).order_by(devices.c.device_id)).scalars().all()
+            if serving:
+                raise RegistryError(f"shop {licence} is still served by {', '.join(serving)}: revoke "
+                                    f"{'it' if len(serving) == 1 else 'each'} first (counterbox-ops revoke), so that "
+                                    "what it holds is handed in")
+            conn.execute(shops.update().where(shops.c.licence == licence)
+                         .values(left_at=sa.func.coalesce(shops.c.left_at, at)))
 
     def shop(self, licence: str) -> Shop | None:
         with self._transaction(write=False) as conn:
-            row = conn.execute(sa.select(shops.c.licence, shops.c.name, shops.c.region, shops.c.monitoring)
-                               .where(shops.c.licence == licence)).first()
-        return Shop(row[0], row[1], row[2], bool(row[3])) if row else None
+            row = conn.execute(sa.select(shops.c.licence, shops.c.name, shops.c.region, shops.c.monitoring,
+                                         shops.c.left_at).where(shops.c.licence == licence)).first()
+        return Shop(row[0], row[1], row[2], bool(row[3]), row[4]) if row else None
 
     def shops(self, region: str | None = None) -> list[tuple[Shop, list[str]]]:
         """Every shop registered (``region``'s alone, given one), by licence, each with the devices that serve it
         now (registered for it and not revoked)."""
         with self._transaction(write=False) as conn:
-            query = sa.select(shops.c.licence, shops.c.name, shops.c.region, shops.c.monitoring).order_by(shops.c.licence)
+            query = sa.select(shops.c.licence, shops.c.name, shops.c.region, shops.c.monitoring,
+                              shops.c.left_at).order_by(shops.c.licence)
             rows = conn.execute(query if region is None else query.where(shops.c.region == region)).all()
             serving: dict[str, list[str]] = {}
             for device_id, shop in conn.execute(sa.select(devices.c.device_id, devices.c.shop).where(
                     devices.c.revoked_at.is_(None)).order_by(devices.c.device_id)):
                 serving.setdefault(shop, []).append(device_id)
-        return [(Shop(licence, name, shop_region, bool(monitoring)), serving.get(licence, []))
-                for licence, name, shop_region, monitoring in rows]
+        return [(Shop(licence, name, shop_region, bool(monitoring), left_at), serving.get(licence, []))
+                for licence, name, shop_region, monitoring, left_at in rows]
 
     def regions(self) -> set[str]:
         """The regions central knows: of a shop or a box registered, or a document pushed to (one made ahead
@@ -705,6 +726,8 @@ class CentralStore:
             if existing is not None and used_by is None:
                 raise ActivationRefused(f"device {device_id} is already active for shop {existing.shop}")
             shop = self.shop(licence)
+            if shop.left_at is not None and existing is None:
+                raise ActivationRefused(f"shop {licence} has left; its codes activate no box")
             if existing is not None:
                 # This box's own request again (its result was lost, or a replay): the same answer, and
                 # nothing changes (its registration, region and upload history stand).

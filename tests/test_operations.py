@@ -719,9 +719,9 @@ def test_shop_list_names_each_shop_with_the_boxes_serving_it_and_marks_a_monitor
     rows = [json.loads(line) for line in ops("shop", "list", "--central-db", str(db), "--region", "honghe",
                                              "--json").stdout.splitlines()]
     assert rows == [{"licence": "530100000001", "name": "蒙自三号店", "region": "honghe", "monitoring": True,
-                     "devices": ["cb-one"]},
+                     "devices": ["cb-one"], "left_at": None},
                     {"licence": "530100000002", "name": "Gejiu No. 1", "region": "honghe", "monitoring": False,
-                     "devices": []}]
+                     "devices": [], "left_at": None}]
     # Its stock asked for: said, where an empty line read as a report that failed.
     from central.cli import main as central_main
 
@@ -730,6 +730,56 @@ def test_shop_list_names_each_shop_with_the_boxes_serving_it_and_marks_a_monitor
     stock = run_main(central_main, ["--db", str(db), "report", "stock", "--shop", "530100000003"])
     assert (stock.returncode, stock.stdout) == (0, "No box serves the shops asked for now: no shelf is known "
                                                    "(counterbox-ops shop list)\n")
+
+
+def test_a_shop_that_left_is_listed_as_gone_its_history_kept_and_no_code_issued_or_honoured_for_it(tmp_path, ops_key):
+    """A monitoring point replaced by another shop was marked "NO BOX: replace it at once" for ever; the one way
+    to quiet it (registering it again as a general shop) took it out of past weeks' monitoring reports."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central.errors import ActivationRefused
+    from provisioning import activation
+    from provisioning.activation import ActivationCode
+
+    db = tmp_path / "central.db"
+    assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000003", "--name", "Kunming No. 9",
+               "--region", "kunming", "--monitoring").returncode == 0
+    store = CentralStore(db)
+    store.register("cb-old", KEY_WITH_A_DASH, shop="530100000003", region="kunming")
+    token = activation.encode_code(ActivationCode("c-early", "530100000003", "kunming", True, time.time(),
+                                                  time.time() + 3600), key=Ed25519PrivateKey.generate(), kid="ops-1")
+    store.add_code("c-early", shop="530100000003", token=token, device=None, issued_at=time.time(),
+                   expires_at=time.time() + 3600)
+    store.close()
+    served = ops("shop", "leave", "--central-db", str(db), "--licence", "530100000003")
+    assert (served.returncode, served.stderr) == (2, "counterbox-ops: error: shop 530100000003 is still served by "
+                                                     "cb-old: revoke it first (counterbox-ops revoke), so that what it "
+                                                     "holds is handed in\n")
+    store = CentralStore(db)
+    store.revoke("cb-old")
+    store.close()
+    left = ops("shop", "leave", "--central-db", str(db), "--licence", "530100000003")
+    assert left.returncode == 0, left.stderr
+    assert ops("shop", "list", "--central-db", str(db)).stdout == (
+        f"530100000003     monitoring point kunming    Kunming No. 9: left {time.strftime('%Y-%m-%d')}\n")
+    [row] = [json.loads(line) for line in ops("shop", "list", "--central-db", str(db), "--json").stdout.splitlines()]
+    assert row["monitoring"] is True and row["left_at"] is not None  # its kind as it was: its past reports stand
+    issued = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000003")
+    assert (issued.returncode, issued.stderr) == (2, "counterbox-ops: error: shop 530100000003 has left: no code is "
+                                                     "issued for it (`counterbox-ops shop add --replace` registers it "
+                                                     "again)\n")
+    store = CentralStore(db)
+    try:
+        with pytest.raises(ActivationRefused, match="shop 530100000003 has left; its codes activate no box"):
+            store.activate("c-early", token, device_id="cb-next", public_key="key-next", now=time.time())
+        store.add_shop(Shop("530100000003", "Kunming No. 9", "kunming", True), replace=True)  # trading again
+        assert store.shop("530100000003").left_at is None
+    finally:
+        store.close()
+    assert ops("shop", "leave", "--central-db", str(db), "--licence", "530100000099").stderr == (
+        "counterbox-ops: error: shop 530100000099 is not registered\n")
 
 
 def test_the_codes_issued_say_for_people_and_programs_which_were_used_by_which_box_and_which_are_open(tmp_path,
