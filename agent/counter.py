@@ -484,9 +484,11 @@ class Counter:
             setattr(pending, "carton" if action == "carton" else "returning", True)
             return Outcome(Signal.GOOD, note=f"{action} for the next scan")
         if action in ("cancel", "clear"):
-            if pending or action == "clear" or self.mode == "selling":
+            # (A cut scan's hold is nothing set: CB:CANCEL after it still leaves the mode, as the retailer meant.)
+            if (pending and not pending.only_cut) or action == "clear" or self.mode == "selling":
                 self._pending = Pending()
                 return Outcome(Signal.GOOD, note="pending cleared")
+            self._pending = Pending()
             return self._end_mode(journal, "cancelled")  # CB:CANCEL with nothing pending leaves the mode
         if action == "void":  # takes back the last line: what is set for the next scan still is
             return self._void(journal, scan)

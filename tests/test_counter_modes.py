@@ -765,6 +765,21 @@ def test_cut_scans_one_after_another_hold_the_controls_and_a_product_scanned_aft
     assert (sale.kind, sale.body["quantity"]) == ("sale", 1)
 
 
+@pytest.mark.parametrize("mode", ["CB:COUNT", "CB:RECEIVING"])
+@pytest.mark.parametrize("cut", [NotABarcode("CB:CAN", "/dev/input/event3", "cut"),
+                                 NotABarcode("", "/dev/input/event3", "dropped")], ids=["cancel-cut", "dropped"])
+def test_cancel_after_a_cut_scan_still_leaves_the_mode_and_the_next_pack_is_a_sale(shop, mode, cut):
+    """CB:CANCEL cut short and scanned again cleared the cut's hold alone: the box stayed counting, and every pack
+    sold after it was recorded as counted (or received)."""
+    shop.scan(mode)
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, cut)
+    [ended] = shop.scan("CB:CANCEL")
+    assert (ended.kind, ended.body["reason"], shop.counter.mode) == ("mode_ended", "cancelled", "selling")
+    [sale] = shop.scan(PACK)
+    assert sale.kind == "sale"
+
+
 def test_a_cut_scans_hold_on_the_controls_after_it_ends_quietly_with_the_pending_timeout(shop):
     with shop.journal.transaction():
         shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))
