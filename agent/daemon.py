@@ -330,12 +330,15 @@ class Box:
     async def expire(self, announce: Callable[[Signal], None]) -> None:
         """End a receiving or a count left too long, forget a keyed number left too long: the counter
         says when, and the retailer hears it."""
+        said = ""  # the failure said last: said once while it lasts, not at every look (each second)
         while True:
             try:
                 outcome = await self.store.write(self.counter.expire)
+                said = ""
             except StorageError as error:
-                logger.error("the counter's time-outs NOT checked: %s", error)
-                outcome = None
+                if str(error) != said:
+                    logger.error("the counter's time-outs NOT checked: %s", error)
+                said, outcome = str(error), None
             if outcome is not None:
                 log_recorded(outcome, None)
                 announce(outcome.signal)

@@ -63,3 +63,24 @@ def test_central_ingests_with_its_loop_never_blocked(stack, fifo, tmp_path):
     finally:
         store.close()
     assert [s["code"] for s in stack.sales()] == ["96385074", "40063812"]
+
+
+def test_a_journal_removed_under_the_running_agent_refuses_scans_and_is_said_once_not_every_second(stack, fifo):
+    """The daemon's look at the time-outs is a write each second: each one logged the whole error again."""
+    import time
+
+    device = stack.provision("shop-gone", scanners=[str(fifo)])
+    device.start()
+    try:
+        feed(fifo, scans(["96385074"]))
+        wait_until(lambda: len(stack.sales()) == 1, 30, "the sale at central")
+        (device.directory / "journal.db").unlink()
+        feed(fifo, scans(["96385074"]))
+        wait_until(lambda: "NOT recorded" in device.log.read_text(), 20, "the scan refused")
+        time.sleep(4)
+    finally:
+        device.stop()
+    said = [line for line in device.log.read_text().splitlines()
+            if "was removed or replaced while the journal was open" in line and "NOT recorded" not in line]
+    assert 1 <= len(said) <= 2, said  # the store's line, and the time-outs' once
+    assert len(stack.sales()) == 1
