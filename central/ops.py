@@ -72,6 +72,8 @@ def _register(args) -> int:
             if region and region != shop.region:
                 raise CentralError(f"shop {shop.licence} is in region {shop.region or '(none)'}, not {region}")
             region = shop.region
+        elif region and not args.new_region and store.regions():
+            _known_region(store, region, "the device is not registered", "register it")
         store.register(device, public_key, shop=args.shop, region=region, replace=args.replace)
     finally:
         store.close()
@@ -130,6 +132,7 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
         # A revocation is each box's own, and urgent: no box's word about its own holds it up.
         heeding = None if kind == "revocation" else \
             ("device", scope.device) if scope.device is not None else ("region", scope.region)
+        new_region = scope.region is not None and scope.region not in store.regions()
         version, token = store.issue_document(sign, name, heeding=heeding, past_boxes=getattr(args, "past_boxes", False))
         topic = documents.topic(args.topic_prefix, scope, name)
         try:
@@ -140,9 +143,9 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
                                "ingest publishes it once it is connected to the broker (within the hour), or push "
                                "again once the broker is back (the next version replaces it)") from None
         store.document_published(name, version)
-        if args.new_region:
-            print(f"counterbox-ops: {name} waits at the broker for the first box activated in region {scope.region}"
-                  , file=sys.stderr)
+        if new_region:
+            print(f"counterbox-ops: {name} waits at the broker for the first box activated in region {scope.region}",
+                  file=sys.stderr)
     finally:
         store.close()
     print(json.dumps({"name": name, "version": version, "scope": scope.as_json(), "topic": topic,
@@ -613,6 +616,9 @@ def parser() -> argparse.ArgumentParser:
     register.add_argument("--region", default="", help="the sales region (price lists are pushed per region), for a "
                                                        "device registered without a shop")
     register.add_argument("--replace", action="store_true", help="replace the key of a device already registered")
+    register.add_argument("--new-region", action="store_true",
+                          help="a region no shop, box or document is in yet (without it, such a region is taken for "
+                               "a misspelling and the device is not registered)")
     register.set_defaults(func=_register)
 
     keygen = commands.add_parser("keygen", help="create an operations signing key; print its key id and public key")

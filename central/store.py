@@ -282,10 +282,8 @@ class CentralStore:
                 if url.get_backend_name() == "sqlite":
                     self.engine = self._sqlite_engine(Path(url.database or ""), create=create, where=self._where)
                 else:
-                    # A writer waits for another's lock as long as on SQLite (its busy timeout), then fails: a
-                    # row held by a peer that froze mid-transaction holds up one message, never all ingest.
-                    self.engine = sa.create_engine(url, pool_pre_ping=True, connect_args={
-                        "options": f"-c lock_timeout={sqlite.BUSY_TIMEOUT_MS}"})
+                    self.engine = sa.create_engine(url, pool_pre_ping=True)
+                    sa.event.listen(self.engine, "connect", _wait_for_locks)
             except (sa.exc.ArgumentError, ValueError) as error:  # no such dialect or driver
                 raise RegistryError(f"central's database {self._where}: {error}") from None
         else:
@@ -783,10 +781,14 @@ class CentralStore:
                 # (anyone may say hello, each under a key of its own), and says it again when it is on.
                 conn.execute(waiting.delete().where(waiting.c.seen_at < seen_at - WAITING_KEPT))
 
-    def waiting_devices(self) -> list[dict[str, Any]]:
+    def waiting_devices(self, now: float | None = None) -> list[dict[str, Any]]:
+        """The boxes waiting for activation heard within WAITING_KEPT of ``now`` (default: the clock's), newest
+        first."""
+        since = (time.time() if now is None else now) - WAITING_KEPT
         with self._transaction(write=False) as conn:
             rows = conn.execute(sa.select(waiting.c.device_id, waiting.c.public_key, waiting.c.agent_version,
-                                          waiting.c.seen_at).order_by(waiting.c.seen_at.desc())).all()
+                                          waiting.c.seen_at).where(waiting.c.seen_at >= since)
+                                .order_by(waiting.c.seen_at.desc())).all()
         return [dict(zip(("device", "public_key", "agent_version", "seen_at"), row)) for row in rows]
 
     # -- documents ---------------------------------------------------------------
@@ -1215,6 +1217,16 @@ def _local_day(timestamp: float) -> str:
 
 
 WAITING_KEPT = 86400.0  # seconds a box waiting for activation stays listed after its last hello
+
+
+def _wait_for_locks(dbapi_connection, record) -> None:
+    """On each new PostgreSQL connection: a writer waits for another's lock as long as on SQLite (its busy
+    timeout), then fails, so that a row held by a peer frozen mid-transaction holds up one message, never all
+    ingest. Set as a statement, not a startup option: it would replace the URL's own ``options`` (a
+    search_path) and PGOPTIONS, and a pooler may refuse startup options."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {sqlite.BUSY_TIMEOUT_MS}")
+    dbapi_connection.commit()
 
 
 def _lock_waited_out(error: sa.exc.OperationalError) -> bool:

@@ -383,7 +383,7 @@ class Stack:
         device.public_key = json.loads(created.stdout)["public_key"]
         registered = subprocess.run(
             _python_command("central.ops") + ["register", "--central-db", str(self.central_db), "--identity", "-",
-                                              "--region", region],
+                                              "--region", region, "--new-region"],  # the lab's regions, by hand
             input=created.stdout, cwd=ROOT, capture_output=True, text=True, check=False,
         )
         if registered.returncode:

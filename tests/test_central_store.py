@@ -275,9 +275,9 @@ def test_a_status_retained_and_sent_again_on_subscribing_moves_nothing(store):
 def test_a_hello_retained_and_sent_again_on_subscribing_is_no_sight_of_the_box(store):
     store.waiting("cb-a", "key-a", "1.0.0", 1000.0)
     store.waiting("cb-a", "key-a", "1.0.0", 9000.0, retained=True)
-    assert store.waiting_devices()[0]["seen_at"] == 1000.0
+    assert store.waiting_devices(9000.0)[0]["seen_at"] == 1000.0
     store.waiting("cb-b", "key-b", "1.0.0", 500.0, retained=True)  # not known yet: seen as it said it was
-    assert [(w["device"], w["seen_at"]) for w in store.waiting_devices()] == [("cb-a", 1000.0), ("cb-b", 500.0)]
+    assert [(w["device"], w["seen_at"]) for w in store.waiting_devices(9000.0)] == [("cb-a", 1000.0), ("cb-b", 500.0)]
 
 
 def test_a_region_is_known_by_a_shop_or_a_box_registered_in_it_or_a_document_pushed_to_it(store):
@@ -739,17 +739,17 @@ def test_events_of_a_device_never_registered_are_refused(store):
 
 
 def test_boxes_waiting_for_activation_are_listed_newest_first_until_registered(store):
-    assert store.waiting_devices() == []
+    assert store.waiting_devices(5000.0) == []
     store.waiting("cb-a", "key-a", "1.0.0", 1000.0)
     store.waiting("cb-b", "key-b", "1.0.1", 2000.0)
     store.waiting("shop-1", "key-1", "1.0.0", 3000.0)  # registered already: not waiting
-    assert store.waiting_devices() == [
+    assert store.waiting_devices(5000.0) == [
         {"device": "cb-b", "public_key": "key-b", "agent_version": "1.0.1", "seen_at": 2000.0},
         {"device": "cb-a", "public_key": "key-a", "agent_version": "1.0.0", "seen_at": 1000.0}]
     store.waiting("cb-a", "key-a2", "1.1.0", 4000.0)  # said hello again, after an update and a new key
-    assert store.waiting_devices()[0] == {"device": "cb-a", "public_key": "key-a2", "agent_version": "1.1.0",
+    assert store.waiting_devices(5000.0)[0] == {"device": "cb-a", "public_key": "key-a2", "agent_version": "1.1.0",
                                           "seen_at": 4000.0}
-    assert len(store.waiting_devices()) == 2
+    assert len(store.waiting_devices(5000.0)) == 2
 
 
 def test_a_boxs_clock_set_back_on_a_connection_leaves_its_later_statuses_the_latest(store):
@@ -833,9 +833,10 @@ def shop(store):
 
 def test_a_code_activates_one_box_for_its_shop_once(store, shop):
     store.waiting("cb-a", "key-a", "1.0.0", 1500.0)
+    assert [box["device"] for box in store.waiting_devices(2000.0)] == ["cb-a"]
     assert store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=2000.0) == shop
     assert store.device("cb-a") == Device("cb-a", "key-a", 0, "530100000001", "honghe", None)
-    assert store.waiting_devices() == []  # no longer waiting
+    assert store.waiting_devices(2000.0) == []  # no longer waiting
     # The same box asking again with the same key (its answer was lost) gets the same answer, even later.
     assert store.activate("code-1", "token-1", device_id="cb-a", public_key="key-a", now=9000.0) == shop
     for device_id, key in (("cb-b", "key-b"), ("cb-a", "key-other")):
@@ -1172,6 +1173,28 @@ def test_a_waiting_box_not_heard_for_a_day_leaves_the_list(store):
     store.waiting("cb-fresh", "key-fresh", "1.0.0", 1000.0 + WAITING_KEPT - 60)
     store.waiting("cb-said-again", "key-said", "1.0.0", 1000.0 + WAITING_KEPT + 50, retained=True)
     # A retained copy is no sight of the box now: it removes nothing.
-    assert {w["device"] for w in store.waiting_devices()} == {"cb-old", "cb-fresh", "cb-said-again"}
+    assert {w["device"] for w in store.waiting_devices(1000.0 + WAITING_KEPT)} == {"cb-old", "cb-fresh", "cb-said-again"}
     store.waiting("cb-new", "key-new", "1.0.0", 1000.0 + WAITING_KEPT + 60)
-    assert [w["device"] for w in store.waiting_devices()] == ["cb-new", "cb-said-again", "cb-fresh"]
+    assert [w["device"] for w in store.waiting_devices(1000.0 + WAITING_KEPT + 60)] == [
+        "cb-new", "cb-said-again", "cb-fresh"]
+    # Listed by the clock, whether or not a hello came since: one not heard for a day is not.
+    assert [w["device"] for w in store.waiting_devices(1000.0 + 2 * WAITING_KEPT)] == ["cb-new", "cb-said-again"]
+
+
+def test_on_postgresql_the_lock_timeout_keeps_the_urls_own_options(postgresql_url):
+    """Set as a startup option, the lock timeout took the place of the URL's `options` (a search_path): central
+    made new, empty tables in `public` and saw no box registered."""
+    setup = sa.create_engine(postgresql_url)
+    with setup.begin() as conn:
+        conn.exec_driver_sql("CREATE SCHEMA central_app")
+    setup.dispose()
+    store = CentralStore(f"{postgresql_url}{'&' if '?' in postgresql_url else '?'}options=-csearch_path%3Dcentral_app")
+    try:
+        store.register("shop-1", "key-1")
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SHOW search_path").scalar() == "central_app"
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "5s"
+            assert conn.exec_driver_sql("SELECT table_schema FROM information_schema.tables "
+                                        "WHERE table_name = 'devices'").scalars().all() == ["central_app"]
+    finally:
+        store.close()

@@ -646,19 +646,24 @@ def test_a_shop_is_registered_by_licence_changed_only_with_replace_and_named_whe
 
 
 def test_boxes_waiting_for_activation_are_listed_newest_first_for_people_and_programs(tmp_path):
+    import time
+
+    from provisioning.protocol import rfc3339
+
     db = tmp_path / "central.db"
+    older, newer = time.time() - 900, time.time() - 300
     store = CentralStore(db)
-    store.waiting("cb-older", KEY_WITH_A_DASH, "1.2.0", 1_764_000_000.0)
-    store.waiting("cb-newer", _key_beginning_with_a_dash(), "1.3.0", 1_764_000_600.0)
+    store.waiting("cb-older", KEY_WITH_A_DASH, "1.2.0", older)
+    store.waiting("cb-newer", _key_beginning_with_a_dash(), "1.3.0", newer)
     store.close()
     table = ops("activation", "waiting", "--central-db", str(db))
     assert table.returncode == 0
     assert table.stdout.splitlines() == [
-        f"{'cb-newer':24} seen 2025-11-24T16:10:00.000Z  agent 1.3.0",
-        f"{'cb-older':24} seen 2025-11-24T16:00:00.000Z  agent 1.2.0"]
+        f"{'cb-newer':24} seen {rfc3339(newer)}  agent 1.3.0",
+        f"{'cb-older':24} seen {rfc3339(older)}  agent 1.2.0"]
     rows = [json.loads(line) for line in ops("activation", "waiting", "--central-db", str(db), "--json").stdout.splitlines()]
     assert [(row["device"], row["seen_at"], row["agent_version"]) for row in rows] == [
-        ("cb-newer", "2025-11-24T16:10:00.000Z", "1.3.0"), ("cb-older", "2025-11-24T16:00:00.000Z", "1.2.0")]
+        ("cb-newer", rfc3339(newer), "1.3.0"), ("cb-older", rfc3339(older), "1.2.0")]
 
 
 def test_a_code_withdrawn_before_any_box_used_it_is_refused_by_central_and_listed_as_withdrawn(tmp_path, ops_key):
@@ -846,6 +851,8 @@ def test_an_activation_code_given_wrongly_is_named_and_not_issued(tmp_path, ops_
 
 
 def test_a_code_the_broker_does_not_take_is_issued_and_says_it_was_not_pushed(tmp_path, ops_key, monkeypatch):
+    import time
+
     from central import ops as operations
     from demo.stack import free_port
 
@@ -853,7 +860,7 @@ def test_a_code_the_broker_does_not_take_is_issued_and_says_it_was_not_pushed(tm
     db, port = tmp_path / "central.db", free_port()
     assert ops("shop", "add", "--central-db", str(db), "--licence", "530100000001", "--name", "Mengzi").returncode == 0
     store = CentralStore(db)
-    store.waiting("cb-waiting", KEY_WITH_A_DASH, "1.2.0", 1_764_000_000.0)
+    store.waiting("cb-waiting", KEY_WITH_A_DASH, "1.2.0", time.time() - 60)
     store.close()
     result = ops("activation", "issue", "--central-db", str(db), "--ops-key", str(ops_key), "--shop", "530100000001",
                  "--device", "cb-waiting", "--push", "--broker", f"127.0.0.1:{port}")
@@ -1039,6 +1046,13 @@ def test_a_shop_in_a_region_central_does_not_know_is_refused_naming_the_nearest_
     assert misspelt.stderr == ("counterbox-ops: error: no shop or box is registered in region kumning (did you mean "
                                "kunming?): the shop is not registered (`counterbox-ops shop list` names the shops and "
                                "their regions); for a region new to central, register it with --new-region\n")
+    register = ["register", "--central-db", str(db), "--device", "cb-by-hand", f"--public-key={KEY_WITH_A_DASH}"]
+    by_hand = ops(*register, "--region", "kumning")  # a box registered by hand, of no shop: the same check
+    assert (by_hand.returncode, by_hand.stderr) == (2, "counterbox-ops: error: no shop or box is registered in region "
+                                                       "kumning (did you mean kunming?): the device is not registered "
+                                                       "(`counterbox-ops shop list` names the shops and their regions); "
+                                                       "for a region new to central, register it with --new-region\n")
+    assert ops(*register, "--region", "kunming").returncode == 0
     unlike = ops(*add, "--licence", "530100000003", "--region", "yuxi")
     assert unlike.returncode == 2 and "(did you mean" not in unlike.stderr
     store = CentralStore(db)
