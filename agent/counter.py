@@ -436,6 +436,11 @@ class Counter:
             pending.cut, pending.spoiled, pending.since = False, True, now
             return Outcome(Signal.ERROR, note="a scan just before was cut short, and may have been a control or "
                                               "digit: scan CB:CLEAR, then key or scan it again")
+        if pending.spoiled and action in ("quantity", "carton", "return"):
+            # The product after it would be refused: the control is too, so that the retailer hears at once that
+            # CB:CLEAR is wanted (taken with the good signal, then every product refused, looked stuck).
+            return Outcome(Signal.ERROR, note="a number or control before this one was refused or lost: scan "
+                                              "CB:CLEAR, then scan it again")
         if action in SETS_PENDING:
             # What is set for the next scan times out counted from the last control that set it: a void or a
             # control refused leaves it, and its time, as they were (as after a restart, where the journal's

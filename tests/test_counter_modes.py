@@ -780,6 +780,19 @@ def test_cancel_after_a_cut_scan_still_leaves_the_mode_and_the_next_pack_is_a_sa
     assert sale.kind == "sale"
 
 
+def test_while_something_refused_waits_for_clear_the_controls_for_the_next_scan_are_refused_too(shop):
+    """They were taken with the good signal while every product after them was refused, each control starting the
+    minute again: the retailer, never told CB:CLEAR was wanted, looked stuck."""
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("CB:QT", "/dev/input/event3", "cut"))
+    assert shop.scan("CB:QTY3") == () and shop.signal is Signal.ERROR  # the cut's hold: now a spoil
+    for control in ("CB:QTY3", "CB:CARTON", "CB:RETURN"):
+        assert shop.scan(control) == () and shop.signal is Signal.ERROR, control
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+    [sale] = shop.scan("CB:CLEAR", "CB:QTY3", PACK)
+    assert (sale.kind, sale.body["quantity"]) == ("sale", 3)
+
+
 def test_a_cut_scans_hold_on_the_controls_after_it_ends_quietly_with_the_pending_timeout(shop):
     with shop.journal.transaction():
         shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))
