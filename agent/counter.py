@@ -64,7 +64,7 @@ MAX_KEYED = 9  # characters of a keyed number: 999999.99 is more than any price 
 START_GUARD = 10.0  # seconds after the box starts in which a keyed number may have lost its first digits
 FOLD_BATCH = 1000  # events read at a time while the ledger catches up
 FOLD_BYTES = 1024 * 1024  # and no more than this of them (one larger event alone): price lists are large
-PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled", "cut")
+PENDING_FIELDS = ("keyed", "quantity", "price", "carton", "returning", "spoiled", "cut", "cut_control")
 # How long after a scan cut short, with nothing set before it, a product scan is refused: the cut one is most
 # often a product's, scanned again at once; and a box started again mid-scan cuts one.
 CUT_HOLD = 1.0  # seconds
@@ -94,23 +94,26 @@ class Pending:
     # A scan that may have been a control or a digit was cut short with nothing set before it: a control or
     # digit next may be the rest of what it began (a number without its first digit) and is refused.
     cut: bool = False
+    # ... and it was surely a control (the sheet's prefix seen in it, a keypad's keys lost): no product's own
+    # scan, so the product after it waits for CB:CLEAR too, not CUT_HOLD alone.
+    cut_control: bool = False
     since: float = 0.0  # clock time of the latest control (or of the cut)
 
     def __bool__(self) -> bool:
         return bool(self.keyed or self.quantity or self.price is not None or self.carton or self.returning
-                    or self.spoiled or self.cut)
+                    or self.spoiled or self.cut or self.cut_control)
 
     @property
     def only_cut(self) -> bool:
         """Nothing set but a cut scan's hold on the controls after it."""
-        return self.cut and dataclasses.replace(self, cut=False, since=0.0) == Pending()
+        return self.cut and dataclasses.replace(self, cut=False, cut_control=False, since=0.0) == Pending()
 
     def as_json(self) -> dict[str, Any]:
         """What a ``pending`` event records: the box started again finds what the next scan was told. Of a
         number being keyed, only that there is one (restored, it is refused whole): one event per digit
         would be an fsync each, for nothing."""
         return {"keyed": bool(self.keyed), "quantity": self.quantity, "price": self.price, "carton": self.carton,
-                "returning": self.returning, "spoiled": self.spoiled, "cut": self.cut}
+                "returning": self.returning, "spoiled": self.spoiled, "cut": self.cut, "cut_control": self.cut_control}
 
 
 @dataclass
@@ -217,7 +220,7 @@ class Counter:
         self._pending = Pending(quantity=body.get("quantity"), price=body.get("price"), carton=bool(body.get("carton")),
                                 returning=bool(body.get("returning")),
                                 spoiled=bool(body.get("spoiled") or body.get("keyed")), cut=bool(body.get("cut")),
-                                since=self.clock() - age)
+                                cut_control=bool(body.get("cut_control")), since=self.clock() - age)
         logger.warning("pending seq=%d: what the controls said before the start holds for the next scan", event.seq,
                        extra=event_fields(event.seq, "pending", None))
 
@@ -316,7 +319,9 @@ class Counter:
                 return Outcome(Signal.GOOD, note=f"keypad {scan.key}: nothing to do")
             scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
-            if self._pending.keyed or scan.reason in LOST_UNSEEN or controls.could_be_part_of_one(scan.code_seen):
+            seen = scan.code_seen
+            if self._pending.keyed or scan.reason in LOST_UNSEEN or scan.of_a_control or controls.is_control(seen) \
+                    or controls.could_be_part_of_one(seen):
                 # The cut scan may have been a digit of a number being keyed, or a control meant for the
                 # next scan: never use half a number, nor sell the next scan without what it was told.
                 if self._pending and not self._pending.only_cut:
@@ -325,7 +330,8 @@ class Counter:
                     # Nothing was set before it: it may have been the first digit of a number, or a control
                     # (a return) for the next scan. A control or digit next is refused until CB:CLEAR; a
                     # product scan, after CUT_HOLD, is taken (the cut one was most often a product's).
-                    self._pending = Pending(cut=True, since=self.clock())
+                    self._pending = Pending(cut=True, since=self.clock(), cut_control=(
+                        self._pending.cut_control or scan.of_a_control or controls.is_control(seen)))
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
             return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
@@ -358,7 +364,8 @@ class Counter:
             # A number keyed and not yet said to be a quantity or a price: never guess which, nor drop it.
             return Outcome(Signal.ERROR, note="a keyed number waits for its quantity or price control (or clear); "
                                               "the scan was not recorded")
-        if self._pending.spoiled or (self._pending.cut and self.clock() - self._pending.since < CUT_HOLD):
+        if self._pending.spoiled or (self._pending.cut and (self._pending.cut_control
+                                                           or self.clock() - self._pending.since < CUT_HOLD)):
             return Outcome(Signal.ERROR, note="a number or control before this scan was refused or lost: scan "
                                               "CB:CLEAR and key it again; the scan was not recorded")
         pending, self._pending = self._pending, Pending()
@@ -433,7 +440,7 @@ class Counter:
         if pending.cut and (action in SETS_PENDING or action == "return"):
             # The scan cut short before it may have been this control's first digit, or a control this one was
             # to go with (a return, then its quantity): never half of what was keyed.
-            pending.cut, pending.spoiled, pending.since = False, True, now
+            pending.cut, pending.cut_control, pending.spoiled, pending.since = False, False, True, now
             return Outcome(Signal.ERROR, note="a scan just before was cut short, and may have been a control or "
                                               "digit: scan CB:CLEAR, then key or scan it again")
         if pending.spoiled and action in ("quantity", "carton", "return"):

@@ -149,6 +149,7 @@ class NotABarcode:
     # What is left of ``text`` without the scanner's prefix, AIM identifier and suffix (those of it that are
     # there; none left of a text that is nothing but part of them): what the code itself may have been.
     bare: str | None = None
+    of_a_control: bool = False  # what it lost can have been nothing but a control (a keypad types no product)
 
     @property
     def code_seen(self) -> str:

@@ -73,7 +73,8 @@ class Keypad:
             if type_ == ecodes.EV_SYN:
                 if code == ecodes.SYN_DROPPED:
                     self._dropping = True
-                    results.append(NotABarcode("", self.source, DROPPED))
+                    # A keypad types nothing but the sheet's controls: what the drop lost was one of them.
+                    results.append(NotABarcode("", self.source, DROPPED, of_a_control=True))
                 elif code == ecodes.SYN_REPORT:
                     self._dropping = False
             elif type_ == ecodes.EV_KEY and value == KEY_DOWN and not self._dropping:

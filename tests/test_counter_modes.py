@@ -793,6 +793,36 @@ def test_while_something_refused_waits_for_clear_the_controls_for_the_next_scan_
     assert (sale.kind, sale.body["quantity"]) == ("sale", 3)
 
 
+@pytest.mark.parametrize("lost", [NotABarcode("", "/dev/input/event5", "dropped", of_a_control=True),
+                                  NotABarcode("CB:RETn", "/dev/input/event3", "cut"),
+                                  NotABarcode("cb;qt", "/dev/input/event3", "cut")], ids=["keypad", "scanner", "small"])
+def test_a_cut_that_was_surely_a_control_holds_the_product_after_it_until_clear(shop, lost):
+    """A keypad drop that lost "- 2 *", or a scan refused as CB:RETn: no product's own scan, yet the pack 1.5 s
+    later sold 1 as a sale. Only a cut that may have been the product's lets the product through after a second."""
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, lost)
+    assert shop.scan(PACK, gap=1.5) == () and shop.signal is Signal.ERROR
+    assert shop.scan(PACK, gap=30) == () and shop.signal is Signal.ERROR
+    [event] = shop.scan("CB:CLEAR", "CB:RETURN", "CB:QTY2", PACK)
+    assert (event.kind, event.body["quantity"]) == ("return", 2)
+
+
+def test_a_cut_that_may_have_been_anything_after_one_that_was_surely_a_control_keeps_the_product_held(shop):
+    for lost in (NotABarcode("", "/dev/input/event5", "dropped", of_a_control=True),
+                 NotABarcode("", "/dev/input/event3", "dropped")):
+        with shop.journal.transaction():
+            shop.counter.record(shop.journal, lost)
+    assert shop.scan(PACK, gap=1.5) == () and shop.signal is Signal.ERROR
+
+
+def test_cancel_after_a_cut_control_leaves_the_mode(shop):
+    shop.scan("CB:COUNT")
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode("", "/dev/input/event5", "dropped", of_a_control=True))
+    [ended] = shop.scan("CB:CANCEL")
+    assert (ended.kind, shop.counter.mode) == ("mode_ended", "selling")
+
+
 def test_a_cut_scans_hold_on_the_controls_after_it_ends_quietly_with_the_pending_timeout(shop):
     with shop.journal.transaction():
         shop.counter.record(shop.journal, NotABarcode("CB:", "/dev/input/event3", "cut"))
