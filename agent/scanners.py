@@ -33,7 +33,7 @@ from drivers.discovery import InputDeviceInfo, Rules, classify, feedback_devices
 from drivers.feedback import Feedback, Output, Signal
 from drivers.keymap import Keymap, load_keymap
 from drivers.keypad import Keypad, Keypress
-from drivers.errors import KeymapError, ScannerError, ScannerGone
+from drivers.errors import KeymapError, ScannerError, ScannerGone, ScannerNoAccess
 from drivers.reader import open_source
 
 from .config import FeedbackConfig, ScannerConfig
@@ -61,6 +61,9 @@ MAX_UNANSWERED = 256
 HID_POS_READ_TIMEOUT = 50  # ms a read waits in its thread; bounds how long stopping and idle checks take
 UNPLUGGED = "the scanner was unplugged mid-scan"
 READ_FAILED = "a read from the scanner failed: what it sent may be lost"
+# udev gives a new node its group a moment after the kernel lists it (0.5 s seen on a loaded box): until
+# then the node is tried again at each look without a word, and only one still unreadable is said.
+UDEV_SETTLE = 3.0  # seconds
 HID_POS_RETRY_MOST = 30.0  # seconds, at most, between attempts to take a HID POS scanner that keeps failing
 
 _LEDS = {"num": ecodes.LED_NUML, "caps": ecodes.LED_CAPSL, "scroll": ecodes.LED_SCROLLL}
@@ -76,6 +79,7 @@ class Scanners:
     usb_sysfs: Path = Path("/sys/bus/usb/devices")
     _active: dict[str, asyncio.Task] = field(default_factory=dict)  # discovered evdev nodes being read
     _failing: set[str] = field(default_factory=set)  # discovered nodes whose last attempt failed
+    _listed_at: dict[str, float] = field(default_factory=dict)  # when each listed node was first seen (monotonic)
     _hid_active: dict[str, asyncio.Task] = field(default_factory=dict)  # HID POS scanners ("usb:BUS-ADDRESS")
     _hid_failures: dict[str, int] = field(default_factory=dict)  # USB errors in a row, per HID POS scanner
     _said_unheard: bool = False  # that a HID POS scanner's refusals go unsignalled on a box with no speaker
@@ -179,6 +183,8 @@ class Scanners:
         while True:
             devices, configured = await asyncio.to_thread(self._list_devices)
             present = {device.node for device in devices}
+            now = time.monotonic()
+            self._listed_at = {node: self._listed_at.get(node, now) for node in present}
             for node in [n for n, task in self._active.items() if task.done() or n not in present]:
                 self._active.pop(node)
             self._failing &= present
@@ -213,15 +219,24 @@ class Scanners:
             self._failing.discard(device.node)
         except ScannerGone as error:
             self._failing.discard(device.node)
+            self._listed_at.pop(device.node, None)  # the same name may come back as a new device: udev's again
             logger.warning("scanner %s lost: %s", device.node, error)
+        except ScannerNoAccess as error:
+            if time.monotonic() - self._listed_at.get(device.node, 0.0) < UDEV_SETTLE:
+                logger.debug("scanner %s not readable yet (udev may not be done with it): %s", device.node, error)
+            else:
+                self._failed(device.node, error)
         except ScannerError as error:
-            # Just after an unplug, sysfs may still list a node whose device is gone: never taken, not lost.
-            # One that cannot be taken is tried again at each rescan, and said once until it works.
-            gone = not os.path.exists(device.node)
-            quiet = gone or device.node in self._failing
-            self._failing.add(device.node)
-            (logger.debug if quiet else logger.warning)("scanner %s %s: %s", device.node,
-                                                         "gone before it was opened" if gone else "not taken", error)
+            self._failed(device.node, error)
+
+    def _failed(self, node: str, error: ScannerError) -> None:
+        # Just after an unplug, sysfs may still list a node whose device is gone: never taken, not lost.
+        # One that cannot be taken is tried again at each rescan, and said once until it works.
+        gone = not os.path.exists(node)
+        quiet = gone or node in self._failing
+        self._failing.add(node)
+        (logger.debug if quiet else logger.warning)("scanner %s %s: %s", node,
+                                                     "gone before it was opened" if gone else "not taken", error)
 
     async def _report(self, state: str, scanner: str, driver: str, identity: dict) -> None:
         if self.on_device is not None:

@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .errors import ScannerError, ScannerGone
+from .errors import ScannerError, ScannerGone, ScannerNoAccess
 from .input_event import EVENT_SIZE, InputEvent, Record, records
 
 logger = logging.getLogger(__name__)
@@ -206,6 +206,8 @@ def _open(path: str, grab: bool, device_only: bool = False) -> Source:
         raise ScannerError(f"{path} is a regular file, not a device node")
     try:
         return _open_node(path, mode, grab)
+    except PermissionError:
+        raise ScannerNoAccess(f'no read access to scanner "{path}" (run as root or add the input group)') from None
     except OSError as error:  # a FIFO or recording the agent may not read
         raise ScannerError(f'cannot open scanner "{path}": {error.strerror}') from None
 
@@ -217,7 +219,7 @@ def _open_node(path: str, mode: int, grab: bool) -> Source:
         try:
             device = evdev.InputDevice(path)
         except PermissionError:
-            raise ScannerError(f'no read access to scanner "{path}" (run as root or add the input group)') from None
+            raise ScannerNoAccess(f'no read access to scanner "{path}" (run as root or add the input group)') from None
         except OSError as error:
             raise ScannerError(f'cannot open scanner "{path}": {error.strerror}') from None
         source = Source(path, "evdev", device.fd, device, device.name)

@@ -7,13 +7,17 @@ import contextlib
 import errno
 import logging
 import os
+import pickle
+import tempfile
 import time
+import traceback
+from pathlib import Path
 
 import pytest
 from evdev import ecodes as e
 
 from agent.config import DeviceOverride, FeedbackConfig, ScannerConfig
-from agent.scanners import READ_FAILED, UNPLUGGED
+from agent.scanners import READ_FAILED, UDEV_SETTLE, UNPLUGGED
 from drivers.hidpos import BROKE_OFF
 from drivers.decoder import CUT_OFF, DecoderSettings, NotABarcode, Scan
 from drivers.discovery import Rules, classify, list_devices
@@ -659,6 +663,80 @@ def test_a_regular_file_where_a_listed_scanner_node_should_be_is_never_read_and_
     assert asyncio.run(scenario()) == ["96385074"]
     said = [r for r in caplog.records if r.name == "agent.scanners" and "is a regular file, not a device node" in r.message]
     assert [r.levelname for r in said][:1] == ["WARNING"] and all(r.levelname == "DEBUG" for r in said[1:])
+
+
+def _where_modes_hold(scenario):
+    """``scenario(machine)`` run where a node's mode bits keep the agent out, as they keep the box's agent out
+    until udev has given a new node the input group: for root, in a child process that became nobody."""
+    if os.geteuid() != 0:
+        with tempfile.TemporaryDirectory() as root:
+            return scenario(Machine(Path(root)))
+    answer, told = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's outcome is what the parent asserts)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            with tempfile.TemporaryDirectory() as root:
+                outcome = ("returned", scenario(Machine(Path(root))))
+        except BaseException as error:
+            outcome = ("raised", "".join(traceback.format_exception(error)))
+        with os.fdopen(told, "wb") as pipe:
+            pickle.dump(outcome, pipe)
+        os._exit(0)
+    os.close(told)
+    with os.fdopen(answer, "rb") as pipe:
+        kind, value = pickle.load(pipe)
+    os.waitpid(child, 0)
+    assert kind == "returned", value
+    return value
+
+
+def _unreadable_at_first(readable_after: float | None):
+    """A scanner listed with a node the agent may not read, made readable ``readable_after`` seconds later
+    (udev done with it) or never; then scanned. The scans taken, and the agent's warnings about it."""
+    def scenario(machine):
+        said = []
+        handler = logging.Handler(logging.DEBUG)
+        handler.emit = lambda record: said.append((record.levelname, record.getMessage()))
+        logger = logging.getLogger("agent.scanners")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+
+        async def run():
+            node = machine.plug(5, **SCANNER)
+            node.chmod(0)
+            async with running(machine) as counter:
+                if readable_after is None:
+                    await asyncio.sleep(UDEV_SETTLE + 0.5)
+                    return [], said
+                await asyncio.sleep(readable_after)
+                node.chmod(0o600)
+                await write(node, scans(["96385074"]))
+                await until(lambda: counter.scans)
+                return [s.text for s in counter.scans], said
+
+        try:
+            return asyncio.run(run())
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    return _where_modes_hold(scenario)
+
+
+def test_a_new_node_udev_has_not_given_its_group_yet_is_taken_once_it_has_without_a_warning():
+    """On a loaded box the agent looked before udev was done, warned "not taken", and took it a look later."""
+    taken, said = _unreadable_at_first(readable_after=1.0)
+    assert taken == ["96385074"]
+    assert [message for level, message in said if level == "WARNING"] == []
+    assert any("not readable yet" in message for level, message in said if level == "DEBUG")
+
+
+def test_a_node_still_unreadable_once_udev_would_be_done_is_said_once():
+    taken, said = _unreadable_at_first(readable_after=None)
+    warned = [message for level, message in said if level == "WARNING"]
+    assert len(warned) == 1 and "not taken: no read access" in warned[0], said
 
 
 @pytest.mark.parametrize("bad", ["loop", "file/event3", "denied.fifo"])
