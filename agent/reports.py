@@ -210,7 +210,8 @@ def differences_table(title: str, reports: list[dict[str, Any]], expected: str, 
     lines = [title]
     for report in reports:
         about = f" order {printable(report['order'])}" if report.get("order") else ""
-        lines.append(f"seq {report['seq']} at {report['at']}{about}: {len(report['differences'])} differences")
+        differ = len(report["differences"])
+        lines.append(f"seq {report['seq']} at {report['at']}{about}: {differ} difference{'' if differ == 1 else 's'}")
         if report["differences"]:
             lines.append(table(["product", "name", expected, actual, "difference"],
                                [[d["product"], d["name"], d[expected], d[actual], d["difference"]]

@@ -158,13 +158,20 @@ def _shop_report(args) -> int:
                 or "No box serves the shops asked for now: no shelf is known (counterbox-ops shop list)"
         else:
             day = args.day or args.week or date.today().isoformat()
-            days = shop_reports.week_of(day) if args.week else [day]
+            # A count or a receiving comes once a week: without a day, the week under way.
+            days = shop_reports.week_of(day) if args.week or (args.report in WEEKLY and not args.day) else [day]
             if args.report == "sales":
                 result = reports.sales(store, days, scope)
                 text = "\n\n".join([*(f"Shop {shop}: {shop_reports.sales_table(report)}"
                                        for shop, report in result["shops"].items()),
                                      *([f"All shops: {shop_reports.sales_table(result['all_shops'])}"]
                                        if len(result["shops"]) != 1 else [])])
+            elif args.report == "counts":
+                result = reports.counts(store, days, scope)
+                text = _counts_text(result)
+            elif args.report == "receipts":
+                result = reports.receipts(store, days, scope)
+                text = _receipts_text(result)
             else:
                 result = reports.prices(store, days, scope)
                 def price(p: dict) -> str:
@@ -179,6 +186,44 @@ def _shop_report(args) -> int:
         store.close()
     print(json.dumps(result, ensure_ascii=False) if args.json else text)
     return 0
+
+
+WEEKLY = ("counts", "receipts")
+
+
+def _days_said(days: list[str]) -> str:
+    return days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+
+
+def _where(row: dict[str, Any]) -> str:
+    """When and on which box a close was made: the box's own words, written out (no escape reaches a terminal)."""
+    return shop_reports.printable(f"{row['at']} on {row['device']}")
+
+
+def _counts_text(result: dict[str, Any]) -> str:
+    parts = [f"Shop {shop}: " + shop_reports.differences_table(
+        f"{_count(len(found['counts']), 'stock count')} closed", [{**row, "at": _where(row)}
+                                                       for row in found["counts"]], "expected", "counted")
+             for shop, found in result["shops"].items()]
+    if result["not_counted"]:
+        parts.append(f"No count closed {_days_said(result['days'])}: " + ", ".join(
+            row["shop"] + (" (monitoring point)" if row["monitoring"] else "") for row in result["not_counted"]))
+    return "\n\n".join(parts) or f"No shop in scope: no count closed {_days_said(result['days'])}"
+
+
+def _receipts_text(result: dict[str, Any]) -> str:
+    parts = []
+    for shop, found in result["shops"].items():
+        lines = [f"Shop {shop}: " + shop_reports.differences_table(
+            f"{_count(len(found['receipts']), 'receiving')} closed", [{**row, "at": _where(row)}
+                                                           for row in found["receipts"]], "ordered", "received")]
+        for order in found["open_orders"]:
+            name = shop_reports.printable(str(order["order"]))
+            issued = shop_reports.printable(str(order["issued_at"] or "-"))
+            lines.append(f"open: {name} on {order['device']} (seq {order['seq']}, issued {issued}): "
+                         f"{_count(order['lines'], 'line')}, {_count(order['products_received'], 'product')} received so far")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) or f"No receiving closed {_days_said(result['days'])} and no order waiting"
 
 
 def _devices(args) -> int:
@@ -410,11 +455,17 @@ def parser() -> argparse.ArgumentParser:
     kinds = report.add_subparsers(dest="report", required=False)
     for kind, about in (("sales", "sales by product, with gross margin, per shop and in all"),
                         ("stock", "each shop's stock by product and its products below zero"),
-                        ("prices", "market monitoring: list and actual prices, and stock, per shop and product")):
+                        ("prices", "market monitoring: list and actual prices, and stock, per shop and product"),
+                        ("counts", "the stock counts closed (default: this week), their differences, and the shops "
+                                   "that closed none"),
+                        ("receipts", "the receivings closed (default: this week) against their orders, and the "
+                                     "orders waiting to be received")):
         one = kinds.add_parser(kind, help=about)
         when = one.add_mutually_exclusive_group()
         if kind != "stock":
-            when.add_argument("--day", type=shop_reports.day_argument, help="the day (YYYY-MM-DD; default today, central's local time)")
+            when.add_argument("--day", type=shop_reports.day_argument,
+                              help="the day (YYYY-MM-DD, central's local calendar; default " +
+                                   ("this week)" if kind in WEEKLY else "today)"))
             when.add_argument("--week", type=shop_reports.day_argument, help="the week (Monday to Sunday) that holds this day")
         where = one.add_mutually_exclusive_group()
         where.add_argument("--device", help="one device")

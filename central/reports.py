@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from agent import reports
 from agent.ledger import Ledger
+from provisioning.protocol import parse_rfc3339
 
 from .store import CentralStore
 
@@ -117,3 +119,64 @@ def prices(store: CentralStore, days: list[str], scope: Scope) -> list[dict[str,
                                            for (unit, price, list_price), n in seen.most_common()],
                          "stock": on_shelf.get(product, 0)})
     return rows
+
+
+def local_day(at: Any) -> str:
+    """The day of central's calendar a close's ``at`` (RFC 3339, UTC) fell on: a shop's evening count is
+    on its evening's day, not on the UTC date. One not readable as a time (a tool's) keeps its first ten
+    characters."""
+    try:
+        return datetime.fromtimestamp(parse_rfc3339(at)).date().isoformat()
+    except (ValueError, OverflowError, OSError):
+        return str(at or "")[:10]
+
+
+def _closed_in(store: CentralStore, days: list[str], scope: Scope, closes) -> dict[str, list[dict[str, Any]]]:
+    """Per shop, ``closes(ledger)`` of each of its boxes closed on ``days``, each naming its box, oldest first."""
+    wanted = set(days)
+    result: dict[str, list[dict[str, Any]]] = {}
+    for shop, found in ledgers(store, scope).items():
+        rows = [{"device": device_id, "day": local_day(close["at"]), **close}
+                for device_id, ledger in found.items() for close in closes(ledger) if local_day(close["at"]) in wanted]
+        result[shop] = sorted(rows, key=lambda row: (str(row["at"]), row["device"], row["seq"]))
+    return result
+
+
+def _serving_shops(store: CentralStore, scope: Scope) -> dict[str, bool]:
+    """The shops in scope that a box serves now, and whether each is a monitoring point."""
+    shops = {}
+    for device_id, shop in scope.devices(store):
+        device = store.device(device_id)
+        if device is not None and device.revoked_at is None:
+            known = store.shop(shop)
+            shops[shop] = bool(known and known.monitoring)
+    return shops
+
+
+def counts(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
+    """The stock counts closed on ``days``, per shop, each with the products counted other than the box
+    expected; and the shops a box serves that closed none (a monitoring point counts the day before its
+    delivery, every week)."""
+    closed = _closed_in(store, days, scope, reports.counts)
+    serving = _serving_shops(store, scope)
+    return {"days": days, "shops": {shop: {"counts": rows} for shop, rows in closed.items() if rows},
+            "not_counted": [{"shop": shop, "monitoring": monitoring} for shop, monitoring in sorted(serving.items())
+                            if not closed.get(shop)]}
+
+
+def receipts(store: CentralStore, days: list[str], scope: Scope) -> dict[str, Any]:
+    """The receivings closed on ``days``, per shop, each with the lines received other than ordered; and the
+    orders each box holds and has not closed a receiving for yet, whenever they came."""
+    closed = _closed_in(store, days, scope, reports.receipts)
+    waiting: dict[str, list[dict[str, Any]]] = {}
+    for shop, found in ledgers(store, scope, serving=True).items():
+        for device_id, ledger in found.items():
+            for order in sorted(ledger.orders.values(), key=lambda order: order["_seq"]):
+                received = order.get("received") or {}
+                waiting.setdefault(shop, []).append({
+                    "device": device_id, "order": order.get("name"), "seq": order["_seq"],
+                    "issued_at": order.get("issued_at"), "lines": len(order.get("lines") or []),
+                    "products_received": len([p for p, packs in received.items() if packs])})
+    shops = sorted(set(closed) | set(waiting))
+    return {"days": days, "shops": {shop: {"receipts": closed.get(shop, []), "open_orders": waiting.get(shop, [])}
+                                    for shop in shops if closed.get(shop) or waiting.get(shop)}}

@@ -14,7 +14,7 @@ from agent import reports as box_reports
 from central.cli import main as central_main
 from drivers.barcode import classify
 from provisioning.protocol import rfc3339
-from central.store import CentralStore
+from central.store import CentralStore, Shop
 
 from .harness import run_main
 
@@ -63,8 +63,8 @@ def test_keys_prints_every_registered_devices_key_and_centrals_as_a_jwk_set(cent
 
 
 @pytest.mark.parametrize("args", [
-    ["keys"], ["export"], ["report"], ["report", "sales"], ["report", "stock"], ["report", "prices"], ["uploads"],
-    ["devices"]], ids=" ".join)
+    ["keys"], ["export"], ["report"], ["report", "sales"], ["report", "stock"], ["report", "prices"],
+    ["report", "counts"], ["report", "receipts"], ["uploads"], ["devices"]], ids=" ".join)
 def test_a_command_that_reads_given_a_database_that_is_not_there_says_so_and_makes_none(central, tmp_path, args):
     command, _ = central
     command("keygen")
@@ -289,7 +289,7 @@ def test_an_uploads_period_out_of_range_is_named(central, args, message):
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("report", ["sales", "stock", "prices"])
+@pytest.mark.parametrize("report", ["sales", "stock", "prices", "counts", "receipts"])
 def test_a_report_for_a_device_shop_or_region_central_does_not_know_says_so(central, report):
     command, db = central
     store = CentralStore(db)
@@ -450,7 +450,7 @@ def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_wh
 def test_reports_write_out_a_boxs_control_characters_instead_of_handing_them_to_the_terminal(central):
     """A box's signed sale whose name, product or currency holds an escape sequence (clear the screen, hide what
     follows) or a right-to-left override would otherwise rewrite the operator's report of every shop."""
-    from .test_central_reports import DAY, PACK, sale as line
+    from .test_central_reports import DAY, PACK, count, order, sale as line
 
     command, db = central
     store = CentralStore(db)
@@ -459,8 +459,13 @@ def test_reports_write_out_a_boxs_control_characters_instead_of_handing_them_to_
     store.add_events("cb-a", 1, [line(1, PACK, name=evil, product_name=evil),
                                  sale(2, PACK, 2300, currency="CNY\x1b[8m")])
     store.close()
+    store = CentralStore(db)
+    store.add_events("cb-a", 3, [{**count(3, 5, name=evil), "body": {**count(3, 5)["body"], "at": evil}},
+                                 order(4, "W48", (PACK, 2))])
+    store.close()
     for report in (["report"], ["report", "sales", "--day", DAY], ["report", "stock"],
-                   ["report", "prices", "--day", DAY]):
+                   ["report", "prices", "--day", DAY], ["report", "counts", "--week", DAY],
+                   ["report", "receipts", "--week", DAY]):
         printed = command(*report)
         assert printed.returncode == 0, printed.stderr
         assert all(char.isprintable() or char == "\n" for char in printed.stdout), (report, printed.stdout)
@@ -848,7 +853,7 @@ def test_how_long_ago_a_box_was_seen_is_shown_in_its_largest_whole_unit(seconds,
 def test_a_shop_report_for_one_device_or_one_region_holds_its_shops_only(central):
     from central.store import Shop
 
-    from .test_central_reports import DAY, PACK, sale as line
+    from .test_central_reports import DAY, PACK, count, order, sale as line
 
     command, db = central
     store = CentralStore(db)
@@ -945,3 +950,28 @@ def test_a_report_read_into_a_command_that_stops_reading_ends_without_an_error(c
     _, stderr = export.communicate(timeout=60)
     assert json.loads(first)["seq"] == 1
     assert (export.returncode, stderr) == (128 + signal.SIGPIPE, b"")
+
+
+def test_the_weeks_counts_and_receipts_read_as_the_information_manager_wants_them(central):
+    """Who counted and what differed; what arrived against each order, and which orders still wait."""
+    from .test_central_reports import DAY, PACK, count, order, received_for, receiving_closed
+
+    command, db = central
+    store = CentralStore(db)
+    store.add_shop(Shop("530100000001", "Mengzi No. 3", "honghe", monitoring=True))
+    store.add_shop(Shop("530100000002", "Gejiu No. 1", "honghe", monitoring=True))
+    store.register("cb-a", "k" * 43, shop="530100000001", region="honghe")
+    store.register("cb-b", "k" * 43, shop="530100000002", region="honghe")
+    store.add_events("cb-a", 1, [count(1, 50), order(2, "W48", (PACK, 20)), received_for(3, "W48", 18),
+                                 receiving_closed(4, "W48", ordered=20, received=18), order(5, "W49", (PACK, 10))])
+    store.close()
+    counts = command("report", "counts", "--week", DAY).stdout
+    assert counts.startswith("Shop 530100000001: 1 stock count closed\nseq 1 at 2026-11-30T09:00:00.000Z on cb-a: "
+                             "1 difference\n"), counts
+    assert counts.endswith("No count closed 2026-11-30 to 2026-12-06: 530100000002 (monitoring point)\n"), counts
+    receipts = command("report", "receipts", "--week", DAY).stdout
+    assert "seq 4 at 2026-11-30T08:30:00.000Z on cb-a order order/W48: 1 difference\n" in receipts
+    assert receipts.endswith("open: order/W49 on cb-a (seq 5, issued 2026-11-30T01:00:00.000Z): 1 line, "
+                             "0 products received so far\n"), receipts
+    assert json.loads(command("report", "receipts", "--week", DAY, "--json").stdout)["shops"]["530100000001"][
+        "open_orders"][0]["order"] == "order/W49"

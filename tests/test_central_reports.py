@@ -1,5 +1,7 @@
 """Central's reports per shop and region, folded from the events the boxes sent, on a real central store."""
 
+import time
+
 import pytest
 
 from agent import reports as box_reports
@@ -289,3 +291,76 @@ def test_market_monitoring_puts_each_price_beside_the_list_price_it_was_sold_und
     assert row["actual_prices"] == [{"unit": "pack", "price": 2400, "list_price": 2400, "lines": 6},
                                     {"unit": "pack", "price": 2300, "list_price": 2300, "lines": 3},
                                     {"unit": "pack", "price": 2300, "list_price": 2400, "lines": 1}]
+
+
+def order(seq, order_id, *lines):
+    return {"seq": seq, "kind": "order", "body": {
+        "name": f"order/{order_id}", "order_id": order_id, "version": 1, "issued_at": f"{DAY}T01:00:00.000Z",
+        "lines": [{"barcode": code, "name": "Hongtashan", "quantity": quantity} for code, quantity in lines]}}
+
+
+def received_for(seq, order_id, packs):
+    return {"seq": seq, "kind": "received", "body": {"product": product_key(PACK), "packs": packs, "name": None,
+                                                     "order": f"order/{order_id}", "at": f"{DAY}T08:00:00.000Z"}}
+
+
+def receiving_closed(seq, order_id, *, ordered, received, at=f"{DAY}T08:30:00.000Z"):
+    return {"seq": seq, "kind": "receiving_closed", "body": {"started": seq - 1, "order": f"order/{order_id}", "at": at,
+                                                             "lines": [{"product": product_key(PACK), "name": "Hongtashan",
+                                                                        "ordered": ordered, "received": received,
+                                                                        "difference": received - ordered}]}}
+
+
+def test_the_weeks_counts_name_each_box_and_its_differences_and_the_shops_that_counted_none(store):
+    week = box_reports.week_of(DAY)
+    store.add_events("cb-new", 1, [count(1, 50), sale(2, PACK), count(3, 48)])  # one short after a sale
+    report = reports.counts(store, week, reports.Scope(region="honghe"))
+    counted = report["shops"]["530100000001"]["counts"]
+    assert [(c["device"], c["seq"], c["day"]) for c in counted] == [("cb-new", 1, DAY), ("cb-new", 3, DAY)]
+    assert [(d["product"], d["difference"]) for d in counted[0]["differences"]] == [(product_key(PACK), 50)]
+    # The general shop's box closed none this week: named, and as no monitoring point.
+    assert report["not_counted"] == [{"shop": "530100000002", "monitoring": False}]
+    # The week before holds none of them, and the monitoring point is then named as not counted.
+    before = box_reports.week_of("2026-11-23")
+    earlier = reports.counts(store, before, reports.Scope(region="honghe"))
+    assert earlier["shops"] == {}
+    assert {"shop": "530100000001", "monitoring": True} in earlier["not_counted"]
+
+
+def test_a_count_is_on_the_day_of_centrals_calendar_it_was_closed_on_not_its_utc_date(store, monkeypatch):
+    """A shop in UTC+8 counting at 07:30 on Tuesday closes at 23:30 UTC on Monday."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        late = count(1, 5)
+        late["body"]["at"] = "2026-11-30T23:30:00.000Z"
+        store.add_events("cb-new", 1, [late])
+        assert reports.local_day(late["body"]["at"]) == "2026-12-01"
+        assert reports.counts(store, ["2026-11-30"], reports.Scope(device="cb-new"))["shops"] == {}
+        [found] = reports.counts(store, ["2026-12-01"], reports.Scope(device="cb-new"))["shops"]["530100000001"]["counts"]
+        assert found["seq"] == 1
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_receipts_show_what_arrived_against_each_order_and_the_orders_still_waiting(store):
+    week = box_reports.week_of(DAY)
+    store.add_events("cb-new", 1, [order(1, "W48", (PACK, 20)), received_for(2, "W48", 18),
+                                   receiving_closed(3, "W48", ordered=20, received=18),
+                                   order(4, "W49", (PACK, 10)), received_for(5, "W49", 4)])
+    report = reports.receipts(store, week, reports.Scope(shop="530100000001"))
+    shop = report["shops"]["530100000001"]
+    [closed] = shop["receipts"]
+    assert (closed["device"], closed["order"], closed["day"]) == ("cb-new", "order/W48", DAY)
+    assert [(d["ordered"], d["received"], d["difference"]) for d in closed["differences"]] == [(20, 18, -2)]
+    # W49 came and four packs of it were scanned in, and no receiving of it was closed: it waits.
+    assert [(o["device"], o["order"], o["seq"], o["lines"], o["products_received"]) for o in shop["open_orders"]] == [
+        ("cb-new", "order/W49", 4, 1, 1)]
+    # A week with no receiving closed still shows the order waiting; a shop with neither is left out.
+    later = reports.receipts(store, box_reports.week_of("2026-12-07"), reports.Scope(region="honghe"))
+    assert list(later["shops"]) == ["530100000001"]
+    assert later["shops"]["530100000001"]["receipts"] == []
+    # The box revoked: its shelf and its orders are no shop's now.
+    store.revoke("cb-new")
+    assert reports.receipts(store, week, reports.Scope(shop="530100000001"))["shops"]["530100000001"]["open_orders"] == []
