@@ -55,38 +55,83 @@ _FIXED = {
 }
 
 
-def is_control(text: str) -> bool:
-    """Whether ``text`` bears the sheet's prefix, in either case, its colon read as a semicolon too (a Shift not
-    seen): a sheet's code read wrong is never a product's."""
-    return text[:len(PREFIX)].upper().replace(";", ":") == PREFIX
+# What a scanner types for the sheet's colon when the Shift it was typed with is not seen: a semicolon on
+# the US layout, a full stop on the German, Swiss and Nordic ones.
+_COLON_UNSHIFTED = ";."
 
 
-def control(text: str) -> Control | None:
-    """The control a scanned code stands for; None for anything without the prefix. A scanner that types as if
-    Caps Lock were on reads the sheet in small letters: the same control. A code with the prefix that names no
-    control, or whose colon was read as a semicolon, raises ValueError: never a sale."""
-    if not is_control(text):
-        return None
-    if text[len(PREFIX) - 1] != ":":
-        raise ValueError(f"a {PREFIX} code whose colon was read as a semicolon (the Shift it was typed with was not "
-                         "seen): read wrong")
-    name = text[len(PREFIX):].upper()
+def _action(name: str) -> Control | None:
+    """The control a code's ``name`` (after the prefix, in capitals) stands for; None for no control's."""
     if name in _FIXED:
         return Control(_FIXED[name], "." if name == "DOT" else None)
     if len(name) == 1 and name.isdigit():
         return Control("digit", name)
     if name.startswith("QTY") and name[3:].isdigit() and 2 <= int(name[3:]) <= 10 and name[3] != "0":
         return Control("quantity", int(name[3:]))
-    raise ValueError(f"a {PREFIX} code that is no control this counter knows (cut short, or from another sheet)")
+    return None
+
+
+def is_control(text: str) -> bool:
+    """Whether ``text`` is a code of the sheet, read right or wrong: its prefix in either case, its colon read
+    as a semicolon too; or, with any other character in the colon's place (a full stop: a Shift lost on a
+    German layout), a control's name after it. A sheet's code read wrong is never a product's."""
+    head = text[:len(PREFIX)].upper()
+    if head[:2] != PREFIX[:2] or len(head) < len(PREFIX):
+        return False
+    return head[2] in ":;" or (not head[2].isalnum() and _action(text[len(PREFIX):].upper()) is not None)
+
+
+def control(text: str) -> Control | None:
+    """The control a scanned code stands for; None for anything without the prefix. A scanner that types as if
+    Caps Lock were on reads the sheet in small letters: the same control. A code with the prefix that names no
+    control, or whose colon was read as something else, raises ValueError: never a sale."""
+    if not is_control(text):
+        return None
+    if text[len(PREFIX) - 1] != ":":
+        raise ValueError(f"a {PREFIX} code whose colon was read as {text[len(PREFIX) - 1]!r} (the Shift it was typed "
+                         "with was not seen): read wrong")
+    found = _action(text[len(PREFIX):].upper())
+    if found is None:
+        raise ValueError(f"a {PREFIX} code that is no control this counter knows (cut short, or from another sheet)")
+    return found
+
+
+def _folded(text: str) -> str:
+    """``text`` as the sheet prints it, were it a control read with a Shift not seen: capitals, and a colon for
+    what a lost Shift makes of one."""
+    text = text.upper()
+    for unshifted in _COLON_UNSHIFTED:
+        text = text.replace(unshifted, ":")
+    return text
 
 
 def could_be_part_of_one(text: str) -> bool:
     """Whether ``text`` (a scan refused as cut short) may be the beginning or the end of a control code.
     Nothing seen of it (a drop lost it whole) may have been any of them. In either case: a Shift pressed
-    before the cut and not seen makes the capitals of what is left small, and, on the US layout, its colon a
-    semicolon."""
-    text = text.upper().replace(";", ":")
+    before the cut and not seen makes the capitals of what is left small, and its colon a semicolon or a
+    full stop."""
+    text = _folded(text)
     return not text or any(code.startswith(text) or code.endswith(text) for code, _, _ in SHEET)
+
+
+def surely_of_one(text: str) -> bool:
+    """Whether ``text`` (a scan refused as not seen whole) surely held a control: the sheet's prefix anywhere
+    in it (after the tail of a scanner's AIM identifier or prefix whose head went unseen, or after the head
+    of a code whose reports broke off), or the end of a control's code with more than digits in it (no
+    product's code ends in ``:RETURN`` or ``TY3``; a lone ``5`` may be a product's last digit)."""
+    text = _folded(text)
+    if PREFIX in text:
+        return True
+    return any(not text.isdigit() and code.endswith(text) for code, _, _ in SHEET) if text else False
+
+
+def joined_at_end(text: str) -> bool:
+    """Whether a code read whole ends in one of the sheet's codes after something else: two scans read as one
+    (a HID POS scanner's reports carry no number, and a code whose last report was lost joins the next code
+    of the same symbology)."""
+    folded = _folded(text)
+    at = folded.rfind(PREFIX)
+    return at > 0 and _action(folded[at + len(PREFIX):]) is not None
 
 
 # A numeric keypad's keys (drivers.keypad), as the sheet's codes: the same controls, keyed.

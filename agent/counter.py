@@ -59,6 +59,7 @@ from .retention import checkpoint_ledger
 
 logger = logging.getLogger(__name__)
 
+JOINED = "two codes read as one, the second a control's (the first one's end was lost): neither is taken"
 REFUSED_TEXT = 256  # characters of a refused scan kept: enough to see what it was, never a flood
 MAX_KEYED = 9  # characters of a keyed number: 999999.99 is more than any price at a counter
 START_GUARD = 10.0  # seconds after the box starts in which a keyed number may have lost its first digits
@@ -320,8 +321,9 @@ class Counter:
             scan = Scan(code, scan.source, scan.at, scan.at)  # a key is the sheet's control, keyed
         if isinstance(scan, NotABarcode):
             seen = scan.code_seen
-            if self._pending.keyed or scan.reason in LOST_UNSEEN or scan.of_a_control or controls.is_control(seen) \
-                    or controls.could_be_part_of_one(seen):
+            surely = scan.of_a_control or controls.is_control(seen) or controls.surely_of_one(scan.text) \
+                or controls.surely_of_one(seen)
+            if self._pending.keyed or scan.reason in LOST_UNSEEN or surely or controls.could_be_part_of_one(seen):
                 # The cut scan may have been a digit of a number being keyed, or a control meant for the
                 # next scan: never use half a number, nor sell the next scan without what it was told.
                 if self._pending and not self._pending.only_cut:
@@ -330,8 +332,7 @@ class Counter:
                     # Nothing was set before it: it may have been the first digit of a number, or a control
                     # (a return) for the next scan. A control or digit next is refused until CB:CLEAR; a
                     # product scan, after CUT_HOLD, is taken (the cut one was most often a product's).
-                    self._pending = Pending(cut=True, since=self.clock(), cut_control=(
-                        self._pending.cut_control or scan.of_a_control or controls.is_control(seen)))
+                    self._pending = Pending(cut=True, since=self.clock(), cut_control=self._pending.cut_control or surely)
             body = {"text": scan.text[:REFUSED_TEXT], "reason": scan.reason, "scanner": scan.source,
                     "refused_at": rfc3339(time.time())}
             return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
@@ -349,12 +350,10 @@ class Counter:
             try:
                 control = controls.control(scan.text)
             except ValueError as error:
-                # A sheet's code read wrong was meant for something: the next scan must not go without it.
-                self._pending.keyed, self._pending.spoiled = "", True
-                body = {"text": scan.text[:REFUSED_TEXT], "reason": str(error), "scanner": scan.source,
-                        "refused_at": rfc3339(time.time())}
-                return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
+                return self._read_wrong(journal, scan, str(error))
             return self._control(journal, control, scan)
+        if controls.joined_at_end(scan.text):
+            return self._read_wrong(journal, scan, JOINED)
         barcode = classify(scan.text, scan.aim)
         common = {"code": barcode.data, "symbology": barcode.symbology.value, "aim": scan.aim or None,
                   "scanner": scan.source, "scanned_at": rfc3339(scan.finished)}
@@ -613,6 +612,13 @@ class Counter:
                                                                  else None, "at": at}, lines)
         differs = order is not None and any(line["difference"] for line in lines)
         return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
+
+    def _read_wrong(self, journal: Journal, scan: Scan, reason: str) -> Outcome:
+        """A sheet's code read wrong was meant for something: refused, and the next scan must not go without it."""
+        self._pending.keyed, self._pending.spoiled = "", True
+        body = {"text": scan.text[:REFUSED_TEXT], "reason": reason, "scanner": scan.source,
+                "refused_at": rfc3339(time.time())}
+        return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))
 
     def _append_close(self, journal: Journal, kind: str, body: dict[str, Any], lines: list[dict[str, Any]]) -> Event:
         """A close lists a line per product. Too long for one event (an order of thousands of lines with

@@ -30,6 +30,7 @@ from typing import Any
 from drivers.barcode import classify, scannable
 from provisioning.documents import CONTROL, MAX_PACKS
 
+from . import controls
 from .catalog import CARTON_PACKS
 
 
@@ -195,6 +196,9 @@ def check_code(code: str, column: str = "barcode") -> None:
                          "the column as text and save the file again")
     if not scannable(code):
         raise ValueError(f"{column} {code!r} is not what a scanner types: 1 to 48 printable ASCII characters")
+    if controls.is_control(code) or controls.joined_at_end(code):
+        raise ValueError(f"{column} {code!r} reads as the counter's control sheet (its codes bear the reserved "
+                         f"prefix {controls.PREFIX}): every scan of it would be taken as the control, never sold")
     if not classify(code).valid:
         raise ValueError(f"{column} {code!r} fails its check digit")
 

@@ -105,6 +105,10 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
     [
         ("code,price\n1,2\n", "header naming at least the columns barcode and price"),
         ("barcode,price\n6901028075832,1\n", "line 2: barcode '6901028075832' fails its check digit"),
+        # A product no scan could ever sell: each would be taken as the sheet's control.
+        ("barcode,price\nCB:QTY2,1\n", "line 2: barcode 'CB:QTY2' reads as the counter's control sheet"),
+        ("barcode,price\ncb;void,1\n", "line 2: barcode 'cb;void' reads as the counter's control sheet"),
+        ("barcode,price\nLOT7CB:RETURN,1\n", "line 2: barcode 'LOT7CB:RETURN' reads as the counter's control sheet"),
         ("barcode,price\n036000291452,1\n0036000291452,2\n", "line 3: barcode 0036000291452 is listed twice (as 036000291452)"),
         ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' is not an amount: zero or more in digits 0-9 "
                                             "(thousands grouped by commas or not), at most 9 before the point and 2 after"),

@@ -251,3 +251,31 @@ def test_a_failure_after_claiming_gives_the_interface_back(sysfs):
         scanner.claim()
     assert device.calls == ["detach 0", "claim 0", "release 0", "attach 0"]
     assert device.kernel_driver and not device.claimed
+
+
+def test_a_control_that_follows_a_broken_off_code_holds_the_product_after_it(tmp_path):
+    """The sheet's CB:RETURN (Code 128) came after a QR code whose last report was lost: both refused together,
+    and the pack scanned at once after them was sold plainly, not returned."""
+    import os
+
+    from agent.counter import Counter
+    from agent.prices import parse_csv
+    from drivers.feedback import Signal
+    from storage import Journal
+
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    journal.append("price_list", {"currency": "CNY", "items": [
+        item.as_json() for item in parse_csv("barcode,name,price\n6901028075831,Hongtashan (pack),23.00\n")]})
+    counter, assembler = Counter(), ReportAssembler("usb:1-5")
+    head, _lost = scanned_data_reports(b"https://example.cn/p?id=" + b"X" * 60, aim=b"]Q1")
+    [control] = scanned_data_reports(b"CB:RETURN", aim=b"]C0")
+    [pack] = scanned_data_reports(b"6901028075831", aim=b"]E0")
+    heard = []
+    for at, report in enumerate((head, control, pack)):
+        result = assembler.feed(report, now=1.0 + at / 100)
+        if result is not None:
+            with journal.transaction():
+                outcome = counter.record(journal, result)
+            heard.append((type(result).__name__, outcome.signal, [event.kind for event in outcome.events]))
+    journal.close()
+    assert heard == [("NotABarcode", Signal.ERROR, ["refused"]), ("Scan", Signal.ERROR, [])]
