@@ -413,6 +413,14 @@ class CentralStore:
             # A device's id is its key's id in the key set consumers verify with: two keys under one id.
             raise RegistryError(f"device id {device_id!r} is central's own key id: register the box under another")
         with self._transaction() as conn:
+            if shop:
+                # Before the device's, as activate and shop_left take them: a shop leaving while a box is
+                # registered for it waits for one or the other, never lets both through.
+                self._lock(conn, "shop", shop)
+                known = self.shop(shop)
+                if known is not None and known.left_at is not None:
+                    raise RegistryError(f"shop {shop} has left: no box is registered for it (`counterbox-ops shop "
+                                        "add --replace` registers it again)")
             self._lock(conn, "device", device_id)
             existing = self.device(device_id)
             if existing and existing.revoked_at is not None:
@@ -714,6 +722,7 @@ class CentralStore:
                 raise ActivationRefused("the code has expired")
             if bound is not None and bound != device_id:
                 raise ActivationRefused(f"the code was issued for device {bound}")
+            self._lock(conn, "shop", licence)  # the shop's, then the device's: as register and shop_left
             self._lock(conn, "device", device_id)
             existing = self.device(device_id)
             if existing is not None and existing.public_key != public_key:
@@ -925,14 +934,17 @@ class CentralStore:
 
     def documents_issued(self, device_id: str, now: float) -> dict[str, int]:
         """The newest version of each document stream issued for the device or its region and not expired at
-        ``now`` (a revocation never is): what its box should hold once it has taken all it was sent."""
+        ``now`` (a revocation never is): what its box should hold once it has taken all it was sent. A revoked
+        box takes nothing issued after its revocation but the revocation: what its region got since is not its."""
         with self._transaction(write=False) as conn:
-            region = conn.execute(sa.select(devices.c.region).where(devices.c.device_id == device_id)).scalar()
+            region, revoked_at = conn.execute(sa.select(devices.c.region, devices.c.revoked_at)
+                                              .where(devices.c.device_id == device_id)).first() or (None, None)
             scopes = [json.dumps({"device": device_id})] + ([json.dumps({"region": region})] if region else [])
+            for_it = [documents.c.scope.in_(scopes), sa.or_(documents.c.expires_at > now, documents.c.kind == "revocation")]
+            if revoked_at is not None:
+                for_it.append(sa.or_(documents.c.issued_at <= revoked_at, documents.c.kind == "revocation"))
             rows = conn.execute(sa.select(documents.c.name, sa.func.max(documents.c.version))
-                                .where(documents.c.scope.in_(scopes),
-                                       sa.or_(documents.c.expires_at > now, documents.c.kind == "revocation"))
-                                .group_by(documents.c.name)).all()
+                                .where(*for_it).group_by(documents.c.name)).all()
         return {name: version for name, version in rows}
 
     def prices_loaded_on_the_box(self, device_id: str) -> bool:

@@ -389,6 +389,33 @@ def test_devices_flags_a_box_behind_the_newest_price_list_issued_for_it_and_in_f
     assert (lines["cb-behind"][-3:-1], lines["cb-current"][-2], lines["cb-elsewhere"][-2]) == (["1", "!"], "3", "1")
 
 
+def test_devices_flags_no_revoked_box_for_what_its_region_was_sent_after_its_revocation(central):
+    """A box collected from its shop takes nothing more: it was flagged behind every list its region got since."""
+    import time
+
+    command, db = central
+    now = time.time()
+    store = CentralStore(db)
+    for device in ("cb-retired", "cb-live"):
+        store.register(device, "key", shop="530102100001", region="honghe")
+
+    def issue(issued_at):
+        return store.issue_document(lambda version: ("price_list", json.dumps({"region": "honghe"}), "ops-1", issued_at,
+                                                     issued_at + 3600, b"t"), "price_list")[0]
+
+    issue(now - 10)  # 1
+    store.add_events("cb-retired", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 1}}])
+    store.add_events("cb-live", 1, [{"seq": 1, "kind": "document", "body": {"name": "price_list", "version": 1}}])
+    store.revoke("cb-retired")
+    issue(time.time() + 1)  # 2, after the revocation
+    store.close()
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert rows["cb-retired"]["documents_issued"] == {"price_list": 1}
+    assert rows["cb-live"]["documents_issued"] == {"price_list": 2}
+    lines = {line.split()[0]: line.split() for line in command("devices").stdout.splitlines()[1:]}
+    assert (lines["cb-retired"][-2], lines["cb-live"][-3:-1]) == ("1", ["1", "!"])
+
+
 def test_devices_says_when_a_box_sells_at_a_price_list_loaded_on_it_after_the_one_pushed(central):
     """The pushed version was shown while the box sold at prices from a file loaded on it."""
     command, db = central

@@ -775,6 +775,11 @@ def test_a_shop_that_left_is_listed_as_gone_its_history_kept_and_no_code_issued_
     assert (issued.returncode, issued.stderr) == (2, "counterbox-ops: error: shop 530100000003 has left: no code is "
                                                      "issued for it (`counterbox-ops shop add --replace` registers it "
                                                      "again)\n")
+    registered = ops("register", "--central-db", str(db), "--device", "cb-new", f"--public-key={KEY_WITH_A_DASH}",
+                     "--shop", "530100000003")  # by hand, as before activation codes: refused alike
+    assert (registered.returncode, registered.stderr) == (2, "counterbox-ops: error: shop 530100000003 has left: no "
+                                                             "box is registered for it (`counterbox-ops shop add "
+                                                             "--replace` registers it again)\n")
     store = CentralStore(db)
     try:
         with pytest.raises(ActivationRefused, match="shop 530100000003 has left; its codes activate no box"):
