@@ -410,8 +410,9 @@ class Scanners:
                 await asyncio.to_thread(scanner.release)
         except ScannerGone as gone:
             partial = assembler.unplugged()
-            logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
-            if partial:
+            logger.warning("%s%s", gone, "" if partial is None else
+                           f" mid-scan: the partial scan ({len(partial)} characters) is refused")
+            if partial is not None:
                 self._record(self._speaker, NotABarcode(partial, scanner.source, UNPLUGGED))
             await self._report("removed", scanner.source, "hid-pos", scanner.identity)
         except ScannerError as error:
@@ -420,7 +421,7 @@ class Scanners:
                 # A read that failed (an endpoint stalled, a report longer than asked for, a cable pulled as
                 # libusb's I/O error) may have lost a report: the scan under way, or one whole, is refused
                 # (the retailer hears the error and scans again), and the scanner is taken again.
-                self._record(self._speaker, NotABarcode(assembler.unplugged(), scanner.source, READ_FAILED))
+                self._record(self._speaker, NotABarcode(assembler.unplugged() or "", scanner.source, READ_FAILED))
                 await self._report("removed", scanner.source, "hid-pos", scanner.identity)
             # Taken again after a pause that doubles while it fails (its place kept meanwhile): a scanner that
             # fails at every read is neither claimed twice a second nor recorded taken and removed for ever.

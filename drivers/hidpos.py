@@ -203,10 +203,13 @@ class ReportAssembler:
         # No event carries a NUL (central's databases keep none in text): shown as the symbol for one.
         return text.replace("\x00", "\u2400")
 
-    def unplugged(self) -> str:
+    def unplugged(self) -> str | None:
+        """The scan under way when the scanner went, to be refused: what came of it (empty when its one report
+        was cut short, which kept nothing); None when none was under way."""
+        under_way = bool(self._data) or self._broken == MALFORMED
         self._broken = None
         partial, self._data = bytes(self._data), bytearray()
-        return partial.decode("latin-1").replace("\x00", "\u2400")
+        return partial.decode("latin-1").replace("\x00", "\u2400") if under_way else None
 
 
 class HidPosScanner:

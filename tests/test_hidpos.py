@@ -139,6 +139,17 @@ def test_unplugged_mid_barcode_the_partial_is_dropped_and_release_survives(sysfs
     assert "release 0" not in device.calls  # a device that is gone has nothing to release, and no error
 
 
+def test_a_scan_of_one_report_cut_short_as_the_scanner_goes_is_still_refused():
+    """Cut short, its one report kept nothing: the unplug refused nothing, and no error was heard for what may
+    have been CB:RETURN (the pack after the scanner came back sold plainly)."""
+    assembler = ReportAssembler("usb:1-5")
+    assert assembler.unplugged() is None  # nothing under way: nothing to refuse
+    [report] = scanned_data_reports(b"CB:RETURN", aim=b"]C0")
+    assert assembler.feed(report[:30], now=1.0) is None
+    assert assembler.unplugged() == ""
+    assert assembler.unplugged() is None
+
+
 def _whole(result) -> str:
     """The text of a barcode taken whole (a refusal has a text too)."""
     assert isinstance(result, Scan), result
