@@ -77,7 +77,8 @@ def _share_named(storage: StorageConfig) -> Iterator[None]:
     except DataKeyError as error:
         share = share_file(storage.key_file)
         credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not (credentials and (Path(credentials) / storage.credential).exists()) or share.exists():
+        if not (credentials and storage.credential and (Path(credentials) / storage.credential).exists()) \
+                or share.exists():
             raise
         raise DataKeyError(f"{error} Its share of the key, {share}, is missing beside the key file: restore "
                            "it (a backup of the box holds it).") from None

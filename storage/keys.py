@@ -60,7 +60,7 @@ def new_outer_key(*, key_file: Path, credential: str, new: bytes) -> bytes:
     and the journal's share, the two together, as ``load_data_key`` will make them."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
     share = share_file(key_file)
-    if credentials and (Path(credentials) / credential).exists() and share.exists():
+    if credentials and credential and (Path(credentials) / credential).exists() and share.exists():
         return with_share(new, _read(share, "share in"))
     return new
 
@@ -70,7 +70,14 @@ def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
     ``create`` (the journal does not exist yet). A journal made under a credential before shares were
     is opened by the credential alone."""
     credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and (Path(credentials) / credential).exists():
+    if credentials and credential and not (Path(credentials) / credential).exists():
+        # systemd gave this process credentials, and not the one named: a name misspelt on either side would
+        # make (or open) a plain key file beside the journal instead of the sealed one.
+        raise DataKeyError(f"[storage] credential {credential!r} is not among the systemd credentials this process "
+                           f"was given ({', '.join(_names(Path(credentials))) or 'none'} in {credentials}): check "
+                           f"its name here and in the unit's LoadCredentialEncrypted=, or set credential = \"\" to "
+                           f"use the key file {key_file}")
+    if credentials and credential:
         sealed = _read(Path(credentials) / credential, "from systemd credential")
         share = share_file(key_file)
         if share.exists():
@@ -99,6 +106,13 @@ def load_data_key(*, key_file: Path, credential: str, create: bool) -> bytes:
     except OSError as error:
         raise DataKeyError(f"cannot create the data key {key_file}: {error.strerror}") from None
     return key
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return sorted(entry.name for entry in directory.iterdir())
+    except OSError:
+        return []
 
 
 def leftovers(path: Path, what: str) -> list[Path]:

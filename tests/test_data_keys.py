@@ -336,3 +336,27 @@ def test_a_copy_of_a_secret_left_by_a_process_killed_while_writing_it_is_destroy
     crypto_erase(Config(device=DeviceConfig(key_file=box / "device.key"),
                         storage=StorageConfig(path=box / "journal.db", key_file=box / "data.key")))
     assert list(box.iterdir()) == []
+
+
+def test_a_credential_named_wrong_under_systemd_is_said_and_no_plain_key_file_is_made(tmp_path, monkeypatch):
+    """The unit's credential misspelt in the configuration (or the other way round): the agent made a plain key
+    file beside the journal and went on, unsealed, without a word."""
+    import dataclasses
+
+    from agent.daemon import data_key
+    from storage.errors import DataKeyError
+
+    config, _ = _credential_box(tmp_path, monkeypatch)
+    storage = dataclasses.replace(config.storage, credential="counterbox-datakey")
+    with pytest.raises(DataKeyError, match=r"\[storage\] credential 'counterbox-datakey' is not among the systemd "
+                                           r"credentials this process was given \(counterbox-data-key in "):
+        data_key(storage, create=True)
+    from storage.keys import share_file
+
+    assert not storage.key_file.exists() and not share_file(storage.key_file).exists()
+    # Named as the unit names it: its share made beside the key file, no key file.
+    data_key(config.storage, create=True)
+    assert not config.storage.key_file.exists()
+    # None wanted (credential = ""): the key file, whatever the unit hands over.
+    plain = dataclasses.replace(config.storage, credential="", key_file=tmp_path / "plain" / "data.key")
+    assert data_key(plain, create=True) == plain.key_file.read_bytes()
