@@ -327,6 +327,10 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
         if isinstance(default, Path) or (name, key) in OPTIONAL_PATHS:
             if not isinstance(value, str):
                 raise ConfigError(f"[{name}] {key} must be a path, not {value!r}")
+            if not value.strip():
+                # Taken from the file's directory, "" would be that directory itself, never what was meant.
+                raise ConfigError(f"[{name}] {key} is empty: give a path" +
+                                  (", or leave the key out" if (name, key) in OPTIONAL_PATHS else ""))
             value = base / Path(value).expanduser()
         elif isinstance(default, tuple):  # every list in the file is one of strings
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -334,6 +338,8 @@ def _section(cls: type, table: dict[str, Any], name: str, base: Path, defaults: 
                 raise ConfigError(f"[{name}] {key} must be a list of {what}, not {value!r}")
             value = tuple(value)
             if (name, key) in PATH_LISTS:
+                if any(not v.strip() for v in value):
+                    raise ConfigError(f"[{name}] {key} holds an empty path")
                 value = tuple(str(base / Path(v).expanduser()) for v in value)
         elif isinstance(value, bool) != isinstance(default, bool) and default not in (None, dataclasses.MISSING):
             # TOML's true is Python's 1 as well: a switch is no number, nor a number a switch.

@@ -27,8 +27,8 @@ from provisioning import activation, protocol
 from provisioning.documents import MIN_REPORT_INTERVAL, settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from provisioning.errors import ProvisioningError
-from storage import (DataKeyError, Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, destroy_secret,
-                     load_data_key, remove_journal)
+from storage import (DataKeyError, Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, check_path,
+                     destroy_secret, load_data_key, remove_journal)
 from storage.keys import leftovers, share_file, sync_directory, write_secret
 
 from .activation import Activator
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 def data_key(storage: StorageConfig, *, create: bool) -> bytes:
     """The journal's data key; the key file is created only together with a new journal."""
+    if storage.path.exists():
+        check_path(storage.path)
     return load_data_key(key_file=storage.key_file, credential=storage.credential,
                          create=create and not storage.path.exists())
 

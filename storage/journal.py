@@ -134,7 +134,7 @@ class Journal:
             check_no_log_left(path)
             sqlite.create_private(path)
         else:
-            _check_file(path)
+            check_path(path)
             with _translated(path):
                 sqlite.roll_back_hot_journal(path)
             size = path.stat().st_size
@@ -602,8 +602,9 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
-def _check_file(path: Path) -> None:
-    """A journal is a file: a directory there said "disk I/O error", a FIFO held the command for ever."""
+def check_path(path: Path) -> None:
+    """A journal is a file: a directory there said "disk I/O error", a FIFO held the command for ever (and on a
+    box with no key yet, the key was said to be missing beside a journal that was never made)."""
     if not path.is_file():
         raise JournalError(f"{path} is not a file (a directory, a FIFO or a device is there): the journal is a "
                            "SQLite file; check [storage] path. Nothing was changed")
@@ -643,7 +644,7 @@ def verify_journal(path: Path, outer: bytes | None) -> Verification:
     key, also check that every seal opens. DataKeyError for a wrong key."""
     if not path.exists():
         raise NoJournal(f"there is no journal at {path}")
-    _check_file(path)
+    check_path(path)
     with _translated(path, full=_READING_FULL):
         sqlite.roll_back_hot_journal(path)
         if path.stat().st_size == 0:

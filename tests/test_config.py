@@ -59,6 +59,27 @@ def test_a_device_match_that_is_a_path_is_taken_from_the_file_directory(tmp_path
     assert [d.match for d in config.scanner.devices] == [fifo, "Honeywell*"]
 
 
+@pytest.mark.parametrize("section,key", _path_keys(), ids=lambda v: str(v))
+def test_every_path_key_refuses_an_empty_path(tmp_path, section, key):
+    """Taken from the file's directory, "" was that directory: a journal there, a CA file there, said nothing."""
+    value = '["a.fifo", " "]' if (section, key) in PATH_LISTS else '""'
+    extra = f"\n[{section}]\n{key} = {value}\n" if section != "device" else f'{key} = {value}\n'
+    with pytest.raises(ConfigError, match=rf"\[{section}\] {key} (is empty: give a path|holds an empty path)"):
+        load(write(tmp_path, '[device]\nid = "a"\n' + extra))
+
+
+def test_a_journal_path_that_is_a_directory_is_named_as_such_on_a_box_with_no_key_yet(tmp_path):
+    """It was said to be a journal whose data key is missing: "restore the key file", on a box that never had one."""
+    from agent.daemon import data_key
+    from storage import JournalError
+
+    config = load(write(tmp_path, '[device]\nid = "a"\n[storage]\npath = "data"\nkey_file = "data.key"\n'))
+    (tmp_path / "data").mkdir()
+    with pytest.raises(JournalError, match="is not a file .*check \\[storage\\] path"):
+        data_key(config.storage, create=True)
+    assert not (tmp_path / "data.key").exists()
+
+
 def test_path_keys_are_exactly_those_documented_as_paths():
     assert ("storage", "path") in _path_keys() and ("scanner", "paths") in _path_keys()
     assert ("device", "key_file") in _path_keys() and ("scanner", "dev_input") in _path_keys()
