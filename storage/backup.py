@@ -25,6 +25,7 @@ wrap the data keys inside it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -61,8 +62,16 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
         raise BackupError(f"the passphrase has {len(passphrase)} bytes; a backup needs at least {MIN_PASSPHRASE}")
     if target.exists():
         raise BackupError(f"{target} exists; a backup is written to a new file")
+    if not target.parent.is_dir():
+        # Made, it would put the backup on the box's own disk where a stick was meant (not mounted yet).
+        raise BackupError(f"{target.parent} is not a directory: a backup is written into one that exists (is the "
+                          "stick mounted?)")
     Journal.open(journal_path, outer, create=False).close()  # a wrong key stops here; an older schema is brought up
-    snapshot = _aside(target, "db")
+    # The copy it is sealed from goes on whichever disk has more room, the box's or the target's: the
+    # target then needs room for the backup alone.
+    for beside in (target, journal_path):
+        _clear_leftovers(beside, "db")
+    snapshot = _aside(max((target, journal_path), key=lambda path: _free(path.parent)), "db")
     try:
         with _named(snapshot):
             _snapshot(journal_path, snapshot)
@@ -97,7 +106,7 @@ def _restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) 
     try:
         with source.open("rb") as sealed:
             header, file_key, wrap_key = _read_header(sealed, source, passphrase)
-            with restored.open("wb") as plain:
+            with _disk(journal_path.parent, "restored"), restored.open("wb") as plain:
                 _open_stream(sealed, plain, source, header, file_key)
         with _named(restored, source), _connection(restored) as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -121,14 +130,37 @@ def _restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) 
 
 # -- the snapshot ---------------------------------------------------------------------
 
-def _aside(beside: Path, what: str) -> Path:
+def _clear_leftovers(beside: Path, what: str) -> None:
     for stale in leftovers(beside, what):  # a backup or restore killed before it ended (all of it sealed)
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
+
+
+def _aside(beside: Path, what: str) -> Path:
+    _clear_leftovers(beside, what)
     path = beside.with_name(f".{beside.name}.{os.getpid()}.{what}")
     _remove(path)
     sqlite.create_private(path)
     return path
+
+
+def _free(directory: Path) -> int:
+    try:
+        found = os.statvfs(directory)
+    except OSError:
+        return -1
+    return found.f_bavail * found.f_frsize
+
+
+@contextlib.contextmanager
+def _disk(directory: Path, what: str):
+    """A disk that filled while a file was written there: said so, naming the disk, not as a bare errno."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise JournalFull(f"{directory}: the disk is full ({_free(directory)} bytes free); nothing was {what}") from None
 
 
 def _remove(path: Path) -> None:
@@ -236,7 +268,7 @@ def _write_sealed(snapshot: Path, target: Path, header: bytes, key: bytes) -> No
     aside = target.with_name(f".{target.name}.{os.getpid()}.new")
     fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "wb") as out, snapshot.open("rb") as plain:
+        with _disk(target.parent, "written"), os.fdopen(fd, "wb") as out, snapshot.open("rb") as plain:
             out.write(header)
             chunk, number = plain.read(CHUNK), 0
             while True:

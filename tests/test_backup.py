@@ -509,3 +509,66 @@ def test_what_a_killed_backup_or_restore_left_aside_goes_at_the_next(box, key, t
     restore(file, PASSPHRASE, target, os.urandom(32))
     assert not any(path.exists() for path in left)
     assert sorted(p.name for p in target.parent.iterdir()) == ["journal.db"]
+
+
+def test_a_backup_into_a_directory_that_is_not_there_is_refused_not_made(box, key, tmp_path):
+    """The stick not mounted yet: its mount point's subdirectory was made on the box's own disk, and the backup
+    written there was reported done."""
+    target = tmp_path / "media" / "usb" / "shop.cbbackup"
+    with pytest.raises(BackupError, match=said(f"{target.parent} is not a directory: a backup is written into one "
+                                               "that exists (is the stick mounted?)")):
+        backup(box, key, target, PASSPHRASE)
+    assert not (tmp_path / "media").exists()
+
+
+@pytest.fixture
+def stick(tmp_path):
+    """A real small filesystem (tmpfs) as the stick a backup is written to."""
+    import subprocess
+
+    mountpoint = tmp_path / "stick"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=True)
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+
+
+def _journal_of(path, key, size: int):
+    j = Journal.open(path, key)
+    for n in range(size // 1000):
+        j.append("sale", {"code": "6901028075831", "n": n, "note": os.urandom(400).hex()})
+    j.close()
+    return path
+
+
+def test_a_stick_with_room_for_the_backup_alone_takes_it(tmp_path, key, stick):
+    """The copy it is sealed from went beside the target too: a stick needed room for two backups."""
+    journal = _journal_of(tmp_path / "box" / "journal.db", key, 160_000)
+    assert 128_000 < journal.stat().st_size < 200_000
+    backup(journal, key, stick / "shop.cbbackup", PASSPHRASE)
+    assert verify_journal(journal, key).ok
+    assert sorted(p.name for p in stick.iterdir()) == ["shop.cbbackup"]
+
+
+def test_a_stick_too_small_for_the_backup_says_its_disk_is_full_and_leaves_nothing(tmp_path, key, stick):
+    from storage import JournalFull
+
+    journal = _journal_of(tmp_path / "box" / "journal.db", key, 400_000)
+    with pytest.raises(JournalFull, match=rf"^{re.escape(str(stick))}: the disk is full \(\d+ bytes free\); nothing "
+                                          r"was written$"):
+        backup(journal, key, stick / "shop.cbbackup", PASSPHRASE)
+    assert list(stick.iterdir()) == []
+    assert verify_journal(journal, key).ok
+
+
+def test_a_restore_onto_a_full_disk_says_so_and_leaves_nothing(box, key, tmp_path, stick):
+    from storage import JournalFull
+
+    big = _journal_of(tmp_path / "big" / "journal.db", key, 400_000)
+    file = tmp_path / "big.cbbackup"
+    backup(big, key, file, PASSPHRASE)
+    target = stick / "box" / "journal.db"
+    with pytest.raises(JournalFull, match=rf"^{re.escape(str(target.parent))}: the disk is full \(\d+ bytes free\); "
+                                          r"nothing was restored$"):
+        restore(file, PASSPHRASE, target, os.urandom(32))
+    assert [p.name for p in target.parent.iterdir()] == []
