@@ -102,6 +102,20 @@ def _export(args) -> int:
     return 0
 
 
+def _batches(args) -> int:
+    """The signed batches central took, as their boxes signed them: a consumer verifies them as live ones."""
+    store = CentralStore(args.db, create=False)
+    try:
+        if args.device is not None and store.device(args.device) is None:
+            raise CentralError(f"device {args.device} is not registered")
+        for device_id in [args.device] if args.device is not None else store.device_ids():
+            for token in store.signed_batches(device_id, args.after):
+                sys.stdout.write(token.decode("ascii") + "\n")
+    finally:
+        store.close()
+    return 0
+
+
 def _report(args) -> int:
     """Per device: its sales, unknown products, misreads and total, folded by the ledger as the box folds
     them (a return or a void counts against the total, as in ``report sales``), and its acknowledged seq."""
@@ -377,6 +391,12 @@ def _share_group(text: str) -> str:
     return text
 
 
+def _seq(text: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,18}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seq: a whole number from 0")
+    return int(text)
+
+
 def _period(text: str) -> int:
     """--days: 1 to 3660 (ten years of days)."""
     if not re.fullmatch(r"[0-9]{1,4}", text) or not 1 <= int(text) <= 3660:
@@ -449,6 +469,12 @@ def parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="print stored events as JSON lines")
     export.add_argument("--kind", default="sale", help="event kind to export, or '' for all (default sale)")
     export.set_defaults(func=_export)
+    signed = commands.add_parser("batches", help="the signed batches that brought central each device's events, as "
+                                                 "the boxes signed them, one per line: a consumer that missed some "
+                                                 "fetches and verifies them as live ones")
+    signed.add_argument("--device", help="one device (default: every device)")
+    signed.add_argument("--after", type=_seq, default=0, help="only batches holding events after this seq (default 0)")
+    signed.set_defaults(func=_batches)
     report = commands.add_parser("report", help="without a kind: sales, totals and acknowledged position per device; "
                                                 "with one: the shops' own figures, folded from their events")
     report.set_defaults(func=_report)

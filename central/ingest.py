@@ -134,7 +134,7 @@ class Ingest:
             # the box held each sale, whatever its clock is off by (upload success).
             sent_at = protocol.parse_rfc3339(batch.sent_at) if batch.sent_at else None
             added, acked = self.store.add_events(device_id, batch.session, batch.events, journal=batch.journal,
-                                                 base_seq=batch.base_seq, sent_at=sent_at)
+                                                 base_seq=batch.base_seq, sent_at=sent_at, token=message.payload)
         except RecursionError:  # within the protocol's size, but deeper than a store writes JSON
             raise Rejected(f"batch seq {batch.first_seq}..{batch.last_seq}: an event's body nests too deeply "
                            "to be stored") from None

@@ -28,6 +28,7 @@ import hashlib
 import json
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -47,7 +48,7 @@ from .errors import ActivationRefused, Busy, ForeignJournal, JournalReplaced, Re
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"  # the schema as central kept it before migrations
-HEAD = "0009"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
+HEAD = "0010"  # the newest revision in central/migrations/versions: a database at it needs no Alembic
 
 metadata = sa.MetaData()
 
@@ -76,6 +77,18 @@ events = sa.Table(
     sa.Column("sent_at", sa.Double),  # the sending time of the batch that brought it, by the box's clock
 )
 _events = events  # within add_events, whose argument is named events
+# Each batch that brought central an event it did not hold, as its box signed it: what a consumer that
+# missed it fetches and verifies (counterbox-central batches).
+batches = sa.Table(
+    "batches", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.Text, sa.ForeignKey("devices.device_id"), nullable=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("received_at", sa.Double),
+    sa.Column("deflated", sa.LargeBinary, nullable=False),  # the token, zlib-compressed (its JSON, base64url in the token, repeats itself batch after batch)
+)
+sa.Index("ix_batches_device_last", batches.c.device_id, batches.c.last_seq)
 # The boxes' document events (what each says it applied), apart from their sales: read when a version is issued.
 sa.Index("ix_events_document", events.c.kind, sqlite_where=events.c.kind == "document",
          postgresql_where=events.c.kind == "document")
@@ -457,7 +470,7 @@ class CentralStore:
         return Device(*row) if row else None
 
     def add_events(self, device_id: str, session: int, events: list[dict[str, Any]], *, journal: str | None = None,
-                   base_seq: int = 0, sent_at: float | None = None) -> tuple[int, int]:
+                   base_seq: int = 0, sent_at: float | None = None, token: bytes | None = None) -> tuple[int, int]:
         """Store the events not yet held; return (how many were new, the device's acked_seq).
 
         ``journal`` (the id the batch names): the device's first batch naming one makes it the device's, and
@@ -466,7 +479,8 @@ class CentralStore:
         version) is taken as of the device's journal. An event of the journal that another device holds
         already, the same (a backup restored onto a new box, taken before its last box delivered all it
         had), is held: never stored twice, and counted as held. ``sent_at``: the batch's sending time by the
-        box's clock, if it says one, kept with the events it adds."""
+        box's clock, if it says one, kept with the events it adds. ``token``: the batch as signed, kept when it
+        adds an event (for consumers that missed it)."""
         now = time.time()
         with self._transaction() as conn:
             # The device's row, locked: another central adding its events waits for this one to end.
@@ -496,6 +510,10 @@ class CentralStore:
             new = {e["seq"]: e for e in events if e["seq"] not in held and e["seq"] not in elsewhere}
             if new:
                 self._insert_events(conn, device_id, session, now, new, sent_at)
+                if token is not None:
+                    conn.execute(batches.insert().values(device_id=device_id, first_seq=min(e["seq"] for e in events),
+                                                         last_seq=max(e["seq"] for e in events), received_at=now,
+                                                         deflated=zlib.compress(token, 1)))
             added = len(new)
             # Advance over the contiguous run; a gap (a batch still to come) stops it. Fetched at
             # once: a row at a time costs PostgreSQL's driver more than the rows past a gap do.
@@ -946,6 +964,21 @@ class CentralStore:
             rows = conn.execute(sa.select(documents.c.name, sa.func.max(documents.c.version))
                                 .where(*for_it).group_by(documents.c.name)).all()
         return {name: version for name, version in rows}
+
+    def signed_batches(self, device_id: str, after: int = 0) -> Iterator[bytes]:
+        """The batches that brought central the device's events after seq ``after``, as the box signed them,
+        in the order central took them (a batch sent again over a range partly held is among them, whole)."""
+        last, step = -1, 100  # a few at a time: a year of a busy box is thousands of batches
+        while True:
+            with self._transaction(write=False) as conn:
+                rows = conn.execute(sa.select(batches.c.id, batches.c.deflated)
+                                    .where(batches.c.device_id == device_id, batches.c.last_seq > after,
+                                           batches.c.id > last).order_by(batches.c.id).limit(step)).all()
+            for row in rows:
+                yield zlib.decompress(row[1])
+            if len(rows) < step:
+                return
+            last = rows[-1][0]
 
     def prices_loaded_on_the_box(self, device_id: str) -> bool:
         """Whether the newest price list of the device's journal is one loaded on the box (``counterbox prices

@@ -64,7 +64,7 @@ def test_keys_prints_every_registered_devices_key_and_centrals_as_a_jwk_set(cent
 
 @pytest.mark.parametrize("args", [
     ["keys"], ["export"], ["report"], ["report", "sales"], ["report", "stock"], ["report", "prices"],
-    ["report", "counts"], ["report", "receipts"], ["uploads"], ["devices"]], ids=" ".join)
+    ["report", "counts"], ["report", "receipts"], ["uploads"], ["devices"], ["batches"]], ids=" ".join)
 def test_a_command_that_reads_given_a_database_that_is_not_there_says_so_and_makes_none(central, tmp_path, args):
     command, _ = central
     command("keygen")
@@ -1002,3 +1002,37 @@ def test_the_weeks_counts_and_receipts_read_as_the_information_manager_wants_the
                              "0 products received so far\n"), receipts
     assert json.loads(command("report", "receipts", "--week", DAY, "--json").stdout)["shops"]["530100000001"][
         "open_orders"][0]["order"] == "order/W49"
+
+
+def test_batches_prints_each_devices_signed_batches_for_a_consumer_to_verify(central):
+    """What a consumer missed at the broker, central's boxes never send again: it fetches them signed."""
+    import time
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from agent.mqtt import Message
+    from central.ingest import Ingest
+    from provisioning import protocol
+    from provisioning.identity import public_key_text
+    from storage import Event
+
+    command, db = central
+    store = CentralStore(db)
+    boxes = {device: Ed25519PrivateKey.generate() for device in ("cb-a", "cb-b")}
+    for device, key in boxes.items():
+        store.register(device, public_key_text(key), shop="530100000001", region="honghe")
+    ingest, sent = Ingest(store=store, signing_key=Ed25519PrivateKey.generate()), {}
+    for device, seqs in (("cb-a", (1, 2)), ("cb-b", (1,)), ("cb-a", (3,))):
+        token = protocol.encode_batch([Event(seq, "sale", {"n": seq}) for seq in seqs], device=device, session=1,
+                                      key=boxes[device], sent_at=time.time())
+        ingest.handle(Message(protocol.batch_topic(protocol.DEFAULT_PREFIX, device), token))
+        sent.setdefault(device, []).append(token)
+    store.close()
+    assert command("batches").stdout.splitlines() == [t.decode() for t in sent["cb-a"] + sent["cb-b"]]
+    after = command("batches", "--device", "cb-a", "--after", "2").stdout.splitlines()
+    assert after == [sent["cb-a"][1].decode()]
+    batch = protocol.decode_batch(after[0].encode(), device="cb-a", key=boxes["cb-a"].public_key())
+    assert [event["seq"] for event in batch.events] == [3]
+    unknown = command("batches", "--device", "cb-z")
+    assert (unknown.returncode, unknown.stderr) == (2, "counterbox-central: error: device cb-z is not registered\n")
+    assert "is not a seq" in command("batches", "--after", "-1").stderr

@@ -76,6 +76,22 @@ def test_a_batch_is_stored_once_and_answered_with_a_signed_acknowledgement(centr
     assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 2
 
 
+def test_each_batch_that_brought_an_event_is_kept_as_the_box_signed_it_for_consumers_that_missed_it(central):
+    """A consumer whose queue the broker dropped, or one added late, had no way back to the signed events central
+    acknowledged: the boxes never send them again."""
+    first, again, second = (batch_message(sales(*seqs), key=central.box_key) for seqs in ((1, 2), (1, 2), (2, 3)))
+    for message in (first, again, second):
+        central.handle(message)
+    # The one sent again brought nothing: not kept; the one over 2 and 3 brought 3: kept whole.
+    assert list(central.store.signed_batches("shop-1")) == [first.payload, second.payload]
+    assert list(central.store.signed_batches("shop-1", after=2)) == [second.payload]
+    assert list(central.store.signed_batches("shop-1", after=3)) == []
+    # As the box signed it: a consumer verifies it with the box's key alone.
+    public = central.box_key.public_key()
+    batch = protocol.decode_batch(list(central.store.signed_batches("shop-1", after=2))[0], device="shop-1", key=public)
+    assert [event["seq"] for event in batch.events] == [2, 3]
+
+
 def test_a_batch_after_a_gap_is_kept_and_acknowledged_only_up_to_the_gap(central):
     result, (_, token) = central.handle(batch_message(sales(3, 4), key=central.box_key))
     assert result == Accepted("shop-1", 3, 4, added=2, acked_seq=0)
