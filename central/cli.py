@@ -353,10 +353,22 @@ def _uploads(args) -> int:
         flag = "" if row["meets_target"] else "  BELOW TARGET"
         print(f"{row['device']:24} {row['shop'][:16]:16} {(row['region'] or '-')[:10]:10} {kind:10} {row['days']:>4} "
               f"{row['uploaded']:>4} {row['rate']:>7.1%} {row['target']:>7.0%}{flag}")
+        if row["failed_days"]:
+            print("  failed: " + "; ".join(f"{d['day']} {_why_failed(d)}" for d in row["failed_days"]))
     for region in sorted(regions.values(), key=lambda r: r["region"]):
         print(f"region {region['region']}: {region['devices']} devices, {region['rate']:.1%} of device-days uploaded, "
               f"{region['below_target']} below target")
     return 0
+
+
+def _why_failed(day: dict[str, Any]) -> str:
+    """Why a day did not count as uploaded, as the information manager chases it."""
+    reasons = [] if day["reported"] else ["no status (the box was off or cut off)"]
+    if day["late_sales"]:
+        reasons.append(_count(day["late_sales"], "sale") + " late")
+    if day["held_back"]:
+        reasons.append("events held back unacknowledged")
+    return ", ".join(reasons) or "not uploaded"
 
 
 def _host(text: str) -> str:

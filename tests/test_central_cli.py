@@ -218,6 +218,7 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
         "device                   shop             region     kind       days   ok    rate  target",
         "cb-general               530102100002     honghe     general      10   10  100.0%     85%",
         "cb-monitor               530102100001     honghe     monitoring   10    9   90.0%     90%",
+        f"  failed: {days_ago(3)} no status (the box was off or cut off)",
         "cb-morning               530102100003     kunming    general       9    9  100.0%     85%",
         "region honghe: 2 devices, 95.0% of device-days uploaded, 0 below target",
         "region kunming: 1 devices, 100.0% of device-days uploaded, 0 below target"]
@@ -227,7 +228,7 @@ def test_uploads_rates_each_device_against_its_shops_target_and_sums_up_each_reg
                        "waited longer unacknowledged")
     assert week[3].split() == ["cb-monitor", "530102100001", "honghe", "monitoring", "7", "6", "85.7%", "90%", "BELOW",
                                "TARGET"]
-    assert week[5] == "region honghe: 2 devices, 92.9% of device-days uploaded, 1 below target"
+    assert week[6] == "region honghe: 2 devices, 92.9% of device-days uploaded, 1 below target"
     below = json.loads(command("uploads", "--days", "5", "--json").stdout)  # the missed day weighs more
     assert {row["device"]: row["meets_target"] for row in below["devices"]} == {"cb-general": True, "cb-monitor": False,
                                                                                 "cb-morning": True}
@@ -845,6 +846,7 @@ def test_uploads_counts_a_sale_received_after_the_deadline_against_its_day_and_n
     assert lines[2:4] == [
         "cb-far                   530102100003     xishuangba general       1    1  100.0%     85%",
         "cb-late                  Mengzi Tobacco a -          general       1    0    0.0%     85%  BELOW TARGET"]
+    assert lines[4] == f"  failed: {day} 1 sale late"  # why, in the table too: not only in --json
     assert "region -: 1 devices, 0.0% of device-days uploaded, 1 below target" in lines
 
 
