@@ -117,11 +117,12 @@ def could_be_part_of_one(text: str) -> bool:
 def surely_of_one(text: str) -> bool:
     """Whether ``text`` (a scan refused as not seen whole) surely held a control: the sheet's prefix anywhere
     in it (after the tail of a scanner's AIM identifier or prefix whose head went unseen, or after the head
-    of a code whose reports broke off), or the end of a control's code with more than digits in it (no
-    product's code ends in ``:RETURN`` or ``TY3``; a lone ``5`` may be a product's last digit)."""
+    of a code whose reports broke off), a control's code whole but for its colon, or the end of a control's
+    code with more than digits in it (no product's code ends in ``:RETURN`` or ``TY3``; a lone ``5`` may be
+    a product's last digit)."""
     text = _folded(text)
-    if PREFIX in text:
-        return True
+    if PREFIX in text or (text.startswith(PREFIX[:2]) and _action(text[2:]) is not None):
+        return True  # the prefix anywhere, or whole but for its colon (a key the kernel dropped): CBRETURN
     return any(not text.isdigit() and code.endswith(text) for code, _, _ in SHEET) if text else False
 
 

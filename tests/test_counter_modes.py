@@ -795,7 +795,9 @@ def test_while_something_refused_waits_for_clear_the_controls_for_the_next_scan_
 
 @pytest.mark.parametrize("lost", [NotABarcode("", "/dev/input/event5", "dropped", of_a_control=True),
                                   NotABarcode("CB:RETn", "/dev/input/event3", "cut"),
-                                  NotABarcode("cb;qt", "/dev/input/event3", "cut")], ids=["keypad", "scanner", "small"])
+                                  NotABarcode("cb;qt", "/dev/input/event3", "cut"),
+                                  NotABarcode("CBRETURN", "/dev/input/event3", "dropped")],
+                         ids=["keypad", "scanner", "small", "colon-dropped"])
 def test_a_cut_that_was_surely_a_control_holds_the_product_after_it_until_clear(shop, lost):
     """A keypad drop that lost "- 2 *", or a scan refused as CB:RETn: no product's own scan, yet the pack 1.5 s
     later sold 1 as a sale. Only a cut that may have been the product's lets the product through after a second."""
