@@ -367,6 +367,9 @@ def _activation_issue(args) -> int:
                 "(it comes back under a new id, to activate for another shop)")
         unheard = args.device is not None and args.device not in {box["device"] for box in store.waiting_devices()}
         now = time.time()
+        # Each open code activates a box for the shop: one more is often a slip printed again, the first lost.
+        still_open = [c["code"] for c in store.codes(shop.licence)
+                      if c["used_by"] is None and c["withdrawn_at"] is None and c["expires_at"] > now]
         code = ActivationCode(activation.new_code_id(), shop.licence, shop.region, shop.monitoring, now,
                               now + args.valid_hours * 3600, args.device, kid)
         token = activation.encode_code(code, key=key, kid=kid)
@@ -383,6 +386,11 @@ def _activation_issue(args) -> int:
             raise
     finally:
         store.close()
+    if still_open:
+        print(f"counterbox-ops: warning: shop {shop.licence} already has {len(still_open)} open "
+              f"code{'s' if len(still_open) > 1 else ''} ({', '.join(still_open)}), each of which activates a box for "
+              "it until it expires: withdraw one lost or no longer wanted (counterbox-ops activation withdraw)",
+              file=sys.stderr)
     if unheard:
         # A typo in the id, as a rule: the code would wait, retained, for a box that never comes.
         print(f"counterbox-ops: warning: no box {args.device} has said it waits for activation ('counterbox-ops "
@@ -568,9 +576,13 @@ def _consumer_remove(args) -> int:
     return 0
 
 
-def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True, past_boxes: bool = True) -> None:
+def _central_db_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--central-db", type=database, required=True,
                          help="central's database: a SQLite file or a PostgreSQL URL")
+
+
+def _push_options(command: argparse.ArgumentParser, *, region: bool, file: bool = True, past_boxes: bool = True) -> None:
+    _central_db_option(command)
     command.add_argument("--ops-key", type=Path, required=True, help="the operations signing key (counterbox-ops keygen)")
     command.add_argument("--broker", type=broker_address, default="127.0.0.1:1883",
                          help="the broker, HOST:PORT (default 127.0.0.1:1883)")
@@ -605,8 +617,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="counterbox-ops", description="Operations tooling for counterbox devices.")
     commands = top.add_subparsers(dest="command", required=True)
     register = commands.add_parser("register", help="register a device's public key with central")
-    register.add_argument("--central-db", type=database, required=True,
-                          help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(register)
     register.add_argument("--identity", type=Path, help="the JSON 'counterbox identity show' printed on the device ('-': stdin)")
     register.add_argument("--device", help="the device id (its [device] id), without --identity")
     # A base64url key may begin with '-': pass it as --public-key=KEY.
@@ -627,8 +638,7 @@ def parser() -> argparse.ArgumentParser:
 
     shop = commands.add_parser("shop", help="shops").add_subparsers(dest="action", required=True)
     add = shop.add_parser("add", help="register a shop: the company's retail client, by licence number")
-    add.add_argument("--central-db", type=database, required=True,
-                     help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(add)
     add.add_argument("--licence", required=True, help="the tobacco retail licence number")
     add.add_argument("--name", type=shop_name, required=True, help="the shop's name")
     add.add_argument("--region", default="", help="its sales region (price lists are pushed per region)")
@@ -640,21 +650,18 @@ def parser() -> argparse.ArgumentParser:
     add.set_defaults(func=_shop_add)
     leave = shop.add_parser("leave", help="a shop that left (its boxes revoked first): listed as gone, and no code "
                                           "is issued for it")
-    leave.add_argument("--central-db", type=database, required=True,
-                       help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(leave)
     leave.add_argument("--licence", required=True, help="the tobacco retail licence number")
     leave.set_defaults(func=_shop_leave)
     listing = shop.add_parser("list", help="the shops registered and the boxes serving each; a shop with none marked")
-    listing.add_argument("--central-db", type=database, required=True,
-                         help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(listing)
     listing.add_argument("--region", help="only this region's shops")
     listing.add_argument("--json", action="store_true", help="one JSON object per shop, for programs")
     listing.set_defaults(func=_shop_list)
 
     activation_ = commands.add_parser("activation", help="activation codes").add_subparsers(dest="action", required=True)
     issue = activation_.add_parser("issue", help="issue a single-use activation code for a shop: a slip, or a push")
-    issue.add_argument("--central-db", type=database, required=True,
-                       help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(issue)
     issue.add_argument("--ops-key", type=Path, required=True, help="the operations signing key")
     issue.add_argument("--shop", required=True, help="the shop's licence number")
     issue.add_argument("--valid-hours", type=span(24 * 365), default=72.0, help="hours the code can be used (default 72)")
@@ -669,23 +676,20 @@ def parser() -> argparse.ArgumentParser:
     broker.add_connection_options(issue)
     issue.set_defaults(func=_activation_issue)
     waiting = activation_.add_parser("waiting", help="boxes waiting for activation (they said hello), newest first")
-    waiting.add_argument("--central-db", type=database, required=True,
-                         help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(waiting)
     waiting.add_argument("--json", action="store_true", help="one JSON object per box, for programs")
     waiting.set_defaults(func=_activation_waiting)
 
     codes = activation_.add_parser("codes", help="the codes issued, newest first: used (when, by which box), open "
                                                  "(until when) or expired; never the codes themselves")
-    codes.add_argument("--central-db", type=database, required=True,
-                       help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(codes)
     codes.add_argument("--shop", metavar="LICENCE", help="only this shop's codes")
     codes.add_argument("--json", action="store_true", help="one JSON object per code, for programs")
     codes.set_defaults(func=_activation_codes)
 
     withdraw = activation_.add_parser("withdraw", help="withdraw a code no box has used (a slip lost): central "
                                                        "refuses it from now on")
-    withdraw.add_argument("--central-db", type=database, required=True,
-                          help="central's database: a SQLite file or a PostgreSQL URL")
+    _central_db_option(withdraw)
     withdraw.add_argument("--code", required=True, help="the code id (activation codes lists them)")
     withdraw.set_defaults(func=_activation_withdraw)
 
