@@ -498,11 +498,19 @@ def _revoke(args) -> int:
     broker.connection(args)
     store = CentralStore(args.central_db, create=False)
     try:
-        if store.device(args.device) is None:
+        device = store.device(args.device)
+        if device is None:
             raise CentralError(f"device {args.device} is not registered")
         store.revoke(args.device)
     finally:
         store.close()
+    if device.revoked_at is not None:
+        # Said, never done unseen: a revocation pushed again (to cut the box off now, or with another grace)
+        # is a new version of its stream, which the box, if it still listens, takes over the first.
+        erased = " and has said it erases itself" if device.erasing_at is not None else ""
+        print(f"counterbox-ops: note: device {args.device} was revoked on "
+              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(device.revoked_at))}{erased}: its revocation is "
+              "signed and pushed again, as a new version, with this reason and grace", file=sys.stderr)
     body = {"reason": args.reason, "grace_seconds": int(args.grace_minutes * 60)}
     pushed = _push(args, kind="revocation", name="revocation", body=body, key=key)
     if args.now:

@@ -541,11 +541,18 @@ def test_operations_revoking_a_box_now_in_this_process_disconnects_it_at_the_bro
         again = Client(stack, "a-again", "shop-a", "password-of-a")
         assert again.connect_reason in (NOT_AUTHORIZED, 134)
         again.close()
+        # Revoked again: signed and pushed as a new version, and said (it was done without a word).
+        twice = run_main(ops_main, ["revoke", "--central-db", str(db), "--ops-key", str(key),
+                                    "--broker", f"127.0.0.1:{port}", *stack.broker_args("ops"),
+                                    "--device", "shop-a", "--reason", "stolen"])
+        assert twice.returncode == 0 and twice.stderr.startswith("counterbox-ops: note: device shop-a was revoked on "), \
+            twice.stderr
+        assert "its revocation is signed and pushed again, as a new version" in twice.stderr
     store = CentralStore(db)
     try:
         assert store.device("shop-a").revoked_at is not None
-        assert store.conn.execute("SELECT name, published_at IS NOT NULL FROM documents").fetchall() == [
-            ("revocation", True)]
+        assert store.conn.execute("SELECT name, version, published_at IS NOT NULL FROM documents "
+                                  "ORDER BY version").fetchall() == [("revocation", 1, True), ("revocation", 2, True)]
     finally:
         store.close()
 
