@@ -360,6 +360,27 @@ def test_devices_shows_each_boxs_presence_health_clock_and_price_list_for_people
     assert lines["cb-gone"] == ["cb-gone", "530102100004", "revoked", "3d", "ago", "3", "1", "-", "-", "0.1.0"]
 
 
+def test_devices_takes_off_a_boxs_backlog_what_central_has_acknowledged_since_its_status(central):
+    """A box back after a day offline said 500 held, sent them at once, and showed 500 for a minute more."""
+    import time
+
+    command, db = central
+    store = CentralStore(db)
+    store.register("cb-back", "key", shop="530102100001", region="honghe")
+    store.record_status("cb-back", {"v": 1, "device": "cb-back", "state": "online", "session": 1, "connection": 2,
+                                    "sent_at": time.time(), "last_seq": 5, "acked_seq": 2, "backlog": 3},
+                        received_at=time.time(), live=True)
+    store.add_events("cb-back", 1, [{"seq": seq, "kind": "sale", "body": {}} for seq in (1, 2, 3)])
+
+    def backlog():
+        return json.loads(command("devices", "--json").stdout)["backlog"]
+
+    assert backlog() == 2
+    store.add_events("cb-back", 1, [{"seq": seq, "kind": "sale", "body": {}} for seq in (4, 5, 6)])
+    store.close()
+    assert backlog() == 0  # sold on since: its next status says so
+
+
 def test_devices_flags_a_box_behind_the_newest_price_list_issued_for_it_and_in_force(central):
     """A list pushed signed by a key the boxes did not trust yet was refused by every box, and nothing at central
     showed it: the column kept the old version, as for a box that had taken everything."""
