@@ -268,7 +268,11 @@ def _devices(args) -> int:
                 # (signed) that it erases itself: collect it. Erased, when it said so before central held all
                 # (its grace ran out): what it held undelivered is lost.
                 delivered = store.revocation_delivered(device_id)
-                if device.erasing_at is None:
+                successor = store.journal_holder(device_id)
+                if device.erasing_at is None and not delivered and successor not in (None, device_id):
+                    # A box that failed, its journal restored onto another: that box delivers what it held.
+                    row["state"], row["replaced_by"] = "replaced", successor
+                elif device.erasing_at is None:
                     row["state"] = "handed in" if delivered else "revoked"
                 else:  # all it held, up to the last seq it said it held as it erased itself (events after the
                     # revocation too: a scan refused, a count timed out)

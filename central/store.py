@@ -1205,10 +1205,19 @@ class CentralStore:
         onto (or moved to): of its journal's devices still serving, the one whose latest event central
         received last (one with none of its own yet after one that has: the same shelf, until it sends).
         A device that names no journal holds its own."""
+        names, holder = self._journal_holder(device_id)
+        return not names or holder == device_id
+
+    def journal_holder(self, device_id: str) -> str | None:
+        """The device the device's journal goes on at now (as holds_journal says); None when it names none,
+        or no device still serving holds it."""
+        return self._journal_holder(device_id)[1]
+
+    def _journal_holder(self, device_id: str) -> tuple[bool, str | None]:
         with self._transaction(write=False) as conn:
             journal = conn.execute(sa.select(devices.c.journal).where(devices.c.device_id == device_id)).scalar()
             if journal is None:
-                return True
+                return False, None
             # Each device's own latest event, by its key (device, seq): never a look at all of central's events.
             latest = (sa.select(_events.c.received_at).where(_events.c.device_id == devices.c.device_id)
                       .order_by(_events.c.seq.desc()).limit(1).correlate(devices).scalar_subquery())
@@ -1216,7 +1225,7 @@ class CentralStore:
                 sa.select(devices.c.device_id).where(devices.c.journal == journal, devices.c.revoked_at.is_(None))
                 .order_by(sa.func.coalesce(latest, 0).desc(), devices.c.registered_at.desc(), devices.c.device_id)
                 .limit(1)).scalar()
-        return holder == device_id
+        return True, holder
 
     def events(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         query = sa.select(_events.c.device_id, _events.c.seq, _events.c.kind, _events.c.session, _events.c.body)

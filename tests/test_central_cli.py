@@ -456,6 +456,25 @@ def test_devices_says_when_a_box_sells_at_a_price_list_loaded_on_it_after_the_on
     assert (lines["cb-local"][-2], lines["cb-pushed"][-2]) == ("local", "4")
 
 
+def test_devices_says_a_failed_box_whose_journal_goes_on_at_another_was_replaced_by_it(central):
+    """It never delivers its revocation (it is dead): it showed revoked, as one still to hand in, for ever."""
+    command, db = central
+    store = CentralStore(db)
+    journal = "f" * 32
+    for device in ("cb-failed", "cb-new", "cb-other"):
+        store.register(device, "key", shop="530102100001")
+    store.add_events("cb-failed", 1, [{"seq": 1, "kind": "sale", "body": {}}], journal=journal)
+    store.revoke("cb-failed")
+    store.revoke("cb-other")
+    store.add_events("cb-new", 1, [{"seq": 2, "kind": "sale", "body": {}}], journal=journal, base_seq=1)
+    store.close()
+    rows = {row["device"]: row for row in map(json.loads, command("devices", "--json").stdout.splitlines())}
+    assert (rows["cb-failed"]["state"], rows["cb-failed"]["replaced_by"]) == ("replaced", "cb-new")
+    assert rows["cb-other"]["state"] == "revoked" and "replaced_by" not in rows["cb-other"]
+    lines = {line.split()[0]: line.split() for line in command("devices").stdout.splitlines()[1:]}
+    assert lines["cb-failed"][2] == "replaced"
+
+
 def test_devices_says_when_a_revoked_box_has_handed_in_everything_it_held_and_when_it_erased_itself(central):
     """Revoked while it delivers; handed in once central holds its revocation and all before it; retired, to
     be collected, once it said (signed) that it erases itself; erased, when it did so before central held all it
