@@ -71,14 +71,53 @@ def _action(name: str) -> Control | None:
     return None
 
 
+# A scanner set to one keyboard layout on a box set to another (EAN digits type alike on the US, German and
+# French layouts, so nothing else shows it): each key the scanner pressed for the sheet's characters, read
+# with the box's layout. Per (scanner's, box's) layout, what the box reads -> what the scanner typed, for
+# the characters of the sheet's codes (its letters in capitals; a scanner typing in small letters too).
+_ACROSS = {  # tests/test_counter_modes.py derives them again from xkeyboard-config's layouts
+    ("us", "de"): ('ZYÖß', 'YZ:-'),
+    ("us", "fr"): ('Q?AZWà&é"\'(-è_çM)', 'AMQWZ0123456789:-'),
+    ("us", "ch"): ("ZYé'", 'YZ:-'),
+    ("de", "us"): ('ZY>/', 'YZ:-'),
+    ("de", "fr"): ('Q?AZWYà&é"\'(-è_ç/!', 'AMQWYZ0123456789:-'),
+    ("fr", "us"): ('Q:AZW)!@#$%^&*(.6', 'AMQWZ0123456789:-'),
+    ("fr", "de"): ('QÖAYZW=!"§$%&/().6', 'AMQWYZ0123456789:-'),
+    ("fr", "ch"): ('QéAYZW=+"*ç%&/().6', 'AMQWYZ0123456789:-'),
+    ("ch", "us"): ('ZY>/', 'YZ:-'),
+    ("ch", "fr"): ('Q?AZWYà&é"\'(-è_ç/!', 'AMQWYZ0123456789:-'),
+}
+_ACROSS_TABLES = {pair: str.maketrans({**{r: t for r, t in zip(read, typed)},
+                                        **{r.lower(): t for r, t in zip(read, typed) if r.isalpha() and t.isalpha()}})
+                  for pair, (read, typed) in _ACROSS.items()}
+
+
+def _read_across_layouts(text: str) -> list[tuple[str, str]]:
+    """The (scanner's, box's) layouts through which ``text`` is one of the sheet's codes."""
+    if text[:2].upper() != PREFIX[:2] or len(text) <= len(PREFIX):
+        return []
+    found = []
+    for pair, table in _ACROSS_TABLES.items():
+        read, typed = _ACROSS[pair]
+        if any(ord(c) not in table and c.upper() in typed for c in text):
+            continue  # a character no key of the scanner's makes on the box's layout: not through these two
+        meant = text.translate(table).upper()
+        if meant[2] == ":" and _action(meant[len(PREFIX):]) is not None:
+            found.append(pair)
+    return found
+
+
 def is_control(text: str) -> bool:
     """Whether ``text`` is a code of the sheet, read right or wrong: its prefix in either case, its colon read
-    as a semicolon too; or, with any other character in the colon's place (a full stop: a Shift lost on a
-    German layout), a control's name after it. A sheet's code read wrong is never a product's."""
+    as a semicolon too; a control's name after a full stop in the colon's place (a Shift lost on a German
+    layout); or a control typed by a scanner set to another keyboard layout than the box reads it with. A
+    sheet's code read wrong is never a product's."""
     head = text[:len(PREFIX)].upper()
     if head[:2] != PREFIX[:2] or len(head) < len(PREFIX):
         return False
-    return head[2] in ":;" or (not head[2].isalnum() and _action(text[len(PREFIX):].upper()) is not None)
+    if head[2] in ":;" or (head[2] == "." and _action(text[len(PREFIX):].upper()) is not None):
+        return True
+    return bool(_read_across_layouts(text))
 
 
 def control(text: str) -> Control | None:
@@ -87,9 +126,14 @@ def control(text: str) -> Control | None:
     control, or whose colon was read as something else, raises ValueError: never a sale."""
     if not is_control(text):
         return None
-    if text[len(PREFIX) - 1] != ":":
+    if text[len(PREFIX) - 1] in ";." and _action(text[len(PREFIX):].upper()) is not None or text[2] == ";":
         raise ValueError(f"a {PREFIX} code whose colon was read as {text[len(PREFIX) - 1]!r} (the Shift it was typed "
                          "with was not seen): read wrong")
+    if text[len(PREFIX) - 1] != ":":
+        pairs = _read_across_layouts(text)
+        scanners, boxes = (" or ".join(dict.fromkeys(pair[i] for pair in pairs)) for i in (0, 1))
+        raise ValueError(f"a {PREFIX} code read with another keyboard layout than the scanner types (the scanner's "
+                         f"{scanners}, the box's {boxes}?): set [scanner.decoder] layout to the scanner's")
     found = _action(text[len(PREFIX):].upper())
     if found is None:
         raise ValueError(f"a {PREFIX} code that is no control this counter knows (cut short, or from another sheet)")
@@ -118,21 +162,24 @@ def surely_of_one(text: str) -> bool:
     """Whether ``text`` (a scan refused as not seen whole) surely held a control: the sheet's prefix anywhere
     in it (after the tail of a scanner's AIM identifier or prefix whose head went unseen, or after the head
     of a code whose reports broke off), a control's code whole but for its colon, or the end of a control's
-    code with more than digits in it (no product's code ends in ``:RETURN`` or ``TY3``; a lone ``5`` may be
-    a product's last digit)."""
+    code that no product's ends in (``:RETURN``, ``TY3``, ``TURN``; a lone ``5``, or ``ED``, may end a
+    product's)."""
     text = _folded(text)
     if PREFIX in text or (text.startswith(PREFIX[:2]) and _action(text[2:]) is not None):
         return True  # the prefix anywhere, or whole but for its colon (a key the kernel dropped): CBRETURN
-    return any(not text.isdigit() and code.endswith(text) for code, _, _ in SHEET) if text else False
+    # The end of a control's code, when no product's ends so: a colon, a hyphen or a digit beside letters in
+    # it, or four letters or more (a product's label ends in "ED", "ICE", "ON" as often as a control does).
+    surely_a_tail = ":" in text or "-" in text or (any(c.isdigit() for c in text) and not text.isdigit()) \
+        or (len(text) >= 4 and text.isalpha())
+    return surely_a_tail and any(code.endswith(text) for code, _, _ in SHEET)
 
 
 def joined_at_end(text: str) -> bool:
     """Whether a code read whole ends in one of the sheet's codes after something else: two scans read as one
     (a HID POS scanner's reports carry no number, and a code whose last report was lost joins the next code
     of the same symbology)."""
-    folded = _folded(text)
-    at = folded.rfind(PREFIX)
-    return at > 0 and _action(folded[at + len(PREFIX):]) is not None
+    at = text.rfind(PREFIX)  # as the sheet prints it: a HID POS scanner sends a code's own bytes
+    return at > 0 and _action(text[at + len(PREFIX):]) is not None
 
 
 # A numeric keypad's keys (drivers.keypad), as the sheet's codes: the same controls, keyed.

@@ -614,8 +614,9 @@ class Counter:
         return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
 
     def _read_wrong(self, journal: Journal, scan: Scan, reason: str) -> Outcome:
-        """A sheet's code read wrong was meant for something: refused, and the next scan must not go without it."""
-        self._pending.keyed, self._pending.spoiled = "", True
+        """A sheet's code read wrong was meant for something: refused, and the next scan must not go without it,
+        until CB:CLEAR or ``pending_timeout`` from now."""
+        self._pending.keyed, self._pending.spoiled, self._pending.since = "", True, self.clock()
         body = {"text": scan.text[:REFUSED_TEXT], "reason": reason, "scanner": scan.source,
                 "refused_at": rfc3339(time.time())}
         return Outcome(Signal.ERROR, (self._append(journal, "refused", body),))

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent import controls, reports
-from agent.counter import Counter
+from agent.counter import START_GUARD, Counter
 from agent.prices import parse_csv
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
@@ -38,7 +38,7 @@ class Clock:
 class Shop:
     """A counter with its journal, scanned at as the store's thread runs it."""
 
-    def __init__(self, journal):
+    def __init__(self, journal, *, up_for: float = 60.0):
         self.journal = journal
         self.clock = Clock()
         self.counter = Counter(timezone=SHANGHAI, clock=self.clock, mode_timeout=600, pending_timeout=60)
@@ -46,14 +46,16 @@ class Shop:
         self.heard: list[Signal] = []
         with journal.transaction():  # as the daemon's first look at the time-outs, as it starts
             self.counter.expire(journal)
-        self.clock.now += 60  # the box has been up a while: digits keyed now are whole
+        self.clock.now += up_for  # the box has been up a while: digits keyed now are whole
 
     def scan(self, *codes, gap: float = 2.0):
-        """Scan each code in turn, ``gap`` seconds apart; return the events the last one recorded."""
+        """Scan each code in turn, ``gap`` seconds apart; return the events the last one recorded. Before each,
+        the time-outs are looked at, as the daemon looks every second."""
         for code in codes:
             self.at += gap
             self.clock.now += gap
             with self.journal.transaction():
+                self.counter.expire(self.journal)
                 outcome = self.counter.record(self.journal, Scan(code, "/dev/input/event3", self.at - 0.05, self.at))
             self.heard.append(outcome.signal)
         return outcome.events
@@ -837,8 +839,9 @@ def test_a_cut_scans_hold_on_the_controls_after_it_ends_quietly_with_the_pending
 def test_a_box_started_again_after_a_cut_scan_still_refuses_the_digits_after_it(shop):
     with shop.journal.transaction():
         shop.counter.record(shop.journal, NotABarcode("CB:2", "/dev/input/event3", "cut"))
-    again = Shop(shop.journal)  # the box started again: the cut is the journal's
-    again.scan(*again.key("1.50"), "CB:PRICE")
+    again = Shop(shop.journal, up_for=START_GUARD + 1)  # the box started again: the cut is the journal's
+    again.scan(*again.key("1.50"), gap=0.1)
+    again.scan("CB:PRICE")
     assert again.signal is Signal.ERROR
     assert again.scan(PACK) == () and again.signal is Signal.ERROR
 
@@ -867,9 +870,70 @@ def test_a_sheet_code_whose_colon_was_read_without_its_shift_is_refused_with_the
     assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
 
 
-def test_a_code_that_only_looks_like_the_sheets_with_no_controls_name_is_a_product(shop):
-    [sale] = shop.scan("CB.1234")  # a shop's own Code 128 label, say
+@pytest.mark.parametrize("label", ["CB.1234", "CB-1", "CB 2", "cb-void", "CB_PRICE", "CB/3", "WEB.CB.CLOSE",
+                                   "https://nbcb.com.cn/p/cb.5"])
+def test_a_code_that_only_looks_like_the_sheets_is_a_product_and_may_be_listed(shop, label):
+    """A shop's own Code 128 label: refused once as a colon read wrong ("CB-1"), with a price list that listed it."""
+    from agent.prices import check_code
+
+    [sale] = shop.scan(label)
     assert sale.kind == "sale"
+    assert shop.scan(PACK)[0].kind == "sale"
+    check_code(label)
+
+
+# What the sheet's codes read as on a box set to another keyboard layout than its scanner's (the real
+# decoder's output, with xkeyboard-config's layouts).
+ACROSS_LAYOUTS = [("de or ch", "us", "CB>QTZ3"), ("de or ch", "us", "CB>QTZ/KEZED"), ("de or ch", "us", "CB>END/DAZ"),
+                  ("us", "de", "CBÖRETURN"), ("us", "de", "CBÖQTZ3"), ("us", "de", "CBÖQTZßKEZED"),
+                  ("us", "fr", "CBMRETURN"), ("us", "fr", "CBMATY\""), ("us", "fr", "CBMé"),
+                  ("fr", "us", "CB.ATY#"), ("fr", "us or de or ch", "CB.CQRTON"), ("de or ch", "fr", "CB/ATW\""), ("de or ch", "fr", "CB/CLEQR")]
+
+
+@pytest.mark.parametrize("scanner, box, read", ACROSS_LAYOUTS, ids=lambda v: str(v))
+def test_a_control_read_with_another_layout_than_the_scanners_is_refused_with_the_product_after_it(shop, scanner,
+                                                                                                  box, read):
+    """EAN digits type alike on these layouts, so products sold right and nobody saw the mismatch: every control
+    was sold as an unknown product, and the pack meant as a return, or three, sold plainly."""
+    [refused] = shop.scan(read)
+    assert refused.kind == "refused" and shop.signal is Signal.ERROR
+    assert f"the scanner's {scanner}, the box's {box}?" in refused.body["reason"]
+    assert "[scanner.decoder] layout" in refused.body["reason"]
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
+
+
+def test_what_a_layout_makes_of_the_sheets_characters_is_what_xkeyboard_config_says():
+    """The counter's table of each layout pair (agent/controls.py), derived again from the layouts themselves."""
+    from evdev import ecodes
+
+    from drivers.keymap import XkbKeymap
+
+    sheet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-"
+    layouts = {name: XkbKeymap(name) for name in ("us", "de", "fr", "ch")}
+
+    def typed(keymap, code, shift):
+        state = keymap.new_state(numlock=False)
+        if shift:
+            state.update(ecodes.KEY_LEFTSHIFT, down=True)
+        state.update(code, down=True)
+        return state.text(code)
+
+    keys = {}
+    for name, keymap in layouts.items():
+        keys[name] = {}
+        for code in range(1, 120):
+            for shift in (False, True):
+                char = typed(keymap, code, shift)
+                if len(char) == 1 and char in sheet:
+                    keys[name].setdefault(char, (code, shift))
+    derived = {}
+    for scanner in layouts:
+        for box in layouts:
+            read = {typed(layouts[box], *keys[scanner][char]): char for char in sheet}
+            pairs = {got: char for got, char in read.items() if got and got != char}
+            if scanner != box and pairs:
+                derived[(scanner, box)] = ("".join(pairs), "".join(pairs.values()))
+    assert derived == controls._ACROSS
 
 
 def _opened_mid_scan(typed: str, lost: int, settings=None) -> NotABarcode:
@@ -1295,3 +1359,14 @@ def test_a_reports_columns_line_up_with_chinese_product_names_two_columns_wide()
     header, rule, *rows = text.splitlines()
     assert {reports.width(row) for row in rows} == {reports.width(header)} == {reports.width(rule)}
     assert reports.width("红塔山(软)") == 10 and reports.width("é") == 1 and reports.width("e\u0301") == 1
+
+
+@pytest.mark.parametrize("tail, held", [("TURN", True), ("TY3", True), (":RETURN", True), ("-KEYED", True),
+                                        ("ED", False), ("ICE", False), ("l", False), ("N", False), ("5", False)])
+def test_a_cut_scans_tail_holds_the_product_after_it_only_when_no_products_code_ends_so(shop, tail, held):
+    """A product label's last letters ("ED", "ICE", a URL's "l") came alone after a stall: every product after it
+    was refused for a minute, as after a control."""
+    with shop.journal.transaction():
+        shop.counter.record(shop.journal, NotABarcode(tail, "/dev/input/event3", "the rest of a scan"))
+    events = shop.scan(PACK, gap=1.5)
+    assert (events == ()) is held
