@@ -189,6 +189,17 @@ def test_a_batch_received_again_adds_nothing(store):
     assert len(list(store.events())) == 2
 
 
+def test_the_signed_batch_that_brought_events_is_kept_as_sent_and_one_that_brought_none_is_not(store):
+    first, again, more = b"header.first-token.signature", b"header.again.signature", b"header.more.signature" * 1000
+    store.add_events("shop-1", 1, batch(1, 2), token=first)
+    store.add_events("shop-1", 2, batch(1, 2), token=again)  # nothing new: not kept
+    store.add_events("shop-1", 2, batch(2, 3), token=more)
+    store.add_events("shop-1", 2, batch(4))  # a caller that keeps no token
+    assert list(store.signed_batches("shop-1")) == [first, more]
+    assert list(store.signed_batches("shop-1", after=2)) == [more]
+    assert list(store.signed_batches("shop-2")) == []
+
+
 def test_a_reused_seq_with_other_content_is_a_conflict_and_stores_nothing(store):
     store.add_events("shop-1", 1, batch(1))
     with pytest.raises(SeqConflict, match="seq 1 differs"):
