@@ -36,6 +36,7 @@ for ``CB:RETURN``, ``+`` for ``CB:CARTON``, Backspace, Delete or Esc for
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 PREFIX = "CB:"
@@ -107,17 +108,52 @@ def _read_across_layouts(text: str) -> list[tuple[str, str]]:
     return found
 
 
+# Whatever layout a scanner types the sheet with, its names keep their shape: letters that some layouts
+# swap (Y and Z on German ones, A and Q, Z and W on French ones), a hyphen read as whatever that layout's
+# key makes, a digit as what the digit's key makes on the US, German, Swiss or French layout (with or
+# without Shift), and any character but a letter or digit in the colon's place.
+_LOOKALIKE = {"Y": "YZ", "Z": "ZYW", "A": "AQ", "Q": "QA", "W": "WZ"}
+_DIGIT_KEYS = ("!@#$%^&*()", '!"§$%&/()=', '+"*Ç%&/()=', '&É"\'(-È_ÇÀ')  # each layout's keys 1 to 0
+
+
+def _shape(name: str) -> str:
+    def char(c: str) -> str:
+        if c == "-":
+            return "[^A-Z0-9]"
+        if c.isdigit():
+            keys = "".join(row[(int(c) - 1) % 10] for row in _DIGIT_KEYS)
+            return "[" + re.escape(c + keys) + "]"
+        return "[" + _LOOKALIKE.get(c, c) + "]"
+    return "".join(char(c) for c in name)
+
+
+_NAMES = [*_FIXED, *(str(d) for d in range(10)), *(f"QTY{n}" for n in range(2, 11))]
+_SHAPED = re.compile("|".join(_shape(name) for name in sorted(_NAMES, key=len, reverse=True)))
+# Characters a shop's own label puts after CB (CB-1, CB 2, CB/3): there, only a control's name in letters
+# makes the code the sheet's.
+_LABEL_SEPARATORS = "-_ /#*+&"
+
+
+def _shaped_like_one(text: str) -> bool:
+    """Whether ``text`` (beginning CB) has a control's shape through some other layout (see _LOOKALIKE)."""
+    sign, name = text[2], text[3:].replace("ß", "-").upper()
+    if (sign.isascii() and sign.isalnum()) or not _SHAPED.fullmatch(name):
+        return False
+    return sign not in _LABEL_SEPARATORS or any(c.isalpha() for c in name)
+
+
 def is_control(text: str) -> bool:
     """Whether ``text`` is a code of the sheet, read right or wrong: its prefix in either case, its colon read
     as a semicolon too; a control's name after a full stop in the colon's place (a Shift lost on a German
-    layout); or a control typed by a scanner set to another keyboard layout than the box reads it with. A
-    sheet's code read wrong is never a product's."""
+    layout); or a control typed by a scanner set to another keyboard layout than the box reads it with (by
+    the tables of the layouts it knows, or by a control's shape). A sheet's code read wrong is never a
+    product's."""
     head = text[:len(PREFIX)].upper()
     if head[:2] != PREFIX[:2] or len(head) < len(PREFIX):
         return False
     if head[2] in ":;" or (head[2] == "." and _action(text[len(PREFIX):].upper()) is not None):
         return True
-    return bool(_read_across_layouts(text))
+    return bool(_read_across_layouts(text)) or _shaped_like_one(text)
 
 
 def control(text: str) -> Control | None:
@@ -132,8 +168,9 @@ def control(text: str) -> Control | None:
     if text[len(PREFIX) - 1] != ":":
         pairs = _read_across_layouts(text)
         scanners, boxes = (" or ".join(dict.fromkeys(pair[i] for pair in pairs)) for i in (0, 1))
-        raise ValueError(f"a {PREFIX} code read with another keyboard layout than the scanner types (the scanner's "
-                         f"{scanners}, the box's {boxes}?): set [scanner.decoder] layout to the scanner's")
+        which = f" (the scanner's {scanners}, the box's {boxes}?)" if pairs else ""
+        raise ValueError(f"a {PREFIX} code read with another keyboard layout than the scanner types{which}: set "
+                         "[scanner.decoder] layout to the scanner's")
     found = _action(text[len(PREFIX):].upper())
     if found is None:
         raise ValueError(f"a {PREFIX} code that is no control this counter knows (cut short, or from another sheet)")

@@ -326,9 +326,10 @@ class Scanners:
                     await handle(decoder.ended())
             except ScannerGone as gone:
                 partial = decoder.unplugged()
-                logger.warning("%s%s", gone, f" mid-scan: the partial scan ({len(partial)} characters) is refused" if partial else "")
+                logger.warning("%s%s", gone, "" if partial is None or watch else
+                               f" mid-scan: the partial scan ({len(partial)} characters) is refused")
                 if not watch:
-                    if partial:
+                    if partial is not None:
                         await handle(NotABarcode(partial, path, UNPLUGGED, bare=decoder.bare(partial)))
                     await self._report("removed", path, source.kind, identity)
                 raise

@@ -637,14 +637,18 @@ class Decoder:
                 return ""
         return text
 
-    def unplugged(self) -> str:
-        """The device went away: drop the partial barcode (returned) and all key state."""
+    def unplugged(self) -> str | None:
+        """The device went away: drop the partial barcode (returned, to be refused: empty when the kernel's
+        drop lost all of it) and all key state; None when no scan was under way."""
         partial = "".join(self._broken_text) + self._take()
+        # As the scan's own end would say (_end_broken): what it typed, or a drop, which may have lost a
+        # whole scan; a cut scan's tail that never came is nothing.
+        under_way = bool(partial) or self._broken_typed or self._broken == DROPPED or self._dropping
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
         self._dropping = False
         self.resync_pending = False
         self._reset_keys(frozenset(), keep_locks=False)
-        return partial
+        return partial if under_way else None
 
 
 def _resynced(result: Scan | NotABarcode) -> Scan | NotABarcode:

@@ -870,8 +870,8 @@ def test_a_sheet_code_whose_colon_was_read_without_its_shift_is_refused_with_the
     assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
 
 
-@pytest.mark.parametrize("label", ["CB.1234", "CB-1", "CB 2", "cb-void", "CB_PRICE", "CB/3", "WEB.CB.CLOSE",
-                                   "https://nbcb.com.cn/p/cb.5"])
+@pytest.mark.parametrize("label", ["CB.1234", "CB-1", "CB 2", "CB/3", "CB#9", "CB-10", "CB>1234", "WEB.CB.CLOSE",
+                                   "https://nbcb.com.cn/p/cb.5", "CBX-100"])
 def test_a_code_that_only_looks_like_the_sheets_is_a_product_and_may_be_listed(shop, label):
     """A shop's own Code 128 label: refused once as a colon read wrong ("CB-1"), with a price list that listed it."""
     from agent.prices import check_code
@@ -888,6 +888,16 @@ ACROSS_LAYOUTS = [("de or ch", "us", "CB>QTZ3"), ("de or ch", "us", "CB>QTZ/KEZE
                   ("us", "de", "CBÖRETURN"), ("us", "de", "CBÖQTZ3"), ("us", "de", "CBÖQTZßKEZED"),
                   ("us", "fr", "CBMRETURN"), ("us", "fr", "CBMATY\""), ("us", "fr", "CBMé"),
                   ("fr", "us", "CB.ATY#"), ("fr", "us or de or ch", "CB.CQRTON"), ("de or ch", "fr", "CB/ATW\""), ("de or ch", "fr", "CB/CLEQR")]
+
+
+@pytest.mark.parametrize("read", ["CB>QTY2", "CB>QTY-KEYED", "CB'RETURN", "CB?RETURN", "CBÑRETURN", "CB+QTY2", "CB'5",
+                                  "cb-void", "CB_PRICE"])
+def test_a_control_read_with_any_other_layout_keeps_its_shape_and_is_refused_with_the_product_after_it(shop, read):
+    """Nordic, Italian, Spanish, Japanese, Brazilian scanners on a US box (and a US scanner on theirs): the
+    controls sold as unknown products, where no table of layouts held the pair."""
+    [refused] = shop.scan(read)
+    assert refused.kind == "refused" and "another keyboard layout than the scanner types" in refused.body["reason"]
+    assert shop.scan(PACK) == () and shop.signal is Signal.ERROR
 
 
 @pytest.mark.parametrize("scanner, box, read", ACROSS_LAYOUTS, ids=lambda v: str(v))

@@ -312,7 +312,7 @@ def test_an_alt_code_is_its_character_in_a_scan_after_any_end_of_the_one_before(
     keys.digits("96385074").enter()
     first = _said(decoder.feed_all(_records(keys)))
     if before == "the-scanner-unplugged":
-        assert decoder.unplugged() == ""
+        assert decoder.unplugged() is None  # nothing under way: nothing to refuse
     assert first == [("Scan", "96385074", "", "dev") if before != "a-scan-not-seen-whole"
                      else ("NotABarcode", "96385074", STARTED_UNSEEN, "dev")]
     keys = Keys()
@@ -1494,3 +1494,18 @@ def test_a_scanner_that_sends_no_key_ups_never_has_a_digit_typed_as_ctrl_and_los
     results = [r for r in map(decoder.feed, keys.events) if r is not None]
     assert [(type(r).__name__, r.reason) for r in results] == [("NotABarcode", KEY_DOWN_ONLY)]
     assert decoder.key_down_only
+
+
+def test_a_scan_the_kernel_dropped_whole_is_still_refused_when_the_scanner_goes_before_the_quiet_that_ends_it():
+    """The drop's refusal waits for a quiet spell; the scanner unplugged first left nothing refused and nothing
+    held (the whole of CB:RETURN may have been in the drop)."""
+    from evdev import ecodes as e
+
+    keys = Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0).raw(e.EV_SYN, e.SYN_REPORT, 0)
+    decoder = Decoder("/dev/input/event3")
+    for event in keys.events:
+        assert decoder.feed(event) is None
+        if decoder.resync_pending:
+            decoder.resync(frozenset())
+    assert decoder.unplugged() == ""  # a scan under way, of which nothing was seen: refused as such
+    assert decoder.unplugged() is None
