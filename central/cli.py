@@ -255,11 +255,16 @@ def _devices(args) -> int:
                    "clock_offset": None, "clock_ok": None}
             if status is not None:
                 row.update({k: status.health.get(k) for k in ("backlog", "scanners", "agent_version", "free_bytes")})
-                last = status.health.get("last_seq")
-                if type(last) is int and type(row["backlog"]) is int:
-                    # What it held then, less what central has acknowledged since (a box that reconnected and
-                    # sent its backlog showed it for up to a status interval after central held it all).
-                    row["backlog"] = max(0, min(row["backlog"], last - device.acked_seq))
+                last, said = status.health.get("last_seq"), status.health.get("acked_seq")
+                if type(last) is int and type(said) is int and type(row["backlog"]) is int and said <= device.acked_seq:
+                    # What it held then, less what central has acknowledged of it since (a box that reconnected
+                    # and sent its backlog showed it for up to a status interval after central held it all).
+                    # Only of the same count: a journal made anew under the box's id counts from 1 again, below
+                    # what central held before the status, and central refuses all of it: its backlog stands.
+                    if device.acked_seq <= last:
+                        row["backlog"] = min(row["backlog"], last - device.acked_seq)
+                    elif (store.received_at(device_id, last) or 0.0) > status.received_at:
+                        row["backlog"] = 0
                 row.update(state=status.state, last_seen=rfc3339(status.received_at), clock_offset=status.clock_offset,
                            clock_ok=None if status.clock_offset is None else abs(status.clock_offset) <= CLOCK_TOLERANCE)
                 row["_age"] = now - status.received_at

@@ -1200,6 +1200,12 @@ class CentralStore:
                     last = seq
                     yield seq, kind, json.loads(body)
 
+    def received_at(self, device_id: str, seq: int) -> float | None:
+        """When central took the device's event ``seq`` (None: it holds none at that seq)."""
+        with self._transaction(write=False) as conn:
+            return conn.execute(sa.select(_events.c.received_at).where(_events.c.device_id == device_id,
+                                                                       _events.c.seq == seq)).scalar()
+
     def holds_journal(self, device_id: str) -> bool:
         """Whether the device's journal goes on at this device now, not at another device it was restored
         onto (or moved to): of its journal's devices still serving, the one whose latest event central

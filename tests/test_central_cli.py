@@ -381,6 +381,22 @@ def test_devices_takes_off_a_boxs_backlog_what_central_has_acknowledged_since_it
     assert backlog() == 0  # sold on since: its next status says so
 
 
+def test_devices_shows_the_backlog_of_a_box_whose_new_journal_central_refuses(central):
+    """Its journal made anew under its id counts from 1 again, below what central acknowledged of the old one:
+    central refuses every batch of it, and the 30 it holds showed as none."""
+    import time
+
+    command, db = central
+    store = CentralStore(db)
+    store.register("cb-anew", "key", shop="530102100001", region="honghe")
+    store.add_events("cb-anew", 1, [{"seq": seq, "kind": "sale", "body": {}} for seq in range(1, 101)])
+    store.record_status("cb-anew", {"v": 1, "device": "cb-anew", "state": "online", "session": 1, "connection": 1,
+                                    "sent_at": time.time(), "last_seq": 30, "acked_seq": 0, "backlog": 30},
+                        received_at=time.time(), live=True)
+    store.close()
+    assert json.loads(command("devices", "--json").stdout)["backlog"] == 30
+
+
 def test_devices_flags_a_box_behind_the_newest_price_list_issued_for_it_and_in_force(central):
     """A list pushed signed by a key the boxes did not trust yet was refused by every box, and nothing at central
     showed it: the column kept the old version, as for a box that had taken everything."""
