@@ -136,3 +136,19 @@ def test_a_consumer_following_the_protocol_holds_each_event_once_as_central_does
     assert sorted(code for _, _, code in central) == sorted(  # each sale once; both forks' sales
         ["A1", "A2", "A3", "A4", "A5", "A6", "N7", "N8", "X7", "B1", "B2", "B3", "B4", "F3", "F4", "G1", "G2", "G3"])
     store.close()
+
+
+def test_a_code_for_a_shop_registered_without_a_region_keeps_the_contract():
+    """The box takes a code whose region is empty (a shop added with none): the contract said it could not be."""
+    import time
+
+    from provisioning import activation
+    from provisioning.activation import ActivationCode
+
+    key, now = Ed25519PrivateKey.generate(), time.time()
+    code = ActivationCode(activation.new_code_id(), "530102100001", "", False, now, now + 3600, None, "ops-1")
+    token = activation.encode_code(code, key=key, kid="ops-1")
+    activation.decode_code(token, trusted={"ops-1": key.public_key()})
+    payload = json.loads(jws.b64url_decode(token.split(".")[1]))
+    assert payload["region"] == ""
+    assert [error.message for error in contract._validator("#/components/schemas/code").iter_errors(payload)] == []
