@@ -73,7 +73,8 @@ def _action(name: str) -> Control | None:
 
 
 # A scanner set to one keyboard layout on a box set to another (EAN digits type alike on the US, German and
-# French layouts, so nothing else shows it): each key the scanner pressed for the sheet's characters, read
+# Swiss layouts, so nothing else shows it; French ones type them with Shift): each key the scanner pressed
+# for the sheet's characters, read
 # with the box's layout. Per (scanner's, box's) layout, what the box reads -> what the scanner typed, for
 # the characters of the sheet's codes (its letters in capitals; a scanner typing in small letters too).
 _ACROSS = {  # tests/test_counter_modes.py derives them again from xkeyboard-config's layouts
