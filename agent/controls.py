@@ -202,14 +202,31 @@ def surely_of_one(text: str) -> bool:
     of a code whose reports broke off), a control's code whole but for its colon, or the end of a control's
     code that no product's ends in (``:RETURN``, ``TY3``, ``TURN``; a lone ``5``, or ``ED``, may end a
     product's)."""
+    if _prefix_within(text.upper()):
+        return True
     text = _folded(text)
-    if PREFIX in text or (text.startswith(PREFIX[:2]) and _action(text[2:]) is not None):
-        return True  # the prefix anywhere, or whole but for its colon (a key the kernel dropped): CBRETURN
+    if text.startswith(PREFIX[:2]) and _action(text[2:]) is not None:
+        return True  # whole but for its colon (a key the kernel dropped): CBRETURN
     # The end of a control's code, when no product's ends so: a colon, a hyphen or a digit beside letters in
     # it, or four letters or more (a product's label ends in "ED", "ICE", "ON" as often as a control does).
     surely_a_tail = ":" in text or "-" in text or (any(c.isdigit() for c in text) and not text.isdigit()) \
         or (len(text) >= 4 and text.isalpha())
     return surely_a_tail and any(code.endswith(text) for code, _, _ in SHEET)
+
+
+def _prefix_within(upper: str) -> bool:
+    """Whether the sheet's prefix is somewhere in ``upper``: ``CB:`` or ``CB;``, or ``CB.`` before a control's
+    name or the start of one (a URL's ``www.cb.cn`` is no control's)."""
+    at = upper.find(PREFIX[:2])
+    while at != -1:
+        sign, rest = upper[at + 2:at + 3], upper[at + 3:]
+        if sign in (":", ";"):
+            return True
+        if sign == "." and rest and any(name.startswith(rest) or (rest.startswith(name) and not name.isdigit())
+                                        or rest == name for name in _NAMES):
+            return True
+        at = upper.find(PREFIX[:2], at + 1)
+    return False
 
 
 def joined_at_end(text: str) -> bool:

@@ -1372,7 +1372,8 @@ def test_a_reports_columns_line_up_with_chinese_product_names_two_columns_wide()
 
 
 @pytest.mark.parametrize("tail, held", [("TURN", True), ("TY3", True), (":RETURN", True), ("-KEYED", True),
-                                        ("ED", False), ("ICE", False), ("l", False), ("N", False), ("5", False)])
+                                        ("cb.ret", True), ("ED", False), ("ICE", False), ("l", False), ("N", False),
+                                        ("5", False), ("https://www.cb.cn/p/index.htm", False)])
 def test_a_cut_scans_tail_holds_the_product_after_it_only_when_no_products_code_ends_so(shop, tail, held):
     """A product label's last letters ("ED", "ICE", a URL's "l") came alone after a stall: every product after it
     was refused for a minute, as after a control."""
