@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import threading
 import time
 
@@ -159,3 +161,14 @@ class LiveScanner:
     def __exit__(self, *exc):
         self.thread.join()
         os.close(self.fd)
+
+
+@contextlib.contextmanager
+def small_filesystem(mountpoint, size: str):
+    """A real filesystem of ``size`` (tmpfs, "160k") at ``mountpoint``, made for it: a disk that fills for real."""
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=True)

@@ -16,6 +16,7 @@ from storage.backup import CHUNK, _new_header, _write_sealed
 from storage.chain import link
 from storage.schema import SCHEMA_VERSION
 
+from .harness import small_filesystem
 from .journals import another_key
 from .test_chain import make_v2_journal
 
@@ -524,13 +525,8 @@ def test_a_backup_into_a_directory_that_is_not_there_is_refused_not_made(box, ke
 @pytest.fixture
 def stick(tmp_path):
     """A real small filesystem (tmpfs) as the stick a backup is written to."""
-    import subprocess
-
-    mountpoint = tmp_path / "stick"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mountpoint)], check=True)
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+    with small_filesystem(tmp_path / "stick", "256k") as mountpoint:
+        yield mountpoint
 
 
 def _journal_of(path, key, size: int):

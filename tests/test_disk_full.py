@@ -19,15 +19,14 @@ from drivers.decoder import Scan
 from drivers.feedback import Signal
 from storage import Journal, JournalFull, Store
 
+from .harness import small_filesystem
+
 
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 160 KB filesystem (tmpfs), so SQLite meets a real ENOSPC."""
-    mountpoint = tmp_path / "disk"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mountpoint)], check=True)
-    yield mountpoint
-    subprocess.run(["umount", "-l", str(mountpoint)], check=True)
+    with small_filesystem(tmp_path / "disk", "160k") as mountpoint:
+        yield mountpoint
 
 
 def fill(disk) -> None:
