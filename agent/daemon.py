@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from .activation import current as activation_state
 from .activation import subscriptions as activation_topics
 from . import logs, retention
 from .config import Config, ConfigError, StorageConfig, time_zone
-from .counter import Counter, log_recorded
+from .counter import Counter, Outcome, log_recorded
 from .downlink import Downlink, revocation_held, settings_held
 from .downlink import subscriptions as downlink_topics
 from .mqtt import Backoff, MqttLink
@@ -86,10 +86,15 @@ def _share_named(storage: StorageConfig) -> Iterator[None]:
                            "it (a backup of the box holds it).") from None
 
 
-async def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) -> Signal:
-    """Record a scan durably and say what the retailer hears; ERROR when it could not be recorded."""
+def record_scan(store: Store, counter: Counter, scan: Scan | NotABarcode) -> Awaitable[Signal]:
+    """Hand ``scan`` to the store's thread now, to be recorded durably; the awaitable says what the retailer
+    hears once it is: ERROR when it could not be recorded."""
+    return _recorded(store.write(lambda journal: counter.record(journal, scan)), scan)
+
+
+async def _recorded(written: Awaitable[Outcome], scan: Scan | NotABarcode) -> Signal:
     try:
-        outcome = await store.write(lambda journal: counter.record(journal, scan))
+        outcome = await written
     except StorageError as error:
         # Not recorded: the retailer hears the error signal and scans again. A full disk is logged
         # once by the store (when it fills and when space returns), not at every scan.
@@ -111,6 +116,10 @@ RETENTION_EVERY = 3600.0  # seconds between looks for events old enough to fold 
 RETENTION_NEXT = 1.0  # seconds before the next step, while there is more to fold
 FAULT_AFTER = 1.0  # seconds after a refused scan's error signal before a fault's attention signal
 FAREWELL_WAIT = 5.0  # seconds a revoked box waits for the broker to take its last status before it erases
+
+
+async def _said(signal: Signal) -> Signal:
+    return signal
 
 
 def counter_for(config: Config) -> Counter:
@@ -297,20 +306,28 @@ class Box:
     announce: Callable[[Signal], None] = lambda signal: None
     _full_said: bool = False  # the full disk has been signalled since it filled
 
-    async def on_scan(self, scan: Scan | NotABarcode) -> Signal:
+    def on_scan(self, scan: Scan | NotABarcode) -> Awaitable[Signal]:
+        """What the retailer hears for ``scan``; a scan to record is with the store's thread as this returns
+        (the reader's turn of the loop), not a turn later."""
         if self._activator is not None:
-            return await self._activator.scanned(scan)
+            return self._activator.scanned(scan)
         if self._revoked.is_set():
             logger.warning("scan not recorded scanner=%s: this box is revoked and hands in what it holds", scan.source)
-            return Signal.ERROR
+            return _said(Signal.ERROR)
         if isinstance(scan, Scan) and activation.looks_like_code(scan.text):
-            if await self._activated_with(scan.text):  # the slip scanned twice: it did what it was for
-                logger.info("activation code scanned scanner=%s: the one this box was activated with; nothing changed",
-                            scan.source)
-                return Signal.GOOD
-            logger.warning("activation code scanned scanner=%s: this box is already active; nothing changed", scan.source)
-            return Signal.ERROR
-        signal = await record_scan(self.store, self.counter, scan)
+            return self._code_again(scan)
+        return self._after(record_scan(self.store, self.counter, scan))
+
+    async def _code_again(self, scan: Scan) -> Signal:
+        if await self._activated_with(scan.text):  # the slip scanned twice: it did what it was for
+            logger.info("activation code scanned scanner=%s: the one this box was activated with; nothing changed",
+                        scan.source)
+            return Signal.GOOD
+        logger.warning("activation code scanned scanner=%s: this box is already active; nothing changed", scan.source)
+        return Signal.ERROR
+
+    async def _after(self, recorded: Awaitable[Signal]) -> Signal:
+        signal = await recorded
         if self.store.full and not self._full_said:
             # The fault itself, once, after the scan's own error: the box needs a look (the store logs it).
             self._full_said = True

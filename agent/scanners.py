@@ -41,7 +41,8 @@ from .config import FeedbackConfig, ScannerConfig
 logger = logging.getLogger(__name__)
 
 # Records a scan (or a refused one) and says how it went; raises nothing for a scan it could
-# not record (that is Signal.ERROR).
+# not record (that is Signal.ERROR). Called in the reader's turn of the loop: what it hands on before
+# it returns (the daemon's store takes the scan then) is not held up by the loop's other work.
 OnScan = Callable[[Scan | NotABarcode | Keypress], Awaitable[Signal]]
 
 # A keyboard only watched (the shop's own, as far as anyone knows) is taken by a barcode of at least
@@ -141,9 +142,11 @@ class Scanners:
     def _record(self, output: Feedback | None, result: Scan | NotABarcode) -> None:
         """Hand a scan to the counter and answer it once durable, without holding up the next one:
         scans that arrive together are recorded together (one commit), in the order they came."""
+        answer = self.on_scan(result)  # the counter has it now: the awaitable only answers it
+
         async def record() -> None:
             try:
-                self._signal(output, await self.on_scan(result))
+                self._signal(output, await answer)
             finally:
                 self._unanswered -= 1
                 self._answered.set()

@@ -96,8 +96,11 @@ async def agent(directory: Path, name: str):
     durable: list[float] = []
     arrived = asyncio.Event()
 
-    async def on_scan(scan):
-        signal = await record_scan(store, counter, scan)
+    def on_scan(scan):  # as the daemon's: the store has the scan as this returns
+        return answered(record_scan(store, counter, scan))
+
+    async def answered(recorded):
+        signal = await recorded
         durable.append(time.perf_counter())
         arrived.set()
         return signal

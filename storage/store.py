@@ -47,6 +47,7 @@ MAX_GROUP = 256  # writes in one commit at most: bounds how long the first of th
 # than twice that, the store empties it after each commit, or the log would take the last of the disk and
 # leave none for the database to take it in: full for good.
 LOW_SPACE = 8 * 1024 * 1024  # bytes free
+LOG_ROOM = 1024  # pages: the write-ahead log's length ahead of the commits, past SQLite's 1000-page checkpoint
 
 
 @dataclass
@@ -96,6 +97,8 @@ class Store:
             except BaseException as error:  # handed to the opener, who raises it
                 loop.call_soon_threadsafe(_settle, [(opened, None, error)])
                 return
+            if not _low_on_space(path, LOG_ROOM * 4200):
+                journal.reserve_log(LOG_ROOM)  # each commit then writes over room the log has (see there)
             loop.call_soon_threadsafe(_settle, [(opened, journal, None)])
             _serve(journal, work, health)
 
@@ -111,28 +114,31 @@ class Store:
             raise
         return cls(journal, thread, work, health)
 
-    async def write(self, fn: Callable[[Journal], T]) -> T:
-        """Run ``fn(journal)`` in a transaction; return its result once the commit is durable.
+    def write(self, fn: Callable[[Journal], T]) -> "asyncio.Future[T]":
+        """Run ``fn(journal)`` in a transaction; the future's result is ``fn``'s, once the commit is durable.
 
-        Each write of a group runs in a savepoint of its own, once: a write that fails leaves its neighbours'
-        work as it was, in the journal and in the views they keep of it in memory (a keyed digit the counter
-        holds records no event, and run twice it would be keyed twice). The one run again is a group whose
-        every write the disk refused (the write-ahead log emptied to make room)."""
-        return await self._submit(fn, writes=True)
+        The thread has the work as this returns, not when the future is awaited: a scan is handed on in
+        the reader's own turn of the loop. Each write of a group runs in a savepoint of its own, once: a
+        write that fails leaves its neighbours' work as it was, in the journal and in the views they keep
+        of it in memory (a keyed digit the counter holds records no event, and run twice it would be keyed
+        twice). The one run again is a group whose every write the disk refused (the write-ahead log
+        emptied to make room)."""
+        return self._submit(fn, writes=True)
 
-    async def read(self, fn: Callable[[Journal], T]) -> T:
+    def read(self, fn: Callable[[Journal], T]) -> "asyncio.Future[T]":
         """Run ``fn(journal)``, which only reads, in the store's thread."""
-        return await self._submit(fn, writes=False)
+        return self._submit(fn, writes=False)
 
-    async def append(self, kind: str, body: dict[str, Any]) -> int:
-        return await self.write(lambda journal: journal.append(kind, body))
+    def append(self, kind: str, body: dict[str, Any]) -> "asyncio.Future[int]":
+        return self.write(lambda journal: journal.append(kind, body))
 
     def _submit(self, fn: Callable[[Journal], T], *, writes: bool) -> asyncio.Future:
-        if self._closed:
-            raise JournalError(f"{self.path}: the store is closed")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._work.put(_Work(fn, writes, future, loop))
+        if self._closed:
+            future.set_exception(JournalError(f"{self.path}: the store is closed"))
+        else:
+            self._work.put(_Work(fn, writes, future, loop))
         return future
 
     async def close(self) -> None:
@@ -210,13 +216,14 @@ def _all_refused_as_full(results: list[tuple[_Work, Any, BaseException | None]])
         isinstance(error, JournalFull) for _, _, error in results)
 
 
-def _low_on_space(path: Path) -> bool:
-    """Less room on the journal's disk than SQLite's write-ahead log may grow by before it empties it."""
+def _low_on_space(path: Path, beside: int = 0) -> bool:
+    """Less room on the journal's disk than SQLite's write-ahead log may grow by before it empties it
+    (with ``beside`` bytes more taken)."""
     try:
         disk = os.statvfs(path.parent)
     except OSError:
         return False
-    return disk.f_bavail * disk.f_frsize < LOW_SPACE
+    return disk.f_bavail * disk.f_frsize < LOW_SPACE + beside
 
 
 def _watch_space(journal: Journal, health: _Health, results: list, *, wrote: bool) -> None:

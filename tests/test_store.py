@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import re
+import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,7 +20,9 @@ from agent.daemon import record_scan
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
 from storage import DataKeyError, EventTooLarge, Journal, JournalError, NoJournal, Store
-from storage.store import MAX_GROUP
+from storage.store import LOG_ROOM, MAX_GROUP
+
+from .harness import small_filesystem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +42,60 @@ def test_appends_run_in_the_stores_own_thread_and_are_durable_when_answered(tmp_
     threads, seqs = run(main())
     assert set(threads) == {"journal journal.db"} and threading.current_thread().name not in threads
     assert seqs == list(range(1, 51))
+
+
+def test_a_scan_is_with_the_stores_thread_as_record_scan_returns_before_anyone_awaits_it(tmp_path):
+    """The reader hands a scan on in its own turn of the loop: the store's queue has it then, ahead of
+    whatever the loop does next (a read handed in after it sees it recorded)."""
+    async def main():
+        store = await Store.open(tmp_path / "journal.db", os.urandom(32))
+        answer = record_scan(store, Counter(), Scan("6901028075831", "/dev/input/event3", 1.0, 1.0))
+        seen = await store.read(lambda j: [e.kind for e in j.read_after(0)])
+        signal = await answer
+        await store.close()
+        return seen, signal
+
+    assert run(main()) == (["sale"], Signal.ATTENTION)  # recorded; on no price list
+
+
+def test_the_write_ahead_log_has_its_room_before_the_first_scan_and_its_commits_write_within_it(tmp_path):
+    """A commit that lengthens a file costs the filesystem's own journal a commit too: the store's log is
+    given its room as it opens. SQLite writes it, in a transaction rolled back, which leaves the journal
+    as it was: after a power cut too (the files copied as they are on disk while the store holds them)."""
+    path, key, cut = tmp_path / "journal.db", os.urandom(32), tmp_path / "cut"
+    log = path.with_name("journal.db-wal")
+    cut.mkdir()
+
+    async def main():
+        store = await Store.open(path, key)
+        room = log.stat().st_size
+        for n in range(300):
+            await store.append("sale", {"n": n})
+        for name in ("journal.db", "journal.db-wal"):
+            shutil.copyfile(tmp_path / name, cut / name)
+        after = log.stat().st_size
+        await store.close()
+        return room, after
+
+    room, after = run(main())
+    assert room >= LOG_ROOM * 4096 and after == room
+    journal = Journal.open(cut / "journal.db", key)
+    assert [e.body for e in journal.read_after(0, 1000)] == [{"n": n} for n in range(300)] and journal.verify().ok
+    journal.close()
+    tables = sqlite3.connect(cut / "journal.db").execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+    assert "log_room" not in {name for name, in tables}
+
+
+def test_on_a_disk_low_on_space_the_write_ahead_log_is_given_no_room_ahead(tmp_path):
+    with small_filesystem(tmp_path / "disk", "10m") as disk:
+        async def main():
+            store = await Store.open(disk / "journal.db", os.urandom(32))
+            await store.append("sale", {"n": 1})
+            length = (disk / "journal.db-wal").stat().st_size
+            await store.close()
+            return length
+
+        assert run(main()) < 64 * 1024
 
 
 def test_writes_waiting_together_share_one_commit(tmp_path):
@@ -490,7 +548,7 @@ def test_on_a_disk_low_on_space_a_reader_beside_the_agent_holds_up_no_write(tmp_
 
     from storage import store as store_module
 
-    monkeypatch.setattr(store_module, "_low_on_space", lambda path: True)
+    monkeypatch.setattr(store_module, "_low_on_space", lambda path, beside=0: True)
 
     async def main():
         store = await Store.open(tmp_path / "journal.db", os.urandom(32))
