@@ -59,6 +59,8 @@ class Uplink:
     # the last of its events delivered under another identity: read from the journal as the uplink starts.
     _journal: str | None = None
     _base: int = 0
+    _again: bool = False  # send again from the cursor in memory (central acknowledged less than before)
+    _lowered_to: int = -1  # the last acknowledgement below the cursor acted on: said and sent again once
 
     async def run(self) -> None:
         failed = 0
@@ -98,6 +100,9 @@ class Uplink:
         except StorageError as error:
             logger.error("acknowledgement not taken: %s", error)
             return
+        if seq < self._acked:
+            await self._acknowledged_less(seq)
+            return
         try:
             taken = await self.store.write(lambda journal: journal.acknowledge(seq))
         except StorageError as error:  # a full disk, or one that fails writes (remounted read-only, worn)
@@ -118,9 +123,38 @@ class Uplink:
                 return
             if taken.moved:
                 logger.info("acknowledged by central up to seq=%d", seq)
-                self._resends = 0
+                self._resends, self._lowered_to = 0, -1
         self._acked = max(self._acked, seq)
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
+        self.wake.set()
+
+    async def _acknowledged_less(self, seq: int) -> None:
+        """Central acknowledges less of this journal than it did before: its database was restored from a
+        backup older than its last acknowledgement, or (two central instances answering at once) an
+        older answer came last. Central holds this journal only up to ``seq`` then, and nothing the box
+        sends from its cursor on moves that: the events between go again, from the journal, which keeps
+        them (its cursor stays where it is; a copy central already holds is stored once). Once for each
+        such acknowledgement: the same one retained, and given again at each connection, sends nothing
+        twice."""
+        if seq == self._lowered_to:
+            return
+        self._lowered_to = seq
+        try:
+            kept = await self.store.read(lambda journal: journal.read_after(seq, 1, damaged=True))
+        except StorageError as error:
+            logger.error("acknowledgement up to seq=%d, below the %d before: the journal cannot be read to send "
+                         "the events between again (%s)", seq, self._acked, error)
+            return
+        if not kept or kept[0].seq != seq + 1:
+            logger.error("central acknowledges up to seq=%d, below the %d it acknowledged before (its database "
+                         "restored from an older backup?): seq=%d..%d are no longer in this journal (folded after "
+                         "their retention days) and cannot be sent again", seq, self._acked, seq + 1,
+                         (kept[0].seq - 1) if kept else self._acked)
+            return
+        logger.warning("central acknowledges up to seq=%d, below the %d it acknowledged before (its database "
+                       "restored from an older backup?): sending seq=%d..%d again", seq, self._acked, seq + 1,
+                       self._acked)
+        self._acked, self._again = seq, True
         self.wake.set()
 
     @property
@@ -152,6 +186,8 @@ class Uplink:
                 # A new connection: what was in flight on the last one may be lost, and a pause
                 # after failures on it is no reason to wait on this one.
                 sending, self._in_flight = _Sending(self.link.generation), []
+            if self._again:
+                sending.sent, self._in_flight, self._again = 0, [], False
             elif self._in_flight and now - self._in_flight[0][1] > self._ack_wait:
                 logger.warning("no acknowledgement for %.1fs; resending from seq=%d", self._ack_wait, self._acked + 1)
                 sending.sent, self._in_flight = 0, []

@@ -368,6 +368,32 @@ def test_the_uplink_starts_from_the_cursor_the_journal_holds(stack, tmp_path):
     run_uplink(stack, tmp_path, "shop-cursor", test, before=held_up_to_2)
 
 
+def test_an_acknowledgement_below_the_cursor_sends_the_events_between_again_once(stack, tmp_path, caplog):
+    """Central's database restored from a backup older than its last acknowledgement acknowledges less than
+    before: the events between, still in the journal, go again (else central never holds them, and its
+    acknowledgement stays behind for good). The journal's cursor stays; the same acknowledgement again (a
+    retained copy at the next connection) sends nothing more."""
+    async def test(central, box):
+        assert await asyncio.to_thread(central.wait_for, 1, "the backlog") == [[1, 2, 3, 4]]
+        central.acknowledge(4)
+        await box.wait_acked(4)
+        central.acknowledge(1)
+        assert await asyncio.to_thread(central.wait_for, 2, "the events central lost") == [[1, 2, 3, 4], [2, 3, 4]]
+        central.acknowledge(4)
+        central.acknowledge(1)  # the same again, as at the next connection
+        await box.record()
+        assert await asyncio.to_thread(central.wait_for, 3, "the next event") == [[1, 2, 3, 4], [2, 3, 4], [5]]
+        central.acknowledge(5)
+        await box.wait_acked(5)
+        assert len(central.batches()) == 3 and box.uplink.acked == 5
+
+    with caplog.at_level(logging.WARNING, logger="agent.uplink"):
+        run_uplink(stack, tmp_path, "shop-lowered", test, before=recorded(4))
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.uplink"]
+    assert said == ["central acknowledges up to seq=1, below the 4 it acknowledged before (its database restored "
+                    "from an older backup?): sending seq=2..4 again"]
+
+
 def test_events_behind_a_batch_in_flight_go_together_when_it_is_acknowledged(stack, tmp_path):
     async def test(central, box):
         await box.record()
