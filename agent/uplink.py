@@ -93,18 +93,19 @@ class Uplink:
         try:
             if self._journal is None:  # a retained acknowledgement may come before the uplink has looked
                 self._journal = await self.store.read(lambda journal: journal.journal_id())
-            seq = protocol.decode_ack(token, device=self.device_id, key=self.central_key, journal=self._journal)
+            ack = protocol.decode_ack(token, device=self.device_id, key=self.central_key, journal=self._journal)
         except ProtocolError as error:
             logger.warning("acknowledgement refused: %s", error)
             return
         except StorageError as error:
             logger.error("acknowledgement not taken: %s", error)
             return
+        seq = ack.seq
         if seq < self._acked:
             await self._acknowledged_less(seq)
             return
         try:
-            taken = await self.store.write(lambda journal: journal.acknowledge(seq))
+            taken = await self.store.write(lambda journal: journal.acknowledge(seq, differs=_differs(journal, ack)))
         except StorageError as error:  # a full disk, or one that fails writes (remounted read-only, worn)
             if seq <= self._acked:
                 return  # held in memory already (an acknowledgement before it could not be written either)
@@ -278,6 +279,19 @@ class _Sending:
     retry_at: float = 0.0  # after a failed publish or read: nothing is tried before this time
     cut: bool = False  # the last batch was cut to fit one message: the rest is as good as a full batch
     failed: int = 0  # publishes or reads failed in a row
+
+
+def _differs(journal, ack: protocol.Acknowledgement) -> bool:
+    """Whether the event central names in ``ack`` is not this journal's at that seq (a copy restored from an
+    older backup that recorded on before it heard central). Unknown (no event named, none here at that
+    seq, or one whose seal no longer opens) is not a difference."""
+    if ack.event is None or ack.seq <= journal.acked_seq():
+        return False
+    found = journal.read_after(ack.seq - 1, 1, damaged=True)
+    if not found or found[0].seq != ack.seq or found[0].kind == DAMAGED:
+        return False
+    event = found[0]
+    return protocol.event_digest(event.seq, event.kind, event.body) != ack.event
 
 
 def retry_pause(failed: int) -> float:

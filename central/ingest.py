@@ -139,8 +139,19 @@ class Ingest:
             raise Rejected(f"batch seq {batch.first_seq}..{batch.last_seq}: an event's body nests too deeply "
                            "to be stored") from None
         result = Accepted(device_id, batch.first_seq, batch.last_seq, added, acked)
-        ack = protocol.encode_ack(device_id, acked, key=self.signing_key, journal=batch.journal)
+        ack = protocol.encode_ack(device_id, acked, key=self.signing_key, journal=batch.journal,
+                                  event=self._event_at(device_id, acked, batch))
         return result, (protocol.ack_topic(self.prefix, device_id), ack)
+
+    def _event_at(self, device_id: str, seq: int, batch: protocol.Batch) -> str | None:
+        """The digest of the device's event at ``seq`` as central holds it: from the batch when it carries
+        that seq (central refuses a batch whose events differ from those it holds), else from the store.
+        None where the device holds none at it (delivered by another device of its journal, or seq 0)."""
+        if batch.first_seq <= seq <= batch.last_seq:
+            event = batch.events[seq - batch.first_seq]
+            return protocol.event_digest(seq, event["kind"], event["body"])
+        held = self.store.event_at(device_id, seq) if seq else None
+        return protocol.event_digest(seq, *held) if held is not None else None
 
     def _activation(self, message: Message, received_at: float) -> tuple[Any, tuple[str, bytes] | None]:
         """A waiting box's hello (noted), or its activation request (answered, signed, on its result topic)."""

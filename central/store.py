@@ -1200,6 +1200,13 @@ class CentralStore:
                     last = seq
                     yield seq, kind, json.loads(body)
 
+    def event_at(self, device_id: str, seq: int) -> tuple[str, dict[str, Any]] | None:
+        """The device's event ``seq`` as (kind, body); None when it holds none at that seq."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(_events.c.kind, _events.c.body).where(_events.c.device_id == device_id,
+                                                                               _events.c.seq == seq)).first()
+        return (row.kind, json.loads(row.body)) if row is not None else None
+
     def received_at(self, device_id: str, seq: int) -> float | None:
         """When central took the device's event ``seq`` (None: it holds none at that seq)."""
         with self._transaction(write=False) as conn:

@@ -16,6 +16,7 @@ payload by hand.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -123,6 +124,7 @@ class WireEvent(Protocol):
 
 # A journal's id: 32 lowercase hex digits (128 random bits), made with the journal, kept by its backups.
 JOURNAL_ID = re.compile(r"[0-9a-f]{32}")
+DIGEST = re.compile(r"[0-9a-f]{64}")  # an event digest (event_digest), as acknowledgements carry it
 
 
 @dataclass(frozen=True)
@@ -195,18 +197,41 @@ def decode_batch(token: bytes, *, device: str, key: Ed25519PublicKey) -> Batch:
     return Batch(device, session, sent_at, events, journal, base_seq)
 
 
-def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey, journal: str | None = None) -> bytes:
-    """Central holds ``device``'s events up to ``ack_seq``, of ``journal`` (the one its batches named)."""
+@dataclass(frozen=True)
+class Acknowledgement:
+    """Central holds the device's events up to ``seq``; ``event``: the digest (``event_digest``) of the one it
+    holds at ``seq``, when it says it (None: an acknowledgement of a central before it did, or of a seq
+    whose event another device of the journal delivered)."""
+
+    seq: int
+    event: str | None = None
+
+
+def event_digest(seq: int, kind: str, body: dict[str, Any]) -> str:
+    """SHA-256 (hex) of an event as a batch carries it, ``{"seq", "kind", "body"}`` in canonical JSON (keys
+    sorted, compact, UTF-8): central's acknowledgement names the event it holds at its seq by it, so that a
+    box's journal restored from an older backup tells central's events from the ones it recorded since."""
+    text = json.dumps({"seq": seq, "kind": kind, "body": body}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def encode_ack(device: str, ack_seq: int, *, key: Ed25519PrivateKey, journal: str | None = None,
+               event: str | None = None) -> bytes:
+    """Central holds ``device``'s events up to ``ack_seq``, of ``journal`` (the one its batches named); ``event``:
+    the digest of the event it holds at ``ack_seq``."""
     payload: dict[str, Any] = {"v": VERSION, "device": device, "ack_seq": ack_seq}
     if journal is not None:
         payload["journal"] = journal
+    if event is not None:
+        payload["event"] = event
     return jws.sign(payload_json(payload), key, kid=CENTRAL_KID, typ=ACK_TYPE).encode()
 
 
-def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str | None = None) -> int:
-    """The sequence number central acknowledges for ``device`` (and, given, for its ``journal``: an
-    acknowledgement of another journal's events under this device's id, or of no journal named, moves
-    nothing of this one); ProtocolError for anything else."""
+def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str | None = None) -> Acknowledgement:
+    """What central acknowledges for ``device`` (and, given, for its ``journal``: an acknowledgement of
+    another journal's events under this device's id, or of no journal named, moves nothing of this one);
+    ProtocolError for anything else."""
     _, payload = verified(token, key, typ=ACK_TYPE, kid=CENTRAL_KID)
     if not is_version(payload.get("v")):
         raise ProtocolError(f"acknowledgement version {str(payload.get('v'))[:40]!r} is not {VERSION}"
@@ -227,7 +252,11 @@ def decode_ack(token: bytes, *, device: str, key: Ed25519PublicKey, journal: str
         raise ProtocolError(f"acknowledgement is for journal {str(held)[:40]!r}, not this box's {journal!r}: central "
                             "holds another journal's events under this device's id (this journal was made anew "
                             "or replaced); none of this journal's events is acknowledged")
-    return seq
+    event = payload.get("event")
+    if event is not None and not (isinstance(event, str) and DIGEST.fullmatch(event)):
+        raise ProtocolError(f"acknowledgement's event {str(event)[:80]!r} is not a SHA-256 digest (64 lowercase hex "
+                            "digits)")
+    return Acknowledgement(seq, event)
 
 
 def encode_status(status: dict[str, Any], *, device: str, key: Ed25519PrivateKey) -> bytes:

@@ -114,6 +114,11 @@ def _restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) 
                 raise BackupError(f"{source} holds a journal of schema version {version}; this counterbox "
                                   f"restores versions 2 to {SCHEMA_VERSION}")
             sealing.rewrap_keys(conn, source, wrap_key, outer)
+            # Where this copy's own events begin: central may hold others at the seqs after it (the journal
+            # went on at the box after the backup), told apart by the event its acknowledgements name.
+            conn.execute("INSERT INTO meta (name, value) VALUES ('restored_at', coalesce((SELECT max(seq) FROM "
+                         "events), (SELECT value FROM meta WHERE name = 'chain_anchor_seq'))) "
+                         "ON CONFLICT (name) DO UPDATE SET value = excluded.value")
         journal = Journal.open(restored, outer, create=False)
         try:
             verified = journal.verify()

@@ -498,17 +498,21 @@ class Journal:
         with _translated(self.path):
             return int(self._meta("acked_seq"))
 
-    def acknowledge(self, seq: int) -> "Acknowledged":
+    def acknowledge(self, seq: int, *, differs: bool = False) -> "Acknowledged":
         """Move the cursor forward to ``seq``; acknowledgements are cumulative and never move it back.
 
         One past the last event says central holds more of this journal than this copy (restored from a
-        backup older than central's count): the events this copy records from there on are not the ones
-        central holds at their seqs, so no acknowledgement past its last event then is ever taken
-        (``diverged_at``), and the box keeps them until it delivers as another device. That is recorded
-        and the acknowledgement refused in the result, never by raising: raised, the caller's transaction
-        (the store's) would roll back what was recorded, and a later acknowledgement be taken."""
+        backup older than central's count); ``differs``, that central's event at ``seq`` is not this copy's
+        (the acknowledgement named another: a copy restored so that recorded on before it heard central).
+        Either way the events this copy recorded since it was restored (``restored_at``, or, a copy not
+        restored by ``counterbox restore``, its last event or its cursor) are not the ones central holds at
+        their seqs, so no acknowledgement past that point is ever taken (``diverged_at``), and the box keeps
+        them until it delivers as another device. That is recorded and the acknowledgement refused in the
+        result, never by raising: raised, the caller's transaction (the store's) would roll back what was
+        recorded, and a later acknowledgement be taken."""
         with self.transaction():
-            if seq <= int(self._meta("acked_seq")):
+            acked = int(self._meta("acked_seq"))
+            if seq <= acked:
                 return Acknowledged(moved=False)
             last, diverged = self.last_seq(), self._meta("diverged_at")
             if diverged and seq > int(diverged):
@@ -517,14 +521,30 @@ class Journal:
                     f"{diverged} that this copy does not (it was restored from an older backup); the events after "
                     f"{diverged} are this copy's own: deliver them as another device (docs/commands.md, Replacing "
                     "a box's journal)"))
+            restored = self._restored_at()
             if seq > last:
-                self._set_meta("diverged_at", str(last))
+                since = min(last, restored) if restored is not None else last
+                self._set_meta("diverged_at", str(since))
                 return Acknowledged(moved=False, refused=(
                     f"acknowledgement for seq {seq} beyond the last event {last}: central holds more of this "
-                    f"journal than this copy (restored from an older backup?); no acknowledgement past {last} is "
+                    f"journal than this copy (restored from an older backup?); no acknowledgement past {since} is "
                     "taken from now on"))
+            if differs:
+                since = restored if restored is not None and restored < seq else acked
+                self._set_meta("diverged_at", str(since))
+                return Acknowledged(moved=False, refused=(
+                    f"acknowledgement for seq {seq} refused: central holds another event at that seq than this "
+                    f"copy, which was restored from an older backup and recorded on before it heard central; the "
+                    f"events after {since} are this copy's own: deliver them as another device (docs/commands.md, "
+                    "Replacing a box's journal)"))
             self._set_meta("acked_seq", str(seq))
         return Acknowledged(moved=True)
+
+    def _restored_at(self) -> int | None:
+        """The last event of this copy as ``counterbox restore`` put it in place (None: not restored so)."""
+        row = self._conn.execute("SELECT value FROM meta WHERE name = 'restored_at'").fetchone()
+        value = str(row[0]) if row else ""
+        return int(value) if value.isdigit() else None
 
     def journal_id(self) -> str:
         """This journal's own id, made with it and kept by its backups (batches and acknowledgements name it)."""

@@ -2,12 +2,19 @@
 
 import asyncio
 import json
+import logging
 import os
 import re
 import sqlite3
 import stat
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.config import UplinkConfig
+from agent.mqtt import MqttLink
+from agent.uplink import Uplink
+from provisioning import protocol
 
 from storage import (BackupError, DataKeyError, Journal, JournalError, JournalInUse, NoJournal, Store, agent_lock, backup,
                      restore, verify_journal)
@@ -102,6 +109,78 @@ def test_a_restore_goes_on_recording_where_the_backup_ended(box, key, tmp_path):
     restore(file, PASSPHRASE, new_box, new_key)
     j = Journal.open(new_box, new_key)
     assert j.append("sale", {"code": "after"}) == 5 and j.verify().ok
+    j.close()
+
+
+def restored_behind_central(box, key, tmp_path):
+    """The box's own journal (4 events, cursor at 2) restored from its backup after it went on to record and
+    deliver events 5 to 9 (central holds them): the restored copy, its key, and central's events 5 to 9."""
+    file = tmp_path / "box.cbbackup"
+    backup(box, key, file, PASSPHRASE)
+    j = Journal.open(box, key)
+    delivered = [(j.append("sale", {"code": "6901028075831", "n": n}), {"code": "6901028075831", "n": n})
+                 for n in range(5, 10)]
+    j.acknowledge(9)
+    j.close()
+    copy = tmp_path / "restored" / "journal.db"
+    restore(file, PASSPHRASE, copy, key)
+    return copy, dict(delivered)
+
+
+def acknowledge_through_the_uplink(path, key, central_key, box_key, acks, *, record=0):
+    """``record`` sales recorded on the copy first (the shop sells before the link is up), then each of
+    ``acks`` (seq, the event central names) handed to the uplink as the downlink would; the cursor after each."""
+    async def main():
+        store = await Store.open(path, key, max_event_bytes=protocol.MAX_EVENT_BYTES)
+        uplink = Uplink(store=store, link=MqttLink(host="127.0.0.1", port=1, client_id="shop-1"), device_id="shop-1",
+                        session=1, key=box_key, central_key=central_key.public_key(), config=UplinkConfig())
+        try:
+            for n in range(record):
+                await store.append("sale", {"code": "6901028075831", "n": 100 + n})
+            journal_id = await store.read(lambda j: j.journal_id())
+            cursors = []
+            for seq, event in acks:
+                await uplink.acknowledged(protocol.encode_ack("shop-1", seq, key=central_key, journal=journal_id,
+                                                              event=event))
+                cursors.append(await store.read(lambda j: j.acked_seq()))
+            return cursors, await store.read(lambda j: [e.seq for e in j.read_after(0)])
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+def test_a_restored_journal_that_recorded_before_it_heard_central_keeps_its_own_events(box, key, tmp_path, caplog):
+    """Central's retained acknowledgement reaches the copy after the shop sold on (the link down that
+    morning): it names central's event at its seq, not this copy's, and moves the cursor over none of the
+    copy's own events, which are kept to deliver as another device. Central's events up to the backup's
+    last are the copy's too: acknowledged as before."""
+    copy, delivered = restored_behind_central(box, key, tmp_path)
+    central_key, box_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    ours = {seq: protocol.event_digest(seq, "sale", body) for seq, body in delivered.items()}
+    with caplog.at_level(logging.ERROR, logger="agent.uplink"):
+        cursors, kept = acknowledge_through_the_uplink(
+            copy, key, central_key, box_key, [(9, ours[9]), (4, None), (6, ours[6])], record=6)
+    assert cursors == [2, 4, 4] and kept == list(range(1, 11))
+    assert "central holds another event at that seq than this copy" in caplog.text and "after 4" in caplog.text
+
+
+def test_an_acknowledgement_naming_the_copys_own_event_moves_its_cursor(box, key, tmp_path):
+    copy, _ = restored_behind_central(box, key, tmp_path)
+    central_key, box_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    own = protocol.event_digest(5, "sale", {"code": "6901028075831", "n": 100})
+    assert acknowledge_through_the_uplink(copy, key, central_key, box_key, [(5, own)], record=1)[0] == [5]
+
+
+def test_a_restored_journal_behind_central_takes_no_acknowledgement_past_the_backups_last_event(box, key, tmp_path):
+    """Central acknowledges more than the copy holds, after it recorded a few of its own: those are the copy's,
+    never taken as central's (an acknowledgement of the journal's last event at the time would have)."""
+    copy, _ = restored_behind_central(box, key, tmp_path)
+    j = Journal.open(copy, key)
+    for n in range(3):
+        j.append("sale", {"code": "6901028075831", "n": 100 + n})  # 5, 6, 7
+    assert j.acknowledge(9).refused.endswith("no acknowledgement past 4 is taken from now on")
+    assert not j.acknowledge(6).moved and j.acknowledge(4).moved
     j.close()
 
 

@@ -68,12 +68,29 @@ def test_a_batch_is_stored_once_and_answered_with_a_signed_acknowledgement(centr
     result, (topic, token) = central.handle(batch_message(sales(1, 2), key=central.box_key))
     assert result == Accepted("shop-1", 1, 2, added=2, acked_seq=2)
     assert topic == protocol.ack_topic(PREFIX, "shop-1")
-    assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 2
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public).seq == 2
     assert [(e["seq"], e["n"], e["session"]) for e in central.store.events()] == [(1, 1, 1), (2, 2, 1)]
     # Sent again (its acknowledgement was lost): nothing added, the same acknowledgement.
     result, (_, token) = central.handle(batch_message(sales(1, 2), key=central.box_key, session=2))
     assert result == Accepted("shop-1", 1, 2, added=0, acked_seq=2)
-    assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 2
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public).seq == 2
+
+
+def test_an_acknowledgement_names_the_event_central_holds_at_its_seq(central):
+    """By its digest, so that a box's journal restored from an older backup tells central's events from the ones
+    it recorded since: from the batch when it carries that seq, from the store when the batch is behind it."""
+    def acknowledged(events):
+        _, (_, token) = central.handle(batch_message(events, key=central.box_key))
+        return protocol.decode_ack(token, device="shop-1", key=central.central_public)
+
+    def named(seq):
+        return protocol.Acknowledgement(seq, protocol.event_digest(seq, "sale", {"code": "6901028075831", "n": seq}))
+
+    assert acknowledged(sales(1, 2)) == named(2)
+    assert acknowledged(sales(4)) == named(2)  # 3 still to come
+    assert acknowledged(sales(3)) == named(4)  # the gap filled: 4 is in the store, not in the batch
+    assert acknowledged(sales(1, 2)) == named(4)  # sent again
+    assert named(4).event != protocol.event_digest(4, "sale", {"code": "6901028075831", "n": 5})
 
 
 def test_each_batch_that_brought_an_event_is_kept_as_the_box_signed_it_for_consumers_that_missed_it(central):
@@ -95,7 +112,7 @@ def test_each_batch_that_brought_an_event_is_kept_as_the_box_signed_it_for_consu
 def test_a_batch_after_a_gap_is_kept_and_acknowledged_only_up_to_the_gap(central):
     result, (_, token) = central.handle(batch_message(sales(3, 4), key=central.box_key))
     assert result == Accepted("shop-1", 3, 4, added=2, acked_seq=0)
-    assert protocol.decode_ack(token, device="shop-1", key=central.central_public) == 0
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public).seq == 0
 
 
 @pytest.mark.parametrize("message, reason", [
@@ -572,7 +589,7 @@ def test_serve_takes_each_message_from_the_broker_stores_it_and_answers_on_its_t
         heard, retained = asyncio.run(main(stack.broker_port))
     [ack] = heard["ack"]
     assert retained.retain and (retained.topic, retained.payload) == (ack.topic, ack.payload)
-    assert protocol.decode_ack(ack.payload, device="shop-1", key=central.central_public) == 2
+    assert protocol.decode_ack(ack.payload, device="shop-1", key=central.central_public).seq == 2
     assert [e["seq"] for e in central.store.events()] == [1, 2]
     assert central.store.status("shop-1").state == "online"
     [result] = heard["result"]
@@ -644,7 +661,7 @@ def test_a_new_journal_under_a_devices_id_is_refused_and_nothing_of_it_is_acknow
     acknowledgement of the run covered the ones it refused: sales lost, with the box's cursor past them."""
     result, (_, token) = central.handle(journal_batch(sales(1, 2, 3), journal=J1, key=central.box_key))
     assert result.acked_seq == 3
-    assert protocol.decode_ack(token, device="shop-1", key=central.central_public, journal=J1) == 3
+    assert protocol.decode_ack(token, device="shop-1", key=central.central_public, journal=J1).seq == 3
     with pytest.raises(ProtocolError, match="acknowledgement is for journal"):  # the new journal moves nothing
         protocol.decode_ack(token, device="shop-1", key=central.central_public, journal=J2)
     for seqs in ((1, 2), (4, 5, 6)):  # the seqs central holds, and those it does not
@@ -671,7 +688,7 @@ def test_a_journal_restored_onto_another_box_is_counted_from_where_its_last_box_
     assert (later.added, later.acked_seq) == (1, 3)  # counted from 3 on; 4 is still on its way
     result, (_, token) = central.handle(journal_batch(sales(4), journal=J1, base_seq=3, device="shop-new", key=new_key))
     assert (result.added, result.acked_seq) == (1, 5)
-    assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1) == 5
+    assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1).seq == 5
     assert [(e["device"], e["seq"]) for e in central.store.events()][3:] == [("shop-new", 4), ("shop-new", 5)]
 
 
@@ -712,7 +729,7 @@ def test_a_backup_older_than_the_last_acknowledgement_restored_onto_another_box_
     result, (_, token) = central.handle(journal_batch(sales(4, 5) + own_sixth, journal=J1, base_seq=3,
                                                       device="shop-new", key=new_key))
     assert (result.added, result.acked_seq) == (1, 6)
-    assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1) == 6
+    assert protocol.decode_ack(token, device="shop-new", key=central.central_public, journal=J1).seq == 6
     held = [(e["device"], e["seq"]) for e in central.store.events()]
     assert held == [("shop-1", 1), ("shop-1", 2), ("shop-1", 3), ("shop-1", 4), ("shop-1", 5), ("shop-new", 6)]
     # Another event at a seq the old box holds is the new box's own: kept.
@@ -817,7 +834,7 @@ def test_serve_receives_what_a_box_sent_while_central_was_away(central, tmp_path
     with Stack(tmp_path / "stack") as stack:
         stack.start_broker()
         ack = asyncio.run(main(stack.broker_port))
-    assert protocol.decode_ack(ack, device="shop-1", key=central.central_public) == 2
+    assert protocol.decode_ack(ack, device="shop-1", key=central.central_public).seq == 2
     assert [e["seq"] for e in central.store.events()] == [1, 2]
 
 
@@ -1021,7 +1038,7 @@ def test_a_batch_central_fails_to_store_is_not_acknowledged_and_is_stored_when_t
     with Stack(tmp_path / "stack") as stack:
         stack.start_broker()
         heard = asyncio.run(main(stack.broker_port))
-    assert [protocol.decode_ack(token, device="shop-1", key=central.central_public) for token in heard] == [1]
+    assert [protocol.decode_ack(token, device="shop-1", key=central.central_public).seq for token in heard] == [1]
     assert [e["seq"] for e in central.store.events()] == [1]
     [failed] = [r for r in caplog.records if "message not stored" in r.getMessage()]
     assert failed.getMessage() == "message not stored topic=counterbox/v1/devices/shop-1/batch: internal error"

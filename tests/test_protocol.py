@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -223,14 +224,14 @@ def test_a_typ_is_read_as_the_media_type_it_names(key, typ):
     """RFC 7515, 4.1.9: a typ with no "/" has "application/" left out, and media types ignore case; the long
     form of our own type was refused."""
     token = signed({"v": 1, "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=typ)
-    assert protocol.decode_ack(token, device=DEVICE, key=key.public_key()) == 5
+    assert protocol.decode_ack(token, device=DEVICE, key=key.public_key()).seq == 5
     other = signed({"v": 1, "device": DEVICE, "ack_seq": 5}, key, kid="central", typ=f"text/{protocol.ACK_TYPE}")
     with pytest.raises(ProtocolError, match="is not 'counterbox-ack\\+jws'"):
         protocol.decode_ack(other, device=DEVICE, key=key.public_key())
 
 
 def test_an_acknowledgement_round_trips(key):
-    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 43, key=key), device=DEVICE, key=key.public_key()) == 43
+    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 43, key=key), device=DEVICE, key=key.public_key()).seq == 43
 
 
 @pytest.mark.parametrize("shipped", ["mosquitto.conf", "mosquitto-production.conf"])
@@ -341,7 +342,7 @@ def test_a_first_session_and_counts_of_zero_are_a_status_like_any_other(key):
 
 
 def test_an_acknowledgement_of_nothing_yet_is_seq_zero(key):
-    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 0, key=key), device=DEVICE, key=key.public_key()) == 0
+    assert protocol.decode_ack(protocol.encode_ack(DEVICE, 0, key=key), device=DEVICE, key=key.public_key()).seq == 0
 
 
 @pytest.mark.parametrize("device,valid", [
@@ -481,7 +482,7 @@ def test_a_batch_saying_what_was_delivered_before_without_naming_its_journal_is_
 
 def test_an_acknowledgement_of_another_journal_under_the_same_device_moves_nothing(key):
     ack = protocol.encode_ack(DEVICE, 9, key=key, journal=JOURNAL)
-    assert protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=JOURNAL) == 9
+    assert protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=JOURNAL).seq == 9
     other = "f" * 32
     with pytest.raises(ProtocolError, match=f"acknowledgement is for journal '{JOURNAL}', not this box's '{other}'"):
         protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=other)
@@ -490,6 +491,21 @@ def test_an_acknowledgement_of_another_journal_under_the_same_device_moves_nothi
     with pytest.raises(ProtocolError, match=f"acknowledgement names no journal; this box takes only one naming its "
                                             f"journal '{other}', so none of its events is acknowledged"):
         protocol.decode_ack(protocol.encode_ack(DEVICE, 9, key=key), device=DEVICE, key=key.public_key(), journal=other)
+
+
+def test_an_acknowledgement_names_the_event_at_its_seq_by_a_digest_of_the_event_as_a_batch_carries_it(key):
+    body = {"code": "6901028075831", "unit_price": 2300, "name": "红塔山"}
+    digest = protocol.event_digest(9, "sale", body)
+    expected = hashlib.sha256(json.dumps({"seq": 9, "kind": "sale", "body": body}, sort_keys=True,
+                                         separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
+    assert digest == expected and digest == protocol.event_digest(9, "sale", dict(reversed(list(body.items()))))
+    ack = protocol.encode_ack(DEVICE, 9, key=key, journal=JOURNAL, event=digest)
+    assert protocol.decode_ack(ack, device=DEVICE, key=key.public_key(), journal=JOURNAL) == \
+        protocol.Acknowledgement(9, digest)
+    for wrong in ("A" * 64, "0" * 63, 5, ""):
+        forged = protocol.encode_ack(DEVICE, 9, key=key, journal=JOURNAL, event=wrong)
+        with pytest.raises(ProtocolError, match="acknowledgement's event .* is not a SHA-256 digest"):
+            protocol.decode_ack(forged, device=DEVICE, key=key.public_key(), journal=JOURNAL)
 
 
 def test_a_batch_whose_last_seq_is_past_what_every_reader_holds_is_refused(key):
