@@ -28,6 +28,7 @@ events are also the box's own record of the versions it holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -63,6 +64,7 @@ class Held:
     digest: str | None = None
     issued_at: float = 0.0
     superseded: bool = False  # another scope's document of the stream was applied since: this one is not in force
+    scope: dict[str, str] | None = None  # whose it is (Scope.as_json()); None: not known (nothing held yet)
 
 
 def applied_versions(journal: Journal, device: str, region: str) -> dict[str, Held]:
@@ -82,8 +84,12 @@ def applied_versions(journal: Journal, device: str, region: str) -> dict[str, He
         held = versions.get(body["name"])
         if held is None or body["version"] >= held.version:
             issued_at = protocol.parse_rfc3339(body["issued_at"]) if isinstance(body.get("issued_at"), str) else 0.0
-            versions[body["name"]] = Held(body["version"], body.get("digest"), issued_at)
+            versions[body["name"]] = Held(body["version"], body.get("digest"), issued_at, scope=body.get("scope"))
     return versions
+
+
+def _whose(scope: dict[str, str]) -> str:
+    return f"device {scope['device']}" if "device" in scope else f"region {scope.get('region')}"
 
 
 def digest(token: bytes) -> str:
@@ -148,6 +154,9 @@ class Downlink:
     _held: dict[str, Message] = field(default_factory=dict)
     _holding: asyncio.Event = field(default_factory=asyncio.Event)
     _failed: int = 0
+    # By topic, the digest of the copy seen there that was older than the version in force (the region's list
+    # under this box's own): passed over, unverified, when the broker hands it again at each connection.
+    _passed: dict[str, str] = field(default_factory=dict)
     # One document at a time: a held one tried again and a newer one just come never race to the journal.
     _door: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -221,6 +230,9 @@ class Downlink:
     async def _document(self, message: Message) -> None:
         if not message.payload:
             return  # a retained document cleared by operations: nothing to apply
+        if self._passed.get(message.topic) == digest(message.payload):
+            logger.debug("document topic=%s: the copy seen before, older than the version in force", message.topic)
+            return
         held = self._applied.get(message.topic.partition("/docs/")[2])
         if held is not None and held.digest == digest(message.payload) and not held.superseded:
             # The very bytes this box verified and applied: the retained copy of every order ever pushed, at
@@ -267,8 +279,15 @@ class Downlink:
                 logger.info("document topic=%s: version %d applied again, in place of another scope's applied "
                             "since", message.topic, document.version)
         elif document.version < held.version:
-            logger.warning("document refused topic=%s: version %d is applied; an older or replayed document "
-                           "changes nothing", message.topic, held.version)
+            self._passed[message.topic] = token
+            if held.scope is not None and held.scope != document.scope.as_json() and not held.superseded:
+                # The region's list, retained for its other boxes, under this box's own: no replay, and said
+                # once (the same copy again, at the next connections, is passed over unverified).
+                logger.info("document topic=%s: version %d, under version %d of %s in force; it changes nothing",
+                            message.topic, document.version, held.version, _whose(held.scope))
+            else:
+                logger.warning("document refused topic=%s: version %d is applied; an older or replayed document "
+                               "changes nothing", message.topic, held.version)
             return
         try:
             self._usable(document)
@@ -286,7 +305,14 @@ class Downlink:
             logger.exception("document %s version=%d NOT applied: recording it failed", document.name,
                              document.version)
             return
-        self._applied[document.name] = Held(document.version, token, document.issued_at)
+        before = self._applied.get(document.name)
+        if before is not None and before.digest and before.scope and before.scope != document.scope.as_json():
+            # The copy it takes the place of (the region's, under the box's own now) stays retained for others:
+            # the broker hands it at each connection, and it changes nothing here any more.
+            with contextlib.suppress(TypeError, ValueError):
+                self._passed[documents.topic(self.topic_prefix, documents.Scope(**before.scope), document.name)] = \
+                    before.digest
+        self._applied[document.name] = Held(document.version, token, document.issued_at, scope=document.scope.as_json())
         self._failed = 0
         logger.info("document applied seq=%d %s version=%d", seq, document.name, document.version)
         self.uplink.wake.set()

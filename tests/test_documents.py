@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from datetime import date, datetime
@@ -352,6 +353,43 @@ def _message(ops, **change) -> Message:
     scope = payload["scope"]
     where = f"devices/{scope['device']}" if "device" in scope else f"regions/{scope['region']}"
     return Message(f"counterbox/v1/{where}/docs/{payload['name']}", _signed(payload, ops, key_id(ops)))
+
+
+def test_the_regions_list_retained_under_a_boxs_own_is_neither_verified_again_nor_called_a_replay(
+        tmp_path, caplog, monkeypatch):
+    """A box with a price list of its own (device scope) over its region's, which stays retained for the region's
+    other boxes: the broker hands it that copy at every connection. It changes nothing, is no replay, and a
+    20,000-item list verified again each time costs the box a second of CPU."""
+    ops = Ed25519PrivateKey.generate()
+    region = _message(ops, version=5)
+    own = _message(ops, version=6, scope={"device": "shop-1"}, body=_item(price=1999))
+    checked = []
+    decode = documents.decode_document
+    monkeypatch.setattr(documents, "decode_document", lambda token, **kw: checked.append(token) or decode(token, **kw))
+
+    async def test(first):
+        store, downlink = await _door(tmp_path, ops)
+        try:
+            for message in first:
+                await downlink.handle(message)
+            checked.clear()
+            caplog.clear()
+            for _ in range(3):  # three connections: both retained copies each time
+                await downlink.handle(region)
+                await downlink.handle(own)
+        finally:
+            await store.close()
+
+    with caplog.at_level(logging.DEBUG, logger="agent.downlink"):
+        asyncio.run(test([region, own]))
+    assert checked == [] and [r for r in caplog.records if r.levelno >= logging.INFO] == []
+    # A box started again (its own list in the journal) sees the region's copy first: said once, not as a replay.
+    with caplog.at_level(logging.DEBUG, logger="agent.downlink"):
+        asyncio.run(test([]))
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert said == [("INFO", "document topic=counterbox/v1/regions/honghe/docs/price_list: version 5, under version 6 "
+                             "of device shop-1 in force; it changes nothing")]
+    assert len(checked) == 1
 
 
 @pytest.mark.parametrize("change", [
