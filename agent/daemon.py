@@ -442,8 +442,10 @@ class Box:
             except StorageError as error:  # not known to be delivered: looked at again, within the grace
                 logger.error("revoked: the journal cannot be read (%s); looking again", error)
             else:
-                if self._uplink is not None:  # what central acknowledged while the disk had no room for the cursor
-                    acked = max(acked, self._uplink.acked)
+                if self._uplink is not None and self._uplink.known:
+                    # What central holds: past the cursor, what it acknowledged while the disk had no room to
+                    # write it; below, what it holds since it lost events (its database restored).
+                    acked = self._uplink.acked
                 if acked >= last:
                     logger.info("revoked: central holds every event, up to seq=%d", last)
                     return

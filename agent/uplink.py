@@ -59,8 +59,14 @@ class Uplink:
     # the last of its events delivered under another identity: read from the journal as the uplink starts.
     _journal: str | None = None
     _base: int = 0
-    _again: bool = False  # send again from the cursor in memory (central acknowledged less than before)
+    _known: bool = False  # the cursor has been read from the journal: ``acked`` says what central holds
+    # Central acknowledged less than before (see _acknowledged_less): the lowest such seq, and since when,
+    # while no answer at or past what it held before has come (an older answer come last is no loss).
+    _below: int | None = None
+    _below_since: float = 0.0
+    _again: bool = False  # send again from ``_acked``, lowered to what central holds now
     _lowered_to: int = -1  # the last acknowledgement below the cursor acted on: said and sent again once
+    _unfillable: int = -1  # central's count, stopped at events folded here: each answer of it takes a batch
 
     async def run(self) -> None:
         failed = 0
@@ -68,6 +74,7 @@ class Uplink:
             try:
                 self._acked, self._journal, self._base = await self.store.read(
                     lambda journal: (journal.acked_seq(), journal.journal_id(), journal.base_seq()))
+                self._known = True
                 break
             except StorageError as error:  # a read that fails now may not next time: never the agent's end
                 failed += 1
@@ -85,8 +92,14 @@ class Uplink:
     @property
     def acked(self) -> int:
         """The last event central is known to hold: the journal's cursor, or past it an acknowledgement
-        kept in memory while the disk had no room to write it."""
+        kept in memory while the disk had no room to write it, or below it what central holds since it
+        lost events it had acknowledged (see _acknowledged_less)."""
         return self._acked
+
+    @property
+    def known(self) -> bool:
+        """Whether ``acked`` is known (the uplink has read the journal's cursor)."""
+        return self._known
 
     async def acknowledged(self, token: bytes) -> None:
         """Central's acknowledgement, as the downlink received it on this device's ack topic."""
@@ -102,8 +115,19 @@ class Uplink:
             return
         seq = ack.seq
         if seq < self._acked:
-            await self._acknowledged_less(seq)
+            if seq == self._unfillable:
+                # Central's count stops at events it lost and this box folded: its answer says it took one
+                # of the batches in flight, whose events it stores (never acknowledges): the next may go.
+                if self._in_flight:
+                    self._in_flight.pop(0)
+                    self.wake.set()
+            elif seq != self._lowered_to and (self._below is None or seq < self._below):
+                if self._below is None:
+                    self._below_since = time.monotonic()
+                self._below = seq
+                self.wake.set()  # looked at by the sender after ack_timeout, if no answer puts it back
             return
+        self._below = None  # central holds what it said before: a lower answer was an older one, come last
         try:
             taken = await self.store.write(lambda journal: journal.acknowledge(seq, differs=_differs(journal, ack)))
         except StorageError as error:  # a full disk, or one that fails writes (remounted read-only, worn)
@@ -130,15 +154,13 @@ class Uplink:
         self.wake.set()
 
     async def _acknowledged_less(self, seq: int) -> None:
-        """Central acknowledges less of this journal than it did before: its database was restored from a
-        backup older than its last acknowledgement, or (two central instances answering at once) an
-        older answer came last. Central holds this journal only up to ``seq`` then, and nothing the box
-        sends from its cursor on moves that: the events between go again, from the journal, which keeps
-        them (its cursor stays where it is; a copy central already holds is stored once). Once for each
-        such acknowledgement: the same one retained, and given again at each connection, sends nothing
-        twice."""
-        if seq == self._lowered_to:
-            return
+        """Central acknowledged less of this journal than it did before, and for ``ack_timeout`` no answer
+        put it back: its database was restored from a backup older than its last acknowledgement (or an
+        older answer, of two central workers answering at once, came last and nothing came after it).
+        Central may hold this journal only up to ``seq`` then, and nothing the box sends from its cursor on
+        moves that: the events between go again, from the journal, which keeps them (its cursor stays where
+        it is; a copy central holds already is stored once). Once for each such acknowledgement: the same
+        one retained, and given again at each connection, sends nothing twice."""
         self._lowered_to = seq
         try:
             kept = await self.store.read(lambda journal: journal.read_after(seq, 1, damaged=True))
@@ -147,14 +169,17 @@ class Uplink:
                          "the events between again (%s)", seq, self._acked, error)
             return
         if not kept or kept[0].seq != seq + 1:
+            self._unfillable = seq
             logger.error("central acknowledges up to seq=%d, below the %d it acknowledged before (its database "
                          "restored from an older backup?): seq=%d..%d are no longer in this journal (folded after "
-                         "their retention days) and cannot be sent again", seq, self._acked, seq + 1,
-                         (kept[0].seq - 1) if kept else self._acked)
+                         "their retention days) and cannot be sent again; the events after them go on to central, "
+                         "whose count of this box moves on only once it delivers as another device, from seq=%d "
+                         "(docs/commands.md, Replacing a box's journal)", seq, self._acked, seq + 1,
+                         (kept[0].seq - 1) if kept else self._acked, self._acked)
             return
-        logger.warning("central acknowledges up to seq=%d, below the %d it acknowledged before (its database "
-                       "restored from an older backup?): sending seq=%d..%d again", seq, self._acked, seq + 1,
-                       self._acked)
+        logger.info("central's answers stopped at seq=%d, below the %d it acknowledged before (an older answer come "
+                    "last, or its database restored from an older backup): sending seq=%d..%d again", seq, self._acked,
+                    seq + 1, self._acked)
         self._acked, self._again = seq, True
         self.wake.set()
 
@@ -187,6 +212,9 @@ class Uplink:
                 # A new connection: what was in flight on the last one may be lost, and a pause
                 # after failures on it is no reason to wait on this one.
                 sending, self._in_flight = _Sending(self.link.generation), []
+            if self._below is not None and now - self._below_since >= cfg.ack_timeout:
+                below, self._below = self._below, None
+                await self._acknowledged_less(below)
             if self._again:
                 sending.sent, self._in_flight, self._again = 0, [], False
             elif self._in_flight and now - self._in_flight[0][1] > self._ack_wait:
@@ -234,6 +262,8 @@ class Uplink:
                     sending.waiting_since = None
             if self._in_flight:
                 until = min(until, self._in_flight[0][1] + self._ack_wait)
+            if self._below is not None:
+                until = min(until, self._below_since + cfg.ack_timeout)
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when a cancellation
             # meets a wake-up in one turn of the loop, and the uplink would outlive its stop.
             with contextlib.suppress(TimeoutError):
