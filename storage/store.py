@@ -97,8 +97,11 @@ class Store:
             except BaseException as error:  # handed to the opener, who raises it
                 loop.call_soon_threadsafe(_settle, [(opened, None, error)])
                 return
-            if not _low_on_space(path, LOG_ROOM * 4200):
-                journal.reserve_log(LOG_ROOM)  # each commit then writes over room the log has (see there)
+            try:
+                if not _low_on_space(path, LOG_ROOM * (4096 + 24)):
+                    journal.reserve_log(LOG_ROOM)  # each commit then writes over room the log has (see there)
+            except Exception as error:  # room ahead only saves time: never the reason a store does not open
+                logger.warning("journal %s: no room made ahead in its write-ahead log (%s)", path, error)
             loop.call_soon_threadsafe(_settle, [(opened, journal, None)])
             _serve(journal, work, health)
 
