@@ -65,16 +65,24 @@ class Uplink:
     _below: int | None = None
     _below_since: float = 0.0
     _again: bool = False  # send again from ``_acked``, lowered to what central holds now
-    _lowered_to: int = -1  # the last acknowledgement below the cursor acted on: said and sent again once
-    _unfillable: int = -1  # central's count, stopped at events folded here: each answer of it takes a batch
+    _put_back: int = 0  # answers at or past ``_acked`` so far: one during a look at a lower answer voids the look
+    # Central's count, stopped short of events it lost and this box folded: each answer of it says central took a
+    # batch in flight (it stores the events, it cannot count them), and ``_acked`` goes on in memory past it.
+    _stuck: int = -1
+
+    async def _know(self) -> None:
+        """Read the journal's cursor and id, once (StorageError when the journal cannot be read)."""
+        if not self._known:
+            acked, self._journal = await self.store.read(lambda journal: (journal.acked_seq(), journal.journal_id()))
+            if not self._known:  # (an acknowledgement may have read them meanwhile, and gone on from there)
+                self._acked, self._known = acked, True
 
     async def run(self) -> None:
         failed = 0
         while True:
             try:
-                self._acked, self._journal, self._base = await self.store.read(
-                    lambda journal: (journal.acked_seq(), journal.journal_id(), journal.base_seq()))
-                self._known = True
+                await self._know()
+                self._base = await self.store.read(lambda journal: journal.base_seq())
                 break
             except StorageError as error:  # a read that fails now may not next time: never the agent's end
                 failed += 1
@@ -104,8 +112,7 @@ class Uplink:
     async def acknowledged(self, token: bytes) -> None:
         """Central's acknowledgement, as the downlink received it on this device's ack topic."""
         try:
-            if self._journal is None:  # a retained acknowledgement may come before the uplink has looked
-                self._journal = await self.store.read(lambda journal: journal.journal_id())
+            await self._know()  # a retained acknowledgement may come before the uplink has looked
             ack = protocol.decode_ack(token, device=self.device_id, key=self.central_key, journal=self._journal)
         except ProtocolError as error:
             logger.warning("acknowledgement refused: %s", error)
@@ -115,19 +122,20 @@ class Uplink:
             return
         seq = ack.seq
         if seq < self._acked:
-            if seq == self._unfillable:
-                # Central's count stops at events it lost and this box folded: its answer says it took one
-                # of the batches in flight, whose events it stores (never acknowledges): the next may go.
+            if seq == self._stuck:
                 if self._in_flight:
-                    self._in_flight.pop(0)
+                    self._acked = max(self._acked, self._in_flight.pop(0)[0])
+                    self._resends = 0
                     self.wake.set()
-            elif seq != self._lowered_to and (self._below is None or seq < self._below):
+            elif self._below is None or seq < self._below:
                 if self._below is None:
                     self._below_since = time.monotonic()
                 self._below = seq
                 self.wake.set()  # looked at by the sender after ack_timeout, if no answer puts it back
             return
-        self._below = None  # central holds what it said before: a lower answer was an older one, come last
+        # Central holds what it said before: a lower answer was an older one come last, or central counts on.
+        self._below, self._stuck = None, -1
+        self._put_back += 1
         try:
             taken = await self.store.write(lambda journal: journal.acknowledge(seq, differs=_differs(journal, ack)))
         except StorageError as error:  # a full disk, or one that fails writes (remounted read-only, worn)
@@ -148,7 +156,7 @@ class Uplink:
                 return
             if taken.moved:
                 logger.info("acknowledged by central up to seq=%d", seq)
-                self._resends, self._lowered_to = 0, -1
+                self._resends = 0
         self._acked = max(self._acked, seq)
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
         self.wake.set()
@@ -159,28 +167,36 @@ class Uplink:
         older answer, of two central workers answering at once, came last and nothing came after it).
         Central may hold this journal only up to ``seq`` then, and nothing the box sends from its cursor on
         moves that: the events between go again, from the journal, which keeps them (its cursor stays where
-        it is; a copy central holds already is stored once). Once for each such acknowledgement: the same
-        one retained, and given again at each connection, sends nothing twice."""
-        self._lowered_to = seq
+        it is; a copy central holds already is stored once). Central's answer to them puts ``acked`` back;
+        a lower one again, later, is looked at again."""
+        put_back = self._put_back
         try:
             kept = await self.store.read(lambda journal: journal.read_after(seq, 1, damaged=True))
         except StorageError as error:
             logger.error("acknowledgement up to seq=%d, below the %d before: the journal cannot be read to send "
-                         "the events between again (%s)", seq, self._acked, error)
+                         "the events between again (%s); looking again", seq, self._acked, error)
+            if self._below is None or seq < self._below:
+                self._below, self._below_since = seq, time.monotonic()
             return
-        if not kept or kept[0].seq != seq + 1:
-            self._unfillable = seq
+        if self._put_back != put_back or seq >= self._acked:
+            return  # an answer put it back meanwhile
+        if kept and kept[0].seq == seq + 1:
+            logger.info("central's answers stopped at seq=%d, below the %d it acknowledged before (an older answer "
+                        "come last, or its database restored from an older backup): sending seq=%d..%d again", seq,
+                        self._acked, seq + 1, self._acked)
+            self._acked, self._again = seq, True
+        else:
+            # Folded here since: central's count can never pass them, but what the journal still holds after
+            # them goes again, and on, each answer of that count taking a batch.
+            gone = (kept[0].seq - 1) if kept else self._acked
+            self._stuck = seq
             logger.error("central acknowledges up to seq=%d, below the %d it acknowledged before (its database "
                          "restored from an older backup?): seq=%d..%d are no longer in this journal (folded after "
-                         "their retention days) and cannot be sent again; the events after them go on to central, "
+                         "their retention days) and cannot be sent again; the events after them go to central again, "
                          "whose count of this box moves on only once it delivers as another device, from seq=%d "
-                         "(docs/commands.md, Replacing a box's journal)", seq, self._acked, seq + 1,
-                         (kept[0].seq - 1) if kept else self._acked, self._acked)
-            return
-        logger.info("central's answers stopped at seq=%d, below the %d it acknowledged before (an older answer come "
-                    "last, or its database restored from an older backup): sending seq=%d..%d again", seq, self._acked,
-                    seq + 1, self._acked)
-        self._acked, self._again = seq, True
+                         "(docs/commands.md, Replacing a box's journal)", seq, self._acked, seq + 1, gone, self._acked)
+            if gone < self._acked:
+                self._acked, self._again = gone, True
         self.wake.set()
 
     @property
