@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -20,10 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.client import MQTTv5
 
 from agent.config import UplinkConfig
-from agent.daemon import Box
 from agent.downlink import Downlink
 from agent.mqtt import MqttLink
-from agent import retention
 from agent import uplink as uplink_module
 from agent.uplink import Uplink
 from provisioning import jws, protocol
@@ -369,96 +366,6 @@ def test_the_uplink_starts_from_the_cursor_the_journal_holds(stack, tmp_path):
         await box.wait_acked(3)
 
     run_uplink(stack, tmp_path, "shop-cursor", test, before=held_up_to_2)
-
-
-def test_an_acknowledgement_below_the_cursor_that_nothing_puts_back_sends_the_events_between_again(
-        stack, tmp_path, caplog):
-    """Central's database restored from a backup older than its last acknowledgement acknowledges less than
-    before: after ack_timeout with no answer putting it back, the events between, still in the journal, go
-    again (else central never holds them, and its acknowledgement stays behind for good). The journal's cursor
-    stays; central's answer to them puts the uplink's count back."""
-    async def test(central, box):
-        assert await asyncio.to_thread(central.wait_for, 1, "the backlog") == [[1, 2, 3, 4]]
-        central.acknowledge(4)
-        await box.wait_acked(4)
-        central.acknowledge(1)
-        assert await asyncio.to_thread(central.wait_for, 2, "the events central lost") == [[1, 2, 3, 4], [2, 3, 4]]
-        assert box.uplink.acked == 1 and await box.acked_seq() == 4
-        central.acknowledge(4)
-        await box.record()
-        assert await asyncio.to_thread(central.wait_for, 3, "the next event") == [[1, 2, 3, 4], [2, 3, 4], [5]]
-        central.acknowledge(5)
-        await box.wait_acked(5)
-        assert len(central.batches()) == 3 and box.uplink.acked == 5
-
-    with caplog.at_level(logging.INFO, logger="agent.uplink"):
-        run_uplink(stack, tmp_path, "shop-lowered", test, before=recorded(4), ack_timeout=1.0)
-    said = [r.getMessage() for r in caplog.records if r.name == "agent.uplink" and "stopped at" in r.getMessage()]
-    assert said == ["central's answers stopped at seq=1, below the 4 it acknowledged before (an older answer come "
-                    "last, or its database restored from an older backup): sending seq=2..4 again"]
-
-
-def test_a_revoked_box_waits_for_the_events_central_lost_before_it_erases(stack, tmp_path):
-    """The journal's cursor says central held 4, but central, restored, holds 1: a revoked box (its wait before
-    the farewell and the erase) counts what central holds, not its cursor, and waits for 2..4 to be held again."""
-    async def test(central, box):
-        assert await asyncio.to_thread(central.wait_for, 1, "the backlog") == [[1, 2, 3, 4]]
-        central.acknowledge(4)
-        await box.wait_acked(4)
-        central.acknowledge(1)
-        await asyncio.to_thread(central.wait_for, 2, "the events central lost")
-        revoked = SimpleNamespace(store=box.store, _uplink=box.uplink, _grace=20.0)
-        waiting = asyncio.create_task(Box._deliver_all(revoked))
-        await asyncio.sleep(0.5)
-        assert not waiting.done()
-        central.acknowledge(4)
-        async with asyncio.timeout(5):
-            await waiting
-
-    run_uplink(stack, tmp_path, "shop-revoked-lowered", test, before=recorded(4), ack_timeout=1.0)
-
-
-def test_an_older_answer_come_last_and_put_back_by_the_next_sends_nothing_again(stack, tmp_path, caplog):
-    """Two of central's workers answer at once, and the older answer is published last: central holds what it
-    said before, as its next answer shows. Nothing goes again, nothing is said."""
-    async def test(central, box):
-        assert await asyncio.to_thread(central.wait_for, 1, "the backlog") == [[1, 2, 3, 4]]
-        central.acknowledge(4)
-        await box.wait_acked(4)
-        central.acknowledge(2)  # the older answer, come last
-        await box.record()
-        assert await asyncio.to_thread(central.wait_for, 2, "the next event") == [[1, 2, 3, 4], [5]]
-        central.acknowledge(5)
-        await box.wait_acked(5)
-        await asyncio.sleep(2.5)  # past ack_timeout: nothing more goes
-        assert central.batches() == [[1, 2, 3, 4], [5]] and box.uplink.acked == 5
-
-    with caplog.at_level(logging.INFO, logger="agent.uplink"):
-        run_uplink(stack, tmp_path, "shop-reordered", test, before=recorded(4), ack_timeout=1.0)
-    assert not [r for r in caplog.records if r.name == "agent.uplink" and "stopped at" in r.getMessage()]
-
-
-def test_events_central_lost_and_the_box_folded_leave_the_next_ones_going_to_central(stack, tmp_path, caplog):
-    """Central's database restored from a backup older than the box's retention: 5..8 are gone at central and
-    folded at the box, so central's acknowledgement stays at 4 for good. The events recorded since still go,
-    each answer of 4 taking a batch in flight; the box says what is lost and the way out."""
-    def before(journal):
-        recorded(8)(journal)
-        journal.acknowledge(8)
-        assert retention.fold_old(journal, days=1, now=time.time() + 10 * 86_400) == 8
-        recorded(6)(journal)  # 9..14, recorded since
-
-    async def test(central, box):
-        await asyncio.to_thread(central.wait_for, 1, "the first batch")
-        async with asyncio.timeout(20):
-            while {seq for batch in central.batches() for seq in batch} < set(range(9, 15)):
-                central.acknowledge(4)  # central after its restore: it holds 1..4, and says so at every batch
-                await asyncio.sleep(0.2)
-
-    with caplog.at_level(logging.ERROR, logger="agent.uplink"):
-        run_uplink(stack, tmp_path, "shop-folded", test, before=before, batch_max_events=1, max_in_flight=2,
-                   ack_timeout=0.5)
-    assert "seq=5..8 are no longer in this journal" in caplog.text and "delivers as another device, from seq=8" in caplog.text
 
 
 def test_events_behind_a_batch_in_flight_go_together_when_it_is_acknowledged(stack, tmp_path):
