@@ -543,7 +543,8 @@ class Counter:
             return Outcome(Signal.GOOD, (self._append(journal, "void", body),))
         line = self.ledger.voidable(self.day(scan.finished))
         if line is None:
-            return Outcome(Signal.ERROR, note="void refused: no line sold or returned today is left to void")
+            return Outcome(Signal.ERROR, note="void refused: the last line sold or returned (not voided) is not "
+                                              "today's, or there is none")
         body = {"voids": line.seq, "voided_kind": line.kind, "day": line.day, "product": line.product,
                 "packs": line.packs, "amount": line.amount, "cost": line.cost, "unpriced": line.amount_unknown,
                 "scanner": scan.source, "at": rfc3339(scan.finished)}

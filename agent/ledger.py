@@ -211,11 +211,13 @@ class Ledger:
         return self.days[name]
 
     def voidable(self, day: str) -> Line | None:
-        """The latest line sold or returned on ``day`` that is not voided yet."""
+        """The latest line sold or returned that is not voided yet, when it is of ``day``: a void never
+        reaches past a newer line to an older one (after a box's clock was put right, the scan just made
+        may be dated another day than an earlier customer's sale of today)."""
         for seq in sorted(self.lines, reverse=True):
-            line = self.lines[seq]
-            if line.day == day and seq not in self.voided:
-                return line
+            if seq not in self.voided:
+                line = self.lines[seq]
+                return line if line.day == day else None
         return None
 
     def open_order(self) -> dict[str, Any] | None:

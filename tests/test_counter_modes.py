@@ -188,6 +188,20 @@ def test_void_never_reaches_into_yesterday(shop):
     assert shop.scan("CB:VOID") == () and shop.signal is Signal.ERROR
 
 
+def test_a_void_never_reaches_past_the_scan_just_made_to_an_earlier_customers_sale(shop):
+    """A box whose clock ran 8 hours fast dated a late afternoon sale tomorrow; its clock put right, the
+    retailer voids the scan just made. Never an earlier customer's sale of today in its place (the line
+    just scanned stood, and a real sale was taken back): refused, as a void of a line not today's."""
+    shop.at = NOON + 3 * 3600 + 8 * 3600  # 15:00, read as 23:00: Monday
+    [earlier] = shop.scan(PACK)
+    shop.at = NOON + 4.5 * 3600 + 8 * 3600  # 16:30, read as 00:30: Tuesday
+    [mistake] = shop.scan(CARTON)
+    assert (earlier.body["day"], mistake.body["day"]) == ("2026-11-30", "2026-12-01")
+    shop.at = NOON + 4.5 * 3600 + 60  # the clock put right: Monday, 16:31
+    assert shop.scan("CB:VOID") == () and shop.signal is Signal.ERROR
+    assert [e.kind for e in shop.journal.read_after(0)][-2:] == ["sale", "sale"]
+
+
 def test_an_unknown_product_is_sold_without_a_price_and_asks_for_attention(shop):
     [sale] = shop.scan(UNKNOWN)
     assert (sale.body["known"], sale.body["unit_price"], sale.body["product"]) == (False, None, _key(UNKNOWN))
