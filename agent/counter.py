@@ -600,19 +600,39 @@ class Counter:
             # since (as receive-all takes it): closed with it, never left open to be received again.
             order = self.ledger.orders.get(session.order) if session.order else self.ledger.open_order()
         # Against the order: all that arrived for it, in this receiving or an earlier one left unclosed.
-        ordered = {line["product"]: line for line in _order_lines(order, self._catalog)} if order else {}
         received = dict(order["received"]) if order else {}
         for product, packs in self.ledger.unordered.items():  # scanned in before the order was known
             received[product] = received.get(product, 0) + packs
-        products = sorted(set(ordered) | set(received) | set(session.packs))
-        lines = [{"product": p, "name": self._catalog.names.get(p) or (ordered.get(p) or {}).get("name")
-                  or self.ledger.names.get(p), "ordered": (ordered.get(p) or {}).get("ordered", 0),
-                  "received": received.get(p, 0), "difference": received.get(p, 0) - (ordered.get(p) or {}).get("ordered", 0)}
-                 for p in products]
+        lines = self._receipt(order, received, session.packs)
+        # An order that came before it, still open, with something of it received (a receiving of it left
+        # unclosed): closed first with a receipt of its own, so what it lacks is said, never dropped with it.
+        earlier = [(self._append_close(journal, "receiving_closed", {"started": session.seq, "order": before["name"],
+                                                                     "at": at}, before_lines), before_lines)
+                   for before, before_lines in [(before, self._receipt(before, dict(before["received"]), {}))
+                                                for before in self._partly_received_before(order)]]
         event = self._append_close(journal, "receiving_closed", {"started": session.seq, "order": order["name"] if order
                                                                  else None, "at": at}, lines)
-        differs = order is not None and any(line["difference"] for line in lines)
-        return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
+        differs = (order is not None and any(line["difference"] for line in lines)) or any(
+            line["difference"] for _, before_lines in earlier for line in before_lines)
+        return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (*(e for e, _ in earlier), event))
+
+    def _receipt(self, order: dict[str, Any] | None, received: dict[str, int],
+                 scanned: dict[str, int]) -> list[dict[str, Any]]:
+        """A receiving close's lines: per product, ordered against received."""
+        ordered = {line["product"]: line for line in _order_lines(order, self._catalog)} if order else {}
+        return [{"product": p, "name": self._catalog.names.get(p) or (ordered.get(p) or {}).get("name")
+                 or self.ledger.names.get(p), "ordered": (ordered.get(p) or {}).get("ordered", 0),
+                 "received": received.get(p, 0), "difference": received.get(p, 0) - (ordered.get(p) or {}).get("ordered", 0)}
+                for p in sorted(set(ordered) | set(received) | set(scanned))]
+
+    def _partly_received_before(self, order: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """The open orders that came before ``order`` with something of them received, oldest first."""
+        if order is None:
+            return []
+        first = order.get("_first", order["_seq"])
+        return sorted((other for name, other in self.ledger.orders.items() if name != order["name"]
+                       and other.get("received") and other.get("_first", other["_seq"]) < first),
+                      key=lambda other: other["_seq"])
 
     def _read_wrong(self, journal: Journal, scan: Scan, reason: str) -> Outcome:
         """A sheet's code read wrong was meant for something: refused, and the next scan must not go without it,

@@ -642,6 +642,28 @@ def test_an_order_never_received_here_is_never_taken_for_a_delivery_after_a_newe
     assert shop.ledger().open_order() is None
 
 
+def test_an_order_partly_received_and_left_closes_with_its_own_receipt_when_the_next_is_received(shop):
+    """Week 48's order (5 cartons): 2 scanned in, the receiving left to time out. Week 49's received whole closed
+    week 48 with it as one never received: no receipt said 3 cartons were short, and it left the open orders (on
+    the box and at central), the shortfall in no report. It closes first now, with a receipt of its own."""
+    _weeks_later(shop, 0, "w48", CARTON, 5)
+    shop.scan("CB:RECEIVING", CARTON, CARTON)
+    shop.clock.now += 620  # mode_timeout
+    with shop.journal.transaction():
+        shop.counter.expire(shop.journal)
+    _weeks_later(shop, 1, "w49", GUM, 40)
+    events = shop.scan("CB:ALL-RECEIVED")
+    closes = [e.body for e in events if e.kind == "receiving_closed"]
+    assert [body["order"] for body in closes] == ["order/w48", "order/w49"]
+    assert [(line["product"], line["ordered"], line["received"]) for line in closes[0]["lines"]] == [
+        (_key(PACK), 50, 20)]
+    assert shop.signal is Signal.ATTENTION  # week 48's shortfall
+    ledger = shop.ledger()
+    assert [(r["order"], [(d["ordered"], d["received"]) for d in r["differences"]])
+            for r in reports.receipts(ledger)] == [("order/w48", [(50, 20)]), ("order/w49", [])]
+    assert ledger.orders == {} and ledger.stock[_key(PACK)] == 20 and ledger.stock[_key(GUM)] == 40
+
+
 def test_an_order_amended_after_the_next_weeks_came_closes_only_itself(shop):
     """Week 49's order pushed early, then week 48's amended (a new version): received, week 48 came last by its
     seq and closed week 49, still due, as one never received."""
