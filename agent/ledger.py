@@ -138,7 +138,7 @@ _NUMBERS = ("quantity", "packs", "unit_price", "list_price", "cost", "amount", "
 _TEXTS = ("product", "day", "name", "product_name", "code", "unit")
 _TYPED = tuple((name, int) for name in _NUMBERS) + tuple((name, str) for name in _TEXTS)
 
-RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's totals): today, and a clock that jumped
+RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's rows per product): today, and a clock that jumped
 
 
 @dataclass
@@ -204,7 +204,10 @@ class Ledger:
             self.lines = {seq: line for seq, line in self.lines.items() if seq not in gone}
             self.voided -= gone
             if not self.keep_days:
-                self.days.pop(old, None)
+                # The counter keeps an old day's totals and its close, never its rows per product: a clock put
+                # back days closes that day again with all its sales, not with what was sold since.
+                if old in self.days:
+                    self.days[old] = Day(total=self.days[old].total, closed=self.days[old].closed)
                 self.sale_prices.pop(old, None)
         if name not in self.days:
             self.days[name] = Day()
@@ -289,8 +292,9 @@ class Ledger:
                                      packs=dict(session["packs"]),
                                      scans={row[0]: (row[1], row[2]) for row in session["scans"]},
                                      last_at=session["last_at"])
-        if not keep_days:  # the counter: only the days it uses
-            ledger.days = {name: day for name, day in ledger.days.items() if name in ledger._recent}
+        if not keep_days:  # the counter: the days it uses, and of the others their totals and close
+            ledger.days = {name: day if name in ledger._recent else Day(total=day.total, closed=day.closed)
+                           for name, day in ledger.days.items()}
             ledger.sale_prices = {name: p for name, p in ledger.sale_prices.items() if name in ledger._recent}
         return ledger
 

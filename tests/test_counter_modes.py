@@ -202,6 +202,25 @@ def test_a_void_never_reaches_past_the_scan_just_made_to_an_earlier_customers_sa
     assert [e.kind for e in shop.journal.read_after(0)][-2:] == ["sale", "sale"]
 
 
+@pytest.mark.parametrize("restarted", [False, True])
+def test_a_day_closed_again_after_the_clock_went_back_days_closes_with_all_its_sales(shop, restarted):
+    """Four days sold and closed; then the box's clock is put back on the first (an RTC reset), and one more pack
+    sold and the day closed again. The counter kept only its last three days: the close carried the one pack
+    (23.00 where the day sold 69.00), went to central so, and the day stayed 'sold on since closed' for good."""
+    for day in range(4):
+        shop.at = NOON + day * 86_400
+        shop.scan(PACK, PACK)
+        shop.scan("CB:END-DAY")
+    shop.at = NOON + 3600
+    if restarted:  # the counter folded anew from the journal, as after a start
+        shop.counter = Counter(timezone=SHANGHAI, clock=shop.clock, mode_timeout=600, pending_timeout=60)
+    shop.scan(PACK)
+    [closed] = shop.scan("CB:END-DAY")
+    monday = reports.sales(shop.ledger(), ["2026-11-30"])["total"]
+    assert closed.body["day"] == "2026-11-30" and monday["amount"] == 3 * 2300
+    assert {name: closed.body["totals"][name] for name in monday} == monday
+
+
 def test_an_unknown_product_is_sold_without_a_price_and_asks_for_attention(shop):
     [sale] = shop.scan(UNKNOWN)
     assert (sale.body["known"], sale.body["unit_price"], sale.body["product"]) == (False, None, _key(UNKNOWN))
