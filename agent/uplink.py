@@ -127,11 +127,8 @@ class Uplink:
                     self._acked = max(self._acked, self._in_flight.pop(0)[0])
                     self._resends = 0
                     self.wake.set()
-            elif self._below is None or seq < self._below:
-                if self._below is None:
-                    self._below_since = time.monotonic()
-                self._below = seq
-                self.wake.set()  # looked at by the sender after ack_timeout, if no answer puts it back
+            else:
+                self._lower(seq)
             return
         # Central holds what it said before: a lower answer was an older one come last, or central counts on.
         self._below, self._stuck = None, -1
@@ -161,6 +158,15 @@ class Uplink:
         self._in_flight = [(last, at) for last, at in self._in_flight if last > seq]
         self.wake.set()
 
+    def _lower(self, seq: int) -> None:
+        """Note an answer below what central held before: the sender looks at it after ``ack_timeout`` (counted
+        from the first such answer), unless an answer at or past what central held puts it back first."""
+        if self._below is None:
+            self._below_since = time.monotonic()
+        if self._below is None or seq < self._below:
+            self._below = seq
+        self.wake.set()
+
     async def _acknowledged_less(self, seq: int) -> None:
         """Central acknowledged less of this journal than it did before, and for ``ack_timeout`` no answer
         put it back: its database was restored from a backup older than its last acknowledgement (or an
@@ -175,8 +181,7 @@ class Uplink:
         except StorageError as error:
             logger.error("acknowledgement up to seq=%d, below the %d before: the journal cannot be read to send "
                          "the events between again (%s); looking again", seq, self._acked, error)
-            if self._below is None or seq < self._below:
-                self._below, self._below_since = seq, time.monotonic()
+            self._lower(seq)
             return
         if self._put_back != put_back or seq >= self._acked:
             return  # an answer put it back meanwhile

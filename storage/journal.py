@@ -611,7 +611,7 @@ class Journal:
             return False
         return busy == 0
 
-    def reserve_log(self, pages: int) -> bool:
+    def reserve_log(self, pages: int, *, keep_free: int = 0) -> bool:
         """Grow the write-ahead log to ``pages`` frames now, so that the commits after it write over room
         the file has rather than lengthen it. fsync of a file whose length changed commits the
         filesystem's own journal too (ext4's): on this machine's disk a scan's commit costs a quarter
@@ -623,11 +623,15 @@ class Journal:
         SQLite writes the room itself: a table made and filled with zeros in a transaction rolled back,
         whose pages spill into the log past the end of what it holds (the page cache is small), and which
         SQLite's recovery never reads as committed. Nothing of it stays but the log's length. False when
-        the log was long enough already, or the disk refused (it is only room ahead: nothing is lost)."""
+        the log was long enough already, when the disk would have less than ``keep_free`` bytes left after
+        it, or when the disk refused (it is only room ahead: nothing is lost)."""
         log = self.path.with_name(f"{self.path.name}-wal")
         try:
             wanted = _WAL_HEADER + pages * (_WAL_FRAME_HEADER + self._conn.execute("PRAGMA page_size").fetchone()[0])
             if log.exists() and log.stat().st_size >= wanted:
+                return False
+            disk = os.statvfs(self.path.parent)
+            if disk.f_bavail * disk.f_frsize < keep_free + wanted:
                 return False
             with sqlite.transaction(self._conn):
                 self._conn.execute("CREATE TABLE log_room (room BLOB)")

@@ -98,8 +98,8 @@ class Store:
                 loop.call_soon_threadsafe(_settle, [(opened, None, error)])
                 return
             try:
-                if not _low_on_space(path, LOG_ROOM * (4096 + 24)):
-                    journal.reserve_log(LOG_ROOM)  # each commit then writes over room the log has (see there)
+                # Each commit then writes over room the log has (see there); none taken on a disk low on space.
+                journal.reserve_log(LOG_ROOM, keep_free=LOW_SPACE)
             except Exception as error:  # room ahead only saves time: never the reason a store does not open
                 logger.warning("journal %s: no room made ahead in its write-ahead log (%s)", path, error)
             loop.call_soon_threadsafe(_settle, [(opened, journal, None)])
@@ -219,14 +219,13 @@ def _all_refused_as_full(results: list[tuple[_Work, Any, BaseException | None]])
         isinstance(error, JournalFull) for _, _, error in results)
 
 
-def _low_on_space(path: Path, beside: int = 0) -> bool:
-    """Less room on the journal's disk than SQLite's write-ahead log may grow by before it empties it
-    (with ``beside`` bytes more taken)."""
+def _low_on_space(path: Path) -> bool:
+    """Less room on the journal's disk than SQLite's write-ahead log may grow by before it empties it."""
     try:
         disk = os.statvfs(path.parent)
     except OSError:
         return False
-    return disk.f_bavail * disk.f_frsize < LOW_SPACE + beside
+    return disk.f_bavail * disk.f_frsize < LOW_SPACE
 
 
 def _watch_space(journal: Journal, health: _Health, results: list, *, wrote: bool) -> None:

@@ -89,7 +89,7 @@ def test_the_write_ahead_log_has_its_room_before_the_first_scan_and_its_commits_
 def test_a_store_whose_log_could_not_be_given_room_opens_and_records_all_the_same(tmp_path, monkeypatch, caplog):
     """Room ahead only saves time: whatever fails in making it (here a fault nobody foresaw) neither keeps
     the store from opening nor leaves its opener waiting."""
-    def fails(journal, pages):
+    def fails(journal, pages, **options):
         raise RuntimeError("no room today")
 
     monkeypatch.setattr(Journal, "reserve_log", fails)
@@ -565,7 +565,7 @@ def test_on_a_disk_low_on_space_a_reader_beside_the_agent_holds_up_no_write(tmp_
 
     from storage import store as store_module
 
-    monkeypatch.setattr(store_module, "_low_on_space", lambda path, beside=0: True)
+    monkeypatch.setattr(store_module, "_low_on_space", lambda path: True)
 
     async def main():
         store = await Store.open(tmp_path / "journal.db", os.urandom(32))
