@@ -26,6 +26,8 @@ from typing import Any
 
 from drivers.barcode import classify
 
+from .catalog import CARTON_PACKS
+
 
 @dataclass(slots=True)
 class Totals:
@@ -166,6 +168,10 @@ class Ledger:
     # timed out, or on now): they arrived, and count for the order that is closed next.
     unordered: dict[str, int] = field(default_factory=dict)
     session: Session | None = None
+    # Cartons and cases a price list named, by their own code's key: (the product, its packs in one, the list's
+    # seq). What was kept under such a code before (received from an order, sold, while no list said what it
+    # was) moved into its product then, in packs; a void of a line sold before it moves the product too.
+    units: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
     receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
     last_seq: int = 0
@@ -260,6 +266,7 @@ class Ledger:
             "voided": sorted(self.voided),
             "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()},
             "orders": self.orders, "closed_orders": sorted(self.closed_orders), "unordered": self.unordered,
+            "units": {code: list(unit) for code, unit in self.units.items()},
             "session": None if self.session is None else {
                 "mode": self.session.mode, "seq": self.session.seq, "order": self.session.order,
                 "packs": self.session.packs, "scans": [[seq, *scan] for seq, scan in self.session.scans.items()],
@@ -284,6 +291,7 @@ class Ledger:
                                   for day, rows in state["sale_prices"].items()},
                      orders=state["orders"], closed_orders=set(state["closed_orders"]),
                      unordered=dict(state.get("unordered", {})),  # (a checkpoint written before it was kept: none)
+                     units={code: tuple(unit) for code, unit in state.get("units", {}).items()},
                      counts=state["counts"] if keep_days else [], receipts=state["receipts"] if keep_days else [],
                      last_seq=state["last_seq"], unreadable=list(state["unreadable"]), _recent=list(state["recent"]))
         session = state["session"]
@@ -319,8 +327,12 @@ class Ledger:
                         amount=body["amount"], cost=body.get("cost"), amount_unknown=bool(body.get("unpriced")))
             self.day(line.day).add(line, -1)
             self.sale_prices.get(line.day, {}).pop(voided, None)
-            if voided > self.counted_seq and voided > self.opened.get(line.product, 0):
-                self._move(seq, line.product, line.packs)
+            product, packs = line.product, line.packs
+            unit = self.units.get(product)
+            if unit is not None and voided < unit[2]:  # sold as a product of its own, moved into its product since
+                product, packs = unit[0], packs * unit[1]
+            if voided > self.counted_seq and voided > self.opened.get(product, 0):
+                self._move(seq, product, packs)
             # else sold before a count, which found the whole shelf as it is (a product it did not list,
             # none): the stock stays what was counted; or before the receipt its stock began with
             return
@@ -404,6 +416,48 @@ class Ledger:
     def _day_closed(self, seq: int, body: dict[str, Any]) -> None:
         self.day(body["day"]).closed = body
 
+    def _price_list(self, seq: int, body: dict[str, Any]) -> None:
+        """A list that names a carton or case takes what was kept under its code into its product, in packs:
+        an order's carton received while no list named it, 5 of a product of its own, is 50 packs of its pack's
+        product once one does. (A code is never another product's later: the rule of the trade.)"""
+        for item in body["items"]:
+            unit = item.get("unit", "pack")
+            if unit == "pack" or type(item.get("product")) is not str:
+                continue  # a pack is its own product; a carton no list said the product of stays one
+            packs = item.get("packs", CARTON_PACKS if unit == "carton" else 1)
+            own, product = classify(item["barcode"]).key, classify(item["product"]).key
+            if type(packs) is not int or packs < 1 or own == product:
+                continue
+            if self._adopt(seq, own, product, packs):  # only those with a past of their own: a list names thousands
+                self.units[own] = (product, packs, seq)
+
+    def _adopt(self, seq: int, own: str, product: str, packs: int) -> bool:
+        """Take what was kept under the unit code ``own`` into ``product``, ``packs`` a unit; whether the code
+        had a past as a product of its own (a stock, even one back at 0, is there once anything moved it)."""
+        adopted = own in self.stock or own in self.tracked
+        held = self.stock.pop(own, 0)
+        if own in self.tracked:
+            self.tracked.discard(own)
+            self.tracked.add(product)
+        self.negative.pop(own, None)
+        self.opened.pop(own, None)
+        if held:
+            self._move(seq, product, held * packs)
+        moved = self.unordered.pop(own, 0)
+        if moved:
+            self.unordered[product] = self.unordered.get(product, 0) + moved * packs
+        for order in self.orders.values():
+            received = order.get("received", {})
+            if own in received:
+                received[product] = received.get(product, 0) + received.pop(own) * packs
+                adopted = True
+        if self.session is not None and own in self.session.packs:
+            self.session.packs[product] = self.session.packs.get(product, 0) + self.session.packs.pop(own) * packs
+            self.session.scans = {at: (product, n * packs) if code == own else (code, n)
+                                  for at, (code, n) in self.session.scans.items()}
+            adopted = True
+        return adopted or bool(moved)
+
 
 _HANDLERS = {
     "sale": lambda ledger, seq, body: ledger._line(seq, body, "sale"),
@@ -418,4 +472,5 @@ _HANDLERS = {
     "mode_ended": Ledger._ended,
     "order": Ledger._order,
     "day_closed": Ledger._day_closed,
+    "price_list": Ledger._price_list,
 }

@@ -9,6 +9,7 @@ import pytest
 
 from agent import controls, reports
 from agent.counter import START_GUARD, Counter
+from agent.ledger import Ledger
 from agent.prices import parse_csv
 from drivers.decoder import NotABarcode, Scan
 from drivers.feedback import Signal
@@ -308,6 +309,67 @@ def test_an_order_received_whole_with_a_product_not_on_the_price_list_asks_for_a
     assert [(e.kind, e.body.get("known")) for e in events] == [
         ("receiving_started", None), ("received", True), ("received", False), ("receiving_closed", None)]
     assert shop.signal is Signal.ATTENTION
+
+
+NEW_PACK, NEW_CARTON = "6901028077002", "6901028077019"  # a product the weekly list does not name yet
+
+
+def _list_the_new_product(shop):
+    shop.journal.append("price_list", {"currency": "CNY", "items": [item.as_json() for item in parse_csv(
+        PRICES + f"{NEW_PACK},Yuxi (pack),25.00,pack,1,,\n{NEW_CARTON},Yuxi (carton),245.00,carton,10,,{NEW_PACK}\n")]})
+
+
+def test_an_ordered_carton_received_before_the_list_names_it_is_its_packs_once_the_list_does(shop):
+    """An order brings the cartons of a product the list does not name yet: each is received as a product of its
+    own. Once a list names the code a carton of 10, those cartons are 10 packs each of the pack's product, on
+    the box and at central, which fold the same events; the stock once kept 5 of a nameless product apart."""
+    shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
+        {"barcode": NEW_CARTON, "name": "Yuxi (carton)", "quantity": 5}]})
+    shop.scan("CB:ALL-RECEIVED")
+    shop.scan(NEW_PACK, NEW_PACK)  # sold from those cartons before the list came: packs of a product of its own
+    assert shop.ledger().stock == {_key(NEW_CARTON): 5, _key(NEW_PACK): -2}
+    _list_the_new_product(shop)
+    ledger = shop.ledger()
+    assert ledger.stock == {_key(NEW_PACK): 48}
+    assert _key(NEW_PACK) in ledger.tracked and _key(NEW_CARTON) not in ledger.tracked
+    [sale] = shop.scan(NEW_CARTON)
+    assert (sale.body["product"], sale.body["packs"]) == (_key(NEW_PACK), 10)
+    [closed] = shop.scan("CB:COUNT", "CB:CLOSE")[-1:]
+    lines = {line["product"]: line for line in closed.body["lines"]}
+    assert set(lines) == {_key(NEW_PACK)} and lines[_key(NEW_PACK)]["expected"] == 38
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 0}  # counted: none on the shelf
+
+
+def test_a_carton_sold_before_the_list_named_it_and_voided_after_puts_its_packs_back(shop):
+    shop.scan("CB:RECEIVING", *shop.key("20"), "CB:QTY-KEYED", NEW_PACK, "CB:CLOSE")
+    shop.scan(NEW_CARTON)  # not listed: one of a product of its own
+    _list_the_new_product(shop)
+    assert shop.ledger().stock == {_key(NEW_PACK): 20 - 10}  # the carton sold was 10 of the 20 packs
+    [void] = shop.scan("CB:VOID")
+    assert (void.kind, void.body["product"], void.body["packs"]) == ("void", _key(NEW_CARTON), 1)
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 20}
+
+
+def test_a_receiving_under_way_when_the_list_names_its_carton_closes_in_packs(shop):
+    shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
+        {"barcode": NEW_CARTON, "name": "Yuxi (carton)", "quantity": 2}]})
+    shop.scan("CB:RECEIVING", NEW_CARTON, NEW_CARTON)
+    _list_the_new_product(shop)
+    [closed] = shop.scan("CB:CLOSE")
+    assert [(line["product"], line["ordered"], line["received"]) for line in closed.body["lines"]] == [
+        (_key(NEW_PACK), 20, 20)]
+    assert shop.signal is Signal.GOOD
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 20}
+
+
+def test_what_a_list_moved_into_a_product_survives_retentions_checkpoint(shop):
+    shop.scan(NEW_CARTON)
+    _list_the_new_product(shop)
+    again = Ledger.from_state(json.loads(json.dumps(shop.ledger().state())), keep_days=True)
+    assert again.units == shop.ledger().units
+    assert again.units[_key(NEW_CARTON)] == (_key(NEW_PACK), 10, shop.journal.last_seq())
+    again.apply(100, "void", shop.scan("CB:VOID")[0].body)
+    assert again.stock == {_key(NEW_PACK): 0}
 
 
 def test_receiving_line_by_line_records_the_differences_against_the_order(shop):
