@@ -27,7 +27,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from drivers.barcode import classify, scannable
+from drivers.barcode import AIM_ID, classify, scannable
 from provisioning.documents import CONTROL, MAX_PACKS
 
 from . import controls
@@ -194,8 +194,12 @@ def check_code(code: str, column: str = "barcode") -> None:
     if _SPREADSHEET_TEXT.fullmatch(code):
         raise ValueError(f"{column} {code!r} holds the mark a spreadsheet puts on text, not the code alone: format "
                          "the column as text and save the file again")
+    if AIM_ID.match(code):
+        raise ValueError(f"{column} {code!r} begins with a symbology identifier ({code[:3]}), which the box takes off "
+                         "every scan: list the code without it")
     if not scannable(code):
-        raise ValueError(f"{column} {code!r} is not what a scanner types: 1 to 48 printable ASCII characters")
+        raise ValueError(f"{column} {code!r} is not what a scanner types: 1 to 48 printable ASCII characters, "
+                         "no space at either end")
     if controls.is_control(code) or controls.joined_at_end(code):
         raise ValueError(f"{column} {code!r} reads as the counter's control sheet (its codes bear the reserved "
                          f"prefix {controls.PREFIX}): every scan of it would be taken as the control, never sold")

@@ -22,8 +22,12 @@ anything else is a raw code for the counter to decide.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
+
+# An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
+AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 
 
 class Symbology(str, Enum):
@@ -73,9 +77,12 @@ class Barcode:
 
 
 def scannable(code: str) -> bool:
-    """A code as a scanner types it, and as a signed price list or order carries it (docs/protocol.md):
-    printable ASCII, 1 to 48 characters (a GS1-128's most)."""
-    return 0 < len(code) <= 48 and code.isascii() and code.isprintable()
+    """A code as a scan hands it on, and as a signed price list or order carries it (docs/protocol.md):
+    printable ASCII, 1 to 48 characters (a GS1-128's most), with no space at either end (a stray one, from a
+    spreadsheet or an editor, and the code would never match a scan) and no AIM identifier at its start (the
+    decoder takes it off every scan)."""
+    return 0 < len(code) <= 48 and code.isascii() and code.isprintable() and code.strip() == code \
+        and not AIM_ID.match(code)
 
 
 def gs1_check_digit(body: str) -> int:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from evdev import InputEvent, ecodes
 
+from .barcode import AIM_ID
 from .input_event import Record, record
 from .keymap import Keymap, compose, load_keymap
 
@@ -93,8 +94,6 @@ _KEYPAD_DIGITS = frozenset({*(getattr(ecodes, f"KEY_KP{digit}") for digit in ran
 _ALT_DIGITS = {getattr(ecodes, f"KEY_KP{digit}"): str(digit) for digit in range(10)}
 _ALTS = frozenset({ecodes.KEY_LEFTALT, ecodes.KEY_RIGHTALT})
 _CTRLS = frozenset({ecodes.KEY_LEFTCTRL, ecodes.KEY_RIGHTCTRL})
-# An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
-_AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 
 TERMINATOR_KEYS = {"enter": ecodes.KEY_ENTER, "kp_enter": ecodes.KEY_KPENTER, "tab": ecodes.KEY_TAB}
 # Characters that end a barcode when their terminator is configured, however typed (Ctrl+M, Ctrl+J).
@@ -579,7 +578,7 @@ class Decoder:
             text = text[len(self.settings.prefix):]
         if self.settings.suffix and text.endswith(self.settings.suffix):
             text = text[: -len(self.settings.suffix)]
-        aim = text[:3] if _AIM_ID.match(text) else ""
+        aim = text[:3] if AIM_ID.match(text) else ""
         if not text[len(aim):]:
             return NotABarcode(whole, self.source, NOTHING_BUT_AFFIXES)
         return Scan(text[len(aim):], self.source, times[0], t, slowest, aim)
@@ -626,9 +625,9 @@ class Decoder:
                 text = text[len(prefix):]
             elif prefix.startswith(text):
                 return ""
-        if _AIM_ID.match(text):
+        if AIM_ID.match(text):
             text = text[3:]
-        elif text == "]" or _AIM_ID.match(text + "0"):
+        elif text == "]" or AIM_ID.match(text + "0"):
             return ""
         if suffix:
             if text.endswith(suffix):

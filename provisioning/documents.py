@@ -50,9 +50,11 @@ MAX_GRACE = 30 * 86400  # seconds a revoked box goes on delivering before it era
 # An IANA time zone name ("Asia/Shanghai", "America/Argentina/Buenos_Aires"): at most four levels.
 TIME_ZONE_NAME = re.compile(r"[A-Za-z0-9_+\-]{1,32}(/[A-Za-z0-9_+\-]{1,32}){0,3}")
 _ORDER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-# C0 and C1 controls: no name or code holds one (an escape sequence would reach a terminal's report);
-# any other text, a full-width space included, may be a name's. A file loaded on the box keeps it too.
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls: no name or code holds one (an escape sequence would reach a terminal's report); nor the
+# characters that turn the direction text is shown in (bidirectional embeddings, overrides, isolates), with which
+# a name could show an operator's table other than what it holds. Any other text, a full-width space included,
+# may be a name's. A file loaded on the box keeps it too.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 PRICE_ITEM_KEYS = frozenset({"barcode", "name", "price", "unit", "packs", "cost", "product"})
 ORDER_LINE_KEYS = frozenset({"barcode", "name", "quantity"})
 _REGION = _ORDER_ID

@@ -140,6 +140,13 @@ UNIT_RULE = "price list item 1: unit must be pack"
     (_item(name="Hongtashan\x1b]0;owned\x07"), "price list item 1 needs a barcode with its check digit right, a name "
                                                "(text without control characters)"),
     (_item(name="Hongta\x85shan"), "a name (text without control characters)"),  # C1 as well as C0
+    # Shown the other way round in an operator's table: "Hongtashan" read as "nahsatgnoH" and the like.
+    (_item(name="Hong\u202etashan"), "a name (text without control characters)"),
+    (_item(name="Hong\u2067tashan\u2069"), "a name (text without control characters)"),
+    # Codes no scan ever hands on: the decoder takes an AIM identifier off, and a stray space never matches.
+    (_item(barcode="]E06901028075831"), "price list item 1 needs a barcode with its check digit right"),
+    (_item(barcode=" 6901028075832"), "price list item 1 needs a barcode with its check digit right"),
+    (_item(barcode="6901028075831 "), "price list item 1 needs a barcode with its check digit right"),
     (_item(note={"deep": [1]}), "price list item 1 holds barcode, cost, name, packs, price, product, unit only"),
     ({"currency": "cny", "items": []}, "a price list's currency 'cny' is not an ISO 4217 code: three capital letters"),
     (_item(unit="box"), UNIT_RULE),
@@ -171,7 +178,8 @@ UNIT_RULE = "price list item 1: unit must be pack"
                                    {"barcode": "16901028075838", "name": "case", "price": 11500, "unit": "case",
                                     "packs": 500, "product": "6901028075848"}]},
      "price list item 3 names item 2 as its product, which is not a pack"),  # stock kept apart from the pack's
-], ids=["items-not-a-list", "no-items", "other-key", "source-control", "name-escape", "name-c1", "item-key",
+], ids=["items-not-a-list", "no-items", "other-key", "source-control", "name-escape", "name-c1", "name-override",
+        "name-isolate", "barcode-aim", "barcode-leading-space", "barcode-trailing-space", "item-key",
         "currency-case", "unit", "pack-of-two", "no-packs", "case-without-packs",
         "carton-without-product", "negative-cost", "empty-product", "barcode-49", "barcode-control", "no-name",
         "check-digit", "price-over", "price-huge", "cost-over", "packs-over", "carton-of-itself", "pack-of-another",
