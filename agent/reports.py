@@ -117,14 +117,14 @@ def stock(ledger: Ledger) -> dict[str, Any]:
 
 def counts(ledger: Ledger) -> list[dict[str, Any]]:
     """Each closed stock count with the products whose count differed from the ledger."""
-    return [{"seq": count["seq"], "at": count.get("at"), "products": len(count["lines"]),
+    return [{"seq": count["seq"], "at": count.get("at"), "day": count.get("day"), "products": len(count["lines"]),
              "differences": [line for line in count["lines"] if line["difference"]]} for count in ledger.counts]
 
 
 def receipts(ledger: Ledger) -> list[dict[str, Any]]:
     """Each closed receiving, with the lines that differ from the order (none for a receiving of no order,
     which closed with the good signal: there was nothing to differ from)."""
-    return [{"seq": receipt["seq"], "at": receipt.get("at"), "order": receipt.get("order"),
+    return [{"seq": receipt["seq"], "at": receipt.get("at"), "day": receipt.get("day"), "order": receipt.get("order"),
              "differences": [line for line in receipt["lines"] if line["difference"]] if receipt.get("order") else []}
             for receipt in ledger.receipts]
 

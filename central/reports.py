@@ -121,6 +121,14 @@ def prices(store: CentralStore, days: list[str], scope: Scope) -> list[dict[str,
     return rows
 
 
+def close_day(close: dict[str, Any]) -> str:
+    """The day a close belongs to: the shop's, as its box wrote it (``day``, in the shop's time zone), for a
+    Monday-morning count in Shanghai is Monday's whatever central's calendar says; from boxes of earlier
+    versions, the day of central's calendar its ``at`` fell on."""
+    day = close.get("day")
+    return day if isinstance(day, str) and len(day) == 10 else local_day(close.get("at"))
+
+
 def local_day(at: Any) -> str:
     """The day of central's calendar a close's ``at`` (RFC 3339, UTC) fell on: a shop's evening count is
     on its evening's day, not on the UTC date. One not readable as a time (a tool's) keeps its first ten
@@ -136,8 +144,8 @@ def _closed_in(store: CentralStore, days: list[str], scope: Scope, closes) -> di
     wanted = set(days)
     result: dict[str, list[dict[str, Any]]] = {}
     for shop, found in ledgers(store, scope).items():
-        rows = [{"device": device_id, "day": local_day(close["at"]), **close}
-                for device_id, ledger in found.items() for close in closes(ledger) if local_day(close["at"]) in wanted]
+        rows = [{"device": device_id, **close, "day": close_day(close)}
+                for device_id, ledger in found.items() for close in closes(ledger) if close_day(close) in wanted]
         result[shop] = sorted(rows, key=lambda row: (str(row["at"]), row["device"], row["seq"]))
     return result
 

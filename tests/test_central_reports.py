@@ -327,6 +327,30 @@ def test_the_weeks_counts_name_each_box_and_its_differences_and_the_shops_that_c
     assert {"shop": "530100000001", "monitoring": True} in earlier["not_counted"]
 
 
+def test_a_close_is_on_the_shops_day_its_box_says_whatever_centrals_calendar(store, monkeypatch):
+    """A monitoring point in Shanghai counts at 07:30 on Tuesday, the day before its delivery: 23:30 UTC on Monday,
+    and Monday on a central that keeps UTC. Its box says the shop's day, and the count is Tuesday's, in Tuesday's
+    week when Tuesday is a Monday; a receiving likewise."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        early = count(1, 5)
+        early["body"].update(at="2026-11-29T23:30:00.000Z", day="2026-11-30")  # Monday 07:30 in Shanghai
+        receipt = {"seq": 2, "kind": "receiving_closed", "body": {
+            "started": 2, "order": None, "at": "2026-11-29T23:45:00.000Z", "day": "2026-11-30", "lines": []}}
+        store.add_events("cb-new", 1, [early, receipt])
+        scope = reports.Scope(device="cb-new")
+        assert reports.counts(store, box_reports.week_of("2026-11-29"), scope)["shops"] == {}
+        [found] = reports.counts(store, box_reports.week_of("2026-11-30"), scope)["shops"]["530100000001"]["counts"]
+        assert (found["seq"], found["day"]) == (1, "2026-11-30")
+        assert reports.receipts(store, ["2026-11-29"], scope)["shops"] == {}
+        [closed] = reports.receipts(store, ["2026-11-30"], scope)["shops"]["530100000001"]["receipts"]
+        assert (closed["seq"], closed["day"]) == (2, "2026-11-30")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_a_count_is_on_the_day_of_centrals_calendar_it_was_closed_on_not_its_utc_date(store, monkeypatch):
     """A shop in UTC+8 counting at 07:30 on Tuesday closes at 23:30 UTC on Monday."""
     monkeypatch.setenv("TZ", "Asia/Shanghai")

@@ -407,6 +407,17 @@ def test_a_count_sets_stock_to_what_is_on_the_shelf_and_records_the_differences(
     assert len(reports.counts(ledger)[0]["differences"]) == 2
 
 
+def test_a_close_says_the_shops_day_it_was_made_on_which_central_reports_it_by(shop):
+    from datetime import datetime
+
+    from provisioning.protocol import parse_rfc3339
+    [counted] = shop.scan("CB:COUNT", PACK, "CB:CLOSE")[-1:]
+    [received] = shop.scan("CB:RECEIVING", PACK, "CB:CLOSE")[-1:]
+    for close in (counted, received):
+        made = datetime.fromtimestamp(parse_rfc3339(close.body["at"]), SHANGHAI)  # the shop's time zone
+        assert close.body["day"] == made.date().isoformat()
+
+
 def test_a_count_never_sells(shop):
     shop.scan("CB:COUNT", PACK, PACK)
     assert shop.today()["total"]["lines"] == 0
