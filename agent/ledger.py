@@ -420,6 +420,7 @@ class Ledger:
         """A list that names a carton or case takes what was kept under its code into its product, in packs:
         an order's carton received while no list named it, 5 of a product of its own, is 50 packs of its pack's
         product once one does. (A code is never another product's later: the rule of the trade.)"""
+        adopted = []
         for item in body["items"]:
             unit = item.get("unit", "pack")
             if unit == "pack" or type(item.get("product")) is not str:
@@ -430,6 +431,14 @@ class Ledger:
                 continue
             if self._adopt(seq, own, product, packs):  # only those with a past of their own: a list names thousands
                 self.units[own] = (product, packs, seq)
+                adopted.append((product, item))
+        if any(product not in self.names for product, _ in adopted):
+            # Called as the list calls its pack (as a sale of it would name it), else as its carton.
+            packs_named = {item.get("barcode"): item.get("name") for item in body["items"]
+                           if item.get("unit", "pack") == "pack"}
+            for product, item in adopted:
+                if product not in self.names:
+                    self.names[product] = packs_named.get(item["product"]) or item["name"]
 
     def _adopt(self, seq: int, own: str, product: str, packs: int) -> bool:
         """Take what was kept under the unit code ``own`` into ``product``, ``packs`` a unit; whether the code

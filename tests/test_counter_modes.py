@@ -331,6 +331,7 @@ def test_an_ordered_carton_received_before_the_list_names_it_is_its_packs_once_t
     _list_the_new_product(shop)
     ledger = shop.ledger()
     assert ledger.stock == {_key(NEW_PACK): 48}
+    assert ledger.names[_key(NEW_PACK)] == "Yuxi (pack)"  # as the stock report names it
     assert _key(NEW_PACK) in ledger.tracked and _key(NEW_CARTON) not in ledger.tracked
     [sale] = shop.scan(NEW_CARTON)
     assert (sale.body["product"], sale.body["packs"]) == (_key(NEW_PACK), 10)
