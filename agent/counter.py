@@ -583,8 +583,9 @@ class Counter:
     def _close(self, journal: Journal, order: dict[str, Any] | None = None) -> Outcome:
         session = self.ledger.session
         now = time.time()
-        # The shop's day it closed on, which central reports it by (its own calendar may be another time zone's).
-        at, day = rfc3339(now), self.day(now)
+        # The shop's day it closed on, which central reports it by (its own calendar may be another time zone's);
+        # none where the shop's time zone is not set (the box's own is UTC on the image): central's calendar then.
+        at, said = rfc3339(now), {"day": self.day(now)} if self.timezone else {}
         if session is None:
             return Outcome(Signal.ERROR, note="close refused: neither receiving nor counting is on")
         self._mode_active_at = None
@@ -594,7 +595,7 @@ class Counter:
                       "expected": self.ledger.stock.get(p, 0), "counted": max(0, session.packs.get(p, 0)),
                       "difference": max(0, session.packs.get(p, 0)) - self.ledger.stock.get(p, 0)}
                      for p in sorted(products)]
-            event = self._append_close(journal, "count_closed", {"started": session.seq, "at": at, "day": day}, lines)
+            event = self._append_close(journal, "count_closed", {"started": session.seq, "at": at, **said}, lines)
             differs = any(line["difference"] for line in lines)
             return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (event,))
         if order is None:
@@ -609,11 +610,11 @@ class Counter:
         # An order that came before it, still open, with something of it received (a receiving of it left
         # unclosed): closed first with a receipt of its own, so what it lacks is said, never dropped with it.
         earlier = [(self._append_close(journal, "receiving_closed", {"started": session.seq, "order": before["name"],
-                                                                     "at": at, "day": day}, before_lines), before_lines)
+                                                                     "at": at, **said}, before_lines), before_lines)
                    for before, before_lines in [(before, self._receipt(before, dict(before["received"]), {}))
                                                 for before in self._partly_received_before(order)]]
         event = self._append_close(journal, "receiving_closed", {"started": session.seq, "order": order["name"] if order
-                                                                 else None, "at": at, "day": day}, lines)
+                                                                 else None, "at": at, **said}, lines)
         differs = (order is not None and any(line["difference"] for line in lines)) or any(
             line["difference"] for _, before_lines in earlier for line in before_lines)
         return Outcome(Signal.ATTENTION if differs else Signal.GOOD, (*(e for e, _ in earlier), event))

@@ -172,6 +172,10 @@ class Ledger:
     # seq). What was kept under such a code before (received from an order, sold, while no list said what it
     # was) moved into its product then, in packs; a void of a line sold before it moves the product too.
     units: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # A code no list named, scanned after CB:CARTON: ten of its packs a scan. Should a list name it a carton after
+    # all, each such scan was one carton: the packs of stock they moved, by code, and the seqs of those lines.
+    cartoned: dict[str, int] = field(default_factory=dict)
+    cartoned_lines: set[int] = field(default_factory=set)
     counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
     receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
     last_seq: int = 0
@@ -209,6 +213,7 @@ class Ledger:
             gone = {seq for seq, line in self.lines.items() if line.day == old}
             self.lines = {seq: line for seq, line in self.lines.items() if seq not in gone}
             self.voided -= gone
+            self.cartoned_lines -= gone  # a void reaches the lines of recent days only
             if not self.keep_days:
                 # The counter keeps an old day's totals and its close, never its rows per product: a clock put
                 # back days closes that day again with all its sales, not with what was sold since.
@@ -267,6 +272,7 @@ class Ledger:
             "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()},
             "orders": self.orders, "closed_orders": sorted(self.closed_orders), "unordered": self.unordered,
             "units": {code: list(unit) for code, unit in self.units.items()},
+            "cartoned": self.cartoned, "cartoned_lines": sorted(self.cartoned_lines),
             "session": None if self.session is None else {
                 "mode": self.session.mode, "seq": self.session.seq, "order": self.session.order,
                 "packs": self.session.packs, "scans": [[seq, *scan] for seq, scan in self.session.scans.items()],
@@ -292,6 +298,7 @@ class Ledger:
                      orders=state["orders"], closed_orders=set(state["closed_orders"]),
                      unordered=dict(state.get("unordered", {})),  # (a checkpoint written before it was kept: none)
                      units={code: tuple(unit) for code, unit in state.get("units", {}).items()},
+                     cartoned=dict(state.get("cartoned", {})), cartoned_lines=set(state.get("cartoned_lines", [])),
                      counts=state["counts"] if keep_days else [], receipts=state["receipts"] if keep_days else [],
                      last_seq=state["last_seq"], unreadable=list(state["unreadable"]), _recent=list(state["recent"]))
         session = state["session"]
@@ -316,6 +323,16 @@ class Ledger:
             self.sale_prices.setdefault(line.day, {})[seq] = (
                 line.product, body.get("unit", "pack"), body["unit_price"], body.get("list_price"))
         self._move(seq, line.product, -line.packs, body)
+        self._note_cartoned(seq, line.product, -line.packs, body)
+
+    def _note_cartoned(self, seq: int, product: str, moved: int, body: dict[str, Any]) -> None:
+        """Note a scan of a code no list names taken after CB:CARTON (ten packs of it, the counter can say no
+        more), which moved ``moved`` packs of its stock."""
+        quantity = body.get("quantity")
+        if body.get("known") is False and type(quantity) is int and quantity \
+                and body["packs"] == quantity * CARTON_PACKS:
+            self.cartoned[product] = self.cartoned.get(product, 0) + moved
+            self.cartoned_lines.add(seq)
 
     def _void(self, seq: int, body: dict[str, Any]) -> None:
         """A void says what it takes back, so it is folded from its own body: the same everywhere,
@@ -327,12 +344,16 @@ class Ledger:
                         amount=body["amount"], cost=body.get("cost"), amount_unknown=bool(body.get("unpriced")))
             self.day(line.day).add(line, -1)
             self.sale_prices.get(line.day, {}).pop(voided, None)
-            product, packs = line.product, line.packs
+            product, packs, cartoned = line.product, line.packs, voided in self.cartoned_lines
+            self.cartoned_lines.discard(voided)
             unit = self.units.get(product)
             if unit is not None and voided < unit[2]:  # sold as a product of its own, moved into its product since
-                product, packs = unit[0], packs * unit[1]
+                # (ten packs a scan after CB:CARTON: one carton, each)
+                product, packs, cartoned = unit[0], (packs // CARTON_PACKS if cartoned else packs) * unit[1], False
             if voided > self.counted_seq and voided > self.opened.get(product, 0):
                 self._move(seq, product, packs)
+                if cartoned:
+                    self.cartoned[product] = self.cartoned.get(product, 0) + packs
             # else sold before a count, which found the whole shelf as it is (a product it did not list,
             # none): the stock stays what was counted; or before the receipt its stock began with
             return
@@ -344,6 +365,9 @@ class Ledger:
         if kind == "received":
             self._move(seq, body["product"], -body["packs"])
             self._arrived(body, -body["packs"])
+            if voided in self.cartoned_lines:
+                self.cartoned_lines.discard(voided)
+                self.cartoned[body["product"]] = self.cartoned.get(body["product"], 0) - body["packs"]
 
     def _scanned(self, seq: int, body: dict[str, Any], mode: str) -> None:
         if self.session is not None and self.session.mode == mode:
@@ -358,6 +382,7 @@ class Ledger:
             self.opened[body["product"]] = seq
         self.tracked.add(body["product"])
         self._move(seq, body["product"], body["packs"], body)
+        self._note_cartoned(seq, body["product"], body["packs"], body)
         self._scanned(seq, body, "receiving")
         self._arrived(body, body["packs"])
 
@@ -380,12 +405,14 @@ class Ledger:
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
+            self.cartoned.pop(line["product"], None)  # what was counted, each unit as one
         self.counted_seq = seq
         if self.keep_days:
             self.counts.append({"seq": seq, **body})
         self.session = None
 
     def _receiving_closed(self, seq: int, body: dict[str, Any]) -> None:
+        self._session_over()
         self.unordered = {}  # counted in this close: for its order, or as a receipt of its own
         if body.get("order"):
             closed = self.orders.pop(body["order"], None)
@@ -404,7 +431,13 @@ class Ledger:
         self.session = Session(mode=mode, seq=seq, order=body.get("order"), last_at=body.get("at", ""))
 
     def _ended(self, seq: int, body: dict[str, Any]) -> None:
+        self._session_over()
         self.session = None
+
+    def _session_over(self) -> None:
+        """A receiving's scans can no longer be voided once it is over: what was noted of them goes."""
+        if self.session is not None and self.cartoned_lines:
+            self.cartoned_lines.difference_update(self.session.scans)
 
     def _order(self, seq: int, body: dict[str, Any]) -> None:
         if body["name"] in self.closed_orders:
@@ -419,39 +452,64 @@ class Ledger:
     def _price_list(self, seq: int, body: dict[str, Any]) -> None:
         """A list that names a carton or case takes what was kept under its code into its product, in packs:
         an order's carton received while no list named it, 5 of a product of its own, is 50 packs of its pack's
-        product once one does. (A code is never another product's later: the rule of the trade.)"""
-        adopted = []
+        product once one does. (A code is never another product's later: the rule of the trade.) Every item is
+        read before anything moves: a list the ledger cannot read counts for nothing."""
+        past = self._with_a_past()
+        found: list[tuple[str, str, int, dict[str, Any]]] = []
         for item in body["items"]:
             unit = item.get("unit", "pack")
             if unit == "pack" or type(item.get("product")) is not str:
                 continue  # a pack is its own product; a carton no list said the product of stays one
-            packs = item.get("packs", CARTON_PACKS if unit == "carton" else 1)
-            own, product = classify(item["barcode"]).key, classify(item["product"]).key
-            if type(packs) is not int or packs < 1 or own == product:
+            code, packs = item["barcode"], item.get("packs", CARTON_PACKS if unit == "carton" else 1)
+            if type(code) is not str or type(packs) is not int or packs < 1:
+                raise ValueError("a price list's carton without a code or its packs")
+            # Most of a list's thousands of cartons have no past here: a GTIN's key is its digits padded to 14,
+            # so they are passed over without classifying each (an 8-digit code may be a UPC-E: classified).
+            if not past or (code.isdigit() and len(code) != 8 and code.zfill(14) not in past and code not in past):
                 continue
-            if self._adopt(seq, own, product, packs):  # only those with a past of their own: a list names thousands
-                self.units[own] = (product, packs, seq)
-                adopted.append((product, item))
-        if any(product not in self.names for product, _ in adopted):
-            # Called as the list calls its pack (as a sale of it would name it), else as its carton.
-            packs_named = {item.get("barcode"): item.get("name") for item in body["items"]
-                           if item.get("unit", "pack") == "pack"}
-            for product, item in adopted:
-                if product not in self.names:
-                    self.names[product] = packs_named.get(item["product"]) or item["name"]
+            own, product = classify(code).key, classify(item["product"]).key
+            if own != product and own in past:
+                found.append((own, product, packs, item))
+        for own, product, packs, item in found:
+            self.units[own] = (product, packs, seq)
+            self._adopt(seq, own, product, packs)
+            if product not in self.names:
+                self._name_adopted(product, item, body["items"])
 
-    def _adopt(self, seq: int, own: str, product: str, packs: int) -> bool:
-        """Take what was kept under the unit code ``own`` into ``product``, ``packs`` a unit; whether the code
-        had a past as a product of its own (a stock, even one back at 0, is there once anything moved it)."""
-        adopted = own in self.stock or own in self.tracked
+    def _with_a_past(self) -> set[str]:
+        """The codes whose stock was kept as a product of their own here: in stock (even back at 0), received,
+        counted, arrived for an order or for none, or scanned in the receiving or count under way."""
+        past = set(self.stock) | self.tracked | set(self.unordered)
+        for order in self.orders.values():
+            past.update(order.get("received", {}))
+        if self.session is not None:
+            past.update(self.session.packs)
+        return past
+
+    def _name_adopted(self, product: str, carton: dict[str, Any], items: list[dict[str, Any]]) -> None:
+        """Call a product that took a carton's stock as the list calls its pack (as a sale of it would name
+        it), else as the carton."""
+        for item in items:
+            if item.get("unit", "pack") == "pack" and type(item.get("barcode")) is str \
+                    and classify(item["barcode"]).key == product and type(item.get("name")) is str:
+                self.names[product] = item["name"]
+                return
+        if type(carton.get("name")) is str:
+            self.names[product] = carton["name"]
+
+    def _adopt(self, seq: int, own: str, product: str, packs: int) -> None:
+        """Take what was kept under the unit code ``own`` into ``product``, ``packs`` a unit."""
         held = self.stock.pop(own, 0)
+        # Scanned after CB:CARTON, ten of its packs a scan: each scan was one carton.
+        cartoned = self.cartoned.pop(own, 0)
+        units = held - cartoned + cartoned // CARTON_PACKS
+        if own in self.opened:  # a carton sold before its first receipt: a void of it puts nothing back
+            self.opened[product] = max(self.opened.get(product, 0), self.opened.pop(own))
         if own in self.tracked:
             self.tracked.discard(own)
             self.tracked.add(product)
         self.negative.pop(own, None)
-        self.opened.pop(own, None)
-        if held:
-            self._move(seq, product, held * packs)
+        self._move(seq, product, units * packs)
         moved = self.unordered.pop(own, 0)
         if moved:
             self.unordered[product] = self.unordered.get(product, 0) + moved * packs
@@ -459,13 +517,10 @@ class Ledger:
             received = order.get("received", {})
             if own in received:
                 received[product] = received.get(product, 0) + received.pop(own) * packs
-                adopted = True
         if self.session is not None and own in self.session.packs:
             self.session.packs[product] = self.session.packs.get(product, 0) + self.session.packs.pop(own) * packs
             self.session.scans = {at: (product, n * packs) if code == own else (code, n)
                                   for at, (code, n) in self.session.scans.items()}
-            adopted = True
-        return adopted or bool(moved)
 
 
 _HANDLERS = {

@@ -317,6 +317,8 @@ NEW_PACK, NEW_CARTON = "6901028077002", "6901028077019"  # a product the weekly 
 def _list_the_new_product(shop):
     shop.journal.append("price_list", {"currency": "CNY", "items": [item.as_json() for item in parse_csv(
         PRICES + f"{NEW_PACK},Yuxi (pack),25.00,pack,1,,\n{NEW_CARTON},Yuxi (carton),245.00,carton,10,,{NEW_PACK}\n")]})
+    with shop.journal.transaction():
+        shop.counter.expire(shop.journal)  # the daemon's look at the time-outs, each second: the counter catches up
 
 
 def test_an_ordered_carton_received_before_the_list_names_it_is_its_packs_once_the_list_does(shop):
@@ -373,6 +375,79 @@ def test_what_a_list_moved_into_a_product_survives_retentions_checkpoint(shop):
     assert again.stock == {_key(NEW_PACK): 0}
 
 
+def _order_new_cartons(shop, name, quantity):
+    shop.journal.append("order", {"name": f"order/{name}", "order_id": name, "lines": [
+        {"barcode": NEW_CARTON, "name": "Yuxi (carton)", "quantity": quantity}]})
+
+
+def test_an_unlisted_carton_received_after_cb_carton_is_one_carton_once_a_list_names_it(shop):
+    """The retailer says it is a carton (CB:CARTON); the box, which does not know the code, takes it as ten of its
+    packs. Once a list names the code a carton of 10, that scan was one carton: 10 packs, not 100."""
+    shop.scan("CB:RECEIVING", "CB:CARTON", NEW_CARTON, "CB:CLOSE")
+    _list_the_new_product(shop)
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 10}
+
+
+def test_an_unlisted_carton_sold_after_cb_carton_and_voided_is_one_carton_each_way(shop):
+    shop.scan("CB:RECEIVING", *shop.key("30"), "CB:QTY-KEYED", NEW_PACK, "CB:CLOSE")
+    shop.scan("CB:CARTON", NEW_CARTON)  # one carton sold, as ten packs of a code of its own
+    _list_the_new_product(shop)
+    assert shop.ledger().stock == {_key(NEW_PACK): 20}
+    shop.scan("CB:VOID")
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 30}
+
+
+def test_a_product_a_list_leaves_tracked_below_zero_is_listed_below_zero(shop):
+    shop.scan("CB:RECEIVING", NEW_CARTON, "CB:CLOSE")  # a carton of the new product received: tracked
+    shop.scan(NEW_CARTON)  # and sold whole
+    shop.scan(NEW_PACK, NEW_PACK)
+    list_seq = shop.journal.last_seq() + 1
+    _list_the_new_product(shop)
+    report = reports.stock(shop.ledger())
+    assert [(row["product"], row["packs"], row["negative_since"]) for row in report["negative"]] == [
+        (_key(NEW_PACK), -2, list_seq)]
+
+
+def test_a_void_after_the_list_of_a_carton_sold_before_its_first_delivery_puts_nothing_back(shop):
+    """Its stock began with the receipt (sold from a shelf the box never knew): voided before the list or after."""
+    shop.scan(NEW_CARTON)
+    _order_new_cartons(shop, "w48", 5)
+    shop.scan("CB:ALL-RECEIVED")
+    _list_the_new_product(shop)
+    assert shop.ledger().stock == {_key(NEW_PACK): 50}
+    shop.scan("CB:VOID")
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 50}
+
+
+RECEIVED_UNLISTED = (1, "received", {"code": NEW_CARTON, "product": _key(NEW_CARTON), "packs": 5, "name": None,
+                                     "known": False, "at": "2026-11-30T04:00:00Z"})
+NEW_CARTON_ITEM = {"barcode": NEW_CARTON, "name": "Yuxi (carton)", "price": 24500, "unit": "carton", "packs": 10,
+                   "product": NEW_PACK}
+
+
+@pytest.mark.parametrize("later", ["garbage", {"name": "no code", "price": 1, "unit": "carton", "product": NEW_PACK}],
+                         ids=["not-an-item", "no-barcode"])
+def test_a_price_list_the_ledger_cannot_read_moves_nothing(later):
+    """A tool's or a damaged event: it counts for nothing, not for its items before the one that fails."""
+    ledger = reports.fold([RECEIVED_UNLISTED, (2, "price_list", {"currency": "CNY", "items": [NEW_CARTON_ITEM, later]})])
+    assert ledger.unreadable == [2]
+    assert (ledger.stock, ledger.units) == ({_key(NEW_CARTON): 5}, {})
+
+
+def test_a_product_that_took_a_cartons_stock_is_named_as_its_pack_by_its_key_never_by_a_number():
+    pack, carton = "036000291452", "036000291469"  # the pack listed as UPC-A, the carton's product as its EAN-13
+    items = [item.as_json() for item in parse_csv(
+        "barcode,name,price,unit,packs,cost,product\n"
+        f"{pack},Marlboro (pack),23.00,pack,1,,\n{carton},Marlboro (carton),225.00,carton,10,,0{pack}\n")]
+    ledger = reports.fold([(1, "received", {"code": carton, "product": _key(carton), "packs": 2, "name": None,
+                                            "known": False, "at": "2026-11-30T04:00:00Z"}),
+                           (2, "price_list", {"currency": "CNY", "items": items})])
+    assert (ledger.stock, ledger.names[_key(pack)]) == ({_key(pack): 20}, "Marlboro (pack)")
+    numbered = reports.fold([RECEIVED_UNLISTED, (2, "price_list", {"currency": "CNY", "items": [
+        {**NEW_CARTON_ITEM, "name": 5}]})])
+    assert _key(NEW_PACK) not in numbered.names
+
+
 def test_receiving_line_by_line_records_the_differences_against_the_order(shop):
     shop.journal.append("order", {"name": "order/w48", "order_id": "w48", "lines": [
         {"barcode": CARTON, "name": "Hongtashan (carton)", "quantity": 2},
@@ -417,6 +492,14 @@ def test_a_close_says_the_shops_day_it_was_made_on_which_central_reports_it_by(s
     for close in (counted, received):
         made = datetime.fromtimestamp(parse_rfc3339(close.body["at"]), SHANGHAI)  # the shop's time zone
         assert close.body["day"] == made.date().isoformat()
+
+
+def test_a_box_without_the_shops_time_zone_leaves_the_day_of_its_close_to_central(shop, monkeypatch):
+    """Its own zone is UTC on the image: a Monday 07:30 count in Shanghai would say Sunday, the week before."""
+    shop.counter.timezone = None
+    monkeypatch.setattr(time, "time", lambda: 1_795_995_000.0)  # 2026-11-29T23:30Z
+    [closed] = shop.scan("CB:COUNT", PACK, "CB:CLOSE")[-1:]
+    assert "day" not in closed.body and closed.body["at"] == "2026-11-29T23:30:00.000Z"
 
 
 def test_a_count_never_sells(shop):
