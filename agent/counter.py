@@ -303,15 +303,26 @@ class Counter:
     def record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         """Record ``scan`` in ``journal``; blocking (SQLite and fsync), so it runs in the store's thread."""
         self._catch_up(journal)
+        # Not recorded (the retailer hears the error signal), whether the scan fails or the commit it went in
+        # (a group's, maybe, which fails after this returned): what was pending, and the mode's time, stay as
+        # they were. A digit keyed records nothing, so nothing in the journal would tell.
+        journal.on_rollback(self._keep())
         pending = dataclasses.replace(self._pending)
         try:
             outcome = self._record(journal, scan)
             self._note_pending(journal)  # in the same transaction; the box's own bookkeeping, not the scan's outcome
         except BaseException:
-            # Not recorded (the retailer hears the error signal): what was pending stays as it was.
             self._pending = pending
             raise
         return outcome
+
+    def _keep(self) -> Callable[[], None]:
+        """What puts back the counter's own memory (beside the ledger, which the journal tells) as it is now."""
+        pending, active_at, unheard = dataclasses.replace(self._pending), self._mode_active_at, self._ended_unheard
+
+        def put_back() -> None:
+            self._pending, self._mode_active_at, self._ended_unheard = dataclasses.replace(pending), active_at, unheard
+        return put_back
 
     def _record(self, journal: Journal, scan: Scan | NotABarcode | Keypress) -> Outcome:
         if isinstance(scan, Keypress):
@@ -709,6 +720,7 @@ class Counter:
         """End a mode left without a scan for ``mode_timeout``, forget what was pending past
         ``pending_timeout``; None when nothing expired. Called now and then from the daemon."""
         self._catch_up(journal)
+        journal.on_rollback(self._keep())
         now = self.clock()
         if self.mode != "selling" and now - (self._mode_active_at or 0.0) >= self.mode_timeout:
             self._pending = Pending()

@@ -108,6 +108,8 @@ class Journal:
         self._tail_seen: tuple[int, int] = (-1, -1)
         self._tail_held = False  # checked in the transaction under way, which no other writer can enter
         self._file = _file_id(path)  # the file opened: a journal removed or replaced meanwhile is another
+        # Per transaction level under way (a savepoint in a transaction), what to call should it be rolled back.
+        self._undo: list[list[Callable[[], None]]] = []
 
     def check_file(self) -> None:
         """Raise JournalError if the file at the journal's path is no longer the one opened (removed, or
@@ -199,6 +201,14 @@ class Journal:
         process (the agent beside a command) commits meanwhile, retention's fold included, is not seen
         half. A deferred transaction that only reads: it takes no write lock."""
         return self.transaction(mode="DEFERRED")
+
+    def on_rollback(self, undo: Callable[[], None]) -> None:
+        """Call ``undo`` should the transaction under way (or its savepoint) be rolled back, or its commit fail:
+        what a write keeps in memory beside the journal goes back with what it wrote. (The store runs a group of
+        writes in one transaction, whose commit may fail after each write returned; and may run the group
+        again.) Outside a transaction each write commits by itself: nothing to call."""
+        if self._undo:
+            self._undo[-1].append(undo)
 
     @property
     def in_transaction(self) -> bool:
@@ -853,18 +863,31 @@ class _Transaction:
             if not journal._conn.in_transaction:
                 journal._tail_held = False  # a new transaction: what others wrote before it is to be looked at
             self._transaction.__enter__()
+        journal._undo.append([])
 
     def __exit__(self, kind, error, traceback) -> bool:
+        journal = self._journal
+        undo = journal._undo.pop()
         if kind is not None:
-            self._journal.rollbacks += 1
+            journal.rollbacks += 1
+            _undo(undo)
         try:
-            with _translated(self._journal.path):
+            with _translated(journal.path):
                 self._transaction.__exit__(kind, error, traceback)  # commits, or rolls back and lets the error go on
         except BaseException:
             if kind is None:
-                self._journal.rollbacks += 1  # the commit itself failed and was rolled back
+                journal.rollbacks += 1  # the commit itself failed and was rolled back
+                _undo(undo)
             raise
-        return _translated(self._journal.path).__exit__(kind, error, traceback)  # which leaves as the store's own
+        if kind is None and journal._undo:
+            journal._undo[-1].extend(undo)  # a savepoint released: the transaction around it may yet roll back
+        return _translated(journal.path).__exit__(kind, error, traceback)  # which leaves as the store's own
+
+
+def _undo(calls: list[Callable[[], None]]) -> None:
+    """What the writes rolled back kept in memory, put back: the latest first."""
+    for call in reversed(calls):
+        call()
 
 
 def check_no_log_left(path: Path) -> None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.counter import Counter
 from agent.config import Config, DeviceConfig, StorageConfig
-from agent.daemon import FAULT_AFTER, Box
+from agent.daemon import FAULT_AFTER, Box, record_scan
 from drivers.decoder import Scan
 from drivers.feedback import Signal
 from storage import Journal, JournalFull, Store
@@ -486,3 +486,42 @@ def test_a_restore_that_meets_a_full_disk_at_any_page_says_the_disk_is_full(smal
             break
     assert said and pages < 39, "the restore never went through"
     assert all("disk is full" in text or "No space left" in text for text in said), said
+
+
+@pytest.mark.parametrize("other_write", ["scanner event", "central's acknowledgement"])
+def test_a_digit_answered_with_the_error_signal_is_not_kept_nor_keyed_twice(tmp_path, other_write):
+    """The retailer's next digit goes in one group commit with another write the box hands in meanwhile, and the
+    disk refuses the commit: the digit is answered with the error signal (not recorded: key it again), and the
+    store, once the log gave back its room, runs the group again. Keyed again, then the price and the product:
+    sold at 12.00 as keyed, never at 1222.00 (the digit kept, and run twice)."""
+    def scan(text):
+        now = time.time()
+        return Scan(text, "/dev/input/event7", now, now)
+
+    with small_filesystem(tmp_path / "disk", "1m") as disk:
+        async def main():
+            store = await Store.open(disk / "journal.db", os.urandom(32))
+            counter = Counter(start_guard=0.0)
+            assert await record_scan(store, counter, scan("CB:1")) is Signal.GOOD
+            fill(disk)
+            busy = store.write(lambda journal: time.sleep(0.3))
+            await asyncio.sleep(0.1)  # the store's thread has taken it, alone: the next two wait, together
+            digit = record_scan(store, counter, scan("CB:2"))
+            if other_write == "scanner event":
+                other = store.append("scanner", {"scanner": "/dev/input/event9", "state": "taken"})
+            else:
+                other = store.write(lambda journal: journal.acknowledge(1))
+            await busy
+            with pytest.raises(JournalFull):
+                await other
+            heard = await digit
+            os.unlink(disk / "filler")
+            keyed = [await record_scan(store, counter, scan(code)) for code in ("CB:2", "CB:PRICE", "96385074")]
+            sale = await store.read(lambda journal: journal.last("sale"))
+            await store.close()
+            return heard, keyed, sale
+
+        heard, keyed, sale = asyncio.run(main())
+    assert heard is Signal.ERROR
+    assert keyed == [Signal.GOOD, Signal.GOOD, Signal.GOOD]
+    assert sale.body["unit_price"] == 1200

@@ -923,3 +923,25 @@ def test_a_command_opens_the_journal_while_the_agent_holds_its_write_lock(tmp_pa
     finally:
         writer.rollback()
         writer.close()
+
+
+def test_what_a_write_keeps_in_memory_goes_back_when_its_transaction_does(journal):
+    """``on_rollback``: called when the write's savepoint or the transaction around it rolls back, the latest
+    first; never for a transaction that commits; and outside a transaction there is nothing to undo."""
+    undone = []
+    journal.on_rollback(lambda: undone.append("alone"))  # no transaction: each write commits by itself
+    with journal.transaction():
+        journal.on_rollback(lambda: undone.append("committed"))
+    assert undone == []
+    with pytest.raises(RuntimeError):
+        with journal.transaction():
+            journal.on_rollback(lambda: undone.append("first"))
+            with journal.transaction():  # a savepoint released: the transaction may yet take it back
+                journal.on_rollback(lambda: undone.append("released"))
+            with pytest.raises(ValueError):
+                with journal.transaction():
+                    journal.on_rollback(lambda: undone.append("savepoint"))
+                    raise ValueError
+            assert undone == ["savepoint"]
+            raise RuntimeError
+    assert undone == ["savepoint", "released", "first"]
