@@ -107,6 +107,18 @@ class NoReceipt(MqttError):
     """The broker, still connected, did not answer the publish in time; it may yet have it."""
 
 
+class TooLarge(MqttError):
+    """Larger than the broker takes (the Maximum Packet Size of its CONNACK): not sent, for the broker would
+    end the connection over it."""
+
+
+def publish_size(topic: str, payload: bytes, qos: int, properties: Properties | None) -> int:
+    """The bytes of an MQTT 5 PUBLISH packet: what a broker's Maximum Packet Size is measured against."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + (len(properties.pack()) if properties else 1) \
+        + len(payload)
+    return 1 + (1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4) + remaining
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Seconds between connection attempts: ``first`` doubling up to ``most``, each drawn at random
@@ -155,6 +167,9 @@ class MqttLink:
     # Counts connections; a change tells the uplink its in-flight batches may be lost.
     generation: int = 0
     connected_at: float = 0.0  # the loop's time of the latest CONNACK
+    # The largest packet the broker takes on this connection (its CONNACK's Maximum Packet Size, MQTT 5;
+    # Mosquitto's max_packet_size), None when it sets none.
+    max_packet: int | None = None
     # Called on the loop after each CONNACK (after ``connected`` is set): for those who must act on
     # a new connection at once rather than notice it at their next look.
     on_connect: list[Callable[[], None]] = field(default_factory=list)
@@ -302,6 +317,10 @@ class MqttLink:
         if expires_at is not None:
             properties = Properties(PacketTypes.PUBLISH)
             properties.MessageExpiryInterval = max(1, min(int(expires_at - time.time()), 2 ** 32 - 1))
+        size = publish_size(topic, payload, qos, properties)
+        if self.max_packet is not None and size > self.max_packet:
+            raise TooLarge(f"a message of {size} bytes to {topic} is over the {self.max_packet} bytes the broker "
+                           f"{self.host}:{self.port} takes (its max_packet_size): not sent")
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise NotConnected(f"publish not sent: {paho.error_string(info.rc)}")
@@ -368,6 +387,7 @@ class MqttLink:
             self._lost(client, f"the broker refused the connection: {reason_code}")  # logged once, with backoff
             return
         self._subscribing = {}
+        self.max_packet = getattr(properties, "MaximumPacketSize", None)
         for topic in self.subscriptions:
             _, mid = client.subscribe(topic, qos=1)
             self._subscribing[mid] = topic

@@ -29,7 +29,7 @@ from provisioning.errors import ProtocolError
 from storage import DAMAGED, Event, StorageError, Store
 
 from .config import UplinkConfig
-from .mqtt import MqttError, MqttLink
+from .mqtt import MqttError, MqttLink, TooLarge, publish_size
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class Uplink:
     _in_flight: list[tuple[int, float]] = field(default_factory=list)  # (last_seq, sent at)
     _acked: int = 0
     _failures: int = 0  # publishes failed in a row
+    _too_large: int = -1  # the connection on which an event too large for the broker was last said
     _resends: int = 0  # resends since the last acknowledgement that moved the cursor
     # The journal the events come from (batches name it; an acknowledgement of another is refused), and
     # the last of its events delivered under another identity: read from the journal as the uplink starts.
@@ -298,11 +299,21 @@ class Uplink:
                 logger.error("event seq=%d (%s) sent as damaged: %s", event.seq, event.body["kind"], event.body["reason"])
         # Signing a batch of large events takes milliseconds: not on the loop.
         payload = await asyncio.to_thread(self._encode, events)
-        while len(payload) > protocol.MAX_TOKEN_BYTES and len(events) > 1:
+        # As many as fit one message: the protocol's, and the broker's own limit (one set below the protocol's
+        # would end the connection at every batch over it, and nothing would ever go).
+        while not self._fits(topic, payload) and len(events) > 1:
             events = events[: len(events) // 2]
             payload = await asyncio.to_thread(self._encode, events)
         try:
             await self.link.publish(topic, payload)
+        except TooLarge as error:
+            if self._too_large != self.link.generation:
+                self._too_large = self.link.generation
+                logger.error("event seq=%d cannot be delivered: %s. It and the events after it wait; set the "
+                             "broker's max_packet_size to %d, as counterbox's broker configuration does",
+                             events[0].seq, error, protocol.MAX_PACKET_BYTES)
+            self._failures += 1
+            return 0
         except MqttError as error:
             # Logged as a warning once, then quietly until a publish goes through.
             log = logger.warning if self._failures == 0 else logger.debug
@@ -314,6 +325,11 @@ class Uplink:
             self._failures = 0
         logger.debug("batch published seq=%d..%d bytes=%d", events[0].seq, events[-1].seq, len(payload))
         return events[-1].seq
+
+    def _fits(self, topic: str, payload: bytes) -> bool:
+        limit = self.link.max_packet
+        return len(payload) <= protocol.MAX_TOKEN_BYTES and (
+            limit is None or publish_size(topic, payload, 1, None) <= limit)
 
     def _encode(self, events: list[Event]) -> bytes:
         return protocol.encode_batch(events, device=self.device_id, session=self.session, key=self.key,

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import paho.mqtt.client as mqtt
 import paho.mqtt.publish as mqtt_publish
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -822,3 +823,55 @@ def test_batches_name_the_journal_and_an_acknowledgement_of_another_journal_move
     run_uplink(stack, tmp_path, "shop-journal", test)
     [refused] = [r for r in caplog.records if r.getMessage().startswith("acknowledgement refused")]
     assert refused.levelname == "WARNING" and f"acknowledgement is for journal '{'e' * 32}'" in refused.getMessage()
+
+
+@pytest.fixture
+def small_packets(monkeypatch):
+    """A broker set up with a smaller max_packet_size than counterbox's (a managed broker's, say): 64 KiB."""
+    import demo.stack
+    shipped = demo.stack.broker_config
+
+    def config(*args, **kwargs):
+        text = shipped(*args, **kwargs)
+        assert "max_packet_size 8388608" in text
+        return text.replace("max_packet_size 8388608", "max_packet_size 65536")
+
+    monkeypatch.setattr(demo.stack, "broker_config", config)
+
+
+def test_a_backlog_goes_through_a_broker_that_takes_smaller_packets_in_batches_that_fit(small_packets, stack, fifo):
+    """300 sales recorded while the broker was away are more than one packet of 64 KiB: the broker's CONNACK says
+    its limit, and the box sends batches under it. Before, each batch cost the connection, for good."""
+    device = stack.provision("shop-small-packets", scanners=[str(fifo)],
+                             uplink={"batch_max_events": 500, "batch_max_delay": 1.0})
+    _, items = price_list(50)
+    stack.stop_broker()
+    device.start()
+    feed(fifo, scans([list(items)[i % 50] for i in range(300)], key_interval=0.002))
+    wait_until(lambda: device.status()["events"].get("sale") == 300, 60, "300 sales recorded offline")
+    stack.start_broker()
+    try:
+        wait_until(lambda: len(stack.sales()) == 300, 60, "the 300 sales at central")
+    finally:
+        device.stop()
+    assert device.log.read_text().count("connected to broker") <= 2
+
+
+def test_an_event_larger_than_the_broker_takes_is_said_and_costs_no_connection(small_packets, stack, fifo, tmp_path):
+    """A price list of 2,000 items loaded on the box is one event of some 150 KB: it cannot pass a broker of 64 KiB.
+    The box says which event, why and what to set, once a connection, and stays connected (before: a reconnection
+    every second, its status and documents lost with each)."""
+    device = stack.provision("shop-small-packets", scanners=[str(fifo)])
+    csv, _ = price_list(2000)
+    (tmp_path / "prices.csv").write_text(csv)
+    assert device.command("prices", "load", str(tmp_path / "prices.csv")).returncode == 0
+    device.start()
+    try:
+        wait_until(lambda: "cannot be delivered" in device.log.read_text(), 30, "the event too large said")
+        time.sleep(5)  # the uplink tries again meanwhile
+    finally:
+        device.stop()
+    log = device.log.read_text()
+    [said] = [line for line in log.splitlines() if "cannot be delivered" in line]
+    assert "event seq=1 " in said and "max_packet_size" in said and "65536" in said
+    assert log.count("connected to broker") == 1
