@@ -129,6 +129,7 @@ def counter_for(config: Config) -> Counter:
 
 
 STATUS_EVERY = 5.0  # seconds between updates of the service's status line
+IDENTITY_RETRY = 5.0  # seconds between tries to write the box's identity into a journal on a full disk
 
 # Threads for the short blocking calls (opening a scanner, reading a key file, a USB transfer):
 # two are plenty on a counter, and each thread costs the box memory.
@@ -260,11 +261,6 @@ async def _life(config: Config) -> bool:
             session = max(await store.read(lambda journal: journal.session()), 1)  # batches count from 1
             connections = int(time.time() * 1000)
             logger.error("this start NOT counted in the journal (it goes on as session %d): %s", session, error)
-        # A journal restored onto this box delivers what its last box did not, as this one.
-        base, before = await store.write(lambda journal: journal.take_identity(device_id))
-        if before and before != device_id:
-            logger.warning("journal delivers as device=%s from seq=%d on: the events before were delivered as "
-                           "device=%s", device_id, base + 1, before)
         last, acked = await store.read(lambda journal: (journal.last_seq(), journal.acked_seq()))
         logger.info("agent started device=%s session=%d journal=%s last_seq=%d acked_seq=%d",
                     device_id, session, store.path, last, acked)
@@ -381,21 +377,24 @@ class Box:
             await asyncio.sleep(RETENTION_NEXT if upto is not None else RETENTION_EVERY)
 
     async def on_device(self, report: dict) -> None:
+        # The scanners held are what the status says, whether or not the journal can record the change (a full
+        # disk): the event is its record, the set the truth.
+        if report["state"] == "taken":
+            self.scanners.add(report["scanner"])
+        else:
+            self.scanners.discard(report["scanner"])
         try:
             seq = await self.store.append("scanner", report)
         except StorageError as error:
             logger.error("scanner %s %s NOT recorded: %s", report["scanner"], report["state"], error)
             return
         logger.info("scanner seq=%d %s %s", seq, report["state"], report["scanner"])
-        if report["state"] == "taken":
-            self.scanners.add(report["scanner"])
-        else:
-            self.scanners.discard(report["scanner"])
         if self._uplink is not None:
             self._uplink.wake.set()
 
     async def run(self) -> bool:
         """The box's life; True when operations revoked it (it has delivered what it could)."""
+        await self._take_identity()
         revocation = await self.store.read(revocation_held)
         if revocation is not None:  # revoked before a restart: deliver, then erase
             self._revocation(revocation.body["grace_seconds"])
@@ -412,6 +411,28 @@ class Box:
         region = held["region"] if held else self.config.device.region
         await self._active(region, monitoring=bool(held and held.get("monitoring")))
         return self._revoked.is_set()
+
+    async def _take_identity(self) -> None:
+        """Deliver as this box: a journal restored onto it delivers what its last box did not, as this one. On a
+        full disk that cannot be written: the box waits for space (its scanners read, each scan refused with the
+        error signal, as every write then is), nothing delivered under the identity before, and never exits
+        (started again and again, it would answer no scan at all)."""
+        said = False
+        while True:
+            try:
+                base, before = await self.store.write(lambda journal: journal.take_identity(self.device_id))
+                break
+            except JournalFull as error:
+                if not said:
+                    said = True
+                    logger.error("the journal cannot take this box's identity (device=%s): %s; nothing is "
+                                 "delivered until space returns", self.device_id, error)
+                await asyncio.sleep(IDENTITY_RETRY)
+        if said:
+            logger.warning("space returned: the journal delivers as device=%s", self.device_id)
+        if before and before != self.device_id:
+            logger.warning("journal delivers as device=%s from seq=%d on: the events before were delivered as "
+                           "device=%s", self.device_id, base + 1, before)
 
     async def _report(self, link: MqttLink) -> None:
         """The service's status line, for `systemctl status`: online or not, and what waits to go."""

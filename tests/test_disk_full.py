@@ -525,3 +525,73 @@ def test_a_digit_answered_with_the_error_signal_is_not_kept_nor_keyed_twice(tmp_
     assert heard is Signal.ERROR
     assert keyed == [Signal.GOOD, Signal.GOOD, Signal.GOOD]
     assert sale.body["unit_price"] == 1200
+
+
+def test_an_agent_started_on_a_full_disk_under_a_new_identity_waits_for_space_and_delivers(stack, fifo, tmp_path,
+                                                                                          caplog, monkeypatch):
+    """A journal that delivered as another box (restored onto this one), started on a full disk: taking this
+    box's identity is a write. The agent once ended at every start (systemd's restart loop: no scan answered);
+    now it says why, waits, and delivers as this box once space returns."""
+    import contextlib
+    import dataclasses
+
+    from agent import config as agent_config
+    from agent import daemon
+    from .harness import wait_until
+
+    monkeypatch.setattr(daemon, "IDENTITY_RETRY", 0.2)
+    with small_filesystem(tmp_path / "disk", "160k") as disk:
+        device = stack.provision("shop-new-identity", scanners=[str(fifo)])
+        config = agent_config.load(device.config)
+        config = dataclasses.replace(config, storage=dataclasses.replace(
+            config.storage, path=disk / "journal.db", key_file=disk / "data.key"))
+        journal = Journal.open(config.storage.path, daemon.data_key(config.storage, create=True))
+        journal.take_identity("shop-old-box")
+        journal.start_session()
+        with journal.transaction():
+            Counter().record(journal, Scan("6901028075831", str(fifo), time.time(), time.time()))
+        fill(disk)
+
+        async def main():
+            agent = asyncio.create_task(daemon.run(config))
+            try:
+                await asyncio.to_thread(wait_until, lambda: agent.done() or "cannot take this box's identity"
+                                        in caplog.text, 30, "the full disk said")
+                await asyncio.sleep(1.0)
+                assert not agent.done(), agent.exception()
+                assert stack.sales() == []  # nothing under the identity before
+                os.unlink(disk / "filler")
+                await asyncio.to_thread(wait_until, lambda: agent.done() or len(stack.sales()) == 1, 30,
+                                        "the sale delivered as this box")
+                assert not agent.done(), agent.exception()
+            finally:
+                agent.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await agent
+
+        with caplog.at_level(logging.INFO):
+            asyncio.run(main())
+        journal.close()
+    assert "space returned: the journal delivers as device=shop-new-identity" in caplog.text
+
+
+def test_a_scanner_taken_or_given_back_on_a_full_disk_is_counted_in_the_status(tmp_path):
+    """The status says the scanners held now (len(box.scanners)): one taken while its event cannot be recorded
+    is held and read all the same (its scans refused), and was said to be none for as long as the agent ran."""
+    with small_filesystem(tmp_path / "disk", "160k") as disk:
+        async def main():
+            store = await Store.open(disk / "journal.db", os.urandom(32))
+            key = Ed25519PrivateKey.generate()
+            box = Box(config=Config(device=DeviceConfig(id="shop-s")), store=store, session=1, device_id="shop-s",
+                      key=key, central_key=key.public_key(), counter=Counter(), trusted={})
+            with pytest.raises(JournalFull):
+                while True:
+                    await store.append("sale", {"note": "x" * 200})
+            await box.on_device({"scanner": "/dev/input/event3", "state": "taken", "name": "Honeywell"})
+            taken = set(box.scanners)
+            await box.on_device({"scanner": "/dev/input/event3", "state": "removed", "name": "Honeywell"})
+            await store.close()
+            return taken, set(box.scanners)
+
+        taken, removed = asyncio.run(main())
+    assert (taken, removed) == ({"/dev/input/event3"}, set())
