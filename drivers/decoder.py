@@ -48,7 +48,6 @@ device which keys are down (EVIOCGKEY) itself:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 

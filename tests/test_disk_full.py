@@ -400,26 +400,47 @@ async def _until(condition, within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, fifo, small_disk, caplog):
-    """Its start cannot be counted in the journal: once, that ended the agent at every start (and systemd gave
-    up after ten), so nothing was delivered and no scan had its error signal until someone came."""
-    import contextlib
+def _holding_a_sale(stack, fifo, disk: Path, device_id: str, identity: str):
+    """(config, journal, session) of a box ``device_id`` whose journal on ``disk`` holds one sale, delivered as
+    ``identity``."""
     import dataclasses
 
     from agent import config as agent_config
     from agent import daemon
 
-    from .harness import feed, scans, wait_until
-
-    device = stack.provision("shop-full-start", scanners=[str(fifo)])
+    device = stack.provision(device_id, scanners=[str(fifo)])
     config = agent_config.load(device.config)
     config = dataclasses.replace(config, storage=dataclasses.replace(
-        config.storage, path=small_disk / "journal.db", key_file=small_disk / "data.key"))
+        config.storage, path=disk / "journal.db", key_file=disk / "data.key"))
     journal = Journal.open(config.storage.path, daemon.data_key(config.storage, create=True))
-    journal.take_identity("shop-full-start")
+    journal.take_identity(identity)
     session = journal.start_session()
     with journal.transaction():
         Counter().record(journal, Scan("6901028075831", str(fifo), time.time(), time.time()))
+    return config, journal, session
+
+
+async def _with_agent(config, steps) -> None:
+    """Run the agent as ``daemon.run`` does while ``steps(agent)`` runs; then stop it."""
+    import contextlib
+
+    from agent import daemon
+
+    agent = asyncio.create_task(daemon.run(config))
+    try:
+        await steps(agent)
+    finally:
+        agent.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+
+
+def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, fifo, small_disk, caplog):
+    """Its start cannot be counted in the journal: once, that ended the agent at every start (and systemd gave
+    up after ten), so nothing was delivered and no scan had its error signal until someone came."""
+    from .harness import feed, scans, wait_until
+
+    config, journal, session = _holding_a_sale(stack, fifo, small_disk, "shop-full-start", "shop-full-start")
     fill(small_disk)  # the agent was stopped as the disk filled: its journal's files are there, and no byte more
     # The last run's will, the offline of its third connection, is central's latest status of the box: once, the
     # new start's statuses (the same session, its connections counted from 1 again) sorted before it, and
@@ -433,20 +454,14 @@ def test_an_agent_started_on_a_full_disk_runs_and_delivers_what_it_holds(stack, 
         status = central.status("shop-full-start")
         return status.state == "online" and status.health.get("free_bytes") is not None
 
-    async def main():
-        agent = asyncio.create_task(daemon.run(config))
-        try:
-            await asyncio.to_thread(wait_until, lambda: len(stack.sales()) == 1, 30, "the sale it held at central")
-            await asyncio.to_thread(wait_until, online, 30, "central sees the box online, and its disk")
-            await asyncio.to_thread(feed, fifo, scans(["6901028075831"]))  # refused: no room to record it
-            await asyncio.to_thread(wait_until, lambda: "the disk is full" in caplog.text, 10, "the scan refused")
-        finally:
-            agent.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await agent
+    async def steps(agent):
+        await asyncio.to_thread(wait_until, lambda: len(stack.sales()) == 1, 30, "the sale it held at central")
+        await asyncio.to_thread(wait_until, online, 30, "central sees the box online, and its disk")
+        await asyncio.to_thread(feed, fifo, scans(["6901028075831"]))  # refused: no room to record it
+        await asyncio.to_thread(wait_until, lambda: "the disk is full" in caplog.text, 10, "the scan refused")
 
     with caplog.at_level(logging.INFO):
-        asyncio.run(main())
+        asyncio.run(_with_agent(config, steps))
     journal.close()
     central.close()
     assert "this start NOT counted in the journal (it goes on as session 1)" in caplog.text
@@ -532,45 +547,28 @@ def test_an_agent_started_on_a_full_disk_under_a_new_identity_waits_for_space_an
     """A journal that delivered as another box (restored onto this one), started on a full disk: taking this
     box's identity is a write. The agent once ended at every start (systemd's restart loop: no scan answered);
     now it says why, waits, and delivers as this box once space returns."""
-    import contextlib
-    import dataclasses
-
-    from agent import config as agent_config
     from agent import daemon
+
     from .harness import wait_until
 
     monkeypatch.setattr(daemon, "IDENTITY_RETRY", 0.2)
     with small_filesystem(tmp_path / "disk", "160k") as disk:
-        device = stack.provision("shop-new-identity", scanners=[str(fifo)])
-        config = agent_config.load(device.config)
-        config = dataclasses.replace(config, storage=dataclasses.replace(
-            config.storage, path=disk / "journal.db", key_file=disk / "data.key"))
-        journal = Journal.open(config.storage.path, daemon.data_key(config.storage, create=True))
-        journal.take_identity("shop-old-box")
-        journal.start_session()
-        with journal.transaction():
-            Counter().record(journal, Scan("6901028075831", str(fifo), time.time(), time.time()))
+        config, journal, _ = _holding_a_sale(stack, fifo, disk, "shop-new-identity", "shop-old-box")
         fill(disk)
 
-        async def main():
-            agent = asyncio.create_task(daemon.run(config))
-            try:
-                await asyncio.to_thread(wait_until, lambda: agent.done() or "cannot take this box's identity"
-                                        in caplog.text, 30, "the full disk said")
-                await asyncio.sleep(1.0)
-                assert not agent.done(), agent.exception()
-                assert stack.sales() == []  # nothing under the identity before
-                os.unlink(disk / "filler")
-                await asyncio.to_thread(wait_until, lambda: agent.done() or len(stack.sales()) == 1, 30,
-                                        "the sale delivered as this box")
-                assert not agent.done(), agent.exception()
-            finally:
-                agent.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await agent
+        async def steps(agent):
+            await asyncio.to_thread(wait_until, lambda: agent.done() or "cannot take this box's identity"
+                                    in caplog.text, 30, "the full disk said")
+            await asyncio.sleep(1.0)
+            assert not agent.done(), agent.exception()
+            assert stack.sales() == []  # nothing under the identity before
+            os.unlink(disk / "filler")
+            await asyncio.to_thread(wait_until, lambda: agent.done() or len(stack.sales()) == 1, 30,
+                                    "the sale delivered as this box")
+            assert not agent.done(), agent.exception()
 
         with caplog.at_level(logging.INFO):
-            asyncio.run(main())
+            asyncio.run(_with_agent(config, steps))
         journal.close()
     assert "space returned: the journal delivers as device=shop-new-identity" in caplog.text
 
