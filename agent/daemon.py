@@ -114,6 +114,7 @@ async def _recorded(written: Awaitable[Outcome], scan: Scan | NotABarcode) -> Si
 EXPIRY_CHECK = 1.0  # seconds between looks for a mode or a keyed number left too long
 RETENTION_EVERY = 3600.0  # seconds between looks for events old enough to fold away
 RETENTION_NEXT = 1.0  # seconds before the next step, while there is more to fold
+RETENTION_RETRY = 60.0  # seconds before a smaller step, when the disk had no room for one
 FAULT_AFTER = 1.0  # seconds after a refused scan's error signal before a fault's attention signal
 FAREWELL_WAIT = 5.0  # seconds a revoked box waits for the broker to take its last status before it erases
 
@@ -365,16 +366,26 @@ class Box:
     async def retain(self) -> None:
         """Fold what central holds and is older than ``[storage] retention_days`` into the journal's
         checkpoint, a step at a time: a journal grown for a year comes down without holding up a scan."""
-        days = self.config.storage.retention_days
+        days, step = self.config.storage.retention_days, retention.FOLD_STEP
         while days > 0:
+            pause = RETENTION_EVERY
             try:
-                upto = await self.store.write(lambda journal: retention.fold_old(journal, days=days, now=time.time()))
+                upto = await self.store.write(
+                    lambda journal: retention.fold_old(journal, days=days, now=time.time(), step=step))
+            except JournalFull as error:
+                # The room a step takes is what is short: a smaller one soon, for retention frees the room.
+                upto, fewer = None, max(retention.FOLD_STEP_LEAST, step // 2)
+                (logger.error if fewer == step else logger.warning)(
+                    "retention: old events NOT folded, %d at a time: %s%s", step, error,
+                    "" if fewer == step else f"; trying {fewer} at a time")
+                step, pause = fewer, RETENTION_RETRY
             except StorageError as error:
                 logger.error("retention: old events NOT folded: %s", error)
                 upto = None
             if upto is not None:
                 logger.info("retention: events up to seq=%d folded into the journal's checkpoint and removed", upto)
-            await asyncio.sleep(RETENTION_NEXT if upto is not None else RETENTION_EVERY)
+                pause, step = RETENTION_NEXT, min(retention.FOLD_STEP, step * 2)
+            await asyncio.sleep(pause)
 
     async def on_device(self, report: dict) -> None:
         # The scanners held are what the status says, whether or not the journal can record the change (a full

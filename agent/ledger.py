@@ -54,9 +54,15 @@ class Totals:
         if line.amount_unknown:
             self.unpriced += sign
 
-    def state(self) -> dict[str, int]:
-        """Its fields, as ``Totals(**state)`` takes them back."""
-        return {name: getattr(self, name) for name in self.__slots__}
+    def state(self) -> list[int]:
+        """Its fields in order, as ``Totals.from_state`` takes them back: a checkpoint holds one per product a
+        day, for every day, so no field's name goes with each."""
+        return [getattr(self, name) for name in self.__slots__]
+
+    @classmethod
+    def from_state(cls, state: list[int] | dict[str, int]) -> "Totals":
+        # (a checkpoint written before the fields went in order: by name)
+        return cls(**state) if isinstance(state, dict) else cls(*state)
 
     def as_json(self) -> dict[str, int]:
         return {"lines": self.lines, "packs": self.packs, "amount": self.amount, "cost": self.cost,
@@ -269,7 +275,10 @@ class Ledger:
             "lines": [[line.seq, line.kind, line.day, line.product, line.packs, line.amount, line.cost,
                        line.amount_unknown] for line in self.lines.values()],
             "voided": sorted(self.voided),
-            "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()},
+            # Only the recent days' actual prices: the counter's monitoring snapshot reads today's, and central
+            # holds every sale; kept for every day, they made the checkpoint grow by each sale ever made.
+            "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()
+                            if day in self._recent},
             "orders": self.orders, "closed_orders": sorted(self.closed_orders), "unordered": self.unordered,
             "units": {code: list(unit) for code, unit in self.units.items()},
             "cartoned": self.cartoned, "cartoned_lines": sorted(self.cartoned_lines),
@@ -287,8 +296,8 @@ class Ledger:
                      tracked=set(state["tracked"]), negative=dict(state["negative"]),
                      opened=dict(state.get("opened", {})),  # (a checkpoint written before it was kept: none)
                      counted_seq=state.get("counted_seq", 0),  # (a checkpoint written before it was kept: none)
-                     days={name: Day(products={p: Totals(**t) for p, t in day["products"].items()},
-                                     total=Totals(**day["total"]), closed=day["closed"])
+                     days={name: Day(products={p: Totals.from_state(t) for p, t in day["products"].items()},
+                                     total=Totals.from_state(day["total"]), closed=day["closed"])
                            for name, day in state["days"].items()},
                      lines={row[0]: Line(row[0], row[1], _shared(row[2]), _shared(row[3]), *row[4:])
                             for row in state["lines"]},

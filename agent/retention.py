@@ -12,7 +12,11 @@ Central holds every event for good.
 
 A step folds at most ``FOLD_STEP`` events (a fraction of a second in the
 store's thread), so a journal that has grown for a year is brought down a
-step at a time, never holding up a scan for long.
+step at a time, never holding up a scan for long. On a disk too full for a
+step, the daemon halves it (down to ``FOLD_STEP_LEAST``) and tries again
+within a minute. The checkpoint grows by the days folded (each product's
+totals of each day), not by their sales: the actual prices sold at are kept
+for the recent days alone, which the counter reads.
 
     upto = fold_old(journal, days=90, now=time.time())   # the seq folded up to, or None
 """
@@ -27,6 +31,9 @@ from storage import Event, Journal
 from .ledger import Ledger
 
 FOLD_STEP = 5000  # events folded and removed in one step at most
+# The fewest a step folds: on a disk too full for a step (its removed events and new checkpoint pass through
+# the write-ahead log), steps are halved down to this, and tried again soon.
+FOLD_STEP_LEAST = 50
 KEPT_LATEST = ("price_list", "activation", "revocation")
 # Where an event says when it happened, by kind; the first found is taken. Not a document's issued_at (when
 # operations signed it): its content event takes the time of its document event, recorded after it.
@@ -39,14 +46,15 @@ def checkpoint_ledger(journal: Journal, *, keep_days: bool) -> Ledger:
     return Ledger.from_state(held[1], keep_days=keep_days) if held else Ledger(keep_days=keep_days)
 
 
-def fold_old(journal: Journal, *, days: float, now: float) -> int | None:
-    """Fold the events acknowledged by central and older than ``days`` (at most FOLD_STEP of them)
-    into the checkpoint and remove them; the seq folded up to, or None when none is due."""
+def fold_old(journal: Journal, *, days: float, now: float, step: int | None = None) -> int | None:
+    """Fold the events acknowledged by central and older than ``days`` (at most ``step`` of them, FOLD_STEP
+    unless said) into the checkpoint and remove them; the seq folded up to, or None when none is due."""
     if days <= 0:
         return None
+    step = FOLD_STEP if step is None else step
     ledger = checkpoint_ledger(journal, keep_days=True)
     start = max(ledger.last_seq, journal.anchor_seq())
-    limit = min(journal.acked_seq(), start + FOLD_STEP)
+    limit = min(journal.acked_seq(), start + step)
     upto = _last_before(journal, start, limit, now - days * 86_400)
     if upto <= start:
         return None

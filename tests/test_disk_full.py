@@ -2,6 +2,7 @@
 journal takes events again by itself when space returns."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -593,3 +594,41 @@ def test_a_scanner_taken_or_given_back_on_a_full_disk_is_counted_in_the_status(t
 
         taken, removed = asyncio.run(main())
     assert (taken, removed) == ({"/dev/input/event3"}, set())
+
+
+def test_retention_on_a_disk_too_full_for_a_step_takes_smaller_steps_soon(tmp_path, monkeypatch, caplog):
+    """A step's removed events and new checkpoint pass through the write-ahead log: with little room, a step of
+    thousands is refused. It was tried again an hour later, the same: retention never freed the room it is for."""
+    from agent import daemon
+
+    from .test_retention import START, Shop
+
+    monkeypatch.setattr(daemon, "RETENTION_RETRY", 0.05)
+    with small_filesystem(tmp_path / "disk", "8m") as disk:
+        shop = Shop(disk / "journal.db", os.urandom(32))
+        shop.days(0, 60)
+        shop.journal.acknowledge(shop.journal.last_seq())
+        shop.journal.empty_log()
+        shop.journal.close()
+        assert time.time() - START > 90 * 86_400  # every day of it older than the retention age
+        _leave_free(disk, 24)
+
+        async def main():
+            store = await Store.open(disk / "journal.db", shop.journal._outer)
+            key = Ed25519PrivateKey.generate()
+            box = Box(config=Config(device=DeviceConfig(id="shop-r"), storage=StorageConfig(retention_days=30)),
+                      store=store, session=1, device_id="shop-r", key=key, central_key=key.public_key(),
+                      counter=Counter(), trusted={})
+            retaining = asyncio.create_task(box.retain())
+            try:
+                await _until(lambda: "folded into the journal's checkpoint" in caplog.text, within=30)
+            finally:
+                retaining.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retaining
+                await store.close()
+
+        with caplog.at_level(logging.INFO):
+            asyncio.run(main())
+    assert "retention: old events NOT folded, 5000 at a time" in caplog.text
+    assert "trying 2500 at a time" in caplog.text
