@@ -59,7 +59,11 @@ _CODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def new_code_id() -> str:
-    return jws.b64url(secrets.token_bytes(12))
+    """16 characters of base64url, never a leading "-": an operator types the id after ``--code``, where one
+    that began with a dash (one in 64) would be read as an option."""
+    while (code_id := jws.b64url(secrets.token_bytes(12))).startswith("-"):
+        pass
+    return code_id
 
 
 def valid_licence(text: str) -> bool:

@@ -584,3 +584,12 @@ def test_an_activation_recorded_before_events_named_their_device_is_the_boxs_own
         assert current(journal, "cb-new")["code"] == "1ZmQ"
     finally:
         journal.close()
+
+
+def test_a_code_id_never_begins_with_a_dash_which_an_operator_types_after_code():
+    """One in 64 did: `counterbox-ops activation withdraw --code -arhtn6UZItxTPvR` was read as an option."""
+    from provisioning import activation as activation_module
+
+    ids = [activation_module.new_code_id() for _ in range(2000)]
+    assert all(not code_id.startswith("-") and len(code_id) == 16 for code_id in ids)
+    assert len(set(ids)) == len(ids)
