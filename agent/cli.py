@@ -307,6 +307,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _interrupted(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     top = parser()
     args = top.parse_args(argv)
@@ -314,6 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         # Stock, counts and receipts are as of now: a day asked of them was ignored, and today's printed as its.
         top.error(f"--day and --week are for the sales report; the {args.report} report is as of now")
     logs.setup(args.log_level)
+    if args.command != "run":  # (the daemon answers its signals itself)
+        # A command ended by its ssh session hanging up, or by a stop: its cleanup runs (a backup's copy of the
+        # journal is removed), as after Ctrl+C, where the default would end it at once.
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, _interrupted)
     try:
         args.config = config_module.load(args.config)
         return args.func(args)

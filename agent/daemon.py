@@ -28,7 +28,7 @@ from provisioning.documents import MIN_REPORT_INTERVAL, settings_in_force
 from provisioning.identity import broker_password, create_key, device_id_for, load_key, parse_public_key
 from provisioning.errors import ProvisioningError
 from storage import (DataKeyError, Journal, JournalFull, NoJournal, StorageError, Store, agent_lock, check_path,
-                     destroy_secret, load_data_key, remove_journal)
+                     destroy_secret, load_data_key, remove_copies_left, remove_journal)
 from storage.keys import leftovers, share_file, sync_directory, write_secret
 
 from .activation import Activator
@@ -249,6 +249,9 @@ async def _life(config: Config) -> bool:
     central_key = parse_public_key(config.uplink.central_key)
     device_id = config.device.id or device_id_for(signing_key)
     logs.identify_all(device_id)
+    # A backup or restore ended before it could remove its copy of the journal (an ssh session hung up): a whole
+    # copy, on the box's small disk, until the next backup.
+    await asyncio.to_thread(remove_copies_left, config.storage.path)
     store = await open_store(config)
     try:
         connections = 0

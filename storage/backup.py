@@ -71,8 +71,9 @@ def backup(journal_path: Path, outer: bytes, target: Path, passphrase: bytes) ->
     # target then needs room for the backup alone.
     for beside in (target, journal_path):
         _clear_leftovers(beside, "db")
-    snapshot = _aside(max((target, journal_path), key=lambda path: _free(path.parent)), "db")
-    try:
+    snapshot = _aside_name(max((target, journal_path), key=lambda path: _free(path.parent)), "db")
+    try:  # from before the copy is made: a stop (an ssh session hung up) at any moment removes it
+        _make_aside(snapshot)
         with _named(snapshot):
             _snapshot(journal_path, snapshot)
         verified = verify_journal(snapshot, outer)
@@ -102,8 +103,9 @@ def _restore(source: Path, passphrase: bytes, journal_path: Path, outer: bytes) 
                            "journal (move this one away first, with its -wal and -shm files)")
     check_no_log_left(journal_path)
     journal_path.parent.mkdir(parents=True, exist_ok=True)
-    restored = _aside(journal_path, "restoring")
+    restored = _aside_name(journal_path, "restoring")
     try:
+        _make_aside(restored)
         with source.open("rb") as sealed:
             header, file_key, wrap_key = _read_header(sealed, source, passphrase)
             with _disk(journal_path.parent, "restored"), restored.open("wb") as plain:
@@ -141,12 +143,16 @@ def _clear_leftovers(beside: Path, what: str) -> None:
             stale.unlink()
 
 
-def _aside(beside: Path, what: str) -> Path:
+def _aside_name(beside: Path, what: str) -> Path:
+    """Where this process makes its copy beside ``beside`` (``leftovers`` finds it, should the process end
+    before it removes it); what others left there, gone now, is removed."""
     _clear_leftovers(beside, what)
-    path = beside.with_name(f".{beside.name}.{os.getpid()}.{what}")
+    return beside.with_name(f".{beside.name}.{os.getpid()}.{what}")
+
+
+def _make_aside(path: Path) -> None:
     _remove(path)
     sqlite.create_private(path)
-    return path
 
 
 def _free(directory: Path) -> int:

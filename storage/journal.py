@@ -43,10 +43,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import chain, sealing, sqlite
 from .chain import Verification
 from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal
-from .keys import KEY_SIZE, destroy_secret
+from .keys import KEY_SIZE, destroy_secret, leftovers
 from .schema import LOOKED_UP, LOOKED_UP_TERM, MIGRATIONS, SCHEMA_VERSION
 
-__all__ = ["DAMAGED", "DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_journal",
+__all__ = ["DAMAGED", "DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_copies_left", "remove_journal",
            "verify_journal"]
 
 # The largest event body (its JSON) the journal takes; the agent passes the protocol's own
@@ -914,4 +914,17 @@ def remove_journal(path: Path, *, overwrite: bool = False) -> None:
             destroy_secret(path.parent / name)
         with contextlib.suppress(FileNotFoundError):
             (path.parent / name).unlink()
+    remove_copies_left(path, overwrite=overwrite)
+
+
+def remove_copies_left(path: Path, *, overwrite: bool = False) -> None:
+    """Remove the copies of the journal at ``path`` that a backup or restore left beside it, ended before it
+    could (killed, its ssh session hung up, a power cut): ``.NAME.PID.db`` and SQLite's files of it, a whole
+    copy of the journal each, its data keys wrapped under the journal's outer key. With ``overwrite``, zeroed
+    first (as ``remove_journal``)."""
+    for stale in leftovers(path, "db"):
+        if overwrite:
+            destroy_secret(stale)
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
