@@ -307,8 +307,16 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+class _Stopped(KeyboardInterrupt):
+    """Ended by a signal (its session hung up, a stop): the command's cleanup runs, as after Ctrl+C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def _interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    raise _Stopped(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         # A command ended by its ssh session hanging up, or by a stop: its cleanup runs (a backup's copy of the
         # journal is removed), as after Ctrl+C, where the default would end it at once.
         for sig in (signal.SIGHUP, signal.SIGTERM):
-            signal.signal(sig, _interrupted)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's: the command outlives the session, as asked
+                signal.signal(sig, _interrupted)
     try:
         args.config = config_module.load(args.config)
         return args.func(args)
@@ -337,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
             OSError) as error:
         print(f"counterbox: error: {error}", file=sys.stderr)
         return 2
+    except _Stopped as stopped:
+        print(f"counterbox: stopped by {stopped}; a backup's file, or a journal restored, is in place whole or "
+              "not at all", file=sys.stderr)
+        return 128 + stopped.signum
     except KeyboardInterrupt:
         return 130
 

@@ -380,8 +380,9 @@ class Box:
                 upto, fewer = None, max(retention.FOLD_STEP_LEAST, step // 2)
                 (logger.error if fewer == step else logger.warning)(
                     "retention: old events NOT folded, %d at a time: %s%s", step, error,
-                    "" if fewer == step else f"; trying {fewer} at a time")
-                step, pause = fewer, RETENTION_RETRY
+                    "; tried again in an hour" if fewer == step else f"; trying {fewer} at a time")
+                # At the fewest, not soon again: each try folds the checkpoint in the store's thread.
+                step, pause = fewer, RETENTION_EVERY if fewer == step else RETENTION_RETRY
             except StorageError as error:
                 logger.error("retention: old events NOT folded: %s", error)
                 upto = None
@@ -441,6 +442,8 @@ class Box:
                     said = True
                     logger.error("the journal cannot take this box's identity (device=%s): %s; nothing is "
                                  "delivered until space returns", self.device_id, error)
+                    # Up and answering scans: systemd would otherwise end the start as timed out, and again.
+                    self.service.ready("waiting for space on the journal's disk: nothing delivered")
                 await asyncio.sleep(IDENTITY_RETRY)
         if said:
             logger.warning("space returned: the journal delivers as device=%s", self.device_id)

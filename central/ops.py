@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.config import time_zone
-from agent.mqtt import Backoff, MqttError, MqttLink
+from agent.mqtt import Backoff, MqttError, MqttLink, TooLarge
 from agent import orders
 from agent.prices import PriceListError, read_csv
 from provisioning import activation, documents, jws, protocol
@@ -138,6 +138,10 @@ def _push(args, *, kind: str, name: str, body: dict[str, Any], key: Ed25519Priva
         try:
             asyncio.run(_publish_retained(args, connection, topic, token,
                                           None if kind == "revocation" else expires_at))
+        except TooLarge as error:
+            raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; neither "
+                               f"will central's ingest: set the broker's max_packet_size to {protocol.MAX_PACKET_BYTES}, as "
+                               "counterbox's broker configuration does, and push again") from None
         except MqttError as error:
             raise CentralError(f"{name} version {version} is signed and kept, but not published: {error}; central's "
                                "ingest publishes it once it is connected to the broker (within the hour), or push "

@@ -25,13 +25,13 @@ import logging
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from agent.mqtt import MqttError, MqttLink
-from provisioning import documents, jws
+from agent.mqtt import MqttError, MqttLink, TooLarge
+from provisioning import documents, jws, protocol
 from provisioning.documents import Scope
 from provisioning.errors import SignatureError
 
@@ -50,6 +50,8 @@ class Keeper:
     prefix: str
     thread: ThreadPoolExecutor  # the store's
     reader: dict[str, Any]  # how to connect: host, port, client_id, username, password, ca_file
+    # Documents too large for the broker, by topic: the connection on which that was last said.
+    _too_large: dict[str, int] = field(default_factory=dict)
 
     async def run(self, link: MqttLink) -> None:
         """Look at each new connection of ``link`` (central's own: a broker that restarted is seen by its
@@ -80,7 +82,14 @@ class Keeper:
                 continue
             if await loop.run_in_executor(self.thread, self.store.latest_document, name, scope) != token:
                 continue  # operations issued a newer one meanwhile, and publish it themselves
-            await link.publish(topic, token, retain=True, expires_at=expires_at)
+            try:
+                await link.publish(topic, token, retain=True, expires_at=expires_at)
+            except TooLarge as error:  # the others go on: a revocation the broker lost never waits behind it
+                if self._too_large.get(topic) != link.generation:
+                    self._too_large[topic] = link.generation
+                    logger.error("document %s version %d cannot be published again on %s: %s; set the broker's "
+                                 "max_packet_size to %d", name, version, topic, error, protocol.MAX_PACKET_BYTES)
+                continue
             published += 1
             logger.warning("document %s version %d published again on %s: the broker %s", name, version, topic,
                            _what_was_there(held.get(topic), version))

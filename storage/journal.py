@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import re
 import secrets
@@ -45,6 +46,8 @@ from .chain import Verification
 from .errors import DataKeyError, EventTooLarge, JournalError, JournalFull, NoJournal
 from .keys import KEY_SIZE, destroy_secret, leftovers
 from .schema import LOOKED_UP, LOOKED_UP_TERM, MIGRATIONS, SCHEMA_VERSION
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DAMAGED", "DEFAULT_MAX_EVENT_BYTES", "Event", "Journal", "MIGRATIONS", "SCHEMA_VERSION", "remove_copies_left", "remove_journal",
            "verify_journal"]
@@ -870,24 +873,29 @@ class _Transaction:
         undo = journal._undo.pop()
         if kind is not None:
             journal.rollbacks += 1
-            _undo(undo)
         try:
             with _translated(journal.path):
                 self._transaction.__exit__(kind, error, traceback)  # commits, or rolls back and lets the error go on
         except BaseException:
             if kind is None:
                 journal.rollbacks += 1  # the commit itself failed and was rolled back
-                _undo(undo)
+            _undo(undo)  # after the rollback: a call that fails can never leave the transaction open
             raise
-        if kind is None and journal._undo:
+        if kind is not None:
+            _undo(undo)
+        elif journal._undo:
             journal._undo[-1].extend(undo)  # a savepoint released: the transaction around it may yet roll back
         return _translated(journal.path).__exit__(kind, error, traceback)  # which leaves as the store's own
 
 
 def _undo(calls: list[Callable[[], None]]) -> None:
-    """What the writes rolled back kept in memory, put back: the latest first."""
+    """What the writes rolled back kept in memory, put back: the latest first. One that fails is logged, and
+    the others go on: the error under way is the one that matters."""
     for call in reversed(calls):
-        call()
+        try:
+            call()
+        except Exception:
+            logger.exception("journal: putting back what a write rolled back kept in memory failed")
 
 
 def check_no_log_left(path: Path) -> None:
@@ -920,9 +928,9 @@ def remove_journal(path: Path, *, overwrite: bool = False) -> None:
 def remove_copies_left(path: Path, *, overwrite: bool = False) -> None:
     """Remove the copies of the journal at ``path`` that a backup or restore left beside it, ended before it
     could (killed, its ssh session hung up, a power cut): ``.NAME.PID.db`` and SQLite's files of it, a whole
-    copy of the journal each, its data keys wrapped under the journal's outer key. With ``overwrite``, zeroed
-    first (as ``remove_journal``)."""
-    for stale in leftovers(path, "db"):
+    copy of the journal each, its data keys wrapped under the journal's outer key; and ``.NAME.PID.restoring``,
+    a restore's. With ``overwrite``, zeroed first (as ``remove_journal``)."""
+    for stale in [*leftovers(path, "db"), *leftovers(path, "restoring")]:
         if overwrite:
             destroy_secret(stale)
         with contextlib.suppress(FileNotFoundError):

@@ -552,7 +552,13 @@ def test_an_agent_started_on_a_full_disk_under_a_new_identity_waits_for_space_an
 
     from .harness import wait_until
 
+    import socket
+
     monkeypatch.setattr(daemon, "IDENTITY_RETRY", 0.2)
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # the service's notifications, as systemd has them
+    systemd.bind(str(tmp_path / "notify.sock"))
+    systemd.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
     with small_filesystem(tmp_path / "disk", "160k") as disk:
         config, journal, _ = _holding_a_sale(stack, fifo, disk, "shop-new-identity", "shop-old-box")
         fill(disk)
@@ -560,6 +566,9 @@ def test_an_agent_started_on_a_full_disk_under_a_new_identity_waits_for_space_an
         async def steps(agent):
             await asyncio.to_thread(wait_until, lambda: agent.done() or "cannot take this box's identity"
                                     in caplog.text, 30, "the full disk said")
+            # Up: else systemd ends the start as timed out (90 s), and starts it again, and again.
+            told = await asyncio.to_thread(systemd.recv, 4096)
+            assert told.decode().startswith("READY=1\nSTATUS=waiting for space"), told
             await asyncio.sleep(1.0)
             assert not agent.done(), agent.exception()
             assert stack.sales() == []  # nothing under the identity before
@@ -571,6 +580,7 @@ def test_an_agent_started_on_a_full_disk_under_a_new_identity_waits_for_space_an
         with caplog.at_level(logging.INFO):
             asyncio.run(_with_agent(config, steps))
         journal.close()
+    systemd.close()
     assert "space returned: the journal delivers as device=shop-new-identity" in caplog.text
 
 

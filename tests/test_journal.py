@@ -945,3 +945,19 @@ def test_what_a_write_keeps_in_memory_goes_back_when_its_transaction_does(journa
             assert undone == ["savepoint"]
             raise RuntimeError
     assert undone == ["savepoint", "released", "first"]
+
+
+def test_a_call_back_that_fails_never_leaves_the_transaction_open(journal, caplog):
+    """The rollback comes first, and the other calls still run: a transaction left open would take every later
+    write into it, each answered as recorded, and lose them all when the journal closed."""
+    undone = []
+    with pytest.raises(RuntimeError):
+        with journal.transaction():
+            journal.on_rollback(lambda: undone.append("first"))
+            journal.on_rollback(lambda: 1 / 0)
+            journal.append("sale", {"code": "6901028075831"})
+            raise RuntimeError
+    assert undone == ["first"] and not journal.in_transaction
+    assert "putting back what a write rolled back kept in memory failed" in caplog.text
+    seq = journal.append("sale", {"code": "6901028075831"})
+    assert journal.last_seq() == seq == 1

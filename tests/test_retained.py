@@ -82,6 +82,27 @@ def test_what_the_broker_lacks_or_holds_older_is_published_again_and_a_newer_cop
         store.close()
 
 
+async def _one_look(stack, store: CentralStore, thread: ThreadPoolExecutor, *, first=None) -> int:
+    """The Keeper's look at the broker on a connection of central's (after ``first(link)``): how many it published."""
+    options = {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "keeper-test"}
+    keeper = Keeper(store=store, prefix=PREFIX, thread=thread, reader=options)
+    async with MqttLink(**options) as link:
+        await link.connected.wait()
+        if first is not None:
+            await first(link)
+        return await keeper.keep(link)
+
+
+def _issue_revocation(store: CentralStore, key: Ed25519PrivateKey, now: float) -> bytes:
+    """A revocation of shop-1, kept in central's database (and not at the broker, which lost it)."""
+    revocation = documents.encode_document(Document("revocation", "revocation", 1, Scope(device="shop-1"),
+                                                    {"reason": "left", "grace_seconds": 60}, now, now + 3600),
+                                           key=key, kid="ops-1")
+    store.issue_document(lambda version: ("revocation", json.dumps({"device": "shop-1"}), "ops-1", now, now + 3600,
+                                          revocation), "revocation")
+    return revocation
+
+
 def _unsigned(payload: bytes) -> bytes:
     """Shaped like a document's token, signed by nobody."""
     header = jws.b64url(json.dumps({"alg": "Ed25519", "kid": "ops-1", "typ": "counterbox-doc+jws"}).encode())
@@ -96,22 +117,14 @@ def test_a_copy_that_cannot_be_read_on_one_topic_holds_up_no_other_document(stac
     store = CentralStore(stack.central_db)
     price_list = _issue(store, key)
     now = time.time()
-    revocation = documents.encode_document(Document("revocation", "revocation", 1, Scope(device="shop-1"),
-                                                    {"reason": "left", "grace_seconds": 60}, now, now + 3600),
-                                           key=key, kid="ops-1")
-    store.issue_document(lambda version: ("revocation", json.dumps({"device": "shop-1"}), "ops-1", now, now + 3600,
-                                          revocation), "revocation")
+    revocation = _issue_revocation(store, key, now)
     thread = ThreadPoolExecutor(max_workers=1)
 
     async def scenario():
-        options = {"host": "127.0.0.1", "port": stack.broker_port, "client_id": "keeper-test"}
-        keeper = Keeper(store=store, prefix=PREFIX, thread=thread, reader=options)
-        async with MqttLink(**options) as link:
-            await link.connected.wait()
-            await link.publish(TOPIC, _unsigned(b"[" * 100_000), retain=True)
-            published = await keeper.keep(link)
-            return (published, await _retained_on(stack, TOPIC) == price_list,
-                    await _retained_on(stack, f"{PREFIX}/devices/shop-1/docs/revocation") == revocation)
+        published = await _one_look(stack, store, thread, first=lambda link: link.publish(
+            TOPIC, _unsigned(b"[" * 100_000), retain=True))
+        return (published, await _retained_on(stack, TOPIC) == price_list,
+                await _retained_on(stack, f"{PREFIX}/devices/shop-1/docs/revocation") == revocation)
 
     try:
         assert asyncio.run(scenario()) == (2, True, True)
@@ -169,3 +182,46 @@ def test_a_document_leaves_the_broker_when_it_expires_and_a_revocation_never_doe
     finally:
         thread.shutdown()
         store.close()
+
+
+@pytest.fixture
+def small_packets(monkeypatch):
+    """A broker that takes packets of 64 KiB at most (counterbox's take 8 MiB)."""
+    import demo.stack
+    shipped = demo.stack.broker_config
+    monkeypatch.setattr(demo.stack, "broker_config",
+                        lambda *args, **kwargs: shipped(*args, **kwargs).replace("max_packet_size 8388608",
+                                                                                 "max_packet_size 65536"))
+
+
+def test_a_document_too_large_for_the_broker_holds_up_no_other(small_packets, stack, caplog):
+    """A region's price list over the broker's limit, and a revocation the broker lost: the revocation is put
+    back; the list is said, with what to set. Before, the look ended at the list, every hour, for good."""
+    key = Ed25519PrivateKey.generate()
+    store = CentralStore(stack.central_db)
+    now = time.time()
+    big = {"currency": "CNY", "items": [{"barcode": code, "name": f"Product {n}", "price": 100}
+                                        for n, code in enumerate(_valid_codes(2000))]}  # some 150 KB
+    store.issue_document(lambda version: ("price_list", json.dumps(Scope(region="honghe").as_json()), "ops-1", now,
+                                          now + 3600, documents.encode_document(Document(
+                                              "price_list", "price_list", version, Scope(region="honghe"), big, now,
+                                              now + 3600), key=key, kid="ops-1")), "price_list")
+    revocation = _issue_revocation(store, key, now)
+    thread = ThreadPoolExecutor(max_workers=1)
+
+    async def scenario():
+        published = await _one_look(stack, store, thread)
+        return published, await _retained_on(stack, f"{PREFIX}/devices/shop-1/docs/revocation") == revocation
+
+    try:
+        assert asyncio.run(scenario()) == (1, True)
+    finally:
+        thread.shutdown()
+        store.close()
+    assert "document price_list version 1 cannot be published again" in caplog.text
+    assert "max_packet_size to 8388608" in caplog.text
+
+
+def _valid_codes(count: int) -> list[str]:
+    from drivers.barcode import gs1_check_digit
+    return [f"690{n:09d}{gs1_check_digit(f'690{n:09d}')}" for n in range(1, count + 1)]

@@ -173,8 +173,26 @@ def test_a_backup_ended_by_its_session_hanging_up_leaves_no_copy_of_the_journal(
     assert copies(), "the backup's copy was made (and not yet removed) while it ran"
     running.send_signal(getattr(signal, sig))
     running.wait(30)
-    assert running.returncode != 0 and copies() == []
+    assert running.returncode == 128 + getattr(signal, sig) and copies() == []
+    assert f"counterbox: stopped by {sig}" in running.stderr.read().decode()
     assert not (tmp_path / "b.cbbackup").exists()
+
+
+def test_a_backup_under_nohup_outlives_its_session(box, tmp_path):
+    """nohup ignores SIGHUP so that a long backup outlives the ssh session: the command keeps that."""
+    import signal
+    import time
+
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("a long backup passphrase\n")
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    running = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(box), "backup", str(tmp_path / "b.cbbackup"),
+                                "--passphrase-file", str(passphrase)], cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    time.sleep(0.3)
+    running.send_signal(signal.SIGHUP)
+    assert running.wait(60) == 0, running.stderr.read().decode()
+    assert (tmp_path / "b.cbbackup").exists()
 
 
 def test_a_copy_of_the_journal_a_killed_backup_left_is_removed_and_a_running_ones_kept(box):
@@ -190,6 +208,7 @@ def test_a_copy_of_the_journal_a_killed_backup_left_is_removed_and_a_running_one
     remove_copies_left(box.parent / "journal.db")
     assert sorted(p.name for p in box.parent.glob(".journal.db.*")) == [kept.name]
     left.write_bytes(b"another copy")
+    (box.parent / ".journal.db.999999999.restoring").write_bytes(b"a restore's copy, its keys under the outer key")
     remove_journal(box.parent / "journal.db", overwrite=True)
     assert sorted(p.name for p in box.parent.glob(".journal.db.*")) == [kept.name]
     assert not (box.parent / "journal.db").exists()
