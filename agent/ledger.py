@@ -146,6 +146,8 @@ _NUMBERS = ("quantity", "packs", "unit_price", "list_price", "cost", "amount", "
 _TEXTS = ("product", "day", "name", "product_name", "code", "unit")
 _TYPED = tuple((name, int) for name in _NUMBERS) + tuple((name, str) for name in _TEXTS)
 
+# 2: price lists fold (a carton's stock kept under its own code moves into its product), CB:CARTON scans noted.
+CHECKPOINT_VERSION = 2
 RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's rows per product): today, and a clock that jumped
 
 
@@ -182,6 +184,8 @@ class Ledger:
     # all, each such scan was one carton: the packs of stock they moved, by code, and the seqs of those lines.
     cartoned: dict[str, int] = field(default_factory=dict)
     cartoned_lines: set[int] = field(default_factory=set)
+    # And of what arrived so: by order (its name; "" for none yet), by code, the packs.
+    cartoned_arrived: dict[str, dict[str, int]] = field(default_factory=dict)
     counts: list[dict[str, Any]] = field(default_factory=list)  # closed counts' bodies (with their seq)
     receipts: list[dict[str, Any]] = field(default_factory=list)  # closed receivings' bodies (with their seq)
     last_seq: int = 0
@@ -267,7 +271,7 @@ class Ledger:
     def state(self) -> dict[str, Any]:
         """All of the ledger as JSON (retention's checkpoint); ``Ledger.from_state`` reads it back."""
         return {
-            "v": 1, "last_seq": self.last_seq, "stock": self.stock, "names": self.names,
+            "v": CHECKPOINT_VERSION, "last_seq": self.last_seq, "stock": self.stock, "names": self.names,
             "tracked": sorted(self.tracked), "negative": self.negative, "opened": self.opened,
             "counted_seq": self.counted_seq,
             "days": {name: {"products": {p: t.state() for p, t in day.products.items()}, "total": day.total.state(),
@@ -282,6 +286,7 @@ class Ledger:
             "orders": self.orders, "closed_orders": sorted(self.closed_orders), "unordered": self.unordered,
             "units": {code: list(unit) for code, unit in self.units.items()},
             "cartoned": self.cartoned, "cartoned_lines": sorted(self.cartoned_lines),
+            "cartoned_arrived": self.cartoned_arrived,
             "session": None if self.session is None else {
                 "mode": self.session.mode, "seq": self.session.seq, "order": self.session.order,
                 "packs": self.session.packs, "scans": [[seq, *scan] for seq, scan in self.session.scans.items()],
@@ -308,6 +313,7 @@ class Ledger:
                      unordered=dict(state.get("unordered", {})),  # (a checkpoint written before it was kept: none)
                      units={code: tuple(unit) for code, unit in state.get("units", {}).items()},
                      cartoned=dict(state.get("cartoned", {})), cartoned_lines=set(state.get("cartoned_lines", [])),
+                     cartoned_arrived={name: dict(codes) for name, codes in state.get("cartoned_arrived", {}).items()},
                      counts=state["counts"] if keep_days else [], receipts=state["receipts"] if keep_days else [],
                      last_seq=state["last_seq"], unreadable=list(state["unreadable"]), _recent=list(state["recent"]))
         session = state["session"]
@@ -337,9 +343,7 @@ class Ledger:
     def _note_cartoned(self, seq: int, product: str, moved: int, body: dict[str, Any]) -> None:
         """Note a scan of a code no list names taken after CB:CARTON (ten packs of it, the counter can say no
         more), which moved ``moved`` packs of its stock."""
-        quantity = body.get("quantity")
-        if body.get("known") is False and type(quantity) is int and quantity \
-                and body["packs"] == quantity * CARTON_PACKS:
+        if _cartoned(body):
             self.cartoned[product] = self.cartoned.get(product, 0) + moved
             self.cartoned_lines.add(seq)
 
@@ -371,11 +375,12 @@ class Ledger:
             self.session.scans.pop(voided, None)
             self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) - body["packs"]
             self.session.last_at = body.get("at") or self.session.last_at
+        cartoned = voided in self.cartoned_lines
+        self.cartoned_lines.discard(voided)
         if kind == "received":
             self._move(seq, body["product"], -body["packs"])
-            self._arrived(body, -body["packs"])
-            if voided in self.cartoned_lines:
-                self.cartoned_lines.discard(voided)
+            self._arrived(body, -body["packs"], cartoned=cartoned)
+            if cartoned:
                 self.cartoned[body["product"]] = self.cartoned.get(body["product"], 0) - body["packs"]
 
     def _scanned(self, seq: int, body: dict[str, Any], mode: str) -> None:
@@ -383,6 +388,8 @@ class Ledger:
             self.session.packs[body["product"]] = self.session.packs.get(body["product"], 0) + body["packs"]
             self.session.scans[seq] = (body["product"], body["packs"])
             self.session.last_at = body.get("at", "")
+            if _cartoned(body):
+                self.cartoned_lines.add(seq)
         self._name(body["product"], body)
 
     def _received(self, seq: int, body: dict[str, Any]) -> None:
@@ -393,10 +400,13 @@ class Ledger:
         self._move(seq, body["product"], body["packs"], body)
         self._note_cartoned(seq, body["product"], body["packs"], body)
         self._scanned(seq, body, "receiving")
-        self._arrived(body, body["packs"])
+        self._arrived(body, body["packs"], cartoned=_cartoned(body))
 
-    def _arrived(self, body: dict[str, Any], packs: int) -> None:
+    def _arrived(self, body: dict[str, Any], packs: int, *, cartoned: bool = False) -> None:
         """What arrived against an order, whichever receiving brought it; or against none yet."""
+        if cartoned:
+            codes = self.cartoned_arrived.setdefault(body.get("order") or "", {})
+            codes[body["product"]] = codes.get(body["product"], 0) + packs
         if not body.get("order"):
             left = self.unordered.get(body["product"], 0) + packs
             if left:
@@ -411,10 +421,17 @@ class Ledger:
     def _count_closed(self, seq: int, body: dict[str, Any]) -> None:
         if not all(type(line["counted"]) is int for line in body["lines"]):
             raise ValueError("a count's line without a whole number counted")
+        scans = self.session.scans if self.session is not None else {}
         for line in body["lines"]:  # a count is the truth about the shelf: stock is what was counted
             self.tracked.add(line["product"])
             self._move(seq, line["product"], line["counted"] - self.stock.get(line["product"], 0), line)
-            self.cartoned.pop(line["product"], None)  # what was counted, each unit as one
+            # Counted after CB:CARTON, of a code no list named: each of those scans was one carton.
+            part = sum(n for at, (code, n) in scans.items() if code == line["product"] and at in self.cartoned_lines)
+            if part and line["counted"]:
+                self.cartoned[line["product"]] = min(part, line["counted"])
+            else:
+                self.cartoned.pop(line["product"], None)
+        self._session_over()
         self.counted_seq = seq
         if self.keep_days:
             self.counts.append({"seq": seq, **body})
@@ -423,15 +440,18 @@ class Ledger:
     def _receiving_closed(self, seq: int, body: dict[str, Any]) -> None:
         self._session_over()
         self.unordered = {}  # counted in this close: for its order, or as a receipt of its own
+        self.cartoned_arrived.pop("", None)
         if body.get("order"):
             closed = self.orders.pop(body["order"], None)
             self.closed_orders.add(body["order"])
+            self.cartoned_arrived.pop(body["order"], None)
             # An order that came before it and is still open was never received here: a later delivery
             # is never taken for it. (By when each first came: a version pushed again amends, comes no later.)
             for name, order in list(self.orders.items()):
                 if closed is not None and order.get("_first", order["_seq"]) < closed.get("_first", closed["_seq"]):
                     del self.orders[name]
                     self.closed_orders.add(name)
+                    self.cartoned_arrived.pop(name, None)
         if self.keep_days:
             self.receipts.append({"seq": seq, **body})
         self.session = None
@@ -509,9 +529,7 @@ class Ledger:
     def _adopt(self, seq: int, own: str, product: str, packs: int) -> None:
         """Take what was kept under the unit code ``own`` into ``product``, ``packs`` a unit."""
         held = self.stock.pop(own, 0)
-        # Scanned after CB:CARTON, ten of its packs a scan: each scan was one carton.
-        cartoned = self.cartoned.pop(own, 0)
-        units = held - cartoned + cartoned // CARTON_PACKS
+        units = _units(held, self.cartoned.pop(own, 0))
         if own in self.opened:  # a carton sold before its first receipt: a void of it puts nothing back
             self.opened[product] = max(self.opened.get(product, 0), self.opened.pop(own))
         if own in self.tracked:
@@ -521,15 +539,33 @@ class Ledger:
         self._move(seq, product, units * packs)
         moved = self.unordered.pop(own, 0)
         if moved:
-            self.unordered[product] = self.unordered.get(product, 0) + moved * packs
-        for order in self.orders.values():
+            cartoned = self.cartoned_arrived.get("", {}).pop(own, 0)
+            self.unordered[product] = self.unordered.get(product, 0) + _units(moved, cartoned) * packs
+        for name, order in self.orders.items():
             received = order.get("received", {})
             if own in received:
-                received[product] = received.get(product, 0) + received.pop(own) * packs
+                cartoned = self.cartoned_arrived.get(name, {}).pop(own, 0)
+                received[product] = received.get(product, 0) + _units(received.pop(own), cartoned) * packs
         if self.session is not None and own in self.session.packs:
-            self.session.packs[product] = self.session.packs.get(product, 0) + self.session.packs.pop(own) * packs
-            self.session.scans = {at: (product, n * packs) if code == own else (code, n)
-                                  for at, (code, n) in self.session.scans.items()}
+            self.session.packs.pop(own)
+            for at, (code, n) in list(self.session.scans.items()):
+                if code == own:
+                    n = (n // CARTON_PACKS if at in self.cartoned_lines else n) * packs
+                    self.cartoned_lines.discard(at)  # its packs are the product's, whole, from here
+                    self.session.scans[at] = (product, n)
+                    self.session.packs[product] = self.session.packs.get(product, 0) + n
+
+
+def _cartoned(body: dict[str, Any]) -> bool:
+    """Whether ``body`` is a scan of a code no list named, taken after CB:CARTON: ten packs of it for one."""
+    quantity = body.get("quantity")
+    return body.get("known") is False and type(quantity) is int and quantity != 0 \
+        and body.get("packs") == quantity * CARTON_PACKS
+
+
+def _units(packs: int, cartoned: int) -> int:
+    """How many units of a code ``packs`` of it were, ``cartoned`` of them ten a scan after CB:CARTON."""
+    return packs - cartoned + cartoned // CARTON_PACKS
 
 
 _HANDLERS = {

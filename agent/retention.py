@@ -28,7 +28,7 @@ from typing import Any
 from provisioning.protocol import parse_rfc3339
 from storage import Event, Journal
 
-from .ledger import Ledger
+from .ledger import CHECKPOINT_VERSION, Ledger
 
 FOLD_STEP = 5000  # events folded and removed in one step at most
 # The fewest a step folds: on a disk too full for a step (its removed events and new checkpoint pass through
@@ -43,7 +43,17 @@ _TIME_FIELDS = ("scanned_at", "at", "refused_at", "activated_at", "applied_at")
 def checkpoint_ledger(journal: Journal, *, keep_days: bool) -> Ledger:
     """The ledger as of the journal's checkpoint (empty without one): where a fold of the journal starts."""
     held = journal.checkpoint()
-    return Ledger.from_state(held[1], keep_days=keep_days) if held else Ledger(keep_days=keep_days)
+    if not held:
+        return Ledger(keep_days=keep_days)
+    ledger = Ledger.from_state(held[1], keep_days=keep_days)
+    if held[1].get("v", 1) < CHECKPOINT_VERSION:
+        # Folded by a box before price lists folded: the list in force then (kept with the checkpoint) moves the
+        # stock kept under a carton's own code into its product, as central's fold of every event did.
+        prices = journal.last("price_list", upto=ledger.last_seq)
+        if prices is not None:
+            ledger.apply(prices.seq, prices.kind, prices.body)
+            ledger.last_seq = held[1]["last_seq"]
+    return ledger
 
 
 def fold_old(journal: Journal, *, days: float, now: float, step: int | None = None) -> int | None:

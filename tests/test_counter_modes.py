@@ -397,6 +397,34 @@ def test_an_unlisted_carton_sold_after_cb_carton_and_voided_is_one_carton_each_w
     assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 30}
 
 
+def test_a_cb_carton_scan_of_an_unlisted_carton_is_one_carton_in_the_order_the_receiving_and_the_count(shop):
+    """Stock alone was put right: the open order's figure, a receiving's scans (a void took back 100 packs) and a
+    count took ten of its packs each ten times over once the list named the carton."""
+    _order_new_cartons(shop, "w48", 1)
+    shop.scan("CB:RECEIVING", "CB:CARTON", NEW_CARTON, "CB:CANCEL")  # left open: the order's figure stays
+    _list_the_new_product(shop)
+    assert shop.ledger().orders["order/w48"]["received"] == {_key(NEW_PACK): 10}
+    [closed] = shop.scan("CB:RECEIVING", "CB:CLOSE")[-1:]
+    assert [(line["ordered"], line["received"]) for line in closed.body["lines"]] == [(10, 10)]
+    assert shop.signal is Signal.GOOD
+
+
+def test_a_cb_carton_scan_in_a_receiving_under_way_when_the_list_comes_is_voided_as_one_carton(shop):
+    _order_new_cartons(shop, "w48", 1)
+    shop.scan("CB:RECEIVING", "CB:CARTON", NEW_CARTON)
+    _list_the_new_product(shop)
+    [void] = shop.scan("CB:VOID")
+    assert void.body["packs"] == 10
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 0}
+
+
+def test_a_cb_carton_scan_of_an_unlisted_carton_counted_is_one_carton_once_listed(shop):
+    shop.scan("CB:COUNT", "CB:CARTON", NEW_CARTON, "CB:CLOSE")
+    assert shop.ledger().stock == {_key(NEW_CARTON): 10}
+    _list_the_new_product(shop)
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 10}
+
+
 def test_a_product_a_list_leaves_tracked_below_zero_is_listed_below_zero(shop):
     shop.scan("CB:RECEIVING", NEW_CARTON, "CB:CLOSE")  # a carton of the new product received: tracked
     shop.scan(NEW_CARTON)  # and sold whole

@@ -360,3 +360,32 @@ def test_a_report_beside_retention_folding_counts_every_sale_once(shop, monkeypa
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == expected
     assert shop.journal.anchor_seq() > 0  # the fold did happen meanwhile
+
+
+def test_a_checkpoint_folded_before_price_lists_folded_takes_the_list_in_force_as_central_does(tmp_path):
+    """A box upgraded with its checkpoint written by a ledger that passed over price lists: five cartons of an
+    unlisted code received, then a list naming the code a carton of 10, both folded away. Central, folding every
+    event, holds 50 packs of the product; the box, from its checkpoint, kept 5 of the code apart."""
+    from agent.ledger import Ledger
+
+    pack, carton = "6901028077002", "6901028077019"
+    journal = Journal.open(tmp_path / "journal.db", os.urandom(32))
+    received = {"order": None, "code": carton, "product": "0" + carton, "packs": 5, "quantity": None,
+                "known": False, "name": "Yuxi (carton)", "at": "2025-12-01T08:00:00.000Z", "scanner": None}
+    prices = {"currency": "CNY", "items": [{"barcode": pack, "name": "Yuxi (pack)", "price": 2500},
+                                           {"barcode": carton, "name": "Yuxi (carton)", "price": 24500,
+                                            "unit": "carton", "packs": 10, "product": pack}]}
+    journal.append("received", received)
+    last = journal.append("price_list", prices)
+    journal.acknowledge(last)
+    before = Ledger(keep_days=True)
+    before.apply(1, "received", received)
+    old = {**before.state(), "v": 1, "last_seq": last}
+    for name in ("units", "cartoned", "cartoned_lines", "cartoned_arrived"):
+        del old[name]
+    journal.fold_prefix(last, old, retention.kept(journal, last))
+    central = reports.fold([(1, "received", received), (2, "price_list", prices)])
+    ledger = retention.checkpoint_ledger(journal, keep_days=True)
+    assert ledger.stock == central.stock == {"0" + pack: 50}
+    assert ledger.last_seq == last
+    journal.close()
