@@ -27,7 +27,8 @@ and what this decoder does about it:
   makes one character with the key after it, as X's Compose rules say, or
   the scan is refused; a scanner's "Alt mode" character (Alt held, its
   decimal code on the keypad) is that character at Alt's release, never its
-  digits;
+  digits; a pause inside such a character, the first of a scan too, is a
+  pause inside the scan: refused, and the rest of it with it;
 - a scanner set to send the AIM symbology identifier (ISO/IEC 15424) types it
   before the code: "]E0" and the rest are the identifier and the code, as a
   HID POS scanner hands them over, so an EAN's check digit is still checked.
@@ -75,6 +76,7 @@ NOTHING_BUT_AFFIXES = "nothing but the scanner's prefix or suffix"
 TYPED_NOTHING = "keypad digits that typed nothing (Num Lock off)"
 DEAD_KEY = "a dead key (an accent) with a key it makes nothing with: a character lost"
 ALT_CODE = "an Alt and keypad code that makes no character"
+CHARACTER_CUT = "the scan stopped inside a character: a dead key (an accent) or an Alt code, then nothing"
 KEY_DOWN_ONLY = ("the scanner sends no key-ups, learned in this scan: a Shift pressed for one of its characters was "
                  "taken as held for those after it")
 # After a scan stopped without its terminator, whatever follows up to the next terminator is its
@@ -253,7 +255,8 @@ class Decoder:
                 if self._dropping or (value != KEY_DOWN and value != KEY_UP):
                     continue
                 t = sec + usec / 1000000.0
-                if value == KEY_DOWN and (self._broken is not None or (self._chars and not self._terminator_codes)):
+                if value == KEY_DOWN and (self._broken is not None or (self._chars and not self._terminator_codes)
+                                          or self._dead or self._alt_code):
                     # A pause ends what came before: a broken scan, or (keys read late, together) one idle
                     # would have ended had the reader been on time. (Asked only then: most keys are neither.)
                     ended = self._pause(t)
@@ -304,8 +307,12 @@ class Decoder:
     def _key(self, code: int, down: bool, t: float) -> Scan | NotABarcode | None:
         self._last_key = t
         if down:
-            if self._last_press is not None and t - self._last_press > self._span:
-                self._span = t - self._last_press
+            last = self._last_press
+            if last is not None and t - last > self._span and (
+                    self._chars or self._dead or self._alt_code or t - last <= self.idle_after):
+                # (Before the first character, a pause a live reader would have called ``idle`` at is one
+                # between bursts: a stray key's, not the scan's. One inside a character under way is the scan's.)
+                self._span = t - last
             self._last_press = t
         if self._state.is_modifier(code):
             self._modifier(code, down)
@@ -359,7 +366,10 @@ class Decoder:
                 self._held_over = True
             self._mods_since_char.clear()
             if self._dead and t - self._dead_at > self.settings.max_key_interval:
-                self._dead = ""  # pressed alone, long before: no part of this burst
+                # A scanner's pause inside the character: the accent never made its character. (One long
+                # enough for ``idle`` was refused by it, or by ``_pause`` in a read behind.)
+                self._dead = ""
+                self._lost(t, DEAD_KEY)
             if self._dead:
                 char = compose(self._dead, char, again=dead == self._dead)
                 self._dead = ""
@@ -460,6 +470,8 @@ class Decoder:
         """
         # A clock stepped back since the last key (``now`` well before it) is a pause of unknown length:
         # never a reason to hold part of a scan, to which the next scan would then be joined.
+        if self._dropping:
+            return None  # the drop's report is still to come (a pipe that split the records): the scan goes on
         if self._broken is not None:
             if self._broken_last is not None:
                 quiet = not -CLOCK_SLACK <= now - self._broken_last <= self._broken_pause
@@ -467,7 +479,8 @@ class Decoder:
                 quiet = not -CLOCK_SLACK <= now - self._broken_since <= self._broken_quiet
             return self._end_broken(cut_at=now) if quiet else None
         if not self._chars:
-            self._dead = self._alt_code = ""  # a dead key or an Alt code alone: a key press, no scan
+            if (self._dead or self._alt_code) and not -CLOCK_SLACK <= now - self._last_key <= self.idle_after:
+                return self._cut_in_first_character(now)
             return None
         if not self.settings.terminators:
             return self._finish(self._times[-1])
@@ -484,7 +497,17 @@ class Decoder:
         last event would end it, by the recording's own times (a scan without a terminator configured is
         finished; one that stopped without its terminator, or a broken one, is refused)."""
         last = max([self._last_key, self._broken_since, self._broken_last or 0.0, *self._times[-1:]])
+        self._dropping = False  # its report never comes
         return self.idle(last + max(self.idle_after, CUT_OFF_QUIET) + 1.0)
+
+    def _cut_in_first_character(self, at: float) -> NotABarcode:
+        """A dead key or Alt code began a scan's first character, then a pause as long as ends one: refused
+        (the character never came), and, with a terminator, what the scanner types on is its tail (else the
+        rest of the code, its first character lost, would be booked: "e96385074" for "ê96385074")."""
+        self._take()
+        if self._terminator_codes:
+            self._broken_start(CUT_OFF_TAIL, at, last=None, quiet=CUT_OFF_QUIET)
+        return self._refused("", CHARACTER_CUT)
 
     def _broken_start(self, reason: str, t: float, *, last: float | None, quiet: float | None = None) -> None:
         self._broken, self._broken_since, self._broken_last = reason, t, last
@@ -498,6 +521,10 @@ class Decoder:
         the next. (With a terminator, a burst joined so holds a pause no scanner makes: refused.)"""
         if self._broken is None:
             # From the last key event, not the last character: a character may take several keys.
+            if not self._chars and t - self._last_key > self.idle_after:  # a first character under way
+                ended = self._cut_in_first_character(self._last_key)
+                self._tail_over(t)
+                return ended
             if not self.settings.terminators and self._chars and t - self._last_key > self.idle_after:
                 return self._finish(self._times[-1])
             return None
@@ -530,6 +557,7 @@ class Decoder:
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
         self._held_over = False  # of the broken scan's characters: none of the next scan's
         self._dead = self._alt_code = ""  # a key of the broken scan's waits for nothing of the next
+        self._span, self._last_press = 0.0, None
         if typed and cut_at is not None and self._terminator_codes:
             self._broken_start(CUT_OFF_TAIL, cut_at, last=None, quiet=CUT_OFF_QUIET)
         # A drop lost events the scanner sent, though nothing of them was seen: a whole scan, maybe, or
@@ -552,19 +580,20 @@ class Decoder:
             # but them is said as such, never silence.
             return self._refused(self._take(), lost[1])
         if not self._chars:
+            self._span, self._last_press = 0.0, None
             return None  # an empty line: the LF of CR+LF, or a stray Enter
         times = self._times[:]
-        # From key press to key press, from the first character's to the terminator's (``t``; none after the
-        # last character when a pause ended the scan): one character and Enter typed by a person are two keys
-        # at a person's pace; a character typed in Alt mode is five keys at a scanner's.
-        gaps = self._spans[1:] + [self._span if t > times[-1] else 0.0]
+        # From key press to key press, from the scan's first key (a dead key, Alt, a Shift) to the terminator's
+        # (``t``; none after the last character when a pause ended the scan): one character and Enter typed by
+        # a person are two keys at a person's pace; a character typed in Alt mode is five keys at a scanner's.
+        gaps = self._spans + [self._span if t > times[-1] else 0.0]
         text = self._take()
         slowest = max(gaps)
         if min(b - a for a, b in zip(times, times[1:] + [t])) < 0:
             return self._refused(text, CLOCK_BACK)
         if slowest > self.settings.max_key_interval:
-            gaps.sort()
-            median = gaps[len(gaps) // 2]
+            between = sorted(gaps[1:] or gaps)  # (the pace: from character to character)
+            median = between[len(between) // 2]
             return self._refused(
                 text,
                 f"typed, not scanned: {median * 1000:.0f} ms per key (median), a pause of {slowest * 1000:.0f} ms; "
@@ -587,7 +616,7 @@ class Decoder:
         self._chars.clear()
         self._times.clear()
         self._spans.clear()
-        self._span = 0.0
+        self._span, self._last_press = 0.0, None  # the next scan's first key: no pause before it is the scan's
         self._lost_key = None
         self._dead = self._alt_code = ""
         self._held_over = False

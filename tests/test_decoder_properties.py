@@ -137,14 +137,29 @@ def test_no_sale_from_random_streams_fails_its_check_digit(parts):
 
 # -- a scan not seen whole is never a code --------------------------------------------
 
-def _session(codes: list[str], start: float) -> tuple[list, list[tuple[str, float, int, int]]]:
+def _alt_mode_first(code: str, start: float) -> list[InputEvent]:
+    """``code`` with its first character typed in a scanner's Alt mode (Alt, its Windows-1252 number on the
+    keypad with a leading 0, Alt released), the rest as type_text types it."""
+    events, t = [], start
+    digits = [getattr(e, f"KEY_KP{d}") for d in f"0{code[0].encode('cp1252')[0]:03d}"]
+    for code_, value in [(e.KEY_LEFTALT, 1)] + [(d, v) for d in digits for v in (1, 0)] + [(e.KEY_LEFTALT, 0)]:
+        events.append(InputEvent(int(t), int(round((t % 1) * 1e6)) % 1_000_000, e.EV_KEY, code_, value))
+        events.append(InputEvent(int(t), int(round((t % 1) * 1e6)) % 1_000_000, e.EV_SYN, e.SYN_REPORT, 0))
+        t += 0.002
+    return events + (type_text(code[1:], start=t) if code[1:] else type_text("", start=t))
+
+
+def _session(codes: list[str], start: float, *, alt_mode: bool = False) -> tuple[list, list[tuple[str, float, int, int]]]:
     """The events of a scanner typing ``codes`` a customer apart, and for each code: its text, the time
-    of its first key, and the indices of its first event and of its terminator's key-down."""
+    of its first key, and the indices of its first event and of its terminator's key-down. ``alt_mode``:
+    each code's first character is typed in Alt mode, several keys for one character."""
     events, spans, t = [], [], start
     for code in codes:
-        typed = type_text(code, start=t)
+        typed = _alt_mode_first(code, t) if alt_mode else type_text(code, start=t)
         downs = [i for i, ev in enumerate(typed) if ev.type == e.EV_KEY and ev.value == 1]
-        spans.append((code, typed[downs[0]].timestamp(), len(events), len(events) + downs[-1]))
+        # (A scan is stamped with its first character: in Alt mode, at Alt's release.)
+        first = next(ev for ev in typed if ev.value == 0 and ev.code == e.KEY_LEFTALT) if alt_mode else typed[downs[0]]
+        spans.append((code, first.timestamp(), len(events), len(events) + downs[-1]))
         events += typed
         t = typed[-1].timestamp() + 0.3
     return events, spans
@@ -234,12 +249,14 @@ def test_composed_sessions_never_go_back_in_time(start, codes):
 
 
 @settings(max_examples=examples(300), deadline=None)
-@given(codes_strategy, st.floats(0, 1), st.floats(0.06, 0.95))
-@example(["00000000", "00000000", "0000000000000"], 0.0, 0.6679913735500916)  # two scans start together
-def test_a_scan_that_stalls_mid_way_books_neither_head_nor_tail(codes, where, stall):
+@given(codes_strategy, st.floats(0, 1), st.floats(0.06, 0.95), st.booleans())
+@example(["00000000", "00000000", "0000000000000"], 0.0, 0.6679913735500916, False)  # two scans start together
+@example(["96385074"], 0.1, 0.15, True)  # inside the first character: Alt 02 ... 33 once booked "!96385074"
+def test_a_scan_that_stalls_mid_way_books_neither_head_nor_tail(codes, where, stall, alt_mode):
     """The scanner (or the reader) stops mid-scan for up to most of a second, the idle timer firing
-    all through the pause as it does in the agent: no part of that scan is booked."""
-    events, spans = _session(codes, 1_800_000_000.0)
+    all through the pause as it does in the agent: no part of that scan is booked. Also inside a
+    character typed in several keys (Alt mode)."""
+    events, spans = _session(codes, 1_800_000_000.0, alt_mode=alt_mode)
     cut = max(1, int(where * len(events)))
     before, after = events[:cut], [InputEvent(*_shifted(ev, stall)) for ev in events[cut:]]
     decoder = Decoder("dev")

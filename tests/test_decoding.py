@@ -8,7 +8,7 @@ import time
 import pytest
 from evdev import InputEvent, ecodes as e
 
-from drivers.decoder import (ALT_CODE, CLOCK_BACK, CLOCK_SLACK, CUT_OFF, CUT_OFF_QUIET, CUT_OFF_TAIL, DEAD_KEY, DROPPED,
+from drivers.decoder import (ALT_CODE, CHARACTER_CUT, CLOCK_BACK, CLOCK_SLACK, CUT_OFF, CUT_OFF_QUIET, CUT_OFF_TAIL, DEAD_KEY, DROPPED,
                              KEY_DOWN_ONLY, NOTHING_BUT_AFFIXES, ONE_KEY, RESYNCED,
                              STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
@@ -900,18 +900,23 @@ def test_an_alt_code_for_a_control_character_a_code_does_not_carry_refuses_the_s
         assert [(kind, reason) for kind, _, reason, _ in said] == [("NotABarcode", ALT_CODE)]
 
 
-def test_a_dead_key_pressed_alone_is_forgotten_by_the_next_scan():
-    """A dead key alone (a person's key press), then a scan a minute later: 'E123', never 'Ê123'."""
-    for idle in (True, False):  # forgotten at the quiet after it, and by the scan's time even without one
+def test_a_dead_key_pressed_alone_is_refused_and_a_scan_a_minute_later_is_its_own():
+    """A dead key alone, then nothing: a scan stopped inside its first character (the accent's character never
+    came), refused out loud, live at the quiet after it or, read late, at the next key. The scan a minute later
+    is 'E123', never 'Ê123'."""
+    for idle in (True, False):
         decoder, keys = Decoder("dev", DecoderSettings(layout="fr")), Keys()
         keys.tap(e.KEY_LEFTBRACE)
         assert decoder.feed_all(_records(keys)) == [] and decoder.pending
+        said = []
         if idle:
-            assert decoder.idle(keys.t + 1.0) is None and not decoder.pending
+            said = _said([decoder.idle(keys.t + 1.0)])
+            assert not decoder.feed_all([]) and decoder.pending  # what the scanner types on is its tail
         keys = Keys()
         keys.t = T0 + 60
         keys.tap(e.KEY_E, shift=True).tap(e.KEY_1, shift=True).tap(e.KEY_2, shift=True).tap(e.KEY_3, shift=True).enter()
-        assert texts(decoder.feed_all(_records(keys))) == ["E123"]
+        said += _said(decoder.feed_all(_records(keys)))
+        assert said == [("NotABarcode", "", CHARACTER_CUT, "dev"), ("Scan", "E123", "", "dev")]
 
 
 def test_a_source_that_cannot_be_asked_for_its_keys_loses_none_to_the_asking():
@@ -1509,3 +1514,56 @@ def test_a_scan_the_kernel_dropped_whole_is_still_refused_when_the_scanner_goes_
             decoder.resync(frozenset())
     assert decoder.unplugged() == ""  # a scan under way, of which nothing was seen: refused as such
     assert decoder.unplugged() is None
+
+
+def _first_character(kind: str, keys: Keys, stall: float) -> Keys:
+    """The first character of a scan typed in several keys, the scanner stalling between them: on the German
+    layout ê is the dead key ^ then e; in Alt mode é is Alt + 0233 on the keypad."""
+    if kind == "dead-key":
+        return keys.tap(e.KEY_GRAVE).pause(stall).tap(e.KEY_E)
+    keys.down(e.KEY_LEFTALT).digits("02", keypad=True).pause(stall)
+    return keys.digits("33", keypad=True).up(e.KEY_LEFTALT)
+
+
+@pytest.mark.parametrize("kind", ["dead-key", "alt-code"])
+@pytest.mark.parametrize("stall, live", [(0.08, True), (0.15, True), (0.15, False), (0.6, True), (0.6, False)],
+                         ids=["under-idle", "past-idle-live", "past-idle-recorded", "long-live", "long-recorded"])
+def test_a_stall_inside_a_scan_s_first_character_never_books_the_rest_of_it(kind, stall, live):
+    """A scanner that stalls between the keys of the first character ('^' ... 'e', or Alt 02 ... 33) once booked
+    'e96385074' or '!96385074': the character lost (a dead key forgotten, an Alt code begun again) and the pause
+    inside it never counted. The scan is refused whether the pause is shorter than a scanner's idle, longer (a
+    live reader asks ``idle``; a recording is read without), or long enough to end a scan."""
+    decoder = Decoder("dev", DecoderSettings(layout="de"))
+    keys = _first_character(kind, Keys(), stall).digits("96385074").enter()
+    stalled_at = next(i for i, ev in enumerate(keys.events[1:], 1)
+                      if ev.timestamp() - keys.events[i - 1].timestamp() >= stall - 0.001)
+    head, tail = keys.events[:stalled_at], keys.events[stalled_at:]
+    results = decoder.feed_all([record(ev) for ev in head])
+    if live and stall > decoder.idle_after:
+        results.append(decoder.idle(head[-1].timestamp() + decoder.idle_after + 0.001))
+    results += decoder.feed_all([record(ev) for ev in tail])
+    results.append(decoder.ended())
+    said = _said(result for result in results if result is not None)
+    assert said and all(kind == "NotABarcode" for kind, *_ in said), said
+
+
+@pytest.mark.parametrize("kind", ["dead-key", "alt-code"])
+def test_the_first_character_typed_at_a_scanner_s_pace_is_booked(kind):
+    decoder = Decoder("dev", DecoderSettings(layout="de"))
+    keys = _first_character(kind, Keys(), 0.004).digits("96385074").enter()
+    assert texts(decoder.feed_all(_records(keys))) == [("ê" if kind == "dead-key" else "é") + "96385074"]
+
+
+def test_a_drop_whose_report_comes_in_a_later_read_keeps_its_scan_broken_through_an_idle():
+    """SYN_DROPPED read alone (a replayed scanner's pipe split the records), then an idle before the rest:
+    what the drop's report ends is discarded, and what follows up to the terminator is the broken scan's."""
+    decoder = Decoder("dev")
+    keys = Keys().raw(e.EV_SYN, e.SYN_DROPPED, 0)  # the scan's first keys went with the drop
+    said = _said(decoder.feed_all(_records(keys)))
+    said += _said(r for r in [decoder.idle(keys.t + 0.3)] if r is not None)
+    rest = Keys()
+    rest.t = keys.t + 0.3
+    rest.digits("0").raw(e.EV_SYN, e.SYN_REPORT, 0).digits("28075831").enter()
+    said += _said(decoder.feed_all(_records(rest)))
+    said += _said(r for r in [decoder.ended()] if r is not None)
+    assert said == [("NotABarcode", "28075831", DROPPED, "dev")]
