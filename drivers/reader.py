@@ -7,7 +7,11 @@ One code path for every kind of source, so tests exercise what the device does:
   the grab is released however the reading ends;
 - a FIFO: a replayed scanner; opened read-write so that a writer closing is not
   an end of file (the source stays open like a plugged-in scanner), and gone
-  when its path is removed, as a device is when unplugged;
+  when its path is removed, as a device is when unplugged; part of a record
+  left with nothing after it for PARTIAL_QUIET (a writer that died mid-write)
+  is an event lost, said to the decoder as the kernel says one (SYN_DROPPED),
+  never the first bytes of the next record, which would put every record
+  after it out of step;
 - a regular file: a recording, read once to its end.
 
     async with open_source("/dev/input/event3") as source:
@@ -33,7 +37,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .errors import ScannerError, ScannerGone, ScannerNoAccess
-from .input_event import EVENT_SIZE, InputEvent, Record, records
+from .input_event import EVENT_SIZE, InputEvent, Record, ecodes, records
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ logger = logging.getLogger(__name__)
 _READ_SIZE = EVENT_SIZE * 256
 _READS_PER_TURN = 8  # reads of a source that stays full before the loop turns anyway
 GONE_CHECK = 0.5  # seconds between checks that a FIFO's path still exists
+PARTIAL_QUIET = 1.0  # seconds a FIFO may hold part of a record with nothing after it before it is dropped
 
 
 @dataclass
@@ -113,6 +118,7 @@ class Source:
             # rather than a timeout per read, which would cost a task and a timer per key.
             ticks = _Ticker(loop, GONE_CHECK, readable.set) if self.kind == "fifo" else None
             running = 0  # reads in a row that found input waiting
+            partial_since: float | None = None  # when a FIFO's read last left part of a record waiting
             try:
                 while True:
                     # Read first, and wait only when the kernel has nothing: in a burst the next read
@@ -126,6 +132,13 @@ class Source:
                     except BlockingIOError:
                         running = 0
                         self._check_present()
+                        if pending and partial_since is not None and time.monotonic() - partial_since >= PARTIAL_QUIET:
+                            logger.warning("scanner path=%s: %d bytes of a record with nothing after them for %g s "
+                                           "(its writer stopped mid-write): dropped as an event lost",
+                                           self.path, len(pending), PARTIAL_QUIET)
+                            pending, partial_since = b"", None
+                            yield _dropped(time.time())
+                            continue
                         loop.add_reader(self.fd, ready)
                         await readable.wait()
                         readable.clear()
@@ -140,6 +153,7 @@ class Source:
                         return
                     running += 1
                     whole, pending = _split(pending + chunk)
+                    partial_since = time.monotonic() if pending else None
                     if whole:
                         yield records(whole)
             finally:
@@ -185,6 +199,12 @@ def _read_file(fd: int, path: str) -> bytes:
         return os.read(fd, _READ_SIZE)
     except OSError as error:
         raise ScannerError(f"recording {path}: reading failed: {error.strerror}") from None
+
+
+def _dropped(t: float) -> list[Record]:
+    """What the kernel hands over when it lost events: SYN_DROPPED, then the report that ends the drop."""
+    sec, usec = int(t), int(t % 1 * 1_000_000)
+    return [(sec, usec, ecodes.EV_SYN, ecodes.SYN_DROPPED, 0), (sec, usec, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)]
 
 
 def _split(data: bytes) -> tuple[bytes, bytes]:

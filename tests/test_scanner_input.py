@@ -10,10 +10,10 @@ import time
 import pytest
 from evdev import ecodes
 
-from drivers.decoder import Decoder
+from drivers.decoder import DROPPED, Decoder
 from drivers.input_event import EVENT_SIZE, InputEvent, pack_all, record
 from drivers.errors import ScannerError
-from drivers.reader import _READS_PER_TURN, open_source, read_events
+from drivers.reader import _READS_PER_TURN, PARTIAL_QUIET, open_source, read_events
 from drivers.recording import press
 
 from drivers.recording import type_text
@@ -185,3 +185,40 @@ def test_a_scan_decoded_before_a_drop_is_kept_when_the_device_is_gone_as_it_is_a
     results = Decoder("/dev/input/event3").feed_all([record(ev) for ev in events],
                                                    held_keys=source.held_keys)
     assert [r.text for r in results] == ["4006381333931"]
+
+
+def test_part_of_a_record_its_writer_left_is_an_event_lost_never_the_start_of_the_next(fifo):
+    """A replayed scanner's writer died 10 bytes into a record; another writes a scan a moment later. The
+    bytes left are dropped after PARTIAL_QUIET and said as the kernel says events lost (SYN_DROPPED, then its
+    report), and every record after them reads as written: never shifted by 10 bytes for ever after."""
+    scan = scans(["96385074"])
+    cut = pack_all([InputEvent(1, 2, ecodes.EV_KEY, ecodes.KEY_6, 1)])[:10]
+
+    def writer():
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, cut)
+        os.close(fd)  # (died)
+        time.sleep(PARTIAL_QUIET + 0.7)
+        fd = os.open(fifo, os.O_WRONLY)
+        os.write(fd, scan)
+        os.close(fd)
+
+    async def main():
+        got = []
+        async with open_source(str(fifo)) as source:
+            thread = threading.Thread(target=writer)
+            thread.start()
+            async for batch in source.batches():
+                got += batch
+                if len(got) >= 2 + len(scan) // EVENT_SIZE:
+                    break
+        thread.join()
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), 10))
+    assert [(type_, code) for _, _, type_, code, _ in got[:2]] == [(ecodes.EV_SYN, ecodes.SYN_DROPPED),
+                                                                   (ecodes.EV_SYN, ecodes.SYN_REPORT)]
+    assert pack_all([InputEvent(*r) for r in got[2:]]) == scan
+    decoder = Decoder(str(fifo))
+    said = decoder.feed_all(got[:2]) + [decoder.idle(got[1][0] + got[1][1] / 1e6 + 0.2)]
+    assert [r.reason for r in said if r is not None] == [DROPPED]
