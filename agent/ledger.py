@@ -359,16 +359,18 @@ class Ledger:
             self.sale_prices.get(line.day, {}).pop(voided, None)
             product, packs, cartoned = line.product, line.packs, voided in self.cartoned_lines
             self.cartoned_lines.discard(voided)
+            if voided <= self.counted_seq or voided <= self.opened.get(product, 0):
+                # Sold before a count, which found the whole shelf as it is (a product it did not list, none):
+                # the stock stays what was counted; or before the receipt the stock of what it was sold as
+                # began with (a carton's own code, too, moved into its product since).
+                return
             unit = self.units.get(product)
             if unit is not None and voided < unit[2]:  # sold as a product of its own, moved into its product since
                 # (ten packs a scan after CB:CARTON: one carton, each)
                 product, packs, cartoned = unit[0], (packs // CARTON_PACKS if cartoned else packs) * unit[1], False
-            if voided > self.counted_seq and voided > self.opened.get(product, 0):
-                self._move(seq, product, packs)
-                if cartoned:
-                    self.cartoned[product] = self.cartoned.get(product, 0) + packs
-            # else sold before a count, which found the whole shelf as it is (a product it did not list,
-            # none): the stock stays what was counted; or before the receipt its stock began with
+            self._move(seq, product, packs)
+            if cartoned:
+                self.cartoned[product] = self.cartoned.get(product, 0) + packs
             return
         # A scan of a receiving or a count taken back: the session's latest event, as a scan is.
         if self.session is not None:
@@ -396,6 +398,8 @@ class Ledger:
         if body["product"] not in self.tracked and self.stock.get(body["product"], 0) < 0:
             self.stock[body["product"]] = 0
             self.opened[body["product"]] = seq
+            # Cartons sold after CB:CARTON before it are no part of the stock that begins here.
+            self.cartoned.pop(body["product"], None)
         self.tracked.add(body["product"])
         self._move(seq, body["product"], body["packs"], body)
         self._note_cartoned(seq, body["product"], body["packs"], body)
@@ -530,8 +534,8 @@ class Ledger:
         """Take what was kept under the unit code ``own`` into ``product``, ``packs`` a unit."""
         held = self.stock.pop(own, 0)
         units = _units(held, self.cartoned.pop(own, 0))
-        if own in self.opened:  # a carton sold before its first receipt: a void of it puts nothing back
-            self.opened[product] = max(self.opened.get(product, 0), self.opened.pop(own))
+        # (``opened`` keeps the code's own: a carton sold before its first receipt, voided, puts nothing back;
+        # a pack of the product sold then counted against the product's own stock, and goes back.)
         if own in self.tracked:
             self.tracked.discard(own)
             self.tracked.add(product)

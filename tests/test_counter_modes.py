@@ -1621,3 +1621,28 @@ def test_a_cut_scans_tail_holds_the_product_after_it_only_when_no_products_code_
         shop.counter.record(shop.journal, NotABarcode(tail, "/dev/input/event3", "the rest of a scan"))
     events = shop.scan(PACK, gap=1.5)
     assert (events == ()) is held
+
+
+def test_a_cb_carton_sale_before_the_first_delivery_leaves_nothing_of_itself_in_the_stock_a_list_moves(shop):
+    """A carton sold (CB:CARTON, ten packs of a code no list names) before its first delivery: the stock began
+    with the receipt, so once a list names the code a carton of 10, the five received are 50 packs, not 140."""
+    shop.scan("CB:CARTON", NEW_CARTON)
+    _order_new_cartons(shop, "w48", 5)
+    shop.scan("CB:ALL-RECEIVED")
+    _list_the_new_product(shop)
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 50}
+
+
+def test_a_pack_sold_before_its_cartons_first_delivery_and_voided_after_the_list_goes_back(shop):
+    """The carton's own code began its stock at its first receipt (a carton sold before it came from a shelf the
+    box never knew); its pack's product did not: the pack sold then counted against the shelf, and its void
+    puts it back, before the list or after."""
+    shop.scan(NEW_CARTON)  # sold before any came: its own code's stock begins with the receipt
+    shop.scan(NEW_PACK)
+    _order_new_cartons(shop, "w48", 7)
+    shop.scan("CB:ALL-RECEIVED")
+    _list_the_new_product(shop)
+    assert shop.ledger().stock == {_key(NEW_PACK): 69}
+    [void] = shop.scan("CB:VOID")
+    assert (void.body["product"], void.body["packs"]) == (_key(NEW_PACK), 1)
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 70}
