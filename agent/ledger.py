@@ -177,9 +177,11 @@ class Ledger:
     unordered: dict[str, int] = field(default_factory=dict)
     session: Session | None = None
     # Cartons and cases a price list named, by their own code's key: (the product, its packs in one, the list's
-    # seq). What was kept under such a code before (received from an order, sold, while no list said what it
-    # was) moved into its product then, in packs; a void of a line sold before it moves the product too.
-    units: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    # seq), each time one did so while the code had a past (a list may leave it out and a later one name it
+    # again, re-packed). What was kept under such a code before (received from an order, sold, while no list
+    # said what it was) moved into its product then, in packs; a void of a line sold before moves the product
+    # too, in the packs of the list that moved that line.
+    units: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     # A code no list named, scanned after CB:CARTON: ten of its packs a scan. Should a list name it a carton after
     # all, each such scan was one carton: the packs of stock they moved, by code, and the seqs of those lines.
     cartoned: dict[str, int] = field(default_factory=dict)
@@ -284,7 +286,7 @@ class Ledger:
             "sale_prices": {day: [[seq, *row] for seq, row in prices.items()] for day, prices in self.sale_prices.items()
                             if day in self._recent},
             "orders": self.orders, "closed_orders": sorted(self.closed_orders), "unordered": self.unordered,
-            "units": {code: list(unit) for code, unit in self.units.items()},
+            "units": {code: [list(unit) for unit in units] for code, units in self.units.items()},
             "cartoned": self.cartoned, "cartoned_lines": sorted(self.cartoned_lines),
             "cartoned_arrived": self.cartoned_arrived,
             "session": None if self.session is None else {
@@ -311,7 +313,7 @@ class Ledger:
                                   for day, rows in state["sale_prices"].items()},
                      orders=state["orders"], closed_orders=set(state["closed_orders"]),
                      unordered=dict(state.get("unordered", {})),  # (a checkpoint written before it was kept: none)
-                     units={code: tuple(unit) for code, unit in state.get("units", {}).items()},
+                     units={code: _adoptions(units) for code, units in state.get("units", {}).items()},
                      cartoned=dict(state.get("cartoned", {})), cartoned_lines=set(state.get("cartoned_lines", [])),
                      cartoned_arrived={name: dict(codes) for name, codes in state.get("cartoned_arrived", {}).items()},
                      counts=state["counts"] if keep_days else [], receipts=state["receipts"] if keep_days else [],
@@ -364,10 +366,11 @@ class Ledger:
                 # the stock stays what was counted; or before the receipt the stock of what it was sold as
                 # began with (a carton's own code, too, moved into its product since).
                 return
-            unit = self.units.get(product)
-            if unit is not None and voided < unit[2]:  # sold as a product of its own, moved into its product since
-                # (ten packs a scan after CB:CARTON: one carton, each)
-                product, packs, cartoned = unit[0], (packs // CARTON_PACKS if cartoned else packs) * unit[1], False
+            for into, per, at in self.units.get(product, ()):
+                if voided < at:  # sold as a product of its own, moved into its product since
+                    # (ten packs a scan after CB:CARTON: one carton, each)
+                    product, packs, cartoned = into, (packs // CARTON_PACKS if cartoned else packs) * per, False
+                    break
             self._move(seq, product, packs)
             if cartoned:
                 self.cartoned[product] = self.cartoned.get(product, 0) + packs
@@ -504,7 +507,7 @@ class Ledger:
             if own != product and own in past:
                 found.append((own, product, packs, item))
         for own, product, packs, item in found:
-            self.units[own] = (product, packs, seq)
+            self.units.setdefault(own, []).append((product, packs, seq))
             self._adopt(seq, own, product, packs)
             if product not in self.names:
                 self._name_adopted(product, item, body["items"])
@@ -565,6 +568,12 @@ def _cartoned(body: dict[str, Any]) -> bool:
     quantity = body.get("quantity")
     return body.get("known") is False and type(quantity) is int and quantity != 0 \
         and body.get("packs") == quantity * CARTON_PACKS
+
+
+def _adoptions(held: list[Any]) -> list[tuple[str, int, int]]:
+    """A checkpoint's adoptions of one code: a list of them (a checkpoint of version 2 written before a code
+    could hold more than one: that one alone)."""
+    return [tuple(held)] if held and type(held[0]) is str else [tuple(unit) for unit in held]
 
 
 def _units(packs: int, cartoned: int) -> int:

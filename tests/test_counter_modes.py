@@ -370,7 +370,10 @@ def test_what_a_list_moved_into_a_product_survives_retentions_checkpoint(shop):
     _list_the_new_product(shop)
     again = Ledger.from_state(json.loads(json.dumps(shop.ledger().state())), keep_days=True)
     assert again.units == shop.ledger().units
-    assert again.units[_key(NEW_CARTON)] == (_key(NEW_PACK), 10, shop.journal.last_seq())
+    assert again.units[_key(NEW_CARTON)] == [(_key(NEW_PACK), 10, shop.journal.last_seq())]
+    older = shop.ledger().state()
+    older["units"] = {code: list(units[0]) for code, units in older["units"].items()}  # (version 2's first shape)
+    assert Ledger.from_state(older, keep_days=True).units == again.units
     again.apply(100, "void", shop.scan("CB:VOID")[0].body)
     assert again.stock == {_key(NEW_PACK): 0}
 
@@ -1646,3 +1649,24 @@ def test_a_pack_sold_before_its_cartons_first_delivery_and_voided_after_the_list
     [void] = shop.scan("CB:VOID")
     assert (void.body["product"], void.body["packs"]) == (_key(NEW_PACK), 1)
     assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 70}
+
+
+def test_each_line_sold_as_a_cartons_own_code_is_voided_into_its_product_as_the_list_that_moved_it_said(shop):
+    """The list names the carton (10 packs), a later one leaves it out (sold as a code of its own again), a third
+    names it again, re-packed as 20: each sale goes back in the packs the list that moved it into the product
+    said, never in the latest list's."""
+    def price_list(packs):
+        rows = f"{NEW_PACK},Yuxi (pack),25.00,pack,1,,\n" + (
+            f"{NEW_CARTON},Yuxi (carton),245.00,carton,{packs},,{NEW_PACK}\n" if packs else "")
+        shop.journal.append("price_list", {"currency": "CNY", "items": [i.as_json() for i in parse_csv(PRICES + rows)]})
+        with shop.journal.transaction():
+            shop.counter.expire(shop.journal)
+
+    shop.scan(NEW_CARTON)
+    price_list(10)
+    price_list(None)
+    shop.scan(NEW_CARTON)
+    price_list(20)
+    assert shop.ledger().stock == {_key(NEW_PACK): -30}
+    assert [void.body["packs"] for void in shop.scan("CB:VOID") + shop.scan("CB:VOID")] == [1, 1]
+    assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 0}
