@@ -26,6 +26,10 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+# No code a product or a control sheet carries is longer (a GS1 Digital Link in a QR code runs to a few
+# hundred): a longer one is a scanner's fault, refused whole, and what it sends past this is never held.
+MAX_LENGTH = 2048
+TOO_LONG = f"longer than any code a product carries (more than {MAX_LENGTH} characters)"
 # An AIM symbology identifier (ISO/IEC 15424): "]", the symbology's code character, a modifier character.
 AIM_ID = re.compile(r"\][A-Za-z][0-9A-Za-z]")
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 
 from evdev import InputEvent, ecodes
 
-from .barcode import AIM_ID
+from .barcode import AIM_ID, MAX_LENGTH, TOO_LONG
 from .input_event import Record, record
 from .keymap import Keymap, compose, load_keymap
 
@@ -395,12 +395,15 @@ class Decoder:
             self._broken_typed = True
             if terminator:
                 return self._end_broken()
-            if printable:
+            if printable and len(self._broken_text) < MAX_LENGTH:
                 self._broken_text.append(char)
             return None
         if terminator:
             return self._finish(t)
         if printable:
+            if len(self._chars) == MAX_LENGTH:  # (what comes past it is not held: a stuck scanner's is endless)
+                self._lost(t, TOO_LONG)
+                return None
             self._chars.append(char)
             self._times.append(t)
             self._spans.append(self._span)

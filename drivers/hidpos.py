@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import usb.core
 import usb.util
 
+from .barcode import MAX_LENGTH, TOO_LONG
 from .decoder import NotABarcode, Scan
 from .errors import ScannerError, ScannerGone
 
@@ -171,7 +172,10 @@ class ReportAssembler:
         if not self._data:
             self._aim = aim
             self._started = now
-        self._data += report[_DATA_START : _DATA_START + length]
+        if len(self._data) + length > MAX_LENGTH:
+            self._broken = self._broken or TOO_LONG  # refused at its final report; the rest is never held
+        else:
+            self._data += report[_DATA_START : _DATA_START + length]
         if report[_CONTINUED] & 0x01:
             return None
         nul = 0 in self._data

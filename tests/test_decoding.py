@@ -12,6 +12,7 @@ from drivers.decoder import (ALT_CODE, CHARACTER_CUT, CLOCK_BACK, CLOCK_SLACK, C
                              KEY_DOWN_ONLY, NOTHING_BUT_AFFIXES, ONE_KEY, RESYNCED,
                              STARTED_UNSEEN, TAKEN_BACK, TYPED_NOTHING, Decoder,
                              DecoderSettings, NotABarcode, Scan)
+from drivers.barcode import MAX_LENGTH, TOO_LONG
 from drivers.input_event import pack_all, record
 from drivers.keymap import UsTable, XkbKeymap, load_keymap
 from drivers.reader import read_events
@@ -1567,3 +1568,25 @@ def test_a_drop_whose_report_comes_in_a_later_read_keeps_its_scan_broken_through
     said += _said(decoder.feed_all(_records(rest)))
     said += _said(r for r in [decoder.ended()] if r is not None)
     assert said == [("NotABarcode", "28075831", DROPPED, "dev")]
+
+
+@pytest.mark.parametrize("terminators", [("enter",), ()], ids=["enter", "no-terminator"])
+def test_a_code_longer_than_any_a_product_carries_is_refused_and_what_came_past_it_never_held(terminators):
+    """A stuck or broken scanner typing on at its pace: 200,000 characters were once booked as one sale."""
+    decoder = Decoder("dev", DecoderSettings(terminators=terminators, idle_timeout=0.1))
+    keys = Keys().digits("1234567890" * (MAX_LENGTH // 10 + 50))
+    if terminators:
+        keys.enter()
+    said = decoder.feed_all(_records(keys)) + [decoder.ended()]
+    [refused] = [r for r in said if r is not None]
+    assert (type(refused), refused.reason, len(refused.text)) == (NotABarcode, TOO_LONG, MAX_LENGTH)
+    keys = Keys()
+    keys.t = T0 + 60
+    assert texts(decoder.feed_all(_records(keys.digits("96385074").enter() if terminators else
+                                          keys.digits("96385074"))) + [decoder.ended()]) == ["96385074"]
+
+
+def test_a_code_of_the_longest_length_is_booked():
+    decoder = Decoder("dev")
+    code = ("1234567890" * MAX_LENGTH)[:MAX_LENGTH]
+    assert texts(decoder.feed_all(_records(Keys().digits(code).enter()))) == [code]

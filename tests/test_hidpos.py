@@ -6,6 +6,7 @@ import pytest
 
 from drivers.hidpos import (BROKE_OFF, BROKE_OFF_TAIL, HOLDS_NUL, MALFORMED, STARTED_UNSEEN, HidPosScanner, ReportAssembler, find,
                            hid_pos_interface)
+from drivers.barcode import MAX_LENGTH, TOO_LONG
 from drivers.errors import ScannerError, ScannerGone
 from drivers.decoder import NotABarcode, Scan
 
@@ -290,3 +291,13 @@ def test_a_control_that_follows_a_broken_off_code_holds_the_product_after_it(tmp
             heard.append((type(result).__name__, outcome.signal, [event.kind for event in outcome.events]))
     journal.close()
     assert heard == [("NotABarcode", Signal.ERROR, ["refused"]), ("Scan", Signal.ERROR, [])]
+
+
+def test_a_report_sequence_longer_than_any_code_is_refused_and_never_held_past_it():
+    assembler = ReportAssembler("usb:1-5")
+    reports = scanned_data_reports(b"Y" * (MAX_LENGTH + 100), aim=b"]Q1")
+    said = [assembler.feed(report, now=1.0) for report in reports]
+    assert said[:-1] == [None] * (len(reports) - 1)
+    assert said[-1].reason == TOO_LONG and MAX_LENGTH - 56 < len(said[-1].text) <= MAX_LENGTH  # (whole reports)
+    [whole] = scanned_data_reports(b"96385074", aim=b"]E4")
+    assert _whole(assembler.feed(whole, now=2.0)) == "96385074"
