@@ -147,6 +147,7 @@ class Message:
     payload: bytes
     mid: int = 0
     retain: bool = False  # a retained message the broker had kept, sent on subscribing: not live
+    qos: int = 1  # as it came: one that came at QoS 0 is answered with nothing (a PUBACK would end the link)
     _client: object = field(default=None, repr=False, compare=False)  # the connection it came on
 
 
@@ -302,7 +303,7 @@ class MqttLink:
         """With ``manual_ack``: the message is handled; the broker may forget it. A message that came
         on a connection since lost is left alone: the broker sends it again on the next one."""
         if self.manual_ack and message._client is self._client and self._client is not None:
-            self._client.ack(message.mid, 1)
+            self._client.ack(message.mid, message.qos)  # (paho's: nothing for QoS 0)
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message on the subscribed topics, in the order they arrive, across reconnections."""
@@ -425,7 +426,8 @@ class MqttLink:
             if self._dropped == 1 or self._dropped % 10_000 == 0:
                 logger.warning("inbox full: %d QoS 0 messages dropped (latest on %s)", self._dropped, message.topic)
             return
-        self._inbox.put_nowait(Message(message.topic, message.payload, message.mid, retain=bool(message.retain), _client=client))
+        self._inbox.put_nowait(Message(message.topic, message.payload, message.mid, retain=bool(message.retain),
+                                         qos=message.qos, _client=client))
 
     def _on_socket_open(self, client, userdata, sock) -> None:
         self._loop.call_soon_threadsafe(self._watch, client, sock)

@@ -593,3 +593,37 @@ def test_a_code_id_never_begins_with_a_dash_which_an_operator_types_after_code()
     ids = [activation_module.new_code_id() for _ in range(2000)]
     assert all(not code_id.startswith("-") and len(code_id) == 16 for code_id in ids)
     assert len(set(ids)) == len(ids)
+
+
+def _publish_qos0(port: int, topic: str, payload: bytes, *, retain: bool) -> None:
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anyone", protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=0, retain=retain).wait_for_publish(5)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def _central_kicked(stack) -> int:
+    return (stack.directory / "mosquitto.log").read_text().count("counterbox-central disconnected due to protocol error")
+
+
+@pytest.mark.foreign_messages
+@pytest.mark.parametrize("retain", [False, True], ids=["live", "retained"])
+def test_a_message_at_qos_0_on_a_topic_central_reads_is_never_acknowledged_and_never_costs_central_its_link(
+        stack, retain):
+    """Anyone may say hello: central once answered a QoS 0 message with a PUBACK (of packet id 0), which the
+    broker takes for a protocol error and ends central's connection; a hello kept retained at QoS 0 came again
+    at each subscription, and central never stayed on the broker. It is handled, and nothing is answered."""
+    box = Ed25519PrivateKey.generate()
+    device = device_id_for(box.public_key())
+    hello = activation.encode_hello(device, box, agent_version="1.0", sent_at=time.time())
+    _publish_qos0(stack.broker_port, activation.topic("counterbox/v1", device, "hello"), hello, retain=retain)
+    _publish_qos0(stack.broker_port, "counterbox/v1/activation/cb-x/hello", b"not a token", retain=False)
+    wait_until(lambda: device in _waiting(stack), 20, "central to see the box waiting")
+    time.sleep(1.0)  # (a broker's protocol error is logged at once)
+    assert _central_kicked(stack) == 0
