@@ -185,8 +185,9 @@ class Decoder:
         self._held: set[int] = set()  # non-modifier keys down
         self._reported: set[int] = set()  # of those, the ones the device said were down (resync), not yet seen
         self._sends_key_ups = False  # a key other than a modifier has been released: never key-down-only
-        # The last key that typed nothing a barcode holds, since the last end: when, and what it was.
-        self._lost_key: tuple[float, str] | None = None
+        # The last key that typed nothing a barcode holds, since the last end: when, what it was, and whether it
+        # is what is left of a scan refused already (an Alt released whose digits went with a drop or a cut).
+        self._lost_key: tuple[float, str, bool] | None = None
         self._dead = ""  # a dead key typed, waiting for the key it makes a character with
         self._dead_at = 0.0
         self._alt_code = ""  # keypad digits typed while Alt is held: a character by its number
@@ -217,7 +218,8 @@ class Decoder:
     @property
     def pending(self) -> bool:
         """Part of a scan is held: ``idle`` will end it if nothing more comes."""
-        return bool(self._chars) or self._broken is not None or bool(self._dead or self._alt_code)
+        return (bool(self._chars) or self._broken is not None or bool(self._dead or self._alt_code)
+                or self._lost_key is not None)
 
     def opened(self, at: float, held: frozenset[int] | None = None) -> None:
         """A live source was opened at ``at``: keys before the first pause belong to a scan begun earlier.
@@ -256,7 +258,7 @@ class Decoder:
                     continue
                 t = sec + usec / 1000000.0
                 if value == KEY_DOWN and (self._broken is not None or (self._chars and not self._terminator_codes)
-                                          or self._dead or self._alt_code):
+                                          or self._dead or self._alt_code or self._lost_key is not None):
                     # A pause ends what came before: a broken scan, or (keys read late, together) one idle
                     # would have ended had the reader been on time. (Asked only then: most keys are neither.)
                     ended = self._pause(t)
@@ -309,9 +311,10 @@ class Decoder:
         if down:
             last = self._last_press
             if last is not None and t - last > self._span and (
-                    self._chars or self._dead or self._alt_code or t - last <= self.idle_after):
-                # (Before the first character, a pause a live reader would have called ``idle`` at is one
-                # between bursts: a stray key's, not the scan's. One inside a character under way is the scan's.)
+                    self._chars or self._dead or self._alt_code or (self._mods_held and t - last <= self.idle_after)):
+                # Before the first character, only a pause inside a character under way (an accent, an Alt code,
+                # a Shift held for it) is the scan's; one after a key that typed nothing (a Tab or an arrow a
+                # scanner sends after its Enter) is between two scans.
                 self._span = t - last
             self._last_press = t
         if self._state.is_modifier(code):
@@ -324,7 +327,7 @@ class Decoder:
                 self._alt_unseen, self._alt_code = False, ""
                 if self._broken is not None:
                     self._broken_last, self._broken_typed = t, True
-                self._lost(t, ALT_CODE)
+                self._lost(t, ALT_CODE, left_over=True)
                 return None
             if not down and code in self._alts and self._alt_code:
                 char = _alt_character(self._alt_code)
@@ -382,11 +385,11 @@ class Decoder:
             terminator = bool(char) and char in self._terminator_chars
         return self._typed(code, char, t, terminator)
 
-    def _lost(self, t: float, reason: str) -> None:
+    def _lost(self, t: float, reason: str, *, left_over: bool = False) -> None:
         """A key that was to type a character of the code typed none: the scan it is in is refused
         (a broken scan is refused already)."""
         if self._broken is None:
-            self._lost_key = (t, reason)
+            self._lost_key = (t, reason, left_over)
 
     def _typed(self, code: int, char: str, t: float, terminator: bool) -> Scan | NotABarcode | None:
         printable = bool(char) and (char.isprintable() or char in _SEPARATORS)
@@ -482,8 +485,10 @@ class Decoder:
                 quiet = not -CLOCK_SLACK <= now - self._broken_since <= self._broken_quiet
             return self._end_broken(cut_at=now) if quiet else None
         if not self._chars:
-            if (self._dead or self._alt_code) and not -CLOCK_SLACK <= now - self._last_key <= self.idle_after:
-                return self._cut_in_first_character(now)
+            if not -CLOCK_SLACK <= now - self._last_key <= self.idle_after:
+                if self._first_character_cut:
+                    return self._cut_in_first_character(now)
+                self._lost_key = None  # what was left of a refused scan: the next, after this pause, is its own
             return None
         if not self.settings.terminators:
             return self._finish(self._times[-1])
@@ -503,14 +508,21 @@ class Decoder:
         self._dropping = False  # its report never comes
         return self.idle(last + max(self.idle_after, CUT_OFF_QUIET) + 1.0)
 
+    @property
+    def _first_character_cut(self) -> bool:
+        """No character yet, and one under way (an accent, an Alt code) or lost: a pause now cuts a scan."""
+        return bool(self._dead or self._alt_code) or (self._lost_key is not None and not self._lost_key[2])
+
     def _cut_in_first_character(self, at: float) -> NotABarcode:
-        """A dead key or Alt code began a scan's first character, then a pause as long as ends one: refused
-        (the character never came), and, with a terminator, what the scanner types on is its tail (else the
-        rest of the code, its first character lost, would be booked: "e96385074" for "ê96385074")."""
+        """A dead key or Alt code began a scan's first character, or a key typed none, then a pause as long as
+        ends a scan: refused (the character never came), and, with a terminator, what the scanner types on is
+        its tail (else the rest of the code, its first character lost, would be booked: "e96385074" for
+        "ê96385074")."""
+        reason = self._lost_key[1] if self._lost_key is not None else CHARACTER_CUT
         self._take()
         if self._terminator_codes:
             self._broken_start(CUT_OFF_TAIL, at, last=None, quiet=CUT_OFF_QUIET)
-        return self._refused("", CHARACTER_CUT)
+        return self._refused("", reason)
 
     def _broken_start(self, reason: str, t: float, *, last: float | None, quiet: float | None = None) -> None:
         self._broken, self._broken_since, self._broken_last = reason, t, last
@@ -524,7 +536,7 @@ class Decoder:
         the next. (With a terminator, a burst joined so holds a pause no scanner makes: refused.)"""
         if self._broken is None:
             # From the last key event, not the last character: a character may take several keys.
-            if not self._chars and t - self._last_key > self.idle_after:  # a first character under way
+            if not self._chars and t - self._last_key > self.idle_after and self._first_character_cut:
                 ended = self._cut_in_first_character(self._last_key)
                 self._tail_over(t)
                 return ended
@@ -559,7 +571,7 @@ class Decoder:
         reason, typed, text = self._broken, self._broken_typed, "".join(self._broken_text)
         self._broken, self._broken_text, self._broken_typed, self._broken_last = None, [], False, None
         self._held_over = False  # of the broken scan's characters: none of the next scan's
-        self._dead = self._alt_code = ""  # a key of the broken scan's waits for nothing of the next
+        self._forget_character()  # a key of the broken scan's waits for nothing of the next
         self._span, self._last_press = 0.0, None
         if typed and cut_at is not None and self._terminator_codes:
             self._broken_start(CUT_OFF_TAIL, cut_at, last=None, quiet=CUT_OFF_QUIET)
@@ -621,9 +633,16 @@ class Decoder:
         self._spans.clear()
         self._span, self._last_press = 0.0, None  # the next scan's first key: no pause before it is the scan's
         self._lost_key = None
-        self._dead = self._alt_code = ""
+        self._forget_character()
         self._held_over = False
         return text
+
+    def _forget_character(self) -> None:
+        """Drop a character under way. An Alt code's digits dropped while Alt is still held: the digits typed
+        after them make no character of their own (a CR of "13", the rest of "0113", would end a scan)."""
+        if self._alt_code and not self._mods_held.isdisjoint(self._alts):
+            self._alt_unseen = True
+        self._dead = self._alt_code = ""
 
     # -- the device ---------------------------------------------------------------
 

@@ -1348,9 +1348,10 @@ def test_keypad_digits_that_type_nothing_are_refused_with_their_scan_never_lost_
     # An F-key or an arrow in a scan types nothing a code holds: passed over, as ever.
     keys = Keys().pause(4.0).tap(e.KEY_F12, e.KEY_1, e.KEY_2, e.KEY_3).enter()
     assert texts(decoder.feed_all(_records(keys))) == ["123"]
-    # A stray Enter long after a keypad key that typed nothing is an empty line, as ever.
+    # A keypad key that typed nothing alone may have been a scan's first digit: refused at the pause after it
+    # (read late, at the next key), never forgotten; a stray Enter long after it is an empty line.
     keys = Keys().pause(5.0).tap(e.KEY_KP5).pause(2.0).enter()
-    assert decoder.feed_all(_records(keys)) == []
+    assert _said(decoder.feed_all(_records(keys))) == [("NotABarcode", "", TYPED_NOTHING, "dev")]
 
 
 def test_a_keypad_digit_that_typed_nothing_before_a_scan_s_first_character_refuses_the_scan_however_long():
@@ -1590,3 +1591,60 @@ def test_a_code_of_the_longest_length_is_booked():
     decoder = Decoder("dev")
     code = ("1234567890" * MAX_LENGTH)[:MAX_LENGTH]
     assert texts(decoder.feed_all(_records(Keys().digits(code).enter()))) == [code]
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-character", "mid-scan"])
+@pytest.mark.parametrize("live", [True, False], ids=["live-idle", "read-late"])
+@pytest.mark.parametrize("code", ["0113", "0110"], ids=["q-its-rest-13-a-CR", "n-its-rest-10-a-LF"])
+def test_a_stall_inside_an_alt_code_whose_rest_would_make_a_terminator_never_books_the_rest_of_the_scan(
+        first, live, code):
+    """'q' is Alt+0113: stalled after "01", the Alt still held, its "13" once made a CR of its own at Alt's release,
+    which ended the refused rest early and booked "96385074" after it."""
+    decoder, keys = Decoder("dev"), Keys()
+    if not first:
+        keys.digits("12")
+    keys.down(e.KEY_LEFTALT).digits(code[:2], keypad=True)
+    head, stalled = _records(keys), keys.t
+    rest = Keys()
+    rest.t = stalled + 0.3
+    rest.digits(code[2:], keypad=True).up(e.KEY_LEFTALT).digits("96385074").enter()
+    results = decoder.feed_all(head)
+    if live:
+        results.append(decoder.idle(stalled + decoder.idle_after + 0.01))
+    results += decoder.feed_all(_records(rest)) + [decoder.ended()]
+    assert texts(r for r in results if r is not None) == []
+
+
+def _lost_first(kind: str, keys: Keys) -> Keys:
+    """A first character that types nothing: on the German layout ^ then q make nothing together; Windows-1252
+    has no character 129."""
+    if kind == "dead-key":
+        return keys.tap(e.KEY_GRAVE).tap(e.KEY_Q)
+    return _alt_code(keys, "0129")
+
+
+@pytest.mark.parametrize("kind", ["dead-key", "alt-code"])
+@pytest.mark.parametrize("stall, live", [(0.0, False), (0.3, True), (0.3, False)],
+                         ids=["no-stall", "stall-live-idle", "stall-read-late"])
+def test_a_first_character_that_typed_nothing_refuses_its_scan_whatever_pause_follows_it(kind, stall, live):
+    decoder = Decoder("dev", DecoderSettings(layout="de"))
+    keys = _lost_first(kind, Keys())
+    head, stalled = _records(keys), keys.t
+    results = decoder.feed_all(head)
+    if live:
+        results.append(decoder.idle(stalled + decoder.idle_after + 0.01))
+    rest = Keys()
+    rest.t = stalled + stall
+    results += decoder.feed_all(_records(rest.digits("96385074").enter())) + [decoder.ended()]
+    said = [r for r in results if r is not None]
+    assert said and texts(said) == []
+
+
+@pytest.mark.parametrize("extra", [e.KEY_TAB, e.KEY_NUMLOCK, e.KEY_DOWN, e.KEY_LEFTSHIFT],
+                         ids=["tab", "numlock", "arrow", "shift"])
+def test_a_key_a_scanner_sends_after_its_terminator_is_no_part_of_the_next_scan_s_pace(extra):
+    """A Tab or an arrow behind Enter (or a Num Lock toggled back, a Shift let go), the next code of the same
+    trigger pull 70 ms later: the pause since that key is between two scans, never inside the second."""
+    keys = Keys().digits("96385074").enter().tap(extra).pause(0.07).digits("6901028075831").enter()
+    assert _said(Decoder("dev").feed_all(_records(keys))) == [("Scan", "96385074", "", "dev"),
+                                                              ("Scan", "6901028075831", "", "dev")]
