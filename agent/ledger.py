@@ -147,7 +147,12 @@ _TEXTS = ("product", "day", "name", "product_name", "code", "unit")
 _TYPED = tuple((name, int) for name in _NUMBERS) + tuple((name, str) for name in _TEXTS)
 
 # 2: price lists fold (a carton's stock kept under its own code moves into its product), CB:CARTON scans noted.
-CHECKPOINT_VERSION = 2
+# 3: a code's adoptions kept, each list's (``units``); a carton's first delivery begins its stock without what
+# was sold of it after CB:CARTON before; "stock began with its receipt" (``opened``) stays with the carton's code.
+# A checkpoint of 2 reads as one of 3: what it may hold otherwise of a carton sold before its first delivery is
+# put right by the shop's next count.
+CHECKPOINT_VERSION = 3
+LISTS_FOLDED = 2  # the first version whose checkpoints folded price lists
 RECENT_DAYS = 3  # days whose lines a void can reach (and the counter's rows per product): today, and a clock that jumped
 
 

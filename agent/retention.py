@@ -28,7 +28,7 @@ from typing import Any
 from provisioning.protocol import parse_rfc3339
 from storage import Event, Journal
 
-from .ledger import CHECKPOINT_VERSION, Ledger
+from .ledger import LISTS_FOLDED, Ledger
 
 FOLD_STEP = 5000  # events folded and removed in one step at most
 # The fewest a step folds: on a disk too full for a step (its removed events and new checkpoint pass through
@@ -46,7 +46,7 @@ def checkpoint_ledger(journal: Journal, *, keep_days: bool) -> Ledger:
     if not held:
         return Ledger(keep_days=keep_days)
     ledger = Ledger.from_state(held[1], keep_days=keep_days)
-    if held[1].get("v", 1) < CHECKPOINT_VERSION:
+    if held[1].get("v", 1) < LISTS_FOLDED:
         # Folded by a box before price lists folded: the list in force then (kept with the checkpoint) moves the
         # stock kept under a carton's own code into its product, as central's fold of every event did.
         prices = journal.last("price_list", upto=ledger.last_seq)
