@@ -37,7 +37,7 @@ from .activation import subscriptions as activation_topics
 from . import logs, retention
 from .config import Config, ConfigError, StorageConfig, time_zone
 from .counter import Counter, Outcome, log_recorded
-from .downlink import Downlink, revocation_held, settings_held
+from .downlink import Downlink, revocation_in_force, settings_held
 from .downlink import subscriptions as downlink_topics
 from .mqtt import Backoff, MqttLink
 from .service import Service
@@ -300,7 +300,8 @@ class Box:
     _uplink: Uplink | None = None
     _revoked: asyncio.Event = field(default_factory=asyncio.Event)
     service: Service = field(default_factory=Service)  # systemd's view: readiness, status, watchdog
-    _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds
+    _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds (the newest revocation's)
+    _revoked_at: float = 0.0  # when it first took its revocation (time.time()): the grace counts from then
     _snapshot_interval: float = 0.0  # pushed by operations; 0: the configuration file's
     # A signal that answers no scan (a mode that timed out, a full disk): the scanners' (Scanners.announce).
     announce: Callable[[Signal], None] = lambda signal: None
@@ -410,9 +411,10 @@ class Box:
     async def run(self) -> bool:
         """The box's life; True when operations revoked it (it has delivered what it could)."""
         await self._take_identity()
-        revocation = await self.store.read(revocation_held)
-        if revocation is not None:  # revoked before a restart: deliver, then erase
-            self._revocation(revocation.body["grace_seconds"])
+        revocation = await self.store.read(revocation_in_force)
+        if revocation is not None:  # revoked before a restart: deliver what the grace left, then erase
+            taken_at, grace = revocation
+            self._revocation(grace, taken_at=taken_at)
         held = await self.store.read(lambda journal: activation_state(journal, self.device_id))
         if held is None and not self.config.device.id:  # a box given its id was registered by hand
             other = await self.store.read(lambda journal: journal.last("activation"))
@@ -463,16 +465,24 @@ class Box:
                 self.service.ready(f"{state}, journal unreadable: {error}{revoked}")
             await asyncio.sleep(STATUS_EVERY)
 
-    def _revocation(self, grace_seconds: float) -> None:
+    def _revocation(self, grace_seconds: float, *, taken_at: float) -> None:
+        """Revoked, or revoked again: the newest revocation's grace holds, counted from the first (a longer
+        one lets a box with a backlog hand it in; 0 erases it now)."""
         if not self._revoked.is_set():
-            self._grace = grace_seconds
-            logger.warning("revoked device=%s: no more sales; delivering what the box holds (up to %.0f s), "
-                           "then erasing", self.device_id, grace_seconds)
+            self._grace, self._revoked_at = grace_seconds, taken_at
+            logger.warning("revoked device=%s: no more sales; delivering what the box holds (up to %.0f s from "
+                           "the revocation, %.0f s left), then erasing", self.device_id, grace_seconds,
+                           max(0.0, taken_at + grace_seconds - time.time()))
             self._revoked.set()
+        elif grace_seconds != self._grace:
+            self._grace = grace_seconds
+            logger.warning("revoked again device=%s: delivering up to %.0f s from the first revocation (%.0f s "
+                           "left), then erasing", self.device_id, grace_seconds,
+                           max(0.0, self._revoked_at + grace_seconds - time.time()))
 
     async def _deliver_all(self) -> None:
-        """Wait until central holds every event (the revocation's own included), or the grace is up."""
-        deadline = time.monotonic() + self._grace
+        """Wait until central holds every event (the revocation's own included), or the grace is up (looked at
+        each turn: a revocation again may change it)."""
         waiting = "some"  # events not known to be delivered
         while True:
             try:
@@ -488,7 +498,7 @@ class Box:
                     logger.info("revoked: central holds every event, up to seq=%d", last)
                     return
                 waiting = str(last - acked)
-            if time.monotonic() >= deadline:
+            if time.time() >= self._revoked_at + self._grace:
                 logger.error("revoked: %s events NOT delivered within the grace of %.0f s are erased with the box",
                              waiting, self._grace)
                 return
@@ -557,7 +567,8 @@ class Box:
                 self._settle(telemetry, pushed)
             downlink = Downlink(store=self.store, uplink=uplink, device_id=self.device_id, region=region,
                                 trusted=self.trusted, topic_prefix=prefix,
-                                on_revoked=lambda document: self._revocation(document.body["grace_seconds"]),
+                                on_revoked=lambda document: self._revocation(document.body["grace_seconds"],
+                                                                             taken_at=time.time()),
                                 on_settings=settled)
             self._uplink = uplink
             try:

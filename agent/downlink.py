@@ -114,6 +114,32 @@ def revocation_held(journal: Journal) -> Event | None:
     return event
 
 
+def revocation_in_force(journal: Journal) -> tuple[float, float] | None:
+    """(when this box first took its revocation, by its own clock; the grace of the newest one): a box revoked
+    again with another grace delivers up to that grace counted from the first, as central counts it from its
+    receipt of the first, started again or not. None for a box not revoked."""
+    latest = revocation_held(journal)
+    if latest is None:
+        return None
+    since = journal.identity_since()
+    first = next((event for event in journal.of_kind("revocation")
+                  if documents.holds_for_box("revocation", event.seq, since)), latest)
+    return _taken_at(journal, first), latest.body["grace_seconds"]
+
+
+def _taken_at(journal: Journal, content: Event) -> float:
+    """When the box took the document whose content is ``content``: its ``document`` event, recorded with it,
+    says; kept by retention only for the stream's latest, an earlier one's is when operations signed it."""
+    after = journal.read_after(content.seq, 1, damaged=True)
+    for at in ([after[0].body.get("applied_at")] if after and after[0].kind == "document" else []) + \
+            [content.body.get("issued_at")]:
+        try:
+            return protocol.parse_rfc3339(at)
+        except ValueError:
+            continue
+    return time.time()
+
+
 def apply(journal: Journal, document: Document, token: bytes) -> int:
     """Record ``document`` (its content, then the ``document`` event naming it, with its scope and the digest
     of ``token``, the signed document); return the latter's seq."""

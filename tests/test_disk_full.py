@@ -317,7 +317,7 @@ def test_on_a_full_disk_acknowledgements_are_kept_in_memory_and_the_backlog_goes
                       device_id="shop-full-acks", key=Ed25519PrivateKey.generate(),
                       central_key=Ed25519PrivateKey.generate().public_key(), counter=Counter(), trusted={})
         revoked._uplink = box.uplink
-        revoked._revocation(600)
+        revoked._revocation(600, taken_at=time.time())
         delivering = asyncio.create_task(revoked._deliver_all())
         await asyncio.sleep(0.5)
         assert not delivering.done()  # 5 and 6 are not acknowledged yet

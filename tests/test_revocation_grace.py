@@ -1,0 +1,108 @@
+"""A revoked box hands in what it holds within its grace, counted from when it first took its revocation: the
+newest revocation's grace holds (operations revoke again to give a box with a backlog longer, or to erase it
+now), and a start of the agent never begins the grace anew (a box switched off each night would never erase)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.config import BrokerConfig, Config, DeviceConfig, StorageConfig
+from agent.counter import Counter
+from agent.daemon import Box
+from agent.downlink import revocation_in_force
+from provisioning import protocol
+from provisioning.identity import device_id_for
+from storage import Journal, Store
+
+SHOP = "530102100123"
+
+
+def _revoked(journal: Journal, device: str, *, grace: int, at: float, version: int = 1) -> None:
+    """A revocation as the downlink records it: its content, then the document event saying when it was taken."""
+    about = {"name": "revocation", "version": version, "issued_at": protocol.rfc3339(at - 5)}
+    content = journal.append("revocation", {"reason": "shop closed", "grace_seconds": grace, **about})
+    journal.append("document", {**about, "kind": "revocation", "kid": "ops", "content_seq": content,
+                                "expires_at": protocol.rfc3339(at + 86400), "applied_at": protocol.rfc3339(at),
+                                "scope": {"device": device}, "digest": "0" * 64})
+
+
+def _activated(journal: Journal, device: str, at: float) -> None:
+    journal.take_identity(device)
+    journal.append("activation", {"device": device, "shop": SHOP, "name": "x", "region": "honghe", "monitoring": False,
+                                  "code": "c0de", "kid": None, "activated_at": protocol.rfc3339(at)})
+
+
+def test_the_grace_counts_from_the_first_revocation_and_is_the_newest_one_s(tmp_path):
+    journal = Journal.open(tmp_path / "journal.db", b"k" * 32, create=True)
+    now = time.time()
+    _activated(journal, "cb-1", now - 7200)
+    assert revocation_in_force(journal) is None
+    _revoked(journal, "cb-1", grace=60, at=now - 3600)
+    _revoked(journal, "cb-1", grace=7200, at=now - 60, version=2)
+    taken_at, grace = revocation_in_force(journal)
+    assert (round(taken_at), grace) == (round(now - 3600), 7200)
+    journal.close()
+
+
+def _box(tmp_path, store: Store, key: Ed25519PrivateKey) -> Box:
+    config = Config(device=DeviceConfig(key_file=tmp_path / "device.key"),
+                    storage=StorageConfig(path=tmp_path / "journal.db", key_file=tmp_path / "data.key"),
+                    broker=BrokerConfig(host="127.0.0.1", port=1))  # no broker: nothing is delivered
+    return Box(config=config, store=store, session=2, device_id=device_id_for(key), key=key,
+               central_key=key.public_key(), counter=Counter(), trusted={})
+
+
+def test_a_revoked_box_started_again_after_its_grace_ran_out_erases_now_never_after_a_new_grace(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    device, hour_ago = device_id_for(key), time.time() - 3600
+
+    async def scenario() -> float:
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+        try:
+            await store.write(lambda journal: (_activated(journal, device, hour_ago - 60),
+                                               _revoked(journal, device, grace=60, at=hour_ago)))
+            started = time.monotonic()
+            async with asyncio.timeout(30):
+                assert await _box(tmp_path, store, key).run() is True
+            return time.monotonic() - started
+        finally:
+            await store.close()
+
+    # Its grace ran out 59 minutes ago: on to erasing (after the few seconds it gives the broker for its farewell),
+    # never a new minute counted from this start.
+    assert asyncio.run(scenario()) < 15
+
+
+def _delivering_while_revoked_again(tmp_path, first: float, again: float) -> bool:
+    """Whether the box still waits for central to hold its events 2 s after it was revoked with grace ``first``
+    and then, 0.3 s in, again with grace ``again``."""
+    key = Ed25519PrivateKey.generate()
+
+    async def scenario() -> bool:
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+        try:
+            await store.write(lambda journal: _activated(journal, device_id_for(key), time.time()))  # not delivered
+            box = _box(tmp_path, store, key)
+            box._revocation(first, taken_at=time.time())
+            delivering = asyncio.create_task(box._deliver_all())
+            await asyncio.sleep(0.3)
+            box._revocation(again, taken_at=time.time())
+            await asyncio.wait([delivering], timeout=1.7)
+            still = not delivering.done()
+            delivering.cancel()
+            return still
+        finally:
+            await store.close()
+
+    return asyncio.run(scenario())
+
+
+def test_a_longer_grace_pushed_again_keeps_a_box_with_a_backlog_delivering(tmp_path):
+    assert _delivering_while_revoked_again(tmp_path, first=1.0, again=3600.0)
+
+
+def test_a_revocation_again_with_no_grace_ends_the_delivery_now(tmp_path):
+    assert not _delivering_while_revoked_again(tmp_path, first=3600.0, again=0.0)
