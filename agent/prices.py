@@ -27,7 +27,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-from drivers.barcode import AIM_ID, classify, scannable
+from drivers.barcode import AIM_ID, both_readings, classify, scannable
 from provisioning.documents import CONTROL, MAX_PACKS
 
 from . import controls
@@ -284,6 +284,10 @@ def parse_csv(text: str) -> list[Item]:
         lines[key] = line
     if not items:
         raise PriceListError("the price list has no items")
+    both = both_readings(lines)
+    if both is not None:
+        raise PriceListError(f"lines {both[0]} and {both[1]} list one 8-digit label twice, read as an EAN-8 and as "
+                             "a UPC-E: its price would be one or the other by the scanner")
     for key, item in items.items():
         product = classify(item.product).key if item.product else None
         if product in items and items[product].unit != "pack":

@@ -161,6 +161,20 @@ def other_reading(barcode: Barcode) -> Barcode | None:
     return other if other is not None and barcode.valid and other.valid else None
 
 
+def both_readings(keys: dict[str, int]) -> tuple[int, int] | None:
+    """Of ``keys`` (a price list's product keys, each with its item's number), two that are the two readings of
+    one 8-digit label, an EAN-8 and a UPC-E: their item numbers; else None. Listed both ways, one label would sell
+    at one row's price or the other's by the scanner that read it (one that names the symbology, one that types
+    the digits alone)."""
+    for key, number in keys.items():
+        if len(key) == 14 and key.startswith("000000"):  # an EAN-8's key: its eight digits padded
+            label = classify(key[6:])
+            other = other_reading(label)
+            if other is not None and label.key in keys and other.key in keys:
+                return tuple(sorted((keys[label.key], keys[other.key])))
+    return None
+
+
 def classify(text: str, aim: str = "") -> Barcode:
     """The code's symbology, and whether it is whole (an EAN's check digit right), by its text and the
     AIM identifier the scanner sent with it (``aim``), if any.

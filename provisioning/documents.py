@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from drivers.barcode import classify, scannable
+from drivers.barcode import both_readings, classify, scannable
 
 from . import jws
 from .errors import ProtocolError, SignatureError
@@ -161,6 +161,10 @@ def _check_body(kind: str, name: str, body: dict[str, Any]) -> None:
             if own in keys:  # the item numbers, never the code: this goes to the box's log
                 raise ProtocolError(f"price list items {keys[own]} and {number} list the same product")
             keys[own] = number
+        both = both_readings(keys)
+        if both is not None:
+            raise ProtocolError(f"price list items {both[0]} and {both[1]} list one 8-digit label twice, read as an "
+                                "EAN-8 and as a UPC-E: its price would be one or the other by the scanner")
         for number, item in enumerate(items, 1):
             named = keys.get(classify(item["product"]).key) if item.get("product") else None
             if named is not None and items[named - 1].get("unit", "pack") != "pack":

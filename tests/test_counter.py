@@ -110,6 +110,8 @@ def test_a_price_list_loaded_later_prices_the_next_scan(counter):
         ("barcode,price\ncb;void,1\n", "line 2: barcode 'cb;void' reads as the counter's control sheet"),
         ("barcode,price\nLOT7CB:RETURN,1\n", "line 2: barcode 'LOT7CB:RETURN' reads as the counter's control sheet"),
         ("barcode,price\n036000291452,1\n0036000291452,2\n", "line 3: barcode 0036000291452 is listed twice (as 036000291452)"),
+        # One 8-digit label that is a whole EAN-8 and a whole UPC-E, listed both ways: two prices by the scanner.
+        ("barcode,price\n00100007,1\n00000000100007,2\n", "lines 2 and 3 list one 8-digit label twice"),
         ("barcode,price\n96385074,1.234\n", "line 2: price '1.234' is not an amount: zero or more in digits 0-9 "
                                             "(thousands grouped by commas or not), at most 9 before the point and 2 after"),
         ('barcode,price\n96385074,"23,50"\n', "price '23,50' is not an amount"),  # a decimal comma: never 2350

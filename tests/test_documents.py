@@ -172,6 +172,13 @@ UNIT_RULE = "price list item 1: unit must be pack"
     ({"currency": "CNY", "items": [{"barcode": "036000291452", "name": "x", "price": 1},
                                    {"barcode": "0036000291452", "name": "y", "price": 2}]},
      "price list items 1 and 2 list the same product"),  # a UPC-A and its EAN-13: one product
+    ({"currency": "CNY", "items": [{"barcode": "00000000100007", "name": "x", "price": 1},
+                                   {"barcode": "00100007", "name": "y", "price": 9}]},
+     "price list items 1 and 2 list one 8-digit label twice, read as an EAN-8 and as a UPC-E"),
+    ({"currency": "CNY", "items": [{"barcode": "00100007", "name": "x", "price": 1},
+                                   {"barcode": "96385074", "name": "z", "price": 5},
+                                   {"barcode": "00000000100007", "name": "y", "price": 9}]},
+     "price list items 1 and 3 list one 8-digit label twice"),  # either order
     ({"currency": "CNY", "items": [{"barcode": "6901028075831", "name": "pack", "price": 23},
                                    {"barcode": "6901028075848", "name": "carton", "price": 230, "unit": "carton",
                                     "product": "6901028075831"},
@@ -183,7 +190,7 @@ UNIT_RULE = "price list item 1: unit must be pack"
         "currency-case", "unit", "pack-of-two", "no-packs", "case-without-packs",
         "carton-without-product", "negative-cost", "empty-product", "barcode-49", "barcode-control", "no-name",
         "check-digit", "price-over", "price-huge", "cost-over", "packs-over", "carton-of-itself", "pack-of-another",
-        "product-check-digit", "twice", "upc-and-ean", "case-of-a-carton"])
+        "product-check-digit", "twice", "upc-and-ean", "ean8-and-upce", "upce-and-ean8", "case-of-a-carton"])
 def test_a_price_list_row_a_box_could_not_use_is_refused_for_its_one_fault(ops, body, reason):
     kid = key_id(ops)
     with pytest.raises(ProtocolError, match=re.escape(reason)):
