@@ -323,6 +323,8 @@ class MqttLink:
             raise TooLarge(f"a message of {size} bytes to {topic} is over the {self.max_packet} bytes the broker "
                            f"{self.host}:{self.port} takes (its max_packet_size): not sent")
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:  # (the link went as this was handed over)
+            raise NotConnected(f"not connected to {self.host}:{self.port}: publish not sent")
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise NotConnected(f"publish not sent: {paho.error_string(info.rc)}")
         return info

@@ -195,6 +195,9 @@ def test_space_that_returns_goes_to_events_not_to_the_write_ahead_log(tmp_path):
             store = await Store.open(disk / "journal.db", os.urandom(32))
             for n in range(10):
                 await store.append("sale", {"n": n})
+            # The store empties its log after a commit on a disk low on space, once the commit is answered: done
+            # by the time it answers what comes next (else the room it gives back would go to the write below).
+            await store.read(lambda journal: None)
             fill(disk)  # something else took the rest of the disk
             with pytest.raises(JournalFull):
                 await store.append("sale", {"n": "refused"})

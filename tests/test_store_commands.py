@@ -164,14 +164,24 @@ def test_a_backup_ended_by_its_session_hanging_up_leaves_no_copy_of_the_journal(
     passphrase = tmp_path / "passphrase"
     passphrase.write_text("a long backup passphrase\n")
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-    running = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(box), "backup", str(tmp_path / "b.cbbackup"),
-                                "--passphrase-file", str(passphrase)], cwd=ROOT, env=env, stderr=subprocess.PIPE)
     copies = lambda: [p for directory in (box.parent, tmp_path) for p in directory.glob(".*.db*")]  # noqa: E731
-    deadline = time.monotonic() + 30
-    while not copies() and running.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    assert copies(), "the backup's copy was made (and not yet removed) while it ran"
-    running.send_signal(getattr(signal, sig))
+    for _ in range(20):  # caught while its copy is there: a small journal's backup is over in a few milliseconds
+        running = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(box), "backup",
+                                    str(tmp_path / "b.cbbackup"), "--passphrase-file", str(passphrase)],
+                                   cwd=ROOT, env=env, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not copies() and running.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        running.send_signal(signal.SIGSTOP)
+        if copies():
+            break
+        running.send_signal(signal.SIGCONT)
+        running.wait(30)
+        (tmp_path / "b.cbbackup").unlink(missing_ok=True)
+    else:
+        pytest.fail("the backup's copy was never seen while it ran")
+    running.send_signal(getattr(signal, sig))  # (held until it goes on)
+    running.send_signal(signal.SIGCONT)
     running.wait(30)
     assert running.returncode == 128 + getattr(signal, sig) and copies() == []
     assert f"counterbox: stopped by {sig}" in running.stderr.read().decode()
