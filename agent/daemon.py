@@ -302,6 +302,7 @@ class Box:
     service: Service = field(default_factory=Service)  # systemd's view: readiness, status, watchdog
     _grace: float = 0.0  # seconds a revoked box may take to deliver what it holds (the newest revocation's)
     _revoked_at: float = 0.0  # when it first took its revocation (time.time()): the grace counts from then
+    _grace_ends: float = 0.0  # time.monotonic() when it is up
     _snapshot_interval: float = 0.0  # pushed by operations; 0: the configuration file's
     # A signal that answers no scan (a mode that timed out, a full disk): the scanners' (Scanners.announce).
     announce: Callable[[Signal], None] = lambda signal: None
@@ -468,17 +469,20 @@ class Box:
     def _revocation(self, grace_seconds: float, *, taken_at: float) -> None:
         """Revoked, or revoked again: the newest revocation's grace holds, counted from the first (a longer
         one lets a box with a backlog hand it in; 0 erases it now)."""
-        if not self._revoked.is_set():
-            self._grace, self._revoked_at = grace_seconds, taken_at
-            logger.warning("revoked device=%s: no more sales; delivering what the box holds (up to %.0f s from "
-                           "the revocation, %.0f s left), then erasing", self.device_id, grace_seconds,
-                           max(0.0, taken_at + grace_seconds - time.time()))
-            self._revoked.set()
-        elif grace_seconds != self._grace:
-            self._grace = grace_seconds
-            logger.warning("revoked again device=%s: delivering up to %.0f s from the first revocation (%.0f s "
-                           "left), then erasing", self.device_id, grace_seconds,
-                           max(0.0, self._revoked_at + grace_seconds - time.time()))
+        first = not self._revoked.is_set()
+        if not first and grace_seconds == self._grace:
+            return
+        if first:
+            self._revoked_at = taken_at
+        self._grace = grace_seconds
+        # What is left of it by the clock, never more than all of it: a clock put back since (a box with no
+        # battery for its clock, started before its time is set) gives no grace longer than the one signed.
+        left = min(max(0.0, self._revoked_at + grace_seconds - time.time()), grace_seconds)
+        self._grace_ends = time.monotonic() + left
+        logger.warning("%s device=%s: no more sales; delivering what the box holds (a grace of %.0f s from the "
+                       "revocation, %.0f s left), then erasing", "revoked" if first else "revoked again",
+                       self.device_id, grace_seconds, left)
+        self._revoked.set()
 
     async def _deliver_all(self) -> None:
         """Wait until central holds every event (the revocation's own included), or the grace is up (looked at
@@ -498,7 +502,7 @@ class Box:
                     logger.info("revoked: central holds every event, up to seq=%d", last)
                     return
                 waiting = str(last - acked)
-            if time.time() >= self._revoked_at + self._grace:
+            if time.monotonic() >= self._grace_ends:
                 logger.error("revoked: %s events NOT delivered within the grace of %.0f s are erased with the box",
                              waiting, self._grace)
                 return

@@ -106,3 +106,23 @@ def test_a_longer_grace_pushed_again_keeps_a_box_with_a_backlog_delivering(tmp_p
 
 def test_a_revocation_again_with_no_grace_ends_the_delivery_now(tmp_path):
     assert not _delivering_while_revoked_again(tmp_path, first=3600.0, again=0.0)
+
+
+def test_a_clock_put_back_since_the_revocation_gives_no_grace_longer_than_the_one_signed(tmp_path):
+    """A box whose clock is behind the time it took its revocation (started before its time was set) waits out
+    at most its grace from now, never an hour more."""
+    key = Ed25519PrivateKey.generate()
+
+    async def scenario() -> float:
+        store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
+        try:
+            await store.write(lambda journal: _activated(journal, device_id_for(key), time.time()))  # not delivered
+            box = _box(tmp_path, store, key)
+            box._revocation(1.0, taken_at=time.time() + 3600)
+            started = time.monotonic()
+            await asyncio.wait_for(box._deliver_all(), 10)
+            return time.monotonic() - started
+        finally:
+            await store.close()
+
+    assert 0.8 < asyncio.run(scenario()) < 3
