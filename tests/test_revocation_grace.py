@@ -76,28 +76,36 @@ def test_a_revoked_box_started_again_after_its_grace_ran_out_erases_now_never_af
     assert asyncio.run(scenario()) < 15
 
 
-def _delivering_while_revoked_again(tmp_path, first: float, again: float) -> bool:
-    """Whether the box still waits for central to hold its events 2 s after it was revoked with grace ``first``
-    and then, 0.3 s in, again with grace ``again``."""
+def _with_a_backlog(tmp_path, revoked) -> object:
+    """What ``revoked`` (a coroutine function given the box) returns, for a box whose events central never
+    acknowledged (it is away)."""
     key = Ed25519PrivateKey.generate()
 
-    async def scenario() -> bool:
+    async def scenario():
         store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
         try:
-            await store.write(lambda journal: _activated(journal, device_id_for(key), time.time()))  # not delivered
-            box = _box(tmp_path, store, key)
-            box._revocation(first, taken_at=time.time())
-            delivering = asyncio.create_task(box._deliver_all())
-            await asyncio.sleep(0.3)
-            box._revocation(again, taken_at=time.time())
-            await asyncio.wait([delivering], timeout=1.7)
-            still = not delivering.done()
-            delivering.cancel()
-            return still
+            await store.write(lambda journal: _activated(journal, device_id_for(key), time.time()))
+            return await revoked(_box(tmp_path, store, key))
         finally:
             await store.close()
 
     return asyncio.run(scenario())
+
+
+def _delivering_while_revoked_again(tmp_path, first: float, again: float) -> bool:
+    """Whether the box still waits for central to hold its events 2 s after it was revoked with grace ``first``
+    and then, 0.3 s in, again with grace ``again``."""
+    async def revoked(box: Box) -> bool:
+        box._revocation(first, taken_at=time.time())
+        delivering = asyncio.create_task(box._deliver_all())
+        await asyncio.sleep(0.3)
+        box._revocation(again, taken_at=time.time())
+        await asyncio.wait([delivering], timeout=1.7)
+        still = not delivering.done()
+        delivering.cancel()
+        return still
+
+    return _with_a_backlog(tmp_path, revoked)
 
 
 def test_a_longer_grace_pushed_again_keeps_a_box_with_a_backlog_delivering(tmp_path):
@@ -111,18 +119,10 @@ def test_a_revocation_again_with_no_grace_ends_the_delivery_now(tmp_path):
 def test_a_clock_put_back_since_the_revocation_gives_no_grace_longer_than_the_one_signed(tmp_path):
     """A box whose clock is behind the time it took its revocation (started before its time was set) waits out
     at most its grace from now, never an hour more."""
-    key = Ed25519PrivateKey.generate()
+    async def revoked(box: Box) -> float:
+        box._revocation(1.0, taken_at=time.time() + 3600)
+        started = time.monotonic()
+        await asyncio.wait_for(box._deliver_all(), 10)
+        return time.monotonic() - started
 
-    async def scenario() -> float:
-        store = await Store.open(tmp_path / "journal.db", b"k" * 32, max_event_bytes=protocol.MAX_EVENT_BYTES)
-        try:
-            await store.write(lambda journal: _activated(journal, device_id_for(key), time.time()))  # not delivered
-            box = _box(tmp_path, store, key)
-            box._revocation(1.0, taken_at=time.time() + 3600)
-            started = time.monotonic()
-            await asyncio.wait_for(box._deliver_all(), 10)
-            return time.monotonic() - started
-        finally:
-            await store.close()
-
-    assert 0.8 < asyncio.run(scenario()) < 3
+    assert 0.8 < _with_a_backlog(tmp_path, revoked) < 3
