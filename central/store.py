@@ -1047,7 +1047,8 @@ class CentralStore:
             values = {"state": status["state"], "session": status["session"], "connection": status["connection"],
                       "sent_at": status["sent_at"], "received_at": received_at, "clock_offset": offset,
                       "body": json.dumps(body, ensure_ascii=False),
-                      **self._backlog_waiting(conn, device_id, status, held, received_at=received_at, live=live)}
+                      **self._backlog_waiting(conn, device_id, status, held, received_at=received_at, live=live,
+                                              queued=live and not clocked)}
             insert = self._insert(conn, device_status).values(device_id=device_id, **values)
             conn.execute(insert.on_conflict_do_update(index_elements=[device_status.c.device_id],
                                                       set_={name: insert.excluded[name] for name in values}))
@@ -1055,11 +1056,12 @@ class CentralStore:
 
     @staticmethod
     def _backlog_waiting(conn: sa.Connection, device_id: str, status: dict[str, Any], held: sa.Row | None, *,
-                         received_at: float, live: bool) -> dict[str, Any]:
+                         received_at: float, live: bool, queued: bool = False) -> dict[str, Any]:
         """The device's backlog mark after ``status`` (the latest now): the last seq it held unacknowledged
-        when central first saw it so, and when, less the time the box was away since. A live status that
-        finds it still there adds how long it has waited to its day. Its own clock plays no part: both times
-        are central's."""
+        when central first saw it so, and when, less the time the box was away since, and the time central
+        was (``queued``: a status that may have waited in central's queue at the broker; central acknowledges
+        nothing while away). A live status that finds it still there adds how long it has waited to its day.
+        Its own clock plays no part: both times are central's."""
         since = (held.backlog_seq, held.backlog_since) if held else (None, None)
         last, acked = status.get("last_seq"), status.get("acked_seq")
         if status["state"] != "online" or last is None or acked is None:
@@ -1067,8 +1069,9 @@ class CentralStore:
         seq, at = since
         if seq is not None and (acked >= seq or last < seq):  # delivered; or another journal's seqs now
             seq = at = None
-        elif at is not None and held.state == "offline":
-            # Back after its will: the time since, the box was away, which its sales' lateness judges. A backlog
+        elif at is not None and (held.state == "offline" or queued):
+            # Back after its will (or central back, which acknowledges nothing while away): the time since, the box
+            # was away, which its sales' lateness judges (or central was, no fault of the box's). A backlog
             # seen at closing and delivered in the morning's first minute fails no second day; one refused
             # through every reconnection still adds up its connected time (and all of it, where no will came).
             at += max(0.0, received_at - held.received_at)

@@ -492,6 +492,24 @@ def test_a_sale_whose_batch_says_no_sending_time_is_placed_by_its_boxs_clock_off
         ("2026-11-21", 0, 0, True), ("2026-11-22", 2, 1, False), ("2026-11-23", 0, 0, True)]
 
 
+def test_centrals_own_absence_is_no_wait_of_the_box_it_found_with_a_sale_in_flight(store):
+    """Central away from Friday 18:00 to Monday 08:00, its last status before showing one sale in flight: the
+    box's weekend statuses waited in central's queue at the broker, and nothing could be acknowledged meanwhile.
+    Monday was failed as held back by central's whole absence; the box had all acknowledged within a minute."""
+    store.conn.execute("UPDATE devices SET registered_at = ?", [_at("2026-11-19", 9)])
+    store.record_status("shop-1", status(sent_at=_at("2026-11-20", 17), last_seq=40, acked_seq=40),
+                        received_at=_at("2026-11-20", 17), live=True)
+    store.record_status("shop-1", status(sent_at=_at("2026-11-20", 18), last_seq=41, acked_seq=40),
+                        received_at=_at("2026-11-20", 18), live=True)
+    back = _at("2026-11-23", 8)
+    for n, day in enumerate(("2026-11-21", "2026-11-22", "2026-11-23")):
+        store.record_status("shop-1", status(sent_at=_at(day, 7), last_seq=50 + n, acked_seq=40),
+                            received_at=back + 1 + n, live=True, clocked=False)
+    store.record_status("shop-1", status(sent_at=back + 60, last_seq=52, acked_seq=52), received_at=back + 60, live=True)
+    monday = [d for d in store.upload_days("shop-1", "2026-11-23", "2026-11-23", deadline=3600)][0]
+    assert (monday.reports, monday.held_back, monday.uploaded) == (2, False, True)
+
+
 def test_a_backlogs_wait_counts_the_time_the_box_was_connected_and_a_retained_status_moves_nothing(store):
     """Seen at closing and delivered in the morning's first minute, a backlog failed the next day too: the night,
     when the box was off, counted as waiting. Off-time is judged by the sales' lateness; the connected time of
