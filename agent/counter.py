@@ -135,6 +135,7 @@ class Counter:
     _rollbacks: int = 0  # the journal's count of rollbacks when the ledger last caught up
     _last_folded: Event | None = None
     _last_pending: Event | None = None  # the latest ``pending`` event folded
+    _noted_since: float = 0.0  # the time what is pending was set, as the latest pending event recorded says
     _pushed: list[dict[str, Any]] = field(default_factory=list)  # the bodies of the ``settings`` events folded
     _identity_since: int = 0  # the journal's: device settings recorded up to it were another box's
     _restored: bool = False  # what was pending before a start looked at, once
@@ -187,8 +188,10 @@ class Counter:
             # A receiving or count left open by a restart goes on for what is left of its time, measured
             # from its latest scan: one left for longer has ended, and the next scan is refused, not sold.
             try:
-                idle = max(0.0, time.time() - parse_rfc3339(self.ledger.session.last_at))
+                idle = time.time() - parse_rfc3339(self.ledger.session.last_at)
             except ValueError:
+                idle = self.mode_timeout
+            if idle < 0:  # a clock behind the mode's latest scan: how long ago cannot be told; ended, as time out
                 idle = self.mode_timeout
             self._mode_active_at = self.clock() - idle
             # Ended while the box was off, nobody heard it end: the next scan, whatever ends the mode
@@ -222,6 +225,7 @@ class Counter:
                                 returning=bool(body.get("returning")),
                                 spoiled=bool(body.get("spoiled") or body.get("keyed")), cut=bool(body.get("cut")),
                                 cut_control=bool(body.get("cut_control")), since=self.clock() - age)
+        self._noted_since = self._pending.since
         logger.warning("pending seq=%d: what the controls said before the start holds for the next scan", event.seq,
                        extra=event_fields(event.seq, "pending", None))
 
@@ -232,8 +236,12 @@ class Counter:
         if not self._pending and not (journaled and _holds_pending(journaled)):
             return None
         snapshot = self._pending.as_json()
-        if journaled is not None and all(journaled.get(name) == value for name, value in snapshot.items()):
+        if journaled is not None and all(journaled.get(name) == value for name, value in snapshot.items()) and (
+                self._pending.keyed or self._pending.since == self._noted_since):
+            # The same, set no later (a control scanned again sets it anew: its time goes on record, else a
+            # start would find it timed out); digits still keyed are refused after a start, noted none each.
             return None
+        self._noted_since = self._pending.since
         return self._append(journal, "pending", {**snapshot, "at": rfc3339(time.time())})
 
     def _from_checkpoint(self, journal: Journal) -> None:
@@ -514,7 +522,15 @@ class Counter:
             return self._end_mode(journal, "cancelled")  # CB:CANCEL with nothing pending leaves the mode
         if action == "void":  # takes back the last line: what is set for the next scan still is
             return self._void(journal, scan)
-        self._pending = Pending()  # the actions below stand alone: nothing keyed carries past them
+        # The actions below stand alone: nothing keyed carries past them. One refused (nothing done) leaves what
+        # is set for the next scan as it was, as a refused control does.
+        kept, self._pending = self._pending, Pending()
+        outcome = self._stand_alone(journal, action, scan)
+        if outcome.signal is Signal.ERROR and not outcome.events:
+            self._pending = kept
+        return outcome
+
+    def _stand_alone(self, journal: Journal, action: str, scan: Scan) -> Outcome:
         if action == "receive":
             return self._start(journal, "receiving_started", {"order": (self.ledger.open_order() or {}).get("name")})
         if action == "count":
@@ -679,8 +695,8 @@ class Counter:
         latest = ledger.lines[max(standing)].day if standing else today
         names = [latest if latest in (today, yesterday) else today]
         evening = ledger.days.get(yesterday)
-        if names == [today] and evening is not None and evening.total.lines and (
-                evening.closed is None or evening.sold_on):
+        if names == [today] and evening is not None and (
+                (evening.closed is None and evening.total.lines) or evening.sold_on):
             # Sold on past midnight, or left open, or sold on since it was closed (closed early, after
             # midnight the night before): the evening's day goes first, with all its sales.
             names.insert(0, yesterday)

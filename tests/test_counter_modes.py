@@ -1670,3 +1670,58 @@ def test_each_line_sold_as_a_cartons_own_code_is_voided_into_its_product_as_the_
     assert shop.ledger().stock == {_key(NEW_PACK): -30}
     assert [void.body["packs"] for void in shop.scan("CB:VOID") + shop.scan("CB:VOID")] == [1, 1]
     assert shop.counter.ledger.stock == shop.ledger().stock == {_key(NEW_PACK): 0}
+
+
+@pytest.mark.parametrize("mode, set_, refused", [
+    (None, "CB:RETURN", "CB:CLOSE"), (None, "CB:RETURN", "CB:ALL-RECEIVED"),  # nothing to close; no open order
+    ("CB:RECEIVING", "CB:QTY5", "CB:COUNT"), ("CB:RECEIVING", "CB:QTY5", "CB:RECEIVING"),
+    ("CB:RECEIVING", "CB:QTY5", "CB:END-DAY"),  # not while a receiving is on
+])
+def test_a_control_refused_as_not_done_leaves_what_is_set_for_the_next_scan(shop, mode, set_, refused):
+    """The error signal says "not done, scan again": the return or quantity set before it still holds (once it was
+    forgotten, and the pack brought back was sold)."""
+    shop.scan(*([mode] if mode else []), set_)
+    shop.scan(refused)
+    assert shop.signal is Signal.ERROR
+    [line] = shop.scan(PACK)
+    assert (line.kind, line.body["quantity"]) == (("received", 5) if mode else ("return", 1))
+
+
+def test_end_of_day_after_midnight_closes_again_a_day_voided_to_nothing_since_its_close(shop):
+    day = "2026-11-30"
+    shop.scan(PACK)
+    [closed] = shop.scan("CB:END-DAY")
+    assert (closed.body["day"], closed.body["totals"]["lines"]) == (day, 1)
+    shop.scan("CB:VOID")  # the evening's only sale was a mistake, taken back after the close
+    shop.at += 12 * 3600  # the next morning, nothing sold yet
+    shop.clock.now += 12 * 3600
+    assert {e.body["day"]: e.body["totals"]["lines"] for e in shop.scan("CB:END-DAY")}.get(day) == 0
+    assert reports.sales(shop.ledger(), [day])["closed"] == [day]
+
+
+@pytest.mark.parametrize("mode", ["CB:COUNT", "CB:RECEIVING"])
+def test_a_mode_left_open_by_a_box_started_with_its_clock_behind_its_last_scan_has_ended(shop, mode, monkeypatch):
+    """How long ago cannot be told, as for what was pending: the customer's pack is refused, never counted or
+    received with the good signal."""
+    shop.scan("CB:RECEIVING", CARTON, CARTON, "CB:CLOSE")
+    wall = shop.at = time.time()
+    shop.scan(mode, PACK)  # a power cut in the middle of it
+    monkeypatch.setattr(time, "time", lambda: wall - 3600)  # started again an hour behind, not yet synced
+    again = _started_as_the_daemon_does(shop)
+    again.at = wall - 3600
+    kinds = [event.kind for event in again.scan(PACK)]
+    assert again.signal is Signal.ERROR and "counted" not in kinds and "received" not in kinds
+
+
+@pytest.mark.parametrize("control, kind, quantity, packs", [("CB:RETURN", "return", 1, 1), ("CB:QTY3", "sale", 3, 3),
+                                                            ("CB:CARTON", "sale", 1, 10)])
+def test_a_control_scanned_again_holds_after_a_start_within_its_renewed_time(shop, monkeypatch, control, kind,
+                                                                             quantity, packs):
+    wall = time.time()
+    monkeypatch.setattr(time, "time", lambda: wall)
+    shop.scan(control)
+    monkeypatch.setattr(time, "time", lambda: wall + 50)
+    shop.scan(control, gap=50)  # scanned again to be sure: set anew for another pending_timeout
+    monkeypatch.setattr(time, "time", lambda: wall + 75)  # the agent started again 25 s after it
+    [line] = _started_again(shop).scan(PACK)
+    assert (line.kind, line.body["quantity"], line.body["packs"]) == (kind, quantity, packs)
