@@ -168,7 +168,20 @@ class Journal:
         return journal
 
     def _migrate(self) -> None:
-        if not self._finish_rewrap:
+        try:
+            self._migrate_once(finish=self._finish_rewrap)
+        except JournalFull as error:
+            if not self._finish_rewrap:
+                raise
+            # Finishing the re-wrap is a write: on a full disk the journal opens under the wrappings that wait,
+            # as for a command, and the re-wrap is finished at a start with space (never an agent that cannot
+            # start, answering no scan).
+            logger.warning("journal %s: the re-wrap waiting for this key is finished at a later start: %s",
+                           self.path, error)
+            self._migrate_once(finish=False)
+
+    def _migrate_once(self, *, finish: bool) -> None:
+        if not finish:
             # A journal of this schema opened by a command beside the agent: nothing to write, so no write lock
             # to wait for (the agent commits a scan at a time, and a command waiting its turn could time out).
             with self.snapshot():
@@ -188,7 +201,7 @@ class Journal:
                 migrate(self._conn, self._outer)
             if version != SCHEMA_VERSION:
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            if self._finish_rewrap:
+            if finish:
                 finish_rewrap(self._conn, self.path, self._outer)
             self._keys = _open_keys(self._conn, self.path, self._outer, SCHEMA_VERSION)
 

@@ -18,7 +18,7 @@ from agent.config import Config, DeviceConfig, StorageConfig
 from agent.daemon import FAULT_AFTER, Box, record_scan
 from drivers.decoder import Scan
 from drivers.feedback import Signal
-from storage import Journal, JournalFull, Store
+from storage import DataKeyError, Journal, JournalFull, Store
 
 from .harness import small_filesystem
 
@@ -645,3 +645,33 @@ def test_retention_on_a_disk_too_full_for_a_step_takes_smaller_steps_soon(tmp_pa
             asyncio.run(main())
     assert "retention: old events NOT folded, 5000 at a time" in caplog.text
     assert "trying 2500 at a time" in caplog.text
+
+
+def test_the_agent_started_with_a_waiting_rewraps_new_key_on_a_full_disk_opens_its_journal(tmp_path):
+    """Finishing a re-wrap is a write: on a full disk the agent's store did not open at all, and the agent, started
+    again and again, answered no scan. It opens under the wrappings that wait, as a command does, and the re-wrap
+    is finished at a start with space."""
+    old, new = os.urandom(32), os.urandom(32)
+    with small_filesystem(tmp_path / "disk", "400k") as disk:
+        journal = Journal.open(disk / "journal.db", old)
+        for n in range(20):
+            journal.append("sale", {"n": n, "note": "x" * 200})
+        journal.rewrap(new)  # `counterbox keys rewrap`; the new key is then installed and the agent started
+        journal.close()
+        holder = sqlite3.connect(disk / "journal.db")  # (its shared memory kept, as by a process beside it)
+        holder.execute("SELECT count(*) FROM events").fetchone()
+        fill(disk)
+
+        async def opened() -> tuple[int, bool]:
+            store = await Store.open(disk / "journal.db", new)
+            try:
+                return await store.read(lambda journal: (journal.last_seq(), journal.rewrap_waiting()))
+            finally:
+                await store.close()
+
+        assert asyncio.run(opened()) == (20, True)
+        os.unlink(disk / "filler")
+        assert asyncio.run(opened()) == (20, False)  # space: finished, the old key opens it no more
+        with pytest.raises(DataKeyError):
+            Journal.open(disk / "journal.db", old, create=False)
+        holder.close()
