@@ -196,7 +196,8 @@ def finish_erase(config: Config) -> bool:
     """Finish an erase that a power cut interrupted (its marker is still there); True if there was one.
     Without this, a box with its data key gone and its journal left could never start again, and one
     with its journal gone and its signing key left would come back as the revoked identity."""
-    if not (_erasing(config).exists() or any(_aside(secret).exists() for secret in _secrets(config))):
+    if not (_erasing(config).exists() or
+            any(_aside(secret).exists() for secret in [*_secrets(config), config.device.key_file])):
         return False
     crypto_erase(config)
     return True
@@ -218,10 +219,18 @@ def crypto_erase(config: Config) -> None:
         # before the end leaves what the next start finishes.
         logger.error("erase marker %s not written (%s); the data key moved aside marks the erase", marker,
                      error.strerror)
+        moved = False
         for secret in _secrets(config):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(secret, _aside(secret))
                 sync_directory(secret.parent)
+                moved = True
+        if not moved:
+            # No data key here (a systemd credential alone): the signing key, moved aside, marks it (else a cut
+            # while the journal is overwritten would leave zeros no start can open, and the revoked identity).
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(config.device.key_file, _aside(config.device.key_file))
+                sync_directory(config.device.key_file.parent)
     # Moved aside, a secret is zeroed now and stays, as the marker, until the end.
     destroyed = [destroy_secret(secret) | destroy_secret(_aside(secret), keep=True) for secret in _secrets(config)]
     if not any(destroyed):

@@ -18,7 +18,7 @@ from agent.config import Config, DeviceConfig, StorageConfig
 from agent.daemon import FAULT_AFTER, Box, record_scan
 from drivers.decoder import Scan
 from drivers.feedback import Signal
-from storage import DataKeyError, Journal, JournalFull, Store
+from storage import DataKeyError, Journal, JournalFull, Store, destroy_secret
 
 from .harness import small_filesystem
 
@@ -235,6 +235,41 @@ def test_a_revoked_box_on_a_full_disk_still_erases_itself(small_disk, caplog):
     crypto_erase(config)
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
     assert "erase marker" in caplog.text and "No space left on device" in caplog.text
+
+
+def test_an_erase_of_a_credentials_journal_cut_short_on_a_full_disk_is_finished_at_the_next_start(
+        small_disk, tmp_path, monkeypatch):
+    """A journal made under a systemd credential alone (before shares were) is erased by overwriting its files;
+    with no room for the marker, and a power cut while the zeros went in, nothing marked the erase: the next start
+    found zeros it could not open, and the revoked box's signing key, until someone came."""
+    from agent import daemon
+    from provisioning.identity import create_key
+
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "counterbox-data-key").write_bytes(os.urandom(32))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    config = Config(device=DeviceConfig(key_file=small_disk / "device.key"),
+                    storage=StorageConfig(path=small_disk / "journal.db", key_file=small_disk / "data.key"))
+    create_key(config.device.key_file)
+    journal = Journal.open(config.storage.path, (credentials / "counterbox-data-key").read_bytes())
+    for n in range(5):
+        journal.append("sale", {"code": "6901028075831", "n": n})
+    journal.close()
+    fill(small_disk)
+
+    def power_cut(path, *, overwrite=False):
+        destroy_secret(path, keep=True)  # the database zeroed, durably...
+        raise KeyboardInterrupt  # ...and the power gone before the files were removed
+
+    with monkeypatch.context() as cut:
+        cut.setattr(daemon, "remove_journal", power_cut)
+        with pytest.raises(KeyboardInterrupt):
+            daemon.crypto_erase(config)
+    assert daemon.finish_erase(config)  # the next start
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no journal, no signing key
+    os.unlink(small_disk / "filler")
+    daemon.open_journal(config, create=True).close()  # a new box's, once there is room for one
 
 
 def test_a_journal_opened_on_a_full_disk_says_the_disk_is_full(small_disk):
