@@ -166,9 +166,11 @@ def test_a_backup_ended_by_its_session_hanging_up_leaves_no_copy_of_the_journal(
     env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
     copies = lambda: [p for directory in (box.parent, tmp_path) for p in directory.glob(".*.db*")]  # noqa: E731
     for _ in range(20):  # caught while its copy is there: a small journal's backup is over in a few milliseconds
+        # (As an ssh session starts it: SIGHUP not ignored, whatever the tests were started under, nohup too.)
         running = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(box), "backup",
                                     str(tmp_path / "b.cbbackup"), "--passphrase-file", str(passphrase)],
-                                   cwd=ROOT, env=env, stderr=subprocess.PIPE)
+                                   cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
         deadline = time.monotonic() + 30
         while not copies() and running.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)

@@ -52,7 +52,7 @@ def test_a_revoked_box_waits_for_the_events_central_lost_before_it_erases(stack,
     the farewell and the erase) counts what central holds, not its cursor, and waits for 2..4 to be held again."""
     async def test(central, box):
         await central_lost_2_to_4(central, box)
-        revoked = SimpleNamespace(store=box.store, _uplink=box.uplink, _grace=20.0)
+        revoked = SimpleNamespace(store=box.store, _uplink=box.uplink, _grace=20.0, _grace_ends=time.monotonic() + 20.0)
         waiting = asyncio.create_task(Box._deliver_all(revoked))
         await asyncio.sleep(0.5)
         assert not waiting.done()
