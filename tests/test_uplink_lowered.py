@@ -236,7 +236,6 @@ def test_a_lower_retained_answer_that_comes_before_the_uplink_read_its_cursor_is
     held_4_central_restored(journal)
     journal_id = journal.journal_id()
     journal.close()
-    from provisioning.identity import load_key
     token = protocol.encode_ack("shop-r5", 1, key=load_key(stack.central_key), journal=journal_id)
     mqtt_publish.single(protocol.ack_topic(PREFIX, "shop-r5"), token, qos=1, retain=True, hostname="127.0.0.1",
                         port=stack.broker_port, protocol=MQTTv5)
