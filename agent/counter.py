@@ -771,8 +771,9 @@ def _order_lines(order: dict[str, Any], catalog: Catalog) -> list[dict[str, Any]
     """An order's lines in packs, per product (a line may name a carton barcode)."""
     lines: dict[str, dict[str, Any]] = {}
     for line in order["lines"]:
-        unit = catalog.unit(classify(line["barcode"]).key)
-        product = unit.product if unit else classify(line["barcode"]).key
+        key = catalog.key_of(classify(line["barcode"]))  # as a scan of its label is (an 8-digit one read either way)
+        unit = catalog.unit(key)
+        product = unit.product if unit else key
         packs = line["quantity"] * (unit.packs if unit else 1)
         if product in lines:
             lines[product]["ordered"] += packs

@@ -1725,3 +1725,16 @@ def test_a_control_scanned_again_holds_after_a_start_within_its_renewed_time(sho
     monkeypatch.setattr(time, "time", lambda: wall + 75)  # the agent started again 25 s after it
     [line] = _started_again(shop).scan(PACK)
     assert (line.kind, line.body["quantity"], line.body["packs"]) == (kind, quantity, packs)
+
+
+def test_an_ordered_8_digit_label_the_list_writes_in_its_other_reading_is_received_as_the_product_it_sells_as(shop):
+    """The list writes the label's EAN-8 (its GTIN-14), the order its eight digits (which read as a UPC-E too): the
+    delivery went under one key, the sales under the other, and the stock never met."""
+    shop.journal.append("price_list", {"currency": "CNY", "items": [item.as_json() for item in parse_csv(
+        PRICES + "00000000100007,Matches,0.50,pack,1,,\n")]})
+    shop.journal.append("order", {"name": "order/w49", "order_id": "w49", "lines": [
+        {"barcode": "00100007", "name": "Matches", "quantity": 5}]})
+    shop.scan("CB:ALL-RECEIVED")
+    [sale] = shop.scan("00100007")
+    assert (sale.body["product"], sale.body["unit_price"]) == ("00000000100007", 50)
+    assert shop.counter.ledger.stock == shop.ledger().stock == {"00000000100007": 4}
