@@ -236,10 +236,13 @@ class Counter:
         if not self._pending and not (journaled and _holds_pending(journaled)):
             return None
         snapshot = self._pending.as_json()
-        if journaled is not None and all(journaled.get(name) == value for name, value in snapshot.items()) and (
-                self._pending.keyed or self._pending.since == self._noted_since):
-            # The same, set no later (a control scanned again sets it anew: its time goes on record, else a
-            # start would find it timed out); digits still keyed are refused after a start, noted none each.
+        pending = self._pending
+        # Set anew (a control scanned again), where a start would use it: its time goes on record, else the start
+        # would find it timed out. Not digits being keyed, nor what a start refuses anyway (a number or control
+        # refused, a cut scan's hold): none for each digit or refused scan.
+        renewed = pending.since != self._noted_since and not (pending.keyed or pending.spoiled or pending.cut)
+        if journaled is not None and all(journaled.get(name) == value for name, value in snapshot.items()) \
+                and not renewed:
             return None
         self._noted_since = self._pending.since
         return self._append(journal, "pending", {**snapshot, "at": rfc3339(time.time())})

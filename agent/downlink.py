@@ -128,15 +128,15 @@ def revocation_in_force(journal: Journal) -> tuple[float, float] | None:
 
 
 def _taken_at(journal: Journal, content: Event) -> float:
-    """When the box took the document whose content is ``content``: its ``document`` event, recorded with it,
-    says; kept by retention only for the stream's latest, an earlier one's is when operations signed it."""
-    after = journal.read_after(content.seq, 1, damaged=True)
-    for at in ([after[0].body.get("applied_at")] if after and after[0].kind == "document" else []) + \
-            [content.body.get("issued_at")]:
-        try:
-            return protocol.parse_rfc3339(at)
-        except ValueError:
-            continue
+    """When the box took the document whose content is ``content``, as its ``document`` event says; now, where
+    none says (damaged, or folded by retention): never when operations signed it, which for a box long away
+    would end a grace before it began, its events erased undelivered."""
+    for event in journal.of_kind("document"):
+        if event.body.get("content_seq") == content.seq:
+            try:
+                return protocol.parse_rfc3339(event.body.get("applied_at"))
+            except ValueError:
+                break
     return time.time()
 
 

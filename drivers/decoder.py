@@ -311,10 +311,10 @@ class Decoder:
         if down:
             last = self._last_press
             if last is not None and t - last > self._span and (
-                    self._chars or self._dead or self._alt_code or (self._mods_held and t - last <= self.idle_after)):
+                    self._chars or self._first_character_cut or (self._mods_held and t - last <= self.idle_after)):
                 # Before the first character, only a pause inside a character under way (an accent, an Alt code,
-                # a Shift held for it) is the scan's; one after a key that typed nothing (a Tab or an arrow a
-                # scanner sends after its Enter) is between two scans.
+                # a Shift held for it) or after one lost is the scan's; one after a key that typed nothing a code
+                # holds (a Tab or an arrow a scanner sends after its Enter) is between two scans.
                 self._span = t - last
             self._last_press = t
         if self._state.is_modifier(code):

@@ -263,7 +263,8 @@ class Journal:
             if _pending_rewrap(self._conn) is not None:
                 # Its wrapping under the new outer key could not be made here: that key is not at hand.
                 raise JournalError(f"{self.path}: a re-wrap waits for its new outer key to be installed; install it "
-                                   "and open the journal with it (start the agent) before rotating the data key")
+                                   "and open the journal with it (start the agent, with room on its disk: on a full "
+                                   "disk it finishes the re-wrap at a later start) before rotating the data key")
             key_id = self._conn.execute("SELECT max(id) FROM keys").fetchone()[0] + 1
             self._conn.execute("INSERT INTO keys (id, wrapped, created_at) VALUES (?, ?, ?)",
                                [key_id, sealing.wrap(self._outer, key_id, os.urandom(KEY_SIZE)), time.time()])

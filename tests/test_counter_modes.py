@@ -11,7 +11,7 @@ from agent import controls, reports
 from agent.counter import START_GUARD, Counter
 from agent.ledger import Ledger
 from agent.prices import parse_csv
-from drivers.decoder import NotABarcode, Scan
+from drivers.decoder import CUT_OFF, NotABarcode, Scan
 from drivers.feedback import Signal
 from storage import Journal
 
@@ -1738,3 +1738,29 @@ def test_an_ordered_8_digit_label_the_list_writes_in_its_other_reading_is_receiv
     [sale] = shop.scan("00100007")
     assert (sale.body["product"], sale.body["unit_price"]) == ("00000000100007", 50)
     assert shop.counter.ledger.stock == shop.ledger().stock == {"00000000100007": 4}
+
+
+def _pending_events(shop) -> int:
+    return sum(event.kind == "pending" for event in shop.journal.read_after(0, limit=100_000))
+
+
+def test_digits_keyed_after_a_refused_number_record_no_pending_event_each(shop):
+    """Each would be an fsync, and an event delivered, for what a start refuses anyway."""
+    shop.scan("CB:1", "CB:DOT", "CB:DOT")  # a second point: the number is refused, and what is keyed after it
+    before = _pending_events(shop)
+    shop.scan(*shop.key("123456"))
+    assert _pending_events(shop) == before
+
+
+def test_refused_scans_one_after_another_record_no_pending_event_each(shop):
+    def refused():
+        shop.clock.now += 2
+        shop.at += 2
+        with shop.journal.transaction():
+            shop.counter.record(shop.journal, NotABarcode("", "/dev/input/event3", CUT_OFF, bare=""))
+
+    refused()
+    before = _pending_events(shop)
+    for _ in range(5):
+        refused()
+    assert _pending_events(shop) == before

@@ -1617,22 +1617,25 @@ def test_a_stall_inside_an_alt_code_whose_rest_would_make_a_terminator_never_boo
 
 def _lost_first(kind: str, keys: Keys) -> Keys:
     """A first character that types nothing: on the German layout ^ then q make nothing together; Windows-1252
-    has no character 129."""
+    has no character 129; a keypad digit with Num Lock off types nothing."""
     if kind == "dead-key":
         return keys.tap(e.KEY_GRAVE).tap(e.KEY_Q)
+    if kind == "keypad-num-lock-off":
+        return keys.tap(e.KEY_KP9)
     return _alt_code(keys, "0129")
 
 
-@pytest.mark.parametrize("kind", ["dead-key", "alt-code"])
-@pytest.mark.parametrize("stall, live", [(0.0, False), (0.3, True), (0.3, False)],
-                         ids=["no-stall", "stall-live-idle", "stall-read-late"])
+@pytest.mark.parametrize("kind", ["dead-key", "alt-code", "keypad-num-lock-off"])
+@pytest.mark.parametrize("stall, live", [(0.0, False), (0.07, True), (0.07, False), (0.3, True), (0.3, False)],
+                         ids=["no-stall", "past-a-scanners-pace-live", "past-a-scanners-pace-read-late",
+                              "past-idle-live", "past-idle-read-late"])
 def test_a_first_character_that_typed_nothing_refuses_its_scan_whatever_pause_follows_it(kind, stall, live):
-    decoder = Decoder("dev", DecoderSettings(layout="de"))
+    decoder = Decoder("dev", DecoderSettings(layout="de", numlock=kind != "keypad-num-lock-off"))
     keys = _lost_first(kind, Keys())
     head, stalled = _records(keys), keys.t
     results = decoder.feed_all(head)
-    if live:
-        results.append(decoder.idle(stalled + decoder.idle_after + 0.01))
+    if live:  # (asked when a pause of idle_after is over, if it is before the rest comes)
+        results.append(decoder.idle(min(stalled + decoder.idle_after + 0.01, stalled + stall - 0.005)))
     rest = Keys()
     rest.t = stalled + stall
     results += decoder.feed_all(_records(rest.digits("96385074").enter())) + [decoder.ended()]

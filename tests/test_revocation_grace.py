@@ -9,6 +9,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent import retention
 from agent.config import BrokerConfig, Config, DeviceConfig, StorageConfig
 from agent.counter import Counter
 from agent.daemon import Box
@@ -16,6 +17,8 @@ from agent.downlink import revocation_in_force
 from provisioning import protocol
 from provisioning.identity import device_id_for
 from storage import Journal, Store
+
+from .test_chain import tamper
 
 SHOP = "530102100123"
 
@@ -126,3 +129,36 @@ def test_a_clock_put_back_since_the_revocation_gives_no_grace_longer_than_the_on
         return time.monotonic() - started
 
     assert 0.8 < _with_a_backlog(tmp_path, revoked) < 3
+
+
+def _revoked_while_away(tmp_path) -> tuple[Journal, int, float, float]:
+    """A box that took its revocation (grace 10 days) ten minutes ago, back after 15 days away: signed long before."""
+    journal = Journal.open(tmp_path / "journal.db", b"k" * 32, create=True)
+    now = time.time()
+    _activated(journal, "cb-1", now - 100 * 86400)
+    about = {"name": "revocation", "version": 1, "issued_at": protocol.rfc3339(now - 15 * 86400)}
+    content = journal.append("revocation", {"reason": "shop closed", "grace_seconds": 10 * 86400, **about})
+    journal.append("document", {**about, "kind": "revocation", "kid": "ops", "content_seq": content,
+                                "expires_at": protocol.rfc3339(now + 30 * 86400),
+                                "applied_at": protocol.rfc3339(now - 600), "scope": {"device": "cb-1"},
+                                "digest": "0" * 64})
+    journal.append("sale", {"code": "6901028075831", "scanned_at": protocol.rfc3339(now - 300)})  # not delivered
+    return journal, content, now, protocol.parse_rfc3339(protocol.rfc3339(now - 600))
+
+
+def test_a_revocation_folded_by_retention_keeps_the_time_it_was_taken(tmp_path):
+    journal, content, now, taken = _revoked_while_away(tmp_path)
+    journal.acknowledge(content + 1)  # central holds the revocation; the sale after it is not delivered
+    assert retention.fold_old(journal, days=0.001, now=now + 10) == content + 1
+    assert revocation_in_force(journal) == (taken, 10 * 86400)
+    journal.close()
+
+
+def test_a_revocation_whose_document_event_cannot_be_read_counts_its_grace_from_now_never_from_its_signing(tmp_path):
+    """Signed 15 days before the box took it: a grace of 10 days counted from then was over before it began, and
+    what the box had not delivered was erased."""
+    journal, content, now, taken = _revoked_while_away(tmp_path)
+    tamper(tmp_path / "journal.db", f"UPDATE events SET sealed = CAST(sealed || x'00' AS BLOB) WHERE seq = {content + 1}")
+    taken_at, grace = revocation_in_force(journal)
+    assert taken_at >= now and grace == 10 * 86400
+    journal.close()
