@@ -132,7 +132,7 @@ class Source:
                     except BlockingIOError:
                         running = 0
                         self._check_present()
-                        if pending and partial_since is not None and time.monotonic() - partial_since >= PARTIAL_QUIET:
+                        if partial_since is not None and time.monotonic() - partial_since >= PARTIAL_QUIET:
                             logger.warning("scanner path=%s: %d bytes of a record with nothing after them for %g s "
                                            "(its writer stopped mid-write): dropped as an event lost",
                                            self.path, len(pending), PARTIAL_QUIET)

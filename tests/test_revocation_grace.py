@@ -23,13 +23,17 @@ from .test_chain import tamper
 SHOP = "530102100123"
 
 
-def _revoked(journal: Journal, device: str, *, grace: int, at: float, version: int = 1) -> None:
-    """A revocation as the downlink records it: its content, then the document event saying when it was taken."""
-    about = {"name": "revocation", "version": version, "issued_at": protocol.rfc3339(at - 5)}
+def _revoked(journal: Journal, device: str, *, grace: int, at: float, version: int = 1,
+             issued: float | None = None) -> int:
+    """A revocation as the downlink records it, taken ``at`` (signed ``issued``, 5 s before unless said): its
+    content, then the document event saying when it was taken. The content's seq."""
+    signed = at - 5 if issued is None else issued
+    about = {"name": "revocation", "version": version, "issued_at": protocol.rfc3339(signed)}
     content = journal.append("revocation", {"reason": "shop closed", "grace_seconds": grace, **about})
     journal.append("document", {**about, "kind": "revocation", "kid": "ops", "content_seq": content,
-                                "expires_at": protocol.rfc3339(at + 86400), "applied_at": protocol.rfc3339(at),
+                                "expires_at": protocol.rfc3339(at + 30 * 86400), "applied_at": protocol.rfc3339(at),
                                 "scope": {"device": device}, "digest": "0" * 64})
+    return content
 
 
 def _activated(journal: Journal, device: str, at: float) -> None:
@@ -136,12 +140,7 @@ def _revoked_while_away(tmp_path) -> tuple[Journal, int, float, float]:
     journal = Journal.open(tmp_path / "journal.db", b"k" * 32, create=True)
     now = time.time()
     _activated(journal, "cb-1", now - 100 * 86400)
-    about = {"name": "revocation", "version": 1, "issued_at": protocol.rfc3339(now - 15 * 86400)}
-    content = journal.append("revocation", {"reason": "shop closed", "grace_seconds": 10 * 86400, **about})
-    journal.append("document", {**about, "kind": "revocation", "kid": "ops", "content_seq": content,
-                                "expires_at": protocol.rfc3339(now + 30 * 86400),
-                                "applied_at": protocol.rfc3339(now - 600), "scope": {"device": "cb-1"},
-                                "digest": "0" * 64})
+    content = _revoked(journal, "cb-1", grace=10 * 86400, at=now - 600, issued=now - 15 * 86400)
     journal.append("sale", {"code": "6901028075831", "scanned_at": protocol.rfc3339(now - 300)})  # not delivered
     return journal, content, now, protocol.parse_rfc3339(protocol.rfc3339(now - 600))
 
